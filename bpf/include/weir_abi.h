@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * weir_abi.h - the map ABI between Weir's tc programs and user space.
+ *
+ * This header is the single source of truth for every pinned map's key and
+ * value layout and for every constant both sides must agree on. The Rust
+ * mirrors (bpf/src/abi.rs) are checked against it mechanically by a test
+ * that compiles layout assertions generated from the Rust side.
+ *
+ * Addresses: every address is 16 bytes. IPv4 is stored IPv4-mapped
+ * (::ffff:a.b.c.d), so one map serves both families and an IPv4 prefix of
+ * length n is an IPv6 prefix of length 96 + n.
+ *
+ * Endpoint ids are the ifindex of the pod's host-side veth: the program
+ * attached there finds its own endpoint with skb->ifindex, with no lookup
+ * table in between.
+ */
+#ifndef WEIR_ABI_H
+#define WEIR_ABI_H
+
+#include <linux/types.h>
+
+/* Bumped on any incompatible layout change; user space refuses to reuse
+ * pins written under another version (see the `abi` pinned array). */
+#define WEIR_ABI_VERSION 1
+
+/* ---- identities ------------------------------------------------------- */
+/* A policy key with identity WEIR_ID_ANY matches every peer. Never assigned. */
+#define WEIR_ID_ANY 0
+/* This node: its addresses and the bridge gateway. Always allowed. */
+#define WEIR_ID_HOST 1
+/* Anything the ipcache has no more specific entry for. */
+#define WEIR_ID_WORLD 2
+/* Label identities (namespace + pod labels) start here. */
+#define WEIR_ID_FIRST_LABEL 256
+/* Per-endpoint ipBlock classes (see weir_cidr_key) start here. */
+#define WEIR_ID_FIRST_CIDR (1u << 24)
+
+/* ---- ipcache: LPM trie, address prefix -> identity --------------------- */
+struct weir_ipcache_key {
+	__u32 prefixlen; /* over addr: 96 + n for an IPv4 /n */
+	__u8 addr[16];
+};
+
+/* The address is a Service VIP: the verdict is taken after kube-proxy's
+ * DNAT, at the backend's hook, never on the VIP. */
+#define WEIR_IPCACHE_SERVICE (1u << 0)
+
+struct weir_ipcache_value {
+	__u32 identity;
+	__u32 endpoint; /* host veth ifindex when the address is a pod on this node, else 0 */
+	__u32 flags;    /* WEIR_IPCACHE_* */
+	__u32 pad;
+};
+
+/* ---- endpoints: hash, host veth ifindex -> endpoint -------------------- */
+#define WEIR_EP_READY (1u << 0)            /* policyd has programmed it */
+#define WEIR_EP_INGRESS_ISOLATED (1u << 1) /* some policy selects it for ingress */
+#define WEIR_EP_EGRESS_ISOLATED (1u << 2)  /* some policy selects it for egress */
+#define WEIR_EP_OPEN_UNTIL_READY (1u << 3) /* configured fail-open before READY */
+
+struct weir_endpoint {
+	__u32 identity;
+	__u32 flags;    /* WEIR_EP_* */
+	__u64 revision; /* policy revision programmed for this endpoint */
+};
+
+/* ---- policy: LPM trie, (endpoint, peer, direction, protocol, port) ----- */
+/*
+ * endpoint, identity and direction always match in full (the first
+ * WEIR_POLICY_FIXED_BITS bits). Wildcards are prefix lengths:
+ *   prefixlen == FIXED            any protocol, any port
+ *   prefixlen == FIXED + 8        this protocol, any port
+ *   prefixlen == FIXED + 8 + k    this protocol, ports sharing the top k bits
+ * so a port range compiles to at most 30 aligned blocks and a lookup costs
+ * the same whatever the number of rules. A peer wildcard is identity
+ * WEIR_ID_ANY, a second lookup. Packets without ports (ICMP, fragments after
+ * the first, unknown protocols) look up port 0, which only a port wildcard
+ * matches: NetworkPolicy ports are 1..65535.
+ */
+#define WEIR_DIR_INGRESS 0
+#define WEIR_DIR_EGRESS 1
+#define WEIR_POLICY_FIXED_BITS 72
+
+struct weir_policy_key {
+	__u32 prefixlen;
+	__u32 endpoint;
+	__u32 identity;
+	__u8 direction; /* WEIR_DIR_* */
+	__u8 protocol;  /* IPPROTO_* */
+	__be16 port;    /* network order: prefixes are over its bits */
+};
+
+#define WEIR_VERDICT_ALLOW 1
+
+struct weir_policy_value {
+	__u32 rule;    /* rule id for events and explain (policyd's table) */
+	__u16 verdict; /* WEIR_VERDICT_*; room for deny/pass tiers */
+	__u16 pad;
+};
+
+/* ---- ipBlock classes: LPM trie, (endpoint, direction, address) --------- */
+/*
+ * ipBlock peers match by address, pod addresses included, so they cannot
+ * live in the global ipcache (a pod address already carries its label
+ * identity). For every endpoint and direction policyd splits the ipBlocks
+ * (with their except holes) into disjoint prefixes, each labelled with a
+ * class identity >= WEIR_ID_FIRST_CIDR; the policy map then holds the ports
+ * of each class like those of any other peer.
+ */
+#define WEIR_CIDR_FIXED_BITS 64
+
+struct weir_cidr_key {
+	__u32 prefixlen; /* 64 + address bits (96 + n for IPv4 /n) */
+	__u32 endpoint;
+	__u8 direction;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct weir_cidr_value {
+	__u32 identity; /* class identity, >= WEIR_ID_FIRST_CIDR */
+};
+
+/* ---- conntrack: LRU hash, tuple as first judged -> state --------------- */
+/* ICMP echo: sport = echo id, dport = 0. */
+struct weir_ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 pad[3];
+};
+
+#define WEIR_CT_SEEN_REPLY (1u << 0)
+#define WEIR_CT_FIN_FWD (1u << 1)
+#define WEIR_CT_FIN_REV (1u << 2)
+#define WEIR_CT_RST (1u << 3)
+#define WEIR_CT_SERVICE (1u << 4) /* egress to a VIP, judged after DNAT */
+
+struct weir_ct_value {
+	__u64 expires_ns;     /* bpf_ktime_get_ns() deadline */
+	__u32 egress_ep;      /* source endpoint whose egress allowed it, or 0 */
+	__u32 ingress_ep;     /* destination endpoint whose ingress allowed it, or 0 */
+	__u32 rule;           /* rule that allowed it (ingress rule when both) */
+	__u32 flags;          /* WEIR_CT_* */
+};
+
+/* ---- verdicts, events and counters ------------------------------------ */
+enum weir_reason {
+	WEIR_R_ALLOW_UNISOLATED = 1, /* no policy selects the endpoint in this direction */
+	WEIR_R_ALLOW_POLICY = 2,
+	WEIR_R_ALLOW_ESTABLISHED = 3,
+	WEIR_R_ALLOW_REPLY = 4,
+	WEIR_R_ALLOW_HOST = 5,     /* to or from this node */
+	WEIR_R_ALLOW_DEFERRED = 6, /* judged later, after DNAT, at the destination */
+	WEIR_R_ALLOW_NOT_IP = 7,   /* ARP and other non-IP frames */
+	WEIR_R_ALLOW_ND = 8,       /* IPv6 neighbour discovery */
+
+	WEIR_R_DROP_POLICY = 64,     /* isolated and no rule allows it */
+	WEIR_R_DROP_NOT_READY = 65,  /* endpoint not yet programmed */
+	WEIR_R_DROP_MALFORMED = 66,  /* truncated or inconsistent headers */
+	WEIR_R_DROP_FRAGMENT = 67,   /* a later fragment no port-wildcard rule allows */
+	WEIR_R_DROP_NO_ENDPOINT = 68,/* program on a veth with no endpoint entry */
+};
+#define WEIR_REASON_MAX 128
+#define WEIR_REASON_IS_DROP(r) ((r) >= 64)
+
+struct weir_event {
+	__u64 ts_ns;
+	__u32 endpoint;
+	__u32 peer_identity;
+	__u32 rule;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 direction;
+	__u8 reason; /* enum weir_reason */
+	__u8 pad;
+};
+
+struct weir_counter_key {
+	__u32 endpoint;
+	__u8 direction;
+	__u8 reason;
+	__u16 pad;
+};
+
+struct weir_counter_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* ---- runtime configuration: array of one --------------------------------- */
+#define WEIR_CFG_EVENTS_ALLOW (1u << 0) /* also emit events for allowed new flows */
+
+struct weir_config {
+	__u32 flags;            /* WEIR_CFG_* */
+	__u32 ct_tcp_timeout_s; /* established TCP idle timeout */
+	__u32 ct_udp_timeout_s; /* UDP / SCTP / ICMP / other idle timeout */
+	__u32 ct_syn_timeout_s; /* unanswered new flow and closing TCP timeout */
+};
+
+/* ---- pinned names (under the bpffs root, default /sys/fs/bpf/weir) ----- */
+#define WEIR_MAP_IPCACHE "weir_ipcache"
+#define WEIR_MAP_ENDPOINTS "weir_endpoints"
+#define WEIR_MAP_POLICY "weir_policy"
+#define WEIR_MAP_CIDR "weir_cidr"
+#define WEIR_MAP_CT "weir_ct"
+#define WEIR_MAP_EVENTS "weir_events"
+#define WEIR_MAP_COUNTERS "weir_counters"
+#define WEIR_MAP_CONFIG "weir_config"
+
+#endif /* WEIR_ABI_H */
