@@ -37,6 +37,10 @@ pub struct EndpointRecord {
     /// The pod interface's MAC address, `aa:bb:...`.
     #[serde(default)]
     pub mac: String,
+    /// Gateway addresses on the bridge: this node, always reachable, so
+    /// policyd gives them the host identity in the ipcache.
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +162,7 @@ mod tests {
             host_ifindex: 7,
             ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
             mac: "02:00:00:00:00:01".into(),
+            gateways: vec!["10.0.0.1".parse().unwrap()],
         }
     }
 

@@ -1,1 +1,5 @@
+//! weir-policyd: turns the cluster's state into the numbers the dataplane
+//! reads. `source` fills the `store`; `engine` compiles it (pure, no I/O);
+//! `sync` writes the difference to the pinned maps.
 
+pub mod store;
