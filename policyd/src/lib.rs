@@ -2,4 +2,5 @@
 //! reads. `source` fills the `store`; `engine` compiles it (pure, no I/O);
 //! `sync` writes the difference to the pinned maps.
 
+pub mod fswatch;
 pub mod store;
