@@ -3,4 +3,5 @@
 //! `sync` writes the difference to the pinned maps.
 
 pub mod fswatch;
+pub mod engine;
 pub mod store;
