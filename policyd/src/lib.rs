@@ -5,3 +5,6 @@
 pub mod fswatch;
 pub mod engine;
 pub mod store;
+pub mod http;
+pub mod metrics;
+pub mod source;

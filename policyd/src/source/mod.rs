@@ -1,0 +1,511 @@
+//! Where the cluster's objects come from. Two sources, one contract:
+//!
+//! - [`kube`]: the Kubernetes API (list + watch of Pods, Namespaces,
+//!   Services, NetworkPolicies, Nodes), for real clusters.
+//! - [`dir`]: a directory of manifests (`kubectl apply` YAML), for the lab
+//!   and bare nodes.
+//!
+//! Each source runs as a tokio task and sends [`SourceEvent`]s over an mpsc
+//! channel held by a [`Source`]. Whatever the source, the stream is:
+//!
+//! 1. one [`SourceEvent::Replace`] per kind (the initial list), then exactly
+//!    one [`SourceEvent::Synced`] once EVERY kind's list is in: nothing
+//!    before it may be compiled into maps, since a partial view (e.g. pods
+//!    listed, policies not yet) would open traffic a policy denies;
+//! 2. then [`SourceEvent::Apply`] / [`SourceEvent::Delete`] for changes, and
+//!    a [`SourceEvent::Replace`] of a kind whenever the source had to relist
+//!    it (after a watch error, 410 Gone or a dropped connection): objects
+//!    deleted while disconnected vanish atomically at that point.
+//!
+//! The consumer folds events into a [`Store`] ([`Store::handle`]) with
+//! [`Source::wait_synced`] then [`Source::next_batch`] (which coalesces a
+//! burst so one compile covers many changes).
+
+pub mod dir;
+pub mod kube;
+pub mod manifest;
+
+use crate::metrics::Metrics;
+use crate::store::{Key, Store};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The kinds policyd reads. Doubles as the `kind` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Namespace,
+    Pod,
+    Service,
+    NetworkPolicy,
+    Node,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Namespace,
+        ObjectKind::Pod,
+        ObjectKind::Service,
+        ObjectKind::NetworkPolicy,
+        ObjectKind::Node,
+    ];
+
+    /// Lower-case label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Namespace => "namespace",
+            ObjectKind::Pod => "pod",
+            ObjectKind::Service => "service",
+            ObjectKind::NetworkPolicy => "networkpolicy",
+            ObjectKind::Node => "node",
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        matches!(self, ObjectKind::Pod | ObjectKind::Service | ObjectKind::NetworkPolicy)
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Namespace => "Namespace",
+            ObjectKind::Pod => "Pod",
+            ObjectKind::Service => "Service",
+            ObjectKind::NetworkPolicy => "NetworkPolicy",
+            ObjectKind::Node => "Node",
+        })
+    }
+}
+
+/// Identity of an object: kind, namespace ("" for cluster-scoped), name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// One object of a kind policyd reads (k8s-openapi types, trimmed by
+/// [`Object::trim`] to what policy needs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    NetworkPolicy(NetworkPolicy),
+    Node(Node),
+}
+
+impl Object {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Namespace(_) => ObjectKind::Namespace,
+            Object::Pod(_) => ObjectKind::Pod,
+            Object::Service(_) => ObjectKind::Service,
+            Object::NetworkPolicy(_) => ObjectKind::NetworkPolicy,
+            Object::Node(_) => ObjectKind::Node,
+        }
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
+        }
+    }
+
+    /// The object's identity. Cluster-scoped kinds get namespace "" even if
+    /// the manifest carried one (the API server ignores it too).
+    pub fn object_ref(&self) -> ObjectRef {
+        let kind = self.kind();
+        let meta = self.meta();
+        ObjectRef {
+            kind,
+            namespace: if kind.namespaced() { meta.namespace.clone().unwrap_or_default() } else { String::new() },
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Drop what no policy decision reads, so a large cluster's caches stay
+    /// small: managedFields, annotations (kubectl's last-applied copy doubles
+    /// every object), and for Pods/Nodes the bulky status and spec parts.
+    /// Kept on Pods: labels, nodeName, hostNetwork, container ports (named
+    /// ports in policies resolve against them), phase and IPs.
+    pub fn trim(&mut self) {
+        let meta = self.meta_mut();
+        meta.managed_fields = None;
+        meta.annotations = None;
+        match self {
+            Object::Pod(p) => {
+                if let Some(spec) = p.spec.as_mut() {
+                    spec.volumes = None;
+                    spec.affinity = None;
+                    spec.tolerations = None;
+                    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                        let ports = c.ports.take();
+                        let name = std::mem::take(&mut c.name);
+                        let restart_policy = c.restart_policy.take();
+                        *c = Default::default();
+                        c.name = name;
+                        c.ports = ports;
+                        c.restart_policy = restart_policy;
+                    }
+                    spec.ephemeral_containers = None;
+                }
+                if let Some(st) = p.status.as_mut() {
+                    st.container_statuses = None;
+                    st.init_container_statuses = None;
+                    st.ephemeral_container_statuses = None;
+                    st.conditions = None;
+                    st.message = None;
+                }
+            }
+            Object::Node(n) => {
+                if let Some(st) = n.status.as_mut() {
+                    st.images = None;
+                    st.conditions = None;
+                    st.node_info = None;
+                    st.capacity = None;
+                    st.allocatable = None;
+                    st.volumes_attached = None;
+                    st.volumes_in_use = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a source reports.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// The object was added or changed.
+    Apply(Object),
+    /// The object is gone.
+    Delete(ObjectRef),
+    /// The complete current set of a kind: every object of that kind not in
+    /// the list is gone. Sent for the initial list and after every relist.
+    Replace(ObjectKind, Vec<Object>),
+    /// Every kind's initial list has been sent. Sent exactly once, after
+    /// the initial `Replace` of every kind.
+    Synced,
+}
+
+/// Summary of what one batch of events changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Events folded into the store.
+    pub events: usize,
+    /// Kinds touched by the batch.
+    pub kinds: std::collections::BTreeSet<ObjectKind>,
+    /// `Synced` was part of the batch.
+    pub synced: bool,
+}
+
+/// A running source: the receiving end of its events, and its `synced`
+/// flag. Dropping it stops the source's task.
+pub struct Source {
+    events: mpsc::Receiver<SourceEvent>,
+    synced: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The source's task ended (it only ends when its consumer is gone or on a
+/// fatal start-up error, which it logs).
+#[derive(Debug, thiserror::Error)]
+#[error("the object source stopped")]
+pub struct SourceClosed;
+
+impl Source {
+    /// Spawn `run` with a fresh channel. `run` sends events through the
+    /// [`Sender`]; `Sender::synced` flips the flag after sending `Synced`.
+    pub(crate) fn spawn<F, Fut>(run: F) -> Source
+    where
+        F: FnOnce(Sender) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        // Bounded: a slow consumer back-pressures the watches instead of
+        // letting a burst grow memory without limit.
+        let (tx, rx) = mpsc::channel(1024);
+        let (synced_tx, synced_rx) = watch::channel(false);
+        let task = tokio::spawn(run(Sender { tx, synced: Arc::new(synced_tx) }));
+        Source { events: rx, synced: synced_rx, task }
+    }
+
+    /// A flag that turns true once `Synced` has been sent (it may still be
+    /// queued: to compile, consume events up to `Synced` first, e.g. with
+    /// [`Source::wait_synced`]). For readiness reporting.
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.clone()
+    }
+
+    /// The next event, or None when the source stopped.
+    pub async fn recv(&mut self) -> Option<SourceEvent> {
+        self.events.recv().await
+    }
+
+    /// Fold events into `store` until `Synced` has been applied: the store
+    /// then holds every kind's complete initial list.
+    pub async fn wait_synced(&mut self, store: &mut Store) -> Result<Batch, SourceClosed> {
+        let mut batch = Batch::default();
+        while let Some(ev) = self.events.recv().await {
+            batch.add(&ev);
+            store.handle(ev);
+            if batch.synced {
+                return Ok(batch);
+            }
+        }
+        Err(SourceClosed)
+    }
+
+    /// Wait for at least one event, then keep folding events that arrive
+    /// within `settle` of the previous one (a burst: a `kubectl apply -f`
+    /// of many objects, a relist), up to `max_wait` in total, so one compile
+    /// covers the whole burst. `settle` zero takes only what is already
+    /// queued. None when the source stopped.
+    pub async fn next_batch(&mut self, store: &mut Store, settle: Duration, max_wait: Duration) -> Option<Batch> {
+        let first = self.events.recv().await?;
+        let mut batch = Batch::default();
+        batch.add(&first);
+        store.handle(first);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            while let Ok(ev) = self.events.try_recv() {
+                batch.add(&ev);
+                store.handle(ev);
+            }
+            if settle.is_zero() {
+                return Some(batch);
+            }
+            let until = std::cmp::min(tokio::time::Instant::now() + settle, deadline);
+            match tokio::time::timeout_at(until, self.events.recv()).await {
+                Ok(Some(ev)) => {
+                    batch.add(&ev);
+                    store.handle(ev);
+                    if tokio::time::Instant::now() >= deadline {
+                        return Some(batch);
+                    }
+                }
+                // The source stopped: report what we have; the next call sees None.
+                Ok(None) => return Some(batch),
+                Err(_) => return Some(batch),
+            }
+        }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Batch {
+    fn add(&mut self, ev: &SourceEvent) {
+        self.events += 1;
+        match ev {
+            SourceEvent::Apply(o) => {
+                self.kinds.insert(o.kind());
+            }
+            SourceEvent::Delete(r) => {
+                self.kinds.insert(r.kind);
+            }
+            SourceEvent::Replace(k, _) => {
+                self.kinds.insert(*k);
+            }
+            SourceEvent::Synced => self.synced = true,
+        }
+    }
+}
+
+/// The sending half a source task uses.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    tx: mpsc::Sender<SourceEvent>,
+    synced: Arc<watch::Sender<bool>>,
+}
+
+impl Sender {
+    /// Err when the consumer is gone: the task should end.
+    pub(crate) async fn send(&self, ev: SourceEvent) -> Result<(), SourceClosed> {
+        self.tx.send(ev).await.map_err(|_| SourceClosed)
+    }
+
+    pub(crate) async fn send_synced(&self) -> Result<(), SourceClosed> {
+        self.send(SourceEvent::Synced).await?;
+        self.synced.send_replace(true);
+        Ok(())
+    }
+}
+
+/// Count one event in the metrics (`op`: apply, delete, replace).
+pub(crate) fn count_event(metrics: &Metrics, source: &str, ev: &SourceEvent) {
+    let (kind, op) = match ev {
+        SourceEvent::Apply(o) => (o.kind(), "apply"),
+        SourceEvent::Delete(r) => (r.kind, "delete"),
+        SourceEvent::Replace(k, _) => (*k, "replace"),
+        SourceEvent::Synced => return,
+    };
+    metrics.source_events.inc(&[source, kind.label(), op]);
+}
+
+fn key(r: &ObjectRef) -> Key {
+    (r.namespace.clone(), r.name.clone())
+}
+
+impl Store {
+    /// Insert or replace one object.
+    pub fn apply(&mut self, obj: Object) {
+        let r = obj.object_ref();
+        match obj {
+            Object::Namespace(o) => {
+                self.namespaces.insert(r.name, o);
+            }
+            Object::Pod(o) => {
+                self.pods.insert(key(&r), o);
+            }
+            Object::Service(o) => {
+                self.services.insert(key(&r), o);
+            }
+            Object::NetworkPolicy(o) => {
+                self.policies.insert(key(&r), o);
+            }
+            Object::Node(o) => {
+                self.nodes.insert(r.name, o);
+            }
+        }
+    }
+
+    /// Remove one object; false if it was not there.
+    pub fn delete(&mut self, r: &ObjectRef) -> bool {
+        match r.kind {
+            ObjectKind::Namespace => self.namespaces.remove(&r.name).is_some(),
+            ObjectKind::Pod => self.pods.remove(&key(r)).is_some(),
+            ObjectKind::Service => self.services.remove(&key(r)).is_some(),
+            ObjectKind::NetworkPolicy => self.policies.remove(&key(r)).is_some(),
+            ObjectKind::Node => self.nodes.remove(&r.name).is_some(),
+        }
+    }
+
+    /// Make `objects` the complete set of `kind` (objects of another kind in
+    /// the list are applied too, though sources never send them).
+    pub fn replace(&mut self, kind: ObjectKind, objects: Vec<Object>) {
+        match kind {
+            ObjectKind::Namespace => self.namespaces.clear(),
+            ObjectKind::Pod => self.pods.clear(),
+            ObjectKind::Service => self.services.clear(),
+            ObjectKind::NetworkPolicy => self.policies.clear(),
+            ObjectKind::Node => self.nodes.clear(),
+        }
+        for o in objects {
+            self.apply(o);
+        }
+    }
+
+    /// Fold one source event in.
+    pub fn handle(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Apply(o) => self.apply(o),
+            SourceEvent::Delete(r) => {
+                self.delete(&r);
+            }
+            SourceEvent::Replace(k, objs) => self.replace(k, objs),
+            SourceEvent::Synced => {}
+        }
+    }
+
+    /// Number of objects of `kind`.
+    pub fn len_of(&self, kind: ObjectKind) -> usize {
+        match kind {
+            ObjectKind::Namespace => self.namespaces.len(),
+            ObjectKind::Pod => self.pods.len(),
+            ObjectKind::Service => self.services.len(),
+            ObjectKind::NetworkPolicy => self.policies.len(),
+            ObjectKind::Node => self.nodes.len(),
+        }
+    }
+}
+
+/// Everything a source reports as wrong. `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No usable client configuration (kubeconfig, in-cluster environment).
+    #[error("Kubernetes client configuration: {0}")]
+    Config(String),
+    /// The (re)list of a kind failed; retried with back-off.
+    #[error("listing {kind} failed: {message}")]
+    ListFailed { kind: ObjectKind, message: String },
+    /// The watch request was refused; retried with back-off.
+    #[error("starting the {kind} watch failed: {message}")]
+    WatchStartFailed { kind: ObjectKind, message: String },
+    /// 410 Gone: the resourceVersion we resumed from is compacted away.
+    /// Recovered by relisting the kind.
+    #[error("{kind} watch expired (410 Gone): relisting")]
+    WatchGone { kind: ObjectKind },
+    /// An ERROR event other than 410 in the watch stream.
+    #[error("{kind} watch returned error {code}: {message}")]
+    WatchError { kind: ObjectKind, code: u16, message: String },
+    /// The watch stream broke (connection dropped, undecodable event);
+    /// resumed from the last resourceVersion seen.
+    #[error("{kind} watch stream failed: {message}")]
+    WatchFailed { kind: ObjectKind, message: String },
+    /// A manifest file could not be read.
+    #[error("{file}: cannot read: {message}")]
+    ManifestRead { file: String, message: String },
+    /// A manifest file is not valid YAML or an object in it does not match
+    /// its kind's schema. Its previously loaded objects are kept.
+    #[error("{file}: {message} (the objects it defined before are kept until it parses again or is removed)")]
+    ManifestInvalid { file: String, message: String },
+    /// A document of a kind policyd does not read; skipped.
+    #[error("{file}: document {doc}: kind {kind:?} (apiVersion {api_version:?}) is not one policyd reads (Namespace, Pod, Service, Node v1; NetworkPolicy networking.k8s.io/v1; List): skipped")]
+    UnknownKind { file: String, doc: usize, api_version: String, kind: String },
+    /// The same object is defined by two files; the later file name wins.
+    #[error("{object} is defined in both {first} and {second}: using {second} (later file name wins)")]
+    DuplicateObject { object: ObjectRef, first: String, second: String },
+}
+
+impl SourceError {
+    /// Metric label: stable, lower_snake_case.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Config(_) => "config",
+            SourceError::ListFailed { .. } => "list_failed",
+            SourceError::WatchStartFailed { .. } => "watch_start_failed",
+            SourceError::WatchGone { .. } => "watch_gone",
+            SourceError::WatchError { .. } => "watch_error",
+            SourceError::WatchFailed { .. } => "watch_failed",
+            SourceError::ManifestRead { .. } => "manifest_read",
+            SourceError::ManifestInvalid { .. } => "manifest_invalid",
+            SourceError::UnknownKind { .. } => "unknown_kind",
+            SourceError::DuplicateObject { .. } => "duplicate_object",
+        }
+    }
+}
