@@ -1,0 +1,21 @@
+//! The `weir` CNI plugin: a bridge plugin with built-in host-local IPAM and,
+//! when `policy.enforce` is on, registration with Weir's policy dataplane.
+//!
+//! Layout: `cmd/` one module per CNI command; `config` the runtime's input;
+//! `result` the per-version result; `ipam/` the allocator (pure) and the
+//! host-local disk store; `netlink` + `netns` the kernel; `bridge`, `masq`,
+//! `sysctl` node plumbing; `dataplane` the only door to weir-bpf.
+
+pub mod bridge;
+pub mod cmd;
+pub mod config;
+pub mod dataplane;
+pub mod error;
+pub mod ip;
+pub mod ipam;
+pub mod masq;
+pub mod naming;
+pub mod netlink;
+pub mod netns;
+pub mod result;
+pub mod sysctl;
