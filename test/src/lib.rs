@@ -1,1 +1,18 @@
+//! weir-e2e: Weir's NetworkPolicy conformance suite and end-to-end tests.
+//!
+//! The conformance cases are data (test/conformance/cases/*.yaml), written
+//! from the facts of upstream's NetworkPolicy e2e suite plus Weir's own.
+//! This crate holds their schema (`case`), the compact expectations and
+//! their evaluation into a matrix (`expect`), the standard model of
+//! namespaces, pods and Services (`model`), pod-address placeholders
+//! (`placeholder`), probe results and truth tables (`probe`), the
+//! `weirctl lab` driver (`lab`) and the runner (`runner`). The root test
+//! in tests/conformance.rs runs the whole suite.
 
+pub mod case;
+pub mod expect;
+pub mod lab;
+pub mod model;
+pub mod placeholder;
+pub mod probe;
+pub mod runner;
