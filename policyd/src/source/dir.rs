@@ -163,6 +163,18 @@ impl DirState {
             }
         }
         let file = path.display().to_string();
+        // `>` redirections and most editors truncate, then write: a scan
+        // between the two sees an empty file. Taking that at face value
+        // would delete the file's policies for a moment, so an emptied file
+        // only counts once it has stayed empty for EMPTY_GRACE (its stamp is
+        // not recorded, so the next scans look again).
+        if content.iter().all(|b| b.is_ascii_whitespace())
+            && self.files.get(name).is_some_and(|f| !f.objects.is_empty())
+            && modified_within(path, EMPTY_GRACE)
+        {
+            log::debug!("{file}: emptied just now; waiting to see whether a write follows");
+            return false;
+        }
         let parsed = match std::str::from_utf8(&content) {
             Ok(text) => manifest::parse(&file, text),
             Err(e) => Err(SourceError::ManifestInvalid { file: file.clone(), message: format!("not UTF-8 text: {e}") }),
@@ -215,6 +227,17 @@ impl DirState {
         }
         out.into_iter().map(|(r, (o, _))| (r, o)).collect()
     }
+}
+
+/// How long an emptied file must stay empty before its objects are removed.
+const EMPTY_GRACE: Duration = Duration::from_secs(1);
+
+fn modified_within(path: &Path, d: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < d)
 }
 
 fn is_manifest_name(name: &str) -> bool {
