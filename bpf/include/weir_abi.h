@@ -14,6 +14,11 @@
  * Endpoint ids are the ifindex of the pod's host-side veth: the program
  * attached there finds its own endpoint with skb->ifindex, with no lookup
  * table in between.
+ *
+ * Layout rule: no implicit padding anywhere. Every struct spells out its
+ * padding so that user space can treat keys and values as plain bytes
+ * (uninitialised padding in a hash key silently makes two equal keys
+ * differ).
  */
 #ifndef WEIR_ABI_H
 #define WEIR_ABI_H
@@ -23,6 +28,10 @@
 /* Bumped on any incompatible layout change; user space refuses to reuse
  * pins written under another version (see the `abi` pinned array). */
 #define WEIR_ABI_VERSION 1
+
+/* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
+/* Written by user space right after the maps are created; every later
+ * process compares it before touching any other pin. */
 
 /* ---- identities ------------------------------------------------------- */
 /* A policy key with identity WEIR_ID_ANY matches every peer. Never assigned. */
@@ -139,6 +148,18 @@ struct weir_ct_key {
 #define WEIR_CT_RST (1u << 3)
 #define WEIR_CT_SERVICE (1u << 4) /* egress to a VIP, judged after DNAT */
 
+/*
+ * Who may use an entry: a packet sent by endpoint X matches an entry in the
+ * key's direction only when egress_ep == X (or, at the destination's to_pod,
+ * ingress_ep == the destination), and in the reverse direction only when the
+ * endpoint receiving it is the one that allowed the flow. A pod spoofing
+ * another pod's address therefore never rides that pod's entries.
+ * Only flows get entries: TCP, UDP, SCTP (first fragments included) and
+ * ICMP/ICMPv6 echo. ICMP errors pass when the packet they quote matches an
+ * entry of the receiving endpoint (RELATED); everything else is judged per
+ * packet.
+ */
+
 struct weir_ct_value {
 	__u64 expires_ns;     /* bpf_ktime_get_ns() deadline */
 	__u32 egress_ep;      /* source endpoint whose egress allowed it, or 0 */
@@ -157,12 +178,16 @@ enum weir_reason {
 	WEIR_R_ALLOW_DEFERRED = 6, /* judged later, after DNAT, at the destination */
 	WEIR_R_ALLOW_NOT_IP = 7,   /* ARP and other non-IP frames */
 	WEIR_R_ALLOW_ND = 8,       /* IPv6 neighbour discovery */
+	WEIR_R_ALLOW_RELATED = 9,  /* ICMP error quoting a tracked flow of this endpoint */
+	WEIR_R_ALLOW_OPEN_UNTIL_READY = 10, /* not yet programmed, configured fail-open */
 
 	WEIR_R_DROP_POLICY = 64,     /* isolated and no rule allows it */
 	WEIR_R_DROP_NOT_READY = 65,  /* endpoint not yet programmed */
 	WEIR_R_DROP_MALFORMED = 66,  /* truncated or inconsistent headers */
 	WEIR_R_DROP_FRAGMENT = 67,   /* a later fragment no port-wildcard rule allows */
 	WEIR_R_DROP_NO_ENDPOINT = 68,/* program on a veth with no endpoint entry */
+	WEIR_R_DROP_CT_FULL = 69,    /* conntrack insert failed: never pass untracked */
+	WEIR_R_DROP_VLAN = 70,       /* 802.1Q/802.1ad frame: could hide an IP packet */
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)
@@ -179,7 +204,7 @@ struct weir_event {
 	__u8 protocol;
 	__u8 direction;
 	__u8 reason; /* enum weir_reason */
-	__u8 pad;
+	__u8 pad[5];
 };
 
 struct weir_counter_key {
@@ -203,6 +228,22 @@ struct weir_config {
 	__u32 ct_udp_timeout_s; /* UDP / SCTP / ICMP / other idle timeout */
 	__u32 ct_syn_timeout_s; /* unanswered new flow and closing TCP timeout */
 };
+/* A zero timeout means the default below (what an all-zero entry gives). */
+#define WEIR_CT_TCP_TIMEOUT_DEFAULT_S 21600
+#define WEIR_CT_UDP_TIMEOUT_DEFAULT_S 60
+#define WEIR_CT_SYN_TIMEOUT_DEFAULT_S 60
+/* Expiry is written back only when it moved by more than this: one write
+ * per flow per second instead of one per packet. */
+#define WEIR_CT_REFRESH_NS 1000000000ull
+
+/* ---- map capacities ------------------------------------------------------ */
+#define WEIR_IPCACHE_MAX 262144
+#define WEIR_ENDPOINTS_MAX 65536
+#define WEIR_POLICY_MAX 1048576
+#define WEIR_CIDR_MAX 262144
+#define WEIR_CT_MAX 262144
+#define WEIR_EVENTS_BYTES (1u << 20)
+#define WEIR_COUNTERS_MAX 65536
 
 /* ---- pinned names (under the bpffs root, default /sys/fs/bpf/weir) ----- */
 #define WEIR_MAP_IPCACHE "weir_ipcache"
@@ -213,5 +254,17 @@ struct weir_config {
 #define WEIR_MAP_EVENTS "weir_events"
 #define WEIR_MAP_COUNTERS "weir_counters"
 #define WEIR_MAP_CONFIG "weir_config"
+#define WEIR_MAP_ABI "weir_abi"
+
+/*
+ * Other pins under the root:
+ *   progs/from_pod, progs/to_pod   the loaded programs, so that a later
+ *                                  process attaches the same program
+ *   links/<ifindex>_from_pod       TCX links (tc ingress of the host veth)
+ *   links/<ifindex>_to_pod         TCX links (tc egress of the host veth)
+ * ifindexes are per network namespace: one root serves one node netns.
+ */
+#define WEIR_PROG_FROM_POD "from_pod"
+#define WEIR_PROG_TO_POD "to_pod"
 
 #endif /* WEIR_ABI_H */

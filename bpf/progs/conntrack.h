@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Stateful connection tracking in the weir_ct LRU map. Entries are keyed
+ * by the tuple as first judged; a packet looks its flow up forward and
+ * reversed. Entries carry the endpoints that allowed them and are only
+ * honoured for those endpoints (see weir_abi.h).
+ *
+ * Timeouts: an unanswered flow (no reply yet) and a closing TCP flow (RST,
+ * or FIN both ways) live ct_syn_timeout_s; an answered TCP flow
+ * ct_tcp_timeout_s; everything else ct_udp_timeout_s. The expiry is written
+ * back only when it moved by WEIR_CT_REFRESH_NS or the flags changed, so a
+ * busy flow costs one map write per second, not one per packet.
+ */
+#ifndef WEIR_CONNTRACK_H
+#define WEIR_CONNTRACK_H
+
+#include "weir_abi.h"
+#include "maps.h"
+#include "parse.h"
+#include "events.h"
+
+static __always_inline int ct_tracked(const struct pkt *p)
+{
+	if (p->frag == FRAG_LATER)
+		return 0;
+	switch (p->proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		return 1;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		return p->icmp == ICMP_K_ECHO_REQ || p->icmp == ICMP_K_ECHO_REPLY;
+	}
+	return 0;
+}
+
+static __always_inline int is_icmp(__u8 proto)
+{
+	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
+static __always_inline void ct_key_fwd(const struct pkt *p, struct weir_ct_key *k)
+{
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->protocol = p->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+/* The key of the flow this packet would be a reply to. ICMP echo keeps its
+ * identifier in sport both ways. */
+static __always_inline void ct_key_rev(const struct pkt *p, struct weir_ct_key *k)
+{
+	__builtin_memcpy(k->saddr, p->daddr, 16);
+	__builtin_memcpy(k->daddr, p->saddr, 16);
+	if (is_icmp(p->proto)) {
+		k->sport = p->sport;
+		k->dport = p->dport;
+	} else {
+		k->sport = p->dport;
+		k->dport = p->sport;
+	}
+	k->protocol = p->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+static __always_inline __u64 ct_timeout_ns(__u8 proto, __u32 flags)
+{
+	const struct weir_config *cfg = weir_cfg();
+	__u32 s;
+
+	if (proto == IPPROTO_TCP && (flags & WEIR_CT_SEEN_REPLY) && !(flags & WEIR_CT_RST) &&
+	    (flags & (WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV)) != (WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV)) {
+		s = cfg ? cfg->ct_tcp_timeout_s : 0;
+		if (!s)
+			s = WEIR_CT_TCP_TIMEOUT_DEFAULT_S;
+	} else if (proto == IPPROTO_TCP || !(flags & WEIR_CT_SEEN_REPLY)) {
+		s = cfg ? cfg->ct_syn_timeout_s : 0;
+		if (!s)
+			s = WEIR_CT_SYN_TIMEOUT_DEFAULT_S;
+	} else {
+		s = cfg ? cfg->ct_udp_timeout_s : 0;
+		if (!s)
+			s = WEIR_CT_UDP_TIMEOUT_DEFAULT_S;
+	}
+	return (__u64)s * 1000000000ull;
+}
+
+/* A live entry for the key, or NULL (expired entries are misses; the LRU
+ * reclaims them or a new judgement overwrites them). */
+static __always_inline struct weir_ct_value *ct_lookup(const struct weir_ct_key *k, __u64 now)
+{
+	struct weir_ct_value *v = bpf_map_lookup_elem(&weir_ct, k);
+	if (!v || v->expires_ns < now)
+		return 0;
+	return v;
+}
+
+/* A packet of the flow passed: advance the TCP state and the expiry. */
+static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *p, int reply,
+				     __u64 now)
+{
+	__u32 flags = v->flags;
+	__u32 nflags = flags;
+
+	if (reply)
+		nflags |= WEIR_CT_SEEN_REPLY;
+	if (p->proto == IPPROTO_TCP) {
+		if (!reply && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+		    (flags & (WEIR_CT_RST | WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV)))
+			/* the tuple is reused by a new connection */
+			nflags = 0;
+		if (p->tcp_flags & TCP_RST)
+			nflags |= WEIR_CT_RST;
+		if (p->tcp_flags & TCP_FIN)
+			nflags |= reply ? WEIR_CT_FIN_REV : WEIR_CT_FIN_FWD;
+	}
+	__u64 exp = now + ct_timeout_ns(p->proto, nflags);
+	if (nflags != flags) {
+		v->flags = nflags;
+		v->expires_ns = exp;
+	} else if (exp > v->expires_ns + WEIR_CT_REFRESH_NS) {
+		v->expires_ns = exp;
+	}
+}
+
+static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32 ingress_ep,
+				     __u32 rule, __u32 flags, __u64 now)
+{
+	struct weir_ct_key k;
+	struct weir_ct_value v = {
+		.egress_ep = egress_ep,
+		.ingress_ep = ingress_ep,
+		.rule = rule,
+		.flags = flags,
+	};
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))
+		v.flags |= WEIR_CT_RST;
+	v.expires_ns = now + ct_timeout_ns(p->proto, v.flags);
+	ct_key_fwd(p, &k);
+	return bpf_map_update_elem(&weir_ct, &k, &v, BPF_ANY);
+}
+
+/*
+ * An ICMP error is related to a flow when the packet it quotes belongs to a
+ * live entry of `ep`. At to_pod the quote is a packet ep sent (quoted_sent):
+ * its forward entry allowed by ep's egress, or the reverse of a flow ep
+ * accepted. At from_pod ep is the one reporting an error about a packet it
+ * received: the mirror image.
+ */
+static __always_inline int ct_related(struct __sk_buff *skb, const struct pkt *p, __u32 ep,
+				      int quoted_sent, __u64 now)
+{
+	struct pkt q = {};
+	struct weir_ct_key k;
+	struct weir_ct_value *v;
+
+	if (parse_icmp_quote(skb, p, &q))
+		return 0;
+	q.icmp = ICMP_K_ECHO_REQ;
+	ct_key_fwd(&q, &k);
+	v = ct_lookup(&k, now);
+	if (v && (quoted_sent ? v->egress_ep : v->ingress_ep) == ep)
+		return 1;
+	ct_key_rev(&q, &k);
+	v = ct_lookup(&k, now);
+	if (v && (quoted_sent ? v->ingress_ep : v->egress_ep) == ep)
+		return 1;
+	return 0;
+}
+
+#endif

@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Every verdict is counted (per endpoint, direction and reason) and every
+ * drop goes through weir_drop(), the one place that drops a packet: it
+ * counts, emits an event and returns the drop action. Allowed new flows
+ * emit an event only when WEIR_CFG_EVENTS_ALLOW is set.
+ */
+#ifndef WEIR_EVENTS_H
+#define WEIR_EVENTS_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include "weir_abi.h"
+#include "maps.h"
+#include "parse.h"
+
+/* What a verdict is about: the endpoint judged, in which direction, against
+ * which peer identity and (when allowed by a rule) which rule. */
+struct verdict_ctx {
+	__u32 endpoint;
+	__u32 peer_identity;
+	__u32 rule;
+	__u8 direction;
+	__u8 pad[3];
+};
+
+static __always_inline void weir_count(struct __sk_buff *skb, __u32 endpoint, __u8 direction,
+				       __u8 reason)
+{
+	struct weir_counter_key k = {
+		.endpoint = endpoint,
+		.direction = direction,
+		.reason = reason,
+	};
+	struct weir_counter_value *v = bpf_map_lookup_elem(&weir_counters, &k);
+	if (v) {
+		/* per-CPU value: no atomics needed */
+		v->packets += 1;
+		v->bytes += skb->len;
+		return;
+	}
+	struct weir_counter_value init = { .packets = 1, .bytes = skb->len };
+	bpf_map_update_elem(&weir_counters, &k, &init, BPF_NOEXIST);
+}
+
+static __always_inline void weir_emit(const struct pkt *p, const struct verdict_ctx *vc,
+				      __u8 reason)
+{
+	struct weir_event *e = bpf_ringbuf_reserve(&weir_events, sizeof(*e), 0);
+	if (!e)
+		return; /* ring full: the counter still records the verdict */
+	e->ts_ns = bpf_ktime_get_ns();
+	e->endpoint = vc->endpoint;
+	e->peer_identity = vc->peer_identity;
+	e->rule = vc->rule;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->protocol = p->proto;
+	e->direction = vc->direction;
+	e->reason = reason;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline const struct weir_config *weir_cfg(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&weir_config, &zero);
+}
+
+/* The only way a packet is dropped. */
+static __always_inline int weir_drop(struct __sk_buff *skb, const struct pkt *p,
+				     const struct verdict_ctx *vc, __u8 reason)
+{
+	weir_count(skb, vc->endpoint, vc->direction, reason);
+	weir_emit(p, vc, reason);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * Allowed: count, and for a newly judged flow optionally emit. Returns
+ * TC_ACT_UNSPEC (TCX_NEXT) so that programs after ours still run.
+ */
+static __always_inline int weir_allow(struct __sk_buff *skb, const struct pkt *p,
+				      const struct verdict_ctx *vc, __u8 reason, int new_flow)
+{
+	weir_count(skb, vc->endpoint, vc->direction, reason);
+	if (new_flow) {
+		const struct weir_config *cfg = weir_cfg();
+		if (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW))
+			weir_emit(p, vc, reason);
+	}
+	return TC_ACT_UNSPEC;
+}
+
+#endif

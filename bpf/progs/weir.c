@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The two tc programs on every pod's host-side veth.
+ *
+ *   from_pod  tc ingress of the host veth: what the pod sends
+ *   to_pod    tc egress of the host veth: what the pod receives
+ *
+ * Traffic between pods of this node, and to Service VIPs, is judged once,
+ * at the destination's to_pod: that hook runs after kube-proxy's DNAT in
+ * the node's PREROUTING, so it sees the backend actually chosen, and it
+ * holds both the source's egress and the destination's ingress decision.
+ * from_pod decides alone only for destinations outside the node.
+ * See docs/architecture-dataplane.md.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "weir_abi.h"
+#include "maps.h"
+#include "parse.h"
+#include "events.h"
+#include "conntrack.h"
+#include "policy.h"
+
+static __always_inline int verdict(struct __sk_buff *skb, const struct pkt *p,
+				   const struct verdict_ctx *vc, __u8 reason, int new_flow)
+{
+	if (WEIR_REASON_IS_DROP(reason))
+		return weir_drop(skb, p, vc, reason);
+	return weir_allow(skb, p, vc, reason, new_flow);
+}
+
+SEC("classifier/from_pod")
+int from_pod(struct __sk_buff *skb)
+{
+	__u32 ep = skb->ifindex;
+	struct verdict_ctx vc = { .endpoint = ep, .direction = WEIR_DIR_EGRESS };
+	struct pkt p = {};
+	struct weir_ct_key k;
+	struct weir_ct_value *ct;
+	__u32 rule = 0;
+	__u8 reason;
+
+	switch (parse_packet(skb, &p)) {
+	case PARSE_NOT_IP:
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_NOT_IP, 0);
+	case PARSE_VLAN:
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_VLAN);
+	case PARSE_MALFORMED:
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_MALFORMED);
+	}
+	if (p.icmp == ICMP_K_ND)
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
+
+	const struct weir_ipcache_value *dst = ipcache_lookup(p.daddr);
+	vc.peer_identity = dst ? dst->identity : WEIR_ID_WORLD;
+	if (vc.peer_identity == WEIR_ID_HOST)
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_HOST, 0);
+
+	const struct weir_endpoint *e = endpoint_lookup(ep);
+	reason = endpoint_gate(e);
+	if (reason)
+		return verdict(skb, &p, &vc, reason, 0);
+
+	__u64 now = bpf_ktime_get_ns();
+	int tracked = ct_tracked(&p);
+
+	if (dst && (dst->endpoint || (dst->flags & WEIR_IPCACHE_SERVICE))) {
+		/* Judged at the destination's to_pod, after DNAT. For a VIP,
+		 * remember that ep talks to it: the reply comes back from the VIP
+		 * (kube-proxy un-DNATs it) and must find ep's entry. */
+		if (tracked && !dst->endpoint) {
+			ct_key_fwd(&p, &k);
+			ct = ct_lookup(&k, now);
+			if (ct && ct->egress_ep == ep)
+				ct_touch(ct, &p, 0, now);
+			else if (ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, now))
+				return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+		}
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_DEFERRED, 0);
+	}
+
+	/* Outside the node: this is the only hook that sees it. */
+	if (tracked) {
+		ct_key_fwd(&p, &k);
+		ct = ct_lookup(&k, now);
+		if (ct && ct->egress_ep == ep) {
+			ct_touch(ct, &p, 0, now);
+			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
+		}
+		ct_key_rev(&p, &k);
+		ct = ct_lookup(&k, now);
+		if (ct && ct->ingress_ep == ep) {
+			ct_touch(ct, &p, 1, now);
+			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
+		}
+	}
+	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, ep, 0, now))
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
+
+	reason = judge(ep, e, WEIR_DIR_EGRESS, p.daddr, vc.peer_identity, p.proto, p.dport,
+		       p.frag == FRAG_LATER, &rule);
+	vc.rule = rule;
+	if (WEIR_REASON_IS_DROP(reason))
+		return weir_drop(skb, &p, &vc, reason);
+	if (tracked && ct_create(&p, ep, 0, rule, 0, now))
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+	return weir_allow(skb, &p, &vc, reason, 1);
+}
+
+SEC("classifier/to_pod")
+int to_pod(struct __sk_buff *skb)
+{
+	__u32 ep = skb->ifindex;
+	struct verdict_ctx vc = { .endpoint = ep, .direction = WEIR_DIR_INGRESS };
+	struct pkt p = {};
+	struct weir_ct_key k;
+	struct weir_ct_value *ct;
+	__u32 rule = 0, egress_ep = 0;
+	__u8 reason;
+
+	switch (parse_packet(skb, &p)) {
+	case PARSE_NOT_IP:
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_NOT_IP, 0);
+	case PARSE_VLAN:
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_VLAN);
+	case PARSE_MALFORMED:
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_MALFORMED);
+	}
+	if (p.icmp == ICMP_K_ND)
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
+
+	__u64 now = bpf_ktime_get_ns();
+	int tracked = ct_tracked(&p);
+	if (tracked) {
+		ct_key_rev(&p, &k);
+		ct = ct_lookup(&k, now);
+		if (ct && ct->egress_ep == ep) {
+			ct_touch(ct, &p, 1, now);
+			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
+		}
+		ct_key_fwd(&p, &k);
+		ct = ct_lookup(&k, now);
+		if (ct && ct->ingress_ep == ep) {
+			ct_touch(ct, &p, 0, now);
+			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
+		}
+	}
+
+	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
+	vc.peer_identity = src ? src->identity : WEIR_ID_WORLD;
+	if (vc.peer_identity == WEIR_ID_HOST)
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_HOST, 0);
+	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, ep, 1, now))
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
+
+	const struct weir_endpoint *e = endpoint_lookup(ep);
+	reason = endpoint_gate(e);
+	if (reason)
+		return verdict(skb, &p, &vc, reason, 0);
+
+	if (src && src->endpoint) {
+		/* A pod of this node: its egress was deferred to here. */
+		__u32 sep = src->endpoint;
+		struct verdict_ctx svc = {
+			.endpoint = sep,
+			.direction = WEIR_DIR_EGRESS,
+			.peer_identity = e->identity,
+		};
+		reason = judge(sep, endpoint_lookup(sep), WEIR_DIR_EGRESS, p.daddr, e->identity,
+			       p.proto, p.dport, p.frag == FRAG_LATER, &rule);
+		svc.rule = rule;
+		if (WEIR_REASON_IS_DROP(reason))
+			return weir_drop(skb, &p, &svc, reason);
+		weir_count(skb, sep, WEIR_DIR_EGRESS, reason);
+		egress_ep = sep;
+	}
+
+	reason = judge(ep, e, WEIR_DIR_INGRESS, p.saddr, vc.peer_identity, p.proto, p.dport,
+		       p.frag == FRAG_LATER, &rule);
+	vc.rule = rule;
+	if (WEIR_REASON_IS_DROP(reason))
+		return weir_drop(skb, &p, &vc, reason);
+	if (tracked && ct_create(&p, egress_ep, ep, rule, 0, now))
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+	return weir_allow(skb, &p, &vc, reason, 1);
+}
+
+/* No GPL-only helper is used. */
+char LICENSE[] SEC("license") = "Apache-2.0";

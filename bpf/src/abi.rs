@@ -1,0 +1,306 @@
+//! `#[repr(C)]` mirrors of every key, value and constant in
+//! `bpf/include/weir_abi.h`, the single source of truth. `tests/abi_layout.rs`
+//! compiles size/offset assertions generated from these types against the
+//! header, so a disagreement fails the build of the test, not a pod.
+//!
+//! LPM trie keys: the C structs start with `prefixlen`; aya's
+//! [`aya::maps::lpm_trie::Key`] supplies it, so the Rust key types here hold
+//! only the data that follows it (every offset is 4 less than in C).
+
+/// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
+pub const ABI_VERSION: u32 = 1;
+
+// ---- identities -----------------------------------------------------------
+pub const ID_ANY: u32 = 0;
+pub const ID_HOST: u32 = 1;
+pub const ID_WORLD: u32 = 2;
+pub const ID_FIRST_LABEL: u32 = 256;
+pub const ID_FIRST_CIDR: u32 = 1 << 24;
+
+// ---- ipcache ----------------------------------------------------------------
+pub const IPCACHE_SERVICE: u32 = 1 << 0;
+
+/// `struct weir_ipcache_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheKey {
+    /// IPv6 or IPv4-mapped address, network order.
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    /// Host veth ifindex when the address is a pod of this node, else 0.
+    pub endpoint: u32,
+    /// `IPCACHE_*`
+    pub flags: u32,
+    pub pad: u32,
+}
+
+// ---- endpoints --------------------------------------------------------------
+pub const EP_READY: u32 = 1 << 0;
+pub const EP_INGRESS_ISOLATED: u32 = 1 << 1;
+pub const EP_EGRESS_ISOLATED: u32 = 1 << 2;
+pub const EP_OPEN_UNTIL_READY: u32 = 1 << 3;
+
+/// `struct weir_endpoint`, keyed by host veth ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub identity: u32,
+    /// `EP_*`
+    pub flags: u32,
+    pub revision: u64,
+}
+
+impl Endpoint {
+    pub fn is_ready(&self) -> bool {
+        self.flags & EP_READY != 0
+    }
+}
+
+// ---- policy -----------------------------------------------------------------
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+pub const POLICY_FIXED_BITS: u32 = 72;
+/// Full length of a policy key's data (endpoint, identity, direction,
+/// protocol, port): the prefix length of an exact port.
+pub const POLICY_FULL_BITS: u32 = 96;
+
+/// `struct weir_policy_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub endpoint: u32,
+    pub identity: u32,
+    /// `DIR_*`
+    pub direction: u8,
+    /// IPPROTO_* (6 TCP, 17 UDP, 132 SCTP, ...)
+    pub protocol: u8,
+    /// Network byte order, as the program compares bits of it.
+    pub port: u16,
+}
+
+impl PolicyKey {
+    /// `port` in host order; stored in network order.
+    pub fn new(endpoint: u32, identity: u32, direction: u8, protocol: u8, port: u16) -> Self {
+        PolicyKey { endpoint, identity, direction, protocol, port: port.to_be() }
+    }
+    pub fn port_host(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+pub const VERDICT_ALLOW: u16 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    pub rule: u32,
+    pub verdict: u16,
+    pub pad: u16,
+}
+
+impl PolicyValue {
+    pub fn allow(rule: u32) -> Self {
+        PolicyValue { rule, verdict: VERDICT_ALLOW, pad: 0 }
+    }
+}
+
+// ---- ipBlock classes ----------------------------------------------------------
+pub const CIDR_FIXED_BITS: u32 = 64;
+
+/// `struct weir_cidr_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrKey {
+    pub endpoint: u32,
+    pub direction: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrValue {
+    pub identity: u32,
+}
+
+// ---- conntrack ----------------------------------------------------------------
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Network order. ICMP echo: the identifier.
+    pub sport: u16,
+    /// Network order. ICMP echo: 0.
+    pub dport: u16,
+    pub protocol: u8,
+    pub pad: [u8; 3],
+}
+
+pub const CT_SEEN_REPLY: u32 = 1 << 0;
+pub const CT_FIN_FWD: u32 = 1 << 1;
+pub const CT_FIN_REV: u32 = 1 << 2;
+pub const CT_RST: u32 = 1 << 3;
+pub const CT_SERVICE: u32 = 1 << 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// CLOCK_MONOTONIC deadline in ns (bpf_ktime_get_ns).
+    pub expires_ns: u64,
+    pub egress_ep: u32,
+    pub ingress_ep: u32,
+    pub rule: u32,
+    /// `CT_*`
+    pub flags: u32,
+}
+
+// ---- verdicts, events, counters ------------------------------------------------
+pub const R_ALLOW_UNISOLATED: u8 = 1;
+pub const R_ALLOW_POLICY: u8 = 2;
+pub const R_ALLOW_ESTABLISHED: u8 = 3;
+pub const R_ALLOW_REPLY: u8 = 4;
+pub const R_ALLOW_HOST: u8 = 5;
+pub const R_ALLOW_DEFERRED: u8 = 6;
+pub const R_ALLOW_NOT_IP: u8 = 7;
+pub const R_ALLOW_ND: u8 = 8;
+pub const R_ALLOW_RELATED: u8 = 9;
+pub const R_ALLOW_OPEN_UNTIL_READY: u8 = 10;
+pub const R_DROP_POLICY: u8 = 64;
+pub const R_DROP_NOT_READY: u8 = 65;
+pub const R_DROP_MALFORMED: u8 = 66;
+pub const R_DROP_FRAGMENT: u8 = 67;
+pub const R_DROP_NO_ENDPOINT: u8 = 68;
+pub const R_DROP_CT_FULL: u8 = 69;
+pub const R_DROP_VLAN: u8 = 70;
+pub const REASON_MAX: u8 = 128;
+
+/// Every reason code with its metric label.
+pub const REASONS: &[(u8, &str)] = &[
+    (R_ALLOW_UNISOLATED, "allow_unisolated"),
+    (R_ALLOW_POLICY, "allow_policy"),
+    (R_ALLOW_ESTABLISHED, "allow_established"),
+    (R_ALLOW_REPLY, "allow_reply"),
+    (R_ALLOW_HOST, "allow_host"),
+    (R_ALLOW_DEFERRED, "allow_deferred"),
+    (R_ALLOW_NOT_IP, "allow_not_ip"),
+    (R_ALLOW_ND, "allow_nd"),
+    (R_ALLOW_RELATED, "allow_related"),
+    (R_ALLOW_OPEN_UNTIL_READY, "allow_open_until_ready"),
+    (R_DROP_POLICY, "drop_policy"),
+    (R_DROP_NOT_READY, "drop_not_ready"),
+    (R_DROP_MALFORMED, "drop_malformed"),
+    (R_DROP_FRAGMENT, "drop_fragment"),
+    (R_DROP_NO_ENDPOINT, "drop_no_endpoint"),
+    (R_DROP_CT_FULL, "drop_ct_full"),
+    (R_DROP_VLAN, "drop_vlan"),
+];
+
+pub fn reason_is_drop(r: u8) -> bool {
+    r >= 64
+}
+
+/// Metric label of a reason code ("unknown" for codes this build does not know).
+pub fn reason_name(r: u8) -> &'static str {
+    REASONS.iter().find(|(c, _)| *c == r).map(|(_, n)| *n).unwrap_or("unknown")
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub endpoint: u32,
+    pub peer_identity: u32,
+    pub rule: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub reason: u8,
+    pub pad: [u8; 5],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub endpoint: u32,
+    pub direction: u8,
+    pub reason: u8,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// ---- config -------------------------------------------------------------------
+pub const CFG_EVENTS_ALLOW: u32 = 1 << 0;
+pub const CT_TCP_TIMEOUT_DEFAULT_S: u32 = 21600;
+pub const CT_UDP_TIMEOUT_DEFAULT_S: u32 = 60;
+pub const CT_SYN_TIMEOUT_DEFAULT_S: u32 = 60;
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    pub flags: u32,
+    pub ct_tcp_timeout_s: u32,
+    pub ct_udp_timeout_s: u32,
+    pub ct_syn_timeout_s: u32,
+}
+
+// ---- capacities ----------------------------------------------------------------
+pub const IPCACHE_MAX: u32 = 262144;
+pub const ENDPOINTS_MAX: u32 = 65536;
+pub const POLICY_MAX: u32 = 1048576;
+pub const CIDR_MAX: u32 = 262144;
+pub const CT_MAX: u32 = 262144;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const COUNTERS_MAX: u32 = 65536;
+
+// ---- pinned names ----------------------------------------------------------------
+pub const MAP_IPCACHE: &str = "weir_ipcache";
+pub const MAP_ENDPOINTS: &str = "weir_endpoints";
+pub const MAP_POLICY: &str = "weir_policy";
+pub const MAP_CIDR: &str = "weir_cidr";
+pub const MAP_CT: &str = "weir_ct";
+pub const MAP_EVENTS: &str = "weir_events";
+pub const MAP_COUNTERS: &str = "weir_counters";
+pub const MAP_CONFIG: &str = "weir_config";
+pub const MAP_ABI: &str = "weir_abi";
+pub const PROG_FROM_POD: &str = "from_pod";
+pub const PROG_TO_POD: &str = "to_pod";
+
+macro_rules! pod {
+    ($($t:ty),+ $(,)?) => {
+        // SAFETY: #[repr(C)], only integer fields and arrays of them, no
+        // implicit padding (the header's layout rule; checked by the layout
+        // test, which compares every size with the sum of its fields).
+        $(unsafe impl aya::Pod for $t {})+
+    };
+}
+pod!(
+    IpcacheKey,
+    IpcacheValue,
+    Endpoint,
+    PolicyKey,
+    PolicyValue,
+    CidrKey,
+    CidrValue,
+    CtKey,
+    CtValue,
+    Event,
+    CounterKey,
+    CounterValue,
+    Config
+);

@@ -1,0 +1,734 @@
+use crate::abi::*;
+use crate::addr;
+use crate::error::Error;
+use crate::events::EventReader;
+use crate::ports::port_range_blocks;
+use crate::sys;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{self, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use ipnet::IpNet;
+use std::fs::File;
+use std::io;
+use std::ops::RangeInclusive;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The two programs: where they attach on the pod's host veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of the host veth: what the pod sends.
+    FromPod,
+    /// tc egress of the host veth: what the pod receives.
+    ToPod,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::FromPod => PROG_FROM_POD,
+            Hook::ToPod => PROG_TO_POD,
+        }
+    }
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::FromPod => TcAttachType::Ingress,
+            Hook::ToPod => TcAttachType::Egress,
+        }
+    }
+    /// BPF_TCX_INGRESS / BPF_TCX_EGRESS
+    fn tcx_attach_type(self) -> u32 {
+        match self {
+            Hook::FromPod => 46,
+            Hook::ToPod => 47,
+        }
+    }
+}
+
+/// A NetworkPolicy-level allow: peer identity (or ANY), direction, protocol
+/// (None = any protocol, any port) and ports (None = any port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub endpoint: u32,
+    pub identity: u32,
+    pub direction: u8,
+    pub protocol: Option<u8>,
+    pub ports: Option<RangeInclusive<u16>>,
+}
+
+impl PolicyRule {
+    /// The LPM entries (prefix length, key) that encode this rule: one for
+    /// "any protocol" or "any port", else one per aligned port block.
+    pub fn prefixes(&self) -> Vec<(u32, PolicyKey)> {
+        let Some(proto) = self.protocol else {
+            return vec![(
+                POLICY_FIXED_BITS,
+                PolicyKey::new(self.endpoint, self.identity, self.direction, 0, 0),
+            )];
+        };
+        match &self.ports {
+            None => vec![(
+                POLICY_FIXED_BITS + 8,
+                PolicyKey::new(self.endpoint, self.identity, self.direction, proto, 0),
+            )],
+            Some(r) => port_range_blocks(*r.start(), *r.end())
+                .into_iter()
+                .map(|b| {
+                    (
+                        b.prefix_len(),
+                        PolicyKey::new(self.endpoint, self.identity, self.direction, proto, b.start),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A conntrack entry with its expiry relative to now.
+#[derive(Clone, Debug)]
+pub struct CtEntry {
+    pub key: CtKey,
+    pub value: CtValue,
+    /// Nanoseconds until expiry; 0 when already expired (awaiting reuse).
+    pub expires_in_ns: u64,
+}
+
+impl CtEntry {
+    pub fn src(&self) -> std::net::IpAddr {
+        addr::from_bytes(self.key.saddr)
+    }
+    pub fn dst(&self) -> std::net::IpAddr {
+        addr::from_bytes(self.key.daddr)
+    }
+}
+
+/// A handle on the pinned dataplane under one bpffs root. Cheap to open;
+/// every method is a map or link operation on the pins, so any number of
+/// processes may hold one at the same time.
+pub struct Dataplane {
+    root: PathBuf,
+    ipcache: Mutex<LpmTrie<MapData, IpcacheKey, IpcacheValue>>,
+    endpoints: Mutex<HashMap<MapData, u32, Endpoint>>,
+    policy: Mutex<LpmTrie<MapData, PolicyKey, PolicyValue>>,
+    cidr: Mutex<LpmTrie<MapData, CidrKey, CidrValue>>,
+    ct: Mutex<HashMap<MapData, CtKey, CtValue>>,
+    counters: Mutex<PerCpuHashMap<MapData, CounterKey, CounterValue>>,
+    config: Mutex<Array<MapData, Config>>,
+}
+
+/// flock on the root directory (bpffs holds no regular files, but a
+/// directory fd can carry a lock). Released on drop.
+struct RootLock(#[allow(dead_code)] File);
+
+impl RootLock {
+    fn take(root: &Path) -> Result<Self, Error> {
+        let f = File::open(root).map_err(|e| Error::io("cannot open bpffs root", root, e))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io("cannot lock bpffs root", root, io::Error::last_os_error()));
+        }
+        Ok(RootLock(f))
+    }
+}
+
+fn map_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(MapError) -> Error + 'a {
+    move |source| Error::Map { path: path.to_path_buf(), op, source }
+}
+
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn open_map(root: &Path, name: &str) -> Result<Map, Error> {
+    let path = root.join(name);
+    if !path.exists() {
+        return Err(Error::NotLoaded { root: root.to_path_buf(), path });
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(&path, "open pinned map"))?;
+    Map::from_map_data(data).map_err(map_err(&path, "open pinned map"))
+}
+
+macro_rules! typed {
+    ($root:expr, $name:expr, $ty:ty) => {{
+        let m = open_map($root, $name)?;
+        let path = $root.join($name);
+        Mutex::new(<$ty>::try_from(m).map_err(map_err(&path, "check key/value sizes"))?)
+    }};
+}
+
+fn check_bpffs(root: &Path) -> Result<(), Error> {
+    // the nearest existing ancestor must be on bpffs
+    let mut p = root;
+    loop {
+        if p.exists() {
+            let t = sys::fs_type(p).map_err(|e| Error::io("cannot statfs", p, e))?;
+            if t != sys::BPF_FS_MAGIC {
+                let mount = if root.starts_with("/sys/fs/bpf") {
+                    PathBuf::from("/sys/fs/bpf")
+                } else {
+                    p.to_path_buf()
+                };
+                return Err(Error::BpffsNotMounted { path: mount });
+            }
+            return Ok(());
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return Err(Error::BpffsNotMounted { path: root.to_path_buf() }),
+        }
+    }
+}
+
+fn read_abi(root: &Path) -> Result<Option<u32>, Error> {
+    let path = root.join(MAP_ABI);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let m = open_map(root, MAP_ABI)?;
+    let a: Array<MapData, u32> = Array::try_from(m).map_err(map_err(&path, "open"))?;
+    Ok(Some(a.get(&0, 0).map_err(map_err(&path, "read"))?))
+}
+
+fn check_abi(root: &Path) -> Result<(), Error> {
+    match read_abi(root)? {
+        Some(v) if v == ABI_VERSION => Ok(()),
+        Some(0) | None => Err(Error::NotLoaded { root: root.to_path_buf(), path: root.join(MAP_ABI) }),
+        Some(found) => Err(Error::AbiMismatch { root: root.to_path_buf(), found, expected: ABI_VERSION }),
+    }
+}
+
+impl Dataplane {
+    /// Open the pinned dataplane under `root`, loading the embedded object
+    /// and pinning its maps and programs first if they are absent.
+    /// Idempotent and safe under concurrent callers (flock on the root).
+    pub fn load_or_open(root: &Path) -> Result<Dataplane, Error> {
+        check_bpffs(root)?;
+        std::fs::create_dir_all(root).map_err(|e| Error::io("cannot create bpffs root", root, e))?;
+        {
+            let _lock = RootLock::take(root)?;
+            let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
+            match read_abi(root)? {
+                Some(v) if v == ABI_VERSION && progs_pinned => {}
+                Some(v) if v != 0 && v != ABI_VERSION => {
+                    return Err(Error::AbiMismatch { root: root.to_path_buf(), found: v, expected: ABI_VERSION })
+                }
+                // absent, or a load that died before it finished (version is
+                // written last): (re)load; existing map pins are reused.
+                _ => Self::load(root)?,
+            }
+        }
+        Self::open(root)
+    }
+
+    fn load(root: &Path) -> Result<(), Error> {
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(root)
+            .load(crate::OBJECT)
+            .map_err(|source| Error::Load { root: root.to_path_buf(), source })?;
+        let progs = root.join("progs");
+        for dir in [&progs, &root.join("links")] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        }
+        for hook in Hook::ALL {
+            let name = hook.name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Invalid { field: "eBPF object", msg: format!("no program {name}") })?
+                .try_into()
+                .map_err(|source| Error::Program { name: name.into(), source })?;
+            prog.load().map_err(|source| Error::Program { name: name.into(), source })?;
+            let pin = progs.join(name);
+            if pin.exists() {
+                std::fs::remove_file(&pin).map_err(|e| Error::io("cannot replace pin", &pin, e))?;
+            }
+            prog.pin(&pin).map_err(|e| Error::io("cannot pin program", &pin, io::Error::other(e)))?;
+        }
+        let path = root.join(MAP_ABI);
+        let mut abi_map: Array<&mut MapData, u32> = Array::try_from(
+            ebpf.map_mut(MAP_ABI)
+                .ok_or_else(|| Error::Invalid { field: "eBPF object", msg: format!("no map {MAP_ABI}") })?,
+        )
+        .map_err(map_err(&path, "open"))?;
+        abi_map.set(0, ABI_VERSION, 0).map_err(map_err(&path, "write ABI version"))?;
+        Ok(())
+    }
+
+    /// Open the pinned dataplane under `root`; the pins must exist.
+    pub fn open(root: &Path) -> Result<Dataplane, Error> {
+        check_bpffs(root)?;
+        check_abi(root)?;
+        for hook in Hook::ALL {
+            let p = root.join("progs").join(hook.name());
+            if !p.exists() {
+                return Err(Error::NotLoaded { root: root.to_path_buf(), path: p });
+            }
+        }
+        Ok(Dataplane {
+            root: root.to_path_buf(),
+            ipcache: typed!(root, MAP_IPCACHE, LpmTrie<MapData, IpcacheKey, IpcacheValue>),
+            endpoints: typed!(root, MAP_ENDPOINTS, HashMap<MapData, u32, Endpoint>),
+            policy: typed!(root, MAP_POLICY, LpmTrie<MapData, PolicyKey, PolicyValue>),
+            cidr: typed!(root, MAP_CIDR, LpmTrie<MapData, CidrKey, CidrValue>),
+            ct: typed!(root, MAP_CT, HashMap<MapData, CtKey, CtValue>),
+            counters: typed!(root, MAP_COUNTERS, PerCpuHashMap<MapData, CounterKey, CounterValue>),
+            config: typed!(root, MAP_CONFIG, Array<MapData, Config>),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn prog_path(&self, hook: Hook) -> PathBuf {
+        self.root.join("progs").join(hook.name())
+    }
+
+    fn link_path(&self, ifindex: u32, hook: Hook) -> PathBuf {
+        self.root.join("links").join(format!("{ifindex}_{}", hook.name()))
+    }
+
+    fn program(&self, hook: Hook) -> Result<SchedClassifier, Error> {
+        SchedClassifier::from_pin(self.prog_path(hook))
+            .map_err(|source| Error::Program { name: hook.name().into(), source })
+    }
+
+    fn prog_id(&self, hook: Hook) -> Result<u32, Error> {
+        let p = self.prog_path(hook);
+        let fd = sys::obj_get(&p).map_err(|e| Error::io("cannot open pinned program", &p, e))?;
+        sys::obj_id(fd.as_fd()).map_err(|e| Error::io("cannot read program info", &p, e))
+    }
+
+    /// The live state of a pinned link: Some(info) when the pin exists.
+    fn link_state(&self, path: &Path) -> Result<Option<sys::LinkInfo>, Error> {
+        match sys::obj_get(path) {
+            Ok(fd) => Ok(Some(sys::link_info(fd.as_fd()).map_err(|e| Error::io("cannot read link info", path, e))?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot open pinned link", path, e)),
+        }
+    }
+
+    fn hook_attached(&self, ifindex: u32, hook: Hook, prog_id: Option<u32>) -> Result<bool, Error> {
+        Ok(match self.link_state(&self.link_path(ifindex, hook))? {
+            Some(i) => {
+                i.link_type == sys::BPF_LINK_TYPE_TCX
+                    && i.ifindex == ifindex
+                    && i.attach_type == hook.tcx_attach_type()
+                    && prog_id.is_none_or(|p| p == i.prog_id)
+            }
+            None => false,
+        })
+    }
+
+    /// Attach from_pod (tc ingress) and to_pod (tc egress) to the host veth
+    /// `ifindex` in the caller's current network namespace, pinning the TCX
+    /// links under `<root>/links/` so they outlive the process. Idempotent:
+    /// a link already attached with the current program is kept; a stale one
+    /// (device gone, older program) is replaced after the new one is in.
+    pub fn attach(&self, ifindex: u32) -> Result<(), Error> {
+        let ifname = sys::if_name(ifindex).ok_or(Error::NoSuchInterface { ifindex })?;
+        let _lock = RootLock::take(&self.root)?;
+        let tcx = aya::util::KernelVersion::current()
+            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+            .unwrap_or(true);
+        for hook in Hook::ALL {
+            let link_path = self.link_path(ifindex, hook);
+            let mut prog = self.program(hook)?;
+            if !tcx {
+                // clsact + netlink filter: persists without a pin.
+                let _ = tc::qdisc_add_clsact(&ifname);
+                let id = prog
+                    .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::Netlink(Default::default()))
+                    .map_err(|source| Error::Program { name: hook.name().into(), source })?;
+                let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source })?;
+                std::mem::forget(link);
+                continue;
+            }
+            let prog_id = self.prog_id(hook)?;
+            if self.hook_attached(ifindex, hook, Some(prog_id))? {
+                continue;
+            }
+            let id = prog
+                .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(|source| Error::Program { name: hook.name().into(), source })?;
+            let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source })?;
+            let fd_link: FdLink = link
+                .try_into()
+                .map_err(|e| Error::io("cannot take TCX link", &link_path, io::Error::other(e)))?;
+            if link_path.exists() {
+                // the stale link detaches when its pin goes (the new one is already in)
+                std::fs::remove_file(&link_path).map_err(|e| Error::io("cannot remove stale link pin", &link_path, e))?;
+            }
+            fd_link
+                .pin(&link_path)
+                .map_err(|e| Error::io("cannot pin TCX link", &link_path, io::Error::other(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Both programs attached to `ifindex` through our pinned links.
+    pub fn is_attached(&self, ifindex: u32) -> Result<bool, Error> {
+        for hook in Hook::ALL {
+            if !self.hook_attached(ifindex, hook, None)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Detach both programs from `ifindex` (unpinning the links). Already
+    /// gone is success.
+    pub fn detach(&self, ifindex: u32) -> Result<(), Error> {
+        let _lock = RootLock::take(&self.root)?;
+        for hook in Hook::ALL {
+            let path = self.link_path(ifindex, hook);
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => {
+                    // dropping the last reference detaches it
+                    drop(link.unpin().map_err(|e| Error::io("cannot unpin link", &path, e))?);
+                }
+                Err(_) if !path.exists() => {}
+                Err(e) => return Err(Error::io("cannot open pinned link", &path, io::Error::other(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// ifindexes that have pinned links under this root.
+    pub fn attached_ifindexes(&self) -> Result<Vec<u32>, Error> {
+        let dir = self.root.join("links");
+        let mut v: Vec<u32> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('_').next()?.parse().ok()))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(Error::io("cannot list", dir, e)),
+        };
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    // ---- endpoints ------------------------------------------------------------
+
+    pub fn set_endpoint(&self, ifindex: u32, ep: &Endpoint) -> Result<(), Error> {
+        let p = self.root.join(MAP_ENDPOINTS);
+        self.endpoints.lock().unwrap().insert(ifindex, ep, 0).map_err(map_err(&p, "update"))
+    }
+
+    pub fn endpoint(&self, ifindex: u32) -> Result<Option<Endpoint>, Error> {
+        let p = self.root.join(MAP_ENDPOINTS);
+        match self.endpoints.lock().unwrap().get(&ifindex, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(&p, "lookup")(e)),
+        }
+    }
+
+    pub fn remove_endpoint(&self, ifindex: u32) -> Result<(), Error> {
+        let p = self.root.join(MAP_ENDPOINTS);
+        match self.endpoints.lock().unwrap().remove(&ifindex) {
+            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>, Error> {
+        let p = self.root.join(MAP_ENDPOINTS);
+        let m = self.endpoints.lock().unwrap();
+        let mut v = m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(&p, "iterate"))?;
+        v.sort_by_key(|(k, _)| *k);
+        Ok(v)
+    }
+
+    // ---- ipcache -------------------------------------------------------------
+
+    pub fn set_ipcache(&self, net: IpNet, value: &IpcacheValue) -> Result<(), Error> {
+        let p = self.root.join(MAP_IPCACHE);
+        let (len, a) = addr::net_to_prefix(net);
+        self.ipcache.lock().unwrap().insert(&Key::new(len, IpcacheKey { addr: a }), value, 0).map_err(map_err(&p, "update"))
+    }
+
+    /// The exact entry for `net` (not a longest-prefix match).
+    pub fn ipcache(&self, net: IpNet) -> Result<Option<IpcacheValue>, Error> {
+        let p = self.root.join(MAP_IPCACHE);
+        let (len, a) = addr::net_to_prefix(net);
+        Ok(self.ipcache_entries_raw(&p)?.into_iter().find(|(l, k, _)| *l == len && k.addr == a).map(|(_, _, v)| v))
+    }
+
+    /// Longest-prefix match for one address, as the programs see it.
+    pub fn ipcache_lookup(&self, ip: std::net::IpAddr) -> Result<Option<IpcacheValue>, Error> {
+        let p = self.root.join(MAP_IPCACHE);
+        match self.ipcache.lock().unwrap().get(&Key::new(128, IpcacheKey { addr: addr::to_bytes(ip) }), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(&p, "lookup")(e)),
+        }
+    }
+
+    pub fn remove_ipcache(&self, net: IpNet) -> Result<(), Error> {
+        let p = self.root.join(MAP_IPCACHE);
+        let (len, a) = addr::net_to_prefix(net);
+        match self.ipcache.lock().unwrap().remove(&Key::new(len, IpcacheKey { addr: a })) {
+            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn ipcache_entries_raw(&self, p: &Path) -> Result<Vec<(u32, IpcacheKey, IpcacheValue)>, Error> {
+        let m = self.ipcache.lock().unwrap();
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(map_err(p, "iterate"))?;
+            out.push((k.prefix_len(), k.data(), v));
+        }
+        Ok(out)
+    }
+
+    pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, Error> {
+        let p = self.root.join(MAP_IPCACHE);
+        let mut v: Vec<_> = self
+            .ipcache_entries_raw(&p)?
+            .into_iter()
+            .map(|(l, k, v)| (addr::prefix_to_net(l, k.addr), v))
+            .collect();
+        v.sort_by_key(|(n, _)| *n);
+        Ok(v)
+    }
+
+    // ---- policy --------------------------------------------------------------
+
+    /// Insert one raw LPM entry (see [`PolicyRule::prefixes`]).
+    pub fn set_policy(&self, prefix_len: u32, key: &PolicyKey, value: &PolicyValue) -> Result<(), Error> {
+        if !(POLICY_FIXED_BITS..=POLICY_FULL_BITS).contains(&prefix_len) {
+            return Err(Error::Invalid {
+                field: "policy prefix_len",
+                msg: format!("{prefix_len} outside {POLICY_FIXED_BITS}..={POLICY_FULL_BITS} (endpoint, identity and direction always match in full)"),
+            });
+        }
+        let p = self.root.join(MAP_POLICY);
+        self.policy.lock().unwrap().insert(&Key::new(prefix_len, *key), value, 0).map_err(map_err(&p, "update"))
+    }
+
+    pub fn remove_policy(&self, prefix_len: u32, key: &PolicyKey) -> Result<(), Error> {
+        let p = self.root.join(MAP_POLICY);
+        match self.policy.lock().unwrap().remove(&Key::new(prefix_len, *key)) {
+            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Insert every entry of `rule` with rule id `rule_id`.
+    pub fn allow(&self, rule: &PolicyRule, rule_id: u32) -> Result<(), Error> {
+        for (len, key) in rule.prefixes() {
+            self.set_policy(len, &key, &PolicyValue::allow(rule_id))?;
+        }
+        Ok(())
+    }
+
+    pub fn unallow(&self, rule: &PolicyRule) -> Result<(), Error> {
+        for (len, key) in rule.prefixes() {
+            self.remove_policy(len, &key)?;
+        }
+        Ok(())
+    }
+
+    /// (prefix_len, key, value) of every policy entry.
+    pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, Error> {
+        let p = self.root.join(MAP_POLICY);
+        let m = self.policy.lock().unwrap();
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
+            out.push((k.prefix_len(), k.data(), v));
+        }
+        Ok(out)
+    }
+
+    // ---- ipBlock classes ---------------------------------------------------------
+
+    pub fn set_cidr(&self, endpoint: u32, direction: u8, net: IpNet, class: u32) -> Result<(), Error> {
+        let p = self.root.join(MAP_CIDR);
+        let (len, a) = addr::net_to_prefix(net);
+        let key = CidrKey { endpoint, direction, pad: [0; 3], addr: a };
+        self.cidr
+            .lock()
+            .unwrap()
+            .insert(&Key::new(CIDR_FIXED_BITS + len, key), CidrValue { identity: class }, 0)
+            .map_err(map_err(&p, "update"))
+    }
+
+    pub fn remove_cidr(&self, endpoint: u32, direction: u8, net: IpNet) -> Result<(), Error> {
+        let p = self.root.join(MAP_CIDR);
+        let (len, a) = addr::net_to_prefix(net);
+        let key = CidrKey { endpoint, direction, pad: [0; 3], addr: a };
+        match self.cidr.lock().unwrap().remove(&Key::new(CIDR_FIXED_BITS + len, key)) {
+            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// (endpoint, direction, prefix, class) of every ipBlock entry.
+    pub fn cidr_entries(&self) -> Result<Vec<(u32, u8, IpNet, u32)>, Error> {
+        let p = self.root.join(MAP_CIDR);
+        let m = self.cidr.lock().unwrap();
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
+            let d = k.data();
+            out.push((d.endpoint, d.direction, addr::prefix_to_net(k.prefix_len() - CIDR_FIXED_BITS, d.addr), v.identity));
+        }
+        Ok(out)
+    }
+
+    // ---- conntrack -------------------------------------------------------------
+
+    pub fn ct_entries(&self) -> Result<Vec<CtEntry>, Error> {
+        let p = self.root.join(MAP_CT);
+        let now = sys::monotonic_ns();
+        let m = self.ct.lock().unwrap();
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (key, value) = r.map_err(map_err(&p, "iterate"))?;
+            out.push(CtEntry { key, value, expires_in_ns: value.expires_ns.saturating_sub(now) });
+        }
+        Ok(out)
+    }
+
+    /// Remove every entry `pred` selects; returns how many.
+    pub fn ct_flush_where(&self, pred: impl Fn(&CtKey, &CtValue) -> bool) -> Result<usize, Error> {
+        let p = self.root.join(MAP_CT);
+        let mut m = self.ct.lock().unwrap();
+        let keys: Vec<CtKey> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| pred(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in keys {
+            match m.remove(&k) {
+                Ok(()) => n += 1,
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(&p, "delete")(e)),
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn ct_flush(&self) -> Result<usize, Error> {
+        self.ct_flush_where(|_, _| true)
+    }
+
+    /// Forget the flows an endpoint allowed (when it goes away, before its
+    /// ifindex can be reused).
+    pub fn ct_flush_endpoint(&self, ifindex: u32) -> Result<usize, Error> {
+        self.ct_flush_where(|_, v| v.egress_ep == ifindex || v.ingress_ep == ifindex)
+    }
+
+    // ---- counters -------------------------------------------------------------
+
+    /// Every counter, summed over CPUs, sorted by key.
+    pub fn counters(&self) -> Result<Vec<(CounterKey, CounterValue)>, Error> {
+        let p = self.root.join(MAP_COUNTERS);
+        let m = self.counters.lock().unwrap();
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, per_cpu) = r.map_err(map_err(&p, "iterate"))?;
+            let mut sum = CounterValue::default();
+            for v in per_cpu.iter() {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            }
+            out.push((k, sum));
+        }
+        out.sort_by_key(|(k, _)| (k.endpoint, k.direction, k.reason));
+        Ok(out)
+    }
+
+    /// One counter summed over CPUs (zero when never hit).
+    pub fn counter(&self, endpoint: u32, direction: u8, reason: u8) -> Result<CounterValue, Error> {
+        let p = self.root.join(MAP_COUNTERS);
+        let key = CounterKey { endpoint, direction, reason, pad: 0 };
+        match self.counters.lock().unwrap().get(&key, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().fold(CounterValue::default(), |a, v| CounterValue {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            })),
+            Err(e) if not_found(&e) => Ok(CounterValue::default()),
+            Err(e) => Err(map_err(&p, "lookup")(e)),
+        }
+    }
+
+    /// Drop an endpoint's counters (when it goes away).
+    pub fn remove_counters(&self, endpoint: u32) -> Result<(), Error> {
+        let p = self.root.join(MAP_COUNTERS);
+        let mut m = self.counters.lock().unwrap();
+        let keys: Vec<CounterKey> = m.keys().filter_map(|k| k.ok()).filter(|k| k.endpoint == endpoint).collect();
+        for k in keys {
+            match m.remove(&k) {
+                Err(e) if !not_found(&e) => return Err(map_err(&p, "delete")(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ---- events, config ----------------------------------------------------------
+
+    /// A reader of the event ring. Events are consumed: with several readers
+    /// each event reaches one of them.
+    pub fn events(&self) -> Result<EventReader, Error> {
+        EventReader::open(self.root.join(MAP_EVENTS))
+    }
+
+    pub fn config(&self) -> Result<Config, Error> {
+        let p = self.root.join(MAP_CONFIG);
+        self.config.lock().unwrap().get(&0, 0).map_err(map_err(&p, "read"))
+    }
+
+    pub fn set_config(&self, cfg: &Config) -> Result<(), Error> {
+        let p = self.root.join(MAP_CONFIG);
+        self.config.lock().unwrap().set(0, cfg, 0).map_err(map_err(&p, "write"))
+    }
+
+    // ---- running the programs on a packet ----------------------------------------------
+
+    /// Run `hook`'s program on an Ethernet `frame` through BPF_PROG_TEST_RUN,
+    /// as if it had arrived on `ifindex` (a device that must exist in the
+    /// caller's network namespace, as the kernel resolves it). Returns the
+    /// tc action: -1 (TC_ACT_UNSPEC / TCX_NEXT) passes, 2 (TC_ACT_SHOT) drops.
+    /// Maps and counters are the live ones.
+    pub fn run(&self, hook: Hook, frame: &[u8], ifindex: u32) -> Result<i32, Error> {
+        if frame.len() < 14 {
+            return Err(Error::Invalid { field: "frame", msg: "BPF_PROG_TEST_RUN needs at least an Ethernet header".into() });
+        }
+        let prog = self.program(hook)?;
+        // struct __sk_buff: ifindex at 40; ingress_ifindex at 36 (the
+        // kernel accepts only a few fields, the rest must be zero).
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = prog.test_run(opts).map_err(|source| Error::Program { name: hook.name().into(), source })?;
+        Ok(r.return_value as i32)
+    }
+}
+
+/// tc verdicts as [`Dataplane::run`] returns them.
+pub const TC_PASS: i32 = -1;
+pub const TC_DROP: i32 = 2;
+

@@ -1,0 +1,75 @@
+use std::path::PathBuf;
+
+/// Every error names the pin or input involved and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bpffs not mounted at {path}: mount it (`mount -t bpf bpf {path}`) before running Weir")]
+    BpffsNotMounted { path: PathBuf },
+
+    #[error(
+        "pins under {root} were written by ABI version {found}, this build uses {expected}: \
+         remove {root} (it detaches Weir from every pod until they are re-attached) or run the \
+         matching Weir version"
+    )]
+    AbiMismatch { root: PathBuf, found: u32, expected: u32 },
+
+    #[error(
+        "{path} is not pinned: the dataplane under {root} is not loaded yet \
+         (Dataplane::load_or_open loads it; weir-policyd and the CNI ADD call it)"
+    )]
+    NotLoaded { root: PathBuf, path: PathBuf },
+
+    #[error("loading the eBPF object for {root} failed: {source}")]
+    Load {
+        root: PathBuf,
+        #[source]
+        source: aya::EbpfError,
+    },
+
+    #[error("program {name} was rejected or could not be handled: {source}{}", verifier_hint(.source))]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
+    #[error("map {path}: {op} failed: {source}")]
+    Map {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "no interface with ifindex {ifindex} in this network namespace: attach/detach run in the \
+         node's netns (where the host-side veth lives)"
+    )]
+    NoSuchInterface { ifindex: u32 },
+
+    #[error("invalid {field}: {msg}")]
+    Invalid { field: &'static str, msg: String },
+}
+
+fn verifier_hint(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            format!("\nverifier log:\n{verifier_log}")
+        }
+        _ => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { what, path: path.into(), source }
+    }
+}

@@ -1,0 +1,112 @@
+//! The few raw bpf(2) calls aya 0.14 does not expose: reading a pinned
+//! object and the TCX fields of a link's info (which device, which program).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `BPF_FS_MAGIC` from linux/magic.h.
+pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+pub const BPF_LINK_TYPE_TCX: u32 = 11;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer the kernel reads and writes.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr))
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// BPF_OBJ_GET: a new fd for the object pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pin path"))?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64; // pathname
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into a zeroed 256-byte buffer (larger than any
+/// kernel's info structs, whose unknown tail must be zero).
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u8; 256]> {
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((info.len() as u64) << 32); // bpf_fd, info_len
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+/// The kernel id of a program or map.
+pub fn obj_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(u32_at(&obj_info(fd)?, 4))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub prog_id: u32,
+    /// 0 once the device is gone (the link then is defunct).
+    pub ifindex: u32,
+    pub attach_type: u32,
+}
+
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let b = obj_info(fd)?;
+    // struct bpf_link_info: type, id, prog_id, then a union aligned on 8;
+    // its tcx member is { ifindex, attach_type }.
+    Ok(LinkInfo {
+        link_type: u32_at(&b, 0),
+        prog_id: u32_at(&b, 8),
+        ifindex: u32_at(&b, 16),
+        attach_type: u32_at(&b, 20),
+    })
+}
+
+/// statfs f_type of `path`.
+pub fn fs_type(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: statfs fills the zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The name of `ifindex` in the calling thread's network namespace.
+pub fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// Current CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns, which
+/// conntrack expiries are written in.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: plain clock read into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
