@@ -1,0 +1,356 @@
+//! The real `weir` binary, end to end, in namespaces this test creates.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(5);
+
+fn tcp_roundtrip(server_ns: &Netns, server_ip: IpAddr, client_ns: &Netns) {
+    let listener = server_ns.run(move || TcpListener::bind(SocketAddr::new(server_ip, 0)).unwrap());
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+        peer.ip()
+    });
+    let got = client_ns.run(move || {
+        let mut c = TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("TCP connect {addr}: {e}"));
+        c.set_read_timeout(Some(T)).unwrap();
+        c.write_all(b"weir").unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).unwrap();
+        b
+    });
+    assert_eq!(&got, b"weir");
+    server.join().unwrap();
+}
+
+fn udp_roundtrip(server_ns: &Netns, server_ip: IpAddr, client_ns: &Netns) {
+    let server = server_ns.run(move || UdpSocket::bind(SocketAddr::new(server_ip, 0)).unwrap());
+    let addr = server.local_addr().unwrap();
+    server.set_read_timeout(Some(T)).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 16];
+        let (n, from) = server.recv_from(&mut b).unwrap();
+        server.send_to(&b[..n], from).unwrap();
+    });
+    let any: SocketAddr = if server_ip.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let client = client_ns.run(move || UdpSocket::bind(any).unwrap());
+    client.set_read_timeout(Some(T)).unwrap();
+    client.send_to(b"weir-udp", addr).unwrap();
+    let mut b = [0u8; 16];
+    let (n, _) = client.recv_from(&mut b).unwrap_or_else(|e| panic!("UDP reply from {addr}: {e}"));
+    assert_eq!(&b[..n], b"weir-udp");
+    echo.join().unwrap();
+}
+
+#[test]
+fn root_two_pods_reach_each_other_and_the_gateway() {
+    require_root!();
+    let node = Node::new();
+    let (p1, p2) = (Netns::new("wp"), Netns::new("wp"));
+    let conf = node.conf("1.1.0", "10.80.1.0/24", Some("fd80:1::/64"));
+    let r1 = node.add("c1", &p1, &conf).ok().clone();
+    let r2 = node.add("c2", &p2, &conf).ok().clone();
+    for v4 in [true, false] {
+        let (a1, a2, gw) = (result_ip(&r1, v4), result_ip(&r2, v4), result_gateway(&r1, v4));
+        assert_ne!(a1, a2);
+        tcp_roundtrip(&p2, a2, &p1);
+        tcp_roundtrip(&p1, a1, &p2);
+        udp_roundtrip(&p2, a2, &p1);
+        // The gateway is the node: it must answer the pod.
+        tcp_roundtrip(&node.ns, gw, &p1);
+        udp_roundtrip(&node.ns, gw, &p2);
+    }
+    // hairpin mode, MTU and forwarding as configured.
+    let veth = weir_cni::naming::host_veth("c1", "eth0");
+    assert!(node.ns.ip(&["-d", "link", "show", &veth]).contains("hairpin on"));
+    assert_eq!(node.ns.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap()).trim(), "1");
+    assert_eq!(node.ns.run(|| std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap()).trim(), "1");
+    assert_eq!(p1.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/eth0/arp_notify").unwrap()).trim(), "1");
+    node.del("c1", &p1, &conf).ok();
+    node.del("c2", &p2, &conf).ok();
+    node.assert_clean("c1", Some(&p1));
+    node.assert_clean("c2", Some(&p2));
+}
+
+#[test]
+fn root_mtu_and_routes_from_config() {
+    require_root!();
+    let node = Node::new();
+    let pod = Netns::new("wp");
+    let mut conf = node.conf("1.0.0", "10.81.0.0/24", None);
+    conf["mtu"] = json!(1400);
+    conf["ipam"]["routes"] = json!([{ "dst": "10.96.0.0/12" }, { "dst": "192.0.2.0/24", "gw": "10.81.0.254" }]);
+    let r = node.add("c1", &pod, &conf).ok().clone();
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1400"));
+    let routes = pod.ip(&["-4", "route", "show"]);
+    assert!(routes.contains("default via 10.81.0.1 dev eth0"), "{routes}");
+    assert!(routes.contains("10.96.0.0/12 via 10.81.0.1 dev eth0"), "{routes}");
+    assert!(routes.contains("192.0.2.0/24 via 10.81.0.254 dev eth0"), "{routes}");
+    assert_eq!(r["routes"].as_array().unwrap().len(), 3, "{r}");
+    node.del("c1", &pod, &conf).ok();
+    node.assert_clean("c1", Some(&pod));
+}
+
+#[test]
+fn root_results_follow_each_spec_version() {
+    require_root!();
+    let node = Node::new();
+    for (i, v) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let pod = Netns::new("wp");
+        let conf = node.conf(v, "10.82.0.0/24", Some("fd82::/64"));
+        let id = format!("v{i}");
+        let r = node.add(&id, &pod, &conf).ok().clone();
+        assert_eq!(r["cniVersion"], json!(v));
+        let old = v.starts_with("0.");
+        for ip in r["ips"].as_array().unwrap() {
+            assert_eq!(ip.get("version").is_some(), old, "{v}: {ip}");
+            let idx = ip["interface"].as_u64().unwrap() as usize;
+            assert_eq!(r["interfaces"][idx]["name"], json!("eth0"));
+            assert_eq!(r["interfaces"][idx]["sandbox"], json!(pod.path()));
+        }
+        assert_eq!(r["interfaces"].as_array().unwrap().iter().any(|i| i.get("mtu").is_some()), *v == "1.1.0");
+        let del = node.del(&id, &pod, &conf);
+        assert_eq!(del.code, 0, "{del:?}");
+        assert!(del.out.is_null(), "DEL prints nothing on success: {}", del.out);
+        node.assert_clean(&id, Some(&pod));
+    }
+}
+
+#[test]
+fn root_version_lists_every_supported_version() {
+    require_root!();
+    let node = Node::new();
+    let call = Call { command: "VERSION".into(), ..Default::default() };
+    let r = exec_plugin(&node.ns, WEIR, &call, br#"{"cniVersion":"1.0.0"}"#);
+    let out = r.ok();
+    assert_eq!(out["cniVersion"], json!("1.0.0"));
+    assert_eq!(out["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+}
+
+fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+#[test]
+fn root_check_passes_after_add_and_fails_when_the_address_is_removed() {
+    require_root!();
+    let node = Node::new();
+    let pod = Netns::new("wp");
+    let conf = node.conf("1.1.0", "10.83.0.0/24", Some("fd83::/64"));
+    let r = node.add("c1", &pod, &conf).ok().clone();
+    let check = Call::new("CHECK", "c1", &pod.path(), "eth0");
+    node.weir(&check, &with_prev(&conf, &r)).ok();
+    // Missing prevResult is a configuration error.
+    assert_eq!(node.weir(&check, &conf).err_code(), 7);
+    let a6 = r["ips"][1]["address"].as_str().unwrap().to_string();
+    pod.ip(&["addr", "del", &a6, "dev", "eth0"]);
+    let bad = node.weir(&check, &with_prev(&conf, &r));
+    assert_eq!(bad.err_code(), 103);
+    assert!(bad.msg().contains(&a6), "{}", bad.msg());
+    node.del("c1", &pod, &conf).ok();
+    node.assert_clean("c1", Some(&pod));
+}
+
+#[test]
+fn root_del_is_idempotent_and_needs_no_netns() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.84.0.0/24", Some("fd84::/64"));
+    // Netns deleted before DEL.
+    let pod = Netns::new("wp");
+    node.add("gone", &pod, &conf).ok();
+    let path = pod.path();
+    drop(pod);
+    let mut call = Call::new("DEL", "gone", &path, "eth0");
+    node.weir(&call, &conf).ok();
+    node.assert_clean("gone", None);
+    // CNI_NETNS empty, then unset, then again (twice).
+    let pod = Netns::new("wp");
+    node.add("c2", &pod, &conf).ok();
+    call = Call::new("DEL", "c2", "", "eth0");
+    node.weir(&call, &conf).ok();
+    call.netns = None;
+    node.weir(&call, &conf).ok();
+    node.weir(&call, &conf).ok();
+    node.assert_clean("c2", Some(&pod));
+    // DEL of something never added.
+    node.weir(&Call::new("DEL", "never", "", "eth0"), &conf).ok();
+}
+
+#[test]
+fn root_bad_inputs_fail_cleanly() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.85.0.0/24", None);
+    // A working attachment first, so the bridge exists and leaks are visible.
+    let keep = Netns::new("wp");
+    node.add("keep", &keep, &conf).ok();
+    let before = node.reserved();
+
+    let pod = Netns::new("wp");
+    let add = Call::new("ADD", "bad", &pod.path(), "eth0");
+    let expect = |r: Run, code: u64, needle: &str| {
+        assert_eq!(r.err_code(), code, "{:?}", r);
+        assert!(r.msg().contains(needle), "message {:?} should name {needle:?}", r.msg());
+        assert!(!r.stderr.is_empty(), "errors are logged on stderr too");
+    };
+
+    // Malformed JSON.
+    let r = exec_plugin(&node.ns, WEIR, &add, b"{\"cniVersion\": \"1.1.0\", ");
+    expect(r, 6, "not valid JSON");
+    // Unknown type.
+    let mut c = conf.clone();
+    c["type"] = json!("brdge");
+    expect(node.weir(&add, &c), 7, "type \"brdge\"");
+    // Subnet that does not parse.
+    let mut c = conf.clone();
+    c["ipam"]["ranges"] = json!([[{ "subnet": "10.85.0.0/40" }]]);
+    expect(node.weir(&add, &c), 7, "ipam.ranges[0][0].subnet");
+    // Overlapping ranges.
+    let mut c = conf.clone();
+    c["ipam"]["ranges"] = json!([[{ "subnet": "10.85.0.0/24" }], [{ "subnet": "10.85.0.128/25" }]]);
+    expect(node.weir(&add, &c), 7, "overlaps");
+    // Missing env var.
+    let mut call = add.clone();
+    call.netns = None;
+    expect(node.weir(&call, &conf), 4, "CNI_NETNS");
+    // Netns path that does not exist.
+    let mut call = add.clone();
+    call.netns = Some("/run/netns/weir-no-such-ns".into());
+    expect(node.weir(&call, &conf), 4, "CNI_NETNS=\"/run/netns/weir-no-such-ns\" does not exist");
+    // Unsupported IPAM plugin (delegation target missing).
+    let mut c = conf.clone();
+    c["ipam"] = json!({ "type": "no-such-ipam" });
+    expect(node.weir(&add, &c), 7, "ipam.type \"no-such-ipam\"");
+    node.assert_clean("bad", Some(&pod));
+
+    // Interface name already taken in the pod.
+    // (no dummy driver in this kernel: a veth pair stands in)
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"]);
+    expect(node.weir(&add, &conf), 101, "CNI_IFNAME=\"eth0\" already exists");
+    assert!(node.reserved_by("bad").is_empty());
+    assert!(!node.ns.has_link(&weir_cni::naming::host_veth("bad", "eth0")));
+    pod.ip(&["link", "del", "eth0"]);
+
+    // A bridge name that exists but is not a bridge: rolls back the reservation.
+    let not_bridge = unique("wd");
+    let not_bridge_peer = format!("{not_bridge}p");
+    node.ns.ip(&["link", "add", &not_bridge, "type", "veth", "peer", "name", &not_bridge_peer]);
+    let mut c = conf.clone();
+    c["bridge"] = json!(not_bridge);
+    expect(node.weir(&add, &c), 7, "is a veth device, not a bridge");
+    node.assert_clean("bad", Some(&pod));
+
+    // Exhausted range: a /30 has one address besides the gateway.
+    let mut c = conf.clone();
+    c["name"] = json!(format!("{}-small", node.network));
+    c["ipam"]["ranges"] = json!([[{ "subnet": "10.86.0.0/30" }]]);
+    let p3 = Netns::new("wp");
+    node.add("one", &p3, &c).ok();
+    let r = node.weir(&add, &c);
+    expect(r, 102, "ipam.ranges[0]");
+    assert!(!node.ns.has_link(&weir_cni::naming::host_veth("bad", "eth0")));
+    assert!(!pod.has_link("eth0"));
+    node.del("one", &p3, &c).ok();
+
+    assert_eq!(node.reserved(), before, "the store is as it was");
+    node.del("keep", &keep, &conf).ok();
+}
+
+#[test]
+fn root_status_reports_exhaustion_and_missing_dataplane() {
+    require_root!();
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", "10.87.0.0/30", None);
+    let status = Call { command: "STATUS".into(), ..Default::default() };
+    assert_eq!(node.weir(&status, &conf).code, 0);
+    let pod = Netns::new("wp");
+    node.add("c1", &pod, &conf).ok();
+    let r = node.weir(&status, &conf);
+    assert_eq!(r.err_code(), 50);
+    assert!(r.msg().contains("ipam.ranges[0] is exhausted"), "{}", r.msg());
+    node.del("c1", &pod, &conf).ok();
+    assert_eq!(node.weir(&status, &conf).code, 0);
+    // Policy enforcement without pinned maps cannot serve ADD.
+    conf["policy"]["enforce"] = json!(true);
+    let r = node.weir(&status, &conf);
+    assert_eq!(r.err_code(), 50);
+    assert!(r.msg().contains("pinned maps are missing"), "{}", r.msg());
+    // STATUS is a 1.1.0 command.
+    conf["cniVersion"] = json!("1.0.0");
+    assert_eq!(node.weir(&status, &conf).err_code(), 1);
+}
+
+#[test]
+fn root_gc_removes_what_is_not_valid() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.88.0.0/24", Some("fd88::/64"));
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("wp")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add(&format!("c{i}"), p, &conf).ok();
+    }
+    // A reservation of a container the runtime forgot, written by another plugin.
+    std::fs::write(node.store().join("10.88.0.200"), "stale\r\neth0").unwrap();
+    let gc = Call { command: "GC".into(), ..Default::default() };
+    let mut c = conf.clone();
+    c["cni.dev/valid-attachments"] = json!([{ "containerID": "c0", "ifname": "eth0" }]);
+    node.weir(&gc, &c).ok();
+    assert_eq!(node.reserved_by("c0").len(), 2);
+    assert!(node.reserved_by("stale").is_empty());
+    node.assert_clean("c1", None);
+    node.assert_clean("c2", None);
+    assert_eq!(node.host_veths(), vec![weir_cni::naming::host_veth("c0", "eth0")]);
+    // The legacy key is honoured too; an empty list removes everything.
+    let mut c = conf.clone();
+    c["cni.dev/attachments"] = json!([]);
+    node.weir(&gc, &c).ok();
+    node.assert_clean("c0", None);
+    // Missing list is a config error (GC must not guess).
+    assert_eq!(node.weir(&gc, &conf).err_code(), 7);
+}
+
+#[test]
+fn root_delegated_ipam_is_exec_d_from_cni_path() {
+    require_root!();
+    let node = Node::new();
+    let pod = Netns::new("wp");
+    let mut conf = node.conf("1.0.0", "10.89.0.0/24", None);
+    conf["ipam"] = json!({ "type": "static", "addresses": [{ "address": "10.89.0.77/24", "gateway": "10.89.0.1" }] });
+    let r = node.add("c1", &pod, &conf).ok().clone();
+    assert_eq!(r["ips"][0]["address"], json!("10.89.0.77/24"));
+    assert!(pod.ip(&["addr", "show", "eth0"]).contains("10.89.0.77/24"));
+    tcp_roundtrip(&node.ns, "10.89.0.1".parse().unwrap(), &pod);
+    node.del("c1", &pod, &conf).ok();
+    assert!(!pod.has_link("eth0"));
+}
+
+#[test]
+fn root_ip_masq_installs_one_shared_idempotent_rule() {
+    require_root!();
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", "10.90.1.0/24", Some("fd90:1::/64"));
+    conf["ipMasq"] = json!(true);
+    conf["clusterCIDRs"] = json!(["10.90.0.0/16"]);
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("wp")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add(&format!("m{i}"), p, &conf).ok();
+    }
+    let rules = common::sh(&["nsenter", &format!("--net={}", node.ns.path()), "nft", "list", "table", "inet", "weir"]);
+    assert_eq!(rules.matches("masquerade").count(), 2, "one rule per family, not per pod: {rules}");
+    assert!(rules.contains("ip saddr 10.90.1.0/24 ip daddr != { 10.90.0.0/16, 224.0.0.0/4 } masquerade"), "{rules}");
+    for (i, p) in pods.iter().enumerate() {
+        node.del(&format!("m{i}"), p, &conf).ok();
+    }
+}
