@@ -2,7 +2,10 @@
 //! reads. `source` fills the `store`; `engine` compiles it (pure, no I/O);
 //! `sync` writes the difference to the pinned maps.
 
+pub mod daemon;
 pub mod fswatch;
+pub mod logging;
+pub mod sync;
 pub mod engine;
 pub mod store;
 pub mod http;

@@ -1,1 +1,70 @@
-fn main() {}
+//! weir-policyd: the Weir node agent.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use weir_policyd::daemon::{self, SourceChoice};
+use weir_policyd::source::kube::Access;
+
+/// Watches the cluster (or a directory of manifests) and keeps Weir's pinned
+/// BPF maps enforcing its NetworkPolicies.
+#[derive(Parser, Debug)]
+#[command(name = "weir-policyd", version)]
+struct Args {
+    /// Read objects from this kubeconfig's cluster.
+    #[arg(long, value_name = "PATH", group = "source")]
+    kubeconfig: Option<PathBuf>,
+    /// Read objects from the API server with the pod's service account.
+    #[arg(long, group = "source")]
+    in_cluster: bool,
+    /// Read objects from a directory of YAML manifests (the lab, bare nodes).
+    #[arg(long, value_name = "DIR", group = "source")]
+    manifests: Option<PathBuf>,
+    /// This node's name (Pods are matched to local interfaces through the
+    /// endpoint registry; the name labels logs and selects the Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    #[arg(long, default_value = weir_common::paths::DEFAULT_BPFFS_ROOT)]
+    bpffs_root: PathBuf,
+    #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9913")]
+    listen: SocketAddr,
+    /// Recompile and resync at least this often (seconds).
+    #[arg(long, default_value_t = 30)]
+    resync_secs: u64,
+}
+
+fn main() -> ExitCode {
+    weir_policyd::logging::init();
+    let args = Args::parse();
+    let source = match (&args.kubeconfig, args.in_cluster, &args.manifests) {
+        (Some(p), _, _) => SourceChoice::Kube(Access::Kubeconfig(p.clone())),
+        (_, true, _) => SourceChoice::Kube(Access::InCluster),
+        (_, _, Some(d)) => SourceChoice::Manifests(d.clone()),
+        _ => {
+            eprintln!("weir-policyd: say where the objects come from: --in-cluster, --kubeconfig PATH or --manifests DIR");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = daemon::Options {
+        source,
+        node_name: args.node_name,
+        bpffs_root: args.bpffs_root,
+        run_dir: args.run_dir,
+        listen: args.listen,
+        resync: Duration::from_secs(args.resync_secs.max(1)),
+    };
+    // Two workers: policyd shares the node with the pods it serves.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match rt.block_on(daemon::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

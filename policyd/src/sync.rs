@@ -1,0 +1,209 @@
+//! Writes what the engine wants into the pinned maps, as a difference.
+//!
+//! Order is make-before-break, so no flow allowed both before and after an
+//! update is dropped while it is applied:
+//! 1. new and changed ipcache, ipBlock-class and policy entries;
+//! 2. endpoint entries: identity, isolation and READY (a pod is only
+//!    isolated once its allow entries are in; it only becomes READY, and its
+//!    CNI ADD only returns, once everything it needs is in);
+//! 3. removal of entries nobody wants any more.
+//!
+//! What the maps hold is read back at start, so a restarted policyd neither
+//! flushes nor re-adds: it removes only what the current state no longer
+//! wants.
+
+use crate::engine::{self, CidrKey, Desired, Direction, EndpointState, IpcacheEntry, PolicyKey, PolicyValue};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use weir_bpf::{abi, Dataplane};
+
+/// The map contents this process believes are written.
+#[derive(Debug, Default)]
+pub struct Sync {
+    ipcache: BTreeMap<IpNet, IpcacheEntry>,
+    policy: BTreeMap<PolicyKey, PolicyValue>,
+    cidr: BTreeMap<CidrKey, u32>,
+    revision: u64,
+}
+
+/// What one sync wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub upserts: usize,
+    pub removals: usize,
+    pub endpoints_programmed: usize,
+    pub revision: u64,
+}
+
+impl Sync {
+    /// Start from what the maps hold now (entries a previous policyd wrote).
+    pub fn from_maps(dp: &Dataplane) -> Result<Sync, weir_bpf::Error> {
+        let mut s = Sync::default();
+        for (net, v) in dp.ipcache_entries()? {
+            s.ipcache.insert(net, from_abi_ipcache(&v));
+        }
+        for (len, k, v) in dp.policy_entries()? {
+            if let Some(key) = from_abi_policy(len, &k) {
+                s.policy.insert(key, PolicyValue { rule: v.rule });
+            }
+        }
+        for (endpoint, dir, net, class) in dp.cidr_entries()? {
+            s.cidr.insert(CidrKey { endpoint, direction: direction(dir), net }, class);
+        }
+        s.revision = dp.endpoints()?.iter().map(|(_, e)| e.revision).max().unwrap_or(0);
+        Ok(s)
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Entries currently believed written, per map (for metrics).
+    pub fn sizes(&self) -> [(&'static str, usize); 3] {
+        [("ipcache", self.ipcache.len()), ("policy", self.policy.len()), ("cidr", self.cidr.len())]
+    }
+
+    /// Bring the maps to `desired`. On error the maps hold a mix that is
+    /// still safe (allows were added before isolation; removals come last)
+    /// and the next call retries the rest.
+    pub fn apply(&mut self, dp: &Dataplane, desired: &Desired) -> Result<SyncStats, weir_bpf::Error> {
+        self.revision += 1;
+        let mut stats = SyncStats { revision: self.revision, ..Default::default() };
+        let ipcache = engine::diff_maps(&self.ipcache, &desired.ipcache);
+        let policy = engine::diff_maps(&self.policy, &desired.policy);
+        let cidr = engine::diff_maps(&self.cidr, &desired.cidr);
+
+        // 1. make
+        for (net, e) in &ipcache.upsert {
+            dp.set_ipcache(*net, &to_abi_ipcache(e))?;
+            self.ipcache.insert(*net, *e);
+        }
+        for (k, v) in &cidr.upsert {
+            dp.set_cidr(k.endpoint, k.direction.as_u8(), k.net, *v)?;
+            self.cidr.insert(*k, *v);
+        }
+        for (k, v) in &policy.upsert {
+            let (len, key) = to_abi_policy(k);
+            dp.set_policy(len, &key, &abi::PolicyValue::allow(v.rule))?;
+            self.policy.insert(*k, *v);
+        }
+        stats.upserts = ipcache.upsert.len() + cidr.upsert.len() + policy.upsert.len();
+
+        // 2. endpoints: compared with the map itself, not with memory: CNI
+        // ADD (re)writes an entry as not READY whenever a pod interface
+        // (possibly reusing an ifindex) appears.
+        for (&ifindex, want) in &desired.endpoints {
+            let Some(have) = dp.endpoint(ifindex)? else {
+                continue; // CNI DEL removed it (or ADD rolled back): nothing to program
+            };
+            let flags = endpoint_flags(want) | (have.flags & abi::EP_OPEN_UNTIL_READY);
+            if have.identity == want.identity && have.flags == flags {
+                continue;
+            }
+            dp.set_endpoint(ifindex, &abi::Endpoint { identity: want.identity, flags, revision: self.revision })?;
+            stats.endpoints_programmed += 1;
+        }
+
+        // 3. break
+        for k in &policy.remove {
+            let (len, key) = to_abi_policy(k);
+            dp.remove_policy(len, &key)?;
+            self.policy.remove(k);
+        }
+        for k in &cidr.remove {
+            dp.remove_cidr(k.endpoint, k.direction.as_u8(), k.net)?;
+            self.cidr.remove(k);
+        }
+        for net in &ipcache.remove {
+            dp.remove_ipcache(*net)?;
+            self.ipcache.remove(net);
+        }
+        stats.removals = ipcache.remove.len() + cidr.remove.len() + policy.remove.len();
+        Ok(stats)
+    }
+}
+
+fn endpoint_flags(e: &EndpointState) -> u32 {
+    let mut f = abi::EP_READY;
+    if e.ingress_isolated {
+        f |= abi::EP_INGRESS_ISOLATED;
+    }
+    if e.egress_isolated {
+        f |= abi::EP_EGRESS_ISOLATED;
+    }
+    f
+}
+
+fn direction(d: u8) -> Direction {
+    if d == abi::DIR_EGRESS {
+        Direction::Egress
+    } else {
+        Direction::Ingress
+    }
+}
+
+fn to_abi_ipcache(e: &IpcacheEntry) -> abi::IpcacheValue {
+    abi::IpcacheValue {
+        identity: e.identity,
+        endpoint: e.endpoint,
+        flags: if e.service { abi::IPCACHE_SERVICE } else { 0 },
+        pad: 0,
+    }
+}
+
+fn from_abi_ipcache(v: &abi::IpcacheValue) -> IpcacheEntry {
+    IpcacheEntry { identity: v.identity, endpoint: v.endpoint, service: v.flags & abi::IPCACHE_SERVICE != 0 }
+}
+
+/// The LPM prefix length encodes the wildcards (see weir_abi.h).
+fn to_abi_policy(k: &PolicyKey) -> (u32, abi::PolicyKey) {
+    let (len, proto, port) = match (k.protocol, k.port) {
+        (None, _) => (abi::POLICY_FIXED_BITS, 0, 0),
+        (Some(p), None) => (abi::POLICY_FIXED_BITS + 8, p, 0),
+        (Some(p), Some(b)) => (abi::POLICY_FIXED_BITS + 8 + b.prefix_bits as u32, p, b.value),
+    };
+    (len, abi::PolicyKey::new(k.endpoint, k.identity, k.direction.as_u8(), proto, port))
+}
+
+fn from_abi_policy(len: u32, k: &abi::PolicyKey) -> Option<PolicyKey> {
+    let (protocol, port) = match len.checked_sub(abi::POLICY_FIXED_BITS)? {
+        0 => (None, None),
+        8 => (Some(k.protocol), None),
+        n @ 9..=24 => (Some(k.protocol), Some(engine::PortBlock { value: k.port_host(), prefix_bits: (n - 8) as u8 })),
+        _ => return None,
+    };
+    Some(PolicyKey { endpoint: k.endpoint, identity: k.identity, direction: direction(k.direction), protocol, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_keys_round_trip_through_the_abi() {
+        let mut keys = vec![];
+        for protocol in [None, Some(6u8), Some(132)] {
+            for port in [None, Some(engine::PortBlock::single(80)), Some(engine::PortBlock { value: 1024, prefix_bits: 6 })] {
+                if protocol.is_none() && port.is_some() {
+                    continue;
+                }
+                keys.push(PolicyKey { endpoint: 7, identity: 300, direction: Direction::Egress, protocol, port });
+            }
+        }
+        for k in keys {
+            let (len, abi_key) = to_abi_policy(&k);
+            assert_eq!(from_abi_policy(len, &abi_key), Some(k), "len {len}");
+        }
+    }
+
+    #[test]
+    fn reserved_numbers_agree_with_the_map_abi() {
+        assert_eq!(engine::ID_ANY, abi::ID_ANY);
+        assert_eq!(engine::ID_HOST, abi::ID_HOST);
+        assert_eq!(engine::ID_WORLD, abi::ID_WORLD);
+        assert_eq!(engine::ID_FIRST_LABEL, abi::ID_FIRST_LABEL);
+        assert_eq!(engine::ID_FIRST_CIDR, abi::ID_FIRST_CIDR);
+        assert_eq!(engine::DIR_INGRESS, abi::DIR_INGRESS);
+        assert_eq!(engine::DIR_EGRESS, abi::DIR_EGRESS);
+    }
+}
