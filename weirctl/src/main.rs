@@ -1,1 +1,212 @@
-fn main() {}
+//! weirctl: Weir's command line. `weirctl lab ...` runs a one-node cluster of
+//! network namespaces on this machine (see docs/lab.md).
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use weirctl::lab::{demo, ops, serve, state::Lab};
+
+#[derive(Parser)]
+#[command(name = "weirctl", version, about = "Weir's command line")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// A one-node cluster made of network namespaces (needs root).
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Via {
+    Service,
+    Pod,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+#[value(rename_all = "UPPER")]
+enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    Pods,
+    Services,
+    Policies,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Create the node, start weir-policyd, create every object in FILEs.
+    Up {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Manifest file or directory (repeatable).
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// Directory holding the `weir` CNI binary (default: next to weirctl, then /opt/cni/bin).
+        #[arg(long)]
+        cni_bin_dir: Option<PathBuf>,
+        /// The weir-policyd binary (default: next to weirctl, /usr/local/bin, /usr/bin).
+        #[arg(long)]
+        policyd_bin: Option<PathBuf>,
+        /// Run without weir-policyd and without enforcement.
+        #[arg(long)]
+        no_policy: bool,
+        /// CNI plugin type to exec (the binary's name).
+        #[arg(long, default_value = "weir", hide = true)]
+        cni_type: String,
+    },
+    /// Create or replace the objects in FILEs.
+    Apply {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete the objects named in FILEs (a Namespace takes its contents).
+    Delete {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Every pod to every pod: `.` connected, `X` blocked.
+    Probe {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "TCP", ignore_case = true)]
+        protocol: Proto,
+        #[arg(long, value_enum, default_value = "service")]
+        via: Via,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        /// Only this source pod (ns/pod).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only this destination pod (ns/pod).
+        #[arg(long)]
+        to: Option<String>,
+        /// Probe IPv6 addresses (pod IPs or IPv6 ClusterIPs).
+        #[arg(long)]
+        ipv6: bool,
+    },
+    /// List pods, services or policies.
+    Get {
+        what: What,
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Remove every netns, link, pin, rule and process of the lab.
+    Down {
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// The NetworkPolicy e2e model (3 namespaces x 3 pods) with example policies.
+    Demo {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Leave the lab running afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        cni_bin_dir: Option<PathBuf>,
+        #[arg(long)]
+        policyd_bin: Option<PathBuf>,
+        #[arg(long)]
+        no_policy: bool,
+    },
+    /// The server inside each lab pod (started by the lab itself).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        status_file: PathBuf,
+        #[arg(long = "port")]
+        ports: Vec<String>,
+    },
+}
+
+fn proto_str(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "TCP",
+        Proto::Udp => "UDP",
+        Proto::Sctp => "SCTP",
+    }
+}
+
+fn run() -> Result<()> {
+    let Top::Lab { cmd } = Cli::parse().cmd;
+    match cmd {
+        LabCmd::Up { name, files, cni_bin_dir, policyd_bin, no_policy, cni_type } => {
+            ops::up(&Lab::new(&name)?, &ops::UpOpts { files, cni_bin_dir, policyd_bin, no_policy, cni_type, quiet: false })
+        }
+        LabCmd::Apply { name, files } => ops::apply(&Lab::new(&name)?, &files, false),
+        LabCmd::Delete { name, files } => ops::delete(&Lab::new(&name)?, &files, false),
+        LabCmd::Probe { name, port, protocol, via, timeout_ms, output, from, to, ipv6 } => {
+            let m = ops::probe(
+                &Lab::new(&name)?,
+                &ops::ProbeOpts {
+                    port,
+                    protocol: proto_str(protocol).into(),
+                    via_service: via == Via::Service,
+                    timeout: Duration::from_millis(timeout_ms),
+                    from,
+                    to,
+                    ipv6,
+                },
+            )?;
+            match output {
+                Output::Table => print!("{}", m.table()),
+                Output::Json => println!("{}", serde_json::to_string(&m.json())?),
+            }
+            Ok(())
+        }
+        LabCmd::Get { what, name, output } => {
+            let w = match what {
+                What::Pods => ops::GetWhat::Pods,
+                What::Services => ops::GetWhat::Services,
+                What::Policies => ops::GetWhat::Policies,
+            };
+            print!("{}", ops::get(&Lab::new(&name)?, w, matches!(output, Output::Json))?);
+            Ok(())
+        }
+        LabCmd::Down { name } => ops::down(&Lab::new(&name)?, false),
+        LabCmd::Demo { name, keep, cni_bin_dir, policyd_bin, no_policy } => {
+            demo::run(&Lab::new(&name)?, keep, ops::UpOpts { files: vec![], cni_bin_dir, policyd_bin, no_policy, cni_type: "weir".into(), quiet: false })
+        }
+        LabCmd::Serve { netns, status_file, ports } => {
+            let ports = ports.iter().map(|p| serve::parse_port_spec(p)).collect::<Result<Vec<_>>>()?;
+            serve::run(&netns, &ports, &status_file)
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

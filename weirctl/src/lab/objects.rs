@@ -1,0 +1,384 @@
+//! The lab's stand-in for the API server's decoding: YAML/JSON manifests
+//! (multi-document, `kind: List` too) into typed k8s-openapi objects, plus the
+//! admission checks the API server would make before anything touches the
+//! kernel.
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One object the lab understands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    NetworkPolicy(NetworkPolicy),
+}
+
+/// Kinds in the order the lab creates them (a pod needs its namespace; a
+/// policy should exist before the pods it selects start, so they come up
+/// already isolated, as they would on a busy cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    NetworkPolicy,
+    Service,
+    Pod,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+    /// File-name prefix in the manifests directory.
+    pub fn file_prefix(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Pod => "pod",
+            Kind::Service => "service",
+            Kind::NetworkPolicy => "networkpolicy",
+        }
+    }
+}
+
+/// (kind, namespace ("" for Namespaces), name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.as_str(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
+    }
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+        }
+    }
+
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjKey {
+        let m = self.meta();
+        ObjKey {
+            kind: self.kind(),
+            namespace: if self.kind() == Kind::Namespace {
+                String::new()
+            } else {
+                m.namespace.clone().unwrap_or_default()
+            },
+            name: m.name.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Object::Namespace(o) => serde_json::to_value(o),
+            Object::Pod(o) => serde_json::to_value(o),
+            Object::Service(o) => serde_json::to_value(o),
+            Object::NetworkPolicy(o) => serde_json::to_value(o),
+        }
+        .expect("k8s-openapi objects always serialise")
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(&self.to_json()).expect("JSON values always serialise to YAML")
+    }
+}
+
+/// Decode one object from a generic value; `origin` names the document in
+/// errors ("file.yaml, document 2").
+fn decode_value(v: serde_json::Value, origin: &str, out: &mut Vec<Object>) -> Result<()> {
+    if v.is_null() {
+        return Ok(()); // empty document (a trailing `---`)
+    }
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let api = v.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let obj = match (api.as_str(), kind.as_str()) {
+        (_, "") => bail!("{origin}: the object has no `kind`; add e.g. `kind: Pod` and `apiVersion: v1`"),
+        ("v1", "List") => {
+            let items = v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                decode_value(item, &format!("{origin}, item {i}"), out)?;
+            }
+            return Ok(());
+        }
+        ("v1", "Namespace") => Object::Namespace(Namespace::deserialize(&v).with_context(|| format!("{origin}: not a valid Namespace"))?),
+        ("v1", "Pod") => Object::Pod(Pod::deserialize(&v).with_context(|| format!("{origin}: not a valid Pod"))?),
+        ("v1", "Service") => Object::Service(Service::deserialize(&v).with_context(|| format!("{origin}: not a valid Service"))?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(
+            NetworkPolicy::deserialize(&v).with_context(|| format!("{origin}: not a valid NetworkPolicy"))?,
+        ),
+        (api, kind) => bail!(
+            "{origin}: unsupported object apiVersion {api:?} kind {kind:?}; the lab understands v1 Namespace, Pod, Service, List and networking.k8s.io/v1 NetworkPolicy"
+        ),
+    };
+    let key = obj.key();
+    if key.name.is_empty() {
+        bail!("{origin}: {} has no metadata.name; every object needs a name", kind);
+    }
+    if !is_dns_label(&key.name) && obj.kind() != Kind::NetworkPolicy && obj.kind() != Kind::Pod {
+        bail!("{origin}: {} name {:?} is not a DNS label (lowercase letters, digits, '-', at most 63)", kind, key.name);
+    }
+    out.push(obj);
+    Ok(())
+}
+
+/// Parse a YAML (or JSON, a subset of YAML) text with one or more documents.
+pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let origin = format!("{origin}, document {}", i + 1);
+        let v = serde_json::Value::deserialize(doc).with_context(|| format!("{origin}: not valid YAML/JSON"))?;
+        decode_value(v, &origin, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Objects from files and directories (`*.yaml`, `*.yml`, `*.json`, sorted
+/// by name, not recursive, as `kubectl apply -f DIR` does).
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Object>> {
+    let mut out = Vec::new();
+    for p in paths {
+        for file in manifest_files(p)? {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            out.extend(parse_text(&text, &file.display().to_string())?);
+        }
+    }
+    Ok(out)
+}
+
+pub fn manifest_files(p: &Path) -> Result<Vec<PathBuf>> {
+    let md = std::fs::metadata(p).with_context(|| format!("-f {}: no such file or directory", p.display()))?;
+    if !md.is_dir() {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+        .with_context(|| format!("listing {}", p.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Fill in what the API server defaults: the namespace of namespaced objects,
+/// the automatic `kubernetes.io/metadata.name` label of Namespaces.
+pub fn default_object(obj: &mut Object) {
+    match obj {
+        Object::Namespace(ns) => {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            ns.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert("kubernetes.io/metadata.name".into(), name);
+        }
+        other => {
+            let m = other.meta_mut();
+            if m.namespace.as_deref().unwrap_or("").is_empty() {
+                m.namespace = Some("default".into());
+            }
+        }
+    }
+}
+
+/// A Pod's declared container ports: (port, protocol, name).
+pub fn pod_ports(pod: &Pod) -> Vec<(u16, String, Option<String>)> {
+    let mut out = Vec::new();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        for p in c.ports.iter().flatten() {
+            out.push((
+                p.container_port as u16,
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.name.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// Admission checks that need more than one object: every namespaced object's
+/// namespace exists (in `existing` or in the batch) and pod ports are sane.
+pub fn validate_batch(batch: &[Object], existing_namespaces: &[String]) -> Result<()> {
+    let mut namespaces: Vec<&str> = existing_namespaces.iter().map(|s| s.as_str()).collect();
+    for o in batch {
+        if let Object::Namespace(ns) = o {
+            namespaces.push(ns.metadata.name.as_deref().unwrap_or(""));
+        }
+    }
+    for o in batch {
+        let key = o.key();
+        if key.kind != Kind::Namespace && !namespaces.contains(&key.namespace.as_str()) {
+            bail!(
+                "{key}: namespace {:?} does not exist; add a Namespace manifest named {:?} (the lab, like the API server, does not create namespaces implicitly)",
+                key.namespace,
+                key.namespace
+            );
+        }
+        if let Object::Pod(p) = o {
+            if p.spec.is_none() {
+                bail!("{key}: the Pod has no spec; add spec.containers");
+            }
+            for (port, proto, _) in pod_ports(p) {
+                if port == 0 {
+                    bail!("{key}: containerPort 0 is not a valid port (1-65535)");
+                }
+                if !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP") {
+                    bail!("{key}: containerPort {port} protocol {proto:?} is not TCP, UDP or SCTP");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec:
+  containers:
+  - name: c
+    image: none
+    ports:
+    - {containerPort: 80, name: serve-80-tcp, protocol: TCP}
+    - {containerPort: 80, name: serve-80-udp, protocol: UDP}
+    - {containerPort: 81, name: serve-81-sctp, protocol: SCTP}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+"#;
+
+    #[test]
+    fn parses_multi_document_and_skips_empty() {
+        let objs = parse_text(MODEL, "m.yaml").unwrap();
+        assert_eq!(objs.len(), 3);
+        assert_eq!(objs[0].key().to_string(), "Namespace x");
+        assert_eq!(objs[1].key().to_string(), "Pod x/a");
+        assert_eq!(objs[2].key().to_string(), "NetworkPolicy x/deny");
+        let Object::Pod(p) = &objs[1] else { panic!() };
+        assert_eq!(
+            pod_ports(p),
+            vec![
+                (80, "TCP".into(), Some("serve-80-tcp".into())),
+                (80, "UDP".into(), Some("serve-80-udp".into())),
+                (81, "SCTP".into(), Some("serve-81-sctp".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn list_kind_and_json() {
+        let text = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"y"}}]}"#;
+        let objs = parse_text(text, "l.json").unwrap();
+        assert_eq!(objs.len(), 1);
+        assert_eq!(objs[0].kind(), Kind::Namespace);
+    }
+
+    #[test]
+    fn unknown_kind_is_named() {
+        let err = parse_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n", "d.yaml").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("d.yaml, document 1"), "{msg}");
+        assert!(msg.contains("Deployment"), "{msg}");
+    }
+
+    #[test]
+    fn broken_yaml_and_missing_name() {
+        let err = parse_text("kind: [unclosed", "b.yaml").unwrap_err();
+        assert!(format!("{err:#}").contains("b.yaml, document 1"));
+        let err = parse_text("apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "n.yaml").unwrap_err();
+        assert!(format!("{err:#}").contains("metadata.name"));
+        let err = parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n", "p.yaml").unwrap_err();
+        assert!(format!("{err:#}").contains("not a valid Pod"));
+    }
+
+    #[test]
+    fn defaults_namespace_label_and_pod_namespace() {
+        let mut objs = parse_text(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: z}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {}\n",
+            "t",
+        )
+        .unwrap();
+        for o in &mut objs {
+            default_object(o);
+        }
+        assert_eq!(objs[0].meta().labels.as_ref().unwrap()["kubernetes.io/metadata.name"], "z");
+        assert_eq!(objs[1].key().namespace, "default");
+    }
+
+    #[test]
+    fn pod_in_missing_namespace_is_rejected() {
+        let objs = parse_text(MODEL, "m.yaml").unwrap();
+        // the batch carries namespace x itself
+        validate_batch(&objs, &[]).unwrap();
+        let err = validate_batch(&objs[1..2], &["y".into()]).unwrap_err().to_string();
+        assert!(err.contains("Pod x/a") && err.contains("namespace \"x\" does not exist"), "{err}");
+        validate_batch(&objs[1..2], &["x".into()]).unwrap();
+    }
+
+    #[test]
+    fn kinds_sort_in_creation_order() {
+        let mut k = vec![Kind::Pod, Kind::Service, Kind::Namespace, Kind::NetworkPolicy];
+        k.sort();
+        assert_eq!(k, vec![Kind::Namespace, Kind::NetworkPolicy, Kind::Service, Kind::Pod]);
+    }
+}

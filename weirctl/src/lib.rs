@@ -1,0 +1,4 @@
+//! weirctl as a library, so tests and benchmarks drive the same code the
+//! command line runs.
+
+pub mod lab;
