@@ -100,6 +100,11 @@ impl Lab {
             Lab { ctl: ctl.clone(), name: name.to_string(), work: work.to_path_buf(), up: true, seq: 0, up_secs: 0.0 };
         let mut args = os(&["lab", "up", "--name", name, "-f"]);
         args.push(model_dir.as_os_str().to_owned());
+        // Name the binaries explicitly so WEIR_BIN_DIR decides, not weirctl's search path.
+        args.push("--cni-bin-dir".into());
+        args.push(ctl.bin_dir.as_os_str().to_owned());
+        args.push("--policyd-bin".into());
+        args.push(ctl.bin_dir.join("weir-policyd").into_os_string());
         if let Err(e) = ctl.run(&args) {
             // Half-built labs are torn down too.
             let _ = lab.down();

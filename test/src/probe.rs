@@ -86,10 +86,8 @@ impl Comparison {
     pub fn outcome(&self) -> Outcome {
         if !self.wrong.is_empty() || !self.unexpected_pods.is_empty() {
             Outcome::Mismatch
-        } else if self.unsupported > 0 && self.right == 0 {
-            Outcome::Unsupported
         } else if self.unsupported > 0 {
-            // Part probed, part not: never call that a pass.
+            // Even when only part could not be probed: never call that a pass.
             Outcome::Unsupported
         } else {
             Outcome::Match
@@ -129,7 +127,7 @@ impl Comparison {
                 '-'
             } else if self.wrong.iter().any(|(a, b)| a == f && b == t) {
                 'X'
-            } else if matches!(self.obs(f, t), Some(Observed::Unsupported)) {
+            } else if matches!(self.obs(f, t), Some(Observed::Unsupported)) && self.unsupported > 0 {
                 'U'
             } else {
                 '.'
@@ -170,8 +168,10 @@ pub fn table(pods: &[PodRef], cell: impl Fn(&PodRef, &PodRef) -> char) -> String
 
 /// Compares a probe with the expectation over `pods` (the pods the case
 /// knows at this step). Loopback cells are not compared (upstream
-/// ignores them: their semantics differ between plugins).
-pub fn compare(expected: &Matrix<Verdict>, out: &ProbeOutput) -> Comparison {
+/// ignores them: their semantics differ between plugins). An
+/// "unsupported" cell is accepted as such only when `unsupported_ok` (SCTP
+/// here); for TCP and UDP it means the lab could not probe, which is wrong.
+pub fn compare(expected: &Matrix<Verdict>, out: &ProbeOutput, unsupported_ok: bool) -> Comparison {
     let pods = expected.pods.clone();
     let mut c = Comparison {
         pods: pods.clone(),
@@ -198,7 +198,7 @@ pub fn compare(expected: &Matrix<Verdict>, out: &ProbeOutput) -> Comparison {
             }
             let want = expected.get(f, t).copied();
             match (want, c.obs(f, t)) {
-                (_, Some(Observed::Unsupported)) => c.unsupported += 1,
+                (_, Some(Observed::Unsupported)) if unsupported_ok => c.unsupported += 1,
                 (Some(Verdict::Allow), Some(Observed::Connected)) | (Some(Verdict::Deny), Some(Observed::Blocked)) => {
                     c.right += 1
                 }
@@ -243,18 +243,18 @@ mod tests {
     fn matching_probe_is_a_match_and_loopback_is_ignored() {
         // Observed: nothing reaches x/a, not even x/a itself via its Service.
         let out = parse_probe(&probe_json(|_, t| Json::Bool(t.to_string() != "x/a"))).unwrap();
-        let c = compare(&expected("{deny: [{to: x/a}]}"), &out);
+        let c = compare(&expected("{deny: [{to: x/a}]}"), &out, false);
         assert_eq!(c.outcome(), Outcome::Match);
         assert_eq!((c.right, c.wrong.len(), c.ignored_loopback), (72, 0, 9));
         // Loopback allowed while expected denied: still a match.
         let out = parse_probe(&probe_json(|f, t| Json::Bool(t.to_string() != "x/a" || f == t))).unwrap();
-        assert_eq!(compare(&expected("{deny: [{to: x/a}]}"), &out).outcome(), Outcome::Match);
+        assert_eq!(compare(&expected("{deny: [{to: x/a}]}"), &out, false).outcome(), Outcome::Match);
     }
 
     #[test]
     fn a_wrong_cell_is_a_mismatch_and_shows_in_the_tables() {
         let out = parse_probe(&probe_json(|_, _| Json::Bool(true))).unwrap();
-        let c = compare(&expected("{deny: [{from: y/b, to: x/a}]}"), &out);
+        let c = compare(&expected("{deny: [{from: y/b, to: x/a}]}"), &out, false);
         assert_eq!(c.outcome(), Outcome::Mismatch);
         assert_eq!(c.wrong, vec![(PodRef::new("y", "b"), PodRef::new("x", "a"))]);
         let text = c.render();
@@ -270,11 +270,11 @@ mod tests {
         let mut text = probe_json(|_, _| Json::Bool(true));
         text = text.replace("\"z/c\":true}", "\"z/c\":true,\"q/q\":true}");
         let out = parse_probe(&text).unwrap();
-        let c = compare(&expected("{}"), &out);
+        let c = compare(&expected("{}"), &out, false);
         assert_eq!(c.unexpected_pods, vec![PodRef::new("q", "q")]);
         assert_eq!(c.outcome(), Outcome::Mismatch);
         let out = parse_probe(r#"{"port":80,"protocol":"TCP","results":{"x/a":{"x/b":true}}}"#).unwrap();
-        let c = compare(&expected("{}"), &out);
+        let c = compare(&expected("{}"), &out, false);
         assert_eq!(c.right, 1);
         assert_eq!(c.wrong.len(), 71);
     }
@@ -282,20 +282,22 @@ mod tests {
     #[test]
     fn unsupported_cells_never_pass() {
         let out = parse_probe(&probe_json(|_, _| Json::String("unsupported".into()))).unwrap();
-        let c = compare(&expected("{deny: [{to: x/*}]}"), &out);
+        let c = compare(&expected("{deny: [{to: x/*}]}"), &out, true);
         assert_eq!(c.outcome(), Outcome::Unsupported);
+        // For TCP or UDP an unsupported cell is a failure to probe.
+        assert_eq!(compare(&expected("{deny: [{to: x/*}]}"), &out, false).outcome(), Outcome::Mismatch);
         assert_eq!(c.unsupported, 72);
         let out = parse_probe(&probe_json(|f, _| {
             if f.ns == "x" { Json::String("unsupported".into()) } else { Json::Bool(true) }
         }))
         .unwrap();
-        assert_eq!(compare(&expected("{}"), &out).outcome(), Outcome::Unsupported);
+        assert_eq!(compare(&expected("{}"), &out, true).outcome(), Outcome::Unsupported);
     }
 
     #[test]
     fn odd_cells_and_bad_output() {
         let out = parse_probe(&probe_json(|_, _| Json::String("error: netns gone".into()))).unwrap();
-        assert_eq!(compare(&expected("{}"), &out).outcome(), Outcome::Mismatch);
+        assert_eq!(compare(&expected("{}"), &out, false).outcome(), Outcome::Mismatch);
         assert!(parse_probe("nope").is_err());
         assert!(parse_probe(r#"{"port":80,"protocol":"TCP"}"#).is_err());
         assert!(parse_probe(r#"{"port":80,"protocol":"TCP","results":{"xa":{}}}"#).is_err());

@@ -138,7 +138,7 @@ fn run_steps(cfg: &Config, case: &Case, lab_name: &str, work: &std::path::Path, 
                     attempts += 1;
                     let out = lab.probe(p.port, p.protocol, p.via).with_context(|| format!("steps[{i}].probe"))?;
                     check_header(&out, p.port, p.protocol)?;
-                    let cmp = compare(&expected, &out);
+                    let cmp = compare(&expected, &out, p.protocol == Protocol::SCTP);
                     match cmp.outcome() {
                         Outcome::Match => break,
                         Outcome::Unsupported => {
