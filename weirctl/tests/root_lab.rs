@@ -1,0 +1,291 @@
+//! Root tests: the real `weirctl` and `weir` binaries build labs in network
+//! namespaces. Every lab has a name unique to the test and process, and a
+//! guard takes it down on success and on failure.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn weirctl() -> &'static str {
+    env!("CARGO_BIN_EXE_weirctl")
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The CNI binary must sit next to weirctl (test/run.sh builds every bin
+/// first); say so plainly rather than fail obscurely.
+fn require_binaries() {
+    let dir = Path::new(weirctl()).parent().unwrap();
+    assert!(dir.join("weir").is_file(), "{}/weir is missing: run `cargo build --workspace --bins` first", dir.display());
+}
+
+struct LabGuard {
+    name: String,
+}
+
+impl LabGuard {
+    fn new(tag: &str) -> LabGuard {
+        LabGuard { name: format!("{tag}{}", std::process::id()) }
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = vec!["lab"];
+        full.extend_from_slice(&args[..1]);
+        full.extend_from_slice(&["--name", &self.name]);
+        full.extend_from_slice(&args[1..]);
+        Command::new(weirctl()).args(&full).output().expect("running weirctl")
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "weirctl lab {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "weirctl lab {args:?} should fail but printed {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON output")
+    }
+    fn dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/weir/lab/{}", self.name))
+    }
+    /// Everything of this lab still on the machine.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let prefix = format!("weir-{}", self.name);
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n == prefix || n.starts_with(&format!("{prefix}-")) {
+                left.push(format!("netns {n}"));
+            }
+        }
+        for p in [self.dir(), PathBuf::from(format!("/sys/fs/bpf/weir-lab-{}", self.name))] {
+            if p.exists() {
+                left.push(p.display().to_string());
+            }
+        }
+        let marker = self.dir().display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&format!("{marker}/")) {
+                if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+                    if stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(false) {
+                        continue;
+                    }
+                }
+                left.push(format!("process {}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+        left
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(weirctl()).args(["lab", "down", "--name", &self.name]).output();
+    }
+}
+
+fn ns(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n---\n")
+}
+
+fn pod(ns: &str, name: &str, label: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {label}}}}}\nspec:\n  containers:\n  - name: c\n    image: none\n    ports:\n    - {{containerPort: 80, name: serve-80-tcp, protocol: TCP}}\n    - {{containerPort: 81, name: serve-81-udp, protocol: UDP}}\n    - {{containerPort: 82, name: serve-82-sctp, protocol: SCTP}}\n---\n"
+    )
+}
+
+fn svc(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s-{ns}-{name}, namespace: {ns}}}\nspec:\n  ipFamilyPolicy: PreferDualStack\n  selector: {{pod: {name}}}\n  ports:\n  - {{name: t80, port: 80, protocol: TCP, targetPort: serve-80-tcp}}\n  - {{name: u81, port: 81, protocol: UDP, targetPort: 81}}\n  - {{name: s82, port: 82, protocol: SCTP}}\n---\n"
+    )
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn all_cells(m: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (f, row) in m["results"].as_object().unwrap() {
+        for (t, v) in row.as_object().unwrap() {
+            out.push((f.clone(), t.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+fn pod_items(g: &LabGuard) -> Vec<Value> {
+    g.json(&["get", "pods", "-o", "json"])["items"].as_array().unwrap().clone()
+}
+
+#[test]
+fn root_lab_lifecycle_probe_apply_delete_down() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = write(
+        tmp.path(),
+        "base.yaml",
+        &[ns("x"), ns("y"), pod("x", "a", "a"), pod("x", "b", "b"), pod("y", "a", "a"), svc("x", "a"), svc("x", "b"), svc("y", "a")].concat(),
+    );
+    let base = base.to_str().unwrap();
+    let up = g.ok(&["up", "--no-policy", "-f", base]);
+    assert!(up.contains("OFF (--no-policy)"), "{up}");
+    assert!(up.contains("ready: lab"), "{up}");
+
+    // get: both families, ready, a ClusterIP per Service
+    let items = pod_items(&g);
+    assert_eq!(items.len(), 3);
+    for p in &items {
+        let ips = p["status"]["podIPs"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{p}");
+        assert!(ips[0]["ip"].as_str().unwrap().starts_with("10.88."), "{p}");
+        assert!(ips[1]["ip"].as_str().unwrap().starts_with("fd00:88::"), "{p}");
+        assert_eq!(p["status"]["podIP"], ips[0]["ip"]);
+        assert_eq!(p["status"]["conditions"][0]["status"], "True");
+        assert_eq!(p["spec"]["nodeName"], "lab");
+    }
+    let svcs = g.json(&["get", "services", "-o", "json"]);
+    assert_eq!(svcs["kind"], "List");
+    for s in svcs["items"].as_array().unwrap() {
+        assert!(s["spec"]["clusterIP"].as_str().unwrap().starts_with("10.96."), "{s}");
+        assert_eq!(s["spec"]["clusterIPs"].as_array().unwrap().len(), 2, "{s}");
+    }
+
+    // probes: everything connects without policy, through DNAT and directly
+    for (port, proto, via, v6) in [("80", "TCP", "service", false), ("81", "UDP", "service", false), ("80", "TCP", "pod", false), ("81", "UDP", "service", true), ("80", "TCP", "service", true)] {
+        let mut args = vec!["probe", "--port", port, "--protocol", proto, "--via", via, "-o", "json"];
+        if v6 {
+            args.push("--ipv6");
+        }
+        let m = g.json(&args);
+        assert_eq!(m["protocol"], proto);
+        assert_eq!(m["via"], via);
+        let cells = all_cells(&m);
+        assert_eq!(cells.len(), 9);
+        for (f, t, v) in cells {
+            assert_eq!(v, Value::Bool(true), "{proto}/{port} via {via} (ipv6 {v6}) {f} -> {t}");
+        }
+    }
+    let table = g.ok(&["probe"]);
+    assert!(table.starts_with("-\tx/a\tx/b\ty/a\n"), "{table}");
+    assert_eq!(table.lines().nth(1), Some("x/a\t.\t.\t."));
+    let sctp = g.json(&["probe", "--port", "82", "--protocol", "SCTP", "-o", "json"]);
+    assert!(all_cells(&sctp).iter().all(|(_, _, v)| v == "unsupported"), "{sctp}");
+    // a port nothing listens on is not connected (the probe can say no)
+    let closed = g.json(&["probe", "--port", "9", "--via", "pod", "--timeout-ms", "300", "-o", "json"]);
+    assert!(all_cells(&closed).iter().all(|(_, _, v)| v == false), "{closed}");
+
+    // label change: manifest only, no new CNI ADD (same container, same IPs)
+    let state_before: Value = serde_json::from_slice(&std::fs::read(g.dir().join("state.json")).unwrap()).unwrap();
+    let relabel = write(tmp.path(), "relabel.yaml", &pod("x", "b", "bb"));
+    let out = g.ok(&["apply", "-f", relabel.to_str().unwrap()]);
+    assert!(out.contains("pod/x/b configured"), "{out}");
+    let state_after: Value = serde_json::from_slice(&std::fs::read(g.dir().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state_before["pods"]["x/b"]["container_id"], state_after["pods"]["x/b"]["container_id"]);
+    assert_eq!(state_before["pods"]["x/b"]["ips"], state_after["pods"]["x/b"]["ips"]);
+    let manifest = std::fs::read_to_string(g.dir().join("manifests/pod_x_b.yaml")).unwrap();
+    assert!(manifest.contains("pod: bb"), "{manifest}");
+    // s-x-b selects pod=b: nothing any more, so probing it via Service is refused clearly
+    let err = g.fails(&["probe", "--to", "x/b"]);
+    assert!(err.contains("x/b") && err.contains("no Service selecting only that pod"), "{err}");
+    let direct = g.json(&["probe", "--to", "x/b", "--via", "pod", "-o", "json"]);
+    assert!(all_cells(&direct).iter().all(|(_, _, v)| v == true));
+
+    // a pod applied after up goes through CNI ADD; a deleted one through DEL
+    let newpod = write(tmp.path(), "new.yaml", &[pod("y", "c", "c"), svc("y", "c")].concat());
+    let out = g.ok(&["apply", "-f", newpod.to_str().unwrap()]);
+    assert!(out.contains("pod/y/c created"), "{out}");
+    let m = g.json(&["probe", "--to", "y/c", "-o", "json"]);
+    assert!(all_cells(&m).iter().all(|(_, _, v)| v == true), "{m}");
+    let gone = write(tmp.path(), "gone.yaml", &pod("y", "a", "a"));
+    g.ok(&["delete", "-f", gone.to_str().unwrap()]);
+    assert_eq!(pod_items(&g).len(), 3);
+    assert!(!Path::new(&format!("/run/netns/weir-{}-y-a", g.name)).exists());
+    let err = g.fails(&["delete", "-f", gone.to_str().unwrap()]);
+    assert!(err.contains("not found") && err.contains("Pod y/a"), "{err}");
+
+    // bad input leaves the lab as it was
+    let err = g.fails(&["up", "--no-policy", "-f", base]);
+    assert!(err.contains("already up"), "{err}");
+    let orphan = write(tmp.path(), "orphan.yaml", &pod("nope", "p", "p"));
+    let err = g.fails(&["apply", "-f", orphan.to_str().unwrap()]);
+    assert!(err.contains("Pod nope/p") && err.contains("namespace \"nope\" does not exist"), "{err}");
+    let unknown = write(tmp.path(), "dep.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
+    let err = g.fails(&["apply", "-f", unknown.to_str().unwrap()]);
+    assert!(err.contains("Deployment"), "{err}");
+    let broken = write(tmp.path(), "broken.yaml", "kind: [\n");
+    let err = g.fails(&["apply", "-f", broken.to_str().unwrap()]);
+    assert!(err.contains("broken.yaml"), "{err}");
+    assert_eq!(pod_items(&g).len(), 3);
+    let lonely = write(tmp.path(), "lonely.yaml", &svc("x", "nobody"));
+    let out = g.ok(&["apply", "-f", lonely.to_str().unwrap()]);
+    assert!(out.contains("warning: Service x/s-x-nobody selects no running pod"), "{out}");
+
+    // down removes everything; a second down says there is nothing
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+    let err = g.fails(&["down"]);
+    assert!(err.contains("no lab named"), "{err}");
+}
+
+#[test]
+fn root_lab_up_recovers_after_a_crash() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wc");
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "m.yaml", &[ns("x"), pod("x", "a", "a"), svc("x", "a")].concat());
+    let f = f.to_str().unwrap();
+    g.ok(&["up", "--no-policy", "-f", f]);
+    // A crash mid-way: the state says "starting", processes were killed.
+    let sp = g.dir().join("state.json");
+    let mut st: Value = serde_json::from_slice(&std::fs::read(&sp).unwrap()).unwrap();
+    let pid = st["pods"]["x/a"]["serve"]["pid"].as_i64().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    st["phase"] = "starting".into();
+    std::fs::write(&sp, serde_json::to_vec(&st).unwrap()).unwrap();
+    let out = g.ok(&["up", "--no-policy", "-f", f]);
+    assert!(out.contains("recovering"), "{out}");
+    let m = g.json(&["probe", "-o", "json"]);
+    assert_eq!(m["results"]["x/a"]["x/a"], true);
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn root_lab_rejects_bad_up_without_touching_anything() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wb");
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "m.yaml", &pod("missing", "a", "a"));
+    let err = g.fails(&["up", "--no-policy", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("Pod missing/a") && err.contains("does not exist"), "{err}");
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+    let err = g.fails(&["probe"]);
+    assert!(err.contains("no lab named"), "{err}");
+}
