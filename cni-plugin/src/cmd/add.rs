@@ -107,29 +107,33 @@ fn gateways_on_bridge(lease: &Lease) -> Vec<IpNet> {
 /// Routes the pod gets: a default route per family via its gateway (when
 /// `isDefaultGateway`), then `ipam.routes`, a missing `gw` meaning the
 /// gateway of the route's family. Duplicates of a destination are dropped.
-pub fn pod_routes(conf: &NetConf, lease: &Lease) -> Vec<Route> {
+/// Returns (what is installed, what the result reports): like the reference
+/// bridge plugin, the result shows `ipam.routes` as configured.
+pub fn pod_routes(conf: &NetConf, lease: &Lease) -> (Vec<Route>, Vec<Route>) {
     let gw_of = |v4: bool| lease.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway);
-    let mut out: Vec<Route> = Vec::new();
-    let mut push = |r: Route| {
-        if !out.iter().any(|o| o.dst == r.dst) {
-            out.push(r);
+    let mut install: Vec<Route> = Vec::new();
+    let mut report: Vec<Route> = Vec::new();
+    let mut push = |i: Route, r: Route| {
+        if !install.iter().any(|o| o.dst == i.dst) {
+            install.push(i);
+            report.push(r);
         }
     };
     if conf.is_default_gateway {
         for v4 in [true, false] {
             if let Some(gw) = gw_of(v4) {
                 let dst: IpNet = if v4 { "0.0.0.0/0".parse().unwrap() } else { "::/0".parse().unwrap() };
-                push(Route { dst, gw: Some(gw) });
+                push(Route { dst, gw: Some(gw) }, Route { dst, gw: Some(gw) });
             }
         }
     }
     for r in &lease.routes {
         let v4 = r.dst.addr().is_ipv4();
         if lease.ips.iter().any(|i| i.address.addr().is_ipv4() == v4) {
-            push(Route { dst: r.dst, gw: r.gw.or_else(|| gw_of(v4)) });
+            push(Route { dst: r.dst, gw: r.gw.or_else(|| gw_of(v4)) }, r.clone());
         }
     }
-    out
+    (install, report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -211,7 +215,7 @@ fn add_steps(
             .map_err(kerr(format!("add {} to {} in CNI_NETNS", ip.address, env.ifname)))?;
     }
     pod.set_up(podlink.index).map_err(kerr(format!("set {} up in CNI_NETNS", env.ifname)))?;
-    let routes = pod_routes(conf, &lease);
+    let (routes, reported_routes) = pod_routes(conf, &lease);
     for r in &routes {
         match pod.add_route(podlink.index, r.dst, r.gw) {
             Err(e) if !is_errno(&e, libc::EEXIST) => {
@@ -237,7 +241,7 @@ fn add_steps(
             Interface { name: env.ifname.clone(), mac: podlink.mac.clone(), sandbox: Some(env.netns.clone()), mtu },
         ],
         ips: lease.ips.iter().map(|i| IpConfig { interface: Some(2), ..i.clone() }).collect(),
-        routes,
+        routes: reported_routes,
         dns: conf.raw.get("dns").cloned().unwrap_or(Value::Null),
     };
     if let Some(prev) = &conf.prev_result {
