@@ -132,7 +132,8 @@ pub struct PolicyKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyValue {
-    /// Rule id ([`RuleInfo::id`]); the lowest when several rules allow the key.
+    /// Rule id ([`RuleInfo::id`]). When several rules allow the key, the
+    /// first in (policy namespace/name, rule index, peer index) order.
     pub rule: u32,
 }
 
@@ -802,11 +803,33 @@ impl Engine {
                 }
             }
         }
-        let mut entries: BTreeMap<PolicyKey, u32> = BTreeMap::new();
+        // When several rules allow one key, the first by (policy namespace
+        // and name, rule index, peer index) names it: decided by content,
+        // not by rule id numbering, so restarts and histories agree.
+        type Rank = (u32, u32, u32);
+        let mut entries: BTreeMap<PolicyKey, (Rank, u32)> = BTreeMap::new();
+        let mut rank_of: HashMap<u32, Rank> = HashMap::new();
+        for (pi, p) in selecting.iter().enumerate() {
+            for r in &p.rules {
+                match &r.peers {
+                    Peers::All { rule_id } => {
+                        rank_of.insert(*rule_id, (pi as u32, r.index, 0));
+                    }
+                    Peers::List(list) => {
+                        for pe in list {
+                            rank_of.insert(pe.rule_id, (pi as u32, r.index, pe.index + 1));
+                        }
+                    }
+                }
+            }
+        }
         let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
             let k = PolicyKey { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
-            let v = entries.entry(k).or_insert(rule);
-            *v = (*v).min(rule);
+            let rank = rank_of.get(&rule).copied().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+            let v = entries.entry(k).or_insert((rank, rule));
+            if rank < v.0 {
+                *v = (rank, rule);
+            }
         };
         // ipBlocks per direction: (block, port entries, rule).
         let mut blocks: [Vec<(cidr::Block, Vec<(Option<u8>, Option<PortBlock>)>, u32)>; 2] = [Vec::new(), Vec::new()];
@@ -914,7 +937,7 @@ impl Engine {
             }
         }
         cidr_out.sort();
-        EndpointOut { state, policy: entries.into_iter().map(|(k, rule)| (k, PolicyValue { rule })).collect(), cidr: cidr_out }
+        EndpointOut { state, policy: entries.into_iter().map(|(k, (_, rule))| (k, PolicyValue { rule })).collect(), cidr: cidr_out }
     }
 }
 

@@ -1,0 +1,257 @@
+//! Policy engine benchmark: a 10,000-pod cluster with 1,000 policies and
+//! 110 pods on this node. Reports full compile time, peak RSS and the
+//! latency of one policy change / one pod label change (recompile + diff).
+//!
+//!     cargo run --release -p weir-policyd --example engine_bench
+//!
+//! Options: `--runs N` full compiles (default 7), `--changes N` per kind
+//! (default 200).
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use weir_common::registry::EndpointRecord;
+use weir_policyd::engine::Engine;
+use weir_policyd::store::Store;
+
+const NAMESPACES: usize = 100;
+const PODS_PER_NS: usize = 100;
+const APPS_PER_NS: usize = 10;
+const POLICIES_PER_NS: usize = 10;
+const LOCALS: usize = 110;
+const ENVS: [&str; 3] = ["prod", "staging", "dev"];
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn pod_ip(ns: usize, i: usize) -> String {
+    let n = ns * PODS_PER_NS + i;
+    format!("10.{}.{}.{}", 200 + n / 65536, (n / 256) % 256, n % 256)
+}
+
+fn build() -> (Store, Vec<EndpointRecord>) {
+    let mut s = Store::default();
+    let tiers = ["web", "api", "db", "cache", "worker"];
+    for ns in 0..NAMESPACES {
+        let name = format!("ns-{ns:03}");
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+            "team": format!("team-{}", ns % 10), "env": ENVS[ns % 3]}}}))
+        .unwrap();
+        s.namespaces.insert(name.clone(), n);
+        for i in 0..PODS_PER_NS {
+            let app = i % APPS_PER_NS;
+            let ports = match app % 3 {
+                0 => json!([{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]),
+                1 => json!([{"name": "grpc", "containerPort": 50051}, {"name": "metrics", "containerPort": 9100}]),
+                _ => json!([{"name": "http", "containerPort": 80}]),
+            };
+            let pod_name = format!("app{app}-{i}");
+            let p: Pod = serde_json::from_value(json!({
+                "metadata": {"name": pod_name, "namespace": name, "uid": format!("{ns}-{i}"),
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "labels": {"app": format!("app{app}"), "tier": tiers[app % tiers.len()],
+                               "pod-template-hash": format!("h{app}"), "version": if i % 20 == 0 { "v2" } else { "v1" }}},
+                "spec": {"containers": [{"name": "main", "ports": ports}]},
+                "status": {"phase": "Running", "podIPs": [{"ip": pod_ip(ns, i)}]}}))
+            .unwrap();
+            s.pods.insert((name.clone(), pod_name), p);
+        }
+        for app in 0..3 {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
+                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}))
+            .unwrap();
+            s.services.insert((name.clone(), format!("svc{app}")), svc);
+        }
+        for k in 0..POLICIES_PER_NS {
+            let (pname, spec) = policy(ns, k);
+            let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"name": pname, "namespace": name, "resourceVersion": "1"}, "spec": spec})).unwrap();
+            s.policies.insert((name.clone(), pname), np);
+        }
+    }
+    // Locals: spread over namespaces, like a node of a big cluster.
+    let mut locals = Vec::new();
+    let all: Vec<_> = s.pods.keys().cloned().collect();
+    let step = all.len() / LOCALS;
+    for (j, key) in all.iter().step_by(step).take(LOCALS).enumerate() {
+        let p = &s.pods[key];
+        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
+        locals.push(EndpointRecord {
+            container_id: format!("cid{j}"),
+            ifname: "eth0".into(),
+            netns: format!("/run/netns/p{j}"),
+            network: "weir".into(),
+            pod_namespace: key.0.clone(),
+            pod_name: key.1.clone(),
+            pod_uid: String::new(),
+            host_ifname: format!("veth{j}"),
+            host_ifindex: 1000 + j as u32,
+            ips: vec![ip],
+            mac: String::new(),
+            gateways: vec!["10.200.0.254".parse().unwrap()],
+        });
+    }
+    (s, locals)
+}
+
+/// The k-th policy of namespace ns: a realistic mix.
+fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
+    let app = |a: usize| json!({"matchLabels": {"app": format!("app{}", a % APPS_PER_NS)}});
+    let spec = match k {
+        0 => json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        1 => json!({"podSelector": app(1), "ingress": [{"from": [{"podSelector": app(0)}], "ports": [{"port": 8080}, {"port": "grpc"}]}]}),
+        2 => json!({"podSelector": app(2), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("team-{}", (ns + 1) % 10)}}, "podSelector": {"matchLabels": {"tier": "web"}}}], "ports": [{"port": "http"}]}]}),
+        3 => json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "db"]}]},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns-000"}}}], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]},
+                               {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}], "ports": [{"port": 443}]}]}),
+        4 => json!({"podSelector": app(3), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}], "ports": [{"port": "metrics"}]}]}),
+        5 => json!({"podSelector": app(4), "ingress": [{"from": [{"ipBlock": {"cidr": format!("10.{}.0.0/16", 100 + ns % 50), "except": [format!("10.{}.1.0/24", 100 + ns % 50)]}}], "ports": [{"port": 30000, "endPort": 32767}]}]}),
+        6 => json!({"podSelector": app(5), "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": app(6)}, {"podSelector": app(7)}], "ports": [{"port": "http"}]}]}),
+        7 => json!({"podSelector": {"matchLabels": {"version": "v2"}}, "ingress": [{"from": [{"podSelector": {}, "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}}]}]}),
+        8 => json!({"podSelector": app(8), "ingress": [{}], "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 5432}]}]}),
+        _ => json!({"podSelector": app(9), "ingress": [{"from": [{"podSelector": app(8)}, {"ipBlock": {"cidr": "192.168.0.0/16"}}], "ports": [{"port": 6379}, {"port": 7000, "endPort": 7100}]}]}),
+    };
+    (format!("np-{k}"), spec)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize).min(v.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str, def: usize| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(def);
+    let runs = opt("--runs", 7);
+    let changes = opt("--changes", 200);
+
+    let t = Instant::now();
+    let (mut store, locals) = build();
+    let build_time = t.elapsed();
+    let rss_after_build = vm_hwm_kib();
+
+    let mut full = Vec::new();
+    let mut desired = None;
+    for _ in 0..runs {
+        let mut e = Engine::new();
+        let t = Instant::now();
+        let d = e.compile(&store, &locals);
+        full.push(t.elapsed());
+        desired = Some(d);
+    }
+    let d0 = desired.unwrap();
+    println!(
+        "cluster: {} namespaces, {} pods, {} policies, {} services, {} local endpoints (built in {:.0} ms)",
+        store.namespaces.len(),
+        store.pods.len(),
+        store.policies.len(),
+        store.services.len(),
+        locals.len(),
+        ms(build_time)
+    );
+    println!(
+        "desired: {} identities, {} ipcache, {} endpoints ({} ingress-isolated, {} egress-isolated), {} policy, {} cidr entries, {} rules, {} diagnostics",
+        d0.identities.len(),
+        d0.ipcache.len(),
+        d0.endpoints.len(),
+        d0.endpoints.values().filter(|e| e.ingress_isolated).count(),
+        d0.endpoints.values().filter(|e| e.egress_isolated).count(),
+        d0.policy.len(),
+        d0.cidr.len(),
+        d0.rules.len(),
+        d0.diagnostics.len()
+    );
+    println!("full compile (fresh engine), {} runs: median {:.1} ms, min {:.1} ms, max {:.1} ms", runs, ms(median(&mut full.clone())), ms(*full.iter().min().unwrap()), ms(*full.iter().max().unwrap()));
+
+    // Steady state: one engine, changes applied one at a time.
+    let mut e = Engine::new();
+    let mut prev = e.compile(&store, &locals);
+    let t = Instant::now();
+    let again = e.compile(&store, &locals);
+    let noop = t.elapsed();
+    assert!(prev.diff(&again).is_empty());
+    println!("no-change recompile + diff: {:.2} ms", ms(noop));
+
+    // One policy change: flip a port in policies of namespaces with local pods.
+    let local_ns: Vec<String> = locals.iter().map(|r| r.pod_namespace.clone()).collect();
+    let mut pol_times = Vec::new();
+    let mut pol_diff = 0usize;
+    for c in 0..changes {
+        let ns = &local_ns[c % local_ns.len()];
+        let key = (ns.clone(), format!("np-{}", [1, 2, 4, 7, 8, 9][c % 6]));
+        let np = store.policies.get_mut(&key).unwrap();
+        let mut v = serde_json::to_value(&*np).unwrap();
+        let spec = v.get_mut("spec").unwrap();
+        let rules = spec.get_mut("ingress").or_else(|| None).cloned();
+        let port = 10000 + c as i64;
+        match rules {
+            Some(_) => spec["ingress"].as_array_mut().unwrap().push(json!({"ports": [{"port": port}], "from": [{"podSelector": {"matchLabels": {"app": "app0"}}}]})),
+            None => spec["ingress"] = json!([{"ports": [{"port": port}]}]),
+        }
+        *np = serde_json::from_value(v).unwrap();
+        let t = Instant::now();
+        let d = e.compile(&store, &locals);
+        let diff = prev.diff(&d);
+        pol_times.push(t.elapsed());
+        pol_diff += diff.len();
+        prev = d;
+    }
+    let s_pol = e.last_stats();
+
+    // One pod label change: alternate local and remote pods, new and old label sets.
+    let keys: Vec<_> = store.pods.keys().cloned().collect();
+    let mut lab_times = Vec::new();
+    let mut lab_diff = 0usize;
+    for c in 0..changes {
+        let key = if c % 2 == 0 {
+            let r = &locals[c % locals.len()];
+            (r.pod_namespace.clone(), r.pod_name.clone())
+        } else {
+            keys[(c * 7919) % keys.len()].clone()
+        };
+        let labels = store.pods.get_mut(&key).unwrap().metadata.labels.get_or_insert_with(Default::default);
+        let tier = ["web", "api", "db", "cache", "worker"][c % 5];
+        labels.insert("tier".into(), tier.into());
+        let t = Instant::now();
+        let d = e.compile(&store, &locals);
+        let diff = prev.diff(&d);
+        lab_times.push(t.elapsed());
+        lab_diff += diff.len();
+        prev = d;
+    }
+    let s_lab = e.last_stats();
+    println!(
+        "one policy change, recompile + diff, {} changes: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (avg {:.0} map updates; last: {:?})",
+        changes,
+        ms(median(&mut pol_times.clone())),
+        ms(pct(&mut pol_times.clone(), 0.99)),
+        ms(*pol_times.iter().max().unwrap()),
+        pol_diff as f64 / changes as f64,
+        s_pol
+    );
+    println!(
+        "one pod label change, recompile + diff, {} changes: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (avg {:.0} map updates; last: {:?})",
+        changes,
+        ms(median(&mut lab_times.clone())),
+        ms(pct(&mut lab_times.clone(), 0.99)),
+        ms(*lab_times.iter().max().unwrap()),
+        lab_diff as f64 / changes as f64,
+        s_lab
+    );
+    let hwm = vm_hwm_kib();
+    println!("peak RSS (VmHWM): {:.1} MiB (after building the store: {:.1} MiB)", hwm as f64 / 1024.0, rss_after_build as f64 / 1024.0);
+}
