@@ -314,8 +314,13 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
+/// test/conformance/cases, or `$WEIR_CONFORMANCE_DIR` (to run cases kept
+/// elsewhere).
 pub fn cases_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")
+    match std::env::var_os("WEIR_CONFORMANCE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases"),
+    }
 }
 
 pub fn model_dir() -> PathBuf {
@@ -397,7 +402,7 @@ steps:
     /// evaluate over the pods of their step.
     #[test]
     fn every_case_file_parses_and_evaluates() {
-        let cases = load_dir(&cases_dir()).unwrap();
+        let cases = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
         assert!(cases.len() >= 48, "only {} cases", cases.len());
         let count = |o: Origin| cases.iter().filter(|c| c.origin == o).count();
         assert_eq!(count(Origin::Upstream), 48, "network_policy.go has 48 cases");

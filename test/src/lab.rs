@@ -105,6 +105,11 @@ impl Lab {
         args.push(ctl.bin_dir.as_os_str().to_owned());
         args.push("--policyd-bin".into());
         args.push(ctl.bin_dir.join("weir-policyd").into_os_string());
+        // A debugging aid, e.g. `--no-policy` to check the harness itself
+        // (then only cases expecting everything allowed pass).
+        if let Ok(extra) = std::env::var("WEIR_CONFORMANCE_LAB_UP_ARGS") {
+            args.extend(extra.split_whitespace().map(OsString::from));
+        }
         if let Err(e) = ctl.run(&args) {
             // Half-built labs are torn down too.
             let _ = lab.down();

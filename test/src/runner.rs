@@ -76,14 +76,22 @@ pub struct CaseResult {
 }
 
 /// Which cases to run: `WEIR_CONFORMANCE_CASES` is a comma-separated list
-/// of substrings of case names (unset or empty: all).
+/// of substrings of case names, or `=name` for exactly one (unset or
+/// empty: all).
 pub fn selected(cases: Vec<Case>) -> Vec<Case> {
-    let filter = std::env::var("WEIR_CONFORMANCE_CASES").unwrap_or_default();
+    select(cases, &std::env::var("WEIR_CONFORMANCE_CASES").unwrap_or_default())
+}
+
+fn select(cases: Vec<Case>, filter: &str) -> Vec<Case> {
     let words: Vec<&str> = filter.split(',').map(str::trim).filter(|w| !w.is_empty()).collect();
     if words.is_empty() {
         return cases;
     }
-    cases.into_iter().filter(|c| words.iter().any(|w| c.name.contains(w))).collect()
+    let hit = |name: &str, w: &str| match w.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(w),
+    };
+    cases.into_iter().filter(|c| words.iter().any(|w| hit(&c.name, w))).collect()
 }
 
 pub fn run_case(cfg: &Config, case: &Case, index: usize) -> CaseResult {
@@ -258,6 +266,17 @@ mod tests {
             detail: format!("detail of {name}\n"),
             secs: 1.0,
         }
+    }
+
+    #[test]
+    fn selection_by_substring_or_exact_name() {
+        let all = crate::case::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
+        let n = all.len();
+        assert_eq!(select(all.clone(), "").len(), n);
+        let names = |v: Vec<Case>| v.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        assert_eq!(names(select(all.clone(), "=default-deny-ingress")), ["default-deny-ingress"]);
+        let some = names(select(all.clone(), "default-deny-ingress, =allow-all"));
+        assert_eq!(some, ["allow-all", "default-deny-ingress", "sctp-default-deny-ingress", "udp-default-deny-ingress"]);
     }
 
     #[test]
