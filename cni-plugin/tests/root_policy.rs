@@ -1,0 +1,165 @@
+//! `policy.enforce: true`: the real dataplane (weir-bpf) pinned under a
+//! bpffs root unique to the test. The test plays weir-policyd where one is
+//! needed, by flipping the endpoint to READY through weir-bpf itself.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use weir_bpf::abi;
+
+/// A bpffs root removed (pins and all, which detaches what is left) on drop.
+struct BpfRoot(PathBuf);
+
+impl BpfRoot {
+    fn new() -> BpfRoot {
+        BpfRoot(PathBuf::from(format!("/sys/fs/bpf/{}", unique("weir-test-"))))
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn enforcing(node: &Node, root: &BpfRoot, timeout_ms: u64) -> Value {
+    let mut c = node.conf("1.1.0", "10.95.0.0/24", Some("fd95::/64"));
+    c["policy"] = json!({ "enforce": true, "bpffsRoot": root.0, "runDir": node.run_dir(), "readyTimeoutMs": timeout_ms,
+                          "whileNotReady": "drop", "onReadyTimeout": "fail" });
+    c
+}
+
+#[test]
+fn root_enforce_without_policyd_fails_with_code_11_and_leaves_nothing() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let pod = Netns::new("wp");
+    let conf = enforcing(&node, &root, 50);
+    let r = node.add("np1", &pod, &conf);
+    assert_eq!(r.err_code(), 11, "{r:?}");
+    assert!(r.msg().contains("weir-policyd is not running"), "{}", r.msg());
+    node.assert_clean("np1", Some(&pod));
+    assert!(!pod.has_link("eth0"));
+    let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+    assert!(dp.endpoints().unwrap().is_empty(), "endpoint entry rolled back");
+    assert!(dp.attached_ifindexes().unwrap().is_empty(), "tc links rolled back");
+    let reg = weir_common::registry::Registry::under(node.run_dir());
+    assert!(reg.list().0.is_empty(), "registry record rolled back");
+}
+
+/// Wait for ADD's endpoint record, then do what policyd does: mark READY.
+fn play_policyd(node: &Node, root: &BpfRoot, id: &str) -> u32 {
+    let reg = weir_common::registry::Registry::under(node.run_dir());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(rec) = reg.get(id, "eth0").unwrap() {
+            let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+            let ep = dp.endpoint(rec.host_ifindex).unwrap().expect("ADD writes the endpoint before the record");
+            assert_eq!(ep.flags & abi::EP_READY, 0, "not READY before policyd says so");
+            dp.set_endpoint(rec.host_ifindex, &abi::Endpoint { identity: 256, flags: abi::EP_READY, revision: 1 }).unwrap();
+            // policyd also puts the pod's addresses in the ipcache.
+            for ip in &rec.ips {
+                let net = ipnet::IpNet::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).unwrap();
+                dp.set_ipcache(net, &abi::IpcacheValue { identity: 256, endpoint: rec.host_ifindex, flags: 0, pad: 0 }).unwrap();
+            }
+            return rec.host_ifindex;
+        }
+        assert!(Instant::now() < deadline, "no endpoint record for {id}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps() {
+    require_root!();
+    let node = std::sync::Arc::new(Node::new());
+    let root = BpfRoot::new();
+    let conf = std::sync::Arc::new(enforcing(&node, &root, 20_000));
+    let (p1, p2) = (std::sync::Arc::new(Netns::new("wp")), std::sync::Arc::new(Netns::new("wp")));
+    let mut results = Vec::new();
+    let mut ifindexes = Vec::new();
+    for (id, p) in [("e1", &p1), ("e2", &p2)] {
+        let (n, c, pp) = (node.clone(), conf.clone(), p.clone());
+        let add = std::thread::spawn(move || n.add(id, &pp, &c));
+        ifindexes.push(play_policyd(&node, &root, id));
+        results.push(add.join().unwrap().ok().clone());
+    }
+    let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+    for idx in &ifindexes {
+        assert!(dp.is_attached(*idx).unwrap(), "tc programs on host veth {idx} in the node netns");
+    }
+    // The gateway is HOST in the ipcache.
+    let gw = result_gateway(&results[0], true);
+    assert_eq!(dp.ipcache_lookup(gw).unwrap().unwrap().identity, abi::ID_HOST);
+    // The registry record carries what policyd needs.
+    let rec = weir_common::registry::Registry::under(node.run_dir()).get("e1", "eth0").unwrap().unwrap();
+    assert_eq!(rec.pod_name, "p");
+    assert_eq!(rec.ips.len(), 2);
+    assert_eq!(rec.gateways.len(), 2);
+    // Two READY, unisolated endpoints talk through the programs.
+    let a2 = result_ip(&results[1], true);
+    let l = p2.run(move || TcpListener::bind(SocketAddr::new(a2, 0)).unwrap());
+    let addr = l.local_addr().unwrap();
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+    });
+    let got = p1.run(move || {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"ok").unwrap();
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).unwrap();
+        b
+    });
+    assert_eq!(&got, b"ok");
+    srv.join().unwrap();
+    // CHECK sees the attachment.
+    let check = Call::new("CHECK", "e1", &p1.path(), "eth0");
+    let mut c = (*conf).clone();
+    c["prevResult"] = results[0].clone();
+    node.weir(&check, &c).ok();
+
+    for (id, p) in [("e1", &p1), ("e2", &p2)] {
+        node.del(id, p, &conf).ok();
+        node.del(id, p, &conf).ok();
+        node.assert_clean(id, Some(p));
+    }
+    assert!(dp.endpoints().unwrap().is_empty(), "endpoint entries removed by DEL");
+    assert!(dp.attached_ifindexes().unwrap().is_empty(), "links unpinned by DEL");
+    for r in &results {
+        let ip = result_ip(r, true);
+        assert!(dp.ipcache_lookup(ip).unwrap().is_none_or(|v| v.endpoint == 0), "pod ipcache entry removed");
+    }
+    assert!(weir_common::registry::Registry::under(node.run_dir()).list().0.is_empty());
+}
+
+#[test]
+fn root_enforce_not_ready_endpoint_is_fail_closed() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let mut conf = enforcing(&node, &root, 0);
+    conf["policy"]["readyTimeoutMs"] = json!(0);
+    let (p1, p2) = (Netns::new("wp"), Netns::new("wp"));
+    let _r1 = node.add("f1", &p1, &conf).ok().clone();
+    let r2 = node.add("f2", &p2, &conf).ok().clone();
+    // readyTimeoutMs 0: ADD returns at once; nobody made the pods READY, so
+    // the programs drop pod-to-pod traffic.
+    let a2 = result_ip(&r2, true);
+    let l = p2.run(move || TcpListener::bind(SocketAddr::new(a2, 0)).unwrap());
+    let addr = l.local_addr().unwrap();
+    let res = p1.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(800)).map(|_| ()));
+    assert!(res.is_err(), "a not-ready pod must not receive connections");
+    drop(l);
+    node.del("f1", &p1, &conf).ok();
+    node.del("f2", &p2, &conf).ok();
+}
