@@ -413,4 +413,17 @@ steps:
             .collect();
         assert_eq!(sctp_only.len(), 3, "{sctp_only:?}");
     }
+
+    /// docs/conformance.md lists every case (and no case that is gone).
+    #[test]
+    fn the_documentation_lists_every_case() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(dir.join("../docs/conformance.md")).unwrap();
+        let cases = load_dir(&dir.join("conformance/cases")).unwrap();
+        for c in &cases {
+            assert!(doc.contains(&format!("| `{}` |", c.name)), "docs/conformance.md lacks case {}", c.name);
+        }
+        let listed = doc.lines().filter(|l| l.starts_with("| `") && !l.starts_with("| `WEIR_")).count();
+        assert_eq!(listed, cases.len(), "docs/conformance.md lists cases that do not exist");
+    }
 }
