@@ -6,7 +6,6 @@
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -125,51 +124,39 @@ impl Object {
     }
 }
 
-/// Decode one object from a generic value; `origin` names the document in
-/// errors ("file.yaml, document 2").
-fn decode_value(v: serde_json::Value, origin: &str, out: &mut Vec<Object>) -> Result<()> {
-    if v.is_null() {
-        return Ok(()); // empty document (a trailing `---`)
-    }
-    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    let api = v.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    let obj = match (api.as_str(), kind.as_str()) {
-        (_, "") => bail!("{origin}: the object has no `kind`; add e.g. `kind: Pod` and `apiVersion: v1`"),
-        ("v1", "List") => {
-            let items = v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
-            for (i, item) in items.into_iter().enumerate() {
-                decode_value(item, &format!("{origin}, item {i}"), out)?;
-            }
-            return Ok(());
-        }
-        ("v1", "Namespace") => Object::Namespace(Namespace::deserialize(&v).with_context(|| format!("{origin}: not a valid Namespace"))?),
-        ("v1", "Pod") => Object::Pod(Pod::deserialize(&v).with_context(|| format!("{origin}: not a valid Pod"))?),
-        ("v1", "Service") => Object::Service(Service::deserialize(&v).with_context(|| format!("{origin}: not a valid Service"))?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(
-            NetworkPolicy::deserialize(&v).with_context(|| format!("{origin}: not a valid NetworkPolicy"))?,
-        ),
-        (api, kind) => bail!(
-            "{origin}: unsupported object apiVersion {api:?} kind {kind:?}; the lab understands v1 Namespace, Pod, Service, List and networking.k8s.io/v1 NetworkPolicy"
-        ),
-    };
-    let key = obj.key();
-    if key.name.is_empty() {
-        bail!("{origin}: {} has no metadata.name; every object needs a name", kind);
-    }
-    if !is_dns_label(&key.name) && obj.kind() != Kind::NetworkPolicy && obj.kind() != Kind::Pod {
-        bail!("{origin}: {} name {:?} is not a DNS label (lowercase letters, digits, '-', at most 63)", kind, key.name);
-    }
-    out.push(obj);
-    Ok(())
-}
-
 /// Parse a YAML (or JSON, a subset of YAML) text with one or more documents.
+/// Decoding is policyd's own manifest parser, so the lab accepts exactly
+/// what weir-policyd will read from the manifests directory; the lab is
+/// stricter about the rest: a kind it cannot create is an error, not a
+/// skipped document.
 pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
+    use weir_policyd::source::{manifest, Object as P, SourceError};
+    let parsed = manifest::parse(origin, text).map_err(|e| match e {
+        SourceError::ManifestInvalid { file, message } => anyhow::anyhow!("{file}: {message}"),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    if let Some(SourceError::UnknownKind { file, doc, api_version, kind }) = parsed.skipped.first() {
+        bail!(
+            "{file}: document {doc}: unsupported object apiVersion {api_version:?} kind {kind:?}; the lab understands v1 Namespace, Pod, Service (and List) and networking.k8s.io/v1 NetworkPolicy"
+        );
+    }
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let origin = format!("{origin}, document {}", i + 1);
-        let v = serde_json::Value::deserialize(doc).with_context(|| format!("{origin}: not valid YAML/JSON"))?;
-        decode_value(v, &origin, &mut out)?;
+    for o in parsed.objects {
+        let obj = match o {
+            P::Namespace(x) => Object::Namespace(x),
+            P::Pod(x) => Object::Pod(x),
+            P::Service(x) => Object::Service(x),
+            P::NetworkPolicy(x) => Object::NetworkPolicy(x),
+            P::Node(n) => bail!(
+                "{origin}: Node {:?}: the lab has exactly one node, \"lab\", and does not take Node objects; remove it",
+                n.metadata.name.unwrap_or_default()
+            ),
+        };
+        let key = obj.key();
+        if matches!(obj.kind(), Kind::Namespace | Kind::Service) && !is_dns_label(&key.name) {
+            bail!("{origin}: {key}: the name is not a DNS label (lowercase letters, digits, '-', at most 63)");
+        }
+        out.push(obj);
     }
     Ok(out)
 }
@@ -337,18 +324,24 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     fn unknown_kind_is_named() {
         let err = parse_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n", "d.yaml").unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("d.yaml, document 1"), "{msg}");
+        assert!(msg.contains("d.yaml: document 1"), "{msg}");
         assert!(msg.contains("Deployment"), "{msg}");
     }
 
     #[test]
     fn broken_yaml_and_missing_name() {
         let err = parse_text("kind: [unclosed", "b.yaml").unwrap_err();
-        assert!(format!("{err:#}").contains("b.yaml, document 1"));
+        let msg = format!("{err:#}");
+        assert!(msg.contains("b.yaml") && msg.contains("document 1"), "{msg}");
         let err = parse_text("apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "n.yaml").unwrap_err();
         assert!(format!("{err:#}").contains("metadata.name"));
         let err = parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n", "p.yaml").unwrap_err();
-        assert!(format!("{err:#}").contains("not a valid Pod"));
+        let msg = format!("{err:#}");
+        assert!(msg.contains("Pod \"p\""), "{msg}");
+        let err = parse_text("apiVersion: v1\nkind: Node\nmetadata: {name: n}\n", "n.yaml").unwrap_err();
+        assert!(err.to_string().contains("one node"), "{err}");
+        let err = parse_text("apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\n", "s.yaml").unwrap_err();
+        assert!(err.to_string().contains("DNS label"), "{err}");
     }
 
     #[test]
