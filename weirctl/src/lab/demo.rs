@@ -119,12 +119,25 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
         Ok(p)
     };
     opts.files = vec![write("netpol-model.yaml", MODEL)?];
-    println!("== weirctl lab demo: the NetworkPolicy e2e model (namespaces x y z, pods a b c, Service s-<ns>-<pod> each)");
+    outln!("== weirctl lab demo: the NetworkPolicy e2e model (namespaces x y z, pods a b c, Service s-<ns>-<pod> each)");
     ops::up(lab, &opts)?;
+    // Takes the lab down even when printing panics (stdout closed early,
+    // e.g. `| head`), so a demo never leaves namespaces behind.
+    struct Teardown<'a>(&'a Lab, bool);
+    impl Drop for Teardown<'_> {
+        fn drop(&mut self) {
+            if self.1 && std::thread::panicking() {
+                let _lock = self.0.lock();
+                let _ = ops::down_inner(self.0, true);
+                self.0.remove_lock_file();
+            }
+        }
+    }
+    let _teardown = Teardown(lab, !keep);
     let result = (|| -> Result<()> {
         let policy = lab.require_state()?.policy;
         if !policy {
-            println!("note: policy enforcement is OFF, so the policies below are stored but change nothing");
+            outln!("note: policy enforcement is OFF, so the policies below are stored but change nothing");
         }
         let probe = |port| ProbeOpts {
             port,
@@ -137,8 +150,8 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
         };
         let wait = if policy { Duration::from_secs(5) } else { Duration::ZERO };
         let mut prev = settle(lab, &probe(80), None, Duration::ZERO)?;
-        println!("\n== TCP/80 via each pod's Service, before any policy ({} of 81 connected)", prev.count(Cell::Connected));
-        print!("{}", prev.table());
+        outln!("\n== TCP/80 via each pod's Service, before any policy ({} of 81 connected)", prev.count(Cell::Connected));
+        out!("{}", prev.table());
         let mut prev81: Option<Matrix> = None;
         for step in STEPS {
             let (verb, file) = match &step.action {
@@ -147,18 +160,18 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
             };
             let already = matches!(step.action, Action::Apply(..)) && step.port == 81;
             if !already {
-                println!("\n== weirctl lab {verb} -f conf/examples/policies/{}", file.file_name().unwrap().to_string_lossy());
+                outln!("\n== weirctl lab {verb} -f conf/examples/policies/{}", file.file_name().unwrap().to_string_lossy());
                 match verb {
                     "apply" => ops::apply(lab, std::slice::from_ref(&file), false)?,
                     _ => ops::delete(lab, std::slice::from_ref(&file), false)?,
                 }
             } else {
-                println!("\n== the same policies, probed on TCP/81");
+                outln!("\n== the same policies, probed on TCP/81");
             }
             let before = if step.port == 81 { prev81.clone().unwrap_or_else(|| prev.clone()) } else { prev.clone() };
             let m = settle(lab, &probe(step.port), Some(&before), if step.changes { wait } else { Duration::from_millis(500).min(wait) })?;
-            print!("{}", m.table());
-            println!("changed: {}: {}", summarize(&m, &before), step.why);
+            out!("{}", m.table());
+            outln!("changed: {}: {}", summarize(&m, &before), step.why);
             if step.port == 81 {
                 prev81 = Some(m);
             } else {
@@ -169,9 +182,9 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&dir);
     if keep {
-        println!("\nlab {:?} kept: `weirctl lab probe --name {}`, `weirctl lab down --name {}`", lab.name, lab.name, lab.name);
+        outln!("\nlab {:?} kept: `weirctl lab probe --name {}`, `weirctl lab down --name {}`", lab.name, lab.name, lab.name);
     } else {
-        println!();
+        outln!();
         ops::down(lab, false)?;
     }
     result

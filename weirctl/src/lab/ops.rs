@@ -34,7 +34,7 @@ pub struct UpOpts {
 }
 
 macro_rules! say {
-    ($q:expr, $($arg:tt)*) => { if !$q { println!($($arg)*); } };
+    ($q:expr, $($arg:tt)*) => { if !$q { outln!($($arg)*); } };
 }
 
 fn load_batch(files: &[PathBuf]) -> Result<Vec<Object>> {
@@ -442,7 +442,7 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     lab.save_state(&st)?;
     say!(q, "ready: lab {:?} with {} pod(s), {} Service(s) in {:.2} s; policy {}", lab.name, st.pods.len(), nsvc, t0.elapsed().as_secs_f64(), if policy { "enforced" } else { "OFF" });
     if !q && !st.pods.is_empty() {
-        print!("{}", pods_table(&st, &objs));
+        out!("{}", pods_table(&st, &objs));
     }
     Ok(())
 }
