@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# install.sh - build Weir and install it on this node. Idempotent.
+#
+# Order matters to the container runtime: binaries first (each written to a
+# temporary name in the destination directory, then renamed over the old one,
+# so a running runtime never execs a half-written file), the conflist last
+# and atomically (its presence is what tells the runtime "network ready").
+set -euo pipefail
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "install.sh: run it, do not source it" >&2; return 1; fi
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() {
+	cat <<'EOF'
+Usage: install.sh [options]
+
+Builds the release binaries and installs them:
+  weir                       -> <cni-bin-dir>  (default /opt/cni/bin)
+  weir-policyd, weirctl      -> <bin-dir>      (default /usr/local/bin), when built
+  conf/10-weir.conflist      -> <cni-conf-dir> (default /etc/cni/net.d), last, atomically
+Reference plugins the conflist chains (portmap, bandwidth) and loopback are
+copied from /usr/lib/cni into <cni-bin-dir> when missing there.
+
+Options:
+  --prefix DIR          install under DIR (DIR/opt/cni/bin, DIR/usr/local/bin,
+                        DIR/etc/cni/net.d); for tests and packaging
+  --cni-bin-dir DIR     where the CNI binary goes
+  --bin-dir DIR         where weir-policyd and weirctl go
+  --cni-conf-dir DIR    where the conflist goes
+  --pod-cidr CIDR       this node's pod range (replaces 10.244.1.0/24)
+  --cluster-cidr CIDR   the cluster's pod range (replaces 10.244.0.0/16)
+  --cni-version V       cniVersion of the conflist (default 1.1.0; lowered to
+                        1.0.0 with a warning when the chained portmap/bandwidth
+                        do not speak 1.1.0)
+  --from DIR            take binaries from DIR instead of building (implies --no-build)
+  --no-build            do not run cargo; use target/release as it is
+  --no-apt              never install system packages
+  --uninstall           remove the conflist (first), then the binaries
+  -h, --help            this text
+
+System packages installed with apt-get when missing (unless --no-apt):
+  clang llvm libbpf-dev (eBPF build), nftables (ipMasq),
+  containernetworking-plugins (portmap, bandwidth, loopback).
+EOF
+}
+
+PREFIX=""
+CNI_BIN_DIR="" BIN_DIR="" CNI_CONF_DIR=""
+POD_CIDR="" CLUSTER_CIDR="" CNI_VERSION="1.1.0" CNI_VERSION_SET=0
+FROM="" BUILD=1 APT=1 UNINSTALL=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--prefix) PREFIX=${2:?--prefix needs a directory}; shift ;;
+	--cni-bin-dir) CNI_BIN_DIR=${2:?}; shift ;;
+	--bin-dir) BIN_DIR=${2:?}; shift ;;
+	--cni-conf-dir) CNI_CONF_DIR=${2:?}; shift ;;
+	--pod-cidr) POD_CIDR=${2:?}; shift ;;
+	--cluster-cidr) CLUSTER_CIDR=${2:?}; shift ;;
+	--cni-version) CNI_VERSION=${2:?}; CNI_VERSION_SET=1; shift ;;
+	--from) FROM=${2:?}; BUILD=0; shift ;;
+	--no-build) BUILD=0 ;;
+	--no-apt) APT=0 ;;
+	--uninstall) UNINSTALL=1 ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+CNI_BIN_DIR=${CNI_BIN_DIR:-$PREFIX/opt/cni/bin}
+BIN_DIR=${BIN_DIR:-$PREFIX/usr/local/bin}
+CNI_CONF_DIR=${CNI_CONF_DIR:-$PREFIX/etc/cni/net.d}
+FROM=${FROM:-$HERE/target/release}
+CONFLIST=10-weir.conflist
+REF=/usr/lib/cni
+
+log() { echo "install.sh: $*" >&2; }
+
+# write-then-rename inside the destination directory (same filesystem)
+put() { # src dest mode
+	local src=$1 dest=$2 mode=$3 tmp
+	if [ -f "$dest" ] && cmp -s "$src" "$dest"; then return 0; fi
+	tmp="$(dirname "$dest")/.$(basename "$dest").tmp.$$"
+	cp "$src" "$tmp"
+	chmod "$mode" "$tmp"
+	mv -f "$tmp" "$dest"
+	log "installed $dest"
+}
+
+if [ "$UNINSTALL" = 1 ]; then
+	rm -f "$CNI_CONF_DIR/$CONFLIST" && log "removed $CNI_CONF_DIR/$CONFLIST"
+	rm -f "$CNI_BIN_DIR/weir" "$BIN_DIR/weir-policyd" "$BIN_DIR/weirctl"
+	log "removed weir binaries (IPAM state in /var/lib/cni/networks and pins under /sys/fs/bpf/weir are left for running pods)"
+	exit 0
+fi
+
+# ---- system packages ------------------------------------------------------
+if [ "$APT" = 1 ]; then
+	missing=()
+	command -v clang >/dev/null || missing+=(clang)
+	command -v llvm-strip >/dev/null || command -v llvm-strip-14 >/dev/null || missing+=(llvm)
+	[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+	command -v nft >/dev/null || missing+=(nftables)
+	[ -x $REF/portmap ] && [ -x $REF/bandwidth ] || missing+=(containernetworking-plugins)
+	if [ ${#missing[@]} -gt 0 ]; then
+		[ "$(id -u)" = 0 ] || { log "needs root to apt-get install ${missing[*]} (or pass --no-apt)"; exit 1; }
+		log "installing ${missing[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	fi
+fi
+
+# ---- build ------------------------------------------------------------------
+if [ "$BUILD" = 1 ]; then
+	command -v cargo >/dev/null || { log "cargo not found: install Rust (https://rustup.rs) or pass --from DIR"; exit 1; }
+	(cd "$HERE" && cargo build --release -p weir-cni)
+	for pkg in weir-policyd weirctl; do
+		(cd "$HERE" && cargo build --release -p "$pkg") || log "WARNING: $pkg did not build; installing without it"
+	done
+fi
+[ -x "$FROM/weir" ] || { log "no weir binary in $FROM (build first, or pass --from DIR)"; exit 1; }
+
+# ---- binaries ---------------------------------------------------------------
+mkdir -p "$CNI_BIN_DIR" "$BIN_DIR" "$CNI_CONF_DIR"
+put "$FROM/weir" "$CNI_BIN_DIR/weir" 0755
+for b in weir-policyd weirctl; do
+	if [ -x "$FROM/$b" ]; then put "$FROM/$b" "$BIN_DIR/$b" 0755; fi
+done
+for p in portmap bandwidth loopback; do
+	if [ ! -x "$CNI_BIN_DIR/$p" ] && [ -x "$REF/$p" ]; then put "$REF/$p" "$CNI_BIN_DIR/$p" 0755; fi
+done
+
+# ---- conflist, last ---------------------------------------------------------
+if [ "$CNI_VERSION_SET" = 0 ]; then
+	for p in portmap bandwidth; do
+		[ -x "$CNI_BIN_DIR/$p" ] || continue
+		if ! echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$CNI_BIN_DIR/$p" 2>/dev/null | grep -q '"1.1.0"'; then
+			log "WARNING: $CNI_BIN_DIR/$p does not support cniVersion 1.1.0; writing the conflist with 1.0.0" \
+				"(runtimes then skip STATUS and GC). Install containernetworking-plugins >= 1.5 for 1.1.0."
+			CNI_VERSION=1.0.0
+		fi
+	done
+fi
+tmp="$CNI_CONF_DIR/.$CONFLIST.tmp.$$"
+sed -e "s|\"cniVersion\": \"1.1.0\"|\"cniVersion\": \"$CNI_VERSION\"|" \
+	${POD_CIDR:+-e "s|10.244.1.0/24|$POD_CIDR|"} \
+	${CLUSTER_CIDR:+-e "s|10.244.0.0/16|$CLUSTER_CIDR|"} \
+	"$HERE/conf/$CONFLIST" >"$tmp"
+chmod 0644 "$tmp"
+if [ -f "$CNI_CONF_DIR/$CONFLIST" ] && cmp -s "$tmp" "$CNI_CONF_DIR/$CONFLIST"; then
+	rm -f "$tmp"
+else
+	mv -f "$tmp" "$CNI_CONF_DIR/$CONFLIST"
+	log "installed $CNI_CONF_DIR/$CONFLIST"
+fi
+log "done"

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# cni.sh - CNI ADD/DEL latency of `weir` against the reference bridge + host-local
+# (Debian containernetworking-plugins, /usr/lib/cni), measured in the same run,
+# interleaved pod by pod (the order of configs rotates with every pod), like
+# with like: IPv4 only, one /16, gateway on the bridge, no hairpin, no default
+# route, and ipMasq off in both ("plain") or on in both ("ipmasq").
+#
+# Each timing is one plugin exec as a runtime does it (fork+exec included),
+# sequential, PODS pods per config, from a bash loop running inside one node
+# network namespace (nsenter, so /sys/fs/bpf stays visible). One untimed
+# warm-up ADD/DEL per config first (page cache; for weir-enforce it also loads
+# and pins the dataplane once, as the first pod of a node would).
+#
+# Configs:
+#   ref          reference bridge + host-local
+#   weir         weir, policy.enforce false
+#   weir-enforce weir, policy.enforce true with policy.readyTimeoutMs 0: endpoint
+#                entry, tc attach (TCX, pinned links), registry record and ipcache
+#                writes are all timed; the wait for weir-policyd's READY is not
+#                (no weir-policyd runs here; a fake one would measure nothing real).
+#                Measured in the "plain" variant only.
+#
+# Usage: sudo bash test/bench/cni.sh     (env: PODS=100 REPS=3 VARIANTS="plain ipmasq"
+#                                          WEIR_BIN=<path> (default: cargo build --release)
+#                                          CNI_BIN_DIR=/usr/lib/cni OUTDIR=...)
+# Creates netns wcb-node and wcb-{r,w,e}-<i>, bridges wcbref/wcbweir/wcbenf inside
+# wcb-node, /run/wcb, and bpffs root /sys/fs/bpf/wcb-<pid>; removes all of it on exit.
+set -euo pipefail
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "cni.sh: run it, do not source it" >&2; return 1; fi
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PODS=${PODS:-100}
+REPS=${REPS:-3}
+VARIANTS=${VARIANTS:-"plain ipmasq"}
+CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
+OUTDIR=${OUTDIR:-$ROOT/target/bench/cni-$(date -u +%Y%m%dT%H%M%SZ)}
+BPFROOT=/sys/fs/bpf/wcb-$$
+RUN=/run/wcb
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { echo "cni.sh: needs root (network namespaces)" >&2; exit 1; }
+for t in ip nsenter python3 nft iptables; do command -v "$t" >/dev/null || { echo "cni.sh: missing $t" >&2; exit 1; }; done
+[ -x "$CNI_BIN_DIR/bridge" ] && [ -x "$CNI_BIN_DIR/host-local" ] || {
+	echo "cni.sh: no reference plugins in $CNI_BIN_DIR (apt-get install containernetworking-plugins)" >&2; exit 1; }
+
+if [ -z "${WEIR_BIN:-}" ]; then
+	log "building weir (release)"
+	(cd "$ROOT" && cargo build --release -q -p weir-cni)
+	WEIR_BIN=$ROOT/target/release/weir
+fi
+
+down() {
+	local n
+	for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^wcb-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done
+	rm -rf -- "$RUN"
+}
+cleanup() { set +e; down; rm -rf -- "$BPFROOT"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+conf() { # $1 cfg, $2 masq(true|false)
+	local type=weir br subnet extra=""
+	case $1 in
+	ref) type=bridge br=wcbref subnet=10.250.0.0/16 ;;
+	weir) br=wcbweir subnet=10.251.0.0/16
+		extra=', "isDefaultGateway": false, "policy": {"enforce": false, "runDir": "'$RUN'/run"}' ;;
+	weir-enforce) br=wcbenf subnet=10.252.0.0/16
+		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run"}' ;;
+	esac
+	cat <<JSON
+{ "cniVersion": "1.0.0", "name": "wcb-$1", "type": "$type", "bridge": "$br",
+  "isGateway": true, "ipMasq": $2, "hairpinMode": false$extra,
+  "ipam": { "type": "host-local", "subnet": "$subnet", "dataDir": "$RUN/ipam" } }
+JSON
+}
+
+mkdir -p "$OUTDIR"
+RAW=$OUTDIR/timings.txt
+: >"$RAW"
+log "weir: $WEIR_BIN; reference: $CNI_BIN_DIR (containernetworking-plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins 2>/dev/null || echo '?'))"
+for rep in $(seq "$REPS"); do
+	for variant in $VARIANTS; do
+		masq=false; cfgs="ref weir weir-enforce"
+		[ "$variant" = ipmasq ] && { masq=true; cfgs="ref weir"; }
+		log "rep $rep/$REPS $variant: $PODS pods x ($cfgs)"
+		down
+		mkdir -p "$RUN"
+		ip netns add wcb-node
+		ip -n wcb-node link set lo up
+		for c in $cfgs; do
+			conf "$c" "$masq" >"$RUN/$c.json"
+			for i in $(seq 0 "$PODS"); do ip netns add "wcb-${c:0:1}${c:5:1}-$i"; done
+		done
+		nsenter --net=/run/netns/wcb-node env PODS="$PODS" CFGS="$cfgs" RUN="$RUN" WEIR="$WEIR_BIN" REF="$CNI_BIN_DIR/bridge" \
+			CNI_PATH="$CNI_BIN_DIR" VARIANT="$variant" REP="$rep" bash -c '
+			set -u
+			us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+			read -r -a C <<<"$CFGS"
+			bin() { [ "$1" = ref ] && echo "$REF" || echo "$WEIR"; }
+			one() { # op cfg i -> prints the timing line
+				local op=$1 c=$2 i=$3 b a rc
+				b=$(bin "$c")
+				a=$(us)
+				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
+				rc=$?
+				echo "$VARIANT $REP $c $op $i $(( $(us) - a )) $rc"
+			}
+			for c in "${C[@]}"; do one ADD "$c" 0 >/dev/null; one DEL "$c" 0 >/dev/null; done   # warm-up, untimed
+			n=${#C[@]}
+			for op in ADD DEL; do
+				for i in $(seq 1 "$PODS"); do
+					for k in $(seq 0 $((n - 1))); do one "$op" "${C[$(( (i + k) % n ))]}" "$i"; done
+				done
+			done' >>"$RAW"
+		# correctness of what was timed: unique addresses, nothing leaked
+		for c in $cfgs; do
+			python3 - "$RUN" "$c" "$PODS" >>"$OUTDIR/checks.txt" <<'PY'
+import json, os, sys
+run, c, pods = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ips = set()
+for i in range(1, pods + 1):
+    try:
+        ips.add(json.load(open(os.path.join(run, 'ADD-%s-%d.json' % (c, i))))['ips'][0]['address'])
+    except Exception:
+        pass
+d = os.path.join(run, 'ipam', 'wcb-' + c)
+left = [f for f in os.listdir(d) if f[0].isdigit()] if os.path.isdir(d) else []
+print('%s unique_ips=%d leaked_reservations=%d' % (c, len(ips), len(left)))
+PY
+		done
+		left=$(ip -n wcb-node -o link show | grep -c -E 'weir[0-9a-f]{11}|veth' || true)
+		echo "node links left after DEL: $left" >>"$OUTDIR/checks.txt"
+	done
+done
+down
+
+python3 - "$RAW" "$OUTDIR/summary.md" "$PODS" "$REPS" <<'PY'
+import sys, statistics as st
+raw, out, pods, reps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+rows = [l.split() for l in open(raw) if l.strip()]
+def pct(xs, p):
+    xs = sorted(xs); k = (len(xs) - 1) * p; lo = int(k); hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+data = {}
+fails = {}
+for var, rep, cfg, op, i, us, rc in rows:
+    data.setdefault((var, cfg, op), []).append(int(us) / 1000)
+    if rc != '0':
+        fails[(var, cfg, op)] = fails.get((var, cfg, op), 0) + 1
+lines = ['| variant | config | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | failures |', '|---|---|---|---|---|---|---|']
+for (var, cfg) in sorted({(v, c) for v, c, _ in data}, key=lambda x: (x[0], ['ref', 'weir', 'weir-enforce'].index(x[1]))):
+    a, d = data[(var, cfg, 'ADD')], data[(var, cfg, 'DEL')]
+    f = fails.get((var, cfg, 'ADD'), 0) + fails.get((var, cfg, 'DEL'), 0)
+    lines.append('| %s | %s | %.2f | %.2f | %.2f | %.2f | %d |' % (var, cfg, pct(a, .5), pct(a, .99), pct(d, .5), pct(d, .99), f))
+lines += ['', '| variant | config | ADD p50 ratio vs ref | DEL p50 ratio vs ref | floor (<= 0.5) |', '|---|---|---|---|---|']
+for (var, cfg) in sorted({(v, c) for v, c, _ in data if c != 'ref'}):
+    if (var, 'ref', 'ADD') not in data:
+        continue
+    ra = pct(data[(var, cfg, 'ADD')], .5) / pct(data[(var, 'ref', 'ADD')], .5)
+    rd = pct(data[(var, cfg, 'DEL')], .5) / pct(data[(var, 'ref', 'DEL')], .5)
+    ok = 'met' if ra <= 0.5 and rd <= 0.5 else 'NOT met'
+    lines.append('| %s | %s | %.3f | %.3f | %s |' % (var, cfg, ra, rd, ok))
+lines.append('')
+lines.append('%s pods x %s reps per config; percentiles over all reps.' % (pods, reps))
+open(out, 'w').write('\n'.join(lines) + '\n')
+print('\n'.join(lines))
+PY
+cat "$OUTDIR/checks.txt"
+log "raw timings and summary in $OUTDIR"
