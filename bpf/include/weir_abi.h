@@ -132,7 +132,9 @@ struct weir_cidr_value {
 };
 
 /* ---- conntrack: LRU hash, tuple as first judged -> state --------------- */
-/* ICMP echo: sport = echo id, dport = 0. */
+/* ICMP echo: a request has sport = identifier, dport = 0; a reply sport = 0,
+ * dport = identifier, so the ordinary port swap pairs them and a request
+ * can never pass as a reply. Policy sees port 0 for ICMP. */
 struct weir_ct_key {
 	__u8 saddr[16];
 	__u8 daddr[16];

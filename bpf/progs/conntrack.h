@@ -50,19 +50,16 @@ static __always_inline void ct_key_fwd(const struct pkt *p, struct weir_ct_key *
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
 }
 
-/* The key of the flow this packet would be a reply to. ICMP echo keeps its
- * identifier in sport both ways. */
+/* The key of the flow this packet would be a reply to. ICMP echo needs no
+ * special case: parse.h puts a request's identifier in sport and a reply's
+ * in dport, so the swap finds the request's entry and a request never
+ * passes for a reply. */
 static __always_inline void ct_key_rev(const struct pkt *p, struct weir_ct_key *k)
 {
 	__builtin_memcpy(k->saddr, p->daddr, 16);
 	__builtin_memcpy(k->daddr, p->saddr, 16);
-	if (is_icmp(p->proto)) {
-		k->sport = p->sport;
-		k->dport = p->dport;
-	} else {
-		k->sport = p->dport;
-		k->dport = p->sport;
-	}
+	k->sport = p->dport;
+	k->dport = p->sport;
 	k->protocol = p->proto;
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
 }
@@ -160,7 +157,6 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct pkt *p
 
 	if (parse_icmp_quote(skb, p, &q))
 		return 0;
-	q.icmp = ICMP_K_ECHO_REQ;
 	ct_key_fwd(&q, &k);
 	v = ct_lookup(&k, now);
 	if (v && (quoted_sent ? v->egress_ep : v->ingress_ep) == ep)

@@ -58,8 +58,8 @@ enum icmp_kind {
 struct pkt {
 	__u8 saddr[16]; /* IPv4-mapped for IPv4 */
 	__u8 daddr[16];
-	__be16 sport; /* ICMP echo: identifier */
-	__be16 dport; /* ICMP echo: 0 */
+	__be16 sport; /* ICMP echo request: identifier; reply: 0 */
+	__be16 dport; /* ICMP echo request: 0; reply: identifier */
 	__u8 proto;
 	__u8 family; /* 4 or 6 */
 	__u8 tcp_flags;
@@ -161,8 +161,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 			else
 				p->icmp = ICMP_K_OTHER;
 		}
-		if (p->icmp == ICMP_K_ECHO_REQ || p->icmp == ICMP_K_ECHO_REPLY)
+		if (p->icmp == ICMP_K_ECHO_REQ)
 			__builtin_memcpy(&p->sport, b + 4, 2);
+		else if (p->icmp == ICMP_K_ECHO_REPLY)
+			__builtin_memcpy(&p->dport, b + 4, 2);
 		return PARSE_OK;
 	}
 	return PARSE_OK; /* other protocols: port 0 */
@@ -313,7 +315,9 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 		return 0;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
-		/* a quoted echo request: the identifier follows type/code/csum */
+		/* a quoted echo request (what errors quote): identifier in sport */
+		if (b[0] != 8 && b[0] != 128)
+			return -1;
 		if (bpf_skb_load_bytes(skb, off + 4, b, 2))
 			return -1;
 		__builtin_memcpy(&q->sport, b, 2);

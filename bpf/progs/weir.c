@@ -23,6 +23,12 @@
 #include "conntrack.h"
 #include "policy.h"
 
+/* The port policy sees: ICMP has none (its identifier is only for conntrack). */
+static __always_inline __be16 policy_port(const struct pkt *p)
+{
+	return is_icmp(p->proto) ? 0 : p->dport;
+}
+
 static __always_inline int verdict(struct __sk_buff *skb, const struct pkt *p,
 				   const struct verdict_ctx *vc, __u8 reason, int new_flow)
 {
@@ -99,7 +105,7 @@ int from_pod(struct __sk_buff *skb)
 	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, ep, 0, now))
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
 
-	reason = judge(ep, e, WEIR_DIR_EGRESS, p.daddr, vc.peer_identity, p.proto, p.dport,
+	reason = judge(ep, e, WEIR_DIR_EGRESS, p.daddr, vc.peer_identity, p.proto, policy_port(&p),
 		       p.frag == FRAG_LATER, &rule);
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))
@@ -169,7 +175,7 @@ int to_pod(struct __sk_buff *skb)
 			.peer_identity = e->identity,
 		};
 		reason = judge(sep, endpoint_lookup(sep), WEIR_DIR_EGRESS, p.daddr, e->identity,
-			       p.proto, p.dport, p.frag == FRAG_LATER, &rule);
+			       p.proto, policy_port(&p), p.frag == FRAG_LATER, &rule);
 		svc.rule = rule;
 		if (WEIR_REASON_IS_DROP(reason))
 			return weir_drop(skb, &p, &svc, reason);
@@ -177,7 +183,7 @@ int to_pod(struct __sk_buff *skb)
 		egress_ep = sep;
 	}
 
-	reason = judge(ep, e, WEIR_DIR_INGRESS, p.saddr, vc.peer_identity, p.proto, p.dport,
+	reason = judge(ep, e, WEIR_DIR_INGRESS, p.saddr, vc.peer_identity, p.proto, policy_port(&p),
 		       p.frag == FRAG_LATER, &rule);
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))

@@ -134,9 +134,9 @@ pub struct CidrValue {
 pub struct CtKey {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Network order. ICMP echo: the identifier.
+    /// Network order. ICMP echo request: the identifier (reply: 0).
     pub sport: u16,
-    /// Network order. ICMP echo: 0.
+    /// Network order. ICMP echo reply: the identifier (request: 0).
     pub dport: u16,
     pub protocol: u8,
     pub pad: [u8; 3],

@@ -1,0 +1,531 @@
+//! Packet-level tests of from_pod/to_pod through BPF_PROG_TEST_RUN: maps
+//! filled through the Rust API in a private bpffs root, frames built by
+//! hand, verdicts and counters checked. Each test runs in its own network
+//! namespace (the kernel resolves the test packet's ifindex there).
+
+mod common;
+use common::pkt::{self, Ip, ACK, FIN, ICMP, RST, SCTP, SYN, TCP, UDP};
+use common::*;
+use std::net::IpAddr;
+use weir_bpf::abi::*;
+use weir_bpf::{Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
+
+const ID_A: u32 = 300;
+const ID_B: u32 = 301;
+const ID_R: u32 = 400;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Two local pods A and B (real veth devices in a private netns), a remote
+/// pod R (10.1.0.5, identity 400), the node (10.0.0.1 = HOST), a Service
+/// VIP 10.96.0.10, and their IPv6 twins.
+struct Env {
+    _root: TestRoot,
+    dp: Dataplane,
+    a: u32,
+    b: u32,
+}
+
+const A4: &str = "10.0.0.10";
+const B4: &str = "10.0.0.20";
+const R4: &str = "10.1.0.5";
+const HOST4: &str = "10.0.0.1";
+const VIP4: &str = "10.96.0.10";
+const A6: &str = "fd00::10";
+const B6: &str = "fd00::20";
+const R6: &str = "fd01::5";
+
+impl Env {
+    fn new(tag: &str) -> Option<Env> {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        private_netns();
+        let root = TestRoot::new(tag);
+        let dp = root.load();
+        let a = dummy("wa");
+        let b = dummy("wb");
+        let cache = |net: &str, identity, endpoint, flags| {
+            let v = IpcacheValue { identity, endpoint, flags, pad: 0 };
+            dp.set_ipcache(net.parse().unwrap(), &v).unwrap();
+        };
+        cache("10.0.0.10/32", ID_A, a, 0);
+        cache("fd00::10/128", ID_A, a, 0);
+        cache("10.0.0.20/32", ID_B, b, 0);
+        cache("fd00::20/128", ID_B, b, 0);
+        cache("10.1.0.0/24", ID_R, 0, 0);
+        cache("fd01::/64", ID_R, 0, 0);
+        cache("10.0.0.1/32", ID_HOST, 0, 0);
+        cache("fd00::1/128", ID_HOST, 0, 0);
+        cache("10.96.0.0/12", ID_WORLD, 0, IPCACHE_SERVICE);
+        let env = Env { _root: root, dp, a, b };
+        env.ep(a, ID_A, EP_READY);
+        env.ep(b, ID_B, EP_READY);
+        Some(env)
+    }
+    fn ep(&self, ifindex: u32, identity: u32, flags: u32) {
+        self.dp.set_endpoint(ifindex, &Endpoint { identity, flags, revision: 1 }).unwrap();
+    }
+    fn allow(&self, endpoint: u32, identity: u32, direction: u8, protocol: Option<u8>, ports: Option<(u16, u16)>) {
+        let rule = PolicyRule { endpoint, identity, direction, protocol, ports: ports.map(|(a, b)| a..=b) };
+        self.dp.allow(&rule, 7).unwrap();
+    }
+    fn run(&self, hook: Hook, ifindex: u32, frame: &[u8]) -> i32 {
+        self.dp.run(hook, frame, ifindex).unwrap()
+    }
+    /// to_pod of `to` then assert
+    fn to(&self, to: u32, frame: &[u8]) -> bool {
+        verdict(self.run(Hook::ToPod, to, frame))
+    }
+    fn from(&self, from: u32, frame: &[u8]) -> bool {
+        verdict(self.run(Hook::FromPod, from, frame))
+    }
+    fn count(&self, ep: u32, dir: u8, reason: u8) -> u64 {
+        self.dp.counter(ep, dir, reason).unwrap().packets
+    }
+}
+
+fn verdict(r: i32) -> bool {
+    match r {
+        TC_PASS => true,
+        TC_DROP => false,
+        other => panic!("unexpected tc action {other}"),
+    }
+}
+
+#[test]
+fn root_unisolated_allows_every_protocol_and_family() {
+    let Some(e) = Env::new("unisol") else { return };
+    for (s, d) in [(A4, B4), (A6, B6)] {
+        assert!(e.to(e.b, &pkt::tcp(ip(s), 1234, ip(d), 80, SYN)));
+        assert!(e.to(e.b, &pkt::udp(ip(s), 1234, ip(d), 53)));
+        assert!(e.to(e.b, &pkt::sctp(ip(s), 1234, ip(d), 9)));
+        assert!(e.to(e.b, &pkt::echo(ip(s), ip(d), false, 1)));
+    }
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_ALLOW_UNISOLATED), 8);
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_ALLOW_UNISOLATED), 8);
+}
+
+#[test]
+fn root_ingress_rule_admits_only_its_port_and_protocol() {
+    let Some(e) = Env::new("ingress") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    for (s, d) in [(A4, B4), (A6, B6)] {
+        assert!(e.to(e.b, &pkt::tcp(ip(s), 1000, ip(d), 80, SYN)), "{s} tcp/80");
+        assert!(!e.to(e.b, &pkt::tcp(ip(s), 1000, ip(d), 81, SYN)), "{s} tcp/81");
+        assert!(!e.to(e.b, &pkt::udp(ip(s), 1000, ip(d), 80)), "{s} udp/80");
+        assert!(!e.to(e.b, &pkt::sctp(ip(s), 1000, ip(d), 80)), "{s} sctp/80");
+        assert!(!e.to(e.b, &pkt::echo(ip(s), ip(d), false, 9)), "{s} echo");
+        // another peer identity gets nothing
+        let r = if s == A4 { R4 } else { R6 };
+        assert!(!e.to(e.b, &pkt::tcp(ip(r), 1000, ip(d), 80, SYN)), "{r} tcp/80");
+    }
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_ALLOW_POLICY), 2);
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_DROP_POLICY), 10);
+}
+
+#[test]
+fn root_port_ranges_match_exactly() {
+    let Some(e) = Env::new("range") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(UDP), Some((1000, 2001)));
+    for (port, ok) in [(999, false), (1000, true), (1023, true), (1024, true), (1500, true), (2000, true), (2001, true), (2002, false), (65535, false)] {
+        assert_eq!(e.to(e.b, &pkt::udp(ip(A4), 5555, ip(B4), port)), ok, "udp/{port}");
+    }
+}
+
+#[test]
+fn root_wildcard_peer_port_and_protocol() {
+    let Some(e) = Env::new("wild") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    // any peer, TCP 443
+    e.allow(e.b, ID_ANY, DIR_INGRESS, Some(TCP), Some((443, 443)));
+    // remote pods: TCP any port
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), None);
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 443, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip("192.0.2.1"), 1, ip(B4), 443, SYN)), "world on the ANY rule");
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 444, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 1, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 65535, SYN)));
+    assert!(!e.to(e.b, &pkt::udp(ip(R4), 1, ip(B4), 53)), "TCP wildcard never admits UDP");
+    // any protocol from A: everything, even ports-less protocols
+    e.allow(e.b, ID_A, DIR_INGRESS, None, None);
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 1, ip(B4), 53)));
+    assert!(e.to(e.b, &pkt::echo(ip(A4), ip(B4), false, 3)));
+    assert!(e.to(e.b, &pkt::frame(ip(A4), ip(B4), 253, &[0; 8], &Ip::default())));
+}
+
+#[test]
+fn root_protocol_is_never_confused() {
+    let Some(e) = Env::new("proto") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(SCTP), Some((80, 80)));
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    for (s, d) in [(A4, B4), (A6, B6)] {
+        assert!(e.to(e.b, &pkt::sctp(ip(s), 7, ip(d), 80)));
+        assert!(!e.to(e.b, &pkt::tcp(ip(s), 7, ip(d), 80, SYN)), "SCTP rule admits TCP");
+        assert!(!e.to(e.b, &pkt::udp(ip(s), 7, ip(d), 80)), "SCTP rule admits UDP");
+        assert!(e.to(e.b, &pkt::udp(ip(s), 7, ip(d), 53)));
+        assert!(!e.to(e.b, &pkt::tcp(ip(s), 7, ip(d), 53, SYN)), "UDP rule admits TCP");
+        assert!(!e.to(e.b, &pkt::sctp(ip(s), 7, ip(d), 53)), "UDP rule admits SCTP");
+    }
+}
+
+#[test]
+fn root_egress_to_remote_and_its_replies() {
+    let Some(e) = Env::new("egress") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(UDP), Some((53, 53)));
+    for (a, r) in [(A4, R4), (A6, R6)] {
+        assert!(e.from(e.a, &pkt::tcp(ip(a), 40000, ip(r), 80, SYN)));
+        assert!(!e.from(e.a, &pkt::tcp(ip(a), 40000, ip(r), 81, SYN)));
+        // the reply passes A's isolated ingress through conntrack
+        assert!(e.to(e.a, &pkt::tcp(ip(r), 80, ip(a), 40000, SYN | ACK)));
+        // forged replies: wrong port, wrong peer, wrong protocol
+        assert!(!e.to(e.a, &pkt::tcp(ip(r), 81, ip(a), 40000, SYN | ACK)));
+        assert!(!e.to(e.a, &pkt::tcp(ip(r), 80, ip(a), 40001, ACK)));
+        assert!(!e.to(e.a, &pkt::udp(ip(r), 80, ip(a), 40000)));
+        // established: later packets of the flow
+        assert!(e.from(e.a, &pkt::tcp(ip(a), 40000, ip(r), 80, ACK)));
+        // UDP
+        assert!(e.from(e.a, &pkt::udp(ip(a), 5353, ip(r), 53)));
+        assert!(e.to(e.a, &pkt::udp(ip(r), 53, ip(a), 5353)));
+        assert!(!e.to(e.a, &pkt::udp(ip(r), 53, ip(a), 5354)));
+    }
+    assert!(e.count(e.a, DIR_INGRESS, R_ALLOW_REPLY) >= 4);
+    assert!(e.count(e.a, DIR_EGRESS, R_ALLOW_ESTABLISHED) >= 2);
+    let ct = e.dp.ct_entries().unwrap();
+    let flow = ct
+        .iter()
+        .find(|c| c.dst() == ip(R4) && c.key.protocol == TCP)
+        .expect("CT entry A->R tcp/80");
+    assert_eq!(flow.value.egress_ep, e.a);
+    assert_ne!(flow.value.flags & CT_SEEN_REPLY, 0);
+    // answered TCP: long timeout
+    assert!(flow.expires_in_ns > (CT_SYN_TIMEOUT_DEFAULT_S as u64 + 5) * 1_000_000_000);
+}
+
+#[test]
+fn root_local_flow_judged_at_destination_and_reply_via_conntrack() {
+    let Some(e) = Env::new("local") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
+    // from_pod(A) defers even though A's egress allows nothing yet
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 40000, ip(B4), 80, SYN)));
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_ALLOW_DEFERRED), 1);
+    // ... and to_pod(B) applies A's egress: dropped, counted on A's egress
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 80, SYN)));
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_DROP_POLICY), 1);
+    // egress allowed, ingress not yet
+    e.allow(e.a, ID_B, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 80, SYN)));
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_DROP_POLICY), 1);
+    // both
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 80, SYN)));
+    // the reply B->A: deferred at from_pod(B), a reply at to_pod(A) although
+    // B's egress and A's ingress allow nothing
+    assert!(e.from(e.b, &pkt::tcp(ip(B4), 80, ip(A4), 40000, SYN | ACK)));
+    assert!(e.to(e.a, &pkt::tcp(ip(B4), 80, ip(A4), 40000, SYN | ACK)));
+    // B cannot open its own flow to A, nor reply on another port
+    assert!(!e.to(e.a, &pkt::tcp(ip(B4), 80, ip(A4), 40001, SYN | ACK)));
+    assert!(!e.to(e.a, &pkt::tcp(ip(B4), 5000, ip(A4), 22, SYN)));
+    // established A->B
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 80, ACK)));
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_ALLOW_ESTABLISHED), 1);
+}
+
+#[test]
+fn root_service_vip_is_deferred_and_its_reply_passes() {
+    let Some(e) = Env::new("vip") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 40000, ip(VIP4), 80, SYN)));
+    let ct = e.dp.ct_entries().unwrap();
+    let svc = ct.iter().find(|c| c.dst() == ip(VIP4)).expect("service CT entry");
+    assert_eq!(svc.value.egress_ep, e.a);
+    assert_ne!(svc.value.flags & CT_SERVICE, 0);
+    // after DNAT the backend (B) judges A's egress: nothing allows it
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 8080, SYN)));
+    e.allow(e.a, ID_B, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 8080, SYN)));
+    // the un-DNATed reply comes from the VIP
+    assert!(e.to(e.a, &pkt::tcp(ip(VIP4), 80, ip(A4), 40000, SYN | ACK)));
+    assert!(!e.to(e.a, &pkt::tcp(ip(VIP4), 443, ip(A4), 40000, SYN | ACK)));
+}
+
+#[test]
+fn root_not_ready_fails_closed_except_host() {
+    let Some(e) = Env::new("notready") else { return };
+    e.ep(e.a, ID_A, 0);
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 1, ip(R4), 80, SYN)));
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 1, ip(B4), 80, SYN)), "even deferred destinations");
+    assert!(!e.to(e.a, &pkt::tcp(ip(B4), 1, ip(A4), 80, SYN)));
+    assert!(!e.to(e.a, &pkt::tcp(ip(R4), 1, ip(A4), 80, SYN)));
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 80, SYN)), "its traffic to a ready pod");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 1, ip(HOST4), 80, SYN)), "to the node");
+    assert!(e.to(e.a, &pkt::tcp(ip(HOST4), 1, ip(A4), 80, SYN)), "from the node (probes)");
+    assert!(e.count(e.a, DIR_EGRESS, R_DROP_NOT_READY) >= 2);
+    assert!(e.count(e.a, DIR_INGRESS, R_DROP_NOT_READY) >= 2);
+    // configured fail-open until policyd programs it
+    e.ep(e.a, ID_A, EP_OPEN_UNTIL_READY | EP_INGRESS_ISOLATED);
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 1, ip(R4), 80, SYN)));
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 1, ip(A4), 80, SYN)));
+    // no endpoint entry at all
+    e.dp.remove_endpoint(e.a).unwrap();
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 1, ip(R4), 80, SYN)));
+    assert!(!e.to(e.a, &pkt::tcp(ip(R4), 1, ip(A4), 80, SYN)));
+    assert!(e.count(e.a, DIR_INGRESS, R_DROP_NO_ENDPOINT) >= 1);
+}
+
+#[test]
+fn root_icmp_echo_and_related_errors() {
+    let Some(e) = Env::new("icmp") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, None, None);
+    for (a, r) in [(A4, R4), (A6, R6)] {
+        assert!(e.from(e.a, &pkt::echo(ip(a), ip(r), false, 77)));
+        assert!(e.to(e.a, &pkt::echo(ip(r), ip(a), true, 77)), "{a} echo reply");
+        assert!(!e.to(e.a, &pkt::echo(ip(r), ip(a), true, 78)), "{a} reply to another id");
+        assert!(!e.to(e.a, &pkt::echo(ip(r), ip(a), false, 77)), "{a} a request is no reply");
+    }
+    // destination unreachable quoting A's TCP packet to R: related
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 41000, ip(R4), 80, SYN)));
+    let quoted = &pkt::tcp(ip(A4), 41000, ip(R4), 80, SYN)[14..];
+    let mut err = pkt::icmp_hdr(3, 0);
+    err.extend_from_slice(&quoted[..28]);
+    assert!(e.to(e.a, &pkt::frame(ip("10.1.0.1"), ip(A4), ICMP, &err, &Ip::default())));
+    // quoting a flow A never had: judged as plain ICMP, dropped
+    let other = &pkt::tcp(ip(A4), 41001, ip(R4), 80, SYN)[14..];
+    let mut err2 = pkt::icmp_hdr(3, 0);
+    err2.extend_from_slice(&other[..28]);
+    assert!(!e.to(e.a, &pkt::frame(ip("10.1.0.1"), ip(A4), ICMP, &err2, &Ip::default())));
+    assert_eq!(e.count(e.a, DIR_INGRESS, R_ALLOW_RELATED), 1);
+    // IPv6 packet too big quoting A's flow
+    assert!(e.from(e.a, &pkt::tcp(ip(A6), 41000, ip(R6), 80, SYN)));
+    let q6 = &pkt::tcp(ip(A6), 41000, ip(R6), 80, SYN)[14..];
+    let mut ptb = pkt::icmp_hdr(2, 0);
+    ptb.extend_from_slice(&q6[..48]);
+    assert!(e.to(e.a, &pkt::frame(ip("fd01::1"), ip(A6), pkt::ICMPV6, &ptb, &Ip::default())));
+}
+
+#[test]
+fn root_neighbour_discovery_and_non_ip_pass_isolated_pods() {
+    let Some(e) = Env::new("nd") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    for ty in [133u8, 134, 135, 136] {
+        let f = pkt::frame(ip("fe80::1"), ip("ff02::1:ff00:10"), pkt::ICMPV6, &pkt::icmp_hdr(ty, 0), &Ip::default());
+        assert!(e.to(e.a, &f), "ND type {ty}");
+        assert!(e.from(e.a, &f), "ND type {ty}");
+    }
+    assert!(e.to(e.a, &pkt::arp()));
+    assert!(e.from(e.a, &pkt::arp()));
+    // other ICMPv6 is judged
+    let f = pkt::frame(ip(R6), ip(A6), pkt::ICMPV6, &pkt::icmp_hdr(137, 0), &Ip::default());
+    assert!(!e.to(e.a, &f), "redirect");
+}
+
+#[test]
+fn root_cidr_classes() {
+    let Some(e) = Env::new("cidr") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    let class = ID_FIRST_CIDR + 1;
+    e.dp.set_cidr(e.b, DIR_INGRESS, "10.1.0.0/16".parse().unwrap(), class).unwrap();
+    e.dp.set_cidr(e.b, DIR_INGRESS, "fd01::/48".parse().unwrap(), class).unwrap();
+    e.allow(e.b, class, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 80, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip("10.1.200.3"), 1, ip(B4), 80, SYN)));
+    assert!(!e.to(e.b, &pkt::tcp(ip("10.2.0.5"), 1, ip(B4), 80, SYN)));
+    assert!(!e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 81, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip(R6), 1, ip(B6), 80, SYN)));
+    let entries = e.dp.cidr_entries().unwrap();
+    assert!(entries.contains(&(e.b, DIR_INGRESS, "10.1.0.0/16".parse().unwrap(), class)));
+}
+
+#[test]
+fn root_conntrack_is_per_endpoint_no_spoofed_rides() {
+    let Some(e) = Env::new("spoof") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.ep(e.b, ID_B, EP_READY | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 40000, ip(R4), 80, SYN)));
+    // B sends the very same tuple (A's address): A's entry is not B's
+    assert!(!e.from(e.b, &pkt::tcp(ip(A4), 40000, ip(R4), 80, ACK)));
+    // and B receiving a "reply" of A's flow gets nothing through it
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    assert!(!e.to(e.b, &pkt::tcp(ip(R4), 80, ip(A4), 40000, SYN | ACK)));
+}
+
+#[test]
+fn root_tcp_state_shortens_timeouts() {
+    let Some(e) = Env::new("tcpstate") else { return };
+    e.dp.set_config(&Config { flags: 0, ct_tcp_timeout_s: 3600, ct_udp_timeout_s: 30, ct_syn_timeout_s: 20 }).unwrap();
+    let find = |sport: u16| {
+        e.dp.ct_entries().unwrap().into_iter().find(|c| u16::from_be(c.key.sport) == sport).expect("entry")
+    };
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 1000, ip(R4), 80, SYN)));
+    let c = find(1000);
+    assert!(c.expires_in_ns <= 20_000_000_000, "unanswered: syn timeout");
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 1000, SYN | ACK)));
+    let c = find(1000);
+    assert!(c.expires_in_ns > 3000_000_000_000, "answered: tcp timeout");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 1000, ip(R4), 80, FIN | ACK)));
+    assert!(find(1000).expires_in_ns > 3000_000_000_000, "half closed stays");
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 1000, FIN | ACK)));
+    let c = find(1000);
+    assert!(c.expires_in_ns <= 20_000_000_000, "closed both ways: short");
+    assert_eq!(c.value.flags & (CT_FIN_FWD | CT_FIN_REV), CT_FIN_FWD | CT_FIN_REV);
+    // RST
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 2000, ip(R4), 80, SYN)));
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 2000, SYN | ACK)));
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 2000, RST)));
+    let c = find(2000);
+    assert_ne!(c.value.flags & CT_RST, 0);
+    assert!(c.expires_in_ns <= 20_000_000_000);
+    // UDP answered: udp timeout
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 3000, ip(R4), 53)));
+    assert!(e.to(e.a, &pkt::udp(ip(R4), 53, ip(A4), 3000)));
+    assert!(find(3000).expires_in_ns <= 30_000_000_000);
+    // flush by endpoint
+    assert!(e.dp.ct_flush_endpoint(e.a).unwrap() >= 3);
+    assert!(e.dp.ct_entries().unwrap().iter().all(|c| c.value.egress_ep != e.a));
+}
+
+#[test]
+fn root_drops_emit_events_and_counters_sum() {
+    let Some(e) = Env::new("events") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    for _ in 0..3 {
+        assert!(!e.to(e.b, &pkt::udp(ip(A4), 999, ip(B4), 53)));
+    }
+    let got = events.drain();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let ev = got[0];
+    assert_eq!(ev.endpoint, e.b);
+    assert_eq!(ev.reason, R_DROP_POLICY);
+    assert_eq!(ev.direction, DIR_INGRESS);
+    assert_eq!(ev.peer_identity, ID_A);
+    assert_eq!(ev.protocol, UDP);
+    assert_eq!(u16::from_be(ev.dport), 53);
+    assert_eq!(weir_bpf::addr::from_bytes(ev.saddr), ip(A4));
+    let c = e.dp.counter(e.b, DIR_INGRESS, R_DROP_POLICY).unwrap();
+    assert_eq!(c.packets, 3);
+    assert!(c.bytes >= 3 * 42);
+    assert!(e.dp.counters().unwrap().iter().any(|(k, v)| k.endpoint == e.b && v.packets == 3));
+    // allowed new flows are evented only on request
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(UDP), None);
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 1, ip(B4), 53)));
+    assert!(events.drain().is_empty());
+    e.dp.set_config(&Config { flags: CFG_EVENTS_ALLOW, ..Default::default() }).unwrap();
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 2, ip(B4), 53)));
+    let got = events.drain();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].reason, R_ALLOW_POLICY);
+    assert_eq!(got[0].rule, 7);
+    e.dp.remove_counters(e.b).unwrap();
+    assert_eq!(e.dp.counter(e.b, DIR_INGRESS, R_DROP_POLICY).unwrap().packets, 0);
+}
+
+/// Malformed and unusual packets: every one gets a defined verdict, and
+/// nothing is allowed to an isolated endpoint because it could not be parsed.
+#[test]
+fn root_malformed_and_unusual_packets() {
+    let Some(e) = Env::new("malformed") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    let (a4, b4, a6, b6) = (ip(A4), ip(B4), ip(A6), ip(B6));
+    let good4 = pkt::tcp(a4, 1, b4, 80, SYN);
+    let good6 = pkt::tcp(a6, 1, b6, 80, SYN);
+    let tcp80 = pkt::tcp_hdr(1, 80, SYN);
+    let with_ip = |s, d, proto, l4: &[u8], ipo: Ip| pkt::frame(s, d, proto, l4, &ipo);
+    let mut trunc_len = good4.clone();
+    trunc_len.truncate(good4.len() - 4); // tot_len claims 4 bytes more
+    let mut bad_ihl = good4.clone();
+    bad_ihl[14] = 0x44;
+    let mut bad_ver = good4.clone();
+    bad_ver[14] = 0x65;
+    let mut bad_doff = good4.clone();
+    bad_doff[14 + 20 + 12] = 4 << 4;
+    let mut v6_trunc = good6.clone();
+    v6_trunc.truncate(good6.len() - 1);
+    let mut vlan = pkt::tcp(a4, 1, b4, 80, SYN);
+    vlan.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+
+    let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
+        ("well-formed v4", good4.clone(), true, R_ALLOW_POLICY),
+        ("well-formed v6", good6.clone(), true, R_ALLOW_POLICY),
+        ("ipv4 header claims options it lacks", {
+            let mut f = good4[..14 + 20].to_vec();
+            f[14] = 0x46;
+            f[16..18].copy_from_slice(&24u16.to_be_bytes());
+            f
+        }, false, R_DROP_MALFORMED),
+        ("tcp header cut short", good4[..14 + 20 + 10].to_vec(), false, R_DROP_MALFORMED),
+        ("tot_len beyond the packet", trunc_len, false, R_DROP_MALFORMED),
+        ("ihl below 5", bad_ihl, false, R_DROP_MALFORMED),
+        ("ethertype IPv4, version 6", bad_ver, false, R_DROP_MALFORMED),
+        ("tcp data offset below 5", bad_doff, false, R_DROP_MALFORMED),
+        ("ipv6 payload_len beyond the packet", v6_trunc, false, R_DROP_MALFORMED),
+        ("ipv6 version 4 in an IPv6 ethertype", { let mut f = good6.clone(); f[14] = 0x40; f }, false, R_DROP_MALFORMED),
+        ("udp too short for its header", with_ip(a4, b4, UDP, &[0, 1, 0], Ip::default()), false, R_DROP_MALFORMED),
+        ("sctp too short", with_ip(a4, b4, SCTP, &[0, 1, 0, 80, 0, 0, 0, 0], Ip::default()), false, R_DROP_MALFORMED),
+        ("icmp too short", with_ip(a4, b4, ICMP, &[8, 0, 0], Ip::default()), false, R_DROP_MALFORMED),
+        ("802.1Q tagged", vlan, false, R_DROP_VLAN),
+        ("ipv4 options, allowed port", with_ip(a4, b4, TCP, &tcp80, Ip { v4_options: vec![1, 1, 1, 0], ..Default::default() }), true, R_ALLOW_POLICY),
+        ("ipv4 40 bytes of options, other port", with_ip(a4, b4, TCP, &pkt::tcp_hdr(1, 81, SYN), Ip { v4_options: vec![1; 40], ..Default::default() }), false, R_DROP_POLICY),
+        ("ipv4 first fragment with ports", with_ip(a4, b4, TCP, &tcp80, Ip { frag: Some((0, true)), ..Default::default() }), true, R_ALLOW_POLICY),
+        ("ipv4 first fragment too short for ports", with_ip(a4, b4, TCP, &tcp80[..8], Ip { frag: Some((0, true)), ..Default::default() }), false, R_DROP_MALFORMED),
+        ("ipv4 later fragment", with_ip(a4, b4, TCP, &[0; 16], Ip { frag: Some((185, false)), ..Default::default() }), false, R_DROP_FRAGMENT),
+        ("ipv6 hop-by-hop + dstopts", with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(0, 8), (60, 16)], ..Default::default() }), true, R_ALLOW_POLICY),
+        ("ipv6 routing header, other port", with_ip(a6, b6, TCP, &pkt::tcp_hdr(1, 81, SYN), Ip { v6_ext: vec![(43, 24)], ..Default::default() }), false, R_DROP_POLICY),
+        ("ipv6 AH", with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(51, 16)], ..Default::default() }), true, R_ALLOW_POLICY),
+        ("ipv6 first fragment", with_ip(a6, b6, TCP, &tcp80, Ip { frag: Some((0, true)), ..Default::default() }), true, R_ALLOW_POLICY),
+        ("ipv6 later fragment", with_ip(a6, b6, TCP, &[0; 16], Ip { frag: Some((100, true)), ..Default::default() }), false, R_DROP_FRAGMENT),
+        ("ipv6 seven extension headers", with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(60, 8); 7], ..Default::default() }), false, R_DROP_MALFORMED),
+        ("ipv6 extension header cut short", {
+            let mut f = with_ip(a6, b6, TCP, &[], Ip { v6_ext: vec![(60, 8)], ..Default::default() });
+            f.truncate(f.len() - 4);
+            let pl = (f.len() - 54) as u16;
+            f[18..20].copy_from_slice(&pl.to_be_bytes());
+            f
+        }, false, R_DROP_MALFORMED),
+        ("unknown protocol", with_ip(a4, b4, 253, &[0; 8], Ip::default()), false, R_DROP_POLICY),
+        ("ipv6 no next header", with_ip(a6, b6, 59, &[], Ip::default()), false, R_DROP_POLICY),
+    ];
+    for (name, frame, pass, reason) in cases {
+        eprintln!("case: {name}");
+        e.dp.ct_flush().unwrap(); // each case is a new flow
+        let before = e.count(e.b, DIR_INGRESS, reason);
+        assert_eq!(e.to(e.b, &frame), pass, "{name}");
+        assert_eq!(e.count(e.b, DIR_INGRESS, reason), before + 1, "{name}: reason {}", reason_name(reason));
+    }
+    // with a port wildcard, later fragments and unknown protocols pass
+    e.allow(e.b, ID_A, DIR_INGRESS, None, None);
+    assert!(e.to(e.b, &with_ip(a4, b4, TCP, &[0; 16], Ip { frag: Some((185, false)), ..Default::default() })));
+    assert!(e.to(e.b, &with_ip(a4, b4, 253, &[0; 8], Ip::default())));
+    // malformed stays dropped even for an unisolated pod, on both hooks
+    e.ep(e.a, ID_A, EP_READY);
+    assert!(!e.from(e.a, &good4[..14 + 20 + 10]));
+    assert!(!e.to(e.a, &good4[..14 + 20 + 10]));
+    // Frames shorter than their IP header: this kernel's BPF_PROG_TEST_RUN
+    // refuses to inject some of them (EINVAL); when it does inject, the
+    // program must drop them.
+    for cut in [15, 20, 14 + 12, 14 + 19] {
+        for (hook, ifx) in [(Hook::ToPod, e.b), (Hook::FromPod, e.a), (Hook::ToPod, e.a)] {
+            match e.dp.run(hook, &good4[..cut], ifx) {
+                Ok(r) => assert_eq!(r, TC_DROP, "{cut} bytes of IPv4 frame at {hook:?}"),
+                Err(err) => assert!(format!("{err:?}").contains("InvalidInput"), "{err:?}"),
+            }
+            match e.dp.run(hook, &good6[..cut.max(15) + 10], ifx) {
+                Ok(r) => assert_eq!(r, TC_DROP, "{} bytes of IPv6 frame at {hook:?}", cut + 10),
+                Err(err) => assert!(format!("{err:?}").contains("InvalidInput"), "{err:?}"),
+            }
+        }
+    }
+}
