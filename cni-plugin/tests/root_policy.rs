@@ -163,3 +163,41 @@ fn root_enforce_not_ready_endpoint_is_fail_closed() {
     node.del("f1", &p1, &conf).ok();
     node.del("f2", &p2, &conf).ok();
 }
+
+#[test]
+fn root_enforce_gc_and_status() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let conf = enforcing(&node, &root, 0);
+    let status = Call { command: "STATUS".into(), ..Default::default() };
+    // Before any ADD the pins do not exist: ADD could not be served yet by policyd.
+    assert_eq!(node.weir(&status, &conf).err_code(), 50);
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("wp")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add(&format!("g{i}"), p, &conf).ok();
+    }
+    assert_eq!(node.weir(&status, &conf).code, 0, "pins exist now");
+    let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+    assert_eq!(dp.endpoints().unwrap().len(), 3);
+    let keep_idx = weir_common::registry::Registry::under(node.run_dir()).get("g0", "eth0").unwrap().unwrap().host_ifindex;
+    let mut c = conf.clone();
+    c["cni.dev/valid-attachments"] = json!([{ "containerID": "g0", "ifname": "eth0" }]);
+    node.weir(&Call { command: "GC".into(), ..Default::default() }, &c).ok();
+    let eps: Vec<u32> = dp.endpoints().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(eps, vec![keep_idx], "only the valid attachment's endpoint remains");
+    assert_eq!(dp.attached_ifindexes().unwrap(), vec![keep_idx]);
+    let (records, _) = weir_common::registry::Registry::under(node.run_dir()).list();
+    assert_eq!(records.iter().map(|r| r.container_id.as_str()).collect::<Vec<_>>(), ["g0"]);
+    node.assert_clean("g1", None);
+    node.assert_clean("g2", None);
+    // A stale heartbeat from weir-policyd makes STATUS report it down.
+    let hb = node.run_dir().join("policyd.heartbeat");
+    std::fs::write(&hb, b"").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options().write(true).open(&hb).unwrap().set_modified(old).unwrap();
+    let r = node.weir(&status, &conf);
+    assert_eq!(r.err_code(), 50);
+    assert!(r.msg().contains("heartbeat"), "{}", r.msg());
+    node.del("g0", &pods[0], &conf).ok();
+}
