@@ -289,3 +289,72 @@ fn root_lab_rejects_bad_up_without_touching_anything() {
     let err = g.fails(&["probe"]);
     assert!(err.contains("no lab named"), "{err}");
 }
+
+/// Probe until `expect(from, to)` holds for every compared cell (loopback
+/// cells are not compared, as upstream), or ~10 s pass: policyd applies
+/// changes asynchronously, like the upstream suite's retrying probes.
+fn probe_until(g: &LabGuard, expect: impl Fn(&str, &str) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..40 {
+        last = g.json(&["probe", "--timeout-ms", "500", "-o", "json"]);
+        if all_cells(&last).iter().filter(|(f, t, _)| f != t).all(|(f, t, v)| *v == Value::Bool(expect(f, t))) {
+            return last;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the matrix never matched the expectation; last: {last}");
+}
+
+#[test]
+fn root_lab_policy_deny_all_turns_the_column_to_x() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let dir = Path::new(weirctl()).parent().unwrap();
+    assert!(dir.join("weir-policyd").is_file(), "{}/weir-policyd is missing: run `cargo build --workspace --bins` first", dir.display());
+    let g = LabGuard::new("wp");
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(
+        tmp.path(),
+        "m.yaml",
+        &[ns("x"), ns("y"), pod("x", "a", "a"), pod("x", "b", "b"), pod("y", "a", "a"), svc("x", "a"), svc("x", "b"), svc("y", "a")].concat(),
+    );
+    let out = g.ok(&["up", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("weir-policyd pid") && out.contains("policy enforced"), "{out}");
+    probe_until(&g, |_, _| true);
+
+    let deny = write(
+        tmp.path(),
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}\n",
+    );
+    g.ok(&["apply", "-f", deny.to_str().unwrap()]);
+    let m = probe_until(&g, |_, to| to != "x/a");
+    assert_eq!(m["results"]["y/a"]["x/a"], false);
+    assert_eq!(m["results"]["y/a"]["x/b"], true);
+
+    // relabel x/b to pod=a: the same policy now selects it too (no re-ADD)
+    let relabel = write(tmp.path(), "relabel.yaml", &pod("x", "b", "a"));
+    g.ok(&["apply", "-f", relabel.to_str().unwrap()]);
+    // (probing via Service: s-x-b selects pod=b, now nothing; probe pods directly)
+    let mut last = Value::Null;
+    let mut ok = false;
+    for _ in 0..40 {
+        last = g.json(&["probe", "--via", "pod", "--timeout-ms", "500", "-o", "json"]);
+        if last["results"]["y/a"]["x/b"] == false && last["results"]["y/a"]["x/a"] == false && last["results"]["x/a"]["y/a"] == true {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(ok, "relabelled x/b never became isolated: {last}");
+
+    g.ok(&["delete", "-f", deny.to_str().unwrap()]);
+    let back = write(tmp.path(), "back.yaml", &pod("x", "b", "b"));
+    g.ok(&["apply", "-f", back.to_str().unwrap()]);
+    probe_until(&g, |_, _| true);
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}

@@ -321,6 +321,7 @@ pub fn up(lab: &Lab, opts: &UpOpts) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) => {
             let errs = down_inner(lab, true);
+            lab.remove_lock_file();
             let extra = if errs.is_empty() { "rolled back".to_string() } else { format!("rollback left errors: {}", errs.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")) };
             Err(e.context(format!("lab up {:?} failed ({extra})", lab.name)))
         }
