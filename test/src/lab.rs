@@ -46,6 +46,18 @@ impl Weirctl {
         Ok(Weirctl { bin_dir: dir })
     }
 
+    /// Copies the binaries into `dir` and returns a Weirctl using the
+    /// copies: the suite then runs one consistent build even while a
+    /// `cargo build` elsewhere replaces the files under target/.
+    pub fn snapshot(&self, dir: &Path) -> Result<Weirctl> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for b in BINARIES {
+            let (from, to) = (self.bin_dir.join(b), dir.join(b));
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+        Ok(Weirctl { bin_dir: dir.to_path_buf() })
+    }
+
     pub fn bin(&self) -> PathBuf {
         self.bin_dir.join("weirctl")
     }
