@@ -122,7 +122,9 @@ async fn directory_source_follows_files() {
     }
     replaced.sort();
     assert_eq!(replaced, ObjectKind::ALL.to_vec(), "one Replace per kind before Synced");
-    assert!(*src.synced().borrow());
+    // The flag is raised right after Synced is queued.
+    let flag = src.synced();
+    metric_until("synced flag", || *flag.borrow()).await;
     assert_eq!(store.namespaces.keys().collect::<Vec<_>>(), ["x"]);
     assert_eq!(store.pods.keys().cloned().collect::<Vec<_>>(), [key("default", "web"), key("x", "db")]);
     assert!(store.services.contains_key(&key("x", "svc")));

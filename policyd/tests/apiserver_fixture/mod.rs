@@ -1,0 +1,422 @@
+//! A stand-in for kube-apiserver, which cannot be installed here (no
+//! registry ships it): plain HTTP on 127.0.0.1 speaking the real list/watch
+//! protocol for Namespaces, Pods, Services, Nodes (`/api/v1/...`) and
+//! NetworkPolicies (`/apis/networking.k8s.io/v1/...`):
+//!
+//! - list: a `<Kind>List` with `metadata.resourceVersion`;
+//! - `?watch=true&resourceVersion=R`: chunked stream of JSON WatchEvents
+//!   (ADDED / MODIFIED / DELETED, BOOKMARK on request), replaying every
+//!   change after R from a change log, then live changes;
+//! - compaction: a watch from R older than the compaction point gets 410
+//!   Gone, either as an ERROR event carrying a Status (what kube-apiserver
+//!   does) or as an HTTP 410 response;
+//! - faults: drop every open watch connection mid-stream, hold lists or new
+//!   watches (to make "changed while disconnected" deterministic).
+//!
+//! Objects are k8s-openapi types serialized with serde, so what the client
+//! decodes is what a real server would send for them.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Res {
+    Namespaces,
+    Pods,
+    Services,
+    NetworkPolicies,
+    Nodes,
+}
+
+impl Res {
+    pub const ALL: [Res; 5] = [Res::Namespaces, Res::Pods, Res::Services, Res::NetworkPolicies, Res::Nodes];
+
+    fn from_path(path: &str) -> Option<Res> {
+        Some(match path {
+            "/api/v1/namespaces" => Res::Namespaces,
+            "/api/v1/pods" => Res::Pods,
+            "/api/v1/services" => Res::Services,
+            "/api/v1/nodes" => Res::Nodes,
+            "/apis/networking.k8s.io/v1/networkpolicies" => Res::NetworkPolicies,
+            _ => return None,
+        })
+    }
+
+    fn from_kind(kind: &str) -> Res {
+        match kind {
+            "Namespace" => Res::Namespaces,
+            "Pod" => Res::Pods,
+            "Service" => Res::Services,
+            "Node" => Res::Nodes,
+            "NetworkPolicy" => Res::NetworkPolicies,
+            k => panic!("the fixture does not serve {k}"),
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Res::Namespaces => "Namespace",
+            Res::Pods => "Pod",
+            Res::Services => "Service",
+            Res::Nodes => "Node",
+            Res::NetworkPolicies => "NetworkPolicy",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Res::NetworkPolicies => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+}
+
+/// How a watch from a compacted resourceVersion is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneMode {
+    /// HTTP 200 and a single `{"type":"ERROR","object":<Status 410>}` event.
+    ErrorEvent,
+    /// HTTP 410 with a Status body.
+    Http410,
+}
+
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    res: Res,
+    /// ADDED, MODIFIED, DELETED or BOOKMARK (bookmarks are never logged).
+    ty: &'static str,
+    object: Value,
+    /// drop_watches() generation when the change was made: a connection
+    /// opened before a drop must not carry changes made after it.
+    gen: u64,
+}
+
+struct State {
+    rv: u64,
+    objects: BTreeMap<(Res, String, String), Value>,
+    log: Vec<Change>,
+    compacted: u64,
+    gone_mode: GoneMode,
+    lists: BTreeMap<Res, usize>,
+    watches: BTreeMap<Res, usize>,
+    held_lists: BTreeSet<Res>,
+}
+
+pub struct ApiServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    changes: broadcast::Sender<Change>,
+    drop_gen: watch::Sender<u64>,
+    held_lists: watch::Sender<BTreeSet<Res>>,
+    watches_paused: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn meta_key(res: Res, v: &Value) -> (Res, String, String) {
+    let m = &v["metadata"];
+    (
+        res,
+        m["namespace"].as_str().unwrap_or("").to_string(),
+        m["name"].as_str().expect("metadata.name").to_string(),
+    )
+}
+
+impl ApiServer {
+    pub async fn start() -> ApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            rv: 100,
+            objects: BTreeMap::new(),
+            log: Vec::new(),
+            compacted: 0,
+            gone_mode: GoneMode::ErrorEvent,
+            lists: BTreeMap::new(),
+            watches: BTreeMap::new(),
+            held_lists: BTreeSet::new(),
+        }));
+        let (changes, _) = broadcast::channel(4096);
+        let (drop_gen, _) = watch::channel(0u64);
+        let (held_lists, _) = watch::channel(BTreeSet::new());
+        let (watches_paused, _) = watch::channel(false);
+        let ctx = Ctx {
+            state: state.clone(),
+            changes: changes.clone(),
+            drop_gen: drop_gen.subscribe(),
+            held_lists: held_lists.subscribe(),
+            watches_paused: watches_paused.subscribe(),
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let _ = ctx.handle(conn).await;
+                });
+            }
+        });
+        ApiServer { addr, state, changes, drop_gen, held_lists, watches_paused, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig pointing at this server (no credentials).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: anonymous\n  user: {{}}\ncontexts:\n- name: fixture\n  context: {{cluster: fixture, user: anonymous}}\n\
+             current-context: fixture\n",
+            self.url()
+        )
+    }
+
+    /// Create or replace an object (ADDED / MODIFIED), stamping a new resourceVersion.
+    pub fn put<K: k8s_openapi::Resource + serde::Serialize>(&self, obj: &K) {
+        let mut v = serde_json::to_value(obj).unwrap();
+        let res = Res::from_kind(K::KIND);
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        v["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = meta_key(res, &v);
+        if v["metadata"]["uid"].is_null() {
+            v["metadata"]["uid"] = json!(format!("uid-{}-{}-{}", key.1, key.2, rv));
+        }
+        let ty = if st.objects.insert(key, v.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        let ch = Change { rv, res, ty, object: v, gen: *self.drop_gen.borrow() };
+        st.log.push(ch.clone());
+        let _ = self.changes.send(ch);
+    }
+
+    /// Delete an object (DELETED); panics if absent.
+    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) {
+        let res = Res::from_kind(K::KIND);
+        let mut st = self.state.lock().unwrap();
+        let mut v = st
+            .objects
+            .remove(&(res, namespace.to_string(), name.to_string()))
+            .unwrap_or_else(|| panic!("fixture has no {} {namespace}/{name}", K::KIND));
+        st.rv += 1;
+        let rv = st.rv;
+        v["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let ch = Change { rv, res, ty: "DELETED", object: v, gen: *self.drop_gen.borrow() };
+        st.log.push(ch.clone());
+        let _ = self.changes.send(ch);
+    }
+
+    /// Send a BOOKMARK at the current resourceVersion to every open watch.
+    pub fn bookmark(&self) {
+        let st = self.state.lock().unwrap();
+        for res in Res::ALL {
+            let _ = self.changes.send(Change {
+                rv: st.rv,
+                res,
+                ty: "BOOKMARK",
+                object: json!({"apiVersion": res.api_version(), "kind": res.kind(),
+                               "metadata": {"resourceVersion": st.rv.to_string()}}),
+                gen: *self.drop_gen.borrow(),
+            });
+        }
+    }
+
+    /// Forget history: a watch from any resourceVersion older than the
+    /// current one now gets 410 Gone.
+    pub fn compact(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.compacted = st.rv;
+        let c = st.compacted;
+        st.log.retain(|ch| ch.rv > c);
+    }
+
+    pub fn set_gone_mode(&self, m: GoneMode) {
+        self.state.lock().unwrap().gone_mode = m;
+    }
+
+    /// Close every open watch connection abruptly (no final chunk), as a
+    /// dropped TCP connection or a restarting server would.
+    pub fn drop_watches(&self) {
+        self.drop_gen.send_modify(|g| *g += 1);
+    }
+
+    /// New watch requests wait (connection accepted, no answer) until resumed.
+    pub fn pause_watches(&self, paused: bool) {
+        self.watches_paused.send_replace(paused);
+    }
+
+    /// List requests for `res` wait until released.
+    pub fn hold_list(&self, res: Res, held: bool) {
+        self.held_lists.send_modify(|s| {
+            if held {
+                s.insert(res);
+            } else {
+                s.remove(&res);
+            }
+        });
+    }
+
+    pub fn lists(&self, res: Res) -> usize {
+        self.state.lock().unwrap().lists.get(&res).copied().unwrap_or(0)
+    }
+
+    pub fn watches(&self, res: Res) -> usize {
+        self.state.lock().unwrap().watches.get(&res).copied().unwrap_or(0)
+    }
+
+    /// (namespace, name) of every stored object of `res`, sorted.
+    pub fn names(&self, res: Res) -> Vec<(String, String)> {
+        let st = self.state.lock().unwrap();
+        st.objects.keys().filter(|k| k.0 == res).map(|k| (k.1.clone(), k.2.clone())).collect()
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    state: Arc<Mutex<State>>,
+    changes: broadcast::Sender<Change>,
+    drop_gen: watch::Receiver<u64>,
+    held_lists: watch::Receiver<BTreeSet<Res>>,
+    watches_paused: watch::Receiver<bool>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+impl Ctx {
+    async fn handle(mut self, mut conn: TcpStream) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 2048];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let target = head.split(' ').nth(1).unwrap_or("").to_string();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        if std::env::var_os("FIXTURE_DEBUG").is_some() {
+            eprintln!("fixture: GET {target}");
+        }
+        let Some(res) = Res::from_path(path) else {
+            return respond(&mut conn, 404, &status(404, "NotFound", &format!("the fixture does not serve {path}"))).await;
+        };
+        if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
+            let rv = params.get("resourceVersion").and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+            let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| *b == "true");
+            self.watch(conn, res, rv, bookmarks).await
+        } else {
+            self.list(conn, res).await
+        }
+    }
+
+    async fn list(&mut self, mut conn: TcpStream, res: Res) -> std::io::Result<()> {
+        let _ = self.held_lists.wait_for(|held| !held.contains(&res)).await;
+        let body = {
+            let mut st = self.state.lock().unwrap();
+            *st.lists.entry(res).or_default() += 1;
+            let items: Vec<Value> = st.objects.iter().filter(|(k, _)| k.0 == res).map(|(_, v)| v.clone()).collect();
+            json!({"apiVersion": res.api_version(), "kind": format!("{}List", res.kind()),
+                   "metadata": {"resourceVersion": st.rv.to_string()}, "items": items})
+        };
+        respond(&mut conn, 200, &body).await
+    }
+
+    async fn watch(&mut self, mut conn: TcpStream, res: Res, from: u64, bookmarks: bool) -> std::io::Result<()> {
+        let _ = self.watches_paused.wait_for(|p| !*p).await;
+        let drop_at = *self.drop_gen.borrow_and_update();
+        let (backlog, mut rx, gone) = {
+            let mut st = self.state.lock().unwrap();
+            *st.watches.entry(res).or_default() += 1;
+            if from < st.compacted {
+                (Vec::new(), self.changes.subscribe(), Some(st.gone_mode))
+            } else {
+                let backlog: Vec<Change> = st.log.iter().filter(|c| c.res == res && c.rv > from).cloned().collect();
+                (backlog, self.changes.subscribe(), None)
+            }
+        };
+        let gone_status = status(410, "Expired", &format!("too old resource version: {from}"));
+        match gone {
+            Some(GoneMode::Http410) => return respond(&mut conn, 410, &gone_status).await,
+            Some(GoneMode::ErrorEvent) => {
+                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").await?;
+                write_chunk(&mut conn, &json!({"type": "ERROR", "object": gone_status})).await?;
+                conn.write_all(b"0\r\n\r\n").await?;
+                return conn.shutdown().await;
+            }
+            None => {}
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").await?;
+        for ch in backlog {
+            write_chunk(&mut conn, &json!({"type": ch.ty, "object": ch.object})).await?;
+        }
+        let mut drop_rx = self.drop_gen.clone();
+        let dropped = async move {
+            let _ = drop_rx.wait_for(|g| *g != drop_at).await;
+        };
+        tokio::pin!(dropped);
+        loop {
+            tokio::select! {
+                // Changes made before the drop first, so a drop is a clean cut.
+                biased;
+                ch = rx.recv() => {
+                    let ch = match ch {
+                        Ok(ch) => ch,
+                        Err(broadcast::error::RecvError::Lagged(_)) => panic!("fixture watch lagged; raise the channel capacity"),
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    if ch.gen != drop_at {
+                        return Ok(()); // made after a drop: this connection is already dead
+                    }
+                    if ch.res != res || ch.rv <= from && ch.ty != "BOOKMARK" || (ch.ty == "BOOKMARK" && !bookmarks) {
+                        continue;
+                    }
+                    write_chunk(&mut conn, &json!({"type": ch.ty, "object": ch.object})).await?;
+                }
+                _ = &mut dropped => {
+                    // Abrupt: no terminating chunk, the client sees a truncated body.
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn write_chunk(conn: &mut TcpStream, v: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).unwrap();
+    line.push(b'\n');
+    conn.write_all(format!("{:x}\r\n", line.len()).as_bytes()).await?;
+    conn.write_all(&line).await?;
+    conn.write_all(b"\r\n").await?;
+    conn.flush().await
+}
+
+async fn respond(conn: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let body = serde_json::to_vec(body).unwrap();
+    let head = format!(
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(&body).await?;
+    conn.shutdown().await
+}
