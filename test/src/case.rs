@@ -86,6 +86,13 @@ pub enum Via {
     Pod,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Family {
+    #[default]
+    IPv4,
+    IPv6,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Probe {
@@ -93,6 +100,9 @@ pub struct Probe {
     pub protocol: Protocol,
     #[serde(default)]
     pub via: Via,
+    /// Which address family to dial (pod addresses or ClusterIPs).
+    #[serde(default)]
+    pub family: Family,
     pub expect: Expectation,
 }
 
@@ -347,7 +357,7 @@ steps:
         spec: {podSelector: {}, policyTypes: [Ingress], ingress: [{from: [{ipBlock: {cidr: "{{hostcidr y/b}}"}}]}]}
   - probe: {port: 80, protocol: TCP, expect: {deny: [{to: "x/*"}], allow: [{from: y/b, to: "x/*"}]}}
   - delete: [{kind: Pod, namespace: x, name: d}]
-  - probe: {port: 81, protocol: SCTP, via: pod, expect: {default: allow}}
+  - probe: {port: 81, protocol: SCTP, via: pod, family: IPv6, expect: {default: allow}}
 "#;
 
     fn parse(text: &str) -> Result<Case> {
@@ -361,9 +371,9 @@ steps:
         assert_eq!(c.probes().count(), 2);
         assert!(c.uses_sctp());
         let Step::Probe(p) = &c.steps[3] else { panic!() };
-        assert_eq!(p.via, Via::Pod);
+        assert_eq!((p.via, p.family), (Via::Pod, Family::IPv6));
         let Step::Probe(p) = &c.steps[1] else { panic!() };
-        assert_eq!(p.via, Via::Service);
+        assert_eq!((p.via, p.family), (Via::Service, Family::IPv4));
     }
 
     #[test]
@@ -389,6 +399,7 @@ steps:
             (GOOD.replace("{{hostcidr y/b}}", "{{hostcidr yb}}"), "NAMESPACE/POD"),
             (GOOD.replace("origin: weir", "origin: elsewhere"), "origin"),
             (GOOD.replace("via: pod", "via: node"), "via"),
+            (GOOD.replace("family: IPv6", "family: IPv5"), "IPv5"),
             (GOOD.replace("protocol: TCP,", "protocol: ICMP,"), "ICMP"),
             (GOOD.replace("- apply:", "- patch:"), "patch"),
         ];

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_yaml_ng::Value;
 
-use crate::case::{DeleteRef, Protocol, Via};
+use crate::case::{DeleteRef, Family, Protocol, Via};
 use crate::placeholder::{parse_pod_ips, PodIps};
 use crate::probe::{parse_probe, ProbeOutput};
 
@@ -168,13 +168,16 @@ impl Lab {
         self.ctl.run(&args).map(|_| ())
     }
 
-    /// `weirctl lab probe --name NAME --port P --protocol T [--via pod] -o json`.
-    pub fn probe(&self, port: u16, protocol: Protocol, via: Via) -> Result<ProbeOutput> {
+    /// `weirctl lab probe --name NAME --port P --protocol T [--via pod] [--ipv6] -o json`.
+    pub fn probe(&self, port: u16, protocol: Protocol, via: Via, family: Family) -> Result<ProbeOutput> {
         let port = port.to_string();
         let proto = protocol.to_string();
         let mut args = vec!["lab", "probe", "--name", &self.name, "--port", &port, "--protocol", &proto];
         if via == Via::Pod {
             args.extend(["--via", "pod"]);
+        }
+        if family == Family::IPv6 {
+            args.push("--ipv6");
         }
         args.extend(["-o", "json"]);
         let text = self.ctl.run(&os(&args))?;

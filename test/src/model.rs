@@ -5,7 +5,8 @@
 //! server adds), pods a, b, c in each, labelled `pod: <name>`, serving ports
 //! 80 and 81 on TCP, UDP and SCTP through container ports named
 //! `serve-<port>-<proto>`, and one Service `s-<ns>-<pod>` per pod selecting
-//! it. The same facts as upstream's netpol model; the manifests are ours.
+//! it (dual-stack where the cluster is). The same facts as upstream's
+//! netpol model; the manifests are ours.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -119,7 +120,13 @@ pub fn service_spec(pod: &str) -> Value {
             ]));
         }
     }
-    map(vec![("selector", map(vec![("pod", s(pod))])), ("ports", Value::Sequence(ports))])
+    // Dual-stack where the cluster is (the lab is): IPv6 probes go through
+    // Services too. IPv4 probes see the same Service as single-stack.
+    map(vec![
+        ("selector", map(vec![("pod", s(pod))])),
+        ("ipFamilyPolicy", s("PreferDualStack")),
+        ("ports", Value::Sequence(ports)),
+    ])
 }
 
 pub fn service(ns: &str, pod: &str) -> Value {

@@ -2,9 +2,11 @@
 //! cases write placeholders that the runner resolves right before each
 //! apply, from `weirctl lab get pods -o json`:
 //!
-//! - `{{ip x/b}}`        the pod's address (its first IPv4 one, else its first)
-//! - `{{hostcidr x/b}}`  that address as a host prefix (/32 or /128)
+//! - `{{ip x/b}}`        the pod's IPv4 address
+//! - `{{hostcidr x/b}}`  that address as a host prefix (/32)
 //! - `{{cidr x/b 24}}`   the /24 network that holds the address
+//! - `{{ip6 x/b}}`, `{{hostcidr6 x/b}}` (/128), `{{cidr6 x/b 64}}`: the same
+//!   for the pod's IPv6 address
 //!
 //! Resolution happens per step, so a pod recreated with a new address
 //! resolves to the new one in later steps.
@@ -20,52 +22,73 @@ use crate::expect::PodRef;
 
 pub type PodIps = BTreeMap<PodRef, Vec<IpAddr>>;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fam {
+    V4,
+    V6,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placeholder {
-    Ip(PodRef),
-    HostCidr(PodRef),
-    Cidr(PodRef, u8),
+    Ip(PodRef, Fam),
+    HostCidr(PodRef, Fam),
+    Cidr(PodRef, Fam, u8),
 }
 
 impl Placeholder {
     pub fn pod(&self) -> &PodRef {
         match self {
-            Placeholder::Ip(p) | Placeholder::HostCidr(p) | Placeholder::Cidr(p, _) => p,
+            Placeholder::Ip(p, _) | Placeholder::HostCidr(p, _) | Placeholder::Cidr(p, _, _) => p,
+        }
+    }
+
+    fn family(&self) -> Fam {
+        match self {
+            Placeholder::Ip(_, f) | Placeholder::HostCidr(_, f) | Placeholder::Cidr(_, f, _) => *f,
         }
     }
 
     fn parse(inner: &str) -> Result<Placeholder> {
         let words: Vec<&str> = inner.split_whitespace().collect();
         let pod = |w: &str| PodRef::parse(w).map_err(|e| anyhow!("placeholder {{{{{inner}}}}}: {e}"));
-        match words.as_slice() {
-            ["ip", p] => Ok(Placeholder::Ip(pod(p)?)),
-            ["hostcidr", p] => Ok(Placeholder::HostCidr(pod(p)?)),
-            ["cidr", p, len] => {
+        let (word, fam) = match words.first().copied() {
+            Some(w) if w.ends_with('6') => (&w[..w.len() - 1], Fam::V6),
+            Some(w) => (w, Fam::V4),
+            None => ("", Fam::V4),
+        };
+        let max = if fam == Fam::V4 { 32 } else { 128 };
+        match (word, &words[words.len().min(1)..]) {
+            ("ip", [p]) => Ok(Placeholder::Ip(pod(p)?, fam)),
+            ("hostcidr", [p]) => Ok(Placeholder::HostCidr(pod(p)?, fam)),
+            ("cidr", [p, len]) => {
                 let len: u8 = len
                     .parse()
                     .map_err(|_| anyhow!("placeholder {{{{{inner}}}}}: prefix length {len:?} is not a number"))?;
-                if len > 128 {
-                    bail!("placeholder {{{{{inner}}}}}: prefix length {len} exceeds 128");
+                if len > max {
+                    bail!("placeholder {{{{{inner}}}}}: prefix length {len} exceeds {max}");
                 }
-                Ok(Placeholder::Cidr(pod(p)?, len))
+                Ok(Placeholder::Cidr(pod(p)?, fam, len))
             }
             _ => bail!(
-                "placeholder {{{{{inner}}}}}: use {{{{ip NS/POD}}}}, {{{{hostcidr NS/POD}}}} or {{{{cidr NS/POD LEN}}}}"
+                "placeholder {{{{{inner}}}}}: use {{{{ip NS/POD}}}}, {{{{hostcidr NS/POD}}}}, {{{{cidr NS/POD LEN}}}} \
+                 (or ip6, hostcidr6, cidr6 for the IPv6 address)"
             ),
         }
     }
 
     fn resolve(&self, ips: &PodIps) -> Result<String> {
         let pod = self.pod();
-        let addrs = ips
+        let want_v6 = self.family() == Fam::V6;
+        let ip = ips
             .get(pod)
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| anyhow!("placeholder for {pod}: the lab reports no address for that pod"))?;
-        let ip = addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
+            .and_then(|a| a.iter().find(|ip| ip.is_ipv6() == want_v6))
+            .ok_or_else(|| {
+                anyhow!("placeholder for {pod}: the lab reports no {} address for that pod", if want_v6 { "IPv6" } else { "IPv4" })
+            })?;
         Ok(match self {
-            Placeholder::Ip(_) => ip.to_string(),
-            Placeholder::HostCidr(_) => format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
-            Placeholder::Cidr(_, len) => network(*ip, *len)?,
+            Placeholder::Ip(..) => ip.to_string(),
+            Placeholder::HostCidr(..) => format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
+            Placeholder::Cidr(_, _, len) => network(*ip, *len)?,
         })
     }
 }
@@ -247,11 +270,17 @@ mod tests {
         assert_eq!(r["cidr"].as_str(), Some("10.244.1.0/24"));
         assert_eq!(r["except"][0].as_str(), Some("10.244.1.7/32"));
         assert_eq!(r["ip"].as_str(), Some("addr=10.244.1.7."));
-        let r = resolve(&yaml("['{{cidr x/b 4}}', '{{cidr x/b 0}}', '{{hostcidr y/b}}', '{{cidr y/b 64}}']"), &ips()).unwrap();
+        let r = resolve(
+            &yaml("['{{cidr x/b 4}}', '{{cidr x/b 0}}', '{{hostcidr6 y/b}}', '{{cidr6 y/b 64}}', '{{ip6 x/b}}', '{{cidr6 x/b 48}}']"),
+            &ips(),
+        )
+        .unwrap();
         assert_eq!(r[0].as_str(), Some("0.0.0.0/4"));
         assert_eq!(r[1].as_str(), Some("0.0.0.0/0"));
         assert_eq!(r[2].as_str(), Some("fd00::9/128"));
         assert_eq!(r[3].as_str(), Some("fd00::/64"));
+        assert_eq!(r[4].as_str(), Some("fd00:10:244:1::7"));
+        assert_eq!(r[5].as_str(), Some("fd00:10:244::/48"));
     }
 
     #[test]
@@ -267,9 +296,9 @@ mod tests {
         assert_eq!(
             placeholders(&v).unwrap(),
             vec![
-                Placeholder::Ip(PodRef::new("x", "a")),
-                Placeholder::Cidr(PodRef::new("y", "c"), 16),
-                Placeholder::HostCidr(PodRef::new("z", "b")),
+                Placeholder::Ip(PodRef::new("x", "a"), Fam::V4),
+                Placeholder::Cidr(PodRef::new("y", "c"), Fam::V4, 16),
+                Placeholder::HostCidr(PodRef::new("z", "b"), Fam::V4),
             ]
         );
     }
@@ -280,7 +309,9 @@ mod tests {
             ("'{{ip xb}}'", "NAMESPACE/POD"),
             ("'{{mask x/b}}'", "use {{ip"),
             ("'{{cidr x/b big}}'", "not a number"),
-            ("'{{cidr x/b 200}}'", "exceeds"),
+            ("'{{cidr x/b 33}}'", "exceeds 32"),
+            ("'{{cidr6 x/b 129}}'", "exceeds 128"),
+            ("'{{ip}}'", "use {{ip"),
             ("'{{ip x/b'", "unterminated"),
         ] {
             let e = format!("{:#}", placeholders(&yaml(s)).unwrap_err());
@@ -288,8 +319,10 @@ mod tests {
         }
         let e = format!("{:#}", resolve(&yaml("'{{ip z/z}}'"), &ips()).unwrap_err());
         assert!(e.contains("z/z"), "{e}");
-        let e = format!("{:#}", resolve(&yaml("'{{cidr y/b 33}}'"), &PodIps::from([(PodRef::new("y", "b"), vec!["10.0.0.1".parse().unwrap()])])).unwrap_err());
-        assert!(e.contains("longer"), "{e}");
+        // y/b has only an IPv6 address.
+        let e = format!("{:#}", resolve(&yaml("'{{ip y/b}}'"), &ips()).unwrap_err());
+        assert!(e.contains("no IPv4 address"), "{e}");
+        assert!(network("10.0.0.1".parse().unwrap(), 33).is_err());
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn run_steps(cfg: &Config, case: &Case, lab_name: &str, work: &std::path::Path, 
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let out = lab.probe(p.port, p.protocol, p.via).with_context(|| format!("steps[{i}].probe"))?;
+                    let out = lab.probe(p.port, p.protocol, p.via, p.family).with_context(|| format!("steps[{i}].probe"))?;
                     check_header(&out, p.port, p.protocol)?;
                     let cmp = compare(&expected, &out, p.protocol == Protocol::SCTP);
                     match cmp.outcome() {
@@ -164,10 +164,11 @@ fn run_steps(cfg: &Config, case: &Case, lab_name: &str, work: &std::path::Path, 
                         Outcome::Mismatch => {
                             let _ = writeln!(
                                 detail,
-                                "steps[{i}] probe {}/{} via {:?}: wrong after {attempts} attempts over {:.1}s",
+                                "steps[{i}] probe {}/{} via {:?} over {:?}: wrong after {attempts} attempts over {:.1}s",
                                 p.protocol,
                                 p.port,
                                 p.via,
+                                p.family,
                                 start.elapsed().as_secs_f64()
                             );
                             detail.push_str(&cmp.render());
@@ -275,8 +276,8 @@ mod tests {
         assert_eq!(select(all.clone(), "").len(), n);
         let names = |v: Vec<Case>| v.into_iter().map(|c| c.name).collect::<Vec<_>>();
         assert_eq!(names(select(all.clone(), "=default-deny-ingress")), ["default-deny-ingress"]);
-        let some = names(select(all.clone(), "default-deny-ingress, =allow-all"));
-        assert_eq!(some, ["allow-all", "default-deny-ingress", "sctp-default-deny-ingress", "udp-default-deny-ingress"]);
+        let some = names(select(all.clone(), "p-default-deny-ingress, =allow-all"));
+        assert_eq!(some, ["allow-all", "sctp-default-deny-ingress", "udp-default-deny-ingress"]);
     }
 
     #[test]
