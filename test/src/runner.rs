@@ -73,6 +73,9 @@ pub struct CaseResult {
     /// Why it failed, with truth tables, or what could not be probed.
     pub detail: String,
     pub secs: f64,
+    /// The most attempts any probe of the case needed to agree (1 = the
+    /// first probe after the change already agreed): how fast changes land.
+    pub max_attempts: usize,
 }
 
 /// Which cases to run: `WEIR_CONFORMANCE_CASES` is a comma-separated list
@@ -99,7 +102,8 @@ pub fn run_case(cfg: &Config, case: &Case, index: usize) -> CaseResult {
     let lab_name = format!("{}{index}", cfg.lab_prefix);
     let work = cfg.work_dir.join(&case.name);
     let mut detail = String::new();
-    let status = match run_steps(cfg, case, &lab_name, &work, &mut detail) {
+    let mut max_attempts = 0;
+    let status = match run_steps(cfg, case, &lab_name, &work, &mut detail, &mut max_attempts) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(detail, "error: {e:#}");
@@ -114,10 +118,18 @@ pub fn run_case(cfg: &Config, case: &Case, index: usize) -> CaseResult {
         status,
         detail,
         secs: t.elapsed().as_secs_f64(),
+        max_attempts,
     }
 }
 
-fn run_steps(cfg: &Config, case: &Case, lab_name: &str, work: &std::path::Path, detail: &mut String) -> Result<Status> {
+fn run_steps(
+    cfg: &Config,
+    case: &Case,
+    lab_name: &str,
+    work: &std::path::Path,
+    detail: &mut String,
+    max_attempts: &mut usize,
+) -> Result<Status> {
     let mut lab = Lab::up(&cfg.ctl, lab_name, &cfg.model_dir, work)?;
     let mut world = World::model();
     let mut unsupported = false;
@@ -147,6 +159,7 @@ fn run_steps(cfg: &Config, case: &Case, lab_name: &str, work: &std::path::Path, 
                     let out = lab.probe(p.port, p.protocol, p.via, p.family).with_context(|| format!("steps[{i}].probe"))?;
                     check_header(&out, p.port, p.protocol)?;
                     let cmp = compare(&expected, &out, p.protocol == Protocol::SCTP);
+                    *max_attempts = (*max_attempts).max(attempts);
                     match cmp.outcome() {
                         Outcome::Match => break,
                         Outcome::Unsupported => {
@@ -229,10 +242,19 @@ impl Report {
     /// summary line last.
     pub fn render(&self) -> String {
         let w = self.results.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4) + 2;
-        let mut s = format!("{:<w$}{:<10}{:<14}{:>7}  result\n", "case", "origin", "protocols", "secs");
+        let mut s = format!("{:<w$}{:<10}{:<14}{:>7}{:>6}  result\n", "case", "origin", "protocols", "secs", "tries");
         for r in &self.results {
             let protos: Vec<String> = r.protocols.iter().map(|p| p.to_string()).collect();
-            let _ = writeln!(s, "{:<w$}{:<10}{:<14}{:>7.1}  {}", r.name, r.origin.to_string(), protos.join(","), r.secs, r.status.word());
+            let _ = writeln!(
+                s,
+                "{:<w$}{:<10}{:<14}{:>7.1}{:>6}  {}",
+                r.name,
+                r.origin.to_string(),
+                protos.join(","),
+                r.secs,
+                r.max_attempts,
+                r.status.word()
+            );
         }
         for r in self.results.iter().filter(|r| r.status != Status::Pass) {
             let _ = write!(s, "\n== {} ({})\n{}", r.name, r.status.word(), r.detail);
@@ -266,6 +288,7 @@ mod tests {
             status,
             detail: format!("detail of {name}\n"),
             secs: 1.0,
+            max_attempts: 1,
         }
     }
 
