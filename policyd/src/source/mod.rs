@@ -236,6 +236,8 @@ pub struct Source {
     events: mpsc::Receiver<SourceEvent>,
     synced: watch::Receiver<bool>,
     task: JoinHandle<()>,
+    /// Folded into the caller's store, not yet reported in a Batch.
+    carry: Batch,
 }
 
 /// The source's task ended (it only ends when its consumer is gone or on a
@@ -257,7 +259,7 @@ impl Source {
         let (tx, rx) = mpsc::channel(1024);
         let (synced_tx, synced_rx) = watch::channel(false);
         let task = tokio::spawn(run(Sender { tx, synced: Arc::new(synced_tx) }));
-        Source { events: rx, synced: synced_rx, task }
+        Source { events: rx, synced: synced_rx, task, carry: Batch::default() }
     }
 
     /// A flag that turns true once `Synced` has been sent (it may still be
@@ -275,15 +277,11 @@ impl Source {
     /// Fold events into `store` until `Synced` has been applied: the store
     /// then holds every kind's complete initial list.
     pub async fn wait_synced(&mut self, store: &mut Store) -> Result<Batch, SourceClosed> {
-        let mut batch = Batch::default();
-        while let Some(ev) = self.events.recv().await {
-            batch.add(&ev);
-            store.handle(ev);
-            if batch.synced {
-                return Ok(batch);
-            }
+        while !self.carry.synced {
+            let ev = self.events.recv().await.ok_or(SourceClosed)?;
+            self.fold(store, ev);
         }
-        Err(SourceClosed)
+        Ok(std::mem::take(&mut self.carry))
     }
 
     /// Wait for at least one event, then keep folding events that arrive
@@ -291,34 +289,36 @@ impl Source {
     /// of many objects, a relist), up to `max_wait` in total, so one compile
     /// covers the whole burst. `settle` zero takes only what is already
     /// queued. None when the source stopped.
+    ///
+    /// Cancel-safe (for `select!`): events a cancelled call already folded
+    /// into the store are reported by the next call, which then returns
+    /// without waiting for a new event.
     pub async fn next_batch(&mut self, store: &mut Store, settle: Duration, max_wait: Duration) -> Option<Batch> {
-        let first = self.events.recv().await?;
-        let mut batch = Batch::default();
-        batch.add(&first);
-        store.handle(first);
+        if self.carry.events == 0 {
+            let first = self.events.recv().await?;
+            self.fold(store, first);
+        }
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
             while let Ok(ev) = self.events.try_recv() {
-                batch.add(&ev);
-                store.handle(ev);
+                self.fold(store, ev);
             }
-            if settle.is_zero() {
-                return Some(batch);
+            let now = tokio::time::Instant::now();
+            if settle.is_zero() || now >= deadline {
+                break;
             }
-            let until = std::cmp::min(tokio::time::Instant::now() + settle, deadline);
-            match tokio::time::timeout_at(until, self.events.recv()).await {
-                Ok(Some(ev)) => {
-                    batch.add(&ev);
-                    store.handle(ev);
-                    if tokio::time::Instant::now() >= deadline {
-                        return Some(batch);
-                    }
-                }
-                // The source stopped: report what we have; the next call sees None.
-                Ok(None) => return Some(batch),
-                Err(_) => return Some(batch),
+            match tokio::time::timeout_at(std::cmp::min(now + settle, deadline), self.events.recv()).await {
+                Ok(Some(ev)) => self.fold(store, ev),
+                // Stopped (the next call sees None) or quiet for `settle`.
+                Ok(None) | Err(_) => break,
             }
         }
+        Some(std::mem::take(&mut self.carry))
+    }
+
+    fn fold(&mut self, store: &mut Store, ev: SourceEvent) {
+        self.carry.add(&ev);
+        store.handle(ev);
     }
 }
 
@@ -507,5 +507,79 @@ impl SourceError {
             SourceError::UnknownKind { .. } => "unknown_kind",
             SourceError::DuplicateObject { .. } => "duplicate_object",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ns(name: &str) -> Object {
+        Object::Namespace(Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() })
+    }
+
+    /// A source fed by the test through a channel.
+    fn scripted() -> (mpsc::UnboundedSender<SourceEvent>, Source) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let src = Source::spawn(move |out| async move {
+            while let Some(ev) = rx.recv().await {
+                let r = if matches!(ev, SourceEvent::Synced) { out.send_synced().await } else { out.send(ev).await };
+                if r.is_err() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        });
+        (tx, src)
+    }
+
+    #[tokio::test]
+    async fn cancelled_next_batch_reports_its_events_next_time() {
+        let (tx, mut src) = scripted();
+        let mut store = Store::default();
+        tx.send(SourceEvent::Apply(ns("a"))).unwrap();
+        tx.send(SourceEvent::Synced).unwrap();
+        // The flag rises after Synced is queued, so both events are queued.
+        src.synced().wait_for(|s| *s).await.unwrap();
+        {
+            // One poll folds what is queued, then waits for the burst to
+            // settle (an hour); dropping it is what select! does when
+            // another branch wins.
+            let fut = src.next_batch(&mut store, Duration::from_secs(3600), Duration::from_secs(3600));
+            tokio::pin!(fut);
+            assert!(futures::poll!(fut.as_mut()).is_pending());
+        }
+        assert!(store.namespaces.contains_key("a"), "folded before the cancellation");
+        // The next call reports them without waiting for a new event.
+        let b = src.next_batch(&mut store, Duration::ZERO, Duration::ZERO).await.unwrap();
+        assert_eq!(b.events, 2);
+        assert!(b.synced && b.kinds.contains(&ObjectKind::Namespace));
+    }
+
+    #[tokio::test]
+    async fn wait_synced_folds_every_replace_first() {
+        let (tx, mut src) = scripted();
+        let mut store = Store::default();
+        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("a"), ns("b")])).unwrap();
+        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("b")])).unwrap();
+        tx.send(SourceEvent::Synced).unwrap();
+        tx.send(SourceEvent::Delete(ns("b").object_ref())).unwrap();
+        let b = src.wait_synced(&mut store).await.unwrap();
+        assert!(b.synced);
+        assert_eq!(b.events, 3);
+        assert_eq!(store.namespaces.keys().collect::<Vec<_>>(), ["b"], "a Replace drops what the previous one had");
+        let b = src.next_batch(&mut store, Duration::ZERO, Duration::ZERO).await.unwrap();
+        assert_eq!(b.events, 1);
+        assert!(store.namespaces.is_empty());
+    }
+
+    #[test]
+    fn cluster_scoped_objects_ignore_a_namespace() {
+        let mut o = ns("a");
+        if let Object::Namespace(n) = &mut o {
+            n.metadata.namespace = Some("stray".into());
+        }
+        assert_eq!(o.object_ref().namespace, "");
     }
 }
