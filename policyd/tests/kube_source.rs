@@ -222,13 +222,19 @@ async fn kube_source_lists_watches_and_recovers() {
 
     // A BOOKMARK, then the connection drops mid-watch: the watch resumes
     // from the last resourceVersion, no relist, nothing delivered twice.
-    server.bookmark();
+    // Services saw no change since their list: only the bookmark tells the
+    // client a newer resourceVersion to resume from.
+    let bookmark_rv = server.bookmark();
+    wait_for("bookmark written to the services watch", || server.bookmarks_sent(Res::Services) == 1).await;
+    let svc_watches = server.watches(Res::Services);
     let pod_lists = server.lists(Res::Pods);
     let pod_watches = server.watches(Res::Pods);
     server.drop_watches();
     server.put(&pod("x", "d", "late"));
     seen.until("pod d after the reconnect", |s| s.pods.contains_key(&k("x", "d"))).await;
     wait_for("pods re-watched", || server.watches(Res::Pods) > pod_watches).await;
+    wait_for("services re-watched", || server.watches(Res::Services) > svc_watches).await;
+    assert_eq!(server.last_watch_from(Res::Services), Some(bookmark_rv), "resumed from the BOOKMARK's resourceVersion");
     assert_eq!(server.lists(Res::Pods), pod_lists, "a dropped connection resumes the watch, it does not relist");
     seen.assert_no_duplicate_applies();
     assert_store_matches(&server, &seen.store);

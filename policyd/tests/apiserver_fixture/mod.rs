@@ -108,6 +108,10 @@ struct State {
     lists: BTreeMap<Res, usize>,
     watches: BTreeMap<Res, usize>,
     held_lists: BTreeSet<Res>,
+    /// resourceVersion of the latest watch request, per resource.
+    last_watch_from: BTreeMap<Res, u64>,
+    /// BOOKMARK events written to a connection, per resource.
+    bookmarks_sent: BTreeMap<Res, usize>,
 }
 
 pub struct ApiServer {
@@ -148,6 +152,8 @@ impl ApiServer {
             lists: BTreeMap::new(),
             watches: BTreeMap::new(),
             held_lists: BTreeSet::new(),
+            last_watch_from: BTreeMap::new(),
+            bookmarks_sent: BTreeMap::new(),
         }));
         let (changes, _) = broadcast::channel(4096);
         let (drop_gen, _) = watch::channel(0u64);
@@ -220,8 +226,9 @@ impl ApiServer {
         let _ = self.changes.send(ch);
     }
 
-    /// Send a BOOKMARK at the current resourceVersion to every open watch.
-    pub fn bookmark(&self) {
+    /// Send a BOOKMARK at the current resourceVersion to every open watch;
+    /// returns that resourceVersion.
+    pub fn bookmark(&self) -> u64 {
         let st = self.state.lock().unwrap();
         for res in Res::ALL {
             let _ = self.changes.send(Change {
@@ -233,6 +240,16 @@ impl ApiServer {
                 gen: *self.drop_gen.borrow(),
             });
         }
+        st.rv
+    }
+
+    pub fn bookmarks_sent(&self, res: Res) -> usize {
+        self.state.lock().unwrap().bookmarks_sent.get(&res).copied().unwrap_or(0)
+    }
+
+    /// The resourceVersion the latest watch of `res` asked to start from.
+    pub fn last_watch_from(&self, res: Res) -> Option<u64> {
+        self.state.lock().unwrap().last_watch_from.get(&res).copied()
     }
 
     /// Forget history: a watch from any resourceVersion older than the
@@ -347,6 +364,7 @@ impl Ctx {
         let (backlog, mut rx, gone) = {
             let mut st = self.state.lock().unwrap();
             *st.watches.entry(res).or_default() += 1;
+            st.last_watch_from.insert(res, from);
             if from < st.compacted {
                 (Vec::new(), self.changes.subscribe(), Some(st.gone_mode))
             } else {
@@ -391,6 +409,9 @@ impl Ctx {
                         continue;
                     }
                     write_chunk(&mut conn, &json!({"type": ch.ty, "object": ch.object})).await?;
+                    if ch.ty == "BOOKMARK" {
+                        *self.state.lock().unwrap().bookmarks_sent.entry(res).or_default() += 1;
+                    }
                 }
                 _ = &mut dropped => {
                     // Abrupt: no terminating chunk, the client sees a truncated body.
