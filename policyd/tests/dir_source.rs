@@ -225,3 +225,26 @@ async fn unreadable_content_is_reported_with_the_file_name() {
     assert_eq!(metrics.manifest_files_broken.get(&[]), 1.0);
     assert_eq!(metrics.source_errors.get(&["dir", "manifest_invalid"]), 1.0);
 }
+
+#[tokio::test]
+async fn an_unreadable_directory_keeps_its_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("manifests");
+    let away = tmp.path().join("away");
+    std::fs::create_dir(&dir).unwrap();
+    put(&dir, "p.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n");
+    let metrics = Arc::new(Metrics::new());
+    let mut src = spawn_dir(dir.clone(), DirOptions::default(), metrics.clone());
+    let mut store = Store::default();
+    src.wait_synced(&mut store).await.unwrap();
+
+    // Gone in one step (rename), so no scan can see it half-emptied.
+    std::fs::rename(&dir, &away).unwrap();
+    metric_until("unreadable directory noticed", || metrics.source_errors.get(&["dir", "manifest_read"]) >= 1.0).await;
+    std::fs::rename(&away, &dir).unwrap();
+    put(&dir, "q.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n");
+    until(&mut src, &mut store, "directory back", |s| s.namespaces.contains_key("q")).await;
+    // Had a failed scan counted as "no files", p's deletion would have been
+    // sent before q.
+    assert!(store.policies.contains_key(&key("default", "p")), "kept through the outage");
+}

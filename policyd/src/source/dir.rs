@@ -78,6 +78,8 @@ struct FileState {
 struct DirState {
     dir: PathBuf,
     files: BTreeMap<String, FileState>,
+    /// Last read error logged per file name.
+    read_errors: BTreeMap<String, String>,
     metrics: Arc<Metrics>,
 }
 
@@ -145,8 +147,13 @@ impl DirState {
 
     fn read_failed(&mut self, name: &str, path: &Path, e: std::io::Error, seen: &mut BTreeSet<String>) {
         let err = SourceError::ManifestRead { file: path.display().to_string(), message: e.to_string() };
-        log::error!("{err}");
         self.error(&err);
+        // Unreadable files are retried every scan: log once per distinct error.
+        let text = err.to_string();
+        if self.read_errors.get(name) != Some(&text) {
+            log::error!("{text}");
+            self.read_errors.insert(name.to_string(), text);
+        }
         // Keep what it contributed: an unreadable file is not a removed one.
         if let Some(f) = self.files.get_mut(name) {
             f.broken = true;
@@ -156,6 +163,7 @@ impl DirState {
 
     /// Parse new content of `name`; true if its objects changed.
     fn load(&mut self, name: &str, path: &Path, stamp: Stamp, content: Vec<u8>) -> bool {
+        self.read_errors.remove(name);
         if let Some(f) = self.files.get_mut(name) {
             if f.content == content {
                 f.stamp = stamp;
@@ -260,7 +268,7 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             None
         }
     };
-    let mut state = DirState { dir: dir.clone(), files: BTreeMap::new(), metrics: metrics.clone() };
+    let mut state = DirState { dir: dir.clone(), files: BTreeMap::new(), read_errors: BTreeMap::new(), metrics: metrics.clone() };
     let mut tick = tokio::time::interval(opts.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -294,6 +302,7 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
     metrics.source_synced.set(&[SOURCE], 1.0);
     log::info!("{}: synced, {} objects", dir.display(), emitted.len());
 
+    let mut dir_error: Option<String> = None;
     loop {
         let woke = match wake.as_mut() {
             Some(rx) => tokio::select! {
@@ -315,13 +324,22 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             tokio::time::sleep(opts.settle).await;
         }
         let changed = match state.scan() {
-            Ok(c) => c,
+            Ok(c) => {
+                if dir_error.take().is_some() {
+                    log::info!("{}: readable again", dir.display());
+                }
+                c
+            }
             Err(e) => {
                 // Keep everything: a directory briefly unreadable (being
                 // replaced, permissions) is no reason to drop policies.
                 let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
-                log::error!("{err}");
                 metrics.source_error(SOURCE, &err);
+                // Once per distinct error, not every poll.
+                if dir_error.as_deref() != Some(err.to_string().as_str()) {
+                    log::error!("{err}; keeping the objects read so far");
+                    dir_error = Some(err.to_string());
+                }
                 continue;
             }
         };
