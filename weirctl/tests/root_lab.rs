@@ -288,6 +288,15 @@ fn root_lab_rejects_bad_up_without_touching_anything() {
     assert_eq!(g.leftovers(), Vec::<String>::new());
     let err = g.fails(&["probe"]);
     assert!(err.contains("no lab named"), "{err}");
+    // the same command as an unprivileged user is refused up front
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", weirctl(), "lab", "up", "--name", &g.name, "--no-policy"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+    assert_eq!(g.leftovers(), Vec::<String>::new());
 }
 
 /// Probe until `expect(from, to)` holds for every compared cell (loopback
