@@ -7,6 +7,8 @@
 //!        --client 10.251.0.1=wb1h --server 10.251.0.2=wb2h \
 //!        --ports 5201,11111,12865 --entries 100000
 //!   fill --root ... --counters      (print the verdict counters)
+//! Also: --udp-ports P,.. (UDP allowed too), --host IP (the node: ipcache
+//! HOST), --service IP (a ClusterIP: ipcache SERVICE).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -57,6 +59,9 @@ fn main() {
         .split(',')
         .map(|p| p.parse().expect("port"))
         .collect();
+    let udp_ports: Vec<u16> = arg(&args, "--udp-ports")
+        .map(|s| s.split(',').map(|p| p.parse().expect("port")).collect())
+        .unwrap_or_default();
     let entries: u32 = arg(&args, "--entries").map(|n| n.parse().expect("entries")).unwrap_or(1);
 
     let t0 = std::time::Instant::now();
@@ -68,10 +73,20 @@ fn main() {
         dp.set_endpoint(idx, &Endpoint { identity: id, flags: EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED, revision: 1 })
             .unwrap();
     }
-    for &p in &ports {
-        let r = |endpoint, identity, direction| PolicyRule { endpoint, identity, direction, protocol: Some(6), ports: Some(p..=p) };
+    let flows = ports.iter().map(|&p| (6u8, p)).chain(udp_ports.iter().map(|&p| (17u8, p)));
+    for (proto, p) in flows {
+        let r = |endpoint, identity, direction| PolicyRule { endpoint, identity, direction, protocol: Some(proto), ports: Some(p..=p) };
         dp.allow(&r(cidx, sid, DIR_EGRESS), 1).unwrap();
         dp.allow(&r(sidx, cid, DIR_INGRESS), 2).unwrap();
+    }
+    if let Some(h) = arg(&args, "--host") {
+        let ip: IpAddr = h.parse().expect("--host IP");
+        dp.set_ipcache(weir_bpf::addr::host_net(ip), &IpcacheValue { identity: ID_HOST, endpoint: 0, flags: 0, pad: 0 }).unwrap();
+    }
+    if let Some(v) = arg(&args, "--service") {
+        let ip: IpAddr = v.parse().expect("--service IP");
+        dp.set_ipcache(weir_bpf::addr::host_net(ip), &IpcacheValue { identity: ID_WORLD, endpoint: 0, flags: IPCACHE_SERVICE, pad: 0 })
+            .unwrap();
     }
     // padding: never-matching addresses and peers, in the same tries the
     // flow's lookups walk

@@ -1,0 +1,227 @@
+//! End to end in network namespaces: a node netns holding a bridge, three
+//! pods on veths, real TCP/UDP traffic, a ClusterIP DNAT by iptables in the
+//! node netns (br_netfilter on), and Weir's programs loaded, attached and
+//! programmed by a separate process (the `fill` example) that has exited
+//! before the first packet: the pins alone carry the state.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use weir_bpf::abi::*;
+use weir_bpf::Dataplane;
+
+/// Run `f` on a thread inside the network namespace at `path`.
+fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this dedicated thread only.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+        f()
+    })
+}
+
+struct Topo {
+    node: String,
+    pods: Vec<String>,
+    root: PathBuf,
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in self.pods.iter().chain(std::iter::once(&self.node)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn ns_path(n: &str) -> String {
+    format!("/run/netns/{n}")
+}
+
+fn node(t: &Topo, args: &[&str]) -> String {
+    let mut v = vec!["nsenter", "--net"];
+    let p = format!("--net={}", ns_path(&t.node));
+    v[1] = &p;
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// target/<profile>/examples/fill, built if absent.
+fn fill_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // .../target/debug
+    let bin = profile_dir.join("examples").join("fill");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--example", "fill", "-p", "weir-bpf"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build --example fill");
+    }
+    bin
+}
+
+fn tcp_ok(from: &str, to: SocketAddr) -> bool {
+    in_netns(from, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else { return false };
+        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        if s.write_all(b"ping").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).is_ok() && &buf == b"pong"
+    })
+    .join()
+    .unwrap()
+}
+
+fn udp_ok(from: &str, to: SocketAddr) -> bool {
+    in_netns(from, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+        for _ in 0..2 {
+            s.send_to(b"ping", to).unwrap();
+            let mut buf = [0u8; 16];
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return &buf[..n] == b"pong";
+            }
+        }
+        false
+    })
+    .join()
+    .unwrap()
+}
+
+/// TCP and UDP servers answering "pong", in `ns`, for the life of the test
+/// process (threads blocked in accept die with it; the netns goes first).
+fn serve(ns: &str, ip: &'static str, tcp: &[u16], udp: &[u16]) {
+    for &p in tcp {
+        let (tx, rx) = std::sync::mpsc::channel();
+        in_netns(ns, move || {
+            let l = TcpListener::bind((ip, p)).unwrap();
+            tx.send(()).unwrap();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                let mut b = [0u8; 4];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(b"pong");
+                }
+            }
+        });
+        rx.recv().unwrap();
+    }
+    for &p in udp {
+        let (tx, rx) = std::sync::mpsc::channel();
+        in_netns(ns, move || {
+            let u = UdpSocket::bind((ip, p)).unwrap();
+            tx.send(()).unwrap();
+            let mut b = [0u8; 16];
+            while let Ok((_, from)) = u.recv_from(&mut b) {
+                let _ = u.send_to(b"pong", from);
+            }
+        });
+        rx.recv().unwrap();
+    }
+}
+
+#[test]
+fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let id = std::process::id();
+    let t = Topo {
+        node: format!("wtn{id}"),
+        pods: (1..=3).map(|i| format!("wtp{id}-{i}")).collect(),
+        root: PathBuf::from(format!("/sys/fs/bpf/weir-te2e-{id}")),
+    };
+    sh(&["ip", "netns", "add", &t.node]);
+    for p in &t.pods {
+        sh(&["ip", "netns", "add", p]);
+    }
+    node(&t, &["ip", "link", "set", "lo", "up"]);
+    node(&t, &["ip", "link", "add", "br0", "type", "bridge"]);
+    node(&t, &["ip", "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+    node(&t, &["ip", "link", "set", "br0", "up"]);
+    node(&t, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    node(&t, &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    for (i, p) in t.pods.iter().enumerate() {
+        let h = format!("h{}", i + 1);
+        let addr = format!("10.77.0.{}/24", 11 + i);
+        node(&t, &["ip", "link", "add", &h, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        node(&t, &["ip", "link", "set", &h, "master", "br0", "up"]);
+        sh(&["ip", "-n", p, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", p, "addr", "add", &addr, "dev", "eth0"]);
+        sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", p, "route", "add", "default", "via", "10.77.0.1"]);
+    }
+    // kube-proxy's part: ClusterIP 10.96.0.50:80 -> pod 2 :8080
+    node(&t, &["iptables", "-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.50/32", "-p", "tcp", "--dport", "80",
+        "-j", "DNAT", "--to-destination", "10.77.0.12:8080"]);
+
+    let (p1, p2, p3) = (ns_path(&t.pods[0]), ns_path(&t.pods[1]), ns_path(&t.pods[2]));
+    serve(&p2, "10.77.0.12", &[8080, 8081], &[9090, 9091]);
+    let srv = |port: u16| -> SocketAddr { format!("10.77.0.12:{port}").parse().unwrap() };
+    let vip: SocketAddr = "10.96.0.50:80".parse().unwrap();
+
+    // without Weir everything flows (and the DNAT works)
+    assert!(tcp_ok(&p3, srv(8080)));
+    assert!(tcp_ok(&p1, vip));
+
+    // another process loads, attaches and programs, then exits: pod 1 may
+    // reach pod 2 on TCP 8080 and UDP 9090, both pods isolated both ways
+    let out = Command::new(fill_bin())
+        .args(["--root", t.root.to_str().unwrap(), "--netns", &ns_path(&t.node)])
+        .args(["--client", "10.77.0.11=h1", "--server", "10.77.0.12=h2", "--ports", "8080", "--udp-ports", "9090"])
+        .args(["--host", "10.77.0.1", "--service", "10.96.0.50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fill: {}", String::from_utf8_lossy(&out.stderr));
+
+    assert!(tcp_ok(&p1, srv(8080)), "allowed TCP");
+    assert!(!tcp_ok(&p1, srv(8081)), "TCP on a port no rule allows");
+    assert!(udp_ok(&p1, srv(9090)), "allowed UDP");
+    assert!(!udp_ok(&p1, srv(9091)), "UDP on a port no rule allows");
+    assert!(!tcp_ok(&p3, srv(8080)), "a peer no rule allows");
+    assert!(tcp_ok(&p1, vip), "ClusterIP judged against the backend");
+    assert!(!tcp_ok(&p3, vip), "ClusterIP from a peer the backend does not allow");
+    // pod 2 is egress-isolated with no egress rule: it cannot open to pod 1
+    serve(&p1, "10.77.0.11", &[7070], &[]);
+    assert!(!tcp_ok(&p2, "10.77.0.11:7070".parse().unwrap()));
+
+    // the verdicts were Weir's
+    let dp = Dataplane::open(&t.root).unwrap();
+    let h2 = in_netns(&ns_path(&t.node), || ifindex("h2")).join().unwrap();
+    let h1 = in_netns(&ns_path(&t.node), || ifindex("h1")).join().unwrap();
+    assert!(in_netns(&ns_path(&t.node), {
+        let root = t.root.clone();
+        move || Dataplane::open(&root).unwrap().is_attached(h2).unwrap()
+    })
+    .join()
+    .unwrap());
+    assert!(dp.counter(h2, DIR_INGRESS, R_ALLOW_POLICY).unwrap().packets >= 3);
+    assert!(dp.counter(h2, DIR_INGRESS, R_DROP_POLICY).unwrap().packets >= 1, "p3 dropped at h2");
+    assert!(dp.counter(h1, DIR_EGRESS, R_DROP_POLICY).unwrap().packets >= 1, "p1's egress judged at h2");
+    assert!(dp.counter(h1, DIR_INGRESS, R_ALLOW_REPLY).unwrap().packets >= 1);
+    assert!(dp.counter(h2, DIR_EGRESS, R_DROP_POLICY).unwrap().packets >= 1, "p2's egress judged at h1");
+    let svc = dp.ct_entries().unwrap().into_iter().find(|c| c.value.flags & CT_SERVICE != 0).expect("service CT entry");
+    assert_eq!(svc.value.egress_ep, h1);
+
+    // detaching h2 (what CNI DEL does) opens pod 2 again
+    in_netns(&ns_path(&t.node), {
+        let root = t.root.clone();
+        move || Dataplane::open(&root).unwrap().detach(h2).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(tcp_ok(&p3, srv(8080)));
+}
