@@ -321,4 +321,145 @@ mod tests {
         assert!(text.contains("unsupported here (SCTP sockets)"));
         assert!(!text.contains("detail of a"));
     }
+
+    /// A stand-in `weirctl` (a shell script) so the runner's whole flow is
+    /// tested without root: it logs every call, serves canned pod and
+    /// probe JSON, and fails `up` on request.
+    struct FakeLab {
+        dir: std::path::PathBuf,
+    }
+
+    impl FakeLab {
+        fn new(tag: &str) -> FakeLab {
+            let dir = std::env::temp_dir().join(format!("weir-e2e-fake-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let script = r#"#!/bin/sh
+d=$(dirname "$0")
+echo "$*" >> "$d/calls.log"
+case "$2" in
+  up) [ -e "$d/fail-up" ] && { echo "no bridge for you" >&2; exit 1; }; exit 0 ;;
+  apply) cat "$6" >> "$d/applied.log"; exit 0 ;;
+  delete|down) exit 0 ;;
+  get) cat "$d/pods.json" ;;
+  probe) cat "$d/probe.json" ;;
+esac
+"#;
+            for b in crate::lab::BINARIES {
+                let p = dir.join(b);
+                std::fs::write(&p, script).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let pods: Vec<serde_json::Value> = crate::model::model_pods()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| serde_json::json!({"metadata": {"namespace": p.ns, "name": p.name}, "status": {"podIP": format!("10.88.0.{}", i + 2)}}))
+                .collect();
+            std::fs::write(dir.join("pods.json"), serde_json::json!({"items": pods}).to_string()).unwrap();
+            let mut res = serde_json::Map::new();
+            for f in crate::model::model_pods() {
+                let row: serde_json::Map<String, serde_json::Value> =
+                    crate::model::model_pods().iter().map(|t| (t.to_string(), serde_json::Value::Bool(true))).collect();
+                res.insert(f.to_string(), serde_json::Value::Object(row));
+            }
+            let probe = serde_json::json!({"port": 80, "protocol": "TCP", "via": "service", "results": res});
+            std::fs::write(dir.join("probe.json"), probe.to_string()).unwrap();
+            FakeLab { dir }
+        }
+
+        fn config(&self) -> Config {
+            let mut cfg = Config::new(Weirctl { bin_dir: self.dir.clone() });
+            cfg.work_dir = self.dir.join("work");
+            cfg.retry_for = Duration::from_millis(300);
+            cfg
+        }
+
+        fn log(&self, f: &str) -> String {
+            std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+        }
+    }
+
+    impl Drop for FakeLab {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn case(expect: &str) -> Case {
+        let text = format!(
+            r#"
+name: fake
+origin: weir
+reference: "runner flow"
+protocols: [TCP]
+ports: [80]
+steps:
+  - apply:
+      - kind: NetworkPolicy
+        metadata: {{name: p, namespace: x}}
+        spec: {{podSelector: {{}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: "{{{{hostcidr y/b}}}}"}}}}]}}]}}
+  - probe: {{port: 80, protocol: TCP, expect: {expect}}}
+"#
+        );
+        Case::parse(&text, std::path::Path::new("fake.yaml")).unwrap()
+    }
+
+    #[test]
+    fn a_matching_case_passes_with_placeholders_resolved_and_the_lab_brought_down() {
+        let fake = FakeLab::new("pass");
+        let r = run_case(&fake.config(), &case("{default: allow}"), 3);
+        assert_eq!(r.status, Status::Pass, "{}", r.detail);
+        assert_eq!(r.max_attempts, 1);
+        let calls: Vec<String> = fake.log("calls.log").lines().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(calls, ["lab up", "lab get", "lab apply", "lab probe", "lab down"]);
+        assert!(fake.log("calls.log").contains("--policyd-bin"));
+        // y/b is the fifth model pod: 10.88.0.6.
+        assert!(fake.log("applied.log").contains("10.88.0.6/32"), "{}", fake.log("applied.log"));
+        assert!(fake.log("applied.log").contains("networking.k8s.io/v1"));
+    }
+
+    #[test]
+    fn a_disagreeing_probe_is_retried_then_fails_with_truth_tables_and_the_lab_goes_down() {
+        let fake = FakeLab::new("fail");
+        let r = run_case(&fake.config(), &case("{deny: [{from: x/a, to: y/b}]}"), 4);
+        assert_eq!(r.status, Status::Fail);
+        assert!(r.max_attempts > 1, "retried: {}", r.max_attempts);
+        assert!(r.detail.contains("incorrect 1") && r.detail.contains("comparison"), "{}", r.detail);
+        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
+    }
+
+    #[test]
+    fn a_lab_that_does_not_come_up_is_an_error_with_its_stderr_and_is_torn_down() {
+        let fake = FakeLab::new("error");
+        std::fs::write(fake.dir.join("fail-up"), "").unwrap();
+        let r = run_case(&fake.config(), &case("{default: allow}"), 5);
+        assert_eq!(r.status, Status::Error);
+        assert!(r.detail.contains("no bridge for you"), "{}", r.detail);
+        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
+        let report = Report { results: vec![r] };
+        assert_eq!(report.summary_line(), "0 passed, 1 failed, 0 unsupported");
+    }
+
+    #[test]
+    fn sctp_answers_unsupported_and_the_case_is_not_a_pass() {
+        let fake = FakeLab::new("sctp");
+        let probe = fake.log("probe.json").replace("true", "\"unsupported\"").replace("\"TCP\"", "\"SCTP\"");
+        std::fs::write(fake.dir.join("probe.json"), probe).unwrap();
+        let text = r#"
+name: fake
+origin: upstream
+reference: "sctp"
+protocols: [SCTP]
+ports: [80]
+sctp: verdict-only
+steps:
+  - apply: [{kind: NetworkPolicy, metadata: {name: p, namespace: x}, spec: {podSelector: {}, policyTypes: [Ingress]}}]
+  - probe: {port: 80, protocol: SCTP, expect: {deny: [{to: "x/*"}]}}
+"#;
+        let c = Case::parse(text, std::path::Path::new("fake.yaml")).unwrap();
+        let r = run_case(&fake.config(), &c, 6);
+        assert_eq!(r.status, Status::Unsupported, "{}", r.detail);
+        assert!(r.detail.contains("72 cells unsupported"), "{}", r.detail);
+    }
 }
