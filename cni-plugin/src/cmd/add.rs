@@ -33,15 +33,15 @@ impl Undo {
                 log("registry record", &e);
             }
         }
+        if let (Some((idx, ips)), Some(dp)) = (&self.endpoint, dp) {
+            for e in dp.remove(*idx, ips) {
+                log("dataplane", &e);
+            }
+        }
         if let Some(idx) = self.veth {
             match nl.delete_link(idx) {
                 Err(e) if !is_errno(&e, libc::ENODEV) => log("veth", &e),
                 _ => {}
-            }
-        }
-        if let (Some((idx, ips)), Some(dp)) = (&self.endpoint, dp) {
-            for e in dp.remove(*idx, ips) {
-                log("dataplane", &e);
             }
         }
         if self.ipam {

@@ -33,17 +33,6 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     if let Err(e) = registry.remove(&env.container_id, &env.ifname) {
         errs.push(CniError::new(crate::error::code::IO, e.to_string()));
     }
-    // The veth goes first: deleting the device detaches its TCX programs
-    // without the RCU grace period an explicit detach of a live link costs
-    // (one per hook), and unpinning the now defunct links is then cheap.
-    // The endpoint id cannot be handed to a new veth meanwhile: the kernel
-    // allocates ifindexes cyclically, never reusing one right away.
-    if let Some(h) = &host {
-        match nl.delete_link(h.index) {
-            Err(e) if !is_errno(&e, libc::ENODEV) => errs.push(CniError::kernel(format!("delete {host_name}"), e)),
-            _ => {}
-        }
-    }
     if let Some(idx) = ifindex {
         if record.is_some() || conf.policy.enforce {
             match Dataplane::open_existing(&conf.policy) {
@@ -57,6 +46,12 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
                 Ok(None) => {}
                 Err(e) => errs.push(e),
             }
+        }
+    }
+    if let Some(h) = &host {
+        match nl.delete_link(h.index) {
+            Err(e) if !is_errno(&e, libc::ENODEV) => errs.push(CniError::kernel(format!("delete {host_name}"), e)),
+            _ => {}
         }
     }
     if let Err(e) = ipam::release(conf, env) {
