@@ -161,6 +161,7 @@ async fn kube_source_lists_watches_and_recovers() {
     server.put(&namespace("y", "b"));
     server.put(&pod("x", "a", "web"));
     server.put(&pod("x", "b", "db"));
+    server.put(&pod("y", "z", "db"));
     server.put(&Service {
         metadata: meta(Some("x"), "svc", &[]),
         spec: Some(ServiceSpec { cluster_ip: Some("10.96.0.10".into()), ..Default::default() }),
@@ -176,7 +177,13 @@ async fn kube_source_lists_watches_and_recovers() {
     std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
     let client = client(&Access::Kubeconfig(kubeconfig)).await.expect("client from kubeconfig");
     let metrics = Arc::new(Metrics::new());
-    let opts = KubeOptions { backoff_initial: Duration::from_millis(10), backoff_max: Duration::from_millis(50), ..Default::default() };
+    // Two objects per page: every list of pods and namespaces is paged.
+    let opts = KubeOptions {
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        page_size: 2,
+        ..Default::default()
+    };
     let src = spawn_kube(client, opts, metrics.clone());
     let synced = src.synced();
     let mut seen = Seen { src, store: Store::default(), events: Vec::new() };
@@ -199,6 +206,7 @@ async fn kube_source_lists_watches_and_recovers() {
     // The flag is raised right after Synced is queued.
     wait_for("synced flag", || *synced.borrow()).await;
     assert_store_matches(&server, &seen.store);
+    assert!(server.pages(Res::Pods) > server.lists(Res::Pods), "the pod list came in pages");
     let a = &seen.store.pods[&k("x", "a")];
     assert!(a.metadata.annotations.is_none() && a.metadata.managed_fields.is_none(), "trimmed");
     assert_eq!(a.metadata.labels.as_ref().unwrap()["app"], "web");

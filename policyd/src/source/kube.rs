@@ -68,11 +68,14 @@ pub struct KubeOptions {
     /// Server-side timeout of each watch request (the watcher re-watches
     /// from the last resourceVersion when it ends). None: kube's default.
     pub watch_timeout_secs: Option<u32>,
+    /// Objects per list page (relists of large clusters come in pages
+    /// joined by continue tokens; the Replace is sent after the last one).
+    pub page_size: u32,
 }
 
 impl Default for KubeOptions {
     fn default() -> Self {
-        KubeOptions { backoff_initial: Duration::from_millis(500), backoff_max: Duration::from_secs(30), watch_timeout_secs: None }
+        KubeOptions { backoff_initial: Duration::from_millis(500), backoff_max: Duration::from_secs(30), watch_timeout_secs: None, page_size: 500 }
     }
 }
 
@@ -136,7 +139,7 @@ async fn watch_kind<K>(
 ) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let mut wc = watcher::Config::default();
+    let mut wc = watcher::Config::default().page_size(opts.page_size.max(1));
     if let Some(t) = opts.watch_timeout_secs {
         wc = wc.timeout(t);
     }

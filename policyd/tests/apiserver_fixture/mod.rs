@@ -112,6 +112,8 @@ struct State {
     last_watch_from: BTreeMap<Res, u64>,
     /// BOOKMARK events written to a connection, per resource.
     bookmarks_sent: BTreeMap<Res, usize>,
+    /// List pages served (first pages and continuations), per resource.
+    pages: BTreeMap<Res, usize>,
 }
 
 pub struct ApiServer {
@@ -154,6 +156,7 @@ impl ApiServer {
             held_lists: BTreeSet::new(),
             last_watch_from: BTreeMap::new(),
             bookmarks_sent: BTreeMap::new(),
+            pages: BTreeMap::new(),
         }));
         let (changes, _) = broadcast::channel(4096);
         let (drop_gen, _) = watch::channel(0u64);
@@ -291,6 +294,11 @@ impl ApiServer {
         self.state.lock().unwrap().lists.get(&res).copied().unwrap_or(0)
     }
 
+    /// List pages served for `res` (more than `lists` when paged).
+    pub fn pages(&self, res: Res) -> usize {
+        self.state.lock().unwrap().pages.get(&res).copied().unwrap_or(0)
+    }
+
     pub fn watches(&self, res: Res) -> usize {
         self.state.lock().unwrap().watches.get(&res).copied().unwrap_or(0)
     }
@@ -342,18 +350,44 @@ impl Ctx {
             let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| *b == "true");
             self.watch(conn, res, rv, bookmarks).await
         } else {
-            self.list(conn, res).await
+            let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+            let cont = params.get("continue").map(|c| c.to_string());
+            self.list(conn, res, limit, cont).await
         }
     }
 
-    async fn list(&mut self, mut conn: TcpStream, res: Res) -> std::io::Result<()> {
-        let _ = self.held_lists.wait_for(|held| !held.contains(&res)).await;
+    /// A list, paged when the client sends `limit`: the continue token
+    /// carries the snapshot's resourceVersion and offset, and every page
+    /// reports that snapshot's resourceVersion (as etcd-backed lists do).
+    async fn list(&mut self, mut conn: TcpStream, res: Res, limit: Option<usize>, cont: Option<String>) -> std::io::Result<()> {
+        let (snapshot_rv, offset) = match &cont {
+            Some(c) => {
+                let (rv, off) = c.split_once('-').expect("continue token from this fixture");
+                (Some(rv.parse::<u64>().unwrap()), off.parse::<usize>().unwrap())
+            }
+            None => (None, 0),
+        };
+        if cont.is_none() {
+            let _ = self.held_lists.wait_for(|held| !held.contains(&res)).await;
+        }
         let body = {
             let mut st = self.state.lock().unwrap();
-            *st.lists.entry(res).or_default() += 1;
-            let items: Vec<Value> = st.objects.iter().filter(|(k, _)| k.0 == res).map(|(_, v)| v.clone()).collect();
+            if cont.is_none() {
+                *st.lists.entry(res).or_default() += 1;
+            }
+            let rv = snapshot_rv.unwrap_or(st.rv);
+            // Later pages are cut from the current objects, not a stored
+            // snapshot: the tests do not change objects mid-list.
+            let all: Vec<Value> = st.objects.iter().filter(|(k, _)| k.0 == res).map(|(_, v)| v.clone()).collect();
+            let end = limit.map_or(all.len(), |l| (offset + l).min(all.len()));
+            let items = all[offset.min(all.len())..end].to_vec();
+            *st.pages.entry(res).or_default() += 1;
+            let mut meta = json!({"resourceVersion": rv.to_string()});
+            if end < all.len() {
+                meta["continue"] = json!(format!("{rv}-{end}"));
+            }
             json!({"apiVersion": res.api_version(), "kind": format!("{}List", res.kind()),
-                   "metadata": {"resourceVersion": st.rv.to_string()}, "items": items})
+                   "metadata": meta, "items": items})
         };
         respond(&mut conn, 200, &body).await
     }
