@@ -301,3 +301,19 @@ async fn in_cluster_without_environment_names_the_fix() {
     assert!(e.to_string().contains("--kubeconfig"), "{e}");
     assert_eq!(e.reason(), "config");
 }
+
+#[tokio::test]
+async fn https_client_builds_with_the_compiled_in_tls_provider() {
+    // In-cluster talks HTTPS: building its TLS config must not need a
+    // process-wide crypto provider the daemon never installs. No
+    // connection is made.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:6443\"}\n\
+         users:\n- name: u\n  user: {token: abc}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n",
+    )
+    .unwrap();
+    client(&Access::Kubeconfig(path)).await.expect("an HTTPS client");
+}
