@@ -236,19 +236,15 @@ pub fn complete(mut v: Value) -> Result<Value> {
             let labels = meta.get_mut("labels").and_then(Value::as_mapping_mut).expect("labels map");
             labels.insert(s(NS_NAME_LABEL), s(&id.name));
         }
-        "Pod" => {
-            if !m.contains_key("spec") {
-                m.insert(s("spec"), map(vec![("containers", server_containers())]));
-            }
+        "Pod" if !m.contains_key("spec") => {
+            m.insert(s("spec"), map(vec![("containers", server_containers())]));
         }
-        "Service" => {
-            if !m.contains_key("spec") {
-                let ns = id.namespace.as_deref().unwrap_or_default();
-                let pod = id.name.strip_prefix(&format!("s-{ns}-")).with_context(|| {
-                    format!("Service {}: without a spec the name must be s-{ns}-<pod> so the selector can be derived", id.name)
-                })?;
-                m.insert(s("spec"), service_spec(pod));
-            }
+        "Service" if !m.contains_key("spec") => {
+            let ns = id.namespace.as_deref().unwrap_or_default();
+            let pod = id.name.strip_prefix(&format!("s-{ns}-")).with_context(|| {
+                format!("Service {}: without a spec the name must be s-{ns}-<pod> so the selector can be derived", id.name)
+            })?;
+            m.insert(s("spec"), service_spec(pod));
         }
         _ => {}
     }
