@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// One object the lab understands.
+// A handful of objects at a time: boxing the Pod would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -250,8 +252,11 @@ pub fn validate_batch(batch: &[Object], existing_namespaces: &[String]) -> Resul
             );
         }
         if let Object::Pod(p) = o {
-            if p.spec.is_none() {
+            let Some(spec) = p.spec.as_ref() else {
                 bail!("{key}: the Pod has no spec; add spec.containers");
+            };
+            if spec.host_network == Some(true) {
+                bail!("{key}: hostNetwork pods share the node's netns and get no CNI call; the lab does not run them, drop hostNetwork");
             }
             for (port, proto, _) in pod_ports(p) {
                 if port == 0 {
@@ -366,6 +371,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         let err = validate_batch(&objs[1..2], &["y".into()]).unwrap_err().to_string();
         assert!(err.contains("Pod x/a") && err.contains("namespace \"x\" does not exist"), "{err}");
         validate_batch(&objs[1..2], &["x".into()]).unwrap();
+        let host = parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: h, namespace: x}\nspec: {hostNetwork: true, containers: [{name: c}]}\n", "h").unwrap();
+        assert!(validate_batch(&host, &["x".into()]).unwrap_err().to_string().contains("hostNetwork"));
     }
 
     #[test]

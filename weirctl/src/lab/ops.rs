@@ -858,6 +858,32 @@ mod tests {
     }
 
     #[test]
+    fn pod_status_is_what_kubectl_shows() {
+        let Object::Pod(p) = objects::parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n", "t").unwrap().remove(0) else {
+            panic!()
+        };
+        let lab = Lab::new("unit").unwrap();
+        let mut rec = new_pod_rec(&lab, &p);
+        assert_eq!(rec.netns, "weir-unit-x-a");
+        assert_eq!(rec.container_id.len(), 64);
+        let pending = serde_json::to_value(pod_with_status(&p, &rec)).unwrap();
+        assert_eq!(pending["status"]["phase"], "Pending");
+        assert!(pending["status"].get("podIP").is_none());
+        rec.added = true;
+        rec.ips = vec!["10.88.0.5".parse().unwrap(), "fd00:88::5".parse().unwrap()];
+        let v = serde_json::to_value(pod_with_status(&p, &rec)).unwrap();
+        assert_eq!(v["status"]["phase"], "Running");
+        assert_eq!(v["status"]["podIP"], "10.88.0.5");
+        assert_eq!(v["status"]["podIPs"], serde_json::json!([{"ip": "10.88.0.5"}, {"ip": "fd00:88::5"}]));
+        assert_eq!(v["spec"]["nodeName"], "lab");
+        assert_eq!(v["metadata"]["uid"], rec.uid.as_str());
+        // no server process: not Ready yet
+        assert_eq!(v["status"]["conditions"][0]["status"], "False");
+        // a new incarnation of the same pod gets a new container ID
+        assert_ne!(new_pod_rec(&lab, &p).container_id, rec.container_id);
+    }
+
+    #[test]
     fn columns_align() {
         let t = columns(&[vec!["A".into(), "BB".into()], vec!["ccc".into(), "d".into()]]);
         assert_eq!(t, "A     BB\nccc   d\n");
