@@ -35,7 +35,11 @@ impl Weirctl {
         } else {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
         };
-        let missing: Vec<&str> = BINARIES.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
+        let missing: Vec<&str> = BINARIES
+            .iter()
+            .copied()
+            .filter(|b| !dir.join(b).is_file())
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "{} missing from {} (set WEIR_BIN_DIR, or build them: `{BUILD_HINT}`)",
@@ -53,9 +57,12 @@ impl Weirctl {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for b in BINARIES {
             let (from, to) = (self.bin_dir.join(b), dir.join(b));
-            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
-        Ok(Weirctl { bin_dir: dir.to_path_buf() })
+        Ok(Weirctl {
+            bin_dir: dir.to_path_buf(),
+        })
     }
 
     pub fn bin(&self) -> PathBuf {
@@ -67,7 +74,10 @@ impl Weirctl {
     pub fn run(&self, args: &[OsString]) -> Result<String> {
         let shown = format!(
             "weirctl {}",
-            args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+            args.iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let out = Command::new(self.bin())
             .args(args)
@@ -79,7 +89,11 @@ impl Weirctl {
                 "`{shown}` failed ({}): {}{}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
-                if out.stdout.is_empty() { String::new() } else { format!(" / stdout: {}", String::from_utf8_lossy(&out.stdout).trim()) }
+                if out.stdout.is_empty() {
+                    String::new()
+                } else {
+                    format!(" / stdout: {}", String::from_utf8_lossy(&out.stdout).trim())
+                }
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -108,8 +122,14 @@ impl Lab {
     pub fn up(ctl: &Weirctl, name: &str, model_dir: &Path, work: &Path) -> Result<Lab> {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
         let t = Instant::now();
-        let mut lab =
-            Lab { ctl: ctl.clone(), name: name.to_string(), work: work.to_path_buf(), up: true, seq: 0, up_secs: 0.0 };
+        let mut lab = Lab {
+            ctl: ctl.clone(),
+            name: name.to_string(),
+            work: work.to_path_buf(),
+            up: true,
+            seq: 0,
+            up_secs: 0.0,
+        };
         let mut args = os(&["lab", "up", "--name", name, "-f"]);
         args.push(model_dir.as_os_str().to_owned());
         // Name the binaries explicitly so WEIR_BIN_DIR decides, not weirctl's search path.
@@ -138,7 +158,8 @@ impl Lab {
     fn write(&mut self, what: &str, v: &Value) -> Result<PathBuf> {
         self.seq += 1;
         let path = self.work.join(format!("{:03}-{what}.yaml", self.seq));
-        std::fs::write(&path, serde_yaml_ng::to_string(v)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_yaml_ng::to_string(v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
@@ -152,7 +173,11 @@ impl Lab {
 
     /// `weirctl lab delete --name NAME -f FILE` with the object's identity.
     pub fn delete(&mut self, r: &DeleteRef) -> Result<()> {
-        let api = if r.kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
+        let api = if r.kind == "NetworkPolicy" {
+            "networking.k8s.io/v1"
+        } else {
+            "v1"
+        };
         let mut meta = serde_yaml_ng::Mapping::new();
         meta.insert("name".into(), r.name.clone().into());
         if let Some(ns) = &r.namespace {
@@ -169,10 +194,25 @@ impl Lab {
     }
 
     /// `weirctl lab probe --name NAME --port P --protocol T [--via pod] [--ipv6] -o json`.
-    pub fn probe(&self, port: u16, protocol: Protocol, via: Via, family: Family) -> Result<ProbeOutput> {
+    pub fn probe(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        via: Via,
+        family: Family,
+    ) -> Result<ProbeOutput> {
         let port = port.to_string();
         let proto = protocol.to_string();
-        let mut args = vec!["lab", "probe", "--name", &self.name, "--port", &port, "--protocol", &proto];
+        let mut args = vec![
+            "lab",
+            "probe",
+            "--name",
+            &self.name,
+            "--port",
+            &port,
+            "--protocol",
+            &proto,
+        ];
         if via == Via::Pod {
             args.extend(["--via", "pod"]);
         }
@@ -186,7 +226,9 @@ impl Lab {
 
     /// `weirctl lab get pods --name NAME -o json`.
     pub fn pod_ips(&self) -> Result<PodIps> {
-        let text = self.ctl.run(&os(&["lab", "get", "pods", "--name", &self.name, "-o", "json"]))?;
+        let text = self.ctl.run(&os(&[
+            "lab", "get", "pods", "--name", &self.name, "-o", "json",
+        ]))?;
         parse_pod_ips(&text)
     }
 
@@ -196,7 +238,9 @@ impl Lab {
             return Ok(());
         }
         self.up = false;
-        self.ctl.run(&os(&["lab", "down", "--name", &self.name])).map(|_| ())
+        self.ctl
+            .run(&os(&["lab", "down", "--name", &self.name]))
+            .map(|_| ())
     }
 }
 

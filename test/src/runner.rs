@@ -31,7 +31,10 @@ pub struct Config {
 
 impl Config {
     pub fn new(ctl: Weirctl) -> Config {
-        let retry = std::env::var("WEIR_CONFORMANCE_RETRY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
+        let retry = std::env::var("WEIR_CONFORMANCE_RETRY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10.0);
         let pid = std::process::id();
         Config {
             ctl,
@@ -82,11 +85,18 @@ pub struct CaseResult {
 /// of substrings of case names, or `=name` for exactly one (unset or
 /// empty: all).
 pub fn selected(cases: Vec<Case>) -> Vec<Case> {
-    select(cases, &std::env::var("WEIR_CONFORMANCE_CASES").unwrap_or_default())
+    select(
+        cases,
+        &std::env::var("WEIR_CONFORMANCE_CASES").unwrap_or_default(),
+    )
 }
 
 fn select(cases: Vec<Case>, filter: &str) -> Vec<Case> {
-    let words: Vec<&str> = filter.split(',').map(str::trim).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
     if words.is_empty() {
         return cases;
     }
@@ -94,7 +104,10 @@ fn select(cases: Vec<Case>, filter: &str) -> Vec<Case> {
         Some(exact) => name == exact,
         None => name.contains(w),
     };
-    cases.into_iter().filter(|c| words.iter().any(|w| hit(&c.name, w))).collect()
+    cases
+        .into_iter()
+        .filter(|c| words.iter().any(|w| hit(&c.name, w)))
+        .collect()
 }
 
 pub fn run_case(cfg: &Config, case: &Case, index: usize) -> CaseResult {
@@ -141,22 +154,29 @@ fn run_steps(
         match step {
             Step::Apply(objs) => {
                 for (j, obj) in objs.iter().enumerate() {
-                    apply_one(&mut lab, &mut world, obj).with_context(|| format!("steps[{i}].apply[{j}]"))?;
+                    apply_one(&mut lab, &mut world, obj)
+                        .with_context(|| format!("steps[{i}].apply[{j}]"))?;
                 }
             }
             Step::Delete(refs) => {
                 for (j, r) in refs.iter().enumerate() {
-                    lab.delete(r).with_context(|| format!("steps[{i}].delete[{j}]"))?;
+                    lab.delete(r)
+                        .with_context(|| format!("steps[{i}].delete[{j}]"))?;
                     world.delete(r)?;
                 }
             }
             Step::Probe(p) => {
-                let expected = p.expect.evaluate(&world.pods()).map_err(anyhow::Error::msg)?;
+                let expected = p
+                    .expect
+                    .evaluate(&world.pods())
+                    .map_err(anyhow::Error::msg)?;
                 let start = Instant::now();
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let out = lab.probe(p.port, p.protocol, p.via, p.family).with_context(|| format!("steps[{i}].probe"))?;
+                    let out = lab
+                        .probe(p.port, p.protocol, p.via, p.family)
+                        .with_context(|| format!("steps[{i}].probe"))?;
                     check_header(&out, p.port, p.protocol)?;
                     let cmp = compare(&expected, &out, p.protocol == Protocol::SCTP);
                     *max_attempts = (*max_attempts).max(attempts);
@@ -194,7 +214,11 @@ fn run_steps(
         }
     }
     lab.down()?;
-    Ok(if unsupported { Status::Unsupported } else { Status::Pass })
+    Ok(if unsupported {
+        Status::Unsupported
+    } else {
+        Status::Pass
+    })
 }
 
 fn apply_one(lab: &mut Lab, world: &mut World, obj: &Value) -> Result<()> {
@@ -235,14 +259,29 @@ impl Report {
     }
 
     pub fn summary_line(&self) -> String {
-        format!("{} passed, {} failed, {} unsupported", self.passed(), self.failed(), self.unsupported())
+        format!(
+            "{} passed, {} failed, {} unsupported",
+            self.passed(),
+            self.failed(),
+            self.unsupported()
+        )
     }
 
     /// The per-case table, the details of everything not passed, and the
     /// summary line last.
     pub fn render(&self) -> String {
-        let w = self.results.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4) + 2;
-        let mut s = format!("{:<w$}{:<10}{:<14}{:>7}{:>6}  result\n", "case", "origin", "protocols", "secs", "tries");
+        let w = self
+            .results
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4)
+            + 2;
+        let mut s = format!(
+            "{:<w$}{:<10}{:<14}{:>7}{:>6}  result\n",
+            "case", "origin", "protocols", "secs", "tries"
+        );
         for r in &self.results {
             let protos: Vec<String> = r.protocols.iter().map(|p| p.to_string()).collect();
             let _ = writeln!(
@@ -269,7 +308,14 @@ pub fn run_suite(cfg: &Config, cases: &[Case]) -> Report {
     let mut report = Report::default();
     for (i, c) in cases.iter().enumerate() {
         let r = run_case(cfg, c, i);
-        eprintln!("[{}/{}] {:<60} {} ({:.1}s)", i + 1, cases.len(), r.name, r.status.word(), r.secs);
+        eprintln!(
+            "[{}/{}] {:<60} {} ({:.1}s)",
+            i + 1,
+            cases.len(),
+            r.name,
+            r.status.word(),
+            r.secs
+        );
         report.results.push(r);
     }
     let _ = std::fs::remove_dir_all(&cfg.work_dir);
@@ -294,13 +340,26 @@ mod tests {
 
     #[test]
     fn selection_by_substring_or_exact_name() {
-        let all = crate::case::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
+        let all = crate::case::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases"),
+        )
+        .unwrap();
         let n = all.len();
         assert_eq!(select(all.clone(), "").len(), n);
         let names = |v: Vec<Case>| v.into_iter().map(|c| c.name).collect::<Vec<_>>();
-        assert_eq!(names(select(all.clone(), "=default-deny-ingress")), ["default-deny-ingress"]);
+        assert_eq!(
+            names(select(all.clone(), "=default-deny-ingress")),
+            ["default-deny-ingress"]
+        );
         let some = names(select(all.clone(), "p-default-deny-ingress, =allow-all"));
-        assert_eq!(some, ["allow-all", "sctp-default-deny-ingress", "udp-default-deny-ingress"]);
+        assert_eq!(
+            some,
+            [
+                "allow-all",
+                "sctp-default-deny-ingress",
+                "udp-default-deny-ingress"
+            ]
+        );
     }
 
     #[test]
@@ -316,7 +375,11 @@ mod tests {
         };
         assert_eq!(r.summary_line(), "2 passed, 2 failed, 1 unsupported");
         let text = r.render();
-        assert!(text.trim_end().ends_with("2 passed, 2 failed, 1 unsupported"), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with("2 passed, 2 failed, 1 unsupported"),
+            "{text}"
+        );
         assert!(text.contains("== b (FAIL)\ndetail of b"));
         assert!(text.contains("unsupported here (SCTP sockets)"));
         assert!(!text.contains("detail of a"));
@@ -331,7 +394,8 @@ mod tests {
 
     impl FakeLab {
         fn new(tag: &str) -> FakeLab {
-            let dir = std::env::temp_dir().join(format!("weir-e2e-fake-{}-{tag}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("weir-e2e-fake-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let script = r#"#!/bin/sh
@@ -356,11 +420,17 @@ esac
                 .enumerate()
                 .map(|(i, p)| serde_json::json!({"metadata": {"namespace": p.ns, "name": p.name}, "status": {"podIP": format!("10.88.0.{}", i + 2)}}))
                 .collect();
-            std::fs::write(dir.join("pods.json"), serde_json::json!({"items": pods}).to_string()).unwrap();
+            std::fs::write(
+                dir.join("pods.json"),
+                serde_json::json!({"items": pods}).to_string(),
+            )
+            .unwrap();
             let mut res = serde_json::Map::new();
             for f in crate::model::model_pods() {
-                let row: serde_json::Map<String, serde_json::Value> =
-                    crate::model::model_pods().iter().map(|t| (t.to_string(), serde_json::Value::Bool(true))).collect();
+                let row: serde_json::Map<String, serde_json::Value> = crate::model::model_pods()
+                    .iter()
+                    .map(|t| (t.to_string(), serde_json::Value::Bool(true)))
+                    .collect();
                 res.insert(f.to_string(), serde_json::Value::Object(row));
             }
             let probe = serde_json::json!({"port": 80, "protocol": "TCP", "via": "service", "results": res});
@@ -369,7 +439,9 @@ esac
         }
 
         fn config(&self) -> Config {
-            let mut cfg = Config::new(Weirctl { bin_dir: self.dir.clone() });
+            let mut cfg = Config::new(Weirctl {
+                bin_dir: self.dir.clone(),
+            });
             cfg.work_dir = self.dir.join("work");
             cfg.retry_for = Duration::from_millis(300);
             cfg
@@ -411,11 +483,22 @@ steps:
         let r = run_case(&fake.config(), &case("{default: allow}"), 3);
         assert_eq!(r.status, Status::Pass, "{}", r.detail);
         assert_eq!(r.max_attempts, 1);
-        let calls: Vec<String> = fake.log("calls.log").lines().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect();
-        assert_eq!(calls, ["lab up", "lab get", "lab apply", "lab probe", "lab down"]);
+        let calls: Vec<String> = fake
+            .log("calls.log")
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            calls,
+            ["lab up", "lab get", "lab apply", "lab probe", "lab down"]
+        );
         assert!(fake.log("calls.log").contains("--policyd-bin"));
         // y/b is the fifth model pod: 10.88.0.6.
-        assert!(fake.log("applied.log").contains("10.88.0.6/32"), "{}", fake.log("applied.log"));
+        assert!(
+            fake.log("applied.log").contains("10.88.0.6/32"),
+            "{}",
+            fake.log("applied.log")
+        );
         assert!(fake.log("applied.log").contains("networking.k8s.io/v1"));
     }
 
@@ -425,8 +508,17 @@ steps:
         let r = run_case(&fake.config(), &case("{deny: [{from: x/a, to: y/b}]}"), 4);
         assert_eq!(r.status, Status::Fail);
         assert!(r.max_attempts > 1, "retried: {}", r.max_attempts);
-        assert!(r.detail.contains("incorrect 1") && r.detail.contains("comparison"), "{}", r.detail);
-        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
+        assert!(
+            r.detail.contains("incorrect 1") && r.detail.contains("comparison"),
+            "{}",
+            r.detail
+        );
+        assert!(fake
+            .log("calls.log")
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("lab down"));
     }
 
     #[test]
@@ -436,7 +528,12 @@ steps:
         let r = run_case(&fake.config(), &case("{default: allow}"), 5);
         assert_eq!(r.status, Status::Error);
         assert!(r.detail.contains("no bridge for you"), "{}", r.detail);
-        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
+        assert!(fake
+            .log("calls.log")
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("lab down"));
         let report = Report { results: vec![r] };
         assert_eq!(report.summary_line(), "0 passed, 1 failed, 0 unsupported");
     }
@@ -444,7 +541,10 @@ steps:
     #[test]
     fn sctp_answers_unsupported_and_the_case_is_not_a_pass() {
         let fake = FakeLab::new("sctp");
-        let probe = fake.log("probe.json").replace("true", "\"unsupported\"").replace("\"TCP\"", "\"SCTP\"");
+        let probe = fake
+            .log("probe.json")
+            .replace("true", "\"unsupported\"")
+            .replace("\"TCP\"", "\"SCTP\"");
         std::fs::write(fake.dir.join("probe.json"), probe).unwrap();
         let text = r#"
 name: fake

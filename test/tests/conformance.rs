@@ -21,13 +21,18 @@ fn root_conformance_suite() {
         return;
     }
     let ctl = Weirctl::locate().unwrap_or_else(|e| panic!("{e:#}"));
-    let cases = selected(load_dir(&weir_e2e::case::cases_dir()).unwrap_or_else(|e| panic!("{e:#}")));
+    let cases =
+        selected(load_dir(&weir_e2e::case::cases_dir()).unwrap_or_else(|e| panic!("{e:#}")));
     assert!(!cases.is_empty(), "WEIR_CONFORMANCE_CASES selected no case");
     let mut cfg = Config::new(ctl);
-    cfg.ctl = cfg.ctl.snapshot(&cfg.work_dir.join("bin")).unwrap_or_else(|e| panic!("{e:#}"));
+    cfg.ctl = cfg
+        .ctl
+        .snapshot(&cfg.work_dir.join("bin"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let report = run_suite(&cfg, &cases);
     let text = report.render();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/weir-conformance-report.txt");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/weir-conformance-report.txt");
     if let Err(e) = std::fs::write(&out, &text) {
         eprintln!("could not write {}: {e}", out.display());
     }
