@@ -591,7 +591,16 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
                     lab.write_object(&Object::Pod(pod_with_status(p, &rec)))?;
                     st.pods.insert(k.clone(), rec.clone());
                     lab.save_state(&st)?;
-                    let (pod, rec) = create_pods(&ctx, vec![(p.clone(), rec)], true).pop().expect("one result")?;
+                    let (pod, rec) = match create_pods(&ctx, vec![(p.clone(), rec)], true).pop().expect("one result") {
+                        Ok(created) => created,
+                        Err(e) => {
+                            // create_pod undid its own steps; undo the API side too
+                            st.pods.remove(&k);
+                            lab.remove_object(&key)?;
+                            lab.save_state(&st)?;
+                            return Err(e);
+                        }
+                    };
                     lab.write_object(&Object::Pod(pod_with_status(&pod, &rec)))?;
                     st.pods.insert(k, rec);
                 }
@@ -691,6 +700,14 @@ pub struct ProbeOpts {
 pub fn probe(lab: &Lab, o: &ProbeOpts) -> Result<Matrix> {
     sys::require_root()?;
     let st = lab.require_state()?;
+    if let Some(p) = st.policyd.as_ref().filter(|p| st.policy && !p.alive()) {
+        eprintln!(
+            "warning: weir-policyd (pid {}) of lab {:?} is not running: verdicts come from the last programmed state; see {}",
+            p.pid,
+            lab.name,
+            lab.logs_dir().join("policyd.log").display()
+        );
+    }
     let objs = lab.objects()?;
     let keys: Vec<String> = st.pods.keys().cloned().collect();
     for (flag, v) in [("--from", &o.from), ("--to", &o.to)] {
