@@ -136,6 +136,22 @@ PY
 done
 down
 
+# Kernel floor of DEL: deleting a bridged, up veth pair with `ip link del`,
+# against `ip link show` (the same exec, no deletion). Any plugin's DEL pays
+# the difference: the kernel's device unregistration (RCU waits under RTNL).
+log "kernel floor: $PODS x ip link del of a bridged veth"
+ip netns add wcb-node; ip netns add wcb-kpod
+ip -n wcb-node link add wcbk type bridge; ip -n wcb-node link set wcbk up
+FLOOR=$OUTDIR/floor.txt; : >"$FLOOR"
+for i in $(seq "$PODS"); do
+	ip -n wcb-node link add wcbv$i type veth peer name e$i netns wcb-kpod
+	ip -n wcb-node link set wcbv$i master wcbk up; ip -n wcb-kpod link set e$i up
+	a=$EPOCHREALTIME; ip -n wcb-node link del wcbv$i; b=$EPOCHREALTIME
+	c=$EPOCHREALTIME; ip -n wcb-node link show wcbk >/dev/null; d=$EPOCHREALTIME
+	echo "${a/./} ${b/./} ${c/./} ${d/./}" >>"$FLOOR"
+done
+down
+
 python3 - "$RAW" "$OUTDIR/summary.md" "$PODS" "$REPS" <<'PY'
 import sys, statistics as st
 raw, out, pods, reps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -164,6 +180,15 @@ for (var, cfg) in sorted({(v, c) for v, c, _ in data if c != 'ref'}):
     lines.append('| %s | %s | %.3f | %.3f | %s |' % (var, cfg, ra, rd, ok))
 lines.append('')
 lines.append('%s pods x %s reps per config; percentiles over all reps.' % (pods, reps))
+import os
+fl = os.path.join(os.path.dirname(out), 'floor.txt')
+if os.path.exists(fl):
+    dl, ex = [], []
+    for l in open(fl):
+        a, b, c, d = map(int, l.split())
+        dl.append((b - a) / 1000); ex.append((d - c) / 1000)
+    lines.append('')
+    lines.append('kernel floor of DEL: `ip link del` of a bridged veth p50 %.2f ms, `ip link show` (exec alone) p50 %.2f ms, difference %.2f ms' % (pct(dl, .5), pct(ex, .5), pct(dl, .5) - pct(ex, .5)))
 open(out, 'w').write('\n'.join(lines) + '\n')
 print('\n'.join(lines))
 PY
