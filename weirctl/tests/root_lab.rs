@@ -334,6 +334,26 @@ fn root_lab_policy_deny_all_turns_the_column_to_x() {
     assert!(out.contains("weir-policyd pid") && out.contains("policy enforced"), "{out}");
     probe_until(&g, |_, _| true);
 
+    // The CNI binary got the runtime's identity of each pod: its endpoint
+    // records (written by ADD) carry exactly what the lab holds.
+    let st: Value = serde_json::from_slice(&std::fs::read(g.dir().join("state.json")).unwrap()).unwrap();
+    let mut records = 0;
+    for e in std::fs::read_dir(g.dir().join("run/endpoints")).unwrap().flatten() {
+        if e.path().extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let r: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        let key = format!("{}/{}", r["podNamespace"].as_str().unwrap(), r["podName"].as_str().unwrap());
+        let pod = &st["pods"][&key];
+        assert_eq!(r["containerId"], pod["container_id"], "{key}");
+        assert_eq!(r["podUid"], pod["uid"], "{key}");
+        assert_eq!(r["ifname"], "eth0");
+        assert_eq!(r["netns"].as_str().unwrap(), format!("/run/netns/{}", pod["netns"].as_str().unwrap()));
+        assert_eq!(r["ips"], pod["ips"], "{key}");
+        records += 1;
+    }
+    assert_eq!(records, 3);
+
     let deny = write(
         tmp.path(),
         "deny.yaml",
