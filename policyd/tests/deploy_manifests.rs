@@ -37,6 +37,7 @@ fn assert_no_unknown_fields(path: &str, input: &Value, typed: &Value) {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Doc {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),

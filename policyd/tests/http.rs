@@ -28,7 +28,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
 
 /// One sample line: `name{label="v",...} value`; returns (name, labels, value).
 fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
-    let name_end = line.find(|c: char| c == '{' || c == ' ').expect("name then labels or value");
+    let name_end = line.find(['{', ' ']).expect("name then labels or value");
     let name = &line[..name_end];
     assert!(
         !name.is_empty()

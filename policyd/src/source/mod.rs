@@ -102,6 +102,9 @@ impl fmt::Display for ObjectRef {
 
 /// One object of a kind policyd reads (k8s-openapi types, trimmed by
 /// [`Object::trim`] to what policy needs).
+// Unboxed: objects are moved a handful of times per event, and matching on
+// plain k8s-openapi values keeps the engine's code simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -205,6 +208,7 @@ impl Object {
 }
 
 /// What a source reports.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
     /// The object was added or changed.
