@@ -901,6 +901,56 @@ mod tests {
     }
 
     #[test]
+    fn service_target_needs_a_service_selecting_only_that_pod() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s-x-a, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: all, namespace: x}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80}]}\n";
+        let objs: BTreeMap<ObjKey, Object> = objects::parse_text(text, "t").unwrap().into_iter().map(|o| (o.key(), o)).collect();
+        let mut st = State {
+            name: "u".into(),
+            phase: "ready".into(),
+            policy: false,
+            plugin: "/nonexistent".into(),
+            cni_path: String::new(),
+            plugin_type: "weir".into(),
+            policyd: None,
+            policyd_bin: None,
+            pods: BTreeMap::new(),
+            services: BTreeMap::new(),
+        };
+        st.services.insert("x/s-x-a".into(), vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()]);
+        st.services.insert("x/all".into(), vec!["10.96.0.11".parse().unwrap()]);
+        st.services.insert("x/other".into(), vec!["10.96.0.12".parse().unwrap()]);
+        let view = |name: &str| PodView {
+            namespace: "x".into(),
+            name: name.into(),
+            labels: [("pod".to_string(), name.to_string()), ("app".to_string(), "web".to_string())].into(),
+            ips: vec!["10.88.0.2".parse().unwrap()],
+            ports: vec![],
+        };
+        let views = vec![view("a"), view("b")];
+        let rec = |name: &str| PodRec {
+            namespace: "x".into(),
+            name: name.into(),
+            uid: "u".into(),
+            container_id: "c".into(),
+            netns: "n".into(),
+            added: true,
+            ips: vec![],
+            serve: None,
+            ports: vec![],
+        };
+        // the model's name wins over another single-pod Service
+        assert_eq!(service_target(&objs, &st, &views, &rec("a"), 80, "TCP", false).unwrap(), "10.96.0.10:80".parse().unwrap());
+        assert_eq!(service_target(&objs, &st, &views, &rec("a"), 80, "TCP", true).unwrap(), "[fd00:96::a]:80".parse().unwrap());
+        // wrong port or protocol: none
+        assert!(service_target(&objs, &st, &views, &rec("a"), 81, "TCP", false).is_err());
+        assert!(service_target(&objs, &st, &views, &rec("a"), 80, "UDP", false).is_err());
+        // b is only behind `all`, which selects two pods: never used
+        assert!(service_target(&objs, &st, &views, &rec("b"), 80, "TCP", false).unwrap_err().contains("x/b"));
+    }
+
+    #[test]
     fn columns_align() {
         let t = columns(&[vec!["A".into(), "BB".into()], vec!["ccc".into(), "d".into()]]);
         assert_eq!(t, "A     BB\nccc   d\n");
