@@ -59,6 +59,31 @@ int from_pod(struct __sk_buff *skb)
 	if (p.icmp == ICMP_K_ND)
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
 
+	__u64 now = bpf_ktime_get_ns();
+	int tracked = ct_tracked(&p);
+	struct weir_ct_value *fwd = 0;
+
+	/* A flow already judged for this endpoint passes on a hash lookup, so
+	 * established traffic never walks the LPM tries whatever their size.
+	 * For a local peer its to_pod refreshes the entry; only flows that
+	 * leave the node are refreshed here. */
+	if (tracked) {
+		ct_key_fwd(&p, &k);
+		fwd = ct_lookup(&k, now);
+		if (fwd && fwd->egress_ep == ep) {
+			if (!fwd->ingress_ep)
+				ct_touch(fwd, &p, 0, now);
+			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
+		}
+		ct_key_rev(&p, &k);
+		ct = ct_lookup(&k, now);
+		if (ct && ct->ingress_ep == ep) {
+			if (!ct->egress_ep)
+				ct_touch(ct, &p, 1, now);
+			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
+		}
+	}
+
 	const struct weir_ipcache_value *dst = ipcache_lookup(p.daddr);
 	vc.peer_identity = dst ? dst->identity : WEIR_ID_WORLD;
 	if (vc.peer_identity == WEIR_ID_HOST)
@@ -69,39 +94,19 @@ int from_pod(struct __sk_buff *skb)
 	if (reason)
 		return verdict(skb, &p, &vc, reason, 0);
 
-	__u64 now = bpf_ktime_get_ns();
-	int tracked = ct_tracked(&p);
-
 	if (dst && (dst->endpoint || (dst->flags & WEIR_IPCACHE_SERVICE))) {
 		/* Judged at the destination's to_pod, after DNAT. For a VIP,
 		 * remember that ep talks to it: the reply comes back from the VIP
-		 * (kube-proxy un-DNATs it) and must find ep's entry. */
-		if (tracked && !dst->endpoint) {
-			ct_key_fwd(&p, &k);
-			ct = ct_lookup(&k, now);
-			if (ct && ct->egress_ep == ep)
-				ct_touch(ct, &p, 0, now);
-			else if (ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, now))
-				return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
-		}
+		 * (kube-proxy un-DNATs it) and must find ep's entry. A live entry
+		 * of another endpoint (a spoofed source) is left alone: the
+		 * spoofer gets no reply path, the owner keeps its own. */
+		if (tracked && !dst->endpoint && !fwd &&
+		    ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, now))
+			return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_DEFERRED, 0);
 	}
 
 	/* Outside the node: this is the only hook that sees it. */
-	if (tracked) {
-		ct_key_fwd(&p, &k);
-		ct = ct_lookup(&k, now);
-		if (ct && ct->egress_ep == ep) {
-			ct_touch(ct, &p, 0, now);
-			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
-		}
-		ct_key_rev(&p, &k);
-		ct = ct_lookup(&k, now);
-		if (ct && ct->ingress_ep == ep) {
-			ct_touch(ct, &p, 1, now);
-			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
-		}
-	}
 	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, ep, 0, now))
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
 

@@ -58,7 +58,11 @@ fn fill_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // .../target/debug
     let bin = profile_dir.join("examples").join("fill");
-    if !bin.exists() {
+    let stale = |b: &PathBuf| {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        m(b) < m(&exe) // older than this test binary: built from older sources
+    };
+    if !bin.exists() || stale(&bin) {
         let st = Command::new(env!("CARGO"))
             .args(["build", "--example", "fill", "-p", "weir-bpf"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))

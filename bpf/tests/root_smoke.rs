@@ -29,3 +29,60 @@ fn root_load_attach_detach_survive() {
     assert!(!dp2.is_attached(idx).unwrap());
     dp2.detach(idx).unwrap();
 }
+
+#[test]
+fn root_concurrent_load_or_open_agree() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::new("conc");
+    let path = root.path.clone();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let dp = Dataplane::load_or_open(&p).unwrap();
+                dp.set_endpoint(100 + i, &abi::Endpoint { identity: i, flags: 0, revision: 0 }).unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // one set of maps: every writer's entry is in it
+    let dp = Dataplane::open(&path).unwrap();
+    assert_eq!(dp.endpoints().unwrap().len(), 4);
+}
+
+#[test]
+fn root_pins_of_another_abi_version_are_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::new("abi");
+    drop(root.load());
+    let pin = root.path.join(abi::MAP_ABI);
+    let data = aya::maps::MapData::from_pin(&pin).unwrap();
+    let mut a: aya::maps::Array<aya::maps::MapData, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    a.set(0, 999, 0).unwrap();
+    for r in [Dataplane::open(&root.path), Dataplane::load_or_open(&root.path)] {
+        let msg = r.err().expect("refused").to_string();
+        assert!(msg.contains("ABI version 999") && msg.contains(root.path.to_str().unwrap()), "{msg}");
+    }
+}
+
+#[test]
+fn open_names_the_missing_pin_and_the_fix() {
+    // not root: only path checks are exercised
+    let err = Dataplane::open(std::path::Path::new("/tmp/not-bpffs-weir")).err().unwrap().to_string();
+    assert!(err.contains("bpffs not mounted"), "{err}");
+    if std::path::Path::new("/sys/fs/bpf").exists() && is_root() {
+        let root = TestRoot::new("missing");
+        std::fs::create_dir_all(&root.path).unwrap();
+        let err = Dataplane::open(&root.path).err().unwrap().to_string();
+        assert!(err.contains("weir_abi") && err.contains("load_or_open"), "{err}");
+    }
+}

@@ -221,45 +221,55 @@ summarize() {
 	python3 - "$RAW" "$CONFIGS" <<'PY'
 import sys, statistics as st, collections
 raw, configs = sys.argv[1], sys.argv[2].split()
-vals = collections.defaultdict(list)
+vals = collections.defaultdict(dict)   # (cfg, metric) -> {rep: value}
 for line in open(raw):
     c, rep, m, v = line.rstrip('\n').split(',', 3)
-    if m == 'check':
-        continue
     try:
-        vals[(c, m)].append(float(v))
+        vals[(c, m)][rep] = float(v)
     except ValueError:
         pass
 def med(c, m):
-    xs = vals.get((c, m))
+    xs = list(vals.get((c, m), {}).values())
     return st.median(xs) if xs else float('nan')
-def spread(c, m):
-    xs = vals.get((c, m)) or [float('nan')]
-    return (max(xs) - min(xs)) / st.median(xs) if len(xs) > 1 and st.median(xs) else 0.0
+def ratios(c, ref, m):
+    # paired by rep: each config against the reference measured in the same
+    # round, so load drift across the run cancels out
+    a, b = vals.get((c, m), {}), vals.get((ref, m), {})
+    return [a[r] / b[r] for r in a if r in b and b[r]]
+def rmed(c, ref, m):
+    xs = ratios(c, ref, m)
+    return st.median(xs) if xs else float('nan')
+def rspread(c, ref, m):
+    xs = ratios(c, ref, m)
+    return (max(xs) - min(xs)) if len(xs) > 1 else 0.0
 metrics = [('tput_gbps', 'throughput Gbit/s'), ('rr_per_s', 'request/response per s'), ('crr_per_s', 'new connections per s')]
-print('| config | ' + ' | '.join(f'{t} (x base)' for _, t in metrics) + ' |')
+print('Median of per-round ratios to base (min..max over rounds); absolute medians in brackets.')
+print()
+print('| config | ' + ' | '.join(t for _, t in metrics) + ' |')
 print('|---|' + '---|' * len(metrics))
 for c in configs:
     cells = []
     for m, _ in metrics:
-        b = med('base', m)
-        cells.append('%.3g (%.3f, spread %.0f%%)' % (med(c, m), med(c, m) / b, 100 * spread(c, m)))
+        xs = ratios(c, 'base', m) or [float('nan')]
+        cells.append('%.3f (%.2f..%.2f) [%.4g]' % (rmed(c, 'base', m), min(xs), max(xs), med(c, m)))
     print(f'| {c} | ' + ' | '.join(cells) + ' |')
+print()
+load = [v for (c, m), d in vals.items() if m == 'loadavg1' for v in d.values()]
+if load:
+    print(f'load average during the run: {min(load):.2f}..{max(load):.2f} on {__import__("os").cpu_count()} CPUs')
 if 'weir-100k' in configs and 'base' in configs:
-    print()
     floors = {'tput_gbps': 0.95, 'rr_per_s': 0.92, 'crr_per_s': 0.90}
     for m, f in floors.items():
-        r = med('weir-100k', m) / med('base', m)
+        r = rmed('weir-100k', 'base', m)
         print(f'floor {m}: weir-100k/base = {r:.3f} (floor {f}) {"OK" if r >= f else "BELOW"}')
     if 'weir-1' in configs:
         for m, _ in metrics:
-            a, b = med('weir-1', m), med('weir-100k', m)
-            noise = max(spread('weir-1', m), spread('weir-100k', m), spread('base', m))
-            print(f'1 vs 100k {m}: {b / a:.3f} (rep spread up to {100 * noise:.0f}%)')
+            r = rmed('weir-100k', 'weir-1', m)
+            print(f'1 vs 100k {m}: weir-100k/weir-1 = {r:.3f}; base round-to-round spread {rspread("weir-1", "base", m):.2f}')
     if 'nftset-10k' in configs:
         for m, _ in metrics:
-            a, b = med('nftset-10k', m), med('weir-100k', m)
-            print(f'weir-100k vs nftset-10k {m}: {b / a:.3f} {"ahead" if b > a else "BEHIND"}')
+            r = rmed('weir-100k', 'nftset-10k', m)
+            print(f'weir-100k vs nftset-10k {m}: {r:.3f} {"ahead" if r > 1 else "BEHIND"}')
 PY
 }
 

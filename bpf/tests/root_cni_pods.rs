@@ -1,0 +1,174 @@
+//! Pods made by the real `weir` CNI binary (ADD with policy.enforce), then
+//! programmed through this crate the way weir-policyd does, and real
+//! traffic between them: the CNI's attachment and endpoint entries are the
+//! ones the programs judge with, after the binary has exited.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use weir_bpf::abi::*;
+use weir_bpf::{Dataplane, PolicyRule};
+
+fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this dedicated thread only.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+        f()
+    })
+}
+
+/// target/<profile>/weir, built if absent.
+fn weir_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("weir");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "weir-cni", "--bin", "weir"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build -p weir-cni --bin weir");
+    }
+    bin
+}
+
+struct Guard {
+    netns: Vec<String>,
+    root: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn cni(bin: &PathBuf, node: &str, cmd: &str, id: &str, pod_ns: &str, conf: &serde_json::Value) -> serde_json::Value {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{node}")).arg(bin);
+    c.env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"))
+        .env("CNI_PATH", "/usr/lib/cni");
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(conf).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "CNI {cmd} {id}: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn tcp_ok(from: &str, to: SocketAddr) -> bool {
+    in_netns(from, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else { return false };
+        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        s.write_all(b"ping").is_ok() && {
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).is_ok() && &b == b"pong"
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+fn serve(ns: &str, ip: IpAddr, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(ns, move || {
+        let l = TcpListener::bind((ip, port)).unwrap();
+        tx.send(()).unwrap();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut b = [0u8; 4];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(b"pong");
+            }
+        }
+    });
+    rx.recv().unwrap();
+}
+
+#[test]
+fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let bin = weir_bin();
+    let id = std::process::id();
+    let node = format!("wcn{id}");
+    let pods: Vec<String> = (1..=3).map(|i| format!("wcp{id}-{i}")).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let g = Guard {
+        netns: pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
+        root: PathBuf::from(format!("/sys/fs/bpf/weir-tcni-{id}")),
+    };
+    for n in &g.netns {
+        sh(&["ip", "netns", "add", n]);
+    }
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weirtest", "type": "weir", "bridge": "cni0", "mtu": 1500,
+        "hairpinMode": true, "isDefaultGateway": true, "ipMasq": false,
+        "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.78.0.0/24" }]],
+                  "dataDir": tmp.path().join("ipam") },
+        "policy": { "enforce": true, "bpffsRoot": g.root, "runDir": tmp.path().join("run"),
+                    "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue" }
+    });
+    for (i, p) in pods.iter().enumerate() {
+        cni(&bin, &node, "ADD", &format!("c{i}"), p, &conf);
+    }
+    // every process that touched the dataplane has exited; read what ADD recorded
+    let reg = weir_common::registry::Registry::under(tmp.path().join("run"));
+    let rec = |i: usize| reg.get(&format!("c{i}"), "eth0").unwrap().expect("endpoint record");
+    let (r0, r1, r2) = (rec(0), rec(1), rec(2));
+    let ip = |r: &weir_common::registry::EndpointRecord| *r.ips.iter().find(|a| a.is_ipv4()).unwrap();
+    let dp = Dataplane::open(&g.root).unwrap();
+    for r in [&r0, &r1, &r2] {
+        assert!(in_netns(&format!("/run/netns/{node}"), {
+            let (root, idx) = (g.root.clone(), r.host_ifindex);
+            move || Dataplane::open(&root).unwrap().is_attached(idx).unwrap()
+        })
+        .join()
+        .unwrap());
+    }
+    let (p0, p1, p2) = (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]), format!("/run/netns/{}", pods[2]));
+    serve(&p1, ip(&r1), 8080);
+    let target = SocketAddr::new(ip(&r1), 8080);
+
+    // not programmed yet: fail-closed
+    assert!(!tcp_ok(&p0, target), "not READY pods are fail-closed");
+
+    // what policyd does: identities, ipcache, policy, READY
+    for (r, identity) in [(&r0, 300), (&r1, 301), (&r2, 302)] {
+        for a in &r.ips {
+            dp.set_ipcache(weir_bpf::addr::host_net(*a), &IpcacheValue { identity, endpoint: r.host_ifindex, flags: 0, pad: 0 }).unwrap();
+        }
+        for gw in &r.gateways {
+            dp.set_ipcache(weir_bpf::addr::host_net(*gw), &IpcacheValue { identity: ID_HOST, endpoint: 0, flags: 0, pad: 0 }).unwrap();
+        }
+    }
+    dp.set_endpoint(r0.host_ifindex, &Endpoint { identity: 300, flags: EP_READY, revision: 1 }).unwrap();
+    dp.set_endpoint(r2.host_ifindex, &Endpoint { identity: 302, flags: EP_READY, revision: 1 }).unwrap();
+    dp.allow(&PolicyRule { endpoint: r1.host_ifindex, identity: 300, direction: DIR_INGRESS, protocol: Some(6), ports: Some(8080..=8080) }, 1)
+        .unwrap();
+    dp.set_endpoint(r1.host_ifindex, &Endpoint { identity: 301, flags: EP_READY | EP_INGRESS_ISOLATED, revision: 1 }).unwrap();
+
+    assert!(tcp_ok(&p0, target), "allowed by policy");
+    assert!(!tcp_ok(&p2, target), "isolated, no rule for this peer");
+    assert!(dp.counter(r1.host_ifindex, DIR_INGRESS, R_DROP_POLICY).unwrap().packets >= 1);
+    assert!(dp.counter(r1.host_ifindex, DIR_INGRESS, R_ALLOW_POLICY).unwrap().packets >= 1);
+
+    // CNI DEL detaches and forgets the endpoint
+    cni(&bin, &node, "DEL", "c1", &pods[1], &conf);
+    assert_eq!(dp.endpoint(r1.host_ifindex).unwrap(), None);
+}
