@@ -52,7 +52,7 @@ fn build() -> (Store, Vec<EndpointRecord>) {
             };
             let pod_name = format!("app{app}-{i}");
             let p: Pod = serde_json::from_value(json!({
-                "metadata": {"name": pod_name, "namespace": name, "uid": format!("{ns}-{i}"),
+                "metadata": {"name": pod_name, "namespace": name, "uid": format!("{ns}-{i}"), "resourceVersion": "1",
                     "creationTimestamp": "2026-01-01T00:00:00Z",
                     "labels": {"app": format!("app{app}"), "tier": tiers[app % tiers.len()],
                                "pod-template-hash": format!("h{app}"), "version": if i % 20 == 0 { "v2" } else { "v1" }}},
@@ -69,7 +69,7 @@ fn build() -> (Store, Vec<EndpointRecord>) {
         }
         for k in 0..POLICIES_PER_NS {
             let (pname, spec) = policy(ns, k);
-            let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"name": pname, "namespace": name, "resourceVersion": "1"}, "spec": spec})).unwrap();
+            let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"name": pname, "namespace": name, "uid": format!("np-{ns}-{k}"), "resourceVersion": "1"}, "spec": spec})).unwrap();
             s.policies.insert((name.clone(), pname), np);
         }
     }
@@ -119,6 +119,50 @@ fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
     (format!("np-{k}"), spec)
 }
 
+/// CPU time of this thread: unlike wall time it does not count the time
+/// other processes held the (shared, busy) cores.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Run f, returning its result, wall time and thread CPU time.
+fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (w, c) = (Instant::now(), thread_cpu());
+    let out = f();
+    (out, w.elapsed(), thread_cpu() - c)
+}
+
+struct Series {
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+}
+
+impl Series {
+    fn new() -> Self {
+        Series { wall: Vec::new(), cpu: Vec::new() }
+    }
+    fn push(&mut self, w: Duration, c: Duration) {
+        self.wall.push(w);
+        self.cpu.push(c);
+    }
+    fn report(&self, what: &str) -> String {
+        let (mut w, mut c) = (self.wall.clone(), self.cpu.clone());
+        format!(
+            "{what}, n={}: wall median {:.2} ms, p99 {:.2} ms, max {:.2} ms | cpu median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            w.len(),
+            ms(median(&mut w)),
+            ms(pct(&mut w, 0.99)),
+            ms(*w.iter().max().unwrap()),
+            ms(median(&mut c)),
+            ms(pct(&mut c, 0.99)),
+            ms(*c.iter().max().unwrap())
+        )
+    }
+}
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -144,13 +188,12 @@ fn main() {
     let build_time = t.elapsed();
     let rss_after_build = vm_hwm_kib();
 
-    let mut full = Vec::new();
+    let mut full = Series::new();
     let mut desired = None;
     for _ in 0..runs {
         let mut e = Engine::new();
-        let t = Instant::now();
-        let d = e.compile(&store, &locals);
-        full.push(t.elapsed());
+        let (d, w, c) = measure(|| e.compile(&store, &locals));
+        full.push(w, c);
         desired = Some(d);
     }
     let d0 = desired.unwrap();
@@ -175,24 +218,36 @@ fn main() {
         d0.rules.len(),
         d0.diagnostics.len()
     );
-    println!("full compile (fresh engine), {} runs: median {:.1} ms, min {:.1} ms, max {:.1} ms", runs, ms(median(&mut full.clone())), ms(*full.iter().min().unwrap()), ms(*full.iter().max().unwrap()));
+    println!("{}", full.report("full compile (fresh engine)"));
 
     // Steady state: one engine, changes applied one at a time.
     let mut e = Engine::new();
     let mut prev = e.compile(&store, &locals);
-    let t = Instant::now();
-    let again = e.compile(&store, &locals);
-    let noop = t.elapsed();
-    assert!(prev.diff(&again).is_empty());
-    println!("no-change recompile + diff: {:.2} ms", ms(noop));
+    let mut noop = Series::new();
+    for _ in 0..opt("--noops", 20) {
+        let (diff, w, c) = measure(|| prev.diff(&e.compile(&store, &locals)));
+        assert!(diff.is_empty());
+        noop.push(w, c);
+    }
+    println!("{}", noop.report("no-change recompile + diff"));
 
     // One policy change: flip a port in policies of namespaces with local pods.
-    let local_ns: Vec<String> = locals.iter().map(|r| r.pod_namespace.clone()).collect();
-    let mut pol_times = Vec::new();
+    let mut pol_times = Series::new();
     let mut pol_diff = 0usize;
     for c in 0..changes {
-        let ns = &local_ns[c % local_ns.len()];
-        let key = (ns.clone(), format!("np-{}", [1, 2, 4, 7, 8, 9][c % 6]));
+        // Alternate the namespace-wide policy and the one selecting the
+        // local pod's app, so every change reaches a local endpoint.
+        let r = &locals[c % locals.len()];
+        let ns = &r.pod_namespace;
+        let app: usize = r.pod_name[3..r.pod_name.find('-').unwrap()].parse().unwrap();
+        let k = match app {
+            1 | 2 | 8 | 9 => app,
+            3 => 4,
+            4 => 5,
+            5 => 6,
+            _ => 0,
+        };
+        let key = (ns.clone(), format!("np-{}", if c % 2 == 0 { 0 } else { k }));
         let np = store.policies.get_mut(&key).unwrap();
         let mut v = serde_json::to_value(&*np).unwrap();
         let spec = v.get_mut("spec").unwrap();
@@ -203,18 +258,24 @@ fn main() {
             None => spec["ingress"] = json!([{"ports": [{"port": port}]}]),
         }
         *np = serde_json::from_value(v).unwrap();
-        let t = Instant::now();
-        let d = e.compile(&store, &locals);
-        let diff = prev.diff(&d);
-        pol_times.push(t.elapsed());
+        np.metadata.resource_version = Some(format!("{}", 1000 + c));
+        let ((d, diff), w, cpu) = measure(|| {
+            let d = e.compile(&store, &locals);
+            let diff = prev.diff(&d);
+            (d, diff)
+        });
+        pol_times.push(w, cpu);
         pol_diff += diff.len();
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            eprintln!("policy change {c} {key:?}: {} updates, {:?}", diff.len(), e.last_stats());
+        }
         prev = d;
     }
     let s_pol = e.last_stats();
 
     // One pod label change: alternate local and remote pods, new and old label sets.
     let keys: Vec<_> = store.pods.keys().cloned().collect();
-    let mut lab_times = Vec::new();
+    let mut lab_times = Series::new();
     let mut lab_diff = 0usize;
     for c in 0..changes {
         let key = if c % 2 == 0 {
@@ -226,32 +287,19 @@ fn main() {
         let labels = store.pods.get_mut(&key).unwrap().metadata.labels.get_or_insert_with(Default::default);
         let tier = ["web", "api", "db", "cache", "worker"][c % 5];
         labels.insert("tier".into(), tier.into());
-        let t = Instant::now();
-        let d = e.compile(&store, &locals);
-        let diff = prev.diff(&d);
-        lab_times.push(t.elapsed());
+        store.pods.get_mut(&key).unwrap().metadata.resource_version = Some(format!("{}", 100000 + c));
+        let ((d, diff), w, cpu) = measure(|| {
+            let d = e.compile(&store, &locals);
+            let diff = prev.diff(&d);
+            (d, diff)
+        });
+        lab_times.push(w, cpu);
         lab_diff += diff.len();
         prev = d;
     }
     let s_lab = e.last_stats();
-    println!(
-        "one policy change, recompile + diff, {} changes: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (avg {:.0} map updates; last: {:?})",
-        changes,
-        ms(median(&mut pol_times.clone())),
-        ms(pct(&mut pol_times.clone(), 0.99)),
-        ms(*pol_times.iter().max().unwrap()),
-        pol_diff as f64 / changes as f64,
-        s_pol
-    );
-    println!(
-        "one pod label change, recompile + diff, {} changes: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (avg {:.0} map updates; last: {:?})",
-        changes,
-        ms(median(&mut lab_times.clone())),
-        ms(pct(&mut lab_times.clone(), 0.99)),
-        ms(*lab_times.iter().max().unwrap()),
-        lab_diff as f64 / changes as f64,
-        s_lab
-    );
+    println!("{} (avg {:.1} map updates; last {:?})", pol_times.report("one policy change, recompile + diff"), pol_diff as f64 / changes as f64, s_pol);
+    println!("{} (avg {:.1} map updates; last {:?})", lab_times.report("one pod label change, recompile + diff"), lab_diff as f64 / changes as f64, s_lab);
     let hwm = vm_hwm_kib();
     println!("peak RSS (VmHWM): {:.1} MiB (after building the store: {:.1} MiB)", hwm as f64 / 1024.0, rss_after_build as f64 / 1024.0);
 }

@@ -42,6 +42,13 @@ impl IdentityAllocator {
         id
     }
 
+    /// Mark an identity used in this generation.
+    pub fn touch(&mut self, id: &super::IdentityLabels, generation: u64) {
+        if let Some(slot) = self.by_ns.get_mut(&id.namespace).and_then(|m| m.get_mut(&id.labels)) {
+            slot.last_used = generation;
+        }
+    }
+
     /// Take a number from a previous run. Ignored when the labels already
     /// have a number or the number is taken or out of the label range.
     pub fn seed(&mut self, ns: &str, labels: &Labels, id: u32) -> bool {

@@ -282,6 +282,8 @@ impl Desired {
 /// How much the last compile had to redo; for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompileStats {
+    /// Pods read afresh (new or changed since the previous compile).
+    pub pods_read: usize,
     pub policies_compiled: usize,
     pub peer_sets_evaluated: usize,
     pub peer_sets_patched: usize,
@@ -290,9 +292,13 @@ pub struct CompileStats {
 }
 
 /// A container port name with its protocol and number.
-type NamedPort = (String, u8, u16);
+type NamedPort = (Arc<str>, u8, u16);
 
 struct PolicyMemo {
+    /// (uid, resourceVersion) when the source sets them: the API server
+    /// changes resourceVersion on every write, so equal means unchanged
+    /// without comparing the spec.
+    version: Option<(Option<String>, String)>,
     spec: Option<NetworkPolicySpec>,
     compiled: Arc<CompiledPolicy>,
 }
@@ -367,6 +373,9 @@ pub struct Engine {
     classes: HashMap<Vec<(Option<u8>, Option<PortBlock>, u32)>, u32>,
     next_class: u32,
     endpoints: HashMap<u32, EndpointMemo>,
+    /// Sorted by key, like the store.
+    pods: Vec<(Key, Box<PodDigest>)>,
+    port_names: HashSet<Arc<str>>,
     stats: CompileStats,
 }
 
@@ -399,6 +408,8 @@ impl Engine {
             classes: HashMap::new(),
             next_class: CIDR_NO_CLASS + 1,
             endpoints: HashMap::new(),
+            pods: Vec::new(),
+            port_names: HashSet::new(),
             stats: CompileStats::default(),
         }
     }
@@ -471,53 +482,99 @@ impl Engine {
         }
 
         // --- pods -> identities, ipcache candidates ----------------------
+        // Unchanged pods (same labels, phase, addresses, ports) reuse their
+        // digest: no hashing of labels, no allocation.
+        let mut old_uni = std::mem::take(&mut self.universe);
         let mut uni = Universe::default();
+        let mut added: Vec<u32> = Vec::new();
         // Rank for an address two pods claim: local, then Running, then newest, then name.
         type Rank<'a> = (bool, bool, Option<i128>, &'a Key);
-        let mut claims: HashMap<IpAddr, (Rank, u32)> = HashMap::new();
+        let mut claims: Vec<(IpAddr, Rank, u32)> = Vec::with_capacity(store.pods.len());
         let mut locals_ep: Vec<LocalEp> = Vec::new();
+        // Merge walks over sorted keys (store, previous digests, local
+        // records): no hashing per pod.
+        let mut local_sorted: Vec<(&Key, Vec<&EndpointRecord>)> = local_of_pod.into_iter().collect();
+        local_sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut local_iter = local_sorted.into_iter().peekable();
+        let mut old_pods = std::mem::take(&mut self.pods).into_iter().peekable();
+        let mut new_pods: Vec<(Key, Box<PodDigest>)> = Vec::with_capacity(store.pods.len());
         for (key, pod) in &store.pods {
-            if !pod_is_eligible(pod) {
-                continue;
-            }
-            let ns = &key.0;
             let empty = Labels::new();
             let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-            let id = self.ids.assign(ns, labels, generation);
-            if let std::collections::btree_map::Entry::Vacant(v) = uni.identities.entry(id) {
-                v.insert(IdentityLabels { namespace: ns.clone(), labels: labels.clone() });
-                uni.by_ns.entry(ns.clone()).or_default().push(id);
+            let mut prev = None;
+            while let Some((k, _)) = old_pods.peek() {
+                match k.cmp(key) {
+                    std::cmp::Ordering::Less => {
+                        old_pods.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        prev = old_pods.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
             }
-            let ports = pod_named_ports(pod);
-            if !ports.is_empty() {
-                let e = uni.named_ports.entry(id).or_default();
-                e.extend(ports.iter().cloned());
-            }
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond());
-            let records = local_of_pod.get(key);
-            let ips: Vec<IpAddr> = match records {
-                Some(rs) => rs.iter().flat_map(|r| r.ips.iter().copied()).collect(),
-                None => pod_status_ips(pod, key, &mut diags),
+            let entry = match prev {
+                Some((k, dg)) if dg.unchanged(pod, labels, |id| uni.identities.get(&id).or_else(|| old_uni.identities.get(&id))) => (k, dg),
+                _ => (key.clone(), {
+                    self.stats.pods_read += 1;
+                    Box::new(PodDigest::new(key, pod, labels, &mut self.ids, &mut self.port_names, generation))
+                }),
             };
-            let rank: Rank = (records.is_some(), running, created, key);
-            for ip in ips {
-                match claims.get(&ip) {
-                    Some((r, _)) if *r >= rank => {}
-                    _ => {
-                        claims.insert(ip, (rank, id));
+            new_pods.push(entry);
+            let dg = &new_pods[new_pods.len() - 1].1;
+            while local_iter.peek().is_some_and(|(k, _)| *k < key) {
+                local_iter.next();
+            }
+            let records = if local_iter.peek().is_some_and(|(k, _)| *k == key) { local_iter.next().map(|(_, v)| v) } else { None };
+            if dg.identity == 0 {
+                continue;
+            }
+            diags.extend(dg.diags.iter().cloned());
+            let id = dg.identity;
+            if let std::collections::btree_map::Entry::Vacant(v) = uni.identities.entry(id) {
+                let info = match old_uni.identities.remove(&id) {
+                    Some(info) => info,
+                    None => {
+                        added.push(id);
+                        IdentityLabels { namespace: key.0.clone(), labels: labels.clone() }
+                    }
+                };
+                v.insert(info);
+                match uni.by_ns.get_mut(&key.0) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        uni.by_ns.insert(key.0.clone(), vec![id]);
                     }
                 }
             }
-            if let Some(rs) = records {
-                for r in rs {
-                    locals_ep.push(LocalEp { ifindex: r.host_ifindex, pod_key: key.clone(), pod, identity: id, own_ports: ports.clone() });
+            if !dg.ports.is_empty() {
+                // Pods of one identity mostly share their ports: skip
+                // the copies, merge only when they differ.
+                let e = uni.named_ports.entry(id).or_default();
+                if e.is_empty() {
+                    e.extend(dg.ports.iter().cloned());
+                } else if *e != dg.ports {
+                    e.extend(dg.ports.iter().cloned());
+                    e.sort();
+                    e.dedup();
                 }
             }
+            let rank: Rank = (records.is_some(), dg.running, dg.created, key);
+            match &records {
+                Some(rs) => {
+                    for r in rs {
+                        claims.extend(r.ips.iter().map(|ip| (*ip, rank, id)));
+                        locals_ep.push(LocalEp { ifindex: r.host_ifindex, pod_key: key.clone(), pod, identity: id, own_ports: dg.ports.clone() });
+                    }
+                }
+                None => claims.extend(dg.status_ips.iter().map(|ip| (*ip, rank, id))),
+            }
         }
-        for ports in uni.named_ports.values_mut() {
-            ports.sort();
-            ports.dedup();
+        drop(old_pods);
+        self.pods = new_pods;
+        if self.port_names.len() > 4096 {
+            self.port_names.retain(|n| Arc::strong_count(n) > 1);
         }
         for ns in uni.by_ns.keys() {
             if !ns_labels.contains_key(ns) {
@@ -528,12 +585,16 @@ impl Engine {
         locals_ep.sort_by_key(|e| e.ifindex);
 
         // --- ipcache -----------------------------------------------------
-        let mut ipcache: BTreeMap<IpNet, IpcacheEntry> = BTreeMap::new();
-        ipcache.insert("0.0.0.0/0".parse().unwrap(), IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false });
-        ipcache.insert("::/0".parse().unwrap(), IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false });
-        for (ip, (_, id)) in &claims {
+        // Best claim first per address.
+        claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+        claims.dedup_by_key(|c| c.0);
+        // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
+        let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(claims.len() + 8);
+        ipc.push(("0.0.0.0/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
+        ipc.push(("::/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
+        for (ip, _, id) in &claims {
             let endpoint = ip_to_ifindex.get(ip).copied().unwrap_or(0);
-            ipcache.insert(IpNet::from(*ip), IpcacheEntry { identity: *id, endpoint, service: false });
+            ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
         }
         for ((ns, name), svc) in &store.services {
             let Some(spec) = &svc.spec else { continue };
@@ -546,9 +607,7 @@ impl Engine {
                     continue;
                 }
                 match v.parse::<IpAddr>() {
-                    Ok(ip) => {
-                        ipcache.entry(IpNet::from(ip)).or_insert(IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true });
-                    }
+                    Ok(ip) => ipc.push((IpNet::from(ip), 1, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true })),
                     Err(_) => diags.push(Diagnostic {
                         object: format!("Service {ns}/{name}"),
                         field: format!("spec.clusterIPs[{i}]"),
@@ -559,9 +618,12 @@ impl Engine {
         }
         for r in locals {
             for gw in &r.gateways {
-                ipcache.insert(IpNet::from(*gw), IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false });
+                ipc.push((IpNet::from(*gw), 3, IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }));
             }
         }
+        ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+        ipc.dedup_by_key(|e| e.0);
+        let ipcache: BTreeMap<IpNet, IpcacheEntry> = ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
 
         // --- policies (memoized by spec) ---------------------------------
         let mut by_ns: BTreeMap<&str, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
@@ -570,7 +632,10 @@ impl Engine {
             let cached = self
                 .policies
                 .get(key)
-                .filter(|m| m.spec == np.spec && m.compiled.namespace == key.0 && m.compiled.name == key.1)
+                .filter(|m| match (&m.version, object_version(&np.metadata)) {
+                    (Some(a), Some(b)) => *a == b,
+                    _ => m.spec == np.spec,
+                })
                 .map(|m| m.compiled.clone());
             let compiled = match cached {
                 Some(c) => c,
@@ -582,7 +647,7 @@ impl Engine {
                     let v = self.version();
                     let c = Arc::new(policy::compile_policy(&np, &mut self.rule_ids, v));
                     self.stats.policies_compiled += 1;
-                    self.policies.insert(key.clone(), PolicyMemo { spec: np.spec.clone(), compiled: c.clone() });
+                    self.policies.insert(key.clone(), PolicyMemo { version: object_version(&np.metadata), spec: np.spec.clone(), compiled: c.clone() });
                     c
                 }
             };
@@ -597,8 +662,18 @@ impl Engine {
         }
 
         // --- peer sets: patch the cache for what changed ------------------
-        self.patch_peer_sets(&uni);
-        if uni.named_ports != self.universe.named_ports {
+        let mut changed: BTreeSet<u32> = old_uni.identities.keys().copied().collect();
+        changed.extend(added);
+        for (ns, l) in &uni.ns_labels {
+            if old_uni.ns_labels.get(ns) != Some(l) {
+                changed.extend(uni.by_ns.get(ns).into_iter().flatten().copied());
+            }
+        }
+        self.patch_peer_sets(&uni, &changed);
+        for info in uni.identities.values() {
+            self.ids.touch(info, generation);
+        }
+        if uni.named_ports != old_uni.named_ports {
             self.named_ports_version = self.version();
         }
         self.universe = uni;
@@ -680,24 +755,7 @@ impl Engine {
     /// Bring every cached peer set up to date with `new`, re-evaluating only
     /// the identities that appeared, vanished or whose namespace labels
     /// changed; drop the cache when most of the universe changed.
-    fn patch_peer_sets(&mut self, new: &Universe) {
-        let old = &self.universe;
-        let mut changed: BTreeSet<u32> = BTreeSet::new();
-        for id in old.identities.keys() {
-            if !new.identities.contains_key(id) {
-                changed.insert(*id);
-            }
-        }
-        for id in new.identities.keys() {
-            if !old.identities.contains_key(id) {
-                changed.insert(*id);
-            }
-        }
-        for (ns, l) in &new.ns_labels {
-            if old.ns_labels.get(ns) != Some(l) {
-                changed.extend(new.by_ns.get(ns).into_iter().flatten().copied());
-            }
-        }
+    fn patch_peer_sets(&mut self, new: &Universe, changed: &BTreeSet<u32>) {
         if changed.is_empty() {
             return;
         }
@@ -708,7 +766,7 @@ impl Engine {
         let mut next_version = self.next_version;
         for (sel, set) in self.peer_sets.iter_mut() {
             let mut ids: Vec<u32> = set.ids.iter().copied().filter(|id| !changed.contains(id)).collect();
-            for id in &changed {
+            for id in changed {
                 if let Some(info) = new.identities.get(id) {
                     if selector_matches(sel, info, &new.ns_labels) {
                         ids.push(*id);
@@ -850,7 +908,7 @@ impl Engine {
                             (Direction::Egress, Some(id)) => uni_named.get(&id).map(|v| v.as_slice()).unwrap_or(&[]),
                             (Direction::Egress, None) => &[],
                         };
-                        out.extend(table.iter().filter(|(n, p, _)| n == name && p == pr).map(|(_, p, num)| (Some(*p), Some(PortBlock::single(*num)))));
+                        out.extend(table.iter().filter(|(n, p, _)| **n == **name && p == pr).map(|(_, p, num)| (Some(*p), Some(PortBlock::single(*num)))));
                     }
                 }
             }
@@ -941,6 +999,89 @@ impl Engine {
     }
 }
 
+/// (uid, resourceVersion) of an object, when its source sets them.
+fn object_version(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(Option<String>, String)> {
+    m.resource_version.as_ref().filter(|v| !v.is_empty()).map(|v| (m.uid.clone(), v.clone()))
+}
+
+/// What the engine read from one pod, and what it made of it.
+struct PodDigest {
+    version: Option<(Option<String>, String)>,
+    uid: Option<String>,
+    host_network: Option<bool>,
+    phase: Option<String>,
+    created: Option<i128>,
+    pod_ip: Option<String>,
+    pod_ips: Option<Vec<k8s_openapi::api::core::v1::PodIP>>,
+    /// Named ports in container order (for change detection)...
+    ports_seq: Vec<NamedPort>,
+    /// ...and sorted, deduplicated (for resolution).
+    ports: Vec<NamedPort>,
+    /// 0 when the pod takes no part in policy (host network, finished).
+    identity: u32,
+    running: bool,
+    status_ips: Vec<IpAddr>,
+    diags: Vec<Diagnostic>,
+}
+
+impl PodDigest {
+    fn new(key: &Key, pod: &Pod, labels: &Labels, ids: &mut identity::IdentityAllocator, names: &mut HashSet<Arc<str>>, generation: u64) -> PodDigest {
+        let st = pod.status.as_ref();
+        // One Arc per distinct port name, so comparing port lists is
+        // mostly pointer comparisons.
+        let mut intern = |n: &str| -> Arc<str> {
+            if let Some(a) = names.get(n) {
+                return a.clone();
+            }
+            let a: Arc<str> = Arc::from(n);
+            names.insert(a.clone());
+            a
+        };
+        let ports_seq: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
+        let mut ports = ports_seq.clone();
+        ports.sort();
+        ports.dedup();
+        let mut diags = Vec::new();
+        let eligible = pod_is_eligible(pod);
+        PodDigest {
+            version: object_version(&pod.metadata),
+            uid: pod.metadata.uid.clone(),
+            host_network: pod.spec.as_ref().and_then(|s| s.host_network),
+            phase: st.and_then(|s| s.phase.clone()),
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond()),
+            pod_ip: st.and_then(|s| s.pod_ip.clone()),
+            pod_ips: st.and_then(|s| s.pod_ips.clone()),
+            ports_seq,
+            ports,
+            identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
+            running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
+            status_ips: if eligible { pod_status_ips(pod, key, &mut diags) } else { Vec::new() },
+            diags,
+        }
+    }
+
+    /// Whether `pod` still reads as this digest. `labels_of` gives the
+    /// labels of an identity (identities map to one label set for life).
+    fn unchanged<'a>(&self, pod: &Pod, labels: &Labels, labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>) -> bool {
+        let st = pod.status.as_ref();
+        if self.identity != 0 && self.version.is_some() {
+            let same = pod.metadata.resource_version.as_ref().is_some_and(|v| self.version.as_ref().is_some_and(|(u, sv)| sv == v && *u == pod.metadata.uid));
+            if same {
+                return true;
+            }
+        }
+        self.identity != 0
+            && labels_of(self.identity).is_some_and(|l| l.labels == *labels)
+            && self.uid == pod.metadata.uid
+            && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
+            && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
+            && self.created == pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond())
+            && self.pod_ip.as_deref() == st.and_then(|s| s.pod_ip.as_deref())
+            && self.pod_ips.as_ref() == st.and_then(|s| s.pod_ips.as_ref())
+            && pod_named_ports(pod).eq(self.ports_seq.iter().map(|(n, p, x)| (&**n, *p, *x)))
+    }
+}
+
 fn selector_matches(sel: &PeerSelector, id: &IdentityLabels, ns_labels: &BTreeMap<String, Labels>) -> bool {
     let ns_ok = match &sel.namespaces {
         policy::NsScope::Same(ns) => *ns == id.namespace,
@@ -983,23 +1124,18 @@ fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAd
 }
 
 /// Named container ports of a pod (containers and restartable init
-/// containers, i.e. sidecars).
-fn pod_named_ports(pod: &Pod) -> Vec<NamedPort> {
-    let Some(spec) = &pod.spec else { return Vec::new() };
-    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    let mut out: Vec<NamedPort> = spec
-        .containers
-        .iter()
-        .chain(sidecars)
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let name = p.name.as_ref()?;
-            let proto = ports::protocol_number(p.protocol.as_deref())?;
-            let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
-            Some((name.clone(), proto, num))
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+/// containers, i.e. sidecars), in declaration order.
+fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
+    let spec = pod.spec.as_ref();
+    let containers = spec.into_iter().flat_map(|s| s.containers.iter());
+    let sidecars = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    containers.chain(sidecars).flat_map(|c| c.ports.iter().flatten()).filter_map(|p| {
+        let name = p.name.as_deref()?;
+        let proto = ports::protocol_number(p.protocol.as_deref())?;
+        let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
+        Some((name, proto, num))
+    })
 }

@@ -889,6 +889,49 @@ fn one_label_change_patches_peer_sets_and_matches_a_fresh_compile() {
 }
 
 #[test]
+fn only_new_or_changed_pods_are_read_again() {
+    let mut f = base();
+    let mut e = Engine::new();
+    e.compile(&f.store, &f.locals);
+    assert_eq!(e.last_stats().pods_read, 4);
+    e.compile(&f.store, &f.locals);
+    assert_eq!(e.last_stats().pods_read, 0);
+    f.pod("x", "new", &[("app", "a")], "10.0.0.9");
+    f.store.pods.get_mut(&("y".to_string(), "b".to_string())).unwrap().status.as_mut().unwrap().phase = Some("Failed".into());
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(e.last_stats().pods_read, 2);
+    assert_eq!(ipcache_lookup(&d, ip("10.0.1.2")).identity, ID_WORLD);
+    f.store.pods.remove(&("x".to_string(), "new".to_string()));
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(ipcache_lookup(&d, ip("10.0.0.9")).identity, ID_WORLD);
+    assert_eq!(d, f.compile());
+}
+
+#[test]
+fn resource_version_changes_are_picked_up() {
+    let mut f = base();
+    for p in f.store.pods.values_mut() {
+        p.metadata.resource_version = Some("1".into());
+    }
+    f.policy("x", "p", json!({"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "c"}}}]}]}));
+    f.store.policies.values_mut().for_each(|p| p.metadata.resource_version = Some("1".into()));
+    let mut e = Engine::new();
+    assert!(!ing(&e.compile(&f.store, &f.locals), XA, "10.0.0.2", 80));
+    // As the API server does: every write bumps resourceVersion.
+    let b = f.store.pods.get_mut(&("x".to_string(), "b".to_string())).unwrap();
+    b.metadata.labels.as_mut().unwrap().insert("app".into(), "c".into());
+    b.metadata.resource_version = Some("2".into());
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(e.last_stats().pods_read, 1);
+    assert!(ing(&d, XA, "10.0.0.2", 80));
+    f.policy("x", "p", json!({"ingress": []}));
+    f.store.policies.values_mut().for_each(|p| p.metadata.resource_version = Some("2".into()));
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(e.last_stats().policies_compiled, 1);
+    assert!(!ing(&d, XA, "10.0.0.2", 80));
+}
+
+#[test]
 fn namespace_label_change_reevaluates_namespace_selectors() {
     let mut f = base();
     f.policy("x", "p", json!({"ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}]}]}));
