@@ -717,7 +717,13 @@ pub fn probe(lab: &Lab, o: &ProbeOpts) -> Result<Matrix> {
             }
         }
     }
-    let pick = |f: &Option<String>| -> Vec<&PodRec> { st.pods.values().filter(|r| f.as_ref().map(|k| *k == r.key()).unwrap_or(true)).filter(|r| r.added).collect() };
+    // (namespace, name) order, which is not the order of the "ns/name"
+    // strings when a namespace name is a prefix of another ("x" vs "x-1").
+    let pick = |f: &Option<String>| -> Vec<&PodRec> {
+        let mut v: Vec<&PodRec> = st.pods.values().filter(|r| f.as_ref().map(|k| *k == r.key()).unwrap_or(true)).filter(|r| r.added).collect();
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        v
+    };
     let sources: Vec<Source> = pick(&o.from).into_iter().map(|r| Source { key: r.key(), netns: r.netns.clone() }).collect();
     let views = pod_views(&objs, &st);
     let mut dests = Vec::new();
@@ -779,7 +785,9 @@ fn service_target(objs: &BTreeMap<ObjKey, Object>, st: &State, views: &[PodView]
 
 pub fn pods_table(st: &State, objs: &BTreeMap<ObjKey, Object>) -> String {
     let mut rows = vec![["NAMESPACE", "NAME", "READY", "NODE", "IPS", "LABELS"].map(String::from).to_vec()];
-    for r in st.pods.values() {
+    let mut recs: Vec<&PodRec> = st.pods.values().collect();
+    recs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for r in recs {
         let labels = objs
             .get(&ObjKey { kind: Kind::Pod, namespace: r.namespace.clone(), name: r.name.clone() })
             .and_then(|o| o.meta().labels.clone())
