@@ -387,3 +387,66 @@ fn root_lab_policy_deny_all_turns_the_column_to_x() {
     g.ok(&["down"]);
     assert_eq!(g.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn root_lab_service_balances_across_backends_by_named_port() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wn");
+    let tmp = tempfile::tempdir().unwrap();
+    let web = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: web}}}}\nspec:\n  containers:\n  - name: c\n    ports: [{{containerPort: 8080, name: http}}]\n---\n"
+        )
+    };
+    let f = write(
+        tmp.path(),
+        "m.yaml",
+        &[
+            ns("x"),
+            web("w1"),
+            web("w2"),
+            pod("x", "client", "client"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n".to_string(),
+        ]
+        .concat(),
+    );
+    g.ok(&["up", "--no-policy", "-f", f.to_str().unwrap()]);
+    let svcs = g.json(&["get", "services", "-o", "json"]);
+    let vip: std::net::IpAddr = svcs["items"][0]["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let st: Value = serde_json::from_slice(&std::fs::read(g.dir().join("state.json")).unwrap()).unwrap();
+    let client_ns = st["pods"]["x/client"]["netns"].as_str().unwrap().to_string();
+    // 40 connections from the client pod to ClusterIP:80 (-> 8080 by name)
+    let connected = std::thread::spawn(move || {
+        weirctl::lab::sys::enter_netns_this_thread(&client_ns).unwrap();
+        (0..40)
+            .filter(|_| std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(vip, 80), std::time::Duration::from_secs(2)).is_ok())
+            .count()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(connected, 40);
+    // Both endpoints took a share (all 40 on one: probability 2^-39).
+    let out = Command::new("nsenter")
+        .args([&format!("--net=/run/netns/weir-{}", g.name), "nft", "list", "table", "inet", "weir_lab_services"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hits: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("dnat ip to"))
+        .map(|l| {
+            let after = l.split("counter packets ").nth(1).expect("counter on every endpoint rule");
+            after.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(hits.len(), 2, "{text}");
+    assert!(hits.iter().all(|h| *h > 0), "one backend got nothing: {hits:?}\n{text}");
+    assert_eq!(hits.iter().sum::<u64>(), 40, "{text}");
+    assert!(text.contains("8080"), "named targetPort resolved to 8080: {text}");
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}

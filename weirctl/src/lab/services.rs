@@ -257,7 +257,7 @@ pub fn nft_ruleset(rules: &[ServiceRule]) -> String {
             let f = fam(ip);
             let _ = writeln!(
                 chains,
-                "  chain svc_{i}_ep{j} {{ {f} saddr {ip} meta mark set meta mark | {MASQ_MARK:#x}; meta l4proto {proto} dnat {f} to {} comment \"{pod}\"; }}",
+                "  chain svc_{i}_ep{j} {{ {f} saddr {ip} meta mark set meta mark | {MASQ_MARK:#x}; meta l4proto {proto} counter dnat {f} to {} comment \"{pod}\"; }}",
                 hostport(ip, *tp)
             );
         }
@@ -398,7 +398,7 @@ mod tests {
         assert!(t.starts_with("table inet weir_lab_services {}\ndelete table inet weir_lab_services\n"), "{t}");
         assert!(t.contains("ip daddr 10.96.0.10 tcp dport 80 goto svc_0"), "{t}");
         assert!(t.contains("numgen random mod 2 vmap { 0 : goto svc_0_ep0, 1 : goto svc_0_ep1 }"), "{t}");
-        assert!(t.contains("chain svc_0_ep1 { ip saddr 10.88.0.3 meta mark set meta mark | 0x4000; meta l4proto tcp dnat ip to 10.88.0.3:8080"), "{t}");
+        assert!(t.contains("chain svc_0_ep1 { ip saddr 10.88.0.3 meta mark set meta mark | 0x4000; meta l4proto tcp counter dnat ip to 10.88.0.3:8080"), "{t}");
         assert!(t.contains("ip6 daddr fd00:96::a udp dport 53 goto svc_1"), "{t}");
         assert!(t.contains("dnat ip6 to [fd00:88::2]:5353"), "{t}");
         assert!(t.contains("ip daddr 10.96.0.11 tcp dport 1 drop"), "{t}");
