@@ -17,6 +17,8 @@ use crate::probe::{parse_probe, ProbeOutput};
 /// The binaries the lab needs: `weirctl` runs it and execs `weir` (the
 /// CNI plugin) and `weir-policyd`.
 pub const BINARIES: [&str; 3] = ["weirctl", "weir", "weir-policyd"];
+/// Where `weirctl lab` keeps a lab's state and logs.
+pub const LAB_ROOT: &str = "/run/weir/lab";
 pub const BUILD_HINT: &str = "cargo build -p weirctl -p weir-cni -p weir-policyd";
 
 #[derive(Debug, Clone)]
@@ -230,6 +232,18 @@ impl Lab {
             "lab", "get", "pods", "--name", &self.name, "-o", "json",
         ]))?;
         parse_pod_ips(&text)
+    }
+
+    /// The last `lines` lines of the lab's policyd log
+    /// (`/run/weir/lab/<name>/logs/policyd.log`), for a failure report;
+    /// empty when there is none. Read before `down`, which removes it.
+    pub fn policyd_log_tail(&self, lines: usize) -> String {
+        let path = Path::new(LAB_ROOT)
+            .join(&self.name)
+            .join("logs/policyd.log");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// `weirctl lab down --name NAME`. Idempotent.

@@ -205,6 +205,10 @@ fn run_steps(
                                 start.elapsed().as_secs_f64()
                             );
                             detail.push_str(&cmp.render());
+                            let log = lab.policyd_log_tail(30);
+                            if !log.is_empty() {
+                                let _ = writeln!(detail, "policyd log (last lines):\n{log}");
+                            }
                             lab.down()?;
                             return Ok(Status::Fail);
                         }
