@@ -239,6 +239,16 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
     let out = g.ok(&["apply", "-f", lonely.to_str().unwrap()]);
     assert!(out.contains("warning: Service x/s-x-nobody selects no running pod"), "{out}");
 
+    // deleting a namespace takes its pods (CNI DEL) and Services with it
+    let nsy = write(tmp.path(), "nsy.yaml", &ns("y"));
+    let out = g.ok(&["delete", "-f", nsy.to_str().unwrap()]);
+    assert!(out.contains("pod/y/c deleted") && out.contains("service/y/s-y-c deleted") && out.contains("namespace/y deleted"), "{out}");
+    let left: Vec<String> = pod_items(&g).iter().map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap())).collect();
+    assert_eq!(left, vec!["x/a", "x/b"]);
+    assert!(!Path::new(&format!("/run/netns/weir-{}-y-c", g.name)).exists());
+    let svcs = g.json(&["get", "services", "-o", "json"]);
+    assert!(svcs["items"].as_array().unwrap().iter().all(|s| s["metadata"]["namespace"] == "x"), "{svcs}");
+
     // down removes everything; a second down says there is nothing
     g.ok(&["down"]);
     assert_eq!(g.leftovers(), Vec::<String>::new());
