@@ -144,17 +144,38 @@ fn run_steps(
     max_attempts: &mut usize,
 ) -> Result<Status> {
     let mut lab = Lab::up(&cfg.ctl, lab_name, &cfg.model_dir, work)?;
+    let result = drive(cfg, case, &mut lab, detail, max_attempts);
+    if !matches!(result, Ok(Status::Pass | Status::Unsupported)) {
+        // The lab's own account of what it did, read before `down` removes it.
+        let log = lab.policyd_log_tail(30);
+        if !log.is_empty() {
+            let _ = writeln!(detail, "policyd log (last lines):\n{log}");
+        }
+    }
+    let down = lab.down();
+    let status = result?;
+    down?;
+    Ok(status)
+}
+
+/// The steps of one case in a running lab.
+fn drive(
+    cfg: &Config,
+    case: &Case,
+    lab: &mut Lab,
+    detail: &mut String,
+    max_attempts: &mut usize,
+) -> Result<Status> {
     let mut world = World::model();
     let mut unsupported = false;
-    let objects_with_steps = case.setup.iter().map(|o| ("setup".to_string(), o));
-    for (what, obj) in objects_with_steps {
-        apply_one(&mut lab, &mut world, obj).with_context(|| what.clone())?;
+    for (j, obj) in case.setup.iter().enumerate() {
+        apply_one(lab, &mut world, obj).with_context(|| format!("setup[{j}]"))?;
     }
     for (i, step) in case.steps.iter().enumerate() {
         match step {
             Step::Apply(objs) => {
                 for (j, obj) in objs.iter().enumerate() {
-                    apply_one(&mut lab, &mut world, obj)
+                    apply_one(lab, &mut world, obj)
                         .with_context(|| format!("steps[{i}].apply[{j}]"))?;
                 }
             }
@@ -205,11 +226,6 @@ fn run_steps(
                                 start.elapsed().as_secs_f64()
                             );
                             detail.push_str(&cmp.render());
-                            let log = lab.policyd_log_tail(30);
-                            if !log.is_empty() {
-                                let _ = writeln!(detail, "policyd log (last lines):\n{log}");
-                            }
-                            lab.down()?;
                             return Ok(Status::Fail);
                         }
                     }
@@ -217,7 +233,6 @@ fn run_steps(
             }
         }
     }
-    lab.down()?;
     Ok(if unsupported {
         Status::Unsupported
     } else {
