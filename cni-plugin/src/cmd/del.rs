@@ -73,5 +73,7 @@ fn reserved_ips(conf: &NetConf, env: &Env) -> Vec<IpAddr> {
     if !dir.exists() {
         return vec![];
     }
-    DiskStore::open(&dir).and_then(|s| s.get_by_id(&env.container_id, &env.ifname)).unwrap_or_default()
+    DiskStore::open(&dir)
+        .and_then(|s| s.with_index(crate::ipam::index_dir(conf)).get_by_id(&env.container_id, &env.ifname))
+        .unwrap_or_default()
 }

@@ -50,7 +50,13 @@ pub fn gc(conf: &NetConf, env: &crate::config::Env) -> Result<()> {
             let dir = conf.store_dir().expect("host-local");
             if dir.exists() {
                 match DiskStore::open(&dir) {
-                    Ok(mut store) => {
+                    Ok(store) => {
+                        let mut store = store.with_index(crate::ipam::index_dir(conf));
+                        for (id, ifname) in store.indexed_attachments() {
+                            if !valid_set.contains(&(id.as_str(), ifname.as_str())) {
+                                store.forget(&id, &ifname);
+                            }
+                        }
                         let (entries, e) = store.entries();
                         errs.extend(e);
                         for ent in entries {

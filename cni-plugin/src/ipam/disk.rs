@@ -18,9 +18,28 @@ const LINE_BREAK: &str = "\r\n";
 const LAST_PREFIX: &str = "last_reserved_ip.";
 
 /// A locked store directory; the lock is released on drop.
+///
+/// With an index (`with_index`), lookups by container skip the directory
+/// scan: ADD records the addresses it reserved in a small file per
+/// attachment under the run directory (tmpfs, outside the shared store so
+/// the reference plugin never sees it), and DEL reads that, checking each
+/// address file still names the attachment before removing it. Without an
+/// index entry, DEL falls back to the scan, so reservations made by the
+/// reference plugin are still released. The duplicate-allocation check of
+/// ADD consults only the index.
 pub struct DiskStore {
     dir: PathBuf,
     _lock: File,
+    index: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+    ips: Vec<IpAddr>,
 }
 
 /// One reservation as found on disk.
@@ -54,7 +73,64 @@ impl DiskStore {
                 return Err(CniError::io(format!("cannot lock {}", lock_path.display()), e));
             }
         }
-        Ok(DiskStore { dir: dir.to_path_buf(), _lock: lock })
+        Ok(DiskStore { dir: dir.to_path_buf(), _lock: lock, index: None })
+    }
+
+    /// Keep a per-attachment index of reservations in `index_dir`.
+    pub fn with_index(mut self, index_dir: PathBuf) -> Self {
+        self.index = Some(index_dir);
+        self
+    }
+
+    fn index_file(&self, id: &str, ifname: &str) -> Option<PathBuf> {
+        self.index.as_ref().map(|d| d.join(format!("{id}_{ifname}")))
+    }
+
+    /// Record what ADD reserved for (id, ifname).
+    pub fn write_index(&self, id: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
+        let (Some(dir), Some(path)) = (&self.index, self.index_file(id, ifname)) else { return Ok(()) };
+        fs::create_dir_all(dir).map_err(|e| CniError::io(format!("cannot create {}", dir.display()), e))?;
+        let body = serde_json::to_vec(&IndexEntry { container_id: id.into(), ifname: ifname.into(), ips: ips.to_vec() })
+            .expect("json");
+        write_mode(&path, &body).map_err(|e| CniError::io(format!("cannot write {}", path.display()), e))
+    }
+
+    fn read_index(&self, id: &str, ifname: &str) -> Option<Vec<IpAddr>> {
+        let body = fs::read(self.index_file(id, ifname)?).ok()?;
+        let e: IndexEntry = serde_json::from_slice(&body).ok()?;
+        (e.container_id == id && e.ifname == ifname).then_some(e.ips)
+    }
+
+    fn remove_index(&self, id: &str, ifname: &str) {
+        if let Some(p) = self.index_file(id, ifname) {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// Index entries (containerID, ifname) present, for GC.
+    pub fn indexed_attachments(&self) -> Vec<(String, String)> {
+        let Some(dir) = &self.index else { return vec![] };
+        let Ok(rd) = fs::read_dir(dir) else { return vec![] };
+        rd.flatten()
+            .filter_map(|e| serde_json::from_slice::<IndexEntry>(&fs::read(e.path()).ok()?).ok())
+            .map(|e| (e.container_id, e.ifname))
+            .collect()
+    }
+
+    pub fn forget(&self, id: &str, ifname: &str) {
+        self.remove_index(id, ifname)
+    }
+
+    /// Whether the reservation file of `ip` names (id, ifname).
+    fn holds(&self, ip: IpAddr, id: &str, ifname: &str) -> bool {
+        fs::read_to_string(self.dir.join(ip.to_string()))
+            .map(|b| b.trim() == format!("{id}{LINE_BREAK}{ifname}"))
+            .unwrap_or(false)
+    }
+
+    fn scan_by_id(&self, id: &str, ifname: &str) -> Vec<IpAddr> {
+        let (entries, _) = self.entries();
+        entries.into_iter().filter(|e| e.container_id == id && e.ifname == ifname).map(|e| e.ip).collect()
     }
 
     pub fn dir(&self) -> &Path {
@@ -122,15 +198,24 @@ impl Store for DiskStore {
     }
 
     fn get_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let (entries, _) = self.entries();
-        Ok(entries.into_iter().filter(|e| e.container_id == id && e.ifname == ifname).map(|e| e.ip).collect())
+        if self.index.is_some() {
+            let listed = self.read_index(id, ifname).unwrap_or_default();
+            return Ok(listed.into_iter().filter(|ip| self.holds(*ip, id, ifname)).collect());
+        }
+        Ok(self.scan_by_id(id, ifname))
     }
 
     fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let mine = self.get_by_id(id, ifname)?;
+        let mine = match self.read_index(id, ifname) {
+            Some(listed) if !listed.is_empty() && listed.iter().all(|ip| self.holds(*ip, id, ifname)) => listed,
+            // No index entry, or the store changed under it (another plugin
+            // released or reallocated): scan.
+            _ => self.scan_by_id(id, ifname),
+        };
         for ip in &mine {
             self.release(*ip)?;
         }
+        self.remove_index(id, ifname);
         Ok(mine)
     }
 
@@ -176,6 +261,33 @@ mod tests {
         assert_eq!(s.release_by_id("ctr1", "eth0").unwrap(), vec![a]);
         assert!(!dir.join("fd00::2").exists());
         assert!(s.release_by_id("ctr1", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_index_finds_reservations_without_a_scan_and_falls_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net");
+        let idx = tmp.path().join("index");
+        let set = RangeSet {
+            ranges: vec![Range {
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                start: "10.0.0.1".parse().unwrap(),
+                end: "10.0.0.254".parse().unwrap(),
+                gateway: "10.0.0.1".parse().unwrap(),
+            }],
+        };
+        let mut s = DiskStore::open(&dir).unwrap().with_index(idx.clone());
+        let a = allocate(&mut s, &set, 0, "c1", "eth0").unwrap();
+        s.write_index("c1", "eth0", &[a]).unwrap();
+        assert_eq!(s.get_by_id("c1", "eth0").unwrap(), vec![a]);
+        // A reservation made by another plugin (no index entry) is released by the scan.
+        fs::write(dir.join("10.0.0.77"), "other\r\neth0").unwrap();
+        assert_eq!(s.release_by_id("other", "eth0").unwrap(), vec!["10.0.0.77".parse::<IpAddr>().unwrap()]);
+        // A stale index entry (file reallocated to someone else) is not trusted.
+        fs::write(dir.join(a.to_string()), "c2\r\neth0").unwrap();
+        assert!(s.release_by_id("c1", "eth0").unwrap().is_empty());
+        assert!(dir.join(a.to_string()).exists());
+        assert!(!idx.join("c1_eth0").exists());
     }
 
     #[test]

@@ -22,8 +22,14 @@ pub fn allocate(conf: &NetConf, env: &Env) -> Result<Lease> {
     match &conf.ipam {
         Ipam::HostLocal(h) => {
             let dir = conf.store_dir().expect("host-local");
-            let mut store = disk::DiskStore::open(&dir)?;
+            let mut store = disk::DiskStore::open(&dir)?.with_index(index_dir(conf));
             let got = allocator::allocate_all(&mut store, &h.range_sets, &env.container_id, &env.ifname)?;
+            if let Err(e) = store.write_index(&env.container_id, &env.ifname, &got) {
+                for a in &got {
+                    let _ = store.release(*a);
+                }
+                return Err(e);
+            }
             let ips = got
                 .iter()
                 .zip(&h.range_sets)
@@ -55,11 +61,17 @@ pub fn release(conf: &NetConf, env: &Env) -> Result<()> {
             if !dir.exists() {
                 return Ok(());
             }
-            let mut store = disk::DiskStore::open(&dir)?;
+            let mut store = disk::DiskStore::open(&dir)?.with_index(index_dir(conf));
             store.release_by_id(&env.container_id, &env.ifname).map(|_| ())
         }
         Ipam::Delegate { plugin } => exec_delegate(conf, env, plugin, "DEL").map(|_| ()),
     }
+}
+
+/// Where the per-attachment reservation index of this network lives
+/// (`<policy.runDir>/ipam/<network>`, tmpfs: it must not outlive the pods).
+pub fn index_dir(conf: &NetConf) -> PathBuf {
+    conf.policy.run_dir.join("ipam").join(&conf.name)
 }
 
 fn find_plugin(env: &Env, plugin: &str) -> Result<PathBuf> {

@@ -246,6 +246,8 @@ impl Node {
         assert!(self.reserved_by(id).is_empty(), "leaked reservations of {id}: {:?}", self.reserved_by(id));
         let veth = weir_cni::naming::host_veth(id, "eth0");
         assert!(!self.ns.has_link(&veth), "leaked host veth {veth}");
+        let index = self.run_dir().join("ipam").join(&self.network).join(format!("{id}_eth0"));
+        assert!(!index.exists(), "leaked reservation index {}", index.display());
         if let Some(pod) = pod {
             let r4 = pod.ip(&["-4", "route", "show"]);
             let r6 = pod.ip(&["-6", "route", "show"]);
