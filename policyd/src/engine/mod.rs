@@ -647,7 +647,12 @@ impl Engine {
                     let v = self.version();
                     let c = Arc::new(policy::compile_policy(&np, &mut self.rule_ids, v));
                     self.stats.policies_compiled += 1;
-                    self.policies.insert(key.clone(), PolicyMemo { version: object_version(&np.metadata), spec: np.spec.clone(), compiled: c.clone() });
+                    self.policies.insert(key.clone(), PolicyMemo {
+                            version: object_version(&np.metadata),
+                            // With a resourceVersion the spec is never compared: do not keep it.
+                            spec: if np.metadata.resource_version.as_ref().is_some_and(|v| !v.is_empty()) { None } else { np.spec.clone() },
+                            compiled: c.clone(),
+                        });
                     c
                 }
             };
@@ -1043,15 +1048,19 @@ impl PodDigest {
         ports.dedup();
         let mut diags = Vec::new();
         let eligible = pod_is_eligible(pod);
+        let version = object_version(&pod.metadata);
+        // With a resourceVersion, change detection needs nothing else:
+        // keep the copies only for sources that set none.
+        let keep = version.is_none();
         PodDigest {
-            version: object_version(&pod.metadata),
-            uid: pod.metadata.uid.clone(),
+            version,
+            uid: pod.metadata.uid.clone().filter(|_| keep),
             host_network: pod.spec.as_ref().and_then(|s| s.host_network),
-            phase: st.and_then(|s| s.phase.clone()),
+            phase: st.and_then(|s| s.phase.clone()).filter(|_| keep),
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond()),
-            pod_ip: st.and_then(|s| s.pod_ip.clone()),
-            pod_ips: st.and_then(|s| s.pod_ips.clone()),
-            ports_seq,
+            pod_ip: st.and_then(|s| s.pod_ip.clone()).filter(|_| keep),
+            pod_ips: st.and_then(|s| s.pod_ips.clone()).filter(|_| keep),
+            ports_seq: if keep { ports_seq } else { Vec::new() },
             ports,
             identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
             running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
@@ -1066,9 +1075,8 @@ impl PodDigest {
         let st = pod.status.as_ref();
         if self.identity != 0 && self.version.is_some() {
             let same = pod.metadata.resource_version.as_ref().is_some_and(|v| self.version.as_ref().is_some_and(|(u, sv)| sv == v && *u == pod.metadata.uid));
-            if same {
-                return true;
-            }
+            // Fields were not kept for versioned pods: a new version is a change.
+            return same;
         }
         self.identity != 0
             && labels_of(self.identity).is_some_and(|l| l.labels == *labels)
