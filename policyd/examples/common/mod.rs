@@ -1,0 +1,167 @@
+//! What the policyd benchmarks share: the generated cluster (10,000 pods
+//! in 100 namespaces, 1,000 policies, 110 pods on this node) and the
+//! timing helpers, so every benchmark measures the same workload.
+#![allow(dead_code)] // each example uses a different part
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use weir_common::registry::EndpointRecord;
+use weir_policyd::store::Store;
+
+pub const NAMESPACES: usize = 100;
+pub const PODS_PER_NS: usize = 100;
+pub const APPS_PER_NS: usize = 10;
+pub const POLICIES_PER_NS: usize = 10;
+pub const LOCALS: usize = 110;
+pub const ENVS: [&str; 3] = ["prod", "staging", "dev"];
+
+pub fn pod_ip(ns: usize, i: usize) -> String {
+    let n = ns * PODS_PER_NS + i;
+    format!("10.{}.{}.{}", 200 + n / 65536, (n / 256) % 256, n % 256)
+}
+
+pub fn build() -> (Store, Vec<EndpointRecord>) {
+    let mut s = Store::default();
+    let tiers = ["web", "api", "db", "cache", "worker"];
+    for ns in 0..NAMESPACES {
+        let name = format!("ns-{ns:03}");
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+            "team": format!("team-{}", ns % 10), "env": ENVS[ns % 3]}}}))
+        .unwrap();
+        s.namespaces.insert(name.clone(), n);
+        for i in 0..PODS_PER_NS {
+            let app = i % APPS_PER_NS;
+            let ports = match app % 3 {
+                0 => json!([{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]),
+                1 => json!([{"name": "grpc", "containerPort": 50051}, {"name": "metrics", "containerPort": 9100}]),
+                _ => json!([{"name": "http", "containerPort": 80}]),
+            };
+            let pod_name = format!("app{app}-{i}");
+            let p: Pod = serde_json::from_value(json!({
+                "metadata": {"name": pod_name, "namespace": name, "uid": format!("{ns}-{i}"), "resourceVersion": "1",
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "labels": {"app": format!("app{app}"), "tier": tiers[app % tiers.len()],
+                               "pod-template-hash": format!("h{app}"), "version": if i % 20 == 0 { "v2" } else { "v1" }}},
+                "spec": {"containers": [{"name": "main", "ports": ports}]},
+                "status": {"phase": "Running", "podIPs": [{"ip": pod_ip(ns, i)}]}}))
+            .unwrap();
+            s.pods.insert((name.clone(), pod_name), p);
+        }
+        for app in 0..3 {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
+                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}))
+            .unwrap();
+            s.services.insert((name.clone(), format!("svc{app}")), svc);
+        }
+        for k in 0..POLICIES_PER_NS {
+            let (pname, spec) = policy(ns, k);
+            let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"name": pname, "namespace": name, "uid": format!("np-{ns}-{k}"), "resourceVersion": "1"}, "spec": spec})).unwrap();
+            s.policies.insert((name.clone(), pname), np);
+        }
+    }
+    // Locals: spread over namespaces, like a node of a big cluster.
+    let mut locals = Vec::new();
+    let all: Vec<_> = s.pods.keys().cloned().collect();
+    let step = all.len() / LOCALS;
+    for (j, key) in all.iter().step_by(step).take(LOCALS).enumerate() {
+        let p = &s.pods[key];
+        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
+        locals.push(EndpointRecord {
+            container_id: format!("cid{j}"),
+            ifname: "eth0".into(),
+            netns: format!("/run/netns/p{j}"),
+            network: "weir".into(),
+            pod_namespace: key.0.clone(),
+            pod_name: key.1.clone(),
+            pod_uid: String::new(),
+            host_ifname: format!("veth{j}"),
+            host_ifindex: 1000 + j as u32,
+            ips: vec![ip],
+            mac: String::new(),
+            gateways: vec!["10.200.0.254".parse().unwrap()],
+        });
+    }
+    (s, locals)
+}
+
+/// The k-th policy of namespace ns: a realistic mix.
+pub fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
+    let app = |a: usize| json!({"matchLabels": {"app": format!("app{}", a % APPS_PER_NS)}});
+    let spec = match k {
+        0 => json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        1 => json!({"podSelector": app(1), "ingress": [{"from": [{"podSelector": app(0)}], "ports": [{"port": 8080}, {"port": "grpc"}]}]}),
+        2 => json!({"podSelector": app(2), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("team-{}", (ns + 1) % 10)}}, "podSelector": {"matchLabels": {"tier": "web"}}}], "ports": [{"port": "http"}]}]}),
+        3 => json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "db"]}]},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns-000"}}}], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]},
+                               {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}], "ports": [{"port": 443}]}]}),
+        4 => json!({"podSelector": app(3), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}], "ports": [{"port": "metrics"}]}]}),
+        5 => json!({"podSelector": app(4), "ingress": [{"from": [{"ipBlock": {"cidr": format!("10.{}.0.0/16", 100 + ns % 50), "except": [format!("10.{}.1.0/24", 100 + ns % 50)]}}], "ports": [{"port": 30000, "endPort": 32767}]}]}),
+        6 => json!({"podSelector": app(5), "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": app(6)}, {"podSelector": app(7)}], "ports": [{"port": "http"}]}]}),
+        7 => json!({"podSelector": {"matchLabels": {"version": "v2"}}, "ingress": [{"from": [{"podSelector": {}, "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}}]}]}),
+        8 => json!({"podSelector": app(8), "ingress": [{}], "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 5432}]}]}),
+        _ => json!({"podSelector": app(9), "ingress": [{"from": [{"podSelector": app(8)}, {"ipBlock": {"cidr": "192.168.0.0/16"}}], "ports": [{"port": 6379}, {"port": 7000, "endPort": 7100}]}]}),
+    };
+    (format!("np-{k}"), spec)
+}
+
+/// CPU time of this thread: unlike wall time it does not count the time
+/// other processes held the (shared, busy) cores.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Run f, returning its result, wall time and thread CPU time.
+pub fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (w, c) = (Instant::now(), thread_cpu());
+    let out = f();
+    (out, w.elapsed(), thread_cpu() - c)
+}
+
+pub struct Series {
+    pub wall: Vec<Duration>,
+    pub cpu: Vec<Duration>,
+}
+
+impl Series {
+    pub fn new() -> Self {
+        Series { wall: Vec::new(), cpu: Vec::new() }
+    }
+    pub fn push(&mut self, w: Duration, c: Duration) {
+        self.wall.push(w);
+        self.cpu.push(c);
+    }
+    pub fn report(&self, what: &str) -> String {
+        let (mut w, mut c) = (self.wall.clone(), self.cpu.clone());
+        format!(
+            "{what}, n={}: wall median {:.2} ms, p99 {:.2} ms, max {:.2} ms | cpu median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            w.len(),
+            ms(median(&mut w)),
+            ms(pct(&mut w, 0.99)),
+            ms(*w.iter().max().unwrap()),
+            ms(median(&mut c)),
+            ms(pct(&mut c, 0.99)),
+            ms(*c.iter().max().unwrap())
+        )
+    }
+}
+
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize).min(v.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
