@@ -2,7 +2,8 @@
 //! network namespace per test thread, and a packet builder.
 #![allow(dead_code)]
 
-pub mod pkt;
+#[allow(unused_imports)]
+pub use weir_bpf::pkt;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
