@@ -3,7 +3,7 @@
 //! bound to the namespace of the thread that opened it.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
@@ -234,6 +234,29 @@ impl Netlink {
         m.header.index = index;
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Bring a link up and set IPv4 `arp_notify` on it in the same request
+    /// (IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF, what the sysctl sets), so the
+    /// pod side needs no thread inside its namespace for the sysctl.
+    pub fn set_up_arp_notify(&mut self, index: u32) -> io::Result<()> {
+        const IFLA_AF_SPEC: u16 = 26;
+        const AF_INET: u16 = 2;
+        const IFLA_INET_CONF: u16 = 1;
+        const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+        let nla = |kind: u16, value: &[u8]| {
+            let mut b = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+            b.extend_from_slice(&kind.to_ne_bytes());
+            b.extend_from_slice(value);
+            b
+        };
+        let conf = nla(IFLA_INET_CONF, &nla(IPV4_DEVCONF_ARP_NOTIFY, &1u32.to_ne_bytes()));
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::Other(DefaultNla::new(IFLA_AF_SPEC, nla(AF_INET, &conf))));
         self.ack(RouteNetlinkMessage::SetLink(m), 0)
     }
 

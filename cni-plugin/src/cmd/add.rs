@@ -208,13 +208,11 @@ fn add_steps(
     nl.set_up(host.index).map_err(kerr(format!("set {host_name} up")))?;
     // Pod side: addresses (no DAD, usable at once), up, then routes (a
     // gateway route needs the connected route an up link brings).
-    let ifname = env.ifname.clone();
-    netns::run_in(ns, || sysctl::ensure(&format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify"), "1"))?;
     for ip in &lease.ips {
         pod.add_address(podlink.index, ip.address, true)
             .map_err(kerr(format!("add {} to {} in CNI_NETNS", ip.address, env.ifname)))?;
     }
-    pod.set_up(podlink.index).map_err(kerr(format!("set {} up in CNI_NETNS", env.ifname)))?;
+    pod.set_up_arp_notify(podlink.index).map_err(kerr(format!("set {} up (arp_notify) in CNI_NETNS", env.ifname)))?;
     let (routes, reported_routes) = pod_routes(conf, &lease);
     for r in &routes {
         match pod.add_route(podlink.index, r.dst, r.gw) {
