@@ -23,6 +23,28 @@
 //!    ipBlocks split by [`cidr::partition`] into classes. The result is
 //!    memoized by a fingerprint of everything it read.
 //!
+//! Choices the spec leaves open, made here:
+//!
+//! - An address two pods claim (a reused IP before the old pod is gone):
+//!   a pod on this node (its endpoint record is authoritative) wins, then a
+//!   Running pod over others, then the newest creationTimestamp, then the
+//!   greater namespace/name. hostNetwork pods (the node's address) and
+//!   Succeeded/Failed pods (their address may be reused) never enter the
+//!   ipcache, peer sets or endpoints.
+//! - Named ports resolve against the destination pod's container ports
+//!   with the same protocol: on ingress the local pod's own, on egress the
+//!   union over the peer identity's pods. Towards ipBlock peers (no pod)
+//!   an egress named port allows nothing.
+//! - Invalid input never widens access: an invalid peer or port is dropped
+//!   (a list of only invalid ones allows nothing, never "all"); an invalid
+//!   spec.podSelector isolates the whole namespace in the policy's
+//!   directions with no allows; an unknown policyTypes entry isolates both
+//!   directions and keeps only the rules of the directions named validly.
+//!   Each case is a [`Diagnostic`] naming the object and field path.
+//! - ipBlock except holes that no other block covers map to
+//!   [`CIDR_NO_CLASS`], a class that never has policy entries, so an LPM
+//!   lookup lands on the hole instead of the enclosing block.
+//!
 //! Tiers: every rule carries a [`Tier`] and an [`Action`]. Today only
 //! NetworkPolicy/Allow exists and the maps have one verdict. Cluster-wide
 //! tiers (Admin before NetworkPolicy, Baseline after; Accept/Deny/Pass)
@@ -870,7 +892,7 @@ impl Engine {
         // and name, rule index, peer index) names it: decided by content,
         // not by rule id numbering, so restarts and histories agree.
         type Rank = (u32, u32, u32);
-        let mut entries: BTreeMap<PolicyKey, (Rank, u32)> = BTreeMap::new();
+        let mut entries: Vec<(PolicyKey, Rank, u32)> = Vec::new();
         let mut rank_of: HashMap<u32, Rank> = HashMap::new();
         for (pi, p) in selecting.iter().enumerate() {
             for r in &p.rules {
@@ -886,13 +908,19 @@ impl Engine {
                 }
             }
         }
+        let mut last: Option<(u32, Rank)> = None;
         let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
             let k = PolicyKey { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
-            let rank = rank_of.get(&rule).copied().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
-            let v = entries.entry(k).or_insert((rank, rule));
-            if rank < v.0 {
-                *v = (rank, rule);
-            }
+            // Consecutive entries almost always come from the same rule.
+            let rank = match last {
+                Some((r, rank)) if r == rule => rank,
+                _ => {
+                    let rank = rank_of.get(&rule).copied().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+                    last = Some((rule, rank));
+                    rank
+                }
+            };
+            entries.push((k, rank, rule));
         };
         // ipBlocks per direction: (block, port entries, rule).
         let mut blocks: [Vec<(cidr::Block, Vec<(Option<u8>, Option<PortBlock>)>, u32)>; 2] = [Vec::new(), Vec::new()];
@@ -1000,7 +1028,10 @@ impl Engine {
             }
         }
         cidr_out.sort();
-        EndpointOut { state, policy: entries.into_iter().map(|(k, (_, rule))| (k, PolicyValue { rule })).collect(), cidr: cidr_out }
+        // Sorted by key then rank: the first of each key is its winner.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        entries.dedup_by_key(|x| x.0);
+        EndpointOut { state, policy: entries.into_iter().map(|(k, _, rule)| (k, PolicyValue { rule })).collect(), cidr: cidr_out }
     }
 }
 
