@@ -16,3 +16,4 @@ pub mod model;
 pub mod placeholder;
 pub mod probe;
 pub mod runner;
+pub mod verdicts;
