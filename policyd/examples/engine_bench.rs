@@ -101,7 +101,7 @@ fn main() {
         let np = store.policies.get_mut(&key).unwrap();
         let mut v = serde_json::to_value(&*np).unwrap();
         let spec = v.get_mut("spec").unwrap();
-        let rules = spec.get_mut("ingress").or_else(|| None).cloned();
+        let rules = spec.get("ingress").cloned();
         let port = 10000 + c as i64;
         match rules {
             Some(_) => spec["ingress"].as_array_mut().unwrap().push(json!({"ports": [{"port": port}], "from": [{"podSelector": {"matchLabels": {"app": "app0"}}}]})),

@@ -73,7 +73,7 @@ pub fn partition(blocks: &[Block]) -> Vec<(IpNet, Vec<usize>)> {
             out.push((p, set));
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|a| a.0);
     out
 }
 

@@ -313,6 +313,11 @@ pub struct CompileStats {
     pub endpoints_reused: usize,
 }
 
+/// Allowed (protocol, port block) pairs; None = any.
+type PortEntry = (Option<u8>, Option<PortBlock>);
+/// What an ipBlock class allows: (protocol, port block, rule), sorted.
+type ClassKey = Vec<(Option<u8>, Option<PortBlock>, u32)>;
+
 /// A container port name with its protocol and number.
 type NamedPort = (Arc<str>, u8, u16);
 
@@ -392,7 +397,7 @@ pub struct Engine {
     universe: Universe,
     peer_sets: HashMap<PeerSelector, PeerSet>,
     named_ports_version: u64,
-    classes: HashMap<Vec<(Option<u8>, Option<PortBlock>, u32)>, u32>,
+    classes: HashMap<ClassKey, u32>,
     next_class: u32,
     endpoints: HashMap<u32, EndpointMemo>,
     /// Sorted by key, like the store.
@@ -923,7 +928,7 @@ impl Engine {
             entries.push((k, rank, rule));
         };
         // ipBlocks per direction: (block, port entries, rule).
-        let mut blocks: [Vec<(cidr::Block, Vec<(Option<u8>, Option<PortBlock>)>, u32)>; 2] = [Vec::new(), Vec::new()];
+        let mut blocks: [Vec<(cidr::Block, Vec<PortEntry>, u32)>; 2] = [Vec::new(), Vec::new()];
         let uni_named = &self.universe.named_ports;
         // Ports of a rule towards one peer identity (None: a non-pod peer).
         let resolve = |ports: &[PortSpec], dir: Direction, peer: Option<u32>| -> Vec<(Option<u8>, Option<PortBlock>)> {
@@ -1002,7 +1007,7 @@ impl Engine {
             }
             let plain: Vec<cidr::Block> = bl.iter().map(|(b, _, _)| b.clone()).collect();
             for (net, covering) in cidr::partition(&plain) {
-                let mut class_key: Vec<(Option<u8>, Option<PortBlock>, u32)> =
+                let mut class_key: ClassKey =
                     covering.iter().flat_map(|&i| bl[i].1.iter().map(move |pp| (pp.0, pp.1, bl[i].2))).collect();
                 class_key.sort();
                 class_key.dedup();

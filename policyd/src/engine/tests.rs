@@ -975,7 +975,11 @@ fn diff_lists_upserts_and_removals() {
 fn constants_mirror_the_abi() {
     assert_eq!((ID_ANY, ID_HOST, ID_WORLD, ID_FIRST_LABEL, ID_FIRST_CIDR), (0, 1, 2, 256, 1 << 24));
     assert_eq!((DIR_INGRESS, DIR_EGRESS, Direction::Ingress as u8, Direction::Egress as u8), (0, 1, 0, 1));
-    assert!(CIDR_NO_CLASS >= ID_FIRST_CIDR);
+    // The hole marker is a class number, below every class handed out.
+    let f = base().policy("x", "p", json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}]})).clone();
+    let d = f.compile();
+    assert!(d.cidr.values().all(|c| *c >= ID_FIRST_CIDR));
+    assert!(d.policy.keys().filter(|k| k.identity >= ID_FIRST_CIDR).all(|k| k.identity > CIDR_NO_CLASS));
 }
 
 mod props;
