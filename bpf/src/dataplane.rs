@@ -709,6 +709,12 @@ impl Dataplane {
     /// tc action: -1 (TC_ACT_UNSPEC / TCX_NEXT) passes, 2 (TC_ACT_SHOT) drops.
     /// Maps and counters are the live ones.
     pub fn run(&self, hook: Hook, frame: &[u8], ifindex: u32) -> Result<i32, Error> {
+        self.run_repeat(hook, frame, ifindex, 1).map(|(r, _)| r)
+    }
+
+    /// [`Self::run`] `repeat` times in the kernel; also returns the kernel's
+    /// mean run time per packet (the program's cost, no stack around it).
+    pub fn run_repeat(&self, hook: Hook, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(i32, std::time::Duration), Error> {
         if frame.len() < 14 {
             return Err(Error::Invalid { field: "frame", msg: "BPF_PROG_TEST_RUN needs at least an Ethernet header".into() });
         }
@@ -723,8 +729,9 @@ impl Dataplane {
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat.max(1);
         let r = prog.test_run(opts).map_err(|source| Error::Program { name: hook.name().into(), source })?;
-        Ok(r.return_value as i32)
+        Ok((r.return_value as i32, r.duration))
     }
 }
 

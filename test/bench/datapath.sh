@@ -150,7 +150,7 @@ apply_cfg() { # $1 = config
 	weir)
 		nfcall 0
 		"$FILL" --root "$ROOT" --netns /run/netns/wb-node --client $IP1=wb1h --server $IP2=wb2h \
-			--ports $P_IPERF,$P_SOCKPERF,$P_CRR --entries "$n"
+			--ports $P_IPERF,$P_SOCKPERF,$P_CRR --entries "$n" --cost >"$WORK/cost.txt"
 		;;
 	ipt)
 		nfcall 1
@@ -198,6 +198,10 @@ emit() { echo "$1,$2,$3,$4" >>"$RAW"; }
 measure() { # $1 cfg, $2 rep
 	local cfg=$1 rep=$2 out v gbps
 	emit "$cfg" "$rep" loadavg1 "$(cut -d' ' -f1 /proc/loadavg)"
+	if [ -s "$WORK/cost.txt" ]; then   # in-kernel ns per packet (BPF_PROG_TEST_RUN, repeat)
+		while read -r _ name ns _; do emit "$cfg" "$rep" "$name" "$ns"; done <"$WORK/cost.txt"
+		rm -f "$WORK/cost.txt"
+	fi
 	spawn ip netns exec wb-pod2 taskset -c $CPU_B iperf3 -s -B $IP2 -p $P_IPERF
 	wait_port wb-pod2 $P_IPERF
 	out=$(ip netns exec wb-pod1 taskset -c $CPU_A iperf3 -c $IP2 -p $P_IPERF -t "$DUR" -J)
@@ -254,6 +258,16 @@ for c in configs:
         cells.append('%.3f (%.2f..%.2f) [%.4g]' % (rmed(c, 'base', m), min(xs), max(xs), med(c, m)))
     print(f'| {c} | ' + ' | '.join(cells) + ' |')
 print()
+costs = sorted({m for (c, m) in vals if m.endswith('_ns')})
+if costs:
+    wc = [c for c in configs if c.startswith('weir')]
+    print('In-kernel program cost per packet, ns (BPF_PROG_TEST_RUN mean, median over rounds):')
+    print()
+    print('| path | ' + ' | '.join(wc) + ' |')
+    print('|---|' + '---|' * len(wc))
+    for m in costs:
+        print(f'| {m[:-3]} | ' + ' | '.join('%.0f' % med(c, m) for c in wc) + ' |')
+    print()
 load = [v for (c, m), d in vals.items() if m == 'loadavg1' for v in d.values()]
 if load:
     print(f'load average during the run: {min(load):.2f}..{max(load):.2f} on {__import__("os").cpu_count()} CPUs')
