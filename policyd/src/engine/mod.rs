@@ -403,6 +403,9 @@ pub struct Engine {
     /// Sorted by key, like the store.
     pods: Vec<(Key, Box<PodDigest>)>,
     port_names: HashSet<Arc<str>>,
+    /// Last ipcache with what it was built from besides pods (local
+    /// records, Service VIPs).
+    ipcache_inputs: Option<(Vec<EndpointRecord>, Vec<IpAddr>, BTreeMap<IpNet, IpcacheEntry>)>,
     stats: CompileStats,
 }
 
@@ -437,6 +440,7 @@ impl Engine {
             endpoints: HashMap::new(),
             pods: Vec::new(),
             port_names: HashSet::new(),
+            ipcache_inputs: None,
             stats: CompileStats::default(),
         }
     }
@@ -525,6 +529,7 @@ impl Engine {
         let mut local_iter = local_sorted.into_iter().peekable();
         let mut old_pods = std::mem::take(&mut self.pods).into_iter().peekable();
         let mut new_pods: Vec<(Key, Box<PodDigest>)> = Vec::with_capacity(store.pods.len());
+        let mut pods_removed = false;
         for (key, pod) in &store.pods {
             let empty = Labels::new();
             let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
@@ -533,6 +538,7 @@ impl Engine {
                 match k.cmp(key) {
                     std::cmp::Ordering::Less => {
                         old_pods.next();
+                        pods_removed = true;
                     }
                     std::cmp::Ordering::Equal => {
                         prev = old_pods.next();
@@ -598,6 +604,7 @@ impl Engine {
                 None => claims.extend(dg.status_ips.iter().map(|ip| (*ip, rank, id))),
             }
         }
+        pods_removed |= old_pods.next().is_some();
         drop(old_pods);
         self.pods = new_pods;
         if self.port_names.len() > 4096 {
@@ -612,29 +619,19 @@ impl Engine {
         locals_ep.sort_by_key(|e| e.ifindex);
 
         // --- ipcache -----------------------------------------------------
-        // Best claim first per address.
-        claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-        claims.dedup_by_key(|c| c.0);
-        // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
-        let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(claims.len() + 8);
-        ipc.push(("0.0.0.0/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
-        ipc.push(("::/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
-        for (ip, _, id) in &claims {
-            let endpoint = ip_to_ifindex.get(ip).copied().unwrap_or(0);
-            ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
-        }
+        let mut vips: Vec<IpAddr> = Vec::new();
         for ((ns, name), svc) in &store.services {
             let Some(spec) = &svc.spec else { continue };
-            let mut vips: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
-            if vips.is_empty() {
-                vips.extend(spec.cluster_ip.iter());
+            let mut raw: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
+            if raw.is_empty() {
+                raw.extend(spec.cluster_ip.iter());
             }
-            for (i, v) in vips.into_iter().enumerate() {
+            for (i, v) in raw.into_iter().enumerate() {
                 if v.is_empty() || v == "None" {
                     continue;
                 }
                 match v.parse::<IpAddr>() {
-                    Ok(ip) => ipc.push((IpNet::from(ip), 1, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true })),
+                    Ok(ip) => vips.push(ip),
                     Err(_) => diags.push(Diagnostic {
                         object: format!("Service {ns}/{name}"),
                         field: format!("spec.clusterIPs[{i}]"),
@@ -643,14 +640,37 @@ impl Engine {
                 }
             }
         }
-        for r in locals {
-            for gw in &r.gateways {
-                ipc.push((IpNet::from(*gw), 3, IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }));
+        // Nothing the ipcache reads changed: reuse it rather than re-sort
+        // ten thousand addresses.
+        let reuse = self.stats.pods_read == 0 && !pods_removed && self.ipcache_inputs.as_ref().is_some_and(|(l, v, _)| l.as_slice() == locals && *v == vips);
+        let ipcache = if reuse {
+            self.ipcache_inputs.as_ref().map(|(_, _, c)| c.clone()).unwrap_or_default()
+        } else {
+            // Best claim first per address.
+            claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+            claims.dedup_by_key(|c| c.0);
+            // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
+            let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(claims.len() + vips.len() + 8);
+            ipc.push(("0.0.0.0/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
+            ipc.push(("::/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
+            for (ip, _, id) in &claims {
+                let endpoint = ip_to_ifindex.get(ip).copied().unwrap_or(0);
+                ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
             }
-        }
-        ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-        ipc.dedup_by_key(|e| e.0);
-        let ipcache: BTreeMap<IpNet, IpcacheEntry> = ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
+            for ip in &vips {
+                ipc.push((IpNet::from(*ip), 1, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true }));
+            }
+            for r in locals {
+                for gw in &r.gateways {
+                    ipc.push((IpNet::from(*gw), 3, IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }));
+                }
+            }
+            ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+            ipc.dedup_by_key(|e| e.0);
+            let ipcache: BTreeMap<IpNet, IpcacheEntry> = ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
+            self.ipcache_inputs = Some((locals.to_vec(), vips, ipcache.clone()));
+            ipcache
+        };
 
         // --- policies (memoized by spec) ---------------------------------
         let mut by_ns: BTreeMap<&str, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
@@ -1109,13 +1129,13 @@ impl PodDigest {
     /// labels of an identity (identities map to one label set for life).
     fn unchanged<'a>(&self, pod: &Pod, labels: &Labels, labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>) -> bool {
         let st = pod.status.as_ref();
-        if self.identity != 0 && self.version.is_some() {
-            let same = pod.metadata.resource_version.as_ref().is_some_and(|v| self.version.as_ref().is_some_and(|(u, sv)| sv == v && *u == pod.metadata.uid));
+        if let Some((u, sv)) = &self.version {
             // Fields were not kept for versioned pods: a new version is a change.
-            return same;
+            return pod.metadata.resource_version.as_ref() == Some(sv) && *u == pod.metadata.uid;
         }
-        self.identity != 0
-            && labels_of(self.identity).is_some_and(|l| l.labels == *labels)
+        // Labels matter only to pods that take part (identity != 0); a pod
+        // that starts taking part changes phase or hostNetwork, caught below.
+        (self.identity == 0 || labels_of(self.identity).is_some_and(|l| l.labels == *labels))
             && self.uid == pod.metadata.uid
             && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
             && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
