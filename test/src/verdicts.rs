@@ -283,7 +283,12 @@ fn pod_ports(pod: &Value) -> Vec<(u16, String, Option<String>)> {
         .and_then(|s| s.get("containers"))
         .and_then(Value::as_sequence);
     for c in containers.into_iter().flatten() {
-        for p in c.get("ports").and_then(Value::as_sequence).into_iter().flatten() {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let Some(n) = p.get("containerPort").and_then(Value::as_u64) else {
                 continue;
             };
@@ -329,7 +334,10 @@ fn service_families(svc: &Value) -> Vec<bool> {
 pub fn target_port(target: Option<&Value>, port: u16, protocol: &str, pod: &Value) -> Option<u16> {
     match target {
         None | Some(Value::Null) => Some(port),
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0),
         Some(Value::String(name)) => match name.parse::<u16>() {
             Ok(n) => Some(n),
             Err(_) => pod_ports(pod)
@@ -381,10 +389,30 @@ pub fn plan_cell(
         Protocol::SCTP => pkt::sctp_init_ack(from, fport, sip, sport, tag, !tag),
     };
     vec![
-        Stage { what: "request at from_pod(src)", hook: Hook::FromPod, ifindex: sif, frame: request(vip, vport) },
-        Stage { what: "request at to_pod(dst)", hook: Hook::ToPod, ifindex: dst_ifindex, frame: request(bip, bport) },
-        Stage { what: "answer at from_pod(dst)", hook: Hook::FromPod, ifindex: dst_ifindex, frame: answer(bip, bport) },
-        Stage { what: "answer at to_pod(src)", hook: Hook::ToPod, ifindex: sif, frame: answer(vip, vport) },
+        Stage {
+            what: "request at from_pod(src)",
+            hook: Hook::FromPod,
+            ifindex: sif,
+            frame: request(vip, vport),
+        },
+        Stage {
+            what: "request at to_pod(dst)",
+            hook: Hook::ToPod,
+            ifindex: dst_ifindex,
+            frame: request(bip, bport),
+        },
+        Stage {
+            what: "answer at from_pod(dst)",
+            hook: Hook::FromPod,
+            ifindex: dst_ifindex,
+            frame: answer(bip, bport),
+        },
+        Stage {
+            what: "answer at to_pod(src)",
+            hook: Hook::ToPod,
+            ifindex: sif,
+            frame: answer(vip, vport),
+        },
     ]
 }
 
@@ -414,9 +442,12 @@ impl<'d> Cluster<'d> {
         files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
         files.sort();
         for f in files {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-            let v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{}", f.display()))?;
-            c.apply(&v).with_context(|| format!("model file {}", f.display()))?;
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let v: Value =
+                serde_yaml_ng::from_str(&text).with_context(|| format!("{}", f.display()))?;
+            c.apply(&v)
+                .with_context(|| format!("model file {}", f.display()))?;
         }
         c.sync().context("programming the model")?;
         Ok(c)
@@ -429,7 +460,12 @@ impl<'d> Cluster<'d> {
     pub fn pod_ips(&self) -> PodIps {
         self.pods
             .iter()
-            .map(|(p, f)| (p.clone(), vec![IpAddr::V4(f.addr.v4), IpAddr::V6(f.addr.v6)]))
+            .map(|(p, f)| {
+                (
+                    p.clone(),
+                    vec![IpAddr::V4(f.addr.v4), IpAddr::V6(f.addr.v6)],
+                )
+            })
             .collect()
     }
 
@@ -437,14 +473,18 @@ impl<'d> Cluster<'d> {
         self.pods.keys().cloned().collect()
     }
 
-    fn to_store(&mut self, v: &Value, what: &str) -> Result<()> {
+    fn put_in_store(&mut self, v: &Value, what: &str) -> Result<()> {
         let text = serde_yaml_ng::to_string(v)?;
         let parsed = manifest::parse(what, &text).map_err(|e| anyhow!("{e}"))?;
         ensure!(
             parsed.skipped.is_empty() && parsed.objects.len() == 1,
             "{what}: policyd's manifest parser took {} object(s) and skipped {:?}",
             parsed.objects.len(),
-            parsed.skipped.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+            parsed
+                .skipped
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
         );
         for o in parsed.objects {
             self.store.apply(o);
@@ -470,7 +510,14 @@ impl<'d> Cluster<'d> {
                     self.cni_add(addr)?;
                     self.uid_seq += 1;
                     let uid = format!("00000000-0000-4000-8000-{:012}", self.uid_seq);
-                    self.pods.insert(key.clone(), FakePod { addr, uid, obj: Value::Null });
+                    self.pods.insert(
+                        key.clone(),
+                        FakePod {
+                            addr,
+                            uid,
+                            obj: Value::Null,
+                        },
+                    );
                 }
                 let pod = self.pods.get_mut(&key).expect("inserted above");
                 pod.obj = v.clone();
@@ -526,19 +573,37 @@ impl<'d> Cluster<'d> {
                             .collect(),
                     ),
                 );
-                self.services.insert(key, FakeService { ips, obj: v.clone() });
+                self.services.insert(
+                    key,
+                    FakeService {
+                        ips,
+                        obj: v.clone(),
+                    },
+                );
             }
             _ => {}
         }
-        self.to_store(&v, &what)
+        self.put_in_store(&v, &what)
     }
 
     /// What CNI ADD writes before it waits for READY: the endpoint, not
     /// ready, and the gateways as HOST.
     fn cni_add(&mut self, addr: PodAddr) -> Result<()> {
         let dp = self.root.dp();
-        dp.set_endpoint(addr.ifindex, &abi::Endpoint { identity: 0, flags: 0, revision: 0 })?;
-        let host = abi::IpcacheValue { identity: abi::ID_HOST, endpoint: 0, flags: 0, pad: 0 };
+        dp.set_endpoint(
+            addr.ifindex,
+            &abi::Endpoint {
+                identity: 0,
+                flags: 0,
+                revision: 0,
+            },
+        )?;
+        let host = abi::IpcacheValue {
+            identity: abi::ID_HOST,
+            endpoint: 0,
+            flags: 0,
+            pad: 0,
+        };
         dp.set_ipcache(IpAddr::V4(GATEWAY4).into(), &host)?;
         dp.set_ipcache(IpAddr::V6(GATEWAY6).into(), &host)?;
         Ok(())
@@ -555,7 +620,10 @@ impl<'d> Cluster<'d> {
         dp.remove_endpoint(ifindex)?;
         dp.remove_counters(ifindex)?;
         for ip in [IpAddr::V4(fp.addr.v4), IpAddr::V6(fp.addr.v6)] {
-            if dp.ipcache_lookup(ip)?.is_some_and(|v| v.endpoint == ifindex) {
+            if dp
+                .ipcache_lookup(ip)?
+                .is_some_and(|v| v.endpoint == ifindex)
+            {
                 dp.remove_ipcache(ip.into())?;
             }
         }
@@ -579,11 +647,17 @@ impl<'d> Cluster<'d> {
                 self.store.delete(&oref(ObjectKind::Service, &ns, &r.name));
             }
             "NetworkPolicy" => {
-                self.store.delete(&oref(ObjectKind::NetworkPolicy, &ns, &r.name));
+                self.store
+                    .delete(&oref(ObjectKind::NetworkPolicy, &ns, &r.name));
             }
             "Namespace" => {
                 // Like the namespace controller: everything inside goes too.
-                let inside: Vec<PodRef> = self.pods.keys().filter(|p| p.ns == r.name).cloned().collect();
+                let inside: Vec<PodRef> = self
+                    .pods
+                    .keys()
+                    .filter(|p| p.ns == r.name)
+                    .cloned()
+                    .collect();
                 for p in inside {
                     self.cni_del(&p)?;
                 }
@@ -627,9 +701,12 @@ impl<'d> Cluster<'d> {
             self.engine.compile(&self.store, &records)
         };
         for d in &desired.diagnostics {
-            self.diagnostics.insert(format!("{} {}: {}", d.object, d.field, d.message));
+            self.diagnostics
+                .insert(format!("{} {}: {}", d.object, d.field, d.message));
         }
-        self.sync.apply(self.root.dp(), &desired).context("sync into the maps")?;
+        self.sync
+            .apply(self.root.dp(), &desired)
+            .context("sync into the maps")?;
         for (p, f) in &self.pods {
             let ep = self.root.dp().endpoint(f.addr.ifindex)?;
             ensure!(
@@ -645,8 +722,17 @@ impl<'d> Cluster<'d> {
     /// lands on: the Service of dst's namespace selecting only dst that
     /// exposes port/protocol with a ClusterIP of the family (the model's
     /// `s-<ns>-<pod>` first), as `weirctl lab probe` picks it.
-    pub fn service_target(&self, dst: &PodRef, port: u16, protocol: Protocol, v6: bool) -> Result<Target> {
-        let pod = self.pods.get(dst).with_context(|| format!("no pod {dst}"))?;
+    pub fn service_target(
+        &self,
+        dst: &PodRef,
+        port: u16,
+        protocol: Protocol,
+        v6: bool,
+    ) -> Result<Target> {
+        let pod = self
+            .pods
+            .get(dst)
+            .with_context(|| format!("no pod {dst}"))?;
         let proto = protocol.to_string();
         let preferred = model::service_name(&dst.ns, &dst.name);
         let mut cands: Vec<(bool, Target)> = Vec::new();
@@ -661,7 +747,9 @@ impl<'d> Cluster<'d> {
                 .and_then(Value::as_mapping)
                 .map(|m| {
                     m.iter()
-                        .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+                        .filter_map(|(k, v)| {
+                            Some((k.as_str()?.to_string(), v.as_str()?.to_string()))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -671,7 +759,9 @@ impl<'d> Cluster<'d> {
             let selected: Vec<&PodRef> = self
                 .pods
                 .iter()
-                .filter(|(p, f)| p.ns == *ns && sel.iter().all(|(k, v)| labels_of(&f.obj).get(k) == Some(v)))
+                .filter(|(p, f)| {
+                    p.ns == *ns && sel.iter().all(|(k, v)| labels_of(&f.obj).get(k) == Some(v))
+                })
                 .map(|(p, _)| p)
                 .collect();
             if selected != [dst] {
@@ -689,11 +779,18 @@ impl<'d> Cluster<'d> {
                         && str_at(sp, &["protocol"]).unwrap_or("TCP") == proto
                 });
             let Some(sp) = sp else { continue };
-            let Some(vip) = svc.ips.iter().find(|i| i.is_ipv6() == v6) else { continue };
-            let Some(tp) = target_port(sp.get("targetPort"), port, &proto, &pod.obj) else { continue };
+            let Some(vip) = svc.ips.iter().find(|i| i.is_ipv6() == v6) else {
+                continue;
+            };
+            let Some(tp) = target_port(sp.get("targetPort"), port, &proto, &pod.obj) else {
+                continue;
+            };
             cands.push((
                 *name == preferred,
-                Target { dialed: (*vip, port), backend: (pod.addr.ip(v6), tp) },
+                Target {
+                    dialed: (*vip, port),
+                    backend: (pod.addr.ip(v6), tp),
+                },
             ));
         }
         cands.sort_by_key(|(pref, _)| !*pref);
@@ -707,12 +804,28 @@ impl<'d> Cluster<'d> {
 
     /// One cell: Connected when all four runs pass, else Blocked naming the
     /// first run that dropped and the drop reasons the programs counted.
-    pub fn cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<(Observed, Option<String>)> {
+    pub fn cell(
+        &mut self,
+        from: &PodRef,
+        to: &PodRef,
+        p: &Probe,
+    ) -> Result<(Observed, Option<String>)> {
         let v6 = p.family == Family::IPv6;
-        let src = self.pods.get(from).with_context(|| format!("no pod {from}"))?.addr;
-        let dst = self.pods.get(to).with_context(|| format!("no pod {to}"))?.addr;
+        let src = self
+            .pods
+            .get(from)
+            .with_context(|| format!("no pod {from}"))?
+            .addr;
+        let dst = self
+            .pods
+            .get(to)
+            .with_context(|| format!("no pod {to}"))?
+            .addr;
         let target = match p.via {
-            Via::Pod => Target { dialed: (dst.ip(v6), p.port), backend: (dst.ip(v6), p.port) },
+            Via::Pod => Target {
+                dialed: (dst.ip(v6), p.port),
+                backend: (dst.ip(v6), p.port),
+            },
             Via::Service => self.service_target(to, p.port, p.protocol, v6)?,
         };
         // Distinct source ports as well as a flush: a flow of an earlier
@@ -721,15 +834,26 @@ impl<'d> Cluster<'d> {
         let sport = 33000 + self.sport_seq % 28000;
         let dp = self.root.dp();
         dp.ct_flush()?;
-        let counters_before: std::collections::HashMap<abi::CounterKey, u64> =
-            dp.counters()?.into_iter().map(|(k, v)| (k, v.packets)).collect();
+        let counters_before: std::collections::HashMap<abi::CounterKey, u64> = dp
+            .counters()?
+            .into_iter()
+            .map(|(k, v)| (k, v.packets))
+            .collect();
         let deferred = |dp: &Dataplane| -> Result<u64> {
-            Ok(dp.counter(src.ifindex, abi::DIR_EGRESS, abi::R_ALLOW_DEFERRED)?.packets)
+            Ok(dp
+                .counter(src.ifindex, abi::DIR_EGRESS, abi::R_ALLOW_DEFERRED)?
+                .packets)
         };
         let deferred_before = deferred(dp)?;
-        for (i, st) in plan_cell(p.protocol, (src.ifindex, src.ip(v6)), dst.ifindex, target, sport)
-            .into_iter()
-            .enumerate()
+        for (i, st) in plan_cell(
+            p.protocol,
+            (src.ifindex, src.ip(v6)),
+            dst.ifindex,
+            target,
+            sport,
+        )
+        .into_iter()
+        .enumerate()
         {
             let rc = dp
                 .run(st.hook, &st.frame, st.ifindex)
@@ -742,9 +866,14 @@ impl<'d> Cluster<'d> {
                         abi::reason_is_drop(k.reason)
                             && v.packets > counters_before.get(k).copied().unwrap_or(0)
                     })
-                    .map(|(k, _)| format!("{} (endpoint {})", abi::reason_name(k.reason), k.endpoint))
+                    .map(|(k, _)| {
+                        format!("{} (endpoint {})", abi::reason_name(k.reason), k.endpoint)
+                    })
                     .collect();
-                return Ok((Observed::Blocked, Some(format!("{}: {}", st.what, reasons.join(", ")))));
+                return Ok((
+                    Observed::Blocked,
+                    Some(format!("{}: {}", st.what, reasons.join(", "))),
+                ));
             }
             // A local pod or a VIP is judged at the destination, after DNAT.
             if i == 0 {
@@ -759,7 +888,11 @@ impl<'d> Cluster<'d> {
 
     /// Every cell of a probe over `pods` (loopback cells are not run).
     #[allow(clippy::type_complexity)]
-    pub fn probe(&mut self, p: &Probe, pods: &[PodRef]) -> Result<(ProbeOutput, BTreeMap<(PodRef, PodRef), String>)> {
+    pub fn probe(
+        &mut self,
+        p: &Probe,
+        pods: &[PodRef],
+    ) -> Result<(ProbeOutput, BTreeMap<(PodRef, PodRef), String>)> {
         let mut results = BTreeMap::new();
         let mut drops = BTreeMap::new();
         for f in pods {
@@ -777,7 +910,11 @@ impl<'d> Cluster<'d> {
             results.insert(f.clone(), row);
         }
         Ok((
-            ProbeOutput { port: p.port, protocol: p.protocol.to_string(), results },
+            ProbeOutput {
+                port: p.port,
+                protocol: p.protocol.to_string(),
+                results,
+            },
             drops,
         ))
     }
@@ -848,7 +985,12 @@ pub fn run_case(devices: &mut Devices, case: &Case) -> CaseResult {
 /// Ok(true) when every probe matched; Ok(false) with the tables in
 /// `detail` at the first that did not (later steps are not run, as in the
 /// lab runner).
-fn drive(devices: &mut Devices, case: &Case, detail: &mut String, cells: &mut usize) -> Result<bool> {
+fn drive(
+    devices: &mut Devices,
+    case: &Case,
+    detail: &mut String,
+    cells: &mut usize,
+) -> Result<bool> {
     let mut c = Cluster::new(devices)?;
     let mut world = World::model();
     for (j, obj) in case.setup.iter().enumerate() {
@@ -862,14 +1004,16 @@ fn drive(devices: &mut Devices, case: &Case, detail: &mut String, cells: &mut us
         match step {
             Step::Apply(objs) => {
                 for (j, obj) in objs.iter().enumerate() {
-                    c.apply(obj).with_context(|| format!("steps[{i}].apply[{j}]"))?;
+                    c.apply(obj)
+                        .with_context(|| format!("steps[{i}].apply[{j}]"))?;
                     world.apply(obj)?;
                 }
                 c.sync().with_context(|| format!("steps[{i}]"))?;
             }
             Step::Delete(refs) => {
                 for (j, r) in refs.iter().enumerate() {
-                    c.delete(r).with_context(|| format!("steps[{i}].delete[{j}]"))?;
+                    c.delete(r)
+                        .with_context(|| format!("steps[{i}].delete[{j}]"))?;
                     world.delete(r)?;
                 }
                 c.sync().with_context(|| format!("steps[{i}]"))?;
@@ -882,7 +1026,9 @@ fn drive(devices: &mut Devices, case: &Case, detail: &mut String, cells: &mut us
                     c.pods()
                 );
                 let expected = p.expect.evaluate(&pods).map_err(anyhow::Error::msg)?;
-                let (out, drops) = c.probe(p, &pods).with_context(|| format!("steps[{i}].probe"))?;
+                let (out, drops) = c
+                    .probe(p, &pods)
+                    .with_context(|| format!("steps[{i}].probe"))?;
                 *cells += pods.len() * (pods.len() - 1);
                 let cmp = compare(&expected, &out, false);
                 if cmp.outcome() != Outcome::Match {
@@ -920,7 +1066,10 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> usize {
-        self.results.iter().filter(|r| r.status == Status::Pass).count()
+        self.results
+            .iter()
+            .filter(|r| r.status == Status::Pass)
+            .count()
     }
 
     pub fn failed(&self) -> usize {
@@ -938,11 +1087,23 @@ impl Report {
     }
 
     pub fn summary_line(&self) -> String {
-        format!("{} passed, {} failed, {} skipped", self.passed(), self.failed(), self.skipped())
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed(),
+            self.failed(),
+            self.skipped()
+        )
     }
 
     pub fn render(&self) -> String {
-        let w = self.results.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4) + 2;
+        let w = self
+            .results
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4)
+            + 2;
         let mut s = format!(
             "{:<w$}{:<10}{:<16}{:>7}{:>7}  result\n",
             "case", "origin", "protocols", "cells", "secs"
@@ -965,7 +1126,13 @@ impl Report {
                 Status::Skipped(why) => format!("{why}\n"),
                 _ => String::new(),
             };
-            let _ = write!(s, "\n== {} ({})\n{extra}{}", r.name, r.status.word(), r.detail);
+            let _ = write!(
+                s,
+                "\n== {} ({})\n{extra}{}",
+                r.name,
+                r.status.word(),
+                r.detail
+            );
         }
         let _ = writeln!(s, "\n{}", self.summary_line());
         s
@@ -979,7 +1146,14 @@ pub fn run_suite(cases: &[Case]) -> Report {
     let mut report = Report::default();
     for (i, c) in cases.iter().enumerate() {
         let r = run_case(&mut devices, c);
-        eprintln!("[{}/{}] {:<60} {} ({:.2}s)", i + 1, cases.len(), r.name, r.status.word(), r.secs);
+        eprintln!(
+            "[{}/{}] {:<60} {} ({:.2}s)",
+            i + 1,
+            cases.len(),
+            r.name,
+            r.status.word(),
+            r.secs
+        );
         report.results.push(r);
     }
     report
@@ -1010,28 +1184,49 @@ mod tests {
         ifx.dedup();
         assert_eq!(ifx.len(), seen.len());
         // veth peers take the odd number after each pod's: never another pod's.
-        assert!(ifx.iter().all(|i| (i - FIRST_IFINDEX) % 2 == 0));
+        assert!(ifx.iter().all(|i| (i - FIRST_IFINDEX).is_multiple_of(2)));
         for p in &seen {
             // one /24 and one /64, like a single node's pod subnet; never the gateway
-            assert_eq!(placeholder::network(IpAddr::V4(p.v4), 24).unwrap(), "10.77.0.0/24");
-            assert_eq!(placeholder::network(IpAddr::V6(p.v6), 64).unwrap(), "fd77::/64");
+            assert_eq!(
+                placeholder::network(IpAddr::V4(p.v4), 24).unwrap(),
+                "10.77.0.0/24"
+            );
+            assert_eq!(
+                placeholder::network(IpAddr::V6(p.v6), 64).unwrap(),
+                "fd77::/64"
+            );
             assert_ne!(p.v4, GATEWAY4);
             assert_ne!(p.v6, GATEWAY6);
-            assert_eq!(p.v4.octets()[3] as u16, p.v6.segments()[7], "the twins share a host part");
+            assert_eq!(
+                p.v4.octets()[3] as u16,
+                p.v6.segments()[7],
+                "the twins share a host part"
+            );
         }
         let (v4, v6) = a.next_vip().unwrap();
-        assert_eq!((v4, v6), (Ipv4Addr::new(10, 96, 0, 10), "fd96::a".parse().unwrap()));
+        assert_eq!(
+            (v4, v6),
+            (Ipv4Addr::new(10, 96, 0, 10), "fd96::a".parse().unwrap())
+        );
         assert_ne!(a.next_vip().unwrap().0, v4);
     }
 
     #[test]
     fn service_families_follow_the_ip_family_policy() {
         let svc = |y: &str| serde_yaml_ng::from_str::<Value>(y).unwrap();
-        assert_eq!(service_families(&svc("{spec: {ipFamilyPolicy: PreferDualStack}}")), [false, true]);
-        assert_eq!(service_families(&svc("{spec: {}}")), [false]);
-        assert_eq!(service_families(&svc("{spec: {ipFamilies: [IPv6]}}")), [true]);
         assert_eq!(
-            service_families(&svc("{spec: {ipFamilies: [IPv6], ipFamilyPolicy: RequireDualStack}}")),
+            service_families(&svc("{spec: {ipFamilyPolicy: PreferDualStack}}")),
+            [false, true]
+        );
+        assert_eq!(service_families(&svc("{spec: {}}")), [false]);
+        assert_eq!(
+            service_families(&svc("{spec: {ipFamilies: [IPv6]}}")),
+            [true]
+        );
+        assert_eq!(
+            service_families(&svc(
+                "{spec: {ipFamilies: [IPv6], ipFamilyPolicy: RequireDualStack}}"
+            )),
             [true, false]
         );
         // The model's Services are dual-stack.
@@ -1045,7 +1240,10 @@ mod tests {
         assert_eq!(target_port(None, 80, "TCP", &pod), Some(80));
         assert_eq!(target_port(Some(&y("81")), 80, "TCP", &pod), Some(81));
         assert_eq!(target_port(Some(&y("'81'")), 80, "TCP", &pod), Some(81));
-        assert_eq!(target_port(Some(&y("serve-81-udp")), 80, "UDP", &pod), Some(81));
+        assert_eq!(
+            target_port(Some(&y("serve-81-udp")), 80, "UDP", &pod),
+            Some(81)
+        );
         // a name of another protocol is no endpoint
         assert_eq!(target_port(Some(&y("serve-81-udp")), 80, "TCP", &pod), None);
         assert_eq!(target_port(Some(&y("0")), 80, "TCP", &pod), None);
@@ -1061,7 +1259,12 @@ mod tests {
                 let ihl = (frame[14] & 0xf) as usize * 4;
                 let a: [u8; 4] = frame[26..30].try_into().unwrap();
                 let b: [u8; 4] = frame[30..34].try_into().unwrap();
-                (IpAddr::from(a), IpAddr::from(b), frame[23], &frame[14 + ihl..])
+                (
+                    IpAddr::from(a),
+                    IpAddr::from(b),
+                    frame[23],
+                    &frame[14 + ihl..],
+                )
             }
             0x86dd => {
                 let a: [u8; 16] = frame[22..38].try_into().unwrap();
@@ -1073,17 +1276,28 @@ mod tests {
     }
 
     fn ports(l4: &[u8]) -> (u16, u16) {
-        (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
     }
 
     #[test]
     fn a_service_cell_is_dnat_then_un_dnat() {
-        let t = Target { dialed: (ip("10.96.0.10"), 80), backend: (ip("10.77.0.11"), 81) };
+        let t = Target {
+            dialed: (ip("10.96.0.10"), 80),
+            backend: (ip("10.77.0.11"), 81),
+        };
         let st = plan_cell(Protocol::TCP, (1000, ip("10.77.0.10")), 1002, t, 40000);
         let hooks: Vec<(Hook, u32)> = st.iter().map(|s| (s.hook, s.ifindex)).collect();
         assert_eq!(
             hooks,
-            [(Hook::FromPod, 1000), (Hook::ToPod, 1002), (Hook::FromPod, 1002), (Hook::ToPod, 1000)]
+            [
+                (Hook::FromPod, 1000),
+                (Hook::ToPod, 1002),
+                (Hook::FromPod, 1002),
+                (Hook::ToPod, 1000)
+            ]
         );
         let want = [
             ("10.77.0.10", 40000, "10.96.0.10", 80, pkt::SYN),
@@ -1101,10 +1315,16 @@ mod tests {
 
     #[test]
     fn udp_and_sctp_cells_over_ipv6() {
-        let t = Target { dialed: (ip("fd77::b"), 80), backend: (ip("fd77::b"), 80) };
+        let t = Target {
+            dialed: (ip("fd77::b"), 80),
+            backend: (ip("fd77::b"), 80),
+        };
         let st = plan_cell(Protocol::UDP, (1000, ip("fd77::a")), 1002, t, 40001);
         let (a, b, proto, l4) = parse_l4(&st[0].frame);
-        assert_eq!((a, b, proto, ports(l4)), (ip("fd77::a"), ip("fd77::b"), pkt::UDP, (40001, 80)));
+        assert_eq!(
+            (a, b, proto, ports(l4)),
+            (ip("fd77::a"), ip("fd77::b"), pkt::UDP, (40001, 80))
+        );
         assert_eq!(u16::from_be_bytes([l4[4], l4[5]]) as usize, l4.len());
 
         let st = plan_cell(Protocol::SCTP, (1000, ip("fd77::a")), 1002, t, 40002);
@@ -1115,12 +1335,19 @@ mod tests {
         let tag = &init[16..20];
         let (_, _, _, ack) = parse_l4(&st[2].frame);
         assert_eq!(ack[12], pkt::SCTP_INIT_ACK);
-        assert_eq!(&ack[4..8], tag, "the INIT ACK is tagged with the INIT's initiate tag");
+        assert_eq!(
+            &ack[4..8],
+            tag,
+            "the INIT ACK is tagged with the INIT's initiate tag"
+        );
         assert_eq!(ports(ack), (80, 40002));
         for l4 in [init, ack] {
             let mut z = l4.to_vec();
             z[8..12].fill(0);
-            assert_eq!(u32::from_le_bytes(l4[8..12].try_into().unwrap()), pkt::crc32c(&z));
+            assert_eq!(
+                u32::from_le_bytes(l4[8..12].try_into().unwrap()),
+                pkt::crc32c(&z)
+            );
         }
     }
 
@@ -1128,7 +1355,10 @@ mod tests {
     fn the_skip_list_names_real_cases() {
         let cases = crate::case::load_dir(&crate::case::cases_dir()).unwrap();
         for (name, why) in SKIPPED {
-            assert!(cases.iter().any(|c| c.name == *name), "SKIPPED names no case {name}");
+            assert!(
+                cases.iter().any(|c| c.name == *name),
+                "SKIPPED names no case {name}"
+            );
             assert!(!why.trim().is_empty(), "{name}: say why it is skipped");
         }
     }
@@ -1154,7 +1384,10 @@ mod tests {
         };
         assert_eq!(rep.summary_line(), "1 passed, 2 failed, 1 skipped");
         let text = rep.render();
-        assert!(text.trim_end().ends_with("1 passed, 2 failed, 1 skipped"), "{text}");
+        assert!(
+            text.trim_end().ends_with("1 passed, 2 failed, 1 skipped"),
+            "{text}"
+        );
         assert!(text.contains("== d (skipped)\nno model of it"), "{text}");
         assert!(text.contains("== b (FAIL)\ndetail of b"), "{text}");
         assert!(!text.contains("detail of a"));

@@ -6,8 +6,8 @@
 //! WEIR_CONFORMANCE_CASES as for the lab runner; see docs/conformance.md.
 
 use weir_e2e::case::load_dir;
-use weir_e2e::runner::selected;
 use weir_e2e::case::Case;
+use weir_e2e::runner::selected;
 use weir_e2e::verdicts::{enter_private_netns, run_case, run_suite, Devices, Status};
 
 fn is_root() -> bool {
@@ -33,8 +33,8 @@ fn root_verdict_conformance() {
     .join()
     .expect("the verdict runner thread panicked");
     let text = report.render();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/weir-verdict-report.txt");
+    let out =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/weir-verdict-report.txt");
     if let Err(e) = std::fs::write(&out, &text) {
         eprintln!("could not write {}: {e}", out.display());
     }
@@ -75,12 +75,19 @@ steps:
     let (w, r) = std::thread::spawn(move || {
         enter_private_netns().unwrap_or_else(|e| panic!("{e:#}"));
         let mut devices = Devices::default();
-        (run_case(&mut devices, &wrong), run_case(&mut devices, &right))
+        (
+            run_case(&mut devices, &wrong),
+            run_case(&mut devices, &right),
+        )
     })
     .join()
     .expect("runner thread");
     assert_eq!(w.status, Status::Fail, "{}", w.detail);
-    assert!(w.detail.contains("incorrect 24"), "9 sources x 3 pods of x minus loopback: {}", w.detail);
+    assert!(
+        w.detail.contains("incorrect 24"),
+        "9 sources x 3 pods of x minus loopback: {}",
+        w.detail
+    );
     assert!(w.detail.contains("request at to_pod(dst)"), "{}", w.detail);
     assert_eq!(r.status, Status::Pass, "{}", r.detail);
 }
