@@ -1,6 +1,7 @@
-//! The few sysctls the plugin owns. `/proc/sys/net` resolves to the network
-//! namespace of the thread that opens it, so pod-side ones are written from
-//! a thread inside the pod's namespace.
+//! The node-side sysctls the plugin owns. `/proc/sys/net` resolves to the
+//! network namespace of the thread that opens it, here the node's; the one
+//! pod-side setting (`arp_notify`) goes over netlink instead, see
+//! `Netlink::set_up_arp_notify`.
 
 use crate::error::{CniError, Result};
 use std::fs;
