@@ -8,3 +8,13 @@ pub const DEFAULT_RUN_DIR: &str = "/run/weir";
 
 /// Directory of endpoint records under the run dir.
 pub const ENDPOINTS_SUBDIR: &str = "endpoints";
+
+/// File under the run dir that weir-policyd touches every few seconds while
+/// it runs; CNI STATUS reports the network unavailable when it goes stale.
+pub const POLICYD_HEARTBEAT: &str = "policyd.heartbeat";
+
+/// How often policyd touches the heartbeat.
+pub const POLICYD_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A heartbeat older than this means policyd is gone.
+pub const POLICYD_HEARTBEAT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);

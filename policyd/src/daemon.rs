@@ -96,9 +96,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     metrics.ready.set(&[], 1.0);
     log::info!("ready: node {} revision {}", opts.node_name, agent.sync.revision());
 
+    // CNI STATUS reads this to tell the runtime whether ADD can be served.
+    let heartbeat = opts.run_dir.join(weir_common::paths::POLICYD_HEARTBEAT);
+    touch(&heartbeat);
     let mut resync = tokio::time::interval(opts.resync);
     resync.tick().await;
-    let mut counters = tokio::time::interval(Duration::from_secs(5));
+    let mut counters = tokio::time::interval(weir_common::paths::POLICYD_HEARTBEAT_EVERY);
     let mut dirty = false;
     loop {
         tokio::select! {
@@ -110,7 +113,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             Some(()) = registry_changes.recv() => dirty = true,
             _ = resync.tick() => dirty = true,
-            _ = counters.tick() => agent.export_counters(),
+            _ = counters.tick() => {
+                agent.export_counters();
+                touch(&heartbeat);
+            }
             _ = shutdown_signal() => {
                 // Nothing to undo: the pinned maps keep enforcing what they hold.
                 log::info!("shutting down; the maps keep enforcing revision {}", agent.sync.revision());
@@ -273,6 +279,12 @@ fn spawn_event_logger(dp: &Dataplane) {
             }
         })
         .ok();
+}
+
+fn touch(path: &std::path::Path) {
+    if let Err(e) = std::fs::write(path, b"") {
+        log::warn!("heartbeat {}: {e}", path.display());
+    }
 }
 
 async fn shutdown_signal() {

@@ -10,10 +10,8 @@ use crate::config::{Ipam, NetConf};
 use crate::dataplane::Dataplane;
 use crate::error::{code, CniError, Result};
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
-
-pub const HEARTBEAT_FILE: &str = "policyd.heartbeat";
-pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(30);
+use std::time::SystemTime;
+use weir_common::paths::{POLICYD_HEARTBEAT as HEARTBEAT_FILE, POLICYD_HEARTBEAT_MAX_AGE as HEARTBEAT_MAX_AGE};
 
 fn unavailable(msg: String) -> CniError {
     CniError::new(code::STATUS_UNAVAILABLE, msg)
