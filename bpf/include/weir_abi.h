@@ -30,8 +30,9 @@
 #define WEIR_ABI_VERSION 1
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
-/* Written by user space right after the maps are created; every later
- * process compares it before touching any other pin. */
+/* Written by user space last, once maps and programs are pinned (0: a load
+ * that did not finish, redone by the next loader); every later process
+ * compares it before touching any other pin. */
 
 /* ---- identities ------------------------------------------------------- */
 /* A policy key with identity WEIR_ID_ANY matches every peer. Never assigned. */
