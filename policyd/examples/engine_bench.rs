@@ -17,7 +17,11 @@ use weir_policyd::engine::Engine;
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -27,7 +31,12 @@ fn vm_hwm_kib() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str, def: usize| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(def);
+    let opt = |name: &str, def: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(def)
+    };
     let runs = opt("--runs", 7);
     let changes = opt("--changes", 200);
 
@@ -89,7 +98,9 @@ fn main() {
         // local pod's app, so every change reaches a local endpoint.
         let r = &locals[c % locals.len()];
         let ns = &r.pod_namespace;
-        let app: usize = r.pod_name[3..r.pod_name.find('-').unwrap()].parse().unwrap();
+        let app: usize = r.pod_name[3..r.pod_name.find('-').unwrap()]
+            .parse()
+            .unwrap();
         let k = match app {
             1 | 2 | 8 | 9 => app,
             3 => 4,
@@ -117,7 +128,11 @@ fn main() {
         pol_times.push(w, cpu);
         pol_diff += diff.len();
         if std::env::var_os("BENCH_DEBUG").is_some() {
-            eprintln!("policy change {c} {key:?}: {} updates, {:?}", diff.len(), e.last_stats());
+            eprintln!(
+                "policy change {c} {key:?}: {} updates, {:?}",
+                diff.len(),
+                e.last_stats()
+            );
         }
         prev = d;
     }
@@ -134,10 +149,17 @@ fn main() {
         } else {
             keys[(c * 7919) % keys.len()].clone()
         };
-        let labels = store.pods.get_mut(&key).unwrap().metadata.labels.get_or_insert_with(Default::default);
+        let labels = store
+            .pods
+            .get_mut(&key)
+            .unwrap()
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default);
         let tier = ["web", "api", "db", "cache", "worker"][c % 5];
         labels.insert("tier".into(), tier.into());
-        store.pods.get_mut(&key).unwrap().metadata.resource_version = Some(format!("{}", 100000 + c));
+        store.pods.get_mut(&key).unwrap().metadata.resource_version =
+            Some(format!("{}", 100000 + c));
         let ((d, diff), w, cpu) = measure(|| {
             let d = e.compile(&store, &locals);
             let diff = prev.diff(&d);
@@ -148,8 +170,18 @@ fn main() {
         prev = d;
     }
     let s_lab = e.last_stats();
-    println!("{} (avg {:.1} map updates; last {:?})", pol_times.report("one policy change, recompile + diff"), pol_diff as f64 / changes as f64, s_pol);
-    println!("{} (avg {:.1} map updates; last {:?})", lab_times.report("one pod label change, recompile + diff"), lab_diff as f64 / changes as f64, s_lab);
+    println!(
+        "{} (avg {:.1} map updates; last {:?})",
+        pol_times.report("one policy change, recompile + diff"),
+        pol_diff as f64 / changes as f64,
+        s_pol
+    );
+    println!(
+        "{} (avg {:.1} map updates; last {:?})",
+        lab_times.report("one pod label change, recompile + diff"),
+        lab_diff as f64 / changes as f64,
+        s_lab
+    );
     let hwm = vm_hwm_kib();
     println!(
         "peak RSS (VmHWM): {:.1} MiB (after building the store: peak {:.1} MiB, live {:.1} MiB; now live {:.1} MiB)",

@@ -20,7 +20,9 @@ use ipnet::IpNet;
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     if !s.contains('/') {
-        return Err(format!("{s:?} is not a CIDR: add a prefix length, e.g. {s}/32"));
+        return Err(format!(
+            "{s:?} is not a CIDR: add a prefix length, e.g. {s}/32"
+        ));
     }
     s.parse::<IpNet>()
         .map(|n| n.trunc())
@@ -59,7 +61,9 @@ pub fn partition(blocks: &[Block]) -> Vec<(IpNet, Vec<usize>)> {
     prefixes.sort_by_key(|p| p.prefix_len());
     let mut out: Vec<(IpNet, Vec<usize>)> = Vec::with_capacity(prefixes.len());
     for p in prefixes {
-        let set: Vec<usize> = (0..blocks.len()).filter(|&i| blocks[i].covers_prefix(&p)).collect();
+        let set: Vec<usize> = (0..blocks.len())
+            .filter(|&i| blocks[i].covers_prefix(&p))
+            .collect();
         let parent = out
             .iter()
             .filter(|(q, _)| q.prefix_len() < p.prefix_len() && q.contains(&p))
@@ -79,7 +83,10 @@ pub fn partition(blocks: &[Block]) -> Vec<(IpNet, Vec<usize>)> {
 
 /// Longest-prefix match in a partition (what the trie does), for tests and
 /// explain.
-pub fn lpm<'a, V>(entries: impl IntoIterator<Item = (&'a IpNet, V)>, a: std::net::IpAddr) -> Option<V> {
+pub fn lpm<'a, V>(
+    entries: impl IntoIterator<Item = (&'a IpNet, V)>,
+    a: std::net::IpAddr,
+) -> Option<V> {
     entries
         .into_iter()
         .filter(|(n, _)| n.contains(&a))
@@ -118,8 +125,14 @@ mod tests {
 
     #[test]
     fn except_is_a_hole_the_lookup_lands_on() {
-        let parts = partition(&[Block { cidr: n("10.0.0.0/8"), except: vec![n("10.1.0.0/16")] }]);
-        assert_eq!(parts, vec![(n("10.0.0.0/8"), vec![0]), (n("10.1.0.0/16"), vec![])]);
+        let parts = partition(&[Block {
+            cidr: n("10.0.0.0/8"),
+            except: vec![n("10.1.0.0/16")],
+        }]);
+        assert_eq!(
+            parts,
+            vec![(n("10.0.0.0/8"), vec![0]), (n("10.1.0.0/16"), vec![])]
+        );
         assert_eq!(covering(&parts, "10.2.3.4"), vec![0]);
         assert!(covering(&parts, "10.1.3.4").is_empty());
     }
@@ -127,8 +140,14 @@ mod tests {
     #[test]
     fn hole_covered_by_another_block_carries_that_block() {
         let parts = partition(&[
-            Block { cidr: n("10.0.0.0/8"), except: vec![n("10.1.0.0/16")] },
-            Block { cidr: n("10.1.0.0/24"), except: vec![] },
+            Block {
+                cidr: n("10.0.0.0/8"),
+                except: vec![n("10.1.0.0/16")],
+            },
+            Block {
+                cidr: n("10.1.0.0/24"),
+                except: vec![],
+            },
         ]);
         assert_eq!(covering(&parts, "10.1.0.9"), vec![1]);
         assert!(covering(&parts, "10.1.1.9").is_empty());
@@ -138,8 +157,14 @@ mod tests {
     #[test]
     fn overlapping_blocks_share_the_inner_prefix() {
         let parts = partition(&[
-            Block { cidr: n("0.0.0.0/0"), except: vec![] },
-            Block { cidr: n("192.168.0.0/16"), except: vec![] },
+            Block {
+                cidr: n("0.0.0.0/0"),
+                except: vec![],
+            },
+            Block {
+                cidr: n("192.168.0.0/16"),
+                except: vec![],
+            },
         ]);
         assert_eq!(covering(&parts, "192.168.1.1"), vec![0, 1]);
         assert_eq!(covering(&parts, "8.8.8.8"), vec![0]);
@@ -147,14 +172,20 @@ mod tests {
 
     #[test]
     fn identical_blocks_are_one_prefix() {
-        let b = Block { cidr: n("10.0.0.0/8"), except: vec![] };
+        let b = Block {
+            cidr: n("10.0.0.0/8"),
+            except: vec![],
+        };
         let parts = partition(&[b.clone(), b]);
         assert_eq!(parts, vec![(n("10.0.0.0/8"), vec![0, 1])]);
     }
 
     #[test]
     fn ipv6_blocks_and_holes() {
-        let parts = partition(&[Block { cidr: n("fd00::/8"), except: vec![n("fd00:1::/32")] }]);
+        let parts = partition(&[Block {
+            cidr: n("fd00::/8"),
+            except: vec![n("fd00:1::/32")],
+        }]);
         assert_eq!(covering(&parts, "fd00:2::1"), vec![0]);
         assert!(covering(&parts, "fd00:1::1").is_empty());
         assert!(covering(&parts, "10.0.0.1").is_empty());
@@ -169,12 +200,19 @@ mod tests {
     }
 
     fn arb_blocks() -> impl Strategy<Value = Vec<Block>> {
-        prop::collection::vec((arb_v4_net(), prop::collection::vec(arb_v4_net(), 0..4)), 0..6).prop_map(|raw| {
+        prop::collection::vec(
+            (arb_v4_net(), prop::collection::vec(arb_v4_net(), 0..4)),
+            0..6,
+        )
+        .prop_map(|raw| {
             raw.into_iter()
                 .map(|(cidr, ex)| Block {
                     cidr,
                     // Keep only excepts strictly inside the cidr, as validation does.
-                    except: ex.into_iter().filter(|e| cidr.contains(e) && *e != cidr).collect(),
+                    except: ex
+                        .into_iter()
+                        .filter(|e| cidr.contains(e) && *e != cidr)
+                        .collect(),
                 })
                 .collect()
         })

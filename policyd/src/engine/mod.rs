@@ -232,8 +232,14 @@ impl<K, V> MapDiff<K, V> {
 }
 
 /// Merge walk over two sorted maps.
-pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
-    let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
+pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> MapDiff<K, V> {
+    let mut d = MapDiff {
+        upsert: Vec::new(),
+        remove: Vec::new(),
+    };
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {
         match (a.peek(), b.peek()) {
@@ -297,7 +303,10 @@ impl Desired {
     }
 
     pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
-        self.rules.binary_search_by_key(&id, |r| r.id).ok().map(|i| &self.rules[i])
+        self.rules
+            .binary_search_by_key(&id, |r| r.id)
+            .ok()
+            .map(|i| &self.rules[i])
     }
 }
 
@@ -374,7 +383,14 @@ struct RuleIdTable {
 }
 
 impl policy::RuleIds for RuleIdTable {
-    fn rule_id(&mut self, ns: &str, name: &str, dir: Direction, rule: u32, peer: Option<u32>) -> u32 {
+    fn rule_id(
+        &mut self,
+        ns: &str,
+        name: &str,
+        dir: Direction,
+        rule: u32,
+        peer: Option<u32>,
+    ) -> u32 {
         let key = (ns.to_string(), name.to_string(), dir, rule, peer);
         if let Some(id) = self.ids.get(&key) {
             return *id;
@@ -405,7 +421,11 @@ pub struct Engine {
     port_names: HashSet<Arc<str>>,
     /// Last ipcache with what it was built from besides pods (local
     /// records, Service VIPs).
-    ipcache_inputs: Option<(Vec<EndpointRecord>, Vec<IpAddr>, BTreeMap<IpNet, IpcacheEntry>)>,
+    ipcache_inputs: Option<(
+        Vec<EndpointRecord>,
+        Vec<IpAddr>,
+        BTreeMap<IpNet, IpcacheEntry>,
+    )>,
     stats: CompileStats,
 }
 
@@ -481,7 +501,8 @@ impl Engine {
         let mut ns_labels: BTreeMap<String, Labels> = BTreeMap::new();
         for (name, ns) in &store.namespaces {
             let mut l = ns.metadata.labels.clone().unwrap_or_default();
-            l.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.clone());
+            l.entry(NAMESPACE_NAME_LABEL.to_string())
+                .or_insert_with(|| name.clone());
             ns_labels.insert(name.clone(), l);
         }
 
@@ -490,13 +511,22 @@ impl Engine {
         let mut ip_to_ifindex: HashMap<IpAddr, u32> = HashMap::new();
         let mut seen_ifindex: HashSet<u32> = HashSet::new();
         let mut sorted_locals: Vec<&EndpointRecord> = locals.iter().collect();
-        sorted_locals.sort_by(|a, b| (a.host_ifindex, &a.container_id, &a.ifname).cmp(&(b.host_ifindex, &b.container_id, &b.ifname)));
+        sorted_locals.sort_by(|a, b| {
+            (a.host_ifindex, &a.container_id, &a.ifname).cmp(&(
+                b.host_ifindex,
+                &b.container_id,
+                &b.ifname,
+            ))
+        });
         for r in sorted_locals {
             if !seen_ifindex.insert(r.host_ifindex) {
                 diags.push(Diagnostic {
                     object: format!("EndpointRecord {}/{}", r.container_id, r.ifname),
                     field: "hostIfindex".into(),
-                    message: format!("ifindex {} is claimed by another record too; this one is ignored", r.host_ifindex),
+                    message: format!(
+                        "ifindex {} is claimed by another record too; this one is ignored",
+                        r.host_ifindex
+                    ),
                 });
                 continue;
             }
@@ -505,7 +535,8 @@ impl Engine {
             }
             let key = (r.pod_namespace.clone(), r.pod_name.clone());
             if let Some((k, pod)) = store.pods.get_key_value(&key) {
-                let uid_ok = r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
+                let uid_ok = r.pod_uid.is_empty()
+                    || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
                 if uid_ok && pod_is_eligible(pod) {
                     local_of_pod.entry(k).or_default().push(r);
                 }
@@ -524,7 +555,8 @@ impl Engine {
         let mut locals_ep: Vec<LocalEp> = Vec::new();
         // Merge walks over sorted keys (store, previous digests, local
         // records): no hashing per pod.
-        let mut local_sorted: Vec<(&Key, Vec<&EndpointRecord>)> = local_of_pod.into_iter().collect();
+        let mut local_sorted: Vec<(&Key, Vec<&EndpointRecord>)> =
+            local_of_pod.into_iter().collect();
         local_sorted.sort_by(|a, b| a.0.cmp(b.0));
         let mut local_iter = local_sorted.into_iter().peekable();
         let mut old_pods = std::mem::take(&mut self.pods).into_iter().peekable();
@@ -548,10 +580,25 @@ impl Engine {
                 }
             }
             let entry = match prev {
-                Some((k, dg)) if dg.unchanged(pod, labels, |id| uni.identities.get(&id).or_else(|| old_uni.identities.get(&id))) => (k, dg),
+                Some((k, dg))
+                    if dg.unchanged(pod, labels, |id| {
+                        uni.identities
+                            .get(&id)
+                            .or_else(|| old_uni.identities.get(&id))
+                    }) =>
+                {
+                    (k, dg)
+                }
                 _ => (key.clone(), {
                     self.stats.pods_read += 1;
-                    Box::new(PodDigest::new(key, pod, labels, &mut self.ids, &mut self.port_names, generation))
+                    Box::new(PodDigest::new(
+                        key,
+                        pod,
+                        labels,
+                        &mut self.ids,
+                        &mut self.port_names,
+                        generation,
+                    ))
                 }),
             };
             new_pods.push(entry);
@@ -559,7 +606,11 @@ impl Engine {
             while local_iter.peek().is_some_and(|(k, _)| *k < key) {
                 local_iter.next();
             }
-            let records = if local_iter.peek().is_some_and(|(k, _)| *k == key) { local_iter.next().map(|(_, v)| v) } else { None };
+            let records = if local_iter.peek().is_some_and(|(k, _)| *k == key) {
+                local_iter.next().map(|(_, v)| v)
+            } else {
+                None
+            };
             if dg.identity == 0 {
                 continue;
             }
@@ -570,7 +621,10 @@ impl Engine {
                     Some(info) => info,
                     None => {
                         added.push(id);
-                        IdentityLabels { namespace: key.0.clone(), labels: labels.clone() }
+                        IdentityLabels {
+                            namespace: key.0.clone(),
+                            labels: labels.clone(),
+                        }
                     }
                 };
                 v.insert(info);
@@ -598,7 +652,13 @@ impl Engine {
                 Some(rs) => {
                     for r in rs {
                         claims.extend(r.ips.iter().map(|ip| (*ip, rank, id)));
-                        locals_ep.push(LocalEp { ifindex: r.host_ifindex, pod_key: key.clone(), pod, identity: id, own_ports: dg.ports.clone() });
+                        locals_ep.push(LocalEp {
+                            ifindex: r.host_ifindex,
+                            pod_key: key.clone(),
+                            pod,
+                            identity: id,
+                            own_ports: dg.ports.clone(),
+                        });
                     }
                 }
                 None => claims.extend(dg.status_ips.iter().map(|ip| (*ip, rank, id))),
@@ -612,7 +672,10 @@ impl Engine {
         }
         for ns in uni.by_ns.keys() {
             if !ns_labels.contains_key(ns) {
-                ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
+                ns_labels.insert(
+                    ns.clone(),
+                    Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]),
+                );
             }
         }
         uni.ns_labels = ns_labels;
@@ -635,39 +698,91 @@ impl Engine {
                     Err(_) => diags.push(Diagnostic {
                         object: format!("Service {ns}/{name}"),
                         field: format!("spec.clusterIPs[{i}]"),
-                        message: format!("{v:?} is not an IP address; the VIP is not marked as a Service"),
+                        message: format!(
+                            "{v:?} is not an IP address; the VIP is not marked as a Service"
+                        ),
                     }),
                 }
             }
         }
         // Nothing the ipcache reads changed: reuse it rather than re-sort
         // ten thousand addresses.
-        let reuse = self.stats.pods_read == 0 && !pods_removed && self.ipcache_inputs.as_ref().is_some_and(|(l, v, _)| l.as_slice() == locals && *v == vips);
+        let reuse = self.stats.pods_read == 0
+            && !pods_removed
+            && self
+                .ipcache_inputs
+                .as_ref()
+                .is_some_and(|(l, v, _)| l.as_slice() == locals && *v == vips);
         let ipcache = if reuse {
-            self.ipcache_inputs.as_ref().map(|(_, _, c)| c.clone()).unwrap_or_default()
+            self.ipcache_inputs
+                .as_ref()
+                .map(|(_, _, c)| c.clone())
+                .unwrap_or_default()
         } else {
             // Best claim first per address.
             claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
             claims.dedup_by_key(|c| c.0);
             // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
-            let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(claims.len() + vips.len() + 8);
-            ipc.push(("0.0.0.0/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
-            ipc.push(("::/0".parse().unwrap(), 0, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false }));
+            let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> =
+                Vec::with_capacity(claims.len() + vips.len() + 8);
+            ipc.push((
+                "0.0.0.0/0".parse().unwrap(),
+                0,
+                IpcacheEntry {
+                    identity: ID_WORLD,
+                    endpoint: 0,
+                    service: false,
+                },
+            ));
+            ipc.push((
+                "::/0".parse().unwrap(),
+                0,
+                IpcacheEntry {
+                    identity: ID_WORLD,
+                    endpoint: 0,
+                    service: false,
+                },
+            ));
             for (ip, _, id) in &claims {
                 let endpoint = ip_to_ifindex.get(ip).copied().unwrap_or(0);
-                ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
+                ipc.push((
+                    IpNet::from(*ip),
+                    2,
+                    IpcacheEntry {
+                        identity: *id,
+                        endpoint,
+                        service: false,
+                    },
+                ));
             }
             for ip in &vips {
-                ipc.push((IpNet::from(*ip), 1, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true }));
+                ipc.push((
+                    IpNet::from(*ip),
+                    1,
+                    IpcacheEntry {
+                        identity: ID_WORLD,
+                        endpoint: 0,
+                        service: true,
+                    },
+                ));
             }
             for r in locals {
                 for gw in &r.gateways {
-                    ipc.push((IpNet::from(*gw), 3, IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }));
+                    ipc.push((
+                        IpNet::from(*gw),
+                        3,
+                        IpcacheEntry {
+                            identity: ID_HOST,
+                            endpoint: 0,
+                            service: false,
+                        },
+                    ));
                 }
             }
             ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
             ipc.dedup_by_key(|e| e.0);
-            let ipcache: BTreeMap<IpNet, IpcacheEntry> = ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
+            let ipcache: BTreeMap<IpNet, IpcacheEntry> =
+                ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
             self.ipcache_inputs = Some((locals.to_vec(), vips, ipcache.clone()));
             ipcache
         };
@@ -694,12 +809,24 @@ impl Engine {
                     let v = self.version();
                     let c = Arc::new(policy::compile_policy(&np, &mut self.rule_ids, v));
                     self.stats.policies_compiled += 1;
-                    self.policies.insert(key.clone(), PolicyMemo {
+                    self.policies.insert(
+                        key.clone(),
+                        PolicyMemo {
                             version: object_version(&np.metadata),
                             // With a resourceVersion the spec is never compared: do not keep it.
-                            spec: if np.metadata.resource_version.as_ref().is_some_and(|v| !v.is_empty()) { None } else { np.spec.clone() },
+                            spec: if np
+                                .metadata
+                                .resource_version
+                                .as_ref()
+                                .is_some_and(|v| !v.is_empty())
+                            {
+                                None
+                            } else {
+                                np.spec.clone()
+                            },
                             compiled: c.clone(),
-                        });
+                        },
+                    );
                     c
                 }
             };
@@ -710,7 +837,9 @@ impl Engine {
             removed_any = true;
         }
         if removed_any {
-            self.rule_ids.ids.retain(|k, _| store.policies.contains_key(&(k.0.clone(), k.1.clone())));
+            self.rule_ids
+                .ids
+                .retain(|k, _| store.policies.contains_key(&(k.0.clone(), k.1.clone())));
         }
 
         // --- peer sets: patch the cache for what changed ------------------
@@ -754,7 +883,13 @@ impl Engine {
             }
             let out = Arc::new(self.compile_endpoint(ep, &selecting));
             self.stats.endpoints_compiled += 1;
-            self.endpoints.insert(ep.ifindex, EndpointMemo { fp, out: out.clone() });
+            self.endpoints.insert(
+                ep.ifindex,
+                EndpointMemo {
+                    fp,
+                    out: out.clone(),
+                },
+            );
             outs.push(out);
         }
         self.endpoints.retain(|k, _| live_eps.contains(k));
@@ -766,8 +901,10 @@ impl Engine {
             endpoints.insert(ep.ifindex, out.state);
             used_classes.extend(out.cidr.iter().map(|(_, c)| *c));
         }
-        let policy: BTreeMap<PolicyKey, PolicyValue> = outs.iter().flat_map(|o| o.policy.iter().copied()).collect();
-        let cidr: BTreeMap<CidrKey, u32> = outs.iter().flat_map(|o| o.cidr.iter().copied()).collect();
+        let policy: BTreeMap<PolicyKey, PolicyValue> =
+            outs.iter().flat_map(|o| o.policy.iter().copied()).collect();
+        let cidr: BTreeMap<CidrKey, u32> =
+            outs.iter().flat_map(|o| o.cidr.iter().copied()).collect();
         if self.classes.len() > 2 * used_classes.len() + 1024 {
             self.classes.retain(|_, id| used_classes.contains(id));
         }
@@ -789,7 +926,9 @@ impl Engine {
                     };
                     match &r.peers {
                         Peers::All { rule_id } => rules.push(info(*rule_id, None)),
-                        Peers::List(list) => rules.extend(list.iter().map(|pe| info(pe.rule_id, Some(pe.index)))),
+                        Peers::List(list) => {
+                            rules.extend(list.iter().map(|pe| info(pe.rule_id, Some(pe.index))))
+                        }
                     }
                 }
             }
@@ -801,7 +940,15 @@ impl Engine {
         let in_use = self.universe.identities.len();
         self.ids.collect_garbage(in_use, generation, 4096);
 
-        Desired { ipcache, endpoints, policy, cidr, rules, identities: self.universe.identities.clone(), diagnostics: diags }
+        Desired {
+            ipcache,
+            endpoints,
+            policy,
+            cidr,
+            rules,
+            identities: self.universe.identities.clone(),
+            diagnostics: diags,
+        }
     }
 
     /// Bring every cached peer set up to date with `new`, re-evaluating only
@@ -817,7 +964,12 @@ impl Engine {
         }
         let mut next_version = self.next_version;
         for (sel, set) in self.peer_sets.iter_mut() {
-            let mut ids: Vec<u32> = set.ids.iter().copied().filter(|id| !changed.contains(id)).collect();
+            let mut ids: Vec<u32> = set
+                .ids
+                .iter()
+                .copied()
+                .filter(|id| !changed.contains(id))
+                .collect();
             for id in changed {
                 if let Some(info) = new.identities.get(id) {
                     if selector_matches(sel, info, &new.ns_labels) {
@@ -863,7 +1015,13 @@ impl Engine {
         let ids = Arc::new(ids);
         let version = self.version();
         self.stats.peer_sets_evaluated += 1;
-        self.peer_sets.insert(sel.clone(), PeerSet { ids: ids.clone(), version });
+        self.peer_sets.insert(
+            sel.clone(),
+            PeerSet {
+                ids: ids.clone(),
+                version,
+            },
+        );
         (ids, version)
     }
 
@@ -892,7 +1050,11 @@ impl Engine {
         fp
     }
 
-    fn compile_endpoint(&mut self, ep: &LocalEp, selecting: &[&Arc<CompiledPolicy>]) -> EndpointOut {
+    fn compile_endpoint(
+        &mut self,
+        ep: &LocalEp,
+        selecting: &[&Arc<CompiledPolicy>],
+    ) -> EndpointOut {
         let e = ep.ifindex;
         let state = EndpointState {
             identity: ep.identity,
@@ -934,39 +1096,62 @@ impl Engine {
             }
         }
         let mut last: Option<(u32, Rank)> = None;
-        let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
-            let k = PolicyKey { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
-            // Consecutive entries almost always come from the same rule.
-            let rank = match last {
-                Some((r, rank)) if r == rule => rank,
-                _ => {
-                    let rank = rank_of.get(&rule).copied().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
-                    last = Some((rule, rank));
-                    rank
-                }
+        let mut put =
+            |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
+                let k = PolicyKey {
+                    endpoint: e,
+                    identity,
+                    direction: dir,
+                    protocol: pp.0,
+                    port: pp.1,
+                };
+                // Consecutive entries almost always come from the same rule.
+                let rank = match last {
+                    Some((r, rank)) if r == rule => rank,
+                    _ => {
+                        let rank =
+                            rank_of
+                                .get(&rule)
+                                .copied()
+                                .unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+                        last = Some((rule, rank));
+                        rank
+                    }
+                };
+                entries.push((k, rank, rule));
             };
-            entries.push((k, rank, rule));
-        };
         // ipBlocks per direction: (block, port entries, rule).
         let mut blocks: [Vec<(cidr::Block, Vec<PortEntry>, u32)>; 2] = [Vec::new(), Vec::new()];
         let uni_named = &self.universe.named_ports;
         // Ports of a rule towards one peer identity (None: a non-pod peer).
-        let resolve = |ports: &[PortSpec], dir: Direction, peer: Option<u32>| -> Vec<(Option<u8>, Option<PortBlock>)> {
+        let resolve = |ports: &[PortSpec],
+                       dir: Direction,
+                       peer: Option<u32>|
+         -> Vec<(Option<u8>, Option<PortBlock>)> {
             let mut out = Vec::new();
             for p in ports {
                 match p {
                     PortSpec::Any => out.push((None, None)),
                     PortSpec::Proto(pr) => out.push((Some(*pr), None)),
-                    PortSpec::Blocks(pr, bl) => out.extend(bl.iter().map(|b| (Some(*pr), Some(*b)))),
+                    PortSpec::Blocks(pr, bl) => {
+                        out.extend(bl.iter().map(|b| (Some(*pr), Some(*b))))
+                    }
                     PortSpec::Named(pr, name) => {
                         // Named ports belong to the destination pod: on
                         // ingress that is this endpoint; on egress the peer.
                         let table: &[NamedPort] = match (dir, peer) {
                             (Direction::Ingress, _) => &ep.own_ports,
-                            (Direction::Egress, Some(id)) => uni_named.get(&id).map(|v| v.as_slice()).unwrap_or(&[]),
+                            (Direction::Egress, Some(id)) => {
+                                uni_named.get(&id).map(|v| v.as_slice()).unwrap_or(&[])
+                            }
                             (Direction::Egress, None) => &[],
                         };
-                        out.extend(table.iter().filter(|(n, p, _)| **n == **name && p == pr).map(|(_, p, num)| (Some(*p), Some(PortBlock::single(*num)))));
+                        out.extend(
+                            table
+                                .iter()
+                                .filter(|(n, p, _)| **n == **name && p == pr)
+                                .map(|(_, p, num)| (Some(*p), Some(PortBlock::single(*num)))),
+                        );
                     }
                 }
             }
@@ -983,7 +1168,12 @@ impl Engine {
                         }
                         if has_named {
                             // Every pod whose container has the name: per identity.
-                            let named_only: Vec<PortSpec> = r.ports.iter().filter(|p| matches!(p, PortSpec::Named(..))).cloned().collect();
+                            let named_only: Vec<PortSpec> = r
+                                .ports
+                                .iter()
+                                .filter(|p| matches!(p, PortSpec::Named(..)))
+                                .cloned()
+                                .collect();
                             for id in uni_named.keys() {
                                 for pp in resolve(&named_only, dir, Some(*id)) {
                                     put(*id, dir, pp, *rule_id);
@@ -996,8 +1186,13 @@ impl Engine {
                             match &pe.spec {
                                 PeerSpec::Pods(sel) => {
                                     let set = &resolved_sets[&(sel as *const _)];
-                                    let uniform = !(dir == Direction::Egress && r.uses_named_ports());
-                                    let shared = if uniform { resolve(&r.ports, dir, None) } else { Vec::new() };
+                                    let uniform =
+                                        !(dir == Direction::Egress && r.uses_named_ports());
+                                    let shared = if uniform {
+                                        resolve(&r.ports, dir, None)
+                                    } else {
+                                        Vec::new()
+                                    };
                                     for id in set.iter() {
                                         if uniform {
                                             for pp in &shared {
@@ -1011,7 +1206,11 @@ impl Engine {
                                     }
                                 }
                                 PeerSpec::Block(b) => {
-                                    blocks[dir as usize].push((b.clone(), resolve(&r.ports, dir, None), pe.rule_id));
+                                    blocks[dir as usize].push((
+                                        b.clone(),
+                                        resolve(&r.ports, dir, None),
+                                        pe.rule_id,
+                                    ));
                                 }
                             }
                         }
@@ -1027,8 +1226,10 @@ impl Engine {
             }
             let plain: Vec<cidr::Block> = bl.iter().map(|(b, _, _)| b.clone()).collect();
             for (net, covering) in cidr::partition(&plain) {
-                let mut class_key: ClassKey =
-                    covering.iter().flat_map(|&i| bl[i].1.iter().map(move |pp| (pp.0, pp.1, bl[i].2))).collect();
+                let mut class_key: ClassKey = covering
+                    .iter()
+                    .flat_map(|&i| bl[i].1.iter().map(move |pp| (pp.0, pp.1, bl[i].2)))
+                    .collect();
                 class_key.sort();
                 class_key.dedup();
                 let class = if class_key.is_empty() {
@@ -1039,7 +1240,11 @@ impl Engine {
                         None => {
                             let c = self.next_class;
                             // Wrap within the class range, skipping the no-class marker.
-                            self.next_class = if c == u32::MAX { CIDR_NO_CLASS + 1 } else { c + 1 };
+                            self.next_class = if c == u32::MAX {
+                                CIDR_NO_CLASS + 1
+                            } else {
+                                c + 1
+                            };
                             self.classes.insert(class_key.clone(), c);
                             c
                         }
@@ -1049,20 +1254,39 @@ impl Engine {
                     }
                     class
                 };
-                cidr_out.push((CidrKey { endpoint: e, direction: dir, net }, class));
+                cidr_out.push((
+                    CidrKey {
+                        endpoint: e,
+                        direction: dir,
+                        net,
+                    },
+                    class,
+                ));
             }
         }
         cidr_out.sort();
         // Sorted by key then rank: the first of each key is its winner.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         entries.dedup_by_key(|x| x.0);
-        EndpointOut { state, policy: entries.into_iter().map(|(k, _, rule)| (k, PolicyValue { rule })).collect(), cidr: cidr_out }
+        EndpointOut {
+            state,
+            policy: entries
+                .into_iter()
+                .map(|(k, _, rule)| (k, PolicyValue { rule }))
+                .collect(),
+            cidr: cidr_out,
+        }
     }
 }
 
 /// (uid, resourceVersion) of an object, when its source sets them.
-fn object_version(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(Option<String>, String)> {
-    m.resource_version.as_ref().filter(|v| !v.is_empty()).map(|v| (m.uid.clone(), v.clone()))
+fn object_version(
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(Option<String>, String)> {
+    m.resource_version
+        .as_ref()
+        .filter(|v| !v.is_empty())
+        .map(|v| (m.uid.clone(), v.clone()))
 }
 
 /// What the engine read from one pod, and what it made of it.
@@ -1086,7 +1310,14 @@ struct PodDigest {
 }
 
 impl PodDigest {
-    fn new(key: &Key, pod: &Pod, labels: &Labels, ids: &mut identity::IdentityAllocator, names: &mut HashSet<Arc<str>>, generation: u64) -> PodDigest {
+    fn new(
+        key: &Key,
+        pod: &Pod,
+        labels: &Labels,
+        ids: &mut identity::IdentityAllocator,
+        names: &mut HashSet<Arc<str>>,
+        generation: u64,
+    ) -> PodDigest {
         let st = pod.status.as_ref();
         // One Arc per distinct port name, so comparing port lists is
         // mostly pointer comparisons.
@@ -1098,7 +1329,9 @@ impl PodDigest {
             names.insert(a.clone());
             a
         };
-        let ports_seq: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
+        let ports_seq: Vec<NamedPort> = pod_named_ports(pod)
+            .map(|(n, p, x)| (intern(n), p, x))
+            .collect();
         let mut ports = ports_seq.clone();
         ports.sort();
         ports.dedup();
@@ -1113,21 +1346,38 @@ impl PodDigest {
             uid: pod.metadata.uid.clone().filter(|_| keep),
             host_network: pod.spec.as_ref().and_then(|s| s.host_network),
             phase: st.and_then(|s| s.phase.clone()).filter(|_| keep),
-            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond()),
+            created: pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_nanosecond()),
             pod_ip: st.and_then(|s| s.pod_ip.clone()).filter(|_| keep),
             pod_ips: st.and_then(|s| s.pod_ips.clone()).filter(|_| keep),
             ports_seq: if keep { ports_seq } else { Vec::new() },
             ports,
-            identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
+            identity: if eligible {
+                ids.assign(&key.0, labels, generation)
+            } else {
+                0
+            },
             running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
-            status_ips: if eligible { pod_status_ips(pod, key, &mut diags) } else { Vec::new() },
+            status_ips: if eligible {
+                pod_status_ips(pod, key, &mut diags)
+            } else {
+                Vec::new()
+            },
             diags,
         }
     }
 
     /// Whether `pod` still reads as this digest. `labels_of` gives the
     /// labels of an identity (identities map to one label set for life).
-    fn unchanged<'a>(&self, pod: &Pod, labels: &Labels, labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>) -> bool {
+    fn unchanged<'a>(
+        &self,
+        pod: &Pod,
+        labels: &Labels,
+        labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>,
+    ) -> bool {
         let st = pod.status.as_ref();
         if let Some((u, sv)) = &self.version {
             // Fields were not kept for versioned pods: a new version is a change.
@@ -1139,17 +1389,28 @@ impl PodDigest {
             && self.uid == pod.metadata.uid
             && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
             && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
-            && self.created == pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond())
+            && self.created
+                == pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_nanosecond())
             && self.pod_ip.as_deref() == st.and_then(|s| s.pod_ip.as_deref())
             && self.pod_ips.as_ref() == st.and_then(|s| s.pod_ips.as_ref())
             && pod_named_ports(pod).eq(self.ports_seq.iter().map(|(n, p, x)| (&**n, *p, *x)))
     }
 }
 
-fn selector_matches(sel: &PeerSelector, id: &IdentityLabels, ns_labels: &BTreeMap<String, Labels>) -> bool {
+fn selector_matches(
+    sel: &PeerSelector,
+    id: &IdentityLabels,
+    ns_labels: &BTreeMap<String, Labels>,
+) -> bool {
     let ns_ok = match &sel.namespaces {
         policy::NsScope::Same(ns) => *ns == id.namespace,
-        policy::NsScope::Matching(nsel) => ns_labels.get(&id.namespace).is_some_and(|l| nsel.matches(l)),
+        policy::NsScope::Matching(nsel) => ns_labels
+            .get(&id.namespace)
+            .is_some_and(|l| nsel.matches(l)),
     };
     ns_ok && sel.pods.matches(&id.labels)
 }
@@ -1157,16 +1418,32 @@ fn selector_matches(sel: &PeerSelector, id: &IdentityLabels, ns_labels: &BTreeMa
 /// Pods that take part in policy: not host-network (their address is the
 /// node's), not finished (their address may already belong to another pod).
 fn pod_is_eligible(pod: &Pod) -> bool {
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !host_network && !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
 fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
-    let Some(st) = &pod.status else { return Vec::new() };
-    let mut raw: Vec<(String, &str)> = st.pod_ips.iter().flatten().enumerate().map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str())).collect();
+    let Some(st) = &pod.status else {
+        return Vec::new();
+    };
+    let mut raw: Vec<(String, &str)> = st
+        .pod_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()))
+        .collect();
     if raw.is_empty() {
-        raw.extend(st.pod_ip.as_deref().map(|ip| ("status.podIP".to_string(), ip)));
+        raw.extend(
+            st.pod_ip
+                .as_deref()
+                .map(|ip| ("status.podIP".to_string(), ip)),
+        );
     }
     let mut out = Vec::new();
     for (field, s) in raw {
@@ -1178,7 +1455,9 @@ fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAd
             Err(_) => diags.push(Diagnostic {
                 object: format!("Pod {}/{}", key.0, key.1),
                 field,
-                message: format!("{s:?} is not an IP address; the pod is not reachable by identity at it"),
+                message: format!(
+                    "{s:?} is not an IP address; the pod is not reachable by identity at it"
+                ),
             }),
         }
     }
@@ -1196,10 +1475,13 @@ fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
         .into_iter()
         .flat_map(|s| s.init_containers.iter().flatten())
         .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    containers.chain(sidecars).flat_map(|c| c.ports.iter().flatten()).filter_map(|p| {
-        let name = p.name.as_deref()?;
-        let proto = ports::protocol_number(p.protocol.as_deref())?;
-        let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
-        Some((name, proto, num))
-    })
+    containers
+        .chain(sidecars)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let name = p.name.as_deref()?;
+            let proto = ports::protocol_number(p.protocol.as_deref())?;
+            let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
+            Some((name, proto, num))
+        })
 }

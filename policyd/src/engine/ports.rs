@@ -11,7 +11,10 @@ pub struct PortBlock {
 
 impl PortBlock {
     pub fn single(port: u16) -> Self {
-        PortBlock { value: port, prefix_bits: 16 }
+        PortBlock {
+            value: port,
+            prefix_bits: 16,
+        }
     }
     pub fn first(&self) -> u16 {
         self.value
@@ -32,11 +35,18 @@ pub fn port_blocks(first: u16, last: u16) -> Vec<PortBlock> {
     while lo <= hi {
         // Largest block aligned at lo: limited by lo's trailing zeros and
         // by what still fits below hi.
-        let mut size_bits = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        let mut size_bits = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
         while lo + (1u32 << size_bits) - 1 > hi {
             size_bits -= 1;
         }
-        out.push(PortBlock { value: lo as u16, prefix_bits: (16 - size_bits) as u8 });
+        out.push(PortBlock {
+            value: lo as u16,
+            prefix_bits: (16 - size_bits) as u8,
+        });
         lo += 1u32 << size_bits;
     }
     out
@@ -64,7 +74,9 @@ pub fn protocol_number(name: Option<&str>) -> Option<u8> {
 pub fn valid_port_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -83,7 +95,13 @@ mod tests {
 
     #[test]
     fn aligned_range_is_one_block() {
-        assert_eq!(port_blocks(8000, 8007), vec![PortBlock { value: 8000, prefix_bits: 13 }]);
+        assert_eq!(
+            port_blocks(8000, 8007),
+            vec![PortBlock {
+                value: 8000,
+                prefix_bits: 13
+            }]
+        );
     }
 
     #[test]
@@ -91,7 +109,13 @@ mod tests {
         let b = port_blocks(1, 65535);
         assert_eq!(b.len(), 16);
         assert_eq!(b.first().unwrap(), &PortBlock::single(1));
-        assert_eq!(b.last().unwrap(), &PortBlock { value: 32768, prefix_bits: 1 });
+        assert_eq!(
+            b.last().unwrap(),
+            &PortBlock {
+                value: 32768,
+                prefix_bits: 1
+            }
+        );
     }
 
     #[test]
