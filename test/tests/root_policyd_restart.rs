@@ -5,9 +5,10 @@
 //!
 //! A real lab (`weirctl lab up`, the real `weir` CNI binary and
 //! weir-policyd) with namespace x and pods a, b, c serving TCP 80 behind
-//! Services. A client thread in pod x/a holds one TCP connection to x/b's
-//! lab server (which echoes) and exchanges a numbered message every 50 ms
-//! for the whole test; every message must come back, in order.
+//! Services. Client threads in pod x/a hold TCP connections to x/b's lab
+//! server (which echoes), one to its pod IP and one to its ClusterIP, and
+//! exchange a numbered message every 50 ms for the whole test; every
+//! message must come back, in order.
 //!
 //! Needs root and the binaries (`cargo build -p weirctl -p weir-cni -p
 //! weir-policyd`, or WEIR_BIN_DIR).
@@ -292,7 +293,7 @@ impl Flow {
     /// Fails if any message was lost so far.
     fn check(&self, when: &str) -> Result<u64> {
         if let Some(f) = self.failure() {
-            bail!("{when}: the established allowed flow x/a -> x/b broke after {} echoed messages: {f}", self.echoed());
+            bail!("{when}: the established allowed flow broke after {} echoed messages: {f}", self.echoed());
         }
         Ok(self.echoed())
     }
@@ -449,15 +450,31 @@ fn run() -> Result<()> {
     lab.apply(&allow("a-from-c", "c", "a"))?;
     converge(&lab, &p1, "policy P1 with weir-policyd running")?;
 
-    // 2. The long-lived allowed flow a -> b (pod IP: no Service DNAT, the
-    // lab server echoes and keeps the connection while it hears from us).
+    // 2. Two long-lived allowed flows a -> b: to the pod IP (judged at
+    // b's to_pod), and to b's ClusterIP (kube-proxy's DNAT in the node, the
+    // un-DNATed reply passing on the Service CT entry). The lab server
+    // echoes and keeps a connection while it hears from the client.
     let ips = lab.pod_ips()?;
     let b_ip: IpAddr = *ips
         .get(&PodRef::new("x", "b"))
         .and_then(|v| v.iter().find(|ip| ip.is_ipv4()))
         .context("`lab get pods`: x/b has no IPv4 address")?;
-    let mut flow = Flow::start(&netns[0], SocketAddr::new(b_ip, 80))?;
-    let mut mark = flow.advance(0, 5, "before killing weir-policyd")?;
+    let b_vip: IpAddr = state["services"]["x/s-x-b"]
+        .as_array()
+        .and_then(|a| a.iter().filter_map(|v| v.as_str()?.parse::<IpAddr>().ok()).find(IpAddr::is_ipv4))
+        .context("state.json: no IPv4 ClusterIP for services[\"x/s-x-b\"]")?;
+    let mut flows = vec![
+        ("x/a -> x/b pod IP", Flow::start(&netns[0], SocketAddr::new(b_ip, 80))?),
+        ("x/a -> x/b ClusterIP", Flow::start(&netns[0], SocketAddr::new(b_vip, 80))?),
+    ];
+    let advance = |flows: &[(&str, Flow)], n: u64, when: &str| -> Result<()> {
+        for (what, f) in flows {
+            let from = f.echoed();
+            f.advance(from, n, &format!("{when}, flow {what}"))?;
+        }
+        Ok(())
+    };
+    advance(&flows, 5, "before killing weir-policyd")?;
 
     // 3. SIGKILL weir-policyd: no shutdown path runs.
     // SAFETY: kill(2) on the pid the lab recorded for its policyd.
@@ -473,12 +490,12 @@ fn run() -> Result<()> {
     if pid_alive(policyd_pid) {
         bail!("weir-policyd {policyd_pid} survived SIGKILL");
     }
-    eprintln!("killed weir-policyd {policyd_pid} at flow message {mark}");
+    eprintln!("killed weir-policyd {policyd_pid}");
 
     // While it is dead: the maps keep enforcing P1 for new connections,
     // allowed and denied, and the established flow keeps flowing.
     assert_matrix(&lab, &p1, "weir-policyd dead, policy P1")?;
-    mark = flow.advance(mark, 20, "weir-policyd dead")?;
+    advance(&flows, 20, "weir-policyd dead")?;
 
     // 4. Policy P2 written while it is dead: c -> a removed, b -> c added.
     // Nothing programs it, so P1 must still hold.
@@ -493,22 +510,24 @@ fn run() -> Result<()> {
         &p1,
         "weir-policyd dead, P2 written but not programmed",
     )?;
-    mark = flow.advance(mark, 20, "weir-policyd dead, P2 written")?;
+    advance(&flows, 20, "weir-policyd dead, P2 written")?;
 
     // 5. Restart as the lab starts it: converges to P2, flow untouched.
     let restarted = restart_policyd(&ctl, &name)?;
     let p2 = expected(&[("a", "b"), ("b", "c")]);
     let attempts = converge(&lab, &p2, "after restarting weir-policyd, policy P2")?;
     eprintln!("converged to P2 after {attempts} probe(s)");
-    mark = flow.advance(mark, 20, "after the restart converged")?;
+    advance(&flows, 20, "after the restart converged")?;
     // Settled: a second probe agrees, and the flow is still intact.
     assert_matrix(&lab, &p2, "after convergence, again")?;
-    let total = flow.check("at the end")?;
-    flow.finish();
-    if let Some(f) = flow.failure() {
-        bail!("the flow broke while stopping: {f}");
+    for (what, f) in &mut flows {
+        f.check(&format!("at the end, flow {what}"))?;
+        f.finish();
+        if let Some(e) = f.failure() {
+            bail!("flow {what} broke while stopping: {e}");
+        }
+        eprintln!("long-lived flow {what}: {} messages echoed, none lost", f.echoed());
     }
-    eprintln!("long-lived flow: {total} messages echoed, none lost (last phase mark {mark})");
 
     // 6. `lab down` leaves nothing behind.
     let lab_dir = Path::new(LAB_ROOT).join(&name);
