@@ -28,3 +28,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/weir";
 
 /// The compiled programs and map definitions (bpf/progs/weir.c).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir.o"));
+
+// policyd shares one handle across tasks: keep it Send + Sync.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Dataplane>();
+};
