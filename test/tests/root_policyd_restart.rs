@@ -293,7 +293,10 @@ impl Flow {
     /// Fails if any message was lost so far.
     fn check(&self, when: &str) -> Result<u64> {
         if let Some(f) = self.failure() {
-            bail!("{when}: the established allowed flow broke after {} echoed messages: {f}", self.echoed());
+            bail!(
+                "{when}: the established allowed flow broke after {} echoed messages: {f}",
+                self.echoed()
+            );
         }
         Ok(self.echoed())
     }
@@ -461,11 +464,21 @@ fn run() -> Result<()> {
         .context("`lab get pods`: x/b has no IPv4 address")?;
     let b_vip: IpAddr = state["services"]["x/s-x-b"]
         .as_array()
-        .and_then(|a| a.iter().filter_map(|v| v.as_str()?.parse::<IpAddr>().ok()).find(IpAddr::is_ipv4))
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str()?.parse::<IpAddr>().ok())
+                .find(IpAddr::is_ipv4)
+        })
         .context("state.json: no IPv4 ClusterIP for services[\"x/s-x-b\"]")?;
     let mut flows = vec![
-        ("x/a -> x/b pod IP", Flow::start(&netns[0], SocketAddr::new(b_ip, 80))?),
-        ("x/a -> x/b ClusterIP", Flow::start(&netns[0], SocketAddr::new(b_vip, 80))?),
+        (
+            "x/a -> x/b pod IP",
+            Flow::start(&netns[0], SocketAddr::new(b_ip, 80))?,
+        ),
+        (
+            "x/a -> x/b ClusterIP",
+            Flow::start(&netns[0], SocketAddr::new(b_vip, 80))?,
+        ),
     ];
     let advance = |flows: &[(&str, Flow)], n: u64, when: &str| -> Result<()> {
         for (what, f) in flows {
@@ -526,7 +539,10 @@ fn run() -> Result<()> {
         if let Some(e) = f.failure() {
             bail!("flow {what} broke while stopping: {e}");
         }
-        eprintln!("long-lived flow {what}: {} messages echoed, none lost", f.echoed());
+        eprintln!(
+            "long-lived flow {what}: {} messages echoed, none lost",
+            f.echoed()
+        );
     }
 
     // 6. `lab down` leaves nothing behind.
