@@ -7,7 +7,7 @@ use crate::abi::POLICY_FIXED_BITS;
 
 /// One aligned block: ports `start ..= start + 2^(16-bits) - 1`, matching
 /// the top `bits` bits of the port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortBlock {
     pub start: u16,
     /// Port bits fixed by the block, 0..=16.
@@ -15,6 +15,13 @@ pub struct PortBlock {
 }
 
 impl PortBlock {
+    /// Exactly one port.
+    pub fn single(port: u16) -> Self {
+        PortBlock { start: port, bits: 16 }
+    }
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end()
+    }
     pub fn end(&self) -> u16 {
         (self.start as u32 + (1u32 << (16 - self.bits as u32)) - 1) as u16
     }
@@ -69,8 +76,38 @@ mod tests {
         assert_eq!(PortBlock { start: 80, bits: 16 }.prefix_len(), 96);
     }
 
+    /// The fewest blocks any prefix cover of the range can have: split the
+    /// port space top-down, keep every block wholly inside the range.
+    fn minimal_count(lo: u32, hi: u32) -> usize {
+        fn rec(lo: u32, hi: u32, blo: u32, bits: u32) -> usize {
+            let bhi = blo + (1 << bits) - 1;
+            if hi < blo || lo > bhi {
+                0
+            } else if lo <= blo && bhi <= hi {
+                1
+            } else {
+                let half = 1 << (bits - 1);
+                rec(lo, hi, blo, bits - 1) + rec(lo, hi, blo + half, bits - 1)
+            }
+        }
+        rec(lo, hi, 0, 16)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn blocks_are_minimal(a in any::<u16>(), b in any::<u16>()) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            prop_assert_eq!(port_range_blocks(lo, hi).len(), minimal_count(lo as u32, hi as u32));
+        }
+
+        #[test]
+        fn membership_matches_range(a in any::<u16>(), b in any::<u16>(), p in any::<u16>()) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            let hit = port_range_blocks(lo, hi).iter().any(|bl| bl.contains(p));
+            prop_assert_eq!(hit, lo <= p && p <= hi);
+        }
+
         #[test]
         fn blocks_are_exactly_the_range(a in any::<u16>(), b in any::<u16>()) {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };

@@ -160,7 +160,7 @@ fn to_abi_policy(k: &PolicyKey) -> (u32, abi::PolicyKey) {
     let (len, proto, port) = match (k.protocol, k.port) {
         (None, _) => (abi::POLICY_FIXED_BITS, 0, 0),
         (Some(p), None) => (abi::POLICY_FIXED_BITS + 8, p, 0),
-        (Some(p), Some(b)) => (abi::POLICY_FIXED_BITS + 8 + b.prefix_bits as u32, p, b.value),
+        (Some(p), Some(b)) => (abi::POLICY_FIXED_BITS + 8 + b.bits as u32, p, b.start),
     };
     (len, abi::PolicyKey::new(k.endpoint, k.identity, k.direction.as_u8(), proto, port))
 }
@@ -169,7 +169,7 @@ fn from_abi_policy(len: u32, k: &abi::PolicyKey) -> Option<PolicyKey> {
     let (protocol, port) = match len.checked_sub(abi::POLICY_FIXED_BITS)? {
         0 => (None, None),
         8 => (Some(k.protocol), None),
-        n @ 9..=24 => (Some(k.protocol), Some(engine::PortBlock { value: k.port_host(), prefix_bits: (n - 8) as u8 })),
+        n @ 9..=24 => (Some(k.protocol), Some(engine::PortBlock { start: k.port_host(), bits: (n - 8) as u8 })),
         _ => return None,
     };
     Some(PolicyKey { endpoint: k.endpoint, identity: k.identity, direction: direction(k.direction), protocol, port })
@@ -183,7 +183,7 @@ mod tests {
     fn policy_keys_round_trip_through_the_abi() {
         let mut keys = vec![];
         for protocol in [None, Some(6u8), Some(132)] {
-            for port in [None, Some(engine::PortBlock::single(80)), Some(engine::PortBlock { value: 1024, prefix_bits: 6 })] {
+            for port in [None, Some(engine::PortBlock::single(80)), Some(engine::PortBlock { start: 1024, bits: 6 })] {
                 if protocol.is_none() && port.is_some() {
                     continue;
                 }
