@@ -137,7 +137,7 @@ impl RootLock {
 }
 
 fn map_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(MapError) -> Error + 'a {
-    move |source| Error::Map { path: path.to_path_buf(), op, source }
+    move |source| Error::Map { path: path.to_path_buf(), op, source: Box::new(source) }
 }
 
 fn not_found(e: &MapError) -> bool {
@@ -233,7 +233,7 @@ impl Dataplane {
         let mut ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(root)
             .load(crate::OBJECT)
-            .map_err(|source| Error::Load { root: root.to_path_buf(), source })?;
+            .map_err(|source| Error::Load { root: root.to_path_buf(), source: Box::new(source) })?;
         let progs = root.join("progs");
         for dir in [&progs, &root.join("links")] {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
@@ -244,8 +244,8 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| Error::Invalid { field: "eBPF object", msg: format!("no program {name}") })?
                 .try_into()
-                .map_err(|source| Error::Program { name: name.into(), source })?;
-            prog.load().map_err(|source| Error::Program { name: name.into(), source })?;
+                .map_err(|source| Error::Program { name: name.into(), source: Box::new(source) })?;
+            prog.load().map_err(|source| Error::Program { name: name.into(), source: Box::new(source) })?;
             let pin = progs.join(name);
             if pin.exists() {
                 std::fs::remove_file(&pin).map_err(|e| Error::io("cannot replace pin", &pin, e))?;
@@ -298,7 +298,7 @@ impl Dataplane {
 
     fn program(&self, hook: Hook) -> Result<SchedClassifier, Error> {
         SchedClassifier::from_pin(self.prog_path(hook))
-            .map_err(|source| Error::Program { name: hook.name().into(), source })
+            .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })
     }
 
     fn prog_id(&self, hook: Hook) -> Result<u32, Error> {
@@ -347,8 +347,8 @@ impl Dataplane {
                 let _ = tc::qdisc_add_clsact(&ifname);
                 let id = prog
                     .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::Netlink(Default::default()))
-                    .map_err(|source| Error::Program { name: hook.name().into(), source })?;
-                let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source })?;
+                    .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+                let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
                 std::mem::forget(link);
                 continue;
             }
@@ -358,8 +358,8 @@ impl Dataplane {
             }
             let id = prog
                 .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|source| Error::Program { name: hook.name().into(), source })?;
-            let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source })?;
+                .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+            let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
             let fd_link: FdLink = link
                 .try_into()
                 .map_err(|e| Error::io("cannot take TCX link", &link_path, io::Error::other(e)))?;
@@ -730,7 +730,7 @@ impl Dataplane {
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
         opts.repeat = repeat.max(1);
-        let r = prog.test_run(opts).map_err(|source| Error::Program { name: hook.name().into(), source })?;
+        let r = prog.test_run(opts).map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
         Ok((r.return_value as i32, r.duration))
     }
 }

@@ -23,14 +23,14 @@ pub enum Error {
     Load {
         root: PathBuf,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
 
     #[error("program {name} was rejected or could not be handled: {source}{}", verifier_hint(.source))]
     Program {
         name: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error("map {path}: {op} failed: {source}")]
@@ -38,7 +38,7 @@ pub enum Error {
         path: PathBuf,
         op: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
     #[error("{what} {path}: {source}")]

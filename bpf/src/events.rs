@@ -15,15 +15,16 @@ pub struct EventReader {
 impl EventReader {
     pub(crate) fn open(path: PathBuf) -> Result<Self, Error> {
         let data = MapData::from_pin(&path)
-            .map_err(|source| Error::Map { path: path.clone(), op: "open", source })?;
+            .map_err(|source| Error::Map { path: path.clone(), op: "open", source: Box::new(source) })?;
         let map = aya::maps::Map::RingBuf(data);
         let ring = RingBuf::try_from(map)
-            .map_err(|source| Error::Map { path: path.clone(), op: "open ring buffer", source })?;
+            .map_err(|source| Error::Map { path: path.clone(), op: "open ring buffer", source: Box::new(source) })?;
         Ok(EventReader { ring, path })
     }
 
     /// The next event, or None when the ring is empty (poll [`Self::as_raw_fd`]
-    /// for readability to wait).
+    /// for readability to wait). Not an Iterator: None means "not yet", not "done".
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<abi::Event> {
         let item = self.ring.next()?;
         if item.len() < std::mem::size_of::<abi::Event>() {

@@ -372,9 +372,9 @@ fn root_tcp_state_shortens_timeouts() {
     assert!(c.expires_in_ns <= 20_000_000_000, "unanswered: syn timeout");
     assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 1000, SYN | ACK)));
     let c = find(1000);
-    assert!(c.expires_in_ns > 3000_000_000_000, "answered: tcp timeout");
+    assert!(c.expires_in_ns > 3_000_000_000_000, "answered: tcp timeout");
     assert!(e.from(e.a, &pkt::tcp(ip(A4), 1000, ip(R4), 80, FIN | ACK)));
-    assert!(find(1000).expires_in_ns > 3000_000_000_000, "half closed stays");
+    assert!(find(1000).expires_in_ns > 3_000_000_000_000, "half closed stays");
     assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 1000, FIN | ACK)));
     let c = find(1000);
     assert!(c.expires_in_ns <= 20_000_000_000, "closed both ways: short");
