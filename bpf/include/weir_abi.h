@@ -191,6 +191,7 @@ enum weir_reason {
 	WEIR_R_DROP_NO_ENDPOINT = 68,/* program on a veth with no endpoint entry */
 	WEIR_R_DROP_CT_FULL = 69,    /* conntrack insert failed: never pass untracked */
 	WEIR_R_DROP_VLAN = 70,       /* 802.1Q/802.1ad frame: could hide an IP packet */
+	WEIR_R_DROP_SPOOFED = 71,    /* source address is not the sending pod's own */
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)

@@ -94,6 +94,14 @@ int from_pod(struct __sk_buff *skb)
 	if (reason)
 		return verdict(skb, &p, &vc, reason, 0);
 
+	/* A pod sends only from its own addresses. Without this a pod could
+	 * claim another local pod's address: its packet would be deferred,
+	 * then judged at the destination as that other pod, escaping this
+	 * endpoint's egress policy and borrowing the other's identity. */
+	const struct weir_ipcache_value *self = ipcache_lookup(p.saddr);
+	if (!self || self->endpoint != ep)
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_SPOOFED);
+
 	if (dst && (dst->endpoint || (dst->flags & WEIR_IPCACHE_SERVICE))) {
 		/* Judged at the destination's to_pod, after DNAT. For a VIP,
 		 * remember that ep talks to it: the reply comes back from the VIP

@@ -178,6 +178,7 @@ pub const R_DROP_FRAGMENT: u8 = 67;
 pub const R_DROP_NO_ENDPOINT: u8 = 68;
 pub const R_DROP_CT_FULL: u8 = 69;
 pub const R_DROP_VLAN: u8 = 70;
+pub const R_DROP_SPOOFED: u8 = 71;
 pub const REASON_MAX: u8 = 128;
 
 /// Every reason code with its metric label.
@@ -199,6 +200,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_DROP_NO_ENDPOINT, "drop_no_endpoint"),
     (R_DROP_CT_FULL, "drop_ct_full"),
     (R_DROP_VLAN, "drop_vlan"),
+    (R_DROP_SPOOFED, "drop_spoofed"),
 ];
 
 pub fn reason_is_drop(r: u8) -> bool {

@@ -361,6 +361,24 @@ fn root_conntrack_is_per_endpoint_no_spoofed_rides() {
 }
 
 #[test]
+fn root_a_pod_cannot_send_from_another_pods_address() {
+    let Some(e) = Env::new("srcaddr") else { return };
+    // A may send nothing; B is open
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    for (b, r) in [(B4, R4), (B6, R6)] {
+        // A claims B's address towards a remote peer and towards a local pod
+        assert!(!e.from(e.a, &pkt::udp(ip(b), 5000, ip(r), 53)));
+        assert!(!e.from(e.a, &pkt::tcp(ip(b), 40000, ip(if b == B4 { A4 } else { A6 }), 80, SYN)));
+        // or an address no pod owns
+        assert!(!e.from(e.a, &pkt::udp(ip(r), 5000, ip(b), 53)));
+    }
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_DROP_SPOOFED), 6);
+    // B sending from its own address is fine, and A may still reach the node
+    assert!(e.from(e.b, &pkt::udp(ip(B4), 5000, ip(R4), 53)));
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 5000, ip(HOST4), 53)));
+}
+
+#[test]
 fn root_tcp_state_shortens_timeouts() {
     let Some(e) = Env::new("tcpstate") else { return };
     e.dp.set_config(&Config { flags: 0, ct_tcp_timeout_s: 3600, ct_udp_timeout_s: 30, ct_syn_timeout_s: 20 }).unwrap();
