@@ -27,7 +27,7 @@
 
 /* Bumped on any incompatible layout change; user space refuses to reuse
  * pins written under another version (see the `abi` pinned array). */
-#define WEIR_ABI_VERSION 1
+#define WEIR_ABI_VERSION 2
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -132,10 +132,14 @@ struct weir_cidr_value {
 	__u32 identity; /* class identity, >= WEIR_ID_FIRST_CIDR */
 };
 
-/* ---- conntrack: LRU hash, tuple as first judged -> state --------------- */
-/* ICMP echo: a request has sport = identifier, dport = 0; a reply sport = 0,
- * dport = identifier, so the ordinary port swap pairs them and a request
- * can never pass as a reply. Policy sees port 0 for ICMP. */
+/* ---- conntrack: LRU hash, the flow's two ends -> state ------------------ */
+/* The two ends are stored in a fixed order, the lower (address, port) as
+ * saddr/sport (addresses and ports compared as big-endian numbers), so
+ * both directions of a flow share one entry; WEIR_CT_ORIG_SWAPPED says the
+ * flow was opened from the daddr end.
+ * ICMP echo: a request has sport = identifier, dport = 0; a reply sport = 0,
+ * dport = identifier, so request and reply order to the same key and a
+ * request can never pass as a reply. Policy sees port 0 for ICMP. */
 struct weir_ct_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -150,10 +154,11 @@ struct weir_ct_key {
 #define WEIR_CT_FIN_REV (1u << 2)
 #define WEIR_CT_RST (1u << 3)
 #define WEIR_CT_SERVICE (1u << 4) /* egress to a VIP, judged after DNAT */
+#define WEIR_CT_ORIG_SWAPPED (1u << 5) /* opened from the key's daddr end */
 
 /*
  * Who may use an entry: a packet sent by endpoint X matches an entry in the
- * key's direction only when egress_ep == X (or, at the destination's to_pod,
+ * flow's direction only when egress_ep == X (or, at the destination's to_pod,
  * ingress_ep == the destination), and in the reverse direction only when the
  * endpoint receiving it is the one that allowed the flow. A pod spoofing
  * another pod's address therefore never rides that pod's entries.
@@ -164,7 +169,7 @@ struct weir_ct_key {
  */
 
 struct weir_ct_value {
-	__u64 expires_ns;     /* bpf_ktime_get_ns() deadline */
+	__u64 expires_ns;     /* CLOCK_MONOTONIC deadline (coarse clock) */
 	__u32 egress_ep;      /* source endpoint whose egress allowed it, or 0 */
 	__u32 ingress_ep;     /* destination endpoint whose ingress allowed it, or 0 */
 	__u32 rule;           /* rule that allowed it (ingress rule when both) */

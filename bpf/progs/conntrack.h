@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Stateful connection tracking in the weir_ct LRU map. Entries are keyed
- * by the tuple as first judged; a packet looks its flow up forward and
- * reversed. Entries carry the endpoints that allowed them and are only
- * honoured for those endpoints (see weir_abi.h).
+ * by the flow's two ends in a fixed order and remember which end opened
+ * it, so every packet finds its flow with one lookup. Entries carry the
+ * endpoints that allowed them and are only honoured for those endpoints
+ * (see weir_abi.h).
  *
  * Timeouts: an unanswered flow (no reply yet) and a closing TCP flow (RST,
  * or FIN both ways) live ct_syn_timeout_s; an answered TCP flow
@@ -40,28 +41,58 @@ static __always_inline int is_icmp(__u8 proto)
 	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
 }
 
-static __always_inline void ct_key_fwd(const struct pkt *p, struct weir_ct_key *k)
+/* Compare two addresses as big-endian numbers. struct pkt keeps its
+ * addresses 4-byte aligned. */
+static __always_inline int addr_cmp(const __u8 *a, const __u8 *b)
 {
-	__builtin_memcpy(k->saddr, p->saddr, 16);
-	__builtin_memcpy(k->daddr, p->daddr, 16);
-	k->sport = p->sport;
-	k->dport = p->dport;
-	k->protocol = p->proto;
-	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	int i;
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		if (x[i] != y[i])
+			return bpf_ntohl(x[i]) < bpf_ntohl(y[i]) ? -1 : 1;
+	return 0;
 }
 
-/* The key of the flow this packet would be a reply to. ICMP echo needs no
- * special case: parse.h puts a request's identifier in sport and a reply's
- * in dport, so the swap finds the request's entry and a request never
- * passes for a reply. */
-static __always_inline void ct_key_rev(const struct pkt *p, struct weir_ct_key *k)
+/*
+ * The key of the flow a packet belongs to: its two ends in a fixed order,
+ * the lower (address, port) first, so both directions of a flow find the
+ * one entry with one lookup. Returns 1 when the packet travels from the
+ * key's second end to its first. ICMP echo needs no special case: parse.h
+ * puts a request's identifier in sport and a reply's in dport, so request
+ * and reply order to the same key, and the direction tells them apart.
+ */
+static __always_inline int ct_key(const __u8 *saddr, __be16 sport, const __u8 *daddr,
+				  __be16 dport, __u8 proto, struct weir_ct_key *k)
 {
-	__builtin_memcpy(k->saddr, p->daddr, 16);
-	__builtin_memcpy(k->daddr, p->saddr, 16);
-	k->sport = p->dport;
-	k->dport = p->sport;
-	k->protocol = p->proto;
+	int c = addr_cmp(saddr, daddr);
+	int swap = c > 0 || (c == 0 && bpf_ntohs(sport) > bpf_ntohs(dport));
+
+	if (swap) {
+		__builtin_memcpy(k->saddr, daddr, 16);
+		__builtin_memcpy(k->daddr, saddr, 16);
+		k->sport = dport;
+		k->dport = sport;
+	} else {
+		__builtin_memcpy(k->saddr, saddr, 16);
+		__builtin_memcpy(k->daddr, daddr, 16);
+		k->sport = sport;
+		k->dport = dport;
+	}
+	k->protocol = proto;
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	return swap;
+}
+
+static __always_inline int ct_key_of(const struct pkt *p, struct weir_ct_key *k)
+{
+	return ct_key(p->saddr, p->sport, p->daddr, p->dport, p->proto, k);
+}
+
+/* Whether a packet whose key came out `swapped` is a reply of flow v. */
+static __always_inline int ct_is_reply(const struct weir_ct_value *v, int swapped)
+{
+	return swapped != !!(v->flags & WEIR_CT_ORIG_SWAPPED);
 }
 
 static __always_inline __u64 ct_timeout_ns(__u8 proto, __u32 flags)
@@ -96,6 +127,27 @@ static __always_inline struct weir_ct_value *ct_lookup(const struct weir_ct_key 
 	return v;
 }
 
+/* The packet's flow entry in *v (NULL when none is live); returns whether
+ * the packet is a reply of that flow. */
+static __always_inline int ct_is_reply_lookup(const struct pkt *p, struct weir_ct_key *k,
+					      struct weir_ct_value **v, __u64 now)
+{
+	int swapped = ct_key_of(p, k);
+	*v = ct_lookup(k, now);
+	return *v ? ct_is_reply(*v, swapped) : 0;
+}
+
+/*
+ * The conntrack clock. The coarse clock is CLOCK_MONOTONIC at tick
+ * resolution and costs half of bpf_ktime_get_ns(); timeouts are seconds,
+ * so a tick of lag does not matter. Deadlines stay comparable with
+ * CLOCK_MONOTONIC in user space.
+ */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /* A packet of the flow passed: advance the TCP state and the expiry. */
 static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *p, int reply,
 				     __u64 now)
@@ -109,7 +161,7 @@ static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *
 		if (!reply && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
 		    (flags & (WEIR_CT_RST | WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV)))
 			/* the tuple is reused by a new connection */
-			nflags = 0;
+			nflags = flags & (WEIR_CT_ORIG_SWAPPED | WEIR_CT_SERVICE);
 		if (p->tcp_flags & TCP_RST)
 			nflags |= WEIR_CT_RST;
 		if (p->tcp_flags & TCP_FIN)
@@ -137,7 +189,8 @@ static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))
 		v.flags |= WEIR_CT_RST;
 	v.expires_ns = now + ct_timeout_ns(p->proto, v.flags);
-	ct_key_fwd(p, &k);
+	if (ct_key_of(p, &k))
+		v.flags |= WEIR_CT_ORIG_SWAPPED;
 	return bpf_map_update_elem(&weir_ct, &k, &v, BPF_ANY);
 }
 
@@ -157,15 +210,14 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct pkt *p
 
 	if (parse_icmp_quote(skb, p, &q))
 		return 0;
-	ct_key_fwd(&q, &k);
+	int swapped = ct_key_of(&q, &k);
 	v = ct_lookup(&k, now);
-	if (v && (quoted_sent ? v->egress_ep : v->ingress_ep) == ep)
-		return 1;
-	ct_key_rev(&q, &k);
-	v = ct_lookup(&k, now);
-	if (v && (quoted_sent ? v->ingress_ep : v->egress_ep) == ep)
-		return 1;
-	return 0;
+	if (!v)
+		return 0;
+	/* the quoted packet went the flow's way: its sender allowed it at egress */
+	if (!ct_is_reply(v, swapped))
+		return (quoted_sent ? v->egress_ep : v->ingress_ep) == ep;
+	return (quoted_sent ? v->ingress_ep : v->egress_ep) == ep;
 }
 
 #endif

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Header parsing. Every read goes through bpf_skb_load_bytes, which fails
- * cleanly past the end of the packet and also works when headers are not in
- * the linear area, so no read is ever verifier-unsafe and a truncated packet
- * is a parse result (PARSE_MALFORMED), never an accident.
+ * Header parsing. Every read goes through weir_load(): straight from the
+ * packet when the bytes are in the linear area (always so for headers a
+ * pod's stack built), through bpf_skb_load_bytes otherwise. Either way a
+ * read past the end fails cleanly, so no read is ever verifier-unsafe and a
+ * truncated packet is a parse result (PARSE_MALFORMED), never an accident.
  *
  * Lengths are checked against the IP header's own length fields: a packet
  * whose headers claim more than it carries, or an L4 header that does not
@@ -70,6 +71,27 @@ struct pkt {
 	__u32 l3_end;  /* end of the IP packet as its header says */
 };
 
+/* Highest offset read directly; deeper reads (long IPv6 extension chains)
+ * take the helper. Bounds the offset for the verifier. */
+#define WEIR_DIRECT_MAX_OFF 1024
+
+/*
+ * Copy len bytes at off into to. The helper call costs about as much as
+ * the rest of an established packet's path, so the common case reads the
+ * packet directly; both ways give the same bytes or the same failure.
+ */
+static __always_inline int weir_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off <= WEIR_DIRECT_MAX_OFF && data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
@@ -117,7 +139,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 
 	switch (p->proto) {
 	case IPPROTO_TCP:
-		if (off + 20 > p->l3_end || bpf_skb_load_bytes(skb, off, b, 14))
+		if (off + 20 > p->l3_end || weir_load(skb, off, b, 14))
 			return PARSE_MALFORMED;
 		if ((b[12] >> 4) < 5 || off + (__u32)(b[12] >> 4) * 4 > p->l3_end)
 			return PARSE_MALFORMED;
@@ -129,7 +151,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 	case IPPROTO_SCTP:
 		/* UDP has 8 bytes, SCTP's common header 12 */
 		if (off + (p->proto == IPPROTO_UDP ? 8 : 12) > p->l3_end ||
-		    bpf_skb_load_bytes(skb, off, b, 4))
+		    weir_load(skb, off, b, 4))
 			return PARSE_MALFORMED;
 		__builtin_memcpy(&p->sport, b, 2);
 		__builtin_memcpy(&p->dport, b + 2, 2);
@@ -138,7 +160,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 	case IPPROTO_ICMPV6:
 		if ((p->proto == IPPROTO_ICMP) == v6)
 			break; /* ICMP over IPv6 or ICMPv6 over IPv4: no special meaning */
-		if (off + 8 > p->l3_end || bpf_skb_load_bytes(skb, off, b, 8))
+		if (off + 8 > p->l3_end || weir_load(skb, off, b, 8))
 			return PARSE_MALFORMED;
 		if (!v6) {
 			if (b[0] == 8)
@@ -174,7 +196,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p, __u3
 {
 	struct weir_iphdr ip;
 
-	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+	if (weir_load(skb, off, &ip, sizeof(ip)))
 		return PARSE_MALFORMED;
 	__u32 ihl = (ip.vihl & 0xf) * 4;
 	__u32 tot = bpf_ntohs(ip.tot_len);
@@ -203,7 +225,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p, __u3
 	struct weir_ip6hdr ip6;
 	__u8 b[4];
 
-	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+	if (weir_load(skb, off, &ip6, sizeof(ip6)))
 		return PARSE_MALFORMED;
 	if ((((__u8 *)&ip6.vtcfl)[0] >> 4) != 6)
 		return PARSE_MALFORMED;
@@ -226,7 +248,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p, __u3
 		    nh != WEIR_NEXTHDR_FRAGMENT && nh != WEIR_NEXTHDR_AUTH &&
 		    nh != WEIR_NEXTHDR_DEST)
 			break;
-		if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, b, 4))
+		if (l4 + 8 > end || weir_load(skb, l4, b, 4))
 			return PARSE_MALFORMED;
 		if (nh == WEIR_NEXTHDR_FRAGMENT) {
 			__u16 fo = ((__u16)b[2] << 8) | b[3];
@@ -262,7 +284,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
 	__be16 proto;
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
+	if (weir_load(skb, 12, &proto, 2))
 		return PARSE_NOT_IP; /* shorter than an Ethernet header: not IP */
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(skb, p, ETH_HLEN);
@@ -286,7 +308,7 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 
 	if (p->family == 4) {
 		struct weir_iphdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) || (ip.vihl >> 4) != 4)
+		if (weir_load(skb, off, &ip, sizeof(ip)) || (ip.vihl >> 4) != 4)
 			return -1;
 		__u32 ihl = (ip.vihl & 0xf) * 4;
 		if (ihl < 20)
@@ -297,14 +319,14 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 		off += ihl;
 	} else {
 		struct weir_ip6hdr ip6;
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+		if (weir_load(skb, off, &ip6, sizeof(ip6)))
 			return -1;
 		__builtin_memcpy(q->saddr, ip6.saddr, 16);
 		__builtin_memcpy(q->daddr, ip6.daddr, 16);
 		q->proto = ip6.nexthdr; /* a quoted packet with extension headers is not matched */
 		off += 40;
 	}
-	if (bpf_skb_load_bytes(skb, off, b, 4))
+	if (weir_load(skb, off, b, 4))
 		return -1;
 	switch (q->proto) {
 	case IPPROTO_TCP:
@@ -318,7 +340,7 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 		/* a quoted echo request (what errors quote): identifier in sport */
 		if (b[0] != 8 && b[0] != 128)
 			return -1;
-		if (bpf_skb_load_bytes(skb, off + 4, b, 2))
+		if (weir_load(skb, off + 4, b, 2))
 			return -1;
 		__builtin_memcpy(&q->sport, b, 2);
 		q->dport = 0;

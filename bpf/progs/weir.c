@@ -44,7 +44,6 @@ int from_pod(struct __sk_buff *skb)
 	struct verdict_ctx vc = { .endpoint = ep, .direction = WEIR_DIR_EGRESS };
 	struct pkt p = {};
 	struct weir_ct_key k;
-	struct weir_ct_value *ct;
 	__u32 rule = 0;
 	__u8 reason;
 
@@ -59,25 +58,22 @@ int from_pod(struct __sk_buff *skb)
 	if (p.icmp == ICMP_K_ND)
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
-	struct weir_ct_value *fwd = 0;
+	struct weir_ct_value *ct = 0;
 
-	/* A flow already judged for this endpoint passes on a hash lookup, so
-	 * established traffic never walks the LPM tries whatever their size.
-	 * For a local peer its to_pod refreshes the entry; only flows that
-	 * leave the node are refreshed here. */
+	/* A flow already judged for this endpoint passes on one hash lookup,
+	 * so established traffic never walks the LPM tries whatever their
+	 * size. For a local peer its to_pod refreshes the entry; only flows
+	 * that leave the node are refreshed here. */
 	if (tracked) {
-		ct_key_fwd(&p, &k);
-		fwd = ct_lookup(&k, now);
-		if (fwd && fwd->egress_ep == ep) {
-			if (!fwd->ingress_ep)
-				ct_touch(fwd, &p, 0, now);
+		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
+		if (ct && !reply && ct->egress_ep == ep) {
+			if (!ct->ingress_ep)
+				ct_touch(ct, &p, 0, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
-		ct_key_rev(&p, &k);
-		ct = ct_lookup(&k, now);
-		if (ct && ct->ingress_ep == ep) {
+		if (ct && reply && ct->ingress_ep == ep) {
 			if (!ct->egress_ep)
 				ct_touch(ct, &p, 1, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
@@ -106,9 +102,9 @@ int from_pod(struct __sk_buff *skb)
 		/* Judged at the destination's to_pod, after DNAT. For a VIP,
 		 * remember that ep talks to it: the reply comes back from the VIP
 		 * (kube-proxy un-DNATs it) and must find ep's entry. A live entry
-		 * of another endpoint (a spoofed source) is left alone: the
-		 * spoofer gets no reply path, the owner keeps its own. */
-		if (tracked && !dst->endpoint && !fwd &&
+		 * of another endpoint is left alone: a spoofer gets no reply path,
+		 * the owner keeps its own. */
+		if (tracked && !dst->endpoint && !ct &&
 		    ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, now))
 			return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_DEFERRED, 0);
@@ -135,7 +131,7 @@ int to_pod(struct __sk_buff *skb)
 	struct verdict_ctx vc = { .endpoint = ep, .direction = WEIR_DIR_INGRESS };
 	struct pkt p = {};
 	struct weir_ct_key k;
-	struct weir_ct_value *ct;
+	struct weir_ct_value *ct = 0;
 	__u32 rule = 0, egress_ep = 0;
 	__u8 reason;
 
@@ -150,18 +146,15 @@ int to_pod(struct __sk_buff *skb)
 	if (p.icmp == ICMP_K_ND)
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
 	if (tracked) {
-		ct_key_rev(&p, &k);
-		ct = ct_lookup(&k, now);
-		if (ct && ct->egress_ep == ep) {
+		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
+		if (ct && reply && ct->egress_ep == ep) {
 			ct_touch(ct, &p, 1, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
 		}
-		ct_key_fwd(&p, &k);
-		ct = ct_lookup(&k, now);
-		if (ct && ct->ingress_ep == ep) {
+		if (ct && !reply && ct->ingress_ep == ep) {
 			ct_touch(ct, &p, 0, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}

@@ -8,7 +8,7 @@
 //! only the data that follows it (every offset is 4 less than in C).
 
 /// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 // ---- identities -----------------------------------------------------------
 pub const ID_ANY: u32 = 0;
@@ -142,16 +142,30 @@ pub struct CtKey {
     pub pad: [u8; 3],
 }
 
+impl CtKey {
+    /// The key as the flow's opener sent it. Stored keys put the lower end
+    /// first (one entry serves both directions); `CT_ORIG_SWAPPED` in the
+    /// value says whether that reversed the opener's tuple.
+    pub fn as_opened(&self, value: &CtValue) -> CtKey {
+        if value.flags & CT_ORIG_SWAPPED == 0 {
+            return *self;
+        }
+        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, ..*self }
+    }
+}
+
 pub const CT_SEEN_REPLY: u32 = 1 << 0;
 pub const CT_FIN_FWD: u32 = 1 << 1;
 pub const CT_FIN_REV: u32 = 1 << 2;
 pub const CT_RST: u32 = 1 << 3;
 pub const CT_SERVICE: u32 = 1 << 4;
+/// The flow was opened from the key's `daddr` end (keys store the lower end first).
+pub const CT_ORIG_SWAPPED: u32 = 1 << 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValue {
-    /// CLOCK_MONOTONIC deadline in ns (bpf_ktime_get_ns).
+    /// CLOCK_MONOTONIC deadline in ns (the kernel's coarse clock).
     pub expires_ns: u64,
     pub egress_ep: u32,
     pub ingress_ep: u32,

@@ -91,6 +91,7 @@ impl PolicyRule {
 /// A conntrack entry with its expiry relative to now.
 #[derive(Clone, Debug)]
 pub struct CtEntry {
+    /// The flow's tuple as its opener sent it (not the stored order).
     pub key: CtKey,
     pub value: CtValue,
     /// Nanoseconds until expiry; 0 when already expired (awaiting reuse).
@@ -599,19 +600,21 @@ impl Dataplane {
         let mut out = Vec::new();
         for r in m.iter() {
             let (key, value) = r.map_err(map_err(&p, "iterate"))?;
+            let key = key.as_opened(&value);
             out.push(CtEntry { key, value, expires_in_ns: value.expires_ns.saturating_sub(now) });
         }
         Ok(out)
     }
 
-    /// Remove every entry `pred` selects; returns how many.
+    /// Remove every entry `pred` selects (given the tuple as opened);
+    /// returns how many.
     pub fn ct_flush_where(&self, pred: impl Fn(&CtKey, &CtValue) -> bool) -> Result<usize, Error> {
         let p = self.root.join(MAP_CT);
         let mut m = self.ct.lock().unwrap();
         let keys: Vec<CtKey> = m
             .iter()
             .filter_map(|r| r.ok())
-            .filter(|(k, v)| pred(k, v))
+            .filter(|(k, v)| pred(&k.as_opened(v), v))
             .map(|(k, _)| k)
             .collect();
         let mut n = 0;
