@@ -1,13 +1,20 @@
 //! Masquerade for traffic that leaves the cluster: one shared nftables chain
 //! per network (table `inet weir`), not one chain per pod as the reference
-//! bridge plugin does with iptables. It is rewritten atomically (one nft
-//! transaction) by every ADD with `ipMasq`, so it converges on the current
-//! configuration and is idempotent; DEL leaves it, since it only matches
-//! addresses of the network's own ranges and costs nothing without pods.
+//! bridge plugin does with iptables. ADD with `ipMasq` writes it atomically
+//! (one nft transaction), so it converges on the current configuration and
+//! is idempotent; DEL leaves it, since it only matches addresses of the
+//! network's own ranges and costs nothing without pods.
+//!
+//! Running nft costs more than the rest of an ADD, so ADD skips it when
+//! nothing can have changed: a stamp in the run directory records the
+//! script last applied and the nftables ruleset generation our transaction
+//! produced. Any later nftables change anywhere (iptables-nft included)
+//! moves the generation and the next ADD writes the chain again.
 
 use crate::error::{CniError, Result};
 use ipnet::IpNet;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub const TABLE: &str = "weir";
@@ -46,8 +53,108 @@ pub fn script(network: &str, sources: &[IpNet], cluster: &[IpNet]) -> String {
     s
 }
 
-pub fn apply(network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<()> {
+/// Make the network's masquerade chain match `sources`/`cluster`, running
+/// nft only when the stamp under `run_dir` cannot vouch for it.
+pub fn ensure(network: &str, sources: &[IpNet], cluster: &[IpNet], run_dir: &Path) -> Result<()> {
     let body = script(network, sources, cluster);
+    let stamp = stamp_path(run_dir, network);
+    let scope = scope();
+    let before = nft_generation().ok();
+    if let (Some(gen), Some(scope)) = (before, &scope) {
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_body(scope, gen, &body).as_str()) {
+            return Ok(());
+        }
+    }
+    apply(&body)?;
+    // Vouch only for our own transaction: exactly one generation later.
+    match (before, nft_generation().ok(), &scope) {
+        (Some(b), Some(a), Some(scope)) if a == b.wrapping_add(1) => {
+            let _ = write_atomic(&stamp, stamp_body(scope, a, &body).as_bytes());
+        }
+        _ => {
+            let _ = std::fs::remove_file(&stamp);
+        }
+    }
+    Ok(())
+}
+
+fn stamp_path(run_dir: &Path, network: &str) -> PathBuf {
+    run_dir.join("masq").join(format!("{}.applied", chain_name(network)))
+}
+
+/// What a stamp is valid for: this boot and this network namespace (the
+/// generation counts per namespace and restarts at boot).
+fn scope() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    Some(format!("boot {} netns {}:{}", boot.trim(), ns.dev(), ns.ino()))
+}
+
+fn stamp_body(scope: &str, generation: u32, script: &str) -> String {
+    format!("{scope}\ngeneration {generation}\n{script}")
+}
+
+fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("stamp has a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.{}", path.file_name().unwrap().to_string_lossy(), std::process::id()));
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The nftables ruleset generation of the calling thread's network
+/// namespace (NFT_MSG_GETGEN): it moves on every committed transaction.
+pub fn nft_generation() -> std::io::Result<u32> {
+    use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_NEWGEN: u16 = 15;
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFTA_GEN_ID: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("NFT_MSG_GETGEN: {m}"));
+
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    // nlmsghdr (16) + nfgenmsg (4): family AF_UNSPEC, version 0, res_id 0
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[0, 0, 0, 0]);
+    sock.send(&req, 0)?;
+    let (data, _) = sock.recv_from_full()?;
+    if data.len() < 20 {
+        return Err(bad("short reply"));
+    }
+    let ty = u16::from_ne_bytes([data[4], data[5]]);
+    if ty == NLMSG_ERROR {
+        let errno = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
+        return Err(std::io::Error::from_raw_os_error(-errno));
+    }
+    if ty != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+        return Err(bad("unexpected reply type"));
+    }
+    let len = (u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize).min(data.len());
+    let mut off = 20;
+    while off + 4 <= len {
+        let alen = u16::from_ne_bytes([data[off], data[off + 1]]) as usize;
+        let atype = u16::from_ne_bytes([data[off + 2], data[off + 3]]) & 0x3fff;
+        if alen < 4 || off + alen > len {
+            break;
+        }
+        if atype == NFTA_GEN_ID && alen >= 8 {
+            return Ok(u32::from_be_bytes([data[off + 4], data[off + 5], data[off + 6], data[off + 7]]));
+        }
+        off += (alen + 3) & !3;
+    }
+    Err(bad("no NFTA_GEN_ID"))
+}
+
+fn apply(body: &str) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

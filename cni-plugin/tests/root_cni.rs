@@ -348,10 +348,31 @@ fn root_ip_masq_installs_one_shared_idempotent_rule() {
     for (i, p) in pods.iter().enumerate() {
         node.add(&format!("m{i}"), p, &conf).ok();
     }
-    let rules = common::sh(&["nsenter", &format!("--net={}", node.ns.path()), "nft", "list", "table", "inet", "weir"]);
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["nsenter".to_string(), format!("--net={}", node.ns.path()), "nft".into()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        common::sh(&cmd.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let rules = nft(&["list", "table", "inet", "weir"]);
     assert_eq!(rules.matches("masquerade").count(), 2, "one rule per family, not per pod: {rules}");
     assert!(rules.contains("ip saddr 10.90.1.0/24 ip daddr != { 10.90.0.0/16, 224.0.0.0/4 } masquerade"), "{rules}");
-    for (i, p) in pods.iter().enumerate() {
+
+    // Unchanged ruleset: a further ADD commits no nftables transaction.
+    let generation = || node.ns.run(|| weir_cni::masq::nft_generation().expect("NFT_MSG_GETGEN"));
+    let g0 = generation();
+    let extra = Netns::new("wp");
+    node.add("m2", &extra, &conf).ok();
+    assert_eq!(generation(), g0, "ADD rewrote an unchanged masquerade chain");
+
+    // Someone removed it: the next ADD notices the moved generation and
+    // writes it again.
+    nft(&["delete", "table", "inet", "weir"]);
+    let again = Netns::new("wp");
+    node.add("m3", &again, &conf).ok();
+    let rules = nft(&["list", "table", "inet", "weir"]);
+    assert_eq!(rules.matches("masquerade").count(), 2, "chain not restored: {rules}");
+
+    for (i, p) in pods.iter().chain([&extra, &again]).enumerate() {
         node.del(&format!("m{i}"), p, &conf).ok();
     }
 }

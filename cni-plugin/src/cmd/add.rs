@@ -224,7 +224,7 @@ fn add_steps(
     }
     if conf.ip_masq {
         let sources: Vec<IpNet> = lease.ips.iter().map(|i| i.address.trunc()).collect();
-        masq::apply(&conf.name, &sources, &conf.cluster_cidrs)?;
+        masq::ensure(&conf.name, &sources, &conf.cluster_cidrs, &conf.policy.run_dir)?;
     }
 
     if let Some(dp) = dp {
