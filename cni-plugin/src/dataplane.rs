@@ -81,15 +81,29 @@ impl Dataplane {
         Ok(ep.is_some_and(|e| e.flags & abi::EP_READY != 0))
     }
 
-    /// Undo everything for one endpoint: detach, endpoint entry, counters,
-    /// and the ipcache entries of `ips` that still point at this endpoint
-    /// (an address already reused by a newer pod is left alone). Every part
-    /// tolerates "already gone"; all failures are returned.
+    /// Undo everything for one endpoint: detach, then the map entries
+    /// (`forget`). Every part tolerates "already gone"; all failures are
+    /// returned.
     pub fn remove(&self, ifindex: u32, ips: &[IpAddr]) -> Vec<CniError> {
         let mut errs = Vec::new();
-        if let Err(e) = self.inner.detach(ifindex) {
-            errs.push(dp_err(format!("detach ifindex {ifindex}"))(e));
+        if let Err(e) = self.detach(ifindex) {
+            errs.push(e);
         }
+        errs.extend(self.forget(ifindex, ips));
+        errs
+    }
+
+    /// Detach the programs (waits for RCU grace periods in the kernel).
+    pub fn detach(&self, ifindex: u32) -> Result<()> {
+        self.inner.detach(ifindex).map_err(dp_err(format!("detach ifindex {ifindex}")))
+    }
+
+    /// The endpoint's map entries: endpoint, counters, and the ipcache
+    /// entries of `ips` that still point at this endpoint (an address
+    /// already reused by a newer pod is left alone). Programs still
+    /// attached then fail closed for it.
+    pub fn forget(&self, ifindex: u32, ips: &[IpAddr]) -> Vec<CniError> {
+        let mut errs = Vec::new();
         if let Err(e) = self.inner.remove_endpoint(ifindex) {
             errs.push(dp_err(format!("remove endpoint {ifindex}"))(e));
         }

@@ -6,6 +6,7 @@
 //! host-local disk store; `netlink` + `netns` the kernel; `bridge`, `masq`,
 //! `sysctl` node plumbing; `dataplane` the only door to weir-bpf.
 
+pub mod background;
 pub mod bridge;
 pub mod cmd;
 pub mod config;

@@ -376,3 +376,51 @@ fn root_ip_masq_installs_one_shared_idempotent_rule() {
         node.del(&format!("m{i}"), p, &conf).ok();
     }
 }
+
+#[test]
+fn root_del_cuts_the_pod_off_at_once_and_add_can_follow_immediately() {
+    require_root!();
+    let node = Node::new();
+    let pod = Netns::new("wp");
+    let conf = node.conf("1.1.0", "10.91.0.0/24", None);
+    let veth = weir_cni::naming::host_veth("r1", "eth0");
+    node.add("r1", &pod, &conf).ok();
+    // DEL without the helper's wait: when it returns the veth is either
+    // gone or down and labelled for the background deletion.
+    node.weir(&Call::new("DEL", "r1", &pod.path(), "eth0"), &conf).ok();
+    if node.ns.has_link(&veth) {
+        let line = node.ns.ip(&["link", "show", &veth]);
+        assert!(!line.contains(",UP"), "host veth still up after DEL: {line}");
+    }
+    assert!(node.reserved_by("r1").is_empty(), "addresses released by DEL");
+    // The runtime may ADD the same attachment again right away.
+    let r = node.add("r1", &pod, &conf).ok().clone();
+    tcp_roundtrip(&node.ns, "10.91.0.1".parse().unwrap(), &pod);
+    assert!(result_ip(&r, true).to_string().starts_with("10.91.0."), "{r}");
+    node.del("r1", &pod, &conf).ok();
+    node.assert_clean("r1", Some(&pod));
+}
+
+#[test]
+fn root_add_replaces_a_retired_host_veth_but_not_a_foreign_one() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.92.0.0/24", None);
+    let veth = weir_cni::naming::host_veth("r2", "eth0");
+    let scratch = common::unique("wr");
+    // What a DEL leaves while its background deletion is pending.
+    node.ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &scratch]);
+    node.ns.ip(&["link", "set", &veth, "down", "alias", weir_cni::background::RETIRED_ALIAS]);
+    let pod = Netns::new("wp");
+    node.add("r2", &pod, &conf).ok();
+    assert!(!node.ns.has_link(&scratch), "the retired pair was deleted");
+    node.del("r2", &pod, &conf).ok();
+    node.assert_clean("r2", Some(&pod));
+
+    // The same name without the label is not ours to delete.
+    node.ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &scratch]);
+    let r = node.add("r2", &pod, &conf);
+    assert_eq!(r.err_code(), 101, "{r:?}");
+    assert!(node.ns.has_link(&scratch), "a foreign link was deleted");
+    assert!(node.reserved_by("r2").is_empty(), "failed ADD released its address");
+}

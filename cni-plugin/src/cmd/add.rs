@@ -2,6 +2,7 @@
 //! step that leaves state behind registers its undo first; any failure runs
 //! the undos in reverse, so a failed ADD leaves nothing.
 
+use crate::background::RETIRED_ALIAS;
 use crate::config::{Env, NetConf, OnReadyTimeout, WhileNotReady};
 use crate::dataplane::Dataplane;
 use crate::error::{code, CniError, Result};
@@ -54,6 +55,28 @@ impl Undo {
 
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
     let ns = netns::open(&env.netns)?;
+    let mut nl = Netlink::new().map_err(|e| CniError::kernel("netlink socket", e))?;
+    let host_name = naming::host_veth(&env.container_id, &env.ifname);
+    if let Some(old) = nl.link_by_name(&host_name).map_err(|e| CniError::kernel("link lookup", e))? {
+        if old.alias.as_deref() != Some(RETIRED_ALIAS) {
+            return Err(CniError::new(
+                code::IFNAME_EXISTS,
+                format!(
+                    "host veth {host_name} for CNI_CONTAINERID={} CNI_IFNAME={} already exists: this attachment was \
+                     added before; run DEL for it first",
+                    env.container_id, env.ifname
+                ),
+            ));
+        }
+        // A DEL of this attachment is still deleting it in the background
+        // (background.rs): finish that here, which also removes its pod end.
+        match nl.delete_link(old.index) {
+            Err(e) if !is_errno(&e, libc::ENODEV) => {
+                return Err(CniError::kernel(format!("delete retired {host_name}"), e))
+            }
+            _ => {}
+        }
+    }
     let mut pod = netns::run_in(&ns, || {
         Netlink::new().map_err(|e| CniError::kernel("netlink socket inside CNI_NETNS", e))
     })?;
@@ -64,18 +87,6 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
             format!(
                 "CNI_IFNAME={:?} already exists in CNI_NETNS={:?}; choose another interface name or remove it",
                 env.ifname, env.netns
-            ),
-        ));
-    }
-    let mut nl = Netlink::new().map_err(|e| CniError::kernel("netlink socket", e))?;
-    let host_name = naming::host_veth(&env.container_id, &env.ifname);
-    if nl.link_by_name(&host_name).map_err(|e| CniError::kernel("link lookup", e))?.is_some() {
-        return Err(CniError::new(
-            code::IFNAME_EXISTS,
-            format!(
-                "host veth {host_name} for CNI_CONTAINERID={} CNI_IFNAME={} already exists: this attachment was added \
-                 before; run DEL for it first",
-                env.container_id, env.ifname
             ),
         ));
     }

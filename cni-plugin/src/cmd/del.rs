@@ -2,7 +2,12 @@
 //! container ID and interface name alone (deterministic veth name, registry
 //! record, IPAM files), so it works with the netns gone, CNI_NETNS empty, or
 //! after a DEL or a failed ADD. Every step runs; all failures are reported.
+//!
+//! When DEL returns the pod is cut off (host veth down, map entries gone)
+//! and its addresses are free; the veth itself and the program links are
+//! deleted by a detached process moments later (background.rs).
 
+use crate::background::{self, RETIRED_ALIAS};
 use crate::config::{Env, NetConf};
 use crate::dataplane::Dataplane;
 use crate::error::{CniError, Result};
@@ -33,29 +38,45 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     if let Err(e) = registry.remove(&env.container_id, &env.ifname) {
         errs.push(CniError::new(crate::error::code::IO, e.to_string()));
     }
+    // Cut the pod off first: down, and labelled as retired for ADD and GC.
+    if let Some(h) = &host {
+        match nl.retire_link(h.index, RETIRED_ALIAS) {
+            Err(e) if !is_errno(&e, libc::ENODEV) => errs.push(CniError::kernel(format!("take {host_name} down"), e)),
+            _ => {}
+        }
+    }
+    let mut dp = None;
     if let Some(idx) = ifindex {
         if record.is_some() || conf.policy.enforce {
             match Dataplane::open_existing(&conf.policy) {
-                Ok(Some(dp)) => {
+                Ok(Some(d)) => {
                     let ips: Vec<IpAddr> = match &record {
                         Some(r) => r.ips.clone(),
                         None => reserved_ips(conf, env),
                     };
-                    errs.extend(dp.remove(idx, &ips));
+                    errs.extend(d.forget(idx, &ips));
+                    dp = Some((d, idx));
                 }
                 Ok(None) => {}
                 Err(e) => errs.push(e),
             }
         }
     }
-    if let Some(h) = &host {
-        match nl.delete_link(h.index) {
-            Err(e) if !is_errno(&e, libc::ENODEV) => errs.push(CniError::kernel(format!("delete {host_name}"), e)),
-            _ => {}
-        }
-    }
     if let Err(e) = ipam::release(conf, env) {
         errs.push(e);
+    }
+    // What is left only waits on the kernel: detaching the programs and
+    // deleting the veth. See background.rs.
+    if host.is_some() || dp.is_some() {
+        let host_index = host.as_ref().map(|h| h.index);
+        background::detached(move || {
+            if let Some((dp, idx)) = &dp {
+                let _ = dp.detach(*idx);
+            }
+            if let (Some(index), Ok(mut nl)) = (host_index, Netlink::new()) {
+                let _ = nl.delete_link(index);
+            }
+        });
     }
     match errs.len() {
         0 => Ok(()),

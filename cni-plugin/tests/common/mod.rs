@@ -216,8 +216,19 @@ impl Node {
     pub fn add(&self, id: &str, pod: &Netns, conf: &Value) -> Run {
         self.weir(&Call::new("ADD", id, &pod.path(), "eth0"), conf)
     }
+    /// DEL, and after a successful one wait for the veth that DEL leaves
+    /// to a background process: it must be gone within seconds.
     pub fn del(&self, id: &str, pod: &Netns, conf: &Value) -> Run {
-        self.weir(&Call::new("DEL", id, &pod.path(), "eth0"), conf)
+        let run = self.weir(&Call::new("DEL", id, &pod.path(), "eth0"), conf);
+        if run.code == 0 {
+            let veth = weir_cni::naming::host_veth(id, "eth0");
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.ns.has_link(&veth) {
+                assert!(std::time::Instant::now() < until, "DEL of {id}: {veth} still exists after 10 s");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        run
     }
     /// Reservation files (IP names) in the store.
     pub fn reserved(&self) -> Vec<String> {
