@@ -11,6 +11,9 @@
 //! HOST), --service IP (a ClusterIP: ipcache SERVICE), --cost (after
 //! filling, print the programs' in-kernel cost per packet measured with
 //! BPF_PROG_TEST_RUN: a conntrack hit, and a new flow's full judgement).
+//!   fill --root ... --netns ... --pass-all OBJ --devs wb1h,wb2h
+//!        (instead of Weir: attach OBJ's program `pass` on both hooks of each
+//!        device through TCX, links pinned under --root: the hooks' own cost)
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -44,6 +47,10 @@ fn main() {
         // SAFETY: setns on an fd we own, before any other thread exists.
         let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+    }
+    if let Some(obj) = arg(&args, "--pass-all") {
+        pass_all(&root, &obj, &arg(&args, "--devs").expect("--devs DEV,DEV"));
+        return;
     }
     let pod = |flag: &str| -> (IpAddr, u32) {
         let v = arg(&args, flag).unwrap_or_else(|| panic!("{flag} IP=IFNAME"));
@@ -154,4 +161,21 @@ fn cost(dp: &Dataplane, cip: IpAddr, sip: IpAddr, cidx: u32, sidx: u32, port: u1
     let _ = dp.ct_flush_where(|k, _| u16::from_be(k.sport) == 40999);
     let _ = dp.remove_counters(cidx);
     let _ = dp.remove_counters(sidx);
+}
+
+/// Attach a do-nothing program on both TCX hooks of each device, links
+/// pinned under `root` so they stay after this process exits.
+fn pass_all(root: &std::path::Path, obj: &str, devs: &str) {
+    use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+    let mut ebpf = aya::Ebpf::load_file(obj).expect("load object");
+    let prog: &mut SchedClassifier = ebpf.program_mut("pass").expect("program pass").try_into().expect("classifier");
+    prog.load().expect("load pass");
+    std::fs::create_dir_all(root).expect("root");
+    for dev in devs.split(',') {
+        for (hook, name) in [(TcAttachType::Ingress, "in"), (TcAttachType::Egress, "out")] {
+            let id = prog.attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default())).expect("attach");
+            let link: aya::programs::links::FdLink = prog.take_link(id).expect("link").try_into().expect("fd link");
+            link.pin(root.join(format!("pass_{dev}_{name}"))).expect("pin");
+        }
+    }
 }

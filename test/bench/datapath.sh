@@ -5,6 +5,8 @@
 #   wb-pod1 <-veth wb1c|wb1h-> [wb-node: bridge wbbr0] <-veth wb2h|wb2c-> wb-pod2
 # Configs (interleaved rep-major so drift hits every config alike):
 #   base          no program, bridge-nf-call-iptables=0
+#   null          a program that passes everything on both hooks of both host
+#                 veths (TCX): the cost of the hooks alone, Weir's fixed floor
 #   weir-N        Weir's from_pod/to_pod on both host veths (TCX), both pods
 #                 isolated in both directions, the flow allowed by policy,
 #                 ipcache and policy maps padded to N entries
@@ -16,7 +18,7 @@
 #   close rate (test/bench/datapath/crr.c, both on CPU1).
 #
 # Usage (root, from the repository):  bash test/bench/datapath.sh
-#   env: REPS=3 DUR=5 LATDUR=5 CONFIGS="base weir-1 weir-1k weir-100k ipt-1k ipt-10k ipset-10k nftset-10k"
+#   env: REPS=3 DUR=5 LATDUR=5 CONFIGS="base null weir-1 weir-1k weir-100k ipt-1k ipt-10k ipset-10k nftset-10k"
 #        OUTDIR=test/bench/results/<utc time>
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "datapath.sh: run it, do not source it" >&2; return 1; fi
@@ -26,7 +28,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 REPS=${REPS:-3}
 DUR=${DUR:-5}
 LATDUR=${LATDUR:-5}
-CONFIGS=${CONFIGS:-"base weir-1 weir-1k weir-100k ipt-1k ipt-10k ipset-10k nftset-10k"}
+CONFIGS=${CONFIGS:-"base null weir-1 weir-1k weir-100k ipt-1k ipt-10k ipset-10k nftset-10k"}
 OUTDIR=${OUTDIR:-$HERE/results/datapath-$(date -u +%Y%m%dT%H%M%SZ)}
 ROOT=/sys/fs/bpf/weir-bench-$$
 IP1=10.251.0.1
@@ -64,7 +66,7 @@ trap 'exit 130' INT TERM
 
 need_tools() {
 	local miss=() t
-	for t in ip iperf3 sockperf ipset nft iptables-nft nsenter taskset python3 cc cargo; do
+	for t in ip iperf3 sockperf ipset nft iptables-nft nsenter taskset python3 cc cargo clang; do
 		command -v "$t" >/dev/null || miss+=("$t")
 	done
 	if [ ${#miss[@]} -gt 0 ]; then
@@ -76,6 +78,7 @@ need_tools() {
 
 build() {
 	cc -O2 -o "$WORK/crr" "$HERE/datapath/crr.c"
+	clang -O2 -target bpf -I/usr/include/"$(uname -m)"-linux-gnu -c "$HERE/datapath/null.bpf.c" -o "$WORK/null.o"
 	(cd "$REPO" && cargo build --release --example fill -p weir-bpf >&2)
 	FILL=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/fill
 	[ -x "$FILL" ] || { log "fill not built at $FILL"; exit 1; }
@@ -144,9 +147,13 @@ PY
 
 apply_cfg() { # $1 = config
 	local cfg=$1 kind=${1%%-*} n=0
-	[ "$cfg" = base ] || n=$(num "${cfg#*-}")
+	case $cfg in *-*) n=$(num "${cfg#*-}") ;; esac
 	case $kind in
 	base) nfcall 0 ;;
+	null)
+		nfcall 0
+		"$FILL" --root "$ROOT" --netns /run/netns/wb-node --pass-all "$WORK/null.o" --devs wb1h,wb2h
+		;;
 	weir)
 		nfcall 0
 		"$FILL" --root "$ROOT" --netns /run/netns/wb-node --client $IP1=wb1h --server $IP2=wb2h \
@@ -280,6 +287,9 @@ if 'weir-100k' in configs and 'base' in configs:
         for m, _ in metrics:
             r = rmed('weir-100k', 'weir-1', m)
             print(f'1 vs 100k {m}: weir-100k/weir-1 = {r:.3f}; base round-to-round spread {rspread("weir-1", "base", m):.2f}')
+    if 'null' in configs:
+        for m, _ in metrics:
+            print(f'hooks alone {m}: null/base = {rmed("null", "base", m):.3f}; Weir\'s logic on top: weir-100k/null = {rmed("weir-100k", "null", m):.3f}')
     if 'nftset-10k' in configs:
         for m, _ in metrics:
             r = rmed('weir-100k', 'nftset-10k', m)
