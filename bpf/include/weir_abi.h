@@ -27,7 +27,7 @@
 
 /* Bumped on any incompatible layout change; user space refuses to reuse
  * pins written under another version (see the `abi` pinned array). */
-#define WEIR_ABI_VERSION 2
+#define WEIR_ABI_VERSION 3
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -47,6 +47,15 @@
 #define WEIR_ID_FIRST_CIDR (1u << 24)
 
 /* ---- ipcache: LPM trie, address prefix -> identity --------------------- */
+/*
+ * Full-length entries (a pod's /32 or /128, nearly all of them) live in the
+ * hash map weir_ipcache_exact with prefixlen 128; shorter prefixes in the
+ * LPM trie weir_ipcache. A lookup tries the hash first, which gives the
+ * trie's answer (a full-length entry is always the longest match) at the
+ * cost of one hash lookup instead of a walk whose depth, and cache misses,
+ * grow with the number of entries. weir_policy_exact does the same for
+ * full-length policy keys (one protocol and port).
+ */
 struct weir_ipcache_key {
 	__u32 prefixlen; /* over addr: 96 + n for an IPv4 /n */
 	__u8 addr[16];
@@ -256,8 +265,10 @@ struct weir_config {
 
 /* ---- pinned names (under the bpffs root, default /sys/fs/bpf/weir) ----- */
 #define WEIR_MAP_IPCACHE "weir_ipcache"
+#define WEIR_MAP_IPCACHE_EXACT "weir_ipcache_exact"
 #define WEIR_MAP_ENDPOINTS "weir_endpoints"
 #define WEIR_MAP_POLICY "weir_policy"
+#define WEIR_MAP_POLICY_EXACT "weir_policy_exact"
 #define WEIR_MAP_CIDR "weir_cidr"
 #define WEIR_MAP_CT "weir_ct"
 #define WEIR_MAP_EVENTS "weir_events"

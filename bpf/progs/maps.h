@@ -16,6 +16,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_ipcache SEC(".maps");
 
+/* Full-length ipcache entries (see weir_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct weir_ipcache_key);
+	__type(value, struct weir_ipcache_value);
+	__uint(max_entries, WEIR_IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ipcache_exact SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
@@ -32,6 +42,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_policy SEC(".maps");
+
+/* Full-length policy keys (see weir_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct weir_policy_key);
+	__type(value, struct weir_policy_value);
+	__uint(max_entries, WEIR_POLICY_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_policy_exact SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

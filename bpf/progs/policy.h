@@ -4,7 +4,8 @@
  * protocol/port": the one policy decision, shared by both hooks.
  *
  * Lookups, all full-length LPM lookups whose prefix-length wildcards
- * (weir_abi.h) give port ranges and "any port/protocol" for free:
+ * (weir_abi.h) give port ranges and "any port/protocol" for free, each
+ * preceded by the exact-match hash that holds single-port rules:
  *   1. (X, P.identity, D, proto, port)
  *   2. (X, ANY, D, proto, port)
  *   3. cidr (X, D, P.address) -> class identity C, then (X, C, D, proto, port)
@@ -28,7 +29,9 @@ policy_lookup(__u32 ep, __u32 identity, __u8 dir, __u8 proto, __be16 port)
 		.protocol = proto,
 		.port = port,
 	};
-	const struct weir_policy_value *v = bpf_map_lookup_elem(&weir_policy, &k);
+	const struct weir_policy_value *v = bpf_map_lookup_elem(&weir_policy_exact, &k);
+	if (!v)
+		v = bpf_map_lookup_elem(&weir_policy, &k);
 	if (v && v->verdict == WEIR_VERDICT_ALLOW)
 		return v;
 	return 0;
@@ -39,7 +42,8 @@ static __always_inline const struct weir_ipcache_value *ipcache_lookup(const __u
 {
 	struct weir_ipcache_key k = { .prefixlen = 128 };
 	__builtin_memcpy(k.addr, addr, 16);
-	return bpf_map_lookup_elem(&weir_ipcache, &k);
+	const struct weir_ipcache_value *v = bpf_map_lookup_elem(&weir_ipcache_exact, &k);
+	return v ? v : bpf_map_lookup_elem(&weir_ipcache, &k);
 }
 
 static __always_inline const struct weir_endpoint *endpoint_lookup(__u32 ep)

@@ -8,7 +8,7 @@
 //! only the data that follows it (every offset is 4 less than in C).
 
 /// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 // ---- identities -----------------------------------------------------------
 pub const ID_ANY: u32 = 0;
@@ -68,6 +68,8 @@ pub const POLICY_FIXED_BITS: u32 = 72;
 /// Full length of a policy key's data (endpoint, identity, direction,
 /// protocol, port): the prefix length of an exact port.
 pub const POLICY_FULL_BITS: u32 = 96;
+/// Prefix length of a single address in the ipcache (IPv4 is v4-mapped).
+pub const IPCACHE_FULL_BITS: u32 = 128;
 
 /// `struct weir_policy_key` without `prefixlen`.
 #[repr(C)]
@@ -286,8 +288,12 @@ pub const COUNTERS_MAX: u32 = 65536;
 
 // ---- pinned names ----------------------------------------------------------------
 pub const MAP_IPCACHE: &str = "weir_ipcache";
+/// Full-length ipcache entries, as a hash (see `weir_abi.h`).
+pub const MAP_IPCACHE_EXACT: &str = "weir_ipcache_exact";
 pub const MAP_ENDPOINTS: &str = "weir_endpoints";
 pub const MAP_POLICY: &str = "weir_policy";
+/// Full-length policy keys, as a hash (see `weir_abi.h`).
+pub const MAP_POLICY_EXACT: &str = "weir_policy_exact";
 pub const MAP_CIDR: &str = "weir_cidr";
 pub const MAP_CT: &str = "weir_ct";
 pub const MAP_EVENTS: &str = "weir_events";

@@ -113,8 +113,13 @@ impl CtEntry {
 pub struct Dataplane {
     root: PathBuf,
     ipcache: Mutex<LpmTrie<MapData, IpcacheKey, IpcacheValue>>,
+    /// Full-length ipcache entries (`weir_abi.h`): the key is the trie's
+    /// key with prefix length 128.
+    ipcache_exact: Mutex<HashMap<MapData, Key<IpcacheKey>, IpcacheValue>>,
     endpoints: Mutex<HashMap<MapData, u32, Endpoint>>,
     policy: Mutex<LpmTrie<MapData, PolicyKey, PolicyValue>>,
+    /// Full-length policy keys (`weir_abi.h`).
+    policy_exact: Mutex<HashMap<MapData, Key<PolicyKey>, PolicyValue>>,
     cidr: Mutex<LpmTrie<MapData, CidrKey, CidrValue>>,
     ct: Mutex<HashMap<MapData, CtKey, CtValue>>,
     counters: Mutex<PerCpuHashMap<MapData, CounterKey, CounterValue>>,
@@ -276,8 +281,10 @@ impl Dataplane {
         Ok(Dataplane {
             root: root.to_path_buf(),
             ipcache: typed!(root, MAP_IPCACHE, LpmTrie<MapData, IpcacheKey, IpcacheValue>),
+            ipcache_exact: typed!(root, MAP_IPCACHE_EXACT, HashMap<MapData, Key<IpcacheKey>, IpcacheValue>),
             endpoints: typed!(root, MAP_ENDPOINTS, HashMap<MapData, u32, Endpoint>),
             policy: typed!(root, MAP_POLICY, LpmTrie<MapData, PolicyKey, PolicyValue>),
+            policy_exact: typed!(root, MAP_POLICY_EXACT, HashMap<MapData, Key<PolicyKey>, PolicyValue>),
             cidr: typed!(root, MAP_CIDR, LpmTrie<MapData, CidrKey, CidrValue>),
             ct: typed!(root, MAP_CT, HashMap<MapData, CtKey, CtValue>),
             counters: typed!(root, MAP_COUNTERS, PerCpuHashMap<MapData, CounterKey, CounterValue>),
@@ -454,22 +461,33 @@ impl Dataplane {
     // ---- ipcache -------------------------------------------------------------
 
     pub fn set_ipcache(&self, net: IpNet, value: &IpcacheValue) -> Result<(), Error> {
-        let p = self.root.join(MAP_IPCACHE);
         let (len, a) = addr::net_to_prefix(net);
-        self.ipcache.lock().unwrap().insert(&Key::new(len, IpcacheKey { addr: a }), value, 0).map_err(map_err(&p, "update"))
+        let key = Key::new(len, IpcacheKey { addr: a });
+        if len == IPCACHE_FULL_BITS {
+            let p = self.root.join(MAP_IPCACHE_EXACT);
+            return self.ipcache_exact.lock().unwrap().insert(key, value, 0).map_err(map_err(&p, "update"));
+        }
+        let p = self.root.join(MAP_IPCACHE);
+        self.ipcache.lock().unwrap().insert(&key, value, 0).map_err(map_err(&p, "update"))
     }
 
     /// The exact entry for `net` (not a longest-prefix match).
     pub fn ipcache(&self, net: IpNet) -> Result<Option<IpcacheValue>, Error> {
-        let p = self.root.join(MAP_IPCACHE);
         let (len, a) = addr::net_to_prefix(net);
-        Ok(self.ipcache_entries_raw(&p)?.into_iter().find(|(l, k, _)| *l == len && k.addr == a).map(|(_, _, v)| v))
+        Ok(self.ipcache_entries_raw()?.into_iter().find(|(l, k, _)| *l == len && k.addr == a).map(|(_, _, v)| v))
     }
 
     /// Longest-prefix match for one address, as the programs see it.
     pub fn ipcache_lookup(&self, ip: std::net::IpAddr) -> Result<Option<IpcacheValue>, Error> {
+        let key = Key::new(IPCACHE_FULL_BITS, IpcacheKey { addr: addr::to_bytes(ip) });
+        let p = self.root.join(MAP_IPCACHE_EXACT);
+        match self.ipcache_exact.lock().unwrap().get(&key, 0) {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(map_err(&p, "lookup")(e)),
+        }
         let p = self.root.join(MAP_IPCACHE);
-        match self.ipcache.lock().unwrap().get(&Key::new(128, IpcacheKey { addr: addr::to_bytes(ip) }), 0) {
+        match self.ipcache.lock().unwrap().get(&key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(map_err(&p, "lookup")(e)),
@@ -477,28 +495,38 @@ impl Dataplane {
     }
 
     pub fn remove_ipcache(&self, net: IpNet) -> Result<(), Error> {
-        let p = self.root.join(MAP_IPCACHE);
         let (len, a) = addr::net_to_prefix(net);
-        match self.ipcache.lock().unwrap().remove(&Key::new(len, IpcacheKey { addr: a })) {
+        let key = Key::new(len, IpcacheKey { addr: a });
+        let (p, r) = if len == IPCACHE_FULL_BITS {
+            (self.root.join(MAP_IPCACHE_EXACT), self.ipcache_exact.lock().unwrap().remove(&key))
+        } else {
+            (self.root.join(MAP_IPCACHE), self.ipcache.lock().unwrap().remove(&key))
+        };
+        match r {
             Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
             _ => Ok(()),
         }
     }
 
-    fn ipcache_entries_raw(&self, p: &Path) -> Result<Vec<(u32, IpcacheKey, IpcacheValue)>, Error> {
-        let m = self.ipcache.lock().unwrap();
+    /// (prefix length, key, value) of every entry, trie and hash alike.
+    fn ipcache_entries_raw(&self) -> Result<Vec<(u32, IpcacheKey, IpcacheValue)>, Error> {
         let mut out = Vec::new();
-        for r in m.iter() {
-            let (k, v) = r.map_err(map_err(p, "iterate"))?;
+        let p = self.root.join(MAP_IPCACHE);
+        for r in self.ipcache.lock().unwrap().iter() {
+            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
+            out.push((k.prefix_len(), k.data(), v));
+        }
+        let p = self.root.join(MAP_IPCACHE_EXACT);
+        for r in self.ipcache_exact.lock().unwrap().iter() {
+            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
             out.push((k.prefix_len(), k.data(), v));
         }
         Ok(out)
     }
 
     pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, Error> {
-        let p = self.root.join(MAP_IPCACHE);
         let mut v: Vec<_> = self
-            .ipcache_entries_raw(&p)?
+            .ipcache_entries_raw()?
             .into_iter()
             .map(|(l, k, v)| (addr::prefix_to_net(l, k.addr), v))
             .collect();
@@ -516,13 +544,23 @@ impl Dataplane {
                 msg: format!("{prefix_len} outside {POLICY_FIXED_BITS}..={POLICY_FULL_BITS} (endpoint, identity and direction always match in full)"),
             });
         }
+        let k = Key::new(prefix_len, *key);
+        if prefix_len == POLICY_FULL_BITS {
+            let p = self.root.join(MAP_POLICY_EXACT);
+            return self.policy_exact.lock().unwrap().insert(k, value, 0).map_err(map_err(&p, "update"));
+        }
         let p = self.root.join(MAP_POLICY);
-        self.policy.lock().unwrap().insert(&Key::new(prefix_len, *key), value, 0).map_err(map_err(&p, "update"))
+        self.policy.lock().unwrap().insert(&k, value, 0).map_err(map_err(&p, "update"))
     }
 
     pub fn remove_policy(&self, prefix_len: u32, key: &PolicyKey) -> Result<(), Error> {
-        let p = self.root.join(MAP_POLICY);
-        match self.policy.lock().unwrap().remove(&Key::new(prefix_len, *key)) {
+        let k = Key::new(prefix_len, *key);
+        let (p, r) = if prefix_len == POLICY_FULL_BITS {
+            (self.root.join(MAP_POLICY_EXACT), self.policy_exact.lock().unwrap().remove(&k))
+        } else {
+            (self.root.join(MAP_POLICY), self.policy.lock().unwrap().remove(&k))
+        };
+        match r {
             Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
             _ => Ok(()),
         }
@@ -543,12 +581,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// (prefix_len, key, value) of every policy entry.
+    /// (prefix_len, key, value) of every policy entry, trie and hash alike.
     pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, Error> {
-        let p = self.root.join(MAP_POLICY);
-        let m = self.policy.lock().unwrap();
         let mut out = Vec::new();
-        for r in m.iter() {
+        let p = self.root.join(MAP_POLICY);
+        for r in self.policy.lock().unwrap().iter() {
+            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
+            out.push((k.prefix_len(), k.data(), v));
+        }
+        let p = self.root.join(MAP_POLICY_EXACT);
+        for r in self.policy_exact.lock().unwrap().iter() {
             let (k, v) = r.map_err(map_err(&p, "iterate"))?;
             out.push((k.prefix_len(), k.data(), v));
         }

@@ -94,6 +94,7 @@ fn generate() -> String {
     writeln!(c, "_Static_assert(sizeof(struct weir_policy_key) * 8 - 32 == {POLICY_FULL_BITS}, \"POLICY_FULL_BITS\");").unwrap();
     for (rust, cname) in [
         (MAP_IPCACHE, "WEIR_MAP_IPCACHE"), (MAP_ENDPOINTS, "WEIR_MAP_ENDPOINTS"), (MAP_POLICY, "WEIR_MAP_POLICY"),
+        (MAP_IPCACHE_EXACT, "WEIR_MAP_IPCACHE_EXACT"), (MAP_POLICY_EXACT, "WEIR_MAP_POLICY_EXACT"),
         (MAP_CIDR, "WEIR_MAP_CIDR"), (MAP_CT, "WEIR_MAP_CT"), (MAP_EVENTS, "WEIR_MAP_EVENTS"),
         (MAP_COUNTERS, "WEIR_MAP_COUNTERS"), (MAP_CONFIG, "WEIR_MAP_CONFIG"), (MAP_ABI, "WEIR_MAP_ABI"),
         (PROG_FROM_POD, "WEIR_PROG_FROM_POD"), (PROG_TO_POD, "WEIR_PROG_TO_POD"),

@@ -86,3 +86,37 @@ fn open_names_the_missing_pin_and_the_fix() {
         assert!(err.contains("weir_abi") && err.contains("load_or_open"), "{err}");
     }
 }
+
+/// Full-length entries live in the exact-match hashes, shorter prefixes in
+/// the tries: lookups, listings and removals must read as one LPM map.
+#[test]
+fn root_exact_entries_and_prefixes_read_as_one_longest_prefix_map() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::new("exact");
+    let dp = root.load();
+    let v = |identity| abi::IpcacheValue { identity, endpoint: 0, flags: 0, pad: 0 };
+    let host: std::net::IpAddr = "10.61.0.7".parse().unwrap();
+    dp.set_ipcache("10.61.0.0/16".parse().unwrap(), &v(500)).unwrap();
+    dp.set_ipcache(weir_bpf::addr::host_net(host), &v(501)).unwrap();
+    assert_eq!(dp.ipcache_lookup(host).unwrap().map(|v| v.identity), Some(501), "the exact entry wins");
+    assert_eq!(dp.ipcache_lookup("10.61.9.9".parse().unwrap()).unwrap().map(|v| v.identity), Some(500));
+    let listed: Vec<(String, u32)> = dp.ipcache_entries().unwrap().into_iter().map(|(n, v)| (n.to_string(), v.identity)).collect();
+    assert!(listed.contains(&("10.61.0.0/16".into(), 500)) && listed.contains(&("10.61.0.7/32".into(), 501)), "{listed:?}");
+    assert_eq!(dp.ipcache(weir_bpf::addr::host_net(host)).unwrap().map(|v| v.identity), Some(501));
+    dp.remove_ipcache(weir_bpf::addr::host_net(host)).unwrap();
+    assert_eq!(dp.ipcache_lookup(host).unwrap().map(|v| v.identity), Some(500), "back to the prefix");
+
+    // policy: a single-port rule (hash) and a range rule (trie) side by side
+    let rule = |ports| weir_bpf::PolicyRule { endpoint: 9, identity: 300, direction: abi::DIR_INGRESS, protocol: Some(6), ports };
+    dp.allow(&rule(Some(80..=80)), 1).unwrap();
+    dp.allow(&rule(Some(1000..=1999)), 2).unwrap();
+    let entries = dp.policy_entries().unwrap();
+    assert!(entries.iter().any(|(l, _, v)| *l == abi::POLICY_FULL_BITS && v.rule == 1), "{entries:?}");
+    assert!(entries.iter().any(|(l, _, v)| *l < abi::POLICY_FULL_BITS && v.rule == 2), "{entries:?}");
+    dp.unallow(&rule(Some(80..=80))).unwrap();
+    dp.unallow(&rule(Some(1000..=1999))).unwrap();
+    assert!(dp.policy_entries().unwrap().is_empty());
+}
