@@ -37,6 +37,33 @@ static __always_inline int verdict(struct __sk_buff *skb, const struct pkt *p,
 	return weir_allow(skb, p, vc, reason, new_flow);
 }
 
+/*
+ * Parse the packet. Packets that never reach policy are settled here, the
+ * same on both hooks: non-IP frames (ARP) and IPv6 neighbour discovery
+ * pass, VLAN-tagged and malformed packets drop. Returns 1 with the tc
+ * action in *action when settled.
+ */
+static __always_inline int settled_by_parse(struct __sk_buff *skb, struct pkt *p,
+					    const struct verdict_ctx *vc, int *action)
+{
+	switch (parse_packet(skb, p)) {
+	case PARSE_NOT_IP:
+		*action = weir_allow(skb, p, vc, WEIR_R_ALLOW_NOT_IP, 0);
+		return 1;
+	case PARSE_VLAN:
+		*action = weir_drop(skb, p, vc, WEIR_R_DROP_VLAN);
+		return 1;
+	case PARSE_MALFORMED:
+		*action = weir_drop(skb, p, vc, WEIR_R_DROP_MALFORMED);
+		return 1;
+	}
+	if (p->icmp == ICMP_K_ND) {
+		*action = weir_allow(skb, p, vc, WEIR_R_ALLOW_ND, 0);
+		return 1;
+	}
+	return 0;
+}
+
 SEC("classifier/from_pod")
 int from_pod(struct __sk_buff *skb)
 {
@@ -46,17 +73,10 @@ int from_pod(struct __sk_buff *skb)
 	struct weir_ct_key k;
 	__u32 rule = 0;
 	__u8 reason;
+	int action;
 
-	switch (parse_packet(skb, &p)) {
-	case PARSE_NOT_IP:
-		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_NOT_IP, 0);
-	case PARSE_VLAN:
-		return weir_drop(skb, &p, &vc, WEIR_R_DROP_VLAN);
-	case PARSE_MALFORMED:
-		return weir_drop(skb, &p, &vc, WEIR_R_DROP_MALFORMED);
-	}
-	if (p.icmp == ICMP_K_ND)
-		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
+	if (settled_by_parse(skb, &p, &vc, &action))
+		return action;
 
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
@@ -134,17 +154,10 @@ int to_pod(struct __sk_buff *skb)
 	struct weir_ct_value *ct = 0;
 	__u32 rule = 0, egress_ep = 0;
 	__u8 reason;
+	int action;
 
-	switch (parse_packet(skb, &p)) {
-	case PARSE_NOT_IP:
-		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_NOT_IP, 0);
-	case PARSE_VLAN:
-		return weir_drop(skb, &p, &vc, WEIR_R_DROP_VLAN);
-	case PARSE_MALFORMED:
-		return weir_drop(skb, &p, &vc, WEIR_R_DROP_MALFORMED);
-	}
-	if (p.icmp == ICMP_K_ND)
-		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ND, 0);
+	if (settled_by_parse(skb, &p, &vc, &action))
+		return action;
 
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);

@@ -5,24 +5,12 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, PolicyRule};
-
-fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on this dedicated thread only.
-        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-        f()
-    })
-}
 
 /// target/<profile>/weir, built if absent.
 fn weir_bin() -> PathBuf {
@@ -69,35 +57,6 @@ fn cni(bin: &PathBuf, node: &str, cmd: &str, id: &str, pod_ns: &str, conf: &serd
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn tcp_ok(from: &str, to: SocketAddr) -> bool {
-    in_netns(from, move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else { return false };
-        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-        s.write_all(b"ping").is_ok() && {
-            let mut b = [0u8; 4];
-            s.read_exact(&mut b).is_ok() && &b == b"pong"
-        }
-    })
-    .join()
-    .unwrap()
-}
-
-fn serve(ns: &str, ip: IpAddr, port: u16) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(ns, move || {
-        let l = TcpListener::bind((ip, port)).unwrap();
-        tx.send(()).unwrap();
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            let mut b = [0u8; 4];
-            if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(b"pong");
-            }
-        }
-    });
-    rx.recv().unwrap();
-}
-
 #[test]
 fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
     if !is_root() {
@@ -142,7 +101,7 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
         .unwrap());
     }
     let (p0, p1, p2) = (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]), format!("/run/netns/{}", pods[2]));
-    serve(&p1, ip(&r1), 8080);
+    serve_tcp(&p1, ip(&r1), 8080);
     let target = SocketAddr::new(ip(&r1), 8080);
 
     // not programmed yet: fail-closed

@@ -6,25 +6,11 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 use weir_bpf::abi::*;
 use weir_bpf::Dataplane;
-
-/// Run `f` on a thread inside the network namespace at `path`.
-fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on this dedicated thread only.
-        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-        f()
-    })
-}
 
 struct Topo {
     node: String,
@@ -73,66 +59,14 @@ fn fill_bin() -> PathBuf {
     bin
 }
 
-fn tcp_ok(from: &str, to: SocketAddr) -> bool {
-    in_netns(from, move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else { return false };
-        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-        if s.write_all(b"ping").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).is_ok() && &buf == b"pong"
-    })
-    .join()
-    .unwrap()
-}
-
-fn udp_ok(from: &str, to: SocketAddr) -> bool {
-    in_netns(from, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
-        for _ in 0..2 {
-            s.send_to(b"ping", to).unwrap();
-            let mut buf = [0u8; 16];
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                return &buf[..n] == b"pong";
-            }
-        }
-        false
-    })
-    .join()
-    .unwrap()
-}
-
-/// TCP and UDP servers answering "pong", in `ns`, for the life of the test
-/// process (threads blocked in accept die with it; the netns goes first).
-fn serve(ns: &str, ip: &'static str, tcp: &[u16], udp: &[u16]) {
+/// TCP and UDP servers answering "pong" in `ns` (see `serve_tcp`).
+fn serve(ns: &str, ip: &str, tcp: &[u16], udp: &[u16]) {
+    let ip = ip.parse().unwrap();
     for &p in tcp {
-        let (tx, rx) = std::sync::mpsc::channel();
-        in_netns(ns, move || {
-            let l = TcpListener::bind((ip, p)).unwrap();
-            tx.send(()).unwrap();
-            for s in l.incoming() {
-                let Ok(mut s) = s else { break };
-                let mut b = [0u8; 4];
-                if s.read_exact(&mut b).is_ok() {
-                    let _ = s.write_all(b"pong");
-                }
-            }
-        });
-        rx.recv().unwrap();
+        serve_tcp(ns, ip, p);
     }
     for &p in udp {
-        let (tx, rx) = std::sync::mpsc::channel();
-        in_netns(ns, move || {
-            let u = UdpSocket::bind((ip, p)).unwrap();
-            tx.send(()).unwrap();
-            let mut b = [0u8; 16];
-            while let Ok((_, from)) = u.recv_from(&mut b) {
-                let _ = u.send_to(b"pong", from);
-            }
-        });
-        rx.recv().unwrap();
+        serve_udp(ns, ip, p);
     }
 }
 
