@@ -6,6 +6,9 @@
 # route, and ipMasq off in both ("plain") or on in both ("ipmasq").
 #
 # Each timing is one plugin exec as a runtime does it (fork+exec included),
+# until the plugin exits (weir's DEL leaves deleting the veth to a detached
+# process; the script waits, untimed, until the pod's interface is gone
+# before the next timing, so no config is slowed by another one's teardown),
 # sequential, PODS pods per config, from a bash loop running inside one node
 # network namespace (nsenter, so /sys/fs/bpf stays visible). One untimed
 # warm-up ADD/DEL per config first (page cache; for weir-enforce it also loads
@@ -106,6 +109,15 @@ for rep in $(seq "$REPS"); do
 				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
 				rc=$?
 				echo "$VARIANT $REP $c $op $i $(( $(us) - a )) $rc"
+				# untimed: let the kernel finish deleting the interface (weir
+				# leaves that to a background process) before the next timing,
+				# so no config pays for another one'"'"'s teardown
+				if [ "$op" = DEL ]; then
+					local n=0
+					while ip -n "wcb-${c:0:1}${c:5:1}-$i" link show eth0 >/dev/null 2>&1 && [ $n -lt 400 ]; do
+						sleep 0.005; n=$((n + 1))
+					done
+				fi
 			}
 			for c in "${C[@]}"; do one ADD "$c" 0 >/dev/null; one DEL "$c" 0 >/dev/null; done   # warm-up, untimed
 			n=${#C[@]}
