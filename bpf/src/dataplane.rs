@@ -171,6 +171,20 @@ macro_rules! typed {
     }};
 }
 
+/// Append (prefix length, key, value) of every entry of a trie or of its
+/// exact-match hash (both keyed by `Key<K>`).
+fn collect_prefixed<K: aya::Pod, V>(
+    out: &mut Vec<(u32, K, V)>,
+    path: &Path,
+    entries: impl Iterator<Item = Result<(Key<K>, V), MapError>>,
+) -> Result<(), Error> {
+    for r in entries {
+        let (k, v) = r.map_err(map_err(path, "iterate"))?;
+        out.push((k.prefix_len(), k.data(), v));
+    }
+    Ok(())
+}
+
 fn check_bpffs(root: &Path) -> Result<(), Error> {
     // the nearest existing ancestor must be on bpffs
     let mut p = root;
@@ -511,16 +525,8 @@ impl Dataplane {
     /// (prefix length, key, value) of every entry, trie and hash alike.
     fn ipcache_entries_raw(&self) -> Result<Vec<(u32, IpcacheKey, IpcacheValue)>, Error> {
         let mut out = Vec::new();
-        let p = self.root.join(MAP_IPCACHE);
-        for r in self.ipcache.lock().unwrap().iter() {
-            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
-            out.push((k.prefix_len(), k.data(), v));
-        }
-        let p = self.root.join(MAP_IPCACHE_EXACT);
-        for r in self.ipcache_exact.lock().unwrap().iter() {
-            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
-            out.push((k.prefix_len(), k.data(), v));
-        }
+        collect_prefixed(&mut out, &self.root.join(MAP_IPCACHE), self.ipcache.lock().unwrap().iter())?;
+        collect_prefixed(&mut out, &self.root.join(MAP_IPCACHE_EXACT), self.ipcache_exact.lock().unwrap().iter())?;
         Ok(out)
     }
 
@@ -584,16 +590,8 @@ impl Dataplane {
     /// (prefix_len, key, value) of every policy entry, trie and hash alike.
     pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, Error> {
         let mut out = Vec::new();
-        let p = self.root.join(MAP_POLICY);
-        for r in self.policy.lock().unwrap().iter() {
-            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
-            out.push((k.prefix_len(), k.data(), v));
-        }
-        let p = self.root.join(MAP_POLICY_EXACT);
-        for r in self.policy_exact.lock().unwrap().iter() {
-            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
-            out.push((k.prefix_len(), k.data(), v));
-        }
+        collect_prefixed(&mut out, &self.root.join(MAP_POLICY), self.policy.lock().unwrap().iter())?;
+        collect_prefixed(&mut out, &self.root.join(MAP_POLICY_EXACT), self.policy_exact.lock().unwrap().iter())?;
         Ok(out)
     }
 
