@@ -15,5 +15,6 @@ pub mod lab;
 pub mod model;
 pub mod placeholder;
 pub mod probe;
+pub mod report;
 pub mod runner;
 pub mod verdicts;

@@ -15,6 +15,7 @@ use crate::lab::{Lab, Weirctl};
 use crate::model;
 use crate::placeholder::{self, PodIps};
 use crate::probe::{check_header, compare, Outcome};
+use crate::report;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -289,36 +290,19 @@ impl Report {
     /// The per-case table, the details of everything not passed, and the
     /// summary line last.
     pub fn render(&self) -> String {
-        let w = self
+        let rows: Vec<report::Row> = self
             .results
             .iter()
-            .map(|r| r.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4)
-            + 2;
-        let mut s = format!(
-            "{:<w$}{:<10}{:<14}{:>7}{:>6}  result\n",
-            "case", "origin", "protocols", "secs", "tries"
-        );
-        for r in &self.results {
-            let protos: Vec<String> = r.protocols.iter().map(|p| p.to_string()).collect();
-            let _ = writeln!(
-                s,
-                "{:<w$}{:<10}{:<14}{:>7.1}{:>6}  {}",
-                r.name,
-                r.origin.to_string(),
-                protos.join(","),
-                r.secs,
-                r.max_attempts,
-                r.status.word()
-            );
-        }
-        for r in self.results.iter().filter(|r| r.status != Status::Pass) {
-            let _ = write!(s, "\n== {} ({})\n{}", r.name, r.status.word(), r.detail);
-        }
-        let _ = writeln!(s, "\n{}", self.summary_line());
-        s
+            .map(|r| report::Row {
+                name: r.name.clone(),
+                origin: r.origin.to_string(),
+                protocols: report::protocols(&r.protocols),
+                figures: format!("{:>7.1}{:>6}", r.secs, r.max_attempts),
+                result: r.status.word(),
+                detail: (r.status != Status::Pass).then(|| r.detail.clone()),
+            })
+            .collect();
+        report::render(&format!("{:>7}{:>6}", "secs", "tries"), &rows, &self.summary_line())
     }
 }
 

@@ -54,6 +54,7 @@ use crate::expect::PodRef;
 use crate::model;
 use crate::placeholder::{self, PodIps};
 use crate::probe::{compare, Observed, Outcome, ProbeOutput};
+use crate::report;
 
 /// The node's gateway addresses on the pod bridge (HOST in the ipcache).
 pub const GATEWAY4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -1096,46 +1097,23 @@ impl Report {
     }
 
     pub fn render(&self) -> String {
-        let w = self
+        let rows: Vec<report::Row> = self
             .results
             .iter()
-            .map(|r| r.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4)
-            + 2;
-        let mut s = format!(
-            "{:<w$}{:<10}{:<16}{:>7}{:>7}  result\n",
-            "case", "origin", "protocols", "cells", "secs"
-        );
-        for r in &self.results {
-            let protos: Vec<String> = r.protocols.iter().map(|p| p.to_string()).collect();
-            let _ = writeln!(
-                s,
-                "{:<w$}{:<10}{:<16}{:>7}{:>7.2}  {}",
-                r.name,
-                r.origin.to_string(),
-                protos.join(","),
-                r.cells,
-                r.secs,
-                r.status.word()
-            );
-        }
-        for r in self.results.iter().filter(|r| r.status != Status::Pass) {
-            let extra = match &r.status {
-                Status::Skipped(why) => format!("{why}\n"),
-                _ => String::new(),
-            };
-            let _ = write!(
-                s,
-                "\n== {} ({})\n{extra}{}",
-                r.name,
-                r.status.word(),
-                r.detail
-            );
-        }
-        let _ = writeln!(s, "\n{}", self.summary_line());
-        s
+            .map(|r| report::Row {
+                name: r.name.clone(),
+                origin: r.origin.to_string(),
+                protocols: report::protocols(&r.protocols),
+                figures: format!("{:>7}{:>7.2}", r.cells, r.secs),
+                result: r.status.word(),
+                detail: match &r.status {
+                    Status::Pass => None,
+                    Status::Skipped(why) => Some(format!("{why}\n{}", r.detail)),
+                    _ => Some(r.detail.clone()),
+                },
+            })
+            .collect();
+        report::render(&format!("{:>7}{:>7}", "cells", "secs"), &rows, &self.summary_line())
     }
 }
 
