@@ -9,21 +9,10 @@
 
 mod common;
 
-use common::{build, measure, ms, Series};
+use common::{build, describe, measure, status_kib, Series};
 use serde_json::json;
 use std::time::Instant;
 use weir_policyd::engine::Engine;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn vm_hwm_kib() -> u64 {
     status_kib("VmHWM:")
@@ -56,15 +45,7 @@ fn main() {
         desired = Some(d);
     }
     let d0 = desired.unwrap();
-    println!(
-        "cluster: {} namespaces, {} pods, {} policies, {} services, {} local endpoints (built in {:.0} ms)",
-        store.namespaces.len(),
-        store.pods.len(),
-        store.policies.len(),
-        store.services.len(),
-        locals.len(),
-        ms(build_time)
-    );
+    println!("{}", describe(&store, &locals, build_time));
     println!(
         "desired: {} identities, {} ipcache, {} endpoints ({} ingress-isolated, {} egress-isolated), {} policy, {} cidr entries, {} rules, {} diagnostics",
         d0.identities.len(),

@@ -18,7 +18,7 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
-use common::{build, measure, ms, Series, ENVS};
+use common::{build, describe, measure, ms, status_kib, Series, ENVS};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,13 +27,6 @@ use weir_common::registry::EndpointRecord;
 use weir_policyd::engine::Engine;
 use weir_policyd::store::Store;
 use weir_policyd::sync::Sync;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -175,15 +168,7 @@ impl PerKind {
 fn run(root: &Path, changes: usize) -> Result<()> {
     let t = Instant::now();
     let (mut store, locals) = build();
-    println!(
-        "cluster: {} namespaces, {} pods, {} policies, {} services, {} local endpoints (built in {:.0} ms)",
-        store.namespaces.len(),
-        store.pods.len(),
-        store.policies.len(),
-        store.services.len(),
-        locals.len(),
-        ms(t.elapsed())
-    );
+    println!("{}", describe(&store, &locals, t.elapsed()));
 
     let dp = Dataplane::load_or_open(root).with_context(|| format!("loading the dataplane under {}", root.display()))?;
     // What CNI ADD writes before policyd has seen the pod: not ready.

@@ -165,3 +165,24 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+
+/// A `/proc/self/status` figure in KiB (`VmHWM:`, `VmRSS:`), 0 if absent.
+pub fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The generated cluster in one line.
+pub fn describe(store: &Store, locals: &[EndpointRecord], built_in: Duration) -> String {
+    format!(
+        "cluster: {} namespaces, {} pods, {} policies, {} services, {} local endpoints (built in {:.0} ms)",
+        store.namespaces.len(),
+        store.pods.len(),
+        store.policies.len(),
+        store.services.len(),
+        locals.len(),
+        ms(built_in)
+    )
+}
