@@ -419,14 +419,16 @@ pub struct Engine {
     /// Sorted by key, like the store.
     pods: Vec<(Key, Box<PodDigest>)>,
     port_names: HashSet<Arc<str>>,
-    /// Last ipcache with what it was built from besides pods (local
-    /// records, Service VIPs).
-    ipcache_inputs: Option<(
-        Vec<EndpointRecord>,
-        Vec<IpAddr>,
-        BTreeMap<IpNet, IpcacheEntry>,
-    )>,
+    /// Last ipcache with what it was built from besides pods.
+    last_ipcache: Option<LastIpcache>,
     stats: CompileStats,
+}
+
+/// The ipcache of the last compile and its inputs other than pods.
+struct LastIpcache {
+    locals: Vec<EndpointRecord>,
+    vips: Vec<IpAddr>,
+    ipcache: BTreeMap<IpNet, IpcacheEntry>,
 }
 
 impl Default for Engine {
@@ -460,7 +462,7 @@ impl Engine {
             endpoints: HashMap::new(),
             pods: Vec::new(),
             port_names: HashSet::new(),
-            ipcache_inputs: None,
+            last_ipcache: None,
             stats: CompileStats::default(),
         }
     }
@@ -710,13 +712,13 @@ impl Engine {
         let reuse = self.stats.pods_read == 0
             && !pods_removed
             && self
-                .ipcache_inputs
+                .last_ipcache
                 .as_ref()
-                .is_some_and(|(l, v, _)| l.as_slice() == locals && *v == vips);
+                .is_some_and(|last| last.locals.as_slice() == locals && last.vips == vips);
         let ipcache = if reuse {
-            self.ipcache_inputs
+            self.last_ipcache
                 .as_ref()
-                .map(|(_, _, c)| c.clone())
+                .map(|last| last.ipcache.clone())
                 .unwrap_or_default()
         } else {
             // Best claim first per address.
@@ -783,7 +785,7 @@ impl Engine {
             ipc.dedup_by_key(|e| e.0);
             let ipcache: BTreeMap<IpNet, IpcacheEntry> =
                 ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
-            self.ipcache_inputs = Some((locals.to_vec(), vips, ipcache.clone()));
+            self.last_ipcache = Some(LastIpcache { locals: locals.to_vec(), vips, ipcache: ipcache.clone() });
             ipcache
         };
 
