@@ -485,12 +485,6 @@ impl Dataplane {
         self.ipcache.lock().unwrap().insert(&key, value, 0).map_err(map_err(&p, "update"))
     }
 
-    /// The exact entry for `net` (not a longest-prefix match).
-    pub fn ipcache(&self, net: IpNet) -> Result<Option<IpcacheValue>, Error> {
-        let (len, a) = addr::net_to_prefix(net);
-        Ok(self.ipcache_entries_raw()?.into_iter().find(|(l, k, _)| *l == len && k.addr == a).map(|(_, _, v)| v))
-    }
-
     /// Longest-prefix match for one address, as the programs see it.
     pub fn ipcache_lookup(&self, ip: std::net::IpAddr) -> Result<Option<IpcacheValue>, Error> {
         let key = Key::new(IPCACHE_FULL_BITS, IpcacheKey { addr: addr::to_bytes(ip) });
@@ -522,20 +516,12 @@ impl Dataplane {
         }
     }
 
-    /// (prefix length, key, value) of every entry, trie and hash alike.
-    fn ipcache_entries_raw(&self) -> Result<Vec<(u32, IpcacheKey, IpcacheValue)>, Error> {
-        let mut out = Vec::new();
-        collect_prefixed(&mut out, &self.root.join(MAP_IPCACHE), self.ipcache.lock().unwrap().iter())?;
-        collect_prefixed(&mut out, &self.root.join(MAP_IPCACHE_EXACT), self.ipcache_exact.lock().unwrap().iter())?;
-        Ok(out)
-    }
-
+    /// Every entry, trie and hash alike, sorted by prefix.
     pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, Error> {
-        let mut v: Vec<_> = self
-            .ipcache_entries_raw()?
-            .into_iter()
-            .map(|(l, k, v)| (addr::prefix_to_net(l, k.addr), v))
-            .collect();
+        let mut raw = Vec::new();
+        collect_prefixed(&mut raw, &self.root.join(MAP_IPCACHE), self.ipcache.lock().unwrap().iter())?;
+        collect_prefixed(&mut raw, &self.root.join(MAP_IPCACHE_EXACT), self.ipcache_exact.lock().unwrap().iter())?;
+        let mut v: Vec<_> = raw.into_iter().map(|(l, k, v)| (addr::prefix_to_net(l, k.addr), v)).collect();
         v.sort_by_key(|(n, _)| *n);
         Ok(v)
     }

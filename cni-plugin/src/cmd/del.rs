@@ -73,7 +73,7 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
             if let Some((dp, idx)) = &dp {
                 let _ = dp.detach(*idx);
             }
-            if let (Some(index), Ok(mut nl)) = (host_index, Netlink::new()) {
+            if let Some(index) = host_index {
                 let _ = nl.delete_link(index);
             }
         });
