@@ -11,3 +11,4 @@
 
 pub mod paths;
 pub mod registry;
+pub mod trust;

@@ -5,11 +5,16 @@
 //! READY; policyd watches the directory, matches the record to its Pod
 //! (namespace/name, uid when given), programs the maps and flips READY.
 //! CNI DEL removes the record. Records are keyed by container ID and
-//! interface name, which is all DEL and GC are given.
+//! interface name, which is all DEL and GC are given; the name escapes
+//! both, and every lookup checks the identity stored inside, so one
+//! attachment's DEL can never find another's record. Records and their
+//! directories are root's alone (`crate::trust`): they decide which pod an
+//! interface is.
 
 use serde::{Deserialize, Serialize};
+use crate::trust::{self, TrustError};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -49,12 +54,35 @@ pub enum RegistryError {
     Io { path: PathBuf, source: io::Error },
     #[error("endpoint record {path} is not valid JSON: {source}")]
     Decode { path: PathBuf, source: serde_json::Error },
+    #[error("{0}")]
+    Untrusted(#[from] TrustError),
 }
 
 /// The registry directory, e.g. `/run/weir/endpoints`.
 #[derive(Debug, Clone)]
 pub struct Registry {
     dir: PathBuf,
+}
+
+/// Escape everything but `[A-Za-z0-9._-]` as `%XX`, so that `@` can join
+/// the two parts of a record name without ambiguity.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl EndpointRecord {
+    /// Whether this record is the one of attachment (`container_id`, `ifname`).
+    pub fn is_for(&self, container_id: &str, ifname: &str) -> bool {
+        self.container_id == container_id && self.ifname == ifname
+    }
 }
 
 impl Registry {
@@ -71,43 +99,74 @@ impl Registry {
         &self.dir
     }
 
-    /// File name of a record: container IDs are `[A-Za-z0-9_.-]` by the CNI
-    /// spec and interface names cannot hold `/`, so the pair is a safe name.
+    /// Create the registry directory (and the run dir above it) root-only,
+    /// or check that what exists is root's (see [`crate::trust`]).
+    pub fn ensure_dir(&self) -> Result<(), RegistryError> {
+        if let Some(run_dir) = self.dir.parent() {
+            trust::ensure_dir(run_dir)?;
+        }
+        Ok(trust::ensure_dir(&self.dir)?)
+    }
+
+    /// File name of a record: `<containerID>@<ifname>.json`, each part
+    /// escaped, so no two attachments share a name.
     pub fn path_of(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.dir.join(format!("{}@{}.json", escape(container_id), escape(ifname)))
+    }
+
+    /// Where releases before the escaped names wrote the record:
+    /// `<containerID>_<ifname>.json`, which ("a_b", "c") and ("a", "b_c")
+    /// share. Only ever trusted after checking the identity inside.
+    fn legacy_path_of(&self, container_id: &str, ifname: &str) -> PathBuf {
         self.dir.join(format!("{container_id}_{ifname}.json"))
     }
 
-    /// Write (or replace) a record atomically.
+    /// Write (or replace) a record atomically, readable by root only. A
+    /// record of the same attachment in the old naming is removed.
     pub fn put(&self, record: &EndpointRecord) -> Result<(), RegistryError> {
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RegistryError::Io { path, source }
-        };
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        self.ensure_dir()?;
         let path = self.path_of(&record.container_id, &record.ifname);
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(record).expect("records always serialize");
-        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&body).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        trust::write_private(&path, &body).map_err(|source| RegistryError::Io { path: path.clone(), source })?;
+        self.remove_legacy(&record.container_id, &record.ifname)
     }
 
-    /// Read one record; `Ok(None)` when there is none.
+    /// Read the record of one attachment; `Ok(None)` when there is none.
+    /// A record whose contents name another attachment is not this one's.
     pub fn get(&self, container_id: &str, ifname: &str) -> Result<Option<EndpointRecord>, RegistryError> {
-        read_record(&self.path_of(container_id, ifname))
+        for path in [self.path_of(container_id, ifname), self.legacy_path_of(container_id, ifname)] {
+            if let Some(r) = read_record(&path)? {
+                if r.is_for(container_id, ifname) {
+                    return Ok(Some(r));
+                }
+            }
+        }
+        Ok(None)
     }
 
-    /// Remove a record; already gone is success.
+    /// Remove the record of one attachment; already gone is success. Never
+    /// removes a file that names another attachment.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), RegistryError> {
         let path = self.path_of(container_id, ifname);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RegistryError::Io { path, source: e }),
+        match read_record(&path) {
+            Ok(Some(r)) if !r.is_for(container_id, ifname) => {}
+            // Ours, or unreadable under our unambiguous name: remove.
+            _ => remove_file(&path)?,
+        }
+        self.remove_legacy(container_id, ifname)
+    }
+
+    fn remove_legacy(&self, container_id: &str, ifname: &str) -> Result<(), RegistryError> {
+        let legacy = self.legacy_path_of(container_id, ifname);
+        match read_record(&legacy) {
+            Ok(Some(r)) if r.is_for(container_id, ifname) => remove_file(&legacy),
             _ => Ok(()),
         }
     }
 
     /// Every record, with the ones that cannot be read reported beside them
-    /// rather than failing the whole listing.
+    /// rather than failing the whole listing. A record present in both
+    /// namings is listed once.
     pub fn list(&self) -> (Vec<EndpointRecord>, Vec<RegistryError>) {
         let mut records = Vec::new();
         let mut errors = Vec::new();
@@ -131,7 +190,15 @@ impl Registry {
             }
         }
         records.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        records.dedup_by(|a, b| a.is_for(&b.container_id, &b.ifname));
         (records, errors)
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), RegistryError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RegistryError::Io { path: path.to_path_buf(), source: e }),
+        _ => Ok(()),
     }
 }
 
@@ -187,10 +254,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::under(dir.path());
         reg.put(&record("good")).unwrap();
-        fs::write(reg.dir().join("bad_eth0.json"), b"{not json").unwrap();
+        fs::write(reg.dir().join("bad@eth0.json"), b"{not json").unwrap();
         let (all, errs) = reg.list();
         assert_eq!(all.len(), 1);
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].to_string().contains("bad_eth0.json"), "{}", errs[0]);
+        assert!(errs[0].to_string().contains("bad@eth0.json"), "{}", errs[0]);
+    }
+
+    fn attachment(id: &str, ifname: &str) -> EndpointRecord {
+        EndpointRecord { ifname: ifname.into(), ..record(id) }
+    }
+
+    /// ("wpq_r", "eth0") and ("wpq", "r_eth0") once shared a file name, so
+    /// a DEL of the second removed the first's record.
+    #[test]
+    fn attachments_that_once_shared_a_name_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::under(dir.path());
+        assert_ne!(reg.path_of("wpq_r", "eth0"), reg.path_of("wpq", "r_eth0"));
+        assert_ne!(reg.path_of("a", "b@c"), reg.path_of("a@b", "c"));
+        reg.put(&attachment("wpq_r", "eth0")).unwrap();
+        assert_eq!(reg.get("wpq", "r_eth0").unwrap(), None);
+        reg.remove("wpq", "r_eth0").unwrap();
+        assert_eq!(reg.get("wpq_r", "eth0").unwrap(), Some(attachment("wpq_r", "eth0")));
+    }
+
+    #[test]
+    fn records_in_the_old_naming_are_read_checked_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::under(dir.path());
+        reg.ensure_dir().unwrap();
+        let old = reg.dir().join("wpq_r_eth0.json");
+        fs::write(&old, serde_json::to_vec(&attachment("wpq_r", "eth0")).unwrap()).unwrap();
+        // Found for its own identity, never for the one its name also fits.
+        assert_eq!(reg.get("wpq", "r_eth0").unwrap(), None);
+        reg.remove("wpq", "r_eth0").unwrap();
+        assert!(old.exists());
+        assert_eq!(reg.get("wpq_r", "eth0").unwrap(), Some(attachment("wpq_r", "eth0")));
+        assert_eq!(reg.list().0.len(), 1);
+        // Rewriting it moves it to the new name; listed once meanwhile.
+        reg.put(&attachment("wpq_r", "eth0")).unwrap();
+        assert!(!old.exists());
+        assert_eq!(reg.list().0, vec![attachment("wpq_r", "eth0")]);
+        fs::write(&old, serde_json::to_vec(&attachment("wpq_r", "eth0")).unwrap()).unwrap();
+        assert_eq!(reg.list().0.len(), 1);
+        reg.remove("wpq_r", "eth0").unwrap();
+        assert!(!old.exists());
+        assert_eq!(reg.list().0.len(), 0);
+    }
+
+    #[test]
+    fn records_are_readable_by_root_only() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::under(dir.path());
+        reg.put(&record("a")).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&reg.path_of("a", "eth0")), 0o600);
+        assert_eq!(mode(reg.dir()), 0o700);
     }
 }
