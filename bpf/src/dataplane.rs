@@ -16,6 +16,7 @@ use std::ops::RangeInclusive;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use weir_common::trust;
 
 /// The two programs: where they attach on the pod's host veth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,27 +186,48 @@ fn collect_prefixed<K: aya::Pod, V>(
     Ok(())
 }
 
+/// The nearest existing ancestor of `root` must be on bpffs. Mounting is
+/// advised only for the standard mount point: a root elsewhere (say under
+/// /tmp) is a wrong setting, not a missing mount.
 fn check_bpffs(root: &Path) -> Result<(), Error> {
-    // the nearest existing ancestor must be on bpffs
+    let std_mount = Path::new("/sys/fs/bpf");
     let mut p = root;
     loop {
         if p.exists() {
             let t = sys::fs_type(p).map_err(|e| Error::io("cannot statfs", p, e))?;
-            if t != sys::BPF_FS_MAGIC {
-                let mount = if root.starts_with("/sys/fs/bpf") {
-                    PathBuf::from("/sys/fs/bpf")
-                } else {
-                    p.to_path_buf()
-                };
-                return Err(Error::BpffsNotMounted { path: mount });
+            if t == sys::BPF_FS_MAGIC {
+                return Ok(());
             }
-            return Ok(());
+            if root.starts_with(std_mount) {
+                return Err(Error::BpffsNotMounted { path: std_mount.to_path_buf() });
+            }
+            return Err(Error::NotOnBpffs { root: root.to_path_buf(), found: p.to_path_buf() });
         }
         match p.parent() {
             Some(parent) => p = parent,
             None => return Err(Error::BpffsNotMounted { path: root.to_path_buf() }),
         }
     }
+}
+
+/// The root and the directories of pins below it, each root's own (see
+/// `weir_common::trust`): whoever can remove a link pin can switch off
+/// enforcement for that pod.
+fn check_trusted(root: &Path) -> Result<(), Error> {
+    trust::check_dir(root)?;
+    for sub in ["progs", "links"] {
+        let dir = root.join(sub);
+        if fs_entry_exists(&dir) {
+            trust::check_dir(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unlike `exists()`, a symlink (even a dangling one) counts as there, so
+/// it is checked, and refused.
+fn fs_entry_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
 }
 
 fn read_abi(root: &Path) -> Result<Option<u32>, Error> {
@@ -232,7 +254,8 @@ impl Dataplane {
     /// Idempotent and safe under concurrent callers (flock on the root).
     pub fn load_or_open(root: &Path) -> Result<Dataplane, Error> {
         check_bpffs(root)?;
-        std::fs::create_dir_all(root).map_err(|e| Error::io("cannot create bpffs root", root, e))?;
+        trust::ensure_dir(root)?;
+        check_trusted(root)?;
         {
             let _lock = RootLock::take(root)?;
             let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
@@ -256,7 +279,7 @@ impl Dataplane {
             .map_err(|source| Error::Load { root: root.to_path_buf(), source: Box::new(source) })?;
         let progs = root.join("progs");
         for dir in [&progs, &root.join("links")] {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+            trust::ensure_dir(dir)?;
         }
         for hook in Hook::ALL {
             let name = hook.name();
@@ -285,6 +308,7 @@ impl Dataplane {
     /// Open the pinned dataplane under `root`; the pins must exist.
     pub fn open(root: &Path) -> Result<Dataplane, Error> {
         check_bpffs(root)?;
+        check_trusted(root)?;
         check_abi(root)?;
         for hook in Hook::ALL {
             let p = root.join("progs").join(hook.name());

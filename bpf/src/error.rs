@@ -7,6 +7,15 @@ pub enum Error {
     BpffsNotMounted { path: PathBuf },
 
     #[error(
+        "bpffs root {root} is not on bpffs ({found} is on another filesystem): choose a root under a bpffs \
+         mount, such as /sys/fs/bpf/weir"
+    )]
+    NotOnBpffs { root: PathBuf, found: PathBuf },
+
+    #[error("bpffs root: {0}")]
+    Untrusted(#[from] weir_common::trust::TrustError),
+
+    #[error(
         "pins under {root} were written by ABI version {found}, this build uses {expected}: \
          remove {root} (it detaches Weir from every pod until they are re-attached) or run the \
          matching Weir version"
