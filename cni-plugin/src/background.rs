@@ -5,13 +5,10 @@
 //! first does everything that matters for correctness (map entries gone,
 //! the link down and labelled, addresses released), then hands that wait
 //! to a grandchild and returns. ADD recognises a link still being retired
-//! by its label and removes it itself; GC removes whatever a killed
+//! by its label (`naming::VethLabel::Retired`) and removes it itself; GC removes whatever a killed
 //! grandchild left behind.
 
 use std::os::fd::AsRawFd;
-
-/// The alias a host veth carries from DEL until the kernel has deleted it.
-pub const RETIRED_ALIAS: &str = "weir: deleting";
 
 /// Run `work` in a grandchild that has left the caller's session and pipes
 /// (the runtime reads the plugin's stdout until EOF, so nothing may keep it

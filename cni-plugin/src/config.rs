@@ -107,17 +107,26 @@ pub fn parse_env(command: Command, get: impl Fn(&str) -> Option<String>) -> Resu
     Ok(env)
 }
 
-fn check_ifname(name: &str) -> Result<()> {
-    let bad = name.len() > 15
-        || name == "."
-        || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if bad {
-        return Err(CniError::env(format!(
-            "CNI_IFNAME={name:?} is not a valid interface name: at most 15 characters, no '/', ':' or spaces"
-        )));
+/// What the kernel refuses in an interface name (`dev_valid_name`), and
+/// `%`, which it would take as a pattern (`eth%d`) and replace, so the
+/// interface would not get the name asked for. `None` when valid.
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 15 {
+        Some("it must be 1-15 characters")
+    } else if name == "." || name == ".." {
+        Some("\".\" and \"..\" are not interface names")
+    } else if name.chars().any(|c| c == '/' || c == ':' || c == '%' || c.is_whitespace() || c.is_control()) {
+        Some("it must not hold '/', ':', '%', spaces or control characters")
+    } else {
+        None
     }
-    Ok(())
+}
+
+fn check_ifname(name: &str) -> Result<()> {
+    match ifname_problem(name) {
+        Some(why) => Err(CniError::env(format!("CNI_IFNAME={name:?} is not a valid interface name: {why}"))),
+        None => Ok(()),
+    }
 }
 
 /// `K=V;K=V` (the runtime adds `IgnoreUnknown=1`; unknown keys are always
@@ -342,8 +351,8 @@ pub fn parse_netconf(input: Value) -> Result<NetConf> {
         )));
     }
     let bridge = opt_str(&v, "", "bridge")?.unwrap_or_else(|| DEFAULT_BRIDGE.into());
-    if bridge.is_empty() || bridge.len() > 15 || bridge.chars().any(|c| c == '/' || c.is_whitespace()) {
-        return Err(CniError::config(format!("bridge {bridge:?} is not a valid interface name (1-15 characters)")));
+    if let Some(why) = ifname_problem(&bridge) {
+        return Err(CniError::config(format!("bridge {bridge:?} is not a valid interface name: {why}")));
     }
     let mtu = match opt_u64(&v, "", "mtu")? {
         None | Some(0) => None,
@@ -595,6 +604,32 @@ mod tests {
         let e = parse_stdin(b"{\"cniVersion\": ").unwrap_err();
         assert_eq!(e.code, code::DECODE);
         assert!(e.msg.contains("not valid JSON"));
+    }
+
+    /// The kernel refuses ':' and takes '%' as a pattern; "." and ".." are
+    /// not names. Each used to pass and fail later, a lock file left behind.
+    #[test]
+    fn interface_names_the_kernel_would_refuse_or_rename_are_rejected_up_front() {
+        for bad in ["br:0", "br%d", ".", "..", "a b", "a/b", "", "sixteen-chars-xx", "br\u{7}"] {
+            let mut v = base();
+            v["bridge"] = json!(bad);
+            let e = err(v);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+            assert!(e.msg.starts_with(&format!("bridge {bad:?} is not a valid interface name")), "{}", e.msg);
+            let env = |k: &str| match k {
+                "CNI_CONTAINERID" => Some("abc".to_string()),
+                "CNI_NETNS" => Some("/x".to_string()),
+                "CNI_IFNAME" => Some(bad.to_string()),
+                _ => None,
+            };
+            let e = parse_env(Command::Add, env).unwrap_err();
+            assert!(e.msg.starts_with("CNI_IFNAME"), "{bad:?}: {}", e.msg);
+        }
+        for good in ["br.0", "cni0", "eth0.100", "weir-br_1"] {
+            let mut v = base();
+            v["bridge"] = json!(good);
+            assert_eq!(parse_netconf(v).unwrap().bridge, good);
+        }
     }
 
     #[test]

@@ -299,6 +299,14 @@ impl Netlink {
         self.ack(RouteNetlinkMessage::SetLink(m), 0)
     }
 
+    /// Set a link's alias (its label: `naming::VethLabel`), nothing else.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
     pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;

@@ -8,8 +8,32 @@ use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::io::ErrorKind;
 
-/// Open a namespace path given as `CNI_NETNS`.
+/// Open a namespace path given as `CNI_NETNS`. The namespace weir itself
+/// runs in (the node's) is refused: configuring it as a pod would put a pod
+/// address and default route on the node.
 pub fn open(path: &str) -> Result<File> {
+    let ns = open_path(path)?;
+    if is_own_netns(&ns).map_err(|e| CniError::io(format!("CNI_NETNS={path:?}: cannot compare with our own namespace"), e))? {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_NETNS={path:?} is the network namespace weir runs in (the node's own), not a pod's: refusing to \
+                 configure the node as a pod; pass the pod sandbox's network namespace"
+            ),
+        ));
+    }
+    Ok(ns)
+}
+
+/// Whether `ns` is the network namespace of this thread: same nsfs inode.
+fn is_own_netns(ns: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = ns.metadata()?;
+    let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
+    Ok(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
+}
+
+fn open_path(path: &str) -> Result<File> {
     File::open(path).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             CniError::new(

@@ -103,46 +103,80 @@ impl CniResult {
 
     /// Read a result of any supported version (a `prevResult` or a delegated
     /// IPAM plugin's answer). `what` names it in errors.
+    /// Parse a result (a `prevResult`, or a delegate's answer). Strict about
+    /// what it reads: a field of the wrong type is an error naming it, never
+    /// read as absent, so CHECK cannot pass against a result that says
+    /// nothing. Unknown fields are ignored (other plugins add their own).
     pub fn parse(v: &Value, what: &str) -> Result<CniResult> {
         let bad = |m: String| CniError::new(code::DECODE, format!("{what}: {m}"));
+        let obj = v.as_object().ok_or_else(|| bad("must be a JSON object".into()))?;
+        let list = |key: &str| -> Result<&[Value]> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(&[]),
+                Some(Value::Array(a)) => Ok(a),
+                Some(_) => Err(bad(format!("{key} must be a list"))),
+            }
+        };
+        let field = |x: &'_ Value, at: &str, key: &str| -> Result<Option<String>> {
+            let o = x.as_object().ok_or_else(|| bad(format!("{at} must be an object")))?;
+            match o.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(format!("{at}.{key} must be a string"))),
+            }
+        };
+        let index = |x: &Value, at: &str, key: &str| -> Result<Option<u64>> {
+            match x.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(n) => n.as_u64().map(Some).ok_or_else(|| bad(format!("{at}.{key} must be a non-negative integer"))),
+            }
+        };
         let mut r = CniResult::default();
-        if let Some(ifs) = v.get("interfaces").and_then(Value::as_array) {
-            for (i, x) in ifs.iter().enumerate() {
-                r.interfaces.push(Interface {
-                    name: x.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    mac: x.get("mac").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    sandbox: x.get("sandbox").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from),
-                    mtu: x.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
-                });
-                if x.get("name").is_none() {
-                    return Err(bad(format!("interfaces[{i}] has no name")));
+        for (i, x) in list("interfaces")?.iter().enumerate() {
+            let at = format!("interfaces[{i}]");
+            let name = field(x, &at, "name")?.ok_or_else(|| bad(format!("{at} has no name")))?;
+            let mtu = index(x, &at, "mtu")?;
+            r.interfaces.push(Interface {
+                name,
+                mac: field(x, &at, "mac")?.unwrap_or_default(),
+                sandbox: field(x, &at, "sandbox")?.filter(|s| !s.is_empty()),
+                mtu: mtu.map(|m| u32::try_from(m).map_err(|_| bad(format!("{at}.mtu {m} is out of range")))).transpose()?,
+            });
+        }
+        for (i, x) in list("ips")?.iter().enumerate() {
+            let at = format!("ips[{i}]");
+            let a = field(x, &at, "address")?.ok_or_else(|| bad(format!("{at}.address is missing")))?;
+            let address = a.parse::<IpNet>().map_err(|_| bad(format!("{at}.address {a:?} is not a CIDR")))?;
+            let gateway = match field(x, &at, "gateway")? {
+                Some(g) => Some(g.parse::<IpAddr>().map_err(|_| bad(format!("{at}.gateway {g:?} is not an IP")))?),
+                None => None,
+            };
+            let interface = match index(x, &at, "interface")? {
+                Some(n) if n as usize >= r.interfaces.len() => {
+                    return Err(bad(format!(
+                        "{at}.interface {n} names no interface (the result lists {})",
+                        r.interfaces.len()
+                    )))
                 }
-            }
+                n => n.map(|n| n as usize),
+            };
+            r.ips.push(IpConfig { address, gateway, interface });
         }
-        if let Some(ips) = v.get("ips").and_then(Value::as_array) {
-            for (i, x) in ips.iter().enumerate() {
-                let a = x.get("address").and_then(Value::as_str).ok_or_else(|| bad(format!("ips[{i}].address is missing")))?;
-                let address = a.parse::<IpNet>().map_err(|_| bad(format!("ips[{i}].address {a:?} is not a CIDR")))?;
-                let gateway = match x.get("gateway").and_then(Value::as_str) {
-                    Some(g) => Some(g.parse::<IpAddr>().map_err(|_| bad(format!("ips[{i}].gateway {g:?} is not an IP")))?),
-                    None => None,
-                };
-                let interface = x.get("interface").and_then(Value::as_u64).map(|n| n as usize);
-                r.ips.push(IpConfig { address, gateway, interface });
-            }
+        for (i, x) in list("routes")?.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let d = field(x, &at, "dst")?.ok_or_else(|| bad(format!("{at}.dst is missing")))?;
+            let dst = d.parse::<IpNet>().map_err(|_| bad(format!("{at}.dst {d:?} is not a CIDR")))?;
+            let gw = match field(x, &at, "gw")? {
+                Some(g) => Some(g.parse::<IpAddr>().map_err(|_| bad(format!("{at}.gw {g:?} is not an IP")))?),
+                None => None,
+            };
+            r.routes.push(Route { dst, gw });
         }
-        if let Some(routes) = v.get("routes").and_then(Value::as_array) {
-            for (i, x) in routes.iter().enumerate() {
-                let d = x.get("dst").and_then(Value::as_str).ok_or_else(|| bad(format!("routes[{i}].dst is missing")))?;
-                let dst = d.parse::<IpNet>().map_err(|_| bad(format!("routes[{i}].dst {d:?} is not a CIDR")))?;
-                let gw = match x.get("gw").and_then(Value::as_str) {
-                    Some(g) => Some(g.parse::<IpAddr>().map_err(|_| bad(format!("routes[{i}].gw {g:?} is not an IP")))?),
-                    None => None,
-                };
-                r.routes.push(Route { dst, gw });
-            }
-        }
-        r.dns = v.get("dns").cloned().unwrap_or(Value::Null);
+        r.dns = match obj.get("dns") {
+            None => Value::Null,
+            Some(d @ (Value::Null | Value::Object(_))) => d.clone(),
+            Some(_) => return Err(bad("dns must be an object".into())),
+        };
         Ok(r)
     }
 }
@@ -195,5 +229,33 @@ mod tests {
     fn bad_prev_result_names_the_field() {
         let e = CniResult::parse(&json!({"ips": [{"address": "10.0.0.1"}]}), "prevResult").unwrap_err();
         assert!(e.msg.starts_with("prevResult: ips[0].address"), "{}", e.msg);
+    }
+
+    /// `{"ips":"x"}` used to parse as a result with no addresses, so CHECK
+    /// compared against nothing and passed.
+    #[test]
+    fn malformed_prev_results_are_errors_not_empty_results() {
+        let cases = [
+            (json!({"ips": "x"}), "prevResult: ips must be a list"),
+            (json!({"interfaces": {}}), "prevResult: interfaces must be a list"),
+            (json!({"routes": 1}), "prevResult: routes must be a list"),
+            (json!({"ips": ["10.0.0.1/24"]}), "prevResult: ips[0] must be an object"),
+            (json!({"ips": [{"address": 7}]}), "prevResult: ips[0].address must be a string"),
+            (json!({"ips": [{"address": "10.0.0.2/24", "interface": "0"}]}), "prevResult: ips[0].interface must be"),
+            (json!({"ips": [{"address": "10.0.0.2/24", "interface": 3}]}), "prevResult: ips[0].interface 3 names no"),
+            (json!({"interfaces": [{"name": 1}]}), "prevResult: interfaces[0].name must be a string"),
+            (json!({"interfaces": [{"name": "e", "mtu": -1}]}), "prevResult: interfaces[0].mtu must be"),
+            (json!({"routes": [{"dst": "0.0.0.0/0", "gw": false}]}), "prevResult: routes[0].gw must be a string"),
+            (json!({"dns": "8.8.8.8"}), "prevResult: dns must be an object"),
+            (json!("x"), "prevResult: must be a JSON object"),
+        ];
+        for (v, want) in cases {
+            let e = CniResult::parse(&v, "prevResult").unwrap_err();
+            assert_eq!(e.code, code::DECODE);
+            assert!(e.msg.starts_with(want), "{v}: {}", e.msg);
+        }
+        // Absent and null lists are empty, as the spec allows.
+        let r = CniResult::parse(&json!({"cniVersion": "1.0.0", "ips": null, "dns": {}}), "prevResult").unwrap();
+        assert!(r.ips.is_empty() && r.interfaces.is_empty());
     }
 }

@@ -388,10 +388,10 @@ fn root_del_cuts_the_pod_off_at_once_and_add_can_follow_immediately() {
     // DEL without the helper's wait: when it returns the veth is either
     // gone or down and labelled for the background deletion.
     node.weir(&Call::new("DEL", "r1", &pod.path(), "eth0"), &conf).ok();
-    if node.ns.has_link(&veth) {
-        let line = node.ns.ip(&["link", "show", &veth]);
-        assert!(!line.contains(",UP"), "host veth still up after DEL: {line}");
-    }
+    // (The background deletion may win the race with this look.)
+    let line = std::process::Command::new("ip").args(["-n", &node.ns.name, "link", "show", &veth]).output().unwrap();
+    let line = String::from_utf8_lossy(&line.stdout);
+    assert!(!line.contains(",UP"), "host veth still up after DEL: {line}");
     assert!(node.reserved_by("r1").is_empty(), "addresses released by DEL");
     // The runtime may ADD the same attachment again right away.
     let r = node.add("r1", &pod, &conf).ok().clone();
@@ -408,9 +408,10 @@ fn root_add_replaces_a_retired_host_veth_but_not_a_foreign_one() {
     let conf = node.conf("1.1.0", "10.92.0.0/24", None);
     let veth = weir_cni::naming::host_veth("r2", "eth0");
     let scratch = common::unique("wr");
-    // What a DEL leaves while its background deletion is pending.
+    // What a DEL of an older release leaves while its background deletion
+    // is pending (its label did not say whose the veth was).
     node.ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &scratch]);
-    node.ns.ip(&["link", "set", &veth, "down", "alias", weir_cni::background::RETIRED_ALIAS]);
+    node.ns.ip(&["link", "set", &veth, "down", "alias", "weir: deleting"]);
     let pod = Netns::new("wp");
     node.add("r2", &pod, &conf).ok();
     assert!(!node.ns.has_link(&scratch), "the retired pair was deleted");
@@ -423,4 +424,77 @@ fn root_add_replaces_a_retired_host_veth_but_not_a_foreign_one() {
     assert_eq!(r.err_code(), 101, "{r:?}");
     assert!(node.ns.has_link(&scratch), "a foreign link was deleted");
     assert!(node.reserved_by("r2").is_empty(), "failed ADD released its address");
+}
+
+/// Two networks on one bridge: GC of one used to delete the other's live
+/// veths (they were not in its list of valid attachments), leaving their
+/// addresses reserved. GC may touch only what its own network made.
+#[test]
+fn root_gc_of_one_network_leaves_another_networks_pods_on_the_same_bridge() {
+    require_root!();
+    let node = Node::new();
+    let conf_a = node.conf("1.1.0", "10.97.0.0/24", None);
+    let mut conf_b = conf_a.clone();
+    let net_b = common::unique("netb");
+    conf_b["name"] = json!(net_b);
+    conf_b["ipam"]["ranges"] = json!([[{ "subnet": "10.98.0.0/24" }]]);
+    let (pa, pb) = (Netns::new("wp"), Netns::new("wp"));
+    node.add("gca", &pa, &conf_a).ok();
+    let rb = node.add("gcb", &pb, &conf_b).ok().clone();
+    let reserved_b = || std::fs::read_dir(node.data_dir().join(&net_b)).unwrap().count();
+    let before = reserved_b();
+
+    // The runtime knows no attachment of network A any more.
+    let mut gc = conf_a.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    node.weir(&Call { command: "GC".into(), ..Default::default() }, &gc).ok();
+
+    assert!(!node.ns.has_link(&weir_cni::naming::host_veth("gca", "eth0")), "A's stale veth is collected");
+    assert!(node.ns.has_link(&weir_cni::naming::host_veth("gcb", "eth0")), "B's live veth was deleted by A's GC");
+    assert_eq!(reserved_b(), before, "B's reservations are B's");
+    tcp_roundtrip(&node.ns, result_gateway(&rb, true), &pb);
+    node.del("gcb", &pb, &conf_b).ok();
+    node.assert_clean("gca", None);
+}
+
+/// CNI_NETNS naming the namespace weir runs in used to configure the node
+/// itself as a pod: an address and a default route on the node.
+#[test]
+fn root_add_into_the_nodes_own_netns_is_refused_and_changes_nothing() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.96.0.0/24", None);
+    let state = || (node.ns.ip(&["-o", "addr"]), node.ns.ip(&["route"]), node.ns.ip(&["-6", "route"]), node.ns.links());
+    let before = state();
+    let r = node.weir(&Call::new("ADD", "own", &node.ns.path(), "eth0"), &conf);
+    assert_eq!(r.err_code(), 4, "{r:?}");
+    assert!(r.msg().contains("is the network namespace weir runs in"), "{}", r.msg());
+    assert_eq!(state(), before, "the node was changed");
+    node.assert_clean("own", None);
+    // CHECK of the same is refused too, before it reads anything.
+    let mut c = conf.clone();
+    c["prevResult"] = json!({"cniVersion": "1.1.0", "ips": []});
+    assert_eq!(node.weir(&Call::new("CHECK", "own", &node.ns.path(), "eth0"), &c).err_code(), 4);
+}
+
+/// A pod namespace that already has a default route elsewhere: ADD used to
+/// ignore EEXIST and report a default route it had not installed.
+#[test]
+fn root_add_never_reports_a_route_it_did_not_install() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.99.0.0/24", None);
+    let pod = Netns::new("wp");
+    pod.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
+    pod.ip(&["link", "set", "other1", "up"]);
+    pod.ip(&["link", "set", "other0", "up"]);
+    pod.ip(&["addr", "add", "192.0.2.2/24", "dev", "other0"]);
+    pod.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "other0"]);
+    let routes_before = pod.ip(&["route"]);
+    let r = node.add("rt1", &pod, &conf);
+    assert_eq!(r.err_code(), 4, "{r:?}");
+    assert!(r.msg().contains("route 0.0.0.0/0 already exists"), "{}", r.msg());
+    assert_eq!(pod.ip(&["route"]), routes_before);
+    assert!(!pod.has_link("eth0"), "rolled back");
+    node.assert_clean("rt1", None);
 }

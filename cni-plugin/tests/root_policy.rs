@@ -201,3 +201,69 @@ fn root_enforce_gc_and_status() {
     assert!(r.msg().contains("heartbeat"), "{}", r.msg());
     node.del("g0", &pods[0], &conf).ok();
 }
+
+/// Record names were `<containerID>_<ifname>`: DEL of ("wpq", "r_eth0"),
+/// never added, found and removed the record of ("wpq_r", "eth0") with its
+/// endpoint entry and link pins, so that pod ignored its policy from then on.
+#[test]
+fn root_del_of_an_attachment_whose_name_collided_with_another_touches_nothing_of_it() {
+    require_root!();
+    let node = std::sync::Arc::new(Node::new());
+    let root = BpfRoot::new();
+    let conf = std::sync::Arc::new(enforcing(&node, &root, 20_000));
+    let pod = std::sync::Arc::new(Netns::new("wp"));
+    let (n, c, p) = (node.clone(), conf.clone(), pod.clone());
+    let add = std::thread::spawn(move || n.add("wpq_r", &p, &c));
+    let idx = play_policyd(&node, &root, "wpq_r");
+    add.join().unwrap().ok();
+
+    let rogue = node.weir(&Call::new("DEL", "wpq", &pod.path(), "r_eth0"), &conf);
+    assert_eq!(rogue.code, 0, "DEL of an unknown attachment succeeds (idempotent): {rogue:?}");
+
+    let reg = weir_common::registry::Registry::under(node.run_dir());
+    assert!(reg.get("wpq_r", "eth0").unwrap().is_some(), "the other attachment's record was removed");
+    let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+    let ep = dp.endpoint(idx).unwrap().expect("the other attachment's endpoint entry was removed");
+    assert_ne!(ep.flags & abi::EP_READY, 0);
+    assert!(dp.is_attached(idx).unwrap(), "the other attachment's programs were detached");
+    node.del("wpq_r", &pod, &conf).ok();
+    node.assert_clean("wpq_r", Some(&pod));
+}
+
+/// `/sys/fs/bpf` is mode 1777: a user who made the bpffs root (or its
+/// `links` directory) first could later delete the link pins and switch off
+/// enforcement. Such a root is refused, and the failed ADD leaves nothing.
+#[test]
+fn root_a_bpffs_root_or_run_dir_another_user_made_is_refused() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let squat = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    };
+    for (what, sub) in [("bpffs root", None), ("links dir", Some("links")), ("run dir", Some("run"))] {
+        let node = Node::new();
+        let root = BpfRoot::new();
+        let conf = enforcing(&node, &root, 0);
+        let squatted = match sub {
+            None => root.0.clone(),
+            Some("run") => node.run_dir(),
+            Some(s) => {
+                std::fs::create_dir(&root.0).unwrap();
+                root.0.join(s)
+            }
+        };
+        squat(&squatted);
+        let pod = Netns::new("wp");
+        let r = node.add("sq1", &pod, &conf);
+        r.err_code();
+        assert!(r.msg().contains(&format!("{} is owned by uid 65534", squatted.display())), "{what}: {}", r.msg());
+        assert!(r.msg().contains("chmod 0700"), "{what}: the fix is named: {}", r.msg());
+        node.assert_clean("sq1", Some(&pod));
+        assert!(!pod.has_link("eth0"), "{what}: rolled back");
+        if sub.is_none() {
+            assert!(!root.0.join("progs").exists(), "nothing is loaded into a squatted root");
+        }
+    }
+}

@@ -2,13 +2,13 @@
 //! step that leaves state behind registers its undo first; any failure runs
 //! the undos in reverse, so a failed ADD leaves nothing.
 
-use crate::background::RETIRED_ALIAS;
 use crate::config::{Env, NetConf, OnReadyTimeout, WhileNotReady};
 use crate::dataplane::Dataplane;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{self, Lease};
 use crate::netlink::{is_errno, Netlink};
 use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::naming::{Attachment, VethLabel};
 use crate::{bridge, masq, naming, netns, sysctl};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -57,8 +57,15 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
     let ns = netns::open(&env.netns)?;
     let mut nl = Netlink::new().map_err(|e| CniError::kernel("netlink socket", e))?;
     let host_name = naming::host_veth(&env.container_id, &env.ifname);
+    let me = Attachment { network: &conf.name, container_id: &env.container_id, ifname: &env.ifname };
     if let Some(old) = nl.link_by_name(&host_name).map_err(|e| CniError::kernel("link lookup", e))? {
-        if old.alias.as_deref() != Some(RETIRED_ALIAS) {
+        let label = VethLabel::of(old.alias.as_deref());
+        let retired_ours = match &label {
+            VethLabel::Retired(_) => label.names(&me),
+            VethLabel::RetiredUnlabelled => true,
+            _ => false,
+        };
+        if !retired_ours {
             return Err(CniError::new(
                 code::IFNAME_EXISTS,
                 format!(
@@ -179,6 +186,8 @@ fn add_steps(
         .map_err(kerr(format!("lookup {host_name}")))?
         .ok_or_else(|| CniError::kernel(host_name, "veth vanished after creation"))?;
     undo.veth = Some(host.index);
+    let me = Attachment { network: &conf.name, container_id: &env.container_id, ifname: &env.ifname };
+    nl.set_alias(host.index, &me.live_alias()).map_err(kerr(format!("label {host_name}")))?;
     if conf.hairpin {
         nl.set_hairpin(host.index, true).map_err(kerr(format!("hairpin mode on {host_name}")))?;
     }
@@ -227,10 +236,31 @@ fn add_steps(
     let (routes, reported_routes) = pod_routes(conf, &lease);
     for r in &routes {
         match pod.add_route(podlink.index, r.dst, r.gw) {
-            Err(e) if !is_errno(&e, libc::EEXIST) => {
-                return Err(CniError::kernel(format!("add route {} via {:?} in CNI_NETNS", r.dst, r.gw), e))
+            Ok(()) => {}
+            // Already there is fine only if it is this very route: the
+            // result must never report a route that is not installed.
+            Err(e) if is_errno(&e, libc::EEXIST) => {
+                let existing = pod
+                    .routes(r.dst.addr().is_ipv4())
+                    .map_err(kerr("route dump in CNI_NETNS".to_string()))?
+                    .into_iter()
+                    .find(|x| x.dst == r.dst);
+                if !existing.as_ref().is_some_and(|x| x.gw == r.gw && x.oif == Some(podlink.index)) {
+                    return Err(CniError::new(
+                        code::INVALID_ENV,
+                        format!(
+                            "route {} already exists in CNI_NETNS={:?} ({}), not via {:?} on {}: remove it, or leave \
+                             this route out (isDefaultGateway: false / ipam.routes)",
+                            r.dst,
+                            env.netns,
+                            existing.map_or("another table entry".into(), |x| format!("via {:?}, oif {:?}", x.gw, x.oif)),
+                            r.gw,
+                            env.ifname
+                        ),
+                    ));
+                }
             }
-            _ => {}
+            Err(e) => return Err(CniError::kernel(format!("add route {} via {:?} in CNI_NETNS", r.dst, r.gw), e)),
         }
     }
     if conf.ip_masq {

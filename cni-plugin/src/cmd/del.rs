@@ -7,27 +7,44 @@
 //! and its addresses are free; the veth itself and the program links are
 //! deleted by a detached process moments later (background.rs).
 
-use crate::background::{self, RETIRED_ALIAS};
+use crate::background;
 use crate::config::{Env, NetConf};
 use crate::dataplane::Dataplane;
 use crate::error::{CniError, Result};
 use crate::ipam::{self, allocator::Store, disk::DiskStore};
 use crate::netlink::{is_errno, Netlink};
-use crate::naming;
+use crate::naming::{self, Attachment, VethLabel};
 use std::net::IpAddr;
 use weir_common::registry::Registry;
 
 pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     let mut errs: Vec<CniError> = Vec::new();
     let mut nl = Netlink::new().map_err(|e| CniError::kernel("netlink socket", e))?;
+    let me = Attachment { network: &conf.name, container_id: &env.container_id, ifname: &env.ifname };
     let host_name = naming::host_veth(&env.container_id, &env.ifname);
     let host = match nl.link_by_name(&host_name) {
-        Ok(l) => l,
+        // The name is a hash: act only on a veth whose label is this
+        // attachment's, or one from a release that wrote no labels.
+        Ok(Some(l)) => match VethLabel::of(l.alias.as_deref()) {
+            VethLabel::Unlabelled | VethLabel::RetiredUnlabelled => Some(l),
+            label if label.names(&me) => Some(l),
+            _ => {
+                eprintln!(
+                    "weir: DEL {} {}: host veth {host_name} is labelled {:?}, not this attachment's; leaving it alone",
+                    env.container_id,
+                    env.ifname,
+                    l.alias.as_deref().unwrap_or_default()
+                );
+                None
+            }
+        },
+        Ok(None) => None,
         Err(e) => {
             errs.push(CniError::kernel(format!("lookup {host_name}"), e));
             None
         }
     };
+    // `get` checks the identity inside the record: never another's.
     let registry = Registry::under(&conf.policy.run_dir);
     let record = registry.get(&env.container_id, &env.ifname).unwrap_or_else(|e| {
         errs.push(CniError::new(crate::error::code::IO, e.to_string()));
@@ -40,7 +57,7 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     }
     // Cut the pod off first: down, and labelled as retired for ADD and GC.
     if let Some(h) = &host {
-        match nl.retire_link(h.index, RETIRED_ALIAS) {
+        match nl.retire_link(h.index, &me.retired_alias()) {
             Err(e) if !is_errno(&e, libc::ENODEV) => errs.push(CniError::kernel(format!("take {host_name} down"), e)),
             _ => {}
         }

@@ -2,13 +2,19 @@
 //! reservations, endpoint records, host veths on the bridge and endpoint map
 //! entries not in `cni.dev/valid-attachments` (or the legacy
 //! `cni.dev/attachments`). Keeps going past errors and reports them all.
+//!
+//! Several networks may share a bridge (and the registry): GC of one
+//! network touches only what that network made. A host veth is its
+//! network's by its label (`naming::VethLabel`); an unlabelled one, from a
+//! release before labels, only when this network's reservations or records
+//! name it.
 
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::Dataplane;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{allocator::Store, disk::DiskStore};
 use crate::netlink::{is_errno, Netlink};
-use crate::naming;
+use crate::naming::{self, VethLabel};
 use serde_json::Value;
 use std::collections::HashSet;
 use weir_common::registry::Registry;
@@ -42,8 +48,9 @@ pub fn gc(conf: &NetConf, env: &crate::config::Env) -> Result<()> {
     let valid = valid_attachments(&conf.raw)?;
     let valid_set: HashSet<(&str, &str)> = valid.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let valid_ids: HashSet<&str> = valid.iter().map(|(a, _)| a.as_str()).collect();
-    let valid_veths: HashSet<String> = valid.iter().map(|(a, b)| naming::host_veth(a, b)).collect();
     let mut errs: Vec<CniError> = Vec::new();
+    // Host veths this network's own state names (for unlabelled veths).
+    let mut ours_by_state: HashSet<String> = HashSet::new();
 
     match &conf.ipam {
         Ipam::HostLocal(_) => {
@@ -53,6 +60,7 @@ pub fn gc(conf: &NetConf, env: &crate::config::Env) -> Result<()> {
                     Ok(store) => {
                         let mut store = store.with_index(crate::ipam::index_dir(conf));
                         for (id, ifname) in store.indexed_attachments() {
+                            ours_by_state.insert(naming::host_veth(&id, &ifname));
                             if !valid_set.contains(&(id.as_str(), ifname.as_str())) {
                                 store.forget(&id, &ifname);
                             }
@@ -95,6 +103,7 @@ pub fn gc(conf: &NetConf, env: &crate::config::Env) -> Result<()> {
     let (records, rerrs) = registry.list();
     errs.extend(rerrs.into_iter().map(|e| CniError::new(code::IO, e.to_string())));
     for r in records.iter().filter(|r| r.network == conf.name) {
+        ours_by_state.insert(r.host_ifname.clone());
         if valid_set.contains(&(r.container_id.as_str(), r.ifname.as_str())) {
             continue;
         }
@@ -120,12 +129,26 @@ pub fn gc(conf: &NetConf, env: &crate::config::Env) -> Result<()> {
     let bridge_idx = links.iter().find(|l| l.name == conf.bridge).map(|l| l.index);
     let mut live_ifindexes: HashSet<u32> = HashSet::new();
     for l in &links {
-        let ours = bridge_idx.is_some()
+        let weir_veth = bridge_idx.is_some()
             && l.master == bridge_idx
             && l.name.starts_with(naming::HOST_VETH_PREFIX)
             && l.name.len() == 15
             && l.kind.as_deref() == Some("veth");
-        if ours && !valid_veths.contains(&l.name) {
+        let stale = weir_veth
+            && match VethLabel::of(l.alias.as_deref()) {
+                label @ (VethLabel::Live(_) | VethLabel::Retired(_)) => {
+                    label.network_is(&conf.name)
+                        && !valid_set.iter().any(|(id, ifname)| {
+                            label.names(&naming::Attachment { network: &conf.name, container_id: id, ifname })
+                        })
+                }
+                VethLabel::Unlabelled | VethLabel::RetiredUnlabelled => {
+                    ours_by_state.contains(&l.name)
+                        && !valid.iter().any(|(id, ifname)| naming::host_veth(id, ifname) == l.name)
+                }
+                VethLabel::Foreign => false,
+            };
+        if stale {
             match nl.delete_link(l.index) {
                 Err(e) if !is_errno(&e, libc::ENODEV) => errs.push(CniError::kernel(format!("delete {}", l.name), e)),
                 _ => {}
