@@ -58,6 +58,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let dp = Dataplane::load_or_open(&opts.bpffs_root)
         .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?;
     let registry = Registry::under(&opts.run_dir);
+    // Records decide which pod an interface is: root's alone (weir_common::trust).
+    registry.ensure_dir().with_context(|| format!("--run-dir {}", opts.run_dir.display()))?;
     let mut registry_changes = fswatch::watch_dir(registry.dir())
         .with_context(|| format!("watching the endpoint registry {}", registry.dir().display()))?;
     spawn_event_logger(&dp);
@@ -210,11 +212,9 @@ impl Agent {
             .iter()
             .map(|(id, l)| (*id, &l.namespace, &l.labels))
             .collect();
-        let tmp = self.identities_file.with_extension("json.tmp");
         let written = serde_json::to_vec(&rows)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.identities_file));
+            .and_then(|b| weir_common::trust::write_private(&self.identities_file, &b));
         match written {
             Ok(()) => self.last_identities = desired.identities.clone(),
             Err(e) => log::warn!("{}: {e}", self.identities_file.display()),
