@@ -7,8 +7,11 @@
 //!   `weir-bpf` crate), in particular the endpoint entry whose READY flag is
 //!   the pod-start handshake;
 //! - the endpoint registry ([`registry`]): one JSON file per pod interface,
-//!   written by CNI ADD, removed by CNI DEL, read and watched by policyd.
+//!   written by CNI ADD, removed by CNI DEL, read and watched by policyd;
+//! - this node's pod CIDRs and pod MTU ([`node_network`]), written by
+//!   policyd from its Node, read by CNI ADD when `ipam.ranges` is left out.
 
+pub mod node_network;
 pub mod paths;
 pub mod registry;
 pub mod trust;
