@@ -7,7 +7,8 @@ use crate::ip::{self, Range, RangeSet};
 use ipnet::IpNet;
 use serde_json::Value;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use weir_common::node_network::{self, NodeNetwork};
 
 /// Every spec version whose result layout this plugin produces.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -157,6 +158,11 @@ pub struct HostLocal {
     pub range_sets: Vec<RangeSet>,
     pub routes: Vec<RouteConf>,
     pub data_dir: PathBuf,
+    /// With `ranges` left out they come from this node's network file
+    /// (weir-policyd writes it from the Node's podCIDRs); until it is there
+    /// `range_sets` is empty and this says why. DEL and GC do not need
+    /// ranges, so this is an error only for ADD (code 11) and STATUS (50).
+    pub ranges_pending: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -379,10 +385,16 @@ pub fn parse_netconf(input: Value) -> Result<NetConf> {
     let ipam_v = field(&v, "ipam").ok_or_else(|| {
         CniError::config("ipam is missing; add e.g. \"ipam\": {\"type\": \"host-local\", \"ranges\": [[{\"subnet\": \"10.244.1.0/24\"}]]}")
     })?;
-    let ipam = parse_ipam(ipam_v)?;
     let policy = match field(&v, "policy") {
         None => Policy::default(),
         Some(p) => parse_policy(p)?,
+    };
+    let node = node_network_if_needed(ipam_v, &policy.run_dir);
+    let ipam = parse_ipam(ipam_v, node.as_ref())?;
+    // The backend's MTU (the underlay's less encapsulation) unless set here.
+    let mtu = match &node {
+        Some(NodeFile::Ready(n)) => mtu.or(n.mtu),
+        _ => mtu,
     };
     let prev_result = field(&v, "prevResult").cloned();
     Ok(NetConf {
@@ -429,7 +441,28 @@ fn parse_policy(p: &Value) -> Result<Policy> {
     })
 }
 
-fn parse_ipam(v: &Value) -> Result<Ipam> {
+/// This node's network file as the CNI binary found it.
+enum NodeFile {
+    Ready(NodeNetwork),
+    Missing(PathBuf),
+    Unusable(String),
+}
+
+/// Read only when host-local is given neither `ranges` nor `subnet`
+/// (explicit ranges always win).
+fn node_network_if_needed(ipam: &Value, run_dir: &Path) -> Option<NodeFile> {
+    let host_local = matches!(field(ipam, "type").and_then(Value::as_str), None | Some("host-local"));
+    if !host_local || field(ipam, "ranges").is_some() || field(ipam, "subnet").is_some() {
+        return None;
+    }
+    Some(match NodeNetwork::read(run_dir) {
+        Ok(Some(n)) => NodeFile::Ready(n),
+        Ok(None) => NodeFile::Missing(node_network::path(run_dir)),
+        Err(e) => NodeFile::Unusable(e.to_string()),
+    })
+}
+
+fn parse_ipam(v: &Value, node: Option<&NodeFile>) -> Result<Ipam> {
     if !v.is_object() {
         return Err(CniError::config(format!("ipam: expected an object, got {v}")));
     }
@@ -463,10 +496,30 @@ fn parse_ipam(v: &Value) -> Result<Ipam> {
         }
         raw_sets.push(("ipam".into(), vec![v.clone()]));
     }
+    let mut ranges_pending = None;
     if raw_sets.is_empty() {
-        return Err(CniError::config(
-            "ipam.ranges is missing; add e.g. \"ranges\": [[{\"subnet\": \"10.244.1.0/24\"}]]",
-        ));
+        match node {
+            Some(NodeFile::Ready(n)) => {
+                for (i, cidr) in n.pod_cidrs.iter().enumerate() {
+                    raw_sets.push((
+                        format!("{} podCIDRs[{i}] (node {})", node_network::FILE, n.node),
+                        vec![serde_json::json!({ "subnet": cidr.to_string() })],
+                    ));
+                }
+            }
+            Some(NodeFile::Missing(path)) => {
+                ranges_pending = Some(format!(
+                    "ipam.ranges is left out, so this node's pod CIDRs come from weir-policyd, which has not written \
+                     {} yet (it does once this node's Node object has spec.podCIDRs): check that weir-policyd runs \
+                     with this node's --node-name and --run-dir, or set ipam.ranges",
+                    path.display()
+                ));
+            }
+            Some(NodeFile::Unusable(e)) => {
+                ranges_pending = Some(format!("ipam.ranges is left out and this node's network file is unusable: {e}"))
+            }
+            None => unreachable!("the node network file is read whenever host-local has no ranges"),
+        }
     }
     let mut range_sets = Vec::new();
     for (set_path, ranges) in &raw_sets {
@@ -519,7 +572,7 @@ fn parse_ipam(v: &Value) -> Result<Ipam> {
         Some(other) => return Err(CniError::config(format!("ipam.routes: expected a list, got {other}"))),
     }
     let data_dir = opt_str(v, "ipam.", "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into()).into();
-    Ok(Ipam::HostLocal(HostLocal { range_sets, routes, data_dir }))
+    Ok(Ipam::HostLocal(HostLocal { range_sets, routes, data_dir, ranges_pending }))
 }
 
 /// One host-local range with the reference plugin's defaults: the gateway
@@ -630,6 +683,47 @@ mod tests {
             v["bridge"] = json!(good);
             assert_eq!(parse_netconf(v).unwrap().bridge, good);
         }
+    }
+
+    fn without_ranges(run_dir: &Path) -> Value {
+        json!({"cniVersion": "1.1.0", "name": "net", "type": "weir",
+               "ipam": {"type": "host-local"}, "policy": {"runDir": run_dir}})
+    }
+
+    #[test]
+    fn left_out_ranges_come_from_the_node_network_file_and_explicit_ones_win() {
+        let t = tempfile::tempdir().unwrap();
+        // Not written yet: parses (DEL and GC need no ranges), ranges pending.
+        let c = parse_netconf(without_ranges(t.path())).unwrap();
+        let why = c.host_local().unwrap().ranges_pending.clone().unwrap();
+        assert!(why.contains(&node_network::path(t.path()).display().to_string()), "{why}");
+        assert!(why.contains("ipam.ranges"), "names the way out: {why}");
+        NodeNetwork {
+            node: "node-2".into(),
+            pod_cidrs: vec!["10.88.2.0/24".parse().unwrap(), "fd00:88:2::/64".parse().unwrap()],
+            mtu: Some(1450),
+        }
+        .write(t.path())
+        .unwrap();
+        let c = parse_netconf(without_ranges(t.path())).unwrap();
+        let h = c.host_local().unwrap();
+        assert_eq!(h.ranges_pending, None);
+        let subnets: Vec<String> = h.range_sets.iter().map(|s| s.ranges[0].subnet.to_string()).collect();
+        assert_eq!(subnets, ["10.88.2.0/24", "fd00:88:2::/64"]);
+        assert_eq!(h.range_sets[0].ranges[0].gateway.to_string(), "10.88.2.1");
+        assert_eq!(c.mtu, Some(1450), "the backend's MTU");
+        let mut v = without_ranges(t.path());
+        v["mtu"] = json!(1400);
+        assert_eq!(parse_netconf(v).unwrap().mtu, Some(1400), "an explicit mtu wins");
+        let mut v = without_ranges(t.path());
+        v["ipam"]["ranges"] = json!([[{"subnet": "10.1.0.0/24"}]]);
+        let c = parse_netconf(v).unwrap();
+        assert_eq!(c.host_local().unwrap().range_sets[0].ranges[0].subnet.to_string(), "10.1.0.0/24");
+        assert_eq!(c.mtu, None, "explicit ranges: the node file is not read");
+        // A broken file says so.
+        std::fs::write(node_network::path(t.path()), b"{").unwrap();
+        let c = parse_netconf(without_ranges(t.path())).unwrap();
+        assert!(c.host_local().unwrap().ranges_pending.as_ref().unwrap().contains("not a valid node network file"));
     }
 
     #[test]

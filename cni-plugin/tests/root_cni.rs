@@ -498,3 +498,38 @@ fn root_add_never_reports_a_route_it_did_not_install() {
     assert!(!pod.has_link("eth0"), "rolled back");
     node.assert_clean("rt1", None);
 }
+
+/// One conflist for every node: `ipam.ranges` left out, the pod CIDR and
+/// MTU come from the node network file weir-policyd writes. Until it is
+/// there ADD fails at once (code 11) and STATUS reports 50.
+#[test]
+fn root_ranges_left_out_come_from_the_node_network_file() {
+    require_root!();
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", "10.89.0.0/24", None);
+    conf["ipam"].as_object_mut().unwrap().remove("ranges");
+    let pod = Netns::new("wp");
+    let status = Call { command: "STATUS".into(), ..Default::default() };
+
+    let r = node.add("nn1", &pod, &conf);
+    assert_eq!(r.err_code(), 11, "{r:?}");
+    assert!(r.msg().contains("node-network.json"), "{}", r.msg());
+    node.assert_clean("nn1", Some(&pod));
+    assert!(!pod.has_link("eth0"));
+    assert_eq!(node.weir(&status, &conf).err_code(), 50);
+
+    weir_common::node_network::NodeNetwork {
+        node: "node-7".into(),
+        pod_cidrs: vec!["10.89.7.0/24".parse().unwrap()],
+        mtu: Some(1450),
+    }
+    .write(&node.run_dir())
+    .unwrap();
+    assert_eq!(node.weir(&status, &conf).code, 0);
+    let r = node.add("nn1", &pod, &conf).ok().clone();
+    assert!(result_ip(&r, true).to_string().starts_with("10.89.7."), "{r}");
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1450"), "the backend's MTU");
+    tcp_roundtrip(&node.ns, result_gateway(&r, true), &pod);
+    node.del("nn1", &pod, &conf).ok();
+    node.assert_clean("nn1", Some(&pod));
+}

@@ -1,7 +1,8 @@
 //! STATUS: cheap (the runtime polls it every few seconds). Exit 0 when an
 //! ADD could be served, code 50 otherwise. What is checked:
 //! - host-local: some range set with every address reserved (file names
-//!   only; nothing is opened or locked);
+//!   only; nothing is opened or locked), or no ranges yet (left out of the
+//!   config and this node's network file not written by policyd);
 //! - policy.enforce: the pinned maps exist under policy.bpffsRoot, and, when
 //!   weir-policyd publishes a heartbeat file (`<runDir>/policyd.heartbeat`),
 //!   that it was touched within the last 30 s.
@@ -19,6 +20,9 @@ fn unavailable(msg: String) -> CniError {
 
 pub fn status(conf: &NetConf) -> Result<()> {
     if let Ipam::HostLocal(h) = &conf.ipam {
+        if let Some(why) = &h.ranges_pending {
+            return Err(unavailable(why.clone()));
+        }
         let dir = conf.store_dir().expect("host-local");
         let names: Vec<IpAddr> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect(),

@@ -21,6 +21,9 @@ pub struct Lease {
 pub fn allocate(conf: &NetConf, env: &Env) -> Result<Lease> {
     match &conf.ipam {
         Ipam::HostLocal(h) => {
+            if let Some(why) = &h.ranges_pending {
+                return Err(CniError::new(code::TRY_AGAIN_LATER, why.clone()));
+            }
             let dir = conf.store_dir().expect("host-local");
             let mut store = disk::DiskStore::open(&dir)?.with_index(index_dir(conf));
             let got = allocator::allocate_all(&mut store, &h.range_sets, &env.container_id, &env.ifname)?;
