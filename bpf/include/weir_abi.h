@@ -278,13 +278,16 @@ struct weir_config {
 
 /*
  * Other pins under the root:
- *   progs/from_pod, progs/to_pod   the loaded programs, so that a later
- *                                  process attaches the same program
+ *   progs/{from_pod,to_pod,leave_node}  the loaded programs, so that a
+ *                                  later process attaches the same program
  *   links/<ifindex>_from_pod       TCX links (tc ingress of the host veth)
  *   links/<ifindex>_to_pod         TCX links (tc egress of the host veth)
+ *   node-links/<ifindex>_leave_node  TCX link (tc egress of the device to
+ *                                  other nodes: VXLAN or the underlay)
  * ifindexes are per network namespace: one root serves one node netns.
  */
 #define WEIR_PROG_FROM_POD "from_pod"
 #define WEIR_PROG_TO_POD "to_pod"
+#define WEIR_PROG_LEAVE_NODE "leave_node"
 
 #endif /* WEIR_ABI_H */

@@ -2,8 +2,10 @@
 /*
  * The two tc programs on every pod's host-side veth.
  *
- *   from_pod  tc ingress of the host veth: what the pod sends
- *   to_pod    tc egress of the host veth: what the pod receives
+ *   from_pod    tc ingress of the host veth: what the pod sends
+ *   to_pod      tc egress of the host veth: what the pod receives
+ *   leave_node  tc egress of the device to other nodes: the post-DNAT
+ *               packets of local pods bound for another node
  *
  * Traffic between pods of this node, and to Service VIPs, is judged once,
  * at the destination's to_pod: that hook runs after kube-proxy's DNAT in
@@ -208,6 +210,60 @@ int to_pod(struct __sk_buff *skb)
 	if (WEIR_REASON_IS_DROP(reason))
 		return weir_drop(skb, &p, &vc, reason);
 	if (tracked && ct_create(&p, egress_ep, ep, rule, 0, now))
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+	return weir_allow(skb, &p, &vc, reason, 1);
+}
+
+/*
+ * leave_node: tc egress of the device traffic to other nodes leaves by
+ * (the VXLAN device, or the underlay interface with host-gw). It runs after
+ * the node's netfilter, so a Service packet carries the backend kube-proxy
+ * chose. from_pod deferred Service traffic to the destination's to_pod,
+ * which for a backend on another node is never reached: here the source
+ * pod's egress is judged against that backend. Flows judged already (to a
+ * remote pod directly, at from_pod) pass on their conntrack entry; packets
+ * that are not a local pod's (the node's own, VXLAN's outer packets, other
+ * protocols) are not Weir's to judge and pass untouched.
+ */
+SEC("classifier/leave_node")
+int leave_node(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct weir_ct_key k;
+	struct weir_ct_value *ct = 0;
+	__u32 rule = 0;
+	__u8 reason;
+
+	if (parse_packet(skb, &p) != PARSE_OK || p.icmp == ICMP_K_ND)
+		return TC_ACT_UNSPEC;
+	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
+	if (!src || !src->endpoint)
+		return TC_ACT_UNSPEC;
+	__u32 sep = src->endpoint;
+	struct verdict_ctx vc = { .endpoint = sep, .direction = WEIR_DIR_EGRESS };
+
+	__u64 now = ct_now();
+	int tracked = ct_tracked(&p);
+	if (tracked) {
+		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
+		if (ct && !reply && ct->egress_ep == sep) {
+			ct_touch(ct, &p, 0, now);
+			return TC_ACT_UNSPEC;
+		}
+		if (ct && reply && ct->ingress_ep == sep)
+			return TC_ACT_UNSPEC;
+	}
+
+	const struct weir_ipcache_value *dst = ipcache_lookup(p.daddr);
+	vc.peer_identity = dst ? dst->identity : WEIR_ID_WORLD;
+	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, sep, 0, now))
+		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
+	reason = judge(sep, endpoint_lookup(sep), WEIR_DIR_EGRESS, p.daddr, vc.peer_identity, p.proto,
+		       policy_port(&p), p.frag == FRAG_LATER, &rule);
+	vc.rule = rule;
+	if (WEIR_REASON_IS_DROP(reason))
+		return weir_drop(skb, &p, &vc, reason);
+	if (tracked && ct_create(&p, sep, 0, rule, 0, now))
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 	return weir_allow(skb, &p, &vc, reason, 1);
 }

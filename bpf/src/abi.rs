@@ -302,6 +302,7 @@ pub const MAP_CONFIG: &str = "weir_config";
 pub const MAP_ABI: &str = "weir_abi";
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_TO_POD: &str = "to_pod";
+pub const PROG_LEAVE_NODE: &str = "leave_node";
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => {

@@ -18,34 +18,50 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use weir_common::trust;
 
-/// The two programs: where they attach on the pod's host veth.
+/// The programs and where they attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     /// tc ingress of the host veth: what the pod sends.
     FromPod,
     /// tc egress of the host veth: what the pod receives.
     ToPod,
+    /// tc egress of the device traffic to other nodes leaves by (the VXLAN
+    /// device, or the underlay with host-gw): local pods' post-DNAT
+    /// packets bound for another node, judged against their egress.
+    LeaveNode,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    /// Every program the object holds (loaded and pinned together).
+    pub const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToPod, Hook::LeaveNode];
+    /// The programs on a pod's host veth.
+    pub const POD: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
     pub fn name(self) -> &'static str {
         match self {
             Hook::FromPod => PROG_FROM_POD,
             Hook::ToPod => PROG_TO_POD,
+            Hook::LeaveNode => PROG_LEAVE_NODE,
         }
     }
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod => TcAttachType::Ingress,
-            Hook::ToPod => TcAttachType::Egress,
+            Hook::ToPod | Hook::LeaveNode => TcAttachType::Egress,
         }
     }
     /// BPF_TCX_INGRESS / BPF_TCX_EGRESS
     fn tcx_attach_type(self) -> u32 {
         match self {
             Hook::FromPod => 46,
-            Hook::ToPod => 47,
+            Hook::ToPod | Hook::LeaveNode => 47,
+        }
+    }
+    /// Where its links are pinned: pods' under `links/`, the node devices'
+    /// under `node-links/` (so nothing that lists endpoints sees them).
+    fn links_dir(self) -> &'static str {
+        match self {
+            Hook::FromPod | Hook::ToPod => "links",
+            Hook::LeaveNode => "node-links",
         }
     }
 }
@@ -215,7 +231,7 @@ fn check_bpffs(root: &Path) -> Result<(), Error> {
 /// enforcement for that pod.
 fn check_trusted(root: &Path) -> Result<(), Error> {
     trust::check_dir(root)?;
-    for sub in ["progs", "links"] {
+    for sub in ["progs", "links", "node-links"] {
         let dir = root.join(sub);
         if fs_entry_exists(&dir) {
             trust::check_dir(&dir)?;
@@ -228,6 +244,23 @@ fn check_trusted(root: &Path) -> Result<(), Error> {
 /// it is checked, and refused.
 fn fs_entry_exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
+}
+
+/// The verifier gives up with EAGAIN when a signal reaches the loading
+/// thread mid-verification (a busy machine makes that likelier: the
+/// verification takes longer). Nothing was loaded then, so try again.
+fn load_program(prog: &mut SchedClassifier) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn read_abi(root: &Path) -> Result<Option<u32>, Error> {
@@ -278,7 +311,7 @@ impl Dataplane {
             .load(crate::OBJECT)
             .map_err(|source| Error::Load { root: root.to_path_buf(), source: Box::new(source) })?;
         let progs = root.join("progs");
-        for dir in [&progs, &root.join("links")] {
+        for dir in [&progs, &root.join("links"), &root.join("node-links")] {
             trust::ensure_dir(dir)?;
         }
         for hook in Hook::ALL {
@@ -288,7 +321,7 @@ impl Dataplane {
                 .ok_or_else(|| Error::Invalid { field: "eBPF object", msg: format!("no program {name}") })?
                 .try_into()
                 .map_err(|source| Error::Program { name: name.into(), source: Box::new(source) })?;
-            prog.load().map_err(|source| Error::Program { name: name.into(), source: Box::new(source) })?;
+            load_program(prog).map_err(|source| Error::Program { name: name.into(), source: Box::new(source) })?;
             let pin = progs.join(name);
             if pin.exists() {
                 std::fs::remove_file(&pin).map_err(|e| Error::io("cannot replace pin", &pin, e))?;
@@ -310,7 +343,7 @@ impl Dataplane {
         check_bpffs(root)?;
         check_trusted(root)?;
         check_abi(root)?;
-        for hook in Hook::ALL {
+        for hook in Hook::POD {
             let p = root.join("progs").join(hook.name());
             if !p.exists() {
                 return Err(Error::NotLoaded { root: root.to_path_buf(), path: p });
@@ -339,7 +372,7 @@ impl Dataplane {
     }
 
     fn link_path(&self, ifindex: u32, hook: Hook) -> PathBuf {
-        self.root.join("links").join(format!("{ifindex}_{}", hook.name()))
+        self.root.join(hook.links_dir()).join(format!("{ifindex}_{}", hook.name()))
     }
 
     fn program(&self, hook: Hook) -> Result<SchedClassifier, Error> {
@@ -380,12 +413,38 @@ impl Dataplane {
     /// a link already attached with the current program is kept; a stale one
     /// (device gone, older program) is replaced after the new one is in.
     pub fn attach(&self, ifindex: u32) -> Result<(), Error> {
+        self.attach_hooks(ifindex, &Hook::POD)
+    }
+
+    /// Attach leave_node to the tc egress of `ifindex`, the device traffic
+    /// to other nodes leaves by (VXLAN device, or the underlay with
+    /// host-gw), pinned under `<root>/node-links/`. Idempotent, like
+    /// [`Dataplane::attach`].
+    pub fn attach_leave_node(&self, ifindex: u32) -> Result<(), Error> {
+        self.attach_hooks(ifindex, &[Hook::LeaveNode])
+    }
+
+    pub fn is_leave_node_attached(&self, ifindex: u32) -> Result<bool, Error> {
+        self.hook_attached(ifindex, Hook::LeaveNode, None)
+    }
+
+    /// Detach leave_node from `ifindex`; already gone is success.
+    pub fn detach_leave_node(&self, ifindex: u32) -> Result<(), Error> {
+        self.detach_hooks(ifindex, &[Hook::LeaveNode])
+    }
+
+    /// ifindexes leave_node is attached to through our pins.
+    pub fn leave_node_ifindexes(&self) -> Result<Vec<u32>, Error> {
+        self.linked_ifindexes(Hook::LeaveNode.links_dir())
+    }
+
+    fn attach_hooks(&self, ifindex: u32, hooks: &[Hook]) -> Result<(), Error> {
         let ifname = sys::if_name(ifindex).ok_or(Error::NoSuchInterface { ifindex })?;
         let _lock = RootLock::take(&self.root)?;
         let tcx = aya::util::KernelVersion::current()
             .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
             .unwrap_or(true);
-        for hook in Hook::ALL {
+        for &hook in hooks {
             let link_path = self.link_path(ifindex, hook);
             let mut prog = self.program(hook)?;
             if !tcx {
@@ -422,7 +481,7 @@ impl Dataplane {
 
     /// Both programs attached to `ifindex` through our pinned links.
     pub fn is_attached(&self, ifindex: u32) -> Result<bool, Error> {
-        for hook in Hook::ALL {
+        for hook in Hook::POD {
             if !self.hook_attached(ifindex, hook, None)? {
                 return Ok(false);
             }
@@ -433,8 +492,12 @@ impl Dataplane {
     /// Detach both programs from `ifindex` (unpinning the links). Already
     /// gone is success.
     pub fn detach(&self, ifindex: u32) -> Result<(), Error> {
+        self.detach_hooks(ifindex, &Hook::POD)
+    }
+
+    fn detach_hooks(&self, ifindex: u32, hooks: &[Hook]) -> Result<(), Error> {
         let _lock = RootLock::take(&self.root)?;
-        for hook in Hook::ALL {
+        for &hook in hooks {
             let path = self.link_path(ifindex, hook);
             match PinnedLink::from_pin(&path) {
                 Ok(link) => {
@@ -450,7 +513,11 @@ impl Dataplane {
 
     /// ifindexes that have pinned links under this root.
     pub fn attached_ifindexes(&self) -> Result<Vec<u32>, Error> {
-        let dir = self.root.join("links");
+        self.linked_ifindexes(Hook::FromPod.links_dir())
+    }
+
+    fn linked_ifindexes(&self, links_dir: &str) -> Result<Vec<u32>, Error> {
+        let dir = self.root.join(links_dir);
         let mut v: Vec<u32> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())

@@ -547,3 +547,55 @@ fn root_malformed_and_unusual_packets() {
         }
     }
 }
+
+/// A Service whose chosen backend is on another node: from_pod sees the VIP
+/// and defers; kube-proxy DNATs to the remote pod and the packet leaves by
+/// the node's device, where no pod hook sees it. leave_node judges the
+/// source pod's egress there, against the backend.
+#[test]
+fn root_leave_node_judges_a_local_pods_egress_to_a_remote_backend_after_dnat() {
+    let Some(e) = Env::new("leave") else { return };
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    let vips = IpcacheValue { identity: ID_WORLD, endpoint: 0, flags: IPCACHE_SERVICE, pad: 0 };
+    e.dp.set_ipcache("fd00:96::/112".parse().unwrap(), &vips).unwrap();
+    for (a, vip, r) in [(A4, VIP4, R4), (A6, "fd00:96::10", R6)] {
+        // The VIP is deferred at the source, whatever the port.
+        assert!(e.from(e.a, &pkt::tcp(ip(a), 3000, ip(vip), 81, SYN)));
+        // After DNAT: the backend's port decides.
+        assert!(!leave(&pkt::tcp(ip(a), 3000, ip(r), 81, SYN)), "{a}: denied egress leaves the node");
+        assert!(leave(&pkt::tcp(ip(a), 3001, ip(r), 80, SYN)), "{a}: allowed egress");
+        assert!(leave(&pkt::tcp(ip(a), 3001, ip(r), 80, ACK)), "{a}: established");
+        assert!(!leave(&pkt::udp(ip(a), 3002, ip(r), 80)), "{a}: udp/80 is not allowed");
+    }
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_DROP_POLICY), 4);
+    // The allowed flow is tracked for the source pod alone.
+    let ct = e.dp.ct_entries().unwrap();
+    let entry = ct.iter().find(|c| c.src() == ip(A4) && c.dst() == ip(R4)).expect("entry for the allowed flow");
+    assert_eq!((entry.value.egress_ep, entry.value.ingress_ep), (e.a, 0));
+}
+
+/// leave_node is no firewall for the node: what is not a local pod's
+/// (the node's own packets, VXLAN's outer packets, ARP) passes untouched,
+/// and flows judged already at from_pod pass on their entry.
+#[test]
+fn root_leave_node_passes_what_is_not_a_local_pods_and_what_was_judged() {
+    let Some(e) = Env::new("leave2") else { return };
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    assert!(leave(&pkt::tcp(ip(HOST4), 4000, ip(R4), 22, SYN)), "the node's own traffic");
+    assert!(leave(&pkt::udp(ip("192.0.2.1"), 4789, ip("192.0.2.2"), 8472)), "an outer VXLAN packet");
+    assert!(leave(&pkt::arp()), "ARP");
+    // Judged at from_pod (a remote pod, directly): passes on its entry,
+    // counted once, at from_pod.
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4001, ip(R4), 80, SYN)));
+    assert!(leave(&pkt::tcp(ip(A4), 4001, ip(R4), 80, SYN)));
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_ALLOW_POLICY), 1);
+    // A pod that is not READY sends nothing past leave_node either.
+    e.ep(e.b, ID_B, 0);
+    assert!(!leave(&pkt::tcp(ip(B4), 4002, ip(R4), 80, SYN)));
+}
