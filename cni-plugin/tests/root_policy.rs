@@ -267,3 +267,23 @@ fn root_a_bpffs_root_or_run_dir_another_user_made_is_refused() {
         }
     }
 }
+
+/// podman and `ctr run --cni` pass no K8S_POD_* arguments: with
+/// enforcement ADD used to wait readyTimeoutMs for a Pod policyd could
+/// never find, then blame policyd. It now says what is missing at once.
+#[test]
+fn root_enforce_without_pod_identity_fails_at_once_naming_what_is_missing() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let conf = enforcing(&node, &root, 60_000);
+    let pod = Netns::new("wp");
+    let mut call = Call::new("ADD", "nok8s", &pod.path(), "eth0");
+    call.args = Some("IgnoreUnknown=1".into());
+    let r = node.weir(&call, &conf);
+    assert_eq!(r.err_code(), 4, "{r:?}");
+    assert!(r.msg().contains("K8S_POD_NAMESPACE or K8S_POD_NAME") && r.msg().contains("\"enforce\": false"), "{}", r.msg());
+    node.assert_clean("nok8s", Some(&pod));
+    assert!(!pod.has_link("eth0"));
+    assert!(!root.0.exists(), "nothing was loaded for it");
+}

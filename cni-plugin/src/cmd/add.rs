@@ -54,6 +54,7 @@ impl Undo {
 }
 
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
+    require_pod_identity(conf, env)?;
     let ns = netns::open(&env.netns)?;
     let mut nl = Netlink::new().map_err(|e| CniError::kernel("netlink socket", e))?;
     let host_name = naming::host_veth(&env.container_id, &env.ifname);
@@ -106,6 +107,30 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
             Err(e)
         }
     }
+}
+
+/// Policy is about Pods: weir-policyd programs an endpoint only once it
+/// finds the Pod that `K8S_POD_NAMESPACE`/`K8S_POD_NAME` name. Runtimes
+/// outside Kubernetes (podman, `ctr run --cni`) pass neither; rather than
+/// wait `readyTimeoutMs` and then blame policyd, say so at once.
+fn require_pod_identity(conf: &NetConf, env: &Env) -> Result<()> {
+    if !conf.policy.enforce {
+        return Ok(());
+    }
+    let missing: Vec<&str> =
+        ["K8S_POD_NAMESPACE", "K8S_POD_NAME"].into_iter().filter(|k| env.arg(k).is_none_or(str::is_empty)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_ENV,
+        format!(
+            "policy.enforce is true but CNI_ARGS has no {}: NetworkPolicy is enforced for Kubernetes pods, and this \
+             container has no pod identity (runtimes outside Kubernetes, such as podman or ctr, pass none); use a \
+             network with \"policy\": {{\"enforce\": false}} for such containers",
+            missing.join(" or ")
+        ),
+    ))
 }
 
 fn gateways_on_bridge(lease: &Lease) -> Vec<IpNet> {
