@@ -1,16 +1,24 @@
 //! Benchmark helper: load Weir's dataplane under a bpffs root, attach it to
-//! two pods' host veths in a node netns, isolate both pods, allow the
-//! benchmark flow by policy, and pad the ipcache and policy maps with
-//! `--entries` entries that never match (so lookups walk a full trie).
+//! the benchmark pods' host veths in a node netns, isolate those pods,
+//! allow the benchmark flow by policy, and pad the ipcache and policy maps
+//! with `--entries` entries that never match (so lookups walk a full trie).
 //!
 //!   fill --root /sys/fs/bpf/weir-bench --netns /run/netns/wb-node \
 //!        --client 10.251.0.1=wb1h --server 10.251.0.2=wb2h \
 //!        --ports 5201,11111,12865 --entries 100000
 //!   fill --root ... --counters      (print the verdict counters)
+//! A pod given as a bare IP (no `=IFNAME`) lives on another node: its
+//! ipcache entry has endpoint 0 and only the local pod's half of the flow
+//! is allowed (client egress, or server ingress). One node's run of a
+//! cross-node pair, with leave_node on the device to the other node:
+//!   fill --root R1 --netns /run/netns/n1 --client 10.240.1.2=p1h \
+//!        --server 10.240.2.2 --leave-node vx0 --entries 100000
 //! Also: --udp-ports P,.. (UDP allowed too), --host IP (the node: ipcache
-//! HOST), --service IP (a ClusterIP: ipcache SERVICE), --cost (after
-//! filling, print the programs' in-kernel cost per packet measured with
-//! BPF_PROG_TEST_RUN: a conntrack hit, and a new flow's full judgement).
+//! HOST), --service IP (a ClusterIP: ipcache SERVICE), --leave-node DEV
+//! (attach leave_node to DEV's tc egress), --cost (after filling, print the
+//! programs' in-kernel cost per packet measured with BPF_PROG_TEST_RUN on
+//! the paths this node's pods take: conntrack hits, and a new flow's full
+//! judgement).
 //!   fill --root ... --netns ... --pass-all OBJ --devs wb1h,wb2h
 //!        (instead of Weir: attach OBJ's program `pass` on both hooks of each
 //!        device through TCX, links pinned under --root: the hooks' own cost)
@@ -22,7 +30,9 @@ use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, PolicyRule};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
@@ -34,7 +44,11 @@ fn main() {
             println!(
                 "ep={} dir={} {}={} pkts",
                 k.endpoint,
-                if k.direction == DIR_INGRESS { "in" } else { "out" },
+                if k.direction == DIR_INGRESS {
+                    "in"
+                } else {
+                    "out"
+                },
                 reason_name(k.reason),
                 v.packets
             );
@@ -52,17 +66,12 @@ fn main() {
         pass_all(&root, &obj, &arg(&args, "--devs").expect("--devs DEV,DEV"));
         return;
     }
-    let pod = |flag: &str| -> (IpAddr, u32) {
-        let v = arg(&args, flag).unwrap_or_else(|| panic!("{flag} IP=IFNAME"));
-        let (ip, ifname) = v.split_once('=').expect("IP=IFNAME");
-        let c = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: NUL-terminated name.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert!(idx != 0, "no interface {ifname}");
-        (ip.parse().expect("IP"), idx)
-    };
-    let (cip, cidx) = pod("--client");
-    let (sip, sidx) = pod("--server");
+    let client = Pod::parse(&args, "--client", ID_FIRST_LABEL + 1000);
+    let server = Pod::parse(&args, "--server", ID_FIRST_LABEL + 1001);
+    assert!(
+        client.ifindex.is_some() || server.ifindex.is_some(),
+        "--client or --server must name this node's host veth (IP=IFNAME)"
+    );
     let ports: Vec<u16> = arg(&args, "--ports")
         .unwrap_or_else(|| "5201,11111,12865".into())
         .split(',')
@@ -71,59 +80,179 @@ fn main() {
     let udp_ports: Vec<u16> = arg(&args, "--udp-ports")
         .map(|s| s.split(',').map(|p| p.parse().expect("port")).collect())
         .unwrap_or_default();
-    let entries: u32 = arg(&args, "--entries").map(|n| n.parse().expect("entries")).unwrap_or(1);
+    let entries: u32 = arg(&args, "--entries")
+        .map(|n| n.parse().expect("entries"))
+        .unwrap_or(1);
+    let leave_node = arg(&args, "--leave-node").map(|dev| ifindex(&dev));
 
     let t0 = std::time::Instant::now();
     let dp = Dataplane::load_or_open(&root).expect("load_or_open");
-    let (cid, sid) = (ID_FIRST_LABEL + 1000, ID_FIRST_LABEL + 1001);
-    for (ip, idx, id) in [(cip, cidx, cid), (sip, sidx, sid)] {
-        dp.set_ipcache(weir_bpf::addr::host_net(ip), &IpcacheValue { identity: id, endpoint: idx, flags: 0, pad: 0 })
+    for p in [&client, &server] {
+        let endpoint = p.ifindex.unwrap_or(0);
+        dp.set_ipcache(
+            weir_bpf::addr::host_net(p.ip),
+            &IpcacheValue {
+                identity: p.identity,
+                endpoint,
+                flags: 0,
+                pad: 0,
+            },
+        )
+        .unwrap();
+        if let Some(idx) = p.ifindex {
+            let flags = EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED;
+            dp.set_endpoint(
+                idx,
+                &Endpoint {
+                    identity: p.identity,
+                    flags,
+                    revision: 1,
+                },
+            )
             .unwrap();
-        dp.set_endpoint(idx, &Endpoint { identity: id, flags: EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED, revision: 1 })
-            .unwrap();
+        }
     }
-    let flows = ports.iter().map(|&p| (6u8, p)).chain(udp_ports.iter().map(|&p| (17u8, p)));
+    // the local halves of the flow: the client's egress to the server, the
+    // server's ingress from the client (a remote pod's half is its node's)
+    let mut local = vec![];
+    if let Some(s) = server.ifindex {
+        local.push((s, client.identity, DIR_INGRESS));
+    }
+    if let Some(c) = client.ifindex {
+        local.push((c, server.identity, DIR_EGRESS));
+    }
+    let flows = ports
+        .iter()
+        .map(|&p| (6u8, p))
+        .chain(udp_ports.iter().map(|&p| (17u8, p)));
+    let mut rules = 0;
     for (proto, p) in flows {
-        let r = |endpoint, identity, direction| PolicyRule { endpoint, identity, direction, protocol: Some(proto), ports: Some(p..=p) };
-        dp.allow(&r(cidx, sid, DIR_EGRESS), 1).unwrap();
-        dp.allow(&r(sidx, cid, DIR_INGRESS), 2).unwrap();
+        for (i, &(endpoint, identity, direction)) in local.iter().enumerate() {
+            let rule = PolicyRule {
+                endpoint,
+                identity,
+                direction,
+                protocol: Some(proto),
+                ports: Some(p..=p),
+            };
+            dp.allow(&rule, 1 + i as u32).unwrap();
+            rules += 1;
+        }
     }
     if let Some(h) = arg(&args, "--host") {
         let ip: IpAddr = h.parse().expect("--host IP");
-        dp.set_ipcache(weir_bpf::addr::host_net(ip), &IpcacheValue { identity: ID_HOST, endpoint: 0, flags: 0, pad: 0 }).unwrap();
+        dp.set_ipcache(
+            weir_bpf::addr::host_net(ip),
+            &IpcacheValue {
+                identity: ID_HOST,
+                endpoint: 0,
+                flags: 0,
+                pad: 0,
+            },
+        )
+        .unwrap();
     }
     if let Some(v) = arg(&args, "--service") {
         let ip: IpAddr = v.parse().expect("--service IP");
-        dp.set_ipcache(weir_bpf::addr::host_net(ip), &IpcacheValue { identity: ID_WORLD, endpoint: 0, flags: IPCACHE_SERVICE, pad: 0 })
-            .unwrap();
+        dp.set_ipcache(
+            weir_bpf::addr::host_net(ip),
+            &IpcacheValue {
+                identity: ID_WORLD,
+                endpoint: 0,
+                flags: IPCACHE_SERVICE,
+                pad: 0,
+            },
+        )
+        .unwrap();
     }
     // padding: never-matching addresses and peers, in the same tries the
     // flow's lookups walk
     let pad = entries.saturating_sub(1);
     for i in 0..pad {
-        let a = IpAddr::V4(Ipv4Addr::new(10, 252 + (i >> 16) as u8, (i >> 8) as u8, i as u8));
-        dp.set_ipcache(weir_bpf::addr::host_net(a), &IpcacheValue { identity: 10_000 + i, endpoint: 0, flags: 0, pad: 0 })
-            .unwrap();
-        let (ep, dir) = if i % 2 == 0 { (sidx, DIR_INGRESS) } else { (cidx, DIR_EGRESS) };
+        let a = IpAddr::V4(Ipv4Addr::new(
+            10,
+            252 + (i >> 16) as u8,
+            (i >> 8) as u8,
+            i as u8,
+        ));
+        dp.set_ipcache(
+            weir_bpf::addr::host_net(a),
+            &IpcacheValue {
+                identity: 10_000 + i,
+                endpoint: 0,
+                flags: 0,
+                pad: 0,
+            },
+        )
+        .unwrap();
+        let (ep, _, dir) = local[i as usize % local.len()];
         let key = PolicyKey::new(ep, 10_000 + i, dir, 6, 1000 + (i % 50_000) as u16);
-        dp.set_policy(POLICY_FULL_BITS, &key, &PolicyValue::allow(3)).unwrap();
+        dp.set_policy(POLICY_FULL_BITS, &key, &PolicyValue::allow(3))
+            .unwrap();
     }
-    dp.attach(cidx).unwrap();
-    dp.attach(sidx).unwrap();
+    for idx in [client.ifindex, server.ifindex].into_iter().flatten() {
+        dp.attach(idx).unwrap();
+    }
+    if let Some(idx) = leave_node {
+        dp.attach_leave_node(idx).unwrap();
+    }
     if args.iter().any(|a| a == "--cost") {
-        cost(&dp, cip, sip, cidx, sidx, ports[0]);
+        cost(&dp, &client, &server, ports[0], leave_node);
     }
     eprintln!(
-        "weir: {} ipcache + {} policy entries, attached to {cidx},{sidx} in {} ms",
+        "weir: {} ipcache + {} policy entries, attached to {:?}{} in {} ms",
         dp.ipcache_entries().map(|v| v.len()).unwrap_or(0),
-        pad + 2 * ports.len() as u32,
+        pad + rules,
+        local.iter().map(|l| l.0).collect::<Vec<_>>(),
+        leave_node
+            .map(|i| format!(", leave_node on {i}"))
+            .unwrap_or_default(),
         t0.elapsed().as_millis()
     );
 }
 
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(idx != 0, "no interface {name} in this network namespace");
+    idx
+}
+
+/// A benchmark pod: its address, its cluster-wide identity, and its host
+/// veth when it lives on this node (None: a pod of another node).
+struct Pod {
+    ip: IpAddr,
+    identity: u32,
+    ifindex: Option<u32>,
+}
+
+impl Pod {
+    /// `FLAG IP=IFNAME` (a pod of this node) or `FLAG IP` (another node's).
+    fn parse(args: &[String], flag: &str, identity: u32) -> Pod {
+        let v = arg(args, flag).unwrap_or_else(|| {
+            panic!("{flag} IP=IFNAME (this node's pod) or {flag} IP (another node's)")
+        });
+        let (ip, ifname) = match v.split_once('=') {
+            Some((ip, ifname)) => (ip, Some(ifname)),
+            None => (v.as_str(), None),
+        };
+        let ip = ip
+            .parse()
+            .unwrap_or_else(|_| panic!("{flag}: {ip:?} is not an IP address"));
+        Pod {
+            ip,
+            identity,
+            ifindex: ifname.map(ifindex),
+        }
+    }
+}
+
 /// Minimal Ethernet + IPv4 + TCP frame.
 fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else { panic!("IPv4 only") };
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("IPv4 only")
+    };
     let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
     f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]);
     f.extend_from_slice(&s.octets());
@@ -135,32 +264,79 @@ fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Vec
     f
 }
 
-/// Mean in-kernel ns per packet for the paths that matter, printed as
-/// `cost NAME NS` lines.
-fn cost(dp: &Dataplane, cip: IpAddr, sip: IpAddr, cidx: u32, sidx: u32, port: u16) {
+/// Mean in-kernel ns per packet on the paths this node's pods take, printed
+/// as `cost NAME NS` lines. Conntrack entries and counters it makes are
+/// removed afterwards.
+fn cost(dp: &Dataplane, client: &Pod, server: &Pod, port: u16, leave_node: Option<u32>) {
     use weir_bpf::Hook;
     const N: u32 = 200_000;
+    let (cip, sip) = (client.ip, server.ip);
     let syn = tcp_frame(cip, 40999, sip, port, 0x02);
     let ack = tcp_frame(cip, 40999, sip, port, 0x10);
     let reply = tcp_frame(sip, port, cip, 40999, 0x10);
+    // a port no rule allows walks every lookup of a new flow's judgement and
+    // never creates an entry, so each repeat pays it again; it includes the
+    // drop's counter and event
+    let denied = tcp_frame(cip, 40998, sip, port.wrapping_add(1), 0x02);
     let show = |name: &str, hook: Hook, f: &[u8], idx: u32| {
         let (r, d) = dp.run_repeat(hook, f, idx, N).expect("test run");
         println!("cost {name} {} ret={r}", d.as_nanos());
     };
-    // first packet: from_pod defers (conntrack miss, ipcache, endpoint)
-    show("from_pod_new_flow_ns", Hook::FromPod, &syn, cidx);
-    // a new flow's full judgement at to_pod: a port no rule allows walks
-    // every lookup (conntrack, ipcache, both endpoints, egress and ingress
-    // policy, the cidr class) and never creates an entry, so each repeat
-    // pays it again; it includes the drop's counter and event
-    let denied = tcp_frame(cip, 40998, sip, port.wrapping_add(1), 0x02);
-    show("to_pod_denied_new_flow_ns", Hook::ToPod, &denied, sidx);
-    show("to_pod_established_ns", Hook::ToPod, &ack, sidx);
-    show("from_pod_established_ns", Hook::FromPod, &ack, cidx);
-    show("to_pod_reply_ns", Hook::ToPod, &reply, cidx);
+    match (client.ifindex, server.ifindex) {
+        (Some(cidx), Some(sidx)) => {
+            // first packet: from_pod defers (conntrack miss, ipcache, endpoint)
+            show("from_pod_new_flow_ns", Hook::FromPod, &syn, cidx);
+            // a new flow's full judgement at to_pod: egress and ingress
+            show("to_pod_denied_new_flow_ns", Hook::ToPod, &denied, sidx);
+            show("to_pod_established_ns", Hook::ToPod, &ack, sidx);
+            show("from_pod_established_ns", Hook::FromPod, &ack, cidx);
+            show("to_pod_reply_ns", Hook::ToPod, &reply, cidx);
+        }
+        (Some(cidx), None) => {
+            // the server is on another node: from_pod judges the egress
+            show("from_pod_denied_new_flow_ns", Hook::FromPod, &denied, cidx);
+            dp.run(Hook::FromPod, &syn, cidx).expect("test run");
+            show("from_pod_established_ns", Hook::FromPod, &ack, cidx);
+            show("to_pod_reply_ns", Hook::ToPod, &reply, cidx);
+            if let Some(dev) = leave_node {
+                // judged at from_pod already: one conntrack lookup
+                show("leave_node_established_ns", Hook::LeaveNode, &ack, dev);
+                // a Service flow to a remote backend is judged here
+                show(
+                    "leave_node_denied_new_flow_ns",
+                    Hook::LeaveNode,
+                    &denied,
+                    dev,
+                );
+            }
+        }
+        (None, Some(sidx)) => {
+            // the client is on another node: to_pod judges the ingress alone
+            show("to_pod_denied_new_flow_ns", Hook::ToPod, &denied, sidx);
+            dp.run(Hook::ToPod, &syn, sidx).expect("test run");
+            show("to_pod_established_ns", Hook::ToPod, &ack, sidx);
+            show("from_pod_reply_ns", Hook::FromPod, &reply, sidx);
+            if let Some(dev) = leave_node {
+                show("leave_node_reply_ns", Hook::LeaveNode, &reply, dev);
+            }
+        }
+        (None, None) => unreachable!("checked in main"),
+    }
+    if let Some(dev) = leave_node {
+        // the node's own packets and VXLAN's outer ones: not a local pod's
+        let node = tcp_frame(
+            "192.0.2.1".parse().unwrap(),
+            40999,
+            "192.0.2.2".parse().unwrap(),
+            port,
+            0x10,
+        );
+        show("leave_node_not_pod_ns", Hook::LeaveNode, &node, dev);
+    }
     let _ = dp.ct_flush_where(|k, _| u16::from_be(k.sport) == 40999);
-    let _ = dp.remove_counters(cidx);
-    let _ = dp.remove_counters(sidx);
+    for idx in [client.ifindex, server.ifindex].into_iter().flatten() {
+        let _ = dp.remove_counters(idx);
+    }
 }
 
 /// Attach a do-nothing program on both TCX hooks of each device, links
@@ -168,14 +344,25 @@ fn cost(dp: &Dataplane, cip: IpAddr, sip: IpAddr, cidx: u32, sidx: u32, port: u1
 fn pass_all(root: &std::path::Path, obj: &str, devs: &str) {
     use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
     let mut ebpf = aya::Ebpf::load_file(obj).expect("load object");
-    let prog: &mut SchedClassifier = ebpf.program_mut("pass").expect("program pass").try_into().expect("classifier");
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut("pass")
+        .expect("program pass")
+        .try_into()
+        .expect("classifier");
     prog.load().expect("load pass");
     std::fs::create_dir_all(root).expect("root");
     for dev in devs.split(',') {
         for (hook, name) in [(TcAttachType::Ingress, "in"), (TcAttachType::Egress, "out")] {
-            let id = prog.attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default())).expect("attach");
-            let link: aya::programs::links::FdLink = prog.take_link(id).expect("link").try_into().expect("fd link");
-            link.pin(root.join(format!("pass_{dev}_{name}"))).expect("pin");
+            let id = prog
+                .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .expect("attach");
+            let link: aya::programs::links::FdLink = prog
+                .take_link(id)
+                .expect("link")
+                .try_into()
+                .expect("fd link");
+            link.pin(root.join(format!("pass_{dev}_{name}")))
+                .expect("pin");
         }
     }
 }

@@ -23,8 +23,7 @@
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "datapath.sh: run it, do not source it" >&2; return 1; fi
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPS=${REPS:-3}
 DUR=${DUR:-5}
 LATDUR=${LATDUR:-5}
@@ -33,23 +32,9 @@ OUTDIR=${OUTDIR:-$HERE/results/datapath-$(date -u +%Y%m%dT%H%M%SZ)}
 ROOT=/sys/fs/bpf/weir-bench-$$
 IP1=10.251.0.1
 IP2=10.251.0.2
-P_IPERF=5201 P_SOCKPERF=11111 P_CRR=12865
-CPU_A=0 CPU_B=1
-[ "$(nproc)" -lt 2 ] && CPU_B=0
 WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
-PIDS=()
+RAW=""
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-kill_pids() {
-	local p
-	for p in "${PIDS[@]:-}"; do
-		[ -n "$p" ] || continue
-		kill "$p" 2>/dev/null || true
-		wait "$p" 2>/dev/null || true
-	done
-	PIDS=()
-}
 del_ns() { ip netns del "$1" 2>/dev/null || true; }
 topo_down() {
 	kill_pids
@@ -64,24 +49,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-need_tools() {
-	local miss=() t
-	for t in ip iperf3 sockperf ipset nft iptables-nft nsenter taskset python3 cc cargo clang; do
-		command -v "$t" >/dev/null || miss+=("$t")
-	done
-	if [ ${#miss[@]} -gt 0 ]; then
-		log "missing tools: ${miss[*]} (apt-get install iproute2 iperf3 sockperf ipset nftables iptables util-linux python3 gcc)"
-		exit 1
-	fi
-	[ "$(stat -f -c %T /sys/fs/bpf)" = bpf_fs ] || { log "bpffs not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf"; exit 1; }
-}
-
 build() {
-	cc -O2 -o "$WORK/crr" "$HERE/datapath/crr.c"
+	build_tools
 	clang -O2 -target bpf -I/usr/include/"$(uname -m)"-linux-gnu -c "$HERE/datapath/null.bpf.c" -o "$WORK/null.o"
-	(cd "$REPO" && cargo build --release --example fill -p weir-bpf >&2)
-	FILL=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/fill
-	[ -x "$FILL" ] || { log "fill not built at $FILL"; exit 1; }
 }
 
 topo_up() {
@@ -190,116 +160,29 @@ evidence() {
 	esac
 }
 
-spawn() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
-wait_port() {
-	local i
-	for i in $(seq 50); do
-		ip netns exec "$1" ss -Htln "sport = :$2" | grep -q . && return 0
-		sleep 0.1
-	done
-	log "server on :$2 did not start"; return 1
-}
-RAW=""
-emit() { echo "$1,$2,$3,$4" >>"$RAW"; }
-
 measure() { # $1 cfg, $2 rep
-	local cfg=$1 rep=$2 out v gbps
-	emit "$cfg" "$rep" loadavg1 "$(cut -d' ' -f1 /proc/loadavg)"
-	if [ -s "$WORK/cost.txt" ]; then   # in-kernel ns per packet (BPF_PROG_TEST_RUN, repeat)
-		while read -r _ name ns _; do emit "$cfg" "$rep" "$name" "$ns"; done <"$WORK/cost.txt"
-		rm -f "$WORK/cost.txt"
-	fi
-	spawn ip netns exec wb-pod2 taskset -c $CPU_B iperf3 -s -B $IP2 -p $P_IPERF
-	wait_port wb-pod2 $P_IPERF
-	out=$(ip netns exec wb-pod1 taskset -c $CPU_A iperf3 -c $IP2 -p $P_IPERF -t "$DUR" -J)
-	gbps=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out")
-	emit "$cfg" "$rep" tput_gbps "$gbps"
-	spawn ip netns exec wb-pod2 taskset -c $CPU_B sockperf server --tcp -i $IP2 -p $P_SOCKPERF
-	wait_port wb-pod2 $P_SOCKPERF
-	out=$(ip netns exec wb-pod1 taskset -c $CPU_B sockperf ping-pong --tcp -i $IP2 -p $P_SOCKPERF -t "$LATDUR" -m 64 --full-rtt 2>&1 | sed 's/\x1b\[[0-9;]*m//g')
-	v=$(sed -n 's/.*avg-rtt=\([0-9.]*\).*/\1/p' <<<"$out" | head -1)
-	emit "$cfg" "$rep" rr_avg_us "$v"
-	emit "$cfg" "$rep" rr_per_s "$(python3 -c "print('%.0f' % (1e6 / float('$v')))")"
-	spawn ip netns exec wb-pod2 taskset -c $CPU_B "$WORK/crr" server $IP2 $P_CRR
-	wait_port wb-pod2 $P_CRR
-	out=$(ip netns exec wb-pod1 taskset -c $CPU_B "$WORK/crr" client $IP2 $P_CRR "$LATDUR")
-	emit "$cfg" "$rep" crr_per_s "$(sed -n 's/.*rate=\([0-9.]*\).*/\1/p' <<<"$out")"
-	kill_pids
+	local cfg=$1 rep=$2
+	emit_costs "$cfg" "$rep" "$WORK/cost.txt" ""
+	measure_flows "$cfg" "$rep" wb-pod1 wb-pod2 $IP2
 	echo "$cfg,$rep,check,$(evidence "$cfg" | tr ',' ' ')" >>"$RAW"
 }
 
 summarize() {
-	python3 - "$RAW" "$CONFIGS" <<'PY'
-import sys, statistics as st, collections
-raw, configs = sys.argv[1], sys.argv[2].split()
-vals = collections.defaultdict(dict)   # (cfg, metric) -> {rep: value}
-for line in open(raw):
-    c, rep, m, v = line.rstrip('\n').split(',', 3)
-    try:
-        vals[(c, m)][rep] = float(v)
-    except ValueError:
-        pass
-def med(c, m):
-    xs = list(vals.get((c, m), {}).values())
-    return st.median(xs) if xs else float('nan')
-def ratios(c, ref, m):
-    # paired by rep: each config against the reference measured in the same
-    # round, so load drift across the run cancels out
-    a, b = vals.get((c, m), {}), vals.get((ref, m), {})
-    return [a[r] / b[r] for r in a if r in b and b[r]]
-def rmed(c, ref, m):
-    xs = ratios(c, ref, m)
-    return st.median(xs) if xs else float('nan')
-def rspread(c, ref, m):
-    xs = ratios(c, ref, m)
-    return (max(xs) - min(xs)) if len(xs) > 1 else 0.0
-metrics = [('tput_gbps', 'throughput Gbit/s'), ('rr_per_s', 'request/response per s'), ('crr_per_s', 'new connections per s')]
-print('Median of per-round ratios to base (min..max over rounds); absolute medians in brackets.')
-print()
-print('| config | ' + ' | '.join(t for _, t in metrics) + ' |')
-print('|---|' + '---|' * len(metrics))
-for c in configs:
-    cells = []
-    for m, _ in metrics:
-        xs = ratios(c, 'base', m) or [float('nan')]
-        cells.append('%.3f (%.2f..%.2f) [%.4g]' % (rmed(c, 'base', m), min(xs), max(xs), med(c, m)))
-    print(f'| {c} | ' + ' | '.join(cells) + ' |')
-print()
-costs = sorted({m for (c, m) in vals if m.endswith('_ns')})
-if costs:
-    wc = [c for c in configs if c.startswith('weir')]
-    print('In-kernel program cost per packet, ns (BPF_PROG_TEST_RUN mean, median over rounds):')
-    print()
-    print('| path | ' + ' | '.join(wc) + ' |')
-    print('|---|' + '---|' * len(wc))
-    for m in costs:
-        print(f'| {m[:-3]} | ' + ' | '.join('%.0f' % med(c, m) for c in wc) + ' |')
-    print()
-load = [v for (c, m), d in vals.items() if m == 'loadavg1' for v in d.values()]
-if load:
-    print(f'load average during the run: {min(load):.2f}..{max(load):.2f} on {__import__("os").cpu_count()} CPUs')
-if 'weir-100k' in configs and 'base' in configs:
-    floors = {'tput_gbps': 0.95, 'rr_per_s': 0.92, 'crr_per_s': 0.90}
-    for m, f in floors.items():
-        r = rmed('weir-100k', 'base', m)
-        print(f'floor {m}: weir-100k/base = {r:.3f} (floor {f}) {"OK" if r >= f else "BELOW"}')
-    if 'weir-1' in configs:
-        for m, _ in metrics:
-            r = rmed('weir-100k', 'weir-1', m)
-            print(f'1 vs 100k {m}: weir-100k/weir-1 = {r:.3f}; base round-to-round spread {rspread("weir-1", "base", m):.2f}')
-    if 'null' in configs:
-        for m, _ in metrics:
-            print(f'hooks alone {m}: null/base = {rmed("null", "base", m):.3f}; Weir\'s logic on top: weir-100k/null = {rmed("weir-100k", "null", m):.3f}')
-    if 'nftset-10k' in configs:
-        for m, _ in metrics:
-            r = rmed('weir-100k', 'nftset-10k', m)
-            print(f'weir-100k vs nftset-10k {m}: {r:.3f} {"ahead" if r > 1 else "BEHIND"}')
-PY
+	local c args=()
+	for c in $CONFIGS; do args+=("$c=base"); done
+	case " $CONFIGS " in *" weir-100k "*)
+		args+=(--floor weir-100k)
+		for c in weir-1 null nftset-10k; do
+			case " $CONFIGS " in *" $c "*) args+=(--compare "weir-100k/$c") ;; esac
+		done ;;
+	esac
+	case " $CONFIGS " in *" null "*) args+=(--compare null/base) ;; esac
+	python3 "$HERE/ratios.py" "$RAW" "${args[@]}"
 }
 
 main() {
 	[ "$(id -u)" = 0 ] || { log "run as root"; exit 1; }
-	need_tools
+	need_tools ip iperf3 sockperf ipset nft iptables-nft nsenter taskset python3 cc cargo clang
 	build
 	mkdir -p "$OUTDIR"
 	RAW=$OUTDIR/raw.csv
