@@ -602,3 +602,59 @@ fn root_lab_rejects_bad_topology_before_touching_anything() {
     assert!(err.contains("Pod x/b") && err.contains("\"node-4\"") && err.contains("node-1, node-2, node-3"), "{err}");
     assert_eq!(g.leftovers(), Vec::<String>::new());
 }
+
+/// A stand-in weir-policyd with backends: says `--backend` in its help,
+/// publishes its node annotations (backend and node name, from its
+/// arguments) in its run dir the way weir-policyd does, then waits; or,
+/// with `exits`, quits at once. Only the lab's side of the contract is
+/// under test here; pods are left out (nothing would set them READY).
+fn fake_policyd(dir: &Path, exits: bool) -> PathBuf {
+    let body = if exits {
+        "echo 'cannot set up the backend' >&2; exit 1"
+    } else {
+        "printf '{\"weir.io/backend-type\":\"%s\",\"weir.io/public-ip\":\"%s\"}' \"$backend\" \"$node\" > \"$run/.a.tmp\" && mv \"$run/.a.tmp\" \"$run/node-annotations.json\"\n\
+         while :; do sleep 0.2; done"
+    };
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = --help ] && {{ echo '      --backend <BACKEND>'; exit 0; }}\n\
+         while [ $# -gt 0 ]; do case \"$1\" in --run-dir) run=$2; shift;; --backend) backend=$2; shift;; --node-name) node=$2; shift;; esac; shift; done\n{body}\n"
+    );
+    let p = dir.join(if exits { "policyd-exits" } else { "policyd-publishes" });
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn root_lab_copies_each_policyds_node_annotations_into_its_node() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wa");
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = fake_policyd(tmp.path(), false);
+    g.ok(&["up", "--nodes", "3", "--backend", "host-gw", "--policyd-bin", fake.to_str().unwrap()]);
+    let annotations = |g: &LabGuard| -> Vec<Value> { g.json(&["get", "nodes", "-o", "json"])["items"].as_array().unwrap().iter().map(|n| n["metadata"]["annotations"].clone()).collect() };
+    for (i, a) in annotations(&g).iter().enumerate() {
+        assert_eq!(*a, serde_json::json!({"weir.io/backend-type": "host-gw", "weir.io/public-ip": format!("node-{}", i + 1)}));
+    }
+    // the Node's manifest (what every weir-policyd reads) has them, its spec unchanged
+    let manifest = std::fs::read_to_string(g.dir().join("manifests/node_node-2.yaml")).unwrap();
+    assert!(manifest.contains("weir.io/backend-type: host-gw") && manifest.contains("10.88.2.0/24"), "{manifest}");
+    // a change is picked up at the next apply
+    std::fs::write(g.dir().join("nodes/node-2/run/node-annotations.json"), r#"{"weir.io/backend-type":"host-gw","weir.io/public-ip":"192.0.2.2"}"#).unwrap();
+    let nsq = write(tmp.path(), "q.yaml", &ns("q"));
+    g.ok(&["apply", "-f", nsq.to_str().unwrap()]);
+    assert_eq!(annotations(&g)[1]["weir.io/public-ip"], "192.0.2.2");
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+
+    // a weir-policyd that dies before publishing fails `up`, which rolls back
+    let dies = fake_policyd(tmp.path(), true);
+    let err = g.fails(&["up", "--nodes", "2", "--policyd-bin", dies.to_str().unwrap()]);
+    assert!(err.contains("node-1") && err.contains("did not publish") && err.contains("cannot set up the backend"), "{err}");
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}

@@ -179,6 +179,12 @@ fn parse_api_text(text: &str, origin: &str) -> Result<Vec<Object>> {
         }
         out.push(obj);
     }
+    // policyd's parser drops annotations (no policy decision reads them),
+    // but a Node's annotations are what its agent published and the lab, as
+    // API server, keeps: its one-Node files are decoded again whole.
+    if let [Object::Node(_)] = out.as_slice() {
+        out[0] = Object::Node(serde_yaml_ng::from_str(text).with_context(|| format!("{origin}: decoding the Node"))?);
+    }
     Ok(out)
 }
 
@@ -375,9 +381,11 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         assert!(err.to_string().contains("one node") && err.to_string().contains("--nodes"), "{err}");
         // the lab's own API directory holds Nodes
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("node_n.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n}\n").unwrap();
+        std::fs::write(dir.path().join("node_n.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n, annotations: {weir.io/backend-type: vxlan}}\n").unwrap();
         let api = load_api_dir(dir.path()).unwrap();
         assert_eq!(api[0].key().to_string(), "Node n");
+        // what the node's agent published stays
+        assert_eq!(api[0].meta().annotations.as_ref().unwrap()["weir.io/backend-type"], "vxlan");
         assert!(load_paths(&[dir.path().to_path_buf()]).is_err());
         let err = parse_text("apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\n", "s.yaml").unwrap_err();
         assert!(err.to_string().contains("DNS label"), "{err}");
