@@ -2,6 +2,7 @@
 //! command line the suite uses is built here, so a change of the CLI is a
 //! change of this file only.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +72,16 @@ impl Weirctl {
         self.bin_dir.join("weirctl")
     }
 
+    /// Whether this weir-policyd connects nodes (its `--help` offers
+    /// `--backend`): traffic between a multi-node lab's nodes needs it.
+    pub fn policyd_has_backends(&self) -> bool {
+        Command::new(self.bin_dir.join("weir-policyd"))
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend"))
+            .unwrap_or(false)
+    }
+
     /// Runs `weirctl ARGS`, returning stdout; failure carries the command
     /// line and stderr.
     pub fn run(&self, args: &[OsString]) -> Result<String> {
@@ -102,6 +113,78 @@ impl Weirctl {
     }
 }
 
+/// How many nodes a lab has and how they are connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub nodes: usize,
+    /// `host-gw` or `vxlan` (multi-node labs; weirctl's default otherwise).
+    pub backend: Option<String>,
+}
+
+impl Default for Topology {
+    /// The one-node lab.
+    fn default() -> Self {
+        Topology {
+            nodes: 1,
+            backend: None,
+        }
+    }
+}
+
+impl Topology {
+    pub fn multi(nodes: usize, backend: &str) -> Topology {
+        Topology {
+            nodes,
+            backend: Some(backend.to_string()),
+        }
+    }
+
+    /// The `weirctl lab up` flags; none for the one-node lab, so its command
+    /// line stays what it always was.
+    pub fn up_args(&self) -> Vec<OsString> {
+        let mut v = Vec::new();
+        if self.nodes != 1 {
+            v.push("--nodes".into());
+            v.push(self.nodes.to_string().into());
+        }
+        if let Some(b) = &self.backend {
+            v.push("--backend".into());
+            v.push(b.into());
+        }
+        v
+    }
+
+    /// Short, for lab names and report lines: `1`, `3h` (host-gw), `3v`.
+    pub fn tag(&self) -> String {
+        match self.backend.as_deref() {
+            None => self.nodes.to_string(),
+            Some(b) => format!("{}{}", self.nodes, b.chars().next().unwrap_or('x')),
+        }
+    }
+}
+
+/// Namespaces whose pods do not run on every node, with the nodes they
+/// miss: a multi-node suite run is only worth it when each namespace
+/// spans every node (so every peer pair crosses nodes somewhere).
+pub fn namespaces_not_spanning(placement: &BTreeMap<String, String>, nodes: usize) -> Vec<String> {
+    let mut on: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (pod, node) in placement {
+        let ns = pod.split_once('/').map(|(n, _)| n).unwrap_or("");
+        on.entry(ns).or_default().insert(node.as_str());
+    }
+    let all: Vec<String> = (1..=nodes).map(|k| format!("node-{k}")).collect();
+    on.iter()
+        .filter_map(|(ns, have)| {
+            let missing: Vec<&str> = all
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !have.contains(n))
+                .collect();
+            (!missing.is_empty()).then(|| format!("{ns} (not on {})", missing.join(", ")))
+        })
+        .collect()
+}
+
 fn os(v: &[&str]) -> Vec<OsString> {
     v.iter().map(OsString::from).collect()
 }
@@ -122,6 +205,17 @@ impl Lab {
     /// `weirctl lab up --name NAME -f MODEL_DIR`. `work` is a scratch
     /// directory for the files handed to `apply`/`delete`.
     pub fn up(ctl: &Weirctl, name: &str, model_dir: &Path, work: &Path) -> Result<Lab> {
+        Lab::up_on(ctl, name, &Topology::default(), model_dir, work)
+    }
+
+    /// `weirctl lab up` with the nodes of `topology`.
+    pub fn up_on(
+        ctl: &Weirctl,
+        name: &str,
+        topology: &Topology,
+        model_dir: &Path,
+        work: &Path,
+    ) -> Result<Lab> {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
         let t = Instant::now();
         let mut lab = Lab {
@@ -139,6 +233,7 @@ impl Lab {
         args.push(ctl.bin_dir.as_os_str().to_owned());
         args.push("--policyd-bin".into());
         args.push(ctl.bin_dir.join("weir-policyd").into_os_string());
+        args.extend(topology.up_args());
         // A debugging aid, e.g. `--no-policy` to check the harness itself
         // (then only cases expecting everything allowed pass).
         if let Ok(extra) = std::env::var("WEIR_CONFORMANCE_LAB_UP_ARGS") {
@@ -234,16 +329,61 @@ impl Lab {
         parse_pod_ips(&text)
     }
 
-    /// The last `lines` lines of the lab's policyd log
-    /// (`/run/weir/lab/<name>/logs/policyd.log`), for a failure report;
-    /// empty when there is none. Read before `down`, which removes it.
+    /// `ns/name` -> the node it runs on (`spec.nodeName`).
+    pub fn placement(&self) -> Result<BTreeMap<String, String>> {
+        let text = self.ctl.run(&os(&[
+            "lab", "get", "pods", "--name", &self.name, "-o", "json",
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .context("`weirctl lab get pods -o json` did not print JSON")?;
+        let mut out = BTreeMap::new();
+        for p in v["items"].as_array().context("no `items` list")? {
+            let m = &p["metadata"];
+            let key = format!(
+                "{}/{}",
+                m["namespace"].as_str().unwrap_or(""),
+                m["name"].as_str().unwrap_or("")
+            );
+            out.insert(
+                key,
+                p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The last `lines` lines of each of the lab's policyd logs
+    /// (`/run/weir/lab/<name>/logs/policyd*.log`, one per node), for a
+    /// failure report; empty when there is none. Read before `down`, which
+    /// removes them.
     pub fn policyd_log_tail(&self, lines: usize) -> String {
-        let path = Path::new(LAB_ROOT)
-            .join(&self.name)
-            .join("logs/policyd.log");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let dir = Path::new(LAB_ROOT).join(&self.name).join("logs");
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                n.starts_with("policyd") && n.ends_with(".log")
+            })
+            .collect();
+        logs.sort();
+        let many = logs.len() > 1;
+        let mut out = Vec::new();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            if many {
+                out.push(format!("== {}", path.display()));
+            }
+            out.extend(
+                all[all.len().saturating_sub(lines)..]
+                    .iter()
+                    .map(|l| l.to_string()),
+            );
+        }
+        out.join("\n")
     }
 
     /// `weirctl lab down --name NAME`. Idempotent.
@@ -263,5 +403,44 @@ impl Drop for Lab {
         if let Err(e) = self.down() {
             eprintln!("lab {}: teardown failed: {e:#}", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_node_adds_no_flags() {
+        assert!(Topology::default().up_args().is_empty());
+        assert_eq!(
+            Topology::multi(3, "host-gw").up_args(),
+            ["--nodes", "3", "--backend", "host-gw"].map(OsString::from)
+        );
+        assert_eq!(Topology::multi(3, "vxlan").tag(), "3v");
+    }
+
+    #[test]
+    fn a_namespace_missing_a_node_is_named() {
+        let p = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let spread = p(&[
+            ("x/a", "node-1"),
+            ("x/b", "node-2"),
+            ("y/a", "node-2"),
+            ("y/b", "node-1"),
+        ]);
+        assert!(namespaces_not_spanning(&spread, 2).is_empty());
+        let lumped = p(&[
+            ("x/a", "node-1"),
+            ("x/b", "node-1"),
+            ("y/a", "node-2"),
+            ("y/b", "node-1"),
+        ]);
+        assert_eq!(namespaces_not_spanning(&lumped, 2), ["x (not on node-2)"]);
+        assert_eq!(namespaces_not_spanning(&spread, 3).len(), 2);
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde_yaml_ng::Value;
 
 use crate::case::{Case, Origin, Protocol, Step, World};
-use crate::lab::{Lab, Weirctl};
+use crate::lab::{namespaces_not_spanning, Lab, Topology, Weirctl};
 use crate::model;
 use crate::placeholder::{self, PodIps};
 use crate::probe::{check_header, compare, Outcome};
@@ -28,6 +28,9 @@ pub struct Config {
     /// Lab names are `<prefix><index>`; keep the prefix short (netns and
     /// interface names derive from it).
     pub lab_prefix: String,
+    /// The nodes of every lab: one, or several with pods spread so that
+    /// each namespace spans every node.
+    pub topology: Topology,
 }
 
 impl Config {
@@ -43,7 +46,22 @@ impl Config {
             work_dir: std::env::temp_dir().join(format!("weir-conformance-{pid}")),
             retry_for: Duration::from_secs_f64(retry),
             lab_prefix: format!("c{}n", pid % 100_000),
+            topology: Topology::default(),
         }
+    }
+
+    /// A suite on `topology`, with lab names and scratch space of its own,
+    /// so suites of several topologies run side by side in one process.
+    pub fn with_topology(ctl: Weirctl, topology: Topology) -> Config {
+        let mut cfg = Config::new(ctl);
+        if topology != Topology::default() {
+            let tag = topology.tag();
+            cfg.lab_prefix = format!("c{}t{tag}n", std::process::id() % 100_000);
+            cfg.work_dir =
+                std::env::temp_dir().join(format!("weir-conformance-{}-{tag}", std::process::id()));
+        }
+        cfg.topology = topology;
+        cfg
     }
 }
 
@@ -144,8 +162,9 @@ fn run_steps(
     detail: &mut String,
     max_attempts: &mut usize,
 ) -> Result<Status> {
-    let mut lab = Lab::up(&cfg.ctl, lab_name, &cfg.model_dir, work)?;
-    let result = drive(cfg, case, &mut lab, detail, max_attempts);
+    let mut lab = Lab::up_on(&cfg.ctl, lab_name, &cfg.topology, &cfg.model_dir, work)?;
+    let result =
+        spread_check(cfg, &lab).and_then(|()| drive(cfg, case, &mut lab, detail, max_attempts));
     if !matches!(result, Ok(Status::Pass | Status::Unsupported)) {
         // The lab's own account of what it did, read before `down` removes it.
         let log = lab.policyd_log_tail(30);
@@ -157,6 +176,23 @@ fn run_steps(
     let status = result?;
     down?;
     Ok(status)
+}
+
+/// On several nodes, every namespace of the model must span every node,
+/// or the run would not cross nodes for every peer pair.
+fn spread_check(cfg: &Config, lab: &Lab) -> Result<()> {
+    if cfg.topology.nodes <= 1 {
+        return Ok(());
+    }
+    let lumped = namespaces_not_spanning(&lab.placement()?, cfg.topology.nodes);
+    if !lumped.is_empty() {
+        anyhow::bail!(
+            "pods are not spread over the {} nodes: {}",
+            cfg.topology.nodes,
+            lumped.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The steps of one case in a running lab.
@@ -302,7 +338,11 @@ impl Report {
                 detail: (r.status != Status::Pass).then(|| r.detail.clone()),
             })
             .collect();
-        report::render(&format!("{:>7}{:>6}", "secs", "tries"), &rows, &self.summary_line())
+        report::render(
+            &format!("{:>7}{:>6}", "secs", "tries"),
+            &rows,
+            &self.summary_line(),
+        )
     }
 }
 
@@ -503,6 +543,46 @@ steps:
             fake.log("applied.log")
         );
         assert!(fake.log("applied.log").contains("networking.k8s.io/v1"));
+    }
+
+    #[test]
+    fn a_multi_node_run_passes_its_topology_and_refuses_pods_not_spread() {
+        let fake = FakeLab::new("multi");
+        let pods = |node_of: &dyn Fn(usize) -> usize| -> String {
+            let items: Vec<serde_json::Value> = crate::model::model_pods()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| serde_json::json!({"metadata": {"namespace": p.ns, "name": p.name}, "spec": {"nodeName": format!("node-{}", node_of(i))}, "status": {"podIP": format!("10.88.0.{}", i + 2)}}))
+                .collect();
+            serde_json::json!({"items": items}).to_string()
+        };
+        // round-robin in model order: every namespace on node-1..3
+        std::fs::write(fake.dir.join("pods.json"), pods(&|i| i % 3 + 1)).unwrap();
+        let mut cfg = fake.config();
+        cfg.topology = Topology::multi(3, "host-gw");
+        let r = run_case(&cfg, &case("{default: allow}"), 7);
+        assert_eq!(r.status, Status::Pass, "{}", r.detail);
+        assert!(
+            fake.log("calls.log")
+                .contains("--nodes 3 --backend host-gw"),
+            "{}",
+            fake.log("calls.log")
+        );
+        // one namespace per node: refused, and the lab still goes down
+        std::fs::write(fake.dir.join("pods.json"), pods(&|i| i / 3 + 1)).unwrap();
+        let r = run_case(&cfg, &case("{default: allow}"), 8);
+        assert_eq!(r.status, Status::Error);
+        assert!(
+            r.detail.contains("not spread") && r.detail.contains("x (not on node-2, node-3)"),
+            "{}",
+            r.detail
+        );
+        assert!(fake
+            .log("calls.log")
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("lab down"));
     }
 
     #[test]

@@ -441,9 +441,10 @@ fn run() -> Result<()> {
         .iter()
         .map(|p| pod_netns(&state, &format!("x/{p}")))
         .collect::<Result<_>>()?;
-    let policyd_pid = state["policyd"]["pid"]
+    // The one-node lab's only node is `lab`.
+    let policyd_pid = state["policyds"]["lab"]["pid"]
         .as_i64()
-        .context("state.json: no policyd.pid (is weir-policyd built?)")?
+        .context("state.json: no policyds.lab.pid (is weir-policyd built?)")?
         as i32;
 
     // 1. Policy P1: ingress isolation, a -> b and c -> a allowed.

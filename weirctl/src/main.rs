@@ -1,5 +1,5 @@
-//! weirctl: Weir's command line. `weirctl lab ...` runs a one-node cluster of
-//! network namespaces on this machine (see docs/lab.md).
+//! weirctl: Weir's command line. `weirctl lab ...` runs a cluster of network
+//! namespaces (one node, or `--nodes N`) on this machine (see docs/lab.md).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// A one-node cluster made of network namespaces (needs root).
+    /// A cluster made of network namespaces, one node or several (needs root).
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
@@ -48,14 +48,28 @@ enum What {
     Pods,
     Services,
     Policies,
+    Nodes,
+}
+
+/// Backends between the nodes of a multi-node lab.
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    HostGw,
+    Vxlan,
 }
 
 #[derive(Subcommand)]
 enum LabCmd {
-    /// Create the node, start weir-policyd, create every object in FILEs.
+    /// Create the node(s), start weir-policyd, create every object in FILEs.
     Up {
         #[arg(long, default_value = "default")]
         name: String,
+        /// How many nodes (1 to 16); pods without spec.nodeName are spread over them.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// How weir-policyd connects the nodes' pod CIDRs (with --nodes 2 or more; default vxlan).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
         /// Manifest file or directory (repeatable).
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
@@ -110,7 +124,17 @@ enum LabCmd {
         #[arg(long)]
         ipv6: bool,
     },
-    /// List pods, services or policies.
+    /// Run a command in a pod's network namespace (like kubectl exec); exits with its code.
+    Exec {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// NAMESPACE/NAME
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List pods, services, policies or nodes.
     Get {
         what: What,
         #[arg(long, default_value = "default")]
@@ -160,8 +184,16 @@ fn proto_str(p: Proto) -> &'static str {
 fn run() -> Result<()> {
     let Top::Lab { cmd } = Cli::parse().cmd;
     match cmd {
-        LabCmd::Up { name, files, cni_bin_dir, policyd_bin, no_policy, cni_type } => {
-            ops::up(&Lab::new(&name)?, &ops::UpOpts { files, cni_bin_dir, policyd_bin, no_policy, cni_type, quiet: false })
+        LabCmd::Up { name, nodes, backend, files, cni_bin_dir, policyd_bin, no_policy, cni_type } => {
+            let backend = backend.map(|b| match b {
+                BackendArg::HostGw => "host-gw".to_string(),
+                BackendArg::Vxlan => "vxlan".to_string(),
+            });
+            ops::up(&Lab::new(&name)?, &ops::UpOpts { files, cni_bin_dir, policyd_bin, no_policy, cni_type, quiet: false, nodes, backend })
+        }
+        LabCmd::Exec { name, pod, command } => {
+            let code = ops::exec(&Lab::new(&name)?, &pod, &command)?;
+            std::process::exit(code);
         }
         LabCmd::Apply { name, files } => ops::apply(&Lab::new(&name)?, &files, false),
         LabCmd::Delete { name, files } => ops::delete(&Lab::new(&name)?, &files, false),
@@ -189,13 +221,14 @@ fn run() -> Result<()> {
                 What::Pods => ops::GetWhat::Pods,
                 What::Services => ops::GetWhat::Services,
                 What::Policies => ops::GetWhat::Policies,
+                What::Nodes => ops::GetWhat::Nodes,
             };
             print!("{}", ops::get(&Lab::new(&name)?, w, matches!(output, Output::Json))?);
             Ok(())
         }
         LabCmd::Down { name } => ops::down(&Lab::new(&name)?, false),
         LabCmd::Demo { name, keep, cni_bin_dir, policyd_bin, no_policy } => {
-            demo::run(&Lab::new(&name)?, keep, ops::UpOpts { files: vec![], cni_bin_dir, policyd_bin, no_policy, cni_type: "weir".into(), quiet: false })
+            demo::run(&Lab::new(&name)?, keep, ops::UpOpts { files: vec![], cni_bin_dir, policyd_bin, no_policy, cni_type: "weir".into(), quiet: false, nodes: 1, backend: None })
         }
         LabCmd::Serve { netns, status_file, ports } => {
             let ports = ports.iter().map(|p| serve::parse_port_spec(p)).collect::<Result<Vec<_>>>()?;

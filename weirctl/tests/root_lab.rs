@@ -460,3 +460,201 @@ fn root_lab_service_balances_across_backends_by_named_port() {
     g.ok(&["down"]);
     assert_eq!(g.leftovers(), Vec::<String>::new());
 }
+
+/// Whether this weir-policyd connects nodes (`--backend`): until it does,
+/// traffic between nodes cannot flow and tests of it say SKIPPED.
+fn policyd_has_backends() -> bool {
+    let bin = Path::new(weirctl()).parent().unwrap().join("weir-policyd");
+    Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend")).unwrap_or(false)
+}
+
+fn pinned_pod(ns: &str, name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    ports: [{{containerPort: 80, protocol: TCP}}]\n---\n"
+    )
+}
+
+/// `ns/name` -> (spec.nodeName, status.hostIP)
+fn placement(g: &LabGuard) -> std::collections::BTreeMap<String, (String, String)> {
+    pod_items(g)
+        .iter()
+        .map(|p| {
+            let key = format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap());
+            (key, (p["spec"]["nodeName"].as_str().unwrap_or("").to_string(), p["status"]["hostIP"].as_str().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn root_lab_two_nodes_host_gw_up_get_exec_down() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wm");
+    let tmp = tempfile::tempdir().unwrap();
+    // x/c is pinned to node-1; the others spread over the emptiest node in
+    // sorted order: x/a node-2, x/b node-1, y/a node-2.
+    let f = write(
+        tmp.path(),
+        "m.yaml",
+        &[ns("x"), ns("y"), pod("x", "a", "a"), pod("x", "b", "b"), pinned_pod("x", "c", "node-1"), pod("y", "a", "a"), svc("x", "a"), svc("y", "a")].concat(),
+    );
+    let out = g.ok(&["up", "--nodes", "2", "--backend", "host-gw", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("ready: lab"), "{out}");
+
+    // the nodes, as the API has them
+    let nodes = g.json(&["get", "nodes", "-o", "json"]);
+    assert_eq!(nodes["kind"], "List");
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{nodes}");
+    for (i, n) in items.iter().enumerate() {
+        let k = i + 1;
+        assert_eq!(n["kind"], "Node");
+        assert_eq!(n["metadata"]["name"], format!("node-{k}"));
+        assert_eq!(n["spec"]["podCIDRs"], serde_json::json!([format!("10.88.{k}.0/24"), format!("fd00:88:{k}::/64")]));
+        assert_eq!(n["status"]["addresses"][0], serde_json::json!({"type": "InternalIP", "address": format!("192.0.2.{k}")}));
+    }
+    let table = g.ok(&["get", "nodes"]);
+    assert!(table.starts_with("NAME") && table.contains("node-2") && table.contains("192.0.2.2"), "{table}");
+    // and weir-policyd reads them: each node's manifest is in its API directory
+    assert!(g.dir().join("manifests/node_node-1.yaml").is_file());
+
+    // pods: where they run, their node's address, addresses from their node's CIDR
+    let placed = placement(&g);
+    let want = [("x/a", "node-2"), ("x/b", "node-1"), ("x/c", "node-1"), ("y/a", "node-2")];
+    for (key, node) in want {
+        let k = &node[5..];
+        assert_eq!(placed[key], (node.to_string(), format!("192.0.2.{k}")), "{key}: {placed:?}");
+    }
+    for p in pod_items(&g) {
+        let node = p["spec"]["nodeName"].as_str().unwrap();
+        let k = &node[5..];
+        let ips = p["status"]["podIPs"].as_array().unwrap();
+        assert!(ips[0]["ip"].as_str().unwrap().starts_with(&format!("10.88.{k}.")), "{p}");
+        assert!(ips[1]["ip"].as_str().unwrap().starts_with(&format!("fd00:88:{k}::")), "{p}");
+    }
+    // every node runs its own weir-policyd with its own pins and run dir
+    let st: Value = serde_json::from_slice(&std::fs::read(g.dir().join("state.json")).unwrap()).unwrap();
+    assert_eq!(st["policyds"].as_object().unwrap().len(), 2, "{st}");
+    for k in 1..=2 {
+        assert!(Path::new(&format!("/sys/fs/bpf/weir-lab-{}/node-{k}/weir_endpoints", g.name)).exists(), "node-{k} pins");
+        assert!(Path::new(&format!("/run/netns/weir-{}-n{k}", g.name)).exists());
+    }
+
+    // exec: the pod's network namespace, its exit code
+    let x_a_ip = pod_items(&g).iter().find(|p| p["metadata"]["name"] == "a" && p["metadata"]["namespace"] == "x").unwrap()["status"]["podIP"].as_str().unwrap().to_string();
+    let out = g.ok(&["exec", "x/a", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(out.contains(&format!("{x_a_ip}/24")), "{out}");
+    let code = g.run(&["exec", "x/a", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code.status.code(), Some(7));
+    let err = g.fails(&["exec", "x/nope", "--", "true"]);
+    assert!(err.contains("x/nope") && err.contains("x/a"), "{err}");
+
+    // pods on the same node reach each other (and Services, on every node)
+    let m = g.json(&["probe", "--via", "pod", "--from", "x/b", "--to", "x/c", "-o", "json"]);
+    assert_eq!(m["results"]["x/b"]["x/c"], true, "{m}");
+    let m = g.json(&["probe", "--from", "y/a", "--to", "x/a", "-o", "json"]);
+    assert_eq!(m["results"]["y/a"]["x/a"], true, "{m}");
+    // between nodes only once weir-policyd runs the backend
+    if policyd_has_backends() {
+        probe_until(&g, |_, _| true);
+    } else {
+        eprintln!("SKIPPED (traffic between nodes): weir-policyd has no --backend flag yet");
+    }
+
+    // apply: a pod pinned to a node that does not exist is refused whole
+    let bad = write(tmp.path(), "bad.yaml", &pinned_pod("x", "d", "node-3"));
+    let err = g.fails(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("Pod x/d") && err.contains("\"node-3\""), "{err}");
+    assert_eq!(pod_items(&g).len(), 4);
+    // a new unpinned pod joins the emptiest node (node-1 has x/b, x/c; node-2 x/a, y/a: a tie, so node-1)
+    let more = write(tmp.path(), "more.yaml", &pod("y", "b", "b"));
+    g.ok(&["apply", "-f", more.to_str().unwrap()]);
+    assert_eq!(placement(&g)["y/b"].0, "node-1");
+
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn root_lab_rejects_bad_topology_before_touching_anything() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wt");
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (vec!["up", "--nodes", "0"], "--nodes 0"),
+        (vec!["up", "--nodes", "100"], "--nodes 100"),
+        (vec!["up", "--nodes", "2", "--backend", "gre"], "host-gw, vxlan"),
+        (vec!["up", "--backend", "vxlan"], "--nodes 2"),
+    ] {
+        let err = g.fails(&args);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(g.leftovers(), Vec::<String>::new());
+    }
+    let f = write(tmp.path(), "m.yaml", &[ns("x"), pod("x", "a", "a"), pinned_pod("x", "b", "node-4")].concat());
+    let err = g.fails(&["up", "--nodes", "3", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("Pod x/b") && err.contains("\"node-4\"") && err.contains("node-1, node-2, node-3"), "{err}");
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}
+
+/// A stand-in weir-policyd with backends: says `--backend` in its help,
+/// publishes its node annotations (backend and node name, from its
+/// arguments) in its run dir the way weir-policyd does, then waits; or,
+/// with `exits`, quits at once. Only the lab's side of the contract is
+/// under test here; pods are left out (nothing would set them READY).
+fn fake_policyd(dir: &Path, exits: bool) -> PathBuf {
+    let body = if exits {
+        "echo 'cannot set up the backend' >&2; exit 1"
+    } else {
+        "printf '{\"weir.io/backend-type\":\"%s\",\"weir.io/public-ip\":\"%s\"}' \"$backend\" \"$node\" > \"$run/.a.tmp\" && mv \"$run/.a.tmp\" \"$run/node-annotations.json\"\n\
+         while :; do sleep 0.2; done"
+    };
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = --help ] && {{ echo '      --backend <BACKEND>'; exit 0; }}\n\
+         while [ $# -gt 0 ]; do case \"$1\" in --run-dir) run=$2; shift;; --backend) backend=$2; shift;; --node-name) node=$2; shift;; esac; shift; done\n{body}\n"
+    );
+    let p = dir.join(if exits { "policyd-exits" } else { "policyd-publishes" });
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn root_lab_copies_each_policyds_node_annotations_into_its_node() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let g = LabGuard::new("wa");
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = fake_policyd(tmp.path(), false);
+    g.ok(&["up", "--nodes", "3", "--backend", "host-gw", "--policyd-bin", fake.to_str().unwrap()]);
+    let annotations = |g: &LabGuard| -> Vec<Value> { g.json(&["get", "nodes", "-o", "json"])["items"].as_array().unwrap().iter().map(|n| n["metadata"]["annotations"].clone()).collect() };
+    for (i, a) in annotations(&g).iter().enumerate() {
+        assert_eq!(*a, serde_json::json!({"weir.io/backend-type": "host-gw", "weir.io/public-ip": format!("node-{}", i + 1)}));
+    }
+    // the Node's manifest (what every weir-policyd reads) has them, its spec unchanged
+    let manifest = std::fs::read_to_string(g.dir().join("manifests/node_node-2.yaml")).unwrap();
+    assert!(manifest.contains("weir.io/backend-type: host-gw") && manifest.contains("10.88.2.0/24"), "{manifest}");
+    // a change is picked up at the next apply
+    std::fs::write(g.dir().join("nodes/node-2/run/node-annotations.json"), r#"{"weir.io/backend-type":"host-gw","weir.io/public-ip":"192.0.2.2"}"#).unwrap();
+    let nsq = write(tmp.path(), "q.yaml", &ns("q"));
+    g.ok(&["apply", "-f", nsq.to_str().unwrap()]);
+    assert_eq!(annotations(&g)[1]["weir.io/public-ip"], "192.0.2.2");
+    g.ok(&["down"]);
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+
+    // a weir-policyd that dies before publishing fails `up`, which rolls back
+    let dies = fake_policyd(tmp.path(), true);
+    let err = g.fails(&["up", "--nodes", "2", "--policyd-bin", dies.to_str().unwrap()]);
+    assert!(err.contains("node-1") && err.contains("did not publish") && err.contains("cannot set up the backend"), "{err}");
+    assert_eq!(g.leftovers(), Vec::<String>::new());
+}

@@ -2,7 +2,9 @@
 //! config on stdin, the CNI_* environment, exec of the plugin binary from
 //! inside the node's netns, the JSON result (or error) on stdout.
 
+use super::topology::LabNode;
 use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::IpAddr;
@@ -10,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 pub const CNI_VERSION: &str = "1.1.0";
-pub const POD_CIDR_V4: &str = "10.88.0.0/16";
-pub const POD_CIDR_V6: &str = "fd00:88::/64";
 
 /// Everything the lab's network config depends on.
 #[derive(Debug, Clone)]
@@ -22,6 +22,25 @@ pub struct NetConf {
     pub bpffs_root: PathBuf,
     pub run_dir: PathBuf,
     pub ipam_dir: PathBuf,
+    /// `ipam.ranges`, one per family; `None` leaves them out, and the
+    /// `weir` binary takes the node's pod CIDRs from the `node-network.json`
+    /// its weir-policyd writes under `runDir`.
+    pub ranges: Option<Vec<IpNet>>,
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+/// The `ipam.ranges` of a node's conflist. A one-node lab names its pod
+/// CIDRs. A multi-node lab is meant to leave them out (one conflist for
+/// every node, pod CIDRs from each node's `node-network.json`), which needs
+/// a weir-policyd that writes that file (`node_network_written`) and a
+/// `weir` binary that reads it; until the binary does, each node's conflist
+/// names that node's own CIDRs. Switching is the one line below.
+pub fn ipam_ranges(node: &LabNode, node_network_written: bool) -> Option<Vec<IpNet>> {
+    let cni_reads_node_network = false;
+    if node.multi && node_network_written && cni_reads_node_network {
+        return None;
+    }
+    Some(node.pod_cidrs.clone())
 }
 
 impl NetConf {
@@ -39,6 +58,14 @@ impl NetConf {
     }
 
     fn plugin_entry(&self) -> Value {
+        let mut ipam = json!({
+            "type": "host-local",
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+            "dataDir": self.ipam_dir,
+        });
+        if let Some(ranges) = &self.ranges {
+            ipam["ranges"] = ranges.iter().map(|r| json!([{"subnet": r.to_string()}])).collect();
+        }
         json!({
             "type": self.plugin_type,
             "bridge": "cni0",
@@ -46,13 +73,8 @@ impl NetConf {
             "hairpinMode": true,
             "isDefaultGateway": true,
             "ipMasq": false,
-            "clusterCIDRs": [POD_CIDR_V4, POD_CIDR_V6],
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": POD_CIDR_V4}], [{"subnet": POD_CIDR_V6}]],
-                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
-                "dataDir": self.ipam_dir,
-            },
+            "clusterCIDRs": self.cluster_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "ipam": ipam,
             "policy": {
                 "enforce": self.enforce,
                 "bpffsRoot": self.bpffs_root,
@@ -208,7 +230,41 @@ mod tests {
             bpffs_root: "/sys/fs/bpf/weir-lab-t".into(),
             run_dir: "/run/weir/lab/t/run".into(),
             ipam_dir: "/run/weir/lab/t/ipam".into(),
+            ranges: Some(vec!["10.88.0.0/16".parse().unwrap(), "fd00:88::/64".parse().unwrap()]),
+            cluster_cidrs: vec!["10.88.0.0/16".parse().unwrap(), "fd00:88::/64".parse().unwrap()],
         }
+    }
+
+    /// The one-node lab's config, byte for byte what it always was.
+    #[test]
+    fn one_node_entry_is_unchanged() {
+        let want = json!({
+            "type": "weir", "bridge": "cni0", "mtu": 1500, "hairpinMode": true, "isDefaultGateway": true, "ipMasq": false,
+            "clusterCIDRs": ["10.88.0.0/16", "fd00:88::/64"],
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd00:88::/64"}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                "dataDir": "/run/weir/lab/t/ipam",
+            },
+            "policy": {
+                "enforce": true, "bpffsRoot": "/sys/fs/bpf/weir-lab-t", "runDir": "/run/weir/lab/t/run",
+                "readyTimeoutMs": 10000, "whileNotReady": "drop", "onReadyTimeout": "fail",
+            },
+        });
+        assert_eq!(conf().plugin_entry(), want);
+        let mut open = conf();
+        open.ranges = None;
+        assert!(open.plugin_entry()["ipam"].get("ranges").is_none());
+        assert_eq!(open.plugin_entry()["ipam"]["type"], "host-local");
+    }
+
+    #[test]
+    fn ranges_name_the_node_cidrs_until_the_binary_reads_the_node_network_file() {
+        let one = &crate::lab::topology::nodes("t", std::path::Path::new("/x"), 1)[0];
+        assert_eq!(ipam_ranges(one, true), Some(one.pod_cidrs.clone()));
+        let multi = &crate::lab::topology::nodes("t", std::path::Path::new("/x"), 2)[1];
+        assert_eq!(ipam_ranges(multi, false), Some(multi.pod_cidrs.clone()));
     }
 
     #[test]
@@ -217,7 +273,7 @@ mod tests {
         assert_eq!(c["cniVersion"], "1.1.0");
         assert_eq!(c["name"], "weir-lab-t");
         assert_eq!(c["type"], "weir");
-        assert_eq!(c["ipam"]["ranges"][1][0]["subnet"], POD_CIDR_V6);
+        assert_eq!(c["ipam"]["ranges"][1][0]["subnet"], "fd00:88::/64");
         assert_eq!(c["policy"]["bpffsRoot"], "/sys/fs/bpf/weir-lab-t");
         assert_eq!(c["policy"]["runDir"], "/run/weir/lab/t/run");
         assert_eq!(c["ipam"]["dataDir"], "/run/weir/lab/t/ipam");

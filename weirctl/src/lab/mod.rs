@@ -30,3 +30,4 @@ pub mod serve;
 pub mod services;
 pub mod state;
 pub mod sys;
+pub mod topology;

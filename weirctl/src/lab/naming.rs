@@ -41,6 +41,24 @@ pub fn node_netns(lab: &str) -> String {
     format!("weir-{lab}")
 }
 
+/// Node `node-k` of a multi-node lab. Never a pod netns of the same lab:
+/// those have a '-' between two non-empty parts after `weir-<lab>-`.
+pub fn multi_node_netns(lab: &str, k: usize) -> String {
+    format!("weir-{lab}-n{k}")
+}
+
+/// The underlay of a multi-node lab: the bridge every node's `eth0` is on.
+pub fn underlay_netns(lab: &str) -> String {
+    format!("weir-{lab}-ul")
+}
+
+/// Whether `netns` is a node or the underlay of a multi-node lab `lab`:
+/// finds them after a crash, when the state file no longer says how many.
+pub fn is_multi_node_netns(lab: &str, netns: &str) -> bool {
+    let Some(rest) = netns.strip_prefix(&format!("weir-{lab}-")) else { return false };
+    rest == "ul" || rest.strip_prefix('n').is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Longest netns name we use verbatim; longer ones are hashed so every name
 /// stays readable in `ip netns` and far from NAME_MAX.
 const MAX_NETNS: usize = 48;
@@ -103,6 +121,12 @@ mod tests {
         assert_ne!(long, pod_netns("default", "a-very-long-namespace-name", "and-a-long-pod-name2"));
         // dots are legal in pod names and in netns names, but slashes never reach here
         assert_eq!(pod_netns("l", "x", "a.b"), "weir-l-x-a.b");
+        assert_eq!(multi_node_netns("l", 12), "weir-l-n12");
+        assert!(is_multi_node_netns("l", "weir-l-n12") && is_multi_node_netns("l", &underlay_netns("l")));
+        // pod netns of the same lab, the single node, other labs: not ours
+        for other in ["weir-l", "weir-l-n-1", "weir-l-n", "weir-l-nx", "weir-l-x-n1", "weir-m-n1", &pod_netns("l", "n", "1")] {
+            assert!(!is_multi_node_netns("l", other), "{other}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! kernel.
 
 use anyhow::{bail, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
+    /// Only ever written by the lab itself (multi-node labs).
+    Node(Node),
     Namespace(Namespace),
     Pod(Pod),
     Service(Service),
@@ -26,6 +28,7 @@ pub enum Object {
 /// already isolated, as they would on a busy cluster).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    Node,
     Namespace,
     NetworkPolicy,
     Service,
@@ -35,6 +38,7 @@ pub enum Kind {
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
+            Kind::Node => "Node",
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
@@ -44,6 +48,7 @@ impl Kind {
     /// File-name prefix in the manifests directory.
     pub fn file_prefix(self) -> &'static str {
         match self {
+            Kind::Node => "node",
             Kind::Namespace => "namespace",
             Kind::Pod => "pod",
             Kind::Service => "service",
@@ -52,7 +57,7 @@ impl Kind {
     }
 }
 
-/// (kind, namespace ("" for Namespaces), name).
+/// (kind, namespace ("" for Namespaces and Nodes), name).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjKey {
     pub kind: Kind,
@@ -73,6 +78,7 @@ impl fmt::Display for ObjKey {
 impl Object {
     pub fn kind(&self) -> Kind {
         match self {
+            Object::Node(_) => Kind::Node,
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
@@ -82,6 +88,7 @@ impl Object {
 
     pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
+            Object::Node(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
@@ -91,6 +98,7 @@ impl Object {
 
     pub fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
+            Object::Node(o) => &mut o.metadata,
             Object::Namespace(o) => &mut o.metadata,
             Object::Pod(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
@@ -102,7 +110,7 @@ impl Object {
         let m = self.meta();
         ObjKey {
             kind: self.kind(),
-            namespace: if self.kind() == Kind::Namespace {
+            namespace: if matches!(self.kind(), Kind::Namespace | Kind::Node) {
                 String::new()
             } else {
                 m.namespace.clone().unwrap_or_default()
@@ -113,6 +121,7 @@ impl Object {
 
     pub fn to_json(&self) -> serde_json::Value {
         match self {
+            Object::Node(o) => serde_json::to_value(o),
             Object::Namespace(o) => serde_json::to_value(o),
             Object::Pod(o) => serde_json::to_value(o),
             Object::Service(o) => serde_json::to_value(o),
@@ -130,8 +139,21 @@ impl Object {
 /// Decoding is policyd's own manifest parser, so the lab accepts exactly
 /// what weir-policyd will read from the manifests directory; the lab is
 /// stricter about the rest: a kind it cannot create is an error, not a
-/// skipped document.
+/// skipped document, and Nodes are the lab's own to make.
 pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
+    let objs = parse_api_text(text, origin)?;
+    if let Some(n) = objs.iter().find(|o| o.kind() == Kind::Node) {
+        bail!(
+            "{origin}: Node {:?}: the lab makes its nodes itself (one node, or `--nodes N` at `up`) and does not take Node objects; remove it",
+            n.key().name
+        );
+    }
+    Ok(objs)
+}
+
+/// What the lab's API (its manifests directory) holds: what users may
+/// write, plus the lab's own Nodes.
+fn parse_api_text(text: &str, origin: &str) -> Result<Vec<Object>> {
     use weir_policyd::source::{manifest, Object as P, SourceError};
     let parsed = manifest::parse(origin, text).map_err(|e| match e {
         SourceError::ManifestInvalid { file, message } => anyhow::anyhow!("{file}: {message}"),
@@ -149,10 +171,7 @@ pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
             P::Pod(x) => Object::Pod(x),
             P::Service(x) => Object::Service(x),
             P::NetworkPolicy(x) => Object::NetworkPolicy(x),
-            P::Node(n) => bail!(
-                "{origin}: Node {:?}: the lab has exactly one node, \"lab\", and does not take Node objects; remove it",
-                n.metadata.name.unwrap_or_default()
-            ),
+            P::Node(n) => Object::Node(n),
         };
         let key = obj.key();
         if matches!(obj.kind(), Kind::Namespace | Kind::Service) && !is_dns_label(&key.name) {
@@ -160,17 +179,32 @@ pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
         }
         out.push(obj);
     }
+    // policyd's parser drops annotations (no policy decision reads them),
+    // but a Node's annotations are what its agent published and the lab, as
+    // API server, keeps: its one-Node files are decoded again whole.
+    if let [Object::Node(_)] = out.as_slice() {
+        out[0] = Object::Node(serde_yaml_ng::from_str(text).with_context(|| format!("{origin}: decoding the Node"))?);
+    }
     Ok(out)
 }
 
 /// Objects from files and directories (`*.yaml`, `*.yml`, `*.json`, sorted
 /// by name, not recursive, as `kubectl apply -f DIR` does).
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Object>> {
+    load_with(paths, parse_text)
+}
+
+/// Every object of the lab's API (its manifests directory), Nodes included.
+pub fn load_api_dir(dir: &Path) -> Result<Vec<Object>> {
+    load_with(&[dir.to_path_buf()], parse_api_text)
+}
+
+fn load_with(paths: &[PathBuf], parse: fn(&str, &str) -> Result<Vec<Object>>) -> Result<Vec<Object>> {
     let mut out = Vec::new();
     for p in paths {
         for file in manifest_files(p)? {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            out.extend(parse_text(&text, &file.display().to_string())?);
+            out.extend(parse(&text, &file.display().to_string())?);
         }
     }
     Ok(out)
@@ -344,7 +378,15 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         let msg = format!("{err:#}");
         assert!(msg.contains("Pod \"p\""), "{msg}");
         let err = parse_text("apiVersion: v1\nkind: Node\nmetadata: {name: n}\n", "n.yaml").unwrap_err();
-        assert!(err.to_string().contains("one node"), "{err}");
+        assert!(err.to_string().contains("one node") && err.to_string().contains("--nodes"), "{err}");
+        // the lab's own API directory holds Nodes
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node_n.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n, annotations: {weir.io/backend-type: vxlan}}\n").unwrap();
+        let api = load_api_dir(dir.path()).unwrap();
+        assert_eq!(api[0].key().to_string(), "Node n");
+        // what the node's agent published stays
+        assert_eq!(api[0].meta().annotations.as_ref().unwrap()["weir.io/backend-type"], "vxlan");
+        assert!(load_paths(&[dir.path().to_path_buf()]).is_err());
         let err = parse_text("apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\n", "s.yaml").unwrap_err();
         assert!(err.to_string().contains("DNS label"), "{err}");
     }
@@ -377,8 +419,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 
     #[test]
     fn kinds_sort_in_creation_order() {
-        let mut k = vec![Kind::Pod, Kind::Service, Kind::Namespace, Kind::NetworkPolicy];
+        let mut k = vec![Kind::Pod, Kind::Service, Kind::Namespace, Kind::NetworkPolicy, Kind::Node];
         k.sort();
-        assert_eq!(k, vec![Kind::Namespace, Kind::NetworkPolicy, Kind::Service, Kind::Pod]);
+        assert_eq!(k, vec![Kind::Node, Kind::Namespace, Kind::NetworkPolicy, Kind::Service, Kind::Pod]);
     }
 }

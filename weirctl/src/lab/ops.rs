@@ -10,8 +10,9 @@ use super::serve::PortStatus;
 use super::services::{self, Allocator, PodView};
 use super::state::{Lab, PodRec, State};
 use super::sys;
+use super::topology::{self, LabNode, Placement};
 use anyhow::{bail, Context, Result};
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodIP, PodStatus};
+use k8s_openapi::api::core::v1::{HostIP, Pod, PodCondition, PodIP, PodStatus};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,8 @@ use std::time::{Duration, Instant};
 
 pub const SERVICE_CIDR_V4: &str = "10.96.0.0/16";
 pub const SERVICE_CIDR_V6: &str = "fd00:96::/108";
-pub const NODE_NAME: &str = "lab";
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UpOpts {
     pub files: Vec<PathBuf>,
     pub cni_bin_dir: Option<PathBuf>,
@@ -31,6 +31,16 @@ pub struct UpOpts {
     /// another plugin.
     pub cni_type: String,
     pub quiet: bool,
+    /// `--nodes` (1..=16).
+    pub nodes: usize,
+    /// `--backend` (multi-node labs; default vxlan).
+    pub backend: Option<String>,
+}
+
+impl Default for UpOpts {
+    fn default() -> Self {
+        UpOpts { files: vec![], cni_bin_dir: None, policyd_bin: None, no_policy: false, cni_type: "weir".into(), quiet: false, nodes: 1, backend: None }
+    }
 }
 
 macro_rules! say {
@@ -69,17 +79,36 @@ fn locate_policyd(explicit: Option<&Path>) -> Option<PathBuf> {
     cands.into_iter().find(|p| p.is_file())
 }
 
+/// Whether this weir-policyd connects nodes (`--backend`): its `--help`
+/// says so.
+fn policyd_has_backends(bin: &Path) -> bool {
+    std::process::Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend")).unwrap_or(false)
+}
+
 /// Context for creating and destroying pods.
 struct Ctx<'a> {
     lab: &'a Lab,
     plugin: PathBuf,
     cni_path: String,
-    conf: cni::NetConf,
+    /// node name -> the node and the network config its runtime uses
+    nodes: BTreeMap<String, (LabNode, cni::NetConf)>,
 }
 
 impl<'a> Ctx<'a> {
     fn from_state(lab: &'a Lab, st: &State) -> Ctx<'a> {
-        Ctx { lab, plugin: st.plugin.clone(), cni_path: st.cni_path.clone(), conf: lab.netconf(&st.plugin_type, st.policy) }
+        let nodes = lab
+            .nodes(st.nodes)
+            .into_iter()
+            .map(|n| {
+                let conf = lab.netconf(&n, &st.plugin_type, st.policy, st.backend_running);
+                (n.name.clone(), (n, conf))
+            })
+            .collect();
+        Ctx { lab, plugin: st.plugin.clone(), cni_path: st.cni_path.clone(), nodes }
+    }
+
+    fn node_of(&self, rec: &PodRec) -> Result<&(LabNode, cni::NetConf)> {
+        self.nodes.get(&rec.node).ok_or_else(|| anyhow::anyhow!("pod {} is on node {:?}, which lab {:?} does not have", rec.key(), rec.node, self.lab.name))
     }
 
     fn attachment(&self, rec: &PodRec) -> Attachment {
@@ -96,12 +125,13 @@ impl<'a> Ctx<'a> {
     /// netns, CNI ADD, server. Undoes its own steps when one fails.
     fn create_pod(&self, rec: &mut PodRec, ports: &[(u16, String)]) -> Result<()> {
         sys::netns_del(&rec.netns)?; // a leftover from a crash
+        let (node, conf) = self.node_of(rec)?;
         sys::netns_add(&rec.netns)?;
         let att = self.attachment(rec);
-        let result = match cni::invoke(&self.plugin, &self.cni_path, &self.lab.node_netns(), "ADD", &att, &self.conf) {
+        let result = match cni::invoke(&self.plugin, &self.cni_path, &node.netns, "ADD", &att, conf) {
             Ok(r) => r,
             Err(e) => {
-                let _ = cni::invoke(&self.plugin, &self.cni_path, &self.lab.node_netns(), "DEL", &att, &self.conf);
+                let _ = cni::invoke(&self.plugin, &self.cni_path, &node.netns, "DEL", &att, conf);
                 let _ = sys::netns_del(&rec.netns);
                 return Err(e);
             }
@@ -156,10 +186,14 @@ impl<'a> Ctx<'a> {
     fn destroy_pod(&self, rec: &mut PodRec) -> Result<()> {
         self.stop_server(rec);
         let mut err = None;
-        if sys::netns_exists(&self.lab.node_netns()) && self.plugin.is_file() {
-            if let Err(e) = cni::invoke(&self.plugin, &self.cni_path, &self.lab.node_netns(), "DEL", &self.attachment(rec), &self.conf) {
-                err = Some(e);
+        match self.node_of(rec) {
+            Ok((node, conf)) if sys::netns_exists(&node.netns) && self.plugin.is_file() => {
+                if let Err(e) = cni::invoke(&self.plugin, &self.cni_path, &node.netns, "DEL", &self.attachment(rec), conf) {
+                    err = Some(e);
+                }
             }
+            Ok(_) => {}
+            Err(e) => err = Some(e),
         }
         sys::netns_del(&rec.netns)?;
         let _ = std::fs::remove_file(self.lab.serve_status_path(&rec.netns));
@@ -171,7 +205,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn new_pod_rec(lab: &Lab, pod: &Pod) -> PodRec {
+fn new_pod_rec(lab: &Lab, pod: &Pod, node: String) -> PodRec {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| naming::pod_uid(&[&lab.name, &ns, &name, &naming::fresh_seed()]));
@@ -181,6 +215,7 @@ fn new_pod_rec(lab: &Lab, pod: &Pod) -> PodRec {
         namespace: ns,
         name,
         uid,
+        node,
         added: false,
         ips: vec![],
         serve: None,
@@ -196,14 +231,17 @@ fn servable_ports(pod: &Pod) -> Vec<(u16, String)> {
 }
 
 /// The Pod as the API server would report it: uid, node, status.
-fn pod_with_status(pod: &Pod, rec: &PodRec) -> Pod {
+fn pod_with_status(pod: &Pod, rec: &PodRec, nodes: &[LabNode]) -> Pod {
     let mut p = pod.clone();
     p.metadata.uid = Some(rec.uid.clone());
     if let Some(spec) = p.spec.as_mut() {
-        spec.node_name = Some(NODE_NAME.into());
+        spec.node_name = Some(rec.node.clone());
     }
     let ready = rec.ready();
+    let host_ips: Vec<IpAddr> = nodes.iter().find(|n| n.name == rec.node).map(|n| n.internal_ips.clone()).unwrap_or_default();
     p.status = Some(PodStatus {
+        host_ip: host_ips.first().map(|i| i.to_string()),
+        host_ips: (!host_ips.is_empty()).then(|| host_ips.iter().map(|i| HostIP { ip: i.to_string() }).collect()),
         phase: Some(if rec.added { "Running" } else { "Pending" }.into()),
         pod_ip: rec.ips.first().map(|i| i.to_string()),
         pod_ips: (!rec.ips.is_empty()).then(|| rec.ips.iter().map(|i| PodIP { ip: i.to_string() }).collect()),
@@ -268,7 +306,9 @@ fn admit_service(lab: &Lab, st: &mut State, svc: &k8s_openapi::api::core::v1::Se
     Ok(s)
 }
 
-/// Rebuild the node's Service DNAT table from the current objects.
+/// Rebuild every node's Service DNAT table from the current objects: like
+/// kube-proxy on every node, each table sends a ClusterIP to the backends
+/// on any node.
 fn program_services(lab: &Lab, st: &State, objs: &BTreeMap<ObjKey, Object>, quiet: bool) -> Result<Vec<services::ServiceRule>> {
     let pods = pod_views(objs, st);
     let mut rules = Vec::new();
@@ -281,7 +321,10 @@ fn program_services(lab: &Lab, st: &State, objs: &BTreeMap<ObjKey, Object>, quie
         }
         rules.extend(services::service_rules(s, &ips, &pods));
     }
-    sys::run_in(&lab.node_netns(), "nft", &["-f", "-"], Some(&services::nft_ruleset(&rules)), "programming Service DNAT rules")?;
+    let ruleset = services::nft_ruleset(&rules);
+    for node in lab.nodes(st.nodes) {
+        sys::run_in(&node.netns, "nft", &["-f", "-"], Some(&ruleset), &format!("programming Service DNAT rules on node {}", node.name))?;
+    }
     Ok(rules)
 }
 
@@ -293,19 +336,52 @@ fn fmt_ips(ips: &[IpAddr]) -> String {
     }
 }
 
+/// Where the pods of `batch` go, in batch order (pod objects only), given
+/// the pods already running.
+fn placements(batch: &[Object], nodes: &[LabNode], st: Option<&State>) -> Result<BTreeMap<String, String>> {
+    let mut keys = Vec::new();
+    let mut wanted = Vec::new();
+    let mut existing: BTreeMap<String, usize> = BTreeMap::new();
+    if let Some(st) = st {
+        for r in st.pods.values() {
+            *existing.entry(r.node.clone()).or_default() += 1;
+        }
+    }
+    for o in batch {
+        let Object::Pod(p) = o else { continue };
+        let key = format!("{}/{}", o.key().namespace, o.key().name);
+        let want = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+        if let Some(rec) = st.and_then(|st| st.pods.get(&key)) {
+            // Already running: it stays where it is, as nodeName is immutable.
+            if let Some(w) = want.as_ref().filter(|w| **w != rec.node) {
+                bail!("Pod {key}: spec.nodeName {w:?} differs from its node {:?}; nodeName cannot change: delete the pod, then apply it again", rec.node);
+            }
+            continue;
+        }
+        keys.push(key);
+        wanted.push(want);
+    }
+    let pods: Vec<Placement> = keys.iter().zip(&wanted).map(|(k, w)| Placement { key: k, node_name: w.as_deref() }).collect();
+    let nodes_of = topology::place(&pods, nodes, &existing)?;
+    Ok(keys.into_iter().zip(nodes_of).collect())
+}
+
 /// `weirctl lab up`
 pub fn up(lab: &Lab, opts: &UpOpts) -> Result<()> {
     let q = opts.quiet;
     sys::require_root()?;
     let t0 = Instant::now();
-    // Input first: a bad manifest must leave everything as it was.
+    // Input first: a bad manifest or flag must leave everything as it was.
+    let nodes = opts.nodes;
+    topology::validate(nodes, opts.backend.as_deref())?;
     let batch = load_batch(&opts.files)?;
     objects::validate_batch(&batch, &[])?;
+    placements(&batch, &lab.nodes(nodes), None)?;
     let plugin = cni::locate_plugin(opts.cni_bin_dir.as_deref(), &opts.cni_type)?;
     let _lock = lab.lock()?;
     if let Some(st) = lab.load_state().ok().flatten() {
-        let policyd_ok = !st.policy || st.policyd.as_ref().map(|p| p.alive()).unwrap_or(false);
-        if st.phase == "ready" && sys::netns_exists(&lab.node_netns()) && policyd_ok {
+        let nodes_up = lab.nodes(st.nodes).iter().all(|n| sys::netns_exists(&n.netns));
+        if st.phase == "ready" && nodes_up && st.policyds_alive() {
             bail!("lab {:?} is already up (state in {}); use `weirctl lab apply` to change it or `weirctl lab down --name {}` first", lab.name, lab.dir.display(), lab.name);
         }
     }
@@ -328,13 +404,107 @@ pub fn up(lab: &Lab, opts: &UpOpts) -> Result<()> {
     }
 }
 
+/// A node netns with forwarding and br_netfilter on (the sysctls are per
+/// netns).
+fn make_node(node: &LabNode) -> Result<()> {
+    sys::netns_add(&node.netns)?;
+    for (key, val) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.bridge.bridge-nf-call-iptables", "1"),
+        ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ] {
+        sys::run_in(&node.netns, "sysctl", &["-qw", &format!("{key}={val}")], None, &format!("setting {key} in netns {}", node.netns))?;
+    }
+    Ok(())
+}
+
+/// The underlay: a bridge in its own netns, each node's `eth0` a veth port
+/// of it with the node's InternalIPs.
+fn make_underlay(lab: &Lab, nodes: &[LabNode]) -> Result<()> {
+    let ul = naming::underlay_netns(&lab.name);
+    let mtu = topology::UNDERLAY_MTU.to_string();
+    sys::netns_add(&ul)?;
+    sys::ip(&["-n", &ul, "link", "add", topology::UNDERLAY_BRIDGE, "mtu", &mtu, "type", "bridge"], "creating the underlay bridge")?;
+    sys::ip(&["-n", &ul, "link", "set", topology::UNDERLAY_BRIDGE, "up"], "bringing the underlay bridge up")?;
+    for n in nodes {
+        let port = format!("n{}", n.index);
+        let what = format!("plugging node {} into the underlay", n.name);
+        sys::ip(&["-n", &n.netns, "link", "add", topology::UNDERLAY_IFACE, "mtu", &mtu, "type", "veth", "peer", "name", &port, "mtu", &mtu, "netns", &ul], &what)?;
+        sys::ip(&["-n", &ul, "link", "set", &port, "master", topology::UNDERLAY_BRIDGE, "up"], &what)?;
+        for a in n.underlay_addrs() {
+            // nodad: the lab owns the whole range, and DAD would delay the address.
+            let mut args = vec!["-n", &n.netns, "addr", "add", &a, "dev", topology::UNDERLAY_IFACE];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            sys::ip(&args, &what)?;
+        }
+        sys::ip(&["-n", &n.netns, "link", "set", topology::UNDERLAY_IFACE, "up"], &what)?;
+    }
+    Ok(())
+}
+
+/// Copy what each node's weir-policyd published (its annotations file) into
+/// its Node, as the API server would store a kubelet's or agent's update.
+/// With `wait`, a node whose file is not there yet is waited for (policyd
+/// writes it once its backend is set up).
+fn publish_node_annotations(lab: &Lab, st: &State, wait: Option<Duration>) -> Result<()> {
+    if !st.backend_running {
+        return Ok(());
+    }
+    let objs = lab.objects()?;
+    for node in lab.nodes(st.nodes) {
+        let path = node.annotations_path();
+        let deadline = wait.map(|w| Instant::now() + w);
+        let text = loop {
+            match std::fs::read(&path) {
+                Ok(t) => break Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+            let Some(deadline) = deadline else { break None };
+            let policyd = st.policyds.get(&node.name);
+            if Instant::now() > deadline || !policyd.is_some_and(|p| p.alive()) {
+                bail!(
+                    "weir-policyd of node {} did not publish its node annotations ({}) within {:?}{}; its log ends: {}",
+                    node.name,
+                    path.display(),
+                    wait.unwrap_or_default(),
+                    if policyd.is_some_and(|p| p.alive()) { "" } else { " (it exited)" },
+                    log_tail(&node.policyd_log, 8)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let Some(text) = text else { continue };
+        let published = topology::parse_annotations(&text, &path)?;
+        let key = ObjKey { kind: Kind::Node, namespace: String::new(), name: node.name.clone() };
+        let Some(Object::Node(current)) = objs.get(&key) else { bail!("the Node object of {} is missing from {}", node.name, lab.manifests_dir().display()) };
+        if let Some(updated) = topology::merge_annotations(current, &published) {
+            lab.write_object(&Object::Node(updated))?;
+        }
+    }
+    Ok(())
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
 fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: Instant) -> Result<()> {
     let q = opts.quiet;
-    for d in [lab.dir.clone(), lab.manifests_dir(), lab.run_dir(), lab.ipam_dir(), lab.logs_dir(), lab.pods_dir()] {
+    let count = opts.nodes;
+    let backend = topology::validate(count, opts.backend.as_deref())?;
+    let nodes = lab.nodes(count);
+    for d in [lab.dir.clone(), lab.manifests_dir(), lab.logs_dir(), lab.pods_dir()].into_iter().chain(nodes.iter().flat_map(|n| [n.run_dir.clone(), n.ipam_dir.clone()])) {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let policyd_bin = if opts.no_policy { None } else { locate_policyd(opts.policyd_bin.as_deref()) };
     let policy = policyd_bin.is_some();
+    let backend_running = backend.is_some() && policyd_bin.as_deref().is_some_and(policyd_has_backends);
     let cni_dir = plugin.parent().map(|p| p.display().to_string()).unwrap_or_default();
     let mut st = State {
         name: lab.name.clone(),
@@ -343,28 +513,51 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
         plugin: plugin.clone(),
         cni_path: format!("{cni_dir}:/opt/cni/bin:/usr/lib/cni"),
         plugin_type: opts.cni_type.clone(),
-        policyd: None,
+        nodes: count,
+        backend: backend.map(|b| b.as_str().to_string()),
+        backend_running,
+        policyds: BTreeMap::new(),
         policyd_bin: policyd_bin.clone(),
         pods: BTreeMap::new(),
         services: BTreeMap::new(),
     };
     lab.save_state(&st)?;
 
-    // 1. node
-    let node = lab.node_netns();
-    sys::netns_add(&node)?;
-    for (key, val) in [
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv6.conf.all.forwarding", "1"),
-        ("net.bridge.bridge-nf-call-iptables", "1"),
-        ("net.bridge.bridge-nf-call-ip6tables", "1"),
-    ] {
-        sys::run_in(&node, "sysctl", &["-qw", &format!("{key}={val}")], None, &format!("setting {key} in the node netns"))?;
+    // 1. nodes (and the underlay between them)
+    for node in &nodes {
+        make_node(node)?;
+        let conf = lab.netconf(node, &opts.cni_type, policy, backend_running);
+        std::fs::write(&node.conflist_path, serde_json::to_vec_pretty(&conf.conflist())?)?;
     }
-    std::fs::write(lab.dir.join("10-weir-lab.conflist"), serde_json::to_vec_pretty(&lab.netconf(&opts.cni_type, policy).conflist())?)?;
-    say!(q, "[node]     netns {node}: ip_forward=1, bridge-nf-call-iptables=1 (cni0 comes with the first pod); CNI plugin {}", plugin.display());
+    if let Some(b) = backend {
+        make_underlay(lab, &nodes)?;
+        say!(
+            q,
+            "[nodes]    {} nodes (netns {}-n1..n{count}) on underlay {} (netns {}): {}",
+            count,
+            naming::node_netns(&lab.name),
+            topology::UNDERLAY_BRIDGE,
+            naming::underlay_netns(&lab.name),
+            nodes.iter().map(|n| format!("{} {} pods {}", n.name, fmt_ips(&n.internal_ips), n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","))).collect::<Vec<_>>().join("; ")
+        );
+        if !backend_running {
+            say!(
+                q,
+                "[nodes]    warning: {}; the nodes get no routes to each other's pods (backend {} not running): traffic between nodes will not flow",
+                if policy { "weir-policyd has no --backend flag" } else { "no weir-policyd" },
+                b.as_str()
+            );
+        }
+    }
+    say!(q, "[node]     {}: ip_forward=1, bridge-nf-call-iptables=1 (cni0 comes with the first pod); CNI plugin {}", nodes.iter().map(|n| format!("netns {}", n.netns)).collect::<Vec<_>>().join(", "), plugin.display());
 
     // 2. the API: manifests everyone reads
+    if backend.is_some() {
+        for n in &nodes {
+            lab.write_object(&Object::Node(n.node_object()))?;
+        }
+    }
+    let placed = placements(&batch, &nodes, None)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut pods = Vec::new();
     for o in &batch {
@@ -379,8 +572,9 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     }
     let mut recs = Vec::new();
     for p in &pods {
-        let rec = new_pod_rec(lab, p);
-        lab.write_object(&Object::Pod(pod_with_status(p, &rec)))?;
+        let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""));
+        let rec = new_pod_rec(lab, p, placed[&key].clone());
+        lab.write_object(&Object::Pod(pod_with_status(p, &rec, &nodes)))?;
         st.pods.insert(rec.key(), rec.clone());
         recs.push((p.clone(), rec));
     }
@@ -392,14 +586,20 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
         lab.manifests_dir().display()
     );
 
-    // 3. policy daemon
+    // 3. policy daemons, one per node
     if let Some(bin) = &policyd_bin {
-        let mut cmd = sys::command_in(&node, bin)?;
-        cmd.arg("--manifests").arg(lab.manifests_dir()).args(["--node-name", NODE_NAME]).arg("--bpffs-root").arg(lab.bpffs_root()).arg("--run-dir").arg(lab.run_dir());
-        let proc = sys::spawn_daemon(cmd, &lab.logs_dir().join("policyd.log"))?;
-        say!(q, "[policy]   weir-policyd pid {} ({}), log {}", proc.pid, bin.display(), lab.logs_dir().join("policyd.log").display());
-        st.policyd = Some(proc);
-        lab.save_state(&st)?;
+        for node in &nodes {
+            let mut cmd = sys::command_in(&node.netns, bin)?;
+            cmd.arg("--manifests").arg(lab.manifests_dir()).args(["--node-name", &node.name]).arg("--bpffs-root").arg(&node.bpffs_root).arg("--run-dir").arg(&node.run_dir);
+            if let (true, Some(b)) = (backend_running, backend) {
+                cmd.args(["--backend", b.as_str()]);
+            }
+            let proc = sys::spawn_daemon(cmd, &node.policyd_log)?;
+            say!(q, "[policy]   weir-policyd pid {} ({}){}, log {}", proc.pid, bin.display(), if nodes.len() > 1 { format!(" on {}", node.name) } else { String::new() }, node.policyd_log.display());
+            st.policyds.insert(node.name.clone(), proc);
+            lab.save_state(&st)?;
+        }
+        publish_node_annotations(lab, &st, Some(Duration::from_secs(10)))?;
     } else if opts.no_policy {
         say!(q, "[policy]   OFF (--no-policy): no weir-policyd, the CNI plugin runs without enforcement; every probe connects");
     } else {
@@ -407,13 +607,13 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     }
 
     // 4. pods
-    let ctx = Ctx { lab, plugin, cni_path: st.cni_path.clone(), conf: lab.netconf(&opts.cni_type, policy) };
+    let ctx = Ctx::from_state(lab, &st);
     let created = create_pods(&ctx, recs, q);
     let mut first_err = None;
     for r in created {
         match r {
             Ok((pod, rec)) => {
-                lab.write_object(&Object::Pod(pod_with_status(&pod, &rec)))?;
+                lab.write_object(&Object::Pod(pod_with_status(&pod, &rec, &nodes)))?;
                 st.pods.insert(rec.key(), rec);
             }
             Err(e) => {
@@ -423,11 +623,9 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     }
     lab.save_state(&st)?;
     if let Some(e) = first_err {
-        if let Some(p) = &st.policyd {
-            if !p.alive() {
-                let log = std::fs::read_to_string(lab.logs_dir().join("policyd.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(e.context(format!("weir-policyd exited; its log ends: {}", tail.join(" | "))));
+        for node in &nodes {
+            if let Some(p) = st.policyds.get(&node.name).filter(|p| !p.alive()) {
+                return Err(e.context(format!("weir-policyd (pid {}) of node {} exited; its log ends: {}", p.pid, node.name, log_tail(&node.policyd_log, 8))));
             }
         }
         return Err(e);
@@ -437,7 +635,7 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     let objs = lab.objects()?;
     let rules = program_services(lab, &st, &objs, q)?;
     let nsvc = st.services.len();
-    say!(q, "[services] {nsvc} Service(s), {} DNAT rule(s) (nft table inet {}) in {node}", rules.len(), services::TABLE);
+    say!(q, "[services] {nsvc} Service(s), {} DNAT rule(s) (nft table inet {}) in {}", rules.len(), services::TABLE, nodes.iter().map(|n| n.netns.as_str()).collect::<Vec<_>>().join(", "));
 
     st.phase = "ready".into();
     lab.save_state(&st)?;
@@ -450,16 +648,17 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
 
 type Created = Result<(Pod, PodRec)>;
 
-/// The first pod alone (its ADD creates the bridge), the rest in parallel as
-/// a runtime starting many pods would.
+/// The first pod of each node alone (its ADD creates the node's bridge),
+/// the rest in parallel as a runtime starting many pods would.
 fn create_pods(ctx: &Ctx, recs: Vec<(Pod, PodRec)>, q: bool) -> Vec<Created> {
     let one = |(pod, mut rec): (Pod, PodRec)| -> Created {
         let t = Instant::now();
         ctx.create_pod(&mut rec, &servable_ports(&pod)).with_context(|| format!("creating pod {}", rec.key()))?;
         let unsupported: Vec<String> = rec.ports.iter().filter(|p| p.state != "serving").map(|p| format!("{}/{} {}", p.port, p.protocol, p.state)).collect();
+        let on = if ctx.nodes.len() > 1 { format!(" on {}", rec.node) } else { String::new() };
         say!(
             q,
-            "[pod]      {:<16} {:<28} ready in {:>4} ms{}",
+            "[pod]      {:<16} {:<28} ready in {:>4} ms{on}{}",
             rec.key(),
             fmt_ips(&rec.ips),
             t.elapsed().as_millis(),
@@ -467,12 +666,9 @@ fn create_pods(ctx: &Ctx, recs: Vec<(Pod, PodRec)>, q: bool) -> Vec<Created> {
         );
         Ok((pod, rec))
     };
-    let mut it = recs.into_iter();
-    let mut out = Vec::new();
-    if let Some(first) = it.next() {
-        out.push(one(first));
-    }
-    let rest: Vec<_> = it.collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let (firsts, rest): (Vec<_>, Vec<_>) = recs.into_iter().partition(|(_, r)| seen.insert(r.node.clone()));
+    let mut out: Vec<Created> = firsts.into_iter().map(one).collect();
     std::thread::scope(|s| {
         let hs: Vec<_> = rest.into_iter().map(|r| s.spawn(|| one(r))).collect();
         for h in hs {
@@ -511,8 +707,13 @@ pub fn down_inner(lab: &Lab, quiet: bool) -> Vec<anyhow::Error> {
         sys::terminate(&pids, Duration::from_secs(2));
         say!(quiet, "[down]     stopped process(es) {:?}", pids);
     }
-    if let Err(e) = sys::netns_del(&lab.node_netns()) {
-        errs.push(e);
+    // Every node and the underlay, found by name: also those a crash left
+    // without a state file.
+    let netns = lab.node_netns_present();
+    for n in &netns {
+        if let Err(e) = sys::netns_del(n) {
+            errs.push(e);
+        }
     }
     let root = lab.bpffs_root();
     if root.exists() {
@@ -525,7 +726,8 @@ pub fn down_inner(lab: &Lab, quiet: bool) -> Vec<anyhow::Error> {
             errs.push(anyhow::anyhow!("removing {}: {e}", lab.dir.display()));
         }
     }
-    say!(quiet, "[down]     netns {}, pins {}, state {} removed", lab.node_netns(), root.display(), lab.dir.display());
+    let shown = if netns.is_empty() { naming::node_netns(&lab.name) } else { netns.join(", ") };
+    say!(quiet, "[down]     netns {shown}, pins {}, state {} removed", root.display(), lab.dir.display());
     errs
 }
 
@@ -535,7 +737,7 @@ pub fn down(lab: &Lab, quiet: bool) -> Result<()> {
     let _lock = lab.lock()?;
     if lab.traces().is_empty() {
         lab.remove_lock_file();
-        bail!("no lab named {:?} (nothing under {}, no netns {}); nothing to remove", lab.name, lab.dir.display(), lab.node_netns());
+        bail!("no lab named {:?} (nothing under {}, no netns {}); nothing to remove", lab.name, lab.dir.display(), naming::node_netns(&lab.name));
     }
     let errs = down_inner(lab, quiet);
     let left = lab.traces();
@@ -560,6 +762,9 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
     let mut st = lab.require_state()?;
     let objs = lab.objects()?;
     objects::validate_batch(&batch, &namespaces_of(&objs))?;
+    let nodes = lab.nodes(st.nodes);
+    let placed = placements(&batch, &nodes, Some(&st))?;
+    publish_node_annotations(lab, &st, None)?;
     let ctx = Ctx::from_state(lab, &st);
     let mut services_dirty = false;
     for o in &batch {
@@ -584,11 +789,11 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
                         ctx.stop_server(&mut rec);
                         ctx.start_server(&mut rec, &servable_ports(p))?;
                     }
-                    lab.write_object(&Object::Pod(pod_with_status(p, &rec)))?;
+                    lab.write_object(&Object::Pod(pod_with_status(p, &rec, &nodes)))?;
                     st.pods.insert(k, rec);
                 } else {
-                    let rec = new_pod_rec(lab, p);
-                    lab.write_object(&Object::Pod(pod_with_status(p, &rec)))?;
+                    let rec = new_pod_rec(lab, p, placed[&k].clone());
+                    lab.write_object(&Object::Pod(pod_with_status(p, &rec, &nodes)))?;
                     st.pods.insert(k.clone(), rec.clone());
                     lab.save_state(&st)?;
                     let (pod, rec) = match create_pods(&ctx, vec![(p.clone(), rec)], true).pop().expect("one result") {
@@ -601,7 +806,7 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
                             return Err(e);
                         }
                     };
-                    lab.write_object(&Object::Pod(pod_with_status(&pod, &rec)))?;
+                    lab.write_object(&Object::Pod(pod_with_status(&pod, &rec, &nodes)))?;
                     st.pods.insert(k, rec);
                 }
                 services_dirty = true;
@@ -700,13 +905,16 @@ pub struct ProbeOpts {
 pub fn probe(lab: &Lab, o: &ProbeOpts) -> Result<Matrix> {
     sys::require_root()?;
     let st = lab.require_state()?;
-    if let Some(p) = st.policyd.as_ref().filter(|p| st.policy && !p.alive()) {
-        eprintln!(
-            "warning: weir-policyd (pid {}) of lab {:?} is not running: verdicts come from the last programmed state; see {}",
-            p.pid,
-            lab.name,
-            lab.logs_dir().join("policyd.log").display()
-        );
+    for node in lab.nodes(st.nodes) {
+        if let Some(p) = st.policyds.get(&node.name).filter(|p| st.policy && !p.alive()) {
+            eprintln!(
+                "warning: weir-policyd (pid {}) of lab {:?} node {} is not running: verdicts come from the last programmed state; see {}",
+                p.pid,
+                lab.name,
+                node.name,
+                node.policyd_log.display()
+            );
+        }
     }
     let objs = lab.objects()?;
     let keys: Vec<String> = st.pods.keys().cloned().collect();
@@ -755,6 +963,23 @@ pub fn probe(lab: &Lab, o: &ProbeOpts) -> Result<Matrix> {
     Ok(probe::run(&sources, &dests, o.port, &o.protocol, if o.via_service { "service" } else { "pod" }, o.timeout))
 }
 
+/// `weirctl lab exec NS/POD -- CMD...`: run CMD in the pod's network
+/// namespace (only the network: the file system and processes are the
+/// machine's), stdio passed through; its exit code, 128+signal if killed.
+pub fn exec(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
+    sys::require_root()?;
+    let st = lab.require_state()?;
+    let Some(rec) = st.pods.get(pod).filter(|r| r.added) else {
+        bail!("no running pod {pod:?} in lab {:?} (pods: {}); name it as NAMESPACE/NAME", lab.name, st.pods.keys().cloned().collect::<Vec<_>>().join(", "));
+    };
+    let Some((program, args)) = argv.split_first() else {
+        bail!("no command to run: `weirctl lab exec {pod} -- CMD [ARGS...]`");
+    };
+    let status = sys::command_in(&rec.netns, program)?.args(args).status().with_context(|| format!("running {program:?} in pod {pod} (netns {})", rec.netns))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
 /// The ClusterIP:port of the Service that selects only pod `r` and exposes
 /// `port`/`protocol` (preferring the model's name `s-<ns>-<pod>`).
 fn service_target(objs: &BTreeMap<ObjKey, Object>, st: &State, views: &[PodView], r: &PodRec, port: u16, protocol: &str, ipv6: bool) -> std::result::Result<SocketAddr, String> {
@@ -793,7 +1018,7 @@ pub fn pods_table(st: &State, objs: &BTreeMap<ObjKey, Object>) -> String {
             .and_then(|o| o.meta().labels.clone())
             .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
             .unwrap_or_default();
-        rows.push(vec![r.namespace.clone(), r.name.clone(), if r.ready() { "1/1" } else { "0/1" }.into(), NODE_NAME.into(), fmt_ips(&r.ips), labels]);
+        rows.push(vec![r.namespace.clone(), r.name.clone(), if r.ready() { "1/1" } else { "0/1" }.into(), r.node.clone(), fmt_ips(&r.ips), labels]);
     }
     columns(&rows)
 }
@@ -815,20 +1040,51 @@ pub enum GetWhat {
     Pods,
     Services,
     Policies,
+    Nodes,
+}
+
+/// The lab's Nodes: a multi-node lab's from its API (with what their
+/// weir-policyds published), the one-node lab's made up on the spot (it
+/// never writes one: its weir-policyd runs as it always did).
+fn node_objects(lab: &Lab, st: &State, objs: &BTreeMap<ObjKey, Object>) -> Vec<k8s_openapi::api::core::v1::Node> {
+    lab.nodes(st.nodes)
+        .iter()
+        .map(|n| match objs.get(&ObjKey { kind: Kind::Node, namespace: String::new(), name: n.name.clone() }) {
+            Some(Object::Node(stored)) => stored.clone(),
+            _ => n.node_object(),
+        })
+        .collect()
+}
+
+fn nodes_table(st: &State, nodes: &[k8s_openapi::api::core::v1::Node]) -> String {
+    let mut rows = vec![["NAME", "INTERNAL-IPS", "POD-CIDRS", "BACKEND", "PODS"].map(String::from).to_vec()];
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let ips: Vec<String> = n.status.iter().flat_map(|s| s.addresses.iter().flatten()).filter(|a| a.type_ == "InternalIP").map(|a| a.address.clone()).collect();
+        let cidrs = n.spec.as_ref().and_then(|s| s.pod_cidrs.clone()).unwrap_or_default().join(",");
+        let backend = n.metadata.annotations.as_ref().and_then(|a| a.get("weir.io/backend-type").cloned()).or_else(|| st.backend.clone().map(|b| format!("{b} (not running)"))).unwrap_or_else(|| "<none>".into());
+        let pods = st.pods.values().filter(|r| r.node == name).count();
+        rows.push(vec![name, if ips.is_empty() { "<none>".into() } else { ips.join(",") }, cidrs, backend, pods.to_string()]);
+    }
+    columns(&rows)
 }
 
 /// `weirctl lab get`
 pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
     let st = lab.require_state()?;
     let objs = lab.objects()?;
+    let nodes = lab.nodes(st.nodes);
     if json {
         let mut items = Vec::new();
+        if what == GetWhat::Nodes {
+            items = node_objects(lab, &st, &objs).into_iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+        }
         for o in objs.values() {
             match (what, o) {
                 (GetWhat::Pods, Object::Pod(p)) => {
                     let k = o.key();
                     match st.pods.get(&format!("{}/{}", k.namespace, k.name)) {
-                        Some(rec) => items.push(serde_json::to_value(pod_with_status(p, rec))?),
+                        Some(rec) => items.push(serde_json::to_value(pod_with_status(p, rec, &nodes))?),
                         None => items.push(o.to_json()),
                     }
                 }
@@ -853,6 +1109,7 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
             }
             columns(&rows)
         }
+        GetWhat::Nodes => nodes_table(&st, &node_objects(lab, &st, &objs)),
         GetWhat::Policies => {
             let mut rows = vec![["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES"].map(String::from).to_vec()];
             for o in objs.values() {
@@ -888,15 +1145,16 @@ mod tests {
             panic!()
         };
         let lab = Lab::new("unit").unwrap();
-        let mut rec = new_pod_rec(&lab, &p);
+        let mut rec = new_pod_rec(&lab, &p, "lab".into());
         assert_eq!(rec.netns, "weir-unit-x-a");
         assert_eq!(rec.container_id.len(), 64);
-        let pending = serde_json::to_value(pod_with_status(&p, &rec)).unwrap();
+        let one = lab.nodes(1);
+        let pending = serde_json::to_value(pod_with_status(&p, &rec, &one)).unwrap();
         assert_eq!(pending["status"]["phase"], "Pending");
         assert!(pending["status"].get("podIP").is_none());
         rec.added = true;
         rec.ips = vec!["10.88.0.5".parse().unwrap(), "fd00:88::5".parse().unwrap()];
-        let v = serde_json::to_value(pod_with_status(&p, &rec)).unwrap();
+        let v = serde_json::to_value(pod_with_status(&p, &rec, &one)).unwrap();
         assert_eq!(v["status"]["phase"], "Running");
         assert_eq!(v["status"]["podIP"], "10.88.0.5");
         assert_eq!(v["status"]["podIPs"], serde_json::json!([{"ip": "10.88.0.5"}, {"ip": "fd00:88::5"}]));
@@ -905,7 +1163,16 @@ mod tests {
         // no server process: not Ready yet
         assert_eq!(v["status"]["conditions"][0]["status"], "False");
         // a new incarnation of the same pod gets a new container ID
-        assert_ne!(new_pod_rec(&lab, &p).container_id, rec.container_id);
+        assert_ne!(new_pod_rec(&lab, &p, "lab".into()).container_id, rec.container_id);
+        // the one-node lab's node has no address: no hostIP, as before
+        assert!(v["status"].get("hostIP").is_none());
+        // on a multi-node lab: the pod's node and that node's InternalIPs
+        let two = lab.nodes(2);
+        rec.node = "node-2".into();
+        let v = serde_json::to_value(pod_with_status(&p, &rec, &two)).unwrap();
+        assert_eq!(v["spec"]["nodeName"], "node-2");
+        assert_eq!(v["status"]["hostIP"], "192.0.2.2");
+        assert_eq!(v["status"]["hostIPs"], serde_json::json!([{"ip": "192.0.2.2"}, {"ip": "2001:db8:88::2"}]));
     }
 
     #[test]
@@ -921,7 +1188,10 @@ mod tests {
             plugin: "/nonexistent".into(),
             cni_path: String::new(),
             plugin_type: "weir".into(),
-            policyd: None,
+            nodes: 1,
+            backend: None,
+            backend_running: false,
+            policyds: BTreeMap::new(),
             policyd_bin: None,
             pods: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -943,6 +1213,7 @@ mod tests {
             uid: "u".into(),
             container_id: "c".into(),
             netns: "n".into(),
+            node: "lab".into(),
             added: true,
             ips: vec![],
             serve: None,

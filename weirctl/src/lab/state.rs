@@ -3,9 +3,10 @@
 //! weir-policyd watches), the CNI run/IPAM dirs and logs.
 
 use super::cni::NetConf;
-use super::objects::{Kind, ObjKey, Object};
+use super::objects::{ObjKey, Object};
 use super::serve::PortStatus;
 use super::sys::{self, ProcRec};
+use super::topology::{self, LabNode};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ pub struct PodRec {
     pub uid: String,
     pub container_id: String,
     pub netns: String,
+    /// The node it runs on (`spec.nodeName`).
+    #[serde(default = "single_node_name")]
+    pub node: String,
     /// Set once CNI ADD returned (the pod is READY as far as the network goes).
     pub added: bool,
     pub ips: Vec<IpAddr>,
@@ -48,12 +52,39 @@ pub struct State {
     pub plugin: PathBuf,
     pub cni_path: String,
     pub plugin_type: String,
-    pub policyd: Option<ProcRec>,
+    /// How many nodes (`--nodes`).
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// The backend between nodes (multi-node labs).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Whether the weir-policyds run that backend (`--backend`); a
+    /// weir-policyd without the flag leaves the nodes unconnected.
+    #[serde(default)]
+    pub backend_running: bool,
+    /// node name -> its weir-policyd
+    #[serde(default)]
+    pub policyds: BTreeMap<String, ProcRec>,
     pub policyd_bin: Option<PathBuf>,
     /// `ns/name` -> pod
     pub pods: BTreeMap<String, PodRec>,
     /// `ns/name` -> ClusterIPs
     pub services: BTreeMap<String, Vec<IpAddr>>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn single_node_name() -> String {
+    super::topology::SINGLE_NODE_NAME.into()
+}
+
+impl State {
+    /// Every weir-policyd that should run is running (or policy is off).
+    pub fn policyds_alive(&self) -> bool {
+        !self.policy || (!self.policyds.is_empty() && self.policyds.values().all(|p| p.alive()))
+    }
 }
 
 pub struct Lab {
@@ -79,33 +110,42 @@ impl Lab {
     pub fn manifests_dir(&self) -> PathBuf {
         self.dir.join("manifests")
     }
-    pub fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
-    }
-    pub fn ipam_dir(&self) -> PathBuf {
-        self.dir.join("ipam")
-    }
     pub fn logs_dir(&self) -> PathBuf {
         self.dir.join("logs")
     }
     pub fn pods_dir(&self) -> PathBuf {
         self.dir.join("pods")
     }
+    /// Every pin of the lab is below this directory.
     pub fn bpffs_root(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/weir-lab-{}", self.name))
+        topology::bpffs_root(&self.name)
     }
-    pub fn node_netns(&self) -> String {
-        super::naming::node_netns(&self.name)
+    pub fn nodes(&self, count: usize) -> Vec<LabNode> {
+        topology::nodes(&self.name, &self.dir, count)
     }
-    pub fn netconf(&self, plugin_type: &str, enforce: bool) -> NetConf {
+    /// The network config a runtime on `node` hands the CNI plugin.
+    pub fn netconf(&self, node: &LabNode, plugin_type: &str, enforce: bool, node_network_written: bool) -> NetConf {
         NetConf {
             lab: self.name.clone(),
             plugin_type: plugin_type.to_string(),
             enforce,
-            bpffs_root: self.bpffs_root(),
-            run_dir: self.run_dir(),
-            ipam_dir: self.ipam_dir(),
+            bpffs_root: node.bpffs_root.clone(),
+            run_dir: node.run_dir.clone(),
+            ipam_dir: node.ipam_dir.clone(),
+            ranges: super::cni::ipam_ranges(node, node_network_written),
+            cluster_cidrs: node.cluster_cidrs(),
         }
+    }
+    /// Every node and underlay netns of this lab on the machine: the
+    /// one-node lab's, and a multi-node lab's found by name, so a crashed
+    /// lab is removable without its state file.
+    pub fn node_netns_present(&self) -> Vec<String> {
+        let mut v: Vec<String> = sys::netns_names().into_iter().filter(|n| super::naming::is_multi_node_netns(&self.name, n)).collect();
+        let single = super::naming::node_netns(&self.name);
+        if sys::netns_exists(&single) {
+            v.insert(0, single);
+        }
+        v
     }
 
     pub fn lock(&self) -> Result<LabLock> {
@@ -145,8 +185,8 @@ impl Lab {
         if self.dir.exists() {
             t.push(self.dir.display().to_string());
         }
-        if sys::netns_exists(&self.node_netns()) {
-            t.push(format!("netns {}", self.node_netns()));
+        for n in self.node_netns_present() {
+            t.push(format!("netns {n}"));
         }
         if self.bpffs_root().exists() {
             t.push(self.bpffs_root().display().to_string());
@@ -158,7 +198,7 @@ impl Lab {
     }
 
     pub fn object_path(&self, key: &ObjKey) -> PathBuf {
-        let file = if key.kind == Kind::Namespace {
+        let file = if key.namespace.is_empty() {
             format!("{}_{}.yaml", key.kind.file_prefix(), key.name)
         } else {
             format!("{}_{}_{}.yaml", key.kind.file_prefix(), key.namespace, key.name)
@@ -183,7 +223,7 @@ impl Lab {
         if !self.manifests_dir().exists() {
             return Ok(out);
         }
-        for o in super::objects::load_paths(&[self.manifests_dir()])? {
+        for o in super::objects::load_api_dir(&self.manifests_dir())? {
             out.insert(o.key(), o);
         }
         Ok(out)

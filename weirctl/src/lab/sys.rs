@@ -34,6 +34,14 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Names of every named netns (`/run/netns`).
+pub fn netns_names() -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(NETNS_DIR) else { return vec![] };
+    let mut v: Vec<String> = rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect();
+    v.sort();
+    v
+}
+
 /// `ip netns add NAME` and `lo` up inside it.
 pub fn netns_add(name: &str) -> Result<()> {
     run(Command::new("ip").args(["netns", "add", name]), &format!("creating netns {name}"))?;
@@ -220,4 +228,9 @@ pub fn require_root() -> Result<()> {
         bail!("weirctl lab must run as root (it creates network namespaces, bpffs pins and nftables rules); run it with sudo");
     }
     Ok(())
+}
+
+/// `ip ARGS`, erroring with its stderr.
+pub fn ip(args: &[&str], what: &str) -> Result<String> {
+    run(Command::new("ip").args(args), what)
 }
