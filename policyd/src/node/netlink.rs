@@ -301,6 +301,12 @@ fn destination(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => Some(IpAddr::V4(*x)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => Some(IpAddr::V6(*x)),
+        // AF_BRIDGE (FDB) messages carry the remote's address unparsed.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(&b[..]).ok()?)),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(&b[..]).ok()?)),
+            _ => None,
+        },
         _ => None,
     })
 }
