@@ -501,8 +501,12 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
 
     // Node 2's underlay address changes: node 1's FDB entry follows.
     // (Deleting a primary address takes its secondaries along: swap.)
-    lab.nodes[1].ns.ip(&["addr", "del", "192.168.77.2/24", "dev", "eth0"]);
-    lab.nodes[1].ns.ip(&["addr", "add", "192.168.77.12/24", "dev", "eth0"]);
+    lab.nodes[1]
+        .ns
+        .ip(&["addr", "del", "192.168.77.2/24", "dev", "eth0"]);
+    lab.nodes[1]
+        .ns
+        .ip(&["addr", "add", "192.168.77.12/24", "dev", "eth0"]);
     objects.get_mut("node-2").unwrap().status = node("x", "10.0.0.0/8", "192.168.77.12").status;
     let outs = lab.converge(&mut objects);
     assert!(outs.iter().all(|o| o.problems.is_empty()), "{outs:?}");
@@ -517,7 +521,12 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
         "{:?}",
         entries(&lab.nodes[0])
     );
-    assert_eq!(entries(&lab.nodes[0]).len(), 3, "{:?}", entries(&lab.nodes[0]));
+    assert_eq!(
+        entries(&lab.nodes[0]).len(),
+        3,
+        "{:?}",
+        entries(&lab.nodes[0])
+    );
     tcp(&lab.nodes[0], &lab.nodes[1], 7103).expect("after the move");
 
     // Malformed annotation on node 2: named, and node 1's entries stay.
@@ -618,5 +627,114 @@ fn unknown_backend_is_a_usage_error_listing_the_choices() {
             && err.contains("--backend")
             && err.contains("none, host-gw, vxlan"),
         "{err}"
+    );
+}
+
+/// The process and the bpffs root of one weir-policyd, removed on drop.
+struct Policyd {
+    child: std::process::Child,
+    bpffs: std::path::PathBuf,
+}
+
+impl Drop for Policyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+#[test]
+fn root_policyd_binary_programs_vxlan_from_a_manifest_directory() {
+    require_root!();
+    let lab = Lab::new(1);
+    let n = &lab.nodes[0];
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("nodes.yaml"),
+        r#"apiVersion: v1
+kind: Node
+metadata:
+  name: node-1
+spec:
+  podCIDRs: ["10.244.1.0/24"]
+status:
+  addresses: [{type: InternalIP, address: 192.168.77.1}]
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-2
+  annotations:
+    weir.io/backend-type: vxlan
+    weir.io/backend-data: '{"vtepMAC":"02:00:00:00:00:02","vni":1,"port":8472}'
+    weir.io/public-ip: 192.168.77.2
+spec:
+  podCIDRs: ["10.244.2.0/24"]
+status:
+  addresses: [{type: InternalIP, address: 192.168.77.2}]
+"#,
+    )
+    .unwrap();
+    let run = n.run_dir.path().join("run");
+    let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/weir-nn-{}", std::process::id()));
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", n.ns.path()))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_weir-policyd"))
+        .args(["--node-name", "node-1", "--backend", "vxlan", "--manifests"])
+        .arg(manifests.path())
+        .arg("--bpffs-root")
+        .arg(&bpffs)
+        .arg("--run-dir")
+        .arg(&run)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut policyd = Policyd { child, bpffs };
+    // Failure guard only: the loop ends as soon as everything is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let annotations_file = run.join("node-annotations.json");
+    while !(annotations_file.exists() && entries(n).len() == 3) {
+        assert!(
+            policyd.child.try_wait().unwrap().is_none(),
+            "weir-policyd exited"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir-policyd did not program node-2: {:?}",
+            entries(n)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        entries(n),
+        [
+            "fdb 02:00:00:00:00:02 dst 192.168.77.2 self permanent",
+            "neigh 10.244.2.0 lladdr 02:00:00:00:00:02 PERMANENT",
+            "route 10.244.2.0/24 via 10.244.2.0 dev weir.1 onlink",
+        ]
+    );
+    let nn = NodeNetwork::read(&run).unwrap().unwrap();
+    assert_eq!(
+        (nn.node.as_str(), nn.pod_cidrs, nn.mtu),
+        ("node-1", vec!["10.244.1.0/24".parse().unwrap()], Some(1450))
+    );
+    let a: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&annotations_file).unwrap()).unwrap();
+    assert_eq!(a["weir.io/backend-type"], "vxlan");
+    assert_eq!(a["weir.io/public-ip"], "192.168.77.1");
+    let link = n.ns.ip(&["-o", "link", "show", "weir.1"]);
+    let mac = link
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_eq!(
+        a["weir.io/backend-data"],
+        format!(r#"{{"vtepMAC":"{mac}","vni":1,"port":8472}}"#)
     );
 }
