@@ -16,7 +16,8 @@ pub mod ip;
 pub mod ipam;
 pub mod masq;
 pub mod naming;
-pub mod netlink;
+/// The typed rtnetlink layer, shared with weir-policyd.
+pub use weir_common::netlink;
 pub mod netns;
 pub mod result;
 pub mod sysctl;

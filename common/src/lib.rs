@@ -10,7 +10,11 @@
 //!   written by CNI ADD, removed by CNI DEL, read and watched by policyd;
 //! - this node's pod CIDRs and pod MTU ([`node_network`]), written by
 //!   policyd from its Node, read by CNI ADD when `ipam.ranges` is left out.
+//!
+//! It also holds the one typed rtnetlink layer ([`netlink`]) both the CNI
+//! binary and policyd speak to the kernel with.
 
+pub mod netlink;
 pub mod node_network;
 pub mod paths;
 pub mod registry;

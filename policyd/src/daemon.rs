@@ -39,6 +39,8 @@ pub struct Options {
     /// Level-triggered safety net: recompile and resync this often even
     /// without a notification.
     pub resync: Duration,
+    /// Between nodes: this node's pod CIDRs and the backend (`crate::node`).
+    pub node_network: crate::node::Config,
 }
 
 /// Object bursts (a `kubectl apply -f dir`) are folded into one compile:
@@ -64,18 +66,32 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .with_context(|| format!("watching the endpoint registry {}", registry.dir().display()))?;
     spawn_event_logger(&dp);
 
-    let mut source = match &opts.source {
-        SourceChoice::Manifests(dir) => {
-            source::dir::spawn_dir(dir.clone(), source::dir::DirOptions::default(), metrics.clone())
-        }
+    let (mut source, publisher) = match &opts.source {
+        SourceChoice::Manifests(dir) => (
+            source::dir::spawn_dir(dir.clone(), source::dir::DirOptions::default(), metrics.clone()),
+            crate::node::publish::Publisher::file(&opts.run_dir),
+        ),
         SourceChoice::Kube(access) => {
             let client = source::kube::client(access).await?;
-            source::kube::spawn_kube(client, source::kube::KubeOptions::default(), metrics.clone())
+            let publisher = crate::node::publish::Publisher::api(client.clone());
+            (source::kube::spawn_kube(client, source::kube::KubeOptions::default(), metrics.clone()), publisher)
         }
     };
     let mut store = Store::default();
     log::info!("waiting for every object kind's initial list");
     source.wait_synced(&mut store).await.context("the object source stopped before its initial lists")?;
+
+    // Node networking first and on its own: a few netlink calls, never
+    // behind a policy compile.
+    let mut node_network = crate::node::NodeAgent::new(
+        opts.node_network.clone(),
+        opts.node_name.clone(),
+        opts.run_dir.clone(),
+        publisher,
+        metrics.clone(),
+        opts.resync,
+    );
+    node_network.on_wake(&store.nodes);
 
     let identities_file = opts.run_dir.join("identities.json");
     let mut agent = Agent {
@@ -125,6 +141,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+        node_network.on_wake(&store.nodes);
         if dirty {
             let started = Instant::now();
             match agent.reconcile(&store, started) {

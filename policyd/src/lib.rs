@@ -10,4 +10,5 @@ pub mod engine;
 pub mod store;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod source;

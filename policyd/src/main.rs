@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weir_policyd::daemon::{self, SourceChoice};
+use weir_policyd::node::Backend;
 use weir_policyd::source::kube::Access;
 
 /// Watches the cluster (or a directory of manifests) and keeps Weir's pinned
@@ -36,6 +37,26 @@ struct Args {
     /// Recompile and resync at least this often (seconds).
     #[arg(long, default_value_t = 30)]
     resync_secs: u64,
+    /// How pod traffic reaches other nodes. `none`: nothing is routed
+    /// between nodes (one node); `host-gw`: a route per remote pod CIDR via
+    /// that node's InternalIP (one L2 segment); `vxlan`: a VXLAN device
+    /// `weir.<VNI>`, flannel-compatible. Every backend hands this node's
+    /// pod CIDRs (Node spec.podCIDRs) and pod MTU to the CNI binary in
+    /// <run-dir>/node-network.json.
+    #[arg(long, value_enum, default_value = "none")]
+    backend: Backend,
+    /// VXLAN network identifier (1-16777215); the device is `weir.<VNI>`.
+    /// Every node must use the same.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_777_215))]
+    vxlan_vni: u32,
+    /// VXLAN UDP port (8472: flannel's and Linux's default). Every node
+    /// must use the same.
+    #[arg(long, default_value_t = 8472, value_parser = clap::value_parser!(u16).range(1..))]
+    vxlan_port: u16,
+    /// The interface carrying traffic between nodes [default: the one
+    /// holding this node's InternalIP].
+    #[arg(long, value_name = "IFACE")]
+    underlay_iface: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +78,12 @@ fn main() -> ExitCode {
         run_dir: args.run_dir,
         listen: args.listen,
         resync: Duration::from_secs(args.resync_secs.max(1)),
+        node_network: weir_policyd::node::Config {
+            backend: args.backend,
+            vxlan_vni: args.vxlan_vni,
+            vxlan_port: args.vxlan_port,
+            underlay_iface: args.underlay_iface,
+        },
     };
     // Two workers: policyd shares the node with the pods it serves.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");

@@ -167,6 +167,11 @@ pub struct Metrics {
     pub dataplane_packets: Family,
     /// weir_dataplane_bytes_total{direction,reason}
     pub dataplane_bytes: Family,
+    /// weir_node_network_errors{reason}: current node-networking problems
+    /// (reason: `node::desired::Reason::label`), each naming a node in the log.
+    pub node_network_errors: Family,
+    /// weir_remote_nodes{backend}: remote nodes whose routes are programmed.
+    pub remote_nodes: Family,
 }
 
 const SYNC_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -242,6 +247,18 @@ impl Metrics {
                 Counter,
                 &["direction", "reason"],
             ),
+            node_network_errors: Family::new(
+                "weir_node_network_errors",
+                "Current node-networking problems (nodes held or skipped, backend not set up), by reason.",
+                Gauge,
+                &["reason"],
+            ),
+            remote_nodes: Family::new(
+                "weir_remote_nodes",
+                "Remote nodes whose pod CIDRs this node routes, by backend.",
+                Gauge,
+                &["backend"],
+            ),
         }
     }
 
@@ -283,6 +300,8 @@ impl Metrics {
             &self.ready,
             &self.dataplane_packets,
             &self.dataplane_bytes,
+            &self.node_network_errors,
+            &self.remote_nodes,
         ] {
             f.render(&mut out);
         }

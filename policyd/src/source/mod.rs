@@ -159,13 +159,20 @@ impl Object {
 
     /// Drop what no policy decision reads, so a large cluster's caches stay
     /// small: managedFields, annotations (kubectl's last-applied copy doubles
-    /// every object), and for Pods/Nodes the bulky status and spec parts.
+    /// every object; a Node keeps its `weir.io/` ones), and for Pods/Nodes
+    /// the bulky status and spec parts.
     /// Kept on Pods: labels, nodeName, hostNetwork, container ports (named
     /// ports in policies resolve against them), phase and IPs.
     pub fn trim(&mut self) {
+        let is_node = matches!(self, Object::Node(_));
         let meta = self.meta_mut();
         meta.managed_fields = None;
-        meta.annotations = None;
+        // Except a Node's `weir.io/` annotations: its backend data (crate::node).
+        meta.annotations = meta
+            .annotations
+            .take()
+            .map(|a| a.into_iter().filter(|(k, _)| is_node && k.starts_with(crate::node::annotations::PREFIX)).collect())
+            .filter(|a: &std::collections::BTreeMap<String, String>| !a.is_empty());
         match self {
             Object::Pod(p) => {
                 if let Some(spec) = p.spec.as_mut() {

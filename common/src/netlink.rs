@@ -1,6 +1,9 @@
-//! One small, synchronous, typed layer over rtnetlink: exactly the
-//! operations the plugin needs, each a single request on a blocking socket
-//! bound to the namespace of the thread that opened it.
+//! One small, synchronous, typed layer over rtnetlink, shared by the CNI
+//! binary and weir-policyd: each operation a single request on a blocking
+//! socket bound to the namespace of the thread that opened it. Callers with
+//! needs of their own (policyd's VXLAN device, neighbour and FDB entries)
+//! build messages and send them through [`Netlink::request`] and
+//! [`Netlink::ack`], so the socket handling exists once.
 
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
@@ -48,7 +51,7 @@ pub fn is_errno(e: &io::Error, errno: i32) -> bool {
     e.raw_os_error() == Some(errno)
 }
 
-fn mac_string(b: &[u8]) -> String {
+pub fn mac_string(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
 
@@ -85,7 +88,7 @@ impl Link {
     }
 }
 
-fn family_of(a: &IpAddr) -> AddressFamily {
+pub fn family_of(a: &IpAddr) -> AddressFamily {
     if a.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -104,7 +107,7 @@ impl Netlink {
 
     /// Send one request and collect its replies until the ACK (or DONE for
     /// dumps); a kernel error comes back as the matching `io::Error`.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();
@@ -151,7 +154,8 @@ impl Netlink {
         }
     }
 
-    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    /// Send one request and wait for the kernel's acknowledgement.
+    pub fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.request(msg, NLM_F_ACK | flags).map(|_| ())
     }
 
