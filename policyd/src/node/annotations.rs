@@ -300,6 +300,33 @@ mod tests {
     }
 
     #[test]
+    fn sources_keep_a_nodes_weir_annotations_and_nothing_else() {
+        use crate::source::Object;
+        use k8s_openapi::api::core::v1::{Node, Pod};
+        let all = map(&[
+            (BACKEND_TYPE, "vxlan"),
+            ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+        ]);
+        let mut node = Node::default();
+        node.metadata.annotations = Some(all.clone());
+        let mut o = Object::Node(node);
+        o.trim();
+        let Object::Node(node) = o else {
+            unreachable!()
+        };
+        assert_eq!(
+            node.metadata.annotations,
+            Some(map(&[(BACKEND_TYPE, "vxlan")]))
+        );
+        let mut pod = Pod::default();
+        pod.metadata.annotations = Some(all);
+        let mut o = Object::Pod(pod);
+        o.trim();
+        let Object::Pod(pod) = o else { unreachable!() };
+        assert_eq!(pod.metadata.annotations, None);
+    }
+
+    #[test]
     fn macs() {
         assert_eq!(
             parse_mac("0A:bb:00:01:02:ff"),
