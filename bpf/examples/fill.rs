@@ -4,8 +4,11 @@
 //! `--entries` entries that never match (so lookups walk a full trie).
 //!
 //!   fill --root /sys/fs/bpf/weir-bench --netns /run/netns/wb-node \
-//!        --client 10.251.0.1=wb1h --server 10.251.0.2=wb2h \
+//!        --client 10.251.0.1=wb1h=02:77:00:00:00:01 \
+//!        --server 10.251.0.2=wb2h=02:77:00:00:00:02 \
 //!        --ports 5201,11111,12865 --entries 100000
+//! (a pod is IP=HOST_VETH=POD_MAC: the endpoint entry holds the pod's MAC
+//! and address, as CNI ADD writes it)
 //!   fill --root ... --counters      (print the verdict counters)
 //! Also: --udp-ports P,.. (UDP allowed too), --host IP (the node: ipcache
 //! HOST), --service IP (a ClusterIP: ipcache SERVICE), --cost (after
@@ -52,17 +55,21 @@ fn main() {
         pass_all(&root, &obj, &arg(&args, "--devs").expect("--devs DEV,DEV"));
         return;
     }
-    let pod = |flag: &str| -> (IpAddr, u32) {
-        let v = arg(&args, flag).unwrap_or_else(|| panic!("{flag} IP=IFNAME"));
-        let (ip, ifname) = v.split_once('=').expect("IP=IFNAME");
+    let pod = |flag: &str| -> (IpAddr, u32, [u8; 6]) {
+        let v = arg(&args, flag).unwrap_or_else(|| panic!("{flag} IP=IFNAME=MAC"));
+        let mut parts = v.splitn(3, '=');
+        let (Some(ip), Some(ifname), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("{flag} {v}: expected IP=IFNAME=MAC (the pod's address, its host veth, the pod's MAC)")
+        };
         let c = std::ffi::CString::new(ifname).unwrap();
         // SAFETY: NUL-terminated name.
         let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
         assert!(idx != 0, "no interface {ifname}");
-        (ip.parse().expect("IP"), idx)
+        let mac = weir_bpf::addr::parse_mac(mac).unwrap_or_else(|| panic!("{flag}: {mac} is not a MAC"));
+        (ip.parse().expect("IP"), idx, mac)
     };
-    let (cip, cidx) = pod("--client");
-    let (sip, sidx) = pod("--server");
+    let (cip, cidx, cmac) = pod("--client");
+    let (sip, sidx, smac) = pod("--server");
     let ports: Vec<u16> = arg(&args, "--ports")
         .unwrap_or_else(|| "5201,11111,12865".into())
         .split(',')
@@ -76,11 +83,12 @@ fn main() {
     let t0 = std::time::Instant::now();
     let dp = Dataplane::load_or_open(&root).expect("load_or_open");
     let (cid, sid) = (ID_FIRST_LABEL + 1000, ID_FIRST_LABEL + 1001);
-    for (ip, idx, id) in [(cip, cidx, cid), (sip, sidx, sid)] {
+    for (ip, idx, mac, id) in [(cip, cidx, cmac, cid), (sip, sidx, smac, sid)] {
         dp.set_ipcache(weir_bpf::addr::host_net(ip), &IpcacheValue { identity: id, endpoint: idx, flags: 0, pad: 0 })
             .unwrap();
-        dp.set_endpoint(idx, &Endpoint { identity: id, flags: EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED, revision: 1 })
-            .unwrap();
+        let pod = Endpoint::for_pod(mac, &[weir_bpf::addr::host_net(ip)], 0).expect("pod endpoint");
+        let flags = EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED;
+        dp.set_endpoint(idx, &Endpoint { identity: id, flags, revision: 1, ..pod }).unwrap();
     }
     let flows = ports.iter().map(|&p| (6u8, p)).chain(udp_ports.iter().map(|&p| (17u8, p)));
     for (proto, p) in flows {
@@ -111,7 +119,7 @@ fn main() {
     dp.attach(cidx).unwrap();
     dp.attach(sidx).unwrap();
     if args.iter().any(|a| a == "--cost") {
-        cost(&dp, cip, sip, cidx, sidx, ports[0]);
+        cost(&dp, (cip, cidx, cmac), (sip, sidx, smac), ports[0]);
     }
     eprintln!(
         "weir: {} ipcache + {} policy entries, attached to {cidx},{sidx} in {} ms",
@@ -121,28 +129,23 @@ fn main() {
     );
 }
 
-/// Minimal Ethernet + IPv4 + TCP frame.
-fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else { panic!("IPv4 only") };
-    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]);
-    f.extend_from_slice(&s.octets());
-    f.extend_from_slice(&d.octets());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    f
-}
-
 /// Mean in-kernel ns per packet for the paths that matter, printed as
-/// `cost NAME NS` lines.
-fn cost(dp: &Dataplane, cip: IpAddr, sip: IpAddr, cidx: u32, sidx: u32, port: u16) {
-    use weir_bpf::Hook;
+/// `cost NAME NS` lines. A pod is (address, host ifindex, MAC).
+fn cost(dp: &Dataplane, client: (IpAddr, u32, [u8; 6]), server: (IpAddr, u32, [u8; 6]), port: u16) {
+    use weir_bpf::{pkt, Hook};
     const N: u32 = 200_000;
-    let syn = tcp_frame(cip, 40999, sip, port, 0x02);
-    let ack = tcp_frame(cip, 40999, sip, port, 0x10);
-    let reply = tcp_frame(sip, port, cip, 40999, 0x10);
+    let ((cip, cidx, cmac), (sip, sidx, smac)) = (client, server);
+    // frames as each hook sees them on the bridge: sent from the sender's
+    // MAC, handed to the receiver's
+    let frame = |src, sport, dst, dport, flags, (smac, dmac)| {
+        let mut f = pkt::tcp(src, sport, dst, dport, flags);
+        pkt::set_eth(&mut f, smac, dmac);
+        f
+    };
+    let c_to_s = (cmac, smac);
+    let syn = frame(cip, 40999, sip, port, 0x02, c_to_s);
+    let ack = frame(cip, 40999, sip, port, 0x10, c_to_s);
+    let reply = frame(sip, port, cip, 40999, 0x10, (smac, cmac));
     let show = |name: &str, hook: Hook, f: &[u8], idx: u32| {
         let (r, d) = dp.run_repeat(hook, f, idx, N).expect("test run");
         println!("cost {name} {} ret={r}", d.as_nanos());
@@ -153,7 +156,7 @@ fn cost(dp: &Dataplane, cip: IpAddr, sip: IpAddr, cidx: u32, sidx: u32, port: u1
     // every lookup (conntrack, ipcache, both endpoints, egress and ingress
     // policy, the cidr class) and never creates an entry, so each repeat
     // pays it again; it includes the drop's counter and event
-    let denied = tcp_frame(cip, 40998, sip, port.wrapping_add(1), 0x02);
+    let denied = frame(cip, 40998, sip, port.wrapping_add(1), 0x02, c_to_s);
     show("to_pod_denied_new_flow_ns", Hook::ToPod, &denied, sidx);
     show("to_pod_established_ns", Hook::ToPod, &ack, sidx);
     show("from_pod_established_ns", Hook::FromPod, &ack, cidx);

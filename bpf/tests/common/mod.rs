@@ -257,15 +257,12 @@ pub fn program_like_policyd(dp: &Dataplane, rec: &EndpointRecord, identity: u32,
         dp.set_ipcache(weir_bpf::addr::host_net(*gw), &v).unwrap();
     }
     let ep = dp.endpoint(rec.host_ifindex).unwrap().expect("CNI ADD wrote the endpoint entry");
-    #[allow(clippy::needless_update)]
-    let programmed = Endpoint { identity, flags, revision: 1, ..ep };
-    dp.set_endpoint(rec.host_ifindex, &programmed).unwrap();
+    dp.set_endpoint(rec.host_ifindex, &Endpoint { identity, flags, revision: 1, ..ep }).unwrap();
 }
 
 /// A MAC as `ip` prints it (aa:bb:cc:dd:ee:ff).
 pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    v.try_into().unwrap_or_else(|_| panic!("not a MAC: {s}"))
+    weir_bpf::addr::parse_mac(s).unwrap_or_else(|| panic!("not a MAC: {s}"))
 }
 
 /// The link-layer address the neighbour table of netns `ns` holds for `ip`
@@ -279,7 +276,7 @@ pub fn neighbour(ns: &str, dev: &str, ip: IpAddr) -> Option<[u8; 6]> {
 
 /// The bridge port the FDB of bridge `br` in netns `ns` has learnt `mac` on.
 pub fn fdb_port(ns: &str, br: &str, mac: [u8; 6]) -> Option<String> {
-    let m = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let m = weir_bpf::addr::format_mac(mac);
     let out = sh(&["bridge", "-n", ns, "fdb", "show", "br", br]);
     let line = out.lines().find(|l| l.starts_with(&m) && !l.contains("permanent"))?;
     let mut words = line.split_whitespace();
