@@ -125,7 +125,12 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     // reach pod 2 on TCP 8080 and UDP 9090, both pods isolated both ways
     let out = Command::new(fill_bin())
         .args(["--root", t.root.to_str().unwrap(), "--netns", &ns_path(&t.node)])
-        .args(["--client", &format!("10.77.0.11=h1={}", pod_mac(1)), "--server", &format!("10.77.0.12=h2={}", pod_mac(2))])
+        .args([
+            "--client",
+            &format!("10.77.0.11=h1={}", pod_mac(1)),
+            "--server",
+            &format!("10.77.0.12=h2={}", pod_mac(2)),
+        ])
         .args(["--ports", "8080", "--udp-ports", "9090"])
         .args(["--host", "10.77.0.1", "--service", "10.96.0.50"])
         .output()

@@ -576,6 +576,7 @@ fn root_arp_from_a_pod_claims_only_its_own_address_and_mac() {
     rarp[20..22].copy_from_slice(&3u16.to_be_bytes());
     let mut not_ipv4 = pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(HOST4));
     not_ipv4[16..18].copy_from_slice(&0x86ddu16.to_be_bytes());
+    #[rustfmt::skip] // a table: one case per line
     let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
         ("request for the node", pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(HOST4)), true, R_ALLOW_NOT_IP),
         ("request for a pod", pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(B4)), true, R_ALLOW_NOT_IP),
@@ -633,6 +634,7 @@ fn root_nd_from_a_pod_claims_only_its_own_addresses_and_mac() {
     let mut redirect = pkt::ns_body(host6, None);
     redirect[0] = pkt::ND_REDIRECT;
     redirect.extend_from_slice(&b6.octets());
+    #[rustfmt::skip] // a table: one case per line
     let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
         ("NS from its address for the node", nd(a6, pkt::solicited_node(host6), pkt::ns_body(host6, Some(ma))), true, R_ALLOW_ND),
         ("NS from its link-local for a pod", nd(ll, pkt::solicited_node(b6), pkt::ns_body(b6, Some(ma))), true, R_ALLOW_ND),
@@ -691,7 +693,14 @@ fn root_a_pod_sends_only_from_its_own_mac_and_addresses() {
     assert!(e.from(a, &ack), "established");
     // the same flow with B's MAC: the bridge would learn B behind A's port
     e.expect(Hook::FromPod, a, &from_b_mac(&ack), false, R_DROP_SPOOFED_MAC, "established, B's MAC");
-    e.expect(Hook::FromPod, a, &from_b_mac(&pkt::tcp(ip(A6), 1, ip(R6), 80, SYN)), false, R_DROP_SPOOFED_MAC, "IPv6, B's MAC");
+    e.expect(
+        Hook::FromPod,
+        a,
+        &from_b_mac(&pkt::tcp(ip(A6), 1, ip(R6), 80, SYN)),
+        false,
+        R_DROP_SPOOFED_MAC,
+        "IPv6, B's MAC",
+    );
     let mut other = pkt::frame(ip(A4), ip(R4), UDP, &pkt::udp_hdr(1, 2), &Ip::default());
     other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
     e.expect(Hook::FromPod, a, &from_b_mac(&other), false, R_DROP_SPOOFED_MAC, "non-IP, B's MAC");
@@ -731,6 +740,7 @@ fn root_to_pod_delivers_only_what_is_addressed_to_the_pod() {
         pkt::nd(host_mac, src, pkt::solicited_node(target), [0; 6], &pkt::ns_body(target, Some(host_mac)))
     };
     let (a6, ll) = (v6(A6), e.ll(a));
+    #[rustfmt::skip] // a table: one case per line
     let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
         ("IPv4 to it", to(udp(R4, A4), ma), true, R_ALLOW_UNISOLATED),
         ("IPv6 to it", to(udp(R6, A6), ma), true, R_ALLOW_UNISOLATED),

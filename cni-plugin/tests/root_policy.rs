@@ -88,8 +88,11 @@ fn play_policyd(node: &Node, root: &BpfRoot, id: &str) -> u32 {
             have.sort();
             want.sort();
             assert_eq!(have, want, "the pod's addresses in the endpoint entry");
-            dp.set_endpoint(rec.host_ifindex, &abi::Endpoint { identity: 256, flags: abi::EP_READY, revision: 1, ..ep })
-                .unwrap();
+            dp.set_endpoint(
+                rec.host_ifindex,
+                &abi::Endpoint { identity: 256, flags: abi::EP_READY, revision: 1, ..ep },
+            )
+            .unwrap();
             // policyd also puts the pod's addresses in the ipcache.
             for ip in &rec.ips {
                 let net = ipnet::IpNet::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).unwrap();

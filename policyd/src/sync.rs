@@ -101,7 +101,10 @@ impl Sync {
                 continue;
             }
             // Read-modify-write: the pod's MAC and addresses are CNI ADD's.
-            dp.set_endpoint(ifindex, &abi::Endpoint { identity: want.identity, flags, revision: self.revision, ..have })?;
+            dp.set_endpoint(
+                ifindex,
+                &abi::Endpoint { identity: want.identity, flags, revision: self.revision, ..have },
+            )?;
             stats.endpoints_programmed += 1;
         }
 

@@ -1294,7 +1294,11 @@ mod tests {
         ];
         for (s, (src, sp, dst, dp, flags)) in st.iter().zip(want) {
             let mac = pkt::test_mac(s.ifindex);
-            let own = if s.hook == Hook::FromPod { &s.frame[6..12] } else { &s.frame[0..6] };
+            let own = if s.hook == Hook::FromPod {
+                &s.frame[6..12]
+            } else {
+                &s.frame[0..6]
+            };
             assert_eq!(own, &mac, "{}: the pod's MAC", s.what);
             let (a, b, proto, l4) = parse_l4(&s.frame);
             assert_eq!((a, b, proto), (ip(src), ip(dst), pkt::TCP), "{}", s.what);

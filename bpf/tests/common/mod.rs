@@ -240,7 +240,12 @@ pub fn cni(bin: &Path, node: &str, cmd: &str, id: &str, pod_ns: &str, conf: &ser
     let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(&serde_json::to_vec(conf).unwrap()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "CNI {cmd} {id}: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "CNI {cmd} {id}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
@@ -304,7 +309,11 @@ fn packet_socket(ifname: &str, protocol: u16) -> (OwnedFd, i32) {
         sa.sll_ifindex = ifindex;
         // SAFETY: sa is a valid sockaddr_ll of the given size.
         let r = unsafe {
-            libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         assert_eq!(r, 0, "bind AF_PACKET to {ifname}: {}", std::io::Error::last_os_error());
     }
@@ -375,7 +384,13 @@ impl FrameWaiter {
             let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
             // SAFETY: setsockopt with a timeval of the right size.
             unsafe {
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
             }
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut buf = [0u8; 2048];
