@@ -4,14 +4,17 @@
 //! with `--entries` entries that never match (so lookups walk a full trie).
 //!
 //!   fill --root /sys/fs/bpf/weir-bench --netns /run/netns/wb-node \
-//!        --client 10.251.0.1=wb1h --server 10.251.0.2=wb2h \
+//!        --client 10.251.0.1=wb1h=02:77:00:00:00:01 \
+//!        --server 10.251.0.2=wb2h=02:77:00:00:00:02 \
 //!        --ports 5201,11111,12865 --entries 100000
+//! (a pod is IP=HOST_VETH=POD_MAC: the endpoint entry holds the pod's MAC
+//! and address, as CNI ADD writes it)
 //!   fill --root ... --counters      (print the verdict counters)
 //! A pod given as a bare IP (no `=IFNAME`) lives on another node: its
 //! ipcache entry has endpoint 0 and only the local pod's half of the flow
 //! is allowed (client egress, or server ingress). One node's run of a
 //! cross-node pair, with leave_node on the device to the other node:
-//!   fill --root R1 --netns /run/netns/n1 --client 10.240.1.2=p1h \
+//!   fill --root R1 --netns /run/netns/n1 --client 10.240.1.2=p1h=02:77:00:00:01:02 \
 //!        --server 10.240.2.2 --leave-node vx0 --entries 100000
 //! Also: --udp-ports P,.. (UDP allowed too), --host IP (the node: ipcache
 //! HOST), --service IP (a ClusterIP: ipcache SERVICE), --leave-node DEV
@@ -70,7 +73,7 @@ fn main() {
     let server = Pod::parse(&args, "--server", ID_FIRST_LABEL + 1001);
     assert!(
         client.ifindex.is_some() || server.ifindex.is_some(),
-        "--client or --server must name this node's host veth (IP=IFNAME)"
+        "--client or --server must name this node's host veth (IP=IFNAME=MAC)"
     );
     let ports: Vec<u16> = arg(&args, "--ports")
         .unwrap_or_else(|| "5201,11111,12865".into())
@@ -99,17 +102,10 @@ fn main() {
             },
         )
         .unwrap();
-        if let Some(idx) = p.ifindex {
+        if let (Some(idx), Some(mac)) = (p.ifindex, p.mac) {
+            let pod = Endpoint::for_pod(mac, &[weir_bpf::addr::host_net(p.ip)], 0).expect("pod endpoint");
             let flags = EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED;
-            dp.set_endpoint(
-                idx,
-                &Endpoint {
-                    identity: p.identity,
-                    flags,
-                    revision: 1,
-                },
-            )
-            .unwrap();
+            dp.set_endpoint(idx, &Endpoint { identity: p.identity, flags, revision: 1, ..pod }).unwrap();
         }
     }
     // the local halves of the flow: the client's egress to the server, the
@@ -219,65 +215,62 @@ fn ifindex(name: &str) -> u32 {
     idx
 }
 
-/// A benchmark pod: its address, its cluster-wide identity, and its host
-/// veth when it lives on this node (None: a pod of another node).
+/// A benchmark pod: its address, its cluster-wide identity, and when it
+/// lives on this node its host veth and MAC (the endpoint entry holds the
+/// MAC: the programs check frames against it).
 struct Pod {
     ip: IpAddr,
     identity: u32,
     ifindex: Option<u32>,
+    mac: Option<[u8; 6]>,
 }
 
 impl Pod {
-    /// `FLAG IP=IFNAME` (a pod of this node) or `FLAG IP` (another node's).
+    /// `FLAG IP=IFNAME=MAC` (a pod of this node) or `FLAG IP` (another node's).
     fn parse(args: &[String], flag: &str, identity: u32) -> Pod {
-        let v = arg(args, flag).unwrap_or_else(|| {
-            panic!("{flag} IP=IFNAME (this node's pod) or {flag} IP (another node's)")
-        });
-        let (ip, ifname) = match v.split_once('=') {
-            Some((ip, ifname)) => (ip, Some(ifname)),
-            None => (v.as_str(), None),
-        };
-        let ip = ip
-            .parse()
-            .unwrap_or_else(|_| panic!("{flag}: {ip:?} is not an IP address"));
-        Pod {
-            ip,
-            identity,
-            ifindex: ifname.map(ifindex),
+        let v = arg(args, flag)
+            .unwrap_or_else(|| panic!("{flag} IP=IFNAME=MAC (this node's pod) or {flag} IP (another node's)"));
+        let mut parts = v.splitn(3, '=');
+        let ip = parts.next().unwrap_or_default();
+        let ip = ip.parse().unwrap_or_else(|_| panic!("{flag}: {ip:?} is not an IP address"));
+        match (parts.next(), parts.next()) {
+            (None, _) => Pod { ip, identity, ifindex: None, mac: None },
+            (Some(ifname), Some(mac)) => {
+                let mac = weir_bpf::addr::parse_mac(mac).unwrap_or_else(|| panic!("{flag}: {mac} is not a MAC"));
+                Pod { ip, identity, ifindex: Some(ifindex(ifname)), mac: Some(mac) }
+            }
+            (Some(_), None) => panic!("{flag} {v}: a pod of this node is IP=IFNAME=MAC (its address, host veth, MAC)"),
         }
     }
-}
 
-/// Minimal Ethernet + IPv4 + TCP frame.
-fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        panic!("IPv4 only")
-    };
-    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]);
-    f.extend_from_slice(&s.octets());
-    f.extend_from_slice(&d.octets());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    f
+    /// The MAC its frames carry on the bridge: its own, or for a pod of
+    /// another node the gateway's (routed traffic).
+    fn wire_mac(&self) -> [u8; 6] {
+        self.mac.unwrap_or([2, 0, 0, 0, 0, 1])
+    }
 }
 
 /// Mean in-kernel ns per packet on the paths this node's pods take, printed
 /// as `cost NAME NS` lines. Conntrack entries and counters it makes are
 /// removed afterwards.
 fn cost(dp: &Dataplane, client: &Pod, server: &Pod, port: u16, leave_node: Option<u32>) {
-    use weir_bpf::Hook;
+    use weir_bpf::{pkt, Hook};
     const N: u32 = 200_000;
     let (cip, sip) = (client.ip, server.ip);
-    let syn = tcp_frame(cip, 40999, sip, port, 0x02);
-    let ack = tcp_frame(cip, 40999, sip, port, 0x10);
-    let reply = tcp_frame(sip, port, cip, 40999, 0x10);
+    // frames as each hook sees them: sent from the sender's MAC, handed to
+    // the receiver's
+    let frame = |src, sport, dst, dport, flags, from: &Pod, to: &Pod| {
+        let mut f = pkt::tcp(src, sport, dst, dport, flags);
+        pkt::set_eth(&mut f, from.wire_mac(), to.wire_mac());
+        f
+    };
+    let syn = frame(cip, 40999, sip, port, 0x02, client, server);
+    let ack = frame(cip, 40999, sip, port, 0x10, client, server);
+    let reply = frame(sip, port, cip, 40999, 0x10, server, client);
     // a port no rule allows walks every lookup of a new flow's judgement and
     // never creates an entry, so each repeat pays it again; it includes the
     // drop's counter and event
-    let denied = tcp_frame(cip, 40998, sip, port.wrapping_add(1), 0x02);
+    let denied = frame(cip, 40998, sip, port.wrapping_add(1), 0x02, client, server);
     let show = |name: &str, hook: Hook, f: &[u8], idx: u32| {
         let (r, d) = dp.run_repeat(hook, f, idx, N).expect("test run");
         println!("cost {name} {} ret={r}", d.as_nanos());
@@ -324,13 +317,7 @@ fn cost(dp: &Dataplane, client: &Pod, server: &Pod, port: u16, leave_node: Optio
     }
     if let Some(dev) = leave_node {
         // the node's own packets and VXLAN's outer ones: not a local pod's
-        let node = tcp_frame(
-            "192.0.2.1".parse().unwrap(),
-            40999,
-            "192.0.2.2".parse().unwrap(),
-            port,
-            0x10,
-        );
+        let node = pkt::tcp("192.0.2.1".parse().unwrap(), 40999, "192.0.2.2".parse().unwrap(), port, 0x10);
         show("leave_node_not_pod_ns", Hook::LeaveNode, &node, dev);
     }
     let _ = dp.ct_flush_where(|k, _| u16::from_be(k.sport) == 40999);

@@ -26,8 +26,9 @@
 #include <linux/types.h>
 
 /* Bumped on any incompatible layout change; user space refuses to reuse
- * pins written under another version (see the `abi` pinned array). */
-#define WEIR_ABI_VERSION 3
+ * pins written under another version (see the `abi` pinned array).
+ * 4: weir_endpoint carries the pod's MAC and addresses. */
+#define WEIR_ABI_VERSION 4
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -78,10 +79,30 @@ struct weir_ipcache_value {
 #define WEIR_EP_EGRESS_ISOLATED (1u << 2)  /* some policy selects it for egress */
 #define WEIR_EP_OPEN_UNTIL_READY (1u << 3) /* configured fail-open before READY */
 
+/*
+ * Two writers, one half each. CNI ADD writes the whole entry before it
+ * attaches the programs: the pod interface's MAC and addresses, identity 0,
+ * not READY. So from the first packet the programs know what the pod may
+ * claim as its own (Ethernet source, ARP and ND, IP source) and what it
+ * may receive. weir-policyd then sets identity, flags and revision by
+ * read-modify-write, keeping ADD's half as it is.
+ *
+ * Addresses follow this header's rule (16 bytes, IPv4 IPv4-mapped); all
+ * zero means none. A pod has at most one address per family, as a
+ * Kubernetes Pod's podIPs, plus the IPv6 link-local address its kernel
+ * derives from the MAC (modified EUI-64, RFC 4291 appendix A: Linux's
+ * default addr_gen_mode), which it uses for neighbour discovery only.
+ */
 struct weir_endpoint {
 	__u32 identity;
-	__u32 flags;    /* WEIR_EP_* */
-	__u64 revision; /* policy revision programmed for this endpoint */
+	__u32 flags;          /* WEIR_EP_* */
+	__u64 revision;       /* policy revision programmed for this endpoint */
+	__u8 mac[6];          /* the pod interface's MAC */
+	__u8 ipv4_prefixlen;  /* of the pod's IPv4 subnet, whose broadcast it receives */
+	__u8 pad;
+	__u8 ipv4[16];        /* IPv4-mapped; all zero: none */
+	__u8 ipv6[16];        /* all zero: none */
+	__u8 ipv6_ll[16];     /* fe80::/64 from mac; all zero: none */
 };
 
 /* ---- policy: LPM trie, (endpoint, peer, direction, protocol, port) ----- */
@@ -193,8 +214,8 @@ enum weir_reason {
 	WEIR_R_ALLOW_REPLY = 4,
 	WEIR_R_ALLOW_HOST = 5,     /* to or from this node */
 	WEIR_R_ALLOW_DEFERRED = 6, /* judged later, after DNAT, at the destination */
-	WEIR_R_ALLOW_NOT_IP = 7,   /* ARP and other non-IP frames */
-	WEIR_R_ALLOW_ND = 8,       /* IPv6 neighbour discovery */
+	WEIR_R_ALLOW_NOT_IP = 7,   /* ARP (checked against the endpoint) and other non-IP frames */
+	WEIR_R_ALLOW_ND = 8,       /* IPv6 neighbour discovery (checked against the endpoint) */
 	WEIR_R_ALLOW_RELATED = 9,  /* ICMP error quoting a tracked flow of this endpoint */
 	WEIR_R_ALLOW_OPEN_UNTIL_READY = 10, /* not yet programmed, configured fail-open */
 
@@ -206,6 +227,10 @@ enum weir_reason {
 	WEIR_R_DROP_CT_FULL = 69,    /* conntrack insert failed: never pass untracked */
 	WEIR_R_DROP_VLAN = 70,       /* 802.1Q/802.1ad frame: could hide an IP packet */
 	WEIR_R_DROP_SPOOFED = 71,    /* source address is not the sending pod's own */
+	WEIR_R_DROP_SPOOFED_MAC = 72,   /* Ethernet source or ARP/ND link-layer address is not the pod's MAC */
+	WEIR_R_DROP_NEIGH_SPOOFED = 73, /* ARP or ND claiming an address that is not the pod's */
+	WEIR_R_DROP_ROUTER_MSG = 74,    /* router advertisement or redirect sent by a pod */
+	WEIR_R_DROP_NOT_FOR_POD = 75,   /* to_pod: addressed to neither the pod nor a group it takes */
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)

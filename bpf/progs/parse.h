@@ -46,13 +46,20 @@ enum frag_kind {
 	FRAG_LATER = 2, /* offset > 0: no L4 header */
 };
 
+/* ICMPv6 neighbour discovery (RFC 4861) */
+#define ND_RS 133
+#define ND_RA 134
+#define ND_NS 135
+#define ND_NA 136
+#define ND_REDIRECT 137
+
 /* ICMP handling classes (both families) */
 enum icmp_kind {
 	ICMP_K_NONE = 0,
 	ICMP_K_ECHO_REQ = 1,
 	ICMP_K_ECHO_REPLY = 2,
 	ICMP_K_ERROR = 3, /* quotes the packet that caused it */
-	ICMP_K_ND = 4,    /* IPv6 neighbour discovery */
+	ICMP_K_ND = 4,    /* IPv6 neighbour discovery: RS, RA, NS, NA (redirects are OTHER) */
 	ICMP_K_OTHER = 5,
 };
 
@@ -66,7 +73,8 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 frag; /* enum frag_kind */
 	__u8 icmp; /* enum icmp_kind */
-	__u8 pad[3];
+	__u8 icmp_type; /* ICMP/ICMPv6 type when icmp != ICMP_K_NONE */
+	__u8 pad[2];
 	__u32 l4_off;  /* offset of the L4 header from the start of the frame */
 	__u32 l3_end;  /* end of the IP packet as its header says */
 };
@@ -82,6 +90,9 @@ struct pkt {
  */
 static __always_inline int weir_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
 {
+	/* Keeps clang from computing &skb->data_end once and spilling it: the
+	 * verifier only accepts ctx reads at a constant offset from ctx. */
+	barrier_var(skb);
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 
@@ -162,6 +173,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 			break; /* ICMP over IPv6 or ICMPv6 over IPv4: no special meaning */
 		if (off + 8 > p->l3_end || weir_load(skb, off, b, 8))
 			return PARSE_MALFORMED;
+		p->icmp_type = b[0];
 		if (!v6) {
 			if (b[0] == 8)
 				p->icmp = ICMP_K_ECHO_REQ;
@@ -178,7 +190,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 				p->icmp = ICMP_K_ECHO_REPLY;
 			else if (b[0] >= 1 && b[0] <= 4)
 				p->icmp = ICMP_K_ERROR;
-			else if (b[0] >= 133 && b[0] <= 136)
+			else if (b[0] >= ND_RS && b[0] <= ND_NA)
 				p->icmp = ICMP_K_ND;
 			else
 				p->icmp = ICMP_K_OTHER;
@@ -280,12 +292,19 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p, __u3
 	return parse_l4(skb, p, 1);
 }
 
-static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
-{
+struct weir_ethhdr {
+	__u8 dst[6];
+	__u8 src[6];
 	__be16 proto;
+};
 
-	if (weir_load(skb, 12, &proto, 2))
-		return PARSE_NOT_IP; /* shorter than an Ethernet header: not IP */
+/* The Ethernet header into *eth, then the IP packet (if it is one) into *p. */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p,
+					struct weir_ethhdr *eth)
+{
+	if (weir_load(skb, 0, eth, sizeof(*eth)))
+		return PARSE_MALFORMED; /* shorter than an Ethernet header */
+	__be16 proto = eth->proto;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(skb, p, ETH_HLEN);
 	if (proto == bpf_htons(ETH_P_IPV6))

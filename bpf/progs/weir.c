@@ -12,6 +12,8 @@
  * the node's PREROUTING, so it sees the backend actually chosen, and it
  * holds both the source's egress and the destination's ingress decision.
  * from_pod decides alone only for destinations outside the node.
+ * Before any of that, both hooks screen the frame against the pod's own
+ * MAC and addresses (addrs.h): what it may claim, what it may be handed.
  * See docs/architecture-dataplane.md.
  */
 #include <linux/bpf.h>
@@ -24,6 +26,7 @@
 #include "events.h"
 #include "conntrack.h"
 #include "policy.h"
+#include "addrs.h"
 
 /* The port policy sees: ICMP has none (its identifier is only for conntrack). */
 static __always_inline __be16 policy_port(const struct pkt *p)
@@ -39,33 +42,6 @@ static __always_inline int verdict(struct __sk_buff *skb, const struct pkt *p,
 	return weir_allow(skb, p, vc, reason, new_flow);
 }
 
-/*
- * Parse the packet. Packets that never reach policy are settled here, the
- * same on both hooks: non-IP frames (ARP) and IPv6 neighbour discovery
- * pass, VLAN-tagged and malformed packets drop. Returns 1 with the tc
- * action in *action when settled.
- */
-static __always_inline int settled_by_parse(struct __sk_buff *skb, struct pkt *p,
-					    const struct verdict_ctx *vc, int *action)
-{
-	switch (parse_packet(skb, p)) {
-	case PARSE_NOT_IP:
-		*action = weir_allow(skb, p, vc, WEIR_R_ALLOW_NOT_IP, 0);
-		return 1;
-	case PARSE_VLAN:
-		*action = weir_drop(skb, p, vc, WEIR_R_DROP_VLAN);
-		return 1;
-	case PARSE_MALFORMED:
-		*action = weir_drop(skb, p, vc, WEIR_R_DROP_MALFORMED);
-		return 1;
-	}
-	if (p->icmp == ICMP_K_ND) {
-		*action = weir_allow(skb, p, vc, WEIR_R_ALLOW_ND, 0);
-		return 1;
-	}
-	return 0;
-}
-
 SEC("classifier/from_pod")
 int from_pod(struct __sk_buff *skb)
 {
@@ -75,10 +51,16 @@ int from_pod(struct __sk_buff *skb)
 	struct weir_ct_key k;
 	__u32 rule = 0;
 	__u8 reason;
-	int action;
 
-	if (settled_by_parse(skb, &p, &vc, &action))
-		return action;
+	/* The pod's own entry says what it may claim; without one it is no
+	 * pod of ours (fail-closed, even towards the node). */
+	const struct weir_endpoint *e = endpoint_lookup(ep);
+	if (!e)
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_NO_ENDPOINT);
+	/* Before conntrack, so no established flow carries a spoofed frame. */
+	reason = screen_from_pod(skb, &p, e);
+	if (reason)
+		return verdict(skb, &p, &vc, reason, 0);
 
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
@@ -107,18 +89,9 @@ int from_pod(struct __sk_buff *skb)
 	if (vc.peer_identity == WEIR_ID_HOST)
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_HOST, 0);
 
-	const struct weir_endpoint *e = endpoint_lookup(ep);
 	reason = endpoint_gate(e);
 	if (reason)
 		return verdict(skb, &p, &vc, reason, 0);
-
-	/* A pod sends only from its own addresses. Without this a pod could
-	 * claim another local pod's address: its packet would be deferred,
-	 * then judged at the destination as that other pod, escaping this
-	 * endpoint's egress policy and borrowing the other's identity. */
-	const struct weir_ipcache_value *self = ipcache_lookup(p.saddr);
-	if (!self || self->endpoint != ep)
-		return weir_drop(skb, &p, &vc, WEIR_R_DROP_SPOOFED);
 
 	if (dst && (dst->endpoint || (dst->flags & WEIR_IPCACHE_SERVICE))) {
 		/* Judged at the destination's to_pod, after DNAT. For a VIP,
@@ -156,10 +129,14 @@ int to_pod(struct __sk_buff *skb)
 	struct weir_ct_value *ct = 0;
 	__u32 rule = 0, egress_ep = 0;
 	__u8 reason;
-	int action;
 
-	if (settled_by_parse(skb, &p, &vc, &action))
-		return action;
+	const struct weir_endpoint *e = endpoint_lookup(ep);
+	if (!e)
+		return weir_drop(skb, &p, &vc, WEIR_R_DROP_NO_ENDPOINT);
+	/* Before conntrack: nothing addressed to another pod is delivered. */
+	reason = screen_to_pod(skb, &p, e);
+	if (reason)
+		return verdict(skb, &p, &vc, reason, 0);
 
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
@@ -182,7 +159,6 @@ int to_pod(struct __sk_buff *skb)
 	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, ep, 1, now))
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
 
-	const struct weir_endpoint *e = endpoint_lookup(ep);
 	reason = endpoint_gate(e);
 	if (reason)
 		return verdict(skb, &p, &vc, reason, 0);
@@ -229,12 +205,13 @@ SEC("classifier/leave_node")
 int leave_node(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	struct weir_ethhdr eth;
 	struct weir_ct_key k;
 	struct weir_ct_value *ct = 0;
 	__u32 rule = 0;
 	__u8 reason;
 
-	if (parse_packet(skb, &p) != PARSE_OK || p.icmp == ICMP_K_ND)
+	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND)
 		return TC_ACT_UNSPEC;
 	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
 	if (!src || !src->endpoint)

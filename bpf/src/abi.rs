@@ -7,8 +7,14 @@
 //! [`aya::maps::lpm_trie::Key`] supplies it, so the Rust key types here hold
 //! only the data that follows it (every offset is 4 less than in C).
 
+use crate::addr;
+use crate::error::Error;
+use ipnet::IpNet;
+use std::net::IpAddr;
+
 /// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 3;
+/// 4: the endpoint carries the pod's MAC and addresses.
+pub const ABI_VERSION: u32 = 4;
 
 // ---- identities -----------------------------------------------------------
 pub const ID_ANY: u32 = 0;
@@ -45,7 +51,9 @@ pub const EP_INGRESS_ISOLATED: u32 = 1 << 1;
 pub const EP_EGRESS_ISOLATED: u32 = 1 << 2;
 pub const EP_OPEN_UNTIL_READY: u32 = 1 << 3;
 
-/// `struct weir_endpoint`, keyed by host veth ifindex.
+/// `struct weir_endpoint`, keyed by host veth ifindex. CNI ADD writes it
+/// whole ([`Endpoint::for_pod`]); weir-policyd rewrites only `identity`,
+/// `flags` and `revision`, keeping the pod's MAC and addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -53,11 +61,64 @@ pub struct Endpoint {
     /// `EP_*`
     pub flags: u32,
     pub revision: u64,
+    /// The pod interface's MAC.
+    pub mac: [u8; 6],
+    /// Prefix length of the pod's IPv4 subnet (its broadcast is delivered).
+    pub ipv4_prefixlen: u8,
+    pub pad: u8,
+    /// IPv4-mapped; all zero when the pod has no IPv4 address.
+    pub ipv4: [u8; 16],
+    /// All zero when the pod has no IPv6 address.
+    pub ipv6: [u8; 16],
+    /// The link-local address the pod's kernel derives from `mac`.
+    pub ipv6_ll: [u8; 16],
 }
 
 impl Endpoint {
+    /// The entry CNI ADD writes for a pod interface with `mac` and `addrs`
+    /// (at most one per family, as a Kubernetes Pod's podIPs): identity 0,
+    /// `flags` (not READY). Refuses what the programs could not hold.
+    pub fn for_pod(mac: [u8; 6], addrs: &[IpNet], flags: u32) -> Result<Endpoint, Error> {
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(Error::Invalid {
+                field: "pod MAC",
+                msg: format!("{} is not a unicast address", addr::format_mac(mac)),
+            });
+        }
+        let mut ep = Endpoint { flags, mac, ipv6_ll: addr::eui64_link_local(mac).octets(), ..Default::default() };
+        for v4 in [true, false] {
+            let family: Vec<&IpNet> = addrs.iter().filter(|a| a.addr().is_ipv4() == v4).collect();
+            match family[..] {
+                [] => {}
+                [a] if v4 => {
+                    ep.ipv4 = addr::to_bytes(a.addr());
+                    ep.ipv4_prefixlen = a.prefix_len();
+                }
+                [a] => ep.ipv6 = addr::to_bytes(a.addr()),
+                _ => {
+                    let list: Vec<String> = family.iter().map(|a| a.addr().to_string()).collect();
+                    return Err(Error::Invalid {
+                        field: "pod addresses",
+                        msg: format!(
+                            "{} {} addresses ({}): an endpoint holds at most one per family",
+                            family.len(),
+                            if v4 { "IPv4" } else { "IPv6" },
+                            list.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(ep)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.flags & EP_READY != 0
+    }
+
+    /// The pod's IPv4 and IPv6 addresses (not its link-local one).
+    pub fn ips(&self) -> Vec<IpAddr> {
+        [self.ipv4, self.ipv6].into_iter().filter(|a| *a != [0; 16]).map(addr::from_bytes).collect()
     }
 }
 
@@ -195,6 +256,10 @@ pub const R_DROP_NO_ENDPOINT: u8 = 68;
 pub const R_DROP_CT_FULL: u8 = 69;
 pub const R_DROP_VLAN: u8 = 70;
 pub const R_DROP_SPOOFED: u8 = 71;
+pub const R_DROP_SPOOFED_MAC: u8 = 72;
+pub const R_DROP_NEIGH_SPOOFED: u8 = 73;
+pub const R_DROP_ROUTER_MSG: u8 = 74;
+pub const R_DROP_NOT_FOR_POD: u8 = 75;
 pub const REASON_MAX: u8 = 128;
 
 /// Every reason code with its metric label.
@@ -217,6 +282,10 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_DROP_CT_FULL, "drop_ct_full"),
     (R_DROP_VLAN, "drop_vlan"),
     (R_DROP_SPOOFED, "drop_spoofed"),
+    (R_DROP_SPOOFED_MAC, "drop_spoofed_mac"),
+    (R_DROP_NEIGH_SPOOFED, "drop_neigh_spoofed"),
+    (R_DROP_ROUTER_MSG, "drop_router_msg"),
+    (R_DROP_NOT_FOR_POD, "drop_not_for_pod"),
 ];
 
 pub fn reason_is_drop(r: u8) -> bool {
@@ -327,3 +396,35 @@ pod!(
     CounterValue,
     Config
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_endpoint_holds_its_mac_its_addresses_and_its_link_local() {
+        let mac = [0x02, 0x42, 0x0a, 0x00, 0x00, 0x07];
+        let addrs: Vec<IpNet> = vec!["10.1.2.7/24".parse().unwrap(), "fd00::7/64".parse().unwrap()];
+        let ep = Endpoint::for_pod(mac, &addrs, EP_OPEN_UNTIL_READY).unwrap();
+        assert_eq!((ep.identity, ep.flags, ep.revision), (0, EP_OPEN_UNTIL_READY, 0));
+        assert_eq!(ep.mac, mac);
+        assert_eq!(ep.ipv4_prefixlen, 24);
+        assert_eq!(ep.ips(), vec!["10.1.2.7".parse::<IpAddr>().unwrap(), "fd00::7".parse().unwrap()]);
+        assert_eq!(ep.ipv6_ll, addr::eui64_link_local(mac).octets());
+        // one family only: the other slot stays empty
+        let v6only = Endpoint::for_pod(mac, &addrs[1..], 0).unwrap();
+        assert_eq!((v6only.ipv4, v6only.ipv4_prefixlen), ([0; 16], 0));
+        assert_eq!(v6only.ips(), vec!["fd00::7".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_pod_endpoint_refuses_what_the_programs_cannot_hold() {
+        let two_v4: Vec<IpNet> = vec!["10.1.2.7/24".parse().unwrap(), "10.9.0.3/24".parse().unwrap()];
+        let e = Endpoint::for_pod([2, 0, 0, 0, 0, 1], &two_v4, 0).unwrap_err().to_string();
+        assert!(e.contains("pod addresses") && e.contains("10.1.2.7, 10.9.0.3") && e.contains("one per family"), "{e}");
+        for mac in [[0; 6], [0x01, 0, 0x5e, 0, 0, 1]] {
+            let e = Endpoint::for_pod(mac, &[], 0).unwrap_err().to_string();
+            assert!(e.contains("pod MAC") && e.contains("not a unicast address"), "{e}");
+        }
+    }
+}

@@ -49,6 +49,39 @@ pub fn host_net(ip: IpAddr) -> IpNet {
     }
 }
 
+/// The link-local address Linux derives from a MAC by default
+/// (`addr_gen_mode` eui64): fe80::/64 with the modified EUI-64 interface
+/// identifier of RFC 4291 appendix A (universal/local bit flipped, ff:fe in
+/// the middle).
+pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    o[0] = 0xfe;
+    o[1] = 0x80;
+    o[8..11].copy_from_slice(&[mac[0] ^ 0x02, mac[1], mac[2]]);
+    o[11] = 0xff;
+    o[12] = 0xfe;
+    o[13..16].copy_from_slice(&mac[3..6]);
+    Ipv6Addr::from(o)
+}
+
+/// A MAC written `aa:bb:cc:dd:ee:ff` (as `ip link` and netlink layers print it).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 #[allow(dead_code)]
 pub(crate) fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -64,6 +97,17 @@ mod tests {
         assert_eq!(&b[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
         assert_eq!(&b[12..], &[10, 1, 2, 3]);
         assert_eq!(from_bytes(b), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn link_local_is_linux_eui64() {
+        // what the kernel gives an interface with this MAC (addr_gen_mode 0)
+        let mac = parse_mac("7a:fe:10:a1:be:33").unwrap();
+        assert_eq!(eui64_link_local(mac), "fe80::78fe:10ff:fea1:be33".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(format_mac(mac), "7a:fe:10:a1:be:33");
+        for bad in ["", "7a:fe:10:a1:be", "7a:fe:10:a1:be:33:00", "7a:fe:10:a1:be:3", "zz:fe:10:a1:be:33"] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

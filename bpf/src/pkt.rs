@@ -1,10 +1,12 @@
 //! Ethernet frames for BPF_PROG_TEST_RUN ([`crate::Dataplane::run`]), shared
 //! by this crate's packet tests and the verdict-level conformance runner.
 //! IP, TCP and UDP checksums are left zero: the programs never verify them.
-//! SCTP INIT / INIT ACK chunks carry a real CRC32c, so the frames are what
-//! an SCTP stack would send.
+//! SCTP INIT / INIT ACK chunks carry a real CRC32c, and ARP and neighbour
+//! discovery frames are complete (ICMPv6 checksum, hop limit 255), so those
+//! frames are what a stack would send and can go on a real wire.
 
-use std::net::IpAddr;
+use crate::Hook;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -29,10 +31,44 @@ pub struct Ip {
     pub frag: Option<(u16, bool)>,
 }
 
+/// Ethernet addresses of the frames built here until [`set_eth`] or
+/// [`as_seen_at`] says otherwise.
+pub const DEFAULT_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+pub const DEFAULT_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+
 fn eth(proto: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    let mut f = DEFAULT_DST_MAC.to_vec();
+    f.extend_from_slice(&DEFAULT_SRC_MAC);
     f.extend_from_slice(&proto.to_be_bytes());
     f
+}
+
+/// Rewrite a frame's Ethernet source and destination.
+pub fn set_eth(frame: &mut [u8], src: [u8; 6], dst: [u8; 6]) {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+}
+
+/// `frame` as the hook of the pod with MAC `mac` sees it on a bridge: at
+/// from_pod the pod sent it (Ethernet source), at to_pod the bridge hands
+/// it to the pod (Ethernet destination, unless the frame is broadcast or
+/// multicast).
+pub fn as_seen_at(hook: Hook, mac: [u8; 6], frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    match hook {
+        Hook::FromPod => f[6..12].copy_from_slice(&mac),
+        Hook::ToPod if f[0] & 1 == 0 => f[0..6].copy_from_slice(&mac),
+        // leave_node reads no Ethernet addresses: the node's device
+        Hook::ToPod | Hook::LeaveNode => {}
+    }
+    f
+}
+
+/// A locally administered MAC for a test pod, derived from its ifindex.
+pub fn test_mac(ifindex: u32) -> [u8; 6] {
+    let i = ifindex.to_be_bytes();
+    [0x02, 0x77, i[0], i[1], i[2], i[3]]
 }
 
 /// A complete frame: Ethernet + IP (v4 or v6 by the addresses) + `l4`.
@@ -227,10 +263,129 @@ pub fn echo(src: IpAddr, dst: IpAddr, reply: bool, id: u16) -> Vec<u8> {
     frame(src, dst, proto, &icmp_hdr(ty, id), &Ip::default())
 }
 
-pub fn arp() -> Vec<u8> {
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+
+/// An Ethernet/IPv4 ARP frame from `sha`: sent to `tha` when that is a
+/// unicast address (a reply), else broadcast (requests, probes and
+/// gratuitous announcements, whose `tha` is zero).
+pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
     let mut f = eth(0x0806);
-    f.extend_from_slice(&[0u8; 28]);
+    let dst = if tha == [0; 6] || tha[0] & 1 != 0 { BROADCAST_MAC } else { tha };
+    set_eth(&mut f, sha, dst);
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa.octets());
     f
+}
+
+/// A gratuitous ARP announcement (`arping -U`): `mac` claims `ip`.
+pub fn garp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    arp(ARP_REQUEST, mac, ip, [0; 6], ip)
+}
+
+/// ICMPv6 neighbour discovery types (RFC 4861).
+pub const ND_RS: u8 = 133;
+pub const ND_RA: u8 = 134;
+pub const ND_NS: u8 = 135;
+pub const ND_NA: u8 = 136;
+pub const ND_REDIRECT: u8 = 137;
+/// NA flags (first byte after the checksum).
+pub const NA_ROUTER: u8 = 0x80;
+pub const NA_SOLICITED: u8 = 0x40;
+pub const NA_OVERRIDE: u8 = 0x20;
+/// ND option types: source and target link-layer address.
+pub const ND_OPT_SLLA: u8 = 1;
+pub const ND_OPT_TLLA: u8 = 2;
+
+/// An ND option carrying a link-layer address (8 bytes).
+pub fn nd_lla_option(ty: u8, mac: [u8; 6]) -> Vec<u8> {
+    let mut o = vec![ty, 1];
+    o.extend_from_slice(&mac);
+    o
+}
+
+/// ICMPv6 body of an ND message: type, code 0, checksum (filled by
+/// [`nd`]), then `fixed` (flags/reserved word and any target address),
+/// then `options`.
+pub fn nd_body(ty: u8, fixed: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut b = vec![ty, 0, 0, 0];
+    b.extend_from_slice(fixed);
+    b.extend_from_slice(options);
+    b
+}
+
+/// Neighbour solicitation for `target`, with a source link-layer option when given.
+pub fn ns_body(target: Ipv6Addr, slla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut fixed = vec![0; 4];
+    fixed.extend_from_slice(&target.octets());
+    nd_body(ND_NS, &fixed, &slla.map(|m| nd_lla_option(ND_OPT_SLLA, m)).unwrap_or_default())
+}
+
+/// Neighbour advertisement for `target` with `flags` (`NA_*`), with a
+/// target link-layer option when given.
+pub fn na_body(target: Ipv6Addr, flags: u8, tlla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut fixed = vec![flags, 0, 0, 0];
+    fixed.extend_from_slice(&target.octets());
+    nd_body(ND_NA, &fixed, &tlla.map(|m| nd_lla_option(ND_OPT_TLLA, m)).unwrap_or_default())
+}
+
+/// Router solicitation, with a source link-layer option when given.
+pub fn rs_body(slla: Option<[u8; 6]>) -> Vec<u8> {
+    nd_body(ND_RS, &[0; 4], &slla.map(|m| nd_lla_option(ND_OPT_SLLA, m)).unwrap_or_default())
+}
+
+/// Router advertisement: hop limit 64, lifetime 1800 s, from `slla`.
+pub fn ra_body(slla: [u8; 6]) -> Vec<u8> {
+    nd_body(ND_RA, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0], &nd_lla_option(ND_OPT_SLLA, slla))
+}
+
+/// The solicited-node multicast group of `a` (ff02::1:ffXX:XXXX).
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | o[13] as u16, (o[14] as u16) << 8 | o[15] as u16)
+}
+
+/// The Ethernet address an IPv6 multicast group maps to (33:33 + low 32 bits).
+pub fn ipv6_multicast_mac(group: Ipv6Addr) -> [u8; 6] {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// A complete ND frame from `src_mac`: hop limit 255 (receivers drop ND
+/// with any other) and a valid ICMPv6 checksum; Ethernet destination the
+/// group's MAC for multicast `dst`, else `dst_mac`.
+pub fn nd(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, dst_mac: [u8; 6], body: &[u8]) -> Vec<u8> {
+    let mut f = frame(IpAddr::V6(src), IpAddr::V6(dst), ICMPV6, body, &Ip::default());
+    let dmac = if dst.is_multicast() { ipv6_multicast_mac(dst) } else { dst_mac };
+    set_eth(&mut f, src_mac, dmac);
+    f[14 + 7] = 255;
+    let sum = icmpv6_checksum(src, dst, body);
+    f[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// The ICMPv6 checksum of `body` (its checksum field zero) between `src`
+/// and `dst` (RFC 4443 section 2.3, over the RFC 8200 pseudo-header).
+pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, body: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(40 + body.len() + 1);
+    data.extend_from_slice(&src.octets());
+    data.extend_from_slice(&dst.octets());
+    data.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, ICMPV6]);
+    data.extend_from_slice(body);
+    data[40 + 2..40 + 4].fill(0);
+    if data.len() % 2 == 1 {
+        data.push(0);
+    }
+    let mut sum: u32 = data.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -266,6 +421,46 @@ mod tests {
         let mut zeroed = ack.clone();
         zeroed[8..12].fill(0);
         assert_eq!(u32::from_le_bytes(ack[8..12].try_into().unwrap()), crc32c(&zeroed));
+    }
+
+    #[test]
+    fn nd_frames_are_what_a_stack_sends() {
+        let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        let src: Ipv6Addr = "fe80::11:22ff:fe33:4455".parse().unwrap();
+        let target: Ipv6Addr = "fd00::7".parse().unwrap();
+        let f = nd(mac, src, "ff02::1".parse().unwrap(), [0; 6], &na_body(target, NA_OVERRIDE, Some(mac)));
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(f[14 + 6], ICMPV6);
+        assert_eq!(f[14 + 7], 255, "hop limit");
+        let body = &f[54..];
+        assert_eq!(body.len(), 32);
+        assert_eq!((body[0], body[4]), (ND_NA, NA_OVERRIDE));
+        assert_eq!(&body[8..24], &target.octets());
+        assert_eq!(&body[24..32], &[ND_OPT_TLLA, 1, 0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        // a checksum over data that includes it folds to zero
+        let mut with_sum = body.to_vec();
+        let stored = u16::from_be_bytes([body[2], body[3]]);
+        with_sum[2..4].fill(0);
+        assert_eq!(icmpv6_checksum(src, "ff02::1".parse().unwrap(), &with_sum), stored);
+        assert_ne!(stored, 0);
+        assert_eq!(solicited_node("fd00::12:3456".parse().unwrap()), "ff02::1:ff12:3456".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn arp_frames() {
+        let mac = [0x02, 1, 2, 3, 4, 5];
+        let g = garp(mac, Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(g.len(), 42);
+        assert_eq!(&g[0..6], &BROADCAST_MAC);
+        assert_eq!(&g[6..12], &mac);
+        assert_eq!(&g[12..14], &[0x08, 0x06]);
+        assert_eq!(&g[20..22], &ARP_REQUEST.to_be_bytes());
+        assert_eq!(&g[28..32], &[10, 0, 0, 9]);
+        assert_eq!(&g[38..42], &[10, 0, 0, 9]);
+        let peer = [0x02, 9, 9, 9, 9, 9];
+        let r = arp(ARP_REPLY, mac, Ipv4Addr::new(10, 0, 0, 9), peer, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(&r[0..6], &peer);
     }
 
     #[test]

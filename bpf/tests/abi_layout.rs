@@ -43,7 +43,9 @@ fn generate() -> String {
     let mut c = String::from("#include <stddef.h>\n#include \"weir_abi.h\"\n");
     check_struct!(c, IpcacheKey => "weir_ipcache_key", lpm = true, { addr });
     check_struct!(c, IpcacheValue => "weir_ipcache_value", lpm = false, { identity, endpoint, flags, pad });
-    check_struct!(c, Endpoint => "weir_endpoint", lpm = false, { identity, flags, revision });
+    check_struct!(c, Endpoint => "weir_endpoint", lpm = false, {
+        identity, flags, revision, mac, ipv4_prefixlen, pad, ipv4, ipv6, ipv6_ll
+    });
     check_struct!(c, PolicyKey => "weir_policy_key", lpm = true, { endpoint, identity, direction, protocol, port });
     check_struct!(c, PolicyValue => "weir_policy_value", lpm = false, { rule, verdict, pad });
     check_struct!(c, CidrKey => "weir_cidr_key", lpm = true, { endpoint, direction, pad, addr });
@@ -80,7 +82,10 @@ fn generate() -> String {
         R_DROP_POLICY => "WEIR_R_DROP_POLICY", R_DROP_NOT_READY => "WEIR_R_DROP_NOT_READY",
         R_DROP_MALFORMED => "WEIR_R_DROP_MALFORMED", R_DROP_FRAGMENT => "WEIR_R_DROP_FRAGMENT",
         R_DROP_NO_ENDPOINT => "WEIR_R_DROP_NO_ENDPOINT", R_DROP_CT_FULL => "WEIR_R_DROP_CT_FULL",
-        R_DROP_VLAN => "WEIR_R_DROP_VLAN", R_DROP_SPOOFED => "WEIR_R_DROP_SPOOFED", REASON_MAX => "WEIR_REASON_MAX",
+        R_DROP_VLAN => "WEIR_R_DROP_VLAN", R_DROP_SPOOFED => "WEIR_R_DROP_SPOOFED",
+        R_DROP_SPOOFED_MAC => "WEIR_R_DROP_SPOOFED_MAC", R_DROP_NEIGH_SPOOFED => "WEIR_R_DROP_NEIGH_SPOOFED",
+        R_DROP_ROUTER_MSG => "WEIR_R_DROP_ROUTER_MSG", R_DROP_NOT_FOR_POD => "WEIR_R_DROP_NOT_FOR_POD",
+        REASON_MAX => "WEIR_REASON_MAX",
         CFG_EVENTS_ALLOW => "WEIR_CFG_EVENTS_ALLOW",
         CT_TCP_TIMEOUT_DEFAULT_S => "WEIR_CT_TCP_TIMEOUT_DEFAULT_S",
         CT_UDP_TIMEOUT_DEFAULT_S => "WEIR_CT_UDP_TIMEOUT_DEFAULT_S",

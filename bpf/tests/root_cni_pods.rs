@@ -5,57 +5,10 @@
 
 mod common;
 use common::*;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, PolicyRule};
-
-/// target/<profile>/weir, built if absent.
-fn weir_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("weir");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "weir-cni", "--bin", "weir"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "cargo build -p weir-cni --bin weir");
-    }
-    bin
-}
-
-struct Guard {
-    netns: Vec<String>,
-    root: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn cni(bin: &PathBuf, node: &str, cmd: &str, id: &str, pod_ns: &str, conf: &serde_json::Value) -> serde_json::Value {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{node}")).arg(bin);
-    c.env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"))
-        .env("CNI_PATH", "/usr/lib/cni");
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(conf).unwrap()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "CNI {cmd} {id}: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
 
 #[test]
 fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
@@ -68,13 +21,10 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
     let node = format!("wcn{id}");
     let pods: Vec<String> = (1..=3).map(|i| format!("wcp{id}-{i}")).collect();
     let tmp = tempfile::tempdir().unwrap();
-    let g = Guard {
-        netns: pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
-        root: PathBuf::from(format!("/sys/fs/bpf/weir-tcni-{id}")),
-    };
-    for n in &g.netns {
-        sh(&["ip", "netns", "add", n]);
-    }
+    let g = NetnsGuard::new(
+        pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
+        PathBuf::from(format!("/sys/fs/bpf/weir-tcni-{id}")),
+    );
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "weirtest", "type": "weir", "bridge": "cni0", "mtu": 1500,
         "hairpinMode": true, "isDefaultGateway": true, "ipMasq": false,
@@ -108,19 +58,11 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
     assert!(!tcp_ok(&p0, target), "not READY pods are fail-closed");
 
     // what policyd does: identities, ipcache, policy, READY
-    for (r, identity) in [(&r0, 300), (&r1, 301), (&r2, 302)] {
-        for a in &r.ips {
-            dp.set_ipcache(weir_bpf::addr::host_net(*a), &IpcacheValue { identity, endpoint: r.host_ifindex, flags: 0, pad: 0 }).unwrap();
-        }
-        for gw in &r.gateways {
-            dp.set_ipcache(weir_bpf::addr::host_net(*gw), &IpcacheValue { identity: ID_HOST, endpoint: 0, flags: 0, pad: 0 }).unwrap();
-        }
-    }
-    dp.set_endpoint(r0.host_ifindex, &Endpoint { identity: 300, flags: EP_READY, revision: 1 }).unwrap();
-    dp.set_endpoint(r2.host_ifindex, &Endpoint { identity: 302, flags: EP_READY, revision: 1 }).unwrap();
+    program_like_policyd(&dp, &r0, 300, EP_READY);
+    program_like_policyd(&dp, &r2, 302, EP_READY);
     dp.allow(&PolicyRule { endpoint: r1.host_ifindex, identity: 300, direction: DIR_INGRESS, protocol: Some(6), ports: Some(8080..=8080) }, 1)
         .unwrap();
-    dp.set_endpoint(r1.host_ifindex, &Endpoint { identity: 301, flags: EP_READY | EP_INGRESS_ISOLATED, revision: 1 }).unwrap();
+    program_like_policyd(&dp, &r1, 301, EP_READY | EP_INGRESS_ISOLATED);
 
     assert!(tcp_ok(&p0, target), "allowed by policy");
     assert!(!tcp_ok(&p2, target), "isolated, no rule for this peer");

@@ -59,6 +59,11 @@ fn fill_bin() -> PathBuf {
     bin
 }
 
+/// The MAC of pod `n` (1-based): the endpoint entries fill writes hold it.
+fn pod_mac(n: usize) -> String {
+    format!("02:77:00:00:00:{n:02x}")
+}
+
 /// TCP and UDP servers answering "pong" in `ns` (see `serve_tcp`).
 fn serve(ns: &str, ip: &str, tcp: &[u16], udp: &[u16]) {
     let ip = ip.parse().unwrap();
@@ -95,7 +100,8 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     for (i, p) in t.pods.iter().enumerate() {
         let h = format!("h{}", i + 1);
         let addr = format!("10.77.0.{}/24", 11 + i);
-        node(&t, &["ip", "link", "add", &h, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        let mac = pod_mac(i + 1);
+        node(&t, &["ip", "link", "add", &h, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", p]);
         node(&t, &["ip", "link", "set", &h, "master", "br0", "up"]);
         sh(&["ip", "-n", p, "link", "set", "lo", "up"]);
         sh(&["ip", "-n", p, "addr", "add", &addr, "dev", "eth0"]);
@@ -119,7 +125,13 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     // reach pod 2 on TCP 8080 and UDP 9090, both pods isolated both ways
     let out = Command::new(fill_bin())
         .args(["--root", t.root.to_str().unwrap(), "--netns", &ns_path(&t.node)])
-        .args(["--client", "10.77.0.11=h1", "--server", "10.77.0.12=h2", "--ports", "8080", "--udp-ports", "9090"])
+        .args([
+            "--client",
+            &format!("10.77.0.11=h1={}", pod_mac(1)),
+            "--server",
+            &format!("10.77.0.12=h2={}", pod_mac(2)),
+        ])
+        .args(["--ports", "8080", "--udp-ports", "9090"])
         .args(["--host", "10.77.0.1", "--service", "10.96.0.50"])
         .output()
         .unwrap();

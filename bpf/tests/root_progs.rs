@@ -5,8 +5,9 @@
 
 mod common;
 use common::pkt::{self, Ip, ACK, FIN, ICMP, RST, SCTP, SYN, TCP, UDP};
+use common::pkt::{ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, NA_OVERRIDE, NA_SOLICITED};
 use common::*;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
 
@@ -18,9 +19,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Two local pods A and B (real veth devices in a private netns), a remote
-/// pod R (10.1.0.5, identity 400), the node (10.0.0.1 = HOST), a Service
-/// VIP 10.96.0.10, and their IPv6 twins.
+/// Two local pods A and B (real veth devices in a private netns) with the
+/// MACs `pkt::test_mac` gives their ifindexes and addresses in 10.0.0.0/24
+/// and fd00::/64, a remote pod R (10.1.0.5, identity 400), the node
+/// (10.0.0.1 = HOST), a Service VIP 10.96.0.10, and their IPv6 twins.
 struct Env {
     _root: TestRoot,
     dp: Dataplane,
@@ -66,8 +68,19 @@ impl Env {
         env.ep(b, ID_B, EP_READY);
         Some(env)
     }
+    /// Program a pod's entry as policyd does: over what CNI ADD wrote.
     fn ep(&self, ifindex: u32, identity: u32, flags: u32) {
-        self.dp.set_endpoint(ifindex, &Endpoint { identity, flags, revision: 1 }).unwrap();
+        let (v4, v6) = if ifindex == self.a { (A4, A6) } else { (B4, B6) };
+        let addrs = [format!("{v4}/24").parse().unwrap(), format!("{v6}/64").parse().unwrap()];
+        let pod = Endpoint::for_pod(pkt::test_mac(ifindex), &addrs, 0).unwrap();
+        self.dp.set_endpoint(ifindex, &Endpoint { identity, flags, revision: 1, ..pod }).unwrap();
+    }
+    fn mac(&self, ifindex: u32) -> [u8; 6] {
+        pkt::test_mac(ifindex)
+    }
+    /// The pod's kernel-made link-local address.
+    fn ll(&self, ifindex: u32) -> Ipv6Addr {
+        weir_bpf::addr::eui64_link_local(self.mac(ifindex))
     }
     fn allow(&self, endpoint: u32, identity: u32, direction: u8, protocol: Option<u8>, ports: Option<(u16, u16)>) {
         let rule = PolicyRule { endpoint, identity, direction, protocol, ports: ports.map(|(a, b)| a..=b) };
@@ -76,12 +89,22 @@ impl Env {
     fn run(&self, hook: Hook, ifindex: u32, frame: &[u8]) -> i32 {
         self.dp.run(hook, frame, ifindex).unwrap()
     }
-    /// to_pod of `to` then assert
+    /// to_pod of `to`, the frame addressed to the pod's MAC (unless
+    /// broadcast or multicast), as the bridge hands it over.
     fn to(&self, to: u32, frame: &[u8]) -> bool {
-        verdict(self.run(Hook::ToPod, to, frame))
+        verdict(self.run(Hook::ToPod, to, &pkt::as_seen_at(Hook::ToPod, self.mac(to), frame)))
     }
+    /// from_pod of `from`, the frame sent from the pod's MAC.
     fn from(&self, from: u32, frame: &[u8]) -> bool {
-        verdict(self.run(Hook::FromPod, from, frame))
+        verdict(self.run(Hook::FromPod, from, &pkt::as_seen_at(Hook::FromPod, self.mac(from), frame)))
+    }
+    /// Run `frame` exactly as given (its Ethernet addresses too): whether it
+    /// passes must be `pass`, and the verdict counted under `reason`.
+    fn expect(&self, hook: Hook, ifindex: u32, frame: &[u8], pass: bool, reason: u8, what: &str) {
+        let dir = if hook == Hook::FromPod { DIR_EGRESS } else { DIR_INGRESS };
+        let before = self.count(ifindex, dir, reason);
+        assert_eq!(verdict(self.run(hook, ifindex, frame)), pass, "{what}");
+        assert_eq!(self.count(ifindex, dir, reason), before + 1, "{what}: counted as {}", reason_name(reason));
     }
     fn count(&self, ep: u32, dir: u8, reason: u8) -> u64 {
         self.dp.counter(ep, dir, reason).unwrap().packets
@@ -311,22 +334,6 @@ fn root_icmp_echo_and_related_errors() {
     let mut ptb = pkt::icmp_hdr(2, 0);
     ptb.extend_from_slice(&q6[..48]);
     assert!(e.to(e.a, &pkt::frame(ip("fd01::1"), ip(A6), pkt::ICMPV6, &ptb, &Ip::default())));
-}
-
-#[test]
-fn root_neighbour_discovery_and_non_ip_pass_isolated_pods() {
-    let Some(e) = Env::new("nd") else { return };
-    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
-    for ty in [133u8, 134, 135, 136] {
-        let f = pkt::frame(ip("fe80::1"), ip("ff02::1:ff00:10"), pkt::ICMPV6, &pkt::icmp_hdr(ty, 0), &Ip::default());
-        assert!(e.to(e.a, &f), "ND type {ty}");
-        assert!(e.from(e.a, &f), "ND type {ty}");
-    }
-    assert!(e.to(e.a, &pkt::arp()));
-    assert!(e.from(e.a, &pkt::arp()));
-    // other ICMPv6 is judged
-    let f = pkt::frame(ip(R6), ip(A6), pkt::ICMPV6, &pkt::icmp_hdr(137, 0), &Ip::default());
-    assert!(!e.to(e.a, &f), "redirect");
 }
 
 #[test]
@@ -589,7 +596,7 @@ fn root_leave_node_passes_what_is_not_a_local_pods_and_what_was_judged() {
     let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
     assert!(leave(&pkt::tcp(ip(HOST4), 4000, ip(R4), 22, SYN)), "the node's own traffic");
     assert!(leave(&pkt::udp(ip("192.0.2.1"), 4789, ip("192.0.2.2"), 8472)), "an outer VXLAN packet");
-    assert!(leave(&pkt::arp()), "ARP");
+    assert!(leave(&pkt::garp([2, 0, 0, 0, 0, 9], v4(HOST4))), "ARP");
     // Judged at from_pod (a remote pod, directly): passes on its entry,
     // counted once, at from_pod.
     assert!(e.from(e.a, &pkt::tcp(ip(A4), 4001, ip(R4), 80, SYN)));
@@ -598,4 +605,239 @@ fn root_leave_node_passes_what_is_not_a_local_pods_and_what_was_judged() {
     // A pod that is not READY sends nothing past leave_node either.
     e.ep(e.b, ID_B, 0);
     assert!(!leave(&pkt::tcp(ip(B4), 4002, ip(R4), 80, SYN)));
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// ARP from a pod claims only its own IPv4 address and MAC, READY or not,
+/// isolated or not (the checks come before readiness and policy).
+#[test]
+fn root_arp_from_a_pod_claims_only_its_own_address_and_mac() {
+    let Some(e) = Env::new("arpfrom") else { return };
+    let (a, ma, mb) = (e.a, e.mac(e.a), e.mac(e.b));
+    let host_mac = [0x02, 0x99, 0, 0, 0, 1];
+    let mut foreign_sha = pkt::arp(ARP_REQUEST, mb, v4(A4), [0; 6], v4(HOST4));
+    foreign_sha[6..12].copy_from_slice(&ma); // Ethernet source A's, sender MAC B's
+    let mut rarp = pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(HOST4));
+    rarp[20..22].copy_from_slice(&3u16.to_be_bytes());
+    let mut not_ipv4 = pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(HOST4));
+    not_ipv4[16..18].copy_from_slice(&0x86ddu16.to_be_bytes());
+    #[rustfmt::skip] // a table: one case per line
+    let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
+        ("request for the node", pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(HOST4)), true, R_ALLOW_NOT_IP),
+        ("request for a pod", pkt::arp(ARP_REQUEST, ma, v4(A4), [0; 6], v4(B4)), true, R_ALLOW_NOT_IP),
+        ("reply to the node", pkt::arp(ARP_REPLY, ma, v4(A4), host_mac, v4(HOST4)), true, R_ALLOW_NOT_IP),
+        ("gratuitous, own address", pkt::garp(ma, v4(A4)), true, R_ALLOW_NOT_IP),
+        ("probe from 0.0.0.0 (RFC 5227)", pkt::arp(ARP_REQUEST, ma, v4("0.0.0.0"), [0; 6], v4(A4)), true, R_ALLOW_NOT_IP),
+        ("gratuitous, B's address", pkt::garp(ma, v4(B4)), false, R_DROP_NEIGH_SPOOFED),
+        ("gratuitous reply, B's address", pkt::arp(ARP_REPLY, ma, v4(B4), BROADCAST_MAC, v4(B4)), false, R_DROP_NEIGH_SPOOFED),
+        ("reply as B to the node", pkt::arp(ARP_REPLY, ma, v4(B4), host_mac, v4(HOST4)), false, R_DROP_NEIGH_SPOOFED),
+        ("request from the node's address", pkt::arp(ARP_REQUEST, ma, v4(HOST4), [0; 6], v4(B4)), false, R_DROP_NEIGH_SPOOFED),
+        ("sender MAC B's", foreign_sha, false, R_DROP_SPOOFED_MAC),
+        ("Ethernet and sender MAC B's", pkt::garp(mb, v4(A4)), false, R_DROP_SPOOFED_MAC),
+        ("RARP opcode", rarp, false, R_DROP_MALFORMED),
+        ("protocol type not IPv4", not_ipv4, false, R_DROP_MALFORMED),
+        ("cut short", pkt::garp(ma, v4(A4))[..14 + 20].to_vec(), false, R_DROP_MALFORMED),
+    ];
+    for flags in [EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED, EP_READY, 0, EP_OPEN_UNTIL_READY] {
+        e.ep(a, ID_A, flags);
+        for (what, frame, pass, reason) in &cases {
+            e.expect(Hook::FromPod, a, frame, *pass, *reason, &format!("{what} (flags {flags:#x})"));
+        }
+    }
+}
+
+/// Neighbour discovery from a pod claims only its own addresses (global
+/// and link-local) and MAC; a pod sends no router advertisement or redirect.
+#[test]
+fn root_nd_from_a_pod_claims_only_its_own_addresses_and_mac() {
+    let Some(e) = Env::new("ndfrom") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    let (a, ma, mb) = (e.a, e.mac(e.a), e.mac(e.b));
+    let (a6, b6, ll, host6) = (v6(A6), v6(B6), e.ll(a), v6("fd00::1"));
+    let unspec = Ipv6Addr::UNSPECIFIED;
+    let all_nodes = v6("ff02::1");
+    let host_mac = [0x02, 0x99, 0, 0, 0, 1];
+    let nd = |src: Ipv6Addr, dst: Ipv6Addr, body: Vec<u8>| pkt::nd(ma, src, dst, host_mac, &body);
+    // DAD as Linux sends it: from ::, no link-layer option, a nonce option
+    let dad = |target: Ipv6Addr| {
+        let mut b = pkt::ns_body(target, None);
+        b.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6]);
+        nd(unspec, pkt::solicited_node(target), b)
+    };
+    let mut zero_len_opt = pkt::ns_body(host6, Some(ma));
+    zero_len_opt[24 + 1] = 0;
+    let mut long_lla = pkt::ns_body(host6, None);
+    long_lla.extend_from_slice(&[1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut frag_ns = pkt::frame(
+        IpAddr::V6(a6),
+        IpAddr::V6(pkt::solicited_node(host6)),
+        pkt::ICMPV6,
+        &pkt::ns_body(host6, Some(ma)),
+        &Ip { frag: Some((0, true)), ..Default::default() },
+    );
+    frag_ns[6..12].copy_from_slice(&ma);
+    let mut redirect = pkt::ns_body(host6, None);
+    redirect[0] = pkt::ND_REDIRECT;
+    redirect.extend_from_slice(&b6.octets());
+    #[rustfmt::skip] // a table: one case per line
+    let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
+        ("NS from its address for the node", nd(a6, pkt::solicited_node(host6), pkt::ns_body(host6, Some(ma))), true, R_ALLOW_ND),
+        ("NS from its link-local for a pod", nd(ll, pkt::solicited_node(b6), pkt::ns_body(b6, Some(ma))), true, R_ALLOW_ND),
+        ("NS without link-layer option", nd(a6, host6, pkt::ns_body(host6, None)), true, R_ALLOW_ND),
+        ("DAD NS for its link-local", dad(ll), true, R_ALLOW_ND),
+        ("DAD NS for its address", dad(a6), true, R_ALLOW_ND),
+        ("solicited NA for its address", nd(a6, host6, pkt::na_body(a6, NA_SOLICITED | NA_OVERRIDE, Some(ma))), true, R_ALLOW_ND),
+        ("NA for its link-local from it", nd(ll, host6, pkt::na_body(ll, NA_SOLICITED, Some(ma))), true, R_ALLOW_ND),
+        ("unsolicited NA for its address", nd(a6, all_nodes, pkt::na_body(a6, NA_OVERRIDE, Some(ma))), true, R_ALLOW_ND),
+        ("NA without target option", nd(a6, host6, pkt::na_body(a6, NA_SOLICITED, None)), true, R_ALLOW_ND),
+        ("RS from its link-local", nd(ll, v6("ff02::2"), pkt::rs_body(Some(ma))), true, R_ALLOW_ND),
+        ("RS from ::", nd(unspec, v6("ff02::2"), pkt::rs_body(None)), true, R_ALLOW_ND),
+        ("unsolicited NA for B's address", nd(a6, all_nodes, pkt::na_body(b6, NA_OVERRIDE, Some(ma))), false, R_DROP_NEIGH_SPOOFED),
+        ("solicited NA for B's address", nd(a6, host6, pkt::na_body(b6, NA_SOLICITED | NA_OVERRIDE, Some(ma))), false, R_DROP_NEIGH_SPOOFED),
+        ("NA for B's address from B's address", nd(b6, all_nodes, pkt::na_body(b6, NA_OVERRIDE, Some(ma))), false, R_DROP_NEIGH_SPOOFED),
+        ("NA for B's link-local", nd(ll, all_nodes, pkt::na_body(e.ll(e.b), NA_OVERRIDE, Some(ma))), false, R_DROP_NEIGH_SPOOFED),
+        ("NA from ::", nd(unspec, all_nodes, pkt::na_body(a6, NA_OVERRIDE, Some(ma))), false, R_DROP_NEIGH_SPOOFED),
+        ("NA for its address, B's MAC as target", nd(a6, all_nodes, pkt::na_body(a6, NA_OVERRIDE, Some(mb))), false, R_DROP_SPOOFED_MAC),
+        ("NS from B's address", nd(b6, pkt::solicited_node(host6), pkt::ns_body(host6, Some(ma))), false, R_DROP_NEIGH_SPOOFED),
+        ("NS from the node's link-local", nd(v6("fe80::1"), pkt::solicited_node(host6), pkt::ns_body(host6, None)), false, R_DROP_NEIGH_SPOOFED),
+        ("NS with B's MAC as source", nd(a6, pkt::solicited_node(host6), pkt::ns_body(host6, Some(mb))), false, R_DROP_SPOOFED_MAC),
+        ("DAD NS for B's address", dad(b6), false, R_DROP_NEIGH_SPOOFED),
+        ("RS with B's MAC", nd(ll, v6("ff02::2"), pkt::rs_body(Some(mb))), false, R_DROP_SPOOFED_MAC),
+        ("RA", nd(ll, all_nodes, pkt::ra_body(ma)), false, R_DROP_ROUTER_MSG),
+        ("redirect", nd(ll, host6, redirect), false, R_DROP_ROUTER_MSG),
+        ("option of length 0", nd(a6, host6, zero_len_opt), false, R_DROP_MALFORMED),
+        ("link-layer option not 6 bytes", nd(a6, host6, long_lla), false, R_DROP_MALFORMED),
+        ("NS cut before its target", nd(a6, host6, pkt::ns_body(host6, None)[..16].to_vec()), false, R_DROP_MALFORMED),
+        ("fragmented NS (RFC 6980)", frag_ns, false, R_DROP_MALFORMED),
+        ("NS from B's MAC", pkt::nd(mb, a6, host6, host_mac, &pkt::ns_body(host6, None)), false, R_DROP_SPOOFED_MAC),
+    ];
+    for (what, frame, pass, reason) in &cases {
+        e.expect(Hook::FromPod, a, frame, *pass, *reason, what);
+    }
+    // the same before policyd has programmed the pod
+    e.ep(a, ID_A, 0);
+    for (what, frame, pass, reason) in &cases {
+        e.expect(Hook::FromPod, a, frame, *pass, *reason, &format!("{what}, not READY"));
+    }
+}
+
+/// Every frame from a pod carries its MAC and one of its addresses, on the
+/// first packet (not READY, fail-open) and on an established flow alike.
+#[test]
+fn root_a_pod_sends_only_from_its_own_mac_and_addresses() {
+    let Some(e) = Env::new("srcmac") else { return };
+    let (a, ma, mb) = (e.a, e.mac(e.a), e.mac(e.b));
+    let from_b_mac = |f: &[u8]| {
+        let mut f = f.to_vec();
+        pkt::set_eth(&mut f, mb, pkt::DEFAULT_DST_MAC);
+        f
+    };
+    let syn = pkt::tcp(ip(A4), 40000, ip(R4), 80, SYN);
+    let ack = pkt::tcp(ip(A4), 40000, ip(R4), 80, ACK);
+    assert!(e.from(a, &syn));
+    assert!(e.from(a, &ack), "established");
+    // the same flow with B's MAC: the bridge would learn B behind A's port
+    e.expect(Hook::FromPod, a, &from_b_mac(&ack), false, R_DROP_SPOOFED_MAC, "established, B's MAC");
+    e.expect(
+        Hook::FromPod,
+        a,
+        &from_b_mac(&pkt::tcp(ip(A6), 1, ip(R6), 80, SYN)),
+        false,
+        R_DROP_SPOOFED_MAC,
+        "IPv6, B's MAC",
+    );
+    let mut other = pkt::frame(ip(A4), ip(R4), UDP, &pkt::udp_hdr(1, 2), &Ip::default());
+    other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    e.expect(Hook::FromPod, a, &from_b_mac(&other), false, R_DROP_SPOOFED_MAC, "non-IP, B's MAC");
+    let mut own_other = other.clone();
+    pkt::set_eth(&mut own_other, ma, BROADCAST_MAC);
+    e.expect(Hook::FromPod, a, &own_other, true, R_ALLOW_NOT_IP, "non-IP, its own MAC");
+    // a pod whose entry says it may talk before READY still sends only as itself
+    e.ep(a, ID_A, EP_OPEN_UNTIL_READY);
+    let spoof = pkt::as_seen_at(Hook::FromPod, ma, &pkt::udp(ip(B4), 5000, ip(R4), 53));
+    e.expect(Hook::FromPod, a, &spoof, false, R_DROP_SPOOFED, "open until ready, B's address");
+    let own = pkt::as_seen_at(Hook::FromPod, ma, &pkt::udp(ip(A4), 5000, ip(R4), 53));
+    e.expect(Hook::FromPod, a, &own, true, R_ALLOW_OPEN_UNTIL_READY, "open until ready, own address");
+    // and nobody may send from the node's address, not even to the node
+    e.ep(a, ID_A, EP_READY);
+    let as_node = pkt::as_seen_at(Hook::FromPod, ma, &pkt::udp(ip(HOST4), 5000, ip(HOST4), 53));
+    e.expect(Hook::FromPod, a, &as_node, false, R_DROP_SPOOFED, "the node's address");
+    // its link-local is for the link (ND), not a source the ipcache knows
+    let ll = pkt::as_seen_at(Hook::FromPod, ma, &pkt::udp(IpAddr::V6(e.ll(a)), 5000, ip(B6), 53));
+    e.expect(Hook::FromPod, a, &ll, false, R_DROP_SPOOFED, "from its link-local");
+}
+
+/// to_pod hands a pod only what is addressed to it: its MAC, its
+/// addresses, and the broadcast and multicast groups a pod takes.
+#[test]
+fn root_to_pod_delivers_only_what_is_addressed_to_the_pod() {
+    let Some(e) = Env::new("topod") else { return };
+    let (a, ma, mb) = (e.a, e.mac(e.a), e.mac(e.b));
+    let host_mac = [0x02, 0x99, 0, 0, 0, 1];
+    let to = |f: Vec<u8>, dst: [u8; 6]| {
+        let mut f = f;
+        pkt::set_eth(&mut f, host_mac, dst);
+        f
+    };
+    let mcast4 = [0x01, 0x00, 0x5e, 0, 0, 0xfb];
+    let udp = |s: &str, d: &str| pkt::udp(ip(s), 5353, ip(d), 5353);
+    let ns = |src: Ipv6Addr, target: Ipv6Addr| {
+        pkt::nd(host_mac, src, pkt::solicited_node(target), [0; 6], &pkt::ns_body(target, Some(host_mac)))
+    };
+    let (a6, ll) = (v6(A6), e.ll(a));
+    #[rustfmt::skip] // a table: one case per line
+    let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
+        ("IPv4 to it", to(udp(R4, A4), ma), true, R_ALLOW_UNISOLATED),
+        ("IPv6 to it", to(udp(R6, A6), ma), true, R_ALLOW_UNISOLATED),
+        ("limited broadcast", to(udp(HOST4, "255.255.255.255"), BROADCAST_MAC), true, R_ALLOW_HOST),
+        ("its subnet's broadcast", to(udp(R4, "10.0.0.255"), BROADCAST_MAC), true, R_ALLOW_UNISOLATED),
+        ("IPv4 multicast", to(udp(B4, "224.0.0.251"), mcast4), true, R_ALLOW_UNISOLATED),
+        ("all-nodes", to(udp(R6, "ff02::1"), pkt::ipv6_multicast_mac(v6("ff02::1"))), true, R_ALLOW_UNISOLATED),
+        ("IPv6 multicast group", to(udp(B6, "ff02::fb"), pkt::ipv6_multicast_mac(v6("ff02::fb"))), true, R_ALLOW_UNISOLATED),
+        ("NS for its address", ns(v6("fd00::1"), a6), true, R_ALLOW_ND),
+        ("NS for its link-local", ns(v6("fe80::1"), ll), true, R_ALLOW_ND),
+        ("NA to it", pkt::nd(host_mac, v6("fd00::1"), a6, ma, &pkt::na_body(v6("fd00::1"), NA_SOLICITED, Some(host_mac))), true, R_ALLOW_ND),
+        ("unsolicited NA to all nodes", pkt::nd(mb, v6(B6), v6("ff02::1"), [0; 6], &pkt::na_body(v6(B6), NA_OVERRIDE, Some(mb))), true, R_ALLOW_ND),
+        ("ARP request for it", pkt::arp(ARP_REQUEST, host_mac, v4(HOST4), [0; 6], v4(A4)), true, R_ALLOW_NOT_IP),
+        ("ARP reply to it", pkt::arp(ARP_REPLY, host_mac, v4(HOST4), ma, v4(A4)), true, R_ALLOW_NOT_IP),
+        ("ARP probe for it", pkt::arp(ARP_REQUEST, mb, v4("0.0.0.0"), [0; 6], v4(A4)), true, R_ALLOW_NOT_IP),
+        ("gratuitous ARP of B", pkt::garp(mb, v4(B4)), true, R_ALLOW_NOT_IP),
+        ("IPv4 to B", to(udp(R4, B4), ma), false, R_DROP_NOT_FOR_POD),
+        ("IPv6 to B", to(udp(R6, B6), ma), false, R_DROP_NOT_FOR_POD),
+        ("IPv4 to B, broadcast frame", to(udp(R4, B4), BROADCAST_MAC), false, R_DROP_NOT_FOR_POD),
+        ("IPv4 to it, B's MAC (flooded)", to(udp(R4, A4), mb), false, R_DROP_NOT_FOR_POD),
+        ("IPv6 to it, B's MAC", to(udp(R6, A6), mb), false, R_DROP_NOT_FOR_POD),
+        ("another /24's broadcast", to(udp(R4, "10.0.1.255"), BROADCAST_MAC), false, R_DROP_NOT_FOR_POD),
+        ("NS for B's address", ns(v6("fd00::1"), v6(B6)), false, R_DROP_NOT_FOR_POD),
+        ("NA to B", pkt::nd(host_mac, v6("fd00::1"), v6(B6), ma, &pkt::na_body(v6("fd00::1"), NA_SOLICITED, None)), false, R_DROP_NOT_FOR_POD),
+        ("ARP request for B", pkt::arp(ARP_REQUEST, host_mac, v4(HOST4), [0; 6], v4(B4)), false, R_DROP_NOT_FOR_POD),
+        ("ARP reply to B", pkt::arp(ARP_REPLY, host_mac, v4(HOST4), mb, v4(B4)), false, R_DROP_NOT_FOR_POD),
+        ("ARP reply to B, A's MAC", pkt::arp(ARP_REPLY, host_mac, v4(HOST4), ma, v4(B4)), false, R_DROP_NOT_FOR_POD),
+        ("unicast gratuitous ARP", pkt::arp(ARP_REQUEST, host_mac, v4(B4), ma, v4(B4)), false, R_DROP_NOT_FOR_POD),
+    ];
+    for flags in [EP_READY, 0] {
+        e.ep(a, ID_A, flags);
+        e.dp.ct_flush().unwrap(); // every case a new flow
+        for (what, frame, pass, reason) in &cases {
+            // not READY: what passes the screen is judged fail-closed
+            let (pass, reason) = match (flags, *pass, *reason) {
+                (0, true, R_ALLOW_UNISOLATED) => (false, R_DROP_NOT_READY),
+                other => (other.1, other.2),
+            };
+            e.expect(Hook::ToPod, a, frame, pass, reason, &format!("{what} (flags {flags:#x})"));
+        }
+    }
+    // an established flow carries nothing past the screen
+    e.ep(a, ID_A, EP_READY);
+    assert!(e.from(a, &pkt::tcp(ip(A4), 40000, ip(R4), 80, SYN)));
+    let reply = pkt::tcp(ip(R4), 80, ip(A4), 40000, SYN | ACK);
+    e.expect(Hook::ToPod, a, &to(reply.clone(), ma), true, R_ALLOW_REPLY, "reply");
+    e.expect(Hook::ToPod, a, &to(reply, mb), false, R_DROP_NOT_FOR_POD, "reply to B's MAC");
 }

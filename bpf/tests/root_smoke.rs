@@ -16,14 +16,16 @@ fn root_load_attach_detach_survive() {
     dp.attach(idx).unwrap();
     assert!(dp.is_attached(idx).unwrap());
     dp.attach(idx).unwrap(); // idempotent
-    let ep = abi::Endpoint { identity: 300, flags: abi::EP_READY, revision: 7 };
+    let mac = pkt::test_mac(idx);
+    let pod = abi::Endpoint::for_pod(mac, &["10.0.0.5/24".parse().unwrap()], 0).unwrap();
+    let ep = abi::Endpoint { identity: 300, flags: abi::EP_READY, revision: 7, ..pod };
     dp.set_endpoint(idx, &ep).unwrap();
     drop(dp);
     // a second, independent handle sees the same state
     let dp2 = Dataplane::open(&root.path).unwrap();
     assert!(dp2.is_attached(idx).unwrap());
     assert_eq!(dp2.endpoint(idx).unwrap(), Some(ep));
-    let r = dp2.run(Hook::FromPod, &pkt::arp(), idx).unwrap();
+    let r = dp2.run(Hook::FromPod, &pkt::garp(mac, "10.0.0.5".parse().unwrap()), idx).unwrap();
     assert_eq!(r, weir_bpf::TC_PASS);
     dp2.detach(idx).unwrap();
     assert!(!dp2.is_attached(idx).unwrap());
@@ -43,7 +45,7 @@ fn root_concurrent_load_or_open_agree() {
             let p = path.clone();
             std::thread::spawn(move || {
                 let dp = Dataplane::load_or_open(&p).unwrap();
-                dp.set_endpoint(100 + i, &abi::Endpoint { identity: i, flags: 0, revision: 0 }).unwrap();
+                dp.set_endpoint(100 + i, &abi::Endpoint { identity: i, ..Default::default() }).unwrap();
             })
         })
         .collect();

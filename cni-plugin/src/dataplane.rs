@@ -47,11 +47,21 @@ impl Dataplane {
     }
 
     /// The entry the programs look up, written before they are attached so
-    /// that no packet ever meets a program without its endpoint. Identity 0
-    /// and not READY: fail-closed (or open, if so configured) until policyd
-    /// programs it.
-    pub fn add_endpoint(&self, ifindex: u32, open_until_ready: bool) -> Result<()> {
-        let ep = Endpoint { identity: 0, flags: if open_until_ready { abi::EP_OPEN_UNTIL_READY } else { 0 }, revision: 0 };
+    /// that no packet ever meets a program without its endpoint: the pod
+    /// interface's MAC and addresses (what the pod may claim as its own and
+    /// may receive, from its first packet), identity 0 and not READY:
+    /// fail-closed (or open, if so configured) until policyd programs it.
+    pub fn add_endpoint(&self, ifindex: u32, pod_mac: &str, addrs: &[IpNet], open_until_ready: bool) -> Result<()> {
+        let mac = weir_bpf::addr::parse_mac(pod_mac).ok_or_else(|| {
+            CniError::new(code::DATAPLANE, format!("pod interface MAC {pod_mac:?}: expected aa:bb:cc:dd:ee:ff"))
+        })?;
+        let flags = if open_until_ready { abi::EP_OPEN_UNTIL_READY } else { 0 };
+        let ep = Endpoint::for_pod(mac, addrs, flags).map_err(|e| match e {
+            weir_bpf::Error::Invalid { field: "pod addresses", .. } => CniError::config(format!(
+                "policy.enforce: {e} (as Kubernetes podIPs); give ipam.ranges at most one range set per family"
+            )),
+            e => dp_err(format!("endpoint {ifindex}"))(e),
+        })?;
         self.inner.set_endpoint(ifindex, &ep).map_err(dp_err(format!("endpoint {ifindex}")))
     }
 

@@ -53,6 +53,26 @@ fn root_enforce_without_policyd_fails_with_code_11_and_leaves_nothing() {
     assert!(reg.list().0.is_empty(), "registry record rolled back");
 }
 
+/// An endpoint entry holds one address per family (as Kubernetes podIPs):
+/// two IPv4 range sets with enforce fail ADD with a message naming the fix,
+/// and ADD leaves nothing behind.
+#[test]
+fn root_enforce_refuses_two_addresses_of_one_family() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let pod = Netns::new("wp");
+    let mut conf = enforcing(&node, &root, 0);
+    conf["ipam"]["ranges"] = json!([[{ "subnet": "10.95.0.0/24" }], [{ "subnet": "10.96.0.0/24" }]]);
+    let r = node.add("np2", &pod, &conf);
+    assert_eq!(r.err_code(), 7, "{r:?}");
+    assert!(r.msg().contains("2 IPv4 addresses") && r.msg().contains("one range set per family"), "{}", r.msg());
+    node.assert_clean("np2", Some(&pod));
+    let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+    assert!(dp.endpoints().unwrap().is_empty(), "no endpoint entry");
+    assert!(dp.attached_ifindexes().unwrap().is_empty(), "nothing attached");
+}
+
 /// Wait for ADD's endpoint record, then do what policyd does: mark READY.
 fn play_policyd(node: &Node, root: &BpfRoot, id: &str) -> u32 {
     let reg = weir_common::registry::Registry::under(node.run_dir());
@@ -62,7 +82,17 @@ fn play_policyd(node: &Node, root: &BpfRoot, id: &str) -> u32 {
             let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
             let ep = dp.endpoint(rec.host_ifindex).unwrap().expect("ADD writes the endpoint before the record");
             assert_eq!(ep.flags & abi::EP_READY, 0, "not READY before policyd says so");
-            dp.set_endpoint(rec.host_ifindex, &abi::Endpoint { identity: 256, flags: abi::EP_READY, revision: 1 }).unwrap();
+            // ADD wrote what the pod may claim: its MAC and addresses
+            assert_eq!(Some(ep.mac), weir_bpf::addr::parse_mac(&rec.mac), "the pod's MAC in the endpoint entry");
+            let (mut have, mut want) = (ep.ips(), rec.ips.clone());
+            have.sort();
+            want.sort();
+            assert_eq!(have, want, "the pod's addresses in the endpoint entry");
+            dp.set_endpoint(
+                rec.host_ifindex,
+                &abi::Endpoint { identity: 256, flags: abi::EP_READY, revision: 1, ..ep },
+            )
+            .unwrap();
             // policyd also puts the pod's addresses in the ipcache.
             for ip in &rec.ips {
                 let net = ipnet::IpNet::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).unwrap();

@@ -173,7 +173,7 @@ fn run(root: &Path, changes: usize) -> Result<()> {
     let dp = Dataplane::load_or_open(root).with_context(|| format!("loading the dataplane under {}", root.display()))?;
     // What CNI ADD writes before policyd has seen the pod: not ready.
     for r in &locals {
-        dp.set_endpoint(r.host_ifindex, &abi::Endpoint { identity: 0, flags: 0, revision: 0 })
+        dp.set_endpoint(r.host_ifindex, &abi::Endpoint::default())
             .with_context(|| format!("endpoint {}", r.host_ifindex))?;
     }
 

@@ -100,7 +100,11 @@ impl Sync {
             if have.identity == want.identity && have.flags == flags {
                 continue;
             }
-            dp.set_endpoint(ifindex, &abi::Endpoint { identity: want.identity, flags, revision: self.revision })?;
+            // Read-modify-write: the pod's MAC and addresses are CNI ADD's.
+            dp.set_endpoint(
+                ifindex,
+                &abi::Endpoint { identity: want.identity, flags, revision: self.revision, ..have },
+            )?;
             stats.endpoints_programmed += 1;
         }
 

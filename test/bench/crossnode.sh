@@ -81,7 +81,7 @@ topo_up() { # $1 = config
 		ip -n wx-n$i link add wxbr0 type bridge
 		ip -n wx-n$i addr add 10.242.$i.1/24 dev wxbr0
 		ip -n wx-n$i link set wxbr0 up
-		ip -n wx-n$i link add wxp$i mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns wx-p$i
+		ip -n wx-n$i link add wxp$i mtu "$mtu" type veth peer name eth0 mtu "$mtu" address 02:77:00:00:00:0$i netns wx-p$i
 		ip -n wx-n$i link set wxp$i master wxbr0 up
 		ip -n wx-p$i addr add 10.242.$i.2/24 dev eth0
 		ip -n wx-p$i link set eth0 up
@@ -117,9 +117,9 @@ apply_cfg() { # $1 = config
 	n=${cfg##*-}
 	case $n in *k) n=$(( ${n%k} * 1000 )) ;; esac
 	dev=$(node_dev "$cfg")
-	"$FILL" --root "$ROOT-n1" --netns /run/netns/wx-n1 --client $CLIENT=wxp1 --server $SERVER \
+	"$FILL" --root "$ROOT-n1" --netns /run/netns/wx-n1 --client $CLIENT=wxp1=02:77:00:00:00:01 --server $SERVER \
 		--leave-node "$dev" --ports $P_IPERF,$P_SOCKPERF,$P_CRR --entries "$n" --cost >"$WORK/cost-n1.txt"
-	"$FILL" --root "$ROOT-n2" --netns /run/netns/wx-n2 --client $CLIENT --server $SERVER=wxp2 \
+	"$FILL" --root "$ROOT-n2" --netns /run/netns/wx-n2 --client $CLIENT --server $SERVER=wxp2=02:77:00:00:00:02 \
 		--leave-node "$dev" --ports $P_IPERF,$P_SOCKPERF,$P_CRR --entries "$n" --cost >"$WORK/cost-n2.txt"
 	for i in 1 2; do   # the pinned TCX link that holds leave_node on the device
 		[ -e "$ROOT-n$i/node-links/$(ifindex $i "$dev")_leave_node" ] ||

@@ -32,6 +32,9 @@ OUTDIR=${OUTDIR:-$HERE/results/datapath-$(date -u +%Y%m%dT%H%M%SZ)}
 ROOT=/sys/fs/bpf/weir-bench-$$
 IP1=10.251.0.1
 IP2=10.251.0.2
+# fixed pod MACs: Weir's endpoint entries hold them (fill --client IP=DEV=MAC)
+MAC1=02:77:00:00:00:01
+MAC2=02:77:00:00:00:02
 WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
 RAW=""
 
@@ -60,9 +63,10 @@ topo_up() {
 	ip -n wb-node link set lo up
 	ip -n wb-node link add wbbr0 type bridge
 	ip -n wb-node link set wbbr0 up
-	local i m1 m2
+	local i m1 m2 mac
 	for i in 1 2; do
-		ip -n wb-node link add wb${i}h type veth peer name wb${i}c netns wb-pod$i
+		mac=MAC$i
+		ip -n wb-node link add wb${i}h type veth peer name wb${i}c address "${!mac}" netns wb-pod$i
 		ip -n wb-node link set wb${i}h master wbbr0 up
 		ip -n wb-pod$i link set lo up
 		ip -n wb-pod$i addr add 10.251.0.$i/24 dev wb${i}c
@@ -126,7 +130,7 @@ apply_cfg() { # $1 = config
 		;;
 	weir)
 		nfcall 0
-		"$FILL" --root "$ROOT" --netns /run/netns/wb-node --client $IP1=wb1h --server $IP2=wb2h \
+		"$FILL" --root "$ROOT" --netns /run/netns/wb-node --client $IP1=wb1h=$MAC1 --server $IP2=wb2h=$MAC2 \
 			--ports $P_IPERF,$P_SOCKPERF,$P_CRR --entries "$n" --cost >"$WORK/cost.txt"
 		;;
 	ipt)

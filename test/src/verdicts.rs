@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use ipnet::IpNet;
 use serde_yaml_ng::{Mapping, Value};
 use weir_bpf::{abi, pkt, Dataplane, Hook, TC_PASS};
 use weir_common::registry::EndpointRecord;
@@ -389,31 +390,39 @@ pub fn plan_cell(
         Protocol::UDP => pkt::udp(from, fport, sip, sport),
         Protocol::SCTP => pkt::sctp_init_ack(from, fport, sip, sport, tag, !tag),
     };
+    // Each pod has the MAC pkt::test_mac gives its ifindex (cni_add): it
+    // sends from it at from_pod and the bridge hands it frames for it.
+    let stage = |what, hook, ifindex, frame: Vec<u8>| Stage {
+        what,
+        hook,
+        ifindex,
+        frame: pkt::as_seen_at(hook, pkt::test_mac(ifindex), &frame),
+    };
     vec![
-        Stage {
-            what: "request at from_pod(src)",
-            hook: Hook::FromPod,
-            ifindex: sif,
-            frame: request(vip, vport),
-        },
-        Stage {
-            what: "request at to_pod(dst)",
-            hook: Hook::ToPod,
-            ifindex: dst_ifindex,
-            frame: request(bip, bport),
-        },
-        Stage {
-            what: "answer at from_pod(dst)",
-            hook: Hook::FromPod,
-            ifindex: dst_ifindex,
-            frame: answer(bip, bport),
-        },
-        Stage {
-            what: "answer at to_pod(src)",
-            hook: Hook::ToPod,
-            ifindex: sif,
-            frame: answer(vip, vport),
-        },
+        stage(
+            "request at from_pod(src)",
+            Hook::FromPod,
+            sif,
+            request(vip, vport),
+        ),
+        stage(
+            "request at to_pod(dst)",
+            Hook::ToPod,
+            dst_ifindex,
+            request(bip, bport),
+        ),
+        stage(
+            "answer at from_pod(dst)",
+            Hook::FromPod,
+            dst_ifindex,
+            answer(bip, bport),
+        ),
+        stage(
+            "answer at to_pod(src)",
+            Hook::ToPod,
+            sif,
+            answer(vip, vport),
+        ),
     ]
 }
 
@@ -587,17 +596,17 @@ impl<'d> Cluster<'d> {
         self.put_in_store(&v, &what)
     }
 
-    /// What CNI ADD writes before it waits for READY: the endpoint, not
-    /// ready, and the gateways as HOST.
+    /// What CNI ADD writes before it waits for READY: the endpoint (the
+    /// pod's MAC and addresses, not ready), and the gateways as HOST.
     fn cni_add(&mut self, addr: PodAddr) -> Result<()> {
         let dp = self.root.dp();
+        let addrs = [
+            IpNet::new(IpAddr::V4(addr.v4), 24)?,
+            IpNet::new(IpAddr::V6(addr.v6), 64)?,
+        ];
         dp.set_endpoint(
             addr.ifindex,
-            &abi::Endpoint {
-                identity: 0,
-                flags: 0,
-                revision: 0,
-            },
+            &abi::Endpoint::for_pod(pkt::test_mac(addr.ifindex), &addrs, 0)?,
         )?;
         let host = abi::IpcacheValue {
             identity: abi::ID_HOST,
@@ -690,7 +699,7 @@ impl<'d> Cluster<'d> {
                 host_ifname: format!("wv{}", f.addr.ifindex),
                 host_ifindex: f.addr.ifindex,
                 ips: vec![IpAddr::V4(f.addr.v4), IpAddr::V6(f.addr.v6)],
-                mac: String::new(),
+                mac: weir_bpf::addr::format_mac(pkt::test_mac(f.addr.ifindex)),
                 gateways: vec![IpAddr::V4(GATEWAY4), IpAddr::V6(GATEWAY6)],
             })
             .collect();
@@ -1284,6 +1293,13 @@ mod tests {
             ("10.96.0.10", 80, "10.77.0.10", 40000, pkt::SYN | pkt::ACK),
         ];
         for (s, (src, sp, dst, dp, flags)) in st.iter().zip(want) {
+            let mac = pkt::test_mac(s.ifindex);
+            let own = if s.hook == Hook::FromPod {
+                &s.frame[6..12]
+            } else {
+                &s.frame[0..6]
+            };
+            assert_eq!(own, &mac, "{}: the pod's MAC", s.what);
             let (a, b, proto, l4) = parse_l4(&s.frame);
             assert_eq!((a, b, proto), (ip(src), ip(dst), pkt::TCP), "{}", s.what);
             assert_eq!(ports(l4), (sp, dp), "{}", s.what);

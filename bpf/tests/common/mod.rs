@@ -1,6 +1,7 @@
 //! Helpers for the root tests: a private bpffs root per test, a private
-//! network namespace per test thread, a packet builder, and real traffic
-//! between named network namespaces.
+//! network namespace per test thread, a packet builder, real traffic
+//! between named network namespaces, pods made by the real `weir` CNI
+//! binary, and raw frames put on a pod's wire.
 #![allow(dead_code)]
 
 #[allow(unused_imports)]
@@ -8,12 +9,14 @@ pub use weir_bpf::pkt;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use weir_bpf::abi::{Endpoint, IpcacheValue, ID_HOST};
 use weir_bpf::Dataplane;
+use weir_common::registry::EndpointRecord;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -71,15 +74,14 @@ pub fn dummy(name: &str) -> u32 {
     ifindex(name)
 }
 
+/// The ifindex of `name` in the calling thread's netns (not /sys, which
+/// shows the mount namespace's view).
 pub fn ifindex(name: &str) -> u32 {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            // /sys shows the mount namespace's view; ask ip instead
-            let out = sh(&["ip", "-o", "link", "show", "dev", name]);
-            out.split(':').next().unwrap().trim().parse().unwrap()
-        })
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(idx != 0, "no interface {name} in this netns: {}", std::io::Error::last_os_error());
+    idx
 }
 
 pub fn exists(p: &Path) -> bool {
@@ -120,7 +122,8 @@ pub fn tcp_ok(from: &str, to: SocketAddr) -> bool {
 /// A UDP "ping" from the netns at `from` gets "pong" back (one retry).
 pub fn udp_ok(from: &str, to: SocketAddr) -> bool {
     in_netns(from, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+        let s = UdpSocket::bind(any).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
         for _ in 0..2 {
             s.send_to(b"ping", to).unwrap();
@@ -139,6 +142,12 @@ pub fn udp_ok(from: &str, to: SocketAddr) -> bool {
 /// test process (its thread blocks in accept and dies with the process; the
 /// netns goes first). Returns once it listens.
 pub fn serve_tcp(ns: &str, ip: IpAddr, port: u16) {
+    serve_tcp_answering(ns, ip, port, b"pong");
+}
+
+/// `serve_tcp` answering `answer` (4 bytes) instead of "pong": an impostor
+/// is told apart from the real server by what it says.
+pub fn serve_tcp_answering(ns: &str, ip: IpAddr, port: u16, answer: &'static [u8; 4]) {
     let (tx, rx) = std::sync::mpsc::channel();
     in_netns(ns, move || {
         let l = TcpListener::bind((ip, port)).unwrap();
@@ -147,7 +156,7 @@ pub fn serve_tcp(ns: &str, ip: IpAddr, port: u16) {
             let Ok(mut s) = s else { break };
             let mut b = [0u8; 4];
             if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(b"pong");
+                let _ = s.write_all(answer);
             }
         }
     });
@@ -156,14 +165,251 @@ pub fn serve_tcp(ns: &str, ip: IpAddr, port: u16) {
 
 /// The UDP counterpart of `serve_tcp`.
 pub fn serve_udp(ns: &str, ip: IpAddr, port: u16) {
+    serve_udp_answering(ns, ip, port, b"pong");
+}
+
+/// The UDP counterpart of `serve_tcp_answering`.
+pub fn serve_udp_answering(ns: &str, ip: IpAddr, port: u16, answer: &'static [u8; 4]) {
     let (tx, rx) = std::sync::mpsc::channel();
     in_netns(ns, move || {
         let u = UdpSocket::bind((ip, port)).unwrap();
         tx.send(()).unwrap();
         let mut b = [0u8; 16];
         while let Ok((_, from)) = u.recv_from(&mut b) {
-            let _ = u.send_to(b"pong", from);
+            let _ = u.send_to(answer, from);
         }
     });
     rx.recv().unwrap();
+}
+
+// ---- pods made by the weir CNI binary --------------------------------------
+
+/// target/<profile>/weir, built if absent or older than this test binary.
+pub fn weir_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("weir");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if !bin.exists() || modified(&bin) < modified(&exe) {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "weir-cni", "--bin", "weir"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build -p weir-cni --bin weir");
+    }
+    bin
+}
+
+/// Named network namespaces and a bpffs root, removed on drop.
+pub struct NetnsGuard {
+    pub netns: Vec<String>,
+    pub root: PathBuf,
+}
+
+impl NetnsGuard {
+    /// Create the namespaces (`ip netns add`).
+    pub fn new(netns: Vec<String>, root: PathBuf) -> NetnsGuard {
+        let g = NetnsGuard { netns, root };
+        for n in &g.netns {
+            sh(&["ip", "netns", "add", n]);
+        }
+        g
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Run the CNI binary as a runtime does, in the node netns `node`, for the
+/// pod netns `pod_ns` (interface eth0); panics with its output on failure.
+pub fn cni(bin: &Path, node: &str, cmd: &str, id: &str, pod_ns: &str, conf: &serde_json::Value) -> serde_json::Value {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{node}")).arg(bin);
+    c.env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"))
+        .env("CNI_PATH", "/usr/lib/cni");
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(conf).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "CNI {cmd} {id}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// What weir-policyd does for a pod CNI ADD recorded: its addresses in the
+/// ipcache (with `identity`), its gateways as HOST, then its endpoint entry
+/// with `identity` and `flags`, keeping what ADD wrote in it.
+pub fn program_like_policyd(dp: &Dataplane, rec: &EndpointRecord, identity: u32, flags: u32) {
+    for a in &rec.ips {
+        let v = IpcacheValue { identity, endpoint: rec.host_ifindex, flags: 0, pad: 0 };
+        dp.set_ipcache(weir_bpf::addr::host_net(*a), &v).unwrap();
+    }
+    for gw in &rec.gateways {
+        let v = IpcacheValue { identity: ID_HOST, endpoint: 0, flags: 0, pad: 0 };
+        dp.set_ipcache(weir_bpf::addr::host_net(*gw), &v).unwrap();
+    }
+    let ep = dp.endpoint(rec.host_ifindex).unwrap().expect("CNI ADD wrote the endpoint entry");
+    dp.set_endpoint(rec.host_ifindex, &Endpoint { identity, flags, revision: 1, ..ep }).unwrap();
+}
+
+/// A MAC as `ip` prints it (aa:bb:cc:dd:ee:ff).
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    weir_bpf::addr::parse_mac(s).unwrap_or_else(|| panic!("not a MAC: {s}"))
+}
+
+/// The link-layer address the neighbour table of netns `ns` holds for `ip`
+/// on `dev`, if any.
+pub fn neighbour(ns: &str, dev: &str, ip: IpAddr) -> Option<[u8; 6]> {
+    let out = sh(&["ip", "-n", ns, "neigh", "show", "to", &ip.to_string(), "dev", dev]);
+    let mut words = out.split_whitespace();
+    words.by_ref().find(|w| *w == "lladdr")?;
+    words.next().map(parse_mac)
+}
+
+/// The bridge port the FDB of bridge `br` in netns `ns` has learnt `mac` on.
+pub fn fdb_port(ns: &str, br: &str, mac: [u8; 6]) -> Option<String> {
+    let m = weir_bpf::addr::format_mac(mac);
+    let out = sh(&["bridge", "-n", ns, "fdb", "show", "br", br]);
+    let line = out.lines().find(|l| l.starts_with(&m) && !l.contains("permanent"))?;
+    let mut words = line.split_whitespace();
+    words.by_ref().find(|w| *w == "dev")?;
+    words.next().map(str::to_string)
+}
+
+// ---- raw frames on a pod's wire -------------------------------------------
+
+/// An experimental ethertype (IEEE 802 local experimental 1): frames the
+/// tests send that no stack interprets.
+pub const ETH_P_TEST: u16 = 0x88b5;
+
+fn packet_socket(ifname: &str, protocol: u16) -> (OwnedFd, i32) {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (protocol.to_be()) as i32) };
+    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ifindex = ifindex(ifname) as i32;
+    if protocol != 0 {
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_protocol = protocol.to_be();
+        sa.sll_ifindex = ifindex;
+        // SAFETY: sa is a valid sockaddr_ll of the given size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "bind AF_PACKET to {ifname}: {}", std::io::Error::last_os_error());
+    }
+    (fd, ifindex)
+}
+
+/// Put `frames` (complete Ethernet frames) on `ifname` in the netns at
+/// `ns`, in order: one socket, from one thread held on one CPU, so the
+/// receiving side processes them in the order sent.
+pub fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
+    let ifname = ifname.to_string();
+    in_netns(ns, move || {
+        // SAFETY: sched_getcpu/sched_setaffinity on the calling thread only.
+        unsafe {
+            let cpu = libc::sched_getcpu().max(0) as usize;
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        let (fd, ifindex) = packet_socket(&ifname, 0);
+        for f in frames {
+            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_ifindex = ifindex;
+            sa.sll_halen = 6;
+            sa.sll_addr[..6].copy_from_slice(&f[0..6]);
+            // SAFETY: f and sa are valid for the given lengths.
+            let n = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    f.as_ptr() as *const libc::c_void,
+                    f.len(),
+                    0,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(n, f.len() as isize, "send on {ifname}: {}", std::io::Error::last_os_error());
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A broadcast frame of [`ETH_P_TEST`] from `src` carrying `payload`.
+pub fn test_frame(src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = pkt::BROADCAST_MAC.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETH_P_TEST.to_be_bytes());
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Listens on `ifname` in the netns at `ns` for an [`ETH_P_TEST`] frame
+/// carrying `payload`: once it arrived, everything sent before it from the
+/// same sender has been through the bridge and the receiver's stack.
+pub struct FrameWaiter(std::thread::JoinHandle<bool>);
+
+impl FrameWaiter {
+    /// Returns once the socket is open (frames sent after this are seen).
+    pub fn listen(ns: &str, ifname: &str, payload: Vec<u8>) -> FrameWaiter {
+        let ifname = ifname.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = in_netns(ns, move || {
+            let (fd, _) = packet_socket(&ifname, ETH_P_TEST);
+            tx.send(()).unwrap();
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+            // SAFETY: setsockopt with a timeval of the right size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut buf = [0u8; 2048];
+            while Instant::now() < deadline {
+                // SAFETY: buf is valid for its length.
+                let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                if n >= 14 + payload.len() as isize && buf[14..14 + payload.len()] == payload[..] {
+                    return true;
+                }
+            }
+            false
+        });
+        rx.recv().unwrap();
+        FrameWaiter(h)
+    }
+
+    /// Whether the frame arrived (within a generous deadline: a frame the
+    /// bridge delivers arrives in microseconds).
+    pub fn arrived(self) -> bool {
+        self.0.join().unwrap()
+    }
 }

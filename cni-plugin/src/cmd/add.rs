@@ -226,7 +226,8 @@ fn add_steps(
     if let Some(dp) = dp {
         // Endpoint entry before the programs: they must never run without it.
         undo.endpoint = Some((host.index, ips.clone()));
-        dp.add_endpoint(host.index, conf.policy.while_not_ready == WhileNotReady::Allow)?;
+        let addrs: Vec<IpNet> = lease.ips.iter().map(|i| i.address).collect();
+        dp.add_endpoint(host.index, &podlink.mac, &addrs, conf.policy.while_not_ready == WhileNotReady::Allow)?;
         dp.attach(host.index)?;
         let record = EndpointRecord {
             container_id: env.container_id.clone(),
