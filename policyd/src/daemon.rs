@@ -91,7 +91,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         metrics.clone(),
         opts.resync,
     );
-    node_network.on_wake(&store.nodes);
+    node_network.on_wake(&store.nodes, &dp);
 
     let identities_file = opts.run_dir.join("identities.json");
     let mut agent = Agent {
@@ -141,7 +141,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        node_network.on_wake(&store.nodes);
+        node_network.on_wake(&store.nodes, &agent.dp);
         if dirty {
             let started = Instant::now();
             match agent.reconcile(&store, started) {

@@ -22,6 +22,8 @@ pub struct NodeAgent {
     seen: Option<BTreeMap<String, Node>>,
     last_run: Instant,
     last_problems: BTreeSet<Problem>,
+    /// Where leave_node is attached (see `Outcome::leave_device`).
+    leave_device: Option<u32>,
 }
 
 impl NodeAgent {
@@ -42,12 +44,13 @@ impl NodeAgent {
             seen: None,
             last_run: Instant::now(),
             last_problems: BTreeSet::new(),
+            leave_device: None,
         }
     }
 
     /// Reconcile if the Nodes changed since the last run or a resync period
     /// passed; otherwise nothing (a comparison of the Node map).
-    pub fn on_wake(&mut self, nodes: &BTreeMap<String, Node>) {
+    pub fn on_wake(&mut self, nodes: &BTreeMap<String, Node>, dp: &weir_bpf::Dataplane) {
         if self.seen.as_ref() == Some(nodes) && self.last_run.elapsed() < self.resync {
             return;
         }
@@ -65,12 +68,32 @@ impl NodeAgent {
                 started.elapsed()
             );
         }
+        self.guard_leaving(outcome.leave_device, dp);
         self.report(&outcome.problems, outcome.remote_nodes);
         if let Some(wanted) = &outcome.annotations {
             let current = nodes
                 .get(&self.node)
                 .and_then(|n| n.metadata.annotations.as_ref());
             self.publisher.publish(&self.node, wanted, current);
+        }
+    }
+
+    /// leave_node on the device to other nodes, so a Service whose backend
+    /// is remote still has the source pod's egress judged (after DNAT).
+    /// Idempotent; a device that changed loses it.
+    fn guard_leaving(&mut self, device: Option<u32>, dp: &weir_bpf::Dataplane) {
+        let Some(dev) = device else { return };
+        if let Some(old) = self.leave_device.filter(|old| *old != dev) {
+            if let Err(e) = dp.detach_leave_node(old) {
+                log::warn!("node network: detaching leave_node from ifindex {old}: {e}");
+            }
+        }
+        match dp.attach_leave_node(dev) {
+            Ok(()) => self.leave_device = Some(dev),
+            Err(e) => log::error!(
+                "node network: cannot attach leave_node to ifindex {dev}: egress to Services with remote backends \
+                 is not judged until it is: {e}"
+            ),
         }
     }
 

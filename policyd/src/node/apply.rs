@@ -37,6 +37,10 @@ pub struct Outcome {
     /// Kernel entries written and removed.
     pub written: usize,
     pub removed: usize,
+    /// The device traffic to other nodes leaves by (the VXLAN device, or
+    /// the underlay with host-gw): where leave_node judges local pods'
+    /// post-DNAT egress.
+    pub leave_device: Option<u32>,
 }
 
 /// The node-networking agent: settings, and the entries it last applied
@@ -186,6 +190,7 @@ impl NodeNetworking {
             LocalBackend::Vxlan { link, .. } => Some(link),
             LocalBackend::HostGw { .. } => None,
         };
+        out.leave_device = Some(device.unwrap_or(underlay.index));
         let errors = self.apply(&mut netlink, &d, nodes, device, &mut out);
         out.problems.extend(d.problems.iter().cloned());
         out.problems

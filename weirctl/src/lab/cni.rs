@@ -30,14 +30,12 @@ pub struct NetConf {
 }
 
 /// The `ipam.ranges` of a node's conflist. A one-node lab names its pod
-/// CIDRs. A multi-node lab is meant to leave them out (one conflist for
-/// every node, pod CIDRs from each node's `node-network.json`), which needs
-/// a weir-policyd that writes that file (`node_network_written`) and a
-/// `weir` binary that reads it; until the binary does, each node's conflist
-/// names that node's own CIDRs. Switching is the one line below.
+/// CIDRs. A multi-node lab leaves them out, as a cluster would (one
+/// conflist for every node, pod CIDRs from each node's `node-network.json`)
+/// when its weir-policyd writes that file (`node_network_written`: it runs
+/// a backend); otherwise each node's conflist names that node's CIDRs.
 pub fn ipam_ranges(node: &LabNode, node_network_written: bool) -> Option<Vec<IpNet>> {
-    let cni_reads_node_network = false;
-    if node.multi && node_network_written && cni_reads_node_network {
+    if node.multi && node_network_written {
         return None;
     }
     Some(node.pod_cidrs.clone())
@@ -260,11 +258,12 @@ mod tests {
     }
 
     #[test]
-    fn ranges_name_the_node_cidrs_until_the_binary_reads_the_node_network_file() {
+    fn a_multi_node_lab_leaves_ranges_to_the_node_network_file_when_policyd_writes_it() {
         let one = &crate::lab::topology::nodes("t", std::path::Path::new("/x"), 1)[0];
         assert_eq!(ipam_ranges(one, true), Some(one.pod_cidrs.clone()));
         let multi = &crate::lab::topology::nodes("t", std::path::Path::new("/x"), 2)[1];
         assert_eq!(ipam_ranges(multi, false), Some(multi.pod_cidrs.clone()));
+        assert_eq!(ipam_ranges(multi, true), None);
     }
 
     #[test]
