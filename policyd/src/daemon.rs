@@ -7,12 +7,12 @@
 //! one resync period, never a wrong map.
 
 use crate::engine::{Desired, Diagnostic, Engine};
+use crate::fswatch;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::source;
 use crate::store::Store;
 use crate::sync::Sync;
-use crate::fswatch;
 use anyhow::Context;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -50,30 +50,46 @@ const MAX_BATCH_WAIT: Duration = Duration::from_millis(20);
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let http_state = HttpState::new(metrics.clone());
-    let listener = http::bind(opts.listen)
-        .await
-        .with_context(|| format!("--listen {}: cannot bind (is another weir-policyd running?)", opts.listen))?;
+    let listener = http::bind(opts.listen).await.with_context(|| {
+        format!(
+            "--listen {}: cannot bind (is another weir-policyd running?)",
+            opts.listen
+        )
+    })?;
     http::spawn(listener, http_state.clone());
 
     let dp = Dataplane::load_or_open(&opts.bpffs_root)
         .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?;
     let registry = Registry::under(&opts.run_dir);
-    let mut registry_changes = fswatch::watch_dir(registry.dir())
-        .with_context(|| format!("watching the endpoint registry {}", registry.dir().display()))?;
+    let mut registry_changes = fswatch::watch_dir(registry.dir()).with_context(|| {
+        format!(
+            "watching the endpoint registry {}",
+            registry.dir().display()
+        )
+    })?;
     spawn_event_logger(&dp);
 
     let mut source = match &opts.source {
-        SourceChoice::Manifests(dir) => {
-            source::dir::spawn_dir(dir.clone(), source::dir::DirOptions::default(), metrics.clone())
-        }
+        SourceChoice::Manifests(dir) => source::dir::spawn_dir(
+            dir.clone(),
+            source::dir::DirOptions::default(),
+            metrics.clone(),
+        ),
         SourceChoice::Kube(access) => {
             let client = source::kube::client(access).await?;
-            source::kube::spawn_kube(client, source::kube::KubeOptions::default(), metrics.clone())
+            source::kube::spawn_kube(
+                client,
+                source::kube::KubeOptions::default(),
+                metrics.clone(),
+            )
         }
     };
     let mut store = Store::default();
     log::info!("waiting for every object kind's initial list");
-    source.wait_synced(&mut store).await.context("the object source stopped before its initial lists")?;
+    source
+        .wait_synced(&mut store)
+        .await
+        .context("the object source stopped before its initial lists")?;
 
     let identities_file = opts.run_dir.join("identities.json");
     let mut agent = Agent {
@@ -87,14 +103,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         last_diagnostics: BTreeSet::new(),
     };
     agent.seed_identities();
-    log::info!("synced: {} objects; programming the maps", store_size(&store));
+    log::info!(
+        "synced: {} objects; programming the maps",
+        store_size(&store)
+    );
     while let Err(e) = agent.reconcile(&store, Instant::now()) {
         log::error!("first sync to the maps failed: {e:#}; retrying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     http_state.set_ready(true);
     metrics.ready.set(&[], 1.0);
-    log::info!("ready: node {} revision {}", opts.node_name, agent.sync.revision());
+    log::info!(
+        "ready: node {} revision {}",
+        opts.node_name,
+        agent.sync.revision()
+    );
 
     // CNI STATUS reads this to tell the runtime whether ADD can be served.
     let heartbeat = opts.run_dir.join(weir_common::paths::POLICYD_HEARTBEAT);
@@ -127,7 +150,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let started = Instant::now();
             match agent.reconcile(&store, started) {
                 Ok(()) => dirty = false,
-                Err(e) => log::error!("sync to the maps failed (retrying on the next change or resync): {e:#}"),
+                Err(e) => log::error!(
+                    "sync to the maps failed (retrying on the next change or resync): {e:#}"
+                ),
             }
         }
     }
@@ -153,9 +178,13 @@ impl Agent {
         let desired = self.engine.compile(store, &records);
         self.report_diagnostics(&desired);
         let result = self.sync.apply(&self.dp, &desired);
-        self.metrics.syncs.inc(&[if result.is_ok() { "ok" } else { "error" }]);
+        self.metrics
+            .syncs
+            .inc(&[if result.is_ok() { "ok" } else { "error" }]);
         let stats = result?;
-        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
         for (map, n) in self.sync.sizes() {
             self.metrics.map_entries.set(&[map], n as f64);
         }
@@ -178,7 +207,12 @@ impl Agent {
     fn report_diagnostics(&mut self, desired: &Desired) {
         let now: BTreeSet<Diagnostic> = desired.diagnostics.iter().cloned().collect();
         for d in now.difference(&self.last_diagnostics) {
-            log::warn!("{} {}: {} (the valid part is enforced; the rest allows nothing)", d.object, d.field, d.message);
+            log::warn!(
+                "{} {}: {} (the valid part is enforced; the rest allows nothing)",
+                d.object,
+                d.field,
+                d.message
+            );
         }
         let objects: BTreeSet<&str> = now.iter().map(|d| d.object.as_str()).collect();
         self.metrics.policies_invalid.set(&[], objects.len() as f64);
@@ -187,17 +221,27 @@ impl Agent {
 
     /// Identity numbers survive a restart so the maps do not churn.
     fn seed_identities(&mut self) {
-        let Ok(bytes) = std::fs::read(&self.identities_file) else { return };
+        let Ok(bytes) = std::fs::read(&self.identities_file) else {
+            return;
+        };
         match serde_json::from_slice::<Vec<(u32, String, crate::engine::Labels)>>(&bytes) {
             Ok(rows) => {
                 let mut previous = Desired::default();
                 for (id, namespace, labels) in rows {
-                    previous.identities.insert(id, crate::engine::IdentityLabels { namespace, labels });
+                    previous
+                        .identities
+                        .insert(id, crate::engine::IdentityLabels { namespace, labels });
                 }
                 let n = self.engine.seed_identities(&previous);
-                log::info!("kept {n} identity numbers from {}", self.identities_file.display());
+                log::info!(
+                    "kept {n} identity numbers from {}",
+                    self.identities_file.display()
+                );
             }
-            Err(e) => log::warn!("{}: {e}; identities are renumbered", self.identities_file.display()),
+            Err(e) => log::warn!(
+                "{}: {e}; identities are renumbered",
+                self.identities_file.display()
+            ),
         }
     }
 
@@ -225,17 +269,26 @@ impl Agent {
         let Ok(rows) = self.dp.counters() else { return };
         let mut sums: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
         for (k, v) in rows {
-            let dir = if k.direction == abi::DIR_EGRESS { "egress" } else { "ingress" };
+            let dir = if k.direction == abi::DIR_EGRESS {
+                "egress"
+            } else {
+                "ingress"
+            };
             let e = sums.entry((dir, abi::reason_name(k.reason))).or_default();
             e.0 += v.packets;
             e.1 += v.bytes;
         }
-        self.metrics.set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
+        self.metrics
+            .set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
     }
 }
 
 fn store_size(store: &Store) -> usize {
-    store.namespaces.len() + store.pods.len() + store.services.len() + store.policies.len() + store.nodes.len()
+    store.namespaces.len()
+        + store.pods.len()
+        + store.services.len()
+        + store.policies.len()
+        + store.nodes.len()
 }
 
 /// Drops are logged from the dataplane's event ring, at most a few per

@@ -31,7 +31,9 @@ async fn until(src: &mut Source, store: &mut Store, what: &str, cond: impl Fn(&S
     let deadline = tokio::time::Instant::now() + GUARD;
     while !cond(store) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, src.next_batch(store, Duration::ZERO, Duration::ZERO)).await {
+        match tokio::time::timeout(left, src.next_batch(store, Duration::ZERO, Duration::ZERO))
+            .await
+        {
             Ok(Some(_)) => {}
             Ok(None) => panic!("source stopped while waiting for: {what}"),
             Err(_) => panic!("gave up waiting for: {what}; store: {store:#?}"),
@@ -43,7 +45,10 @@ async fn until(src: &mut Source, store: &mut Store, what: &str, cond: impl Fn(&S
 async fn metric_until(what: &str, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + GUARD;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -112,7 +117,10 @@ async fn directory_source_follows_files() {
     let mut store = Store::default();
     let mut replaced = Vec::new();
     loop {
-        let ev = tokio::time::timeout(GUARD, src.recv()).await.expect("initial events").expect("source alive");
+        let ev = tokio::time::timeout(GUARD, src.recv())
+            .await
+            .expect("initial events")
+            .expect("source alive");
         match &ev {
             SourceEvent::Replace(k, _) => replaced.push(*k),
             SourceEvent::Synced => break,
@@ -121,55 +129,117 @@ async fn directory_source_follows_files() {
         store.handle(ev);
     }
     replaced.sort();
-    assert_eq!(replaced, ObjectKind::ALL.to_vec(), "one Replace per kind before Synced");
+    assert_eq!(
+        replaced,
+        ObjectKind::ALL.to_vec(),
+        "one Replace per kind before Synced"
+    );
     // The flag is raised right after Synced is queued.
     let flag = src.synced();
     metric_until("synced flag", || *flag.borrow()).await;
     assert_eq!(store.namespaces.keys().collect::<Vec<_>>(), ["x"]);
-    assert_eq!(store.pods.keys().cloned().collect::<Vec<_>>(), [key("default", "web"), key("x", "db")]);
+    assert_eq!(
+        store.pods.keys().cloned().collect::<Vec<_>>(),
+        [key("default", "web"), key("x", "db")]
+    );
     assert!(store.services.contains_key(&key("x", "svc")));
     assert!(store.policies.contains_key(&key("x", "deny-all")));
     let web = &store.pods[&key("default", "web")];
-    assert!(web.metadata.annotations.is_none(), "annotations are trimmed");
+    assert!(
+        web.metadata.annotations.is_none(),
+        "annotations are trimmed"
+    );
     let c = &web.spec.as_ref().unwrap().containers[0];
     assert!(c.env.is_none(), "container env is trimmed");
-    assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"), "named ports are kept");
-    assert!(metrics.source_errors.get(&["dir", "unknown_kind"]) >= 1.0, "the Deployment is reported");
+    assert_eq!(
+        c.ports.as_ref().unwrap()[0].name.as_deref(),
+        Some("http"),
+        "named ports are kept"
+    );
+    assert!(
+        metrics.source_errors.get(&["dir", "unknown_kind"]) >= 1.0,
+        "the Deployment is reported"
+    );
     assert_eq!(metrics.source_synced.get(&["dir"]), 1.0);
 
     // A file added.
-    put(dir, "30-more.json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"late","namespace":"x"}}"#);
-    until(&mut src, &mut store, "30-more.json's pod", |s| s.pods.contains_key(&key("x", "late"))).await;
+    put(
+        dir,
+        "30-more.json",
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"late","namespace":"x"}}"#,
+    );
+    until(&mut src, &mut store, "30-more.json's pod", |s| {
+        s.pods.contains_key(&key("x", "late"))
+    })
+    .await;
 
     // A file changed: labels updated, the Deployment document dropped.
-    put(dir, "10-base.yaml", &INITIAL.replace("app: web", "app: web2"));
+    put(
+        dir,
+        "10-base.yaml",
+        &INITIAL.replace("app: web", "app: web2"),
+    );
     until(&mut src, &mut store, "web relabelled", |s| {
-        s.pods[&key("default", "web")].metadata.labels.as_ref().unwrap()["app"] == "web2"
+        s.pods[&key("default", "web")]
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()["app"]
+            == "web2"
     })
     .await;
 
     // A broken file: objects kept, error counted, gauge raised.
     let invalid_before = metrics.source_errors.get(&["dir", "manifest_invalid"]);
-    put(dir, "10-base.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n  - broken: [\n");
-    metric_until("broken file noticed", || metrics.manifest_files_broken.get(&[]) == 1.0).await;
+    put(
+        dir,
+        "10-base.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n  - broken: [\n",
+    );
+    metric_until("broken file noticed", || {
+        metrics.manifest_files_broken.get(&[]) == 1.0
+    })
+    .await;
     assert!(metrics.source_errors.get(&["dir", "manifest_invalid"]) > invalid_before);
     // A later change elsewhere; events are ordered, so once it is in, any
     // deletion caused by the broken file would have been seen first.
-    put(dir, "40-marker.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n");
-    until(&mut src, &mut store, "marker namespace", |s| s.namespaces.contains_key("marker")).await;
-    assert!(store.policies.contains_key(&key("x", "deny-all")), "a broken file keeps its policy");
-    assert!(store.pods.contains_key(&key("default", "web")), "a broken file keeps its pods");
+    put(
+        dir,
+        "40-marker.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n",
+    );
+    until(&mut src, &mut store, "marker namespace", |s| {
+        s.namespaces.contains_key("marker")
+    })
+    .await;
+    assert!(
+        store.policies.contains_key(&key("x", "deny-all")),
+        "a broken file keeps its policy"
+    );
+    assert!(
+        store.pods.contains_key(&key("default", "web")),
+        "a broken file keeps its pods"
+    );
     assert!(store.namespaces.contains_key("x"));
 
     // Fixed again, with the policy now gone from it: the policy is deleted.
-    let fixed = INITIAL.replace("kind: NetworkPolicy", "kind: ConfigMap").replace("networking.k8s.io/v1", "v1");
+    let fixed = INITIAL
+        .replace("kind: NetworkPolicy", "kind: ConfigMap")
+        .replace("networking.k8s.io/v1", "v1");
     put(dir, "10-base.yaml", &fixed);
-    until(&mut src, &mut store, "deny-all removed", |s| !s.policies.contains_key(&key("x", "deny-all"))).await;
+    until(&mut src, &mut store, "deny-all removed", |s| {
+        !s.policies.contains_key(&key("x", "deny-all"))
+    })
+    .await;
     assert_eq!(metrics.manifest_files_broken.get(&[]), 0.0);
     assert!(store.pods.contains_key(&key("default", "web")));
 
     // Duplicates: the later file name wins, with a diagnostic.
-    put(dir, "50-dup.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: other}}\n");
+    put(
+        dir,
+        "50-dup.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: other}}\n",
+    );
     until(&mut src, &mut store, "50-dup.yaml wins", |s| {
         s.pods[&key("x", "db")].metadata.labels.as_ref().unwrap()["app"] == "other"
     })
@@ -177,9 +247,16 @@ async fn directory_source_follows_files() {
     assert!(metrics.source_errors.get(&["dir", "duplicate_object"]) >= 1.0);
     // Removing the winner falls back to the earlier definition, not to nothing.
     std::fs::remove_file(dir.join("50-dup.yaml")).unwrap();
-    until(&mut src, &mut store, "db back to 20-list.yml's labels", |s| {
-        s.pods.get(&key("x", "db")).is_some_and(|p| p.metadata.labels.as_ref().unwrap()["app"] == "db")
-    })
+    until(
+        &mut src,
+        &mut store,
+        "db back to 20-list.yml's labels",
+        |s| {
+            s.pods
+                .get(&key("x", "db"))
+                .is_some_and(|p| p.metadata.labels.as_ref().unwrap()["app"] == "db")
+        },
+    )
     .await;
 
     // A file removed: its objects go.
@@ -205,11 +282,27 @@ async fn emptied_file_keeps_objects_until_it_stays_empty() {
     // Truncate (what `>` does before writing): the policy stays for a grace
     // period. A marker written right after is seen before any deletion.
     std::fs::write(dir.join("p.yaml"), "").unwrap();
-    put(dir, "q.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n");
-    until(&mut src, &mut store, "marker", |s| s.namespaces.contains_key("q")).await;
-    assert!(store.policies.contains_key(&key("default", "p")), "a just-emptied file keeps its policy");
+    put(
+        dir,
+        "q.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n",
+    );
+    until(&mut src, &mut store, "marker", |s| {
+        s.namespaces.contains_key("q")
+    })
+    .await;
+    assert!(
+        store.policies.contains_key(&key("default", "p")),
+        "a just-emptied file keeps its policy"
+    );
     // Left empty, it is eventually taken at its word.
-    until(&mut src, &mut store, "policy removed after the grace period", |s| s.policies.is_empty()).await;
+    until(
+        &mut src,
+        &mut store,
+        "policy removed after the grace period",
+        |s| s.policies.is_empty(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -240,11 +333,24 @@ async fn an_unreadable_directory_keeps_its_objects() {
 
     // Gone in one step (rename), so no scan can see it half-emptied.
     std::fs::rename(&dir, &away).unwrap();
-    metric_until("unreadable directory noticed", || metrics.source_errors.get(&["dir", "manifest_read"]) >= 1.0).await;
+    metric_until("unreadable directory noticed", || {
+        metrics.source_errors.get(&["dir", "manifest_read"]) >= 1.0
+    })
+    .await;
     std::fs::rename(&away, &dir).unwrap();
-    put(&dir, "q.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n");
-    until(&mut src, &mut store, "directory back", |s| s.namespaces.contains_key("q")).await;
+    put(
+        &dir,
+        "q.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n",
+    );
+    until(&mut src, &mut store, "directory back", |s| {
+        s.namespaces.contains_key("q")
+    })
+    .await;
     // Had a failed scan counted as "no files", p's deletion would have been
     // sent before q.
-    assert!(store.policies.contains_key(&key("default", "p")), "kept through the outage");
+    assert!(
+        store.policies.contains_key(&key("default", "p")),
+        "kept through the outage"
+    );
 }

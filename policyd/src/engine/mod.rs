@@ -785,7 +785,11 @@ impl Engine {
             ipc.dedup_by_key(|e| e.0);
             let ipcache: BTreeMap<IpNet, IpcacheEntry> =
                 ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
-            self.last_ipcache = Some(LastIpcache { locals: locals.to_vec(), vips, ipcache: ipcache.clone() });
+            self.last_ipcache = Some(LastIpcache {
+                locals: locals.to_vec(),
+                vips,
+                ipcache: ipcache.clone(),
+            });
             ipcache
         };
 

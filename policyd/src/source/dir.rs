@@ -34,7 +34,10 @@ pub struct DirOptions {
 
 impl Default for DirOptions {
     fn default() -> Self {
-        DirOptions { poll_interval: Duration::from_millis(100), settle: Duration::from_millis(2) }
+        DirOptions {
+            poll_interval: Duration::from_millis(100),
+            settle: Duration::from_millis(2),
+        }
     }
 }
 
@@ -98,7 +101,11 @@ impl DirState {
             let name = match entry.file_name().into_string() {
                 Ok(n) => n,
                 Err(n) => {
-                    log::debug!("{}: ignoring non-UTF-8 file name {:?}", self.dir.display(), n);
+                    log::debug!(
+                        "{}: ignoring non-UTF-8 file name {:?}",
+                        self.dir.display(),
+                        n
+                    );
                     continue;
                 }
             };
@@ -134,9 +141,17 @@ impl DirState {
             };
             changed |= self.load(&name, &path, stamp, content);
         }
-        let gone: Vec<String> = self.files.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
         for name in gone {
-            log::info!("{}: removed; its objects are removed", self.dir.join(&name).display());
+            log::info!(
+                "{}: removed; its objects are removed",
+                self.dir.join(&name).display()
+            );
             self.files.remove(&name);
             changed = true;
         }
@@ -145,8 +160,17 @@ impl DirState {
         Ok(changed)
     }
 
-    fn read_failed(&mut self, name: &str, path: &Path, e: std::io::Error, seen: &mut BTreeSet<String>) {
-        let err = SourceError::ManifestRead { file: path.display().to_string(), message: e.to_string() };
+    fn read_failed(
+        &mut self,
+        name: &str,
+        path: &Path,
+        e: std::io::Error,
+        seen: &mut BTreeSet<String>,
+    ) {
+        let err = SourceError::ManifestRead {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        };
         self.error(&err);
         // Unreadable files are retried every scan: log once per distinct error.
         let text = err.to_string();
@@ -185,7 +209,10 @@ impl DirState {
         }
         let parsed = match std::str::from_utf8(&content) {
             Ok(text) => manifest::parse(&file, text),
-            Err(e) => Err(SourceError::ManifestInvalid { file: file.clone(), message: format!("not UTF-8 text: {e}") }),
+            Err(e) => Err(SourceError::ManifestInvalid {
+                file: file.clone(),
+                message: format!("not UTF-8 text: {e}"),
+            }),
         };
         match parsed {
             Ok(p) => {
@@ -199,15 +226,32 @@ impl DirState {
                 }
                 let old = self.files.insert(
                     name.to_string(),
-                    FileState { stamp, content, objects: p.objects, broken: false },
+                    FileState {
+                        stamp,
+                        content,
+                        objects: p.objects,
+                        broken: false,
+                    },
                 );
                 old.map(|o| o.objects) != self.files.get(name).map(|f| f.objects.clone())
             }
             Err(e) => {
                 log::error!("{e}");
                 self.error(&e);
-                let objects = self.files.remove(name).map(|f| f.objects).unwrap_or_default();
-                self.files.insert(name.to_string(), FileState { stamp, content, objects, broken: true });
+                let objects = self
+                    .files
+                    .remove(name)
+                    .map(|f| f.objects)
+                    .unwrap_or_default();
+                self.files.insert(
+                    name.to_string(),
+                    FileState {
+                        stamp,
+                        content,
+                        objects,
+                        broken: true,
+                    },
+                );
                 false
             }
         }
@@ -250,12 +294,17 @@ fn modified_within(path: &Path, d: Duration) -> bool {
 
 fn is_manifest_name(name: &str) -> bool {
     !name.starts_with('.')
-        && [".yaml", ".yml", ".json"].iter().any(|ext| name.len() > ext.len() && name.ends_with(ext))
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.len() > ext.len() && name.ends_with(ext))
 }
 
 async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        log::error!("{}: cannot create the manifest directory: {e}", dir.display());
+        log::error!(
+            "{}: cannot create the manifest directory: {e}",
+            dir.display()
+        );
     }
     let mut wake = match crate::fswatch::watch_dir(&dir) {
         Ok(rx) => Some(rx),
@@ -268,7 +317,12 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             None
         }
     };
-    let mut state = DirState { dir: dir.clone(), files: BTreeMap::new(), read_errors: BTreeMap::new(), metrics: metrics.clone() };
+    let mut state = DirState {
+        dir: dir.clone(),
+        files: BTreeMap::new(),
+        read_errors: BTreeMap::new(),
+        metrics: metrics.clone(),
+    };
     let mut tick = tokio::time::interval(opts.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -277,7 +331,10 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
         match state.scan() {
             Ok(_) => break,
             Err(e) => {
-                let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
+                let err = SourceError::ManifestRead {
+                    file: dir.display().to_string(),
+                    message: e.to_string(),
+                };
                 log::error!("{err}; retrying");
                 metrics.source_error(SOURCE, &err);
                 tick.tick().await;
@@ -285,9 +342,13 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
         }
     }
     let mut emitted = state.merged();
-    let mut by_kind: BTreeMap<ObjectKind, Vec<Object>> = ObjectKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+    let mut by_kind: BTreeMap<ObjectKind, Vec<Object>> =
+        ObjectKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
     for (r, o) in &emitted {
-        by_kind.get_mut(&r.kind).expect("every kind present").push(o.clone());
+        by_kind
+            .get_mut(&r.kind)
+            .expect("every kind present")
+            .push(o.clone());
     }
     for (k, objs) in by_kind {
         let ev = SourceEvent::Replace(k, objs);
@@ -333,7 +394,10 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             Err(e) => {
                 // Keep everything: a directory briefly unreadable (being
                 // replaced, permissions) is no reason to drop policies.
-                let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
+                let err = SourceError::ManifestRead {
+                    file: dir.display().to_string(),
+                    message: e.to_string(),
+                };
                 metrics.source_error(SOURCE, &err);
                 // Once per distinct error, not every poll.
                 if dir_error.as_deref() != Some(err.to_string().as_str()) {
