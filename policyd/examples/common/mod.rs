@@ -198,6 +198,12 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Reset the peak RSS (`VmHWM`) to the current RSS (Linux >= 4.0), so a
+/// later `VmHWM:` reading is the peak of what ran in between.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// A `/proc/self/status` figure in KiB (`VmHWM:`, `VmRSS:`), 0 if absent.
 pub fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
