@@ -11,6 +11,9 @@
 //! What the maps hold is read back at start, so a restarted policyd neither
 //! flushes nor re-adds: it removes only what the current state no longer
 //! wants.
+//!
+//! A partial [`Desired`] (a compile slice, [`Desired::pending`]) leaves the
+//! pending endpoints' policy, ipBlock and endpoint entries as they are.
 
 use crate::engine::{
     self, CidrKey, Desired, Direction, EndpointState, IpcacheEntry, PolicyKey, PolicyValue,
@@ -95,8 +98,14 @@ impl Sync {
             ..Default::default()
         };
         let ipcache = engine::diff_maps(&self.ipcache, &desired.ipcache);
-        let policy = engine::diff_maps(&self.policy, &desired.policy);
-        let cidr = engine::diff_maps(&self.cidr, &desired.cidr);
+        let mut policy = engine::diff_maps(&self.policy, &desired.policy);
+        let mut cidr = engine::diff_maps(&self.cidr, &desired.cidr);
+        // Not compiled in this slice: what they hold stays until they are.
+        policy
+            .remove
+            .retain(|k| !desired.pending.contains(&k.endpoint));
+        cidr.remove
+            .retain(|k| !desired.pending.contains(&k.endpoint));
 
         // 1. make
         for (net, e) in &ipcache.upsert {
