@@ -88,11 +88,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     spawn_event_logger(&dp);
 
     let mut source = match &opts.source {
-        SourceChoice::Manifests(dir) => source::dir::spawn_dir(
-            dir.clone(),
-            source::dir::DirOptions::default(),
-            metrics.clone(),
-        ),
+        SourceChoice::Manifests(dir) => {
+            // A broken file's last good version must outlive a restart.
+            let dir_opts = source::dir::DirOptions {
+                last_good: Some(opts.run_dir.join(source::dir::LAST_GOOD_DIR)),
+                ..Default::default()
+            };
+            source::dir::spawn_dir(dir.clone(), dir_opts, metrics.clone())
+        }
         SourceChoice::Kube(access) => {
             let client = source::kube::client(access).await?;
             source::kube::spawn_kube(

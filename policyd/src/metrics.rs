@@ -177,8 +177,10 @@ pub struct Metrics {
     pub source_errors: Family,
     /// weir_policyd_source_synced{source}: 1 once every kind's initial list is in.
     pub source_synced: Family,
-    /// weir_policyd_manifest_files_broken: manifest files that currently fail
-    /// to parse (their previous objects are kept).
+    /// weir_policyd_manifest_files_broken{reason}: manifest files held at
+    /// their last good version, by reason (manifest_invalid: not YAML or
+    /// not the kind's schema; unknown_kind: a kind or apiVersion policyd
+    /// does not read; manifest_read: unreadable).
     pub manifest_files_broken: Family,
     /// weir_policyd_store_objects{kind}: objects held, by kind.
     pub store_objects: Family,
@@ -235,9 +237,9 @@ impl Metrics {
             ),
             manifest_files_broken: Family::new(
                 "weir_policyd_manifest_files_broken",
-                "Manifest files that currently fail to parse; their previous objects are kept.",
+                "Manifest files held at their last good version (broken, unknown kind or apiVersion, unreadable), by reason.",
                 Gauge,
-                &[],
+                &["reason"],
             ),
             store_objects: Family::new(
                 "weir_policyd_store_objects",
@@ -257,23 +259,13 @@ impl Metrics {
                 Gauge,
                 &[],
             ),
-            syncs: Family::new(
-                "weir_policyd_syncs_total",
-                "Map syncs, by result.",
-                Counter,
-                &["result"],
-            ),
+            syncs: Family::new("weir_policyd_syncs_total", "Map syncs, by result.", Counter, &["result"]),
             sync_duration: Histogram::new(
                 "weir_policyd_sync_duration_seconds",
                 "Time from a change reaching policyd to the maps holding it.",
                 SYNC_BUCKETS,
             ),
-            ready: Family::new(
-                "weir_policyd_ready",
-                "1 once the maps hold the first complete sync.",
-                Gauge,
-                &[],
-            ),
+            ready: Family::new("weir_policyd_ready", "1 once the maps hold the first complete sync.", Gauge, &[]),
             dataplane_packets: Family::new(
                 "weir_dataplane_packets_total",
                 "Packets judged by the dataplane, by direction and verdict reason.",

@@ -3,7 +3,7 @@
 //! NetworkPolicy (networking.k8s.io/v1), and `kind: List` (or `PodList`
 //! etc.) wrapping them. Pure: text in, objects and diagnostics out.
 
-use super::{Object, SourceError};
+use super::{Object, ObjectKind, SourceError};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -12,8 +12,10 @@ use serde_yaml_ng::Value;
 pub struct Parsed {
     /// In document order (a later document with the same identity wins).
     pub objects: Vec<Object>,
-    /// Documents skipped (kinds policyd does not read): worth a log line,
-    /// not a reason to distrust the file.
+    /// Documents of a kind or apiVersion policyd does not read
+    /// ([`SourceError::UnknownKind`]). The manifest directory source holds
+    /// such a file at its last good version (a typo in `kind` must not drop
+    /// a policy); other callers decide for themselves.
     pub skipped: Vec<SourceError>,
 }
 
@@ -88,15 +90,22 @@ fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(),
         .to_string();
     let typed =
         |e: serde_yaml_ng::Error| invalid(file, format!("document {doc}: {kind} {name:?}: {e}"));
-    let mut obj = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("v1", "Pod") => Object::Pod(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("v1", "Service") => Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("v1", "Node") => Object::Node(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => {
+    let known = ObjectKind::ALL
+        .into_iter()
+        .find(|k| k.to_string() == kind && k.api_version() == api_version);
+    let mut obj = match known {
+        Some(ObjectKind::Namespace) => {
+            Object::Namespace(serde_yaml_ng::from_value(value).map_err(typed)?)
+        }
+        Some(ObjectKind::Pod) => Object::Pod(serde_yaml_ng::from_value(value).map_err(typed)?),
+        Some(ObjectKind::Service) => {
+            Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?)
+        }
+        Some(ObjectKind::Node) => Object::Node(serde_yaml_ng::from_value(value).map_err(typed)?),
+        Some(ObjectKind::NetworkPolicy) => {
             Object::NetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?)
         }
-        _ => {
+        None => {
             out.skipped.push(SourceError::UnknownKind {
                 file: file.to_string(),
                 doc,
@@ -147,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_api_version_for_known_kind_is_skipped_not_fatal() {
+    fn wrong_api_version_for_known_kind_is_reported_not_read() {
         let p = parse(
             "a.yaml",
             "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n",
@@ -156,6 +165,40 @@ mod tests {
         assert!(p.objects.is_empty());
         assert_eq!(p.skipped.len(), 1);
         assert_eq!(p.skipped[0].reason(), "unknown_kind");
+        assert_eq!(p.skipped[0].field(), Some("apiVersion"));
+        let msg = p.skipped[0].to_string();
+        assert!(
+            msg.starts_with("a.yaml: document 1: apiVersion \"networking.k8s.io/v1beta1\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("write apiVersion: networking.k8s.io/v1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn kind_typo_names_the_field_and_the_kind_meant() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: networking.k8s.io/v1\nkind: Networkpolicy\nmetadata: {name: p}\n";
+        let p = parse("a.yaml", text).unwrap();
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped[0].field(), Some("kind"));
+        let msg = p.skipped[0].to_string();
+        assert!(
+            msg.starts_with("a.yaml: document 2: kind \"Networkpolicy\""),
+            "{msg}"
+        );
+        assert!(msg.contains("write kind: NetworkPolicy"), "{msg}");
+        // The fix lists what is accepted.
+        for accepted in [
+            "Namespace (v1)",
+            "Pod (v1)",
+            "Service (v1)",
+            "Node (v1)",
+            "NetworkPolicy (networking.k8s.io/v1)",
+        ] {
+            assert!(msg.contains(accepted), "{accepted} missing from: {msg}");
+        }
     }
 
     #[test]

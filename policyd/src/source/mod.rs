@@ -23,6 +23,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod last_good;
 pub mod manifest;
 
 use crate::metrics::Metrics;
@@ -70,6 +71,14 @@ impl ObjectKind {
             self,
             ObjectKind::Pod | ObjectKind::Service | ObjectKind::NetworkPolicy
         )
+    }
+
+    /// The apiVersion policyd reads the kind in (manifests and the API).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            ObjectKind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
     }
 }
 
@@ -518,14 +527,21 @@ pub enum SourceError {
     /// its kind's schema. Its previously loaded objects are kept.
     #[error("{file}: {message} (the objects it defined before are kept until it parses again or is removed)")]
     ManifestInvalid { file: String, message: String },
-    /// A document of a kind policyd does not read; skipped.
-    #[error("{file}: document {doc}: kind {kind:?} (apiVersion {api_version:?}) is not one policyd reads (Namespace, Pod, Service, Node v1; NetworkPolicy networking.k8s.io/v1; List): skipped")]
+    /// A document whose kind or apiVersion policyd does not read (a typo
+    /// such as `Networkpolicy` or `networking.k8s.io/v1beta1`, or an
+    /// object of another kind).
+    #[error("{file}: document {doc}: {}", unknown_kind_help(.api_version, .kind))]
     UnknownKind {
         file: String,
         doc: usize,
         api_version: String,
         kind: String,
     },
+    /// A manifest file's last good version could not be saved or removed
+    /// (`<run dir>/manifests-last-good`): a restart while the file is
+    /// broken would not find it.
+    #[error("{dir}: keeping the last good manifest versions failed: {message}")]
+    LastGoodWrite { dir: String, message: String },
     /// The same object is defined by two files; the later file name wins.
     #[error(
         "{object} is defined in both {first} and {second}: using {second} (later file name wins)"
@@ -537,7 +553,45 @@ pub enum SourceError {
     },
 }
 
+/// What is wrong with an unknown (apiVersion, kind) and how to fix it.
+fn unknown_kind_help(api_version: &str, kind: &str) -> String {
+    let accepted = ObjectKind::ALL
+        .iter()
+        .map(|k| format!("{k} ({})", k.api_version()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let wrong = match unknown_kind_field(kind) {
+        "apiVersion" => {
+            let k = ObjectKind::ALL.iter().find(|k| k.to_string() == kind).expect("a known kind");
+            format!("apiVersion {api_version:?} is not read for kind {kind}: write apiVersion: {}", k.api_version())
+        }
+        _ => match ObjectKind::ALL.iter().find(|k| k.to_string().eq_ignore_ascii_case(kind)) {
+            Some(k) => format!("kind {kind:?} is not a kind policyd reads: write kind: {k} (kinds are case-sensitive)"),
+            None => format!("kind {kind:?} (apiVersion {api_version:?}) is not a kind policyd reads"),
+        },
+    };
+    format!("{wrong}; accepted kinds (apiVersion): {accepted}, and List of them; keep other objects out of the manifest directory")
+}
+
+/// The field of an unknown (apiVersion, kind) to correct: `apiVersion`
+/// when the kind is one policyd reads, `kind` otherwise.
+fn unknown_kind_field(kind: &str) -> &'static str {
+    if ObjectKind::ALL.iter().any(|k| k.to_string() == kind) {
+        "apiVersion"
+    } else {
+        "kind"
+    }
+}
+
 impl SourceError {
+    /// The manifest field the error is about, when there is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            SourceError::UnknownKind { kind, .. } => Some(unknown_kind_field(kind)),
+            _ => None,
+        }
+    }
+
     /// Metric label: stable, lower_snake_case.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -550,6 +604,7 @@ impl SourceError {
             SourceError::ManifestRead { .. } => "manifest_read",
             SourceError::ManifestInvalid { .. } => "manifest_invalid",
             SourceError::UnknownKind { .. } => "unknown_kind",
+            SourceError::LastGoodWrite { .. } => "last_good_write",
             SourceError::DuplicateObject { .. } => "duplicate_object",
         }
     }
