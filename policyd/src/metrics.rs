@@ -26,14 +26,30 @@ pub struct Family {
 }
 
 impl Family {
-    fn new(name: &'static str, help: &'static str, ty: FamilyType, labels: &'static [&'static str]) -> Family {
-        Family { name, help, ty, labels, values: Mutex::new(BTreeMap::new()) }
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        ty: FamilyType,
+        labels: &'static [&'static str],
+    ) -> Family {
+        Family {
+            name,
+            help,
+            ty,
+            labels,
+            values: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn key(&self, label_values: &[&str]) -> Vec<String> {
         // A wrong arity is a programming error; keep the series readable
         // rather than panicking in the daemon.
-        debug_assert_eq!(label_values.len(), self.labels.len(), "metric {} label arity", self.name);
+        debug_assert_eq!(
+            label_values.len(),
+            self.labels.len(),
+            "metric {} label arity",
+            self.name
+        );
         label_values.iter().map(|s| s.to_string()).collect()
     }
 
@@ -75,7 +91,13 @@ impl Family {
             let _ = writeln!(out, "{} 0", self.name);
         }
         for (lv, v) in values.iter() {
-            let _ = writeln!(out, "{}{} {}", self.name, label_set(self.labels, lv, None), fmt_value(*v));
+            let _ = writeln!(
+                out,
+                "{}{} {}",
+                self.name,
+                label_set(self.labels, lv, None),
+                fmt_value(*v)
+            );
         }
     }
 }
@@ -102,7 +124,11 @@ impl Histogram {
             name,
             help,
             bounds,
-            state: Mutex::new(HistState { counts: vec![0; bounds.len()], sum: 0.0, count: 0 }),
+            state: Mutex::new(HistState {
+                counts: vec![0; bounds.len()],
+                sum: 0.0,
+                count: 0,
+            }),
         }
     }
 
@@ -126,7 +152,13 @@ impl Histogram {
         let _ = writeln!(out, "# TYPE {} histogram", self.name);
         let s = self.state.lock().unwrap();
         for (i, b) in self.bounds.iter().enumerate() {
-            let _ = writeln!(out, "{}_bucket{{le=\"{}\"}} {}", self.name, fmt_value(*b), s.counts[i]);
+            let _ = writeln!(
+                out,
+                "{}_bucket{{le=\"{}\"}} {}",
+                self.name,
+                fmt_value(*b),
+                s.counts[i]
+            );
         }
         let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {}", self.name, s.count);
         let _ = writeln!(out, "{}_sum {}", self.name, fmt_value(s.sum));
@@ -145,8 +177,10 @@ pub struct Metrics {
     pub source_errors: Family,
     /// weir_policyd_source_synced{source}: 1 once every kind's initial list is in.
     pub source_synced: Family,
-    /// weir_policyd_manifest_files_broken: manifest files that currently fail
-    /// to parse (their previous objects are kept).
+    /// weir_policyd_manifest_files_broken{reason}: manifest files held at
+    /// their last good version, by reason (manifest_invalid: not YAML or
+    /// not the kind's schema; unknown_kind: a kind or apiVersion policyd
+    /// does not read; manifest_read: unreadable).
     pub manifest_files_broken: Family,
     /// weir_policyd_store_objects{kind}: objects held, by kind.
     pub store_objects: Family,
@@ -174,7 +208,9 @@ pub struct Metrics {
     pub remote_nodes: Family,
 }
 
-const SYNC_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const SYNC_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -206,9 +242,9 @@ impl Metrics {
             ),
             manifest_files_broken: Family::new(
                 "weir_policyd_manifest_files_broken",
-                "Manifest files that currently fail to parse; their previous objects are kept.",
+                "Manifest files held at their last good version (broken, unknown kind or apiVersion, unreadable), by reason.",
                 Gauge,
-                &[],
+                &["reason"],
             ),
             store_objects: Family::new(
                 "weir_policyd_store_objects",
@@ -276,7 +312,10 @@ impl Metrics {
 
     /// Replace the dataplane verdict counters: (direction, reason,
     /// packets, bytes) per row, e.g. "ingress", "drop_policy".
-    pub fn set_dataplane_verdicts<'a>(&self, rows: impl IntoIterator<Item = (&'a str, &'a str, u64, u64)>) {
+    pub fn set_dataplane_verdicts<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a str, &'a str, u64, u64)>,
+    ) {
         self.dataplane_packets.clear();
         self.dataplane_bytes.clear();
         for (dir, reason, packets, bytes) in rows {
@@ -316,7 +355,12 @@ fn label_set(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> 
     }
     let mut s = String::from("{");
     let mut first = true;
-    for (n, v) in names.iter().zip(values).map(|(n, v)| (*n, v.as_str())).chain(extra) {
+    for (n, v) in names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| (*n, v.as_str()))
+        .chain(extra)
+    {
         if !first {
             s.push(',');
         }
@@ -341,7 +385,11 @@ fn fmt_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
@@ -358,7 +406,12 @@ mod tests {
         let m = Metrics::new();
         m.source_errors.inc(&["dir", "a\"b\\c\nd"]);
         let text = m.render();
-        assert!(text.contains(r#"weir_policyd_source_errors_total{source="dir",reason="a\"b\\c\nd"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"weir_policyd_source_errors_total{source="dir",reason="a\"b\\c\nd"} 1"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -367,17 +420,35 @@ mod tests {
         m.sync_duration.observe(0.003);
         m.sync_duration.observe(0.2);
         let text = m.render();
-        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
-        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.25\"} 2"), "{text}");
-        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
-        assert!(text.contains("weir_policyd_sync_duration_seconds_count 2"), "{text}");
+        assert!(
+            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.25\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"+Inf\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_policyd_sync_duration_seconds_count 2"),
+            "{text}"
+        );
     }
 
     #[test]
     fn dataplane_verdicts_replace_previous_rows() {
         let m = Metrics::new();
-        m.set_dataplane_verdicts([("ingress", "drop_policy", 3, 180), ("egress", "allow_policy", 5, 500)]);
+        m.set_dataplane_verdicts([
+            ("ingress", "drop_policy", 3, 180),
+            ("egress", "allow_policy", 5, 500),
+        ]);
         m.set_dataplane_verdicts([("ingress", "drop_policy", 4, 240)]);
         assert_eq!(m.dataplane_packets.get(&["ingress", "drop_policy"]), 4.0);
         assert_eq!(m.dataplane_packets.get(&["egress", "allow_policy"]), 0.0);

@@ -14,6 +14,13 @@
 //! weir-policyd`, or WEIR_BIN_DIR).
 //!
 //!     cargo test -p weir-e2e --test root_policyd_restart -- --nocapture
+//!
+//! A second test breaks the manifest file of the policy isolating the pods
+//! (a schema error, then a `kind` typo, then an `apiVersion` typo) and
+//! SIGKILLs and restarts weir-policyd after each: the pods must stay
+//! isolated (the last good version is kept under the run directory), a
+//! fixed file must replace it, and a deleted file must open traffic, also
+//! across a restart.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -570,5 +577,233 @@ fn run() -> Result<()> {
     if !left.is_empty() {
         bail!("`weirctl lab down --name {name}` left: {}", left.join(", "));
     }
+    Ok(())
+}
+
+/// The lab's policyd log, one entry per line.
+fn policyd_log(lab_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(lab_dir.join("logs/policyd.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait until a policyd log line after the first `from` lines satisfies
+/// `pred`; returns its index. The bound only ends a failed wait.
+fn wait_for_log(
+    lab_dir: &Path,
+    from: usize,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    for _ in 0..1200 {
+        if let Some(i) = policyd_log(lab_dir).iter().skip(from).position(|l| pred(l)) {
+            return Ok(from + i);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "weir-policyd never logged {what}; its log ends:\n{}",
+        policyd_log(lab_dir)[from..].join("\n")
+    )
+}
+
+/// Write as the lab does: a dot name (ignored by weir-policyd), renamed into place.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every pod's endpoint is READY and ingress-isolated in the maps, and x/a
+/// cannot open a connection to x/b's server.
+fn assert_isolated(bpffs: &Path, a_netns: &str, b: SocketAddr, when: &str) -> Result<()> {
+    let dp = weir_bpf::Dataplane::open(bpffs)
+        .with_context(|| format!("opening the maps under {}", bpffs.display()))?;
+    let endpoints = dp.endpoints()?;
+    if endpoints.len() != PODS.len() {
+        bail!(
+            "{when}: {} endpoints in the maps, expected {}",
+            endpoints.len(),
+            PODS.len()
+        );
+    }
+    for (ifindex, e) in endpoints {
+        let want = weir_bpf::abi::EP_READY | weir_bpf::abi::EP_INGRESS_ISOLATED;
+        if e.flags & want != want {
+            bail!(
+                "{when}: endpoint {ifindex} is not isolated any more (flags {:#x})",
+                e.flags
+            );
+        }
+    }
+    if let Ok(mut f) = Flow::start(a_netns, b) {
+        f.finish();
+        bail!("{when}: x/a connected to x/b {b}: the pod is open");
+    }
+    Ok(())
+}
+
+#[test]
+fn root_policyd_restart_with_a_broken_manifest_keeps_pods_isolated() {
+    if !is_root() {
+        eprintln!("root_policyd_restart_with_a_broken_manifest_keeps_pods_isolated: skipped, needs root (network namespaces, BPF)");
+        return;
+    }
+    if let Err(e) = run_broken_manifest() {
+        panic!("{e:#}");
+    }
+}
+
+fn run_broken_manifest() -> Result<()> {
+    let name = format!("pbm{}", std::process::id());
+    let work =
+        WorkDir(std::env::temp_dir().join(format!("weir-policyd-broken-{}", std::process::id())));
+    let ctl = Weirctl::locate()?.snapshot(&work.0.join("bin"))?;
+    let model = work.0.join("model");
+    std::fs::create_dir_all(&model)?;
+    for (f, text) in model_yaml() {
+        std::fs::write(model.join(f), text)?;
+    }
+    let mut lab = Lab::up(&ctl, &name, &model, &work.0.join("steps"))?;
+    let lab_dir = Path::new(LAB_ROOT).join(&name);
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/weir-lab-{name}"));
+    let state = lab_state(&name)?;
+    let a_netns = pod_netns(&state, "x/a")?;
+    let mut lab_policyd = Some(
+        state["policyd"]["pid"]
+            .as_i64()
+            .context("state.json: no policyd.pid (is weir-policyd built?)")? as i32,
+    );
+    let b_ip: IpAddr = *lab
+        .pod_ips()?
+        .get(&PodRef::new("x", "b"))
+        .and_then(|v| v.iter().find(|ip| ip.is_ipv4()))
+        .context("`lab get pods`: x/b has no IPv4 address")?;
+    let b = SocketAddr::new(b_ip, 80);
+    let everything = expected(&[
+        ("a", "b"),
+        ("a", "c"),
+        ("b", "a"),
+        ("b", "c"),
+        ("c", "a"),
+        ("c", "b"),
+    ]);
+    converge(&lab, &everything, "no policy yet")?;
+    lab.apply(&deny_all_ingress())?;
+    converge(&lab, &expected(&[]), "deny-ingress applied")?;
+
+    let file = lab_dir.join("manifests/networkpolicy_x_deny-ingress.yaml");
+    let kept = lab_dir.join("run/manifests-last-good/networkpolicy_x_deny-ingress.yaml");
+    let file_name = "networkpolicy_x_deny-ingress.yaml";
+    let good = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-ingress, namespace: x}\n\
+                spec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
+    let breakages = [
+        (
+            "a schema error",
+            good.to_string() + "  ingress:\n  - ports:\n    - port: [1]\n",
+        ),
+        (
+            "a kind typo",
+            good.replace("kind: NetworkPolicy", "kind: Networkpolicy"),
+        ),
+        (
+            "an apiVersion typo",
+            good.replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
+        ),
+    ];
+    let mut restarted: Option<Restarted> = None;
+    // SIGKILL whichever weir-policyd runs now, start a new one and wait
+    // until it has programmed the maps; the log lines it wrote so far.
+    let mut kill_and_restart = |restarted: &mut Option<Restarted>| -> Result<usize> {
+        match (restarted.take(), lab_policyd.take()) {
+            (Some(r), _) => drop(r), // SIGKILL and reap
+            (None, Some(pid)) => {
+                // SAFETY: kill(2) on the pid the lab recorded for its policyd.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                    bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
+                }
+                for _ in 0..500 {
+                    if !pid_alive(pid) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            (None, None) => bail!("no weir-policyd to kill"),
+        }
+        let from = policyd_log(&lab_dir).len();
+        *restarted = Some(restart_policyd(&ctl, &name)?);
+        wait_for_log(&lab_dir, from, "ready after the restart", |l| {
+            l.contains("ready: node lab")
+        })?;
+        Ok(from)
+    };
+
+    for (what, broken) in &breakages {
+        let from = policyd_log(&lab_dir).len();
+        write_atomic(&file, broken)?;
+        // The running policyd reports it and keeps the policy.
+        wait_for_log(&lab_dir, from, &format!("{what} in {file_name}"), |l| {
+            l.contains(file_name)
+        })?;
+        assert_isolated(
+            &bpffs,
+            &a_netns,
+            b,
+            &format!("{what}, weir-policyd running"),
+        )?;
+        let from = kill_and_restart(&mut restarted)?;
+        // The restarted policyd read the broken file, and kept its last good version.
+        wait_for_log(
+            &lab_dir,
+            from,
+            &format!("{what} in {file_name} after the restart"),
+            |l| l.contains(file_name) && l.contains("document"),
+        )?;
+        assert_isolated(
+            &bpffs,
+            &a_netns,
+            b,
+            &format!("{what}, after SIGKILL and restart"),
+        )?;
+        eprintln!("{what}: still isolated after SIGKILL and restart");
+    }
+
+    // Fixed, with a different policy: it replaces the kept version.
+    let fixed = good.to_string()
+        + "  ingress:\n  - from: [{podSelector: {matchLabels: {pod: a}}}]\n    ports: [{protocol: TCP, port: 80}]\n";
+    write_atomic(&file, &fixed)?;
+    converge(&lab, &expected(&[("a", "b"), ("a", "c")]), "the file fixed")?;
+    let copy =
+        std::fs::read_to_string(&kept).with_context(|| format!("reading {}", kept.display()))?;
+    if copy != fixed {
+        bail!("{} holds {copy:?}, not the fixed version", kept.display());
+    }
+
+    // Deleted: a decision, not breakage. Open, and still open after a restart.
+    lab.delete(&DeleteRef {
+        kind: "NetworkPolicy".into(),
+        namespace: Some("x".into()),
+        name: "deny-ingress".into(),
+    })?;
+    converge(&lab, &everything, "the policy file deleted")?;
+    if kept.exists() {
+        bail!("{} outlived its manifest file", kept.display());
+    }
+    kill_and_restart(&mut restarted)?;
+    // Probed until right: a single probe on a loaded machine may time out.
+    converge(
+        &lab,
+        &everything,
+        "the policy file deleted, after SIGKILL and restart",
+    )?;
+
+    lab.down()?;
+    drop(restarted);
     Ok(())
 }

@@ -313,9 +313,13 @@ fn root_lab_rejects_bad_up_without_touching_anything() {
 /// cells are not compared, as upstream), or ~10 s pass: policyd applies
 /// changes asynchronously, like the upstream suite's retrying probes.
 fn probe_until(g: &LabGuard, expect: impl Fn(&str, &str) -> bool) -> Value {
+    probe_until_via(g, "service", expect)
+}
+
+fn probe_until_via(g: &LabGuard, via: &str, expect: impl Fn(&str, &str) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..40 {
-        last = g.json(&["probe", "--timeout-ms", "500", "-o", "json"]);
+        last = g.json(&["probe", "--via", via, "--timeout-ms", "500", "-o", "json"]);
         if all_cells(&last).iter().filter(|(f, t, _)| f != t).all(|(f, t, v)| *v == Value::Bool(expect(f, t))) {
             return last;
         }
@@ -559,7 +563,11 @@ fn root_lab_two_nodes_host_gw_up_get_exec_down() {
     assert_eq!(m["results"]["y/a"]["x/a"], true, "{m}");
     // between nodes only once weir-policyd runs the backend
     if policyd_has_backends() {
-        probe_until(&g, |_, _| true);
+        // every pod to every pod, across the two nodes (not every pod has a Service)
+        probe_until_via(&g, "pod", |_, _| true);
+        // and through the Services, whose backends are on either node
+        let m = g.json(&["probe", "--from", "x/b", "--to", "y/a", "-o", "json"]);
+        assert_eq!(m["results"]["x/b"]["y/a"], true, "node-1 to a Service backed on node-2: {m}");
     } else {
         eprintln!("SKIPPED (traffic between nodes): weir-policyd has no --backend flag yet");
     }

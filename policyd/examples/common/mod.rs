@@ -34,8 +34,12 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
         for i in 0..PODS_PER_NS {
             let app = i % APPS_PER_NS;
             let ports = match app % 3 {
-                0 => json!([{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]),
-                1 => json!([{"name": "grpc", "containerPort": 50051}, {"name": "metrics", "containerPort": 9100}]),
+                0 => {
+                    json!([{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}])
+                }
+                1 => {
+                    json!([{"name": "grpc", "containerPort": 50051}, {"name": "metrics", "containerPort": 9100}])
+                }
                 _ => json!([{"name": "http", "containerPort": 80}]),
             };
             let pod_name = format!("app{app}-{i}");
@@ -50,8 +54,10 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
             s.pods.insert((name.clone(), pod_name), p);
         }
         for app in 0..3 {
-            let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
-                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}))
+            let svc: Service = serde_json::from_value(
+                json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
+                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}),
+            )
             .unwrap();
             s.services.insert((name.clone(), format!("svc{app}")), svc);
         }
@@ -67,7 +73,10 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
     let step = all.len() / LOCALS;
     for (j, key) in all.iter().step_by(step).take(LOCALS).enumerate() {
         let p = &s.pods[key];
-        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
+        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0]
+            .ip
+            .parse()
+            .unwrap();
         locals.push(EndpointRecord {
             container_id: format!("cid{j}"),
             ifname: "eth0".into(),
@@ -91,18 +100,36 @@ pub fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
     let app = |a: usize| json!({"matchLabels": {"app": format!("app{}", a % APPS_PER_NS)}});
     let spec = match k {
         0 => json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        1 => json!({"podSelector": app(1), "ingress": [{"from": [{"podSelector": app(0)}], "ports": [{"port": 8080}, {"port": "grpc"}]}]}),
-        2 => json!({"podSelector": app(2), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("team-{}", (ns + 1) % 10)}}, "podSelector": {"matchLabels": {"tier": "web"}}}], "ports": [{"port": "http"}]}]}),
-        3 => json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "db"]}]},
+        1 => {
+            json!({"podSelector": app(1), "ingress": [{"from": [{"podSelector": app(0)}], "ports": [{"port": 8080}, {"port": "grpc"}]}]})
+        }
+        2 => {
+            json!({"podSelector": app(2), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("team-{}", (ns + 1) % 10)}}, "podSelector": {"matchLabels": {"tier": "web"}}}], "ports": [{"port": "http"}]}]})
+        }
+        3 => {
+            json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "db"]}]},
                     "policyTypes": ["Egress"],
                     "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns-000"}}}], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]},
-                               {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}], "ports": [{"port": 443}]}]}),
-        4 => json!({"podSelector": app(3), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}], "ports": [{"port": "metrics"}]}]}),
-        5 => json!({"podSelector": app(4), "ingress": [{"from": [{"ipBlock": {"cidr": format!("10.{}.0.0/16", 100 + ns % 50), "except": [format!("10.{}.1.0/24", 100 + ns % 50)]}}], "ports": [{"port": 30000, "endPort": 32767}]}]}),
-        6 => json!({"podSelector": app(5), "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": app(6)}, {"podSelector": app(7)}], "ports": [{"port": "http"}]}]}),
-        7 => json!({"podSelector": {"matchLabels": {"version": "v2"}}, "ingress": [{"from": [{"podSelector": {}, "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}}]}]}),
-        8 => json!({"podSelector": app(8), "ingress": [{}], "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 5432}]}]}),
-        _ => json!({"podSelector": app(9), "ingress": [{"from": [{"podSelector": app(8)}, {"ipBlock": {"cidr": "192.168.0.0/16"}}], "ports": [{"port": 6379}, {"port": 7000, "endPort": 7100}]}]}),
+                               {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}], "ports": [{"port": 443}]}]})
+        }
+        4 => {
+            json!({"podSelector": app(3), "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}], "ports": [{"port": "metrics"}]}]})
+        }
+        5 => {
+            json!({"podSelector": app(4), "ingress": [{"from": [{"ipBlock": {"cidr": format!("10.{}.0.0/16", 100 + ns % 50), "except": [format!("10.{}.1.0/24", 100 + ns % 50)]}}], "ports": [{"port": 30000, "endPort": 32767}]}]})
+        }
+        6 => {
+            json!({"podSelector": app(5), "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": app(6)}, {"podSelector": app(7)}], "ports": [{"port": "http"}]}]})
+        }
+        7 => {
+            json!({"podSelector": {"matchLabels": {"version": "v2"}}, "ingress": [{"from": [{"podSelector": {}, "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}}]}]})
+        }
+        8 => {
+            json!({"podSelector": app(8), "ingress": [{}], "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 5432}]}]})
+        }
+        _ => {
+            json!({"podSelector": app(9), "ingress": [{"from": [{"podSelector": app(8)}, {"ipBlock": {"cidr": "192.168.0.0/16"}}], "ports": [{"port": 6379}, {"port": 7000, "endPort": 7100}]}]})
+        }
     };
     (format!("np-{k}"), spec)
 }
@@ -110,7 +137,10 @@ pub fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
 /// CPU time of this thread: unlike wall time it does not count the time
 /// other processes held the (shared, busy) cores.
 pub fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -130,7 +160,10 @@ pub struct Series {
 
 impl Series {
     pub fn new() -> Self {
-        Series { wall: Vec::new(), cpu: Vec::new() }
+        Series {
+            wall: Vec::new(),
+            cpu: Vec::new(),
+        }
     }
     pub fn push(&mut self, w: Duration, c: Duration) {
         self.wall.push(w);
@@ -165,12 +198,21 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Reset the peak RSS (`VmHWM`) to the current RSS (Linux >= 4.0), so a
+/// later `VmHWM:` reading is the peak of what ran in between.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
 
 /// A `/proc/self/status` figure in KiB (`VmHWM:`, `VmRSS:`), 0 if absent.
 pub fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 

@@ -213,6 +213,29 @@ pub struct Desired {
     pub identities: BTreeMap<u32, IdentityLabels>,
     /// Sorted.
     pub diagnostics: Vec<Diagnostic>,
+    /// Local endpoints (ifindex) this result leaves out because its
+    /// [`Slice`] ran out: no `endpoints`, `policy` or `cidr` entries of
+    /// theirs are in it, and the maps must keep what they hold for them
+    /// until a later compile brings them up to date. Empty when complete.
+    pub pending: BTreeSet<u32>,
+}
+
+/// How much of a compile to do in one call ([`Engine::compile_slice`]):
+/// the global stages always run in full (identities, ipcache, policies,
+/// peer sets: bounded by the cluster's size), the per-endpoint stage, whose
+/// cost grows with the ipBlocks and peers of the policies selecting each
+/// endpoint, stops at a budget. Endpoints left out are listed in
+/// [`Desired::pending`]; each call compiles at least one, so repeated calls
+/// finish.
+#[derive(Debug, Clone, Default)]
+pub struct Slice {
+    /// Stop starting endpoint compiles once those of this call produced
+    /// this many map entries (policy entries plus ipBlock prefixes). None:
+    /// no limit, the compile is complete.
+    pub budget: Option<usize>,
+    /// Endpoints to compile before any other (the ones waiting for READY,
+    /// whose pods cannot start before their policy is in the maps).
+    pub first: BTreeSet<u32>,
 }
 
 /// Entries to write and keys to delete to turn one map into another.
@@ -493,7 +516,23 @@ impl Engine {
         self.next_version
     }
 
+    /// Compile everything: a complete [`Desired`].
     pub fn compile(&mut self, store: &Store, locals: &[EndpointRecord]) -> Desired {
+        self.compile_slice(store, locals, &Slice::default())
+    }
+
+    /// Compile with the per-endpoint stage bounded by `slice`: endpoints
+    /// whose inputs changed are compiled `slice.first` first, then by
+    /// ifindex, until the budget is spent; the rest are
+    /// [`Desired::pending`]. Calling again (with the same or newer input)
+    /// continues where this one stopped, since compiled endpoints are
+    /// memoized; once nothing is pending the result equals [`Engine::compile`]'s.
+    pub fn compile_slice(
+        &mut self,
+        store: &Store,
+        locals: &[EndpointRecord],
+        slice: &Slice,
+    ) -> Desired {
         self.generation += 1;
         self.stats = CompileStats::default();
         let generation = self.generation;
@@ -785,7 +824,11 @@ impl Engine {
             ipc.dedup_by_key(|e| e.0);
             let ipcache: BTreeMap<IpNet, IpcacheEntry> =
                 ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
-            self.last_ipcache = Some(LastIpcache { locals: locals.to_vec(), vips, ipcache: ipcache.clone() });
+            self.last_ipcache = Some(LastIpcache {
+                locals: locals.to_vec(),
+                vips,
+                ipcache: ipcache.clone(),
+            });
             ipcache
         };
 
@@ -863,9 +906,12 @@ impl Engine {
 
         // --- endpoints ---------------------------------------------------
         let no_policies: Vec<Arc<CompiledPolicy>> = Vec::new();
-        let mut outs: Vec<Arc<EndpointOut>> = Vec::with_capacity(locals_ep.len());
+        // Per endpoint (in locals_ep order): its output, None while pending.
+        let mut outs: Vec<Option<Arc<EndpointOut>>> = Vec::with_capacity(locals_ep.len());
         let mut live_eps: HashSet<u32> = HashSet::new();
-        for ep in &locals_ep {
+        // Endpoints whose inputs changed: (position, fingerprint, policies).
+        let mut stale = Vec::new();
+        for (i, ep) in locals_ep.iter().enumerate() {
             live_eps.insert(ep.ifindex);
             let pols = by_ns.get(ep.pod_key.0.as_str()).unwrap_or(&no_policies);
             let empty = Labels::new();
@@ -880,10 +926,28 @@ impl Engine {
             let fp = self.fingerprint(ep, &selecting);
             if let Some(m) = self.endpoints.get(&ep.ifindex).filter(|m| m.fp == fp) {
                 self.stats.endpoints_reused += 1;
-                outs.push(m.out.clone());
+                outs.push(Some(m.out.clone()));
+                continue;
+            }
+            outs.push(None);
+            stale.push((i, fp, selecting));
+        }
+        stale.sort_by_key(|(i, _, _)| {
+            (
+                !slice.first.contains(&locals_ep[*i].ifindex),
+                locals_ep[*i].ifindex,
+            )
+        });
+        let mut spent = 0usize;
+        let mut pending = BTreeSet::new();
+        for (n, (i, fp, selecting)) in stale.into_iter().enumerate() {
+            let ep = &locals_ep[i];
+            if n > 0 && slice.budget.is_some_and(|b| spent >= b) {
+                pending.insert(ep.ifindex);
                 continue;
             }
             let out = Arc::new(self.compile_endpoint(ep, &selecting));
+            spent += out.policy.len() + out.cidr.len();
             self.stats.endpoints_compiled += 1;
             self.endpoints.insert(
                 ep.ifindex,
@@ -892,21 +956,32 @@ impl Engine {
                     out: out.clone(),
                 },
             );
-            outs.push(out);
+            outs[i] = Some(out);
         }
         self.endpoints.retain(|k, _| live_eps.contains(k));
+        let outs: Vec<(&LocalEp, Arc<EndpointOut>)> = locals_ep
+            .iter()
+            .zip(outs)
+            .filter_map(|(ep, out)| Some((ep, out?)))
+            .collect();
 
         // --- assemble ------------------------------------------------------
         let mut endpoints = BTreeMap::new();
         let mut used_classes: HashSet<u32> = HashSet::new();
-        for (ep, out) in locals_ep.iter().zip(&outs) {
+        for (ep, out) in &outs {
             endpoints.insert(ep.ifindex, out.state);
             used_classes.extend(out.cidr.iter().map(|(_, c)| *c));
         }
-        let policy: BTreeMap<PolicyKey, PolicyValue> =
-            outs.iter().flat_map(|o| o.policy.iter().copied()).collect();
-        let cidr: BTreeMap<CidrKey, u32> =
-            outs.iter().flat_map(|o| o.cidr.iter().copied()).collect();
+        let policy: BTreeMap<PolicyKey, PolicyValue> = outs
+            .iter()
+            .flat_map(|(_, o)| o.policy.iter().copied())
+            .collect();
+        let cidr: BTreeMap<CidrKey, u32> = outs
+            .iter()
+            .flat_map(|(_, o)| o.cidr.iter().copied())
+            .collect();
+        // Classes of pending endpoints' entries in the maps are never handed
+        // out again (numbers only grow), so forgetting them here is safe.
         if self.classes.len() > 2 * used_classes.len() + 1024 {
             self.classes.retain(|_, id| used_classes.contains(id));
         }
@@ -950,6 +1025,7 @@ impl Engine {
             rules,
             identities: self.universe.identities.clone(),
             diagnostics: diags,
+            pending,
         }
     }
 

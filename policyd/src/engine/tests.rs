@@ -1470,4 +1470,124 @@ fn constants_mirror_the_abi() {
         .all(|k| k.identity > CIDR_NO_CLASS));
 }
 
+// ---- compile slices --------------------------------------------------------
+
+/// Four local pods of app=w in x, each selected by a policy with ipBlocks;
+/// a fifth pod (app=n) not yet local.
+fn sliced_fixture() -> Fixture {
+    let mut f = Fixture::default();
+    f.ns("x", &[]);
+    for i in 1..=4u32 {
+        f.pod(
+            "x",
+            &format!("w{i}"),
+            &[("app", "w")],
+            &format!("10.0.0.{i}"),
+        );
+        f.local("x", &format!("w{i}"), 100 + i);
+    }
+    f.pod("x", "n", &[("app", "n")], "10.0.0.9");
+    let blocks: Vec<Value> = (0..50)
+        .map(|k| json!({"ipBlock": {"cidr": format!("172.16.{k}.0/24"), "except": [format!("172.16.{k}.128/25")]}}))
+        .collect();
+    f.policy(
+        "x",
+        "wide",
+        json!({"podSelector": {}, "ingress": [{"from": blocks, "ports": [{"port": 443}]}]}),
+    );
+    f
+}
+
+#[test]
+fn a_sliced_compile_ends_equal_to_a_complete_one() {
+    let f = sliced_fixture();
+    let one_at_a_time = Slice {
+        budget: Some(1),
+        first: BTreeSet::new(),
+    };
+    let mut e = Engine::new();
+    let mut compiled = Vec::new();
+    loop {
+        let d = e.compile_slice(&f.store, &f.locals, &one_at_a_time);
+        // A pending endpoint has nothing in the result; a compiled one all.
+        for ep in &d.pending {
+            assert!(!d.endpoints.contains_key(ep));
+            assert!(
+                !d.policy.keys().any(|k| k.endpoint == *ep)
+                    && !d.cidr.keys().any(|k| k.endpoint == *ep)
+            );
+        }
+        compiled.push(d.endpoints.len());
+        if d.pending.is_empty() {
+            assert_eq!(d, f.compile(), "the last slice equals a complete compile");
+            break;
+        }
+    }
+    assert_eq!(
+        compiled,
+        [1, 2, 3, 4],
+        "one endpoint per slice (the first always goes), lowest ifindex first"
+    );
+
+    // A change that touches every endpoint: slices again, and ends where an
+    // engine with the same history compiling in one go ends (class numbers
+    // depend on what was compiled before).
+    let mut twin = Engine::new();
+    twin.compile(&f.store, &f.locals);
+    let mut g = f.clone();
+    g.policy("x", "wide", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}]}));
+    let d = e.compile_slice(&g.store, &g.locals, &one_at_a_time);
+    assert_eq!(d.pending.len(), 3);
+    let mut last = d;
+    while !last.pending.is_empty() {
+        last = e.compile_slice(&g.store, &g.locals, &one_at_a_time);
+    }
+    assert_eq!(last, twin.compile(&g.store, &g.locals));
+}
+
+#[test]
+fn endpoints_waiting_for_ready_go_before_a_long_recompile() {
+    let f = sliced_fixture();
+    let mut e = Engine::new();
+    assert!(e.compile(&f.store, &f.locals).pending.is_empty());
+    // Same history, complete compiles: the reference (rule and class
+    // numbers depend on history).
+    let mut twin = Engine::new();
+    twin.compile(&f.store, &f.locals);
+
+    // Every running endpoint's policy changes (a long recompile), and pod n
+    // starts on ifindex 999 meanwhile: it is compiled first, in the very
+    // next slice, whatever its ifindex.
+    let mut g = f.clone();
+    g.policy("x", "wide", json!({"podSelector": {"matchLabels": {"app": "w"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}]}));
+    g.policy("x", "n-only", json!({"podSelector": {"matchLabels": {"app": "n"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "w"}}}]}]}));
+    g.local("x", "n", 999);
+    let slice = Slice {
+        budget: Some(1),
+        first: BTreeSet::from([999]),
+    };
+    let d = e.compile_slice(&g.store, &g.locals, &slice);
+    assert_eq!(
+        d.pending,
+        BTreeSet::from([101, 102, 103, 104]),
+        "the running ones wait"
+    );
+    let n = d.endpoints[&999];
+    assert!(n.ingress_isolated);
+    assert!(ing(&d, 999, "10.0.0.1", 80), "its allows are in with it");
+    assert!(!ing(&d, 999, "192.168.0.1", 80));
+    assert_eq!(
+        d.policy
+            .iter()
+            .filter(|(k, _)| k.endpoint == 999)
+            .collect::<Vec<_>>(),
+        twin.compile(&g.store, &g.locals)
+            .policy
+            .iter()
+            .filter(|(k, _)| k.endpoint == 999)
+            .collect::<Vec<_>>(),
+        "exactly what a complete compile gives it"
+    );
+}
+
 mod props;

@@ -6,11 +6,17 @@
 //! net (filesystems without inotify, missed wake-ups). A scan compares each
 //! file's (size, mtime, ctime, inode) and re-reads only what changed.
 //!
-//! A file that fails to parse keeps contributing the objects it last
-//! defined: a half-written policy file must never drop the policy (that
-//! would open traffic). Objects defined in two files: the later file name
-//! (byte order) wins, with a warning.
+//! A file that fails to parse, or holds a kind or apiVersion policyd does
+//! not read (`Networkpolicy`, `networking.k8s.io/v1beta1`), keeps
+//! contributing the objects of its last good version: a half-written or
+//! mistyped policy file must never drop the policy (that would open
+//! traffic). Last good versions are kept on disk too
+//! ([`DirOptions::last_good`], see [`super::last_good`]), so a restart
+//! while a file is broken keeps them as well. A removed file removes its
+//! objects. Objects defined in two files: the later file name (byte order)
+//! wins, with a warning.
 
+use super::last_good::LastGood;
 use super::manifest;
 use super::{count_event, Object, ObjectKind, ObjectRef, Sender, Source, SourceError, SourceEvent};
 use crate::metrics::Metrics;
@@ -23,6 +29,13 @@ use std::time::Duration;
 /// Metric/log label of this source.
 pub const SOURCE: &str = "dir";
 
+/// Where weir-policyd keeps last good versions, under its run directory.
+pub const LAST_GOOD_DIR: &str = "manifests-last-good";
+
+/// Why a file is held at its last good version: the `reason` label of
+/// `weir_policyd_manifest_files_broken` ([`SourceError::reason`] values).
+pub const BROKEN_REASONS: [&str; 3] = ["manifest_invalid", "unknown_kind", "manifest_read"];
+
 #[derive(Debug, Clone)]
 pub struct DirOptions {
     /// Re-scan at least this often even without an inotify wake-up.
@@ -30,11 +43,19 @@ pub struct DirOptions {
     /// After an inotify wake-up, wait this long for a writer's burst of
     /// changes (several files, write then rename) to finish before scanning.
     pub settle: Duration,
+    /// Keep each file's last good version in this directory and start from
+    /// it (weir-policyd: `<run dir>/manifests-last-good`). None: in memory
+    /// only, so a broken file read at start contributes nothing.
+    pub last_good: Option<PathBuf>,
 }
 
 impl Default for DirOptions {
     fn default() -> Self {
-        DirOptions { poll_interval: Duration::from_millis(100), settle: Duration::from_millis(2) }
+        DirOptions {
+            poll_interval: Duration::from_millis(100),
+            settle: Duration::from_millis(2),
+            last_good: None,
+        }
     }
 }
 
@@ -67,12 +88,15 @@ impl Stamp {
 
 #[derive(Debug)]
 struct FileState {
-    stamp: Stamp,
+    /// None for a last good version read back at start: the file itself
+    /// has not been looked at yet.
+    stamp: Option<Stamp>,
     /// Content last parsed (good or bad), to skip no-op rewrites.
     content: Vec<u8>,
-    /// Objects from the last content that parsed.
+    /// Objects from the last good content.
     objects: Vec<Object>,
-    broken: bool,
+    /// Why the current content is not used (a [`BROKEN_REASONS`] value).
+    broken: Option<&'static str>,
 }
 
 struct DirState {
@@ -80,10 +104,71 @@ struct DirState {
     files: BTreeMap<String, FileState>,
     /// Last read error logged per file name.
     read_errors: BTreeMap<String, String>,
+    last_good: Option<LastGood>,
     metrics: Arc<Metrics>,
 }
 
 impl DirState {
+    /// Start from the last good versions kept in `last_good`, if any: the
+    /// first scan compares every file against them like against any
+    /// earlier version (a broken file keeps them, a removed one drops them).
+    fn new(dir: PathBuf, last_good: Option<&Path>, metrics: Arc<Metrics>) -> DirState {
+        let mut state = DirState {
+            dir,
+            files: BTreeMap::new(),
+            read_errors: BTreeMap::new(),
+            last_good: None,
+            metrics,
+        };
+        let Some(path) = last_good else { return state };
+        let store = match LastGood::open(path, &state.dir) {
+            Ok(s) => s,
+            Err(e) => {
+                let err = SourceError::LastGoodWrite {
+                    dir: path.display().to_string(),
+                    message: e.to_string(),
+                };
+                log::error!("{err}");
+                state.error(&err);
+                return state;
+            }
+        };
+        let copies = store.list().unwrap_or_else(|e| {
+            log::error!(
+                "{}: cannot read the last good manifest versions: {e}",
+                path.display()
+            );
+            Vec::new()
+        });
+        for (name, content) in copies {
+            let copy = path.join(&name).display().to_string();
+            let parsed = std::str::from_utf8(&content)
+                .map_err(|e| e.to_string())
+                .and_then(|text| manifest::parse(&copy, text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(p) if p.skipped.is_empty() => {
+                    state.files.insert(
+                        name,
+                        FileState {
+                            stamp: None,
+                            content,
+                            objects: p.objects,
+                            broken: None,
+                        },
+                    );
+                }
+                // Only good versions are saved; this one was written by a
+                // policyd that read more, or damaged: not worth keeping.
+                Ok(_) | Err(_) => {
+                    log::warn!("{copy}: not a usable last good version; discarded");
+                    let _ = store.remove(&name);
+                }
+            }
+        }
+        state.last_good = Some(store);
+        state
+    }
+
     fn error(&self, e: &SourceError) {
         self.metrics.source_error(SOURCE, e);
     }
@@ -98,7 +183,11 @@ impl DirState {
             let name = match entry.file_name().into_string() {
                 Ok(n) => n,
                 Err(n) => {
-                    log::debug!("{}: ignoring non-UTF-8 file name {:?}", self.dir.display(), n);
+                    log::debug!(
+                        "{}: ignoring non-UTF-8 file name {:?}",
+                        self.dir.display(),
+                        n
+                    );
                     continue;
                 }
             };
@@ -118,7 +207,11 @@ impl DirState {
             };
             seen.insert(name.clone());
             let stamp = Stamp::of(&md);
-            if self.files.get(&name).is_some_and(|f| f.stamp == stamp) {
+            if self
+                .files
+                .get(&name)
+                .is_some_and(|f| f.stamp.as_ref() == Some(&stamp))
+            {
                 continue;
             }
             let content = match std::fs::read(&path) {
@@ -134,19 +227,88 @@ impl DirState {
             };
             changed |= self.load(&name, &path, stamp, content);
         }
-        let gone: Vec<String> = self.files.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
         for name in gone {
-            log::info!("{}: removed; its objects are removed", self.dir.join(&name).display());
+            log::info!(
+                "{}: removed; its objects are removed",
+                self.dir.join(&name).display()
+            );
             self.files.remove(&name);
+            self.forget_last_good(&name);
             changed = true;
         }
-        let broken = self.files.values().filter(|f| f.broken).count();
-        self.metrics.manifest_files_broken.set(&[], broken as f64);
+        for reason in BROKEN_REASONS {
+            let n = self
+                .files
+                .values()
+                .filter(|f| f.broken == Some(reason))
+                .count();
+            self.metrics.manifest_files_broken.set(&[reason], n as f64);
+        }
         Ok(changed)
     }
 
-    fn read_failed(&mut self, name: &str, path: &Path, e: std::io::Error, seen: &mut BTreeSet<String>) {
-        let err = SourceError::ManifestRead { file: path.display().to_string(), message: e.to_string() };
+    fn save_last_good(&self, name: &str, content: &[u8]) {
+        let Some(store) = &self.last_good else { return };
+        if let Err(e) = store.save(name, content) {
+            let err = SourceError::LastGoodWrite {
+                dir: store.dir().display().to_string(),
+                message: format!("{name}: {e}"),
+            };
+            log::error!("{err}");
+            self.error(&err);
+        }
+    }
+
+    fn forget_last_good(&self, name: &str) {
+        let Some(store) = &self.last_good else { return };
+        if let Err(e) = store.remove(name) {
+            let err = SourceError::LastGoodWrite {
+                dir: store.dir().display().to_string(),
+                message: format!("{name}: {e}"),
+            };
+            log::error!("{err}");
+            self.error(&err);
+        }
+    }
+
+    /// Hold `name` at its last good objects (none if it never had any).
+    fn hold(&mut self, name: &str, stamp: Stamp, content: Vec<u8>, reason: &'static str) {
+        let previous = self.files.remove(name);
+        if previous.as_ref().is_none_or(|f| f.objects.is_empty()) {
+            log::error!(
+                "{}: no earlier good version of it defines any object, so it contributes none until it is fixed",
+                self.dir.join(name).display()
+            );
+        }
+        let objects = previous.map(|f| f.objects).unwrap_or_default();
+        self.files.insert(
+            name.to_string(),
+            FileState {
+                stamp: Some(stamp),
+                content,
+                objects,
+                broken: Some(reason),
+            },
+        );
+    }
+
+    fn read_failed(
+        &mut self,
+        name: &str,
+        path: &Path,
+        e: std::io::Error,
+        seen: &mut BTreeSet<String>,
+    ) {
+        let err = SourceError::ManifestRead {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        };
         self.error(&err);
         // Unreadable files are retried every scan: log once per distinct error.
         let text = err.to_string();
@@ -156,7 +318,7 @@ impl DirState {
         }
         // Keep what it contributed: an unreadable file is not a removed one.
         if let Some(f) = self.files.get_mut(name) {
-            f.broken = true;
+            f.broken = Some(err.reason());
             seen.insert(name.to_string());
         }
     }
@@ -166,7 +328,7 @@ impl DirState {
         self.read_errors.remove(name);
         if let Some(f) = self.files.get_mut(name) {
             if f.content == content {
-                f.stamp = stamp;
+                f.stamp = Some(stamp);
                 return false;
             }
         }
@@ -185,29 +347,43 @@ impl DirState {
         }
         let parsed = match std::str::from_utf8(&content) {
             Ok(text) => manifest::parse(&file, text),
-            Err(e) => Err(SourceError::ManifestInvalid { file: file.clone(), message: format!("not UTF-8 text: {e}") }),
+            Err(e) => Err(SourceError::ManifestInvalid {
+                file: file.clone(),
+                message: format!("not UTF-8 text: {e}"),
+            }),
         };
         match parsed {
-            Ok(p) => {
+            Ok(p) if !p.skipped.is_empty() => {
+                // A kind or apiVersion typo: reading the rest would drop the
+                // mistyped object (a policy, opening traffic).
                 for s in &p.skipped {
-                    log::warn!("{s}");
+                    log::error!("{s} (the file's objects are held at its last good version until it is fixed or removed)");
                     self.error(s);
                 }
-                let was_broken = self.files.get(name).is_some_and(|f| f.broken);
+                self.hold(name, stamp, content, "unknown_kind");
+                false
+            }
+            Ok(p) => {
+                let was_broken = self.files.get(name).is_some_and(|f| f.broken.is_some());
                 if was_broken {
                     log::info!("{file}: parses again ({} objects)", p.objects.len());
                 }
+                self.save_last_good(name, &content);
                 let old = self.files.insert(
                     name.to_string(),
-                    FileState { stamp, content, objects: p.objects, broken: false },
+                    FileState {
+                        stamp: Some(stamp),
+                        content,
+                        objects: p.objects,
+                        broken: None,
+                    },
                 );
                 old.map(|o| o.objects) != self.files.get(name).map(|f| f.objects.clone())
             }
             Err(e) => {
                 log::error!("{e}");
                 self.error(&e);
-                let objects = self.files.remove(name).map(|f| f.objects).unwrap_or_default();
-                self.files.insert(name.to_string(), FileState { stamp, content, objects, broken: true });
+                self.hold(name, stamp, content, e.reason());
                 false
             }
         }
@@ -250,12 +426,17 @@ fn modified_within(path: &Path, d: Duration) -> bool {
 
 fn is_manifest_name(name: &str) -> bool {
     !name.starts_with('.')
-        && [".yaml", ".yml", ".json"].iter().any(|ext| name.len() > ext.len() && name.ends_with(ext))
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.len() > ext.len() && name.ends_with(ext))
 }
 
 async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        log::error!("{}: cannot create the manifest directory: {e}", dir.display());
+        log::error!(
+            "{}: cannot create the manifest directory: {e}",
+            dir.display()
+        );
     }
     let mut wake = match crate::fswatch::watch_dir(&dir) {
         Ok(rx) => Some(rx),
@@ -268,7 +449,7 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             None
         }
     };
-    let mut state = DirState { dir: dir.clone(), files: BTreeMap::new(), read_errors: BTreeMap::new(), metrics: metrics.clone() };
+    let mut state = DirState::new(dir.clone(), opts.last_good.as_deref(), metrics.clone());
     let mut tick = tokio::time::interval(opts.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -277,7 +458,10 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
         match state.scan() {
             Ok(_) => break,
             Err(e) => {
-                let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
+                let err = SourceError::ManifestRead {
+                    file: dir.display().to_string(),
+                    message: e.to_string(),
+                };
                 log::error!("{err}; retrying");
                 metrics.source_error(SOURCE, &err);
                 tick.tick().await;
@@ -285,9 +469,13 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
         }
     }
     let mut emitted = state.merged();
-    let mut by_kind: BTreeMap<ObjectKind, Vec<Object>> = ObjectKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+    let mut by_kind: BTreeMap<ObjectKind, Vec<Object>> =
+        ObjectKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
     for (r, o) in &emitted {
-        by_kind.get_mut(&r.kind).expect("every kind present").push(o.clone());
+        by_kind
+            .get_mut(&r.kind)
+            .expect("every kind present")
+            .push(o.clone());
     }
     for (k, objs) in by_kind {
         let ev = SourceEvent::Replace(k, objs);
@@ -333,7 +521,10 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             Err(e) => {
                 // Keep everything: a directory briefly unreadable (being
                 // replaced, permissions) is no reason to drop policies.
-                let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
+                let err = SourceError::ManifestRead {
+                    file: dir.display().to_string(),
+                    message: e.to_string(),
+                };
                 metrics.source_error(SOURCE, &err);
                 // Once per distinct error, not every poll.
                 if dir_error.as_deref() != Some(err.to_string().as_str()) {

@@ -3,7 +3,7 @@
 //! NetworkPolicy (networking.k8s.io/v1), and `kind: List` (or `PodList`
 //! etc.) wrapping them. Pure: text in, objects and diagnostics out.
 
-use super::{Object, SourceError};
+use super::{Object, ObjectKind, SourceError};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -12,8 +12,10 @@ use serde_yaml_ng::Value;
 pub struct Parsed {
     /// In document order (a later document with the same identity wins).
     pub objects: Vec<Object>,
-    /// Documents skipped (kinds policyd does not read): worth a log line,
-    /// not a reason to distrust the file.
+    /// Documents of a kind or apiVersion policyd does not read
+    /// ([`SourceError::UnknownKind`]). The manifest directory source holds
+    /// such a file at its last good version (a typo in `kind` must not drop
+    /// a policy); other callers decide for themselves.
     pub skipped: Vec<SourceError>,
 }
 
@@ -25,23 +27,37 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, SourceError> {
     let mut out = Parsed::default();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
-        let value = Value::deserialize(doc).map_err(|e| invalid(file, format!("document {n}: not valid YAML: {e}")))?;
+        let value = Value::deserialize(doc)
+            .map_err(|e| invalid(file, format!("document {n}: not valid YAML: {e}")))?;
         collect(file, n, value, &mut out)?;
     }
     Ok(out)
 }
 
 fn invalid(file: &str, message: String) -> SourceError {
-    SourceError::ManifestInvalid { file: file.to_string(), message }
+    SourceError::ManifestInvalid {
+        file: file.to_string(),
+        message,
+    }
 }
 
 fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(), SourceError> {
     let map = match &value {
         Value::Null => return Ok(()), // empty document, e.g. a trailing `---`
         Value::Mapping(m) => m,
-        _ => return Err(invalid(file, format!("document {doc}: expected an object (a mapping with apiVersion and kind)"))),
+        _ => {
+            return Err(invalid(
+                file,
+                format!("document {doc}: expected an object (a mapping with apiVersion and kind)"),
+            ))
+        }
     };
-    let field = |name: &str| map.get(name).and_then(Value::as_str).unwrap_or("").to_string();
+    let field = |name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let api_version = field("apiVersion");
     let kind = field("kind");
     if kind.is_empty() || api_version.is_empty() {
@@ -54,7 +70,12 @@ fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(),
         let items = match map.get("items") {
             None | Some(Value::Null) => return Ok(()),
             Some(Value::Sequence(items)) => items.clone(),
-            Some(_) => return Err(invalid(file, format!("document {doc}: {kind}.items must be a list"))),
+            Some(_) => {
+                return Err(invalid(
+                    file,
+                    format!("document {doc}: {kind}.items must be a list"),
+                ))
+            }
         };
         for item in items {
             collect(file, doc, item, out)?;
@@ -67,20 +88,40 @@ fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(),
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let typed = |e: serde_yaml_ng::Error| invalid(file, format!("document {doc}: {kind} {name:?}: {e}"));
-    let mut obj = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("v1", "Pod") => Object::Pod(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("v1", "Service") => Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("v1", "Node") => Object::Node(serde_yaml_ng::from_value(value).map_err(typed)?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?),
-        _ => {
-            out.skipped.push(SourceError::UnknownKind { file: file.to_string(), doc, api_version, kind });
+    let typed =
+        |e: serde_yaml_ng::Error| invalid(file, format!("document {doc}: {kind} {name:?}: {e}"));
+    let known = ObjectKind::ALL
+        .into_iter()
+        .find(|k| k.to_string() == kind && k.api_version() == api_version);
+    let mut obj = match known {
+        Some(ObjectKind::Namespace) => {
+            Object::Namespace(serde_yaml_ng::from_value(value).map_err(typed)?)
+        }
+        Some(ObjectKind::Pod) => Object::Pod(serde_yaml_ng::from_value(value).map_err(typed)?),
+        Some(ObjectKind::Service) => {
+            Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?)
+        }
+        Some(ObjectKind::Node) => Object::Node(serde_yaml_ng::from_value(value).map_err(typed)?),
+        Some(ObjectKind::NetworkPolicy) => {
+            Object::NetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?)
+        }
+        None => {
+            out.skipped.push(SourceError::UnknownKind {
+                file: file.to_string(),
+                doc,
+                api_version,
+                kind,
+            });
             return Ok(());
         }
     };
     if name.is_empty() {
-        return Err(invalid(file, format!("document {doc}: {kind} without metadata.name (generateName is not supported here)")));
+        return Err(invalid(
+            file,
+            format!(
+                "document {doc}: {kind} without metadata.name (generateName is not supported here)"
+            ),
+        ));
     }
     if obj.kind().namespaced() {
         let meta = match &mut obj {
@@ -105,17 +146,59 @@ mod tests {
 
     #[test]
     fn json_manifest_is_accepted() {
-        let p = parse("a.json", r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#).unwrap();
+        let p = parse(
+            "a.json",
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#,
+        )
+        .unwrap();
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.objects[0].kind(), ObjectKind::Namespace);
     }
 
     #[test]
-    fn wrong_api_version_for_known_kind_is_skipped_not_fatal() {
-        let p = parse("a.yaml", "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n").unwrap();
+    fn wrong_api_version_for_known_kind_is_reported_not_read() {
+        let p = parse(
+            "a.yaml",
+            "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n",
+        )
+        .unwrap();
         assert!(p.objects.is_empty());
         assert_eq!(p.skipped.len(), 1);
         assert_eq!(p.skipped[0].reason(), "unknown_kind");
+        assert_eq!(p.skipped[0].field(), Some("apiVersion"));
+        let msg = p.skipped[0].to_string();
+        assert!(
+            msg.starts_with("a.yaml: document 1: apiVersion \"networking.k8s.io/v1beta1\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("write apiVersion: networking.k8s.io/v1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn kind_typo_names_the_field_and_the_kind_meant() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: networking.k8s.io/v1\nkind: Networkpolicy\nmetadata: {name: p}\n";
+        let p = parse("a.yaml", text).unwrap();
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped[0].field(), Some("kind"));
+        let msg = p.skipped[0].to_string();
+        assert!(
+            msg.starts_with("a.yaml: document 2: kind \"Networkpolicy\""),
+            "{msg}"
+        );
+        assert!(msg.contains("write kind: NetworkPolicy"), "{msg}");
+        // The fix lists what is accepted.
+        for accepted in [
+            "Namespace (v1)",
+            "Pod (v1)",
+            "Service (v1)",
+            "Node (v1)",
+            "NetworkPolicy (networking.k8s.io/v1)",
+        ] {
+            assert!(msg.contains(accepted), "{accepted} missing from: {msg}");
+        }
     }
 
     #[test]
@@ -123,13 +206,20 @@ mod tests {
         let e = parse("f.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containers: 7}\n")
             .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("f.yaml") && msg.contains("document 2") && msg.contains("\"b\""), "{msg}");
+        assert!(
+            msg.contains("f.yaml") && msg.contains("document 2") && msg.contains("\"b\""),
+            "{msg}"
+        );
         assert_eq!(e.reason(), "manifest_invalid");
     }
 
     #[test]
     fn missing_name_fails_the_file() {
-        let e = parse("f.yaml", "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n").unwrap_err();
+        let e = parse(
+            "f.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("metadata.name"), "{e}");
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod last_good;
 pub mod manifest;
 
 use crate::metrics::Metrics;
@@ -66,7 +67,18 @@ impl ObjectKind {
     }
 
     pub fn namespaced(self) -> bool {
-        matches!(self, ObjectKind::Pod | ObjectKind::Service | ObjectKind::NetworkPolicy)
+        matches!(
+            self,
+            ObjectKind::Pod | ObjectKind::Service | ObjectKind::NetworkPolicy
+        )
+    }
+
+    /// The apiVersion policyd reads the kind in (manifests and the API).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            ObjectKind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
     }
 }
 
@@ -152,7 +164,11 @@ impl Object {
         let meta = self.meta();
         ObjectRef {
             kind,
-            namespace: if kind.namespaced() { meta.namespace.clone().unwrap_or_default() } else { String::new() },
+            namespace: if kind.namespaced() {
+                meta.namespace.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
             name: meta.name.clone().unwrap_or_default(),
         }
     }
@@ -179,7 +195,11 @@ impl Object {
                     spec.volumes = None;
                     spec.affinity = None;
                     spec.tolerations = None;
-                    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                    for c in spec
+                        .containers
+                        .iter_mut()
+                        .chain(spec.init_containers.iter_mut().flatten())
+                    {
                         let ports = c.ports.take();
                         let name = std::mem::take(&mut c.name);
                         let restart_policy = c.restart_policy.take();
@@ -269,8 +289,16 @@ impl Source {
         // letting a burst grow memory without limit.
         let (tx, rx) = mpsc::channel(1024);
         let (synced_tx, synced_rx) = watch::channel(false);
-        let task = tokio::spawn(run(Sender { tx, synced: Arc::new(synced_tx) }));
-        Source { events: rx, synced: synced_rx, task, carry: Batch::default() }
+        let task = tokio::spawn(run(Sender {
+            tx,
+            synced: Arc::new(synced_tx),
+        }));
+        Source {
+            events: rx,
+            synced: synced_rx,
+            task,
+            carry: Batch::default(),
+        }
     }
 
     /// A flag that turns true once `Synced` has been sent (it may still be
@@ -304,7 +332,12 @@ impl Source {
     /// Cancel-safe (for `select!`): events a cancelled call already folded
     /// into the store are reported by the next call, which then returns
     /// without waiting for a new event.
-    pub async fn next_batch(&mut self, store: &mut Store, settle: Duration, max_wait: Duration) -> Option<Batch> {
+    pub async fn next_batch(
+        &mut self,
+        store: &mut Store,
+        settle: Duration,
+        max_wait: Duration,
+    ) -> Option<Batch> {
         if self.carry.events == 0 {
             let first = self.events.recv().await?;
             self.fold(store, first);
@@ -318,7 +351,9 @@ impl Source {
             if settle.is_zero() || now >= deadline {
                 break;
             }
-            match tokio::time::timeout_at(std::cmp::min(now + settle, deadline), self.events.recv()).await {
+            match tokio::time::timeout_at(std::cmp::min(now + settle, deadline), self.events.recv())
+                .await
+            {
                 Ok(Some(ev)) => self.fold(store, ev),
                 // Stopped (the next call sees None) or quiet for `settle`.
                 Ok(None) | Err(_) => break,
@@ -483,7 +518,11 @@ pub enum SourceError {
     WatchGone { kind: ObjectKind },
     /// An ERROR event other than 410 in the watch stream.
     #[error("{kind} watch returned error {code}: {message}")]
-    WatchError { kind: ObjectKind, code: u16, message: String },
+    WatchError {
+        kind: ObjectKind,
+        code: u16,
+        message: String,
+    },
     /// The watch stream broke (connection dropped, undecodable event);
     /// resumed from the last resourceVersion seen.
     #[error("{kind} watch stream failed: {message}")]
@@ -495,15 +534,71 @@ pub enum SourceError {
     /// its kind's schema. Its previously loaded objects are kept.
     #[error("{file}: {message} (the objects it defined before are kept until it parses again or is removed)")]
     ManifestInvalid { file: String, message: String },
-    /// A document of a kind policyd does not read; skipped.
-    #[error("{file}: document {doc}: kind {kind:?} (apiVersion {api_version:?}) is not one policyd reads (Namespace, Pod, Service, Node v1; NetworkPolicy networking.k8s.io/v1; List): skipped")]
-    UnknownKind { file: String, doc: usize, api_version: String, kind: String },
+    /// A document whose kind or apiVersion policyd does not read (a typo
+    /// such as `Networkpolicy` or `networking.k8s.io/v1beta1`, or an
+    /// object of another kind).
+    #[error("{file}: document {doc}: {}", unknown_kind_help(.api_version, .kind))]
+    UnknownKind {
+        file: String,
+        doc: usize,
+        api_version: String,
+        kind: String,
+    },
+    /// A manifest file's last good version could not be saved or removed
+    /// (`<run dir>/manifests-last-good`): a restart while the file is
+    /// broken would not find it.
+    #[error("{dir}: keeping the last good manifest versions failed: {message}")]
+    LastGoodWrite { dir: String, message: String },
     /// The same object is defined by two files; the later file name wins.
-    #[error("{object} is defined in both {first} and {second}: using {second} (later file name wins)")]
-    DuplicateObject { object: ObjectRef, first: String, second: String },
+    #[error(
+        "{object} is defined in both {first} and {second}: using {second} (later file name wins)"
+    )]
+    DuplicateObject {
+        object: ObjectRef,
+        first: String,
+        second: String,
+    },
+}
+
+/// What is wrong with an unknown (apiVersion, kind) and how to fix it.
+fn unknown_kind_help(api_version: &str, kind: &str) -> String {
+    let accepted = ObjectKind::ALL
+        .iter()
+        .map(|k| format!("{k} ({})", k.api_version()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let wrong = match unknown_kind_field(kind) {
+        "apiVersion" => {
+            let k = ObjectKind::ALL.iter().find(|k| k.to_string() == kind).expect("a known kind");
+            format!("apiVersion {api_version:?} is not read for kind {kind}: write apiVersion: {}", k.api_version())
+        }
+        _ => match ObjectKind::ALL.iter().find(|k| k.to_string().eq_ignore_ascii_case(kind)) {
+            Some(k) => format!("kind {kind:?} is not a kind policyd reads: write kind: {k} (kinds are case-sensitive)"),
+            None => format!("kind {kind:?} (apiVersion {api_version:?}) is not a kind policyd reads"),
+        },
+    };
+    format!("{wrong}; accepted kinds (apiVersion): {accepted}, and List of them; keep other objects out of the manifest directory")
+}
+
+/// The field of an unknown (apiVersion, kind) to correct: `apiVersion`
+/// when the kind is one policyd reads, `kind` otherwise.
+fn unknown_kind_field(kind: &str) -> &'static str {
+    if ObjectKind::ALL.iter().any(|k| k.to_string() == kind) {
+        "apiVersion"
+    } else {
+        "kind"
+    }
 }
 
 impl SourceError {
+    /// The manifest field the error is about, when there is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            SourceError::UnknownKind { kind, .. } => Some(unknown_kind_field(kind)),
+            _ => None,
+        }
+    }
+
     /// Metric label: stable, lower_snake_case.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -516,6 +611,7 @@ impl SourceError {
             SourceError::ManifestRead { .. } => "manifest_read",
             SourceError::ManifestInvalid { .. } => "manifest_invalid",
             SourceError::UnknownKind { .. } => "unknown_kind",
+            SourceError::LastGoodWrite { .. } => "last_good_write",
             SourceError::DuplicateObject { .. } => "duplicate_object",
         }
     }
@@ -527,7 +623,13 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn ns(name: &str) -> Object {
-        Object::Namespace(Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() })
+        Object::Namespace(Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
     }
 
     /// A source fed by the test through a channel.
@@ -535,7 +637,11 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let src = Source::spawn(move |out| async move {
             while let Some(ev) = rx.recv().await {
-                let r = if matches!(ev, SourceEvent::Synced) { out.send_synced().await } else { out.send(ev).await };
+                let r = if matches!(ev, SourceEvent::Synced) {
+                    out.send_synced().await
+                } else {
+                    out.send(ev).await
+                };
                 if r.is_err() {
                     return;
                 }
@@ -557,13 +663,23 @@ mod tests {
             // One poll folds what is queued, then waits for the burst to
             // settle (an hour); dropping it is what select! does when
             // another branch wins.
-            let fut = src.next_batch(&mut store, Duration::from_secs(3600), Duration::from_secs(3600));
+            let fut = src.next_batch(
+                &mut store,
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            );
             tokio::pin!(fut);
             assert!(futures::poll!(fut.as_mut()).is_pending());
         }
-        assert!(store.namespaces.contains_key("a"), "folded before the cancellation");
+        assert!(
+            store.namespaces.contains_key("a"),
+            "folded before the cancellation"
+        );
         // The next call reports them without waiting for a new event.
-        let b = src.next_batch(&mut store, Duration::ZERO, Duration::ZERO).await.unwrap();
+        let b = src
+            .next_batch(&mut store, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(b.events, 2);
         assert!(b.synced && b.kinds.contains(&ObjectKind::Namespace));
     }
@@ -572,15 +688,27 @@ mod tests {
     async fn wait_synced_folds_every_replace_first() {
         let (tx, mut src) = scripted();
         let mut store = Store::default();
-        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("a"), ns("b")])).unwrap();
-        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("b")])).unwrap();
+        tx.send(SourceEvent::Replace(
+            ObjectKind::Namespace,
+            vec![ns("a"), ns("b")],
+        ))
+        .unwrap();
+        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("b")]))
+            .unwrap();
         tx.send(SourceEvent::Synced).unwrap();
         tx.send(SourceEvent::Delete(ns("b").object_ref())).unwrap();
         let b = src.wait_synced(&mut store).await.unwrap();
         assert!(b.synced);
         assert_eq!(b.events, 3);
-        assert_eq!(store.namespaces.keys().collect::<Vec<_>>(), ["b"], "a Replace drops what the previous one had");
-        let b = src.next_batch(&mut store, Duration::ZERO, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            store.namespaces.keys().collect::<Vec<_>>(),
+            ["b"],
+            "a Replace drops what the previous one had"
+        );
+        let b = src
+            .next_batch(&mut store, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(b.events, 1);
         assert!(store.namespaces.is_empty());
     }
