@@ -342,8 +342,16 @@ pub fn parse_netconf(input: Value) -> Result<NetConf> {
         )));
     }
     let bridge = opt_str(&v, "", "bridge")?.unwrap_or_else(|| DEFAULT_BRIDGE.into());
-    if bridge.is_empty() || bridge.len() > 15 || bridge.chars().any(|c| c == '/' || c.is_whitespace()) {
-        return Err(CniError::config(format!("bridge {bridge:?} is not a valid interface name (1-15 characters)")));
+    // The kernel's rule (dev_valid_name); NUL would cut the name in netlink.
+    if bridge.is_empty()
+        || bridge.len() > 15
+        || bridge == "."
+        || bridge == ".."
+        || bridge.chars().any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    {
+        return Err(CniError::config(format!(
+            "bridge {bridge:?} is not a valid interface name (1-15 characters, not \".\" or \"..\", no '/', ':' or spaces)"
+        )));
     }
     let mtu = match opt_u64(&v, "", "mtu")? {
         None | Some(0) => None,
@@ -642,6 +650,22 @@ mod tests {
         let mut v = base();
         v["ipam"]["ranges"] = json!([[{"subnet": "10.1.0.0/24", "gateway": "10.2.0.1"}]]);
         assert!(err(v).msg.contains("ipam.ranges[0][0].gateway 10.2.0.1 is outside"));
+    }
+
+    /// Found by fuzz/ (cni_config): "br:-weir" passed here and failed only
+    /// when the kernel refused to create the bridge.
+    #[test]
+    fn bridge_names_the_kernel_refuses_are_rejected() {
+        for name in ["br:0", ".", "..", "br\u{0}x"] {
+            let mut v = base();
+            v["bridge"] = json!(name);
+            let e = err(v);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{name:?}");
+            assert!(e.msg.starts_with("bridge "), "{}", e.msg);
+        }
+        let mut v = base();
+        v["bridge"] = json!("br-weir.1_x");
+        assert_eq!(parse_netconf(v).unwrap().bridge, "br-weir.1_x");
     }
 
     #[test]
