@@ -773,6 +773,22 @@ mod tests {
         assert!(err(v).msg.contains("ipam.ranges[0][0].gateway 10.2.0.1 is outside"));
     }
 
+    /// Found by fuzz/ (cni_config): "br:-weir" passed here and failed only
+    /// when the kernel refused to create the bridge.
+    #[test]
+    fn bridge_names_the_kernel_refuses_are_rejected() {
+        for name in ["br:0", ".", "..", "br\u{0}x"] {
+            let mut v = base();
+            v["bridge"] = json!(name);
+            let e = err(v);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{name:?}");
+            assert!(e.msg.starts_with("bridge "), "{}", e.msg);
+        }
+        let mut v = base();
+        v["bridge"] = json!("br-weir.1_x");
+        assert_eq!(parse_netconf(v).unwrap().bridge, "br-weir.1_x");
+    }
+
     #[test]
     fn other_ipam_types_are_delegated() {
         let mut v = base();

@@ -57,6 +57,9 @@ pub mod cidr;
 pub mod identity;
 pub mod policy;
 pub mod ports;
+#[cfg(any(test, feature = "reference"))]
+#[doc(hidden)]
+pub mod reference;
 pub mod selector;
 #[cfg(test)]
 mod tests;

@@ -123,17 +123,7 @@ fn ipcache_lookup(d: &Desired, a: IpAddr) -> IpcacheEntry {
     *cidr::lpm(d.ipcache.iter(), a).expect("0.0.0.0/0 and ::/0 are always present")
 }
 
-fn policy_hit(d: &Desired, ep: u32, id: u32, dir: Direction, proto: u8, port: u16) -> bool {
-    d.policy.keys().any(|k| {
-        k.endpoint == ep
-            && k.identity == id
-            && k.direction == dir
-            && k.protocol.is_none_or(|p| p == proto)
-            && k.port.is_none_or(|b| b.contains(port))
-    })
-}
-
-/// The dataplane's judgement of endpoint `ep` in `dir` against a peer.
+/// [`reference::judge`] with the peer written as text.
 pub(super) fn judge(
     d: &Desired,
     ep: u32,
@@ -142,32 +132,7 @@ pub(super) fn judge(
     proto: u8,
     port: u16,
 ) -> bool {
-    let Some(st) = d.endpoints.get(&ep) else {
-        return false;
-    };
-    let isolated = match dir {
-        Ingress => st.ingress_isolated,
-        Egress => st.egress_isolated,
-    };
-    if !isolated {
-        return true;
-    }
-    let peer = ip(peer);
-    let id = ipcache_lookup(d, peer).identity;
-    if id == ID_HOST {
-        return true;
-    }
-    if policy_hit(d, ep, id, dir, proto, port) || policy_hit(d, ep, ID_ANY, dir, proto, port) {
-        return true;
-    }
-    let class = cidr::lpm(
-        d.cidr
-            .iter()
-            .filter(|(k, _)| k.endpoint == ep && k.direction == dir)
-            .map(|(k, v)| (&k.net, *v)),
-        peer,
-    );
-    class.is_some_and(|c| policy_hit(d, ep, c, dir, proto, port))
+    reference::judge(d, ep, dir, ip(peer), proto, port)
 }
 
 fn ing(d: &Desired, ep: u32, from: &str, port: u16) -> bool {

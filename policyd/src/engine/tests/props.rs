@@ -297,6 +297,17 @@ proptest! {
         }
     }
 
+    /// The compiled maps, read the dataplane's way, allow exactly what the
+    /// policy text allows, on every question the input makes worth asking.
+    #[test]
+    fn maps_allow_exactly_what_the_policy_text_says((pods, pols) in arb_world()) {
+        let f = build(&pods, &pols);
+        let d = f.compile();
+        let wrong = reference::mismatches(&f.store, &f.locals, &d);
+        let shown: Vec<String> = wrong.iter().take(5).map(ToString::to_string).collect();
+        prop_assert!(wrong.is_empty(), "{} questions answered differently, e.g.\n{}", wrong.len(), shown.join("\n"));
+    }
+
     /// ipBlocks through the whole engine: an address is allowed iff some
     /// block contains it and none of that block's excepts do, judged by LPM
     /// on the produced cidr map.
