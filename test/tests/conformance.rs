@@ -53,7 +53,6 @@ fn root_conformance_suite() {
 }
 
 #[test]
-#[ignore = "on 3 nodes 90 pass, 3 SCTP unsupported, and weir-ipblock-nested-and-per-port and weir-ipv6-ingress-ipblock-except fail, not yet diagnosed; about 12 min each on 2 cores"]
 fn root_conformance_3_nodes_vxlan() {
     suite(
         "root_conformance_3_nodes_vxlan",
@@ -63,7 +62,6 @@ fn root_conformance_3_nodes_vxlan() {
 }
 
 #[test]
-#[ignore = "on 3 nodes 90 pass, 3 SCTP unsupported, and weir-ipblock-nested-and-per-port and weir-ipv6-ingress-ipblock-except fail, not yet diagnosed; about 12 min each on 2 cores"]
 fn root_conformance_3_nodes_host_gw() {
     suite(
         "root_conformance_3_nodes_host_gw",
