@@ -281,28 +281,100 @@ fn check_abi(root: &Path) -> Result<(), Error> {
     }
 }
 
+/// What [`Dataplane::load_or_upgrade`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Another build's programs were pinned and this build's replaced them.
+    pub replaced: bool,
+    /// Pinned links switched to the new programs.
+    pub links_updated: usize,
+    /// Pinned links whose device is gone, left as they were.
+    pub links_defunct: usize,
+}
+
+/// This build's identity in a bpffs root: a 64-bit FNV-1a of the embedded
+/// object, so two builds with the same programs are one build.
+pub fn build_id() -> String {
+    let hash = crate::OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+/// `<root>/build-<id>`: an empty directory naming the build whose programs
+/// are pinned (bpffs holds only pins and directories).
+fn build_marker(root: &Path, build: &str) -> PathBuf {
+    root.join(format!("build-{build}"))
+}
+
+/// Written after the programs are pinned (and, on an upgrade, after the
+/// links are switched), so an upgrade that dies half way is redone.
+fn set_build_marker(root: &Path, build: &str) -> Result<(), Error> {
+    let keep = build_marker(root, build);
+    for e in std::fs::read_dir(root).map_err(|e| Error::io("cannot list", root, e))?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("build-") && e.path() != keep {
+            std::fs::remove_dir(e.path()).map_err(|err| Error::io("cannot remove the old build marker", e.path(), err))?;
+        }
+    }
+    Ok(trust::ensure_dir(&keep)?)
+}
+
 impl Dataplane {
     /// Open the pinned dataplane under `root`, loading the embedded object
     /// and pinning its maps and programs first if they are absent.
     /// Idempotent and safe under concurrent callers (flock on the root).
+    /// Programs another build pinned (same ABI) are kept: the CNI binary of
+    /// an older or newer build must not swap them back and forth; weir-policyd
+    /// replaces them ([`Dataplane::load_or_upgrade`]).
     pub fn load_or_open(root: &Path) -> Result<Dataplane, Error> {
+        Self::prepare(root, &build_id(), false)?;
+        Self::open(root)
+    }
+
+    /// As [`Dataplane::load_or_open`], and when the pinned programs are
+    /// another build's (same map ABI), this build's replace them: they are
+    /// loaded and pinned, then every pinned link (pods' and node devices')
+    /// is switched to them with one `BPF_LINK_UPDATE` each, so every packet
+    /// is judged by the old program or the new one, and the maps (and so
+    /// conntrack) carry on. weir-policyd calls this at start, which is how
+    /// a DaemonSet rollout upgrades the programs of running pods.
+    pub fn load_or_upgrade(root: &Path) -> Result<(Dataplane, Upgrade), Error> {
+        Self::load_or_upgrade_as(root, &build_id())
+    }
+
+    /// [`Dataplane::load_or_upgrade`] as if this build's identity were
+    /// `build`: lets a test play the next build with the same object.
+    #[doc(hidden)]
+    pub fn load_or_upgrade_as(root: &Path, build: &str) -> Result<(Dataplane, Upgrade), Error> {
+        let upgrade = Self::prepare(root, build, true)?;
+        Ok((Self::open(root)?, upgrade))
+    }
+
+    fn prepare(root: &Path, build: &str, upgrade: bool) -> Result<Upgrade, Error> {
         check_bpffs(root)?;
         trust::ensure_dir(root)?;
         check_trusted(root)?;
-        {
-            let _lock = RootLock::take(root)?;
-            let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
-            match read_abi(root)? {
-                Some(v) if v == ABI_VERSION && progs_pinned => {}
-                Some(v) if v != 0 && v != ABI_VERSION => {
-                    return Err(Error::AbiMismatch { root: root.to_path_buf(), found: v, expected: ABI_VERSION })
+        let _lock = RootLock::take(root)?;
+        let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
+        match read_abi(root)? {
+            Some(v) if v == ABI_VERSION && progs_pinned => {
+                if !upgrade || build_marker(root, build).exists() {
+                    return Ok(Upgrade::default());
                 }
-                // absent, or a load that died before it finished (version is
-                // written last): (re)load; existing map pins are reused.
-                _ => Self::load(root)?,
+                Self::load(root)?;
+                let up = Self::relink(root)?;
+                set_build_marker(root, build)?;
+                Ok(up)
+            }
+            Some(v) if v != 0 && v != ABI_VERSION => {
+                Err(Error::AbiMismatch { root: root.to_path_buf(), found: v, expected: ABI_VERSION })
+            }
+            // absent, or a load that died before it finished (version is
+            // written last): (re)load; existing map pins are reused.
+            _ => {
+                Self::load(root)?;
+                set_build_marker(root, build)?;
+                Ok(Upgrade::default())
             }
         }
-        Self::open(root)
     }
 
     fn load(root: &Path) -> Result<(), Error> {
@@ -336,6 +408,37 @@ impl Dataplane {
         .map_err(map_err(&path, "open"))?;
         abi_map.set(0, ABI_VERSION, 0).map_err(map_err(&path, "write ABI version"))?;
         Ok(())
+    }
+
+    /// Switch every pinned link under `root` to the program now pinned for
+    /// its hook. A link whose device is gone (defunct) is left for GC.
+    fn relink(root: &Path) -> Result<Upgrade, Error> {
+        let mut up = Upgrade { replaced: true, ..Upgrade::default() };
+        for hook in Hook::ALL {
+            let prog_pin = root.join("progs").join(hook.name());
+            let prog = sys::obj_get(&prog_pin).map_err(|e| Error::io("cannot open pinned program", &prog_pin, e))?;
+            let dir = root.join(hook.links_dir());
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("cannot list", dir, e)),
+            };
+            let suffix = format!("_{}", hook.name());
+            for e in entries.flatten() {
+                if !e.file_name().to_string_lossy().ends_with(&suffix) {
+                    continue;
+                }
+                let path = e.path();
+                let link = sys::obj_get(&path).map_err(|e| Error::io("cannot open pinned link", &path, e))?;
+                match sys::link_update(link.as_fd(), prog.as_fd()) {
+                    Ok(()) => up.links_updated += 1,
+                    // ENOLINK: the device went away; its pin is GC's.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => up.links_defunct += 1,
+                    Err(e) => return Err(Error::io("cannot switch the link to the new program", &path, e)),
+                }
+            }
+        }
+        Ok(up)
     }
 
     /// Open the pinned dataplane under `root`; the pins must exist.
@@ -378,6 +481,18 @@ impl Dataplane {
     fn program(&self, hook: Hook) -> Result<SchedClassifier, Error> {
         SchedClassifier::from_pin(self.prog_path(hook))
             .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })
+    }
+
+    /// The kernel id of the program pinned for `hook`: the one new
+    /// attachments get.
+    pub fn program_id(&self, hook: Hook) -> Result<u32, Error> {
+        self.prog_id(hook)
+    }
+
+    /// The kernel id of the program `hook` runs on `ifindex` through our
+    /// pinned link; None without one.
+    pub fn attached_program_id(&self, ifindex: u32, hook: Hook) -> Result<Option<u32>, Error> {
+        Ok(self.link_state(&self.link_path(ifindex, hook))?.map(|i| i.prog_id))
     }
 
     fn prog_id(&self, hook: Hook) -> Result<u32, Error> {

@@ -18,7 +18,7 @@ mod dataplane;
 mod error;
 mod events;
 
-pub use dataplane::{CtEntry, Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
+pub use dataplane::{build_id, CtEntry, Dataplane, Hook, PolicyRule, Upgrade, TC_DROP, TC_PASS};
 pub use error::Error;
 pub use events::EventReader;
 pub use sys::monotonic_ns;

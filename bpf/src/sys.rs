@@ -1,5 +1,6 @@
 //! The few raw bpf(2) calls aya 0.14 does not expose: reading a pinned
-//! object and the TCX fields of a link's info (which device, which program).
+//! object, the TCX fields of a link's info (which device, which program),
+//! and swapping the program behind a pinned link.
 
 use std::ffi::CString;
 use std::io;
@@ -9,6 +10,7 @@ use std::path::Path;
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_FS_MAGIC` from linux/magic.h.
 pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -75,6 +77,16 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         ifindex: u32_at(&b, 16),
         attach_type: u32_at(&b, 20),
     })
+}
+
+/// BPF_LINK_UPDATE: swap the program behind `link` for `prog` in one step;
+/// every packet runs either the old program or the new one, never neither.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    // struct { link_fd, new_prog_fd, flags, old_prog_fd }: flags 0, no old_prog_fd check.
+    attr[0] = link.as_raw_fd() as u32 as u64 | ((prog.as_raw_fd() as u32 as u64) << 32);
+    bpf(BPF_LINK_UPDATE, &mut attr)?;
+    Ok(())
 }
 
 /// statfs f_type of `path`.

@@ -78,8 +78,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     })?;
     http::spawn(listener, http_state.clone());
 
-    let dp = Dataplane::load_or_open(&opts.bpffs_root)
+    // A new build's programs replace an older build's on every running pod.
+    let (dp, upgrade) = Dataplane::load_or_upgrade(&opts.bpffs_root)
         .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?;
+    if upgrade.replaced {
+        log::info!(
+            "programs of build {} now run on {} attached link(s) ({} of gone devices left to GC)",
+            weir_bpf::build_id(),
+            upgrade.links_updated,
+            upgrade.links_defunct
+        );
+    }
     let registry = Registry::under(&opts.run_dir);
     // Records decide which pod an interface is: root's alone (weir_common::trust).
     registry.ensure_dir().with_context(|| format!("--run-dir {}", opts.run_dir.display()))?;

@@ -1,0 +1,192 @@
+//! A newer build takes over running pods: `Dataplane::load_or_upgrade`
+//! pins its programs and switches every pinned link to them with
+//! BPF_LINK_UPDATE, while long-lived TCP and UDP flows between two pods made
+//! by the real `weir` binary keep going. The maps (conntrack included) are
+//! the same pins, so no flow notices; the CNI binary's `load_or_open` never
+//! swaps programs, so an old and a new binary cannot flip them back and forth.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use weir_bpf::abi::*;
+use weir_bpf::{Dataplane, Hook, PolicyRule};
+
+/// Echo servers for TCP (every connection, every 4-byte message) and UDP.
+fn serve_echo(ns: &str, ip: IpAddr, tcp: u16, udp: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(ns, move || {
+        let l = TcpListener::bind((ip, tcp)).unwrap();
+        let u = UdpSocket::bind((ip, udp)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = u.recv_from(&mut b) {
+                let _ = u.send_to(&b[..n], from);
+            }
+        });
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4];
+                while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// One long-lived flow from a pod: echoes counted, the first failure kept.
+struct Flow {
+    echoed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+impl Flow {
+    fn start(ns: &str, dst: SocketAddr, udp: bool) -> Flow {
+        let (echoed, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (e, s) = (echoed.clone(), stop.clone());
+        let thread = in_netns(ns, move || {
+            let mut n: u32 = 0;
+            let tcp = if udp { None } else { Some(TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok()?) };
+            let u = UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0)).unwrap();
+            u.connect(dst).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                n += 1;
+                let msg = n.to_be_bytes();
+                let mut back = [0u8; 4];
+                let r = match &tcp {
+                    Some(t) => {
+                        let mut t: &TcpStream = t;
+                        t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        t.write_all(&msg).and_then(|_| t.read_exact(&mut back))
+                    }
+                    None => u.send(&msg).and_then(|_| u.recv(&mut back).map(|_| ())),
+                };
+                if let Err(err) = r {
+                    return Some(format!("message {n}: {err}"));
+                }
+                if back != msg {
+                    return Some(format!("message {n}: echoed {back:?}"));
+                }
+                e.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            None
+        });
+        Flow { echoed, stop, thread: Some(thread) }
+    }
+
+    /// Wait until `more` further echoes arrived (the flow is alive now).
+    fn advance(&self, more: u64, what: &str) {
+        let from = self.echoed.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            if self.echoed.load(Ordering::Relaxed) >= from + more {
+                return;
+            }
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{what}: the flow stopped after {} echoes", self.echoed.load(Ordering::Relaxed));
+    }
+
+    fn finish(mut self) -> (u64, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failure = self.thread.take().unwrap().join().unwrap();
+        (self.echoed.load(Ordering::Relaxed), failure)
+    }
+}
+
+#[test]
+fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let bin = weir_bin();
+    let id = std::process::id();
+    let node = format!("wun{id}");
+    let pods: Vec<String> = (1..=2).map(|i| format!("wup{id}-{i}")).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let g = NetnsGuard::new(
+        pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
+        PathBuf::from(format!("/sys/fs/bpf/weir-tupg-{id}")),
+    );
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weirtest", "type": "weir", "bridge": "cni0", "mtu": 1500,
+        "isDefaultGateway": true, "ipMasq": false,
+        "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.79.0.0/24" }]],
+                  "dataDir": tmp.path().join("ipam") },
+        "policy": { "enforce": true, "bpffsRoot": g.root, "runDir": tmp.path().join("run"),
+                    "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue" }
+    });
+    for (i, p) in pods.iter().enumerate() {
+        cni(&bin, &node, "ADD", &format!("c{i}"), p, &conf);
+    }
+    let reg = weir_common::registry::Registry::under(tmp.path().join("run"));
+    let rec = |i: usize| reg.get(&format!("c{i}"), "eth0").unwrap().expect("endpoint record");
+    let (r0, r1) = (rec(0), rec(1));
+    let ip1 = *r1.ips.iter().find(|a| a.is_ipv4()).unwrap();
+    let dp = Dataplane::open(&g.root).unwrap();
+    // Both isolated both ways; pod 0 may reach pod 1 on TCP 8080 and UDP 8081.
+    program_like_policyd(&dp, &r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    program_like_policyd(&dp, &r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
+        let rule = |endpoint, identity, direction| PolicyRule { endpoint, identity, direction, protocol: Some(proto), ports: Some(port..=port) };
+        dp.allow(&rule(r0.host_ifindex, 301, DIR_EGRESS), 1 + n as u32).unwrap();
+        dp.allow(&rule(r1.host_ifindex, 300, DIR_INGRESS), 3 + n as u32).unwrap();
+    }
+    let (p0, p1) = (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]));
+    serve_echo(&p1, ip1, 8080, 8081);
+    let tcp = Flow::start(&p0, SocketAddr::new(ip1, 8080), false);
+    let udp = Flow::start(&p0, SocketAddr::new(ip1, 8081), true);
+    tcp.advance(20, "TCP before the upgrade");
+    udp.advance(20, "UDP before the upgrade");
+
+    let ifindexes = [r0.host_ifindex, r1.host_ifindex];
+    let running = |dp: &Dataplane| -> Vec<u32> {
+        ifindexes.iter().flat_map(|&i| Hook::POD.map(|h| dp.attached_program_id(i, h).unwrap().expect("attached"))).collect()
+    };
+    let before = running(&dp);
+    assert_eq!(before, ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp.program_id(h).unwrap())).collect::<Vec<_>>());
+
+    // The same build again changes nothing.
+    let (_, same) = Dataplane::load_or_upgrade(&g.root).unwrap();
+    assert!(!same.replaced, "{same:?}");
+    assert_eq!(running(&dp), before);
+
+    // The next build: new programs, every link switched, under traffic.
+    let (dp2, up) = Dataplane::load_or_upgrade_as(&g.root, "next-build").unwrap();
+    assert!(up.replaced, "{up:?}");
+    assert_eq!(up.links_updated, 4, "{up:?}");
+    assert!(g.root.join("build-next-build").is_dir());
+    assert!(!g.root.join(format!("build-{}", weir_bpf::build_id())).exists(), "the old build's marker stays behind");
+    let after = running(&dp2);
+    let new_ids: Vec<u32> = ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp2.program_id(h).unwrap())).collect();
+    assert_eq!(after, new_ids, "every link runs the newly pinned programs");
+    assert!(after.iter().all(|a| !before.contains(a)), "old {before:?}, now {after:?}");
+
+    // A CNI binary of the older build opens the root: it keeps the new programs.
+    let _ = Dataplane::load_or_open(&g.root).unwrap();
+    assert_eq!(running(&dp2), new_ids);
+
+    tcp.advance(20, "TCP after the upgrade");
+    udp.advance(20, "UDP after the upgrade");
+    for (what, f) in [("TCP", tcp), ("UDP", udp)] {
+        let (echoed, failure) = f.finish();
+        assert_eq!(failure, None, "the {what} flow broke across the upgrade ({echoed} echoes before)");
+        eprintln!("{what}: {echoed} messages echoed across the upgrade, none lost");
+    }
+    // Policy still holds on the new programs: pod 1 may not open to pod 0.
+    let ip0 = *r0.ips.iter().find(|a| a.is_ipv4()).unwrap();
+    serve_tcp(&p0, ip0, 9090);
+    assert!(!tcp_ok(&p1, SocketAddr::new(ip0, 9090)), "the new programs still enforce");
+}
