@@ -196,6 +196,15 @@ impl Sender {
     }
 }
 
+// What the sources count is theirs to define: metrics.rs knows nothing of
+// sources, so the two do not import each other.
+impl Metrics {
+    /// Count one source error under its reason label.
+    pub fn source_error(&self, source: &str, err: &SourceError) {
+        self.source_errors.inc(&[source, err.reason()]);
+    }
+}
+
 /// Count one event in the metrics (`op`: apply, delete, replace).
 pub(crate) fn count_event(metrics: &Metrics, source: &str, ev: &SourceEvent) {
     let (kind, op) = match ev {
