@@ -1395,18 +1395,19 @@ fn named_port_change_on_a_peer_pod_recompiles_egress() {
 
 #[test]
 fn diff_lists_upserts_and_removals() {
+    use crate::sync::DesiredDiff;
     let mut f = base();
     let mut e = Engine::new();
     let d1 = e.compile(&f.store, &f.locals);
     f.policy("x", "p", json!({"ingress": [{"ports": [{"port": 80}]}]}));
     let d2 = e.compile(&f.store, &f.locals);
-    let diff = d1.diff(&d2);
+    let diff = DesiredDiff::between(&d1, &d2);
     assert_eq!(diff.policy.upsert.len(), 1);
     assert_eq!(diff.endpoints.upsert.len(), 1);
     assert!(diff.ipcache.is_empty() && diff.policy.remove.is_empty());
-    let back = d2.diff(&d1);
+    let back = DesiredDiff::between(&d2, &d1);
     assert_eq!(back.policy.remove.len(), 1);
-    assert!(d2.diff(&d2).is_empty());
+    assert!(DesiredDiff::between(&d2, &d2).is_empty());
 }
 
 #[test]
