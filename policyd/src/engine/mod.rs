@@ -200,6 +200,10 @@ pub struct IdentityLabels {
     pub labels: Labels,
 }
 
+/// Label identities by number: what a compile uses ([`Desired::identities`])
+/// and what a restart seeds the engine with ([`Engine::seed_identities`]).
+pub type IdentityTable = BTreeMap<u32, IdentityLabels>;
+
 /// Everything the maps should hold. Sorted containers, so equal input
 /// gives equal output and a diff is a merge walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -213,7 +217,7 @@ pub struct Desired {
     pub rules: Vec<RuleInfo>,
     /// Label identities in use; persist them and pass them to
     /// [`Engine::seed_identities`] after a restart to keep the numbers.
-    pub identities: BTreeMap<u32, IdentityLabels>,
+    pub identities: IdentityTable,
     /// Sorted.
     pub diagnostics: Vec<Diagnostic>,
     /// Local endpoints (ifindex) this result leaves out because its
@@ -408,12 +412,12 @@ impl Engine {
     }
 
     /// Take the identity numbers of a previous run (its
-    /// [`Desired::identities`]), so a restart programs the same numbers and
-    /// the maps do not churn. Call before the first compile; returns how
-    /// many were taken (numbers already in use are skipped).
-    pub fn seed_identities(&mut self, previous: &Desired) -> usize {
+    /// [`Desired::identities`], as persisted), so a restart programs the
+    /// same numbers and the maps do not churn. Call before the first
+    /// compile; returns how many were taken (numbers already in use are
+    /// skipped).
+    pub fn seed_identities(&mut self, previous: &IdentityTable) -> usize {
         previous
-            .identities
             .iter()
             .filter(|(id, l)| self.ids.seed(&l.namespace, &l.labels, **id))
             .count()

@@ -1145,7 +1145,7 @@ fn seeded_engine_keeps_the_previous_numbers() {
         .remove(&("a-first".to_string(), "p".to_string()));
     let d_fresh = Engine::new().compile(&f.store, &f.locals);
     let mut e2 = Engine::new();
-    assert_eq!(e2.seed_identities(&d1), d1.identities.len());
+    assert_eq!(e2.seed_identities(&d1.identities), d1.identities.len());
     let d2 = e2.compile(&f.store, &f.locals);
     assert_ne!(
         d_fresh.ipcache, d2.ipcache,
