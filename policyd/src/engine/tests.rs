@@ -6,6 +6,7 @@ use super::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use Direction::{Egress, Ingress};
 
 const TCP: u8 = 6;
