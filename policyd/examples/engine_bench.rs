@@ -13,6 +13,7 @@ use common::{build, describe, measure, status_kib, Series};
 use serde_json::json;
 use std::time::Instant;
 use weir_policyd::engine::Engine;
+use weir_policyd::sync::DesiredDiff;
 
 fn vm_hwm_kib() -> u64 {
     status_kib("VmHWM:")
@@ -65,7 +66,7 @@ fn main() {
     let mut prev = e.compile(&store, &locals);
     let mut noop = Series::new();
     for _ in 0..opt("--noops", 20) {
-        let (diff, w, c) = measure(|| prev.diff(&e.compile(&store, &locals)));
+        let (diff, w, c) = measure(|| DesiredDiff::between(&prev, &e.compile(&store, &locals)));
         assert!(diff.is_empty());
         noop.push(w, c);
     }
@@ -103,7 +104,7 @@ fn main() {
         np.metadata.resource_version = Some(format!("{}", 1000 + c));
         let ((d, diff), w, cpu) = measure(|| {
             let d = e.compile(&store, &locals);
-            let diff = prev.diff(&d);
+            let diff = DesiredDiff::between(&prev, &d);
             (d, diff)
         });
         pol_times.push(w, cpu);
@@ -143,7 +144,7 @@ fn main() {
             Some(format!("{}", 100000 + c));
         let ((d, diff), w, cpu) = measure(|| {
             let d = e.compile(&store, &locals);
-            let diff = prev.diff(&d);
+            let diff = DesiredDiff::between(&prev, &d);
             (d, diff)
         });
         lab_times.push(w, cpu);

@@ -13,7 +13,7 @@
 //! waits for a large recompile of the pods already running. The heartbeat
 //! has its own thread.
 
-use crate::engine::{Desired, Diagnostic, Engine, Slice};
+use crate::engine::{Desired, Diagnostic, Engine, IdentityLabels, IdentityTable, Slice};
 use crate::fswatch;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -227,7 +227,7 @@ struct Agent {
     metrics: Arc<Metrics>,
     slice_budget: usize,
     identities_file: PathBuf,
-    last_identities: std::collections::BTreeMap<u32, crate::engine::IdentityLabels>,
+    last_identities: IdentityTable,
     last_diagnostics: BTreeSet<Diagnostic>,
 }
 
@@ -330,12 +330,10 @@ impl Agent {
         };
         match serde_json::from_slice::<Vec<(u32, String, crate::engine::Labels)>>(&bytes) {
             Ok(rows) => {
-                let mut previous = Desired::default();
-                for (id, namespace, labels) in rows {
-                    previous
-                        .identities
-                        .insert(id, crate::engine::IdentityLabels { namespace, labels });
-                }
+                let previous: IdentityTable = rows
+                    .into_iter()
+                    .map(|(id, namespace, labels)| (id, IdentityLabels { namespace, labels }))
+                    .collect();
                 let n = self.engine.seed_identities(&previous);
                 log::info!(
                     "kept {n} identity numbers from {}",

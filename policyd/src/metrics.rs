@@ -172,8 +172,9 @@ pub struct Metrics {
     /// weir_policyd_source_events_total{source,kind,op}: objects received
     /// (op: apply, delete, replace).
     pub source_events: Family,
-    /// weir_policyd_source_errors_total{source,reason}: reason is
-    /// [`crate::source::SourceError::reason`].
+    /// weir_policyd_source_errors_total{source,reason}: reason is the
+    /// source error's stable label (`SourceError::reason`, counted by
+    /// `Metrics::source_error`, which the sources define).
     pub source_errors: Family,
     /// weir_policyd_source_synced{source}: 1 once every kind's initial list is in.
     pub source_synced: Family,
@@ -300,14 +301,9 @@ impl Metrics {
 
     /// Record how many objects of each kind the store holds.
     pub fn observe_store(&self, store: &crate::store::Store) {
-        for k in crate::source::ObjectKind::ALL {
+        for k in crate::store::ObjectKind::ALL {
             self.store_objects.set(&[k.label()], store.len_of(k) as f64);
         }
-    }
-
-    /// Count one source error under its reason label.
-    pub fn source_error(&self, source: &str, err: &crate::source::SourceError) {
-        self.source_errors.inc(&[source, err.reason()]);
     }
 
     /// Replace the dataplane verdict counters: (direction, reason,

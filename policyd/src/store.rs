@@ -1,10 +1,13 @@
 //! The cluster as policyd sees it: the objects every source fills and the
 //! policy engine reads. Sources differ (Kubernetes API, manifest directory);
-//! what they produce is this, with identical semantics.
+//! what they produce is this, with identical semantics: [`Object`]s, sent
+//! as [`SourceEvent`]s (the stream's contract is `crate::source`'s) and
+//! folded into a [`Store`].
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// (namespace, name) of a namespaced object.
 pub type Key = (String, String);
@@ -16,4 +19,281 @@ pub struct Store {
     pub services: BTreeMap<Key, Service>,
     pub policies: BTreeMap<Key, NetworkPolicy>,
     pub nodes: BTreeMap<String, Node>,
+}
+
+fn key(r: &ObjectRef) -> Key {
+    (r.namespace.clone(), r.name.clone())
+}
+
+impl Store {
+    /// Insert or replace one object.
+    pub fn apply(&mut self, obj: Object) {
+        let r = obj.object_ref();
+        match obj {
+            Object::Namespace(o) => {
+                self.namespaces.insert(r.name, o);
+            }
+            Object::Pod(o) => {
+                self.pods.insert(key(&r), o);
+            }
+            Object::Service(o) => {
+                self.services.insert(key(&r), o);
+            }
+            Object::NetworkPolicy(o) => {
+                self.policies.insert(key(&r), o);
+            }
+            Object::Node(o) => {
+                self.nodes.insert(r.name, o);
+            }
+        }
+    }
+
+    /// Remove one object; false if it was not there.
+    pub fn delete(&mut self, r: &ObjectRef) -> bool {
+        match r.kind {
+            ObjectKind::Namespace => self.namespaces.remove(&r.name).is_some(),
+            ObjectKind::Pod => self.pods.remove(&key(r)).is_some(),
+            ObjectKind::Service => self.services.remove(&key(r)).is_some(),
+            ObjectKind::NetworkPolicy => self.policies.remove(&key(r)).is_some(),
+            ObjectKind::Node => self.nodes.remove(&r.name).is_some(),
+        }
+    }
+
+    /// Make `objects` the complete set of `kind` (objects of another kind in
+    /// the list are applied too, though sources never send them).
+    pub fn replace(&mut self, kind: ObjectKind, objects: Vec<Object>) {
+        match kind {
+            ObjectKind::Namespace => self.namespaces.clear(),
+            ObjectKind::Pod => self.pods.clear(),
+            ObjectKind::Service => self.services.clear(),
+            ObjectKind::NetworkPolicy => self.policies.clear(),
+            ObjectKind::Node => self.nodes.clear(),
+        }
+        for o in objects {
+            self.apply(o);
+        }
+    }
+
+    /// Fold one source event in.
+    pub fn handle(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Apply(o) => self.apply(o),
+            SourceEvent::Delete(r) => {
+                self.delete(&r);
+            }
+            SourceEvent::Replace(k, objs) => self.replace(k, objs),
+            SourceEvent::Synced => {}
+        }
+    }
+
+    /// Number of objects of `kind`.
+    pub fn len_of(&self, kind: ObjectKind) -> usize {
+        match kind {
+            ObjectKind::Namespace => self.namespaces.len(),
+            ObjectKind::Pod => self.pods.len(),
+            ObjectKind::Service => self.services.len(),
+            ObjectKind::NetworkPolicy => self.policies.len(),
+            ObjectKind::Node => self.nodes.len(),
+        }
+    }
+}
+
+/// The kinds policyd reads. Doubles as the `kind` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Namespace,
+    Pod,
+    Service,
+    NetworkPolicy,
+    Node,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 5] =
+        [ObjectKind::Namespace, ObjectKind::Pod, ObjectKind::Service, ObjectKind::NetworkPolicy, ObjectKind::Node];
+
+    /// Lower-case label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Namespace => "namespace",
+            ObjectKind::Pod => "pod",
+            ObjectKind::Service => "service",
+            ObjectKind::NetworkPolicy => "networkpolicy",
+            ObjectKind::Node => "node",
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        matches!(self, ObjectKind::Pod | ObjectKind::Service | ObjectKind::NetworkPolicy)
+    }
+
+    /// The apiVersion policyd reads the kind in (manifests and the API).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            ObjectKind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Namespace => "Namespace",
+            ObjectKind::Pod => "Pod",
+            ObjectKind::Service => "Service",
+            ObjectKind::NetworkPolicy => "NetworkPolicy",
+            ObjectKind::Node => "Node",
+        })
+    }
+}
+
+/// Identity of an object: kind, namespace ("" for cluster-scoped), name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// One object of a kind policyd reads (k8s-openapi types, trimmed by
+/// [`Object::trim`] to what policy needs).
+// Unboxed: objects are moved a handful of times per event, and matching on
+// plain k8s-openapi values keeps the engine's code simple.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    NetworkPolicy(NetworkPolicy),
+    Node(Node),
+}
+
+impl Object {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Namespace(_) => ObjectKind::Namespace,
+            Object::Pod(_) => ObjectKind::Pod,
+            Object::Service(_) => ObjectKind::Service,
+            Object::NetworkPolicy(_) => ObjectKind::NetworkPolicy,
+            Object::Node(_) => ObjectKind::Node,
+        }
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
+        }
+    }
+
+    /// The object's identity. Cluster-scoped kinds get namespace "" even if
+    /// the manifest carried one (the API server ignores it too).
+    pub fn object_ref(&self) -> ObjectRef {
+        let kind = self.kind();
+        let meta = self.meta();
+        ObjectRef {
+            kind,
+            namespace: if kind.namespaced() { meta.namespace.clone().unwrap_or_default() } else { String::new() },
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Drop what no policy decision reads, so a large cluster's caches stay
+    /// small: managedFields, annotations (kubectl's last-applied copy doubles
+    /// every object; a Node keeps its `weir.io/` ones), and for Pods/Nodes
+    /// the bulky status and spec parts.
+    /// Kept on Pods: labels, nodeName, hostNetwork, container ports (named
+    /// ports in policies resolve against them), phase and IPs.
+    pub fn trim(&mut self) {
+        let is_node = matches!(self, Object::Node(_));
+        let meta = self.meta_mut();
+        meta.managed_fields = None;
+        // Except a Node's `weir.io/` annotations: its backend data (crate::node).
+        meta.annotations = meta
+            .annotations
+            .take()
+            .map(|a| {
+                a.into_iter().filter(|(k, _)| is_node && k.starts_with(crate::node::annotations::PREFIX)).collect()
+            })
+            .filter(|a: &std::collections::BTreeMap<String, String>| !a.is_empty());
+        match self {
+            Object::Pod(p) => {
+                if let Some(spec) = p.spec.as_mut() {
+                    spec.volumes = None;
+                    spec.affinity = None;
+                    spec.tolerations = None;
+                    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                        let ports = c.ports.take();
+                        let name = std::mem::take(&mut c.name);
+                        let restart_policy = c.restart_policy.take();
+                        *c = Default::default();
+                        c.name = name;
+                        c.ports = ports;
+                        c.restart_policy = restart_policy;
+                    }
+                    spec.ephemeral_containers = None;
+                }
+                if let Some(st) = p.status.as_mut() {
+                    st.container_statuses = None;
+                    st.init_container_statuses = None;
+                    st.ephemeral_container_statuses = None;
+                    st.conditions = None;
+                    st.message = None;
+                }
+            }
+            Object::Node(n) => {
+                if let Some(st) = n.status.as_mut() {
+                    st.images = None;
+                    st.conditions = None;
+                    st.node_info = None;
+                    st.capacity = None;
+                    st.allocatable = None;
+                    st.volumes_attached = None;
+                    st.volumes_in_use = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a source reports.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// The object was added or changed.
+    Apply(Object),
+    /// The object is gone.
+    Delete(ObjectRef),
+    /// The complete current set of a kind: every object of that kind not in
+    /// the list is gone. Sent for the initial list and after every relist.
+    Replace(ObjectKind, Vec<Object>),
+    /// Every kind's initial list has been sent. Sent exactly once, after
+    /// the initial `Replace` of every kind.
+    Synced,
 }

@@ -14,6 +14,10 @@
 //!
 //! A partial [`Desired`] (a compile slice, [`Desired::pending`]) leaves the
 //! pending endpoints' policy, ipBlock and endpoint entries as they are.
+//!
+//! The differences themselves are computed here too: [`diff_maps`] (a merge
+//! walk over two sorted maps) for what is written against what is wanted,
+//! and [`DesiredDiff`] between two compiles.
 
 use crate::engine::{
     self, CidrKey, Desired, Direction, EndpointState, IpcacheEntry, PolicyKey, PolicyValue,
@@ -21,6 +25,93 @@ use crate::engine::{
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use weir_bpf::{abi, Dataplane};
+
+/// Entries to write and keys to delete to turn one map into another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapDiff<K, V> {
+    pub upsert: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> MapDiff<K, V> {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.upsert.len() + self.remove.len()
+    }
+}
+
+/// Merge walk over two sorted maps.
+pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> MapDiff<K, V> {
+    let mut d = MapDiff {
+        upsert: Vec::new(),
+        remove: Vec::new(),
+    };
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                d.remove.push((*k).clone());
+                a.next();
+            }
+            (None, Some((k, v))) => {
+                d.upsert.push(((*k).clone(), (*v).clone()));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    d.remove.push((*ka).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    d.upsert.push(((*kb).clone(), (*vb).clone()));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        d.upsert.push(((*kb).clone(), (*vb).clone()));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    d
+}
+
+/// What changes between two compiles, map by map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredDiff {
+    pub ipcache: MapDiff<IpNet, IpcacheEntry>,
+    pub endpoints: MapDiff<u32, EndpointState>,
+    pub policy: MapDiff<PolicyKey, PolicyValue>,
+    pub cidr: MapDiff<CidrKey, u32>,
+}
+
+impl DesiredDiff {
+    /// What changes from `old` to `new`.
+    pub fn between(old: &Desired, new: &Desired) -> DesiredDiff {
+        DesiredDiff {
+            ipcache: diff_maps(&old.ipcache, &new.ipcache),
+            endpoints: diff_maps(&old.endpoints, &new.endpoints),
+            policy: diff_maps(&old.policy, &new.policy),
+            cidr: diff_maps(&old.cidr, &new.cidr),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ipcache.len() + self.endpoints.len() + self.policy.len() + self.cidr.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// The map contents this process believes are written.
 #[derive(Debug, Default)]
@@ -97,9 +188,9 @@ impl Sync {
             revision: self.revision,
             ..Default::default()
         };
-        let ipcache = engine::diff_maps(&self.ipcache, &desired.ipcache);
-        let mut policy = engine::diff_maps(&self.policy, &desired.policy);
-        let mut cidr = engine::diff_maps(&self.cidr, &desired.cidr);
+        let ipcache = diff_maps(&self.ipcache, &desired.ipcache);
+        let mut policy = diff_maps(&self.policy, &desired.policy);
+        let mut cidr = diff_maps(&self.cidr, &desired.cidr);
         // Not compiled in this slice: what they hold stays until they are.
         policy
             .remove

@@ -6,6 +6,7 @@ use super::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use Direction::{Egress, Ingress};
 
 const TCP: u8 = 6;
@@ -1145,7 +1146,7 @@ fn seeded_engine_keeps_the_previous_numbers() {
         .remove(&("a-first".to_string(), "p".to_string()));
     let d_fresh = Engine::new().compile(&f.store, &f.locals);
     let mut e2 = Engine::new();
-    assert_eq!(e2.seed_identities(&d1), d1.identities.len());
+    assert_eq!(e2.seed_identities(&d1.identities), d1.identities.len());
     let d2 = e2.compile(&f.store, &f.locals);
     assert_ne!(
         d_fresh.ipcache, d2.ipcache,
@@ -1395,18 +1396,19 @@ fn named_port_change_on_a_peer_pod_recompiles_egress() {
 
 #[test]
 fn diff_lists_upserts_and_removals() {
+    use crate::sync::DesiredDiff;
     let mut f = base();
     let mut e = Engine::new();
     let d1 = e.compile(&f.store, &f.locals);
     f.policy("x", "p", json!({"ingress": [{"ports": [{"port": 80}]}]}));
     let d2 = e.compile(&f.store, &f.locals);
-    let diff = d1.diff(&d2);
+    let diff = DesiredDiff::between(&d1, &d2);
     assert_eq!(diff.policy.upsert.len(), 1);
     assert_eq!(diff.endpoints.upsert.len(), 1);
     assert!(diff.ipcache.is_empty() && diff.policy.remove.is_empty());
-    let back = d2.diff(&d1);
+    let back = DesiredDiff::between(&d2, &d1);
     assert_eq!(back.policy.remove.len(), 1);
-    assert!(d2.diff(&d2).is_empty());
+    assert!(DesiredDiff::between(&d2, &d2).is_empty());
 }
 
 #[test]

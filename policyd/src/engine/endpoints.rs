@@ -1,0 +1,378 @@
+//! Stage 4 of a compile, the endpoints: per local endpoint, the policies
+//! selecting it give its isolation and its (peer identity, protocol, port
+//! block) entries; ipBlocks are split by [`cidr::partition`] into classes.
+//! Each endpoint's result is memoized by a [`Fingerprint`] of everything it
+//! read, and the endpoints whose inputs changed are compiled within the
+//! [`Slice`]'s budget, its `first` endpoints first.
+//!
+//! Takes an [`EndpointInput`] (the local endpoints from the identity stage,
+//! the [`Policies`] and [`PeerSets`] from the rule stage, the
+//! [`Universe`]); hands on [`Endpoints`]: the endpoint, policy and cidr
+//! entries, and the endpoints left pending.
+
+use super::policy::{CompiledPolicy, PeerSelector, PeerSpec, Peers, PortSpec, Subject};
+use super::rules::{PeerSets, Policies};
+use super::universe::Universe;
+use super::{
+    cidr, CidrKey, CompileStats, Direction, EndpointState, Labels, NamedPort, PolicyKey, PolicyValue, PortBlock, Slice,
+    CIDR_NO_CLASS, ID_ANY,
+};
+use crate::store::Key;
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Allowed (protocol, port block) pairs; None = any.
+type PortEntry = (Option<u8>, Option<PortBlock>);
+/// What an ipBlock class allows: (protocol, port block, rule), sorted.
+type ClassKey = Vec<(Option<u8>, Option<PortBlock>, u32)>;
+
+/// A local pod interface matched to its Pod (made by the identity stage).
+pub(super) struct LocalEp<'s> {
+    pub(super) ifindex: u32,
+    pub(super) pod_key: Key,
+    pub(super) pod: &'s Pod,
+    pub(super) identity: u32,
+    pub(super) own_ports: Vec<NamedPort>,
+}
+
+/// What the endpoint stage reads.
+pub(super) struct EndpointInput<'a, 's> {
+    /// Sorted by ifindex.
+    pub(super) endpoints: &'a [LocalEp<'s>],
+    pub(super) policies: &'a Policies<'s>,
+    pub(super) universe: &'a Universe,
+    pub(super) slice: &'a Slice,
+}
+
+/// The endpoint stage's result.
+pub(super) struct Endpoints {
+    pub(super) states: BTreeMap<u32, EndpointState>,
+    pub(super) policy: BTreeMap<PolicyKey, PolicyValue>,
+    pub(super) cidr: BTreeMap<CidrKey, u32>,
+    /// Endpoints whose inputs changed but the slice's budget left out.
+    pub(super) pending: BTreeSet<u32>,
+}
+
+/// What the endpoint stage keeps between compiles.
+pub(super) struct EndpointStage {
+    /// ipBlock class numbers, by what the class allows.
+    classes: HashMap<ClassKey, u32>,
+    next_class: u32,
+    memo: HashMap<u32, EndpointMemo>,
+}
+
+impl Default for EndpointStage {
+    fn default() -> Self {
+        EndpointStage { classes: HashMap::new(), next_class: CIDR_NO_CLASS + 1, memo: HashMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    identity: u32,
+    own_ports: Vec<NamedPort>,
+    policies: Vec<u64>,
+    peer_sets: Vec<u64>,
+    named_ports: u64,
+}
+
+#[derive(Debug)]
+struct EndpointOut {
+    state: EndpointState,
+    policy: Vec<(PolicyKey, PolicyValue)>,
+    cidr: Vec<(CidrKey, u32)>,
+}
+
+struct EndpointMemo {
+    fp: Fingerprint,
+    out: Arc<EndpointOut>,
+}
+
+impl EndpointStage {
+    pub(super) fn run(
+        &mut self,
+        input: EndpointInput<'_, '_>,
+        peer_sets: &mut PeerSets,
+        stats: &mut CompileStats,
+    ) -> Endpoints {
+        let EndpointInput { endpoints: locals_ep, policies, universe, slice } = input;
+        // Per endpoint (in locals_ep order): its output, None while pending.
+        let mut outs: Vec<Option<Arc<EndpointOut>>> = Vec::with_capacity(locals_ep.len());
+        let mut live_eps: HashSet<u32> = HashSet::new();
+        // Endpoints whose inputs changed: (position, fingerprint, policies).
+        let mut stale = Vec::new();
+        for (i, ep) in locals_ep.iter().enumerate() {
+            live_eps.insert(ep.ifindex);
+            let pols = policies.in_namespace(&ep.pod_key.0);
+            let empty = Labels::new();
+            let labels = ep.pod.metadata.labels.as_ref().unwrap_or(&empty);
+            let selecting: Vec<&Arc<CompiledPolicy>> = pols
+                .iter()
+                .filter(|p| match &p.subject {
+                    Subject::Selector(s) => s.matches(labels),
+                    Subject::WholeNamespaceDenied => true,
+                })
+                .collect();
+            let fp = fingerprint(ep, &selecting, universe, peer_sets, stats);
+            if let Some(m) = self.memo.get(&ep.ifindex).filter(|m| m.fp == fp) {
+                stats.endpoints_reused += 1;
+                outs.push(Some(m.out.clone()));
+                continue;
+            }
+            outs.push(None);
+            stale.push((i, fp, selecting));
+        }
+        stale.sort_by_key(|(i, _, _)| (!slice.first.contains(&locals_ep[*i].ifindex), locals_ep[*i].ifindex));
+        let mut spent = 0usize;
+        let mut pending = BTreeSet::new();
+        for (n, (i, fp, selecting)) in stale.into_iter().enumerate() {
+            let ep = &locals_ep[i];
+            if n > 0 && slice.budget.is_some_and(|b| spent >= b) {
+                pending.insert(ep.ifindex);
+                continue;
+            }
+            let out = Arc::new(self.compile_endpoint(ep, &selecting, universe, peer_sets, stats));
+            spent += out.policy.len() + out.cidr.len();
+            stats.endpoints_compiled += 1;
+            self.memo.insert(ep.ifindex, EndpointMemo { fp, out: out.clone() });
+            outs[i] = Some(out);
+        }
+        self.memo.retain(|k, _| live_eps.contains(k));
+        let outs: Vec<(&LocalEp, Arc<EndpointOut>)> =
+            locals_ep.iter().zip(outs).filter_map(|(ep, out)| Some((ep, out?))).collect();
+
+        let mut states = BTreeMap::new();
+        let mut used_classes: HashSet<u32> = HashSet::new();
+        for (ep, out) in &outs {
+            states.insert(ep.ifindex, out.state);
+            used_classes.extend(out.cidr.iter().map(|(_, c)| *c));
+        }
+        let policy: BTreeMap<PolicyKey, PolicyValue> =
+            outs.iter().flat_map(|(_, o)| o.policy.iter().copied()).collect();
+        let cidr: BTreeMap<CidrKey, u32> = outs.iter().flat_map(|(_, o)| o.cidr.iter().copied()).collect();
+        // Classes of pending endpoints' entries in the maps are never handed
+        // out again (numbers only grow), so forgetting them here is safe.
+        if self.classes.len() > 2 * used_classes.len() + 1024 {
+            self.classes.retain(|_, id| used_classes.contains(id));
+        }
+        Endpoints { states, policy, cidr, pending }
+    }
+
+    fn compile_endpoint(
+        &mut self,
+        ep: &LocalEp,
+        selecting: &[&Arc<CompiledPolicy>],
+        universe: &Universe,
+        peer_sets: &mut PeerSets,
+        stats: &mut CompileStats,
+    ) -> EndpointOut {
+        let e = ep.ifindex;
+        let state = EndpointState {
+            identity: ep.identity,
+            ingress_isolated: selecting.iter().any(|p| p.isolates_ingress),
+            egress_isolated: selecting.iter().any(|p| p.isolates_egress),
+        };
+        // Peer sets first (they may need evaluating), entries after.
+        let mut resolved_sets: HashMap<*const PeerSelector, Arc<Vec<u32>>> = HashMap::new();
+        for p in selecting {
+            for r in &p.rules {
+                if let Peers::List(list) = &r.peers {
+                    for pe in list {
+                        if let PeerSpec::Pods(sel) = &pe.spec {
+                            let set = peer_sets.get(sel, universe, stats).0;
+                            resolved_sets.insert(sel as *const _, set);
+                        }
+                    }
+                }
+            }
+        }
+        // When several rules allow one key, the first by (policy namespace
+        // and name, rule index, peer index) names it: decided by content,
+        // not by rule id numbering, so restarts and histories agree.
+        type Rank = (u32, u32, u32);
+        let mut entries: Vec<(PolicyKey, Rank, u32)> = Vec::new();
+        let mut rank_of: HashMap<u32, Rank> = HashMap::new();
+        for (pi, p) in selecting.iter().enumerate() {
+            for r in &p.rules {
+                match &r.peers {
+                    Peers::All { rule_id } => {
+                        rank_of.insert(*rule_id, (pi as u32, r.index, 0));
+                    }
+                    Peers::List(list) => {
+                        for pe in list {
+                            rank_of.insert(pe.rule_id, (pi as u32, r.index, pe.index + 1));
+                        }
+                    }
+                }
+            }
+        }
+        let mut last: Option<(u32, Rank)> = None;
+        let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
+            let k = PolicyKey { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
+            // Consecutive entries almost always come from the same rule.
+            let rank = match last {
+                Some((r, rank)) if r == rule => rank,
+                _ => {
+                    let rank = rank_of.get(&rule).copied().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+                    last = Some((rule, rank));
+                    rank
+                }
+            };
+            entries.push((k, rank, rule));
+        };
+        // ipBlocks per direction: (block, port entries, rule).
+        let mut blocks: [Vec<(cidr::Block, Vec<PortEntry>, u32)>; 2] = [Vec::new(), Vec::new()];
+        let uni_named = &universe.named_ports;
+        // Ports of a rule towards one peer identity (None: a non-pod peer).
+        let resolve = |ports: &[PortSpec], dir: Direction, peer: Option<u32>| -> Vec<(Option<u8>, Option<PortBlock>)> {
+            let mut out = Vec::new();
+            for p in ports {
+                match p {
+                    PortSpec::Any => out.push((None, None)),
+                    PortSpec::Proto(pr) => out.push((Some(*pr), None)),
+                    PortSpec::Blocks(pr, bl) => out.extend(bl.iter().map(|b| (Some(*pr), Some(*b)))),
+                    PortSpec::Named(pr, name) => {
+                        // Named ports belong to the destination pod: on
+                        // ingress that is this endpoint; on egress the peer.
+                        let table: &[NamedPort] = match (dir, peer) {
+                            (Direction::Ingress, _) => &ep.own_ports,
+                            (Direction::Egress, Some(id)) => uni_named.get(&id).map(|v| v.as_slice()).unwrap_or(&[]),
+                            (Direction::Egress, None) => &[],
+                        };
+                        out.extend(
+                            table
+                                .iter()
+                                .filter(|(n, p, _)| **n == **name && p == pr)
+                                .map(|(_, p, num)| (Some(*p), Some(PortBlock::single(*num)))),
+                        );
+                    }
+                }
+            }
+            out
+        };
+        for p in selecting {
+            for r in &p.rules {
+                let dir = r.direction;
+                match &r.peers {
+                    Peers::All { rule_id } => {
+                        let has_named = dir == Direction::Egress && r.uses_named_ports();
+                        for pp in resolve(&r.ports, dir, None) {
+                            put(ID_ANY, dir, pp, *rule_id);
+                        }
+                        if has_named {
+                            // Every pod whose container has the name: per identity.
+                            let named_only: Vec<PortSpec> =
+                                r.ports.iter().filter(|p| matches!(p, PortSpec::Named(..))).cloned().collect();
+                            for id in uni_named.keys() {
+                                for pp in resolve(&named_only, dir, Some(*id)) {
+                                    put(*id, dir, pp, *rule_id);
+                                }
+                            }
+                        }
+                    }
+                    Peers::List(list) => {
+                        for pe in list {
+                            match &pe.spec {
+                                PeerSpec::Pods(sel) => {
+                                    let set = &resolved_sets[&(sel as *const _)];
+                                    let uniform = !(dir == Direction::Egress && r.uses_named_ports());
+                                    let shared = if uniform { resolve(&r.ports, dir, None) } else { Vec::new() };
+                                    for id in set.iter() {
+                                        if uniform {
+                                            for pp in &shared {
+                                                put(*id, dir, *pp, pe.rule_id);
+                                            }
+                                        } else {
+                                            for pp in resolve(&r.ports, dir, Some(*id)) {
+                                                put(*id, dir, pp, pe.rule_id);
+                                            }
+                                        }
+                                    }
+                                }
+                                PeerSpec::Block(b) => {
+                                    blocks[dir as usize].push((b.clone(), resolve(&r.ports, dir, None), pe.rule_id));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut cidr_out = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let bl = &blocks[dir as usize];
+            if bl.is_empty() {
+                continue;
+            }
+            let plain: Vec<cidr::Block> = bl.iter().map(|(b, _, _)| b.clone()).collect();
+            for (net, covering) in cidr::partition(&plain) {
+                let mut class_key: ClassKey =
+                    covering.iter().flat_map(|&i| bl[i].1.iter().map(move |pp| (pp.0, pp.1, bl[i].2))).collect();
+                class_key.sort();
+                class_key.dedup();
+                let class = if class_key.is_empty() {
+                    CIDR_NO_CLASS
+                } else {
+                    let class = match self.classes.get(&class_key) {
+                        Some(c) => *c,
+                        None => {
+                            let c = self.next_class;
+                            // Wrap within the class range, skipping the no-class marker.
+                            self.next_class = if c == u32::MAX { CIDR_NO_CLASS + 1 } else { c + 1 };
+                            self.classes.insert(class_key.clone(), c);
+                            c
+                        }
+                    };
+                    for (proto, port, rule) in &class_key {
+                        put(class, dir, (*proto, *port), *rule);
+                    }
+                    class
+                };
+                cidr_out.push((CidrKey { endpoint: e, direction: dir, net }, class));
+            }
+        }
+        cidr_out.sort();
+        // Sorted by key then rank: the first of each key is its winner.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        entries.dedup_by_key(|x| x.0);
+        EndpointOut {
+            state,
+            policy: entries.into_iter().map(|(k, _, rule)| (k, PolicyValue { rule })).collect(),
+            cidr: cidr_out,
+        }
+    }
+}
+
+/// Everything an endpoint's entries depend on, as versions: equal means
+/// the memoized entries are still right.
+fn fingerprint(
+    ep: &LocalEp,
+    selecting: &[&Arc<CompiledPolicy>],
+    universe: &Universe,
+    peer_sets: &mut PeerSets,
+    stats: &mut CompileStats,
+) -> Fingerprint {
+    let mut fp = Fingerprint {
+        identity: ep.identity,
+        own_ports: ep.own_ports.clone(),
+        policies: selecting.iter().map(|p| p.version).collect(),
+        peer_sets: Vec::new(),
+        named_ports: 0,
+    };
+    for p in selecting {
+        for r in &p.rules {
+            if r.direction == Direction::Egress && r.uses_named_ports() {
+                fp.named_ports = universe.named_ports_version;
+            }
+            if let Peers::List(list) = &r.peers {
+                for pe in list {
+                    if let PeerSpec::Pods(sel) = &pe.spec {
+                        fp.peer_sets.push(peer_sets.get(sel, universe, stats).1);
+                    }
+                }
+            }
+        }
+    }
+    fp
+}

@@ -1,0 +1,436 @@
+//! Stage 1 of a compile, the identities: pods sharing namespace and labels
+//! share one number (>= 256); this node's endpoint records are matched to
+//! their pods; every pod's addresses are claims for the ipcache.
+//!
+//! Takes the [`Store`] and the endpoint records; hands on [`Identities`]:
+//! the [`Universe`] selectors are evaluated in, the identities whose peer
+//! set membership may have changed since the previous compile (for the
+//! rule stage's peer sets), the local endpoints (for the endpoint stage)
+//! and the [`Addresses`] (for the ipcache stage). Unchanged pods reuse
+//! their [`PodDigest`]: a merge walk over sorted keys, no hashing of
+//! labels, no allocation.
+
+use super::endpoints::LocalEp;
+use super::identity::IdentityAllocator;
+use super::ipcache::{Addresses, Claim, Rank};
+use super::{
+    object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort,
+    NAMESPACE_NAME_LABEL,
+};
+use crate::store::{Key, Store};
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use weir_common::registry::EndpointRecord;
+
+/// The identities of one compile and what selectors need to know of them.
+#[derive(Default)]
+pub(super) struct Universe {
+    /// Every namespace's labels, with [`NAMESPACE_NAME_LABEL`] set.
+    pub(super) ns_labels: BTreeMap<String, Labels>,
+    pub(super) identities: IdentityTable,
+    /// Identities per namespace.
+    pub(super) by_ns: BTreeMap<String, Vec<u32>>,
+    /// Named container ports per identity, sorted (the union over its pods).
+    pub(super) named_ports: BTreeMap<u32, Vec<NamedPort>>,
+    /// Changes whenever `named_ports` does: egress named ports resolve
+    /// against them, so endpoints with such rules depend on it.
+    pub(super) named_ports_version: u64,
+}
+
+/// The identity stage's result.
+pub(super) struct Identities<'s> {
+    pub(super) universe: Universe,
+    /// Identities that appeared, vanished, or whose namespace's labels
+    /// changed since the previous compile.
+    pub(super) changed: BTreeSet<u32>,
+    /// This node's pod interfaces matched to their pods, by ifindex.
+    pub(super) endpoints: Vec<LocalEp<'s>>,
+    pub(super) addresses: Addresses<'s>,
+    pub(super) diagnostics: Vec<Diagnostic>,
+}
+
+/// What the identity stage keeps between compiles.
+pub(super) struct IdentityStage {
+    pub(super) ids: IdentityAllocator,
+    /// Compiles so far: identities unused for a while are forgotten.
+    generation: u64,
+    /// Sorted by key, like the store.
+    pods: Vec<(Key, Box<PodDigest>)>,
+    port_names: HashSet<Arc<str>>,
+    /// The previous compile's universe, given back with [`IdentityStage::keep`].
+    previous: Universe,
+}
+
+impl Default for IdentityStage {
+    fn default() -> Self {
+        IdentityStage {
+            ids: IdentityAllocator::new(),
+            generation: 0,
+            pods: Vec::new(),
+            port_names: HashSet::new(),
+            previous: Universe::default(),
+        }
+    }
+}
+
+impl IdentityStage {
+    pub(super) fn run<'s>(
+        &mut self,
+        store: &'s Store,
+        locals: &'s [EndpointRecord],
+        stats: &mut CompileStats,
+    ) -> Identities<'s> {
+        self.generation += 1;
+        let generation = self.generation;
+        let mut diags: Vec<Diagnostic> = Vec::new();
+        let mut ns_labels = namespace_labels(store);
+        let (local_of_pod, ip_to_ifindex) = match_local_records(store, locals, &mut diags);
+
+        let mut old_uni = std::mem::take(&mut self.previous);
+        let mut uni = Universe::default();
+        let mut added: Vec<u32> = Vec::new();
+        let mut claims: Vec<Claim> = Vec::with_capacity(store.pods.len());
+        let mut locals_ep: Vec<LocalEp> = Vec::new();
+        // Merge walks over sorted keys (store, previous digests, local
+        // records): no hashing per pod.
+        let mut local_sorted: Vec<(&Key, Vec<&EndpointRecord>)> = local_of_pod.into_iter().collect();
+        local_sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut local_iter = local_sorted.into_iter().peekable();
+        let mut old_pods = std::mem::take(&mut self.pods).into_iter().peekable();
+        let mut new_pods: Vec<(Key, Box<PodDigest>)> = Vec::with_capacity(store.pods.len());
+        let mut pods_read = 0usize;
+        let mut pods_removed = false;
+        for (key, pod) in &store.pods {
+            let empty = Labels::new();
+            let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+            let mut prev = None;
+            while let Some((k, _)) = old_pods.peek() {
+                match k.cmp(key) {
+                    std::cmp::Ordering::Less => {
+                        old_pods.next();
+                        pods_removed = true;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        prev = old_pods.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            let entry = match prev {
+                Some((k, dg))
+                    if dg.unchanged(pod, labels, |id| {
+                        uni.identities.get(&id).or_else(|| old_uni.identities.get(&id))
+                    }) =>
+                {
+                    (k, dg)
+                }
+                _ => (key.clone(), {
+                    pods_read += 1;
+                    Box::new(PodDigest::new(key, pod, labels, &mut self.ids, &mut self.port_names, generation))
+                }),
+            };
+            new_pods.push(entry);
+            let dg = &new_pods[new_pods.len() - 1].1;
+            while local_iter.peek().is_some_and(|(k, _)| *k < key) {
+                local_iter.next();
+            }
+            let records = if local_iter.peek().is_some_and(|(k, _)| *k == key) {
+                local_iter.next().map(|(_, v)| v)
+            } else {
+                None
+            };
+            if dg.identity == 0 {
+                continue;
+            }
+            diags.extend(dg.diags.iter().cloned());
+            let id = dg.identity;
+            if let std::collections::btree_map::Entry::Vacant(v) = uni.identities.entry(id) {
+                let info = match old_uni.identities.remove(&id) {
+                    Some(info) => info,
+                    None => {
+                        added.push(id);
+                        IdentityLabels { namespace: key.0.clone(), labels: labels.clone() }
+                    }
+                };
+                v.insert(info);
+                match uni.by_ns.get_mut(&key.0) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        uni.by_ns.insert(key.0.clone(), vec![id]);
+                    }
+                }
+            }
+            if !dg.ports.is_empty() {
+                // Pods of one identity mostly share their ports: skip
+                // the copies, merge only when they differ.
+                let e = uni.named_ports.entry(id).or_default();
+                if e.is_empty() {
+                    e.extend(dg.ports.iter().cloned());
+                } else if *e != dg.ports {
+                    e.extend(dg.ports.iter().cloned());
+                    e.sort();
+                    e.dedup();
+                }
+            }
+            let rank: Rank = (records.is_some(), dg.running, dg.created, key);
+            match &records {
+                Some(rs) => {
+                    for r in rs {
+                        claims.extend(r.ips.iter().map(|ip| (*ip, rank, id)));
+                        locals_ep.push(LocalEp {
+                            ifindex: r.host_ifindex,
+                            pod_key: key.clone(),
+                            pod,
+                            identity: id,
+                            own_ports: dg.ports.clone(),
+                        });
+                    }
+                }
+                None => claims.extend(dg.status_ips.iter().map(|ip| (*ip, rank, id))),
+            }
+        }
+        pods_removed |= old_pods.next().is_some();
+        drop(old_pods);
+        self.pods = new_pods;
+        stats.pods_read += pods_read;
+        if self.port_names.len() > 4096 {
+            self.port_names.retain(|n| Arc::strong_count(n) > 1);
+        }
+        for ns in uni.by_ns.keys() {
+            if !ns_labels.contains_key(ns) {
+                ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
+            }
+        }
+        uni.ns_labels = ns_labels;
+        locals_ep.sort_by_key(|e| e.ifindex);
+
+        // What peer sets must re-evaluate: identities that vanished (left
+        // in old_uni), appeared, or whose namespace's labels changed.
+        let mut changed: BTreeSet<u32> = old_uni.identities.keys().copied().collect();
+        changed.extend(added);
+        for (ns, l) in &uni.ns_labels {
+            if old_uni.ns_labels.get(ns) != Some(l) {
+                changed.extend(uni.by_ns.get(ns).into_iter().flatten().copied());
+            }
+        }
+        uni.named_ports_version = old_uni.named_ports_version + u64::from(uni.named_ports != old_uni.named_ports);
+        for info in uni.identities.values() {
+            self.ids.touch(info, generation);
+        }
+        self.ids.collect_garbage(uni.identities.len(), generation, 4096);
+
+        Identities {
+            universe: uni,
+            changed,
+            endpoints: locals_ep,
+            addresses: Addresses { claims, local_ifindex: ip_to_ifindex, pods_changed: pods_read > 0 || pods_removed },
+            diagnostics: diags,
+        }
+    }
+
+    /// Keep this compile's universe: the next compile's previous one.
+    pub(super) fn keep(&mut self, universe: Universe) {
+        self.previous = universe;
+    }
+}
+
+/// Every namespace's labels, with the name label the API server sets.
+fn namespace_labels(store: &Store) -> BTreeMap<String, Labels> {
+    let mut ns_labels: BTreeMap<String, Labels> = BTreeMap::new();
+    for (name, ns) in &store.namespaces {
+        let mut l = ns.metadata.labels.clone().unwrap_or_default();
+        l.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.clone());
+        ns_labels.insert(name.clone(), l);
+    }
+    ns_labels
+}
+
+/// This node's endpoint records by the pod they belong to (records whose
+/// pod is missing, another incarnation, or not taking part are left out),
+/// and the records' addresses to their ifindex. A record claiming an
+/// ifindex an earlier one (by ifindex, container, interface) holds is a
+/// [`Diagnostic`] and ignored.
+#[allow(clippy::type_complexity)]
+fn match_local_records<'s>(
+    store: &'s Store,
+    locals: &'s [EndpointRecord],
+    diags: &mut Vec<Diagnostic>,
+) -> (HashMap<&'s Key, Vec<&'s EndpointRecord>>, HashMap<IpAddr, u32>) {
+    let mut local_of_pod: HashMap<&Key, Vec<&EndpointRecord>> = HashMap::new();
+    let mut ip_to_ifindex: HashMap<IpAddr, u32> = HashMap::new();
+    let mut seen_ifindex: HashSet<u32> = HashSet::new();
+    let mut sorted_locals: Vec<&EndpointRecord> = locals.iter().collect();
+    sorted_locals.sort_by(|a, b| {
+        (a.host_ifindex, &a.container_id, &a.ifname).cmp(&(b.host_ifindex, &b.container_id, &b.ifname))
+    });
+    for r in sorted_locals {
+        if !seen_ifindex.insert(r.host_ifindex) {
+            diags.push(Diagnostic {
+                object: format!("EndpointRecord {}/{}", r.container_id, r.ifname),
+                field: "hostIfindex".into(),
+                message: format!("ifindex {} is claimed by another record too; this one is ignored", r.host_ifindex),
+            });
+            continue;
+        }
+        for ip in &r.ips {
+            ip_to_ifindex.insert(*ip, r.host_ifindex);
+        }
+        let key = (r.pod_namespace.clone(), r.pod_name.clone());
+        if let Some((k, pod)) = store.pods.get_key_value(&key) {
+            let uid_ok = r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
+            if uid_ok && pod_is_eligible(pod) {
+                local_of_pod.entry(k).or_default().push(r);
+            }
+        }
+    }
+    (local_of_pod, ip_to_ifindex)
+}
+
+/// What the engine read from one pod, and what it made of it.
+struct PodDigest {
+    version: Option<(Option<String>, String)>,
+    uid: Option<String>,
+    host_network: Option<bool>,
+    phase: Option<String>,
+    created: Option<i128>,
+    pod_ip: Option<String>,
+    pod_ips: Option<Vec<k8s_openapi::api::core::v1::PodIP>>,
+    /// Named ports in container order (for change detection)...
+    ports_seq: Vec<NamedPort>,
+    /// ...and sorted, deduplicated (for resolution).
+    ports: Vec<NamedPort>,
+    /// 0 when the pod takes no part in policy (host network, finished).
+    identity: u32,
+    running: bool,
+    status_ips: Vec<IpAddr>,
+    diags: Vec<Diagnostic>,
+}
+
+impl PodDigest {
+    fn new(
+        key: &Key,
+        pod: &Pod,
+        labels: &Labels,
+        ids: &mut IdentityAllocator,
+        names: &mut HashSet<Arc<str>>,
+        generation: u64,
+    ) -> PodDigest {
+        let st = pod.status.as_ref();
+        // One Arc per distinct port name, so comparing port lists is
+        // mostly pointer comparisons.
+        let mut intern = |n: &str| -> Arc<str> {
+            if let Some(a) = names.get(n) {
+                return a.clone();
+            }
+            let a: Arc<str> = Arc::from(n);
+            names.insert(a.clone());
+            a
+        };
+        let ports_seq: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
+        let mut ports = ports_seq.clone();
+        ports.sort();
+        ports.dedup();
+        let mut diags = Vec::new();
+        let eligible = pod_is_eligible(pod);
+        let version = object_version(&pod.metadata);
+        // With a resourceVersion, change detection needs nothing else:
+        // keep the copies only for sources that set none.
+        let keep = version.is_none();
+        PodDigest {
+            version,
+            uid: pod.metadata.uid.clone().filter(|_| keep),
+            host_network: pod.spec.as_ref().and_then(|s| s.host_network),
+            phase: st.and_then(|s| s.phase.clone()).filter(|_| keep),
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond()),
+            pod_ip: st.and_then(|s| s.pod_ip.clone()).filter(|_| keep),
+            pod_ips: st.and_then(|s| s.pod_ips.clone()).filter(|_| keep),
+            ports_seq: if keep { ports_seq } else { Vec::new() },
+            ports,
+            identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
+            running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
+            status_ips: if eligible { pod_status_ips(pod, key, &mut diags) } else { Vec::new() },
+            diags,
+        }
+    }
+
+    /// Whether `pod` still reads as this digest. `labels_of` gives the
+    /// labels of an identity (identities map to one label set for life).
+    fn unchanged<'a>(&self, pod: &Pod, labels: &Labels, labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>) -> bool {
+        let st = pod.status.as_ref();
+        if let Some((u, sv)) = &self.version {
+            // Fields were not kept for versioned pods: a new version is a change.
+            return pod.metadata.resource_version.as_ref() == Some(sv) && *u == pod.metadata.uid;
+        }
+        // Labels matter only to pods that take part (identity != 0); a pod
+        // that starts taking part changes phase or hostNetwork, caught below.
+        (self.identity == 0 || labels_of(self.identity).is_some_and(|l| l.labels == *labels))
+            && self.uid == pod.metadata.uid
+            && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
+            && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
+            && self.created == pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond())
+            && self.pod_ip.as_deref() == st.and_then(|s| s.pod_ip.as_deref())
+            && self.pod_ips.as_ref() == st.and_then(|s| s.pod_ips.as_ref())
+            && pod_named_ports(pod).eq(self.ports_seq.iter().map(|(n, p, x)| (&**n, *p, *x)))
+    }
+}
+
+/// Pods that take part in policy: not host-network (their address is the
+/// node's), not finished (their address may already belong to another pod).
+fn pod_is_eligible(pod: &Pod) -> bool {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !host_network && !matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
+    let Some(st) = &pod.status else {
+        return Vec::new();
+    };
+    let mut raw: Vec<(String, &str)> = st
+        .pod_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()))
+        .collect();
+    if raw.is_empty() {
+        raw.extend(st.pod_ip.as_deref().map(|ip| ("status.podIP".to_string(), ip)));
+    }
+    let mut out = Vec::new();
+    for (field, s) in raw {
+        if s.is_empty() {
+            continue;
+        }
+        match s.parse::<IpAddr>() {
+            Ok(ip) => out.push(ip),
+            Err(_) => diags.push(Diagnostic {
+                object: format!("Pod {}/{}", key.0, key.1),
+                field,
+                message: format!("{s:?} is not an IP address; the pod is not reachable by identity at it"),
+            }),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Named container ports of a pod (containers and restartable init
+/// containers, i.e. sidecars), in declaration order.
+fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
+    let spec = pod.spec.as_ref();
+    let containers = spec.into_iter().flat_map(|s| s.containers.iter());
+    let sidecars = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    containers.chain(sidecars).flat_map(|c| c.ports.iter().flatten()).filter_map(|p| {
+        let name = p.name.as_deref()?;
+        let proto = ports::protocol_number(p.protocol.as_deref())?;
+        let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
+        Some((name, proto, num))
+    })
+}
