@@ -135,7 +135,14 @@ impl Report {
                 Runner::Verdict => format!("{:>7}{:>7.2}", r.cells, r.secs),
             };
             let protocols = r.protocols.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-            let _ = writeln!(s, "{:<w$}{:<10}{:<16}{figures}  {}", r.name, r.origin.to_string(), protocols, r.status.word());
+            let _ = writeln!(
+                s,
+                "{:<w$}{:<10}{:<16}{figures}  {}",
+                r.name,
+                r.origin.to_string(),
+                protocols,
+                r.status.word()
+            );
         }
         for r in &self.results {
             let detail = match &r.status {

@@ -46,10 +46,7 @@ pub struct Addresses {
 impl Addresses {
     pub fn next_pod(&mut self) -> Result<PodAddr> {
         let n = self.pods;
-        ensure!(
-            n < MAX_PODS,
-            "more than {MAX_PODS} pod creations in one case: the fake /24 is full"
-        );
+        ensure!(n < MAX_PODS, "more than {MAX_PODS} pod creations in one case: the fake /24 is full");
         self.pods += 1;
         let host = FIRST_HOST + n;
         Ok(PodAddr {
@@ -65,10 +62,7 @@ impl Addresses {
         ensure!(n < MAX_PODS, "more than {MAX_PODS} Services in one case");
         self.vips += 1;
         let host = FIRST_HOST + n;
-        Ok((
-            Ipv4Addr::new(10, 96, 0, host as u8),
-            Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, host as u16),
-        ))
+        Ok((Ipv4Addr::new(10, 96, 0, host as u8), Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, host as u16)))
     }
 }
 
@@ -97,27 +91,14 @@ mod tests {
         assert!(ifx.iter().all(|i| (i - FIRST_IFINDEX).is_multiple_of(2)));
         for p in &seen {
             // one /24 and one /64, like a single node's pod subnet; never the gateway
-            assert_eq!(
-                placeholder::network(IpAddr::V4(p.v4), 24).unwrap(),
-                "10.77.0.0/24"
-            );
-            assert_eq!(
-                placeholder::network(IpAddr::V6(p.v6), 64).unwrap(),
-                "fd77::/64"
-            );
+            assert_eq!(placeholder::network(IpAddr::V4(p.v4), 24).unwrap(), "10.77.0.0/24");
+            assert_eq!(placeholder::network(IpAddr::V6(p.v6), 64).unwrap(), "fd77::/64");
             assert_ne!(p.v4, GATEWAY4);
             assert_ne!(p.v6, GATEWAY6);
-            assert_eq!(
-                p.v4.octets()[3] as u16,
-                p.v6.segments()[7],
-                "the twins share a host part"
-            );
+            assert_eq!(p.v4.octets()[3] as u16, p.v6.segments()[7], "the twins share a host part");
         }
         let (v4, v6) = a.next_vip().unwrap();
-        assert_eq!(
-            (v4, v6),
-            (Ipv4Addr::new(10, 96, 0, 10), "fd96::a".parse().unwrap())
-        );
+        assert_eq!((v4, v6), (Ipv4Addr::new(10, 96, 0, 10), "fd96::a".parse().unwrap()));
         assert_ne!(a.next_vip().unwrap().0, v4);
     }
 }

@@ -25,13 +25,7 @@ pub struct Target {
 }
 
 /// The four runs of a cell (see the module documentation).
-pub fn plan_cell(
-    protocol: Protocol,
-    src: (u32, IpAddr),
-    dst_ifindex: u32,
-    target: Target,
-    sport: u16,
-) -> Vec<Stage> {
+pub fn plan_cell(protocol: Protocol, src: (u32, IpAddr), dst_ifindex: u32, target: Target, sport: u16) -> Vec<Stage> {
     let (sif, sip) = src;
     let (vip, vport) = target.dialed;
     let (bip, bport) = target.backend;
@@ -55,30 +49,10 @@ pub fn plan_cell(
         frame: pkt::as_seen_at(hook, pkt::test_mac(ifindex), &frame),
     };
     vec![
-        stage(
-            "request at from_pod(src)",
-            Hook::FromPod,
-            sif,
-            request(vip, vport),
-        ),
-        stage(
-            "request at to_pod(dst)",
-            Hook::ToPod,
-            dst_ifindex,
-            request(bip, bport),
-        ),
-        stage(
-            "answer at from_pod(dst)",
-            Hook::FromPod,
-            dst_ifindex,
-            answer(bip, bport),
-        ),
-        stage(
-            "answer at to_pod(src)",
-            Hook::ToPod,
-            sif,
-            answer(vip, vport),
-        ),
+        stage("request at from_pod(src)", Hook::FromPod, sif, request(vip, vport)),
+        stage("request at to_pod(dst)", Hook::ToPod, dst_ifindex, request(bip, bport)),
+        stage("answer at from_pod(dst)", Hook::FromPod, dst_ifindex, answer(bip, bport)),
+        stage("answer at to_pod(src)", Hook::ToPod, sif, answer(vip, vport)),
     ]
 }
 
@@ -96,12 +70,7 @@ mod tests {
                 let ihl = (frame[14] & 0xf) as usize * 4;
                 let a: [u8; 4] = frame[26..30].try_into().unwrap();
                 let b: [u8; 4] = frame[30..34].try_into().unwrap();
-                (
-                    IpAddr::from(a),
-                    IpAddr::from(b),
-                    frame[23],
-                    &frame[14 + ihl..],
-                )
+                (IpAddr::from(a), IpAddr::from(b), frame[23], &frame[14 + ihl..])
             }
             0x86dd => {
                 let a: [u8; 16] = frame[22..38].try_into().unwrap();
@@ -113,29 +82,15 @@ mod tests {
     }
 
     fn ports(l4: &[u8]) -> (u16, u16) {
-        (
-            u16::from_be_bytes([l4[0], l4[1]]),
-            u16::from_be_bytes([l4[2], l4[3]]),
-        )
+        (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
     }
 
     #[test]
     fn a_service_cell_is_dnat_then_un_dnat() {
-        let t = Target {
-            dialed: (ip("10.96.0.10"), 80),
-            backend: (ip("10.77.0.11"), 81),
-        };
+        let t = Target { dialed: (ip("10.96.0.10"), 80), backend: (ip("10.77.0.11"), 81) };
         let st = plan_cell(Protocol::TCP, (1000, ip("10.77.0.10")), 1002, t, 40000);
         let hooks: Vec<(Hook, u32)> = st.iter().map(|s| (s.hook, s.ifindex)).collect();
-        assert_eq!(
-            hooks,
-            [
-                (Hook::FromPod, 1000),
-                (Hook::ToPod, 1002),
-                (Hook::FromPod, 1002),
-                (Hook::ToPod, 1000)
-            ]
-        );
+        assert_eq!(hooks, [(Hook::FromPod, 1000), (Hook::ToPod, 1002), (Hook::FromPod, 1002), (Hook::ToPod, 1000)]);
         let want = [
             ("10.77.0.10", 40000, "10.96.0.10", 80, pkt::SYN),
             ("10.77.0.10", 40000, "10.77.0.11", 81, pkt::SYN),
@@ -144,11 +99,7 @@ mod tests {
         ];
         for (s, (src, sp, dst, dp, flags)) in st.iter().zip(want) {
             let mac = pkt::test_mac(s.ifindex);
-            let own = if s.hook == Hook::FromPod {
-                &s.frame[6..12]
-            } else {
-                &s.frame[0..6]
-            };
+            let own = if s.hook == Hook::FromPod { &s.frame[6..12] } else { &s.frame[0..6] };
             assert_eq!(own, &mac, "{}: the pod's MAC", s.what);
             let (a, b, proto, l4) = parse_l4(&s.frame);
             assert_eq!((a, b, proto), (ip(src), ip(dst), pkt::TCP), "{}", s.what);
@@ -159,16 +110,10 @@ mod tests {
 
     #[test]
     fn udp_and_sctp_cells_over_ipv6() {
-        let t = Target {
-            dialed: (ip("fd77::b"), 80),
-            backend: (ip("fd77::b"), 80),
-        };
+        let t = Target { dialed: (ip("fd77::b"), 80), backend: (ip("fd77::b"), 80) };
         let st = plan_cell(Protocol::UDP, (1000, ip("fd77::a")), 1002, t, 40001);
         let (a, b, proto, l4) = parse_l4(&st[0].frame);
-        assert_eq!(
-            (a, b, proto, ports(l4)),
-            (ip("fd77::a"), ip("fd77::b"), pkt::UDP, (40001, 80))
-        );
+        assert_eq!((a, b, proto, ports(l4)), (ip("fd77::a"), ip("fd77::b"), pkt::UDP, (40001, 80)));
         assert_eq!(u16::from_be_bytes([l4[4], l4[5]]) as usize, l4.len());
 
         let st = plan_cell(Protocol::SCTP, (1000, ip("fd77::a")), 1002, t, 40002);
@@ -179,19 +124,12 @@ mod tests {
         let tag = &init[16..20];
         let (_, _, _, ack) = parse_l4(&st[2].frame);
         assert_eq!(ack[12], pkt::SCTP_INIT_ACK);
-        assert_eq!(
-            &ack[4..8],
-            tag,
-            "the INIT ACK is tagged with the INIT's initiate tag"
-        );
+        assert_eq!(&ack[4..8], tag, "the INIT ACK is tagged with the INIT's initiate tag");
         assert_eq!(ports(ack), (80, 40002));
         for l4 in [init, ack] {
             let mut z = l4.to_vec();
             z[8..12].fill(0);
-            assert_eq!(
-                u32::from_le_bytes(l4[8..12].try_into().unwrap()),
-                pkt::crc32c(&z)
-            );
+            assert_eq!(u32::from_le_bytes(l4[8..12].try_into().unwrap()), pkt::crc32c(&z));
         }
     }
 }

@@ -105,12 +105,9 @@ impl<'d> Cluster<'d> {
         files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
         files.sort();
         for f in files {
-            let text =
-                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-            let v: Value =
-                serde_yaml_ng::from_str(&text).with_context(|| format!("{}", f.display()))?;
-            c.apply(&v)
-                .with_context(|| format!("model file {}", f.display()))?;
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{}", f.display()))?;
+            c.apply(&v).with_context(|| format!("model file {}", f.display()))?;
         }
         c.sync().context("programming the model")?;
         Ok(c)
@@ -121,15 +118,7 @@ impl<'d> Cluster<'d> {
     }
 
     pub fn pod_ips(&self) -> PodIps {
-        self.pods
-            .iter()
-            .map(|(p, f)| {
-                (
-                    p.clone(),
-                    vec![IpAddr::V4(f.addr.v4), IpAddr::V6(f.addr.v6)],
-                )
-            })
-            .collect()
+        self.pods.iter().map(|(p, f)| (p.clone(), vec![IpAddr::V4(f.addr.v4), IpAddr::V6(f.addr.v6)])).collect()
     }
 
     pub fn pods(&self) -> Vec<PodRef> {
@@ -211,20 +200,9 @@ impl<'d> Cluster<'d> {
     /// pod's MAC and addresses, not ready), and the gateways as HOST.
     fn cni_add(&mut self, addr: PodAddr) -> Result<()> {
         let dp = self.root.dp();
-        let addrs = [
-            IpNet::new(IpAddr::V4(addr.v4), 24)?,
-            IpNet::new(IpAddr::V6(addr.v6), 64)?,
-        ];
-        dp.set_endpoint(
-            addr.ifindex,
-            &abi::Endpoint::for_pod(pkt::test_mac(addr.ifindex), &addrs, 0)?,
-        )?;
-        let host = abi::IpcacheValue {
-            identity: abi::ID_HOST,
-            endpoint: 0,
-            flags: 0,
-            pad: 0,
-        };
+        let addrs = [IpNet::new(IpAddr::V4(addr.v4), 24)?, IpNet::new(IpAddr::V6(addr.v6), 64)?];
+        dp.set_endpoint(addr.ifindex, &abi::Endpoint::for_pod(pkt::test_mac(addr.ifindex), &addrs, 0)?)?;
+        let host = abi::IpcacheValue { identity: abi::ID_HOST, endpoint: 0, flags: 0, pad: 0 };
         dp.set_ipcache(IpAddr::V4(GATEWAY4).into(), &host)?;
         dp.set_ipcache(IpAddr::V6(GATEWAY6).into(), &host)?;
         Ok(())
@@ -241,10 +219,7 @@ impl<'d> Cluster<'d> {
         dp.remove_endpoint(ifindex)?;
         dp.remove_counters(ifindex)?;
         for ip in [IpAddr::V4(fp.addr.v4), IpAddr::V6(fp.addr.v6)] {
-            if dp
-                .ipcache_lookup(ip)?
-                .is_some_and(|v| v.endpoint == ifindex)
-            {
+            if dp.ipcache_lookup(ip)?.is_some_and(|v| v.endpoint == ifindex) {
                 dp.remove_ipcache(ip.into())?;
             }
         }
@@ -264,17 +239,11 @@ impl<'d> Cluster<'d> {
                 self.store.delete(&oref(ObjectKind::Service, &ns, &r.name));
             }
             "NetworkPolicy" => {
-                self.store
-                    .delete(&oref(ObjectKind::NetworkPolicy, &ns, &r.name));
+                self.store.delete(&oref(ObjectKind::NetworkPolicy, &ns, &r.name));
             }
             "Namespace" => {
                 // Like the namespace controller: everything inside goes too.
-                let inside: Vec<PodRef> = self
-                    .pods
-                    .keys()
-                    .filter(|p| p.ns == r.name)
-                    .cloned()
-                    .collect();
+                let inside: Vec<PodRef> = self.pods.keys().filter(|p| p.ns == r.name).cloned().collect();
                 for p in inside {
                     self.cni_del(&p)?;
                 }
@@ -318,12 +287,9 @@ impl<'d> Cluster<'d> {
             self.engine.compile(&self.store, &records)
         };
         for d in &desired.diagnostics {
-            self.diagnostics
-                .insert(format!("{} {}: {}", d.object, d.field, d.message));
+            self.diagnostics.insert(format!("{} {}: {}", d.object, d.field, d.message));
         }
-        self.sync
-            .apply(self.root.dp(), &desired)
-            .context("sync into the maps")?;
+        self.sync.apply(self.root.dp(), &desired).context("sync into the maps")?;
         for (p, f) in &self.pods {
             let ep = self.root.dp().endpoint(f.addr.ifindex)?;
             ensure!(
@@ -342,39 +308,25 @@ impl<'d> Cluster<'d> {
     pub fn service_target(&self, dst: &PodRef, port: u16, protocol: Protocol, v6: bool) -> Result<Option<Target>> {
         let pod = self.pods.get(dst).with_context(|| format!("no pod {dst}"))?;
         let services = self.services.values().map(|s| (&s.svc, s.ips.as_slice()));
-        let t = services::probe_target(services, &self.pod_views(), (&dst.ns, &dst.name), port, &protocol.to_string(), v6)
-            .map_err(anyhow::Error::msg)?;
+        let t =
+            services::probe_target(services, &self.pod_views(), (&dst.ns, &dst.name), port, &protocol.to_string(), v6)
+                .map_err(anyhow::Error::msg)?;
         Ok(t.target_port.map(|tp| Target { dialed: (t.vip, t.port), backend: (pod.addr.ip(v6), tp) }))
     }
 
     /// One cell: Connected when all four runs pass, else Blocked naming the
     /// first run that dropped and the drop reasons the programs counted.
-    pub fn cell(
-        &mut self,
-        from: &PodRef,
-        to: &PodRef,
-        p: &Probe,
-    ) -> Result<(Observed, Option<String>)> {
+    pub fn cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<(Observed, Option<String>)> {
         let v6 = p.family == Family::IPv6;
-        let src = self
-            .pods
-            .get(from)
-            .with_context(|| format!("no pod {from}"))?
-            .addr;
-        let dst = self
-            .pods
-            .get(to)
-            .with_context(|| format!("no pod {to}"))?
-            .addr;
+        let src = self.pods.get(from).with_context(|| format!("no pod {from}"))?.addr;
+        let dst = self.pods.get(to).with_context(|| format!("no pod {to}"))?.addr;
         let target = match p.via {
-            Via::Pod => Target {
-                dialed: (dst.ip(v6), p.port),
-                backend: (dst.ip(v6), p.port),
-            },
+            Via::Pod => Target { dialed: (dst.ip(v6), p.port), backend: (dst.ip(v6), p.port) },
             Via::Service => match self.service_target(to, p.port, p.protocol, v6)? {
                 Some(t) => t,
                 None => {
-                    let why = format!("the Service of {to} has no endpoint for {}/{}: no DNAT target", p.port, p.protocol);
+                    let why =
+                        format!("the Service of {to} has no endpoint for {}/{}: no DNAT target", p.port, p.protocol);
                     return Ok((Observed::Blocked, Some(why)));
                 }
             },
@@ -385,46 +337,26 @@ impl<'d> Cluster<'d> {
         let sport = 33000 + self.sport_seq % 28000;
         let dp = self.root.dp();
         dp.ct_flush()?;
-        let counters_before: std::collections::HashMap<abi::CounterKey, u64> = dp
-            .counters()?
-            .into_iter()
-            .map(|(k, v)| (k, v.packets))
-            .collect();
+        let counters_before: std::collections::HashMap<abi::CounterKey, u64> =
+            dp.counters()?.into_iter().map(|(k, v)| (k, v.packets)).collect();
         let deferred = |dp: &Dataplane| -> Result<u64> {
-            Ok(dp
-                .counter(src.ifindex, abi::DIR_EGRESS, abi::R_ALLOW_DEFERRED)?
-                .packets)
+            Ok(dp.counter(src.ifindex, abi::DIR_EGRESS, abi::R_ALLOW_DEFERRED)?.packets)
         };
         let deferred_before = deferred(dp)?;
-        for (i, st) in plan_cell(
-            p.protocol,
-            (src.ifindex, src.ip(v6)),
-            dst.ifindex,
-            target,
-            sport,
-        )
-        .into_iter()
-        .enumerate()
+        for (i, st) in
+            plan_cell(p.protocol, (src.ifindex, src.ip(v6)), dst.ifindex, target, sport).into_iter().enumerate()
         {
-            let rc = dp
-                .run(st.hook, &st.frame, st.ifindex)
-                .with_context(|| format!("{from} -> {to}: {}", st.what))?;
+            let rc = dp.run(st.hook, &st.frame, st.ifindex).with_context(|| format!("{from} -> {to}: {}", st.what))?;
             if rc != TC_PASS {
                 let reasons: Vec<String> = dp
                     .counters()?
                     .into_iter()
                     .filter(|(k, v)| {
-                        abi::reason_is_drop(k.reason)
-                            && v.packets > counters_before.get(k).copied().unwrap_or(0)
+                        abi::reason_is_drop(k.reason) && v.packets > counters_before.get(k).copied().unwrap_or(0)
                     })
-                    .map(|(k, _)| {
-                        format!("{} (endpoint {})", abi::reason_name(k.reason), k.endpoint)
-                    })
+                    .map(|(k, _)| format!("{} (endpoint {})", abi::reason_name(k.reason), k.endpoint))
                     .collect();
-                return Ok((
-                    Observed::Blocked,
-                    Some(format!("{}: {}", st.what, reasons.join(", "))),
-                ));
+                return Ok((Observed::Blocked, Some(format!("{}: {}", st.what, reasons.join(", ")))));
             }
             // A local pod or a VIP is judged at the destination, after DNAT.
             if i == 0 {
@@ -439,11 +371,7 @@ impl<'d> Cluster<'d> {
 
     /// Every cell of a probe over `pods` (loopback cells are not run).
     #[allow(clippy::type_complexity)]
-    pub fn probe(
-        &mut self,
-        p: &Probe,
-        pods: &[PodRef],
-    ) -> Result<(ProbeOutput, BTreeMap<(PodRef, PodRef), String>)> {
+    pub fn probe(&mut self, p: &Probe, pods: &[PodRef]) -> Result<(ProbeOutput, BTreeMap<(PodRef, PodRef), String>)> {
         let mut results = BTreeMap::new();
         let mut drops = BTreeMap::new();
         for f in pods {
@@ -460,14 +388,7 @@ impl<'d> Cluster<'d> {
             }
             results.insert(f.clone(), row);
         }
-        Ok((
-            ProbeOutput {
-                port: p.port,
-                protocol: p.protocol.to_string(),
-                results,
-            },
-            drops,
-        ))
+        Ok((ProbeOutput { port: p.port, protocol: p.protocol.to_string(), results }, drops))
     }
 }
 
@@ -486,7 +407,10 @@ mod tests {
         assert_eq!(service_families(&svc("{spec: {ipFamilyPolicy: PreferDualStack}}")), [false, true]);
         assert_eq!(service_families(&svc("{spec: {}}")), [false]);
         assert_eq!(service_families(&svc("{spec: {ipFamilies: [IPv6]}}")), [true]);
-        assert_eq!(service_families(&svc("{spec: {ipFamilies: [IPv6], ipFamilyPolicy: RequireDualStack}}")), [true, false]);
+        assert_eq!(
+            service_families(&svc("{spec: {ipFamilies: [IPv6], ipFamilyPolicy: RequireDualStack}}")),
+            [true, false]
+        );
         // The model's Services are dual-stack.
         assert_eq!(service_families(&typed(model::service("x", "a"))), [false, true]);
     }

@@ -56,10 +56,7 @@ impl Devices {
         let (name, peer) = (format!("wv{ifindex}"), format!("wv{ifindex}p"));
         let (idx, pidx) = (ifindex.to_string(), (ifindex + 1).to_string());
         let out = std::process::Command::new("ip")
-            .args([
-                "link", "add", &name, "index", &idx, "type", "veth", "peer", "name", &peer,
-                "index", &pidx,
-            ])
+            .args(["link", "add", &name, "index", &idx, "type", "veth", "peer", "name", &peer, "index", &pidx])
             .output()
             .context("running `ip link add` (iproute2)")?;
         ensure!(
@@ -71,4 +68,3 @@ impl Devices {
         Ok(())
     }
 }
-

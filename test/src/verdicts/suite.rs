@@ -49,12 +49,7 @@ pub fn run_case(devices: &mut Devices, case: &Case) -> CaseResult {
 /// Ok(true) when every probe matched; Ok(false) with the tables in
 /// `detail` at the first that did not (later steps are not run, as in the
 /// lab runner).
-fn drive(
-    devices: &mut Devices,
-    case: &Case,
-    detail: &mut String,
-    cells: &mut usize,
-) -> Result<bool> {
+fn drive(devices: &mut Devices, case: &Case, detail: &mut String, cells: &mut usize) -> Result<bool> {
     let mut c = Cluster::new(devices)?;
     let mut world = World::model();
     for (j, obj) in case.setup.iter().enumerate() {
@@ -68,31 +63,23 @@ fn drive(
         match step {
             Step::Apply(objs) => {
                 for (j, obj) in objs.iter().enumerate() {
-                    c.apply(obj)
-                        .with_context(|| format!("steps[{i}].apply[{j}]"))?;
+                    c.apply(obj).with_context(|| format!("steps[{i}].apply[{j}]"))?;
                     world.apply(obj)?;
                 }
                 c.sync().with_context(|| format!("steps[{i}]"))?;
             }
             Step::Delete(refs) => {
                 for (j, r) in refs.iter().enumerate() {
-                    c.delete(r)
-                        .with_context(|| format!("steps[{i}].delete[{j}]"))?;
+                    c.delete(r).with_context(|| format!("steps[{i}].delete[{j}]"))?;
                     world.delete(r)?;
                 }
                 c.sync().with_context(|| format!("steps[{i}]"))?;
             }
             Step::Probe(p) => {
                 let pods = world.pods();
-                ensure!(
-                    pods == c.pods(),
-                    "steps[{i}]: the case knows pods {pods:?}, the runner made {:?}",
-                    c.pods()
-                );
+                ensure!(pods == c.pods(), "steps[{i}]: the case knows pods {pods:?}, the runner made {:?}", c.pods());
                 let expected = p.expect.evaluate(&pods).map_err(anyhow::Error::msg)?;
-                let (out, drops) = c
-                    .probe(p, &pods)
-                    .with_context(|| format!("steps[{i}].probe"))?;
+                let (out, drops) = c.probe(p, &pods).with_context(|| format!("steps[{i}].probe"))?;
                 *cells += pods.len() * (pods.len() - 1);
                 let cmp = compare(&expected, &out, false);
                 if cmp.outcome() != Outcome::Match {
@@ -142,10 +129,7 @@ mod tests {
     fn the_skip_list_names_real_cases() {
         let cases = crate::case::load_dir(&crate::case::cases_dir()).unwrap();
         for (name, why) in SKIPPED {
-            assert!(
-                cases.iter().any(|c| c.name == *name),
-                "SKIPPED names no case {name}"
-            );
+            assert!(cases.iter().any(|c| c.name == *name), "SKIPPED names no case {name}");
             assert!(!why.trim().is_empty(), "{name}: say why it is skipped");
         }
     }
