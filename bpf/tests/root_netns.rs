@@ -129,11 +129,11 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     assert!(!tcp_ok(&p2, "10.77.0.11:7070".parse().unwrap()));
 
     // the verdicts were Weir's
-    let dp = Dataplane::open(&t.root).unwrap();
+    let dp = Dataplane::open(t.root.path()).unwrap();
     let h2 = in_netns(&t.node.path(), || ifindex("h2")).join().unwrap();
     let h1 = in_netns(&t.node.path(), || ifindex("h1")).join().unwrap();
     assert!(in_netns(&t.node.path(), {
-        let root = t.root.clone();
+        let root = t.root.path().to_path_buf();
         move || Dataplane::open(&root).unwrap().is_attached(h2).unwrap()
     })
     .join()
@@ -148,7 +148,7 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
 
     // detaching h2 (what CNI DEL does) opens pod 2 again
     in_netns(&t.node.path(), {
-        let root = t.root.clone();
+        let root = t.root.path().to_path_buf();
         move || Dataplane::open(&root).unwrap().detach(h2).unwrap()
     })
     .join()

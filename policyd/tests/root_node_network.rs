@@ -14,7 +14,7 @@ use weir_common::node_network::NodeNetwork;
 use weir_policyd::node::desired::Reason;
 use weir_policyd::node::{Backend, Config, NodeNetworking, Outcome};
 use weir_testsupport::netns::{self, Netns};
-use weir_testsupport::{require_root, sh};
+use weir_testsupport::require_root;
 
 /// A network namespace named uniquely for this test, removed on drop.
 fn test_netns(tag: &str) -> Netns {

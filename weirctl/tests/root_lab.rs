@@ -350,7 +350,7 @@ fn root_lab_service_balances_across_backends_by_named_port() {
     let client_ns = st["pods"]["x/client"]["netns"].as_str().unwrap().to_string();
     // 40 connections from the client pod to ClusterIP:80 (-> 8080 by name)
     let connected = std::thread::spawn(move || {
-        weirctl::lab::sys::enter_netns_this_thread(&client_ns).unwrap();
+        netns::enter(&netns::path(&client_ns)).unwrap();
         (0..40)
             .filter(|_| std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(vip, 80), std::time::Duration::from_secs(2)).is_ok())
             .count()

@@ -7,11 +7,12 @@
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 pub const REF_DIR: &str = "/usr/lib/cni";
 
+#[allow(unused_imports)]
 pub use weir_testsupport::{is_root, require_root, sh, sh_ok, unique, Netns};
 
 /// What one plugin invocation returned.
