@@ -12,31 +12,15 @@ use std::process::Command;
 use weir_bpf::abi::*;
 use weir_bpf::Dataplane;
 
+/// The test's namespaces and bpffs root, removed on drop.
 struct Topo {
-    node: String,
-    pods: Vec<String>,
-    root: PathBuf,
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for ns in self.pods.iter().chain(std::iter::once(&self.node)) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn ns_path(n: &str) -> String {
-    format!("/run/netns/{n}")
+    node: Netns,
+    pods: Vec<Netns>,
+    root: RemoveOnDrop,
 }
 
 fn node(t: &Topo, args: &[&str]) -> String {
-    let mut v = vec!["nsenter", "--net"];
-    let p = format!("--net={}", ns_path(&t.node));
-    v[1] = &p;
-    v.extend_from_slice(args);
-    sh(&v)
+    t.node.exec(args)
 }
 
 /// target/<profile>/examples/fill, built if absent.
@@ -83,14 +67,10 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     }
     let id = std::process::id();
     let t = Topo {
-        node: format!("wtn{id}"),
-        pods: (1..=3).map(|i| format!("wtp{id}-{i}")).collect(),
-        root: PathBuf::from(format!("/sys/fs/bpf/weir-te2e-{id}")),
+        node: Netns::named(&format!("wtn{id}")),
+        pods: (1..=3).map(|i| Netns::named(&format!("wtp{id}-{i}"))).collect(),
+        root: RemoveOnDrop::fresh(format!("/sys/fs/bpf/weir-te2e-{id}")),
     };
-    sh(&["ip", "netns", "add", &t.node]);
-    for p in &t.pods {
-        sh(&["ip", "netns", "add", p]);
-    }
     node(&t, &["ip", "link", "set", "lo", "up"]);
     node(&t, &["ip", "link", "add", "br0", "type", "bridge"]);
     node(&t, &["ip", "addr", "add", "10.77.0.1/24", "dev", "br0"]);
@@ -101,18 +81,18 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
         let h = format!("h{}", i + 1);
         let addr = format!("10.77.0.{}/24", 11 + i);
         let mac = pod_mac(i + 1);
-        node(&t, &["ip", "link", "add", &h, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", p]);
+        node(&t, &["ip", "link", "add", &h, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", &p.name]);
         node(&t, &["ip", "link", "set", &h, "master", "br0", "up"]);
-        sh(&["ip", "-n", p, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", p, "addr", "add", &addr, "dev", "eth0"]);
-        sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", p, "route", "add", "default", "via", "10.77.0.1"]);
+        p.ip(&["link", "set", "lo", "up"]);
+        p.ip(&["addr", "add", &addr, "dev", "eth0"]);
+        p.ip(&["link", "set", "eth0", "up"]);
+        p.ip(&["route", "add", "default", "via", "10.77.0.1"]);
     }
     // kube-proxy's part: ClusterIP 10.96.0.50:80 -> pod 2 :8080
     node(&t, &["iptables", "-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.50/32", "-p", "tcp", "--dport", "80",
         "-j", "DNAT", "--to-destination", "10.77.0.12:8080"]);
 
-    let (p1, p2, p3) = (ns_path(&t.pods[0]), ns_path(&t.pods[1]), ns_path(&t.pods[2]));
+    let (p1, p2, p3) = (t.pods[0].path(), t.pods[1].path(), t.pods[2].path());
     serve(&p2, "10.77.0.12", &[8080, 8081], &[9090, 9091]);
     let srv = |port: u16| -> SocketAddr { format!("10.77.0.12:{port}").parse().unwrap() };
     let vip: SocketAddr = "10.96.0.50:80".parse().unwrap();
@@ -124,7 +104,7 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     // another process loads, attaches and programs, then exits: pod 1 may
     // reach pod 2 on TCP 8080 and UDP 9090, both pods isolated both ways
     let out = Command::new(fill_bin())
-        .args(["--root", t.root.to_str().unwrap(), "--netns", &ns_path(&t.node)])
+        .args(["--root", t.root.path().to_str().unwrap(), "--netns", &t.node.path()])
         .args([
             "--client",
             &format!("10.77.0.11=h1={}", pod_mac(1)),
@@ -149,11 +129,11 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     assert!(!tcp_ok(&p2, "10.77.0.11:7070".parse().unwrap()));
 
     // the verdicts were Weir's
-    let dp = Dataplane::open(&t.root).unwrap();
-    let h2 = in_netns(&ns_path(&t.node), || ifindex("h2")).join().unwrap();
-    let h1 = in_netns(&ns_path(&t.node), || ifindex("h1")).join().unwrap();
-    assert!(in_netns(&ns_path(&t.node), {
-        let root = t.root.clone();
+    let dp = Dataplane::open(t.root.path()).unwrap();
+    let h2 = in_netns(&t.node.path(), || ifindex("h2")).join().unwrap();
+    let h1 = in_netns(&t.node.path(), || ifindex("h1")).join().unwrap();
+    assert!(in_netns(&t.node.path(), {
+        let root = t.root.path().to_path_buf();
         move || Dataplane::open(&root).unwrap().is_attached(h2).unwrap()
     })
     .join()
@@ -167,8 +147,8 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
     assert_eq!(svc.value.egress_ep, h1);
 
     // detaching h2 (what CNI DEL does) opens pod 2 again
-    in_netns(&ns_path(&t.node), {
-        let root = t.root.clone();
+    in_netns(&t.node.path(), {
+        let root = t.root.path().to_path_buf();
         move || Dataplane::open(&root).unwrap().detach(h2).unwrap()
     })
     .join()

@@ -348,11 +348,7 @@ fn root_ip_masq_installs_one_shared_idempotent_rule() {
     for (i, p) in pods.iter().enumerate() {
         node.add(&format!("m{i}"), p, &conf).ok();
     }
-    let nft = |args: &[&str]| {
-        let mut cmd = vec!["nsenter".to_string(), format!("--net={}", node.ns.path()), "nft".into()];
-        cmd.extend(args.iter().map(|a| a.to_string()));
-        common::sh(&cmd.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let nft = |args: &[&str]| node.ns.exec(&[&["nft"], args].concat());
     let rules = nft(&["list", "table", "inet", "weir"]);
     assert_eq!(rules.matches("masquerade").count(), 2, "one rule per family, not per pod: {rules}");
     assert!(rules.contains("ip saddr 10.90.1.0/24 ip daddr != { 10.90.0.0/16, 224.0.0.0/4 } masquerade"), "{rules}");

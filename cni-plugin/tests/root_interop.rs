@@ -159,15 +159,15 @@ fn root_chains_with_reference_portmap_and_bandwidth() {
     let veth = weir_cni::naming::host_veth("ch1", "eth0");
     let qdisc = node.ns.ip(&["link", "show"]);
     assert!(qdisc.contains("bwp"), "bandwidth's ifb device exists: {qdisc}");
-    let tc = sh(&["nsenter", &format!("--net={}", node.ns.path()), "tc", "qdisc", "show", "dev", &veth]);
+    let tc = node.ns.exec(&["tc", "qdisc", "show", "dev", &veth]);
     assert!(tc.contains("tbf"), "{tc}");
     // portmap's DNAT for 18080 exists in the node.
-    let nat = sh(&["nsenter", &format!("--net={}", node.ns.path()), "iptables-save", "-t", "nat"]);
+    let nat = node.ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(nat.contains("18080"), "{nat}");
     // CHECK of the whole chain against the final result.
     run_list(&node, &list, "CHECK", "ch1", &pod, Some(&result));
     run_list(&node, &list, "DEL", "ch1", &pod, Some(&result));
     node.assert_clean("ch1", Some(&pod));
-    let nat = sh(&["nsenter", &format!("--net={}", node.ns.path()), "iptables-save", "-t", "nat"]);
+    let nat = node.ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(!nat.contains("18080"), "{nat}");
 }

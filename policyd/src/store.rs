@@ -191,7 +191,7 @@ impl Object {
         }
     }
 
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
@@ -201,7 +201,7 @@ impl Object {
         }
     }
 
-    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    pub fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
             Object::Namespace(o) => &mut o.metadata,
             Object::Pod(o) => &mut o.metadata,
@@ -221,6 +221,19 @@ impl Object {
             namespace: if kind.namespaced() { meta.namespace.clone().unwrap_or_default() } else { String::new() },
             name: meta.name.clone().unwrap_or_default(),
         }
+    }
+
+    /// The object as the API would serve it (the lab writes its manifests
+    /// from this).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Object::Namespace(o) => serde_json::to_value(o),
+            Object::Pod(o) => serde_json::to_value(o),
+            Object::Service(o) => serde_json::to_value(o),
+            Object::NetworkPolicy(o) => serde_json::to_value(o),
+            Object::Node(o) => serde_json::to_value(o),
+        }
+        .expect("k8s-openapi objects always serialise")
     }
 
     /// Drop what no policy decision reads, so a large cluster's caches stay

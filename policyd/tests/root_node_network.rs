@@ -9,93 +9,16 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use weir_common::node_network::NodeNetwork;
 use weir_policyd::node::desired::Reason;
 use weir_policyd::node::{Backend, Config, NodeNetworking, Outcome};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipping: needs root (network namespaces)");
-            return;
-        }
-    };
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use weir_testsupport::netns::{self, Netns};
+use weir_testsupport::require_root;
 
 /// A network namespace named uniquely for this test, removed on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let name = format!("wnn{tag}{:x}{n:x}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "-n", &self.name];
-        a.extend_from_slice(args);
-        sh(&a)
-    }
-    /// A command inside the namespace (nsenter: /sys stays as it is).
-    fn exec(&self, args: &[&str]) -> String {
-        let ns = format!("--net={}", self.path());
-        let mut a = vec!["nsenter", &ns];
-        a.extend_from_slice(args);
-        sh(&a)
-    }
-    /// Run `f` on a thread inside this namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: a valid netns fd; only this thread moves.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-                0
-            );
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
+fn test_netns(tag: &str) -> Netns {
+    Netns::new(&format!("wnn{tag}"))
 }
 
 /// One node: its namespace (uplink `eth0` on the underlay), a pod bridge,
@@ -117,7 +40,7 @@ struct Lab {
 
 impl Lab {
     fn new(n: usize) -> Lab {
-        let underlay = Netns::new("u");
+        let underlay = test_netns("u");
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&["link", "set", "br0", "up"]);
         let mut lab = Lab {
@@ -131,8 +54,8 @@ impl Lab {
     }
 
     fn add_node(&mut self, i: usize) {
-        let ns = Netns::new("n");
-        let pod = Netns::new("p");
+        let ns = test_netns("n");
+        let pod = test_netns("p");
         let up = format!("up{i}");
         self.underlay.ip(&[
             "link", "add", &up, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
@@ -252,13 +175,7 @@ fn tcp(from: &TestNode, to: &TestNode, port: u16) -> Result<SocketAddr, String> 
     let addr: SocketAddr = format!("{}:{port}", to.pod_ip).parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let path = to.pod.path();
-    let server = std::thread::spawn(move || -> Result<SocketAddr, String> {
-        let ns = std::fs::File::open(&path).unwrap();
-        // SAFETY: a valid netns fd; only this thread moves.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-            0
-        );
+    let server = netns::spawn_in(&path, move || -> Result<SocketAddr, String> {
         let l = TcpListener::bind(addr).map_err(|e| e.to_string())?;
         l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
@@ -678,10 +595,9 @@ status:
     .unwrap();
     let run = n.run_dir.path().join("run");
     let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/weir-nn-{}", std::process::id()));
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", n.ns.path()))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_weir-policyd"))
+    let child = n
+        .ns
+        .command(env!("CARGO_BIN_EXE_weir-policyd"))
         .args(["--node-name", "node-1", "--backend", "vxlan", "--manifests"])
         .arg(manifests.path())
         .arg("--bpffs-root")

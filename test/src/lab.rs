@@ -75,11 +75,7 @@ impl Weirctl {
     /// Whether this weir-policyd connects nodes (its `--help` offers
     /// `--backend`): traffic between a multi-node lab's nodes needs it.
     pub fn policyd_has_backends(&self) -> bool {
-        Command::new(self.bin_dir.join("weir-policyd"))
-            .arg("--help")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend"))
-            .unwrap_or(false)
+        weir_testsupport::help_offers(&self.bin_dir.join("weir-policyd"), "--backend")
     }
 
     /// Runs `weirctl ARGS`, returning stdout; failure carries the command

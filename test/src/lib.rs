@@ -6,8 +6,10 @@
 //! their evaluation into a matrix (`expect`), the standard model of
 //! namespaces, pods and Services (`model`), pod-address placeholders
 //! (`placeholder`), probe results and truth tables (`probe`), the
-//! `weirctl lab` driver (`lab`) and the runner (`runner`). The root test
-//! in tests/conformance.rs runs the whole suite.
+//! `weirctl lab` driver (`lab`), the lab runner (`runner`), the verdict
+//! level runner (`verdicts`, BPF_PROG_TEST_RUN, no sockets) and what both
+//! runners report (`report`). The root tests in tests/conformance.rs and
+//! tests/root_verdicts.rs run the whole suite.
 
 pub mod case;
 pub mod expect;

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_yaml_ng::Value;
 
-use crate::case::{Case, Origin, Protocol, Step, World};
+use crate::case::{Case, Protocol, Step, World};
 use crate::lab::{namespaces_not_spanning, Lab, Topology, Weirctl};
 use crate::model;
 use crate::placeholder::{self, PodIps};
 use crate::probe::{check_header, compare, Outcome};
-use crate::report;
+use crate::report::{CaseResult, Report, Runner, Status};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,41 +65,6 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pass,
-    Fail,
-    /// Could not be judged here (SCTP probes without SCTP sockets).
-    Unsupported,
-    /// The lab itself failed (up, apply, probe...): counted as failed.
-    Error,
-}
-
-impl Status {
-    pub fn word(self) -> &'static str {
-        match self {
-            Status::Pass => "pass",
-            Status::Fail => "FAIL",
-            Status::Unsupported => "unsupported here (SCTP sockets)",
-            Status::Error => "ERROR",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CaseResult {
-    pub name: String,
-    pub origin: Origin,
-    pub protocols: Vec<Protocol>,
-    pub status: Status,
-    /// Why it failed, with truth tables, or what could not be probed.
-    pub detail: String,
-    pub secs: f64,
-    /// The most attempts any probe of the case needed to agree (1 = the
-    /// first probe after the change already agreed): how fast changes land.
-    pub max_attempts: usize,
-}
-
 /// Which cases to run: `WEIR_CONFORMANCE_CASES` is a comma-separated list
 /// of substrings of case names, or `=name` for exactly one (unset or
 /// empty: all).
@@ -143,15 +108,7 @@ pub fn run_case(cfg: &Config, case: &Case, index: usize) -> CaseResult {
         }
     };
     let _ = std::fs::remove_dir_all(&work);
-    CaseResult {
-        name: case.name.clone(),
-        origin: case.origin,
-        protocols: case.protocols.clone(),
-        status,
-        detail,
-        secs: t.elapsed().as_secs_f64(),
-        max_attempts,
-    }
+    CaseResult { max_attempts, ..CaseResult::new(case, status, detail, t.elapsed().as_secs_f64()) }
 }
 
 fn run_steps(
@@ -291,75 +248,11 @@ fn apply_one(lab: &mut Lab, world: &mut World, obj: &Value) -> Result<()> {
     world.apply(obj)
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub results: Vec<CaseResult>,
-}
-
-impl Report {
-    pub fn count(&self, s: Status) -> usize {
-        self.results.iter().filter(|r| r.status == s).count()
-    }
-
-    pub fn passed(&self) -> usize {
-        self.count(Status::Pass)
-    }
-
-    /// Failures and lab errors alike.
-    pub fn failed(&self) -> usize {
-        self.count(Status::Fail) + self.count(Status::Error)
-    }
-
-    pub fn unsupported(&self) -> usize {
-        self.count(Status::Unsupported)
-    }
-
-    pub fn summary_line(&self) -> String {
-        format!(
-            "{} passed, {} failed, {} unsupported",
-            self.passed(),
-            self.failed(),
-            self.unsupported()
-        )
-    }
-
-    /// The per-case table, the details of everything not passed, and the
-    /// summary line last.
-    pub fn render(&self) -> String {
-        let rows: Vec<report::Row> = self
-            .results
-            .iter()
-            .map(|r| report::Row {
-                name: r.name.clone(),
-                origin: r.origin.to_string(),
-                protocols: report::protocols(&r.protocols),
-                figures: format!("{:>7.1}{:>6}", r.secs, r.max_attempts),
-                result: r.status.word(),
-                detail: (r.status != Status::Pass).then(|| r.detail.clone()),
-            })
-            .collect();
-        report::render(
-            &format!("{:>7}{:>6}", "secs", "tries"),
-            &rows,
-            &self.summary_line(),
-        )
-    }
-}
-
 /// Runs `cases` one after the other, printing each result as it lands.
 pub fn run_suite(cfg: &Config, cases: &[Case]) -> Report {
-    let mut report = Report::default();
+    let mut report = Report::new(Runner::Lab);
     for (i, c) in cases.iter().enumerate() {
-        let r = run_case(cfg, c, i);
-        eprintln!(
-            "[{}/{}] {:<60} {} ({:.1}s)",
-            i + 1,
-            cases.len(),
-            r.name,
-            r.status.word(),
-            r.secs
-        );
-        report.results.push(r);
+        report.push(run_case(cfg, c, i), cases.len());
     }
     let _ = std::fs::remove_dir_all(&cfg.work_dir);
     report
@@ -368,18 +261,6 @@ pub fn run_suite(cfg: &Config, cases: &[Case]) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn result(name: &str, status: Status) -> CaseResult {
-        CaseResult {
-            name: name.into(),
-            origin: Origin::Upstream,
-            protocols: vec![Protocol::TCP],
-            status,
-            detail: format!("detail of {name}\n"),
-            secs: 1.0,
-            max_attempts: 1,
-        }
-    }
 
     #[test]
     fn selection_by_substring_or_exact_name() {
@@ -403,29 +284,6 @@ mod tests {
                 "udp-default-deny-ingress"
             ]
         );
-    }
-
-    #[test]
-    fn summary_counts_errors_as_failures_and_never_unsupported_as_passes() {
-        let r = Report {
-            results: vec![
-                result("a", Status::Pass),
-                result("b", Status::Fail),
-                result("c", Status::Error),
-                result("d", Status::Unsupported),
-                result("e", Status::Pass),
-            ],
-        };
-        assert_eq!(r.summary_line(), "2 passed, 2 failed, 1 unsupported");
-        let text = r.render();
-        assert!(
-            text.trim_end()
-                .ends_with("2 passed, 2 failed, 1 unsupported"),
-            "{text}"
-        );
-        assert!(text.contains("== b (FAIL)\ndetail of b"));
-        assert!(text.contains("unsupported here (SCTP sockets)"));
-        assert!(!text.contains("detail of a"));
     }
 
     /// A stand-in `weirctl` (a shell script) so the runner's whole flow is
@@ -617,7 +475,7 @@ steps:
             .last()
             .unwrap()
             .starts_with("lab down"));
-        let report = Report { results: vec![r] };
+        let report = Report { runner: Runner::Lab, results: vec![r] };
         assert_eq!(report.summary_line(), "0 passed, 1 failed, 0 unsupported");
     }
 

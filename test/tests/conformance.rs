@@ -10,11 +10,7 @@
 use weir_e2e::case::load_dir;
 use weir_e2e::lab::{Topology, Weirctl};
 use weir_e2e::runner::{run_suite, selected, Config};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use weir_testsupport::is_root;
 
 /// The whole suite on `topology`; the report goes to
 /// target/weir-conformance-report<suffix>.txt.

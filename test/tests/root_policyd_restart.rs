@@ -25,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +37,7 @@ use weir_e2e::case::{DeleteRef, Family, Protocol, Via};
 use weir_e2e::expect::PodRef;
 use weir_e2e::lab::{Lab, Weirctl, LAB_ROOT};
 use weir_e2e::probe::{Observed, ProbeOutput};
+use weir_testsupport::{is_root, netns, RemoveOnDrop};
 
 const PODS: [&str; 3] = ["a", "b", "c"];
 /// Probes of a converging policy are retried this many times (each probe
@@ -46,11 +46,6 @@ const PODS: [&str; 3] = ["a", "b", "c"];
 const CONVERGE_ATTEMPTS: usize = 60;
 /// How often the long-lived flow exchanges a message.
 const TICK: Duration = Duration::from_millis(50);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn model_yaml() -> Vec<(String, String)> {
     let mut out = vec![(
@@ -220,22 +215,15 @@ impl Flow {
         let log = Arc::new(FlowLog::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
-        let netns_path = PathBuf::from("/run/netns").join(netns);
+        let netns_path = netns::path(netns);
         let (l, s) = (log.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("long-lived flow".into())
             .spawn(move || {
                 let conn = (|| -> Result<TcpStream> {
-                    let f = std::fs::File::open(&netns_path)
-                        .with_context(|| format!("opening {}", netns_path.display()))?;
-                    // SAFETY: a valid netns fd; only this thread moves.
-                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!(
-                            "setns {}: {}",
-                            netns_path.display(),
-                            std::io::Error::last_os_error()
-                        );
-                    }
+                    // Only this thread moves.
+                    netns::enter(&netns_path)
+                        .with_context(|| format!("entering netns {netns_path}"))?;
                     let c = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
                         .with_context(|| format!("connecting to {dst}"))?;
                     c.set_nodelay(true)?;
@@ -364,10 +352,8 @@ fn restart_policyd(ctl: &Weirctl, name: &str) -> Result<Restarted> {
         .create(true)
         .open(dir.join("logs/policyd.log"))
         .context("opening the lab's policyd.log")?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/weir-{name}"))
-        .arg("--")
-        .arg(ctl.bin_dir.join("weir-policyd"))
+    let node = netns::path(&format!("weir-{name}"));
+    let child = netns::command(&node, ctl.bin_dir.join("weir-policyd"))
         .arg("--manifests")
         .arg(dir.join("manifests"))
         .args(["--node-name", "lab", "--bpffs-root"])
@@ -378,17 +364,8 @@ fn restart_policyd(ctl: &Weirctl, name: &str) -> Result<Restarted> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("starting weir-policyd with nsenter")?;
+        .context("starting weir-policyd in the node netns")?;
     Ok(Restarted(child))
-}
-
-/// Scratch directory removed on drop.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn ip_netns_list() -> Vec<String> {
@@ -423,6 +400,23 @@ fn procs_mentioning(marker: &Path) -> Vec<i32> {
     out
 }
 
+/// The model lab `name` up, from a snapshot of the binaries (one
+/// consistent build, even while cargo replaces target/debug) in a scratch
+/// directory removed on drop.
+fn up_model_lab(name: &str, tag: &str) -> Result<(RemoveOnDrop, Weirctl, Lab)> {
+    let work = RemoveOnDrop::fresh(
+        std::env::temp_dir().join(format!("weir-policyd-{tag}-{}", std::process::id())),
+    );
+    let ctl = Weirctl::locate()?.snapshot(&work.path().join("bin"))?;
+    let model = work.path().join("model");
+    std::fs::create_dir_all(&model)?;
+    for (f, text) in model_yaml() {
+        std::fs::write(model.join(f), text)?;
+    }
+    let lab = Lab::up(&ctl, name, &model, &work.path().join("steps"))?;
+    Ok((work, ctl, lab))
+}
+
 #[test]
 fn root_policyd_restart_keeps_flows_and_converges() {
     if !is_root() {
@@ -436,17 +430,8 @@ fn root_policyd_restart_keeps_flows_and_converges() {
 
 fn run() -> Result<()> {
     let name = format!("prs{}", std::process::id());
-    let work =
-        WorkDir(std::env::temp_dir().join(format!("weir-policyd-restart-{}", std::process::id())));
-    // One consistent build, even while cargo replaces target/debug.
-    let ctl = Weirctl::locate()?.snapshot(&work.0.join("bin"))?;
-    let model = work.0.join("model");
-    std::fs::create_dir_all(&model)?;
-    for (f, text) in model_yaml() {
-        std::fs::write(model.join(f), text)?;
-    }
+    let (_work, ctl, mut lab) = up_model_lab(&name, "restart")?;
 
-    let mut lab = Lab::up(&ctl, &name, &model, &work.0.join("steps"))?;
     let state = lab_state(&name)?;
     let netns: Vec<String> = PODS
         .iter()
@@ -665,15 +650,7 @@ fn root_policyd_restart_with_a_broken_manifest_keeps_pods_isolated() {
 
 fn run_broken_manifest() -> Result<()> {
     let name = format!("pbm{}", std::process::id());
-    let work =
-        WorkDir(std::env::temp_dir().join(format!("weir-policyd-broken-{}", std::process::id())));
-    let ctl = Weirctl::locate()?.snapshot(&work.0.join("bin"))?;
-    let model = work.0.join("model");
-    std::fs::create_dir_all(&model)?;
-    for (f, text) in model_yaml() {
-        std::fs::write(model.join(f), text)?;
-    }
-    let mut lab = Lab::up(&ctl, &name, &model, &work.0.join("steps"))?;
+    let (_work, ctl, mut lab) = up_model_lab(&name, "broken")?;
     let lab_dir = Path::new(LAB_ROOT).join(&name);
     let bpffs = PathBuf::from(format!("/sys/fs/bpf/weir-lab-{name}"));
     let state = lab_state(&name)?;

@@ -9,11 +9,7 @@ use weir_e2e::case::load_dir;
 use weir_e2e::case::Case;
 use weir_e2e::runner::selected;
 use weir_e2e::verdicts::{enter_private_netns, run_case, run_suite, Devices, Status};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use weir_testsupport::is_root;
 
 #[test]
 fn root_verdict_conformance() {

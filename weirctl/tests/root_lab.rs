@@ -4,96 +4,11 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+use weir_testsupport::{is_root, netns};
 
-fn weirctl() -> &'static str {
-    env!("CARGO_BIN_EXE_weirctl")
-}
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The CNI binary must sit next to weirctl (test/run.sh builds every bin
-/// first); say so plainly rather than fail obscurely.
-fn require_binaries() {
-    let dir = Path::new(weirctl()).parent().unwrap();
-    assert!(dir.join("weir").is_file(), "{}/weir is missing: run `cargo build --workspace --bins` first", dir.display());
-}
-
-struct LabGuard {
-    name: String,
-}
-
-impl LabGuard {
-    fn new(tag: &str) -> LabGuard {
-        LabGuard { name: format!("{tag}{}", std::process::id()) }
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        let mut full: Vec<&str> = vec!["lab"];
-        full.extend_from_slice(&args[..1]);
-        full.extend_from_slice(&["--name", &self.name]);
-        full.extend_from_slice(&args[1..]);
-        Command::new(weirctl()).args(&full).output().expect("running weirctl")
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "weirctl lab {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "weirctl lab {args:?} should fail but printed {}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).expect("JSON output")
-    }
-    fn dir(&self) -> PathBuf {
-        PathBuf::from(format!("/run/weir/lab/{}", self.name))
-    }
-    /// Everything of this lab still on the machine.
-    fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        let prefix = format!("weir-{}", self.name);
-        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if n == prefix || n.starts_with(&format!("{prefix}-")) {
-                left.push(format!("netns {n}"));
-            }
-        }
-        for p in [self.dir(), PathBuf::from(format!("/sys/fs/bpf/weir-lab-{}", self.name))] {
-            if p.exists() {
-                left.push(p.display().to_string());
-            }
-        }
-        let marker = self.dir().display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(&format!("{marker}/")) {
-                if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
-                    if stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(false) {
-                        continue;
-                    }
-                }
-                left.push(format!("process {}: {cmd}", e.file_name().to_string_lossy()));
-            }
-        }
-        left
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(weirctl()).args(["lab", "down", "--name", &self.name]).output();
-    }
-}
+mod common;
+use common::{policyd_has_backends, require_binaries, weirctl, LabGuard};
 
 fn ns(name: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n---\n")
@@ -137,7 +52,7 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wl");
     let tmp = tempfile::tempdir().unwrap();
     let base = write(
@@ -262,7 +177,7 @@ fn root_lab_up_recovers_after_a_crash() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wc");
     let tmp = tempfile::tempdir().unwrap();
     let f = write(tmp.path(), "m.yaml", &[ns("x"), pod("x", "a", "a"), svc("x", "a")].concat());
@@ -289,7 +204,7 @@ fn root_lab_rejects_bad_up_without_touching_anything() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wb");
     let tmp = tempfile::tempdir().unwrap();
     let f = write(tmp.path(), "m.yaml", &pod("missing", "a", "a"));
@@ -334,7 +249,7 @@ fn root_lab_policy_deny_all_turns_the_column_to_x() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let dir = Path::new(weirctl()).parent().unwrap();
     assert!(dir.join("weir-policyd").is_file(), "{}/weir-policyd is missing: run `cargo build --workspace --bins` first", dir.display());
     let g = LabGuard::new("wp");
@@ -408,7 +323,7 @@ fn root_lab_service_balances_across_backends_by_named_port() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wn");
     let tmp = tempfile::tempdir().unwrap();
     let web = |name: &str| {
@@ -435,7 +350,7 @@ fn root_lab_service_balances_across_backends_by_named_port() {
     let client_ns = st["pods"]["x/client"]["netns"].as_str().unwrap().to_string();
     // 40 connections from the client pod to ClusterIP:80 (-> 8080 by name)
     let connected = std::thread::spawn(move || {
-        weirctl::lab::sys::enter_netns_this_thread(&client_ns).unwrap();
+        netns::enter(&netns::path(&client_ns)).unwrap();
         (0..40)
             .filter(|_| std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(vip, 80), std::time::Duration::from_secs(2)).is_ok())
             .count()
@@ -444,8 +359,8 @@ fn root_lab_service_balances_across_backends_by_named_port() {
     .unwrap();
     assert_eq!(connected, 40);
     // Both endpoints took a share (all 40 on one: probability 2^-39).
-    let out = Command::new("nsenter")
-        .args([&format!("--net=/run/netns/weir-{}", g.name), "nft", "list", "table", "inet", "weir_lab_services"])
+    let out = netns::command(&netns::path(&format!("weir-{}", g.name)), "nft")
+        .args(["list", "table", "inet", "weir_lab_services"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -463,13 +378,6 @@ fn root_lab_service_balances_across_backends_by_named_port() {
     assert!(text.contains("8080"), "named targetPort resolved to 8080: {text}");
     g.ok(&["down"]);
     assert_eq!(g.leftovers(), Vec::<String>::new());
-}
-
-/// Whether this weir-policyd connects nodes (`--backend`): until it does,
-/// traffic between nodes cannot flow and tests of it say SKIPPED.
-fn policyd_has_backends() -> bool {
-    let bin = Path::new(weirctl()).parent().unwrap().join("weir-policyd");
-    Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend")).unwrap_or(false)
 }
 
 fn pinned_pod(ns: &str, name: &str, node: &str) -> String {
@@ -495,7 +403,7 @@ fn root_lab_two_nodes_host_gw_up_get_exec_down() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wm");
     let tmp = tempfile::tempdir().unwrap();
     // x/c is pinned to node-1; the others spread over the emptiest node in
@@ -592,7 +500,7 @@ fn root_lab_rejects_bad_topology_before_touching_anything() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wt");
     let tmp = tempfile::tempdir().unwrap();
     for (args, want) in [
@@ -640,7 +548,7 @@ fn root_lab_copies_each_policyds_node_annotations_into_its_node() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir"]);
     let g = LabGuard::new("wa");
     let tmp = tempfile::tempdir().unwrap();
     let fake = fake_policyd(tmp.path(), false);

@@ -7,80 +7,10 @@
 //! test and process, and a guard takes it down on success and on failure.
 
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Command, Output};
+use weir_testsupport::is_root;
 
-fn weirctl() -> &'static str {
-    env!("CARGO_BIN_EXE_weirctl")
-}
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// weirctl finds `weir` and `weir-policyd` next to itself; say so plainly
-/// when they are missing rather than fail obscurely.
-fn require_binaries() {
-    let dir = Path::new(weirctl()).parent().unwrap();
-    for bin in ["weir", "weir-policyd"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{}/{bin} is missing: run `cargo build --workspace --bins` first",
-            dir.display()
-        );
-    }
-}
-
-/// Whether this weir-policyd connects nodes (`--backend`); without it no
-/// traffic crosses nodes and the test has nothing to prove.
-fn policyd_has_backends() -> bool {
-    let bin = Path::new(weirctl()).parent().unwrap().join("weir-policyd");
-    Command::new(bin)
-        .arg("--help")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend"))
-        .unwrap_or(false)
-}
-
-struct LabGuard {
-    name: String,
-}
-
-impl LabGuard {
-    fn new(tag: &str) -> LabGuard {
-        LabGuard {
-            name: format!("{tag}{}", std::process::id()),
-        }
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let mut full: Vec<&str> = vec!["lab", args[0], "--name", &self.name];
-        full.extend_from_slice(&args[1..]);
-        let out: Output = Command::new(weirctl())
-            .args(&full)
-            .output()
-            .expect("running weirctl");
-        assert!(
-            out.status.success(),
-            "weirctl lab {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn apply(&self, dir: &Path, file: &str, text: &str) {
-        let p = dir.join(file);
-        std::fs::write(&p, text).unwrap();
-        self.ok(&["apply", "-f", p.to_str().unwrap()]);
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(weirctl())
-            .args(["lab", "down", "--name", &self.name])
-            .output();
-    }
-}
+mod common;
+use common::{policyd_has_backends, require_binaries, LabGuard};
 
 fn pod(name: &str, node: &str) -> String {
     format!(
@@ -154,7 +84,7 @@ fn egress_isolated_client_cannot_reach_remote_backend(backend: &str, tag: &str) 
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
+    require_binaries(&["weir", "weir-policyd"]);
     if !policyd_has_backends() {
         eprintln!("SKIPPED: weir-policyd has no --backend flag, traffic cannot cross nodes");
         return;

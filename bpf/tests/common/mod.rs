@@ -6,6 +6,8 @@
 
 #[allow(unused_imports)]
 pub use weir_bpf::pkt;
+pub use weir_testsupport::netns::{self, spawn_in as in_netns, Netns};
+pub use weir_testsupport::{is_root, sh, RemoveOnDrop};
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -23,27 +25,17 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A bpffs root unique to the test, removed (pins, links, dirs) on drop.
 pub struct TestRoot {
     pub path: PathBuf,
+    _remove: RemoveOnDrop,
 }
 
 impl TestRoot {
     pub fn new(tag: &str) -> TestRoot {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!("/sys/fs/bpf/weir-t{}-{}-{}", std::process::id(), n, tag));
-        let _ = std::fs::remove_dir_all(&path);
-        TestRoot { path }
+        TestRoot { _remove: RemoveOnDrop::fresh(&path), path }
     }
     pub fn load(&self) -> Dataplane {
         Dataplane::load_or_open(&self.path).expect("load_or_open")
-    }
-}
-
-impl Drop for TestRoot {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("cannot remove {}: {e}", self.path.display());
-            }
-        }
     }
 }
 
@@ -51,19 +43,8 @@ impl Drop for TestRoot {
 /// namespace: its devices vanish with the thread, so nothing needs cleanup
 /// and tests cannot collide. bpffs stays visible (no remount).
 pub fn private_netns() {
-    // SAFETY: unshare of the network namespace affects this thread only.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    netns::enter_private().unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}"));
     sh(&["ip", "link", "set", "lo", "up"]);
-}
-
-/// Run a command (in the calling thread's netns), panicking with its output on failure.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    if !out.status.success() {
-        panic!("{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A device in the current netns (one end of a veth pair: the kernel has
@@ -86,22 +67,6 @@ pub fn ifindex(name: &str) -> u32 {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Run `f` on a thread inside the network namespace at `path`.
-pub fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on this dedicated thread only.
-        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-        f()
-    })
 }
 
 /// A TCP "ping" from the netns at `from` gets "pong" back from `to`.
@@ -202,35 +167,23 @@ pub fn weir_bin() -> PathBuf {
 
 /// Named network namespaces and a bpffs root, removed on drop.
 pub struct NetnsGuard {
-    pub netns: Vec<String>,
+    pub netns: Vec<Netns>,
     pub root: PathBuf,
+    _remove: RemoveOnDrop,
 }
 
 impl NetnsGuard {
     /// Create the namespaces (`ip netns add`).
     pub fn new(netns: Vec<String>, root: PathBuf) -> NetnsGuard {
-        let g = NetnsGuard { netns, root };
-        for n in &g.netns {
-            sh(&["ip", "netns", "add", n]);
-        }
-        g
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
+        let netns = netns.iter().map(|n| Netns::named(n)).collect();
+        NetnsGuard { netns, _remove: RemoveOnDrop(root.clone()), root }
     }
 }
 
 /// Run the CNI binary as a runtime does, in the node netns `node`, for the
 /// pod netns `pod_ns` (interface eth0); panics with its output on failure.
 pub fn cni(bin: &Path, node: &str, cmd: &str, id: &str, pod_ns: &str, conf: &serde_json::Value) -> serde_json::Value {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{node}")).arg(bin);
+    let mut c = netns::command(&netns::path(node), bin);
     c.env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))

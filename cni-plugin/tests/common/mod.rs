@@ -5,97 +5,15 @@
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Stdio;
 
 pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 pub const REF_DIR: &str = "/usr/lib/cni";
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A short name unique to this process and call (netns, bridge: max 15).
-pub fn unique(prefix: &str) -> String {
-    let n = SEQ.fetch_add(1, Ordering::SeqCst);
-    format!("{prefix}{:x}{n:x}", std::process::id() % 0xfffff)
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Skip (pass vacuously, loudly) when not root: these tests need netns.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            eprintln!("skipping: needs root (network namespaces)");
-            return;
-        }
-    };
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn sh_ok(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
-}
-
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Netns {
-        let name = unique(prefix);
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-    /// `ip -n <ns> args...`
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "-n", &self.name];
-        a.extend_from_slice(args);
-        sh(&a)
-    }
-    pub fn has_link(&self, name: &str) -> bool {
-        sh_ok(&["ip", "-n", &self.name, "link", "show", "dev", name])
-    }
-    /// Names of every link in the namespace.
-    pub fn links(&self) -> Vec<String> {
-        let out = self.ip(&["-o", "link", "show"]);
-        out.lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap().to_string())
-            .collect()
-    }
-    /// Run `f` on a thread inside this namespace (sockets it opens stay there).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap();
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
-    }
-}
+#[allow(unused_imports)]
+pub use weir_testsupport::{is_root, require_root, sh, sh_ok, unique, Netns};
 
 /// What one plugin invocation returned.
 #[derive(Debug)]
@@ -142,11 +60,10 @@ impl Call {
     }
 }
 
-/// Exec `bin` inside `node` (nsenter, so /sys/fs/bpf stays visible) with
+/// Exec `bin` inside `node` (setns before exec, so /sys/fs/bpf stays visible) with
 /// the CNI variables of `call` and `stdin` as the configuration.
 pub fn exec_plugin(node: &Netns, bin: &str, call: &Call, stdin: &[u8]) -> Run {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", node.path())).arg(bin);
+    let mut cmd = node.command(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("CNI_") {
             cmd.env_remove(k);
@@ -165,7 +82,7 @@ pub fn exec_plugin(node: &Netns, bin: &str, call: &Call, stdin: &[u8]) -> Run {
     if let Some(v) = &call.args {
         cmd.env("CNI_ARGS", v);
     }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn nsenter");
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the plugin");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -4,135 +4,51 @@
 //! kernel.
 
 use anyhow::{bail, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// One object the lab understands.
-// A handful of objects at a time: boxing the Pod would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Object {
-    /// Only ever written by the lab itself (multi-node labs).
-    Node(Node),
-    Namespace(Namespace),
-    Pod(Pod),
-    Service(Service),
-    NetworkPolicy(NetworkPolicy),
+/// The lab's objects are policyd's: the lab is the API server policyd
+/// reads, so both hold one model of the cluster.
+pub use weir_policyd::source::{Object, ObjectKind, ObjectRef};
+
+/// The kinds the lab holds, in the order it creates them (a pod needs its
+/// namespace; a policy should exist before the pods it selects start, so
+/// they come up already isolated, as they would on a busy cluster). Nodes
+/// are the lab's own (multi-node labs), never a user's.
+pub const LAB_KINDS: [ObjectKind; 5] =
+    [ObjectKind::Node, ObjectKind::Namespace, ObjectKind::NetworkPolicy, ObjectKind::Service, ObjectKind::Pod];
+
+/// Where `kind` comes in the creation order; None for a kind the lab does
+/// not hold.
+pub fn creation_rank(kind: ObjectKind) -> Option<usize> {
+    LAB_KINDS.iter().position(|k| *k == kind)
 }
 
-/// Kinds in the order the lab creates them (a pod needs its namespace; a
-/// policy should exist before the pods it selects start, so they come up
-/// already isolated, as they would on a busy cluster).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Node,
-    Namespace,
-    NetworkPolicy,
-    Service,
-    Pod,
+/// A kind's place in the creation order (kinds the lab does not hold never
+/// get past parsing).
+pub fn creation_order(kind: ObjectKind) -> usize {
+    creation_rank(kind).unwrap_or(LAB_KINDS.len())
 }
 
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Node => "Node",
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::Service => "Service",
-            Kind::NetworkPolicy => "NetworkPolicy",
-        }
-    }
-    /// File-name prefix in the manifests directory.
-    pub fn file_prefix(self) -> &'static str {
-        match self {
-            Kind::Node => "node",
-            Kind::Namespace => "namespace",
-            Kind::Pod => "pod",
-            Kind::Service => "service",
-            Kind::NetworkPolicy => "networkpolicy",
-        }
-    }
+/// The object as YAML, as the lab writes it into its manifests directory.
+pub fn to_yaml(obj: &Object) -> String {
+    serde_yaml_ng::to_string(&obj.to_json()).expect("JSON values always serialise to YAML")
 }
 
-/// (kind, namespace ("" for Namespaces and Nodes), name).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
+/// The ref of a namespaced object, or of a cluster-scoped one with namespace "".
+pub fn object_ref(kind: ObjectKind, namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef { kind, namespace: namespace.to_string(), name: name.to_string() }
 }
 
-impl fmt::Display for ObjKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind.as_str(), self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
-        }
-    }
-}
-
-impl Object {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Object::Node(_) => Kind::Node,
-            Object::Namespace(_) => Kind::Namespace,
-            Object::Pod(_) => Kind::Pod,
-            Object::Service(_) => Kind::Service,
-            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
-        }
-    }
-
-    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        match self {
-            Object::Node(o) => &o.metadata,
-            Object::Namespace(o) => &o.metadata,
-            Object::Pod(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::NetworkPolicy(o) => &o.metadata,
-        }
-    }
-
-    pub fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        match self {
-            Object::Node(o) => &mut o.metadata,
-            Object::Namespace(o) => &mut o.metadata,
-            Object::Pod(o) => &mut o.metadata,
-            Object::Service(o) => &mut o.metadata,
-            Object::NetworkPolicy(o) => &mut o.metadata,
-        }
-    }
-
-    pub fn key(&self) -> ObjKey {
-        let m = self.meta();
-        ObjKey {
-            kind: self.kind(),
-            namespace: if matches!(self.kind(), Kind::Namespace | Kind::Node) {
-                String::new()
-            } else {
-                m.namespace.clone().unwrap_or_default()
-            },
-            name: m.name.clone().unwrap_or_default(),
-        }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Object::Node(o) => serde_json::to_value(o),
-            Object::Namespace(o) => serde_json::to_value(o),
-            Object::Pod(o) => serde_json::to_value(o),
-            Object::Service(o) => serde_json::to_value(o),
-            Object::NetworkPolicy(o) => serde_json::to_value(o),
-        }
-        .expect("k8s-openapi objects always serialise")
-    }
-
-    pub fn to_yaml(&self) -> String {
-        serde_yaml_ng::to_string(&self.to_json()).expect("JSON values always serialise to YAML")
-    }
+/// What users may write, as an error message tells it.
+fn user_kinds() -> String {
+    let kinds: Vec<String> = LAB_KINDS
+        .iter()
+        .filter(|k| **k != ObjectKind::Node)
+        .map(|k| format!("{} {k}", k.api_version()))
+        .collect();
+    format!("{} (and v1 List)", kinds.join(", "))
 }
 
 /// Parse a YAML (or JSON, a subset of YAML) text with one or more documents.
@@ -142,10 +58,10 @@ impl Object {
 /// skipped document, and Nodes are the lab's own to make.
 pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
     let objs = parse_api_text(text, origin)?;
-    if let Some(n) = objs.iter().find(|o| o.kind() == Kind::Node) {
+    if let Some(n) = objs.iter().find(|o| o.kind() == ObjectKind::Node) {
         bail!(
             "{origin}: Node {:?}: the lab makes its nodes itself (one node, or `--nodes N` at `up`) and does not take Node objects; remove it",
-            n.key().name
+            n.object_ref().name
         );
     }
     Ok(objs)
@@ -154,27 +70,22 @@ pub fn parse_text(text: &str, origin: &str) -> Result<Vec<Object>> {
 /// What the lab's API (its manifests directory) holds: what users may
 /// write, plus the lab's own Nodes.
 fn parse_api_text(text: &str, origin: &str) -> Result<Vec<Object>> {
-    use weir_policyd::source::{manifest, Object as P, SourceError};
+    use weir_policyd::source::{manifest, SourceError};
     let parsed = manifest::parse(origin, text).map_err(|e| match e {
         SourceError::ManifestInvalid { file, message } => anyhow::anyhow!("{file}: {message}"),
         other => anyhow::anyhow!("{other}"),
     })?;
     if let Some(SourceError::UnknownKind { file, doc, api_version, kind }) = parsed.skipped.first() {
-        bail!(
-            "{file}: document {doc}: unsupported object apiVersion {api_version:?} kind {kind:?}; the lab understands v1 Namespace, Pod, Service (and List) and networking.k8s.io/v1 NetworkPolicy"
-        );
+        bail!("{file}: document {doc}: unsupported object apiVersion {api_version:?} kind {kind:?}; the lab understands {}", user_kinds());
     }
     let mut out = Vec::new();
-    for o in parsed.objects {
-        let obj = match o {
-            P::Namespace(x) => Object::Namespace(x),
-            P::Pod(x) => Object::Pod(x),
-            P::Service(x) => Object::Service(x),
-            P::NetworkPolicy(x) => Object::NetworkPolicy(x),
-            P::Node(n) => Object::Node(n),
-        };
-        let key = obj.key();
-        if matches!(obj.kind(), Kind::Namespace | Kind::Service) && !is_dns_label(&key.name) {
+    for obj in parsed.objects {
+        let key = obj.object_ref();
+        // policyd may read more kinds than the lab can create and serve.
+        if creation_rank(key.kind).is_none() {
+            bail!("{origin}: {key}: the lab does not hold {} objects; it holds {}", key.kind, user_kinds());
+        }
+        if matches!(key.kind, ObjectKind::Namespace | ObjectKind::Service) && !is_dns_label(&key.name) {
             bail!("{origin}: {key}: the name is not a DNS label (lowercase letters, digits, '-', at most 63)");
         }
         out.push(obj);
@@ -277,8 +188,8 @@ pub fn validate_batch(batch: &[Object], existing_namespaces: &[String]) -> Resul
         }
     }
     for o in batch {
-        let key = o.key();
-        if key.kind != Kind::Namespace && !namespaces.contains(&key.namespace.as_str()) {
+        let key = o.object_ref();
+        if key.kind != ObjectKind::Namespace && !namespaces.contains(&key.namespace.as_str()) {
             bail!(
                 "{key}: namespace {:?} does not exist; add a Namespace manifest named {:?} (the lab, like the API server, does not create namespaces implicitly)",
                 key.namespace,
@@ -337,9 +248,9 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     fn parses_multi_document_and_skips_empty() {
         let objs = parse_text(MODEL, "m.yaml").unwrap();
         assert_eq!(objs.len(), 3);
-        assert_eq!(objs[0].key().to_string(), "Namespace x");
-        assert_eq!(objs[1].key().to_string(), "Pod x/a");
-        assert_eq!(objs[2].key().to_string(), "NetworkPolicy x/deny");
+        assert_eq!(objs[0].object_ref().to_string(), "Namespace x");
+        assert_eq!(objs[1].object_ref().to_string(), "Pod x/a");
+        assert_eq!(objs[2].object_ref().to_string(), "NetworkPolicy x/deny");
         let Object::Pod(p) = &objs[1] else { panic!() };
         assert_eq!(
             pod_ports(p),
@@ -356,7 +267,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         let text = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"y"}}]}"#;
         let objs = parse_text(text, "l.json").unwrap();
         assert_eq!(objs.len(), 1);
-        assert_eq!(objs[0].kind(), Kind::Namespace);
+        assert_eq!(objs[0].kind(), ObjectKind::Namespace);
     }
 
     #[test]
@@ -383,7 +294,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("node_n.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n, annotations: {weir.io/backend-type: vxlan}}\n").unwrap();
         let api = load_api_dir(dir.path()).unwrap();
-        assert_eq!(api[0].key().to_string(), "Node n");
+        assert_eq!(api[0].object_ref().to_string(), "Node n");
         // what the node's agent published stays
         assert_eq!(api[0].meta().annotations.as_ref().unwrap()["weir.io/backend-type"], "vxlan");
         assert!(load_paths(&[dir.path().to_path_buf()]).is_err());
@@ -402,7 +313,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             default_object(o);
         }
         assert_eq!(objs[0].meta().labels.as_ref().unwrap()["kubernetes.io/metadata.name"], "z");
-        assert_eq!(objs[1].key().namespace, "default");
+        assert_eq!(objs[1].object_ref().namespace, "default");
     }
 
     #[test]
@@ -418,9 +329,31 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     }
 
     #[test]
+    fn every_kind_policyd_reads_is_held_or_refused_when_parsed() {
+        for kind in ObjectKind::ALL {
+            let text = format!("apiVersion: {}\nkind: {kind}\nmetadata: {{name: n, namespace: x}}\n", kind.api_version());
+            match (creation_rank(kind), parse_api_text(&text, "k.yaml")) {
+                (Some(_), Ok(objs)) => assert_eq!(objs[0].kind(), kind),
+                (Some(_), Err(e)) => panic!("{kind}: the lab holds it, yet: {e:#}"),
+                (None, Ok(_)) => panic!("{kind}: the lab does not hold it, yet parsed it"),
+                (None, Err(e)) => {
+                    let msg = format!("{e:#}");
+                    assert!(msg.contains(&kind.to_string()) && msg.contains("it holds v1 Namespace"), "{msg}");
+                }
+            }
+        }
+        // What users may write, named in the message for unknown kinds.
+        assert_eq!(
+            user_kinds(),
+            "v1 Namespace, networking.k8s.io/v1 NetworkPolicy, v1 Service, v1 Pod (and v1 List)"
+        );
+    }
+
+    #[test]
     fn kinds_sort_in_creation_order() {
+        use ObjectKind as Kind;
         let mut k = vec![Kind::Pod, Kind::Service, Kind::Namespace, Kind::NetworkPolicy, Kind::Node];
-        k.sort();
+        k.sort_by_key(|k| creation_order(*k));
         assert_eq!(k, vec![Kind::Node, Kind::Namespace, Kind::NetworkPolicy, Kind::Service, Kind::Pod]);
     }
 }

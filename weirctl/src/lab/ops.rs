@@ -4,7 +4,7 @@
 
 use super::cni::{self, Attachment};
 use super::naming;
-use super::objects::{self, Kind, ObjKey, Object};
+use super::objects::{self, Object, ObjectKind, ObjectRef};
 use super::probe::{self, Dest, Matrix, Source};
 use super::serve::PortStatus;
 use super::services::{self, Allocator, PodView};
@@ -52,18 +52,18 @@ fn load_batch(files: &[PathBuf]) -> Result<Vec<Object>> {
     for o in &mut objs {
         objects::default_object(o);
     }
-    objs.sort_by_key(|o| o.kind());
+    objs.sort_by_key(|o| objects::creation_order(o.kind()));
     let mut seen = std::collections::BTreeSet::new();
     for o in &objs {
-        if !seen.insert(o.key()) {
-            bail!("{} appears twice in the input; keep one", o.key());
+        if !seen.insert(o.object_ref()) {
+            bail!("{} appears twice in the input; keep one", o.object_ref());
         }
     }
     Ok(objs)
 }
 
-fn namespaces_of(objs: &BTreeMap<ObjKey, Object>) -> Vec<String> {
-    objs.keys().filter(|k| k.kind == Kind::Namespace).map(|k| k.name.clone()).collect()
+fn namespaces_of(objs: &BTreeMap<ObjectRef, Object>) -> Vec<String> {
+    objs.keys().filter(|k| k.kind == ObjectKind::Namespace).map(|k| k.name.clone()).collect()
 }
 
 fn locate_policyd(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -255,11 +255,11 @@ fn pod_with_status(pod: &Pod, rec: &PodRec, nodes: &[LabNode]) -> Pod {
     p
 }
 
-fn pod_views(objs: &BTreeMap<ObjKey, Object>, st: &State) -> Vec<PodView> {
+fn pod_views(objs: &BTreeMap<ObjectRef, Object>, st: &State) -> Vec<PodView> {
     let mut out = Vec::new();
     for o in objs.values() {
         let Object::Pod(p) = o else { continue };
-        let key = o.key();
+        let key = o.object_ref();
         let Some(rec) = st.pods.get(&format!("{}/{}", key.namespace, key.name)) else { continue };
         if !rec.added {
             continue;
@@ -309,12 +309,12 @@ fn admit_service(lab: &Lab, st: &mut State, svc: &k8s_openapi::api::core::v1::Se
 /// Rebuild every node's Service DNAT table from the current objects: like
 /// kube-proxy on every node, each table sends a ClusterIP to the backends
 /// on any node.
-fn program_services(lab: &Lab, st: &State, objs: &BTreeMap<ObjKey, Object>, quiet: bool) -> Result<Vec<services::ServiceRule>> {
+fn program_services(lab: &Lab, st: &State, objs: &BTreeMap<ObjectRef, Object>, quiet: bool) -> Result<Vec<services::ServiceRule>> {
     let pods = pod_views(objs, st);
     let mut rules = Vec::new();
     for o in objs.values() {
         let Object::Service(s) = o else { continue };
-        let key = o.key();
+        let key = o.object_ref();
         let ips = st.services.get(&format!("{}/{}", key.namespace, key.name)).cloned().unwrap_or_default();
         if services::selected_pods(s, &pods).is_empty() {
             say!(quiet, "warning: Service {}/{} selects no running pod; its ClusterIP answers nothing until one matches", key.namespace, key.name);
@@ -349,7 +349,7 @@ fn placements(batch: &[Object], nodes: &[LabNode], st: Option<&State>) -> Result
     }
     for o in batch {
         let Object::Pod(p) = o else { continue };
-        let key = format!("{}/{}", o.key().namespace, o.key().name);
+        let key = format!("{}/{}", o.object_ref().namespace, o.object_ref().name);
         let want = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
         if let Some(rec) = st.and_then(|st| st.pods.get(&key)) {
             // Already running: it stays where it is, as nodeName is immutable.
@@ -479,7 +479,7 @@ fn publish_node_annotations(lab: &Lab, st: &State, wait: Option<Duration>) -> Re
         };
         let Some(text) = text else { continue };
         let published = topology::parse_annotations(&text, &path)?;
-        let key = ObjKey { kind: Kind::Node, namespace: String::new(), name: node.name.clone() };
+        let key = objects::object_ref(ObjectKind::Node, "", &node.name);
         let Some(Object::Node(current)) = objs.get(&key) else { bail!("the Node object of {} is missing from {}", node.name, lab.manifests_dir().display()) };
         if let Some(updated) = topology::merge_annotations(current, &published) {
             lab.write_object(&Object::Node(updated))?;
@@ -558,10 +558,10 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
         }
     }
     let placed = placements(&batch, &nodes, None)?;
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut pods = Vec::new();
     for o in &batch {
-        *counts.entry(o.kind().as_str()).or_default() += 1;
+        *counts.entry(o.kind().to_string()).or_default() += 1;
         match o {
             Object::Service(s) => {
                 admit_service(lab, &mut st, s)?;
@@ -768,7 +768,7 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
     let ctx = Ctx::from_state(lab, &st);
     let mut services_dirty = false;
     for o in &batch {
-        let key = o.key();
+        let key = o.object_ref();
         let verb = match objs.get(&key) {
             None => "created",
             Some(old) if same_object(old, o) => "unchanged",
@@ -814,7 +814,7 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
             other => lab.write_object(other)?,
         }
         lab.save_state(&st)?;
-        say!(quiet, "{}/{} {verb}", key.kind.as_str().to_lowercase(), if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) });
+        say!(quiet, "{}/{} {verb}", key.kind.label(), if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) });
     }
     if services_dirty {
         program_services(lab, &st, &lab.objects()?, quiet)?;
@@ -852,33 +852,33 @@ pub fn delete(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
     let mut services_dirty = false;
     // Reverse creation order: pods before the namespace they live in.
     for o in batch.iter().rev() {
-        let key = o.key();
+        let key = o.object_ref();
         if !objs.contains_key(&key) && !lab.objects()?.contains_key(&key) {
             missing.push(key.to_string());
             continue;
         }
-        let mut victims: Vec<ObjKey> = vec![key.clone()];
-        if key.kind == Kind::Namespace {
+        let mut victims: Vec<ObjectRef> = vec![key.clone()];
+        if key.kind == ObjectKind::Namespace {
             // Like the namespace controller: everything inside goes too.
-            let mut inside: Vec<ObjKey> = lab.objects()?.into_keys().filter(|k| k.kind != Kind::Namespace && k.namespace == key.name).collect();
-            inside.sort_by_key(|k| std::cmp::Reverse(k.kind));
+            let mut inside: Vec<ObjectRef> = lab.objects()?.into_keys().filter(|k| k.kind != ObjectKind::Namespace && k.namespace == key.name).collect();
+            inside.sort_by_key(|k| std::cmp::Reverse(objects::creation_order(k.kind)));
             inside.push(key.clone());
             victims = inside;
         }
         for v in victims {
-            if v.kind == Kind::Pod {
+            if v.kind == ObjectKind::Pod {
                 if let Some(mut rec) = st.pods.remove(&format!("{}/{}", v.namespace, v.name)) {
                     ctx.destroy_pod(&mut rec).with_context(|| format!("deleting pod {}/{}", v.namespace, v.name))?;
                 }
                 services_dirty = true;
             }
-            if v.kind == Kind::Service {
+            if v.kind == ObjectKind::Service {
                 st.services.remove(&format!("{}/{}", v.namespace, v.name));
                 services_dirty = true;
             }
             lab.remove_object(&v)?;
             lab.save_state(&st)?;
-            say!(quiet, "{}/{} deleted", v.kind.as_str().to_lowercase(), if v.namespace.is_empty() { v.name.clone() } else { format!("{}/{}", v.namespace, v.name) });
+            say!(quiet, "{}/{} deleted", v.kind.label(), if v.namespace.is_empty() { v.name.clone() } else { format!("{}/{}", v.namespace, v.name) });
         }
     }
     if services_dirty {
@@ -982,39 +982,22 @@ pub fn exec(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
 
 /// The ClusterIP:port of the Service that selects only pod `r` and exposes
 /// `port`/`protocol` (preferring the model's name `s-<ns>-<pod>`).
-fn service_target(objs: &BTreeMap<ObjKey, Object>, st: &State, views: &[PodView], r: &PodRec, port: u16, protocol: &str, ipv6: bool) -> std::result::Result<SocketAddr, String> {
-    let preferred = format!("s-{}-{}", r.namespace, r.name);
-    let mut cands: Vec<(bool, SocketAddr)> = Vec::new();
-    for o in objs.values() {
-        let Object::Service(s) = o else { continue };
-        let key = o.key();
-        if key.namespace != r.namespace {
-            continue;
-        }
-        let sel = services::selected_pods(s, views);
-        if sel.len() != 1 || sel[0].name != r.name {
-            continue;
-        }
-        let has_port = s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()).any(|sp| sp.port as u16 == port && sp.protocol.as_deref().unwrap_or("TCP") == protocol);
-        if !has_port {
-            continue;
-        }
-        let ips = st.services.get(&format!("{}/{}", key.namespace, key.name)).cloned().unwrap_or_default();
-        if let Some(ip) = ips.iter().find(|i| i.is_ipv6() == ipv6) {
-            cands.push((key.name == preferred, SocketAddr::new(*ip, port)));
-        }
-    }
-    cands.sort_by_key(|(pref, _)| !*pref);
-    cands.first().map(|(_, a)| *a).ok_or_else(|| format!("pod {} has no Service selecting only it with port {port}/{protocol}{}", r.key(), if ipv6 { " and an IPv6 ClusterIP" } else { "" }))
+fn service_target(objs: &BTreeMap<ObjectRef, Object>, st: &State, views: &[PodView], r: &PodRec, port: u16, protocol: &str, ipv6: bool) -> std::result::Result<SocketAddr, String> {
+    let no_ips = Vec::new();
+    let services = objs.iter().filter_map(|(k, o)| match o {
+        Object::Service(s) => Some((s, st.services.get(&format!("{}/{}", k.namespace, k.name)).unwrap_or(&no_ips).as_slice())),
+        _ => None,
+    });
+    services::probe_target(services, views, (&r.namespace, &r.name), port, protocol, ipv6).map(|t| SocketAddr::new(t.vip, t.port))
 }
 
-pub fn pods_table(st: &State, objs: &BTreeMap<ObjKey, Object>) -> String {
+pub fn pods_table(st: &State, objs: &BTreeMap<ObjectRef, Object>) -> String {
     let mut rows = vec![["NAMESPACE", "NAME", "READY", "NODE", "IPS", "LABELS"].map(String::from).to_vec()];
     let mut recs: Vec<&PodRec> = st.pods.values().collect();
     recs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for r in recs {
         let labels = objs
-            .get(&ObjKey { kind: Kind::Pod, namespace: r.namespace.clone(), name: r.name.clone() })
+            .get(&objects::object_ref(ObjectKind::Pod, &r.namespace, &r.name))
             .and_then(|o| o.meta().labels.clone())
             .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
             .unwrap_or_default();
@@ -1046,10 +1029,10 @@ pub enum GetWhat {
 /// The lab's Nodes: a multi-node lab's from its API (with what their
 /// weir-policyds published), the one-node lab's made up on the spot (it
 /// never writes one: its weir-policyd runs as it always did).
-fn node_objects(lab: &Lab, st: &State, objs: &BTreeMap<ObjKey, Object>) -> Vec<k8s_openapi::api::core::v1::Node> {
+fn node_objects(lab: &Lab, st: &State, objs: &BTreeMap<ObjectRef, Object>) -> Vec<k8s_openapi::api::core::v1::Node> {
     lab.nodes(st.nodes)
         .iter()
-        .map(|n| match objs.get(&ObjKey { kind: Kind::Node, namespace: String::new(), name: n.name.clone() }) {
+        .map(|n| match objs.get(&objects::object_ref(ObjectKind::Node, "", &n.name)) {
             Some(Object::Node(stored)) => stored.clone(),
             _ => n.node_object(),
         })
@@ -1082,7 +1065,7 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
         for o in objs.values() {
             match (what, o) {
                 (GetWhat::Pods, Object::Pod(p)) => {
-                    let k = o.key();
+                    let k = o.object_ref();
                     match st.pods.get(&format!("{}/{}", k.namespace, k.name)) {
                         Some(rec) => items.push(serde_json::to_value(pod_with_status(p, rec, &nodes))?),
                         None => items.push(o.to_json()),
@@ -1101,7 +1084,7 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
             let mut rows = vec![["NAMESPACE", "NAME", "CLUSTER-IPS", "PORTS", "ENDPOINTS"].map(String::from).to_vec()];
             for o in objs.values() {
                 let Object::Service(s) = o else { continue };
-                let k = o.key();
+                let k = o.object_ref();
                 let ips = st.services.get(&format!("{}/{}", k.namespace, k.name)).cloned().unwrap_or_default();
                 let ports = s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()).map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP"))).collect::<Vec<_>>().join(",");
                 let eps = services::selected_pods(s, &views).iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>().join(",");
@@ -1114,7 +1097,7 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
             let mut rows = vec![["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES"].map(String::from).to_vec()];
             for o in objs.values() {
                 let Object::NetworkPolicy(np) = o else { continue };
-                let k = o.key();
+                let k = o.object_ref();
                 let spec = np.spec.clone().unwrap_or_default();
                 let sel = spec.pod_selector.as_ref().and_then(|s| s.match_labels.clone()).map(|l| l.iter().map(|(a, b)| format!("{a}={b}")).collect::<Vec<_>>().join(",")).filter(|s| !s.is_empty()).unwrap_or_else(|| "<all>".into());
                 let types = spec.policy_types.clone().unwrap_or_else(|| vec!["Ingress".into()]).join(",");
@@ -1180,7 +1163,7 @@ mod tests {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s-x-a, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80}]}\n---\n\
                     apiVersion: v1\nkind: Service\nmetadata: {name: all, namespace: x}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n---\n\
                     apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80}]}\n";
-        let objs: BTreeMap<ObjKey, Object> = objects::parse_text(text, "t").unwrap().into_iter().map(|o| (o.key(), o)).collect();
+        let objs: BTreeMap<ObjectRef, Object> = objects::parse_text(text, "t").unwrap().into_iter().map(|o| (o.object_ref(), o)).collect();
         let mut st = State {
             name: "u".into(),
             phase: "ready".into(),

@@ -186,6 +186,64 @@ pub fn target_port(target: Option<&IntOrString>, port: u16, protocol: &str, pod:
     }
 }
 
+/// Where a probe of one pod "via its Service" goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// The ClusterIP and Service port the client dials.
+    pub vip: IpAddr,
+    pub port: u16,
+    /// The port the pod serves it on (kube-proxy's DNAT); None: the pod is
+    /// no endpoint of that port (a targetPort name it lacks), so the DNAT
+    /// drops the connection.
+    pub target_port: Option<u16>,
+}
+
+/// The Service a probe of pod `dst` (namespace, name) dials: in dst's
+/// namespace, selecting only dst, exposing `port`/`protocol`, with a
+/// ClusterIP of the family; the model's `s-<ns>-<pod>` first. `services`
+/// pairs each Service with its assigned ClusterIPs.
+pub fn probe_target<'a>(
+    services: impl IntoIterator<Item = (&'a Service, &'a [IpAddr])>,
+    pods: &[PodView],
+    dst: (&str, &str),
+    port: u16,
+    protocol: &str,
+    ipv6: bool,
+) -> Result<ProbeTarget, String> {
+    let (namespace, name) = dst;
+    let preferred = format!("s-{namespace}-{name}");
+    let mut cands: Vec<(bool, ProbeTarget)> = Vec::new();
+    for (svc, ips) in services {
+        if svc.metadata.namespace.as_deref().unwrap_or("default") != namespace {
+            continue;
+        }
+        let sel = selected_pods(svc, pods);
+        if sel.len() != 1 || sel[0].name != name {
+            continue;
+        }
+        let Some(sp) = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .find(|sp| sp.port as u16 == port && sp.protocol.as_deref().unwrap_or("TCP") == protocol)
+        else {
+            continue;
+        };
+        if let Some(vip) = ips.iter().find(|i| i.is_ipv6() == ipv6) {
+            let target_port = target_port(sp.target_port.as_ref(), port, protocol, sel[0]);
+            let svc_name = svc.metadata.name.as_deref().unwrap_or("");
+            cands.push((svc_name == preferred, ProbeTarget { vip: *vip, port, target_port }));
+        }
+    }
+    cands.sort_by_key(|(pref, _)| !*pref);
+    cands.first().map(|(_, t)| *t).ok_or_else(|| {
+        format!(
+            "pod {namespace}/{name} has no Service selecting only it with port {port}/{protocol}{}",
+            if ipv6 { " and an IPv6 ClusterIP" } else { "" }
+        )
+    })
+}
+
 /// Rules for one Service with its ClusterIPs already assigned.
 pub fn service_rules(svc: &Service, cluster_ips: &[IpAddr], pods: &[PodView]) -> Vec<ServiceRule> {
     let key = format!(

@@ -3,7 +3,7 @@
 //! weir-policyd watches), the CNI run/IPAM dirs and logs.
 
 use super::cni::NetConf;
-use super::objects::{ObjKey, Object};
+use super::objects::{self, Object, ObjectRef};
 use super::serve::PortStatus;
 use super::sys::{self, ProcRec};
 use super::topology::{self, LabNode};
@@ -197,20 +197,20 @@ impl Lab {
         t
     }
 
-    pub fn object_path(&self, key: &ObjKey) -> PathBuf {
+    pub fn object_path(&self, key: &ObjectRef) -> PathBuf {
         let file = if key.namespace.is_empty() {
-            format!("{}_{}.yaml", key.kind.file_prefix(), key.name)
+            format!("{}_{}.yaml", key.kind.label(), key.name)
         } else {
-            format!("{}_{}_{}.yaml", key.kind.file_prefix(), key.namespace, key.name)
+            format!("{}_{}_{}.yaml", key.kind.label(), key.namespace, key.name)
         };
         self.manifests_dir().join(file)
     }
 
     pub fn write_object(&self, obj: &Object) -> Result<()> {
-        sys::write_atomic(&self.object_path(&obj.key()), obj.to_yaml().as_bytes())
+        sys::write_atomic(&self.object_path(&obj.object_ref()), objects::to_yaml(obj).as_bytes())
     }
 
-    pub fn remove_object(&self, key: &ObjKey) -> Result<()> {
+    pub fn remove_object(&self, key: &ObjectRef) -> Result<()> {
         match std::fs::remove_file(self.object_path(key)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {key}")),
             _ => Ok(()),
@@ -218,13 +218,13 @@ impl Lab {
     }
 
     /// Every object in the manifests directory.
-    pub fn objects(&self) -> Result<BTreeMap<ObjKey, Object>> {
+    pub fn objects(&self) -> Result<BTreeMap<ObjectRef, Object>> {
         let mut out = BTreeMap::new();
         if !self.manifests_dir().exists() {
             return Ok(out);
         }
-        for o in super::objects::load_api_dir(&self.manifests_dir())? {
-            out.insert(o.key(), o);
+        for o in objects::load_api_dir(&self.manifests_dir())? {
+            out.insert(o.object_ref(), o);
         }
         Ok(out)
     }
