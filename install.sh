@@ -19,7 +19,10 @@ Builds the release binaries and installs them:
   weir-policyd, weirctl      -> <bin-dir>      (default /usr/local/bin), when built
   conf/10-weir.conflist      -> <cni-conf-dir> (default /etc/cni/net.d), last, atomically
 Reference plugins the conflist chains (portmap, bandwidth) and loopback are
-copied from /usr/lib/cni into <cni-bin-dir> when missing there.
+copied from /usr/lib/cni into <cni-bin-dir> when missing there. Without
+--prefix or --no-bpffs, bpffs is mounted at /sys/fs/bpf when nothing is
+mounted there (weir-policyd and weirctl do the same; the CNI binary never
+mounts).
 
 Options:
   --prefix DIR          install under DIR (DIR/opt/cni/bin, DIR/usr/local/bin,
@@ -29,12 +32,19 @@ Options:
   --cni-conf-dir DIR    where the conflist goes
   --pod-cidr CIDR       this node's pod range (replaces 10.244.1.0/24)
   --cluster-cidr CIDR   the cluster's pod range (replaces 10.244.0.0/16)
-  --cni-version V       cniVersion of the conflist (default 1.1.0; lowered to
-                        1.0.0 with a warning when the chained portmap/bandwidth
-                        do not speak 1.1.0)
+  --cni-version V       cniVersion of the conflist: 1.0.0 (default) or 1.1.0
+                        (or 0.3.0, 0.3.1, 0.4.0). 1.0.0 is what every runtime
+                        accepts; choose 1.1.0 only when every runtime on the
+                        node links libcni >= 1.2 (containerd >= 2.0,
+                        CRI-O >= 1.30): it adds STATUS and GC, but libcni 1.1
+                        (containerd 1.6/1.7, podman 4) rejects its results, so
+                        no pod could start there. 1.1.0 also needs the
+                        chained portmap/bandwidth to speak it.
   --from DIR            take binaries from DIR instead of building (implies --no-build)
   --no-build            do not run cargo; use target/release as it is
   --no-apt              never install system packages
+  --no-bpffs            leave /sys/fs/bpf alone (an install container: the
+                        weir-policyd container mounts it)
   --uninstall           remove the conflist (first), then the binaries
   -h, --help            this text
 
@@ -46,8 +56,8 @@ EOF
 
 PREFIX=""
 CNI_BIN_DIR="" BIN_DIR="" CNI_CONF_DIR=""
-POD_CIDR="" CLUSTER_CIDR="" CNI_VERSION="1.1.0" CNI_VERSION_SET=0
-FROM="" BUILD=1 APT=1 UNINSTALL=0
+POD_CIDR="" CLUSTER_CIDR="" CNI_VERSION="1.0.0"
+FROM="" BUILD=1 APT=1 UNINSTALL=0 BPFFS_MOUNT=1
 while [ $# -gt 0 ]; do
 	case $1 in
 	--prefix) PREFIX=${2:?--prefix needs a directory}; shift ;;
@@ -56,10 +66,11 @@ while [ $# -gt 0 ]; do
 	--cni-conf-dir) CNI_CONF_DIR=${2:?}; shift ;;
 	--pod-cidr) POD_CIDR=${2:?}; shift ;;
 	--cluster-cidr) CLUSTER_CIDR=${2:?}; shift ;;
-	--cni-version) CNI_VERSION=${2:?}; CNI_VERSION_SET=1; shift ;;
+	--cni-version) CNI_VERSION=${2:?--cni-version needs a version}; shift ;;
 	--from) FROM=${2:?}; BUILD=0; shift ;;
 	--no-build) BUILD=0 ;;
 	--no-apt) APT=0 ;;
+	--no-bpffs) BPFFS_MOUNT=0 ;;
 	--uninstall) UNINSTALL=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -72,8 +83,14 @@ CNI_CONF_DIR=${CNI_CONF_DIR:-$PREFIX/etc/cni/net.d}
 FROM=${FROM:-$HERE/target/release}
 CONFLIST=10-weir.conflist
 REF=/usr/lib/cni
+BPFFS=/sys/fs/bpf
 
 log() { echo "install.sh: $*" >&2; }
+
+case $CNI_VERSION in
+0.3.0 | 0.3.1 | 0.4.0 | 1.0.0 | 1.1.0) ;;
+*) log "--cni-version $CNI_VERSION: weir speaks 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0; use 1.0.0 (every runtime) or 1.1.0"; exit 2 ;;
+esac
 
 # write-then-rename inside the destination directory (same filesystem)
 put() { # src dest mode
@@ -119,6 +136,35 @@ if [ "$BUILD" = 1 ]; then
 fi
 [ -x "$FROM/weir" ] || { log "no weir binary in $FROM (build first, or pass --from DIR)"; exit 1; }
 
+# ---- checks before anything changes ---------------------------------------
+# A chained plugin that does not speak the conflist's version fails every ADD.
+if [ "$CNI_VERSION" = 1.1.0 ]; then
+	for p in portmap bandwidth; do
+		bin="$CNI_BIN_DIR/$p"
+		[ -x "$bin" ] || bin="$REF/$p"
+		[ -x "$bin" ] || continue
+		if ! echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$bin" 2>/dev/null | grep -q '"1.1.0"'; then
+			log "--cni-version 1.1.0: $bin does not speak cniVersion 1.1.0, so every pod's ADD would fail;" \
+				"install containernetworking-plugins >= 1.5, or keep the default 1.0.0. Nothing was changed."
+			exit 1
+		fi
+	done
+fi
+
+# ---- bpffs --------------------------------------------------------------------
+# The pins live there; a fresh machine has nothing mounted. Never mount over
+# something else, never remount; a --prefix install (packaging, tests) leaves
+# the host's mounts alone.
+if [ "$BPFFS_MOUNT" = 1 ] && [ -z "$PREFIX" ] && [ "$(stat -f -c %T "$BPFFS" 2>/dev/null)" != bpf_fs ]; then
+	if mountpoint -q "$BPFFS"; then
+		log "$BPFFS has another filesystem mounted on it, not bpffs; unmount it or mount bpffs there (mount -t bpf bpf $BPFFS)"
+		exit 1
+	fi
+	mount -t bpf -o mode=0700,nosuid,nodev,noexec bpf "$BPFFS" ||
+		{ log "cannot mount bpffs at $BPFFS (run as root): mount -t bpf bpf $BPFFS"; exit 1; }
+	log "mounted bpffs at $BPFFS"
+fi
+
 # ---- binaries ---------------------------------------------------------------
 mkdir -p "$CNI_BIN_DIR" "$BIN_DIR" "$CNI_CONF_DIR"
 put "$FROM/weir" "$CNI_BIN_DIR/weir" 0755
@@ -130,18 +176,8 @@ for p in portmap bandwidth loopback; do
 done
 
 # ---- conflist, last ---------------------------------------------------------
-if [ "$CNI_VERSION_SET" = 0 ]; then
-	for p in portmap bandwidth; do
-		[ -x "$CNI_BIN_DIR/$p" ] || continue
-		if ! echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$CNI_BIN_DIR/$p" 2>/dev/null | grep -q '"1.1.0"'; then
-			log "WARNING: $CNI_BIN_DIR/$p does not support cniVersion 1.1.0; writing the conflist with 1.0.0" \
-				"(runtimes then skip STATUS and GC). Install containernetworking-plugins >= 1.5 for 1.1.0."
-			CNI_VERSION=1.0.0
-		fi
-	done
-fi
 tmp="$CNI_CONF_DIR/.$CONFLIST.tmp.$$"
-sed -e "s|\"cniVersion\": \"1.1.0\"|\"cniVersion\": \"$CNI_VERSION\"|" \
+sed -e "s|\"cniVersion\": \"1.0.0\"|\"cniVersion\": \"$CNI_VERSION\"|" \
 	${POD_CIDR:+-e "s|10.244.1.0/24|$POD_CIDR|"} \
 	${CLUSTER_CIDR:+-e "s|10.244.0.0/16|$CLUSTER_CIDR|"} \
 	"$HERE/conf/$CONFLIST" >"$tmp"

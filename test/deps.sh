@@ -13,4 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# weir-policyd and weirctl mount bpffs themselves when absent, but the
+# library's root tests load the dataplane without them. The fresh-machine
+# test (weirctl/tests/root_lab.rs) unmounts it in a namespace of its own.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

@@ -79,7 +79,7 @@ impl Endpoint {
     /// (at most one per family, as a Kubernetes Pod's podIPs): identity 0,
     /// `flags` (not READY). Refuses what the programs could not hold.
     pub fn for_pod(mac: [u8; 6], addrs: &[IpNet], flags: u32) -> Result<Endpoint, Error> {
-        if mac[0] & 1 != 0 || mac == [0; 6] {
+        if !addr::is_unicast_mac(mac) {
             return Err(Error::Invalid {
                 field: "pod MAC",
                 msg: format!("{} is not a unicast address", addr::format_mac(mac)),

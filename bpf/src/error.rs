@@ -3,8 +3,27 @@ use std::path::PathBuf;
 /// Every error names the pin or input involved and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bpffs not mounted at {path}: mount it (`mount -t bpf bpf {path}`) before running Weir")]
+    #[error(
+        "bpffs not mounted at {path}: start weir-policyd (it mounts bpffs there when absent), or mount it \
+         yourself (`mount -t bpf bpf {path}`)"
+    )]
     BpffsNotMounted { path: PathBuf },
+
+    #[error(
+        "cannot mount bpffs at {path}: {source}; mount it yourself (`mount -t bpf -o mode=0700 bpf {path}`) \
+         as root, or in a container give Weir CAP_SYS_ADMIN and the host's {path}"
+    )]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "{path} has a {fstype} filesystem mounted on it, not bpffs: Weir does not mount over it; unmount it \
+         (`umount {path}`) or mount bpffs there (`mount -t bpf bpf {path}`)"
+    )]
+    OtherFsMounted { path: PathBuf, fstype: String },
 
     #[error(
         "bpffs root {root} is not on bpffs ({found} is on another filesystem): choose a root under a bpffs \

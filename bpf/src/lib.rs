@@ -10,6 +10,7 @@
 
 pub mod abi;
 pub mod addr;
+pub mod bpffs;
 pub mod pkt;
 pub mod ports;
 mod sys;

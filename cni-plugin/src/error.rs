@@ -29,6 +29,9 @@ pub mod code {
     pub const DATAPLANE: u32 = 105;
     /// The container already has an address in this network.
     pub const DUPLICATE_ALLOCATION: u32 = 106;
+    /// A requested static address (`IP=`, `ips`) lies outside `ipam.ranges`,
+    /// is a gateway, or is reserved already.
+    pub const ADDRESS_UNAVAILABLE: u32 = 107;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

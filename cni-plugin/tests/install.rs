@@ -15,7 +15,10 @@ fn install(args: &[&str]) -> std::process::Output {
 fn shipped_conflist_is_a_valid_weir_chain() {
     let text = std::fs::read_to_string(repo().join("conf/10-weir.conflist")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["cniVersion"], "1.1.0");
+    // What libcni 1.1 (containerd 1.6/1.7, podman 4) accepts as well as 1.2+.
+    assert_eq!(v["cniVersion"], "1.0.0");
+    // libcni passes runtimeConfig.ips/mac only for declared capabilities.
+    assert_eq!(v["plugins"][0]["capabilities"], serde_json::json!({"ips": true, "mac": true}));
     let types: Vec<&str> = v["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["weir", "portmap", "bandwidth"]);
     let conf = weir_cni::config::parse_netconf(v).unwrap();
@@ -32,7 +35,7 @@ fn install_is_idempotent_and_uninstalls() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--uninstall"));
     for _ in 0..2 {
-        let out = install(&["--prefix", prefix, "--no-apt", "--from", &from, "--pod-cidr", "10.77.3.0/24", "--cni-version", "1.1.0"]);
+        let out = install(&["--prefix", prefix, "--no-apt", "--from", &from, "--pod-cidr", "10.77.3.0/24"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let weir = tmp.path().join("opt/cni/bin/weir");
@@ -40,6 +43,7 @@ fn install_is_idempotent_and_uninstalls() {
     let list: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("etc/cni/net.d/10-weir.conflist")).unwrap()).unwrap();
     assert_eq!(list["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.77.3.0/24");
+    assert_eq!(list["cniVersion"], "1.0.0", "the default every runtime accepts");
     // No temporary files left behind by write-then-rename.
     for d in ["opt/cni/bin", "etc/cni/net.d"] {
         for e in std::fs::read_dir(tmp.path().join(d)).unwrap() {
@@ -52,4 +56,44 @@ fn install_is_idempotent_and_uninstalls() {
     assert!(!weir.exists());
     assert!(!tmp.path().join("etc/cni/net.d/10-weir.conflist").exists());
     assert!(!install(&["--bogus"]).status.success());
+}
+
+/// Chained plugins standing in for portmap/bandwidth: answer VERSION with
+/// `versions`, as the reference plugins do.
+fn chained_plugins(bin_dir: &Path, versions: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(bin_dir).unwrap();
+    let list = versions.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(",");
+    let script = format!("#!/bin/sh\necho '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[{list}]}}'\n");
+    for p in ["portmap", "bandwidth"] {
+        let path = bin_dir.join(p);
+        std::fs::write(&path, &script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn cni_version_1_1_0_is_opt_in_and_refused_when_a_chained_plugin_lacks_it() {
+    let from = Path::new(env!("CARGO_BIN_EXE_weir")).parent().unwrap().to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().to_str().unwrap();
+    let bin = tmp.path().join("opt/cni/bin");
+    let conflist = tmp.path().join("etc/cni/net.d/10-weir.conflist");
+
+    chained_plugins(&bin, &["0.3.0", "0.3.1", "0.4.0", "1.0.0"]);
+    let out = install(&["--prefix", prefix, "--no-apt", "--from", &from, "--cni-version", "1.1.0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("portmap does not speak cniVersion 1.1.0") && err.contains("Nothing was changed"), "{err}");
+    assert!(!bin.join("weir").exists() && !conflist.exists(), "a refused install changes nothing");
+
+    chained_plugins(&bin, &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+    let out = install(&["--prefix", prefix, "--no-apt", "--from", &from, "--cni-version", "1.1.0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    assert_eq!(list["cniVersion"], "1.1.0");
+
+    let out = install(&["--prefix", prefix, "--no-apt", "--from", &from, "--cni-version", "2.0.0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cni-version 2.0.0"));
 }

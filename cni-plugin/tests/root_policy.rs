@@ -317,3 +317,41 @@ fn root_enforce_without_pod_identity_fails_at_once_naming_what_is_missing() {
     assert!(!pod.has_link("eth0"));
     assert!(!root.0.exists(), "nothing was loaded for it");
 }
+
+/// A static MAC and addresses reach the endpoint entry the programs judge
+/// by; a request for a taken address leaves no entry, link or record.
+#[test]
+fn root_enforce_static_mac_and_addresses_reach_the_endpoint_and_a_taken_one_leaves_nothing() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let (p1, p2) = (Netns::new("wp"), Netns::new("wp"));
+    let mut conf = enforcing(&node, &root, 0);
+    conf["runtimeConfig"] = json!({ "ips": ["10.95.0.77", "fd95::77"], "mac": "0a:58:0a:5f:00:4d" });
+    let r = node.add("sm1", &p1, &conf).ok().clone();
+    assert_eq!(result_ip(&r, true).to_string(), "10.95.0.77");
+    let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
+    let eps = dp.endpoints().unwrap();
+    assert_eq!(eps.len(), 1);
+    let ep = eps[0].1;
+    assert_eq!(weir_bpf::addr::format_mac(ep.mac), "0a:58:0a:5f:00:4d");
+    let mut ips = ep.ips();
+    ips.sort();
+    assert_eq!(ips, ["10.95.0.77".parse::<std::net::IpAddr>().unwrap(), "fd95::77".parse().unwrap()]);
+
+    let mut taken = conf.clone();
+    taken["runtimeConfig"] = json!({ "ips": ["10.95.0.77"] });
+    let r = node.add("sm2", &p2, &taken);
+    assert_eq!(r.err_code(), 107, "{r:?}");
+    assert!(r.msg().starts_with("runtimeConfig.ips[0]: 10.95.0.77 is already reserved"), "{}", r.msg());
+    node.assert_clean("sm2", Some(&p2));
+    assert!(!p2.has_link("eth0"));
+    assert_eq!(dp.endpoints().unwrap().len(), 1, "no endpoint entry for the refused pod");
+    assert_eq!(dp.attached_ifindexes().unwrap().len(), 1, "nothing attached for the refused pod");
+    let reg = weir_common::registry::Registry::under(node.run_dir());
+    let ids: Vec<String> = reg.list().0.into_iter().map(|r| r.container_id).collect();
+    assert_eq!(ids, ["sm1"]);
+    node.del("sm1", &p1, &conf).ok();
+    node.assert_clean("sm1", Some(&p1));
+    assert!(dp.endpoints().unwrap().is_empty());
+}

@@ -208,17 +208,22 @@ impl Netlink {
     }
 
     /// Create a veth pair whose host end (down, enslaved to `master`) stays
-    /// here and whose peer is created directly inside `peer_netns`.
+    /// here and whose peer is created directly inside `peer_netns`, with
+    /// `peer_mac` when given (a random one otherwise).
     pub fn create_veth(
         &mut self,
         host: &str,
         peer: &str,
+        peer_mac: Option<[u8; 6]>,
         mtu: Option<u32>,
         master: u32,
         peer_netns: BorrowedFd<'_>,
     ) -> io::Result<()> {
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        if let Some(mac) = peer_mac {
+            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         if let Some(mtu) = mtu {
             p.attributes.push(LinkAttribute::Mtu(mtu));
         }

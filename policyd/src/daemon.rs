@@ -78,6 +78,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     })?;
     http::spawn(listener, http_state.clone());
 
+    // A fresh machine has no bpffs at /sys/fs/bpf: the node agent mounts it
+    // (the CNI binary never does; it waits for this).
+    if let weir_bpf::bpffs::Mount::Mounted(at) = weir_bpf::bpffs::ensure_mounted_for(&opts.bpffs_root)
+        .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?
+    {
+        log::info!("mounted bpffs at {} (nothing was mounted there)", at.display());
+    }
     // A new build's programs replace an older build's on every running pod.
     let (dp, upgrade) = Dataplane::load_or_upgrade(&opts.bpffs_root)
         .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?;

@@ -574,3 +574,73 @@ fn root_lab_copies_each_policyds_node_annotations_into_its_node() {
     assert!(err.contains("node-1") && err.contains("did not publish") && err.contains("cannot set up the backend"), "{err}");
     assert_eq!(g.leftovers(), Vec::<String>::new());
 }
+
+fn is_bpffs(path: &str) -> bool {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: statfs fills the zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe4a11 }
+}
+
+/// Give the calling thread (and what it spawns) a private mount namespace
+/// in which nothing is mounted at /sys/fs/bpf: a fresh machine.
+fn enter_fresh_mount_namespace() {
+    // SAFETY: plain syscalls on constant strings; they affect only this thread.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        assert_eq!(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()), 0, "making / private");
+        while is_bpffs("/sys/fs/bpf") {
+            assert_eq!(libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH), 0, "umount /sys/fs/bpf: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// `./install.sh && weirctl lab demo` on a fresh machine: bpffs is not
+/// mounted. `lab up` (and the weir-policyd it starts) mount it, in the
+/// mount namespace they run in only, and the lab enforces and probes.
+#[test]
+fn root_lab_up_mounts_bpffs_where_none_is_mounted() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries();
+    let dir = Path::new(weirctl()).parent().unwrap();
+    assert!(dir.join("weir-policyd").is_file(), "{}/weir-policyd is missing: run `cargo build --workspace --bins` first", dir.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "m.yaml", &[ns("x"), pod("x", "a", "a"), pod("x", "b", "b"), svc("x", "a"), svc("x", "b")].concat());
+    let name = format!("wf{}", std::process::id());
+    let pins = format!("/sys/fs/bpf/weir-lab-{name}");
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+    let inner_pins = pins.clone();
+    // Everything of the lab happens on this thread, in its namespace; the
+    // guard takes the lab down there too, on success and on panic.
+    let inside = std::thread::spawn(move || {
+        enter_fresh_mount_namespace();
+        assert!(!is_bpffs("/sys/fs/bpf"), "bpffs still mounted in the test namespace");
+        let g = LabGuard { name };
+        let out = g.ok(&["up", "-f", f.to_str().unwrap()]);
+        assert!(out.contains("mounted bpffs at /sys/fs/bpf"), "{out}");
+        assert!(out.contains("policy enforced"), "{out}");
+        assert!(is_bpffs("/sys/fs/bpf"), "bpffs mounted in the lab's namespace");
+        assert!(Path::new(&inner_pins).is_dir(), "the lab's pins are on the new bpffs");
+        up_tx.send(()).unwrap();
+        let _ = seen_rx.recv();
+        probe_until_via(&g, "pod", |_, _| true);
+        g.ok(&["down"]);
+        let left = g.leftovers();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    });
+    // The host's own bpffs is untouched and never saw the lab's pins.
+    let host_view = up_rx.recv().map(|()| (is_bpffs("/sys/fs/bpf"), Path::new(&pins).exists()));
+    drop(seen_tx);
+    let inner = inside.join();
+    assert!(Path::new("/sys/fs/bpf").exists() && is_bpffs("/sys/fs/bpf"), "the host's bpffs is still mounted");
+    if let Err(e) = inner {
+        std::panic::resume_unwind(e);
+    }
+    assert_eq!(host_view, Ok((true, false)), "(host /sys/fs/bpf still bpffs, lab pins visible on the host)");
+    assert!(!Path::new(&pins).exists());
+}

@@ -9,6 +9,7 @@ use crate::ipam::{self, Lease};
 use crate::netlink::{is_errno, Netlink};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::naming::{Attachment, VethLabel};
+use crate::request::{self, Requested};
 use crate::{bridge, masq, naming, netns, sysctl};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -55,6 +56,8 @@ impl Undo {
 
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
     require_pod_identity(conf, env)?;
+    // A malformed static address or MAC is refused before anything is made.
+    let requested = request::parse(&conf.raw, env)?;
     let ns = netns::open(&env.netns)?;
     let mut nl = Netlink::new().map_err(|e| CniError::kernel("netlink socket", e))?;
     let host_name = naming::host_veth(&env.container_id, &env.ifname);
@@ -100,7 +103,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
     }
     let dp = if conf.policy.enforce { Some(Dataplane::load_or_open(&conf.policy)?) } else { None };
     let mut undo = Undo::default();
-    match add_steps(conf, env, &ns, &mut pod, &mut nl, &host_name, dp.as_ref(), &mut undo) {
+    match add_steps(conf, env, &requested, &ns, &mut pod, &mut nl, &host_name, dp.as_ref(), &mut undo) {
         Ok(r) => Ok(r),
         Err(e) => {
             undo.run(conf, env, &mut nl, dp.as_ref());
@@ -183,6 +186,7 @@ pub fn pod_routes(conf: &NetConf, lease: &Lease) -> (Vec<Route>, Vec<Route>) {
 fn add_steps(
     conf: &NetConf,
     env: &Env,
+    requested: &Requested,
     ns: &File,
     pod: &mut Netlink,
     nl: &mut Netlink,
@@ -190,7 +194,7 @@ fn add_steps(
     dp: Option<&Dataplane>,
     undo: &mut Undo,
 ) -> Result<Value> {
-    let lease = ipam::allocate(conf, env)?;
+    let lease = ipam::allocate(conf, env, &requested.ips)?;
     undo.ipam = true;
     let has_v4 = lease.ips.iter().any(|i| i.address.addr().is_ipv4());
     let has_v6 = lease.ips.iter().any(|i| i.address.addr().is_ipv6());
@@ -199,7 +203,7 @@ fn add_steps(
     let br = bridge::ensure(nl, conf, &gws)?;
 
     let kerr = |what: String| move |e: std::io::Error| CniError::kernel(what, e);
-    nl.create_veth(host_name, &env.ifname, conf.mtu, br.index, ns.as_fd()).map_err(|e| {
+    nl.create_veth(host_name, &env.ifname, requested.mac, conf.mtu, br.index, ns.as_fd()).map_err(|e| {
         if is_errno(&e, libc::EEXIST) {
             CniError::new(code::IFNAME_EXISTS, format!("veth {host_name} / CNI_IFNAME={:?}: already exists", env.ifname))
         } else {

@@ -5,6 +5,7 @@
 
 use crate::error::{code, CniError, Result};
 use crate::ip::{self, Range, RangeSet};
+use crate::request::RequestedIp;
 use std::net::IpAddr;
 
 /// What the allocator needs from a reservation store.
@@ -71,8 +72,12 @@ impl Iterator for Walk<'_> {
     }
 }
 
-/// Reserve one address of range set `set_idx` for (id, ifname).
-pub fn allocate(store: &mut dyn Store, set: &RangeSet, set_idx: usize, id: &str, ifname: &str) -> Result<IpAddr> {
+fn describe(set: &RangeSet) -> String {
+    set.ranges.iter().map(|r| format!("{}-{}", r.start, r.end)).collect::<Vec<_>>().join(", ")
+}
+
+/// The spec forbids two addresses of one range set for one attachment.
+fn refuse_duplicate(store: &dyn Store, set: &RangeSet, set_idx: usize, id: &str, ifname: &str) -> Result<()> {
     for have in store.get_by_id(id, ifname)? {
         if set.contains(have) {
             return Err(CniError::new(
@@ -84,28 +89,109 @@ pub fn allocate(store: &mut dyn Store, set: &RangeSet, set_idx: usize, id: &str,
             ));
         }
     }
+    Ok(())
+}
+
+/// Reserve one address of range set `set_idx` for (id, ifname).
+pub fn allocate(store: &mut dyn Store, set: &RangeSet, set_idx: usize, id: &str, ifname: &str) -> Result<IpAddr> {
+    refuse_duplicate(store, set, set_idx, id, ifname)?;
     let last = store.last_reserved(set_idx);
     for candidate in Walk::new(set, last) {
         if store.reserve(id, ifname, candidate, set_idx)? {
             return Ok(candidate);
         }
     }
-    let desc: Vec<String> = set.ranges.iter().map(|r| format!("{}-{}", r.start, r.end)).collect();
     Err(CniError::new(
         code::POOL_EXHAUSTED,
         format!(
             "no free address in ipam.ranges[{set_idx}] ({}): every address is reserved; \
              delete unused pods, run GC, or widen the range",
-            desc.join(", ")
+            describe(set)
         ),
     ))
 }
 
-/// One address per range set, all or nothing.
-pub fn allocate_all(store: &mut dyn Store, sets: &[RangeSet], id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+/// Reserve exactly the requested address in range set `set_idx` (which
+/// holds it), as host-local does for a static address: never the gateway,
+/// never one already reserved.
+pub fn reserve_requested(
+    store: &mut dyn Store,
+    set: &RangeSet,
+    set_idx: usize,
+    id: &str,
+    ifname: &str,
+    want: &RequestedIp,
+) -> Result<IpAddr> {
+    refuse_duplicate(store, set, set_idx, id, ifname)?;
+    let a = want.addr;
+    if set.ranges.iter().any(|r| r.gateway == a) {
+        return Err(CniError::new(
+            code::ADDRESS_UNAVAILABLE,
+            format!("{}: {a} is the gateway of ipam.ranges[{set_idx}]; ask for another address", want.field),
+        ));
+    }
+    if !store.reserve(id, ifname, a, set_idx)? {
+        return Err(CniError::new(
+            code::ADDRESS_UNAVAILABLE,
+            format!(
+                "{}: {a} is already reserved in ipam.ranges[{set_idx}] by another attachment; ask for a free \
+                 address, or delete the pod holding it",
+                want.field
+            ),
+        ));
+    }
+    Ok(a)
+}
+
+/// Which requested address goes to which range set: each must lie inside
+/// one set, at most one per set. Pure, checked before anything is reserved.
+pub fn assign_requested<'a>(sets: &[RangeSet], requested: &'a [RequestedIp]) -> Result<Vec<Option<&'a RequestedIp>>> {
+    let mut out: Vec<Option<&RequestedIp>> = vec![None; sets.len()];
+    for want in requested {
+        let Some(i) = sets.iter().position(|s| s.contains(want.addr)) else {
+            let all: Vec<String> = sets.iter().enumerate().map(|(i, s)| format!("[{i}] {}", describe(s))).collect();
+            return Err(CniError::new(
+                code::ADDRESS_UNAVAILABLE,
+                format!(
+                    "{}: {} is outside every range of ipam.ranges ({}); ask for an address inside one, or none",
+                    want.field,
+                    want.addr,
+                    all.join("; ")
+                ),
+            ));
+        };
+        if let Some(first) = out[i] {
+            return Err(CniError::new(
+                code::ADDRESS_UNAVAILABLE,
+                format!(
+                    "{}: {} and {} ({}) both lie in ipam.ranges[{i}], which gives one address per attachment; \
+                     ask for one address per range set (per family)",
+                    want.field, want.addr, first.addr, first.field
+                ),
+            ));
+        }
+        out[i] = Some(want);
+    }
+    Ok(out)
+}
+
+/// One address per range set, all or nothing: the requested one where the
+/// runtime asked for one, the next free one elsewhere.
+pub fn allocate_all(
+    store: &mut dyn Store,
+    sets: &[RangeSet],
+    id: &str,
+    ifname: &str,
+    requested: &[RequestedIp],
+) -> Result<Vec<IpAddr>> {
+    let wanted = assign_requested(sets, requested)?;
     let mut got = Vec::new();
     for (i, set) in sets.iter().enumerate() {
-        match allocate(store, set, i, id, ifname) {
+        let one = match wanted[i] {
+            Some(want) => reserve_requested(store, set, i, id, ifname, want),
+            None => allocate(store, set, i, id, ifname),
+        };
+        match one {
             Ok(a) => got.push(a),
             Err(e) => {
                 for a in got {
@@ -214,9 +300,57 @@ mod tests {
     fn allocate_all_is_all_or_nothing() {
         let v6full = RangeSet { ranges: vec![range("fd00::/126", "fd00::1", "fd00::1", "fd00::1")] };
         let mut s = FakeStore::default();
-        let e = allocate_all(&mut s, &[set24(), v6full], "a", "eth0").unwrap_err();
+        let e = allocate_all(&mut s, &[set24(), v6full], "a", "eth0", &[]).unwrap_err();
         assert_eq!(e.code, code::POOL_EXHAUSTED);
         assert!(s.taken.is_empty());
+    }
+
+    fn want(a: &str, field: &str) -> RequestedIp {
+        RequestedIp { addr: a.parse().unwrap(), field: field.into() }
+    }
+
+    fn v6set() -> RangeSet {
+        RangeSet { ranges: vec![range("fd00::/64", "fd00::1", "fd00::ff", "fd00::1")] }
+    }
+
+    #[test]
+    fn requested_addresses_are_reserved_exactly_and_the_rest_allocated() {
+        let mut s = FakeStore::default();
+        let got = allocate_all(&mut s, &[set24(), v6set()], "a", "eth0", &[want("fd00::42", "runtimeConfig.ips[0]")]).unwrap();
+        assert_eq!(got, ["10.0.0.2".parse::<IpAddr>().unwrap(), "fd00::42".parse().unwrap()]);
+        // As host-local: a static reservation moves the set's round robin.
+        assert_eq!(s.last_reserved(1), Some("fd00::42".parse().unwrap()));
+        let got = allocate_all(&mut s, &[set24(), v6set()], "b", "eth0", &[want("10.0.0.200", "CNI_ARGS IP=")]).unwrap();
+        assert_eq!(got[0].to_string(), "10.0.0.200");
+        assert_eq!(got[1].to_string(), "fd00::43");
+    }
+
+    #[test]
+    fn a_requested_address_outside_taken_or_the_gateway_fails_and_reserves_nothing() {
+        let sets = [set24(), v6set()];
+        let mut s = FakeStore::default();
+        allocate_all(&mut s, &sets, "a", "eth0", &[want("10.0.0.9", "CNI_ARGS IP=")]).unwrap();
+        let before = s.taken.len();
+        let cases = [
+            (vec![want("10.0.1.9", "CNI_ARGS IP=")], "CNI_ARGS IP=: 10.0.1.9 is outside every range of ipam.ranges ([0] 10.0.0.1-10.0.0.254; [1] fd00::1-fd00::ff)"),
+            (vec![want("fd00::5", "runtimeConfig.ips[0]"), want("10.0.0.9", "runtimeConfig.ips[1]")], "runtimeConfig.ips[1]: 10.0.0.9 is already reserved in ipam.ranges[0]"),
+            (vec![want("10.0.0.1", "args.cni.ips[0]")], "args.cni.ips[0]: 10.0.0.1 is the gateway of ipam.ranges[0]"),
+            (vec![want("10.0.0.5", "CNI_ARGS IP= (item 1)"), want("10.0.0.6", "CNI_ARGS IP= (item 2)")], "CNI_ARGS IP= (item 2): 10.0.0.6 and 10.0.0.5 (CNI_ARGS IP= (item 1)) both lie in ipam.ranges[0]"),
+        ];
+        for (req, msg) in cases {
+            let e = allocate_all(&mut s, &sets, "b", "eth0", &req).unwrap_err();
+            assert_eq!(e.code, code::ADDRESS_UNAVAILABLE);
+            assert!(e.msg.starts_with(msg), "{}", e.msg);
+            assert_eq!(s.taken.len(), before, "{req:?} left a reservation");
+        }
+    }
+
+    #[test]
+    fn one_attachment_cannot_request_a_second_address_of_a_set() {
+        let mut s = FakeStore::default();
+        allocate(&mut s, &set24(), 0, "a", "eth0").unwrap();
+        let e = allocate_all(&mut s, &[set24()], "a", "eth0", &[want("10.0.0.50", "CNI_ARGS IP=")]).unwrap_err();
+        assert_eq!(e.code, code::DUPLICATE_ALLOCATION);
     }
 
     proptest! {

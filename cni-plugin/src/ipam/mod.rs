@@ -5,6 +5,7 @@ pub mod disk;
 
 use crate::config::{Env, Ipam, NetConf};
 use crate::error::{code, CniError, Result};
+use crate::request::RequestedIp;
 use crate::result::{CniResult, IpConfig, Route};
 use allocator::Store;
 use std::io::Write;
@@ -18,7 +19,9 @@ pub struct Lease {
     pub routes: Vec<Route>,
 }
 
-pub fn allocate(conf: &NetConf, env: &Env) -> Result<Lease> {
+/// `requested`: static addresses the runtime asked for (host-local only; a
+/// delegated plugin reads them from the same environment and config).
+pub fn allocate(conf: &NetConf, env: &Env, requested: &[RequestedIp]) -> Result<Lease> {
     match &conf.ipam {
         Ipam::HostLocal(h) => {
             if let Some(why) = &h.ranges_pending {
@@ -26,7 +29,7 @@ pub fn allocate(conf: &NetConf, env: &Env) -> Result<Lease> {
             }
             let dir = conf.store_dir().expect("host-local");
             let mut store = disk::DiskStore::open(&dir)?.with_index(index_dir(conf));
-            let got = allocator::allocate_all(&mut store, &h.range_sets, &env.container_id, &env.ifname)?;
+            let got = allocator::allocate_all(&mut store, &h.range_sets, &env.container_id, &env.ifname, requested)?;
             if let Err(e) = store.write_index(&env.container_id, &env.ifname, &got) {
                 for a in &got {
                     let _ = store.release(*a);

@@ -378,6 +378,12 @@ pub fn up(lab: &Lab, opts: &UpOpts) -> Result<()> {
     objects::validate_batch(&batch, &[])?;
     placements(&batch, &lab.nodes(nodes), None)?;
     let plugin = cni::locate_plugin(opts.cni_bin_dir.as_deref(), &opts.cni_type)?;
+    if !opts.no_policy {
+        // The pins live on bpffs, which a fresh machine has not mounted.
+        if let weir_bpf::bpffs::Mount::Mounted(at) = weir_bpf::bpffs::ensure_mounted_for(&lab.bpffs_root())? {
+            say!(q, "[node]     mounted bpffs at {} (nothing was mounted there)", at.display());
+        }
+    }
     let _lock = lab.lock()?;
     if let Some(st) = lab.load_state().ok().flatten() {
         let nodes_up = lab.nodes(st.nodes).iter().all(|n| sys::netns_exists(&n.netns));
