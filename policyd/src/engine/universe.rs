@@ -253,7 +253,6 @@ fn namespace_labels(store: &Store) -> BTreeMap<String, Labels> {
 /// and the records' addresses to their ifindex. A record claiming an
 /// ifindex an earlier one (by ifindex, container, interface) holds is a
 /// [`Diagnostic`] and ignored.
-#[allow(clippy::type_complexity)]
 fn match_local_records<'s>(
     store: &'s Store,
     locals: &'s [EndpointRecord],
