@@ -124,13 +124,14 @@ fn fstype_at(mountinfo: &str, path: &Path) -> Option<String> {
     let want = path.as_os_str().as_bytes();
     mountinfo
         .lines()
+        .rev()
         .filter(|l| l.split(' ').nth(4).is_some_and(|mp| unescape(mp) == want))
         .filter_map(|l| {
             l.split_once(" - ")
                 .and_then(|(_, rest)| rest.split(' ').next())
                 .map(str::to_string)
         })
-        .last()
+        .next()
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.

@@ -605,9 +605,7 @@ fn root_lab_up_mounts_bpffs_where_none_is_mounted() {
         eprintln!("skipped: needs root");
         return;
     }
-    require_binaries();
-    let dir = Path::new(weirctl()).parent().unwrap();
-    assert!(dir.join("weir-policyd").is_file(), "{}/weir-policyd is missing: run `cargo build --workspace --bins` first", dir.display());
+    require_binaries(&["weir", "weir-policyd"]);
     let tmp = tempfile::tempdir().unwrap();
     let f = write(tmp.path(), "m.yaml", &[ns("x"), pod("x", "a", "a"), pod("x", "b", "b"), svc("x", "a"), svc("x", "b")].concat());
     let name = format!("wf{}", std::process::id());
