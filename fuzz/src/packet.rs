@@ -33,8 +33,9 @@
 //! destination's ingress and, for a local sender, the sender's egress.
 //! Endpoints that are not READY allow nothing but the node. leave_node
 //! ("Traffic between nodes") judges only IP packets from a local pod's
-//! address: those must belong to a flow approved for that pod, or be
-//! allowed by its egress; anything else passes untouched.
+//! address: those must belong to a flow approved for that pod (from_pod's
+//! record of a packet to a VIP approves nothing), or be allowed by its
+//! egress; anything else passes untouched.
 
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -894,6 +895,9 @@ struct Flow {
     tuple: Tuple,
     egress_ep: u32,
     ingress_ep: u32,
+    /// from_pod's record of a packet to a VIP, kept for the un-DNATed reply:
+    /// no verdict, so no packet in its direction leaves the node on it.
+    service: bool,
 }
 
 #[derive(Default)]
@@ -909,8 +913,9 @@ impl Flows {
             let same = fl.tuple == t;
             let reply = fl.tuple == reversed(&t);
             match hook {
-                Hook::FromPod | Hook::LeaveNode => {
-                    (same && fl.egress_ep == ep) || (reply && fl.ingress_ep == ep)
+                Hook::FromPod => (same && fl.egress_ep == ep) || (reply && fl.ingress_ep == ep),
+                Hook::LeaveNode => {
+                    (same && fl.egress_ep == ep && !fl.service) || (reply && fl.ingress_ep == ep)
                 }
                 Hook::ToPod => (same && fl.ingress_ep == ep) || (reply && fl.egress_ep == ep),
             }
@@ -994,6 +999,7 @@ impl Node {
                         tuple: p.tuple(),
                         egress_ep: ep,
                         ingress_ep: 0,
+                        service: true,
                     });
                     return May(flow);
                 }
@@ -1004,6 +1010,7 @@ impl Node {
                     tuple: p.tuple(),
                     egress_ep: ep,
                     ingress_ep: 0,
+                    service: false,
                 }))
             }
             _ => {
@@ -1018,6 +1025,7 @@ impl Node {
                     tuple: p.tuple(),
                     egress_ep: peer_ep,
                     ingress_ep: ep,
+                    service: false,
                 }))
             }
         }
@@ -1054,6 +1062,7 @@ impl Node {
             tuple: p.tuple(),
             egress_ep: sender,
             ingress_ep: 0,
+            service: false,
         }))
     }
 
