@@ -197,7 +197,8 @@ int to_pod(struct __sk_buff *skb)
  * chose. from_pod deferred Service traffic to the destination's to_pod,
  * which for a backend on another node is never reached: here the source
  * pod's egress is judged against that backend. Flows judged already (to a
- * remote pod directly, at from_pod) pass on their conntrack entry; packets
+ * remote pod directly, at from_pod) pass on their conntrack entry, the
+ * S->VIP entries from_pod keeps for replies do not; packets
  * that are not a local pod's (the node's own, VXLAN's outer packets, other
  * protocols) are not Weir's to judge and pass untouched.
  */
@@ -223,7 +224,10 @@ int leave_node(struct __sk_buff *skb)
 	int tracked = ct_tracked(&p);
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
-		if (ct && !reply && ct->egress_ep == sep) {
+		/* A SERVICE entry was never judged: from_pod recorded S->VIP only
+		 * for the un-DNATed reply. A packet that leaves still addressed to
+		 * the VIP is judged here like any other. */
+		if (ct && !reply && ct->egress_ep == sep && !(ct->flags & WEIR_CT_SERVICE)) {
 			ct_touch(ct, &p, 0, now);
 			return TC_ACT_UNSPEC;
 		}

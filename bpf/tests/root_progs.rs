@@ -607,6 +607,28 @@ fn root_leave_node_passes_what_is_not_a_local_pods_and_what_was_judged() {
     assert!(!leave(&pkt::tcp(ip(B4), 4002, ip(R4), 80, SYN)));
 }
 
+/// from_pod defers a packet to a VIP and records S→VIP only so that the
+/// un-DNATed reply finds S. A packet that leaves the node still addressed
+/// to the VIP (no DNAT happened) was never judged: leave_node judges it
+/// against S's egress like any other, the entry does not carry it.
+#[test]
+fn root_leave_node_judges_a_pods_packet_to_a_vip_that_was_not_dnated() {
+    let Some(e) = Env::new("leavevip") else { return };
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    let to_vip = pkt::tcp(ip(A4), 5000, ip(VIP4), 81, SYN);
+    assert!(e.from(e.a, &to_vip), "deferred at the source");
+    let entry = e.dp.ct_entries().unwrap().into_iter().find(|c| c.dst() == ip(VIP4));
+    assert!(entry.is_some_and(|c| c.value.flags & CT_SERVICE != 0), "S→VIP recorded for the reply");
+    let before = e.count(e.a, DIR_EGRESS, R_DROP_POLICY);
+    assert!(!leave(&to_vip), "S's egress allows no packet to the VIP itself");
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_DROP_POLICY), before + 1);
+    // The reply path the entry exists for still works.
+    assert!(e.to(e.a, &pkt::tcp(ip(VIP4), 81, ip(A4), 5000, SYN | ACK)));
+}
+
 fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }

@@ -100,9 +100,11 @@ fn check_netconf(c: &NetConf) {
             "ipam.type {plugin:?} accepted"
         ),
         Ipam::HostLocal(h) => {
+            // Ranges left out come from the node's network file; until
+            // it is there, ADD must be able to say why it has none.
             assert!(
-                !h.range_sets.is_empty(),
-                "host-local without ranges accepted"
+                !h.range_sets.is_empty() || h.ranges_pending.is_some(),
+                "host-local without ranges accepted, and nothing says why"
             );
             let all: Vec<_> = h.range_sets.iter().flat_map(|s| s.ranges.iter()).collect();
             for set in &h.range_sets {

@@ -1,24 +1,41 @@
 //! The tc programs on arbitrary frames, through BPF_PROG_TEST_RUN against
 //! real maps: a small node (endpoints, ipcache, a policy written as rules)
 //! set up once per process under its own bpffs root, in a private network
-//! namespace that holds the endpoints' veths.
+//! namespace that holds the endpoints' veths and the node's uplink.
 //!
-//! Every input is one frame. It runs through `to_pod` and `from_pod` of
-//! every endpoint, then its reverse (addresses and ports swapped, an echo
+//! An input is one control byte and one frame. The frame runs through
+//! `to_pod` and `from_pod` of every endpoint and through `leave_node` on
+//! the uplink, then its reverse (addresses and ports swapped, an echo
 //! request turned into its reply) does the same, so replies and
 //! established flows are reached too. Conntrack is emptied before each
-//! input, so inputs are independent.
+//! input, so inputs are independent. The control byte (see [`Control`])
+//! says whether each pod hook sees the frame as the bridge would give it
+//! (from_pod: sent from the pod's MAC; to_pod: a unicast frame addressed
+//! to the pod's MAC), which most inputs do so that fuzzing goes past the
+//! MAC screen, or with the Ethernet addresses as they are, which fuzzes
+//! the screen itself; and whether leave_node runs before the pod hooks
+//! (it then judges flows no from_pod approved) or after them.
 //!
-//! The oracle (docs/architecture-dataplane.md), for a frame a program
-//! passed: non-IP frames and IPv6 neighbour discovery are not its concern;
-//! VLAN-tagged and malformed frames must drop; otherwise the packet must be
-//! part of a flow an endpoint approved earlier in this input (the exact
-//! tuple at the approving endpoint, or its reverse), or an ICMP error
-//! quoting one, or to/from the node, or deferred (from_pod towards a local
-//! pod or a Service VIP, from the sender's own address), or allowed by the
-//! rules: from_pod by the sender's egress; to_pod by the destination's
-//! ingress and, for a local sender, the sender's egress. Endpoints that do
-//! not exist or are not READY allow nothing but the node.
+//! The oracle (docs/architecture-dataplane.md) judges a frame a program
+//! passed. At both pod hooks the screen of the pod's own addresses comes
+//! first ("A pod's own addresses"): an interface without an endpoint entry
+//! passes nothing; VLAN-tagged and malformed frames must drop; from_pod
+//! passes only what the pod may claim (its MAC, its ARP, its neighbour
+//! discovery, its IP source addresses), to_pod only what is addressed to
+//! the pod (its MAC or a group one, ARP for its address or a broadcast
+//! announcement, its IP destinations, broadcast and multicast). Past the
+//! screen, ARP, neighbour discovery and other non-IP frames are not
+//! policy's concern; an IP packet must be part of a flow an endpoint
+//! approved earlier in this input (the exact tuple at the approving
+//! endpoint, or its reverse), or an ICMP error quoting one, or to/from the
+//! node, or deferred (from_pod towards a local pod or a Service VIP), or
+//! allowed by the rules: from_pod by the sender's egress; to_pod by the
+//! destination's ingress and, for a local sender, the sender's egress.
+//! Endpoints that are not READY allow nothing but the node. leave_node
+//! ("Traffic between nodes") judges only IP packets from a local pod's
+//! address: those must belong to a flow approved for that pod (from_pod's
+//! record of a packet to a VIP approves nothing), or be allowed by its
+//! egress; anything else passes untouched.
 
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,39 +45,84 @@ use weir_bpf::abi::{
     Endpoint, IpcacheValue, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
     EP_READY, ID_ANY, ID_FIRST_CIDR, ID_HOST, ID_WORLD, IPCACHE_SERVICE,
 };
-use weir_bpf::{Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
+use weir_bpf::{pkt, Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
 
 /// BPF_PROG_TEST_RUN takes at most about a page of packet data.
 pub const MAX_FRAME: usize = 1500;
 
+/// The input's first byte: how the frame is presented to the programs.
+pub struct Control(pub u8);
+
+impl Control {
+    /// Both bits set (a quarter of random inputs): the pod hooks see the
+    /// frame's Ethernet addresses as they are.
+    pub const RAW_ETHERNET: u8 = 0b11;
+    /// leave_node runs before the pod hooks, not after.
+    pub const LEAVE_FIRST: u8 = 0b100;
+
+    fn raw_ethernet(&self) -> bool {
+        self.0 & Self::RAW_ETHERNET == Self::RAW_ETHERNET
+    }
+    fn leave_first(&self) -> bool {
+        self.0 & Self::LEAVE_FIRST != 0
+    }
+}
+
 // ---- the node ---------------------------------------------------------------
 
-/// Local pods: name (its veth), identity, flags, addresses.
-const PODS: &[(&str, u32, u32, [&str; 2])] = &[
-    (
-        "wfz-e",
-        300,
-        EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
-        ["10.0.0.10", "fd00::10"],
-    ),
-    (
-        "wfz-a",
-        301,
-        EP_READY | EP_EGRESS_ISOLATED,
-        ["10.0.0.20", "fd00::20"],
-    ),
+/// A local pod: its veth, identity, flags, MAC and addresses (IPv4 with
+/// its subnet's prefix length, IPv6).
+pub struct Pod {
+    pub name: &'static str,
+    pub identity: u32,
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub v4: &'static str,
+    pub v6: &'static str,
+}
+
+pub const PODS: &[Pod] = &[
+    Pod {
+        name: "wfz-e",
+        identity: 300,
+        flags: EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+        mac: [0x02, 0xfe, 0, 0, 0, 0x10],
+        v4: "10.0.0.10/24",
+        v6: "fd00::10/64",
+    },
+    Pod {
+        name: "wfz-a",
+        identity: 301,
+        flags: EP_READY | EP_EGRESS_ISOLATED,
+        mac: [0x02, 0xfe, 0, 0, 0, 0x20],
+        v4: "10.0.0.20/24",
+        v6: "fd00::20/64",
+    },
     // Deny-all both ways.
-    (
-        "wfz-d",
-        302,
-        EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
-        ["10.0.0.30", "fd00::30"],
-    ),
+    Pod {
+        name: "wfz-d",
+        identity: 302,
+        flags: EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+        mac: [0x02, 0xfe, 0, 0, 0, 0x30],
+        v4: "10.0.0.30/24",
+        v6: "fd00::30/64",
+    },
     // Not READY: fail-closed but for the node.
-    ("wfz-n", 303, 0, ["10.0.0.40", "fd00::40"]),
+    Pod {
+        name: "wfz-n",
+        identity: 303,
+        flags: 0,
+        mac: [0x02, 0xfe, 0, 0, 0, 0x40],
+        v4: "10.0.0.40/24",
+        v6: "fd00::40/64",
+    },
 ];
-/// A veth with no endpoint entry at all.
+/// A veth with no endpoint entry at all, and the MAC its frames are
+/// addressed with.
 const UNKNOWN: &str = "wfz-u";
+const UNKNOWN_MAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 0x50];
+/// The node's device to other nodes, where leave_node is attached.
+const UPLINK: &str = "wfz-node";
 const ID_REMOTE: u32 = 400;
 /// Other entries of the ipcache: (prefix, identity, flags).
 const IPCACHE: &[(&str, u32, u32)] = &[
@@ -71,6 +133,31 @@ const IPCACHE: &[(&str, u32, u32)] = &[
     ("10.96.0.0/12", ID_WORLD, IPCACHE_SERVICE),
     ("fd96::/108", ID_WORLD, IPCACHE_SERVICE),
 ];
+
+/// What the doc says a pod owns, as the oracle reads it.
+struct Owned {
+    mac: [u8; 6],
+    v4: Ipv4Addr,
+    v4_prefix: u8,
+    v6: Ipv6Addr,
+    /// The link-local address the pod's kernel derives from its MAC.
+    ll: Ipv6Addr,
+}
+
+impl Pod {
+    fn owned(&self) -> Owned {
+        let (IpNet::V4(v4), IpNet::V6(v6)) = (net(self.v4), net(self.v6)) else {
+            panic!("PODS: {} and {} are not IPv4 and IPv6", self.v4, self.v6)
+        };
+        Owned {
+            mac: self.mac,
+            v4: v4.addr(),
+            v4_prefix: v4.prefix_len(),
+            v6: v6.addr(),
+            ll: weir_bpf::addr::eui64_link_local(self.mac),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Peer {
@@ -148,6 +235,9 @@ struct Node {
     dp: Dataplane,
     /// ifindex of each of PODS, then of UNKNOWN.
     ifindex: Vec<u32>,
+    /// What each of PODS owns.
+    owned: Vec<Owned>,
+    uplink: u32,
     rules: Vec<Rule>,
     /// (prefix, identity, endpoint ifindex, flags), as written to the ipcache.
     ipcache: Vec<(IpNet, u32, u32, u32)>,
@@ -184,22 +274,23 @@ impl Node {
         let dp = Dataplane::load_or_open(root).unwrap_or_else(|e| {
             panic!("cannot load the dataplane under {} ({e}); is bpffs mounted? mount -t bpf bpf /sys/fs/bpf", root.display())
         });
-        let names: Vec<&str> = PODS.iter().map(|p| p.0).chain([UNKNOWN]).collect();
+        let names: Vec<&str> = PODS.iter().map(|p| p.name).chain([UNKNOWN]).collect();
         let ifindex: Vec<u32> = names.iter().map(|n| veth(n)).collect();
+        let uplink = veth(UPLINK);
         let mut ipcache: Vec<(IpNet, u32, u32, u32)> = Vec::new();
-        for (i, (_, identity, flags, addrs)) in PODS.iter().enumerate() {
-            dp.set_endpoint(
-                ifindex[i],
-                &Endpoint {
-                    identity: *identity,
-                    flags: *flags,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            for a in addrs {
-                let a: IpAddr = a.parse().unwrap();
-                ipcache.push((IpNet::from(a), *identity, ifindex[i], 0));
+        for (i, pod) in PODS.iter().enumerate() {
+            // As CNI ADD writes it, then policyd's identity and flags.
+            let ep = Endpoint::for_pod(pod.mac, &[net(pod.v4), net(pod.v6)], 0)
+                .unwrap_or_else(|e| panic!("PODS: {}: {e}", pod.name));
+            let ep = Endpoint {
+                identity: pod.identity,
+                flags: pod.flags,
+                revision: 1,
+                ..ep
+            };
+            dp.set_endpoint(ifindex[i], &ep).unwrap();
+            for a in [pod.v4, pod.v6] {
+                ipcache.push((IpNet::from(net(a).addr()), pod.identity, ifindex[i], 0));
             }
         }
         for (p, identity, flags) in IPCACHE {
@@ -241,9 +332,17 @@ impl Node {
         Node {
             dp,
             ifindex,
+            owned: PODS.iter().map(Pod::owned).collect(),
+            uplink,
             rules,
             ipcache,
         }
+    }
+
+    /// The MAC the pod hooks of `ifindex` see frames addressed with.
+    fn mac(&self, ifindex: u32) -> [u8; 6] {
+        self.pod_of(ifindex)
+            .map_or(UNKNOWN_MAC, |pod| self.owned[pod].mac)
     }
 
     /// Longest-prefix match in the ipcache as written.
@@ -270,7 +369,7 @@ impl Node {
         let Some(pod) = self.pod_of(ep) else {
             return false;
         };
-        let flags = PODS[pod].2;
+        let flags = PODS[pod].flags;
         if flags & EP_READY == 0 {
             return false;
         }
@@ -301,7 +400,9 @@ impl Node {
 /// IPv4 address as IPv4-mapped IPv6 (weir-bpf `addr`), so the programs
 /// judge an IPv6 packet from or to `::ffff:a.b.c.d` as `a.b.c.d` (its
 /// identity, its ipBlocks, the node's address being always allowed),
-/// which no policy says. Drop this and judge the address as it is once the
+/// which no policy says; the endpoint entry holds the pod's IPv4 address
+/// the same way, so the screens take `::ffff:a.b.c.d` in an IPv6 header
+/// for the pod's IPv4 address too. Drop this and judge the address as it is once the
 /// dataplane keeps the two families apart.
 fn as_keyed(a: IpAddr) -> IpAddr {
     a.to_canonical()
@@ -353,9 +454,13 @@ fn sweep_stale_roots() {
 
 // ---- frames as the programs read them ---------------------------------------
 
+const ETH_ARP: u16 = 0x0806;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Parsed {
-    NotIp,
+    /// Ethertype.
+    NotIp(u16),
     Vlan,
     Malformed,
     Ip(Pkt),
@@ -367,6 +472,7 @@ enum Icmp {
     EchoRequest,
     EchoReply,
     Error,
+    /// ICMPv6 router/neighbour solicitation and advertisement, redirect.
     NeighbourDiscovery,
     Other,
 }
@@ -378,14 +484,32 @@ struct Pkt {
     proto: u8,
     sport: u16,
     dport: u16,
+    /// A fragment of a larger packet, first or later.
+    fragment: bool,
     later_fragment: bool,
     icmp: Icmp,
+    icmp_type: u8,
     /// Offset of the L4 header; end of the IP packet as its header says.
     l4: usize,
     end: usize,
 }
 
 impl Pkt {
+    fn new(src: IpAddr, dst: IpAddr, l4: usize, end: usize) -> Pkt {
+        Pkt {
+            src,
+            dst,
+            proto: 0,
+            sport: 0,
+            dport: 0,
+            fragment: false,
+            later_fragment: false,
+            icmp: Icmp::None,
+            icmp_type: 0,
+            l4,
+            end,
+        }
+    }
     /// The port policy sees: none for ICMP, later fragments and protocols
     /// without ports.
     fn policy_port(&self) -> u16 {
@@ -396,7 +520,13 @@ impl Pkt {
         }
     }
     fn tuple(&self) -> Tuple {
-        (as_keyed(self.src), as_keyed(self.dst), self.proto, self.sport, self.dport)
+        (
+            as_keyed(self.src),
+            as_keyed(self.dst),
+            self.proto,
+            self.sport,
+            self.dport,
+        )
     }
 }
 
@@ -410,6 +540,15 @@ fn be16(f: &[u8], at: usize) -> Option<u16> {
     f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
 }
 
+fn v6_at(f: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let b: [u8; 16] = f.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(b))
+}
+
+fn mac_at(f: &[u8], at: usize) -> [u8; 6] {
+    f[at..at + 6].try_into().unwrap()
+}
+
 /// The documented parse (docs/architecture-dataplane.md, "Bad input"):
 /// lengths checked against the IP header's own, IPv4 options skipped,
 /// IPv6 extension headers walked up to 6 deep, later fragments without
@@ -420,7 +559,8 @@ fn parse(f: &[u8]) -> Parsed {
         Some(0x0800) => parse_v4(f).unwrap_or(Parsed::Malformed),
         Some(0x86dd) => parse_v6(f).unwrap_or(Parsed::Malformed),
         Some(0x8100 | 0x88a8) => Parsed::Vlan,
-        _ => Parsed::NotIp,
+        Some(t) => Parsed::NotIp(t),
+        None => Parsed::Malformed,
     }
 }
 
@@ -434,17 +574,10 @@ fn parse_v4(f: &[u8]) -> Option<Parsed> {
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     let fo = be16(h, 6)?;
-    let p = Pkt {
-        src,
-        dst,
-        proto: h[9],
-        sport: 0,
-        dport: 0,
-        later_fragment: fo & 0x1fff != 0,
-        icmp: Icmp::None,
-        l4: 14 + ihl,
-        end: 14 + tot,
-    };
+    let mut p = Pkt::new(src, dst, 14 + ihl, 14 + tot);
+    p.proto = h[9];
+    p.later_fragment = fo & 0x1fff != 0;
+    p.fragment = fo & 0x3fff != 0;
     if p.later_fragment {
         return Some(Parsed::Ip(p));
     }
@@ -460,18 +593,7 @@ fn parse_v6(f: &[u8]) -> Option<Parsed> {
     if end > f.len() {
         return None;
     }
-    let addr = |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap()));
-    let mut p = Pkt {
-        src: addr(&h[8..24]),
-        dst: addr(&h[24..40]),
-        proto: 0,
-        sport: 0,
-        dport: 0,
-        later_fragment: false,
-        icmp: Icmp::None,
-        l4: 54,
-        end,
-    };
+    let mut p = Pkt::new(IpAddr::V6(v6_at(h, 8)?), IpAddr::V6(v6_at(h, 24)?), 54, end);
     let is_ext = |nh: u8| matches!(nh, 0 | 43 | 44 | 51 | 60);
     let mut nh = h[6];
     for _ in 0..6 {
@@ -486,6 +608,8 @@ fn parse_v6(f: &[u8]) -> Option<Parsed> {
             let fo = u16::from_be_bytes([b[2], b[3]]);
             nh = b[0];
             p.l4 += 8;
+            // An atomic fragment (offset 0, no more) is the whole packet.
+            p.fragment |= fo & 0xfff9 != 0;
             if fo & 0xfff8 != 0 {
                 p.later_fragment = true;
                 p.proto = nh;
@@ -530,6 +654,7 @@ fn parse_l4(f: &[u8], mut p: Pkt, v6: bool) -> Option<Parsed> {
         }
         _ => {
             let id = be16(l4, 4)?;
+            p.icmp_type = l4[0];
             p.icmp = match (v6, l4[0]) {
                 (false, 8) | (true, 128) => Icmp::EchoRequest,
                 (false, 0) | (true, 129) => Icmp::EchoReply,
@@ -547,6 +672,18 @@ fn parse_l4(f: &[u8], mut p: Pkt, v6: bool) -> Option<Parsed> {
     Some(Parsed::Ip(p))
 }
 
+/// An Ethernet/IPv4 ARP request or reply: (sender MAC, sender IP, target IP).
+fn arp(f: &[u8]) -> Option<([u8; 6], Ipv4Addr, Ipv4Addr)> {
+    let a = f.get(14..14 + 28)?;
+    let ok = be16(a, 0)? == 1
+        && be16(a, 2)? == 0x0800
+        && a[4] == 6
+        && a[5] == 4
+        && matches!(be16(a, 6)?, 1 | 2);
+    let ip = |at: usize| Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]);
+    ok.then(|| (mac_at(a, 8), ip(14), ip(24)))
+}
+
 /// Addresses and protocol of the packet an ICMP error quotes.
 fn quoted(f: &[u8], p: &Pkt) -> Option<(IpAddr, IpAddr, u8)> {
     let q = f.get(p.l4 + 8..)?;
@@ -559,8 +696,7 @@ fn quoted(f: &[u8], p: &Pkt) -> Option<(IpAddr, IpAddr, u8)> {
         ))
     } else {
         let h = q.get(..40)?;
-        let a = |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap()));
-        Some((a(&h[8..24]), a(&h[24..40]), h[6]))
+        Some((IpAddr::V6(v6_at(h, 8)?), IpAddr::V6(v6_at(h, 24)?), h[6]))
     }
 }
 
@@ -588,6 +724,169 @@ fn reverse(f: &[u8]) -> Option<Vec<u8>> {
     Some(r)
 }
 
+// ---- the screens: a pod's own addresses ------------------------------------------
+
+/// What the screen leaves of a frame a pod hook passed: nothing for policy
+/// (ARP, neighbour discovery, other non-IP), or the IP packet to judge.
+/// Err: the screen must have dropped it, and why.
+type Screened = Result<Option<Pkt>, String>;
+
+impl Owned {
+    /// The pod's IPv4 or IPv6 address.
+    fn owns(&self, a: IpAddr) -> bool {
+        match as_keyed(a) {
+            IpAddr::V4(a) => a == self.v4,
+            IpAddr::V6(a) => a == self.v6,
+        }
+    }
+    /// Its address or its link-local one: what it may use on the link.
+    fn owns_on_link(&self, a: IpAddr) -> bool {
+        self.owns(a) || a == IpAddr::V6(self.ll)
+    }
+
+    /// "from_pod: a pod speaks only for itself."
+    fn screen_from_pod(&self, f: &[u8], parsed: Parsed) -> Screened {
+        let p = match parsed {
+            Parsed::Vlan => return Err("VLAN-tagged".into()),
+            Parsed::Malformed => return Err("malformed".into()),
+            _ if mac_at(f, 6) != self.mac => {
+                return Err("Ethernet source is not the pod's MAC".into())
+            }
+            Parsed::NotIp(ETH_ARP) => {
+                let Some((sha, spa, _)) = arp(f) else {
+                    return Err("ARP that is no Ethernet/IPv4 request or reply".into());
+                };
+                if sha != self.mac {
+                    return Err("ARP sender MAC is not the pod's".into());
+                }
+                if !spa.is_unspecified() && spa != self.v4 {
+                    return Err(format!("ARP sender IP {spa} is not the pod's"));
+                }
+                return Ok(None);
+            }
+            Parsed::NotIp(_) => return Ok(None),
+            Parsed::Ip(p) => p,
+        };
+        if p.icmp == Icmp::NeighbourDiscovery {
+            return self.nd_from_pod(f, &p).map(|()| None);
+        }
+        if !self.owns(p.src) {
+            return Err(format!("IP source {} is not the pod's", p.src));
+        }
+        Ok(Some(p))
+    }
+
+    /// Neighbour discovery sent by the pod.
+    fn nd_from_pod(&self, f: &[u8], p: &Pkt) -> Result<(), String> {
+        let (rs, ns, na) = (133, 135, 136);
+        let ty = p.icmp_type;
+        if !matches!(ty, 133 | 135 | 136) {
+            return Err(format!("ICMPv6 type {ty}: a pod sends no RA or redirect"));
+        }
+        if p.fragment {
+            return Err("fragmented neighbour discovery".into());
+        }
+        let unspecified = p.src == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        if unspecified && ty == na {
+            return Err("NA from ::".into());
+        }
+        if !unspecified && !self.owns_on_link(p.src) {
+            return Err(format!("ND from {}, not the pod's", p.src));
+        }
+        let mut off = p.l4 + 8;
+        if ty != rs {
+            let target = (off + 16 <= p.end)
+                .then(|| v6_at(f, off))
+                .flatten()
+                .ok_or("ND message too short for its target")?;
+            off += 16;
+            let claims = ty == na || (ty == ns && unspecified);
+            if claims && !self.owns_on_link(IpAddr::V6(target)) {
+                return Err(format!("ND claims {target}, not the pod's"));
+            }
+        }
+        for _ in 0..8 {
+            if off >= p.end {
+                break;
+            }
+            if off + 8 > p.end || f[off + 1] == 0 {
+                return Err("ND option truncated or of length 0".into());
+            }
+            let (ty, len) = (f[off], f[off + 1] as usize);
+            if matches!(ty, 1 | 2) {
+                if len != 1 {
+                    return Err("ND link-layer option that is no Ethernet address".into());
+                }
+                if mac_at(f, off + 2) != self.mac {
+                    return Err("ND link-layer option is not the pod's MAC".into());
+                }
+            }
+            off += len * 8;
+        }
+        if off != p.end {
+            return Err("ND options past 8 or past the packet".into());
+        }
+        Ok(())
+    }
+
+    /// "to_pod: a pod is handed only what is addressed to it."
+    fn screen_to_pod(&self, f: &[u8], parsed: Parsed) -> Screened {
+        let dst_mac = mac_at(f, 0);
+        let p = match parsed {
+            Parsed::Vlan => return Err("VLAN-tagged".into()),
+            Parsed::Malformed => return Err("malformed".into()),
+            _ if dst_mac[0] & 1 == 0 && dst_mac != self.mac => {
+                return Err("unicast to another MAC".into())
+            }
+            Parsed::NotIp(ETH_ARP) => {
+                let Some((_, spa, tpa)) = arp(f) else {
+                    return Err("ARP that is no Ethernet/IPv4 request or reply".into());
+                };
+                let announcement = spa == tpa && dst_mac == BROADCAST;
+                if tpa != self.v4 && !announcement {
+                    return Err(format!("ARP for {tpa}, not for the pod"));
+                }
+                return Ok(None);
+            }
+            Parsed::NotIp(_) => return Ok(None),
+            Parsed::Ip(p) => p,
+        };
+        if !self.takes(p.dst) {
+            return Err(format!("IP destination {} is not the pod's", p.dst));
+        }
+        if p.icmp == Icmp::NeighbourDiscovery {
+            return Ok(None);
+        }
+        Ok(Some(p))
+    }
+
+    /// The IP destinations a pod is handed.
+    fn takes(&self, d: IpAddr) -> bool {
+        if self.owns_on_link(d) {
+            return true;
+        }
+        match as_keyed(d) {
+            IpAddr::V4(d) => {
+                let host_bits = 32 - u32::from(self.v4_prefix);
+                let subnet_broadcast = self.v4_prefix < 31
+                    && u32::from(d) == u32::from(self.v4) | (u32::MAX >> (32 - host_bits));
+                d.is_broadcast() || d.is_multicast() || subnet_broadcast
+            }
+            IpAddr::V6(d) => {
+                let o = d.octets();
+                // ff02::1:ffXX:XXXX
+                let solicited_node_group = o[..13] == [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
+                let solicits = |a: Ipv6Addr| o[13..] == a.octets()[13..];
+                if solicited_node_group {
+                    solicits(self.v6) || solicits(self.ll)
+                } else {
+                    d.is_multicast()
+                }
+            }
+        }
+    }
+}
+
 // ---- the oracle ---------------------------------------------------------------
 
 /// A flow some endpoint approved in this input: the tuple as approved and
@@ -596,6 +895,9 @@ struct Flow {
     tuple: Tuple,
     egress_ep: u32,
     ingress_ep: u32,
+    /// from_pod's record of a packet to a VIP, kept for the un-DNATed reply:
+    /// no verdict, so no packet in its direction leaves the node on it.
+    service: bool,
 }
 
 #[derive(Default)]
@@ -604,7 +906,7 @@ struct Flows(Vec<Flow>);
 impl Flows {
     /// A packet of an approved flow at the endpoint that approved it: its
     /// own direction where that endpoint sent it or received it, the
-    /// reverse where it is the reply.
+    /// reverse where it is the reply. At leave_node `ep` is the sender.
     fn established(&self, hook: Hook, ep: u32, p: &Pkt) -> bool {
         let t = p.tuple();
         self.0.iter().any(|fl| {
@@ -612,6 +914,9 @@ impl Flows {
             let reply = fl.tuple == reversed(&t);
             match hook {
                 Hook::FromPod => (same && fl.egress_ep == ep) || (reply && fl.ingress_ep == ep),
+                Hook::LeaveNode => {
+                    (same && fl.egress_ep == ep && !fl.service) || (reply && fl.ingress_ep == ep)
+                }
                 Hook::ToPod => (same && fl.ingress_ep == ep) || (reply && fl.egress_ep == ep),
             }
         })
@@ -628,6 +933,18 @@ impl Flows {
     }
 }
 
+impl Flows {
+    /// Keep the flow a pass opened; a pass the oracle forbids is a finding.
+    fn record(&mut self, hook: Hook, ifindex: u32, f: &[u8], judgement: Judgement) {
+        match judgement {
+            Judgement::May(flow) => self.0.extend(flow),
+            Judgement::MustDrop(why) => panic!(
+                "{hook:?} on ifindex {ifindex} passed a frame it must drop ({why})\nframe: {f:02x?}"
+            ),
+        }
+    }
+}
+
 /// Why the oracle lets a passed packet through, or why it should have dropped.
 enum Judgement {
     /// Passing is fine; Some(flow) when the pass opens a flow.
@@ -636,15 +953,23 @@ enum Judgement {
 }
 
 impl Node {
-    fn judge(&self, hook: Hook, ep: u32, f: &[u8], flows: &Flows) -> Judgement {
+    /// At a pod hook of `ep`: the screen, then policy.
+    fn judge_pod(&self, hook: Hook, ep: u32, f: &[u8], flows: &Flows) -> Judgement {
         use Judgement::*;
-        let p = match parse(f) {
-            Parsed::NotIp => return May(None),
-            Parsed::Vlan => return MustDrop("VLAN-tagged".into()),
-            Parsed::Malformed => return MustDrop("malformed".into()),
-            Parsed::Ip(p) => p,
+        let Some(pod) = self.pod_of(ep) else {
+            return MustDrop("an interface without an endpoint entry".into());
         };
-        if p.icmp == Icmp::NeighbourDiscovery || flows.established(hook, ep, &p) {
+        let owned = &self.owned[pod];
+        let screened = match hook {
+            Hook::FromPod => owned.screen_from_pod(f, parse(f)),
+            _ => owned.screen_to_pod(f, parse(f)),
+        };
+        let p = match screened {
+            Err(why) => return MustDrop(format!("the screen of the pod's addresses: {why}")),
+            Ok(None) => return May(None),
+            Ok(Some(p)) => p,
+        };
+        if flows.established(hook, ep, &p) {
             return May(None);
         }
         let peer = if hook == Hook::ToPod { p.src } else { p.dst };
@@ -662,17 +987,11 @@ impl Node {
                 hook, p.src, p.dst
             ))
         };
-        let Some(pod) = self.pod_of(ep) else {
-            return why("no endpoint");
-        };
-        if PODS[pod].2 & EP_READY == 0 {
+        if PODS[pod].flags & EP_READY == 0 {
             return why("endpoint not READY");
         }
         match hook {
             Hook::FromPod => {
-                if self.lookup(p.src).map(|(_, e, _)| e) != Some(ep) {
-                    return why("spoofed source");
-                }
                 if peer_ep != 0 || peer_flags & IPCACHE_SERVICE != 0 {
                     // Deferred to the destination's to_pod; a VIP flow is
                     // remembered for its un-DNATed reply.
@@ -680,6 +999,7 @@ impl Node {
                         tuple: p.tuple(),
                         egress_ep: ep,
                         ingress_ep: 0,
+                        service: true,
                     });
                     return May(flow);
                 }
@@ -690,10 +1010,11 @@ impl Node {
                     tuple: p.tuple(),
                     egress_ep: ep,
                     ingress_ep: 0,
+                    service: false,
                 }))
             }
-            Hook::ToPod => {
-                let me = PODS[pod].1;
+            _ => {
+                let me = PODS[pod].identity;
                 if peer_ep != 0 && !self.allows(peer_ep, DIR_EGRESS, me, p.dst, p.proto, port) {
                     return why("the local sender's egress denied");
                 }
@@ -704,8 +1025,64 @@ impl Node {
                     tuple: p.tuple(),
                     egress_ep: peer_ep,
                     ingress_ep: ep,
+                    service: false,
                 }))
             }
+        }
+    }
+
+    /// At leave_node: an IP packet of a local pod, judged by its egress.
+    fn judge_leave(&self, f: &[u8], flows: &Flows) -> Judgement {
+        use Judgement::*;
+        let Parsed::Ip(p) = parse(f) else {
+            return May(None);
+        };
+        let sender = self.lookup(p.src).map_or(0, |(_, ep, _)| ep);
+        if sender == 0 || p.icmp == Icmp::NeighbourDiscovery {
+            return May(None);
+        }
+        if flows.established(Hook::LeaveNode, sender, &p) {
+            return May(None);
+        }
+        if p.icmp == Icmp::Error && quoted(f, &p).is_some_and(|q| flows.related(sender, q)) {
+            return May(None);
+        }
+        let (peer_id, ..) = self.lookup(p.dst).unwrap_or((ID_WORLD, 0, 0));
+        if peer_id == ID_HOST {
+            return May(None);
+        }
+        let port = p.policy_port();
+        if !self.allows(sender, DIR_EGRESS, peer_id, p.dst, p.proto, port) {
+            return MustDrop(format!(
+                "the sender's egress denied: endpoint {sender} {} -> {} proto {} port {port}",
+                p.src, p.dst, p.proto
+            ));
+        }
+        May(Some(Flow {
+            tuple: p.tuple(),
+            egress_ep: sender,
+            ingress_ep: 0,
+            service: false,
+        }))
+    }
+
+    fn leave_node(&self, f: &[u8], flows: &mut Flows) {
+        if self.run_hook(Hook::LeaveNode, self.uplink, f) {
+            let j = self.judge_leave(f, flows);
+            flows.record(Hook::LeaveNode, self.uplink, f, j);
+        }
+    }
+
+    /// Run `hook` on `ifindex` with `f`; whether it passed.
+    fn run_hook(&self, hook: Hook, ifindex: u32, f: &[u8]) -> bool {
+        let action = self
+            .dp
+            .run(hook, f, ifindex)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {e:?}"));
+        match action {
+            TC_PASS => true,
+            TC_DROP => false,
+            other => panic!("{hook:?} returned tc action {other}"),
         }
     }
 }
@@ -713,43 +1090,46 @@ impl Node {
 /// Run one input; panics (a finding) when a program passes what the
 /// oracle says it must drop, or returns something but PASS or DROP.
 pub fn run(data: &[u8]) {
+    let Some((&control, frame)) = data.split_first() else {
+        return;
+    };
+    let control = Control(control);
     // BPF_PROG_TEST_RUN refuses (EINVAL) frames shorter than an Ethernet
     // header, and IPv4/IPv6 frames shorter than their IP header: how the
     // programs treat those cannot be tried this way.
-    let shortest = match be16(data, 12) {
+    let shortest = match be16(frame, 12) {
         Some(0x0800) => 14 + 20,
         Some(0x86dd) => 14 + 40,
         _ => 14,
     };
-    if data.len() < shortest || data.len() > MAX_FRAME {
+    if frame.len() < shortest || frame.len() > MAX_FRAME {
         return;
     }
     NODE.with(|node| {
         node.dp.ct_flush().expect("flush conntrack");
         let mut flows = Flows::default();
-        let frames: Vec<Vec<u8>> = std::iter::once(data.to_vec()).chain(reverse(data)).collect();
+        let frames: Vec<Vec<u8>> = std::iter::once(frame.to_vec())
+            .chain(reverse(frame))
+            .collect();
         for f in &frames {
+            if control.leave_first() {
+                node.leave_node(f, &mut flows);
+            }
             for &ep in &node.ifindex {
                 for hook in [Hook::ToPod, Hook::FromPod] {
-                    let action = node
-                        .dp
-                        .run(hook, f, ep)
-                        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {e:?}"));
-                    let passed = match action {
-                        TC_PASS => true,
-                        TC_DROP => false,
-                        other => panic!("{hook:?} returned tc action {other}"),
+                    let seen = if control.raw_ethernet() {
+                        f.clone()
+                    } else {
+                        pkt::as_seen_at(hook, node.mac(ep), f)
                     };
-                    if !passed {
-                        continue;
-                    }
-                    match node.judge(hook, ep, f, &flows) {
-                        Judgement::May(flow) => flows.0.extend(flow),
-                        Judgement::MustDrop(why) => {
-                            panic!("{hook:?} on endpoint {ep} passed a packet it must drop ({why})\nframe: {f:02x?}")
-                        }
+                    if node.run_hook(hook, ep, &seen) {
+                        let j = node.judge_pod(hook, ep, &seen, &flows);
+                        flows.record(hook, ep, &seen, j);
                     }
                 }
+            }
+            if !control.leave_first() {
+                node.leave_node(f, &mut flows);
             }
         }
     });
