@@ -15,10 +15,8 @@ fn main() {
     println!("cargo:rerun-if-changed={}", progs.display());
     println!("cargo:rerun-if-env-changed=WEIR_CLANG");
 
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&progs)
-        .expect("bpf/progs must exist")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(&progs).expect("bpf/progs must exist").filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for path in &entries {
         println!("cargo:rerun-if-changed={}", path.display());

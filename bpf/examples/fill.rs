@@ -33,9 +33,7 @@ use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, PolicyRule};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
@@ -47,11 +45,7 @@ fn main() {
             println!(
                 "ep={} dir={} {}={} pkts",
                 k.endpoint,
-                if k.direction == DIR_INGRESS {
-                    "in"
-                } else {
-                    "out"
-                },
+                if k.direction == DIR_INGRESS { "in" } else { "out" },
                 reason_name(k.reason),
                 v.packets
             );
@@ -80,12 +74,9 @@ fn main() {
         .split(',')
         .map(|p| p.parse().expect("port"))
         .collect();
-    let udp_ports: Vec<u16> = arg(&args, "--udp-ports")
-        .map(|s| s.split(',').map(|p| p.parse().expect("port")).collect())
-        .unwrap_or_default();
-    let entries: u32 = arg(&args, "--entries")
-        .map(|n| n.parse().expect("entries"))
-        .unwrap_or(1);
+    let udp_ports: Vec<u16> =
+        arg(&args, "--udp-ports").map(|s| s.split(',').map(|p| p.parse().expect("port")).collect()).unwrap_or_default();
+    let entries: u32 = arg(&args, "--entries").map(|n| n.parse().expect("entries")).unwrap_or(1);
     let leave_node = arg(&args, "--leave-node").map(|dev| ifindex(&dev));
 
     let t0 = std::time::Instant::now();
@@ -94,12 +85,7 @@ fn main() {
         let endpoint = p.ifindex.unwrap_or(0);
         dp.set_ipcache(
             weir_bpf::addr::host_net(p.ip),
-            &IpcacheValue {
-                identity: p.identity,
-                endpoint,
-                flags: 0,
-                pad: 0,
-            },
+            &IpcacheValue { identity: p.identity, endpoint, flags: 0, pad: 0 },
         )
         .unwrap();
         if let (Some(idx), Some(mac)) = (p.ifindex, p.mac) {
@@ -117,20 +103,11 @@ fn main() {
     if let Some(c) = client.ifindex {
         local.push((c, server.identity, DIR_EGRESS));
     }
-    let flows = ports
-        .iter()
-        .map(|&p| (6u8, p))
-        .chain(udp_ports.iter().map(|&p| (17u8, p)));
+    let flows = ports.iter().map(|&p| (6u8, p)).chain(udp_ports.iter().map(|&p| (17u8, p)));
     let mut rules = 0;
     for (proto, p) in flows {
         for (i, &(endpoint, identity, direction)) in local.iter().enumerate() {
-            let rule = PolicyRule {
-                endpoint,
-                identity,
-                direction,
-                protocol: Some(proto),
-                ports: Some(p..=p),
-            };
+            let rule = PolicyRule { endpoint, identity, direction, protocol: Some(proto), ports: Some(p..=p) };
             dp.allow(&rule, 1 + i as u32).unwrap();
             rules += 1;
         }
@@ -139,12 +116,7 @@ fn main() {
         let ip: IpAddr = h.parse().expect("--host IP");
         dp.set_ipcache(
             weir_bpf::addr::host_net(ip),
-            &IpcacheValue {
-                identity: ID_HOST,
-                endpoint: 0,
-                flags: 0,
-                pad: 0,
-            },
+            &IpcacheValue { identity: ID_HOST, endpoint: 0, flags: 0, pad: 0 },
         )
         .unwrap();
     }
@@ -152,12 +124,7 @@ fn main() {
         let ip: IpAddr = v.parse().expect("--service IP");
         dp.set_ipcache(
             weir_bpf::addr::host_net(ip),
-            &IpcacheValue {
-                identity: ID_WORLD,
-                endpoint: 0,
-                flags: IPCACHE_SERVICE,
-                pad: 0,
-            },
+            &IpcacheValue { identity: ID_WORLD, endpoint: 0, flags: IPCACHE_SERVICE, pad: 0 },
         )
         .unwrap();
     }
@@ -165,26 +132,15 @@ fn main() {
     // flow's lookups walk
     let pad = entries.saturating_sub(1);
     for i in 0..pad {
-        let a = IpAddr::V4(Ipv4Addr::new(
-            10,
-            252 + (i >> 16) as u8,
-            (i >> 8) as u8,
-            i as u8,
-        ));
+        let a = IpAddr::V4(Ipv4Addr::new(10, 252 + (i >> 16) as u8, (i >> 8) as u8, i as u8));
         dp.set_ipcache(
             weir_bpf::addr::host_net(a),
-            &IpcacheValue {
-                identity: 10_000 + i,
-                endpoint: 0,
-                flags: 0,
-                pad: 0,
-            },
+            &IpcacheValue { identity: 10_000 + i, endpoint: 0, flags: 0, pad: 0 },
         )
         .unwrap();
         let (ep, _, dir) = local[i as usize % local.len()];
         let key = PolicyKey::new(ep, 10_000 + i, dir, 6, 1000 + (i % 50_000) as u16);
-        dp.set_policy(POLICY_FULL_BITS, &key, &PolicyValue::allow(3))
-            .unwrap();
+        dp.set_policy(POLICY_FULL_BITS, &key, &PolicyValue::allow(3)).unwrap();
     }
     for idx in [client.ifindex, server.ifindex].into_iter().flatten() {
         dp.attach(idx).unwrap();
@@ -200,9 +156,7 @@ fn main() {
         dp.ipcache_entries().map(|v| v.len()).unwrap_or(0),
         pad + rules,
         local.iter().map(|l| l.0).collect::<Vec<_>>(),
-        leave_node
-            .map(|i| format!(", leave_node on {i}"))
-            .unwrap_or_default(),
+        leave_node.map(|i| format!(", leave_node on {i}")).unwrap_or_default(),
         t0.elapsed().as_millis()
     );
 }
@@ -295,12 +249,7 @@ fn cost(dp: &Dataplane, client: &Pod, server: &Pod, port: u16, leave_node: Optio
                 // judged at from_pod already: one conntrack lookup
                 show("leave_node_established_ns", Hook::LeaveNode, &ack, dev);
                 // a Service flow to a remote backend is judged here
-                show(
-                    "leave_node_denied_new_flow_ns",
-                    Hook::LeaveNode,
-                    &denied,
-                    dev,
-                );
+                show("leave_node_denied_new_flow_ns", Hook::LeaveNode, &denied, dev);
             }
         }
         (None, Some(sidx)) => {
@@ -331,25 +280,15 @@ fn cost(dp: &Dataplane, client: &Pod, server: &Pod, port: u16, leave_node: Optio
 fn pass_all(root: &std::path::Path, obj: &str, devs: &str) {
     use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
     let mut ebpf = aya::Ebpf::load_file(obj).expect("load object");
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut("pass")
-        .expect("program pass")
-        .try_into()
-        .expect("classifier");
+    let prog: &mut SchedClassifier = ebpf.program_mut("pass").expect("program pass").try_into().expect("classifier");
     prog.load().expect("load pass");
     std::fs::create_dir_all(root).expect("root");
     for dev in devs.split(',') {
         for (hook, name) in [(TcAttachType::Ingress, "in"), (TcAttachType::Egress, "out")] {
-            let id = prog
-                .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .expect("attach");
-            let link: aya::programs::links::FdLink = prog
-                .take_link(id)
-                .expect("link")
-                .try_into()
-                .expect("fd link");
-            link.pin(root.join(format!("pass_{dev}_{name}")))
-                .expect("pin");
+            let id =
+                prog.attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default())).expect("attach");
+            let link: aya::programs::links::FdLink = prog.take_link(id).expect("link").try_into().expect("fd link");
+            link.pin(root.join(format!("pass_{dev}_{name}"))).expect("pin");
         }
     }
 }

@@ -64,11 +64,7 @@ fn ensure_mounted_at(mount_point: &Path) -> Result<Mount, Error> {
     let dir = File::open(mount_point).map_err(|e| Error::io("cannot open", mount_point, e))?;
     // SAFETY: flock on an fd we own; released when `dir` is dropped.
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(
-            "cannot lock",
-            mount_point,
-            io::Error::last_os_error(),
-        ));
+        return Err(Error::io("cannot lock", mount_point, io::Error::last_os_error()));
     }
     if is_bpffs(mount_point)? {
         return Ok(Mount::Present);
@@ -76,34 +72,18 @@ fn ensure_mounted_at(mount_point: &Path) -> Result<Mount, Error> {
     match mounted_fstype(mount_point)? {
         None => {}
         Some(fstype) if fstype == "sysfs" => {}
-        Some(fstype) => {
-            return Err(Error::OtherFsMounted {
-                path: mount_point.to_path_buf(),
-                fstype,
-            })
-        }
+        Some(fstype) => return Err(Error::OtherFsMounted { path: mount_point.to_path_buf(), fstype }),
     }
-    mount_bpf(mount_point).map_err(|source| Error::Mount {
-        path: mount_point.to_path_buf(),
-        source,
-    })?;
+    mount_bpf(mount_point).map_err(|source| Error::Mount { path: mount_point.to_path_buf(), source })?;
     Ok(Mount::Mounted(mount_point.to_path_buf()))
 }
 
 fn mount_bpf(at: &Path) -> io::Result<()> {
-    let target = CString::new(at.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let target = CString::new(at.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME;
     // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            flags,
-            c"mode=0700".as_ptr().cast(),
-        )
-    };
+    let r =
+        unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), flags, c"mode=0700".as_ptr().cast()) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -126,11 +106,7 @@ fn fstype_at(mountinfo: &str, path: &Path) -> Option<String> {
         .lines()
         .rev()
         .filter(|l| l.split(' ').nth(4).is_some_and(|mp| unescape(mp) == want))
-        .filter_map(|l| {
-            l.split_once(" - ")
-                .and_then(|(_, rest)| rest.split(' ').next())
-                .map(str::to_string)
-        })
+        .filter_map(|l| l.split_once(" - ").and_then(|(_, rest)| rest.split(' ').next()).map(str::to_string))
         .next()
 }
 
@@ -140,10 +116,7 @@ fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -168,25 +141,16 @@ mod tests {
 
     #[test]
     fn the_topmost_mount_at_exactly_the_path_counts() {
-        assert_eq!(
-            fstype_at(INFO, Path::new("/sys/fs/bpf")).as_deref(),
-            Some("tmpfs")
-        );
+        assert_eq!(fstype_at(INFO, Path::new("/sys/fs/bpf")).as_deref(), Some("tmpfs"));
         assert_eq!(fstype_at(INFO, Path::new("/sys")).as_deref(), Some("sysfs"));
         // A mount below or above is not one at the path.
         assert_eq!(fstype_at(INFO, Path::new("/sys/fs")), None);
         assert_eq!(fstype_at(INFO, Path::new("/sys/fs/bpf/weir")), None);
-        assert_eq!(
-            fstype_at(INFO, Path::new("/mnt/with space")).as_deref(),
-            Some("ext4")
-        );
+        assert_eq!(fstype_at(INFO, Path::new("/mnt/with space")).as_deref(), Some("ext4"));
     }
 
     #[test]
     fn roots_outside_the_mount_point_are_not_weirs_to_mount() {
-        assert_eq!(
-            ensure_mounted_for(Path::new("/tmp/somewhere")).unwrap(),
-            Mount::Present
-        );
+        assert_eq!(ensure_mounted_for(Path::new("/tmp/somewhere")).unwrap(), Mount::Present);
     }
 }

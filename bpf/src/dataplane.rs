@@ -82,24 +82,15 @@ impl PolicyRule {
     /// "any protocol" or "any port", else one per aligned port block.
     pub fn prefixes(&self) -> Vec<(u32, PolicyKey)> {
         let Some(proto) = self.protocol else {
-            return vec![(
-                POLICY_FIXED_BITS,
-                PolicyKey::new(self.endpoint, self.identity, self.direction, 0, 0),
-            )];
+            return vec![(POLICY_FIXED_BITS, PolicyKey::new(self.endpoint, self.identity, self.direction, 0, 0))];
         };
         match &self.ports {
-            None => vec![(
-                POLICY_FIXED_BITS + 8,
-                PolicyKey::new(self.endpoint, self.identity, self.direction, proto, 0),
-            )],
+            None => {
+                vec![(POLICY_FIXED_BITS + 8, PolicyKey::new(self.endpoint, self.identity, self.direction, proto, 0))]
+            }
             Some(r) => port_range_blocks(*r.start(), *r.end())
                 .into_iter()
-                .map(|b| {
-                    (
-                        b.prefix_len(),
-                        PolicyKey::new(self.endpoint, self.identity, self.direction, proto, b.start),
-                    )
-                })
+                .map(|b| (b.prefix_len(), PolicyKey::new(self.endpoint, self.identity, self.direction, proto, b.start)))
                 .collect(),
         }
     }
@@ -295,7 +286,8 @@ pub struct Upgrade {
 /// This build's identity in a bpffs root: a 64-bit FNV-1a of the embedded
 /// object, so two builds with the same programs are one build.
 pub fn build_id() -> String {
-    let hash = crate::OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        crate::OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
     format!("{hash:016x}")
 }
 
@@ -311,7 +303,8 @@ fn set_build_marker(root: &Path, build: &str) -> Result<(), Error> {
     let keep = build_marker(root, build);
     for e in std::fs::read_dir(root).map_err(|e| Error::io("cannot list", root, e))?.flatten() {
         if e.file_name().to_string_lossy().starts_with("build-") && e.path() != keep {
-            std::fs::remove_dir(e.path()).map_err(|err| Error::io("cannot remove the old build marker", e.path(), err))?;
+            std::fs::remove_dir(e.path())
+                .map_err(|err| Error::io("cannot remove the old build marker", e.path(), err))?;
         }
     }
     Ok(trust::ensure_dir(&keep)?)
@@ -556,9 +549,8 @@ impl Dataplane {
     fn attach_hooks(&self, ifindex: u32, hooks: &[Hook]) -> Result<(), Error> {
         let ifname = sys::if_name(ifindex).ok_or(Error::NoSuchInterface { ifindex })?;
         let _lock = RootLock::take(&self.root)?;
-        let tcx = aya::util::KernelVersion::current()
-            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-            .unwrap_or(true);
+        let tcx =
+            aya::util::KernelVersion::current().map(|v| v >= aya::util::KernelVersion::new(6, 6, 0)).unwrap_or(true);
         for &hook in hooks {
             let link_path = self.link_path(ifindex, hook);
             let mut prog = self.program(hook)?;
@@ -568,7 +560,9 @@ impl Dataplane {
                 let id = prog
                     .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::Netlink(Default::default()))
                     .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-                let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
                 std::mem::forget(link);
                 continue;
             }
@@ -579,17 +573,17 @@ impl Dataplane {
             let id = prog
                 .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
                 .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-            let link = prog.take_link(id).map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-            let fd_link: FdLink = link
-                .try_into()
-                .map_err(|e| Error::io("cannot take TCX link", &link_path, io::Error::other(e)))?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+            let fd_link: FdLink =
+                link.try_into().map_err(|e| Error::io("cannot take TCX link", &link_path, io::Error::other(e)))?;
             if link_path.exists() {
                 // the stale link detaches when its pin goes (the new one is already in)
-                std::fs::remove_file(&link_path).map_err(|e| Error::io("cannot remove stale link pin", &link_path, e))?;
+                std::fs::remove_file(&link_path)
+                    .map_err(|e| Error::io("cannot remove stale link pin", &link_path, e))?;
             }
-            fd_link
-                .pin(&link_path)
-                .map_err(|e| Error::io("cannot pin TCX link", &link_path, io::Error::other(e)))?;
+            fd_link.pin(&link_path).map_err(|e| Error::io("cannot pin TCX link", &link_path, io::Error::other(e)))?;
         }
         Ok(())
     }
@@ -818,7 +812,12 @@ impl Dataplane {
         for r in m.iter() {
             let (k, v) = r.map_err(map_err(&p, "iterate"))?;
             let d = k.data();
-            out.push((d.endpoint, d.direction, addr::prefix_to_net(k.prefix_len() - CIDR_FIXED_BITS, d.addr), v.identity));
+            out.push((
+                d.endpoint,
+                d.direction,
+                addr::prefix_to_net(k.prefix_len() - CIDR_FIXED_BITS, d.addr),
+                v.identity,
+            ));
         }
         Ok(out)
     }
@@ -843,12 +842,8 @@ impl Dataplane {
     pub fn ct_flush_where(&self, pred: impl Fn(&CtKey, &CtValue) -> bool) -> Result<usize, Error> {
         let p = self.root.join(MAP_CT);
         let mut m = self.ct.lock().unwrap();
-        let keys: Vec<CtKey> = m
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, v)| pred(&k.as_opened(v), v))
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<CtKey> =
+            m.iter().filter_map(|r| r.ok()).filter(|(k, v)| pred(&k.as_opened(v), v)).map(|(k, _)| k).collect();
         let mut n = 0;
         for k in keys {
             match m.remove(&k) {
@@ -949,9 +944,18 @@ impl Dataplane {
 
     /// [`Self::run`] `repeat` times in the kernel; also returns the kernel's
     /// mean run time per packet (the program's cost, no stack around it).
-    pub fn run_repeat(&self, hook: Hook, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(i32, std::time::Duration), Error> {
+    pub fn run_repeat(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration), Error> {
         if frame.len() < 14 {
-            return Err(Error::Invalid { field: "frame", msg: "BPF_PROG_TEST_RUN needs at least an Ethernet header".into() });
+            return Err(Error::Invalid {
+                field: "frame",
+                msg: "BPF_PROG_TEST_RUN needs at least an Ethernet header".into(),
+            });
         }
         let prog = self.program(hook)?;
         // struct __sk_buff: ifindex at 40; ingress_ifindex at 36 (the
@@ -965,7 +969,9 @@ impl Dataplane {
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
         opts.repeat = repeat.max(1);
-        let r = prog.test_run(opts).map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
         Ok((r.return_value as i32, r.duration))
     }
 }
@@ -973,4 +979,3 @@ impl Dataplane {
 /// tc verdicts as [`Dataplane::run`] returns them.
 pub const TC_PASS: i32 = -1;
 pub const TC_DROP: i32 = 2;
-

@@ -14,11 +14,17 @@ pub struct EventReader {
 
 impl EventReader {
     pub(crate) fn open(path: PathBuf) -> Result<Self, Error> {
-        let data = MapData::from_pin(&path)
-            .map_err(|source| Error::Map { path: path.clone(), op: "open", source: Box::new(source) })?;
+        let data = MapData::from_pin(&path).map_err(|source| Error::Map {
+            path: path.clone(),
+            op: "open",
+            source: Box::new(source),
+        })?;
         let map = aya::maps::Map::RingBuf(data);
-        let ring = RingBuf::try_from(map)
-            .map_err(|source| Error::Map { path: path.clone(), op: "open ring buffer", source: Box::new(source) })?;
+        let ring = RingBuf::try_from(map).map_err(|source| Error::Map {
+            path: path.clone(),
+            op: "open ring buffer",
+            source: Box::new(source),
+        })?;
         Ok(EventReader { ring, path })
     }
 

@@ -17,9 +17,7 @@ pub const BPF_LINK_TYPE_TCX: u32 = 11;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     // SAFETY: attr is a zeroed bpf_attr-sized buffer the kernel reads and writes.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr))
-    };
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

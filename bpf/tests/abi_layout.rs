@@ -96,13 +96,22 @@ fn generate() -> String {
         EVENTS_BYTES => "WEIR_EVENTS_BYTES", COUNTERS_MAX => "WEIR_COUNTERS_MAX",
     );
     // the full-length prefix of a policy key is its data size in bits
-    writeln!(c, "_Static_assert(sizeof(struct weir_policy_key) * 8 - 32 == {POLICY_FULL_BITS}, \"POLICY_FULL_BITS\");").unwrap();
+    writeln!(c, "_Static_assert(sizeof(struct weir_policy_key) * 8 - 32 == {POLICY_FULL_BITS}, \"POLICY_FULL_BITS\");")
+        .unwrap();
     for (rust, cname) in [
-        (MAP_IPCACHE, "WEIR_MAP_IPCACHE"), (MAP_ENDPOINTS, "WEIR_MAP_ENDPOINTS"), (MAP_POLICY, "WEIR_MAP_POLICY"),
-        (MAP_IPCACHE_EXACT, "WEIR_MAP_IPCACHE_EXACT"), (MAP_POLICY_EXACT, "WEIR_MAP_POLICY_EXACT"),
-        (MAP_CIDR, "WEIR_MAP_CIDR"), (MAP_CT, "WEIR_MAP_CT"), (MAP_EVENTS, "WEIR_MAP_EVENTS"),
-        (MAP_COUNTERS, "WEIR_MAP_COUNTERS"), (MAP_CONFIG, "WEIR_MAP_CONFIG"), (MAP_ABI, "WEIR_MAP_ABI"),
-        (PROG_FROM_POD, "WEIR_PROG_FROM_POD"), (PROG_TO_POD, "WEIR_PROG_TO_POD"),
+        (MAP_IPCACHE, "WEIR_MAP_IPCACHE"),
+        (MAP_ENDPOINTS, "WEIR_MAP_ENDPOINTS"),
+        (MAP_POLICY, "WEIR_MAP_POLICY"),
+        (MAP_IPCACHE_EXACT, "WEIR_MAP_IPCACHE_EXACT"),
+        (MAP_POLICY_EXACT, "WEIR_MAP_POLICY_EXACT"),
+        (MAP_CIDR, "WEIR_MAP_CIDR"),
+        (MAP_CT, "WEIR_MAP_CT"),
+        (MAP_EVENTS, "WEIR_MAP_EVENTS"),
+        (MAP_COUNTERS, "WEIR_MAP_COUNTERS"),
+        (MAP_CONFIG, "WEIR_MAP_CONFIG"),
+        (MAP_ABI, "WEIR_MAP_ABI"),
+        (PROG_FROM_POD, "WEIR_PROG_FROM_POD"),
+        (PROG_TO_POD, "WEIR_PROG_TO_POD"),
     ] {
         writeln!(c, "_Static_assert(__builtin_strcmp({cname}, \"{rust}\") == 0, \"{cname}\");").unwrap();
     }
@@ -121,11 +130,7 @@ fn c_header_and_rust_mirrors_agree() {
         .arg(&src)
         .output()
         .expect("clang (apt-get install clang libbpf-dev)");
-    assert!(
-        out.status.success(),
-        "weir_abi.h and bpf/src/abi.rs disagree:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "weir_abi.h and bpf/src/abi.rs disagree:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -133,7 +138,8 @@ fn the_check_catches_a_mismatch() {
     // a deliberately wrong assertion must fail to compile, or the test above proves nothing
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("bad.c");
-    std::fs::write(&src, "#include \"weir_abi.h\"\n_Static_assert(sizeof(struct weir_ct_key) == 41, \"x\");\n").unwrap();
+    std::fs::write(&src, "#include \"weir_abi.h\"\n_Static_assert(sizeof(struct weir_ct_key) == 41, \"x\");\n")
+        .unwrap();
     let out = Command::new("clang")
         .args(["-fsyntax-only", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu"])
         .arg(format!("-I{}", concat!(env!("CARGO_MANIFEST_DIR"), "/include")))

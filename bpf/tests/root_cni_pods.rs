@@ -50,7 +50,8 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
         .join()
         .unwrap());
     }
-    let (p0, p1, p2) = (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]), format!("/run/netns/{}", pods[2]));
+    let (p0, p1, p2) =
+        (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]), format!("/run/netns/{}", pods[2]));
     serve_tcp(&p1, ip(&r1), 8080);
     let target = SocketAddr::new(ip(&r1), 8080);
 
@@ -60,8 +61,17 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
     // what policyd does: identities, ipcache, policy, READY
     program_like_policyd(&dp, &r0, 300, EP_READY);
     program_like_policyd(&dp, &r2, 302, EP_READY);
-    dp.allow(&PolicyRule { endpoint: r1.host_ifindex, identity: 300, direction: DIR_INGRESS, protocol: Some(6), ports: Some(8080..=8080) }, 1)
-        .unwrap();
+    dp.allow(
+        &PolicyRule {
+            endpoint: r1.host_ifindex,
+            identity: 300,
+            direction: DIR_INGRESS,
+            protocol: Some(6),
+            ports: Some(8080..=8080),
+        },
+        1,
+    )
+    .unwrap();
     program_like_policyd(&dp, &r1, 301, EP_READY | EP_INGRESS_ISOLATED);
 
     assert!(tcp_ok(&p0, target), "allowed by policy");

@@ -89,8 +89,26 @@ fn root_real_traffic_follows_the_maps_and_survives_its_creators() {
         p.ip(&["route", "add", "default", "via", "10.77.0.1"]);
     }
     // kube-proxy's part: ClusterIP 10.96.0.50:80 -> pod 2 :8080
-    node(&t, &["iptables", "-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.50/32", "-p", "tcp", "--dport", "80",
-        "-j", "DNAT", "--to-destination", "10.77.0.12:8080"]);
+    node(
+        &t,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "10.96.0.50/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "10.77.0.12:8080",
+        ],
+    );
 
     let (p1, p2, p3) = (t.pods[0].path(), t.pods[1].path(), t.pods[2].path());
     serve(&p2, "10.77.0.12", &[8080, 8081], &[9090, 9091]);

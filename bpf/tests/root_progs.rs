@@ -156,7 +156,17 @@ fn root_port_ranges_match_exactly() {
     let Some(e) = Env::new("range") else { return };
     e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
     e.allow(e.b, ID_A, DIR_INGRESS, Some(UDP), Some((1000, 2001)));
-    for (port, ok) in [(999, false), (1000, true), (1023, true), (1024, true), (1500, true), (2000, true), (2001, true), (2002, false), (65535, false)] {
+    for (port, ok) in [
+        (999, false),
+        (1000, true),
+        (1023, true),
+        (1024, true),
+        (1500, true),
+        (2000, true),
+        (2001, true),
+        (2002, false),
+        (65535, false),
+    ] {
         assert_eq!(e.to(e.b, &pkt::udp(ip(A4), 5555, ip(B4), port)), ok, "udp/{port}");
     }
 }
@@ -223,10 +233,7 @@ fn root_egress_to_remote_and_its_replies() {
     assert!(e.count(e.a, DIR_INGRESS, R_ALLOW_REPLY) >= 4);
     assert!(e.count(e.a, DIR_EGRESS, R_ALLOW_ESTABLISHED) >= 2);
     let ct = e.dp.ct_entries().unwrap();
-    let flow = ct
-        .iter()
-        .find(|c| c.dst() == ip(R4) && c.key.protocol == TCP)
-        .expect("CT entry A->R tcp/80");
+    let flow = ct.iter().find(|c| c.dst() == ip(R4) && c.key.protocol == TCP).expect("CT entry A->R tcp/80");
     assert_eq!(flow.value.egress_ep, e.a);
     assert_ne!(flow.value.flags & CT_SEEN_REPLY, 0);
     // answered TCP: long timeout
@@ -485,41 +492,115 @@ fn root_malformed_and_unusual_packets() {
     let cases: Vec<(&str, Vec<u8>, bool, u8)> = vec![
         ("well-formed v4", good4.clone(), true, R_ALLOW_POLICY),
         ("well-formed v6", good6.clone(), true, R_ALLOW_POLICY),
-        ("ipv4 header claims options it lacks", {
-            let mut f = good4[..14 + 20].to_vec();
-            f[14] = 0x46;
-            f[16..18].copy_from_slice(&24u16.to_be_bytes());
-            f
-        }, false, R_DROP_MALFORMED),
+        (
+            "ipv4 header claims options it lacks",
+            {
+                let mut f = good4[..14 + 20].to_vec();
+                f[14] = 0x46;
+                f[16..18].copy_from_slice(&24u16.to_be_bytes());
+                f
+            },
+            false,
+            R_DROP_MALFORMED,
+        ),
         ("tcp header cut short", good4[..14 + 20 + 10].to_vec(), false, R_DROP_MALFORMED),
         ("tot_len beyond the packet", trunc_len, false, R_DROP_MALFORMED),
         ("ihl below 5", bad_ihl, false, R_DROP_MALFORMED),
         ("ethertype IPv4, version 6", bad_ver, false, R_DROP_MALFORMED),
         ("tcp data offset below 5", bad_doff, false, R_DROP_MALFORMED),
         ("ipv6 payload_len beyond the packet", v6_trunc, false, R_DROP_MALFORMED),
-        ("ipv6 version 4 in an IPv6 ethertype", { let mut f = good6.clone(); f[14] = 0x40; f }, false, R_DROP_MALFORMED),
+        (
+            "ipv6 version 4 in an IPv6 ethertype",
+            {
+                let mut f = good6.clone();
+                f[14] = 0x40;
+                f
+            },
+            false,
+            R_DROP_MALFORMED,
+        ),
         ("udp too short for its header", with_ip(a4, b4, UDP, &[0, 1, 0], Ip::default()), false, R_DROP_MALFORMED),
         ("sctp too short", with_ip(a4, b4, SCTP, &[0, 1, 0, 80, 0, 0, 0, 0], Ip::default()), false, R_DROP_MALFORMED),
         ("icmp too short", with_ip(a4, b4, ICMP, &[8, 0, 0], Ip::default()), false, R_DROP_MALFORMED),
         ("802.1Q tagged", vlan, false, R_DROP_VLAN),
-        ("ipv4 options, allowed port", with_ip(a4, b4, TCP, &tcp80, Ip { v4_options: vec![1, 1, 1, 0], ..Default::default() }), true, R_ALLOW_POLICY),
-        ("ipv4 40 bytes of options, other port", with_ip(a4, b4, TCP, &pkt::tcp_hdr(1, 81, SYN), Ip { v4_options: vec![1; 40], ..Default::default() }), false, R_DROP_POLICY),
-        ("ipv4 first fragment with ports", with_ip(a4, b4, TCP, &tcp80, Ip { frag: Some((0, true)), ..Default::default() }), true, R_ALLOW_POLICY),
-        ("ipv4 first fragment too short for ports", with_ip(a4, b4, TCP, &tcp80[..8], Ip { frag: Some((0, true)), ..Default::default() }), false, R_DROP_MALFORMED),
-        ("ipv4 later fragment", with_ip(a4, b4, TCP, &[0; 16], Ip { frag: Some((185, false)), ..Default::default() }), false, R_DROP_FRAGMENT),
-        ("ipv6 hop-by-hop + dstopts", with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(0, 8), (60, 16)], ..Default::default() }), true, R_ALLOW_POLICY),
-        ("ipv6 routing header, other port", with_ip(a6, b6, TCP, &pkt::tcp_hdr(1, 81, SYN), Ip { v6_ext: vec![(43, 24)], ..Default::default() }), false, R_DROP_POLICY),
-        ("ipv6 AH", with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(51, 16)], ..Default::default() }), true, R_ALLOW_POLICY),
-        ("ipv6 first fragment", with_ip(a6, b6, TCP, &tcp80, Ip { frag: Some((0, true)), ..Default::default() }), true, R_ALLOW_POLICY),
-        ("ipv6 later fragment", with_ip(a6, b6, TCP, &[0; 16], Ip { frag: Some((100, true)), ..Default::default() }), false, R_DROP_FRAGMENT),
-        ("ipv6 seven extension headers", with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(60, 8); 7], ..Default::default() }), false, R_DROP_MALFORMED),
-        ("ipv6 extension header cut short", {
-            let mut f = with_ip(a6, b6, TCP, &[], Ip { v6_ext: vec![(60, 8)], ..Default::default() });
-            f.truncate(f.len() - 4);
-            let pl = (f.len() - 54) as u16;
-            f[18..20].copy_from_slice(&pl.to_be_bytes());
-            f
-        }, false, R_DROP_MALFORMED),
+        (
+            "ipv4 options, allowed port",
+            with_ip(a4, b4, TCP, &tcp80, Ip { v4_options: vec![1, 1, 1, 0], ..Default::default() }),
+            true,
+            R_ALLOW_POLICY,
+        ),
+        (
+            "ipv4 40 bytes of options, other port",
+            with_ip(a4, b4, TCP, &pkt::tcp_hdr(1, 81, SYN), Ip { v4_options: vec![1; 40], ..Default::default() }),
+            false,
+            R_DROP_POLICY,
+        ),
+        (
+            "ipv4 first fragment with ports",
+            with_ip(a4, b4, TCP, &tcp80, Ip { frag: Some((0, true)), ..Default::default() }),
+            true,
+            R_ALLOW_POLICY,
+        ),
+        (
+            "ipv4 first fragment too short for ports",
+            with_ip(a4, b4, TCP, &tcp80[..8], Ip { frag: Some((0, true)), ..Default::default() }),
+            false,
+            R_DROP_MALFORMED,
+        ),
+        (
+            "ipv4 later fragment",
+            with_ip(a4, b4, TCP, &[0; 16], Ip { frag: Some((185, false)), ..Default::default() }),
+            false,
+            R_DROP_FRAGMENT,
+        ),
+        (
+            "ipv6 hop-by-hop + dstopts",
+            with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(0, 8), (60, 16)], ..Default::default() }),
+            true,
+            R_ALLOW_POLICY,
+        ),
+        (
+            "ipv6 routing header, other port",
+            with_ip(a6, b6, TCP, &pkt::tcp_hdr(1, 81, SYN), Ip { v6_ext: vec![(43, 24)], ..Default::default() }),
+            false,
+            R_DROP_POLICY,
+        ),
+        (
+            "ipv6 AH",
+            with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(51, 16)], ..Default::default() }),
+            true,
+            R_ALLOW_POLICY,
+        ),
+        (
+            "ipv6 first fragment",
+            with_ip(a6, b6, TCP, &tcp80, Ip { frag: Some((0, true)), ..Default::default() }),
+            true,
+            R_ALLOW_POLICY,
+        ),
+        (
+            "ipv6 later fragment",
+            with_ip(a6, b6, TCP, &[0; 16], Ip { frag: Some((100, true)), ..Default::default() }),
+            false,
+            R_DROP_FRAGMENT,
+        ),
+        (
+            "ipv6 seven extension headers",
+            with_ip(a6, b6, TCP, &tcp80, Ip { v6_ext: vec![(60, 8); 7], ..Default::default() }),
+            false,
+            R_DROP_MALFORMED,
+        ),
+        (
+            "ipv6 extension header cut short",
+            {
+                let mut f = with_ip(a6, b6, TCP, &[], Ip { v6_ext: vec![(60, 8)], ..Default::default() });
+                f.truncate(f.len() - 4);
+                let pl = (f.len() - 54) as u16;
+                f[18..20].copy_from_slice(&pl.to_be_bytes());
+                f
+            },
+            false,
+            R_DROP_MALFORMED,
+        ),
         ("unknown protocol", with_ip(a4, b4, 253, &[0; 8], Ip::default()), false, R_DROP_POLICY),
         ("ipv6 no next header", with_ip(a6, b6, 59, &[], Ip::default()), false, R_DROP_POLICY),
     ];

@@ -108,13 +108,23 @@ fn root_exact_entries_and_prefixes_read_as_one_longest_prefix_map() {
     dp.set_ipcache(weir_bpf::addr::host_net(host), &v(501)).unwrap();
     assert_eq!(dp.ipcache_lookup(host).unwrap().map(|v| v.identity), Some(501), "the exact entry wins");
     assert_eq!(dp.ipcache_lookup("10.61.9.9".parse().unwrap()).unwrap().map(|v| v.identity), Some(500));
-    let listed: Vec<(String, u32)> = dp.ipcache_entries().unwrap().into_iter().map(|(n, v)| (n.to_string(), v.identity)).collect();
-    assert!(listed.contains(&("10.61.0.0/16".into(), 500)) && listed.contains(&("10.61.0.7/32".into(), 501)), "{listed:?}");
+    let listed: Vec<(String, u32)> =
+        dp.ipcache_entries().unwrap().into_iter().map(|(n, v)| (n.to_string(), v.identity)).collect();
+    assert!(
+        listed.contains(&("10.61.0.0/16".into(), 500)) && listed.contains(&("10.61.0.7/32".into(), 501)),
+        "{listed:?}"
+    );
     dp.remove_ipcache(weir_bpf::addr::host_net(host)).unwrap();
     assert_eq!(dp.ipcache_lookup(host).unwrap().map(|v| v.identity), Some(500), "back to the prefix");
 
     // policy: a single-port rule (hash) and a range rule (trie) side by side
-    let rule = |ports| weir_bpf::PolicyRule { endpoint: 9, identity: 300, direction: abi::DIR_INGRESS, protocol: Some(6), ports };
+    let rule = |ports| weir_bpf::PolicyRule {
+        endpoint: 9,
+        identity: 300,
+        direction: abi::DIR_INGRESS,
+        protocol: Some(6),
+        ports,
+    };
     dp.allow(&rule(Some(80..=80)), 1).unwrap();
     dp.allow(&rule(Some(1000..=1999)), 2).unwrap();
     let entries = dp.policy_entries().unwrap();

@@ -140,7 +140,13 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
     program_like_policyd(&dp, &r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
     program_like_policyd(&dp, &r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
     for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
-        let rule = |endpoint, identity, direction| PolicyRule { endpoint, identity, direction, protocol: Some(proto), ports: Some(port..=port) };
+        let rule = |endpoint, identity, direction| PolicyRule {
+            endpoint,
+            identity,
+            direction,
+            protocol: Some(proto),
+            ports: Some(port..=port),
+        };
         dp.allow(&rule(r0.host_ifindex, 301, DIR_EGRESS), 1 + n as u32).unwrap();
         dp.allow(&rule(r1.host_ifindex, 300, DIR_INGRESS), 3 + n as u32).unwrap();
     }
@@ -153,7 +159,10 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
 
     let ifindexes = [r0.host_ifindex, r1.host_ifindex];
     let running = |dp: &Dataplane| -> Vec<u32> {
-        ifindexes.iter().flat_map(|&i| Hook::POD.map(|h| dp.attached_program_id(i, h).unwrap().expect("attached"))).collect()
+        ifindexes
+            .iter()
+            .flat_map(|&i| Hook::POD.map(|h| dp.attached_program_id(i, h).unwrap().expect("attached")))
+            .collect()
     };
     let before = running(&dp);
     assert_eq!(before, ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp.program_id(h).unwrap())).collect::<Vec<_>>());

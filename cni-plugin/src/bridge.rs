@@ -47,7 +47,8 @@ pub fn ensure(nl: &mut Netlink, conf: &NetConf, gateways: &[IpNet]) -> Result<Li
             link = nl.link_by_name(&conf.bridge).map_err(kerr("lookup"))?;
         }
     }
-    let link = link.ok_or_else(|| CniError::kernel(format!("bridge {:?}", conf.bridge), "vanished right after creation"))?;
+    let link =
+        link.ok_or_else(|| CniError::kernel(format!("bridge {:?}", conf.bridge), "vanished right after creation"))?;
     if link.kind.as_deref() != Some("bridge") {
         return Err(not_a_bridge(conf, &link));
     }

@@ -137,11 +137,7 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some((k, v)) => out.push((k.to_string(), v.to_string())),
-            None => {
-                return Err(CniError::env(format!(
-                    "CNI_ARGS: {pair:?} is not KEY=VALUE; separate pairs with ';'"
-                )))
-            }
+            None => return Err(CniError::env(format!("CNI_ARGS: {pair:?} is not KEY=VALUE; separate pairs with ';'"))),
         }
     }
     Ok(out)
@@ -169,7 +165,9 @@ pub struct HostLocal {
 pub enum Ipam {
     HostLocal(HostLocal),
     /// Another IPAM plugin, exec'd from CNI_PATH with this whole config.
-    Delegate { plugin: String },
+    Delegate {
+        plugin: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -427,9 +425,7 @@ fn parse_policy(p: &Value) -> Result<Policy> {
     let on_ready_timeout = match opt_str(p, "policy.", "onReadyTimeout")?.as_deref() {
         None | Some("fail") => OnReadyTimeout::Fail,
         Some("continue") => OnReadyTimeout::Continue,
-        Some(o) => {
-            return Err(CniError::config(format!("policy.onReadyTimeout {o:?}: use \"fail\" or \"continue\"")))
-        }
+        Some(o) => return Err(CniError::config(format!("policy.onReadyTimeout {o:?}: use \"fail\" or \"continue\""))),
     };
     Ok(Policy {
         enforce: opt_bool(p, "policy.", "enforce")?.unwrap_or(false),
@@ -481,12 +477,16 @@ fn parse_ipam(v: &Value, node: Option<&NodeFile>) -> Result<Ipam> {
                     CniError::config(format!("ipam.ranges[{i}]: expected a list of ranges (a range set), got {set}"))
                 })?;
                 if ranges.is_empty() {
-                    return Err(CniError::config(format!("ipam.ranges[{i}] is empty; give at least one {{\"subnet\": ...}}")));
+                    return Err(CniError::config(format!(
+                        "ipam.ranges[{i}] is empty; give at least one {{\"subnet\": ...}}"
+                    )));
                 }
                 raw_sets.push((format!("ipam.ranges[{i}]"), ranges.clone()));
             }
         }
-        Some(other) => return Err(CniError::config(format!("ipam.ranges: expected a list of range sets, got {other}"))),
+        Some(other) => {
+            return Err(CniError::config(format!("ipam.ranges: expected a list of range sets, got {other}")))
+        }
         None => {}
     }
     // Legacy single-range form: ipam.subnet (+ rangeStart/rangeEnd/gateway).
@@ -582,8 +582,8 @@ fn parse_range(r: &Value, at: &str) -> Result<Range> {
     if !r.is_object() {
         return Err(CniError::config(format!("{at}: expected an object with a \"subnet\", got {r}")));
     }
-    let subnet_s =
-        opt_str(r, at, "subnet")?.ok_or_else(|| CniError::config(format!("{at}subnet is missing; e.g. \"10.244.1.0/24\"")))?;
+    let subnet_s = opt_str(r, at, "subnet")?
+        .ok_or_else(|| CniError::config(format!("{at}subnet is missing; e.g. \"10.244.1.0/24\"")))?;
     let subnet = parse_net(&subnet_s, &format!("{at}subnet"))?;
     if subnet.trunc() != subnet {
         return Err(CniError::config(format!(
@@ -808,7 +808,9 @@ mod tests {
 
     #[test]
     fn env_rules() {
-        let get = |m: &'static [(&'static str, &'static str)]| move |k: &str| m.iter().find(|(a, _)| *a == k).map(|(_, v)| v.to_string());
+        let get = |m: &'static [(&'static str, &'static str)]| {
+            move |k: &str| m.iter().find(|(a, _)| *a == k).map(|(_, v)| v.to_string())
+        };
         let e = parse_env(Command::Add, get(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")])).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
         assert!(e.msg.starts_with("CNI_NETNS"));
@@ -819,8 +821,13 @@ mod tests {
         assert!(e.msg.starts_with("CNI_CONTAINERID"));
         let env = parse_env(
             Command::Add,
-            get(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x"),
-                  ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p"), ("CNI_PATH", "/a:/b")]),
+            get(&[
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p"),
+                ("CNI_PATH", "/a:/b"),
+            ]),
         )
         .unwrap();
         assert_eq!(env.arg("K8S_POD_NAME"), Some("p"));

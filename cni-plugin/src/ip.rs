@@ -36,8 +36,7 @@ pub struct Range {
 
 impl Range {
     pub fn contains(&self, a: IpAddr) -> bool {
-        a.is_ipv4() == self.start.is_ipv4()
-            && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(a))
+        a.is_ipv4() == self.start.is_ipv4() && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(a))
     }
     pub fn overlaps(&self, o: &Range) -> bool {
         self.start.is_ipv4() == o.start.is_ipv4()

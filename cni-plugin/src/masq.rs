@@ -39,7 +39,8 @@ pub fn script(network: &str, sources: &[IpNet], cluster: &[IpNet]) -> String {
         if src.is_empty() {
             continue;
         }
-        let mut keep: Vec<IpNet> = cluster.iter().chain(sources).filter(|n| n.addr().is_ipv4() == v4).cloned().collect();
+        let mut keep: Vec<IpNet> =
+            cluster.iter().chain(sources).filter(|n| n.addr().is_ipv4() == v4).cloned().collect();
         keep.push(if v4 { "224.0.0.0/4".parse().unwrap() } else { "ff00::/8".parse().unwrap() });
         let keep = IpNet::aggregate(&keep);
         let fam = if v4 { "ip" } else { "ip6" };
@@ -162,7 +163,12 @@ fn apply(body: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CniError::kernel("ipMasq: cannot run nft (install the nftables package)", e))?;
-    child.stdin.take().expect("piped").write_all(body.as_bytes()).map_err(|e| CniError::kernel("ipMasq: writing to nft", e))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(body.as_bytes())
+        .map_err(|e| CniError::kernel("ipMasq: writing to nft", e))?;
     let out = child.wait_with_output().map_err(|e| CniError::kernel("ipMasq: waiting for nft", e))?;
     if !out.status.success() {
         return Err(CniError::kernel(
@@ -179,7 +185,11 @@ mod tests {
 
     #[test]
     fn script_merges_overlapping_exclusions() {
-        let s = script("k8s-pod-network", &["10.244.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()], &["10.244.0.0/16".parse().unwrap()]);
+        let s = script(
+            "k8s-pod-network",
+            &["10.244.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()],
+            &["10.244.0.0/16".parse().unwrap()],
+        );
         assert!(s.contains("ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade"), "{s}");
         assert!(s.contains("ip6 saddr { fd00:1::/64 } ip6 daddr != { fd00:1::/64, ff00::/8 } masquerade"), "{s}");
         assert!(s.contains("flush chain inet weir masq_k8s_pod_network_"), "{s}");

@@ -13,7 +13,9 @@ use std::io::ErrorKind;
 /// address and default route on the node.
 pub fn open(path: &str) -> Result<File> {
     let ns = open_path(path)?;
-    if is_own_netns(&ns).map_err(|e| CniError::io(format!("CNI_NETNS={path:?}: cannot compare with our own namespace"), e))? {
+    if is_own_netns(&ns)
+        .map_err(|e| CniError::io(format!("CNI_NETNS={path:?}: cannot compare with our own namespace"), e))?
+    {
         return Err(CniError::new(
             code::INVALID_ENV,
             format!(
@@ -51,7 +53,10 @@ pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> Result<T> + Send) -> Resul
     std::thread::scope(|s| {
         s.spawn(|| {
             setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                CniError::new(code::INVALID_ENV, format!("CNI_NETNS is not a network namespace (setns: {e}); pass a netns path"))
+                CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_NETNS is not a network namespace (setns: {e}); pass a netns path"),
+                )
             })?;
             f()
         })

@@ -51,33 +51,29 @@ pub fn parse(raw: &Value, env: &Env) -> Result<Requested> {
     let mut req = Requested::default();
     if let Some(list) = env.arg("IP").filter(|s| !s.is_empty()) {
         for (i, item) in list.split(',').enumerate() {
-            let field = if list.contains(',') {
-                format!("CNI_ARGS IP= (item {})", i + 1)
-            } else {
-                "CNI_ARGS IP=".into()
-            };
+            let field =
+                if list.contains(',') { format!("CNI_ARGS IP= (item {})", i + 1) } else { "CNI_ARGS IP=".into() };
             req.push_ip(parse_ip(item.trim(), &field, Source::Env)?, field);
         }
     }
-    for (path, v) in [
-        ("args.cni.ips", raw.pointer("/args/cni/ips")),
-        ("runtimeConfig.ips", raw.pointer("/runtimeConfig/ips")),
-    ] {
+    for (path, v) in
+        [("args.cni.ips", raw.pointer("/args/cni/ips")), ("runtimeConfig.ips", raw.pointer("/runtimeConfig/ips"))]
+    {
         match v {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     let field = format!("{path}[{i}]");
                     let s = item.as_str().ok_or_else(|| {
-                        CniError::config(format!("{field}: expected an address string such as \"10.244.1.9\", got {item}"))
+                        CniError::config(format!(
+                            "{field}: expected an address string such as \"10.244.1.9\", got {item}"
+                        ))
                     })?;
                     req.push_ip(parse_ip(s, &field, Source::Config)?, field);
                 }
             }
             Some(other) => {
-                return Err(CniError::config(format!(
-                    "{path}: expected a list of addresses, got {other}"
-                )));
+                return Err(CniError::config(format!("{path}: expected a list of addresses, got {other}")));
             }
         }
     }
@@ -85,10 +81,9 @@ pub fn parse(raw: &Value, env: &Env) -> Result<Requested> {
     if let Some(s) = env.arg("MAC").filter(|s| !s.is_empty()) {
         req.mac = Some(parse_mac(s, "CNI_ARGS MAC=", Source::Env)?);
     }
-    for (path, v) in [
-        ("args.cni.mac", raw.pointer("/args/cni/mac")),
-        ("runtimeConfig.mac", raw.pointer("/runtimeConfig/mac")),
-    ] {
+    for (path, v) in
+        [("args.cni.mac", raw.pointer("/args/cni/mac")), ("runtimeConfig.mac", raw.pointer("/runtimeConfig/mac"))]
+    {
         match v {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
@@ -113,18 +108,9 @@ impl Requested {
 
 fn parse_ip(s: &str, field: &str, source: Source) -> Result<IpAddr> {
     let addr = s.split_once('/').map_or(s, |(a, _)| a);
-    let parsed = if s.contains('/') {
-        s.parse::<ipnet::IpNet>().ok().map(|n| n.addr())
-    } else {
-        addr.parse().ok()
-    };
+    let parsed = if s.contains('/') { s.parse::<ipnet::IpNet>().ok().map(|n| n.addr()) } else { addr.parse().ok() };
     parsed.ok_or_else(|| {
-        invalid(
-            source,
-            format!(
-                "{field}: {s:?} is not an IP address; write e.g. 10.244.1.9 or fd00:10:244:1::9"
-            ),
-        )
+        invalid(source, format!("{field}: {s:?} is not an IP address; write e.g. 10.244.1.9 or fd00:10:244:1::9"))
     })
 }
 
@@ -151,148 +137,71 @@ mod tests {
     use serde_json::json;
 
     fn env(args: &str) -> Env {
-        Env {
-            args: crate::config::parse_cni_args(args).unwrap(),
-            ..Default::default()
-        }
+        Env { args: crate::config::parse_cni_args(args).unwrap(), ..Default::default() }
     }
 
     fn ips(r: &Requested) -> Vec<String> {
-        r.ips
-            .iter()
-            .map(|i| format!("{} ({})", i.addr, i.field))
-            .collect()
+        r.ips.iter().map(|i| format!("{} ({})", i.addr, i.field)).collect()
     }
 
     #[test]
     fn nothing_asked_is_nothing_requested() {
+        assert_eq!(parse(&json!({}), &env("IgnoreUnknown=1;K8S_POD_NAME=p")).unwrap(), Requested::default());
         assert_eq!(
-            parse(&json!({}), &env("IgnoreUnknown=1;K8S_POD_NAME=p")).unwrap(),
-            Requested::default()
-        );
-        assert_eq!(
-            parse(
-                &json!({"runtimeConfig": {"ips": [], "mac": ""}}),
-                &env("IP=;MAC=")
-            )
-            .unwrap(),
+            parse(&json!({"runtimeConfig": {"ips": [], "mac": ""}}), &env("IP=;MAC=")).unwrap(),
             Requested::default()
         );
     }
 
     #[test]
     fn addresses_come_from_every_source_once_and_prefixes_are_dropped() {
-        let raw = json!({"args": {"cni": {"ips": ["10.1.0.9"]}}, "runtimeConfig": {"ips": ["fd00::9/64", "10.1.0.9/24"]}});
+        let raw =
+            json!({"args": {"cni": {"ips": ["10.1.0.9"]}}, "runtimeConfig": {"ips": ["fd00::9/64", "10.1.0.9/24"]}});
         let r = parse(&raw, &env("IgnoreUnknown=1;IP=10.1.0.9")).unwrap();
-        assert_eq!(
-            ips(&r),
-            ["10.1.0.9 (CNI_ARGS IP=)", "fd00::9 (runtimeConfig.ips[0])"]
-        );
+        assert_eq!(ips(&r), ["10.1.0.9 (CNI_ARGS IP=)", "fd00::9 (runtimeConfig.ips[0])"]);
         let r = parse(&json!({}), &env("IP=10.1.0.9, fd00::9")).unwrap();
-        assert_eq!(
-            ips(&r),
-            [
-                "10.1.0.9 (CNI_ARGS IP= (item 1))",
-                "fd00::9 (CNI_ARGS IP= (item 2))"
-            ]
-        );
+        assert_eq!(ips(&r), ["10.1.0.9 (CNI_ARGS IP= (item 1))", "fd00::9 (CNI_ARGS IP= (item 2))"]);
     }
 
     #[test]
     fn the_capability_mac_wins_over_args_over_cni_args() {
-        let mac = |raw: Value, args: &str| {
-            parse(&raw, &env(args))
-                .unwrap()
-                .mac
-                .map(weir_bpf::addr::format_mac)
-        };
+        let mac = |raw: Value, args: &str| parse(&raw, &env(args)).unwrap().mac.map(weir_bpf::addr::format_mac);
+        assert_eq!(mac(json!({}), "MAC=0a:00:00:00:00:01").as_deref(), Some("0a:00:00:00:00:01"));
         assert_eq!(
-            mac(json!({}), "MAC=0a:00:00:00:00:01").as_deref(),
-            Some("0a:00:00:00:00:01")
-        );
-        assert_eq!(
-            mac(
-                json!({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}}),
-                "MAC=0a:00:00:00:00:01"
-            )
-            .as_deref(),
+            mac(json!({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}}), "MAC=0a:00:00:00:00:01").as_deref(),
             Some("0a:00:00:00:00:02")
         );
-        let both = json!({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}, "runtimeConfig": {"mac": "0A:00:00:00:00:03"}});
-        assert_eq!(
-            mac(both, "MAC=0a:00:00:00:00:01").as_deref(),
-            Some("0a:00:00:00:00:03")
-        );
+        let both =
+            json!({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}, "runtimeConfig": {"mac": "0A:00:00:00:00:03"}});
+        assert_eq!(mac(both, "MAC=0a:00:00:00:00:01").as_deref(), Some("0a:00:00:00:00:03"));
     }
 
     #[test]
     fn malformed_input_names_the_field_and_the_fix() {
         let e = parse(&json!({}), &env("IP=10.1.0.300")).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
-        assert!(
-            e.msg
-                .starts_with("CNI_ARGS IP=: \"10.1.0.300\" is not an IP address"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.starts_with("CNI_ARGS IP=: \"10.1.0.300\" is not an IP address"), "{}", e.msg);
         let e = parse(&json!({}), &env("IP=10.1.0.9,nope")).unwrap_err();
-        assert!(
-            e.msg.starts_with("CNI_ARGS IP= (item 2): \"nope\""),
-            "{}",
-            e.msg
-        );
-        let e = parse(
-            &json!({"runtimeConfig": {"ips": ["10.1.0.9/33"]}}),
-            &env(""),
-        )
-        .unwrap_err();
+        assert!(e.msg.starts_with("CNI_ARGS IP= (item 2): \"nope\""), "{}", e.msg);
+        let e = parse(&json!({"runtimeConfig": {"ips": ["10.1.0.9/33"]}}), &env("")).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
         assert!(e.msg.starts_with("runtimeConfig.ips[0]"), "{}", e.msg);
         let e = parse(&json!({"runtimeConfig": {"ips": "10.1.0.9"}}), &env("")).unwrap_err();
-        assert!(
-            e.msg.starts_with("runtimeConfig.ips: expected a list"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.starts_with("runtimeConfig.ips: expected a list"), "{}", e.msg);
         let e = parse(&json!({"args": {"cni": {"ips": [7]}}}), &env("")).unwrap_err();
-        assert!(
-            e.msg
-                .starts_with("args.cni.ips[0]: expected an address string"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.starts_with("args.cni.ips[0]: expected an address string"), "{}", e.msg);
         let e = parse(&json!({}), &env("MAC=0a:00:00:00:01")).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
-        assert!(
-            e.msg
-                .starts_with("CNI_ARGS MAC=: \"0a:00:00:00:01\" is not a MAC address"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.starts_with("CNI_ARGS MAC=: \"0a:00:00:00:01\" is not a MAC address"), "{}", e.msg);
         let e = parse(&json!({"runtimeConfig": {"mac": 5}}), &env("")).unwrap_err();
-        assert!(
-            e.msg
-                .starts_with("runtimeConfig.mac: expected a MAC string"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.starts_with("runtimeConfig.mac: expected a MAC string"), "{}", e.msg);
     }
 
     #[test]
     fn only_unicast_macs_are_accepted() {
-        for bad in [
-            "01:00:5e:00:00:01",
-            "ff:ff:ff:ff:ff:ff",
-            "00:00:00:00:00:00",
-            "33:33:00:00:00:01",
-        ] {
+        for bad in ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00", "33:33:00:00:00:01"] {
             let e = parse(&json!({"runtimeConfig": {"mac": bad}}), &env("")).unwrap_err();
-            assert!(
-                e.msg
-                    .starts_with(&format!("runtimeConfig.mac: {bad} is not a unicast MAC")),
-                "{}",
-                e.msg
-            );
+            assert!(e.msg.starts_with(&format!("runtimeConfig.mac: {bad} is not a unicast MAC")), "{}", e.msg);
         }
         assert!(parse(&json!({}), &env("MAC=02:42:ac:11:00:02")).is_ok());
     }

@@ -128,7 +128,9 @@ impl CniResult {
         let index = |x: &Value, at: &str, key: &str| -> Result<Option<u64>> {
             match x.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(n) => n.as_u64().map(Some).ok_or_else(|| bad(format!("{at}.{key} must be a non-negative integer"))),
+                Some(n) => {
+                    n.as_u64().map(Some).ok_or_else(|| bad(format!("{at}.{key} must be a non-negative integer")))
+                }
             }
         };
         let mut r = CniResult::default();
@@ -140,7 +142,9 @@ impl CniResult {
                 name,
                 mac: field(x, &at, "mac")?.unwrap_or_default(),
                 sandbox: field(x, &at, "sandbox")?.filter(|s| !s.is_empty()),
-                mtu: mtu.map(|m| u32::try_from(m).map_err(|_| bad(format!("{at}.mtu {m} is out of range")))).transpose()?,
+                mtu: mtu
+                    .map(|m| u32::try_from(m).map_err(|_| bad(format!("{at}.mtu {m} is out of range"))))
+                    .transpose()?,
             });
         }
         for (i, x) in list("ips")?.iter().enumerate() {
@@ -189,12 +193,30 @@ mod tests {
         CniResult {
             interfaces: vec![
                 Interface { name: "cni0".into(), mac: "02:00:00:00:00:01".into(), sandbox: None, mtu: Some(1500) },
-                Interface { name: "weir0123456789a".into(), mac: "02:00:00:00:00:02".into(), sandbox: None, mtu: Some(1500) },
-                Interface { name: "eth0".into(), mac: "02:00:00:00:00:03".into(), sandbox: Some("/run/netns/p".into()), mtu: Some(1500) },
+                Interface {
+                    name: "weir0123456789a".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    sandbox: None,
+                    mtu: Some(1500),
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "02:00:00:00:00:03".into(),
+                    sandbox: Some("/run/netns/p".into()),
+                    mtu: Some(1500),
+                },
             ],
             ips: vec![
-                IpConfig { address: "10.1.0.2/24".parse().unwrap(), gateway: Some("10.1.0.1".parse().unwrap()), interface: Some(2) },
-                IpConfig { address: "fd00::2/64".parse().unwrap(), gateway: Some("fd00::1".parse().unwrap()), interface: Some(2) },
+                IpConfig {
+                    address: "10.1.0.2/24".parse().unwrap(),
+                    gateway: Some("10.1.0.1".parse().unwrap()),
+                    interface: Some(2),
+                },
+                IpConfig {
+                    address: "fd00::2/64".parse().unwrap(),
+                    gateway: Some("fd00::1".parse().unwrap()),
+                    interface: Some(2),
+                },
             ],
             routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some("10.1.0.1".parse().unwrap()) }],
             dns: Value::Null,
@@ -204,8 +226,13 @@ mod tests {
     /// The exact bytes of every version's layout.
     #[test]
     fn golden_per_version() {
-        let golden = |v: &str| include_str!("../tests/golden/result.json").lines()
-            .find_map(|l| l.strip_prefix(&format!("{v} "))).unwrap().to_string();
+        let golden = |v: &str| {
+            include_str!("../tests/golden/result.json")
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{v} ")))
+                .unwrap()
+                .to_string()
+        };
         for v in crate::config::SUPPORTED_VERSIONS {
             let want: Value = serde_json::from_str(&golden(v)).unwrap();
             assert_eq!(sample().to_json(v), want, "version {v}");

@@ -41,7 +41,8 @@ fn install_is_idempotent_and_uninstalls() {
     let weir = tmp.path().join("opt/cni/bin/weir");
     assert_eq!(std::fs::read(&weir).unwrap(), std::fs::read(env!("CARGO_BIN_EXE_weir")).unwrap());
     let list: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("etc/cni/net.d/10-weir.conflist")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("etc/cni/net.d/10-weir.conflist")).unwrap())
+            .unwrap();
     assert_eq!(list["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.77.3.0/24");
     assert_eq!(list["cniVersion"], "1.0.0", "the default every runtime accepts");
     // No temporary files left behind by write-then-rename.

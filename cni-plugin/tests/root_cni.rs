@@ -96,7 +96,10 @@ fn root_mtu_and_routes_from_config() {
     assert!(routes.contains("10.96.0.0/12 via 10.81.0.1 dev eth0"), "{routes}");
     assert!(routes.contains("192.0.2.0/24 via 10.81.0.254 dev eth0"), "{routes}");
     // Reported as configured (like the reference bridge), the default route with its gateway.
-    assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.81.0.1"}, {"dst": "10.96.0.0/12"}, {"dst": "192.0.2.0/24", "gw": "10.81.0.254"}]));
+    assert_eq!(
+        r["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.81.0.1"}, {"dst": "10.96.0.0/12"}, {"dst": "192.0.2.0/24", "gw": "10.81.0.254"}])
+    );
     node.del("c1", &pod, &conf).ok();
     node.assert_clean("c1", Some(&pod));
 }

@@ -83,7 +83,8 @@ fn root_results_have_the_reference_bridge_shape() {
         ref_conf.as_object_mut().unwrap().remove("policy");
         let ours = ours_node.add("s1", &p1, &ours_conf).ok().clone();
         let call = Call::new("ADD", "s1", &p2.path(), "eth0");
-        let theirs = exec_plugin(&ref_node.ns, &format!("{REF_DIR}/bridge"), &call, &serde_json::to_vec(&ref_conf).unwrap());
+        let theirs =
+            exec_plugin(&ref_node.ns, &format!("{REF_DIR}/bridge"), &call, &serde_json::to_vec(&ref_conf).unwrap());
         let theirs = theirs.ok().clone();
         assert_eq!(shape(&ours), shape(&theirs), "version {v}:\nours   {ours}\ntheirs {theirs}");
         // Same meaning too: the pod interface is the one ips[] point at.
@@ -119,7 +120,8 @@ fn run_list(node: &Node, list: &Value, command: &str, id: &str, pod: &Netns, pre
         conf["cniVersion"] = list["cniVersion"].clone();
         // Capabilities the runtime fills in.
         if p["capabilities"]["portMappings"] == json!(true) {
-            conf["runtimeConfig"] = json!({ "portMappings": [{ "hostPort": 18080, "containerPort": 80, "protocol": "tcp" }] });
+            conf["runtimeConfig"] =
+                json!({ "portMappings": [{ "hostPort": 18080, "containerPort": 80, "protocol": "tcp" }] });
         }
         if p["capabilities"]["bandwidth"] == json!(true) {
             conf["runtimeConfig"] = json!({ "bandwidth": { "ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000 } });

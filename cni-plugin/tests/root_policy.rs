@@ -96,7 +96,8 @@ fn play_policyd(node: &Node, root: &BpfRoot, id: &str) -> u32 {
             // policyd also puts the pod's addresses in the ipcache.
             for ip in &rec.ips {
                 let net = ipnet::IpNet::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).unwrap();
-                dp.set_ipcache(net, &abi::IpcacheValue { identity: 256, endpoint: rec.host_ifindex, flags: 0, pad: 0 }).unwrap();
+                dp.set_ipcache(net, &abi::IpcacheValue { identity: 256, endpoint: rec.host_ifindex, flags: 0, pad: 0 })
+                    .unwrap();
             }
             return rec.host_ifindex;
         }
@@ -210,7 +211,8 @@ fn root_enforce_gc_and_status() {
     assert_eq!(node.weir(&status, &conf).code, 0, "pins exist now");
     let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
     assert_eq!(dp.endpoints().unwrap().len(), 3);
-    let keep_idx = weir_common::registry::Registry::under(node.run_dir()).get("g0", "eth0").unwrap().unwrap().host_ifindex;
+    let keep_idx =
+        weir_common::registry::Registry::under(node.run_dir()).get("g0", "eth0").unwrap().unwrap().host_ifindex;
     let mut c = conf.clone();
     c["cni.dev/valid-attachments"] = json!([{ "containerID": "g0", "ifname": "eth0" }]);
     node.weir(&Call { command: "GC".into(), ..Default::default() }, &c).ok();
@@ -312,7 +314,11 @@ fn root_enforce_without_pod_identity_fails_at_once_naming_what_is_missing() {
     call.args = Some("IgnoreUnknown=1".into());
     let r = node.weir(&call, &conf);
     assert_eq!(r.err_code(), 4, "{r:?}");
-    assert!(r.msg().contains("K8S_POD_NAMESPACE or K8S_POD_NAME") && r.msg().contains("\"enforce\": false"), "{}", r.msg());
+    assert!(
+        r.msg().contains("K8S_POD_NAMESPACE or K8S_POD_NAME") && r.msg().contains("\"enforce\": false"),
+        "{}",
+        r.msg()
+    );
     node.assert_clean("nok8s", Some(&pod));
     assert!(!pod.has_link("eth0"));
     assert!(!root.0.exists(), "nothing was loaded for it");

@@ -115,7 +115,11 @@ mod tests {
     use super::*;
 
     fn net(node: &str, cidrs: &[&str]) -> NodeNetwork {
-        NodeNetwork { node: node.into(), pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(), mtu: Some(1450) }
+        NodeNetwork {
+            node: node.into(),
+            pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            mtu: Some(1450),
+        }
     }
 
     #[test]

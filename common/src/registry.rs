@@ -11,8 +11,8 @@
 //! directories are root's alone (`crate::trust`): they decide which pod an
 //! interface is.
 
-use serde::{Deserialize, Serialize};
 use crate::trust::{self, TrustError};
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
 use std::net::IpAddr;

@@ -47,13 +47,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TrustError + '_ {
 /// safe as well.
 pub fn check_dir(dir: &Path) -> Result<(), TrustError> {
     let md = fs::symlink_metadata(dir).map_err(io_err(dir))?;
-    let untrusted = |why: String| TrustError::Untrusted {
+    let untrusted = |why: String| {
+        TrustError::Untrusted {
         path: dir.to_path_buf(),
         why,
         fix: format!(
             "Remove it (`rm -r {0}`) and let Weir create it, or make it root's: `chown root:root {0} && chmod 0700 {0}`",
             dir.display()
         ),
+    }
     };
     if md.file_type().is_symlink() {
         return Err(untrusted("a symbolic link".into()));
@@ -74,11 +76,8 @@ pub fn check_dir(dir: &Path) -> Result<(), TrustError> {
 /// Every existing ancestor of `path`: owned by root, and either not
 /// writable by group and others, or sticky.
 fn check_ancestors(path: &Path) -> Result<(), TrustError> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(io_err(path))?.join(path)
-    };
+    let abs =
+        if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().map_err(io_err(path))?.join(path) };
     for anc in abs.ancestors().skip(1) {
         let md = match fs::metadata(anc) {
             Ok(md) => md,

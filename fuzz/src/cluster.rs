@@ -23,9 +23,7 @@ const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP", "tcp", "ICMP"];
 const PHASES: &[&str] = &["Running", "Pending", "Succeeded", "Failed", ""];
 const POLICY_TYPES: &[&str] = &["Ingress", "Egress", "Other"];
 /// Port numbers near each other and near block boundaries.
-const PORTS: &[i32] = &[
-    53, 80, 81, 443, 1000, 1023, 1024, 2000, 8080, 65535, 0, -1, 65536,
-];
+const PORTS: &[i32] = &[53, 80, 81, 443, 1000, 1023, 1024, 2000, 8080, 65535, 0, -1, 65536];
 
 fn pick<'a>(v: &[&'a str], i: u8) -> &'a str {
     v[i as usize % v.len()]
@@ -148,13 +146,7 @@ impl Selector {
                 m.insert("key".into(), json!(pick(KEYS, e.key)));
                 m.insert("operator".into(), json!(pick(OPERATORS, e.operator)));
                 if let Some(vs) = &e.values {
-                    m.insert(
-                        "values".into(),
-                        take(vs, MAX_LIST)
-                            .iter()
-                            .map(|v| json!(pick(VALUES, *v)))
-                            .collect(),
-                    );
+                    m.insert("values".into(), take(vs, MAX_LIST).iter().map(|v| json!(pick(VALUES, *v))).collect());
                 }
                 Value::Object(m)
             })
@@ -218,16 +210,10 @@ fn rules(rs: &[RuleIn], peer_key: &str) -> Value {
         .map(|r| {
             let mut m = Map::new();
             if let Some(ps) = &r.peers {
-                m.insert(
-                    peer_key.into(),
-                    take(ps, MAX_LIST).iter().map(PeerIn::json).collect(),
-                );
+                m.insert(peer_key.into(), take(ps, MAX_LIST).iter().map(PeerIn::json).collect());
             }
             if let Some(ps) = &r.ports {
-                m.insert(
-                    "ports".into(),
-                    take(ps, MAX_LIST).iter().map(PortIn::json).collect(),
-                );
+                m.insert("ports".into(), take(ps, MAX_LIST).iter().map(PortIn::json).collect());
             }
             Value::Object(m)
         })
@@ -292,10 +278,7 @@ impl Cluster {
             if let Some(t) = &p.policy_types {
                 spec.insert(
                     "policyTypes".into(),
-                    take(t, MAX_LIST)
-                        .iter()
-                        .map(|x| json!(pick(POLICY_TYPES, *x)))
-                        .collect(),
+                    take(t, MAX_LIST).iter().map(|x| json!(pick(POLICY_TYPES, *x))).collect(),
                 );
             }
             if let Some(r) = &p.ingress {

@@ -39,11 +39,7 @@ pub fn run(data: &[u8]) {
         if let Ok(e) = config::parse_env(cmd, env) {
             if matches!(cmd, Command::Add | Command::Del | Command::Check) {
                 check_container_id(&e.container_id);
-                assert!(
-                    kernel_accepts_ifname(&e.ifname),
-                    "CNI_IFNAME {:?} accepted",
-                    e.ifname
-                );
+                assert!(kernel_accepts_ifname(&e.ifname), "CNI_IFNAME {:?} accepted", e.ifname);
             }
         }
     }
@@ -56,49 +52,31 @@ pub fn kernel_accepts_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace() || b == 0x0b)
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace() || b == 0x0b)
 }
 
 fn check_container_id(id: &str) {
     // It names files (IPAM reservations, endpoint records) and host veths.
-    assert!(
-        !id.is_empty() && !id.contains('/') && id != "." && id != "..",
-        "container id {id:?} accepted"
-    );
+    assert!(!id.is_empty() && !id.contains('/') && id != "." && id != "..", "container id {id:?} accepted");
 }
 
 fn check_netconf(c: &NetConf) {
-    assert!(
-        SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()),
-        "cniVersion {:?} accepted",
-        c.cni_version
-    );
+    assert!(SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()), "cniVersion {:?} accepted", c.cni_version);
     // The network name is a directory name under the IPAM data dir.
     assert!(
         !c.name.is_empty() && !c.name.contains('/') && c.name != "." && c.name != "..",
         "name {:?} accepted",
         c.name
     );
-    assert!(
-        kernel_accepts_ifname(&c.bridge),
-        "bridge {:?} accepted, the kernel refuses it",
-        c.bridge
-    );
-    assert!(
-        c.mtu.is_none_or(|m| (68..=65535).contains(&m)),
-        "mtu {:?} accepted",
-        c.mtu
-    );
+    assert!(kernel_accepts_ifname(&c.bridge), "bridge {:?} accepted, the kernel refuses it", c.bridge);
+    assert!(c.mtu.is_none_or(|m| (68..=65535).contains(&m)), "mtu {:?} accepted", c.mtu);
     for n in &c.cluster_cidrs {
         let _ = n.trunc();
     }
     match &c.ipam {
-        Ipam::Delegate { plugin } => assert!(
-            !plugin.is_empty() && !plugin.contains('/'),
-            "ipam.type {plugin:?} accepted"
-        ),
+        Ipam::Delegate { plugin } => {
+            assert!(!plugin.is_empty() && !plugin.contains('/'), "ipam.type {plugin:?} accepted")
+        }
         Ipam::HostLocal(h) => {
             // Ranges left out come from the node's network file; until
             // it is there, ADD must be able to say why it has none.
@@ -120,15 +98,8 @@ fn check_netconf(c: &NetConf) {
                 let s = r.subnet;
                 assert_eq!(s, s.trunc(), "subnet {s} with host bits accepted");
                 let bits = if s.addr().is_ipv4() { 32 } else { 128 };
-                assert!(
-                    s.prefix_len() + 2 <= bits,
-                    "subnet {s} too small to allocate from accepted"
-                );
-                for (what, a) in [
-                    ("rangeStart", r.start),
-                    ("rangeEnd", r.end),
-                    ("gateway", r.gateway),
-                ] {
+                assert!(s.prefix_len() + 2 <= bits, "subnet {s} too small to allocate from accepted");
+                for (what, a) in [("rangeStart", r.start), ("rangeEnd", r.end), ("gateway", r.gateway)] {
                     assert!(s.contains(&a), "{what} {a} outside {s} accepted");
                 }
                 assert!(
@@ -137,24 +108,12 @@ fn check_netconf(c: &NetConf) {
                     r.start,
                     r.end
                 );
-                assert!(
-                    r.capacity()
-                        <= weir_cni::ip::to_u128(r.end) - weir_cni::ip::to_u128(r.start) + 1
-                );
-                let _ = (
-                    r.with_prefix(r.start),
-                    r.with_prefix(r.end),
-                    r.with_prefix(r.gateway),
-                );
+                assert!(r.capacity() <= weir_cni::ip::to_u128(r.end) - weir_cni::ip::to_u128(r.start) + 1);
+                let _ = (r.with_prefix(r.start), r.with_prefix(r.end), r.with_prefix(r.gateway));
             }
             for (i, a) in all.iter().enumerate() {
                 for b in &all[i + 1..] {
-                    assert!(
-                        !a.overlaps(b),
-                        "overlapping ranges {} and {} accepted",
-                        a.subnet,
-                        b.subnet
-                    );
+                    assert!(!a.overlaps(b), "overlapping ranges {} and {} accepted", a.subnet, b.subnet);
                 }
             }
             for rt in &h.routes {
@@ -196,9 +155,6 @@ fn check_cni_args(args: &[(String, String)]) {
     let again = config::parse_cni_args(&joined.join(";")).expect("re-joined CNI_ARGS parse");
     assert_eq!(again, args);
     for (k, v) in args {
-        assert!(
-            !k.contains('=') && !k.contains(';') && !v.contains(';'),
-            "pair {k:?}={v:?}"
-        );
+        assert!(!k.contains('=') && !k.contains(';') && !v.contains(';'), "pair {k:?}={v:?}");
     }
 }

@@ -42,8 +42,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use weir_bpf::abi::{
-    Endpoint, IpcacheValue, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
-    EP_READY, ID_ANY, ID_FIRST_CIDR, ID_HOST, ID_WORLD, IPCACHE_SERVICE,
+    Endpoint, IpcacheValue, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_READY, ID_ANY,
+    ID_FIRST_CIDR, ID_HOST, ID_WORLD, IPCACHE_SERVICE,
 };
 use weir_bpf::{pkt, Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
 
@@ -183,51 +183,21 @@ fn rules() -> Vec<Rule> {
     let (tcp, udp, sctp) = (Some(6), Some(17), Some(132));
     let id = Peer::Identity;
     let block = |c: &str, ex: &[&str]| Peer::Block(net(c), ex.iter().map(|e| net(e)).collect());
-    let r = |pod, dir, peer, proto, ports| Rule {
-        pod,
-        dir,
-        peer,
-        proto,
-        ports,
-    };
+    let r = |pod, dir, peer, proto, ports| Rule { pod, dir, peer, proto, ports };
     vec![
         // e's ingress
         r(0, DIR_INGRESS, id(301), tcp, Some((80, 80))),
         r(0, DIR_INGRESS, id(ID_ANY), udp, Some((53, 53))),
-        r(
-            0,
-            DIR_INGRESS,
-            block("192.168.0.0/16", &["192.168.1.0/24"]),
-            sctp,
-            Some((1000, 2000)),
-        ),
-        r(
-            0,
-            DIR_INGRESS,
-            block("2001:db8::/32", &["2001:db8:1::/48"]),
-            tcp,
-            None,
-        ),
+        r(0, DIR_INGRESS, block("192.168.0.0/16", &["192.168.1.0/24"]), sctp, Some((1000, 2000))),
+        r(0, DIR_INGRESS, block("2001:db8::/32", &["2001:db8:1::/48"]), tcp, None),
         r(0, DIR_INGRESS, id(ID_REMOTE), None, None),
         // e's egress
         r(0, DIR_EGRESS, id(ID_REMOTE), tcp, Some((443, 443))),
         r(0, DIR_EGRESS, id(301), tcp, Some((8080, 8090))),
-        r(
-            0,
-            DIR_EGRESS,
-            block("172.16.0.0/12", &["172.16.5.0/24"]),
-            udp,
-            None,
-        ),
+        r(0, DIR_EGRESS, block("172.16.0.0/12", &["172.16.5.0/24"]), udp, None),
         // a's egress (its ingress is open)
         r(1, DIR_EGRESS, id(300), tcp, Some((80, 90))),
-        r(
-            1,
-            DIR_EGRESS,
-            block("0.0.0.0/0", &["10.0.0.0/8"]),
-            tcp,
-            None,
-        ),
+        r(1, DIR_EGRESS, block("0.0.0.0/0", &["10.0.0.0/8"]), tcp, None),
     ]
 }
 
@@ -252,27 +222,20 @@ thread_local! {
 impl Node {
     fn new() -> Node {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "packet_verdict needs root (BPF programs, a network namespace)"
-        );
+        assert_eq!(unsafe { libc::geteuid() }, 0, "packet_verdict needs root (BPF programs, a network namespace)");
         sweep_stale_roots();
         // SAFETY: moves only this thread into a new, empty network namespace;
         // its veths vanish with the process.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            r,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        let root = ROOT
-            .get_or_init(|| PathBuf::from(format!("/sys/fs/bpf/weir-fuzz-{}", std::process::id())));
+        assert_eq!(r, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        let root = ROOT.get_or_init(|| PathBuf::from(format!("/sys/fs/bpf/weir-fuzz-{}", std::process::id())));
         // SAFETY: registers a plain extern "C" function.
         unsafe { libc::atexit(remove_root) };
         let dp = Dataplane::load_or_open(root).unwrap_or_else(|e| {
-            panic!("cannot load the dataplane under {} ({e}); is bpffs mounted? mount -t bpf bpf /sys/fs/bpf", root.display())
+            panic!(
+                "cannot load the dataplane under {} ({e}); is bpffs mounted? mount -t bpf bpf /sys/fs/bpf",
+                root.display()
+            )
         });
         let names: Vec<&str> = PODS.iter().map(|p| p.name).chain([UNKNOWN]).collect();
         let ifindex: Vec<u32> = names.iter().map(|n| veth(n)).collect();
@@ -282,12 +245,7 @@ impl Node {
             // As CNI ADD writes it, then policyd's identity and flags.
             let ep = Endpoint::for_pod(pod.mac, &[net(pod.v4), net(pod.v6)], 0)
                 .unwrap_or_else(|e| panic!("PODS: {}: {e}", pod.name));
-            let ep = Endpoint {
-                identity: pod.identity,
-                flags: pod.flags,
-                revision: 1,
-                ..ep
-            };
+            let ep = Endpoint { identity: pod.identity, flags: pod.flags, revision: 1, ..ep };
             dp.set_endpoint(ifindex[i], &ep).unwrap();
             for a in [pod.v4, pod.v6] {
                 ipcache.push((IpNet::from(net(a).addr()), pod.identity, ifindex[i], 0));
@@ -297,12 +255,7 @@ impl Node {
             ipcache.push((net(p), *identity, 0, *flags));
         }
         for (n, identity, endpoint, flags) in &ipcache {
-            let v = IpcacheValue {
-                identity: *identity,
-                endpoint: *endpoint,
-                flags: *flags,
-                ..Default::default()
-            };
+            let v = IpcacheValue { identity: *identity, endpoint: *endpoint, flags: *flags, ..Default::default() };
             dp.set_ipcache(*n, &v).unwrap();
         }
         let rules = rules();
@@ -329,20 +282,12 @@ impl Node {
             };
             dp.allow(&rule, 1 + i as u32).unwrap();
         }
-        Node {
-            dp,
-            ifindex,
-            owned: PODS.iter().map(Pod::owned).collect(),
-            uplink,
-            rules,
-            ipcache,
-        }
+        Node { dp, ifindex, owned: PODS.iter().map(Pod::owned).collect(), uplink, rules, ipcache }
     }
 
     /// The MAC the pod hooks of `ifindex` see frames addressed with.
     fn mac(&self, ifindex: u32) -> [u8; 6] {
-        self.pod_of(ifindex)
-            .map_or(UNKNOWN_MAC, |pod| self.owned[pod].mac)
+        self.pod_of(ifindex).map_or(UNKNOWN_MAC, |pod| self.owned[pod].mac)
     }
 
     /// Longest-prefix match in the ipcache as written.
@@ -356,10 +301,7 @@ impl Node {
     }
 
     fn pod_of(&self, ifindex: u32) -> Option<usize> {
-        self.ifindex
-            .iter()
-            .position(|i| *i == ifindex)
-            .filter(|i| *i < PODS.len())
+        self.ifindex.iter().position(|i| *i == ifindex).filter(|i| *i < PODS.len())
     }
 
     /// Whether the rules let endpoint `ep` talk in `dir` with the peer
@@ -373,11 +315,7 @@ impl Node {
         if flags & EP_READY == 0 {
             return false;
         }
-        let iso = if dir == DIR_INGRESS {
-            EP_INGRESS_ISOLATED
-        } else {
-            EP_EGRESS_ISOLATED
-        };
+        let iso = if dir == DIR_INGRESS { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
         if flags & iso == 0 {
             return true;
         }
@@ -386,9 +324,7 @@ impl Node {
                 && r.dir == dir
                 && match &r.peer {
                     Peer::Identity(id) => *id == ID_ANY || *id == identity,
-                    Peer::Block(c, holes) => {
-                        c.contains(&addr) && !holes.iter().any(|h| h.contains(&addr))
-                    }
+                    Peer::Block(c, holes) => c.contains(&addr) && !holes.iter().any(|h| h.contains(&addr)),
                 }
                 && r.proto.is_none_or(|p| p == proto)
                 && r.ports.is_none_or(|(a, b)| (a..=b).contains(&port))
@@ -414,11 +350,7 @@ fn veth(name: &str) -> u32 {
         .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
         .output()
         .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip link add {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ip link add {name}: {}", String::from_utf8_lossy(&out.stderr));
     let c = std::ffi::CString::new(name).unwrap();
     // SAFETY: a valid C string; the lookup runs in this thread's netns.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -440,10 +372,7 @@ fn sweep_stale_roots() {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("weir-fuzz-")
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = name.strip_prefix("weir-fuzz-").and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -520,13 +449,7 @@ impl Pkt {
         }
     }
     fn tuple(&self) -> Tuple {
-        (
-            as_keyed(self.src),
-            as_keyed(self.dst),
-            self.proto,
-            self.sport,
-            self.dport,
-        )
+        (as_keyed(self.src), as_keyed(self.dst), self.proto, self.sport, self.dport)
     }
 }
 
@@ -617,11 +540,7 @@ fn parse_v6(f: &[u8]) -> Option<Parsed> {
             }
             continue;
         }
-        p.l4 += if nh == 51 {
-            (b[1] as usize + 2) * 4
-        } else {
-            (b[1] as usize + 1) * 8
-        };
+        p.l4 += if nh == 51 { (b[1] as usize + 2) * 4 } else { (b[1] as usize + 1) * 8 };
         nh = b[0];
     }
     if is_ext(nh) || p.l4 > end {
@@ -675,11 +594,7 @@ fn parse_l4(f: &[u8], mut p: Pkt, v6: bool) -> Option<Parsed> {
 /// An Ethernet/IPv4 ARP request or reply: (sender MAC, sender IP, target IP).
 fn arp(f: &[u8]) -> Option<([u8; 6], Ipv4Addr, Ipv4Addr)> {
     let a = f.get(14..14 + 28)?;
-    let ok = be16(a, 0)? == 1
-        && be16(a, 2)? == 0x0800
-        && a[4] == 6
-        && a[5] == 4
-        && matches!(be16(a, 6)?, 1 | 2);
+    let ok = be16(a, 0)? == 1 && be16(a, 2)? == 0x0800 && a[4] == 6 && a[5] == 4 && matches!(be16(a, 6)?, 1 | 2);
     let ip = |at: usize| Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]);
     ok.then(|| (mac_at(a, 8), ip(14), ip(24)))
 }
@@ -749,9 +664,7 @@ impl Owned {
         let p = match parsed {
             Parsed::Vlan => return Err("VLAN-tagged".into()),
             Parsed::Malformed => return Err("malformed".into()),
-            _ if mac_at(f, 6) != self.mac => {
-                return Err("Ethernet source is not the pod's MAC".into())
-            }
+            _ if mac_at(f, 6) != self.mac => return Err("Ethernet source is not the pod's MAC".into()),
             Parsed::NotIp(ETH_ARP) => {
                 let Some((sha, spa, _)) = arp(f) else {
                     return Err("ARP that is no Ethernet/IPv4 request or reply".into());
@@ -795,10 +708,8 @@ impl Owned {
         }
         let mut off = p.l4 + 8;
         if ty != rs {
-            let target = (off + 16 <= p.end)
-                .then(|| v6_at(f, off))
-                .flatten()
-                .ok_or("ND message too short for its target")?;
+            let target =
+                (off + 16 <= p.end).then(|| v6_at(f, off)).flatten().ok_or("ND message too short for its target")?;
             off += 16;
             let claims = ty == na || (ty == ns && unspecified);
             if claims && !self.owns_on_link(IpAddr::V6(target)) {
@@ -835,9 +746,7 @@ impl Owned {
         let p = match parsed {
             Parsed::Vlan => return Err("VLAN-tagged".into()),
             Parsed::Malformed => return Err("malformed".into()),
-            _ if dst_mac[0] & 1 == 0 && dst_mac != self.mac => {
-                return Err("unicast to another MAC".into())
-            }
+            _ if dst_mac[0] & 1 == 0 && dst_mac != self.mac => return Err("unicast to another MAC".into()),
             Parsed::NotIp(ETH_ARP) => {
                 let Some((_, spa, tpa)) = arp(f) else {
                     return Err("ARP that is no Ethernet/IPv4 request or reply".into());
@@ -868,8 +777,8 @@ impl Owned {
         match as_keyed(d) {
             IpAddr::V4(d) => {
                 let host_bits = 32 - u32::from(self.v4_prefix);
-                let subnet_broadcast = self.v4_prefix < 31
-                    && u32::from(d) == u32::from(self.v4) | (u32::MAX >> (32 - host_bits));
+                let subnet_broadcast =
+                    self.v4_prefix < 31 && u32::from(d) == u32::from(self.v4) | (u32::MAX >> (32 - host_bits));
                 d.is_broadcast() || d.is_multicast() || subnet_broadcast
             }
             IpAddr::V6(d) => {
@@ -914,9 +823,7 @@ impl Flows {
             let reply = fl.tuple == reversed(&t);
             match hook {
                 Hook::FromPod => (same && fl.egress_ep == ep) || (reply && fl.ingress_ep == ep),
-                Hook::LeaveNode => {
-                    (same && fl.egress_ep == ep && !fl.service) || (reply && fl.ingress_ep == ep)
-                }
+                Hook::LeaveNode => (same && fl.egress_ep == ep && !fl.service) || (reply && fl.ingress_ep == ep),
                 Hook::ToPod => (same && fl.ingress_ep == ep) || (reply && fl.egress_ep == ep),
             }
         })
@@ -926,9 +833,7 @@ impl Flows {
         self.0.iter().any(|fl| {
             let (s, d, pr, ..) = fl.tuple;
             let q = (as_keyed(q.0), as_keyed(q.1), q.2);
-            pr == q.2
-                && ((s, d) == (q.0, q.1) || (s, d) == (q.1, q.0))
-                && (fl.egress_ep == ep || fl.ingress_ep == ep)
+            pr == q.2 && ((s, d) == (q.0, q.1) || (s, d) == (q.1, q.0)) && (fl.egress_ep == ep || fl.ingress_ep == ep)
         })
     }
 }
@@ -938,9 +843,9 @@ impl Flows {
     fn record(&mut self, hook: Hook, ifindex: u32, f: &[u8], judgement: Judgement) {
         match judgement {
             Judgement::May(flow) => self.0.extend(flow),
-            Judgement::MustDrop(why) => panic!(
-                "{hook:?} on ifindex {ifindex} passed a frame it must drop ({why})\nframe: {f:02x?}"
-            ),
+            Judgement::MustDrop(why) => {
+                panic!("{hook:?} on ifindex {ifindex} passed a frame it must drop ({why})\nframe: {f:02x?}")
+            }
         }
     }
 }
@@ -981,12 +886,7 @@ impl Node {
             return May(None);
         }
         let port = p.policy_port();
-        let why = |what: &str| {
-            MustDrop(format!(
-                "{what}: {:?} {} -> {} port {port}",
-                hook, p.src, p.dst
-            ))
-        };
+        let why = |what: &str| MustDrop(format!("{what}: {:?} {} -> {} port {port}", hook, p.src, p.dst));
         if PODS[pod].flags & EP_READY == 0 {
             return why("endpoint not READY");
         }
@@ -995,23 +895,14 @@ impl Node {
                 if peer_ep != 0 || peer_flags & IPCACHE_SERVICE != 0 {
                     // Deferred to the destination's to_pod; a VIP flow is
                     // remembered for its un-DNATed reply.
-                    let flow = (peer_ep == 0).then(|| Flow {
-                        tuple: p.tuple(),
-                        egress_ep: ep,
-                        ingress_ep: 0,
-                        service: true,
-                    });
+                    let flow =
+                        (peer_ep == 0).then(|| Flow { tuple: p.tuple(), egress_ep: ep, ingress_ep: 0, service: true });
                     return May(flow);
                 }
                 if !self.allows(ep, DIR_EGRESS, peer_id, p.dst, p.proto, port) {
                     return why("egress denied");
                 }
-                May(Some(Flow {
-                    tuple: p.tuple(),
-                    egress_ep: ep,
-                    ingress_ep: 0,
-                    service: false,
-                }))
+                May(Some(Flow { tuple: p.tuple(), egress_ep: ep, ingress_ep: 0, service: false }))
             }
             _ => {
                 let me = PODS[pod].identity;
@@ -1021,12 +912,7 @@ impl Node {
                 if !self.allows(ep, DIR_INGRESS, peer_id, p.src, p.proto, port) {
                     return why("ingress denied");
                 }
-                May(Some(Flow {
-                    tuple: p.tuple(),
-                    egress_ep: peer_ep,
-                    ingress_ep: ep,
-                    service: false,
-                }))
+                May(Some(Flow { tuple: p.tuple(), egress_ep: peer_ep, ingress_ep: ep, service: false }))
             }
         }
     }
@@ -1058,12 +944,7 @@ impl Node {
                 p.src, p.dst, p.proto
             ));
         }
-        May(Some(Flow {
-            tuple: p.tuple(),
-            egress_ep: sender,
-            ingress_ep: 0,
-            service: false,
-        }))
+        May(Some(Flow { tuple: p.tuple(), egress_ep: sender, ingress_ep: 0, service: false }))
     }
 
     fn leave_node(&self, f: &[u8], flows: &mut Flows) {
@@ -1075,10 +956,8 @@ impl Node {
 
     /// Run `hook` on `ifindex` with `f`; whether it passed.
     fn run_hook(&self, hook: Hook, ifindex: u32, f: &[u8]) -> bool {
-        let action = self
-            .dp
-            .run(hook, f, ifindex)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {e:?}"));
+        let action =
+            self.dp.run(hook, f, ifindex).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {e:?}"));
         match action {
             TC_PASS => true,
             TC_DROP => false,
@@ -1108,20 +987,14 @@ pub fn run(data: &[u8]) {
     NODE.with(|node| {
         node.dp.ct_flush().expect("flush conntrack");
         let mut flows = Flows::default();
-        let frames: Vec<Vec<u8>> = std::iter::once(frame.to_vec())
-            .chain(reverse(frame))
-            .collect();
+        let frames: Vec<Vec<u8>> = std::iter::once(frame.to_vec()).chain(reverse(frame)).collect();
         for f in &frames {
             if control.leave_first() {
                 node.leave_node(f, &mut flows);
             }
             for &ep in &node.ifindex {
                 for hook in [Hook::ToPod, Hook::FromPod] {
-                    let seen = if control.raw_ethernet() {
-                        f.clone()
-                    } else {
-                        pkt::as_seen_at(hook, node.mac(ep), f)
-                    };
+                    let seen = if control.raw_ethernet() { f.clone() } else { pkt::as_seen_at(hook, node.mac(ep), f) };
                     if node.run_hook(hook, ep, &seen) {
                         let j = node.judge_pod(hook, ep, &seen, &flows);
                         flows.record(hook, ep, &seen, j);

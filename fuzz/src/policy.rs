@@ -35,10 +35,7 @@ pub fn run(data: &[u8]) {
     let parsed = match manifest::parse("fuzz.yaml", &text) {
         Ok(p) => p,
         Err(e) => {
-            assert!(
-                generated.is_none(),
-                "a well-formed generated manifest was rejected: {e}\n{text}"
-            );
+            assert!(generated.is_none(), "a well-formed generated manifest was rejected: {e}\n{text}");
             return;
         }
     };
@@ -46,19 +43,12 @@ pub fn run(data: &[u8]) {
     for obj in parsed.objects {
         let r = obj.object_ref();
         assert!(!r.name.is_empty(), "{r}: accepted without a name");
-        assert!(
-            !r.kind.namespaced() || !r.namespace.is_empty(),
-            "{r}: namespaced object without a namespace"
-        );
+        assert!(!r.kind.namespaced() || !r.namespace.is_empty(), "{r}: namespaced object without a namespace");
         store.apply(obj);
     }
     let locals = generated.unwrap_or_else(|| every_pod_local(&store));
     let d = Engine::new().compile(&store, &locals);
-    assert_eq!(
-        d,
-        Engine::new().compile(&store, &locals),
-        "two compiles of one input differ"
-    );
+    assert_eq!(d, Engine::new().compile(&store, &locals), "two compiles of one input differ");
     let wrong = reference::mismatches(&store, &locals, &d);
     if !wrong.is_empty() {
         let shown: Vec<String> = wrong.iter().take(8).map(ToString::to_string).collect();
@@ -90,13 +80,7 @@ fn every_pod_local(store: &Store) -> Vec<EndpointRecord> {
             ips: pod
                 .status
                 .iter()
-                .flat_map(|s| {
-                    s.pod_ips
-                        .iter()
-                        .flatten()
-                        .map(|p| p.ip.as_str())
-                        .chain(s.pod_ip.as_deref())
-                })
+                .flat_map(|s| s.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(s.pod_ip.as_deref()))
                 .filter_map(|ip| ip.parse().ok())
                 .collect(),
             mac: String::new(),

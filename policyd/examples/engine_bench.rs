@@ -22,10 +22,7 @@ fn vm_hwm_kib() -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let opt = |name: &str, def: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1)?.parse().ok())
-            .unwrap_or(def)
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(def)
     };
     let runs = opt("--runs", 7);
     let changes = opt("--changes", 200);
@@ -80,9 +77,7 @@ fn main() {
         // local pod's app, so every change reaches a local endpoint.
         let r = &locals[c % locals.len()];
         let ns = &r.pod_namespace;
-        let app: usize = r.pod_name[3..r.pod_name.find('-').unwrap()]
-            .parse()
-            .unwrap();
+        let app: usize = r.pod_name[3..r.pod_name.find('-').unwrap()].parse().unwrap();
         let k = match app {
             1 | 2 | 8 | 9 => app,
             3 => 4,
@@ -97,7 +92,10 @@ fn main() {
         let rules = spec.get("ingress").cloned();
         let port = 10000 + c as i64;
         match rules {
-            Some(_) => spec["ingress"].as_array_mut().unwrap().push(json!({"ports": [{"port": port}], "from": [{"podSelector": {"matchLabels": {"app": "app0"}}}]})),
+            Some(_) => spec["ingress"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"ports": [{"port": port}], "from": [{"podSelector": {"matchLabels": {"app": "app0"}}}]})),
             None => spec["ingress"] = json!([{"ports": [{"port": port}]}]),
         }
         *np = serde_json::from_value(v).unwrap();
@@ -110,11 +108,7 @@ fn main() {
         pol_times.push(w, cpu);
         pol_diff += diff.len();
         if std::env::var_os("BENCH_DEBUG").is_some() {
-            eprintln!(
-                "policy change {c} {key:?}: {} updates, {:?}",
-                diff.len(),
-                e.last_stats()
-            );
+            eprintln!("policy change {c} {key:?}: {} updates, {:?}", diff.len(), e.last_stats());
         }
         prev = d;
     }
@@ -131,17 +125,10 @@ fn main() {
         } else {
             keys[(c * 7919) % keys.len()].clone()
         };
-        let labels = store
-            .pods
-            .get_mut(&key)
-            .unwrap()
-            .metadata
-            .labels
-            .get_or_insert_with(Default::default);
+        let labels = store.pods.get_mut(&key).unwrap().metadata.labels.get_or_insert_with(Default::default);
         let tier = ["web", "api", "db", "cache", "worker"][c % 5];
         labels.insert("tier".into(), tier.into());
-        store.pods.get_mut(&key).unwrap().metadata.resource_version =
-            Some(format!("{}", 100000 + c));
+        store.pods.get_mut(&key).unwrap().metadata.resource_version = Some(format!("{}", 100000 + c));
         let ((d, diff), w, cpu) = measure(|| {
             let d = e.compile(&store, &locals);
             let diff = DesiredDiff::between(&prev, &d);

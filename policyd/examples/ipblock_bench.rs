@@ -39,10 +39,7 @@ fn block(k: usize) -> (String, Vec<String>) {
         let hole = Ipv4Addr::from(u32::from(base) + 16);
         (format!("{base}/24"), vec![format!("{hole}/28")])
     } else {
-        (
-            format!("{}/32", Ipv4Addr::from(u32::from(base) + 1)),
-            vec![],
-        )
+        (format!("{}/32", Ipv4Addr::from(u32::from(base) + 1)), vec![])
     }
 }
 
@@ -56,10 +53,7 @@ fn ipblock_policy(namespace: &str, n: usize) -> NetworkPolicy {
     let peers = (0..n)
         .map(block)
         .map(|(cidr, except)| NetworkPolicyPeer {
-            ip_block: Some(IPBlock {
-                cidr,
-                except: Some(except),
-            }),
+            ip_block: Some(IPBlock { cidr, except: Some(except) }),
             ..Default::default()
         })
         .collect();
@@ -70,10 +64,7 @@ fn ipblock_policy(namespace: &str, n: usize) -> NetworkPolicy {
 /// One namespace, one local pod the policy selects.
 fn small_store() -> (Store, Vec<EndpointRecord>) {
     let mut s = Store::default();
-    s.namespaces.insert(
-        "ipb".into(),
-        serde_json::from_value(json!({"metadata": {"name": "ipb"}})).unwrap(),
-    );
+    s.namespaces.insert("ipb".into(), serde_json::from_value(json!({"metadata": {"name": "ipb"}})).unwrap());
     let pod = serde_json::from_value(json!({
         "metadata": {"name": "target", "namespace": "ipb", "labels": {"ipblocks": "yes"}},
         "spec": {"containers": [{"name": "c"}]},
@@ -112,23 +103,15 @@ fn compile_cpu(store: &Store, locals: &[EndpointRecord], runs: usize) -> (Durati
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned());
     let sizes: Vec<usize> = arg("--sizes")
-        .map(|s| {
-            s.split(',')
-                .map(|n| n.trim().parse().expect("--sizes: numbers, comma-separated"))
-                .collect()
-        })
+        .map(|s| s.split(',').map(|n| n.trim().parse().expect("--sizes: numbers, comma-separated")).collect())
         .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
-    let runs: usize = arg("--runs")
-        .map(|n| n.parse().expect("--runs: a number"))
-        .unwrap_or(3);
+    let runs: usize = arg("--runs").map(|n| n.parse().expect("--runs: a number")).unwrap_or(3);
 
-    println!("| ipBlocks | partition ms | growth | full compile ms | growth | cidr entries | compile peak above live MiB |");
+    println!(
+        "| ipBlocks | partition ms | growth | full compile ms | growth | cidr entries | compile peak above live MiB |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let (mut store, locals) = small_store();
     let mut prev: Option<(usize, Duration, Duration)> = None;
@@ -150,25 +133,15 @@ fn main() {
         drop(blocks);
         let split = median(&mut split);
 
-        store.policies.insert(
-            ("ipb".into(), "np-ipblocks".into()),
-            ipblock_policy("ipb", n),
-        );
+        store.policies.insert(("ipb".into(), "np-ipblocks".into()), ipblock_policy("ipb", n));
         let live = status_kib("VmRSS:");
         reset_peak_rss();
         let (full, cidr_entries) = compile_cpu(&store, &locals, runs);
         let peak = status_kib("VmHWM:").saturating_sub(live);
-        assert!(
-            cidr_entries >= parts,
-            "the selected endpoint holds every prefix of the split"
-        );
+        assert!(cidr_entries >= parts, "the selected endpoint holds every prefix of the split");
 
         let growth = |now: Duration, before: Duration, prev_n: usize| {
-            format!(
-                "x{:.1} for x{:.0} blocks",
-                now.as_secs_f64() / before.as_secs_f64(),
-                n as f64 / prev_n as f64
-            )
+            format!("x{:.1} for x{:.0} blocks", now.as_secs_f64() / before.as_secs_f64(), n as f64 / prev_n as f64)
         };
         let (g_split, g_full) = match prev {
             Some((pn, ps, pf)) => (growth(split, ps, pn), growth(full, pf, pn)),
@@ -189,18 +162,9 @@ fn main() {
         let (alone, _) = compile_cpu(&store, &locals, runs);
         // The policy selects one local pod of the cluster.
         let target = (locals[0].pod_namespace.clone(), locals[0].pod_name.clone());
-        let labels = store
-            .pods
-            .get_mut(&target)
-            .unwrap()
-            .metadata
-            .labels
-            .get_or_insert_with(Default::default);
+        let labels = store.pods.get_mut(&target).unwrap().metadata.labels.get_or_insert_with(Default::default);
         labels.insert("ipblocks".into(), "yes".into());
-        store.policies.insert(
-            (target.0.clone(), "np-ipblocks".into()),
-            ipblock_policy(&target.0, n),
-        );
+        store.policies.insert((target.0.clone(), "np-ipblocks".into()), ipblock_policy(&target.0, n));
         let (with, _) = compile_cpu(&store, &locals, runs);
         println!();
         println!(

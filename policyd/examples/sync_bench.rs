@@ -96,7 +96,10 @@ fn change(store: &mut Store, locals: &[EndpointRecord], c: usize) -> Kind {
                     // The policy added two policy changes ago, in its namespace.
                     let added = round - 2;
                     let ns = locals[added % locals.len()].pod_namespace.clone();
-                    store.policies.remove(&(ns, format!("bench-{added}"))).expect("the policy added two policy changes ago");
+                    store
+                        .policies
+                        .remove(&(ns, format!("bench-{added}")))
+                        .expect("the policy added two policy changes ago");
                 }
             }
         }
@@ -170,7 +173,8 @@ fn run(root: &Path, changes: usize) -> Result<()> {
     let (mut store, locals) = build();
     println!("{}", describe(&store, &locals, t.elapsed()));
 
-    let dp = Dataplane::load_or_open(root).with_context(|| format!("loading the dataplane under {}", root.display()))?;
+    let dp =
+        Dataplane::load_or_open(root).with_context(|| format!("loading the dataplane under {}", root.display()))?;
     // What CNI ADD writes before policyd has seen the pod: not ready.
     for r in &locals {
         dp.set_endpoint(r.host_ifindex, &abi::Endpoint::default())
@@ -245,7 +249,9 @@ fn run(root: &Path, changes: usize) -> Result<()> {
     }
 
     println!();
-    println!("{changes} single changes, kinds in turn; time from the change being in the Store to Sync::apply returning:");
+    println!(
+        "{changes} single changes, kinds in turn; time from the change being in the Store to Sync::apply returning:"
+    );
     for (i, k) in KINDS.iter().enumerate() {
         let (f, b) = (&full[i], &base[i]);
         println!("  {}", f.times.as_ref().unwrap().report(&format!("{}: compile + diff + map writes", k.name())));
@@ -282,7 +288,9 @@ fn run(root: &Path, changes: usize) -> Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str, def: usize| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(def);
+    let opt = |name: &str, def: usize| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(def)
+    };
     let changes = opt("--changes", 300);
     if changes < 200 {
         eprintln!("--changes {changes}: at least 200, for a p99 that means something");

@@ -70,12 +70,9 @@ const LOOP_STALL: Duration = Duration::from_secs(60);
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let http_state = HttpState::new(metrics.clone());
-    let listener = http::bind(opts.listen).await.with_context(|| {
-        format!(
-            "--listen {}: cannot bind (is another weir-policyd running?)",
-            opts.listen
-        )
-    })?;
+    let listener = http::bind(opts.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind (is another weir-policyd running?)", opts.listen))?;
     http::spawn(listener, http_state.clone());
 
     // A fresh machine has no bpffs at /sys/fs/bpf: the node agent mounts it
@@ -123,10 +120,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let mut store = Store::default();
     log::info!("waiting for every object kind's initial list");
-    source
-        .wait_synced(&mut store)
-        .await
-        .context("the object source stopped before its initial lists")?;
+    source.wait_synced(&mut store).await.context("the object source stopped before its initial lists")?;
 
     // Node networking first and on its own: a few netlink calls, never
     // behind a policy compile.
@@ -143,10 +137,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut agent = Agent::new(dp, registry, &opts.run_dir, metrics.clone(), SLICE_BUDGET)
         .context("reading back the pinned maps")?;
     agent.seed_identities();
-    log::info!(
-        "synced: {} objects; programming the maps",
-        store_size(&store)
-    );
+    log::info!("synced: {} objects; programming the maps", store_size(&store));
     loop {
         match agent.reconcile(&store, Instant::now()) {
             Ok(Progress::Complete) => break,
@@ -159,11 +150,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     http_state.set_ready(true);
     metrics.ready.set(&[], 1.0);
-    log::info!(
-        "ready: node {} revision {}",
-        opts.node_name,
-        agent.sync.revision()
-    );
+    log::info!("ready: node {} revision {}", opts.node_name, agent.sync.revision());
 
     // CNI STATUS reads this to tell the runtime whether ADD can be served.
     let progress = Arc::new(LoopProgress::new());
@@ -209,9 +196,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     pending = false;
-                    log::error!(
-                        "sync to the maps failed (retrying on the next change or resync): {e:#}"
-                    );
+                    log::error!("sync to the maps failed (retrying on the next change or resync): {e:#}");
                 }
             }
         }
@@ -272,27 +257,18 @@ impl Agent {
             .filter(|(_, e)| e.flags & abi::EP_READY == 0)
             .map(|(ifindex, _)| ifindex)
             .collect();
-        let slice = Slice {
-            budget: Some(self.slice_budget),
-            first,
-        };
+        let slice = Slice { budget: Some(self.slice_budget), first };
         let desired = self.engine.compile_slice(store, &records, &slice);
         self.report_diagnostics(&desired);
         let result = self.sync.apply(&self.dp, &desired);
-        self.metrics
-            .syncs
-            .inc(&[if result.is_ok() { "ok" } else { "error" }]);
+        self.metrics.syncs.inc(&[if result.is_ok() { "ok" } else { "error" }]);
         let stats = result?;
-        self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
         for (map, n) in self.sync.sizes() {
             self.metrics.map_entries.set(&[map], n as f64);
         }
         self.metrics.observe_store(store);
-        if stats.upserts + stats.removals + stats.endpoints_programmed > 0
-            || !desired.pending.is_empty()
-        {
+        if stats.upserts + stats.removals + stats.endpoints_programmed > 0 || !desired.pending.is_empty() {
             log::info!(
                 "revision {}: {} entries written, {} removed, {} endpoints programmed in {:?}{}",
                 stats.revision,
@@ -307,23 +283,14 @@ impl Agent {
             );
         }
         self.persist_identities(&desired);
-        Ok(if desired.pending.is_empty() {
-            Progress::Complete
-        } else {
-            Progress::Pending
-        })
+        Ok(if desired.pending.is_empty() { Progress::Complete } else { Progress::Pending })
     }
 
     /// Each problem is logged once when it appears, not at every compile.
     fn report_diagnostics(&mut self, desired: &Desired) {
         let now: BTreeSet<Diagnostic> = desired.diagnostics.iter().cloned().collect();
         for d in now.difference(&self.last_diagnostics) {
-            log::warn!(
-                "{} {}: {} (the valid part is enforced; the rest allows nothing)",
-                d.object,
-                d.field,
-                d.message
-            );
+            log::warn!("{} {}: {} (the valid part is enforced; the rest allows nothing)", d.object, d.field, d.message);
         }
         let objects: BTreeSet<&str> = now.iter().map(|d| d.object.as_str()).collect();
         self.metrics.policies_invalid.set(&[], objects.len() as f64);
@@ -342,15 +309,9 @@ impl Agent {
                     .map(|(id, namespace, labels)| (id, IdentityLabels { namespace, labels }))
                     .collect();
                 let n = self.engine.seed_identities(&previous);
-                log::info!(
-                    "kept {n} identity numbers from {}",
-                    self.identities_file.display()
-                );
+                log::info!("kept {n} identity numbers from {}", self.identities_file.display());
             }
-            Err(e) => log::warn!(
-                "{}: {e}; identities are renumbered",
-                self.identities_file.display()
-            ),
+            Err(e) => log::warn!("{}: {e}; identities are renumbered", self.identities_file.display()),
         }
     }
 
@@ -358,11 +319,7 @@ impl Agent {
         if desired.identities == self.last_identities {
             return;
         }
-        let rows: Vec<_> = desired
-            .identities
-            .iter()
-            .map(|(id, l)| (*id, &l.namespace, &l.labels))
-            .collect();
+        let rows: Vec<_> = desired.identities.iter().map(|(id, l)| (*id, &l.namespace, &l.labels)).collect();
         let written = serde_json::to_vec(&rows)
             .map_err(std::io::Error::other)
             .and_then(|b| weir_common::trust::write_private(&self.identities_file, &b));
@@ -376,26 +333,17 @@ impl Agent {
         let Ok(rows) = self.dp.counters() else { return };
         let mut sums: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
         for (k, v) in rows {
-            let dir = if k.direction == abi::DIR_EGRESS {
-                "egress"
-            } else {
-                "ingress"
-            };
+            let dir = if k.direction == abi::DIR_EGRESS { "egress" } else { "ingress" };
             let e = sums.entry((dir, abi::reason_name(k.reason))).or_default();
             e.0 += v.packets;
             e.1 += v.bytes;
         }
-        self.metrics
-            .set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
+        self.metrics.set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
     }
 }
 
 fn store_size(store: &Store) -> usize {
-    store.namespaces.len()
-        + store.pods.len()
-        + store.services.len()
-        + store.policies.len()
-        + store.nodes.len()
+    store.namespaces.len() + store.pods.len() + store.services.len() + store.policies.len() + store.nodes.len()
 }
 
 /// Drops are logged from the dataplane's event ring, at most a few per
@@ -450,21 +398,15 @@ struct LoopProgress {
 
 impl LoopProgress {
     fn new() -> LoopProgress {
-        LoopProgress {
-            base: Instant::now(),
-            last: AtomicU64::new(0),
-        }
+        LoopProgress { base: Instant::now(), last: AtomicU64::new(0) }
     }
 
     fn mark(&self) {
-        self.last
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn since_last(&self) -> Duration {
-        self.base
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+        self.base.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
     }
 }
 
@@ -484,12 +426,7 @@ struct HeartbeatShared {
 }
 
 impl Heartbeat {
-    fn spawn(
-        path: PathBuf,
-        every: Duration,
-        stall: Duration,
-        progress: Arc<LoopProgress>,
-    ) -> Heartbeat {
+    fn spawn(path: PathBuf, every: Duration, stall: Duration, progress: Arc<LoopProgress>) -> Heartbeat {
         let shared = Arc::new(HeartbeatShared {
             path,
             stall,
@@ -571,20 +508,12 @@ mod tests {
         let path = dir.path().join("policyd.heartbeat");
         let progress = Arc::new(LoopProgress::new());
         progress.mark();
-        let hb = Heartbeat::spawn(
-            path.clone(),
-            Duration::from_millis(1),
-            Duration::from_secs(3600),
-            progress,
-        );
+        let hb = Heartbeat::spawn(path.clone(), Duration::from_millis(1), Duration::from_secs(3600), progress);
         // The loop never marks progress again, as when a compile holds it:
         // the heartbeat still beats (waiting for beats, not for a time).
         let guard = Instant::now() + Duration::from_secs(60);
         while hb.shared.touches.load(Ordering::Relaxed) < 3 {
-            assert!(
-                Instant::now() < guard,
-                "no heartbeat while the loop was busy"
-            );
+            assert!(Instant::now() < guard, "no heartbeat while the loop was busy");
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(path.exists());
@@ -601,10 +530,7 @@ mod tests {
             stop: AtomicBool::new(false),
         };
         assert!(!shared.beat());
-        assert!(
-            !shared.path.exists(),
-            "nothing touched for a loop that does not turn"
-        );
+        assert!(!shared.path.exists(), "nothing touched for a loop that does not turn");
     }
 
     /// The pinned maps under a bpffs root of the test's own, removed on drop.
@@ -642,19 +568,13 @@ mod tests {
         .unwrap()
     }
 
-    fn policy(
-        name: &str,
-        spec: serde_json::Value,
-    ) -> k8s_openapi::api::networking::v1::NetworkPolicy {
-        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "x"}, "spec": spec}))
-            .unwrap()
+    fn policy(name: &str, spec: serde_json::Value) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "x"}, "spec": spec})).unwrap()
     }
 
     /// Ingress of app=w from 200 ipBlocks on `port`.
     fn wide(port: u16) -> k8s_openapi::api::networking::v1::NetworkPolicy {
-        let from: Vec<_> = (0..200)
-            .map(|k| json!({"ipBlock": {"cidr": format!("172.16.{k}.0/24")}}))
-            .collect();
+        let from: Vec<_> = (0..200).map(|k| json!({"ipBlock": {"cidr": format!("172.16.{k}.0/24")}})).collect();
         policy(
             "wide",
             json!({"podSelector": {"matchLabels": {"app": "w"}}, "ingress": [{"from": from, "ports": [{"port": port}]}]}),
@@ -681,58 +601,27 @@ mod tests {
             eprintln!("root_a_new_endpoint_is_ready_while_a_long_recompile_is_pending: skipped, needs root (BPF maps)");
             return;
         }
-        let root = BpfRoot(PathBuf::from(format!(
-            "/sys/fs/bpf/weir-pd-slices-{}",
-            std::process::id()
-        )));
+        let root = BpfRoot(PathBuf::from(format!("/sys/fs/bpf/weir-pd-slices-{}", std::process::id())));
         let run = tempfile::tempdir().unwrap();
         let dp = Dataplane::load_or_open(&root.0).unwrap();
         let registry = Registry::under(run.path());
-        let running = [
-            ("w1", 7001, "10.0.0.1"),
-            ("w2", 7002, "10.0.0.2"),
-            ("w3", 7003, "10.0.0.3"),
-        ];
+        let running = [("w1", 7001, "10.0.0.1"), ("w2", 7002, "10.0.0.2"), ("w3", 7003, "10.0.0.3")];
         let mut store = Store::default();
-        store.namespaces.insert(
-            "x".into(),
-            serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap(),
-        );
+        store.namespaces.insert("x".into(), serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap());
         // What CNI ADD does before waiting: a not-READY entry, then the record.
         let add = |name: &str, ifindex: u32, ip: &str| {
-            dp.set_endpoint(
-                ifindex,
-                &abi::Endpoint {
-                    identity: 0,
-                    flags: 0,
-                    revision: 0,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            dp.set_endpoint(ifindex, &abi::Endpoint { identity: 0, flags: 0, revision: 0, ..Default::default() })
+                .unwrap();
             registry.put(&record(name, ifindex, ip)).unwrap();
         };
         for (name, ifindex, ip) in running {
-            store
-                .pods
-                .insert(("x".into(), name.into()), pod(name, "w", ip));
+            store.pods.insert(("x".into(), name.into()), pod(name, "w", ip));
             add(name, ifindex, ip);
         }
-        store
-            .pods
-            .insert(("x".into(), "n".into()), pod("n", "n", "10.0.0.9"));
-        store
-            .policies
-            .insert(("x".into(), "wide".into()), wide(443));
+        store.pods.insert(("x".into(), "n".into()), pod("n", "n", "10.0.0.9"));
+        store.policies.insert(("x".into(), "wide".into()), wide(443));
         let dp_view = Dataplane::open(&root.0).unwrap();
-        let mut agent = Agent::new(
-            dp,
-            Registry::under(run.path()),
-            run.path(),
-            Arc::new(Metrics::new()),
-            1,
-        )
-        .unwrap();
+        let mut agent = Agent::new(dp, Registry::under(run.path()), run.path(), Arc::new(Metrics::new()), 1).unwrap();
         let mut slices = 0;
         while agent.reconcile(&store, Instant::now()).unwrap() == Progress::Pending {
             slices += 1;
@@ -745,58 +634,28 @@ mod tests {
 
         // Every running endpoint's policy changes: a recompile of three
         // slices. Pod n starts meanwhile, isolated by a policy of its own.
-        store
-            .policies
-            .insert(("x".into(), "wide".into()), wide(8443));
+        store.policies.insert(("x".into(), "wide".into()), wide(8443));
         store.policies.insert(
             ("x".into(), "n-only".into()),
             policy("n-only", json!({"podSelector": {"matchLabels": {"app": "n"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "w"}}}], "ports": [{"port": 80}]}]})),
         );
         let n = 7009;
-        dp_view
-            .set_endpoint(
-                n,
-                &abi::Endpoint {
-                    identity: 0,
-                    flags: 0,
-                    revision: 0,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        dp_view.set_endpoint(n, &abi::Endpoint { identity: 0, flags: 0, revision: 0, ..Default::default() }).unwrap();
         registry.put(&record("n", n, "10.0.0.9")).unwrap();
 
-        assert_eq!(
-            agent.reconcile(&store, Instant::now()).unwrap(),
-            Progress::Pending
-        );
+        assert_eq!(agent.reconcile(&store, Instant::now()).unwrap(), Progress::Pending);
         let ep = dp_view.endpoint(n).unwrap().unwrap();
-        assert!(
-            ep.is_ready(),
-            "the new endpoint does not wait for the recompile"
-        );
+        assert!(ep.is_ready(), "the new endpoint does not wait for the recompile");
         assert_ne!(ep.flags & abi::EP_INGRESS_ISOLATED, 0);
-        assert_eq!(
-            ports_in_maps(&dp_view, n),
-            BTreeSet::from([80]),
-            "READY with its policy in the maps"
-        );
+        assert_eq!(ports_in_maps(&dp_view, n), BTreeSet::from([80]), "READY with its policy in the maps");
         for (_, ifindex, _) in running {
-            assert_eq!(
-                ports_in_maps(&dp_view, ifindex),
-                BTreeSet::from([443]),
-                "pending: left as they were"
-            );
+            assert_eq!(ports_in_maps(&dp_view, ifindex), BTreeSet::from([443]), "pending: left as they were");
             assert!(dp_view.endpoint(ifindex).unwrap().unwrap().is_ready());
         }
 
         while agent.reconcile(&store, Instant::now()).unwrap() == Progress::Pending {}
         for (_, ifindex, _) in running {
-            assert_eq!(
-                ports_in_maps(&dp_view, ifindex),
-                BTreeSet::from([8443]),
-                "the recompile finished"
-            );
+            assert_eq!(ports_in_maps(&dp_view, ifindex), BTreeSet::from([8443]), "the recompile finished");
         }
     }
 }

@@ -35,22 +35,20 @@ pub fn watch_dir(dir: &Path) -> io::Result<mpsc::Receiver<()>> {
         return Err(e);
     }
     let (tx, rx) = mpsc::channel(1);
-    std::thread::Builder::new()
-        .name(format!("watch {}", dir.display()))
-        .spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // A full channel already holds a pending wake-up: coalesce.
-                if n <= 0 || matches!(tx.try_send(()), Err(mpsc::error::TrySendError::Closed(_))) {
-                    break;
-                }
+    std::thread::Builder::new().name(format!("watch {}", dir.display())).spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            unsafe { libc::close(fd) };
-        })?;
+            // A full channel already holds a pending wake-up: coalesce.
+            if n <= 0 || matches!(tx.try_send(()), Err(mpsc::error::TrySendError::Closed(_))) {
+                break;
+            }
+        }
+        unsafe { libc::close(fd) };
+    })?;
     Ok(rx)
 }
 

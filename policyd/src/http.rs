@@ -40,9 +40,9 @@ impl HttpState {
 
 /// Bind the listen address (e.g. 127.0.0.1:9913; port 0 for any).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("--listen {addr}: {e} (is another weir-policyd running?)"))
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("--listen {addr}: {e} (is another weir-policyd running?)")))
 }
 
 /// Serve on `listener` until the task is aborted.
@@ -100,7 +100,14 @@ async fn handle(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
             if state.is_ready() {
                 respond(&mut conn, 200, "text/plain", b"ready\n", head).await
             } else {
-                respond(&mut conn, 503, "text/plain", b"not ready: sources not synced or maps not yet programmed\n", head).await
+                respond(
+                    &mut conn,
+                    503,
+                    "text/plain",
+                    b"not ready: sources not synced or maps not yet programmed\n",
+                    head,
+                )
+                .await
             }
         }
         "/metrics" => {

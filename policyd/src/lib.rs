@@ -3,12 +3,12 @@
 //! `sync` writes the difference to the pinned maps.
 
 pub mod daemon;
-pub mod fswatch;
-pub mod logging;
-pub mod sync;
 pub mod engine;
-pub mod store;
+pub mod fswatch;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod source;
+pub mod store;
+pub mod sync;

@@ -67,7 +67,9 @@ fn main() -> ExitCode {
         (_, true, _) => SourceChoice::Kube(Access::InCluster),
         (_, _, Some(d)) => SourceChoice::Manifests(d.clone()),
         _ => {
-            eprintln!("weir-policyd: say where the objects come from: --in-cluster, --kubeconfig PATH or --manifests DIR");
+            eprintln!(
+                "weir-policyd: say where the objects come from: --in-cluster, --kubeconfig PATH or --manifests DIR"
+            );
             return ExitCode::from(2);
         }
     };

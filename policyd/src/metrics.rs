@@ -26,30 +26,14 @@ pub struct Family {
 }
 
 impl Family {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        ty: FamilyType,
-        labels: &'static [&'static str],
-    ) -> Family {
-        Family {
-            name,
-            help,
-            ty,
-            labels,
-            values: Mutex::new(BTreeMap::new()),
-        }
+    fn new(name: &'static str, help: &'static str, ty: FamilyType, labels: &'static [&'static str]) -> Family {
+        Family { name, help, ty, labels, values: Mutex::new(BTreeMap::new()) }
     }
 
     fn key(&self, label_values: &[&str]) -> Vec<String> {
         // A wrong arity is a programming error; keep the series readable
         // rather than panicking in the daemon.
-        debug_assert_eq!(
-            label_values.len(),
-            self.labels.len(),
-            "metric {} label arity",
-            self.name
-        );
+        debug_assert_eq!(label_values.len(), self.labels.len(), "metric {} label arity", self.name);
         label_values.iter().map(|s| s.to_string()).collect()
     }
 
@@ -91,13 +75,7 @@ impl Family {
             let _ = writeln!(out, "{} 0", self.name);
         }
         for (lv, v) in values.iter() {
-            let _ = writeln!(
-                out,
-                "{}{} {}",
-                self.name,
-                label_set(self.labels, lv, None),
-                fmt_value(*v)
-            );
+            let _ = writeln!(out, "{}{} {}", self.name, label_set(self.labels, lv, None), fmt_value(*v));
         }
     }
 }
@@ -124,11 +102,7 @@ impl Histogram {
             name,
             help,
             bounds,
-            state: Mutex::new(HistState {
-                counts: vec![0; bounds.len()],
-                sum: 0.0,
-                count: 0,
-            }),
+            state: Mutex::new(HistState { counts: vec![0; bounds.len()], sum: 0.0, count: 0 }),
         }
     }
 
@@ -152,13 +126,7 @@ impl Histogram {
         let _ = writeln!(out, "# TYPE {} histogram", self.name);
         let s = self.state.lock().unwrap();
         for (i, b) in self.bounds.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{}_bucket{{le=\"{}\"}} {}",
-                self.name,
-                fmt_value(*b),
-                s.counts[i]
-            );
+            let _ = writeln!(out, "{}_bucket{{le=\"{}\"}} {}", self.name, fmt_value(*b), s.counts[i]);
         }
         let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {}", self.name, s.count);
         let _ = writeln!(out, "{}_sum {}", self.name, fmt_value(s.sum));
@@ -209,9 +177,7 @@ pub struct Metrics {
     pub remote_nodes: Family,
 }
 
-const SYNC_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const SYNC_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -308,10 +274,7 @@ impl Metrics {
 
     /// Replace the dataplane verdict counters: (direction, reason,
     /// packets, bytes) per row, e.g. "ingress", "drop_policy".
-    pub fn set_dataplane_verdicts<'a>(
-        &self,
-        rows: impl IntoIterator<Item = (&'a str, &'a str, u64, u64)>,
-    ) {
+    pub fn set_dataplane_verdicts<'a>(&self, rows: impl IntoIterator<Item = (&'a str, &'a str, u64, u64)>) {
         self.dataplane_packets.clear();
         self.dataplane_bytes.clear();
         for (dir, reason, packets, bytes) in rows {
@@ -351,12 +314,7 @@ fn label_set(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> 
     }
     let mut s = String::from("{");
     let mut first = true;
-    for (n, v) in names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| (*n, v.as_str()))
-        .chain(extra)
-    {
+    for (n, v) in names.iter().zip(values).map(|(n, v)| (*n, v.as_str())).chain(extra) {
         if !first {
             s.push(',');
         }
@@ -402,12 +360,7 @@ mod tests {
         let m = Metrics::new();
         m.source_errors.inc(&["dir", "a\"b\\c\nd"]);
         let text = m.render();
-        assert!(
-            text.contains(
-                r#"weir_policyd_source_errors_total{source="dir",reason="a\"b\\c\nd"} 1"#
-            ),
-            "{text}"
-        );
+        assert!(text.contains(r#"weir_policyd_source_errors_total{source="dir",reason="a\"b\\c\nd"} 1"#), "{text}");
     }
 
     #[test]
@@ -416,35 +369,17 @@ mod tests {
         m.sync_duration.observe(0.003);
         m.sync_duration.observe(0.2);
         let text = m.render();
-        assert!(
-            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.0025\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.005\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.25\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"+Inf\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("weir_policyd_sync_duration_seconds_count 2"),
-            "{text}"
-        );
+        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
+        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.25\"} 2"), "{text}");
+        assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+        assert!(text.contains("weir_policyd_sync_duration_seconds_count 2"), "{text}");
     }
 
     #[test]
     fn dataplane_verdicts_replace_previous_rows() {
         let m = Metrics::new();
-        m.set_dataplane_verdicts([
-            ("ingress", "drop_policy", 3, 180),
-            ("egress", "allow_policy", 5, 500),
-        ]);
+        m.set_dataplane_verdicts([("ingress", "drop_policy", 3, 180), ("egress", "allow_policy", 5, 500)]);
         m.set_dataplane_verdicts([("ingress", "drop_policy", 4, 240)]);
         assert_eq!(m.dataplane_packets.get(&["ingress", "drop_policy"]), 4.0);
         assert_eq!(m.dataplane_packets.get(&["egress", "allow_policy"]), 0.0);

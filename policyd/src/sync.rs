@@ -19,9 +19,7 @@
 //! walk over two sorted maps) for what is written against what is wanted,
 //! and [`DesiredDiff`] between two compiles.
 
-use crate::engine::{
-    self, CidrKey, Desired, Direction, EndpointState, IpcacheEntry, PolicyKey, PolicyValue,
-};
+use crate::engine::{self, CidrKey, Desired, Direction, EndpointState, IpcacheEntry, PolicyKey, PolicyValue};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use weir_bpf::{abi, Dataplane};
@@ -43,14 +41,8 @@ impl<K, V> MapDiff<K, V> {
 }
 
 /// Merge walk over two sorted maps.
-pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-) -> MapDiff<K, V> {
-    let mut d = MapDiff {
-        upsert: Vec::new(),
-        remove: Vec::new(),
-    };
+pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
+    let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {
         match (a.peek(), b.peek()) {
@@ -144,21 +136,9 @@ impl Sync {
             }
         }
         for (endpoint, dir, net, class) in dp.cidr_entries()? {
-            s.cidr.insert(
-                CidrKey {
-                    endpoint,
-                    direction: direction(dir),
-                    net,
-                },
-                class,
-            );
+            s.cidr.insert(CidrKey { endpoint, direction: direction(dir), net }, class);
         }
-        s.revision = dp
-            .endpoints()?
-            .iter()
-            .map(|(_, e)| e.revision)
-            .max()
-            .unwrap_or(0);
+        s.revision = dp.endpoints()?.iter().map(|(_, e)| e.revision).max().unwrap_or(0);
         Ok(s)
     }
 
@@ -168,35 +148,21 @@ impl Sync {
 
     /// Entries currently believed written, per map (for metrics).
     pub fn sizes(&self) -> [(&'static str, usize); 3] {
-        [
-            ("ipcache", self.ipcache.len()),
-            ("policy", self.policy.len()),
-            ("cidr", self.cidr.len()),
-        ]
+        [("ipcache", self.ipcache.len()), ("policy", self.policy.len()), ("cidr", self.cidr.len())]
     }
 
     /// Bring the maps to `desired`. On error the maps hold a mix that is
     /// still safe (allows were added before isolation; removals come last)
     /// and the next call retries the rest.
-    pub fn apply(
-        &mut self,
-        dp: &Dataplane,
-        desired: &Desired,
-    ) -> Result<SyncStats, weir_bpf::Error> {
+    pub fn apply(&mut self, dp: &Dataplane, desired: &Desired) -> Result<SyncStats, weir_bpf::Error> {
         self.revision += 1;
-        let mut stats = SyncStats {
-            revision: self.revision,
-            ..Default::default()
-        };
+        let mut stats = SyncStats { revision: self.revision, ..Default::default() };
         let ipcache = diff_maps(&self.ipcache, &desired.ipcache);
         let mut policy = diff_maps(&self.policy, &desired.policy);
         let mut cidr = diff_maps(&self.cidr, &desired.cidr);
         // Not compiled in this slice: what they hold stays until they are.
-        policy
-            .remove
-            .retain(|k| !desired.pending.contains(&k.endpoint));
-        cidr.remove
-            .retain(|k| !desired.pending.contains(&k.endpoint));
+        policy.remove.retain(|k| !desired.pending.contains(&k.endpoint));
+        cidr.remove.retain(|k| !desired.pending.contains(&k.endpoint));
 
         // 1. make
         for (net, e) in &ipcache.upsert {
@@ -281,11 +247,7 @@ fn to_abi_ipcache(e: &IpcacheEntry) -> abi::IpcacheValue {
 }
 
 fn from_abi_ipcache(v: &abi::IpcacheValue) -> IpcacheEntry {
-    IpcacheEntry {
-        identity: v.identity,
-        endpoint: v.endpoint,
-        service: v.flags & abi::IPCACHE_SERVICE != 0,
-    }
+    IpcacheEntry { identity: v.identity, endpoint: v.endpoint, service: v.flags & abi::IPCACHE_SERVICE != 0 }
 }
 
 /// The LPM prefix length encodes the wildcards (see weir_abi.h).
@@ -295,32 +257,17 @@ fn to_abi_policy(k: &PolicyKey) -> (u32, abi::PolicyKey) {
         (Some(p), None) => (abi::POLICY_FIXED_BITS + 8, p, 0),
         (Some(p), Some(b)) => (abi::POLICY_FIXED_BITS + 8 + b.bits as u32, p, b.start),
     };
-    (
-        len,
-        abi::PolicyKey::new(k.endpoint, k.identity, k.direction.as_u8(), proto, port),
-    )
+    (len, abi::PolicyKey::new(k.endpoint, k.identity, k.direction.as_u8(), proto, port))
 }
 
 fn from_abi_policy(len: u32, k: &abi::PolicyKey) -> Option<PolicyKey> {
     let (protocol, port) = match len.checked_sub(abi::POLICY_FIXED_BITS)? {
         0 => (None, None),
         8 => (Some(k.protocol), None),
-        n @ 9..=24 => (
-            Some(k.protocol),
-            Some(engine::PortBlock {
-                start: k.port_host(),
-                bits: (n - 8) as u8,
-            }),
-        ),
+        n @ 9..=24 => (Some(k.protocol), Some(engine::PortBlock { start: k.port_host(), bits: (n - 8) as u8 })),
         _ => return None,
     };
-    Some(PolicyKey {
-        endpoint: k.endpoint,
-        identity: k.identity,
-        direction: direction(k.direction),
-        protocol,
-        port,
-    })
+    Some(PolicyKey { endpoint: k.endpoint, identity: k.identity, direction: direction(k.direction), protocol, port })
 }
 
 #[cfg(test)]
@@ -331,24 +278,11 @@ mod tests {
     fn policy_keys_round_trip_through_the_abi() {
         let mut keys = vec![];
         for protocol in [None, Some(6u8), Some(132)] {
-            for port in [
-                None,
-                Some(engine::PortBlock::single(80)),
-                Some(engine::PortBlock {
-                    start: 1024,
-                    bits: 6,
-                }),
-            ] {
+            for port in [None, Some(engine::PortBlock::single(80)), Some(engine::PortBlock { start: 1024, bits: 6 })] {
                 if protocol.is_none() && port.is_some() {
                     continue;
                 }
-                keys.push(PolicyKey {
-                    endpoint: 7,
-                    identity: 300,
-                    direction: Direction::Egress,
-                    protocol,
-                    port,
-                });
+                keys.push(PolicyKey { endpoint: 7, identity: 300, direction: Direction::Egress, protocol, port });
             }
         }
         for k in keys {

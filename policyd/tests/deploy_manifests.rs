@@ -75,10 +75,16 @@ fn docs(file: &str) -> Vec<Doc> {
 #[test]
 fn rbac_reads_every_watched_resource_and_writes_only_node_annotations() {
     let docs = docs("rbac.yaml");
-    let sa = docs.iter().find_map(|d| if let Doc::ServiceAccount(s) = d { Some(s) } else { None }).expect("a ServiceAccount");
-    let role = docs.iter().find_map(|d| if let Doc::ClusterRole(r) = d { Some(r) } else { None }).expect("a ClusterRole");
-    let binding =
-        docs.iter().find_map(|d| if let Doc::ClusterRoleBinding(b) = d { Some(b) } else { None }).expect("a ClusterRoleBinding");
+    let sa = docs
+        .iter()
+        .find_map(|d| if let Doc::ServiceAccount(s) = d { Some(s) } else { None })
+        .expect("a ServiceAccount");
+    let role =
+        docs.iter().find_map(|d| if let Doc::ClusterRole(r) = d { Some(r) } else { None }).expect("a ClusterRole");
+    let binding = docs
+        .iter()
+        .find_map(|d| if let Doc::ClusterRoleBinding(b) = d { Some(b) } else { None })
+        .expect("a ClusterRoleBinding");
 
     let read_only: BTreeSet<&str> = ["get", "list", "watch"].into();
     let mut granted = BTreeSet::new();
@@ -88,7 +94,10 @@ fn rbac_reads_every_watched_resource_and_writes_only_node_annotations() {
             let node_patch = verb == "patch"
                 && rule.api_groups.as_deref() == Some(&["".to_string()][..])
                 && rule.resources.as_deref() == Some(&["nodes".to_string()][..]);
-            assert!(read_only.contains(verb.as_str()) || node_patch, "ClusterRole grants {verb:?}: policyd only reads, and patches Nodes");
+            assert!(
+                read_only.contains(verb.as_str()) || node_patch,
+                "ClusterRole grants {verb:?}: policyd only reads, and patches Nodes"
+            );
         }
         assert!(rule.non_resource_urls.is_none(), "no non-resource URLs");
         assert!(rule.resource_names.is_none(), "cluster-wide: every object of each kind");
@@ -138,7 +147,10 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
     assert_eq!(pod.service_account_name, sa.metadata.name, "runs as the RBAC's ServiceAccount");
     assert_eq!(sa.metadata.namespace, ds.metadata.namespace);
     assert_eq!(pod.host_network, Some(true));
-    assert!(pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()), "runs on every node");
+    assert!(
+        pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "runs on every node"
+    );
 
     let volumes = pod.volumes.as_ref().unwrap();
     let host_path_of = |volume: &str| {
@@ -152,9 +164,7 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
     let c = pod.containers.iter().find(|c| c.name == "weir-policyd").expect("the weir-policyd container");
     assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
     let mounts = c.volume_mounts.as_ref().unwrap();
-    let mounted = |host: &str, at: &str| {
-        mounts.iter().find(|m| m.mount_path == at && host_path_of(&m.name) == host)
-    };
+    let mounted = |host: &str, at: &str| mounts.iter().find(|m| m.mount_path == at && host_path_of(&m.name) == host);
     let bpf = mounted("/sys/fs/bpf", "/sys/fs/bpf").expect("bpffs mounted at /sys/fs/bpf");
     assert_eq!(bpf.mount_propagation.as_deref(), Some("Bidirectional"), "pins must reach the host");
     assert!(mounted("/run/weir", "/run/weir").is_some_and(|m| m.read_only != Some(true)), "/run/weir writable");
@@ -164,7 +174,10 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
     let node_name_from_field = |c: &k8s_openapi::api::core::v1::Container| {
         c.env.iter().flatten().any(|e| {
             e.name == "NODE_NAME"
-                && e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).is_some_and(|f| f.field_path == "spec.nodeName")
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .is_some_and(|f| f.field_path == "spec.nodeName")
         })
     };
     assert!(node_name_from_field(c), "NODE_NAME from spec.nodeName");
@@ -179,15 +192,23 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
         assert_eq!(get.path.as_deref(), Some(path));
         assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(addr.port() as i32));
         if addr.ip().is_loopback() {
-            assert_eq!(get.host.as_deref(), Some(addr.ip().to_string().as_str()), "probe the loopback address policyd listens on");
+            assert_eq!(
+                get.host.as_deref(),
+                Some(addr.ip().to_string().as_str()),
+                "probe the loopback address policyd listens on"
+            );
         }
     }
 
     // The CNI binary and conflist reach the host through an init container.
-    let init = pod.init_containers.as_ref().and_then(|i| i.iter().find(|c| c.name == "install-cni")).expect("install-cni");
+    let init =
+        pod.init_containers.as_ref().and_then(|i| i.iter().find(|c| c.name == "install-cni")).expect("install-cni");
     let imounts = init.volume_mounts.as_ref().unwrap();
     for host in ["/opt/cni/bin", "/etc/cni/net.d"] {
-        assert!(imounts.iter().any(|m| host_path_of(&m.name) == host && m.read_only != Some(true)), "install-cni writes {host}");
+        assert!(
+            imounts.iter().any(|m| host_path_of(&m.name) == host && m.read_only != Some(true)),
+            "install-cni writes {host}"
+        );
     }
     assert!(node_name_from_field(init));
     let script = init.args.as_ref().unwrap().join(" ");

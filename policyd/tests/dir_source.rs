@@ -31,9 +31,7 @@ async fn until(src: &mut Source, store: &mut Store, what: &str, cond: impl Fn(&S
     let deadline = tokio::time::Instant::now() + GUARD;
     while !cond(store) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, src.next_batch(store, Duration::ZERO, Duration::ZERO))
-            .await
-        {
+        match tokio::time::timeout(left, src.next_batch(store, Duration::ZERO, Duration::ZERO)).await {
             Ok(Some(_)) => {}
             Ok(None) => panic!("source stopped while waiting for: {what}"),
             Err(_) => panic!("gave up waiting for: {what}; store: {store:#?}"),
@@ -45,10 +43,7 @@ async fn until(src: &mut Source, store: &mut Store, what: &str, cond: impl Fn(&S
 async fn metric_until(what: &str, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + GUARD;
     while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -119,10 +114,7 @@ async fn directory_source_follows_files() {
     let mut store = Store::default();
     let mut replaced = Vec::new();
     loop {
-        let ev = tokio::time::timeout(GUARD, src.recv())
-            .await
-            .expect("initial events")
-            .expect("source alive");
+        let ev = tokio::time::timeout(GUARD, src.recv()).await.expect("initial events").expect("source alive");
         match &ev {
             SourceEvent::Replace(k, _) => replaced.push(*k),
             SourceEvent::Synced => break,
@@ -131,113 +123,53 @@ async fn directory_source_follows_files() {
         store.handle(ev);
     }
     replaced.sort();
-    assert_eq!(
-        replaced,
-        ObjectKind::ALL.to_vec(),
-        "one Replace per kind before Synced"
-    );
+    assert_eq!(replaced, ObjectKind::ALL.to_vec(), "one Replace per kind before Synced");
     // The flag is raised right after Synced is queued.
     let flag = src.synced();
     metric_until("synced flag", || *flag.borrow()).await;
     assert_eq!(store.namespaces.keys().collect::<Vec<_>>(), ["x"]);
-    assert_eq!(
-        store.pods.keys().cloned().collect::<Vec<_>>(),
-        [key("default", "web"), key("x", "db")]
-    );
+    assert_eq!(store.pods.keys().cloned().collect::<Vec<_>>(), [key("default", "web"), key("x", "db")]);
     assert!(store.services.contains_key(&key("x", "svc")));
     assert!(store.policies.contains_key(&key("x", "deny-all")));
     let web = &store.pods[&key("default", "web")];
-    assert!(
-        web.metadata.annotations.is_none(),
-        "annotations are trimmed"
-    );
+    assert!(web.metadata.annotations.is_none(), "annotations are trimmed");
     let c = &web.spec.as_ref().unwrap().containers[0];
     assert!(c.env.is_none(), "container env is trimmed");
-    assert_eq!(
-        c.ports.as_ref().unwrap()[0].name.as_deref(),
-        Some("http"),
-        "named ports are kept"
-    );
+    assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"), "named ports are kept");
     assert_eq!(metrics.source_synced.get(&["dir"]), 1.0);
 
     // A file added.
-    put(
-        dir,
-        "30-more.json",
-        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"late","namespace":"x"}}"#,
-    );
-    until(&mut src, &mut store, "30-more.json's pod", |s| {
-        s.pods.contains_key(&key("x", "late"))
-    })
-    .await;
+    put(dir, "30-more.json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"late","namespace":"x"}}"#);
+    until(&mut src, &mut store, "30-more.json's pod", |s| s.pods.contains_key(&key("x", "late"))).await;
 
     // A file changed: labels updated.
-    put(
-        dir,
-        "10-base.yaml",
-        &initial().replace("app: web", "app: web2"),
-    );
+    put(dir, "10-base.yaml", &initial().replace("app: web", "app: web2"));
     until(&mut src, &mut store, "web relabelled", |s| {
-        s.pods[&key("default", "web")]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()["app"]
-            == "web2"
+        s.pods[&key("default", "web")].metadata.labels.as_ref().unwrap()["app"] == "web2"
     })
     .await;
 
     // A broken file: objects kept, error counted, gauge raised.
     let invalid_before = metrics.source_errors.get(&["dir", "manifest_invalid"]);
-    put(
-        dir,
-        "10-base.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n  - broken: [\n",
-    );
-    metric_until("broken file noticed", || {
-        metrics.manifest_files_broken.get(&["manifest_invalid"]) == 1.0
-    })
-    .await;
+    put(dir, "10-base.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n  - broken: [\n");
+    metric_until("broken file noticed", || metrics.manifest_files_broken.get(&["manifest_invalid"]) == 1.0).await;
     assert!(metrics.source_errors.get(&["dir", "manifest_invalid"]) > invalid_before);
     // A later change elsewhere; events are ordered, so once it is in, any
     // deletion caused by the broken file would have been seen first.
-    put(
-        dir,
-        "40-marker.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n",
-    );
-    until(&mut src, &mut store, "marker namespace", |s| {
-        s.namespaces.contains_key("marker")
-    })
-    .await;
-    assert!(
-        store.policies.contains_key(&key("x", "deny-all")),
-        "a broken file keeps its policy"
-    );
-    assert!(
-        store.pods.contains_key(&key("default", "web")),
-        "a broken file keeps its pods"
-    );
+    put(dir, "40-marker.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n");
+    until(&mut src, &mut store, "marker namespace", |s| s.namespaces.contains_key("marker")).await;
+    assert!(store.policies.contains_key(&key("x", "deny-all")), "a broken file keeps its policy");
+    assert!(store.pods.contains_key(&key("default", "web")), "a broken file keeps its pods");
     assert!(store.namespaces.contains_key("x"));
 
     // Fixed again, with the policy now gone from it: the policy is deleted.
     put(dir, "10-base.yaml", NAMESPACE_AND_POD);
-    until(&mut src, &mut store, "deny-all removed", |s| {
-        !s.policies.contains_key(&key("x", "deny-all"))
-    })
-    .await;
-    assert_eq!(
-        metrics.manifest_files_broken.get(&["manifest_invalid"]),
-        0.0
-    );
+    until(&mut src, &mut store, "deny-all removed", |s| !s.policies.contains_key(&key("x", "deny-all"))).await;
+    assert_eq!(metrics.manifest_files_broken.get(&["manifest_invalid"]), 0.0);
     assert!(store.pods.contains_key(&key("default", "web")));
 
     // Duplicates: the later file name wins, with a diagnostic.
-    put(
-        dir,
-        "50-dup.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: other}}\n",
-    );
+    put(dir, "50-dup.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: other}}\n");
     until(&mut src, &mut store, "50-dup.yaml wins", |s| {
         s.pods[&key("x", "db")].metadata.labels.as_ref().unwrap()["app"] == "other"
     })
@@ -245,16 +177,9 @@ async fn directory_source_follows_files() {
     assert!(metrics.source_errors.get(&["dir", "duplicate_object"]) >= 1.0);
     // Removing the winner falls back to the earlier definition, not to nothing.
     std::fs::remove_file(dir.join("50-dup.yaml")).unwrap();
-    until(
-        &mut src,
-        &mut store,
-        "db back to 20-list.yml's labels",
-        |s| {
-            s.pods
-                .get(&key("x", "db"))
-                .is_some_and(|p| p.metadata.labels.as_ref().unwrap()["app"] == "db")
-        },
-    )
+    until(&mut src, &mut store, "db back to 20-list.yml's labels", |s| {
+        s.pods.get(&key("x", "db")).is_some_and(|p| p.metadata.labels.as_ref().unwrap()["app"] == "db")
+    })
     .await;
 
     // A file removed: its objects go.
@@ -270,7 +195,11 @@ async fn directory_source_follows_files() {
 async fn emptied_file_keeps_objects_until_it_stays_empty() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    put(dir, "p.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n");
+    put(
+        dir,
+        "p.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n",
+    );
     let metrics = Arc::new(Metrics::new());
     let mut src = spawn_dir(dir.to_path_buf(), DirOptions::default(), metrics);
     let mut store = Store::default();
@@ -280,27 +209,11 @@ async fn emptied_file_keeps_objects_until_it_stays_empty() {
     // Truncate (what `>` does before writing): the policy stays for a grace
     // period. A marker written right after is seen before any deletion.
     std::fs::write(dir.join("p.yaml"), "").unwrap();
-    put(
-        dir,
-        "q.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n",
-    );
-    until(&mut src, &mut store, "marker", |s| {
-        s.namespaces.contains_key("q")
-    })
-    .await;
-    assert!(
-        store.policies.contains_key(&key("default", "p")),
-        "a just-emptied file keeps its policy"
-    );
+    put(dir, "q.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n");
+    until(&mut src, &mut store, "marker", |s| s.namespaces.contains_key("q")).await;
+    assert!(store.policies.contains_key(&key("default", "p")), "a just-emptied file keeps its policy");
     // Left empty, it is eventually taken at its word.
-    until(
-        &mut src,
-        &mut store,
-        "policy removed after the grace period",
-        |s| s.policies.is_empty(),
-    )
-    .await;
+    until(&mut src, &mut store, "policy removed after the grace period", |s| s.policies.is_empty()).await;
 }
 
 #[tokio::test]
@@ -313,10 +226,7 @@ async fn unreadable_content_is_reported_with_the_file_name() {
     let mut store = Store::default();
     src.wait_synced(&mut store).await.unwrap();
     assert!(store.pods.is_empty());
-    assert_eq!(
-        metrics.manifest_files_broken.get(&["manifest_invalid"]),
-        1.0
-    );
+    assert_eq!(metrics.manifest_files_broken.get(&["manifest_invalid"]), 1.0);
     assert_eq!(metrics.source_errors.get(&["dir", "manifest_invalid"]), 1.0);
 }
 
@@ -326,7 +236,11 @@ async fn an_unreadable_directory_keeps_its_objects() {
     let dir = tmp.path().join("manifests");
     let away = tmp.path().join("away");
     std::fs::create_dir(&dir).unwrap();
-    put(&dir, "p.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n");
+    put(
+        &dir,
+        "p.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n",
+    );
     let metrics = Arc::new(Metrics::new());
     let mut src = spawn_dir(dir.clone(), DirOptions::default(), metrics.clone());
     let mut store = Store::default();
@@ -334,26 +248,13 @@ async fn an_unreadable_directory_keeps_its_objects() {
 
     // Gone in one step (rename), so no scan can see it half-emptied.
     std::fs::rename(&dir, &away).unwrap();
-    metric_until("unreadable directory noticed", || {
-        metrics.source_errors.get(&["dir", "manifest_read"]) >= 1.0
-    })
-    .await;
+    metric_until("unreadable directory noticed", || metrics.source_errors.get(&["dir", "manifest_read"]) >= 1.0).await;
     std::fs::rename(&away, &dir).unwrap();
-    put(
-        &dir,
-        "q.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n",
-    );
-    until(&mut src, &mut store, "directory back", |s| {
-        s.namespaces.contains_key("q")
-    })
-    .await;
+    put(&dir, "q.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: q}\n");
+    until(&mut src, &mut store, "directory back", |s| s.namespaces.contains_key("q")).await;
     // Had a failed scan counted as "no files", p's deletion would have been
     // sent before q.
-    assert!(
-        store.policies.contains_key(&key("default", "p")),
-        "kept through the outage"
-    );
+    assert!(store.policies.contains_key(&key("default", "p")), "kept through the outage");
 }
 
 const POLICY_P: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
@@ -374,10 +275,7 @@ fn breakages() -> [(&'static str, String); 3] {
 }
 
 fn dir_options(last_good: &Path) -> DirOptions {
-    DirOptions {
-        last_good: Some(last_good.to_path_buf()),
-        ..Default::default()
-    }
+    DirOptions { last_good: Some(last_good.to_path_buf()), ..Default::default() }
 }
 
 /// A fresh source on `dir`, as a restarted weir-policyd starts it, synced.
@@ -385,10 +283,7 @@ async fn start(dir: &Path, last_good: &Path) -> (Source, Store, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let mut src = spawn_dir(dir.to_path_buf(), dir_options(last_good), metrics.clone());
     let mut store = Store::default();
-    tokio::time::timeout(GUARD, src.wait_synced(&mut store))
-        .await
-        .expect("initial sync")
-        .unwrap();
+    tokio::time::timeout(GUARD, src.wait_synced(&mut store)).await.expect("initial sync").unwrap();
     (src, store, metrics)
 }
 
@@ -414,11 +309,7 @@ async fn a_kind_or_api_version_typo_keeps_the_files_objects() {
         let errors_before = metrics.source_errors.get(&["dir", "unknown_kind"]);
         // The mistyped version also changes the policy, so reading any of
         // it would show.
-        put(
-            dir,
-            "p.yaml",
-            &typo.replace("policyTypes: [Ingress]", "policyTypes: [Egress]"),
-        );
+        put(dir, "p.yaml", &typo.replace("policyTypes: [Ingress]", "policyTypes: [Egress]"));
         // Counted as it is read, the gauge set once the scan ends.
         metric_until("typo noticed", || {
             metrics.source_errors.get(&["dir", "unknown_kind"]) > errors_before
@@ -426,19 +317,9 @@ async fn a_kind_or_api_version_typo_keeps_the_files_objects() {
         })
         .await;
         let marker = format!("marker{i}");
-        put(
-            dir,
-            "q.yaml",
-            &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {marker}}}\n"),
-        );
-        until(&mut src, &mut store, "marker namespace", |s| {
-            s.namespaces.contains_key(&marker)
-        })
-        .await;
-        let p = store
-            .policies
-            .get(&key("x", "p"))
-            .unwrap_or_else(|| panic!("typo {i} dropped the policy"));
+        put(dir, "q.yaml", &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {marker}}}\n"));
+        until(&mut src, &mut store, "marker namespace", |s| s.namespaces.contains_key(&marker)).await;
+        let p = store.policies.get(&key("x", "p")).unwrap_or_else(|| panic!("typo {i} dropped the policy"));
         assert_eq!(
             p.spec.as_ref().unwrap().policy_types.as_deref(),
             Some(&["Ingress".to_string()][..]),
@@ -447,19 +328,9 @@ async fn a_kind_or_api_version_typo_keeps_the_files_objects() {
     }
 
     // Fixed: read again, the gauge falls back.
-    put(
-        dir,
-        "p.yaml",
-        &POLICY_P.replace("policyTypes: [Ingress]", "policyTypes: [Egress]"),
-    );
+    put(dir, "p.yaml", &POLICY_P.replace("policyTypes: [Ingress]", "policyTypes: [Egress]"));
     until(&mut src, &mut store, "fixed version read", |s| {
-        s.policies[&key("x", "p")]
-            .spec
-            .as_ref()
-            .unwrap()
-            .policy_types
-            .as_deref()
-            == Some(&["Egress".to_string()][..])
+        s.policies[&key("x", "p")].spec.as_ref().unwrap().policy_types.as_deref() == Some(&["Egress".to_string()][..])
     })
     .await;
     assert_eq!(metrics.manifest_files_broken.get(&["unknown_kind"]), 0.0);
@@ -469,17 +340,10 @@ async fn a_kind_or_api_version_typo_keeps_the_files_objects() {
 async fn the_last_good_version_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("manifests");
-    let last_good = tmp
-        .path()
-        .join("run")
-        .join(weir_policyd::source::dir::LAST_GOOD_DIR);
+    let last_good = tmp.path().join("run").join(weir_policyd::source::dir::LAST_GOOD_DIR);
     std::fs::create_dir(&dir).unwrap();
     put(&dir, "p.yaml", POLICY_P);
-    put(
-        &dir,
-        "ns.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
-    );
+    put(&dir, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n");
 
     for (reason, broken) in breakages() {
         // Running: the good version is read (and kept).
@@ -490,15 +354,8 @@ async fn the_last_good_version_survives_a_restart() {
         // stays, the file is reported.
         put(&dir, "p.yaml", &broken);
         let (src, store, metrics) = start(&dir, &last_good).await;
-        assert!(
-            store.policies.contains_key(&key("x", "p")),
-            "{reason}: the restart dropped the policy"
-        );
-        assert_eq!(
-            metrics.manifest_files_broken.get(&[reason]),
-            1.0,
-            "{reason}"
-        );
+        assert!(store.policies.contains_key(&key("x", "p")), "{reason}: the restart dropped the policy");
+        assert_eq!(metrics.manifest_files_broken.get(&[reason]), 1.0, "{reason}");
         drop(src);
         put(&dir, "p.yaml", POLICY_P);
     }
@@ -509,50 +366,27 @@ async fn the_last_good_version_survives_a_restart() {
     let (mut src, mut store, _) = start(&dir, &last_good).await;
     put(&dir, "p.yaml", &fixed);
     until(&mut src, &mut store, "fixed version read", |s| {
-        s.policies[&key("x", "p")]
-            .spec
-            .as_ref()
-            .unwrap()
-            .policy_types
-            .as_deref()
-            == Some(&["Egress".to_string()][..])
+        s.policies[&key("x", "p")].spec.as_ref().unwrap().policy_types.as_deref() == Some(&["Egress".to_string()][..])
     })
     .await;
     drop(src);
     put(&dir, "p.yaml", &breakages()[0].1);
     let (mut src, mut store, _) = start(&dir, &last_good).await;
     assert_eq!(
-        store.policies[&key("x", "p")]
-            .spec
-            .as_ref()
-            .unwrap()
-            .policy_types
-            .as_deref(),
+        store.policies[&key("x", "p")].spec.as_ref().unwrap().policy_types.as_deref(),
         Some(&["Egress".to_string()][..]),
         "the fixed version, not the first one, is kept"
     );
-    assert_eq!(
-        std::fs::read_to_string(last_good.join("p.yaml")).unwrap(),
-        fixed
-    );
+    assert_eq!(std::fs::read_to_string(last_good.join("p.yaml")).unwrap(), fixed);
 
     // Removing the file is a decision, not breakage: the policy goes, also
     // after a restart, and so does the copy.
     std::fs::remove_file(dir.join("p.yaml")).unwrap();
-    until(&mut src, &mut store, "policy removed", |s| {
-        !s.policies.contains_key(&key("x", "p"))
-    })
-    .await;
-    assert!(
-        !last_good.join("p.yaml").exists(),
-        "the copy goes with the file"
-    );
+    until(&mut src, &mut store, "policy removed", |s| !s.policies.contains_key(&key("x", "p"))).await;
+    assert!(!last_good.join("p.yaml").exists(), "the copy goes with the file");
     drop(src);
     let (_src, store, _) = start(&dir, &last_good).await;
-    assert!(
-        !store.policies.contains_key(&key("x", "p")),
-        "a removed file stays removed"
-    );
+    assert!(!store.policies.contains_key(&key("x", "p")), "a removed file stays removed");
     assert!(store.namespaces.contains_key("x"));
 }
 
@@ -568,9 +402,6 @@ async fn a_file_removed_while_policyd_is_down_removes_its_objects() {
     drop(src);
     std::fs::remove_file(dir.join("p.yaml")).unwrap();
     let (_src, store, _) = start(&dir, &last_good).await;
-    assert!(
-        store.policies.is_empty(),
-        "the kept copy must not resurrect a removed file"
-    );
+    assert!(store.policies.is_empty(), "the kept copy must not resurrect a removed file");
     assert!(!last_good.join("p.yaml").exists());
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_policyd::http::{self, HttpState};
 use weir_policyd::metrics::Metrics;
-use weir_policyd::source::{SourceError, ObjectKind};
+use weir_policyd::source::{ObjectKind, SourceError};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -16,12 +16,8 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
     let text = String::from_utf8(buf).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let clen: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .expect("Content-Length")
-        .parse()
-        .unwrap();
+    let clen: usize =
+        head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).expect("Content-Length").parse().unwrap();
     assert_eq!(clen, body.len(), "Content-Length matches the body");
     (code, head.to_string(), body.to_string())
 }
@@ -154,8 +150,14 @@ async fn health_ready_and_metrics() {
             })
             .map(|s| s.2)
     };
-    assert_eq!(find("weir_policyd_source_events_total", &[("source", "kube"), ("kind", "pod"), ("op", "apply")]), Some(1.0));
-    assert_eq!(find("weir_policyd_source_errors_total", &[("source", "dir"), ("reason", "manifest_invalid")]), Some(1.0));
+    assert_eq!(
+        find("weir_policyd_source_events_total", &[("source", "kube"), ("kind", "pod"), ("op", "apply")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        find("weir_policyd_source_errors_total", &[("source", "dir"), ("reason", "manifest_invalid")]),
+        Some(1.0)
+    );
     assert_eq!(find("weir_policyd_map_entries", &[("map", "policy")]), Some(42.0));
     assert_eq!(find("weir_policyd_map_entries", &[("map", "weird\"map\\")]), Some(1.0));
     assert_eq!(find("weir_policyd_ready", &[]), Some(1.0));

@@ -101,7 +101,11 @@ impl Seen {
         for ev in &self.events {
             if let SourceEvent::Apply(o) = ev {
                 let rv = rv_of(o);
-                assert!(seen.insert((o.object_ref(), rv.clone())), "{} at resourceVersion {rv} delivered twice", o.object_ref());
+                assert!(
+                    seen.insert((o.object_ref(), rv.clone())),
+                    "{} at resourceVersion {rv} delivered twice",
+                    o.object_ref()
+                );
             }
         }
     }

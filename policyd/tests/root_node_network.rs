@@ -43,10 +43,7 @@ impl Lab {
         let underlay = test_netns("u");
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&["link", "set", "br0", "up"]);
-        let mut lab = Lab {
-            underlay,
-            nodes: vec![],
-        };
+        let mut lab = Lab { underlay, nodes: vec![] };
         for i in 1..=n {
             lab.add_node(i);
         }
@@ -57,20 +54,15 @@ impl Lab {
         let ns = test_netns("n");
         let pod = test_netns("p");
         let up = format!("up{i}");
-        self.underlay.ip(&[
-            "link", "add", &up, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        self.underlay
-            .ip(&["link", "set", &up, "master", "br0", "up"]);
+        self.underlay.ip(&["link", "add", &up, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        self.underlay.ip(&["link", "set", &up, "master", "br0", "up"]);
         ns.ip(&["addr", "add", &format!("192.168.77.{i}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         ns.ip(&["link", "add", "cni0", "type", "bridge"]);
         ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "cni0"]);
         ns.ip(&["link", "set", "cni0", "up"]);
-        ns.ip(&[
-            "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
-        ]);
+        ns.ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", &pod.name]);
         ns.ip(&["link", "set", "veth0", "master", "cni0", "up"]);
         let pod_ip = format!("10.244.{i}.2");
         pod.ip(&["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
@@ -88,17 +80,8 @@ impl Lab {
 
     fn start(&mut self, backend: Backend, port: u16) {
         for n in &mut self.nodes {
-            let cfg = Config {
-                backend,
-                vxlan_vni: 1,
-                vxlan_port: port,
-                underlay_iface: None,
-            };
-            n.agent = Some(NodeNetworking::new(
-                cfg,
-                n.name.clone(),
-                n.run_dir.path().to_path_buf(),
-            ));
+            let cfg = Config { backend, vxlan_vni: 1, vxlan_port: port, underlay_iface: None };
+            n.agent = Some(NodeNetworking::new(cfg, n.name.clone(), n.run_dir.path().to_path_buf()));
         }
     }
 
@@ -124,8 +107,7 @@ impl Lab {
             outs.clear();
             for i in 0..self.nodes.len() {
                 let out = self.reconcile(i, objects);
-                if let (Some(a), Some(o)) = (&out.annotations, objects.get_mut(&self.nodes[i].name))
-                {
+                if let (Some(a), Some(o)) = (&out.annotations, objects.get_mut(&self.nodes[i].name)) {
                     o.metadata.annotations = Some(a.clone());
                 }
                 outs.push(out);
@@ -139,14 +121,7 @@ impl Lab {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                (
-                    n.name.clone(),
-                    node(
-                        &n.name,
-                        &format!("10.244.{}.0/24", i + 1),
-                        &format!("192.168.77.{}", i + 1),
-                    ),
-                )
+                (n.name.clone(), node(&n.name, &format!("10.244.{}.0/24", i + 1), &format!("192.168.77.{}", i + 1)))
             })
             .collect()
     }
@@ -155,15 +130,9 @@ impl Lab {
 fn node(name: &str, cidr: &str, ip: &str) -> Node {
     let mut n = Node::default();
     n.metadata.name = Some(name.into());
-    n.spec = Some(NodeSpec {
-        pod_cidrs: Some(vec![cidr.into()]),
-        ..Default::default()
-    });
+    n.spec = Some(NodeSpec { pod_cidrs: Some(vec![cidr.into()]), ..Default::default() });
     n.status = Some(NodeStatus {
-        addresses: Some(vec![NodeAddress {
-            type_: "InternalIP".into(),
-            address: ip.into(),
-        }]),
+        addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: ip.into() }]),
         ..Default::default()
     });
     n
@@ -190,17 +159,15 @@ fn tcp(from: &TestNode, to: &TestNode, port: u16) -> Result<SocketAddr, String> 
                     s.write_all(&buf).map_err(|e| e.to_string())?;
                     return Ok(peer);
                 }
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 Err(e) => return Err(format!("no connection: {e}")),
             }
         }
     });
     ready_rx.recv().unwrap();
     let client = from.pod.run(move || -> Result<(), String> {
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut c =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         c.write_all(b"hello").map_err(|e| e.to_string())?;
         let mut buf = [0u8; 5];
@@ -216,10 +183,7 @@ fn tcp(from: &TestNode, to: &TestNode, port: u16) -> Result<SocketAddr, String> 
 /// routes are listed by `proto 87`, which `ip` then leaves out).
 fn entries(n: &TestNode) -> Vec<String> {
     let mut lines: Vec<String> =
-        n.ns.ip(&["route", "show", "proto", "87"])
-            .lines()
-            .map(|l| format!("route {}", l.trim()))
-            .collect();
+        n.ns.ip(&["route", "show", "proto", "87"]).lines().map(|l| format!("route {}", l.trim())).collect();
     if n.ns.ip(&["-o", "link", "show"]).contains("weir.1") {
         lines.extend(
             n.ns.ip(&["neigh", "show", "dev", "weir.1", "nud", "permanent"])
@@ -227,9 +191,7 @@ fn entries(n: &TestNode) -> Vec<String> {
                 .map(|l| format!("neigh {}", l.trim())),
         );
         lines.extend(
-            n.ns.exec(&["bridge", "fdb", "show", "dev", "weir.1"])
-                .lines()
-                .map(|l| format!("fdb {}", l.trim())),
+            n.ns.exec(&["bridge", "fdb", "show", "dev", "weir.1"]).lines().map(|l| format!("fdb {}", l.trim())),
         );
     }
     lines.sort();
@@ -237,11 +199,7 @@ fn entries(n: &TestNode) -> Vec<String> {
 }
 
 fn problems(out: &Outcome, reason: Reason) -> Vec<String> {
-    out.problems
-        .iter()
-        .filter(|p| p.reason == reason)
-        .map(|p| p.to_string())
-        .collect()
+    out.problems.iter().filter(|p| p.reason == reason).map(|p| p.to_string()).collect()
 }
 
 #[test]
@@ -255,17 +213,9 @@ fn root_host_gw_carries_pod_traffic_and_follows_nodes() {
         assert!(o.problems.is_empty(), "{:?}", o.problems);
         assert_eq!(o.remote_nodes, 1);
     }
-    assert_eq!(
-        entries(&lab.nodes[0]),
-        ["route 10.244.2.0/24 via 192.168.77.2 dev eth0"]
-    );
-    let nn = NodeNetwork::read(lab.nodes[0].run_dir.path())
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (nn.pod_cidrs, nn.mtu),
-        (vec!["10.244.1.0/24".parse().unwrap()], Some(1500))
-    );
+    assert_eq!(entries(&lab.nodes[0]), ["route 10.244.2.0/24 via 192.168.77.2 dev eth0"]);
+    let nn = NodeNetwork::read(lab.nodes[0].run_dir.path()).unwrap().unwrap();
+    assert_eq!((nn.pod_cidrs, nn.mtu), (vec!["10.244.1.0/24".parse().unwrap()], Some(1500)));
     let again = lab.reconcile(0, &objects);
     assert_eq!((again.written, again.removed), (0, 0), "{again:?}");
     // Pod to pod across nodes, and the server sees the client pod's address.
@@ -275,30 +225,19 @@ fn root_host_gw_carries_pod_traffic_and_follows_nodes() {
     assert_eq!(seen.ip().to_string(), lab.nodes[1].pod_ip);
 
     // Node 2 moves to another address: node 1's route follows.
-    lab.nodes[1]
-        .ns
-        .ip(&["addr", "add", "192.168.77.12/24", "dev", "eth0"]);
+    lab.nodes[1].ns.ip(&["addr", "add", "192.168.77.12/24", "dev", "eth0"]);
     objects.get_mut("node-2").unwrap().status = node("x", "10.0.0.0/8", "192.168.77.12").status;
     let out = lab.reconcile(0, &objects);
     assert!(out.problems.is_empty(), "{:?}", out.problems);
-    assert_eq!(
-        entries(&lab.nodes[0]),
-        ["route 10.244.2.0/24 via 192.168.77.12 dev eth0"]
-    );
+    assert_eq!(entries(&lab.nodes[0]), ["route 10.244.2.0/24 via 192.168.77.12 dev eth0"]);
     tcp(&lab.nodes[0], &lab.nodes[1], 7003).expect("after the move");
 
     // Not on-link: reported, and no route (none to blackhole into).
     let mut off = objects.clone();
     off.get_mut("node-2").unwrap().status = node("x", "10.0.0.0/8", "198.51.100.2").status;
     let out = lab.reconcile(0, &off);
-    assert_eq!(
-        problems(&out, Reason::NotOnLink).len(),
-        1,
-        "{:?}",
-        out.problems
-    );
-    assert!(problems(&out, Reason::NotOnLink)[0]
-        .starts_with("node node-2: InternalIP 198.51.100.2 is not on-link"));
+    assert_eq!(problems(&out, Reason::NotOnLink).len(), 1, "{:?}", out.problems);
+    assert!(problems(&out, Reason::NotOnLink)[0].starts_with("node node-2: InternalIP 198.51.100.2 is not on-link"));
     assert!(entries(&lab.nodes[0]).is_empty());
     lab.reconcile(0, &objects);
 
@@ -309,38 +248,23 @@ fn root_host_gw_carries_pod_traffic_and_follows_nodes() {
     let mut bad = objects.clone();
     bad.get_mut("node-2").unwrap().spec = Some(NodeSpec::default());
     let out = lab.reconcile(0, &bad);
-    assert!(
-        problems(&out, Reason::NoPodCidr)[0].starts_with("node node-2: spec.podCIDRs"),
-        "{:?}",
-        out.problems
-    );
+    assert!(problems(&out, Reason::NoPodCidr)[0].starts_with("node node-2: spec.podCIDRs"), "{:?}", out.problems);
     assert_eq!(entries(&lab.nodes[0]), before);
     let mut bad = objects.clone();
-    bad.insert(
-        "node-9".into(),
-        node("node-9", "10.244.2.128/25", "192.168.77.9"),
-    );
+    bad.insert("node-9".into(), node("node-9", "10.244.2.128/25", "192.168.77.9"));
     let out = lab.reconcile(0, &bad);
     let over = problems(&out, Reason::OverlappingPodCidrs);
-    assert!(
-        over.len() == 1 && over[0].contains("node-2") && over[0].contains("node-9"),
-        "{over:?}"
-    );
+    assert!(over.len() == 1 && over[0].contains("node-2") && over[0].contains("node-9"), "{over:?}");
     assert_eq!(entries(&lab.nodes[0]), before);
     // A foreign route (another protocol) is never touched.
-    lab.nodes[0]
-        .ns
-        .ip(&["route", "add", "10.99.0.0/16", "via", "192.168.77.2"]);
+    lab.nodes[0].ns.ip(&["route", "add", "10.99.0.0/16", "via", "192.168.77.2"]);
 
     // Node 2 leaves: its route goes; the foreign one stays.
     objects.remove("node-2");
     let out = lab.reconcile(0, &objects);
     assert_eq!((out.removed, out.remote_nodes), (1, 0));
     assert!(entries(&lab.nodes[0]).is_empty());
-    assert!(lab.nodes[0]
-        .ns
-        .ip(&["route", "show", "10.99.0.0/16"])
-        .contains("via 192.168.77.2"));
+    assert!(lab.nodes[0].ns.ip(&["route", "show", "10.99.0.0/16"]).contains("via 192.168.77.2"));
 }
 
 #[test]
@@ -355,19 +279,11 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
         assert_eq!(o.remote_nodes, 1);
     }
     let ann = |objects: &BTreeMap<String, Node>, i: usize| {
-        objects[&format!("node-{i}")]
-            .metadata
-            .annotations
-            .clone()
-            .unwrap()
+        objects[&format!("node-{i}")].metadata.annotations.clone().unwrap()
     };
     assert_eq!(ann(&objects, 2)["weir.io/backend-type"], "vxlan");
     assert_eq!(ann(&objects, 2)["weir.io/public-ip"], "192.168.77.2");
-    let mac2 = ann(&objects, 2)["weir.io/backend-data"]
-        .split('"')
-        .nth(3)
-        .unwrap()
-        .to_string();
+    let mac2 = ann(&objects, 2)["weir.io/backend-data"].split('"').nth(3).unwrap().to_string();
     assert!(
         ann(&objects, 2)["weir.io/backend-data"].ends_with(r#","vni":1,"port":8472}"#),
         "{}",
@@ -383,17 +299,9 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
             && dev.contains("nolearning"),
         "{dev}"
     );
-    assert!(
-        dev.contains("local 192.168.77.1") && dev.contains("dev eth0"),
-        "{dev}"
-    );
-    assert!(lab.nodes[0]
-        .ns
-        .ip(&["addr", "show", "dev", "weir.1"])
-        .contains("inet 10.244.1.0/32"));
-    let nn = NodeNetwork::read(lab.nodes[0].run_dir.path())
-        .unwrap()
-        .unwrap();
+    assert!(dev.contains("local 192.168.77.1") && dev.contains("dev eth0"), "{dev}");
+    assert!(lab.nodes[0].ns.ip(&["addr", "show", "dev", "weir.1"]).contains("inet 10.244.1.0/32"));
+    let nn = NodeNetwork::read(lab.nodes[0].run_dir.path()).unwrap().unwrap();
     assert_eq!(nn.mtu, Some(1450));
     let e = entries(&lab.nodes[0]);
     assert_eq!(
@@ -418,32 +326,19 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
 
     // Node 2's underlay address changes: node 1's FDB entry follows.
     // (Deleting a primary address takes its secondaries along: swap.)
-    lab.nodes[1]
-        .ns
-        .ip(&["addr", "del", "192.168.77.2/24", "dev", "eth0"]);
-    lab.nodes[1]
-        .ns
-        .ip(&["addr", "add", "192.168.77.12/24", "dev", "eth0"]);
+    lab.nodes[1].ns.ip(&["addr", "del", "192.168.77.2/24", "dev", "eth0"]);
+    lab.nodes[1].ns.ip(&["addr", "add", "192.168.77.12/24", "dev", "eth0"]);
     objects.get_mut("node-2").unwrap().status = node("x", "10.0.0.0/8", "192.168.77.12").status;
     let outs = lab.converge(&mut objects);
     assert!(outs.iter().all(|o| o.problems.is_empty()), "{outs:?}");
     assert_eq!(ann(&objects, 2)["weir.io/public-ip"], "192.168.77.12");
-    let mac2 = ann(&objects, 2)["weir.io/backend-data"]
-        .split('"')
-        .nth(3)
-        .unwrap()
-        .to_string();
+    let mac2 = ann(&objects, 2)["weir.io/backend-data"].split('"').nth(3).unwrap().to_string();
     assert!(
         entries(&lab.nodes[0]).contains(&format!("fdb {mac2} dst 192.168.77.12 self permanent")),
         "{:?}",
         entries(&lab.nodes[0])
     );
-    assert_eq!(
-        entries(&lab.nodes[0]).len(),
-        3,
-        "{:?}",
-        entries(&lab.nodes[0])
-    );
+    assert_eq!(entries(&lab.nodes[0]).len(), 3, "{:?}", entries(&lab.nodes[0]));
     tcp(&lab.nodes[0], &lab.nodes[1], 7103).expect("after the move");
 
     // Malformed annotation on node 2: named, and node 1's entries stay.
@@ -458,11 +353,7 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
         .insert("weir.io/backend-data".into(), "{\"vni\":1}".into());
     let out = lab.reconcile(0, &bad);
     let b = problems(&out, Reason::BadAnnotation);
-    assert!(
-        b.len() == 1 && b[0].starts_with("node node-2: annotation weir.io/backend-data"),
-        "{:?}",
-        out.problems
-    );
+    assert!(b.len() == 1 && b[0].starts_with("node node-2: annotation weir.io/backend-data"), "{:?}", out.problems);
     assert_eq!(entries(&lab.nodes[0]), before);
     // ...also across an agent restart (no memory of what it applied).
     lab.start(Backend::Vxlan, 8472);
@@ -473,11 +364,7 @@ fn root_vxlan_carries_pod_traffic_and_follows_nodes() {
     objects.remove("node-2");
     let out = lab.reconcile(0, &objects);
     assert_eq!((out.removed, out.remote_nodes), (3, 0), "{out:?}");
-    assert!(
-        entries(&lab.nodes[0]).is_empty(),
-        "{:?}",
-        entries(&lab.nodes[0])
-    );
+    assert!(entries(&lab.nodes[0]).is_empty(), "{:?}", entries(&lab.nodes[0]));
 }
 
 #[test]
@@ -487,64 +374,31 @@ fn root_vxlan_port_in_use_and_small_mtu_are_reported_and_leave_nothing() {
     let objects = lab.objects();
     // Something else holds the UDP port in the node's namespace.
     let port = 18472;
-    let holder = lab.nodes[0]
-        .ns
-        .run(move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap());
+    let holder = lab.nodes[0].ns.run(move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap());
     lab.start(Backend::Vxlan, port);
     let out = lab.reconcile(0, &objects);
     let p = problems(&out, Reason::PortInUse);
-    assert!(
-        p.len() == 1 && p[0].contains("port 18472") && p[0].contains("--vxlan-port"),
-        "{:?}",
-        out.problems
-    );
-    assert!(
-        !lab.nodes[0]
-            .ns
-            .ip(&["-o", "link", "show"])
-            .contains("weir.1"),
-        "no half-made device"
-    );
-    assert!(NodeNetwork::read(lab.nodes[0].run_dir.path())
-        .unwrap()
-        .is_none());
+    assert!(p.len() == 1 && p[0].contains("port 18472") && p[0].contains("--vxlan-port"), "{:?}", out.problems);
+    assert!(!lab.nodes[0].ns.ip(&["-o", "link", "show"]).contains("weir.1"), "no half-made device");
+    assert!(NodeNetwork::read(lab.nodes[0].run_dir.path()).unwrap().is_none());
     drop(holder);
 
     lab.nodes[0].ns.ip(&["link", "set", "eth0", "mtu", "100"]);
     let out = lab.reconcile(0, &objects);
     let p = problems(&out, Reason::MtuTooSmall);
-    assert!(
-        p.len() == 1 && p[0].contains("MTU 100") && p[0].contains("eth0"),
-        "{:?}",
-        out.problems
-    );
-    assert!(!lab.nodes[0]
-        .ns
-        .ip(&["-o", "link", "show"])
-        .contains("weir.1"));
+    assert!(p.len() == 1 && p[0].contains("MTU 100") && p[0].contains("eth0"), "{:?}", out.problems);
+    assert!(!lab.nodes[0].ns.ip(&["-o", "link", "show"]).contains("weir.1"));
 }
 
 #[test]
 fn unknown_backend_is_a_usage_error_listing_the_choices() {
     let out = Command::new(env!("CARGO_BIN_EXE_weir-policyd"))
-        .args([
-            "--node-name",
-            "n",
-            "--manifests",
-            "/nonexistent",
-            "--backend",
-            "bogus",
-        ])
+        .args(["--node-name", "n", "--manifests", "/nonexistent", "--backend", "bogus"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("'bogus'")
-            && err.contains("--backend")
-            && err.contains("none, host-gw, vxlan"),
-        "{err}"
-    );
+    assert!(err.contains("'bogus'") && err.contains("--backend") && err.contains("none, host-gw, vxlan"), "{err}");
 }
 
 /// The process and the bpffs root of one weir-policyd, removed on drop.
@@ -595,33 +449,25 @@ status:
     .unwrap();
     let run = n.run_dir.path().join("run");
     let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/weir-nn-{}", std::process::id()));
-    let child = n
-        .ns
-        .command(env!("CARGO_BIN_EXE_weir-policyd"))
-        .args(["--node-name", "node-1", "--backend", "vxlan", "--manifests"])
-        .arg(manifests.path())
-        .arg("--bpffs-root")
-        .arg(&bpffs)
-        .arg("--run-dir")
-        .arg(&run)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child =
+        n.ns.command(env!("CARGO_BIN_EXE_weir-policyd"))
+            .args(["--node-name", "node-1", "--backend", "vxlan", "--manifests"])
+            .arg(manifests.path())
+            .arg("--bpffs-root")
+            .arg(&bpffs)
+            .arg("--run-dir")
+            .arg(&run)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
     let mut policyd = Policyd { child, bpffs };
     // Failure guard only: the loop ends as soon as everything is there.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let annotations_file = run.join("node-annotations.json");
     while !(annotations_file.exists() && entries(n).len() == 3) {
-        assert!(
-            policyd.child.try_wait().unwrap().is_none(),
-            "weir-policyd exited"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "weir-policyd did not program node-2: {:?}",
-            entries(n)
-        );
+        assert!(policyd.child.try_wait().unwrap().is_none(), "weir-policyd exited");
+        assert!(std::time::Instant::now() < deadline, "weir-policyd did not program node-2: {:?}", entries(n));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
@@ -637,20 +483,10 @@ status:
         (nn.node.as_str(), nn.pod_cidrs, nn.mtu),
         ("node-1", vec!["10.244.1.0/24".parse().unwrap()], Some(1450))
     );
-    let a: BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(&annotations_file).unwrap()).unwrap();
+    let a: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&annotations_file).unwrap()).unwrap();
     assert_eq!(a["weir.io/backend-type"], "vxlan");
     assert_eq!(a["weir.io/public-ip"], "192.168.77.1");
     let link = n.ns.ip(&["-o", "link", "show", "weir.1"]);
-    let mac = link
-        .split("link/ether ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    assert_eq!(
-        a["weir.io/backend-data"],
-        format!(r#"{{"vtepMAC":"{mac}","vni":1,"port":8472}}"#)
-    );
+    let mac = link.split("link/ether ").nth(1).unwrap().split(' ').next().unwrap();
+    assert_eq!(a["weir.io/backend-data"], format!(r#"{{"vtepMAC":"{mac}","vni":1,"port":8472}}"#));
 }

@@ -165,17 +165,15 @@ pub struct Case {
 
 impl Case {
     pub fn parse(text: &str, file: &Path) -> Result<Case> {
-        let mut c: Case = serde_yaml_ng::from_str(text)
-            .with_context(|| format!("{}: not a valid case", file.display()))?;
+        let mut c: Case =
+            serde_yaml_ng::from_str(text).with_context(|| format!("{}: not a valid case", file.display()))?;
         c.file = file.to_path_buf();
-        c.check()
-            .with_context(|| format!("{}: case {:?}", file.display(), c.name))?;
+        c.check().with_context(|| format!("{}: case {:?}", file.display(), c.name))?;
         Ok(c)
     }
 
     pub fn load(file: &Path) -> Result<Case> {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         Case::parse(&text, file)
     }
 
@@ -197,56 +195,27 @@ impl Case {
     pub fn check(&self) -> Result<()> {
         ensure!(
             !self.name.is_empty()
-                && self
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
             "name {:?}: use lower-case letters, digits and '-'",
             self.name
         );
         if let Some(stem) = self.file.file_stem().and_then(|s| s.to_str()) {
-            ensure!(
-                stem == self.name,
-                "name {:?} differs from the file name {stem:?}",
-                self.name
-            );
+            ensure!(stem == self.name, "name {:?} differs from the file name {stem:?}", self.name);
         }
-        ensure!(
-            !self.reference.trim().is_empty(),
-            "reference: say what upstream test (or idea) this case covers"
-        );
-        ensure!(
-            self.probes().next().is_some(),
-            "steps: a case needs at least one probe"
-        );
+        ensure!(!self.reference.trim().is_empty(), "reference: say what upstream test (or idea) this case covers");
+        ensure!(self.probes().next().is_some(), "steps: a case needs at least one probe");
         for p in self.probes() {
-            ensure!(
-                self.protocols.contains(&p.protocol),
-                "a probe uses {} but `protocols` lacks it",
-                p.protocol
-            );
-            ensure!(
-                self.ports.contains(&p.port),
-                "a probe uses port {} but `ports` lacks it",
-                p.port
-            );
+            ensure!(self.protocols.contains(&p.protocol), "a probe uses {} but `protocols` lacks it", p.protocol);
+            ensure!(self.ports.contains(&p.port), "a probe uses port {} but `ports` lacks it", p.port);
         }
         for proto in &self.protocols {
-            ensure!(
-                self.probes().any(|p| p.protocol == *proto),
-                "protocols lists {proto} but no probe uses it"
-            );
+            ensure!(self.probes().any(|p| p.protocol == *proto), "protocols lists {proto} but no probe uses it");
         }
         for port in &self.ports {
-            ensure!(
-                self.probes().any(|p| p.port == *port),
-                "ports lists {port} but no probe uses it"
-            );
+            ensure!(self.probes().any(|p| p.port == *port), "ports lists {port} but no probe uses it");
         }
         match (self.uses_sctp(), self.sctp) {
-            (true, None) => bail!(
-                "a probe uses SCTP: add `sctp: verdict-only` (no SCTP sockets on this kernel)"
-            ),
+            (true, None) => bail!("a probe uses SCTP: add `sctp: verdict-only` (no SCTP sockets on this kernel)"),
             (false, Some(_)) => bail!("`sctp: verdict-only` but no probe uses SCTP"),
             _ => {}
         }
@@ -260,17 +229,13 @@ impl Case {
                 Step::Apply(objs) => {
                     ensure!(!objs.is_empty(), "steps[{i}].apply: empty list");
                     for (j, obj) in objs.iter().enumerate() {
-                        world
-                            .apply(obj)
-                            .with_context(|| format!("steps[{i}].apply[{j}]"))?;
+                        world.apply(obj).with_context(|| format!("steps[{i}].apply[{j}]"))?;
                     }
                 }
                 Step::Delete(refs) => {
                     ensure!(!refs.is_empty(), "steps[{i}].delete: empty list");
                     for (j, r) in refs.iter().enumerate() {
-                        world
-                            .delete(r)
-                            .with_context(|| format!("steps[{i}].delete[{j}]"))?;
+                        world.delete(r).with_context(|| format!("steps[{i}].delete[{j}]"))?;
                     }
                 }
                 Step::Probe(p) => {
@@ -295,9 +260,7 @@ pub struct World {
 
 impl World {
     pub fn model() -> World {
-        let mut w = World {
-            objects: BTreeSet::new(),
-        };
+        let mut w = World { objects: BTreeSet::new() };
         for (_, obj) in model::model_objects() {
             w.apply(&obj).expect("the model is valid");
         }
@@ -310,8 +273,7 @@ impl World {
         let id = model::object_id(&done)?;
         if let Some(ns) = &id.namespace {
             ensure!(
-                self.objects
-                    .contains(&("Namespace".to_string(), None, ns.clone())),
+                self.objects.contains(&("Namespace".to_string(), None, ns.clone())),
                 "{} {}/{}: namespace {ns:?} does not exist (apply the Namespace first)",
                 id.kind,
                 ns,
@@ -323,11 +285,7 @@ impl World {
     }
 
     pub fn delete(&mut self, r: &DeleteRef) -> Result<()> {
-        ensure!(
-            model::KINDS.contains(&r.kind.as_str()),
-            "delete: kind {:?} is not one a case may use",
-            r.kind
-        );
+        ensure!(model::KINDS.contains(&r.kind.as_str()), "delete: kind {:?} is not one a case may use", r.kind);
         ensure!(
             (r.kind == "Namespace") == r.namespace.is_none(),
             "delete {} {}: namespace is required for namespaced kinds and absent for Namespace",
@@ -343,8 +301,7 @@ impl World {
             r.name
         );
         if r.kind == "Namespace" {
-            self.objects
-                .retain(|(_, ns, _)| ns.as_deref() != Some(r.name.as_str()));
+            self.objects.retain(|(_, ns, _)| ns.as_deref() != Some(r.name.as_str()));
         }
         Ok(())
     }
@@ -371,12 +328,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>> {
     let mut names = BTreeSet::new();
     for f in files {
         let c = Case::load(&f)?;
-        ensure!(
-            names.insert(c.name.clone()),
-            "{}: case name {:?} used twice",
-            f.display(),
-            c.name
-        );
+        ensure!(names.insert(c.name.clone()), "{}: case name {:?} used twice", f.display(), c.name);
         cases.push(c);
     }
     Ok(cases)
@@ -428,13 +380,9 @@ steps:
         assert_eq!(c.steps.len(), 4);
         assert_eq!(c.probes().count(), 2);
         assert!(c.uses_sctp());
-        let Step::Probe(p) = &c.steps[3] else {
-            panic!()
-        };
+        let Step::Probe(p) = &c.steps[3] else { panic!() };
         assert_eq!((p.via, p.family), (Via::Pod, Family::IPv6));
-        let Step::Probe(p) = &c.steps[1] else {
-            panic!()
-        };
+        let Step::Probe(p) = &c.steps[1] else { panic!() };
         assert_eq!((p.via, p.family), (Via::Service, Family::IPv4));
     }
 
@@ -453,19 +401,10 @@ steps:
     fn inconsistent_cases_are_rejected() {
         let cases = [
             (GOOD.replace("sctp: verdict-only\n", ""), "verdict-only"),
-            (
-                GOOD.replace("protocols: [TCP, SCTP]", "protocols: [TCP, SCTP, UDP]"),
-                "UDP",
-            ),
+            (GOOD.replace("protocols: [TCP, SCTP]", "protocols: [TCP, SCTP, UDP]"), "UDP"),
             (GOOD.replace("ports: [80, 81]", "ports: [80]"), "port 81"),
             (GOOD.replace("name: sample", "name: other"), "file name"),
-            (
-                GOOD.replace(
-                    "name: d, namespace: x, labels",
-                    "name: d, namespace: q, labels",
-                ),
-                "namespace \"q\"",
-            ),
+            (GOOD.replace("name: d, namespace: x, labels", "name: d, namespace: q, labels"), "namespace \"q\""),
             (
                 GOOD.replace(
                     "delete: [{kind: Pod, namespace: x, name: d}]",
@@ -473,10 +412,7 @@ steps:
                 ),
                 "no such object",
             ),
-            (
-                GOOD.replace("{{hostcidr y/b}}", "{{hostcidr yb}}"),
-                "NAMESPACE/POD",
-            ),
+            (GOOD.replace("{{hostcidr y/b}}", "{{hostcidr yb}}"), "NAMESPACE/POD"),
             (GOOD.replace("origin: weir", "origin: elsewhere"), "origin"),
             (GOOD.replace("via: pod", "via: node"), "via"),
             (GOOD.replace("family: IPv6", "family: IPv5"), "IPv5"),
@@ -493,15 +429,10 @@ steps:
     /// evaluate over the pods of their step.
     #[test]
     fn every_case_file_parses_and_evaluates() {
-        let cases =
-            load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
+        let cases = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
         assert!(cases.len() >= 48, "only {} cases", cases.len());
         let count = |o: Origin| cases.iter().filter(|c| c.origin == o).count();
-        assert_eq!(
-            count(Origin::Upstream),
-            48,
-            "network_policy.go has 48 cases"
-        );
+        assert_eq!(count(Origin::Upstream), 48, "network_policy.go has 48 cases");
         let sctp_only: Vec<&str> = cases
             .iter()
             .filter(|c| c.probes().all(|p| p.protocol == Protocol::SCTP))
@@ -517,20 +448,9 @@ steps:
         let doc = std::fs::read_to_string(dir.join("../docs/conformance.md")).unwrap();
         let cases = load_dir(&dir.join("conformance/cases")).unwrap();
         for c in &cases {
-            assert!(
-                doc.contains(&format!("| `{}` |", c.name)),
-                "docs/conformance.md lacks case {}",
-                c.name
-            );
+            assert!(doc.contains(&format!("| `{}` |", c.name)), "docs/conformance.md lacks case {}", c.name);
         }
-        let listed = doc
-            .lines()
-            .filter(|l| l.starts_with("| `") && !l.starts_with("| `WEIR_"))
-            .count();
-        assert_eq!(
-            listed,
-            cases.len(),
-            "docs/conformance.md lists cases that do not exist"
-        );
+        let listed = doc.lines().filter(|l| l.starts_with("| `") && !l.starts_with("| `WEIR_")).count();
+        assert_eq!(listed, cases.len(), "docs/conformance.md lists cases that do not exist");
     }
 }

@@ -32,20 +32,13 @@ pub struct PodRef {
 
 impl PodRef {
     pub fn new(ns: &str, name: &str) -> PodRef {
-        PodRef {
-            ns: ns.to_string(),
-            name: name.to_string(),
-        }
+        PodRef { ns: ns.to_string(), name: name.to_string() }
     }
 
     pub fn parse(s: &str) -> Result<PodRef, String> {
         match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(PodRef::new(ns, name))
-            }
-            _ => Err(format!(
-                "{s:?} is not a pod reference: write it as NAMESPACE/POD, e.g. \"x/a\""
-            )),
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(PodRef::new(ns, name)),
+            _ => Err(format!("{s:?} is not a pod reference: write it as NAMESPACE/POD, e.g. \"x/a\"")),
         }
     }
 }
@@ -68,31 +61,20 @@ impl Pattern {
     pub fn parse(s: &str) -> Result<Pattern, String> {
         let s = s.trim();
         if s == "*" {
-            return Ok(Pattern {
-                ns: None,
-                pod: None,
-                text: s.to_string(),
-            });
+            return Ok(Pattern { ns: None, pod: None, text: s.to_string() });
         }
-        let (ns, pod) = s.split_once('/').ok_or_else(|| {
-            format!("peer pattern {s:?}: write \"*\", \"NS/*\", \"*/POD\" or \"NS/POD\"")
-        })?;
+        let (ns, pod) = s
+            .split_once('/')
+            .ok_or_else(|| format!("peer pattern {s:?}: write \"*\", \"NS/*\", \"*/POD\" or \"NS/POD\""))?;
         if ns.is_empty() || pod.is_empty() || pod.contains('/') {
-            return Err(format!(
-                "peer pattern {s:?}: write \"*\", \"NS/*\", \"*/POD\" or \"NS/POD\""
-            ));
+            return Err(format!("peer pattern {s:?}: write \"*\", \"NS/*\", \"*/POD\" or \"NS/POD\""));
         }
         let side = |v: &str| if v == "*" { None } else { Some(v.to_string()) };
-        Ok(Pattern {
-            ns: side(ns),
-            pod: side(pod),
-            text: s.to_string(),
-        })
+        Ok(Pattern { ns: side(ns), pod: side(pod), text: s.to_string() })
     }
 
     pub fn matches(&self, p: &PodRef) -> bool {
-        self.ns.as_ref().is_none_or(|n| *n == p.ns)
-            && self.pod.as_ref().is_none_or(|n| *n == p.name)
+        self.ns.as_ref().is_none_or(|n| *n == p.ns) && self.pod.as_ref().is_none_or(|n| *n == p.name)
     }
 }
 
@@ -137,39 +119,26 @@ impl TryFrom<Value> for Expectation {
     type Error = String;
 
     fn try_from(v: Value) -> Result<Expectation, String> {
-        let mut exp = Expectation {
-            default: Verdict::Allow,
-            rules: Vec::new(),
-        };
+        let mut exp = Expectation { default: Verdict::Allow, rules: Vec::new() };
         let mut default_seen = false;
         let blocks: Vec<Value> = match v {
             Value::Sequence(seq) => seq,
             m @ Value::Mapping(_) => vec![m],
             Value::Null => Vec::new(),
-            other => {
-                return Err(format!(
-                    "expect: want a map (default/deny/allow) or a list of maps, got {other:?}"
-                ))
-            }
+            other => return Err(format!("expect: want a map (default/deny/allow) or a list of maps, got {other:?}")),
         };
         for (bi, block) in blocks.into_iter().enumerate() {
             let Value::Mapping(map) = block else {
-                return Err(format!(
-                    "expect[{bi}]: want a map with keys default, deny, allow"
-                ));
+                return Err(format!("expect[{bi}]: want a map with keys default, deny, allow"));
             };
             for (k, v) in map {
-                let key = k
-                    .as_str()
-                    .ok_or_else(|| format!("expect: key {k:?} is not a string"))?;
+                let key = k.as_str().ok_or_else(|| format!("expect: key {k:?} is not a string"))?;
                 match key {
                     "default" => {
                         if default_seen || !exp.rules.is_empty() {
                             return Err("expect: `default` must come first and only once".into());
                         }
-                        let s = v
-                            .as_str()
-                            .ok_or("expect.default: use \"allow\" or \"deny\"")?;
+                        let s = v.as_str().ok_or("expect.default: use \"allow\" or \"deny\"")?;
                         exp.default = Verdict::parse(s)?;
                         default_seen = true;
                     }
@@ -178,21 +147,13 @@ impl TryFrom<Value> for Expectation {
                         let entries = match v {
                             Value::Sequence(seq) => seq,
                             m @ Value::Mapping(_) => vec![m],
-                            other => {
-                                return Err(format!(
-                                    "expect.{key}: want a list of {{from, to}}, got {other:?}"
-                                ))
-                            }
+                            other => return Err(format!("expect.{key}: want a list of {{from, to}}, got {other:?}")),
                         };
                         for e in entries {
                             exp.rules.push(parse_rule(verdict, key, e)?);
                         }
                     }
-                    other => {
-                        return Err(format!(
-                            "expect: unknown key {other:?} (known: default, deny, allow)"
-                        ))
-                    }
+                    other => return Err(format!("expect: unknown key {other:?} (known: default, deny, allow)")),
                 }
             }
         }
@@ -202,9 +163,7 @@ impl TryFrom<Value> for Expectation {
 
 fn parse_rule(verdict: Verdict, key: &str, e: Value) -> Result<Rule, String> {
     let Value::Mapping(m) = e else {
-        return Err(format!(
-            "expect.{key}: each entry is a map {{from: PATTERN, to: PATTERN}}"
-        ));
+        return Err(format!("expect.{key}: each entry is a map {{from: PATTERN, to: PATTERN}}"));
     };
     let mut from = None;
     let mut to = None;
@@ -212,26 +171,16 @@ fn parse_rule(verdict: Verdict, key: &str, e: Value) -> Result<Rule, String> {
         let slot = match k.as_str() {
             Some("from") => &mut from,
             Some("to") => &mut to,
-            _ => {
-                return Err(format!(
-                    "expect.{key}: unknown field {k:?} (known: from, to)"
-                ))
-            }
+            _ => return Err(format!("expect.{key}: unknown field {k:?} (known: from, to)")),
         };
-        let pat = v
-            .as_str()
-            .ok_or_else(|| format!("expect.{key}: pattern {v:?} must be a string"))?;
+        let pat = v.as_str().ok_or_else(|| format!("expect.{key}: pattern {v:?} must be a string"))?;
         *slot = Some(Pattern::parse(pat)?);
     }
     if from.is_none() && to.is_none() {
         return Err(format!("expect.{key}: an entry needs `from`, `to` or both"));
     }
     let star = || Pattern::parse("*").expect("static pattern");
-    Ok(Rule {
-        verdict,
-        from: from.unwrap_or_else(star),
-        to: to.unwrap_or_else(star),
-    })
+    Ok(Rule { verdict, from: from.unwrap_or_else(star), to: to.unwrap_or_else(star) })
 }
 
 /// A reachability matrix over an ordered pod list: `cells[from][to]`.
@@ -244,10 +193,7 @@ pub struct Matrix<T> {
 impl<T: Clone> Matrix<T> {
     pub fn filled(pods: &[PodRef], v: T) -> Matrix<T> {
         let row: BTreeMap<PodRef, T> = pods.iter().map(|p| (p.clone(), v.clone())).collect();
-        Matrix {
-            pods: pods.to_vec(),
-            cells: pods.iter().map(|p| (p.clone(), row.clone())).collect(),
-        }
+        Matrix { pods: pods.to_vec(), cells: pods.iter().map(|p| (p.clone(), row.clone())).collect() }
     }
 
     pub fn get(&self, from: &PodRef, to: &PodRef) -> Option<&T> {
@@ -264,10 +210,7 @@ impl Expectation {
             for (pat, side) in [(&r.from, "from"), (&r.to, "to")] {
                 if !pods.iter().any(|p| pat.matches(p)) {
                     let known: Vec<String> = pods.iter().map(|p| p.to_string()).collect();
-                    return Err(format!(
-                        "{side} pattern {pat:?} matches no pod (pods: {})",
-                        known.join(" ")
-                    ));
+                    return Err(format!("{side} pattern {pat:?} matches no pod (pods: {})", known.join(" ")));
                 }
             }
             for f in pods.iter().filter(|p| r.from.matches(p)) {
@@ -300,37 +243,24 @@ mod tests {
     }
 
     fn cell(m: &Matrix<Verdict>, f: &str, t: &str) -> Verdict {
-        *m.get(&PodRef::parse(f).unwrap(), &PodRef::parse(t).unwrap())
-            .unwrap()
+        *m.get(&PodRef::parse(f).unwrap(), &PodRef::parse(t).unwrap()).unwrap()
     }
 
     #[test]
     fn default_alone_fills_every_cell() {
         let m = exp("{default: deny}").evaluate(&pods()).unwrap();
         assert_eq!(m.cells.len(), 9);
-        assert!(m
-            .cells
-            .values()
-            .all(|r| r.len() == 9 && r.values().all(|v| *v == Verdict::Deny)));
+        assert!(m.cells.values().all(|r| r.len() == 9 && r.values().all(|v| *v == Verdict::Deny)));
         let m = exp("{}").evaluate(&pods()).unwrap();
-        assert!(m
-            .cells
-            .values()
-            .all(|r| r.values().all(|v| *v == Verdict::Allow)));
+        assert!(m.cells.values().all(|r| r.values().all(|v| *v == Verdict::Allow)));
     }
 
     #[test]
     fn namespace_wildcard_on_the_destination_is_all_ingress_of_a_namespace() {
-        let m = exp("{default: allow, deny: [{from: '*', to: 'x/*'}]}")
-            .evaluate(&pods())
-            .unwrap();
+        let m = exp("{default: allow, deny: [{from: '*', to: 'x/*'}]}").evaluate(&pods()).unwrap();
         for f in pods() {
             for t in pods() {
-                let want = if t.ns == "x" {
-                    Verdict::Deny
-                } else {
-                    Verdict::Allow
-                };
+                let want = if t.ns == "x" { Verdict::Deny } else { Verdict::Allow };
                 assert_eq!(m.get(&f, &t), Some(&want), "{f} -> {t}");
             }
         }
@@ -338,17 +268,13 @@ mod tests {
 
     #[test]
     fn later_entries_override_earlier_ones() {
-        let m = exp("{deny: [{to: x/a}], allow: [{from: x/b, to: x/a}]}")
-            .evaluate(&pods())
-            .unwrap();
+        let m = exp("{deny: [{to: x/a}], allow: [{from: x/b, to: x/a}]}").evaluate(&pods()).unwrap();
         assert_eq!(cell(&m, "x/b", "x/a"), Verdict::Allow);
         assert_eq!(cell(&m, "x/c", "x/a"), Verdict::Deny);
         assert_eq!(cell(&m, "y/b", "x/a"), Verdict::Deny);
         assert_eq!(cell(&m, "x/a", "x/b"), Verdict::Allow);
         // allow before deny in the document: the deny wins.
-        let m = exp("{allow: [{from: x/b, to: x/a}], deny: [{to: x/a}]}")
-            .evaluate(&pods())
-            .unwrap();
+        let m = exp("{allow: [{from: x/b, to: x/a}], deny: [{to: x/a}]}").evaluate(&pods()).unwrap();
         assert_eq!(cell(&m, "x/b", "x/a"), Verdict::Deny);
     }
 
@@ -387,9 +313,7 @@ mod tests {
             ("{deny: [{to: x/a, port: 80}]}", "unknown field"),
         ];
         for (y, needle) in bad {
-            let e = serde_yaml_ng::from_str::<Expectation>(y)
-                .unwrap_err()
-                .to_string();
+            let e = serde_yaml_ng::from_str::<Expectation>(y).unwrap_err().to_string();
             assert!(e.contains(needle), "{y}: {e}");
         }
     }

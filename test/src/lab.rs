@@ -38,11 +38,7 @@ impl Weirctl {
         } else {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
         };
-        let missing: Vec<&str> = BINARIES
-            .iter()
-            .copied()
-            .filter(|b| !dir.join(b).is_file())
-            .collect();
+        let missing: Vec<&str> = BINARIES.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
         if !missing.is_empty() {
             bail!(
                 "{} missing from {} (set WEIR_BIN_DIR, or build them: `{BUILD_HINT}`)",
@@ -60,12 +56,9 @@ impl Weirctl {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for b in BINARIES {
             let (from, to) = (self.bin_dir.join(b), dir.join(b));
-            std::fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
-        Ok(Weirctl {
-            bin_dir: dir.to_path_buf(),
-        })
+        Ok(Weirctl { bin_dir: dir.to_path_buf() })
     }
 
     pub fn bin(&self) -> PathBuf {
@@ -81,13 +74,8 @@ impl Weirctl {
     /// Runs `weirctl ARGS`, returning stdout; failure carries the command
     /// line and stderr.
     pub fn run(&self, args: &[OsString]) -> Result<String> {
-        let shown = format!(
-            "weirctl {}",
-            args.iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let shown =
+            format!("weirctl {}", args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "));
         let out = Command::new(self.bin())
             .args(args)
             .env("WEIR_BIN_DIR", &self.bin_dir)
@@ -120,19 +108,13 @@ pub struct Topology {
 impl Default for Topology {
     /// The one-node lab.
     fn default() -> Self {
-        Topology {
-            nodes: 1,
-            backend: None,
-        }
+        Topology { nodes: 1, backend: None }
     }
 }
 
 impl Topology {
     pub fn multi(nodes: usize, backend: &str) -> Topology {
-        Topology {
-            nodes,
-            backend: Some(backend.to_string()),
-        }
+        Topology { nodes, backend: Some(backend.to_string()) }
     }
 
     /// The `weirctl lab up` flags; none for the one-node lab, so its command
@@ -171,11 +153,7 @@ pub fn namespaces_not_spanning(placement: &BTreeMap<String, String>, nodes: usiz
     let all: Vec<String> = (1..=nodes).map(|k| format!("node-{k}")).collect();
     on.iter()
         .filter_map(|(ns, have)| {
-            let missing: Vec<&str> = all
-                .iter()
-                .map(String::as_str)
-                .filter(|n| !have.contains(n))
-                .collect();
+            let missing: Vec<&str> = all.iter().map(String::as_str).filter(|n| !have.contains(n)).collect();
             (!missing.is_empty()).then(|| format!("{ns} (not on {})", missing.join(", ")))
         })
         .collect()
@@ -205,23 +183,11 @@ impl Lab {
     }
 
     /// `weirctl lab up` with the nodes of `topology`.
-    pub fn up_on(
-        ctl: &Weirctl,
-        name: &str,
-        topology: &Topology,
-        model_dir: &Path,
-        work: &Path,
-    ) -> Result<Lab> {
+    pub fn up_on(ctl: &Weirctl, name: &str, topology: &Topology, model_dir: &Path, work: &Path) -> Result<Lab> {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
         let t = Instant::now();
-        let mut lab = Lab {
-            ctl: ctl.clone(),
-            name: name.to_string(),
-            work: work.to_path_buf(),
-            up: true,
-            seq: 0,
-            up_secs: 0.0,
-        };
+        let mut lab =
+            Lab { ctl: ctl.clone(), name: name.to_string(), work: work.to_path_buf(), up: true, seq: 0, up_secs: 0.0 };
         let mut args = os(&["lab", "up", "--name", name, "-f"]);
         args.push(model_dir.as_os_str().to_owned());
         // Name the binaries explicitly so WEIR_BIN_DIR decides, not weirctl's search path.
@@ -251,8 +217,7 @@ impl Lab {
     fn write(&mut self, what: &str, v: &Value) -> Result<PathBuf> {
         self.seq += 1;
         let path = self.work.join(format!("{:03}-{what}.yaml", self.seq));
-        std::fs::write(&path, serde_yaml_ng::to_string(v)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_yaml_ng::to_string(v)?).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
@@ -266,11 +231,7 @@ impl Lab {
 
     /// `weirctl lab delete --name NAME -f FILE` with the object's identity.
     pub fn delete(&mut self, r: &DeleteRef) -> Result<()> {
-        let api = if r.kind == "NetworkPolicy" {
-            "networking.k8s.io/v1"
-        } else {
-            "v1"
-        };
+        let api = if r.kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
         let mut meta = serde_yaml_ng::Mapping::new();
         meta.insert("name".into(), r.name.clone().into());
         if let Some(ns) = &r.namespace {
@@ -287,25 +248,10 @@ impl Lab {
     }
 
     /// `weirctl lab probe --name NAME --port P --protocol T [--via pod] [--ipv6] -o json`.
-    pub fn probe(
-        &self,
-        port: u16,
-        protocol: Protocol,
-        via: Via,
-        family: Family,
-    ) -> Result<ProbeOutput> {
+    pub fn probe(&self, port: u16, protocol: Protocol, via: Via, family: Family) -> Result<ProbeOutput> {
         let port = port.to_string();
         let proto = protocol.to_string();
-        let mut args = vec![
-            "lab",
-            "probe",
-            "--name",
-            &self.name,
-            "--port",
-            &port,
-            "--protocol",
-            &proto,
-        ];
+        let mut args = vec!["lab", "probe", "--name", &self.name, "--port", &port, "--protocol", &proto];
         if via == Via::Pod {
             args.extend(["--via", "pod"]);
         }
@@ -319,31 +265,20 @@ impl Lab {
 
     /// `weirctl lab get pods --name NAME -o json`.
     pub fn pod_ips(&self) -> Result<PodIps> {
-        let text = self.ctl.run(&os(&[
-            "lab", "get", "pods", "--name", &self.name, "-o", "json",
-        ]))?;
+        let text = self.ctl.run(&os(&["lab", "get", "pods", "--name", &self.name, "-o", "json"]))?;
         parse_pod_ips(&text)
     }
 
     /// `ns/name` -> the node it runs on (`spec.nodeName`).
     pub fn placement(&self) -> Result<BTreeMap<String, String>> {
-        let text = self.ctl.run(&os(&[
-            "lab", "get", "pods", "--name", &self.name, "-o", "json",
-        ]))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .context("`weirctl lab get pods -o json` did not print JSON")?;
+        let text = self.ctl.run(&os(&["lab", "get", "pods", "--name", &self.name, "-o", "json"]))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).context("`weirctl lab get pods -o json` did not print JSON")?;
         let mut out = BTreeMap::new();
         for p in v["items"].as_array().context("no `items` list")? {
             let m = &p["metadata"];
-            let key = format!(
-                "{}/{}",
-                m["namespace"].as_str().unwrap_or(""),
-                m["name"].as_str().unwrap_or("")
-            );
-            out.insert(
-                key,
-                p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
-            );
+            let key = format!("{}/{}", m["namespace"].as_str().unwrap_or(""), m["name"].as_str().unwrap_or(""));
+            out.insert(key, p["spec"]["nodeName"].as_str().unwrap_or("").to_string());
         }
         Ok(out)
     }
@@ -373,11 +308,7 @@ impl Lab {
             if many {
                 out.push(format!("== {}", path.display()));
             }
-            out.extend(
-                all[all.len().saturating_sub(lines)..]
-                    .iter()
-                    .map(|l| l.to_string()),
-            );
+            out.extend(all[all.len().saturating_sub(lines)..].iter().map(|l| l.to_string()));
         }
         out.join("\n")
     }
@@ -388,9 +319,7 @@ impl Lab {
             return Ok(());
         }
         self.up = false;
-        self.ctl
-            .run(&os(&["lab", "down", "--name", &self.name]))
-            .map(|_| ())
+        self.ctl.run(&os(&["lab", "down", "--name", &self.name])).map(|_| ())
     }
 }
 
@@ -419,23 +348,11 @@ mod tests {
     #[test]
     fn a_namespace_missing_a_node_is_named() {
         let p = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
+            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
         };
-        let spread = p(&[
-            ("x/a", "node-1"),
-            ("x/b", "node-2"),
-            ("y/a", "node-2"),
-            ("y/b", "node-1"),
-        ]);
+        let spread = p(&[("x/a", "node-1"), ("x/b", "node-2"), ("y/a", "node-2"), ("y/b", "node-1")]);
         assert!(namespaces_not_spanning(&spread, 2).is_empty());
-        let lumped = p(&[
-            ("x/a", "node-1"),
-            ("x/b", "node-1"),
-            ("y/a", "node-2"),
-            ("y/b", "node-1"),
-        ]);
+        let lumped = p(&[("x/a", "node-1"), ("x/b", "node-1"), ("y/a", "node-2"), ("y/b", "node-1")]);
         assert_eq!(namespaces_not_spanning(&lumped, 2), ["x (not on node-2)"]);
         assert_eq!(namespaces_not_spanning(&spread, 3).len(), 2);
     }

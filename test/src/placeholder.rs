@@ -50,8 +50,7 @@ impl Placeholder {
 
     fn parse(inner: &str) -> Result<Placeholder> {
         let words: Vec<&str> = inner.split_whitespace().collect();
-        let pod =
-            |w: &str| PodRef::parse(w).map_err(|e| anyhow!("placeholder {{{{{inner}}}}}: {e}"));
+        let pod = |w: &str| PodRef::parse(w).map_err(|e| anyhow!("placeholder {{{{{inner}}}}}: {e}"));
         let (word, fam) = match words.first().copied() {
             Some(w) if w.ends_with('6') => (&w[..w.len() - 1], Fam::V6),
             Some(w) => (w, Fam::V4),
@@ -80,15 +79,12 @@ impl Placeholder {
     fn resolve(&self, ips: &PodIps) -> Result<String> {
         let pod = self.pod();
         let want_v6 = self.family() == Fam::V6;
-        let ip = ips
-            .get(pod)
-            .and_then(|a| a.iter().find(|ip| ip.is_ipv6() == want_v6))
-            .ok_or_else(|| {
-                anyhow!(
-                    "placeholder for {pod}: the lab reports no {} address for that pod",
-                    if want_v6 { "IPv6" } else { "IPv4" }
-                )
-            })?;
+        let ip = ips.get(pod).and_then(|a| a.iter().find(|ip| ip.is_ipv6() == want_v6)).ok_or_else(|| {
+            anyhow!(
+                "placeholder for {pod}: the lab reports no {} address for that pod",
+                if want_v6 { "IPv6" } else { "IPv4" }
+            )
+        })?;
         Ok(match self {
             Placeholder::Ip(..) => ip.to_string(),
             Placeholder::HostCidr(..) => format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
@@ -105,21 +101,11 @@ pub fn network(ip: IpAddr, len: u8) -> Result<String> {
                 bail!("prefix length {len} is longer than an IPv4 address ({ip})");
             }
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            Ok(format!(
-                "{}/{len}",
-                std::net::Ipv4Addr::from(u32::from(v4) & mask)
-            ))
+            Ok(format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(v4) & mask)))
         }
         IpAddr::V6(v6) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            Ok(format!(
-                "{}/{len}",
-                std::net::Ipv6Addr::from(u128::from(v6) & mask)
-            ))
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            Ok(format!("{}/{len}", std::net::Ipv6Addr::from(u128::from(v6) & mask)))
         }
     }
 }
@@ -133,9 +119,7 @@ fn scan(s: &str) -> Result<Vec<Result<String, Placeholder>>> {
             out.push(Ok(rest[..start].to_string()));
         }
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .with_context(|| format!("unterminated placeholder in {s:?}: missing }}}}"))?;
+        let end = after.find("}}").with_context(|| format!("unterminated placeholder in {s:?}: missing }}}}"))?;
         out.push(Err(Placeholder::parse(after[..end].trim())?));
         rest = &after[end + 2..];
     }
@@ -185,9 +169,7 @@ pub fn resolve(v: &Value, ips: &PodIps) -> Result<Value> {
             }
             Value::String(out)
         }
-        Value::Sequence(seq) => {
-            Value::Sequence(seq.iter().map(|e| resolve(e, ips)).collect::<Result<_>>()?)
-        }
+        Value::Sequence(seq) => Value::Sequence(seq.iter().map(|e| resolve(e, ips)).collect::<Result<_>>()?),
         Value::Mapping(m) => {
             let mut out = serde_yaml_ng::Mapping::new();
             for (k, e) in m {
@@ -204,20 +186,15 @@ pub fn resolve(v: &Value, ips: &PodIps) -> Result<Value> {
 /// bare list of such pods or of `{namespace, name, ip|ips}`, or a map
 /// `{"x/a": "10.0.0.5" | ["10.0.0.5", ...] | {ips: [...]}}`.
 pub fn parse_pod_ips(text: &str) -> Result<PodIps> {
-    let v: Json =
-        serde_json::from_str(text).context("`weirctl lab get pods -o json` did not print JSON")?;
+    let v: Json = serde_json::from_str(text).context("`weirctl lab get pods -o json` did not print JSON")?;
     let mut out = PodIps::new();
     let items: Vec<&Json> = match &v {
-        Json::Object(o) if o.contains_key("items") => o["items"]
-            .as_array()
-            .context("`items` is not a list")?
-            .iter()
-            .collect(),
-        Json::Object(o) if o.contains_key("pods") => o["pods"]
-            .as_array()
-            .context("`pods` is not a list")?
-            .iter()
-            .collect(),
+        Json::Object(o) if o.contains_key("items") => {
+            o["items"].as_array().context("`items` is not a list")?.iter().collect()
+        }
+        Json::Object(o) if o.contains_key("pods") => {
+            o["pods"].as_array().context("`pods` is not a list")?.iter().collect()
+        }
         Json::Array(a) => a.iter().collect(),
         Json::Object(o) => {
             for (k, val) in o {
@@ -229,14 +206,8 @@ pub fn parse_pod_ips(text: &str) -> Result<PodIps> {
         _ => bail!("pod list: unexpected JSON {v}"),
     };
     for it in items {
-        let field = |k: &str| {
-            it.get("metadata")
-                .and_then(|m| m.get(k))
-                .or_else(|| it.get(k))
-                .and_then(Json::as_str)
-        };
-        let ns =
-            field("namespace").with_context(|| format!("pod entry without namespace: {it}"))?;
+        let field = |k: &str| it.get("metadata").and_then(|m| m.get(k)).or_else(|| it.get(k)).and_then(Json::as_str);
+        let ns = field("namespace").with_context(|| format!("pod entry without namespace: {it}"))?;
         let name = field("name").with_context(|| format!("pod entry without name: {it}"))?;
         let src = it.get("status").unwrap_or(it);
         out.insert(PodRef::new(ns, name), ips_of(src)?);
@@ -247,8 +218,7 @@ pub fn parse_pod_ips(text: &str) -> Result<PodIps> {
 fn ips_of(v: &Json) -> Result<Vec<IpAddr>> {
     let parse = |s: &str| -> Result<IpAddr> {
         let bare = s.split('/').next().unwrap_or(s);
-        bare.parse()
-            .with_context(|| format!("{s:?} is not an IP address"))
+        bare.parse().with_context(|| format!("{s:?} is not an IP address"))
     };
     let mut out = Vec::new();
     match v {
@@ -284,13 +254,7 @@ mod tests {
 
     fn ips() -> PodIps {
         PodIps::from([
-            (
-                PodRef::new("x", "b"),
-                vec![
-                    "10.244.1.7".parse().unwrap(),
-                    "fd00:10:244:1::7".parse().unwrap(),
-                ],
-            ),
+            (PodRef::new("x", "b"), vec!["10.244.1.7".parse().unwrap(), "fd00:10:244:1::7".parse().unwrap()]),
             (PodRef::new("y", "b"), vec!["fd00::9".parse().unwrap()]),
         ])
     }
@@ -301,9 +265,7 @@ mod tests {
 
     #[test]
     fn ip_hostcidr_and_cidr_resolve() {
-        let v = yaml(
-            "{cidr: '{{cidr x/b 24}}', except: ['{{hostcidr x/b}}'], ip: 'addr={{ ip x/b }}.'}",
-        );
+        let v = yaml("{cidr: '{{cidr x/b 24}}', except: ['{{hostcidr x/b}}'], ip: 'addr={{ ip x/b }}.'}");
         let r = resolve(&v, &ips()).unwrap();
         assert_eq!(r["cidr"].as_str(), Some("10.244.1.0/24"));
         assert_eq!(r["except"][0].as_str(), Some("10.244.1.7/32"));
@@ -366,10 +328,7 @@ mod tests {
     #[test]
     fn pod_lists_in_every_accepted_shape() {
         let want = |m: &PodIps| {
-            assert_eq!(
-                m[&PodRef::new("x", "a")],
-                vec!["10.244.1.2".parse::<IpAddr>().unwrap()]
-            );
+            assert_eq!(m[&PodRef::new("x", "a")], vec!["10.244.1.2".parse::<IpAddr>().unwrap()]);
             assert_eq!(m[&PodRef::new("y", "b")].len(), 2);
         };
         want(
@@ -386,10 +345,7 @@ mod tests {
             )
             .unwrap(),
         );
-        want(
-            &parse_pod_ips(r#"{"x/a":"10.244.1.2","y/b":{"ips":["10.244.1.3","fd00::3"]}}"#)
-                .unwrap(),
-        );
+        want(&parse_pod_ips(r#"{"x/a":"10.244.1.2","y/b":{"ips":["10.244.1.3","fd00::3"]}}"#).unwrap());
         want(&parse_pod_ips(r#"{"pods":[{"namespace":"x","name":"a","ips":["10.244.1.2"]},{"namespace":"y","name":"b","ips":["10.244.1.3","fd00::3"]}]}"#).unwrap());
         assert!(parse_pod_ips("not json").is_err());
         assert!(parse_pod_ips(r#"[{"name":"a"}]"#).is_err());

@@ -34,34 +34,17 @@ pub struct ProbeOutput {
 }
 
 pub fn parse_probe(text: &str) -> Result<ProbeOutput> {
-    let v: Json = serde_json::from_str(text.trim())
-        .context("`weirctl lab probe -o json` did not print JSON")?;
-    let port = v
-        .get("port")
-        .and_then(Json::as_u64)
-        .context("probe output: no numeric `port`")? as u16;
-    let protocol = v
-        .get("protocol")
-        .and_then(Json::as_str)
-        .context("probe output: no `protocol`")?
-        .to_string();
-    let res = v
-        .get("results")
-        .and_then(Json::as_object)
-        .context("probe output: no `results` map")?;
+    let v: Json = serde_json::from_str(text.trim()).context("`weirctl lab probe -o json` did not print JSON")?;
+    let port = v.get("port").and_then(Json::as_u64).context("probe output: no numeric `port`")? as u16;
+    let protocol = v.get("protocol").and_then(Json::as_str).context("probe output: no `protocol`")?.to_string();
+    let res = v.get("results").and_then(Json::as_object).context("probe output: no `results` map")?;
     let mut results = BTreeMap::new();
     for (from, row) in res {
-        let from = PodRef::parse(from)
-            .map_err(anyhow::Error::msg)
-            .context("probe output: results key")?;
-        let row = row
-            .as_object()
-            .with_context(|| format!("probe output: results[{from}] is not a map"))?;
+        let from = PodRef::parse(from).map_err(anyhow::Error::msg).context("probe output: results key")?;
+        let row = row.as_object().with_context(|| format!("probe output: results[{from}] is not a map"))?;
         let mut out = BTreeMap::new();
         for (to, cell) in row {
-            let to = PodRef::parse(to)
-                .map_err(anyhow::Error::msg)
-                .context("probe output: results row key")?;
+            let to = PodRef::parse(to).map_err(anyhow::Error::msg).context("probe output: results row key")?;
             let obs = match cell {
                 Json::Bool(true) => Observed::Connected,
                 Json::Bool(false) => Observed::Blocked,
@@ -73,11 +56,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeOutput> {
         }
         results.insert(from, out);
     }
-    Ok(ProbeOutput {
-        port,
-        protocol,
-        results,
-    })
+    Ok(ProbeOutput { port, protocol, results })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +127,7 @@ impl Comparison {
                 '-'
             } else if self.wrong.iter().any(|(a, b)| a == f && b == t) {
                 'X'
-            } else if matches!(self.obs(f, t), Some(Observed::Unsupported)) && self.unsupported > 0
-            {
+            } else if matches!(self.obs(f, t), Some(Observed::Unsupported)) && self.unsupported > 0 {
                 'U'
             } else {
                 '.'
@@ -170,13 +148,7 @@ fn mark(o: Option<&Observed>) -> char {
 
 /// Upstream's truth-table layout, padded instead of tab-separated.
 pub fn table(pods: &[PodRef], cell: impl Fn(&PodRef, &PodRef) -> char) -> String {
-    let w = pods
-        .iter()
-        .map(|p| p.to_string().len())
-        .max()
-        .unwrap_or(1)
-        .max(1)
-        + 1;
+    let w = pods.iter().map(|p| p.to_string().len()).max().unwrap_or(1).max(1) + 1;
     let mut s = format!("{:<w$}", "-");
     for t in pods {
         let _ = write!(s, "{:<w$}", t.to_string());
@@ -227,8 +199,9 @@ pub fn compare(expected: &Matrix<Verdict>, out: &ProbeOutput, unsupported_ok: bo
             let want = expected.get(f, t).copied();
             match (want, c.obs(f, t)) {
                 (_, Some(Observed::Unsupported)) if unsupported_ok => c.unsupported += 1,
-                (Some(Verdict::Allow), Some(Observed::Connected))
-                | (Some(Verdict::Deny), Some(Observed::Blocked)) => c.right += 1,
+                (Some(Verdict::Allow), Some(Observed::Connected)) | (Some(Verdict::Deny), Some(Observed::Blocked)) => {
+                    c.right += 1
+                }
                 _ => c.wrong.push((f.clone(), t.clone())),
             }
         }
@@ -239,11 +212,7 @@ pub fn compare(expected: &Matrix<Verdict>, out: &ProbeOutput, unsupported_ok: bo
 /// Checks the probe answered the question asked.
 pub fn check_header(out: &ProbeOutput, port: u16, protocol: Protocol) -> Result<()> {
     if out.port != port || !out.protocol.eq_ignore_ascii_case(&protocol.to_string()) {
-        bail!(
-            "asked for {protocol}/{port}, the lab answered for {}/{}",
-            out.protocol,
-            out.port
-        );
+        bail!("asked for {protocol}/{port}, the lab answered for {}/{}", out.protocol, out.port);
     }
     Ok(())
 }
@@ -263,15 +232,11 @@ mod tests {
             }
             res.insert(f.to_string(), Json::Object(row));
         }
-        serde_json::json!({"port": 80, "protocol": "TCP", "via": "service", "results": res})
-            .to_string()
+        serde_json::json!({"port": 80, "protocol": "TCP", "via": "service", "results": res}).to_string()
     }
 
     fn expected(y: &str) -> Matrix<Verdict> {
-        serde_yaml_ng::from_str::<Expectation>(y)
-            .unwrap()
-            .evaluate(&model_pods())
-            .unwrap()
+        serde_yaml_ng::from_str::<Expectation>(y).unwrap().evaluate(&model_pods()).unwrap()
     }
 
     #[test]
@@ -282,14 +247,8 @@ mod tests {
         assert_eq!(c.outcome(), Outcome::Match);
         assert_eq!((c.right, c.wrong.len(), c.ignored_loopback), (72, 0, 9));
         // Loopback allowed while expected denied: still a match.
-        let out = parse_probe(&probe_json(|f, t| {
-            Json::Bool(t.to_string() != "x/a" || f == t)
-        }))
-        .unwrap();
-        assert_eq!(
-            compare(&expected("{deny: [{to: x/a}]}"), &out, false).outcome(),
-            Outcome::Match
-        );
+        let out = parse_probe(&probe_json(|f, t| Json::Bool(t.to_string() != "x/a" || f == t))).unwrap();
+        assert_eq!(compare(&expected("{deny: [{to: x/a}]}"), &out, false).outcome(), Outcome::Match);
     }
 
     #[test]
@@ -297,22 +256,13 @@ mod tests {
         let out = parse_probe(&probe_json(|_, _| Json::Bool(true))).unwrap();
         let c = compare(&expected("{deny: [{from: y/b, to: x/a}]}"), &out, false);
         assert_eq!(c.outcome(), Outcome::Mismatch);
-        assert_eq!(
-            c.wrong,
-            vec![(PodRef::new("y", "b"), PodRef::new("x", "a"))]
-        );
+        assert_eq!(c.wrong, vec![(PodRef::new("y", "b"), PodRef::new("x", "a"))]);
         let text = c.render();
         assert!(text.contains("incorrect 1"), "{text}");
         let cmp = text.split("comparison").nth(1).unwrap();
         let row = cmp.lines().find(|l| l.starts_with("y/b")).unwrap();
-        assert_eq!(
-            row.split_whitespace().collect::<Vec<_>>(),
-            ["y/b", "X", ".", ".", ".", "-", ".", ".", ".", "."]
-        );
-        assert_eq!(
-            cmp.lines().nth(1).unwrap().split_whitespace().next(),
-            Some("-")
-        );
+        assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["y/b", "X", ".", ".", ".", "-", ".", ".", ".", "."]);
+        assert_eq!(cmp.lines().nth(1).unwrap().split_whitespace().next(), Some("-"));
     }
 
     #[test]
@@ -323,8 +273,7 @@ mod tests {
         let c = compare(&expected("{}"), &out, false);
         assert_eq!(c.unexpected_pods, vec![PodRef::new("q", "q")]);
         assert_eq!(c.outcome(), Outcome::Mismatch);
-        let out =
-            parse_probe(r#"{"port":80,"protocol":"TCP","results":{"x/a":{"x/b":true}}}"#).unwrap();
+        let out = parse_probe(r#"{"port":80,"protocol":"TCP","results":{"x/a":{"x/b":true}}}"#).unwrap();
         let c = compare(&expected("{}"), &out, false);
         assert_eq!(c.right, 1);
         assert_eq!(c.wrong.len(), 71);
@@ -336,33 +285,26 @@ mod tests {
         let c = compare(&expected("{deny: [{to: x/*}]}"), &out, true);
         assert_eq!(c.outcome(), Outcome::Unsupported);
         // For TCP or UDP an unsupported cell is a failure to probe.
-        assert_eq!(
-            compare(&expected("{deny: [{to: x/*}]}"), &out, false).outcome(),
-            Outcome::Mismatch
-        );
+        assert_eq!(compare(&expected("{deny: [{to: x/*}]}"), &out, false).outcome(), Outcome::Mismatch);
         assert_eq!(c.unsupported, 72);
-        let out = parse_probe(&probe_json(|f, _| {
-            if f.ns == "x" {
-                Json::String("unsupported".into())
-            } else {
-                Json::Bool(true)
-            }
-        }))
-        .unwrap();
-        assert_eq!(
-            compare(&expected("{}"), &out, true).outcome(),
-            Outcome::Unsupported
-        );
+        let out =
+            parse_probe(&probe_json(
+                |f, _| {
+                    if f.ns == "x" {
+                        Json::String("unsupported".into())
+                    } else {
+                        Json::Bool(true)
+                    }
+                },
+            ))
+            .unwrap();
+        assert_eq!(compare(&expected("{}"), &out, true).outcome(), Outcome::Unsupported);
     }
 
     #[test]
     fn odd_cells_and_bad_output() {
-        let out =
-            parse_probe(&probe_json(|_, _| Json::String("error: netns gone".into()))).unwrap();
-        assert_eq!(
-            compare(&expected("{}"), &out, false).outcome(),
-            Outcome::Mismatch
-        );
+        let out = parse_probe(&probe_json(|_, _| Json::String("error: netns gone".into()))).unwrap();
+        assert_eq!(compare(&expected("{}"), &out, false).outcome(), Outcome::Mismatch);
         assert!(parse_probe("nope").is_err());
         assert!(parse_probe(r#"{"port":80,"protocol":"TCP"}"#).is_err());
         assert!(parse_probe(r#"{"port":80,"protocol":"TCP","results":{"xa":{}}}"#).is_err());

@@ -35,10 +35,7 @@ pub struct Config {
 
 impl Config {
     pub fn new(ctl: Weirctl) -> Config {
-        let retry = std::env::var("WEIR_CONFORMANCE_RETRY_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(10.0);
+        let retry = std::env::var("WEIR_CONFORMANCE_RETRY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
         let pid = std::process::id();
         Config {
             ctl,
@@ -57,8 +54,7 @@ impl Config {
         if topology != Topology::default() {
             let tag = topology.tag();
             cfg.lab_prefix = format!("c{}t{tag}n", std::process::id() % 100_000);
-            cfg.work_dir =
-                std::env::temp_dir().join(format!("weir-conformance-{}-{tag}", std::process::id()));
+            cfg.work_dir = std::env::temp_dir().join(format!("weir-conformance-{}-{tag}", std::process::id()));
         }
         cfg.topology = topology;
         cfg
@@ -69,18 +65,11 @@ impl Config {
 /// of substrings of case names, or `=name` for exactly one (unset or
 /// empty: all).
 pub fn selected(cases: Vec<Case>) -> Vec<Case> {
-    select(
-        cases,
-        &std::env::var("WEIR_CONFORMANCE_CASES").unwrap_or_default(),
-    )
+    select(cases, &std::env::var("WEIR_CONFORMANCE_CASES").unwrap_or_default())
 }
 
 fn select(cases: Vec<Case>, filter: &str) -> Vec<Case> {
-    let words: Vec<&str> = filter
-        .split(',')
-        .map(str::trim)
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = filter.split(',').map(str::trim).filter(|w| !w.is_empty()).collect();
     if words.is_empty() {
         return cases;
     }
@@ -88,10 +77,7 @@ fn select(cases: Vec<Case>, filter: &str) -> Vec<Case> {
         Some(exact) => name == exact,
         None => name.contains(w),
     };
-    cases
-        .into_iter()
-        .filter(|c| words.iter().any(|w| hit(&c.name, w)))
-        .collect()
+    cases.into_iter().filter(|c| words.iter().any(|w| hit(&c.name, w))).collect()
 }
 
 pub fn run_case(cfg: &Config, case: &Case, index: usize) -> CaseResult {
@@ -120,8 +106,7 @@ fn run_steps(
     max_attempts: &mut usize,
 ) -> Result<Status> {
     let mut lab = Lab::up_on(&cfg.ctl, lab_name, &cfg.topology, &cfg.model_dir, work)?;
-    let result =
-        spread_check(cfg, &lab).and_then(|()| drive(cfg, case, &mut lab, detail, max_attempts));
+    let result = spread_check(cfg, &lab).and_then(|()| drive(cfg, case, &mut lab, detail, max_attempts));
     if !matches!(result, Ok(Status::Pass | Status::Unsupported)) {
         // The lab's own account of what it did, read before `down` removes it.
         let log = lab.policyd_log_tail(30);
@@ -143,23 +128,13 @@ fn spread_check(cfg: &Config, lab: &Lab) -> Result<()> {
     }
     let lumped = namespaces_not_spanning(&lab.placement()?, cfg.topology.nodes);
     if !lumped.is_empty() {
-        anyhow::bail!(
-            "pods are not spread over the {} nodes: {}",
-            cfg.topology.nodes,
-            lumped.join(", ")
-        );
+        anyhow::bail!("pods are not spread over the {} nodes: {}", cfg.topology.nodes, lumped.join(", "));
     }
     Ok(())
 }
 
 /// The steps of one case in a running lab.
-fn drive(
-    cfg: &Config,
-    case: &Case,
-    lab: &mut Lab,
-    detail: &mut String,
-    max_attempts: &mut usize,
-) -> Result<Status> {
+fn drive(cfg: &Config, case: &Case, lab: &mut Lab, detail: &mut String, max_attempts: &mut usize) -> Result<Status> {
     let mut world = World::model();
     let mut unsupported = false;
     for (j, obj) in case.setup.iter().enumerate() {
@@ -169,29 +144,23 @@ fn drive(
         match step {
             Step::Apply(objs) => {
                 for (j, obj) in objs.iter().enumerate() {
-                    apply_one(lab, &mut world, obj)
-                        .with_context(|| format!("steps[{i}].apply[{j}]"))?;
+                    apply_one(lab, &mut world, obj).with_context(|| format!("steps[{i}].apply[{j}]"))?;
                 }
             }
             Step::Delete(refs) => {
                 for (j, r) in refs.iter().enumerate() {
-                    lab.delete(r)
-                        .with_context(|| format!("steps[{i}].delete[{j}]"))?;
+                    lab.delete(r).with_context(|| format!("steps[{i}].delete[{j}]"))?;
                     world.delete(r)?;
                 }
             }
             Step::Probe(p) => {
-                let expected = p
-                    .expect
-                    .evaluate(&world.pods())
-                    .map_err(anyhow::Error::msg)?;
+                let expected = p.expect.evaluate(&world.pods()).map_err(anyhow::Error::msg)?;
                 let start = Instant::now();
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let out = lab
-                        .probe(p.port, p.protocol, p.via, p.family)
-                        .with_context(|| format!("steps[{i}].probe"))?;
+                    let out =
+                        lab.probe(p.port, p.protocol, p.via, p.family).with_context(|| format!("steps[{i}].probe"))?;
                     check_header(&out, p.port, p.protocol)?;
                     let cmp = compare(&expected, &out, p.protocol == Protocol::SCTP);
                     *max_attempts = (*max_attempts).max(attempts);
@@ -227,11 +196,7 @@ fn drive(
             }
         }
     }
-    Ok(if unsupported {
-        Status::Unsupported
-    } else {
-        Status::Pass
-    })
+    Ok(if unsupported { Status::Unsupported } else { Status::Pass })
 }
 
 fn apply_one(lab: &mut Lab, world: &mut World, obj: &Value) -> Result<()> {
@@ -264,26 +229,14 @@ mod tests {
 
     #[test]
     fn selection_by_substring_or_exact_name() {
-        let all = crate::case::load_dir(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases"),
-        )
-        .unwrap();
+        let all =
+            crate::case::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
         let n = all.len();
         assert_eq!(select(all.clone(), "").len(), n);
         let names = |v: Vec<Case>| v.into_iter().map(|c| c.name).collect::<Vec<_>>();
-        assert_eq!(
-            names(select(all.clone(), "=default-deny-ingress")),
-            ["default-deny-ingress"]
-        );
+        assert_eq!(names(select(all.clone(), "=default-deny-ingress")), ["default-deny-ingress"]);
         let some = names(select(all.clone(), "p-default-deny-ingress, =allow-all"));
-        assert_eq!(
-            some,
-            [
-                "allow-all",
-                "sctp-default-deny-ingress",
-                "udp-default-deny-ingress"
-            ]
-        );
+        assert_eq!(some, ["allow-all", "sctp-default-deny-ingress", "udp-default-deny-ingress"]);
     }
 
     /// A stand-in `weirctl` (a shell script) so the runner's whole flow is
@@ -295,8 +248,7 @@ mod tests {
 
     impl FakeLab {
         fn new(tag: &str) -> FakeLab {
-            let dir =
-                std::env::temp_dir().join(format!("weir-e2e-fake-{}-{tag}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("weir-e2e-fake-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let script = r#"#!/bin/sh
@@ -321,17 +273,11 @@ esac
                 .enumerate()
                 .map(|(i, p)| serde_json::json!({"metadata": {"namespace": p.ns, "name": p.name}, "status": {"podIP": format!("10.88.0.{}", i + 2)}}))
                 .collect();
-            std::fs::write(
-                dir.join("pods.json"),
-                serde_json::json!({"items": pods}).to_string(),
-            )
-            .unwrap();
+            std::fs::write(dir.join("pods.json"), serde_json::json!({"items": pods}).to_string()).unwrap();
             let mut res = serde_json::Map::new();
             for f in crate::model::model_pods() {
-                let row: serde_json::Map<String, serde_json::Value> = crate::model::model_pods()
-                    .iter()
-                    .map(|t| (t.to_string(), serde_json::Value::Bool(true)))
-                    .collect();
+                let row: serde_json::Map<String, serde_json::Value> =
+                    crate::model::model_pods().iter().map(|t| (t.to_string(), serde_json::Value::Bool(true))).collect();
                 res.insert(f.to_string(), serde_json::Value::Object(row));
             }
             let probe = serde_json::json!({"port": 80, "protocol": "TCP", "via": "service", "results": res});
@@ -340,9 +286,7 @@ esac
         }
 
         fn config(&self) -> Config {
-            let mut cfg = Config::new(Weirctl {
-                bin_dir: self.dir.clone(),
-            });
+            let mut cfg = Config::new(Weirctl { bin_dir: self.dir.clone() });
             cfg.work_dir = self.dir.join("work");
             cfg.retry_for = Duration::from_millis(300);
             cfg
@@ -384,22 +328,12 @@ steps:
         let r = run_case(&fake.config(), &case("{default: allow}"), 3);
         assert_eq!(r.status, Status::Pass, "{}", r.detail);
         assert_eq!(r.max_attempts, 1);
-        let calls: Vec<String> = fake
-            .log("calls.log")
-            .lines()
-            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-            .collect();
-        assert_eq!(
-            calls,
-            ["lab up", "lab get", "lab apply", "lab probe", "lab down"]
-        );
+        let calls: Vec<String> =
+            fake.log("calls.log").lines().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(calls, ["lab up", "lab get", "lab apply", "lab probe", "lab down"]);
         assert!(fake.log("calls.log").contains("--policyd-bin"));
         // y/b is the fifth model pod: 10.88.0.6.
-        assert!(
-            fake.log("applied.log").contains("10.88.0.6/32"),
-            "{}",
-            fake.log("applied.log")
-        );
+        assert!(fake.log("applied.log").contains("10.88.0.6/32"), "{}", fake.log("applied.log"));
         assert!(fake.log("applied.log").contains("networking.k8s.io/v1"));
     }
 
@@ -420,27 +354,13 @@ steps:
         cfg.topology = Topology::multi(3, "host-gw");
         let r = run_case(&cfg, &case("{default: allow}"), 7);
         assert_eq!(r.status, Status::Pass, "{}", r.detail);
-        assert!(
-            fake.log("calls.log")
-                .contains("--nodes 3 --backend host-gw"),
-            "{}",
-            fake.log("calls.log")
-        );
+        assert!(fake.log("calls.log").contains("--nodes 3 --backend host-gw"), "{}", fake.log("calls.log"));
         // one namespace per node: refused, and the lab still goes down
         std::fs::write(fake.dir.join("pods.json"), pods(&|i| i / 3 + 1)).unwrap();
         let r = run_case(&cfg, &case("{default: allow}"), 8);
         assert_eq!(r.status, Status::Error);
-        assert!(
-            r.detail.contains("not spread") && r.detail.contains("x (not on node-2, node-3)"),
-            "{}",
-            r.detail
-        );
-        assert!(fake
-            .log("calls.log")
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("lab down"));
+        assert!(r.detail.contains("not spread") && r.detail.contains("x (not on node-2, node-3)"), "{}", r.detail);
+        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
     }
 
     #[test]
@@ -449,17 +369,8 @@ steps:
         let r = run_case(&fake.config(), &case("{deny: [{from: x/a, to: y/b}]}"), 4);
         assert_eq!(r.status, Status::Fail);
         assert!(r.max_attempts > 1, "retried: {}", r.max_attempts);
-        assert!(
-            r.detail.contains("incorrect 1") && r.detail.contains("comparison"),
-            "{}",
-            r.detail
-        );
-        assert!(fake
-            .log("calls.log")
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("lab down"));
+        assert!(r.detail.contains("incorrect 1") && r.detail.contains("comparison"), "{}", r.detail);
+        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
     }
 
     #[test]
@@ -469,12 +380,7 @@ steps:
         let r = run_case(&fake.config(), &case("{default: allow}"), 5);
         assert_eq!(r.status, Status::Error);
         assert!(r.detail.contains("no bridge for you"), "{}", r.detail);
-        assert!(fake
-            .log("calls.log")
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("lab down"));
+        assert!(fake.log("calls.log").lines().last().unwrap().starts_with("lab down"));
         let report = Report { runner: Runner::Lab, results: vec![r] };
         assert_eq!(report.summary_line(), "0 passed, 1 failed, 0 unsupported");
     }
@@ -482,10 +388,7 @@ steps:
     #[test]
     fn sctp_answers_unsupported_and_the_case_is_not_a_pass() {
         let fake = FakeLab::new("sctp");
-        let probe = fake
-            .log("probe.json")
-            .replace("true", "\"unsupported\"")
-            .replace("\"TCP\"", "\"SCTP\"");
+        let probe = fake.log("probe.json").replace("true", "\"unsupported\"").replace("\"TCP\"", "\"SCTP\"");
         std::fs::write(fake.dir.join("probe.json"), probe).unwrap();
         let text = r#"
 name: fake

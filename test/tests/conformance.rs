@@ -24,18 +24,14 @@ fn suite(test: &str, topology: Topology, suffix: &str) {
         eprintln!("{test}: SKIPPED: weir-policyd has no --backend flag yet");
         return;
     }
-    let cases =
-        selected(load_dir(&weir_e2e::case::cases_dir()).unwrap_or_else(|e| panic!("{e:#}")));
+    let cases = selected(load_dir(&weir_e2e::case::cases_dir()).unwrap_or_else(|e| panic!("{e:#}")));
     assert!(!cases.is_empty(), "WEIR_CONFORMANCE_CASES selected no case");
     let mut cfg = Config::with_topology(ctl, topology);
-    cfg.ctl = cfg
-        .ctl
-        .snapshot(&cfg.work_dir.join("bin"))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    cfg.ctl = cfg.ctl.snapshot(&cfg.work_dir.join("bin")).unwrap_or_else(|e| panic!("{e:#}"));
     let report = run_suite(&cfg, &cases);
     let text = report.render();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/weir-conformance-report{suffix}.txt"));
+    let out =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/weir-conformance-report{suffix}.txt"));
     if let Err(e) = std::fs::write(&out, &text) {
         eprintln!("could not write {}: {e}", out.display());
     }
@@ -50,18 +46,10 @@ fn root_conformance_suite() {
 
 #[test]
 fn root_conformance_3_nodes_vxlan() {
-    suite(
-        "root_conformance_3_nodes_vxlan",
-        Topology::multi(3, "vxlan"),
-        "-3-nodes-vxlan",
-    );
+    suite("root_conformance_3_nodes_vxlan", Topology::multi(3, "vxlan"), "-3-nodes-vxlan");
 }
 
 #[test]
 fn root_conformance_3_nodes_host_gw() {
-    suite(
-        "root_conformance_3_nodes_host_gw",
-        Topology::multi(3, "host-gw"),
-        "-3-nodes-host-gw",
-    );
+    suite("root_conformance_3_nodes_host_gw", Topology::multi(3, "host-gw"), "-3-nodes-host-gw");
 }

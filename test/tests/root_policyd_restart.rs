@@ -50,7 +50,8 @@ const TICK: Duration = Duration::from_millis(50);
 fn model_yaml() -> Vec<(String, String)> {
     let mut out = vec![(
         "00-namespace-x.yaml".to_string(),
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    kubernetes.io/metadata.name: x\n".to_string(),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    kubernetes.io/metadata.name: x\n"
+            .to_string(),
     )];
     for p in PODS {
         out.push((
@@ -112,19 +113,10 @@ fn expected(allowed: &[(&str, &str)]) -> BTreeMap<(String, String), bool> {
 fn mismatches(got: &ProbeOutput, want: &BTreeMap<(String, String), bool>) -> Vec<String> {
     let mut bad = Vec::new();
     for ((f, t), allow) in want {
-        let cell = got
-            .results
-            .get(&PodRef::new("x", f))
-            .and_then(|row| row.get(&PodRef::new("x", t)));
-        let ok = matches!(
-            (cell, allow),
-            (Some(Observed::Connected), true) | (Some(Observed::Blocked), false)
-        );
+        let cell = got.results.get(&PodRef::new("x", f)).and_then(|row| row.get(&PodRef::new("x", t)));
+        let ok = matches!((cell, allow), (Some(Observed::Connected), true) | (Some(Observed::Blocked), false));
         if !ok {
-            bad.push(format!(
-                "x/{f} -> x/{t}: want {}, got {cell:?}",
-                if *allow { "connected" } else { "blocked" }
-            ));
+            bad.push(format!("x/{f} -> x/{t}: want {}, got {cell:?}", if *allow { "connected" } else { "blocked" }));
         }
     }
     bad
@@ -222,8 +214,7 @@ impl Flow {
             .spawn(move || {
                 let conn = (|| -> Result<TcpStream> {
                     // Only this thread moves.
-                    netns::enter(&netns_path)
-                        .with_context(|| format!("entering netns {netns_path}"))?;
+                    netns::enter(&netns_path).with_context(|| format!("entering netns {netns_path}"))?;
                     let c = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
                         .with_context(|| format!("connecting to {dst}"))?;
                     c.set_nodelay(true)?;
@@ -246,15 +237,12 @@ impl Flow {
                 while !s.load(Ordering::Relaxed) {
                     seq += 1;
                     let mut back = [0u8; 8];
-                    let r = c
-                        .write_all(&seq.to_be_bytes())
-                        .and_then(|()| c.read_exact(&mut back));
+                    let r = c.write_all(&seq.to_be_bytes()).and_then(|()| c.read_exact(&mut back));
                     let err = match r {
                         Err(e) => Some(format!("message {seq}: {e}")),
-                        Ok(()) if u64::from_be_bytes(back) != seq => Some(format!(
-                            "message {seq}: echo carried {}",
-                            u64::from_be_bytes(back)
-                        )),
+                        Ok(()) if u64::from_be_bytes(back) != seq => {
+                            Some(format!("message {seq}: echo carried {}", u64::from_be_bytes(back)))
+                        }
                         Ok(()) => None,
                     };
                     if let Some(e) = err {
@@ -266,11 +254,7 @@ impl Flow {
                 }
             })
             .context("spawning the flow thread")?;
-        let mut flow = Flow {
-            log,
-            stop,
-            thread: Some(thread),
-        };
+        let mut flow = Flow { log, stop, thread: Some(thread) };
         match rx.recv() {
             Ok(Ok(())) => Ok(flow),
             Ok(Err(e)) => {
@@ -292,10 +276,7 @@ impl Flow {
     /// Fails if any message was lost so far.
     fn check(&self, when: &str) -> Result<u64> {
         if let Some(f) = self.failure() {
-            bail!(
-                "{when}: the established allowed flow broke after {} echoed messages: {f}",
-                self.echoed()
-            );
+            bail!("{when}: the established allowed flow broke after {} echoed messages: {f}", self.echoed());
         }
         Ok(self.echoed())
     }
@@ -310,10 +291,7 @@ impl Flow {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!(
-            "{when}: the flow stalled at message {} (no failure reported yet)",
-            self.echoed()
-        )
+        bail!("{when}: the flow stalled at message {} (no failure reported yet)", self.echoed())
     }
 
     fn finish(&mut self) {
@@ -374,9 +352,7 @@ fn ip_netns_list() -> Vec<String> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
+    out.lines().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect()
 }
 
 fn procs_mentioning(marker: &Path) -> Vec<i32> {
@@ -404,9 +380,7 @@ fn procs_mentioning(marker: &Path) -> Vec<i32> {
 /// consistent build, even while cargo replaces target/debug) in a scratch
 /// directory removed on drop.
 fn up_model_lab(name: &str, tag: &str) -> Result<(RemoveOnDrop, Weirctl, Lab)> {
-    let work = RemoveOnDrop::fresh(
-        std::env::temp_dir().join(format!("weir-policyd-{tag}-{}", std::process::id())),
-    );
+    let work = RemoveOnDrop::fresh(std::env::temp_dir().join(format!("weir-policyd-{tag}-{}", std::process::id())));
     let ctl = Weirctl::locate()?.snapshot(&work.path().join("bin"))?;
     let model = work.path().join("model");
     std::fs::create_dir_all(&model)?;
@@ -433,15 +407,11 @@ fn run() -> Result<()> {
     let (_work, ctl, mut lab) = up_model_lab(&name, "restart")?;
 
     let state = lab_state(&name)?;
-    let netns: Vec<String> = PODS
-        .iter()
-        .map(|p| pod_netns(&state, &format!("x/{p}")))
-        .collect::<Result<_>>()?;
+    let netns: Vec<String> = PODS.iter().map(|p| pod_netns(&state, &format!("x/{p}"))).collect::<Result<_>>()?;
     // The one-node lab's only node is `lab`.
     let policyd_pid = state["policyds"]["lab"]["pid"]
         .as_i64()
-        .context("state.json: no policyds.lab.pid (is weir-policyd built?)")?
-        as i32;
+        .context("state.json: no policyds.lab.pid (is weir-policyd built?)")? as i32;
 
     // 1. Policy P1: ingress isolation, a -> b and c -> a allowed.
     let p1 = expected(&[("a", "b"), ("c", "a")]);
@@ -461,21 +431,11 @@ fn run() -> Result<()> {
         .context("`lab get pods`: x/b has no IPv4 address")?;
     let b_vip: IpAddr = state["services"]["x/s-x-b"]
         .as_array()
-        .and_then(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str()?.parse::<IpAddr>().ok())
-                .find(IpAddr::is_ipv4)
-        })
+        .and_then(|a| a.iter().filter_map(|v| v.as_str()?.parse::<IpAddr>().ok()).find(IpAddr::is_ipv4))
         .context("state.json: no IPv4 ClusterIP for services[\"x/s-x-b\"]")?;
     let mut flows = vec![
-        (
-            "x/a -> x/b pod IP",
-            Flow::start(&netns[0], SocketAddr::new(b_ip, 80))?,
-        ),
-        (
-            "x/a -> x/b ClusterIP",
-            Flow::start(&netns[0], SocketAddr::new(b_vip, 80))?,
-        ),
+        ("x/a -> x/b pod IP", Flow::start(&netns[0], SocketAddr::new(b_ip, 80))?),
+        ("x/a -> x/b ClusterIP", Flow::start(&netns[0], SocketAddr::new(b_vip, 80))?),
     ];
     let advance = |flows: &[(&str, Flow)], n: u64, when: &str| -> Result<()> {
         for (what, f) in flows {
@@ -509,17 +469,9 @@ fn run() -> Result<()> {
 
     // 4. Policy P2 written while it is dead: c -> a removed, b -> c added.
     // Nothing programs it, so P1 must still hold.
-    lab.delete(&DeleteRef {
-        kind: "NetworkPolicy".into(),
-        namespace: Some("x".into()),
-        name: "a-from-c".into(),
-    })?;
+    lab.delete(&DeleteRef { kind: "NetworkPolicy".into(), namespace: Some("x".into()), name: "a-from-c".into() })?;
     lab.apply(&allow("c-from-b", "b", "c"))?;
-    assert_matrix(
-        &lab,
-        &p1,
-        "weir-policyd dead, P2 written but not programmed",
-    )?;
+    assert_matrix(&lab, &p1, "weir-policyd dead, P2 written but not programmed")?;
     advance(&flows, 20, "weir-policyd dead, P2 written")?;
 
     // 5. Restart as the lab starts it: converges to P2, flow untouched.
@@ -536,10 +488,7 @@ fn run() -> Result<()> {
         if let Some(e) = f.failure() {
             bail!("flow {what} broke while stopping: {e}");
         }
-        eprintln!(
-            "long-lived flow {what}: {} messages echoed, none lost",
-            f.echoed()
-        );
+        eprintln!("long-lived flow {what}: {} messages echoed, none lost", f.echoed());
     }
 
     // 6. `lab down` leaves nothing behind.
@@ -571,39 +520,24 @@ fn run() -> Result<()> {
 
 /// The lab's policyd log, one entry per line.
 fn policyd_log(lab_dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(lab_dir.join("logs/policyd.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    std::fs::read_to_string(lab_dir.join("logs/policyd.log")).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
 /// Wait until a policyd log line after the first `from` lines satisfies
 /// `pred`; returns its index. The bound only ends a failed wait.
-fn wait_for_log(
-    lab_dir: &Path,
-    from: usize,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> Result<usize> {
+fn wait_for_log(lab_dir: &Path, from: usize, what: &str, pred: impl Fn(&str) -> bool) -> Result<usize> {
     for _ in 0..1200 {
         if let Some(i) = policyd_log(lab_dir).iter().skip(from).position(|l| pred(l)) {
             return Ok(from + i);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!(
-        "weir-policyd never logged {what}; its log ends:\n{}",
-        policyd_log(lab_dir)[from..].join("\n")
-    )
+    bail!("weir-policyd never logged {what}; its log ends:\n{}", policyd_log(lab_dir)[from..].join("\n"))
 }
 
 /// Write as the lab does: a dot name (ignored by weir-policyd), renamed into place.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
@@ -611,23 +545,15 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 /// Every pod's endpoint is READY and ingress-isolated in the maps, and x/a
 /// cannot open a connection to x/b's server.
 fn assert_isolated(bpffs: &Path, a_netns: &str, b: SocketAddr, when: &str) -> Result<()> {
-    let dp = weir_bpf::Dataplane::open(bpffs)
-        .with_context(|| format!("opening the maps under {}", bpffs.display()))?;
+    let dp = weir_bpf::Dataplane::open(bpffs).with_context(|| format!("opening the maps under {}", bpffs.display()))?;
     let endpoints = dp.endpoints()?;
     if endpoints.len() != PODS.len() {
-        bail!(
-            "{when}: {} endpoints in the maps, expected {}",
-            endpoints.len(),
-            PODS.len()
-        );
+        bail!("{when}: {} endpoints in the maps, expected {}", endpoints.len(), PODS.len());
     }
     for (ifindex, e) in endpoints {
         let want = weir_bpf::abi::EP_READY | weir_bpf::abi::EP_INGRESS_ISOLATED;
         if e.flags & want != want {
-            bail!(
-                "{when}: endpoint {ifindex} is not isolated any more (flags {:#x})",
-                e.flags
-            );
+            bail!("{when}: endpoint {ifindex} is not isolated any more (flags {:#x})", e.flags);
         }
     }
     if let Ok(mut f) = Flow::start(a_netns, b) {
@@ -656,9 +582,8 @@ fn run_broken_manifest() -> Result<()> {
     let state = lab_state(&name)?;
     let a_netns = pod_netns(&state, "x/a")?;
     let mut lab_policyd = Some(
-        state["policyds"]["lab"]["pid"]
-            .as_i64()
-            .context("state.json: no policyds.lab.pid (is weir-policyd built?)")? as i32,
+        state["policyds"]["lab"]["pid"].as_i64().context("state.json: no policyds.lab.pid (is weir-policyd built?)")?
+            as i32,
     );
     let b_ip: IpAddr = *lab
         .pod_ips()?
@@ -666,14 +591,7 @@ fn run_broken_manifest() -> Result<()> {
         .and_then(|v| v.iter().find(|ip| ip.is_ipv4()))
         .context("`lab get pods`: x/b has no IPv4 address")?;
     let b = SocketAddr::new(b_ip, 80);
-    let everything = expected(&[
-        ("a", "b"),
-        ("a", "c"),
-        ("b", "a"),
-        ("b", "c"),
-        ("c", "a"),
-        ("c", "b"),
-    ]);
+    let everything = expected(&[("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"), ("c", "b")]);
     converge(&lab, &everything, "no policy yet")?;
     lab.apply(&deny_all_ingress())?;
     converge(&lab, &expected(&[]), "deny-ingress applied")?;
@@ -684,18 +602,9 @@ fn run_broken_manifest() -> Result<()> {
     let good = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-ingress, namespace: x}\n\
                 spec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
     let breakages = [
-        (
-            "a schema error",
-            good.to_string() + "  ingress:\n  - ports:\n    - port: [1]\n",
-        ),
-        (
-            "a kind typo",
-            good.replace("kind: NetworkPolicy", "kind: Networkpolicy"),
-        ),
-        (
-            "an apiVersion typo",
-            good.replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
-        ),
+        ("a schema error", good.to_string() + "  ingress:\n  - ports:\n    - port: [1]\n"),
+        ("a kind typo", good.replace("kind: NetworkPolicy", "kind: Networkpolicy")),
+        ("an apiVersion typo", good.replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1")),
     ];
     let mut restarted: Option<Restarted> = None;
     // SIGKILL whichever weir-policyd runs now, start a new one and wait
@@ -719,9 +628,7 @@ fn run_broken_manifest() -> Result<()> {
         }
         let from = policyd_log(&lab_dir).len();
         *restarted = Some(restart_policyd(&ctl, &name)?);
-        wait_for_log(&lab_dir, from, "ready after the restart", |l| {
-            l.contains("ready: node lab")
-        })?;
+        wait_for_log(&lab_dir, from, "ready after the restart", |l| l.contains("ready: node lab"))?;
         Ok(from)
     };
 
@@ -729,29 +636,14 @@ fn run_broken_manifest() -> Result<()> {
         let from = policyd_log(&lab_dir).len();
         write_atomic(&file, broken)?;
         // The running policyd reports it and keeps the policy.
-        wait_for_log(&lab_dir, from, &format!("{what} in {file_name}"), |l| {
-            l.contains(file_name)
-        })?;
-        assert_isolated(
-            &bpffs,
-            &a_netns,
-            b,
-            &format!("{what}, weir-policyd running"),
-        )?;
+        wait_for_log(&lab_dir, from, &format!("{what} in {file_name}"), |l| l.contains(file_name))?;
+        assert_isolated(&bpffs, &a_netns, b, &format!("{what}, weir-policyd running"))?;
         let from = kill_and_restart(&mut restarted)?;
         // The restarted policyd read the broken file, and kept its last good version.
-        wait_for_log(
-            &lab_dir,
-            from,
-            &format!("{what} in {file_name} after the restart"),
-            |l| l.contains(file_name) && l.contains("document"),
-        )?;
-        assert_isolated(
-            &bpffs,
-            &a_netns,
-            b,
-            &format!("{what}, after SIGKILL and restart"),
-        )?;
+        wait_for_log(&lab_dir, from, &format!("{what} in {file_name} after the restart"), |l| {
+            l.contains(file_name) && l.contains("document")
+        })?;
+        assert_isolated(&bpffs, &a_netns, b, &format!("{what}, after SIGKILL and restart"))?;
         eprintln!("{what}: still isolated after SIGKILL and restart");
     }
 
@@ -760,29 +652,20 @@ fn run_broken_manifest() -> Result<()> {
         + "  ingress:\n  - from: [{podSelector: {matchLabels: {pod: a}}}]\n    ports: [{protocol: TCP, port: 80}]\n";
     write_atomic(&file, &fixed)?;
     converge(&lab, &expected(&[("a", "b"), ("a", "c")]), "the file fixed")?;
-    let copy =
-        std::fs::read_to_string(&kept).with_context(|| format!("reading {}", kept.display()))?;
+    let copy = std::fs::read_to_string(&kept).with_context(|| format!("reading {}", kept.display()))?;
     if copy != fixed {
         bail!("{} holds {copy:?}, not the fixed version", kept.display());
     }
 
     // Deleted: a decision, not breakage. Open, and still open after a restart.
-    lab.delete(&DeleteRef {
-        kind: "NetworkPolicy".into(),
-        namespace: Some("x".into()),
-        name: "deny-ingress".into(),
-    })?;
+    lab.delete(&DeleteRef { kind: "NetworkPolicy".into(), namespace: Some("x".into()), name: "deny-ingress".into() })?;
     converge(&lab, &everything, "the policy file deleted")?;
     if kept.exists() {
         bail!("{} outlived its manifest file", kept.display());
     }
     kill_and_restart(&mut restarted)?;
     // Probed until right: a single probe on a loaded machine may time out.
-    converge(
-        &lab,
-        &everything,
-        "the policy file deleted, after SIGKILL and restart",
-    )?;
+    converge(&lab, &everything, "the policy file deleted, after SIGKILL and restart")?;
 
     lab.down()?;
     drop(restarted);

@@ -17,8 +17,7 @@ fn root_verdict_conformance() {
         eprintln!("root_verdict_conformance: skipped, needs root (BPF, bpffs)");
         return;
     }
-    let cases =
-        selected(load_dir(&weir_e2e::case::cases_dir()).unwrap_or_else(|e| panic!("{e:#}")));
+    let cases = selected(load_dir(&weir_e2e::case::cases_dir()).unwrap_or_else(|e| panic!("{e:#}")));
     assert!(!cases.is_empty(), "WEIR_CONFORMANCE_CASES selected no case");
     // A thread of its own: it enters a private network namespace for the
     // fake pod devices, which vanish with it.
@@ -29,8 +28,7 @@ fn root_verdict_conformance() {
     .join()
     .expect("the verdict runner thread panicked");
     let text = report.render();
-    let out =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/weir-verdict-report.txt");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/weir-verdict-report.txt");
     if let Err(e) = std::fs::write(&out, &text) {
         eprintln!("could not write {}: {e}", out.display());
     }
@@ -71,19 +69,12 @@ steps:
     let (w, r) = std::thread::spawn(move || {
         enter_private_netns().unwrap_or_else(|e| panic!("{e:#}"));
         let mut devices = Devices::default();
-        (
-            run_case(&mut devices, &wrong),
-            run_case(&mut devices, &right),
-        )
+        (run_case(&mut devices, &wrong), run_case(&mut devices, &right))
     })
     .join()
     .expect("runner thread");
     assert_eq!(w.status, Status::Fail, "{}", w.detail);
-    assert!(
-        w.detail.contains("incorrect 24"),
-        "9 sources x 3 pods of x minus loopback: {}",
-        w.detail
-    );
+    assert!(w.detail.contains("incorrect 24"), "9 sources x 3 pods of x minus loopback: {}", w.detail);
     assert!(w.detail.contains("request at to_pod(dst)"), "{}", w.detail);
     assert_eq!(r.status, Status::Pass, "{}", r.detail);
 }

@@ -189,7 +189,10 @@ fn run() -> Result<()> {
                 BackendArg::HostGw => "host-gw".to_string(),
                 BackendArg::Vxlan => "vxlan".to_string(),
             });
-            ops::up(&Lab::new(&name)?, &ops::UpOpts { files, cni_bin_dir, policyd_bin, no_policy, cni_type, quiet: false, nodes, backend })
+            ops::up(
+                &Lab::new(&name)?,
+                &ops::UpOpts { files, cni_bin_dir, policyd_bin, no_policy, cni_type, quiet: false, nodes, backend },
+            )
         }
         LabCmd::Exec { name, pod, command } => {
             let code = ops::exec(&Lab::new(&name)?, &pod, &command)?;
@@ -227,9 +230,20 @@ fn run() -> Result<()> {
             Ok(())
         }
         LabCmd::Down { name } => ops::down(&Lab::new(&name)?, false),
-        LabCmd::Demo { name, keep, cni_bin_dir, policyd_bin, no_policy } => {
-            demo::run(&Lab::new(&name)?, keep, ops::UpOpts { files: vec![], cni_bin_dir, policyd_bin, no_policy, cni_type: "weir".into(), quiet: false, nodes: 1, backend: None })
-        }
+        LabCmd::Demo { name, keep, cni_bin_dir, policyd_bin, no_policy } => demo::run(
+            &Lab::new(&name)?,
+            keep,
+            ops::UpOpts {
+                files: vec![],
+                cni_bin_dir,
+                policyd_bin,
+                no_policy,
+                cni_type: "weir".into(),
+                quiet: false,
+                nodes: 1,
+                backend: None,
+            },
+        ),
         LabCmd::Serve { netns, status_file, ports } => {
             let ports = ports.iter().map(|p| serve::parse_port_spec(p)).collect::<Result<Vec<_>>>()?;
             serve::run(&netns, &ports, &status_file)

@@ -58,7 +58,17 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
     let base = write(
         tmp.path(),
         "base.yaml",
-        &[ns("x"), ns("y"), pod("x", "a", "a"), pod("x", "b", "b"), pod("y", "a", "a"), svc("x", "a"), svc("x", "b"), svc("y", "a")].concat(),
+        &[
+            ns("x"),
+            ns("y"),
+            pod("x", "a", "a"),
+            pod("x", "b", "b"),
+            pod("y", "a", "a"),
+            svc("x", "a"),
+            svc("x", "b"),
+            svc("y", "a"),
+        ]
+        .concat(),
     );
     let base = base.to_str().unwrap();
     let up = g.ok(&["up", "--no-policy", "-f", base]);
@@ -85,7 +95,13 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
     }
 
     // probes: everything connects without policy, through DNAT and directly
-    for (port, proto, via, v6) in [("80", "TCP", "service", false), ("81", "UDP", "service", false), ("80", "TCP", "pod", false), ("81", "UDP", "service", true), ("80", "TCP", "service", true)] {
+    for (port, proto, via, v6) in [
+        ("80", "TCP", "service", false),
+        ("81", "UDP", "service", false),
+        ("80", "TCP", "pod", false),
+        ("81", "UDP", "service", true),
+        ("80", "TCP", "service", true),
+    ] {
         let mut args = vec!["probe", "--port", port, "--protocol", proto, "--via", via, "-o", "json"];
         if v6 {
             args.push("--ipv6");
@@ -157,8 +173,18 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
     // deleting a namespace takes its pods (CNI DEL) and Services with it
     let nsy = write(tmp.path(), "nsy.yaml", &ns("y"));
     let out = g.ok(&["delete", "-f", nsy.to_str().unwrap()]);
-    assert!(out.contains("pod/y/c deleted") && out.contains("service/y/s-y-c deleted") && out.contains("namespace/y deleted"), "{out}");
-    let left: Vec<String> = pod_items(&g).iter().map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap())).collect();
+    assert!(
+        out.contains("pod/y/c deleted")
+            && out.contains("service/y/s-y-c deleted")
+            && out.contains("namespace/y deleted"),
+        "{out}"
+    );
+    let left: Vec<String> = pod_items(&g)
+        .iter()
+        .map(|p| {
+            format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap())
+        })
+        .collect();
     assert_eq!(left, vec!["x/a", "x/b"]);
     assert!(!Path::new(&format!("/run/netns/weir-{}-y-c", g.name)).exists());
     let svcs = g.json(&["get", "services", "-o", "json"]);
@@ -215,7 +241,17 @@ fn root_lab_rejects_bad_up_without_touching_anything() {
     assert!(err.contains("no lab named"), "{err}");
     // the same command as an unprivileged user is refused up front
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", weirctl(), "lab", "up", "--name", &g.name, "--no-policy"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            weirctl(),
+            "lab",
+            "up",
+            "--name",
+            &g.name,
+            "--no-policy",
+        ])
         .output()
         .expect("setpriv (util-linux)");
     assert!(!out.status.success());
@@ -251,13 +287,27 @@ fn root_lab_policy_deny_all_turns_the_column_to_x() {
     }
     require_binaries(&["weir"]);
     let dir = Path::new(weirctl()).parent().unwrap();
-    assert!(dir.join("weir-policyd").is_file(), "{}/weir-policyd is missing: run `cargo build --workspace --bins` first", dir.display());
+    assert!(
+        dir.join("weir-policyd").is_file(),
+        "{}/weir-policyd is missing: run `cargo build --workspace --bins` first",
+        dir.display()
+    );
     let g = LabGuard::new("wp");
     let tmp = tempfile::tempdir().unwrap();
     let f = write(
         tmp.path(),
         "m.yaml",
-        &[ns("x"), ns("y"), pod("x", "a", "a"), pod("x", "b", "b"), pod("y", "a", "a"), svc("x", "a"), svc("x", "b"), svc("y", "a")].concat(),
+        &[
+            ns("x"),
+            ns("y"),
+            pod("x", "a", "a"),
+            pod("x", "b", "b"),
+            pod("y", "a", "a"),
+            svc("x", "a"),
+            svc("x", "b"),
+            svc("y", "a"),
+        ]
+        .concat(),
     );
     let out = g.ok(&["up", "-f", f.to_str().unwrap()]);
     assert!(out.contains("weir-policyd pid") && out.contains("policy enforced"), "{out}");
@@ -301,7 +351,10 @@ fn root_lab_policy_deny_all_turns_the_column_to_x() {
     let mut ok = false;
     for _ in 0..40 {
         last = g.json(&["probe", "--via", "pod", "--timeout-ms", "500", "-o", "json"]);
-        if last["results"]["y/a"]["x/b"] == false && last["results"]["y/a"]["x/a"] == false && last["results"]["x/a"]["y/a"] == true {
+        if last["results"]["y/a"]["x/b"] == false
+            && last["results"]["y/a"]["x/a"] == false
+            && last["results"]["x/a"]["y/a"] == true
+        {
             ok = true;
             break;
         }
@@ -352,7 +405,13 @@ fn root_lab_service_balances_across_backends_by_named_port() {
     let connected = std::thread::spawn(move || {
         netns::enter(&netns::path(&client_ns)).unwrap();
         (0..40)
-            .filter(|_| std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(vip, 80), std::time::Duration::from_secs(2)).is_ok())
+            .filter(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::new(vip, 80),
+                    std::time::Duration::from_secs(2),
+                )
+                .is_ok()
+            })
             .count()
     })
     .join()
@@ -391,8 +450,15 @@ fn placement(g: &LabGuard) -> std::collections::BTreeMap<String, (String, String
     pod_items(g)
         .iter()
         .map(|p| {
-            let key = format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap());
-            (key, (p["spec"]["nodeName"].as_str().unwrap_or("").to_string(), p["status"]["hostIP"].as_str().unwrap_or("").to_string()))
+            let key =
+                format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap());
+            (
+                key,
+                (
+                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                    p["status"]["hostIP"].as_str().unwrap_or("").to_string(),
+                ),
+            )
         })
         .collect()
 }
@@ -411,7 +477,17 @@ fn root_lab_two_nodes_host_gw_up_get_exec_down() {
     let f = write(
         tmp.path(),
         "m.yaml",
-        &[ns("x"), ns("y"), pod("x", "a", "a"), pod("x", "b", "b"), pinned_pod("x", "c", "node-1"), pod("y", "a", "a"), svc("x", "a"), svc("y", "a")].concat(),
+        &[
+            ns("x"),
+            ns("y"),
+            pod("x", "a", "a"),
+            pod("x", "b", "b"),
+            pinned_pod("x", "c", "node-1"),
+            pod("y", "a", "a"),
+            svc("x", "a"),
+            svc("y", "a"),
+        ]
+        .concat(),
     );
     let out = g.ok(&["up", "--nodes", "2", "--backend", "host-gw", "-f", f.to_str().unwrap()]);
     assert!(out.contains("ready: lab"), "{out}");
@@ -426,7 +502,10 @@ fn root_lab_two_nodes_host_gw_up_get_exec_down() {
         assert_eq!(n["kind"], "Node");
         assert_eq!(n["metadata"]["name"], format!("node-{k}"));
         assert_eq!(n["spec"]["podCIDRs"], serde_json::json!([format!("10.88.{k}.0/24"), format!("fd00:88:{k}::/64")]));
-        assert_eq!(n["status"]["addresses"][0], serde_json::json!({"type": "InternalIP", "address": format!("192.0.2.{k}")}));
+        assert_eq!(
+            n["status"]["addresses"][0],
+            serde_json::json!({"type": "InternalIP", "address": format!("192.0.2.{k}")})
+        );
     }
     let table = g.ok(&["get", "nodes"]);
     assert!(table.starts_with("NAME") && table.contains("node-2") && table.contains("192.0.2.2"), "{table}");
@@ -451,12 +530,20 @@ fn root_lab_two_nodes_host_gw_up_get_exec_down() {
     let st: Value = serde_json::from_slice(&std::fs::read(g.dir().join("state.json")).unwrap()).unwrap();
     assert_eq!(st["policyds"].as_object().unwrap().len(), 2, "{st}");
     for k in 1..=2 {
-        assert!(Path::new(&format!("/sys/fs/bpf/weir-lab-{}/node-{k}/weir_endpoints", g.name)).exists(), "node-{k} pins");
+        assert!(
+            Path::new(&format!("/sys/fs/bpf/weir-lab-{}/node-{k}/weir_endpoints", g.name)).exists(),
+            "node-{k} pins"
+        );
         assert!(Path::new(&format!("/run/netns/weir-{}-n{k}", g.name)).exists());
     }
 
     // exec: the pod's network namespace, its exit code
-    let x_a_ip = pod_items(&g).iter().find(|p| p["metadata"]["name"] == "a" && p["metadata"]["namespace"] == "x").unwrap()["status"]["podIP"].as_str().unwrap().to_string();
+    let x_a_ip =
+        pod_items(&g).iter().find(|p| p["metadata"]["name"] == "a" && p["metadata"]["namespace"] == "x").unwrap()
+            ["status"]["podIP"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let out = g.ok(&["exec", "x/a", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(out.contains(&format!("{x_a_ip}/24")), "{out}");
     let code = g.run(&["exec", "x/a", "--", "sh", "-c", "exit 7"]);
@@ -553,15 +640,29 @@ fn root_lab_copies_each_policyds_node_annotations_into_its_node() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = fake_policyd(tmp.path(), false);
     g.ok(&["up", "--nodes", "3", "--backend", "host-gw", "--policyd-bin", fake.to_str().unwrap()]);
-    let annotations = |g: &LabGuard| -> Vec<Value> { g.json(&["get", "nodes", "-o", "json"])["items"].as_array().unwrap().iter().map(|n| n["metadata"]["annotations"].clone()).collect() };
+    let annotations = |g: &LabGuard| -> Vec<Value> {
+        g.json(&["get", "nodes", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["metadata"]["annotations"].clone())
+            .collect()
+    };
     for (i, a) in annotations(&g).iter().enumerate() {
-        assert_eq!(*a, serde_json::json!({"weir.io/backend-type": "host-gw", "weir.io/public-ip": format!("node-{}", i + 1)}));
+        assert_eq!(
+            *a,
+            serde_json::json!({"weir.io/backend-type": "host-gw", "weir.io/public-ip": format!("node-{}", i + 1)})
+        );
     }
     // the Node's manifest (what every weir-policyd reads) has them, its spec unchanged
     let manifest = std::fs::read_to_string(g.dir().join("manifests/node_node-2.yaml")).unwrap();
     assert!(manifest.contains("weir.io/backend-type: host-gw") && manifest.contains("10.88.2.0/24"), "{manifest}");
     // a change is picked up at the next apply
-    std::fs::write(g.dir().join("nodes/node-2/run/node-annotations.json"), r#"{"weir.io/backend-type":"host-gw","weir.io/public-ip":"192.0.2.2"}"#).unwrap();
+    std::fs::write(
+        g.dir().join("nodes/node-2/run/node-annotations.json"),
+        r#"{"weir.io/backend-type":"host-gw","weir.io/public-ip":"192.0.2.2"}"#,
+    )
+    .unwrap();
     let nsq = write(tmp.path(), "q.yaml", &ns("q"));
     g.ok(&["apply", "-f", nsq.to_str().unwrap()]);
     assert_eq!(annotations(&g)[1]["weir.io/public-ip"], "192.0.2.2");
@@ -571,7 +672,10 @@ fn root_lab_copies_each_policyds_node_annotations_into_its_node() {
     // a weir-policyd that dies before publishing fails `up`, which rolls back
     let dies = fake_policyd(tmp.path(), true);
     let err = g.fails(&["up", "--nodes", "2", "--policyd-bin", dies.to_str().unwrap()]);
-    assert!(err.contains("node-1") && err.contains("did not publish") && err.contains("cannot set up the backend"), "{err}");
+    assert!(
+        err.contains("node-1") && err.contains("did not publish") && err.contains("cannot set up the backend"),
+        "{err}"
+    );
     assert_eq!(g.leftovers(), Vec::<String>::new());
 }
 
@@ -589,9 +693,18 @@ fn enter_fresh_mount_namespace() {
     unsafe {
         assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
         let flags = libc::MS_REC | libc::MS_PRIVATE;
-        assert_eq!(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()), 0, "making / private");
+        assert_eq!(
+            libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()),
+            0,
+            "making / private"
+        );
         while is_bpffs("/sys/fs/bpf") {
-            assert_eq!(libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH), 0, "umount /sys/fs/bpf: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH),
+                0,
+                "umount /sys/fs/bpf: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -607,7 +720,11 @@ fn root_lab_up_mounts_bpffs_where_none_is_mounted() {
     }
     require_binaries(&["weir", "weir-policyd"]);
     let tmp = tempfile::tempdir().unwrap();
-    let f = write(tmp.path(), "m.yaml", &[ns("x"), pod("x", "a", "a"), pod("x", "b", "b"), svc("x", "a"), svc("x", "b")].concat());
+    let f = write(
+        tmp.path(),
+        "m.yaml",
+        &[ns("x"), pod("x", "a", "a"), pod("x", "b", "b"), svc("x", "a"), svc("x", "b")].concat(),
+    );
     let name = format!("wf{}", std::process::id());
     let pins = format!("/sys/fs/bpf/weir-lab-{name}");
     let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();

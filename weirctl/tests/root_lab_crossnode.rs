@@ -48,19 +48,8 @@ fn probe_until(g: &LabGuard, via: &str, to: &str, want: bool) -> (bool, Value) {
     let dest = format!("x/{to}");
     let mut last = Value::Null;
     for _ in 0..40 {
-        let out = g.ok(&[
-            "probe",
-            "--via",
-            via,
-            "--from",
-            "x/client",
-            "--to",
-            &dest,
-            "--timeout-ms",
-            "500",
-            "-o",
-            "json",
-        ]);
+        let out =
+            g.ok(&["probe", "--via", via, "--from", "x/client", "--to", &dest, "--timeout-ms", "500", "-o", "json"]);
         last = serde_json::from_str(&out).expect("JSON output");
         if last["results"]["x/client"][&dest] == Value::Bool(want) {
             return (true, last);
@@ -93,25 +82,13 @@ fn egress_isolated_client_cannot_reach_remote_backend(backend: &str, tag: &str) 
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("m.yaml");
     std::fs::write(&f, manifests()).unwrap();
-    let out = g.ok(&[
-        "up",
-        "--nodes",
-        "2",
-        "--backend",
-        backend,
-        "-f",
-        f.to_str().unwrap(),
-    ]);
+    let out = g.ok(&["up", "--nodes", "2", "--backend", backend, "-f", f.to_str().unwrap()]);
     assert!(out.contains("policy enforced"), "{out}");
 
     // the placement the test is about: client and backends on different nodes
     let pods: Value = serde_json::from_str(&g.ok(&["get", "pods", "-o", "json"])).unwrap();
     for p in pods["items"].as_array().unwrap() {
-        let want = if p["metadata"]["name"] == "client" {
-            "node-1"
-        } else {
-            "node-2"
-        };
+        let want = if p["metadata"]["name"] == "client" { "node-1" } else { "node-2" };
         assert_eq!(p["spec"]["nodeName"], want, "{p}");
     }
 
@@ -134,11 +111,7 @@ fn egress_isolated_client_cannot_reach_remote_backend(backend: &str, tag: &str) 
     assert_reaches(&g, "pod", "server", false, "egress to app=other");
 
     // allow only app=server:80: the remote backend, through its ClusterIP too
-    g.apply(
-        tmp.path(),
-        "server.yaml",
-        &client_egress(&allow_to("server")),
-    );
+    g.apply(tmp.path(), "server.yaml", &client_egress(&allow_to("server")));
     assert_reaches(&g, "service", "server", true, "egress to app=server");
     assert_reaches(&g, "pod", "server", true, "egress to app=server");
     assert_reaches(&g, "pod", "other", false, "egress to app=server");

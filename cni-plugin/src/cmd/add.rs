@@ -6,10 +6,10 @@ use crate::config::{Env, NetConf, OnReadyTimeout, WhileNotReady};
 use crate::dataplane::Dataplane;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{self, Lease};
-use crate::netlink::{is_errno, Netlink};
-use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::naming::{Attachment, VethLabel};
+use crate::netlink::{is_errno, Netlink};
 use crate::request::{self, Requested};
+use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::{bridge, masq, naming, netns, sysctl};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -29,7 +29,9 @@ struct Undo {
 
 impl Undo {
     fn run(self, conf: &NetConf, env: &Env, nl: &mut Netlink, dp: Option<&Dataplane>) {
-        let log = |what: &str, e: &dyn std::fmt::Display| eprintln!("weir: rollback of ADD {}: {what}: {e}", env.container_id);
+        let log = |what: &str, e: &dyn std::fmt::Display| {
+            eprintln!("weir: rollback of ADD {}: {what}: {e}", env.container_id)
+        };
         if self.registry {
             if let Err(e) = Registry::under(&conf.policy.run_dir).remove(&env.container_id, &env.ifname) {
                 log("registry record", &e);
@@ -88,9 +90,8 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value> {
             _ => {}
         }
     }
-    let mut pod = netns::run_in(&ns, || {
-        Netlink::new().map_err(|e| CniError::kernel("netlink socket inside CNI_NETNS", e))
-    })?;
+    let mut pod =
+        netns::run_in(&ns, || Netlink::new().map_err(|e| CniError::kernel("netlink socket inside CNI_NETNS", e)))?;
     let taken = pod.link_by_name(&env.ifname).map_err(|e| CniError::kernel("CNI_NETNS: link lookup", e))?;
     if taken.is_some() {
         return Err(CniError::new(
@@ -205,7 +206,10 @@ fn add_steps(
     let kerr = |what: String| move |e: std::io::Error| CniError::kernel(what, e);
     nl.create_veth(host_name, &env.ifname, requested.mac, conf.mtu, br.index, ns.as_fd()).map_err(|e| {
         if is_errno(&e, libc::EEXIST) {
-            CniError::new(code::IFNAME_EXISTS, format!("veth {host_name} / CNI_IFNAME={:?}: already exists", env.ifname))
+            CniError::new(
+                code::IFNAME_EXISTS,
+                format!("veth {host_name} / CNI_IFNAME={:?}: already exists", env.ifname),
+            )
         } else {
             CniError::kernel(format!("create veth {host_name} with peer {} in CNI_NETNS", env.ifname), e)
         }
@@ -283,7 +287,8 @@ fn add_steps(
                              this route out (isDefaultGateway: false / ipam.routes)",
                             r.dst,
                             env.netns,
-                            existing.map_or("another table entry".into(), |x| format!("via {:?}, oif {:?}", x.gw, x.oif)),
+                            existing
+                                .map_or("another table entry".into(), |x| format!("via {:?}, oif {:?}", x.gw, x.oif)),
                             r.gw,
                             env.ifname
                         ),

@@ -17,7 +17,9 @@ fn mismatch(msg: String) -> CniError {
 
 pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
-        CniError::config("prevResult is missing; CHECK compares against the result of ADD, which the runtime passes as prevResult")
+        CniError::config(
+            "prevResult is missing; CHECK compares against the result of ADD, which the runtime passes as prevResult",
+        )
     })?;
     let prev = CniResult::parse(prev, "prevResult")?;
     let kerr = |what: &str| {
@@ -25,14 +27,18 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
         move |e: std::io::Error| CniError::kernel(what, e)
     };
     let ns = netns::open(&env.netns)?;
-    let mut pod = netns::run_in(&ns, || Netlink::new().map_err(|e| CniError::kernel("netlink socket inside CNI_NETNS", e)))?;
+    let mut pod =
+        netns::run_in(&ns, || Netlink::new().map_err(|e| CniError::kernel("netlink socket inside CNI_NETNS", e)))?;
     let mut nl = Netlink::new().map_err(kerr("netlink socket"))?;
 
     let host_name = naming::host_veth(&env.container_id, &env.ifname);
-    let host = nl.link_by_name(&host_name).map_err(kerr("link lookup"))?.ok_or_else(|| {
-        mismatch(format!("host veth {host_name} of this attachment is missing"))
-    })?;
-    let br = nl.link_by_name(&conf.bridge).map_err(kerr("link lookup"))?
+    let host = nl
+        .link_by_name(&host_name)
+        .map_err(kerr("link lookup"))?
+        .ok_or_else(|| mismatch(format!("host veth {host_name} of this attachment is missing")))?;
+    let br = nl
+        .link_by_name(&conf.bridge)
+        .map_err(kerr("link lookup"))?
         .ok_or_else(|| mismatch(format!("bridge {:?} is missing", conf.bridge)))?;
     if host.master != Some(br.index) {
         return Err(mismatch(format!("host veth {host_name} is not a port of bridge {:?}", conf.bridge)));
@@ -40,13 +46,15 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     if !host.up {
         return Err(mismatch(format!("host veth {host_name} is down")));
     }
-    let podlink = pod.link_by_name(&env.ifname).map_err(kerr("link lookup in CNI_NETNS"))?.ok_or_else(|| {
-        mismatch(format!("CNI_IFNAME={:?} is missing from CNI_NETNS={:?}", env.ifname, env.netns))
-    })?;
+    let podlink = pod
+        .link_by_name(&env.ifname)
+        .map_err(kerr("link lookup in CNI_NETNS"))?
+        .ok_or_else(|| mismatch(format!("CNI_IFNAME={:?} is missing from CNI_NETNS={:?}", env.ifname, env.netns)))?;
     if !podlink.up {
         return Err(mismatch(format!("{} in CNI_NETNS is down", env.ifname)));
     }
-    let our_idx = prev.interfaces.iter().position(|i| i.name == env.ifname && i.sandbox.as_deref() == Some(env.netns.as_str()));
+    let our_idx =
+        prev.interfaces.iter().position(|i| i.name == env.ifname && i.sandbox.as_deref() == Some(env.netns.as_str()));
     if let Some(i) = our_idx {
         let want_mac = &prev.interfaces[i].mac;
         if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&podlink.mac) {
@@ -57,7 +65,10 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     let have = pod.addresses(podlink.index).map_err(kerr("address dump in CNI_NETNS"))?;
     for ip in &ours {
         if !have.contains(&ip.address) {
-            return Err(mismatch(format!("address {} from prevResult is not on {} in CNI_NETNS", ip.address, env.ifname)));
+            return Err(mismatch(format!(
+                "address {} from prevResult is not on {} in CNI_NETNS",
+                ip.address, env.ifname
+            )));
         }
     }
     for v4 in [true, false] {
@@ -69,7 +80,10 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
         for r in want {
             let found = routes.iter().any(|x| x.dst == r.dst && (r.gw.is_none() || x.gw == r.gw));
             if !found {
-                return Err(mismatch(format!("route {} via {:?} from prevResult is missing in CNI_NETNS", r.dst, r.gw)));
+                return Err(mismatch(format!(
+                    "route {} via {:?} from prevResult is missing in CNI_NETNS",
+                    r.dst, r.gw
+                )));
             }
         }
     }
@@ -89,7 +103,10 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     }
     if conf.policy.enforce {
         let dp = Dataplane::open_existing(&conf.policy)?.ok_or_else(|| {
-            mismatch(format!("policy.enforce is true but no pinned dataplane under {}", conf.policy.bpffs_root.display()))
+            mismatch(format!(
+                "policy.enforce is true but no pinned dataplane under {}",
+                conf.policy.bpffs_root.display()
+            ))
         })?;
         if !dp.is_attached(host.index)? {
             return Err(mismatch(format!("policy programs are not attached to {host_name}")));
@@ -101,7 +118,10 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
             .get(&env.container_id, &env.ifname)
             .map_err(|e| CniError::new(code::IO, e.to_string()))?;
         if rec.is_none_or(|r| r.host_ifindex != host.index) {
-            return Err(mismatch(format!("endpoint record for this attachment is missing or stale in {}", conf.policy.run_dir.display())));
+            return Err(mismatch(format!(
+                "endpoint record for this attachment is missing or stale in {}",
+                conf.policy.run_dir.display()
+            )));
         }
     }
     Ok(())

@@ -12,8 +12,8 @@ use crate::config::{Env, NetConf};
 use crate::dataplane::Dataplane;
 use crate::error::{CniError, Result};
 use crate::ipam::{self, allocator::Store, disk::DiskStore};
-use crate::netlink::{is_errno, Netlink};
 use crate::naming::{self, Attachment, VethLabel};
+use crate::netlink::{is_errno, Netlink};
 use std::net::IpAddr;
 use weir_common::registry::Registry;
 

@@ -13,20 +13,19 @@ use crate::config::{Ipam, NetConf};
 use crate::dataplane::Dataplane;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{allocator::Store, disk::DiskStore};
-use crate::netlink::{is_errno, Netlink};
 use crate::naming::{self, VethLabel};
+use crate::netlink::{is_errno, Netlink};
 use serde_json::Value;
 use std::collections::HashSet;
 use weir_common::registry::Registry;
 
 /// (containerID, ifname) pairs the runtime says are alive.
 pub fn valid_attachments(raw: &Value) -> Result<Vec<(String, String)>> {
-    let list = raw
-        .get("cni.dev/valid-attachments")
-        .or_else(|| raw.get("cni.dev/attachments"))
-        .ok_or_else(|| {
-            CniError::config("cni.dev/valid-attachments is missing; GC needs the list of attachments to keep (may be empty)")
-        })?;
+    let list = raw.get("cni.dev/valid-attachments").or_else(|| raw.get("cni.dev/attachments")).ok_or_else(|| {
+        CniError::config(
+            "cni.dev/valid-attachments is missing; GC needs the list of attachments to keep (may be empty)",
+        )
+    })?;
     let arr = list.as_array().ok_or_else(|| CniError::config("cni.dev/valid-attachments: expected a list"))?;
     let mut out = Vec::new();
     for (i, a) in arr.iter().enumerate() {

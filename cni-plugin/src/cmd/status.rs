@@ -29,10 +29,8 @@ pub fn status(conf: &NetConf) -> Result<()> {
             Err(_) => vec![],
         };
         for (i, set) in h.range_sets.iter().enumerate() {
-            let used = names
-                .iter()
-                .filter(|a| set.ranges.iter().any(|r| r.contains(**a) && **a != r.gateway))
-                .count() as u128;
+            let used =
+                names.iter().filter(|a| set.ranges.iter().any(|r| r.contains(**a) && **a != r.gateway)).count() as u128;
             if used >= set.capacity() {
                 return Err(unavailable(format!(
                     "ipam.ranges[{i}] is exhausted ({used} of {} addresses reserved in {}): ADD would fail; \

@@ -252,7 +252,12 @@ mod tests {
     use std::collections::HashSet;
 
     fn range(subnet: &str, start: &str, end: &str, gw: &str) -> Range {
-        Range { subnet: subnet.parse().unwrap(), start: start.parse().unwrap(), end: end.parse().unwrap(), gateway: gw.parse().unwrap() }
+        Range {
+            subnet: subnet.parse().unwrap(),
+            start: start.parse().unwrap(),
+            end: end.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+        }
     }
 
     fn set24() -> RangeSet {
@@ -273,7 +278,10 @@ mod tests {
     #[test]
     fn walk_wraps_across_ranges_and_ends() {
         let set = RangeSet {
-            ranges: vec![range("10.0.0.0/24", "10.0.0.10", "10.0.0.11", "10.0.0.1"), range("10.0.1.0/24", "10.0.1.1", "10.0.1.2", "10.0.1.1")],
+            ranges: vec![
+                range("10.0.0.0/24", "10.0.0.10", "10.0.0.11", "10.0.0.1"),
+                range("10.0.1.0/24", "10.0.1.1", "10.0.1.2", "10.0.1.1"),
+            ],
         };
         let all: Vec<String> = Walk::new(&set, Some("10.0.0.11".parse().unwrap())).map(|a| a.to_string()).collect();
         assert_eq!(all, ["10.0.1.2", "10.0.0.10", "10.0.0.11"]);
@@ -316,11 +324,13 @@ mod tests {
     #[test]
     fn requested_addresses_are_reserved_exactly_and_the_rest_allocated() {
         let mut s = FakeStore::default();
-        let got = allocate_all(&mut s, &[set24(), v6set()], "a", "eth0", &[want("fd00::42", "runtimeConfig.ips[0]")]).unwrap();
+        let got = allocate_all(&mut s, &[set24(), v6set()], "a", "eth0", &[want("fd00::42", "runtimeConfig.ips[0]")])
+            .unwrap();
         assert_eq!(got, ["10.0.0.2".parse::<IpAddr>().unwrap(), "fd00::42".parse().unwrap()]);
         // As host-local: a static reservation moves the set's round robin.
         assert_eq!(s.last_reserved(1), Some("fd00::42".parse().unwrap()));
-        let got = allocate_all(&mut s, &[set24(), v6set()], "b", "eth0", &[want("10.0.0.200", "CNI_ARGS IP=")]).unwrap();
+        let got =
+            allocate_all(&mut s, &[set24(), v6set()], "b", "eth0", &[want("10.0.0.200", "CNI_ARGS IP=")]).unwrap();
         assert_eq!(got[0].to_string(), "10.0.0.200");
         assert_eq!(got[1].to_string(), "fd00::43");
     }

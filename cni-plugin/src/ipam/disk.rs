@@ -53,7 +53,8 @@ pub struct Entry {
 impl DiskStore {
     /// Create the directory if needed and take its lock (blocking).
     pub fn open(dir: &Path) -> Result<DiskStore> {
-        fs::create_dir_all(dir).map_err(|e| CniError::io(format!("ipam.dataDir: cannot create {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| CniError::io(format!("ipam.dataDir: cannot create {}", dir.display()), e))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .read(true)
@@ -90,8 +91,9 @@ impl DiskStore {
     pub fn write_index(&self, id: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
         let (Some(dir), Some(path)) = (&self.index, self.index_file(id, ifname)) else { return Ok(()) };
         fs::create_dir_all(dir).map_err(|e| CniError::io(format!("cannot create {}", dir.display()), e))?;
-        let body = serde_json::to_vec(&IndexEntry { container_id: id.into(), ifname: ifname.into(), ips: ips.to_vec() })
-            .expect("json");
+        let body =
+            serde_json::to_vec(&IndexEntry { container_id: id.into(), ifname: ifname.into(), ips: ips.to_vec() })
+                .expect("json");
         write_mode(&path, &body).map_err(|e| CniError::io(format!("cannot write {}", path.display()), e))
     }
 
@@ -222,7 +224,9 @@ impl Store for DiskStore {
     fn release(&mut self, ip: IpAddr) -> Result<()> {
         let path = self.dir.join(ip.to_string());
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(CniError::io(format!("cannot remove {}", path.display()), e)),
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(CniError::io(format!("cannot remove {}", path.display()), e))
+            }
             _ => Ok(()),
         }
     }
@@ -296,6 +300,9 @@ mod tests {
         fs::write(tmp.path().join("10.0.0.9"), "old\n").unwrap();
         let (e, errs) = entries_in(tmp.path());
         assert!(errs.is_empty());
-        assert_eq!(e, vec![Entry { ip: "10.0.0.9".parse().unwrap(), container_id: "old".into(), ifname: String::new() }]);
+        assert_eq!(
+            e,
+            vec![Entry { ip: "10.0.0.9".parse().unwrap(), container_id: "old".into(), ifname: String::new() }]
+        );
     }
 }

@@ -52,7 +52,10 @@ pub fn allocate(conf: &NetConf, env: &Env, requested: &[RequestedIp]) -> Result<
             let r = CniResult::parse(&out, &format!("result of ipam plugin {plugin:?}"))?;
             if r.ips.is_empty() {
                 let _ = exec_delegate(conf, env, plugin, "DEL");
-                return Err(CniError::new(code::IPAM_DELEGATE, format!("ipam plugin {plugin:?} returned no addresses")));
+                return Err(CniError::new(
+                    code::IPAM_DELEGATE,
+                    format!("ipam plugin {plugin:?} returned no addresses"),
+                ));
             }
             Ok(Lease { ips: r.ips.into_iter().map(|i| IpConfig { interface: None, ..i }).collect(), routes: r.routes })
         }
@@ -107,7 +110,12 @@ pub fn exec_delegate(conf: &NetConf, env: &Env, plugin: &str, command: &str) -> 
     if !out.status.success() {
         let (c, msg) = parsed
             .as_ref()
-            .map(|v| (v.get("code").and_then(|c| c.as_u64()).unwrap_or(0), v.get("msg").and_then(|m| m.as_str()).unwrap_or("").to_string()))
+            .map(|v| {
+                (
+                    v.get("code").and_then(|c| c.as_u64()).unwrap_or(0),
+                    v.get("msg").and_then(|m| m.as_str()).unwrap_or("").to_string(),
+                )
+            })
             .unwrap_or((0, String::from_utf8_lossy(&out.stdout).into_owned()));
         return Err(CniError::new(
             code::IPAM_DELEGATE,

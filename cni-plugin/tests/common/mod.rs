@@ -69,7 +69,8 @@ pub fn exec_plugin(node: &Netns, bin: &str, call: &Call, stdin: &[u8]) -> Run {
             cmd.env_remove(k);
         }
     }
-    cmd.env("CNI_COMMAND", &call.command).env("CNI_PATH", format!("{REF_DIR}:{}", Path::new(WEIR).parent().unwrap().display()));
+    cmd.env("CNI_COMMAND", &call.command)
+        .env("CNI_PATH", format!("{REF_DIR}:{}", Path::new(WEIR).parent().unwrap().display()));
     if let Some(v) = &call.container_id {
         cmd.env("CNI_CONTAINERID", v);
     }
@@ -82,11 +83,16 @@ pub fn exec_plugin(node: &Netns, bin: &str, call: &Call, stdin: &[u8]) -> Run {
     if let Some(v) = &call.args {
         cmd.env("CNI_ARGS", v);
     }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the plugin");
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the plugin");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let value = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!({"unparsed": text})) };
+    let value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(json!({"unparsed": text}))
+    };
     Run { code: out.status.code().unwrap_or(-1), out: value, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
@@ -161,7 +167,11 @@ impl Node {
     pub fn reserved_by(&self, id: &str) -> Vec<String> {
         self.reserved()
             .into_iter()
-            .filter(|n| std::fs::read_to_string(self.store().join(n)).map(|b| b.starts_with(&format!("{id}\r\n"))).unwrap_or(false))
+            .filter(|n| {
+                std::fs::read_to_string(self.store().join(n))
+                    .map(|b| b.starts_with(&format!("{id}\r\n")))
+                    .unwrap_or(false)
+            })
             .collect()
     }
     /// Host veths weir left in the node.

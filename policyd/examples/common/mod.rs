@@ -54,11 +54,10 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
             s.pods.insert((name.clone(), pod_name), p);
         }
         for app in 0..3 {
-            let svc: Service = serde_json::from_value(
-                json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
-                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}),
-            )
-            .unwrap();
+            let svc: Service =
+                serde_json::from_value(json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
+                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}))
+                .unwrap();
             s.services.insert((name.clone(), format!("svc{app}")), svc);
         }
         for k in 0..POLICIES_PER_NS {
@@ -73,10 +72,7 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
     let step = all.len() / LOCALS;
     for (j, key) in all.iter().step_by(step).take(LOCALS).enumerate() {
         let p = &s.pods[key];
-        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0]
-            .ip
-            .parse()
-            .unwrap();
+        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
         locals.push(EndpointRecord {
             container_id: format!("cid{j}"),
             ifname: "eth0".into(),
@@ -137,10 +133,7 @@ pub fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
 /// CPU time of this thread: unlike wall time it does not count the time
 /// other processes held the (shared, busy) cores.
 pub fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -160,10 +153,7 @@ pub struct Series {
 
 impl Series {
     pub fn new() -> Self {
-        Series {
-            wall: Vec::new(),
-            cpu: Vec::new(),
-        }
+        Series { wall: Vec::new(), cpu: Vec::new() }
     }
     pub fn push(&mut self, w: Duration, c: Duration) {
         self.wall.push(w);
@@ -208,11 +198,7 @@ pub fn reset_peak_rss() {
 pub fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 

@@ -20,13 +20,9 @@ use ipnet::IpNet;
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     if !s.contains('/') {
-        return Err(format!(
-            "{s:?} is not a CIDR: add a prefix length, e.g. {s}/32"
-        ));
+        return Err(format!("{s:?} is not a CIDR: add a prefix length, e.g. {s}/32"));
     }
-    s.parse::<IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|e| format!("{s:?} is not a valid CIDR: {e}"))
+    s.parse::<IpNet>().map(|n| n.trunc()).map_err(|e| format!("{s:?} is not a valid CIDR: {e}"))
 }
 
 /// One ipBlock: the cidr minus the excepts (all already validated to lie
@@ -101,22 +97,14 @@ pub fn partition(blocks: &[Block]) -> Vec<(IpNet, Vec<usize>)> {
             out.push((net, set.clone()));
             Some(out.len() - 1)
         };
-        stack.push(Open {
-            net,
-            set,
-            answered_by,
-        });
+        stack.push(Open { net, set, answered_by });
     }
     out
 }
 
 /// `base ∪ added` minus `removed`, sorted and without duplicates; `base`
 /// and `removed` are sorted, `added` is sorted (events of one prefix are).
-fn merge_sorted(
-    base: &[usize],
-    added: impl Iterator<Item = usize>,
-    removed: &[usize],
-) -> Vec<usize> {
+fn merge_sorted(base: &[usize], added: impl Iterator<Item = usize>, removed: &[usize]) -> Vec<usize> {
     let added: Vec<usize> = added.collect();
     let mut set = Vec::with_capacity(base.len() + added.len());
     let (mut i, mut j) = (0, 0);
@@ -150,15 +138,8 @@ fn merge_sorted(
 
 /// Longest-prefix match in a partition (what the trie does), for tests and
 /// explain.
-pub fn lpm<'a, V>(
-    entries: impl IntoIterator<Item = (&'a IpNet, V)>,
-    a: std::net::IpAddr,
-) -> Option<V> {
-    entries
-        .into_iter()
-        .filter(|(n, _)| n.contains(&a))
-        .max_by_key(|(n, _)| n.prefix_len())
-        .map(|(_, v)| v)
+pub fn lpm<'a, V>(entries: impl IntoIterator<Item = (&'a IpNet, V)>, a: std::net::IpAddr) -> Option<V> {
+    entries.into_iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -192,14 +173,8 @@ mod tests {
 
     #[test]
     fn except_is_a_hole_the_lookup_lands_on() {
-        let parts = partition(&[Block {
-            cidr: n("10.0.0.0/8"),
-            except: vec![n("10.1.0.0/16")],
-        }]);
-        assert_eq!(
-            parts,
-            vec![(n("10.0.0.0/8"), vec![0]), (n("10.1.0.0/16"), vec![])]
-        );
+        let parts = partition(&[Block { cidr: n("10.0.0.0/8"), except: vec![n("10.1.0.0/16")] }]);
+        assert_eq!(parts, vec![(n("10.0.0.0/8"), vec![0]), (n("10.1.0.0/16"), vec![])]);
         assert_eq!(covering(&parts, "10.2.3.4"), vec![0]);
         assert!(covering(&parts, "10.1.3.4").is_empty());
     }
@@ -207,14 +182,8 @@ mod tests {
     #[test]
     fn hole_covered_by_another_block_carries_that_block() {
         let parts = partition(&[
-            Block {
-                cidr: n("10.0.0.0/8"),
-                except: vec![n("10.1.0.0/16")],
-            },
-            Block {
-                cidr: n("10.1.0.0/24"),
-                except: vec![],
-            },
+            Block { cidr: n("10.0.0.0/8"), except: vec![n("10.1.0.0/16")] },
+            Block { cidr: n("10.1.0.0/24"), except: vec![] },
         ]);
         assert_eq!(covering(&parts, "10.1.0.9"), vec![1]);
         assert!(covering(&parts, "10.1.1.9").is_empty());
@@ -224,14 +193,8 @@ mod tests {
     #[test]
     fn overlapping_blocks_share_the_inner_prefix() {
         let parts = partition(&[
-            Block {
-                cidr: n("0.0.0.0/0"),
-                except: vec![],
-            },
-            Block {
-                cidr: n("192.168.0.0/16"),
-                except: vec![],
-            },
+            Block { cidr: n("0.0.0.0/0"), except: vec![] },
+            Block { cidr: n("192.168.0.0/16"), except: vec![] },
         ]);
         assert_eq!(covering(&parts, "192.168.1.1"), vec![0, 1]);
         assert_eq!(covering(&parts, "8.8.8.8"), vec![0]);
@@ -239,20 +202,14 @@ mod tests {
 
     #[test]
     fn identical_blocks_are_one_prefix() {
-        let b = Block {
-            cidr: n("10.0.0.0/8"),
-            except: vec![],
-        };
+        let b = Block { cidr: n("10.0.0.0/8"), except: vec![] };
         let parts = partition(&[b.clone(), b]);
         assert_eq!(parts, vec![(n("10.0.0.0/8"), vec![0, 1])]);
     }
 
     #[test]
     fn ipv6_blocks_and_holes() {
-        let parts = partition(&[Block {
-            cidr: n("fd00::/8"),
-            except: vec![n("fd00:1::/32")],
-        }]);
+        let parts = partition(&[Block { cidr: n("fd00::/8"), except: vec![n("fd00:1::/32")] }]);
         assert_eq!(covering(&parts, "fd00:2::1"), vec![0]);
         assert!(covering(&parts, "fd00:1::1").is_empty());
         assert!(covering(&parts, "10.0.0.1").is_empty());
@@ -267,19 +224,12 @@ mod tests {
     }
 
     fn arb_blocks() -> impl Strategy<Value = Vec<Block>> {
-        prop::collection::vec(
-            (arb_v4_net(), prop::collection::vec(arb_v4_net(), 0..4)),
-            0..6,
-        )
-        .prop_map(|raw| {
+        prop::collection::vec((arb_v4_net(), prop::collection::vec(arb_v4_net(), 0..4)), 0..6).prop_map(|raw| {
             raw.into_iter()
                 .map(|(cidr, ex)| Block {
                     cidr,
                     // Keep only excepts strictly inside the cidr, as validation does.
-                    except: ex
-                        .into_iter()
-                        .filter(|e| cidr.contains(e) && *e != cidr)
-                        .collect(),
+                    except: ex.into_iter().filter(|e| cidr.contains(e) && *e != cidr).collect(),
                 })
                 .collect()
         })
@@ -289,18 +239,14 @@ mod tests {
     /// is every block covering it; it is left out when its nearest emitted
     /// ancestor has the same set. The sweep in `partition` must agree.
     fn partition_reference(blocks: &[Block]) -> Vec<(IpNet, Vec<usize>)> {
-        let mut prefixes: Vec<IpNet> = blocks
-            .iter()
-            .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
-            .collect();
+        let mut prefixes: Vec<IpNet> =
+            blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied())).collect();
         prefixes.sort();
         prefixes.dedup();
         prefixes.sort_by_key(|p| p.prefix_len());
         let mut out: Vec<(IpNet, Vec<usize>)> = Vec::new();
         for p in prefixes {
-            let set: Vec<usize> = (0..blocks.len())
-                .filter(|&i| blocks[i].covers_prefix(&p))
-                .collect();
+            let set: Vec<usize> = (0..blocks.len()).filter(|&i| blocks[i].covers_prefix(&p)).collect();
             let parent = out
                 .iter()
                 .filter(|(q, _)| q.prefix_len() < p.prefix_len() && q.contains(&p))
@@ -327,16 +273,11 @@ mod tests {
 
     /// Blocks of one family, excepts strictly inside their cidr (as
     /// validation leaves them), duplicates and nesting frequent.
-    fn arb_family_blocks<S: Strategy<Value = IpNet>>(
-        net: fn() -> S,
-    ) -> impl Strategy<Value = Vec<Block>> {
+    fn arb_family_blocks<S: Strategy<Value = IpNet>>(net: fn() -> S) -> impl Strategy<Value = Vec<Block>> {
         prop::collection::vec((net(), prop::collection::vec(net(), 0..5)), 0..12).prop_map(|raw| {
             raw.into_iter()
                 .map(|(cidr, ex)| {
-                    let mut except: Vec<IpNet> = ex
-                        .into_iter()
-                        .filter(|e| cidr.contains(e) && *e != cidr)
-                        .collect();
+                    let mut except: Vec<IpNet> = ex.into_iter().filter(|e| cidr.contains(e) && *e != cidr).collect();
                     except.sort();
                     except.dedup();
                     Block { cidr, except }

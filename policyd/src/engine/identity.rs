@@ -23,11 +23,7 @@ struct Slot {
 
 impl IdentityAllocator {
     pub fn new() -> Self {
-        IdentityAllocator {
-            by_ns: HashMap::new(),
-            next: ID_FIRST_LABEL,
-            live: 0,
-        }
+        IdentityAllocator { by_ns: HashMap::new(), next: ID_FIRST_LABEL, live: 0 }
     }
 
     pub fn get(&self, ns: &str, labels: &Labels) -> Option<u32> {
@@ -41,24 +37,14 @@ impl IdentityAllocator {
             return slot.id;
         }
         let id = self.fresh();
-        self.by_ns.entry(ns.to_string()).or_default().insert(
-            labels.clone(),
-            Slot {
-                id,
-                last_used: generation,
-            },
-        );
+        self.by_ns.entry(ns.to_string()).or_default().insert(labels.clone(), Slot { id, last_used: generation });
         self.live += 1;
         id
     }
 
     /// Mark an identity used in this generation.
     pub fn touch(&mut self, id: &super::IdentityLabels, generation: u64) {
-        if let Some(slot) = self
-            .by_ns
-            .get_mut(&id.namespace)
-            .and_then(|m| m.get_mut(&id.labels))
-        {
+        if let Some(slot) = self.by_ns.get_mut(&id.namespace).and_then(|m| m.get_mut(&id.labels)) {
             slot.last_used = generation;
         }
     }
@@ -66,16 +52,10 @@ impl IdentityAllocator {
     /// Take a number from a previous run. Ignored when the labels already
     /// have a number or the number is taken or out of the label range.
     pub fn seed(&mut self, ns: &str, labels: &Labels, id: u32) -> bool {
-        if !(ID_FIRST_LABEL..ID_FIRST_CIDR).contains(&id)
-            || self.get(ns, labels).is_some()
-            || self.in_use(id)
-        {
+        if !(ID_FIRST_LABEL..ID_FIRST_CIDR).contains(&id) || self.get(ns, labels).is_some() || self.in_use(id) {
             return false;
         }
-        self.by_ns
-            .entry(ns.to_string())
-            .or_default()
-            .insert(labels.clone(), Slot { id, last_used: 0 });
+        self.by_ns.entry(ns.to_string()).or_default().insert(labels.clone(), Slot { id, last_used: 0 });
         self.live += 1;
         if id >= self.next {
             self.next = id + 1;
@@ -94,11 +74,7 @@ impl IdentityAllocator {
         }
         // Label space exhausted (16M numbers handed out in one run): reuse
         // the lowest number nobody holds now.
-        let mut used: Vec<u32> = self
-            .by_ns
-            .values()
-            .flat_map(|m| m.values().map(|s| s.id))
-            .collect();
+        let mut used: Vec<u32> = self.by_ns.values().flat_map(|m| m.values().map(|s| s.id)).collect();
         used.sort_unstable();
         let mut cand = ID_FIRST_LABEL;
         for u in used {
@@ -121,11 +97,7 @@ impl IdentityAllocator {
         let mut ages: Vec<u64> = self
             .by_ns
             .values()
-            .flat_map(|m| {
-                m.values()
-                    .filter(|s| s.last_used < generation)
-                    .map(|s| s.last_used)
-            })
+            .flat_map(|m| m.values().filter(|s| s.last_used < generation).map(|s| s.last_used))
             .collect();
         ages.sort_unstable();
         let drop = unused - unused / 2;

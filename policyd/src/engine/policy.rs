@@ -106,14 +106,7 @@ pub struct CompiledPolicy {
 /// Stable rule ids: the engine hands out numbers per
 /// (namespace, name, direction, rule index, peer index).
 pub trait RuleIds {
-    fn rule_id(
-        &mut self,
-        ns: &str,
-        name: &str,
-        dir: Direction,
-        rule: u32,
-        peer: Option<u32>,
-    ) -> u32;
+    fn rule_id(&mut self, ns: &str, name: &str, dir: Direction, rule: u32, peer: Option<u32>) -> u32;
 }
 
 pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -> CompiledPolicy {
@@ -121,24 +114,16 @@ pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -
     let name = np.metadata.name.clone().unwrap_or_default();
     let object = format!("NetworkPolicy {ns}/{name}");
     let mut diags = Vec::new();
-    let mut diag = |field: String, message: String| {
-        diags.push(Diagnostic {
-            object: object.clone(),
-            field,
-            message,
-        })
-    };
+    let mut diag = |field: String, message: String| diags.push(Diagnostic { object: object.clone(), field, message });
     let spec = np.spec.clone().unwrap_or_default();
 
-    let subject = match spec
-        .pod_selector
-        .as_ref()
-        .map(Selector::parse)
-        .unwrap_or(Ok(Selector::everything()))
-    {
+    let subject = match spec.pod_selector.as_ref().map(Selector::parse).unwrap_or(Ok(Selector::everything())) {
         Ok(s) => Subject::Selector(s),
         Err(e) => {
-            diag(format!("spec.podSelector.{}", e.field), format!("{}; every pod of namespace {ns} is isolated by this policy and it allows nothing", e.message));
+            diag(
+                format!("spec.podSelector.{}", e.field),
+                format!("{}; every pod of namespace {ns} is isolated by this policy and it allows nothing", e.message),
+            );
             Subject::WholeNamespaceDenied
         }
     };
@@ -233,9 +218,7 @@ fn compile_rule(
     diag: &mut dyn FnMut(String, String),
 ) -> CompiledRule {
     let peers = match peers {
-        None | Some([]) => Peers::All {
-            rule_id: ids.rule_id(ns, name, dir, ri, None),
-        },
+        None | Some([]) => Peers::All { rule_id: ids.rule_id(ns, name, dir, ri, None) },
         Some(list) => Peers::List(
             list.iter()
                 .enumerate()
@@ -252,20 +235,11 @@ fn compile_rule(
     };
     let ports = match ports {
         None | Some([]) => vec![PortSpec::Any],
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| compile_port(p, &format!("{field}.ports[{i}]"), diag))
-            .collect(),
+        Some(list) => {
+            list.iter().enumerate().filter_map(|(i, p)| compile_port(p, &format!("{field}.ports[{i}]"), diag)).collect()
+        }
     };
-    CompiledRule {
-        direction: dir,
-        index: ri,
-        tier: Tier::NetworkPolicy,
-        action: Action::Allow,
-        peers,
-        ports,
-    }
+    CompiledRule { direction: dir, index: ri, tier: Tier::NetworkPolicy, action: Action::Allow, peers, ports }
 }
 
 fn compile_peer(
@@ -276,7 +250,10 @@ fn compile_peer(
 ) -> Option<PeerSpec> {
     if let Some(b) = &p.ip_block {
         if p.pod_selector.is_some() || p.namespace_selector.is_some() {
-            diag(field.to_string(), "ipBlock cannot be combined with podSelector or namespaceSelector; split it into separate peers".into());
+            diag(
+                field.to_string(),
+                "ipBlock cannot be combined with podSelector or namespaceSelector; split it into separate peers".into(),
+            );
             return None;
         }
         let cidr = match parse_cidr(&b.cidr) {
@@ -292,14 +269,14 @@ fn compile_peer(
             match parse_cidr(e) {
                 Ok(en) if cidr.contains(&en) && en != cidr => except.push(en),
                 Ok(_) => {
-                    diag(ef, format!("{e:?} is not strictly inside cidr {cidr}; the peer allows nothing until it is fixed"));
+                    diag(
+                        ef,
+                        format!("{e:?} is not strictly inside cidr {cidr}; the peer allows nothing until it is fixed"),
+                    );
                     return None;
                 }
                 Err(m) => {
-                    diag(
-                        ef,
-                        format!("{m}; the peer allows nothing until it is fixed"),
-                    );
+                    diag(ef, format!("{m}; the peer allows nothing until it is fixed"));
                     return None;
                 }
             }
@@ -320,10 +297,7 @@ fn compile_peer(
     };
     let namespaces = match &p.namespace_selector {
         None if p.pod_selector.is_none() => {
-            diag(
-                field.to_string(),
-                "a peer needs podSelector, namespaceSelector or ipBlock".into(),
-            );
+            diag(field.to_string(), "a peer needs podSelector, namespaceSelector or ipBlock".into());
             return None;
         }
         None => NsScope::Same(ns.to_string()),
@@ -338,64 +312,45 @@ fn compile_peer(
     Some(PeerSpec::Pods(PeerSelector { namespaces, pods }))
 }
 
-fn compile_port(
-    p: &NetworkPolicyPort,
-    field: &str,
-    diag: &mut dyn FnMut(String, String),
-) -> Option<PortSpec> {
+fn compile_port(p: &NetworkPolicyPort, field: &str, diag: &mut dyn FnMut(String, String)) -> Option<PortSpec> {
     let Some(proto) = protocol_number(p.protocol.as_deref()) else {
         diag(
             format!("{field}.protocol"),
-            format!(
-                "unknown protocol {:?}; use TCP, UDP or SCTP",
-                p.protocol.as_deref().unwrap_or("")
-            ),
+            format!("unknown protocol {:?}; use TCP, UDP or SCTP", p.protocol.as_deref().unwrap_or("")),
         );
         return None;
     };
     match (&p.port, p.end_port) {
         (None, None) => Some(PortSpec::Proto(proto)),
         (None, Some(_)) => {
-            diag(
-                format!("{field}.endPort"),
-                "endPort needs a numeric port".into(),
-            );
+            diag(format!("{field}.endPort"), "endPort needs a numeric port".into());
             None
         }
         (Some(IntOrString::Int(port)), end) => {
             if !(1..=65535).contains(port) {
-                diag(
-                    format!("{field}.port"),
-                    format!("port {port} is outside 1-65535"),
-                );
+                diag(format!("{field}.port"), format!("port {port} is outside 1-65535"));
                 return None;
             }
             let last = match end {
                 None => *port,
                 Some(e) if (*port..=65535).contains(&e) => e,
                 Some(e) => {
-                    diag(
-                        format!("{field}.endPort"),
-                        format!("endPort {e} must be between port {port} and 65535"),
-                    );
+                    diag(format!("{field}.endPort"), format!("endPort {e} must be between port {port} and 65535"));
                     return None;
                 }
             };
-            Some(PortSpec::Blocks(
-                proto,
-                port_blocks(*port as u16, last as u16),
-            ))
+            Some(PortSpec::Blocks(proto, port_blocks(*port as u16, last as u16)))
         }
         (Some(IntOrString::String(name)), end) => {
             if end.is_some() {
-                diag(
-                    format!("{field}.endPort"),
-                    "endPort cannot be used with a named port".into(),
-                );
+                diag(format!("{field}.endPort"), "endPort cannot be used with a named port".into());
                 return None;
             }
             if !valid_port_name(name) {
-                diag(format!("{field}.port"), format!("{name:?} is not a valid port name (1-15 of a-z, 0-9, '-', with a letter) nor a number"));
+                diag(
+                    format!("{field}.port"),
+                    format!("{name:?} is not a valid port name (1-15 of a-z, 0-9, '-', with a letter) nor a number"),
+                );
                 return None;
             }
             Some(PortSpec::Named(proto, name.clone()))

@@ -27,9 +27,7 @@ pub fn protocol_number(name: Option<&str>) -> Option<u8> {
 pub fn valid_port_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')

@@ -38,10 +38,7 @@ type Labels = BTreeMap<String, String>;
 /// A container port's (name, protocol, number).
 type NamedPort = (String, u8, u16);
 /// A rule's peers and ports, whichever the direction.
-type RuleParts<'a> = (
-    Option<&'a Vec<NetworkPolicyPeer>>,
-    Option<&'a Vec<NetworkPolicyPort>>,
-);
+type RuleParts<'a> = (Option<&'a Vec<NetworkPolicyPeer>>, Option<&'a Vec<NetworkPolicyPort>>);
 
 // ---- the maps, as the dataplane reads them ----------------------------------
 
@@ -57,20 +54,14 @@ pub struct MapVerdict {
 impl MapVerdict {
     pub fn allows(&self, proto: u8, port: u16) -> bool {
         self.open
-            || self
-                .entries
-                .iter()
-                .any(|(p, b)| p.is_none_or(|p| p == proto) && b.is_none_or(|b| b.contains(port)))
+            || self.entries.iter().any(|(p, b)| p.is_none_or(|p| p == proto) && b.is_none_or(|b| b.contains(port)))
     }
 }
 
 /// What the maps allow endpoint `ep` in `dir` against `peer`, for every
 /// protocol and port at once.
 pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerdict {
-    let closed = MapVerdict {
-        open: false,
-        entries: Vec::new(),
-    };
+    let closed = MapVerdict { open: false, entries: Vec::new() };
     let Some(st) = d.endpoints.get(&ep) else {
         return closed;
     };
@@ -80,43 +71,24 @@ pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerd
     };
     let identity = cidr::lpm(d.ipcache.iter(), peer).map(|e| e.identity);
     if !isolated || identity == Some(ID_HOST) {
-        return MapVerdict {
-            open: true,
-            entries: Vec::new(),
-        };
+        return MapVerdict { open: true, entries: Vec::new() };
     }
     let keys_of = |id: u32| {
-        let from = super::PolicyKey {
-            endpoint: ep,
-            identity: id,
-            direction: dir,
-            protocol: None,
-            port: None,
-        };
+        let from = super::PolicyKey { endpoint: ep, identity: id, direction: dir, protocol: None, port: None };
         d.policy
             .range(from..)
             .take_while(move |(k, _)| k.endpoint == ep && k.identity == id && k.direction == dir)
             .map(|(k, _)| (k.protocol, k.port))
     };
-    let mut entries: Vec<_> = identity
-        .into_iter()
-        .chain([ID_ANY])
-        .flat_map(keys_of)
-        .collect();
+    let mut entries: Vec<_> = identity.into_iter().chain([ID_ANY]).flat_map(keys_of).collect();
     // The dataplane asks the ipBlock trie only when both lookups miss;
     // allow-only entries make "only when" and "also" the same answer.
     let class = cidr::lpm(
-        d.cidr
-            .iter()
-            .filter(|(k, _)| k.endpoint == ep && k.direction == dir)
-            .map(|(k, v)| (&k.net, *v)),
+        d.cidr.iter().filter(|(k, _)| k.endpoint == ep && k.direction == dir).map(|(k, v)| (&k.net, *v)),
         peer,
     );
     entries.extend(class.into_iter().flat_map(keys_of));
-    MapVerdict {
-        open: false,
-        entries,
-    }
+    MapVerdict { open: false, entries }
 }
 
 /// The dataplane's judgement of endpoint `ep` in `dir` against a peer.
@@ -137,14 +109,10 @@ pub struct PortSet {
 
 impl PortSet {
     pub fn everything() -> Self {
-        PortSet {
-            atoms: vec![(None, None)],
-        }
+        PortSet { atoms: vec![(None, None)] }
     }
     pub fn allows(&self, proto: u8, port: u16) -> bool {
-        self.atoms.iter().any(|(p, r)| {
-            p.is_none_or(|p| p == proto) && r.is_none_or(|(a, b)| (a..=b).contains(&port))
-        })
+        self.atoms.iter().any(|(p, r)| p.is_none_or(|p| p == proto) && r.is_none_or(|(a, b)| (a..=b).contains(&port)))
     }
 }
 
@@ -185,26 +153,12 @@ impl<'a> Spec<'a> {
             }
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             let named_ports = named_ports(pod);
-            identity_ports
-                .entry((key.0.as_str(), labels.clone()))
-                .or_default()
-                .extend(named_ports.iter().cloned());
-            pods.insert(
-                key,
-                PodView {
-                    key,
-                    labels,
-                    named_ports,
-                },
-            );
+            identity_ports.entry((key.0.as_str(), labels.clone())).or_default().extend(named_ports.iter().cloned());
+            pods.insert(key, PodView { key, labels, named_ports });
         }
         let mut records: Vec<&EndpointRecord> = locals.iter().collect();
         records.sort_by(|a, b| {
-            (a.host_ifindex, &a.container_id, &a.ifname).cmp(&(
-                b.host_ifindex,
-                &b.container_id,
-                &b.ifname,
-            ))
+            (a.host_ifindex, &a.container_id, &a.ifname).cmp(&(b.host_ifindex, &b.container_id, &b.ifname))
         });
         let mut endpoints = HashMap::new();
         let mut seen = HashSet::new();
@@ -213,20 +167,13 @@ impl<'a> Spec<'a> {
             if !seen.insert(r.host_ifindex) {
                 continue; // the engine ignores a second record of an ifindex
             }
-            let Some((key, pod)) = store
-                .pods
-                .get_key_value(&(r.pod_namespace.clone(), r.pod_name.clone()))
-            else {
+            let Some((key, pod)) = store.pods.get_key_value(&(r.pod_namespace.clone(), r.pod_name.clone())) else {
                 continue;
             };
-            let uid_ok =
-                r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
+            let uid_ok = r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
             if uid_ok && takes_part(pod) {
                 endpoints.insert(r.host_ifindex, key);
-                local_ips
-                    .entry(key)
-                    .or_default()
-                    .extend(r.ips.iter().copied());
+                local_ips.entry(key).or_default().extend(r.ips.iter().copied());
             }
         }
         let mut claims: HashMap<IpAddr, Vec<&Key>> = HashMap::new();
@@ -239,27 +186,13 @@ impl<'a> Spec<'a> {
                 claims.entry(ip).or_default().push(key);
             }
         }
-        let gateways = locals
-            .iter()
-            .flat_map(|r| r.gateways.iter().copied())
-            .collect();
+        let gateways = locals.iter().flat_map(|r| r.gateways.iter().copied()).collect();
         let mut policies: HashMap<&str, Vec<Cow<NetworkPolicySpec>>> = HashMap::new();
         for ((ns, _), np) in &store.policies {
-            let spec = np
-                .spec
-                .as_ref()
-                .map_or_else(|| Cow::Owned(NetworkPolicySpec::default()), Cow::Borrowed);
+            let spec = np.spec.as_ref().map_or_else(|| Cow::Owned(NetworkPolicySpec::default()), Cow::Borrowed);
             policies.entry(ns.as_str()).or_default().push(spec);
         }
-        Spec {
-            store,
-            policies,
-            pods,
-            endpoints,
-            claims,
-            gateways,
-            identity_ports,
-        }
+        Spec { store, policies, pods, endpoints, claims, gateways, identity_ports }
     }
 
     /// What the policies allow endpoint `ep` in `dir` against `peer`: one
@@ -316,35 +249,19 @@ impl<'a> Spec<'a> {
         peer: IpAddr,
         out: &mut PortSet,
     ) {
-        let subject_valid = spec
-            .pod_selector
-            .as_ref()
-            .is_none_or(|s| selector_matches(s, &Labels::new()).is_some());
+        let subject_valid = spec.pod_selector.as_ref().is_none_or(|s| selector_matches(s, &Labels::new()).is_some());
         if !subject_valid || !types(spec).rules_apply(dir) {
             return;
         }
         let rules: Vec<RuleParts> = match dir {
-            Direction::Ingress => spec
-                .ingress
-                .iter()
-                .flatten()
-                .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-                .collect(),
-            Direction::Egress => spec
-                .egress
-                .iter()
-                .flatten()
-                .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-                .collect(),
+            Direction::Ingress => spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect(),
+            Direction::Egress => spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect(),
         };
         for (peers, ports) in rules {
             let matched: Vec<PeerKind> = match peers {
                 None => vec![PeerKind::Anyone],
                 Some(list) if list.is_empty() => vec![PeerKind::Anyone],
-                Some(list) => list
-                    .iter()
-                    .filter_map(|p| self.peer_matches(ns, p, them, peer))
-                    .collect(),
+                Some(list) => list.iter().filter_map(|p| self.peer_matches(ns, p, them, peer)).collect(),
             };
             for kind in matched {
                 // Named ports belong to the destination: on ingress this pod,
@@ -352,11 +269,9 @@ impl<'a> Spec<'a> {
                 let named: &[NamedPort] = match (dir, kind, them) {
                     (Direction::Ingress, _, _) => &me.named_ports,
                     (Direction::Egress, PeerKind::Block, _) | (Direction::Egress, _, None) => &[],
-                    (Direction::Egress, _, Some(t)) => self
-                        .identity_ports
-                        .get(&(t.key.0.as_str(), t.labels.clone()))
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]),
+                    (Direction::Egress, _, Some(t)) => {
+                        self.identity_ports.get(&(t.key.0.as_str(), t.labels.clone())).map(Vec::as_slice).unwrap_or(&[])
+                    }
                 };
                 match ports {
                     None => out.atoms.push((None, None)),
@@ -373,13 +288,7 @@ impl<'a> Spec<'a> {
 
     /// How `p` (a peer of a policy in `ns`) matches the address `peer`
     /// held by the pod `them`; None when it does not (or is invalid).
-    fn peer_matches(
-        &self,
-        ns: &str,
-        p: &NetworkPolicyPeer,
-        them: Option<&PodView>,
-        peer: IpAddr,
-    ) -> Option<PeerKind> {
+    fn peer_matches(&self, ns: &str, p: &NetworkPolicyPeer, them: Option<&PodView>, peer: IpAddr) -> Option<PeerKind> {
         if let Some(b) = &p.ip_block {
             if p.pod_selector.is_some() || p.namespace_selector.is_some() {
                 return None;
@@ -401,10 +310,7 @@ impl<'a> Spec<'a> {
         }
         // An invalid selector (None) matches nothing; no pod, no match.
         let t = them?;
-        let pods_ok = p
-            .pod_selector
-            .as_ref()
-            .is_none_or(|s| selector_matches(s, &t.labels) == Some(true));
+        let pods_ok = p.pod_selector.as_ref().is_none_or(|s| selector_matches(s, &t.labels) == Some(true));
         let ns_ok = match &p.namespace_selector {
             None => t.key.0 == ns,
             Some(s) => selector_matches(s, &self.namespace_labels(&t.key.0)) == Some(true),
@@ -413,14 +319,8 @@ impl<'a> Spec<'a> {
     }
 
     fn namespace_labels(&self, ns: &str) -> Labels {
-        let mut l = self
-            .store
-            .namespaces
-            .get(ns)
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default();
-        l.entry(NAMESPACE_NAME_LABEL.to_string())
-            .or_insert_with(|| ns.to_string());
+        let mut l = self.store.namespaces.get(ns).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+        l.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| ns.to_string());
         l
     }
 }
@@ -453,19 +353,13 @@ fn types(spec: &NetworkPolicySpec) -> Types {
         // As the API server defaults it: Ingress, and Egress iff egress rules exist.
         None => {
             let eg = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-            Types {
-                isolates: [true, eg],
-                rules: [true, eg],
-            }
+            Types { isolates: [true, eg], rules: [true, eg] }
         }
         Some(list) => {
             let ing = list.iter().any(|t| t == "Ingress");
             let eg = list.iter().any(|t| t == "Egress");
             let unknown = list.iter().any(|t| t != "Ingress" && t != "Egress");
-            Types {
-                isolates: [ing || unknown, eg || unknown],
-                rules: [ing, eg],
-            }
+            Types { isolates: [ing || unknown, eg || unknown], rules: [ing, eg] }
         }
     }
 }
@@ -526,11 +420,7 @@ fn selector_matches(s: &LabelSelector, labels: &Labels) -> Option<bool> {
 /// Not host-network (the node's address) and not finished (its address
 /// may already be another pod's).
 fn takes_part(pod: &Pod) -> bool {
-    let host = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
+    let host = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !host && !matches!(phase, Some("Succeeded" | "Failed"))
 }
@@ -540,11 +430,7 @@ fn status_ips(pod: &Pod) -> Vec<IpAddr> {
         return Vec::new();
     };
     let listed: Vec<&str> = st.pod_ips.iter().flatten().map(|p| p.ip.as_str()).collect();
-    let raw = if listed.is_empty() {
-        st.pod_ip.as_deref().into_iter().collect()
-    } else {
-        listed
-    };
+    let raw = if listed.is_empty() { st.pod_ip.as_deref().into_iter().collect() } else { listed };
     raw.into_iter().filter_map(|s| s.parse().ok()).collect()
 }
 
@@ -553,11 +439,7 @@ fn named_ports(pod: &Pod) -> Vec<NamedPort> {
     let Some(spec) = &pod.spec else {
         return Vec::new();
     };
-    let sidecars = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
     spec.containers
         .iter()
         .chain(sidecars)
@@ -587,11 +469,7 @@ pub struct Mismatch {
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (maps, text) = if self.maps_allow {
-            ("allow", "deny")
-        } else {
-            ("deny", "allow")
-        };
+        let (maps, text) = if self.maps_allow { ("allow", "deny") } else { ("deny", "allow") };
         write!(
             f,
             "endpoint {} {:?} peer {} protocol {} port {}: the maps {maps}, the policy text says {text}",
@@ -663,12 +541,7 @@ fn probe_peers(store: &Store, locals: &[EndpointRecord]) -> Vec<IpAddr> {
             .iter()
             .flatten()
             .flat_map(|r| r.from.iter().flatten())
-            .chain(
-                spec.egress
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| r.to.iter().flatten()),
-            );
+            .chain(spec.egress.iter().flatten().flat_map(|r| r.to.iter().flatten()));
         for b in peers.filter_map(|p| p.ip_block.as_ref()) {
             for s in std::iter::once(&b.cidr).chain(b.except.iter().flatten()) {
                 if let Ok(net) = parse_cidr(s) {
@@ -678,13 +551,7 @@ fn probe_peers(store: &Store, locals: &[EndpointRecord]) -> Vec<IpAddr> {
         }
     }
     // Pods first: they are what selectors speak about.
-    let mut out: Vec<IpAddr> = store
-        .pods
-        .values()
-        .flat_map(status_ips)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let mut out: Vec<IpAddr> = store.pods.values().flat_map(status_ips).collect::<BTreeSet<_>>().into_iter().collect();
     out.extend(set);
     out.extend(edges);
     let mut seen = HashSet::new();
@@ -698,17 +565,11 @@ fn edges_of(net: IpNet) -> Vec<IpAddr> {
     match net {
         IpNet::V4(n) => {
             let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
-            [a, b, a.wrapping_sub(1), b.wrapping_add(1)]
-                .into_iter()
-                .map(|x| IpAddr::V4(x.into()))
-                .collect()
+            [a, b, a.wrapping_sub(1), b.wrapping_add(1)].into_iter().map(|x| IpAddr::V4(x.into())).collect()
         }
         IpNet::V6(n) => {
             let (a, b) = (u128::from(n.network()), u128::from(n.broadcast()));
-            [a, b, a.wrapping_sub(1), b.wrapping_add(1)]
-                .into_iter()
-                .map(|x| IpAddr::V6(x.into()))
-                .collect()
+            [a, b, a.wrapping_sub(1), b.wrapping_add(1)].into_iter().map(|x| IpAddr::V6(x.into())).collect()
         }
     }
 }
@@ -729,12 +590,7 @@ fn probe_ports(store: &Store) -> Vec<u16> {
             .iter()
             .flatten()
             .flat_map(|r| r.ports.iter().flatten())
-            .chain(
-                spec.egress
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| r.ports.iter().flatten()),
-            );
+            .chain(spec.egress.iter().flatten().flat_map(|r| r.ports.iter().flatten()));
         for p in ports {
             if let Some(IntOrString::Int(n)) = p.port {
                 near(n as i64);

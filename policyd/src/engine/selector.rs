@@ -46,19 +46,13 @@ impl Selector {
         let mut reqs = Vec::new();
         if let Some(ml) = &sel.match_labels {
             for (k, v) in ml {
-                check_key(k).map_err(|m| SelectorError {
-                    field: format!("matchLabels[{k}]"),
-                    message: m,
-                })?;
+                check_key(k).map_err(|m| SelectorError { field: format!("matchLabels[{k}]"), message: m })?;
                 reqs.push(Requirement::In(k.clone(), vec![v.clone()]));
             }
         }
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
-            check_key(&e.key).map_err(|m| SelectorError {
-                field: format!("{field}.key"),
-                message: m,
-            })?;
+            check_key(&e.key).map_err(|m| SelectorError { field: format!("{field}.key"), message: m })?;
             let values = e.values.clone().unwrap_or_default();
             let req = match e.operator.as_str() {
                 "In" | "NotIn" => {
@@ -81,10 +75,7 @@ impl Selector {
                     if !values.is_empty() {
                         return Err(SelectorError {
                             field: format!("{field}.values"),
-                            message: format!(
-                                "operator {} takes no values; remove them",
-                                e.operator
-                            ),
+                            message: format!("operator {} takes no values; remove them", e.operator),
                         });
                     }
                     if e.operator == "Exists" {
@@ -96,9 +87,7 @@ impl Selector {
                 other => {
                     return Err(SelectorError {
                         field: format!("{field}.operator"),
-                        message: format!(
-                            "unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"
-                        ),
+                        message: format!("unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"),
                     })
                 }
             };
@@ -134,9 +123,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
     fn expr(key: &str, op: &str, values: Option<&[&str]>) -> LabelSelectorRequirement {
         LabelSelectorRequirement {
@@ -147,11 +134,7 @@ mod tests {
     }
     fn sel(ml: &[(&str, &str)], me: Vec<LabelSelectorRequirement>) -> LabelSelector {
         LabelSelector {
-            match_labels: if ml.is_empty() {
-                None
-            } else {
-                Some(labels(ml))
-            },
+            match_labels: if ml.is_empty() { None } else { Some(labels(ml)) },
             match_expressions: if me.is_empty() { None } else { Some(me) },
         }
     }
@@ -229,19 +212,9 @@ mod tests {
 
     #[test]
     fn equal_selectors_in_different_order_are_equal() {
-        let a = Selector::parse(&sel(
-            &[("a", "1")],
-            vec![expr("b", "In", Some(&["2", "1"]))],
-        ))
-        .unwrap();
-        let b = Selector::parse(&sel(
-            &[],
-            vec![
-                expr("b", "In", Some(&["1", "2"])),
-                expr("a", "In", Some(&["1"])),
-            ],
-        ))
-        .unwrap();
+        let a = Selector::parse(&sel(&[("a", "1")], vec![expr("b", "In", Some(&["2", "1"]))])).unwrap();
+        let b = Selector::parse(&sel(&[], vec![expr("b", "In", Some(&["1", "2"])), expr("a", "In", Some(&["1"]))]))
+            .unwrap();
         assert_eq!(a, b);
     }
 }

@@ -71,9 +71,7 @@ impl NodeAgent {
         self.guard_leaving(outcome.leave_device, dp);
         self.report(&outcome.problems, outcome.remote_nodes);
         if let Some(wanted) = &outcome.annotations {
-            let current = nodes
-                .get(&self.node)
-                .and_then(|n| n.metadata.annotations.as_ref());
+            let current = nodes.get(&self.node).and_then(|n| n.metadata.annotations.as_ref());
             self.publisher.publish(&self.node, wanted, current);
         }
     }
@@ -104,14 +102,10 @@ impl NodeAgent {
         }
         for reason in Reason::ALL {
             let n = now.iter().filter(|p| p.reason == reason).count();
-            self.metrics
-                .node_network_errors
-                .set(&[reason.label()], n as f64);
+            self.metrics.node_network_errors.set(&[reason.label()], n as f64);
         }
         self.metrics.remote_nodes.clear();
-        self.metrics
-            .remote_nodes
-            .set(&[self.net.config().backend.name()], remote_nodes as f64);
+        self.metrics.remote_nodes.set(&[self.net.config().backend.name()], remote_nodes as f64);
         self.last_problems = now;
     }
 }

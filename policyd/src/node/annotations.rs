@@ -31,15 +31,8 @@ pub struct VxlanData {
 /// A node's published backend, as read from its annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
-    HostGw {
-        public_ip: IpAddr,
-    },
-    Vxlan {
-        public_ip: IpAddr,
-        vtep_mac: [u8; 6],
-        vni: u32,
-        port: u16,
-    },
+    HostGw { public_ip: IpAddr },
+    Vxlan { public_ip: IpAddr, vtep_mac: [u8; 6], vni: u32, port: u16 },
 }
 
 /// What is wrong with a node's annotations: the annotation and why.
@@ -56,10 +49,7 @@ impl std::fmt::Display for BadAnnotation {
 }
 
 fn bad(annotation: &'static str, message: impl Into<String>) -> BadAnnotation {
-    BadAnnotation {
-        annotation,
-        message: message.into(),
-    }
+    BadAnnotation { annotation, message: message.into() }
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
@@ -86,22 +76,9 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn format(published: &Published) -> BTreeMap<String, String> {
     let (kind, data, ip) = match published {
         Published::HostGw { public_ip } => ("host-gw", "{}".to_string(), public_ip),
-        Published::Vxlan {
-            public_ip,
-            vtep_mac,
-            vni,
-            port,
-        } => {
-            let data = VxlanData {
-                vtep_mac: format_mac(vtep_mac),
-                vni: *vni,
-                port: *port,
-            };
-            (
-                "vxlan",
-                serde_json::to_string(&data).expect("always serializes"),
-                public_ip,
-            )
+        Published::Vxlan { public_ip, vtep_mac, vni, port } => {
+            let data = VxlanData { vtep_mac: format_mac(vtep_mac), vni: *vni, port: *port };
+            ("vxlan", serde_json::to_string(&data).expect("always serializes"), public_ip)
         }
     };
     BTreeMap::from([
@@ -114,64 +91,42 @@ pub fn format(published: &Published) -> BTreeMap<String, String> {
 /// Read a node's backend annotations. `Ok(None)`: it has published nothing
 /// yet (its agent has not run). Anything present but wrong is an error
 /// naming the annotation.
-pub fn parse(
-    annotations: Option<&BTreeMap<String, String>>,
-) -> Result<Option<Published>, BadAnnotation> {
+pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Option<Published>, BadAnnotation> {
     let Some(a) = annotations else {
         return Ok(None);
     };
     let Some(kind) = a.get(BACKEND_TYPE) else {
         return match a.keys().find(|k| *k == BACKEND_DATA || *k == PUBLIC_IP) {
-            Some(_) => Err(bad(
-                BACKEND_TYPE,
-                "missing while the other weir.io/ backend annotations are set",
-            )),
+            Some(_) => Err(bad(BACKEND_TYPE, "missing while the other weir.io/ backend annotations are set")),
             None => Ok(None),
         };
     };
     let ip_text = a.get(PUBLIC_IP).ok_or_else(|| bad(PUBLIC_IP, "missing"))?;
-    let public_ip: IpAddr = ip_text
-        .parse()
-        .map_err(|_| bad(PUBLIC_IP, format!("{ip_text:?} is not an IP address")))?;
+    let public_ip: IpAddr = ip_text.parse().map_err(|_| bad(PUBLIC_IP, format!("{ip_text:?} is not an IP address")))?;
     if public_ip.is_unspecified() || public_ip.is_multicast() || public_ip.is_loopback() {
-        return Err(bad(
-            PUBLIC_IP,
-            format!("{public_ip} cannot be a node's underlay address"),
-        ));
+        return Err(bad(PUBLIC_IP, format!("{public_ip} cannot be a node's underlay address")));
     }
     let data = a.get(BACKEND_DATA).map(String::as_str).unwrap_or("");
     match kind.as_str() {
         "host-gw" => Ok(Some(Published::HostGw { public_ip })),
         "vxlan" => {
             let d: VxlanData = serde_json::from_str(data).map_err(|e| {
-                bad(BACKEND_DATA, format!("{data:?} is not {{\"vtepMAC\": \"aa:bb:cc:dd:ee:ff\", \"vni\": N, \"port\": N}}: {e}"))
-            })?;
-            let vtep_mac = parse_mac(&d.vtep_mac).ok_or_else(|| {
                 bad(
                     BACKEND_DATA,
-                    format!("vtepMAC {:?} is not a unicast MAC address", d.vtep_mac),
+                    format!("{data:?} is not {{\"vtepMAC\": \"aa:bb:cc:dd:ee:ff\", \"vni\": N, \"port\": N}}: {e}"),
                 )
             })?;
+            let vtep_mac = parse_mac(&d.vtep_mac)
+                .ok_or_else(|| bad(BACKEND_DATA, format!("vtepMAC {:?} is not a unicast MAC address", d.vtep_mac)))?;
             if d.vni == 0 || d.vni >= 1 << 24 {
-                return Err(bad(
-                    BACKEND_DATA,
-                    format!("vni {} is outside 1..16777215", d.vni),
-                ));
+                return Err(bad(BACKEND_DATA, format!("vni {} is outside 1..16777215", d.vni)));
             }
             if d.port == 0 {
                 return Err(bad(BACKEND_DATA, "port 0 is not a UDP port"));
             }
-            Ok(Some(Published::Vxlan {
-                public_ip,
-                vtep_mac,
-                vni: d.vni,
-                port: d.port,
-            }))
+            Ok(Some(Published::Vxlan { public_ip, vtep_mac, vni: d.vni, port: d.port }))
         }
-        other => Err(bad(
-            BACKEND_TYPE,
-            format!("{other:?} is not a backend (vxlan, host-gw)"),
-        )),
+        other => Err(bad(BACKEND_TYPE, format!("{other:?} is not a backend (vxlan, host-gw)"))),
     }
 }
 
@@ -180,18 +135,13 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn formats_and_parses_back() {
         for p in [
-            Published::HostGw {
-                public_ip: "192.0.2.7".parse().unwrap(),
-            },
+            Published::HostGw { public_ip: "192.0.2.7".parse().unwrap() },
             Published::Vxlan {
                 public_ip: "2001:db8::7".parse().unwrap(),
                 vtep_mac: [0x0a, 0xbb, 0, 1, 2, 0xff],
@@ -208,10 +158,7 @@ mod tests {
             vni: 1,
             port: 8472,
         });
-        assert_eq!(
-            a[BACKEND_DATA],
-            r#"{"vtepMAC":"02:00:00:00:00:01","vni":1,"port":8472}"#
-        );
+        assert_eq!(a[BACKEND_DATA], r#"{"vtepMAC":"02:00:00:00:00:01","vni":1,"port":8472}"#);
         assert_eq!(a[BACKEND_TYPE], "vxlan");
     }
 
@@ -225,56 +172,17 @@ mod tests {
     fn bad_annotations_name_the_annotation() {
         let ok_data = r#"{"vtepMAC":"02:00:00:00:00:01","vni":1,"port":8472}"#;
         for (pairs, annotation, want) in [
-            (
-                vec![(BACKEND_TYPE, "ipip"), (PUBLIC_IP, "192.0.2.1")],
-                BACKEND_TYPE,
-                "not a backend",
-            ),
+            (vec![(BACKEND_TYPE, "ipip"), (PUBLIC_IP, "192.0.2.1")], BACKEND_TYPE, "not a backend"),
             (vec![(PUBLIC_IP, "192.0.2.1")], BACKEND_TYPE, "missing"),
-            (
-                vec![(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, ok_data)],
-                PUBLIC_IP,
-                "missing",
-            ),
-            (
-                vec![
-                    (BACKEND_TYPE, "vxlan"),
-                    (BACKEND_DATA, ok_data),
-                    (PUBLIC_IP, "node-1"),
-                ],
-                PUBLIC_IP,
-                "not an IP",
-            ),
+            (vec![(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, ok_data)], PUBLIC_IP, "missing"),
+            (vec![(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, ok_data), (PUBLIC_IP, "node-1")], PUBLIC_IP, "not an IP"),
+            (vec![(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, ok_data), (PUBLIC_IP, "0.0.0.0")], PUBLIC_IP, "cannot be"),
+            (vec![(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, "{"), (PUBLIC_IP, "192.0.2.1")], BACKEND_DATA, "vtepMAC"),
+            (vec![(BACKEND_TYPE, "vxlan"), (PUBLIC_IP, "192.0.2.1")], BACKEND_DATA, "is not"),
             (
                 vec![
                     (BACKEND_TYPE, "vxlan"),
-                    (BACKEND_DATA, ok_data),
-                    (PUBLIC_IP, "0.0.0.0"),
-                ],
-                PUBLIC_IP,
-                "cannot be",
-            ),
-            (
-                vec![
-                    (BACKEND_TYPE, "vxlan"),
-                    (BACKEND_DATA, "{"),
-                    (PUBLIC_IP, "192.0.2.1"),
-                ],
-                BACKEND_DATA,
-                "vtepMAC",
-            ),
-            (
-                vec![(BACKEND_TYPE, "vxlan"), (PUBLIC_IP, "192.0.2.1")],
-                BACKEND_DATA,
-                "is not",
-            ),
-            (
-                vec![
-                    (BACKEND_TYPE, "vxlan"),
-                    (
-                        BACKEND_DATA,
-                        r#"{"vtepMAC":"01:00:00:00:00:01","vni":1,"port":8472}"#,
-                    ),
+                    (BACKEND_DATA, r#"{"vtepMAC":"01:00:00:00:00:01","vni":1,"port":8472}"#),
                     (PUBLIC_IP, "192.0.2.1"),
                 ],
                 BACKEND_DATA,
@@ -283,10 +191,7 @@ mod tests {
             (
                 vec![
                     (BACKEND_TYPE, "vxlan"),
-                    (
-                        BACKEND_DATA,
-                        r#"{"vtepMAC":"02:00:00:00:00:01","vni":16777216,"port":8472}"#,
-                    ),
+                    (BACKEND_DATA, r#"{"vtepMAC":"02:00:00:00:00:01","vni":16777216,"port":8472}"#),
                     (PUBLIC_IP, "192.0.2.1"),
                 ],
                 BACKEND_DATA,
@@ -303,21 +208,13 @@ mod tests {
     fn sources_keep_a_nodes_weir_annotations_and_nothing_else() {
         use crate::source::Object;
         use k8s_openapi::api::core::v1::{Node, Pod};
-        let all = map(&[
-            (BACKEND_TYPE, "vxlan"),
-            ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
-        ]);
+        let all = map(&[(BACKEND_TYPE, "vxlan"), ("kubectl.kubernetes.io/last-applied-configuration", "{}")]);
         let mut node = Node::default();
         node.metadata.annotations = Some(all.clone());
         let mut o = Object::Node(node);
         o.trim();
-        let Object::Node(node) = o else {
-            unreachable!()
-        };
-        assert_eq!(
-            node.metadata.annotations,
-            Some(map(&[(BACKEND_TYPE, "vxlan")]))
-        );
+        let Object::Node(node) = o else { unreachable!() };
+        assert_eq!(node.metadata.annotations, Some(map(&[(BACKEND_TYPE, "vxlan")])));
         let mut pod = Pod::default();
         pod.metadata.annotations = Some(all);
         let mut o = Object::Pod(pod);
@@ -328,10 +225,7 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(
-            parse_mac("0A:bb:00:01:02:ff"),
-            Some([0x0a, 0xbb, 0, 1, 2, 0xff])
-        );
+        assert_eq!(parse_mac("0A:bb:00:01:02:ff"), Some([0x0a, 0xbb, 0, 1, 2, 0xff]));
         for bad in [
             "",
             "00:00:00:00:00:00",

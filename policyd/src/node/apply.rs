@@ -5,9 +5,7 @@
 
 use super::annotations::{self, Published};
 use super::cidr;
-use super::desired::{
-    self, DesiredEntries, Fdb, LocalBackend, Neighbour, NodeEntries, Problem, Reason, Route,
-};
+use super::desired::{self, DesiredEntries, Fdb, LocalBackend, Neighbour, NodeEntries, Problem, Reason, Route};
 use super::netlink::{self as nl, VxlanSpec};
 use super::{Backend, Config};
 use ipnet::IpNet;
@@ -63,12 +61,7 @@ struct Underlay {
 
 impl NodeNetworking {
     pub fn new(cfg: Config, node: String, run_dir: PathBuf) -> NodeNetworking {
-        NodeNetworking {
-            cfg,
-            node,
-            run_dir,
-            applied: BTreeMap::new(),
-        }
+        NodeNetworking { cfg, node, run_dir, applied: BTreeMap::new() }
     }
 
     pub fn config(&self) -> &Config {
@@ -81,14 +74,7 @@ impl NodeNetworking {
         let mut out = Outcome::default();
         if self.cfg.backend == Backend::None {
             // Only this node's own CIDRs matter here: nothing is routed.
-            let d = desired::desired(
-                &self.node,
-                nodes,
-                &LocalBackend::HostGw {
-                    link: 0,
-                    connected: vec![],
-                },
-            );
+            let d = desired::desired(&self.node, nodes, &LocalBackend::HostGw { link: 0, connected: vec![] });
             let mine = format!("node {}'s", self.node);
             out.problems = d
                 .problems
@@ -103,16 +89,11 @@ impl NodeNetworking {
             return out;
         }
         let me = self.node.clone();
-        let problem = |reason, message: String| Problem {
-            reason,
-            node: me.clone(),
-            message,
-        };
+        let problem = |reason, message: String| Problem { reason, node: me.clone(), message };
         let mut netlink = match Netlink::new() {
             Ok(n) => n,
             Err(e) => {
-                out.problems
-                    .push(problem(Reason::Kernel, format!("netlink socket: {e}")));
+                out.problems.push(problem(Reason::Kernel, format!("netlink socket: {e}")));
                 return out;
             }
         };
@@ -128,14 +109,10 @@ impl NodeNetworking {
             .and_then(|n| cidr::pod_cidrs(n).ok())
             .is_some_and(|c| c.iter().any(|c| c.addr().is_ipv6()));
         let (pod_mtu, overhead) = match self.cfg.backend {
-            Backend::Vxlan if underlay.public_ip.is_ipv4() => (
-                underlay.mtu.saturating_sub(VXLAN_OVERHEAD_V4),
-                VXLAN_OVERHEAD_V4,
-            ),
-            Backend::Vxlan => (
-                underlay.mtu.saturating_sub(VXLAN_OVERHEAD_V6),
-                VXLAN_OVERHEAD_V6,
-            ),
+            Backend::Vxlan if underlay.public_ip.is_ipv4() => {
+                (underlay.mtu.saturating_sub(VXLAN_OVERHEAD_V4), VXLAN_OVERHEAD_V4)
+            }
+            Backend::Vxlan => (underlay.mtu.saturating_sub(VXLAN_OVERHEAD_V6), VXLAN_OVERHEAD_V6),
             _ => (underlay.mtu, 0),
         };
         let min = if self_v6_pods { 1280 } else { 68 };
@@ -153,36 +130,29 @@ impl NodeNetworking {
             return out;
         }
         let (backend, published) = match self.cfg.backend {
-            Backend::Vxlan => {
-                match self.ensure_vxlan(&mut netlink, &underlay, pod_mtu, nodes.get(&self.node)) {
-                    Ok(link) => (
-                        LocalBackend::Vxlan {
-                            link: link.index,
-                            vni: self.cfg.vxlan_vni,
-                            port: self.cfg.vxlan_port,
-                            underlay_v4: underlay.public_ip.is_ipv4(),
-                        },
-                        Published::Vxlan {
-                            public_ip: underlay.public_ip,
-                            vtep_mac: link.mac,
-                            vni: self.cfg.vxlan_vni,
-                            port: self.cfg.vxlan_port,
-                        },
-                    ),
-                    Err(p) => {
-                        out.problems.push(p);
-                        return out;
-                    }
+            Backend::Vxlan => match self.ensure_vxlan(&mut netlink, &underlay, pod_mtu, nodes.get(&self.node)) {
+                Ok(link) => (
+                    LocalBackend::Vxlan {
+                        link: link.index,
+                        vni: self.cfg.vxlan_vni,
+                        port: self.cfg.vxlan_port,
+                        underlay_v4: underlay.public_ip.is_ipv4(),
+                    },
+                    Published::Vxlan {
+                        public_ip: underlay.public_ip,
+                        vtep_mac: link.mac,
+                        vni: self.cfg.vxlan_vni,
+                        port: self.cfg.vxlan_port,
+                    },
+                ),
+                Err(p) => {
+                    out.problems.push(p);
+                    return out;
                 }
-            }
+            },
             _ => (
-                LocalBackend::HostGw {
-                    link: underlay.index,
-                    connected: underlay.connected.clone(),
-                },
-                Published::HostGw {
-                    public_ip: underlay.public_ip,
-                },
+                LocalBackend::HostGw { link: underlay.index, connected: underlay.connected.clone() },
+                Published::HostGw { public_ip: underlay.public_ip },
             ),
         };
         let d = desired::desired(&self.node, nodes, &backend);
@@ -193,8 +163,7 @@ impl NodeNetworking {
         out.leave_device = Some(device.unwrap_or(underlay.index));
         let errors = self.apply(&mut netlink, &d, nodes, device, &mut out);
         out.problems.extend(d.problems.iter().cloned());
-        out.problems
-            .extend(errors.into_iter().map(|e| problem(Reason::Kernel, e)));
+        out.problems.extend(errors.into_iter().map(|e| problem(Reason::Kernel, e)));
         out.remote_nodes = d.nodes.len();
         out.annotations = Some(annotations::format(&published));
         self.hand_off(d.self_pod_cidrs, Some(pod_mtu), &mut out);
@@ -205,18 +174,12 @@ impl NodeNetworking {
     /// otherwise the last good file stays (the problem is reported).
     fn hand_off(&self, pod_cidrs: Option<Vec<IpNet>>, mtu: Option<u32>, out: &mut Outcome) {
         let Some(pod_cidrs) = pod_cidrs else { return };
-        let n = NodeNetwork {
-            node: self.node.clone(),
-            pod_cidrs,
-            mtu,
-        };
+        let n = NodeNetwork { node: self.node.clone(), pod_cidrs, mtu };
         match n.write(&self.run_dir) {
             Ok(()) => out.node_network = Some(n),
-            Err(e) => out.problems.push(Problem {
-                reason: Reason::Kernel,
-                node: self.node.clone(),
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                out.problems.push(Problem { reason: Reason::Kernel, node: self.node.clone(), message: e.to_string() })
+            }
         }
     }
 
@@ -224,33 +187,18 @@ impl NodeNetworking {
     /// the public IP is the InternalIP on it (IPv4 first), else its first
     /// global address.
     fn underlay(&self, netlink: &mut Netlink, me: Option<&Node>) -> Result<Underlay, Problem> {
-        let problem = |reason, message: String| Problem {
-            reason,
-            node: self.node.clone(),
-            message,
-        };
-        let kernel =
-            |what: &str, e: std::io::Error| problem(Reason::Kernel, format!("{what}: {e}"));
+        let problem = |reason, message: String| Problem { reason, node: self.node.clone(), message };
+        let kernel = |what: &str, e: std::io::Error| problem(Reason::Kernel, format!("{what}: {e}"));
         let mut internal = me.map(cidr::internal_ips).unwrap_or_default();
         internal.sort_by_key(|a| a.is_ipv6());
         let links = netlink.links().map_err(|e| kernel("listing links", e))?;
         let mut found = None;
         for l in &links {
-            if self
-                .cfg
-                .underlay_iface
-                .as_ref()
-                .is_some_and(|n| *n != l.name)
-            {
+            if self.cfg.underlay_iface.as_ref().is_some_and(|n| *n != l.name) {
                 continue;
             }
-            let addrs = netlink
-                .addresses(l.index)
-                .map_err(|e| kernel("listing addresses", e))?;
-            let ip = internal
-                .iter()
-                .find(|ip| addrs.iter().any(|a| a.addr() == **ip))
-                .copied();
+            let addrs = netlink.addresses(l.index).map_err(|e| kernel("listing addresses", e))?;
+            let ip = internal.iter().find(|ip| addrs.iter().any(|a| a.addr() == **ip)).copied();
             let ip = match (&self.cfg.underlay_iface, ip) {
                 (_, Some(ip)) => Some(ip),
                 (Some(_), None) => {
@@ -299,11 +247,7 @@ impl NodeNetworking {
         mtu: u32,
         me: Option<&Node>,
     ) -> Result<nl::VxlanLink, Problem> {
-        let problem = |reason, message: String| Problem {
-            reason,
-            node: self.node.clone(),
-            message,
-        };
+        let problem = |reason, message: String| Problem { reason, node: self.node.clone(), message };
         let spec = VxlanSpec {
             name: self.cfg.vxlan_device(),
             vni: self.cfg.vxlan_vni,
@@ -312,40 +256,26 @@ impl NodeNetworking {
             local: underlay.public_ip,
             mtu,
         };
-        let kernel =
-            |what: String, e: std::io::Error| problem(Reason::Kernel, format!("{what}: {e}"));
-        let existing = nl::vxlan_link(netlink, &spec.name)
-            .map_err(|e| problem(Reason::Underlay, e.to_string()))?;
+        let kernel = |what: String, e: std::io::Error| problem(Reason::Kernel, format!("{what}: {e}"));
+        let existing = nl::vxlan_link(netlink, &spec.name).map_err(|e| problem(Reason::Underlay, e.to_string()))?;
         let mut created = false;
         let link = match existing {
             Some(l) if l.matches(&spec) => l,
             other => {
                 if let Some(old) = other {
-                    log::info!(
-                        "{}: VNI, port, underlay or address changed; recreating it",
-                        spec.name
-                    );
-                    netlink
-                        .delete_link(old.index)
-                        .map_err(|e| kernel(format!("deleting {}", spec.name), e))?;
+                    log::info!("{}: VNI, port, underlay or address changed; recreating it", spec.name);
+                    netlink.delete_link(old.index).map_err(|e| kernel(format!("deleting {}", spec.name), e))?;
                 }
                 nl::create_vxlan(netlink, &spec)
                     .map_err(|e| kernel(format!("creating VXLAN device {}", spec.name), e))?;
                 created = true;
                 nl::vxlan_link(netlink, &spec.name)
                     .map_err(|e| problem(Reason::Underlay, e.to_string()))?
-                    .ok_or_else(|| {
-                        problem(
-                            Reason::Kernel,
-                            format!("{} vanished after creation", spec.name),
-                        )
-                    })?
+                    .ok_or_else(|| problem(Reason::Kernel, format!("{} vanished after creation", spec.name)))?
             }
         };
         if link.mtu != mtu {
-            netlink
-                .set_mtu(link.index, mtu)
-                .map_err(|e| kernel(format!("setting {} MTU {mtu}", spec.name), e))?;
+            netlink.set_mtu(link.index, mtu).map_err(|e| kernel(format!("setting {} MTU {mtu}", spec.name), e))?;
         }
         if !link.up {
             if let Err(e) = netlink.set_up(link.index) {
@@ -413,9 +343,7 @@ impl NodeNetworking {
         let (neighbours, fdb) = match device {
             Some(dev) => match (nl::neighbours(netlink, dev), nl::fdb(netlink, dev)) {
                 (Ok(n), Ok(f)) => (n, f),
-                (Err(e), _) | (_, Err(e)) => {
-                    return vec![format!("listing the VXLAN device's entries: {e}")]
-                }
+                (Err(e), _) | (_, Err(e)) => return vec![format!("listing the VXLAN device's entries: {e}")],
             },
             None => (vec![], vec![]),
         };
@@ -423,62 +351,33 @@ impl NodeNetworking {
 
         if let Some(dev) = device {
             for f in want.fdb.iter().filter(|f| !fdb.contains(f)) {
-                count(
-                    nl::set_fdb(netlink, dev, f),
-                    &mut out.written,
-                    &mut errors,
-                    || format!("FDB {f:?}"),
-                );
+                count(nl::set_fdb(netlink, dev, f), &mut out.written, &mut errors, || format!("FDB {f:?}"));
             }
             for n in want.neighbours.iter().filter(|n| !neighbours.contains(n)) {
-                count(
-                    nl::set_neighbour(netlink, dev, n),
-                    &mut out.written,
-                    &mut errors,
-                    || format!("neighbour {}", n.ip),
-                );
+                count(nl::set_neighbour(netlink, dev, n), &mut out.written, &mut errors, || {
+                    format!("neighbour {}", n.ip)
+                });
             }
         }
         for r in want.routes.iter().filter(|r| !routes.contains(r)) {
-            count(
-                nl::set_route(netlink, r),
-                &mut out.written,
-                &mut errors,
-                || format!("route {} via {}", r.dst, r.gw),
-            );
+            count(nl::set_route(netlink, r), &mut out.written, &mut errors, || format!("route {} via {}", r.dst, r.gw));
         }
-        for r in routes
-            .iter()
-            .filter(|r| !want.routes.contains(r) && !keep.routes.contains(r))
-        {
-            count(
-                nl::del_route(netlink, r),
-                &mut out.removed,
-                &mut errors,
-                || format!("removing route {} via {}", r.dst, r.gw),
-            );
+        for r in routes.iter().filter(|r| !want.routes.contains(r) && !keep.routes.contains(r)) {
+            count(nl::del_route(netlink, r), &mut out.removed, &mut errors, || {
+                format!("removing route {} via {}", r.dst, r.gw)
+            });
         }
         if let Some(dev) = device {
-            for n in neighbours.iter().filter(|n| {
-                !want.neighbours.iter().any(|w| w.ip == n.ip) && !keep.neighbours.contains(n)
-            }) {
-                count(
-                    nl::del_neighbour(netlink, dev, n.ip),
-                    &mut out.removed,
-                    &mut errors,
-                    || format!("removing neighbour {}", n.ip),
-                );
-            }
-            for f in fdb
+            for n in neighbours
                 .iter()
-                .filter(|f| !want.fdb.contains(f) && !keep.fdb.contains(f))
+                .filter(|n| !want.neighbours.iter().any(|w| w.ip == n.ip) && !keep.neighbours.contains(n))
             {
-                count(
-                    nl::del_fdb(netlink, dev, f),
-                    &mut out.removed,
-                    &mut errors,
-                    || format!("removing FDB {f:?}"),
-                );
+                count(nl::del_neighbour(netlink, dev, n.ip), &mut out.removed, &mut errors, || {
+                    format!("removing neighbour {}", n.ip)
+                });
+            }
+            for f in fdb.iter().filter(|f| !want.fdb.contains(f) && !keep.fdb.contains(f)) {
+                count(nl::del_fdb(netlink, dev, f), &mut out.removed, &mut errors, || format!("removing FDB {f:?}"));
             }
         }
         let mut applied = d.nodes.clone();
@@ -509,32 +408,19 @@ impl NodeNetworking {
                 keep.neighbours.extend(&e.neighbours);
                 keep.fdb.extend(&e.fdb);
             }
-            let declared = nodes
-                .get(held)
-                .and_then(|n| cidr::pod_cidrs(n).ok())
-                .unwrap_or_default();
-            keep.routes.extend(routes.iter().filter(|r| {
-                declared
-                    .iter()
-                    .any(|c| c.contains(&r.dst) || r.dst.contains(c))
-            }));
+            let declared = nodes.get(held).and_then(|n| cidr::pod_cidrs(n).ok()).unwrap_or_default();
+            keep.routes
+                .extend(routes.iter().filter(|r| declared.iter().any(|c| c.contains(&r.dst) || r.dst.contains(c))));
         }
         let gateways: BTreeSet<IpAddr> = keep.routes.iter().map(|r| r.gw).collect();
-        keep.neighbours
-            .extend(neighbours.iter().filter(|n| gateways.contains(&n.ip)));
+        keep.neighbours.extend(neighbours.iter().filter(|n| gateways.contains(&n.ip)));
         let macs: BTreeSet<[u8; 6]> = keep.neighbours.iter().map(|n| n.mac).collect();
-        keep.fdb
-            .extend(fdb.iter().filter(|f| macs.contains(&f.mac)));
+        keep.fdb.extend(fdb.iter().filter(|f| macs.contains(&f.mac)));
         keep
     }
 }
 
-fn count(
-    r: std::io::Result<()>,
-    n: &mut usize,
-    errors: &mut Vec<String>,
-    what: impl FnOnce() -> String,
-) {
+fn count(r: std::io::Result<()>, n: &mut usize, errors: &mut Vec<String>, what: impl FnOnce() -> String) {
     match r {
         Ok(()) => *n += 1,
         Err(e) => errors.push(format!("{}: {e}", what())),

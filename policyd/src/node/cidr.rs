@@ -10,10 +10,7 @@ use std::net::IpAddr;
 /// only that): network addresses, at most one per family.
 pub fn pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
     let spec = node.spec.as_ref();
-    let listed: Vec<&String> = match spec
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .filter(|v| !v.is_empty())
-    {
+    let listed: Vec<&String> = match spec.and_then(|s| s.pod_cidrs.as_ref()).filter(|v| !v.is_empty()) {
         Some(v) => v.iter().collect(),
         None => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
     };
@@ -22,21 +19,13 @@ pub fn pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
     }
     let mut out: Vec<IpNet> = Vec::new();
     for text in listed {
-        let c: IpNet = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("spec.podCIDRs: {text:?} is not a CIDR"))?;
+        let c: IpNet = text.trim().parse().map_err(|_| format!("spec.podCIDRs: {text:?} is not a CIDR"))?;
         if c.trunc() != c {
-            return Err(format!(
-                "spec.podCIDRs: {c} has host bits set (write {})",
-                c.trunc()
-            ));
+            return Err(format!("spec.podCIDRs: {c} has host bits set (write {})", c.trunc()));
         }
         let bits = if c.addr().is_ipv4() { 32 } else { 128 };
         if c.prefix_len() + 2 > bits {
-            return Err(format!(
-                "spec.podCIDRs: {c} is too small for a gateway and a pod"
-            ));
+            return Err(format!("spec.podCIDRs: {c} is too small for a gateway and a pod"));
         }
         if out.iter().any(|o| o.addr().is_ipv4() == c.addr().is_ipv4()) {
             return Err(format!(
@@ -71,17 +60,13 @@ pub fn internal_ip(node: &Node, v4: bool) -> Option<IpAddr> {
 /// keeps the prefixes still open as a stack of nested ones: each CIDR
 /// overlaps exactly the stack it lands on (at most 128 deep).
 pub fn overlaps(cidrs: &BTreeMap<String, Vec<IpNet>>) -> Vec<(String, String)> {
-    let mut all: Vec<(IpNet, &str)> = cidrs
-        .iter()
-        .flat_map(|(n, cs)| cs.iter().map(move |c| (*c, n.as_str())))
-        .collect();
+    let mut all: Vec<(IpNet, &str)> =
+        cidrs.iter().flat_map(|(n, cs)| cs.iter().map(move |c| (*c, n.as_str()))).collect();
     all.sort_by_key(|(c, _)| (c.addr().is_ipv6(), c.network(), c.prefix_len()));
     let mut pairs = std::collections::BTreeSet::new();
     let mut open: Vec<(IpNet, &str)> = Vec::new();
     for (c, n) in all {
-        while open.last().is_some_and(|(o, _)| {
-            o.addr().is_ipv4() != c.addr().is_ipv4() || !o.contains(&c.network())
-        }) {
+        while open.last().is_some_and(|(o, _)| o.addr().is_ipv4() != c.addr().is_ipv4() || !o.contains(&c.network())) {
             open.pop();
         }
         for (_, on) in &open {
@@ -103,18 +88,11 @@ mod tests {
     pub fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
-        n.spec = Some(NodeSpec {
-            pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        });
+        n.spec =
+            Some(NodeSpec { pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()), ..Default::default() });
         n.status = Some(NodeStatus {
             addresses: Some(
-                ips.iter()
-                    .map(|a| NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: a.to_string(),
-                    })
-                    .collect(),
+                ips.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.to_string() }).collect(),
             ),
             ..Default::default()
         });
@@ -126,17 +104,11 @@ mod tests {
         let n = node("a", &["10.1.0.0/24", "fd00:1::/64"], &[]);
         assert_eq!(
             pod_cidrs(&n).unwrap(),
-            vec![
-                "10.1.0.0/24".parse().unwrap(),
-                "fd00:1::/64".parse::<IpNet>().unwrap()
-            ]
+            vec!["10.1.0.0/24".parse().unwrap(), "fd00:1::/64".parse::<IpNet>().unwrap()]
         );
         let mut n = node("a", &[], &[]);
         n.spec.as_mut().unwrap().pod_cidr = Some("10.2.0.0/24".into());
-        assert_eq!(
-            pod_cidrs(&n).unwrap(),
-            vec!["10.2.0.0/24".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(pod_cidrs(&n).unwrap(), vec!["10.2.0.0/24".parse::<IpNet>().unwrap()]);
     }
 
     #[test]
@@ -149,10 +121,7 @@ mod tests {
             (&["10.1.0.0/24", "10.2.0.0/24"][..], "more than one IPv4"),
         ] {
             let e = pod_cidrs(&node("a", cidrs, &[])).unwrap_err();
-            assert!(
-                e.starts_with("spec.podCIDRs") && e.contains(want),
-                "{cidrs:?}: {e}"
-            );
+            assert!(e.starts_with("spec.podCIDRs") && e.contains(want), "{cidrs:?}: {e}");
         }
         assert!(pod_cidrs(&Node::default()).is_err());
     }
@@ -166,26 +135,13 @@ mod tests {
             .addresses
             .as_mut()
             .unwrap()
-            .insert(
-                0,
-                NodeAddress {
-                    type_: "ExternalIP".into(),
-                    address: "198.51.100.1".into(),
-                },
-            );
+            .insert(0, NodeAddress { type_: "ExternalIP".into(), address: "198.51.100.1".into() });
         assert_eq!(internal_ip(&n, true), Some("192.0.2.1".parse().unwrap()));
         assert_eq!(internal_ip(&n, false), Some("2001:db8::1".parse().unwrap()));
     }
 
     fn cidr_map(rows: &[(&str, &[&str])]) -> BTreeMap<String, Vec<IpNet>> {
-        rows.iter()
-            .map(|(n, cs)| {
-                (
-                    n.to_string(),
-                    cs.iter().map(|c| c.parse().unwrap()).collect(),
-                )
-            })
-            .collect()
+        rows.iter().map(|(n, cs)| (n.to_string(), cs.iter().map(|c| c.parse().unwrap()).collect())).collect()
     }
 
     #[test]
@@ -207,12 +163,8 @@ mod tests {
                 ("c".into(), "d".into())
             ]
         );
-        assert!(overlaps(&cidr_map(&[
-            ("a", &["10.1.0.0/24"]),
-            ("b", &["10.1.1.0/24"]),
-            ("c", &["0.0.0.0/0"][..0])
-        ]))
-        .is_empty());
+        assert!(overlaps(&cidr_map(&[("a", &["10.1.0.0/24"]), ("b", &["10.1.1.0/24"]), ("c", &["0.0.0.0/0"][..0])]))
+            .is_empty());
     }
 
     proptest::proptest! {

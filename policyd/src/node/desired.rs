@@ -86,12 +86,7 @@ pub enum LocalBackend {
     HostGw { link: u32, connected: Vec<IpNet> },
     /// Routes go through the VXLAN device `link`; peers must publish the
     /// same VNI and port and an underlay address of `underlay_v4`'s family.
-    Vxlan {
-        link: u32,
-        vni: u32,
-        port: u16,
-        underlay_v4: bool,
-    },
+    Vxlan { link: u32, vni: u32, port: u16, underlay_v4: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -139,11 +134,7 @@ pub struct DesiredEntries {
 }
 
 /// The entries `self_name` should hold for every other node in `nodes`.
-pub fn desired(
-    self_name: &str,
-    nodes: &BTreeMap<String, Node>,
-    backend: &LocalBackend,
-) -> DesiredEntries {
+pub fn desired(self_name: &str, nodes: &BTreeMap<String, Node>, backend: &LocalBackend) -> DesiredEntries {
     let mut out = DesiredEntries::default();
     let mut cidrs: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
     for (name, node) in nodes {
@@ -151,11 +142,7 @@ pub fn desired(
             Ok(c) => {
                 cidrs.insert(name.clone(), c);
             }
-            Err(e) => out.problems.push(Problem {
-                reason: Reason::NoPodCidr,
-                node: name.clone(),
-                message: e,
-            }),
+            Err(e) => out.problems.push(Problem { reason: Reason::NoPodCidr, node: name.clone(), message: e }),
         }
     }
     let mut overlapping = BTreeSet::new();
@@ -201,11 +188,7 @@ fn remote_entries(
     pod_cidrs: &[IpNet],
     backend: &LocalBackend,
 ) -> Result<NodeEntries, Problem> {
-    let problem = |reason, message: String| Problem {
-        reason,
-        node: name.to_string(),
-        message,
-    };
+    let problem = |reason, message: String| Problem { reason, node: name.to_string(), message };
     let published = annotations::parse(node.metadata.annotations.as_ref())
         .map_err(|e| problem(Reason::BadAnnotation, e.to_string()))?;
     let mut entries = NodeEntries::default();
@@ -214,7 +197,10 @@ fn remote_entries(
             if let Some(Published::Vxlan { .. }) = published {
                 return Err(problem(
                     Reason::BackendMismatch,
-                    format!("annotation {}: it runs vxlan, this node host-gw; every node needs the same --backend", annotations::BACKEND_TYPE),
+                    format!(
+                        "annotation {}: it runs vxlan, this node host-gw; every node needs the same --backend",
+                        annotations::BACKEND_TYPE
+                    ),
                 ));
             }
             for c in pod_cidrs {
@@ -222,10 +208,7 @@ fn remote_entries(
                 let Some(gw) = cidr::internal_ip(node, v4) else {
                     return Err(problem(
                         Reason::NoAddress,
-                        format!(
-                            "status.addresses: no {} InternalIP to route its pod CIDR {c} via",
-                            family(v4)
-                        ),
+                        format!("status.addresses: no {} InternalIP to route its pod CIDR {c} via", family(v4)),
                     ));
                 };
                 if !connected.iter().any(|n| n.contains(&gw)) {
@@ -237,31 +220,27 @@ fn remote_entries(
                         ),
                     ));
                 }
-                entries.routes.insert(Route {
-                    dst: *c,
-                    gw,
-                    oif: *link,
-                    onlink: false,
-                });
+                entries.routes.insert(Route { dst: *c, gw, oif: *link, onlink: false });
             }
         }
-        LocalBackend::Vxlan {
-            link,
-            vni,
-            port,
-            underlay_v4,
-        } => {
+        LocalBackend::Vxlan { link, vni, port, underlay_v4 } => {
             let (public_ip, mac) = match published {
                 None => {
                     return Err(problem(
                         Reason::NoBackendData,
-                        format!("annotations {}: not published yet (its weir-policyd has not run)", annotations::BACKEND_DATA),
+                        format!(
+                            "annotations {}: not published yet (its weir-policyd has not run)",
+                            annotations::BACKEND_DATA
+                        ),
                     ))
                 }
                 Some(Published::HostGw { .. }) => {
                     return Err(problem(
                         Reason::BackendMismatch,
-                        format!("annotation {}: it runs host-gw, this node vxlan; every node needs the same --backend", annotations::BACKEND_TYPE),
+                        format!(
+                            "annotation {}: it runs host-gw, this node vxlan; every node needs the same --backend",
+                            annotations::BACKEND_TYPE
+                        ),
                     ))
                 }
                 Some(Published::Vxlan { public_ip, vtep_mac, vni: their_vni, port: their_port }) => {
@@ -289,18 +268,10 @@ fn remote_entries(
                     ),
                 ));
             }
-            entries.fdb.insert(Fdb {
-                mac,
-                dst: public_ip,
-            });
+            entries.fdb.insert(Fdb { mac, dst: public_ip });
             for c in pod_cidrs {
                 let vtep = c.network();
-                entries.routes.insert(Route {
-                    dst: *c,
-                    gw: vtep,
-                    oif: *link,
-                    onlink: true,
-                });
+                entries.routes.insert(Route { dst: *c, gw: vtep, oif: *link, onlink: true });
                 entries.neighbours.insert(Neighbour { ip: vtep, mac });
             }
         }
@@ -321,27 +292,15 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
 
-    fn node(
-        name: &str,
-        cidrs: &[&str],
-        ips: &[&str],
-        published: Option<Published>,
-    ) -> (String, Node) {
+    fn node(name: &str, cidrs: &[&str], ips: &[&str], published: Option<Published>) -> (String, Node) {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
         n.metadata.annotations = published.as_ref().map(annotations::format);
-        n.spec = Some(NodeSpec {
-            pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        });
+        n.spec =
+            Some(NodeSpec { pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()), ..Default::default() });
         n.status = Some(NodeStatus {
             addresses: Some(
-                ips.iter()
-                    .map(|a| NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: a.to_string(),
-                    })
-                    .collect(),
+                ips.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.to_string() }).collect(),
             ),
             ..Default::default()
         });
@@ -349,28 +308,15 @@ mod tests {
     }
 
     fn vx(ip: &str, last: u8) -> Option<Published> {
-        Some(Published::Vxlan {
-            public_ip: ip.parse().unwrap(),
-            vtep_mac: [2, 0, 0, 0, 0, last],
-            vni: 1,
-            port: 8472,
-        })
+        Some(Published::Vxlan { public_ip: ip.parse().unwrap(), vtep_mac: [2, 0, 0, 0, 0, last], vni: 1, port: 8472 })
     }
 
-    const VXLAN: LocalBackend = LocalBackend::Vxlan {
-        link: 9,
-        vni: 1,
-        port: 8472,
-        underlay_v4: true,
-    };
+    const VXLAN: LocalBackend = LocalBackend::Vxlan { link: 9, vni: 1, port: 8472, underlay_v4: true };
 
     fn hostgw() -> LocalBackend {
         LocalBackend::HostGw {
             link: 3,
-            connected: vec![
-                "192.0.2.0/24".parse().unwrap(),
-                "2001:db8::/64".parse().unwrap(),
-            ],
+            connected: vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/64".parse().unwrap()],
         }
     }
 
@@ -378,15 +324,7 @@ mod tests {
         d.nodes
             .values()
             .flat_map(|e| &e.routes)
-            .map(|r| {
-                format!(
-                    "{} via {} dev {}{}",
-                    r.dst,
-                    r.gw,
-                    r.oif,
-                    if r.onlink { " onlink" } else { "" }
-                )
-            })
+            .map(|r| format!("{} via {} dev {}{}", r.dst, r.gw, r.oif, if r.onlink { " onlink" } else { "" }))
             .collect()
     }
 
@@ -394,67 +332,33 @@ mod tests {
     fn vxlan_is_a_route_a_neighbour_and_an_fdb_entry_per_remote_node() {
         let nodes = BTreeMap::from([
             node("a", &["10.1.0.0/24"], &["192.0.2.1"], vx("192.0.2.1", 1)),
-            node(
-                "b",
-                &["10.1.1.0/24", "fd00:1:1::/64"],
-                &["192.0.2.2"],
-                vx("192.0.2.2", 2),
-            ),
+            node("b", &["10.1.1.0/24", "fd00:1:1::/64"], &["192.0.2.2"], vx("192.0.2.2", 2)),
         ]);
         let d = desired("a", &nodes, &VXLAN);
         assert!(d.problems.is_empty(), "{:?}", d.problems);
         assert_eq!(d.self_pod_cidrs, Some(vec!["10.1.0.0/24".parse().unwrap()]));
-        assert_eq!(
-            routes(&d),
-            [
-                "10.1.1.0/24 via 10.1.1.0 dev 9 onlink",
-                "fd00:1:1::/64 via fd00:1:1:: dev 9 onlink"
-            ]
-        );
+        assert_eq!(routes(&d), ["10.1.1.0/24 via 10.1.1.0 dev 9 onlink", "fd00:1:1::/64 via fd00:1:1:: dev 9 onlink"]);
         let b = &d.nodes["b"];
         let mac = [2, 0, 0, 0, 0, 2];
         assert_eq!(
             b.neighbours,
             BTreeSet::from([
-                Neighbour {
-                    ip: "10.1.1.0".parse().unwrap(),
-                    mac
-                },
-                Neighbour {
-                    ip: "fd00:1:1::".parse().unwrap(),
-                    mac
-                }
+                Neighbour { ip: "10.1.1.0".parse().unwrap(), mac },
+                Neighbour { ip: "fd00:1:1::".parse().unwrap(), mac }
             ])
         );
-        assert_eq!(
-            b.fdb,
-            BTreeSet::from([Fdb {
-                mac,
-                dst: "192.0.2.2".parse().unwrap()
-            }])
-        );
+        assert_eq!(b.fdb, BTreeSet::from([Fdb { mac, dst: "192.0.2.2".parse().unwrap() }]));
     }
 
     #[test]
     fn host_gw_is_a_route_per_family_via_the_internal_ip() {
         let nodes = BTreeMap::from([
             node("a", &["10.1.0.0/24"], &["192.0.2.1"], None),
-            node(
-                "b",
-                &["10.1.1.0/24", "fd00:1:1::/64"],
-                &["192.0.2.2", "2001:db8::2"],
-                None,
-            ),
+            node("b", &["10.1.1.0/24", "fd00:1:1::/64"], &["192.0.2.2", "2001:db8::2"], None),
         ]);
         let d = desired("a", &nodes, &hostgw());
         assert!(d.problems.is_empty(), "{:?}", d.problems);
-        assert_eq!(
-            routes(&d),
-            [
-                "10.1.1.0/24 via 192.0.2.2 dev 3",
-                "fd00:1:1::/64 via 2001:db8::2 dev 3"
-            ]
-        );
+        assert_eq!(routes(&d), ["10.1.1.0/24 via 192.0.2.2 dev 3", "fd00:1:1::/64 via 2001:db8::2 dev 3"]);
     }
 
     #[test]
@@ -468,9 +372,7 @@ mod tests {
         assert_eq!(d.problems.len(), 1);
         assert_eq!(d.problems[0].reason, Reason::NotOnLink);
         assert!(
-            d.problems[0]
-                .to_string()
-                .starts_with("node b: InternalIP 198.51.100.2 is not on-link"),
+            d.problems[0].to_string().starts_with("node b: InternalIP 198.51.100.2 is not on-link"),
             "{}",
             d.problems[0]
         );
@@ -481,26 +383,14 @@ mod tests {
         let nodes = BTreeMap::from([
             node("a", &["10.1.0.0/24"], &["192.0.2.1"], vx("192.0.2.1", 1)),
             node("nocidr", &[], &["192.0.2.3"], vx("192.0.2.3", 3)),
-            node(
-                "over1",
-                &["10.1.8.0/24"],
-                &["192.0.2.4"],
-                vx("192.0.2.4", 4),
-            ),
-            node(
-                "over2",
-                &["10.1.8.128/25"],
-                &["192.0.2.5"],
-                vx("192.0.2.5", 5),
-            ),
+            node("over1", &["10.1.8.0/24"], &["192.0.2.4"], vx("192.0.2.4", 4)),
+            node("over2", &["10.1.8.128/25"], &["192.0.2.5"], vx("192.0.2.5", 5)),
             node("unpublished", &["10.1.9.0/24"], &["192.0.2.6"], None),
             node(
                 "hostgw",
                 &["10.1.10.0/24"],
                 &["192.0.2.7"],
-                Some(Published::HostGw {
-                    public_ip: "192.0.2.7".parse().unwrap(),
-                }),
+                Some(Published::HostGw { public_ip: "192.0.2.7".parse().unwrap() }),
             ),
             node("otherport", &["10.1.11.0/24"], &["192.0.2.8"], {
                 Some(Published::Vxlan {
@@ -510,27 +400,14 @@ mod tests {
                     port: 4789,
                 })
             }),
-            node(
-                "v6underlay",
-                &["10.1.12.0/24"],
-                &["2001:db8::9"],
-                vx("2001:db8::9", 9),
-            ),
-            node(
-                "good",
-                &["10.1.13.0/24"],
-                &["192.0.2.10"],
-                vx("192.0.2.10", 10),
-            ),
+            node("v6underlay", &["10.1.12.0/24"], &["2001:db8::9"], vx("2001:db8::9", 9)),
+            node("good", &["10.1.13.0/24"], &["192.0.2.10"], vx("192.0.2.10", 10)),
         ]);
         let mut nodes = nodes;
         let mut broken = node("badmac", &["10.1.14.0/24"], &["192.0.2.11"], None).1;
         broken.metadata.annotations = Some(BTreeMap::from([
             (annotations::BACKEND_TYPE.into(), "vxlan".into()),
-            (
-                annotations::BACKEND_DATA.into(),
-                r#"{"vtepMAC":"nope","vni":1,"port":8472}"#.into(),
-            ),
+            (annotations::BACKEND_DATA.into(), r#"{"vtepMAC":"nope","vni":1,"port":8472}"#.into()),
             (annotations::PUBLIC_IP.into(), "192.0.2.11".into()),
         ]));
         nodes.insert("badmac".into(), broken);
@@ -538,51 +415,24 @@ mod tests {
         assert_eq!(d.nodes.keys().collect::<Vec<_>>(), ["good"]);
         assert_eq!(
             d.held.iter().map(String::as_str).collect::<Vec<_>>(),
-            [
-                "badmac",
-                "hostgw",
-                "nocidr",
-                "otherport",
-                "over1",
-                "over2",
-                "unpublished",
-                "v6underlay"
-            ]
+            ["badmac", "hostgw", "nocidr", "otherport", "over1", "over2", "unpublished", "v6underlay"]
         );
-        let by_reason = |r: Reason| {
-            d.problems
-                .iter()
-                .filter(|p| p.reason == r)
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-        };
+        let by_reason =
+            |r: Reason| d.problems.iter().filter(|p| p.reason == r).map(|p| p.to_string()).collect::<Vec<_>>();
         assert_eq!(by_reason(Reason::NoPodCidr).len(), 1);
         assert!(by_reason(Reason::NoPodCidr)[0].starts_with("node nocidr: spec.podCIDRs"));
         let over = by_reason(Reason::OverlappingPodCidrs);
-        assert!(
-            over.len() == 1
-                && over[0].starts_with("node over1:")
-                && over[0].contains("node over2's"),
-            "{over:?}"
-        );
+        assert!(over.len() == 1 && over[0].starts_with("node over1:") && over[0].contains("node over2's"), "{over:?}");
         assert!(by_reason(Reason::BadAnnotation)[0]
             .starts_with("node badmac: annotation weir.io/backend-data: vtepMAC \"nope\""));
         assert!(by_reason(Reason::NoBackendData)[0].starts_with("node unpublished:"));
         let mismatch = by_reason(Reason::BackendMismatch);
+        assert!(mismatch.iter().any(|m| m.starts_with("node hostgw:") && m.contains("runs host-gw")), "{mismatch:?}");
         assert!(
-            mismatch
-                .iter()
-                .any(|m| m.starts_with("node hostgw:") && m.contains("runs host-gw")),
+            mismatch.iter().any(|m| m.starts_with("node otherport:") && m.contains("--vxlan-port")),
             "{mismatch:?}"
         );
-        assert!(
-            mismatch
-                .iter()
-                .any(|m| m.starts_with("node otherport:") && m.contains("--vxlan-port")),
-            "{mismatch:?}"
-        );
-        assert!(by_reason(Reason::NoAddress)[0]
-            .starts_with("node v6underlay: annotation weir.io/public-ip"));
+        assert!(by_reason(Reason::NoAddress)[0].starts_with("node v6underlay: annotation weir.io/public-ip"));
     }
 
     #[test]
@@ -594,11 +444,7 @@ mod tests {
         let d = desired("a", &nodes, &hostgw());
         assert_eq!(d.self_pod_cidrs, None);
         assert_eq!(d.held, BTreeSet::from(["b".to_string()]));
-        let d = desired(
-            "a",
-            &BTreeMap::from([node("a", &[], &["192.0.2.1"], None)]),
-            &hostgw(),
-        );
+        let d = desired("a", &BTreeMap::from([node("a", &[], &["192.0.2.1"], None)]), &hostgw());
         assert_eq!(d.self_pod_cidrs, None);
         assert_eq!(d.problems[0].reason, Reason::NoPodCidr);
         // A node absent from the store is simply not desired.

@@ -60,12 +60,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            backend: Backend::None,
-            vxlan_vni: 1,
-            vxlan_port: 8472,
-            underlay_iface: None,
-        }
+        Config { backend: Backend::None, vxlan_vni: 1, vxlan_port: 8472, underlay_iface: None }
     }
 }
 

@@ -6,15 +6,12 @@
 use super::desired::{Fdb, Neighbour, Route};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
@@ -69,10 +66,7 @@ impl VxlanLink {
 pub fn vxlan_link(nl: &mut Netlink, name: &str) -> io::Result<Option<VxlanLink>> {
     let mut m = LinkMessage::default();
     m.attributes.push(LinkAttribute::IfName(name.to_string()));
-    let replies = match nl.request(
-        RouteNetlinkMessage::GetLink(m),
-        netlink_packet_core::NLM_F_ACK,
-    ) {
+    let replies = match nl.request(RouteNetlinkMessage::GetLink(m), netlink_packet_core::NLM_F_ACK) {
         Ok(r) => r,
         Err(e) if is_errno(&e, libc::ENODEV) => return Ok(None),
         Err(e) => return Err(e),
@@ -87,10 +81,7 @@ pub fn vxlan_link(nl: &mut Netlink, name: &str) -> io::Result<Option<VxlanLink>>
         index: msg.header.index,
         mac: [0; 6],
         mtu: 0,
-        up: msg
-            .header
-            .flags
-            .contains(netlink_packet_route::link::LinkFlags::Up),
+        up: msg.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
         vni: None,
         port: None,
         underlay: None,
@@ -130,7 +121,9 @@ pub fn vxlan_link(nl: &mut Netlink, name: &str) -> io::Result<Option<VxlanLink>>
         Some(InfoKind::Vxlan) => Ok(Some(link)),
         other => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{name} exists and is not a VXLAN device (kind {other:?}); remove it or choose another --vxlan-vni"),
+            format!(
+                "{name} exists and is not a VXLAN device (kind {other:?}); remove it or choose another --vxlan-vni"
+            ),
         )),
     }
 }
@@ -150,10 +143,8 @@ pub fn create_vxlan(nl: &mut Netlink, spec: &VxlanSpec) -> io::Result<()> {
     let mut m = LinkMessage::default();
     m.attributes.push(LinkAttribute::IfName(spec.name.clone()));
     m.attributes.push(LinkAttribute::Mtu(spec.mtu));
-    m.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::Vxlan),
-        LinkInfo::Data(InfoData::Vxlan(data)),
-    ]));
+    m.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Vxlan), LinkInfo::Data(InfoData::Vxlan(data))]));
     nl.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
 }
 
@@ -168,12 +159,8 @@ fn route_message(r: &Route) -> RouteMessage {
     if r.onlink {
         m.header.flags = RouteFlags::Onlink;
     }
-    m.attributes
-        .push(RouteAttribute::Destination(RouteAddress::from(
-            r.dst.network(),
-        )));
-    m.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::from(r.gw)));
+    m.attributes.push(RouteAttribute::Destination(RouteAddress::from(r.dst.network())));
+    m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(r.gw)));
     m.attributes.push(RouteAttribute::Oif(r.oif));
     m
 }
@@ -181,10 +168,7 @@ fn route_message(r: &Route) -> RouteMessage {
 /// Install or replace the main table's route to `r.dst` (so a moved node's
 /// route changes next hop in one step).
 pub fn set_route(nl: &mut Netlink, r: &Route) -> io::Result<()> {
-    nl.ack(
-        RouteNetlinkMessage::NewRoute(route_message(r)),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
+    nl.ack(RouteNetlinkMessage::NewRoute(route_message(r)), NLM_F_CREATE | NLM_F_REPLACE)
 }
 
 /// Delete exactly this Weir route; already gone is success.
@@ -205,20 +189,14 @@ pub fn weir_routes(nl: &mut Netlink) -> io::Result<Vec<Route>> {
             let RouteNetlinkMessage::NewRoute(m) = r else {
                 continue;
             };
-            if m.header.table != RouteHeader::RT_TABLE_MAIN
-                || m.header.protocol != RouteProtocol::from(RTPROT_WEIR)
-            {
+            if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.protocol != RouteProtocol::from(RTPROT_WEIR) {
                 continue;
             }
             let (mut dst, mut gw, mut oif) = (None, None, None);
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(x)) => {
-                        dst = Some(IpAddr::V4(*x))
-                    }
-                    RouteAttribute::Destination(RouteAddress::Inet6(x)) => {
-                        dst = Some(IpAddr::V6(*x))
-                    }
+                    RouteAttribute::Destination(RouteAddress::Inet(x)) => dst = Some(IpAddr::V4(*x)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(x)) => dst = Some(IpAddr::V6(*x)),
                     RouteAttribute::Gateway(RouteAddress::Inet(x)) => gw = Some(IpAddr::V4(*x)),
                     RouteAttribute::Gateway(RouteAddress::Inet6(x)) => gw = Some(IpAddr::V6(*x)),
                     RouteAttribute::Oif(x) => oif = Some(*x),
@@ -229,12 +207,7 @@ pub fn weir_routes(nl: &mut Netlink) -> io::Result<Vec<Route>> {
                 continue;
             };
             if let Ok(dst) = IpNet::new(dst, m.header.destination_prefix_length) {
-                out.push(Route {
-                    dst,
-                    gw,
-                    oif,
-                    onlink: m.header.flags.contains(RouteFlags::Onlink),
-                });
+                out.push(Route { dst, gw, oif, onlink: m.header.flags.contains(RouteFlags::Onlink) });
             }
         }
     }
@@ -257,19 +230,12 @@ fn neighbour_message(index: u32, ip: IpAddr) -> NeighbourMessage {
 /// A permanent neighbour entry (VTEP address -> VTEP MAC) on `index`.
 pub fn set_neighbour(nl: &mut Netlink, index: u32, n: &Neighbour) -> io::Result<()> {
     let mut m = neighbour_message(index, n.ip);
-    m.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
-    nl.ack(
-        RouteNetlinkMessage::NewNeighbour(m),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
+    nl.ack(RouteNetlinkMessage::NewNeighbour(m), NLM_F_CREATE | NLM_F_REPLACE)
 }
 
 pub fn del_neighbour(nl: &mut Netlink, index: u32, ip: IpAddr) -> io::Result<()> {
-    match nl.ack(
-        RouteNetlinkMessage::DelNeighbour(neighbour_message(index, ip)),
-        0,
-    ) {
+    match nl.ack(RouteNetlinkMessage::DelNeighbour(neighbour_message(index, ip)), 0) {
         Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ESRCH) => Ok(()),
         other => other,
     }
@@ -290,9 +256,7 @@ fn dump_neighbours(nl: &mut Netlink, family: AddressFamily) -> io::Result<Vec<Ne
 
 fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
     m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-            Some([b[0], b[1], b[2], b[3], b[4], b[5]])
-        }
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
         _ => None,
     })
 }
@@ -334,23 +298,18 @@ fn fdb_message(index: u32, f: &Fdb) -> NeighbourMessage {
     m.header.state = NeighbourState::Permanent;
     // The VXLAN device's own table (`bridge fdb ... self`).
     m.header.flags = NeighbourFlags::Own;
-    m.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
-    m.attributes
-        .push(NeighbourAttribute::Destination(match f.dst {
-            IpAddr::V4(a) => NeighbourAddress::Inet(a),
-            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-        }));
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
+    m.attributes.push(NeighbourAttribute::Destination(match f.dst {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
     m
 }
 
 /// A permanent FDB entry (VTEP MAC -> remote underlay address); replaces
 /// the MAC's destination when the remote node moved.
 pub fn set_fdb(nl: &mut Netlink, index: u32, f: &Fdb) -> io::Result<()> {
-    nl.ack(
-        RouteNetlinkMessage::NewNeighbour(fdb_message(index, f)),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
+    nl.ack(RouteNetlinkMessage::NewNeighbour(fdb_message(index, f)), NLM_F_CREATE | NLM_F_REPLACE)
 }
 
 pub fn del_fdb(nl: &mut Netlink, index: u32, f: &Fdb) -> io::Result<()> {
@@ -365,11 +324,6 @@ pub fn fdb(nl: &mut Netlink, index: u32) -> io::Result<Vec<Fdb>> {
     Ok(dump_neighbours(nl, AddressFamily::Bridge)?
         .iter()
         .filter(|m| m.header.ifindex == index)
-        .filter_map(|m| {
-            Some(Fdb {
-                mac: lladdr(m)?,
-                dst: destination(m)?,
-            })
-        })
+        .filter_map(|m| Some(Fdb { mac: lladdr(m)?, dst: destination(m)? }))
         .collect())
 }

@@ -11,39 +11,24 @@ use std::sync::{Arc, Mutex};
 pub const ANNOTATIONS_FILE: &str = "node-annotations.json";
 
 pub enum Publisher {
-    Api {
-        client: kube::Client,
-        last: Arc<Mutex<Option<BTreeMap<String, String>>>>,
-    },
-    File {
-        path: PathBuf,
-    },
+    Api { client: kube::Client, last: Arc<Mutex<Option<BTreeMap<String, String>>>> },
+    File { path: PathBuf },
 }
 
 impl Publisher {
     pub fn api(client: kube::Client) -> Publisher {
-        Publisher::Api {
-            client,
-            last: Default::default(),
-        }
+        Publisher::Api { client, last: Default::default() }
     }
 
     pub fn file(run_dir: &std::path::Path) -> Publisher {
-        Publisher::File {
-            path: run_dir.join(ANNOTATIONS_FILE),
-        }
+        Publisher::File { path: run_dir.join(ANNOTATIONS_FILE) }
     }
 
     /// Publish `wanted` for `node` unless `current` (the annotations the
     /// store holds for it) already says so. The API patch runs in the
     /// background (it must not stall the agent); a failure is logged and
     /// retried at the next reconcile.
-    pub fn publish(
-        &self,
-        node: &str,
-        wanted: &BTreeMap<String, String>,
-        current: Option<&BTreeMap<String, String>>,
-    ) {
+    pub fn publish(&self, node: &str, wanted: &BTreeMap<String, String>, current: Option<&BTreeMap<String, String>>) {
         let already = current.is_some_and(|c| wanted.iter().all(|(k, v)| c.get(k) == Some(v)));
         match self {
             Publisher::File { path } => {
@@ -52,10 +37,7 @@ impl Publisher {
                     return;
                 }
                 match weir_common::trust::write_private(path, &body) {
-                    Ok(()) => log::info!(
-                        "node {node}: backend annotations written to {}",
-                        path.display()
-                    ),
+                    Ok(()) => log::info!("node {node}: backend annotations written to {}", path.display()),
                     Err(e) => log::warn!("node {node}: cannot write {}: {e}", path.display()),
                 }
             }
@@ -70,23 +52,11 @@ impl Publisher {
                     }
                     *last = Some(wanted.clone());
                 }
-                let (client, last, node, wanted) = (
-                    client.clone(),
-                    last.clone(),
-                    node.to_string(),
-                    wanted.clone(),
-                );
+                let (client, last, node, wanted) = (client.clone(), last.clone(), node.to_string(), wanted.clone());
                 tokio::spawn(async move {
                     let api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client);
                     let patch = serde_json::json!({ "metadata": { "annotations": wanted } });
-                    match api
-                        .patch(
-                            &node,
-                            &kube::api::PatchParams::default(),
-                            &kube::api::Patch::Merge(&patch),
-                        )
-                        .await
-                    {
+                    match api.patch(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
                         Ok(_) => log::info!("node {node}: backend annotations published"),
                         Err(e) => {
                             log::warn!("node {node}: cannot patch its annotations (retrying at the next resync): {e}");

@@ -51,11 +51,7 @@ pub struct DirOptions {
 
 impl Default for DirOptions {
     fn default() -> Self {
-        DirOptions {
-            poll_interval: Duration::from_millis(100),
-            settle: Duration::from_millis(2),
-            last_good: None,
-        }
+        DirOptions { poll_interval: Duration::from_millis(100), settle: Duration::from_millis(2), last_good: None }
     }
 }
 
@@ -113,31 +109,20 @@ impl DirState {
     /// first scan compares every file against them like against any
     /// earlier version (a broken file keeps them, a removed one drops them).
     fn new(dir: PathBuf, last_good: Option<&Path>, metrics: Arc<Metrics>) -> DirState {
-        let mut state = DirState {
-            dir,
-            files: BTreeMap::new(),
-            read_errors: BTreeMap::new(),
-            last_good: None,
-            metrics,
-        };
+        let mut state =
+            DirState { dir, files: BTreeMap::new(), read_errors: BTreeMap::new(), last_good: None, metrics };
         let Some(path) = last_good else { return state };
         let store = match LastGood::open(path, &state.dir) {
             Ok(s) => s,
             Err(e) => {
-                let err = SourceError::LastGoodWrite {
-                    dir: path.display().to_string(),
-                    message: e.to_string(),
-                };
+                let err = SourceError::LastGoodWrite { dir: path.display().to_string(), message: e.to_string() };
                 log::error!("{err}");
                 state.error(&err);
                 return state;
             }
         };
         let copies = store.list().unwrap_or_else(|e| {
-            log::error!(
-                "{}: cannot read the last good manifest versions: {e}",
-                path.display()
-            );
+            log::error!("{}: cannot read the last good manifest versions: {e}", path.display());
             Vec::new()
         });
         for (name, content) in copies {
@@ -147,15 +132,7 @@ impl DirState {
                 .and_then(|text| manifest::parse(&copy, text).map_err(|e| e.to_string()));
             match parsed {
                 Ok(p) if p.skipped.is_empty() => {
-                    state.files.insert(
-                        name,
-                        FileState {
-                            stamp: None,
-                            content,
-                            objects: p.objects,
-                            broken: None,
-                        },
-                    );
+                    state.files.insert(name, FileState { stamp: None, content, objects: p.objects, broken: None });
                 }
                 // Only good versions are saved; this one was written by a
                 // policyd that read more, or damaged: not worth keeping.
@@ -183,11 +160,7 @@ impl DirState {
             let name = match entry.file_name().into_string() {
                 Ok(n) => n,
                 Err(n) => {
-                    log::debug!(
-                        "{}: ignoring non-UTF-8 file name {:?}",
-                        self.dir.display(),
-                        n
-                    );
+                    log::debug!("{}: ignoring non-UTF-8 file name {:?}", self.dir.display(), n);
                     continue;
                 }
             };
@@ -207,11 +180,7 @@ impl DirState {
             };
             seen.insert(name.clone());
             let stamp = Stamp::of(&md);
-            if self
-                .files
-                .get(&name)
-                .is_some_and(|f| f.stamp.as_ref() == Some(&stamp))
-            {
+            if self.files.get(&name).is_some_and(|f| f.stamp.as_ref() == Some(&stamp)) {
                 continue;
             }
             let content = match std::fs::read(&path) {
@@ -227,27 +196,15 @@ impl DirState {
             };
             changed |= self.load(&name, &path, stamp, content);
         }
-        let gone: Vec<String> = self
-            .files
-            .keys()
-            .filter(|n| !seen.contains(*n))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = self.files.keys().filter(|n| !seen.contains(*n)).cloned().collect();
         for name in gone {
-            log::info!(
-                "{}: removed; its objects are removed",
-                self.dir.join(&name).display()
-            );
+            log::info!("{}: removed; its objects are removed", self.dir.join(&name).display());
             self.files.remove(&name);
             self.forget_last_good(&name);
             changed = true;
         }
         for reason in BROKEN_REASONS {
-            let n = self
-                .files
-                .values()
-                .filter(|f| f.broken == Some(reason))
-                .count();
+            let n = self.files.values().filter(|f| f.broken == Some(reason)).count();
             self.metrics.manifest_files_broken.set(&[reason], n as f64);
         }
         Ok(changed)
@@ -256,10 +213,8 @@ impl DirState {
     fn save_last_good(&self, name: &str, content: &[u8]) {
         let Some(store) = &self.last_good else { return };
         if let Err(e) = store.save(name, content) {
-            let err = SourceError::LastGoodWrite {
-                dir: store.dir().display().to_string(),
-                message: format!("{name}: {e}"),
-            };
+            let err =
+                SourceError::LastGoodWrite { dir: store.dir().display().to_string(), message: format!("{name}: {e}") };
             log::error!("{err}");
             self.error(&err);
         }
@@ -268,10 +223,8 @@ impl DirState {
     fn forget_last_good(&self, name: &str) {
         let Some(store) = &self.last_good else { return };
         if let Err(e) = store.remove(name) {
-            let err = SourceError::LastGoodWrite {
-                dir: store.dir().display().to_string(),
-                message: format!("{name}: {e}"),
-            };
+            let err =
+                SourceError::LastGoodWrite { dir: store.dir().display().to_string(), message: format!("{name}: {e}") };
             log::error!("{err}");
             self.error(&err);
         }
@@ -287,28 +240,11 @@ impl DirState {
             );
         }
         let objects = previous.map(|f| f.objects).unwrap_or_default();
-        self.files.insert(
-            name.to_string(),
-            FileState {
-                stamp: Some(stamp),
-                content,
-                objects,
-                broken: Some(reason),
-            },
-        );
+        self.files.insert(name.to_string(), FileState { stamp: Some(stamp), content, objects, broken: Some(reason) });
     }
 
-    fn read_failed(
-        &mut self,
-        name: &str,
-        path: &Path,
-        e: std::io::Error,
-        seen: &mut BTreeSet<String>,
-    ) {
-        let err = SourceError::ManifestRead {
-            file: path.display().to_string(),
-            message: e.to_string(),
-        };
+    fn read_failed(&mut self, name: &str, path: &Path, e: std::io::Error, seen: &mut BTreeSet<String>) {
+        let err = SourceError::ManifestRead { file: path.display().to_string(), message: e.to_string() };
         self.error(&err);
         // Unreadable files are retried every scan: log once per distinct error.
         let text = err.to_string();
@@ -347,17 +283,16 @@ impl DirState {
         }
         let parsed = match std::str::from_utf8(&content) {
             Ok(text) => manifest::parse(&file, text),
-            Err(e) => Err(SourceError::ManifestInvalid {
-                file: file.clone(),
-                message: format!("not UTF-8 text: {e}"),
-            }),
+            Err(e) => Err(SourceError::ManifestInvalid { file: file.clone(), message: format!("not UTF-8 text: {e}") }),
         };
         match parsed {
             Ok(p) if !p.skipped.is_empty() => {
                 // A kind or apiVersion typo: reading the rest would drop the
                 // mistyped object (a policy, opening traffic).
                 for s in &p.skipped {
-                    log::error!("{s} (the file's objects are held at its last good version until it is fixed or removed)");
+                    log::error!(
+                        "{s} (the file's objects are held at its last good version until it is fixed or removed)"
+                    );
                     self.error(s);
                 }
                 self.hold(name, stamp, content, "unknown_kind");
@@ -371,12 +306,7 @@ impl DirState {
                 self.save_last_good(name, &content);
                 let old = self.files.insert(
                     name.to_string(),
-                    FileState {
-                        stamp: Some(stamp),
-                        content,
-                        objects: p.objects,
-                        broken: None,
-                    },
+                    FileState { stamp: Some(stamp), content, objects: p.objects, broken: None },
                 );
                 old.map(|o| o.objects) != self.files.get(name).map(|f| f.objects.clone())
             }
@@ -417,26 +347,16 @@ impl DirState {
 const EMPTY_GRACE: Duration = Duration::from_secs(1);
 
 fn modified_within(path: &Path, d: Duration) -> bool {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < d)
+    std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age < d)
 }
 
 fn is_manifest_name(name: &str) -> bool {
-    !name.starts_with('.')
-        && [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.len() > ext.len() && name.ends_with(ext))
+    !name.starts_with('.') && [".yaml", ".yml", ".json"].iter().any(|ext| name.len() > ext.len() && name.ends_with(ext))
 }
 
 async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        log::error!(
-            "{}: cannot create the manifest directory: {e}",
-            dir.display()
-        );
+        log::error!("{}: cannot create the manifest directory: {e}", dir.display());
     }
     let mut wake = match crate::fswatch::watch_dir(&dir) {
         Ok(rx) => Some(rx),
@@ -458,10 +378,7 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
         match state.scan() {
             Ok(_) => break,
             Err(e) => {
-                let err = SourceError::ManifestRead {
-                    file: dir.display().to_string(),
-                    message: e.to_string(),
-                };
+                let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
                 log::error!("{err}; retrying");
                 metrics.source_error(SOURCE, &err);
                 tick.tick().await;
@@ -469,13 +386,9 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
         }
     }
     let mut emitted = state.merged();
-    let mut by_kind: BTreeMap<ObjectKind, Vec<Object>> =
-        ObjectKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+    let mut by_kind: BTreeMap<ObjectKind, Vec<Object>> = ObjectKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
     for (r, o) in &emitted {
-        by_kind
-            .get_mut(&r.kind)
-            .expect("every kind present")
-            .push(o.clone());
+        by_kind.get_mut(&r.kind).expect("every kind present").push(o.clone());
     }
     for (k, objs) in by_kind {
         let ev = SourceEvent::Replace(k, objs);
@@ -521,10 +434,7 @@ async fn run(dir: PathBuf, opts: DirOptions, metrics: Arc<Metrics>, tx: Sender) 
             Err(e) => {
                 // Keep everything: a directory briefly unreadable (being
                 // replaced, permissions) is no reason to drop policies.
-                let err = SourceError::ManifestRead {
-                    file: dir.display().to_string(),
-                    message: e.to_string(),
-                };
+                let err = SourceError::ManifestRead { file: dir.display().to_string(), message: e.to_string() };
                 metrics.source_error(SOURCE, &err);
                 // Once per distinct error, not every poll.
                 if dir_error.as_deref() != Some(err.to_string().as_str()) {

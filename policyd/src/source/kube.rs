@@ -75,7 +75,12 @@ pub struct KubeOptions {
 
 impl Default for KubeOptions {
     fn default() -> Self {
-        KubeOptions { backoff_initial: Duration::from_millis(500), backoff_max: Duration::from_secs(30), watch_timeout_secs: None, page_size: 500 }
+        KubeOptions {
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            watch_timeout_secs: None,
+            page_size: 500,
+        }
     }
 }
 
@@ -116,15 +121,18 @@ fn classify(kind: ObjectKind, e: watcher::Error) -> (SourceError, bool) {
     // resourceVersion forever.
     match e {
         watcher::Error::InitialListFailed(e) => (SourceError::ListFailed { kind, message: e.to_string() }, false),
-        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410 => (SourceError::WatchGone { kind }, true),
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410 => {
+            (SourceError::WatchGone { kind }, true)
+        }
         watcher::Error::WatchStartFailed(e) => (SourceError::WatchStartFailed { kind, message: e.to_string() }, false),
         watcher::Error::WatchError(s) if s.code == 410 => (SourceError::WatchGone { kind }, false),
-        watcher::Error::WatchError(s) => (SourceError::WatchError { kind, code: s.code, message: s.message.clone() }, false),
+        watcher::Error::WatchError(s) => {
+            (SourceError::WatchError { kind, code: s.code, message: s.message.clone() }, false)
+        }
         watcher::Error::WatchFailed(e) => (SourceError::WatchFailed { kind, message: e.to_string() }, false),
-        watcher::Error::NoResourceVersion => (
-            SourceError::WatchFailed { kind, message: "no metadata.resourceVersion in a list or event".into() },
-            false,
-        ),
+        watcher::Error::NoResourceVersion => {
+            (SourceError::WatchFailed { kind, message: "no metadata.resourceVersion in a list or event".into() }, false)
+        }
     }
 }
 

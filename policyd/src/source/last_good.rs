@@ -31,9 +31,7 @@ impl LastGood {
     pub fn open(dir: &Path, manifests: &Path) -> std::io::Result<LastGood> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        let store = LastGood {
-            dir: dir.to_path_buf(),
-        };
+        let store = LastGood { dir: dir.to_path_buf() };
         let source = std::path::absolute(manifests)?.display().to_string();
         let marker = dir.join(SOURCE_MARKER);
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(source.as_str()) {
@@ -87,11 +85,7 @@ impl LastGood {
     fn write_atomic(&self, name: &str, content: &[u8]) -> std::io::Result<()> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&tmp); // a leftover may have other permissions
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         let written = f.write_all(content).and_then(|()| f.sync_all());
         drop(f);
         match written.and_then(|()| std::fs::rename(&tmp, self.dir.join(name))) {
@@ -126,27 +120,12 @@ mod tests {
         assert_eq!(mode(&dir.join("p.yaml")), 0o600);
 
         let again = LastGood::open(&dir, &manifests).unwrap();
-        assert_eq!(
-            again.list().unwrap(),
-            vec![
-                ("p.yaml".into(), b"v2".to_vec()),
-                ("q.yaml".into(), b"q".to_vec())
-            ]
-        );
+        assert_eq!(again.list().unwrap(), vec![("p.yaml".into(), b"v2".to_vec()), ("q.yaml".into(), b"q".to_vec())]);
         again.remove("q.yaml").unwrap();
         again.remove("q.yaml").unwrap(); // already gone is fine
-        assert_eq!(
-            again.list().unwrap(),
-            vec![("p.yaml".into(), b"v2".to_vec())]
-        );
-        let left: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert!(
-            !left.iter().any(|n| n.to_string_lossy().ends_with(".tmp")),
-            "no temporary file left: {left:?}"
-        );
+        assert_eq!(again.list().unwrap(), vec![("p.yaml".into(), b"v2".to_vec())]);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!left.iter().any(|n| n.to_string_lossy().ends_with(".tmp")), "no temporary file left: {left:?}");
     }
 
     #[test]
@@ -163,15 +142,9 @@ mod tests {
     fn copies_of_another_manifest_directory_are_dropped() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lg");
-        LastGood::open(&dir, &tmp.path().join("a"))
-            .unwrap()
-            .save("p.yaml", b"from a")
-            .unwrap();
+        LastGood::open(&dir, &tmp.path().join("a")).unwrap().save("p.yaml", b"from a").unwrap();
         let b = LastGood::open(&dir, &tmp.path().join("b")).unwrap();
-        assert!(
-            b.list().unwrap().is_empty(),
-            "a's p.yaml must not stand in for b's"
-        );
+        assert!(b.list().unwrap().is_empty(), "a's p.yaml must not stand in for b's");
     }
 
     #[test]
@@ -181,9 +154,6 @@ mod tests {
         std::fs::write(tmp.path().join(".p.yaml.tmp"), b"half").unwrap();
         assert!(store.list().unwrap().is_empty());
         store.save("p.yaml", b"whole").unwrap();
-        assert_eq!(
-            store.list().unwrap(),
-            vec![("p.yaml".into(), b"whole".to_vec())]
-        );
+        assert_eq!(store.list().unwrap(), vec![("p.yaml".into(), b"whole".to_vec())]);
     }
 }

@@ -27,18 +27,14 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, SourceError> {
     let mut out = Parsed::default();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
-        let value = Value::deserialize(doc)
-            .map_err(|e| invalid(file, format!("document {n}: not valid YAML: {e}")))?;
+        let value = Value::deserialize(doc).map_err(|e| invalid(file, format!("document {n}: not valid YAML: {e}")))?;
         collect(file, n, value, &mut out)?;
     }
     Ok(out)
 }
 
 fn invalid(file: &str, message: String) -> SourceError {
-    SourceError::ManifestInvalid {
-        file: file.to_string(),
-        message,
-    }
+    SourceError::ManifestInvalid { file: file.to_string(), message }
 }
 
 fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(), SourceError> {
@@ -52,75 +48,46 @@ fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(),
             ))
         }
     };
-    let field = |name: &str| {
-        map.get(name)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let field = |name: &str| map.get(name).and_then(Value::as_str).unwrap_or("").to_string();
     let api_version = field("apiVersion");
     let kind = field("kind");
     if kind.is_empty() || api_version.is_empty() {
         return Err(invalid(
             file,
-            format!("document {doc}: missing apiVersion or kind (every object needs both, e.g. apiVersion: v1, kind: Pod)"),
+            format!(
+                "document {doc}: missing apiVersion or kind (every object needs both, e.g. apiVersion: v1, kind: Pod)"
+            ),
         ));
     }
     if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
         let items = match map.get("items") {
             None | Some(Value::Null) => return Ok(()),
             Some(Value::Sequence(items)) => items.clone(),
-            Some(_) => {
-                return Err(invalid(
-                    file,
-                    format!("document {doc}: {kind}.items must be a list"),
-                ))
-            }
+            Some(_) => return Err(invalid(file, format!("document {doc}: {kind}.items must be a list"))),
         };
         for item in items {
             collect(file, doc, item, out)?;
         }
         return Ok(());
     }
-    let name = map
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let typed =
-        |e: serde_yaml_ng::Error| invalid(file, format!("document {doc}: {kind} {name:?}: {e}"));
-    let known = ObjectKind::ALL
-        .into_iter()
-        .find(|k| k.to_string() == kind && k.api_version() == api_version);
+    let name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
+    let typed = |e: serde_yaml_ng::Error| invalid(file, format!("document {doc}: {kind} {name:?}: {e}"));
+    let known = ObjectKind::ALL.into_iter().find(|k| k.to_string() == kind && k.api_version() == api_version);
     let mut obj = match known {
-        Some(ObjectKind::Namespace) => {
-            Object::Namespace(serde_yaml_ng::from_value(value).map_err(typed)?)
-        }
+        Some(ObjectKind::Namespace) => Object::Namespace(serde_yaml_ng::from_value(value).map_err(typed)?),
         Some(ObjectKind::Pod) => Object::Pod(serde_yaml_ng::from_value(value).map_err(typed)?),
-        Some(ObjectKind::Service) => {
-            Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?)
-        }
+        Some(ObjectKind::Service) => Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?),
         Some(ObjectKind::Node) => Object::Node(serde_yaml_ng::from_value(value).map_err(typed)?),
-        Some(ObjectKind::NetworkPolicy) => {
-            Object::NetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?)
-        }
+        Some(ObjectKind::NetworkPolicy) => Object::NetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?),
         None => {
-            out.skipped.push(SourceError::UnknownKind {
-                file: file.to_string(),
-                doc,
-                api_version,
-                kind,
-            });
+            out.skipped.push(SourceError::UnknownKind { file: file.to_string(), doc, api_version, kind });
             return Ok(());
         }
     };
     if name.is_empty() {
         return Err(invalid(
             file,
-            format!(
-                "document {doc}: {kind} without metadata.name (generateName is not supported here)"
-            ),
+            format!("document {doc}: {kind} without metadata.name (generateName is not supported here)"),
         ));
     }
     if obj.kind().namespaced() {
@@ -146,35 +113,22 @@ mod tests {
 
     #[test]
     fn json_manifest_is_accepted() {
-        let p = parse(
-            "a.json",
-            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#,
-        )
-        .unwrap();
+        let p = parse("a.json", r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#).unwrap();
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.objects[0].kind(), ObjectKind::Namespace);
     }
 
     #[test]
     fn wrong_api_version_for_known_kind_is_reported_not_read() {
-        let p = parse(
-            "a.yaml",
-            "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n",
-        )
-        .unwrap();
+        let p = parse("a.yaml", "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n")
+            .unwrap();
         assert!(p.objects.is_empty());
         assert_eq!(p.skipped.len(), 1);
         assert_eq!(p.skipped[0].reason(), "unknown_kind");
         assert_eq!(p.skipped[0].field(), Some("apiVersion"));
         let msg = p.skipped[0].to_string();
-        assert!(
-            msg.starts_with("a.yaml: document 1: apiVersion \"networking.k8s.io/v1beta1\""),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("write apiVersion: networking.k8s.io/v1"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("a.yaml: document 1: apiVersion \"networking.k8s.io/v1beta1\""), "{msg}");
+        assert!(msg.contains("write apiVersion: networking.k8s.io/v1"), "{msg}");
     }
 
     #[test]
@@ -184,19 +138,12 @@ mod tests {
         assert_eq!(p.skipped.len(), 1);
         assert_eq!(p.skipped[0].field(), Some("kind"));
         let msg = p.skipped[0].to_string();
-        assert!(
-            msg.starts_with("a.yaml: document 2: kind \"Networkpolicy\""),
-            "{msg}"
-        );
+        assert!(msg.starts_with("a.yaml: document 2: kind \"Networkpolicy\""), "{msg}");
         assert!(msg.contains("write kind: NetworkPolicy"), "{msg}");
         // The fix lists what is accepted.
-        for accepted in [
-            "Namespace (v1)",
-            "Pod (v1)",
-            "Service (v1)",
-            "Node (v1)",
-            "NetworkPolicy (networking.k8s.io/v1)",
-        ] {
+        for accepted in
+            ["Namespace (v1)", "Pod (v1)", "Service (v1)", "Node (v1)", "NetworkPolicy (networking.k8s.io/v1)"]
+        {
             assert!(msg.contains(accepted), "{accepted} missing from: {msg}");
         }
     }
@@ -206,20 +153,13 @@ mod tests {
         let e = parse("f.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containers: 7}\n")
             .unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.contains("f.yaml") && msg.contains("document 2") && msg.contains("\"b\""),
-            "{msg}"
-        );
+        assert!(msg.contains("f.yaml") && msg.contains("document 2") && msg.contains("\"b\""), "{msg}");
         assert_eq!(e.reason(), "manifest_invalid");
     }
 
     #[test]
     fn missing_name_fails_the_file() {
-        let e = parse(
-            "f.yaml",
-            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n",
-        )
-        .unwrap_err();
+        let e = parse("f.yaml", "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n").unwrap_err();
         assert!(e.to_string().contains("metadata.name"), "{e}");
     }
 }

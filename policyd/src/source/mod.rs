@@ -73,16 +73,8 @@ impl Source {
         // letting a burst grow memory without limit.
         let (tx, rx) = mpsc::channel(1024);
         let (synced_tx, synced_rx) = watch::channel(false);
-        let task = tokio::spawn(run(Sender {
-            tx,
-            synced: Arc::new(synced_tx),
-        }));
-        Source {
-            events: rx,
-            synced: synced_rx,
-            task,
-            carry: Batch::default(),
-        }
+        let task = tokio::spawn(run(Sender { tx, synced: Arc::new(synced_tx) }));
+        Source { events: rx, synced: synced_rx, task, carry: Batch::default() }
     }
 
     /// A flag that turns true once `Synced` has been sent (it may still be
@@ -116,12 +108,7 @@ impl Source {
     /// Cancel-safe (for `select!`): events a cancelled call already folded
     /// into the store are reported by the next call, which then returns
     /// without waiting for a new event.
-    pub async fn next_batch(
-        &mut self,
-        store: &mut Store,
-        settle: Duration,
-        max_wait: Duration,
-    ) -> Option<Batch> {
+    pub async fn next_batch(&mut self, store: &mut Store, settle: Duration, max_wait: Duration) -> Option<Batch> {
         if self.carry.events == 0 {
             let first = self.events.recv().await?;
             self.fold(store, first);
@@ -135,9 +122,7 @@ impl Source {
             if settle.is_zero() || now >= deadline {
                 break;
             }
-            match tokio::time::timeout_at(std::cmp::min(now + settle, deadline), self.events.recv())
-                .await
-            {
+            match tokio::time::timeout_at(std::cmp::min(now + settle, deadline), self.events.recv()).await {
                 Ok(Some(ev)) => self.fold(store, ev),
                 // Stopped (the next call sees None) or quiet for `settle`.
                 Ok(None) | Err(_) => break,
@@ -234,11 +219,7 @@ pub enum SourceError {
     WatchGone { kind: ObjectKind },
     /// An ERROR event other than 410 in the watch stream.
     #[error("{kind} watch returned error {code}: {message}")]
-    WatchError {
-        kind: ObjectKind,
-        code: u16,
-        message: String,
-    },
+    WatchError { kind: ObjectKind, code: u16, message: String },
     /// The watch stream broke (connection dropped, undecodable event);
     /// resumed from the last resourceVersion seen.
     #[error("{kind} watch stream failed: {message}")]
@@ -254,35 +235,20 @@ pub enum SourceError {
     /// such as `Networkpolicy` or `networking.k8s.io/v1beta1`, or an
     /// object of another kind).
     #[error("{file}: document {doc}: {}", unknown_kind_help(.api_version, .kind))]
-    UnknownKind {
-        file: String,
-        doc: usize,
-        api_version: String,
-        kind: String,
-    },
+    UnknownKind { file: String, doc: usize, api_version: String, kind: String },
     /// A manifest file's last good version could not be saved or removed
     /// (`<run dir>/manifests-last-good`): a restart while the file is
     /// broken would not find it.
     #[error("{dir}: keeping the last good manifest versions failed: {message}")]
     LastGoodWrite { dir: String, message: String },
     /// The same object is defined by two files; the later file name wins.
-    #[error(
-        "{object} is defined in both {first} and {second}: using {second} (later file name wins)"
-    )]
-    DuplicateObject {
-        object: ObjectRef,
-        first: String,
-        second: String,
-    },
+    #[error("{object} is defined in both {first} and {second}: using {second} (later file name wins)")]
+    DuplicateObject { object: ObjectRef, first: String, second: String },
 }
 
 /// What is wrong with an unknown (apiVersion, kind) and how to fix it.
 fn unknown_kind_help(api_version: &str, kind: &str) -> String {
-    let accepted = ObjectKind::ALL
-        .iter()
-        .map(|k| format!("{k} ({})", k.api_version()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let accepted = ObjectKind::ALL.iter().map(|k| format!("{k} ({})", k.api_version())).collect::<Vec<_>>().join(", ");
     let wrong = match unknown_kind_field(kind) {
         "apiVersion" => {
             let k = ObjectKind::ALL.iter().find(|k| k.to_string() == kind).expect("a known kind");
@@ -341,10 +307,7 @@ mod tests {
 
     fn ns(name: &str) -> Object {
         Object::Namespace(Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
             ..Default::default()
         })
     }
@@ -354,11 +317,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let src = Source::spawn(move |out| async move {
             while let Some(ev) = rx.recv().await {
-                let r = if matches!(ev, SourceEvent::Synced) {
-                    out.send_synced().await
-                } else {
-                    out.send(ev).await
-                };
+                let r = if matches!(ev, SourceEvent::Synced) { out.send_synced().await } else { out.send(ev).await };
                 if r.is_err() {
                     return;
                 }
@@ -380,23 +339,13 @@ mod tests {
             // One poll folds what is queued, then waits for the burst to
             // settle (an hour); dropping it is what select! does when
             // another branch wins.
-            let fut = src.next_batch(
-                &mut store,
-                Duration::from_secs(3600),
-                Duration::from_secs(3600),
-            );
+            let fut = src.next_batch(&mut store, Duration::from_secs(3600), Duration::from_secs(3600));
             tokio::pin!(fut);
             assert!(futures::poll!(fut.as_mut()).is_pending());
         }
-        assert!(
-            store.namespaces.contains_key("a"),
-            "folded before the cancellation"
-        );
+        assert!(store.namespaces.contains_key("a"), "folded before the cancellation");
         // The next call reports them without waiting for a new event.
-        let b = src
-            .next_batch(&mut store, Duration::ZERO, Duration::ZERO)
-            .await
-            .unwrap();
+        let b = src.next_batch(&mut store, Duration::ZERO, Duration::ZERO).await.unwrap();
         assert_eq!(b.events, 2);
         assert!(b.synced && b.kinds.contains(&ObjectKind::Namespace));
     }
@@ -405,27 +354,15 @@ mod tests {
     async fn wait_synced_folds_every_replace_first() {
         let (tx, mut src) = scripted();
         let mut store = Store::default();
-        tx.send(SourceEvent::Replace(
-            ObjectKind::Namespace,
-            vec![ns("a"), ns("b")],
-        ))
-        .unwrap();
-        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("b")]))
-            .unwrap();
+        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("a"), ns("b")])).unwrap();
+        tx.send(SourceEvent::Replace(ObjectKind::Namespace, vec![ns("b")])).unwrap();
         tx.send(SourceEvent::Synced).unwrap();
         tx.send(SourceEvent::Delete(ns("b").object_ref())).unwrap();
         let b = src.wait_synced(&mut store).await.unwrap();
         assert!(b.synced);
         assert_eq!(b.events, 3);
-        assert_eq!(
-            store.namespaces.keys().collect::<Vec<_>>(),
-            ["b"],
-            "a Replace drops what the previous one had"
-        );
-        let b = src
-            .next_batch(&mut store, Duration::ZERO, Duration::ZERO)
-            .await
-            .unwrap();
+        assert_eq!(store.namespaces.keys().collect::<Vec<_>>(), ["b"], "a Replace drops what the previous one had");
+        let b = src.next_batch(&mut store, Duration::ZERO, Duration::ZERO).await.unwrap();
         assert_eq!(b.events, 1);
         assert!(store.namespaces.is_empty());
     }

@@ -134,11 +134,7 @@ impl Drop for ApiServer {
 
 fn meta_key(res: Res, v: &Value) -> (Res, String, String) {
     let m = &v["metadata"];
-    (
-        res,
-        m["namespace"].as_str().unwrap_or("").to_string(),
-        m["name"].as_str().expect("metadata.name").to_string(),
-    )
+    (res, m["namespace"].as_str().unwrap_or("").to_string(), m["name"].as_str().expect("metadata.name").to_string())
 }
 
 impl ApiServer {
@@ -343,7 +339,8 @@ impl Ctx {
             eprintln!("fixture: GET {target}");
         }
         let Some(res) = Res::from_path(path) else {
-            return respond(&mut conn, 404, &status(404, "NotFound", &format!("the fixture does not serve {path}"))).await;
+            return respond(&mut conn, 404, &status(404, "NotFound", &format!("the fixture does not serve {path}")))
+                .await;
         };
         if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
             let rv = params.get("resourceVersion").and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
@@ -359,7 +356,13 @@ impl Ctx {
     /// A list, paged when the client sends `limit`: the continue token
     /// carries the snapshot's resourceVersion and offset, and every page
     /// reports that snapshot's resourceVersion (as etcd-backed lists do).
-    async fn list(&mut self, mut conn: TcpStream, res: Res, limit: Option<usize>, cont: Option<String>) -> std::io::Result<()> {
+    async fn list(
+        &mut self,
+        mut conn: TcpStream,
+        res: Res,
+        limit: Option<usize>,
+        cont: Option<String>,
+    ) -> std::io::Result<()> {
         let (snapshot_rv, offset) = match &cont {
             Some(c) => {
                 let (rv, off) = c.split_once('-').expect("continue token from this fixture");

@@ -156,7 +156,8 @@ pub fn result_ips(result: &Value) -> Result<Vec<IpAddr>> {
             }
         }
         let addr = ip.get("address").and_then(|a| a.as_str()).context("CNI result: an `ips` entry has no `address`")?;
-        let net: ipnet::IpNet = addr.parse().with_context(|| format!("CNI result: address {addr:?} is not CIDR notation"))?;
+        let net: ipnet::IpNet =
+            addr.parse().with_context(|| format!("CNI result: address {addr:?} is not CIDR notation"))?;
         out.push(net.addr());
     }
     if out.is_empty() {
@@ -171,7 +172,11 @@ pub fn describe_error(stdout: &str) -> Option<String> {
     let code = v.get("code")?.as_u64()?;
     let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or("");
     let details = v.get("details").and_then(|m| m.as_str()).unwrap_or("");
-    Some(if details.is_empty() { format!("CNI error {code}: {msg}") } else { format!("CNI error {code}: {msg} ({details})") })
+    Some(if details.is_empty() {
+        format!("CNI error {code}: {msg}")
+    } else {
+        format!("CNI error {code}: {msg} ({details})")
+    })
 }
 
 /// Exec the plugin inside `node_netns` with the runtime's environment.
@@ -208,12 +213,17 @@ pub fn invoke(
         let why = describe_error(&stdout).unwrap_or_else(|| stdout.trim().to_string());
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!("CNI {command} for pod {pod} failed ({}): {why}{}", out.status, if tail.is_empty() { String::new() } else { format!("; plugin log: {}", tail.join(" | ")) });
+        bail!(
+            "CNI {command} for pod {pod} failed ({}): {why}{}",
+            out.status,
+            if tail.is_empty() { String::new() } else { format!("; plugin log: {}", tail.join(" | ")) }
+        );
     }
     if command != "ADD" {
         return Ok(Value::Null);
     }
-    serde_json::from_str(stdout.trim()).with_context(|| format!("CNI ADD for pod {pod}: the result is not JSON: {stdout}"))
+    serde_json::from_str(stdout.trim())
+        .with_context(|| format!("CNI ADD for pod {pod}: the result is not JSON: {stdout}"))
 }
 
 #[cfg(test)]
@@ -291,7 +301,10 @@ mod tests {
             pod_name: "a".into(),
             pod_uid: "u".into(),
         };
-        assert_eq!(a.cni_args(), "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_UID=u;K8S_POD_INFRA_CONTAINER_ID=c1");
+        assert_eq!(
+            a.cni_args(),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_UID=u;K8S_POD_INFRA_CONTAINER_ID=c1"
+        );
     }
 
     #[test]
@@ -301,7 +314,10 @@ mod tests {
                 "ips":[{"address":"10.88.0.5/16","gateway":"10.88.0.1","interface":2},{"address":"fd00:88::5/64","interface":2},{"address":"10.88.0.1/16","interface":0}]}"#,
         )
         .unwrap();
-        assert_eq!(result_ips(&r).unwrap(), vec!["10.88.0.5".parse::<IpAddr>().unwrap(), "fd00:88::5".parse().unwrap()]);
+        assert_eq!(
+            result_ips(&r).unwrap(),
+            vec!["10.88.0.5".parse::<IpAddr>().unwrap(), "fd00:88::5".parse().unwrap()]
+        );
         assert!(result_ips(&serde_json::json!({"ips": []})).is_err());
         let bare: Value = serde_json::from_str(r#"{"ips":[{"address":"10.88.0.7/16"}]}"#).unwrap();
         assert_eq!(result_ips(&bare).unwrap().len(), 1);

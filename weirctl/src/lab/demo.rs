@@ -119,7 +119,9 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
         Ok(p)
     };
     opts.files = vec![write("netpol-model.yaml", MODEL)?];
-    outln!("== weirctl lab demo: the NetworkPolicy e2e model (namespaces x y z, pods a b c, Service s-<ns>-<pod> each)");
+    outln!(
+        "== weirctl lab demo: the NetworkPolicy e2e model (namespaces x y z, pods a b c, Service s-<ns>-<pod> each)"
+    );
     ops::up(lab, &opts)?;
     // Takes the lab down even when printing panics (stdout closed early,
     // e.g. `| head`), so a demo never leaves namespaces behind.
@@ -150,7 +152,10 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
         };
         let wait = if policy { Duration::from_secs(5) } else { Duration::ZERO };
         let mut prev = settle(lab, &probe(80), None, Duration::ZERO)?;
-        outln!("\n== TCP/80 via each pod's Service, before any policy ({} of 81 connected)", prev.count(Cell::Connected));
+        outln!(
+            "\n== TCP/80 via each pod's Service, before any policy ({} of 81 connected)",
+            prev.count(Cell::Connected)
+        );
         out!("{}", prev.table());
         let mut prev81: Option<Matrix> = None;
         for step in STEPS {
@@ -160,7 +165,10 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
             };
             let already = matches!(step.action, Action::Apply(..)) && step.port == 81;
             if !already {
-                outln!("\n== weirctl lab {verb} -f conf/examples/policies/{}", file.file_name().unwrap().to_string_lossy());
+                outln!(
+                    "\n== weirctl lab {verb} -f conf/examples/policies/{}",
+                    file.file_name().unwrap().to_string_lossy()
+                );
                 match verb {
                     "apply" => ops::apply(lab, std::slice::from_ref(&file), false)?,
                     _ => ops::delete(lab, std::slice::from_ref(&file), false)?,
@@ -169,7 +177,12 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
                 outln!("\n== the same policies, probed on TCP/81");
             }
             let before = if step.port == 81 { prev81.clone().unwrap_or_else(|| prev.clone()) } else { prev.clone() };
-            let m = settle(lab, &probe(step.port), Some(&before), if step.changes { wait } else { Duration::from_millis(500).min(wait) })?;
+            let m = settle(
+                lab,
+                &probe(step.port),
+                Some(&before),
+                if step.changes { wait } else { Duration::from_millis(500).min(wait) },
+            )?;
             out!("{}", m.table());
             outln!("changed: {}: {}", summarize(&m, &before), step.why);
             if step.port == 81 {
@@ -182,7 +195,12 @@ pub fn run(lab: &Lab, keep: bool, mut opts: UpOpts) -> Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&dir);
     if keep {
-        outln!("\nlab {:?} kept: `weirctl lab probe --name {}`, `weirctl lab down --name {}`", lab.name, lab.name, lab.name);
+        outln!(
+            "\nlab {:?} kept: `weirctl lab probe --name {}`, `weirctl lab down --name {}`",
+            lab.name,
+            lab.name,
+            lab.name
+        );
     } else {
         outln!();
         ops::down(lab, false)?;

@@ -28,10 +28,9 @@ pub fn hex_digest(parts: &[&str], n: usize) -> String {
 
 /// Lab names become netns and bpffs path components: keep them short and tame.
 pub fn validate_lab_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 24 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(format!(
-            "lab name {name:?} must be 1-24 characters of letters, digits, '-' or '_'"
-        ));
+    if name.is_empty() || name.len() > 24 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("lab name {name:?} must be 1-24 characters of letters, digits, '-' or '_'"));
     }
     Ok(())
 }
@@ -91,10 +90,7 @@ pub fn pod_uid(seed: &[&str]) -> String {
 
 /// A fresh seed: time + pid, so UIDs differ between incarnations.
 pub fn fresh_seed() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{now}-{}", std::process::id())
 }
 
@@ -124,7 +120,9 @@ mod tests {
         assert_eq!(multi_node_netns("l", 12), "weir-l-n12");
         assert!(is_multi_node_netns("l", "weir-l-n12") && is_multi_node_netns("l", &underlay_netns("l")));
         // pod netns of the same lab, the single node, other labs: not ours
-        for other in ["weir-l", "weir-l-n-1", "weir-l-n", "weir-l-nx", "weir-l-x-n1", "weir-m-n1", &pod_netns("l", "n", "1")] {
+        for other in
+            ["weir-l", "weir-l-n-1", "weir-l-n", "weir-l-nx", "weir-l-x-n1", "weir-m-n1", &pod_netns("l", "n", "1")]
+        {
             assert!(!is_multi_node_netns("l", other), "{other}");
         }
     }

@@ -43,11 +43,8 @@ pub fn object_ref(kind: ObjectKind, namespace: &str, name: &str) -> ObjectRef {
 
 /// What users may write, as an error message tells it.
 fn user_kinds() -> String {
-    let kinds: Vec<String> = LAB_KINDS
-        .iter()
-        .filter(|k| **k != ObjectKind::Node)
-        .map(|k| format!("{} {k}", k.api_version()))
-        .collect();
+    let kinds: Vec<String> =
+        LAB_KINDS.iter().filter(|k| **k != ObjectKind::Node).map(|k| format!("{} {k}", k.api_version())).collect();
     format!("{} (and v1 List)", kinds.join(", "))
 }
 
@@ -149,10 +146,7 @@ pub fn default_object(obj: &mut Object) {
     match obj {
         Object::Namespace(ns) => {
             let name = ns.metadata.name.clone().unwrap_or_default();
-            ns.metadata
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert("kubernetes.io/metadata.name".into(), name);
+            ns.metadata.labels.get_or_insert_with(BTreeMap::new).insert("kubernetes.io/metadata.name".into(), name);
         }
         other => {
             let m = other.meta_mut();
@@ -168,11 +162,7 @@ pub fn pod_ports(pod: &Pod) -> Vec<(u16, String, Option<String>)> {
     let mut out = Vec::new();
     for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
         for p in c.ports.iter().flatten() {
-            out.push((
-                p.container_port as u16,
-                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                p.name.clone(),
-            ));
+            out.push((p.container_port as u16, p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.name.clone()));
         }
     }
     out
@@ -285,14 +275,19 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         assert!(msg.contains("b.yaml") && msg.contains("document 1"), "{msg}");
         let err = parse_text("apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "n.yaml").unwrap_err();
         assert!(format!("{err:#}").contains("metadata.name"));
-        let err = parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n", "p.yaml").unwrap_err();
+        let err = parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n", "p.yaml")
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("Pod \"p\""), "{msg}");
         let err = parse_text("apiVersion: v1\nkind: Node\nmetadata: {name: n}\n", "n.yaml").unwrap_err();
         assert!(err.to_string().contains("one node") && err.to_string().contains("--nodes"), "{err}");
         // the lab's own API directory holds Nodes
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("node_n.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n, annotations: {weir.io/backend-type: vxlan}}\n").unwrap();
+        std::fs::write(
+            dir.path().join("node_n.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n, annotations: {weir.io/backend-type: vxlan}}\n",
+        )
+        .unwrap();
         let api = load_api_dir(dir.path()).unwrap();
         assert_eq!(api[0].object_ref().to_string(), "Node n");
         // what the node's agent published stays
@@ -331,7 +326,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     #[test]
     fn every_kind_policyd_reads_is_held_or_refused_when_parsed() {
         for kind in ObjectKind::ALL {
-            let text = format!("apiVersion: {}\nkind: {kind}\nmetadata: {{name: n, namespace: x}}\n", kind.api_version());
+            let text =
+                format!("apiVersion: {}\nkind: {kind}\nmetadata: {{name: n, namespace: x}}\n", kind.api_version());
             match (creation_rank(kind), parse_api_text(&text, "k.yaml")) {
                 (Some(_), Ok(objs)) => assert_eq!(objs[0].kind(), kind),
                 (Some(_), Err(e)) => panic!("{kind}: the lab holds it, yet: {e:#}"),
@@ -343,10 +339,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             }
         }
         // What users may write, named in the message for unknown kinds.
-        assert_eq!(
-            user_kinds(),
-            "v1 Namespace, networking.k8s.io/v1 NetworkPolicy, v1 Service, v1 Pod (and v1 List)"
-        );
+        assert_eq!(user_kinds(), "v1 Namespace, networking.k8s.io/v1 NetworkPolicy, v1 Service, v1 Pod (and v1 List)");
     }
 
     #[test]

@@ -39,7 +39,16 @@ pub struct UpOpts {
 
 impl Default for UpOpts {
     fn default() -> Self {
-        UpOpts { files: vec![], cni_bin_dir: None, policyd_bin: None, no_policy: false, cni_type: "weir".into(), quiet: false, nodes: 1, backend: None }
+        UpOpts {
+            files: vec![],
+            cni_bin_dir: None,
+            policyd_bin: None,
+            no_policy: false,
+            cni_type: "weir".into(),
+            quiet: false,
+            nodes: 1,
+            backend: None,
+        }
     }
 }
 
@@ -82,7 +91,11 @@ fn locate_policyd(explicit: Option<&Path>) -> Option<PathBuf> {
 /// Whether this weir-policyd connects nodes (`--backend`): its `--help`
 /// says so.
 fn policyd_has_backends(bin: &Path) -> bool {
-    std::process::Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend")).unwrap_or(false)
+    std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--backend"))
+        .unwrap_or(false)
 }
 
 /// Context for creating and destroying pods.
@@ -108,7 +121,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn node_of(&self, rec: &PodRec) -> Result<&(LabNode, cni::NetConf)> {
-        self.nodes.get(&rec.node).ok_or_else(|| anyhow::anyhow!("pod {} is on node {:?}, which lab {:?} does not have", rec.key(), rec.node, self.lab.name))
+        self.nodes.get(&rec.node).ok_or_else(|| {
+            anyhow::anyhow!("pod {} is on node {:?}, which lab {:?} does not have", rec.key(), rec.node, self.lab.name)
+        })
     }
 
     fn attachment(&self, rec: &PodRec) -> Attachment {
@@ -167,7 +182,8 @@ impl<'a> Ctx<'a> {
                 return Ok(());
             }
             if !proc.alive() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.lab.logs_dir().join(format!("serve-{}.log", rec.netns))).unwrap_or_default();
+                let log = std::fs::read_to_string(self.lab.logs_dir().join(format!("serve-{}.log", rec.netns)))
+                    .unwrap_or_default();
                 bail!("the server of pod {} did not start: {}", rec.key(), log.trim());
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -188,7 +204,9 @@ impl<'a> Ctx<'a> {
         let mut err = None;
         match self.node_of(rec) {
             Ok((node, conf)) if sys::netns_exists(&node.netns) && self.plugin.is_file() => {
-                if let Err(e) = cni::invoke(&self.plugin, &self.cni_path, &node.netns, "DEL", &self.attachment(rec), conf) {
+                if let Err(e) =
+                    cni::invoke(&self.plugin, &self.cni_path, &node.netns, "DEL", &self.attachment(rec), conf)
+                {
                     err = Some(e);
                 }
             }
@@ -208,7 +226,12 @@ impl<'a> Ctx<'a> {
 fn new_pod_rec(lab: &Lab, pod: &Pod, node: String) -> PodRec {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod.metadata.uid.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| naming::pod_uid(&[&lab.name, &ns, &name, &naming::fresh_seed()]));
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| naming::pod_uid(&[&lab.name, &ns, &name, &naming::fresh_seed()]));
     PodRec {
         container_id: naming::container_id(&lab.name, &ns, &name, &uid),
         netns: naming::pod_netns(&lab.name, &ns, &name),
@@ -238,7 +261,8 @@ fn pod_with_status(pod: &Pod, rec: &PodRec, nodes: &[LabNode]) -> Pod {
         spec.node_name = Some(rec.node.clone());
     }
     let ready = rec.ready();
-    let host_ips: Vec<IpAddr> = nodes.iter().find(|n| n.name == rec.node).map(|n| n.internal_ips.clone()).unwrap_or_default();
+    let host_ips: Vec<IpAddr> =
+        nodes.iter().find(|n| n.name == rec.node).map(|n| n.internal_ips.clone()).unwrap_or_default();
     p.status = Some(PodStatus {
         host_ip: host_ips.first().map(|i| i.to_string()),
         host_ips: (!host_ips.is_empty()).then(|| host_ips.iter().map(|i| HostIP { ip: i.to_string() }).collect()),
@@ -276,8 +300,13 @@ fn pod_views(objs: &BTreeMap<ObjectRef, Object>, st: &State) -> Vec<PodView> {
 }
 
 /// Assign ClusterIPs (keeping already-assigned ones) and write Services.
-fn admit_service(lab: &Lab, st: &mut State, svc: &k8s_openapi::api::core::v1::Service) -> Result<k8s_openapi::api::core::v1::Service> {
-    let key = format!("{}/{}", svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
+fn admit_service(
+    lab: &Lab,
+    st: &mut State,
+    svc: &k8s_openapi::api::core::v1::Service,
+) -> Result<k8s_openapi::api::core::v1::Service> {
+    let key =
+        format!("{}/{}", svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
     let mut alloc = Allocator::new(SERVICE_CIDR_V4.parse()?, SERVICE_CIDR_V6.parse()?);
     for (k, ips) in &st.services {
         if *k != key {
@@ -285,7 +314,14 @@ fn admit_service(lab: &Lab, st: &mut State, svc: &k8s_openapi::api::core::v1::Se
         }
     }
     let mut s = svc.clone();
-    let requested_empty = s.spec.as_ref().map(|sp| sp.cluster_ip.as_deref().unwrap_or("").is_empty() && sp.cluster_ips.as_ref().map(|v| v.is_empty()).unwrap_or(true)).unwrap_or(true);
+    let requested_empty = s
+        .spec
+        .as_ref()
+        .map(|sp| {
+            sp.cluster_ip.as_deref().unwrap_or("").is_empty()
+                && sp.cluster_ips.as_ref().map(|v| v.is_empty()).unwrap_or(true)
+        })
+        .unwrap_or(true);
     let ips = match st.services.get(&key) {
         // An update keeps its addresses, as the API server insists.
         Some(existing) if requested_empty && !existing.is_empty() => existing.clone(),
@@ -309,7 +345,12 @@ fn admit_service(lab: &Lab, st: &mut State, svc: &k8s_openapi::api::core::v1::Se
 /// Rebuild every node's Service DNAT table from the current objects: like
 /// kube-proxy on every node, each table sends a ClusterIP to the backends
 /// on any node.
-fn program_services(lab: &Lab, st: &State, objs: &BTreeMap<ObjectRef, Object>, quiet: bool) -> Result<Vec<services::ServiceRule>> {
+fn program_services(
+    lab: &Lab,
+    st: &State,
+    objs: &BTreeMap<ObjectRef, Object>,
+    quiet: bool,
+) -> Result<Vec<services::ServiceRule>> {
     let pods = pod_views(objs, st);
     let mut rules = Vec::new();
     for o in objs.values() {
@@ -317,13 +358,24 @@ fn program_services(lab: &Lab, st: &State, objs: &BTreeMap<ObjectRef, Object>, q
         let key = o.object_ref();
         let ips = st.services.get(&format!("{}/{}", key.namespace, key.name)).cloned().unwrap_or_default();
         if services::selected_pods(s, &pods).is_empty() {
-            say!(quiet, "warning: Service {}/{} selects no running pod; its ClusterIP answers nothing until one matches", key.namespace, key.name);
+            say!(
+                quiet,
+                "warning: Service {}/{} selects no running pod; its ClusterIP answers nothing until one matches",
+                key.namespace,
+                key.name
+            );
         }
         rules.extend(services::service_rules(s, &ips, &pods));
     }
     let ruleset = services::nft_ruleset(&rules);
     for node in lab.nodes(st.nodes) {
-        sys::run_in(&node.netns, "nft", &["-f", "-"], Some(&ruleset), &format!("programming Service DNAT rules on node {}", node.name))?;
+        sys::run_in(
+            &node.netns,
+            "nft",
+            &["-f", "-"],
+            Some(&ruleset),
+            &format!("programming Service DNAT rules on node {}", node.name),
+        )?;
     }
     Ok(rules)
 }
@@ -361,7 +413,8 @@ fn placements(batch: &[Object], nodes: &[LabNode], st: Option<&State>) -> Result
         keys.push(key);
         wanted.push(want);
     }
-    let pods: Vec<Placement> = keys.iter().zip(&wanted).map(|(k, w)| Placement { key: k, node_name: w.as_deref() }).collect();
+    let pods: Vec<Placement> =
+        keys.iter().zip(&wanted).map(|(k, w)| Placement { key: k, node_name: w.as_deref() }).collect();
     let nodes_of = topology::place(&pods, nodes, &existing)?;
     Ok(keys.into_iter().zip(nodes_of).collect())
 }
@@ -396,7 +449,11 @@ pub fn up(lab: &Lab, opts: &UpOpts) -> Result<()> {
         say!(q, "recovering: lab {:?} was left half-made ({}); removing it first", lab.name, traces.join(", "));
         let errs = down_inner(lab, true);
         if !errs.is_empty() {
-            bail!("could not remove the leftovers of lab {:?}: {}", lab.name, errs.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "));
+            bail!(
+                "could not remove the leftovers of lab {:?}: {}",
+                lab.name,
+                errs.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
+            );
         }
     }
     match up_inner(lab, opts, plugin, batch, t0) {
@@ -404,7 +461,14 @@ pub fn up(lab: &Lab, opts: &UpOpts) -> Result<()> {
         Err(e) => {
             let errs = down_inner(lab, true);
             lab.remove_lock_file();
-            let extra = if errs.is_empty() { "rolled back".to_string() } else { format!("rollback left errors: {}", errs.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")) };
+            let extra = if errs.is_empty() {
+                "rolled back".to_string()
+            } else {
+                format!(
+                    "rollback left errors: {}",
+                    errs.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
+                )
+            };
             Err(e.context(format!("lab up {:?} failed ({extra})", lab.name)))
         }
     }
@@ -420,7 +484,13 @@ fn make_node(node: &LabNode) -> Result<()> {
         ("net.bridge.bridge-nf-call-iptables", "1"),
         ("net.bridge.bridge-nf-call-ip6tables", "1"),
     ] {
-        sys::run_in(&node.netns, "sysctl", &["-qw", &format!("{key}={val}")], None, &format!("setting {key} in netns {}", node.netns))?;
+        sys::run_in(
+            &node.netns,
+            "sysctl",
+            &["-qw", &format!("{key}={val}")],
+            None,
+            &format!("setting {key} in netns {}", node.netns),
+        )?;
     }
     Ok(())
 }
@@ -431,12 +501,35 @@ fn make_underlay(lab: &Lab, nodes: &[LabNode]) -> Result<()> {
     let ul = naming::underlay_netns(&lab.name);
     let mtu = topology::UNDERLAY_MTU.to_string();
     sys::netns_add(&ul)?;
-    sys::ip(&["-n", &ul, "link", "add", topology::UNDERLAY_BRIDGE, "mtu", &mtu, "type", "bridge"], "creating the underlay bridge")?;
+    sys::ip(
+        &["-n", &ul, "link", "add", topology::UNDERLAY_BRIDGE, "mtu", &mtu, "type", "bridge"],
+        "creating the underlay bridge",
+    )?;
     sys::ip(&["-n", &ul, "link", "set", topology::UNDERLAY_BRIDGE, "up"], "bringing the underlay bridge up")?;
     for n in nodes {
         let port = format!("n{}", n.index);
         let what = format!("plugging node {} into the underlay", n.name);
-        sys::ip(&["-n", &n.netns, "link", "add", topology::UNDERLAY_IFACE, "mtu", &mtu, "type", "veth", "peer", "name", &port, "mtu", &mtu, "netns", &ul], &what)?;
+        sys::ip(
+            &[
+                "-n",
+                &n.netns,
+                "link",
+                "add",
+                topology::UNDERLAY_IFACE,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "mtu",
+                &mtu,
+                "netns",
+                &ul,
+            ],
+            &what,
+        )?;
         sys::ip(&["-n", &ul, "link", "set", &port, "master", topology::UNDERLAY_BRIDGE, "up"], &what)?;
         for a in n.underlay_addrs() {
             // nodad: the lab owns the whole range, and DAD would delay the address.
@@ -486,7 +579,9 @@ fn publish_node_annotations(lab: &Lab, st: &State, wait: Option<Duration>) -> Re
         let Some(text) = text else { continue };
         let published = topology::parse_annotations(&text, &path)?;
         let key = objects::object_ref(ObjectKind::Node, "", &node.name);
-        let Some(Object::Node(current)) = objs.get(&key) else { bail!("the Node object of {} is missing from {}", node.name, lab.manifests_dir().display()) };
+        let Some(Object::Node(current)) = objs.get(&key) else {
+            bail!("the Node object of {} is missing from {}", node.name, lab.manifests_dir().display())
+        };
         if let Some(updated) = topology::merge_annotations(current, &published) {
             lab.write_object(&Object::Node(updated))?;
         }
@@ -505,7 +600,10 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     let count = opts.nodes;
     let backend = topology::validate(count, opts.backend.as_deref())?;
     let nodes = lab.nodes(count);
-    for d in [lab.dir.clone(), lab.manifests_dir(), lab.logs_dir(), lab.pods_dir()].into_iter().chain(nodes.iter().flat_map(|n| [n.run_dir.clone(), n.ipam_dir.clone()])) {
+    for d in [lab.dir.clone(), lab.manifests_dir(), lab.logs_dir(), lab.pods_dir()]
+        .into_iter()
+        .chain(nodes.iter().flat_map(|n| [n.run_dir.clone(), n.ipam_dir.clone()]))
+    {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let policyd_bin = if opts.no_policy { None } else { locate_policyd(opts.policyd_bin.as_deref()) };
@@ -544,7 +642,16 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
             naming::node_netns(&lab.name),
             topology::UNDERLAY_BRIDGE,
             naming::underlay_netns(&lab.name),
-            nodes.iter().map(|n| format!("{} {} pods {}", n.name, fmt_ips(&n.internal_ips), n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","))).collect::<Vec<_>>().join("; ")
+            nodes
+                .iter()
+                .map(|n| format!(
+                    "{} {} pods {}",
+                    n.name,
+                    fmt_ips(&n.internal_ips),
+                    n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
         if !backend_running {
             say!(
@@ -555,7 +662,12 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
             );
         }
     }
-    say!(q, "[node]     {}: ip_forward=1, bridge-nf-call-iptables=1 (cni0 comes with the first pod); CNI plugin {}", nodes.iter().map(|n| format!("netns {}", n.netns)).collect::<Vec<_>>().join(", "), plugin.display());
+    say!(
+        q,
+        "[node]     {}: ip_forward=1, bridge-nf-call-iptables=1 (cni0 comes with the first pod); CNI plugin {}",
+        nodes.iter().map(|n| format!("netns {}", n.netns)).collect::<Vec<_>>().join(", "),
+        plugin.display()
+    );
 
     // 2. the API: manifests everyone reads
     if backend.is_some() {
@@ -578,7 +690,8 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     }
     let mut recs = Vec::new();
     for p in &pods {
-        let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""));
+        let key =
+            format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""));
         let rec = new_pod_rec(lab, p, placed[&key].clone());
         lab.write_object(&Object::Pod(pod_with_status(p, &rec, &nodes)))?;
         st.pods.insert(rec.key(), rec.clone());
@@ -588,7 +701,11 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     say!(
         q,
         "[api]      {} -> {}",
-        if counts.is_empty() { "no objects".to_string() } else { counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ") },
+        if counts.is_empty() {
+            "no objects".to_string()
+        } else {
+            counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+        },
         lab.manifests_dir().display()
     );
 
@@ -596,12 +713,25 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     if let Some(bin) = &policyd_bin {
         for node in &nodes {
             let mut cmd = sys::command_in(&node.netns, bin)?;
-            cmd.arg("--manifests").arg(lab.manifests_dir()).args(["--node-name", &node.name]).arg("--bpffs-root").arg(&node.bpffs_root).arg("--run-dir").arg(&node.run_dir);
+            cmd.arg("--manifests")
+                .arg(lab.manifests_dir())
+                .args(["--node-name", &node.name])
+                .arg("--bpffs-root")
+                .arg(&node.bpffs_root)
+                .arg("--run-dir")
+                .arg(&node.run_dir);
             if let (true, Some(b)) = (backend_running, backend) {
                 cmd.args(["--backend", b.as_str()]);
             }
             let proc = sys::spawn_daemon(cmd, &node.policyd_log)?;
-            say!(q, "[policy]   weir-policyd pid {} ({}){}, log {}", proc.pid, bin.display(), if nodes.len() > 1 { format!(" on {}", node.name) } else { String::new() }, node.policyd_log.display());
+            say!(
+                q,
+                "[policy]   weir-policyd pid {} ({}){}, log {}",
+                proc.pid,
+                bin.display(),
+                if nodes.len() > 1 { format!(" on {}", node.name) } else { String::new() },
+                node.policyd_log.display()
+            );
             st.policyds.insert(node.name.clone(), proc);
             lab.save_state(&st)?;
         }
@@ -631,7 +761,12 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     if let Some(e) = first_err {
         for node in &nodes {
             if let Some(p) = st.policyds.get(&node.name).filter(|p| !p.alive()) {
-                return Err(e.context(format!("weir-policyd (pid {}) of node {} exited; its log ends: {}", p.pid, node.name, log_tail(&node.policyd_log, 8))));
+                return Err(e.context(format!(
+                    "weir-policyd (pid {}) of node {} exited; its log ends: {}",
+                    p.pid,
+                    node.name,
+                    log_tail(&node.policyd_log, 8)
+                )));
             }
         }
         return Err(e);
@@ -641,11 +776,25 @@ fn up_inner(lab: &Lab, opts: &UpOpts, plugin: PathBuf, batch: Vec<Object>, t0: I
     let objs = lab.objects()?;
     let rules = program_services(lab, &st, &objs, q)?;
     let nsvc = st.services.len();
-    say!(q, "[services] {nsvc} Service(s), {} DNAT rule(s) (nft table inet {}) in {}", rules.len(), services::TABLE, nodes.iter().map(|n| n.netns.as_str()).collect::<Vec<_>>().join(", "));
+    say!(
+        q,
+        "[services] {nsvc} Service(s), {} DNAT rule(s) (nft table inet {}) in {}",
+        rules.len(),
+        services::TABLE,
+        nodes.iter().map(|n| n.netns.as_str()).collect::<Vec<_>>().join(", ")
+    );
 
     st.phase = "ready".into();
     lab.save_state(&st)?;
-    say!(q, "ready: lab {:?} with {} pod(s), {} Service(s) in {:.2} s; policy {}", lab.name, st.pods.len(), nsvc, t0.elapsed().as_secs_f64(), if policy { "enforced" } else { "OFF" });
+    say!(
+        q,
+        "ready: lab {:?} with {} pod(s), {} Service(s) in {:.2} s; policy {}",
+        lab.name,
+        st.pods.len(),
+        nsvc,
+        t0.elapsed().as_secs_f64(),
+        if policy { "enforced" } else { "OFF" }
+    );
     if !q && !st.pods.is_empty() {
         out!("{}", pods_table(&st, &objs));
     }
@@ -660,7 +809,12 @@ fn create_pods(ctx: &Ctx, recs: Vec<(Pod, PodRec)>, q: bool) -> Vec<Created> {
     let one = |(pod, mut rec): (Pod, PodRec)| -> Created {
         let t = Instant::now();
         ctx.create_pod(&mut rec, &servable_ports(&pod)).with_context(|| format!("creating pod {}", rec.key()))?;
-        let unsupported: Vec<String> = rec.ports.iter().filter(|p| p.state != "serving").map(|p| format!("{}/{} {}", p.port, p.protocol, p.state)).collect();
+        let unsupported: Vec<String> = rec
+            .ports
+            .iter()
+            .filter(|p| p.state != "serving")
+            .map(|p| format!("{}/{} {}", p.port, p.protocol, p.state))
+            .collect();
         let on = if ctx.nodes.len() > 1 { format!(" on {}", rec.node) } else { String::new() };
         say!(
             q,
@@ -699,7 +853,10 @@ pub fn down_inner(lab: &Lab, quiet: bool) -> Vec<anyhow::Error> {
         // Servers first, then DEL (which needs the node netns), in parallel.
         let mut recs: Vec<PodRec> = st.pods.values().cloned().collect();
         std::thread::scope(|s| {
-            let hs: Vec<_> = recs.iter_mut().map(|r| s.spawn(|| ctx.destroy_pod(r).with_context(|| format!("removing pod {}", r.key())))).collect();
+            let hs: Vec<_> = recs
+                .iter_mut()
+                .map(|r| s.spawn(|| ctx.destroy_pod(r).with_context(|| format!("removing pod {}", r.key()))))
+                .collect();
             for h in hs {
                 if let Ok(Err(e)) = h.join() {
                     errs.push(e);
@@ -743,7 +900,12 @@ pub fn down(lab: &Lab, quiet: bool) -> Result<()> {
     let _lock = lab.lock()?;
     if lab.traces().is_empty() {
         lab.remove_lock_file();
-        bail!("no lab named {:?} (nothing under {}, no netns {}); nothing to remove", lab.name, lab.dir.display(), naming::node_netns(&lab.name));
+        bail!(
+            "no lab named {:?} (nothing under {}, no netns {}); nothing to remove",
+            lab.name,
+            lab.dir.display(),
+            naming::node_netns(&lab.name)
+        );
     }
     let errs = down_inner(lab, quiet);
     let left = lab.traces();
@@ -790,7 +952,10 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
                 if let Some(mut rec) = st.pods.get(&k).cloned().filter(|r| r.added) {
                     // Labels (or other metadata) changed: the manifest is the
                     // whole change, as a label edit never re-runs CNI.
-                    let old_ports = objs.get(&key).and_then(|o| if let Object::Pod(op) = o { Some(servable_ports(op)) } else { None }).unwrap_or_default();
+                    let old_ports = objs
+                        .get(&key)
+                        .and_then(|o| if let Object::Pod(op) = o { Some(servable_ports(op)) } else { None })
+                        .unwrap_or_default();
                     if old_ports != servable_ports(p) {
                         ctx.stop_server(&mut rec);
                         ctx.start_server(&mut rec, &servable_ports(p))?;
@@ -820,7 +985,12 @@ pub fn apply(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
             other => lab.write_object(other)?,
         }
         lab.save_state(&st)?;
-        say!(quiet, "{}/{} {verb}", key.kind.label(), if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) });
+        say!(
+            quiet,
+            "{}/{} {verb}",
+            key.kind.label(),
+            if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) }
+        );
     }
     if services_dirty {
         program_services(lab, &st, &lab.objects()?, quiet)?;
@@ -866,7 +1036,11 @@ pub fn delete(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
         let mut victims: Vec<ObjectRef> = vec![key.clone()];
         if key.kind == ObjectKind::Namespace {
             // Like the namespace controller: everything inside goes too.
-            let mut inside: Vec<ObjectRef> = lab.objects()?.into_keys().filter(|k| k.kind != ObjectKind::Namespace && k.namespace == key.name).collect();
+            let mut inside: Vec<ObjectRef> = lab
+                .objects()?
+                .into_keys()
+                .filter(|k| k.kind != ObjectKind::Namespace && k.namespace == key.name)
+                .collect();
             inside.sort_by_key(|k| std::cmp::Reverse(objects::creation_order(k.kind)));
             inside.push(key.clone());
             victims = inside;
@@ -884,7 +1058,12 @@ pub fn delete(lab: &Lab, files: &[PathBuf], quiet: bool) -> Result<()> {
             }
             lab.remove_object(&v)?;
             lab.save_state(&st)?;
-            say!(quiet, "{}/{} deleted", v.kind.label(), if v.namespace.is_empty() { v.name.clone() } else { format!("{}/{}", v.namespace, v.name) });
+            say!(
+                quiet,
+                "{}/{} deleted",
+                v.kind.label(),
+                if v.namespace.is_empty() { v.name.clone() } else { format!("{}/{}", v.namespace, v.name) }
+            );
         }
     }
     if services_dirty {
@@ -934,11 +1113,17 @@ pub fn probe(lab: &Lab, o: &ProbeOpts) -> Result<Matrix> {
     // (namespace, name) order, which is not the order of the "ns/name"
     // strings when a namespace name is a prefix of another ("x" vs "x-1").
     let pick = |f: &Option<String>| -> Vec<&PodRec> {
-        let mut v: Vec<&PodRec> = st.pods.values().filter(|r| f.as_ref().map(|k| *k == r.key()).unwrap_or(true)).filter(|r| r.added).collect();
+        let mut v: Vec<&PodRec> = st
+            .pods
+            .values()
+            .filter(|r| f.as_ref().map(|k| *k == r.key()).unwrap_or(true))
+            .filter(|r| r.added)
+            .collect();
         v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         v
     };
-    let sources: Vec<Source> = pick(&o.from).into_iter().map(|r| Source { key: r.key(), netns: r.netns.clone() }).collect();
+    let sources: Vec<Source> =
+        pick(&o.from).into_iter().map(|r| Source { key: r.key(), netns: r.netns.clone() }).collect();
     let views = pod_views(&objs, &st);
     let mut dests = Vec::new();
     let mut lacking = Vec::new();
@@ -946,7 +1131,11 @@ pub fn probe(lab: &Lab, o: &ProbeOpts) -> Result<Matrix> {
         let target = if o.via_service {
             service_target(&objs, &st, &views, r, o.port, &o.protocol, o.ipv6)
         } else {
-            r.ips.iter().find(|i| i.is_ipv6() == o.ipv6).map(|ip| SocketAddr::new(*ip, o.port)).ok_or_else(|| format!("pod {} has no {} address", r.key(), if o.ipv6 { "IPv6" } else { "IPv4" }))
+            r.ips
+                .iter()
+                .find(|i| i.is_ipv6() == o.ipv6)
+                .map(|ip| SocketAddr::new(*ip, o.port))
+                .ok_or_else(|| format!("pod {} has no {} address", r.key(), if o.ipv6 { "IPv6" } else { "IPv4" }))
         };
         if target.is_err() {
             lacking.push(r.key());
@@ -976,25 +1165,43 @@ pub fn exec(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
     sys::require_root()?;
     let st = lab.require_state()?;
     let Some(rec) = st.pods.get(pod).filter(|r| r.added) else {
-        bail!("no running pod {pod:?} in lab {:?} (pods: {}); name it as NAMESPACE/NAME", lab.name, st.pods.keys().cloned().collect::<Vec<_>>().join(", "));
+        bail!(
+            "no running pod {pod:?} in lab {:?} (pods: {}); name it as NAMESPACE/NAME",
+            lab.name,
+            st.pods.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     };
     let Some((program, args)) = argv.split_first() else {
         bail!("no command to run: `weirctl lab exec {pod} -- CMD [ARGS...]`");
     };
-    let status = sys::command_in(&rec.netns, program)?.args(args).status().with_context(|| format!("running {program:?} in pod {pod} (netns {})", rec.netns))?;
+    let status = sys::command_in(&rec.netns, program)?
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program:?} in pod {pod} (netns {})", rec.netns))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// The ClusterIP:port of the Service that selects only pod `r` and exposes
 /// `port`/`protocol` (preferring the model's name `s-<ns>-<pod>`).
-fn service_target(objs: &BTreeMap<ObjectRef, Object>, st: &State, views: &[PodView], r: &PodRec, port: u16, protocol: &str, ipv6: bool) -> std::result::Result<SocketAddr, String> {
+fn service_target(
+    objs: &BTreeMap<ObjectRef, Object>,
+    st: &State,
+    views: &[PodView],
+    r: &PodRec,
+    port: u16,
+    protocol: &str,
+    ipv6: bool,
+) -> std::result::Result<SocketAddr, String> {
     let no_ips = Vec::new();
     let services = objs.iter().filter_map(|(k, o)| match o {
-        Object::Service(s) => Some((s, st.services.get(&format!("{}/{}", k.namespace, k.name)).unwrap_or(&no_ips).as_slice())),
+        Object::Service(s) => {
+            Some((s, st.services.get(&format!("{}/{}", k.namespace, k.name)).unwrap_or(&no_ips).as_slice()))
+        }
         _ => None,
     });
-    services::probe_target(services, views, (&r.namespace, &r.name), port, protocol, ipv6).map(|t| SocketAddr::new(t.vip, t.port))
+    services::probe_target(services, views, (&r.namespace, &r.name), port, protocol, ipv6)
+        .map(|t| SocketAddr::new(t.vip, t.port))
 }
 
 pub fn pods_table(st: &State, objs: &BTreeMap<ObjectRef, Object>) -> String {
@@ -1007,14 +1214,22 @@ pub fn pods_table(st: &State, objs: &BTreeMap<ObjectRef, Object>) -> String {
             .and_then(|o| o.meta().labels.clone())
             .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
             .unwrap_or_default();
-        rows.push(vec![r.namespace.clone(), r.name.clone(), if r.ready() { "1/1" } else { "0/1" }.into(), r.node.clone(), fmt_ips(&r.ips), labels]);
+        rows.push(vec![
+            r.namespace.clone(),
+            r.name.clone(),
+            if r.ready() { "1/1" } else { "0/1" }.into(),
+            r.node.clone(),
+            fmt_ips(&r.ips),
+            labels,
+        ]);
     }
     columns(&rows)
 }
 
 fn columns(rows: &[Vec<String>]) -> String {
     let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n).map(|i| rows.iter().map(|r| r.get(i).map(|c| c.len()).unwrap_or(0)).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..n).map(|i| rows.iter().map(|r| r.get(i).map(|c| c.len()).unwrap_or(0)).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
@@ -1049,11 +1264,29 @@ fn nodes_table(st: &State, nodes: &[k8s_openapi::api::core::v1::Node]) -> String
     let mut rows = vec![["NAME", "INTERNAL-IPS", "POD-CIDRS", "BACKEND", "PODS"].map(String::from).to_vec()];
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
-        let ips: Vec<String> = n.status.iter().flat_map(|s| s.addresses.iter().flatten()).filter(|a| a.type_ == "InternalIP").map(|a| a.address.clone()).collect();
+        let ips: Vec<String> = n
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address.clone())
+            .collect();
         let cidrs = n.spec.as_ref().and_then(|s| s.pod_cidrs.clone()).unwrap_or_default().join(",");
-        let backend = n.metadata.annotations.as_ref().and_then(|a| a.get("weir.io/backend-type").cloned()).or_else(|| st.backend.clone().map(|b| format!("{b} (not running)"))).unwrap_or_else(|| "<none>".into());
+        let backend = n
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("weir.io/backend-type").cloned())
+            .or_else(|| st.backend.clone().map(|b| format!("{b} (not running)")))
+            .unwrap_or_else(|| "<none>".into());
         let pods = st.pods.values().filter(|r| r.node == name).count();
-        rows.push(vec![name, if ips.is_empty() { "<none>".into() } else { ips.join(",") }, cidrs, backend, pods.to_string()]);
+        rows.push(vec![
+            name,
+            if ips.is_empty() { "<none>".into() } else { ips.join(",") },
+            cidrs,
+            backend,
+            pods.to_string(),
+        ]);
     }
     columns(&rows)
 }
@@ -1077,11 +1310,15 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
                         None => items.push(o.to_json()),
                     }
                 }
-                (GetWhat::Services, Object::Service(_)) | (GetWhat::Policies, Object::NetworkPolicy(_)) => items.push(o.to_json()),
+                (GetWhat::Services, Object::Service(_)) | (GetWhat::Policies, Object::NetworkPolicy(_)) => {
+                    items.push(o.to_json())
+                }
                 _ => {}
             }
         }
-        return Ok(serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}))? + "\n");
+        return Ok(serde_json::to_string_pretty(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}),
+        )? + "\n");
     }
     Ok(match what {
         GetWhat::Pods => pods_table(&st, &objs),
@@ -1092,9 +1329,25 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
                 let Object::Service(s) = o else { continue };
                 let k = o.object_ref();
                 let ips = st.services.get(&format!("{}/{}", k.namespace, k.name)).cloned().unwrap_or_default();
-                let ports = s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()).map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP"))).collect::<Vec<_>>().join(",");
-                let eps = services::selected_pods(s, &views).iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>().join(",");
-                rows.push(vec![k.namespace, k.name, fmt_ips(&ips), ports, if eps.is_empty() { "<none>".into() } else { eps }]);
+                let ports = s
+                    .spec
+                    .iter()
+                    .flat_map(|sp| sp.ports.iter().flatten())
+                    .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let eps = services::selected_pods(s, &views)
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                rows.push(vec![
+                    k.namespace,
+                    k.name,
+                    fmt_ips(&ips),
+                    ports,
+                    if eps.is_empty() { "<none>".into() } else { eps },
+                ]);
             }
             columns(&rows)
         }
@@ -1105,7 +1358,13 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
                 let Object::NetworkPolicy(np) = o else { continue };
                 let k = o.object_ref();
                 let spec = np.spec.clone().unwrap_or_default();
-                let sel = spec.pod_selector.as_ref().and_then(|s| s.match_labels.clone()).map(|l| l.iter().map(|(a, b)| format!("{a}={b}")).collect::<Vec<_>>().join(",")).filter(|s| !s.is_empty()).unwrap_or_else(|| "<all>".into());
+                let sel = spec
+                    .pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone())
+                    .map(|l| l.iter().map(|(a, b)| format!("{a}={b}")).collect::<Vec<_>>().join(","))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<all>".into());
                 let types = spec.policy_types.clone().unwrap_or_else(|| vec!["Ingress".into()]).join(",");
                 rows.push(vec![k.namespace, k.name, sel, types]);
             }
@@ -1130,7 +1389,12 @@ mod tests {
 
     #[test]
     fn pod_status_is_what_kubectl_shows() {
-        let Object::Pod(p) = objects::parse_text("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n", "t").unwrap().remove(0) else {
+        let Object::Pod(p) = objects::parse_text(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n",
+            "t",
+        )
+        .unwrap()
+        .remove(0) else {
             panic!()
         };
         let lab = Lab::new("unit").unwrap();
@@ -1169,7 +1433,8 @@ mod tests {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s-x-a, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80}]}\n---\n\
                     apiVersion: v1\nkind: Service\nmetadata: {name: all, namespace: x}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n---\n\
                     apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80}]}\n";
-        let objs: BTreeMap<ObjectRef, Object> = objects::parse_text(text, "t").unwrap().into_iter().map(|o| (o.object_ref(), o)).collect();
+        let objs: BTreeMap<ObjectRef, Object> =
+            objects::parse_text(text, "t").unwrap().into_iter().map(|o| (o.object_ref(), o)).collect();
         let mut st = State {
             name: "u".into(),
             phase: "ready".into(),
@@ -1209,8 +1474,14 @@ mod tests {
             ports: vec![],
         };
         // the model's name wins over another single-pod Service
-        assert_eq!(service_target(&objs, &st, &views, &rec("a"), 80, "TCP", false).unwrap(), "10.96.0.10:80".parse().unwrap());
-        assert_eq!(service_target(&objs, &st, &views, &rec("a"), 80, "TCP", true).unwrap(), "[fd00:96::a]:80".parse().unwrap());
+        assert_eq!(
+            service_target(&objs, &st, &views, &rec("a"), 80, "TCP", false).unwrap(),
+            "10.96.0.10:80".parse().unwrap()
+        );
+        assert_eq!(
+            service_target(&objs, &st, &views, &rec("a"), 80, "TCP", true).unwrap(),
+            "[fd00:96::a]:80".parse().unwrap()
+        );
         // wrong port or protocol: none
         assert!(service_target(&objs, &st, &views, &rec("a"), 81, "TCP", false).is_err());
         assert!(service_target(&objs, &st, &views, &rec("a"), 80, "UDP", false).is_err());

@@ -36,7 +36,8 @@ impl Matrix {
     /// The upstream truth-table shape: a `-` corner, destinations across,
     /// sources down, `.` connected, `X` blocked (`?` unsupported here).
     pub fn table(&self) -> String {
-        let mut lines = vec![std::iter::once("-".to_string()).chain(self.tos.iter().cloned()).collect::<Vec<_>>().join("\t")];
+        let mut lines =
+            vec![std::iter::once("-".to_string()).chain(self.tos.iter().cloned()).collect::<Vec<_>>().join("\t")];
         for from in &self.froms {
             let mut row = vec![from.clone()];
             for to in &self.tos {
@@ -54,7 +55,10 @@ impl Matrix {
         let mut out = lines.join("\n");
         out.push('\n');
         if self.cells.values().any(|c| *c == Cell::Unsupported) {
-            out.push_str(&format!("? = unsupported: this kernel has no {} sockets, so the probe cannot run\n", self.protocol));
+            out.push_str(&format!(
+                "? = unsupported: this kernel has no {} sockets, so the probe cannot run\n",
+                self.protocol
+            ));
         }
         out
     }
@@ -220,7 +224,12 @@ mod tests {
 
     #[test]
     fn json_shape_and_unsupported() {
-        let t = m(&[("x/a", "x/a", Cell::Connected), ("x/a", "x/b", Cell::Blocked), ("x/b", "x/a", Cell::Unsupported), ("x/b", "x/b", Cell::Unsupported)]);
+        let t = m(&[
+            ("x/a", "x/a", Cell::Connected),
+            ("x/a", "x/b", Cell::Blocked),
+            ("x/b", "x/a", Cell::Unsupported),
+            ("x/b", "x/b", Cell::Unsupported),
+        ]);
         let j = t.json();
         assert_eq!(j["port"], 80);
         assert_eq!(j["protocol"], "TCP");

@@ -41,11 +41,13 @@ fn sctp_supported() -> bool {
 /// Dual-stack where possible (`[::]` accepts IPv4 as mapped addresses),
 /// IPv4-only otherwise.
 fn bind_tcp(port: u16) -> std::io::Result<TcpListener> {
-    TcpListener::bind(SocketAddr::from(([0u16; 8], port))).or_else(|_| TcpListener::bind(SocketAddr::from(([0u8; 4], port))))
+    TcpListener::bind(SocketAddr::from(([0u16; 8], port)))
+        .or_else(|_| TcpListener::bind(SocketAddr::from(([0u8; 4], port))))
 }
 
 fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddr::from(([0u16; 8], port))).or_else(|_| UdpSocket::bind(SocketAddr::from(([0u8; 4], port))))
+    UdpSocket::bind(SocketAddr::from(([0u16; 8], port)))
+        .or_else(|_| UdpSocket::bind(SocketAddr::from(([0u8; 4], port))))
 }
 
 /// Enter `netns`, bind every port, write `status_file`, serve forever.

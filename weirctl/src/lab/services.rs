@@ -125,7 +125,9 @@ impl Allocator {
                     }
                     ip
                 }
-                None => self.next_free(cidr).ok_or_else(|| anyhow::anyhow!("Service {key}: the service CIDR {cidr} is exhausted"))?,
+                None => self
+                    .next_free(cidr)
+                    .ok_or_else(|| anyhow::anyhow!("Service {key}: the service CIDR {cidr} is exhausted"))?,
             };
             self.used.insert(ip);
             out.push(ip);
@@ -145,10 +147,13 @@ impl Allocator {
             IpNet::V4(n) => (u32::from(n.network()) as u128, u32::from(n.broadcast()) as u128 - 1),
             IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
         };
-        (base + 10..=last).take(1 << 16).map(|i| match cidr {
-            IpNet::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(i as u32)),
-            IpNet::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(i)),
-        }).find(|ip| !self.used.contains(ip))
+        (base + 10..=last)
+            .take(1 << 16)
+            .map(|i| match cidr {
+                IpNet::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(i as u32)),
+                IpNet::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(i)),
+            })
+            .find(|ip| !self.used.contains(ip))
     }
 }
 
@@ -264,7 +269,13 @@ pub fn service_rules(svc: &Service, cluster_ips: &[IpAddr], pods: &[PodView]) ->
                     backends.push((format!("{}/{}", pod.namespace, pod.name), *ip, tp));
                 }
             }
-            out.push(ServiceRule { service: format!("{key}:{port}/{protocol}"), vip: *vip, port, protocol: protocol.clone(), backends });
+            out.push(ServiceRule {
+                service: format!("{key}:{port}/{protocol}"),
+                vip: *vip,
+                port,
+                protocol: protocol.clone(),
+                backends,
+            });
         }
     }
     out
@@ -290,7 +301,8 @@ fn hostport(ip: &IpAddr, port: u16) -> String {
 pub fn nft_ruleset(rules: &[ServiceRule]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{");
-    let _ = writeln!(s, "  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}");
+    let _ =
+        writeln!(s, "  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}");
     let _ = writeln!(s, "  chain output {{ type nat hook output priority -100; policy accept; jump services; }}");
     let _ = writeln!(
         s,
@@ -304,10 +316,22 @@ pub fn nft_ruleset(rules: &[ServiceRule]) -> String {
         if r.backends.is_empty() {
             // No endpoints: kube-proxy rejects; the lab drops, so the client
             // sees a timeout rather than a connection to nothing.
-            let _ = writeln!(s, "    {} daddr {} {proto} dport {} drop comment \"{comment} has no endpoints\"", fam(&r.vip), r.vip, r.port);
+            let _ = writeln!(
+                s,
+                "    {} daddr {} {proto} dport {} drop comment \"{comment} has no endpoints\"",
+                fam(&r.vip),
+                r.vip,
+                r.port
+            );
             continue;
         }
-        let _ = writeln!(s, "    {} daddr {} {proto} dport {} goto svc_{i} comment \"{comment}\"", fam(&r.vip), r.vip, r.port);
+        let _ = writeln!(
+            s,
+            "    {} daddr {} {proto} dport {} goto svc_{i} comment \"{comment}\"",
+            fam(&r.vip),
+            r.vip,
+            r.port
+        );
         let _ = write!(chains, "  chain svc_{i} {{ numgen random mod {} vmap {{ ", r.backends.len());
         let arms: Vec<String> = (0..r.backends.len()).map(|j| format!("{j} : goto svc_{i}_ep{j}")).collect();
         let _ = writeln!(chains, "{} }}; }}", arms.join(", "));
@@ -337,7 +361,10 @@ mod tests {
             name: name.into(),
             labels: [("pod".to_string(), name.to_string())].into(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            ports: vec![(80, "TCP".into(), Some("serve-80-tcp".into())), (81, "UDP".into(), Some("serve-81-udp".into()))],
+            ports: vec![
+                (80, "TCP".into(), Some("serve-80-tcp".into())),
+                (81, "UDP".into(), Some("serve-81-udp".into())),
+            ],
         }
     }
 
@@ -450,7 +477,13 @@ mod tests {
                 protocol: "UDP".into(),
                 backends: vec![("x/a".into(), "fd00:88::2".parse().unwrap(), 5353)],
             },
-            ServiceRule { service: "x/e:1/TCP".into(), vip: "10.96.0.11".parse().unwrap(), port: 1, protocol: "TCP".into(), backends: vec![] },
+            ServiceRule {
+                service: "x/e:1/TCP".into(),
+                vip: "10.96.0.11".parse().unwrap(),
+                port: 1,
+                protocol: "TCP".into(),
+                backends: vec![],
+            },
         ];
         let t = nft_ruleset(&rules);
         assert!(t.starts_with("table inet weir_lab_services {}\ndelete table inet weir_lab_services\n"), "{t}");

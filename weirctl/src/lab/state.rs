@@ -140,7 +140,8 @@ impl Lab {
     /// one-node lab's, and a multi-node lab's found by name, so a crashed
     /// lab is removable without its state file.
     pub fn node_netns_present(&self) -> Vec<String> {
-        let mut v: Vec<String> = sys::netns_names().into_iter().filter(|n| super::naming::is_multi_node_netns(&self.name, n)).collect();
+        let mut v: Vec<String> =
+            sys::netns_names().into_iter().filter(|n| super::naming::is_multi_node_netns(&self.name, n)).collect();
         let single = super::naming::node_netns(&self.name);
         if sys::netns_exists(&single) {
             v.insert(0, single);
@@ -151,7 +152,12 @@ impl Lab {
     pub fn lock(&self) -> Result<LabLock> {
         std::fs::create_dir_all(LAB_ROOT).with_context(|| format!("creating {LAB_ROOT}"))?;
         let path = Path::new(LAB_ROOT).join(format!(".{}.lock", self.name));
-        let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             anyhow::bail!("locking {}: {}", path.display(), std::io::Error::last_os_error());
         }
@@ -164,7 +170,9 @@ impl Lab {
 
     pub fn load_state(&self) -> Result<Option<State>> {
         match std::fs::read(self.state_path()) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("{} is corrupt; run `weirctl lab down --name {}`", self.state_path().display(), self.name))?)),
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("{} is corrupt; run `weirctl lab down --name {}`", self.state_path().display(), self.name)
+            })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.state_path().display())),
         }
@@ -172,7 +180,9 @@ impl Lab {
 
     /// The state of a lab that must exist.
     pub fn require_state(&self) -> Result<State> {
-        self.load_state()?.ok_or_else(|| anyhow::anyhow!("no lab named {:?}; start one with `weirctl lab up --name {}`", self.name, self.name))
+        self.load_state()?.ok_or_else(|| {
+            anyhow::anyhow!("no lab named {:?}; start one with `weirctl lab up --name {}`", self.name, self.name)
+        })
     }
 
     pub fn save_state(&self, st: &State) -> Result<()> {

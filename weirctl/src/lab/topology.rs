@@ -56,10 +56,7 @@ impl Backend {
         match s {
             "host-gw" => Ok(Backend::HostGw),
             "vxlan" => Ok(Backend::Vxlan),
-            other => bail!(
-                "--backend {other:?}: unknown backend; choose one of {}",
-                Backend::CHOICES
-            ),
+            other => bail!("--backend {other:?}: unknown backend; choose one of {}", Backend::CHOICES),
         }
     }
 }
@@ -72,7 +69,10 @@ pub fn validate(nodes: usize, backend: Option<&str>) -> Result<Option<Backend>> 
     }
     let backend = backend.map(Backend::parse).transpose()?;
     match (nodes, backend) {
-        (1, Some(b)) => bail!("--backend {}: a one-node lab has no traffic between nodes; add --nodes 2 (or more) or drop --backend", b.as_str()),
+        (1, Some(b)) => bail!(
+            "--backend {}: a one-node lab has no traffic between nodes; add --nodes 2 (or more) or drop --backend",
+            b.as_str()
+        ),
         (1, None) => Ok(None),
         (_, b) => Ok(Some(b.unwrap_or(Backend::Vxlan))),
     }
@@ -110,10 +110,7 @@ pub fn nodes(lab: &str, dir: &Path, count: usize) -> Vec<LabNode> {
             ipam_dir: dir.join("ipam"),
             policyd_log: dir.join("logs/policyd.log"),
             conflist_path: dir.join("10-weir-lab.conflist"),
-            pod_cidrs: SINGLE_POD_CIDRS
-                .iter()
-                .map(|c| c.parse().expect("constant CIDR"))
-                .collect(),
+            pod_cidrs: SINGLE_POD_CIDRS.iter().map(|c| c.parse().expect("constant CIDR")).collect(),
             internal_ips: vec![],
         }];
     }
@@ -131,11 +128,7 @@ pub fn nodes(lab: &str, dir: &Path, count: usize) -> Vec<LabNode> {
                 conflist_path: node_dir.join("10-weir-lab.conflist"),
                 pod_cidrs: vec![
                     IpNet::new(Ipv4Addr::new(10, 88, k8, 0).into(), 24).expect("valid prefix"),
-                    IpNet::new(
-                        Ipv6Addr::new(0xfd00, 0x88, k as u16, 0, 0, 0, 0, 0).into(),
-                        64,
-                    )
-                    .expect("valid prefix"),
+                    IpNet::new(Ipv6Addr::new(0xfd00, 0x88, k as u16, 0, 0, 0, 0, 0).into(), 64).expect("valid prefix"),
                 ],
                 internal_ips: vec![
                     Ipv4Addr::new(192, 0, 2, k8).into(),
@@ -158,19 +151,13 @@ pub fn bpffs_root(lab: &str) -> PathBuf {
 impl LabNode {
     /// The address prefix of each internal IP on the underlay.
     pub fn underlay_addrs(&self) -> Vec<String> {
-        self.internal_ips
-            .iter()
-            .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 24 } else { 64 }))
-            .collect()
+        self.internal_ips.iter().map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 24 } else { 64 })).collect()
     }
 
     /// The cluster CIDRs the pods' CNI config names.
     pub fn cluster_cidrs(&self) -> Vec<IpNet> {
         if self.multi {
-            CLUSTER_CIDRS
-                .iter()
-                .map(|c| c.parse().expect("constant CIDR"))
-                .collect()
+            CLUSTER_CIDRS.iter().map(|c| c.parse().expect("constant CIDR")).collect()
         } else {
             self.pod_cidrs.clone()
         }
@@ -190,23 +177,13 @@ impl LabNode {
                 labels: Some([("kubernetes.io/hostname".to_string(), self.name.clone())].into()),
                 ..Default::default()
             },
-            spec: Some(NodeSpec {
-                pod_cidr: cidrs.first().cloned(),
-                pod_cidrs: Some(cidrs),
-                ..Default::default()
-            }),
+            spec: Some(NodeSpec { pod_cidr: cidrs.first().cloned(), pod_cidrs: Some(cidrs), ..Default::default() }),
             status: Some(NodeStatus {
                 addresses: Some(
                     self.internal_ips
                         .iter()
-                        .map(|ip| NodeAddress {
-                            type_: "InternalIP".into(),
-                            address: ip.to_string(),
-                        })
-                        .chain(std::iter::once(NodeAddress {
-                            type_: "Hostname".into(),
-                            address: self.name.clone(),
-                        }))
+                        .map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
+                        .chain(std::iter::once(NodeAddress { type_: "Hostname".into(), address: self.name.clone() }))
                         .collect(),
                 ),
                 ..Default::default()
@@ -228,10 +205,7 @@ pub fn merge_annotations(node: &Node, published: &BTreeMap<String, String>) -> O
         return None;
     }
     let mut n = node.clone();
-    n.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .extend(published.clone());
+    n.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(published.clone());
     Some(n)
 }
 
@@ -258,16 +232,9 @@ pub struct Placement<'a> {
 /// nothing pinned and nothing existing this is round-robin in sorted
 /// order, so the 3x3 model on 3 nodes puts x/a, x/b, x/c on node-1, -2, -3:
 /// every namespace spans every node.
-pub fn place(
-    pods: &[Placement],
-    nodes: &[LabNode],
-    existing: &BTreeMap<String, usize>,
-) -> Result<Vec<String>> {
+pub fn place(pods: &[Placement], nodes: &[LabNode], existing: &BTreeMap<String, usize>) -> Result<Vec<String>> {
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    let mut load: Vec<usize> = names
-        .iter()
-        .map(|n| existing.get(*n).copied().unwrap_or(0))
-        .collect();
+    let mut load: Vec<usize> = names.iter().map(|n| existing.get(*n).copied().unwrap_or(0)).collect();
     let mut out: Vec<Option<String>> = vec![None; pods.len()];
     for (i, p) in pods.iter().enumerate() {
         if let Some(want) = p.node_name.filter(|n| !n.is_empty()) {
@@ -281,16 +248,11 @@ pub fn place(
     let mut free: Vec<usize> = (0..pods.len()).filter(|i| out[*i].is_none()).collect();
     free.sort_by(|a, b| split_key(pods[*a].key).cmp(&split_key(pods[*b].key)));
     for i in free {
-        let j = (0..load.len())
-            .min_by_key(|j| (load[*j], *j))
-            .expect("at least one node");
+        let j = (0..load.len()).min_by_key(|j| (load[*j], *j)).expect("at least one node");
         load[j] += 1;
         out[i] = Some(names[j].to_string());
     }
-    Ok(out
-        .into_iter()
-        .map(|n| n.expect("every pod placed"))
-        .collect())
+    Ok(out.into_iter().map(|n| n.expect("every pod placed")).collect())
 }
 
 /// (namespace, name): the sort order of `ns/name` keys that does not depend
@@ -312,22 +274,13 @@ mod tests {
         let n = nodes("t", &dir(), 1);
         assert_eq!(n.len(), 1);
         let n = &n[0];
-        assert_eq!(
-            (n.name.as_str(), n.netns.as_str(), n.multi),
-            ("lab", "weir-t", false)
-        );
+        assert_eq!((n.name.as_str(), n.netns.as_str(), n.multi), ("lab", "weir-t", false));
         assert_eq!(n.bpffs_root, PathBuf::from("/sys/fs/bpf/weir-lab-t"));
         assert_eq!(n.run_dir, dir().join("run"));
         assert_eq!(n.ipam_dir, dir().join("ipam"));
         assert_eq!(n.policyd_log, dir().join("logs/policyd.log"));
         assert_eq!(n.conflist_path, dir().join("10-weir-lab.conflist"));
-        assert_eq!(
-            n.pod_cidrs,
-            vec![
-                "10.88.0.0/16".parse::<IpNet>().unwrap(),
-                "fd00:88::/64".parse().unwrap()
-            ]
-        );
+        assert_eq!(n.pod_cidrs, vec!["10.88.0.0/16".parse::<IpNet>().unwrap(), "fd00:88::/64".parse().unwrap()]);
         assert_eq!(n.cluster_cidrs(), n.pod_cidrs);
         assert!(n.internal_ips.is_empty() && n.host_ip().is_none());
     }
@@ -335,25 +288,13 @@ mod tests {
     #[test]
     fn multi_node_addressing_and_paths() {
         let n = nodes("t", &dir(), 3);
-        assert_eq!(
-            n.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
-            ["node-1", "node-2", "node-3"]
-        );
+        assert_eq!(n.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["node-1", "node-2", "node-3"]);
         let two = &n[1];
         assert_eq!(two.netns, "weir-t-n2");
-        assert_eq!(
-            two.bpffs_root,
-            PathBuf::from("/sys/fs/bpf/weir-lab-t/node-2")
-        );
+        assert_eq!(two.bpffs_root, PathBuf::from("/sys/fs/bpf/weir-lab-t/node-2"));
         assert_eq!(two.run_dir, dir().join("nodes/node-2/run"));
         assert_eq!(two.policyd_log, dir().join("logs/policyd-node-2.log"));
-        assert_eq!(
-            two.pod_cidrs,
-            vec![
-                "10.88.2.0/24".parse::<IpNet>().unwrap(),
-                "fd00:88:2::/64".parse().unwrap()
-            ]
-        );
+        assert_eq!(two.pod_cidrs, vec!["10.88.2.0/24".parse::<IpNet>().unwrap(), "fd00:88:2::/64".parse().unwrap()]);
         assert_eq!(two.underlay_addrs(), ["192.0.2.2/24", "2001:db8:88::2/64"]);
         assert_eq!(two.host_ip(), Some("192.0.2.2".parse().unwrap()));
         // every pod CIDR lies in the cluster CIDRs, and no two overlap
@@ -378,18 +319,9 @@ mod tests {
         let v = serde_json::to_value(nodes("t", &dir(), 2)[0].node_object()).unwrap();
         assert_eq!(v["metadata"]["name"], "node-1");
         assert_eq!(v["spec"]["podCIDR"], "10.88.1.0/24");
-        assert_eq!(
-            v["spec"]["podCIDRs"],
-            serde_json::json!(["10.88.1.0/24", "fd00:88:1::/64"])
-        );
-        assert_eq!(
-            v["status"]["addresses"][0],
-            serde_json::json!({"type": "InternalIP", "address": "192.0.2.1"})
-        );
-        assert_eq!(
-            v["status"]["addresses"][1],
-            serde_json::json!({"type": "InternalIP", "address": "2001:db8:88::1"})
-        );
+        assert_eq!(v["spec"]["podCIDRs"], serde_json::json!(["10.88.1.0/24", "fd00:88:1::/64"]));
+        assert_eq!(v["status"]["addresses"][0], serde_json::json!({"type": "InternalIP", "address": "192.0.2.1"}));
+        assert_eq!(v["status"]["addresses"][1], serde_json::json!({"type": "InternalIP", "address": "2001:db8:88::1"}));
         // policyd reads it with its own parser
         let text = serde_yaml_ng::to_string(&v).unwrap();
         let parsed = weir_policyd::source::manifest::parse("n.yaml", &text).unwrap();
@@ -415,105 +347,38 @@ mod tests {
     #[test]
     fn placement_round_robin_in_sorted_order_and_pins() {
         let ns = nodes("t", &dir(), 3);
-        let keys = [
-            "z/c", "x/a", "y/a", "x/b", "x/c", "y/b", "y/c", "z/a", "z/b",
-        ];
-        let pods: Vec<Placement> = keys
-            .iter()
-            .map(|k| Placement {
-                key: k,
-                node_name: None,
-            })
-            .collect();
+        let keys = ["z/c", "x/a", "y/a", "x/b", "x/c", "y/b", "y/c", "z/a", "z/b"];
+        let pods: Vec<Placement> = keys.iter().map(|k| Placement { key: k, node_name: None }).collect();
         let got = place(&pods, &ns, &BTreeMap::new()).unwrap();
-        let at: BTreeMap<&str, &str> = keys
-            .iter()
-            .copied()
-            .zip(got.iter().map(|s| s.as_str()))
-            .collect();
-        assert_eq!(
-            (at["x/a"], at["x/b"], at["x/c"]),
-            ("node-1", "node-2", "node-3")
-        );
+        let at: BTreeMap<&str, &str> = keys.iter().copied().zip(got.iter().map(|s| s.as_str())).collect();
+        assert_eq!((at["x/a"], at["x/b"], at["x/c"]), ("node-1", "node-2", "node-3"));
         assert_eq!((at["y/a"], at["z/c"]), ("node-1", "node-3"));
         // every namespace spans every node
         for n in ["x", "y", "z"] {
-            let mut on: Vec<&str> = at
-                .iter()
-                .filter(|(k, _)| k.starts_with(&format!("{n}/")))
-                .map(|(_, v)| *v)
-                .collect();
+            let mut on: Vec<&str> =
+                at.iter().filter(|(k, _)| k.starts_with(&format!("{n}/"))).map(|(_, v)| *v).collect();
             on.sort();
             assert_eq!(on, ["node-1", "node-2", "node-3"]);
         }
         // a pinned pod counts; the rest fill the emptiest nodes
         let pods = [
-            Placement {
-                key: "x/a",
-                node_name: Some("node-1"),
-            },
-            Placement {
-                key: "x/b",
-                node_name: None,
-            },
-            Placement {
-                key: "x/c",
-                node_name: Some("node-1"),
-            },
+            Placement { key: "x/a", node_name: Some("node-1") },
+            Placement { key: "x/b", node_name: None },
+            Placement { key: "x/c", node_name: Some("node-1") },
         ];
-        assert_eq!(
-            place(&pods, &ns, &BTreeMap::new()).unwrap(),
-            ["node-1", "node-2", "node-1"]
-        );
+        assert_eq!(place(&pods, &ns, &BTreeMap::new()).unwrap(), ["node-1", "node-2", "node-1"]);
         // an applied pod joins the emptiest node
-        let existing = [
-            ("node-1".to_string(), 2),
-            ("node-2".to_string(), 1),
-            ("node-3".to_string(), 2),
-        ]
-        .into();
-        assert_eq!(
-            place(
-                &[Placement {
-                    key: "q/q",
-                    node_name: None
-                }],
-                &ns,
-                &existing
-            )
-            .unwrap(),
-            ["node-2"]
-        );
-        let e = place(
-            &[Placement {
-                key: "x/a",
-                node_name: Some("node-9"),
-            }],
-            &ns,
-            &BTreeMap::new(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("Pod x/a")
-                && e.contains("\"node-9\"")
-                && e.contains("node-1, node-2, node-3"),
-            "{e}"
-        );
+        let existing = [("node-1".to_string(), 2), ("node-2".to_string(), 1), ("node-3".to_string(), 2)].into();
+        assert_eq!(place(&[Placement { key: "q/q", node_name: None }], &ns, &existing).unwrap(), ["node-2"]);
+        let e = place(&[Placement { key: "x/a", node_name: Some("node-9") }], &ns, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Pod x/a") && e.contains("\"node-9\"") && e.contains("node-1, node-2, node-3"), "{e}");
         // one node: everything on `lab`, which may be named
         let one = nodes("t", &dir(), 1);
         assert_eq!(
             place(
-                &[
-                    Placement {
-                        key: "x/a",
-                        node_name: Some("lab")
-                    },
-                    Placement {
-                        key: "x/b",
-                        node_name: None
-                    }
-                ],
+                &[Placement { key: "x/a", node_name: Some("lab") }, Placement { key: "x/b", node_name: None }],
                 &one,
                 &BTreeMap::new()
             )
@@ -525,22 +390,13 @@ mod tests {
     #[test]
     fn annotations_merge_only_when_they_change() {
         let node = nodes("t", &dir(), 2)[0].node_object();
-        let published: BTreeMap<String, String> =
-            [("weir.io/backend-type".to_string(), "vxlan".to_string())].into();
+        let published: BTreeMap<String, String> = [("weir.io/backend-type".to_string(), "vxlan".to_string())].into();
         let merged = merge_annotations(&node, &published).unwrap();
-        assert_eq!(
-            merged.metadata.annotations.as_ref().unwrap()["weir.io/backend-type"],
-            "vxlan"
-        );
+        assert_eq!(merged.metadata.annotations.as_ref().unwrap()["weir.io/backend-type"], "vxlan");
         assert_eq!(merged.spec, node.spec);
         assert!(merge_annotations(&merged, &published).is_none());
-        let e = parse_annotations(b"[1]", Path::new("/r/node-annotations.json"))
-            .unwrap_err()
-            .to_string();
+        let e = parse_annotations(b"[1]", Path::new("/r/node-annotations.json")).unwrap_err().to_string();
         assert!(e.contains("/r/node-annotations.json"), "{e}");
-        assert_eq!(
-            parse_annotations(br#"{"a":"b"}"#, Path::new("x")).unwrap()["a"],
-            "b"
-        );
+        assert_eq!(parse_annotations(br#"{"a":"b"}"#, Path::new("x")).unwrap()["a"], "b");
     }
 }

@@ -7,10 +7,7 @@ use proptest::prelude::*;
 use std::net::Ipv4Addr;
 
 fn arb_label() -> impl Strategy<Value = (String, String)> {
-    (
-        prop::sample::select(vec!["app", "tier", "role", ""]),
-        prop::sample::select(vec!["a", "b", "c", ""]),
-    )
+    (prop::sample::select(vec!["app", "tier", "role", ""]), prop::sample::select(vec!["a", "b", "c", ""]))
         .prop_map(|(k, v)| (k.to_string(), v.to_string()))
 }
 
@@ -18,10 +15,7 @@ fn arb_selector() -> impl Strategy<Value = Value> {
     let expr = (
         prop::sample::select(vec!["app", "tier", "kubernetes.io/metadata.name", ""]),
         prop::sample::select(vec!["In", "NotIn", "Exists", "DoesNotExist", "Bogus"]),
-        prop::option::of(prop::collection::vec(
-            prop::sample::select(vec!["a", "b", "x", "ns1"]),
-            0..3,
-        )),
+        prop::option::of(prop::collection::vec(prop::sample::select(vec!["a", "b", "x", "ns1"]), 0..3)),
     )
         .prop_map(|(k, op, vals)| match vals {
             Some(v) => json!({"key": k, "operator": op, "values": v}),
@@ -52,20 +46,16 @@ fn arb_peer() -> impl Strategy<Value = Value> {
     prop_oneof![
         arb_selector().prop_map(|s| json!({"podSelector": s})),
         arb_selector().prop_map(|s| json!({"namespaceSelector": s})),
-        (arb_selector(), arb_selector())
-            .prop_map(|(a, b)| json!({"podSelector": a, "namespaceSelector": b})),
+        (arb_selector(), arb_selector()).prop_map(|(a, b)| json!({"podSelector": a, "namespaceSelector": b})),
         (arb_cidr(), prop::collection::vec(arb_cidr(), 0..3))
             .prop_map(|(c, e)| json!({"ipBlock": {"cidr": c, "except": e}})),
         Just(json!({})),
-        (arb_cidr(), arb_selector())
-            .prop_map(|(c, s)| json!({"ipBlock": {"cidr": c}, "podSelector": s})),
+        (arb_cidr(), arb_selector()).prop_map(|(c, s)| json!({"ipBlock": {"cidr": c}, "podSelector": s})),
     ]
 }
 
 fn arb_port() -> impl Strategy<Value = Value> {
-    let proto = prop::option::of(prop::sample::select(vec![
-        "TCP", "UDP", "SCTP", "tcp", "ICMP",
-    ]));
+    let proto = prop::option::of(prop::sample::select(vec!["TCP", "UDP", "SCTP", "tcp", "ICMP"]));
     let port = prop_oneof![
         Just(Value::Null),
         (-5i64..70000).prop_map(|p| json!(p)),
@@ -107,10 +97,7 @@ fn arb_rule(peer_key: &'static str) -> impl Strategy<Value = Value> {
 fn arb_policy() -> impl Strategy<Value = Value> {
     (
         prop::option::of(arb_selector()),
-        prop::option::of(prop::collection::vec(
-            prop::sample::select(vec!["Ingress", "Egress", "Other"]),
-            0..3,
-        )),
+        prop::option::of(prop::collection::vec(prop::sample::select(vec!["Ingress", "Egress", "Other"]), 0..3)),
         prop::option::of(prop::collection::vec(arb_rule("from"), 0..3)),
         prop::option::of(prop::collection::vec(arb_rule("to"), 0..3)),
     )
@@ -157,35 +144,27 @@ fn arb_pod() -> impl Strategy<Value = PodSpec> {
             1i32..100,
         )),
     )
-        .prop_map(
-            |(ns, labels, phase, host_network, ip_last, local, port)| PodSpec {
-                ns,
-                labels,
-                phase,
-                host_network,
-                ip_last,
-                local,
-                port,
-            },
-        )
+        .prop_map(|(ns, labels, phase, host_network, ip_last, local, port)| PodSpec {
+            ns,
+            labels,
+            phase,
+            host_network,
+            ip_last,
+            local,
+            port,
+        })
 }
 
 fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
     let mut f = Fixture::default();
     for i in 0..3 {
-        f.ns(
-            &format!("ns{i}"),
-            &[("tier", if i == 0 { "a" } else { "b" })],
-        );
+        f.ns(&format!("ns{i}"), &[("tier", if i == 0 { "a" } else { "b" })]);
     }
     for (i, p) in pods.iter().enumerate() {
         let ns = format!("ns{}", p.ns);
         let name = format!("p{i}");
-        let ports: Vec<Value> = p
-            .port
-            .iter()
-            .map(|(n, pr, num)| json!({"name": n, "protocol": pr, "containerPort": num}))
-            .collect();
+        let ports: Vec<Value> =
+            p.port.iter().map(|(n, pr, num)| json!({"name": n, "protocol": pr, "containerPort": num})).collect();
         let ip = format!("10.0.0.{}", p.ip_last);
         f.pod_json(
             &ns,
@@ -195,12 +174,7 @@ fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
                    "status": {"phase": p.phase, "podIPs": [{"ip": ip}]}}),
         );
         if p.local {
-            f.locals.push(record(
-                &ns,
-                &name,
-                100 + i as u32,
-                vec![ip.parse().unwrap()],
-            ));
+            f.locals.push(record(&ns, &name, 100 + i as u32, vec![ip.parse().unwrap()]));
         }
     }
     for (i, (ns, spec)) in policies.iter().enumerate() {
@@ -211,18 +185,13 @@ fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
         ) else {
             continue;
         };
-        f.store
-            .policies
-            .insert((format!("ns{ns}"), format!("np{i}")), p);
+        f.store.policies.insert((format!("ns{ns}"), format!("np{i}")), p);
     }
     f
 }
 
 fn arb_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
-    (
-        prop::collection::vec(arb_pod(), 0..12),
-        prop::collection::vec((0usize..3, arb_policy()), 0..5),
-    )
+    (prop::collection::vec(arb_pod(), 0..12), prop::collection::vec((0usize..3, arb_policy()), 0..5))
 }
 
 proptest! {
@@ -348,22 +317,12 @@ pub(super) fn canonical(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>, 
         Some(l) => format!("{}:{:?}", l.namespace, l.labels),
         None => id.to_string(),
     };
-    let mut ipc: Vec<String> = d
-        .ipcache
-        .iter()
-        .map(|(n, e)| format!("{n} {} {} {}", name(e.identity), e.endpoint, e.service))
-        .collect();
+    let mut ipc: Vec<String> =
+        d.ipcache.iter().map(|(n, e)| format!("{n} {} {} {}", name(e.identity), e.endpoint, e.service)).collect();
     let mut eps: Vec<String> = d
         .endpoints
         .iter()
-        .map(|(i, s)| {
-            format!(
-                "{i} {} {} {}",
-                name(s.identity),
-                s.ingress_isolated,
-                s.egress_isolated
-            )
-        })
+        .map(|(i, s)| format!("{i} {} {} {}", name(s.identity), s.ingress_isolated, s.egress_isolated))
         .collect();
     // Classes and rule ids are engine-local numbers too: describe by content.
     let class_of = |c: u32| -> String {
@@ -371,43 +330,23 @@ pub(super) fn canonical(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>, 
             .policy
             .iter()
             .filter(|(k, _)| k.identity == c)
-            .map(|(k, _)| {
-                format!(
-                    "{} {:?} {:?} {:?}",
-                    k.endpoint, k.direction, k.protocol, k.port
-                )
-            })
+            .map(|(k, _)| format!("{} {:?} {:?} {:?}", k.endpoint, k.direction, k.protocol, k.port))
             .collect();
         v.sort();
         v.join(",")
     };
     let rule = |r: u32| {
         d.rule(r)
-            .map(|r| {
-                format!(
-                    "{}/{} {:?} {} {:?}",
-                    r.namespace, r.name, r.direction, r.rule_index, r.peer_index
-                )
-            })
+            .map(|r| format!("{}/{} {:?} {} {:?}", r.namespace, r.name, r.direction, r.rule_index, r.peer_index))
             .unwrap_or_default()
     };
     let mut pol: Vec<String> = d
         .policy
         .iter()
         .map(|(k, v)| {
-            let peer = if k.identity >= ID_FIRST_CIDR {
-                format!("class[{}]", class_of(k.identity))
-            } else {
-                name(k.identity)
-            };
-            format!(
-                "{} {peer} {:?} {:?} {:?} {}",
-                k.endpoint,
-                k.direction,
-                k.protocol,
-                k.port,
-                rule(v.rule)
-            )
+            let peer =
+                if k.identity >= ID_FIRST_CIDR { format!("class[{}]", class_of(k.identity)) } else { name(k.identity) };
+            format!("{} {peer} {:?} {:?} {:?} {}", k.endpoint, k.direction, k.protocol, k.port, rule(v.rule))
         })
         .collect();
     let mut cidr: Vec<String> = d
@@ -419,11 +358,7 @@ pub(super) fn canonical(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>, 
                 k.endpoint,
                 k.direction,
                 k.net,
-                if *c == CIDR_NO_CLASS {
-                    "hole".into()
-                } else {
-                    class_of(*c)
-                }
+                if *c == CIDR_NO_CLASS { "hole".into() } else { class_of(*c) }
             )
         })
         .collect();
