@@ -183,7 +183,16 @@ impl Node {
     pub fn assert_clean(&self, id: &str, pod: Option<&Netns>) {
         assert!(self.reserved_by(id).is_empty(), "leaked reservations of {id}: {:?}", self.reserved_by(id));
         let veth = weir_cni::naming::host_veth(id, "eth0");
-        assert!(!self.ns.has_link(&veth), "leaked host veth {veth}");
+        // DEL hands the veth's removal to a detached process
+        // (src/background.rs): wait for it, generously, before calling it leaked.
+        let gone = (0..3000).any(|_| {
+            let gone = !self.ns.has_link(&veth);
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            gone
+        });
+        assert!(gone, "leaked host veth {veth}");
         let index = self.run_dir().join("ipam").join(&self.network).join(format!("{id}_eth0"));
         assert!(!index.exists(), "leaked reservation index {}", index.display());
         if let Some(pod) = pod {
