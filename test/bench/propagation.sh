@@ -10,8 +10,10 @@
 #           connects in a loop (a fresh socket every ATTEMPT_MS) until the
 #           server answers. Recorded per pod: window_ms, from the netns
 #           appearing (before CNI ADD runs) to the first accepted
-#           connection, an upper bound of "ADD returned until node-2 admits
-#           the first packet"; and the dropped attempts.
+#           connection; after_wired_ms, from the first attempt that found
+#           eth0 configured (ADD sets the address before it returns) to the
+#           first accepted one, the tighter upper bound of "ADD returned
+#           until node-2 admits the first packet"; and the dropped attempts.
 #   nodeadd A Node object (pod CIDR, InternalIP, backend annotations, as a
 #           remote weir-policyd publishes them) is written to the lab's API
 #           directory; node-1's weir-policyd programs its route. Recorded:
@@ -120,7 +122,7 @@ for p in json.load(sys.stdin)["items"]:
         print(next(i["ip"] for i in p["status"]["podIPs"] if ":" not in i["ip"]))')
 
 	for i in $(seq "$PODS"); do
-		name=c$i
+		name=${backend%%-*}-c$i # names of their own per backend: each lab starts clean
 		client_pod "$name" >"$WORK/$name.yaml"
 		python3 "$HERE/propagation/prober.py" "/run/netns/weir-$LAB-p-$name" "$srv" 80 "$WORK/$name.ready" >"$WORK/$name.json" &
 		prober=$!
@@ -133,7 +135,8 @@ for p in json.load(sys.stdin)["items"]:
 		python3 - "$WORK/$name.json" "$backend" "$i" >>"$RAW" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-for m in ("window_ms", "dropped"):
+r["after_wired_ms"] = round(r["admitted_ms"] - r["wired_ms"], 1)
+for m in ("window_ms", "after_wired_ms", "dropped"):
     print(f"{sys.argv[2]},newpod,{sys.argv[3]},{m},{r[m]}")
 EOF
 		"$CTL" lab delete --name "$LAB" -f "$WORK/$name.yaml" >/dev/null
