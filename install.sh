@@ -143,7 +143,11 @@ if [ "$CNI_VERSION" = 1.1.0 ]; then
 		bin="$CNI_BIN_DIR/$p"
 		[ -x "$bin" ] || bin="$REF/$p"
 		[ -x "$bin" ] || continue
-		if ! echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$bin" 2>/dev/null | grep -q '"1.1.0"'; then
+		# Output first, then the test: under pipefail a plugin that exits
+		# without reading stdin (SIGPIPE to echo), or grep -q leaving early,
+		# would fail the pipeline and read as "does not speak 1.1.0".
+		versions=$(echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$bin" 2>/dev/null || true)
+		if ! grep -q '"1.1.0"' <<<"$versions"; then
 			log "--cni-version 1.1.0: $bin does not speak cniVersion 1.1.0, so every pod's ADD would fail;" \
 				"install containernetworking-plugins >= 1.5, or keep the default 1.0.0. Nothing was changed."
 			exit 1
