@@ -60,12 +60,16 @@ fn install_is_idempotent_and_uninstalls() {
 }
 
 /// Chained plugins standing in for portmap/bandwidth: answer VERSION with
-/// `versions`, as the reference plugins do.
+/// `versions`, as the reference plugins do, without reading stdin and with
+/// a second write after the answer (install.sh once piped this into
+/// `grep -q` under pipefail: the late write's SIGPIPE read as "does not
+/// speak the version").
 fn chained_plugins(bin_dir: &Path, versions: &[&str]) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(bin_dir).unwrap();
     let list = versions.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(",");
-    let script = format!("#!/bin/sh\necho '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[{list}]}}'\n");
+    let script =
+        format!("#!/bin/sh\necho '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[{list}]}}'\nsleep 0.2\necho\n");
     for p in ["portmap", "bandwidth"] {
         let path = bin_dir.join(p);
         std::fs::write(&path, &script).unwrap();
