@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, PolicyRule};
 
@@ -17,29 +16,9 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
         return;
     }
     let bin = weir_bin();
-    let id = std::process::id();
-    let node = format!("wcn{id}");
-    let pods: Vec<String> = (1..=3).map(|i| format!("wcp{id}-{i}")).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let g = NetnsGuard::new(
-        pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
-        PathBuf::from(format!("/sys/fs/bpf/weir-tcni-{id}")),
-    );
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "weirtest", "type": "weir", "bridge": "cni0", "mtu": 1500,
-        "hairpinMode": true, "isDefaultGateway": true, "ipMasq": false,
-        "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.78.0.0/24" }]],
-                  "dataDir": tmp.path().join("ipam") },
-        "policy": { "enforce": true, "bpffsRoot": g.root, "runDir": tmp.path().join("run"),
-                    "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue" }
-    });
-    for (i, p) in pods.iter().enumerate() {
-        cni(&bin, &node, "ADD", &format!("c{i}"), p, &conf);
-    }
-    // every process that touched the dataplane has exited; read what ADD recorded
-    let reg = weir_common::registry::Registry::under(tmp.path().join("run"));
-    let rec = |i: usize| reg.get(&format!("c{i}"), "eth0").unwrap().expect("endpoint record");
-    let (r0, r1, r2) = (rec(0), rec(1), rec(2));
+    let c = CniPods::add("cn", 3, "10.78.0.0/24");
+    let (g, node, pods, conf) = (&c.guard, &c.node, &c.pods, &c.conf);
+    let (r0, r1, r2) = (c.record(0), c.record(1), c.record(2));
     let ip = |r: &weir_common::registry::EndpointRecord| *r.ips.iter().find(|a| a.is_ipv4()).unwrap();
     let dp = Dataplane::open(&g.root).unwrap();
     for r in [&r0, &r1, &r2] {
@@ -50,8 +29,7 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
         .join()
         .unwrap());
     }
-    let (p0, p1, p2) =
-        (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]), format!("/run/netns/{}", pods[2]));
+    let (p0, p1, p2) = (c.netns(0), c.netns(1), c.netns(2));
     serve_tcp(&p1, ip(&r1), 8080);
     let target = SocketAddr::new(ip(&r1), 8080);
 
@@ -80,6 +58,6 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
     assert!(dp.counter(r1.host_ifindex, DIR_INGRESS, R_ALLOW_POLICY).unwrap().packets >= 1);
 
     // CNI DEL detaches and forgets the endpoint
-    cni(&bin, &node, "DEL", "c1", &pods[1], &conf);
+    cni(&bin, node, "DEL", "c1", &pods[1], conf);
     assert_eq!(dp.endpoint(r1.host_ifindex).unwrap(), None);
 }

@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,29 +110,9 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
         eprintln!("skipped: needs root");
         return;
     }
-    let bin = weir_bin();
-    let id = std::process::id();
-    let node = format!("wun{id}");
-    let pods: Vec<String> = (1..=2).map(|i| format!("wup{id}-{i}")).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let g = NetnsGuard::new(
-        pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
-        PathBuf::from(format!("/sys/fs/bpf/weir-tupg-{id}")),
-    );
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "weirtest", "type": "weir", "bridge": "cni0", "mtu": 1500,
-        "isDefaultGateway": true, "ipMasq": false,
-        "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.79.0.0/24" }]],
-                  "dataDir": tmp.path().join("ipam") },
-        "policy": { "enforce": true, "bpffsRoot": g.root, "runDir": tmp.path().join("run"),
-                    "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue" }
-    });
-    for (i, p) in pods.iter().enumerate() {
-        cni(&bin, &node, "ADD", &format!("c{i}"), p, &conf);
-    }
-    let reg = weir_common::registry::Registry::under(tmp.path().join("run"));
-    let rec = |i: usize| reg.get(&format!("c{i}"), "eth0").unwrap().expect("endpoint record");
-    let (r0, r1) = (rec(0), rec(1));
+    let c = CniPods::add("up", 2, "10.79.0.0/24");
+    let g = &c.guard;
+    let (r0, r1) = (c.record(0), c.record(1));
     let ip1 = *r1.ips.iter().find(|a| a.is_ipv4()).unwrap();
     let dp = Dataplane::open(&g.root).unwrap();
     // Both isolated both ways; pod 0 may reach pod 1 on TCP 8080 and UDP 8081.
@@ -150,7 +129,7 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
         dp.allow(&rule(r0.host_ifindex, 301, DIR_EGRESS), 1 + n as u32).unwrap();
         dp.allow(&rule(r1.host_ifindex, 300, DIR_INGRESS), 3 + n as u32).unwrap();
     }
-    let (p0, p1) = (format!("/run/netns/{}", pods[0]), format!("/run/netns/{}", pods[1]));
+    let (p0, p1) = (c.netns(0), c.netns(1));
     serve_echo(&p1, ip1, 8080, 8081);
     let tcp = Flow::start(&p0, SocketAddr::new(ip1, 8080), false);
     let udp = Flow::start(&p0, SocketAddr::new(ip1, 8081), true);

@@ -366,3 +366,55 @@ impl FrameWaiter {
         self.0.join().unwrap()
     }
 }
+
+/// `n` pods (`c0`, `c1`, ...) added by the real `weir` binary with
+/// enforcement on, in a node netns and bpffs root of their own; everything
+/// is removed on drop.
+pub struct CniPods {
+    pub node: String,
+    pub pods: Vec<String>,
+    pub conf: serde_json::Value,
+    pub tmp: tempfile::TempDir,
+    pub guard: NetnsGuard,
+}
+
+impl CniPods {
+    /// `tag` keeps names apart between tests; `subnet` is the IPv4 range.
+    pub fn add(tag: &str, n: usize, subnet: &str) -> CniPods {
+        let bin = weir_bin();
+        let id = std::process::id();
+        let node = format!("w{tag}n{id}");
+        let pods: Vec<String> = (1..=n).map(|i| format!("w{tag}p{id}-{i}")).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let guard = NetnsGuard::new(
+            pods.iter().cloned().chain(std::iter::once(node.clone())).collect(),
+            PathBuf::from(format!("/sys/fs/bpf/weir-t{tag}-{id}")),
+        );
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "weirtest", "type": "weir", "bridge": "cni0", "mtu": 1500,
+            "hairpinMode": true, "isDefaultGateway": true, "ipMasq": false,
+            "ipam": { "type": "host-local", "ranges": [[{ "subnet": subnet }]],
+                      "dataDir": tmp.path().join("ipam") },
+            "policy": { "enforce": true, "bpffsRoot": guard.root, "runDir": tmp.path().join("run"),
+                        "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue" }
+        });
+        for (i, p) in pods.iter().enumerate() {
+            cni(&bin, &node, "ADD", &format!("c{i}"), p, &conf);
+        }
+        CniPods { node, pods, conf, tmp, guard }
+    }
+
+    /// What ADD recorded for pod `i` (every process that touched the
+    /// dataplane has exited by now).
+    pub fn record(&self, i: usize) -> EndpointRecord {
+        weir_common::registry::Registry::under(self.tmp.path().join("run"))
+            .get(&format!("c{i}"), "eth0")
+            .unwrap()
+            .expect("endpoint record")
+    }
+
+    /// The netns path of pod `i`.
+    pub fn netns(&self, i: usize) -> String {
+        format!("/run/netns/{}", self.pods[i])
+    }
+}
