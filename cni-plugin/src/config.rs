@@ -471,6 +471,12 @@ fn parse_ipam(v: &Value, node: Option<&NodeFile>) -> Result<Ipam> {
     }
     let mut raw_sets: Vec<(String, Vec<Value>)> = Vec::new();
     match field(v, "ranges") {
+        Some(Value::Array(sets)) if sets.is_empty() => {
+            return Err(CniError::config(
+                "ipam.ranges is an empty list; give at least one range set, e.g. [[{\"subnet\": \"10.244.1.0/24\"}]], \
+                 or leave ranges out to use this node's pod CIDRs from weir-policyd",
+            ))
+        }
         Some(Value::Array(sets)) => {
             for (i, set) in sets.iter().enumerate() {
                 let ranges = set.as_array().ok_or_else(|| {
@@ -518,7 +524,9 @@ fn parse_ipam(v: &Value, node: Option<&NodeFile>) -> Result<Ipam> {
             Some(NodeFile::Unusable(e)) => {
                 ranges_pending = Some(format!("ipam.ranges is left out and this node's network file is unusable: {e}"))
             }
-            None => unreachable!("the node network file is read whenever host-local has no ranges"),
+            // node_network_if_needed reads the file whenever host-local has
+            // neither ranges nor subnet; stay an error rather than a panic.
+            None => return Err(CniError::config("ipam gives no ranges; set ipam.ranges")),
         }
     }
     let mut range_sets = Vec::new();
@@ -683,6 +691,17 @@ mod tests {
             v["bridge"] = json!(good);
             assert_eq!(parse_netconf(v).unwrap().bridge, good);
         }
+    }
+
+    /// `"ranges": []` once reached a panic (found by the cni_config fuzzer):
+    /// ranges present, so the node file was not read, yet no range set given.
+    #[test]
+    fn an_empty_ranges_list_is_a_config_error_not_a_panic() {
+        let mut v = base();
+        v["ipam"]["ranges"] = json!([]);
+        let e = err(v);
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.starts_with("ipam.ranges is an empty list"), "{}", e.msg);
     }
 
     fn without_ranges(run_dir: &Path) -> Value {
