@@ -30,7 +30,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use weir_bpf::abi::*;
-use weir_bpf::{Dataplane, PolicyRule};
+use weir_bpf::policy::PortBlock;
+use weir_bpf::{Dataplane, Direction, PolicyMatch};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -98,17 +99,17 @@ fn main() {
     // server's ingress from the client (a remote pod's half is its node's)
     let mut local = vec![];
     if let Some(s) = server.ifindex {
-        local.push((s, client.identity, DIR_INGRESS));
+        local.push((s, client.identity, Direction::Ingress));
     }
     if let Some(c) = client.ifindex {
-        local.push((c, server.identity, DIR_EGRESS));
+        local.push((c, server.identity, Direction::Egress));
     }
     let flows = ports.iter().map(|&p| (6u8, p)).chain(udp_ports.iter().map(|&p| (17u8, p)));
     let mut rules = 0;
     for (proto, p) in flows {
         for (i, &(endpoint, identity, direction)) in local.iter().enumerate() {
-            let rule = PolicyRule { endpoint, identity, direction, protocol: Some(proto), ports: Some(p..=p) };
-            dp.allow(&rule, 1 + i as u32).unwrap();
+            dp.allow(&PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(p..=p)), 1 + i as u32)
+                .unwrap();
             rules += 1;
         }
     }
@@ -139,8 +140,9 @@ fn main() {
         )
         .unwrap();
         let (ep, _, dir) = local[i as usize % local.len()];
-        let key = PolicyKey::new(ep, 10_000 + i, dir, 6, 1000 + (i % 50_000) as u16);
-        dp.set_policy(POLICY_FULL_BITS, &key, &PolicyValue::allow(3)).unwrap();
+        let port = Some(PortBlock::single(1000 + (i % 50_000) as u16));
+        let m = PolicyMatch { endpoint: ep, identity: 10_000 + i, direction: dir, protocol: Some(6), port };
+        dp.set_policy(&m, &PolicyValue::allow(3)).unwrap();
     }
     for idx in [client.ifindex, server.ifindex].into_iter().flatten() {
         dp.attach(idx).unwrap();

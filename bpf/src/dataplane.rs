@@ -2,7 +2,8 @@ use crate::abi::*;
 use crate::addr;
 use crate::error::Error;
 use crate::events::EventReader;
-use crate::ports::port_range_blocks;
+use crate::lpm::LpmPair;
+use crate::policy::{Direction, PolicyMatch};
 use crate::sys;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
@@ -12,7 +13,6 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOp
 use ipnet::IpNet;
 use std::fs::File;
 use std::io;
-use std::ops::RangeInclusive;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -66,36 +66,6 @@ impl Hook {
     }
 }
 
-/// A NetworkPolicy-level allow: peer identity (or ANY), direction, protocol
-/// (None = any protocol, any port) and ports (None = any port).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyRule {
-    pub endpoint: u32,
-    pub identity: u32,
-    pub direction: u8,
-    pub protocol: Option<u8>,
-    pub ports: Option<RangeInclusive<u16>>,
-}
-
-impl PolicyRule {
-    /// The LPM entries (prefix length, key) that encode this rule: one for
-    /// "any protocol" or "any port", else one per aligned port block.
-    pub fn prefixes(&self) -> Vec<(u32, PolicyKey)> {
-        let Some(proto) = self.protocol else {
-            return vec![(POLICY_FIXED_BITS, PolicyKey::new(self.endpoint, self.identity, self.direction, 0, 0))];
-        };
-        match &self.ports {
-            None => {
-                vec![(POLICY_FIXED_BITS + 8, PolicyKey::new(self.endpoint, self.identity, self.direction, proto, 0))]
-            }
-            Some(r) => port_range_blocks(*r.start(), *r.end())
-                .into_iter()
-                .map(|b| (b.prefix_len(), PolicyKey::new(self.endpoint, self.identity, self.direction, proto, b.start)))
-                .collect(),
-        }
-    }
-}
-
 /// A conntrack entry with its expiry relative to now.
 #[derive(Clone, Debug)]
 pub struct CtEntry {
@@ -120,14 +90,9 @@ impl CtEntry {
 /// processes may hold one at the same time.
 pub struct Dataplane {
     root: PathBuf,
-    ipcache: Mutex<LpmTrie<MapData, IpcacheKey, IpcacheValue>>,
-    /// Full-length ipcache entries (`weir_abi.h`): the key is the trie's
-    /// key with prefix length 128.
-    ipcache_exact: Mutex<HashMap<MapData, Key<IpcacheKey>, IpcacheValue>>,
+    ipcache: LpmPair<IpcacheKey, IpcacheValue>,
     endpoints: Mutex<HashMap<MapData, u32, Endpoint>>,
-    policy: Mutex<LpmTrie<MapData, PolicyKey, PolicyValue>>,
-    /// Full-length policy keys (`weir_abi.h`).
-    policy_exact: Mutex<HashMap<MapData, Key<PolicyKey>, PolicyValue>>,
+    policy: LpmPair<PolicyKey, PolicyValue>,
     cidr: Mutex<LpmTrie<MapData, CidrKey, CidrValue>>,
     ct: Mutex<HashMap<MapData, CtKey, CtValue>>,
     counters: Mutex<PerCpuHashMap<MapData, CounterKey, CounterValue>>,
@@ -150,11 +115,11 @@ impl RootLock {
     }
 }
 
-fn map_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(MapError) -> Error + 'a {
+pub(crate) fn map_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(MapError) -> Error + 'a {
     move |source| Error::Map { path: path.to_path_buf(), op, source: Box::new(source) }
 }
 
-fn not_found(e: &MapError) -> bool {
+pub(crate) fn not_found(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -162,7 +127,17 @@ fn not_found(e: &MapError) -> bool {
     }
 }
 
-fn open_map(root: &Path, name: &str) -> Result<Map, Error> {
+fn ipcache_key(net: IpNet) -> Key<IpcacheKey> {
+    let (len, addr) = addr::net_to_prefix(net);
+    Key::new(len, IpcacheKey { addr })
+}
+
+fn cidr_key(endpoint: u32, direction: Direction, net: IpNet) -> Key<CidrKey> {
+    let (len, addr) = addr::net_to_prefix(net);
+    Key::new(CIDR_FIXED_BITS + len, CidrKey { endpoint, direction: direction.as_u8(), pad: [0; 3], addr })
+}
+
+pub(crate) fn open_map(root: &Path, name: &str) -> Result<Map, Error> {
     let path = root.join(name);
     if !path.exists() {
         return Err(Error::NotLoaded { root: root.to_path_buf(), path });
@@ -177,20 +152,6 @@ macro_rules! typed {
         let path = $root.join($name);
         Mutex::new(<$ty>::try_from(m).map_err(map_err(&path, "check key/value sizes"))?)
     }};
-}
-
-/// Append (prefix length, key, value) of every entry of a trie or of its
-/// exact-match hash (both keyed by `Key<K>`).
-fn collect_prefixed<K: aya::Pod, V>(
-    out: &mut Vec<(u32, K, V)>,
-    path: &Path,
-    entries: impl Iterator<Item = Result<(Key<K>, V), MapError>>,
-) -> Result<(), Error> {
-    for r in entries {
-        let (k, v) = r.map_err(map_err(path, "iterate"))?;
-        out.push((k.prefix_len(), k.data(), v));
-    }
-    Ok(())
 }
 
 /// The nearest existing ancestor of `root` must be on bpffs. Mounting is
@@ -447,11 +408,9 @@ impl Dataplane {
         }
         Ok(Dataplane {
             root: root.to_path_buf(),
-            ipcache: typed!(root, MAP_IPCACHE, LpmTrie<MapData, IpcacheKey, IpcacheValue>),
-            ipcache_exact: typed!(root, MAP_IPCACHE_EXACT, HashMap<MapData, Key<IpcacheKey>, IpcacheValue>),
+            ipcache: LpmPair::open(root, MAP_IPCACHE, MAP_IPCACHE_EXACT, IPCACHE_FULL_BITS)?,
             endpoints: typed!(root, MAP_ENDPOINTS, HashMap<MapData, u32, Endpoint>),
-            policy: typed!(root, MAP_POLICY, LpmTrie<MapData, PolicyKey, PolicyValue>),
-            policy_exact: typed!(root, MAP_POLICY_EXACT, HashMap<MapData, Key<PolicyKey>, PolicyValue>),
+            policy: LpmPair::open(root, MAP_POLICY, MAP_POLICY_EXACT, POLICY_FULL_BITS)?,
             cidr: typed!(root, MAP_CIDR, LpmTrie<MapData, CidrKey, CidrValue>),
             ct: typed!(root, MAP_CT, HashMap<MapData, CtKey, CtValue>),
             counters: typed!(root, MAP_COUNTERS, PerCpuHashMap<MapData, CounterKey, CounterValue>),
@@ -675,146 +634,91 @@ impl Dataplane {
     // ---- ipcache -------------------------------------------------------------
 
     pub fn set_ipcache(&self, net: IpNet, value: &IpcacheValue) -> Result<(), Error> {
-        let (len, a) = addr::net_to_prefix(net);
-        let key = Key::new(len, IpcacheKey { addr: a });
-        if len == IPCACHE_FULL_BITS {
-            let p = self.root.join(MAP_IPCACHE_EXACT);
-            return self.ipcache_exact.lock().unwrap().insert(key, value, 0).map_err(map_err(&p, "update"));
-        }
-        let p = self.root.join(MAP_IPCACHE);
-        self.ipcache.lock().unwrap().insert(&key, value, 0).map_err(map_err(&p, "update"))
+        self.ipcache.insert(&ipcache_key(net), value)
     }
 
     /// Longest-prefix match for one address, as the programs see it.
     pub fn ipcache_lookup(&self, ip: std::net::IpAddr) -> Result<Option<IpcacheValue>, Error> {
-        let key = Key::new(IPCACHE_FULL_BITS, IpcacheKey { addr: addr::to_bytes(ip) });
-        let p = self.root.join(MAP_IPCACHE_EXACT);
-        match self.ipcache_exact.lock().unwrap().get(&key, 0) {
-            Ok(v) => return Ok(Some(v)),
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(map_err(&p, "lookup")(e)),
-        }
-        let p = self.root.join(MAP_IPCACHE);
-        match self.ipcache.lock().unwrap().get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(&p, "lookup")(e)),
-        }
+        self.ipcache.lookup(IpcacheKey { addr: addr::to_bytes(ip) })
     }
 
     pub fn remove_ipcache(&self, net: IpNet) -> Result<(), Error> {
-        let (len, a) = addr::net_to_prefix(net);
-        let key = Key::new(len, IpcacheKey { addr: a });
-        let (p, r) = if len == IPCACHE_FULL_BITS {
-            (self.root.join(MAP_IPCACHE_EXACT), self.ipcache_exact.lock().unwrap().remove(&key))
-        } else {
-            (self.root.join(MAP_IPCACHE), self.ipcache.lock().unwrap().remove(&key))
-        };
-        match r {
-            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
-            _ => Ok(()),
-        }
+        self.ipcache.remove(&ipcache_key(net))
     }
 
     /// Every entry, trie and hash alike, sorted by prefix.
     pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, Error> {
-        let mut raw = Vec::new();
-        collect_prefixed(&mut raw, &self.root.join(MAP_IPCACHE), self.ipcache.lock().unwrap().iter())?;
-        collect_prefixed(&mut raw, &self.root.join(MAP_IPCACHE_EXACT), self.ipcache_exact.lock().unwrap().iter())?;
-        let mut v: Vec<_> = raw.into_iter().map(|(l, k, v)| (addr::prefix_to_net(l, k.addr), v)).collect();
+        let mut v: Vec<_> = self
+            .ipcache
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (addr::prefix_to_net(k.prefix_len(), k.data().addr), v))
+            .collect();
         v.sort_by_key(|(n, _)| *n);
         Ok(v)
     }
 
     // ---- policy --------------------------------------------------------------
 
-    /// Insert one raw LPM entry (see [`PolicyRule::prefixes`]).
-    pub fn set_policy(&self, prefix_len: u32, key: &PolicyKey, value: &PolicyValue) -> Result<(), Error> {
-        if !(POLICY_FIXED_BITS..=POLICY_FULL_BITS).contains(&prefix_len) {
-            return Err(Error::Invalid {
-                field: "policy prefix_len",
-                msg: format!("{prefix_len} outside {POLICY_FIXED_BITS}..={POLICY_FULL_BITS} (endpoint, identity and direction always match in full)"),
-            });
-        }
-        let k = Key::new(prefix_len, *key);
-        if prefix_len == POLICY_FULL_BITS {
-            let p = self.root.join(MAP_POLICY_EXACT);
-            return self.policy_exact.lock().unwrap().insert(k, value, 0).map_err(map_err(&p, "update"));
-        }
-        let p = self.root.join(MAP_POLICY);
-        self.policy.lock().unwrap().insert(&k, value, 0).map_err(map_err(&p, "update"))
+    pub fn set_policy(&self, m: &PolicyMatch, value: &PolicyValue) -> Result<(), Error> {
+        self.policy.insert(&m.encode(), value)
     }
 
-    pub fn remove_policy(&self, prefix_len: u32, key: &PolicyKey) -> Result<(), Error> {
-        let k = Key::new(prefix_len, *key);
-        let (p, r) = if prefix_len == POLICY_FULL_BITS {
-            (self.root.join(MAP_POLICY_EXACT), self.policy_exact.lock().unwrap().remove(&k))
-        } else {
-            (self.root.join(MAP_POLICY), self.policy.lock().unwrap().remove(&k))
-        };
-        match r {
-            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
-            _ => Ok(()),
-        }
+    pub fn remove_policy(&self, m: &PolicyMatch) -> Result<(), Error> {
+        self.policy.remove(&m.encode())
     }
 
-    /// Insert every entry of `rule` with rule id `rule_id`.
-    pub fn allow(&self, rule: &PolicyRule, rule_id: u32) -> Result<(), Error> {
-        for (len, key) in rule.prefixes() {
-            self.set_policy(len, &key, &PolicyValue::allow(rule_id))?;
-        }
-        Ok(())
+    /// Allow every entry of `matches` with rule id `rule_id`.
+    pub fn allow(&self, matches: &[PolicyMatch], rule_id: u32) -> Result<(), Error> {
+        matches.iter().try_for_each(|m| self.set_policy(m, &PolicyValue::allow(rule_id)))
     }
 
-    pub fn unallow(&self, rule: &PolicyRule) -> Result<(), Error> {
-        for (len, key) in rule.prefixes() {
-            self.remove_policy(len, &key)?;
-        }
-        Ok(())
+    pub fn unallow(&self, matches: &[PolicyMatch]) -> Result<(), Error> {
+        matches.iter().try_for_each(|m| self.remove_policy(m))
     }
 
-    /// (prefix_len, key, value) of every policy entry, trie and hash alike.
-    pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, Error> {
-        let mut out = Vec::new();
-        collect_prefixed(&mut out, &self.root.join(MAP_POLICY), self.policy.lock().unwrap().iter())?;
-        collect_prefixed(&mut out, &self.root.join(MAP_POLICY_EXACT), self.policy_exact.lock().unwrap().iter())?;
-        Ok(out)
+    /// Every policy entry, trie and hash alike, sorted. A key no
+    /// [`PolicyMatch`] encodes to is left out: only a different build's
+    /// programs could have written it, and the ABI check refuses those.
+    pub fn policy_entries(&self) -> Result<Vec<(PolicyMatch, PolicyValue)>, Error> {
+        let mut v: Vec<_> =
+            self.policy.entries()?.into_iter().filter_map(|(k, v)| Some((PolicyMatch::decode(&k)?, v))).collect();
+        v.sort_by_key(|(m, _)| *m);
+        Ok(v)
     }
 
     // ---- ipBlock classes ---------------------------------------------------------
 
-    pub fn set_cidr(&self, endpoint: u32, direction: u8, net: IpNet, class: u32) -> Result<(), Error> {
+    pub fn set_cidr(&self, endpoint: u32, direction: Direction, net: IpNet, class: u32) -> Result<(), Error> {
         let p = self.root.join(MAP_CIDR);
-        let (len, a) = addr::net_to_prefix(net);
-        let key = CidrKey { endpoint, direction, pad: [0; 3], addr: a };
         self.cidr
             .lock()
             .unwrap()
-            .insert(&Key::new(CIDR_FIXED_BITS + len, key), CidrValue { identity: class }, 0)
+            .insert(&cidr_key(endpoint, direction, net), CidrValue { identity: class }, 0)
             .map_err(map_err(&p, "update"))
     }
 
-    pub fn remove_cidr(&self, endpoint: u32, direction: u8, net: IpNet) -> Result<(), Error> {
+    pub fn remove_cidr(&self, endpoint: u32, direction: Direction, net: IpNet) -> Result<(), Error> {
         let p = self.root.join(MAP_CIDR);
-        let (len, a) = addr::net_to_prefix(net);
-        let key = CidrKey { endpoint, direction, pad: [0; 3], addr: a };
-        match self.cidr.lock().unwrap().remove(&Key::new(CIDR_FIXED_BITS + len, key)) {
+        match self.cidr.lock().unwrap().remove(&cidr_key(endpoint, direction, net)) {
             Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
             _ => Ok(()),
         }
     }
 
-    /// (endpoint, direction, prefix, class) of every ipBlock entry.
-    pub fn cidr_entries(&self) -> Result<Vec<(u32, u8, IpNet, u32)>, Error> {
+    /// (endpoint, direction, prefix, class) of every ipBlock entry (one
+    /// with a direction byte no direction has is left out).
+    pub fn cidr_entries(&self) -> Result<Vec<(u32, Direction, IpNet, u32)>, Error> {
         let p = self.root.join(MAP_CIDR);
         let m = self.cidr.lock().unwrap();
         let mut out = Vec::new();
         for r in m.iter() {
             let (k, v) = r.map_err(map_err(&p, "iterate"))?;
             let d = k.data();
+            let Some(direction) = Direction::from_u8(d.direction) else { continue };
             out.push((
                 d.endpoint,
-                d.direction,
+                direction,
                 addr::prefix_to_net(k.prefix_len() - CIDR_FIXED_BITS, d.addr),
                 v.identity,
             ));

@@ -12,16 +12,19 @@ pub mod abi;
 pub mod addr;
 pub mod bpffs;
 pub mod pkt;
-pub mod ports;
+pub mod policy;
 mod sys;
 
 mod dataplane;
 mod error;
 mod events;
+mod lifecycle;
+mod lpm;
 
-pub use dataplane::{build_id, CtEntry, Dataplane, Hook, PolicyRule, Upgrade, TC_DROP, TC_PASS};
+pub use dataplane::{build_id, CtEntry, Dataplane, Hook, Upgrade, TC_DROP, TC_PASS};
 pub use error::Error;
 pub use events::EventReader;
+pub use policy::{Direction, PolicyMatch};
 pub use sys::monotonic_ns;
 
 /// Default bpffs root, the same as `weir_common::paths::DEFAULT_BPFFS_ROOT`.

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use weir_bpf::abi::*;
-use weir_bpf::{Dataplane, PolicyRule};
+use weir_bpf::{Dataplane, Direction, PolicyMatch};
 
 #[test]
 fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
@@ -39,17 +39,7 @@ fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
     // what policyd does: identities, ipcache, policy, READY
     program_like_policyd(&dp, &r0, 300, EP_READY);
     program_like_policyd(&dp, &r2, 302, EP_READY);
-    dp.allow(
-        &PolicyRule {
-            endpoint: r1.host_ifindex,
-            identity: 300,
-            direction: DIR_INGRESS,
-            protocol: Some(6),
-            ports: Some(8080..=8080),
-        },
-        1,
-    )
-    .unwrap();
+    dp.allow(&PolicyMatch::cover(r1.host_ifindex, 300, Direction::Ingress, Some(6), Some(8080..=8080)), 1).unwrap();
     program_like_policyd(&dp, &r1, 301, EP_READY | EP_INGRESS_ISOLATED);
 
     assert!(tcp_ok(&p0, target), "allowed by policy");

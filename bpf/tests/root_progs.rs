@@ -9,7 +9,7 @@ use common::pkt::{ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, NA_OVERRIDE, NA_SOLICIT
 use common::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weir_bpf::abi::*;
-use weir_bpf::{Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
+use weir_bpf::{Dataplane, Direction, Hook, PolicyMatch, TC_DROP, TC_PASS};
 
 const ID_A: u32 = 300;
 const ID_B: u32 = 301;
@@ -83,8 +83,10 @@ impl Env {
         weir_bpf::addr::eui64_link_local(self.mac(ifindex))
     }
     fn allow(&self, endpoint: u32, identity: u32, direction: u8, protocol: Option<u8>, ports: Option<(u16, u16)>) {
-        let rule = PolicyRule { endpoint, identity, direction, protocol, ports: ports.map(|(a, b)| a..=b) };
-        self.dp.allow(&rule, 7).unwrap();
+        let direction = Direction::from_u8(direction).unwrap();
+        self.dp
+            .allow(&PolicyMatch::cover(endpoint, identity, direction, protocol, ports.map(|(a, b)| a..=b)), 7)
+            .unwrap();
     }
     fn run(&self, hook: Hook, ifindex: u32, frame: &[u8]) -> i32 {
         self.dp.run(hook, frame, ifindex).unwrap()
@@ -348,8 +350,8 @@ fn root_cidr_classes() {
     let Some(e) = Env::new("cidr") else { return };
     e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
     let class = ID_FIRST_CIDR + 1;
-    e.dp.set_cidr(e.b, DIR_INGRESS, "10.1.0.0/16".parse().unwrap(), class).unwrap();
-    e.dp.set_cidr(e.b, DIR_INGRESS, "fd01::/48".parse().unwrap(), class).unwrap();
+    e.dp.set_cidr(e.b, Direction::Ingress, "10.1.0.0/16".parse().unwrap(), class).unwrap();
+    e.dp.set_cidr(e.b, Direction::Ingress, "fd01::/48".parse().unwrap(), class).unwrap();
     e.allow(e.b, class, DIR_INGRESS, Some(TCP), Some((80, 80)));
     assert!(e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 80, SYN)));
     assert!(e.to(e.b, &pkt::tcp(ip("10.1.200.3"), 1, ip(B4), 80, SYN)));
@@ -357,7 +359,7 @@ fn root_cidr_classes() {
     assert!(!e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 81, SYN)));
     assert!(e.to(e.b, &pkt::tcp(ip(R6), 1, ip(B6), 80, SYN)));
     let entries = e.dp.cidr_entries().unwrap();
-    assert!(entries.contains(&(e.b, DIR_INGRESS, "10.1.0.0/16".parse().unwrap(), class)));
+    assert!(entries.contains(&(e.b, Direction::Ingress, "10.1.0.0/16".parse().unwrap(), class)));
 }
 
 #[test]

@@ -118,18 +118,19 @@ fn root_exact_entries_and_prefixes_read_as_one_longest_prefix_map() {
     assert_eq!(dp.ipcache_lookup(host).unwrap().map(|v| v.identity), Some(500), "back to the prefix");
 
     // policy: a single-port rule (hash) and a range rule (trie) side by side
-    let rule = |ports| weir_bpf::PolicyRule {
-        endpoint: 9,
-        identity: 300,
-        direction: abi::DIR_INGRESS,
-        protocol: Some(6),
-        ports,
-    };
+    let rule = |ports| weir_bpf::PolicyMatch::cover(9, 300, weir_bpf::Direction::Ingress, Some(6), ports);
     dp.allow(&rule(Some(80..=80)), 1).unwrap();
     dp.allow(&rule(Some(1000..=1999)), 2).unwrap();
     let entries = dp.policy_entries().unwrap();
-    assert!(entries.iter().any(|(l, _, v)| *l == abi::POLICY_FULL_BITS && v.rule == 1), "{entries:?}");
-    assert!(entries.iter().any(|(l, _, v)| *l < abi::POLICY_FULL_BITS && v.rule == 2), "{entries:?}");
+    let full = |m: &weir_bpf::PolicyMatch| m.encode().prefix_len() == abi::POLICY_FULL_BITS;
+    assert!(entries.iter().any(|(m, v)| full(m) && v.rule == 1), "{entries:?}");
+    assert!(entries.iter().any(|(m, v)| !full(m) && v.rule == 2), "{entries:?}");
+    // read back as written: 80 exactly, 1000..=1999 as its aligned blocks
+    let mut read: Vec<_> = entries.iter().map(|(m, _)| *m).collect();
+    let mut written = [rule(Some(80..=80)), rule(Some(1000..=1999))].concat();
+    read.sort();
+    written.sort();
+    assert_eq!(read, written);
     dp.unallow(&rule(Some(80..=80))).unwrap();
     dp.unallow(&rule(Some(1000..=1999))).unwrap();
     assert!(dp.policy_entries().unwrap().is_empty());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use weir_bpf::abi::*;
-use weir_bpf::{Dataplane, Hook, PolicyRule};
+use weir_bpf::{Dataplane, Direction, Hook, PolicyMatch};
 
 /// Echo servers for TCP (every connection, every 4-byte message) and UDP.
 fn serve_echo(ns: &str, ip: IpAddr, tcp: u16, udp: u16) {
@@ -119,15 +119,11 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
     program_like_policyd(&dp, &r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
     program_like_policyd(&dp, &r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
     for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
-        let rule = |endpoint, identity, direction| PolicyRule {
-            endpoint,
-            identity,
-            direction,
-            protocol: Some(proto),
-            ports: Some(port..=port),
+        let rule = |endpoint, identity, direction| {
+            PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(port..=port))
         };
-        dp.allow(&rule(r0.host_ifindex, 301, DIR_EGRESS), 1 + n as u32).unwrap();
-        dp.allow(&rule(r1.host_ifindex, 300, DIR_INGRESS), 3 + n as u32).unwrap();
+        dp.allow(&rule(r0.host_ifindex, 301, Direction::Egress), 1 + n as u32).unwrap();
+        dp.allow(&rule(r1.host_ifindex, 300, Direction::Ingress), 3 + n as u32).unwrap();
     }
     let (p0, p1) = (c.netns(0), c.netns(1));
     serve_echo(&p1, ip1, 8080, 8081);

@@ -7,7 +7,7 @@ use crate::config::Policy;
 use crate::error::{code, CniError, Result};
 use ipnet::IpNet;
 use std::net::IpAddr;
-use weir_bpf::abi::{self, Endpoint, IpcacheValue};
+use weir_bpf::abi;
 
 pub struct Dataplane {
     inner: weir_bpf::Dataplane,
@@ -15,10 +15,6 @@ pub struct Dataplane {
 
 fn dp_err(what: impl std::fmt::Display) -> impl FnOnce(weir_bpf::Error) -> CniError {
     move |e| CniError::new(code::DATAPLANE, format!("{what}: {e}"))
-}
-
-fn host_net(ip: IpAddr) -> IpNet {
-    IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix")
 }
 
 impl Dataplane {
@@ -43,26 +39,21 @@ impl Dataplane {
     /// Whether the pinned maps exist (STATUS: cheap, no bpf syscalls).
     pub fn pins_present(policy: &Policy) -> bool {
         let r = &policy.bpffs_root;
-        r.join("weir_endpoints").exists() && r.join("weir_ipcache").exists() && r.join("progs").exists()
+        r.join(abi::MAP_ENDPOINTS).exists() && r.join(abi::MAP_IPCACHE).exists() && r.join("progs").exists()
     }
 
-    /// The entry the programs look up, written before they are attached so
-    /// that no packet ever meets a program without its endpoint: the pod
-    /// interface's MAC and addresses (what the pod may claim as its own and
-    /// may receive, from its first packet), identity 0 and not READY:
-    /// fail-closed (or open, if so configured) until policyd programs it.
+    /// The not-READY entry a pod's first packet meets, written before the
+    /// programs are attached ([`weir_bpf::Dataplane::admit_pod`]).
     pub fn add_endpoint(&self, ifindex: u32, pod_mac: &str, addrs: &[IpNet], open_until_ready: bool) -> Result<()> {
         let mac = weir_bpf::addr::parse_mac(pod_mac).ok_or_else(|| {
             CniError::new(code::DATAPLANE, format!("pod interface MAC {pod_mac:?}: expected aa:bb:cc:dd:ee:ff"))
         })?;
-        let flags = if open_until_ready { abi::EP_OPEN_UNTIL_READY } else { 0 };
-        let ep = Endpoint::for_pod(mac, addrs, flags).map_err(|e| match e {
+        self.inner.admit_pod(ifindex, mac, addrs, open_until_ready).map_err(|e| match e {
             weir_bpf::Error::Invalid { field: "pod addresses", .. } => CniError::config(format!(
                 "policy.enforce: {e} (as Kubernetes podIPs); give ipam.ranges at most one range set per family"
             )),
             e => dp_err(format!("endpoint {ifindex}"))(e),
-        })?;
-        self.inner.set_endpoint(ifindex, &ep).map_err(dp_err(format!("endpoint {ifindex}")))
+        })
     }
 
     pub fn attach(&self, ifindex: u32) -> Result<()> {
@@ -79,28 +70,21 @@ impl Dataplane {
 
     /// Gateways are this node: HOST identity.
     pub fn set_host_addresses(&self, ips: &[IpAddr]) -> Result<()> {
-        let v = IpcacheValue { identity: abi::ID_HOST, endpoint: 0, flags: 0, pad: 0 };
-        for ip in ips {
-            self.inner.set_ipcache(host_net(*ip), &v).map_err(dp_err(format!("ipcache {ip}")))?;
-        }
-        Ok(())
+        self.inner.set_host_addresses(ips).map_err(dp_err(format!("ipcache host addresses {ips:?}")))
     }
 
     pub fn is_ready(&self, ifindex: u32) -> Result<bool> {
-        let ep = self.inner.endpoint(ifindex).map_err(dp_err(format!("endpoint {ifindex}")))?;
-        Ok(ep.is_some_and(|e| e.flags & abi::EP_READY != 0))
+        self.inner.is_ready(ifindex).map_err(dp_err(format!("endpoint {ifindex}")))
     }
 
-    /// Undo everything for one endpoint: detach, then the map entries
-    /// (`forget`). Every part tolerates "already gone"; all failures are
-    /// returned.
+    /// Undo everything for one endpoint ([`weir_bpf::Dataplane::retire_pod`]);
+    /// all failures are returned.
     pub fn remove(&self, ifindex: u32, ips: &[IpAddr]) -> Vec<CniError> {
-        let mut errs = Vec::new();
-        if let Err(e) = self.detach(ifindex) {
-            errs.push(e);
-        }
-        errs.extend(self.forget(ifindex, ips));
-        errs
+        self.inner
+            .retire_pod(ifindex, ips)
+            .into_iter()
+            .map(|e| dp_err(format!("remove endpoint {ifindex}"))(e))
+            .collect()
     }
 
     /// Detach the programs (waits for RCU grace periods in the kernel).
@@ -108,39 +92,17 @@ impl Dataplane {
         self.inner.detach(ifindex).map_err(dp_err(format!("detach ifindex {ifindex}")))
     }
 
-    /// The endpoint's map entries: endpoint, counters, and the ipcache
-    /// entries of `ips` that still point at this endpoint (an address
-    /// already reused by a newer pod is left alone). Programs still
-    /// attached then fail closed for it.
+    /// The endpoint's map entries ([`weir_bpf::Dataplane::forget_pod`]).
     pub fn forget(&self, ifindex: u32, ips: &[IpAddr]) -> Vec<CniError> {
-        let mut errs = Vec::new();
-        if let Err(e) = self.inner.remove_endpoint(ifindex) {
-            errs.push(dp_err(format!("remove endpoint {ifindex}"))(e));
-        }
-        if let Err(e) = self.inner.remove_counters(ifindex) {
-            errs.push(dp_err(format!("remove counters of {ifindex}"))(e));
-        }
-        for ip in ips {
-            match self.inner.ipcache_lookup(*ip) {
-                Ok(Some(v)) if v.endpoint == ifindex => {
-                    if let Err(e) = self.inner.remove_ipcache(host_net(*ip)) {
-                        errs.push(dp_err(format!("remove ipcache {ip}"))(e));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => errs.push(dp_err(format!("ipcache {ip}"))(e)),
-            }
-        }
-        errs
+        self.inner
+            .forget_pod(ifindex, ips)
+            .into_iter()
+            .map(|e| dp_err(format!("forget endpoint {ifindex}"))(e))
+            .collect()
     }
 
     /// Endpoint ids present in the maps or with pinned links (for GC).
     pub fn endpoint_ids(&self) -> Result<Vec<u32>> {
-        let mut ids: Vec<u32> =
-            self.inner.endpoints().map_err(dp_err("endpoints"))?.into_iter().map(|(k, _)| k).collect();
-        ids.extend(self.inner.attached_ifindexes().map_err(dp_err("pinned links"))?);
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        self.inner.endpoint_ids().map_err(dp_err("endpoints"))
     }
 }

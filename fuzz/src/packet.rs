@@ -45,7 +45,7 @@ use weir_bpf::abi::{
     Endpoint, IpcacheValue, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_READY, ID_ANY,
     ID_FIRST_CIDR, ID_HOST, ID_WORLD, IPCACHE_SERVICE,
 };
-use weir_bpf::{pkt, Dataplane, Hook, PolicyRule, TC_DROP, TC_PASS};
+use weir_bpf::{pkt, Dataplane, Direction, Hook, PolicyMatch, TC_DROP, TC_PASS};
 
 /// BPF_PROG_TEST_RUN takes at most about a page of packet data.
 pub const MAX_FRAME: usize = 1500;
@@ -261,26 +261,21 @@ impl Node {
         let rules = rules();
         for (i, r) in rules.iter().enumerate() {
             let ep = ifindex[r.pod];
+            let dir = Direction::from_u8(r.dir).expect("a direction");
             let identity = match &r.peer {
                 Peer::Identity(id) => *id,
                 Peer::Block(cidr, holes) => {
                     // Disjoint blocks: the block is its class, a hole no class.
                     let class = ID_FIRST_CIDR + 1 + i as u32;
-                    dp.set_cidr(ep, r.dir, *cidr, class).unwrap();
+                    dp.set_cidr(ep, dir, *cidr, class).unwrap();
                     for h in holes {
-                        dp.set_cidr(ep, r.dir, *h, ID_FIRST_CIDR).unwrap();
+                        dp.set_cidr(ep, dir, *h, ID_FIRST_CIDR).unwrap();
                     }
                     class
                 }
             };
-            let rule = PolicyRule {
-                endpoint: ep,
-                identity,
-                direction: r.dir,
-                protocol: r.proto,
-                ports: r.ports.map(|(a, b)| a..=b),
-            };
-            dp.allow(&rule, 1 + i as u32).unwrap();
+            let matches = PolicyMatch::cover(ep, identity, dir, r.proto, r.ports.map(|(a, b)| a..=b));
+            dp.allow(&matches, 1 + i as u32).unwrap();
         }
         Node { dp, ifindex, owned: PODS.iter().map(Pod::owned).collect(), uplink, rules, ipcache }
     }

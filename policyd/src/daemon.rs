@@ -586,8 +586,8 @@ mod tests {
         dp.policy_entries()
             .unwrap()
             .into_iter()
-            .filter(|(_, k, _)| k.endpoint == ifindex)
-            .map(|(_, k, _)| k.port_host())
+            .filter(|(m, _)| m.endpoint == ifindex)
+            .filter_map(|(m, _)| Some(m.port?.start))
             .collect()
     }
 
@@ -610,7 +610,7 @@ mod tests {
         store.namespaces.insert("x".into(), serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap());
         // What CNI ADD does before waiting: a not-READY entry, then the record.
         let add = |name: &str, ifindex: u32, ip: &str| {
-            dp.set_endpoint(ifindex, &abi::Endpoint { identity: 0, flags: 0, revision: 0, ..Default::default() })
+            dp.admit_pod(ifindex, weir_bpf::pkt::test_mac(ifindex), &[format!("{ip}/32").parse().unwrap()], false)
                 .unwrap();
             registry.put(&record(name, ifindex, ip)).unwrap();
         };
@@ -640,7 +640,7 @@ mod tests {
             policy("n-only", json!({"podSelector": {"matchLabels": {"app": "n"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "w"}}}], "ports": [{"port": 80}]}]})),
         );
         let n = 7009;
-        dp_view.set_endpoint(n, &abi::Endpoint { identity: 0, flags: 0, revision: 0, ..Default::default() }).unwrap();
+        dp_view.admit_pod(n, weir_bpf::pkt::test_mac(n), &["10.0.0.9/32".parse().unwrap()], false).unwrap();
         registry.put(&record("n", n, "10.0.0.9")).unwrap();
 
         assert_eq!(agent.reconcile(&store, Instant::now()).unwrap(), Progress::Pending);

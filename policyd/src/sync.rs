@@ -19,7 +19,7 @@
 //! walk over two sorted maps) for what is written against what is wanted,
 //! and [`DesiredDiff`] between two compiles.
 
-use crate::engine::{self, CidrKey, Desired, Direction, EndpointState, IpcacheEntry, PolicyKey, PolicyValue};
+use crate::engine::{CidrKey, Desired, EndpointState, IpcacheEntry, PolicyMatch, PolicyValue};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use weir_bpf::{abi, Dataplane};
@@ -82,7 +82,7 @@ pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(old: &BTreeMap<K, V>, new: &BTre
 pub struct DesiredDiff {
     pub ipcache: MapDiff<IpNet, IpcacheEntry>,
     pub endpoints: MapDiff<u32, EndpointState>,
-    pub policy: MapDiff<PolicyKey, PolicyValue>,
+    pub policy: MapDiff<PolicyMatch, PolicyValue>,
     pub cidr: MapDiff<CidrKey, u32>,
 }
 
@@ -109,7 +109,7 @@ impl DesiredDiff {
 #[derive(Debug, Default)]
 pub struct Sync {
     ipcache: BTreeMap<IpNet, IpcacheEntry>,
-    policy: BTreeMap<PolicyKey, PolicyValue>,
+    policy: BTreeMap<PolicyMatch, PolicyValue>,
     cidr: BTreeMap<CidrKey, u32>,
     revision: u64,
 }
@@ -130,13 +130,11 @@ impl Sync {
         for (net, v) in dp.ipcache_entries()? {
             s.ipcache.insert(net, from_abi_ipcache(&v));
         }
-        for (len, k, v) in dp.policy_entries()? {
-            if let Some(key) = from_abi_policy(len, &k) {
-                s.policy.insert(key, PolicyValue { rule: v.rule });
-            }
+        for (m, v) in dp.policy_entries()? {
+            s.policy.insert(m, PolicyValue { rule: v.rule });
         }
-        for (endpoint, dir, net, class) in dp.cidr_entries()? {
-            s.cidr.insert(CidrKey { endpoint, direction: direction(dir), net }, class);
+        for (endpoint, direction, net, class) in dp.cidr_entries()? {
+            s.cidr.insert(CidrKey { endpoint, direction, net }, class);
         }
         s.revision = dp.endpoints()?.iter().map(|(_, e)| e.revision).max().unwrap_or(0);
         Ok(s)
@@ -170,12 +168,11 @@ impl Sync {
             self.ipcache.insert(*net, *e);
         }
         for (k, v) in &cidr.upsert {
-            dp.set_cidr(k.endpoint, k.direction.as_u8(), k.net, *v)?;
+            dp.set_cidr(k.endpoint, k.direction, k.net, *v)?;
             self.cidr.insert(*k, *v);
         }
         for (k, v) in &policy.upsert {
-            let (len, key) = to_abi_policy(k);
-            dp.set_policy(len, &key, &abi::PolicyValue::allow(v.rule))?;
+            dp.set_policy(k, &abi::PolicyValue::allow(v.rule))?;
             self.policy.insert(*k, *v);
         }
         stats.upserts = ipcache.upsert.len() + cidr.upsert.len() + policy.upsert.len();
@@ -201,12 +198,11 @@ impl Sync {
 
         // 3. break
         for k in &policy.remove {
-            let (len, key) = to_abi_policy(k);
-            dp.remove_policy(len, &key)?;
+            dp.remove_policy(k)?;
             self.policy.remove(k);
         }
         for k in &cidr.remove {
-            dp.remove_cidr(k.endpoint, k.direction.as_u8(), k.net)?;
+            dp.remove_cidr(k.endpoint, k.direction, k.net)?;
             self.cidr.remove(k);
         }
         for net in &ipcache.remove {
@@ -229,14 +225,6 @@ fn endpoint_flags(e: &EndpointState) -> u32 {
     f
 }
 
-fn direction(d: u8) -> Direction {
-    if d == abi::DIR_EGRESS {
-        Direction::Egress
-    } else {
-        Direction::Ingress
-    }
-}
-
 fn to_abi_ipcache(e: &IpcacheEntry) -> abi::IpcacheValue {
     abi::IpcacheValue {
         identity: e.identity,
@@ -248,57 +236,4 @@ fn to_abi_ipcache(e: &IpcacheEntry) -> abi::IpcacheValue {
 
 fn from_abi_ipcache(v: &abi::IpcacheValue) -> IpcacheEntry {
     IpcacheEntry { identity: v.identity, endpoint: v.endpoint, service: v.flags & abi::IPCACHE_SERVICE != 0 }
-}
-
-/// The LPM prefix length encodes the wildcards (see weir_abi.h).
-fn to_abi_policy(k: &PolicyKey) -> (u32, abi::PolicyKey) {
-    let (len, proto, port) = match (k.protocol, k.port) {
-        (None, _) => (abi::POLICY_FIXED_BITS, 0, 0),
-        (Some(p), None) => (abi::POLICY_FIXED_BITS + 8, p, 0),
-        (Some(p), Some(b)) => (abi::POLICY_FIXED_BITS + 8 + b.bits as u32, p, b.start),
-    };
-    (len, abi::PolicyKey::new(k.endpoint, k.identity, k.direction.as_u8(), proto, port))
-}
-
-fn from_abi_policy(len: u32, k: &abi::PolicyKey) -> Option<PolicyKey> {
-    let (protocol, port) = match len.checked_sub(abi::POLICY_FIXED_BITS)? {
-        0 => (None, None),
-        8 => (Some(k.protocol), None),
-        n @ 9..=24 => (Some(k.protocol), Some(engine::PortBlock { start: k.port_host(), bits: (n - 8) as u8 })),
-        _ => return None,
-    };
-    Some(PolicyKey { endpoint: k.endpoint, identity: k.identity, direction: direction(k.direction), protocol, port })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_keys_round_trip_through_the_abi() {
-        let mut keys = vec![];
-        for protocol in [None, Some(6u8), Some(132)] {
-            for port in [None, Some(engine::PortBlock::single(80)), Some(engine::PortBlock { start: 1024, bits: 6 })] {
-                if protocol.is_none() && port.is_some() {
-                    continue;
-                }
-                keys.push(PolicyKey { endpoint: 7, identity: 300, direction: Direction::Egress, protocol, port });
-            }
-        }
-        for k in keys {
-            let (len, abi_key) = to_abi_policy(&k);
-            assert_eq!(from_abi_policy(len, &abi_key), Some(k), "len {len}");
-        }
-    }
-
-    #[test]
-    fn reserved_numbers_agree_with_the_map_abi() {
-        assert_eq!(engine::ID_ANY, abi::ID_ANY);
-        assert_eq!(engine::ID_HOST, abi::ID_HOST);
-        assert_eq!(engine::ID_WORLD, abi::ID_WORLD);
-        assert_eq!(engine::ID_FIRST_LABEL, abi::ID_FIRST_LABEL);
-        assert_eq!(engine::ID_FIRST_CIDR, abi::ID_FIRST_CIDR);
-        assert_eq!(engine::DIR_INGRESS, abi::DIR_INGRESS);
-        assert_eq!(engine::DIR_EGRESS, abi::DIR_EGRESS);
-    }
 }

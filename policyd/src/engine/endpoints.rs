@@ -14,8 +14,8 @@ use super::policy::{CompiledPolicy, PeerSelector, PeerSpec, Peers, PortSpec, Sub
 use super::rules::{PeerSets, Policies};
 use super::universe::Universe;
 use super::{
-    cidr, CidrKey, CompileStats, Direction, EndpointState, Labels, NamedPort, PolicyKey, PolicyValue, PortBlock, Slice,
-    CIDR_NO_CLASS, ID_ANY,
+    cidr, CidrKey, CompileStats, Direction, EndpointState, Labels, NamedPort, PolicyMatch, PolicyValue, PortBlock,
+    Slice, CIDR_NO_CLASS, ID_ANY,
 };
 use crate::store::Key;
 use k8s_openapi::api::core::v1::Pod;
@@ -48,7 +48,7 @@ pub(super) struct EndpointInput<'a, 's> {
 /// The endpoint stage's result.
 pub(super) struct Endpoints {
     pub(super) states: BTreeMap<u32, EndpointState>,
-    pub(super) policy: BTreeMap<PolicyKey, PolicyValue>,
+    pub(super) policy: BTreeMap<PolicyMatch, PolicyValue>,
     pub(super) cidr: BTreeMap<CidrKey, u32>,
     /// Endpoints whose inputs changed but the slice's budget left out.
     pub(super) pending: BTreeSet<u32>,
@@ -80,7 +80,7 @@ struct Fingerprint {
 #[derive(Debug)]
 struct EndpointOut {
     state: EndpointState,
-    policy: Vec<(PolicyKey, PolicyValue)>,
+    policy: Vec<(PolicyMatch, PolicyValue)>,
     cidr: Vec<(CidrKey, u32)>,
 }
 
@@ -148,7 +148,7 @@ impl EndpointStage {
             states.insert(ep.ifindex, out.state);
             used_classes.extend(out.cidr.iter().map(|(_, c)| *c));
         }
-        let policy: BTreeMap<PolicyKey, PolicyValue> =
+        let policy: BTreeMap<PolicyMatch, PolicyValue> =
             outs.iter().flat_map(|(_, o)| o.policy.iter().copied()).collect();
         let cidr: BTreeMap<CidrKey, u32> = outs.iter().flat_map(|(_, o)| o.cidr.iter().copied()).collect();
         // Classes of pending endpoints' entries in the maps are never handed
@@ -191,7 +191,7 @@ impl EndpointStage {
         // and name, rule index, peer index) names it: decided by content,
         // not by rule id numbering, so restarts and histories agree.
         type Rank = (u32, u32, u32);
-        let mut entries: Vec<(PolicyKey, Rank, u32)> = Vec::new();
+        let mut entries: Vec<(PolicyMatch, Rank, u32)> = Vec::new();
         let mut rank_of: HashMap<u32, Rank> = HashMap::new();
         for (pi, p) in selecting.iter().enumerate() {
             for r in &p.rules {
@@ -209,7 +209,7 @@ impl EndpointStage {
         }
         let mut last: Option<(u32, Rank)> = None;
         let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
-            let k = PolicyKey { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
+            let k = PolicyMatch { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
             // Consecutive entries almost always come from the same rule.
             let rank = match last {
                 Some((r, rank)) if r == rule => rank,

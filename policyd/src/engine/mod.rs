@@ -87,40 +87,21 @@ use std::sync::Arc;
 use universe::IdentityStage;
 use weir_common::registry::EndpointRecord;
 
-// Mirrors of weir_abi.h; checked against the header elsewhere.
-/// WEIR_ID_ANY: a policy key matching every peer. Never assigned.
-pub const ID_ANY: u32 = 0;
-/// WEIR_ID_HOST: this node.
-pub const ID_HOST: u32 = 1;
-/// WEIR_ID_WORLD: anything without a more specific ipcache entry.
-pub const ID_WORLD: u32 = 2;
-/// WEIR_ID_FIRST_LABEL.
-pub const ID_FIRST_LABEL: u32 = 256;
-/// WEIR_ID_FIRST_CIDR.
-pub const ID_FIRST_CIDR: u32 = 1 << 24;
+/// Reserved identities, from the map ABI: [`ID_ANY`] (a policy entry
+/// matching every peer, never assigned), [`ID_HOST`] (this node),
+/// [`ID_WORLD`] (anything without a more specific ipcache entry), and where
+/// label and ipBlock-class identities start.
+pub use weir_bpf::abi::{ID_ANY, ID_FIRST_CIDR, ID_FIRST_LABEL, ID_HOST, ID_WORLD};
+/// A policy map entry's match and the direction it judges: the dataplane
+/// crate owns their encoding.
+pub use weir_bpf::{Direction, PolicyMatch};
 /// The class of an except hole no other ipBlock covers: it is in the cidr
 /// map so the LPM lookup lands on it, and it never has policy entries.
 pub const CIDR_NO_CLASS: u32 = ID_FIRST_CIDR;
-/// WEIR_DIR_INGRESS / WEIR_DIR_EGRESS.
-pub const DIR_INGRESS: u8 = 0;
-pub const DIR_EGRESS: u8 = 1;
 
 /// Label Kubernetes puts on every namespace; set here when missing, as the
 /// API server would, so manifest sources select namespaces the same way.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Direction {
-    Ingress = DIR_INGRESS,
-    Egress = DIR_EGRESS,
-}
-
-impl Direction {
-    pub fn as_u8(self) -> u8 {
-        self as u8
-    }
-}
 
 /// Policy tiers, evaluated Admin, then NetworkPolicy, then Baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,18 +132,6 @@ pub struct EndpointState {
     pub identity: u32,
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PolicyKey {
-    pub endpoint: u32,
-    /// Peer identity; [`ID_ANY`] for every peer.
-    pub identity: u32,
-    pub direction: Direction,
-    /// None: any protocol and port.
-    pub protocol: Option<u8>,
-    /// None: any port of `protocol`.
-    pub port: Option<PortBlock>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,7 +189,7 @@ pub type IdentityTable = BTreeMap<u32, IdentityLabels>;
 pub struct Desired {
     pub ipcache: BTreeMap<IpNet, IpcacheEntry>,
     pub endpoints: BTreeMap<u32, EndpointState>,
-    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    pub policy: BTreeMap<PolicyMatch, PolicyValue>,
     /// Value: the class identity (>= [`ID_FIRST_CIDR`]), [`CIDR_NO_CLASS`] for holes.
     pub cidr: BTreeMap<CidrKey, u32>,
     /// Sorted by id.

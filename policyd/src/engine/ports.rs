@@ -3,7 +3,7 @@
 
 /// Port ranges become the aligned blocks the policy LPM trie stores; the
 /// dataplane crate owns that encoding.
-pub use weir_bpf::ports::{port_range_blocks as port_blocks, PortBlock};
+pub use weir_bpf::policy::{port_range_blocks as port_blocks, PortBlock};
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

@@ -74,7 +74,7 @@ pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerd
         return MapVerdict { open: true, entries: Vec::new() };
     }
     let keys_of = |id: u32| {
-        let from = super::PolicyKey { endpoint: ep, identity: id, direction: dir, protocol: None, port: None };
+        let from = super::PolicyMatch { endpoint: ep, identity: id, direction: dir, protocol: None, port: None };
         d.policy
             .range(from..)
             .take_while(move |(k, _)| k.endpoint == ep && k.identity == id && k.direction == dir)

@@ -201,10 +201,8 @@ impl<'d> Cluster<'d> {
     fn cni_add(&mut self, addr: PodAddr) -> Result<()> {
         let dp = self.root.dp();
         let addrs = [IpNet::new(IpAddr::V4(addr.v4), 24)?, IpNet::new(IpAddr::V6(addr.v6), 64)?];
-        dp.set_endpoint(addr.ifindex, &abi::Endpoint::for_pod(pkt::test_mac(addr.ifindex), &addrs, 0)?)?;
-        let host = abi::IpcacheValue { identity: abi::ID_HOST, endpoint: 0, flags: 0, pad: 0 };
-        dp.set_ipcache(IpAddr::V4(GATEWAY4).into(), &host)?;
-        dp.set_ipcache(IpAddr::V6(GATEWAY6).into(), &host)?;
+        dp.admit_pod(addr.ifindex, pkt::test_mac(addr.ifindex), &addrs, false)?;
+        dp.set_host_addresses(&[IpAddr::V4(GATEWAY4), IpAddr::V6(GATEWAY6)])?;
         Ok(())
     }
 
@@ -216,12 +214,8 @@ impl<'d> Cluster<'d> {
         };
         let dp = self.root.dp();
         let ifindex = fp.addr.ifindex;
-        dp.remove_endpoint(ifindex)?;
-        dp.remove_counters(ifindex)?;
-        for ip in [IpAddr::V4(fp.addr.v4), IpAddr::V6(fp.addr.v6)] {
-            if dp.ipcache_lookup(ip)?.is_some_and(|v| v.endpoint == ifindex) {
-                dp.remove_ipcache(ip.into())?;
-            }
+        if let Some(e) = dp.forget_pod(ifindex, &[IpAddr::V4(fp.addr.v4), IpAddr::V6(fp.addr.v6)]).into_iter().next() {
+            return Err(e.into());
         }
         Ok(())
     }
