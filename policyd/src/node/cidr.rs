@@ -81,7 +81,7 @@ pub fn overlaps(cidrs: &BTreeMap<String, Vec<IpNet>>) -> Vec<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
 

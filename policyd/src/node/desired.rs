@@ -290,20 +290,11 @@ fn family(v4: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use k8s_openapi::api::core::v1::Node;
 
     fn node(name: &str, cidrs: &[&str], ips: &[&str], published: Option<Published>) -> (String, Node) {
-        let mut n = Node::default();
-        n.metadata.name = Some(name.into());
+        let mut n = crate::node::cidr::tests::node(name, cidrs, ips);
         n.metadata.annotations = published.as_ref().map(annotations::format);
-        n.spec =
-            Some(NodeSpec { pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()), ..Default::default() });
-        n.status = Some(NodeStatus {
-            addresses: Some(
-                ips.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.to_string() }).collect(),
-            ),
-            ..Default::default()
-        });
         (name.to_string(), n)
     }
 
