@@ -6,7 +6,7 @@ use crate::error::{CniError, Result};
 use crate::netlink::{is_errno, Link, Netlink};
 use ipnet::IpNet;
 use std::fs::{self, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 
 fn not_a_bridge(conf: &NetConf, l: &Link) -> CniError {
     CniError::config(format!(
@@ -64,4 +64,56 @@ pub fn ensure(nl: &mut Netlink, conf: &NetConf, gateways: &[IpNet]) -> Result<Li
         }
     }
     Ok(link)
+}
+
+/// Makes the kernel apply `device`'s pending carrier change now, so that
+/// the bridge forwards what the pod sends from its first packet.
+///
+/// When the pod end comes up, both veth ends gain carrier, but the host
+/// end's operstate, and with it the bridge port's forwarding state, follow
+/// only when the kernel's link-watch work runs, which may be later (it runs
+/// at most once a second for events it does not count as urgent). Until
+/// then the bridge drops the port's frames. A pod whose routes are already
+/// in place sends its first ARP request for the gateway into that window
+/// and waits a full second (the ARP retransmit time) for the next one.
+/// The same holds for the bridge: with no port it has no carrier and its
+/// queue discards; the first port to forward gives it carrier, which
+/// link-watch applies (and the queue reopens) only afterwards, and until
+/// then the node's ARP replies to the pod are lost.
+/// ETHTOOL_GLINK runs the link-watch work for one device at once
+/// (`ethtool_op_get_link` calls `linkwatch_sync_dev`), so ADD calls it on
+/// the port and then on the bridge, between bringing the pod end up and
+/// installing the pod's routes. Returns whether the device has carrier.
+pub fn settle_carrier(device: &str) -> std::io::Result<bool> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GLINK: u32 = 0x0000000a;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let name = device.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{device:?}: name too long")));
+    }
+    // SAFETY: a plain socket; closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor we own.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut value = EthtoolValue { cmd: ETHTOOL_GLINK, data: 0 };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL reads the command from and writes the answer to
+    // `value`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut ifr) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value.data != 0)
 }

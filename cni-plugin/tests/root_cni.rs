@@ -51,6 +51,39 @@ fn udp_roundtrip(server_ns: &Netns, server_ip: IpAddr, client_ns: &Netns) {
     echo.join().unwrap();
 }
 
+/// A device's (operstate, bridge port state if it is a port), from a dump
+/// of every link: asking for the one device (RTM_GETLINK) would itself
+/// apply its pending link-watch change and hide what this checks.
+fn link_state(node: &Node, dev: &str) -> (String, Option<String>) {
+    let v: Value = serde_json::from_str(&node.ns.ip(&["-j", "-d", "link", "show"])).unwrap();
+    let l = v.as_array().unwrap().iter().find(|l| l["ifname"] == dev).unwrap_or_else(|| panic!("no link {dev}"));
+    let port = l["linkinfo"]["info_slave_data"]["state"].as_str().map(str::to_string);
+    (l["operstate"].as_str().unwrap_or_default().to_string(), port)
+}
+
+/// When ADD returns, the pod's first packet goes out: its host end
+/// forwards on the bridge and the bridge has carrier, even when this pod
+/// is the bridge's only port (the bridge had no carrier before it). Both
+/// used to follow only when the kernel's link-watch work ran, up to a
+/// second later: the pod's first ARP request for its gateway was dropped
+/// and its first connection waited a second for the ARP retry.
+#[test]
+fn root_the_only_pod_on_a_bridge_can_send_when_add_returns() {
+    require_root!();
+    let node = Node::new();
+    let conf = node.conf("1.1.0", "10.80.7.0/24", None);
+    for round in 0..5 {
+        let p = Netns::new("wp");
+        let id = format!("only{round}");
+        node.add(&id, &p, &conf).ok();
+        let veth = weir_cni::naming::host_veth(&id, "eth0");
+        assert_eq!(link_state(&node, &veth), ("UP".into(), Some("forwarding".into())), "round {round}: {veth}");
+        assert_eq!(link_state(&node, &node.bridge).0, "UP", "round {round}: bridge {}", node.bridge);
+        node.del(&id, &p, &conf).ok();
+        node.assert_clean(&id, Some(&p));
+    }
+}
+
 #[test]
 fn root_two_pods_reach_each_other_and_the_gateway() {
     require_root!();

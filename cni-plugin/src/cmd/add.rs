@@ -267,6 +267,13 @@ fn add_steps(
             .map_err(kerr(format!("add {} to {} in CNI_NETNS", ip.address, env.ifname)))?;
     }
     pod.set_up_arp_notify(podlink.index).map_err(kerr(format!("set {} up (arp_notify) in CNI_NETNS", env.ifname)))?;
+    // The bridge port forwards, and the bridge itself has carrier (it has
+    // none while it has no port: this may be the first), before the pod
+    // has a route to send by.
+    // Best effort: where a device does not answer ETHTOOL_GLINK the pod
+    // still works, as before, only its first packet may wait.
+    let _ = bridge::settle_carrier(host_name);
+    let _ = bridge::settle_carrier(&conf.bridge);
     let (routes, reported_routes) = pod_routes(conf, &lease);
     for r in &routes {
         match pod.add_route(podlink.index, r.dst, r.gw) {
