@@ -13,7 +13,7 @@
 //! waits for a large recompile of the pods already running. The heartbeat
 //! has its own thread.
 
-use crate::engine::{Desired, Diagnostic, Engine, IdentityLabels, IdentityTable, Slice};
+use crate::engine::{Desired, Diagnostic, Engine, IdentityLabels, IdentityTable, Slice, UnmatchedRecord};
 use crate::fswatch;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -21,7 +21,7 @@ use crate::source;
 use crate::store::Store;
 use crate::sync::Sync;
 use anyhow::Context;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -221,6 +221,37 @@ struct Agent {
     identities_file: PathBuf,
     last_identities: IdentityTable,
     last_diagnostics: BTreeSet<Diagnostic>,
+    unmatched: UnmatchedWatch,
+}
+
+/// An endpoint record unmatched this long is logged: shorter is a new
+/// pod whose object has not arrived yet.
+const UNMATCHED_GRACE: Duration = Duration::from_secs(10);
+
+/// Since when each endpoint record has been unmatched, and whether it was
+/// reported.
+#[derive(Default)]
+struct UnmatchedWatch(HashMap<String, (Instant, bool)>);
+
+impl UnmatchedWatch {
+    /// Takes this compile's unmatched records; returns those unmatched for
+    /// [`UNMATCHED_GRACE`] and not reported yet, with how long. A record
+    /// matched in between starts over.
+    fn observe<'u>(&mut self, unmatched: &'u [UnmatchedRecord], now: Instant) -> Vec<(&'u UnmatchedRecord, Duration)> {
+        let mut due = Vec::new();
+        let mut still = HashMap::with_capacity(unmatched.len());
+        for u in unmatched {
+            let (since, mut reported) = self.0.get(&u.record).copied().unwrap_or((now, false));
+            let age = now.duration_since(since);
+            if !reported && age >= UNMATCHED_GRACE {
+                due.push((u, age));
+                reported = true;
+            }
+            still.insert(u.record.clone(), (since, reported));
+        }
+        self.0 = still;
+        due
+    }
 }
 
 impl Agent {
@@ -241,6 +272,7 @@ impl Agent {
             identities_file: run_dir.join("identities.json"),
             last_identities: Default::default(),
             last_diagnostics: BTreeSet::new(),
+            unmatched: UnmatchedWatch::default(),
         })
     }
 
@@ -260,6 +292,7 @@ impl Agent {
         let slice = Slice { budget: Some(self.slice_budget), first };
         let desired = self.engine.compile_slice(store, &records, &slice);
         self.report_diagnostics(&desired);
+        self.report_unmatched(&desired.unmatched, Instant::now());
         let result = self.sync.apply(&self.dp, &desired);
         self.metrics.syncs.inc(&[if result.is_ok() { "ok" } else { "error" }]);
         let stats = result?;
@@ -295,6 +328,21 @@ impl Agent {
         let objects: BTreeSet<&str> = now.iter().map(|d| d.object.as_str()).collect();
         self.metrics.policies_invalid.set(&[], objects.len() as f64);
         self.last_diagnostics = now;
+    }
+
+    /// Counts this node's endpoint records no pod takes, and logs each
+    /// once when it has stayed so for [`UNMATCHED_GRACE`].
+    fn report_unmatched(&mut self, unmatched: &[UnmatchedRecord], now: Instant) {
+        self.metrics.endpoint_records_unmatched.set(&[], unmatched.len() as f64);
+        for (u, age) in self.unmatched.observe(unmatched, now) {
+            log::warn!(
+                "endpoint record {} (pod {}): {} for {age:?}; its endpoint stays not READY (fail-closed) until a pod \
+                 takes it",
+                u.record,
+                u.pod,
+                u.reason.describe()
+            );
+        }
     }
 
     /// Identity numbers survive a restart so the maps do not churn.
@@ -500,6 +548,32 @@ mod tests {
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    /// A record unmatched past the grace is reported once; one matched
+    /// for a moment (a new pod whose object was on its way) never is, and a
+    /// record that comes back starts over. Time is given, not waited for.
+    #[test]
+    fn unmatched_records_are_reported_once_after_the_grace() {
+        use crate::engine::Unmatched;
+        let rec = |r: &str| UnmatchedRecord { record: r.into(), pod: "x/p".into(), reason: Unmatched::NoSuchPod };
+        let (a, b) = (rec("ca/eth0"), rec("cb/eth0"));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = UnmatchedWatch::default();
+        let names = |v: Vec<(&UnmatchedRecord, Duration)>| v.iter().map(|(u, _)| u.record.clone()).collect::<Vec<_>>();
+        assert!(w.observe(&[a.clone(), b.clone()], at(0)).is_empty());
+        assert!(w.observe(std::slice::from_ref(&a), at(5)).is_empty(), "b was matched at 5 s: forgotten");
+        assert_eq!(names(w.observe(&[a.clone(), b.clone()], at(10))), ["ca/eth0"], "a's grace is over, b's restarted");
+        assert!(w.observe(&[a.clone(), b.clone()], at(12)).is_empty(), "a is reported once");
+        let both = [a.clone(), b.clone()];
+        assert!(w.observe(&both, at(19)).is_empty(), "b unmatched again since 10 s");
+        let due = w.observe(&both, at(20));
+        assert_eq!(names(due.clone()), ["cb/eth0"]);
+        assert_eq!(due[0].1, Duration::from_secs(10));
+        assert!(w.observe(&[], at(21)).is_empty());
+        assert!(w.observe(std::slice::from_ref(&a), at(22)).is_empty(), "back again: a new grace");
+        assert_eq!(names(w.observe(&[a], at(32))), ["ca/eth0"]);
     }
 
     #[test]

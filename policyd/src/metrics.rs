@@ -158,6 +158,10 @@ pub struct Metrics {
     /// weir_policyd_policies_invalid: policies the engine could not compile
     /// (diagnostics).
     pub policies_invalid: Family,
+    /// weir_policyd_endpoint_records_unmatched: this node's endpoint
+    /// records no pod takes (for a moment at each pod start, while its Pod
+    /// is on its way; lasting ones are logged).
+    pub endpoint_records_unmatched: Family,
     /// weir_policyd_syncs_total{result}: map syncs (result: ok, error).
     pub syncs: Family,
     /// weir_policyd_sync_duration_seconds: from a change reaching policyd to
@@ -231,6 +235,12 @@ impl Metrics {
                 Gauge,
                 &[],
             ),
+            endpoint_records_unmatched: Family::new(
+                "weir_policyd_endpoint_records_unmatched",
+                "Endpoint records on this node that no pod takes: their endpoints stay not READY.",
+                Gauge,
+                &[],
+            ),
             syncs: Family::new("weir_policyd_syncs_total", "Map syncs, by result.", Counter, &["result"]),
             sync_duration: Histogram::new(
                 "weir_policyd_sync_duration_seconds",
@@ -294,6 +304,7 @@ impl Metrics {
             &self.store_objects,
             &self.map_entries,
             &self.policies_invalid,
+            &self.endpoint_records_unmatched,
             &self.syncs,
             &self.ready,
             &self.dataplane_packets,

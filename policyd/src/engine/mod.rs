@@ -163,6 +163,42 @@ pub struct RuleInfo {
     pub action: Action,
 }
 
+/// An endpoint record (CNI ADD's, under the run dir) that no pod takes.
+/// Normal for a moment while a new Pod is on its way from the API server;
+/// lasting, it is a container without a Kubernetes pod, or a record its
+/// pod outlived.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnmatchedRecord {
+    /// `<container id>/<ifname>`
+    pub record: String,
+    /// `<namespace>/<name>` the record names.
+    pub pod: String,
+    pub reason: Unmatched,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unmatched {
+    /// CNI_ARGS gave no K8S_POD_NAMESPACE/K8S_POD_NAME.
+    NoPodIdentity,
+    /// No such Pod in the store (not yet, or no more).
+    NoSuchPod,
+    /// The Pod of that name has another uid: a later incarnation.
+    OtherIncarnation,
+    /// The Pod uses the host network or has finished.
+    NotTakingPart,
+}
+
+impl Unmatched {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Unmatched::NoPodIdentity => "the record names no pod (CNI_ARGS had no K8S_POD_NAMESPACE/K8S_POD_NAME)",
+            Unmatched::NoSuchPod => "no such Pod",
+            Unmatched::OtherIncarnation => "the Pod of that name has another uid (a later incarnation)",
+            Unmatched::NotTakingPart => "the Pod uses the host network or has finished",
+        }
+    }
+}
+
 /// Input that could not be understood, and what was done about it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Diagnostic {
@@ -199,6 +235,9 @@ pub struct Desired {
     pub identities: IdentityTable,
     /// Sorted.
     pub diagnostics: Vec<Diagnostic>,
+    /// This node's endpoint records no pod takes, sorted: their endpoints
+    /// stay not READY (fail-closed) until one does.
+    pub unmatched: Vec<UnmatchedRecord>,
     /// Local endpoints (ifindex) this result leaves out because its
     /// [`Slice`] ran out: no `endpoints`, `policy` or `cidr` entries of
     /// theirs are in it, and the maps must keep what they hold for them
@@ -338,6 +377,7 @@ impl Engine {
             rules: policies.rules,
             identities: found.universe.identities.clone(),
             diagnostics,
+            unmatched: found.unmatched,
             pending: endpoints.pending,
         };
         self.identities.keep(found.universe);

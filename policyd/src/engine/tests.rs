@@ -848,6 +848,33 @@ fn record_with_another_pods_uid_is_not_that_pod() {
     assert!(!d.endpoints.contains_key(&XA));
 }
 
+/// Records no pod takes are handed on with the reason, so policyd can
+/// count and report them; a record its pod takes is not among them.
+#[test]
+fn records_no_pod_takes_are_listed_with_why() {
+    let mut f = base();
+    f.locals[0].pod_uid = "u-old".into();
+    f.store.pods.get_mut(&("x".to_string(), "a".to_string())).unwrap().metadata.uid = Some("u-new".into());
+    f.locals.push(record("x", "ghost", 99, vec![ip("10.0.0.99")]));
+    f.locals.push(record("", "", 98, vec![ip("10.0.0.98")]));
+    f.pod_json("x", "hostnet", json!({"spec": {"hostNetwork": true, "containers": [{"name": "c"}]}}));
+    f.locals.push(record("x", "hostnet", 97, vec![]));
+    let d = f.compile();
+    let got: Vec<(&str, &str, Unmatched)> =
+        d.unmatched.iter().map(|u| (u.record.as_str(), u.pod.as_str(), u.reason)).collect();
+    let first = format!("c{XA}/eth0");
+    let mut want = vec![
+        ("c97/eth0", "x/hostnet", Unmatched::NotTakingPart),
+        ("c98/eth0", "/", Unmatched::NoPodIdentity),
+        ("c99/eth0", "x/ghost", Unmatched::NoSuchPod),
+        (first.as_str(), "x/a", Unmatched::OtherIncarnation),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // the other local pods' records are taken
+    assert!(base().compile().unmatched.is_empty());
+}
+
 #[test]
 fn rule_ids_name_policy_rule_and_peer() {
     let d = base().policy("x", "p", json!({"ingress": [{"ports": [{"port": 1}]}, {"from": [{"podSelector": {}}, {"ipBlock": {"cidr": "1.0.0.0/8"}}]}]})).compile();

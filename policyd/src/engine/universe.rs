@@ -14,8 +14,8 @@ use super::endpoints::LocalEp;
 use super::identity::IdentityAllocator;
 use super::ipcache::{Addresses, Claim, Rank};
 use super::{
-    object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort,
-    NAMESPACE_NAME_LABEL,
+    object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched,
+    UnmatchedRecord, NAMESPACE_NAME_LABEL,
 };
 use crate::store::{Key, Store};
 use k8s_openapi::api::core::v1::Pod;
@@ -49,6 +49,8 @@ pub(super) struct Identities<'s> {
     pub(super) endpoints: Vec<LocalEp<'s>>,
     pub(super) addresses: Addresses<'s>,
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// This node's endpoint records no pod takes (sorted).
+    pub(super) unmatched: Vec<UnmatchedRecord>,
 }
 
 /// What the identity stage keeps between compiles.
@@ -86,7 +88,7 @@ impl IdentityStage {
         let generation = self.generation;
         let mut diags: Vec<Diagnostic> = Vec::new();
         let mut ns_labels = namespace_labels(store);
-        let (local_of_pod, ip_to_ifindex) = match_local_records(store, locals, &mut diags);
+        let (local_of_pod, ip_to_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
 
         let mut old_uni = std::mem::take(&mut self.previous);
         let mut uni = Universe::default();
@@ -228,6 +230,7 @@ impl IdentityStage {
             endpoints: locals_ep,
             addresses: Addresses { claims, local_ifindex: ip_to_ifindex, pods_changed: pods_read > 0 || pods_removed },
             diagnostics: diags,
+            unmatched,
         }
     }
 
@@ -248,16 +251,18 @@ fn namespace_labels(store: &Store) -> BTreeMap<String, Labels> {
     ns_labels
 }
 
-/// This node's endpoint records by the pod they belong to (records whose
-/// pod is missing, another incarnation, or not taking part are left out),
-/// and the records' addresses to their ifindex. A record claiming an
-/// ifindex an earlier one (by ifindex, container, interface) holds is a
-/// [`Diagnostic`] and ignored.
+/// This node's endpoint records by the pod they belong to, the records'
+/// addresses to their ifindex, and the records no pod takes (the pod is
+/// missing, another incarnation, or not taking part), sorted. A record
+/// claiming an ifindex an earlier one (by ifindex, container, interface)
+/// holds is a [`Diagnostic`] and ignored.
+#[allow(clippy::type_complexity)]
 fn match_local_records<'s>(
     store: &'s Store,
     locals: &'s [EndpointRecord],
     diags: &mut Vec<Diagnostic>,
-) -> (HashMap<&'s Key, Vec<&'s EndpointRecord>>, HashMap<IpAddr, u32>) {
+) -> (HashMap<&'s Key, Vec<&'s EndpointRecord>>, HashMap<IpAddr, u32>, Vec<UnmatchedRecord>) {
+    let mut unmatched = Vec::new();
     let mut local_of_pod: HashMap<&Key, Vec<&EndpointRecord>> = HashMap::new();
     let mut ip_to_ifindex: HashMap<IpAddr, u32> = HashMap::new();
     let mut seen_ifindex: HashSet<u32> = HashSet::new();
@@ -278,14 +283,28 @@ fn match_local_records<'s>(
             ip_to_ifindex.insert(*ip, r.host_ifindex);
         }
         let key = (r.pod_namespace.clone(), r.pod_name.clone());
-        if let Some((k, pod)) = store.pods.get_key_value(&key) {
-            let uid_ok = r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
-            if uid_ok && pod_is_eligible(pod) {
-                local_of_pod.entry(k).or_default().push(r);
+        let reason = match store.pods.get_key_value(&key) {
+            _ if r.pod_namespace.is_empty() || r.pod_name.is_empty() => Some(Unmatched::NoPodIdentity),
+            None => Some(Unmatched::NoSuchPod),
+            Some((_, pod)) if !(r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid)) => {
+                Some(Unmatched::OtherIncarnation)
             }
+            Some((_, pod)) if !pod_is_eligible(pod) => Some(Unmatched::NotTakingPart),
+            Some((k, _)) => {
+                local_of_pod.entry(k).or_default().push(r);
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            unmatched.push(UnmatchedRecord {
+                record: format!("{}/{}", r.container_id, r.ifname),
+                pod: format!("{}/{}", r.pod_namespace, r.pod_name),
+                reason,
+            });
         }
     }
-    (local_of_pod, ip_to_ifindex)
+    unmatched.sort();
+    (local_of_pod, ip_to_ifindex, unmatched)
 }
 
 /// What the engine read from one pod, and what it made of it.
