@@ -29,6 +29,11 @@
 //!    classes. The result is memoized by a fingerprint of everything it
 //!    read; a [`Slice`] bounds how many are compiled per call.
 //!
+//! Between compiles, [`Engine::explain`] (`explain.rs`) reads what the
+//! stages kept to say why a flow is allowed or blocked: by rule (every
+//! allowing policy, rule and peer) and, for this node's endpoints, by map
+//! entry.
+//!
 //! Choices the spec leaves open, made here:
 //!
 //! - An address two pods claim (a reused IP before the old pod is gone):
@@ -61,6 +66,7 @@
 
 pub mod cidr;
 mod endpoints;
+pub mod explain;
 pub mod identity;
 mod ipcache;
 pub mod policy;
