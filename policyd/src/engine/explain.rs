@@ -136,6 +136,17 @@ pub struct MapLookup {
 }
 
 impl Engine {
+    /// Endpoint `ifindex`'s identity and isolation as the last compile of
+    /// it made them (None: not an endpoint of this node, or not compiled).
+    pub fn endpoint_state(&self, ifindex: u32) -> Option<super::EndpointState> {
+        self.endpoints.compiled(ifindex).map(|c| c.state)
+    }
+
+    /// The compiled form of the policy at `key`, as the last compile left it.
+    pub fn compiled_policy(&self, key: &Key) -> Option<Arc<CompiledPolicy>> {
+        self.policies.compiled(key).cloned()
+    }
+
     /// Explain `flow` against the last compile (call after one). Pure
     /// reading, but peer sets not evaluated yet are evaluated and cached.
     pub fn explain(&mut self, store: &Store, flow: &Flow) -> Explanation {
