@@ -74,7 +74,12 @@ pub struct Ask {
 
 /// Answer `q` from the loop's state: the store, the engine after its last
 /// compile, and this node's endpoint records.
-pub fn answer(q: &Question, store: &Store, engine: &mut Engine, records: &[EndpointRecord]) -> Result<Answer, ApiError> {
+pub fn answer(
+    q: &Question,
+    store: &Store,
+    engine: &mut Engine,
+    records: &[EndpointRecord],
+) -> Result<Answer, ApiError> {
     match q {
         Question::Explain(query) => {
             let resolved = resolve::resolve(store, records, query)?;

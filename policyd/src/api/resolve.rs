@@ -104,7 +104,12 @@ pub fn resolve(store: &Store, records: &[EndpointRecord], q: &Query) -> Result<R
         ));
     }
     Ok(Resolved {
-        flow: Flow { src: End { addr: s, pod: src.pod }, dst: End { addr: backend, pod: dst_pod }, protocol: q.protocol, port },
+        flow: Flow {
+            src: End { addr: s, pod: src.pod },
+            dst: End { addr: backend, pod: dst_pod },
+            protocol: q.protocol,
+            port,
+        },
         dialed,
         service,
         notes,
@@ -231,7 +236,8 @@ fn service_end(
     let name = format!("svc/{}/{}", key.0, key.1);
     let spec = svc.spec.clone().unwrap_or_default();
     let ports = spec.ports.clone().unwrap_or_default();
-    let Some(sp) = ports.iter().find(|sp| sp.port == port as i32 && protocol_number(sp.protocol.as_deref()) == Some(protocol))
+    let Some(sp) =
+        ports.iter().find(|sp| sp.port == port as i32 && protocol_number(sp.protocol.as_deref()) == Some(protocol))
     else {
         let have: Vec<String> =
             ports.iter().map(|sp| format!("{}/{}", sp.port, sp.protocol.as_deref().unwrap_or("TCP"))).collect();
