@@ -388,7 +388,10 @@ impl<'d> Cluster<'d> {
             }
             results.insert(f.clone(), row);
         }
-        Ok((ProbeOutput { port: p.port, protocol: p.protocol.to_string(), results }, drops))
+        Ok((
+            ProbeOutput { port: p.port, protocol: p.protocol.to_string(), results, targets: Default::default() },
+            drops,
+        ))
     }
 }
 
