@@ -294,3 +294,57 @@ fn explain_json(
         "dataplane": dataplane,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// The run dir must be root's (the trust checks), so this needs root.
+    #[tokio::test]
+    async fn root_the_socket_is_0600_replaces_a_stale_one_and_refuses_a_live_one_or_a_file() {
+        if !is_root() {
+            eprintln!("skipped: needs root (the run dir must be root's)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let path = socket_path(&run);
+        let first = bind(&run).unwrap();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        assert!(md.file_type().is_socket());
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        let e = bind(&run).unwrap_err().to_string();
+        assert!(e.contains("another weir-policyd answers"), "{e}");
+        drop(first); // a policyd that died: its socket stays, nobody listens
+        assert!(path.exists());
+        let _second = bind(&run).unwrap();
+        drop(_second);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a socket").unwrap();
+        let e = bind(&run).unwrap_err().to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket", "left alone");
+        let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary socket left: {leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn root_a_run_dir_others_can_write_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = format!("{:#}", bind(&run).unwrap_err());
+        assert!(e.contains("--run-dir") && e.contains("0777"), "{e}");
+        assert!(!socket_path(&run).exists());
+    }
+}

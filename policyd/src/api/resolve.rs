@@ -315,3 +315,110 @@ pub fn target_port(target: Option<&IntOrString>, port: u16, named: impl Fn(&str)
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> Store {
+        let mut s = Store::default();
+        let pod = |ns: &str, name: &str, labels: serde_json::Value, ips: &[&str], ports: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name, "labels": labels},
+                "spec": {"containers": [{"name": "c", "ports": ports}]},
+                "status": {"phase": "Running", "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}
+            }))
+            .unwrap()
+        };
+        s.pods.insert(
+            ("x".into(), "a".into()),
+            pod(
+                "x",
+                "a",
+                json!({"app": "a"}),
+                &["10.0.0.1", "fd00::1"],
+                json!([{"name": "web", "containerPort": 8080}]),
+            ),
+        );
+        s.pods
+            .insert(("x".into(), "b".into()), pod("x", "b", json!({"app": "b"}), &["10.0.0.2", "fd00::2"], json!([])));
+        s.pods.insert(("x".into(), "six".into()), pod("x", "six", json!({"app": "six"}), &["fd00::6"], json!([])));
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "web"},
+            "spec": {"selector": {"app": "a"}, "clusterIPs": ["10.96.0.10", "fd96::10"],
+                     "ports": [{"port": 80, "targetPort": "web"}, {"port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap();
+        s.services.insert(("x".into(), "web".into()), svc);
+        s
+    }
+
+    fn q(from: &str, to: &str, port: u16, protocol: u8) -> Query {
+        Query { from: from.into(), to: to.into(), port, protocol }
+    }
+
+    #[test]
+    fn a_service_is_dialed_at_its_vip_and_judged_at_the_backend_target_port() {
+        let r = resolve(&store(), &[], &q("x/b", "svc/x/web", 80, 6)).unwrap();
+        assert_eq!(r.dialed, ("10.96.0.10".parse().unwrap(), 80));
+        assert_eq!(r.flow.dst.addr, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.flow.port, 8080, "targetPort by name");
+        assert_eq!(r.flow.dst.pod, Some(("x".into(), "a".into())));
+        assert_eq!(r.service.as_deref(), Some("x/web"));
+        // The VIP itself names the Service too.
+        let by_vip = resolve(&store(), &[], &q("x/b", "fd96::10", 80, 6)).unwrap();
+        assert_eq!((by_vip.flow.dst.addr, by_vip.flow.port), ("fd00::1".parse().unwrap(), 8080));
+        assert_eq!(by_vip.flow.src.addr, "fd00::2".parse::<IpAddr>().unwrap(), "the family of the address given");
+    }
+
+    #[test]
+    fn addresses_name_their_pod_or_none() {
+        let r = resolve(&store(), &[], &q("10.0.0.2", "x/a", 8080, 6)).unwrap();
+        assert_eq!(r.flow.src.pod, Some(("x".into(), "b".into())));
+        let r = resolve(&store(), &[], &q("x/b", "192.0.2.1", 443, 6)).unwrap();
+        assert_eq!(r.flow.dst.pod, None);
+        // IPv4 unless only IPv6 is common.
+        let r = resolve(&store(), &[], &q("x/b", "x/six", 80, 6)).unwrap();
+        assert_eq!(r.flow.src.addr, "fd00::2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_naming_the_field_and_the_fix() {
+        let err = |from: &str, to: &str, port: u16, p: u8| resolve(&store(), &[], &q(from, to, port, p)).unwrap_err();
+        let e = err("x/nope", "x/a", 80, 6);
+        assert_eq!(e.code, 404);
+        assert!(e.message.contains("unknown pod") && e.message.contains("kubectl get pod -n x nope"), "{}", e.message);
+        let e = err("x/b", "svc/x/gone", 80, 6);
+        assert_eq!(e.code, 404);
+        let e = err("x/b", "svc/x/web", 81, 6);
+        assert!(e.message.contains("no port 81/TCP") && e.message.contains("80/TCP, 53/UDP"), "{}", e.message);
+        let e = err("svc/x/web", "x/a", 80, 6);
+        assert!(
+            e.message.contains("a Service can only be a destination") || e.message.contains("sends nothing"),
+            "{}",
+            e.message
+        );
+        let e = err("x/a/b/c", "x/a", 80, 6);
+        assert!(e.message.contains("give NAMESPACE/POD"), "{}", e.message);
+        let e = err("192.0.2.1", "x/six", 80, 6);
+        assert!(e.message.contains("no address family in common"), "{}", e.message);
+        assert!(parse_port("0").unwrap_err().message.contains("out of range"));
+        assert!(parse_port("65536").unwrap_err().message.contains("1 to 65535"));
+        assert!(parse_port("http").unwrap_err().message.contains("not a number"));
+        assert_eq!(parse_port("65535").unwrap(), 65535);
+        assert_eq!(parse_protocol("sctp").unwrap(), 132);
+        assert!(parse_protocol("icmp").unwrap_err().message.contains("TCP, UDP, SCTP"));
+    }
+
+    #[test]
+    fn target_ports_follow_kube_proxy() {
+        let named = |n: &str| (n == "web").then_some(8080);
+        assert_eq!(target_port(None, 80, named), Some(80));
+        assert_eq!(target_port(Some(&IntOrString::Int(81)), 80, named), Some(81));
+        assert_eq!(target_port(Some(&IntOrString::String("82".into())), 80, named), Some(82));
+        assert_eq!(target_port(Some(&IntOrString::String("web".into())), 80, named), Some(8080));
+        assert_eq!(target_port(Some(&IntOrString::String("nope".into())), 80, named), None);
+        assert_eq!(target_port(Some(&IntOrString::Int(0)), 80, named), None);
+    }
+}
