@@ -162,9 +162,8 @@ pub fn bind(run_dir: &Path) -> anyhow::Result<UnixListener> {
         l.set_nonblocking(true)?;
         Ok(l)
     };
-    let listener = bind().map_err(|e| {
+    let listener = bind().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        e
     });
     let listener = listener.with_context(|| format!("binding the API socket {}", path.display()))?;
     Ok(UnixListener::from_std(listener)?)

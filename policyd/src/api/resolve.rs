@@ -57,6 +57,15 @@ struct Named {
     service: Option<ServiceEnd>,
 }
 
+/// The flow's addresses in one family.
+struct Picked {
+    src: IpAddr,
+    dialed: (IpAddr, u16),
+    dst_pod: Option<Key>,
+    backend: IpAddr,
+    port: u16,
+}
+
 struct ServiceEnd {
     key: Key,
     /// (ClusterIP, backend pod, backend address, targetPort) per family.
@@ -74,20 +83,20 @@ pub fn resolve(store: &Store, records: &[EndpointRecord], q: &Query) -> Result<R
     let dst = name_end(store, records, &q.to, "to", Some((q.port, q.protocol)))?;
     let mut notes = Vec::new();
     // IPv4 when both ends have it, else IPv6.
-    let pick = |v6: bool| -> Option<(IpAddr, (IpAddr, u16), Option<Key>, IpAddr, u16)> {
-        let s = *src.addrs.iter().find(|a| a.is_ipv6() == v6)?;
-        match &dst.service {
+    let pick = |v6: bool| -> Option<Picked> {
+        let src = *src.addrs.iter().find(|a| a.is_ipv6() == v6)?;
+        Some(match &dst.service {
             Some(svc) => {
                 let (vip, pod, ip, tp) = svc.targets.iter().find(|t| t.0.is_ipv6() == v6)?;
-                Some((s, (*vip, q.port), Some(pod.clone()), *ip, *tp))
+                Picked { src, dialed: (*vip, q.port), dst_pod: Some(pod.clone()), backend: *ip, port: *tp }
             }
             None => {
                 let d = *dst.addrs.iter().find(|a| a.is_ipv6() == v6)?;
-                Some((s, (d, q.port), dst.pod.clone(), d, q.port))
+                Picked { src, dialed: (d, q.port), dst_pod: dst.pod.clone(), backend: d, port: q.port }
             }
-        }
+        })
     };
-    let Some((s, dialed, dst_pod, backend, port)) = pick(false).or_else(|| pick(true)) else {
+    let Some(Picked { src: s, dialed, dst_pod, backend, port }) = pick(false).or_else(|| pick(true)) else {
         return Err(ApiError::bad(format!(
             "from {:?} ({}) and to {:?} ({}) have no address family in common",
             q.from,
