@@ -80,32 +80,45 @@ pub fn explain(run_dir: &Path, a: &Ask) -> Result<Value> {
     get(&socket(run_dir), &path_of(a, &a.from, &a.to))
 }
 
-/// Explain in lab `lab`: asked of the node hosting the source (its egress
-/// and its programs); when the destination lives on another node, that
-/// node is asked too and gives the ingress side and its programs' check.
+/// Explain in lab `lab`: asked of the node hosting the source pod (its
+/// egress and its programs); when the destination pod (a Service's
+/// backend) lives on another node, that node is asked too and gives the
+/// ingress side and its programs' check. Ends given as addresses are
+/// placed by the first answer, which names their pods.
 pub fn lab_explain(lab: &Lab, a: &Ask) -> Result<Value> {
     let st = lab.require_state()?;
     if !st.policy {
         bail!("lab {} runs without weir-policyd (--no-policy): nothing enforces or explains policy", lab.name);
     }
     let nodes = lab.nodes(st.nodes);
-    let run_dir_of = |node: &str| nodes.iter().find(|n| n.name == node).map(|n| n.run_dir.clone());
-    let node_of_pod = |spec: &str| st.pods.get(spec).map(|p| p.node.clone());
-    let first = node_of_pod(&a.from)
-        .or_else(|| node_of_pod(&a.to))
+    let run_dir_of = |node: &str| {
+        nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.run_dir.clone())
+            .ok_or_else(|| anyhow!("lab {}: no node {node}", lab.name))
+    };
+    let node_of_pod = |pod: Option<&str>| pod.and_then(|p| st.pods.get(p)).map(|p| p.node.clone());
+    let first = node_of_pod(Some(&a.from))
+        .or_else(|| node_of_pod(Some(&a.to)))
         .or_else(|| nodes.first().map(|n| n.name.clone()))
         .ok_or_else(|| anyhow!("lab {} has no node", lab.name))?;
-    let first_dir = run_dir_of(&first).ok_or_else(|| anyhow!("lab {}: no node {first}", lab.name))?;
-    let mut v = explain(&first_dir, a)?;
-    // The destination as resolved (a Service's backend): its node.
-    let dst_pod = v["dst"]["pod"].as_str().map(str::to_string);
-    let dst_node = dst_pod.as_deref().and_then(node_of_pod);
-    if let Some(dn) = dst_node.filter(|dn| *dn != first) {
-        let dir = run_dir_of(&dn).ok_or_else(|| anyhow!("lab {}: no node {dn}", lab.name))?;
-        let w = explain(&dir, a)?;
-        v = combine(v, w);
+    let v = explain(&run_dir_of(&first)?, a)?;
+    let src_node = node_of_pod(v["src"]["pod"].as_str()).unwrap_or_else(|| first.clone());
+    let dst_node = node_of_pod(v["dst"]["pod"].as_str()).unwrap_or_else(|| src_node.clone());
+    let answer_of = |node: &str, have: &Value| -> Result<Value> {
+        if node == first {
+            Ok(have.clone())
+        } else {
+            explain(&run_dir_of(node)?, a)
+        }
+    };
+    let egress = answer_of(&src_node, &v)?;
+    if dst_node == src_node {
+        return Ok(egress);
     }
-    Ok(v)
+    let ingress = answer_of(&dst_node, &v)?;
+    Ok(combine(egress, ingress))
 }
 
 /// The source node's answer `s` and the destination node's `d`: egress
@@ -203,7 +216,7 @@ fn endpoint(e: &Value) -> String {
         out.push_str(&format!(" [{}: {}]", s(&l["namespace"]), labels.join(",")));
     }
     if let Some(i) = e["endpoint"].as_u64() {
-        out.push_str(&format!("  endpoint {i} on this node"));
+        out.push_str(&format!("  endpoint {i} on its node"));
     }
     out
 }
