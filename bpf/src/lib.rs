@@ -11,6 +11,7 @@
 pub mod abi;
 pub mod addr;
 pub mod bpffs;
+pub mod flow;
 pub mod pkt;
 pub mod policy;
 mod sys;

@@ -18,3 +18,7 @@ pub const POLICYD_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::fr
 
 /// A heartbeat older than this means policyd is gone.
 pub const POLICYD_HEARTBEAT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// weir-policyd's local API (read-only HTTP/JSON, mode 0600) under the run
+/// dir; `weirctl explain` talks to it.
+pub const POLICYD_API_SOCKET: &str = "api.sock";

@@ -99,6 +99,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut registry_changes = fswatch::watch_dir(registry.dir())
         .with_context(|| format!("watching the endpoint registry {}", registry.dir().display()))?;
     spawn_event_logger(&dp);
+    // The local API (`weirctl explain`): bound before the first sync, so a
+    // running policyd always has its socket; it answers 503 until ready.
+    let api_listener = crate::api::bind(&opts.run_dir)?;
+    let api_socket = crate::api::socket_path(&opts.run_dir);
+    let (ask_tx, mut asks) = tokio::sync::mpsc::channel::<crate::api::Ask>(16);
+    let api_dp = Arc::new(
+        Dataplane::open(&opts.bpffs_root).with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?,
+    );
+    crate::api::spawn(
+        api_listener,
+        Arc::new(crate::api::ApiState {
+            node: opts.node_name.clone(),
+            asks: ask_tx,
+            dp: api_dp,
+            http: http_state.clone(),
+        }),
+    );
 
     let (mut source, publisher) = match &opts.source {
         SourceChoice::Manifests(dir) => {
@@ -167,6 +184,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // A compile slice left endpoints pending: continue right after taking
     // whatever else is ready.
     let mut pending = false;
+    // API questions, answered after this turn's compile (if any), so always
+    // from a finished compile's state.
+    let mut questions: Vec<crate::api::Ask> = Vec::new();
     loop {
         progress.mark();
         tokio::select! {
@@ -179,9 +199,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Some(()) = registry_changes.recv() => dirty = true,
             _ = resync.tick() => dirty = true,
             _ = counters.tick() => agent.export_counters(),
+            Some(ask) = asks.recv() => questions.push(ask),
             _ = shutdown_signal() => {
                 // Nothing to undo: the pinned maps keep enforcing what they hold.
                 log::info!("shutting down; the maps keep enforcing revision {}", agent.sync.revision());
+                let _ = std::fs::remove_file(&api_socket);
                 return Ok(());
             }
             () = std::future::ready(()), if pending => {}
@@ -198,6 +220,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     pending = false;
                     log::error!("sync to the maps failed (retrying on the next change or resync): {e:#}");
                 }
+            }
+        }
+        if !questions.is_empty() {
+            let (records, _) = agent.registry.list();
+            for ask in questions.drain(..) {
+                let answer = crate::api::answer(&ask.question, &store, &mut agent.engine, &records);
+                let _ = ask.reply.send(answer);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! reads. `source` fills the `store`; `engine` compiles it (pure, no I/O);
 //! `sync` writes the difference to the pinned maps.
 
+pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod fswatch;

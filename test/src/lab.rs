@@ -263,6 +263,31 @@ impl Lab {
         parse_probe(&text)
     }
 
+    /// `weirctl lab explain --name NAME --from F --to T --port P --protocol X -o json`.
+    /// A disagreement with the kernel fails the command: its error says so.
+    pub fn explain(&self, from: &str, to: &str, port: u16, protocol: Protocol) -> Result<serde_json::Value> {
+        let port = port.to_string();
+        let proto = protocol.to_string();
+        let args = [
+            "lab",
+            "explain",
+            "--name",
+            &self.name,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            &port,
+            "--protocol",
+            &proto,
+            "-o",
+            "json",
+        ];
+        let text = self.ctl.run(&os(&args))?;
+        serde_json::from_str(&text).context("`weirctl lab explain -o json` did not print JSON")
+    }
+
     /// `weirctl lab get pods --name NAME -o json`.
     pub fn pod_ips(&self) -> Result<PodIps> {
         let text = self.ctl.run(&os(&["lab", "get", "pods", "--name", &self.name, "-o", "json"]))?;

@@ -8,11 +8,13 @@
 //! (`placeholder`), probe results and truth tables (`probe`), the
 //! `weirctl lab` driver (`lab`), the lab runner (`runner`), the verdict
 //! level runner (`verdicts`, BPF_PROG_TEST_RUN, no sockets) and what both
-//! runners report (`report`). The root tests in tests/conformance.rs and
+//! runners report (`report`), and `weirctl lab explain` held against the
+//! lab's probes (`explain`). The root tests in tests/conformance.rs and
 //! tests/root_verdicts.rs run the whole suite.
 
 pub mod case;
 pub mod expect;
+pub mod explain;
 pub mod lab;
 pub mod model;
 pub mod placeholder;

@@ -31,6 +31,9 @@ pub struct ProbeOutput {
     pub port: u16,
     pub protocol: String,
     pub results: BTreeMap<PodRef, BTreeMap<PodRef, Observed>>,
+    /// What the probes of each destination dialed (`ip:port`), when the
+    /// lab says (`targets`; the verdict runner leaves it empty).
+    pub targets: BTreeMap<PodRef, String>,
 }
 
 pub fn parse_probe(text: &str) -> Result<ProbeOutput> {
@@ -56,7 +59,12 @@ pub fn parse_probe(text: &str) -> Result<ProbeOutput> {
         }
         results.insert(from, out);
     }
-    Ok(ProbeOutput { port, protocol, results })
+    let mut targets = BTreeMap::new();
+    for (to, t) in v.get("targets").and_then(Json::as_object).into_iter().flatten() {
+        let to = PodRef::parse(to).map_err(anyhow::Error::msg).context("probe output: targets key")?;
+        targets.insert(to, t.as_str().context("probe output: a target is not a string")?.to_string());
+    }
+    Ok(ProbeOutput { port, protocol, results, targets })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

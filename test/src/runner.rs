@@ -31,6 +31,9 @@ pub struct Config {
     /// The nodes of every lab: one, or several with pods spread so that
     /// each namespace spans every node.
     pub topology: Topology,
+    /// Which cases also run `weirctl lab explain` on every probed cell
+    /// (`crate::explain`).
+    pub explain: crate::explain::Scope,
 }
 
 impl Config {
@@ -44,6 +47,8 @@ impl Config {
             retry_for: Duration::from_secs_f64(retry),
             lab_prefix: format!("c{}n", pid % 100_000),
             topology: Topology::default(),
+            // One node: every case (about 1 s per probe on 2 cores).
+            explain: crate::explain::Scope::from_env(crate::explain::Scope::All),
         }
     }
 
@@ -55,6 +60,10 @@ impl Config {
             let tag = topology.tag();
             cfg.lab_prefix = format!("c{}t{tag}n", std::process::id() % 100_000);
             cfg.work_dir = std::env::temp_dir().join(format!("weir-conformance-{}-{tag}", std::process::id()));
+        }
+        if topology.nodes > 1 {
+            // Each cell asks two nodes: a representative subset.
+            cfg.explain = crate::explain::Scope::from_env(crate::explain::Scope::representative());
         }
         cfg.topology = topology;
         cfg
@@ -164,6 +173,27 @@ fn drive(cfg: &Config, case: &Case, lab: &mut Lab, detail: &mut String, max_atte
                     check_header(&out, p.port, p.protocol)?;
                     let cmp = compare(&expected, &out, p.protocol == Protocol::SCTP);
                     *max_attempts = (*max_attempts).max(attempts);
+                    let settled = matches!(cmp.outcome(), Outcome::Match | Outcome::Unsupported);
+                    if settled && cfg.explain.covers(&case.name) {
+                        let checked = crate::explain::check_probe(lab, &out, p.protocol);
+                        if !checked.problems.is_empty() {
+                            let _ = writeln!(
+                                detail,
+                                "steps[{i}] {}/{}: weirctl lab explain disagrees on {} of {} cells:\n  {}",
+                                p.protocol,
+                                p.port,
+                                checked.problems.len(),
+                                checked.cells,
+                                checked.problems.join("\n  ")
+                            );
+                            return Ok(Status::Fail);
+                        }
+                        let _ = writeln!(
+                            detail,
+                            "steps[{i}] {}/{}: weirctl lab explain agrees on all {} cells",
+                            p.protocol, p.port, checked.cells
+                        );
+                    }
                     match cmp.outcome() {
                         Outcome::Match => break,
                         Outcome::Unsupported => {
@@ -289,6 +319,8 @@ esac
             let mut cfg = Config::new(Weirctl { bin_dir: self.dir.clone() });
             cfg.work_dir = self.dir.join("work");
             cfg.retry_for = Duration::from_millis(300);
+            // The fake weirctl knows no explain.
+            cfg.explain = crate::explain::Scope::Off;
             cfg
         }
 

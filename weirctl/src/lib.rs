@@ -1,4 +1,5 @@
 //! weirctl as a library, so tests and benchmarks drive the same code the
 //! command line runs.
 
+pub mod explain;
 pub mod lab;

@@ -21,6 +21,65 @@ enum Top {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+    /// Why a flow is allowed or blocked: the policies and rules of each
+    /// side, and the kernel's own verdict (asks this node's weir-policyd).
+    Explain {
+        #[command(flatten)]
+        flow: FlowArgs,
+        /// weir-policyd's run dir (its API socket is <run-dir>/api.sock).
+        #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+}
+
+/// The flow `explain` is about.
+#[derive(clap::Args)]
+struct FlowArgs {
+    /// The client: NAMESPACE/POD or an IP address.
+    #[arg(long)]
+    from: String,
+    /// The server: NAMESPACE/POD, svc/NAMESPACE/NAME (judged at the backend
+    /// its port maps to) or an IP address.
+    #[arg(long)]
+    to: String,
+    /// Destination port (the Service port for svc/...), 1-65535.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    #[arg(long, value_enum, ignore_case = true)]
+    protocol: Proto,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: ExplainOutput,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExplainOutput {
+    Text,
+    Json,
+}
+
+impl FlowArgs {
+    fn ask(&self) -> weirctl::explain::Ask {
+        weirctl::explain::Ask {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            port: self.port,
+            protocol: proto_str(self.protocol).into(),
+        }
+    }
+}
+
+/// Print an explanation; a disagreement with the kernel (or a check that
+/// could not run) is printed loudly and fails the command.
+fn print_explanation(v: &serde_json::Value, output: ExplainOutput) -> Result<()> {
+    match output {
+        ExplainOutput::Text => print!("{}", weirctl::explain::render_text(v)),
+        ExplainOutput::Json => println!("{}", serde_json::to_string_pretty(v)?),
+    }
+    if let Some(p) = weirctl::explain::problem(v) {
+        eprintln!("error: {p}");
+        std::process::exit(3);
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +201,14 @@ enum LabCmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// `weirctl explain` in the lab: asks the node of the source pod (and of
+    /// the destination, when it is another).
+    Explain {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[command(flatten)]
+        flow: FlowArgs,
+    },
     /// Remove every netns, link, pin, rule and process of the lab.
     Down {
         #[arg(long, default_value = "default")]
@@ -182,7 +249,13 @@ fn proto_str(p: Proto) -> &'static str {
 }
 
 fn run() -> Result<()> {
-    let Top::Lab { cmd } = Cli::parse().cmd;
+    let cmd = match Cli::parse().cmd {
+        Top::Lab { cmd } => cmd,
+        Top::Explain { flow, run_dir } => {
+            let v = weirctl::explain::explain(&run_dir, &flow.ask())?;
+            return print_explanation(&v, flow.output);
+        }
+    };
     match cmd {
         LabCmd::Up { name, nodes, backend, files, cni_bin_dir, policyd_bin, no_policy, cni_type } => {
             let backend = backend.map(|b| match b {
@@ -228,6 +301,10 @@ fn run() -> Result<()> {
             };
             print!("{}", ops::get(&Lab::new(&name)?, w, matches!(output, Output::Json))?);
             Ok(())
+        }
+        LabCmd::Explain { name, flow } => {
+            let v = weirctl::explain::lab_explain(&Lab::new(&name)?, &flow.ask())?;
+            print_explanation(&v, flow.output)
         }
         LabCmd::Down { name } => ops::down(&Lab::new(&name)?, false),
         LabCmd::Demo { name, keep, cni_bin_dir, policyd_bin, no_policy } => demo::run(

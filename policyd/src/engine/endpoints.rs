@@ -89,7 +89,25 @@ struct EndpointMemo {
     out: Arc<EndpointOut>,
 }
 
+/// What the maps hold for one local endpoint, as its last compile made it.
+pub(super) struct CompiledEndpoint<'a> {
+    pub(super) state: EndpointState,
+    /// Sorted by key.
+    pub(super) policy: &'a [(PolicyMatch, PolicyValue)],
+    /// Sorted by key.
+    pub(super) cidr: &'a [(CidrKey, u32)],
+}
+
 impl EndpointStage {
+    /// The entries the last compile of endpoint `ifindex` produced.
+    pub(super) fn compiled(&self, ifindex: u32) -> Option<CompiledEndpoint<'_>> {
+        self.memo.get(&ifindex).map(|m| CompiledEndpoint {
+            state: m.out.state,
+            policy: &m.out.policy,
+            cidr: &m.out.cidr,
+        })
+    }
+
     pub(super) fn run(
         &mut self,
         input: EndpointInput<'_, '_>,

@@ -53,6 +53,11 @@ struct LastIpcache {
 }
 
 impl IpcacheStage {
+    /// The last compile's ipcache (empty before the first).
+    pub(super) fn last(&self) -> Option<&BTreeMap<IpNet, IpcacheEntry>> {
+        self.last.as_ref().map(|l| &l.ipcache)
+    }
+
     pub(super) fn run(
         &mut self,
         addresses: Addresses<'_>,

@@ -29,6 +29,11 @@
 //!    classes. The result is memoized by a fingerprint of everything it
 //!    read; a [`Slice`] bounds how many are compiled per call.
 //!
+//! Between compiles, [`Engine::explain`] (`explain.rs`) reads what the
+//! stages kept to say why a flow is allowed or blocked: by rule (every
+//! allowing policy, rule and peer) and, for this node's endpoints, by map
+//! entry.
+//!
 //! Choices the spec leaves open, made here:
 //!
 //! - An address two pods claim (a reused IP before the old pod is gone):
@@ -61,6 +66,7 @@
 
 pub mod cidr;
 mod endpoints;
+pub mod explain;
 pub mod identity;
 mod ipcache;
 pub mod policy;
@@ -383,6 +389,18 @@ impl Engine {
         self.identities.keep(found.universe);
         desired
     }
+}
+
+/// Whether a pod takes part in policy: not host-network (its address is
+/// the node's), not finished (its address may already be another pod's).
+pub fn pod_takes_part(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    universe::pod_is_eligible(pod)
+}
+
+/// A pod's named container ports (name, protocol, number): containers and
+/// sidecars, as named ports resolve in policies.
+pub fn pod_container_ports(pod: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<Item = (&str, u8, u16)> {
+    universe::pod_named_ports(pod)
 }
 
 /// (uid, resourceVersion) of an object, when its source sets them.

@@ -74,6 +74,17 @@ impl policy::RuleIds for RuleIdTable {
 }
 
 impl PolicyStage {
+    /// The compiled policy of a store key, as the last compile left it.
+    pub(super) fn compiled(&self, key: &Key) -> Option<&Arc<CompiledPolicy>> {
+        self.memo.get(key).map(|m| &m.compiled)
+    }
+
+    /// What rule id `id` stands for: (namespace, name, direction, rule
+    /// index, peer index). A scan: for explanations, not compiles.
+    pub(super) fn rule_of(&self, id: u32) -> Option<RuleKey> {
+        self.rule_ids.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k.clone())
+    }
+
     /// Compile the policies that changed since the previous compile and
     /// forget the ones that are gone (and their rule ids).
     pub(super) fn run<'s>(

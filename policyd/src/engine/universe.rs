@@ -238,6 +238,11 @@ impl IdentityStage {
     pub(super) fn keep(&mut self, universe: Universe) {
         self.previous = universe;
     }
+
+    /// The last compile's universe (for explanations).
+    pub(super) fn last(&self) -> &Universe {
+        &self.previous
+    }
 }
 
 /// Every namespace's labels, with the name label the API server sets.
@@ -397,7 +402,7 @@ impl PodDigest {
 
 /// Pods that take part in policy: not host-network (their address is the
 /// node's), not finished (their address may already belong to another pod).
-fn pod_is_eligible(pod: &Pod) -> bool {
+pub(super) fn pod_is_eligible(pod: &Pod) -> bool {
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !host_network && !matches!(phase, Some("Succeeded") | Some("Failed"))
@@ -438,7 +443,7 @@ fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAd
 
 /// Named container ports of a pod (containers and restartable init
 /// containers, i.e. sidecars), in declaration order.
-fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
+pub(super) fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
     let spec = pod.spec.as_ref();
     let containers = spec.into_iter().flat_map(|s| s.containers.iter());
     let sidecars = spec

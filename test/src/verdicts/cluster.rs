@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, PodIP, PodStatus, Service};
 use serde_yaml_ng::Value;
 use weir_bpf::{abi, pkt, Dataplane, TC_PASS};
 use weir_common::registry::EndpointRecord;
+use weir_policyd::engine::explain::{End, Explanation, Flow};
 use weir_policyd::engine::Engine;
 use weir_policyd::source::{manifest, Object, ObjectKind};
 use weir_policyd::store::Store;
@@ -20,7 +21,7 @@ use weirctl::lab::objects::{object_ref, pod_ports};
 use weirctl::lab::services::{self, PodView};
 
 use super::addresses::{Addresses, PodAddr, GATEWAY4, GATEWAY6};
-use super::cell::{plan_cell, Target};
+use super::cell::{plan_cell, protocol_number, Target};
 use super::kernel::{BpfRoot, Devices};
 use super::suite::ignore_policies;
 use crate::case::{DeleteRef, Family, Probe, Protocol, Via};
@@ -310,7 +311,61 @@ impl<'d> Cluster<'d> {
 
     /// One cell: Connected when all four runs pass, else Blocked naming the
     /// first run that dropped and the drop reasons the programs counted.
+    /// The engine's explanation of the flow (policyd's `/v1/explain`) must
+    /// give the same verdict, by rule and by map entry: an error if not.
     pub fn cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<(Observed, Option<String>)> {
+        let (observed, why) = self.run_cell(from, to, p)?;
+        if let Some((target, e)) = self.explain_cell(from, to, p)? {
+            let connected = observed == Observed::Connected;
+            let sides = [("egress", &e.egress), ("ingress", &e.ingress)];
+            ensure!(
+                e.allowed == connected,
+                "{from} -> {to} ({:?} {}): explain says allowed={} but the programs {}; egress: {}, ingress: {}",
+                target.backend,
+                p.protocol,
+                e.allowed,
+                if connected { "pass it" } else { "drop it" },
+                e.egress.reason,
+                e.ingress.reason
+            );
+            for (dir, side) in sides {
+                let maps =
+                    side.maps.as_ref().with_context(|| format!("{from} -> {to}: no map view of the {dir} side"))?;
+                ensure!(
+                    maps.allowed == side.allowed,
+                    "{from} -> {to}: explain's {dir} by rule ({}) and by map entry ({}) differ",
+                    side.allowed,
+                    maps.allowed
+                );
+            }
+        }
+        Ok((observed, why))
+    }
+
+    /// The engine's explanation of a cell's flow, as the dataplane judges
+    /// it (the backend after DNAT); None when the Service has no endpoint.
+    fn explain_cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<Option<(Target, Explanation)>> {
+        let v6 = p.family == Family::IPv6;
+        let src = self.pods.get(from).with_context(|| format!("no pod {from}"))?.addr;
+        let dst = self.pods.get(to).with_context(|| format!("no pod {to}"))?.addr;
+        let target = match p.via {
+            Via::Pod => Target { dialed: (dst.ip(v6), p.port), backend: (dst.ip(v6), p.port) },
+            Via::Service => match self.service_target(to, p.port, p.protocol, v6)? {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+        };
+        let flow = Flow {
+            src: End { addr: src.ip(v6), pod: Some((from.ns.clone(), from.name.clone())) },
+            dst: End { addr: target.backend.0, pod: Some((to.ns.clone(), to.name.clone())) },
+            protocol: protocol_number(p.protocol),
+            port: target.backend.1,
+        };
+        let e = self.engine.explain(&self.store, &flow);
+        Ok(Some((target, e)))
+    }
+
+    fn run_cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<(Observed, Option<String>)> {
         let v6 = p.family == Family::IPv6;
         let src = self.pods.get(from).with_context(|| format!("no pod {from}"))?.addr;
         let dst = self.pods.get(to).with_context(|| format!("no pod {to}"))?.addr;
@@ -382,7 +437,10 @@ impl<'d> Cluster<'d> {
             }
             results.insert(f.clone(), row);
         }
-        Ok((ProbeOutput { port: p.port, protocol: p.protocol.to_string(), results }, drops))
+        Ok((
+            ProbeOutput { port: p.port, protocol: p.protocol.to_string(), results, targets: Default::default() },
+            drops,
+        ))
     }
 }
 

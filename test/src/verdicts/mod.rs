@@ -25,7 +25,9 @@
 //! 4. `to_pod` on the source: that answer from the VIP after the un-DNAT.
 //!
 //! The cell is connected when all four pass, which is what a lab probe
-//! needs too (a connect completes, a UDP request gets its answer). Requests
+//! needs too (a connect completes, a UDP request gets its answer). The
+//! engine's explanation of every cell (what policyd's `/v1/explain`
+//! answers) must give the same verdict, by rule and by map entry. Requests
 //! are TCP SYN, a UDP datagram, or an SCTP INIT (CRC32c set).
 //!
 //! Addresses mirror the lab's single node: every pod in one IPv4 /24 and

@@ -235,6 +235,7 @@ mod tests {
             froms: vec!["y/a".into()],
             tos: vec!["x/a".into()],
             cells: [(("y/a".to_string(), "x/a".to_string()), c)].into(),
+            targets: Default::default(),
         };
         assert_eq!(summarize(&mk(Cell::Blocked), &mk(Cell::Connected)), "1 cell(s) . -> X (from y/a to x/a)");
         assert_eq!(summarize(&mk(Cell::Blocked), &mk(Cell::Blocked)), "no cell changed");

@@ -26,6 +26,9 @@ pub struct Matrix {
     pub froms: Vec<String>,
     pub tos: Vec<String>,
     pub cells: BTreeMap<(String, String), Cell>,
+    /// What each destination's probes dialed (`ip:port`: the Service's
+    /// ClusterIP or the pod address), so a probe can be explained exactly.
+    pub targets: BTreeMap<String, SocketAddr>,
 }
 
 impl Matrix {
@@ -77,7 +80,8 @@ impl Matrix {
             }
             results.insert(from.clone(), Value::Object(row));
         }
-        json!({"port": self.port, "protocol": self.protocol, "via": self.via, "results": results})
+        let targets: Map<String, Value> = self.targets.iter().map(|(k, t)| (k.clone(), json!(t.to_string()))).collect();
+        json!({"port": self.port, "protocol": self.protocol, "via": self.via, "results": results, "targets": targets})
     }
 
     /// Cells that differ from `before`, as (from, to, before, after).
@@ -193,6 +197,7 @@ pub fn run(sources: &[Source], dests: &[Dest], port: u16, protocol: &str, via: &
         froms: sources.iter().map(|s| s.key.clone()).collect(),
         tos: dests.iter().map(|d| d.key.clone()).collect(),
         cells,
+        targets: dests.iter().filter_map(|d| Some((d.key.clone(), d.target.clone().ok()?))).collect(),
     }
 }
 
@@ -208,6 +213,7 @@ mod tests {
             froms: vec!["x/a".into(), "x/b".into()],
             tos: vec!["x/a".into(), "x/b".into()],
             cells: cells.iter().map(|(f, t, c)| ((f.to_string(), t.to_string()), *c)).collect(),
+            targets: BTreeMap::new(),
         }
     }
 

@@ -158,7 +158,7 @@ impl Allocator {
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    weir_policyd::api::resolve::selector_selects(selector, labels)
 }
 
 /// The pods a Service selects (its namespace, every selector label). A
@@ -177,18 +177,9 @@ pub fn selected_pods<'a>(svc: &Service, pods: &'a [PodView]) -> Vec<&'a PodView>
 /// the pod's containerPort of that name and protocol (a pod without it is no
 /// endpoint for that port, as in Kubernetes).
 pub fn target_port(target: Option<&IntOrString>, port: u16, protocol: &str, pod: &PodView) -> Option<u16> {
-    match target {
-        None => Some(port),
-        Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|n| *n != 0),
-        Some(IntOrString::String(name)) => match name.parse::<u16>() {
-            Ok(n) => Some(n),
-            Err(_) => pod
-                .ports
-                .iter()
-                .find(|(_, proto, n)| n.as_deref() == Some(name.as_str()) && proto == protocol)
-                .map(|(p, _, _)| *p),
-        },
-    }
+    weir_policyd::api::resolve::target_port(target, port, |name| {
+        pod.ports.iter().find(|(_, proto, n)| n.as_deref() == Some(name) && proto == protocol).map(|(p, _, _)| *p)
+    })
 }
 
 /// Where a probe of one pod "via its Service" goes.

@@ -1,0 +1,349 @@
+//! weir-policyd's local API: read-only HTTP/JSON on a unix socket under
+//! the run dir (`<run-dir>/api.sock`, mode 0600, root's), for `weirctl
+//! explain` and whoever on the node may read policyd's view.
+//!
+//! - `GET /v1/explain?from=&to=&port=&protocol=`: why a flow is allowed or
+//!   blocked ([`crate::engine::explain`]) and the dataplane's own answer
+//!   ([`proof`]);
+//! - `GET /v1/endpoints`: this node's endpoints, their pods, identity and
+//!   isolation;
+//! - `GET /v1/policies`: the policies, what they isolate, their problems.
+//!
+//! The store and the engine belong to the daemon loop: a request is an
+//! [`Ask`] sent to it, answered between compiles (so always from a
+//! complete compile's state) by [`answer`]; the program runs of the proof
+//! then happen on a blocking thread here, not in the loop. The HTTP side is
+//! [`crate::http::serve_one`], the same responder as `/metrics`.
+
+pub mod proof;
+pub mod resolve;
+
+use crate::engine::explain::Explanation;
+use crate::engine::Engine;
+use crate::http::{self, HttpState, Response, Target};
+use crate::store::Store;
+use anyhow::Context;
+use serde_json::{json, Value};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use weir_bpf::Dataplane;
+use weir_common::registry::EndpointRecord;
+
+/// A request the API could not answer: an HTTP status and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: String) -> ApiError {
+        ApiError { code: 400, message }
+    }
+    pub fn not_found(message: String) -> ApiError {
+        ApiError { code: 404, message }
+    }
+    fn response(&self) -> Response {
+        Response::json(self.code, &json!({"error": self.message}))
+    }
+}
+
+/// What the daemon loop is asked.
+#[derive(Debug, Clone)]
+pub enum Question {
+    Explain(resolve::Query),
+    Endpoints,
+    Policies,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Explain(Box<(resolve::Resolved, Explanation)>),
+    Json(Value),
+}
+
+/// A question with the way back.
+pub struct Ask {
+    pub question: Question,
+    pub reply: oneshot::Sender<Result<Answer, ApiError>>,
+}
+
+/// Answer `q` from the loop's state: the store, the engine after its last
+/// compile, and this node's endpoint records.
+pub fn answer(
+    q: &Question,
+    store: &Store,
+    engine: &mut Engine,
+    records: &[EndpointRecord],
+) -> Result<Answer, ApiError> {
+    match q {
+        Question::Explain(query) => {
+            let resolved = resolve::resolve(store, records, query)?;
+            let e = engine.explain(store, &resolved.flow);
+            Ok(Answer::Explain(Box::new((resolved, e))))
+        }
+        Question::Endpoints => {
+            let mut rows: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    let st = engine.endpoint_state(r.host_ifindex);
+                    json!({
+                        "pod": format!("{}/{}", r.pod_namespace, r.pod_name),
+                        "ifindex": r.host_ifindex,
+                        "interface": r.host_ifname,
+                        "ips": r.ips,
+                        "identity": st.map(|s| s.identity),
+                        "ingressIsolated": st.map(|s| s.ingress_isolated),
+                        "egressIsolated": st.map(|s| s.egress_isolated),
+                        "compiled": st.is_some(),
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| a["pod"].as_str().cmp(&b["pod"].as_str()));
+            Ok(Answer::Json(json!({"endpoints": rows})))
+        }
+        Question::Policies => {
+            let rows: Vec<Value> = store
+                .policies
+                .keys()
+                .map(|k| {
+                    let c = engine.compiled_policy(k);
+                    json!({
+                        "policy": format!("{}/{}", k.0, k.1),
+                        "isolatesIngress": c.as_ref().map(|c| c.isolates_ingress),
+                        "isolatesEgress": c.as_ref().map(|c| c.isolates_egress),
+                        "rules": c.as_ref().map(|c| c.rules.len()),
+                        "diagnostics": c.as_ref().map(|c| c.diagnostics.iter().map(|d| format!("{}: {}", d.field, d.message)).collect::<Vec<_>>()),
+                    })
+                })
+                .collect();
+            Ok(Answer::Json(json!({"policies": rows})))
+        }
+    }
+}
+
+/// Where the API listens under a run dir.
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(weir_common::paths::POLICYD_API_SOCKET)
+}
+
+/// Bind the API socket under `run_dir` (which must be root's, like every
+/// run-dir path: `weir_common::trust`). A stale socket of a policyd that
+/// is gone is replaced; one a running policyd answers on is not, and
+/// anything that is not a socket is refused. The socket is made 0600
+/// under a temporary name and renamed into place, so it is never
+/// reachable with looser bits.
+pub fn bind(run_dir: &Path) -> anyhow::Result<UnixListener> {
+    weir_common::trust::ensure_dir(run_dir).with_context(|| format!("--run-dir {}", run_dir.display()))?;
+    let path = socket_path(run_dir);
+    match std::fs::symlink_metadata(&path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                anyhow::bail!(
+                    "{}: another weir-policyd answers on this run dir's API socket; stop it, or give this one another --run-dir",
+                    path.display()
+                );
+            }
+        }
+        Ok(_) => anyhow::bail!("{}: exists and is not a socket; remove it (`rm {0}`)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    }
+    let tmp = run_dir.join(format!("{}.{}.tmp", weir_common::paths::POLICYD_API_SOCKET, std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let bind = || -> std::io::Result<std::os::unix::net::UnixListener> {
+        let l = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, &path)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    let listener = bind().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    });
+    let listener = listener.with_context(|| format!("binding the API socket {}", path.display()))?;
+    Ok(UnixListener::from_std(listener)?)
+}
+
+/// What the API's requests share.
+pub struct ApiState {
+    pub node: String,
+    pub asks: mpsc::Sender<Ask>,
+    pub dp: Arc<Dataplane>,
+    pub http: Arc<HttpState>,
+}
+
+/// Serve on `listener` until the task is aborted.
+pub fn spawn(listener: UnixListener, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let served = http::serve_one(conn, |t| route(&state, t));
+                        let _ = tokio::time::timeout(Duration::from_secs(20), served).await;
+                    });
+                }
+                Err(e) => {
+                    log::warn!("api accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+async fn route(state: &ApiState, t: Target) -> Response {
+    let question = match t.path.as_str() {
+        "/v1/explain" => match explain_query(&t) {
+            Ok(q) => Question::Explain(q),
+            Err(e) => return e.response(),
+        },
+        "/v1/endpoints" => Question::Endpoints,
+        "/v1/policies" => Question::Policies,
+        _ => return ApiError::not_found("not found: try /v1/explain, /v1/endpoints, /v1/policies".into()).response(),
+    };
+    if !state.http.is_ready() {
+        return Response::json(
+            503,
+            &json!({"error": "weir-policyd is starting: its sources have not synced or the maps are not programmed yet; try again shortly"}),
+        );
+    }
+    let (reply, rx) = oneshot::channel();
+    if state.asks.send(Ask { question, reply }).await.is_err() {
+        return Response::json(503, &json!({"error": "weir-policyd is shutting down"}));
+    }
+    let answer = match rx.await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return e.response(),
+        Err(_) => return Response::json(503, &json!({"error": "weir-policyd is shutting down"})),
+    };
+    match answer {
+        Answer::Json(v) => Response::json(200, &v),
+        Answer::Explain(b) => {
+            let (resolved, e) = *b;
+            let dp = state.dp.clone();
+            let proved = tokio::task::spawn_blocking(move || {
+                let p = proof::prove(&dp, &resolved, &e);
+                (resolved, e, p)
+            })
+            .await;
+            match proved {
+                Ok((resolved, e, p)) => Response::json(200, &explain_json(&state.node, &t, &resolved, &e, p)),
+                Err(err) => Response::json(500, &json!({"error": format!("the dataplane check failed: {err}")})),
+            }
+        }
+    }
+}
+
+fn explain_query(t: &Target) -> Result<resolve::Query, ApiError> {
+    let need = |k: &str| {
+        t.param(k).filter(|v| !v.is_empty()).ok_or_else(|| ApiError::bad(format!("missing query parameter {k:?}")))
+    };
+    Ok(resolve::Query {
+        from: need("from")?.to_string(),
+        to: need("to")?.to_string(),
+        port: resolve::parse_port(need("port")?)?,
+        protocol: resolve::parse_protocol(need("protocol")?)?,
+    })
+}
+
+fn explain_json(
+    node: &str,
+    t: &Target,
+    r: &resolve::Resolved,
+    e: &Explanation,
+    proof: Result<proof::Proof, weir_bpf::Error>,
+) -> Value {
+    let mut notes = r.notes.clone();
+    for (what, end, info) in [("from", &r.flow.src, &e.src), ("to", &r.flow.dst, &e.dst)] {
+        if end.pod.is_none() && info.kind == "world" {
+            notes.push(format!(
+                "{what} {}: outside every known range (no pod, not this node): judged as world",
+                info.addr
+            ));
+        }
+    }
+    let dataplane = match proof {
+        Ok(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+        Err(err) => json!({"allowed": Value::Null, "agrees": false, "error": format!("running the programs: {err}")}),
+    };
+    json!({
+        "node": node,
+        "allowed": e.allowed,
+        "flow": {
+            "from": t.param("from"),
+            "to": t.param("to"),
+            "protocol": resolve::proto_name(r.flow.protocol),
+            "port": r.dialed.1,
+            "dialed": {"ip": r.dialed.0, "port": r.dialed.1},
+            "backend": {"ip": r.flow.dst.addr, "port": r.flow.port},
+            "service": r.service,
+        },
+        "src": e.src,
+        "dst": e.dst,
+        "egress": e.egress,
+        "ingress": e.ingress,
+        "notes": notes,
+        "dataplane": dataplane,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// The run dir must be root's (the trust checks), so this needs root.
+    #[tokio::test]
+    async fn root_the_socket_is_0600_replaces_a_stale_one_and_refuses_a_live_one_or_a_file() {
+        if !is_root() {
+            eprintln!("skipped: needs root (the run dir must be root's)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let path = socket_path(&run);
+        let first = bind(&run).unwrap();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        assert!(md.file_type().is_socket());
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        let e = bind(&run).unwrap_err().to_string();
+        assert!(e.contains("another weir-policyd answers"), "{e}");
+        drop(first); // a policyd that died: its socket stays, nobody listens
+        assert!(path.exists());
+        let _second = bind(&run).unwrap();
+        drop(_second);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a socket").unwrap();
+        let e = bind(&run).unwrap_err().to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket", "left alone");
+        let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary socket left: {leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn root_a_run_dir_others_can_write_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = format!("{:#}", bind(&run).unwrap_err());
+        assert!(e.contains("--run-dir") && e.contains("0777"), "{e}");
+        assert!(!socket_path(&run).exists());
+    }
+}

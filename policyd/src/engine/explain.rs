@@ -1,0 +1,565 @@
+//! Why a flow is allowed or blocked, read from the last compile's state:
+//! the identities (universe), the ipcache, the compiled policies with their
+//! peer sets, and for this node's endpoints the entries the maps hold.
+//!
+//! Not a stage: it runs between compiles, on what the stages kept. Each
+//! side of a flow (the source's egress, the destination's ingress) is
+//! judged twice:
+//!
+//! - **by rule**: every policy selecting the side's pod, and every rule and
+//!   peer of theirs that admits the other end on this protocol and port.
+//!   This names *every* allowing rule, on any node, from the same compiled
+//!   policies and peer sets the endpoint stage turns into entries;
+//! - **by map** (endpoints of this node only): the dataplane's lookups
+//!   (peer identity, then any peer, then the ipBlock class of the peer's
+//!   address) over the endpoint's compiled entries, which name the one rule
+//!   the maps carry for the key.
+//!
+//! Both must agree; a difference is an engine bug and is reported as such.
+
+use super::cidr;
+use super::endpoints::CompiledEndpoint;
+use super::policy::{CompiledPolicy, PeerSpec, Peers, PortSpec, Subject};
+use super::universe::pod_named_ports;
+use super::{
+    CompileStats, Direction, Engine, IdentityLabels, IpcacheEntry, Labels, CIDR_NO_CLASS, ID_ANY, ID_FIRST_CIDR,
+    ID_HOST, ID_WORLD,
+};
+use crate::store::{Key, Store};
+use ipnet::IpNet;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// One end of a flow: an address, and the pod it is when known.
+#[derive(Debug, Clone)]
+pub struct End {
+    pub addr: IpAddr,
+    pub pod: Option<Key>,
+}
+
+/// A flow as the dataplane judges it: after DNAT (the destination is the
+/// backend pod's address and port).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub src: End,
+    pub dst: End,
+    pub protocol: u8,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub allowed: bool,
+    pub src: EndInfo,
+    pub dst: EndInfo,
+    pub egress: Side,
+    pub ingress: Side,
+}
+
+/// Who an end of the flow is to the dataplane.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EndInfo {
+    pub addr: IpAddr,
+    /// `namespace/name` when the end is a pod.
+    pub pod: Option<String>,
+    /// The ipcache's identity for the address (what the peer's programs see).
+    pub identity: u32,
+    /// `pod`, `host` (this node) or `world` (no more specific ipcache entry).
+    pub kind: &'static str,
+    /// The identity's namespace and labels, for pod identities.
+    pub labels: Option<IdentityView>,
+    /// The host veth ifindex when the pod is an endpoint of this node.
+    pub endpoint: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IdentityView {
+    pub namespace: String,
+    pub labels: Labels,
+}
+
+/// One direction of the flow, judged at the pod whose side it is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Side {
+    /// `egress` (the source's) or `ingress` (the destination's).
+    pub direction: &'static str,
+    /// The pod whose policies judge this side; None when that end is not a
+    /// pod (world, the node), so no NetworkPolicy applies.
+    pub pod: Option<String>,
+    pub allowed: bool,
+    pub isolated: bool,
+    /// Every policy selecting the pod that isolates it in this direction.
+    pub isolating: Vec<String>,
+    /// Every (policy, rule, peer) that allows the flow; empty: "no rule
+    /// allows" (when isolated).
+    pub policies: Vec<RuleMatch>,
+    /// Why, in words: `not isolated`, `allowed by N rule(s)`, `no rule
+    /// allows`, `from the node: always allowed`, ...
+    pub reason: String,
+    /// For an endpoint of this node: what its compiled map entries say.
+    pub maps: Option<MapLookup>,
+}
+
+/// One allowing rule.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleMatch {
+    /// `namespace/name`.
+    pub policy: String,
+    /// Index in spec.ingress / spec.egress.
+    pub rule: u32,
+    /// Index in from / to; None when the rule admits every peer.
+    pub peer: Option<u32>,
+    /// What the peer is: `any peer`, `pods`, `ipBlock CIDR`.
+    pub matched: String,
+    /// The ipBlock (CIDR) the other end's address matched, if that peer is one.
+    pub ip_block: Option<IpNet>,
+}
+
+/// The dataplane's lookups for one local endpoint, over its compiled entries.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MapLookup {
+    pub endpoint: u32,
+    pub isolated: bool,
+    pub allowed: bool,
+    /// How the allowing entry was found: `identity`, `any peer`,
+    /// `ipBlock class`; None when nothing allows (or not isolated).
+    pub via: Option<&'static str>,
+    /// The rule the entry the lookup lands on carries (longest prefix:
+    /// a port beats a protocol beats any; among equal keys, the first by
+    /// policy, rule, peer).
+    pub rule: Option<RuleMatch>,
+    /// The peer address's ipBlock partition prefix and class, when the
+    /// endpoint has ipBlock entries in this direction covering it.
+    pub ip_block_prefix: Option<IpNet>,
+    pub ip_block_class: Option<u32>,
+}
+
+impl Engine {
+    /// Endpoint `ifindex`'s identity and isolation as the last compile of
+    /// it made them (None: not an endpoint of this node, or not compiled).
+    pub fn endpoint_state(&self, ifindex: u32) -> Option<super::EndpointState> {
+        self.endpoints.compiled(ifindex).map(|c| c.state)
+    }
+
+    /// The compiled form of the policy at `key`, as the last compile left it.
+    pub fn compiled_policy(&self, key: &Key) -> Option<Arc<CompiledPolicy>> {
+        self.policies.compiled(key).cloned()
+    }
+
+    /// Explain `flow` against the last compile (call after one). Pure
+    /// reading, but peer sets not evaluated yet are evaluated and cached.
+    pub fn explain(&mut self, store: &Store, flow: &Flow) -> Explanation {
+        let src = self.end_info(&flow.src);
+        let dst = self.end_info(&flow.dst);
+        let egress = self.side(store, Direction::Egress, flow, &flow.src, &src, &dst);
+        let ingress = self.side(store, Direction::Ingress, flow, &flow.dst, &dst, &src);
+        Explanation { allowed: egress.allowed && ingress.allowed, src, dst, egress, ingress }
+    }
+
+    fn ipcache_entry(&self, addr: IpAddr) -> IpcacheEntry {
+        let world = IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false };
+        self.ipcache.last().and_then(|m| cidr::lpm(m.iter(), addr).copied()).unwrap_or(world)
+    }
+
+    fn end_info(&self, end: &End) -> EndInfo {
+        let e = self.ipcache_entry(end.addr);
+        let uni = self.identities.last();
+        let kind = match e.identity {
+            ID_HOST => "host",
+            ID_WORLD => "world",
+            _ => "pod",
+        };
+        EndInfo {
+            addr: end.addr,
+            pod: end.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}")),
+            identity: e.identity,
+            kind,
+            labels: uni.identities.get(&e.identity).map(|IdentityLabels { namespace, labels }| IdentityView {
+                namespace: namespace.clone(),
+                labels: labels.clone(),
+            }),
+            endpoint: (e.endpoint != 0).then_some(e.endpoint),
+        }
+    }
+
+    /// One side: `me` is the end whose policies judge, `peer` the other.
+    fn side(
+        &mut self,
+        store: &Store,
+        dir: Direction,
+        flow: &Flow,
+        me: &End,
+        me_info: &EndInfo,
+        peer: &EndInfo,
+    ) -> Side {
+        let direction = if dir == Direction::Egress { "egress" } else { "ingress" };
+        let mut side = Side {
+            direction,
+            pod: me_info.pod.clone(),
+            allowed: true,
+            isolated: false,
+            isolating: Vec::new(),
+            policies: Vec::new(),
+            reason: String::new(),
+            maps: None,
+        };
+        let Some(pod) = me.pod.as_ref().and_then(|k| store.pods.get(k).map(|p| (k, p))) else {
+            side.reason = format!(
+                "the {} is not a pod: no NetworkPolicy applies",
+                if dir == Direction::Egress { "source" } else { "destination" }
+            );
+            return side;
+        };
+        let (key, pod) = pod;
+        let empty = Labels::new();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let selecting: Vec<Arc<CompiledPolicy>> = store
+            .policies
+            .range((key.0.clone(), String::new())..)
+            .take_while(|(k, _)| k.0 == key.0)
+            .filter_map(|(k, _)| self.policies.compiled(k).cloned())
+            .filter(|p| match &p.subject {
+                Subject::Selector(s) => s.matches(labels),
+                Subject::WholeNamespaceDenied => true,
+            })
+            .collect();
+        side.isolating = selecting
+            .iter()
+            .filter(|p| if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        side.isolated = !side.isolating.is_empty();
+        // Named ports belong to the destination pod: on ingress this pod's
+        // own, on egress the union over the peer identity's pods.
+        let own_ports: Vec<(String, u8, u16)> = pod_named_ports(pod).map(|(n, p, x)| (n.to_string(), p, x)).collect();
+        let uni = self.identities.last();
+        let dest_ports: Vec<(String, u8, u16)> = match dir {
+            Direction::Ingress => own_ports,
+            Direction::Egress => uni
+                .named_ports
+                .get(&peer.identity)
+                .into_iter()
+                .flatten()
+                .map(|(n, p, x)| (n.to_string(), *p, *x))
+                .collect(),
+        };
+        let mut stats = CompileStats::default();
+        for p in &selecting {
+            for r in p.rules.iter().filter(|r| r.direction == dir) {
+                let port_ok = r.ports.iter().any(|ps| port_admits(ps, flow.protocol, flow.port, &dest_ports));
+                if !port_ok {
+                    continue;
+                }
+                let found: Vec<(Option<u32>, String, Option<IpNet>)> = match &r.peers {
+                    Peers::All { .. } => vec![(None, "any peer".to_string(), None)],
+                    Peers::List(list) => list
+                        .iter()
+                        .filter_map(|pe| match &pe.spec {
+                            PeerSpec::Pods(sel) => {
+                                let ids = self.peer_sets.get(sel, self.identities.last(), &mut stats).0;
+                                ids.binary_search(&peer.identity)
+                                    .is_ok()
+                                    .then(|| (Some(pe.index), "pods".to_string(), None))
+                            }
+                            PeerSpec::Block(b) => b
+                                .contains_addr(peer.addr)
+                                .then(|| (Some(pe.index), format!("ipBlock {}", b.cidr), Some(b.cidr))),
+                        })
+                        .collect(),
+                };
+                side.policies.extend(found.into_iter().map(|(peer_index, matched, ip_block)| RuleMatch {
+                    policy: format!("{}/{}", p.namespace, p.name),
+                    rule: r.index,
+                    peer: peer_index,
+                    matched,
+                    ip_block,
+                }));
+            }
+        }
+        side.policies.sort();
+        let from_node = peer.identity == ID_HOST;
+        side.allowed = !side.isolated || from_node || !side.policies.is_empty();
+        side.reason = if from_node {
+            format!("{} the node: always allowed", if dir == Direction::Egress { "to" } else { "from" })
+        } else if !side.isolated {
+            "not isolated: no policy selecting the pod has this direction".to_string()
+        } else if side.policies.is_empty() {
+            "no rule allows".to_string()
+        } else {
+            format!("allowed by {} rule(s)", side.policies.len())
+        };
+        if let Some(ep) = me_info.endpoint.and_then(|e| self.endpoints.compiled(e).map(|c| (e, c))) {
+            side.maps = Some(self.map_lookup(ep.0, &ep.1, dir, flow, peer));
+        }
+        side
+    }
+
+    /// The dataplane's lookups (weir_abi.h) over one endpoint's entries.
+    fn map_lookup(&self, e: u32, c: &CompiledEndpoint, dir: Direction, flow: &Flow, peer: &EndInfo) -> MapLookup {
+        let isolated = match dir {
+            Direction::Ingress => c.state.ingress_isolated,
+            Direction::Egress => c.state.egress_isolated,
+        };
+        let cover = c
+            .cidr
+            .iter()
+            .filter(|(k, _)| k.endpoint == e && k.direction == dir && k.net.contains(&peer.addr))
+            .max_by_key(|(k, _)| k.net.prefix_len());
+        let mut out = MapLookup {
+            endpoint: e,
+            isolated,
+            allowed: !isolated || peer.identity == ID_HOST,
+            via: None,
+            rule: None,
+            ip_block_prefix: cover.map(|(k, _)| k.net),
+            ip_block_class: cover.map(|(_, class)| *class),
+        };
+        if out.allowed {
+            return out;
+        }
+        let lookup = |identity: u32| -> Option<u32> {
+            c.policy
+                .iter()
+                .filter(|(k, _)| k.matches(e, identity, dir, flow.protocol, flow.port))
+                // the trie's choice: the longest prefix
+                .max_by_key(|(k, _)| k.encode().prefix_len())
+                .map(|(_, v)| v.rule)
+        };
+        let class = cover.map(|(_, c)| *c).filter(|c| *c != CIDR_NO_CLASS && *c >= ID_FIRST_CIDR);
+        let found = lookup(peer.identity)
+            .map(|r| ("identity", r))
+            .or_else(|| lookup(ID_ANY).map(|r| ("any peer", r)))
+            .or_else(|| class.and_then(lookup).map(|r| ("ipBlock class", r)));
+        if let Some((via, rule)) = found {
+            out.allowed = true;
+            out.via = Some(via);
+            out.rule = self.rule_match(rule, dir, peer);
+        }
+        out
+    }
+
+    /// What rule id `id` stands for.
+    fn rule_match(&self, id: u32, dir: Direction, peer: &EndInfo) -> Option<RuleMatch> {
+        let (ns, name, rule_dir, rule, peer_index) = self.policies.rule_of(id)?;
+        let p = self.policies.compiled(&(ns.clone(), name.clone()))?;
+        let compiled = p.rules.iter().find(|r| r.direction == rule_dir && r.direction == dir && r.index == rule)?;
+        let (matched, ip_block) = match (&compiled.peers, peer_index) {
+            (Peers::List(list), Some(i)) => match list.iter().find(|pe| pe.index == i).map(|pe| &pe.spec) {
+                Some(PeerSpec::Block(b)) => {
+                    (format!("ipBlock {}", b.cidr), Some(b.cidr).filter(|c| c.contains(&peer.addr)))
+                }
+                _ => ("pods".to_string(), None),
+            },
+            _ => ("any peer".to_string(), None),
+        };
+        Some(RuleMatch { policy: format!("{ns}/{name}"), rule, peer: peer_index, matched, ip_block })
+    }
+}
+
+/// Whether one port entry of a rule admits (protocol, port) towards the
+/// destination whose named ports are `dest_ports` (none for non-pod peers).
+fn port_admits(ps: &PortSpec, protocol: u8, port: u16, dest_ports: &[(String, u8, u16)]) -> bool {
+    match ps {
+        PortSpec::Any => true,
+        PortSpec::Proto(p) => *p == protocol,
+        PortSpec::Blocks(p, blocks) => *p == protocol && blocks.iter().any(|b| b.contains(port)),
+        PortSpec::Named(p, name) => {
+            *p == protocol && dest_ports.iter().any(|(n, pp, num)| n == name && *pp == protocol && *num == port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::Fixture;
+    use super::super::{reference, Engine, PROTO_TCP, PROTO_UDP};
+    use super::*;
+    use serde_json::json;
+
+    const XA: u32 = 10;
+
+    /// Namespaces x (team=x) and y, pods a (app=a) and b (app=b) in each;
+    /// x/a is this node's endpoint 10.
+    fn base() -> Fixture {
+        let mut f = Fixture::default();
+        f.ns("x", &[("team", "x")]).ns("y", &[("team", "y")]);
+        f.pod("x", "a", &[("app", "a")], "10.0.0.1").pod("x", "b", &[("app", "b")], "10.0.0.2");
+        f.pod("y", "a", &[("app", "a")], "10.0.1.1").pod("y", "b", &[("app", "b")], "10.0.1.2");
+        f.local("x", "a", XA);
+        f
+    }
+
+    fn end(pod: Option<(&str, &str)>, addr: &str) -> End {
+        End { addr: addr.parse().unwrap(), pod: pod.map(|(ns, n)| (ns.to_string(), n.to_string())) }
+    }
+
+    /// Compile `f`, then explain src -> dst.
+    fn explain(f: &Fixture, src: End, dst: End, protocol: u8, port: u16) -> Explanation {
+        let mut engine = Engine::new();
+        engine.compile(&f.store, &f.locals);
+        engine.explain(&f.store, &Flow { src, dst, protocol, port })
+    }
+
+    fn rules(side: &Side) -> Vec<(String, u32, Option<u32>)> {
+        side.policies.iter().map(|r| (r.policy.clone(), r.rule, r.peer)).collect()
+    }
+
+    #[test]
+    fn without_policies_both_sides_are_open() {
+        let e = explain(&base(), end(Some(("x", "b")), "10.0.0.2"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        assert!(e.allowed);
+        assert!(!e.egress.isolated && !e.ingress.isolated);
+        assert!(e.ingress.reason.starts_with("not isolated"), "{}", e.ingress.reason);
+        assert_eq!(e.dst.endpoint, Some(XA));
+        assert_eq!(e.src.endpoint, None, "x/b lives on another node");
+        assert_eq!(e.src.kind, "pod");
+        assert_eq!(e.src.labels.as_ref().unwrap().labels.get("app").map(String::as_str), Some("b"));
+        assert!(e.ingress.maps.as_ref().unwrap().allowed);
+        assert!(e.egress.maps.is_none(), "no map entries of a remote pod here");
+    }
+
+    #[test]
+    fn every_allowing_rule_is_named_and_the_maps_name_the_longest_prefix() {
+        let mut f = base();
+        f.policy("x", "p2", json!({"podSelector": {"matchLabels": {"app": "a"}},
+            "ingress": [{"ports": [{"port": 443}]}, {"from": [{"ipBlock": {"cidr": "10.9.0.0/16"}}, {"podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": 80}]}]}));
+        f.policy(
+            "x",
+            "p1",
+            json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}}]}]}),
+        );
+        let e = explain(&f, end(Some(("x", "b")), "10.0.0.2"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        assert!(e.allowed && e.ingress.isolated);
+        assert_eq!(e.ingress.isolating, ["x/p1", "x/p2"]);
+        assert_eq!(rules(&e.ingress), [("x/p1".into(), 0, Some(0)), ("x/p2".into(), 1, Some(1))]);
+        let maps = e.ingress.maps.unwrap();
+        assert!(maps.allowed);
+        assert_eq!(maps.via, Some("identity"));
+        let r = maps.rule.unwrap();
+        // The lookup is longest-prefix: p2's TCP/80 entry beats p1's any-protocol one.
+        assert_eq!((r.policy.as_str(), r.rule, r.peer), ("x/p2", 1, Some(1)));
+
+        // Port 443: only p2's rule 0 (every peer).
+        let e = explain(&f, end(Some(("y", "b")), "10.0.1.2"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 443);
+        assert!(e.allowed);
+        assert_eq!(rules(&e.ingress), [("x/p2".into(), 0, None)]);
+        assert_eq!(e.ingress.policies[0].matched, "any peer");
+        assert_eq!(e.ingress.maps.unwrap().via, Some("any peer"));
+    }
+
+    #[test]
+    fn an_isolated_side_without_a_rule_says_so_and_the_maps_agree() {
+        let mut f = base();
+        f.policy(
+            "x",
+            "deny",
+            json!({"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress", "Egress"],
+            "egress": [{"to": [{"podSelector": {}}], "ports": [{"protocol": "UDP", "port": 53}]}]}),
+        );
+        let e = explain(&f, end(Some(("x", "a")), "10.0.0.1"), end(Some(("x", "b")), "10.0.0.2"), PROTO_TCP, 53);
+        assert!(!e.allowed && !e.egress.allowed && e.egress.isolated);
+        assert_eq!(e.egress.reason, "no rule allows");
+        assert!(e.egress.policies.is_empty());
+        assert!(e.ingress.allowed, "x/b is not selected");
+        let maps = e.egress.maps.unwrap();
+        assert!(!maps.allowed && maps.rule.is_none());
+
+        let e = explain(&f, end(Some(("x", "a")), "10.0.0.1"), end(Some(("x", "b")), "10.0.0.2"), PROTO_UDP, 53);
+        assert!(e.allowed);
+        assert_eq!(rules(&e.egress), [("x/deny".into(), 0, Some(0))]);
+    }
+
+    #[test]
+    fn ip_blocks_name_the_block_and_the_class_and_respect_except() {
+        let mut f = base();
+        f.policy(
+            "x",
+            "cidr",
+            json!({"podSelector": {"matchLabels": {"app": "a"}},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}]}]}),
+        );
+        let e = explain(&f, end(None, "192.168.2.7"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        assert!(e.allowed);
+        assert_eq!(e.src.kind, "world");
+        assert!(e.egress.pod.is_none() && e.egress.allowed, "no policy judges the world's egress");
+        assert_eq!(e.ingress.policies[0].ip_block, Some("192.168.0.0/16".parse().unwrap()));
+        let maps = e.ingress.maps.unwrap();
+        assert_eq!(maps.via, Some("ipBlock class"));
+        assert!(maps.ip_block_class.unwrap() > CIDR_NO_CLASS);
+        assert!(maps.ip_block_prefix.unwrap().contains(&"192.168.2.7".parse::<IpAddr>().unwrap()));
+
+        let e = explain(&f, end(None, "192.168.1.7"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        assert!(!e.allowed);
+        assert_eq!(e.ingress.reason, "no rule allows");
+        let maps = e.ingress.maps.unwrap();
+        assert_eq!(maps.ip_block_class, Some(CIDR_NO_CLASS), "the except hole");
+        assert!(!maps.allowed);
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_destination() {
+        let mut f = base();
+        f.pod_ports("y", "web", &[("app", "web")], "10.0.1.9", json!([{"name": "http", "containerPort": 8080}]));
+        f.policy(
+            "x",
+            "out",
+            json!({"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"port": "http"}]}]}),
+        );
+        let to_web =
+            |port| explain(&f, end(Some(("x", "a")), "10.0.0.1"), end(Some(("y", "web")), "10.0.1.9"), PROTO_TCP, port);
+        assert!(to_web(8080).allowed);
+        assert_eq!(to_web(8080).egress.maps.unwrap().via, Some("identity"));
+        assert!(!to_web(80).allowed);
+        let to_b = explain(&f, end(Some(("x", "a")), "10.0.0.1"), end(Some(("y", "b")), "10.0.1.2"), PROTO_TCP, 8080);
+        assert!(!to_b.allowed, "y/b has no port named http");
+    }
+
+    /// By rule and by map agree, and both agree with the reference
+    /// judgment, on every pair of pods, protocol and port of a mixed set of
+    /// policies.
+    #[test]
+    fn by_rule_by_map_and_the_reference_agree() {
+        let mut f = base();
+        f.policy("x", "in", json!({"podSelector": {"matchLabels": {"app": "a"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "y"}}, "podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": 80}, {"protocol": "UDP", "port": 1000, "endPort": 2000}]},
+                        {"from": [{"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.2/32"]}}]}]}));
+        f.policy("x", "out", json!({"podSelector": {}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "b"}}}]}, {"to": [{"ipBlock": {"cidr": "10.0.1.0/30"}}], "ports": [{"port": 81}]}]}));
+        let mut engine = Engine::new();
+        let d = engine.compile(&f.store, &f.locals);
+        let pods = [("x", "a", "10.0.0.1"), ("x", "b", "10.0.0.2"), ("y", "a", "10.0.1.1"), ("y", "b", "10.0.1.2")];
+        let mut checked = 0;
+        for (sns, sn, sip) in pods {
+            for (dns, dn, dip) in pods {
+                for (proto, port) in [(PROTO_TCP, 80), (PROTO_TCP, 81), (PROTO_UDP, 1500), (PROTO_UDP, 80)] {
+                    let flow =
+                        Flow { src: end(Some((sns, sn)), sip), dst: end(Some((dns, dn)), dip), protocol: proto, port };
+                    let e = engine.explain(&f.store, &flow);
+                    for (side, ep_of, peer) in [(&e.egress, &e.src, dip), (&e.ingress, &e.dst, sip)] {
+                        let Some(maps) = &side.maps else { continue };
+                        let dir = if side.direction == "egress" { Direction::Egress } else { Direction::Ingress };
+                        let want =
+                            reference::judge(&d, ep_of.endpoint.unwrap(), dir, peer.parse().unwrap(), proto, port);
+                        assert_eq!(
+                            side.allowed, want,
+                            "{sns}/{sn} -> {dns}/{dn} {proto}/{port} {}: by rule",
+                            side.direction
+                        );
+                        assert_eq!(
+                            maps.allowed, want,
+                            "{sns}/{sn} -> {dns}/{dn} {proto}/{port} {}: by map",
+                            side.direction
+                        );
+                        if let Some(r) = &maps.rule {
+                            assert!(side.policies.contains(r), "the map's rule is among the allowing ones: {r:?}");
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 4 * 2, "x/a's egress and ingress, for every pair and port");
+    }
+}
