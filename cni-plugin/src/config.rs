@@ -190,6 +190,8 @@ pub struct Policy {
     pub ready_timeout_ms: u64,
     pub while_not_ready: WhileNotReady,
     pub on_ready_timeout: OnReadyTimeout,
+    /// How the programs attach to the host veth (`policy.attach`).
+    pub attach: weir_bpf::AttachMode,
 }
 
 impl Default for Policy {
@@ -201,6 +203,7 @@ impl Default for Policy {
             ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
             while_not_ready: WhileNotReady::Drop,
             on_ready_timeout: OnReadyTimeout::Fail,
+            attach: weir_bpf::AttachMode::Auto,
         }
     }
 }
@@ -427,6 +430,14 @@ fn parse_policy(p: &Value) -> Result<Policy> {
         Some("continue") => OnReadyTimeout::Continue,
         Some(o) => return Err(CniError::config(format!("policy.onReadyTimeout {o:?}: use \"fail\" or \"continue\""))),
     };
+    let attach = match opt_str(p, "policy.", "attach")? {
+        None => d.attach,
+        Some(a) => weir_bpf::AttachMode::parse(&a).ok_or_else(|| {
+            CniError::config(format!(
+                "policy.attach {a:?}: use \"auto\" (TCX where the kernel has it), \"tcx\" or \"tc\" (clsact + cls_bpf)"
+            ))
+        })?,
+    };
     Ok(Policy {
         enforce: opt_bool(p, "policy.", "enforce")?.unwrap_or(false),
         bpffs_root: opt_str(p, "policy.", "bpffsRoot")?.map(PathBuf::from).unwrap_or(d.bpffs_root),
@@ -434,6 +445,7 @@ fn parse_policy(p: &Value) -> Result<Policy> {
         ready_timeout_ms: opt_u64(p, "policy.", "readyTimeoutMs")?.unwrap_or(d.ready_timeout_ms),
         while_not_ready,
         on_ready_timeout,
+        attach,
     })
 }
 
