@@ -110,11 +110,13 @@ for rep in $(seq "$REPS"); do
 			us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
 			read -r -a C <<<"$CFGS"
 			bin() { [ "$1" = ref ] && echo "$REF" || echo "$WEIR"; }
+			# CNI_ARGS as the kubelet passes them: enforcement needs the Pod name
 			one() { # op cfg i -> prints the timing line
 				local op=$1 c=$2 i=$3 b a rc
 				b=$(bin "$c")
 				a=$(us)
-				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
+				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 \
+					CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$c-$i" "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
 				rc=$?
 				echo "$VARIANT $REP $c $op $i $(( $(us) - a )) $rc"
 				# untimed: let the kernel finish deleting the interface (weir
@@ -153,6 +155,7 @@ PY
 		left=$(ip -n wcb-node -o link show | grep -c -E 'weir[0-9a-f]{11}|veth' || true)
 		echo "node links left after DEL: $left" >>"$OUTDIR/checks.txt"
 		echo "TCX link pins and tc filter records left after DEL: $(ls "$BPFROOT/links" 2>/dev/null | wc -l)" >>"$OUTDIR/checks.txt"
+		cp "$RUN/stderr.txt" "$OUTDIR/stderr-$variant-$rep.txt" 2>/dev/null || true
 	done
 done
 down
