@@ -465,7 +465,7 @@ impl Dataplane {
     /// packet goes unjudged). False when the filter is not there (device
     /// gone, or in another namespace): left for GC, like a defunct link.
     fn retarget_tc(ifindex: u32, hook: Hook, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
-        if !crate::tc::weir_filter(ifindex, hook.tc_side())?.is_some_and(|f| f.name == hook.name()) {
+        if crate::tc::weir_filter(ifindex, hook.tc_side())?.is_none_or(|f| f.name != hook.name()) {
             return Ok(false);
         }
         match crate::tc::set_filter(ifindex, hook.tc_side(), prog, hook.name(), false) {
