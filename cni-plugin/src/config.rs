@@ -716,6 +716,25 @@ mod tests {
         assert!(e.msg.starts_with("ipam.ranges is an empty list"), "{}", e.msg);
     }
 
+    #[test]
+    fn policy_attach_is_one_of_three_names_and_defaults_to_auto() {
+        assert_eq!(parse_netconf(base()).unwrap().policy.attach, weir_bpf::AttachMode::Auto);
+        for (name, mode) in
+            [("auto", weir_bpf::AttachMode::Auto), ("tcx", weir_bpf::AttachMode::Tcx), ("tc", weir_bpf::AttachMode::Tc)]
+        {
+            let mut v = base();
+            v["policy"] = json!({ "attach": name });
+            assert_eq!(parse_netconf(v).unwrap().policy.attach, mode);
+        }
+        for bad in [json!("TCX"), json!("xdp"), json!(1)] {
+            let mut v = base();
+            v["policy"] = json!({ "attach": bad });
+            let e = err(v);
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert!(e.msg.starts_with("policy.attach"), "{bad}: {}", e.msg);
+        }
+    }
+
     fn without_ranges(run_dir: &Path) -> Value {
         json!({"cniVersion": "1.1.0", "name": "net", "type": "weir",
                "ipam": {"type": "host-local"}, "policy": {"runDir": run_dir}})
