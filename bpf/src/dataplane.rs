@@ -587,10 +587,12 @@ impl Dataplane {
     }
 
     /// Attach from_pod (tc ingress) and to_pod (tc egress) to the host veth
-    /// `ifindex` in the caller's current network namespace, pinning the TCX
-    /// links under `<root>/links/` so they outlive the process. Idempotent:
-    /// a link already attached with the current program is kept; a stale one
-    /// (device gone, older program) is replaced after the new one is in.
+    /// `ifindex` in the caller's current network namespace with
+    /// [`AttachMode::Auto`]: TCX links pinned under `<root>/links/` so they
+    /// outlive the process, or tc filters on kernels without TCX.
+    /// Idempotent: a link or filter already running the current program is
+    /// kept; a stale one (device gone, older program) is replaced after the
+    /// new one is in.
     pub fn attach(&self, ifindex: u32) -> Result<(), Error> {
         self.attach_as(ifindex, AttachMode::Auto)
     }
@@ -603,8 +605,8 @@ impl Dataplane {
 
     /// Attach leave_node to the tc egress of `ifindex`, the device traffic
     /// to other nodes leaves by (VXLAN device, or the underlay with
-    /// host-gw), pinned under `<root>/node-links/`. Idempotent, like
-    /// [`Dataplane::attach`].
+    /// host-gw), pinned (or, for a tc filter, recorded) under
+    /// `<root>/node-links/`. Idempotent, like [`Dataplane::attach`].
     pub fn attach_leave_node(&self, ifindex: u32) -> Result<(), Error> {
         self.attach_leave_node_as(ifindex, AttachMode::Auto)
     }
