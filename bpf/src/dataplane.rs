@@ -9,6 +9,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{self, TcAttachOptions};
+
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use ipnet::IpNet;
 use std::fs::File;
@@ -56,6 +57,12 @@ impl Hook {
             Hook::ToPod | Hook::LeaveNode => 47,
         }
     }
+    fn tc_side(self) -> crate::tc::Side {
+        match self.attach_type() {
+            TcAttachType::Ingress => crate::tc::Side::Ingress,
+            _ => crate::tc::Side::Egress,
+        }
+    }
     /// Where its links are pinned: pods' under `links/`, the node devices'
     /// under `node-links/` (so nothing that lists endpoints sees them).
     fn links_dir(self) -> &'static str {
@@ -65,6 +72,52 @@ impl Hook {
         }
     }
 }
+
+/// How the programs attach to a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX where the kernel has it (>= 6.6), tc otherwise.
+    #[default]
+    Auto,
+    /// A TCX link (BPF_LINK_CREATE), pinned under `links/`.
+    Tcx,
+    /// The clsact qdisc and a direct-action cls_bpf filter, through rtnetlink.
+    Tc,
+}
+
+impl AttachMode {
+    /// The names configuration uses: "auto", "tcx", "tc".
+    pub const NAMES: [&'static str; 3] = ["auto", "tcx", "tc"];
+
+    pub fn parse(s: &str) -> Option<AttachMode> {
+        match s {
+            "auto" => Some(AttachMode::Auto),
+            "tcx" => Some(AttachMode::Tcx),
+            "tc" => Some(AttachMode::Tc),
+            _ => None,
+        }
+    }
+
+    /// Auto made concrete for this kernel.
+    pub fn resolve(self) -> AttachMode {
+        match self {
+            AttachMode::Auto => {
+                let tcx = aya::util::KernelVersion::current()
+                    .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                    .unwrap_or(true);
+                if tcx {
+                    AttachMode::Tcx
+                } else {
+                    AttachMode::Tc
+                }
+            }
+            m => m,
+        }
+    }
+}
+
+/// The suffix of a tc filter's record beside the TCX pins.
+const TC_MARKER_SUFFIX: &str = "-tc";
 
 /// A conntrack entry with its expiry relative to now.
 #[derive(Clone, Debug)]
@@ -378,8 +431,20 @@ impl Dataplane {
                 Err(e) => return Err(Error::io("cannot list", dir, e)),
             };
             let suffix = format!("_{}", hook.name());
+            let tc_suffix = format!("{suffix}{TC_MARKER_SUFFIX}");
             for e in entries.flatten() {
-                if !e.file_name().to_string_lossy().ends_with(&suffix) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(ifindex) = name.strip_suffix(&tc_suffix).and_then(|i| i.parse::<u32>().ok()) {
+                    if Self::retarget_tc(ifindex, hook, prog.as_fd())
+                        .map_err(|e| Error::io("cannot switch the tc filter to the new program", dir.join(&name), e))?
+                    {
+                        up.links_updated += 1;
+                    } else {
+                        up.links_defunct += 1;
+                    }
+                    continue;
+                }
+                if !name.ends_with(&suffix) {
                     continue;
                 }
                 let path = e.path();
@@ -393,6 +458,21 @@ impl Dataplane {
             }
         }
         Ok(up)
+    }
+
+    /// Replace the program of Weir's filter on the hook of `ifindex`, in the
+    /// caller's network namespace (cls_bpf swaps it in one RCU update: no
+    /// packet goes unjudged). False when the filter is not there (device
+    /// gone, or in another namespace): left for GC, like a defunct link.
+    fn retarget_tc(ifindex: u32, hook: Hook, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+        if crate::tc::weir_filter(ifindex, hook.tc_side())?.is_none_or(|f| f.name != hook.name()) {
+            return Ok(false);
+        }
+        match crate::tc::set_filter(ifindex, hook.tc_side(), prog, hook.name(), false) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Open the pinned dataplane under `root`; the pins must exist.
@@ -430,6 +510,10 @@ impl Dataplane {
         self.root.join(hook.links_dir()).join(format!("{ifindex}_{}", hook.name()))
     }
 
+    fn tc_marker_path(&self, ifindex: u32, hook: Hook) -> PathBuf {
+        self.root.join(hook.links_dir()).join(format!("{ifindex}_{}{TC_MARKER_SUFFIX}", hook.name()))
+    }
+
     fn program(&self, hook: Hook) -> Result<SchedClassifier, Error> {
         SchedClassifier::from_pin(self.prog_path(hook))
             .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })
@@ -442,9 +526,15 @@ impl Dataplane {
     }
 
     /// The kernel id of the program `hook` runs on `ifindex` through our
-    /// pinned link; None without one.
+    /// pinned link or our tc filter; None without either.
     pub fn attached_program_id(&self, ifindex: u32, hook: Hook) -> Result<Option<u32>, Error> {
-        Ok(self.link_state(&self.link_path(ifindex, hook))?.map(|i| i.prog_id))
+        if let Some(i) = self.link_state(&self.link_path(ifindex, hook))? {
+            return Ok(Some(i.prog_id));
+        }
+        if !fs_entry_exists(&self.tc_marker_path(ifindex, hook)) {
+            return Ok(None);
+        }
+        self.tc_program_id(ifindex, hook)
     }
 
     fn prog_id(&self, hook: Hook) -> Result<u32, Error> {
@@ -463,6 +553,10 @@ impl Dataplane {
     }
 
     fn hook_attached(&self, ifindex: u32, hook: Hook, prog_id: Option<u32>) -> Result<bool, Error> {
+        Ok(self.tcx_attached(ifindex, hook, prog_id)? || self.tc_attached(ifindex, hook, prog_id)?)
+    }
+
+    fn tcx_attached(&self, ifindex: u32, hook: Hook, prog_id: Option<u32>) -> Result<bool, Error> {
         Ok(match self.link_state(&self.link_path(ifindex, hook))? {
             Some(i) => {
                 i.link_type == sys::BPF_LINK_TYPE_TCX
@@ -474,21 +568,51 @@ impl Dataplane {
         })
     }
 
+    /// Our record of a filter is there and the kernel runs the hook's
+    /// program (`prog_id`, or any build's when None) in Weir's filter.
+    fn tc_attached(&self, ifindex: u32, hook: Hook, prog_id: Option<u32>) -> Result<bool, Error> {
+        let marker = self.tc_marker_path(ifindex, hook);
+        if !fs_entry_exists(&marker) {
+            return Ok(false);
+        }
+        Ok(self.tc_program_id(ifindex, hook)?.is_some_and(|id| prog_id.is_none_or(|p| p == id)))
+    }
+
+    /// The program in Weir's filter on the hook of `ifindex` (in this
+    /// network namespace), if there is one running the hook's program.
+    fn tc_program_id(&self, ifindex: u32, hook: Hook) -> Result<Option<u32>, Error> {
+        let f = crate::tc::weir_filter(ifindex, hook.tc_side())
+            .map_err(|e| Error::io("cannot list the tc filters", self.tc_marker_path(ifindex, hook), e))?;
+        Ok(f.filter(|f| f.name == hook.name()).map(|f| f.prog_id))
+    }
+
     /// Attach from_pod (tc ingress) and to_pod (tc egress) to the host veth
-    /// `ifindex` in the caller's current network namespace, pinning the TCX
-    /// links under `<root>/links/` so they outlive the process. Idempotent:
-    /// a link already attached with the current program is kept; a stale one
-    /// (device gone, older program) is replaced after the new one is in.
+    /// `ifindex` in the caller's current network namespace with
+    /// [`AttachMode::Auto`]: TCX links pinned under `<root>/links/` so they
+    /// outlive the process, or tc filters on kernels without TCX.
+    /// Idempotent: a link or filter already running the current program is
+    /// kept; a stale one (device gone, older program) is replaced after the
+    /// new one is in.
     pub fn attach(&self, ifindex: u32) -> Result<(), Error> {
-        self.attach_hooks(ifindex, &Hook::POD)
+        self.attach_as(ifindex, AttachMode::Auto)
+    }
+
+    /// [`Dataplane::attach`] with a chosen mechanism. Whatever another
+    /// mode attached on these hooks is removed once the new one is in.
+    pub fn attach_as(&self, ifindex: u32, mode: AttachMode) -> Result<(), Error> {
+        self.attach_hooks(ifindex, &Hook::POD, mode)
     }
 
     /// Attach leave_node to the tc egress of `ifindex`, the device traffic
     /// to other nodes leaves by (VXLAN device, or the underlay with
-    /// host-gw), pinned under `<root>/node-links/`. Idempotent, like
-    /// [`Dataplane::attach`].
+    /// host-gw), pinned (or, for a tc filter, recorded) under
+    /// `<root>/node-links/`. Idempotent, like [`Dataplane::attach`].
     pub fn attach_leave_node(&self, ifindex: u32) -> Result<(), Error> {
-        self.attach_hooks(ifindex, &[Hook::LeaveNode])
+        self.attach_leave_node_as(ifindex, AttachMode::Auto)
+    }
+
+    pub fn attach_leave_node_as(&self, ifindex: u32, mode: AttachMode) -> Result<(), Error> {
+        self.attach_hooks(ifindex, &[Hook::LeaveNode], mode)
     }
 
     pub fn is_leave_node_attached(&self, ifindex: u32) -> Result<bool, Error> {
@@ -505,49 +629,76 @@ impl Dataplane {
         self.linked_ifindexes(Hook::LeaveNode.links_dir())
     }
 
-    fn attach_hooks(&self, ifindex: u32, hooks: &[Hook]) -> Result<(), Error> {
+    fn attach_hooks(&self, ifindex: u32, hooks: &[Hook], mode: AttachMode) -> Result<(), Error> {
         let ifname = sys::if_name(ifindex).ok_or(Error::NoSuchInterface { ifindex })?;
         let _lock = RootLock::take(&self.root)?;
-        let tcx =
-            aya::util::KernelVersion::current().map(|v| v >= aya::util::KernelVersion::new(6, 6, 0)).unwrap_or(true);
+        let tcx = mode.resolve() == AttachMode::Tcx;
         for &hook in hooks {
-            let link_path = self.link_path(ifindex, hook);
-            let mut prog = self.program(hook)?;
-            if !tcx {
-                // clsact + netlink filter: persists without a pin.
-                let _ = tc::qdisc_add_clsact(&ifname);
-                let id = prog
-                    .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::Netlink(Default::default()))
-                    .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-                std::mem::forget(link);
-                continue;
+            if tcx {
+                self.attach_tcx(ifindex, &ifname, hook)?;
+                // the hook's tc filter, if an earlier attach put one, goes once TCX is in
+                self.detach_tc(ifindex, hook)?;
+            } else {
+                self.attach_tc(ifindex, &ifname, hook)?;
+                self.detach_tcx(ifindex, hook)?;
             }
-            let prog_id = self.prog_id(hook)?;
-            if self.hook_attached(ifindex, hook, Some(prog_id))? {
-                continue;
-            }
-            let id = prog
-                .attach_with_options(&ifname, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
-            let fd_link: FdLink =
-                link.try_into().map_err(|e| Error::io("cannot take TCX link", &link_path, io::Error::other(e)))?;
-            if link_path.exists() {
-                // the stale link detaches when its pin goes (the new one is already in)
-                std::fs::remove_file(&link_path)
-                    .map_err(|e| Error::io("cannot remove stale link pin", &link_path, e))?;
-            }
-            fd_link.pin(&link_path).map_err(|e| Error::io("cannot pin TCX link", &link_path, io::Error::other(e)))?;
         }
         Ok(())
     }
 
-    /// Both programs attached to `ifindex` through our pinned links.
+    fn attach_tcx(&self, ifindex: u32, ifname: &str, hook: Hook) -> Result<(), Error> {
+        let link_path = self.link_path(ifindex, hook);
+        let prog_id = self.prog_id(hook)?;
+        if self.tcx_attached(ifindex, hook, Some(prog_id))? {
+            return Ok(());
+        }
+        let mut prog = self.program(hook)?;
+        let id = prog
+            .attach_with_options(ifname, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| Error::Program { name: hook.name().into(), source: Box::new(source) })?;
+        let fd_link: FdLink =
+            link.try_into().map_err(|e| Error::io("cannot take TCX link", &link_path, io::Error::other(e)))?;
+        if link_path.exists() {
+            // the stale link detaches when its pin goes (the new one is already in)
+            std::fs::remove_file(&link_path).map_err(|e| Error::io("cannot remove stale link pin", &link_path, e))?;
+        }
+        fd_link.pin(&link_path).map_err(|e| Error::io("cannot pin TCX link", &link_path, io::Error::other(e)))?;
+        Ok(())
+    }
+
+    /// clsact + Weir's cls_bpf filter (see [`crate::tc`]): the filter lives
+    /// with the device, so nothing pins it; an empty directory
+    /// `<ifindex>_<prog>-tc` (bpffs refuses names with a dot) beside the TCX pins records it for listing and GC.
+    fn attach_tc(&self, ifindex: u32, ifname: &str, hook: Hook) -> Result<(), Error> {
+        let marker = self.tc_marker_path(ifindex, hook);
+        let prog_id = self.prog_id(hook)?;
+        let current = self.tc_attached(ifindex, hook, Some(prog_id))?;
+        if !current {
+            if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                // EEXIST: clsact is there already (from us or anyone)
+                if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST)) {
+                    return Err(Error::Program { name: hook.name().into(), source: Box::new(e.into()) });
+                }
+            }
+            let p = self.prog_path(hook);
+            let fd = sys::obj_get(&p).map_err(|e| Error::io("cannot open pinned program", &p, e))?;
+            crate::tc::set_filter(ifindex, hook.tc_side(), fd.as_fd(), hook.name(), true)
+                .map_err(|e| Error::io("cannot add the cls_bpf filter", &marker, e))?;
+        }
+        match std::fs::create_dir(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                Err(Error::io("cannot record the tc filter", &marker, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Both programs attached to `ifindex`, through our pinned TCX links or
+    /// our tc filters (the kernel's program id compared with the pinned
+    /// program's for a filter; a pinned link is ours by construction).
     pub fn is_attached(&self, ifindex: u32) -> Result<bool, Error> {
         for hook in Hook::POD {
             if !self.hook_attached(ifindex, hook, None)? {
@@ -557,8 +708,8 @@ impl Dataplane {
         Ok(true)
     }
 
-    /// Detach both programs from `ifindex` (unpinning the links). Already
-    /// gone is success.
+    /// Detach both programs from `ifindex` (unpinning the TCX links,
+    /// removing the tc filters). Already gone is success.
     pub fn detach(&self, ifindex: u32) -> Result<(), Error> {
         self.detach_hooks(ifindex, &Hook::POD)
     }
@@ -566,20 +717,44 @@ impl Dataplane {
     fn detach_hooks(&self, ifindex: u32, hooks: &[Hook]) -> Result<(), Error> {
         let _lock = RootLock::take(&self.root)?;
         for &hook in hooks {
-            let path = self.link_path(ifindex, hook);
-            match PinnedLink::from_pin(&path) {
-                Ok(link) => {
-                    // dropping the last reference detaches it
-                    drop(link.unpin().map_err(|e| Error::io("cannot unpin link", &path, e))?);
-                }
-                Err(_) if !path.exists() => {}
-                Err(e) => return Err(Error::io("cannot open pinned link", &path, io::Error::other(e))),
-            }
+            self.detach_tcx(ifindex, hook)?;
+            self.detach_tc(ifindex, hook)?;
         }
         Ok(())
     }
 
-    /// ifindexes that have pinned links under this root.
+    fn detach_tcx(&self, ifindex: u32, hook: Hook) -> Result<(), Error> {
+        let path = self.link_path(ifindex, hook);
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => {
+                // dropping the last reference detaches it
+                drop(link.unpin().map_err(|e| Error::io("cannot unpin link", &path, e))?);
+            }
+            Err(_) if !path.exists() => {}
+            Err(e) => return Err(Error::io("cannot open pinned link", &path, io::Error::other(e))),
+        }
+        Ok(())
+    }
+
+    /// Remove the filter (if the device is still in this namespace), then
+    /// its record.
+    fn detach_tc(&self, ifindex: u32, hook: Hook) -> Result<(), Error> {
+        let marker = self.tc_marker_path(ifindex, hook);
+        let ours = crate::tc::weir_filter(ifindex, hook.tc_side())
+            .map_err(|e| Error::io("cannot list the tc filters", &marker, e))?
+            .is_some_and(|f| f.name == hook.name());
+        if ours {
+            crate::tc::remove_filter(ifindex, hook.tc_side())
+                .map_err(|e| Error::io("cannot remove the cls_bpf filter", &marker, e))?;
+        }
+        match std::fs::remove_dir(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("cannot remove the tc record", &marker, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// ifindexes that have pinned TCX links or recorded tc filters under
+    /// this root.
     pub fn attached_ifindexes(&self) -> Result<Vec<u32>, Error> {
         self.linked_ifindexes(Hook::FromPod.links_dir())
     }

@@ -4,7 +4,8 @@
 //!
 //! Everything lives under one bpffs root (default `/sys/fs/bpf/weir`):
 //! the maps pinned by name, the programs under `progs/`, the TCX links under
-//! `links/`. Pins make the dataplane outlive every process: the CNI binary
+//! `links/` (beside them, with tc attachment, a record of each cls_bpf
+//! filter: see [`AttachMode`]). Pins make the dataplane outlive every process: the CNI binary
 //! attaches and exits, policyd restarts, and packets keep being judged by
 //! the same programs against the same maps.
 
@@ -15,6 +16,7 @@ pub mod flow;
 pub mod pkt;
 pub mod policy;
 mod sys;
+pub mod tc;
 
 mod dataplane;
 mod error;
@@ -22,7 +24,7 @@ mod events;
 mod lifecycle;
 mod lpm;
 
-pub use dataplane::{build_id, CtEntry, Dataplane, Hook, Upgrade, TC_DROP, TC_PASS};
+pub use dataplane::{build_id, AttachMode, CtEntry, Dataplane, Hook, Upgrade, TC_DROP, TC_PASS};
 pub use error::Error;
 pub use events::EventReader;
 pub use policy::{Direction, PolicyMatch};

@@ -10,13 +10,22 @@ use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, Direction, PolicyMatch};
 
 #[test]
-fn root_pods_from_the_cni_binary_are_judged_by_the_maps() {
+fn root_pods_from_the_cni_binary_are_judged_by_the_maps_tcx() {
+    pods_from_the_cni_binary_are_judged_by_the_maps("cnx", "tcx");
+}
+
+#[test]
+fn root_pods_from_the_cni_binary_are_judged_by_the_maps_tc() {
+    pods_from_the_cni_binary_are_judged_by_the_maps("cnt", "tc");
+}
+
+fn pods_from_the_cni_binary_are_judged_by_the_maps(tag: &str, attach: &str) {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
     let bin = weir_bin();
-    let c = CniPods::add("cn", 3, "10.78.0.0/24");
+    let c = CniPods::add_attached(tag, 3, if attach == "tc" { "10.78.1.0/24" } else { "10.78.0.0/24" }, attach);
     let (g, node, pods, conf) = (&c.guard, &c.node, &c.pods, &c.conf);
     let (r0, r1, r2) = (c.record(0), c.record(1), c.record(2));
     let ip = |r: &weir_common::registry::EndpointRecord| *r.ips.iter().find(|a| a.is_ipv4()).unwrap();

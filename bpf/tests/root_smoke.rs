@@ -1,9 +1,23 @@
 mod common;
 use common::*;
-use weir_bpf::{abi, Dataplane, Hook};
+use weir_bpf::{abi, tc, AttachMode, Dataplane, Hook};
 
 #[test]
-fn root_load_attach_detach_survive() {
+fn root_load_attach_detach_survive_tcx() {
+    load_attach_detach_survive(AttachMode::Tcx);
+}
+
+#[test]
+fn root_load_attach_detach_survive_tc() {
+    load_attach_detach_survive(AttachMode::Tc);
+}
+
+/// Weir's cls_bpf filters on the device's clsact, both sides.
+fn tc_filters(idx: u32) -> Vec<tc::Filter> {
+    [tc::Side::Ingress, tc::Side::Egress].into_iter().flat_map(|s| tc::filters(idx, s).unwrap()).collect()
+}
+
+fn load_attach_detach_survive(mode: AttachMode) {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
@@ -13,9 +27,19 @@ fn root_load_attach_detach_survive() {
     let dp = root.load();
     let idx = dummy("wsmoke0");
     assert!(!dp.is_attached(idx).unwrap());
-    dp.attach(idx).unwrap();
+    dp.attach_as(idx, mode).unwrap();
     assert!(dp.is_attached(idx).unwrap());
-    dp.attach(idx).unwrap(); // idempotent
+    dp.attach_as(idx, mode).unwrap(); // idempotent
+    assert_eq!(dp.attached_ifindexes().unwrap(), vec![idx]);
+    let ids: Vec<u32> = Hook::POD.iter().map(|&h| dp.program_id(h).unwrap()).collect();
+    let attached: Vec<u32> = Hook::POD.iter().map(|&h| dp.attached_program_id(idx, h).unwrap().unwrap()).collect();
+    assert_eq!(attached, ids);
+    let filters = tc_filters(idx);
+    match mode {
+        // one filter per side however often it is attached, running the pinned programs
+        AttachMode::Tc => assert_eq!(filters.iter().map(|f| f.prog_id).collect::<Vec<_>>(), ids, "{filters:?}"),
+        _ => assert!(filters.is_empty(), "{filters:?}"),
+    }
     let mac = pkt::test_mac(idx);
     let pod = abi::Endpoint::for_pod(mac, &["10.0.0.5/24".parse().unwrap()], 0).unwrap();
     let ep = abi::Endpoint { identity: 300, flags: abi::EP_READY, revision: 7, ..pod };
@@ -29,7 +53,55 @@ fn root_load_attach_detach_survive() {
     assert_eq!(r, weir_bpf::TC_PASS);
     dp2.detach(idx).unwrap();
     assert!(!dp2.is_attached(idx).unwrap());
+    assert!(tc_filters(idx).is_empty(), "no filter left behind");
+    assert!(dp2.attached_ifindexes().unwrap().is_empty());
     dp2.detach(idx).unwrap();
+}
+
+/// Switching mechanism on a device leaves one attachment per hook: the
+/// new one goes in, then the other mode's goes.
+#[test]
+fn root_attach_in_another_mode_replaces_the_first() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    private_netns();
+    let root = TestRoot::new("switch");
+    let dp = root.load();
+    let idx = dummy("wswitch0");
+    dp.attach_as(idx, AttachMode::Tcx).unwrap();
+    dp.attach_as(idx, AttachMode::Tc).unwrap();
+    assert!(dp.is_attached(idx).unwrap());
+    assert_eq!(tc_filters(idx).len(), 2);
+    let links = std::fs::read_dir(root.path.join("links")).unwrap().count();
+    assert_eq!(links, 2, "the two tc records, no TCX pin");
+    dp.attach_as(idx, AttachMode::Tcx).unwrap();
+    assert!(dp.is_attached(idx).unwrap());
+    assert!(tc_filters(idx).is_empty());
+    assert_eq!(std::fs::read_dir(root.path.join("links")).unwrap().count(), 2, "the two TCX pins");
+    dp.detach(idx).unwrap();
+    assert!(std::fs::read_dir(root.path.join("links")).unwrap().next().is_none());
+}
+
+/// A filter someone removed is not attached, though our record says so
+/// (CHECK must report it), and the next attach puts it back.
+#[test]
+fn root_tc_filter_removed_behind_our_back_is_not_attached() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    private_netns();
+    let root = TestRoot::new("tcgone");
+    let dp = root.load();
+    let idx = dummy("wtcgone0");
+    dp.attach_as(idx, AttachMode::Tc).unwrap();
+    sh(&["tc", "filter", "del", "dev", "wtcgone0", "ingress"]);
+    assert!(!dp.is_attached(idx).unwrap());
+    dp.attach_as(idx, AttachMode::Tc).unwrap();
+    assert!(dp.is_attached(idx).unwrap());
+    assert_eq!(tc_filters(idx).len(), 2);
 }
 
 #[test]

@@ -105,12 +105,32 @@ impl Flow {
 }
 
 #[test]
-fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows() {
+fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows_tcx() {
+    upgrade_switches_running_pods_without_breaking_flows("upx", "tcx", "10.79.0.0/24");
+}
+
+/// With tc filters the program is swapped in each filter (cls_bpf replaces
+/// it in one RCU update), from the node's netns as weir-policyd runs.
+#[test]
+fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows_tc() {
+    upgrade_switches_running_pods_without_breaking_flows("upt", "tc", "10.79.1.0/24");
+}
+
+fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str, subnet: &str) {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
-    let c = CniPods::add("up", 2, "10.79.0.0/24");
+    let c = CniPods::add_attached(tag, 2, subnet, attach);
+    let node_ns = format!("/run/netns/{}", c.node);
+    // what weir-policyd does at start, in the node's netns
+    let upgrade_as = |build: &'static str| {
+        let root = c.guard.root.clone();
+        netns::run_in(&node_ns, move || match build {
+            "" => Dataplane::load_or_upgrade(&root).map(|(_, u)| u).unwrap(),
+            b => Dataplane::load_or_upgrade_as(&root, b).map(|(_, u)| u).unwrap(),
+        })
+    };
     let g = &c.guard;
     let (r0, r1) = (c.record(0), c.record(1));
     let ip1 = *r1.ips.iter().find(|a| a.is_ipv4()).unwrap();
@@ -133,34 +153,40 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
     udp.advance(20, "UDP before the upgrade");
 
     let ifindexes = [r0.host_ifindex, r1.host_ifindex];
-    let running = |dp: &Dataplane| -> Vec<u32> {
-        ifindexes
-            .iter()
-            .flat_map(|&i| Hook::POD.map(|h| dp.attached_program_id(i, h).unwrap().expect("attached")))
-            .collect()
+    // asked in the node's netns, where a tc filter lives
+    let running = || -> Vec<u32> {
+        let root = g.root.clone();
+        netns::run_in(&node_ns, move || {
+            let dp = Dataplane::open(&root).unwrap();
+            ifindexes
+                .iter()
+                .flat_map(|&i| Hook::POD.map(|h| dp.attached_program_id(i, h).unwrap().expect("attached")))
+                .collect()
+        })
     };
-    let before = running(&dp);
+    let before = running();
     assert_eq!(before, ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp.program_id(h).unwrap())).collect::<Vec<_>>());
 
     // The same build again changes nothing.
-    let (_, same) = Dataplane::load_or_upgrade(&g.root).unwrap();
+    let same = upgrade_as("");
     assert!(!same.replaced, "{same:?}");
-    assert_eq!(running(&dp), before);
+    assert_eq!(running(), before);
 
     // The next build: new programs, every link switched, under traffic.
-    let (dp2, up) = Dataplane::load_or_upgrade_as(&g.root, "next-build").unwrap();
+    let up = upgrade_as("next-build");
+    let dp2 = Dataplane::open(&g.root).unwrap();
     assert!(up.replaced, "{up:?}");
     assert_eq!(up.links_updated, 4, "{up:?}");
     assert!(g.root.join("build-next-build").is_dir());
     assert!(!g.root.join(format!("build-{}", weir_bpf::build_id())).exists(), "the old build's marker stays behind");
-    let after = running(&dp2);
+    let after = running();
     let new_ids: Vec<u32> = ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp2.program_id(h).unwrap())).collect();
     assert_eq!(after, new_ids, "every link runs the newly pinned programs");
     assert!(after.iter().all(|a| !before.contains(a)), "old {before:?}, now {after:?}");
 
     // A CNI binary of the older build opens the root: it keeps the new programs.
     let _ = Dataplane::load_or_open(&g.root).unwrap();
-    assert_eq!(running(&dp2), new_ids);
+    assert_eq!(running(), new_ids);
 
     tcp.advance(20, "TCP after the upgrade");
     udp.advance(20, "UDP after the upgrade");

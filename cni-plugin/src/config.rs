@@ -190,6 +190,8 @@ pub struct Policy {
     pub ready_timeout_ms: u64,
     pub while_not_ready: WhileNotReady,
     pub on_ready_timeout: OnReadyTimeout,
+    /// How the programs attach to the host veth (`policy.attach`).
+    pub attach: weir_bpf::AttachMode,
 }
 
 impl Default for Policy {
@@ -201,6 +203,7 @@ impl Default for Policy {
             ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
             while_not_ready: WhileNotReady::Drop,
             on_ready_timeout: OnReadyTimeout::Fail,
+            attach: weir_bpf::AttachMode::Auto,
         }
     }
 }
@@ -427,6 +430,14 @@ fn parse_policy(p: &Value) -> Result<Policy> {
         Some("continue") => OnReadyTimeout::Continue,
         Some(o) => return Err(CniError::config(format!("policy.onReadyTimeout {o:?}: use \"fail\" or \"continue\""))),
     };
+    let attach = match opt_str(p, "policy.", "attach")? {
+        None => d.attach,
+        Some(a) => weir_bpf::AttachMode::parse(&a).ok_or_else(|| {
+            CniError::config(format!(
+                "policy.attach {a:?}: use \"auto\" (TCX where the kernel has it), \"tcx\" or \"tc\" (clsact + cls_bpf)"
+            ))
+        })?,
+    };
     Ok(Policy {
         enforce: opt_bool(p, "policy.", "enforce")?.unwrap_or(false),
         bpffs_root: opt_str(p, "policy.", "bpffsRoot")?.map(PathBuf::from).unwrap_or(d.bpffs_root),
@@ -434,6 +445,7 @@ fn parse_policy(p: &Value) -> Result<Policy> {
         ready_timeout_ms: opt_u64(p, "policy.", "readyTimeoutMs")?.unwrap_or(d.ready_timeout_ms),
         while_not_ready,
         on_ready_timeout,
+        attach,
     })
 }
 
@@ -702,6 +714,25 @@ mod tests {
         let e = err(v);
         assert_eq!(e.code, code::INVALID_CONFIG);
         assert!(e.msg.starts_with("ipam.ranges is an empty list"), "{}", e.msg);
+    }
+
+    #[test]
+    fn policy_attach_is_one_of_three_names_and_defaults_to_auto() {
+        assert_eq!(parse_netconf(base()).unwrap().policy.attach, weir_bpf::AttachMode::Auto);
+        for (name, mode) in
+            [("auto", weir_bpf::AttachMode::Auto), ("tcx", weir_bpf::AttachMode::Tcx), ("tc", weir_bpf::AttachMode::Tc)]
+        {
+            let mut v = base();
+            v["policy"] = json!({ "attach": name });
+            assert_eq!(parse_netconf(v).unwrap().policy.attach, mode);
+        }
+        for bad in [json!("TCX"), json!("xdp"), json!(1)] {
+            let mut v = base();
+            v["policy"] = json!({ "attach": bad });
+            let e = err(v);
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert!(e.msg.starts_with("policy.attach"), "{bad}: {}", e.msg);
+        }
     }
 
     fn without_ranges(run_dir: &Path) -> Value {

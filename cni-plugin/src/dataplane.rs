@@ -11,6 +11,7 @@ use weir_bpf::abi;
 
 pub struct Dataplane {
     inner: weir_bpf::Dataplane,
+    attach: weir_bpf::AttachMode,
 }
 
 fn dp_err(what: impl std::fmt::Display) -> impl FnOnce(weir_bpf::Error) -> CniError {
@@ -22,7 +23,7 @@ impl Dataplane {
     pub fn load_or_open(policy: &Policy) -> Result<Dataplane> {
         let root = &policy.bpffs_root;
         weir_bpf::Dataplane::load_or_open(root)
-            .map(|inner| Dataplane { inner })
+            .map(|inner| Dataplane { inner, attach: policy.attach })
             .map_err(dp_err(format!("policy.bpffsRoot {}: cannot load or open the dataplane", root.display())))
     }
 
@@ -32,7 +33,7 @@ impl Dataplane {
             return Ok(None);
         }
         weir_bpf::Dataplane::open(&policy.bpffs_root)
-            .map(|inner| Some(Dataplane { inner }))
+            .map(|inner| Some(Dataplane { inner, attach: policy.attach }))
             .map_err(dp_err(format!("policy.bpffsRoot {}", policy.bpffs_root.display())))
     }
 
@@ -57,7 +58,9 @@ impl Dataplane {
     }
 
     pub fn attach(&self, ifindex: u32) -> Result<()> {
-        self.inner.attach(ifindex).map_err(dp_err(format!("attach tc programs to ifindex {ifindex}")))
+        self.inner
+            .attach_as(ifindex, self.attach)
+            .map_err(dp_err(format!("attach tc programs to ifindex {ifindex} (policy.attach {:?})", self.attach)))
     }
 
     pub fn is_attached(&self, ifindex: u32) -> Result<bool> {

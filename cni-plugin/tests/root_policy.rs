@@ -28,19 +28,63 @@ impl Drop for BpfRoot {
 }
 
 fn enforcing(node: &Node, root: &BpfRoot, timeout_ms: u64) -> Value {
+    enforcing_attached(node, root, timeout_ms, "auto")
+}
+
+/// With `policy.attach` set: the tests of ADD, CHECK, DEL and GC run with
+/// each mechanism ("tcx", "tc").
+fn enforcing_attached(node: &Node, root: &BpfRoot, timeout_ms: u64, attach: &str) -> Value {
     let mut c = node.conf("1.1.0", "10.95.0.0/24", Some("fd95::/64"));
     c["policy"] = json!({ "enforce": true, "bpffsRoot": root.0, "runDir": node.run_dir(), "readyTimeoutMs": timeout_ms,
-                          "whileNotReady": "drop", "onReadyTimeout": "fail" });
+                          "whileNotReady": "drop", "onReadyTimeout": "fail", "attach": attach });
     c
 }
 
+/// Both programs attached to `idx`, asked in the node's netns (where a tc
+/// filter lives; a TCX link answers from anywhere).
+fn attached_in_node(node: &Node, root: &BpfRoot, idx: u32) -> bool {
+    let root = root.0.clone();
+    node.ns.run(move || weir_bpf::Dataplane::open(&root).unwrap().is_attached(idx).unwrap())
+}
+
+/// Weir's tc filters on every device of the node's netns.
+fn weir_filters_in_node(node: &Node) -> Vec<(u32, weir_bpf::tc::Filter)> {
+    node.ns.run(|| {
+        let mut out = Vec::new();
+        // SAFETY: if_nameindex returns an array ending with a zero index, freed below.
+        let list = unsafe { libc::if_nameindex() };
+        let mut i = 0;
+        loop {
+            let idx = unsafe { (*list.add(i)).if_index };
+            if idx == 0 {
+                break;
+            }
+            for side in [weir_bpf::tc::Side::Ingress, weir_bpf::tc::Side::Egress] {
+                out.extend(weir_bpf::tc::weir_filter(idx, side).unwrap().map(|f| (idx, f)));
+            }
+            i += 1;
+        }
+        unsafe { libc::if_freenameindex(list) };
+        out
+    })
+}
+
 #[test]
-fn root_enforce_without_policyd_fails_with_code_11_and_leaves_nothing() {
+fn root_enforce_without_policyd_fails_with_code_11_and_leaves_nothing_tcx() {
+    without_policyd_fails_with_code_11_and_leaves_nothing("tcx");
+}
+
+#[test]
+fn root_enforce_without_policyd_fails_with_code_11_and_leaves_nothing_tc() {
+    without_policyd_fails_with_code_11_and_leaves_nothing("tc");
+}
+
+fn without_policyd_fails_with_code_11_and_leaves_nothing(attach: &str) {
     require_root!();
     let node = Node::new();
     let root = BpfRoot::new();
     let pod = Netns::new("wp");
-    let conf = enforcing(&node, &root, 50);
+    let conf = enforcing_attached(&node, &root, 50, attach);
     let r = node.add("np1", &pod, &conf);
     assert_eq!(r.err_code(), 11, "{r:?}");
     assert!(r.msg().contains("weir-policyd is not running"), "{}", r.msg());
@@ -49,8 +93,26 @@ fn root_enforce_without_policyd_fails_with_code_11_and_leaves_nothing() {
     let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
     assert!(dp.endpoints().unwrap().is_empty(), "endpoint entry rolled back");
     assert!(dp.attached_ifindexes().unwrap().is_empty(), "tc links rolled back");
+    assert_eq!(weir_filters_in_node(&node), vec![], "tc filters rolled back");
     let reg = weir_common::registry::Registry::under(node.run_dir());
     assert!(reg.list().0.is_empty(), "registry record rolled back");
+}
+
+/// A mechanism the plugin does not know is a config error naming the
+/// field and the choices, before anything is set up.
+#[test]
+fn root_enforce_with_an_unknown_attach_mechanism_is_refused() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let pod = Netns::new("wp");
+    let conf = enforcing_attached(&node, &root, 0, "xdp");
+    let r = node.add("na1", &pod, &conf);
+    assert_eq!(r.err_code(), 7, "{r:?}");
+    assert!(r.msg().contains("policy.attach \"xdp\"") && r.msg().contains("\"tc\""), "{}", r.msg());
+    node.assert_clean("na1", Some(&pod));
+    assert!(!pod.has_link("eth0"));
+    assert!(!root.0.exists(), "nothing was loaded for it");
 }
 
 /// An endpoint entry holds one address per family (as Kubernetes podIPs):
@@ -107,11 +169,20 @@ fn play_policyd(node: &Node, root: &BpfRoot, id: &str) -> u32 {
 }
 
 #[test]
-fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps() {
+fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps_tcx() {
+    ready_endpoint_succeeds_and_del_cleans_the_maps("tcx");
+}
+
+#[test]
+fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps_tc() {
+    ready_endpoint_succeeds_and_del_cleans_the_maps("tc");
+}
+
+fn ready_endpoint_succeeds_and_del_cleans_the_maps(attach: &str) {
     require_root!();
     let node = std::sync::Arc::new(Node::new());
     let root = BpfRoot::new();
-    let conf = std::sync::Arc::new(enforcing(&node, &root, 20_000));
+    let conf = std::sync::Arc::new(enforcing_attached(&node, &root, 20_000, attach));
     let (p1, p2) = (std::sync::Arc::new(Netns::new("wp")), std::sync::Arc::new(Netns::new("wp")));
     let mut results = Vec::new();
     let mut ifindexes = Vec::new();
@@ -123,7 +194,12 @@ fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps() {
     }
     let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
     for idx in &ifindexes {
-        assert!(dp.is_attached(*idx).unwrap(), "tc programs on host veth {idx} in the node netns");
+        assert!(attached_in_node(&node, &root, *idx), "tc programs on host veth {idx} in the node netns");
+    }
+    let filters = weir_filters_in_node(&node);
+    match attach {
+        "tc" => assert_eq!(filters.len(), 4, "one filter per hook of each host veth: {filters:?}"),
+        _ => assert_eq!(filters, vec![], "TCX only"),
     }
     // The gateway is HOST in the ipcache.
     let gw = result_gateway(&results[0], true);
@@ -153,11 +229,28 @@ fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps() {
     });
     assert_eq!(&got, b"ok");
     srv.join().unwrap();
-    // CHECK sees the attachment.
+    // CHECK sees the attachment, and (like a second ADD) stacks nothing.
     let check = Call::new("CHECK", "e1", &p1.path(), "eth0");
     let mut c = (*conf).clone();
     c["prevResult"] = results[0].clone();
     node.weir(&check, &c).ok();
+    node.weir(&check, &c).ok();
+    assert_eq!(weir_filters_in_node(&node), filters);
+    // Deny all ingress to pod 2 (isolated, nothing allowed): the programs drop it.
+    let ep2 = dp.endpoint(ifindexes[1]).unwrap().unwrap();
+    dp.set_endpoint(ifindexes[1], &abi::Endpoint { flags: ep2.flags | abi::EP_INGRESS_ISOLATED, ..ep2 }).unwrap();
+    let l = p2.run(move || TcpListener::bind(SocketAddr::new(a2, 0)).unwrap());
+    let addr = l.local_addr().unwrap();
+    let denied = p1.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(800)).map(|_| ()));
+    assert!(denied.is_err(), "deny-all ingress is enforced ({attach})");
+    drop(l);
+    // With the filter gone, CHECK fails: it reads the kernel, not our records.
+    if attach == "tc" {
+        let veth = weir_cni::naming::host_veth("e1", "eth0");
+        node.ns.run(move || sh(&["tc", "filter", "del", "dev", &veth, "ingress"]));
+        let r = node.weir(&check, &c);
+        assert_ne!(r.code, 0, "CHECK passed without the from_pod filter: {r:?}");
+    }
 
     for (id, p) in [("e1", &p1), ("e2", &p2)] {
         node.del(id, p, &conf).ok();
@@ -165,7 +258,8 @@ fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps() {
         node.assert_clean(id, Some(p));
     }
     assert!(dp.endpoints().unwrap().is_empty(), "endpoint entries removed by DEL");
-    assert!(dp.attached_ifindexes().unwrap().is_empty(), "links unpinned by DEL");
+    assert!(dp.attached_ifindexes().unwrap().is_empty(), "links unpinned (or filter records removed) by DEL");
+    assert_eq!(weir_filters_in_node(&node), vec![], "no filter left behind");
     for r in &results {
         let ip = result_ip(r, true);
         assert!(dp.ipcache_lookup(ip).unwrap().is_none_or(|v| v.endpoint == 0), "pod ipcache entry removed");
@@ -174,11 +268,20 @@ fn root_enforce_with_a_ready_endpoint_succeeds_and_del_cleans_the_maps() {
 }
 
 #[test]
-fn root_enforce_not_ready_endpoint_is_fail_closed() {
+fn root_enforce_not_ready_endpoint_is_fail_closed_tcx() {
+    not_ready_endpoint_is_fail_closed("tcx");
+}
+
+#[test]
+fn root_enforce_not_ready_endpoint_is_fail_closed_tc() {
+    not_ready_endpoint_is_fail_closed("tc");
+}
+
+fn not_ready_endpoint_is_fail_closed(attach: &str) {
     require_root!();
     let node = Node::new();
     let root = BpfRoot::new();
-    let mut conf = enforcing(&node, &root, 0);
+    let mut conf = enforcing_attached(&node, &root, 0, attach);
     conf["policy"]["readyTimeoutMs"] = json!(0);
     let (p1, p2) = (Netns::new("wp"), Netns::new("wp"));
     let _r1 = node.add("f1", &p1, &conf).ok().clone();
@@ -196,11 +299,20 @@ fn root_enforce_not_ready_endpoint_is_fail_closed() {
 }
 
 #[test]
-fn root_enforce_gc_and_status() {
+fn root_enforce_gc_and_status_tcx() {
+    gc_and_status("tcx");
+}
+
+#[test]
+fn root_enforce_gc_and_status_tc() {
+    gc_and_status("tc");
+}
+
+fn gc_and_status(attach: &str) {
     require_root!();
     let node = Node::new();
     let root = BpfRoot::new();
-    let conf = enforcing(&node, &root, 0);
+    let conf = enforcing_attached(&node, &root, 0, attach);
     let status = Call { command: "STATUS".into(), ..Default::default() };
     // Before any ADD the pins do not exist: ADD could not be served yet by policyd.
     assert_eq!(node.weir(&status, &conf).err_code(), 50);
@@ -219,6 +331,12 @@ fn root_enforce_gc_and_status() {
     let eps: Vec<u32> = dp.endpoints().unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(eps, vec![keep_idx], "only the valid attachment's endpoint remains");
     assert_eq!(dp.attached_ifindexes().unwrap(), vec![keep_idx]);
+    assert!(attached_in_node(&node, &root, keep_idx), "GC left the valid attachment's programs");
+    let left: Vec<u32> = weir_filters_in_node(&node).into_iter().map(|(i, _)| i).collect();
+    match attach {
+        "tc" => assert_eq!(left, vec![keep_idx, keep_idx], "GC left only the valid attachment's filters"),
+        _ => assert_eq!(left, Vec::<u32>::new()),
+    }
     let (records, _) = weir_common::registry::Registry::under(node.run_dir()).list();
     assert_eq!(records.iter().map(|r| r.container_id.as_str()).collect::<Vec<_>>(), ["g0"]);
     node.assert_clean("g1", None);

@@ -18,15 +18,20 @@
 #   ref          reference bridge + host-local
 #   weir         weir, policy.enforce false
 #   weir-enforce weir, policy.enforce true with policy.readyTimeoutMs 0: endpoint
-#                entry, tc attach (TCX, pinned links), registry record and ipcache
-#                writes are all timed; the wait for weir-policyd's READY is not
-#                (no weir-policyd runs here; a fake one would measure nothing real).
+#                entry, tc attach (policy.attach "auto": TCX, pinned links, on a
+#                kernel >= 6.6), registry record and ipcache writes are all timed;
+#                the wait for weir-policyd's READY is not (no weir-policyd runs
+#                here; a fake one would measure nothing real).
 #                Measured in the "plain" variant only.
+#   weir-tc      as weir-enforce with policy.attach "tc" (clsact + cls_bpf filters
+#                through rtnetlink). Plain variant only; ENFORCE_CFGS="weir-enforce"
+#                leaves it out.
 #
 # Usage: sudo bash test/bench/cni.sh     (env: PODS=100 REPS=3 VARIANTS="plain ipmasq"
+#                                          ENFORCE_CFGS="weir-enforce weir-tc"
 #                                          WEIR_BIN=<path> (default: cargo build --release)
 #                                          CNI_BIN_DIR=/usr/lib/cni OUTDIR=...)
-# Creates netns wcb-node and wcb-{r,w,e}-<i>, bridges wcbref/wcbweir/wcbenf inside
+# Creates netns wcb-node and wcb-{r,w,we,wt}-<i>, bridges wcbref/wcbweir/wcbenf/wcbtc inside
 # wcb-node, /run/wcb, and bpffs root /sys/fs/bpf/wcb-<pid>; removes all of it on exit.
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "cni.sh: run it, do not source it" >&2; return 1; fi
@@ -36,6 +41,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PODS=${PODS:-100}
 REPS=${REPS:-3}
 VARIANTS=${VARIANTS:-"plain ipmasq"}
+ENFORCE_CFGS=${ENFORCE_CFGS:-"weir-enforce weir-tc"}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 OUTDIR=${OUTDIR:-$ROOT/target/bench/cni-$(date -u +%Y%m%dT%H%M%SZ)}
 BPFROOT=/sys/fs/bpf/wcb-$$
@@ -70,7 +76,9 @@ conf() { # $1 cfg, $2 masq(true|false)
 	weir) br=wcbweir subnet=10.251.0.0/16
 		extra=', "isDefaultGateway": false, "policy": {"enforce": false, "runDir": "'$RUN'/run"}' ;;
 	weir-enforce) br=wcbenf subnet=10.252.0.0/16
-		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run"}' ;;
+		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run", "attach": "auto"}' ;;
+	weir-tc) br=wcbtc subnet=10.253.0.0/16
+		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run", "attach": "tc"}' ;;
 	esac
 	cat <<JSON
 { "cniVersion": "1.0.0", "name": "wcb-$1", "type": "$type", "bridge": "$br",
@@ -85,7 +93,7 @@ RAW=$OUTDIR/timings.txt
 log "weir: $WEIR_BIN; reference: $CNI_BIN_DIR (containernetworking-plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins 2>/dev/null || echo '?'))"
 for rep in $(seq "$REPS"); do
 	for variant in $VARIANTS; do
-		masq=false; cfgs="ref weir weir-enforce"
+		masq=false; cfgs="ref weir $ENFORCE_CFGS"
 		[ "$variant" = ipmasq ] && { masq=true; cfgs="ref weir"; }
 		log "rep $rep/$REPS $variant: $PODS pods x ($cfgs)"
 		down
@@ -102,11 +110,13 @@ for rep in $(seq "$REPS"); do
 			us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
 			read -r -a C <<<"$CFGS"
 			bin() { [ "$1" = ref ] && echo "$REF" || echo "$WEIR"; }
+			# CNI_ARGS as the kubelet passes them: enforcement needs the Pod name
 			one() { # op cfg i -> prints the timing line
 				local op=$1 c=$2 i=$3 b a rc
 				b=$(bin "$c")
 				a=$(us)
-				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
+				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 \
+					CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$c-$i" "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
 				rc=$?
 				echo "$VARIANT $REP $c $op $i $(( $(us) - a )) $rc"
 				# untimed: let the kernel finish deleting the interface (weir
@@ -144,6 +154,8 @@ PY
 		done
 		left=$(ip -n wcb-node -o link show | grep -c -E 'weir[0-9a-f]{11}|veth' || true)
 		echo "node links left after DEL: $left" >>"$OUTDIR/checks.txt"
+		echo "TCX link pins and tc filter records left after DEL: $(ls "$BPFROOT/links" 2>/dev/null | wc -l)" >>"$OUTDIR/checks.txt"
+		cp "$RUN/stderr.txt" "$OUTDIR/stderr-$variant-$rep.txt" 2>/dev/null || true
 	done
 done
 down
@@ -178,7 +190,7 @@ for var, rep, cfg, op, i, us, rc in rows:
     if rc != '0':
         fails[(var, cfg, op)] = fails.get((var, cfg, op), 0) + 1
 lines = ['| variant | config | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | failures |', '|---|---|---|---|---|---|---|']
-for (var, cfg) in sorted({(v, c) for v, c, _ in data}, key=lambda x: (x[0], ['ref', 'weir', 'weir-enforce'].index(x[1]))):
+for (var, cfg) in sorted({(v, c) for v, c, _ in data}, key=lambda x: (x[0], ['ref', 'weir', 'weir-enforce', 'weir-tc'].index(x[1]))):
     a, d = data[(var, cfg, 'ADD')], data[(var, cfg, 'DEL')]
     f = fails.get((var, cfg, 'ADD'), 0) + fails.get((var, cfg, 'DEL'), 0)
     lines.append('| %s | %s | %.2f | %.2f | %.2f | %.2f | %d |' % (var, cfg, pct(a, .5), pct(a, .99), pct(d, .5), pct(d, .99), f))

@@ -381,6 +381,11 @@ pub struct CniPods {
 impl CniPods {
     /// `tag` keeps names apart between tests; `subnet` is the IPv4 range.
     pub fn add(tag: &str, n: usize, subnet: &str) -> CniPods {
+        Self::add_attached(tag, n, subnet, "auto")
+    }
+
+    /// [`CniPods::add`] with `policy.attach` set ("tcx", "tc", "auto").
+    pub fn add_attached(tag: &str, n: usize, subnet: &str, attach: &str) -> CniPods {
         let bin = weir_bin();
         let id = std::process::id();
         let node = format!("w{tag}n{id}");
@@ -396,7 +401,8 @@ impl CniPods {
             "ipam": { "type": "host-local", "ranges": [[{ "subnet": subnet }]],
                       "dataDir": tmp.path().join("ipam") },
             "policy": { "enforce": true, "bpffsRoot": guard.root, "runDir": tmp.path().join("run"),
-                        "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue" }
+                        "readyTimeoutMs": 0, "whileNotReady": "drop", "onReadyTimeout": "continue",
+                        "attach": attach }
         });
         for (i, p) in pods.iter().enumerate() {
             cni(&bin, &node, "ADD", &format!("c{i}"), p, &conf);
