@@ -41,7 +41,9 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run as root"; exit 1; }
 PROFILE=${PROFILE:-release}
 (cd "$REPO" && cargo build --profile "$PROFILE" --bins >&2)
-CTL=$REPO/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/weirctl
+# Wherever cargo put them (CARGO_TARGET_DIR is honoured).
+TARGET=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+CTL=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/weirctl
 WORK=$(mktemp -d /tmp/weir-propagation.XXXXXX)
 mkdir -p "$OUTDIR"
 RAW=$OUTDIR/raw.csv
