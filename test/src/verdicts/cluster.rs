@@ -345,6 +345,23 @@ impl<'d> Cluster<'d> {
     /// The engine's explanation of a cell's flow, as the dataplane judges
     /// it (the backend after DNAT); None when the Service has no endpoint.
     fn explain_cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<Option<(Target, Explanation)>> {
+        let Some((src, _, target)) = self.cell_target(from, to, p)? else {
+            return Ok(None);
+        };
+        let flow = Flow {
+            src: End { addr: src.ip(p.family == Family::IPv6), pod: Some((from.ns.clone(), from.name.clone())) },
+            dst: End { addr: target.backend.0, pod: Some((to.ns.clone(), to.name.clone())) },
+            protocol: protocol_number(p.protocol),
+            port: target.backend.1,
+        };
+        let e = self.engine.explain(&self.store, &flow);
+        Ok(Some((target, e)))
+    }
+
+    /// Both ends' addresses and where a cell's flow goes: the pod, or the
+    /// backend its Service port resolves to; None when the Service has no
+    /// endpoint for the port.
+    fn cell_target(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<Option<(PodAddr, PodAddr, Target)>> {
         let v6 = p.family == Family::IPv6;
         let src = self.pods.get(from).with_context(|| format!("no pod {from}"))?.addr;
         let dst = self.pods.get(to).with_context(|| format!("no pod {to}"))?.addr;
@@ -355,30 +372,14 @@ impl<'d> Cluster<'d> {
                 None => return Ok(None),
             },
         };
-        let flow = Flow {
-            src: End { addr: src.ip(v6), pod: Some((from.ns.clone(), from.name.clone())) },
-            dst: End { addr: target.backend.0, pod: Some((to.ns.clone(), to.name.clone())) },
-            protocol: protocol_number(p.protocol),
-            port: target.backend.1,
-        };
-        let e = self.engine.explain(&self.store, &flow);
-        Ok(Some((target, e)))
+        Ok(Some((src, dst, target)))
     }
 
     fn run_cell(&mut self, from: &PodRef, to: &PodRef, p: &Probe) -> Result<(Observed, Option<String>)> {
         let v6 = p.family == Family::IPv6;
-        let src = self.pods.get(from).with_context(|| format!("no pod {from}"))?.addr;
-        let dst = self.pods.get(to).with_context(|| format!("no pod {to}"))?.addr;
-        let target = match p.via {
-            Via::Pod => Target { dialed: (dst.ip(v6), p.port), backend: (dst.ip(v6), p.port) },
-            Via::Service => match self.service_target(to, p.port, p.protocol, v6)? {
-                Some(t) => t,
-                None => {
-                    let why =
-                        format!("the Service of {to} has no endpoint for {}/{}: no DNAT target", p.port, p.protocol);
-                    return Ok((Observed::Blocked, Some(why)));
-                }
-            },
+        let Some((src, dst, target)) = self.cell_target(from, to, p)? else {
+            let why = format!("the Service of {to} has no endpoint for {}/{}: no DNAT target", p.port, p.protocol);
+            return Ok((Observed::Blocked, Some(why)));
         };
         // Distinct source ports as well as a flush: a flow of an earlier
         // cell can never be the one this cell finds.
