@@ -3,6 +3,7 @@
 //! `sync` writes the difference to the pinned maps.
 
 pub mod api;
+pub mod cluster_network_policy;
 pub mod daemon;
 pub mod engine;
 pub mod fswatch;

@@ -4,6 +4,7 @@
 //! as [`SourceEvent`]s (the stream's contract is `crate::source`'s) and
 //! folded into a [`Store`].
 
+use crate::cluster_network_policy::ClusterNetworkPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub struct Store {
     pub services: BTreeMap<Key, Service>,
     pub policies: BTreeMap<Key, NetworkPolicy>,
     pub nodes: BTreeMap<String, Node>,
+    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
 
 fn key(r: &ObjectRef) -> Key {
@@ -45,6 +47,9 @@ impl Store {
             Object::Node(o) => {
                 self.nodes.insert(r.name, o);
             }
+            Object::ClusterNetworkPolicy(o) => {
+                self.cluster_policies.insert(r.name, o);
+            }
         }
     }
 
@@ -56,6 +61,7 @@ impl Store {
             ObjectKind::Service => self.services.remove(&key(r)).is_some(),
             ObjectKind::NetworkPolicy => self.policies.remove(&key(r)).is_some(),
             ObjectKind::Node => self.nodes.remove(&r.name).is_some(),
+            ObjectKind::ClusterNetworkPolicy => self.cluster_policies.remove(&r.name).is_some(),
         }
     }
 
@@ -68,6 +74,7 @@ impl Store {
             ObjectKind::Service => self.services.clear(),
             ObjectKind::NetworkPolicy => self.policies.clear(),
             ObjectKind::Node => self.nodes.clear(),
+            ObjectKind::ClusterNetworkPolicy => self.cluster_policies.clear(),
         }
         for o in objects {
             self.apply(o);
@@ -94,6 +101,7 @@ impl Store {
             ObjectKind::Service => self.services.len(),
             ObjectKind::NetworkPolicy => self.policies.len(),
             ObjectKind::Node => self.nodes.len(),
+            ObjectKind::ClusterNetworkPolicy => self.cluster_policies.len(),
         }
     }
 }
@@ -106,11 +114,18 @@ pub enum ObjectKind {
     Service,
     NetworkPolicy,
     Node,
+    ClusterNetworkPolicy,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 5] =
-        [ObjectKind::Namespace, ObjectKind::Pod, ObjectKind::Service, ObjectKind::NetworkPolicy, ObjectKind::Node];
+    pub const ALL: [ObjectKind; 6] = [
+        ObjectKind::Namespace,
+        ObjectKind::Pod,
+        ObjectKind::Service,
+        ObjectKind::NetworkPolicy,
+        ObjectKind::Node,
+        ObjectKind::ClusterNetworkPolicy,
+    ];
 
     /// Lower-case label used in metrics and logs.
     pub fn label(self) -> &'static str {
@@ -120,6 +135,7 @@ impl ObjectKind {
             ObjectKind::Service => "service",
             ObjectKind::NetworkPolicy => "networkpolicy",
             ObjectKind::Node => "node",
+            ObjectKind::ClusterNetworkPolicy => "clusternetworkpolicy",
         }
     }
 
@@ -131,6 +147,7 @@ impl ObjectKind {
     pub fn api_version(self) -> &'static str {
         match self {
             ObjectKind::NetworkPolicy => "networking.k8s.io/v1",
+            ObjectKind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
             _ => "v1",
         }
     }
@@ -144,6 +161,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::NetworkPolicy => "NetworkPolicy",
             ObjectKind::Node => "Node",
+            ObjectKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         })
     }
 }
@@ -178,6 +196,7 @@ pub enum Object {
     Service(Service),
     NetworkPolicy(NetworkPolicy),
     Node(Node),
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 impl Object {
@@ -188,6 +207,7 @@ impl Object {
             Object::Service(_) => ObjectKind::Service,
             Object::NetworkPolicy(_) => ObjectKind::NetworkPolicy,
             Object::Node(_) => ObjectKind::Node,
+            Object::ClusterNetworkPolicy(_) => ObjectKind::ClusterNetworkPolicy,
         }
     }
 
@@ -198,6 +218,7 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -208,6 +229,7 @@ impl Object {
             Object::Service(o) => &mut o.metadata,
             Object::NetworkPolicy(o) => &mut o.metadata,
             Object::Node(o) => &mut o.metadata,
+            Object::ClusterNetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -232,6 +254,7 @@ impl Object {
             Object::Service(o) => serde_json::to_value(o),
             Object::NetworkPolicy(o) => serde_json::to_value(o),
             Object::Node(o) => serde_json::to_value(o),
+            Object::ClusterNetworkPolicy(o) => serde_json::to_value(o),
         }
         .expect("k8s-openapi objects always serialise")
     }

@@ -119,14 +119,7 @@ impl Seen {
 }
 
 fn rv_of(o: &Object) -> String {
-    let m = match o {
-        Object::Namespace(x) => &x.metadata,
-        Object::Pod(x) => &x.metadata,
-        Object::Service(x) => &x.metadata,
-        Object::NetworkPolicy(x) => &x.metadata,
-        Object::Node(x) => &x.metadata,
-    };
-    m.resource_version.clone().unwrap_or_default()
+    o.meta().resource_version.clone().unwrap_or_default()
 }
 
 async fn wait_for(what: &str, f: impl Fn() -> bool) {

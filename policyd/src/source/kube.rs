@@ -12,6 +12,7 @@
 //! `Synced` is sent once every kind's first InitDone is in.
 
 use super::{count_event, Object, ObjectKind, Sender, Source, SourceError, SourceEvent};
+use crate::cluster_network_policy::ClusterNetworkPolicy;
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -84,7 +85,7 @@ impl Default for KubeOptions {
     }
 }
 
-/// Start the five watches. The returned [`Source`] yields each kind's
+/// Start the six watches. The returned [`Source`] yields each kind's
 /// `Replace`, then `Synced`, then changes.
 pub fn spawn_kube(client: Client, opts: KubeOptions, metrics: Arc<Metrics>) -> Source {
     Source::spawn(move |tx| async move {
@@ -108,6 +109,7 @@ pub fn spawn_kube(client: Client, opts: KubeOptions, metrics: Arc<Metrics>) -> S
         watch_kind!(Service, ObjectKind::Service, Object::Service);
         watch_kind!(NetworkPolicy, ObjectKind::NetworkPolicy, Object::NetworkPolicy);
         watch_kind!(Node, ObjectKind::Node, Object::Node);
+        watch_kind!(ClusterNetworkPolicy, ObjectKind::ClusterNetworkPolicy, Object::ClusterNetworkPolicy);
         // The JoinSet aborts the watches when this task is aborted (the
         // Source was dropped); they end on their own when the consumer is gone.
         while tasks.join_next().await.is_some() {}

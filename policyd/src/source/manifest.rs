@@ -79,6 +79,9 @@ fn collect(file: &str, doc: usize, value: Value, out: &mut Parsed) -> Result<(),
         Some(ObjectKind::Service) => Object::Service(serde_yaml_ng::from_value(value).map_err(typed)?),
         Some(ObjectKind::Node) => Object::Node(serde_yaml_ng::from_value(value).map_err(typed)?),
         Some(ObjectKind::NetworkPolicy) => Object::NetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?),
+        Some(ObjectKind::ClusterNetworkPolicy) => {
+            Object::ClusterNetworkPolicy(serde_yaml_ng::from_value(value).map_err(typed)?)
+        }
         None => {
             out.skipped.push(SourceError::UnknownKind { file: file.to_string(), doc, api_version, kind });
             return Ok(());
