@@ -27,8 +27,9 @@
 
 /* Bumped on any incompatible layout change; user space refuses to reuse
  * pins written under another version (see the `abi` pinned array).
- * 4: weir_endpoint carries the pod's MAC and addresses. */
-#define WEIR_ABI_VERSION 4
+ * 4: weir_endpoint carries the pod's MAC and addresses.
+ * 5: policy values carry Admin and Baseline tier verdicts. */
+#define WEIR_ABI_VERSION 5
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -78,6 +79,8 @@ struct weir_ipcache_value {
 #define WEIR_EP_INGRESS_ISOLATED (1u << 1) /* some policy selects it for ingress */
 #define WEIR_EP_EGRESS_ISOLATED (1u << 2)  /* some policy selects it for egress */
 #define WEIR_EP_OPEN_UNTIL_READY (1u << 3) /* configured fail-open before READY */
+#define WEIR_EP_INGRESS_TIERED (1u << 4)   /* some ClusterNetworkPolicy has ingress rules for it */
+#define WEIR_EP_EGRESS_TIERED (1u << 5)    /* some ClusterNetworkPolicy has egress rules for it */
 
 /*
  * Two writers, one half each. CNI ADD writes the whole entry before it
@@ -131,12 +134,42 @@ struct weir_policy_key {
 	__be16 port;    /* network order: prefixes are over its bits */
 };
 
+/*
+ * A value holds what every rule covering its key says, one slot per tier
+ * (policyd merges the rules of wider keys, "any port" or "any protocol",
+ * into every narrower key of the same endpoint, peer and direction, since
+ * the trie returns only the longest match):
+ *   - NetworkPolicy: verdict ALLOW when some rule allows; rule names it.
+ *   - Admin and Baseline (ClusterNetworkPolicy): the rule of highest
+ *     precedence, as a rank (lower first) and its rule id.
+ * The program takes the best rank of each tier over its three lookups
+ * (peer identity, ANY, ipBlock class), so the verdict still costs three
+ * lookups whatever the number of policies in any tier.
+ */
 #define WEIR_VERDICT_ALLOW 1
 
+/* Rank of a cluster rule within its tier: priority (0-1000) first, then the
+ * rule's index in its policy (0-24), then the action, so that of two rules
+ * of equal priority and index (two policies; the API lets either decide)
+ * Deny wins. WEIR_TIER_NONE: no rule of the tier covers the key. */
+#define WEIR_TIER_DENY 0
+#define WEIR_TIER_PASS 1
+#define WEIR_TIER_ACCEPT 2
+#define WEIR_TIER_RANK(priority, index, action) (((priority) << 7) | ((index) << 2) | (action))
+#define WEIR_TIER_ACTION(rank) ((rank) & 3)
+#define WEIR_TIER_NONE 0xffffffffu
+
+struct weir_tier_verdict {
+	__u32 rank; /* WEIR_TIER_RANK(...) or WEIR_TIER_NONE */
+	__u32 rule; /* rule id of that rule */
+};
+
 struct weir_policy_value {
-	__u32 rule;    /* rule id for events and explain (policyd's table) */
-	__u16 verdict; /* WEIR_VERDICT_*; room for deny/pass tiers */
+	__u32 rule;    /* NetworkPolicy rule that allows (when verdict is ALLOW) */
+	__u16 verdict; /* WEIR_VERDICT_ALLOW, or 0: no NetworkPolicy rule allows */
 	__u16 pad;
+	struct weir_tier_verdict admin;
+	struct weir_tier_verdict baseline;
 };
 
 /* ---- ipBlock classes: LPM trie, (endpoint, direction, address) --------- */
@@ -218,6 +251,7 @@ enum weir_reason {
 	WEIR_R_ALLOW_ND = 8,       /* IPv6 neighbour discovery (checked against the endpoint) */
 	WEIR_R_ALLOW_RELATED = 9,  /* ICMP error quoting a tracked flow of this endpoint */
 	WEIR_R_ALLOW_OPEN_UNTIL_READY = 10, /* not yet programmed, configured fail-open */
+	WEIR_R_ALLOW_CLUSTER_POLICY = 11,   /* an Admin or Baseline Accept rule (rule names it) */
 
 	WEIR_R_DROP_POLICY = 64,     /* isolated and no rule allows it */
 	WEIR_R_DROP_NOT_READY = 65,  /* endpoint not yet programmed */
@@ -231,6 +265,7 @@ enum weir_reason {
 	WEIR_R_DROP_NEIGH_SPOOFED = 73, /* ARP or ND claiming an address that is not the pod's */
 	WEIR_R_DROP_ROUTER_MSG = 74,    /* router advertisement or redirect sent by a pod */
 	WEIR_R_DROP_NOT_FOR_POD = 75,   /* to_pod: addressed to neither the pod nor a group it takes */
+	WEIR_R_DROP_CLUSTER_POLICY = 76, /* an Admin or Baseline Deny rule (rule names it) */
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)

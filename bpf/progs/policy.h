@@ -9,7 +9,10 @@
  *   1. (X, P.identity, D, proto, port)
  *   2. (X, ANY, D, proto, port)
  *   3. cidr (X, D, P.address) -> class identity C, then (X, C, D, proto, port)
- * Cost is bounded and independent of the number of rules.
+ * An endpoint that only NetworkPolicy selects stops at the first allow. One
+ * that a ClusterNetworkPolicy selects (TIERED) folds all three, then reads
+ * the tiers in order: Admin, NetworkPolicy, Baseline, default allow.
+ * Cost is bounded and independent of the number of rules and policies.
  */
 #ifndef WEIR_POLICY_H
 #define WEIR_POLICY_H
@@ -30,11 +33,27 @@ policy_lookup(__u32 ep, __u32 identity, __u8 dir, __u8 proto, __be16 port)
 		.port = port,
 	};
 	const struct weir_policy_value *v = bpf_map_lookup_elem(&weir_policy_exact, &k);
+	return v ? v : bpf_map_lookup_elem(&weir_policy, &k);
+}
+
+/* The three lookups' answers folded into one: per tier the best rank, and
+ * whether (and by which rule) NetworkPolicy allows. */
+struct verdicts {
+	struct weir_tier_verdict admin;
+	struct weir_tier_verdict baseline;
+	__u32 np_rule; /* 0: no NetworkPolicy rule allows */
+};
+
+static __always_inline void fold(struct verdicts *acc, const struct weir_policy_value *v)
+{
 	if (!v)
-		v = bpf_map_lookup_elem(&weir_policy, &k);
-	if (v && v->verdict == WEIR_VERDICT_ALLOW)
-		return v;
-	return 0;
+		return;
+	if (v->verdict == WEIR_VERDICT_ALLOW && !acc->np_rule)
+		acc->np_rule = v->rule;
+	if (v->admin.rank < acc->admin.rank)
+		acc->admin = v->admin;
+	if (v->baseline.rank < acc->baseline.rank)
+		acc->baseline = v->baseline;
 }
 
 /* The address's identity, WORLD when the ipcache knows nothing about it. */
@@ -71,20 +90,31 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 				  const __u8 *peer_addr, __u32 peer_identity, __u8 proto,
 				  __be16 port, int later_fragment, __u32 *rule)
 {
-	const struct weir_policy_value *v;
+	struct verdicts acc = {
+		.admin = { .rank = WEIR_TIER_NONE },
+		.baseline = { .rank = WEIR_TIER_NONE },
+	};
+	__u32 tiered, isolated;
 	__u8 gate = endpoint_gate(e);
 
 	*rule = 0;
 	if (gate)
 		return gate;
-	if (!(e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_ISOLATED
-						  : WEIR_EP_EGRESS_ISOLATED)))
+	if (!(e->flags & (dir == WEIR_DIR_INGRESS
+				  ? (WEIR_EP_INGRESS_ISOLATED | WEIR_EP_INGRESS_TIERED)
+				  : (WEIR_EP_EGRESS_ISOLATED | WEIR_EP_EGRESS_TIERED))))
 		return WEIR_R_ALLOW_UNISOLATED;
 
-	v = policy_lookup(ep, peer_identity, dir, proto, port);
-	if (!v)
-		v = policy_lookup(ep, WEIR_ID_ANY, dir, proto, port);
-	if (!v) {
+	tiered = e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_TIERED : WEIR_EP_EGRESS_TIERED);
+	isolated = e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_ISOLATED : WEIR_EP_EGRESS_ISOLATED);
+	fold(&acc, policy_lookup(ep, peer_identity, dir, proto, port));
+	/* NetworkPolicy alone: any allow decides, no need to look further. */
+	if (!tiered && acc.np_rule)
+		goto np_allow;
+	fold(&acc, policy_lookup(ep, WEIR_ID_ANY, dir, proto, port));
+	if (!tiered && acc.np_rule)
+		goto np_allow;
+	{
 		struct weir_cidr_key ck = {
 			.prefixlen = 192,
 			.endpoint = ep,
@@ -93,13 +123,31 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 		__builtin_memcpy(ck.addr, peer_addr, 16);
 		const struct weir_cidr_value *c = bpf_map_lookup_elem(&weir_cidr, &ck);
 		if (c)
-			v = policy_lookup(ep, c->identity, dir, proto, port);
+			fold(&acc, policy_lookup(ep, c->identity, dir, proto, port));
 	}
-	if (v) {
-		*rule = v->rule;
-		return WEIR_R_ALLOW_POLICY;
+
+	/* Admin tier: Accept and Deny decide; Pass (or nothing) goes on. */
+	if (acc.admin.rank != WEIR_TIER_NONE && WEIR_TIER_ACTION(acc.admin.rank) != WEIR_TIER_PASS) {
+		*rule = acc.admin.rule;
+		return WEIR_TIER_ACTION(acc.admin.rank) == WEIR_TIER_ACCEPT ? WEIR_R_ALLOW_CLUSTER_POLICY
+									     : WEIR_R_DROP_CLUSTER_POLICY;
 	}
-	return later_fragment ? WEIR_R_DROP_FRAGMENT : WEIR_R_DROP_POLICY;
+	/* NetworkPolicy tier: decides for an endpoint it isolates. */
+	if (isolated) {
+		if (acc.np_rule)
+			goto np_allow;
+		return later_fragment ? WEIR_R_DROP_FRAGMENT : WEIR_R_DROP_POLICY;
+	}
+	/* Baseline tier; Pass (or nothing) leaves the default: allowed. */
+	if (acc.baseline.rank != WEIR_TIER_NONE && WEIR_TIER_ACTION(acc.baseline.rank) != WEIR_TIER_PASS) {
+		*rule = acc.baseline.rule;
+		return WEIR_TIER_ACTION(acc.baseline.rank) == WEIR_TIER_ACCEPT ? WEIR_R_ALLOW_CLUSTER_POLICY
+									        : WEIR_R_DROP_CLUSTER_POLICY;
+	}
+	return WEIR_R_ALLOW_UNISOLATED;
+np_allow:
+	*rule = acc.np_rule;
+	return WEIR_R_ALLOW_POLICY;
 }
 
 #endif

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 /// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
 /// 4: the endpoint carries the pod's MAC and addresses.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 // ---- identities -----------------------------------------------------------
 pub const ID_ANY: u32 = 0;
@@ -50,6 +50,8 @@ pub const EP_READY: u32 = 1 << 0;
 pub const EP_INGRESS_ISOLATED: u32 = 1 << 1;
 pub const EP_EGRESS_ISOLATED: u32 = 1 << 2;
 pub const EP_OPEN_UNTIL_READY: u32 = 1 << 3;
+pub const EP_INGRESS_TIERED: u32 = 1 << 4;
+pub const EP_EGRESS_TIERED: u32 = 1 << 5;
 
 /// `struct weir_endpoint`, keyed by host veth ifindex. CNI ADD writes it
 /// whole ([`Endpoint::for_pod`]); weir-policyd rewrites only `identity`,
@@ -158,17 +160,52 @@ impl PolicyKey {
 
 pub const VERDICT_ALLOW: u16 = 1;
 
+pub const TIER_DENY: u32 = 0;
+pub const TIER_PASS: u32 = 1;
+pub const TIER_ACCEPT: u32 = 2;
+pub const TIER_NONE: u32 = u32::MAX;
+
+/// `WEIR_TIER_RANK`: a cluster rule's precedence within its tier, lower
+/// first (priority 0-1000, rule index 0-24, then Deny before Pass before
+/// Accept), with its action in the low bits.
+pub const fn tier_rank(priority: u32, index: u32, action: u32) -> u32 {
+    (priority << 7) | (index << 2) | action
+}
+
+/// `struct weir_tier_verdict`: the best rule of one tier for a key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TierVerdict {
+    /// [`tier_rank`], or [`TIER_NONE`].
+    pub rank: u32,
+    pub rule: u32,
+}
+
+impl TierVerdict {
+    pub const NONE: TierVerdict = TierVerdict { rank: TIER_NONE, rule: 0 };
+}
+
+impl Default for TierVerdict {
+    fn default() -> Self {
+        TierVerdict::NONE
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
+    /// The NetworkPolicy rule that allows, when `verdict` is [`VERDICT_ALLOW`].
     pub rule: u32,
     pub verdict: u16,
     pub pad: u16,
+    pub admin: TierVerdict,
+    pub baseline: TierVerdict,
 }
 
 impl PolicyValue {
+    /// A NetworkPolicy allow and no cluster rule.
     pub fn allow(rule: u32) -> Self {
-        PolicyValue { rule, verdict: VERDICT_ALLOW, pad: 0 }
+        PolicyValue { rule, verdict: VERDICT_ALLOW, ..Default::default() }
     }
 }
 
@@ -248,6 +285,7 @@ pub const R_ALLOW_NOT_IP: u8 = 7;
 pub const R_ALLOW_ND: u8 = 8;
 pub const R_ALLOW_RELATED: u8 = 9;
 pub const R_ALLOW_OPEN_UNTIL_READY: u8 = 10;
+pub const R_ALLOW_CLUSTER_POLICY: u8 = 11;
 pub const R_DROP_POLICY: u8 = 64;
 pub const R_DROP_NOT_READY: u8 = 65;
 pub const R_DROP_MALFORMED: u8 = 66;
@@ -260,6 +298,7 @@ pub const R_DROP_SPOOFED_MAC: u8 = 72;
 pub const R_DROP_NEIGH_SPOOFED: u8 = 73;
 pub const R_DROP_ROUTER_MSG: u8 = 74;
 pub const R_DROP_NOT_FOR_POD: u8 = 75;
+pub const R_DROP_CLUSTER_POLICY: u8 = 76;
 pub const REASON_MAX: u8 = 128;
 
 /// Every reason code with its metric label.
@@ -274,6 +313,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_ALLOW_ND, "allow_nd"),
     (R_ALLOW_RELATED, "allow_related"),
     (R_ALLOW_OPEN_UNTIL_READY, "allow_open_until_ready"),
+    (R_ALLOW_CLUSTER_POLICY, "allow_cluster_policy"),
     (R_DROP_POLICY, "drop_policy"),
     (R_DROP_NOT_READY, "drop_not_ready"),
     (R_DROP_MALFORMED, "drop_malformed"),
@@ -286,6 +326,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_DROP_NEIGH_SPOOFED, "drop_neigh_spoofed"),
     (R_DROP_ROUTER_MSG, "drop_router_msg"),
     (R_DROP_NOT_FOR_POD, "drop_not_for_pod"),
+    (R_DROP_CLUSTER_POLICY, "drop_cluster_policy"),
 ];
 
 pub fn reason_is_drop(r: u8) -> bool {

@@ -47,7 +47,8 @@ fn generate() -> String {
         identity, flags, revision, mac, ipv4_prefixlen, pad, ipv4, ipv6, ipv6_ll
     });
     check_struct!(c, PolicyKey => "weir_policy_key", lpm = true, { endpoint, identity, direction, protocol, port });
-    check_struct!(c, PolicyValue => "weir_policy_value", lpm = false, { rule, verdict, pad });
+    check_struct!(c, TierVerdict => "weir_tier_verdict", lpm = false, { rank, rule });
+    check_struct!(c, PolicyValue => "weir_policy_value", lpm = false, { rule, verdict, pad, admin, baseline });
     check_struct!(c, CidrKey => "weir_cidr_key", lpm = true, { endpoint, direction, pad, addr });
     check_struct!(c, CidrValue => "weir_cidr_value", lpm = false, { identity });
     check_struct!(c, CtKey => "weir_ct_key", lpm = false, { saddr, daddr, sport, dport, protocol, pad });
@@ -69,6 +70,10 @@ fn generate() -> String {
         IPCACHE_SERVICE => "WEIR_IPCACHE_SERVICE",
         EP_READY => "WEIR_EP_READY", EP_INGRESS_ISOLATED => "WEIR_EP_INGRESS_ISOLATED",
         EP_EGRESS_ISOLATED => "WEIR_EP_EGRESS_ISOLATED", EP_OPEN_UNTIL_READY => "WEIR_EP_OPEN_UNTIL_READY",
+        EP_INGRESS_TIERED => "WEIR_EP_INGRESS_TIERED", EP_EGRESS_TIERED => "WEIR_EP_EGRESS_TIERED",
+        TIER_DENY => "WEIR_TIER_DENY", TIER_PASS => "WEIR_TIER_PASS", TIER_ACCEPT => "WEIR_TIER_ACCEPT",
+        TIER_NONE => "WEIR_TIER_NONE", R_ALLOW_CLUSTER_POLICY => "WEIR_R_ALLOW_CLUSTER_POLICY",
+        R_DROP_CLUSTER_POLICY => "WEIR_R_DROP_CLUSTER_POLICY",
         DIR_INGRESS => "WEIR_DIR_INGRESS", DIR_EGRESS => "WEIR_DIR_EGRESS",
         POLICY_FIXED_BITS => "WEIR_POLICY_FIXED_BITS", VERDICT_ALLOW => "WEIR_VERDICT_ALLOW",
         CIDR_FIXED_BITS => "WEIR_CIDR_FIXED_BITS",
@@ -114,6 +119,12 @@ fn generate() -> String {
         (PROG_TO_POD, "WEIR_PROG_TO_POD"),
     ] {
         writeln!(c, "_Static_assert(__builtin_strcmp({cname}, \"{rust}\") == 0, \"{cname}\");").unwrap();
+    }
+    // The rank encoding, at its extremes and one mixed value.
+    for (p, i, a) in [(0, 0, TIER_DENY), (1000, 24, TIER_ACCEPT), (7, 3, TIER_PASS)] {
+        let (rank, action) = (tier_rank(p, i, a), a);
+        writeln!(c, "_Static_assert(WEIR_TIER_RANK({p}u, {i}u, {a}u) == {rank}u, \"WEIR_TIER_RANK\");").unwrap();
+        writeln!(c, "_Static_assert(WEIR_TIER_ACTION({rank}u) == {action}u, \"WEIR_TIER_ACTION\");").unwrap();
     }
     c
 }

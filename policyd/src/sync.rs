@@ -131,7 +131,7 @@ impl Sync {
             s.ipcache.insert(net, from_abi_ipcache(&v));
         }
         for (m, v) in dp.policy_entries()? {
-            s.policy.insert(m, PolicyValue { rule: v.rule });
+            s.policy.insert(m, PolicyValue::from_abi(&v));
         }
         for (endpoint, direction, net, class) in dp.cidr_entries()? {
             s.cidr.insert(CidrKey { endpoint, direction, net }, class);
@@ -172,7 +172,7 @@ impl Sync {
             self.cidr.insert(*k, *v);
         }
         for (k, v) in &policy.upsert {
-            dp.set_policy(k, &abi::PolicyValue::allow(v.rule))?;
+            dp.set_policy(k, &v.to_abi())?;
             self.policy.insert(*k, *v);
         }
         stats.upserts = ipcache.upsert.len() + cidr.upsert.len() + policy.upsert.len();
@@ -221,6 +221,12 @@ fn endpoint_flags(e: &EndpointState) -> u32 {
     }
     if e.egress_isolated {
         f |= abi::EP_EGRESS_ISOLATED;
+    }
+    if e.ingress_tiered {
+        f |= abi::EP_INGRESS_TIERED;
+    }
+    if e.egress_tiered {
+        f |= abi::EP_EGRESS_TIERED;
     }
     f
 }

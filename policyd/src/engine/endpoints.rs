@@ -10,12 +10,12 @@
 //! [`Universe`]); hands on [`Endpoints`]: the endpoint, policy and cidr
 //! entries, and the endpoints left pending.
 
-use super::policy::{CompiledPolicy, PeerSelector, PeerSpec, Peers, PortSpec, Subject};
+use super::policy::{CompiledPolicy, PeerSelector, PeerSpec, Peers, PortSpec};
 use super::rules::{PeerSets, Policies};
 use super::universe::Universe;
 use super::{
     cidr, CidrKey, CompileStats, Direction, EndpointState, Labels, NamedPort, PolicyMatch, PolicyValue, PortBlock,
-    Slice, CIDR_NO_CLASS, ID_ANY,
+    Slice, Tier, TierVerdict, CIDR_NO_CLASS, ID_ANY,
 };
 use crate::store::Key;
 use k8s_openapi::api::core::v1::Pod;
@@ -125,13 +125,12 @@ impl EndpointStage {
             let pols = policies.in_namespace(&ep.pod_key.0);
             let empty = Labels::new();
             let labels = ep.pod.metadata.labels.as_ref().unwrap_or(&empty);
-            let selecting: Vec<&Arc<CompiledPolicy>> = pols
-                .iter()
-                .filter(|p| match &p.subject {
-                    Subject::Selector(s) => s.matches(labels),
-                    Subject::WholeNamespaceDenied => true,
-                })
-                .collect();
+            let ns = ep.pod_key.0.as_str();
+            let ns_labels = universe.ns_labels.get(ns);
+            // NetworkPolicies of its namespace, then ClusterNetworkPolicies
+            // by name: the order names the winner of equal ranks.
+            let selecting: Vec<&Arc<CompiledPolicy>> =
+                pols.iter().chain(&policies.cluster).filter(|p| p.subject.selects(ns, ns_labels, labels)).collect();
             let fp = fingerprint(ep, &selecting, universe, peer_sets, stats);
             if let Some(m) = self.memo.get(&ep.ifindex).filter(|m| m.fp == fp) {
                 stats.endpoints_reused += 1;
@@ -186,10 +185,15 @@ impl EndpointStage {
         stats: &mut CompileStats,
     ) -> EndpointOut {
         let e = ep.ifindex;
+        let tiered = |dir: Direction| {
+            selecting.iter().flat_map(|p| &p.rules).any(|r| r.tier != Tier::NetworkPolicy && r.direction == dir)
+        };
         let state = EndpointState {
             identity: ep.identity,
             ingress_isolated: selecting.iter().any(|p| p.isolates_ingress),
             egress_isolated: selecting.iter().any(|p| p.isolates_egress),
+            ingress_tiered: tiered(Direction::Ingress),
+            egress_tiered: tiered(Direction::Egress),
         };
         // Peer sets first (they may need evaluating), entries after.
         let mut resolved_sets: HashMap<*const PeerSelector, Arc<Vec<u32>>> = HashMap::new();
@@ -205,39 +209,49 @@ impl EndpointStage {
                 }
             }
         }
-        // When several rules allow one key, the first by (policy namespace
+        // What each rule says, ranked within its tier. When several
+        // NetworkPolicy rules allow one key, the first by (policy namespace
         // and name, rule index, peer index) names it: decided by content,
-        // not by rule id numbering, so restarts and histories agree.
-        type Rank = (u32, u32, u32);
-        let mut entries: Vec<(PolicyMatch, Rank, u32)> = Vec::new();
-        let mut rank_of: HashMap<u32, Rank> = HashMap::new();
+        // not by rule id numbering, so restarts and histories agree. Cluster
+        // rules rank by their tier rank first, then the same way.
+        let mut says_of: HashMap<u32, Says> = HashMap::new();
         for (pi, p) in selecting.iter().enumerate() {
             for r in &p.rules {
+                let says = |peer: u32| {
+                    let order = (r.rank, pi as u32, r.index, peer);
+                    match r.tier {
+                        Tier::NetworkPolicy => Says::NetworkPolicy(order),
+                        Tier::Admin => Says::Admin(order),
+                        Tier::Baseline => Says::Baseline(order),
+                    }
+                };
                 match &r.peers {
                     Peers::All { rule_id } => {
-                        rank_of.insert(*rule_id, (pi as u32, r.index, 0));
+                        says_of.insert(*rule_id, says(0));
                     }
                     Peers::List(list) => {
                         for pe in list {
-                            rank_of.insert(pe.rule_id, (pi as u32, r.index, pe.index + 1));
+                            says_of.insert(pe.rule_id, says(pe.index + 1));
                         }
                     }
                 }
             }
         }
-        let mut last: Option<(u32, Rank)> = None;
+        let mut entries: Vec<(PolicyMatch, Says, u32)> = Vec::new();
+        let mut last: Option<(u32, Says)> = None;
         let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
             let k = PolicyMatch { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
             // Consecutive entries almost always come from the same rule.
-            let rank = match last {
-                Some((r, rank)) if r == rule => rank,
+            let says = match last {
+                Some((r, says)) if r == rule => says,
                 _ => {
-                    let rank = rank_of.get(&rule).copied().unwrap_or((u32::MAX, u32::MAX, u32::MAX));
-                    last = Some((rule, rank));
-                    rank
+                    let says =
+                        says_of.get(&rule).copied().unwrap_or(Says::NetworkPolicy((0, u32::MAX, u32::MAX, u32::MAX)));
+                    last = Some((rule, says));
+                    says
                 }
             };
-            entries.push((k, rank, rule));
+            entries.push((k, says, rule));
         };
         // ipBlocks per direction: (block, port entries, rule).
         let mut blocks: [Vec<(cidr::Block, Vec<PortEntry>, u32)>; 2] = [Vec::new(), Vec::new()];
@@ -250,7 +264,7 @@ impl EndpointStage {
                     PortSpec::Any => out.push((None, None)),
                     PortSpec::Proto(pr) => out.push((Some(*pr), None)),
                     PortSpec::Blocks(pr, bl) => out.extend(bl.iter().map(|b| (Some(*pr), Some(*b)))),
-                    PortSpec::Named(pr, name) => {
+                    PortSpec::Named(..) | PortSpec::NamedAnyProtocol(_) => {
                         // Named ports belong to the destination pod: on
                         // ingress that is this endpoint; on egress the peer.
                         let table: &[NamedPort] = match (dir, peer) {
@@ -258,10 +272,15 @@ impl EndpointStage {
                             (Direction::Egress, Some(id)) => uni_named.get(&id).map(|v| v.as_slice()).unwrap_or(&[]),
                             (Direction::Egress, None) => &[],
                         };
+                        let (want_proto, name) = match p {
+                            PortSpec::Named(pr, name) => (Some(*pr), name),
+                            PortSpec::NamedAnyProtocol(name) => (None, name),
+                            _ => unreachable!("matched above"),
+                        };
                         out.extend(
                             table
                                 .iter()
-                                .filter(|(n, p, _)| **n == **name && p == pr)
+                                .filter(|(n, p, _)| **n == **name && want_proto.is_none_or(|w| w == *p))
                                 .map(|(_, p, num)| (Some(*p), Some(PortBlock::single(*num)))),
                         );
                     }
@@ -280,8 +299,7 @@ impl EndpointStage {
                         }
                         if has_named {
                             // Every pod whose container has the name: per identity.
-                            let named_only: Vec<PortSpec> =
-                                r.ports.iter().filter(|p| matches!(p, PortSpec::Named(..))).cloned().collect();
+                            let named_only: Vec<PortSpec> = r.ports.iter().filter(|p| p.is_named()).cloned().collect();
                             for id in uni_named.keys() {
                                 for pp in resolve(&named_only, dir, Some(*id)) {
                                     put(*id, dir, pp, *rule_id);
@@ -351,15 +369,111 @@ impl EndpointStage {
             }
         }
         cidr_out.sort();
-        // Sorted by key then rank: the first of each key is its winner.
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        entries.dedup_by_key(|x| x.0);
-        EndpointOut {
-            state,
-            policy: entries.into_iter().map(|(k, _, rule)| (k, PolicyValue { rule })).collect(),
-            cidr: cidr_out,
+        EndpointOut { state, policy: merge_entries(entries), cidr: cidr_out }
+    }
+}
+
+/// What one rule says about a key, with its order within its tier (rank,
+/// policy position, peer position; lower first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Says {
+    NetworkPolicy((u32, u32, u32, u32)),
+    Admin((u32, u32, u32, u32)),
+    Baseline((u32, u32, u32, u32)),
+}
+
+/// What the rules covering one key say, the best of each tier.
+#[derive(Debug, Clone, Copy, Default)]
+struct Merged {
+    np: Option<((u32, u32, u32, u32), u32)>,
+    admin: Option<((u32, u32, u32, u32), u32)>,
+    baseline: Option<((u32, u32, u32, u32), u32)>,
+}
+
+impl Merged {
+    fn add(&mut self, says: Says, rule: u32) {
+        let (slot, order) = match says {
+            Says::NetworkPolicy(o) => (&mut self.np, o),
+            Says::Admin(o) => (&mut self.admin, o),
+            Says::Baseline(o) => (&mut self.baseline, o),
+        };
+        if slot.is_none_or(|(best, _)| order < best) {
+            *slot = Some((order, rule));
         }
     }
+
+    fn absorb(&mut self, other: &Merged) {
+        for (slot, theirs) in
+            [(&mut self.np, other.np), (&mut self.admin, other.admin), (&mut self.baseline, other.baseline)]
+        {
+            if let Some((order, rule)) = theirs {
+                if slot.is_none_or(|(best, _)| order < best) {
+                    *slot = Some((order, rule));
+                }
+            }
+        }
+    }
+
+    fn value(&self) -> PolicyValue {
+        let tier = |slot: Option<((u32, u32, u32, u32), u32)>| {
+            slot.map(|((rank, _, _, _), rule)| TierVerdict { rank, rule }).unwrap_or(TierVerdict::NONE)
+        };
+        PolicyValue {
+            rule: self.np.map(|(_, r)| r).unwrap_or(0),
+            admin: tier(self.admin),
+            baseline: tier(self.baseline),
+        }
+    }
+}
+
+/// Whether `wide` matches every packet `narrow` matches (same endpoint,
+/// peer and direction assumed).
+fn covers(wide: &PolicyMatch, narrow: &PolicyMatch) -> bool {
+    match (wide.protocol, wide.port) {
+        (None, _) => true,
+        (Some(p), None) => narrow.protocol == Some(p),
+        (Some(p), Some(b)) => {
+            narrow.protocol == Some(p) && narrow.port.is_some_and(|n| b.start <= n.start && n.end() <= b.end())
+        }
+    }
+}
+
+/// One value per key: the best rule of each tier among those naming the
+/// key. Where a cluster tier is involved, each key also takes what its
+/// wider keys (same endpoint, peer, direction) say, since the trie answers
+/// with the longest match alone; NetworkPolicy alone needs no such merge
+/// (any allow is the verdict), so its entries stay as they were.
+fn merge_entries(mut entries: Vec<(PolicyMatch, Says, u32)>) -> Vec<(PolicyMatch, PolicyValue)> {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut keys: Vec<(PolicyMatch, Merged)> = Vec::new();
+    for (k, says, rule) in entries {
+        if keys.last().is_none_or(|(last, _)| *last != k) {
+            keys.push((k, Merged::default()));
+        }
+        keys.last_mut().expect("just pushed").1.add(says, rule);
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    let mut start = 0;
+    while start < keys.len() {
+        let group = |k: &PolicyMatch| (k.endpoint, k.identity, k.direction);
+        let g = group(&keys[start].0);
+        let end = start + keys[start..].iter().take_while(|(k, _)| group(k) == g).count();
+        let slice = &keys[start..end];
+        let tiered = slice.iter().any(|(_, m)| m.admin.is_some() || m.baseline.is_some());
+        for (k, m) in slice {
+            let mut m = *m;
+            if tiered {
+                for (wide, wm) in slice {
+                    if wide != k && covers(wide, k) {
+                        m.absorb(wm);
+                    }
+                }
+            }
+            out.push((*k, m.value()));
+        }
+        start = end;
+    }
+    out
 }
 
 /// Everything an endpoint's entries depend on, as versions: equal means

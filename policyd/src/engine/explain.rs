@@ -19,17 +19,18 @@
 
 use super::cidr;
 use super::endpoints::CompiledEndpoint;
-use super::policy::{CompiledPolicy, PeerSpec, Peers, PortSpec, Subject};
+use super::policy::{CompiledPolicy, CompiledRule, PeerSpec, Peers, PortSpec};
 use super::universe::pod_named_ports;
 use super::{
-    CompileStats, Direction, Engine, IdentityLabels, IpcacheEntry, Labels, CIDR_NO_CLASS, ID_ANY, ID_FIRST_CIDR,
-    ID_HOST, ID_WORLD,
+    Action, CompileStats, Direction, Engine, IdentityLabels, IpcacheEntry, Labels, PolicyValue, Tier, TierVerdict,
+    CIDR_NO_CLASS, ID_ANY, ID_FIRST_CIDR, ID_HOST, ID_WORLD,
 };
 use crate::store::{Key, Store};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
+use weir_bpf::abi::{TIER_ACCEPT, TIER_NONE, TIER_PASS};
 
 /// One end of a flow: an address, and the pod it is when known.
 #[derive(Debug, Clone)]
@@ -94,11 +95,35 @@ pub struct Side {
     /// Every (policy, rule, peer) that allows the flow; empty: "no rule
     /// allows" (when isolated).
     pub policies: Vec<RuleMatch>,
+    /// Some ClusterNetworkPolicy selects the pod with rules in this direction.
+    pub tiered: bool,
+    /// The ClusterNetworkPolicy rule that decided (Accept or Deny), or that
+    /// passed the flow on to NetworkPolicy (Pass); None when no cluster rule
+    /// matched.
+    pub cluster: Option<ClusterRuleMatch>,
     /// Why, in words: `not isolated`, `allowed by N rule(s)`, `no rule
     /// allows`, `from the node: always allowed`, ...
     pub reason: String,
     /// For an endpoint of this node: what its compiled map entries say.
     pub maps: Option<MapLookup>,
+}
+
+/// The first matching rule of an Admin or Baseline tier.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterRuleMatch {
+    /// `Admin` or `Baseline`.
+    pub tier: &'static str,
+    /// The ClusterNetworkPolicy's name.
+    pub policy: String,
+    pub priority: u32,
+    /// Index in spec.ingress / spec.egress, and the rule's name.
+    pub rule: u32,
+    pub rule_name: String,
+    /// `Accept`, `Deny` or `Pass`.
+    pub action: &'static str,
+    /// Index in from / to; None for a rule that matches every peer (one
+    /// failed closed).
+    pub peer: Option<u32>,
 }
 
 /// One allowing rule.
@@ -122,9 +147,12 @@ pub struct MapLookup {
     pub endpoint: u32,
     pub isolated: bool,
     pub allowed: bool,
-    /// How the allowing entry was found: `identity`, `any peer`,
-    /// `ipBlock class`; None when nothing allows (or not isolated).
+    /// How the deciding entry was found: `identity`, `any peer`,
+    /// `ipBlock class`; None when no entry decided (not isolated, or
+    /// nothing allows).
     pub via: Option<&'static str>,
+    /// The cluster tier whose entry decided (`Admin`, `Baseline`), if one did.
+    pub tier: Option<&'static str>,
     /// The rule the entry the lookup lands on carries (longest prefix:
     /// a port beats a protocol beats any; among equal keys, the first by
     /// policy, rule, peer).
@@ -201,6 +229,8 @@ impl Engine {
             isolated: false,
             isolating: Vec::new(),
             policies: Vec::new(),
+            tiered: false,
+            cluster: None,
             reason: String::new(),
             maps: None,
         };
@@ -214,22 +244,23 @@ impl Engine {
         let (key, pod) = pod;
         let empty = Labels::new();
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        let selecting: Vec<Arc<CompiledPolicy>> = store
+        let ns_labels = self.identities.last().ns_labels.get(&key.0).cloned();
+        let mut selecting: Vec<Arc<CompiledPolicy>> = store
             .policies
             .range((key.0.clone(), String::new())..)
             .take_while(|(k, _)| k.0 == key.0)
             .filter_map(|(k, _)| self.policies.compiled(k).cloned())
-            .filter(|p| match &p.subject {
-                Subject::Selector(s) => s.matches(labels),
-                Subject::WholeNamespaceDenied => true,
-            })
             .collect();
+        selecting.extend(self.policies.compiled_cluster());
+        selecting.retain(|p| p.subject.selects(&key.0, ns_labels.as_ref(), labels));
         side.isolating = selecting
             .iter()
             .filter(|p| if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
             .map(|p| format!("{}/{}", p.namespace, p.name))
             .collect();
         side.isolated = !side.isolating.is_empty();
+        side.tiered =
+            selecting.iter().flat_map(|p| &p.rules).any(|r| r.tier != Tier::NetworkPolicy && r.direction == dir);
         // Named ports belong to the destination pod: on ingress this pod's
         // own, on egress the union over the peer identity's pods.
         let own_ports: Vec<(String, u8, u16)> = pod_named_ports(pod).map(|(n, p, x)| (n.to_string(), p, x)).collect();
@@ -245,29 +276,25 @@ impl Engine {
                 .collect(),
         };
         let mut stats = CompileStats::default();
-        for p in &selecting {
+        // The first matching rule of each cluster tier: (order, match).
+        type Ordered = ((u32, u32, u32), ClusterRuleMatch);
+        let mut first: [Option<Ordered>; 2] = [None, None];
+        for (pi, p) in selecting.iter().enumerate() {
             for r in p.rules.iter().filter(|r| r.direction == dir) {
                 let port_ok = r.ports.iter().any(|ps| port_admits(ps, flow.protocol, flow.port, &dest_ports));
                 if !port_ok {
                     continue;
                 }
-                let found: Vec<(Option<u32>, String, Option<IpNet>)> = match &r.peers {
-                    Peers::All { .. } => vec![(None, "any peer".to_string(), None)],
-                    Peers::List(list) => list
-                        .iter()
-                        .filter_map(|pe| match &pe.spec {
-                            PeerSpec::Pods(sel) => {
-                                let ids = self.peer_sets.get(sel, self.identities.last(), &mut stats).0;
-                                ids.binary_search(&peer.identity)
-                                    .is_ok()
-                                    .then(|| (Some(pe.index), "pods".to_string(), None))
-                            }
-                            PeerSpec::Block(b) => b
-                                .contains_addr(peer.addr)
-                                .then(|| (Some(pe.index), format!("ipBlock {}", b.cidr), Some(b.cidr))),
-                        })
-                        .collect(),
-                };
+                let found = self.rule_peers_matching(r, peer, &mut stats);
+                if r.tier != Tier::NetworkPolicy {
+                    let Some((peer_index, _, _)) = found.into_iter().next() else { continue };
+                    let slot = &mut first[(r.tier == Tier::Baseline) as usize];
+                    let order = (r.rank, pi as u32, peer_index.map_or(0, |i| i + 1));
+                    if slot.as_ref().is_none_or(|(best, _)| order < *best) {
+                        *slot = Some((order, cluster_match(p, r, peer_index)));
+                    }
+                    continue;
+                }
                 side.policies.extend(found.into_iter().map(|(peer_index, matched, ip_block)| RuleMatch {
                     policy: format!("{}/{}", p.namespace, p.name),
                     rule: r.index,
@@ -278,16 +305,51 @@ impl Engine {
             }
         }
         side.policies.sort();
+        let [admin, baseline] = first.map(|f| f.map(|(_, m)| m));
         let from_node = peer.identity == ID_HOST;
-        side.allowed = !side.isolated || from_node || !side.policies.is_empty();
-        side.reason = if from_node {
-            format!("{} the node: always allowed", if dir == Direction::Egress { "to" } else { "from" })
-        } else if !side.isolated {
-            "not isolated: no policy selecting the pod has this direction".to_string()
-        } else if side.policies.is_empty() {
-            "no rule allows".to_string()
+        let towards = if dir == Direction::Egress { "to" } else { "from" };
+        let decided = |m: &Option<ClusterRuleMatch>| m.as_ref().filter(|m| m.action != "Pass").cloned();
+        (side.allowed, side.reason) = if from_node {
+            (true, format!("{towards} the node: always allowed"))
+        } else if let Some(m) = decided(&admin) {
+            let accept = m.action == "Accept";
+            let r = format!(
+                "{} by Admin ClusterNetworkPolicy {} (priority {}) rule {}",
+                if accept { "accepted" } else { "denied" },
+                m.policy,
+                m.priority,
+                m.rule
+            );
+            side.cluster = Some(m);
+            (accept, r)
         } else {
-            format!("allowed by {} rule(s)", side.policies.len())
+            if admin.is_some() {
+                side.cluster = admin.clone();
+            }
+            let passed = if admin.is_some() { "passed on by Admin; " } else { "" };
+            if side.isolated {
+                if side.policies.is_empty() {
+                    (false, format!("{passed}no rule allows"))
+                } else {
+                    (true, format!("{passed}allowed by {} rule(s)", side.policies.len()))
+                }
+            } else if let Some(m) = decided(&baseline) {
+                let accept = m.action == "Accept";
+                let r = format!(
+                    "{passed}{} by Baseline ClusterNetworkPolicy {} (priority {}) rule {}",
+                    if accept { "accepted" } else { "denied" },
+                    m.policy,
+                    m.priority,
+                    m.rule
+                );
+                side.cluster = Some(m);
+                (accept, r)
+            } else {
+                if baseline.is_some() && side.cluster.is_none() {
+                    side.cluster = baseline.clone();
+                }
+                (true, format!("{passed}not isolated: no policy selecting the pod has this direction"))
+            }
         };
         if let Some(ep) = me_info.endpoint.and_then(|e| self.endpoints.compiled(e).map(|c| (e, c))) {
             side.maps = Some(self.map_lookup(ep.0, &ep.1, dir, flow, peer));
@@ -295,11 +357,12 @@ impl Engine {
         side
     }
 
-    /// The dataplane's lookups (weir_abi.h) over one endpoint's entries.
+    /// The dataplane's lookups (weir_abi.h, bpf/progs/policy.h) over one
+    /// endpoint's entries.
     fn map_lookup(&self, e: u32, c: &CompiledEndpoint, dir: Direction, flow: &Flow, peer: &EndInfo) -> MapLookup {
-        let isolated = match dir {
-            Direction::Ingress => c.state.ingress_isolated,
-            Direction::Egress => c.state.egress_isolated,
+        let (isolated, tiered) = match dir {
+            Direction::Ingress => (c.state.ingress_isolated, c.state.ingress_tiered),
+            Direction::Egress => (c.state.egress_isolated, c.state.egress_tiered),
         };
         let cover = c
             .cidr
@@ -309,34 +372,79 @@ impl Engine {
         let mut out = MapLookup {
             endpoint: e,
             isolated,
-            allowed: !isolated || peer.identity == ID_HOST,
+            allowed: true,
             via: None,
+            tier: None,
             rule: None,
             ip_block_prefix: cover.map(|(k, _)| k.net),
             ip_block_class: cover.map(|(_, class)| *class),
         };
-        if out.allowed {
+        if (!isolated && !tiered) || peer.identity == ID_HOST {
             return out;
         }
-        let lookup = |identity: u32| -> Option<u32> {
+        let lookup = |identity: u32| -> Option<PolicyValue> {
             c.policy
                 .iter()
                 .filter(|(k, _)| k.matches(e, identity, dir, flow.protocol, flow.port))
                 // the trie's choice: the longest prefix
                 .max_by_key(|(k, _)| k.encode().prefix_len())
-                .map(|(_, v)| v.rule)
+                .map(|(_, v)| *v)
         };
         let class = cover.map(|(_, c)| *c).filter(|c| *c != CIDR_NO_CLASS && *c >= ID_FIRST_CIDR);
-        let found = lookup(peer.identity)
-            .map(|r| ("identity", r))
-            .or_else(|| lookup(ID_ANY).map(|r| ("any peer", r)))
-            .or_else(|| class.and_then(lookup).map(|r| ("ipBlock class", r)));
-        if let Some((via, rule)) = found {
-            out.allowed = true;
-            out.via = Some(via);
-            out.rule = self.rule_match(rule, dir, peer);
+        let found = [("identity", Some(peer.identity)), ("any peer", Some(ID_ANY)), ("ipBlock class", class)]
+            .map(|(via, id)| (via, id.and_then(lookup)));
+        // Fold as the program does: per tier the best rank, the first
+        // NetworkPolicy allow.
+        let best = |tier: fn(&PolicyValue) -> TierVerdict| {
+            found
+                .iter()
+                .filter_map(|(via, v)| v.map(|v| (*via, tier(&v))))
+                .filter(|(_, t)| t.rank != TIER_NONE)
+                .min_by_key(|(_, t)| t.rank)
+        };
+        let np = found.iter().find_map(|(via, v)| v.filter(|v| v.rule != 0).map(|v| (*via, v.rule)));
+        let decided = |t: Option<(&'static str, TierVerdict)>| t.filter(|(_, t)| t.rank & 3 != TIER_PASS);
+        if let Some((via, t)) = decided(best(|v| v.admin)) {
+            out.allowed = t.rank & 3 == TIER_ACCEPT;
+            (out.via, out.tier) = (Some(via), Some("Admin"));
+            out.rule = self.rule_match(t.rule, dir, peer);
+        } else if isolated {
+            out.allowed = np.is_some();
+            if let Some((via, rule)) = np {
+                out.via = Some(via);
+                out.rule = self.rule_match(rule, dir, peer);
+            }
+        } else if let Some((via, t)) = decided(best(|v| v.baseline)) {
+            out.allowed = t.rank & 3 == TIER_ACCEPT;
+            (out.via, out.tier) = (Some(via), Some("Baseline"));
+            out.rule = self.rule_match(t.rule, dir, peer);
         }
         out
+    }
+
+    /// The peers of rule `r` that match `peer`: (peer index, what it is,
+    /// the ipBlock it matched).
+    fn rule_peers_matching(
+        &mut self,
+        r: &CompiledRule,
+        peer: &EndInfo,
+        stats: &mut CompileStats,
+    ) -> Vec<(Option<u32>, String, Option<IpNet>)> {
+        match &r.peers {
+            Peers::All { .. } => vec![(None, "any peer".to_string(), None)],
+            Peers::List(list) => list
+                .iter()
+                .filter_map(|pe| match &pe.spec {
+                    PeerSpec::Pods(sel) => {
+                        let ids = self.peer_sets.get(sel, self.identities.last(), stats).0;
+                        ids.binary_search(&peer.identity).is_ok().then(|| (Some(pe.index), "pods".to_string(), None))
+                    }
+                    PeerSpec::Block(b) => b
+                        .contains_addr(peer.addr)
+                        .then(|| (Some(pe.index), format!("ipBlock {}", b.cidr), Some(b.cidr))),
+                })
+                .collect(),
+        }
     }
 
     /// What rule id `id` stands for.
@@ -357,6 +465,22 @@ impl Engine {
     }
 }
 
+fn cluster_match(p: &CompiledPolicy, r: &CompiledRule, peer: Option<u32>) -> ClusterRuleMatch {
+    ClusterRuleMatch {
+        tier: if r.tier == Tier::Admin { "Admin" } else { "Baseline" },
+        policy: p.name.clone(),
+        priority: r.rank >> 7,
+        rule: r.index,
+        rule_name: r.name.clone(),
+        action: match r.action {
+            Action::Allow => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        },
+        peer,
+    }
+}
+
 /// Whether one port entry of a rule admits (protocol, port) towards the
 /// destination whose named ports are `dest_ports` (none for non-pod peers).
 fn port_admits(ps: &PortSpec, protocol: u8, port: u16, dest_ports: &[(String, u8, u16)]) -> bool {
@@ -366,6 +490,9 @@ fn port_admits(ps: &PortSpec, protocol: u8, port: u16, dest_ports: &[(String, u8
         PortSpec::Blocks(p, blocks) => *p == protocol && blocks.iter().any(|b| b.contains(port)),
         PortSpec::Named(p, name) => {
             *p == protocol && dest_ports.iter().any(|(n, pp, num)| n == name && *pp == protocol && *num == port)
+        }
+        PortSpec::NamedAnyProtocol(name) => {
+            dest_ports.iter().any(|(n, pp, num)| n == name && *pp == protocol && *num == port)
         }
     }
 }

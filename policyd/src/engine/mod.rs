@@ -56,15 +56,20 @@
 //!   [`CIDR_NO_CLASS`], a class that never has policy entries, so an LPM
 //!   lookup lands on the hole instead of the enclosing block.
 //!
-//! Tiers: every rule carries a [`Tier`] and an [`Action`]. Today only
-//! NetworkPolicy/Allow exists and the maps have one verdict. Cluster-wide
-//! tiers (Admin before NetworkPolicy, Baseline after; Accept/Deny/Pass)
-//! slot into the same selector -> peer set -> entries pipeline: a new
-//! policy kind compiles to `CompiledRule`s with its tier and action, peer
-//! sets are shared as they are, and entry generation orders by tier when
-//! it merges keys instead of taking the lowest rule id.
+//! Tiers: every rule carries a [`Tier`] and an [`Action`].
+//! ClusterNetworkPolicy (`cluster_policy.rs`) compiles to the same
+//! `CompiledRule`s as NetworkPolicy, with its tier (Admin before
+//! NetworkPolicy, Baseline after), action (Accept/Deny/Pass) and rank
+//! (priority, rule index); peer sets are shared. An entry's value holds,
+//! per tier, the best rule covering its key, including the rules of wider
+//! keys of the same endpoint, peer and direction (the trie returns only the
+//! longest match), so the dataplane still decides in three lookups.
+//! Of equal ranks (equal priority and rule index in two policies, which the
+//! API leaves to the implementation) Deny wins, then the policy first by
+//! name.
 
 pub mod cidr;
+pub mod cluster_policy;
 mod endpoints;
 pub mod explain;
 pub mod identity;
@@ -136,15 +141,55 @@ pub struct IpcacheEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointState {
     pub identity: u32,
+    /// Some NetworkPolicy selects it for ingress: that tier decides.
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
+    /// Some ClusterNetworkPolicy selects it with ingress rules: the
+    /// dataplane reads the Admin and Baseline tiers.
+    pub ingress_tiered: bool,
+    pub egress_tiered: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The best rule of an Admin or Baseline tier for a policy entry: its
+/// rank ([`weir_bpf::abi::tier_rank`], lower first; the action is in the
+/// low bits) and rule id.
+pub use weir_bpf::abi::TierVerdict;
+
+/// What every rule covering a policy entry's key says, per tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
-    /// Rule id ([`RuleInfo::id`]). When several rules allow the key, the
-    /// first in (policy namespace/name, rule index, peer index) order.
+    /// The NetworkPolicy rule that allows the key ([`RuleInfo::id`]), 0
+    /// when none does. When several do, the first in (policy
+    /// namespace/name, rule index, peer index) order.
     pub rule: u32,
+    pub admin: TierVerdict,
+    pub baseline: TierVerdict,
+}
+
+impl PolicyValue {
+    /// A NetworkPolicy allow alone.
+    pub fn allow(rule: u32) -> Self {
+        PolicyValue { rule, admin: TierVerdict::NONE, baseline: TierVerdict::NONE }
+    }
+
+    /// The map's encoding.
+    pub fn to_abi(&self) -> weir_bpf::abi::PolicyValue {
+        weir_bpf::abi::PolicyValue {
+            rule: self.rule,
+            verdict: if self.rule != 0 { weir_bpf::abi::VERDICT_ALLOW } else { 0 },
+            pad: 0,
+            admin: self.admin,
+            baseline: self.baseline,
+        }
+    }
+
+    pub fn from_abi(v: &weir_bpf::abi::PolicyValue) -> Self {
+        PolicyValue {
+            rule: if v.verdict == weir_bpf::abi::VERDICT_ALLOW { v.rule } else { 0 },
+            admin: v.admin,
+            baseline: v.baseline,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,6 +212,8 @@ pub struct RuleInfo {
     pub peer_index: Option<u32>,
     pub tier: Tier,
     pub action: Action,
+    /// A ClusterNetworkPolicy rule's `name` (may be empty).
+    pub rule_name: String,
 }
 
 /// An endpoint record (CNI ADD's, under the run dir) that no pod takes.
@@ -361,7 +408,7 @@ impl Engine {
 
         // 3. Rules: the policies compiled, the peer sets brought up to
         //    date with the identities that changed.
-        let policies = self.policies.run(&store.policies, stats);
+        let policies = self.policies.run(&store.policies, &store.cluster_policies, stats);
         self.peer_sets.patch(&found.universe, &found.changed, stats);
 
         // 4. Endpoints: each local endpoint's isolation and entries, within

@@ -6,7 +6,7 @@
 use super::cidr::{parse_cidr, Block};
 use super::ports::{port_blocks, protocol_number, valid_port_name, PortBlock};
 use super::selector::Selector;
-use super::{Action, Diagnostic, Direction, Tier};
+use super::{Action, Diagnostic, Direction, Labels, Tier};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -43,6 +43,10 @@ pub enum PortSpec {
     Blocks(u8, Vec<PortBlock>),
     /// One protocol, a container port name resolved per destination pod.
     Named(u8, String),
+    /// A container port name of the destination pod, with whatever
+    /// protocol the container declares it (ClusterNetworkPolicy's
+    /// `destinationNamedPort`).
+    NamedAnyProtocol(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +72,12 @@ pub struct CompiledRule {
     /// NetworkPolicy rules are always (NetworkPolicy, Allow).
     pub tier: Tier,
     pub action: Action,
+    /// Precedence within an Admin or Baseline tier
+    /// ([`weir_bpf::abi::tier_rank`]: priority, rule index, action); 0 for
+    /// NetworkPolicy, whose rules only ever allow.
+    pub rank: u32,
+    /// A ClusterNetworkPolicy rule's `name` (may be empty).
+    pub name: String,
     pub peers: Peers,
     /// Valid port entries; empty after validation means the rule allows
     /// nothing (a list of only invalid ports never turns into "any port").
@@ -76,7 +86,13 @@ pub struct CompiledRule {
 
 impl CompiledRule {
     pub fn uses_named_ports(&self) -> bool {
-        self.ports.iter().any(|p| matches!(p, PortSpec::Named(..)))
+        self.ports.iter().any(PortSpec::is_named)
+    }
+}
+
+impl PortSpec {
+    pub fn is_named(&self) -> bool {
+        matches!(self, PortSpec::Named(..) | PortSpec::NamedAnyProtocol(_))
     }
 }
 
@@ -87,6 +103,30 @@ pub enum Subject {
     /// spec.podSelector was invalid: every pod of the namespace is isolated
     /// in the policy's directions and the policy allows nothing.
     WholeNamespaceDenied,
+    /// A ClusterNetworkPolicy's subject: pods of any namespace.
+    Pods(PeerSelector),
+    /// A ClusterNetworkPolicy that cannot be placed (bad tier, priority or
+    /// subject): it selects nothing.
+    Nothing,
+}
+
+impl Subject {
+    /// Whether a pod of `namespace` (labelled `ns_labels`) with `labels`
+    /// is selected. `namespace` is the policy's own for NetworkPolicy.
+    pub fn selects(&self, namespace: &str, ns_labels: Option<&Labels>, labels: &Labels) -> bool {
+        match self {
+            Subject::Selector(s) => s.matches(labels),
+            Subject::WholeNamespaceDenied => true,
+            Subject::Pods(sel) => {
+                let ns_ok = match &sel.namespaces {
+                    NsScope::Same(ns) => ns == namespace,
+                    NsScope::Matching(n) => ns_labels.is_some_and(|l| n.matches(l)),
+                };
+                ns_ok && sel.pods.matches(labels)
+            }
+            Subject::Nothing => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -239,7 +279,16 @@ fn compile_rule(
             list.iter().enumerate().filter_map(|(i, p)| compile_port(p, &format!("{field}.ports[{i}]"), diag)).collect()
         }
     };
-    CompiledRule { direction: dir, index: ri, tier: Tier::NetworkPolicy, action: Action::Allow, peers, ports }
+    CompiledRule {
+        direction: dir,
+        index: ri,
+        tier: Tier::NetworkPolicy,
+        action: Action::Allow,
+        rank: 0,
+        name: String::new(),
+        peers,
+        ports,
+    }
 }
 
 fn compile_peer(

@@ -20,7 +20,7 @@
 //! node's gateway addresses are always allowed.
 
 use super::cidr::{self, parse_cidr};
-use super::ports::{protocol_number, valid_port_name, PortBlock};
+use super::ports::{protocol_number, valid_port_name};
 use super::{Desired, Direction, ID_ANY, ID_HOST, NAMESPACE_NAME_LABEL};
 use crate::store::{Key, Store};
 use ipnet::IpNet;
@@ -32,6 +32,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use weir_bpf::abi::{TIER_ACCEPT, TIER_NONE, TIER_PASS};
 use weir_common::registry::EndpointRecord;
 
 type Labels = BTreeMap<String, String>;
@@ -45,50 +46,79 @@ type RuleParts<'a> = (Option<&'a Vec<NetworkPolicyPeer>>, Option<&'a Vec<Network
 /// The map entries that decide one (endpoint, direction, peer address).
 #[derive(Debug, Clone)]
 pub struct MapVerdict {
-    /// Not isolated in this direction, or the peer is the node.
+    /// Not isolated nor tiered in this direction, or the peer is the node.
     pub open: bool,
-    /// (protocol, port block) of every entry the lookups can hit.
-    pub entries: Vec<(Option<u8>, Option<PortBlock>)>,
+    /// NetworkPolicy isolates the endpoint in this direction.
+    pub isolated: bool,
+    /// The entries each lookup can land on: the peer's identity, ANY, the
+    /// ipBlock class of the peer's address.
+    pub lookups: Vec<Vec<(super::PolicyMatch, super::PolicyValue)>>,
 }
 
 impl MapVerdict {
+    /// As bpf/progs/policy.h decides: per lookup the longest match, folded
+    /// to the best rank of each cluster tier and any NetworkPolicy allow;
+    /// then Admin, NetworkPolicy (when isolated), Baseline, allow.
     pub fn allows(&self, proto: u8, port: u16) -> bool {
-        self.open
-            || self.entries.iter().any(|(p, b)| p.is_none_or(|p| p == proto) && b.is_none_or(|b| b.contains(port)))
+        if self.open {
+            return true;
+        }
+        let hits: Vec<super::PolicyValue> = self
+            .lookups
+            .iter()
+            .filter_map(|entries| {
+                entries
+                    .iter()
+                    .filter(|(k, _)| k.protocol.is_none_or(|p| p == proto) && k.port.is_none_or(|b| b.contains(port)))
+                    .max_by_key(|(k, _)| k.encode().prefix_len())
+                    .map(|(_, v)| *v)
+            })
+            .collect();
+        let best = |tier: fn(&super::PolicyValue) -> u32| hits.iter().map(tier).min().unwrap_or(TIER_NONE);
+        let decides = |rank: u32| rank != TIER_NONE && rank & 3 != TIER_PASS;
+        let admin = best(|v| v.admin.rank);
+        if decides(admin) {
+            return admin & 3 == TIER_ACCEPT;
+        }
+        if self.isolated {
+            return hits.iter().any(|v| v.rule != 0);
+        }
+        let baseline = best(|v| v.baseline.rank);
+        !decides(baseline) || baseline & 3 == TIER_ACCEPT
     }
 }
 
 /// What the maps allow endpoint `ep` in `dir` against `peer`, for every
 /// protocol and port at once.
 pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerdict {
-    let closed = MapVerdict { open: false, entries: Vec::new() };
+    let closed = MapVerdict { open: false, isolated: true, lookups: Vec::new() };
     let Some(st) = d.endpoints.get(&ep) else {
         return closed;
     };
-    let isolated = match dir {
-        Direction::Ingress => st.ingress_isolated,
-        Direction::Egress => st.egress_isolated,
+    let (isolated, tiered) = match dir {
+        Direction::Ingress => (st.ingress_isolated, st.ingress_tiered),
+        Direction::Egress => (st.egress_isolated, st.egress_tiered),
     };
     let identity = cidr::lpm(d.ipcache.iter(), peer).map(|e| e.identity);
-    if !isolated || identity == Some(ID_HOST) {
-        return MapVerdict { open: true, entries: Vec::new() };
+    if (!isolated && !tiered) || identity == Some(ID_HOST) {
+        return MapVerdict { open: true, isolated, lookups: Vec::new() };
     }
     let keys_of = |id: u32| {
         let from = super::PolicyMatch { endpoint: ep, identity: id, direction: dir, protocol: None, port: None };
         d.policy
             .range(from..)
             .take_while(move |(k, _)| k.endpoint == ep && k.identity == id && k.direction == dir)
-            .map(|(k, _)| (k.protocol, k.port))
+            .map(|(k, v)| (*k, *v))
+            .collect::<Vec<_>>()
     };
-    let mut entries: Vec<_> = identity.into_iter().chain([ID_ANY]).flat_map(keys_of).collect();
-    // The dataplane asks the ipBlock trie only when both lookups miss;
-    // allow-only entries make "only when" and "also" the same answer.
+    // An address the ipcache does not know is WORLD.
+    let mut lookups = vec![keys_of(identity.unwrap_or(super::ID_WORLD)), keys_of(ID_ANY)];
     let class = cidr::lpm(
         d.cidr.iter().filter(|(k, _)| k.endpoint == ep && k.direction == dir).map(|(k, v)| (&k.net, *v)),
         peer,
     );
-    entries.extend(class.into_iter().flat_map(keys_of));
-    MapVerdict { open: false, entries }
+    lookups.extend(class.map(keys_of));
+    MapVerdict { open: false, isolated, lookups }
 }
 
 /// The dataplane's judgement of endpoint `ep` in `dir` against a peer.

@@ -9,9 +9,11 @@
 //! [`super::Desired`]). [`PeerSets`] is shared with the endpoint stage,
 //! which resolves a selector the first time an endpoint needs it.
 
+use super::cluster_policy::compile_cluster_policy;
 use super::policy::{self, CompiledPolicy, PeerSelector, Peers};
 use super::universe::Universe;
 use super::{object_version, CompileStats, Diagnostic, Direction, IdentityLabels, Labels, RuleInfo};
+use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicySpec};
 use crate::store::Key;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,6 +24,7 @@ use std::sync::Arc;
 pub(super) struct PolicyStage {
     rule_ids: RuleIdTable,
     memo: HashMap<Key, PolicyMemo>,
+    cluster_memo: HashMap<String, ClusterMemo>,
     /// Last version handed to a compiled policy: a new number for every
     /// compile of a policy, so endpoints can tell a policy changed.
     version: u64,
@@ -31,6 +34,8 @@ pub(super) struct PolicyStage {
 pub(super) struct Policies<'s> {
     /// Compiled policies by namespace, in store order.
     by_namespace: BTreeMap<&'s str, Vec<Arc<CompiledPolicy>>>,
+    /// Compiled ClusterNetworkPolicies, by name.
+    pub(super) cluster: Vec<Arc<CompiledPolicy>>,
     /// What every rule id stands for, sorted by id.
     pub(super) rules: Vec<RuleInfo>,
     pub(super) diagnostics: Vec<Diagnostic>,
@@ -41,6 +46,12 @@ impl Policies<'_> {
     pub(super) fn in_namespace(&self, namespace: &str) -> &[Arc<CompiledPolicy>] {
         self.by_namespace.get(namespace).map(|v| v.as_slice()).unwrap_or(&[])
     }
+}
+
+struct ClusterMemo {
+    version: Option<(Option<String>, String)>,
+    spec: Option<ClusterNetworkPolicySpec>,
+    compiled: Arc<CompiledPolicy>,
 }
 
 struct PolicyMemo {
@@ -76,7 +87,17 @@ impl policy::RuleIds for RuleIdTable {
 impl PolicyStage {
     /// The compiled policy of a store key, as the last compile left it.
     pub(super) fn compiled(&self, key: &Key) -> Option<&Arc<CompiledPolicy>> {
+        if key.0 == super::cluster_policy::CLUSTER_SCOPE {
+            return self.cluster_memo.get(&key.1).map(|m| &m.compiled);
+        }
         self.memo.get(key).map(|m| &m.compiled)
+    }
+
+    /// The compiled ClusterNetworkPolicies of the last compile, by name.
+    pub(super) fn compiled_cluster(&self) -> Vec<Arc<CompiledPolicy>> {
+        let mut v: Vec<_> = self.cluster_memo.values().map(|m| m.compiled.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// What rule id `id` stands for: (namespace, name, direction, rule
@@ -90,6 +111,7 @@ impl PolicyStage {
     pub(super) fn run<'s>(
         &mut self,
         policies: &'s BTreeMap<Key, NetworkPolicy>,
+        cluster_policies: &'s BTreeMap<String, ClusterNetworkPolicy>,
         stats: &mut CompileStats,
     ) -> Policies<'s> {
         let mut by_namespace: BTreeMap<&str, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
@@ -135,21 +157,57 @@ impl PolicyStage {
             self.memo.retain(|k, _| policies.contains_key(k));
             removed_any = true;
         }
-        if removed_any {
-            self.rule_ids.ids.retain(|k, _| policies.contains_key(&(k.0.clone(), k.1.clone())));
+        let mut cluster = Vec::with_capacity(cluster_policies.len());
+        for (name, cnp) in cluster_policies {
+            let cached = self
+                .cluster_memo
+                .get(name)
+                .filter(|m| match (&m.version, object_version(&cnp.metadata)) {
+                    (Some(a), Some(b)) => *a == b,
+                    _ => m.spec.as_ref() == Some(&cnp.spec),
+                })
+                .map(|m| m.compiled.clone());
+            let compiled = match cached {
+                Some(c) => c,
+                None => {
+                    let mut cnp = cnp.clone();
+                    cnp.metadata.name = Some(name.clone());
+                    self.version += 1;
+                    let c = Arc::new(compile_cluster_policy(&cnp, &mut self.rule_ids, self.version));
+                    stats.policies_compiled += 1;
+                    let version = object_version(&cnp.metadata);
+                    let spec = if version.is_some() { None } else { Some(cnp.spec) };
+                    self.cluster_memo.insert(name.clone(), ClusterMemo { version, spec, compiled: c.clone() });
+                    c
+                }
+            };
+            cluster.push(compiled);
         }
-        let (rules, diagnostics) = rule_table(&by_namespace);
-        Policies { by_namespace, rules, diagnostics }
+        if self.cluster_memo.len() != cluster_policies.len() {
+            self.cluster_memo.retain(|k, _| cluster_policies.contains_key(k));
+            removed_any = true;
+        }
+        if removed_any {
+            self.rule_ids.ids.retain(|k, _| {
+                if k.0 == super::cluster_policy::CLUSTER_SCOPE {
+                    cluster_policies.contains_key(&k.1)
+                } else {
+                    policies.contains_key(&(k.0.clone(), k.1.clone()))
+                }
+            });
+        }
+        let (rules, diagnostics) = rule_table(by_namespace.values().flatten().chain(&cluster));
+        Policies { by_namespace, cluster, rules, diagnostics }
     }
 }
 
 /// What every rule id of the compiled policies stands for (sorted by id),
 /// and the policies' diagnostics.
-fn rule_table(by_namespace: &BTreeMap<&str, Vec<Arc<CompiledPolicy>>>) -> (Vec<RuleInfo>, Vec<Diagnostic>) {
+fn rule_table<'a>(policies: impl Iterator<Item = &'a Arc<CompiledPolicy>>) -> (Vec<RuleInfo>, Vec<Diagnostic>) {
     let mut rules = Vec::new();
     let mut diagnostics = Vec::new();
-    for pols in by_namespace.values() {
-        for p in pols {
+    {
+        for p in policies {
             diagnostics.extend(p.diagnostics.iter().cloned());
             for r in &p.rules {
                 let info = |id: u32, peer: Option<u32>| RuleInfo {
@@ -161,6 +219,7 @@ fn rule_table(by_namespace: &BTreeMap<&str, Vec<Arc<CompiledPolicy>>>) -> (Vec<R
                     peer_index: peer,
                     tier: r.tier,
                     action: r.action,
+                    rule_name: r.name.clone(),
                 };
                 match &r.peers {
                     Peers::All { rule_id } => rules.push(info(*rule_id, None)),

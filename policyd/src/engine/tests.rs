@@ -141,7 +141,13 @@ fn no_policy_leaves_pods_unisolated() {
     let d = base().compile();
     assert_eq!(
         d.endpoints[&XA],
-        EndpointState { identity: d.endpoints[&XA].identity, ingress_isolated: false, egress_isolated: false }
+        EndpointState {
+            identity: d.endpoints[&XA].identity,
+            ingress_isolated: false,
+            egress_isolated: false,
+            ingress_tiered: false,
+            egress_tiered: false
+        }
     );
     assert!(ing(&d, XA, "10.0.1.2", 1234) && eg(&d, XA, "1.1.1.1", 53));
     assert!(d.policy.is_empty());
