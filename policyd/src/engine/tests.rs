@@ -73,6 +73,12 @@ impl Fixture {
         self.store.policies.insert((ns.into(), name.into()), p);
         self
     }
+    pub fn cluster_policy(&mut self, name: &str, spec: Value) -> &mut Self {
+        let p: crate::cluster_network_policy::ClusterNetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        self.store.cluster_policies.insert(name.into(), p);
+        self
+    }
     pub fn service(&mut self, ns: &str, name: &str, spec: Value) -> &mut Self {
         let s: Service =
             serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})).unwrap();
@@ -1220,4 +1226,5 @@ fn endpoints_waiting_for_ready_go_before_a_long_recompile() {
     );
 }
 
+mod cluster;
 mod props;
