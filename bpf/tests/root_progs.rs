@@ -9,6 +9,7 @@ use common::pkt::{ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, NA_OVERRIDE, NA_SOLICIT
 use common::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weir_bpf::abi::*;
+use weir_bpf::policy::PortBlock;
 use weir_bpf::{Dataplane, Direction, Hook, PolicyMatch, TC_DROP, TC_PASS};
 
 const ID_A: u32 = 300;
@@ -945,4 +946,120 @@ fn root_to_pod_delivers_only_what_is_addressed_to_the_pod() {
     let reply = pkt::tcp(ip(R4), 80, ip(A4), 40000, SYN | ACK);
     e.expect(Hook::ToPod, a, &to(reply.clone(), ma), true, R_ALLOW_REPLY, "reply");
     e.expect(Hook::ToPod, a, &to(reply, mb), false, R_DROP_NOT_FOR_POD, "reply to B's MAC");
+}
+
+/// A ClusterNetworkPolicy verdict in a policy value: tier slots as policyd
+/// writes them.
+fn tiered(np_rule: u32, admin: Option<(u32, u32)>, baseline: Option<(u32, u32)>) -> PolicyValue {
+    let slot = |t: Option<(u32, u32)>| t.map(|(rank, rule)| TierVerdict { rank, rule }).unwrap_or(TierVerdict::NONE);
+    PolicyValue {
+        rule: np_rule,
+        verdict: if np_rule != 0 { VERDICT_ALLOW } else { 0 },
+        pad: 0,
+        admin: slot(admin),
+        baseline: slot(baseline),
+    }
+}
+
+#[test]
+fn root_cluster_tiers_decide_admin_then_network_policy_then_baseline() {
+    let Some(e) = Env::new("tiers") else { return };
+    let set = |identity: u32, protocol: Option<u8>, port: Option<u16>, v: PolicyValue| {
+        let m = PolicyMatch {
+            endpoint: e.b,
+            identity,
+            direction: Direction::Ingress,
+            protocol,
+            port: port.map(PortBlock::single),
+        };
+        e.dp.set_policy(&m, &v).unwrap();
+    };
+    // B is tiered on ingress, not isolated by NetworkPolicy.
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_TIERED);
+    // Admin: deny TCP from A (priority 5), accept anyone's TCP/443 (priority 1).
+    set(ID_A, Some(TCP), None, tiered(0, Some((tier_rank(5, 0, TIER_DENY), 21)), None));
+    set(ID_ANY, Some(TCP), Some(443), tiered(0, Some((tier_rank(1, 0, TIER_ACCEPT), 22)), None));
+    for (s, d) in [(A4, B4), (A6, B6)] {
+        e.expect(
+            Hook::ToPod,
+            e.b,
+            &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(s), 1, ip(d), 80, SYN)),
+            false,
+            R_DROP_CLUSTER_POLICY,
+            "Admin Deny",
+        );
+        e.expect(
+            Hook::ToPod,
+            e.b,
+            &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(s), 1, ip(d), 443, SYN)),
+            true,
+            R_ALLOW_CLUSTER_POLICY,
+            "the better-ranked Accept of the ANY lookup",
+        );
+        e.expect(
+            Hook::ToPod,
+            e.b,
+            &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::udp(ip(s), 1, ip(d), 53)),
+            true,
+            R_ALLOW_UNISOLATED,
+            "no rule: default allow",
+        );
+    }
+    // Pass from R, then a Baseline Deny: the Baseline decides while no
+    // NetworkPolicy isolates B.
+    set(ID_R, None, None, tiered(0, Some((tier_rank(0, 0, TIER_PASS), 23)), Some((tier_rank(9, 0, TIER_DENY), 24))));
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(R4), 1, ip(B4), 80, SYN)),
+        false,
+        R_DROP_CLUSTER_POLICY,
+        "passed to Baseline Deny",
+    );
+    // The Pass outranks the Admin Accept of TCP/443 from anyone.
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(R4), 2, ip(B4), 443, SYN)),
+        false,
+        R_DROP_CLUSTER_POLICY,
+        "Pass at priority 0 beats Accept at 1",
+    );
+    // A NetworkPolicy that isolates B and allows R decides passed flows.
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_TIERED | EP_INGRESS_ISOLATED);
+    set(
+        ID_R,
+        Some(TCP),
+        Some(80),
+        tiered(31, Some((tier_rank(0, 0, TIER_PASS), 23)), Some((tier_rank(9, 0, TIER_DENY), 24))),
+    );
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(R4), 3, ip(B4), 80, SYN)),
+        true,
+        R_ALLOW_POLICY,
+        "passed, NetworkPolicy allows",
+    );
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(R4), 4, ip(B4), 81, SYN)),
+        false,
+        R_DROP_POLICY,
+        "passed, NetworkPolicy isolates",
+    );
+    // An ipBlock class lookup folds in too: an Admin Deny of the class
+    // beats the Pass of R's identity.
+    let class = ID_FIRST_CIDR + 3;
+    e.dp.set_cidr(e.b, Direction::Ingress, "10.1.0.0/28".parse().unwrap(), class).unwrap();
+    set(class, None, None, tiered(0, Some((tier_rank(0, 0, TIER_DENY), 25)), None));
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(R4), 5, ip(B4), 80, SYN)),
+        false,
+        R_DROP_CLUSTER_POLICY,
+        "the class's Deny ties the Pass's priority and index and wins on action",
+    );
 }
