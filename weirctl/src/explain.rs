@@ -268,15 +268,34 @@ pub fn render_text(v: &Value) -> String {
                 o.push_str(&format!("  Allowed by: {}\n", rules.join("\n              ")));
             }
         }
+        if let Some(c) = side["cluster"].as_object() {
+            let name = c["rule_name"].as_str().filter(|n| !n.is_empty()).map(|n| format!(" ({n})")).unwrap_or_default();
+            o.push_str(&format!(
+                "  Cluster:    {} {} by ClusterNetworkPolicy {} (tier {}, priority {}), {dir}[{}]{name}\n",
+                s(&c["action"]),
+                if c["action"].as_str() == Some("Pass") { "passed on" } else { "decided" },
+                s(&c["policy"]),
+                s(&c["tier"]),
+                s(&c["priority"]),
+                s(&c["rule"]),
+            ));
+        }
         o.push_str(&format!("  Why:        {}\n", s(&side["reason"])));
         if let Some(m) = side["maps"].as_object() {
             let mut line = format!(
                 "endpoint {}: {}",
                 s(&m["endpoint"]),
-                if m["allowed"].as_bool() == Some(true) { "allowed" } else { "no entry allows" }
+                match (m["allowed"].as_bool() == Some(true), m["tier"].is_string()) {
+                    (true, _) => "allowed",
+                    (false, true) => "denied",
+                    (false, false) => "no entry allows",
+                }
             );
             if let Some(via) = m["via"].as_str() {
                 line.push_str(&format!(" via {via}"));
+            }
+            if let Some(tier) = m["tier"].as_str() {
+                line.push_str(&format!(" ({tier} tier)"));
             }
             if m["rule"].is_object() {
                 line.push_str(&format!(", entry of {}", rule(dir, &m["rule"])));
@@ -353,6 +372,28 @@ mod tests {
         let mut ok = v.clone();
         ok["dataplane"]["agrees"] = json!(true);
         assert_eq!(problem(&ok), None);
+    }
+
+    #[test]
+    fn the_deciding_cluster_rule_is_printed_with_its_tier_and_priority() {
+        let mut ingress = side(false);
+        ingress["cluster"] = json!({"tier": "Admin", "policy": "guard", "priority": 4, "rule": 0,
+            "rule_name": "no-y", "action": "Deny", "peer": 0});
+        ingress["maps"] = json!({"endpoint": 7, "allowed": false, "via": "identity", "tier": "Admin", "ip_block_prefix": null, "ip_block_class": null,
+            "rule": {"policy": "guard", "rule": 0, "peer": 0, "matched": "pods"}});
+        let v = json!({"allowed": false, "flow": {}, "src": {}, "dst": {}, "egress": side(true), "ingress": ingress,
+            "dataplane": {"allowed": false, "expected": false, "agrees": true, "judged": ["ingress"], "runs": []}});
+        let text = render_text(&v);
+        assert!(
+            text.contains(
+                "Cluster:    Deny decided by ClusterNetworkPolicy guard (tier Admin, priority 4), ingress[0] (no-y)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("endpoint 7: denied via identity (Admin tier), entry of guard ingress[0].from[0]"),
+            "{text}"
+        );
     }
 
     #[test]

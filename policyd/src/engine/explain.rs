@@ -461,7 +461,9 @@ impl Engine {
             },
             _ => ("any peer".to_string(), None),
         };
-        Some(RuleMatch { policy: format!("{ns}/{name}"), rule, peer: peer_index, matched, ip_block })
+        // A cluster-scoped policy is named alone, as `kubectl get cnp` does.
+        let policy = if ns == super::cluster_policy::CLUSTER_SCOPE { name } else { format!("{ns}/{name}") };
+        Some(RuleMatch { policy, rule, peer: peer_index, matched, ip_block })
     }
 }
 
