@@ -22,6 +22,7 @@
 use super::cidr::{self, parse_cidr};
 use super::ports::{protocol_number, valid_port_name};
 use super::{Desired, Direction, ID_ANY, ID_HOST, NAMESPACE_NAME_LABEL};
+use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicyProtocol, NamespacedPod, Port};
 use crate::store::{Key, Store};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
@@ -32,7 +33,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use weir_bpf::abi::{TIER_ACCEPT, TIER_NONE, TIER_PASS};
+use weir_bpf::abi::{TIER_ACCEPT, TIER_DENY, TIER_NONE, TIER_PASS};
 use weir_common::registry::EndpointRecord;
 
 type Labels = BTreeMap<String, String>;
@@ -171,6 +172,8 @@ pub struct Spec<'a> {
     gateways: HashSet<IpAddr>,
     /// Named ports of every pod sharing a namespace and labels.
     identity_ports: HashMap<(&'a str, Labels), Vec<NamedPort>>,
+    /// ClusterNetworkPolicies by name.
+    cluster: Vec<&'a ClusterNetworkPolicy>,
 }
 
 impl<'a> Spec<'a> {
@@ -222,7 +225,8 @@ impl<'a> Spec<'a> {
             let spec = np.spec.as_ref().map_or_else(|| Cow::Owned(NetworkPolicySpec::default()), Cow::Borrowed);
             policies.entry(ns.as_str()).or_default().push(spec);
         }
-        Spec { store, policies, pods, endpoints, claims, gateways, identity_ports }
+        let cluster = store.cluster_policies.values().collect();
+        Spec { store, policies, pods, endpoints, claims, gateways, identity_ports, cluster }
     }
 
     /// What the policies allow endpoint `ep` in `dir` against `peer`: one
@@ -264,6 +268,203 @@ impl<'a> Spec<'a> {
                 set
             })
             .collect()
+    }
+
+    /// The whole verdict of endpoint `ep` in `dir` against `peer`, tiers
+    /// included: one [`Decision`] per pod claiming the address (as
+    /// [`Spec::allowed`]).
+    pub fn decide(&self, ep: u32, dir: Direction, peer: IpAddr) -> Vec<Decision> {
+        let Some(key) = self.endpoints.get(&ep) else {
+            return vec![Decision { open: false, network_policy: Some(PortSet::default()), cluster: Vec::new() }];
+        };
+        if self.gateways.contains(&peer) {
+            return vec![Decision { open: true, network_policy: None, cluster: Vec::new() }];
+        }
+        let me = &self.pods[key];
+        let isolated = self
+            .policies
+            .get(key.0.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|spec| spec.pod_selector.as_ref().is_none_or(|s| selector_matches(s, &me.labels).unwrap_or(true)))
+            .any(|spec| types(spec).isolates(dir));
+        let claimants: Vec<Option<&PodView>> = match self.claims.get(&peer) {
+            Some(keys) => keys.iter().map(|k| Some(&self.pods[k])).collect(),
+            None => vec![None],
+        };
+        // One NetworkPolicy answer per claimant when isolated (in the same
+        // order), none otherwise.
+        let mut np = if isolated { self.allowed(ep, dir, peer).into_iter().map(Some).collect() } else { Vec::new() };
+        np.resize(claimants.len(), None);
+        claimants
+            .into_iter()
+            .zip(np)
+            .map(|(them, set)| Decision {
+                open: false,
+                network_policy: set,
+                cluster: self.cluster_rules(me, dir, them, peer),
+            })
+            .collect()
+    }
+
+    /// Every ClusterNetworkPolicy rule selecting `me` whose peers match the
+    /// address `peer` (held by `them`), with its order and ports.
+    fn cluster_rules(&self, me: &PodView, dir: Direction, them: Option<&PodView>, peer: IpAddr) -> Vec<ClusterRule> {
+        let mut out = Vec::new();
+        for (pos, cnp) in self.cluster.iter().enumerate() {
+            let sp = &cnp.spec;
+            let admin = match sp.tier.as_str() {
+                "Admin" => true,
+                "Baseline" => false,
+                _ => continue,
+            };
+            if !(0..=1000).contains(&sp.priority) {
+                continue;
+            }
+            let subject = match (&sp.subject.namespaces, &sp.subject.pods) {
+                (Some(ns), None) => self.in_namespaces(ns, &me.key.0),
+                (None, Some(p)) => self.namespaced_pod(p, me),
+                _ => None,
+            };
+            // An invalid subject selects nothing.
+            if subject != Some(true) {
+                continue;
+            }
+            let rules: Vec<CnpRule> = match dir {
+                Direction::Ingress => sp
+                    .ingress
+                    .iter()
+                    .map(|r| {
+                        let peers = r.from.iter().map(|p| CnpPeer {
+                            namespaces: p.namespaces.as_ref(),
+                            pods: p.pods.as_ref(),
+                            ..Default::default()
+                        });
+                        (r.action.as_str(), peers.collect(), r.protocols.as_ref())
+                    })
+                    .collect(),
+                Direction::Egress => sp
+                    .egress
+                    .iter()
+                    .map(|r| {
+                        let peers = r.to.iter().map(|p| CnpPeer {
+                            namespaces: p.namespaces.as_ref(),
+                            pods: p.pods.as_ref(),
+                            networks: p.networks.as_ref(),
+                            experimental: p.nodes.is_some() || p.domain_names.is_some(),
+                        });
+                        (r.action.as_str(), peers.collect(), r.protocols.as_ref())
+                    })
+                    .collect(),
+            };
+            for (index, (action, peers, protocols)) in rules.into_iter().enumerate() {
+                let (mut action, mut broken) = match action {
+                    "Accept" => (TIER_ACCEPT, false),
+                    "Deny" => (TIER_DENY, false),
+                    "Pass" => (TIER_PASS, false),
+                    _ => (TIER_DENY, true),
+                };
+                broken |= peers.is_empty();
+                let mut kinds = Vec::new();
+                for p in &peers {
+                    let set = p.namespaces.is_some() as u8 + p.pods.is_some() as u8 + p.networks.is_some() as u8;
+                    if p.experimental || set != 1 {
+                        broken = true;
+                        continue;
+                    }
+                    let matched = if let Some(ns) = p.namespaces {
+                        match them {
+                            Some(t) => self.in_namespaces(ns, &t.key.0).map(|ok| ok.then_some(PeerKind::Pods)),
+                            None => selector_matches(ns, &Labels::new()).map(|_| None),
+                        }
+                    } else if let Some(np) = p.pods {
+                        match them {
+                            Some(t) => self.namespaced_pod(np, t).map(|ok| ok.then_some(PeerKind::Pods)),
+                            None => (selector_matches(&np.namespace_selector, &Labels::new()).is_some()
+                                && selector_matches(&np.pod_selector, &Labels::new()).is_some())
+                            .then_some(None),
+                        }
+                    } else {
+                        let nets = p.networks.expect("one is set");
+                        let parsed: Vec<Option<IpNet>> = nets.iter().map(|n| parse_cidr(n).ok()).collect();
+                        if nets.is_empty() || parsed.iter().any(Option::is_none) {
+                            broken = true;
+                        }
+                        Some(parsed.iter().flatten().any(|n| n.contains(&peer)).then_some(PeerKind::Block))
+                    };
+                    match matched {
+                        None => broken = true,
+                        Some(Some(k)) => kinds.push(k),
+                        Some(None) => {}
+                    }
+                }
+                let mut atoms = Vec::new();
+                let mut named = Vec::new();
+                match protocols {
+                    None => atoms.push((None, None)),
+                    Some(list) if list.is_empty() => broken = true,
+                    Some(list) => {
+                        for p in list {
+                            match cnp_protocol(p) {
+                                Some(CnpPort::Atom(a)) => atoms.push(a),
+                                Some(CnpPort::Named(n)) => named.push(n),
+                                None => broken = true,
+                            }
+                        }
+                    }
+                }
+                if broken && action != TIER_ACCEPT {
+                    // Fail closed: the rule denies everything.
+                    action = TIER_DENY;
+                    out.push(ClusterRule {
+                        admin,
+                        order: (sp.priority as u32, index.min(31) as u32, action, pos),
+                        ports: PortSet::everything(),
+                    });
+                    continue;
+                }
+                for kind in kinds {
+                    let mut ports = PortSet { atoms: atoms.clone() };
+                    // Named ports belong to the destination: on ingress this
+                    // pod, on egress the peer's identity (none for networks).
+                    let table: &[NamedPort] = match (dir, kind, them) {
+                        (Direction::Ingress, _, _) => &me.named_ports,
+                        (Direction::Egress, PeerKind::Block, _) | (Direction::Egress, _, None) => &[],
+                        (Direction::Egress, _, Some(t)) => self
+                            .identity_ports
+                            .get(&(t.key.0.as_str(), t.labels.clone()))
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[]),
+                    };
+                    for n in &named {
+                        ports.atoms.extend(
+                            table
+                                .iter()
+                                .filter(|(name, _, _)| name == n)
+                                .map(|(_, pr, num)| (Some(*pr), Some((*num, *num)))),
+                        );
+                    }
+                    out.push(ClusterRule {
+                        admin,
+                        order: (sp.priority as u32, index.min(31) as u32, action, pos),
+                        ports,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether namespace `ns` matches `sel`; None when `sel` is invalid.
+    fn in_namespaces(&self, sel: &LabelSelector, ns: &str) -> Option<bool> {
+        selector_matches(sel, &self.namespace_labels(ns))
+    }
+
+    /// Whether pod `p` is selected; None when a selector is invalid.
+    fn namespaced_pod(&self, sel: &NamespacedPod, p: &PodView) -> Option<bool> {
+        let ns = selector_matches(&sel.namespace_selector, &self.namespace_labels(&p.key.0))?;
+        let pod = selector_matches(&sel.pod_selector, &p.labels)?;
+        Some(ns && pod)
     }
 
     /// Add to `out` what one selecting policy allows `me` in `dir` against
@@ -361,6 +562,90 @@ enum PeerKind {
     Anyone,
     Pods,
     Block,
+}
+
+/// One ClusterNetworkPolicy rule: action, peers, protocols.
+type CnpRule<'a> = (&'a str, Vec<CnpPeer<'a>>, Option<&'a Vec<ClusterNetworkPolicyProtocol>>);
+
+/// One ClusterNetworkPolicy peer, ingress or egress.
+#[derive(Default)]
+struct CnpPeer<'a> {
+    namespaces: Option<&'a LabelSelector>,
+    pods: Option<&'a NamespacedPod>,
+    networks: Option<&'a Vec<String>>,
+    experimental: bool,
+}
+
+enum CnpPort {
+    Atom(Atom),
+    Named(String),
+}
+
+/// One `protocols` entry; None when invalid.
+fn cnp_protocol(p: &ClusterNetworkPolicyProtocol) -> Option<CnpPort> {
+    let named = !p.destination_named_port.is_empty();
+    let given = [p.tcp.is_some(), p.udp.is_some(), p.sctp.is_some(), named].into_iter().filter(|x| *x).count();
+    if given != 1 {
+        return None;
+    }
+    if named {
+        return valid_port_name(&p.destination_named_port).then(|| CnpPort::Named(p.destination_named_port.clone()));
+    }
+    let (proto, pp) = match (&p.tcp, &p.udp, &p.sctp) {
+        (Some(t), _, _) => (super::PROTO_TCP, t),
+        (_, Some(u), _) => (super::PROTO_UDP, u),
+        (_, _, Some(s)) => (super::PROTO_SCTP, s),
+        _ => return None,
+    };
+    let ok = |n: i32| (1..=65535).contains(&n);
+    match &pp.destination_port {
+        None => Some(CnpPort::Atom((Some(proto), None))),
+        Some(Port { number: Some(n), range: None }) if ok(*n) => {
+            Some(CnpPort::Atom((Some(proto), Some((*n as u16, *n as u16)))))
+        }
+        Some(Port { number: None, range: Some(r) }) if ok(r.start) && ok(r.end) && r.start < r.end => {
+            Some(CnpPort::Atom((Some(proto), Some((r.start as u16, r.end as u16)))))
+        }
+        _ => None,
+    }
+}
+
+/// A cluster rule that matched the peer: its tier, its order (priority,
+/// rule index, action, policy position; the first wins) and its ports.
+#[derive(Debug, Clone)]
+pub struct ClusterRule {
+    admin: bool,
+    order: (u32, u32, u32, usize),
+    ports: PortSet,
+}
+
+/// Everything that decides one (endpoint, direction, peer), tiers included.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The peer is the node: always allowed.
+    open: bool,
+    /// What NetworkPolicy allows, when it isolates the endpoint.
+    network_policy: Option<PortSet>,
+    cluster: Vec<ClusterRule>,
+}
+
+impl Decision {
+    /// Admin by order, then NetworkPolicy, then Baseline by order, then allow.
+    pub fn allows(&self, proto: u8, port: u16) -> bool {
+        if self.open {
+            return true;
+        }
+        let first = |admin: bool| {
+            self.cluster.iter().filter(|r| r.admin == admin && r.ports.allows(proto, port)).min_by_key(|r| r.order)
+        };
+        if let Some(r) = first(true).filter(|r| r.order.2 != TIER_PASS) {
+            return r.order.2 == TIER_ACCEPT;
+        }
+        if let Some(np) = &self.network_policy {
+            return np.allows(proto, port);
+        }
+        first(false).filter(|r| r.order.2 != TIER_PASS).is_none_or(|r| r.order.2 == TIER_ACCEPT)
+    }
 }
 
 /// Directions a policy isolates and the directions whose rules count.
@@ -532,7 +817,7 @@ pub fn mismatches(store: &Store, locals: &[EndpointRecord], d: &Desired) -> Vec<
         for dir in [Direction::Ingress, Direction::Egress] {
             for &peer in &peers {
                 let maps = maps_allow(d, ep, dir, peer);
-                let text = spec.allowed(ep, dir, peer);
+                let text = spec.decide(ep, dir, peer);
                 for proto in PROTOCOLS {
                     for &port in &ports {
                         let m = maps.allows(proto, port);
@@ -577,6 +862,13 @@ fn probe_peers(store: &Store, locals: &[EndpointRecord]) -> Vec<IpAddr> {
                 if let Ok(net) = parse_cidr(s) {
                     edges.extend(edges_of(net));
                 }
+            }
+        }
+    }
+    for cnp in store.cluster_policies.values() {
+        for n in cnp.spec.egress.iter().flat_map(|r| &r.to).flat_map(|p| p.networks.iter().flatten()) {
+            if let Ok(net) = parse_cidr(n) {
+                edges.extend(edges_of(net));
             }
         }
     }
@@ -627,6 +919,18 @@ fn probe_ports(store: &Store) -> Vec<u16> {
             }
             if let Some(e) = p.end_port {
                 near(e as i64);
+            }
+        }
+    }
+    for cnp in store.cluster_policies.values() {
+        let rules = cnp.spec.ingress.iter().filter_map(|r| r.protocols.as_ref());
+        for p in rules.chain(cnp.spec.egress.iter().filter_map(|r| r.protocols.as_ref())).flatten() {
+            for pp in [&p.tcp, &p.udp, &p.sctp].into_iter().flatten() {
+                if let Some(port) = &pp.destination_port {
+                    for n in port.number.into_iter().chain(port.range.iter().flat_map(|r| [r.start, r.end])) {
+                        near(n as i64);
+                    }
+                }
             }
         }
     }

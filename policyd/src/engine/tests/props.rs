@@ -178,6 +178,10 @@ fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
         }
     }
     for (i, (ns, spec)) in policies.iter().enumerate() {
+        if *ns == CLUSTER {
+            f.cluster_policy(&format!("cnp{i}"), spec.clone());
+            continue;
+        }
         // Specs that do not deserialize are rejected by the API server before
         // they reach any store; skip them here too.
         let Ok(p) = serde_json::from_value::<NetworkPolicy>(
@@ -190,8 +194,181 @@ fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
     f
 }
 
+fn arb_cnp_selector() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        arb_selector().prop_map(|s| json!({"namespaces": s})),
+        (arb_selector(), arb_selector()).prop_map(|(n, p)| json!({"pods": {"namespaceSelector": n, "podSelector": p}})),
+        Just(json!({})),
+    ]
+}
+
+fn arb_cnp_peer(egress: bool) -> impl Strategy<Value = Value> {
+    let nets = prop::collection::vec(
+        prop_oneof![
+            4 => (0u8..40, prop::sample::select(vec![24u8, 28, 30, 32])).prop_map(|(x, l)| format!("10.0.0.{x}/{l}")),
+            1 => arb_cidr(),
+        ],
+        0..3,
+    );
+    prop_oneof![
+        3 => arb_cnp_selector(),
+        (if egress { 2 } else { 0 }) => nets.prop_map(|n| json!({"networks": n})),
+        1 => Just(json!({"nodes": {}})),
+    ]
+}
+
+fn arb_cnp_protocol() -> impl Strategy<Value = Value> {
+    let port = prop_oneof![
+        Just(json!({})),
+        (0i32..100).prop_map(|n| json!({"destinationPort": {"number": n}})),
+        (0i32..100, 0i32..100).prop_map(|(a, b)| json!({"destinationPort": {"range": {"start": a, "end": b}}})),
+    ];
+    (prop::sample::select(vec!["tcp", "udp", "sctp", "destinationNamedPort"]), port).prop_map(|(k, p)| {
+        if k == "destinationNamedPort" {
+            json!({k: if p.get("destinationPort").is_some() { "dns" } else { "http" }})
+        } else {
+            json!({k: p})
+        }
+    })
+}
+
+fn arb_cnp_rule(peer_key: &'static str) -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["Accept", "Accept", "Deny", "Pass", "Drop"]),
+        prop::collection::vec(arb_cnp_peer(peer_key == "to"), 0..3),
+        prop::option::of(prop::collection::vec(arb_cnp_protocol(), 0..3)),
+    )
+        .prop_map(move |(action, peers, protocols)| {
+            let mut m = serde_json::Map::new();
+            m.insert("action".into(), json!(action));
+            m.insert(peer_key.into(), json!(peers));
+            if let Some(p) = protocols {
+                m.insert("protocols".into(), json!(p));
+            }
+            Value::Object(m)
+        })
+}
+
+/// A ClusterNetworkPolicy spec; priorities from a small set so that equal
+/// priorities happen.
+fn arb_cluster_policy() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["Admin", "Admin", "Baseline", "Other"]),
+        prop::sample::select(vec![0, 1, 1, 2, 1000, 1001]),
+        arb_cnp_selector(),
+        prop::collection::vec(arb_cnp_rule("from"), 0..3),
+        prop::collection::vec(arb_cnp_rule("to"), 0..3),
+    )
+        .prop_map(|(tier, priority, subject, ingress, egress)| {
+            json!({"tier": tier, "priority": priority, "subject": subject, "ingress": ingress, "egress": egress})
+        })
+}
+
+/// Pods, and policies by namespace index: 0-2 a NetworkPolicy of `ns<i>`,
+/// [`CLUSTER`] a ClusterNetworkPolicy.
 fn arb_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
-    (prop::collection::vec(arb_pod(), 0..12), prop::collection::vec((0usize..3, arb_policy()), 0..5))
+    let policy = prop_oneof![3 => (0usize..3, arb_policy()), 1 => arb_cluster_policy().prop_map(|c| (CLUSTER, c))];
+    (prop::collection::vec(arb_pod(), 0..12), prop::collection::vec(policy, 0..5))
+}
+
+const CLUSTER: usize = 3;
+
+/// Valid selectors only, most of them matching something.
+fn arb_simple_selector() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => Just(json!({})),
+        1 => prop::sample::select(vec!["a", "b", "c"]).prop_map(|v| json!({"matchLabels": {"app": v}})),
+        1 => prop::sample::select(vec!["a", "b"]).prop_map(|v| json!({"matchLabels": {"tier": v}})),
+    ]
+}
+
+fn arb_dense_ports() -> impl Strategy<Value = Option<Vec<Value>>> {
+    let one = prop_oneof![
+        prop::sample::select(vec!["tcp", "udp"]).prop_map(|k| json!({k: {}})),
+        (prop::sample::select(vec!["tcp", "udp"]), prop::sample::select(vec![53, 80, 81]))
+            .prop_map(|(k, n)| json!({k: {"destinationPort": {"number": n}}})),
+        (prop::sample::select(vec!["tcp", "udp"]), 50i32..80, 1i32..40)
+            .prop_map(|(k, a, w)| json!({k: {"destinationPort": {"range": {"start": a, "end": a + w}}}})),
+        Just(json!({"destinationNamedPort": "http"})),
+    ];
+    prop::option::of(prop::collection::vec(one, 1..3))
+}
+
+/// A ClusterNetworkPolicy whose parts are nearly always valid, so that
+/// tiers, priorities, Pass and wide-over-narrow keys meet often.
+fn arb_dense_cnp() -> impl Strategy<Value = Value> {
+    let peer = |egress: bool| {
+        prop_oneof![
+            3 => arb_simple_selector().prop_map(|s| json!({"namespaces": s})),
+            3 => (arb_simple_selector(), arb_simple_selector()).prop_map(|(n, p)| json!({"pods": {"namespaceSelector": n, "podSelector": p}})),
+            (if egress { 2 } else { 0 }) => (0u8..40, prop::sample::select(vec![26u8, 30, 32])).prop_map(|(x, l)| json!({"networks": [format!("10.0.0.{x}/{l}")]})),
+        ]
+    };
+    let rule = move |key: &'static str| {
+        (
+            prop::sample::select(vec!["Accept", "Deny", "Pass"]),
+            prop::collection::vec(peer(key == "to"), 1..3),
+            arb_dense_ports(),
+        )
+            .prop_map(move |(a, peers, protocols)| {
+                let mut r = json!({"action": a, key: peers});
+                if let Some(p) = protocols {
+                    r["protocols"] = json!(p);
+                }
+                r
+            })
+    };
+    (
+        prop::sample::select(vec!["Admin", "Baseline"]),
+        prop::sample::select(vec![1, 2, 3]),
+        prop_oneof![arb_simple_selector().prop_map(|s| json!({"namespaces": s})), arb_simple_selector().prop_map(|s| json!({"pods": {"podSelector": s}}))],
+        prop::collection::vec(rule("from"), 0..3),
+        prop::collection::vec(rule("to"), 0..3),
+    )
+        .prop_map(|(tier, priority, subject, ingress, egress)| json!({"tier": tier, "priority": priority, "subject": subject, "ingress": ingress, "egress": egress}))
+}
+
+/// A NetworkPolicy of valid parts with ports that overlap the cluster ones.
+fn arb_dense_np() -> impl Strategy<Value = Value> {
+    let ports = prop::option::of(prop::collection::vec(
+        (prop::sample::select(vec!["TCP", "UDP"]), prop::sample::select(vec![53, 80, 81]))
+            .prop_map(|(p, n)| json!({"protocol": p, "port": n})),
+        1..3,
+    ));
+    let rule = move |key: &'static str| {
+        (
+            prop::collection::vec(
+                arb_simple_selector().prop_map(|s| json!({"namespaceSelector": {}, "podSelector": s})),
+                1..3,
+            ),
+            ports.clone(),
+        )
+            .prop_map(move |(peers, ports)| {
+                let mut r = json!({key: peers});
+                if let Some(p) = ports {
+                    r["ports"] = json!(p);
+                }
+                r
+            })
+    };
+    (arb_simple_selector(), prop::collection::vec(rule("from"), 0..2), prop::collection::vec(rule("to"), 0..2))
+        .prop_map(|(sel, ing, eg)| json!({"podSelector": sel, "policyTypes": ["Ingress", "Egress"], "ingress": ing, "egress": eg}))
+}
+
+fn arb_tiered_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
+    let pod = (0usize..3, prop::sample::select(vec!["a", "b", "c"]), 0u8..40, any::<bool>()).prop_map(
+        |(ns, app, ip_last, local)| PodSpec {
+            ns,
+            labels: vec![("app".to_string(), app.to_string())],
+            phase: "Running",
+            host_network: false,
+            ip_last,
+            local,
+            port: Some(("http".to_string(), "UDP", 80)),
+        },
+    );
+    let policy = prop_oneof![2 => arb_dense_cnp().prop_map(|c| (CLUSTER, c)), 1 => (0usize..3, arb_dense_np())];
+    (prop::collection::vec(pod, 1..8), prop::collection::vec(policy, 1..5))
 }
 
 proptest! {
@@ -205,7 +382,10 @@ proptest! {
         prop_assert_eq!(&a, &b);
         // Every policy value names a known rule; every class has entries or is the hole marker.
         for v in a.policy.values() {
-            prop_assert!(a.rule(v.rule).is_some());
+            prop_assert!(v.rule != 0 || v.admin.rank != u32::MAX || v.baseline.rank != u32::MAX, "an entry that says nothing");
+            for rule in [v.rule, v.admin.rule, v.baseline.rule].into_iter().filter(|r| *r != 0) {
+                prop_assert!(a.rule(rule).is_some());
+            }
         }
         for k in a.policy.keys() {
             prop_assert!(a.endpoints.contains_key(&k.endpoint));
@@ -270,6 +450,17 @@ proptest! {
     /// policy text allows, on every question the input makes worth asking.
     #[test]
     fn maps_allow_exactly_what_the_policy_text_says((pods, pols) in arb_world()) {
+        let f = build(&pods, &pols);
+        let d = f.compile();
+        let wrong = reference::mismatches(&f.store, &f.locals, &d);
+        let shown: Vec<String> = wrong.iter().take(5).map(ToString::to_string).collect();
+        prop_assert!(wrong.is_empty(), "{} questions answered differently, e.g.\n{}", wrong.len(), shown.join("\n"));
+    }
+
+    /// The same with cluster policies of valid parts dense enough that
+    /// tiers, priorities, Pass and wide keys over narrow ones meet.
+    #[test]
+    fn tiered_maps_decide_exactly_what_the_policy_text_says((pods, pols) in arb_tiered_world()) {
         let f = build(&pods, &pols);
         let d = f.compile();
         let wrong = reference::mismatches(&f.store, &f.locals, &d);
