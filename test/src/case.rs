@@ -14,8 +14,11 @@
 //!   - probe: {port: 80, protocol: TCP, expect: {deny: [{to: "x/*"}]}}
 //! ```
 //!
-//! Objects are NetworkPolicy, Namespace, Pod or Service, completed by
-//! `model::complete`, with pod-address placeholders (see `placeholder`).
+//! Objects are NetworkPolicy, ClusterNetworkPolicy, Namespace, Pod or
+//! Service, completed by `model::complete`, with pod-address placeholders
+//! (see `placeholder`; any string, so ipBlock cidrs and ClusterNetworkPolicy
+//! `networks` alike). Namespace and ClusterNetworkPolicy are cluster-scoped:
+//! no `namespace`, in objects and deletes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -287,8 +290,8 @@ impl World {
     pub fn delete(&mut self, r: &DeleteRef) -> Result<()> {
         ensure!(model::KINDS.contains(&r.kind.as_str()), "delete: kind {:?} is not one a case may use", r.kind);
         ensure!(
-            (r.kind == "Namespace") == r.namespace.is_none(),
-            "delete {} {}: namespace is required for namespaced kinds and absent for Namespace",
+            model::is_cluster_scoped(&r.kind) == r.namespace.is_none(),
+            "delete {} {}: namespace is required for namespaced kinds and absent for Namespace and ClusterNetworkPolicy",
             r.kind,
             r.name
         );
@@ -395,6 +398,48 @@ steps:
         assert!(e.contains("steps[3]") && e.contains("x/d"), "{e}");
         let ok = GOOD.replace("allow: [{from: y/b", "allow: [{from: x/d");
         parse(&ok).unwrap();
+    }
+
+    const CNP: &str = r#"
+name: sample
+origin: weir
+reference: "a sample"
+protocols: [TCP]
+ports: [80]
+steps:
+  - apply:
+      - kind: ClusterNetworkPolicy
+        metadata: {name: deny}
+        spec:
+          tier: Admin
+          priority: 5
+          subject: {namespaces: {}}
+          egress: [{action: Deny, to: [{networks: ["{{hostcidr y/b}}"]}]}]
+  - probe: {port: 80, protocol: TCP, expect: {deny: [{to: y/b}]}}
+  - delete: [{kind: ClusterNetworkPolicy, name: deny}]
+  - probe: {port: 80, protocol: TCP, expect: {default: allow}}
+"#;
+
+    #[test]
+    fn cluster_network_policies_are_cluster_scoped_and_take_placeholders() {
+        let c = parse(CNP).unwrap();
+        let Step::Apply(objs) = &c.steps[0] else { panic!() };
+        let done = model::complete(objs[0].clone()).unwrap();
+        assert_eq!(placeholder::placeholders(&done).unwrap().len(), 1, "the networks entry is resolved per step");
+        for (bad, needle) in [
+            (CNP.replace("{name: deny}", "{name: deny, namespace: x}"), "cluster-scoped"),
+            (
+                CNP.replace(
+                    "{kind: ClusterNetworkPolicy, name: deny}",
+                    "{kind: ClusterNetworkPolicy, namespace: x, name: deny}",
+                ),
+                "absent for Namespace and ClusterNetworkPolicy",
+            ),
+            (CNP.replace("{{hostcidr y/b}}", "{{hostcidr yb}}"), "NAMESPACE/POD"),
+        ] {
+            let e = format!("{:#}", parse(&bad).unwrap_err());
+            assert!(e.contains(needle), "want {needle:?} in: {e}");
+        }
     }
 
     #[test]
