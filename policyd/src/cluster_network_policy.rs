@@ -5,6 +5,10 @@
 //! is trusted, and an invalid field becomes a diagnostic that never widens
 //! access.
 //!
+//! The `#[schemars]` attributes carry upstream's CRD validations into the
+//! CRD generated from these types (`conf/clusternetworkpolicies-crd.yaml`,
+//! checked by `tests/cnp_crd.rs`), while the Rust types stay lenient.
+//!
 //! Experimental-channel fields (`nodes`, `domainNames`) are read so they can
 //! be refused by name; unknown fields are ignored as the API server would
 //! prune them.
@@ -31,16 +35,20 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct ClusterNetworkPolicySpec {
     /// `Admin` (before NetworkPolicy) or `Baseline` (after it).
+    #[schemars(extend("enum" = ["Admin", "Baseline"]))]
     pub tier: String,
     /// 0-1000; lower is evaluated first within the tier.
+    #[schemars(range(min = 0, max = 1000))]
     pub priority: i32,
     /// The pods the policy applies to: exactly one of the two fields.
     pub subject: ClusterNetworkPolicySubject,
     /// At most 25 rules, evaluated in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 25))]
     pub ingress: Vec<ClusterNetworkPolicyIngressRule>,
     /// At most 25 rules, evaluated in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 25))]
     pub egress: Vec<ClusterNetworkPolicyEgressRule>,
 }
 
@@ -53,6 +61,7 @@ pub struct ClusterNetworkPolicyStatus {
 /// Pods by namespace labels, or by namespace and pod labels.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct ClusterNetworkPolicySubject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<LabelSelector>,
@@ -76,13 +85,17 @@ pub struct NamespacedPod {
 pub struct ClusterNetworkPolicyIngressRule {
     /// For people and logs; at most 100 characters.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 100))]
     pub name: String,
     /// `Accept`, `Deny` or `Pass`.
+    #[schemars(extend("enum" = ["Accept", "Deny", "Pass"]))]
     pub action: String,
     #[serde(default)]
+    #[schemars(length(min = 1, max = 25))]
     pub from: Vec<ClusterNetworkPolicyIngressPeer>,
     /// Absent: every protocol and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 25))]
     pub protocols: Option<Vec<ClusterNetworkPolicyProtocol>>,
 }
 
@@ -90,17 +103,22 @@ pub struct ClusterNetworkPolicyIngressRule {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterNetworkPolicyEgressRule {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 100))]
     pub name: String,
+    #[schemars(extend("enum" = ["Accept", "Deny", "Pass"]))]
     pub action: String,
     #[serde(default)]
+    #[schemars(length(min = 1, max = 25))]
     pub to: Vec<ClusterNetworkPolicyEgressPeer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 25))]
     pub protocols: Option<Vec<ClusterNetworkPolicyProtocol>>,
 }
 
 /// Exactly one field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct ClusterNetworkPolicyIngressPeer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<LabelSelector>,
@@ -112,6 +130,7 @@ pub struct ClusterNetworkPolicyIngressPeer {
 /// channel's: read only to be refused by name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct ClusterNetworkPolicyEgressPeer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<LabelSelector>,
@@ -119,16 +138,19 @@ pub struct ClusterNetworkPolicyEgressPeer {
     pub pods: Option<NamespacedPod>,
     /// CIDRs, IPv4 or IPv6; pod addresses inside them match too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 25), inner(length(max = 43)))]
     pub networks: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 25))]
     pub domain_names: Option<Vec<String>>,
 }
 
 /// Exactly one field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct ClusterNetworkPolicyProtocol {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<ProtocolPort>,
@@ -154,8 +176,10 @@ pub struct ProtocolPort {
 /// Exactly one field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub number: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<PortRange>,
@@ -164,6 +188,8 @@ pub struct Port {
 /// Inclusive; start < end.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PortRange {
+    #[schemars(range(min = 1, max = 65535))]
     pub start: i32,
+    #[schemars(range(min = 1, max = 65535))]
     pub end: i32,
 }

@@ -117,6 +117,7 @@ fn rbac_reads_every_watched_resource_and_writes_only_node_annotations() {
         ("", "services"),
         ("", "nodes"),
         ("networking.k8s.io", "networkpolicies"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
         ("discovery.k8s.io", "endpointslices"),
     ] {
         assert!(granted.contains(&(g.to_string(), r.to_string())), "list+watch on {g}/{r} missing");

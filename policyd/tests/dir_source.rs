@@ -405,3 +405,45 @@ async fn a_file_removed_while_policyd_is_down_removes_its_objects() {
     assert!(store.policies.is_empty(), "the kept copy must not resurrect a removed file");
     assert!(!last_good.join("p.yaml").exists());
 }
+
+const ADMIN_DENY: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata:
+  name: admin-deny
+  # Cluster-scoped: a namespace here is ignored, as the API server ignores it.
+  namespace: x
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  ingress:
+  - name: deny-from-y
+    action: Deny
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}]
+"#;
+
+#[tokio::test]
+async fn cluster_network_policies_are_read_changed_and_deleted_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    put(dir, "10-cnp.yaml", ADMIN_DENY);
+    let metrics = Arc::new(Metrics::new());
+    let mut src = spawn_dir(dir.to_path_buf(), DirOptions::default(), metrics.clone());
+    let mut store = Store::default();
+    until(&mut src, &mut store, "admin-deny read", |s| s.cluster_policies.contains_key("admin-deny")).await;
+    let p = &store.cluster_policies["admin-deny"];
+    assert_eq!((p.spec.tier.as_str(), p.spec.priority), ("Admin", 10));
+    assert_eq!(p.spec.ingress[0].action, "Deny");
+    assert!(store.pods.is_empty() && store.policies.is_empty(), "no namespace defaulting into other kinds");
+
+    // Changed: a new priority in place, still one object keyed by name.
+    put(dir, "10-cnp.yaml", &ADMIN_DENY.replace("priority: 10", "priority: 20"));
+    until(&mut src, &mut store, "priority 20", |s| s.cluster_policies["admin-deny"].spec.priority == 20).await;
+    assert_eq!(store.cluster_policies.len(), 1);
+
+    // Deleted with its file.
+    std::fs::remove_file(dir.join("10-cnp.yaml")).unwrap();
+    until(&mut src, &mut store, "admin-deny removed", |s| s.cluster_policies.is_empty()).await;
+    assert_eq!(metrics.source_errors.get(&["dir", "manifest_invalid"]), 0.0);
+}

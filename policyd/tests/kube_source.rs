@@ -10,7 +10,9 @@
 //! events reach the store; trimming; a connection dropped mid-watch resumes
 //! from the last resourceVersion without relisting or duplicating; objects
 //! deleted while disconnected disappear after the 410-forced relist (both
-//! 410 forms); the store ends equal to the server.
+//! 410 forms); the store ends equal to the server. ClusterNetworkPolicies
+//! are listed and watched like the rest, and a server without their CRD
+//! still syncs (an empty set) and serves them once it is installed.
 
 mod apiserver_fixture;
 
@@ -21,6 +23,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedField
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_policyd::cluster_network_policy::{
+    ClusterNetworkPolicy, ClusterNetworkPolicySpec, ClusterNetworkPolicySubject,
+};
 use weir_policyd::metrics::Metrics;
 use weir_policyd::source::kube::{client, spawn_kube, Access, KubeOptions};
 use weir_policyd::source::{Object, ObjectKind, Source, SourceEvent};
@@ -66,6 +71,20 @@ fn policy(ns: &str, name: &str) -> NetworkPolicy {
             ..Default::default()
         }),
     }
+}
+
+fn cluster_policy(name: &str, priority: i32) -> ClusterNetworkPolicy {
+    let mut p = ClusterNetworkPolicy::new(
+        name,
+        ClusterNetworkPolicySpec {
+            tier: "Admin".into(),
+            priority,
+            subject: ClusterNetworkPolicySubject { namespaces: Some(LabelSelector::default()), pods: None },
+            ..Default::default()
+        },
+    );
+    p.metadata.labels = Some(BTreeMap::new());
+    p
 }
 
 /// Everything the consumer saw, in order, and the store it folded into.
@@ -138,6 +157,7 @@ fn store_names(store: &Store, res: Res) -> Vec<(String, String)> {
         Res::Pods => store.pods.keys().cloned().collect(),
         Res::Services => store.services.keys().cloned().collect(),
         Res::NetworkPolicies => store.policies.keys().cloned().collect(),
+        Res::ClusterNetworkPolicies => store.cluster_policies.keys().map(cluster).collect(),
     }
 }
 
@@ -166,6 +186,7 @@ async fn kube_source_lists_watches_and_recovers() {
     });
     server.put(&policy("x", "deny"));
     server.put(&Node { metadata: meta(None, "n1", &[]), ..Default::default() });
+    server.put(&cluster_policy("admin-deny", 10));
 
     // Nodes' list is held: the other kinds sync, yet nothing may say Synced.
     server.hold_list(Res::Nodes, true);
@@ -186,7 +207,7 @@ async fn kube_source_lists_watches_and_recovers() {
     let mut seen = Seen { src, store: Store::default(), events: Vec::new() };
 
     let mut replaced = BTreeSet::new();
-    while replaced.len() < 4 {
+    while replaced.len() < ObjectKind::ALL.len() - 1 {
         match seen.next().await {
             SourceEvent::Replace(kind, _) => assert!(replaced.insert(kind), "{kind} replaced twice"),
             other => panic!("only Replace before Synced, got {other:?}"),
@@ -208,6 +229,7 @@ async fn kube_source_lists_watches_and_recovers() {
     assert!(a.metadata.annotations.is_none() && a.metadata.managed_fields.is_none(), "trimmed");
     assert_eq!(a.metadata.labels.as_ref().unwrap()["app"], "web");
     assert_eq!(seen.store.services[&k("x", "svc")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
+    assert_eq!(seen.store.cluster_policies["admin-deny"].spec.priority, 10);
 
     // Watch events: ADDED, MODIFIED, DELETED for several kinds.
     server.put(&pod("x", "c", "cache"));
@@ -215,15 +237,22 @@ async fn kube_source_lists_watches_and_recovers() {
     server.delete::<Pod>("x", "b");
     server.put(&policy("y", "allow"));
     server.put(&namespace("y", "c"));
+    server.put(&cluster_policy("admin-deny", 20));
+    server.put(&cluster_policy("baseline", 30));
     seen.until("watch events applied", |s| {
         s.pods.contains_key(&k("x", "c"))
             && !s.pods.contains_key(&k("x", "b"))
             && s.pods[&k("x", "a")].metadata.labels.as_ref().unwrap()["app"] == "web2"
             && s.policies.contains_key(&k("y", "allow"))
             && s.namespaces["y"].metadata.labels.as_ref().unwrap()["team"] == "c"
+            && s.cluster_policies.get("admin-deny").is_some_and(|p| p.spec.priority == 20)
+            && s.cluster_policies.contains_key("baseline")
     })
     .await;
     assert_eq!(seen.deletes_of(ObjectKind::Pod, "x", "b"), 1);
+    server.delete::<ClusterNetworkPolicy>("", "baseline");
+    seen.until("cluster policy deleted", |s| !s.cluster_policies.contains_key("baseline")).await;
+    assert_eq!(seen.deletes_of(ObjectKind::ClusterNetworkPolicy, "", "baseline"), 1);
 
     // A BOOKMARK, then the connection drops mid-watch: the watch resumes
     // from the last resourceVersion, no relist, nothing delivered twice.
@@ -286,6 +315,61 @@ async fn kube_source_lists_watches_and_recovers() {
     seen.assert_no_duplicate_applies();
     let synced_events = seen.events.iter().filter(|e| matches!(e, SourceEvent::Synced)).count();
     assert_eq!(synced_events, 1, "Synced is sent once, not after every relist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_source_without_the_cnp_crd_syncs_and_picks_it_up_once_installed() {
+    let server = ApiServer::start().await;
+    server.set_cnp_installed(false);
+    server.put(&namespace("x", "a"));
+    // Created "before" the CRD existed from the client's view: served only
+    // once installed.
+    server.put(&cluster_policy("early", 5));
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let client = client(&Access::Kubeconfig(kubeconfig)).await.expect("client from kubeconfig");
+    let metrics = Arc::new(Metrics::new());
+    let opts = KubeOptions {
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let mut seen = Seen { src: spawn_kube(client, opts, metrics.clone()), store: Store::default(), events: Vec::new() };
+
+    let mut replaced = BTreeSet::new();
+    loop {
+        match seen.next().await {
+            SourceEvent::Replace(kind, objects) => {
+                assert!(replaced.insert(kind), "{kind} replaced twice before Synced");
+                if kind == ObjectKind::ClusterNetworkPolicy {
+                    assert!(objects.is_empty(), "no CRD, no objects: {objects:?}");
+                }
+            }
+            SourceEvent::Synced => break,
+            other => panic!("only Replace before Synced, got {other:?}"),
+        }
+    }
+    assert_eq!(replaced.len(), ObjectKind::ALL.len(), "every kind replaced, the missing CRD's as empty");
+    assert!(server.not_found() >= 1);
+    assert!(seen.store.namespaces.contains_key("x") && seen.store.cluster_policies.is_empty());
+
+    // Still absent: the list is retried (with backoff).
+    let misses = server.not_found();
+    wait_for("the list retried", || server.not_found() > misses + 1).await;
+
+    // Installed: the retried list finds the objects, and the watch follows.
+    server.set_cnp_installed(true);
+    seen.until("the CRD's objects after its install", |s| s.cluster_policies.contains_key("early")).await;
+    server.put(&cluster_policy("late", 6));
+    seen.until("a cluster policy through the watch", |s| s.cluster_policies.contains_key("late")).await;
+    assert_eq!(server.lists(Res::ClusterNetworkPolicies), 1, "one successful list, then watched");
+    let cnp_replaces =
+        seen.events.iter().filter(|e| matches!(e, SourceEvent::Replace(ObjectKind::ClusterNetworkPolicy, _))).count();
+    assert_eq!(cnp_replaces, 2, "the empty one, then the list once installed; the failed retries sent nothing");
+    assert_eq!(metrics.source_errors.get(&["kube", "list_failed"]), 0.0, "a missing CRD is not an error");
+    let synced_events = seen.events.iter().filter(|e| matches!(e, SourceEvent::Synced)).count();
+    assert_eq!(synced_events, 1);
 }
 
 #[tokio::test]

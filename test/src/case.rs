@@ -14,8 +14,11 @@
 //!   - probe: {port: 80, protocol: TCP, expect: {deny: [{to: "x/*"}]}}
 //! ```
 //!
-//! Objects are NetworkPolicy, Namespace, Pod or Service, completed by
-//! `model::complete`, with pod-address placeholders (see `placeholder`).
+//! Objects are NetworkPolicy, ClusterNetworkPolicy, Namespace, Pod or
+//! Service, completed by `model::complete`, with pod-address placeholders
+//! (see `placeholder`; any string, so ipBlock cidrs and ClusterNetworkPolicy
+//! `networks` alike). Namespace and ClusterNetworkPolicy are cluster-scoped:
+//! no `namespace`, in objects and deletes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -287,8 +290,8 @@ impl World {
     pub fn delete(&mut self, r: &DeleteRef) -> Result<()> {
         ensure!(model::KINDS.contains(&r.kind.as_str()), "delete: kind {:?} is not one a case may use", r.kind);
         ensure!(
-            (r.kind == "Namespace") == r.namespace.is_none(),
-            "delete {} {}: namespace is required for namespaced kinds and absent for Namespace",
+            model::is_cluster_scoped(&r.kind) == r.namespace.is_none(),
+            "delete {} {}: namespace is required for namespaced kinds and absent for Namespace and ClusterNetworkPolicy",
             r.kind,
             r.name
         );
@@ -397,6 +400,48 @@ steps:
         parse(&ok).unwrap();
     }
 
+    const CNP: &str = r#"
+name: sample
+origin: weir
+reference: "a sample"
+protocols: [TCP]
+ports: [80]
+steps:
+  - apply:
+      - kind: ClusterNetworkPolicy
+        metadata: {name: deny}
+        spec:
+          tier: Admin
+          priority: 5
+          subject: {namespaces: {}}
+          egress: [{action: Deny, to: [{networks: ["{{hostcidr y/b}}"]}]}]
+  - probe: {port: 80, protocol: TCP, expect: {deny: [{to: y/b}]}}
+  - delete: [{kind: ClusterNetworkPolicy, name: deny}]
+  - probe: {port: 80, protocol: TCP, expect: {default: allow}}
+"#;
+
+    #[test]
+    fn cluster_network_policies_are_cluster_scoped_and_take_placeholders() {
+        let c = parse(CNP).unwrap();
+        let Step::Apply(objs) = &c.steps[0] else { panic!() };
+        let done = model::complete(objs[0].clone()).unwrap();
+        assert_eq!(placeholder::placeholders(&done).unwrap().len(), 1, "the networks entry is resolved per step");
+        for (bad, needle) in [
+            (CNP.replace("{name: deny}", "{name: deny, namespace: x}"), "cluster-scoped"),
+            (
+                CNP.replace(
+                    "{kind: ClusterNetworkPolicy, name: deny}",
+                    "{kind: ClusterNetworkPolicy, namespace: x, name: deny}",
+                ),
+                "absent for Namespace and ClusterNetworkPolicy",
+            ),
+            (CNP.replace("{{hostcidr y/b}}", "{{hostcidr yb}}"), "NAMESPACE/POD"),
+        ] {
+            let e = format!("{:#}", parse(&bad).unwrap_err());
+            assert!(e.contains(needle), "want {needle:?} in: {e}");
+        }
+    }
+
     #[test]
     fn inconsistent_cases_are_rejected() {
         let cases = [
@@ -431,14 +476,81 @@ steps:
     fn every_case_file_parses_and_evaluates() {
         let cases = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
         assert!(cases.len() >= 48, "only {} cases", cases.len());
-        let count = |o: Origin| cases.iter().filter(|c| c.origin == o).count();
-        assert_eq!(count(Origin::Upstream), 48, "network_policy.go has 48 cases");
-        let sctp_only: Vec<&str> = cases
-            .iter()
-            .filter(|c| c.probes().all(|p| p.protocol == Protocol::SCTP))
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(sctp_only.len(), 3, "{sctp_only:?}");
+        // ClusterNetworkPolicy cases are named cnp-*, the rest are NetworkPolicy's.
+        let (cnp, np): (Vec<&Case>, Vec<&Case>) = cases.iter().partition(|c| c.name.starts_with("cnp-"));
+        let count = |cs: &[&Case], o: Origin| cs.iter().filter(|c| c.origin == o).count();
+        assert_eq!(count(&np, Origin::Upstream), 48, "network_policy.go has 48 cases");
+        assert_eq!(
+            count(&cnp, Origin::Upstream),
+            18,
+            "network-policy-api's standard conformance has 18 ClusterNetworkPolicy tests"
+        );
+        let uses_cnp = |c: &Case| {
+            c.steps
+                .iter()
+                .any(|s| matches!(s, Step::Apply(objs) if objs.iter().any(|o| o["kind"] == "ClusterNetworkPolicy")))
+        };
+        for c in &cnp {
+            assert!(uses_cnp(c), "{}: a cnp- case applies a ClusterNetworkPolicy", c.name);
+        }
+        let sctp_only = |cs: &[&Case]| cs.iter().filter(|c| c.probes().all(|p| p.protocol == Protocol::SCTP)).count();
+        assert_eq!(sctp_only(&np), 3);
+        assert_eq!(sctp_only(&cnp), 4, "admin and baseline, ingress and egress");
+    }
+
+    /// Every key of `input` survives the round trip through the typed
+    /// object: the API types ignore unknown fields, so a misspelt one in a
+    /// case would silently vanish and the case would test something else.
+    fn assert_no_unknown_fields(path: &str, input: &serde_json::Value, typed: &serde_json::Value) {
+        use serde_json::Value as J;
+        match (input, typed) {
+            (J::Object(i), J::Object(t)) => {
+                for (k, v) in i {
+                    let tv = t.get(k).unwrap_or_else(|| panic!("{path}.{k}: not a field of this kind (typo?)"));
+                    assert_no_unknown_fields(&format!("{path}.{k}"), v, tv);
+                }
+            }
+            (J::Array(i), J::Array(t)) => {
+                assert_eq!(i.len(), t.len(), "{path}");
+                for (n, (a, b)) in i.iter().zip(t).enumerate() {
+                    assert_no_unknown_fields(&format!("{path}[{n}]"), a, b);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every ClusterNetworkPolicy a case applies is read by policyd's own
+    /// parser as written (placeholders resolved to sample addresses).
+    #[test]
+    fn every_cluster_network_policy_in_the_cases_decodes_whole() {
+        let cases = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases")).unwrap();
+        let mut ips = placeholder::PodIps::new();
+        for (i, ns) in ["x", "y", "z"].iter().enumerate() {
+            for (j, pod) in ["a", "b", "c", "d"].iter().enumerate() {
+                let ip = format!("10.88.{i}.{}", j + 2).parse().unwrap();
+                ips.insert(PodRef::new(ns, pod), vec![ip]);
+            }
+        }
+        let mut seen = 0;
+        for c in &cases {
+            for (i, step) in c.steps.iter().enumerate() {
+                let Step::Apply(objs) = step else { continue };
+                for obj in objs.iter().filter(|o| o["kind"] == "ClusterNetworkPolicy") {
+                    let what = format!("{} steps[{i}]", c.name);
+                    let done = placeholder::resolve(&model::complete(obj.clone()).unwrap(), &ips).unwrap();
+                    let text = serde_yaml_ng::to_string(&done).unwrap();
+                    let parsed =
+                        weir_policyd::source::manifest::parse(&what, &text).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(parsed.objects.len(), 1, "{what}: {:?}", parsed.skipped);
+                    let typed = parsed.objects[0].to_json();
+                    let input: serde_json::Value = serde_json::to_value(&done).unwrap();
+                    assert_no_unknown_fields(&what, &input["spec"], &typed["spec"]);
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 28, "only {seen} ClusterNetworkPolicies in the cases");
     }
 
     /// docs/conformance.md lists every case (and no case that is gone).

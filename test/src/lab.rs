@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_yaml_ng::Value;
 
 use crate::case::{DeleteRef, Family, Protocol, Via};
+use crate::model;
 use crate::placeholder::{parse_pod_ips, PodIps};
 use crate::probe::{parse_probe, ProbeOutput};
 
@@ -231,17 +232,8 @@ impl Lab {
 
     /// `weirctl lab delete --name NAME -f FILE` with the object's identity.
     pub fn delete(&mut self, r: &DeleteRef) -> Result<()> {
-        let api = if r.kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
-        let mut meta = serde_yaml_ng::Mapping::new();
-        meta.insert("name".into(), r.name.clone().into());
-        if let Some(ns) = &r.namespace {
-            meta.insert("namespace".into(), ns.clone().into());
-        }
-        let mut obj = serde_yaml_ng::Mapping::new();
-        obj.insert("apiVersion".into(), api.into());
-        obj.insert("kind".into(), r.kind.clone().into());
-        obj.insert("metadata".into(), Value::Mapping(meta));
-        let path = self.write("delete", &Value::Mapping(obj))?;
+        let obj = model::identity_object(&r.kind, r.namespace.as_deref(), &r.name);
+        let path = self.write("delete", &obj)?;
         let mut args = os(&["lab", "delete", "--name", &self.name, "-f"]);
         args.push(path.into_os_string());
         self.ctl.run(&args).map(|_| ())

@@ -194,22 +194,58 @@ pub struct ObjectId {
     pub name: String,
 }
 
-pub const KINDS: [&str; 4] = ["NetworkPolicy", "Namespace", "Pod", "Service"];
+pub const KINDS: [&str; 5] = ["NetworkPolicy", "ClusterNetworkPolicy", "Namespace", "Pod", "Service"];
+
+/// Namespace and ClusterNetworkPolicy: named without a namespace, in the
+/// case files and in deletes.
+pub fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "ClusterNetworkPolicy")
+}
+
+/// The apiVersion a case object of `kind` gets when it leaves it out.
+pub fn api_version(kind: &str) -> &'static str {
+    match kind {
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        "ClusterNetworkPolicy" => "policy.networking.k8s.io/v1alpha2",
+        _ => "v1",
+    }
+}
 
 pub fn object_id(v: &Value) -> Result<ObjectId> {
-    let kind = get_str(v, &["kind"]).context("object without `kind` (NetworkPolicy, Namespace, Pod or Service)")?;
+    let kind = get_str(v, &["kind"])
+        .context("object without `kind` (NetworkPolicy, ClusterNetworkPolicy, Namespace, Pod or Service)")?;
     if !KINDS.contains(&kind) {
-        bail!("kind {kind:?} is not one a case may use (NetworkPolicy, Namespace, Pod, Service)");
+        bail!("kind {kind:?} is not one a case may use (NetworkPolicy, ClusterNetworkPolicy, Namespace, Pod, Service)");
     }
     let name = get_str(v, &["metadata", "name"]).with_context(|| format!("{kind} without metadata.name"))?;
     let namespace = get_str(v, &["metadata", "namespace"]).map(str::to_string);
-    if kind == "Namespace" && namespace.is_some() {
-        bail!("Namespace {name}: a Namespace has no metadata.namespace");
+    if is_cluster_scoped(kind) && namespace.is_some() {
+        bail!("{kind} {name}: a {kind} is cluster-scoped and has no metadata.namespace");
     }
-    if kind != "Namespace" && namespace.is_none() {
+    if !is_cluster_scoped(kind) && namespace.is_none() {
         bail!("{kind} {name}: metadata.namespace is required (cases never rely on a default namespace)");
     }
     Ok(ObjectId { kind: kind.to_string(), namespace, name: name.to_string() })
+}
+
+/// An object that names `kind` `namespace/name` and nothing else that
+/// matters, for `weirctl lab delete -f` (which, like `kubectl delete -f`,
+/// reads whole objects): a ClusterNetworkPolicy gets the least spec its
+/// type requires.
+pub fn identity_object(kind: &str, namespace: Option<&str>, name: &str) -> Value {
+    let mut meta = vec![("name", s(name))];
+    if let Some(ns) = namespace {
+        meta.push(("namespace", s(ns)));
+    }
+    let mut obj = vec![("apiVersion", s(api_version(kind))), ("kind", s(kind)), ("metadata", map(meta))];
+    if kind == "ClusterNetworkPolicy" {
+        let subject = map(vec![("namespaces", Value::Mapping(Mapping::new()))]);
+        obj.push((
+            "spec",
+            map(vec![("tier", s("Admin")), ("priority", Value::Number(0.into())), ("subject", subject)]),
+        ));
+    }
+    map(obj)
 }
 
 /// Fill in what a case may leave out, so cases stay about policy:
@@ -224,8 +260,7 @@ pub fn complete(mut v: Value) -> Result<Value> {
     let id = object_id(&v)?;
     let m = v.as_mapping_mut().context("an object must be a map")?;
     if !m.contains_key("apiVersion") {
-        let api = if id.kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
-        m.insert(s("apiVersion"), s(api));
+        m.insert(s("apiVersion"), s(api_version(&id.kind)));
     }
     match id.kind.as_str() {
         "Namespace" => {
@@ -318,6 +353,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(get_str(&np, &["apiVersion"]), Some("networking.k8s.io/v1"));
+        let cnp = complete(
+            serde_yaml_ng::from_str(
+                "{kind: ClusterNetworkPolicy, metadata: {name: c}, spec: {tier: Admin, priority: 1, subject: {namespaces: {}}}}",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(get_str(&cnp, &["apiVersion"]), Some("policy.networking.k8s.io/v1alpha2"));
+    }
+
+    /// What `weirctl lab delete -f` gets must be readable by policyd's
+    /// manifest parser (which the lab uses), for every kind a case may use.
+    #[test]
+    fn identity_objects_parse_as_their_kind() {
+        for kind in KINDS {
+            let ns = if is_cluster_scoped(kind) { None } else { Some("x") };
+            let text = render(&identity_object(kind, ns, "n")).unwrap();
+            let parsed = weir_policyd::source::manifest::parse("d.yaml", &text).unwrap();
+            assert_eq!(parsed.objects.len(), 1, "{kind}: {:?}", parsed.skipped);
+            let r = parsed.objects[0].object_ref();
+            assert_eq!(
+                (r.kind.to_string(), r.namespace.as_str(), r.name.as_str()),
+                (kind.into(), ns.unwrap_or(""), "n")
+            );
+        }
     }
 
     #[test]
@@ -326,6 +386,7 @@ mod tests {
             ("{kind: Deployment, metadata: {name: d, namespace: x}}", "Deployment"),
             ("{kind: Pod, metadata: {name: d}}", "metadata.namespace"),
             ("{kind: Namespace, metadata: {name: q, namespace: x}}", "no metadata.namespace"),
+            ("{kind: ClusterNetworkPolicy, metadata: {name: c, namespace: x}}", "cluster-scoped"),
             ("{kind: Pod, metadata: {namespace: x}}", "metadata.name"),
         ] {
             let e = format!("{:#}", object_id(&serde_yaml_ng::from_str(y).unwrap()).unwrap_err());

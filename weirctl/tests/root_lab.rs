@@ -170,6 +170,28 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
     let out = g.ok(&["apply", "-f", lonely.to_str().unwrap()]);
     assert!(out.contains("warning: Service x/s-x-nobody selects no running pod"), "{out}");
 
+    // a ClusterNetworkPolicy: cluster-scoped, so no namespace to exist,
+    // none written, and one object per name however often it is re-applied
+    let cnp = |priority: u32| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: admin-deny}}\n\
+             spec:\n  tier: Admin\n  priority: {priority}\n  subject: {{namespaces: {{}}}}\n  ingress:\n  \
+             - {{action: Deny, from: [{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}}}]}}\n"
+        )
+    };
+    let cnp_file = write(tmp.path(), "cnp.yaml", &cnp(10));
+    let out = g.ok(&["apply", "-f", cnp_file.to_str().unwrap()]);
+    assert!(out.contains("clusternetworkpolicy/admin-deny created"), "{out}");
+    let stored = g.dir().join("manifests/clusternetworkpolicy_admin-deny.yaml");
+    let manifest = std::fs::read_to_string(&stored).unwrap();
+    assert!(manifest.contains("priority: 10") && !manifest.contains("namespace:"), "{manifest}");
+    let out = g.ok(&["apply", "-f", cnp_file.to_str().unwrap()]);
+    assert!(out.contains("clusternetworkpolicy/admin-deny unchanged"), "{out}");
+    let cnp_file = write(tmp.path(), "cnp.yaml", &cnp(20));
+    let out = g.ok(&["apply", "-f", cnp_file.to_str().unwrap()]);
+    assert!(out.contains("clusternetworkpolicy/admin-deny configured"), "{out}");
+    assert!(std::fs::read_to_string(&stored).unwrap().contains("priority: 20"));
+
     // deleting a namespace takes its pods (CNI DEL) and Services with it
     let nsy = write(tmp.path(), "nsy.yaml", &ns("y"));
     let out = g.ok(&["delete", "-f", nsy.to_str().unwrap()]);
@@ -189,6 +211,13 @@ fn root_lab_lifecycle_probe_apply_delete_down() {
     assert!(!Path::new(&format!("/run/netns/weir-{}-y-c", g.name)).exists());
     let svcs = g.json(&["get", "services", "-o", "json"]);
     assert!(svcs["items"].as_array().unwrap().iter().all(|s| s["metadata"]["namespace"] == "x"), "{svcs}");
+    // ... but not the cluster-scoped policy, which goes by its own delete
+    assert!(stored.exists(), "a namespace's deletion leaves cluster-scoped objects");
+    let out = g.ok(&["delete", "-f", cnp_file.to_str().unwrap()]);
+    assert!(out.contains("clusternetworkpolicy/admin-deny deleted"), "{out}");
+    assert!(!stored.exists());
+    let err = g.fails(&["delete", "-f", cnp_file.to_str().unwrap()]);
+    assert!(err.contains("not found") && err.contains("ClusterNetworkPolicy admin-deny"), "{err}");
 
     // down removes everything; a second down says there is nothing
     g.ok(&["down"]);

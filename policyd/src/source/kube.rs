@@ -1,6 +1,6 @@
 //! The Kubernetes API source: one `kube::runtime::watcher` per kind
 //! (Namespaces, Pods and Services and NetworkPolicies in all namespaces,
-//! Nodes).
+//! Nodes, ClusterNetworkPolicies).
 //!
 //! The watcher lists, then watches from the list's resourceVersion, resumes
 //! from the last resourceVersion (BOOKMARKs included) after a dropped
@@ -10,6 +10,12 @@
 //! disappear at once and nothing is ever half-replaced.
 //!
 //! `Synced` is sent once every kind's first InitDone is in.
+//!
+//! ClusterNetworkPolicy is a CRD a cluster may not have installed: its list
+//! then answers 404, which we take as "no objects" (a `Replace` with none,
+//! so `Synced` still comes), logged once. The list keeps being retried with
+//! the usual backoff, so objects arrive within `backoff_max` of the CRD
+//! being installed.
 
 use super::{count_event, Object, ObjectKind, Sender, Source, SourceError, SourceEvent};
 use crate::cluster_network_policy::ClusterNetworkPolicy;
@@ -116,6 +122,35 @@ pub fn spawn_kube(client: Client, opts: KubeOptions, metrics: Arc<Metrics>) -> S
     })
 }
 
+/// Where the ClusterNetworkPolicy CRD ships, for the "not installed" log.
+const CNP_CRD: &str = "conf/clusternetworkpolicies-crd.yaml";
+
+/// Whether the API server always serves a kind, or only once its CRD is
+/// installed.
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    Always,
+    /// A 404 on the list means "no such objects", not an error.
+    IfInstalled {
+        crd: &'static str,
+    },
+}
+
+impl Served {
+    fn of(kind: ObjectKind) -> Served {
+        match kind {
+            ObjectKind::ClusterNetworkPolicy => Served::IfInstalled { crd: CNP_CRD },
+            _ => Served::Always,
+        }
+    }
+}
+
+/// The list of a kind whose CRD is not installed.
+fn is_not_installed(served: Served, e: &watcher::Error) -> bool {
+    matches!(served, Served::IfInstalled { .. })
+        && matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
+}
+
 fn classify(kind: ObjectKind, e: watcher::Error) -> (SourceError, bool) {
     // Second value: restart the watcher from a fresh list. kube's watcher
     // relists by itself on a 410 ERROR event, but a 410 answered to the
@@ -153,8 +188,11 @@ async fn watch_kind<K>(
     if let Some(t) = opts.watch_timeout_secs {
         wc = wc.timeout(t);
     }
-    let mut first_sync_done = false;
+    let served = Served::of(kind);
+    let mut synced = FirstSync { done: false, pending };
     let mut backoff = opts.backoff_initial;
+    // The CRD was found missing, and the empty Replace that stands for it sent.
+    let mut not_installed = false;
     let to_obj = |k: K| {
         let mut o = wrap(k);
         o.trim();
@@ -176,6 +214,9 @@ async fn watch_kind<K>(
                 }
                 Ok(watcher::Event::InitDone) => {
                     backoff = opts.backoff_initial;
+                    if std::mem::take(&mut not_installed) {
+                        log::info!("{kind}: the CRD is installed now, watching it");
+                    }
                     SourceEvent::Replace(kind, buffer.take().unwrap_or_default())
                 }
                 Ok(watcher::Event::Apply(k)) => {
@@ -185,6 +226,27 @@ async fn watch_kind<K>(
                 Ok(watcher::Event::Delete(k)) => {
                     backoff = opts.backoff_initial;
                     SourceEvent::Delete(to_obj(k).object_ref())
+                }
+                Err(e) if is_not_installed(served, &e) => {
+                    if !not_installed {
+                        not_installed = true;
+                        if let Served::IfInstalled { crd } = served {
+                            log::warn!(
+                                "{kind} is not installed in this cluster (the API server has no such resource): \
+                                 none are enforced; install the CRD ({crd}) to use them. Checking again every \
+                                 {:?} at most",
+                                opts.backoff_max
+                            );
+                        }
+                        // No objects of a kind that does not exist: the
+                        // store forgets any it had, and Synced can come.
+                        if !deliver(&tx, &metrics, &mut synced, SourceEvent::Replace(kind, Vec::new())).await {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = std::cmp::min(backoff * 2, opts.backoff_max);
+                    continue;
                 }
                 Err(e) => {
                     let (err, restart) = classify(kind, e);
@@ -201,25 +263,40 @@ async fn watch_kind<K>(
                     continue;
                 }
             };
-            let is_replace = matches!(ev, SourceEvent::Replace(..));
-            count_event(&metrics, SOURCE, &ev);
-            if tx.send(ev).await.is_err() {
+            if !deliver(&tx, &metrics, &mut synced, ev).await {
                 return;
-            }
-            if is_replace && !first_sync_done {
-                first_sync_done = true;
-                // The last kind to finish its first list announces Synced,
-                // after its own Replace: every Replace precedes it.
-                if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    if tx.send_synced().await.is_err() {
-                        return;
-                    }
-                    metrics.source_synced.set(&[SOURCE], 1.0);
-                    log::info!("Kubernetes API: every kind listed, synced");
-                }
             }
         }
         // The watcher stream never ends by itself; if it does, start over.
         tokio::time::sleep(backoff).await;
     }
+}
+
+/// Whether this kind's first Replace is out, and how many kinds still owe theirs.
+struct FirstSync {
+    done: bool,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Send `ev`, and `Synced` after the last kind's first Replace. False when
+/// the consumer is gone.
+async fn deliver(tx: &Sender, metrics: &Metrics, synced: &mut FirstSync, ev: SourceEvent) -> bool {
+    let is_replace = matches!(ev, SourceEvent::Replace(..));
+    count_event(metrics, SOURCE, &ev);
+    if tx.send(ev).await.is_err() {
+        return false;
+    }
+    if is_replace && !synced.done {
+        synced.done = true;
+        // The last kind to finish its first list announces Synced, after
+        // its own Replace: every Replace precedes it.
+        if synced.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if tx.send_synced().await.is_err() {
+                return false;
+            }
+            metrics.source_synced.set(&[SOURCE], 1.0);
+            log::info!("Kubernetes API: every kind listed, synced");
+        }
+    }
+    true
 }

@@ -1,7 +1,9 @@
 //! Manifest files as `kubectl apply -f` reads them: multi-document YAML (or
-//! JSON, a YAML subset) of Namespace, Pod, Service, Node (v1) and
-//! NetworkPolicy (networking.k8s.io/v1), and `kind: List` (or `PodList`
-//! etc.) wrapping them. Pure: text in, objects and diagnostics out.
+//! JSON, a YAML subset) of Namespace, Pod, Service, Node (v1),
+//! NetworkPolicy (networking.k8s.io/v1) and ClusterNetworkPolicy
+//! (policy.networking.k8s.io/v1alpha2, cluster-scoped: no namespace
+//! defaulting), and `kind: List` (or `PodList` etc.) wrapping them. Pure:
+//! text in, objects and diagnostics out.
 
 use super::{Object, ObjectKind, SourceError};
 use serde::Deserialize;
@@ -144,9 +146,14 @@ mod tests {
         assert!(msg.starts_with("a.yaml: document 2: kind \"Networkpolicy\""), "{msg}");
         assert!(msg.contains("write kind: NetworkPolicy"), "{msg}");
         // The fix lists what is accepted.
-        for accepted in
-            ["Namespace (v1)", "Pod (v1)", "Service (v1)", "Node (v1)", "NetworkPolicy (networking.k8s.io/v1)"]
-        {
+        for accepted in [
+            "Namespace (v1)",
+            "Pod (v1)",
+            "Service (v1)",
+            "Node (v1)",
+            "NetworkPolicy (networking.k8s.io/v1)",
+            "ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2)",
+        ] {
             assert!(msg.contains(accepted), "{accepted} missing from: {msg}");
         }
     }
@@ -158,6 +165,17 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("f.yaml") && msg.contains("document 2") && msg.contains("\"b\""), "{msg}");
         assert_eq!(e.reason(), "manifest_invalid");
+    }
+
+    #[test]
+    fn cluster_network_policy_is_cluster_scoped() {
+        let text = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: p}\n\
+                    spec: {tier: Baseline, priority: 3, subject: {namespaces: {}}}\n";
+        let p = parse("c.yaml", text).unwrap();
+        assert_eq!(p.objects.len(), 1);
+        let r = p.objects[0].object_ref();
+        assert_eq!((r.kind, r.namespace.as_str(), r.name.as_str()), (ObjectKind::ClusterNetworkPolicy, "", "p"));
+        assert_eq!(p.objects[0].meta().namespace, None, "no \"default\" namespace for a cluster-scoped kind");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A stand-in for kube-apiserver, which cannot be installed here (no
 //! registry ships it): plain HTTP on 127.0.0.1 speaking the real list/watch
-//! protocol for Namespaces, Pods, Services, Nodes (`/api/v1/...`) and
-//! NetworkPolicies (`/apis/networking.k8s.io/v1/...`):
+//! protocol for Namespaces, Pods, Services, Nodes (`/api/v1/...`),
+//! NetworkPolicies (`/apis/networking.k8s.io/v1/...`) and
+//! ClusterNetworkPolicies (`/apis/policy.networking.k8s.io/v1alpha2/...`,
+//! served only while its CRD is "installed", else 404 as a real server):
 //!
 //! - list: a `<Kind>List` with `metadata.resourceVersion`;
 //! - `?watch=true&resourceVersion=R`: chunked stream of JSON WatchEvents
@@ -33,10 +35,12 @@ pub enum Res {
     Services,
     NetworkPolicies,
     Nodes,
+    ClusterNetworkPolicies,
 }
 
 impl Res {
-    pub const ALL: [Res; 5] = [Res::Namespaces, Res::Pods, Res::Services, Res::NetworkPolicies, Res::Nodes];
+    pub const ALL: [Res; 6] =
+        [Res::Namespaces, Res::Pods, Res::Services, Res::NetworkPolicies, Res::Nodes, Res::ClusterNetworkPolicies];
 
     fn from_path(path: &str) -> Option<Res> {
         Some(match path {
@@ -45,6 +49,7 @@ impl Res {
             "/api/v1/services" => Res::Services,
             "/api/v1/nodes" => Res::Nodes,
             "/apis/networking.k8s.io/v1/networkpolicies" => Res::NetworkPolicies,
+            "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies" => Res::ClusterNetworkPolicies,
             _ => return None,
         })
     }
@@ -56,6 +61,7 @@ impl Res {
             "Service" => Res::Services,
             "Node" => Res::Nodes,
             "NetworkPolicy" => Res::NetworkPolicies,
+            "ClusterNetworkPolicy" => Res::ClusterNetworkPolicies,
             k => panic!("the fixture does not serve {k}"),
         }
     }
@@ -67,12 +73,14 @@ impl Res {
             Res::Services => "Service",
             Res::Nodes => "Node",
             Res::NetworkPolicies => "NetworkPolicy",
+            Res::ClusterNetworkPolicies => "ClusterNetworkPolicy",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Res::NetworkPolicies => "networking.k8s.io/v1",
+            Res::ClusterNetworkPolicies => "policy.networking.k8s.io/v1alpha2",
             _ => "v1",
         }
     }
@@ -114,6 +122,11 @@ struct State {
     bookmarks_sent: BTreeMap<Res, usize>,
     /// List pages served (first pages and continuations), per resource.
     pages: BTreeMap<Res, usize>,
+    /// Whether the ClusterNetworkPolicy CRD is installed (else its
+    /// resource answers 404 NotFound, as an API server without it does).
+    cnp_installed: bool,
+    /// Requests answered 404 because the CRD was not installed.
+    not_found: usize,
 }
 
 pub struct ApiServer {
@@ -153,6 +166,8 @@ impl ApiServer {
             last_watch_from: BTreeMap::new(),
             bookmarks_sent: BTreeMap::new(),
             pages: BTreeMap::new(),
+            cnp_installed: true,
+            not_found: 0,
         }));
         let (changes, _) = broadcast::channel(4096);
         let (drop_gen, _) = watch::channel(0u64);
@@ -192,9 +207,12 @@ impl ApiServer {
     }
 
     /// Create or replace an object (ADDED / MODIFIED), stamping a new resourceVersion.
-    pub fn put<K: k8s_openapi::Resource + serde::Serialize>(&self, obj: &K) {
+    pub fn put<K: kube::Resource<DynamicType = ()> + serde::Serialize>(&self, obj: &K) {
         let mut v = serde_json::to_value(obj).unwrap();
-        let res = Res::from_kind(K::KIND);
+        let res = Res::from_kind(&K::kind(&()));
+        // CustomResource types serialize without apiVersion/kind.
+        v["apiVersion"] = json!(res.api_version());
+        v["kind"] = json!(res.kind());
         let mut st = self.state.lock().unwrap();
         st.rv += 1;
         let rv = st.rv;
@@ -210,13 +228,13 @@ impl ApiServer {
     }
 
     /// Delete an object (DELETED); panics if absent.
-    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) {
-        let res = Res::from_kind(K::KIND);
+    pub fn delete<K: kube::Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) {
+        let res = Res::from_kind(&K::kind(&()));
         let mut st = self.state.lock().unwrap();
         let mut v = st
             .objects
             .remove(&(res, namespace.to_string(), name.to_string()))
-            .unwrap_or_else(|| panic!("fixture has no {} {namespace}/{name}", K::KIND));
+            .unwrap_or_else(|| panic!("fixture has no {} {namespace}/{name}", res.kind()));
         st.rv += 1;
         let rv = st.rv;
         v["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -286,6 +304,18 @@ impl ApiServer {
         });
     }
 
+    /// Install or remove the ClusterNetworkPolicy CRD: while removed, its
+    /// lists and watches answer 404 (objects put meanwhile are kept, and
+    /// served once installed).
+    pub fn set_cnp_installed(&self, installed: bool) {
+        self.state.lock().unwrap().cnp_installed = installed;
+    }
+
+    /// Requests answered 404 because the CRD was not installed.
+    pub fn not_found(&self) -> usize {
+        self.state.lock().unwrap().not_found
+    }
+
     pub fn lists(&self, res: Res) -> usize {
         self.state.lock().unwrap().lists.get(&res).copied().unwrap_or(0)
     }
@@ -321,6 +351,15 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 impl Ctx {
+    /// Whether the CRD is installed; counts the 404 when not.
+    fn cnp_served(&self) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if !st.cnp_installed {
+            st.not_found += 1;
+        }
+        st.cnp_installed
+    }
+
     async fn handle(mut self, mut conn: TcpStream) -> std::io::Result<()> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 2048];
@@ -342,6 +381,11 @@ impl Ctx {
             return respond(&mut conn, 404, &status(404, "NotFound", &format!("the fixture does not serve {path}")))
                 .await;
         };
+        if res == Res::ClusterNetworkPolicies && !self.cnp_served() {
+            // What kube-apiserver answers for a group/version it does not serve.
+            let body = status(404, "NotFound", "the server could not find the requested resource");
+            return respond(&mut conn, 404, &body).await;
+        }
         if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
             let rv = params.get("resourceVersion").and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
             let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| *b == "true");

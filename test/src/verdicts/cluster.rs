@@ -236,6 +236,9 @@ impl<'d> Cluster<'d> {
             "NetworkPolicy" => {
                 self.store.delete(&oref(ObjectKind::NetworkPolicy, &ns, &r.name));
             }
+            "ClusterNetworkPolicy" => {
+                self.store.delete(&oref(ObjectKind::ClusterNetworkPolicy, "", &r.name));
+            }
             "Namespace" => {
                 // Like the namespace controller: everything inside goes too.
                 let inside: Vec<PodRef> = self.pods.keys().filter(|p| p.ns == r.name).cloned().collect();

@@ -13,11 +13,17 @@ use std::path::{Path, PathBuf};
 pub use weir_policyd::source::{Object, ObjectKind, ObjectRef};
 
 /// The kinds the lab holds, in the order it creates them (a pod needs its
-/// namespace; a policy should exist before the pods it selects start, so
+/// namespace; policies should exist before the pods they select start, so
 /// they come up already isolated, as they would on a busy cluster). Nodes
 /// are the lab's own (multi-node labs), never a user's.
-pub const LAB_KINDS: [ObjectKind; 5] =
-    [ObjectKind::Node, ObjectKind::Namespace, ObjectKind::NetworkPolicy, ObjectKind::Service, ObjectKind::Pod];
+pub const LAB_KINDS: [ObjectKind; 6] = [
+    ObjectKind::Node,
+    ObjectKind::Namespace,
+    ObjectKind::ClusterNetworkPolicy,
+    ObjectKind::NetworkPolicy,
+    ObjectKind::Service,
+    ObjectKind::Pod,
+];
 
 /// Where `kind` comes in the creation order; None for a kind the lab does
 /// not hold.
@@ -140,20 +146,20 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Fill in what the API server defaults: the namespace of namespaced objects,
-/// the automatic `kubernetes.io/metadata.name` label of Namespaces.
+/// Fill in what the API server defaults: the namespace of namespaced objects
+/// (a cluster-scoped one's is dropped, as the API server ignores it), the
+/// automatic `kubernetes.io/metadata.name` label of Namespaces.
 pub fn default_object(obj: &mut Object) {
-    match obj {
-        Object::Namespace(ns) => {
-            let name = ns.metadata.name.clone().unwrap_or_default();
-            ns.metadata.labels.get_or_insert_with(BTreeMap::new).insert("kubernetes.io/metadata.name".into(), name);
-        }
-        other => {
-            let m = other.meta_mut();
-            if m.namespace.as_deref().unwrap_or("").is_empty() {
-                m.namespace = Some("default".into());
-            }
-        }
+    if let Object::Namespace(ns) = obj {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        ns.metadata.labels.get_or_insert_with(BTreeMap::new).insert("kubernetes.io/metadata.name".into(), name);
+    }
+    let namespaced = obj.kind().namespaced();
+    let m = obj.meta_mut();
+    if !namespaced {
+        m.namespace = None;
+    } else if m.namespace.as_deref().unwrap_or("").is_empty() {
+        m.namespace = Some("default".into());
     }
 }
 
@@ -179,7 +185,7 @@ pub fn validate_batch(batch: &[Object], existing_namespaces: &[String]) -> Resul
     }
     for o in batch {
         let key = o.object_ref();
-        if key.kind != ObjectKind::Namespace && !namespaces.contains(&key.namespace.as_str()) {
+        if key.kind.namespaced() && !namespaces.contains(&key.namespace.as_str()) {
             bail!(
                 "{key}: namespace {:?} does not exist; add a Namespace manifest named {:?} (the lab, like the API server, does not create namespaces implicitly)",
                 key.namespace,
@@ -326,8 +332,12 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     #[test]
     fn every_kind_policyd_reads_is_held_or_refused_when_parsed() {
         for kind in ObjectKind::ALL {
-            let text =
+            let mut text =
                 format!("apiVersion: {}\nkind: {kind}\nmetadata: {{name: n, namespace: x}}\n", kind.api_version());
+            if kind == ObjectKind::ClusterNetworkPolicy {
+                // Its spec is required (the API types' own kinds default theirs).
+                text.push_str("spec: {tier: Admin, priority: 0, subject: {namespaces: {}}}\n");
+            }
             match (creation_rank(kind), parse_api_text(&text, "k.yaml")) {
                 (Some(_), Ok(objs)) => assert_eq!(objs[0].kind(), kind),
                 (Some(_), Err(e)) => panic!("{kind}: the lab holds it, yet: {e:#}"),
@@ -339,14 +349,46 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             }
         }
         // What users may write, named in the message for unknown kinds.
-        assert_eq!(user_kinds(), "v1 Namespace, networking.k8s.io/v1 NetworkPolicy, v1 Service, v1 Pod (and v1 List)");
+        assert_eq!(
+            user_kinds(),
+            "v1 Namespace, policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy, networking.k8s.io/v1 NetworkPolicy, \
+             v1 Service, v1 Pod (and v1 List)"
+        );
     }
 
     #[test]
     fn kinds_sort_in_creation_order() {
         use ObjectKind as Kind;
-        let mut k = vec![Kind::Pod, Kind::Service, Kind::Namespace, Kind::NetworkPolicy, Kind::Node];
+        let mut k = vec![
+            Kind::Pod,
+            Kind::Service,
+            Kind::ClusterNetworkPolicy,
+            Kind::Namespace,
+            Kind::NetworkPolicy,
+            Kind::Node,
+        ];
         k.sort_by_key(|k| creation_order(*k));
-        assert_eq!(k, vec![Kind::Node, Kind::Namespace, Kind::NetworkPolicy, Kind::Service, Kind::Pod]);
+        assert_eq!(
+            k,
+            vec![
+                Kind::Node,
+                Kind::Namespace,
+                Kind::ClusterNetworkPolicy,
+                Kind::NetworkPolicy,
+                Kind::Service,
+                Kind::Pod
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_network_policy_needs_no_namespace() {
+        let text = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                    metadata: {name: deny, namespace: ignored}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n";
+        let mut objs = parse_text(text, "c.yaml").unwrap();
+        default_object(&mut objs[0]);
+        assert_eq!(objs[0].object_ref().to_string(), "ClusterNetworkPolicy deny");
+        assert_eq!(objs[0].meta().namespace, None, "cluster-scoped: no namespace, defaulted or given");
+        validate_batch(&objs, &[]).expect("no namespace needs to exist");
     }
 }
