@@ -27,8 +27,10 @@
 
 /* Bumped on any incompatible layout change; user space refuses to reuse
  * pins written under another version (see the `abi` pinned array).
- * 4: weir_endpoint carries the pod's MAC and addresses. */
-#define WEIR_ABI_VERSION 4
+ * 4: weir_endpoint carries the pod's MAC and addresses.
+ * 5: weir_ct_value carries the policy generation it was judged under;
+ *    weir_config carries the current one. */
+#define WEIR_ABI_VERSION 5
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -198,12 +200,21 @@ struct weir_ct_key {
  * packet.
  */
 
+/*
+ * policy_gen: weir_config.policy_gen when the flow was last judged. A hit
+ * whose stamp differs is judged again (both of its sides, with the tuple
+ * as opened) unless WEIR_CFG_REJUDGE_OFF: still allowed, the stamp is
+ * refreshed; refused, the packet is dropped (WEIR_R_DROP_POLICY_REVOKED)
+ * and the entry deleted. Equality only, so the counter may wrap.
+ */
 struct weir_ct_value {
 	__u64 expires_ns;     /* CLOCK_MONOTONIC deadline (coarse clock) */
 	__u32 egress_ep;      /* source endpoint whose egress allowed it, or 0 */
 	__u32 ingress_ep;     /* destination endpoint whose ingress allowed it, or 0 */
 	__u32 rule;           /* rule that allowed it (ingress rule when both) */
 	__u32 flags;          /* WEIR_CT_* */
+	__u32 policy_gen;     /* weir_config.policy_gen it was judged under */
+	__u32 pad;
 };
 
 /* ---- verdicts, events and counters ------------------------------------ */
@@ -231,6 +242,7 @@ enum weir_reason {
 	WEIR_R_DROP_NEIGH_SPOOFED = 73, /* ARP or ND claiming an address that is not the pod's */
 	WEIR_R_DROP_ROUTER_MSG = 74,    /* router advertisement or redirect sent by a pod */
 	WEIR_R_DROP_NOT_FOR_POD = 75,   /* to_pod: addressed to neither the pod nor a group it takes */
+	WEIR_R_DROP_POLICY_REVOKED = 76, /* established flow the current policy no longer allows */
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)
@@ -264,12 +276,23 @@ struct weir_counter_value {
 
 /* ---- runtime configuration: array of one --------------------------------- */
 #define WEIR_CFG_EVENTS_ALLOW (1u << 0) /* also emit events for allowed new flows */
+/* Established flows keep their verdict until their entry expires, whatever
+ * the policy becomes (off: all-zero config re-judges). */
+#define WEIR_CFG_REJUDGE_OFF (1u << 1)
 
+/*
+ * policy_gen is not configuration: weir-policyd bumps it after every sync
+ * that changed a map a verdict reads (policy, ipBlock classes, endpoints'
+ * identity and isolation, ipcache), once that sync's removals are done, so
+ * a flow judged while old allows still existed carries the old value.
+ */
 struct weir_config {
 	__u32 flags;            /* WEIR_CFG_* */
 	__u32 ct_tcp_timeout_s; /* established TCP idle timeout */
 	__u32 ct_udp_timeout_s; /* UDP / SCTP / ICMP / other idle timeout */
 	__u32 ct_syn_timeout_s; /* unanswered new flow and closing TCP timeout */
+	__u32 policy_gen;       /* the policy generation now programmed */
+	__u32 pad;
 };
 /* A zero timeout means the default below (what an all-zero entry gives). */
 #define WEIR_CT_TCP_TIMEOUT_DEFAULT_S 21600

@@ -176,8 +176,9 @@ static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *
 	}
 }
 
+/* gen: the policy generation read before the flow was judged (policy_gen_at_start). */
 static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32 ingress_ep,
-				     __u32 rule, __u32 flags, __u64 now)
+				     __u32 rule, __u32 flags, __u32 gen, __u64 now)
 {
 	struct weir_ct_key k;
 	struct weir_ct_value v = {
@@ -185,6 +186,7 @@ static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32
 		.ingress_ep = ingress_ep,
 		.rule = rule,
 		.flags = flags,
+		.policy_gen = gen,
 	};
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))
 		v.flags |= WEIR_CT_RST;

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 
 /// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
 /// 4: the endpoint carries the pod's MAC and addresses.
-pub const ABI_VERSION: u32 = 4;
+/// 5: conntrack entries carry the policy generation they were judged under.
+pub const ABI_VERSION: u32 = 5;
 
 // ---- identities -----------------------------------------------------------
 pub const ID_ANY: u32 = 0;
@@ -235,6 +236,9 @@ pub struct CtValue {
     pub rule: u32,
     /// `CT_*`
     pub flags: u32,
+    /// `Config::policy_gen` when the flow was last judged.
+    pub policy_gen: u32,
+    pub pad: u32,
 }
 
 // ---- verdicts, events, counters ------------------------------------------------
@@ -260,6 +264,7 @@ pub const R_DROP_SPOOFED_MAC: u8 = 72;
 pub const R_DROP_NEIGH_SPOOFED: u8 = 73;
 pub const R_DROP_ROUTER_MSG: u8 = 74;
 pub const R_DROP_NOT_FOR_POD: u8 = 75;
+pub const R_DROP_POLICY_REVOKED: u8 = 76;
 pub const REASON_MAX: u8 = 128;
 
 /// Every reason code with its metric label.
@@ -286,6 +291,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_DROP_NEIGH_SPOOFED, "drop_neigh_spoofed"),
     (R_DROP_ROUTER_MSG, "drop_router_msg"),
     (R_DROP_NOT_FOR_POD, "drop_not_for_pod"),
+    (R_DROP_POLICY_REVOKED, "drop_policy_revoked"),
 ];
 
 pub fn reason_is_drop(r: u8) -> bool {
@@ -332,6 +338,8 @@ pub struct CounterValue {
 
 // ---- config -------------------------------------------------------------------
 pub const CFG_EVENTS_ALLOW: u32 = 1 << 0;
+/// Established flows keep their verdict until they expire (all-zero: re-judged).
+pub const CFG_REJUDGE_OFF: u32 = 1 << 1;
 pub const CT_TCP_TIMEOUT_DEFAULT_S: u32 = 21600;
 pub const CT_UDP_TIMEOUT_DEFAULT_S: u32 = 60;
 pub const CT_SYN_TIMEOUT_DEFAULT_S: u32 = 60;
@@ -344,6 +352,9 @@ pub struct Config {
     pub ct_tcp_timeout_s: u32,
     pub ct_udp_timeout_s: u32,
     pub ct_syn_timeout_s: u32,
+    /// The policy generation now programmed (weir-policyd's, not configuration).
+    pub policy_gen: u32,
+    pub pad: u32,
 }
 
 // ---- capacities ----------------------------------------------------------------

@@ -397,7 +397,13 @@ fn root_a_pod_cannot_send_from_another_pods_address() {
 #[test]
 fn root_tcp_state_shortens_timeouts() {
     let Some(e) = Env::new("tcpstate") else { return };
-    e.dp.set_config(&Config { flags: 0, ct_tcp_timeout_s: 3600, ct_udp_timeout_s: 30, ct_syn_timeout_s: 20 }).unwrap();
+    e.dp.set_config(&Config {
+        ct_tcp_timeout_s: 3600,
+        ct_udp_timeout_s: 30,
+        ct_syn_timeout_s: 20,
+        ..Default::default()
+    })
+    .unwrap();
     let find = |sport: u16| {
         e.dp.ct_entries().unwrap().into_iter().find(|c| u16::from_be(c.key.sport) == sport).expect("entry")
     };

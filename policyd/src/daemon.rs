@@ -49,6 +49,22 @@ pub struct Options {
     pub resync: Duration,
     /// Between nodes: this node's pod CIDRs and the backend (`crate::node`).
     pub node_network: crate::node::Config,
+    /// Judge established flows again after a policy change (the dataplane's
+    /// `CFG_REJUDGE_OFF` when false): a flow no longer allowed stops on its
+    /// next packet instead of living until its conntrack entry expires.
+    pub rejudge_established: bool,
+}
+
+/// Write the configuration the programs read from weir_config that comes
+/// from policyd's options, keeping the rest.
+pub fn configure_dataplane(dp: &Dataplane, rejudge_established: bool) -> Result<(), weir_bpf::Error> {
+    let mut cfg = dp.config()?;
+    if rejudge_established {
+        cfg.flags &= !abi::CFG_REJUDGE_OFF;
+    } else {
+        cfg.flags |= abi::CFG_REJUDGE_OFF;
+    }
+    dp.set_config(&cfg)
 }
 
 /// Object bursts (a `kubectl apply -f dir`) are folded into one compile:
@@ -93,6 +109,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             upgrade.links_defunct
         );
     }
+    configure_dataplane(&dp, opts.rejudge_established).context("writing the dataplane configuration")?;
+    log::info!(
+        "established flows {} policy changes",
+        if opts.rejudge_established { "are judged again after" } else { "keep their verdict across" }
+    );
     let registry = Registry::under(&opts.run_dir);
     // Records decide which pod an interface is: root's alone (weir_common::trust).
     registry.ensure_dir().with_context(|| format!("--run-dir {}", opts.run_dir.display()))?;
