@@ -187,6 +187,7 @@ struct weir_ct_key {
 #define WEIR_CT_RST (1u << 3)
 #define WEIR_CT_SERVICE (1u << 4) /* egress to a VIP, judged after DNAT */
 #define WEIR_CT_ORIG_SWAPPED (1u << 5) /* opened from the key's daddr end */
+#define WEIR_CT_REVOKED (1u << 6) /* re-judged and refused: carries nothing (see below) */
 
 /*
  * Who may use an entry: a packet sent by endpoint X matches an entry in the
@@ -205,7 +206,11 @@ struct weir_ct_key {
  * whose stamp differs is judged again (both of its sides, with the tuple
  * as opened) unless WEIR_CFG_REJUDGE_OFF: still allowed, the stamp is
  * refreshed; refused, the packet is dropped (WEIR_R_DROP_POLICY_REVOKED)
- * and the entry deleted. Equality only, so the counter may wrap.
+ * and the entry marked WEIR_CT_REVOKED, which every later hit judges
+ * again (a policy allowing the flow again revives it). The entry is kept
+ * rather than deleted: without it the backend's replies of a Service flow
+ * would miss at the backend's from_pod, be deferred, and reach the client
+ * on its SERVICE entry. Equality only, so the counter may wrap.
  */
 struct weir_ct_value {
 	__u64 expires_ns;     /* CLOCK_MONOTONIC deadline (coarse clock) */

@@ -214,7 +214,7 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct pkt *p
 		return 0;
 	int swapped = ct_key_of(&q, &k);
 	v = ct_lookup(&k, now);
-	if (!v)
+	if (!v || (v->flags & WEIR_CT_REVOKED))
 		return 0;
 	/* the quoted packet went the flow's way: its sender allowed it at egress */
 	if (!ct_is_reply(v, swapped))

@@ -9,9 +9,10 @@
  * opened, against the maps as they are now. Still allowed: the stamp is
  * refreshed (one write; the flow never notices). Refused: the packet is
  * dropped (WEIR_R_DROP_POLICY_REVOKED, counted and evented for the side
- * that refused) and the entry deleted, so the flow's next packet in either
- * direction, at whichever hook sees it first, is judged as new and
- * refused too.
+ * that refused) and the entry marked WEIR_CT_REVOKED, so the flow's every
+ * later packet, in either direction and at whichever hook sees it first,
+ * is judged again and dropped the same way (weir_abi.h says why the entry
+ * is kept).
  *
  * The fast path pays one comparison: the config array's lookup is inlined
  * by the verifier into a pointer. With WEIR_CFG_REJUDGE_OFF the stamp is
@@ -85,25 +86,29 @@ static __always_inline __u8 ct_rejudge(const struct weir_ct_key *k, struct weir_
 	}
 	v->rule = rule;
 	v->policy_gen = gen;
+	if (v->flags & WEIR_CT_REVOKED)
+		v->flags &= ~WEIR_CT_REVOKED;
 	return 0;
 }
 
 /*
  * A conntrack hit on v, whose key is k: whether it may carry the packet.
  * When it may not, the packet has been dropped (counted, evented) and the
- * entry deleted; the caller returns TC_ACT_SHOT.
+ * entry marked revoked; the caller returns TC_ACT_SHOT.
  */
 static __always_inline int ct_still_allowed(struct __sk_buff *skb, const struct pkt *p,
 					    const struct weir_ct_key *k, struct weir_ct_value *v,
 					    const struct weir_config *cfg, __u32 gen)
 {
-	if (!cfg || v->policy_gen == gen || (cfg->flags & WEIR_CFG_REJUDGE_OFF))
+	if (!cfg || (cfg->flags & WEIR_CFG_REJUDGE_OFF))
+		return 1;
+	if (v->policy_gen == gen && !(v->flags & WEIR_CT_REVOKED))
 		return 1;
 	struct verdict_ctx vc = {};
-	__u8 reason = ct_rejudge(k, v, gen, &vc);
-	if (!reason)
+	if (!ct_rejudge(k, v, gen, &vc))
 		return 1;
-	bpf_map_delete_elem(&weir_ct, k);
+	if (!(v->flags & WEIR_CT_REVOKED))
+		v->flags |= WEIR_CT_REVOKED;
 	weir_drop(skb, p, &vc, WEIR_R_DROP_POLICY_REVOKED);
 	return 0;
 }

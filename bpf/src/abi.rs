@@ -225,6 +225,9 @@ pub const CT_RST: u32 = 1 << 3;
 pub const CT_SERVICE: u32 = 1 << 4;
 /// The flow was opened from the key's `daddr` end (keys store the lower end first).
 pub const CT_ORIG_SWAPPED: u32 = 1 << 5;
+/// Judged again after a policy change and refused: it carries nothing, and
+/// every hit judges it again (see `weir_abi.h`).
+pub const CT_REVOKED: u32 = 1 << 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
