@@ -92,6 +92,23 @@ static __always_inline __u8 ct_rejudge(const struct weir_ct_key *k, struct weir_
 }
 
 /*
+ * The slow path of ct_still_allowed, out of line (a BPF-to-BPF call): the
+ * established fast path stays as short as it was, and the judgement's
+ * lookups are emitted once, not at every conntrack hit of every hook.
+ */
+static __noinline int ct_revalidate(struct __sk_buff *skb, const struct pkt *p,
+				    const struct weir_ct_key *k, struct weir_ct_value *v, __u32 gen)
+{
+	struct verdict_ctx vc = {};
+	if (!ct_rejudge(k, v, gen, &vc))
+		return 1;
+	if (!(v->flags & WEIR_CT_REVOKED))
+		v->flags |= WEIR_CT_REVOKED;
+	weir_drop(skb, p, &vc, WEIR_R_DROP_POLICY_REVOKED);
+	return 0;
+}
+
+/*
  * A conntrack hit on v, whose key is k: whether it may carry the packet.
  * When it may not, the packet has been dropped (counted, evented) and the
  * entry marked revoked; the caller returns TC_ACT_SHOT.
@@ -100,17 +117,11 @@ static __always_inline int ct_still_allowed(struct __sk_buff *skb, const struct 
 					    const struct weir_ct_key *k, struct weir_ct_value *v,
 					    const struct weir_config *cfg, __u32 gen)
 {
+	if (__builtin_expect(v->policy_gen == gen && !(v->flags & WEIR_CT_REVOKED), 1))
+		return 1;
 	if (!cfg || (cfg->flags & WEIR_CFG_REJUDGE_OFF))
 		return 1;
-	if (v->policy_gen == gen && !(v->flags & WEIR_CT_REVOKED))
-		return 1;
-	struct verdict_ctx vc = {};
-	if (!ct_rejudge(k, v, gen, &vc))
-		return 1;
-	if (!(v->flags & WEIR_CT_REVOKED))
-		v->flags |= WEIR_CT_REVOKED;
-	weir_drop(skb, p, &vc, WEIR_R_DROP_POLICY_REVOKED);
-	return 0;
+	return ct_revalidate(skb, p, k, v, gen);
 }
 
 #endif

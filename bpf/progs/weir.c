@@ -81,14 +81,14 @@ int from_pod(struct __sk_buff *skb)
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
 			if (!ct->ingress_ep)
-				ct_touch(ct, &p, 0, now);
+				ct_touch(ct, &p, 0, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 		if (ct && reply && ct->ingress_ep == ep) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
 			if (!ct->egress_ep)
-				ct_touch(ct, &p, 1, now);
+				ct_touch(ct, &p, 1, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
 		}
 	}
@@ -156,13 +156,13 @@ int to_pod(struct __sk_buff *skb)
 		if (ct && reply && ct->egress_ep == ep) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			ct_touch(ct, &p, 1, now);
+			ct_touch(ct, &p, 1, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
 		}
 		if (ct && !reply && ct->ingress_ep == ep) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			ct_touch(ct, &p, 0, now);
+			ct_touch(ct, &p, 0, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 	}
@@ -247,7 +247,7 @@ int leave_node(struct __sk_buff *skb)
 		if (ct && !reply && ct->egress_ep == sep && !(ct->flags & WEIR_CT_SERVICE)) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			ct_touch(ct, &p, 0, now);
+			ct_touch(ct, &p, 0, cfg, now);
 			return TC_ACT_UNSPEC;
 		}
 		if (ct && reply && ct->ingress_ep == sep)
