@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # cost-ab.sh - the programs' in-kernel cost per packet (fill --cost:
 # BPF_PROG_TEST_RUN, 200,000 repeats per path) of two builds of the `fill`
-# example, A and B, in the same run: rounds alternate A and B on a fresh
-# topology and a fresh bpffs root each time, so load drift hits both alike.
-# Prints, per path, the median ns of A and of B and B/A (below 1: B faster).
+# example, A and B, in the same run: each round runs both on a fresh
+# topology and a fresh bpffs root each time, A first in odd rounds and B
+# first in even ones (whichever runs first in a round tends to measure a few
+# percent slower), so load drift and order hit both alike. Prints, per
+# path, the median and the minimum ns of A and of B over the rounds, and
+# B/A of each (below 1: B faster). On a loaded machine trust the minimum:
+# interference only ever adds time.
 #
 #   sudo ROUNDS=7 ENTRIES=100000 bash test/bench/cost-ab.sh FILL_A FILL_B
 #
@@ -49,7 +53,9 @@ topo_up() {
 need_tools ip
 for f in "$FILL_A" "$FILL_B"; do [ -x "$f" ] || { log "not executable: $f"; exit 1; }; done
 for round in $(seq "$ROUNDS"); do
-	for side in A B; do
+	order="A B"
+	[ $((round % 2)) -eq 0 ] && order="B A"
+	for side in $order; do
 		fill=FILL_$side
 		topo_up
 		log "round $round/$ROUNDS: $side"
@@ -64,8 +70,9 @@ rows = {}
 for line in open(sys.argv[1]):
     side, path, ns = line.split()
     rows.setdefault(path, {}).setdefault(side, []).append(int(ns))
-print("%-28s %8s %8s %6s" % ("path (median ns)", "A", "B", "B/A"))
+print("%-28s %8s %8s %6s   %8s %8s %6s" % ("path (ns)", "med A", "med B", "B/A", "min A", "min B", "B/A"))
 for path, v in rows.items():
     a, b = statistics.median(v["A"]), statistics.median(v["B"])
-    print("%-28s %8.0f %8.0f %6.3f" % (path, a, b, b / a))
+    la, lb = min(v["A"]), min(v["B"])
+    print("%-28s %8.0f %8.0f %6.3f   %8d %8d %6.3f" % (path, a, b, b / a, la, lb, lb / la))
 PY
