@@ -1154,3 +1154,39 @@ fn root_rejudge_flows_to_remote_peers() {
     assert!(!leave(&pkt::tcp(ip(A4), 3001, ip(R4), 80, ACK)), "after DNAT, leaving the node");
     assert_eq!(e.revoked(e.a, DIR_EGRESS), 4);
 }
+
+/// Every input of a verdict, changed under an established flow, is seen on
+/// its next packet: the peer's identity (ipcache), the endpoint's isolation
+/// flag, an ipBlock class.
+#[test]
+fn root_rejudge_sees_identity_isolation_and_ipblock_changes() {
+    let Some(e) = Env::new("rjall") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    let class = ID_FIRST_CIDR + 1;
+    e.dp.set_cidr(e.b, Direction::Ingress, "192.0.2.0/24".parse().unwrap(), class).unwrap();
+    e.allow(e.b, class, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    // R: allowed by identity; 192.0.2.7: by its ipBlock class; B -> A:
+    // A is not isolated yet (B's egress is not isolated either)
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, SYN)));
+    assert!(e.to(e.b, &pkt::udp(ip("192.0.2.7"), 2000, ip(B4), 53)));
+    e.ep(e.a, ID_A, EP_READY);
+    assert!(e.to(e.a, &pkt::tcp(ip(B4), 3000, ip(A4), 22, SYN)), "A unisolated");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 22, ip(B4), 3000, SYN | ACK)));
+
+    // R's /24 now belongs to another identity
+    let other = IpcacheValue { identity: ID_R + 1, endpoint: 0, flags: 0, pad: 0 };
+    e.dp.set_ipcache("10.1.0.0/24".parse().unwrap(), &other).unwrap();
+    // the ipBlock shrinks away from 192.0.2.7
+    e.dp.remove_cidr(e.b, Direction::Ingress, "192.0.2.0/24".parse().unwrap()).unwrap();
+    e.dp.set_cidr(e.b, Direction::Ingress, "192.0.2.128/25".parse().unwrap(), class).unwrap();
+    // A becomes isolated for ingress, with nothing allowed
+    e.ep(e.a, ID_A, EP_READY | EP_INGRESS_ISOLATED);
+    e.dp.bump_policy_gen().unwrap();
+
+    assert!(!e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, ACK)), "a peer that changed identity");
+    assert!(!e.to(e.b, &pkt::udp(ip("192.0.2.7"), 2000, ip(B4), 53)), "a peer out of the ipBlock");
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), 2);
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 22, ip(B4), 3000, ACK)), "an endpoint isolated since");
+    assert_eq!(e.revoked(e.a, DIR_INGRESS), 1);
+}
