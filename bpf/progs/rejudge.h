@@ -14,9 +14,10 @@
  * is judged again and dropped the same way (weir_abi.h says why the entry
  * is kept).
  *
- * The fast path pays one comparison: the config array's lookup is inlined
- * by the verifier into a pointer. With WEIR_CFG_REJUDGE_OFF the stamp is
- * never compared and entries keep their verdict until they expire.
+ * The fast path pays one comparison of the stamp with the generation (the
+ * config array's lookup is inlined by the verifier into a pointer); the
+ * judgement is out of line. With WEIR_CFG_REJUDGE_OFF a stale entry passes
+ * as it always did: entries keep their verdict until they expire.
  */
 #ifndef WEIR_REJUDGE_H
 #define WEIR_REJUDGE_H
