@@ -243,6 +243,13 @@ impl Conn {
         })
     }
 
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Conn::Tcp(c) => c.local_addr(),
+            Conn::Udp(s) => s.local_addr(),
+        }
+    }
+
     fn exchange(&mut self, msg: [u8; 8]) -> std::io::Result<[u8; 8]> {
         let mut back = [0u8; 8];
         match self {
@@ -264,6 +271,8 @@ impl Conn {
 /// on its own thread: setns(2) moves only the calling thread, and the
 /// socket keeps the namespace it was created in.
 pub struct Flow {
+    /// The pod's end of the flow.
+    pub local: SocketAddr,
     log: Arc<FlowLog>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -278,20 +287,22 @@ impl Flow {
     pub fn start_on(transport: Transport, netns: &str, dst: SocketAddr) -> Result<Flow> {
         let log = Arc::new(FlowLog::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
         let netns_path = netns::path(netns);
         let (l, s) = (log.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("long-lived flow".into())
             .spawn(move || {
-                let conn = (|| -> Result<Conn> {
+                let conn = (|| -> Result<(Conn, SocketAddr)> {
                     // Only this thread moves.
                     netns::enter(&netns_path).with_context(|| format!("entering netns {netns_path}"))?;
-                    Conn::open(transport, dst)
+                    let c = Conn::open(transport, dst)?;
+                    let local = c.local_addr()?;
+                    Ok((c, local))
                 })();
                 let mut c = match conn {
-                    Ok(c) => {
-                        let _ = tx.send(Ok(()));
+                    Ok((c, local)) => {
+                        let _ = tx.send(Ok(local));
                         c
                     }
                     Err(e) => {
@@ -318,9 +329,13 @@ impl Flow {
                 }
             })
             .context("spawning the flow thread")?;
-        let mut flow = Flow { log, stop, thread: Some(thread) };
+        // `local` is known once the thread has connected
+        let mut flow = Flow { local: dst, log, stop, thread: Some(thread) };
         match rx.recv() {
-            Ok(Ok(())) => Ok(flow),
+            Ok(Ok(local)) => {
+                flow.local = local;
+                Ok(flow)
+            }
             Ok(Err(e)) => {
                 flow.finish();
                 Err(e)

@@ -30,8 +30,11 @@ use weir_e2e::lab::Lab;
 use weir_e2e::longflow::*;
 use weir_testsupport::is_root;
 
-/// Conntrack's UDP timeout here: far beyond the test's length.
-const UDP_TIMEOUT_S: u32 = 3600;
+/// Conntrack's UDP and unanswered-flow timeouts here (TCP's is 6 h by
+/// default): far beyond the test's length. (A Service flow's backend entry
+/// never sees its replies, which come back from the VIP: it lives on the
+/// unanswered timeout, refreshed by the client's packets.)
+const LONG_TIMEOUT_S: u32 = 3600;
 
 /// `name`: pod `to` accepts UDP 5353 from pod `from` (both in x).
 fn allow_udp(name: &str, from: &str, to: &str) -> serde_yaml_ng::Value {
@@ -90,7 +93,7 @@ impl Setup {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/weir-lab-{name}"));
         let dp = Dataplane::open(&bpffs).with_context(|| format!("opening the maps under {}", bpffs.display()))?;
         let cfg = dp.config()?;
-        dp.set_config(&abi::Config { ct_udp_timeout_s: UDP_TIMEOUT_S, ..cfg })?;
+        dp.set_config(&abi::Config { ct_udp_timeout_s: LONG_TIMEOUT_S, ct_syn_timeout_s: LONG_TIMEOUT_S, ..cfg })?;
 
         lab.apply(&deny_all_ingress())?;
         lab.apply(&allow("b-from-a", "a", "b"))?;
@@ -177,18 +180,24 @@ fn cuts_revoked_flows() -> Result<()> {
     if s.revoked_drops()? <= drops_before {
         bail!("the flows stopped, but no packet was counted as drop_policy_revoked");
     }
-    // Cut by re-judging, not by expiry: b's entries are marked revoked and
-    // would otherwise live on for most of their timeout.
-    let b_entries: Vec<_> = s.dp.ct_entries()?.into_iter().filter(|c| c.dst() == s.b).collect();
-    for proto in [6u8, 17] {
-        let Some(entry) = b_entries.iter().find(|c| c.key.protocol == proto) else {
-            bail!("no conntrack entry a -> b for protocol {proto}: {b_entries:?}");
+    // Cut by re-judging, not by expiry: each flow's entry at b (after DNAT
+    // for the ClusterIP one) is marked revoked and would otherwise live on
+    // for most of its timeout.
+    let entries = s.dp.ct_entries()?;
+    for ((what, f), proto) in revoked.iter().zip([6u8, 6, 17]) {
+        let Some(entry) = entries.iter().find(|c| {
+            c.src() == f.local.ip()
+                && u16::from_be(c.key.sport) == f.local.port()
+                && c.dst() == s.b
+                && c.key.protocol == proto
+        }) else {
+            bail!("flow {what}: no conntrack entry from {} to {}", f.local, s.b);
         };
         if entry.value.flags & abi::CT_REVOKED == 0 {
-            bail!("a -> b protocol {proto}: its entry is not marked revoked: {entry:?}");
+            bail!("flow {what}: its entry is not marked revoked: {entry:?}");
         }
         if entry.expires_in_ns < 600 * 1_000_000_000 {
-            bail!("a -> b protocol {proto}: its entry was about to expire anyway: {entry:?}");
+            bail!("flow {what}: its entry was about to expire anyway: {entry:?}");
         }
     }
     for (what, f) in &kept {
