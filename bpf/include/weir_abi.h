@@ -28,8 +28,10 @@
 /* Bumped on any incompatible layout change; user space refuses to reuse
  * pins written under another version (see the `abi` pinned array).
  * 4: weir_endpoint carries the pod's MAC and addresses.
- * 5: policy values carry Admin and Baseline tier verdicts. */
-#define WEIR_ABI_VERSION 5
+ * 5: weir_ct_value carries the policy generation it was judged under;
+ *    weir_config carries the current one.
+ * 6: policy values carry Admin and Baseline tier verdicts. */
+#define WEIR_ABI_VERSION 6
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -218,6 +220,7 @@ struct weir_ct_key {
 #define WEIR_CT_RST (1u << 3)
 #define WEIR_CT_SERVICE (1u << 4) /* egress to a VIP, judged after DNAT */
 #define WEIR_CT_ORIG_SWAPPED (1u << 5) /* opened from the key's daddr end */
+#define WEIR_CT_REVOKED (1u << 6) /* re-judged and refused: carries nothing (see below) */
 
 /*
  * Who may use an entry: a packet sent by endpoint X matches an entry in the
@@ -231,12 +234,25 @@ struct weir_ct_key {
  * packet.
  */
 
+/*
+ * policy_gen: weir_config.policy_gen when the flow was last judged. A hit
+ * whose stamp differs is judged again (both of its sides, with the tuple
+ * as opened) unless WEIR_CFG_REJUDGE_OFF: still allowed, the stamp is
+ * refreshed; refused, the packet is dropped (WEIR_R_DROP_POLICY_REVOKED)
+ * and the entry marked WEIR_CT_REVOKED, which every later hit judges
+ * again (a policy allowing the flow again revives it). The entry is kept
+ * rather than deleted: without it the backend's replies of a Service flow
+ * would miss at the backend's from_pod, be deferred, and reach the client
+ * on its SERVICE entry. Equality only, so the counter may wrap.
+ */
 struct weir_ct_value {
 	__u64 expires_ns;     /* CLOCK_MONOTONIC deadline (coarse clock) */
 	__u32 egress_ep;      /* source endpoint whose egress allowed it, or 0 */
 	__u32 ingress_ep;     /* destination endpoint whose ingress allowed it, or 0 */
 	__u32 rule;           /* rule that allowed it (ingress rule when both) */
 	__u32 flags;          /* WEIR_CT_* */
+	__u32 policy_gen;     /* weir_config.policy_gen it was judged under */
+	__u32 pad;
 };
 
 /* ---- verdicts, events and counters ------------------------------------ */
@@ -265,7 +281,8 @@ enum weir_reason {
 	WEIR_R_DROP_NEIGH_SPOOFED = 73, /* ARP or ND claiming an address that is not the pod's */
 	WEIR_R_DROP_ROUTER_MSG = 74,    /* router advertisement or redirect sent by a pod */
 	WEIR_R_DROP_NOT_FOR_POD = 75,   /* to_pod: addressed to neither the pod nor a group it takes */
-	WEIR_R_DROP_CLUSTER_POLICY = 76, /* an Admin or Baseline Deny rule (rule names it) */
+	WEIR_R_DROP_POLICY_REVOKED = 76, /* established flow the current policy no longer allows */
+	WEIR_R_DROP_CLUSTER_POLICY = 77, /* an Admin or Baseline Deny rule (rule names it) */
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)
@@ -299,12 +316,23 @@ struct weir_counter_value {
 
 /* ---- runtime configuration: array of one --------------------------------- */
 #define WEIR_CFG_EVENTS_ALLOW (1u << 0) /* also emit events for allowed new flows */
+/* Established flows keep their verdict until their entry expires, whatever
+ * the policy becomes (off: all-zero config re-judges). */
+#define WEIR_CFG_REJUDGE_OFF (1u << 1)
 
+/*
+ * policy_gen is not configuration: weir-policyd bumps it after every sync
+ * that changed a map a verdict reads (policy, ipBlock classes, endpoints'
+ * identity and isolation, ipcache), once that sync's removals are done, so
+ * a flow judged while old allows still existed carries the old value.
+ */
 struct weir_config {
 	__u32 flags;            /* WEIR_CFG_* */
 	__u32 ct_tcp_timeout_s; /* established TCP idle timeout */
 	__u32 ct_udp_timeout_s; /* UDP / SCTP / ICMP / other idle timeout */
 	__u32 ct_syn_timeout_s; /* unanswered new flow and closing TCP timeout */
+	__u32 policy_gen;       /* the policy generation now programmed */
+	__u32 pad;
 };
 /* A zero timeout means the default below (what an all-zero entry gives). */
 #define WEIR_CT_TCP_TIMEOUT_DEFAULT_S 21600

@@ -95,9 +95,8 @@ static __always_inline int ct_is_reply(const struct weir_ct_value *v, int swappe
 	return swapped != !!(v->flags & WEIR_CT_ORIG_SWAPPED);
 }
 
-static __always_inline __u64 ct_timeout_ns(__u8 proto, __u32 flags)
+static __always_inline __u64 ct_timeout_ns(const struct weir_config *cfg, __u8 proto, __u32 flags)
 {
-	const struct weir_config *cfg = weir_cfg();
 	__u32 s;
 
 	if (proto == IPPROTO_TCP && (flags & WEIR_CT_SEEN_REPLY) && !(flags & WEIR_CT_RST) &&
@@ -148,9 +147,10 @@ static __always_inline __u64 ct_now(void)
 	return bpf_ktime_get_coarse_ns();
 }
 
-/* A packet of the flow passed: advance the TCP state and the expiry. */
+/* A packet of the flow passed: advance the TCP state and the expiry.
+ * cfg: weir_cfg(), which the caller has at hand. */
 static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *p, int reply,
-				     __u64 now)
+				     const struct weir_config *cfg, __u64 now)
 {
 	__u32 flags = v->flags;
 	__u32 nflags = flags;
@@ -167,7 +167,7 @@ static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *
 		if (p->tcp_flags & TCP_FIN)
 			nflags |= reply ? WEIR_CT_FIN_REV : WEIR_CT_FIN_FWD;
 	}
-	__u64 exp = now + ct_timeout_ns(p->proto, nflags);
+	__u64 exp = now + ct_timeout_ns(cfg, p->proto, nflags);
 	if (nflags != flags) {
 		v->flags = nflags;
 		v->expires_ns = exp;
@@ -176,8 +176,9 @@ static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *
 	}
 }
 
+/* gen: the policy generation read before the flow was judged (policy_gen_at_start). */
 static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32 ingress_ep,
-				     __u32 rule, __u32 flags, __u64 now)
+				     __u32 rule, __u32 flags, __u32 gen, __u64 now)
 {
 	struct weir_ct_key k;
 	struct weir_ct_value v = {
@@ -185,10 +186,11 @@ static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32
 		.ingress_ep = ingress_ep,
 		.rule = rule,
 		.flags = flags,
+		.policy_gen = gen,
 	};
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))
 		v.flags |= WEIR_CT_RST;
-	v.expires_ns = now + ct_timeout_ns(p->proto, v.flags);
+	v.expires_ns = now + ct_timeout_ns(weir_cfg(), p->proto, v.flags);
 	if (ct_key_of(p, &k))
 		v.flags |= WEIR_CT_ORIG_SWAPPED;
 	return bpf_map_update_elem(&weir_ct, &k, &v, BPF_ANY);
@@ -212,7 +214,7 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct pkt *p
 		return 0;
 	int swapped = ct_key_of(&q, &k);
 	v = ct_lookup(&k, now);
-	if (!v)
+	if (!v || (v->flags & WEIR_CT_REVOKED))
 		return 0;
 	/* the quoted packet went the flow's way: its sender allowed it at egress */
 	if (!ct_is_reply(v, swapped))

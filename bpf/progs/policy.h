@@ -21,19 +21,10 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline const struct weir_policy_value *
-policy_lookup(__u32 ep, __u32 identity, __u8 dir, __u8 proto, __be16 port)
+static __always_inline const struct weir_policy_value *policy_lookup(const struct weir_policy_key *k)
 {
-	struct weir_policy_key k = {
-		.prefixlen = 96,
-		.endpoint = ep,
-		.identity = identity,
-		.direction = dir,
-		.protocol = proto,
-		.port = port,
-	};
-	const struct weir_policy_value *v = bpf_map_lookup_elem(&weir_policy_exact, &k);
-	return v ? v : bpf_map_lookup_elem(&weir_policy, &k);
+	const struct weir_policy_value *v = bpf_map_lookup_elem(&weir_policy_exact, k);
+	return v ? v : bpf_map_lookup_elem(&weir_policy, k);
 }
 
 /* The three lookups' answers folded into one: per tier the best rank, and
@@ -107,23 +98,45 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 
 	tiered = e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_TIERED : WEIR_EP_EGRESS_TIERED);
 	isolated = e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_ISOLATED : WEIR_EP_EGRESS_ISOLATED);
-	fold(&acc, policy_lookup(ep, peer_identity, dir, proto, port));
+	/* One key for every lookup, the cidr one included: judge() is inlined
+	 * twice where established flows are judged again, on top of the hook's
+	 * own frame, and the stack holds 512 bytes in all. */
+	union {
+		struct weir_policy_key policy;
+		struct weir_cidr_key cidr;
+	} key = { .policy = {
+		.prefixlen = 96,
+		.endpoint = ep,
+		.identity = peer_identity,
+		.direction = dir,
+		.protocol = proto,
+		.port = port,
+	} };
+	fold(&acc, policy_lookup(&key.policy));
 	/* NetworkPolicy alone: any allow decides, no need to look further. */
 	if (!tiered && acc.np_rule)
 		goto np_allow;
-	fold(&acc, policy_lookup(ep, WEIR_ID_ANY, dir, proto, port));
+	key.policy.identity = WEIR_ID_ANY;
+	fold(&acc, policy_lookup(&key.policy));
 	if (!tiered && acc.np_rule)
 		goto np_allow;
-	{
-		struct weir_cidr_key ck = {
-			.prefixlen = 192,
+	key.cidr = (struct weir_cidr_key){
+		.prefixlen = 192,
+		.endpoint = ep,
+		.direction = dir,
+	};
+	__builtin_memcpy(key.cidr.addr, peer_addr, 16);
+	const struct weir_cidr_value *c = bpf_map_lookup_elem(&weir_cidr, &key.cidr);
+	if (c) {
+		key.policy = (struct weir_policy_key){
+			.prefixlen = 96,
 			.endpoint = ep,
+			.identity = c->identity,
 			.direction = dir,
+			.protocol = proto,
+			.port = port,
 		};
-		__builtin_memcpy(ck.addr, peer_addr, 16);
-		const struct weir_cidr_value *c = bpf_map_lookup_elem(&weir_cidr, &ck);
-		if (c)
-			fold(&acc, policy_lookup(ep, c->identity, dir, proto, port));
+		fold(&acc, policy_lookup(&key.policy));
 	}
 
 	/* Admin tier: Accept and Deny decide; Pass (or nothing) goes on. */

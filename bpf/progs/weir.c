@@ -14,6 +14,8 @@
  * from_pod decides alone only for destinations outside the node.
  * Before any of that, both hooks screen the frame against the pod's own
  * MAC and addresses (addrs.h): what it may claim, what it may be handed.
+ * Every conntrack hit is checked against the policy generation first
+ * (rejudge.h): a flow the current policy no longer allows stops there.
  * See docs/architecture-dataplane.md.
  */
 #include <linux/bpf.h>
@@ -27,6 +29,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "addrs.h"
+#include "rejudge.h"
 
 /* The port policy sees: ICMP has none (its identifier is only for conntrack). */
 static __always_inline __be16 policy_port(const struct pkt *p)
@@ -65,6 +68,8 @@ int from_pod(struct __sk_buff *skb)
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
 	struct weir_ct_value *ct = 0;
+	const struct weir_config *cfg = weir_cfg();
+	__u32 gen = policy_gen_at_start(cfg);
 
 	/* A flow already judged for this endpoint passes on one hash lookup,
 	 * so established traffic never walks the LPM tries whatever their
@@ -73,13 +78,17 @@ int from_pod(struct __sk_buff *skb)
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
 		if (ct && !reply && ct->egress_ep == ep) {
+			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
+				return TC_ACT_SHOT;
 			if (!ct->ingress_ep)
-				ct_touch(ct, &p, 0, now);
+				ct_touch(ct, &p, 0, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 		if (ct && reply && ct->ingress_ep == ep) {
+			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
+				return TC_ACT_SHOT;
 			if (!ct->egress_ep)
-				ct_touch(ct, &p, 1, now);
+				ct_touch(ct, &p, 1, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
 		}
 	}
@@ -100,7 +109,7 @@ int from_pod(struct __sk_buff *skb)
 		 * of another endpoint is left alone: a spoofer gets no reply path,
 		 * the owner keeps its own. */
 		if (tracked && !dst->endpoint && !ct &&
-		    ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, now))
+		    ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, gen, now))
 			return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_DEFERRED, 0);
 	}
@@ -114,7 +123,7 @@ int from_pod(struct __sk_buff *skb)
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))
 		return weir_drop(skb, &p, &vc, reason);
-	if (tracked && ct_create(&p, ep, 0, rule, 0, now))
+	if (tracked && ct_create(&p, ep, 0, rule, 0, gen, now))
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 	return weir_allow(skb, &p, &vc, reason, 1);
 }
@@ -140,14 +149,20 @@ int to_pod(struct __sk_buff *skb)
 
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
+	const struct weir_config *cfg = weir_cfg();
+	__u32 gen = policy_gen_at_start(cfg);
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
 		if (ct && reply && ct->egress_ep == ep) {
-			ct_touch(ct, &p, 1, now);
+			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
+				return TC_ACT_SHOT;
+			ct_touch(ct, &p, 1, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
 		}
 		if (ct && !reply && ct->ingress_ep == ep) {
-			ct_touch(ct, &p, 0, now);
+			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
+				return TC_ACT_SHOT;
+			ct_touch(ct, &p, 0, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 	}
@@ -185,7 +200,7 @@ int to_pod(struct __sk_buff *skb)
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))
 		return weir_drop(skb, &p, &vc, reason);
-	if (tracked && ct_create(&p, egress_ep, ep, rule, 0, now))
+	if (tracked && ct_create(&p, egress_ep, ep, rule, 0, gen, now))
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 	return weir_allow(skb, &p, &vc, reason, 1);
 }
@@ -222,17 +237,21 @@ int leave_node(struct __sk_buff *skb)
 
 	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
+	const struct weir_config *cfg = weir_cfg();
+	__u32 gen = policy_gen_at_start(cfg);
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
 		/* A SERVICE entry was never judged: from_pod recorded S->VIP only
 		 * for the un-DNATed reply. A packet that leaves still addressed to
 		 * the VIP is judged here like any other. */
 		if (ct && !reply && ct->egress_ep == sep && !(ct->flags & WEIR_CT_SERVICE)) {
-			ct_touch(ct, &p, 0, now);
+			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
+				return TC_ACT_SHOT;
+			ct_touch(ct, &p, 0, cfg, now);
 			return TC_ACT_UNSPEC;
 		}
 		if (ct && reply && ct->ingress_ep == sep)
-			return TC_ACT_UNSPEC;
+			return ct_still_allowed(skb, &p, &k, ct, cfg, gen) ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	}
 
 	const struct weir_ipcache_value *dst = ipcache_lookup(p.daddr);
@@ -244,7 +263,7 @@ int leave_node(struct __sk_buff *skb)
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))
 		return weir_drop(skb, &p, &vc, reason);
-	if (tracked && ct_create(&p, sep, 0, rule, 0, now))
+	if (tracked && ct_create(&p, sep, 0, rule, 0, gen, now))
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
 	return weir_allow(skb, &p, &vc, reason, 1);
 }

@@ -14,7 +14,9 @@ use std::net::IpAddr;
 
 /// Bumped on any incompatible layout change (`WEIR_ABI_VERSION`).
 /// 4: the endpoint carries the pod's MAC and addresses.
-pub const ABI_VERSION: u32 = 5;
+/// 5: conntrack entries carry the policy generation they were judged under.
+/// 6: policy values carry the Admin and Baseline tiers' verdicts.
+pub const ABI_VERSION: u32 = 6;
 
 // ---- identities -----------------------------------------------------------
 pub const ID_ANY: u32 = 0;
@@ -261,6 +263,9 @@ pub const CT_RST: u32 = 1 << 3;
 pub const CT_SERVICE: u32 = 1 << 4;
 /// The flow was opened from the key's `daddr` end (keys store the lower end first).
 pub const CT_ORIG_SWAPPED: u32 = 1 << 5;
+/// Judged again after a policy change and refused: it carries nothing, and
+/// every hit judges it again (see `weir_abi.h`).
+pub const CT_REVOKED: u32 = 1 << 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -272,6 +277,9 @@ pub struct CtValue {
     pub rule: u32,
     /// `CT_*`
     pub flags: u32,
+    /// `Config::policy_gen` when the flow was last judged.
+    pub policy_gen: u32,
+    pub pad: u32,
 }
 
 // ---- verdicts, events, counters ------------------------------------------------
@@ -298,7 +306,8 @@ pub const R_DROP_SPOOFED_MAC: u8 = 72;
 pub const R_DROP_NEIGH_SPOOFED: u8 = 73;
 pub const R_DROP_ROUTER_MSG: u8 = 74;
 pub const R_DROP_NOT_FOR_POD: u8 = 75;
-pub const R_DROP_CLUSTER_POLICY: u8 = 76;
+pub const R_DROP_POLICY_REVOKED: u8 = 76;
+pub const R_DROP_CLUSTER_POLICY: u8 = 77;
 pub const REASON_MAX: u8 = 128;
 
 /// Every reason code with its metric label.
@@ -326,6 +335,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_DROP_NEIGH_SPOOFED, "drop_neigh_spoofed"),
     (R_DROP_ROUTER_MSG, "drop_router_msg"),
     (R_DROP_NOT_FOR_POD, "drop_not_for_pod"),
+    (R_DROP_POLICY_REVOKED, "drop_policy_revoked"),
     (R_DROP_CLUSTER_POLICY, "drop_cluster_policy"),
 ];
 
@@ -373,6 +383,8 @@ pub struct CounterValue {
 
 // ---- config -------------------------------------------------------------------
 pub const CFG_EVENTS_ALLOW: u32 = 1 << 0;
+/// Established flows keep their verdict until they expire (all-zero: re-judged).
+pub const CFG_REJUDGE_OFF: u32 = 1 << 1;
 pub const CT_TCP_TIMEOUT_DEFAULT_S: u32 = 21600;
 pub const CT_UDP_TIMEOUT_DEFAULT_S: u32 = 60;
 pub const CT_SYN_TIMEOUT_DEFAULT_S: u32 = 60;
@@ -385,6 +397,9 @@ pub struct Config {
     pub ct_tcp_timeout_s: u32,
     pub ct_udp_timeout_s: u32,
     pub ct_syn_timeout_s: u32,
+    /// The policy generation now programmed (weir-policyd's, not configuration).
+    pub policy_gen: u32,
+    pub pad: u32,
 }
 
 // ---- capacities ----------------------------------------------------------------

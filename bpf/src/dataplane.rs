@@ -1005,9 +1005,26 @@ impl Dataplane {
         self.config.lock().unwrap().get(&0, 0).map_err(map_err(&p, "read"))
     }
 
+    /// Write the configuration fields of `cfg`. `policy_gen` is not
+    /// configuration: the one in the map is kept ([`Dataplane::bump_policy_gen`]).
     pub fn set_config(&self, cfg: &Config) -> Result<(), Error> {
         let p = self.root.join(MAP_CONFIG);
-        self.config.lock().unwrap().set(0, cfg, 0).map_err(map_err(&p, "write"))
+        let mut map = self.config.lock().unwrap();
+        let policy_gen = map.get(&0, 0).map_err(map_err(&p, "read"))?.policy_gen;
+        map.set(0, Config { policy_gen, ..*cfg }, 0).map_err(map_err(&p, "write"))
+    }
+
+    /// Start a new policy generation: every conntrack entry judged under an
+    /// older one is judged again on its next packet (unless
+    /// `CFG_REJUDGE_OFF`). Call it once a change's removals are written,
+    /// never before (see weir_abi.h). Returns the new generation.
+    pub fn bump_policy_gen(&self) -> Result<u32, Error> {
+        let p = self.root.join(MAP_CONFIG);
+        let mut map = self.config.lock().unwrap();
+        let mut cfg = map.get(&0, 0).map_err(map_err(&p, "read"))?;
+        cfg.policy_gen = cfg.policy_gen.wrapping_add(1);
+        map.set(0, cfg, 0).map_err(map_err(&p, "write"))?;
+        Ok(cfg.policy_gen)
     }
 
     // ---- running the programs on a packet ----------------------------------------------

@@ -52,13 +52,13 @@ fn generate() -> String {
     check_struct!(c, CidrKey => "weir_cidr_key", lpm = true, { endpoint, direction, pad, addr });
     check_struct!(c, CidrValue => "weir_cidr_value", lpm = false, { identity });
     check_struct!(c, CtKey => "weir_ct_key", lpm = false, { saddr, daddr, sport, dport, protocol, pad });
-    check_struct!(c, CtValue => "weir_ct_value", lpm = false, { expires_ns, egress_ep, ingress_ep, rule, flags });
+    check_struct!(c, CtValue => "weir_ct_value", lpm = false, { expires_ns, egress_ep, ingress_ep, rule, flags, policy_gen, pad });
     check_struct!(c, Event => "weir_event", lpm = false, {
         ts_ns, endpoint, peer_identity, rule, saddr, daddr, sport, dport, protocol, direction, reason, pad
     });
     check_struct!(c, CounterKey => "weir_counter_key", lpm = false, { endpoint, direction, reason, pad });
     check_struct!(c, CounterValue => "weir_counter_value", lpm = false, { packets, bytes });
-    check_struct!(c, Config => "weir_config", lpm = false, { flags, ct_tcp_timeout_s, ct_udp_timeout_s, ct_syn_timeout_s });
+    check_struct!(c, Config => "weir_config", lpm = false, { flags, ct_tcp_timeout_s, ct_udp_timeout_s, ct_syn_timeout_s, policy_gen, pad });
     // C prefixlen fields start every LPM key
     for s in ["weir_ipcache_key", "weir_policy_key", "weir_cidr_key"] {
         writeln!(c, "_Static_assert(offsetof(struct {s}, prefixlen) == 0, \"{s}.prefixlen\");").unwrap();
@@ -79,6 +79,7 @@ fn generate() -> String {
         CIDR_FIXED_BITS => "WEIR_CIDR_FIXED_BITS",
         CT_SEEN_REPLY => "WEIR_CT_SEEN_REPLY", CT_FIN_FWD => "WEIR_CT_FIN_FWD", CT_FIN_REV => "WEIR_CT_FIN_REV",
         CT_RST => "WEIR_CT_RST", CT_SERVICE => "WEIR_CT_SERVICE", CT_ORIG_SWAPPED => "WEIR_CT_ORIG_SWAPPED",
+        CT_REVOKED => "WEIR_CT_REVOKED",
         R_ALLOW_UNISOLATED => "WEIR_R_ALLOW_UNISOLATED", R_ALLOW_POLICY => "WEIR_R_ALLOW_POLICY",
         R_ALLOW_ESTABLISHED => "WEIR_R_ALLOW_ESTABLISHED", R_ALLOW_REPLY => "WEIR_R_ALLOW_REPLY",
         R_ALLOW_HOST => "WEIR_R_ALLOW_HOST", R_ALLOW_DEFERRED => "WEIR_R_ALLOW_DEFERRED",
@@ -90,8 +91,9 @@ fn generate() -> String {
         R_DROP_VLAN => "WEIR_R_DROP_VLAN", R_DROP_SPOOFED => "WEIR_R_DROP_SPOOFED",
         R_DROP_SPOOFED_MAC => "WEIR_R_DROP_SPOOFED_MAC", R_DROP_NEIGH_SPOOFED => "WEIR_R_DROP_NEIGH_SPOOFED",
         R_DROP_ROUTER_MSG => "WEIR_R_DROP_ROUTER_MSG", R_DROP_NOT_FOR_POD => "WEIR_R_DROP_NOT_FOR_POD",
+        R_DROP_POLICY_REVOKED => "WEIR_R_DROP_POLICY_REVOKED",
         REASON_MAX => "WEIR_REASON_MAX",
-        CFG_EVENTS_ALLOW => "WEIR_CFG_EVENTS_ALLOW",
+        CFG_EVENTS_ALLOW => "WEIR_CFG_EVENTS_ALLOW", CFG_REJUDGE_OFF => "WEIR_CFG_REJUDGE_OFF",
         CT_TCP_TIMEOUT_DEFAULT_S => "WEIR_CT_TCP_TIMEOUT_DEFAULT_S",
         CT_UDP_TIMEOUT_DEFAULT_S => "WEIR_CT_UDP_TIMEOUT_DEFAULT_S",
         CT_SYN_TIMEOUT_DEFAULT_S => "WEIR_CT_SYN_TIMEOUT_DEFAULT_S",

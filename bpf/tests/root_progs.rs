@@ -398,7 +398,13 @@ fn root_a_pod_cannot_send_from_another_pods_address() {
 #[test]
 fn root_tcp_state_shortens_timeouts() {
     let Some(e) = Env::new("tcpstate") else { return };
-    e.dp.set_config(&Config { flags: 0, ct_tcp_timeout_s: 3600, ct_udp_timeout_s: 30, ct_syn_timeout_s: 20 }).unwrap();
+    e.dp.set_config(&Config {
+        ct_tcp_timeout_s: 3600,
+        ct_udp_timeout_s: 30,
+        ct_syn_timeout_s: 20,
+        ..Default::default()
+    })
+    .unwrap();
     let find = |sport: u16| {
         e.dp.ct_entries().unwrap().into_iter().find(|c| u16::from_be(c.key.sport) == sport).expect("entry")
     };
@@ -1062,4 +1068,242 @@ fn root_cluster_tiers_decide_admin_then_network_policy_then_baseline() {
         R_DROP_CLUSTER_POLICY,
         "the class's Deny ties the Pass's priority and index and wins on action",
     );
+}
+
+// ---- established flows after a policy change (rejudge.h) ----------------------
+
+impl Env {
+    /// Remove what `allow` added and start a new policy generation, as
+    /// weir-policyd's sync does after its removals.
+    fn revoke(&self, endpoint: u32, identity: u32, direction: u8, protocol: Option<u8>, ports: Option<(u16, u16)>) {
+        let direction = Direction::from_u8(direction).unwrap();
+        self.dp
+            .unallow(&PolicyMatch::cover(endpoint, identity, direction, protocol, ports.map(|(a, b)| a..=b)))
+            .unwrap();
+        self.dp.bump_policy_gen().unwrap();
+    }
+    /// The conntrack entry of the flow opened from (src, sport).
+    fn flow(&self, src: &str, sport: u16) -> CtValue {
+        self.dp
+            .ct_entries()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.src() == ip(src) && u16::from_be(c.key.sport) == sport)
+            .unwrap_or_else(|| panic!("no conntrack entry for {src}:{sport}"))
+            .value
+    }
+    fn revoked(&self, ep: u32, dir: u8) -> u64 {
+        self.count(ep, dir, R_DROP_POLICY_REVOKED)
+    }
+}
+
+/// B accepts R on tcp/80 and udp/53; the policy then drops that. The next
+/// packet of each flow, whichever direction it goes, is dropped as revoked
+/// (counted on B's ingress, the side that refused), so are the ones after
+/// it; allowing the flow again revives it.
+#[test]
+fn root_rejudge_a_revoked_ingress_cuts_the_flow_in_both_directions() {
+    let Some(e) = Env::new("rjin") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    for (r, b) in [(R4, B4), (R6, B6)] {
+        for sport in [1000, 1001] {
+            assert!(e.to(e.b, &pkt::tcp(ip(r), sport, ip(b), 80, SYN)), "{r}:{sport} opens");
+            assert!(e.from(e.b, &pkt::tcp(ip(b), 80, ip(r), sport, SYN | ACK)), "{r}:{sport} reply");
+        }
+        assert!(e.to(e.b, &pkt::udp(ip(r), 2000, ip(b), 53)));
+        assert!(e.from(e.b, &pkt::udp(ip(b), 53, ip(r), 2000)));
+    }
+    e.revoke(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    e.revoke(e.b, ID_R, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    let mut drops = 0;
+    for (r, b) in [(R4, B4), (R6, B6)] {
+        // next packet forward, then the reply
+        assert!(!e.to(e.b, &pkt::tcp(ip(r), 1000, ip(b), 80, ACK)), "{r}: forward after the revocation");
+        assert_ne!(e.flow(r, 1000).flags & CT_REVOKED, 0, "{r}: the entry is marked");
+        assert!(!e.from(e.b, &pkt::tcp(ip(b), 80, ip(r), 1000, ACK)), "{r}: its reply after it");
+        // next packet the reply, then forward
+        assert!(!e.from(e.b, &pkt::tcp(ip(b), 80, ip(r), 1001, ACK)), "{r}: reply after the revocation");
+        assert!(!e.to(e.b, &pkt::tcp(ip(r), 1001, ip(b), 80, ACK)), "{r}: forward after it");
+        assert!(!e.from(e.b, &pkt::udp(ip(b), 53, ip(r), 2000)), "{r}: UDP reply");
+        assert!(!e.to(e.b, &pkt::udp(ip(r), 2000, ip(b), 53)), "{r}: UDP forward");
+        drops += 6;
+    }
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), drops);
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_ALLOW_ESTABLISHED), 0);
+    // allowed again: the same flow carries on
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    e.dp.bump_policy_gen().unwrap();
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, ACK)), "allowed again");
+    assert_eq!(e.flow(R4, 1000).flags & CT_REVOKED, 0);
+    assert!(e.from(e.b, &pkt::tcp(ip(B4), 80, ip(R4), 1000, ACK)));
+}
+
+/// A new generation that still allows the flow: its next packet in each
+/// direction passes as established / reply, the first one restamps the
+/// entry, and nothing is counted as revoked.
+#[test]
+fn root_rejudge_a_flow_still_allowed_passes_and_is_restamped() {
+    let Some(e) = Env::new("rjok") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, SYN)));
+    assert!(e.from(e.b, &pkt::tcp(ip(B4), 80, ip(R4), 1000, SYN | ACK)));
+    let before = e.flow(R4, 1000).policy_gen;
+    // an unrelated change, then another change of this very rule's neighbours
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((81, 81)));
+    let gen = e.dp.bump_policy_gen().unwrap();
+    assert_ne!(gen, before);
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, ACK)));
+    assert_eq!(e.flow(R4, 1000).policy_gen, gen, "restamped by its first packet");
+    assert!(e.from(e.b, &pkt::tcp(ip(B4), 80, ip(R4), 1000, ACK)));
+    e.revoke(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((81, 81)));
+    assert!(e.from(e.b, &pkt::tcp(ip(B4), 80, ip(R4), 1000, ACK)), "the reply first");
+    assert_eq!(e.flow(R4, 1000).policy_gen, gen + 1);
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, ACK)));
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), 0);
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_ALLOW_ESTABLISHED), 2);
+    assert_eq!(e.count(e.b, DIR_EGRESS, R_ALLOW_REPLY), 3);
+}
+
+/// CFG_REJUDGE_OFF: established flows keep their verdict as before the
+/// change, in both directions; switched back on, the next packet is judged.
+#[test]
+fn root_rejudge_off_keeps_established_flows() {
+    let Some(e) = Env::new("rjoff") else { return };
+    e.dp.set_config(&Config { flags: CFG_REJUDGE_OFF, ..Default::default() }).unwrap();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    assert!(e.to(e.b, &pkt::udp(ip(R4), 2000, ip(B4), 53)));
+    e.revoke(e.b, ID_R, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    assert!(!e.to(e.b, &pkt::udp(ip(R4), 2001, ip(B4), 53)), "a new flow is judged by the new policy");
+    for _ in 0..3 {
+        assert!(e.to(e.b, &pkt::udp(ip(R4), 2000, ip(B4), 53)), "the old flow keeps its verdict");
+        assert!(e.from(e.b, &pkt::udp(ip(B4), 53, ip(R4), 2000)), "and its replies");
+    }
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), 0);
+    e.dp.set_config(&Config::default()).unwrap();
+    assert!(!e.from(e.b, &pkt::udp(ip(B4), 53, ip(R4), 2000)), "switched on: judged again");
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), 1);
+}
+
+/// A local flow A -> B is judged once, at to_pod(B), into one entry holding
+/// both sides. Revoking A's egress alone cuts it on its next packet
+/// wherever that is seen: from_pod(A) or, for B's reply, from_pod(B);
+/// counted on A's egress.
+#[test]
+fn root_rejudge_a_local_flow_checks_the_sources_egress() {
+    let Some(e) = Env::new("rjloc") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_B, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    for sport in [40000, 40001] {
+        assert!(e.from(e.a, &pkt::tcp(ip(A4), sport, ip(B4), 80, SYN)));
+        assert!(e.to(e.b, &pkt::tcp(ip(A4), sport, ip(B4), 80, SYN)));
+        assert!(e.from(e.b, &pkt::tcp(ip(B4), 80, ip(A4), sport, SYN | ACK)));
+        assert!(e.to(e.a, &pkt::tcp(ip(B4), 80, ip(A4), sport, SYN | ACK)));
+        let v = e.flow(A4, sport);
+        assert_eq!((v.egress_ep, v.ingress_ep), (e.a, e.b));
+    }
+    e.revoke(e.a, ID_B, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    // 40000: A sends first
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 40000, ip(B4), 80, ACK)), "A's next packet");
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 80, ACK)), "at B's hook too");
+    assert!(!e.from(e.b, &pkt::tcp(ip(B4), 80, ip(A4), 40000, ACK)), "B's reply");
+    assert!(!e.to(e.a, &pkt::tcp(ip(B4), 80, ip(A4), 40000, ACK)), "B's reply at A's hook");
+    // 40001: B answers first
+    assert!(!e.from(e.b, &pkt::tcp(ip(B4), 80, ip(A4), 40001, ACK)), "B's next reply");
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 40001, ip(B4), 80, ACK)), "A's next packet");
+    // every hook of either pod refuses it on A's egress, whichever saw it first
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 6);
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), 0, "B's ingress still allows it");
+}
+
+/// A Service flow to a local backend: from_pod(A) keeps A -> VIP (not a
+/// judgement), to_pod(B) judged A -> B after DNAT. Revoking A's egress to
+/// B cuts it at to_pod(B), and B's replies at from_pod(B), which would
+/// otherwise be deferred and reach A on the VIP entry.
+#[test]
+fn root_rejudge_a_service_flow_to_a_local_backend() {
+    let Some(e) = Env::new("rjsvc") else { return };
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.allow(e.a, ID_B, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 40000, ip(VIP4), 80, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 8080, SYN)));
+    assert!(e.from(e.b, &pkt::tcp(ip(B4), 8080, ip(A4), 40000, SYN | ACK)));
+    assert!(e.to(e.a, &pkt::tcp(ip(VIP4), 80, ip(A4), 40000, SYN | ACK)));
+    e.revoke(e.a, ID_B, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    // to the VIP: deferred as before (the entry is no verdict)
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 40000, ip(VIP4), 80, ACK)));
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 40000, ip(B4), 8080, ACK)), "after DNAT: revoked");
+    assert!(!e.from(e.b, &pkt::tcp(ip(B4), 8080, ip(A4), 40000, ACK)), "the backend's reply");
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 2);
+}
+
+/// Remote peers: A's egress to R judged at from_pod(A) (directly) and at
+/// leave_node (a Service backend on another node). Revoked, the direct
+/// flow's reply is cut at to_pod(A) and the Service flow at leave_node.
+#[test]
+fn root_rejudge_flows_to_remote_peers() {
+    let Some(e) = Env::new("rjrem") else { return };
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    e.allow(e.a, ID_R, DIR_EGRESS, None, None);
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    // direct, and ICMP echo
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 3000, ip(R4), 80, SYN)));
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 3000, SYN | ACK)));
+    assert!(e.from(e.a, &pkt::echo(ip(A4), ip(R4), false, 7)));
+    assert!(e.to(e.a, &pkt::echo(ip(R4), ip(A4), true, 7)));
+    // through a VIP, DNATed to R
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 3001, ip(VIP4), 80, SYN)));
+    assert!(leave(&pkt::tcp(ip(A4), 3001, ip(R4), 80, SYN)));
+    e.revoke(e.a, ID_R, DIR_EGRESS, None, None);
+    assert!(e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 3000, ACK)), "tcp/80 is still allowed");
+    assert!(!e.to(e.a, &pkt::echo(ip(R4), ip(A4), true, 7)), "the echo reply is not");
+    e.revoke(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    assert!(!e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 3000, ACK)), "the reply");
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 3000, ip(R4), 80, ACK)), "A's next packet");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 3001, ip(VIP4), 80, ACK)), "to the VIP: deferred");
+    assert!(!leave(&pkt::tcp(ip(A4), 3001, ip(R4), 80, ACK)), "after DNAT, leaving the node");
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 4);
+}
+
+/// Every input of a verdict, changed under an established flow, is seen on
+/// its next packet: the peer's identity (ipcache), the endpoint's isolation
+/// flag, an ipBlock class.
+#[test]
+fn root_rejudge_sees_identity_isolation_and_ipblock_changes() {
+    let Some(e) = Env::new("rjall") else { return };
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    let class = ID_FIRST_CIDR + 1;
+    e.dp.set_cidr(e.b, Direction::Ingress, "192.0.2.0/24".parse().unwrap(), class).unwrap();
+    e.allow(e.b, class, DIR_INGRESS, Some(UDP), Some((53, 53)));
+    // R: allowed by identity; 192.0.2.7: by its ipBlock class; B -> A:
+    // A is not isolated yet (B's egress is not isolated either)
+    assert!(e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, SYN)));
+    assert!(e.to(e.b, &pkt::udp(ip("192.0.2.7"), 2000, ip(B4), 53)));
+    e.ep(e.a, ID_A, EP_READY);
+    assert!(e.to(e.a, &pkt::tcp(ip(B4), 3000, ip(A4), 22, SYN)), "A unisolated");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 22, ip(B4), 3000, SYN | ACK)));
+
+    // R's /24 now belongs to another identity
+    let other = IpcacheValue { identity: ID_R + 1, endpoint: 0, flags: 0, pad: 0 };
+    e.dp.set_ipcache("10.1.0.0/24".parse().unwrap(), &other).unwrap();
+    // the ipBlock shrinks away from 192.0.2.7
+    e.dp.remove_cidr(e.b, Direction::Ingress, "192.0.2.0/24".parse().unwrap()).unwrap();
+    e.dp.set_cidr(e.b, Direction::Ingress, "192.0.2.128/25".parse().unwrap(), class).unwrap();
+    // A becomes isolated for ingress, with nothing allowed
+    e.ep(e.a, ID_A, EP_READY | EP_INGRESS_ISOLATED);
+    e.dp.bump_policy_gen().unwrap();
+
+    assert!(!e.to(e.b, &pkt::tcp(ip(R4), 1000, ip(B4), 80, ACK)), "a peer that changed identity");
+    assert!(!e.to(e.b, &pkt::udp(ip("192.0.2.7"), 2000, ip(B4), 53)), "a peer out of the ipBlock");
+    assert_eq!(e.revoked(e.b, DIR_INGRESS), 2);
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 22, ip(B4), 3000, ACK)), "an endpoint isolated since");
+    assert_eq!(e.revoked(e.a, DIR_INGRESS), 1);
 }

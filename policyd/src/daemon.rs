@@ -49,6 +49,22 @@ pub struct Options {
     pub resync: Duration,
     /// Between nodes: this node's pod CIDRs and the backend (`crate::node`).
     pub node_network: crate::node::Config,
+    /// Judge established flows again after a policy change (the dataplane's
+    /// `CFG_REJUDGE_OFF` when false): a flow no longer allowed stops on its
+    /// next packet instead of living until its conntrack entry expires.
+    pub rejudge_established: bool,
+}
+
+/// Write the configuration the programs read from weir_config that comes
+/// from policyd's options, keeping the rest.
+pub fn configure_dataplane(dp: &Dataplane, rejudge_established: bool) -> Result<(), weir_bpf::Error> {
+    let mut cfg = dp.config()?;
+    if rejudge_established {
+        cfg.flags &= !abi::CFG_REJUDGE_OFF;
+    } else {
+        cfg.flags |= abi::CFG_REJUDGE_OFF;
+    }
+    dp.set_config(&cfg)
 }
 
 /// Object bursts (a `kubectl apply -f dir`) are folded into one compile:
@@ -93,6 +109,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             upgrade.links_defunct
         );
     }
+    configure_dataplane(&dp, opts.rejudge_established).context("writing the dataplane configuration")?;
+    log::info!(
+        "established flows {} policy changes",
+        if opts.rejudge_established { "are judged again after" } else { "keep their verdict across" }
+    );
     let registry = Registry::under(&opts.run_dir);
     // Records decide which pod an interface is: root's alone (weir_common::trust).
     registry.ensure_dir().with_context(|| format!("--run-dir {}", opts.run_dir.display()))?;
@@ -692,6 +713,53 @@ mod tests {
             .filter(|(m, _)| m.endpoint == ifindex)
             .filter_map(|(m, _)| Some(m.port?.start))
             .collect()
+    }
+
+    /// Each sync that writes anything ends with a new policy generation, so
+    /// established flows are judged again; a sync that writes nothing
+    /// starts none (the flows keep their stamp and pay nothing). The flag
+    /// `--rejudge-established` lands in weir_config, the generation kept.
+    #[test]
+    fn root_a_sync_that_writes_starts_a_policy_generation() {
+        if !is_root() {
+            eprintln!("root_a_sync_that_writes_starts_a_policy_generation: skipped, needs root (BPF maps)");
+            return;
+        }
+        let root = BpfRoot(PathBuf::from(format!("/sys/fs/bpf/weir-pd-gen-{}", std::process::id())));
+        let run = tempfile::tempdir().unwrap();
+        let dp = Dataplane::load_or_open(&root.0).unwrap();
+        let view = Dataplane::open(&root.0).unwrap();
+        let registry = Registry::under(run.path());
+        let mut store = Store::default();
+        store.namespaces.insert("x".into(), serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap());
+        store.pods.insert(("x".into(), "w".into()), pod("w", "w", "10.0.0.1"));
+        dp.admit_pod(7101, weir_bpf::pkt::test_mac(7101), &["10.0.0.1/32".parse().unwrap()], false).unwrap();
+        registry.put(&record("w", 7101, "10.0.0.1")).unwrap();
+        let gen = || view.config().unwrap().policy_gen;
+        let mut agent =
+            Agent::new(dp, Registry::under(run.path()), run.path(), Arc::new(Metrics::new()), 1000).unwrap();
+        let mut sync = |store: &Store| while agent.reconcile(store, Instant::now()).unwrap() == Progress::Pending {};
+
+        sync(&store);
+        let g0 = gen();
+        assert_ne!(g0, 0, "programming the first endpoint starts a generation");
+        sync(&store);
+        assert_eq!(gen(), g0, "nothing written, no new generation");
+        store.policies.insert(("x".into(), "wide".into()), wide(443));
+        sync(&store);
+        assert_eq!(gen(), g0 + 1, "a policy added");
+        assert_eq!(ports_in_maps(&view, 7101), BTreeSet::from([443]));
+        store.policies.remove(&("x".into(), "wide".into()));
+        sync(&store);
+        assert_eq!(gen(), g0 + 2, "a policy removed");
+        assert!(ports_in_maps(&view, 7101).is_empty());
+
+        for on in [false, true] {
+            configure_dataplane(&view, on).unwrap();
+            let cfg = view.config().unwrap();
+            assert_eq!(cfg.flags & abi::CFG_REJUDGE_OFF == 0, on);
+            assert_eq!(cfg.policy_gen, g0 + 2, "configuration keeps the generation");
+        }
     }
 
     /// A new pod's endpoint is programmed and READY between the slices of

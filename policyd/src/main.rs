@@ -57,6 +57,12 @@ struct Args {
     /// holding this node's InternalIP].
     #[arg(long, value_name = "IFACE")]
     underlay_iface: Option<String>,
+    /// After a policy change, judge every established flow again on its
+    /// next packet and drop it there if the new policy no longer allows it
+    /// (`false`: a flow keeps its verdict until its conntrack entry expires,
+    /// up to 6 h for TCP).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    rejudge_established: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             vxlan_port: args.vxlan_port,
             underlay_iface: args.underlay_iface,
         },
+        rejudge_established: args.rejudge_established,
     };
     // Two workers: policyd shares the node with the pods it serves.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");

@@ -6,7 +6,12 @@
 //! 2. endpoint entries: identity, isolation and READY (a pod is only
 //!    isolated once its allow entries are in; it only becomes READY, and its
 //!    CNI ADD only returns, once everything it needs is in);
-//! 3. removal of entries nobody wants any more.
+//! 3. removal of entries nobody wants any more;
+//! 4. a new policy generation, when anything above was written: every
+//!    established flow is judged again on its next packet, against maps
+//!    that no longer hold anything removed. Earlier, a flow re-judged
+//!    between the bump and a removal would be stamped current while an old
+//!    allow still stood, and keep it.
 //!
 //! What the maps hold is read back at start, so a restarted policyd neither
 //! flushes nor re-adds: it removes only what the current state no longer
@@ -112,6 +117,10 @@ pub struct Sync {
     policy: BTreeMap<PolicyMatch, PolicyValue>,
     cidr: BTreeMap<CidrKey, u32>,
     revision: u64,
+    /// Something was written and no policy generation followed yet (a sync
+    /// that failed half way, or whose bump failed): the next sync bumps
+    /// even if it finds nothing left to write.
+    gen_pending: bool,
 }
 
 /// What one sync wrote.
@@ -121,6 +130,8 @@ pub struct SyncStats {
     pub removals: usize,
     pub endpoints_programmed: usize,
     pub revision: u64,
+    /// The policy generation this sync started, when it wrote anything.
+    pub policy_gen: Option<u32>,
 }
 
 impl Sync {
@@ -163,6 +174,7 @@ impl Sync {
         cidr.remove.retain(|k| !desired.pending.contains(&k.endpoint));
 
         // 1. make
+        self.gen_pending |= !(ipcache.is_empty() && policy.is_empty() && cidr.is_empty());
         for (net, e) in &ipcache.upsert {
             dp.set_ipcache(*net, &to_abi_ipcache(e))?;
             self.ipcache.insert(*net, *e);
@@ -189,6 +201,7 @@ impl Sync {
                 continue;
             }
             // Read-modify-write: the pod's MAC and addresses are CNI ADD's.
+            self.gen_pending = true;
             dp.set_endpoint(
                 ifindex,
                 &abi::Endpoint { identity: want.identity, flags, revision: self.revision, ..have },
@@ -210,6 +223,12 @@ impl Sync {
             self.ipcache.remove(net);
         }
         stats.removals = ipcache.remove.len() + cidr.remove.len() + policy.remove.len();
+
+        // 4. after the removals, never before (see the module's doc)
+        if self.gen_pending {
+            stats.policy_gen = Some(dp.bump_policy_gen()?);
+            self.gen_pending = false;
+        }
         Ok(stats)
     }
 }

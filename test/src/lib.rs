@@ -16,6 +16,7 @@ pub mod case;
 pub mod expect;
 pub mod explain;
 pub mod lab;
+pub mod longflow;
 pub mod model;
 pub mod placeholder;
 pub mod probe;

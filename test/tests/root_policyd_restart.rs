@@ -22,329 +22,17 @@
 //! fixed file must replace it, and a deleted file must open traffic, also
 //! across a restart.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use weir_e2e::case::{DeleteRef, Family, Protocol, Via};
+use weir_e2e::case::DeleteRef;
 use weir_e2e::expect::PodRef;
-use weir_e2e::lab::{Lab, Weirctl, LAB_ROOT};
-use weir_e2e::probe::{Observed, ProbeOutput};
-use weir_testsupport::{is_root, netns, RemoveOnDrop};
-
-const PODS: [&str; 3] = ["a", "b", "c"];
-/// Probes of a converging policy are retried this many times (each probe
-/// is one round of connection attempts with weirctl's own timeout), so a
-/// slow shared machine makes the test slower, never wrong.
-const CONVERGE_ATTEMPTS: usize = 60;
-/// How often the long-lived flow exchanges a message.
-const TICK: Duration = Duration::from_millis(50);
-
-fn model_yaml() -> Vec<(String, String)> {
-    let mut out = vec![(
-        "00-namespace-x.yaml".to_string(),
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    kubernetes.io/metadata.name: x\n"
-            .to_string(),
-    )];
-    for p in PODS {
-        out.push((
-            format!("10-pod-x-{p}.yaml"),
-            format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {p}\n  namespace: x\n  labels:\n    pod: {p}\n\
-                 spec:\n  containers:\n  - name: serve\n    image: registry.k8s.io/e2e-test-images/agnhost:2.53\n    \
-                 ports:\n    - name: serve-80-tcp\n      containerPort: 80\n      protocol: TCP\n"
-            ),
-        ));
-        out.push((
-            format!("20-service-x-{p}.yaml"),
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: s-x-{p}\n  namespace: x\n\
-                 spec:\n  selector:\n    pod: {p}\n  ports:\n  - name: tcp-80\n    protocol: TCP\n    port: 80\n    targetPort: 80\n"
-            ),
-        ));
-    }
-    out
-}
-
-fn yaml(text: &str) -> serde_yaml_ng::Value {
-    serde_yaml_ng::from_str(text).expect("the test's own YAML parses")
-}
-
-/// Ingress isolation for every pod of x.
-fn deny_all_ingress() -> serde_yaml_ng::Value {
-    yaml(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-ingress, namespace: x}\n\
-         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
-    )
-}
-
-/// `name`: pod `to` accepts TCP 80 from pod `from` (both in x).
-fn allow(name: &str, from: &str, to: &str) -> serde_yaml_ng::Value {
-    yaml(&format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
-         spec:\n  podSelector: {{matchLabels: {{pod: {to}}}}}\n  policyTypes: [Ingress]\n  \
-         ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: {from}}}}}}}]\n    ports: [{{protocol: TCP, port: 80}}]\n"
-    ))
-}
-
-/// The expected TCP 80 matrix: exactly the `allowed` (from, to) pairs
-/// connect. A pod's own cell is hairpinned through its Service and
-/// masqueraded to the node (see docs/lab.md), so it is not compared.
-fn expected(allowed: &[(&str, &str)]) -> BTreeMap<(String, String), bool> {
-    let mut m = BTreeMap::new();
-    for f in PODS {
-        for t in PODS {
-            if f != t {
-                m.insert((f.to_string(), t.to_string()), allowed.contains(&(f, t)));
-            }
-        }
-    }
-    m
-}
-
-/// Cells of `got` that differ from `want`, readable.
-fn mismatches(got: &ProbeOutput, want: &BTreeMap<(String, String), bool>) -> Vec<String> {
-    let mut bad = Vec::new();
-    for ((f, t), allow) in want {
-        let cell = got.results.get(&PodRef::new("x", f)).and_then(|row| row.get(&PodRef::new("x", t)));
-        let ok = matches!((cell, allow), (Some(Observed::Connected), true) | (Some(Observed::Blocked), false));
-        if !ok {
-            bad.push(format!("x/{f} -> x/{t}: want {}, got {cell:?}", if *allow { "connected" } else { "blocked" }));
-        }
-    }
-    bad
-}
-
-fn probe(lab: &Lab) -> Result<ProbeOutput> {
-    lab.probe(80, Protocol::TCP, Via::Service, Family::IPv4)
-}
-
-/// One probe must show exactly `want` (the state is expected to be settled).
-fn assert_matrix(lab: &Lab, want: &BTreeMap<(String, String), bool>, when: &str) -> Result<()> {
-    let got = probe(lab)?;
-    let bad = mismatches(&got, want);
-    if !bad.is_empty() {
-        bail!("{when}: the matrix is wrong:\n  {}", bad.join("\n  "));
-    }
-    Ok(())
-}
-
-/// Probe until the matrix is `want`, within CONVERGE_ATTEMPTS probes.
-fn converge(lab: &Lab, want: &BTreeMap<(String, String), bool>, when: &str) -> Result<usize> {
-    let mut last = Vec::new();
-    for attempt in 1..=CONVERGE_ATTEMPTS {
-        let got = probe(lab)?;
-        last = mismatches(&got, want);
-        if last.is_empty() {
-            return Ok(attempt);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!(
-        "{when}: no convergence after {CONVERGE_ATTEMPTS} probes; still wrong:\n  {}\npolicyd log:\n{}",
-        last.join("\n  "),
-        lab.policyd_log_tail(30)
-    )
-}
-
-/// The lab's state file (`/run/weir/lab/<name>/state.json`), read as JSON:
-/// the test needs only pod netns names and the policyd pid from it.
-fn lab_state(name: &str) -> Result<serde_json::Value> {
-    let path = Path::new(LAB_ROOT).join(name).join("state.json");
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
-}
-
-fn pod_netns(state: &serde_json::Value, key: &str) -> Result<String> {
-    state["pods"][key]["netns"]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("state.json: no pods[{key:?}].netns"))
-}
-
-/// Whether any thread of `pid` still runs. The leader turns zombie as soon
-/// as it exits, while its other threads (and the sockets they share) may
-/// still be going down: a restart that trusted the leader alone raced the
-/// old daemon's listening socket.
-fn pid_alive(pid: i32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().any(|t| match std::fs::read_to_string(t.path().join("stat")) {
-        Ok(s) => s.rfind(')').is_some_and(|i| !s[i + 2..].starts_with(['Z', 'X'])),
-        Err(_) => false,
-    })
-}
-
-/// What the flow thread saw.
-#[derive(Default)]
-struct FlowLog {
-    /// Messages sent and echoed back intact, in order.
-    echoed: AtomicU64,
-    /// The first failure (a timeout, reset or wrong echo); the flow stops there.
-    failure: Mutex<Option<String>>,
-}
-
-/// A TCP connection from inside pod netns `netns` to `dst`, exchanging an
-/// 8-byte sequence number every TICK. Runs on its own thread: setns(2)
-/// moves only the calling thread, and the socket keeps the namespace it
-/// was created in.
-struct Flow {
-    log: Arc<FlowLog>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Flow {
-    fn start(netns: &str, dst: SocketAddr) -> Result<Flow> {
-        let log = Arc::new(FlowLog::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
-        let netns_path = netns::path(netns);
-        let (l, s) = (log.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("long-lived flow".into())
-            .spawn(move || {
-                let conn = (|| -> Result<TcpStream> {
-                    // Only this thread moves.
-                    netns::enter(&netns_path).with_context(|| format!("entering netns {netns_path}"))?;
-                    let c = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
-                        .with_context(|| format!("connecting to {dst}"))?;
-                    c.set_nodelay(true)?;
-                    // Generous: a lost segment is retransmitted within this;
-                    // a dropped flow never answers at all.
-                    c.set_read_timeout(Some(Duration::from_secs(3)))?;
-                    Ok(c)
-                })();
-                let mut c = match conn {
-                    Ok(c) => {
-                        let _ = tx.send(Ok(()));
-                        c
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let mut seq = 0u64;
-                while !s.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let mut back = [0u8; 8];
-                    let r = c.write_all(&seq.to_be_bytes()).and_then(|()| c.read_exact(&mut back));
-                    let err = match r {
-                        Err(e) => Some(format!("message {seq}: {e}")),
-                        Ok(()) if u64::from_be_bytes(back) != seq => {
-                            Some(format!("message {seq}: echo carried {}", u64::from_be_bytes(back)))
-                        }
-                        Ok(()) => None,
-                    };
-                    if let Some(e) = err {
-                        *l.failure.lock().unwrap() = Some(e);
-                        return;
-                    }
-                    l.echoed.store(seq, Ordering::Relaxed);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .context("spawning the flow thread")?;
-        let mut flow = Flow { log, stop, thread: Some(thread) };
-        match rx.recv() {
-            Ok(Ok(())) => Ok(flow),
-            Ok(Err(e)) => {
-                flow.finish();
-                Err(e)
-            }
-            Err(_) => bail!("the flow thread died before connecting"),
-        }
-    }
-
-    fn echoed(&self) -> u64 {
-        self.log.echoed.load(Ordering::Relaxed)
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.log.failure.lock().unwrap().clone()
-    }
-
-    /// Fails if any message was lost so far.
-    fn check(&self, when: &str) -> Result<u64> {
-        if let Some(f) = self.failure() {
-            bail!("{when}: the established allowed flow broke after {} echoed messages: {f}", self.echoed());
-        }
-        Ok(self.echoed())
-    }
-
-    /// Wait until at least `n` more messages were echoed since `from`, so a
-    /// phase is known to have carried traffic (bounded by the flow failing).
-    fn advance(&self, from: u64, n: u64, when: &str) -> Result<u64> {
-        for _ in 0..(n * 200) {
-            let now = self.check(when)?;
-            if now >= from + n {
-                return Ok(now);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        bail!("{when}: the flow stalled at message {} (no failure reported yet)", self.echoed())
-    }
-
-    fn finish(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-/// The weir-policyd this test starts in place of the killed one; killed
-/// and reaped on drop (`lab down` also stops it: its command line points
-/// into the lab directory).
-struct Restarted(Child);
-
-impl Drop for Restarted {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start weir-policyd exactly as `weirctl lab up` does (weirctl/src/lab/ops.rs):
-/// inside the node netns, same arguments, log appended to the lab's
-/// policyd.log. weirctl has no restart command.
-fn restart_policyd(ctl: &Weirctl, name: &str) -> Result<Restarted> {
-    let dir = Path::new(LAB_ROOT).join(name);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join("logs/policyd.log"))
-        .context("opening the lab's policyd.log")?;
-    let node = netns::path(&format!("weir-{name}"));
-    let child = netns::command(&node, ctl.bin_dir.join("weir-policyd"))
-        .arg("--manifests")
-        .arg(dir.join("manifests"))
-        .args(["--node-name", "lab", "--bpffs-root"])
-        .arg(format!("/sys/fs/bpf/weir-lab-{name}"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting weir-policyd in the node netns")?;
-    Ok(Restarted(child))
-}
+use weir_e2e::lab::LAB_ROOT;
+use weir_e2e::longflow::*;
+use weir_testsupport::is_root;
 
 fn ip_netns_list() -> Vec<String> {
     let out = Command::new("ip")
@@ -374,21 +62,6 @@ fn procs_mentioning(marker: &Path) -> Vec<i32> {
         }
     }
     out
-}
-
-/// The model lab `name` up, from a snapshot of the binaries (one
-/// consistent build, even while cargo replaces target/debug) in a scratch
-/// directory removed on drop.
-fn up_model_lab(name: &str, tag: &str) -> Result<(RemoveOnDrop, Weirctl, Lab)> {
-    let work = RemoveOnDrop::fresh(std::env::temp_dir().join(format!("weir-policyd-{tag}-{}", std::process::id())));
-    let ctl = Weirctl::locate()?.snapshot(&work.path().join("bin"))?;
-    let model = work.path().join("model");
-    std::fs::create_dir_all(&model)?;
-    for (f, text) in model_yaml() {
-        std::fs::write(model.join(f), text)?;
-    }
-    let lab = Lab::up(&ctl, name, &model, &work.path().join("steps"))?;
-    Ok((work, ctl, lab))
 }
 
 #[test]
@@ -447,19 +120,7 @@ fn run() -> Result<()> {
     advance(&flows, 5, "before killing weir-policyd")?;
 
     // 3. SIGKILL weir-policyd: no shutdown path runs.
-    // SAFETY: kill(2) on the pid the lab recorded for its policyd.
-    if unsafe { libc::kill(policyd_pid, libc::SIGKILL) } != 0 {
-        bail!("kill -9 {policyd_pid}: {}", std::io::Error::last_os_error());
-    }
-    for _ in 0..500 {
-        if !pid_alive(policyd_pid) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if pid_alive(policyd_pid) {
-        bail!("weir-policyd {policyd_pid} survived SIGKILL");
-    }
+    kill_policyd(policyd_pid)?;
     eprintln!("killed weir-policyd {policyd_pid}");
 
     // While it is dead: the maps keep enforcing P1 for new connections,
@@ -475,7 +136,7 @@ fn run() -> Result<()> {
     advance(&flows, 20, "weir-policyd dead, P2 written")?;
 
     // 5. Restart as the lab starts it: converges to P2, flow untouched.
-    let restarted = restart_policyd(&ctl, &name)?;
+    let restarted = restart_policyd(&ctl, &name, &[])?;
     let p2 = expected(&[("a", "b"), ("b", "c")]);
     let attempts = converge(&lab, &p2, "after restarting weir-policyd, policy P2")?;
     eprintln!("converged to P2 after {attempts} probe(s)");
@@ -612,22 +273,11 @@ fn run_broken_manifest() -> Result<()> {
     let mut kill_and_restart = |restarted: &mut Option<Restarted>| -> Result<usize> {
         match (restarted.take(), lab_policyd.take()) {
             (Some(r), _) => drop(r), // SIGKILL and reap
-            (None, Some(pid)) => {
-                // SAFETY: kill(2) on the pid the lab recorded for its policyd.
-                if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-                    bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
-                }
-                for _ in 0..500 {
-                    if !pid_alive(pid) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
+            (None, Some(pid)) => kill_policyd(pid)?,
             (None, None) => bail!("no weir-policyd to kill"),
         }
         let from = policyd_log(&lab_dir).len();
-        *restarted = Some(restart_policyd(&ctl, &name)?);
+        *restarted = Some(restart_policyd(&ctl, &name, &[])?);
         wait_for_log(&lab_dir, from, "ready after the restart", |l| l.contains("ready: node lab"))?;
         Ok(from)
     };
