@@ -18,7 +18,9 @@
 //!        --server 10.240.2.2 --leave-node vx0 --entries 100000
 //! Also: --udp-ports P,.. (UDP allowed too), --host IP (the node: ipcache
 //! HOST), --service IP (a ClusterIP: ipcache SERVICE), --leave-node DEV
-//! (attach leave_node to DEV's tc egress), --cost (after filling, print the
+//! (attach leave_node to DEV's tc egress), --tiered (endpoints selected by a
+//! ClusterNetworkPolicy too: every entry also carries Admin and Baseline
+//! verdicts, and a new flow folds all three lookups), --cost (after filling, print the
 //! programs' in-kernel cost per packet measured with BPF_PROG_TEST_RUN on
 //! the paths this node's pods take: conntrack hits, and a new flow's full
 //! judgement).
@@ -79,6 +81,18 @@ fn main() {
         arg(&args, "--udp-ports").map(|s| s.split(',').map(|p| p.parse().expect("port")).collect()).unwrap_or_default();
     let entries: u32 = arg(&args, "--entries").map(|n| n.parse().expect("entries")).unwrap_or(1);
     let leave_node = arg(&args, "--leave-node").map(|dev| ifindex(&dev));
+    // ClusterNetworkPolicy in the picture: endpoints tiered, so a new flow
+    // folds all three lookups, and every entry carries Admin (Pass) and
+    // Baseline (Accept) verdicts beside the NetworkPolicy allow.
+    let tiered = args.iter().any(|a| a == "--tiered");
+    let value = |rule: u32| {
+        let mut v = PolicyValue::allow(rule);
+        if tiered {
+            v.admin = TierVerdict { rank: tier_rank(5, 0, TIER_PASS), rule: 90 };
+            v.baseline = TierVerdict { rank: tier_rank(7, 1, TIER_ACCEPT), rule: 91 };
+        }
+        v
+    };
 
     let t0 = std::time::Instant::now();
     let dp = Dataplane::load_or_open(&root).expect("load_or_open");
@@ -91,7 +105,10 @@ fn main() {
         .unwrap();
         if let (Some(idx), Some(mac)) = (p.ifindex, p.mac) {
             let pod = Endpoint::for_pod(mac, &[weir_bpf::addr::host_net(p.ip)], 0).expect("pod endpoint");
-            let flags = EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED;
+            let mut flags = EP_READY | EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED;
+            if tiered {
+                flags |= EP_INGRESS_TIERED | EP_EGRESS_TIERED;
+            }
             dp.set_endpoint(idx, &Endpoint { identity: p.identity, flags, revision: 1, ..pod }).unwrap();
         }
     }
@@ -108,8 +125,9 @@ fn main() {
     let mut rules = 0;
     for (proto, p) in flows {
         for (i, &(endpoint, identity, direction)) in local.iter().enumerate() {
-            dp.allow(&PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(p..=p)), 1 + i as u32)
-                .unwrap();
+            for m in PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(p..=p)) {
+                dp.set_policy(&m, &value(1 + i as u32)).unwrap();
+            }
             rules += 1;
         }
     }
@@ -142,7 +160,7 @@ fn main() {
         let (ep, _, dir) = local[i as usize % local.len()];
         let port = Some(PortBlock::single(1000 + (i % 50_000) as u16));
         let m = PolicyMatch { endpoint: ep, identity: 10_000 + i, direction: dir, protocol: Some(6), port };
-        dp.set_policy(&m, &PolicyValue::allow(3)).unwrap();
+        dp.set_policy(&m, &value(3)).unwrap();
     }
     for idx in [client.ifindex, server.ifindex].into_iter().flatten() {
         dp.attach(idx).unwrap();

@@ -5,11 +5,13 @@
 //!     cargo run --release -p weir-policyd --example engine_bench
 //!
 //! Options: `--runs N` full compiles (default 7), `--changes N` per kind
-//! (default 200).
+//! (default 200), `--cluster-policies N` ClusterNetworkPolicies added to
+//! the cluster (default 0; with some, one cluster policy change is
+//! measured too).
 
 mod common;
 
-use common::{build, describe, measure, status_kib, Series};
+use common::{add_cluster_policies, build, describe, measure, status_kib, Series};
 use serde_json::json;
 use std::time::Instant;
 use weir_policyd::engine::Engine;
@@ -29,6 +31,8 @@ fn main() {
 
     let t = Instant::now();
     let (mut store, locals) = build();
+    let cluster_policies = opt("--cluster-policies", 0);
+    add_cluster_policies(&mut store, cluster_policies);
     let build_time = t.elapsed();
     let rss_after_build = vm_hwm_kib();
     let live_after_build = status_kib("VmRSS:");
@@ -45,12 +49,13 @@ fn main() {
     let d0 = desired.unwrap();
     println!("{}", describe(&store, &locals, build_time));
     println!(
-        "desired: {} identities, {} ipcache, {} endpoints ({} ingress-isolated, {} egress-isolated), {} policy, {} cidr entries, {} rules, {} diagnostics",
+        "desired: {} identities, {} ipcache, {} endpoints ({} ingress-isolated, {} egress-isolated, {} tiered), {} policy, {} cidr entries, {} rules, {} diagnostics",
         d0.identities.len(),
         d0.ipcache.len(),
         d0.endpoints.len(),
         d0.endpoints.values().filter(|e| e.ingress_isolated).count(),
         d0.endpoints.values().filter(|e| e.egress_isolated).count(),
+        d0.endpoints.values().filter(|e| e.ingress_tiered || e.egress_tiered).count(),
         d0.policy.len(),
         d0.cidr.len(),
         d0.rules.len(),
@@ -139,6 +144,34 @@ fn main() {
         prev = d;
     }
     let s_lab = e.last_stats();
+
+    // One cluster policy change: move a policy's priority (it reorders
+    // against the others of its tier) or, every other time, add a rule.
+    let mut cnp_times = Series::new();
+    let mut cnp_diff = 0usize;
+    let cnp_names: Vec<String> = store.cluster_policies.keys().cloned().collect();
+    for c in 0..if cnp_names.is_empty() { 0 } else { changes } {
+        let cnp = store.cluster_policies.get_mut(&cnp_names[(c * 37) % cnp_names.len()]).unwrap();
+        if c % 2 == 0 {
+            cnp.spec.priority = ((cnp.spec.priority as usize + 500 + c) % 1001) as i32;
+        } else {
+            let rule: weir_policyd::cluster_network_policy::ClusterNetworkPolicyIngressRule = serde_json::from_value(
+                json!({"action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": format!("team-{}", c % 10)}}}],
+                       "protocols": [{"tcp": {"destinationPort": {"number": 20000 + c}}}]}),
+            )
+            .unwrap();
+            cnp.spec.ingress.push(rule);
+        }
+        cnp.metadata.resource_version = Some(format!("{}", 200000 + c));
+        let ((d, diff), w, cpu) = measure(|| {
+            let d = e.compile(&store, &locals);
+            let diff = DesiredDiff::between(&prev, &d);
+            (d, diff)
+        });
+        cnp_times.push(w, cpu);
+        cnp_diff += diff.len();
+        prev = d;
+    }
     println!(
         "{} (avg {:.1} map updates; last {:?})",
         pol_times.report("one policy change, recompile + diff"),
@@ -151,6 +184,14 @@ fn main() {
         lab_diff as f64 / changes as f64,
         s_lab
     );
+    if !cnp_names.is_empty() {
+        println!(
+            "{} (avg {:.1} map updates; last {:?})",
+            cnp_times.report("one cluster policy change, recompile + diff"),
+            cnp_diff as f64 / changes as f64,
+            e.last_stats()
+        );
+    }
     let hwm = vm_hwm_kib();
     println!(
         "peak RSS (VmHWM): {:.1} MiB (after building the store: peak {:.1} MiB, live {:.1} MiB; now live {:.1} MiB)",

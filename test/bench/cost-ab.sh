@@ -11,6 +11,9 @@
 #
 #   sudo ROUNDS=7 ENTRIES=100000 bash test/bench/cost-ab.sh FILL_A FILL_B
 #
+# B_ARGS: extra arguments for B's fill alone, e.g. B_ARGS=--tiered to price
+# ClusterNetworkPolicy's tiers against A's NetworkPolicy-only maps.
+#
 # To compare a change with the commit before it, build fill twice in two
 # target directories, e.g.
 #   git worktree add /tmp/before HEAD~1
@@ -21,6 +24,7 @@ set -euo pipefail
 FILL_A=$1 FILL_B=$2
 ROUNDS=${ROUNDS:-5}
 ENTRIES=${ENTRIES:-100000}
+B_ARGS=${B_ARGS:-}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 NS=cab$$
 ROOT=/sys/fs/bpf/weir-cost-ab-$$
@@ -57,10 +61,12 @@ for round in $(seq "$ROUNDS"); do
 	[ $((round % 2)) -eq 0 ] && order="B A"
 	for side in $order; do
 		fill=FILL_$side
+		extra=""
+		[ "$side" = B ] && extra=$B_ARGS
 		topo_up
 		log "round $round/$ROUNDS: $side"
 		"${!fill}" --root "$ROOT" --netns /run/netns/$NS-node --client 10.251.0.1=cab1h=$MAC1 \
-			--server 10.251.0.2=cab2h=$MAC2 --ports $P_IPERF --entries "$ENTRIES" --cost |
+			--server 10.251.0.2=cab2h=$MAC2 --ports $P_IPERF --entries "$ENTRIES" --cost $extra |
 			awk -v s=$side '$1 == "cost" {print s, $2, $3}' >>"$WORK/costs"
 	done
 done

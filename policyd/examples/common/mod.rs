@@ -130,6 +130,47 @@ pub fn policy(ns: usize, k: usize) -> (String, serde_json::Value) {
     (format!("np-{k}"), spec)
 }
 
+/// The k-th ClusterNetworkPolicy: a mix of guardrails (Admin) and
+/// defaults (Baseline), by namespace labels, pods, ports and networks,
+/// with priorities that collide now and then.
+pub fn cluster_policy(k: usize) -> (String, serde_json::Value) {
+    let team = |t: usize| json!({"matchLabels": {"team": format!("team-{}", t % 10)}});
+    let env = |e: usize| json!({"matchLabels": {"env": ENVS[e % 3]}});
+    let priority = (k * 7) % 1000;
+    let spec = match k % 6 {
+        0 => json!({"tier": "Admin", "priority": priority, "subject": {"namespaces": team(k)},
+            "ingress": [{"name": "no-dev", "action": "Deny", "from": [{"namespaces": env(2)}]}]}),
+        1 => json!({"tier": "Admin", "priority": priority, "subject": {"namespaces": {}},
+            "ingress": [{"name": "monitoring", "action": "Accept", "from": [{"pods": {"namespaceSelector": team(k), "podSelector": {"matchLabels": {"tier": "worker"}}}}],
+                         "protocols": [{"destinationNamedPort": "metrics"}]}]}),
+        2 => {
+            json!({"tier": "Admin", "priority": priority, "subject": {"pods": {"namespaceSelector": env(k), "podSelector": {"matchLabels": {"tier": "db"}}}},
+            "egress": [{"name": "dns", "action": "Pass", "to": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "ns-000"}}}], "protocols": [{"udp": {"destinationPort": {"number": 53}}}]},
+                       {"name": "no-internet", "action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]})
+        }
+        3 => json!({"tier": "Baseline", "priority": priority, "subject": {"namespaces": env(k)},
+            "ingress": [{"name": "same-env", "action": "Accept", "from": [{"namespaces": env(k)}]},
+                        {"name": "others", "action": "Deny", "from": [{"namespaces": {}}]}]}),
+        4 => json!({"tier": "Baseline", "priority": priority, "subject": {"namespaces": team(k)},
+            "egress": [{"name": "ports", "action": "Deny", "to": [{"namespaces": {}}], "protocols": [{"tcp": {"destinationPort": {"range": {"start": 30000, "end": 32767}}}}]}]}),
+        _ => json!({"tier": "Admin", "priority": priority, "subject": {"namespaces": team(k + 3)},
+            "egress": [{"name": "blocked-nets", "action": "Deny", "to": [{"networks": [format!("10.{}.0.0/16", 100 + k % 50), "192.168.0.0/16"]}]}]}),
+    };
+    (format!("cnp-{k:03}"), spec)
+}
+
+/// Add `n` ClusterNetworkPolicies ([`cluster_policy`]) to `store`.
+pub fn add_cluster_policies(store: &mut Store, n: usize) {
+    for k in 0..n {
+        let (name, spec) = cluster_policy(k);
+        let cnp: weir_policyd::cluster_network_policy::ClusterNetworkPolicy = serde_json::from_value(
+            json!({"metadata": {"name": name, "uid": format!("cnp-{k}"), "resourceVersion": "1"}, "spec": spec}),
+        )
+        .unwrap();
+        store.cluster_policies.insert(name, cnp);
+    }
+}
+
 /// CPU time of this thread: unlike wall time it does not count the time
 /// other processes held the (shared, busy) cores.
 pub fn thread_cpu() -> Duration {
@@ -205,10 +246,11 @@ pub fn status_kib(field: &str) -> u64 {
 /// The generated cluster in one line.
 pub fn describe(store: &Store, locals: &[EndpointRecord], built_in: Duration) -> String {
     format!(
-        "cluster: {} namespaces, {} pods, {} policies, {} services, {} local endpoints (built in {:.0} ms)",
+        "cluster: {} namespaces, {} pods, {} policies, {} cluster policies, {} services, {} local endpoints (built in {:.0} ms)",
         store.namespaces.len(),
         store.pods.len(),
         store.policies.len(),
+        store.cluster_policies.len(),
         store.services.len(),
         locals.len(),
         ms(built_in)
