@@ -312,16 +312,9 @@ impl Engine {
         (side.allowed, side.reason) = if from_node {
             (true, format!("{towards} the node: always allowed"))
         } else if let Some(m) = decided(&admin) {
-            let accept = m.action == "Accept";
-            let r = format!(
-                "{} by Admin ClusterNetworkPolicy {} (priority {}) rule {}",
-                if accept { "accepted" } else { "denied" },
-                m.policy,
-                m.priority,
-                m.rule
-            );
+            let verdict = (m.action == "Accept", format!("{} by {}", m.verdict_word(), m.describe()));
             side.cluster = Some(m);
-            (accept, r)
+            verdict
         } else {
             if admin.is_some() {
                 side.cluster = admin.clone();
@@ -334,16 +327,9 @@ impl Engine {
                     (true, format!("{passed}allowed by {} rule(s)", side.policies.len()))
                 }
             } else if let Some(m) = decided(&baseline) {
-                let accept = m.action == "Accept";
-                let r = format!(
-                    "{passed}{} by Baseline ClusterNetworkPolicy {} (priority {}) rule {}",
-                    if accept { "accepted" } else { "denied" },
-                    m.policy,
-                    m.priority,
-                    m.rule
-                );
+                let verdict = (m.action == "Accept", format!("{passed}{} by {}", m.verdict_word(), m.describe()));
                 side.cluster = Some(m);
-                (accept, r)
+                verdict
             } else {
                 if baseline.is_some() && side.cluster.is_none() {
                     side.cluster = baseline.clone();
@@ -467,6 +453,21 @@ impl Engine {
     }
 }
 
+impl ClusterRuleMatch {
+    fn verdict_word(&self) -> &'static str {
+        if self.action == "Accept" {
+            "accepted"
+        } else {
+            "denied"
+        }
+    }
+
+    /// `Admin ClusterNetworkPolicy NAME (priority P) rule I`
+    fn describe(&self) -> String {
+        format!("{} ClusterNetworkPolicy {} (priority {}) rule {}", self.tier, self.policy, self.priority, self.rule)
+    }
+}
+
 fn cluster_match(p: &CompiledPolicy, r: &CompiledRule, peer: Option<u32>) -> ClusterRuleMatch {
     ClusterRuleMatch {
         tier: if r.tier == Tier::Admin { "Admin" } else { "Baseline" },
@@ -508,15 +509,8 @@ mod tests {
 
     const XA: u32 = 10;
 
-    /// Namespaces x (team=x) and y, pods a (app=a) and b (app=b) in each;
-    /// x/a is this node's endpoint 10.
     fn base() -> Fixture {
-        let mut f = Fixture::default();
-        f.ns("x", &[("team", "x")]).ns("y", &[("team", "y")]);
-        f.pod("x", "a", &[("app", "a")], "10.0.0.1").pod("x", "b", &[("app", "b")], "10.0.0.2");
-        f.pod("y", "a", &[("app", "a")], "10.0.1.1").pod("y", "b", &[("app", "b")], "10.0.1.2");
-        f.local("x", "a", XA);
-        f
+        Fixture::two_teams(XA)
     }
 
     fn end(pod: Option<(&str, &str)>, addr: &str) -> End {

@@ -85,6 +85,17 @@ impl Fixture {
         self.store.services.insert((ns.into(), name.into()), s);
         self
     }
+    /// Namespaces x (team=x) and y (team=y), pods a (app=a) and b (app=b)
+    /// in each (10.0.0.1, 10.0.0.2, 10.0.1.1, 10.0.1.2); x/a is this node's
+    /// endpoint `ifindex`.
+    pub fn two_teams(ifindex: u32) -> Fixture {
+        let mut f = Fixture::default();
+        f.ns("x", &[("team", "x")]).ns("y", &[("team", "y")]);
+        f.pod("x", "a", &[("app", "a")], "10.0.0.1").pod("x", "b", &[("app", "b")], "10.0.0.2");
+        f.pod("y", "a", &[("app", "a")], "10.0.1.1").pod("y", "b", &[("app", "b")], "10.0.1.2");
+        f.local("x", "a", ifindex);
+        f
+    }
     pub fn compile(&self) -> Desired {
         Engine::new().compile(&self.store, &self.locals)
     }

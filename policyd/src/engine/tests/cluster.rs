@@ -8,15 +8,8 @@ use super::*;
 
 const XA: u32 = 10;
 
-/// Namespaces x (team=x) and y (team=y), pods a (app=a) and b (app=b) in
-/// each; x/a is this node's endpoint 10.
 fn base() -> Fixture {
-    let mut f = Fixture::default();
-    f.ns("x", &[("team", "x")]).ns("y", &[("team", "y")]);
-    f.pod("x", "a", &[("app", "a")], "10.0.0.1").pod("x", "b", &[("app", "b")], "10.0.0.2");
-    f.pod("y", "a", &[("app", "a")], "10.0.1.1").pod("y", "b", &[("app", "b")], "10.0.1.2");
-    f.local("x", "a", XA);
-    f
+    Fixture::two_teams(XA)
 }
 
 const XB: &str = "10.0.0.2";
