@@ -209,69 +209,46 @@ fn compile_rule(
     if r.name.chars().count() > 100 {
         diag(&format!("{field}.name"), "longer than 100 characters".into());
     }
-    // What an invalid part does to the rule, said once per part.
-    let consequence = if action == Action::Allow {
-        "this part matches nothing"
-    } else {
-        "the rule denies everything until it is fixed"
-    };
-    let bad = |diag: &mut dyn FnMut(&str, String), f: String, m: String, fail_closed: &mut bool| {
-        diag(&f, format!("{m}; {consequence}"));
-        if action != Action::Allow {
-            *fail_closed = true;
-        }
-    };
+    // Invalid parts, (field, message): reported below with what they do
+    // to the rule.
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let mut problem = |f: &str, m: String| problems.push((f.to_string(), m));
 
     let mut peers = Vec::new();
     if r.peers.is_empty() {
-        bad(diag, format!("{field}.{}", r.peers_field), "no peers; give at least one".into(), &mut fail_closed);
+        problem(&format!("{field}.{}", r.peers_field), "no peers; give at least one".into());
     }
     let mut towards_networks = false;
     for (pi, p) in r.peers.iter().enumerate() {
         let pf = format!("{field}.{}[{pi}]", r.peers_field);
-        let set = p.namespaces.is_some() as usize
-            + p.pods.is_some() as usize
-            + p.networks.is_some() as usize
-            + p.experimental.len();
         if !p.experimental.is_empty() {
             let which = p.experimental.join(" and ");
-            bad(
-                diag,
-                pf.clone(),
-                format!("{which} is an experimental-channel field this version does not support"),
-                &mut fail_closed,
-            );
+            problem(&pf, format!("{which} is an experimental-channel field this version does not support"));
             continue;
         }
-        if set != 1 {
-            bad(diag, pf.clone(), "a peer needs exactly one of namespaces, pods and networks".into(), &mut fail_closed);
+        if p.namespaces.is_some() as u8 + p.pods.is_some() as u8 + p.networks.is_some() as u8 != 1 {
+            problem(&pf, "a peer needs exactly one of namespaces, pods and networks".into());
             continue;
         }
-        let rule_id = ids.rule_id(super::cluster_policy::CLUSTER_SCOPE, ctx.name, ctx.dir, ctx.index, Some(pi as u32));
+        let rule_id = ids.rule_id(CLUSTER_SCOPE, ctx.name, ctx.dir, ctx.index, Some(pi as u32));
         let mut push = |spec| peers.push(CompiledPeer { index: pi as u32, rule_id, spec });
         if let Some(ns) = p.namespaces {
-            match pods_of(&format!("{pf}.namespaces"), Some(ns), None, &mut |f: &str, m| {
-                bad(diag, f.to_string(), m, &mut fail_closed)
-            }) {
-                Some(sel) => push(PeerSpec::Pods(sel)),
-                None => continue,
+            if let Some(sel) = pods_of(&format!("{pf}.namespaces"), Some(ns), None, &mut problem) {
+                push(PeerSpec::Pods(sel));
             }
         } else if let Some(np) = p.pods {
-            match pods_of_namespaced(&format!("{pf}.pods"), np, &mut |f: &str, m| {
-                bad(diag, f.to_string(), m, &mut fail_closed)
-            }) {
-                Some(sel) => push(PeerSpec::Pods(sel)),
-                None => continue,
+            if let Some(sel) = pods_of_namespaced(&format!("{pf}.pods"), np, &mut problem) {
+                push(PeerSpec::Pods(sel));
             }
         } else if let Some(nets) = p.networks {
             towards_networks = true;
             if nets.is_empty() {
-                bad(diag, format!("{pf}.networks"), "an empty list; give at least one CIDR".into(), &mut fail_closed);
+                problem(&format!("{pf}.networks"), "an empty list; give at least one CIDR".into());
             }
             for (ni, n) in nets.iter().enumerate() {
                 match parse_cidr(n) {
                     Ok(cidr) => push(PeerSpec::Block(Block { cidr, except: Vec::new() })),
-                    Err(m) => bad(diag, format!("{pf}.networks[{ni}]"), m, &mut fail_closed),
+                    Err(m) => problem(&format!("{pf}.networks[{ni}]"), m),
                 }
             }
         }
@@ -280,12 +257,9 @@ fn compile_rule(
     let mut ports = Vec::new();
     match r.protocols {
         None => ports.push(PortSpec::Any),
-        Some([]) => bad(
-            diag,
-            format!("{field}.protocols"),
-            "an empty list; leave it out to match every protocol".into(),
-            &mut fail_closed,
-        ),
+        Some([]) => {
+            problem(&format!("{field}.protocols"), "an empty list; leave it out to match every protocol".into())
+        }
         Some(list) => {
             for (i, p) in list.iter().enumerate() {
                 let pf = format!("{field}.protocols[{i}]");
@@ -297,11 +271,22 @@ fn compile_rule(
                         }
                         ports.push(spec)
                     }
-                    Err((f, m)) => bad(diag, f, m, &mut fail_closed),
+                    Err((f, m)) => problem(&f, m),
                 }
             }
         }
     }
+    // Upstream's fail-closed: a bad part matches nothing in an Accept rule,
+    // and turns a Deny or Pass rule into "Deny everything".
+    let consequence = if action == Action::Allow {
+        "this part matches nothing"
+    } else {
+        "the rule denies everything until it is fixed"
+    };
+    for (f, m) in &problems {
+        diag(f, format!("{m}; {consequence}"));
+    }
+    fail_closed |= action != Action::Allow && !problems.is_empty();
 
     if fail_closed {
         action = Action::Deny;
