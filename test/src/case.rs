@@ -191,6 +191,30 @@ impl Case {
         self.probes().any(|p| p.protocol == Protocol::SCTP)
     }
 
+    /// Whether a verdict of the case depends on the path a packet takes
+    /// between nodes, beyond reaching the pod: it judges egress (after a
+    /// Service's DNAT that happens where the backend's device is, see
+    /// `leave_node`) or matches addresses (`ipBlock`, `networks`: the
+    /// source address that arrives). Ingress by selectors is judged by
+    /// `to_pod` on the same packet whatever carried it.
+    pub fn depends_on_the_path_between_nodes(&self) -> bool {
+        fn mentions(v: &Value) -> bool {
+            match v {
+                Value::Mapping(m) => {
+                    m.iter().any(|(k, v)| matches!(k.as_str(), Some("egress" | "ipBlock" | "networks")) || mentions(v))
+                }
+                Value::Sequence(s) => s.iter().any(mentions),
+                Value::String(s) => s == "Egress",
+                _ => false,
+            }
+        }
+        let applied = self.steps.iter().flat_map(|s| match s {
+            Step::Apply(objs) => objs.as_slice(),
+            _ => &[],
+        });
+        self.setup.iter().chain(applied).any(mentions)
+    }
+
     /// Everything that can be known without a lab: fields agree with the
     /// probes, objects are valid and complete, placeholders parse, deletes
     /// name something that exists, and every expectation evaluates over the
@@ -375,6 +399,17 @@ steps:
 
     fn parse(text: &str) -> Result<Case> {
         Case::parse(text, Path::new("sample.yaml"))
+    }
+
+    #[test]
+    fn egress_and_address_matches_make_a_case_depend_on_the_path_between_nodes() {
+        let ingress_by_selector = GOOD.replace(r#"{ipBlock: {cidr: "{{hostcidr y/b}}"}}"#, "{podSelector: {}}");
+        assert!(!parse(&ingress_by_selector).unwrap().depends_on_the_path_between_nodes());
+        assert!(parse(GOOD).unwrap().depends_on_the_path_between_nodes(), "an ipBlock");
+        let deny_all_egress = ingress_by_selector.replace("policyTypes: [Ingress]", "policyTypes: [Ingress, Egress]");
+        assert!(parse(&deny_all_egress).unwrap().depends_on_the_path_between_nodes(), "policyTypes Egress");
+        let egress_rule = ingress_by_selector.replace("ingress: [{from:", "egress: [{to:");
+        assert!(parse(&egress_rule).unwrap().depends_on_the_path_between_nodes(), "an egress rule");
     }
 
     #[test]
