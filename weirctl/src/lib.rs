@@ -2,4 +2,6 @@
 //! command line runs.
 
 pub mod explain;
+pub mod get;
 pub mod lab;
+pub mod table;

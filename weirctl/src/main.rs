@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
+use weirctl::get;
 use weirctl::lab::{demo, ops, serve, state::Lab};
 
 #[derive(Parser)]
@@ -30,6 +31,22 @@ enum Top {
         #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// This node's endpoints (pods, identity, isolation) or the policies
+    /// weir-policyd holds (what they isolate, their problems).
+    Get {
+        what: NodeWhatArg,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        /// weir-policyd's run dir (its API socket is <run-dir>/api.sock).
+        #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NodeWhatArg {
+    Endpoints,
+    Policies,
 }
 
 /// The flow `explain` is about.
@@ -254,6 +271,18 @@ fn run() -> Result<()> {
         Top::Explain { flow, run_dir } => {
             let v = weirctl::explain::explain(&run_dir, &flow.ask())?;
             return print_explanation(&v, flow.output);
+        }
+        Top::Get { what, output, run_dir } => {
+            let what = match what {
+                NodeWhatArg::Endpoints => get::NodeWhat::Endpoints,
+                NodeWhatArg::Policies => get::NodeWhat::Policies,
+            };
+            let v = get::fetch(&run_dir, what)?;
+            match output {
+                Output::Table => print!("{}", get::render_table(what, &v)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+            }
+            return Ok(());
         }
     };
     match cmd {

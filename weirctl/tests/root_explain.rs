@@ -162,6 +162,69 @@ fn root_explain_names_the_rule_the_kernel_agrees_and_bad_input_changes_nothing()
 
     assert_eq!(snapshot(&g, &run_dir), before, "bad input changed nothing");
 
+    // `weirctl get` on the node: what policyd holds, from its API.
+    let get = |what: &str| {
+        let out = Command::new(weirctl()).args(["get", what, "--run-dir", run_dir.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "get {what}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let endpoints = get("endpoints");
+    let row_a = endpoints.lines().find(|l| l.starts_with("x/a ")).unwrap_or_else(|| panic!("{endpoints}"));
+    let identity = v["dst"]["identity"].to_string();
+    assert!(row_a.split_whitespace().any(|c| c == identity), "x/a's identity {identity}: {row_a}");
+    assert!(row_a.split_whitespace().rev().take(2).eq(["no", "yes"]), "ingress isolated, egress not: {row_a}");
+    let policies = get("policies");
+    assert!(
+        policies.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&[
+            "NetworkPolicy",
+            "x/from-b",
+            "ingress"
+        ])),
+        "{policies}"
+    );
+
+    // A ClusterNetworkPolicy (for y's egress to a documentation range, so
+    // the flows above keep their verdicts), with a part it cannot use: both
+    // `get`s list it, and the node's says what is wrong, by field.
+    let cnp = tmp.path().join("cnp.yaml");
+    std::fs::write(
+        &cnp,
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: y-guard}
+spec:
+  tier: Admin
+  priority: 7
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}
+  egress:
+  - {name: no-docs, action: Deny, to: [{networks: [192.0.2.0/24, not-a-cidr]}]}
+",
+    )
+    .unwrap();
+    g.ok(&["apply", "-f", cnp.to_str().unwrap()]);
+    let lab_policies = g.ok(&["get", "policies"]);
+    assert!(
+        lab_policies.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&["y-guard", "Admin", "7"])),
+        "{lab_policies}"
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let policies = loop {
+        let p = get("policies");
+        if p.contains("y-guard") || std::time::Instant::now() > until {
+            break p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let row = policies
+        .lines()
+        .find(|l| l.contains("y-guard"))
+        .unwrap_or_else(|| panic!("policyd never listed it: {policies}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["ClusterNetworkPolicy", "y-guard", "-", "Admin", "7", "1", "1"]
+    );
+    assert!(policies.contains("y-guard: spec.egress[0].to[0].networks[1]"), "{policies}");
+
     // The kernel disagrees: remove x/a's policy entries behind policyd's
     // back; explain must say so loudly and fail.
     let st = weirctl::lab::state::Lab::new(&g.name).unwrap().require_state().unwrap();

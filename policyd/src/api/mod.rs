@@ -18,7 +18,9 @@
 pub mod proof;
 pub mod resolve;
 
+use crate::engine::cluster_policy::CLUSTER_SCOPE;
 use crate::engine::explain::Explanation;
+use crate::engine::policy::CompiledPolicy;
 use crate::engine::Engine;
 use crate::http::{self, HttpState, Response, Target};
 use crate::store::Store;
@@ -107,20 +109,36 @@ pub fn answer(
             Ok(Answer::Json(json!({"endpoints": rows})))
         }
         Question::Policies => {
-            let rows: Vec<Value> = store
+            let diagnostics = |c: &Option<Arc<CompiledPolicy>>| {
+                c.as_ref()
+                    .map(|c| c.diagnostics.iter().map(|d| format!("{}: {}", d.field, d.message)).collect::<Vec<_>>())
+            };
+            let mut rows: Vec<Value> = store
                 .policies
                 .keys()
                 .map(|k| {
                     let c = engine.compiled_policy(k);
                     json!({
+                        "kind": "NetworkPolicy",
                         "policy": format!("{}/{}", k.0, k.1),
                         "isolatesIngress": c.as_ref().map(|c| c.isolates_ingress),
                         "isolatesEgress": c.as_ref().map(|c| c.isolates_egress),
                         "rules": c.as_ref().map(|c| c.rules.len()),
-                        "diagnostics": c.as_ref().map(|c| c.diagnostics.iter().map(|d| format!("{}: {}", d.field, d.message)).collect::<Vec<_>>()),
+                        "diagnostics": diagnostics(&c),
                     })
                 })
                 .collect();
+            rows.extend(store.cluster_policies.iter().map(|(name, cnp)| {
+                let c = engine.compiled_policy(&(CLUSTER_SCOPE.to_string(), name.clone()));
+                json!({
+                    "kind": "ClusterNetworkPolicy",
+                    "policy": name,
+                    "tier": cnp.spec.tier,
+                    "priority": cnp.spec.priority,
+                    "rules": c.as_ref().map(|c| c.rules.len()),
+                    "diagnostics": diagnostics(&c),
+                })
+            }));
             Ok(Answer::Json(json!({"policies": rows})))
         }
     }

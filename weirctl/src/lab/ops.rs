@@ -11,8 +11,10 @@ use super::services::{self, Allocator, PodView};
 use super::state::{Lab, PodRec, State};
 use super::sys;
 use super::topology::{self, LabNode, Placement};
+use crate::table::columns;
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::{HostIP, Pod, PodCondition, PodIP, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -1226,17 +1228,13 @@ pub fn pods_table(st: &State, objs: &BTreeMap<ObjectRef, Object>) -> String {
     columns(&rows)
 }
 
-fn columns(rows: &[Vec<String>]) -> String {
-    let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..n).map(|i| rows.iter().map(|r| r.get(i).map(|c| c.len()).unwrap_or(0)).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+/// A selector's matchLabels as `k=v,...`; `<all>` when it has none (its
+/// matchExpressions are not shown).
+fn match_labels_text(sel: Option<&LabelSelector>) -> String {
+    sel.and_then(|s| s.match_labels.as_ref())
+        .map(|l| l.iter().map(|(a, b)| format!("{a}={b}")).collect::<Vec<_>>().join(","))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "<all>".into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1310,7 +1308,8 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
                         None => items.push(o.to_json()),
                     }
                 }
-                (GetWhat::Services, Object::Service(_)) | (GetWhat::Policies, Object::NetworkPolicy(_)) => {
+                (GetWhat::Services, Object::Service(_))
+                | (GetWhat::Policies, Object::NetworkPolicy(_) | Object::ClusterNetworkPolicy(_)) => {
                     items.push(o.to_json())
                 }
                 _ => {}
@@ -1354,21 +1353,40 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
         GetWhat::Nodes => nodes_table(&st, &node_objects(lab, &st, &objs)),
         GetWhat::Policies => {
             let mut rows = vec![["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES"].map(String::from).to_vec()];
+            let mut cluster =
+                vec![["CLUSTER-POLICY", "TIER", "PRIORITY", "SUBJECT", "RULES"].map(String::from).to_vec()];
             for o in objs.values() {
-                let Object::NetworkPolicy(np) = o else { continue };
                 let k = o.object_ref();
-                let spec = np.spec.clone().unwrap_or_default();
-                let sel = spec
-                    .pod_selector
-                    .as_ref()
-                    .and_then(|s| s.match_labels.clone())
-                    .map(|l| l.iter().map(|(a, b)| format!("{a}={b}")).collect::<Vec<_>>().join(","))
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "<all>".into());
-                let types = spec.policy_types.clone().unwrap_or_else(|| vec!["Ingress".into()]).join(",");
-                rows.push(vec![k.namespace, k.name, sel, types]);
+                match o {
+                    Object::NetworkPolicy(np) => {
+                        let spec = np.spec.clone().unwrap_or_default();
+                        let sel = match_labels_text(spec.pod_selector.as_ref());
+                        let types = spec.policy_types.clone().unwrap_or_else(|| vec!["Ingress".into()]).join(",");
+                        rows.push(vec![k.namespace, k.name, sel, types]);
+                    }
+                    Object::ClusterNetworkPolicy(cnp) => {
+                        let s = &cnp.spec;
+                        let subject = match (&s.subject.namespaces, &s.subject.pods) {
+                            (Some(ns), _) => format!("namespaces {}", match_labels_text(Some(ns))),
+                            (None, Some(p)) => format!(
+                                "pods {} in namespaces {}",
+                                match_labels_text(Some(&p.pod_selector)),
+                                match_labels_text(Some(&p.namespace_selector))
+                            ),
+                            (None, None) => "<none>".into(),
+                        };
+                        let rules = format!("{} ingress, {} egress", s.ingress.len(), s.egress.len());
+                        cluster.push(vec![k.name, s.tier.clone(), s.priority.to_string(), subject, rules]);
+                    }
+                    _ => {}
+                }
             }
-            columns(&rows)
+            let mut out = columns(&rows);
+            if cluster.len() > 1 {
+                out.push('\n');
+                out.push_str(&columns(&cluster));
+            }
+            out
         }
     })
 }
@@ -1487,11 +1505,5 @@ mod tests {
         assert!(service_target(&objs, &st, &views, &rec("a"), 80, "UDP", false).is_err());
         // b is only behind `all`, which selects two pods: never used
         assert!(service_target(&objs, &st, &views, &rec("b"), 80, "TCP", false).unwrap_err().contains("x/b"));
-    }
-
-    #[test]
-    fn columns_align() {
-        let t = columns(&[vec!["A".into(), "BB".into()], vec!["ccc".into(), "d".into()]]);
-        assert_eq!(t, "A     BB\nccc   d\n");
     }
 }
