@@ -43,9 +43,10 @@ pub fn render(s: &Settings) -> Result<String, String> {
         ));
     }
     // The same rules the CNI binary applies to policyd's node network file.
-    let node = NodeNetwork { node: "this node".into(), pod_cidrs: s.pod_cidrs.clone(), mtu: None };
+    let node = NodeNetwork { node: String::new(), pod_cidrs: s.pod_cidrs.clone(), mtu: None };
     if let Some(problem) = node.problem() {
-        return Err(format!("pod CIDRs: {problem}"));
+        let why = problem.strip_prefix("node : ").unwrap_or(&problem);
+        return Err(format!("--pod-cidr: {why}"));
     }
     let mut v: Value = serde_json::from_str(TEMPLATE).expect("the shipped conflist is JSON");
     v["cniVersion"] = json!(s.cni_version);
@@ -145,7 +146,7 @@ mod tests {
             (&["10.1.0.0/24", "10.2.0.0/24"][..], "more than one"),
         ] {
             let e = render(&settings(pods, &[])).unwrap_err();
-            assert!(e.starts_with("pod CIDRs:") && e.contains(want), "{pods:?}: {e}");
+            assert!(e.starts_with("--pod-cidr: ") && e.contains(want), "{pods:?}: {e}");
         }
     }
 
