@@ -5,6 +5,9 @@
 # temporary name in the destination directory, then renamed over the old one,
 # so a running runtime never execs a half-written file), the conflist last
 # and atomically (its presence is what tells the runtime "network ready").
+# The CNI binary and the conflist are installed by `weir-policyd install-cni`
+# (the DaemonSet's init container does the same), so the conflist is rendered
+# one way.
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "install.sh: run it, do not source it" >&2; return 1; fi
 
@@ -15,9 +18,10 @@ usage() {
 Usage: install.sh [options]
 
 Builds the release binaries and installs them:
+  weir-policyd, weirctl      -> <bin-dir>      (default /usr/local/bin; weirctl when built)
   weir                       -> <cni-bin-dir>  (default /opt/cni/bin)
-  weir-policyd, weirctl      -> <bin-dir>      (default /usr/local/bin), when built
   conf/10-weir.conflist      -> <cni-conf-dir> (default /etc/cni/net.d), last, atomically
+The last two by `weir-policyd install-cni --pod-cidr ...` (see its --help).
 Reference plugins the conflist chains (portmap, bandwidth) and loopback are
 copied from /usr/lib/cni into <cni-bin-dir> when missing there. Without
 --prefix or --no-bpffs, bpffs is mounted at /sys/fs/bpf when nothing is
@@ -87,11 +91,6 @@ BPFFS=/sys/fs/bpf
 
 log() { echo "install.sh: $*" >&2; }
 
-case $CNI_VERSION in
-0.3.0 | 0.3.1 | 0.4.0 | 1.0.0 | 1.1.0) ;;
-*) log "--cni-version $CNI_VERSION: weir speaks 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0; use 1.0.0 (every runtime) or 1.1.0"; exit 2 ;;
-esac
-
 # write-then-rename inside the destination directory (same filesystem)
 put() { # src dest mode
 	local src=$1 dest=$2 mode=$3 tmp
@@ -129,31 +128,12 @@ fi
 # ---- build ------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
 	command -v cargo >/dev/null || { log "cargo not found: install Rust (https://rustup.rs) or pass --from DIR"; exit 1; }
-	(cd "$HERE" && cargo build --release -p weir-cni)
-	for pkg in weir-policyd weirctl; do
-		(cd "$HERE" && cargo build --release -p "$pkg") || log "WARNING: $pkg did not build; installing without it"
-	done
+	(cd "$HERE" && cargo build --release -p weir-cni -p weir-policyd)
+	(cd "$HERE" && cargo build --release -p weirctl) || log "WARNING: weirctl did not build; installing without it"
 fi
-[ -x "$FROM/weir" ] || { log "no weir binary in $FROM (build first, or pass --from DIR)"; exit 1; }
-
-# ---- checks before anything changes ---------------------------------------
-# A chained plugin that does not speak the conflist's version fails every ADD.
-if [ "$CNI_VERSION" = 1.1.0 ]; then
-	for p in portmap bandwidth; do
-		bin="$CNI_BIN_DIR/$p"
-		[ -x "$bin" ] || bin="$REF/$p"
-		[ -x "$bin" ] || continue
-		# Output first, then the test: under pipefail a plugin that exits
-		# without reading stdin (SIGPIPE to echo), or grep -q leaving early,
-		# would fail the pipeline and read as "does not speak 1.1.0".
-		versions=$(echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$bin" 2>/dev/null || true)
-		if ! grep -q '"1.1.0"' <<<"$versions"; then
-			log "--cni-version 1.1.0: $bin does not speak cniVersion 1.1.0, so every pod's ADD would fail;" \
-				"install containernetworking-plugins >= 1.5, or keep the default 1.0.0. Nothing was changed."
-			exit 1
-		fi
-	done
-fi
+for b in weir weir-policyd; do
+	[ -x "$FROM/$b" ] || { log "no $b binary in $FROM (build first, or pass --from DIR)"; exit 1; }
+done
 
 # ---- bpffs --------------------------------------------------------------------
 # The pins live there; a fresh machine has nothing mounted. Never mount over
@@ -169,27 +149,25 @@ if [ "$BPFFS_MOUNT" = 1 ] && [ -z "$PREFIX" ] && [ "$(stat -f -c %T "$BPFFS" 2>/
 	log "mounted bpffs at $BPFFS"
 fi
 
-# ---- binaries ---------------------------------------------------------------
-mkdir -p "$CNI_BIN_DIR" "$BIN_DIR" "$CNI_CONF_DIR"
-put "$FROM/weir" "$CNI_BIN_DIR/weir" 0755
+# ---- weir, then the conflist, last ----------------------------------------------
+# install-cni takes weir and every chained plugin the host lacks from one
+# directory: weir from $FROM, the reference plugins from $REF. It checks
+# everything (cniVersion, the chained plugins speak it, the pod range) before
+# it writes anything. No API server here: the pod range is given (the shipped
+# conflist's by default).
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+ln -s "$FROM/weir" "$stage/weir"
+for p in "$REF"/*; do
+	if [ -x "$p" ]; then ln -s "$p" "$stage/$(basename "$p")"; fi
+done
+"$FROM/weir-policyd" install-cni --from "$stage" \
+	--bin-dir "$CNI_BIN_DIR" --conf-dir "$CNI_CONF_DIR" --cni-version "$CNI_VERSION" \
+	--pod-cidr "${POD_CIDR:-10.244.1.0/24}" ${CLUSTER_CIDR:+--cluster-cidr "$CLUSTER_CIDR"}
+
+# ---- weir-policyd, weirctl ------------------------------------------------------
+mkdir -p "$BIN_DIR"
 for b in weir-policyd weirctl; do
 	if [ -x "$FROM/$b" ]; then put "$FROM/$b" "$BIN_DIR/$b" 0755; fi
 done
-for p in portmap bandwidth loopback; do
-	if [ ! -x "$CNI_BIN_DIR/$p" ] && [ -x "$REF/$p" ]; then put "$REF/$p" "$CNI_BIN_DIR/$p" 0755; fi
-done
-
-# ---- conflist, last ---------------------------------------------------------
-tmp="$CNI_CONF_DIR/.$CONFLIST.tmp.$$"
-sed -e "s|\"cniVersion\": \"1.0.0\"|\"cniVersion\": \"$CNI_VERSION\"|" \
-	${POD_CIDR:+-e "s|10.244.1.0/24|$POD_CIDR|"} \
-	${CLUSTER_CIDR:+-e "s|10.244.0.0/16|$CLUSTER_CIDR|"} \
-	"$HERE/conf/$CONFLIST" >"$tmp"
-chmod 0644 "$tmp"
-if [ -f "$CNI_CONF_DIR/$CONFLIST" ] && cmp -s "$tmp" "$CNI_CONF_DIR/$CONFLIST"; then
-	rm -f "$tmp"
-else
-	mv -f "$tmp" "$CNI_CONF_DIR/$CONFLIST"
-	log "installed $CNI_CONF_DIR/$CONFLIST"
-fi
 log "done"

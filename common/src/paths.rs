@@ -22,3 +22,12 @@ pub const POLICYD_HEARTBEAT_MAX_AGE: std::time::Duration = std::time::Duration::
 /// weir-policyd's local API (read-only HTTP/JSON, mode 0600) under the run
 /// dir; `weirctl explain` talks to it.
 pub const POLICYD_API_SOCKET: &str = "api.sock";
+
+/// Where container runtimes exec CNI plugins from (containerd's, CRI-O's
+/// and podman's default `bin_dir`); `weir-policyd install-cni` installs
+/// `weir` there.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+
+/// Where container runtimes read CNI network configurations from;
+/// `weir-policyd install-cni` writes the conflist there.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";

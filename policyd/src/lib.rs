@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod engine;
 pub mod fswatch;
 pub mod http;
+pub mod install;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -1,19 +1,23 @@
 //! weir-policyd: the Weir node agent.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weir_policyd::daemon::{self, SourceChoice};
+use weir_policyd::install::{self, PodCidrs};
 use weir_policyd::node::Backend;
 use weir_policyd::source::kube::Access;
 
 /// Watches the cluster (or a directory of manifests) and keeps Weir's pinned
 /// BPF maps enforcing its NetworkPolicies.
 #[derive(Parser, Debug)]
-#[command(name = "weir-policyd", version)]
+#[command(name = "weir-policyd", version, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Read objects from this kubeconfig's cluster.
     #[arg(long, value_name = "PATH", group = "source")]
     kubeconfig: Option<PathBuf>,
@@ -25,8 +29,8 @@ struct Args {
     manifests: Option<PathBuf>,
     /// This node's name (Pods are matched to local interfaces through the
     /// endpoint registry; the name labels logs and selects the Node object).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "NODE_NAME", required = true)]
+    node_name: Option<String>,
     #[arg(long, default_value = weir_common::paths::DEFAULT_BPFFS_ROOT)]
     bpffs_root: PathBuf,
     #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
@@ -65,9 +69,115 @@ struct Args {
     rejudge_established: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install the CNI binary and its conflist on this node's host (the
+    /// DaemonSet's init container): `weir` (and any chained plugin the host
+    /// lacks) from --from into --bin-dir, then the conflist, with this
+    /// node's pod CIDRs, into --conf-dir, last. Each file is written beside
+    /// its destination, synced and renamed; any error leaves the node as it
+    /// was.
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InstallCniArgs {
+    /// Read this node's Node from this kubeconfig's cluster.
+    #[arg(long, value_name = "PATH", group = "pod_cidr_source")]
+    kubeconfig: Option<PathBuf>,
+    /// Read this node's Node with the pod's service account.
+    #[arg(long, group = "pod_cidr_source")]
+    in_cluster: bool,
+    /// This node's pod range, instead of reading the Node (a node without
+    /// an API server); one per family, comma-separated or repeated.
+    #[arg(long = "pod-cidr", value_name = "CIDR", value_delimiter = ',', group = "pod_cidr_source")]
+    pod_cidrs: Vec<IpNet>,
+    /// The Node to read (spec.podCIDRs, else spec.podCIDR).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The cluster's pod range, which pods reach without masquerade; once
+    /// per family, comma-separated or repeated [default: the shipped
+    /// conflist's].
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_delimiter = ',')]
+    cluster_cidrs: Vec<IpNet>,
+    /// cniVersion of the conflist. 1.0.0: every runtime accepts it. 1.1.0
+    /// (STATUS, GC) only where every runtime on the node links libcni >= 1.2
+    /// (containerd >= 2.0, CRI-O >= 1.30): libcni 1.1 (containerd 1.6/1.7,
+    /// podman 4) rejects its results. Also 0.3.0, 0.3.1, 0.4.0.
+    #[arg(long, value_name = "VERSION", default_value = weir_policyd::install::conflist::DEFAULT_CNI_VERSION)]
+    cni_version: String,
+    /// Where `weir` (and chained plugins the host lacks) are taken from
+    /// [default: the directory of this executable].
+    #[arg(long, value_name = "DIR")]
+    from: Option<PathBuf>,
+    /// The host's CNI binary directory.
+    #[arg(long, value_name = "DIR", default_value = weir_common::paths::DEFAULT_CNI_BIN_DIR)]
+    bin_dir: PathBuf,
+    /// The host's CNI configuration directory.
+    #[arg(long, value_name = "DIR", default_value = weir_common::paths::DEFAULT_CNI_CONF_DIR)]
+    conf_dir: PathBuf,
+}
+
 fn main() -> ExitCode {
     weir_policyd::logging::init();
     let args = Args::parse();
+    match args.command {
+        Some(Command::InstallCni(a)) => install_cni(a),
+        None => daemon(args),
+    }
+}
+
+fn install_cni(a: InstallCniArgs) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("weir-policyd install-cni: {msg}");
+        ExitCode::FAILURE
+    };
+    let access = match (&a.kubeconfig, a.in_cluster) {
+        (Some(p), _) => Some(Access::Kubeconfig(p.clone())),
+        (_, true) => Some(Access::InCluster),
+        _ => None,
+    };
+    let pod_cidrs = match (access, a.node_name) {
+        _ if !a.pod_cidrs.is_empty() => PodCidrs::Given(a.pod_cidrs),
+        (Some(access), Some(node_name)) => PodCidrs::Node { access, node_name },
+        (Some(_), None) => return fail("which Node? pass --node-name NAME or set NODE_NAME".into()),
+        (None, _) => {
+            return fail("where do the pod CIDRs come from? --in-cluster, --kubeconfig PATH or --pod-cidr CIDR".into())
+        }
+    };
+    let from = match a.from {
+        Some(d) => d,
+        None => match std::env::current_exe() {
+            Ok(exe) => exe.parent().map(PathBuf::from).unwrap_or_default(),
+            Err(e) => return fail(format!("finding this executable's directory: {e}; pass --from DIR")),
+        },
+    };
+    let opts = install::Options {
+        pod_cidrs,
+        cluster_cidrs: a.cluster_cidrs,
+        cni_version: a.cni_version,
+        from,
+        bin_dir: a.bin_dir,
+        conf_dir: a.conf_dir,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(install::run(&opts)) {
+        Ok(done) => {
+            let cidrs: Vec<String> = done.pod_cidrs.iter().map(|c| c.to_string()).collect();
+            for p in &done.written {
+                log::info!("installed {}", p.display());
+            }
+            for p in &done.unchanged {
+                log::info!("{} already up to date", p.display());
+            }
+            log::info!("pod CIDRs {}: done", cidrs.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn daemon(args: Args) -> ExitCode {
     let source = match (&args.kubeconfig, args.in_cluster, &args.manifests) {
         (Some(p), _, _) => SourceChoice::Kube(Access::Kubeconfig(p.clone())),
         (_, true, _) => SourceChoice::Kube(Access::InCluster),
@@ -81,7 +191,7 @@ fn main() -> ExitCode {
     };
     let opts = daemon::Options {
         source,
-        node_name: args.node_name,
+        node_name: args.node_name.expect("clap requires --node-name"),
         bpffs_root: args.bpffs_root,
         run_dir: args.run_dir,
         listen: args.listen,

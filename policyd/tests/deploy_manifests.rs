@@ -1,16 +1,20 @@
-//! conf/rbac.yaml and conf/policyd-daemonset.yaml, decoded document by
-//! document into k8s-openapi types: no field the API would silently drop
-//! (typos), read-only RBAC covering what the sources watch, and a
-//! DaemonSet that can actually run policyd (bpffs, run dir, CNI dirs,
-//! NODE_NAME, probes on the port it listens on).
+//! conf/weir.yaml, the one install manifest, decoded document by document
+//! into k8s-openapi types: no field the API would silently drop (typos),
+//! read-only RBAC covering what the sources watch, and a DaemonSet that can
+//! actually run: `install-cni` first, writing where runtimes look, then
+//! policyd (bpffs, run dir, NODE_NAME, probes on the port it listens on),
+//! both with the host paths the binaries default to.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Resource;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use weir_policyd::cluster_network_policy::ClusterNetworkPolicy;
+use weir_policyd::store::ObjectKind;
 
 fn conf(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../conf").join(name);
@@ -42,6 +46,7 @@ enum Doc {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    ConfigMap(ConfigMap),
     DaemonSet(DaemonSet),
 }
 
@@ -65,6 +70,7 @@ fn docs(file: &str) -> Vec<Doc> {
             ("v1", "ServiceAccount") => Doc::ServiceAccount(typed(file, n, &v)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => Doc::ClusterRole(typed(file, n, &v)),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Doc::ClusterRoleBinding(typed(file, n, &v)),
+            ("v1", "ConfigMap") => Doc::ConfigMap(typed(file, n, &v)),
             ("apps/v1", "DaemonSet") => Doc::DaemonSet(typed(file, n, &v)),
             other => panic!("{file} document {n}: unexpected {other:?}"),
         });
@@ -72,28 +78,53 @@ fn docs(file: &str) -> Vec<Doc> {
     out
 }
 
+const MANIFEST: &str = "weir.yaml";
+
+macro_rules! the {
+    ($docs:expr, $kind:ident) => {{
+        let found: Vec<_> = $docs.iter().filter_map(|d| if let Doc::$kind(x) = d { Some(x) } else { None }).collect();
+        assert_eq!(found.len(), 1, concat!("exactly one ", stringify!($kind), " in conf/weir.yaml"));
+        found[0]
+    }};
+}
+
+/// (API group, resource) of each kind the kube source lists and watches;
+/// exhaustive, so a new kind fails to compile here until the RBAC is
+/// checked for it.
+fn watched(kind: ObjectKind) -> (String, String) {
+    use k8s_openapi::api::{core::v1 as core, networking::v1 as net};
+    fn of<K: k8s_openapi::Resource>() -> (String, String) {
+        (K::GROUP.to_string(), K::URL_PATH_SEGMENT.to_string())
+    }
+    match kind {
+        ObjectKind::Namespace => of::<core::Namespace>(),
+        ObjectKind::Pod => of::<core::Pod>(),
+        ObjectKind::Service => of::<core::Service>(),
+        ObjectKind::NetworkPolicy => of::<net::NetworkPolicy>(),
+        ObjectKind::Node => of::<core::Node>(),
+        ObjectKind::ClusterNetworkPolicy => {
+            (ClusterNetworkPolicy::group(&()).into_owned(), ClusterNetworkPolicy::plural(&()).into_owned())
+        }
+    }
+}
+
 #[test]
 fn rbac_reads_every_watched_resource_and_writes_only_node_annotations() {
-    let docs = docs("rbac.yaml");
-    let sa = docs
-        .iter()
-        .find_map(|d| if let Doc::ServiceAccount(s) = d { Some(s) } else { None })
-        .expect("a ServiceAccount");
-    let role =
-        docs.iter().find_map(|d| if let Doc::ClusterRole(r) = d { Some(r) } else { None }).expect("a ClusterRole");
-    let binding = docs
-        .iter()
-        .find_map(|d| if let Doc::ClusterRoleBinding(b) = d { Some(b) } else { None })
-        .expect("a ClusterRoleBinding");
+    let docs = docs(MANIFEST);
+    let sa = the!(docs, ServiceAccount);
+    let role = the!(docs, ClusterRole);
+    let binding = the!(docs, ClusterRoleBinding);
 
     let read_only: BTreeSet<&str> = ["get", "list", "watch"].into();
     let mut granted = BTreeSet::new();
+    let mut node_patch_granted = false;
     for rule in role.rules.iter().flatten() {
         for verb in &rule.verbs {
             // The one write: a patch of its own Node's backend annotations.
             let node_patch = verb == "patch"
                 && rule.api_groups.as_deref() == Some(&["".to_string()][..])
                 && rule.resources.as_deref() == Some(&["nodes".to_string()][..]);
+            node_patch_granted |= node_patch;
             assert!(
                 read_only.contains(verb.as_str()) || node_patch,
                 "ClusterRole grants {verb:?}: policyd only reads, and patches Nodes"
@@ -105,23 +136,21 @@ fn rbac_reads_every_watched_resource_and_writes_only_node_annotations() {
             assert_ne!(group, "*", "no wildcard API groups");
             for res in rule.resources.iter().flatten() {
                 assert_ne!(res, "*", "no wildcard resources");
-                if rule.verbs.iter().any(|v| v == "list") && rule.verbs.iter().any(|v| v == "watch") {
-                    granted.insert((group.clone(), res.clone()));
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), res.clone(), verb.clone()));
                 }
             }
         }
     }
-    for (g, r) in [
-        ("", "pods"),
-        ("", "namespaces"),
-        ("", "services"),
-        ("", "nodes"),
-        ("networking.k8s.io", "networkpolicies"),
-        ("policy.networking.k8s.io", "clusternetworkpolicies"),
-        ("discovery.k8s.io", "endpointslices"),
-    ] {
-        assert!(granted.contains(&(g.to_string(), r.to_string())), "list+watch on {g}/{r} missing");
+    let can = |(g, r): &(String, String), verb: &str| granted.contains(&(g.clone(), r.clone(), verb.to_string()));
+    // Service backends are read too (named targetPorts per endpoint).
+    let endpoint_slices = ("discovery.k8s.io".to_string(), "endpointslices".to_string());
+    for res in ObjectKind::ALL.map(watched).iter().chain([&endpoint_slices]) {
+        assert!(can(res, "list") && can(res, "watch"), "list+watch on {res:?} missing");
     }
+    // install-cni reads its own Node.
+    assert!(can(&watched(ObjectKind::Node), "get"), "get on nodes missing");
+    assert!(node_patch_granted, "patch on nodes (backend annotations) missing");
 
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
@@ -131,21 +160,50 @@ fn rbac_reads_every_watched_resource_and_writes_only_node_annotations() {
     assert_eq!(subject.namespace, sa.metadata.namespace);
 }
 
+/// `$(VAR)` in a container's args, resolved as the kubelet does from the
+/// container's env: a literal value, or a ConfigMap key (which must exist).
+fn expand(c: &Container, arg: &str, config: &ConfigMap) -> String {
+    let mut out = arg.to_string();
+    for e in c.env.iter().flatten() {
+        let pattern = format!("$({})", e.name);
+        if !out.contains(&pattern) {
+            continue;
+        }
+        let value = match (&e.value, e.value_from.as_ref()) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) if from.config_map_key_ref.is_some() => {
+                let key = from.config_map_key_ref.as_ref().unwrap();
+                assert_eq!(Some(&key.name), config.metadata.name.as_ref(), "{}: the manifest's ConfigMap", e.name);
+                config
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&key.key))
+                    .unwrap_or_else(|| panic!("no key {}", key.key))
+                    .clone()
+            }
+            // Filled in by the kubelet (downward API).
+            _ => continue,
+        };
+        out = out.replace(&pattern, &value);
+    }
+    out
+}
+
 #[test]
-fn daemonset_runs_policyd_with_bpffs_and_probes() {
-    let rbac = docs("rbac.yaml");
-    let sa = rbac.iter().find_map(|d| if let Doc::ServiceAccount(s) = d { Some(s.clone()) } else { None }).unwrap();
-    let docs = docs("policyd-daemonset.yaml");
-    assert_eq!(docs.len(), 1);
-    let Doc::DaemonSet(ds) = &docs[0] else { panic!("expected the DaemonSet") };
+fn daemonset_installs_the_cni_then_runs_policyd_with_bpffs_and_probes() {
+    let docs = docs(MANIFEST);
+    let sa = the!(docs, ServiceAccount);
+    let config = the!(docs, ConfigMap);
+    let ds = the!(docs, DaemonSet);
     assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(config.metadata.namespace, ds.metadata.namespace, "a pod reads ConfigMaps of its own namespace");
     let spec = ds.spec.as_ref().unwrap();
     let tmpl_labels = spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
     for (k, v) in spec.selector.match_labels.as_ref().expect("matchLabels") {
         assert_eq!(tmpl_labels.get(k), Some(v), "selector must match the template's labels");
     }
     let pod = spec.template.spec.as_ref().unwrap();
-    assert_eq!(pod.service_account_name, sa.metadata.name, "runs as the RBAC's ServiceAccount");
+    assert_eq!(pod.service_account_name, sa.metadata.name, "runs as the manifest's ServiceAccount");
     assert_eq!(sa.metadata.namespace, ds.metadata.namespace);
     assert_eq!(pod.host_network, Some(true));
     assert!(
@@ -162,17 +220,17 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
             .map(|h| h.path.clone())
             .unwrap_or_else(|| panic!("volume {volume} is not a hostPath"))
     };
-    let c = pod.containers.iter().find(|c| c.name == "weir-policyd").expect("the weir-policyd container");
-    assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
-    let mounts = c.volume_mounts.as_ref().unwrap();
-    let mounted = |host: &str, at: &str| mounts.iter().find(|m| m.mount_path == at && host_path_of(&m.name) == host);
-    let bpf = mounted("/sys/fs/bpf", "/sys/fs/bpf").expect("bpffs mounted at /sys/fs/bpf");
-    assert_eq!(bpf.mount_propagation.as_deref(), Some("Bidirectional"), "pins must reach the host");
-    assert!(mounted("/run/weir", "/run/weir").is_some_and(|m| m.read_only != Some(true)), "/run/weir writable");
-    assert!(mounted("/opt/cni/bin", "/opt/cni/bin").is_some());
-    assert!(mounted("/etc/cni/net.d", "/etc/cni/net.d").is_some());
-
-    let node_name_from_field = |c: &k8s_openapi::api::core::v1::Container| {
+    // The host's own path, mounted at the same place: the binaries' default
+    // paths mean the same inside the container as on the host.
+    let host_mount = |c: &Container, path: &str| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| Path::new(path).starts_with(&m.mount_path) && host_path_of(&m.name) == m.mount_path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{}: no host mount holding {path}", c.name))
+    };
+    let node_name_from_field = |c: &Container| {
         c.env.iter().flatten().any(|e| {
             e.name == "NODE_NAME"
                 && e.value_from
@@ -181,11 +239,50 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
                     .is_some_and(|f| f.field_path == "spec.nodeName")
         })
     };
+
+    // Init: install-cni, with its default directories, which are the host's.
+    let inits = pod.init_containers.as_ref().expect("an init container");
+    assert_eq!(inits.len(), 1);
+    let init = &inits[0];
+    let iargs: Vec<String> = init.args.iter().flatten().map(|a| expand(init, a, config)).collect();
+    assert_eq!(iargs.first().map(String::as_str), Some("install-cni"), "{iargs:?}");
+    assert!(init.command.is_none(), "the image's entrypoint, weir-policyd, next to the weir it installs");
+    assert!(iargs.iter().any(|a| a == "--in-cluster"));
+    assert!(iargs.iter().any(|a| a == "--node-name=$(NODE_NAME)") && node_name_from_field(init));
+    assert!(!iargs
+        .iter()
+        .any(|a| a.starts_with("--bin-dir") || a.starts_with("--conf-dir") || a.starts_with("--from")));
+    for dir in [weir_common::paths::DEFAULT_CNI_BIN_DIR, weir_common::paths::DEFAULT_CNI_CONF_DIR] {
+        assert_ne!(host_mount(init, dir).read_only, Some(true), "install-cni writes {dir}");
+    }
+    // What the ConfigMap gives install-cni is what it accepts.
+    let cni_version = iargs.iter().find_map(|a| a.strip_prefix("--cni-version=")).expect("--cni-version");
+    assert_eq!(cni_version, weir_policyd::install::conflist::DEFAULT_CNI_VERSION, "the default every runtime accepts");
+    let cluster = iargs.iter().find_map(|a| a.strip_prefix("--cluster-cidr=")).expect("--cluster-cidr");
+    let settings = weir_policyd::install::conflist::Settings {
+        cni_version: cni_version.to_string(),
+        pod_cidrs: vec!["10.244.7.0/24".parse().unwrap()],
+        cluster_cidrs: cluster.split(',').map(|c| c.parse().expect("cluster-cidrs are CIDRs")).collect(),
+    };
+    weir_policyd::install::conflist::render(&settings).unwrap();
+
+    // Then policyd, with its default bpffs root and run dir.
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert!(c.command.is_none(), "the image's entrypoint, weir-policyd");
+    assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    let bpf = host_mount(c, weir_common::paths::DEFAULT_BPFFS_ROOT);
+    assert_eq!(bpf.mount_path, "/sys/fs/bpf", "bpffs itself, so policyd can mount it where the host has none");
+    assert_eq!(bpf.mount_propagation.as_deref(), Some("Bidirectional"), "pins must reach the host");
+    assert_ne!(host_mount(c, weir_common::paths::DEFAULT_RUN_DIR).read_only, Some(true), "run dir writable");
     assert!(node_name_from_field(c), "NODE_NAME from spec.nodeName");
 
-    let args = c.args.clone().unwrap_or_default();
+    let args: Vec<String> = c.args.iter().flatten().map(|a| expand(c, a, config)).collect();
     assert!(args.iter().any(|a| a == "--in-cluster"));
     assert!(args.iter().any(|a| a == "--node-name=$(NODE_NAME)"));
+    assert!(!args.iter().any(|a| a.starts_with("--bpffs-root") || a.starts_with("--run-dir")), "the defaults");
+    let backend = args.iter().find_map(|a| a.strip_prefix("--backend=")).expect("--backend");
+    assert!(["none", "host-gw", "vxlan"].contains(&backend), "--backend={backend}");
     let listen = args.iter().find_map(|a| a.strip_prefix("--listen=")).expect("--listen");
     let addr: std::net::SocketAddr = listen.parse().expect("--listen is host:port");
     for (probe, path) in [(&c.liveness_probe, "/healthz"), (&c.readiness_probe, "/readyz")] {
@@ -200,18 +297,4 @@ fn daemonset_runs_policyd_with_bpffs_and_probes() {
             );
         }
     }
-
-    // The CNI binary and conflist reach the host through an init container.
-    let init =
-        pod.init_containers.as_ref().and_then(|i| i.iter().find(|c| c.name == "install-cni")).expect("install-cni");
-    let imounts = init.volume_mounts.as_ref().unwrap();
-    for host in ["/opt/cni/bin", "/etc/cni/net.d"] {
-        assert!(
-            imounts.iter().any(|m| host_path_of(&m.name) == host && m.read_only != Some(true)),
-            "install-cni writes {host}"
-        );
-    }
-    assert!(node_name_from_field(init));
-    let script = init.args.as_ref().unwrap().join(" ");
-    assert!(script.contains("install.sh") && script.contains("--cni-conf-dir /host/etc/cni/net.d"), "{script}");
 }

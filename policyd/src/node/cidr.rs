@@ -15,7 +15,9 @@ pub fn pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
         None => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
     };
     if listed.is_empty() {
-        return Err("spec.podCIDRs: no pod CIDR (set spec.podCIDRs, or let the controller manager allocate one)".into());
+        return Err("spec.podCIDRs: no pod CIDR (run kube-controller-manager with --allocate-node-cidrs=true and \
+                    --cluster-cidr, or set the Node's spec.podCIDR)"
+            .into());
     }
     let mut out: Vec<IpNet> = Vec::new();
     for text in listed {

@@ -5,7 +5,8 @@
 //! ClusterNetworkPolicies (`/apis/policy.networking.k8s.io/v1alpha2/...`,
 //! served only while its CRD is "installed", else 404 as a real server):
 //!
-//! - list: a `<Kind>List` with `metadata.resourceVersion`;
+//! - list: a `<Kind>List` with `metadata.resourceVersion`; get of one
+//!   cluster-scoped object (a Node), 404 when there is none;
 //! - `?watch=true&resourceVersion=R`: chunked stream of JSON WatchEvents
 //!   (ADDED / MODIFIED / DELETED, BOOKMARK on request), replaying every
 //!   change after R from a change log, then live changes;
@@ -377,6 +378,11 @@ impl Ctx {
         if std::env::var_os("FIXTURE_DEBUG").is_some() {
             eprintln!("fixture: GET {target}");
         }
+        // GET of one cluster-scoped object: `<collection>/<name>`.
+        if let Some(res) = path.rsplit_once('/').and_then(|(collection, _)| Res::from_path(collection)) {
+            let name = path.rsplit_once('/').unwrap().1;
+            return self.get(conn, res, name).await;
+        }
         let Some(res) = Res::from_path(path) else {
             return respond(&mut conn, 404, &status(404, "NotFound", &format!("the fixture does not serve {path}")))
                 .await;
@@ -394,6 +400,18 @@ impl Ctx {
             let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
             let cont = params.get("continue").map(|c| c.to_string());
             self.list(conn, res, limit, cont).await
+        }
+    }
+
+    /// One object, or 404 with a Status as kube-apiserver answers.
+    async fn get(&mut self, mut conn: TcpStream, res: Res, name: &str) -> std::io::Result<()> {
+        let found = self.state.lock().unwrap().objects.get(&(res, String::new(), name.to_string())).cloned();
+        match found {
+            Some(obj) => respond(&mut conn, 200, &obj).await,
+            None => {
+                let msg = format!("{} \"{name}\" not found", res.kind().to_lowercase());
+                respond(&mut conn, 404, &status(404, "NotFound", &msg)).await
+            }
         }
     }
 

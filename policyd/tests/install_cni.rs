@@ -1,0 +1,238 @@
+//! `weir-policyd install-cni`, the real binary, as the DaemonSet's init
+//! container runs it: this node's Node read from `apiserver_fixture` (the
+//! stand-in for kube-apiserver), `weir` and the chained plugins copied from
+//! `--from` into a temporary CNI bin dir, the conflist written into a
+//! temporary conf dir. Bad input (no pod CIDR, an unwritable directory, a
+//! binary missing from `--from`, an unknown cniVersion) fails naming what
+//! to fix and leaves both directories as they were.
+
+mod apiserver_fixture;
+
+use apiserver_fixture::ApiServer;
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use weir_policyd::install::conflist::FILE_NAME;
+
+/// A node's CNI directories and what install-cni is given.
+struct Host {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    from: PathBuf,
+    bin: PathBuf,
+    conf: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+const PLUGINS: [&str; 4] = ["weir", "portmap", "bandwidth", "loopback"];
+
+/// How the stand-in plugins answer VERSION (as containernetworking-plugins
+/// >= 1.5 do).
+const VERSIONS: &str = r#"{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}"#;
+
+impl Host {
+    fn new(api: &ApiServer) -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let from = root.join("image-bin");
+        std::fs::create_dir(&from).unwrap();
+        for p in PLUGINS {
+            std::fs::write(from.join(p), format!("#!/bin/sh\n# {p} as built\necho '{VERSIONS}'\n")).unwrap();
+            std::fs::set_permissions(from.join(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let kubeconfig = root.join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+        Host {
+            bin: root.join("host/opt/cni/bin"),
+            conf: root.join("host/etc/cni/net.d"),
+            _tmp: tmp,
+            root,
+            from,
+            kubeconfig,
+        }
+    }
+
+    /// Runs the binary (blocking: the fixture answers on the test's runtime).
+    async fn install(&self, node: &str, extra: &[&str]) -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir-policyd"));
+        cmd.arg("install-cni")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node-name", node, "--from"])
+            .arg(&self.from)
+            .arg("--bin-dir")
+            .arg(&self.bin)
+            .arg("--conf-dir")
+            .arg(&self.conf)
+            .args(extra)
+            .env_remove("NODE_NAME");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    }
+
+    fn conflist(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.conf.join(FILE_NAME)).unwrap()).unwrap()
+    }
+
+    /// Every file under the host directories, with its contents.
+    fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            for e in std::fs::read_dir(d).into_iter().flatten() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    out.push((p.clone(), Vec::new()));
+                    walk(&p, out);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root.join("host"), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn node(name: &str, pod_cidrs: &[&str], pod_cidr: Option<&str>) -> Node {
+    let mut n = Node::default();
+    n.metadata.name = Some(name.into());
+    n.spec = Some(NodeSpec {
+        pod_cidrs: Some(pod_cidrs.iter().map(|c| c.to_string()).collect()),
+        pod_cidr: pod_cidr.map(Into::into),
+        ..Default::default()
+    });
+    n
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_failed_changing_nothing(o: &Output, before: &[(PathBuf, Vec<u8>)], host: &Host, wants: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should have failed: {err}");
+    for w in wants {
+        assert!(err.contains(w), "error should say {w:?}: {err}");
+    }
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(host.snapshot(), before, "the host's CNI directories are as they were");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_node_gets_both_ranges_binaries_first_and_reinstall_changes_nothing() {
+    let api = ApiServer::start().await;
+    api.put(&node("n-dual", &["10.244.3.0/24", "fd00:10:244:3::/64"], Some("10.244.3.0/24")));
+    let host = Host::new(&api);
+    let out = host.install("n-dual", &["--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for p in PLUGINS {
+        let dest = host.bin.join(p);
+        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(host.from.join(p)).unwrap(), "{p}");
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755, "{p}");
+    }
+    let list = host.conflist();
+    assert_eq!(list["cniVersion"], "1.0.0", "the default every runtime accepts");
+    let weir = &list["plugins"][0];
+    assert_eq!(weir["ipam"]["ranges"], json!([[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:10:244:3::/64"}]]));
+    assert_eq!(weir["clusterCIDRs"], json!(["10.244.0.0/16", "fd00:10:244::/56"]));
+    // What the runtime will hand the CNI binary parses as the binary parses it.
+    weir_cni::config::parse_netconf(list.clone()).unwrap();
+    // The conflist is announced last: after every binary.
+    let err = stderr(&out);
+    let conflist_at = err.find(&format!("installed {}", host.conf.join(FILE_NAME).display())).expect(&err);
+    for p in PLUGINS {
+        assert!(err.find(&format!("installed {}", host.bin.join(p).display())).expect(&err) < conflist_at, "{err}");
+    }
+
+    let before = host.snapshot();
+    let again = host.install("n-dual", &["--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"]).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(!stderr(&again).contains("installed "), "nothing rewritten: {}", stderr(&again));
+    assert_eq!(host.snapshot(), before, "no temporary file left, nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_and_single_pod_cidr_nodes() {
+    let api = ApiServer::start().await;
+    api.put(&node("n-v6", &["fd00:10:244:7::/64"], None));
+    // Older clusters set only spec.podCIDR.
+    api.put(&node("n-old", &[], Some("10.244.9.0/24")));
+    let host = Host::new(&api);
+    let out = host.install("n-v6", &["--cluster-cidr", "fd00:10:244::/56", "--cni-version", "1.1.0"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = host.conflist();
+    assert_eq!(list["cniVersion"], "1.1.0");
+    assert_eq!(list["plugins"][0]["ipam"]["ranges"], json!([[{"subnet": "fd00:10:244:7::/64"}]]));
+    assert_eq!(list["plugins"][0]["clusterCIDRs"], json!(["fd00:10:244::/56"]));
+
+    let out = host.install("n-old", &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(host.conflist()["plugins"][0]["ipam"]["ranges"], json!([[{"subnet": "10.244.9.0/24"}]]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_pod_cidr_or_no_such_node_installs_nothing() {
+    let api = ApiServer::start().await;
+    api.put(&node("n-none", &[], None));
+    let host = Host::new(&api);
+    let out = host.install("n-none", &[]).await;
+    assert_failed_changing_nothing(&out, &[], &host, &["Node n-none", "spec.podCIDRs", "--allocate-node-cidrs"]);
+    assert!(!host.root.join("host").exists());
+
+    let out = host.install("n-missing", &[]).await;
+    assert_failed_changing_nothing(&out, &[], &host, &["Node n-missing does not exist", "--node-name"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_directories_missing_binaries_and_unknown_versions_change_nothing() {
+    let api = ApiServer::start().await;
+    api.put(&node("n-1", &["10.244.1.0/24"], None));
+    let mut host = Host::new(&api);
+    // A node with an older install: it must survive every failure below.
+    std::fs::create_dir_all(&host.bin).unwrap();
+    std::fs::create_dir_all(&host.conf).unwrap();
+    std::fs::write(host.bin.join("weir"), b"older weir").unwrap();
+    std::fs::write(host.conf.join(FILE_NAME), b"{\"older\": true}").unwrap();
+    let before = host.snapshot();
+
+    // The conf dir is a regular file: no directory there, even for root
+    // (mode bits do not stop root). The binaries were staged first.
+    let conf = host.conf.clone();
+    host.conf = host.root.join("host/etc/cni/net.d").join(FILE_NAME);
+    let out = host.install("n-1", &[]).await;
+    assert_failed_changing_nothing(&out, &before, &host, &[&host.conf.display().to_string()]);
+    // A path through a regular file.
+    host.conf = host.root.join("host/etc/cni/net.d").join(FILE_NAME).join("net.d");
+    let out = host.install("n-1", &[]).await;
+    assert_failed_changing_nothing(&out, &before, &host, &[&host.conf.display().to_string()]);
+    host.conf = conf;
+
+    std::fs::remove_file(host.from.join("weir")).unwrap();
+    let out = host.install("n-1", &[]).await;
+    assert_failed_changing_nothing(&out, &before, &host, &["--from", "no weir binary"]);
+    std::fs::write(host.from.join("weir"), b"weir").unwrap();
+
+    // A chained plugin neither the host nor --from has.
+    std::fs::remove_file(host.from.join("portmap")).unwrap();
+    let out = host.install("n-1", &[]).await;
+    assert_failed_changing_nothing(&out, &before, &host, &["portmap", "containernetworking-plugins"]);
+
+    let out = host.install("n-1", &["--cni-version", "2.0.0"]).await;
+    assert_failed_changing_nothing(&out, &before, &host, &["--cni-version 2.0.0", "use 1.0.0"]);
+
+    // The host's own portmap is used as it is, not replaced; asked whether
+    // it speaks 1.1.0 (it cannot even run), it does not.
+    std::fs::write(host.bin.join("portmap"), b"the host's portmap").unwrap();
+    std::fs::set_permissions(host.bin.join("portmap"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = host.snapshot();
+    let out = host.install("n-1", &["--cni-version", "1.1.0"]).await;
+    let portmap = host.bin.join("portmap").display().to_string();
+    assert_failed_changing_nothing(&out, &before, &host, &[&format!("{portmap} does not speak cniVersion 1.1.0")]);
+    let out = host.install("n-1", &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(host.bin.join("portmap")).unwrap(), b"the host's portmap");
+    assert_eq!(std::fs::read(host.bin.join("weir")).unwrap(), b"weir");
+}
