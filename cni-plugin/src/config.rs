@@ -392,10 +392,14 @@ pub fn parse_netconf(input: Value) -> Result<NetConf> {
     };
     let node = node_network_if_needed(ipam_v, &policy.run_dir);
     let ipam = parse_ipam(ipam_v, node.as_ref())?;
-    // The backend's MTU (the underlay's less encapsulation) unless set here.
-    let mtu = match &node {
-        Some(NodeFile::Ready(n)) => mtu.or(n.mtu),
-        _ => mtu,
+    // The backend's MTU (the underlay's less encapsulation) unless set
+    // here, whether or not the ranges came from the same file: a conflist
+    // with explicit ranges on a VXLAN node still needs the smaller MTU.
+    let mtu = match (mtu, &node) {
+        (Some(m), _) => Some(m),
+        (None, Some(NodeFile::Ready(n))) => n.mtu,
+        (None, Some(_)) => None,
+        (None, None) => NodeNetwork::read(&policy.run_dir).ok().flatten().and_then(|n| n.mtu),
     };
     let prev_result = field(&v, "prevResult").cloned();
     Ok(NetConf {
@@ -769,9 +773,16 @@ mod tests {
         v["ipam"]["ranges"] = json!([[{"subnet": "10.1.0.0/24"}]]);
         let c = parse_netconf(v).unwrap();
         assert_eq!(c.host_local().unwrap().range_sets[0].ranges[0].subnet.to_string(), "10.1.0.0/24");
-        assert_eq!(c.mtu, None, "explicit ranges: the node file is not read");
-        // A broken file says so.
+        assert_eq!(c.mtu, Some(1450), "explicit ranges: the node file still gives the backend's MTU");
+        let mut v = without_ranges(t.path());
+        v["ipam"]["ranges"] = json!([[{"subnet": "10.1.0.0/24"}]]);
+        v["mtu"] = json!(1400);
+        assert_eq!(parse_netconf(v).unwrap().mtu, Some(1400), "an explicit mtu still wins");
+        // A broken file says so; with explicit ranges it costs only the MTU.
         std::fs::write(node_network::path(t.path()), b"{").unwrap();
+        let mut v = without_ranges(t.path());
+        v["ipam"]["ranges"] = json!([[{"subnet": "10.1.0.0/24"}]]);
+        assert_eq!(parse_netconf(v).unwrap().mtu, None);
         let c = parse_netconf(without_ranges(t.path())).unwrap();
         assert!(c.host_local().unwrap().ranges_pending.as_ref().unwrap().contains("not a valid node network file"));
     }

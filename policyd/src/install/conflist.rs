@@ -55,6 +55,12 @@ pub fn render(s: &Settings) -> Result<String, String> {
         .and_then(|p| p.iter_mut().find(|p| p["type"] == weir_cni::config::PLUGIN_TYPE))
         .expect("the shipped conflist has a weir entry");
     weir["ipam"]["ranges"] = s.pod_cidrs.iter().map(|c| json!([{ "subnet": c.to_string() }])).collect();
+    // No fixed MTU: the CNI binary takes the backend's (the underlay's less
+    // VXLAN's 50 bytes, or the underlay's) from weir-policyd's node network
+    // file, so one conflist fits host-gw and VXLAN nodes alike.
+    if let Some(w) = weir.as_object_mut() {
+        w.remove("mtu");
+    }
     if !s.cluster_cidrs.is_empty() {
         weir["clusterCIDRs"] = s.cluster_cidrs.iter().map(|c| json!(c.to_string())).collect();
     }
@@ -123,7 +129,10 @@ mod tests {
         let subnet = template["plugins"][0]["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap().to_string();
         let cluster = template["plugins"][0]["clusterCIDRs"][0].as_str().unwrap().to_string();
         let text = render(&settings(&[&subnet], &[])).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), template);
+        let mut expected = template.clone();
+        expected["plugins"][0].as_object_mut().unwrap().remove("mtu");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), expected, "all but the MTU");
+        assert!(weir_entry(&text).get("mtu").is_none(), "the backend's MTU comes from the node network file");
         assert_eq!(weir_entry(&text)["clusterCIDRs"], json!([cluster]), "no --cluster-cidr keeps the template's");
     }
 
