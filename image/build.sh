@@ -134,9 +134,12 @@ pkg_list=${pkg_list% }
 tr ' ' '\n' <<<"$pkg_list" >"$ROOTFS/usr/share/doc/weir/debian-packages"
 
 # Modes do not depend on the umask or on how the files were copied.
-find "$ROOTFS" -type d -exec chmod 0755 {} +
-find "$ROOTFS" -type f -perm /111 -exec chmod 0755 {} +
-find "$ROOTFS" -type f ! -perm /111 -exec chmod 0644 {} +
+normalize_modes() { # DIR
+	find "$1" -type d -exec chmod 0755 {} +
+	find "$1" -type f -perm /111 -exec chmod 0755 {} +
+	find "$1" -type f ! -perm /111 -exec chmod 0644 {} +
+}
+normalize_modes "$ROOTFS"
 chmod 1777 "$ROOTFS/tmp"
 
 # A tar with nothing of this machine or moment in it.
@@ -191,6 +194,7 @@ printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.inde
 	>"$LAYOUT/index.json"
 printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
 
+normalize_modes "$LAYOUT"
 reproducible_tar "$WORK/archive.tar" "$LAYOUT"
 mv -f "$WORK/archive.tar" "$OUTPUT"
 echo "image:    $NAME"
