@@ -9,7 +9,8 @@
 //! `weirctl lab` driver (`lab`), the lab runner (`runner`), the verdict
 //! level runner (`verdicts`, BPF_PROG_TEST_RUN, no sockets) and what both
 //! runners report (`report`), and `weirctl lab explain` held against the
-//! lab's probes (`explain`). The root tests in tests/conformance.rs and
+//! lab's probes (`explain`), and podman and containerd run privately for
+//! the image's tests (`runtime`). The root tests in tests/conformance.rs and
 //! tests/root_verdicts.rs run the whole suite.
 
 pub mod case;
@@ -22,4 +23,5 @@ pub mod placeholder;
 pub mod probe;
 pub mod report;
 pub mod runner;
+pub mod runtime;
 pub mod verdicts;
