@@ -22,3 +22,5 @@ pub const POLICYD_HEARTBEAT_MAX_AGE: std::time::Duration = std::time::Duration::
 /// weir-policyd's local API (read-only HTTP/JSON, mode 0600) under the run
 /// dir; `weirctl explain` talks to it.
 pub const POLICYD_API_SOCKET: &str = "api.sock";
+/// weir-policyd's flow log under its run dir (its `--flow-log` default).
+pub const POLICYD_FLOW_LOG: &str = "flows.log";

@@ -2,4 +2,5 @@
 //! command line runs.
 
 pub mod explain;
+pub mod flows;
 pub mod lab;
