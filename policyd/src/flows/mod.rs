@@ -321,6 +321,10 @@ mod tests {
         let allows = log.recent(&Filter::parse(None, Some("allow")).unwrap());
         assert_eq!(allows.len(), 1);
         assert_eq!(allows[0].source.pod.as_deref(), Some("c"));
+        // 4099 records into a follower's 1024: it is told it lagged, then
+        // gets the latest.
+        use tokio::sync::broadcast::error::TryRecvError;
+        assert!(matches!(follower.try_recv(), Err(TryRecvError::Lagged(_))), "a slow follower is told");
         assert_eq!(follower.try_recv().unwrap().verdict, "drop", "a follower gets what is pushed after it");
         // Bounded on disk: the file and one rotated file, whole lines each.
         let size = |p: &Path| std::fs::metadata(p).unwrap().len();
