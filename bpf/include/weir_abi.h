@@ -83,6 +83,9 @@ struct weir_ipcache_value {
 #define WEIR_EP_OPEN_UNTIL_READY (1u << 3) /* configured fail-open before READY */
 #define WEIR_EP_INGRESS_TIERED (1u << 4)   /* some ClusterNetworkPolicy has ingress rules for it */
 #define WEIR_EP_EGRESS_TIERED (1u << 5)    /* some ClusterNetworkPolicy has egress rules for it */
+/* Its namespace asks for allowed new flows in the flow log (annotation
+ * weir.io/flow-log: allow): they emit an event as with WEIR_CFG_EVENTS_ALLOW. */
+#define WEIR_EP_LOG_ALLOW (1u << 6)
 
 /*
  * Two writers, one half each. CNI ADD writes the whole entry before it
@@ -286,6 +289,9 @@ enum weir_reason {
 };
 #define WEIR_REASON_MAX 128
 #define WEIR_REASON_IS_DROP(r) ((r) >= 64)
+/* Not a verdict: the counter slot (weir_counter_key.reason) of events the
+ * ring had no room for, per endpoint and direction of the verdict. */
+#define WEIR_COUNT_EVENT_LOST 127
 
 struct weir_event {
 	__u64 ts_ns;

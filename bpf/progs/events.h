@@ -3,7 +3,9 @@
  * Every verdict is counted (per endpoint, direction and reason) and every
  * drop goes through weir_drop(), the one place that drops a packet: it
  * counts, emits an event and returns the drop action. Allowed new flows
- * emit an event only when WEIR_CFG_EVENTS_ALLOW is set.
+ * emit an event when WEIR_CFG_EVENTS_ALLOW is set or the endpoint judged
+ * has WEIR_EP_LOG_ALLOW. An event the ring has no room for is counted in
+ * the WEIR_COUNT_EVENT_LOST slot.
  */
 #ifndef WEIR_EVENTS_H
 #define WEIR_EVENTS_H
@@ -22,7 +24,8 @@ struct verdict_ctx {
 	__u32 peer_identity;
 	__u32 rule;
 	__u8 direction;
-	__u8 pad[3];
+	__u8 log_allow; /* an endpoint of the verdict has WEIR_EP_LOG_ALLOW */
+	__u8 pad[2];
 };
 
 static __always_inline void weir_count(struct __sk_buff *skb, __u32 endpoint, __u8 direction,
@@ -44,12 +47,15 @@ static __always_inline void weir_count(struct __sk_buff *skb, __u32 endpoint, __
 	bpf_map_update_elem(&weir_counters, &k, &init, BPF_NOEXIST);
 }
 
-static __always_inline void weir_emit(const struct pkt *p, const struct verdict_ctx *vc,
-				      __u8 reason)
+static __always_inline void weir_emit(struct __sk_buff *skb, const struct pkt *p,
+				      const struct verdict_ctx *vc, __u8 reason)
 {
 	struct weir_event *e = bpf_ringbuf_reserve(&weir_events, sizeof(*e), 0);
-	if (!e)
-		return; /* ring full: the counter still records the verdict */
+	if (!e) {
+		/* ring full: the verdict's counter still counts the packet */
+		weir_count(skb, vc->endpoint, vc->direction, WEIR_COUNT_EVENT_LOST);
+		return;
+	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->endpoint = vc->endpoint;
 	e->peer_identity = vc->peer_identity;
@@ -76,7 +82,7 @@ static __always_inline int weir_drop(struct __sk_buff *skb, const struct pkt *p,
 				     const struct verdict_ctx *vc, __u8 reason)
 {
 	weir_count(skb, vc->endpoint, vc->direction, reason);
-	weir_emit(p, vc, reason);
+	weir_emit(skb, p, vc, reason);
 	return TC_ACT_SHOT;
 }
 
@@ -90,8 +96,8 @@ static __always_inline int weir_allow(struct __sk_buff *skb, const struct pkt *p
 	weir_count(skb, vc->endpoint, vc->direction, reason);
 	if (new_flow) {
 		const struct weir_config *cfg = weir_cfg();
-		if (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW))
-			weir_emit(p, vc, reason);
+		if (vc->log_allow || (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW)))
+			weir_emit(skb, p, vc, reason);
 	}
 	return TC_ACT_UNSPEC;
 }

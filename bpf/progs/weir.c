@@ -60,6 +60,7 @@ int from_pod(struct __sk_buff *skb)
 	const struct weir_endpoint *e = endpoint_lookup(ep);
 	if (!e)
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_NO_ENDPOINT);
+	vc.log_allow = !!(e->flags & WEIR_EP_LOG_ALLOW);
 	/* Before conntrack, so no established flow carries a spoofed frame. */
 	reason = screen_from_pod(skb, &p, e);
 	if (reason)
@@ -142,6 +143,7 @@ int to_pod(struct __sk_buff *skb)
 	const struct weir_endpoint *e = endpoint_lookup(ep);
 	if (!e)
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_NO_ENDPOINT);
+	vc.log_allow = !!(e->flags & WEIR_EP_LOG_ALLOW);
 	/* Before conntrack: nothing addressed to another pod is delivered. */
 	reason = screen_to_pod(skb, &p, e);
 	if (reason)
@@ -181,12 +183,17 @@ int to_pod(struct __sk_buff *skb)
 	if (src && src->endpoint) {
 		/* A pod of this node: its egress was deferred to here. */
 		__u32 sep = src->endpoint;
+		const struct weir_endpoint *se = endpoint_lookup(sep);
 		struct verdict_ctx svc = {
 			.endpoint = sep,
 			.direction = WEIR_DIR_EGRESS,
 			.peer_identity = e->identity,
 		};
-		reason = judge(sep, endpoint_lookup(sep), WEIR_DIR_EGRESS, p.daddr, e->identity,
+		/* The flow's one event (the ingress side's) logs the source's
+		 * namespace asking too. */
+		if (se && (se->flags & WEIR_EP_LOG_ALLOW))
+			vc.log_allow = 1;
+		reason = judge(sep, se, WEIR_DIR_EGRESS, p.daddr, e->identity,
 			       p.proto, policy_port(&p), p.frag == FRAG_LATER, &rule);
 		svc.rule = rule;
 		if (WEIR_REASON_IS_DROP(reason))
@@ -258,7 +265,9 @@ int leave_node(struct __sk_buff *skb)
 	vc.peer_identity = dst ? dst->identity : WEIR_ID_WORLD;
 	if (p.icmp == ICMP_K_ERROR && ct_related(skb, &p, sep, 0, now))
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_RELATED, 0);
-	reason = judge(sep, endpoint_lookup(sep), WEIR_DIR_EGRESS, p.daddr, vc.peer_identity, p.proto,
+	const struct weir_endpoint *se = endpoint_lookup(sep);
+	vc.log_allow = se && (se->flags & WEIR_EP_LOG_ALLOW);
+	reason = judge(sep, se, WEIR_DIR_EGRESS, p.daddr, vc.peer_identity, p.proto,
 		       policy_port(&p), p.frag == FRAG_LATER, &rule);
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))

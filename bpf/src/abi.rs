@@ -54,6 +54,8 @@ pub const EP_EGRESS_ISOLATED: u32 = 1 << 2;
 pub const EP_OPEN_UNTIL_READY: u32 = 1 << 3;
 pub const EP_INGRESS_TIERED: u32 = 1 << 4;
 pub const EP_EGRESS_TIERED: u32 = 1 << 5;
+/// Its namespace asks for allowed new flows in the flow log.
+pub const EP_LOG_ALLOW: u32 = 1 << 6;
 
 /// `struct weir_endpoint`, keyed by host veth ifindex. CNI ADD writes it
 /// whole ([`Endpoint::for_pod`]); weir-policyd rewrites only `identity`,
@@ -309,6 +311,8 @@ pub const R_DROP_NOT_FOR_POD: u8 = 75;
 pub const R_DROP_POLICY_REVOKED: u8 = 76;
 pub const R_DROP_CLUSTER_POLICY: u8 = 77;
 pub const REASON_MAX: u8 = 128;
+/// Not a verdict: the counter slot of events the ring had no room for.
+pub const COUNT_EVENT_LOST: u8 = 127;
 
 /// Every reason code with its metric label.
 pub const REASONS: &[(u8, &str)] = &[

@@ -473,6 +473,55 @@ fn root_drops_emit_events_and_counters_sum() {
     assert_eq!(e.dp.counter(e.b, DIR_INGRESS, R_DROP_POLICY).unwrap().packets, 0);
 }
 
+/// An endpoint with EP_LOG_ALLOW (its namespace asks for the flow log's
+/// allow lines) emits its allowed new flows without the global flag; its
+/// established packets and other endpoints' allows emit nothing.
+#[test]
+fn root_an_endpoint_asking_for_allow_events_gets_them_alone() {
+    let Some(e) = Env::new("logallow") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(UDP), None);
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 1, ip(B4), 53)));
+    assert!(events.drain().is_empty(), "not asked");
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED | EP_LOG_ALLOW);
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 2, ip(B4), 53)));
+    let got = events.drain();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].endpoint, got[0].reason, got[0].rule), (e.b, R_ALLOW_POLICY, 7));
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 2, ip(B4), 53)), "established");
+    assert!(events.drain().is_empty(), "only new flows");
+    // Another endpoint, not asking: nothing.
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 3, ip(R4), 53)));
+    assert!(events.drain().is_empty());
+}
+
+/// When the ring is full the event is lost, not the verdict: drops still
+/// drop and count, and each lost event is counted in its own slot, so
+/// events read plus events lost is every drop.
+#[test]
+fn root_events_the_ring_cannot_hold_are_counted_as_lost() {
+    let Some(e) = Env::new("lost") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    let lost = || e.dp.counter(e.b, DIR_INGRESS, COUNT_EVENT_LOST).unwrap().packets;
+    // 1 MiB of 72-byte records is about 14,500: the ring is full well before.
+    let mut sent = 0u64;
+    while lost() == 0 {
+        for _ in 0..500 {
+            assert!(!e.to(e.b, &pkt::udp(ip(A4), 999, ip(B4), 53)));
+        }
+        sent += 500;
+        assert!(sent <= 40_000, "no event was ever lost");
+    }
+    let read = events.drain().len() as u64;
+    assert!(read > 0);
+    assert_eq!(read + lost(), sent, "read {read} + lost {} != {sent}", lost());
+    assert_eq!(e.dp.counter(e.b, DIR_INGRESS, R_DROP_POLICY).unwrap().packets, sent, "every drop counted");
+}
+
 /// Malformed and unusual packets: every one gets a defined verdict, and
 /// nothing is allowed to an isolated endpoint because it could not be parsed.
 #[test]

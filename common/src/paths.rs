@@ -31,3 +31,6 @@ pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// Where container runtimes read CNI network configurations from;
 /// `weir-policyd install-cni` writes the conflist there.
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// weir-policyd's flow log under its run dir (its `--flow-log` default).
+pub const POLICYD_FLOW_LOG: &str = "flows.log";

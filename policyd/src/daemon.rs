@@ -53,6 +53,8 @@ pub struct Options {
     /// `CFG_REJUDGE_OFF` when false): a flow no longer allowed stops on its
     /// next packet instead of living until its conntrack entry expires.
     pub rejudge_established: bool,
+    /// The flow log: where it is written, its size and rate bounds.
+    pub flow_log: crate::flows::Options,
 }
 
 /// Write the configuration the programs read from weir_config that comes
@@ -119,7 +121,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     registry.ensure_dir().with_context(|| format!("--run-dir {}", opts.run_dir.display()))?;
     let mut registry_changes = fswatch::watch_dir(registry.dir())
         .with_context(|| format!("watching the endpoint registry {}", registry.dir().display()))?;
-    spawn_event_logger(&dp);
+    // The flow log reads the event ring from the start; until the first
+    // compile its records carry addresses without names.
+    let flow_names: crate::flows::SharedNames =
+        Arc::new(std::sync::RwLock::new(Arc::new(crate::flows::record::Names::for_node(&opts.node_name))));
+    let flow_log = Arc::new(crate::flows::FlowLog::new(opts.flow_log.path.clone(), opts.flow_log.max_bytes));
+    match dp.events() {
+        Ok(reader) => {
+            crate::flows::spawn_reader(reader, flow_names.clone(), flow_log.clone(), &opts.flow_log, metrics.clone())
+        }
+        Err(e) => log::error!("no flow log: cannot open the event ring: {e}"),
+    }
     // The local API (`weirctl explain`): bound before the first sync, so a
     // running policyd always has its socket; it answers 503 until ready.
     let api_listener = crate::api::bind(&opts.run_dir)?;
@@ -135,6 +147,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             asks: ask_tx,
             dp: api_dp,
             http: http_state.clone(),
+            flows: flow_log,
         }),
     );
 
@@ -186,6 +199,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
+    agent.publish_flow_names(&opts.node_name, &store, &flow_names);
     http_state.set_ready(true);
     metrics.ready.set(&[], 1.0);
     log::info!("ready: node {} revision {}", opts.node_name, agent.sync.revision());
@@ -236,6 +250,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Ok(p) => {
                     dirty = false;
                     pending = p == Progress::Pending;
+                    agent.publish_flow_names(&opts.node_name, &store, &flow_names);
                 }
                 Err(e) => {
                     pending = false;
@@ -272,6 +287,8 @@ struct Agent {
     last_identities: IdentityTable,
     last_diagnostics: BTreeSet<Diagnostic>,
     unmatched: UnmatchedWatch,
+    /// The last compile's rules, for the flow log's names.
+    last_rules: Vec<crate::engine::RuleInfo>,
 }
 
 /// An endpoint record unmatched this long is logged: shorter is a new
@@ -323,6 +340,7 @@ impl Agent {
             last_identities: Default::default(),
             last_diagnostics: BTreeSet::new(),
             unmatched: UnmatchedWatch::default(),
+            last_rules: Vec::new(),
         })
     }
 
@@ -366,7 +384,15 @@ impl Agent {
             );
         }
         self.persist_identities(&desired);
+        self.last_rules = desired.rules;
         Ok(if desired.pending.is_empty() { Progress::Complete } else { Progress::Pending })
+    }
+
+    /// Give the flow log the names of the compile just synced.
+    fn publish_flow_names(&self, node: &str, store: &Store, names: &crate::flows::SharedNames) {
+        let (records, _) = self.registry.list();
+        let fresh = crate::flows::record::Names::build(node, store, &self.engine, &records, &self.last_rules);
+        *names.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
     }
 
     /// Each problem is logged once when it appears, not at every compile.
@@ -430,61 +456,24 @@ impl Agent {
     fn export_counters(&self) {
         let Ok(rows) = self.dp.counters() else { return };
         let mut sums: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
+        let mut events_lost = 0;
         for (k, v) in rows {
+            if k.reason == abi::COUNT_EVENT_LOST {
+                events_lost += v.packets;
+                continue;
+            }
             let dir = if k.direction == abi::DIR_EGRESS { "egress" } else { "ingress" };
             let e = sums.entry((dir, abi::reason_name(k.reason))).or_default();
             e.0 += v.packets;
             e.1 += v.bytes;
         }
         self.metrics.set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
+        self.metrics.flow_events_lost.set(&[], events_lost as f64);
     }
 }
 
 fn store_size(store: &Store) -> usize {
     store.namespaces.len() + store.pods.len() + store.services.len() + store.policies.len() + store.nodes.len()
-}
-
-/// Drops are logged from the dataplane's event ring, at most a few per
-/// second so a flood cannot flood the log too.
-fn spawn_event_logger(dp: &Dataplane) {
-    let Ok(mut reader) = dp.events() else { return };
-    std::thread::Builder::new()
-        .name("verdict events".into())
-        .spawn(move || {
-            let mut window = Instant::now();
-            let mut logged = 0u32;
-            loop {
-                let events = reader.drain();
-                if events.is_empty() {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                if window.elapsed() > Duration::from_secs(1) {
-                    window = Instant::now();
-                    logged = 0;
-                }
-                for e in events {
-                    if logged >= 10 {
-                        break;
-                    }
-                    logged += 1;
-                    log::info!(
-                        "verdict={} endpoint={} dir={} proto={} src={}:{} dst={}:{} peer_identity={} rule={}",
-                        abi::reason_name(e.reason),
-                        e.endpoint,
-                        if e.direction == abi::DIR_EGRESS { "egress" } else { "ingress" },
-                        e.protocol,
-                        weir_bpf::addr::from_bytes(e.saddr),
-                        u16::from_be(e.sport),
-                        weir_bpf::addr::from_bytes(e.daddr),
-                        u16::from_be(e.dport),
-                        e.peer_identity,
-                        e.rule
-                    );
-                }
-            }
-        })
-        .ok();
 }
 
 /// When the daemon loop last turned.

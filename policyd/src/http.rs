@@ -163,16 +163,39 @@ impl Response {
     }
 }
 
+/// An answer: whole, or lines as they come (`/v1/flows?follow=true`).
+pub enum Reply {
+    Whole(Response),
+    /// 200 with a body of lines, each sent as it arrives, until the sender
+    /// is dropped or the client closes.
+    Lines {
+        content_type: &'static str,
+        lines: tokio::sync::mpsc::Receiver<String>,
+    },
+}
+
 const MAX_REQUEST: usize = 16 * 1024;
+/// A client that never finishes its request must not hold a task forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read one request from `conn`, answer it with `route` and close: the
 /// one HTTP/1.1 responder of both listeners (TCP here, the unix socket of
 /// `crate::api`).
-pub async fn serve_one<S, F, Fut>(mut conn: S, route: F) -> std::io::Result<()>
+pub async fn serve_one<S, F, Fut>(conn: S, route: F) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(Target) -> Fut,
     Fut: std::future::Future<Output = Response>,
+{
+    serve_one_reply(conn, |t| async move { Reply::Whole(route(t).await) }).await
+}
+
+/// [`serve_one`] for routes that may stream ([`Reply::Lines`]).
+pub async fn serve_one_reply<S, F, Fut>(mut conn: S, route: F) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Target) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
 {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -180,7 +203,10 @@ where
         if buf.len() > MAX_REQUEST {
             return respond(&mut conn, &Response::text(431, "request header too large\n"), false).await;
         }
-        let n = conn.read(&mut chunk).await?;
+        let n = match tokio::time::timeout(REQUEST_TIMEOUT, conn.read(&mut chunk)).await {
+            Ok(n) => n?,
+            Err(_) => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -194,8 +220,46 @@ where
     if method != "GET" && !head {
         return respond(&mut conn, &Response::text(405, "only GET and HEAD\n"), false).await;
     }
-    let response = route(Target::parse(target)).await;
-    respond(&mut conn, &response, head).await
+    match route(Target::parse(target)).await {
+        Reply::Whole(response) => respond(&mut conn, &response, head).await,
+        Reply::Lines { content_type, lines } => stream(conn, content_type, lines, head).await,
+    }
+}
+
+/// A 200 whose body is `lines` as they come, delimited by closing the
+/// connection (HTTP/1.1 allows it with `Connection: close`), so any client
+/// reads it line by line. Ends when the sender is dropped or the client
+/// closes (seen by a read returning end of file).
+async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: S,
+    content_type: &str,
+    mut lines: tokio::sync::mpsc::Receiver<String>,
+    head: bool,
+) -> std::io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let header = format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n");
+    wr.write_all(header.as_bytes()).await?;
+    wr.flush().await?;
+    if head {
+        return wr.shutdown().await;
+    }
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(l) => {
+                    wr.write_all(l.as_bytes()).await?;
+                    wr.flush().await?;
+                }
+                None => break,
+            },
+            n = rd.read(&mut scratch) => match n {
+                Ok(0) | Err(_) => return Ok(()), // the client went away
+                Ok(_) => {}
+            },
+        }
+    }
+    wr.shutdown().await
 }
 
 async fn respond<S: AsyncWrite + Unpin>(conn: &mut S, r: &Response, head: bool) -> std::io::Result<()> {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cluster_network_policy;
 pub mod daemon;
 pub mod engine;
+pub mod flows;
 pub mod fswatch;
 pub mod http;
 pub mod install;

@@ -67,6 +67,21 @@ struct Args {
     /// up to 6 h for TCP).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     rejudge_established: bool,
+    /// The flow log: every drop (and allowed new flows of namespaces that
+    /// ask for them) as one JSON line [default: <run-dir>/flows.log].
+    #[arg(long, value_name = "PATH")]
+    flow_log: Option<PathBuf>,
+    /// Rotate the flow log to <PATH>.1 when it would grow past this many
+    /// bytes (so at most twice this on disk).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    flow_log_max_bytes: u64,
+    /// Flow log lines per second, sustained; lines over it are counted
+    /// (weir_policyd_flow_events_rate_limited_total), not written.
+    #[arg(long, value_name = "LINES", default_value_t = 100)]
+    flow_log_rate: u32,
+    /// Lines the flow log takes at once above its rate.
+    #[arg(long, value_name = "LINES", default_value_t = 200)]
+    flow_log_burst: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +204,8 @@ fn daemon(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let flow_log_path =
+        args.flow_log.clone().unwrap_or_else(|| args.run_dir.join(weir_common::paths::POLICYD_FLOW_LOG));
     let opts = daemon::Options {
         source,
         node_name: args.node_name.expect("clap requires --node-name"),
@@ -203,6 +220,12 @@ fn daemon(args: Args) -> ExitCode {
             underlay_iface: args.underlay_iface,
         },
         rejudge_established: args.rejudge_established,
+        flow_log: weir_policyd::flows::Options {
+            path: flow_log_path,
+            max_bytes: args.flow_log_max_bytes,
+            rate: f64::from(args.flow_log_rate),
+            burst: f64::from(args.flow_log_burst),
+        },
     };
     // Two workers: policyd shares the node with the pods it serves.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");

@@ -179,6 +179,12 @@ pub struct Metrics {
     pub node_network_errors: Family,
     /// weir_remote_nodes{backend}: remote nodes whose routes are programmed.
     pub remote_nodes: Family,
+    /// weir_policyd_flow_events_lost_total: events the dataplane could not
+    /// queue (its ring was full), mirrored from its counters.
+    pub flow_events_lost: Family,
+    /// weir_policyd_flow_events_rate_limited_total: events over the flow
+    /// log's rate (`--flow-log-rate`), counted and not written.
+    pub flow_events_rate_limited: Family,
 }
 
 const SYNC_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -272,6 +278,18 @@ impl Metrics {
                 Gauge,
                 &["backend"],
             ),
+            flow_events_lost: Family::new(
+                "weir_policyd_flow_events_lost_total",
+                "Dataplane events lost because the event ring was full (the verdict counters still count them).",
+                Counter,
+                &[],
+            ),
+            flow_events_rate_limited: Family::new(
+                "weir_policyd_flow_events_rate_limited_total",
+                "Dataplane events over the flow log's rate: counted, not written.",
+                Counter,
+                &[],
+            ),
         }
     }
 
@@ -311,6 +329,8 @@ impl Metrics {
             &self.dataplane_bytes,
             &self.node_network_errors,
             &self.remote_nodes,
+            &self.flow_events_lost,
+            &self.flow_events_rate_limited,
         ] {
             f.render(&mut out);
         }

@@ -267,15 +267,19 @@ impl Object {
     /// ports in policies resolve against them), phase and IPs.
     pub fn trim(&mut self) {
         let is_node = matches!(self, Object::Node(_));
+        let is_namespace = matches!(self, Object::Namespace(_));
         let meta = self.meta_mut();
         meta.managed_fields = None;
-        // Except a Node's `weir.io/` annotations: its backend data (crate::node).
+        // Except a Node's `weir.io/` annotations (its backend data,
+        // crate::node) and a Namespace's flow log choice.
+        let kept = |k: &str| {
+            (is_node && k.starts_with(crate::node::annotations::PREFIX))
+                || (is_namespace && k == crate::engine::FLOW_LOG_ANNOTATION)
+        };
         meta.annotations = meta
             .annotations
             .take()
-            .map(|a| {
-                a.into_iter().filter(|(k, _)| is_node && k.starts_with(crate::node::annotations::PREFIX)).collect()
-            })
+            .map(|a| a.into_iter().filter(|(k, _)| kept(k)).collect())
             .filter(|a: &std::collections::BTreeMap<String, String>| !a.is_empty());
         match self {
             Object::Pod(p) => {
@@ -332,4 +336,33 @@ pub enum SourceEvent {
     /// Every kind's initial list has been sent. Sent exactly once, after
     /// the initial `Replace` of every kind.
     Synced,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimming keeps the one annotation of a Namespace the engine reads
+    /// (the flow log's choice), and no other: not on other kinds either.
+    #[test]
+    fn trim_keeps_a_namespaces_flow_log_annotation_only() {
+        let annotated = |kind: &str| -> Object {
+            let v = serde_json::json!({"metadata": {"name": "x", "namespace": "x", "annotations": {
+                crate::engine::FLOW_LOG_ANNOTATION: "allow",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            }}});
+            match kind {
+                "ns" => Object::Namespace(serde_json::from_value(v).unwrap()),
+                _ => Object::Pod(serde_json::from_value(v).unwrap()),
+            }
+        };
+        let mut ns = annotated("ns");
+        ns.trim();
+        let kept = ns.meta().annotations.clone().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[crate::engine::FLOW_LOG_ANNOTATION], "allow");
+        let mut pod = annotated("pod");
+        pod.trim();
+        assert_eq!(pod.meta().annotations, None);
+    }
 }

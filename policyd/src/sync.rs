@@ -201,7 +201,10 @@ impl Sync {
                 continue;
             }
             // Read-modify-write: the pod's MAC and addresses are CNI ADD's.
-            self.gen_pending = true;
+            // The flow log's flag changes no verdict: no new generation.
+            if have.identity != want.identity || (have.flags ^ flags) & !abi::EP_LOG_ALLOW != 0 {
+                self.gen_pending = true;
+            }
             dp.set_endpoint(
                 ifindex,
                 &abi::Endpoint { identity: want.identity, flags, revision: self.revision, ..have },
@@ -246,6 +249,9 @@ fn endpoint_flags(e: &EndpointState) -> u32 {
     }
     if e.egress_tiered {
         f |= abi::EP_EGRESS_TIERED;
+    }
+    if e.log_allow {
+        f |= abi::EP_LOG_ALLOW;
     }
     f
 }

@@ -90,7 +90,10 @@ fn main() -> Result<()> {
         let listener = api::bind(&run_dir)?;
         let http = HttpState::new(Arc::new(Metrics::new()));
         http.set_ready(true);
-        let state = ApiState { node: "bench".into(), asks: tx, dp: Arc::new(Dataplane::open(&bpffs)?), http };
+        // The bench reads no flows: the log is never written.
+        let flows =
+            Arc::new(weir_policyd::flows::FlowLog::new(std::env::temp_dir().join("weir-bench-flows.log"), 1 << 20));
+        let state = ApiState { node: "bench".into(), asks: tx, dp: Arc::new(Dataplane::open(&bpffs)?), http, flows };
         api::spawn(listener, Arc::new(state));
         anyhow::Ok(())
     });

@@ -26,9 +26,9 @@ pub fn socket(run_dir: &Path) -> PathBuf {
     weir_policyd::api::socket_path(run_dir)
 }
 
-/// One GET on a policyd API socket: the JSON body of a 200, else the
-/// API's error as an error.
-pub fn get(socket: &Path, path_and_query: &str) -> Result<Value> {
+/// Connect to a policyd API socket and send GET `path_and_query`; an
+/// error says whether policyd runs and what to do.
+pub fn request(socket: &Path, path_and_query: &str) -> Result<UnixStream> {
     let mut conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!(
             "weir-policyd is not running: no API socket at {} (start weir-policyd with --run-dir {}, or give the --run-dir it uses)",
@@ -44,9 +44,16 @@ pub fn get(socket: &Path, path_and_query: &str) -> Result<Value> {
         }
         _ => anyhow!("{}: {e}", socket.display()),
     })?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(conn, "GET {path_and_query} HTTP/1.1\r\nHost: weir-policyd\r\nConnection: close\r\n\r\n")
         .with_context(|| format!("writing to {}", socket.display()))?;
+    Ok(conn)
+}
+
+/// One GET on a policyd API socket: the JSON body of a 200, else the
+/// API's error as an error.
+pub fn get(socket: &Path, path_and_query: &str) -> Result<Value> {
+    let mut conn = request(socket, path_and_query)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).with_context(|| format!("reading from {}", socket.display()))?;
     let text = String::from_utf8_lossy(&raw);
@@ -62,7 +69,7 @@ pub fn get(socket: &Path, path_and_query: &str) -> Result<Value> {
 }
 
 /// Percent-encode a query value (everything but RFC 3986's unreserved).
-fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),

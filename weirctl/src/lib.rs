@@ -2,6 +2,7 @@
 //! command line runs.
 
 pub mod explain;
+pub mod flows;
 pub mod get;
 pub mod lab;
 pub mod table;

@@ -41,12 +41,68 @@ enum Top {
         #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// The flow log of this node: drops (and allowed new flows of
+    /// namespaces annotated weir.io/flow-log: allow), naming the pods and
+    /// the deciding policy and rule (asks this node's weir-policyd).
+    Flows {
+        #[command(flatten)]
+        args: FlowsArgs,
+        /// weir-policyd's run dir (its API socket is <run-dir>/api.sock).
+        #[arg(long, default_value = weir_common::paths::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum NodeWhatArg {
     Endpoints,
     Policies,
+}
+
+/// What `flows` reads and how it prints.
+#[derive(clap::Args)]
+struct FlowsArgs {
+    /// Keep printing new records as they come (until interrupted).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only flows of this pod (NAMESPACE/POD), at either end.
+    #[arg(long)]
+    pod: Option<String>,
+    #[arg(long, value_enum)]
+    verdict: Option<FlowVerdict>,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: ExplainOutput,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FlowVerdict {
+    Allow,
+    Drop,
+}
+
+impl FlowsArgs {
+    fn query(&self) -> weirctl::flows::Query {
+        weirctl::flows::Query {
+            pod: self.pod.clone(),
+            verdict: self.verdict.map(|v| match v {
+                FlowVerdict::Allow => "allow".to_string(),
+                FlowVerdict::Drop => "drop".to_string(),
+            }),
+        }
+    }
+
+    /// Print the recent records, or follow the nodes' new ones.
+    fn run(&self, run_dirs: &[PathBuf], recent: impl FnOnce() -> Result<Vec<serde_json::Value>>) -> Result<()> {
+        let json = matches!(self.output, ExplainOutput::Json);
+        if self.follow {
+            return weirctl::flows::follow(run_dirs, &self.query(), |v| weirctl::flows::print(&v, json));
+        }
+        // JSON: one record per line, as the log file and --follow have them.
+        for v in &recent()? {
+            weirctl::flows::print(v, json);
+        }
+        Ok(())
+    }
 }
 
 /// The flow `explain` is about.
@@ -226,6 +282,13 @@ enum LabCmd {
         #[command(flatten)]
         flow: FlowArgs,
     },
+    /// `weirctl flows` in the lab: every node's flow log, merged by time.
+    Flows {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[command(flatten)]
+        args: FlowsArgs,
+    },
     /// Remove every netns, link, pin, rule and process of the lab.
     Down {
         #[arg(long, default_value = "default")]
@@ -284,6 +347,10 @@ fn run() -> Result<()> {
             }
             return Ok(());
         }
+        Top::Flows { args, run_dir } => {
+            let q = args.query();
+            return args.run(std::slice::from_ref(&run_dir), || weirctl::flows::recent(&run_dir, &q));
+        }
     };
     match cmd {
         LabCmd::Up { name, nodes, backend, files, cni_bin_dir, policyd_bin, no_policy, cni_type } => {
@@ -334,6 +401,11 @@ fn run() -> Result<()> {
         LabCmd::Explain { name, flow } => {
             let v = weirctl::explain::lab_explain(&Lab::new(&name)?, &flow.ask())?;
             print_explanation(&v, flow.output)
+        }
+        LabCmd::Flows { name, args } => {
+            let lab = Lab::new(&name)?;
+            let q = args.query();
+            args.run(&weirctl::flows::lab_run_dirs(&lab)?, || weirctl::flows::lab_recent(&lab, &q))
         }
         LabCmd::Down { name } => ops::down(&Lab::new(&name)?, false),
         LabCmd::Demo { name, keep, cni_bin_dir, policyd_bin, no_policy } => demo::run(

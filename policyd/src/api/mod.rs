@@ -7,7 +7,10 @@
 //!   ([`proof`]);
 //! - `GET /v1/endpoints`: this node's endpoints, their pods, identity and
 //!   isolation;
-//! - `GET /v1/policies`: the policies, what they isolate, their problems.
+//! - `GET /v1/policies`: the policies, what they isolate, their problems;
+//! - `GET /v1/flows?pod=NS/POD&verdict=drop|allow`: the flow log's recent
+//!   records ([`crate::flows`]); with `follow=true`, new records as JSON
+//!   lines as they come, until the client closes.
 //!
 //! The store and the engine belong to the daemon loop: a request is an
 //! [`Ask`] sent to it, answered between compiles (so always from a
@@ -22,7 +25,7 @@ use crate::engine::cluster_policy::CLUSTER_SCOPE;
 use crate::engine::explain::Explanation;
 use crate::engine::policy::CompiledPolicy;
 use crate::engine::Engine;
-use crate::http::{self, HttpState, Response, Target};
+use crate::http::{self, HttpState, Reply, Response, Target};
 use crate::store::Store;
 use anyhow::Context;
 use serde_json::{json, Value};
@@ -193,7 +196,11 @@ pub struct ApiState {
     pub asks: mpsc::Sender<Ask>,
     pub dp: Arc<Dataplane>,
     pub http: Arc<HttpState>,
+    pub flows: Arc<crate::flows::FlowLog>,
 }
+
+/// How long a question may wait for the daemon loop.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serve on `listener` until the task is aborted.
 pub fn spawn(listener: UnixListener, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
@@ -203,8 +210,7 @@ pub fn spawn(listener: UnixListener, state: Arc<ApiState>) -> tokio::task::JoinH
                 Ok((conn, _)) => {
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let served = http::serve_one(conn, |t| route(&state, t));
-                        let _ = tokio::time::timeout(Duration::from_secs(20), served).await;
+                        let _ = http::serve_one_reply(conn, |t| reply(&state, t)).await;
                     });
                 }
                 Err(e) => {
@@ -216,6 +222,56 @@ pub fn spawn(listener: UnixListener, state: Arc<ApiState>) -> tokio::task::JoinH
     })
 }
 
+async fn reply(state: &ApiState, t: Target) -> Reply {
+    if t.path == "/v1/flows" {
+        return flows(state, &t).unwrap_or_else(|e| Reply::Whole(e.response()));
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, route(state, t)).await {
+        Ok(r) => Reply::Whole(r),
+        Err(_) => Reply::Whole(Response::json(
+            503,
+            &json!({"error": format!("weir-policyd did not answer within {ANSWER_TIMEOUT:?} (its loop is busy); try again")}),
+        )),
+    }
+}
+
+/// `/v1/flows`: the recent records, or with `follow=true` the new ones as
+/// JSON lines. Needs no compile: answered here, not by the loop.
+fn flows(state: &ApiState, t: &Target) -> Result<Reply, ApiError> {
+    let filter = crate::flows::Filter::parse(t.param("pod"), t.param("verdict")).map_err(ApiError::bad)?;
+    let follow = match t.param("follow") {
+        None | Some("" | "false") => false,
+        Some("true") => true,
+        Some(v) => return Err(ApiError::bad(format!("follow {v:?}: give true or false"))),
+    };
+    if !follow {
+        let recent = state.flows.recent(&filter);
+        let rows: Vec<&crate::flows::record::FlowRecord> = recent.iter().map(|r| &**r).collect();
+        return Ok(Reply::Whole(Response::json(200, &json!({"node": state.node, "flows": rows}))));
+    }
+    let mut live = state.flows.follow();
+    let (tx, lines) = mpsc::channel::<String>(256);
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let line = tokio::select! {
+                () = tx.closed() => return,
+                r = live.recv() => match r {
+                    Ok(r) if filter.matches(&r) => serde_json::to_string(&*r).unwrap_or_default(),
+                    Ok(_) => continue,
+                    // Too slow a reader: say how many it missed, go on.
+                    Err(RecvError::Lagged(n)) => json!({"skipped": n}).to_string(),
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            if tx.send(line + "\n").await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Reply::Lines { content_type: "application/x-ndjson", lines })
+}
+
 async fn route(state: &ApiState, t: Target) -> Response {
     let question = match t.path.as_str() {
         "/v1/explain" => match explain_query(&t) {
@@ -224,7 +280,10 @@ async fn route(state: &ApiState, t: Target) -> Response {
         },
         "/v1/endpoints" => Question::Endpoints,
         "/v1/policies" => Question::Policies,
-        _ => return ApiError::not_found("not found: try /v1/explain, /v1/endpoints, /v1/policies".into()).response(),
+        _ => {
+            return ApiError::not_found("not found: try /v1/explain, /v1/endpoints, /v1/policies, /v1/flows".into())
+                .response()
+        }
     };
     if !state.http.is_ready() {
         return Response::json(

@@ -183,9 +183,8 @@ fn name_end(
     }
 }
 
-/// A pod's addresses: its endpoint records' on this node (authoritative),
-/// else its status.
-fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr> {
+/// A pod's addresses: its endpoint records' on this node, else its status.
+pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr> {
     let local: Vec<IpAddr> = records
         .iter()
         .filter(|r| r.pod_namespace == key.0 && r.pod_name == key.1)

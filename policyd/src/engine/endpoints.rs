@@ -194,6 +194,7 @@ impl EndpointStage {
             egress_isolated: selecting.iter().any(|p| p.isolates_egress),
             ingress_tiered: tiered(Direction::Ingress),
             egress_tiered: tiered(Direction::Egress),
+            log_allow: false, // set by the compile, from the namespace
         };
         // Peer sets first (they may need evaluating), entries after.
         let mut resolved_sets: HashMap<*const PeerSelector, Arc<Vec<u32>>> = HashMap::new();

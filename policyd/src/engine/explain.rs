@@ -175,6 +175,30 @@ impl Engine {
         self.policies.compiled(key).cloned()
     }
 
+    /// Every policy (NetworkPolicy and ClusterNetworkPolicy) selecting
+    /// pod `key`, as the last compile left them.
+    fn selecting(&self, store: &Store, key: &Key, pod: &k8s_openapi::api::core::v1::Pod) -> Vec<Arc<CompiledPolicy>> {
+        let empty = Labels::new();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let ns_labels = self.identities.last().ns_labels.get(&key.0).cloned();
+        let mut selecting: Vec<Arc<CompiledPolicy>> = store
+            .policies
+            .range((key.0.clone(), String::new())..)
+            .take_while(|(k, _)| k.0 == key.0)
+            .filter_map(|(k, _)| self.policies.compiled(k).cloned())
+            .collect();
+        selecting.extend(self.policies.compiled_cluster());
+        selecting.retain(|p| p.subject.selects(&key.0, ns_labels.as_ref(), labels));
+        selecting
+    }
+
+    /// The policies (`namespace/name`) that isolate pod `key` in `dir`, as
+    /// the last compile left them: what an isolation drop with no allowing
+    /// rule names. Empty for a pod the store does not hold.
+    pub fn isolating_policies(&self, store: &Store, key: &Key, dir: Direction) -> Vec<String> {
+        store.pods.get(key).map(|pod| isolating(&self.selecting(store, key, pod), dir)).unwrap_or_default()
+    }
+
     /// Explain `flow` against the last compile (call after one). Pure
     /// reading, but peer sets not evaluated yet are evaluated and cached.
     pub fn explain(&mut self, store: &Store, flow: &Flow) -> Explanation {
@@ -242,22 +266,8 @@ impl Engine {
             return side;
         };
         let (key, pod) = pod;
-        let empty = Labels::new();
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        let ns_labels = self.identities.last().ns_labels.get(&key.0).cloned();
-        let mut selecting: Vec<Arc<CompiledPolicy>> = store
-            .policies
-            .range((key.0.clone(), String::new())..)
-            .take_while(|(k, _)| k.0 == key.0)
-            .filter_map(|(k, _)| self.policies.compiled(k).cloned())
-            .collect();
-        selecting.extend(self.policies.compiled_cluster());
-        selecting.retain(|p| p.subject.selects(&key.0, ns_labels.as_ref(), labels));
-        side.isolating = selecting
-            .iter()
-            .filter(|p| if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
-            .map(|p| format!("{}/{}", p.namespace, p.name))
-            .collect();
+        let selecting = self.selecting(store, key, pod);
+        side.isolating = isolating(&selecting, dir);
         side.isolated = !side.isolating.is_empty();
         side.tiered =
             selecting.iter().flat_map(|p| &p.rules).any(|r| r.tier != Tier::NetworkPolicy && r.direction == dir);
@@ -466,6 +476,14 @@ impl ClusterRuleMatch {
     fn describe(&self) -> String {
         format!("{} ClusterNetworkPolicy {} (priority {}) rule {}", self.tier, self.policy, self.priority, self.rule)
     }
+}
+
+fn isolating(selecting: &[Arc<CompiledPolicy>], dir: Direction) -> Vec<String> {
+    selecting
+        .iter()
+        .filter(|p| if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect()
 }
 
 fn cluster_match(p: &CompiledPolicy, r: &CompiledRule, peer: Option<u32>) -> ClusterRuleMatch {

@@ -148,6 +148,23 @@ pub struct EndpointState {
     /// dataplane reads the Admin and Baseline tiers.
     pub ingress_tiered: bool,
     pub egress_tiered: bool,
+    /// Its namespace asks for allowed new flows in the flow log
+    /// ([`FLOW_LOG_ANNOTATION`]).
+    pub log_allow: bool,
+}
+
+/// A Namespace annotation: `allow` logs its pods' allowed new flows in the
+/// flow log too (drops always are), as Antrea's `enable-logging`.
+pub const FLOW_LOG_ANNOTATION: &str = "weir.io/flow-log";
+
+/// Whether namespace `ns` asks for its allowed flows in the flow log.
+pub fn namespace_logs_allows(store: &Store, ns: &str) -> bool {
+    store
+        .namespaces
+        .get(ns)
+        .and_then(|n| n.metadata.annotations.as_ref())
+        .and_then(|a| a.get(FLOW_LOG_ANNOTATION))
+        .is_some_and(|v| v == "allow")
 }
 
 /// The best rule of an Admin or Baseline tier for a policy entry: its
@@ -214,6 +231,8 @@ pub struct RuleInfo {
     pub action: Action,
     /// A ClusterNetworkPolicy rule's `name` (may be empty).
     pub rule_name: String,
+    /// A ClusterNetworkPolicy's priority (0 for a NetworkPolicy rule).
+    pub priority: u32,
 }
 
 /// An endpoint record (CNI ADD's, under the run dir) that no pod takes.
@@ -415,7 +434,13 @@ impl Engine {
         //    the slice's budget.
         let input =
             EndpointInput { endpoints: &found.endpoints, policies: &policies, universe: &found.universe, slice };
-        let endpoints = self.endpoints.run(input, &mut self.peer_sets, stats);
+        let mut endpoints = self.endpoints.run(input, &mut self.peer_sets, stats);
+        // Not policy: read fresh each compile, never memoized with it.
+        for ep in &found.endpoints {
+            if let Some(st) = endpoints.states.get_mut(&ep.ifindex) {
+                st.log_allow = namespace_logs_allows(store, &ep.pod_key.0);
+            }
+        }
 
         let mut diagnostics = found.diagnostics;
         diagnostics.extend(ipcache.diagnostics);

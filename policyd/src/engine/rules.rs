@@ -12,7 +12,7 @@
 use super::cluster_policy::compile_cluster_policy;
 use super::policy::{self, CompiledPolicy, PeerSelector, Peers};
 use super::universe::Universe;
-use super::{object_version, CompileStats, Diagnostic, Direction, IdentityLabels, Labels, RuleInfo};
+use super::{object_version, CompileStats, Diagnostic, Direction, IdentityLabels, Labels, RuleInfo, Tier};
 use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicySpec};
 use crate::store::Key;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
@@ -220,6 +220,7 @@ fn rule_table<'a>(policies: impl Iterator<Item = &'a Arc<CompiledPolicy>>) -> (V
                     tier: r.tier,
                     action: r.action,
                     rule_name: r.name.clone(),
+                    priority: if r.tier == Tier::NetworkPolicy { 0 } else { r.rank >> 7 },
                 };
                 match &r.peers {
                     Peers::All { rule_id } => rules.push(info(*rule_id, None)),

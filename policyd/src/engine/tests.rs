@@ -151,6 +151,28 @@ fn base() -> Fixture {
 const XA: u32 = 10;
 const YB: u32 = 20;
 
+// ---- the flow log's namespace choice ----------------------------------------
+
+/// `weir.io/flow-log: allow` on a Namespace marks its local endpoints
+/// (and only with that value); a compile after the annotation changes
+/// follows it, though no policy input changed.
+#[test]
+fn a_namespace_annotated_for_allowed_flows_marks_its_endpoints() {
+    let mut f = base();
+    assert!(!f.compile().endpoints[&XA].log_allow);
+    let mut e = Engine::new();
+    let annotate = |f: &mut Fixture, v: &str| {
+        f.store.namespaces.get_mut("y").unwrap().metadata.annotations =
+            Some([(FLOW_LOG_ANNOTATION.to_string(), v.to_string())].into());
+    };
+    annotate(&mut f, "allow");
+    let d = e.compile(&f.store, &f.locals);
+    assert!(d.endpoints[&YB].log_allow && !d.endpoints[&XA].log_allow);
+    annotate(&mut f, "drop");
+    let d = e.compile(&f.store, &f.locals);
+    assert!(!d.endpoints[&YB].log_allow, "only \"allow\" asks");
+}
+
 // ---- isolation and policyTypes ---------------------------------------------
 
 #[test]
@@ -163,7 +185,8 @@ fn no_policy_leaves_pods_unisolated() {
             ingress_isolated: false,
             egress_isolated: false,
             ingress_tiered: false,
-            egress_tiered: false
+            egress_tiered: false,
+            log_allow: false,
         }
     );
     assert!(ing(&d, XA, "10.0.1.2", 1234) && eg(&d, XA, "1.1.1.1", 53));

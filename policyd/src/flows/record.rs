@@ -1,0 +1,380 @@
+//! A dataplane event turned into a flow record: who talked to whom, the
+//! verdict and the policy and rule that decided it, by name.
+//!
+//! Pure: the names come from a [`Names`] snapshot the daemon loop builds
+//! after each compile, so the reader thread never touches the store or the
+//! engine. A record carries only names the pod's owner may see: namespaces,
+//! pods, addresses, policy and rule names; never an identity's labels.
+
+use crate::engine::{Action, Direction, Engine, RuleInfo, Tier};
+use crate::store::{Key, Store};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use weir_bpf::abi;
+use weir_common::registry::EndpointRecord;
+
+/// What the reader needs to name an event's parts, as of the last compile.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub node: String,
+    /// Rule id in the maps -> the policy rule it stands for.
+    rules: HashMap<u32, PolicyRef>,
+    /// This node's endpoints (host veth ifindex): the pod, and per
+    /// direction the policies isolating it.
+    endpoints: HashMap<u32, EndpointNames>,
+    /// Every known pod address -> its pod.
+    pods: HashMap<IpAddr, Key>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EndpointNames {
+    pod: Key,
+    isolating_ingress: Vec<String>,
+    isolating_egress: Vec<String>,
+}
+
+impl Names {
+    /// Before the first compile: only the node is known.
+    pub fn for_node(node: &str) -> Names {
+        Names { node: node.to_string(), ..Default::default() }
+    }
+
+    /// From the loop's state after a compile: the store, the engine, this
+    /// node's endpoint records and the compile's rules
+    /// ([`crate::engine::Desired::rules`]).
+    pub fn build(node: &str, store: &Store, engine: &Engine, records: &[EndpointRecord], rules: &[RuleInfo]) -> Names {
+        let mut pods = HashMap::new();
+        for (key, pod) in store.pods.iter().filter(|(_, p)| crate::engine::pod_takes_part(p)) {
+            for ip in crate::api::resolve::pod_addrs(records, key, pod) {
+                pods.insert(ip, key.clone());
+            }
+        }
+        let endpoints = records
+            .iter()
+            .map(|r| {
+                let pod = (r.pod_namespace.clone(), r.pod_name.clone());
+                let names = EndpointNames {
+                    isolating_ingress: engine.isolating_policies(store, &pod, Direction::Ingress),
+                    isolating_egress: engine.isolating_policies(store, &pod, Direction::Egress),
+                    pod,
+                };
+                (r.host_ifindex, names)
+            })
+            .collect();
+        Names {
+            node: node.to_string(),
+            rules: rules.iter().map(|r| (r.id, PolicyRef::of(r))).collect(),
+            endpoints,
+            pods,
+        }
+    }
+}
+
+/// The policy rule that decided, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind")]
+pub enum PolicyRef {
+    /// `spec.ingress[rule]` or `spec.egress[rule]` of NetworkPolicy
+    /// namespace/name.
+    NetworkPolicy { namespace: String, name: String, direction: &'static str, rule: u32 },
+    /// Rule `rule` (its index; `ruleName` its name) of a ClusterNetworkPolicy.
+    ClusterNetworkPolicy {
+        name: String,
+        tier: &'static str,
+        priority: u32,
+        direction: &'static str,
+        rule: u32,
+        #[serde(rename = "ruleName")]
+        rule_name: String,
+        action: &'static str,
+    },
+}
+
+impl PolicyRef {
+    fn of(r: &RuleInfo) -> PolicyRef {
+        let direction = direction_name(r.direction);
+        match r.tier {
+            Tier::NetworkPolicy => PolicyRef::NetworkPolicy {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                direction,
+                rule: r.rule_index,
+            },
+            Tier::Admin | Tier::Baseline => PolicyRef::ClusterNetworkPolicy {
+                name: r.name.clone(),
+                tier: if r.tier == Tier::Admin { "Admin" } else { "Baseline" },
+                priority: r.priority,
+                direction,
+                rule: r.rule_index,
+                rule_name: r.rule_name.clone(),
+                action: match r.action {
+                    Action::Allow => "Accept",
+                    Action::Deny => "Deny",
+                    Action::Pass => "Pass",
+                },
+            },
+        }
+    }
+}
+
+/// One end of a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct End {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub ip: IpAddr,
+    /// 0 for protocols without ports (ICMP: its identifier is not a port).
+    pub port: u16,
+}
+
+/// One flow log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub node: String,
+    /// The side judged: `egress` (the source's) or `ingress` (the destination's).
+    pub direction: &'static str,
+    /// `allow` or `drop`.
+    pub verdict: &'static str,
+    /// The dataplane's reason, as `weir_dataplane_packets_total{reason}` names it.
+    pub reason: &'static str,
+    pub protocol: String,
+    pub source: End,
+    pub destination: End,
+    /// The rule that decided, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRef>,
+    /// An isolation drop no rule allowed: the policies isolating the
+    /// judged pod on that side.
+    #[serde(rename = "isolatedBy", skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
+}
+
+impl FlowRecord {
+    /// Whether the record is about pod `namespace/name`, at either end.
+    pub fn involves(&self, pod: &Key) -> bool {
+        [&self.source, &self.destination]
+            .iter()
+            .any(|e| e.namespace.as_deref() == Some(pod.0.as_str()) && e.pod.as_deref() == Some(pod.1.as_str()))
+    }
+}
+
+/// Build the record of event `e`, which happened at `time` (RFC 3339).
+pub fn build(names: &Names, e: &abi::Event, time: String) -> FlowRecord {
+    let saddr = weir_bpf::addr::from_bytes(e.saddr);
+    let daddr = weir_bpf::addr::from_bytes(e.daddr);
+    let egress = e.direction == abi::DIR_EGRESS;
+    let judged = names.endpoints.get(&e.endpoint);
+    // The judged endpoint is one end; its record is authoritative for that
+    // end even before the pod's address reaches the store.
+    let end = |ip: IpAddr, port: u16, is_judged: bool| {
+        let pod = if is_judged { judged.map(|j| &j.pod) } else { None }.or_else(|| names.pods.get(&ip));
+        End { namespace: pod.map(|k| k.0.clone()), pod: pod.map(|k| k.1.clone()), ip, port }
+    };
+    let ports = has_ports(e.protocol);
+    let source = end(saddr, if ports { u16::from_be(e.sport) } else { 0 }, egress);
+    let destination = end(daddr, if ports { u16::from_be(e.dport) } else { 0 }, !egress);
+    let drop = abi::reason_is_drop(e.reason);
+    let policy = names.rules.get(&e.rule).filter(|_| e.rule != 0).cloned();
+    let isolated_by = match (e.reason, judged) {
+        (abi::R_DROP_POLICY, Some(j)) => {
+            if egress {
+                j.isolating_egress.clone()
+            } else {
+                j.isolating_ingress.clone()
+            }
+        }
+        _ => Vec::new(),
+    };
+    FlowRecord {
+        time,
+        node: names.node.clone(),
+        direction: if egress { "egress" } else { "ingress" },
+        verdict: if drop { "drop" } else { "allow" },
+        reason: abi::reason_name(e.reason),
+        protocol: protocol_name(e.protocol),
+        source,
+        destination,
+        policy,
+        isolated_by,
+    }
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132)
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        58 => "ICMPv6".into(),
+        6 | 17 | 132 => crate::api::resolve::proto_name(p).into(),
+        n => n.to_string(),
+    }
+}
+
+/// RFC 3339 (UTC, nanoseconds) of `nanos` since the Unix epoch.
+pub fn rfc3339(nanos: u128) -> String {
+    let secs = (nanos / 1_000_000_000) as i64;
+    let sub = (nanos % 1_000_000_000) as u32;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{sub:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names() -> Names {
+        let np = RuleInfo {
+            id: 7,
+            namespace: "x".into(),
+            name: "from-b".into(),
+            direction: Direction::Ingress,
+            rule_index: 1,
+            peer_index: Some(0),
+            tier: Tier::NetworkPolicy,
+            action: Action::Allow,
+            rule_name: String::new(),
+            priority: 0,
+        };
+        let cnp = RuleInfo {
+            id: 9,
+            namespace: String::new(),
+            name: "block-db".into(),
+            direction: Direction::Egress,
+            rule_index: 2,
+            peer_index: None,
+            tier: Tier::Admin,
+            action: Action::Deny,
+            rule_name: "no-db".into(),
+            priority: 10,
+        };
+        let a = ("x".to_string(), "a".to_string());
+        Names {
+            node: "n1".into(),
+            rules: [np, cnp].iter().map(|r| (r.id, PolicyRef::of(r))).collect(),
+            endpoints: HashMap::from([(
+                31,
+                EndpointNames {
+                    pod: a.clone(),
+                    isolating_ingress: vec!["x/deny".into(), "x/from-b".into()],
+                    isolating_egress: vec![],
+                },
+            )]),
+            pods: HashMap::from([
+                ("10.0.0.3".parse().unwrap(), a),
+                ("10.0.0.2".parse().unwrap(), ("y".to_string(), "b".to_string())),
+            ]),
+        }
+    }
+
+    fn event(direction: u8, reason: u8, rule: u32, src: &str, dst: &str) -> abi::Event {
+        abi::Event {
+            ts_ns: 0,
+            endpoint: 31,
+            peer_identity: 300,
+            rule,
+            saddr: weir_bpf::addr::to_bytes(src.parse().unwrap()),
+            daddr: weir_bpf::addr::to_bytes(dst.parse().unwrap()),
+            sport: 40000u16.to_be(),
+            dport: 8080u16.to_be(),
+            protocol: 6,
+            direction,
+            reason,
+            pad: [0; 5],
+        }
+    }
+
+    #[test]
+    fn an_isolation_drop_names_both_pods_and_the_policies_isolating_that_side() {
+        let e = event(abi::DIR_INGRESS, abi::R_DROP_POLICY, 0, "10.0.0.2", "10.0.0.3");
+        let r = build(&names(), &e, "t".into());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "time": "t", "node": "n1", "direction": "ingress", "verdict": "drop", "reason": "drop_policy",
+                "protocol": "TCP",
+                "source": {"namespace": "y", "pod": "b", "ip": "10.0.0.2", "port": 40000},
+                "destination": {"namespace": "x", "pod": "a", "ip": "10.0.0.3", "port": 8080},
+                "isolatedBy": ["x/deny", "x/from-b"],
+            })
+        );
+        assert!(r.involves(&("y".into(), "b".into())) && r.involves(&("x".into(), "a".into())));
+        assert!(!r.involves(&("x".into(), "b".into())));
+        // The egress side of the same endpoint is isolated by nothing.
+        let e = event(abi::DIR_EGRESS, abi::R_DROP_POLICY, 0, "10.0.0.3", "192.0.2.1");
+        let r = build(&names(), &e, "t".into());
+        assert!(r.isolated_by.is_empty());
+        assert_eq!(r.source.pod.as_deref(), Some("a"));
+        assert_eq!((r.destination.namespace.as_ref(), r.destination.pod.as_ref()), (None, None), "the world");
+    }
+
+    #[test]
+    fn an_allow_names_the_network_policy_rule_and_a_cluster_deny_its_tier_priority_and_rule() {
+        let r = build(&names(), &event(abi::DIR_INGRESS, abi::R_ALLOW_POLICY, 7, "10.0.0.2", "10.0.0.3"), "t".into());
+        assert_eq!(r.verdict, "allow");
+        assert_eq!(
+            serde_json::to_value(&r.policy).unwrap(),
+            json!({"kind": "NetworkPolicy", "namespace": "x", "name": "from-b", "direction": "ingress", "rule": 1})
+        );
+        assert!(r.isolated_by.is_empty(), "an allow names its rule only");
+
+        let e = event(abi::DIR_EGRESS, abi::R_DROP_CLUSTER_POLICY, 9, "10.0.0.3", "10.0.0.2");
+        let r = build(&names(), &e, "t".into());
+        assert_eq!(r.reason, "drop_cluster_policy");
+        assert_eq!(
+            serde_json::to_value(&r.policy).unwrap(),
+            json!({"kind": "ClusterNetworkPolicy", "name": "block-db", "tier": "Admin", "priority": 10,
+                   "direction": "egress", "rule": 2, "ruleName": "no-db", "action": "Deny"})
+        );
+    }
+
+    /// Only names: the peer's identity and its labels never reach a line.
+    #[test]
+    fn a_record_carries_no_identity_or_labels() {
+        let e = event(abi::DIR_INGRESS, abi::R_DROP_POLICY, 0, "10.0.0.2", "10.0.0.3");
+        let line = serde_json::to_string(&build(&names(), &e, "t".into())).unwrap();
+        assert!(!line.contains("300") && !line.contains("identity") && !line.contains("labels"), "{line}");
+    }
+
+    #[test]
+    fn icmp_has_no_ports_and_unknown_rules_are_left_out() {
+        let mut e = event(abi::DIR_INGRESS, abi::R_DROP_POLICY, 12345, "10.0.0.2", "10.0.0.3");
+        e.protocol = 1;
+        let r = build(&names(), &e, "t".into());
+        assert_eq!((r.protocol.as_str(), r.source.port, r.destination.port), ("ICMP", 0, 0));
+        assert_eq!(r.policy, None, "a rule id the last compile does not know");
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_with_nanoseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        // 2024-02-29T23:59:59.5Z (a leap day)
+        assert_eq!(rfc3339(1_709_251_199_500_000_000), "2024-02-29T23:59:59.500000000Z");
+        assert_eq!(rfc3339(1_798_761_600_000_000_001), "2027-01-01T00:00:00.000000001Z");
+    }
+}

@@ -1,0 +1,178 @@
+//! Root tests of the flow log on a real lab: a probe the policy refuses
+//! becomes a drop line naming both pods, the port, the reason and the
+//! policy (`weirctl lab flows`), `--follow` gets lines produced after it
+//! started, and allowed flows are logged only where a namespace asks.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use weir_testsupport::is_root;
+
+mod common;
+use common::{require_binaries, weirctl, LabGuard};
+
+const MODEL: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, annotations: {weir.io/flow-log: allow}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y, labels: {pod: c}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+";
+
+/// A `weirctl lab flows --follow` running in the background, killed on drop.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(g: &LabGuard, args: &[&str]) -> Follower {
+        let mut full = vec!["lab", "flows", "--name", &g.name, "--follow", "-o", "json"];
+        full.extend_from_slice(args);
+        let mut child = Command::new(weirctl()).args(&full).stdout(Stdio::piped()).spawn().expect("weirctl");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn probe(g: &LabGuard, from: &str, to: &str) -> bool {
+    let m = g.json(&[
+        "probe",
+        "--port",
+        "80",
+        "--protocol",
+        "TCP",
+        "--via",
+        "pod",
+        "--from",
+        from,
+        "--to",
+        to,
+        "-o",
+        "json",
+    ]);
+    m["results"][from][to].as_bool().unwrap_or_else(|| panic!("no probe result {from} -> {to}: {m}"))
+}
+
+fn flows(g: &LabGuard, args: &[&str]) -> Vec<Value> {
+    let mut full = vec!["flows"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    g.ok(&full).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+fn is_flow(v: &Value, src: (&str, &str), dst: (&str, &str)) -> bool {
+    v["source"]["namespace"] == src.0
+        && v["source"]["pod"] == src.1
+        && v["destination"]["namespace"] == dst.0
+        && v["destination"]["pod"] == dst.1
+}
+
+#[test]
+fn root_a_refused_probe_is_a_drop_line_naming_pods_port_reason_and_policy() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries(&["weir", "weir-policyd"]);
+    let g = LabGuard::new("wfl");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.yaml");
+    std::fs::write(&model, MODEL).unwrap();
+    g.ok(&["up", "-f", model.to_str().unwrap()]);
+
+    // A follower started before the probes sees a drop they cause: probe
+    // until it does (each probe is a new flow, so a new drop), the bound
+    // only stopping a broken run.
+    let follower = Follower::start(&g, &["--verdict", "drop", "--pod", "x/a"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let followed = loop {
+        assert!(!probe(&g, "x/b", "x/a"), "deny-a isolates x/a: the probe must fail");
+        if let Ok(l) = follower.lines.recv_timeout(Duration::from_millis(500)) {
+            break serde_json::from_str::<Value>(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        }
+        assert!(Instant::now() < deadline, "--follow printed no drop line");
+    };
+    assert!(is_flow(&followed, ("x", "b"), ("x", "a")), "{followed}");
+    drop(follower);
+
+    let drops = flows(&g, &["--verdict", "drop"]);
+    let d = drops
+        .iter()
+        .find(|v| is_flow(v, ("x", "b"), ("x", "a")))
+        .unwrap_or_else(|| panic!("no drop x/b -> x/a in {drops:?}"));
+    assert_eq!(d["verdict"], "drop");
+    assert_eq!(d["reason"], "drop_policy");
+    assert_eq!(d["direction"], "ingress");
+    assert_eq!(d["protocol"], "TCP");
+    assert_eq!(d["destination"]["port"], 80);
+    assert_eq!(d["isolatedBy"], serde_json::json!(["x/deny-a"]), "the policy isolating x/a");
+    assert!(d["time"].as_str().unwrap().ends_with('Z'));
+    assert!(!d.to_string().contains("labels"), "no labels in a line: {d}");
+    // The file holds the same line.
+    let file = std::fs::read_to_string(g.dir().join("run").join("flows.log")).unwrap();
+    assert!(file.lines().any(|l| l.contains("\"drop_policy\"") && l.contains("\"isolatedBy\":[\"x/deny-a\"]")));
+
+    // The text form names the same.
+    let text = g.ok(&["flows", "--verdict", "drop", "--pod", "x/b"]);
+    assert!(
+        text.lines().any(|l| l.contains("x/b ")
+            && l.contains("-> x/a ")
+            && l.contains("TCP/80 DROPPED drop_policy")
+            && l.ends_with("isolated by x/deny-a")),
+        "{text}"
+    );
+
+    // Allowed new flows: logged for y (annotated), not for x.
+    assert!(probe(&g, "x/a", "x/b"), "x/b is not isolated");
+    assert!(probe(&g, "x/b", "y/c"), "y/c is not isolated");
+    let allows = flows(&g, &["--verdict", "allow"]);
+    assert!(allows.iter().any(|v| is_flow(v, ("x", "b"), ("y", "c")) && v["direction"] == "ingress"), "{allows:?}");
+    assert!(!allows.iter().any(|v| is_flow(v, ("x", "a"), ("x", "b"))), "x is not annotated: {allows:?}");
+    assert!(allows.iter().all(|v| v["destination"]["namespace"] == "y" || v["source"]["namespace"] == "y"));
+
+    // Bad input: a clear error, non-zero exit.
+    let e = g.fails(&["flows", "--pod", "nope"]);
+    assert!(e.contains("NAMESPACE/POD"), "{e}");
+}
