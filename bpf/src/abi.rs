@@ -343,8 +343,10 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_DROP_CLUSTER_POLICY, "drop_cluster_policy"),
 ];
 
+/// Whether a counter slot counts dropped packets; the lost-events slot
+/// ([`COUNT_EVENT_LOST`]) is not a verdict.
 pub fn reason_is_drop(r: u8) -> bool {
-    r >= 64
+    r >= 64 && r != COUNT_EVENT_LOST
 }
 
 /// Metric label of a reason code ("unknown" for codes this build does not know).
@@ -460,6 +462,14 @@ pod!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_drop_reason_is_a_drop_and_the_lost_events_slot_is_not() {
+        for (r, name) in REASONS {
+            assert_eq!(reason_is_drop(*r), name.starts_with("drop_"), "{name}");
+        }
+        assert!(!reason_is_drop(COUNT_EVENT_LOST), "a full event ring drops no packet");
+    }
 
     #[test]
     fn a_pod_endpoint_holds_its_mac_its_addresses_and_its_link_local() {

@@ -250,7 +250,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Ok(p) => {
                     dirty = false;
                     pending = p == Progress::Pending;
-                    agent.publish_flow_names(&opts.node_name, &store, &flow_names);
+                    // Named from a complete compile only: a slice leaves
+                    // endpoints pending, and naming walks every pod.
+                    if !pending {
+                        agent.publish_flow_names(&opts.node_name, &store, &flow_names);
+                    }
                 }
                 Err(e) => {
                     pending = false;

@@ -97,9 +97,7 @@ fn root_explain_names_the_rule_the_kernel_agrees_and_bad_input_changes_nothing()
     require_binaries(&["weir", "weir-policyd"]);
     let g = LabGuard::new("wx");
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model.yaml");
-    std::fs::write(&model, MODEL).unwrap();
-    g.ok(&["up", "-f", model.to_str().unwrap()]);
+    g.up_with(tmp.path(), MODEL);
     let run_dir = g.dir().join("run");
     let sock = weirctl::explain::socket(&run_dir);
     let md = std::fs::symlink_metadata(&sock).expect("policyd's API socket");

@@ -118,9 +118,7 @@ fn root_a_refused_probe_is_a_drop_line_naming_pods_port_reason_and_policy() {
     require_binaries(&["weir", "weir-policyd"]);
     let g = LabGuard::new("wfl");
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model.yaml");
-    std::fs::write(&model, MODEL).unwrap();
-    g.ok(&["up", "-f", model.to_str().unwrap()]);
+    g.up_with(tmp.path(), MODEL);
 
     // A follower started before the probes sees a drop they cause: probe
     // until it does (each probe is a new flow, so a new drop), the bound

@@ -193,6 +193,11 @@ pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr
     if !local.is_empty() {
         return local;
     }
+    status_addrs(pod)
+}
+
+/// A pod's addresses as its status gives them (podIPs, else podIP).
+pub fn status_addrs(pod: &Pod) -> Vec<IpAddr> {
     let st = pod.status.as_ref();
     let mut ips: Vec<IpAddr> =
         st.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
@@ -214,7 +219,7 @@ fn pod_at(store: &Store, records: &[EndpointRecord], ip: IpAddr) -> Option<Key> 
         .pods
         .iter()
         .filter(|(_, p)| crate::engine::pod_takes_part(p))
-        .find(|(k, p)| pod_addrs(&[], k, p).contains(&ip))
+        .find(|(_, p)| status_addrs(p).contains(&ip))
         .map(|(k, _)| k.clone())
 }
 

@@ -9,7 +9,7 @@
 use crate::engine::{Action, Direction, Engine, RuleInfo, Tier};
 use crate::store::{Key, Store};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use weir_bpf::abi;
 use weir_common::registry::EndpointRecord;
@@ -44,10 +44,24 @@ impl Names {
     /// node's endpoint records and the compile's rules
     /// ([`crate::engine::Desired::rules`]).
     pub fn build(node: &str, store: &Store, engine: &Engine, records: &[EndpointRecord], rules: &[RuleInfo]) -> Names {
+        // This node's endpoint records name their pods' addresses; every
+        // other pod is named by its status. One pass over each, not the
+        // records once per pod: this runs after every complete compile.
+        let record_key = |r: &EndpointRecord| (r.pod_namespace.clone(), r.pod_name.clone());
+        let takes_part = |key: &Key| store.pods.get(key).is_some_and(crate::engine::pod_takes_part);
+        let local: HashSet<Key> = records.iter().map(record_key).collect();
         let mut pods = HashMap::new();
-        for (key, pod) in store.pods.iter().filter(|(_, p)| crate::engine::pod_takes_part(p)) {
-            for ip in crate::api::resolve::pod_addrs(records, key, pod) {
+        for (key, pod) in store.pods.iter().filter(|(k, p)| crate::engine::pod_takes_part(p) && !local.contains(*k)) {
+            for ip in crate::api::resolve::status_addrs(pod) {
                 pods.insert(ip, key.clone());
+            }
+        }
+        for r in records {
+            let key = record_key(r);
+            if takes_part(&key) {
+                for ip in &r.ips {
+                    pods.insert(*ip, key.clone());
+                }
             }
         }
         let endpoints = records

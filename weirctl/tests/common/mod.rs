@@ -65,6 +65,12 @@ impl LabGuard {
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
+    /// Writes `text` to `dir/model.yaml` and brings the lab up with it.
+    pub fn up_with(&self, dir: &Path, text: &str) {
+        let p = dir.join("model.yaml");
+        std::fs::write(&p, text).unwrap();
+        self.ok(&["up", "-f", p.to_str().unwrap()]);
+    }
     /// Writes `text` to `dir/file` and applies it.
     pub fn apply(&self, dir: &Path, file: &str, text: &str) {
         let p = dir.join(file);
