@@ -86,6 +86,21 @@ struct weir_ipcache_value {
 /* Its namespace asks for allowed new flows in the flow log (annotation
  * weir.io/flow-log: allow): they emit an event as with WEIR_CFG_EVENTS_ALLOW. */
 #define WEIR_EP_LOG_ALLOW (1u << 6)
+/* Only NetworkPolicies in audit mode (annotation policy.weir.io/mode:
+ * audit) isolate it in this direction. They isolate nothing: the policy map
+ * carries their allows in the NetworkPolicy slot, and a new flow none of
+ * them allows passes as WEIR_R_ALLOW_AUDIT (counted, and always an event),
+ * unless a cluster tier decides it. Never set with the direction's
+ * ISOLATED flag: an enforced policy's isolation makes audit ones moot, and
+ * their allows are then left out of the map so they cannot widen it. */
+#define WEIR_EP_INGRESS_AUDITED (1u << 7)
+#define WEIR_EP_EGRESS_AUDITED (1u << 8)
+/* Each EGRESS flag is its INGRESS twin shifted by this much: the programs
+ * read one direction's flags as one value. */
+#define WEIR_EP_EGRESS_SHIFT 1
+_Static_assert(WEIR_EP_EGRESS_ISOLATED == WEIR_EP_INGRESS_ISOLATED << WEIR_EP_EGRESS_SHIFT, "isolated");
+_Static_assert(WEIR_EP_EGRESS_TIERED == WEIR_EP_INGRESS_TIERED << WEIR_EP_EGRESS_SHIFT, "tiered");
+_Static_assert(WEIR_EP_EGRESS_AUDITED == WEIR_EP_INGRESS_AUDITED << WEIR_EP_EGRESS_SHIFT, "audited");
 
 /*
  * Two writers, one half each. CNI ADD writes the whole entry before it
@@ -271,6 +286,7 @@ enum weir_reason {
 	WEIR_R_ALLOW_RELATED = 9,  /* ICMP error quoting a tracked flow of this endpoint */
 	WEIR_R_ALLOW_OPEN_UNTIL_READY = 10, /* not yet programmed, configured fail-open */
 	WEIR_R_ALLOW_CLUSTER_POLICY = 11,   /* an Admin or Baseline Accept rule (rule names it) */
+	WEIR_R_ALLOW_AUDIT = 12, /* allowed, but the audit-mode policies isolating it would drop it */
 
 	WEIR_R_DROP_POLICY = 64,     /* isolated and no rule allows it */
 	WEIR_R_DROP_NOT_READY = 65,  /* endpoint not yet programmed */

@@ -4,7 +4,8 @@
  * drop goes through weir_drop(), the one place that drops a packet: it
  * counts, emits an event and returns the drop action. Allowed new flows
  * emit an event when WEIR_CFG_EVENTS_ALLOW is set or the endpoint judged
- * has WEIR_EP_LOG_ALLOW. An event the ring has no room for is counted in
+ * has WEIR_EP_LOG_ALLOW, and always when an audit policy would drop them
+ * (WEIR_R_ALLOW_AUDIT). An event the ring has no room for is counted in
  * the WEIR_COUNT_EVENT_LOST slot.
  */
 #ifndef WEIR_EVENTS_H
@@ -96,7 +97,9 @@ static __always_inline int weir_allow(struct __sk_buff *skb, const struct pkt *p
 	weir_count(skb, vc->endpoint, vc->direction, reason);
 	if (new_flow) {
 		const struct weir_config *cfg = weir_cfg();
-		if (vc->log_allow || (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW)))
+		/* An audit policy's would-be drop is always reported. */
+		if (reason == WEIR_R_ALLOW_AUDIT || vc->log_allow ||
+		    (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW)))
 			weir_emit(skb, p, vc, reason);
 	}
 	return TC_ACT_UNSPEC;

@@ -12,6 +12,9 @@
  * An endpoint that only NetworkPolicy selects stops at the first allow. One
  * that a ClusterNetworkPolicy selects (TIERED) folds all three, then reads
  * the tiers in order: Admin, NetworkPolicy, Baseline, default allow.
+ * An endpoint only audit-mode policies isolate (AUDITED) is judged as if
+ * nothing isolated it, and a flow its NetworkPolicy slot does not allow is
+ * marked WEIR_R_ALLOW_AUDIT: what enforcing those policies would drop.
  * Cost is bounded and independent of the number of rules and policies.
  */
 #ifndef WEIR_POLICY_H
@@ -85,19 +88,16 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 		.admin = { .rank = WEIR_TIER_NONE },
 		.baseline = { .rank = WEIR_TIER_NONE },
 	};
-	__u32 tiered, isolated;
+	__u32 f; /* this direction's flags, as WEIR_EP_INGRESS_* bits */
 	__u8 gate = endpoint_gate(e);
 
 	*rule = 0;
 	if (gate)
 		return gate;
-	if (!(e->flags & (dir == WEIR_DIR_INGRESS
-				  ? (WEIR_EP_INGRESS_ISOLATED | WEIR_EP_INGRESS_TIERED)
-				  : (WEIR_EP_EGRESS_ISOLATED | WEIR_EP_EGRESS_TIERED))))
+	/* One variable for the three flags: the stack is tight (see below). */
+	f = dir == WEIR_DIR_INGRESS ? e->flags : e->flags >> WEIR_EP_EGRESS_SHIFT;
+	if (!(f & (WEIR_EP_INGRESS_ISOLATED | WEIR_EP_INGRESS_TIERED | WEIR_EP_INGRESS_AUDITED)))
 		return WEIR_R_ALLOW_UNISOLATED;
-
-	tiered = e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_TIERED : WEIR_EP_EGRESS_TIERED);
-	isolated = e->flags & (dir == WEIR_DIR_INGRESS ? WEIR_EP_INGRESS_ISOLATED : WEIR_EP_EGRESS_ISOLATED);
 	/* One key for every lookup, the cidr one included: judge() is inlined
 	 * twice where established flows are judged again, on top of the hook's
 	 * own frame, and the stack holds 512 bytes in all. */
@@ -113,13 +113,14 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 		.port = port,
 	} };
 	fold(&acc, policy_lookup(&key.policy));
-	/* NetworkPolicy alone: any allow decides, no need to look further. */
-	if (!tiered && acc.np_rule)
-		goto np_allow;
+	/* NetworkPolicy alone: any allow decides, no need to look further
+	 * (an audited endpoint's allow is an audit rule's: not a decision). */
+	if (!(f & WEIR_EP_INGRESS_TIERED) && acc.np_rule)
+		goto np_decided;
 	key.policy.identity = WEIR_ID_ANY;
 	fold(&acc, policy_lookup(&key.policy));
-	if (!tiered && acc.np_rule)
-		goto np_allow;
+	if (!(f & WEIR_EP_INGRESS_TIERED) && acc.np_rule)
+		goto np_decided;
 	key.cidr = (struct weir_cidr_key){
 		.prefixlen = 192,
 		.endpoint = ep,
@@ -146,7 +147,7 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 									     : WEIR_R_DROP_CLUSTER_POLICY;
 	}
 	/* NetworkPolicy tier: decides for an endpoint it isolates. */
-	if (isolated) {
+	if (f & WEIR_EP_INGRESS_ISOLATED) {
 		if (acc.np_rule)
 			goto np_allow;
 		return later_fragment ? WEIR_R_DROP_FRAGMENT : WEIR_R_DROP_POLICY;
@@ -154,10 +155,16 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 	/* Baseline tier; Pass (or nothing) leaves the default: allowed. */
 	if (acc.baseline.rank != WEIR_TIER_NONE && WEIR_TIER_ACTION(acc.baseline.rank) != WEIR_TIER_PASS) {
 		*rule = acc.baseline.rule;
-		return WEIR_TIER_ACTION(acc.baseline.rank) == WEIR_TIER_ACCEPT ? WEIR_R_ALLOW_CLUSTER_POLICY
-									        : WEIR_R_DROP_CLUSTER_POLICY;
+		if (WEIR_TIER_ACTION(acc.baseline.rank) != WEIR_TIER_ACCEPT)
+			return WEIR_R_DROP_CLUSTER_POLICY;
+		if (!(f & WEIR_EP_INGRESS_AUDITED) || acc.np_rule)
+			return WEIR_R_ALLOW_CLUSTER_POLICY;
 	}
-	return WEIR_R_ALLOW_UNISOLATED;
+	/* Audit policies would have decided before Baseline, and none allows. */
+	return (f & WEIR_EP_INGRESS_AUDITED) && !acc.np_rule ? WEIR_R_ALLOW_AUDIT : WEIR_R_ALLOW_UNISOLATED;
+np_decided:
+	if (!(f & WEIR_EP_INGRESS_ISOLATED))
+		return WEIR_R_ALLOW_UNISOLATED; /* audited, and an audit rule allows */
 np_allow:
 	*rule = acc.np_rule;
 	return WEIR_R_ALLOW_POLICY;

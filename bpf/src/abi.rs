@@ -56,6 +56,11 @@ pub const EP_INGRESS_TIERED: u32 = 1 << 4;
 pub const EP_EGRESS_TIERED: u32 = 1 << 5;
 /// Its namespace asks for allowed new flows in the flow log.
 pub const EP_LOG_ALLOW: u32 = 1 << 6;
+/// Only audit-mode NetworkPolicies isolate it in this direction: they
+/// isolate nothing, and a new flow none of them allows is reported as
+/// [`R_ALLOW_AUDIT`]. Never set with the direction's ISOLATED flag.
+pub const EP_INGRESS_AUDITED: u32 = 1 << 7;
+pub const EP_EGRESS_AUDITED: u32 = 1 << 8;
 
 /// `struct weir_endpoint`, keyed by host veth ifindex. CNI ADD writes it
 /// whole ([`Endpoint::for_pod`]); weir-policyd rewrites only `identity`,
@@ -296,6 +301,8 @@ pub const R_ALLOW_ND: u8 = 8;
 pub const R_ALLOW_RELATED: u8 = 9;
 pub const R_ALLOW_OPEN_UNTIL_READY: u8 = 10;
 pub const R_ALLOW_CLUSTER_POLICY: u8 = 11;
+/// Allowed, but the audit-mode policies isolating the endpoint would drop it.
+pub const R_ALLOW_AUDIT: u8 = 12;
 pub const R_DROP_POLICY: u8 = 64;
 pub const R_DROP_NOT_READY: u8 = 65;
 pub const R_DROP_MALFORMED: u8 = 66;
@@ -327,6 +334,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_ALLOW_RELATED, "allow_related"),
     (R_ALLOW_OPEN_UNTIL_READY, "allow_open_until_ready"),
     (R_ALLOW_CLUSTER_POLICY, "allow_cluster_policy"),
+    (R_ALLOW_AUDIT, "allow_audit"),
     (R_DROP_POLICY, "drop_policy"),
     (R_DROP_NOT_READY, "drop_not_ready"),
     (R_DROP_MALFORMED, "drop_malformed"),

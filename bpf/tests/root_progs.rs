@@ -1119,6 +1119,62 @@ fn root_cluster_tiers_decide_admin_then_network_policy_then_baseline() {
     );
 }
 
+/// An endpoint only audit-mode policies isolate: every flow passes as if
+/// nothing isolated it; one the audit policies' allows do not cover is
+/// counted as ALLOW_AUDIT and always evented (no log flag needed), once per
+/// flow; a cluster tier still decides before them.
+#[test]
+fn root_audit_isolation_decides_nothing_and_reports_would_be_drops() {
+    let Some(e) = Env::new("audit") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_AUDITED);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(TCP), Some((80, 80)));
+    let syn = |src: &str, sport: u16, dst: &str, port: u16| {
+        pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(src), sport, ip(dst), port, SYN))
+    };
+    for (a, r, b) in [(A4, R4, B4), (A6, R6, B6)] {
+        e.expect(Hook::ToPod, e.b, &syn(a, 1, b, 80), true, R_ALLOW_UNISOLATED, "an audit rule allows it");
+        e.expect(Hook::ToPod, e.b, &syn(a, 2, b, 81), true, R_ALLOW_AUDIT, "no audit rule allows it");
+        e.expect(Hook::ToPod, e.b, &syn(r, 3, b, 80), true, R_ALLOW_AUDIT, "another peer");
+    }
+    let got = events.drain();
+    assert_eq!(got.len(), 4, "one event per would-be drop: {got:?}");
+    assert!(got.iter().all(|ev| ev.reason == R_ALLOW_AUDIT && ev.endpoint == e.b && ev.direction == DIR_INGRESS));
+    assert_eq!(u16::from_be(got[0].dport), 81);
+    // Established: no more events for the flow.
+    e.expect(Hook::ToPod, e.b, &syn(A4, 2, B4, 81), true, R_ALLOW_ESTABLISHED, "the same flow again");
+    assert!(events.drain().is_empty());
+
+    // A local source's egress, audited, is its own event at the destination.
+    e.ep(e.b, ID_B, EP_READY);
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_AUDITED);
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 9, ip(B4), 53)));
+    let got = events.drain();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].endpoint, got[0].direction, got[0].reason), (e.a, DIR_EGRESS, R_ALLOW_AUDIT));
+    assert_eq!(e.count(e.a, DIR_EGRESS, R_ALLOW_AUDIT), 1);
+
+    // Cluster tiers decide before audit policies would: a Baseline Deny
+    // drops, an Admin Accept allows without a would-be drop.
+    e.ep(e.a, ID_A, EP_READY);
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_AUDITED | EP_INGRESS_TIERED);
+    let m = |port| PolicyMatch {
+        endpoint: e.b,
+        identity: ID_R,
+        direction: Direction::Ingress,
+        protocol: Some(TCP),
+        port: Some(PortBlock::single(port)),
+    };
+    e.dp.set_policy(&m(90), &tiered(0, None, Some((tier_rank(1, 0, TIER_DENY), 41)))).unwrap();
+    e.dp.set_policy(&m(91), &tiered(0, Some((tier_rank(1, 0, TIER_ACCEPT), 42)), None)).unwrap();
+    e.dp.set_policy(&m(92), &tiered(0, None, Some((tier_rank(1, 0, TIER_ACCEPT), 43)))).unwrap();
+    e.expect(Hook::ToPod, e.b, &syn(R4, 4, B4, 90), false, R_DROP_CLUSTER_POLICY, "Baseline Deny");
+    e.expect(Hook::ToPod, e.b, &syn(R4, 5, B4, 91), true, R_ALLOW_CLUSTER_POLICY, "Admin Accept");
+    e.expect(Hook::ToPod, e.b, &syn(R4, 6, B4, 92), true, R_ALLOW_AUDIT, "audit would decide before Baseline");
+    e.expect(Hook::ToPod, e.b, &syn(A4, 7, B4, 80), true, R_ALLOW_UNISOLATED, "tiered, an audit rule allows");
+}
+
 // ---- established flows after a policy change (rejudge.h) ----------------------
 
 impl Env {

@@ -250,6 +250,12 @@ fn endpoint_flags(e: &EndpointState) -> u32 {
     if e.egress_tiered {
         f |= abi::EP_EGRESS_TIERED;
     }
+    if e.ingress_audited {
+        f |= abi::EP_INGRESS_AUDITED;
+    }
+    if e.egress_audited {
+        f |= abi::EP_EGRESS_AUDITED;
+    }
     if e.log_allow {
         f |= abi::EP_LOG_ALLOW;
     }

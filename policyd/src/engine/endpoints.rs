@@ -188,13 +188,30 @@ impl EndpointStage {
         let tiered = |dir: Direction| {
             selecting.iter().flat_map(|p| &p.rules).any(|r| r.tier != Tier::NetworkPolicy && r.direction == dir)
         };
+        let isolates = |p: &CompiledPolicy, dir: Direction| match dir {
+            Direction::Ingress => p.isolates_ingress,
+            Direction::Egress => p.isolates_egress,
+        };
+        let isolated = |dir: Direction| selecting.iter().any(|p| !p.audit && isolates(p, dir));
+        // Audit policies count only where no enforced policy isolates: there
+        // they would decide, elsewhere the enforced ones do.
+        let audited = |dir: Direction| !isolated(dir) && selecting.iter().any(|p| p.audit && isolates(p, dir));
         let state = EndpointState {
             identity: ep.identity,
-            ingress_isolated: selecting.iter().any(|p| p.isolates_ingress),
-            egress_isolated: selecting.iter().any(|p| p.isolates_egress),
+            ingress_isolated: isolated(Direction::Ingress),
+            egress_isolated: isolated(Direction::Egress),
             ingress_tiered: tiered(Direction::Ingress),
             egress_tiered: tiered(Direction::Egress),
+            ingress_audited: audited(Direction::Ingress),
+            egress_audited: audited(Direction::Egress),
             log_allow: false, // set by the compile, from the namespace
+        };
+        // An audit policy's rules go into the maps only in a direction it
+        // would decide (the endpoint is audited there): next to an enforced
+        // policy's, its allows would be real ones.
+        let counts = |p: &CompiledPolicy, dir: Direction| match dir {
+            Direction::Ingress => !p.audit || state.ingress_audited,
+            Direction::Egress => !p.audit || state.egress_audited,
         };
         // Peer sets first (they may need evaluating), entries after.
         let mut resolved_sets: HashMap<*const PeerSelector, Arc<Vec<u32>>> = HashMap::new();
@@ -290,7 +307,7 @@ impl EndpointStage {
             out
         };
         for p in selecting {
-            for r in &p.rules {
+            for r in p.rules.iter().filter(|r| counts(p, r.direction)) {
                 let dir = r.direction;
                 match &r.peers {
                     Peers::All { rule_id } => {

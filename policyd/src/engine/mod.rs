@@ -148,6 +148,11 @@ pub struct EndpointState {
     /// dataplane reads the Admin and Baseline tiers.
     pub ingress_tiered: bool,
     pub egress_tiered: bool,
+    /// Only NetworkPolicies in audit mode ([`policy::MODE_ANNOTATION`])
+    /// isolate it for ingress: nothing is enforced, and the dataplane
+    /// reports the flows they would drop. Never set with `ingress_isolated`.
+    pub ingress_audited: bool,
+    pub egress_audited: bool,
     /// Its namespace asks for allowed new flows in the flow log
     /// ([`FLOW_LOG_ANNOTATION`]).
     pub log_allow: bool,

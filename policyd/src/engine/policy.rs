@@ -136,6 +136,9 @@ pub struct CompiledPolicy {
     pub subject: Subject,
     pub isolates_ingress: bool,
     pub isolates_egress: bool,
+    /// Audit mode ([`MODE_ANNOTATION`]): compiled and reported, never
+    /// enforced. Always false for a ClusterNetworkPolicy.
+    pub audit: bool,
     pub rules: Vec<CompiledRule>,
     pub diagnostics: Vec<Diagnostic>,
     /// Bumped by the engine every time this policy is recompiled; part of
@@ -149,6 +152,16 @@ pub trait RuleIds {
     fn rule_id(&mut self, ns: &str, name: &str, dir: Direction, rule: u32, peer: Option<u32>) -> u32;
 }
 
+/// A NetworkPolicy annotation: `audit` compiles the policy and reports the
+/// flows it would drop (flow log, counters, explain) but isolates nothing;
+/// `enforce`, or no annotation, enforces it.
+pub const MODE_ANNOTATION: &str = "policy.weir.io/mode";
+
+/// The policy's mode annotation, when it has one.
+pub fn mode_annotation(np: &NetworkPolicy) -> Option<&str> {
+    np.metadata.annotations.as_ref().and_then(|a| a.get(MODE_ANNOTATION)).map(String::as_str)
+}
+
 pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -> CompiledPolicy {
     let ns = np.metadata.namespace.clone().unwrap_or_default();
     let name = np.metadata.name.clone().unwrap_or_default();
@@ -156,6 +169,18 @@ pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -
     let mut diags = Vec::new();
     let mut diag = |field: String, message: String| diags.push(Diagnostic { object: object.clone(), field, message });
     let spec = np.spec.clone().unwrap_or_default();
+    // An unknown mode is enforced: a typo must not turn a policy off.
+    let audit = match mode_annotation(np) {
+        None | Some("enforce") => false,
+        Some("audit") => true,
+        Some(other) => {
+            diag(
+                format!("metadata.annotations[\"{MODE_ANNOTATION}\"]"),
+                format!("unknown mode {other:?}; use \"audit\" or \"enforce\" (the policy is enforced)"),
+            );
+            false
+        }
+    };
 
     let subject = match spec.pod_selector.as_ref().map(Selector::parse).unwrap_or(Ok(Selector::everything())) {
         Ok(s) => Subject::Selector(s),
@@ -238,6 +263,7 @@ pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -
         subject,
         isolates_ingress: ing,
         isolates_egress: eg,
+        audit,
         rules,
         diagnostics: diags,
         version,

@@ -51,6 +51,8 @@ pub struct MapVerdict {
     pub open: bool,
     /// NetworkPolicy isolates the endpoint in this direction.
     pub isolated: bool,
+    /// Only audit-mode policies isolate it in this direction.
+    pub audited: bool,
     /// The entries each lookup can land on: the peer's identity, ANY, the
     /// ipBlock class of the peer's address.
     pub lookups: Vec<Vec<(super::PolicyMatch, super::PolicyValue)>>,
@@ -64,17 +66,7 @@ impl MapVerdict {
         if self.open {
             return true;
         }
-        let hits: Vec<super::PolicyValue> = self
-            .lookups
-            .iter()
-            .filter_map(|entries| {
-                entries
-                    .iter()
-                    .filter(|(k, _)| k.protocol.is_none_or(|p| p == proto) && k.port.is_none_or(|b| b.contains(port)))
-                    .max_by_key(|(k, _)| k.encode().prefix_len())
-                    .map(|(_, v)| *v)
-            })
-            .collect();
+        let hits = self.hits(proto, port);
         let best = |tier: fn(&super::PolicyValue) -> u32| hits.iter().map(tier).min().unwrap_or(TIER_NONE);
         let decides = |rank: u32| rank != TIER_NONE && rank & 3 != TIER_PASS;
         let admin = best(|v| v.admin.rank);
@@ -87,22 +79,49 @@ impl MapVerdict {
         let baseline = best(|v| v.baseline.rank);
         !decides(baseline) || baseline & 3 == TIER_ACCEPT
     }
+
+    /// Per lookup, the value of the longest match for (proto, port).
+    fn hits(&self, proto: u8, port: u16) -> Vec<super::PolicyValue> {
+        self.lookups
+            .iter()
+            .filter_map(|entries| {
+                entries
+                    .iter()
+                    .filter(|(k, _)| k.protocol.is_none_or(|p| p == proto) && k.port.is_none_or(|b| b.contains(port)))
+                    .max_by_key(|(k, _)| k.encode().prefix_len())
+                    .map(|(_, v)| *v)
+            })
+            .collect()
+    }
+
+    /// Whether the dataplane reports the flow as an audit policy's
+    /// would-be drop (WEIR_R_ALLOW_AUDIT): allowed, audited, no cluster
+    /// tier decided before NetworkPolicy, and no audit rule allows it.
+    pub fn audit_would_drop(&self, proto: u8, port: u16) -> bool {
+        if self.open || !self.audited || !self.allows(proto, port) {
+            return false;
+        }
+        let hits = self.hits(proto, port);
+        let admin = hits.iter().map(|v| v.admin.rank).min().unwrap_or(TIER_NONE);
+        let admin_decides = admin != TIER_NONE && admin & 3 != TIER_PASS;
+        !admin_decides && !hits.iter().any(|v| v.rule != 0)
+    }
 }
 
 /// What the maps allow endpoint `ep` in `dir` against `peer`, for every
 /// protocol and port at once.
 pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerdict {
-    let closed = MapVerdict { open: false, isolated: true, lookups: Vec::new() };
+    let closed = MapVerdict { open: false, isolated: true, audited: false, lookups: Vec::new() };
     let Some(st) = d.endpoints.get(&ep) else {
         return closed;
     };
-    let (isolated, tiered) = match dir {
-        Direction::Ingress => (st.ingress_isolated, st.ingress_tiered),
-        Direction::Egress => (st.egress_isolated, st.egress_tiered),
+    let (isolated, tiered, audited) = match dir {
+        Direction::Ingress => (st.ingress_isolated, st.ingress_tiered, st.ingress_audited),
+        Direction::Egress => (st.egress_isolated, st.egress_tiered, st.egress_audited),
     };
     let identity = cidr::lpm(d.ipcache.iter(), peer).map(|e| e.identity);
-    if (!isolated && !tiered) || identity == Some(ID_HOST) {
-        return MapVerdict { open: true, isolated, lookups: Vec::new() };
+    if (!isolated && !tiered && !audited) || identity == Some(ID_HOST) {
+        return MapVerdict { open: true, isolated, audited, lookups: Vec::new() };
     }
     let keys_of = |id: u32| {
         let from = super::PolicyMatch { endpoint: ep, identity: id, direction: dir, protocol: None, port: None };
@@ -119,7 +138,7 @@ pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerd
         peer,
     );
     lookups.extend(class.map(keys_of));
-    MapVerdict { open: false, isolated, lookups }
+    MapVerdict { open: false, isolated, audited, lookups }
 }
 
 /// The dataplane's judgement of endpoint `ep` in `dir` against a peer.
@@ -222,6 +241,10 @@ impl<'a> Spec<'a> {
         let gateways = locals.iter().flat_map(|r| r.gateways.iter().copied()).collect();
         let mut policies: HashMap<&str, Vec<Cow<NetworkPolicySpec>>> = HashMap::new();
         for ((ns, _), np) in &store.policies {
+            // Audit mode decides nothing.
+            if super::policy::mode_annotation(np) == Some("audit") {
+                continue;
+            }
             let spec = np.spec.as_ref().map_or_else(|| Cow::Owned(NetworkPolicySpec::default()), Cow::Borrowed);
             policies.entry(ns.as_str()).or_default().push(spec);
         }
@@ -832,6 +855,49 @@ pub fn mismatches(store: &Store, locals: &[EndpointRecord], d: &Desired) -> Vec<
                                 port,
                                 maps_allow: m,
                             });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Audit mode, as the maps carry it: `d` is compiled from `store`, where
+/// some NetworkPolicies are in audit mode; `d_without` from the store
+/// without them; `d_enforced` with them enforced. On every question worth
+/// asking, the maps of `d` must allow what `d_without`'s allow (audit
+/// changes no verdict) and report a would-be drop exactly where
+/// `d_without` allows and `d_enforced` does not. Returns each question
+/// answered otherwise.
+pub fn audit_mismatches(
+    store: &Store,
+    locals: &[EndpointRecord],
+    d: &Desired,
+    d_without: &Desired,
+    d_enforced: &Desired,
+) -> Vec<String> {
+    let peers = probe_peers(store, locals);
+    let ports = probe_ports(store);
+    let mut eps: Vec<u32> = locals.iter().map(|r| r.host_ifindex).collect();
+    eps.sort_unstable();
+    eps.dedup();
+    let mut out = Vec::new();
+    for &ep in &eps {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for &peer in &peers {
+                let [audit, without, enforced] = [d, d_without, d_enforced].map(|d| maps_allow(d, ep, dir, peer));
+                for proto in PROTOCOLS {
+                    for &port in &ports {
+                        let allowed = without.allows(proto, port);
+                        let would_drop = allowed && !enforced.allows(proto, port);
+                        let (a, w) = (audit.allows(proto, port), audit.audit_would_drop(proto, port));
+                        if a != allowed || w != would_drop {
+                            out.push(format!(
+                                "endpoint {ep} {dir:?} peer {peer} {proto}/{port}: allowed {a} (want {allowed}), \
+                                 would-be drop {w} (want {would_drop})"
+                            ));
                         }
                     }
                 }

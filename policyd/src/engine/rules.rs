@@ -60,6 +60,8 @@ struct PolicyMemo {
     /// without comparing the spec.
     version: Option<(Option<String>, String)>,
     spec: Option<NetworkPolicySpec>,
+    /// The mode annotation, compared with the spec.
+    mode: Option<String>,
     compiled: Arc<CompiledPolicy>,
 }
 
@@ -122,7 +124,7 @@ impl PolicyStage {
                 .get(key)
                 .filter(|m| match (&m.version, object_version(&np.metadata)) {
                     (Some(a), Some(b)) => *a == b,
-                    _ => m.spec == np.spec,
+                    _ => m.spec == np.spec && m.mode.as_deref() == policy::mode_annotation(np),
                 })
                 .map(|m| m.compiled.clone());
             let compiled = match cached {
@@ -145,6 +147,7 @@ impl PolicyStage {
                             } else {
                                 np.spec.clone()
                             },
+                            mode: policy::mode_annotation(&np).map(str::to_string),
                             compiled: c.clone(),
                         },
                     );

@@ -73,6 +73,12 @@ impl Fixture {
         self.store.policies.insert((ns.into(), name.into()), p);
         self
     }
+    /// Set (Some) or remove (None) a NetworkPolicy's mode annotation.
+    pub fn mode(&mut self, ns: &str, name: &str, mode: Option<&str>) -> &mut Self {
+        let np = self.store.policies.get_mut(&(ns.into(), name.into())).expect("no such policy");
+        np.metadata.annotations = mode.map(|m| [(super::policy::MODE_ANNOTATION.to_string(), m.to_string())].into());
+        self
+    }
     pub fn cluster_policy(&mut self, name: &str, spec: Value) -> &mut Self {
         let p: crate::cluster_network_policy::ClusterNetworkPolicy =
             serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
@@ -173,6 +179,95 @@ fn a_namespace_annotated_for_allowed_flows_marks_its_endpoints() {
     assert!(!d.endpoints[&YB].log_allow, "only \"allow\" asks");
 }
 
+// ---- audit mode -------------------------------------------------------------
+
+/// Whether the maps make the dataplane report this flow as an audit
+/// policy's would-be drop.
+fn would_drop(d: &Desired, ep: u32, dir: Direction, peer: &str, port: u16) -> bool {
+    reference::maps_allow(d, ep, dir, ip(peer)).audit_would_drop(TCP, port)
+}
+
+/// An audit-mode policy isolates nothing: every flow stays allowed, and
+/// the ones it allows no rule for are marked as its would-be drops.
+#[test]
+fn an_audit_policy_isolates_nothing_and_marks_what_it_would_drop() {
+    let mut f = base();
+    f.policy(
+        "x",
+        "only-b",
+        json!({"podSelector": {"matchLabels": {"app": "a"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": 80}]}]}),
+    )
+    .mode("x", "only-b", Some("audit"));
+    let d = f.compile();
+    let st = d.endpoints[&XA];
+    assert!(st.ingress_audited && !st.ingress_isolated && !st.egress_audited);
+    assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
+    for (peer, port) in [("10.0.0.2", 80), ("10.0.0.2", 81), ("10.0.1.1", 80), ("203.0.113.9", 80)] {
+        assert!(ing(&d, XA, peer, port), "{peer}:{port} is allowed");
+    }
+    assert!(!would_drop(&d, XA, Ingress, "10.0.0.2", 80), "the audit rule allows x/b on 80");
+    assert!(would_drop(&d, XA, Ingress, "10.0.0.2", 81));
+    assert!(would_drop(&d, XA, Ingress, "10.0.1.1", 80), "y/a is not in x");
+    assert!(!would_drop(&d, XA, Egress, "10.0.1.1", 80), "no audit policy has egress");
+}
+
+/// Next to an enforced policy isolating the same direction, an audit
+/// policy's allows stay out of the maps: they would be real allows.
+#[test]
+fn next_to_an_enforced_policy_an_audit_policy_widens_nothing() {
+    let mut f = base();
+    f.policy("x", "deny", json!({"podSelector": {}}));
+    f.policy(
+        "x",
+        "open",
+        json!({"podSelector": {}, "ingress": [{}], "egress": [{}], "policyTypes": ["Ingress", "Egress"]}),
+    )
+    .mode("x", "open", Some("audit"));
+    let d = f.compile();
+    let st = d.endpoints[&XA];
+    assert!(st.ingress_isolated && !st.ingress_audited, "enforced isolation wins");
+    assert!(st.egress_audited && !st.egress_isolated, "only the audit policy has egress");
+    assert!(!ing(&d, XA, "10.0.0.2", 80), "the audit policy's allow-all is not an allow");
+    assert!(!would_drop(&d, XA, Ingress, "10.0.0.2", 80), "a real drop is not an audit one");
+    assert!(eg(&d, XA, "10.0.1.1", 80) && !would_drop(&d, XA, Egress, "10.0.1.1", 80), "allowed by the audit rule");
+    assert!(d.policy.keys().all(|k| k.direction == Egress), "no ingress entry: {:?}", d.policy.keys());
+}
+
+/// Removing the annotation enforces the policy on the next compile (the
+/// manifest sources have no resourceVersion: the mode is part of what the
+/// compiled policy is memoized by), and `enforce` is the same as none.
+#[test]
+fn removing_the_audit_annotation_enforces_the_policy() {
+    let mut f = base();
+    f.policy("x", "p", json!({"podSelector": {"matchLabels": {"app": "a"}}})).mode("x", "p", Some("audit"));
+    let mut e = Engine::new();
+    let d = e.compile(&f.store, &f.locals);
+    assert!(ing(&d, XA, "10.0.0.2", 80) && would_drop(&d, XA, Ingress, "10.0.0.2", 80));
+    for mode in [None, Some("enforce")] {
+        f.mode("x", "p", mode);
+        let d = e.compile(&f.store, &f.locals);
+        assert!(d.endpoints[&XA].ingress_isolated && !d.endpoints[&XA].ingress_audited, "{mode:?}");
+        assert!(!ing(&d, XA, "10.0.0.2", 80), "{mode:?}");
+        f.mode("x", "p", Some("audit"));
+        assert!(ing(&e.compile(&f.store, &f.locals), XA, "10.0.0.2", 80), "back to audit");
+    }
+}
+
+/// An unknown mode is a diagnostic naming the annotation, and the policy
+/// is enforced: a typo never turns a policy off.
+#[test]
+fn an_unknown_mode_is_reported_and_the_policy_enforced() {
+    let mut f = base();
+    f.policy("x", "p", json!({"podSelector": {}})).mode("x", "p", Some("Audit"));
+    let d = f.compile();
+    assert!(d.endpoints[&XA].ingress_isolated);
+    assert!(!ing(&d, XA, "10.0.0.2", 80));
+    let diag = d.diagnostics.iter().find(|g| g.object == "NetworkPolicy x/p").expect("a diagnostic");
+    assert_eq!(diag.field, "metadata.annotations[\"policy.weir.io/mode\"]");
+    assert!(diag.message.contains("\"Audit\"") && diag.message.contains("\"audit\""), "{}", diag.message);
+}
+
 // ---- isolation and policyTypes ---------------------------------------------
 
 #[test]
@@ -186,6 +281,8 @@ fn no_policy_leaves_pods_unisolated() {
             egress_isolated: false,
             ingress_tiered: false,
             egress_tiered: false,
+            ingress_audited: false,
+            egress_audited: false,
             log_allow: false,
         }
     );

@@ -355,8 +355,9 @@ fn arb_dense_np() -> impl Strategy<Value = Value> {
         .prop_map(|(sel, ing, eg)| json!({"podSelector": sel, "policyTypes": ["Ingress", "Egress"], "ingress": ing, "egress": eg}))
 }
 
-fn arb_tiered_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
-    let pod = (0usize..3, prop::sample::select(vec!["a", "b", "c"]), 0u8..40, any::<bool>()).prop_map(
+/// A running pod labelled app=a|b|c with a named UDP port.
+fn arb_dense_pod() -> impl Strategy<Value = PodSpec> {
+    (0usize..3, prop::sample::select(vec!["a", "b", "c"]), 0u8..40, any::<bool>()).prop_map(
         |(ns, app, ip_last, local)| PodSpec {
             ns,
             labels: vec![("app".to_string(), app.to_string())],
@@ -366,9 +367,19 @@ fn arb_tiered_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)
             local,
             port: Some(("http".to_string(), "UDP", 80)),
         },
-    );
+    )
+}
+
+fn arb_tiered_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
     let policy = prop_oneof![2 => arb_dense_cnp().prop_map(|c| (CLUSTER, c)), 1 => (0usize..3, arb_dense_np())];
-    (prop::collection::vec(pod, 1..8), prop::collection::vec(policy, 1..5))
+    (prop::collection::vec(arb_dense_pod(), 1..8), prop::collection::vec(policy, 1..5))
+}
+
+/// NetworkPolicies crowded into two namespaces (so that audit and enforced
+/// ones select the same pods), and some cluster policies.
+fn arb_audit_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
+    let policy = prop_oneof![1 => arb_dense_cnp().prop_map(|c| (CLUSTER, c)), 3 => (0usize..2, arb_dense_np())];
+    (prop::collection::vec(arb_dense_pod(), 1..8), prop::collection::vec(policy, 2..6))
 }
 
 proptest! {
@@ -466,6 +477,36 @@ proptest! {
         let wrong = reference::mismatches(&f.store, &f.locals, &d);
         let shown: Vec<String> = wrong.iter().take(5).map(ToString::to_string).collect();
         prop_assert!(wrong.is_empty(), "{} questions answered differently, e.g.\n{}", wrong.len(), shown.join("\n"));
+    }
+
+    /// Audit mode changes no verdict and reports exactly the flows that
+    /// enforcing its policies would drop, whatever mix of enforced, audit
+    /// and cluster policies selects the endpoints.
+    #[test]
+    fn audit_policies_change_no_verdict_and_report_what_enforcing_them_drops(
+        (pods, pols) in arb_audit_world(),
+        (pods2, pols2) in arb_world(),
+        audit in prop::collection::vec(any::<bool>(), 12),
+    ) {
+        for (pods, pols) in [(pods, pols), (pods2, pols2)] {
+            let mut f = build(&pods, &pols);
+            let audited: Vec<crate::store::Key> = f.store.policies.keys().zip(audit.iter().cycle()).filter(|(_, a)| **a).map(|(k, _)| k.clone()).collect();
+            for (ns, name) in &audited {
+                f.mode(ns, name, Some("audit"));
+            }
+            let d = f.compile();
+            let mut without = f.clone();
+            let mut enforced = f.clone();
+            for k in &audited {
+                without.store.policies.remove(k);
+                enforced.mode(&k.0, &k.1, None);
+            }
+            let wrong = reference::audit_mismatches(&f.store, &f.locals, &d, &without.compile(), &enforced.compile());
+            prop_assert!(wrong.is_empty(), "{} questions answered wrongly, e.g.\n{}", wrong.len(), wrong[..wrong.len().min(5)].join("\n"));
+            // And the policy text (which leaves audit policies out) agrees.
+            let wrong = reference::mismatches(&f.store, &f.locals, &d);
+            prop_assert!(wrong.is_empty(), "{} questions answered differently", wrong.len());
+        }
     }
 
     /// ipBlocks through the whole engine: an address is allowed iff some
