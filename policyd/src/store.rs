@@ -261,20 +261,23 @@ impl Object {
 
     /// Drop what no policy decision reads, so a large cluster's caches stay
     /// small: managedFields, annotations (kubectl's last-applied copy doubles
-    /// every object; a Node keeps its `weir.io/` ones), and for Pods/Nodes
+    /// every object; a Node keeps its `weir.io/` ones, a Namespace its flow
+    /// log choice, a NetworkPolicy its mode), and for Pods/Nodes
     /// the bulky status and spec parts.
     /// Kept on Pods: labels, nodeName, hostNetwork, container ports (named
     /// ports in policies resolve against them), phase and IPs.
     pub fn trim(&mut self) {
         let is_node = matches!(self, Object::Node(_));
         let is_namespace = matches!(self, Object::Namespace(_));
+        let is_policy = matches!(self, Object::NetworkPolicy(_));
         let meta = self.meta_mut();
         meta.managed_fields = None;
         // Except a Node's `weir.io/` annotations (its backend data,
-        // crate::node) and a Namespace's flow log choice.
+        // crate::node), a Namespace's flow log choice and a policy's mode.
         let kept = |k: &str| {
             (is_node && k.starts_with(crate::node::annotations::PREFIX))
                 || (is_namespace && k == crate::engine::FLOW_LOG_ANNOTATION)
+                || (is_policy && k == crate::engine::policy::MODE_ANNOTATION)
         };
         meta.annotations = meta
             .annotations
@@ -342,27 +345,29 @@ pub enum SourceEvent {
 mod tests {
     use super::*;
 
-    /// Trimming keeps the one annotation of a Namespace the engine reads
-    /// (the flow log's choice), and no other: not on other kinds either.
+    /// Trimming keeps the annotations the engine reads (a Namespace's flow
+    /// log choice, a NetworkPolicy's mode) on their kinds, and no other.
     #[test]
-    fn trim_keeps_a_namespaces_flow_log_annotation_only() {
+    fn trim_keeps_only_the_annotations_the_engine_reads() {
         let annotated = |kind: &str| -> Object {
             let v = serde_json::json!({"metadata": {"name": "x", "namespace": "x", "annotations": {
                 crate::engine::FLOW_LOG_ANNOTATION: "allow",
+                crate::engine::policy::MODE_ANNOTATION: "audit",
                 "kubectl.kubernetes.io/last-applied-configuration": "{}",
             }}});
             match kind {
                 "ns" => Object::Namespace(serde_json::from_value(v).unwrap()),
+                "np" => Object::NetworkPolicy(serde_json::from_value(v).unwrap()),
                 _ => Object::Pod(serde_json::from_value(v).unwrap()),
             }
         };
-        let mut ns = annotated("ns");
-        ns.trim();
-        let kept = ns.meta().annotations.clone().unwrap();
-        assert_eq!(kept.len(), 1);
-        assert_eq!(kept[crate::engine::FLOW_LOG_ANNOTATION], "allow");
-        let mut pod = annotated("pod");
-        pod.trim();
-        assert_eq!(pod.meta().annotations, None);
+        let kept = |kind: &str| {
+            let mut o = annotated(kind);
+            o.trim();
+            o.meta().annotations.clone().unwrap_or_default().into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(kept("ns"), [(crate::engine::FLOW_LOG_ANNOTATION.to_string(), "allow".to_string())]);
+        assert_eq!(kept("np"), [(crate::engine::policy::MODE_ANNOTATION.to_string(), "audit".to_string())]);
+        assert_eq!(kept("pod"), []);
     }
 }

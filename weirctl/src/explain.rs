@@ -137,6 +137,7 @@ fn combine(mut s: Value, d: Value) -> Value {
     s["allowed"] = Value::Bool(allowed);
     let (ps, pd) = (&s["dataplane"], &d["dataplane"]);
     let both = |k: &str| ps[k].as_bool() == Some(true) && pd[k].as_bool() == Some(true);
+    let either = |k: &str| ps[k].as_bool() == Some(true) || pd[k].as_bool() == Some(true);
     let judged: Vec<Value> = ps["judged"]
         .as_array()
         .into_iter()
@@ -158,6 +159,8 @@ fn combine(mut s: Value, d: Value) -> Value {
         "allowed": both("allowed"),
         "expected": both("expected"),
         "agrees": both("agrees"),
+        "auditWouldDrop": either("auditWouldDrop"),
+        "auditExpected": either("auditExpected"),
         "judged": judged,
         "runs": runs,
     });
@@ -179,6 +182,13 @@ pub fn problem(v: &Value) -> Option<String> {
     let dp = &v["dataplane"];
     if let Some(e) = dp.get("error") {
         return Some(format!("the dataplane check could not run: {e}"));
+    }
+    if dp["agrees"].as_bool() != Some(true) && dp["allowed"] == dp["expected"] {
+        return Some(format!(
+            "DISAGREEMENT: the control plane says audit-mode policies {} drop this flow but the kernel's programs {} it as a would-be drop. This is a bug in Weir: please report it with this output.",
+            if dp["auditExpected"].as_bool() == Some(true) { "would" } else { "would not" },
+            if dp["auditWouldDrop"].as_bool() == Some(true) { "counted" } else { "did not count" },
+        ));
     }
     if dp["agrees"].as_bool() != Some(true) {
         return Some(format!(
@@ -288,6 +298,17 @@ pub fn render_text(v: &Value) -> String {
             ));
         }
         o.push_str(&format!("  Why:        {}\n", s(&side["reason"])));
+        if let Some(a) = side["audit"].as_object() {
+            let by: Vec<String> = a["isolating"].as_array().into_iter().flatten().map(s).collect();
+            let rules: Vec<String> = a["policies"].as_array().into_iter().flatten().map(|r| rule(dir, r)).collect();
+            let decision = match (a["wouldDrop"].as_bool() == Some(true), a["allowed"].as_bool() == Some(true)) {
+                (true, _) => "would DROP it (counted and logged as allow_audit)".to_string(),
+                (false, true) if !rules.is_empty() => format!("would allow it by {}", rules.join(", ")),
+                (false, true) => "would allow it".to_string(),
+                (false, false) => "would drop it too".to_string(),
+            };
+            o.push_str(&format!("  Audit:      {}: {decision}\n", by.join(", ")));
+        }
         if let Some(m) = side["maps"].as_object() {
             let mut line = format!(
                 "endpoint {}: {}",
@@ -379,6 +400,21 @@ mod tests {
         let mut ok = v.clone();
         ok["dataplane"]["agrees"] = json!(true);
         assert_eq!(problem(&ok), None);
+    }
+
+    #[test]
+    fn an_audit_side_is_printed_and_an_audit_disagreement_is_a_problem() {
+        let mut ingress = side(true);
+        ingress["audit"] = json!({"isolating": ["x/trial"], "policies": [], "allowed": false, "wouldDrop": true});
+        let mut v = json!({"allowed": true, "flow": {}, "src": {}, "dst": {}, "egress": side(true), "ingress": ingress,
+            "dataplane": {"allowed": true, "expected": true, "agrees": true, "auditWouldDrop": true, "auditExpected": true,
+                          "judged": ["ingress"], "runs": []}});
+        assert!(render_text(&v).contains("Audit:      x/trial: would DROP it (counted and logged as allow_audit)"));
+        assert_eq!(problem(&v), None);
+        v["dataplane"]["agrees"] = json!(false);
+        v["dataplane"]["auditWouldDrop"] = json!(false);
+        let p = problem(&v).unwrap();
+        assert!(p.starts_with("DISAGREEMENT") && p.contains("would drop") && p.contains("did not count"), "{p}");
     }
 
     #[test]

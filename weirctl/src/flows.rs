@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub struct Query {
     /// NAMESPACE/POD, at either end.
     pub pod: Option<String>,
-    /// `allow` or `drop`.
+    /// `allow`, `drop` or `audit`.
     pub verdict: Option<String>,
 }
 
@@ -138,11 +138,12 @@ pub fn render_line(v: &Value) -> String {
     let dport = v["destination"]["port"].as_u64().unwrap_or(0);
     let proto = if dport == 0 { s(&v["protocol"]) } else { format!("{}/{dport}", s(&v["protocol"])) };
     let verdict = if v["verdict"] == "drop" { "DROPPED" } else { "ALLOWED" };
-    let why = match (&v["policy"], v["isolatedBy"].as_array()) {
-        (p, _) if p.is_object() => describe_policy(p),
-        (_, Some(list)) if !list.is_empty() => {
-            format!("isolated by {}", list.iter().map(s).collect::<Vec<_>>().join(", "))
-        }
+    let names =
+        |key: &str| v[key].as_array().filter(|l| !l.is_empty()).map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "));
+    let why = match (&v["policy"], names("isolatedBy"), names("auditedBy")) {
+        (_, _, Some(audit)) => format!("audit: {audit} would drop it"),
+        (p, _, _) if p.is_object() => describe_policy(p),
+        (_, Some(list), _) => format!("isolated by {list}"),
         _ => String::new(),
     };
     format!(
@@ -203,6 +204,21 @@ mod tests {
         assert_eq!(
             render_line(&v),
             "2026-11-29T20:00:00.000000001Z n1 y/b 10.0.0.2:40000 -> x/a 10.0.0.3:8080 TCP/8080 DROPPED drop_policy (ingress) isolated by x/deny"
+        );
+    }
+
+    #[test]
+    fn an_audit_would_be_drop_names_the_audit_policies() {
+        let v = json!({
+            "time": "t", "node": "n1", "direction": "ingress", "verdict": "allow", "reason": "allow_audit",
+            "protocol": "TCP",
+            "source": {"namespace": "y", "pod": "b", "ip": "10.0.0.2", "port": 40000},
+            "destination": {"namespace": "x", "pod": "a", "ip": "10.0.0.3", "port": 80},
+            "auditedBy": ["x/trial"],
+        });
+        assert_eq!(
+            render_line(&v),
+            "t n1 y/b 10.0.0.2:40000 -> x/a 10.0.0.3:80 TCP/80 ALLOWED allow_audit (ingress) audit: x/trial would drop it"
         );
     }
 

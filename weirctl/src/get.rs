@@ -52,22 +52,28 @@ fn endpoints_table(v: &Value) -> String {
         // An endpoint no compile has covered yet is not programmed: its
         // isolation is unknown, and its traffic is dropped until it is.
         let compiled = e["compiled"].as_bool().unwrap_or(false);
-        let iso = |k: &str| if compiled { text(&e[k]) } else { "not yet programmed".into() };
+        // Isolated only by audit-mode policies: nothing is enforced.
+        let iso = |k: &str, audited: &str| match (compiled, e[audited].as_bool() == Some(true)) {
+            (false, _) => "not yet programmed".into(),
+            (true, true) => "audit".into(),
+            (true, false) => text(&e[k]),
+        };
         rows.push(vec![
             text(&e["pod"]),
             text(&e["interface"]),
             text(&e["ips"]),
             text(&e["identity"]),
-            iso("ingressIsolated"),
-            iso("egressIsolated"),
+            iso("ingressIsolated", "ingressAudited"),
+            iso("egressIsolated", "egressAudited"),
         ]);
     }
     columns(&rows)
 }
 
 fn policies_table(v: &Value) -> String {
-    let mut rows =
-        vec![["KIND", "POLICY", "ISOLATES", "TIER", "PRIORITY", "RULES", "PROBLEMS"].map(String::from).to_vec()];
+    let mut rows = vec![["KIND", "POLICY", "MODE", "ISOLATES", "TIER", "PRIORITY", "RULES", "PROBLEMS"]
+        .map(String::from)
+        .to_vec()];
     for p in v["policies"].as_array().into_iter().flatten() {
         let isolates: Vec<&str> = [("isolatesIngress", "ingress"), ("isolatesEgress", "egress")]
             .iter()
@@ -78,6 +84,7 @@ fn policies_table(v: &Value) -> String {
         rows.push(vec![
             text(&p["kind"]),
             text(&p["policy"]),
+            text(&p["mode"]),
             if isolates.is_empty() { "-".into() } else { isolates.join(",") },
             text(&p["tier"]),
             text(&p["priority"]),
@@ -104,13 +111,16 @@ mod tests {
     fn endpoints_show_isolation_only_once_programmed() {
         let v = json!({"endpoints": [
             {"pod": "x/a", "interface": "wa", "ips": ["10.0.0.2", "fd00::2"], "identity": 7,
-             "ingressIsolated": true, "egressIsolated": false, "compiled": true},
+             "ingressIsolated": true, "egressIsolated": false, "egressAudited": false, "compiled": true},
             {"pod": "x/b", "interface": "wb", "ips": ["10.0.0.3"], "identity": null,
              "ingressIsolated": null, "egressIsolated": null, "compiled": false},
+            {"pod": "x/c", "interface": "wc", "ips": ["10.0.0.4"], "identity": 8,
+             "ingressIsolated": false, "egressIsolated": false, "ingressAudited": true, "compiled": true},
         ]});
         let t = render_table(NodeWhat::Endpoints, &v);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[3].contains(" audit ") && lines[3].trim_end().ends_with("no"), "only ingress is audited: {t}");
         assert!(lines[1].starts_with("x/a") && lines[1].contains("10.0.0.2,fd00::2") && lines[1].contains("yes"));
         assert!(lines[1].trim_end().ends_with("no"), "{t}");
         assert!(lines[2].contains("not yet programmed"), "{t}");
@@ -120,13 +130,14 @@ mod tests {
     fn policies_list_both_kinds_and_their_problems_by_field() {
         let v = json!({"policies": [
             {"kind": "NetworkPolicy", "policy": "x/deny", "isolatesIngress": true, "isolatesEgress": false,
-             "rules": 0, "diagnostics": []},
+             "mode": "audit", "rules": 0, "diagnostics": []},
             {"kind": "ClusterNetworkPolicy", "policy": "guard", "tier": "Admin", "priority": 10,
              "rules": 2, "diagnostics": ["spec.egress[0].to[0].networks[0]: not a CIDR"]},
         ]});
         let t = render_table(NodeWhat::Policies, &v);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[1].starts_with("NetworkPolicy") && lines[1].contains("x/deny") && lines[1].contains("ingress"));
+        assert!(lines[1].contains(" audit "), "{t}");
         assert!(lines[2].contains("guard") && lines[2].contains("Admin") && lines[2].contains("10"), "{t}");
         assert_eq!(lines[3], "guard: spec.egress[0].to[0].networks[0]: not a CIDR");
     }

@@ -78,6 +78,8 @@ struct FlowsArgs {
 enum FlowVerdict {
     Allow,
     Drop,
+    /// Allowed flows an audit-mode policy would drop.
+    Audit,
 }
 
 impl FlowsArgs {
@@ -87,6 +89,7 @@ impl FlowsArgs {
             verdict: self.verdict.map(|v| match v {
                 FlowVerdict::Allow => "allow".to_string(),
                 FlowVerdict::Drop => "drop".to_string(),
+                FlowVerdict::Audit => "audit".to_string(),
             }),
         }
     }

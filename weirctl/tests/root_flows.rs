@@ -174,3 +174,115 @@ fn root_a_refused_probe_is_a_drop_line_naming_pods_port_reason_and_policy() {
     let e = g.fails(&["flows", "--pod", "nope"]);
     assert!(e.contains("NAMESPACE/POD"), "{e}");
 }
+
+const AUDIT_MODEL: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y, labels: {pod: c}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
+";
+
+/// x/a's ingress from x/b only, on port 80, in the mode given.
+fn trial_policy(mode: Option<&str>) -> String {
+    let annotations = mode.map(|m| format!(", annotations: {{policy.weir.io/mode: {m}}}")).unwrap_or_default();
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: trial, namespace: x{annotations}}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}], ports: [{{port: 80}}]}}]
+"
+    )
+}
+
+/// An audit-mode policy changes no probe cell; what it would drop is
+/// logged (`--verdict audit`, naming it) and explained, the kernel
+/// agreeing; an unknown mode is refused; removing the annotation enforces.
+#[test]
+fn root_an_audit_policy_blocks_nothing_and_logs_what_it_would_drop() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    require_binaries(&["weir", "weir-policyd"]);
+    let g = LabGuard::new("wau");
+    let tmp = tempfile::tempdir().unwrap();
+    g.up_with(tmp.path(), &format!("{AUDIT_MODEL}---\n{}", trial_policy(Some("audit"))));
+    let pods = ["x/a", "x/b", "y/c"];
+    for from in pods {
+        for to in pods.iter().filter(|t| **t != from) {
+            assert!(probe(&g, from, to), "{from} -> {to}: an audit policy blocks nothing");
+        }
+    }
+
+    let audits = flows(&g, &["--verdict", "audit"]);
+    let a = audits
+        .iter()
+        .find(|v| is_flow(v, ("y", "c"), ("x", "a")))
+        .unwrap_or_else(|| panic!("no audit record y/c -> x/a in {audits:?}"));
+    assert_eq!((a["verdict"].as_str(), a["reason"].as_str()), (Some("allow"), Some("allow_audit")), "{a}");
+    assert_eq!(a["direction"], "ingress");
+    assert_eq!(a["auditedBy"], serde_json::json!(["x/trial"]));
+    assert!(!audits.iter().any(|v| is_flow(v, ("x", "b"), ("x", "a"))), "the audit rule allows x/b: {audits:?}");
+    assert!(audits.iter().all(|v| v["destination"]["pod"] == "a"), "only x/a is audited: {audits:?}");
+
+    let explain = |from: &str| {
+        g.json(&["explain", "--from", from, "--to", "x/a", "--port", "80", "--protocol", "TCP", "-o", "json"])
+    };
+    let e = explain("y/c");
+    assert_eq!(e["allowed"], true, "{e}");
+    assert_eq!(e["ingress"]["audit"]["wouldDrop"], true, "{e}");
+    assert_eq!(e["ingress"]["audit"]["isolating"], serde_json::json!(["x/trial"]));
+    assert_eq!(e["dataplane"]["agrees"], true, "{e}");
+    assert_eq!(e["dataplane"]["auditWouldDrop"], true, "the kernel counted the would-be drop: {e}");
+    let e = explain("x/b");
+    assert_eq!(e["ingress"]["audit"]["allowed"], true, "{e}");
+    assert_eq!(e["ingress"]["audit"]["wouldDrop"], false, "{e}");
+    assert_eq!(
+        (e["dataplane"]["agrees"].as_bool(), e["dataplane"]["auditWouldDrop"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let table = g.ok(&["get", "policies"]);
+    assert!(
+        table.lines().any(|l| l.starts_with("x ") && l.contains("trial") && l.trim_end().ends_with("audit")),
+        "{table}"
+    );
+
+    // An unknown mode: refused by name, nothing changes.
+    let p = tmp.path().join("bad.yaml");
+    std::fs::write(&p, trial_policy(Some("dry-run"))).unwrap();
+    let err = g.fails(&["apply", "-f", p.to_str().unwrap()]);
+    assert!(err.contains("policy.weir.io/mode") && err.contains("dry-run"), "{err}");
+    assert!(probe(&g, "y/c", "x/a"), "still audit mode");
+
+    // Enforced: the would-be drop is a drop, the audit rule's allow an allow.
+    // `lab apply` returns once the manifest is written; policyd follows.
+    g.apply(tmp.path(), "trial.yaml", &trial_policy(None));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe(&g, "y/c", "x/a") {
+        assert!(Instant::now() < deadline, "never enforced after the annotation went");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(probe(&g, "x/b", "x/a"), "the rule's allow is an allow");
+    g.ok(&["down"]);
+    assert!(g.leftovers().is_empty(), "{:?}", g.leftovers());
+}

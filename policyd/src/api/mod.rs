@@ -104,6 +104,8 @@ pub fn answer(
                         "identity": st.map(|s| s.identity),
                         "ingressIsolated": st.map(|s| s.ingress_isolated),
                         "egressIsolated": st.map(|s| s.egress_isolated),
+                        "ingressAudited": st.map(|s| s.ingress_audited),
+                        "egressAudited": st.map(|s| s.egress_audited),
                         "compiled": st.is_some(),
                     })
                 })
@@ -126,6 +128,7 @@ pub fn answer(
                         "policy": format!("{}/{}", k.0, k.1),
                         "isolatesIngress": c.as_ref().map(|c| c.isolates_ingress),
                         "isolatesEgress": c.as_ref().map(|c| c.isolates_egress),
+                        "mode": c.as_ref().map(|c| if c.audit { "audit" } else { "enforce" }),
                         "rules": c.as_ref().map(|c| c.rules.len()),
                         "diagnostics": diagnostics(&c),
                     })
@@ -138,6 +141,7 @@ pub fn answer(
                     "policy": name,
                     "tier": cnp.spec.tier,
                     "priority": cnp.spec.priority,
+                    "mode": "enforce",
                     "rules": c.as_ref().map(|c| c.rules.len()),
                     "diagnostics": diagnostics(&c),
                 })

@@ -38,7 +38,14 @@ pub struct Proof {
     pub judged: Vec<&'static str>,
     /// What the control plane says of those sides.
     pub expected: bool,
-    /// `allowed == expected`: false is a bug in Weir.
+    /// Some run counted an audit policy's would-be drop (`allow_audit`).
+    #[serde(rename = "auditWouldDrop")]
+    pub audit_would_drop: bool,
+    /// What the control plane says of that, on the sides judged.
+    #[serde(rename = "auditExpected")]
+    pub audit_expected: bool,
+    /// `allowed == expected` and `auditWouldDrop == auditExpected`: false
+    /// is a bug in Weir.
     pub agrees: bool,
     pub runs: Vec<Run>,
     pub note: Option<String>,
@@ -81,18 +88,34 @@ pub fn prove(dp: &Dataplane, r: &Resolved, e: &Explanation) -> Result<Proof, wei
         }
         judged.push("ingress");
     }
-    let expected = judged.iter().all(|s| if *s == "egress" { e.egress.allowed } else { e.ingress.allowed });
+    let side = |s: &str| if s == "egress" { &e.egress } else { &e.ingress };
+    let expected = judged.iter().all(|s| side(s).allowed);
+    let audit_expected = expected && judged.iter().any(|s| side(s).audit.as_ref().is_some_and(|a| a.would_drop));
     if plan.is_empty() {
         return Ok(Proof {
             allowed: expected,
             judged,
             expected,
+            audit_would_drop: audit_expected,
+            audit_expected,
             agrees: true,
             runs: Vec::new(),
             note: Some("neither end is an endpoint of this node: no program of this node judges the flow".into()),
         });
     }
     let sport = free_source_port(dp, src, proto)?;
+    // Would-be drops are counted on the side's own endpoint: the source's
+    // egress at the destination's to_pod too.
+    let audit_count = |dp: &Dataplane| -> Result<u64, weir_bpf::Error> {
+        let mut n = 0;
+        for ep in [src_ep, dst_ep].into_iter().flatten() {
+            for dir in [abi::DIR_INGRESS, abi::DIR_EGRESS] {
+                n += dp.counter(ep, dir, abi::R_ALLOW_AUDIT)?.packets;
+            }
+        }
+        Ok(n)
+    };
+    let audit_before = audit_count(dp)?;
     let mut runs = Vec::new();
     let mut allowed = true;
     for (hook, ifindex, to) in plan {
@@ -119,11 +142,21 @@ pub fn prove(dp: &Dataplane, r: &Resolved, e: &Explanation) -> Result<Proof, wei
             break;
         }
     }
+    let audit_would_drop = allowed && audit_count(dp)? > audit_before;
     // The runs' own flows: gone, so no reply can use them.
     dp.ct_flush_where(|k, _| {
         k.protocol == proto && u16::from_be(k.sport) == sport && weir_bpf::addr::from_bytes(k.saddr) == src
     })?;
-    Ok(Proof { allowed, judged, expected, agrees: allowed == expected, runs, note: None })
+    Ok(Proof {
+        allowed,
+        judged,
+        expected,
+        audit_would_drop,
+        audit_expected,
+        agrees: allowed == expected && audit_would_drop == audit_expected,
+        runs,
+        note: None,
+    })
 }
 
 fn sock(ip: IpAddr, port: u16) -> String {

@@ -104,8 +104,26 @@ pub struct Side {
     /// Why, in words: `not isolated`, `allowed by N rule(s)`, `no rule
     /// allows`, `from the node: always allowed`, ...
     pub reason: String,
+    /// When only audit-mode policies isolate the pod in this direction:
+    /// what enforcing them would decide. The verdict above ignores them.
+    pub audit: Option<AuditSide>,
     /// For an endpoint of this node: what its compiled map entries say.
     pub maps: Option<MapLookup>,
+}
+
+/// What the audit-mode policies isolating a side would decide if enforced.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditSide {
+    /// The audit-mode policies that would isolate the pod.
+    pub isolating: Vec<String>,
+    /// Every (policy, rule, peer) of theirs that allows the flow.
+    pub policies: Vec<RuleMatch>,
+    /// Enforced, they would allow the flow (an Admin rule decides first).
+    pub allowed: bool,
+    /// Allowed now, dropped if they were enforced: the dataplane reports
+    /// it (`allow_audit`).
+    #[serde(rename = "wouldDrop")]
+    pub would_drop: bool,
 }
 
 /// The first matching rule of an Admin or Baseline tier.
@@ -161,6 +179,9 @@ pub struct MapLookup {
     /// endpoint has ipBlock entries in this direction covering it.
     pub ip_block_prefix: Option<IpNet>,
     pub ip_block_class: Option<u32>,
+    /// The endpoint is audited here and no audit entry allows the flow:
+    /// the dataplane counts and logs it as an audit policy's would-be drop.
+    pub audit_would_drop: bool,
 }
 
 impl Engine {
@@ -196,7 +217,18 @@ impl Engine {
     /// the last compile left them: what an isolation drop with no allowing
     /// rule names. Empty for a pod the store does not hold.
     pub fn isolating_policies(&self, store: &Store, key: &Key, dir: Direction) -> Vec<String> {
-        store.pods.get(key).map(|pod| isolating(&self.selecting(store, key, pod), dir)).unwrap_or_default()
+        store.pods.get(key).map(|pod| isolating(&self.selecting(store, key, pod), dir, false)).unwrap_or_default()
+    }
+
+    /// The audit-mode policies that would isolate pod `key` in `dir`,
+    /// while no enforced one does: what an audit would-be drop names.
+    pub fn auditing_policies(&self, store: &Store, key: &Key, dir: Direction) -> Vec<String> {
+        let Some(pod) = store.pods.get(key) else { return Vec::new() };
+        let selecting = self.selecting(store, key, pod);
+        if !isolating(&selecting, dir, false).is_empty() {
+            return Vec::new();
+        }
+        isolating(&selecting, dir, true)
     }
 
     /// Explain `flow` against the last compile (call after one). Pure
@@ -256,6 +288,7 @@ impl Engine {
             tiered: false,
             cluster: None,
             reason: String::new(),
+            audit: None,
             maps: None,
         };
         let Some(pod) = me.pod.as_ref().and_then(|k| store.pods.get(k).map(|p| (k, p))) else {
@@ -267,8 +300,12 @@ impl Engine {
         };
         let (key, pod) = pod;
         let selecting = self.selecting(store, key, pod);
-        side.isolating = isolating(&selecting, dir);
+        side.isolating = isolating(&selecting, dir, false);
         side.isolated = !side.isolating.is_empty();
+        // Audit policies matter where no enforced one isolates (as the maps
+        // have it: elsewhere their rules are not compiled in).
+        let auditing = if side.isolated { Vec::new() } else { isolating(&selecting, dir, true) };
+        let mut audit_rules = Vec::new();
         side.tiered =
             selecting.iter().flat_map(|p| &p.rules).any(|r| r.tier != Tier::NetworkPolicy && r.direction == dir);
         // Named ports belong to the destination pod: on ingress this pod's
@@ -305,13 +342,18 @@ impl Engine {
                     }
                     continue;
                 }
-                side.policies.extend(found.into_iter().map(|(peer_index, matched, ip_block)| RuleMatch {
+                let matches = found.into_iter().map(|(peer_index, matched, ip_block)| RuleMatch {
                     policy: format!("{}/{}", p.namespace, p.name),
                     rule: r.index,
                     peer: peer_index,
                     matched,
                     ip_block,
-                }));
+                });
+                match (p.audit, auditing.is_empty()) {
+                    (false, _) => side.policies.extend(matches),
+                    (true, false) => audit_rules.extend(matches),
+                    (true, true) => {} // an enforced policy isolates: not in the maps
+                }
             }
         }
         side.policies.sort();
@@ -347,6 +389,18 @@ impl Engine {
                 (true, format!("{passed}not isolated: no policy selecting the pod has this direction"))
             }
         };
+        if !auditing.is_empty() {
+            audit_rules.sort();
+            // Enforced, they would decide where NetworkPolicy does: after an
+            // Admin rule that decided, before Baseline.
+            let admin_decided = !from_node && decided(&admin).is_some();
+            let allowed = from_node || (if admin_decided { side.allowed } else { !audit_rules.is_empty() });
+            let would_drop = side.allowed && !allowed;
+            if would_drop {
+                side.reason.push_str(&format!("; audit: {} would drop it", auditing.join(", ")));
+            }
+            side.audit = Some(AuditSide { isolating: auditing, policies: audit_rules, allowed, would_drop });
+        }
         if let Some(ep) = me_info.endpoint.and_then(|e| self.endpoints.compiled(e).map(|c| (e, c))) {
             side.maps = Some(self.map_lookup(ep.0, &ep.1, dir, flow, peer));
         }
@@ -356,9 +410,9 @@ impl Engine {
     /// The dataplane's lookups (weir_abi.h, bpf/progs/policy.h) over one
     /// endpoint's entries.
     fn map_lookup(&self, e: u32, c: &CompiledEndpoint, dir: Direction, flow: &Flow, peer: &EndInfo) -> MapLookup {
-        let (isolated, tiered) = match dir {
-            Direction::Ingress => (c.state.ingress_isolated, c.state.ingress_tiered),
-            Direction::Egress => (c.state.egress_isolated, c.state.egress_tiered),
+        let (isolated, tiered, audited) = match dir {
+            Direction::Ingress => (c.state.ingress_isolated, c.state.ingress_tiered, c.state.ingress_audited),
+            Direction::Egress => (c.state.egress_isolated, c.state.egress_tiered, c.state.egress_audited),
         };
         let cover = c
             .cidr
@@ -374,8 +428,9 @@ impl Engine {
             rule: None,
             ip_block_prefix: cover.map(|(k, _)| k.net),
             ip_block_class: cover.map(|(_, class)| *class),
+            audit_would_drop: false,
         };
-        if (!isolated && !tiered) || peer.identity == ID_HOST {
+        if (!isolated && !tiered && !audited) || peer.identity == ID_HOST {
             return out;
         }
         let lookup = |identity: u32| -> Option<PolicyValue> {
@@ -400,6 +455,7 @@ impl Engine {
         };
         let np = found.iter().find_map(|(via, v)| v.filter(|v| v.rule != 0).map(|v| (*via, v.rule)));
         let decided = |t: Option<(&'static str, TierVerdict)>| t.filter(|(_, t)| t.rank & 3 != TIER_PASS);
+        let admin_decided = decided(best(|v| v.admin)).is_some();
         if let Some((via, t)) = decided(best(|v| v.admin)) {
             out.allowed = t.rank & 3 == TIER_ACCEPT;
             (out.via, out.tier) = (Some(via), Some("Admin"));
@@ -415,6 +471,7 @@ impl Engine {
             (out.via, out.tier) = (Some(via), Some("Baseline"));
             out.rule = self.rule_match(t.rule, dir, peer);
         }
+        out.audit_would_drop = audited && out.allowed && !admin_decided && np.is_none();
         out
     }
 
@@ -478,10 +535,11 @@ impl ClusterRuleMatch {
     }
 }
 
-fn isolating(selecting: &[Arc<CompiledPolicy>], dir: Direction) -> Vec<String> {
+/// The policies of one mode (audit or enforced) isolating in `dir`.
+fn isolating(selecting: &[Arc<CompiledPolicy>], dir: Direction, audit: bool) -> Vec<String> {
     selecting
         .iter()
-        .filter(|p| if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
+        .filter(|p| p.audit == audit && if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect()
 }
@@ -655,6 +713,44 @@ mod tests {
         assert!(!to_web(80).allowed);
         let to_b = explain(&f, end(Some(("x", "a")), "10.0.0.1"), end(Some(("y", "b")), "10.0.1.2"), PROTO_TCP, 8080);
         assert!(!to_b.allowed, "y/b has no port named http");
+    }
+
+    /// An audit-mode policy is explained apart from the verdict, which it
+    /// does not change, and the maps agree on its would-be drops.
+    #[test]
+    fn an_audit_policy_is_explained_apart_and_the_maps_agree() {
+        let mut f = base();
+        f.policy(
+            "x",
+            "audit-in",
+            json!({"podSelector": {"matchLabels": {"app": "a"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
+        )
+        .mode("x", "audit-in", Some("audit"));
+        let e = explain(&f, end(Some(("y", "b")), "10.0.1.2"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        assert!(e.allowed && !e.ingress.isolated && e.ingress.isolating.is_empty());
+        let a = e.ingress.audit.clone().expect("the audit side");
+        assert_eq!(a.isolating, ["x/audit-in"]);
+        assert!(a.would_drop && !a.allowed && a.policies.is_empty());
+        assert!(e.ingress.reason.ends_with("audit: x/audit-in would drop it"), "{}", e.ingress.reason);
+        assert!(e.ingress.maps.as_ref().unwrap().audit_would_drop);
+        assert!(e.egress.audit.is_none());
+
+        let e = explain(&f, end(Some(("x", "b")), "10.0.0.2"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        let a = e.ingress.audit.clone().unwrap();
+        assert!(a.allowed && !a.would_drop);
+        assert_eq!(
+            a.policies.iter().map(|r| (r.policy.as_str(), r.rule, r.peer)).collect::<Vec<_>>(),
+            [("x/audit-in", 0, Some(0))]
+        );
+        assert!(e.ingress.policies.is_empty(), "audit rules are not allowing rules");
+        assert!(!e.ingress.maps.unwrap().audit_would_drop);
+
+        // Enforced next to it: the audit policy is moot, and explained as such.
+        f.policy("x", "deny", json!({"podSelector": {}}));
+        let e = explain(&f, end(Some(("x", "b")), "10.0.0.2"), end(Some(("x", "a")), "10.0.0.1"), PROTO_TCP, 80);
+        assert!(!e.allowed && e.ingress.audit.is_none());
+        assert_eq!(e.ingress.isolating, ["x/deny"]);
     }
 
     /// By rule and by map agree, and both agree with the reference

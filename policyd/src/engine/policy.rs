@@ -162,6 +162,16 @@ pub fn mode_annotation(np: &NetworkPolicy) -> Option<&str> {
     np.metadata.annotations.as_ref().and_then(|a| a.get(MODE_ANNOTATION)).map(String::as_str)
 }
 
+/// Whether a mode annotation's value asks for audit mode; an unknown value
+/// is an error naming the accepted ones.
+pub fn is_audit_mode(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("enforce") => Ok(false),
+        Some("audit") => Ok(true),
+        Some(other) => Err(format!("unknown mode {other:?}; use \"audit\" or \"enforce\"")),
+    }
+}
+
 pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -> CompiledPolicy {
     let ns = np.metadata.namespace.clone().unwrap_or_default();
     let name = np.metadata.name.clone().unwrap_or_default();
@@ -170,17 +180,10 @@ pub fn compile_policy(np: &NetworkPolicy, ids: &mut dyn RuleIds, version: u64) -
     let mut diag = |field: String, message: String| diags.push(Diagnostic { object: object.clone(), field, message });
     let spec = np.spec.clone().unwrap_or_default();
     // An unknown mode is enforced: a typo must not turn a policy off.
-    let audit = match mode_annotation(np) {
-        None | Some("enforce") => false,
-        Some("audit") => true,
-        Some(other) => {
-            diag(
-                format!("metadata.annotations[\"{MODE_ANNOTATION}\"]"),
-                format!("unknown mode {other:?}; use \"audit\" or \"enforce\" (the policy is enforced)"),
-            );
-            false
-        }
-    };
+    let audit = is_audit_mode(mode_annotation(np)).unwrap_or_else(|e| {
+        diag(format!("metadata.annotations[\"{MODE_ANNOTATION}\"]"), format!("{e} (the policy is enforced)"));
+        false
+    });
 
     let subject = match spec.pod_selector.as_ref().map(Selector::parse).unwrap_or(Ok(Selector::everything())) {
         Ok(s) => Subject::Selector(s),

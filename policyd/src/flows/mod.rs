@@ -79,7 +79,8 @@ impl TokenBucket {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub pod: Option<crate::store::Key>,
-    /// `allow` or `drop`.
+    /// `allow`, `drop`, or `audit` (the allows an audit-mode policy
+    /// would drop).
     pub verdict: Option<&'static str>,
 }
 
@@ -99,13 +100,19 @@ impl Filter {
             None => None,
             Some("allow") => Some("allow"),
             Some("drop") => Some("drop"),
-            Some(v) => return Err(format!("verdict {v:?}: give allow or drop")),
+            Some("audit") => Some("audit"),
+            Some(v) => return Err(format!("verdict {v:?}: give allow, drop or audit")),
         };
         Ok(Filter { pod, verdict })
     }
 
     pub fn matches(&self, r: &FlowRecord) -> bool {
-        self.verdict.is_none_or(|v| v == r.verdict) && self.pod.as_ref().is_none_or(|p| r.involves(p))
+        let verdict_ok = match self.verdict {
+            None => true,
+            Some("audit") => r.reason == weir_bpf::abi::reason_name(weir_bpf::abi::R_ALLOW_AUDIT),
+            Some(v) => v == r.verdict,
+        };
+        verdict_ok && self.pod.as_ref().is_none_or(|p| r.involves(p))
     }
 }
 
@@ -276,6 +283,7 @@ mod tests {
             destination: end(dst, "10.0.0.2"),
             policy: None,
             isolated_by: vec![],
+            audited_by: vec![],
         }
     }
 
@@ -303,7 +311,7 @@ mod tests {
         assert!(!f.matches(&rec("drop", ("x", "ab"), ("y", "b"))), "another pod");
         assert!(Filter::parse(None, None).unwrap().matches(&rec("allow", ("x", "a"), ("y", "b"))));
         assert!(Filter::parse(Some("a"), None).unwrap_err().contains("NAMESPACE/POD"));
-        assert!(Filter::parse(None, Some("dropped")).unwrap_err().contains("allow or drop"));
+        assert!(Filter::parse(None, Some("dropped")).unwrap_err().contains("allow, drop or audit"));
     }
 
     #[test]

@@ -32,6 +32,10 @@ struct EndpointNames {
     pod: Key,
     isolating_ingress: Vec<String>,
     isolating_egress: Vec<String>,
+    /// The audit-mode policies that would isolate it, where no enforced
+    /// one does.
+    auditing_ingress: Vec<String>,
+    auditing_egress: Vec<String>,
 }
 
 impl Names {
@@ -71,6 +75,8 @@ impl Names {
                 let names = EndpointNames {
                     isolating_ingress: engine.isolating_policies(store, &pod, Direction::Ingress),
                     isolating_egress: engine.isolating_policies(store, &pod, Direction::Egress),
+                    auditing_ingress: engine.auditing_policies(store, &pod, Direction::Ingress),
+                    auditing_egress: engine.auditing_policies(store, &pod, Direction::Egress),
                     pod,
                 };
                 (r.host_ifindex, names)
@@ -166,6 +172,10 @@ pub struct FlowRecord {
     /// judged pod on that side.
     #[serde(rename = "isolatedBy", skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
+    /// An audit policy's would-be drop (`allow_audit`): the audit-mode
+    /// policies that would isolate the judged pod on that side.
+    #[serde(rename = "auditedBy", skip_serializing_if = "Vec::is_empty")]
+    pub audited_by: Vec<String>,
 }
 
 impl FlowRecord {
@@ -194,15 +204,14 @@ pub fn build(names: &Names, e: &abi::Event, time: String) -> FlowRecord {
     let destination = end(daddr, if ports { u16::from_be(e.dport) } else { 0 }, !egress);
     let drop = abi::reason_is_drop(e.reason);
     let policy = names.rules.get(&e.rule).filter(|_| e.rule != 0).cloned();
-    let isolated_by = match (e.reason, judged) {
+    let (isolated_by, audited_by) = match (e.reason, judged) {
         (abi::R_DROP_POLICY, Some(j)) => {
-            if egress {
-                j.isolating_egress.clone()
-            } else {
-                j.isolating_ingress.clone()
-            }
+            (if egress { j.isolating_egress.clone() } else { j.isolating_ingress.clone() }, Vec::new())
         }
-        _ => Vec::new(),
+        (abi::R_ALLOW_AUDIT, Some(j)) => {
+            (Vec::new(), if egress { j.auditing_egress.clone() } else { j.auditing_ingress.clone() })
+        }
+        _ => (Vec::new(), Vec::new()),
     };
     FlowRecord {
         time,
@@ -215,6 +224,7 @@ pub fn build(names: &Names, e: &abi::Event, time: String) -> FlowRecord {
         destination,
         policy,
         isolated_by,
+        audited_by,
     }
 }
 
@@ -296,6 +306,8 @@ mod tests {
                     pod: a.clone(),
                     isolating_ingress: vec!["x/deny".into(), "x/from-b".into()],
                     isolating_egress: vec![],
+                    auditing_ingress: vec![],
+                    auditing_egress: vec!["x/egress-trial".into()],
                 },
             )]),
             pods: HashMap::from([
@@ -365,6 +377,23 @@ mod tests {
             json!({"kind": "ClusterNetworkPolicy", "name": "block-db", "tier": "Admin", "priority": 10,
                    "direction": "egress", "rule": 2, "ruleName": "no-db", "action": "Deny"})
         );
+    }
+
+    /// An audit policy's would-be drop is an allow naming the audit
+    /// policies that would isolate that side.
+    #[test]
+    fn an_audit_would_be_drop_names_the_audit_policies() {
+        let r = build(&names(), &event(abi::DIR_EGRESS, abi::R_ALLOW_AUDIT, 0, "10.0.0.3", "10.0.0.2"), "t".into());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!((v["verdict"].as_str(), v["reason"].as_str()), (Some("allow"), Some("allow_audit")));
+        assert_eq!(v["auditedBy"], json!(["x/egress-trial"]));
+        assert!(v.get("isolatedBy").is_none() && v.get("policy").is_none(), "{v}");
+        let f = super::super::Filter::parse(None, Some("audit")).unwrap();
+        assert!(f.matches(&r));
+        let allow =
+            build(&names(), &event(abi::DIR_INGRESS, abi::R_ALLOW_POLICY, 7, "10.0.0.2", "10.0.0.3"), "t".into());
+        assert!(!f.matches(&allow), "a plain allow is not an audit record");
+        assert!(allow.audited_by.is_empty());
     }
 
     /// Only names: the peer's identity and its labels never reach a line.

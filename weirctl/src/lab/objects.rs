@@ -192,6 +192,12 @@ pub fn validate_batch(batch: &[Object], existing_namespaces: &[String]) -> Resul
                 key.namespace
             );
         }
+        if let Object::NetworkPolicy(np) = o {
+            use weir_policyd::engine::policy::{is_audit_mode, mode_annotation, MODE_ANNOTATION};
+            if let Err(e) = is_audit_mode(mode_annotation(np)) {
+                bail!("{key}: metadata.annotations[\"{MODE_ANNOTATION}\"]: {e}");
+            }
+        }
         if let Object::Pod(p) = o {
             let Some(spec) = p.spec.as_ref() else {
                 bail!("{key}: the Pod has no spec; add spec.containers");
@@ -390,5 +396,19 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         assert_eq!(objs[0].object_ref().to_string(), "ClusterNetworkPolicy deny");
         assert_eq!(objs[0].meta().namespace, None, "cluster-scoped: no namespace, defaulted or given");
         validate_batch(&objs, &[]).expect("no namespace needs to exist");
+    }
+
+    #[test]
+    fn an_unknown_policy_mode_is_refused_naming_the_annotation_and_the_values() {
+        let text = |mode: &str| {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x, annotations: {{policy.weir.io/mode: {mode}}}}}\nspec: {{podSelector: {{}}}}\n")
+        };
+        let ns = ["x".to_string()];
+        for ok in ["audit", "enforce"] {
+            validate_batch(&parse_text(&text(ok), "p.yaml").unwrap(), &ns).unwrap();
+        }
+        let e = validate_batch(&parse_text(&text("dry-run"), "p.yaml").unwrap(), &ns).unwrap_err().to_string();
+        assert!(e.contains("metadata.annotations[\"policy.weir.io/mode\"]") && e.contains("\"dry-run\""), "{e}");
+        assert!(e.contains("\"audit\" or \"enforce\""), "{e}");
     }
 }

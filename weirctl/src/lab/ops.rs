@@ -1352,7 +1352,8 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
         }
         GetWhat::Nodes => nodes_table(&st, &node_objects(lab, &st, &objs)),
         GetWhat::Policies => {
-            let mut rows = vec![["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES"].map(String::from).to_vec()];
+            let mut rows =
+                vec![["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES", "MODE"].map(String::from).to_vec()];
             let mut cluster =
                 vec![["CLUSTER-POLICY", "TIER", "PRIORITY", "SUBJECT", "RULES"].map(String::from).to_vec()];
             for o in objs.values() {
@@ -1362,7 +1363,8 @@ pub fn get(lab: &Lab, what: GetWhat, json: bool) -> Result<String> {
                         let spec = np.spec.clone().unwrap_or_default();
                         let sel = match_labels_text(spec.pod_selector.as_ref());
                         let types = spec.policy_types.clone().unwrap_or_else(|| vec!["Ingress".into()]).join(",");
-                        rows.push(vec![k.namespace, k.name, sel, types]);
+                        let mode = weir_policyd::engine::policy::mode_annotation(np).unwrap_or("enforce").to_string();
+                        rows.push(vec![k.namespace, k.name, sel, types, mode]);
                     }
                     Object::ClusterNetworkPolicy(cnp) => {
                         let s = &cnp.spec;
