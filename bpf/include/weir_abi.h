@@ -287,6 +287,7 @@ enum weir_reason {
 	WEIR_R_ALLOW_OPEN_UNTIL_READY = 10, /* not yet programmed, configured fail-open */
 	WEIR_R_ALLOW_CLUSTER_POLICY = 11,   /* an Admin or Baseline Accept rule (rule names it) */
 	WEIR_R_ALLOW_AUDIT = 12, /* allowed, but the audit-mode policies isolating it would drop it */
+	WEIR_R_ALLOW_MLD = 13,   /* IPv6 multicast listener discovery to a group (checked against the endpoint) */
 
 	WEIR_R_DROP_POLICY = 64,     /* isolated and no rule allows it */
 	WEIR_R_DROP_NOT_READY = 65,  /* endpoint not yet programmed */

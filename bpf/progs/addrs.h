@@ -181,6 +181,24 @@ static __always_inline __u8 nd_options_from_pod(struct __sk_buff *skb, const str
 	return off == p->l3_end ? WEIR_R_ALLOW_ND : WEIR_R_DROP_MALFORMED;
 }
 
+/*
+ * Multicast listener discovery sent by the pod to a group: link control,
+ * like ND, never a flow policy speaks of. A pod reports (from :: before it
+ * has a link-local address, RFC 3590) and may not query, which is a
+ * multicast router's part. WEIR_R_ALLOW_MLD, the drop reason, or 0 for a
+ * unicast one, which policy judges like any packet.
+ */
+static __always_inline __u8 mld_from_pod(const struct pkt *p, const struct weir_endpoint *e)
+{
+	if (p->daddr[0] != 0xff)
+		return 0;
+	if (p->icmp_type == MLD_QUERY)
+		return WEIR_R_DROP_ROUTER_MSG;
+	if (!addr_is_zero(p->saddr) && !ep_owns_on_link(e, p->saddr))
+		return WEIR_R_DROP_NEIGH_SPOOFED;
+	return WEIR_R_ALLOW_MLD;
+}
+
 /* Neighbour discovery (and redirects) sent by the pod: WEIR_R_ALLOW_ND or
  * the drop reason. */
 static __always_inline __u8 nd_from_pod(struct __sk_buff *skb, const struct pkt *p,
@@ -282,6 +300,11 @@ static __always_inline __u8 screen_from_pod(struct __sk_buff *skb, struct pkt *p
 	if (p->family == 6 && p->proto == IPPROTO_ICMPV6 &&
 	    (p->icmp == ICMP_K_ND || p->icmp_type == ND_REDIRECT))
 		return nd_from_pod(skb, p, e);
+	if (p->icmp == ICMP_K_MLD) {
+		__u8 r = mld_from_pod(p, e);
+		if (r)
+			return r;
+	}
 	/* Without this a pod could claim another local pod's address: its
 	 * packet would be deferred, then judged at the destination as that
 	 * other pod, escaping this endpoint's egress policy and borrowing the
@@ -313,6 +336,10 @@ static __always_inline __u8 screen_to_pod(struct __sk_buff *skb, struct pkt *p,
 		return eth.proto == bpf_htons(ETH_P_ARP) ? arp_to_pod(skb, &eth, e) : WEIR_R_ALLOW_NOT_IP;
 	if (!ip_for_pod(p, e))
 		return WEIR_R_DROP_NOT_FOR_POD;
+	/* Group membership chatter of the link (queries, other pods' reports):
+	 * no flow, nothing policy speaks of. */
+	if (p->icmp == ICMP_K_MLD && p->daddr[0] == 0xff)
+		return WEIR_R_ALLOW_MLD;
 	return p->icmp == ICMP_K_ND ? WEIR_R_ALLOW_ND : 0;
 }
 

@@ -2,7 +2,8 @@
 /*
  * Every verdict is counted (per endpoint, direction and reason) and every
  * drop goes through weir_drop(), the one place that drops a packet: it
- * counts, emits an event and returns the drop action. Allowed new flows
+ * counts, emits an event (except for flooded frames not for the pod) and
+ * returns the drop action. Allowed new flows
  * emit an event when WEIR_CFG_EVENTS_ALLOW is set or the endpoint judged
  * has WEIR_EP_LOG_ALLOW, and always when an audit policy would drop them
  * (WEIR_R_ALLOW_AUDIT). An event the ring has no room for is counted in
@@ -78,12 +79,16 @@ static __always_inline const struct weir_config *weir_cfg(void)
 	return bpf_map_lookup_elem(&weir_config, &zero);
 }
 
-/* The only way a packet is dropped. */
+/* The only way a packet is dropped. A frame the bridge flooded to every
+ * port that is not for this pod (another pod's neighbour solicitation,
+ * unknown unicast) is counted, not logged: every pod start floods some, and
+ * it is no flow of the pod's. */
 static __always_inline int weir_drop(struct __sk_buff *skb, const struct pkt *p,
 				     const struct verdict_ctx *vc, __u8 reason)
 {
 	weir_count(skb, vc->endpoint, vc->direction, reason);
-	weir_emit(skb, p, vc, reason);
+	if (reason != WEIR_R_DROP_NOT_FOR_POD)
+		weir_emit(skb, p, vc, reason);
 	return TC_ACT_SHOT;
 }
 

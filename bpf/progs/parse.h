@@ -53,6 +53,12 @@ enum frag_kind {
 #define ND_NA 136
 #define ND_REDIRECT 137
 
+/* ICMPv6 multicast listener discovery (RFC 2710, RFC 3810) */
+#define MLD_QUERY 130
+#define MLD_REPORT 131
+#define MLD_DONE 132
+#define MLD2_REPORT 143
+
 /* ICMP handling classes (both families) */
 enum icmp_kind {
 	ICMP_K_NONE = 0,
@@ -61,6 +67,7 @@ enum icmp_kind {
 	ICMP_K_ERROR = 3, /* quotes the packet that caused it */
 	ICMP_K_ND = 4,    /* IPv6 neighbour discovery: RS, RA, NS, NA (redirects are OTHER) */
 	ICMP_K_OTHER = 5,
+	ICMP_K_MLD = 6,   /* IPv6 multicast listener discovery: query, reports, done */
 };
 
 struct pkt {
@@ -192,6 +199,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, int v6
 				p->icmp = ICMP_K_ERROR;
 			else if (b[0] >= ND_RS && b[0] <= ND_NA)
 				p->icmp = ICMP_K_ND;
+			else if ((b[0] >= MLD_QUERY && b[0] <= MLD_DONE) || b[0] == MLD2_REPORT)
+				p->icmp = ICMP_K_MLD;
 			else
 				p->icmp = ICMP_K_OTHER;
 		}

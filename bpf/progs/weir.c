@@ -237,7 +237,7 @@ int leave_node(struct __sk_buff *skb)
 	__u32 rule = 0;
 	__u8 reason;
 
-	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND)
+	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND || p.icmp == ICMP_K_MLD)
 		return TC_ACT_UNSPEC;
 	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
 	if (!src || !src->endpoint)

@@ -303,6 +303,8 @@ pub const R_ALLOW_OPEN_UNTIL_READY: u8 = 10;
 pub const R_ALLOW_CLUSTER_POLICY: u8 = 11;
 /// Allowed, but the audit-mode policies isolating the endpoint would drop it.
 pub const R_ALLOW_AUDIT: u8 = 12;
+/// IPv6 multicast listener discovery to a group: link control, not a flow.
+pub const R_ALLOW_MLD: u8 = 13;
 pub const R_DROP_POLICY: u8 = 64;
 pub const R_DROP_NOT_READY: u8 = 65;
 pub const R_DROP_MALFORMED: u8 = 66;
@@ -335,6 +337,7 @@ pub const REASONS: &[(u8, &str)] = &[
     (R_ALLOW_OPEN_UNTIL_READY, "allow_open_until_ready"),
     (R_ALLOW_CLUSTER_POLICY, "allow_cluster_policy"),
     (R_ALLOW_AUDIT, "allow_audit"),
+    (R_ALLOW_MLD, "allow_mld"),
     (R_DROP_POLICY, "drop_policy"),
     (R_DROP_NOT_READY, "drop_not_ready"),
     (R_DROP_MALFORMED, "drop_malformed"),

@@ -889,6 +889,49 @@ fn root_nd_from_a_pod_claims_only_its_own_addresses_and_mac() {
     }
 }
 
+/// Multicast listener discovery is link control, like ND: a pod's reports
+/// (from :: before it has a link-local address too) pass without policy,
+/// and so do the link's queries and other pods' reports into an isolated
+/// pod; none is logged. A pod may not query (a multicast router's part)
+/// nor report from another's address.
+#[test]
+fn root_mld_is_link_control_neither_judged_nor_logged() {
+    let Some(e) = Env::new("mld") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.ep(e.b, ID_B, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    let (ma, ll, ll_b) = (e.mac(e.a), e.ll(e.a), e.ll(e.b));
+    // As Linux sends them: a hop-by-hop header (router alert) first.
+    let mld = |src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, ty: u8| {
+        let mut body = pkt::icmp_hdr(ty, 0);
+        body.extend_from_slice(&[0; 20]);
+        let ip = Ip { v6_ext: vec![(0, 8)], ..Default::default() };
+        let mut f = pkt::frame(IpAddr::V6(src), IpAddr::V6(dst), pkt::ICMPV6, &body, &ip);
+        pkt::set_eth(&mut f, src_mac, pkt::ipv6_multicast_mac(dst));
+        f
+    };
+    let (unspec, reports, all_nodes) = (Ipv6Addr::UNSPECIFIED, v6("ff02::16"), v6("ff02::1"));
+    #[rustfmt::skip] // a table: one case per line
+    let from_a: Vec<(&str, Vec<u8>, bool, u8)> = vec![
+        ("MLDv2 report from :: at start", mld(ma, unspec, reports, 143), true, R_ALLOW_MLD),
+        ("MLDv2 report from its link-local", mld(ma, ll, reports, 143), true, R_ALLOW_MLD),
+        ("MLDv1 report to the group", mld(ma, ll, v6("ff02::fb"), 131), true, R_ALLOW_MLD),
+        ("MLDv1 done", mld(ma, ll, v6("ff02::2"), 132), true, R_ALLOW_MLD),
+        ("report from B's link-local", mld(ma, ll_b, reports, 143), false, R_DROP_NEIGH_SPOOFED),
+        ("a query", mld(ma, ll, all_nodes, 130), false, R_DROP_ROUTER_MSG),
+    ];
+    for (what, frame, pass, reason) in &from_a {
+        e.expect(Hook::FromPod, e.a, frame, *pass, *reason, what);
+    }
+    let host_mac = [0x02, 0x99, 0, 0, 0, 1];
+    e.expect(Hook::ToPod, e.b, &mld(ma, unspec, reports, 143), true, R_ALLOW_MLD, "A's report into isolated B");
+    e.expect(Hook::ToPod, e.b, &mld(host_mac, v6("fe80::1"), all_nodes, 130), true, R_ALLOW_MLD, "the link's query");
+    let got = events.drain();
+    assert_eq!(got.len(), 2, "only the two refused reports are events: {got:?}");
+    assert!(got.iter().all(|ev| ev.endpoint == e.a && ev.direction == DIR_EGRESS));
+}
+
 /// Every frame from a pod carries its MAC and one of its addresses, on the
 /// first packet (not READY, fail-open) and on an established flow alike.
 #[test]
@@ -983,6 +1026,8 @@ fn root_to_pod_delivers_only_what_is_addressed_to_the_pod() {
         ("ARP reply to B, A's MAC", pkt::arp(ARP_REPLY, host_mac, v4(HOST4), ma, v4(B4)), false, R_DROP_NOT_FOR_POD),
         ("unicast gratuitous ARP", pkt::arp(ARP_REQUEST, host_mac, v4(B4), ma, v4(B4)), false, R_DROP_NOT_FOR_POD),
     ];
+    let mut events = e.dp.events().unwrap();
+    events.drain();
     for flags in [EP_READY, 0] {
         e.ep(a, ID_A, flags);
         e.dp.ct_flush().unwrap(); // every case a new flow
@@ -995,6 +1040,10 @@ fn root_to_pod_delivers_only_what_is_addressed_to_the_pod() {
             e.expect(Hook::ToPod, a, frame, pass, reason, &format!("{what} (flags {flags:#x})"));
         }
     }
+    // What the bridge floods that is not for the pod is counted, not logged.
+    let got = events.drain();
+    assert!(got.iter().all(|ev| ev.reason != R_DROP_NOT_FOR_POD), "{got:?}");
+    assert!(got.iter().any(|ev| ev.reason == R_DROP_NOT_READY), "other drops are logged: {got:?}");
     // an established flow carries nothing past the screen
     e.ep(a, ID_A, EP_READY);
     assert!(e.from(a, &pkt::tcp(ip(A4), 40000, ip(R4), 80, SYN)));
