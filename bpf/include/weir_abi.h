@@ -337,6 +337,14 @@ struct weir_counter_value {
 	__u64 bytes;
 };
 
+/* ---- rule counters: per-CPU hash, rule id -> weir_counter_value ---------- */
+/* The packets each rule decided: the first packet of every flow a rule
+ * allowed (later ones ride conntrack and are not judged again) and every
+ * packet a cluster Deny rule dropped. Keyed by the rule id the policy map
+ * carries; policyd removes the ids of rules that are gone. Created by
+ * whichever loader first runs programs that use it, so older roots gain it
+ * on upgrade without a new ABI version. */
+
 /* ---- runtime configuration: array of one --------------------------------- */
 #define WEIR_CFG_EVENTS_ALLOW (1u << 0) /* also emit events for allowed new flows */
 /* Established flows keep their verdict until their entry expires, whatever
@@ -373,6 +381,7 @@ struct weir_config {
 #define WEIR_CT_MAX 262144
 #define WEIR_EVENTS_BYTES (1u << 20)
 #define WEIR_COUNTERS_MAX 65536
+#define WEIR_RULE_COUNTERS_MAX 65536
 
 /* ---- pinned names (under the bpffs root, default /sys/fs/bpf/weir) ----- */
 #define WEIR_MAP_IPCACHE "weir_ipcache"
@@ -384,6 +393,7 @@ struct weir_config {
 #define WEIR_MAP_CT "weir_ct"
 #define WEIR_MAP_EVENTS "weir_events"
 #define WEIR_MAP_COUNTERS "weir_counters"
+#define WEIR_MAP_RULE_COUNTERS "weir_rule_counters"
 #define WEIR_MAP_CONFIG "weir_config"
 #define WEIR_MAP_ABI "weir_abi"
 

@@ -85,6 +85,14 @@ struct {
 } weir_counters SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32); /* rule id */
+	__type(value, struct weir_counter_value);
+	__uint(max_entries, WEIR_RULE_COUNTERS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_rule_counters SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct weir_config);

@@ -199,6 +199,8 @@ int to_pod(struct __sk_buff *skb)
 		if (WEIR_REASON_IS_DROP(reason))
 			return weir_drop(skb, &p, &svc, reason);
 		weir_count(skb, sep, WEIR_DIR_EGRESS, reason);
+		if (rule)
+			weir_count_rule(rule, skb->len);
 		/* The source's would-be drop is its own event. */
 		if (reason == WEIR_R_ALLOW_AUDIT)
 			weir_emit(skb, &p, &svc, reason);

@@ -427,6 +427,7 @@ pub const CIDR_MAX: u32 = 262144;
 pub const CT_MAX: u32 = 262144;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const COUNTERS_MAX: u32 = 65536;
+pub const RULE_COUNTERS_MAX: u32 = 65536;
 
 // ---- pinned names ----------------------------------------------------------------
 pub const MAP_IPCACHE: &str = "weir_ipcache";
@@ -440,6 +441,8 @@ pub const MAP_CIDR: &str = "weir_cidr";
 pub const MAP_CT: &str = "weir_ct";
 pub const MAP_EVENTS: &str = "weir_events";
 pub const MAP_COUNTERS: &str = "weir_counters";
+/// Per rule id: the packets the rule decided (see `weir_abi.h`).
+pub const MAP_RULE_COUNTERS: &str = "weir_rule_counters";
 pub const MAP_CONFIG: &str = "weir_config";
 pub const MAP_ABI: &str = "weir_abi";
 pub const PROG_FROM_POD: &str = "from_pod";

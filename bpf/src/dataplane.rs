@@ -978,6 +978,48 @@ impl Dataplane {
         }
     }
 
+    /// The packets each rule decided (`weir_rule_counters`), summed over
+    /// CPUs, sorted by rule id. Empty under a root whose programs predate
+    /// the map (it is created when this build's programs are loaded).
+    pub fn rule_counters(&self) -> Result<Vec<(u32, CounterValue)>, Error> {
+        let p = self.root.join(MAP_RULE_COUNTERS);
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let m: PerCpuHashMap<MapData, u32, CounterValue> =
+            PerCpuHashMap::try_from(open_map(&self.root, MAP_RULE_COUNTERS)?).map_err(map_err(&p, "open"))?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, per_cpu) = r.map_err(map_err(&p, "iterate"))?;
+            let sum = per_cpu.iter().fold(CounterValue::default(), |a, v| CounterValue {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            });
+            out.push((k, sum));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// Drop the counters of rule ids `keep` does not want (rules that are
+    /// gone, whose ids may be handed out again).
+    pub fn retain_rule_counters(&self, keep: impl Fn(u32) -> bool) -> Result<(), Error> {
+        let p = self.root.join(MAP_RULE_COUNTERS);
+        if !p.exists() {
+            return Ok(());
+        }
+        let mut m: PerCpuHashMap<MapData, u32, CounterValue> =
+            PerCpuHashMap::try_from(open_map(&self.root, MAP_RULE_COUNTERS)?).map_err(map_err(&p, "open"))?;
+        let gone: Vec<u32> = m.keys().filter_map(|k| k.ok()).filter(|k| !keep(*k)).collect();
+        for k in gone {
+            match m.remove(&k) {
+                Err(e) if !not_found(&e) => return Err(map_err(&p, "delete")(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Drop an endpoint's counters (when it goes away).
     pub fn remove_counters(&self, endpoint: u32) -> Result<(), Error> {
         let p = self.root.join(MAP_COUNTERS);

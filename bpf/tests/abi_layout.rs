@@ -105,6 +105,7 @@ fn generate() -> String {
         IPCACHE_MAX => "WEIR_IPCACHE_MAX", ENDPOINTS_MAX => "WEIR_ENDPOINTS_MAX",
         POLICY_MAX => "WEIR_POLICY_MAX", CIDR_MAX => "WEIR_CIDR_MAX", CT_MAX => "WEIR_CT_MAX",
         EVENTS_BYTES => "WEIR_EVENTS_BYTES", COUNTERS_MAX => "WEIR_COUNTERS_MAX",
+        RULE_COUNTERS_MAX => "WEIR_RULE_COUNTERS_MAX",
     );
     // the full-length prefix of a policy key is its data size in bits
     writeln!(c, "_Static_assert(sizeof(struct weir_policy_key) * 8 - 32 == {POLICY_FULL_BITS}, \"POLICY_FULL_BITS\");")
@@ -119,6 +120,7 @@ fn generate() -> String {
         (MAP_CT, "WEIR_MAP_CT"),
         (MAP_EVENTS, "WEIR_MAP_EVENTS"),
         (MAP_COUNTERS, "WEIR_MAP_COUNTERS"),
+        (MAP_RULE_COUNTERS, "WEIR_MAP_RULE_COUNTERS"),
         (MAP_CONFIG, "WEIR_MAP_CONFIG"),
         (MAP_ABI, "WEIR_MAP_ABI"),
         (PROG_FROM_POD, "WEIR_PROG_FROM_POD"),

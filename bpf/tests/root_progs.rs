@@ -473,6 +473,47 @@ fn root_drops_emit_events_and_counters_sum() {
     assert_eq!(e.dp.counter(e.b, DIR_INGRESS, R_DROP_POLICY).unwrap().packets, 0);
 }
 
+/// Each rule's counter holds the packets it decided: the first packet of
+/// every flow it allowed (not the established ones), every packet a
+/// cluster Deny rule dropped, and at to_pod a local source's egress rule
+/// as well as the destination's ingress one.
+#[test]
+fn root_rules_count_the_packets_they_decide() {
+    let Some(e) = Env::new("rulecount") else { return };
+    let count =
+        |rule: u32| e.dp.rule_counters().unwrap().iter().find(|(r, _)| *r == rule).map(|(_, v)| v.packets).unwrap_or(0);
+    assert_eq!(count(7), 0);
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    e.allow(e.b, ID_R, DIR_INGRESS, Some(UDP), None); // rule 7
+    for sport in [1, 2, 3] {
+        assert!(e.to(e.b, &pkt::udp(ip(R4), sport, ip(B4), 53)));
+        assert!(e.to(e.b, &pkt::udp(ip(R4), sport, ip(B4), 53)), "established");
+    }
+    assert_eq!(count(7), 3, "three flows, one judged packet each");
+
+    // A local flow: A's egress rule and B's ingress rule, both at to_pod.
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.dp.allow(&PolicyMatch::cover(e.a, ID_B, Direction::Egress, Some(UDP), None), 8).unwrap();
+    e.dp.allow(&PolicyMatch::cover(e.b, ID_A, Direction::Ingress, Some(UDP), None), 9).unwrap();
+    assert!(e.to(e.b, &pkt::udp(ip(A4), 4, ip(B4), 53)));
+    assert_eq!((count(8), count(9)), (1, 1));
+
+    // A cluster Deny counts every packet it drops.
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_TIERED);
+    for deny in PolicyMatch::cover(e.b, ID_R, Direction::Ingress, Some(TCP), None) {
+        e.dp.set_policy(&deny, &tiered(0, Some((tier_rank(1, 0, TIER_DENY), 21)), None)).unwrap();
+    }
+    for _ in 0..4 {
+        assert!(!e.to(e.b, &pkt::tcp(ip(R4), 5, ip(B4), 80, SYN)));
+    }
+    assert_eq!(count(21), 4);
+    assert_eq!(count(7), 3, "untouched");
+
+    e.dp.retain_rule_counters(|r| r != 21).unwrap();
+    assert_eq!(count(21), 0, "a rule that is gone loses its counter");
+    assert_eq!(count(7), 3);
+}
+
 /// An endpoint with EP_LOG_ALLOW (its namespace asks for the flow log's
 /// allow lines) emits its allowed new flows without the global flag; its
 /// established packets and other endpoints' allows emit nothing.

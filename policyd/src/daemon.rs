@@ -222,18 +222,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // API questions, answered after this turn's compile (if any), so always
     // from a finished compile's state.
     let mut questions: Vec<crate::api::Ask> = Vec::new();
+    // When the oldest change the maps do not hold yet came in.
+    let mut changed_since: Option<Instant> = None;
     loop {
         progress.mark();
         tokio::select! {
             batch = source.next_batch(&mut store, SETTLE, MAX_BATCH_WAIT) => {
-                if batch.is_none() {
+                let Some(batch) = batch else {
                     anyhow::bail!("the object source stopped");
-                }
+                };
+                changed_since = changed_since.or(batch.first_at);
                 dirty = true;
             }
             Some(()) = registry_changes.recv() => dirty = true,
             _ = resync.tick() => dirty = true,
-            _ = counters.tick() => agent.export_counters(),
+            _ = counters.tick() => agent.export_counters(&store),
             Some(ask) = asks.recv() => questions.push(ask),
             _ = shutdown_signal() => {
                 // Nothing to undo: the pinned maps keep enforcing what they hold.
@@ -254,6 +257,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     // endpoints pending, and naming walks every pod.
                     if !pending {
                         agent.publish_flow_names(&opts.node_name, &store, &flow_names);
+                        if let Some(t) = changed_since.take() {
+                            agent.metrics.change_to_maps.observe(t.elapsed().as_secs_f64());
+                        }
                     }
                 }
                 Err(e) => {
@@ -293,6 +299,10 @@ struct Agent {
     unmatched: UnmatchedWatch,
     /// The last compile's rules, for the flow log's names.
     last_rules: Vec<crate::engine::RuleInfo>,
+    /// This node's endpoints (host veth ifindex) to their pods, as of the
+    /// last compile: what the counters' per-namespace and per-policy views
+    /// read.
+    last_endpoint_pods: HashMap<u32, crate::store::Key>,
 }
 
 /// An endpoint record unmatched this long is logged: shorter is a new
@@ -345,6 +355,7 @@ impl Agent {
             last_diagnostics: BTreeSet::new(),
             unmatched: UnmatchedWatch::default(),
             last_rules: Vec::new(),
+            last_endpoint_pods: HashMap::new(),
         })
     }
 
@@ -389,6 +400,8 @@ impl Agent {
         }
         self.persist_identities(&desired);
         self.last_rules = desired.rules;
+        self.last_endpoint_pods =
+            records.iter().map(|r| (r.host_ifindex, (r.pod_namespace.clone(), r.pod_name.clone()))).collect();
         Ok(if desired.pending.is_empty() { Progress::Complete } else { Progress::Pending })
     }
 
@@ -457,10 +470,12 @@ impl Agent {
         }
     }
 
-    fn export_counters(&self) {
+    fn export_counters(&self, store: &Store) {
         let Ok(rows) = self.dp.counters() else { return };
         let mut sums: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
         let mut events_lost = 0;
+        let mut by_namespace: std::collections::BTreeMap<(String, &str), u64> = Default::default();
+        let mut by_policy: std::collections::BTreeMap<(String, &str), u64> = Default::default();
         for (k, v) in rows {
             if k.reason == abi::COUNT_EVENT_LOST {
                 events_lost += v.packets;
@@ -470,9 +485,37 @@ impl Agent {
             let e = sums.entry((dir, abi::reason_name(k.reason))).or_default();
             e.0 += v.packets;
             e.1 += v.bytes;
+            let Some(pod) = self.last_endpoint_pods.get(&k.endpoint).filter(|_| abi::reason_is_drop(k.reason)) else {
+                continue;
+            };
+            *by_namespace.entry((pod.0.clone(), dir)).or_default() += v.packets;
+            // Isolated and no rule allows: every isolating policy's drop.
+            if matches!(k.reason, abi::R_DROP_POLICY | abi::R_DROP_FRAGMENT) {
+                let d = if k.direction == abi::DIR_EGRESS {
+                    crate::engine::Direction::Egress
+                } else {
+                    crate::engine::Direction::Ingress
+                };
+                for p in self.engine.isolating_policies(store, pod, d) {
+                    *by_policy.entry((p, dir)).or_default() += v.packets;
+                }
+            }
         }
         self.metrics.set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
         self.metrics.flow_events_lost.set(&[], events_lost as f64);
+        let rules = self.dp.rule_counters().unwrap_or_default();
+        let rule_rows = rules.iter().filter_map(|(id, v)| {
+            let i = self.last_rules.binary_search_by_key(id, |r| r.id).ok()?;
+            Some((&self.last_rules[i], v.packets))
+        });
+        self.metrics.set_policy_views(rule_rows, &by_policy, &by_namespace);
+        // Ids of rules that are gone may be handed out again: not theirs to keep.
+        if rules.iter().any(|(id, _)| self.last_rules.binary_search_by_key(id, |r| r.id).is_err()) {
+            let known: std::collections::HashSet<u32> = self.last_rules.iter().map(|r| r.id).collect();
+            if let Err(e) = self.dp.retain_rule_counters(|id| known.contains(&id)) {
+                log::warn!("rule counters: {e}");
+            }
+        }
     }
 }
 

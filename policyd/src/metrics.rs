@@ -164,9 +164,26 @@ pub struct Metrics {
     pub endpoint_records_unmatched: Family,
     /// weir_policyd_syncs_total{result}: map syncs (result: ok, error).
     pub syncs: Family,
-    /// weir_policyd_sync_duration_seconds: from a change reaching policyd to
-    /// the maps holding it.
+    /// weir_policyd_sync_duration_seconds: one compile slice and its sync.
     pub sync_duration: Histogram,
+    /// weir_policyd_change_to_maps_seconds: from a change (a policy, pod,
+    /// namespace... event) reaching policyd to a complete sync holding it,
+    /// batching and every compile slice included.
+    pub change_to_maps: Histogram,
+    /// weir_policy_rule_packets_total{kind,policy,direction,rule,verdict}:
+    /// the packets each rule decided (the judged first packet of each flow
+    /// it allowed; every packet a cluster Deny dropped). One series per
+    /// rule: bounded by the rules of the policies that exist.
+    pub rule_packets: Family,
+    /// weir_policy_drops_total{policy,direction}: packets dropped because a
+    /// NetworkPolicy isolates the pod and no rule allows them, counted for
+    /// each policy isolating that pod (a drop isolated by two counts for
+    /// both). One series per policy and direction.
+    pub policy_drops: Family,
+    /// weir_dataplane_namespace_drops_total{namespace,direction}: every
+    /// drop of this node's pods, by their namespace: at most the namespaces
+    /// with a pod here.
+    pub namespace_drops: Family,
     /// weir_policyd_ready: 1 once /readyz answers 200.
     pub ready: Family,
     /// weir_dataplane_packets_total{direction,reason}: mirrored from the
@@ -250,8 +267,31 @@ impl Metrics {
             syncs: Family::new("weir_policyd_syncs_total", "Map syncs, by result.", Counter, &["result"]),
             sync_duration: Histogram::new(
                 "weir_policyd_sync_duration_seconds",
-                "Time from a change reaching policyd to the maps holding it.",
+                "Time to compile one slice and sync it to the maps.",
                 SYNC_BUCKETS,
+            ),
+            change_to_maps: Histogram::new(
+                "weir_policyd_change_to_maps_seconds",
+                "Time from a change reaching policyd to a complete sync holding it.",
+                SYNC_BUCKETS,
+            ),
+            rule_packets: Family::new(
+                "weir_policy_rule_packets_total",
+                "Packets each policy rule decided: the first packet of each flow it allowed, every packet a Deny dropped.",
+                Counter,
+                &["kind", "policy", "direction", "rule", "verdict"],
+            ),
+            policy_drops: Family::new(
+                "weir_policy_drops_total",
+                "Packets dropped at pods a NetworkPolicy isolates with no rule allowing them, counted for each isolating policy.",
+                Counter,
+                &["policy", "direction"],
+            ),
+            namespace_drops: Family::new(
+                "weir_dataplane_namespace_drops_total",
+                "Packets dropped at this node's pods, by the pods' namespace.",
+                Counter,
+                &["namespace", "direction"],
             ),
             ready: Family::new("weir_policyd_ready", "1 once the maps hold the first complete sync.", Gauge, &[]),
             dataplane_packets: Family::new(
@@ -311,6 +351,42 @@ impl Metrics {
         }
     }
 
+    /// Replace the per-rule, per-policy and per-namespace views of the
+    /// dataplane's counters: (rule, packets) rows from the rule counters,
+    /// and isolation drops by (policy, direction) and all drops by
+    /// (namespace, direction) from the verdict counters.
+    pub fn set_policy_views<'a>(
+        &self,
+        rules: impl IntoIterator<Item = (&'a crate::engine::RuleInfo, u64)>,
+        by_policy: &BTreeMap<(String, &str), u64>,
+        by_namespace: &BTreeMap<(String, &str), u64>,
+    ) {
+        use crate::engine::{Action, Direction, Tier};
+        self.rule_packets.clear();
+        for (r, packets) in rules {
+            let (kind, policy) = match r.tier {
+                Tier::NetworkPolicy => ("NetworkPolicy", format!("{}/{}", r.namespace, r.name)),
+                Tier::Admin | Tier::Baseline => ("ClusterNetworkPolicy", r.name.clone()),
+            };
+            let dir = if r.direction == Direction::Egress { "egress" } else { "ingress" };
+            let verdict = match r.action {
+                Action::Allow => "allow",
+                Action::Deny => "drop",
+                Action::Pass => "pass",
+            };
+            // Peers of one rule have ids of their own: one series per rule.
+            self.rule_packets.add(&[kind, &policy, dir, &r.rule_index.to_string(), verdict], packets as f64);
+        }
+        self.policy_drops.clear();
+        for ((p, dir), n) in by_policy {
+            self.policy_drops.set(&[p, dir], *n as f64);
+        }
+        self.namespace_drops.clear();
+        for ((ns, dir), n) in by_namespace {
+            self.namespace_drops.set(&[ns, dir], *n as f64);
+        }
+    }
+
     /// The text exposition of every family.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -331,10 +407,14 @@ impl Metrics {
             &self.remote_nodes,
             &self.flow_events_lost,
             &self.flow_events_rate_limited,
+            &self.rule_packets,
+            &self.policy_drops,
+            &self.namespace_drops,
         ] {
             f.render(&mut out);
         }
         self.sync_duration.render(&mut out);
+        self.change_to_maps.render(&mut out);
         out
     }
 }
@@ -405,6 +485,42 @@ mod tests {
         assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"0.25\"} 2"), "{text}");
         assert!(text.contains("weir_policyd_sync_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("weir_policyd_sync_duration_seconds_count 2"), "{text}");
+    }
+
+    #[test]
+    fn policy_views_name_rules_by_policy_and_index_and_replace_previous_rows() {
+        use crate::engine::{Action, Direction, RuleInfo, Tier};
+        let rule = |id, ns: &str, name: &str, tier, action, index, peer| RuleInfo {
+            id,
+            namespace: ns.into(),
+            name: name.into(),
+            direction: Direction::Ingress,
+            rule_index: index,
+            peer_index: peer,
+            tier,
+            action,
+            rule_name: String::new(),
+            priority: 0,
+        };
+        let np0 = rule(1, "x", "web", Tier::NetworkPolicy, Action::Allow, 0, Some(0));
+        let np0b = rule(2, "x", "web", Tier::NetworkPolicy, Action::Allow, 0, Some(1));
+        let deny = rule(3, "", "guard", Tier::Admin, Action::Deny, 2, None);
+        let by_policy = BTreeMap::from([(("x/web".to_string(), "ingress"), 7)]);
+        let by_ns = BTreeMap::from([(("x".to_string(), "ingress"), 9)]);
+        let m = Metrics::new();
+        m.set_policy_views([(&np0, 3), (&np0b, 4), (&deny, 5)], &by_policy, &by_ns);
+        assert_eq!(
+            m.rule_packets.get(&["NetworkPolicy", "x/web", "ingress", "0", "allow"]),
+            7.0,
+            "both peers of rule 0"
+        );
+        assert_eq!(m.rule_packets.get(&["ClusterNetworkPolicy", "guard", "ingress", "2", "drop"]), 5.0);
+        assert_eq!(m.policy_drops.get(&["x/web", "ingress"]), 7.0);
+        assert_eq!(m.namespace_drops.get(&["x", "ingress"]), 9.0);
+        m.set_policy_views([(&np0, 4)], &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(m.rule_packets.get(&["NetworkPolicy", "x/web", "ingress", "0", "allow"]), 4.0);
+        assert_eq!(m.rule_packets.get(&["ClusterNetworkPolicy", "guard", "ingress", "2", "drop"]), 0.0);
+        assert!(m.render().contains("weir_policy_drops_total"), "rendered");
     }
 
     #[test]

@@ -200,6 +200,45 @@ metadata: {name: c, namespace: y, labels: {pod: c}}
 spec: {containers: [{name: c, image: none, ports: [{containerPort: 80, name: serve-80-tcp, protocol: TCP}]}]}
 ";
 
+/// The one-node lab's weir-policyd `/metrics` (it listens on 127.0.0.1
+/// of the node's netns), read with bash's /dev/tcp from inside it.
+fn node_metrics(g: &LabGuard) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/weir-{}", g.name))
+        .args([
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9913 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3",
+        ])
+        .output()
+        .expect("nsenter");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `series` (name and labels, exactly as rendered).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Wait (the counters are exported every few seconds) until every series
+/// is at least 1; returns the last scrape.
+fn metrics_reach_one(g: &LabGuard, series: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = node_metrics(g);
+        let missing: Vec<&&str> = series.iter().filter(|s| sample(&m, s) < 1.0).collect();
+        if missing.is_empty() {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never counted: {missing:?}\n{m}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// x/a's ingress from x/b only, on port 80, in the mode given.
 fn trial_policy(mode: Option<&str>) -> String {
     let annotations = mode.map(|m| format!(", annotations: {{policy.weir.io/mode: {m}}}")).unwrap_or_default();
@@ -215,8 +254,9 @@ spec:
 }
 
 /// An audit-mode policy changes no probe cell; what it would drop is
-/// logged (`--verdict audit`, naming it) and explained, the kernel
-/// agreeing; an unknown mode is refused; removing the annotation enforces.
+/// logged (`--verdict audit`, naming it), counted and explained, the kernel
+/// agreeing; an unknown mode is refused; removing the annotation enforces,
+/// and the metrics then count its drops and its rule's allows by name.
 #[test]
 fn root_an_audit_policy_blocks_nothing_and_logs_what_it_would_drop() {
     if !is_root() {
@@ -261,6 +301,7 @@ fn root_an_audit_policy_blocks_nothing_and_logs_what_it_would_drop() {
         (e["dataplane"]["agrees"].as_bool(), e["dataplane"]["auditWouldDrop"].as_bool()),
         (Some(true), Some(false))
     );
+    metrics_reach_one(&g, &[r#"weir_dataplane_packets_total{direction="ingress",reason="allow_audit"}"#]);
     let table = g.ok(&["get", "policies"]);
     assert!(
         table.lines().any(|l| l.starts_with("x ") && l.contains("trial") && l.trim_end().ends_with("audit")),
@@ -283,6 +324,16 @@ fn root_an_audit_policy_blocks_nothing_and_logs_what_it_would_drop() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(probe(&g, "x/b", "x/a"), "the rule's allow is an allow");
+    // The metrics name the policy, its rule and the namespace.
+    metrics_reach_one(
+        &g,
+        &[
+            r#"weir_policy_drops_total{policy="x/trial",direction="ingress"}"#,
+            r#"weir_policy_rule_packets_total{kind="NetworkPolicy",policy="x/trial",direction="ingress",rule="0",verdict="allow"}"#,
+            r#"weir_dataplane_namespace_drops_total{namespace="x",direction="ingress"}"#,
+            "weir_policyd_change_to_maps_seconds_count",
+        ],
+    );
     g.ok(&["down"]);
     assert!(g.leftovers().is_empty(), "{:?}", g.leftovers());
 }

@@ -43,6 +43,8 @@ pub struct Batch {
     pub kinds: std::collections::BTreeSet<ObjectKind>,
     /// `Synced` was part of the batch.
     pub synced: bool,
+    /// When its first event was taken from the source.
+    pub first_at: Option<std::time::Instant>,
 }
 
 /// A running source: the receiving end of its events, and its `synced`
@@ -145,6 +147,7 @@ impl Drop for Source {
 
 impl Batch {
     fn add(&mut self, ev: &SourceEvent) {
+        self.first_at.get_or_insert_with(std::time::Instant::now);
         self.events += 1;
         match ev {
             SourceEvent::Apply(o) => {
