@@ -271,7 +271,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         if !questions.is_empty() {
             let (records, _) = agent.registry.list();
             for ask in questions.drain(..) {
-                let answer = crate::api::answer(&ask.question, &store, &mut agent.engine, &records);
+                let answer = crate::api::answer(&ask.question, &store, &mut agent.engine, &records, &agent.realized);
                 let _ = ask.reply.send(answer);
             }
         }
@@ -303,6 +303,8 @@ struct Agent {
     /// last compile: what the counters' per-namespace and per-policy views
     /// read.
     last_endpoint_pods: HashMap<u32, crate::store::Key>,
+    /// What the maps hold (the API's realization status).
+    realized: crate::api::Realization,
 }
 
 /// An endpoint record unmatched this long is logged: shorter is a new
@@ -356,6 +358,7 @@ impl Agent {
             unmatched: UnmatchedWatch::default(),
             last_rules: Vec::new(),
             last_endpoint_pods: HashMap::new(),
+            realized: Default::default(),
         })
     }
 
@@ -379,6 +382,7 @@ impl Agent {
         let result = self.sync.apply(&self.dp, &desired);
         self.metrics.syncs.inc(&[if result.is_ok() { "ok" } else { "error" }]);
         let stats = result?;
+        self.note_realized(store, &desired, stats.revision);
         self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
         for (map, n) in self.sync.sizes() {
             self.metrics.map_entries.set(&[map], n as f64);
@@ -403,6 +407,36 @@ impl Agent {
         self.last_endpoint_pods =
             records.iter().map(|r| (r.host_ifindex, (r.pod_namespace.clone(), r.pod_name.clone()))).collect();
         Ok(if desired.pending.is_empty() { Progress::Complete } else { Progress::Pending })
+    }
+
+    /// After a sync: which policies' current compiled forms the maps hold
+    /// (from a complete compile; a slice leaves endpoints pending), and
+    /// which endpoints are READY.
+    fn note_realized(&mut self, store: &Store, desired: &Desired, revision: u64) {
+        let r = &mut self.realized;
+        r.pending = desired.pending.clone();
+        if let Ok(eps) = self.dp.endpoints() {
+            r.ready = eps.into_iter().filter(|(_, e)| e.flags & abi::EP_READY != 0).map(|(i, _)| i).collect();
+        }
+        if !desired.pending.is_empty() {
+            return;
+        }
+        let keys = store.policies.keys().cloned().chain(
+            store
+                .cluster_policies
+                .keys()
+                .map(|n| (crate::engine::cluster_policy::CLUSTER_SCOPE.to_string(), n.clone())),
+        );
+        let mut now = HashMap::new();
+        for key in keys {
+            let Some(c) = self.engine.compiled_policy(&key) else { continue };
+            let since = match r.policies.get(&key) {
+                Some((v, rev)) if *v == c.version => *rev,
+                _ => revision,
+            };
+            now.insert(key, (c.version, since));
+        }
+        r.policies = now;
     }
 
     /// Give the flow log the names of the compile just synced.

@@ -101,7 +101,7 @@ fn main() -> Result<()> {
     // The daemon loop's part: answer from the store and the compiled engine.
     std::thread::spawn(move || {
         while let Some(ask) = rx.blocking_recv() {
-            let _ = ask.reply.send(api::answer(&ask.question, &store, &mut engine, &locals));
+            let _ = ask.reply.send(api::answer(&ask.question, &store, &mut engine, &locals, &Default::default()));
         }
     });
 

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use weir_testsupport::is_root;
 
 mod common;
-use common::{require_binaries, weirctl, LabGuard};
+use common::{require_binaries, table_rows, weirctl, LabGuard};
 
 const MODEL: &str = "
 apiVersion: v1
@@ -167,19 +167,20 @@ fn root_explain_names_the_rule_the_kernel_agrees_and_bad_input_changes_nothing()
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let endpoints = get("endpoints");
-    let row_a = endpoints.lines().find(|l| l.starts_with("x/a ")).unwrap_or_else(|| panic!("{endpoints}"));
-    let identity = v["dst"]["identity"].to_string();
-    assert!(row_a.split_whitespace().any(|c| c == identity), "x/a's identity {identity}: {row_a}");
-    assert!(row_a.split_whitespace().rev().take(2).eq(["no", "yes"]), "ingress isolated, egress not: {row_a}");
+    let rows = table_rows(&endpoints);
+    let row_a = rows.iter().find(|r| r["POD"] == "x/a").unwrap_or_else(|| panic!("{endpoints}"));
+    assert_eq!(row_a["IDENTITY"], v["dst"]["identity"].to_string(), "{endpoints}");
+    assert_eq!((row_a["INGRESS-ISOLATED"].as_str(), row_a["EGRESS-ISOLATED"].as_str()), ("yes", "no"), "{endpoints}");
+    assert_eq!((row_a["READY"].as_str(), row_a["POLICIES"].as_str()), ("yes", "x/from-b"), "{endpoints}");
     let policies = get("policies");
-    assert!(
-        policies.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&[
-            "NetworkPolicy",
-            "x/from-b",
-            "ingress"
-        ])),
+    let rows = table_rows(&policies);
+    let row = rows.iter().find(|r| r["POLICY"] == "x/from-b").unwrap_or_else(|| panic!("{policies}"));
+    assert_eq!(
+        [&row["KIND"], &row["MODE"], &row["ISOLATES"], &row["SELECTS"]],
+        ["NetworkPolicy", "enforce", "ingress", "x/a"],
         "{policies}"
     );
+    assert!(row["REALIZED"].starts_with("yes (revision "), "in the maps: {policies}");
 
     // A ClusterNetworkPolicy (for y's egress to a documentation range, so
     // the flows above keep their verdicts), with a part it cannot use: both
@@ -213,13 +214,12 @@ spec:
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    let row = policies
-        .lines()
-        .find(|l| l.contains("y-guard"))
-        .unwrap_or_else(|| panic!("policyd never listed it: {policies}"));
+    let rows = table_rows(&policies);
+    let row = rows.iter().find(|r| r["POLICY"] == "y-guard").unwrap_or_else(|| panic!("never listed: {policies}"));
     assert_eq!(
-        row.split_whitespace().collect::<Vec<_>>(),
-        ["ClusterNetworkPolicy", "y-guard", "-", "Admin", "7", "1", "1"]
+        ["KIND", "MODE", "ISOLATES", "TIER", "PRIORITY", "RULES", "PROBLEMS"].map(|c| row[c].as_str()),
+        ["ClusterNetworkPolicy", "enforce", "-", "Admin", "7", "1", "1"],
+        "{policies}"
     );
     assert!(policies.contains("y-guard: spec.egress[0].to[0].networks[1]"), "{policies}");
 

@@ -5,9 +5,11 @@
 //! - `GET /v1/explain?from=&to=&port=&protocol=`: why a flow is allowed or
 //!   blocked ([`crate::engine::explain`]) and the dataplane's own answer
 //!   ([`proof`]);
-//! - `GET /v1/endpoints`: this node's endpoints, their pods, identity and
-//!   isolation;
-//! - `GET /v1/policies`: the policies, what they isolate, their problems;
+//! - `GET /v1/endpoints`: this node's endpoints, their pods, identity,
+//!   isolation, the policies selecting them, READY;
+//! - `GET /v1/policies`: the policies, what they isolate, the pods of this
+//!   node they select, whether (and at which sync revision) the maps hold
+//!   them, their problems;
 //! - `GET /v1/flows?pod=NS/POD&verdict=drop|allow`: the flow log's recent
 //!   records ([`crate::flows`]); with `follow=true`, new records as JSON
 //!   lines as they come, until the client closes.
@@ -71,6 +73,21 @@ pub enum Answer {
     Json(Value),
 }
 
+/// What the maps hold, as the daemon loop's syncs left them: how a policy
+/// or an endpoint is realized.
+#[derive(Debug, Clone, Default)]
+pub struct Realization {
+    /// Per policy (store key; ClusterNetworkPolicies under
+    /// [`CLUSTER_SCOPE`]): the compiled version whose entries a complete
+    /// sync wrote, and that sync's revision.
+    pub policies: std::collections::HashMap<crate::store::Key, (u64, u64)>,
+    /// Endpoints the last compile left pending: their entries are older
+    /// than the policies they read.
+    pub pending: std::collections::BTreeSet<u32>,
+    /// Endpoints READY in the endpoints map after the last sync.
+    pub ready: std::collections::BTreeSet<u32>,
+}
+
 /// A question with the way back.
 pub struct Ask {
     pub question: Question,
@@ -78,13 +95,21 @@ pub struct Ask {
 }
 
 /// Answer `q` from the loop's state: the store, the engine after its last
-/// compile, and this node's endpoint records.
+/// compile, this node's endpoint records and what the maps hold.
 pub fn answer(
     q: &Question,
     store: &Store,
     engine: &mut Engine,
     records: &[EndpointRecord],
+    realized: &Realization,
 ) -> Result<Answer, ApiError> {
+    let name_of = |p: &CompiledPolicy| {
+        if p.namespace == CLUSTER_SCOPE {
+            p.name.clone()
+        } else {
+            format!("{}/{}", p.namespace, p.name)
+        }
+    };
     match q {
         Question::Explain(query) => {
             let resolved = resolve::resolve(store, records, query)?;
@@ -96,6 +121,9 @@ pub fn answer(
                 .iter()
                 .map(|r| {
                     let st = engine.endpoint_state(r.host_ifindex);
+                    let pod = (r.pod_namespace.clone(), r.pod_name.clone());
+                    let policies: Vec<String> =
+                        engine.selecting_policies(store, &pod).iter().map(|p| name_of(p)).collect();
                     json!({
                         "pod": format!("{}/{}", r.pod_namespace, r.pod_name),
                         "ifindex": r.host_ifindex,
@@ -107,6 +135,9 @@ pub fn answer(
                         "ingressAudited": st.map(|s| s.ingress_audited),
                         "egressAudited": st.map(|s| s.egress_audited),
                         "compiled": st.is_some(),
+                        "policies": policies,
+                        "ready": realized.ready.contains(&r.host_ifindex),
+                        "pending": realized.pending.contains(&r.host_ifindex),
                     })
                 })
                 .collect();
@@ -118,12 +149,37 @@ pub fn answer(
                 c.as_ref()
                     .map(|c| c.diagnostics.iter().map(|d| format!("{}: {}", d.field, d.message)).collect::<Vec<_>>())
             };
+            // This node's pods each policy selects, and whether its current
+            // compiled form is in the maps for all of them.
+            let mut selects: std::collections::HashMap<String, Vec<(String, bool)>> = Default::default();
+            for r in records {
+                let pod = (r.pod_namespace.clone(), r.pod_name.clone());
+                let pending = realized.pending.contains(&r.host_ifindex);
+                for p in engine.selecting_policies(store, &pod) {
+                    selects.entry(name_of(&p)).or_default().push((format!("{}/{}", pod.0, pod.1), pending));
+                }
+            }
+            let realization = |key: crate::store::Key, c: &Option<Arc<CompiledPolicy>>| {
+                let name = if key.0 == CLUSTER_SCOPE { key.1.clone() } else { format!("{}/{}", key.0, key.1) };
+                let mut pods = selects.get(&name).cloned().unwrap_or_default();
+                pods.sort();
+                let revision = c
+                    .as_ref()
+                    .and_then(|c| realized.policies.get(&key).filter(|(v, _)| *v == c.version))
+                    .map(|(_, rev)| *rev);
+                let complete = revision.is_some() && pods.iter().all(|(_, pending)| !pending);
+                (pods.into_iter().map(|(p, _)| p).collect::<Vec<_>>(), complete, revision)
+            };
             let mut rows: Vec<Value> = store
                 .policies
                 .keys()
                 .map(|k| {
                     let c = engine.compiled_policy(k);
+                    let (pods, realized, revision) = realization(k.clone(), &c);
                     json!({
+                        "selects": pods,
+                        "realized": realized,
+                        "revision": revision,
                         "kind": "NetworkPolicy",
                         "policy": format!("{}/{}", k.0, k.1),
                         "isolatesIngress": c.as_ref().map(|c| c.isolates_ingress),
@@ -135,8 +191,13 @@ pub fn answer(
                 })
                 .collect();
             rows.extend(store.cluster_policies.iter().map(|(name, cnp)| {
-                let c = engine.compiled_policy(&(CLUSTER_SCOPE.to_string(), name.clone()));
+                let key = (CLUSTER_SCOPE.to_string(), name.clone());
+                let c = engine.compiled_policy(&key);
+                let (pods, realized, revision) = realization(key, &c);
                 json!({
+                    "selects": pods,
+                    "realized": realized,
+                    "revision": revision,
                     "kind": "ClusterNetworkPolicy",
                     "policy": name,
                     "tier": cnp.spec.tier,

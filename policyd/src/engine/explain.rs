@@ -213,6 +213,12 @@ impl Engine {
         selecting
     }
 
+    /// Every policy selecting pod `key` (NetworkPolicies of its namespace,
+    /// ClusterNetworkPolicies by name), as the last compile left them.
+    pub fn selecting_policies(&self, store: &Store, key: &Key) -> Vec<Arc<CompiledPolicy>> {
+        store.pods.get(key).map(|pod| self.selecting(store, key, pod)).unwrap_or_default()
+    }
+
     /// The policies (`namespace/name`) that isolate pod `key` in `dir`, as
     /// the last compile left them: what an isolation drop with no allowing
     /// rule names. Empty for a pod the store does not hold.

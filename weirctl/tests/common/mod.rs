@@ -120,3 +120,16 @@ impl Drop for LabGuard {
         let _ = Command::new(weirctl()).args(["lab", "down", "--name", &self.name]).output();
     }
 }
+
+/// A `weirctl` table (columns padded, at least 3 spaces apart; no cell
+/// holds 3 spaces) as one map of header to cell per row.
+#[allow(dead_code)] // not every test binary reads tables
+pub fn table_rows(table: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let split = |l: &str| -> Vec<String> {
+        l.split("   ").map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect()
+    };
+    let mut lines = table.lines().take_while(|l| !l.is_empty());
+    let Some(header) = lines.next() else { return Vec::new() };
+    let header = split(header);
+    lines.map(|l| header.iter().cloned().zip(split(l)).collect()).collect()
+}
