@@ -10,8 +10,8 @@
 //! level runner (`verdicts`, BPF_PROG_TEST_RUN, no sockets) and what both
 //! runners report (`report`), and `weirctl lab explain` held against the
 //! lab's probes (`explain`), and podman and containerd run privately for
-//! the image's tests (`runtime`). The root tests in tests/conformance.rs and
-//! tests/root_verdicts.rs run the whole suite.
+//! the image's and the runtimes' tests (`runtime`). The root tests in
+//! tests/conformance.rs and tests/root_verdicts.rs run the whole suite.
 
 pub mod case;
 pub mod expect;

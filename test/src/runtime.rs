@@ -6,7 +6,9 @@
 //!
 //! Configured as /work's runtimes notes found necessary here: runc (crun
 //! 1.8 fails on this host's cgroups), cgroupfs, rlimits no higher than the
-//! host's (no CAP_SYS_RESOURCE), no network (no registry, no CNI).
+//! host's (no CAP_SYS_RESOURCE), no registry. A runtime given a CNI
+//! network runs in a network namespace of its own, with a bpffs of its
+//! own ([`PrivateMounts::with_network`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -25,6 +27,15 @@ pub fn require_programs(programs: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One runtime at a time within a test binary: once in four runs, podman's
+/// runc failed to start a container ("error during container init:
+/// %!w(<nil>)") while a containerd test ran beside it on a loaded machine;
+/// alone it has not. (cargo runs test binaries one after another.)
+pub fn one_runtime_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `cmd`, returning its stdout; fails with its output otherwise.
@@ -53,14 +64,37 @@ pub struct PrivateMounts {
     /// `/proc/PID/ns/mnt` of the holder (`mnt:[inode]`): how its processes
     /// are told from every other.
     ns: PathBuf,
+    /// Whether it has a network namespace of its own too.
+    network: bool,
 }
 
 impl PrivateMounts {
     pub fn new() -> Result<PrivateMounts> {
-        let script = "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib && \
-                      mount -t tmpfs tmpfs /dev/shm && echo ready && exec sleep infinity";
+        PrivateMounts::start(false)
+    }
+
+    /// Also a network namespace of its own (loopback up) and a bpffs of its
+    /// own over /sys/fs/bpf: what a runtime's CNI plugins make on "the
+    /// node" (bridge, host veths, nft rules, pins, `/run/weir`, the IPAM
+    /// store under /var/lib) is then seen by no other test nor the host,
+    /// and goes with the namespaces. The defaults of Weir's conflist can
+    /// stay as `install-cni` renders them.
+    pub fn with_network() -> Result<PrivateMounts> {
+        PrivateMounts::start(true)
+    }
+
+    fn start(network: bool) -> Result<PrivateMounts> {
+        let mut script =
+            String::from("mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib && mount -t tmpfs tmpfs /dev/shm");
+        let mut unshare = vec!["--mount", "--propagation", "private"];
+        if network {
+            unshare.push("--net");
+            script.push_str(" && mount -t bpf bpf /sys/fs/bpf && ip link set lo up");
+        }
+        script.push_str(" && echo ready && exec sleep infinity");
         let mut holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", script])
+            .args(&unshare)
+            .args(["--", "sh", "-c", &script])
             .stdout(Stdio::piped())
             .spawn()
             .context("starting unshare (util-linux)")?;
@@ -69,16 +103,32 @@ impl PrivateMounts {
         if line.trim() != "ready" {
             let _ = holder.kill();
             let _ = holder.wait();
-            bail!("the private mount namespace could not be set up (tmpfs over /run, /var/lib, /dev/shm)");
+            bail!("the private namespace could not be set up ({script})");
         }
         let ns = fs::read_link(format!("/proc/{}/ns/mnt", holder.id()))?;
-        Ok(PrivateMounts { holder, ns })
+        Ok(PrivateMounts { holder, ns, network })
+    }
+
+    /// `path` as the programs in the namespace see it (through the
+    /// holder's `/proc/PID/root`): the node's /run and /var/lib.
+    pub fn path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.holder.id()))
+    }
+
+    /// The namespace's network namespace, to enter with setns(2) or
+    /// `nsenter --net=` (only [`PrivateMounts::with_network`] has its own).
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
 
     /// `program` run inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--target={}", self.holder.id())).args(["--mount", "--", program]);
+        cmd.arg(format!("--target={}", self.holder.id())).arg("--mount");
+        if self.network {
+            cmd.arg("--net");
+        }
+        cmd.args(["--", program]);
         cmd
     }
 
@@ -240,24 +290,61 @@ pub struct Containerd {
     namespace: String,
 }
 
+/// Where a runtime finds its CNI plugins and network configuration.
+#[derive(Debug, Clone)]
+pub struct CniDirs {
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+/// The containerd namespace of the CRI plugin (kubelet's pods).
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
 impl Containerd {
     pub fn start() -> Result<Containerd> {
+        // The CRI plugin is not needed to import and run an image.
+        Containerd::start_with(
+            PrivateMounts::new()?,
+            unique("wimgc"),
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+    }
+
+    /// containerd as a Kubernetes node runs it: its CRI plugin serves
+    /// `runtime.v1` on [`Containerd::socket`], takes pods' networks from
+    /// the conflist in `cni.conf_dir` (plugins from `cni.bin_dir`) and
+    /// starts each sandbox from `sandbox_image` (import it first, into
+    /// [`CRI_NAMESPACE`]). It runs in a network namespace of its own
+    /// ([`PrivateMounts::with_network`]): that is "the node" of its pods.
+    pub fn start_cri(cni: &CniDirs, sandbox_image: &str) -> Result<Containerd> {
+        let (conf, bin) = (cni.conf_dir.display(), cni.bin_dir.display());
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        // restrict_oom_score_adj: the VM lacks CAP_SYS_RESOURCE. The native
+        // snapshotter: plain directories, no overlay mounts to leave behind.
+        Containerd::start_with(
+            PrivateMounts::with_network()?,
+            CRI_NAMESPACE.to_string(),
+            &format!(
+                "[{cri}]\n  sandbox_image = \"{sandbox_image}\"\n  restrict_oom_score_adj = true\n\
+                 [{cri}.containerd]\n  snapshotter = \"native\"\n\
+                 [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n"
+            ),
+        )
+    }
+
+    fn start_with(mounts: PrivateMounts, namespace: String, config: &str) -> Result<Containerd> {
         require_programs(&["containerd", "ctr", "runc", "containerd-shim-runc-v2"])?;
-        let namespace = unique("wimgc");
-        let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(&namespace));
+        let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(unique("wctd")));
         fs::create_dir_all(dir.path())?;
         let d = dir.path().display();
-        // The CRI plugin is not needed to import and run an image.
         fs::write(
             dir.path().join("config.toml"),
             format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{config}\
                  [grpc]\n  address = \"{d}/containerd.sock\"\n\
                  [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
             ),
         )?;
-        let mounts = PrivateMounts::new()?;
         let log = fs::File::create(dir.path().join("containerd.log"))?;
         let daemon = mounts
             .command("containerd")
@@ -272,6 +359,21 @@ impl Containerd {
         Ok(containerd)
     }
 
+    /// The daemon's gRPC socket (containerd's API, and CRI's when enabled).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// Its log so far (for a failure's message).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Its private namespaces, to run programs on "the node".
+    pub fn mounts(&self) -> &PrivateMounts {
+        &self.mounts
+    }
+
     fn wait_ready(&self) -> Result<()> {
         // Startup is not the thing under test: a deadline generous enough
         // for a loaded machine, and the daemon's log when it passes.
@@ -282,10 +384,7 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!(
-            "containerd did not answer on its socket; its log:\n{}",
-            fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-        )
+        bail!("containerd did not answer on its socket; its log:\n{}", self.log())
     }
 
     /// `ctr ARGS` against this daemon and namespace, with the native
@@ -294,7 +393,7 @@ impl Containerd {
         let mut cmd = self.mounts.command("ctr");
         cmd.env("CONTAINERD_SNAPSHOTTER", "native")
             .arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
+            .arg(self.socket())
             .args(["--namespace", &self.namespace])
             .args(args);
         output(&mut cmd)
@@ -324,4 +423,63 @@ impl Drop for Containerd {
         // `mounts` drops next: shims left by a failed run are killed and
         // the snapshot and task mounts vanish with the namespace; then `dir`.
     }
+}
+
+/// A root filesystem of Debian's busybox-static alone (no libraries
+/// needed): `/bin/busybox` and links for the applets tests run.
+pub fn busybox_rootfs(dir: &Path) -> Result<()> {
+    const BUSYBOX: &str = "/bin/busybox";
+    if !Path::new(BUSYBOX).is_file() {
+        bail!("{BUSYBOX} is missing: run `bash test/deps.sh` (Debian package busybox-static)");
+    }
+    fs::create_dir_all(dir.join("bin"))?;
+    for d in ["proc", "sys", "dev", "etc", "tmp"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::copy(BUSYBOX, dir.join("bin/busybox"))?;
+    for applet in ["sh", "sleep", "nc", "ip", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    Ok(())
+}
+
+/// Builds, in `dir`, an image archive (`docker save` layout, which `ctr
+/// image import` reads) named `name` whose one process sleeps: what a pod
+/// sandbox needs of its pause image, made without a registry.
+pub fn pause_image_archive(dir: &Path, name: &str) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs)?;
+    let layer = dir.join("layer.tar");
+    output(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
+            .arg(&layer)
+            .arg("."),
+    )?;
+    let sum = output(Command::new("sha256sum").arg(&layer))?;
+    let diff_id = sum.split_whitespace().next().context("sha256sum printed nothing")?;
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    // The sandbox's process only holds the namespaces: SIGKILL is how
+    // containerd stops it, so a plain sleep serves.
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": { "Entrypoint": ["/bin/busybox", "sleep", "2147483647"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+    });
+    fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!([{ "Config": "config.json", "RepoTags": [name], "Layers": ["layer.tar"] }]);
+    fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
+    let archive = dir.join("pause.tar");
+    output(Command::new("tar").arg("-C").arg(dir).arg("-cf").arg(&archive).args([
+        "manifest.json",
+        "config.json",
+        "layer.tar",
+    ]))?;
+    Ok(archive)
 }

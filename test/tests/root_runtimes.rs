@@ -1,0 +1,339 @@
+//! Real runtimes start pods on the conflist `weir-policyd install-cni`
+//! renders, with weir-policyd enforcing: containerd 1.6's CRI plugin,
+//! driven over its socket as kubelet drives it (tests/cri), gives each
+//! sandbox an address of the node's range, pods talk, a deny NetworkPolicy
+//! stops them and its removal lets them talk again, and Stop/Remove runs
+//! DEL (the reservation and the host veth go).
+//!
+//! Each runtime runs as "the node" in namespaces of its own
+//! (`PrivateMounts::with_network`: network, bpffs, /run, /var/lib), so the
+//! conflist's defaults stay as rendered and nothing reaches the host.
+//! Needs root, Debian's containerd, runc and busybox-static (test/deps.sh),
+//! the reference plugins (`containernetworking-plugins`: loopback,
+//! portmap, bandwidth) and the binaries (WEIR_BIN_DIR or the debug build:
+//! `cargo build -p weirctl -p weir-cni -p weir-policyd`).
+//!
+//!     cargo test -p weir-e2e --test root_runtimes -- --nocapture
+
+mod cri;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cri::{Cri, PodMeta};
+use ipnet::IpNet;
+use weir_common::registry::EndpointRecord;
+use weir_e2e::lab::Weirctl;
+use weir_e2e::runtime::{
+    one_runtime_at_a_time, output, pause_image_archive, remove_cgroup, CniDirs, Containerd, PrivateMounts,
+};
+use weir_testsupport::{netns, require_root, unique, RemoveOnDrop};
+
+/// The node's pod range (inside the shipped conflist's cluster range);
+/// the node is a network namespace of the test's own.
+const POD_CIDR: &str = "10.244.77.0/24";
+/// The network's name in the conflist: the IPAM store's directory.
+const NETWORK: &str = "weir";
+const NODE_NAME: &str = "wrt-node";
+const PAUSE_IMAGE: &str = "weir.test/pause:1";
+const PORT: u16 = 8080;
+
+/// What a runtime is never expected to take this long for; a deadline
+/// only, so a broken run fails instead of hanging (what is checked is
+/// what happens, never how fast).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn scratch(prefix: &str) -> RemoveOnDrop {
+    let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(unique(prefix)));
+    fs::create_dir_all(dir.path()).expect("creating the scratch directory");
+    dir
+}
+
+/// Polls `f` until it gives `Some`, failing with `what` at the deadline.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The node's CNI directories as a package manager leaves them before
+/// Weir's install: the reference plugins containerd needs (`loopback` for
+/// every sandbox's lo) and Weir's conflist chains (portmap, bandwidth).
+fn node_cni_dirs(root: &Path) -> Result<CniDirs> {
+    let dirs = CniDirs { conf_dir: root.join("net.d"), bin_dir: root.join("bin") };
+    fs::create_dir_all(&dirs.conf_dir)?;
+    fs::create_dir_all(&dirs.bin_dir)?;
+    for p in ["loopback", "portmap", "bandwidth"] {
+        let host = Path::new("/usr/lib/cni").join(p);
+        if !host.is_file() {
+            bail!(
+                "{} is missing: run `bash test/deps.sh` (Debian package containernetworking-plugins)",
+                host.display()
+            );
+        }
+        std::os::unix::fs::symlink(&host, dirs.bin_dir.join(p))?;
+    }
+    Ok(dirs)
+}
+
+/// `weir-policyd install-cni` as the DaemonSet's init container runs it,
+/// for a node whose pod range is given.
+fn install_cni(weir: &Weirctl, dirs: &CniDirs) -> Result<String> {
+    output(
+        Command::new(weir.bin_dir.join("weir-policyd"))
+            .args(["install-cni", "--pod-cidr", POD_CIDR, "--bin-dir"])
+            .arg(&dirs.bin_dir)
+            .arg("--conf-dir")
+            .arg(&dirs.conf_dir),
+    )
+}
+
+/// weir-policyd on the node, reading Pods and NetworkPolicies from a
+/// directory of manifests (the API server's stand-in), with the
+/// conflist's defaults (bpffs root, run dir). It is killed with the
+/// node's namespaces; dropping this kills it earlier.
+struct Policyd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Policyd {
+    fn start(weir: &Weirctl, node: &PrivateMounts, manifests: &Path, log: PathBuf) -> Result<Policyd> {
+        let out = fs::File::create(&log)?;
+        let child = node
+            .command(&weir.bin_dir.join("weir-policyd").to_string_lossy())
+            .arg("--manifests")
+            .arg(manifests)
+            .args(["--node-name", NODE_NAME])
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting weir-policyd")?;
+        Ok(Policyd { child, log })
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|s| s.is_none())
+    }
+}
+
+impl Drop for Policyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Pod as the API server holds it: before ADD without an address
+/// (Pending), after it with the address the runtime reported (what
+/// kubelet writes to the Pod's status).
+fn pod_yaml(pod: &PodMeta, app: &str, ip: Option<&str>) -> String {
+    let status = match ip {
+        None => "  phase: Pending\n".to_string(),
+        Some(ip) => format!("  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n"),
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: {}\n  labels:\n    app: {app}\n\
+         spec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: {PAUSE_IMAGE}\nstatus:\n{status}",
+        pod.name, pod.namespace, pod.uid
+    )
+}
+
+/// A NetworkPolicy isolating `app`'s pods for ingress, allowing nothing.
+fn deny_ingress_yaml(namespace: &str, app: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-{app}\n  namespace: {namespace}\n\
+         spec:\n  podSelector:\n    matchLabels:\n      app: {app}\n  policyTypes:\n  - Ingress\n"
+    )
+}
+
+/// Writes a manifest the way an API server's change lands: whole
+/// (written beside, then renamed).
+fn put_manifest(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// A TCP listener inside the pod whose sandbox process is `pid`, answering
+/// every connection with "ok" (the socket stays in the pod's netns).
+fn serve_in_pod(pid: u32) -> Result<()> {
+    let listener: TcpListener = netns::run_in(&format!("/proc/{pid}/ns/net"), || TcpListener::bind(("0.0.0.0", PORT)))?;
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"ok");
+        }
+    });
+    Ok(())
+}
+
+/// Whether a TCP connection from the pod whose sandbox process is `pid`
+/// to `ip` gets the server's answer. A NetworkPolicy drops the SYN, so a
+/// refused connection shows as the connect timing out: the time allowed
+/// only decides how long "blocked" is waited for.
+fn connects_from_pod(pid: u32, ip: &str, timeout: Duration) -> bool {
+    let to = SocketAddr::new(ip.parse().expect("an IP address"), PORT);
+    netns::run_in(&format!("/proc/{pid}/ns/net"), move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, timeout) else { return false };
+        let _ = s.set_read_timeout(Some(timeout));
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).is_ok() && answer == "ok"
+    })
+}
+
+/// The node's network interfaces.
+fn node_links(node: &PrivateMounts) -> Result<String> {
+    output(node.command("ip").args(["-o", "link", "show"]))
+}
+
+/// What ADD left on the node for a sandbox: its endpoint record (host veth
+/// name) and its reservation in the IPAM store.
+struct Attachment {
+    record: PathBuf,
+    host_veth: String,
+    reservation: PathBuf,
+}
+
+fn attachment(node: &PrivateMounts, sandbox_id: &str, ip: &str) -> Result<Attachment> {
+    let dir = node.path("/run/weir/endpoints");
+    for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        let rec: EndpointRecord = serde_json::from_slice(&fs::read(&path)?)?;
+        if rec.container_id == sandbox_id {
+            let reservation = node.path(&format!("/var/lib/cni/networks/{NETWORK}/{ip}"));
+            return Ok(Attachment { record: path, host_veth: rec.host_ifname, reservation });
+        }
+    }
+    bail!("no endpoint record in {} names sandbox {sandbox_id}", dir.display())
+}
+
+#[test]
+fn root_containerd_cri_runs_pods_on_weir_with_policy_enforced() {
+    require_root!("containerd runs pod sandboxes");
+    let _one = one_runtime_at_a_time();
+    containerd_cri_runs_pods().unwrap();
+}
+
+fn containerd_cri_runs_pods() -> Result<()> {
+    let weir = Weirctl::locate()?;
+    let dir = scratch("wrtcri");
+    let dirs = node_cni_dirs(dir.path())?;
+    let manifests = dir.path().join("manifests");
+    fs::create_dir_all(&manifests)?;
+    let image_dir = dir.path().join("image");
+    fs::create_dir_all(&image_dir)?;
+    let archive = pause_image_archive(&image_dir, PAUSE_IMAGE)?;
+
+    // The node comes up as a Kubernetes node does: containerd first, with
+    // no network configured yet; then weir-policyd; then install-cni
+    // (the DaemonSet's init container) writes the conflist.
+    let containerd = Containerd::start_cri(&dirs, PAUSE_IMAGE)?;
+    let node = containerd.mounts();
+    containerd.ctr(&["image", "import", &archive.to_string_lossy()])?;
+    let cri = Cri::connect(&containerd.socket())?;
+    let (ready, why) = cri.network_ready()?;
+    assert!(!ready, "no conflist yet, yet containerd reports NetworkReady");
+    eprintln!("before install-cni: NetworkReady false ({why})");
+
+    let mut policyd = Policyd::start(&weir, node, &manifests, dir.path().join("policyd.log"))?;
+    install_cni(&weir, &dirs)?;
+    eventually("containerd reports NetworkReady after install-cni wrote its conflist", || {
+        Ok(cri.network_ready()?.0.then_some(()))
+    })
+    .with_context(|| format!("containerd's log:\n{}", containerd.log()))?;
+
+    let cgroup_parent = format!("/{}", unique("wrtcg"));
+    let result = pods_talk_until_denied(&cri, node, &manifests, &mut policyd, &cgroup_parent);
+    remove_cgroup(&cgroup_parent);
+    result.with_context(|| format!("weir-policyd's log:\n{}\ncontainerd's log:\n{}", policyd.log(), containerd.log()))
+}
+
+fn pods_talk_until_denied(
+    cri: &Cri,
+    node: &PrivateMounts,
+    manifests: &Path,
+    policyd: &mut Policyd,
+    cgroup_parent: &str,
+) -> Result<()> {
+    let namespace = "wrt";
+    let pods: Vec<(PodMeta, &str)> = ["server", "client"]
+        .into_iter()
+        .map(|app| {
+            let uid = format!("00000000-0000-4000-8000-{:012x}", std::process::id() as u64 * 16 + app.len() as u64);
+            (PodMeta { name: app.to_string(), namespace: namespace.to_string(), uid }, app)
+        })
+        .collect();
+    let mut sandboxes = Vec::new();
+    for (pod, app) in &pods {
+        put_manifest(manifests, &format!("pod-{app}.yaml"), &pod_yaml(pod, app, None))?;
+        let id = cri.run_pod_sandbox(pod, cgroup_parent)?;
+        let status = cri.pod_sandbox_status(&id)?;
+        assert!(status.ready, "{app}: the sandbox is not ready: {status:?}");
+        let ip: std::net::IpAddr = status.ip.parse().with_context(|| format!("{app}: sandbox address {status:?}"))?;
+        let range: IpNet = POD_CIDR.parse()?;
+        assert!(range.contains(&ip), "{app}: {ip} is not in the node's range {POD_CIDR}");
+        assert!(status.pid > 0, "{app}: PodSandboxStatus gave no pid");
+        put_manifest(manifests, &format!("pod-{app}.yaml"), &pod_yaml(pod, app, Some(&status.ip)))?;
+        sandboxes.push((id, status));
+    }
+    let (server, client) = (&sandboxes[0].1, &sandboxes[1].1);
+    assert_ne!(server.ip, client.ip, "two sandboxes, two addresses");
+    serve_in_pod(server.pid)?;
+
+    // No policy: the pods talk.
+    assert!(
+        connects_from_pod(client.pid, &server.ip, PATIENCE),
+        "client {} cannot reach server {}:{PORT} with no policy",
+        client.ip,
+        server.ip
+    );
+    // A deny-all-ingress policy for the server: blocked, once policyd has
+    // programmed it.
+    put_manifest(manifests, "deny.yaml", &deny_ingress_yaml(namespace, "server"))?;
+    eventually("the deny policy blocks client -> server", || {
+        Ok((!connects_from_pod(client.pid, &server.ip, Duration::from_secs(1))).then_some(()))
+    })?;
+    // Its removal lets them talk again.
+    fs::remove_file(manifests.join("deny.yaml"))?;
+    eventually("removing the deny policy lets client reach server again", || {
+        Ok(connects_from_pod(client.pid, &server.ip, Duration::from_secs(2)).then_some(()))
+    })?;
+    assert!(policyd.running(), "weir-policyd exited");
+
+    // Stop runs DEL: the reservation, the endpoint record and the host
+    // veth go; a second Stop (kubelet repeats it) and Remove succeed.
+    for (id, status) in &sandboxes {
+        let att = attachment(node, id, &status.ip)?;
+        assert!(att.reservation.exists(), "ADD reserved {} in the IPAM store", status.ip);
+        assert!(node_links(node)?.contains(&format!(" {}@", att.host_veth)), "host veth {} exists", att.host_veth);
+        cri.stop_pod_sandbox(id)?;
+        assert!(!att.reservation.exists(), "DEL released {}", status.ip);
+        assert!(!att.record.exists(), "DEL removed the endpoint record {}", att.record.display());
+        // The veth's deletion finishes in a process of its own just after
+        // DEL returns (it waits on the kernel's RCU grace periods).
+        eventually(&format!("host veth {} is deleted", att.host_veth), || {
+            Ok((!node_links(node)?.contains(&format!(" {}@", att.host_veth))).then_some(()))
+        })?;
+        cri.stop_pod_sandbox(id)?;
+        cri.remove_pod_sandbox(id)?;
+    }
+    assert!(policyd.running(), "weir-policyd exited");
+    Ok(())
+}
