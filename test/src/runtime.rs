@@ -216,26 +216,57 @@ pub struct Podman {
 
 impl Podman {
     pub fn new() -> Result<Podman> {
+        Podman::new_with(None)
+    }
+
+    /// podman with its CNI backend on the networks (conflists) in
+    /// `cni.conf_dir`, plugins from `cni.bin_dir`, running in a network
+    /// namespace of its own ([`PrivateMounts::with_network`]): "the node"
+    /// of its containers.
+    pub fn with_cni(cni: &CniDirs) -> Result<Podman> {
+        Podman::new_with(Some(cni))
+    }
+
+    fn new_with(cni: Option<&CniDirs>) -> Result<Podman> {
         require_programs(&["podman", "runc", "conmon"])?;
         let name = unique("wimgp");
         let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(&name));
         fs::create_dir_all(dir.path().join("tmp"))?;
         let d = dir.path().display();
         let limit = ulimit();
+        let network = match cni {
+            None => format!("network_config_dir = \"{d}/cni\"\n"),
+            Some(c) => format!(
+                "network_backend = \"cni\"\nnetwork_config_dir = \"{}\"\ncni_plugin_dirs = [\"{}\"]\n",
+                c.conf_dir.display(),
+                c.bin_dir.display()
+            ),
+        };
         fs::write(
             dir.path().join("containers.conf"),
             format!(
                 "[containers]\ndefault_ulimits = [\"nofile={limit}:{limit}\", \"nproc={limit}:{limit}\"]\n\
                  [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
                  events_logfile_path = \"{d}/events.log\"\nimage_copy_tmp_dir = \"{d}/tmp\"\n\
-                 [network]\nnetwork_config_dir = \"{d}/cni\"\n"
+                 [network]\n{network}"
             ),
         )?;
         fs::write(
             dir.path().join("storage.conf"),
             format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/runroot\"\n"),
         )?;
-        Ok(Podman { mounts: PrivateMounts::new()?, dir, cgroup_parent: format!("/{name}") })
+        let mounts = if cni.is_some() { PrivateMounts::with_network()? } else { PrivateMounts::new()? };
+        Ok(Podman { mounts, dir, cgroup_parent: format!("/{name}") })
+    }
+
+    /// Its private namespaces, to run programs on "the node".
+    pub fn mounts(&self) -> &PrivateMounts {
+        &self.mounts
+    }
+
+    /// The cgroup parent its containers must be given (removed on drop).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     /// `podman ARGS` against this store; stdout.

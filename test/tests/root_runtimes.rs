@@ -3,12 +3,14 @@
 //! driven over its socket as kubelet drives it (tests/cri), gives each
 //! sandbox an address of the node's range, pods talk, a deny NetworkPolicy
 //! stops them and its removal lets them talk again, and Stop/Remove runs
-//! DEL (the reservation and the host veth go).
+//! DEL (the reservation and the host veth go). podman (CNI backend), whose
+//! containers are no Pods, is refused by that enforcing conflist, saying
+//! why, and runs on the same network without enforcement.
 //!
 //! Each runtime runs as "the node" in namespaces of its own
 //! (`PrivateMounts::with_network`: network, bpffs, /run, /var/lib), so the
 //! conflist's defaults stay as rendered and nothing reaches the host.
-//! Needs root, Debian's containerd, runc and busybox-static (test/deps.sh),
+//! Needs root, Debian's containerd, podman, runc and busybox-static (test/deps.sh),
 //! the reference plugins (`containernetworking-plugins`: loopback,
 //! portmap, bandwidth) and the binaries (WEIR_BIN_DIR or the debug build:
 //! `cargo build -p weirctl -p weir-cni -p weir-policyd`).
@@ -30,7 +32,8 @@ use ipnet::IpNet;
 use weir_common::registry::EndpointRecord;
 use weir_e2e::lab::Weirctl;
 use weir_e2e::runtime::{
-    one_runtime_at_a_time, output, pause_image_archive, remove_cgroup, CniDirs, Containerd, PrivateMounts,
+    busybox_rootfs, one_runtime_at_a_time, output, pause_image_archive, remove_cgroup, CniDirs, Containerd, Podman,
+    PrivateMounts,
 };
 use weir_testsupport::{netns, require_root, unique, RemoveOnDrop};
 
@@ -335,5 +338,98 @@ fn pods_talk_until_denied(
         cri.remove_pod_sandbox(id)?;
     }
     assert!(policyd.running(), "weir-policyd exited");
+    Ok(())
+}
+
+/// The node's veths (host ends of its containers' links).
+fn node_veths(node: &PrivateMounts) -> Result<usize> {
+    Ok(output(node.command("ip").args(["-o", "link", "show", "type", "veth"]))?.lines().count())
+}
+
+#[test]
+fn root_podman_is_refused_by_the_enforcing_conflist_and_runs_without_policy() {
+    require_root!("podman runs containers");
+    let _one = one_runtime_at_a_time();
+    podman_on_weir().unwrap();
+}
+
+/// podman's CNI backend passes `K8S_POD_NAME=<container name>` and no
+/// namespace or uid: no Pod to match, so no NetworkPolicy can select the
+/// container. The enforcing conflist install-cni renders refuses such an
+/// ADD at once, saying why and what to use instead; the same network
+/// with `"policy": {"enforce": false}` runs podman's containers, which
+/// talk freely, and `podman rm` runs DEL.
+fn podman_on_weir() -> Result<()> {
+    let weir = Weirctl::locate()?;
+    let dir = scratch("wrtpod");
+    let dirs = node_cni_dirs(dir.path())?;
+    install_cni(&weir, &dirs)?;
+    let podman = Podman::with_cni(&dirs)?;
+    let node = podman.mounts();
+    let run = |name: &str| -> Result<String> {
+        let rootfs = dir.path().join(format!("rootfs-{name}"));
+        busybox_rootfs(&rootfs)?;
+        let rootfs = rootfs.to_string_lossy();
+        podman.run(&[
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            NETWORK,
+            "--cgroup-parent",
+            podman.cgroup_parent(),
+            "--rootfs",
+            &rootfs,
+            "/bin/busybox",
+            "sleep",
+            "600",
+        ])
+    };
+
+    // Enforcing (as rendered): refused, naming what podman lacks and the fix.
+    let err = format!("{:#}", run("enforced").expect_err("ADD without a pod namespace must fail"));
+    assert!(err.contains("CNI_ARGS has no K8S_POD_NAMESPACE:"), "podman passes K8S_POD_NAME only: {err}");
+    assert!(err.contains(r#""policy": {"enforce": false}"#), "the error says what to use instead: {err}");
+    assert_eq!(node_veths(node)?, 0, "the refused ADD left a veth");
+    let store = node.path(&format!("/var/lib/cni/networks/{NETWORK}"));
+    let reserved = |store: &Path| -> Vec<String> {
+        let Ok(entries) = fs::read_dir(store) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().filter(|n| n.parse::<std::net::IpAddr>().is_ok()).map(String::from))
+            .collect()
+    };
+    assert!(reserved(&store).is_empty(), "the refused ADD left reservations: {:?}", reserved(&store));
+    podman.run(&["rm", "--force", "enforced"])?;
+
+    // The same network without enforcement.
+    let conflist = dirs.conf_dir.join("10-weir.conflist");
+    let mut conf: serde_json::Value = serde_json::from_slice(&fs::read(&conflist)?)?;
+    conf["plugins"][0]["policy"] = serde_json::json!({ "enforce": false });
+    fs::write(&conflist, serde_json::to_vec_pretty(&conf)?)?;
+    let mut containers = Vec::new();
+    for name in ["server", "client"] {
+        run(name)?;
+        let fmt = format!("{{{{.State.Pid}}}} {{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}");
+        let seen = podman.run(&["inspect", "--format", &fmt, name])?;
+        let (pid, ip) = seen.trim().split_once(' ').with_context(|| format!("podman inspect said {seen:?}"))?;
+        let range: IpNet = POD_CIDR.parse()?;
+        assert!(range.contains(&ip.parse::<std::net::IpAddr>()?), "{name}: {ip} is not in {POD_CIDR}");
+        containers.push((name, pid.parse::<u32>()?, ip.to_string()));
+    }
+    let (server, client) = (&containers[0], &containers[1]);
+    serve_in_pod(server.1)?;
+    assert!(connects_from_pod(client.1, &server.2, PATIENCE), "client cannot reach server {}", server.2);
+    assert_eq!(node_veths(node)?, 2);
+    assert_eq!(reserved(&store).len(), 2);
+
+    // `podman rm` runs DEL: the reservation goes, then the host veth.
+    podman.run(&["rm", "--force", "server"])?;
+    assert!(!reserved(&store).contains(&server.2), "DEL released {}", server.2);
+    eventually("the server's host veth is deleted", || Ok((node_veths(node)? == 1).then_some(())))?;
+    podman.run(&["rm", "--force", "client"])?;
+    assert!(reserved(&store).is_empty(), "every reservation released: {:?}", reserved(&store));
+    eventually("every host veth is deleted", || Ok((node_veths(node)? == 0).then_some(())))?;
     Ok(())
 }
