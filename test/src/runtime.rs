@@ -141,10 +141,12 @@ impl PrivateMounts {
     }
 }
 
-impl Drop for PrivateMounts {
-    fn drop(&mut self) {
-        // Daemons (containerd, its shims, conmon) are no children of ours:
-        // kill each by pid until none is left, then reap the holder.
+impl PrivateMounts {
+    /// Kills every process in the namespace, the holder too (which takes
+    /// the namespace's mounts with it). Daemons (containerd, its shims,
+    /// conmon) are no children of ours: each is killed by pid until none
+    /// is left.
+    fn kill_all(&mut self) {
         for _ in 0..100 {
             let pids = self.processes();
             if pids.is_empty() {
@@ -162,10 +164,26 @@ impl Drop for PrivateMounts {
     }
 }
 
+impl Drop for PrivateMounts {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
 /// Removes a cgroup made for a test (a v1 hierarchy per controller, or
 /// the unified one) with every cgroup below it; cgroupfs keeps the files,
 /// so only directories are removed, deepest first.
 pub fn remove_cgroup(name: &str) {
+    fn pids_below(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids_below(&e.path(), out);
+            }
+        }
+    }
     fn remove_tree(dir: &Path) {
         if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -183,11 +201,27 @@ pub fn remove_cgroup(name: &str) {
     if let Ok(entries) = fs::read_dir(root) {
         bases.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     }
-    for base in bases {
-        let dir = base.join(name.trim_start_matches('/'));
-        if dir.is_dir() {
-            remove_tree(&dir);
+    let dirs: Vec<PathBuf> =
+        bases.iter().map(|b| b.join(name.trim_start_matches('/'))).filter(|d| d.is_dir()).collect();
+    // A container a failed test left running (a pod sandbox, in a mount
+    // namespace of its own, which the runtime's private namespace does not
+    // hold) keeps its cgroup busy: killed by pid, as long as any is left.
+    for _ in 0..100 {
+        let mut pids = Vec::new();
+        for d in &dirs {
+            pids_below(d, &mut pids);
         }
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a pid read from the test's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for dir in dirs {
+        remove_tree(&dir);
     }
 }
 
@@ -319,6 +353,8 @@ pub struct Containerd {
     mounts: PrivateMounts,
     dir: RemoveOnDrop,
     namespace: String,
+    /// For CRI sandboxes (`LinuxPodSandboxConfig.cgroup_parent`).
+    cgroup_parent: String,
 }
 
 /// Where a runtime finds its CNI plugins and network configuration.
@@ -385,7 +421,8 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("starting containerd")?;
-        let containerd = Containerd { daemon, mounts, dir, namespace };
+        let cgroup_parent = format!("/{}", unique("wctdcg"));
+        let containerd = Containerd { daemon, mounts, dir, namespace, cgroup_parent };
         containerd.wait_ready()?;
         Ok(containerd)
     }
@@ -403,6 +440,11 @@ impl Containerd {
     /// Its private namespaces, to run programs on "the node".
     pub fn mounts(&self) -> &PrivateMounts {
         &self.mounts
+    }
+
+    /// The cgroup parent to give CRI sandboxes (removed on drop).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -451,8 +493,11 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // `mounts` drops next: shims left by a failed run are killed and
-        // the snapshot and task mounts vanish with the namespace; then `dir`.
+        // Shims and sandboxes left by a failed run are killed and the
+        // snapshot and task mounts vanish with the namespace; only then
+        // can their cgroups go. `dir` goes last.
+        self.mounts.kill_all();
+        remove_cgroup(&self.cgroup_parent);
     }
 }
 

@@ -23,17 +23,16 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cri::{Cri, PodMeta};
+use cri::Cri;
 use ipnet::IpNet;
 use weir_common::registry::EndpointRecord;
 use weir_e2e::lab::Weirctl;
+use weir_e2e::node::{deny_ingress_yaml, install_cni, node_cni_dirs, pod_yaml, put_manifest, PodMeta, Policyd};
 use weir_e2e::runtime::{
-    busybox_rootfs, one_runtime_at_a_time, output, pause_image_archive, remove_cgroup, CniDirs, Containerd, Podman,
-    PrivateMounts,
+    busybox_rootfs, one_runtime_at_a_time, output, pause_image_archive, Containerd, Podman, PrivateMounts,
 };
 use weir_testsupport::{netns, require_root, unique, RemoveOnDrop};
 
@@ -69,110 +68,6 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// The node's CNI directories as a package manager leaves them before
-/// Weir's install: the reference plugins containerd needs (`loopback` for
-/// every sandbox's lo) and Weir's conflist chains (portmap, bandwidth).
-fn node_cni_dirs(root: &Path) -> Result<CniDirs> {
-    let dirs = CniDirs { conf_dir: root.join("net.d"), bin_dir: root.join("bin") };
-    fs::create_dir_all(&dirs.conf_dir)?;
-    fs::create_dir_all(&dirs.bin_dir)?;
-    for p in ["loopback", "portmap", "bandwidth"] {
-        let host = Path::new("/usr/lib/cni").join(p);
-        if !host.is_file() {
-            bail!(
-                "{} is missing: run `bash test/deps.sh` (Debian package containernetworking-plugins)",
-                host.display()
-            );
-        }
-        std::os::unix::fs::symlink(&host, dirs.bin_dir.join(p))?;
-    }
-    Ok(dirs)
-}
-
-/// `weir-policyd install-cni` as the DaemonSet's init container runs it,
-/// for a node whose pod range is given.
-fn install_cni(weir: &Weirctl, dirs: &CniDirs) -> Result<String> {
-    output(
-        Command::new(weir.bin_dir.join("weir-policyd"))
-            .args(["install-cni", "--pod-cidr", POD_CIDR, "--bin-dir"])
-            .arg(&dirs.bin_dir)
-            .arg("--conf-dir")
-            .arg(&dirs.conf_dir),
-    )
-}
-
-/// weir-policyd on the node, reading Pods and NetworkPolicies from a
-/// directory of manifests (the API server's stand-in), with the
-/// conflist's defaults (bpffs root, run dir). It is killed with the
-/// node's namespaces; dropping this kills it earlier.
-struct Policyd {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Policyd {
-    fn start(weir: &Weirctl, node: &PrivateMounts, manifests: &Path, log: PathBuf) -> Result<Policyd> {
-        let out = fs::File::create(&log)?;
-        let child = node
-            .command(&weir.bin_dir.join("weir-policyd").to_string_lossy())
-            .arg("--manifests")
-            .arg(manifests)
-            .args(["--node-name", NODE_NAME])
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting weir-policyd")?;
-        Ok(Policyd { child, log })
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().is_ok_and(|s| s.is_none())
-    }
-}
-
-impl Drop for Policyd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A Pod as the API server holds it: before ADD without an address
-/// (Pending), after it with the address the runtime reported (what
-/// kubelet writes to the Pod's status).
-fn pod_yaml(pod: &PodMeta, app: &str, ip: Option<&str>) -> String {
-    let status = match ip {
-        None => "  phase: Pending\n".to_string(),
-        Some(ip) => format!("  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n"),
-    };
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: {}\n  labels:\n    app: {app}\n\
-         spec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: {PAUSE_IMAGE}\nstatus:\n{status}",
-        pod.name, pod.namespace, pod.uid
-    )
-}
-
-/// A NetworkPolicy isolating `app`'s pods for ingress, allowing nothing.
-fn deny_ingress_yaml(namespace: &str, app: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-{app}\n  namespace: {namespace}\n\
-         spec:\n  podSelector:\n    matchLabels:\n      app: {app}\n  policyTypes:\n  - Ingress\n"
-    )
-}
-
-/// Writes a manifest the way an API server's change lands: whole
-/// (written beside, then renamed).
-fn put_manifest(dir: &Path, name: &str, text: &str) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, dir.join(name))?;
-    Ok(())
 }
 
 /// A TCP listener inside the pod whose sandbox process is `pid`, answering
@@ -255,17 +150,15 @@ fn containerd_cri_runs_pods() -> Result<()> {
     assert!(!ready, "no conflist yet, yet containerd reports NetworkReady");
     eprintln!("before install-cni: NetworkReady false ({why})");
 
-    let mut policyd = Policyd::start(&weir, node, &manifests, dir.path().join("policyd.log"))?;
-    install_cni(&weir, &dirs)?;
+    let mut policyd = Policyd::start(&weir, node, &manifests, NODE_NAME, dir.path().join("policyd.log"))?;
+    install_cni(&weir, &dirs, POD_CIDR)?;
     eventually("containerd reports NetworkReady after install-cni wrote its conflist", || {
         Ok(cri.network_ready()?.0.then_some(()))
     })
     .with_context(|| format!("containerd's log:\n{}", containerd.log()))?;
 
-    let cgroup_parent = format!("/{}", unique("wrtcg"));
-    let result = pods_talk_until_denied(&cri, node, &manifests, &mut policyd, &cgroup_parent);
-    remove_cgroup(&cgroup_parent);
-    result.with_context(|| format!("weir-policyd's log:\n{}\ncontainerd's log:\n{}", policyd.log(), containerd.log()))
+    pods_talk_until_denied(&cri, node, &manifests, &mut policyd, containerd.cgroup_parent())
+        .with_context(|| format!("weir-policyd's log:\n{}\ncontainerd's log:\n{}", policyd.log(), containerd.log()))
 }
 
 fn pods_talk_until_denied(
@@ -285,7 +178,7 @@ fn pods_talk_until_denied(
         .collect();
     let mut sandboxes = Vec::new();
     for (pod, app) in &pods {
-        put_manifest(manifests, &format!("pod-{app}.yaml"), &pod_yaml(pod, app, None))?;
+        put_manifest(manifests, &format!("pod-{app}.yaml"), &pod_yaml(pod, NODE_NAME, app, None))?;
         let id = cri.run_pod_sandbox(pod, cgroup_parent)?;
         let status = cri.pod_sandbox_status(&id)?;
         assert!(status.ready, "{app}: the sandbox is not ready: {status:?}");
@@ -293,7 +186,7 @@ fn pods_talk_until_denied(
         let range: IpNet = POD_CIDR.parse()?;
         assert!(range.contains(&ip), "{app}: {ip} is not in the node's range {POD_CIDR}");
         assert!(status.pid > 0, "{app}: PodSandboxStatus gave no pid");
-        put_manifest(manifests, &format!("pod-{app}.yaml"), &pod_yaml(pod, app, Some(&status.ip)))?;
+        put_manifest(manifests, &format!("pod-{app}.yaml"), &pod_yaml(pod, NODE_NAME, app, Some(&status.ip)))?;
         sandboxes.push((id, status));
     }
     let (server, client) = (&sandboxes[0].1, &sandboxes[1].1);
@@ -363,7 +256,7 @@ fn podman_on_weir() -> Result<()> {
     let weir = Weirctl::locate()?;
     let dir = scratch("wrtpod");
     let dirs = node_cni_dirs(dir.path())?;
-    install_cni(&weir, &dirs)?;
+    install_cni(&weir, &dirs, POD_CIDR)?;
     let podman = Podman::with_cni(&dirs)?;
     let node = podman.mounts();
     let run = |name: &str| -> Result<String> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use weir_e2e::node::PodMeta;
 
 /// A protobuf message being encoded: only the wire types these messages
 /// use (varint, length-delimited). Default values are left out, as
@@ -143,15 +144,6 @@ fn map_of(fields: &[(u32, Field)], n: u32) -> Result<Vec<(String, String)>> {
         }
     }
     Ok(out)
-}
-
-/// Who a pod is: what kubelet puts in `PodSandboxMetadata` and containerd
-/// passes on in `CNI_ARGS` (K8S_POD_NAME, K8S_POD_NAMESPACE, K8S_POD_UID).
-#[derive(Debug, Clone)]
-pub struct PodMeta {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
 }
 
 /// What PodSandboxStatus says of a sandbox.
