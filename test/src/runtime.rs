@@ -170,6 +170,17 @@ impl Drop for PrivateMounts {
     }
 }
 
+/// The directories of cgroup `name` that exist: in the unified hierarchy
+/// and in each v1 hierarchy.
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    if let Ok(entries) = fs::read_dir(root) {
+        bases.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    bases.iter().map(|b| b.join(name.trim_start_matches('/'))).filter(|d| d.is_dir()).collect()
+}
+
 /// Removes a cgroup made for a test (a v1 hierarchy per controller, or
 /// the unified one) with every cgroup below it; cgroupfs keeps the files,
 /// so only directories are removed, deepest first.
@@ -196,13 +207,7 @@ pub fn remove_cgroup(name: &str) {
             eprintln!("cannot remove cgroup {}: {e}", dir.display());
         }
     }
-    let root = Path::new("/sys/fs/cgroup");
-    let mut bases = vec![root.to_path_buf()];
-    if let Ok(entries) = fs::read_dir(root) {
-        bases.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    let dirs: Vec<PathBuf> =
-        bases.iter().map(|b| b.join(name.trim_start_matches('/'))).filter(|d| d.is_dir()).collect();
+    let dirs = cgroup_dirs(name);
     // A container a failed test left running (a pod sandbox, in a mount
     // namespace of its own, which the runtime's private namespace does not
     // hold) keeps its cgroup busy: killed by pid, as long as any is left.

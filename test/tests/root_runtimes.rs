@@ -32,7 +32,7 @@ use weir_common::registry::EndpointRecord;
 use weir_e2e::lab::Weirctl;
 use weir_e2e::node::{deny_ingress_yaml, install_cni, node_cni_dirs, pod_yaml, put_manifest, PodMeta, Policyd};
 use weir_e2e::runtime::{
-    busybox_rootfs, one_runtime_at_a_time, output, pause_image_archive, Containerd, Podman, PrivateMounts,
+    busybox_rootfs, cgroup_dirs, one_runtime_at_a_time, output, pause_image_archive, Containerd, Podman, PrivateMounts,
 };
 use weir_testsupport::{netns, require_root, unique, RemoveOnDrop};
 
@@ -324,5 +324,41 @@ fn podman_on_weir() -> Result<()> {
     podman.run(&["rm", "--force", "client"])?;
     assert!(reserved(&store).is_empty(), "every reservation released: {:?}", reserved(&store));
     eventually("every host veth is deleted", || Ok((node_veths(node)? == 0).then_some(())))?;
+    Ok(())
+}
+
+#[test]
+fn root_containerd_dropped_with_sandboxes_running_leaves_none() {
+    require_root!("containerd runs pod sandboxes");
+    let _one = one_runtime_at_a_time();
+    dropped_with_sandboxes_running().unwrap();
+}
+
+/// What a failing test leaves: sandboxes still running when containerd is
+/// dropped. They live in mount namespaces of their own, not the runtime's
+/// private one; the guard must still kill them and remove their cgroups.
+fn dropped_with_sandboxes_running() -> Result<()> {
+    let dir = scratch("wrtdrop");
+    let image_dir = dir.path().join("image");
+    fs::create_dir_all(&image_dir)?;
+    let archive = pause_image_archive(&image_dir, PAUSE_IMAGE)?;
+    let dirs = node_cni_dirs(dir.path())?;
+    let containerd = Containerd::start_cri(&dirs, PAUSE_IMAGE)?;
+    containerd.ctr(&["image", "import", &archive.to_string_lossy()])?;
+    let cri = Cri::connect(&containerd.socket())?;
+    let pod =
+        PodMeta { name: "left".into(), namespace: "wrt".into(), uid: "00000000-0000-4000-8000-00000000d0d0".into() };
+    let id = cri.run_host_network_sandbox(&pod, containerd.cgroup_parent())?;
+    let pid = cri.pod_sandbox_status(&id)?.pid;
+    assert!(pid > 0 && Path::new(&format!("/proc/{pid}")).exists(), "the sandbox runs");
+    let cgroup = containerd.cgroup_parent().to_string();
+    assert!(!cgroup_dirs(&cgroup).is_empty(), "sandboxes run below cgroup {cgroup}");
+    drop(cri);
+    drop(containerd);
+    // kill(2) returned before the process was gone only if it is a zombie
+    // no one reaped yet: ask its state, not whether /proc has it.
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z "), "the sandbox {pid} still runs: {state}");
+    assert!(cgroup_dirs(&cgroup).is_empty(), "left: {:?}", cgroup_dirs(&cgroup));
     Ok(())
 }

@@ -246,16 +246,32 @@ impl Cri {
     /// `RunPodSandbox` with what kubelet sets for a pod on the pod network;
     /// the sandbox's id.
     pub fn run_pod_sandbox(&self, pod: &PodMeta, cgroup_parent: &str) -> Result<String> {
+        self.run_sandbox(pod, cgroup_parent, false)
+    }
+
+    /// `RunPodSandbox` of a `hostNetwork` pod: no CNI call at all.
+    pub fn run_host_network_sandbox(&self, pod: &PodMeta, cgroup_parent: &str) -> Result<String> {
+        self.run_sandbox(pod, cgroup_parent, true)
+    }
+
+    fn run_sandbox(&self, pod: &PodMeta, cgroup_parent: &str, host_network: bool) -> Result<String> {
         // PodSandboxMetadata: name 1, uid 2, namespace 3.
         let metadata = Msg::default().string(1, &pod.name).string(2, &pod.uid).string(3, &pod.namespace);
-        // PodSandboxConfig: metadata 1, hostname 2, labels 6, linux 8
-        // (LinuxPodSandboxConfig.cgroup_parent 1).
+        // LinuxPodSandboxConfig: cgroup_parent 1, security_context 2
+        // (LinuxSandboxSecurityContext.namespace_options 1:
+        // NamespaceOption.network 1, NODE = 2).
+        let mut linux = Msg::default().string(1, cgroup_parent);
+        if host_network {
+            linux = linux.message(2, Msg::default().message(1, Msg::default().uint(1, 2)));
+        }
+        // PodSandboxConfig: metadata 1, hostname 2 (the node's, unset, for
+        // a hostNetwork pod), labels 6, linux 8.
         let config = Msg::default()
             .message(1, metadata)
-            .string(2, &pod.name)
+            .string(2, if host_network { "" } else { &pod.name })
             .map_entry(6, "io.kubernetes.pod.name", &pod.name)
             .map_entry(6, "io.kubernetes.pod.namespace", &pod.namespace)
-            .message(8, Msg::default().string(1, cgroup_parent));
+            .message(8, linux);
         // RunPodSandboxRequest.config 1 -> RunPodSandboxResponse.pod_sandbox_id 1.
         let resp = decode(&self.call("RunPodSandbox", Msg::default().message(1, config))?)?;
         let id = string_of(&resp, 1);
