@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cri::Cri;
 use weir_e2e::lab::Weirctl;
-use weir_e2e::node::{install_cni, node_cni_dirs_with, pod_yaml, PodMeta, Policyd};
+use weir_e2e::node::{install_cni, node_cni_dirs_with, pod_yaml, put_manifest, PodMeta, Policyd};
 use weir_e2e::runtime::{pause_image_archive, CniDirs, Containerd};
 use weir_testsupport::{unique, RemoveOnDrop};
 
@@ -173,7 +173,7 @@ fn main() -> Result<()> {
     for rep in 0..=reps {
         for i in 0..pods {
             let p = pod(rep, i);
-            fs::write(manifests.join(format!("{}.yaml", p.name)), pod_yaml(&p, NODE_NAME, "bench", None))?;
+            put_manifest(&manifests, &format!("{}.yaml", p.name), &pod_yaml(&p, NODE_NAME, "bench", None))?;
         }
     }
 
