@@ -2,10 +2,11 @@
 //! containerd 1.6 nodes in the same run: one on the conflist `weir-policyd
 //! install-cni` renders with weir-policyd enforcing, one on the reference
 //! `bridge` + `host-local` with the same chain (portmap, bandwidth), bridge
-//! name, gateway, masquerade, hairpin and range. Each node runs in
-//! namespaces of its own (`PrivateMounts::with_network`); pods are
-//! interleaved between the nodes, the order alternating pod by pod, so load
-//! drift hits both alike.
+//! name, gateway, masquerade, hairpin and range; and a third running
+//! hostNetwork sandboxes (no CNI call: the runtime's own share). Each node
+//! runs in namespaces of its own (`PrivateMounts::with_network`); pods are
+//! interleaved between the nodes, the order rotating pod by pod, so load
+//! drift hits all alike.
 //!
 //! Root. Build the binaries first (`cargo build --release -p weir-cni -p
 //! weir-policyd -p weirctl`, WEIR_BIN_DIR=target/release), then
@@ -54,6 +55,9 @@ fn reference_conflist() -> String {
 /// One node: containerd's CRI plugin on its network, and what it ran.
 struct Node {
     name: &'static str,
+    /// The CNI network its pods join (the IPAM store's directory); None:
+    /// hostNetwork pods, no CNI call (the runtime's own share).
+    network: Option<&'static str>,
     containerd: Containerd,
     cri: Cri,
     run_ms: Vec<f64>,
@@ -61,11 +65,11 @@ struct Node {
 }
 
 impl Node {
-    fn start(name: &'static str, dirs: &CniDirs, archive: &Path) -> Result<Node> {
+    fn start(name: &'static str, network: Option<&'static str>, dirs: &CniDirs, archive: &Path) -> Result<Node> {
         let containerd = Containerd::start_cri(dirs, PAUSE_IMAGE)?;
         containerd.ctr(&["image", "import", &archive.to_string_lossy()])?;
         let cri = Cri::connect(&containerd.socket())?;
-        Ok(Node { name, containerd, cri, run_ms: Vec::new(), stop_ms: Vec::new() })
+        Ok(Node { name, network, containerd, cri, run_ms: Vec::new(), stop_ms: Vec::new() })
     }
 
     fn wait_network_ready(&self) -> Result<()> {
@@ -82,10 +86,11 @@ impl Node {
     /// RunPodSandbox, timed; the sandbox's id and address (asked after).
     fn run(&mut self, pod: &PodMeta) -> Result<(String, String)> {
         let t = Instant::now();
-        let id = self
-            .cri
-            .run_pod_sandbox(pod, self.containerd.cgroup_parent())
-            .with_context(|| format!("{}: {}", self.name, pod.name))?;
+        let id = match self.network {
+            Some(_) => self.cri.run_pod_sandbox(pod, self.containerd.cgroup_parent()),
+            None => self.cri.run_host_network_sandbox(pod, self.containerd.cgroup_parent()),
+        }
+        .with_context(|| format!("{}: {}", self.name, pod.name))?;
         self.run_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let status = self.cri.pod_sandbox_status(&id)?;
         if !status.ready {
@@ -103,7 +108,8 @@ impl Node {
     }
 
     /// Addresses still reserved in the node's IPAM store.
-    fn reserved(&self, network: &str) -> usize {
+    fn reserved(&self) -> usize {
+        let Some(network) = self.network else { return 0 };
         let dir = self.containerd.mounts().path(&format!("/var/lib/cni/networks/{network}"));
         fs::read_dir(dir)
             .map(|d| {
@@ -150,7 +156,7 @@ fn main() -> Result<()> {
 
     // Weir's node, as Kubernetes brings it up.
     let weir_dirs = node_cni_dirs_with(&dir.path().join("weir"), &["loopback", "portmap", "bandwidth"])?;
-    let mut weir_node = Node::start("weir", &weir_dirs, &archive)?;
+    let weir_node = Node::start("weir", Some("weir"), &weir_dirs, &archive)?;
     let mut policyd =
         Policyd::start(&weir, weir_node.containerd.mounts(), &manifests, NODE_NAME, dir.path().join("policyd.log"))?;
     install_cni(&weir, &weir_dirs, POD_CIDR)?;
@@ -160,8 +166,13 @@ fn main() -> Result<()> {
     let ref_dirs =
         node_cni_dirs_with(&dir.path().join("ref"), &["loopback", "bridge", "host-local", "portmap", "bandwidth"])?;
     fs::write(ref_dirs.conf_dir.join("10-ref.conflist"), reference_conflist())?;
-    let mut ref_node = Node::start("ref", &ref_dirs, &archive)?;
+    let ref_node = Node::start("ref", Some("ref"), &ref_dirs, &archive)?;
     ref_node.wait_network_ready()?;
+
+    // hostNetwork sandboxes: the runtime's work alone (no conflist needed).
+    let host_dirs = node_cni_dirs_with(&dir.path().join("host"), &[])?;
+    let host_node = Node::start("hostNetwork", None, &host_dirs, &archive)?;
+    let mut nodes = [weir_node, ref_node, host_node];
 
     // Every Pod exists before its sandbox starts (as the API server has it
     // before kubelet acts), so weir-policyd can mark each endpoint READY.
@@ -179,7 +190,7 @@ fn main() -> Result<()> {
 
     // One untimed warm-up each (rep 0, pod 0): image unpacked, programs
     // loaded and pinned.
-    for node in [&mut weir_node, &mut ref_node] {
+    for node in &mut nodes {
         let (id, _) = node.run(&pod(0, 0))?;
         node.stop(&id)?;
         node.run_ms.clear();
@@ -187,38 +198,33 @@ fn main() -> Result<()> {
     }
 
     let started = Instant::now();
+    let k = nodes.len();
+    // (pod, node) in the order they run: each pod on every node, the
+    // node order rotating pod by pod.
+    let order: Vec<(usize, usize)> = (0..pods).flat_map(|i| (0..k).map(move |j| (i, (i + j) % k))).collect();
     for rep in 1..=reps {
-        let mut ids: Vec<[(String, String); 2]> = Vec::new();
-        for i in 0..pods {
-            let p = pod(rep, i);
-            let (w, r) = if i % 2 == 0 {
-                let w = weir_node.run(&p)?;
-                (w, ref_node.run(&p)?)
-            } else {
-                let r = ref_node.run(&p)?;
-                (weir_node.run(&p)?, r)
-            };
-            ids.push([w, r]);
+        // ids[node][pod]: (sandbox id, address)
+        let mut ids: Vec<Vec<(String, String)>> = vec![Vec::new(); k];
+        for &(i, n) in &order {
+            let got = nodes[n].run(&pod(rep, i))?;
+            ids[n].push(got);
         }
-        for (k, nodes_ips) in [(0, "weir"), (1, "ref")] {
-            let mut ips: Vec<&str> = ids.iter().map(|pair| pair[k].1.as_str()).collect();
+        for (node, ids) in nodes.iter().zip(&ids) {
+            if node.network.is_none() {
+                continue;
+            }
+            let mut ips: Vec<&str> = ids.iter().map(|(_, ip)| ip.as_str()).collect();
             ips.sort();
             ips.dedup();
             if ips.len() != pods || ips.contains(&"") {
-                bail!("{nodes_ips}: {pods} sandboxes got {} distinct addresses", ips.len());
+                bail!("{}: {pods} sandboxes got {} distinct addresses", node.name, ips.len());
             }
         }
-        for (i, [w, r]) in ids.iter().enumerate() {
-            if i % 2 == 0 {
-                weir_node.stop(&w.0)?;
-                ref_node.stop(&r.0)?;
-            } else {
-                ref_node.stop(&r.0)?;
-                weir_node.stop(&w.0)?;
-            }
+        for &(i, n) in &order {
+            nodes[n].stop(&ids[n][i].0)?;
         }
-        for (node, network) in [(&weir_node, "weir"), (&ref_node, "ref")] {
-            let left = node.reserved(network);
+        for node in &nodes {
+            let left = node.reserved();
             if left != 0 {
                 bail!("{}: {left} addresses still reserved after every StopPodSandbox", node.name);
             }
@@ -236,19 +242,27 @@ fn main() -> Result<()> {
     println!("| node | RunPodSandbox p50 ms | p99 ms | StopPodSandbox p50 ms | p99 ms | n |");
     println!("|---|---|---|---|---|---|");
     let mut rows = Vec::new();
-    for node in [&weir_node, &ref_node] {
+    for node in &nodes {
         let (run50, run99) = summary(&node.run_ms);
         let (stop50, stop99) = summary(&node.stop_ms);
         println!("| {} | {run50:.1} | {run99:.1} | {stop50:.1} | {stop99:.1} | {n} |", node.name);
         rows.push((run50, run99, stop50, stop99));
     }
-    let (w, r) = (rows[0], rows[1]);
+    let (w, r, h) = (rows[0], rows[1], rows[2]);
     println!(
         "weir / ref: RunPodSandbox p50 {:.2}, p99 {:.2}; StopPodSandbox p50 {:.2}, p99 {:.2}",
         w.0 / r.0,
         w.1 / r.1,
         w.2 / r.2,
         w.3 / r.3
+    );
+    // What the network adds to the runtime's own work, p50.
+    println!(
+        "over hostNetwork, p50: RunPodSandbox weir +{:.1} ms, ref +{:.1} ms; StopPodSandbox weir +{:.1} ms, ref +{:.1} ms",
+        w.0 - h.0,
+        r.0 - h.0,
+        w.2 - h.2,
+        r.2 - h.2
     );
     println!("every sandbox got a distinct address of {POD_CIDR}; no reservation left after the stops");
     Ok(())
