@@ -8,10 +8,11 @@ missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# The image's tests (test/tests/root_image.rs) load it into real runtimes.
-# Without recommends: buildah, criu, fuse-overlayfs, slirp4netns and the
+# The image's tests (test/tests/root_image.rs) load it into real runtimes;
+# test/tests/root_runtimes.rs starts pods in them from a busybox-static
+# tree (no registry, no image to pull). Without recommends: buildah, criu, fuse-overlayfs, slirp4netns and the
 # rest are not needed to load and run an image (some 40 MB to fetch).
-runtime_pkgs=(podman containerd runc)
+runtime_pkgs=(podman containerd runc busybox-static)
 missing_runtimes=()
 for p in "${runtime_pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_runtimes+=("$p")

@@ -6,7 +6,9 @@
 //!
 //! Configured as /work's runtimes notes found necessary here: runc (crun
 //! 1.8 fails on this host's cgroups), cgroupfs, rlimits no higher than the
-//! host's (no CAP_SYS_RESOURCE), no network (no registry, no CNI).
+//! host's (no CAP_SYS_RESOURCE), no registry. A runtime given a CNI
+//! network runs in a network namespace of its own, with a bpffs of its
+//! own ([`PrivateMounts::with_network`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -25,6 +27,15 @@ pub fn require_programs(programs: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One runtime at a time within a test binary: once in four runs, podman's
+/// runc failed to start a container ("error during container init:
+/// %!w(<nil>)") while a containerd test ran beside it on a loaded machine;
+/// alone it has not. (cargo runs test binaries one after another.)
+pub fn one_runtime_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `cmd`, returning its stdout; fails with its output otherwise.
@@ -53,14 +64,37 @@ pub struct PrivateMounts {
     /// `/proc/PID/ns/mnt` of the holder (`mnt:[inode]`): how its processes
     /// are told from every other.
     ns: PathBuf,
+    /// Whether it has a network namespace of its own too.
+    network: bool,
 }
 
 impl PrivateMounts {
     pub fn new() -> Result<PrivateMounts> {
-        let script = "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib && \
-                      mount -t tmpfs tmpfs /dev/shm && echo ready && exec sleep infinity";
+        PrivateMounts::start(false)
+    }
+
+    /// Also a network namespace of its own (loopback up) and a bpffs of its
+    /// own over /sys/fs/bpf: what a runtime's CNI plugins make on "the
+    /// node" (bridge, host veths, nft rules, pins, `/run/weir`, the IPAM
+    /// store under /var/lib) is then seen by no other test nor the host,
+    /// and goes with the namespaces. The defaults of Weir's conflist can
+    /// stay as `install-cni` renders them.
+    pub fn with_network() -> Result<PrivateMounts> {
+        PrivateMounts::start(true)
+    }
+
+    fn start(network: bool) -> Result<PrivateMounts> {
+        let mut script =
+            String::from("mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib && mount -t tmpfs tmpfs /dev/shm");
+        let mut unshare = vec!["--mount", "--propagation", "private"];
+        if network {
+            unshare.push("--net");
+            script.push_str(" && mount -t bpf bpf /sys/fs/bpf && ip link set lo up");
+        }
+        script.push_str(" && echo ready && exec sleep infinity");
         let mut holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", script])
+            .args(&unshare)
+            .args(["--", "sh", "-c", &script])
             .stdout(Stdio::piped())
             .spawn()
             .context("starting unshare (util-linux)")?;
@@ -69,16 +103,32 @@ impl PrivateMounts {
         if line.trim() != "ready" {
             let _ = holder.kill();
             let _ = holder.wait();
-            bail!("the private mount namespace could not be set up (tmpfs over /run, /var/lib, /dev/shm)");
+            bail!("the private namespace could not be set up ({script})");
         }
         let ns = fs::read_link(format!("/proc/{}/ns/mnt", holder.id()))?;
-        Ok(PrivateMounts { holder, ns })
+        Ok(PrivateMounts { holder, ns, network })
+    }
+
+    /// `path` as the programs in the namespace see it (through the
+    /// holder's `/proc/PID/root`): the node's /run and /var/lib.
+    pub fn path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.holder.id()))
+    }
+
+    /// The namespace's network namespace, to enter with setns(2) or
+    /// `nsenter --net=` (only [`PrivateMounts::with_network`] has its own).
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
 
     /// `program` run inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--target={}", self.holder.id())).args(["--mount", "--", program]);
+        cmd.arg(format!("--target={}", self.holder.id())).arg("--mount");
+        if self.network {
+            cmd.arg("--net");
+        }
+        cmd.args(["--", program]);
         cmd
     }
 
@@ -91,10 +141,12 @@ impl PrivateMounts {
     }
 }
 
-impl Drop for PrivateMounts {
-    fn drop(&mut self) {
-        // Daemons (containerd, its shims, conmon) are no children of ours:
-        // kill each by pid until none is left, then reap the holder.
+impl PrivateMounts {
+    /// Kills every process in the namespace, the holder too (which takes
+    /// the namespace's mounts with it). Daemons (containerd, its shims,
+    /// conmon) are no children of ours: each is killed by pid until none
+    /// is left.
+    fn kill_all(&mut self) {
         for _ in 0..100 {
             let pids = self.processes();
             if pids.is_empty() {
@@ -112,10 +164,37 @@ impl Drop for PrivateMounts {
     }
 }
 
+impl Drop for PrivateMounts {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// The directories of cgroup `name` that exist: in the unified hierarchy
+/// and in each v1 hierarchy.
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    if let Ok(entries) = fs::read_dir(root) {
+        bases.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    bases.iter().map(|b| b.join(name.trim_start_matches('/'))).filter(|d| d.is_dir()).collect()
+}
+
 /// Removes a cgroup made for a test (a v1 hierarchy per controller, or
 /// the unified one) with every cgroup below it; cgroupfs keeps the files,
 /// so only directories are removed, deepest first.
 pub fn remove_cgroup(name: &str) {
+    fn pids_below(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids_below(&e.path(), out);
+            }
+        }
+    }
     fn remove_tree(dir: &Path) {
         if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -128,16 +207,26 @@ pub fn remove_cgroup(name: &str) {
             eprintln!("cannot remove cgroup {}: {e}", dir.display());
         }
     }
-    let root = Path::new("/sys/fs/cgroup");
-    let mut bases = vec![root.to_path_buf()];
-    if let Ok(entries) = fs::read_dir(root) {
-        bases.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    for base in bases {
-        let dir = base.join(name.trim_start_matches('/'));
-        if dir.is_dir() {
-            remove_tree(&dir);
+    let dirs = cgroup_dirs(name);
+    // A container a failed test left running (a pod sandbox, in a mount
+    // namespace of its own, which the runtime's private namespace does not
+    // hold) keeps its cgroup busy: killed by pid, as long as any is left.
+    for _ in 0..100 {
+        let mut pids = Vec::new();
+        for d in &dirs {
+            pids_below(d, &mut pids);
         }
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a pid read from the test's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for dir in dirs {
+        remove_tree(&dir);
     }
 }
 
@@ -166,26 +255,57 @@ pub struct Podman {
 
 impl Podman {
     pub fn new() -> Result<Podman> {
+        Podman::new_with(None)
+    }
+
+    /// podman with its CNI backend on the networks (conflists) in
+    /// `cni.conf_dir`, plugins from `cni.bin_dir`, running in a network
+    /// namespace of its own ([`PrivateMounts::with_network`]): "the node"
+    /// of its containers.
+    pub fn with_cni(cni: &CniDirs) -> Result<Podman> {
+        Podman::new_with(Some(cni))
+    }
+
+    fn new_with(cni: Option<&CniDirs>) -> Result<Podman> {
         require_programs(&["podman", "runc", "conmon"])?;
         let name = unique("wimgp");
         let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(&name));
         fs::create_dir_all(dir.path().join("tmp"))?;
         let d = dir.path().display();
         let limit = ulimit();
+        let network = match cni {
+            None => format!("network_config_dir = \"{d}/cni\"\n"),
+            Some(c) => format!(
+                "network_backend = \"cni\"\nnetwork_config_dir = \"{}\"\ncni_plugin_dirs = [\"{}\"]\n",
+                c.conf_dir.display(),
+                c.bin_dir.display()
+            ),
+        };
         fs::write(
             dir.path().join("containers.conf"),
             format!(
                 "[containers]\ndefault_ulimits = [\"nofile={limit}:{limit}\", \"nproc={limit}:{limit}\"]\n\
                  [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
                  events_logfile_path = \"{d}/events.log\"\nimage_copy_tmp_dir = \"{d}/tmp\"\n\
-                 [network]\nnetwork_config_dir = \"{d}/cni\"\n"
+                 [network]\n{network}"
             ),
         )?;
         fs::write(
             dir.path().join("storage.conf"),
             format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/runroot\"\n"),
         )?;
-        Ok(Podman { mounts: PrivateMounts::new()?, dir, cgroup_parent: format!("/{name}") })
+        let mounts = if cni.is_some() { PrivateMounts::with_network()? } else { PrivateMounts::new()? };
+        Ok(Podman { mounts, dir, cgroup_parent: format!("/{name}") })
+    }
+
+    /// Its private namespaces, to run programs on "the node".
+    pub fn mounts(&self) -> &PrivateMounts {
+        &self.mounts
+    }
+
+    /// The cgroup parent its containers must be given (removed on drop).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     /// `podman ARGS` against this store; stdout.
@@ -238,26 +358,65 @@ pub struct Containerd {
     mounts: PrivateMounts,
     dir: RemoveOnDrop,
     namespace: String,
+    /// For CRI sandboxes (`LinuxPodSandboxConfig.cgroup_parent`).
+    cgroup_parent: String,
 }
+
+/// Where a runtime finds its CNI plugins and network configuration.
+#[derive(Debug, Clone)]
+pub struct CniDirs {
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+/// The containerd namespace of the CRI plugin (kubelet's pods).
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 impl Containerd {
     pub fn start() -> Result<Containerd> {
+        // The CRI plugin is not needed to import and run an image.
+        Containerd::start_with(
+            PrivateMounts::new()?,
+            unique("wimgc"),
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+    }
+
+    /// containerd as a Kubernetes node runs it: its CRI plugin serves
+    /// `runtime.v1` on [`Containerd::socket`], takes pods' networks from
+    /// the conflist in `cni.conf_dir` (plugins from `cni.bin_dir`) and
+    /// starts each sandbox from `sandbox_image` (import it first, into
+    /// [`CRI_NAMESPACE`]). It runs in a network namespace of its own
+    /// ([`PrivateMounts::with_network`]): that is "the node" of its pods.
+    pub fn start_cri(cni: &CniDirs, sandbox_image: &str) -> Result<Containerd> {
+        let (conf, bin) = (cni.conf_dir.display(), cni.bin_dir.display());
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        // restrict_oom_score_adj: the VM lacks CAP_SYS_RESOURCE. The native
+        // snapshotter: plain directories, no overlay mounts to leave behind.
+        Containerd::start_with(
+            PrivateMounts::with_network()?,
+            CRI_NAMESPACE.to_string(),
+            &format!(
+                "[{cri}]\n  sandbox_image = \"{sandbox_image}\"\n  restrict_oom_score_adj = true\n\
+                 [{cri}.containerd]\n  snapshotter = \"native\"\n\
+                 [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n"
+            ),
+        )
+    }
+
+    fn start_with(mounts: PrivateMounts, namespace: String, config: &str) -> Result<Containerd> {
         require_programs(&["containerd", "ctr", "runc", "containerd-shim-runc-v2"])?;
-        let namespace = unique("wimgc");
-        let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(&namespace));
+        let dir = RemoveOnDrop::fresh(std::env::temp_dir().join(unique("wctd")));
         fs::create_dir_all(dir.path())?;
         let d = dir.path().display();
-        // The CRI plugin is not needed to import and run an image.
         fs::write(
             dir.path().join("config.toml"),
             format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{config}\
                  [grpc]\n  address = \"{d}/containerd.sock\"\n\
                  [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
             ),
         )?;
-        let mounts = PrivateMounts::new()?;
         let log = fs::File::create(dir.path().join("containerd.log"))?;
         let daemon = mounts
             .command("containerd")
@@ -267,9 +426,30 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("starting containerd")?;
-        let containerd = Containerd { daemon, mounts, dir, namespace };
+        let cgroup_parent = format!("/{}", unique("wctdcg"));
+        let containerd = Containerd { daemon, mounts, dir, namespace, cgroup_parent };
         containerd.wait_ready()?;
         Ok(containerd)
+    }
+
+    /// The daemon's gRPC socket (containerd's API, and CRI's when enabled).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// Its log so far (for a failure's message).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Its private namespaces, to run programs on "the node".
+    pub fn mounts(&self) -> &PrivateMounts {
+        &self.mounts
+    }
+
+    /// The cgroup parent to give CRI sandboxes (removed on drop).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -282,10 +462,7 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!(
-            "containerd did not answer on its socket; its log:\n{}",
-            fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-        )
+        bail!("containerd did not answer on its socket; its log:\n{}", self.log())
     }
 
     /// `ctr ARGS` against this daemon and namespace, with the native
@@ -294,7 +471,7 @@ impl Containerd {
         let mut cmd = self.mounts.command("ctr");
         cmd.env("CONTAINERD_SNAPSHOTTER", "native")
             .arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
+            .arg(self.socket())
             .args(["--namespace", &self.namespace])
             .args(args);
         output(&mut cmd)
@@ -321,7 +498,69 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // `mounts` drops next: shims left by a failed run are killed and
-        // the snapshot and task mounts vanish with the namespace; then `dir`.
+        // Shims and sandboxes left by a failed run are killed and the
+        // snapshot and task mounts vanish with the namespace; only then
+        // can their cgroups go. `dir` goes last.
+        self.mounts.kill_all();
+        remove_cgroup(&self.cgroup_parent);
     }
+}
+
+/// A root filesystem of Debian's busybox-static alone (no libraries
+/// needed): `/bin/busybox` and links for the applets tests run.
+pub fn busybox_rootfs(dir: &Path) -> Result<()> {
+    const BUSYBOX: &str = "/bin/busybox";
+    if !Path::new(BUSYBOX).is_file() {
+        bail!("{BUSYBOX} is missing: run `bash test/deps.sh` (Debian package busybox-static)");
+    }
+    fs::create_dir_all(dir.join("bin"))?;
+    for d in ["proc", "sys", "dev", "etc", "tmp"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::copy(BUSYBOX, dir.join("bin/busybox"))?;
+    for applet in ["sh", "sleep", "nc", "ip", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    Ok(())
+}
+
+/// Builds, in `dir`, an image archive (`docker save` layout, which `ctr
+/// image import` reads) named `name` whose one process sleeps: what a pod
+/// sandbox needs of its pause image, made without a registry.
+pub fn pause_image_archive(dir: &Path, name: &str) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs)?;
+    let layer = dir.join("layer.tar");
+    output(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
+            .arg(&layer)
+            .arg("."),
+    )?;
+    let sum = output(Command::new("sha256sum").arg(&layer))?;
+    let diff_id = sum.split_whitespace().next().context("sha256sum printed nothing")?;
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    // The sandbox's process only holds the namespaces: SIGKILL is how
+    // containerd stops it, so a plain sleep serves.
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": { "Entrypoint": ["/bin/busybox", "sleep", "2147483647"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+    });
+    fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!([{ "Config": "config.json", "RepoTags": [name], "Layers": ["layer.tar"] }]);
+    fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
+    let archive = dir.join("pause.tar");
+    output(Command::new("tar").arg("-C").arg(dir).arg("-cf").arg(&archive).args([
+        "manifest.json",
+        "config.json",
+        "layer.tar",
+    ]))?;
+    Ok(archive)
 }

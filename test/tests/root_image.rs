@@ -17,7 +17,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use weir_e2e::lab::{Weirctl, BINARIES};
-use weir_e2e::runtime::{output, Containerd, Podman};
+use weir_e2e::runtime::{one_runtime_at_a_time, output, Containerd, Podman};
 use weir_testsupport::{require_root, unique, RemoveOnDrop};
 
 /// Any fixed time: what the image's mtimes and creation date are.
@@ -186,11 +186,6 @@ fn a_bin_dir_without_weir_is_refused_by_name_and_leaves_nothing() -> Result<()> 
     Ok(())
 }
 
-/// One runtime at a time: once in four runs, podman's runc failed to start
-/// a container ("error during container init: %!w(<nil>)") while the
-/// containerd test ran beside it on a loaded machine; alone it has not.
-static ONE_RUNTIME_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The CNI binary answers VERSION from its environment: it runs in the
 /// image when it prints what it prints on the host.
 const CNI_VERSION_ENV: (&str, &str) = ("CNI_COMMAND", "VERSION");
@@ -198,7 +193,7 @@ const CNI_VERSION_ENV: (&str, &str) = ("CNI_COMMAND", "VERSION");
 #[test]
 fn root_podman_loads_the_image_and_runs_the_binaries_in_it() {
     require_root!("podman runs containers");
-    let _one = ONE_RUNTIME_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_runtime_at_a_time();
     podman_loads_and_runs().unwrap();
 }
 
@@ -225,7 +220,7 @@ fn podman_loads_and_runs() -> Result<()> {
 #[test]
 fn root_containerd_imports_the_image_and_runs_the_binaries_in_it() {
     require_root!("containerd runs containers");
-    let _one = ONE_RUNTIME_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_runtime_at_a_time();
     containerd_imports_and_runs().unwrap();
 }
 

@@ -4,6 +4,14 @@
 //! into place, in the order they were added. A runtime therefore never
 //! execs half a binary nor reads half a conflist, and a failure part way
 //! (a read-only directory, a missing source) leaves the node as it was.
+//!
+//! Staging beside the destination is also what makes containerd 1.6 see a
+//! new conflist: its CRI plugin reloads the CNI configuration on a write,
+//! a rename away or a removal in its conf_dir, never on a create, and a
+//! file renamed in from another directory is only a create (it then
+//! reports NetworkReady false until something else there changes or it
+//! restarts). Renaming the staged name away is its cue
+//! (test/tests/root_runtimes.rs starts containerd before install-cni runs).
 
 use std::fs;
 use std::io::{self, Write};
