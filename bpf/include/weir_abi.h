@@ -89,7 +89,7 @@ struct weir_ipcache_value {
 /* Only NetworkPolicies in audit mode (annotation policy.weir.io/mode:
  * audit) isolate it in this direction. They isolate nothing: the policy map
  * carries their allows in the NetworkPolicy slot, and a new flow none of
- * them allows passes as WEIR_R_ALLOW_AUDIT (counted, and always an event),
+ * them allows passes as WEIR_R_ALLOW_AUDIT (counted, and an event without asking),
  * unless a cluster tier decides it. Never set with the direction's
  * ISOLATED flag: an enforced policy's isolation makes audit ones moot, and
  * their allows are then left out of the map so they cannot widen it. */
@@ -350,6 +350,8 @@ struct weir_counter_value {
 /* Established flows keep their verdict until their entry expires, whatever
  * the policy becomes (off: all-zero config re-judges). */
 #define WEIR_CFG_REJUDGE_OFF (1u << 1)
+/* No events at all (the flow log is off): verdicts are still counted. */
+#define WEIR_CFG_EVENTS_OFF (1u << 2)
 
 /*
  * policy_gen is not configuration: weir-policyd bumps it after every sync
@@ -363,7 +365,20 @@ struct weir_config {
 	__u32 ct_udp_timeout_s; /* UDP / SCTP / ICMP / other idle timeout */
 	__u32 ct_syn_timeout_s; /* unanswered new flow and closing TCP timeout */
 	__u32 policy_gen;       /* the policy generation now programmed */
-	__u32 pad;
+	__u32 events_per_s;     /* per CPU and window of 2^30 ns; 0: no limit (see below) */
+};
+
+/* ---- event budget: per-CPU array of one -------------------------------- */
+/* The flow log writes a few hundred lines a second; emitting every event of
+ * a flood costs each drop a ring reservation and a 64-byte record (about a
+ * third of a drop's time). So each CPU emits at most events_per_s events in
+ * a window of 2^30 ns (the coarse clock's, about a second) and counts the
+ * rest in `limited`, which user space reports: nothing is lost uncounted.
+ * Created by the loader of programs that use it, like the rule counters. */
+struct weir_event_budget {
+	__u64 window;  /* coarse clock >> 30 of the current window */
+	__u64 used;    /* events emitted in it */
+	__u64 limited; /* events over the budget, ever */
 };
 /* A zero timeout means the default below (what an all-zero entry gives). */
 #define WEIR_CT_TCP_TIMEOUT_DEFAULT_S 21600
@@ -394,6 +409,7 @@ struct weir_config {
 #define WEIR_MAP_EVENTS "weir_events"
 #define WEIR_MAP_COUNTERS "weir_counters"
 #define WEIR_MAP_RULE_COUNTERS "weir_rule_counters"
+#define WEIR_MAP_EVENT_BUDGET "weir_event_budget"
 #define WEIR_MAP_CONFIG "weir_config"
 #define WEIR_MAP_ABI "weir_abi"
 

@@ -3,7 +3,7 @@
  * Every verdict is counted (per endpoint, direction and reason) and every
  * drop goes through weir_drop(), the one place that drops a packet: it
  * counts, emits an event (except for flooded frames not for the pod) and
- * returns the drop action. Allowed new flows
+ * returns the drop action. WEIR_CFG_EVENTS_OFF turns every event off. Allowed new flows
  * emit an event when WEIR_CFG_EVENTS_ALLOW is set or the endpoint judged
  * has WEIR_EP_LOG_ALLOW, and always when an audit policy would drop them
  * (WEIR_R_ALLOW_AUDIT). An event the ring has no room for is counted in
@@ -64,9 +64,41 @@ static __noinline void weir_count_rule(__u32 rule, __u32 len)
 	bpf_map_update_elem(&weir_rule_counters, &rule, &init, BPF_NOEXIST);
 }
 
+static __always_inline const struct weir_config *weir_cfg(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&weir_config, &zero);
+}
+
+/* Whether this CPU may emit one more event in the current window (see
+ * struct weir_event_budget); counts the refusal when not. */
+static __always_inline int event_budget_take(__u32 limit)
+{
+	__u32 zero = 0;
+	struct weir_event_budget *b = bpf_map_lookup_elem(&weir_event_budget, &zero);
+	if (!b)
+		return 1;
+	__u64 window = bpf_ktime_get_coarse_ns() >> 30;
+	if (b->window != window) {
+		b->window = window;
+		b->used = 0;
+	}
+	if (b->used >= limit) {
+		b->limited += 1;
+		return 0;
+	}
+	b->used += 1;
+	return 1;
+}
+
 static __always_inline void weir_emit(struct __sk_buff *skb, const struct pkt *p,
 				      const struct verdict_ctx *vc, __u8 reason)
 {
+	const struct weir_config *cfg = weir_cfg();
+	if (cfg && (cfg->flags & WEIR_CFG_EVENTS_OFF))
+		return;
+	if (cfg && cfg->events_per_s && !event_budget_take(cfg->events_per_s))
+		return;
 	struct weir_event *e = bpf_ringbuf_reserve(&weir_events, sizeof(*e), 0);
 	if (!e) {
 		/* ring full: the verdict's counter still counts the packet */
@@ -86,12 +118,6 @@ static __always_inline void weir_emit(struct __sk_buff *skb, const struct pkt *p
 	e->reason = reason;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	bpf_ringbuf_submit(e, 0);
-}
-
-static __always_inline const struct weir_config *weir_cfg(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&weir_config, &zero);
 }
 
 /* The only way a packet is dropped. A frame the bridge flooded to every
@@ -121,7 +147,7 @@ static __always_inline int weir_allow(struct __sk_buff *skb, const struct pkt *p
 		weir_count_rule(vc->rule, skb->len);
 	if (new_flow) {
 		const struct weir_config *cfg = weir_cfg();
-		/* An audit policy's would-be drop is always reported. */
+		/* An audit policy's would-be drop is reported without asking (within the event budget). */
 		if (reason == WEIR_R_ALLOW_AUDIT || vc->log_allow ||
 		    (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW)))
 			weir_emit(skb, p, vc, reason);

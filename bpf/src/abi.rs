@@ -402,6 +402,8 @@ pub struct CounterValue {
 pub const CFG_EVENTS_ALLOW: u32 = 1 << 0;
 /// Established flows keep their verdict until they expire (all-zero: re-judged).
 pub const CFG_REJUDGE_OFF: u32 = 1 << 1;
+/// No events at all (the flow log is off); verdicts are still counted.
+pub const CFG_EVENTS_OFF: u32 = 1 << 2;
 pub const CT_TCP_TIMEOUT_DEFAULT_S: u32 = 21600;
 pub const CT_UDP_TIMEOUT_DEFAULT_S: u32 = 60;
 pub const CT_SYN_TIMEOUT_DEFAULT_S: u32 = 60;
@@ -416,7 +418,19 @@ pub struct Config {
     pub ct_syn_timeout_s: u32,
     /// The policy generation now programmed (weir-policyd's, not configuration).
     pub policy_gen: u32,
-    pub pad: u32,
+    /// Events each CPU emits per window of about a second; the rest are
+    /// counted in `weir_event_budget`, not emitted. 0: no limit.
+    pub events_per_s: u32,
+}
+
+/// `struct weir_event_budget`, the per-CPU value of `weir_event_budget`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EventBudget {
+    pub window: u64,
+    pub used: u64,
+    /// Events over the budget: counted, not emitted.
+    pub limited: u64,
 }
 
 // ---- capacities ----------------------------------------------------------------
@@ -441,6 +455,8 @@ pub const MAP_CIDR: &str = "weir_cidr";
 pub const MAP_CT: &str = "weir_ct";
 pub const MAP_EVENTS: &str = "weir_events";
 pub const MAP_COUNTERS: &str = "weir_counters";
+/// Per CPU: the events emitted in this window and those over the budget.
+pub const MAP_EVENT_BUDGET: &str = "weir_event_budget";
 /// Per rule id: the packets the rule decided (see `weir_abi.h`).
 pub const MAP_RULE_COUNTERS: &str = "weir_rule_counters";
 pub const MAP_CONFIG: &str = "weir_config";
@@ -470,7 +486,8 @@ pod!(
     Event,
     CounterKey,
     CounterValue,
-    Config
+    Config,
+    EventBudget
 );
 
 #[cfg(test)]

@@ -1001,6 +1001,20 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Events the programs did not emit because their CPU's budget for
+    /// the window was spent (`Config::events_per_s`), summed over CPUs. 0
+    /// under a root whose programs predate the budget.
+    pub fn events_limited(&self) -> Result<u64, Error> {
+        let p = self.root.join(MAP_EVENT_BUDGET);
+        if !p.exists() {
+            return Ok(0);
+        }
+        let m: aya::maps::PerCpuArray<MapData, EventBudget> =
+            aya::maps::PerCpuArray::try_from(open_map(&self.root, MAP_EVENT_BUDGET)?).map_err(map_err(&p, "open"))?;
+        let per_cpu = m.get(&0, 0).map_err(map_err(&p, "lookup"))?;
+        Ok(per_cpu.iter().map(|b| b.limited).sum())
+    }
+
     /// Drop the counters of rule ids `keep` does not want (rules that are
     /// gone, whose ids may be handed out again).
     pub fn retain_rule_counters(&self, keep: impl Fn(u32) -> bool) -> Result<(), Error> {

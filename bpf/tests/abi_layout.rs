@@ -58,7 +58,8 @@ fn generate() -> String {
     });
     check_struct!(c, CounterKey => "weir_counter_key", lpm = false, { endpoint, direction, reason, pad });
     check_struct!(c, CounterValue => "weir_counter_value", lpm = false, { packets, bytes });
-    check_struct!(c, Config => "weir_config", lpm = false, { flags, ct_tcp_timeout_s, ct_udp_timeout_s, ct_syn_timeout_s, policy_gen, pad });
+    check_struct!(c, Config => "weir_config", lpm = false, { flags, ct_tcp_timeout_s, ct_udp_timeout_s, ct_syn_timeout_s, policy_gen, events_per_s });
+    check_struct!(c, EventBudget => "weir_event_budget", lpm = false, { window, used, limited });
     // C prefixlen fields start every LPM key
     for s in ["weir_ipcache_key", "weir_policy_key", "weir_cidr_key"] {
         writeln!(c, "_Static_assert(offsetof(struct {s}, prefixlen) == 0, \"{s}.prefixlen\");").unwrap();
@@ -98,6 +99,7 @@ fn generate() -> String {
         R_DROP_POLICY_REVOKED => "WEIR_R_DROP_POLICY_REVOKED",
         REASON_MAX => "WEIR_REASON_MAX",
         CFG_EVENTS_ALLOW => "WEIR_CFG_EVENTS_ALLOW", CFG_REJUDGE_OFF => "WEIR_CFG_REJUDGE_OFF",
+        CFG_EVENTS_OFF => "WEIR_CFG_EVENTS_OFF",
         CT_TCP_TIMEOUT_DEFAULT_S => "WEIR_CT_TCP_TIMEOUT_DEFAULT_S",
         CT_UDP_TIMEOUT_DEFAULT_S => "WEIR_CT_UDP_TIMEOUT_DEFAULT_S",
         CT_SYN_TIMEOUT_DEFAULT_S => "WEIR_CT_SYN_TIMEOUT_DEFAULT_S",
@@ -121,6 +123,7 @@ fn generate() -> String {
         (MAP_EVENTS, "WEIR_MAP_EVENTS"),
         (MAP_COUNTERS, "WEIR_MAP_COUNTERS"),
         (MAP_RULE_COUNTERS, "WEIR_MAP_RULE_COUNTERS"),
+        (MAP_EVENT_BUDGET, "WEIR_MAP_EVENT_BUDGET"),
         (MAP_CONFIG, "WEIR_MAP_CONFIG"),
         (MAP_ABI, "WEIR_MAP_ABI"),
         (PROG_FROM_POD, "WEIR_PROG_FROM_POD"),

@@ -514,6 +514,75 @@ fn root_rules_count_the_packets_they_decide() {
     assert_eq!(count(7), 3);
 }
 
+/// With the flow log off no verdict emits an event, drops, audit
+/// would-be drops and asked-for allows alike; each is still counted.
+#[test]
+fn root_events_off_emits_nothing_and_still_counts() {
+    let Some(e) = Env::new("evoff") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.dp.set_config(&Config { flags: CFG_EVENTS_OFF | CFG_EVENTS_ALLOW, ..Default::default() }).unwrap();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED | EP_LOG_ALLOW);
+    e.allow(e.b, ID_A, DIR_INGRESS, Some(UDP), None);
+    e.ep(e.a, ID_A, EP_READY | EP_INGRESS_AUDITED);
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::udp(ip(R4), 1, ip(B4), 53)),
+        false,
+        R_DROP_POLICY,
+        "drop",
+    );
+    e.expect(
+        Hook::ToPod,
+        e.b,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::udp(ip(A4), 2, ip(B4), 53)),
+        true,
+        R_ALLOW_POLICY,
+        "allow",
+    );
+    e.expect(
+        Hook::ToPod,
+        e.a,
+        &pkt::as_seen_at(Hook::ToPod, e.mac(e.a), &pkt::udp(ip(R4), 3, ip(A4), 53)),
+        true,
+        R_ALLOW_AUDIT,
+        "audit",
+    );
+    assert!(events.drain().is_empty());
+    assert_eq!(e.count(e.b, DIR_INGRESS, COUNT_EVENT_LOST), 0, "not lost: never sent");
+    e.dp.set_config(&Config::default()).unwrap();
+    assert!(!e.to(e.b, &pkt::udp(ip(R4), 4, ip(B4), 53)));
+    assert_eq!(events.drain().len(), 1, "on again");
+}
+
+/// A flood of drops emits at most the budget's events per CPU and
+/// window; the rest are counted as over the budget, never silently gone,
+/// and the next window emits again. Every drop is still counted.
+#[test]
+fn root_events_over_the_budget_are_counted_not_emitted() {
+    let Some(e) = Env::new("budget") else { return };
+    let mut events = e.dp.events().unwrap();
+    events.drain();
+    e.dp.set_config(&Config { events_per_s: 10, ..Default::default() }).unwrap();
+    e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
+    let flood = |n: u64| {
+        for _ in 0..n {
+            assert!(!e.to(e.b, &pkt::udp(ip(R4), 999, ip(B4), 53)));
+        }
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    flood(50);
+    let read = events.drain().len() as u64;
+    assert!((10..=10 * cpus).contains(&read), "{read} events for a budget of 10 on {cpus} CPUs");
+    assert_eq!(read + e.dp.events_limited().unwrap(), 50, "every event read or counted over the budget");
+    assert_eq!(e.count(e.b, DIR_INGRESS, R_DROP_POLICY), 50, "every drop counted");
+    // Windows are 2^30 ns of the coarse clock: two of them later, a new one.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    flood(5);
+    assert_eq!(events.drain().len(), 5, "a new window");
+}
+
 /// An endpoint with EP_LOG_ALLOW (its namespace asks for the flow log's
 /// allow lines) emits its allowed new flows without the global flag; its
 /// established packets and other endpoints' allows emit nothing.

@@ -59,12 +59,23 @@ pub struct Options {
 
 /// Write the configuration the programs read from weir_config that comes
 /// from policyd's options, keeping the rest.
-pub fn configure_dataplane(dp: &Dataplane, rejudge_established: bool) -> Result<(), weir_bpf::Error> {
+pub fn configure_dataplane(
+    dp: &Dataplane,
+    rejudge_established: bool,
+    flow_log: &crate::flows::Options,
+) -> Result<(), weir_bpf::Error> {
     let mut cfg = dp.config()?;
-    if rejudge_established {
-        cfg.flags &= !abi::CFG_REJUDGE_OFF;
-    } else {
-        cfg.flags |= abi::CFG_REJUDGE_OFF;
+    // A flow log writing no line needs no event; one writing `rate` lines a
+    // second needs no more than rate + burst events a second from any CPU
+    // (the reader's bucket then holds the exact rate over all of them).
+    let events_off = !flow_log.enabled || flow_log.rate <= 0.0;
+    cfg.events_per_s = (flow_log.rate + flow_log.burst).ceil().clamp(1.0, u32::MAX as f64) as u32;
+    for (flag, off) in [(abi::CFG_REJUDGE_OFF, !rejudge_established), (abi::CFG_EVENTS_OFF, events_off)] {
+        if off {
+            cfg.flags |= flag;
+        } else {
+            cfg.flags &= !flag;
+        }
     }
     dp.set_config(&cfg)
 }
@@ -111,7 +122,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             upgrade.links_defunct
         );
     }
-    configure_dataplane(&dp, opts.rejudge_established).context("writing the dataplane configuration")?;
+    configure_dataplane(&dp, opts.rejudge_established, &opts.flow_log)
+        .context("writing the dataplane configuration")?;
     log::info!(
         "established flows {} policy changes",
         if opts.rejudge_established { "are judged again after" } else { "keep their verdict across" }
@@ -537,6 +549,9 @@ impl Agent {
         }
         self.metrics.set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
         self.metrics.flow_events_lost.set(&[], events_lost as f64);
+        if let Ok(n) = self.dp.events_limited() {
+            self.metrics.flow_events_rate_limited.set(&["kernel"], n as f64);
+        }
         let rules = self.dp.rule_counters().unwrap_or_default();
         let rule_rows = rules.iter().filter_map(|(id, v)| {
             let i = self.last_rules.binary_search_by_key(id, |r| r.id).ok()?;
@@ -824,12 +839,26 @@ mod tests {
         assert_eq!(gen(), g0 + 2, "a policy removed");
         assert!(ports_in_maps(&view, 7101).is_empty());
 
-        for on in [false, true] {
-            configure_dataplane(&view, on).unwrap();
+        let flow_log = |enabled, rate| crate::flows::Options {
+            enabled,
+            path: run.path().join("flows.log"),
+            max_bytes: 1 << 20,
+            rate,
+            burst: 200.0,
+        };
+        for (rejudge, enabled, rate, events) in [
+            (false, true, 100.0, true),
+            (true, false, 100.0, false),
+            (true, true, 0.0, false),
+            (true, true, 100.0, true),
+        ] {
+            configure_dataplane(&view, rejudge, &flow_log(enabled, rate)).unwrap();
             let cfg = view.config().unwrap();
-            assert_eq!(cfg.flags & abi::CFG_REJUDGE_OFF == 0, on);
+            assert_eq!(cfg.flags & abi::CFG_REJUDGE_OFF == 0, rejudge);
+            assert_eq!(cfg.flags & abi::CFG_EVENTS_OFF == 0, events, "enabled {enabled} rate {rate}");
             assert_eq!(cfg.policy_gen, g0 + 2, "configuration keeps the generation");
         }
+        assert_eq!(view.config().unwrap().events_per_s, 300, "rate + burst per CPU");
     }
 
     /// A new pod's endpoint is programmed and READY between the slices of

@@ -82,6 +82,10 @@ struct Args {
     /// Lines the flow log takes at once above its rate.
     #[arg(long, value_name = "LINES", default_value_t = 200)]
     flow_log_burst: u32,
+    /// Turn the flow log off: the programs emit no events at all (drops,
+    /// audit would-be drops, allows), and verdicts are only counted.
+    #[arg(long)]
+    no_flow_log: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,6 +225,7 @@ fn daemon(args: Args) -> ExitCode {
         },
         rejudge_established: args.rejudge_established,
         flow_log: weir_policyd::flows::Options {
+            enabled: !args.no_flow_log,
             path: flow_log_path,
             max_bytes: args.flow_log_max_bytes,
             rate: f64::from(args.flow_log_rate),

@@ -199,8 +199,11 @@ pub struct Metrics {
     /// weir_policyd_flow_events_lost_total: events the dataplane could not
     /// queue (its ring was full), mirrored from its counters.
     pub flow_events_lost: Family,
-    /// weir_policyd_flow_events_rate_limited_total: events over the flow
-    /// log's rate (`--flow-log-rate`), counted and not written.
+    /// weir_policyd_flow_events_rate_limited_total{where}: events over the
+    /// flow log's rate, counted and not written: `kernel`, not emitted by
+    /// the programs (each CPU's budget per window, `--flow-log-rate` plus
+    /// `--flow-log-burst`), or `policyd`, read and not written (the exact
+    /// rate and burst over all CPUs).
     pub flow_events_rate_limited: Family,
 }
 
@@ -326,9 +329,9 @@ impl Metrics {
             ),
             flow_events_rate_limited: Family::new(
                 "weir_policyd_flow_events_rate_limited_total",
-                "Dataplane events over the flow log's rate: counted, not written.",
+                "Dataplane events over the flow log's rate: counted, not written (where: kernel, policyd).",
                 Counter,
-                &[],
+                &["where"],
             ),
         }
     }

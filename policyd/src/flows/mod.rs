@@ -33,6 +33,9 @@ pub const RECENT: usize = 4096;
 /// How the flow log is written.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Off: the programs emit no events (`CFG_EVENTS_OFF`; verdicts are
+    /// still counted) and nothing is written.
+    pub enabled: bool,
     /// The file lines are appended to.
     pub path: PathBuf,
     /// Rotate when the file would grow past this.
@@ -226,7 +229,7 @@ pub fn spawn_reader(
         let clock = Clock::now();
         for e in events {
             if !bucket.take(Instant::now()) {
-                metrics.flow_events_rate_limited.inc(&[]);
+                metrics.flow_events_rate_limited.inc(&["policyd"]);
                 continue;
             }
             log.push(record::build(&current, &e, clock.rfc3339_of(e.ts_ns)));
