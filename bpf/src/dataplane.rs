@@ -295,6 +295,36 @@ pub struct Upgrade {
     pub links_updated: usize,
     /// Pinned links whose device is gone, left as they were.
     pub links_defunct: usize,
+    /// The event ring was recreated at this loader's size: (old, new) bytes.
+    pub events_resized: Option<(u32, u32)>,
+}
+
+/// What a loader asks of the maps it creates. Pinned maps keep what they
+/// were created with, except the event ring, which
+/// [`Dataplane::load_or_upgrade_with`] recreates at this size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `weir_events`' size in bytes: a power of two, at least a page.
+    pub events_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { events_bytes: EVENTS_BYTES }
+    }
+}
+
+impl LoadOptions {
+    /// A ring size the kernel takes: a power of two from 4 KiB to 1 GiB.
+    pub fn with_events_bytes(bytes: u64) -> Result<LoadOptions, Error> {
+        if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+            return Err(Error::Invalid {
+                field: "event ring size",
+                msg: format!("{bytes} bytes: give a power of two from 4096 to 1073741824 (e.g. 1048576)"),
+            });
+        }
+        Ok(LoadOptions { events_bytes: bytes as u32 })
+    }
 }
 
 /// This build's identity in a bpffs root: a 64-bit FNV-1a of the embedded
@@ -332,7 +362,7 @@ impl Dataplane {
     /// an older or newer build must not swap them back and forth; weir-policyd
     /// replaces them ([`Dataplane::load_or_upgrade`]).
     pub fn load_or_open(root: &Path) -> Result<Dataplane, Error> {
-        Self::prepare(root, &build_id(), false)?;
+        Self::prepare(root, &build_id(), false, LoadOptions::default())?;
         Self::open(root)
     }
 
@@ -344,18 +374,38 @@ impl Dataplane {
     /// conntrack) carry on. weir-policyd calls this at start, which is how
     /// a DaemonSet rollout upgrades the programs of running pods.
     pub fn load_or_upgrade(root: &Path) -> Result<(Dataplane, Upgrade), Error> {
-        Self::load_or_upgrade_as(root, &build_id())
+        Self::load_or_upgrade_with(root, LoadOptions::default())
+    }
+
+    /// [`Dataplane::load_or_upgrade`] asking for `opts`. An event ring of
+    /// another size is replaced make-before-break: its pin is removed, the
+    /// programs are loaded with a new ring of this size and every link is
+    /// switched to them; events the old programs emit in between go to the
+    /// old ring, which nobody reads any more.
+    pub fn load_or_upgrade_with(root: &Path, opts: LoadOptions) -> Result<(Dataplane, Upgrade), Error> {
+        let upgrade = Self::prepare(root, &build_id(), true, opts)?;
+        Ok((Self::open(root)?, upgrade))
+    }
+
+    /// The pinned event ring's size in bytes (None: not pinned).
+    pub fn events_bytes(root: &Path) -> Result<Option<u32>, Error> {
+        let path = root.join(MAP_EVENTS);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let m = MapData::from_pin(&path).map_err(map_err(&path, "open pinned map"))?;
+        Ok(Some(m.info().map_err(map_err(&path, "read map info"))?.max_entries()))
     }
 
     /// [`Dataplane::load_or_upgrade`] as if this build's identity were
     /// `build`: lets a test play the next build with the same object.
     #[doc(hidden)]
     pub fn load_or_upgrade_as(root: &Path, build: &str) -> Result<(Dataplane, Upgrade), Error> {
-        let upgrade = Self::prepare(root, build, true)?;
+        let upgrade = Self::prepare(root, build, true, LoadOptions::default())?;
         Ok((Self::open(root)?, upgrade))
     }
 
-    fn prepare(root: &Path, build: &str, upgrade: bool) -> Result<Upgrade, Error> {
+    fn prepare(root: &Path, build: &str, upgrade: bool, opts: LoadOptions) -> Result<Upgrade, Error> {
         check_bpffs(root)?;
         trust::ensure_dir(root)?;
         check_trusted(root)?;
@@ -363,11 +413,17 @@ impl Dataplane {
         let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
         match read_abi(root)? {
             Some(v) if v == ABI_VERSION && progs_pinned => {
-                if !upgrade || build_marker(root, build).exists() {
+                let ring = Self::events_bytes(root)?.filter(|b| upgrade && *b != opts.events_bytes);
+                if (!upgrade || build_marker(root, build).exists()) && ring.is_none() {
                     return Ok(Upgrade::default());
                 }
-                Self::load(root)?;
-                let up = Self::relink(root)?;
+                if ring.is_some() {
+                    let pin = root.join(MAP_EVENTS);
+                    std::fs::remove_file(&pin).map_err(|e| Error::io("cannot replace pin", &pin, e))?;
+                }
+                Self::load(root, opts)?;
+                let mut up = Self::relink(root)?;
+                up.events_resized = ring.map(|old| (old, opts.events_bytes));
                 set_build_marker(root, build)?;
                 Ok(up)
             }
@@ -377,16 +433,18 @@ impl Dataplane {
             // absent, or a load that died before it finished (version is
             // written last): (re)load; existing map pins are reused.
             _ => {
-                Self::load(root)?;
+                Self::load(root, opts)?;
                 set_build_marker(root, build)?;
                 Ok(Upgrade::default())
             }
         }
     }
 
-    fn load(root: &Path) -> Result<(), Error> {
+    fn load(root: &Path, opts: LoadOptions) -> Result<(), Error> {
         let mut ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(root)
+            // Taken only where the ring is created; a pinned one is reused.
+            .map_max_entries(MAP_EVENTS, opts.events_bytes)
             .load(crate::OBJECT)
             .map_err(|source| Error::Load { root: root.to_path_buf(), source: Box::new(source) })?;
         let progs = root.join("progs");

@@ -24,7 +24,7 @@ mod events;
 mod lifecycle;
 mod lpm;
 
-pub use dataplane::{build_id, AttachMode, CtEntry, Dataplane, Hook, Upgrade, TC_DROP, TC_PASS};
+pub use dataplane::{build_id, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, Upgrade, TC_DROP, TC_PASS};
 pub use error::Error;
 pub use events::EventReader;
 pub use policy::{Direction, PolicyMatch};

@@ -188,6 +188,27 @@ fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str,
     let _ = Dataplane::load_or_open(&g.root).unwrap();
     assert_eq!(running(), new_ids);
 
+    // weir-policyd asking for another event ring: a new ring, new programs
+    // using it on every link, under traffic; the CNI binary keeps it too.
+    assert_eq!(Dataplane::events_bytes(&g.root).unwrap(), Some(EVENTS_BYTES));
+    let resized = {
+        let root = g.root.clone();
+        let opts = weir_bpf::LoadOptions::with_events_bytes(1 << 16).unwrap();
+        netns::run_in(&node_ns, move || Dataplane::load_or_upgrade_with(&root, opts).unwrap().1)
+    };
+    assert_eq!(resized.events_resized, Some((EVENTS_BYTES, 1 << 16)), "{resized:?}");
+    assert_eq!(resized.links_updated, 4, "{resized:?}");
+    assert_eq!(Dataplane::events_bytes(&g.root).unwrap(), Some(1 << 16));
+    let _ = Dataplane::load_or_open(&g.root).unwrap();
+    assert_eq!(Dataplane::events_bytes(&g.root).unwrap(), Some(1 << 16), "the CNI binary's default does not undo it");
+    let dp3 = Dataplane::open(&g.root).unwrap();
+    let new_ids: Vec<u32> = ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp3.program_id(h).unwrap())).collect();
+    assert_eq!(running(), new_ids, "every link runs the programs of the new ring");
+    for bad in [0u64, 4095, 3 << 12, 1 << 31] {
+        let e = weir_bpf::LoadOptions::with_events_bytes(bad).unwrap_err().to_string();
+        assert!(e.contains("power of two"), "{bad}: {e}");
+    }
+
     tcp.advance(20, "TCP after the upgrade");
     udp.advance(20, "UDP after the upgrade");
     for (what, f) in [("TCP", tcp), ("UDP", udp)] {
@@ -197,6 +218,12 @@ fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str,
     }
     // Policy still holds on the new programs: pod 1 may not open to pod 0.
     let ip0 = *r0.ips.iter().find(|a| a.is_ipv4()).unwrap();
+    let mut events = dp3.events().unwrap();
+    events.drain();
     serve_tcp(&p0, ip0, 9090);
     assert!(!tcp_ok(&p1, SocketAddr::new(ip0, 9090)), "the new programs still enforce");
+    assert!(
+        events.drain().iter().any(|e| e.reason == R_DROP_POLICY && u16::from_be(e.dport) == 9090),
+        "the drop is an event in the new ring"
+    );
 }

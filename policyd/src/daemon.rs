@@ -112,8 +112,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         log::info!("mounted bpffs at {} (nothing was mounted there)", at.display());
     }
     // A new build's programs replace an older build's on every running pod.
-    let (dp, upgrade) = Dataplane::load_or_upgrade(&opts.bpffs_root)
+    let load = weir_bpf::LoadOptions::with_events_bytes(opts.flow_log.ring_bytes).context("--flow-log-ring-bytes")?;
+    let (dp, upgrade) = Dataplane::load_or_upgrade_with(&opts.bpffs_root, load)
         .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?;
+    if let Some((old, new)) = upgrade.events_resized {
+        log::info!("event ring resized from {old} to {new} bytes (--flow-log-ring-bytes)");
+    }
     if upgrade.replaced {
         log::info!(
             "programs of build {} now run on {} attached link(s) ({} of gone devices left to GC)",
@@ -841,6 +845,7 @@ mod tests {
 
         let flow_log = |enabled, rate| crate::flows::Options {
             enabled,
+            ring_bytes: 1 << 20,
             path: run.path().join("flows.log"),
             max_bytes: 1 << 20,
             rate,

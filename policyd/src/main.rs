@@ -86,6 +86,11 @@ struct Args {
     /// audit would-be drops, allows), and verdicts are only counted.
     #[arg(long)]
     no_flow_log: bool,
+    /// The programs' event ring, in bytes (a power of two, 4096 to 1 GiB;
+    /// 64 bytes an event). A ring of another size is replaced at start,
+    /// with the programs of every running pod.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    flow_log_ring_bytes: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +231,7 @@ fn daemon(args: Args) -> ExitCode {
         rejudge_established: args.rejudge_established,
         flow_log: weir_policyd::flows::Options {
             enabled: !args.no_flow_log,
+            ring_bytes: args.flow_log_ring_bytes,
             path: flow_log_path,
             max_bytes: args.flow_log_max_bytes,
             rate: f64::from(args.flow_log_rate),

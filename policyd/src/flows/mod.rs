@@ -36,6 +36,8 @@ pub struct Options {
     /// Off: the programs emit no events (`CFG_EVENTS_OFF`; verdicts are
     /// still counted) and nothing is written.
     pub enabled: bool,
+    /// The programs' event ring, in bytes.
+    pub ring_bytes: u64,
     /// The file lines are appended to.
     pub path: PathBuf,
     /// Rotate when the file would grow past this.
