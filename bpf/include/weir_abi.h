@@ -322,8 +322,13 @@ struct weir_event {
 	__u8 protocol;
 	__u8 direction;
 	__u8 reason; /* enum weir_reason */
-	__u8 pad[5];
+	__u8 flags;  /* WEIR_EVENT_* */
+	__u8 pad[4];
 };
+/* At to_pod, where one event stands for both sides of a local flow: the
+ * source's egress (endpoint: the source address's) is an audit policy's
+ * would-be drop too. */
+#define WEIR_EVENT_SOURCE_AUDIT (1u << 0)
 
 struct weir_counter_key {
 	__u32 endpoint;

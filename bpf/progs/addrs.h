@@ -181,16 +181,23 @@ static __always_inline __u8 nd_options_from_pod(struct __sk_buff *skb, const str
 	return off == p->l3_end ? WEIR_R_ALLOW_ND : WEIR_R_DROP_MALFORMED;
 }
 
+/* A link-scope multicast address (ff02::/16, ff12::/16, ...): where MLD
+ * speaks, and what no router forwards. */
+static __always_inline int link_scope_multicast(const __u8 *a)
+{
+	return a[0] == 0xff && (a[1] & 0x0f) == 2;
+}
+
 /*
- * Multicast listener discovery sent by the pod to a group: link control,
- * like ND, never a flow policy speaks of. A pod reports (from :: before it
- * has a link-local address, RFC 3590) and may not query, which is a
- * multicast router's part. WEIR_R_ALLOW_MLD, the drop reason, or 0 for a
- * unicast one, which policy judges like any packet.
+ * Multicast listener discovery sent by the pod to a link-scope group: link
+ * control, like ND, never a flow policy speaks of. A pod reports (from ::
+ * before it has a link-local address, RFC 3590) and may not query, which
+ * is a multicast router's part. WEIR_R_ALLOW_MLD, the drop reason, or 0
+ * for one to any other address, which policy judges like any packet.
  */
 static __always_inline __u8 mld_from_pod(const struct pkt *p, const struct weir_endpoint *e)
 {
-	if (p->daddr[0] != 0xff)
+	if (!link_scope_multicast(p->daddr))
 		return 0;
 	if (p->icmp_type == MLD_QUERY)
 		return WEIR_R_DROP_ROUTER_MSG;
@@ -336,10 +343,12 @@ static __always_inline __u8 screen_to_pod(struct __sk_buff *skb, struct pkt *p,
 		return eth.proto == bpf_htons(ETH_P_ARP) ? arp_to_pod(skb, &eth, e) : WEIR_R_ALLOW_NOT_IP;
 	if (!ip_for_pod(p, e))
 		return WEIR_R_DROP_NOT_FOR_POD;
-	/* Group membership chatter of the link (queries, other pods' reports):
-	 * no flow, nothing policy speaks of. */
-	if (p->icmp == ICMP_K_MLD && p->daddr[0] == 0xff)
-		return WEIR_R_ALLOW_MLD;
+	/* Group membership on the link: a query (only the node may send one)
+	 * is the pod's to answer; other pods' reports and dones are for
+	 * multicast routers (RFC 3810, 6), not for a pod, and a channel past
+	 * policy if handed over: counted, not logged (as every NOT_FOR_POD). */
+	if (p->icmp == ICMP_K_MLD && link_scope_multicast(p->daddr))
+		return p->icmp_type == MLD_QUERY ? WEIR_R_ALLOW_MLD : WEIR_R_DROP_NOT_FOR_POD;
 	return p->icmp == ICMP_K_ND ? WEIR_R_ALLOW_ND : 0;
 }
 

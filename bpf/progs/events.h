@@ -116,6 +116,7 @@ static __always_inline void weir_emit(struct __sk_buff *skb, const struct pkt *p
 	e->protocol = p->proto;
 	e->direction = vc->direction;
 	e->reason = reason;
+	e->flags = p->source_audit ? WEIR_EVENT_SOURCE_AUDIT : 0;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	bpf_ringbuf_submit(e, 0);
 }
@@ -148,7 +149,7 @@ static __always_inline int weir_allow(struct __sk_buff *skb, const struct pkt *p
 	if (new_flow) {
 		const struct weir_config *cfg = weir_cfg();
 		/* An audit policy's would-be drop is reported without asking (within the event budget). */
-		if (reason == WEIR_R_ALLOW_AUDIT || vc->log_allow ||
+		if (reason == WEIR_R_ALLOW_AUDIT || p->source_audit || vc->log_allow ||
 		    (cfg && (cfg->flags & WEIR_CFG_EVENTS_ALLOW)))
 			weir_emit(skb, p, vc, reason);
 	}

@@ -81,7 +81,8 @@ struct pkt {
 	__u8 frag; /* enum frag_kind */
 	__u8 icmp; /* enum icmp_kind */
 	__u8 icmp_type; /* ICMP/ICMPv6 type when icmp != ICMP_K_NONE */
-	__u8 pad[2];
+	__u8 source_audit; /* to_pod: the local source's egress is an audit would-be drop */
+	__u8 pad;
 	__u32 l4_off;  /* offset of the L4 header from the start of the frame */
 	__u32 l3_end;  /* end of the IP packet as its header says */
 };

@@ -138,6 +138,7 @@ int to_pod(struct __sk_buff *skb)
 	struct weir_ct_key k;
 	struct weir_ct_value *ct = 0;
 	__u32 rule = 0, egress_ep = 0;
+	__u32 egress_rule = 0; /* the rule allowing a local source's egress */
 	__u8 reason;
 
 	const struct weir_endpoint *e = endpoint_lookup(ep);
@@ -199,11 +200,10 @@ int to_pod(struct __sk_buff *skb)
 		if (WEIR_REASON_IS_DROP(reason))
 			return weir_drop(skb, &p, &svc, reason);
 		weir_count(skb, sep, WEIR_DIR_EGRESS, reason);
-		if (rule)
-			weir_count_rule(rule, skb->len);
-		/* The source's would-be drop is its own event. */
-		if (reason == WEIR_R_ALLOW_AUDIT)
-			weir_emit(skb, &p, &svc, reason);
+		egress_rule = rule;
+		/* An audit would-be drop of the source's: the flow's one event
+		 * (the ingress side's) says so. */
+		p.source_audit = reason == WEIR_R_ALLOW_AUDIT;
 		egress_ep = sep;
 	}
 
@@ -212,8 +212,15 @@ int to_pod(struct __sk_buff *skb)
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))
 		return weir_drop(skb, &p, &vc, reason);
-	if (tracked && ct_create(&p, egress_ep, ep, rule, 0, gen, now))
+	/* The clock read again rather than kept: one value less to keep across
+	 * the judgements holds to_pod's frame at 384 bytes. Kernels before 6.9
+	 * round each frame up to 32 bytes, and with judge_side's 112 (128) a
+	 * call chain must stay within the verifier's 512. */
+	if (tracked && ct_create(&p, egress_ep, ep, rule, 0, gen, ct_now()))
 		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+	/* The source's rule, counted once the flow passes. */
+	if (egress_rule)
+		weir_count_rule(egress_rule, skb->len);
 	return weir_allow(skb, &p, &vc, reason, 1);
 }
 
@@ -239,7 +246,8 @@ int leave_node(struct __sk_buff *skb)
 	__u32 rule = 0;
 	__u8 reason;
 
-	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND || p.icmp == ICMP_K_MLD)
+	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND ||
+	    (p.icmp == ICMP_K_MLD && link_scope_multicast(p.daddr)))
 		return TC_ACT_UNSPEC;
 	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
 	if (!src || !src->endpoint)

@@ -379,8 +379,15 @@ pub struct Event {
     pub protocol: u8,
     pub direction: u8,
     pub reason: u8,
-    pub pad: [u8; 5],
+    /// `EVENT_*`
+    pub flags: u8,
+    pub pad: [u8; 4],
 }
+
+/// At to_pod, one event stands for both sides of a local flow: the
+/// source's egress (the endpoint of its source address) is an audit
+/// would-be drop too.
+pub const EVENT_SOURCE_AUDIT: u8 = 1 << 0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -54,7 +54,7 @@ fn generate() -> String {
     check_struct!(c, CtKey => "weir_ct_key", lpm = false, { saddr, daddr, sport, dport, protocol, pad });
     check_struct!(c, CtValue => "weir_ct_value", lpm = false, { expires_ns, egress_ep, ingress_ep, rule, flags, policy_gen, pad });
     check_struct!(c, Event => "weir_event", lpm = false, {
-        ts_ns, endpoint, peer_identity, rule, saddr, daddr, sport, dport, protocol, direction, reason, pad
+        ts_ns, endpoint, peer_identity, rule, saddr, daddr, sport, dport, protocol, direction, reason, flags, pad
     });
     check_struct!(c, CounterKey => "weir_counter_key", lpm = false, { endpoint, direction, reason, pad });
     check_struct!(c, CounterValue => "weir_counter_value", lpm = false, { packets, bytes });
@@ -75,6 +75,7 @@ fn generate() -> String {
         EP_LOG_ALLOW => "WEIR_EP_LOG_ALLOW", EP_INGRESS_AUDITED => "WEIR_EP_INGRESS_AUDITED",
         EP_EGRESS_AUDITED => "WEIR_EP_EGRESS_AUDITED", R_ALLOW_AUDIT => "WEIR_R_ALLOW_AUDIT",
         R_ALLOW_MLD => "WEIR_R_ALLOW_MLD",
+        EVENT_SOURCE_AUDIT => "WEIR_EVENT_SOURCE_AUDIT",
         COUNT_EVENT_LOST => "WEIR_COUNT_EVENT_LOST",
         TIER_DENY => "WEIR_TIER_DENY", TIER_PASS => "WEIR_TIER_PASS", TIER_ACCEPT => "WEIR_TIER_ACCEPT",
         TIER_NONE => "WEIR_TIER_NONE", R_ALLOW_CLUSTER_POLICY => "WEIR_R_ALLOW_CLUSTER_POLICY",

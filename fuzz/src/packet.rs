@@ -398,8 +398,18 @@ enum Icmp {
     Error,
     /// ICMPv6 router/neighbour solicitation and advertisement, redirect.
     NeighbourDiscovery,
+    /// ICMPv6 multicast listener query, reports, done.
+    ListenerDiscovery,
     Other,
 }
+
+/// A link-scope IPv6 multicast address (ff02::/16, ff12::/16, ...): where
+/// multicast listener discovery is link control.
+fn link_scope_multicast(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(a) if a.octets()[0] == 0xff && a.octets()[1] & 0x0f == 2)
+}
+
+const MLD_QUERY: u8 = 130;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pkt {
@@ -574,6 +584,7 @@ fn parse_l4(f: &[u8], mut p: Pkt, v6: bool) -> Option<Parsed> {
                 (false, 0) | (true, 129) => Icmp::EchoReply,
                 (false, 3 | 11 | 12) | (true, 1..=4) => Icmp::Error,
                 (true, 133..=137) => Icmp::NeighbourDiscovery,
+                (true, 130..=132 | 143) => Icmp::ListenerDiscovery,
                 _ => Icmp::Other,
             };
             match p.icmp {
@@ -678,6 +689,17 @@ impl Owned {
         if p.icmp == Icmp::NeighbourDiscovery {
             return self.nd_from_pod(f, &p).map(|()| None);
         }
+        // Link control: a pod reports (from :: before it has a link-local
+        // address) but never queries.
+        if p.icmp == Icmp::ListenerDiscovery && link_scope_multicast(p.dst) {
+            if p.icmp_type == MLD_QUERY {
+                return Err("MLD query from a pod".into());
+            }
+            if !p.src.is_unspecified() && !self.owns_on_link(p.src) {
+                return Err(format!("MLD from {}, not the pod's", p.src));
+            }
+            return Ok(None);
+        }
         if !self.owns(p.src) {
             return Err(format!("IP source {} is not the pod's", p.src));
         }
@@ -760,6 +782,11 @@ impl Owned {
         }
         if p.icmp == Icmp::NeighbourDiscovery {
             return Ok(None);
+        }
+        // The link's query is the pod's to answer; other pods' reports are
+        // for multicast routers, and a channel past policy if handed over.
+        if p.icmp == Icmp::ListenerDiscovery && link_scope_multicast(p.dst) {
+            return if p.icmp_type == MLD_QUERY { Ok(None) } else { Err("an MLD report is not for a pod".into()) };
         }
         Ok(Some(p))
     }
@@ -919,7 +946,10 @@ impl Node {
             return May(None);
         };
         let sender = self.lookup(p.src).map_or(0, |(_, ep, _)| ep);
-        if sender == 0 || p.icmp == Icmp::NeighbourDiscovery {
+        if sender == 0
+            || p.icmp == Icmp::NeighbourDiscovery
+            || (p.icmp == Icmp::ListenerDiscovery && link_scope_multicast(p.dst))
+        {
             return May(None);
         }
         if flows.established(Hook::LeaveNode, sender, &p) {

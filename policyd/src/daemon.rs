@@ -321,6 +321,12 @@ struct Agent {
     last_endpoint_pods: HashMap<u32, crate::store::Key>,
     /// What the maps hold (the API's realization status).
     realized: crate::api::Realization,
+    /// Drop counters at the last export, per (endpoint, direction, reason),
+    /// and the totals credited from them: per (policy, direction) and per
+    /// (namespace, direction).
+    drop_counts: HashMap<(u32, u8, u8), u64>,
+    policy_drops: std::collections::BTreeMap<(String, &'static str), u64>,
+    namespace_drops: std::collections::BTreeMap<(String, &'static str), u64>,
 }
 
 /// An endpoint record unmatched this long is logged: shorter is a new
@@ -361,6 +367,9 @@ impl Agent {
         metrics: Arc<Metrics>,
         slice_budget: usize,
     ) -> Result<Agent, weir_bpf::Error> {
+        // Rule ids are this process's numbering: counts a previous run left
+        // under an id would be credited to whichever rule now has it.
+        dp.retain_rule_counters(|_| false)?;
         Ok(Agent {
             engine: Engine::new(),
             sync: Sync::from_maps(&dp)?,
@@ -375,6 +384,9 @@ impl Agent {
             last_rules: Vec::new(),
             last_endpoint_pods: HashMap::new(),
             realized: Default::default(),
+            drop_counts: HashMap::new(),
+            policy_drops: Default::default(),
+            namespace_drops: Default::default(),
         })
     }
 
@@ -520,12 +532,11 @@ impl Agent {
         }
     }
 
-    fn export_counters(&self, store: &Store) {
+    fn export_counters(&mut self, store: &Store) {
         let Ok(rows) = self.dp.counters() else { return };
         let mut sums: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
         let mut events_lost = 0;
-        let mut by_namespace: std::collections::BTreeMap<(String, &str), u64> = Default::default();
-        let mut by_policy: std::collections::BTreeMap<(String, &str), u64> = Default::default();
+        let mut seen = HashMap::new();
         for (k, v) in rows {
             if k.reason == abi::COUNT_EVENT_LOST {
                 events_lost += v.packets;
@@ -535,10 +546,23 @@ impl Agent {
             let e = sums.entry((dir, abi::reason_name(k.reason))).or_default();
             e.0 += v.packets;
             e.1 += v.bytes;
-            let Some(pod) = self.last_endpoint_pods.get(&k.endpoint).filter(|_| abi::reason_is_drop(k.reason)) else {
+            // Frames the bridge floods past a pod are no drop of its own.
+            if !abi::reason_is_drop(k.reason) || k.reason == abi::R_DROP_NOT_FOR_POD {
                 continue;
-            };
-            *by_namespace.entry((pod.0.clone(), dir)).or_default() += v.packets;
+            }
+            // What was dropped since the last export: the endpoint's counter
+            // (a new endpoint's starts over), credited to the namespace and
+            // the policies isolating the pod now, so totals only grow and a
+            // policy added later takes no earlier drops.
+            let key = (k.endpoint, k.direction, k.reason);
+            let last = self.drop_counts.get(&key).copied().unwrap_or(0);
+            let delta = if v.packets >= last { v.packets - last } else { v.packets };
+            seen.insert(key, v.packets);
+            let Some(pod) = self.last_endpoint_pods.get(&k.endpoint) else { continue };
+            if delta == 0 {
+                continue;
+            }
+            *self.namespace_drops.entry((pod.0.clone(), dir)).or_default() += delta;
             // Isolated and no rule allows: every isolating policy's drop.
             if matches!(k.reason, abi::R_DROP_POLICY | abi::R_DROP_FRAGMENT) {
                 let d = if k.direction == abi::DIR_EGRESS {
@@ -547,10 +571,18 @@ impl Agent {
                     crate::engine::Direction::Ingress
                 };
                 for p in self.engine.isolating_policies(store, pod, d) {
-                    *by_policy.entry((p, dir)).or_default() += v.packets;
+                    *self.policy_drops.entry((p, dir)).or_default() += delta;
                 }
             }
         }
+        self.drop_counts = seen;
+        // Series of policies and namespaces that are gone go with them.
+        let exists = |name: &str| match name.split_once('/') {
+            Some((ns, n)) => store.policies.contains_key(&(ns.to_string(), n.to_string())),
+            None => store.cluster_policies.contains_key(name),
+        };
+        self.policy_drops.retain(|(p, _), _| exists(p));
+        self.namespace_drops.retain(|(ns, _), _| store.namespaces.contains_key(ns));
         self.metrics.set_dataplane_verdicts(sums.iter().map(|((d, r), (p, b))| (*d, *r, *p, *b)));
         self.metrics.flow_events_lost.set(&[], events_lost as f64);
         if let Ok(n) = self.dp.events_limited() {
@@ -561,7 +593,7 @@ impl Agent {
             let i = self.last_rules.binary_search_by_key(id, |r| r.id).ok()?;
             Some((&self.last_rules[i], v.packets))
         });
-        self.metrics.set_policy_views(rule_rows, &by_policy, &by_namespace);
+        self.metrics.set_policy_views(rule_rows, &self.policy_drops, &self.namespace_drops);
         // Ids of rules that are gone may be handed out again: not theirs to keep.
         if rules.iter().any(|(id, _)| self.last_rules.binary_search_by_key(id, |r| r.id).is_err()) {
             let known: std::collections::HashSet<u32> = self.last_rules.iter().map(|r| r.id).collect();

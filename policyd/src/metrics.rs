@@ -177,12 +177,13 @@ pub struct Metrics {
     pub rule_packets: Family,
     /// weir_policy_drops_total{policy,direction}: packets dropped because a
     /// NetworkPolicy isolates the pod and no rule allows them, counted for
-    /// each policy isolating that pod (a drop isolated by two counts for
-    /// both). One series per policy and direction.
+    /// each policy isolating that pod when they were dropped (a drop
+    /// isolated by two counts for both). One series per policy and
+    /// direction.
     pub policy_drops: Family,
     /// weir_dataplane_namespace_drops_total{namespace,direction}: every
-    /// drop of this node's pods, by their namespace: at most the namespaces
-    /// with a pod here.
+    /// drop of this node's pods (not frames flooded past them), by their
+    /// namespace: at most the namespaces with a pod here.
     pub namespace_drops: Family,
     /// weir_policyd_ready: 1 once /readyz answers 200.
     pub ready: Family,
@@ -361,8 +362,8 @@ impl Metrics {
     pub fn set_policy_views<'a>(
         &self,
         rules: impl IntoIterator<Item = (&'a crate::engine::RuleInfo, u64)>,
-        by_policy: &BTreeMap<(String, &str), u64>,
-        by_namespace: &BTreeMap<(String, &str), u64>,
+        by_policy: &BTreeMap<(String, &'static str), u64>,
+        by_namespace: &BTreeMap<(String, &'static str), u64>,
     ) {
         use crate::engine::{Action, Direction, Tier};
         self.rule_packets.clear();

@@ -234,7 +234,9 @@ pub fn spawn_reader(
                 metrics.flow_events_rate_limited.inc(&["policyd"]);
                 continue;
             }
-            log.push(record::build(&current, &e, clock.rfc3339_of(e.ts_ns)));
+            for r in record::build_all(&current, &e, clock.rfc3339_of(e.ts_ns)) {
+                log.push(r);
+            }
         }
     });
     if let Err(e) = spawned {

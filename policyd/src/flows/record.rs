@@ -187,6 +187,29 @@ impl FlowRecord {
     }
 }
 
+/// The records of event `e`: its own, and when it also says that the local
+/// source's egress is an audit would-be drop (`EVENT_SOURCE_AUDIT`, at
+/// to_pod, whose one event stands for both sides), that side's too.
+pub fn build_all(names: &Names, e: &abi::Event, time: String) -> Vec<FlowRecord> {
+    let mut out = vec![build(names, e, time.clone())];
+    if e.flags & abi::EVENT_SOURCE_AUDIT != 0 {
+        let src = weir_bpf::addr::from_bytes(e.saddr);
+        let source_ep = names.pods.get(&src).and_then(|pod| names.endpoints.iter().find(|(_, n)| n.pod == *pod));
+        if let Some((ifindex, _)) = source_ep {
+            let side = abi::Event {
+                endpoint: *ifindex,
+                direction: abi::DIR_EGRESS,
+                reason: abi::R_ALLOW_AUDIT,
+                rule: 0,
+                flags: 0,
+                ..*e
+            };
+            out.push(build(names, &side, time));
+        }
+    }
+    out
+}
+
 /// Build the record of event `e`, which happened at `time` (RFC 3339).
 pub fn build(names: &Names, e: &abi::Event, time: String) -> FlowRecord {
     let saddr = weir_bpf::addr::from_bytes(e.saddr);
@@ -330,7 +353,8 @@ mod tests {
             protocol: 6,
             direction,
             reason,
-            pad: [0; 5],
+            flags: 0,
+            pad: [0; 4],
         }
     }
 
@@ -394,6 +418,32 @@ mod tests {
             build(&names(), &event(abi::DIR_INGRESS, abi::R_ALLOW_POLICY, 7, "10.0.0.2", "10.0.0.3"), "t".into());
         assert!(!f.matches(&allow), "a plain allow is not an audit record");
         assert!(allow.audited_by.is_empty());
+    }
+
+    /// At to_pod one event stands for a local flow's two sides: when it
+    /// says the source's egress is an audit would-be drop, that side gets
+    /// its own record, naming the source's audit policies.
+    #[test]
+    fn a_local_sources_audit_would_be_drop_is_a_record_of_its_own() {
+        let mut n = names();
+        n.endpoints.insert(
+            32,
+            EndpointNames {
+                pod: ("y".to_string(), "b".to_string()),
+                auditing_egress: vec!["y/trial".into()],
+                ..Default::default()
+            },
+        );
+        let mut e = event(abi::DIR_INGRESS, abi::R_ALLOW_POLICY, 7, "10.0.0.2", "10.0.0.3");
+        assert_eq!(build_all(&n, &e, "t".into()).len(), 1);
+        e.flags = abi::EVENT_SOURCE_AUDIT;
+        let rs = build_all(&n, &e, "t".into());
+        assert_eq!(rs.len(), 2, "{rs:?}");
+        assert_eq!((rs[0].direction, rs[0].reason), ("ingress", "allow_policy"));
+        assert_eq!((rs[1].direction, rs[1].reason, rs[1].verdict), ("egress", "allow_audit", "allow"));
+        assert_eq!(rs[1].audited_by, ["y/trial"]);
+        assert_eq!((rs[1].source.pod.as_deref(), rs[1].destination.pod.as_deref()), (Some("b"), Some("a")));
+        assert_eq!(rs[1].policy, None);
     }
 
     /// Only names: the peer's identity and its labels never reach a line.
