@@ -171,8 +171,10 @@ fn pods_talk_until_denied(
     let namespace = "wrt";
     let pods: Vec<(PodMeta, &str)> = ["server", "client"]
         .into_iter()
-        .map(|app| {
-            let uid = format!("00000000-0000-4000-8000-{:012x}", std::process::id() as u64 * 16 + app.len() as u64);
+        .enumerate()
+        .map(|(i, app)| {
+            // One uid per pod: an endpoint matched to the wrong Pod shows.
+            let uid = format!("00000000-0000-4000-8000-{:012x}", std::process::id() as u64 * 16 + i as u64);
             (PodMeta { name: app.to_string(), namespace: namespace.to_string(), uid }, app)
         })
         .collect();
@@ -206,6 +208,13 @@ fn pods_talk_until_denied(
     eventually("the deny policy blocks client -> server", || {
         Ok((!connects_from_pod(client.pid, &server.ip, Duration::from_secs(1))).then_some(()))
     })?;
+    // Not one slow connect on a busy machine: blocked, again and again.
+    for attempt in 1..=3 {
+        assert!(
+            !connects_from_pod(client.pid, &server.ip, Duration::from_secs(2)),
+            "client reached server through the deny policy (attempt {attempt})"
+        );
+    }
     // Its removal lets them talk again.
     fs::remove_file(manifests.join("deny.yaml"))?;
     eventually("removing the deny policy lets client reach server again", || {
