@@ -23,6 +23,14 @@ pub fn pod_ip(ns: usize, i: usize) -> String {
 }
 
 pub fn build() -> (Store, Vec<EndpointRecord>) {
+    build_with(PODS_PER_NS)
+}
+
+/// The same cluster with `pods_per_ns` pods in each namespace (at most
+/// [`PODS_PER_NS`], so addresses stay unique; at least 2, so there are
+/// [`LOCALS`] pods for this node).
+pub fn build_with(pods_per_ns: usize) -> (Store, Vec<EndpointRecord>) {
+    assert!((2..=PODS_PER_NS).contains(&pods_per_ns), "pods per namespace: 2 to {PODS_PER_NS}");
     let mut s = Store::default();
     let tiers = ["web", "api", "db", "cache", "worker"];
     for ns in 0..NAMESPACES {
@@ -31,7 +39,7 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
             "team": format!("team-{}", ns % 10), "env": ENVS[ns % 3]}}}))
         .unwrap();
         s.namespaces.insert(name.clone(), n);
-        for i in 0..PODS_PER_NS {
+        for i in 0..pods_per_ns {
             let app = i % APPS_PER_NS;
             let ports = match app % 3 {
                 0 => {
