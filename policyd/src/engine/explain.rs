@@ -229,12 +229,7 @@ impl Engine {
     /// The audit-mode policies that would isolate pod `key` in `dir`,
     /// while no enforced one does: what an audit would-be drop names.
     pub fn auditing_policies(&self, store: &Store, key: &Key, dir: Direction) -> Vec<String> {
-        let Some(pod) = store.pods.get(key) else { return Vec::new() };
-        let selecting = self.selecting(store, key, pod);
-        if !isolating(&selecting, dir, false).is_empty() {
-            return Vec::new();
-        }
-        isolating(&selecting, dir, true)
+        store.pods.get(key).map(|pod| auditing(&self.selecting(store, key, pod), dir)).unwrap_or_default()
     }
 
     /// Explain `flow` against the last compile (call after one). Pure
@@ -308,9 +303,7 @@ impl Engine {
         let selecting = self.selecting(store, key, pod);
         side.isolating = isolating(&selecting, dir, false);
         side.isolated = !side.isolating.is_empty();
-        // Audit policies matter where no enforced one isolates (as the maps
-        // have it: elsewhere their rules are not compiled in).
-        let auditing = if side.isolated { Vec::new() } else { isolating(&selecting, dir, true) };
+        let auditing = auditing(&selecting, dir);
         let mut audit_rules = Vec::new();
         side.tiered =
             selecting.iter().flat_map(|p| &p.rules).any(|r| r.tier != Tier::NetworkPolicy && r.direction == dir);
@@ -548,6 +541,17 @@ fn isolating(selecting: &[Arc<CompiledPolicy>], dir: Direction, audit: bool) -> 
         .filter(|p| p.audit == audit && if dir == Direction::Egress { p.isolates_egress } else { p.isolates_ingress })
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect()
+}
+
+/// The audit-mode policies that would isolate in `dir`, where no enforced
+/// one does: elsewhere they decide nothing and, as the endpoint stage
+/// compiles them, are not in the maps.
+fn auditing(selecting: &[Arc<CompiledPolicy>], dir: Direction) -> Vec<String> {
+    if isolating(selecting, dir, false).is_empty() {
+        isolating(selecting, dir, true)
+    } else {
+        Vec::new()
+    }
 }
 
 fn cluster_match(p: &CompiledPolicy, r: &CompiledRule, peer: Option<u32>) -> ClusterRuleMatch {

@@ -821,6 +821,23 @@ const MAX_PEERS: usize = 64;
 const MAX_PORTS: usize = 48;
 const PROTOCOLS: [u8; 4] = [super::PROTO_TCP, super::PROTO_UDP, super::PROTO_SCTP, 1];
 
+/// What every check asks about: each local endpoint, and the peers and
+/// ports the input makes worth asking (see [`mismatches`]).
+struct Questions {
+    eps: Vec<u32>,
+    peers: Vec<IpAddr>,
+    ports: Vec<u16>,
+}
+
+impl Questions {
+    fn of(store: &Store, locals: &[EndpointRecord]) -> Questions {
+        let mut eps: Vec<u32> = locals.iter().map(|r| r.host_ifindex).collect();
+        eps.sort_unstable();
+        eps.dedup();
+        Questions { eps, peers: probe_peers(store, locals), ports: probe_ports(store) }
+    }
+}
+
 /// Ask the maps of `d` (compiled from `store` and `locals`) and the policy
 /// text the same questions: every local endpoint, both directions, every
 /// address the input names (pods, gateways, ipBlock edges and their
@@ -830,11 +847,7 @@ const PROTOCOLS: [u8; 4] = [super::PROTO_TCP, super::PROTO_UDP, super::PROTO_SCT
 /// each) are skipped.
 pub fn mismatches(store: &Store, locals: &[EndpointRecord], d: &Desired) -> Vec<Mismatch> {
     let spec = Spec::new(store, locals);
-    let peers = probe_peers(store, locals);
-    let ports = probe_ports(store);
-    let mut eps: Vec<u32> = locals.iter().map(|r| r.host_ifindex).collect();
-    eps.sort_unstable();
-    eps.dedup();
+    let Questions { eps, peers, ports } = Questions::of(store, locals);
     let mut out = Vec::new();
     for &ep in &eps {
         for dir in [Direction::Ingress, Direction::Egress] {
@@ -878,11 +891,7 @@ pub fn audit_mismatches(
     d_without: &Desired,
     d_enforced: &Desired,
 ) -> Vec<String> {
-    let peers = probe_peers(store, locals);
-    let ports = probe_ports(store);
-    let mut eps: Vec<u32> = locals.iter().map(|r| r.host_ifindex).collect();
-    eps.sort_unstable();
-    eps.dedup();
+    let Questions { eps, peers, ports } = Questions::of(store, locals);
     let mut out = Vec::new();
     for &ep in &eps {
         for dir in [Direction::Ingress, Direction::Egress] {
