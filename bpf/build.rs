@@ -26,7 +26,19 @@ fn main() {
         let stem = path.file_stem().unwrap().to_str().unwrap();
         let obj = out.join(format!("{stem}.o"));
         compile(&clang, path, &include, &progs, &obj);
+        if stem == "weir" {
+            // The build's identity (`weir_bpf::build_id`), hashed here once:
+            // hashing the half-megabyte object at run time cost every CNI
+            // ADD about a millisecond.
+            let bytes = std::fs::read(&obj).expect("read the compiled object");
+            println!("cargo:rustc-env=WEIR_BUILD_ID={:016x}", fnv1a64(&bytes));
+        }
     }
+}
+
+/// FNV-1a, 64 bits (bpf/src/dataplane.rs checks the two agree).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 fn compile(clang: &str, src: &Path, include: &Path, progs: &Path, obj: &Path) {

@@ -239,7 +239,7 @@ fn check_trusted(root: &Path) -> Result<(), Error> {
     for sub in ["progs", "links", "node-links"] {
         let dir = root.join(sub);
         if fs_entry_exists(&dir) {
-            trust::check_dir(&dir)?;
+            trust::check_subdir(&dir)?;
         }
     }
     Ok(())
@@ -328,11 +328,10 @@ impl LoadOptions {
 }
 
 /// This build's identity in a bpffs root: a 64-bit FNV-1a of the embedded
-/// object, so two builds with the same programs are one build.
-pub fn build_id() -> String {
-    let hash =
-        crate::OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("{hash:016x}")
+/// object, so two builds with the same programs are one build. Hashed by
+/// the build script, not per process.
+pub fn build_id() -> &'static str {
+    env!("WEIR_BUILD_ID")
 }
 
 /// `<root>/build-<id>`: an empty directory naming the build whose programs
@@ -362,8 +361,8 @@ impl Dataplane {
     /// an older or newer build must not swap them back and forth; weir-policyd
     /// replaces them ([`Dataplane::load_or_upgrade`]).
     pub fn load_or_open(root: &Path) -> Result<Dataplane, Error> {
-        Self::prepare(root, &build_id(), false, LoadOptions::default())?;
-        Self::open(root)
+        Self::prepare(root, build_id(), false, LoadOptions::default())?;
+        Self::open_pins(root)
     }
 
     /// As [`Dataplane::load_or_open`], and when the pinned programs are
@@ -383,8 +382,8 @@ impl Dataplane {
     /// switched to them; events the old programs emit in between go to the
     /// old ring, which nobody reads any more.
     pub fn load_or_upgrade_with(root: &Path, opts: LoadOptions) -> Result<(Dataplane, Upgrade), Error> {
-        let upgrade = Self::prepare(root, &build_id(), true, opts)?;
-        Ok((Self::open(root)?, upgrade))
+        let upgrade = Self::prepare(root, build_id(), true, opts)?;
+        Ok((Self::open_pins(root)?, upgrade))
     }
 
     /// The pinned event ring's size in bytes (None: not pinned).
@@ -402,7 +401,7 @@ impl Dataplane {
     #[doc(hidden)]
     pub fn load_or_upgrade_as(root: &Path, build: &str) -> Result<(Dataplane, Upgrade), Error> {
         let upgrade = Self::prepare(root, build, true, LoadOptions::default())?;
-        Ok((Self::open(root)?, upgrade))
+        Ok((Self::open_pins(root)?, upgrade))
     }
 
     fn prepare(root: &Path, build: &str, upgrade: bool, opts: LoadOptions) -> Result<Upgrade, Error> {
@@ -413,7 +412,7 @@ impl Dataplane {
         let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
         match read_abi(root)? {
             Some(v) if v == ABI_VERSION && progs_pinned => {
-                let ring = Self::events_bytes(root)?.filter(|b| upgrade && *b != opts.events_bytes);
+                let ring = if upgrade { Self::events_bytes(root)?.filter(|b| *b != opts.events_bytes) } else { None };
                 if (!upgrade || build_marker(root, build).exists()) && ring.is_none() {
                     return Ok(Upgrade::default());
                 }
@@ -538,6 +537,12 @@ impl Dataplane {
         check_bpffs(root)?;
         check_trusted(root)?;
         check_abi(root)?;
+        Self::open_pins(root)
+    }
+
+    /// The pins of a root already checked (by [`Dataplane::open`], or by
+    /// `prepare`, which also made sure the ABI is ours).
+    fn open_pins(root: &Path) -> Result<Dataplane, Error> {
         for hook in Hook::POD {
             let p = root.join("progs").join(hook.name());
             if !p.exists() {
@@ -1189,3 +1194,14 @@ impl Dataplane {
 /// tc verdicts as [`Dataplane::run`] returns them.
 pub const TC_PASS: i32 = -1;
 pub const TC_DROP: i32 = 2;
+
+#[cfg(test)]
+mod tests {
+    /// The build script's id is the hash of the object this crate embeds.
+    #[test]
+    fn build_id_is_the_fnv1a_of_the_embedded_object() {
+        let hash =
+            crate::OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+        assert_eq!(super::build_id(), format!("{hash:016x}"));
+    }
+}

@@ -102,10 +102,13 @@ impl Registry {
     /// Create the registry directory (and the run dir above it) root-only,
     /// or check that what exists is root's (see [`crate::trust`]).
     pub fn ensure_dir(&self) -> Result<(), RegistryError> {
-        if let Some(run_dir) = self.dir.parent() {
-            trust::ensure_dir(run_dir)?;
+        match self.dir.parent() {
+            Some(run_dir) => {
+                trust::ensure_dir(run_dir)?;
+                Ok(trust::ensure_subdir(&self.dir)?)
+            }
+            None => Ok(trust::ensure_dir(&self.dir)?),
         }
-        Ok(trust::ensure_dir(&self.dir)?)
     }
 
     /// File name of a record: `<containerID>@<ifname>.json`, each part
