@@ -190,8 +190,26 @@ pub struct Policy {
     pub ready_timeout_ms: u64,
     pub while_not_ready: WhileNotReady,
     pub on_ready_timeout: OnReadyTimeout,
-    /// How the programs attach to the host veth (`policy.attach`).
+    /// How the programs attach to the host veth (`policy.attach`); a
+    /// pod's own mechanism is [`Policy::attach_for`].
     pub attach: weir_bpf::AttachMode,
+}
+
+impl Policy {
+    /// The mechanism for one pod. "auto" takes clsact + cls_bpf: attaching
+    /// a TCX link waits for an RCU grace period under RTNL, about 3x the
+    /// cost of the whole ADD (docs/benchmarks.md, "CNI ADD/DEL"), while a
+    /// filter does not. Except when the pod's egress is shaped: the
+    /// reference bandwidth plugin, chained after us, then adds an `ingress`
+    /// qdisc to the host veth, which the kernel refuses beside clsact
+    /// ("Exclusivity flag on"), so such a pod gets TCX where the kernel has
+    /// it. "tcx" and "tc" are taken as asked.
+    pub fn attach_for(&self, egress_shaped: bool) -> weir_bpf::AttachMode {
+        match self.attach {
+            weir_bpf::AttachMode::Auto if !egress_shaped => weir_bpf::AttachMode::Tc,
+            m => m,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -438,7 +456,8 @@ fn parse_policy(p: &Value) -> Result<Policy> {
         None => d.attach,
         Some(a) => weir_bpf::AttachMode::parse(&a).ok_or_else(|| {
             CniError::config(format!(
-                "policy.attach {a:?}: use \"auto\" (TCX where the kernel has it), \"tcx\" or \"tc\" (clsact + cls_bpf)"
+                "policy.attach {a:?}: use \"auto\" (tc, or TCX for a pod whose egress is shaped), \"tcx\" or \"tc\" \
+                 (clsact + cls_bpf)"
             ))
         })?,
     };
@@ -736,6 +755,18 @@ mod tests {
             let e = err(v);
             assert_eq!(e.code, code::INVALID_CONFIG);
             assert!(e.msg.starts_with("policy.attach"), "{bad}: {}", e.msg);
+        }
+    }
+
+    /// "auto" is tc for a pod, unless its egress is shaped (bandwidth's
+    /// `ingress` qdisc excludes clsact); an explicit mechanism is kept.
+    #[test]
+    fn auto_attaches_with_tc_unless_the_pods_egress_is_shaped() {
+        use weir_bpf::AttachMode::*;
+        let policy = |attach| Policy { attach, ..Policy::default() };
+        for (asked, plain, shaped) in [(Auto, Tc, Auto), (Tcx, Tcx, Tcx), (Tc, Tc, Tc)] {
+            assert_eq!(policy(asked).attach_for(false), plain, "{asked:?}");
+            assert_eq!(policy(asked).attach_for(true), shaped, "{asked:?} shaped");
         }
     }
 

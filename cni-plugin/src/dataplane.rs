@@ -11,7 +11,6 @@ use weir_bpf::abi;
 
 pub struct Dataplane {
     inner: weir_bpf::Dataplane,
-    attach: weir_bpf::AttachMode,
 }
 
 fn dp_err(what: impl std::fmt::Display) -> impl FnOnce(weir_bpf::Error) -> CniError {
@@ -23,7 +22,7 @@ impl Dataplane {
     pub fn load_or_open(policy: &Policy) -> Result<Dataplane> {
         let root = &policy.bpffs_root;
         weir_bpf::Dataplane::load_or_open(root)
-            .map(|inner| Dataplane { inner, attach: policy.attach })
+            .map(|inner| Dataplane { inner })
             .map_err(dp_err(format!("policy.bpffsRoot {}: cannot load or open the dataplane", root.display())))
     }
 
@@ -33,7 +32,7 @@ impl Dataplane {
             return Ok(None);
         }
         weir_bpf::Dataplane::open(&policy.bpffs_root)
-            .map(|inner| Some(Dataplane { inner, attach: policy.attach }))
+            .map(|inner| Some(Dataplane { inner }))
             .map_err(dp_err(format!("policy.bpffsRoot {}", policy.bpffs_root.display())))
     }
 
@@ -57,10 +56,11 @@ impl Dataplane {
         })
     }
 
-    pub fn attach(&self, ifindex: u32) -> Result<()> {
+    /// Attach with `mode`: [`crate::config::Policy::attach_for`] the pod.
+    pub fn attach(&self, ifindex: u32, mode: weir_bpf::AttachMode) -> Result<()> {
         self.inner
-            .attach_as(ifindex, self.attach)
-            .map_err(dp_err(format!("attach tc programs to ifindex {ifindex} (policy.attach {:?})", self.attach)))
+            .attach_as(ifindex, mode)
+            .map_err(dp_err(format!("attach tc programs to ifindex {ifindex} ({mode:?})")))
     }
 
     pub fn is_attached(&self, ifindex: u32) -> Result<bool> {

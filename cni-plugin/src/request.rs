@@ -9,6 +9,14 @@
 //! - the MAC (bridge): `runtimeConfig.mac` (the `mac` capability) over
 //!   `args.cni.mac` over `CNI_ARGS` `MAC=`.
 //!
+//! - egress shaping (bandwidth): `runtimeConfig.bandwidth.egressRate` or
+//!   `egressBurst` non-zero (the `bandwidth` capability). Weir shapes
+//!   nothing; it only chooses how its programs attach, since the reference
+//!   bandwidth plugin shapes a pod's egress through the host veth's
+//!   `ingress` qdisc, which cannot sit beside clsact (see
+//!   [`crate::config::Policy::attach_for`]). Malformed values are left to
+//!   the bandwidth plugin, which owns the field.
+//!
 //! An address may carry a prefix length (`10.244.1.9/24`), ignored as the
 //! reference ignores it: the range decides the prefix. Parsed at ADD only:
 //! DEL must succeed whatever the request held.
@@ -30,6 +38,8 @@ pub struct Requested {
     /// Without duplicates, in the order asked.
     pub ips: Vec<RequestedIp>,
     pub mac: Option<[u8; 6]>,
+    /// The pod's egress is to be shaped by a chained bandwidth plugin.
+    pub egress_shaped: bool,
 }
 
 /// Where a value came from decides the error code: the environment (4) or
@@ -95,6 +105,9 @@ pub fn parse(raw: &Value, env: &Env) -> Result<Requested> {
             }
         }
     }
+    req.egress_shaped = ["egressRate", "egressBurst"]
+        .iter()
+        .any(|f| raw.pointer(&format!("/runtimeConfig/bandwidth/{f}")).and_then(Value::as_u64).is_some_and(|v| v > 0));
     Ok(req)
 }
 
@@ -204,5 +217,18 @@ mod tests {
             assert!(e.msg.starts_with(&format!("runtimeConfig.mac: {bad} is not a unicast MAC")), "{}", e.msg);
         }
         assert!(parse(&json!({}), &env("MAC=02:42:ac:11:00:02")).is_ok());
+    }
+
+    #[test]
+    fn egress_is_shaped_when_the_bandwidth_capability_asks_for_an_egress_rate_or_burst() {
+        let shaped = |rc: Value| parse(&json!({ "runtimeConfig": rc }), &env("")).unwrap().egress_shaped;
+        assert!(!parse(&json!({}), &env("")).unwrap().egress_shaped);
+        assert!(!shaped(json!({ "bandwidth": { "ingressRate": 1000, "ingressBurst": 1000 } })));
+        assert!(!shaped(json!({ "bandwidth": { "egressRate": 0, "egressBurst": 0 } })));
+        assert!(shaped(json!({ "bandwidth": { "egressRate": 8_000_000, "egressBurst": 80_000 } })));
+        assert!(shaped(json!({ "bandwidth": { "egressBurst": 80_000 } })));
+        // the bandwidth plugin owns the field and refuses what it cannot read
+        assert!(!shaped(json!({ "bandwidth": "fast" })));
+        assert!(!shaped(json!({ "bandwidth": { "egressRate": "8M" } })));
     }
 }

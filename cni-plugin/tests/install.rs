@@ -19,8 +19,9 @@ fn shipped_conflist_is_a_valid_weir_chain() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     // What libcni 1.1 (containerd 1.6/1.7, podman 4) accepts as well as 1.2+.
     assert_eq!(v["cniVersion"], "1.0.0");
-    // libcni passes runtimeConfig.ips/mac only for declared capabilities.
-    assert_eq!(v["plugins"][0]["capabilities"], serde_json::json!({"ips": true, "mac": true}));
+    // libcni passes runtimeConfig.ips/mac/bandwidth only for declared
+    // capabilities (bandwidth: whether "auto" may attach with tc).
+    assert_eq!(v["plugins"][0]["capabilities"], serde_json::json!({"ips": true, "mac": true, "bandwidth": true}));
     let types: Vec<&str> = v["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["weir", "portmap", "bandwidth"]);
     let conf = weir_cni::config::parse_netconf(v).unwrap();

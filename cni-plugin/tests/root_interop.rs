@@ -103,6 +103,22 @@ fn root_results_have_the_reference_bridge_shape() {
 /// Run a conflist the way libcni does: each plugin in order with the
 /// previous result as prevResult (ADD, CHECK) and in reverse for DEL.
 fn run_list(node: &Node, list: &Value, command: &str, id: &str, pod: &Netns, prev: Option<&Value>) -> Value {
+    let bandwidth =
+        json!({ "ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000 });
+    run_list_shaped(node, list, command, id, pod, prev, &bandwidth)
+}
+
+/// [`run_list`] with the pod's `bandwidth` runtimeConfig, passed to every
+/// plugin that declares the capability (weir's too, as libcni does).
+fn run_list_shaped(
+    node: &Node,
+    list: &Value,
+    command: &str,
+    id: &str,
+    pod: &Netns,
+    prev: Option<&Value>,
+    bandwidth: &Value,
+) -> Value {
     let mut plugins: Vec<Value> = list["plugins"].as_array().unwrap().clone();
     if command == "DEL" {
         plugins.reverse();
@@ -124,7 +140,7 @@ fn run_list(node: &Node, list: &Value, command: &str, id: &str, pod: &Netns, pre
                 json!({ "portMappings": [{ "hostPort": 18080, "containerPort": 80, "protocol": "tcp" }] });
         }
         if p["capabilities"]["bandwidth"] == json!(true) {
-            conf["runtimeConfig"] = json!({ "bandwidth": { "ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000 } });
+            conf["runtimeConfig"]["bandwidth"] = bandwidth.clone();
         }
         if let Some(r) = &result {
             conf["prevResult"] = r.clone();
@@ -172,4 +188,55 @@ fn root_chains_with_reference_portmap_and_bandwidth() {
     node.assert_clean("ch1", Some(&pod));
     let nat = node.ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(!nat.contains("18080"), "{nat}");
+}
+
+/// The shipped chain enforcing, attach "auto": a pod whose egress the
+/// bandwidth plugin shapes gets TCX links, since bandwidth's `ingress`
+/// qdisc cannot go in beside clsact; any other pod gets tc filters, next to
+/// which bandwidth's ingress shaping (a root tbf) works.
+#[test]
+fn root_auto_attach_leaves_room_for_bandwidths_egress_shaping() {
+    require_root!();
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let mut weir = node.conf("1.0.0", "10.97.0.0/24", None);
+    weir.as_object_mut().unwrap().remove("name");
+    weir.as_object_mut().unwrap().remove("cniVersion");
+    weir["capabilities"] = json!({ "bandwidth": true });
+    weir["policy"] = json!({ "enforce": true, "bpffsRoot": root.0, "runDir": node.run_dir(), "readyTimeoutMs": 0,
+                             "attach": "auto" });
+    let list = json!({
+        "cniVersion": "1.0.0", "name": node.network,
+        "plugins": [weir, { "type": "bandwidth", "capabilities": { "bandwidth": true } }]
+    });
+    let both =
+        json!({ "ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000 });
+    let ingress_only = json!({ "ingressRate": 8_000_000, "ingressBurst": 80_000 });
+    let links = |id: &str, veth: &str| -> (Vec<String>, String) {
+        let rec = weir_common::registry::Registry::under(node.run_dir()).get(id, "eth0").unwrap().unwrap();
+        let idx = rec.host_ifindex;
+        let pins: Vec<String> = std::fs::read_dir(root.0.join("links"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let ours: Vec<String> = pins.into_iter().filter(|n| n.starts_with(&format!("{idx}_"))).collect();
+        (ours, node.ns.exec(&["tc", "qdisc", "show", "dev", veth]))
+    };
+    for (id, bandwidth, tcx) in [("bw1", &both, true), ("bw2", &ingress_only, false)] {
+        let pod = Netns::new("wp");
+        let result = run_list_shaped(&node, &list, "ADD", id, &pod, None, bandwidth);
+        let veth = weir_cni::naming::host_veth(id, "eth0");
+        let (mut pins, qdiscs) = links(id, &veth);
+        pins.sort();
+        assert!(qdiscs.contains("tbf"), "bandwidth shapes the pod's ingress: {qdiscs}");
+        if tcx {
+            assert!(pins.iter().all(|p| !p.ends_with("-tc")) && pins.len() == 2, "TCX link pins: {pins:?}");
+            assert!(qdiscs.contains("ingress") && !qdiscs.contains("clsact"), "bandwidth's ingress qdisc: {qdiscs}");
+        } else {
+            assert!(pins.iter().all(|p| p.ends_with("-tc")) && pins.len() == 2, "tc filter records: {pins:?}");
+            assert!(qdiscs.contains("clsact"), "{qdiscs}");
+        }
+        run_list_shaped(&node, &list, "CHECK", id, &pod, Some(&result), bandwidth);
+        run_list_shaped(&node, &list, "DEL", id, &pod, Some(&result), bandwidth);
+        node.assert_clean(id, Some(&pod));
+    }
 }

@@ -8,24 +8,8 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use weir_bpf::abi;
-
-/// A bpffs root removed (pins and all, which detaches what is left) on drop.
-struct BpfRoot(PathBuf);
-
-impl BpfRoot {
-    fn new() -> BpfRoot {
-        BpfRoot(PathBuf::from(format!("/sys/fs/bpf/{}", unique("weir-test-"))))
-    }
-}
-
-impl Drop for BpfRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn enforcing(node: &Node, root: &BpfRoot, timeout_ms: u64) -> Value {
     enforcing_attached(node, root, timeout_ms, "auto")
@@ -375,7 +359,7 @@ fn root_del_of_an_attachment_whose_name_collided_with_another_touches_nothing_of
     let dp = weir_bpf::Dataplane::open(&root.0).unwrap();
     let ep = dp.endpoint(idx).unwrap().expect("the other attachment's endpoint entry was removed");
     assert_ne!(ep.flags & abi::EP_READY, 0);
-    assert!(dp.is_attached(idx).unwrap(), "the other attachment's programs were detached");
+    assert!(attached_in_node(&node, &root, idx), "the other attachment's programs were detached");
     node.del("wpq_r", &pod, &conf).ok();
     node.assert_clean("wpq_r", Some(&pod));
 }

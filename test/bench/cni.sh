@@ -18,20 +18,21 @@
 #   ref          reference bridge + host-local
 #   weir         weir, policy.enforce false
 #   weir-enforce weir, policy.enforce true with policy.readyTimeoutMs 0: endpoint
-#                entry, tc attach (policy.attach "auto": TCX, pinned links, on a
-#                kernel >= 6.6), registry record and ipcache writes are all timed;
-#                the wait for weir-policyd's READY is not (no weir-policyd runs
-#                here; a fake one would measure nothing real).
+#                entry, attach (policy.attach "auto", as shipped: clsact + cls_bpf
+#                filters through rtnetlink for a pod without egress shaping),
+#                registry record and ipcache writes are all timed; the wait for
+#                weir-policyd's READY is not (no weir-policyd runs here; a fake
+#                one would measure nothing real).
 #                Measured in the "plain" variant only.
-#   weir-tc      as weir-enforce with policy.attach "tc" (clsact + cls_bpf filters
-#                through rtnetlink). Plain variant only; ENFORCE_CFGS="weir-enforce"
-#                leaves it out.
+#   weir-tcx     as weir-enforce with policy.attach "tcx" (pinned TCX links, what
+#                "auto" gives a pod whose egress is shaped). Plain variant only;
+#                ENFORCE_CFGS="weir-enforce" leaves it out.
 #
 # Usage: sudo bash test/bench/cni.sh     (env: PODS=100 REPS=3 VARIANTS="plain ipmasq"
-#                                          ENFORCE_CFGS="weir-enforce weir-tc"
+#                                          ENFORCE_CFGS="weir-enforce weir-tcx"
 #                                          WEIR_BIN=<path> (default: cargo build --release)
 #                                          CNI_BIN_DIR=/usr/lib/cni OUTDIR=...)
-# Creates netns wcb-node and wcb-{r,w,we,wt}-<i>, bridges wcbref/wcbweir/wcbenf/wcbtc inside
+# Creates netns wcb-node and wcb-<config>-<i>, bridges wcbref/wcbweir/wcbenf/wcbtcx inside
 # wcb-node, /run/wcb, and bpffs root /sys/fs/bpf/wcb-<pid>; removes all of it on exit.
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "cni.sh: run it, do not source it" >&2; return 1; fi
@@ -41,7 +42,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PODS=${PODS:-100}
 REPS=${REPS:-3}
 VARIANTS=${VARIANTS:-"plain ipmasq"}
-ENFORCE_CFGS=${ENFORCE_CFGS:-"weir-enforce weir-tc"}
+ENFORCE_CFGS=${ENFORCE_CFGS:-"weir-enforce weir-tcx"}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 OUTDIR=${OUTDIR:-$ROOT/target/bench/cni-$(date -u +%Y%m%dT%H%M%SZ)}
 BPFROOT=/sys/fs/bpf/wcb-$$
@@ -77,8 +78,8 @@ conf() { # $1 cfg, $2 masq(true|false)
 		extra=', "isDefaultGateway": false, "policy": {"enforce": false, "runDir": "'$RUN'/run"}' ;;
 	weir-enforce) br=wcbenf subnet=10.252.0.0/16
 		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run", "attach": "auto"}' ;;
-	weir-tc) br=wcbtc subnet=10.253.0.0/16
-		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run", "attach": "tc"}' ;;
+	weir-tcx) br=wcbtcx subnet=10.253.0.0/16
+		extra=', "isDefaultGateway": false, "policy": {"enforce": true, "readyTimeoutMs": 0, "bpffsRoot": "'$BPFROOT'", "runDir": "'$RUN'/run", "attach": "tcx"}' ;;
 	esac
 	cat <<JSON
 { "cniVersion": "1.0.0", "name": "wcb-$1", "type": "$type", "bridge": "$br",
@@ -102,7 +103,7 @@ for rep in $(seq "$REPS"); do
 		ip -n wcb-node link set lo up
 		for c in $cfgs; do
 			conf "$c" "$masq" >"$RUN/$c.json"
-			for i in $(seq 0 "$PODS"); do ip netns add "wcb-${c:0:1}${c:5:1}-$i"; done
+			for i in $(seq 0 "$PODS"); do ip netns add "wcb-$c-$i"; done
 		done
 		nsenter --net=/run/netns/wcb-node env PODS="$PODS" CFGS="$cfgs" RUN="$RUN" WEIR="$WEIR_BIN" REF="$CNI_BIN_DIR/bridge" \
 			CNI_PATH="$CNI_BIN_DIR" VARIANT="$variant" REP="$rep" bash -c '
@@ -115,7 +116,7 @@ for rep in $(seq "$REPS"); do
 				local op=$1 c=$2 i=$3 b a rc
 				b=$(bin "$c")
 				a=$(us)
-				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-${c:0:1}${c:5:1}-$i CNI_IFNAME=eth0 \
+				CNI_COMMAND=$op CNI_CONTAINERID=$c-$i CNI_NETNS=/run/netns/wcb-$c-$i CNI_IFNAME=eth0 \
 					CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$c-$i" "$b" <"$RUN/$c.json" >"$RUN/$op-$c-$i.json" 2>>"$RUN/stderr.txt"
 				rc=$?
 				echo "$VARIANT $REP $c $op $i $(( $(us) - a )) $rc"
@@ -124,7 +125,7 @@ for rep in $(seq "$REPS"); do
 				# so no config pays for another one'"'"'s teardown
 				if [ "$op" = DEL ]; then
 					local n=0
-					while ip -n "wcb-${c:0:1}${c:5:1}-$i" link show eth0 >/dev/null 2>&1 && [ $n -lt 400 ]; do
+					while ip -n "wcb-$c-$i" link show eth0 >/dev/null 2>&1 && [ $n -lt 400 ]; do
 						sleep 0.005; n=$((n + 1))
 					done
 				fi
@@ -190,7 +191,7 @@ for var, rep, cfg, op, i, us, rc in rows:
     if rc != '0':
         fails[(var, cfg, op)] = fails.get((var, cfg, op), 0) + 1
 lines = ['| variant | config | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | failures |', '|---|---|---|---|---|---|---|']
-for (var, cfg) in sorted({(v, c) for v, c, _ in data}, key=lambda x: (x[0], ['ref', 'weir', 'weir-enforce', 'weir-tc'].index(x[1]))):
+for (var, cfg) in sorted({(v, c) for v, c, _ in data}, key=lambda x: (x[0], ['ref', 'weir', 'weir-enforce', 'weir-tcx'].index(x[1]))):
     a, d = data[(var, cfg, 'ADD')], data[(var, cfg, 'DEL')]
     f = fails.get((var, cfg, 'ADD'), 0) + fails.get((var, cfg, 'DEL'), 0)
     lines.append('| %s | %s | %.2f | %.2f | %.2f | %.2f | %d |' % (var, cfg, pct(a, .5), pct(a, .99), pct(d, .5), pct(d, .99), f))

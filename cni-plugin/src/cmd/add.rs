@@ -236,7 +236,7 @@ fn add_steps(
         undo.endpoint = Some((host.index, ips.clone()));
         let addrs: Vec<IpNet> = lease.ips.iter().map(|i| i.address).collect();
         dp.add_endpoint(host.index, &podlink.mac, &addrs, conf.policy.while_not_ready == WhileNotReady::Allow)?;
-        dp.attach(host.index)?;
+        dp.attach(host.index, conf.policy.attach_for(requested.egress_shaped))?;
         let record = EndpointRecord {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),

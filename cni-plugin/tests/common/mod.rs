@@ -96,6 +96,21 @@ pub fn exec_plugin(node: &Netns, bin: &str, call: &Call, stdin: &[u8]) -> Run {
     Run { code: out.status.code().unwrap_or(-1), out: value, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
+/// A bpffs root removed (pins and all, which detaches what is left) on drop.
+pub struct BpfRoot(pub PathBuf);
+
+impl BpfRoot {
+    pub fn new() -> BpfRoot {
+        BpfRoot(PathBuf::from(format!("/sys/fs/bpf/{}", unique("weir-test-"))))
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A node namespace with its own bridge name, IPAM dir and run dir.
 pub struct Node {
     pub ns: Netns,
