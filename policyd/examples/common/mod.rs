@@ -32,46 +32,20 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
 pub fn build_with(pods_per_ns: usize) -> (Store, Vec<EndpointRecord>) {
     assert!((2..=PODS_PER_NS).contains(&pods_per_ns), "pods per namespace: 2 to {PODS_PER_NS}");
     let mut s = Store::default();
-    let tiers = ["web", "api", "db", "cache", "worker"];
     for ns in 0..NAMESPACES {
-        let name = format!("ns-{ns:03}");
-        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
-            "team": format!("team-{}", ns % 10), "env": ENVS[ns % 3]}}}))
-        .unwrap();
-        s.namespaces.insert(name.clone(), n);
+        let name = namespace_name(ns);
+        s.namespaces.insert(name.clone(), namespace(ns));
         for i in 0..pods_per_ns {
-            let app = i % APPS_PER_NS;
-            let ports = match app % 3 {
-                0 => {
-                    json!([{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}])
-                }
-                1 => {
-                    json!([{"name": "grpc", "containerPort": 50051}, {"name": "metrics", "containerPort": 9100}])
-                }
-                _ => json!([{"name": "http", "containerPort": 80}]),
-            };
-            let pod_name = format!("app{app}-{i}");
-            let p: Pod = serde_json::from_value(json!({
-                "metadata": {"name": pod_name, "namespace": name, "uid": format!("{ns}-{i}"), "resourceVersion": "1",
-                    "creationTimestamp": "2026-01-01T00:00:00Z",
-                    "labels": {"app": format!("app{app}"), "tier": tiers[app % tiers.len()],
-                               "pod-template-hash": format!("h{app}"), "version": if i % 20 == 0 { "v2" } else { "v1" }}},
-                "spec": {"containers": [{"name": "main", "ports": ports}]},
-                "status": {"phase": "Running", "podIPs": [{"ip": pod_ip(ns, i)}]}}))
-            .unwrap();
-            s.pods.insert((name.clone(), pod_name), p);
+            let p = pod(ns, i, &pod_ip(ns, i), None);
+            s.pods.insert((name.clone(), p.metadata.name.clone().unwrap()), p);
         }
         for app in 0..3 {
-            let svc: Service =
-                serde_json::from_value(json!({"metadata": {"name": format!("svc{app}"), "namespace": name},
-                "spec": {"clusterIP": format!("10.96.{}.{}", ns, app + 1)}}))
-                .unwrap();
+            let svc = service(ns, app, &format!("10.96.{}.{}", ns, app + 1));
             s.services.insert((name.clone(), format!("svc{app}")), svc);
         }
         for k in 0..POLICIES_PER_NS {
-            let (pname, spec) = policy(ns, k);
-            let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"name": pname, "namespace": name, "uid": format!("np-{ns}-{k}"), "resourceVersion": "1"}, "spec": spec})).unwrap();
-            s.policies.insert((name.clone(), pname), np);
+            let np = network_policy(ns, k, k);
+            s.policies.insert((name.clone(), np.metadata.name.clone().unwrap()), np);
         }
     }
     // Locals: spread over namespaces, like a node of a big cluster.
@@ -97,6 +71,56 @@ pub fn build_with(pods_per_ns: usize) -> (Store, Vec<EndpointRecord>) {
         });
     }
     (s, locals)
+}
+
+pub fn namespace_name(ns: usize) -> String {
+    format!("ns-{ns:03}")
+}
+
+/// Namespace `ns`: a team (of 10) and an environment (of [`ENVS`]).
+pub fn namespace(ns: usize) -> Namespace {
+    serde_json::from_value(json!({"metadata": {"name": namespace_name(ns), "labels": {
+        "team": format!("team-{}", ns % 10), "env": ENVS[ns % 3]}}}))
+    .unwrap()
+}
+
+/// The i-th pod of namespace `ns` (`app<i % 10>-<i>`), at `ip`, on `node`
+/// when given: labels and named container ports by its app.
+pub fn pod(ns: usize, i: usize, ip: &str, node: Option<&str>) -> Pod {
+    let tiers = ["web", "api", "db", "cache", "worker"];
+    let app = i % APPS_PER_NS;
+    let ports = match app % 3 {
+        0 => json!([{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]),
+        1 => json!([{"name": "grpc", "containerPort": 50051}, {"name": "metrics", "containerPort": 9100}]),
+        _ => json!([{"name": "http", "containerPort": 80}]),
+    };
+    let mut spec = json!({"containers": [{"name": "main", "ports": ports}]});
+    if let Some(node) = node {
+        spec["nodeName"] = json!(node);
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("app{app}-{i}"), "namespace": namespace_name(ns), "uid": format!("{ns}-{i}"),
+            "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {"app": format!("app{app}"), "tier": tiers[app % tiers.len()],
+                       "pod-template-hash": format!("h{app}"), "version": if i % 20 == 0 { "v2" } else { "v1" }}},
+        "spec": spec,
+        "status": {"phase": "Running", "podIPs": [{"ip": ip}]}}))
+    .unwrap()
+}
+
+/// Service `svc<app>` of namespace `ns`.
+pub fn service(ns: usize, app: usize, cluster_ip: &str) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": format!("svc{app}"), "namespace": namespace_name(ns)},
+        "spec": {"clusterIP": cluster_ip}}))
+    .unwrap()
+}
+
+/// NetworkPolicy `np-<n>` of namespace `ns`, of kind `k` of [`policy`].
+pub fn network_policy(ns: usize, n: usize, k: usize) -> NetworkPolicy {
+    let (_, spec) = policy(ns, k);
+    serde_json::from_value(json!({"metadata": {"name": format!("np-{n}"), "namespace": namespace_name(ns),
+        "uid": format!("np-{ns}-{n}"), "resourceVersion": "1"}, "spec": spec}))
+    .unwrap()
 }
 
 /// The k-th policy of namespace ns: a realistic mix.
