@@ -79,6 +79,28 @@ pub fn ensure(network: &str, sources: &[IpNet], cluster: &[IpNet], run_dir: &Pat
     Ok(())
 }
 
+/// Whether Weir's masquerade table is in the calling thread's network
+/// namespace. Without nft there is none: ADD could not have made it.
+pub fn table_exists() -> Result<bool> {
+    let status =
+        Command::new("nft").args(["list", "table", "inet", TABLE]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    match status {
+        Ok(s) => Ok(s.success()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CniError::kernel("cannot run nft", e)),
+    }
+}
+
+/// Remove the table, every network's chain with it (`weir-policyd
+/// uninstall`; DEL never does, see above). Returns whether it was there.
+pub fn remove_table() -> Result<bool> {
+    if !table_exists()? {
+        return Ok(false);
+    }
+    apply(&format!("delete table inet {TABLE}\n"))?;
+    Ok(true)
+}
+
 fn stamp_path(run_dir: &Path, network: &str) -> PathBuf {
     run_dir.join("masq").join(format!("{}.applied", chain_name(network)))
 }
