@@ -72,14 +72,16 @@ impl TestNode {
     }
 
     /// Uninstall, told every place (once the conflist and the record are
-    /// gone it would otherwise look at the host's own defaults).
+    /// gone it would otherwise look at the host's own defaults), with no
+    /// PATH: the image it runs from in a DaemonSet holds no other program
+    /// (no nft, no ip).
     fn uninstall(&self, extra: &[&str]) -> Output {
         let (bin, conf, run, data) = (self.bin(), self.conf(), self.run_dir(), self.path("host/var/lib/cni/networks"));
         let mut args = vec!["uninstall", "--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()];
         args.extend(["--bpffs-root", self.pins.path().to_str().unwrap(), "--run-dir", run.to_str().unwrap()]);
         args.extend(["--ipam-data-dir", data.to_str().unwrap()]);
         args.extend_from_slice(extra);
-        self.policyd(&args)
+        self.ns.command(POLICYD).args(&args).env_remove("NODE_NAME").env("PATH", "/nonexistent").output().unwrap()
     }
 
     /// The conflist as installed, then pointed at this test's places (as an

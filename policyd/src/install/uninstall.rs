@@ -265,7 +265,7 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
         Step::Programs => detach_programs(&network.bpffs_root),
         Step::Routes => remove_routes(),
         Step::VxlanDevice => remove_vxlan_devices(),
-        Step::Masquerade => match weir_cni::masq::remove_table()? {
+        Step::Masquerade => match weir_cni::masq::remove_table().context("removing the masquerade table")? {
             true => Ok(vec![format!("removed nftables table inet {} (masquerade)", weir_cni::masq::TABLE)]),
             false => Ok(vec![]),
         },
