@@ -148,6 +148,10 @@ struct UninstallArgs {
     /// ipam.dataDir, else the record's, else /var/lib/cni/networks].
     #[arg(long, value_name = "DIR")]
     ipam_data_dir: Option<PathBuf>,
+    /// Once done, wait until terminated (a DaemonSet's container: its pod
+    /// stays up on a clean node; the image has no sleep).
+    #[arg(long)]
+    then_wait: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,6 +273,16 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
     match rt.block_on(install::uninstall::run(&opts)) {
         Ok(lines) => {
             lines.iter().for_each(|l| println!("{l}"));
+            println!("Weir is uninstalled from this node");
+            if a.then_wait {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                rt.block_on(async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                    term.recv().await
+                });
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
