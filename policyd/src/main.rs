@@ -130,6 +130,12 @@ struct UninstallArgs {
     /// to other nodes and masquerade, and their DEL fails.
     #[arg(long)]
     force: bool,
+    /// Remove only files (conflist, binaries, IPAM store, pins, run dir,
+    /// record); leave programs, routes, devices, nftables and annotations:
+    /// for an install under a prefix (install.sh --prefix) that never ran
+    /// on this host.
+    #[arg(long, conflicts_with_all = ["kubeconfig", "in_cluster"])]
+    files_only: bool,
     /// The host's CNI binary directory.
     #[arg(long, value_name = "DIR", default_value = weir_common::paths::DEFAULT_CNI_BIN_DIR)]
     bin_dir: PathBuf,
@@ -268,7 +274,14 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
     };
     let places =
         install::uninstall::Places { bpffs_root: a.bpffs_root, run_dir: a.run_dir, ipam_data_dir: a.ipam_data_dir };
-    let opts = install::uninstall::Options { bin_dir: a.bin_dir, conf_dir: a.conf_dir, force: a.force, node, places };
+    let opts = install::uninstall::Options {
+        bin_dir: a.bin_dir,
+        conf_dir: a.conf_dir,
+        force: a.force,
+        files_only: a.files_only,
+        node,
+        places,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(install::uninstall::run(&opts)) {
         Ok(lines) => {

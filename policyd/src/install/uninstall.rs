@@ -31,6 +31,9 @@ pub struct Options {
     pub conf_dir: PathBuf,
     /// Go on while pods still use Weir (or weir-policyd runs).
     pub force: bool,
+    /// Leave the kernel alone (programs, routes, devices, nftables) and the
+    /// API: an install under a prefix, which never ran on this host.
+    pub files_only: bool,
     /// This node's Node, to take Weir's annotations off; None without API
     /// access (they are then left, and the report says how to remove them).
     pub node: Option<(Access, String)>,
@@ -95,6 +98,11 @@ pub const ORDER: [Step; 11] = [
 ];
 
 impl Step {
+    /// Whether the step acts on the kernel or the API rather than on files.
+    pub fn beyond_files(self) -> bool {
+        matches!(self, Step::Programs | Step::Routes | Step::VxlanDevice | Step::Masquerade | Step::Annotations)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Step::Conflist => "conflist",
@@ -159,7 +167,7 @@ pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
         }
         done.push(format!("  {u}"));
     }
-    for step in ORDER {
+    for step in ORDER.into_iter().filter(|s| !(opts.files_only && s.beyond_files())) {
         match run_step(step, opts, &installed).await {
             Ok(lines) => done.extend(lines),
             Err(error) => return Err(Failure::Stopped { step, error, done }),
