@@ -7,7 +7,12 @@
 //! added by the real `weir` binary (masquerade table, IPAM store, endpoint
 //! record and entry). Uninstall refuses while the pod is there or
 //! weir-policyd runs, changing nothing; after DEL it removes every part,
-//! leaves what is not Weir's, and a second run removes nothing.
+//! leaves what is not Weir's, and a second run removes nothing. With API
+//! access (`apiserver_fixture`, served inside the node's namespace) it
+//! takes Weir's annotations off its Node; with `--force` it goes on while a
+//! pod is running.
+
+mod apiserver_fixture;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use serde_json::{json, Value};
@@ -213,7 +218,9 @@ impl TestNode {
         walk(self.pins.path(), &mut s);
         s.push_str(&format!("links: {:?}\n", self.ns.links()));
         s.push_str(&self.ns.ip(&["-d", "link", "show", "type", "vxlan"]));
-        s.push_str(&self.ns.ip(&["route", "show", "table", "all"]));
+        // A bridge that just lost its last port turns "linkdown" in its
+        // own time: the kernel's doing, not uninstall's.
+        s.push_str(&self.ns.ip(&["route", "show", "table", "all"]).replace(" linkdown", ""));
         s.push_str(&format!("masquerade table: {}\n", self.has_masquerade_table()));
         s
     }
@@ -337,4 +344,76 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
     assert!(again.status.success(), "{}", stderr(&again));
     let said = stdout(&again);
     assert!(!said.lines().any(|l| l.starts_with("removed") || l.starts_with("detached")), "{said}");
+}
+
+/// The API stand-in serving `node`, inside `ns` (where uninstall runs):
+/// its kubeconfig, a stop switch, and the Node as it is when stopped.
+fn api_in(
+    ns: &Netns,
+    node: Node,
+) -> (String, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<Option<Value>>) {
+    let name = node.metadata.name.clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = ns.spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let api = apiserver_fixture::ApiServer::start().await;
+            api.put(&node);
+            tx.send(api.kubeconfig()).unwrap();
+            let _ = stopped.await;
+            api.object(apiserver_fixture::Res::Nodes, &name)
+        })
+    });
+    (rx.recv().unwrap(), stop, served)
+}
+
+#[test]
+fn root_uninstall_with_api_access_takes_only_weirs_annotations_off_its_node() {
+    require_root!();
+    let n = TestNode::new();
+    let mut me = node("n-api", "10.66.1.0/24", "192.168.66.1");
+    let mut a = annotations::format(&Published::HostGw { public_ip: "192.168.66.1".parse().unwrap() });
+    a.insert("example.com/owner".into(), "ops".into());
+    me.metadata.annotations = Some(a);
+    let (kubeconfig, stop, served) = api_in(&n.ns, me);
+    let kubeconfig_path = n.path("kubeconfig");
+    std::fs::write(&kubeconfig_path, kubeconfig).unwrap();
+    let api_args = ["--kubeconfig", kubeconfig_path.to_str().unwrap(), "--node-name", "n-api"];
+
+    let out = n.uninstall(&api_args);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    for k in [annotations::BACKEND_TYPE, annotations::BACKEND_DATA, annotations::PUBLIC_IP] {
+        assert!(said.contains(&format!("removed annotation {k} from Node n-api")), "{said}");
+    }
+    let again = n.uninstall(&api_args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(!stdout(&again).lines().any(|l| l.starts_with("removed")), "{}", stdout(&again));
+
+    stop.send(()).unwrap();
+    let node = served.join().unwrap().expect("the Node is still there");
+    assert_eq!(node["metadata"]["annotations"], json!({"example.com/owner": "ops"}), "only Weir's went");
+}
+
+#[test]
+fn root_uninstall_with_force_goes_on_while_a_pod_runs_and_says_so() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    weir_bpf::Dataplane::load_or_upgrade(n.pins.path()).unwrap();
+    let pod = Netns::new("wup");
+    n.cni("ADD", &pod);
+    let veth = weir_cni::naming::host_veth("uninstall-pod", "eth0");
+
+    let out = n.uninstall(&["--force"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.starts_with("--force: going on although Weir is in use here:"), "{said}");
+    assert!(said.contains("pod default/web"), "{said}");
+    assert!(said.contains("detached from_pod and to_pod from ifindex"), "{said}");
+    assert!(!n.pins.path().exists() && !n.run_dir().exists() && !n.ipam_store().exists());
+    assert!(!n.bin().join("weir").exists());
+    // The pod keeps its interface (its traffic is no longer judged).
+    assert!(n.ns.has_link(&veth));
 }
