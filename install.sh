@@ -51,8 +51,8 @@ Options:
                         weir-policyd container mounts it)
   --uninstall           remove Weir from this node: `weir-policyd uninstall`
                         (the conflist first, then the CNI binaries it
-                        installed, programs, routes, VXLAN device, masquerade
-                        table, IPAM store, pins, run dir), then weir-policyd
+                        installed, programs, routes, VXLAN device, bridge,
+                        masquerade table, IPAM store, pins, run dir), then weir-policyd
                         and weirctl; refuses, removing nothing, while pods
                         still use Weir. With --prefix, only files under it.
   --force               with --uninstall: go on although pods use Weir (they

@@ -107,7 +107,8 @@ enum Command {
     /// in this order, each step idempotent, stopping at the first failure
     /// (a re-run carries on): the conflist, the binaries install-cni wrote
     /// (the host's own plugins stay), leave_node and any attached program,
-    /// Weir's routes (proto 87), its VXLAN device, the masquerade table,
+    /// Weir's routes (proto 87), its VXLAN device, its bridge once no pod
+    /// is on it, the masquerade table,
     /// the network's IPAM store, the pins, the run dir, this Node's
     /// weir.io/ annotations (with API access), the install record. Prints
     /// one line per thing removed.

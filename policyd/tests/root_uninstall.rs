@@ -192,6 +192,13 @@ impl TestNode {
         }
     }
 
+    /// The bridge the installed conflist names.
+    fn bridge(&self) -> String {
+        let list: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.conf().join(conflist::FILE_NAME)).unwrap()).unwrap();
+        list["plugins"][0]["bridge"].as_str().unwrap().to_string()
+    }
+
     fn has_masquerade_table(&self) -> bool {
         self.ns.command("nft").args(["list", "table", "inet", "weir"]).output().unwrap().status.success()
     }
@@ -304,6 +311,7 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
     let stale = SystemTime::now() - Duration::from_secs(60);
     std::fs::File::options().write(true).open(&heartbeat).unwrap().set_modified(stale).unwrap();
 
+    let bridge = n.bridge();
     let out = n.uninstall(&[]);
     let said = stdout(&out);
     assert!(out.status.success(), "{said}{}", stderr(&out));
@@ -316,6 +324,7 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
         "detached leave_node from ifindex".to_string(),
         "removed route 10.66.2.0/24 via ".to_string(),
         "removed VXLAN device weir.1".to_string(),
+        format!("removed bridge {bridge}"),
         "removed nftables table inet weir".to_string(),
         format!("removed IPAM store {}", n.ipam_store().display()),
         format!("removed pins {}", n.pins.path().display()),
@@ -336,7 +345,7 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
     assert!(!n.has_masquerade_table());
     assert_eq!(n.ns.ip(&["route", "show", "proto", "87"]).trim(), "", "no Weir route left");
     assert!(n.ns.ip(&["route", "show"]).contains("10.99.0.0/24"), "the host's route stays");
-    assert!(!n.ns.has_link("weir.1"));
+    assert!(!n.ns.has_link("weir.1") && !n.ns.has_link(&bridge));
     assert!(n.ns.has_link("flannel.1") && n.ns.has_link("weir.5"), "other VXLAN devices stay");
 
     // Again: nothing left to remove, and success.
@@ -405,6 +414,7 @@ fn root_uninstall_with_force_goes_on_while_a_pod_runs_and_says_so() {
     let pod = Netns::new("wup");
     n.cni("ADD", &pod);
     let veth = weir_cni::naming::host_veth("uninstall-pod", "eth0");
+    let bridge = n.bridge();
 
     let out = n.uninstall(&["--force"]);
     let said = stdout(&out);
@@ -414,6 +424,8 @@ fn root_uninstall_with_force_goes_on_while_a_pod_runs_and_says_so() {
     assert!(said.contains("detached from_pod and to_pod from ifindex"), "{said}");
     assert!(!n.pins.path().exists() && !n.run_dir().exists() && !n.ipam_store().exists());
     assert!(!n.bin().join("weir").exists());
-    // The pod keeps its interface (its traffic is no longer judged).
-    assert!(n.ns.has_link(&veth));
+    // The pod keeps its interface (its traffic is no longer judged), and
+    // the bridge it is on.
+    assert!(n.ns.has_link(&veth) && n.ns.has_link(&bridge));
+    assert!(said.contains(&format!("left bridge {bridge}: 1 interface(s) still on it")), "{said}");
 }

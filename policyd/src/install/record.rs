@@ -38,6 +38,9 @@ pub struct Network {
     pub ipam_data_dir: Option<PathBuf>,
     pub bpffs_root: PathBuf,
     pub run_dir: PathBuf,
+    /// The bridge pods hang on (`bridge`).
+    #[serde(default)]
+    pub bridge: Option<String>,
 }
 
 impl Network {
@@ -47,6 +50,7 @@ impl Network {
             ipam_data_dir: conf.host_local().map(|h| h.data_dir.clone()),
             bpffs_root: conf.policy.bpffs_root.clone(),
             run_dir: conf.policy.run_dir.clone(),
+            bridge: Some(conf.bridge.clone()),
         }
     }
 

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Node;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use weir_cni::config::PLUGIN_TYPE;
-use weir_common::netlink::Netlink;
+use weir_common::netlink::{mac_string, Link, Netlink};
 use weir_common::registry::Registry;
 
 #[derive(Debug, Clone)]
@@ -64,6 +64,8 @@ pub enum Step {
     Routes,
     /// The VXLAN device weir-policyd made (`weir.<VNI>`).
     VxlanDevice,
+    /// The network's bridge, if Weir made it and no port is left on it.
+    Bridge,
     /// The masquerade table (`inet weir`).
     Masquerade,
     /// The host-local store of Weir's network.
@@ -83,12 +85,13 @@ pub enum Step {
 /// The pins and the run dir late: until then the in-use check of a re-run
 /// still sees any pod. The record last: a re-run needs it to know which
 /// binaries were Weir's and where the network kept its state.
-pub const ORDER: [Step; 11] = [
+pub const ORDER: [Step; 12] = [
     Step::Conflist,
     Step::Binaries,
     Step::Programs,
     Step::Routes,
     Step::VxlanDevice,
+    Step::Bridge,
     Step::Masquerade,
     Step::IpamStore,
     Step::Pins,
@@ -100,7 +103,10 @@ pub const ORDER: [Step; 11] = [
 impl Step {
     /// Whether the step acts on the kernel or the API rather than on files.
     pub fn beyond_files(self) -> bool {
-        matches!(self, Step::Programs | Step::Routes | Step::VxlanDevice | Step::Masquerade | Step::Annotations)
+        matches!(
+            self,
+            Step::Programs | Step::Routes | Step::VxlanDevice | Step::Bridge | Step::Masquerade | Step::Annotations
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -110,6 +116,7 @@ impl Step {
             Step::Programs => "attached programs",
             Step::Routes => "routes",
             Step::VxlanDevice => "VXLAN device",
+            Step::Bridge => "bridge",
             Step::Masquerade => "masquerade table",
             Step::IpamStore => "IPAM store",
             Step::Pins => "pins",
@@ -273,6 +280,7 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
         Step::Programs => detach_programs(&network.bpffs_root),
         Step::Routes => remove_routes(),
         Step::VxlanDevice => remove_vxlan_devices(),
+        Step::Bridge => remove_bridge(network.bridge.as_deref()),
         Step::Masquerade => match weir_cni::masq::remove_table().context("removing the masquerade table")? {
             true => Ok(vec![format!("removed nftables table inet {} (masquerade)", weir_cni::masq::TABLE)]),
             false => Ok(vec![]),
@@ -404,6 +412,30 @@ fn remove_vxlan_devices() -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
+/// Whether `l` is a bridge the CNI binary made: it gives each bridge it
+/// creates a MAC derived from the name (`naming::bridge_mac`).
+pub fn is_weirs_bridge(l: &Link) -> bool {
+    l.kind.as_deref() == Some("bridge") && l.mac == mac_string(&weir_cni::naming::bridge_mac(&l.name))
+}
+
+/// The network's bridge, with its gateway addresses and routes, when Weir
+/// made it and no interface is on it any more (under --force a running
+/// pod's still is: then it stays, so the pod keeps its neighbours).
+fn remove_bridge(name: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let Some(name) = name else { return Ok(vec![]) };
+    let mut nl = Netlink::new().context("netlink socket")?;
+    let links = nl.links().context("listing links")?;
+    let Some(bridge) = links.iter().find(|l| l.name == name && is_weirs_bridge(l)) else {
+        return Ok(vec![]);
+    };
+    let ports = links.iter().filter(|l| l.master == Some(bridge.index)).count();
+    if ports > 0 {
+        return Ok(vec![format!("left bridge {name}: {ports} interface(s) still on it")]);
+    }
+    nl.delete_link(bridge.index).with_context(|| format!("removing bridge {name}"))?;
+    Ok(vec![format!("removed bridge {name}")])
+}
+
 /// The `weir.io/*` annotations on this node's Node, removed with a JSON
 /// merge patch setting each to null.
 async fn remove_annotations(node: Option<&(Access, String)>) -> anyhow::Result<Vec<String>> {
@@ -507,6 +539,25 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, "loopback");
         assert!(left[0].1.contains("another package's"), "{}", left[0].1);
+    }
+
+    #[test]
+    fn a_bridge_is_weirs_when_it_has_the_mac_weir_gives_its_name() {
+        let link = |name: &str, kind: &str, mac: String| Link {
+            index: 3,
+            name: name.into(),
+            mac,
+            mtu: 1500,
+            up: true,
+            kind: Some(kind.into()),
+            master: None,
+            alias: None,
+        };
+        let weirs = mac_string(&weir_cni::naming::bridge_mac("cni0"));
+        assert!(is_weirs_bridge(&link("cni0", "bridge", weirs.clone())));
+        assert!(!is_weirs_bridge(&link("cni0", "bridge", "02:42:ac:11:00:01".into())), "another CNI's cni0");
+        assert!(!is_weirs_bridge(&link("br0", "bridge", weirs.clone())), "the MAC of another name");
+        assert!(!is_weirs_bridge(&link("cni0", "veth", weirs)), "not a bridge");
     }
 
     #[test]
