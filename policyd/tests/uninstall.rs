@@ -83,6 +83,9 @@ fn a_failed_step_stops_the_run_there_and_a_rerun_finishes() {
     // The record is kept, holding what a re-run needs now that the conflist is gone.
     let record = Record::read(&h.path("bin")).unwrap().expect("the record stays until the end");
     assert_eq!(record.network.name, "weir");
+    // The conflist's places (the node's), not those this run was given.
+    assert_eq!(record.network.run_dir, PathBuf::from(weir_common::paths::DEFAULT_RUN_DIR));
+    assert_eq!(record.network.bpffs_root, PathBuf::from(weir_common::paths::DEFAULT_BPFFS_ROOT));
 
     let out = h.uninstall(&h.path("data"));
     let said = String::from_utf8_lossy(&out.stdout);

@@ -154,8 +154,12 @@ impl std::fmt::Display for Failure {
 struct Installed {
     conflist: PathBuf,
     /// The install record, or (an install from before records) one made
-    /// up: the shipped network, no chained binaries.
+    /// up: the shipped network, no chained binaries; with the conflist's
+    /// places while it is there. What a re-run needs, so it is saved before
+    /// the conflist goes.
     record: Record,
+    /// Where this run acts: the record's places, or those given.
+    network: Network,
 }
 
 /// Uninstall; returns what was removed (and what was left, and why), one
@@ -163,7 +167,7 @@ struct Installed {
 pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
     let refuse = |e: anyhow::Error| Failure::Refused(format!("{e:#}; nothing was removed"));
     let installed = installed(opts).map_err(refuse)?;
-    let users = users(&installed.record.network);
+    let users = users(&installed.network);
     if !users.is_empty() && !opts.force {
         return Err(Failure::Refused(refusal(&users)));
     }
@@ -202,12 +206,14 @@ fn installed(opts: &Options) -> anyhow::Result<Installed> {
     if let Some(n) = from_conflist {
         record.network = n;
     }
+    // Given places are where this run finds them (a container's mounts),
+    // not what the node uses: the record keeps the node's.
     let given = &opts.places;
-    let n = &mut record.network;
-    n.bpffs_root = given.bpffs_root.clone().unwrap_or(n.bpffs_root.clone());
-    n.run_dir = given.run_dir.clone().unwrap_or(n.run_dir.clone());
-    n.ipam_data_dir = given.ipam_data_dir.clone().or(n.ipam_data_dir.clone());
-    Ok(Installed { conflist, record })
+    let mut network = record.network.clone();
+    network.bpffs_root = given.bpffs_root.clone().unwrap_or(network.bpffs_root);
+    network.run_dir = given.run_dir.clone().unwrap_or(network.run_dir);
+    network.ipam_data_dir = given.ipam_data_dir.clone().or(network.ipam_data_dir);
+    Ok(Installed { conflist, record, network })
 }
 
 /// Who still uses Weir on this node, one line each: pods (endpoint
@@ -273,7 +279,7 @@ pub fn refusal(users: &[String]) -> String {
 }
 
 async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::Result<Vec<String>> {
-    let network = &installed.record.network;
+    let network = &installed.network;
     match step {
         Step::Conflist => remove_conflist(opts, installed),
         Step::Binaries => remove_binaries(opts, &installed.record),
