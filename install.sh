@@ -49,7 +49,15 @@ Options:
   --no-apt              never install system packages
   --no-bpffs            leave /sys/fs/bpf alone (an install container: the
                         weir-policyd container mounts it)
-  --uninstall           remove the conflist (first), then the binaries
+  --uninstall           remove Weir from this node: `weir-policyd uninstall`
+                        (the conflist first, then the CNI binaries it
+                        installed, programs, routes, VXLAN device, bridge,
+                        masquerade table, IPAM store, pins, run dir), then weir-policyd
+                        and weirctl; refuses, removing nothing, while pods
+                        still use Weir. With --prefix, only files under it.
+  --force               with --uninstall: go on although pods use Weir (they
+                        lose policy enforcement, cross-node routes and
+                        masquerade; see weir-policyd uninstall --help)
   -h, --help            this text
 
 System packages installed with apt-get when missing (unless --no-apt):
@@ -61,7 +69,7 @@ EOF
 PREFIX=""
 CNI_BIN_DIR="" BIN_DIR="" CNI_CONF_DIR=""
 POD_CIDR="" CLUSTER_CIDR="" CNI_VERSION="1.0.0"
-FROM="" BUILD=1 APT=1 UNINSTALL=0 BPFFS_MOUNT=1
+FROM="" BUILD=1 APT=1 UNINSTALL=0 FORCE=0 BPFFS_MOUNT=1
 while [ $# -gt 0 ]; do
 	case $1 in
 	--prefix) PREFIX=${2:?--prefix needs a directory}; shift ;;
@@ -76,6 +84,7 @@ while [ $# -gt 0 ]; do
 	--no-apt) APT=0 ;;
 	--no-bpffs) BPFFS_MOUNT=0 ;;
 	--uninstall) UNINSTALL=1 ;;
+	--force) FORCE=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -103,9 +112,26 @@ put() { # src dest mode
 }
 
 if [ "$UNINSTALL" = 1 ]; then
-	rm -f "$CNI_CONF_DIR/$CONFLIST" && log "removed $CNI_CONF_DIR/$CONFLIST"
-	rm -f "$CNI_BIN_DIR/weir" "$BIN_DIR/weir-policyd" "$BIN_DIR/weirctl"
-	log "removed weir binaries (IPAM state in /var/lib/cni/networks and pins under /sys/fs/bpf/weir are left for running pods)"
+	# One uninstall logic: weir-policyd's (it knows, from install-cni's
+	# record, which CNI binaries are Weir's and which the host's own).
+	POLICYD=$BIN_DIR/weir-policyd
+	[ -x "$POLICYD" ] || POLICYD=$FROM/weir-policyd
+	if [ -x "$POLICYD" ]; then
+		args=(uninstall --bin-dir "$CNI_BIN_DIR" --conf-dir "$CNI_CONF_DIR")
+		[ "$FORCE" = 1 ] && args+=(--force)
+		if [ -n "$PREFIX" ]; then
+			# An install under a prefix never ran here: its own files only,
+			# never this host's routes, devices, nftables or state.
+			args+=(--files-only --bpffs-root "$PREFIX/sys/fs/bpf/weir" --run-dir "$PREFIX/run/weir"
+				--ipam-data-dir "$PREFIX/var/lib/cni/networks")
+		fi
+		"$POLICYD" "${args[@]}" || { log "uninstall did not finish (see above); fix that and run install.sh --uninstall again"; exit 1; }
+	else
+		log "WARNING: no weir-policyd in $BIN_DIR or $FROM: removing only $CNI_CONF_DIR/$CONFLIST and $CNI_BIN_DIR/weir"
+		rm -f "$CNI_CONF_DIR/$CONFLIST" "$CNI_BIN_DIR/weir"
+	fi
+	rm -f "$BIN_DIR/weir-policyd" "$BIN_DIR/weirctl"
+	log "removed $BIN_DIR/weir-policyd and $BIN_DIR/weirctl"
 	exit 0
 fi
 

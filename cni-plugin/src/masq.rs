@@ -79,6 +79,75 @@ pub fn ensure(network: &str, sources: &[IpNet], cluster: &[IpNet], run_dir: &Pat
     Ok(())
 }
 
+/// Remove the table, every network's chain with it, from the calling
+/// thread's network namespace (`weir-policyd uninstall`; DEL never does,
+/// see above). Returns whether it was there. Spoken over nf_tables netlink
+/// (one NFT_MSG_DELTABLE in a batch), not through nft: the uninstall
+/// DaemonSet's image has no nft.
+pub fn remove_table() -> std::io::Result<bool> {
+    use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+    const NFNL_MSG_BATCH_END: u16 = 0x11;
+    const NFT_MSG_DELTABLE: u16 = 2;
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFPROTO_INET: u8 = 1;
+    const NLMSG_ERROR: u16 = 2;
+
+    // nlmsghdr + nfgenmsg (family, version 0, res_id big-endian) + attributes
+    fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+        let len = 16 + 4 + attrs.len();
+        let mut m = Vec::with_capacity(len);
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[family, 0]);
+        m.extend_from_slice(&res_id.to_be_bytes());
+        m.extend_from_slice(attrs);
+        m
+    }
+    let mut name = TABLE.as_bytes().to_vec();
+    name.push(0);
+    let mut attr = Vec::new();
+    attr.extend_from_slice(&((4 + name.len()) as u16).to_ne_bytes());
+    attr.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+    attr.extend_from_slice(&name);
+    attr.resize(attr.len().div_ceil(4) * 4, 0);
+
+    let request = libc::NLM_F_REQUEST as u16;
+    let mut batch = message(NFNL_MSG_BATCH_BEGIN, request, 1, 0, NFNL_SUBSYS_NFTABLES, &[]);
+    let del = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE;
+    batch.extend(message(del, request | libc::NLM_F_ACK as u16, 2, NFPROTO_INET, 0, &attr));
+    batch.extend(message(NFNL_MSG_BATCH_END, request, 3, 0, NFNL_SUBSYS_NFTABLES, &[]));
+
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    sock.send(&batch, 0)?;
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        let mut off = 0;
+        while off + 20 <= data.len() {
+            let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+            let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap());
+            if ty == NLMSG_ERROR && seq == 2 {
+                return match -i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap()) {
+                    0 => Ok(true),
+                    libc::ENOENT => Ok(false),
+                    errno => Err(std::io::Error::from_raw_os_error(errno)),
+                };
+            }
+            if len < 16 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
 fn stamp_path(run_dir: &Path, network: &str) -> PathBuf {
     run_dir.join("masq").join(format!("{}.applied", chain_name(network)))
 }

@@ -49,17 +49,27 @@ fn install_is_idempotent_and_uninstalls() {
     assert_eq!(list["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.77.3.0/24");
     assert_eq!(list["cniVersion"], "1.0.0", "the default every runtime accepts");
     // No temporary files left behind by write-then-rename (hidden names
-    // beside the destination).
+    // beside the destination); the one hidden file is install-cni's record
+    // of what it wrote (weir_policyd::install::record).
+    let record = tmp.path().join("opt/cni/bin/.weir-installed.json");
+    assert!(record.is_file());
     for d in ["opt/cni/bin", "etc/cni/net.d", "usr/local/bin"] {
         for e in std::fs::read_dir(tmp.path().join(d)).unwrap() {
             let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(!n.starts_with('.'), "leftover {n}");
+            assert!(!n.starts_with('.') || tmp.path().join(d).join(&n) == record, "leftover {n}");
         }
     }
+    // A host plugin of its own in the CNI bin dir: not Weir's to remove.
+    std::fs::write(tmp.path().join("opt/cni/bin/host-local"), b"the host's").unwrap();
+    // weir-policyd uninstall does the work, on the prefix's files only.
     let out = install(&["--prefix", prefix, "--uninstall"]);
-    assert!(out.status.success());
-    assert!(!weir.exists());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("removed {}", weir.display())), "{said}");
+    assert!(!weir.exists() && !record.exists());
     assert!(!tmp.path().join("etc/cni/net.d/10-weir.conflist").exists());
+    assert!(!tmp.path().join("usr/local/bin/weir-policyd").exists());
+    assert_eq!(std::fs::read(tmp.path().join("opt/cni/bin/host-local")).unwrap(), b"the host's");
     assert!(!install(&["--bogus"]).status.success());
 }
 

@@ -102,6 +102,63 @@ enum Command {
     /// its destination, synced and renamed; any error leaves the node as it
     /// was.
     InstallCni(InstallCniArgs),
+    /// Remove Weir from this node's host, completely: refuses (removing
+    /// nothing) while pods still use Weir here or weir-policyd runs. Then,
+    /// in this order, each step idempotent, stopping at the first failure
+    /// (a re-run carries on): the conflist, the binaries install-cni wrote
+    /// (the host's own plugins stay), leave_node and any attached program,
+    /// Weir's routes (proto 87), its VXLAN device, its bridge once no pod
+    /// is on it, the masquerade table,
+    /// the network's IPAM store, the pins, the run dir, this Node's
+    /// weir.io/ annotations (with API access), the install record. Prints
+    /// one line per thing removed.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct UninstallArgs {
+    /// Remove this node's annotations through this kubeconfig's cluster.
+    #[arg(long, value_name = "PATH", group = "api")]
+    kubeconfig: Option<PathBuf>,
+    /// Remove this node's annotations with the pod's service account.
+    #[arg(long, group = "api")]
+    in_cluster: bool,
+    /// The Node whose weir.io/ annotations go.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Go on while pods still use Weir on this node: they keep their
+    /// interfaces and addresses, but lose NetworkPolicy enforcement, routes
+    /// to other nodes and masquerade, and their DEL fails.
+    #[arg(long)]
+    force: bool,
+    /// Remove only files (conflist, binaries, IPAM store, pins, run dir,
+    /// record); leave programs, routes, devices, nftables and annotations:
+    /// for an install under a prefix (install.sh --prefix) that never ran
+    /// on this host.
+    #[arg(long, conflicts_with_all = ["kubeconfig", "in_cluster"])]
+    files_only: bool,
+    /// The host's CNI binary directory.
+    #[arg(long, value_name = "DIR", default_value = weir_common::paths::DEFAULT_CNI_BIN_DIR)]
+    bin_dir: PathBuf,
+    /// The host's CNI configuration directory.
+    #[arg(long, value_name = "DIR", default_value = weir_common::paths::DEFAULT_CNI_CONF_DIR)]
+    conf_dir: PathBuf,
+    /// Weir's bpffs root [default: the conflist's policy.bpffsRoot while it
+    /// is there, else the install record's, else /sys/fs/bpf/weir].
+    #[arg(long, value_name = "DIR")]
+    bpffs_root: Option<PathBuf>,
+    /// Weir's run dir [default: the conflist's policy.runDir, else the
+    /// record's, else /run/weir].
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// The IPAM store's parent directory [default: the conflist's
+    /// ipam.dataDir, else the record's, else /var/lib/cni/networks].
+    #[arg(long, value_name = "DIR")]
+    ipam_data_dir: Option<PathBuf>,
+    /// Once done, wait until terminated (a DaemonSet's container: its pod
+    /// stays up on a clean node; the image has no sleep).
+    #[arg(long)]
+    then_wait: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,6 +204,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::InstallCni(a)) => install_cni(a),
+        Some(Command::Uninstall(a)) => uninstall(a),
         None => daemon(args),
     }
 }
@@ -198,6 +256,56 @@ fn install_cni(a: InstallCniArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn uninstall(a: UninstallArgs) -> ExitCode {
+    let access = match (&a.kubeconfig, a.in_cluster) {
+        (Some(p), _) => Some(Access::Kubeconfig(p.clone())),
+        (_, true) => Some(Access::InCluster),
+        _ => None,
+    };
+    let node = match (access, a.node_name) {
+        (Some(access), Some(name)) => Some((access, name)),
+        (Some(_), None) => {
+            eprintln!("weir-policyd uninstall: which Node? pass --node-name NAME or set NODE_NAME");
+            return ExitCode::from(2);
+        }
+        (None, _) => None,
+    };
+    let places =
+        install::uninstall::Places { bpffs_root: a.bpffs_root, run_dir: a.run_dir, ipam_data_dir: a.ipam_data_dir };
+    let opts = install::uninstall::Options {
+        bin_dir: a.bin_dir,
+        conf_dir: a.conf_dir,
+        force: a.force,
+        files_only: a.files_only,
+        node,
+        places,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(install::uninstall::run(&opts)) {
+        Ok(lines) => {
+            lines.iter().for_each(|l| println!("{l}"));
+            println!("Weir is uninstalled from this node");
+            if a.then_wait {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                rt.block_on(async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                    term.recv().await
+                });
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if let install::uninstall::Failure::Stopped { done, .. } = &e {
+                done.iter().for_each(|l| println!("{l}"));
+            }
+            eprintln!("weir-policyd uninstall: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! read-only RBAC covering what the sources watch, and a DaemonSet that can
 //! actually run: `install-cni` first, writing where runtimes look, then
 //! policyd (bpffs, run dir, NODE_NAME, probes on the port it listens on),
-//! both with the host paths the binaries default to.
+//! both with the host paths the binaries default to. And
+//! conf/weir-uninstall.yaml: `weir-policyd uninstall` on every node with the
+//! host paths Weir uses, allowed only to take annotations off Nodes.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ServiceAccount};
@@ -83,7 +85,7 @@ const MANIFEST: &str = "weir.yaml";
 macro_rules! the {
     ($docs:expr, $kind:ident) => {{
         let found: Vec<_> = $docs.iter().filter_map(|d| if let Doc::$kind(x) = d { Some(x) } else { None }).collect();
-        assert_eq!(found.len(), 1, concat!("exactly one ", stringify!($kind), " in conf/weir.yaml"));
+        assert_eq!(found.len(), 1, concat!("exactly one ", stringify!($kind), " in the manifest"));
         found[0]
     }};
 }
@@ -295,6 +297,113 @@ fn daemonset_installs_the_cni_then_runs_policyd_with_bpffs_and_probes() {
                 Some(addr.ip().to_string().as_str()),
                 "probe the loopback address policyd listens on"
             );
+        }
+    }
+}
+
+const UNINSTALL_MANIFEST: &str = "weir-uninstall.yaml";
+
+/// Host path -> where the pod mounts it.
+fn host_paths(pod: &k8s_openapi::api::core::v1::PodSpec, c: &Container) -> Vec<(PathBuf, PathBuf)> {
+    let volumes = pod.volumes.as_ref().unwrap();
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            let v = volumes.iter().find(|v| v.name == m.name).unwrap_or_else(|| panic!("no volume {}", m.name));
+            let host = v.host_path.as_ref().unwrap_or_else(|| panic!("volume {} is not a hostPath", m.name));
+            (PathBuf::from(&host.path), PathBuf::from(&m.mount_path))
+        })
+        .collect()
+}
+
+/// Where `container_path` is on the host, through the container's mounts.
+fn on_host(mounts: &[(PathBuf, PathBuf)], container_path: &str) -> Option<PathBuf> {
+    mounts.iter().find_map(|(host, mounted)| {
+        Path::new(container_path).strip_prefix(mounted).ok().map(|rest| host.join(rest)).map(|p| {
+            // "a/" + "" joins to "a/": compare without the trailing slash
+            PathBuf::from(p.to_string_lossy().trim_end_matches('/'))
+        })
+    })
+}
+
+#[test]
+fn uninstall_daemonset_reaches_every_place_weir_uses_and_may_only_patch_nodes() {
+    let docs = docs(UNINSTALL_MANIFEST);
+    let sa = the!(docs, ServiceAccount);
+    let role = the!(docs, ClusterRole);
+    let binding = the!(docs, ClusterRoleBinding);
+    let ds = the!(docs, DaemonSet);
+    assert!(!docs.iter().any(|d| matches!(d, Doc::ConfigMap(_))), "nothing to configure");
+
+    // RBAC: its own Node, read and patched (the weir.io/ annotations).
+    let rules = role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&["".to_string()][..]));
+    assert_eq!(rules[0].resources.as_deref(), Some(&["nodes".to_string()][..]));
+    assert_eq!(rules[0].verbs, ["get", "patch"]);
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    let subject = &binding.subjects.as_ref().expect("subjects")[0];
+    assert_eq!((Some(&subject.name), &subject.namespace), (sa.metadata.name.as_ref(), &sa.metadata.namespace));
+
+    // The same image and host access as the install's DaemonSet.
+    let install_docs = self::docs(MANIFEST);
+    let install = the!(install_docs, DaemonSet).spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let spec = ds.spec.as_ref().unwrap();
+    assert!(spec.min_ready_seconds.unwrap_or(0) >= 5, "a refusing container must not count as available");
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+    assert_eq!(pod.host_network, Some(true), "routes, devices and nftables are the host's");
+    assert!(pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert_eq!(c.image, install.containers[0].image, "the install's image");
+    assert!(c.command.is_none(), "the image's entrypoint, weir-policyd");
+    assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    assert!(c.env.iter().flatten().any(|e| e.name == "NODE_NAME"
+        && e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).is_some_and(|f| f.field_path == "spec.nodeName")));
+
+    // Arguments the real binary takes.
+    let args: Vec<&str> = c.args.iter().flatten().map(String::as_str).collect();
+    assert_eq!(args.first(), Some(&"uninstall"));
+    for a in ["--in-cluster", "--node-name=$(NODE_NAME)", "--then-wait"] {
+        assert!(args.contains(&a), "{a} missing from {args:?}");
+    }
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_weir-policyd")).args(["uninstall", "--help"]).output();
+    let help = String::from_utf8_lossy(&help.unwrap().stdout).into_owned();
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(flag), "weir-policyd uninstall takes no {flag}:\n{help}");
+    }
+
+    // Every place Weir keeps things, reached at the host's own path.
+    let mounts = host_paths(pod, c);
+    let run_dir = args.iter().find_map(|a| a.strip_prefix("--run-dir=")).unwrap_or(weir_common::paths::DEFAULT_RUN_DIR);
+    assert_eq!(on_host(&mounts, run_dir).as_deref(), Some(Path::new(weir_common::paths::DEFAULT_RUN_DIR)));
+    let shipped = weir_policyd::install::record::Network::shipped();
+    for place in [
+        weir_common::paths::DEFAULT_CNI_BIN_DIR.into(),
+        weir_common::paths::DEFAULT_CNI_CONF_DIR.into(),
+        shipped.bpffs_root.clone(),
+        shipped.ipam_store().unwrap(),
+    ] {
+        assert_eq!(on_host(&mounts, place.to_str().unwrap()), Some(place.clone()), "{} not reachable", place.display());
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--bpffs-root")
+            || a.starts_with("--ipam-data-dir")
+            || a.starts_with("--bin-dir")
+            || a.starts_with("--conf-dir")),
+        "the defaults, which are the host's paths"
+    );
+    // Whatever the install's pods mount from the host, uninstall reaches.
+    for (host, _) in host_paths(install, &install.containers[0]) {
+        assert!(mounts.iter().any(|(h, _)| host.starts_with(h)), "{} not mounted", host.display());
+    }
+    for c in &pod.containers {
+        for m in c.volume_mounts.iter().flatten() {
+            assert_ne!(m.read_only, Some(true), "{} must be writable", m.mount_path);
         }
     }
 }

@@ -236,3 +236,47 @@ async fn unwritable_directories_missing_binaries_and_unknown_versions_change_not
     assert_eq!(std::fs::read(host.bin.join("portmap")).unwrap(), b"the host's portmap");
     assert_eq!(std::fs::read(host.bin.join("weir")).unwrap(), b"weir");
 }
+
+/// install-cni records exactly what it wrote, so uninstall can tell Weir's
+/// binaries from the host's: a chained plugin the host had is not Weir's;
+/// one Weir wrote stays Weir's on a reinstall (and is updated from --from);
+/// one a package replaced since is the host's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_install_record_says_which_binaries_are_weirs() {
+    use weir_policyd::install::record::{digest, Record};
+    let api = ApiServer::start().await;
+    api.put(&node("n-rec", &["10.244.4.0/24"], None));
+    let host = Host::new(&api);
+    std::fs::create_dir_all(&host.bin).unwrap();
+    std::fs::write(host.bin.join("bandwidth"), b"the host's bandwidth").unwrap();
+    std::fs::set_permissions(host.bin.join("bandwidth"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = host.install("n-rec", &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names = |r: &Record| r.binaries.keys().cloned().collect::<Vec<_>>();
+    let r = Record::read(&host.bin).unwrap().expect("a record");
+    assert_eq!(names(&r), ["loopback", "portmap", "weir"], "not the host's bandwidth");
+    for p in ["loopback", "portmap", "weir"] {
+        assert_eq!(r.binaries[p], digest(&std::fs::read(host.bin.join(p)).unwrap()), "{p}");
+    }
+    assert_eq!(r.network.name, "weir");
+    assert_eq!(r.network.ipam_store(), Some("/var/lib/cni/networks/weir".into()));
+    // The record is in place before the conflist.
+    let err = stderr(&out);
+    let at = |p: &Path| err.find(&format!("installed {}", p.display())).expect(&err);
+    assert!(at(&Record::path(&host.bin)) < at(&host.conf.join(FILE_NAME)), "{err}");
+
+    // A newer image: Weir's own portmap is updated, still Weir's.
+    std::fs::write(host.from.join("portmap"), format!("#!/bin/sh\n# portmap v2\necho '{VERSIONS}'\n")).unwrap();
+    let out = host.install("n-rec", &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(host.bin.join("portmap")).unwrap(), std::fs::read(host.from.join("portmap")).unwrap());
+    let r = Record::read(&host.bin).unwrap().unwrap();
+    assert!(r.wrote("portmap", &std::fs::read(host.bin.join("portmap")).unwrap()));
+
+    // A package replaced it since: the host's now, left alone and forgotten.
+    std::fs::write(host.bin.join("portmap"), b"the package's portmap").unwrap();
+    let out = host.install("n-rec", &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(host.bin.join("portmap")).unwrap(), b"the package's portmap");
+    assert_eq!(names(&Record::read(&host.bin).unwrap().unwrap()), ["loopback", "weir"]);
+}

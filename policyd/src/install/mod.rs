@@ -6,10 +6,14 @@
 //! file staged beside its destination (`files::Staged`) → renamed into
 //! place, binaries first and the conflist last: a runtime takes a present
 //! conflist to mean "network ready". Any failure before the renames leaves
-//! the node as it was.
+//! the node as it was. Beside the binaries goes the install record
+//! (`record`): what Weir wrote, so that `uninstall` (`uninstall.rs`)
+//! removes exactly that.
 
 pub mod conflist;
 pub mod files;
+pub mod record;
+pub mod uninstall;
 
 use crate::source::kube::Access;
 use anyhow::anyhow;
@@ -81,9 +85,11 @@ async fn node_pod_cidrs(access: &Access, node_name: &str) -> anyhow::Result<Vec<
     crate::node::cidr::pod_cidrs(&node).map_err(|e| anyhow!("Node {node_name}: {e}; nothing was changed"))
 }
 
-/// Every file written beside its destination, the conflist last; the
-/// sources are all read before any directory is touched.
+/// Every file written beside its destination, the install record after
+/// the binaries, the conflist last; the sources are all read before any
+/// directory is touched.
 fn stage(opts: &Options, conflist_text: &str) -> anyhow::Result<files::Staged> {
+    let prior = record::Record::read(&opts.bin_dir)?;
     let mut binaries = vec![(
         PLUGIN_TYPE.to_string(),
         read_binary(&opts.from, PLUGIN_TYPE).map_err(|e| {
@@ -95,10 +101,18 @@ fn stage(opts: &Options, conflist_text: &str) -> anyhow::Result<files::Staged> {
         })?,
     )];
     // Chained plugins the host already has are its own (another package
-    // installed them): left alone, as install.sh leaves them.
+    // installed them): left alone, as install.sh leaves them. One an earlier
+    // install wrote, unchanged since, is Weir's: updated from --from when
+    // that has it, and kept in the record.
     for p in conflist::plugins_needed(conflist_text) {
         let on_host = opts.bin_dir.join(&p);
-        let (installed, body) = if is_file(&on_host) {
+        let weirs = prior.as_ref().and_then(|r| std::fs::read(&on_host).ok().filter(|b| r.wrote(&p, b)));
+        let (installed, body) = if let Some(old) = weirs {
+            match read_binary(&opts.from, &p) {
+                Ok(new) => (opts.from.join(&p), Some(new)),
+                Err(_) => (on_host, Some(old)),
+            }
+        } else if is_file(&on_host) {
             (on_host, None)
         } else {
             let body = read_binary(&opts.from, &p).map_err(|e| {
@@ -129,9 +143,14 @@ fn stage(opts: &Options, conflist_text: &str) -> anyhow::Result<files::Staged> {
     let mut staged = files::Staged::default();
     staged.ensure_dir(&opts.bin_dir)?;
     staged.ensure_dir(&opts.conf_dir)?;
+    let network = weir_cni::config::parse_netconf(serde_json::from_str(conflist_text)?)
+        .map_err(|e| anyhow!("the conflist would not be valid: {e}"))?;
+    let mut installed = record::Record { binaries: Default::default(), network: record::Network::of(&network) };
     for (name, body) in &binaries {
         staged.add(&opts.bin_dir.join(name), body, 0o755)?;
+        installed.binaries.insert(name.clone(), record::digest(body));
     }
+    staged.add(&record::Record::path(&opts.bin_dir), &installed.to_bytes(), 0o644)?;
     staged.add(&opts.conf_dir.join(conflist::FILE_NAME), conflist_text.as_bytes(), 0o644)?;
     Ok(staged)
 }

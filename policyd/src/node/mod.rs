@@ -69,4 +69,26 @@ impl Config {
     pub fn vxlan_device(&self) -> String {
         format!("weir.{}", self.vxlan_vni)
     }
+
+    /// The VNI a device of that name would have, were it Weir's (uninstall
+    /// checks the device's real VNI against it).
+    pub fn vni_of_device(name: &str) -> Option<u32> {
+        let vni: u32 = name.strip_prefix("weir.")?.parse().ok()?;
+        let cfg = Config { vxlan_vni: vni, ..Config::default() };
+        (cfg.vxlan_device() == name && (1..1 << 24).contains(&vni)).then_some(vni)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn only_weirs_device_names_have_a_vni() {
+        assert_eq!(Config::vni_of_device("weir.1"), Some(1));
+        assert_eq!(Config::vni_of_device("weir.16777215"), Some(16_777_215));
+        for other in ["flannel.1", "weir.", "weir.0", "weir.01", "weir.16777216", "weir.1x", "weir0", "xweir.1"] {
+            assert_eq!(Config::vni_of_device(other), None, "{other}");
+        }
+    }
 }

@@ -13,6 +13,8 @@
 //! - compaction: a watch from R older than the compaction point gets 410
 //!   Gone, either as an ERROR event carrying a Status (what kube-apiserver
 //!   does) or as an HTTP 410 response;
+//! - PATCH of one cluster-scoped object with a JSON merge patch (RFC 7386),
+//!   stored and sent to watches as MODIFIED;
 //! - faults: drop every open watch connection mid-stream, hold lists or new
 //!   watches (to make "changed while disconnected" deterministic).
 //!
@@ -330,6 +332,11 @@ impl ApiServer {
         self.state.lock().unwrap().watches.get(&res).copied().unwrap_or(0)
     }
 
+    /// The stored cluster-scoped object `name` of `res`, as served.
+    pub fn object(&self, res: Res, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(&(res, String::new(), name.to_string())).cloned()
+    }
+
     /// (namespace, name) of every stored object of `res`, sorted.
     pub fn names(&self, res: Res) -> Vec<(String, String)> {
         let st = self.state.lock().unwrap();
@@ -375,8 +382,31 @@ impl Ctx {
         let target = head.split(' ').nth(1).unwrap_or("").to_string();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        let method = head.split(' ').next().unwrap_or("").to_string();
         if std::env::var_os("FIXTURE_DEBUG").is_some() {
-            eprintln!("fixture: GET {target}");
+            eprintln!("fixture: {method} {target}");
+        }
+        if method == "PATCH" {
+            let header_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < header_end + len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let patch: Value = serde_json::from_slice(&buf[header_end..header_end + len]).unwrap_or(Value::Null);
+            if let Some((res, name)) = path.rsplit_once('/').and_then(|(c, n)| Some((Res::from_path(c)?, n))) {
+                return self.patch(conn, res, name, &patch).await;
+            }
+            return respond(&mut conn, 404, &status(404, "NotFound", &format!("the fixture does not patch {path}")))
+                .await;
         }
         // GET of one cluster-scoped object: `<collection>/<name>`.
         if let Some(res) = path.rsplit_once('/').and_then(|(collection, _)| Res::from_path(collection)) {
@@ -400,6 +430,34 @@ impl Ctx {
             let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
             let cont = params.get("continue").map(|c| c.to_string());
             self.list(conn, res, limit, cont).await
+        }
+    }
+
+    /// A merge patch of one cluster-scoped object: the patched object, or
+    /// 404 as for a get.
+    async fn patch(&mut self, mut conn: TcpStream, res: Res, name: &str, patch: &Value) -> std::io::Result<()> {
+        let gen = *self.drop_gen.borrow();
+        let patched = {
+            let mut st = self.state.lock().unwrap();
+            let key = (res, String::new(), name.to_string());
+            st.objects.get(&key).cloned().map(|mut v| {
+                merge_patch(&mut v, patch);
+                st.rv += 1;
+                let rv = st.rv;
+                v["metadata"]["resourceVersion"] = json!(rv.to_string());
+                st.objects.insert(key, v.clone());
+                let ch = Change { rv, res, ty: "MODIFIED", object: v.clone(), gen };
+                st.log.push(ch.clone());
+                let _ = self.changes.send(ch);
+                v
+            })
+        };
+        match patched {
+            Some(obj) => respond(&mut conn, 200, &obj).await,
+            None => {
+                let msg = format!("{} \"{name}\" not found", res.kind().to_lowercase());
+                respond(&mut conn, 404, &status(404, "NotFound", &msg)).await
+            }
         }
     }
 
@@ -528,6 +586,25 @@ async fn write_chunk(conn: &mut TcpStream, v: &Value) -> std::io::Result<()> {
     conn.write_all(&line).await?;
     conn.write_all(b"\r\n").await?;
     conn.flush().await
+}
+
+/// RFC 7386: objects merge key by key, null removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
 }
 
 async fn respond(conn: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {

@@ -1,0 +1,108 @@
+//! `weir-policyd uninstall --files-only`, the real binary, on an install
+//! under temporary directories (no root needed: no kernel state is
+//! touched): a step that fails stops the run there, with what came before
+//! it done and nothing after it touched, and a re-run once the cause is
+//! fixed finishes the job.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use weir_policyd::install::{conflist, record::Record};
+
+const POLICYD: &str = env!("CARGO_BIN_EXE_weir-policyd");
+
+struct Host {
+    tmp: tempfile::TempDir,
+}
+
+impl Host {
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    /// install-cni from stand-in binaries, then the state a node gathers:
+    /// an IPAM store, pins (a plain directory here), a run dir.
+    fn installed() -> Host {
+        let h = Host { tmp: tempfile::tempdir().unwrap() };
+        let from = h.path("image");
+        std::fs::create_dir_all(&from).unwrap();
+        for p in ["weir", "portmap", "bandwidth", "loopback"] {
+            std::fs::write(from.join(p), format!("#!/bin/sh\n# {p}\n")).unwrap();
+            std::fs::set_permissions(from.join(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = Command::new(POLICYD)
+            .args(["install-cni", "--pod-cidr", "10.66.1.0/24", "--from"])
+            .arg(&from)
+            .arg("--bin-dir")
+            .arg(h.path("bin"))
+            .arg("--conf-dir")
+            .arg(h.path("conf"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for d in ["data/weir", "pins/links", "run/endpoints"] {
+            std::fs::create_dir_all(h.path(d)).unwrap();
+        }
+        std::fs::write(h.path("data/weir/last_reserved_ip.0"), "10.66.1.9").unwrap();
+        h
+    }
+
+    fn uninstall(&self, data_dir: &Path) -> Output {
+        Command::new(POLICYD)
+            .args(["uninstall", "--files-only", "--bin-dir"])
+            .arg(self.path("bin"))
+            .arg("--conf-dir")
+            .arg(self.path("conf"))
+            .arg("--bpffs-root")
+            .arg(self.path("pins"))
+            .arg("--run-dir")
+            .arg(self.path("run"))
+            .arg("--ipam-data-dir")
+            .arg(data_dir)
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_failed_step_stops_the_run_there_and_a_rerun_finishes() {
+    let h = Host::installed();
+    // The IPAM store's parent is a regular file: its removal fails (even
+    // for root), after the conflist and binaries went, before the pins.
+    let blocker = h.path("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let out = h.uninstall(&blocker);
+    let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{said}{err}");
+    assert!(err.contains("IPAM store") && err.contains("not-a-dir/weir"), "names the step and path: {err}");
+    assert!(err.contains("run uninstall again"), "{err}");
+    assert!(said.contains(&format!("removed {}", h.path("conf").join(conflist::FILE_NAME).display())), "{said}");
+    assert!(!h.path("conf").join(conflist::FILE_NAME).exists() && !h.path("bin/weir").exists());
+    assert!(h.path("pins/links").is_dir() && h.path("run/endpoints").is_dir(), "nothing after the failure touched");
+    // The record is kept, holding what a re-run needs now that the conflist is gone.
+    let record = Record::read(&h.path("bin")).unwrap().expect("the record stays until the end");
+    assert_eq!(record.network.name, "weir");
+    // The conflist's places (the node's), not those this run was given.
+    assert_eq!(record.network.run_dir, PathBuf::from(weir_common::paths::DEFAULT_RUN_DIR));
+    assert_eq!(record.network.bpffs_root, PathBuf::from(weir_common::paths::DEFAULT_BPFFS_ROOT));
+
+    let out = h.uninstall(&h.path("data"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        format!("removed IPAM store {}", h.path("data/weir").display()),
+        format!("removed pins {}", h.path("pins").display()),
+        format!("removed run dir {}", h.path("run").display()),
+        format!("removed {}", Record::path(&h.path("bin")).display()),
+    ] {
+        assert!(said.lines().any(|l| l == line), "missing {line:?} in:\n{said}");
+    }
+    assert!(!said.contains("conflist") && !said.contains("annotation"), "done before, or not asked: {said}");
+    let mut left: Vec<String> = std::fs::read_dir(h.path("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "every binary here was Weir's: {left:?}");
+}
