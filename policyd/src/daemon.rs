@@ -55,6 +55,9 @@ pub struct Options {
     pub rejudge_established: bool,
     /// The flow log: where it is written, its size and rate bounds.
     pub flow_log: crate::flows::Options,
+    /// Map entries one compile slice produces before the loop takes a turn
+    /// ([`SLICE_BUDGET`] by default).
+    pub compile_slice_entries: usize,
 }
 
 /// Write the configuration the programs read from weir_config that comes
@@ -86,9 +89,10 @@ const SETTLE: Duration = Duration::from_millis(2);
 /// ...but never longer than this in total.
 const MAX_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Map entries one compile slice produces before the loop takes a turn
-/// (new endpoints, object changes, shutdown). A normal node's whole compile
-/// fits in one (10,000 pods, 110 endpoints: 26,000 entries); thousands of
-/// ipBlocks make one endpoint a slice of its own. See docs/benchmarks.md.
+/// (new endpoints, object changes, shutdown), by default
+/// (`--compile-slice-entries`). A normal node's whole compile fits in one
+/// (10,000 pods, 110 endpoints: 26,000 entries); thousands of ipBlocks make
+/// one endpoint a slice of its own. See docs/benchmarks.md.
 pub const SLICE_BUDGET: usize = 50_000;
 /// The heartbeat stops (CNI STATUS then answers 50 within
 /// POLICYD_HEARTBEAT_MAX_AGE) when the loop has not turned for this long:
@@ -201,7 +205,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     node_network.on_wake(&store.nodes, &dp);
 
-    let mut agent = Agent::new(dp, registry, &opts.run_dir, metrics.clone(), SLICE_BUDGET)
+    let mut agent = Agent::new(dp, registry, &opts.run_dir, metrics.clone(), opts.compile_slice_entries)
         .context("reading back the pinned maps")?;
     agent.seed_identities();
     log::info!("synced: {} objects; programming the maps", store_size(&store));
@@ -412,6 +416,8 @@ impl Agent {
         let stats = result?;
         self.note_realized(store, &desired, stats.revision);
         self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.compile_slices.inc(&[if desired.pending.is_empty() { "complete" } else { "over_budget" }]);
+        self.metrics.endpoints_pending.set(&[], desired.pending.len() as f64);
         for (map, n) in self.sync.sizes() {
             self.metrics.map_entries.set(&[map], n as f64);
         }
@@ -928,12 +934,18 @@ mod tests {
         store.pods.insert(("x".into(), "n".into()), pod("n", "n", "10.0.0.9"));
         store.policies.insert(("x".into(), "wide".into()), wide(443));
         let dp_view = Dataplane::open(&root.0).unwrap();
-        let mut agent = Agent::new(dp, Registry::under(run.path()), run.path(), Arc::new(Metrics::new()), 1).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut agent = Agent::new(dp, Registry::under(run.path()), run.path(), metrics.clone(), 1).unwrap();
         let mut slices = 0;
         while agent.reconcile(&store, Instant::now()).unwrap() == Progress::Pending {
             slices += 1;
+            assert_eq!(metrics.endpoints_pending.get(&[]), (3 - slices) as f64, "left for later slices");
         }
         assert_eq!(slices, 2, "one endpoint per slice");
+        // The budget is reported: two slices stopped at it, one finished.
+        assert_eq!(metrics.compile_slices.get(&["over_budget"]), 2.0);
+        assert_eq!(metrics.compile_slices.get(&["complete"]), 1.0);
+        assert_eq!(metrics.endpoints_pending.get(&[]), 0.0);
         for (_, ifindex, _) in running {
             assert!(dp_view.endpoint(ifindex).unwrap().unwrap().is_ready());
             assert_eq!(ports_in_maps(&dp_view, ifindex), BTreeSet::from([443]));

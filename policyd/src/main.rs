@@ -67,6 +67,14 @@ struct Args {
     /// up to 6 h for TCP).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     rejudge_established: bool,
+    /// Map entries one compile slice may produce before policyd takes a
+    /// turn for other work (new pods first, object changes, shutdown);
+    /// endpoints left over keep their previous entries until a later slice
+    /// (`weir_policyd_endpoints_pending`,
+    /// `weir_policyd_compile_slices_total{result="over_budget"}`).
+    #[arg(long, value_name = "ENTRIES", default_value_t = weir_policyd::daemon::SLICE_BUDGET as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    compile_slice_entries: u64,
     /// The flow log: every drop (and allowed new flows of namespaces that
     /// ask for them) as one JSON line [default: <run-dir>/flows.log].
     #[arg(long, value_name = "PATH")]
@@ -337,6 +345,7 @@ fn daemon(args: Args) -> ExitCode {
             underlay_iface: args.underlay_iface,
         },
         rejudge_established: args.rejudge_established,
+        compile_slice_entries: usize::try_from(args.compile_slice_entries).unwrap_or(usize::MAX),
         flow_log: weir_policyd::flows::Options {
             enabled: !args.no_flow_log,
             ring_bytes: args.flow_log_ring_bytes,

@@ -166,6 +166,14 @@ pub struct Metrics {
     pub syncs: Family,
     /// weir_policyd_sync_duration_seconds: one compile slice and its sync.
     pub sync_duration: Histogram,
+    /// weir_policyd_compile_slices_total{result}: compile slices, by
+    /// whether they finished the compile (`complete`) or stopped at the
+    /// per-slice entry budget (`over_budget`, `--compile-slice-entries`),
+    /// leaving endpoints for the next slices.
+    pub compile_slices: Family,
+    /// weir_policyd_endpoints_pending: endpoints the last slice left to
+    /// later ones; their maps keep the previous revision meanwhile.
+    pub endpoints_pending: Family,
     /// weir_policyd_change_to_maps_seconds: from a change (a policy, pod,
     /// namespace... event) reaching policyd to a complete sync holding it,
     /// batching and every compile slice included.
@@ -273,6 +281,18 @@ impl Metrics {
                 "weir_policyd_sync_duration_seconds",
                 "Time to compile one slice and sync it to the maps.",
                 SYNC_BUCKETS,
+            ),
+            compile_slices: Family::new(
+                "weir_policyd_compile_slices_total",
+                "Compile slices: complete, or stopped at the per-slice entry budget with endpoints left for later.",
+                Counter,
+                &["result"],
+            ),
+            endpoints_pending: Family::new(
+                "weir_policyd_endpoints_pending",
+                "Endpoints the last compile slice left for later slices (their maps keep the previous revision).",
+                Gauge,
+                &[],
             ),
             change_to_maps: Histogram::new(
                 "weir_policyd_change_to_maps_seconds",
