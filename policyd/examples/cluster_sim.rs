@@ -435,6 +435,8 @@ fn run(root: &Path, shape: Shape) -> Result<serde_json::Value> {
     let mut all = Vec::with_capacity(shape.changes);
     let mut by_kind: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
     let mut written = 0usize;
+    // Of each change, the compile alone (the rest is Sync::apply: diff and writes).
+    let mut compile_only = Vec::with_capacity(shape.changes);
     for n in 0..shape.changes {
         let known: Vec<u32> = cluster.locals.iter().map(|r| r.host_ifindex).collect();
         let kind = churn.apply(&mut cluster, n);
@@ -444,9 +446,11 @@ fn run(root: &Path, shape: Shape) -> Result<serde_json::Value> {
         }
         let t = Instant::now();
         let d = engine.compile(&cluster.store, &cluster.locals);
+        let compiled = t.elapsed();
         let s = sync.apply(&dp, &d).with_context(|| format!("Sync::apply of change {n} ({})", kind.name()))?;
         let took = t.elapsed();
         drop(d);
+        compile_only.push(compiled);
         written += s.upserts + s.removals + s.endpoints_programmed;
         all.push(took);
         by_kind.entry(kind).or_default().push(took);
@@ -481,6 +485,8 @@ fn run(root: &Path, shape: Shape) -> Result<serde_json::Value> {
         "change_p50_ms": round1(pct_ms(&mut all, 0.5)),
         "change_p99_ms": round1(change_p99),
         "change_max_ms": round1(pct_ms(&mut all, 1.0)),
+        "change_compile_p50_ms": round1(pct_ms(&mut compile_only, 0.5)),
+        "change_compile_p99_ms": round1(pct_ms(&mut compile_only, 0.99)),
         "change_by_kind": kinds,
         "entries_written_by_changes": written,
         "rss_after_generate_mib": mib(rss_store),

@@ -102,7 +102,7 @@ pub fn pod(ns: usize, i: usize, ip: &str, node: Option<&str>) -> Pod {
         "metadata": {"name": format!("app{app}-{i}"), "namespace": namespace_name(ns), "uid": format!("{ns}-{i}"),
             "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z",
             "labels": {"app": format!("app{app}"), "tier": tiers[app % tiers.len()],
-                       "pod-template-hash": format!("h{app}"), "version": if i % 20 == 0 { "v2" } else { "v1" }}},
+                       "pod-template-hash": format!("h{app}"), "version": if i.is_multiple_of(20) { "v2" } else { "v1" }}},
         "spec": spec,
         "status": {"phase": "Running", "podIPs": [{"ip": ip}]}}))
     .unwrap()
