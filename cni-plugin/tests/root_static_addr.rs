@@ -16,7 +16,9 @@ fn shipped_entry(node: &Node) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/10-weir.conflist");
     let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut e = list["plugins"][0].clone();
-    assert_eq!(e["capabilities"], json!({"ips": true, "mac": true}), "the conflist must declare the capabilities");
+    for cap in ["ips", "mac"] {
+        assert_eq!(e["capabilities"][cap], json!(true), "the conflist must declare the {cap} capability");
+    }
     e["name"] = json!(node.network);
     e["cniVersion"] = list["cniVersion"].clone();
     e["bridge"] = json!(node.bridge);
