@@ -116,6 +116,20 @@ impl AttachMode {
     }
 }
 
+/// The directories of pins under a root: programs, pods' links, node
+/// devices' links.
+pub const PIN_DIRS: [&str; 3] = ["progs", "links", "node-links"];
+
+/// The prefix of a build marker's name under a root.
+const BUILD_MARKER_PREFIX: &str = "build-";
+
+/// Whether `name`, an entry directly under a bpffs root, is one Weir puts
+/// there (a map pin, a directory of pins, a build marker): what an
+/// uninstall may remove, leaving anything else to its owner.
+pub fn is_weirs_root_entry(name: &str) -> bool {
+    PINNED_MAPS.contains(&name) || PIN_DIRS.contains(&name) || name.starts_with(BUILD_MARKER_PREFIX)
+}
+
 /// The suffix of a tc filter's record beside the TCX pins.
 const TC_MARKER_SUFFIX: &str = "-tc";
 
@@ -236,7 +250,7 @@ fn check_bpffs(root: &Path) -> Result<(), Error> {
 /// enforcement for that pod.
 fn check_trusted(root: &Path) -> Result<(), Error> {
     trust::check_dir(root)?;
-    for sub in ["progs", "links", "node-links"] {
+    for sub in PIN_DIRS {
         let dir = root.join(sub);
         if fs_entry_exists(&dir) {
             trust::check_dir(&dir)?;
@@ -338,7 +352,7 @@ pub fn build_id() -> String {
 /// `<root>/build-<id>`: an empty directory naming the build whose programs
 /// are pinned (bpffs holds only pins and directories).
 fn build_marker(root: &Path, build: &str) -> PathBuf {
-    root.join(format!("build-{build}"))
+    root.join(format!("{BUILD_MARKER_PREFIX}{build}"))
 }
 
 /// Written after the programs are pinned (and, on an upgrade, after the
@@ -346,7 +360,7 @@ fn build_marker(root: &Path, build: &str) -> PathBuf {
 fn set_build_marker(root: &Path, build: &str) -> Result<(), Error> {
     let keep = build_marker(root, build);
     for e in std::fs::read_dir(root).map_err(|e| Error::io("cannot list", root, e))?.flatten() {
-        if e.file_name().to_string_lossy().starts_with("build-") && e.path() != keep {
+        if e.file_name().to_string_lossy().starts_with(BUILD_MARKER_PREFIX) && e.path() != keep {
             std::fs::remove_dir(e.path())
                 .map_err(|err| Error::io("cannot remove the old build marker", e.path(), err))?;
         }

@@ -24,7 +24,9 @@ mod events;
 mod lifecycle;
 mod lpm;
 
-pub use dataplane::{build_id, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, Upgrade, TC_DROP, TC_PASS};
+pub use dataplane::{
+    build_id, is_weirs_root_entry, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, Upgrade, TC_DROP, TC_PASS,
+};
 pub use error::Error;
 pub use events::EventReader;
 pub use policy::{Direction, PolicyMatch};

@@ -17,6 +17,9 @@ fn not_a_bridge(conf: &NetConf, l: &Link) -> CniError {
     ))
 }
 
+/// The run dir's directory of the locks that serialize bridge creation.
+pub const LOCKS_SUBDIR: &str = "locks";
+
 /// The bridge, ready for ports: exists, is a bridge, is up, holds `gateways`.
 pub fn ensure(nl: &mut Netlink, conf: &NetConf, gateways: &[IpNet]) -> Result<Link> {
     let kerr = |what: &str| {
@@ -25,7 +28,7 @@ pub fn ensure(nl: &mut Netlink, conf: &NetConf, gateways: &[IpNet]) -> Result<Li
     };
     let mut link = nl.link_by_name(&conf.bridge).map_err(kerr("lookup"))?;
     if link.is_none() {
-        let dir = conf.policy.run_dir.join("locks");
+        let dir = conf.policy.run_dir.join(LOCKS_SUBDIR);
         fs::create_dir_all(&dir).map_err(|e| CniError::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(format!("bridge-{}.lock", conf.bridge));
         let f = OpenOptions::new()

@@ -148,8 +148,11 @@ pub fn remove_table() -> std::io::Result<bool> {
     }
 }
 
+/// The run dir's directory of stamps (which rules were applied when).
+pub const STAMP_SUBDIR: &str = "masq";
+
 fn stamp_path(run_dir: &Path, network: &str) -> PathBuf {
-    run_dir.join("masq").join(format!("{}.applied", chain_name(network)))
+    run_dir.join(STAMP_SUBDIR).join(format!("{}.applied", chain_name(network)))
 }
 
 /// What a stamp is valid for: this boot and this network namespace (the

@@ -429,3 +429,29 @@ fn root_uninstall_with_force_goes_on_while_a_pod_runs_and_says_so() {
     assert!(n.ns.has_link(&veth) && n.ns.has_link(&bridge));
     assert!(said.contains(&format!("left bridge {bridge}: 1 interface(s) still on it")), "{said}");
 }
+
+/// A bpffs root shared with another program (a conflist pointing
+/// `bpffsRoot` at it): uninstall unpins Weir's maps, programs and markers,
+/// and the other program's pin stays, with the root reported left.
+#[test]
+fn root_uninstall_leaves_a_pin_that_is_not_weirs() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    weir_bpf::Dataplane::load_or_upgrade(n.pins.path()).unwrap();
+    let foreign = n.pins.path().join("other_cni_map");
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&foreign)
+        .args(["type", "array", "key", "4", "value", "4", "entries", "1", "name", "other_cni_map"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    assert!(made.status.success(), "bpftool: {}", stderr(&made));
+    let out = n.uninstall(&[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let line = format!("left pins {}: not empty, it holds what is not Weir's: other_cni_map", n.pins.path().display());
+    assert!(stdout(&out).lines().any(|l| l == line), "missing {line:?} in:\n{}", stdout(&out));
+    let left: Vec<String> =
+        std::fs::read_dir(n.pins.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(left, ["other_cni_map"], "every pin of Weir's is gone, the other one stays");
+}

@@ -106,3 +106,67 @@ fn a_failed_step_stops_the_run_there_and_a_rerun_finishes() {
     left.sort();
     assert!(left.is_empty(), "every binary here was Weir's: {left:?}");
 }
+
+#[test]
+fn only_weirs_entries_go_and_a_directory_holding_others_is_left() {
+    let h = Host::installed();
+    // What others keep beside Weir's state, had the conflist pointed the
+    // places at shared directories.
+    std::fs::write(h.path("run/containerd.sock"), b"").unwrap();
+    std::fs::write(h.path("run/policyd.heartbeat.bak"), b"").unwrap();
+    std::fs::create_dir_all(h.path("pins/another_prog")).unwrap();
+    // Weir's (the endpoints map is left out: its pin would count as in use).
+    std::fs::write(h.path("pins/weir_ct"), b"").unwrap();
+    std::fs::create_dir_all(h.path("pins/build-0123456789abcdef")).unwrap();
+    std::fs::create_dir_all(h.path("run/masq")).unwrap();
+    std::fs::write(h.path("data/weir/10.66.1.7"), "ctr\r\neth0").unwrap();
+    std::fs::write(h.path("data/weir/notes.txt"), b"").unwrap();
+    let out = h.uninstall(&h.path("data"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    for (dir, what, foreign) in [
+        ("run", "run dir", "containerd.sock, policyd.heartbeat.bak"),
+        ("pins", "pins", "another_prog"),
+        ("data/weir", "IPAM store", "notes.txt"),
+    ] {
+        let line = format!("left {what} {}: not empty, it holds what is not Weir's: {foreign}", h.path(dir).display());
+        assert!(said.lines().any(|l| l == line), "missing {line:?} in:\n{said}");
+    }
+    let mut kept = Vec::new();
+    for dir in ["run", "pins", "data/weir"] {
+        for e in std::fs::read_dir(h.path(dir)).unwrap() {
+            kept.push(format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["data/weir/notes.txt", "pins/another_prog", "run/containerd.sock", "run/policyd.heartbeat.bak"],
+        "Weir's entries gone, every other one kept"
+    );
+}
+
+#[test]
+fn a_place_that_is_a_whole_filesystem_or_too_shallow_is_refused_before_anything_goes() {
+    let h = Host::installed();
+    // devpts is mounted on /dev/pts on every Linux host; no name in it is
+    // one of Weir's pins.
+    for (bad, why) in [("/dev/pts", "a mount point"), ("/", "not a directory of Weir's own")] {
+        let out = Command::new(POLICYD)
+            .args(["uninstall", "--files-only", "--bin-dir"])
+            .arg(h.path("bin"))
+            .arg("--conf-dir")
+            .arg(h.path("conf"))
+            .args(["--bpffs-root", bad, "--run-dir"])
+            .arg(h.path("run"))
+            .arg("--ipam-data-dir")
+            .arg(h.path("data"))
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&format!("bpffs root {bad}: {why}")) && err.contains("nothing was removed"), "{err}");
+        assert!(h.path("conf").join(conflist::FILE_NAME).exists() && h.path("bin/weir").exists());
+    }
+}

@@ -76,12 +76,21 @@ impl Record {
     pub fn read(bin_dir: &Path) -> anyhow::Result<Option<Record>> {
         let path = Record::path(bin_dir);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not an install record ({e}); remove it if Weir is not installed here",
-                    path.display()
-                )
-            }),
+            Ok(b) => {
+                let not_a_record = |e: String| {
+                    anyhow::anyhow!(
+                        "{}: not an install record ({e}); remove it if Weir is not installed here",
+                        path.display()
+                    )
+                };
+                let record: Record = serde_json::from_slice(&b).map_err(|e| not_a_record(e.to_string()))?;
+                // Uninstall removes bin_dir/<name>: a name must not reach
+                // out of the bin dir.
+                if let Some(bad) = record.binaries.keys().find(|n| !is_plain_file_name(n)) {
+                    return Err(not_a_record(format!("binaries: {bad:?} is not a plain file name")));
+                }
+                Ok(Some(record))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
         }
@@ -97,6 +106,12 @@ impl Record {
     pub fn wrote(&self, name: &str, body: &[u8]) -> bool {
         self.binaries.get(name).is_some_and(|d| *d == digest(body))
     }
+}
+
+/// A name of a file directly in a directory: not empty, no `/`, not `.`
+/// or `..`.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".." && !name.contains('\0')
 }
 
 /// SHA-256 of `body`, lower-case hex.
@@ -138,5 +153,17 @@ mod tests {
         std::fs::write(Record::path(t.path()), b"{").unwrap();
         let e = Record::read(t.path()).unwrap_err().to_string();
         assert!(e.contains(FILE_NAME) && e.contains("not an install record"), "{e}");
+    }
+
+    #[test]
+    fn a_record_naming_a_file_outside_the_bin_dir_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        for bad in ["../x", "/etc/passwd", "sub/x", "..", "."] {
+            let mut r = Record { binaries: BTreeMap::new(), network: Network::shipped() };
+            r.binaries.insert(bad.into(), digest(b"w"));
+            std::fs::write(Record::path(t.path()), r.to_bytes()).unwrap();
+            let e = Record::read(t.path()).unwrap_err().to_string();
+            assert!(e.contains("not a plain file name") && e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

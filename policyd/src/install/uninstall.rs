@@ -213,6 +213,11 @@ fn installed(opts: &Options) -> anyhow::Result<Installed> {
     network.bpffs_root = given.bpffs_root.clone().unwrap_or(network.bpffs_root);
     network.run_dir = given.run_dir.clone().unwrap_or(network.run_dir);
     network.ipam_data_dir = given.ipam_data_dir.clone().or(network.ipam_data_dir);
+    check_removable(&network.bpffs_root, "bpffs root")?;
+    check_removable(&network.run_dir, "run dir")?;
+    if let Some(store) = network.ipam_store() {
+        check_removable(&store, "IPAM store")?;
+    }
     Ok(Installed { conflist, record, network })
 }
 
@@ -292,11 +297,11 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
             false => Ok(vec![]),
         },
         Step::IpamStore => match network.ipam_store() {
-            Some(dir) => remove_tree(&dir, "IPAM store"),
+            Some(dir) => remove_weirs(&dir, "IPAM store", is_ipam_store_entry),
             None => Ok(vec![]),
         },
-        Step::Pins => remove_tree(&network.bpffs_root, "pins"),
-        Step::RunDir => remove_tree(&network.run_dir, "run dir"),
+        Step::Pins => remove_weirs(&network.bpffs_root, "pins", weir_bpf::is_weirs_root_entry),
+        Step::RunDir => remove_weirs(&network.run_dir, "run dir", is_run_dir_entry),
         Step::Annotations => remove_annotations(opts.node.as_ref()).await,
         Step::Record => {
             let path = Record::path(&opts.bin_dir);
@@ -493,8 +498,129 @@ fn remove_file(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
-fn remove_tree(dir: &Path, what: &str) -> anyhow::Result<Vec<String>> {
-    match std::fs::remove_dir_all(dir) {
+/// What Weir writes directly in its run dir (the CNI binary and
+/// weir-policyd), each name from where its writer defines it.
+pub fn is_run_dir_entry(name: &str) -> bool {
+    use weir_common::paths::{ENDPOINTS_SUBDIR, POLICYD_API_SOCKET, POLICYD_FLOW_LOG, POLICYD_HEARTBEAT};
+    let exact = [
+        ENDPOINTS_SUBDIR,
+        POLICYD_HEARTBEAT,
+        POLICYD_API_SOCKET,
+        POLICYD_FLOW_LOG,
+        weir_common::node_network::FILE,
+        crate::node::publish::ANNOTATIONS_FILE,
+        crate::source::dir::LAST_GOOD_DIR,
+        crate::daemon::IDENTITIES_FILE,
+        weir_cni::masq::STAMP_SUBDIR,
+        weir_cni::ipam::INDEX_SUBDIR,
+        weir_cni::bridge::LOCKS_SUBDIR,
+    ];
+    let rotated_flow_log = crate::flows::rotated(Path::new(POLICYD_FLOW_LOG));
+    // The API socket is bound under a temporary name, then renamed.
+    let api_socket_staged = name
+        .strip_prefix(POLICYD_API_SOCKET)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|rest| rest.ends_with(".tmp"));
+    exact.contains(&name) || Path::new(name) == rotated_flow_log || api_socket_staged
+}
+
+/// What host-local writes in a network's store: a file per reserved
+/// address, the last address handed out per range set, the lock.
+pub fn is_ipam_store_entry(name: &str) -> bool {
+    use weir_cni::ipam::disk::{LAST_PREFIX, LOCK_FILE};
+    name.parse::<std::net::IpAddr>().is_ok() || name == LOCK_FILE || name.starts_with(LAST_PREFIX)
+}
+
+/// A directory Weir's state is kept in, as configured, before anything is
+/// removed from it: not a mount point (the whole of a filesystem, say
+/// `/run` or `/sys/fs/bpf`, is never only Weir's) and at least two levels
+/// deep.
+pub fn check_removable(dir: &Path, what: &str) -> anyhow::Result<()> {
+    use std::path::Component;
+    let normal = dir.components().filter(|c| matches!(c, Component::Normal(_))).count();
+    let climbs = dir.components().any(|c| matches!(c, Component::ParentDir));
+    if !dir.is_absolute() || normal < 2 || climbs {
+        return Err(anyhow!(
+            "{what} {}: not a directory of Weir's own (give an absolute path two or more levels deep, with no \
+             `..`, such as the shipped conflist's); fix the conflist or the install record",
+            dir.display()
+        ));
+    }
+    if is_mount_point(dir)? {
+        return Err(anyhow!(
+            "{what} {}: a mount point, so not Weir's alone (it may hold other programs' files); point the \
+             conflist at a directory of Weir's own below it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `dir` is where a filesystem is mounted (per this process's
+/// mount table; a missing `dir` is not).
+fn is_mount_point(dir: &Path) -> anyhow::Result<bool> {
+    let Ok(dir) = dir.canonicalize() else { return Ok(false) };
+    let table = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&unescape_mount_path(m)) == dir))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The entries of `dir` that `is_weirs` names, then `dir` itself when
+/// nothing else is left in it; anything else stays, and is reported.
+fn remove_weirs(dir: &Path, what: &str, is_weirs: fn(&str) -> bool) -> anyhow::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(anyhow!("listing {}: {e}", dir.display())),
+    };
+    check_removable(dir, what)?;
+    let mut foreign = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_weirs(&name) {
+            foreign.push(name);
+            continue;
+        }
+        let path = e.path();
+        let is_dir = e.file_type().with_context(|| format!("{}", path.display()))?.is_dir();
+        let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow!("removing {}: {err}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        return Ok(vec![format!(
+            "left {what} {}: not empty, it holds what is not Weir's: {}",
+            dir.display(),
+            foreign.join(", ")
+        )]);
+    }
+    match std::fs::remove_dir(dir) {
         Ok(()) => Ok(vec![format!("removed {what} {}", dir.display())]),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(anyhow!("removing {}: {e}", dir.display())),
@@ -580,6 +706,36 @@ mod tests {
             patch,
             serde_json::json!({"metadata": {"annotations": {"weir.io/backend-type": null, "weir.io/public-ip": null}}})
         );
+    }
+
+    #[test]
+    fn weirs_entries_are_known_by_their_writers_names() {
+        for n in ["endpoints", "policyd.heartbeat", "api.sock", "api.sock.42.tmp", "flows.log", "flows.log.1"] {
+            assert!(is_run_dir_entry(n), "{n}");
+        }
+        for n in ["containerd", "containerd.sock", "api.sock.bak", "flows.log.2", "netns"] {
+            assert!(!is_run_dir_entry(n), "{n}");
+        }
+        for n in ["10.0.0.5", "fd00::2", "lock", "last_reserved_ip.0"] {
+            assert!(is_ipam_store_entry(n), "{n}");
+        }
+        assert!(!is_ipam_store_entry("README") && !is_ipam_store_entry("lock.old"));
+        for n in ["weir_endpoints", "weir_abi", "progs", "links", "node-links", "build-0123456789abcdef"] {
+            assert!(weir_bpf::is_weirs_root_entry(n), "{n}");
+        }
+        assert!(!weir_bpf::is_weirs_root_entry("cilium_calls") && !weir_bpf::is_weirs_root_entry("tc"));
+    }
+
+    #[test]
+    fn a_shallow_or_mounted_directory_is_not_removable() {
+        for bad in ["/", "/run", "relative/dir/x", "/var/../run"] {
+            assert!(check_removable(Path::new(bad), "run dir").is_err(), "{bad}");
+        }
+        // devpts is mounted there on every Linux host.
+        assert!(check_removable(Path::new("/dev/pts"), "run dir").unwrap_err().to_string().contains("mount point"));
+        let t = tempfile::tempdir().unwrap();
+        check_removable(t.path(), "run dir").unwrap();
+        assert_eq!(unescape_mount_path("/mnt/a\\040b"), "/mnt/a b");
     }
 
     #[test]
