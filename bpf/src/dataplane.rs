@@ -167,11 +167,14 @@ pub struct Dataplane {
 }
 
 /// flock on the root directory (bpffs holds no regular files, but a
-/// directory fd can carry a lock). Released on drop.
-struct RootLock(#[allow(dead_code)] File);
+/// directory fd can carry a lock). Released on drop. Loading (the CNI
+/// binary's ADD) and attaching take it; so does uninstall, to see an ADD
+/// through before it looks for users a last time.
+pub struct RootLock(#[allow(dead_code)] File);
 
 impl RootLock {
-    fn take(root: &Path) -> Result<Self, Error> {
+    /// Block until no one else holds it.
+    pub fn take(root: &Path) -> Result<Self, Error> {
         let f = File::open(root).map_err(|e| Error::io("cannot open bpffs root", root, e))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on an fd we own.

@@ -25,7 +25,8 @@ mod lifecycle;
 mod lpm;
 
 pub use dataplane::{
-    build_id, is_weirs_root_entry, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, Upgrade, TC_DROP, TC_PASS,
+    build_id, is_weirs_root_entry, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, RootLock, Upgrade, TC_DROP,
+    TC_PASS,
 };
 pub use error::Error;
 pub use events::EventReader;

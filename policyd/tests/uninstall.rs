@@ -170,3 +170,46 @@ fn a_place_that_is_a_whole_filesystem_or_too_shallow_is_refused_before_anything_
         assert!(h.path("conf").join(conflist::FILE_NAME).exists() && h.path("bin/weir").exists());
     }
 }
+
+/// A pod's ADD that read the conflist just before uninstall removed it:
+/// here it holds the IPAM store's lock (as ADD does while it allocates)
+/// when the uninstall starts, and reserves an address once the conflist is
+/// gone. Uninstall, waiting for that lock to look again, sees the new
+/// reservation, puts the conflist back and refuses, with nothing else
+/// removed.
+#[test]
+fn an_add_racing_the_uninstall_puts_the_conflist_back_and_refuses() {
+    use weir_cni::ipam::allocator::Store;
+    let h = Host::installed();
+    let conflist_path = h.path("conf").join(conflist::FILE_NAME);
+    let conflist_before = std::fs::read(&conflist_path).unwrap();
+    let mut add = weir_cni::ipam::disk::DiskStore::open(&h.path("data/weir")).unwrap();
+    let mut cmd = Command::new(POLICYD);
+    cmd.args(["uninstall", "--files-only", "--bin-dir"])
+        .arg(h.path("bin"))
+        .arg("--conf-dir")
+        .arg(h.path("conf"))
+        .arg("--bpffs-root")
+        .arg(h.path("pins"))
+        .arg("--run-dir")
+        .arg(h.path("run"))
+        .arg("--ipam-data-dir")
+        .arg(h.path("data"))
+        .env_remove("NODE_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The conflist goes first; then uninstall waits for the lock we hold.
+    while conflist_path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(add.reserve("ctr-racing", "eth0", "10.66.1.5".parse().unwrap(), 0).unwrap());
+    drop(add);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("a pod was added while uninstall ran"), "{err}");
+    assert!(err.contains("container ctr-racing reserved 10.66.1.5"), "names the pod's ADD: {err}");
+    assert_eq!(std::fs::read(&conflist_path).unwrap(), conflist_before, "the conflist is back as it was");
+    assert!(h.path("bin/weir").exists() && h.path("data/weir/10.66.1.5").exists() && h.path("pins/links").is_dir());
+}

@@ -153,6 +153,9 @@ impl std::fmt::Display for Failure {
 /// What this node's Weir install is made of.
 struct Installed {
     conflist: PathBuf,
+    /// What the conflist held (None: not there), to put back when an ADD
+    /// turns out to have raced the uninstall.
+    conflist_bytes: Option<Vec<u8>>,
     /// The install record, or (an install from before records) one made
     /// up: the shipped network, no chained binaries; with the conflist's
     /// places while it is there. What a re-run needs, so it is saved before
@@ -178,13 +181,91 @@ pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
         }
         done.push(format!("  {u}"));
     }
+    let reserved = reservations(&installed.network);
+    // Held from the last look for users until the IPAM store is gone.
+    let mut ipam_lock = None;
     for step in ORDER.into_iter().filter(|s| !(opts.files_only && s.beyond_files())) {
         match run_step(step, opts, &installed).await {
             Ok(lines) => done.extend(lines),
             Err(error) => return Err(Failure::Stopped { step, error, done }),
         }
+        match step {
+            Step::Conflist => {
+                let (lock, raced) = look_again(&installed.network, &users, &reserved)
+                    .map_err(|error| Failure::Stopped { step, error, done: done.clone() })?;
+                ipam_lock = lock;
+                if !raced.is_empty() && !opts.force {
+                    return Err(put_back(&installed, &raced));
+                }
+                done.extend(raced.iter().map(|u| format!("--force: going on although {u}")));
+            }
+            Step::IpamStore => ipam_lock = None,
+            _ => {}
+        }
     }
+    drop(ipam_lock);
     Ok(done)
+}
+
+/// The reservations in the network's host-local store: (address, container).
+fn reservations(network: &Network) -> Vec<(std::net::IpAddr, String)> {
+    let Some(dir) = network.ipam_store() else { return vec![] };
+    weir_cni::ipam::disk::entries_in(&dir).0.into_iter().map(|e| (e.ip, e.container_id)).collect()
+}
+
+/// Once the conflist is gone the runtime starts no ADD, but one that read
+/// the conflist before may still be running. Under the locks ADD takes (the
+/// IPAM store's, then the bpffs root's), look for users again: an ADD that
+/// got either lock before is done with it and shows (a reservation, an
+/// endpoint record or map entry); one waiting for the IPAM lock finds the
+/// store gone from under it and fails. Returns the IPAM store's lock, to be
+/// held until that store is removed, and the users that appeared.
+fn look_again(
+    network: &Network,
+    before: &[String],
+    reserved: &[(std::net::IpAddr, String)],
+) -> anyhow::Result<(Option<weir_cni::ipam::disk::DiskStore>, Vec<String>)> {
+    // No store yet: no ADD has reserved anything (one making it now will
+    // see it removed at the IPAM store step).
+    let ipam_lock = match network.ipam_store() {
+        Some(dir) if dir.is_dir() => Some(
+            weir_cni::ipam::disk::DiskStore::open(&dir).map_err(|e| anyhow!("taking the IPAM store's lock: {e}"))?,
+        ),
+        _ => None,
+    };
+    let root_lock = match network.bpffs_root.is_dir() {
+        true => Some(weir_bpf::RootLock::take(&network.bpffs_root).context("taking the bpffs root's lock")?),
+        false => None,
+    };
+    let mut raced: Vec<String> = users(network).into_iter().filter(|u| !before.contains(u)).collect();
+    drop(root_lock);
+    for (ip, container) in reservations(network) {
+        if !reserved.contains(&(ip, container.clone())) {
+            raced.push(format!("a pod being added: container {container} reserved {ip} in the IPAM store"));
+        }
+    }
+    Ok((ipam_lock, raced))
+}
+
+/// The conflist back as it was (a pod was added meanwhile), and the refusal.
+fn put_back(installed: &Installed, raced: &[String]) -> Failure {
+    let restored = match &installed.conflist_bytes {
+        Some(bytes) => {
+            let mut staged = files::Staged::default();
+            staged
+                .add(&installed.conflist, bytes, 0o644)
+                .and_then(|()| staged.commit().map(|_| ()))
+                .map(|()| format!("{} is back", installed.conflist.display()))
+                .unwrap_or_else(|e| {
+                    format!("putting {} back failed ({e:#}): run install-cni", installed.conflist.display())
+                })
+        }
+        None => "the conflist was already gone".to_string(),
+    };
+    let mut s =
+        refusal(raced).replacen("nothing was removed", &format!("a pod was added while uninstall ran; {restored}"), 1);
+    s.push_str(" Only the conflist was taken away meanwhile, and the install record written.");
+    Failure::Refused(s)
 }
 
 /// The record, with the network's places taken from the conflist while it
@@ -192,14 +273,18 @@ pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
 /// the shipped conflist's.
 fn installed(opts: &Options) -> anyhow::Result<Installed> {
     let conflist = opts.conf_dir.join(conflist::FILE_NAME);
-    let from_conflist = match std::fs::read(&conflist) {
-        Ok(b) => {
-            let bad = |e: String| anyhow!("{}: {e}; fix it, or remove it and run uninstall again", conflist.display());
-            let v = serde_json::from_slice(&b).map_err(|e| bad(e.to_string()))?;
-            Some(Network::of(&weir_cni::config::parse_netconf(v).map_err(|e| bad(e.to_string()))?))
-        }
+    let conflist_bytes = match std::fs::read(&conflist) {
+        Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(anyhow!("{}: {e}", conflist.display())),
+    };
+    let from_conflist = match &conflist_bytes {
+        Some(b) => {
+            let bad = |e: String| anyhow!("{}: {e}; fix it, or remove it and run uninstall again", conflist.display());
+            let v = serde_json::from_slice(b).map_err(|e| bad(e.to_string()))?;
+            Some(Network::of(&weir_cni::config::parse_netconf(v).map_err(|e| bad(e.to_string()))?))
+        }
+        None => None,
     };
     let mut record = Record::read(&opts.bin_dir)?
         .unwrap_or_else(|| Record { binaries: Default::default(), network: Network::shipped() });
@@ -218,7 +303,7 @@ fn installed(opts: &Options) -> anyhow::Result<Installed> {
     if let Some(store) = network.ipam_store() {
         check_removable(&store, "IPAM store")?;
     }
-    Ok(Installed { conflist, record, network })
+    Ok(Installed { conflist, conflist_bytes, record, network })
 }
 
 /// Who still uses Weir on this node, one line each: pods (endpoint
@@ -274,8 +359,8 @@ pub fn refusal(users: &[String]) -> String {
     }
     s.push_str(
         "Remove those first: delete weir-policyd's DaemonSet, then drain the node (kubectl drain NODE \
-         --ignore-daemonsets) and delete the pods of DaemonSets that use the pod network, wait until their \
-         sandboxes are gone, and run uninstall again. --force removes everything anyway: pods still running \
+         --ignore-daemonsets), delete the DaemonSets that use the pod network (deleting only their pods \
+         brings them back), wait until their sandboxes are gone, and run uninstall again. --force removes everything anyway: pods still running \
          keep their interfaces and addresses, but their NetworkPolicies are no longer enforced, their traffic \
          to other nodes and masquerade to outside the cluster stop, the runtime's DEL of them fails (the weir \
          binary is gone), and their addresses may be handed out again by the next CNI.",
