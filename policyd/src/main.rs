@@ -284,9 +284,8 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
         places,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(install::uninstall::run(&opts)) {
-        Ok(lines) => {
-            lines.iter().for_each(|l| println!("{l}"));
+    match rt.block_on(install::uninstall::run(&opts, &mut |l| println!("{l}"))) {
+        Ok(_) => {
             println!("Weir is uninstalled from this node");
             if a.then_wait {
                 use std::io::Write;
@@ -300,9 +299,6 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            if let install::uninstall::Failure::Stopped { done, .. } = &e {
-                done.iter().for_each(|l| println!("{l}"));
-            }
             eprintln!("weir-policyd uninstall: {e}");
             ExitCode::FAILURE
         }

@@ -225,9 +225,13 @@ impl TestNode {
         walk(self.pins.path(), &mut s);
         s.push_str(&format!("links: {:?}\n", self.ns.links()));
         s.push_str(&self.ns.ip(&["-d", "link", "show", "type", "vxlan"]));
-        // A bridge that just lost its last port turns "linkdown" in its
+        // A bridge that just lost its last port turns "linkdown", and a
+        // device that came up gets its IPv6 link-local address, in their
         // own time: the kernel's doing, not uninstall's.
-        s.push_str(&self.ns.ip(&["route", "show", "table", "all"]).replace(" linkdown", ""));
+        let routes = self.ns.ip(&["route", "show", "table", "all"]).replace(" linkdown", "");
+        for r in routes.lines().filter(|r| !r.contains("fe80::")) {
+            s.push_str(&format!("{r}\n"));
+        }
         s.push_str(&format!("masquerade table: {}\n", self.has_masquerade_table()));
         s
     }

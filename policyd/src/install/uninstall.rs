@@ -165,16 +165,34 @@ struct Installed {
     network: Network,
 }
 
-/// Uninstall; returns what was removed (and what was left, and why), one
-/// line each.
-pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
+/// What was removed (and what was left, and why), one line each, handed
+/// on as it happens: a step that hangs or kills the process leaves the
+/// lines before it said.
+struct Done<'a> {
+    lines: Vec<String>,
+    on_line: &'a mut dyn FnMut(&str),
+}
+
+impl Done<'_> {
+    fn push(&mut self, line: String) {
+        (self.on_line)(&line);
+        self.lines.push(line);
+    }
+    fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        lines.into_iter().for_each(|l| self.push(l));
+    }
+}
+
+/// Uninstall, handing each line of what it does to `on_line` as it
+/// happens; returns them all.
+pub async fn run(opts: &Options, on_line: &mut dyn FnMut(&str)) -> Result<Vec<String>, Failure> {
     let refuse = |e: anyhow::Error| Failure::Refused(format!("{e:#}; nothing was removed"));
     let installed = installed(opts).map_err(refuse)?;
     let users = users(&installed.network);
     if !users.is_empty() && !opts.force {
         return Err(Failure::Refused(refusal(&users)));
     }
-    let mut done = Vec::new();
+    let mut done = Done { lines: Vec::new(), on_line };
     for (n, u) in users.iter().enumerate() {
         if n == 0 {
             done.push("--force: going on although Weir is in use here:".to_string());
@@ -187,12 +205,12 @@ pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
     for step in ORDER.into_iter().filter(|s| !(opts.files_only && s.beyond_files())) {
         match run_step(step, opts, &installed).await {
             Ok(lines) => done.extend(lines),
-            Err(error) => return Err(Failure::Stopped { step, error, done }),
+            Err(error) => return Err(Failure::Stopped { step, error, done: done.lines }),
         }
         match step {
             Step::Conflist => {
                 let (lock, raced) = look_again(&installed.network, &users, &reserved)
-                    .map_err(|error| Failure::Stopped { step, error, done: done.clone() })?;
+                    .map_err(|error| Failure::Stopped { step, error, done: std::mem::take(&mut done.lines) })?;
                 ipam_lock = lock;
                 if !raced.is_empty() && !opts.force {
                     return Err(put_back(&installed, &raced));
@@ -204,7 +222,7 @@ pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
         }
     }
     drop(ipam_lock);
-    Ok(done)
+    Ok(done.lines)
 }
 
 /// The reservations in the network's host-local store: (address, container).
