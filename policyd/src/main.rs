@@ -155,6 +155,12 @@ struct UninstallArgs {
     /// ipam.dataDir, else the record's, else /var/lib/cni/networks].
     #[arg(long, value_name = "DIR")]
     ipam_data_dir: Option<PathBuf>,
+    /// Where the host's / is mounted (a DaemonSet's container): every
+    /// place above, given or taken from the conflist or the install record,
+    /// is a host path and is reached under DIR; one that is not there is
+    /// refused.
+    #[arg(long, value_name = "DIR")]
+    host_root: Option<PathBuf>,
     /// Once done, wait until terminated (a DaemonSet's container: its pod
     /// stays up on a clean node; the image has no sleep).
     #[arg(long)]
@@ -282,6 +288,7 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
         files_only: a.files_only,
         node,
         places,
+        host_root: a.host_root,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(install::uninstall::run(&opts, &mut |l| println!("{l}"))) {

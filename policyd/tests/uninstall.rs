@@ -213,3 +213,92 @@ fn an_add_racing_the_uninstall_puts_the_conflist_back_and_refuses() {
     assert_eq!(std::fs::read(&conflist_path).unwrap(), conflist_before, "the conflist is back as it was");
     assert!(h.path("bin/weir").exists() && h.path("data/weir/10.66.1.5").exists() && h.path("pins/links").is_dir());
 }
+
+/// A DaemonSet's run: the host's / mounted at a directory (a temporary
+/// one here) and given as --host-root, every place a host path: the CNI
+/// directories given, the network's taken from the conflist, then, once
+/// the conflist is gone, from the install record; none given as
+/// --bpffs-root, --run-dir or --ipam-data-dir. The host paths exist only
+/// under the temporary root, never on this machine.
+#[test]
+fn under_a_host_root_the_places_are_the_hosts_and_a_resumed_run_takes_them_from_the_record() {
+    const BASE: &str = "/weir-host-root-test";
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("host");
+    let on_host = |p: &str| root.join(format!("{BASE}/{p}").trim_start_matches('/'));
+    let from = t.path().join("image");
+    std::fs::create_dir_all(&from).unwrap();
+    for p in ["weir", "portmap", "bandwidth", "loopback"] {
+        std::fs::write(from.join(p), format!("#!/bin/sh\n# {p}\n")).unwrap();
+    }
+    let out = Command::new(POLICYD)
+        .args(["install-cni", "--pod-cidr", "10.66.1.0/24", "--from"])
+        .arg(&from)
+        .arg("--bin-dir")
+        .arg(on_host("bin"))
+        .arg("--conf-dir")
+        .arg(on_host("conf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let conflist_path = on_host("conf").join(conflist::FILE_NAME);
+    let point_at = |run_dir: &str| {
+        let mut list: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist_path).unwrap()).unwrap();
+        list["plugins"][0]["ipam"]["dataDir"] = format!("{BASE}/networks").into();
+        list["plugins"][0]["policy"]["bpffsRoot"] = format!("{BASE}/pins").into();
+        list["plugins"][0]["policy"]["runDir"] = run_dir.into();
+        std::fs::write(&conflist_path, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    };
+    for d in ["pins/links", "run/endpoints"] {
+        std::fs::create_dir_all(on_host(d)).unwrap();
+    }
+    // The IPAM store's place is a file: the run stops there.
+    std::fs::create_dir_all(on_host("networks")).unwrap();
+    std::fs::write(on_host("networks/weir"), b"").unwrap();
+    let uninstall = || {
+        Command::new(POLICYD)
+            .args(["uninstall", "--files-only", "--host-root"])
+            .arg(&root)
+            .args(["--bin-dir", &format!("{BASE}/bin"), "--conf-dir", &format!("{BASE}/conf")])
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap()
+    };
+
+    // A place the host root does not hold (not mounted there): refused.
+    point_at("/weir-host-root-test-unmounted/run");
+    let out = uninstall();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("run dir /weir-host-root-test-unmounted/run: not reachable under --host-root")
+            && err.contains("nothing was removed"),
+        "{err}"
+    );
+    assert!(conflist_path.exists() && on_host("bin/weir").exists());
+
+    point_at(&format!("{BASE}/run"));
+    let out = uninstall();
+    let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{said}{err}");
+    assert!(err.contains(&format!("IPAM store: listing {}", on_host("networks/weir").display())), "{err}");
+    assert!(!conflist_path.exists() && !on_host("bin/weir").exists(), "the steps before it went");
+    let record = Record::read(&on_host("bin")).unwrap().unwrap();
+    assert_eq!(record.network.run_dir, PathBuf::from(format!("{BASE}/run")), "the host's path, not ours");
+
+    // Resumed: the conflist is gone, the record says where.
+    std::fs::remove_file(on_host("networks/weir")).unwrap();
+    std::fs::create_dir_all(on_host("networks/weir")).unwrap();
+    std::fs::write(on_host("networks/weir/last_reserved_ip.0"), "10.66.1.9").unwrap();
+    let out = uninstall();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        format!("removed IPAM store {}", on_host("networks/weir").display()),
+        format!("removed pins {}", on_host("pins").display()),
+        format!("removed run dir {}", on_host("run").display()),
+        format!("removed {}", Record::path(&on_host("bin")).display()),
+    ] {
+        assert!(said.lines().any(|l| l == line), "missing {line:?} in:\n{said}");
+    }
+}

@@ -41,6 +41,9 @@ pub struct Options {
     /// while it is there, else the install record's, else the shipped
     /// conflist's.
     pub places: Places,
+    /// Where the host's `/` is (a container's mount): every place above,
+    /// given or configured, is then a host path, reached under it.
+    pub host_root: Option<PathBuf>,
 }
 
 /// Places given on the command line.
@@ -152,6 +155,8 @@ impl std::fmt::Display for Failure {
 
 /// What this node's Weir install is made of.
 struct Installed {
+    /// The CNI directories, as this run reaches them.
+    bin_dir: PathBuf,
     conflist: PathBuf,
     /// What the conflist held (None: not there), to put back when an ADD
     /// turns out to have raced the uninstall.
@@ -290,7 +295,9 @@ fn put_back(installed: &Installed, raced: &[String]) -> Failure {
 /// is there (it is what the CNI binary used), else from the record, else
 /// the shipped conflist's.
 fn installed(opts: &Options) -> anyhow::Result<Installed> {
-    let conflist = opts.conf_dir.join(conflist::FILE_NAME);
+    let host = |place: &Path, what: &str| on_host(opts.host_root.as_deref(), place, what);
+    let bin_dir = host(&opts.bin_dir, "--bin-dir")?;
+    let conflist = host(&opts.conf_dir, "--conf-dir")?.join(conflist::FILE_NAME);
     let conflist_bytes = match std::fs::read(&conflist) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -304,13 +311,13 @@ fn installed(opts: &Options) -> anyhow::Result<Installed> {
         }
         None => None,
     };
-    let mut record = Record::read(&opts.bin_dir)?
-        .unwrap_or_else(|| Record { binaries: Default::default(), network: Network::shipped() });
+    let mut record =
+        Record::read(&bin_dir)?.unwrap_or_else(|| Record { binaries: Default::default(), network: Network::shipped() });
     if let Some(n) = from_conflist {
         record.network = n;
     }
-    // Given places are where this run finds them (a container's mounts),
-    // not what the node uses: the record keeps the node's.
+    // Given places are where this run finds them, not what the node uses:
+    // the record keeps the node's.
     let given = &opts.places;
     let mut network = record.network.clone();
     network.bpffs_root = given.bpffs_root.clone().unwrap_or(network.bpffs_root);
@@ -321,7 +328,50 @@ fn installed(opts: &Options) -> anyhow::Result<Installed> {
     if let Some(store) = network.ipam_store() {
         check_removable(&store, "IPAM store")?;
     }
-    Ok(Installed { conflist, conflist_bytes, record, network })
+    network.bpffs_root = host(&network.bpffs_root, "bpffs root")?;
+    network.run_dir = host(&network.run_dir, "run dir")?;
+    if let Some(d) = &network.ipam_data_dir {
+        network.ipam_data_dir = Some(host(d, "IPAM data dir")?);
+    }
+    // Where this run reaches them may be a mount of its own (a hostPath
+    // volume of the host's /run at <host root>/run).
+    let store = network.ipam_store();
+    for (place, what) in [(Some(&network.bpffs_root), "bpffs root"), (Some(&network.run_dir), "run dir")]
+        .into_iter()
+        .chain([(store.as_ref(), "IPAM store")])
+    {
+        if let Some(place) = place.filter(|p| is_mount_point(p).unwrap_or(false)) {
+            return Err(not_weirs_alone(place, what));
+        }
+    }
+    Ok(Installed { bin_dir, conflist, conflist_bytes, record, network })
+}
+
+/// `place`, a host path, as this run reaches it: under `host_root` when
+/// given. Refused when it cannot be reached there: its parent is not
+/// there (not mounted under `host_root`), or leads out of `host_root` (a
+/// symlink of the host's, such as /var/run -> /run, read in this
+/// container, would reach the container's own).
+pub fn on_host(host_root: Option<&Path>, place: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let Some(root) = host_root else { return Ok(place.to_path_buf()) };
+    let unreachable = |why: String| {
+        anyhow!(
+            "{what} {}: not reachable under --host-root {} ({why}); mount the host's directory holding it \
+             there, at the same path below {}",
+            place.display(),
+            root.display(),
+            root.display()
+        )
+    };
+    let relative = place.strip_prefix("/").map_err(|_| unreachable("not an absolute path".into()))?;
+    let mapped = root.join(relative);
+    let parent = mapped.parent().unwrap_or(&mapped);
+    let real_root = root.canonicalize().map_err(|e| unreachable(format!("{}: {e}", root.display())))?;
+    let real_parent = parent.canonicalize().map_err(|e| unreachable(format!("{}: {e}", parent.display())))?;
+    if !real_parent.starts_with(&real_root) {
+        return Err(unreachable(format!("{} leads to {}", parent.display(), real_parent.display())));
+    }
+    Ok(mapped)
 }
 
 /// Who still uses Weir on this node, one line each: pods (endpoint
@@ -389,8 +439,8 @@ pub fn refusal(users: &[String]) -> String {
 async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::Result<Vec<String>> {
     let network = &installed.network;
     match step {
-        Step::Conflist => remove_conflist(opts, installed),
-        Step::Binaries => remove_binaries(opts, &installed.record),
+        Step::Conflist => remove_conflist(installed),
+        Step::Binaries => remove_binaries(&installed.bin_dir, &installed.record),
         Step::Programs => detach_programs(&network.bpffs_root),
         Step::Routes => remove_routes(),
         Step::VxlanDevice => remove_vxlan_devices(),
@@ -407,7 +457,7 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
         Step::RunDir => remove_weirs(&network.run_dir, "run dir", is_run_dir_entry),
         Step::Annotations => remove_annotations(opts.node.as_ref()).await,
         Step::Record => {
-            let path = Record::path(&opts.bin_dir);
+            let path = Record::path(&installed.bin_dir);
             Ok(remove_file(&path)?.then(|| format!("removed {}", path.display())).into_iter().collect())
         }
     }
@@ -415,13 +465,13 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
 
 /// The record first takes the conflist's places (for a re-run once the
 /// conflist is gone), then the conflist goes.
-fn remove_conflist(opts: &Options, installed: &Installed) -> anyhow::Result<Vec<String>> {
+fn remove_conflist(installed: &Installed) -> anyhow::Result<Vec<String>> {
     if !installed.conflist.exists() {
         return Ok(vec![]);
     }
-    if opts.bin_dir.is_dir() {
+    if installed.bin_dir.is_dir() {
         let mut staged = files::Staged::default();
-        staged.add(&Record::path(&opts.bin_dir), &installed.record.to_bytes(), 0o644)?;
+        staged.add(&Record::path(&installed.bin_dir), &installed.record.to_bytes(), 0o644)?;
         staged.commit()?;
     }
     remove_file(&installed.conflist)?;
@@ -444,14 +494,14 @@ pub fn weirs_binaries(record: &Record, present: &[(String, Vec<u8>)]) -> (Vec<St
     (remove, left)
 }
 
-fn remove_binaries(opts: &Options, record: &Record) -> anyhow::Result<Vec<String>> {
+fn remove_binaries(bin_dir: &Path, record: &Record) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<&str> = record.binaries.keys().map(String::as_str).collect();
     if !names.contains(&PLUGIN_TYPE) {
         names.push(PLUGIN_TYPE);
     }
     let mut present = Vec::new();
     for name in names {
-        let path = opts.bin_dir.join(name);
+        let path = bin_dir.join(name);
         match std::fs::read(&path) {
             Ok(body) => present.push((name.to_string(), body)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -461,13 +511,13 @@ fn remove_binaries(opts: &Options, record: &Record) -> anyhow::Result<Vec<String
     let (remove, left) = weirs_binaries(record, &present);
     let mut lines = Vec::new();
     for name in remove {
-        let path = opts.bin_dir.join(&name);
+        let path = bin_dir.join(&name);
         if remove_file(&path)? {
             lines.push(format!("removed {}", path.display()));
         }
     }
     for (name, why) in left {
-        lines.push(format!("left {}: {why}", opts.bin_dir.join(name).display()));
+        lines.push(format!("left {}: {why}", bin_dir.join(name).display()));
     }
     Ok(lines)
 }
@@ -650,13 +700,17 @@ pub fn check_removable(dir: &Path, what: &str) -> anyhow::Result<()> {
         ));
     }
     if is_mount_point(dir)? {
-        return Err(anyhow!(
-            "{what} {}: a mount point, so not Weir's alone (it may hold other programs' files); point the \
-             conflist at a directory of Weir's own below it",
-            dir.display()
-        ));
+        return Err(not_weirs_alone(dir, what));
     }
     Ok(())
+}
+
+fn not_weirs_alone(dir: &Path, what: &str) -> anyhow::Error {
+    anyhow!(
+        "{what} {}: a mount point, so not Weir's alone (it may hold other programs' files); point the conflist \
+         at a directory of Weir's own below it",
+        dir.display()
+    )
 }
 
 /// Whether `dir` is where a filesystem is mounted (per this process's
