@@ -19,7 +19,8 @@ use weir_cni::config::NetConf;
 pub const FILE_NAME: &str = ".weir-installed.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Unknown fields are ignored: a record a newer Weir wrote is still read.
+#[serde(rename_all = "camelCase")]
 pub struct Record {
     /// Binary name in the CNI bin dir -> SHA-256 (hex) of what Weir wrote.
     pub binaries: BTreeMap<String, String>,
@@ -29,7 +30,7 @@ pub struct Record {
 
 /// What of the conflist uninstall needs once the conflist is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Network {
     /// The network's name (its IPAM store's directory name).
     pub name: String,
@@ -153,6 +154,17 @@ mod tests {
         std::fs::write(Record::path(t.path()), b"{").unwrap();
         let e = Record::read(t.path()).unwrap_err().to_string();
         assert!(e.contains(FILE_NAME) && e.contains("not an install record"), "{e}");
+    }
+
+    #[test]
+    fn a_record_with_fields_of_a_newer_weir_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Record { binaries: BTreeMap::new(), network: Network::shipped() };
+        let mut v: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+        v["addedLater"] = 1.into();
+        v["network"]["addedLater"] = "x".into();
+        std::fs::write(Record::path(t.path()), v.to_string()).unwrap();
+        assert_eq!(Record::read(t.path()).unwrap(), Some(r));
     }
 
     #[test]
