@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use weir_cni::config::NetConf;
 
 /// Its file name in the CNI bin dir.
-pub const FILE_NAME: &str = ".weir-installed.json";
+pub const FILE_NAME: &str = weir_common::paths::INSTALL_RECORD;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Unknown fields are ignored: a record a newer Weir wrote is still read.
@@ -64,7 +64,7 @@ impl Network {
 
     /// The host-local store of this network.
     pub fn ipam_store(&self) -> Option<PathBuf> {
-        self.ipam_data_dir.as_ref().map(|d| d.join(&self.name))
+        self.ipam_data_dir.as_ref().map(|d| weir_cni::config::store_dir(d, &self.name))
     }
 }
 
