@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Node;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use weir_cni::config::PLUGIN_TYPE;
-use weir_common::netlink::{mac_string, Link, Netlink};
+use weir_common::netlink::Netlink;
 use weir_common::registry::Registry;
 
 #[derive(Debug, Clone)]
@@ -576,12 +576,6 @@ fn remove_vxlan_devices() -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
-/// Whether `l` is a bridge the CNI binary made: it gives each bridge it
-/// creates a MAC derived from the name (`naming::bridge_mac`).
-pub fn is_weirs_bridge(l: &Link) -> bool {
-    l.kind.as_deref() == Some("bridge") && l.mac == mac_string(&weir_cni::naming::bridge_mac(&l.name))
-}
-
 /// The network's bridge, with its gateway addresses and routes, when Weir
 /// made it and no interface is on it any more (under --force a running
 /// pod's still is: then it stays, so the pod keeps its neighbours).
@@ -589,7 +583,7 @@ fn remove_bridge(name: Option<&str>) -> anyhow::Result<Vec<String>> {
     let Some(name) = name else { return Ok(vec![]) };
     let mut nl = Netlink::new().context("netlink socket")?;
     let links = nl.links().context("listing links")?;
-    let Some(bridge) = links.iter().find(|l| l.name == name && is_weirs_bridge(l)) else {
+    let Some(bridge) = links.iter().find(|l| l.name == name && weir_cni::bridge::is_weirs(l)) else {
         return Ok(vec![]);
     };
     let ports = links.iter().filter(|l| l.master == Some(bridge.index)).count();
@@ -828,25 +822,6 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, "loopback");
         assert!(left[0].1.contains("another package's"), "{}", left[0].1);
-    }
-
-    #[test]
-    fn a_bridge_is_weirs_when_it_has_the_mac_weir_gives_its_name() {
-        let link = |name: &str, kind: &str, mac: String| Link {
-            index: 3,
-            name: name.into(),
-            mac,
-            mtu: 1500,
-            up: true,
-            kind: Some(kind.into()),
-            master: None,
-            alias: None,
-        };
-        let weirs = mac_string(&weir_cni::naming::bridge_mac("cni0"));
-        assert!(is_weirs_bridge(&link("cni0", "bridge", weirs.clone())));
-        assert!(!is_weirs_bridge(&link("cni0", "bridge", "02:42:ac:11:00:01".into())), "another CNI's cni0");
-        assert!(!is_weirs_bridge(&link("br0", "bridge", weirs.clone())), "the MAC of another name");
-        assert!(!is_weirs_bridge(&link("cni0", "veth", weirs)), "not a bridge");
     }
 
     #[test]
