@@ -25,8 +25,8 @@ mod lifecycle;
 mod lpm;
 
 pub use dataplane::{
-    build_id, is_weirs_root_entry, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, RootLock, Upgrade, TC_DROP,
-    TC_PASS,
+    build_id, detach_all, is_weirs_root_entry, pinned_endpoint_ifindexes, AttachMode, CtEntry, Dataplane, Hook,
+    LoadOptions, RootLock, Upgrade, TC_DROP, TC_PASS,
 };
 pub use error::Error;
 pub use events::EventReader;

@@ -425,7 +425,7 @@ fn root_uninstall_with_force_goes_on_while_a_pod_runs_and_says_so() {
     assert!(out.status.success(), "{said}{}", stderr(&out));
     assert!(said.starts_with("--force: going on although Weir is in use here:"), "{said}");
     assert!(said.contains("pod default/web"), "{said}");
-    assert!(said.contains("detached from_pod and to_pod from ifindex"), "{said}");
+    assert!(said.contains("detached from_pod from ifindex") && said.contains("detached to_pod from ifindex"), "{said}");
     assert!(!n.pins.path().exists() && !n.run_dir().exists() && !n.ipam_store().exists());
     assert!(!n.bin().join("weir").exists());
     // The pod keeps its interface (its traffic is no longer judged), and
@@ -458,4 +458,32 @@ fn root_uninstall_leaves_a_pin_that_is_not_weirs() {
     let left: Vec<String> =
         std::fs::read_dir(n.pins.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     assert_eq!(left, ["other_cni_map"], "every pin of Weir's is gone, the other one stays");
+}
+
+/// Pins another build made (its map ABI differs: this build cannot open
+/// its maps) or a stopped run half removed: uninstall still tells that no
+/// pod uses them, by the endpoints map's keys alone, and detaches
+/// leave_node by its link pin alone.
+#[test]
+fn root_uninstall_detaches_and_removes_pins_of_another_abi() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    n.start_policyd_parts();
+    let abi = n.pins.path().join(weir_bpf::abi::MAP_ABI);
+    let set = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&abi)
+        .args(["key", "0", "0", "0", "0", "value", "99", "0", "0", "0"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    assert!(set.status.success(), "bpftool: {}", stderr(&set));
+    assert!(weir_bpf::Dataplane::open(n.pins.path()).is_err(), "this build cannot open another ABI's maps");
+
+    let out = n.uninstall(&[]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.contains("detached leave_node from ifindex"), "{said}");
+    assert!(!said.lines().any(|l| l.starts_with("left leave_node")), "{said}");
+    assert!(!n.pins.path().exists());
 }

@@ -395,8 +395,8 @@ fn users(network: &Network) -> Vec<String> {
     users.extend(errors.iter().map(|e| format!("an endpoint record that cannot be read: {e}")));
     let endpoints_map = network.bpffs_root.join(weir_bpf::abi::MAP_ENDPOINTS);
     if endpoints_map.exists() {
-        match weir_bpf::Dataplane::open(&network.bpffs_root).and_then(|dp| dp.endpoints()) {
-            Ok(eps) => users.extend(eps.iter().filter(|(i, _)| !known.contains(i)).map(|(i, _)| {
+        match weir_bpf::pinned_endpoint_ifindexes(&network.bpffs_root) {
+            Ok(eps) => users.extend(eps.iter().filter(|i| !known.contains(i)).map(|i| {
                 format!("the pod interface of ifindex {i}: its entry is in the pinned {}", endpoints_map.display())
             })),
             Err(e) => users.push(format!("perhaps pods: the pinned endpoints map cannot be read ({e})")),
@@ -525,28 +525,17 @@ fn remove_binaries(bin_dir: &Path, record: &Record) -> anyhow::Result<Vec<String
 /// leave_node, and anything still attached to pod interfaces (DEL's
 /// leftovers, or running pods under --force). TCX links would go with
 /// their pins anyway; tc filters live with the device, so they are taken
-/// off here. Pins that cannot be opened (a run stopped in the middle of
-/// removing them) hold no filter record to act on: the pins step follows.
+/// off here. By the link pins and tc records alone, no map opened: a root
+/// of another build's ABI, or one a stopped run half removed, is detached
+/// too. What cannot be is said, and left.
 fn detach_programs(root: &Path) -> anyhow::Result<Vec<String>> {
-    if !root.exists() {
+    if !root.is_dir() {
         return Ok(vec![]);
     }
-    let dp = match weir_bpf::Dataplane::open(root) {
-        Ok(dp) => dp,
-        Err(e) => {
-            log::warn!("{}: {e}; removing them without detaching first", root.display());
-            return Ok(vec![]);
-        }
-    };
-    let mut lines = Vec::new();
-    for i in dp.leave_node_ifindexes()? {
-        dp.detach_leave_node(i)?;
-        lines.push(format!("detached leave_node from ifindex {i}"));
-    }
-    for i in dp.attached_ifindexes()? {
-        dp.detach(i)?;
-        lines.push(format!("detached from_pod and to_pod from ifindex {i}"));
-    }
+    let (detached, left) = weir_bpf::detach_all(root)?;
+    let mut lines: Vec<String> =
+        detached.iter().map(|(i, hook)| format!("detached {} from ifindex {i}", hook.name())).collect();
+    lines.extend(left.iter().map(|(i, hook, e)| format!("left {} on ifindex {i}: {e}", hook.name())));
     Ok(lines)
 }
 
