@@ -487,3 +487,35 @@ fn root_uninstall_detaches_and_removes_pins_of_another_abi() {
     assert!(!said.lines().any(|l| l.starts_with("left leave_node")), "{said}");
     assert!(!n.pins.path().exists());
 }
+
+/// A pod attached with tc (`policy.attach: "tc"`): its cls_bpf filters
+/// live with the device, not in the pins, and uninstall takes them off
+/// (here under --force, the pod still running on its veth).
+#[test]
+fn root_uninstall_takes_off_the_tc_filters_of_a_pod_attached_with_tc() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    let path = n.conf().join(conflist::FILE_NAME);
+    let mut list: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    list["plugins"][0]["policy"]["attach"] = json!("tc");
+    std::fs::write(&path, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    weir_bpf::Dataplane::load_or_upgrade(n.pins.path()).unwrap();
+    let pod = Netns::new("wup");
+    n.cni("ADD", &pod);
+    let veth = weir_cni::naming::host_veth("uninstall-pod", "eth0");
+    let filters = || {
+        n.ns.exec(&["tc", "filter", "show", "dev", &veth, "ingress"])
+            + &n.ns.exec(&["tc", "filter", "show", "dev", &veth, "egress"])
+    };
+    let before = filters();
+    assert!(before.contains("from_pod") && before.contains("to_pod"), "ADD attached with tc: {before}");
+
+    let out = n.uninstall(&["--force"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.contains("detached from_pod from ifindex") && said.contains("detached to_pod from ifindex"), "{said}");
+    assert!(n.ns.has_link(&veth), "the pod keeps its interface");
+    let after = filters();
+    assert!(!after.contains("bpf"), "no Weir filter left on {veth}: {after}");
+}
