@@ -89,6 +89,28 @@ impl TestNode {
         self.ns.command(POLICYD).args(&args).env_remove("NODE_NAME").env("PATH", "/nonexistent").output().unwrap()
     }
 
+    /// Uninstall told no place of the network, as on a node: it takes
+    /// them from the conflist, or once that is gone from the install
+    /// record. Only while whichever it reads names this test's places, so
+    /// that a fault can never reach the host's own defaults.
+    fn uninstall_by_its_conflist(&self, extra: &[&str]) -> Output {
+        let network = match std::fs::read(self.conf().join(conflist::FILE_NAME)) {
+            Ok(b) => {
+                record::Network::of(&weir_cni::config::parse_netconf(serde_json::from_slice(&b).unwrap()).unwrap())
+            }
+            Err(_) => record::Record::read(&self.bin()).unwrap().expect("the conflist or the record").network,
+        };
+        assert_eq!(
+            (&network.run_dir, &network.bpffs_root, network.ipam_data_dir.as_deref()),
+            (&self.run_dir(), &self.pins.path().to_path_buf(), Some(self.path("host/var/lib/cni/networks").as_path())),
+            "the places uninstall would take are not this test's"
+        );
+        let (bin, conf) = (self.bin(), self.conf());
+        let mut args = vec!["uninstall", "--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.ns.command(POLICYD).args(&args).env_remove("NODE_NAME").env("PATH", "/nonexistent").output().unwrap()
+    }
+
     /// The conflist as installed, then pointed at this test's places (as an
     /// operator may edit it): the CNI binary and uninstall both read them.
     fn install(&self) {
@@ -301,7 +323,7 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
 
     // While the pod is there: refused, and nothing changed.
     let before = n.state();
-    assert_refused(&n.uninstall(&[]), &["pod default/web", "uninstall-pod"]);
+    assert_refused(&n.uninstall_by_its_conflist(&[]), &["pod default/web", "uninstall-pod"]);
     assert_unchanged(&before, &n.state());
 
     n.del(&pod);
@@ -309,14 +331,14 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
     let heartbeat = n.run_dir().join(weir_common::paths::POLICYD_HEARTBEAT);
     std::fs::write(&heartbeat, b"").unwrap();
     let before = n.state();
-    assert_refused(&n.uninstall(&[]), &["weir-policyd", "kubectl delete -f conf/weir.yaml"]);
+    assert_refused(&n.uninstall_by_its_conflist(&[]), &["weir-policyd", "kubectl delete -f conf/weir.yaml"]);
     assert_unchanged(&before, &n.state());
     // Stopped a minute ago.
     let stale = SystemTime::now() - Duration::from_secs(60);
     std::fs::File::options().write(true).open(&heartbeat).unwrap().set_modified(stale).unwrap();
 
     let bridge = n.bridge();
-    let out = n.uninstall(&[]);
+    let out = n.uninstall_by_its_conflist(&[]);
     let said = stdout(&out);
     assert!(out.status.success(), "{said}{}", stderr(&out));
     println!("uninstall said:\n{said}");
@@ -451,7 +473,7 @@ fn root_uninstall_leaves_a_pin_that_is_not_weirs() {
         .output()
         .expect("bpftool (apt-get install bpftool)");
     assert!(made.status.success(), "bpftool: {}", stderr(&made));
-    let out = n.uninstall(&[]);
+    let out = n.uninstall_by_its_conflist(&[]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let line = format!("left pins {}: not empty, it holds what is not Weir's: other_cni_map", n.pins.path().display());
     assert!(stdout(&out).lines().any(|l| l == line), "missing {line:?} in:\n{}", stdout(&out));
@@ -480,7 +502,7 @@ fn root_uninstall_detaches_and_removes_pins_of_another_abi() {
     assert!(set.status.success(), "bpftool: {}", stderr(&set));
     assert!(weir_bpf::Dataplane::open(n.pins.path()).is_err(), "this build cannot open another ABI's maps");
 
-    let out = n.uninstall(&[]);
+    let out = n.uninstall_by_its_conflist(&[]);
     let said = stdout(&out);
     assert!(out.status.success(), "{said}{}", stderr(&out));
     assert!(said.contains("detached leave_node from ifindex"), "{said}");
@@ -511,7 +533,7 @@ fn root_uninstall_takes_off_the_tc_filters_of_a_pod_attached_with_tc() {
     let before = filters();
     assert!(before.contains("from_pod") && before.contains("to_pod"), "ADD attached with tc: {before}");
 
-    let out = n.uninstall(&["--force"]);
+    let out = n.uninstall_by_its_conflist(&["--force"]);
     let said = stdout(&out);
     assert!(out.status.success(), "{said}{}", stderr(&out));
     assert!(said.contains("detached from_pod from ifindex") && said.contains("detached to_pod from ifindex"), "{said}");
