@@ -127,8 +127,10 @@ if [ "$UNINSTALL" = 1 ]; then
 		fi
 		"$POLICYD" "${args[@]}" || { log "uninstall did not finish (see above); fix that and run install.sh --uninstall again"; exit 1; }
 	else
-		log "WARNING: no weir-policyd in $BIN_DIR or $FROM: removing only $CNI_CONF_DIR/$CONFLIST and $CNI_BIN_DIR/weir"
-		rm -f "$CNI_CONF_DIR/$CONFLIST" "$CNI_BIN_DIR/weir"
+		# Removing files without weir-policyd's check that no pod uses Weir
+		# would strand running pods: refuse instead.
+		log "no weir-policyd in $BIN_DIR or $FROM: it is what uninstalls (after checking that no pod uses Weir); nothing was removed. Build it (cargo build --release) or pass --from DIR holding it"
+		exit 1
 	fi
 	rm -f "$BIN_DIR/weir-policyd" "$BIN_DIR/weirctl"
 	log "removed $BIN_DIR/weir-policyd and $BIN_DIR/weirctl"

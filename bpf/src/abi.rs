@@ -468,6 +468,22 @@ pub const MAP_EVENT_BUDGET: &str = "weir_event_budget";
 pub const MAP_RULE_COUNTERS: &str = "weir_rule_counters";
 pub const MAP_CONFIG: &str = "weir_config";
 pub const MAP_ABI: &str = "weir_abi";
+/// Every map the object pins by name under the bpffs root.
+pub const PINNED_MAPS: [&str; 13] = [
+    MAP_IPCACHE,
+    MAP_IPCACHE_EXACT,
+    MAP_ENDPOINTS,
+    MAP_POLICY,
+    MAP_POLICY_EXACT,
+    MAP_CIDR,
+    MAP_CT,
+    MAP_EVENTS,
+    MAP_COUNTERS,
+    MAP_EVENT_BUDGET,
+    MAP_RULE_COUNTERS,
+    MAP_CONFIG,
+    MAP_ABI,
+];
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_TO_POD: &str = "to_pod";
 pub const PROG_LEAVE_NODE: &str = "leave_node";

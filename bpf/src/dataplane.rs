@@ -116,6 +116,108 @@ impl AttachMode {
     }
 }
 
+/// The directories of pins under a root: programs, pods' links, node
+/// devices' links.
+pub const PIN_DIRS: [&str; 3] = ["progs", "links", "node-links"];
+
+/// The prefix of a build marker's name under a root.
+const BUILD_MARKER_PREFIX: &str = "build-";
+
+/// Whether `name`, an entry directly under a bpffs root, is one Weir puts
+/// there (a map pin, a directory of pins, a build marker): what an
+/// uninstall may remove, leaving anything else to its owner.
+pub fn is_weirs_root_entry(name: &str) -> bool {
+    PINNED_MAPS.contains(&name) || PIN_DIRS.contains(&name) || name.starts_with(BUILD_MARKER_PREFIX)
+}
+
+fn link_path(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
+    root.join(hook.links_dir()).join(format!("{ifindex}_{}", hook.name()))
+}
+
+fn tc_marker_path(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
+    root.join(hook.links_dir()).join(format!("{ifindex}_{}{TC_MARKER_SUFFIX}", hook.name()))
+}
+
+fn detach_tcx(root: &Path, ifindex: u32, hook: Hook) -> Result<(), Error> {
+    let path = link_path(root, ifindex, hook);
+    match PinnedLink::from_pin(&path) {
+        Ok(link) => {
+            // dropping the last reference detaches it
+            drop(link.unpin().map_err(|e| Error::io("cannot unpin link", &path, e))?);
+        }
+        Err(_) if !path.exists() => {}
+        Err(e) => return Err(Error::io("cannot open pinned link", &path, io::Error::other(e))),
+    }
+    Ok(())
+}
+
+/// Remove the filter (if the device is still in this namespace), then its
+/// record.
+fn detach_tc(root: &Path, ifindex: u32, hook: Hook) -> Result<(), Error> {
+    let marker = tc_marker_path(root, ifindex, hook);
+    let ours = crate::tc::weir_filter(ifindex, hook.tc_side())
+        .map_err(|e| Error::io("cannot list the tc filters", &marker, e))?
+        .is_some_and(|f| f.name == hook.name());
+    if ours {
+        crate::tc::remove_filter(ifindex, hook.tc_side())
+            .map_err(|e| Error::io("cannot remove the cls_bpf filter", &marker, e))?;
+    }
+    match std::fs::remove_dir(&marker) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("cannot remove the tc record", &marker, e)),
+        _ => Ok(()),
+    }
+}
+
+/// ifindexes that have pinned TCX links or recorded tc filters in
+/// `links_dir` under `root`.
+fn linked_ifindexes(root: &Path, links_dir: &str) -> Result<Vec<u32>, Error> {
+    let dir = root.join(links_dir);
+    let mut v: Vec<u32> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('_').next()?.parse().ok()))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// Every program attached through the pins under `root` taken off, by
+/// its link pin or tc record alone: no map is opened, so a root another
+/// build's ABI made, or one half removed, is still detached (uninstall).
+/// Returns each (ifindex, hook) taken off, and each that could not be,
+/// with why; the rest go on regardless.
+#[allow(clippy::type_complexity)]
+pub fn detach_all(root: &Path) -> Result<(Vec<(u32, Hook)>, Vec<(u32, Hook, Error)>), Error> {
+    let _lock = RootLock::take(root)?;
+    let (mut detached, mut left) = (Vec::new(), Vec::new());
+    for hook in Hook::ALL {
+        for ifindex in linked_ifindexes(root, hook.links_dir())? {
+            let (link, marker) = (link_path(root, ifindex, hook), tc_marker_path(root, ifindex, hook));
+            if !fs_entry_exists(&link) && !fs_entry_exists(&marker) {
+                continue;
+            }
+            match detach_tcx(root, ifindex, hook).and_then(|()| detach_tc(root, ifindex, hook)) {
+                Ok(()) => detached.push((ifindex, hook)),
+                Err(e) => left.push((ifindex, hook, e)),
+            }
+        }
+    }
+    Ok((detached, left))
+}
+
+/// The ifindexes in the pinned endpoints map under `root`, opening that
+/// map alone, by its keys alone: a root another build's ABI made, or one
+/// half removed, still tells whether pods use it (uninstall).
+pub fn pinned_endpoint_ifindexes(root: &Path) -> Result<Vec<u32>, Error> {
+    let path = root.join(MAP_ENDPOINTS);
+    let fd = sys::obj_get(&path).map_err(|e| Error::io("cannot open pinned map", &path, e))?;
+    sys::map_u32_keys(fd.as_fd()).map_err(|e| Error::io("cannot list the keys of", &path, e))
+}
+
 /// The suffix of a tc filter's record beside the TCX pins.
 const TC_MARKER_SUFFIX: &str = "-tc";
 
@@ -153,11 +255,14 @@ pub struct Dataplane {
 }
 
 /// flock on the root directory (bpffs holds no regular files, but a
-/// directory fd can carry a lock). Released on drop.
-struct RootLock(#[allow(dead_code)] File);
+/// directory fd can carry a lock). Released on drop. Loading (the CNI
+/// binary's ADD) and attaching take it; so does uninstall, to see an ADD
+/// through before it looks for users a last time.
+pub struct RootLock(#[allow(dead_code)] File);
 
 impl RootLock {
-    fn take(root: &Path) -> Result<Self, Error> {
+    /// Block until no one else holds it.
+    pub fn take(root: &Path) -> Result<Self, Error> {
         let f = File::open(root).map_err(|e| Error::io("cannot open bpffs root", root, e))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on an fd we own.
@@ -236,7 +341,7 @@ fn check_bpffs(root: &Path) -> Result<(), Error> {
 /// enforcement for that pod.
 fn check_trusted(root: &Path) -> Result<(), Error> {
     trust::check_dir(root)?;
-    for sub in ["progs", "links", "node-links"] {
+    for sub in PIN_DIRS {
         let dir = root.join(sub);
         if fs_entry_exists(&dir) {
             trust::check_subdir(&dir)?;
@@ -337,7 +442,7 @@ pub fn build_id() -> &'static str {
 /// `<root>/build-<id>`: an empty directory naming the build whose programs
 /// are pinned (bpffs holds only pins and directories).
 fn build_marker(root: &Path, build: &str) -> PathBuf {
-    root.join(format!("build-{build}"))
+    root.join(format!("{BUILD_MARKER_PREFIX}{build}"))
 }
 
 /// Written after the programs are pinned (and, on an upgrade, after the
@@ -345,7 +450,7 @@ fn build_marker(root: &Path, build: &str) -> PathBuf {
 fn set_build_marker(root: &Path, build: &str) -> Result<(), Error> {
     let keep = build_marker(root, build);
     for e in std::fs::read_dir(root).map_err(|e| Error::io("cannot list", root, e))?.flatten() {
-        if e.file_name().to_string_lossy().starts_with("build-") && e.path() != keep {
+        if e.file_name().to_string_lossy().starts_with(BUILD_MARKER_PREFIX) && e.path() != keep {
             std::fs::remove_dir(e.path())
                 .map_err(|err| Error::io("cannot remove the old build marker", e.path(), err))?;
         }
@@ -570,11 +675,11 @@ impl Dataplane {
     }
 
     fn link_path(&self, ifindex: u32, hook: Hook) -> PathBuf {
-        self.root.join(hook.links_dir()).join(format!("{ifindex}_{}", hook.name()))
+        link_path(&self.root, ifindex, hook)
     }
 
     fn tc_marker_path(&self, ifindex: u32, hook: Hook) -> PathBuf {
-        self.root.join(hook.links_dir()).join(format!("{ifindex}_{}{TC_MARKER_SUFFIX}", hook.name()))
+        tc_marker_path(&self.root, ifindex, hook)
     }
 
     fn program(&self, hook: Hook) -> Result<SchedClassifier, Error> {
@@ -787,33 +892,11 @@ impl Dataplane {
     }
 
     fn detach_tcx(&self, ifindex: u32, hook: Hook) -> Result<(), Error> {
-        let path = self.link_path(ifindex, hook);
-        match PinnedLink::from_pin(&path) {
-            Ok(link) => {
-                // dropping the last reference detaches it
-                drop(link.unpin().map_err(|e| Error::io("cannot unpin link", &path, e))?);
-            }
-            Err(_) if !path.exists() => {}
-            Err(e) => return Err(Error::io("cannot open pinned link", &path, io::Error::other(e))),
-        }
-        Ok(())
+        detach_tcx(&self.root, ifindex, hook)
     }
 
-    /// Remove the filter (if the device is still in this namespace), then
-    /// its record.
     fn detach_tc(&self, ifindex: u32, hook: Hook) -> Result<(), Error> {
-        let marker = self.tc_marker_path(ifindex, hook);
-        let ours = crate::tc::weir_filter(ifindex, hook.tc_side())
-            .map_err(|e| Error::io("cannot list the tc filters", &marker, e))?
-            .is_some_and(|f| f.name == hook.name());
-        if ours {
-            crate::tc::remove_filter(ifindex, hook.tc_side())
-                .map_err(|e| Error::io("cannot remove the cls_bpf filter", &marker, e))?;
-        }
-        match std::fs::remove_dir(&marker) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("cannot remove the tc record", &marker, e)),
-            _ => Ok(()),
-        }
+        detach_tc(&self.root, ifindex, hook)
     }
 
     /// ifindexes that have pinned TCX links or recorded tc filters under
@@ -823,18 +906,7 @@ impl Dataplane {
     }
 
     fn linked_ifindexes(&self, links_dir: &str) -> Result<Vec<u32>, Error> {
-        let dir = self.root.join(links_dir);
-        let mut v: Vec<u32> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('_').next()?.parse().ok()))
-                .collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
-            Err(e) => return Err(Error::io("cannot list", dir, e)),
-        };
-        v.sort();
-        v.dedup();
-        Ok(v)
+        linked_ifindexes(&self.root, links_dir)
     }
 
     // ---- endpoints ------------------------------------------------------------

@@ -24,7 +24,10 @@ mod events;
 mod lifecycle;
 mod lpm;
 
-pub use dataplane::{build_id, AttachMode, CtEntry, Dataplane, Hook, LoadOptions, Upgrade, TC_DROP, TC_PASS};
+pub use dataplane::{
+    build_id, detach_all, is_weirs_root_entry, pinned_endpoint_ifindexes, AttachMode, CtEntry, Dataplane, Hook,
+    LoadOptions, RootLock, Upgrade, TC_DROP, TC_PASS,
+};
 pub use error::Error;
 pub use events::EventReader;
 pub use policy::{Direction, PolicyMatch};

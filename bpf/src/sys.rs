@@ -36,6 +36,28 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The keys of a map whose keys are u32 (BPF_MAP_GET_NEXT_KEY from none),
+/// whatever its values are.
+pub fn map_u32_keys(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut keys = Vec::new();
+    let (mut key, mut next): (Option<u32>, u32) = (None, 0);
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = fd.as_raw_fd() as u32 as u64; // map_fd
+        attr[1] = key.as_ref().map_or(0, |k| k as *const u32 as u64); // key (NULL: the first)
+        attr[2] = &mut next as *mut u32 as u64; // next_key
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {
+                keys.push(next);
+                key = Some(next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// BPF_OBJ_GET_INFO_BY_FD into a zeroed 256-byte buffer (larger than any
 /// kernel's info structs, whose unknown tail must be zero).
 fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u8; 256]> {

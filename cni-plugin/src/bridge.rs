@@ -17,6 +17,16 @@ fn not_a_bridge(conf: &NetConf, l: &Link) -> CniError {
     ))
 }
 
+/// Whether `l` is a bridge [`ensure`] made: it gives each bridge it creates
+/// a MAC derived from the name (`naming::bridge_mac`).
+pub fn is_weirs(l: &Link) -> bool {
+    l.kind.as_deref() == Some("bridge")
+        && l.mac == weir_common::netlink::mac_string(&crate::naming::bridge_mac(&l.name))
+}
+
+/// The run dir's directory of the locks that serialize bridge creation.
+pub const LOCKS_SUBDIR: &str = "locks";
+
 /// The bridge, ready for ports: exists, is a bridge, is up, holds `gateways`.
 pub fn ensure(nl: &mut Netlink, conf: &NetConf, gateways: &[IpNet]) -> Result<Link> {
     let kerr = |what: &str| {
@@ -25,7 +35,7 @@ pub fn ensure(nl: &mut Netlink, conf: &NetConf, gateways: &[IpNet]) -> Result<Li
     };
     let mut link = nl.link_by_name(&conf.bridge).map_err(kerr("lookup"))?;
     if link.is_none() {
-        let dir = conf.policy.run_dir.join("locks");
+        let dir = conf.policy.run_dir.join(LOCKS_SUBDIR);
         fs::create_dir_all(&dir).map_err(|e| CniError::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(format!("bridge-{}.lock", conf.bridge));
         let f = OpenOptions::new()
@@ -116,4 +126,28 @@ pub fn settle_carrier(device: &str) -> std::io::Result<bool> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(value.data != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_is_weirs_when_it_has_the_mac_weir_gives_its_name() {
+        let link = |name: &str, kind: &str, mac: String| Link {
+            index: 3,
+            name: name.into(),
+            mac,
+            mtu: 1500,
+            up: true,
+            kind: Some(kind.into()),
+            master: None,
+            alias: None,
+        };
+        let weirs = weir_common::netlink::mac_string(&crate::naming::bridge_mac("cni0"));
+        assert!(is_weirs(&link("cni0", "bridge", weirs.clone())));
+        assert!(!is_weirs(&link("cni0", "bridge", "02:42:ac:11:00:01".into())), "another CNI's cni0");
+        assert!(!is_weirs(&link("br0", "bridge", weirs.clone())), "the MAC of another name");
+        assert!(!is_weirs(&link("cni0", "veth", weirs)), "not a bridge");
+    }
 }

@@ -255,11 +255,16 @@ impl NetConf {
     }
     /// Directory of the host-local store for this network.
     pub fn store_dir(&self) -> Option<PathBuf> {
-        self.host_local().map(|h| h.data_dir.join(&self.name))
+        self.host_local().map(|h| store_dir(&h.data_dir, &self.name))
     }
     pub fn version_at_least(&self, v: &str) -> bool {
         version_key(&self.cni_version) >= version_key(v)
     }
+}
+
+/// The host-local store of the network `network` under `ipam.dataDir`.
+pub fn store_dir(data_dir: &Path, network: &str) -> PathBuf {
+    data_dir.join(network)
 }
 
 pub fn version_key(v: &str) -> (u32, u32, u32) {

@@ -79,11 +79,15 @@ pub fn ensure(network: &str, sources: &[IpNet], cluster: &[IpNet], run_dir: &Pat
     Ok(())
 }
 
+/// How long [`remove_table`] waits for the kernel's answer.
+pub const REMOVE_TABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Remove the table, every network's chain with it, from the calling
 /// thread's network namespace (`weir-policyd uninstall`; DEL never does,
-/// see above). Returns whether it was there. Spoken over nf_tables netlink
-/// (one NFT_MSG_DELTABLE in a batch), not through nft: the uninstall
-/// DaemonSet's image has no nft.
+/// see above). Returns whether it was there; a kernel without nf_tables
+/// has none. Spoken over nf_tables netlink (one NFT_MSG_DELTABLE in a
+/// batch), not through nft: the uninstall DaemonSet's image has no nft.
+/// Gives up after [`REMOVE_TABLE_TIMEOUT`] without an answer.
 pub fn remove_table() -> std::io::Result<bool> {
     use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -92,7 +96,6 @@ pub fn remove_table() -> std::io::Result<bool> {
     const NFT_MSG_DELTABLE: u16 = 2;
     const NFTA_TABLE_NAME: u16 = 1;
     const NFPROTO_INET: u8 = 1;
-    const NLMSG_ERROR: u16 = 2;
 
     // nlmsghdr + nfgenmsg (family, version 0, res_id big-endian) + attributes
     fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
@@ -122,34 +125,89 @@ pub fn remove_table() -> std::io::Result<bool> {
     batch.extend(message(del, request | libc::NLM_F_ACK as u16, 2, NFPROTO_INET, 0, &attr));
     batch.extend(message(NFNL_MSG_BATCH_END, request, 3, 0, NFNL_SUBSYS_NFTABLES, &[]));
 
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    let mut sock = match Socket::new(NETLINK_NETFILTER) {
+        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => return Ok(false),
+        other => other?,
+    };
+    set_receive_timeout(&sock, REMOVE_TABLE_TIMEOUT)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     sock.send(&batch, 0)?;
     loop {
-        let (data, _) = sock.recv_from_full()?;
-        let mut off = 0;
-        while off + 20 <= data.len() {
-            let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-            let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap());
-            if ty == NLMSG_ERROR && seq == 2 {
-                return match -i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap()) {
-                    0 => Ok(true),
-                    libc::ENOENT => Ok(false),
-                    errno => Err(std::io::Error::from_raw_os_error(errno)),
-                };
+        let data = match sock.recv_from_full() {
+            Ok((data, _)) => data,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("nf_tables gave no answer within {} s", REMOVE_TABLE_TIMEOUT.as_secs()),
+                ))
             }
-            if len < 16 {
-                break;
-            }
-            off += (len + 3) & !3;
+            Err(e) => return Err(e),
+        };
+        if let Some(outcome) = delete_batch_outcome(&data, 1..=3, 2) {
+            return outcome;
         }
     }
 }
 
+/// What the answers in `data` say of a deletion sent as the message
+/// `delete` in a batch of the messages `batch`: None until one of them
+/// gets an error message (an error on the batch's begin or end comes
+/// instead of the deletion's answer). Ok(false) when there was nothing to
+/// delete: no such table, or a kernel without nf_tables.
+fn delete_batch_outcome(
+    data: &[u8],
+    batch: std::ops::RangeInclusive<u32>,
+    delete: u32,
+) -> Option<std::io::Result<bool>> {
+    const NLMSG_ERROR: u16 = 2;
+    let mut off = 0;
+    while off + 20 <= data.len() {
+        let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+        let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap());
+        if ty == NLMSG_ERROR && batch.contains(&seq) {
+            let errno = -i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap());
+            match errno {
+                // An ack of the deletion; a batch message's ack says nothing.
+                0 if seq == delete => return Some(Ok(true)),
+                0 => {}
+                libc::ENOENT | libc::EPROTONOSUPPORT | libc::EOPNOTSUPP => return Some(Ok(false)),
+                errno => return Some(Err(std::io::Error::from_raw_os_error(errno))),
+            }
+        }
+        if len < 16 {
+            break;
+        }
+        off += (len + 3) & !3;
+    }
+    None
+}
+
+fn set_receive_timeout(sock: &netlink_sys::Socket, timeout: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: setsockopt on a socket we own, with a timeval of its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The run dir's directory of stamps (which rules were applied when).
+pub const STAMP_SUBDIR: &str = "masq";
+
 fn stamp_path(run_dir: &Path, network: &str) -> PathBuf {
-    run_dir.join("masq").join(format!("{}.applied", chain_name(network)))
+    run_dir.join(STAMP_SUBDIR).join(format!("{}.applied", chain_name(network)))
 }
 
 /// What a stamp is valid for: this boot and this network namespace (the
@@ -262,5 +320,36 @@ mod tests {
         assert!(s.contains("ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade"), "{s}");
         assert!(s.contains("ip6 saddr { fd00:1::/64 } ip6 daddr != { fd00:1::/64, ff00::/8 } masquerade"), "{s}");
         assert!(s.contains("flush chain inet weir masq_k8s_pod_network_"), "{s}");
+    }
+
+    /// An nlmsgerr as the kernel sends it: header, errno, the request's header.
+    fn nlmsgerr(seq: u32, errno: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&(-errno).to_ne_bytes());
+        m.extend_from_slice(&[0; 16]);
+        m
+    }
+
+    #[test]
+    fn an_error_on_any_message_of_the_batch_ends_the_wait() {
+        let outcome = |data: Vec<u8>| delete_batch_outcome(&data, 1..=3, 2).map(|r| r.map_err(|e| e.raw_os_error()));
+        assert_eq!(outcome(nlmsgerr(2, 0)), Some(Ok(true)), "deleted");
+        assert_eq!(outcome(nlmsgerr(2, libc::ENOENT)), Some(Ok(false)), "no table");
+        // A kernel without nf_tables answers the batch's begin: nothing to remove.
+        assert_eq!(outcome(nlmsgerr(1, libc::EPROTONOSUPPORT)), Some(Ok(false)));
+        assert_eq!(outcome(nlmsgerr(3, libc::EOPNOTSUPP)), Some(Ok(false)));
+        assert_eq!(outcome(nlmsgerr(1, libc::EPERM)), Some(Err(Some(libc::EPERM))), "an error on the begin");
+        // The batch begin's ack says nothing of the deletion; another
+        // request's answer is not ours.
+        assert_eq!(outcome(nlmsgerr(1, 0)), None);
+        assert_eq!(outcome(nlmsgerr(9, libc::EPERM)), None);
+        let mut both = nlmsgerr(1, 0);
+        both.extend(nlmsgerr(2, 0));
+        assert_eq!(outcome(both), Some(Ok(true)), "the answer after an ack in the same read");
     }
 }

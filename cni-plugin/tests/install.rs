@@ -51,7 +51,7 @@ fn install_is_idempotent_and_uninstalls() {
     // No temporary files left behind by write-then-rename (hidden names
     // beside the destination); the one hidden file is install-cni's record
     // of what it wrote (weir_policyd::install::record).
-    let record = tmp.path().join("opt/cni/bin/.weir-installed.json");
+    let record = tmp.path().join("opt/cni/bin").join(weir_common::paths::INSTALL_RECORD);
     assert!(record.is_file());
     for d in ["opt/cni/bin", "etc/cni/net.d", "usr/local/bin"] {
         for e in std::fs::read_dir(tmp.path().join(d)).unwrap() {
@@ -71,6 +71,25 @@ fn install_is_idempotent_and_uninstalls() {
     assert!(!tmp.path().join("usr/local/bin/weir-policyd").exists());
     assert_eq!(std::fs::read(tmp.path().join("opt/cni/bin/host-local")).unwrap(), b"the host's");
     assert!(!install(&["--bogus"]).status.success());
+}
+
+/// Without weir-policyd (the one uninstall logic, which first checks that
+/// no pod uses Weir), `install.sh --uninstall` refuses and removes nothing.
+#[test]
+fn uninstall_without_weir_policyd_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().to_str().unwrap();
+    let from = Path::new(env!("CARGO_BIN_EXE_weir")).parent().unwrap().to_str().unwrap().to_string();
+    let out = install(&["--prefix", prefix, "--no-apt", "--from", &from, "--pod-cidr", "10.77.4.0/24"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(tmp.path().join("usr/local/bin/weir-policyd")).unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = install(&["--prefix", prefix, "--uninstall", "--from", empty.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no weir-policyd") && err.contains("nothing was removed"), "{err}");
+    assert!(tmp.path().join("etc/cni/net.d/10-weir.conflist").exists() && tmp.path().join("opt/cni/bin/weir").exists());
 }
 
 /// Chained plugins standing in for portmap/bandwidth: answer VERSION with

@@ -32,5 +32,9 @@ pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// `weir-policyd install-cni` writes the conflist there.
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 
+/// `weir-policyd install-cni`'s record of what it wrote, in the CNI bin
+/// dir (a hidden name: runtimes exec only the names a conflist asks for).
+pub const INSTALL_RECORD: &str = ".weir-installed.json";
+
 /// weir-policyd's flow log under its run dir (its `--flow-log` default).
 pub const POLICYD_FLOW_LOG: &str = "flows.log";

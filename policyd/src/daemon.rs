@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 use weir_bpf::{abi, Dataplane};
 use weir_common::registry::Registry;
 
+/// The identities file under the run dir: each identity's number and
+/// labels, so a restart keeps the numbers the maps hold.
+pub const IDENTITIES_FILE: &str = "identities.json";
+
 /// Where the objects come from.
 #[derive(Debug, Clone)]
 pub enum SourceChoice {
@@ -381,7 +385,7 @@ impl Agent {
             registry,
             metrics,
             slice_budget,
-            identities_file: run_dir.join("identities.json"),
+            identities_file: run_dir.join(IDENTITIES_FILE),
             last_identities: Default::default(),
             last_diagnostics: BTreeSet::new(),
             unmatched: UnmatchedWatch::default(),

@@ -163,6 +163,12 @@ struct UninstallArgs {
     /// ipam.dataDir, else the record's, else /var/lib/cni/networks].
     #[arg(long, value_name = "DIR")]
     ipam_data_dir: Option<PathBuf>,
+    /// Where the host's / is mounted (a DaemonSet's container): every
+    /// place above, given or taken from the conflist or the install record,
+    /// is a host path and is reached under DIR; one that is not there is
+    /// refused.
+    #[arg(long, value_name = "DIR")]
+    host_root: Option<PathBuf>,
     /// Once done, wait until terminated (a DaemonSet's container: its pod
     /// stays up on a clean node; the image has no sleep).
     #[arg(long)]
@@ -290,11 +296,11 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
         files_only: a.files_only,
         node,
         places,
+        host_root: a.host_root,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(install::uninstall::run(&opts)) {
-        Ok(lines) => {
-            lines.iter().for_each(|l| println!("{l}"));
+    match rt.block_on(install::uninstall::run(&opts, &mut |l| println!("{l}"))) {
+        Ok(_) => {
             println!("Weir is uninstalled from this node");
             if a.then_wait {
                 use std::io::Write;
@@ -308,9 +314,6 @@ fn uninstall(a: UninstallArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            if let install::uninstall::Failure::Stopped { done, .. } = &e {
-                done.iter().for_each(|l| println!("{l}"));
-            }
             eprintln!("weir-policyd uninstall: {e}");
             ExitCode::FAILURE
         }

@@ -377,25 +377,33 @@ fn uninstall_daemonset_reaches_every_place_weir_uses_and_may_only_patch_nodes() 
         assert!(help.contains(flag), "weir-policyd uninstall takes no {flag}:\n{help}");
     }
 
-    // Every place Weir keeps things, reached at the host's own path.
+    // Every place Weir keeps things, reached under --host-root at the
+    // host's own path, as uninstall maps it; none a volume of its own (a
+    // hostPath volume of a removed directory is made again on a restart).
     let mounts = host_paths(pod, c);
-    let run_dir = args.iter().find_map(|a| a.strip_prefix("--run-dir=")).unwrap_or(weir_common::paths::DEFAULT_RUN_DIR);
-    assert_eq!(on_host(&mounts, run_dir).as_deref(), Some(Path::new(weir_common::paths::DEFAULT_RUN_DIR)));
+    let host_root = args.iter().find_map(|a| a.strip_prefix("--host-root=")).expect("--host-root=DIR");
     let shipped = weir_policyd::install::record::Network::shipped();
-    for place in [
-        weir_common::paths::DEFAULT_CNI_BIN_DIR.into(),
-        weir_common::paths::DEFAULT_CNI_CONF_DIR.into(),
-        shipped.bpffs_root.clone(),
-        shipped.ipam_store().unwrap(),
-    ] {
-        assert_eq!(on_host(&mounts, place.to_str().unwrap()), Some(place.clone()), "{} not reachable", place.display());
+    let removed_whole = [shipped.run_dir.clone(), shipped.bpffs_root.clone(), shipped.ipam_store().unwrap()];
+    let cni_dirs = [weir_common::paths::DEFAULT_CNI_BIN_DIR.into(), weir_common::paths::DEFAULT_CNI_CONF_DIR.into()];
+    for place in removed_whole.iter().chain(&cni_dirs) {
+        let inside = Path::new(host_root).join(place.strip_prefix("/").unwrap());
+        assert_eq!(
+            on_host(&mounts, inside.to_str().unwrap()).as_ref(),
+            Some(place),
+            "{} not reachable",
+            place.display()
+        );
+    }
+    for place in &removed_whole {
+        assert!(!mounts.iter().any(|(h, _)| h == place), "{} is a volume of its own", place.display());
     }
     assert!(
         !args.iter().any(|a| a.starts_with("--bpffs-root")
+            || a.starts_with("--run-dir")
             || a.starts_with("--ipam-data-dir")
             || a.starts_with("--bin-dir")
             || a.starts_with("--conf-dir")),
-        "the defaults, which are the host's paths"
+        "the node's own places: its conflist's, its record's, the defaults"
     );
     // Whatever the install's pods mount from the host, uninstall reaches.
     for (host, _) in host_paths(install, &install.containers[0]) {

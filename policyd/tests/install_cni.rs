@@ -279,4 +279,15 @@ async fn the_install_record_says_which_binaries_are_weirs() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(host.bin.join("portmap")).unwrap(), b"the package's portmap");
     assert_eq!(names(&Record::read(&host.bin).unwrap().unwrap()), ["loopback", "weir"]);
+
+    // A record that cannot be read (damaged by hand, or naming a file
+    // outside the bin dir) is as none: the init container must not
+    // crash-loop on it; it is said, and a good record replaces it.
+    std::fs::write(Record::path(&host.bin), b"{ damaged").unwrap();
+    let out = host.install("n-rec", &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not an install record") && stderr(&out).contains("as if there were none"));
+    // Without a record, the loopback Weir wrote is taken for the host's
+    // (the safe side: uninstall then leaves it).
+    assert_eq!(names(&Record::read(&host.bin).unwrap().unwrap()), ["weir"]);
 }

@@ -89,6 +89,28 @@ impl TestNode {
         self.ns.command(POLICYD).args(&args).env_remove("NODE_NAME").env("PATH", "/nonexistent").output().unwrap()
     }
 
+    /// Uninstall told no place of the network, as on a node: it takes
+    /// them from the conflist, or once that is gone from the install
+    /// record. Only while whichever it reads names this test's places, so
+    /// that a fault can never reach the host's own defaults.
+    fn uninstall_by_its_conflist(&self, extra: &[&str]) -> Output {
+        let network = match std::fs::read(self.conf().join(conflist::FILE_NAME)) {
+            Ok(b) => {
+                record::Network::of(&weir_cni::config::parse_netconf(serde_json::from_slice(&b).unwrap()).unwrap())
+            }
+            Err(_) => record::Record::read(&self.bin()).unwrap().expect("the conflist or the record").network,
+        };
+        assert_eq!(
+            (&network.run_dir, &network.bpffs_root, network.ipam_data_dir.as_deref()),
+            (&self.run_dir(), &self.pins.path().to_path_buf(), Some(self.path("host/var/lib/cni/networks").as_path())),
+            "the places uninstall would take are not this test's"
+        );
+        let (bin, conf) = (self.bin(), self.conf());
+        let mut args = vec!["uninstall", "--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.ns.command(POLICYD).args(&args).env_remove("NODE_NAME").env("PATH", "/nonexistent").output().unwrap()
+    }
+
     /// The conflist as installed, then pointed at this test's places (as an
     /// operator may edit it): the CNI binary and uninstall both read them.
     fn install(&self) {
@@ -225,9 +247,13 @@ impl TestNode {
         walk(self.pins.path(), &mut s);
         s.push_str(&format!("links: {:?}\n", self.ns.links()));
         s.push_str(&self.ns.ip(&["-d", "link", "show", "type", "vxlan"]));
-        // A bridge that just lost its last port turns "linkdown" in its
+        // A bridge that just lost its last port turns "linkdown", and a
+        // device that came up gets its IPv6 link-local address, in their
         // own time: the kernel's doing, not uninstall's.
-        s.push_str(&self.ns.ip(&["route", "show", "table", "all"]).replace(" linkdown", ""));
+        let routes = self.ns.ip(&["route", "show", "table", "all"]).replace(" linkdown", "");
+        for r in routes.lines().filter(|r| !r.contains("fe80::")) {
+            s.push_str(&format!("{r}\n"));
+        }
         s.push_str(&format!("masquerade table: {}\n", self.has_masquerade_table()));
         s
     }
@@ -297,7 +323,7 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
 
     // While the pod is there: refused, and nothing changed.
     let before = n.state();
-    assert_refused(&n.uninstall(&[]), &["pod default/web", "uninstall-pod"]);
+    assert_refused(&n.uninstall_by_its_conflist(&[]), &["pod default/web", "uninstall-pod"]);
     assert_unchanged(&before, &n.state());
 
     n.del(&pod);
@@ -305,14 +331,14 @@ fn root_uninstall_refuses_while_a_pod_uses_weir_then_removes_everything_weirs_on
     let heartbeat = n.run_dir().join(weir_common::paths::POLICYD_HEARTBEAT);
     std::fs::write(&heartbeat, b"").unwrap();
     let before = n.state();
-    assert_refused(&n.uninstall(&[]), &["weir-policyd", "kubectl delete -f conf/weir.yaml"]);
+    assert_refused(&n.uninstall_by_its_conflist(&[]), &["weir-policyd", "kubectl delete -f conf/weir.yaml"]);
     assert_unchanged(&before, &n.state());
     // Stopped a minute ago.
     let stale = SystemTime::now() - Duration::from_secs(60);
     std::fs::File::options().write(true).open(&heartbeat).unwrap().set_modified(stale).unwrap();
 
     let bridge = n.bridge();
-    let out = n.uninstall(&[]);
+    let out = n.uninstall_by_its_conflist(&[]);
     let said = stdout(&out);
     assert!(out.status.success(), "{said}{}", stderr(&out));
     println!("uninstall said:\n{said}");
@@ -421,11 +447,97 @@ fn root_uninstall_with_force_goes_on_while_a_pod_runs_and_says_so() {
     assert!(out.status.success(), "{said}{}", stderr(&out));
     assert!(said.starts_with("--force: going on although Weir is in use here:"), "{said}");
     assert!(said.contains("pod default/web"), "{said}");
-    assert!(said.contains("detached from_pod and to_pod from ifindex"), "{said}");
+    assert!(said.contains("detached from_pod from ifindex") && said.contains("detached to_pod from ifindex"), "{said}");
     assert!(!n.pins.path().exists() && !n.run_dir().exists() && !n.ipam_store().exists());
     assert!(!n.bin().join("weir").exists());
     // The pod keeps its interface (its traffic is no longer judged), and
     // the bridge it is on.
     assert!(n.ns.has_link(&veth) && n.ns.has_link(&bridge));
     assert!(said.contains(&format!("left bridge {bridge}: 1 interface(s) still on it")), "{said}");
+}
+
+/// A bpffs root shared with another program (a conflist pointing
+/// `bpffsRoot` at it): uninstall unpins Weir's maps, programs and markers,
+/// and the other program's pin stays, with the root reported left.
+#[test]
+fn root_uninstall_leaves_a_pin_that_is_not_weirs() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    weir_bpf::Dataplane::load_or_upgrade(n.pins.path()).unwrap();
+    let foreign = n.pins.path().join("other_cni_map");
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&foreign)
+        .args(["type", "array", "key", "4", "value", "4", "entries", "1", "name", "other_cni_map"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    assert!(made.status.success(), "bpftool: {}", stderr(&made));
+    let out = n.uninstall_by_its_conflist(&[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let line = format!("left pins {}: not empty, it holds what is not Weir's: other_cni_map", n.pins.path().display());
+    assert!(stdout(&out).lines().any(|l| l == line), "missing {line:?} in:\n{}", stdout(&out));
+    let left: Vec<String> =
+        std::fs::read_dir(n.pins.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(left, ["other_cni_map"], "every pin of Weir's is gone, the other one stays");
+}
+
+/// Pins another build made (its map ABI differs: this build cannot open
+/// its maps) or a stopped run half removed: uninstall still tells that no
+/// pod uses them, by the endpoints map's keys alone, and detaches
+/// leave_node by its link pin alone.
+#[test]
+fn root_uninstall_detaches_and_removes_pins_of_another_abi() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    n.start_policyd_parts();
+    let abi = n.pins.path().join(weir_bpf::abi::MAP_ABI);
+    let set = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&abi)
+        .args(["key", "0", "0", "0", "0", "value", "99", "0", "0", "0"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    assert!(set.status.success(), "bpftool: {}", stderr(&set));
+    assert!(weir_bpf::Dataplane::open(n.pins.path()).is_err(), "this build cannot open another ABI's maps");
+
+    let out = n.uninstall_by_its_conflist(&[]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.contains("detached leave_node from ifindex"), "{said}");
+    assert!(!said.lines().any(|l| l.starts_with("left leave_node")), "{said}");
+    assert!(!n.pins.path().exists());
+}
+
+/// A pod attached with tc (`policy.attach: "tc"`): its cls_bpf filters
+/// live with the device, not in the pins, and uninstall takes them off
+/// (here under --force, the pod still running on its veth).
+#[test]
+fn root_uninstall_takes_off_the_tc_filters_of_a_pod_attached_with_tc() {
+    require_root!();
+    let n = TestNode::new();
+    n.install();
+    let path = n.conf().join(conflist::FILE_NAME);
+    let mut list: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    list["plugins"][0]["policy"]["attach"] = json!("tc");
+    std::fs::write(&path, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    weir_bpf::Dataplane::load_or_upgrade(n.pins.path()).unwrap();
+    let pod = Netns::new("wup");
+    n.cni("ADD", &pod);
+    let veth = weir_cni::naming::host_veth("uninstall-pod", "eth0");
+    let filters = || {
+        n.ns.exec(&["tc", "filter", "show", "dev", &veth, "ingress"])
+            + &n.ns.exec(&["tc", "filter", "show", "dev", &veth, "egress"])
+    };
+    let before = filters();
+    assert!(before.contains("from_pod") && before.contains("to_pod"), "ADD attached with tc: {before}");
+
+    let out = n.uninstall_by_its_conflist(&["--force"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.contains("detached from_pod from ifindex") && said.contains("detached to_pod from ifindex"), "{said}");
+    assert!(n.ns.has_link(&veth), "the pod keeps its interface");
+    let after = filters();
+    assert!(!after.contains("bpf"), "no Weir filter left on {veth}: {after}");
 }

@@ -15,7 +15,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 const LINE_BREAK: &str = "\r\n";
-const LAST_PREFIX: &str = "last_reserved_ip.";
+/// The prefix of the files holding the last address handed out per range set.
+pub const LAST_PREFIX: &str = "last_reserved_ip.";
+/// The file every transaction flocks.
+pub const LOCK_FILE: &str = "lock";
 
 /// A locked store directory; the lock is released on drop.
 ///
@@ -55,7 +58,7 @@ impl DiskStore {
     pub fn open(dir: &Path) -> Result<DiskStore> {
         fs::create_dir_all(dir)
             .map_err(|e| CniError::io(format!("ipam.dataDir: cannot create {}", dir.display()), e))?;
-        let lock_path = dir.join("lock");
+        let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .read(true)
             .write(true)

@@ -77,10 +77,13 @@ pub fn release(conf: &NetConf, env: &Env) -> Result<()> {
     }
 }
 
+/// The run dir's directory of reservation indexes, one per network.
+pub const INDEX_SUBDIR: &str = "ipam";
+
 /// Where the per-attachment reservation index of this network lives
 /// (`<policy.runDir>/ipam/<network>`, tmpfs: it must not outlive the pods).
 pub fn index_dir(conf: &NetConf) -> PathBuf {
-    conf.policy.run_dir.join("ipam").join(&conf.name)
+    conf.policy.run_dir.join(INDEX_SUBDIR).join(&conf.name)
 }
 
 fn find_plugin(env: &Env, plugin: &str) -> Result<PathBuf> {

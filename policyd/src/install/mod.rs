@@ -89,7 +89,13 @@ async fn node_pod_cidrs(access: &Access, node_name: &str) -> anyhow::Result<Vec<
 /// the binaries, the conflist last; the sources are all read before any
 /// directory is touched.
 fn stage(opts: &Options, conflist_text: &str) -> anyhow::Result<files::Staged> {
-    let prior = record::Record::read(&opts.bin_dir)?;
+    // A record that cannot be read is as none (a chained plugin Weir wrote
+    // is then taken for the host's, the safe side): the init container
+    // must not crash-loop on it, and a good one replaces it.
+    let prior = record::Record::read(&opts.bin_dir).unwrap_or_else(|e| {
+        log::warn!("{e:#}; installing as if there were none");
+        None
+    });
     let mut binaries = vec![(
         PLUGIN_TYPE.to_string(),
         read_binary(&opts.from, PLUGIN_TYPE).map_err(|e| {

@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use weir_cni::config::NetConf;
 
 /// Its file name in the CNI bin dir.
-pub const FILE_NAME: &str = ".weir-installed.json";
+pub const FILE_NAME: &str = weir_common::paths::INSTALL_RECORD;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Unknown fields are ignored: a record a newer Weir wrote is still read.
+#[serde(rename_all = "camelCase")]
 pub struct Record {
     /// Binary name in the CNI bin dir -> SHA-256 (hex) of what Weir wrote.
     pub binaries: BTreeMap<String, String>,
@@ -29,7 +30,7 @@ pub struct Record {
 
 /// What of the conflist uninstall needs once the conflist is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Network {
     /// The network's name (its IPAM store's directory name).
     pub name: String,
@@ -63,7 +64,7 @@ impl Network {
 
     /// The host-local store of this network.
     pub fn ipam_store(&self) -> Option<PathBuf> {
-        self.ipam_data_dir.as_ref().map(|d| d.join(&self.name))
+        self.ipam_data_dir.as_ref().map(|d| weir_cni::config::store_dir(d, &self.name))
     }
 }
 
@@ -76,12 +77,21 @@ impl Record {
     pub fn read(bin_dir: &Path) -> anyhow::Result<Option<Record>> {
         let path = Record::path(bin_dir);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not an install record ({e}); remove it if Weir is not installed here",
-                    path.display()
-                )
-            }),
+            Ok(b) => {
+                let not_a_record = |e: String| {
+                    anyhow::anyhow!(
+                        "{}: not an install record ({e}); remove it if Weir is not installed here",
+                        path.display()
+                    )
+                };
+                let record: Record = serde_json::from_slice(&b).map_err(|e| not_a_record(e.to_string()))?;
+                // Uninstall removes bin_dir/<name>: a name must not reach
+                // out of the bin dir.
+                if let Some(bad) = record.binaries.keys().find(|n| !is_plain_file_name(n)) {
+                    return Err(not_a_record(format!("binaries: {bad:?} is not a plain file name")));
+                }
+                Ok(Some(record))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
         }
@@ -97,6 +107,12 @@ impl Record {
     pub fn wrote(&self, name: &str, body: &[u8]) -> bool {
         self.binaries.get(name).is_some_and(|d| *d == digest(body))
     }
+}
+
+/// A name of a file directly in a directory: not empty, no `/`, not `.`
+/// or `..`.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".." && !name.contains('\0')
 }
 
 /// SHA-256 of `body`, lower-case hex.
@@ -138,5 +154,28 @@ mod tests {
         std::fs::write(Record::path(t.path()), b"{").unwrap();
         let e = Record::read(t.path()).unwrap_err().to_string();
         assert!(e.contains(FILE_NAME) && e.contains("not an install record"), "{e}");
+    }
+
+    #[test]
+    fn a_record_with_fields_of_a_newer_weir_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Record { binaries: BTreeMap::new(), network: Network::shipped() };
+        let mut v: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+        v["addedLater"] = 1.into();
+        v["network"]["addedLater"] = "x".into();
+        std::fs::write(Record::path(t.path()), v.to_string()).unwrap();
+        assert_eq!(Record::read(t.path()).unwrap(), Some(r));
+    }
+
+    #[test]
+    fn a_record_naming_a_file_outside_the_bin_dir_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        for bad in ["../x", "/etc/passwd", "sub/x", "..", "."] {
+            let mut r = Record { binaries: BTreeMap::new(), network: Network::shipped() };
+            r.binaries.insert(bad.into(), digest(b"w"));
+            std::fs::write(Record::path(t.path()), r.to_bytes()).unwrap();
+            let e = Record::read(t.path()).unwrap_err().to_string();
+            assert!(e.contains("not a plain file name") && e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

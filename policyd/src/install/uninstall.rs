@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Node;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use weir_cni::config::PLUGIN_TYPE;
-use weir_common::netlink::{mac_string, Link, Netlink};
+use weir_common::netlink::Netlink;
 use weir_common::registry::Registry;
 
 #[derive(Debug, Clone)]
@@ -41,6 +41,9 @@ pub struct Options {
     /// while it is there, else the install record's, else the shipped
     /// conflist's.
     pub places: Places,
+    /// Where the host's `/` is (a container's mount): every place above,
+    /// given or configured, is then a host path, reached under it.
+    pub host_root: Option<PathBuf>,
 }
 
 /// Places given on the command line.
@@ -152,7 +155,12 @@ impl std::fmt::Display for Failure {
 
 /// What this node's Weir install is made of.
 struct Installed {
+    /// The CNI directories, as this run reaches them.
+    bin_dir: PathBuf,
     conflist: PathBuf,
+    /// What the conflist held (None: not there), to put back when an ADD
+    /// turns out to have raced the uninstall.
+    conflist_bytes: Option<Vec<u8>>,
     /// The install record, or (an install from before records) one made
     /// up: the shipped network, no chained binaries; with the conflist's
     /// places while it is there. What a re-run needs, so it is saved before
@@ -162,58 +170,208 @@ struct Installed {
     network: Network,
 }
 
-/// Uninstall; returns what was removed (and what was left, and why), one
-/// line each.
-pub async fn run(opts: &Options) -> Result<Vec<String>, Failure> {
+/// What was removed (and what was left, and why), one line each, handed
+/// on as it happens: a step that hangs or kills the process leaves the
+/// lines before it said.
+struct Done<'a> {
+    lines: Vec<String>,
+    on_line: &'a mut dyn FnMut(&str),
+}
+
+impl Done<'_> {
+    fn push(&mut self, line: String) {
+        (self.on_line)(&line);
+        self.lines.push(line);
+    }
+    fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        lines.into_iter().for_each(|l| self.push(l));
+    }
+}
+
+/// Uninstall, handing each line of what it does to `on_line` as it
+/// happens; returns them all.
+pub async fn run(opts: &Options, on_line: &mut dyn FnMut(&str)) -> Result<Vec<String>, Failure> {
     let refuse = |e: anyhow::Error| Failure::Refused(format!("{e:#}; nothing was removed"));
     let installed = installed(opts).map_err(refuse)?;
     let users = users(&installed.network);
     if !users.is_empty() && !opts.force {
         return Err(Failure::Refused(refusal(&users)));
     }
-    let mut done = Vec::new();
+    let mut done = Done { lines: Vec::new(), on_line };
     for (n, u) in users.iter().enumerate() {
         if n == 0 {
             done.push("--force: going on although Weir is in use here:".to_string());
         }
         done.push(format!("  {u}"));
     }
+    let reserved = reservations(&installed.network);
+    // Held from the last look for users until the IPAM store is gone.
+    let mut ipam_lock = None;
     for step in ORDER.into_iter().filter(|s| !(opts.files_only && s.beyond_files())) {
         match run_step(step, opts, &installed).await {
             Ok(lines) => done.extend(lines),
-            Err(error) => return Err(Failure::Stopped { step, error, done }),
+            Err(error) => return Err(Failure::Stopped { step, error, done: done.lines }),
+        }
+        match step {
+            Step::Conflist => {
+                let (lock, raced) = look_again(&installed.network, &users, &reserved)
+                    .map_err(|error| Failure::Stopped { step, error, done: std::mem::take(&mut done.lines) })?;
+                ipam_lock = lock;
+                if !raced.is_empty() && !opts.force {
+                    return Err(put_back(&installed, &raced));
+                }
+                done.extend(raced.iter().map(|u| format!("--force: going on although {u}")));
+            }
+            Step::IpamStore => ipam_lock = None,
+            _ => {}
         }
     }
-    Ok(done)
+    drop(ipam_lock);
+    Ok(done.lines)
+}
+
+/// The reservations in the network's host-local store: (address, container).
+fn reservations(network: &Network) -> Vec<(std::net::IpAddr, String)> {
+    let Some(dir) = network.ipam_store() else { return vec![] };
+    weir_cni::ipam::disk::entries_in(&dir).0.into_iter().map(|e| (e.ip, e.container_id)).collect()
+}
+
+/// Once the conflist is gone the runtime starts no ADD, but one that read
+/// the conflist before may still be running. Under the locks ADD takes (the
+/// IPAM store's, then the bpffs root's), look for users again: an ADD that
+/// got either lock before is done with it and shows (a reservation, an
+/// endpoint record or map entry); one waiting for the IPAM lock finds the
+/// store gone from under it and fails. Returns the IPAM store's lock, to be
+/// held until that store is removed, and the users that appeared.
+fn look_again(
+    network: &Network,
+    before: &[String],
+    reserved: &[(std::net::IpAddr, String)],
+) -> anyhow::Result<(Option<weir_cni::ipam::disk::DiskStore>, Vec<String>)> {
+    // No store yet: no ADD has reserved anything (one making it now will
+    // see it removed at the IPAM store step).
+    let ipam_lock = match network.ipam_store() {
+        Some(dir) if dir.is_dir() => Some(
+            weir_cni::ipam::disk::DiskStore::open(&dir).map_err(|e| anyhow!("taking the IPAM store's lock: {e}"))?,
+        ),
+        _ => None,
+    };
+    let root_lock = match network.bpffs_root.is_dir() {
+        true => Some(weir_bpf::RootLock::take(&network.bpffs_root).context("taking the bpffs root's lock")?),
+        false => None,
+    };
+    let mut raced: Vec<String> = users(network).into_iter().filter(|u| !before.contains(u)).collect();
+    drop(root_lock);
+    for (ip, container) in reservations(network) {
+        if !reserved.contains(&(ip, container.clone())) {
+            raced.push(format!("a pod being added: container {container} reserved {ip} in the IPAM store"));
+        }
+    }
+    Ok((ipam_lock, raced))
+}
+
+/// The conflist back as it was (a pod was added meanwhile), and the refusal.
+fn put_back(installed: &Installed, raced: &[String]) -> Failure {
+    let restored = match &installed.conflist_bytes {
+        Some(bytes) => {
+            let mut staged = files::Staged::default();
+            staged
+                .add(&installed.conflist, bytes, 0o644)
+                .and_then(|()| staged.commit().map(|_| ()))
+                .map(|()| format!("{} is back", installed.conflist.display()))
+                .unwrap_or_else(|e| {
+                    format!("putting {} back failed ({e:#}): run install-cni", installed.conflist.display())
+                })
+        }
+        None => "the conflist was already gone".to_string(),
+    };
+    let mut s =
+        refusal(raced).replacen("nothing was removed", &format!("a pod was added while uninstall ran; {restored}"), 1);
+    s.push_str(" Only the conflist was taken away meanwhile, and the install record written.");
+    Failure::Refused(s)
 }
 
 /// The record, with the network's places taken from the conflist while it
 /// is there (it is what the CNI binary used), else from the record, else
 /// the shipped conflist's.
 fn installed(opts: &Options) -> anyhow::Result<Installed> {
-    let conflist = opts.conf_dir.join(conflist::FILE_NAME);
-    let from_conflist = match std::fs::read(&conflist) {
-        Ok(b) => {
-            let bad = |e: String| anyhow!("{}: {e}; fix it, or remove it and run uninstall again", conflist.display());
-            let v = serde_json::from_slice(&b).map_err(|e| bad(e.to_string()))?;
-            Some(Network::of(&weir_cni::config::parse_netconf(v).map_err(|e| bad(e.to_string()))?))
-        }
+    let host = |place: &Path, what: &str| on_host(opts.host_root.as_deref(), place, what);
+    let bin_dir = host(&opts.bin_dir, "--bin-dir")?;
+    let conflist = host(&opts.conf_dir, "--conf-dir")?.join(conflist::FILE_NAME);
+    let conflist_bytes = match std::fs::read(&conflist) {
+        Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(anyhow!("{}: {e}", conflist.display())),
     };
-    let mut record = Record::read(&opts.bin_dir)?
-        .unwrap_or_else(|| Record { binaries: Default::default(), network: Network::shipped() });
+    let from_conflist = match &conflist_bytes {
+        Some(b) => {
+            let bad = |e: String| anyhow!("{}: {e}; fix it, or remove it and run uninstall again", conflist.display());
+            let v = serde_json::from_slice(b).map_err(|e| bad(e.to_string()))?;
+            Some(Network::of(&weir_cni::config::parse_netconf(v).map_err(|e| bad(e.to_string()))?))
+        }
+        None => None,
+    };
+    let mut record =
+        Record::read(&bin_dir)?.unwrap_or_else(|| Record { binaries: Default::default(), network: Network::shipped() });
     if let Some(n) = from_conflist {
         record.network = n;
     }
-    // Given places are where this run finds them (a container's mounts),
-    // not what the node uses: the record keeps the node's.
+    // Given places are where this run finds them, not what the node uses:
+    // the record keeps the node's.
     let given = &opts.places;
     let mut network = record.network.clone();
     network.bpffs_root = given.bpffs_root.clone().unwrap_or(network.bpffs_root);
     network.run_dir = given.run_dir.clone().unwrap_or(network.run_dir);
     network.ipam_data_dir = given.ipam_data_dir.clone().or(network.ipam_data_dir);
-    Ok(Installed { conflist, record, network })
+    check_removable(&network.bpffs_root, "bpffs root")?;
+    check_removable(&network.run_dir, "run dir")?;
+    if let Some(store) = network.ipam_store() {
+        check_removable(&store, "IPAM store")?;
+    }
+    network.bpffs_root = host(&network.bpffs_root, "bpffs root")?;
+    network.run_dir = host(&network.run_dir, "run dir")?;
+    if let Some(d) = &network.ipam_data_dir {
+        network.ipam_data_dir = Some(host(d, "IPAM data dir")?);
+    }
+    // Where this run reaches them may be a mount of its own (a hostPath
+    // volume of the host's /run at <host root>/run).
+    let store = network.ipam_store();
+    for (place, what) in [(Some(&network.bpffs_root), "bpffs root"), (Some(&network.run_dir), "run dir")]
+        .into_iter()
+        .chain([(store.as_ref(), "IPAM store")])
+    {
+        if let Some(place) = place.filter(|p| is_mount_point(p).unwrap_or(false)) {
+            return Err(not_weirs_alone(place, what));
+        }
+    }
+    Ok(Installed { bin_dir, conflist, conflist_bytes, record, network })
+}
+
+/// `place`, a host path, as this run reaches it: under `host_root` when
+/// given. Refused when it cannot be reached there: its parent is not
+/// there (not mounted under `host_root`), or leads out of `host_root` (a
+/// symlink of the host's, such as /var/run -> /run, read in this
+/// container, would reach the container's own).
+pub fn on_host(host_root: Option<&Path>, place: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let Some(root) = host_root else { return Ok(place.to_path_buf()) };
+    let unreachable = |why: String| {
+        anyhow!(
+            "{what} {}: not reachable under --host-root {} ({why}); mount the host's directory holding it \
+             there, at the same path below {}",
+            place.display(),
+            root.display(),
+            root.display()
+        )
+    };
+    let relative = place.strip_prefix("/").map_err(|_| unreachable("not an absolute path".into()))?;
+    let mapped = root.join(relative);
+    let parent = mapped.parent().unwrap_or(&mapped);
+    let real_root = root.canonicalize().map_err(|e| unreachable(format!("{}: {e}", root.display())))?;
+    let real_parent = parent.canonicalize().map_err(|e| unreachable(format!("{}: {e}", parent.display())))?;
+    if !real_parent.starts_with(&real_root) {
+        return Err(unreachable(format!("{} leads to {}", parent.display(), real_parent.display())));
+    }
+    Ok(mapped)
 }
 
 /// Who still uses Weir on this node, one line each: pods (endpoint
@@ -237,8 +395,8 @@ fn users(network: &Network) -> Vec<String> {
     users.extend(errors.iter().map(|e| format!("an endpoint record that cannot be read: {e}")));
     let endpoints_map = network.bpffs_root.join(weir_bpf::abi::MAP_ENDPOINTS);
     if endpoints_map.exists() {
-        match weir_bpf::Dataplane::open(&network.bpffs_root).and_then(|dp| dp.endpoints()) {
-            Ok(eps) => users.extend(eps.iter().filter(|(i, _)| !known.contains(i)).map(|(i, _)| {
+        match weir_bpf::pinned_endpoint_ifindexes(&network.bpffs_root) {
+            Ok(eps) => users.extend(eps.iter().filter(|i| !known.contains(i)).map(|i| {
                 format!("the pod interface of ifindex {i}: its entry is in the pinned {}", endpoints_map.display())
             })),
             Err(e) => users.push(format!("perhaps pods: the pinned endpoints map cannot be read ({e})")),
@@ -269,8 +427,8 @@ pub fn refusal(users: &[String]) -> String {
     }
     s.push_str(
         "Remove those first: delete weir-policyd's DaemonSet, then drain the node (kubectl drain NODE \
-         --ignore-daemonsets) and delete the pods of DaemonSets that use the pod network, wait until their \
-         sandboxes are gone, and run uninstall again. --force removes everything anyway: pods still running \
+         --ignore-daemonsets), delete the DaemonSets that use the pod network (deleting only their pods \
+         brings them back), wait until their sandboxes are gone, and run uninstall again. --force removes everything anyway: pods still running \
          keep their interfaces and addresses, but their NetworkPolicies are no longer enforced, their traffic \
          to other nodes and masquerade to outside the cluster stop, the runtime's DEL of them fails (the weir \
          binary is gone), and their addresses may be handed out again by the next CNI.",
@@ -281,8 +439,8 @@ pub fn refusal(users: &[String]) -> String {
 async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::Result<Vec<String>> {
     let network = &installed.network;
     match step {
-        Step::Conflist => remove_conflist(opts, installed),
-        Step::Binaries => remove_binaries(opts, &installed.record),
+        Step::Conflist => remove_conflist(installed),
+        Step::Binaries => remove_binaries(&installed.bin_dir, &installed.record),
         Step::Programs => detach_programs(&network.bpffs_root),
         Step::Routes => remove_routes(),
         Step::VxlanDevice => remove_vxlan_devices(),
@@ -292,14 +450,14 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
             false => Ok(vec![]),
         },
         Step::IpamStore => match network.ipam_store() {
-            Some(dir) => remove_tree(&dir, "IPAM store"),
+            Some(dir) => remove_weirs(&dir, "IPAM store", is_ipam_store_entry),
             None => Ok(vec![]),
         },
-        Step::Pins => remove_tree(&network.bpffs_root, "pins"),
-        Step::RunDir => remove_tree(&network.run_dir, "run dir"),
+        Step::Pins => remove_weirs(&network.bpffs_root, "pins", weir_bpf::is_weirs_root_entry),
+        Step::RunDir => remove_weirs(&network.run_dir, "run dir", is_run_dir_entry),
         Step::Annotations => remove_annotations(opts.node.as_ref()).await,
         Step::Record => {
-            let path = Record::path(&opts.bin_dir);
+            let path = Record::path(&installed.bin_dir);
             Ok(remove_file(&path)?.then(|| format!("removed {}", path.display())).into_iter().collect())
         }
     }
@@ -307,13 +465,13 @@ async fn run_step(step: Step, opts: &Options, installed: &Installed) -> anyhow::
 
 /// The record first takes the conflist's places (for a re-run once the
 /// conflist is gone), then the conflist goes.
-fn remove_conflist(opts: &Options, installed: &Installed) -> anyhow::Result<Vec<String>> {
+fn remove_conflist(installed: &Installed) -> anyhow::Result<Vec<String>> {
     if !installed.conflist.exists() {
         return Ok(vec![]);
     }
-    if opts.bin_dir.is_dir() {
+    if installed.bin_dir.is_dir() {
         let mut staged = files::Staged::default();
-        staged.add(&Record::path(&opts.bin_dir), &installed.record.to_bytes(), 0o644)?;
+        staged.add(&Record::path(&installed.bin_dir), &installed.record.to_bytes(), 0o644)?;
         staged.commit()?;
     }
     remove_file(&installed.conflist)?;
@@ -336,14 +494,14 @@ pub fn weirs_binaries(record: &Record, present: &[(String, Vec<u8>)]) -> (Vec<St
     (remove, left)
 }
 
-fn remove_binaries(opts: &Options, record: &Record) -> anyhow::Result<Vec<String>> {
+fn remove_binaries(bin_dir: &Path, record: &Record) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<&str> = record.binaries.keys().map(String::as_str).collect();
     if !names.contains(&PLUGIN_TYPE) {
         names.push(PLUGIN_TYPE);
     }
     let mut present = Vec::new();
     for name in names {
-        let path = opts.bin_dir.join(name);
+        let path = bin_dir.join(name);
         match std::fs::read(&path) {
             Ok(body) => present.push((name.to_string(), body)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -353,13 +511,13 @@ fn remove_binaries(opts: &Options, record: &Record) -> anyhow::Result<Vec<String
     let (remove, left) = weirs_binaries(record, &present);
     let mut lines = Vec::new();
     for name in remove {
-        let path = opts.bin_dir.join(&name);
+        let path = bin_dir.join(&name);
         if remove_file(&path)? {
             lines.push(format!("removed {}", path.display()));
         }
     }
     for (name, why) in left {
-        lines.push(format!("left {}: {why}", opts.bin_dir.join(name).display()));
+        lines.push(format!("left {}: {why}", bin_dir.join(name).display()));
     }
     Ok(lines)
 }
@@ -367,28 +525,17 @@ fn remove_binaries(opts: &Options, record: &Record) -> anyhow::Result<Vec<String
 /// leave_node, and anything still attached to pod interfaces (DEL's
 /// leftovers, or running pods under --force). TCX links would go with
 /// their pins anyway; tc filters live with the device, so they are taken
-/// off here. Pins that cannot be opened (a run stopped in the middle of
-/// removing them) hold no filter record to act on: the pins step follows.
+/// off here. By the link pins and tc records alone, no map opened: a root
+/// of another build's ABI, or one a stopped run half removed, is detached
+/// too. What cannot be is said, and left.
 fn detach_programs(root: &Path) -> anyhow::Result<Vec<String>> {
-    if !root.exists() {
+    if !root.is_dir() {
         return Ok(vec![]);
     }
-    let dp = match weir_bpf::Dataplane::open(root) {
-        Ok(dp) => dp,
-        Err(e) => {
-            log::warn!("{}: {e}; removing them without detaching first", root.display());
-            return Ok(vec![]);
-        }
-    };
-    let mut lines = Vec::new();
-    for i in dp.leave_node_ifindexes()? {
-        dp.detach_leave_node(i)?;
-        lines.push(format!("detached leave_node from ifindex {i}"));
-    }
-    for i in dp.attached_ifindexes()? {
-        dp.detach(i)?;
-        lines.push(format!("detached from_pod and to_pod from ifindex {i}"));
-    }
+    let (detached, left) = weir_bpf::detach_all(root)?;
+    let mut lines: Vec<String> =
+        detached.iter().map(|(i, hook)| format!("detached {} from ifindex {i}", hook.name())).collect();
+    lines.extend(left.iter().map(|(i, hook, e)| format!("left {} on ifindex {i}: {e}", hook.name())));
     Ok(lines)
 }
 
@@ -418,12 +565,6 @@ fn remove_vxlan_devices() -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
-/// Whether `l` is a bridge the CNI binary made: it gives each bridge it
-/// creates a MAC derived from the name (`naming::bridge_mac`).
-pub fn is_weirs_bridge(l: &Link) -> bool {
-    l.kind.as_deref() == Some("bridge") && l.mac == mac_string(&weir_cni::naming::bridge_mac(&l.name))
-}
-
 /// The network's bridge, with its gateway addresses and routes, when Weir
 /// made it and no interface is on it any more (under --force a running
 /// pod's still is: then it stays, so the pod keeps its neighbours).
@@ -431,7 +572,7 @@ fn remove_bridge(name: Option<&str>) -> anyhow::Result<Vec<String>> {
     let Some(name) = name else { return Ok(vec![]) };
     let mut nl = Netlink::new().context("netlink socket")?;
     let links = nl.links().context("listing links")?;
-    let Some(bridge) = links.iter().find(|l| l.name == name && is_weirs_bridge(l)) else {
+    let Some(bridge) = links.iter().find(|l| l.name == name && weir_cni::bridge::is_weirs(l)) else {
         return Ok(vec![]);
     };
     let ports = links.iter().filter(|l| l.master == Some(bridge.index)).count();
@@ -493,8 +634,133 @@ fn remove_file(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
-fn remove_tree(dir: &Path, what: &str) -> anyhow::Result<Vec<String>> {
-    match std::fs::remove_dir_all(dir) {
+/// What Weir writes directly in its run dir (the CNI binary and
+/// weir-policyd), each name from where its writer defines it.
+pub fn is_run_dir_entry(name: &str) -> bool {
+    use weir_common::paths::{ENDPOINTS_SUBDIR, POLICYD_API_SOCKET, POLICYD_FLOW_LOG, POLICYD_HEARTBEAT};
+    let exact = [
+        ENDPOINTS_SUBDIR,
+        POLICYD_HEARTBEAT,
+        POLICYD_API_SOCKET,
+        POLICYD_FLOW_LOG,
+        weir_common::node_network::FILE,
+        crate::node::publish::ANNOTATIONS_FILE,
+        crate::source::dir::LAST_GOOD_DIR,
+        crate::daemon::IDENTITIES_FILE,
+        weir_cni::masq::STAMP_SUBDIR,
+        weir_cni::ipam::INDEX_SUBDIR,
+        weir_cni::bridge::LOCKS_SUBDIR,
+    ];
+    let rotated_flow_log = crate::flows::rotated(Path::new(POLICYD_FLOW_LOG));
+    // The API socket is bound under a temporary name, then renamed.
+    let api_socket_staged = name
+        .strip_prefix(POLICYD_API_SOCKET)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|rest| rest.ends_with(".tmp"));
+    exact.contains(&name) || Path::new(name) == rotated_flow_log || api_socket_staged
+}
+
+/// What host-local writes in a network's store: a file per reserved
+/// address, the last address handed out per range set, the lock.
+pub fn is_ipam_store_entry(name: &str) -> bool {
+    use weir_cni::ipam::disk::{LAST_PREFIX, LOCK_FILE};
+    name.parse::<std::net::IpAddr>().is_ok() || name == LOCK_FILE || name.starts_with(LAST_PREFIX)
+}
+
+/// A directory Weir's state is kept in, as configured, before anything is
+/// removed from it: not a mount point (the whole of a filesystem, say
+/// `/run` or `/sys/fs/bpf`, is never only Weir's) and at least two levels
+/// deep.
+pub fn check_removable(dir: &Path, what: &str) -> anyhow::Result<()> {
+    use std::path::Component;
+    let normal = dir.components().filter(|c| matches!(c, Component::Normal(_))).count();
+    let climbs = dir.components().any(|c| matches!(c, Component::ParentDir));
+    if !dir.is_absolute() || normal < 2 || climbs {
+        return Err(anyhow!(
+            "{what} {}: not a directory of Weir's own (give an absolute path two or more levels deep, with no \
+             `..`, such as the shipped conflist's); fix the conflist or the install record",
+            dir.display()
+        ));
+    }
+    if is_mount_point(dir)? {
+        return Err(not_weirs_alone(dir, what));
+    }
+    Ok(())
+}
+
+fn not_weirs_alone(dir: &Path, what: &str) -> anyhow::Error {
+    anyhow!(
+        "{what} {}: a mount point, so not Weir's alone (it may hold other programs' files); point the conflist \
+         at a directory of Weir's own below it",
+        dir.display()
+    )
+}
+
+/// Whether `dir` is where a filesystem is mounted (per this process's
+/// mount table; a missing `dir` is not).
+fn is_mount_point(dir: &Path) -> anyhow::Result<bool> {
+    let Ok(dir) = dir.canonicalize() else { return Ok(false) };
+    let table = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&unescape_mount_path(m)) == dir))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The entries of `dir` that `is_weirs` names, then `dir` itself when
+/// nothing else is left in it; anything else stays, and is reported.
+fn remove_weirs(dir: &Path, what: &str, is_weirs: fn(&str) -> bool) -> anyhow::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(anyhow!("listing {}: {e}", dir.display())),
+    };
+    check_removable(dir, what)?;
+    let mut foreign = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_weirs(&name) {
+            foreign.push(name);
+            continue;
+        }
+        let path = e.path();
+        let is_dir = e.file_type().with_context(|| format!("{}", path.display()))?.is_dir();
+        let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow!("removing {}: {err}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        return Ok(vec![format!(
+            "left {what} {}: not empty, it holds what is not Weir's: {}",
+            dir.display(),
+            foreign.join(", ")
+        )]);
+    }
+    match std::fs::remove_dir(dir) {
         Ok(()) => Ok(vec![format!("removed {what} {}", dir.display())]),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(anyhow!("removing {}: {e}", dir.display())),
@@ -548,25 +814,6 @@ mod tests {
     }
 
     #[test]
-    fn a_bridge_is_weirs_when_it_has_the_mac_weir_gives_its_name() {
-        let link = |name: &str, kind: &str, mac: String| Link {
-            index: 3,
-            name: name.into(),
-            mac,
-            mtu: 1500,
-            up: true,
-            kind: Some(kind.into()),
-            master: None,
-            alias: None,
-        };
-        let weirs = mac_string(&weir_cni::naming::bridge_mac("cni0"));
-        assert!(is_weirs_bridge(&link("cni0", "bridge", weirs.clone())));
-        assert!(!is_weirs_bridge(&link("cni0", "bridge", "02:42:ac:11:00:01".into())), "another CNI's cni0");
-        assert!(!is_weirs_bridge(&link("br0", "bridge", weirs.clone())), "the MAC of another name");
-        assert!(!is_weirs_bridge(&link("cni0", "veth", weirs)), "not a bridge");
-    }
-
-    #[test]
     fn the_annotation_patch_nulls_weirs_and_nothing_else() {
         assert!(annotations_removal(None).is_none());
         let mut a = BTreeMap::new();
@@ -580,6 +827,36 @@ mod tests {
             patch,
             serde_json::json!({"metadata": {"annotations": {"weir.io/backend-type": null, "weir.io/public-ip": null}}})
         );
+    }
+
+    #[test]
+    fn weirs_entries_are_known_by_their_writers_names() {
+        for n in ["endpoints", "policyd.heartbeat", "api.sock", "api.sock.42.tmp", "flows.log", "flows.log.1"] {
+            assert!(is_run_dir_entry(n), "{n}");
+        }
+        for n in ["containerd", "containerd.sock", "api.sock.bak", "flows.log.2", "netns"] {
+            assert!(!is_run_dir_entry(n), "{n}");
+        }
+        for n in ["10.0.0.5", "fd00::2", "lock", "last_reserved_ip.0"] {
+            assert!(is_ipam_store_entry(n), "{n}");
+        }
+        assert!(!is_ipam_store_entry("README") && !is_ipam_store_entry("lock.old"));
+        for n in ["weir_endpoints", "weir_abi", "progs", "links", "node-links", "build-0123456789abcdef"] {
+            assert!(weir_bpf::is_weirs_root_entry(n), "{n}");
+        }
+        assert!(!weir_bpf::is_weirs_root_entry("cilium_calls") && !weir_bpf::is_weirs_root_entry("tc"));
+    }
+
+    #[test]
+    fn a_shallow_or_mounted_directory_is_not_removable() {
+        for bad in ["/", "/run", "relative/dir/x", "/var/../run"] {
+            assert!(check_removable(Path::new(bad), "run dir").is_err(), "{bad}");
+        }
+        // devpts is mounted there on every Linux host.
+        assert!(check_removable(Path::new("/dev/pts"), "run dir").unwrap_err().to_string().contains("mount point"));
+        let t = tempfile::tempdir().unwrap();
+        check_removable(t.path(), "run dir").unwrap();
+        assert_eq!(unescape_mount_path("/mnt/a\\040b"), "/mnt/a b");
     }
 
     #[test]
