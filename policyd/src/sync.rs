@@ -164,6 +164,7 @@ impl Sync {
     /// still safe (allows were added before isolation; removals come last)
     /// and the next call retries the rest.
     pub fn apply(&mut self, dp: &Dataplane, desired: &Desired) -> Result<SyncStats, weir_bpf::Error> {
+        check_room(desired)?;
         self.revision += 1;
         let mut stats = SyncStats { revision: self.revision, ..Default::default() };
         let ipcache = diff_maps(&self.ipcache, &desired.ipcache);
@@ -273,4 +274,66 @@ fn to_abi_ipcache(e: &IpcacheEntry) -> abi::IpcacheValue {
 
 fn from_abi_ipcache(v: &abi::IpcacheValue) -> IpcacheEntry {
     IpcacheEntry { identity: v.identity, endpoint: v.endpoint, service: v.flags & abi::IPCACHE_SERVICE != 0 }
+}
+
+/// Whether `desired` fits the maps, checked before any write: a compile
+/// that cannot fit fails whole, naming the count and the limit, and leaves
+/// the maps as they were, instead of failing part way with the kernel's
+/// E2BIG ("Argument list too long"). Each LPM pair's exact-match side (full
+/// prefixes) and trie side have a capacity of their own. What pending
+/// endpoints keep in the maps comes on top, so fitting is necessary, not
+/// sufficient.
+pub fn check_room(desired: &Desired) -> Result<(), weir_bpf::Error> {
+    let full_ips = desired.ipcache.keys().filter(|n| n.prefix_len() == n.max_prefix_len()).count();
+    let exact_policy = desired.policy.keys().filter(|k| k.encode().prefix_len() == abi::POLICY_FULL_BITS).count();
+    let needs = [
+        ("addresses in the ipcache (every pod and Service address of the cluster)", full_ips, abi::IPCACHE_MAX),
+        ("prefixes in the ipcache", desired.ipcache.len() - full_ips, abi::IPCACHE_MAX),
+        ("policy entries of one port (or every port)", exact_policy, abi::POLICY_MAX),
+        ("policy entries of a port range", desired.policy.len() - exact_policy, abi::POLICY_MAX),
+        ("ipBlock prefixes", desired.cidr.len(), abi::CIDR_MAX),
+        ("endpoints", desired.endpoints.len(), abi::ENDPOINTS_MAX),
+    ];
+    for (what, n, max) in needs {
+        if n > max as usize {
+            return Err(weir_bpf::Error::Invalid {
+                field: "map capacity",
+                msg: format!(
+                    "{n} {what} do not fit the dataplane's {max} (weir_abi.h); nothing was written and the maps keep \
+                     the previous revision. The cluster is larger than this build of Weir can hold"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn addresses(n: usize) -> Desired {
+        let mut d = Desired::default();
+        for i in 0..n as u32 {
+            let net = IpNet::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 32).unwrap();
+            d.ipcache.insert(net, IpcacheEntry { identity: 256, endpoint: 0, service: false });
+        }
+        d
+    }
+
+    /// A cluster past the ipcache's capacity is refused before any write,
+    /// naming the count and the limit (it once failed part way, E2BIG).
+    #[test]
+    fn a_compile_that_cannot_fit_is_refused_with_the_count_and_the_limit() {
+        let max = abi::IPCACHE_MAX as usize;
+        assert!(check_room(&addresses(max)).is_ok(), "exactly full fits");
+        let e = check_room(&addresses(max + 1)).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} addresses in the ipcache", max + 1)), "{e}");
+        assert!(e.contains(&format!("dataplane's {max}")), "{e}");
+        // prefixes live in the trie beside: they do not count against addresses
+        let mut d = addresses(max);
+        d.ipcache.insert("10.128.0.0/9".parse().unwrap(), IpcacheEntry { identity: 2, endpoint: 0, service: false });
+        assert!(check_room(&d).is_ok());
+    }
 }
