@@ -38,7 +38,7 @@ use common::{measure, ms, namespace, network_policy, pod, service, status_kib, A
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use weir_bpf::{abi, Dataplane};
 use weir_common::registry::EndpointRecord;
@@ -212,20 +212,7 @@ impl Cluster {
         if place.node == 0 {
             let j = self.next_ifindex;
             self.next_ifindex += 1;
-            self.locals.push(EndpointRecord {
-                container_id: format!("cid{j}"),
-                ifname: "eth0".into(),
-                netns: format!("/run/netns/p{j}"),
-                network: "weir".into(),
-                pod_namespace: key.0.clone(),
-                pod_name: key.1.clone(),
-                pod_uid: String::new(),
-                host_ifname: format!("veth{j}"),
-                host_ifindex: j,
-                ips: vec![ip.parse().unwrap()],
-                mac: String::new(),
-                gateways: vec!["10.0.0.1".parse().unwrap()],
-            });
+            self.locals.push(common::local_record(j, &key, ip.parse().unwrap(), "10.0.0.1".parse().unwrap()));
         }
         self.places.insert(key, place);
         self.put(Object::Pod(p));
@@ -500,20 +487,6 @@ fn run(root: &Path, shape: Shape) -> Result<serde_json::Value> {
     }))
 }
 
-/// The bpffs root, removed on drop (every return path of `run`), and by
-/// the panic hook (release builds abort on panic, so no drop runs).
-struct BpffsRoot(PathBuf);
-
-impl Drop for BpffsRoot {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("could not remove {}: {e}", self.0.display());
-            }
-        }
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let shape = match Shape::parse(&args) {
@@ -528,13 +501,7 @@ fn main() {
         eprintln!("cluster_sim needs root (it loads BPF maps under /sys/fs/bpf); run it with sudo");
         std::process::exit(2);
     }
-    let root = BpffsRoot(PathBuf::from(format!("/sys/fs/bpf/weir-clustersim-{}", std::process::id())));
-    let path = root.0.clone();
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let _ = std::fs::remove_dir_all(&path);
-        default_hook(info);
-    }));
+    let root = common::BpffsRoot::private("weir-clustersim");
     let result = run(&root.0, shape);
     drop(root);
     match result {

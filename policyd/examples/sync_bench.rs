@@ -20,7 +20,7 @@ mod common;
 use anyhow::{bail, Context, Result};
 use common::{build, describe, measure, ms, status_kib, Series, ENVS};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use weir_bpf::{abi, Dataplane};
 use weir_common::registry::EndpointRecord;
@@ -132,20 +132,6 @@ fn change(store: &mut Store, locals: &[EndpointRecord], c: usize) -> Kind {
         }
     }
     kind
-}
-
-/// The bench's bpffs root, removed on drop (every return path of `run`),
-/// and by the panic hook (release builds abort on panic, so no drop runs).
-struct BpffsRoot(PathBuf);
-
-impl Drop for BpffsRoot {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("could not remove {}: {e}", self.0.display());
-            }
-        }
-    }
 }
 
 #[derive(Default)]
@@ -301,13 +287,7 @@ fn main() {
         eprintln!("sync_bench needs root (it loads BPF maps under /sys/fs/bpf); run it with sudo");
         std::process::exit(2);
     }
-    let root = BpffsRoot(PathBuf::from(format!("/sys/fs/bpf/weir-syncbench-{}", std::process::id())));
-    let path = root.0.clone();
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let _ = std::fs::remove_dir_all(&path);
-        default_hook(info);
-    }));
+    let root = common::BpffsRoot::private("weir-syncbench");
     let result = run(&root.0, changes);
     drop(root);
     if let Err(e) = result {

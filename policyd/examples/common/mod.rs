@@ -55,20 +55,7 @@ pub fn build_with(pods_per_ns: usize) -> (Store, Vec<EndpointRecord>) {
     for (j, key) in all.iter().step_by(step).take(LOCALS).enumerate() {
         let p = &s.pods[key];
         let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
-        locals.push(EndpointRecord {
-            container_id: format!("cid{j}"),
-            ifname: "eth0".into(),
-            netns: format!("/run/netns/p{j}"),
-            network: "weir".into(),
-            pod_namespace: key.0.clone(),
-            pod_name: key.1.clone(),
-            pod_uid: String::new(),
-            host_ifname: format!("veth{j}"),
-            host_ifindex: 1000 + j as u32,
-            ips: vec![ip],
-            mac: String::new(),
-            gateways: vec!["10.200.0.254".parse().unwrap()],
-        });
+        locals.push(local_record(1000 + j as u32, key, ip, "10.200.0.254".parse().unwrap()));
     }
     (s, locals)
 }
@@ -287,4 +274,56 @@ pub fn describe(store: &Store, locals: &[EndpointRecord], built_in: Duration) ->
         locals.len(),
         ms(built_in)
     )
+}
+
+/// The endpoint record CNI ADD would write for pod `key` on host veth
+/// `ifindex` (no interface exists: the benchmarks program maps only).
+pub fn local_record(
+    ifindex: u32,
+    key: &(String, String),
+    ip: std::net::IpAddr,
+    gateway: std::net::IpAddr,
+) -> EndpointRecord {
+    EndpointRecord {
+        container_id: format!("cid{ifindex}"),
+        ifname: "eth0".into(),
+        netns: format!("/run/netns/p{ifindex}"),
+        network: "weir".into(),
+        pod_namespace: key.0.clone(),
+        pod_name: key.1.clone(),
+        pod_uid: String::new(),
+        host_ifname: format!("veth{ifindex}"),
+        host_ifindex: ifindex,
+        ips: vec![ip],
+        mac: String::new(),
+        gateways: vec![gateway],
+    }
+}
+
+/// A benchmark's private bpffs root `/sys/fs/bpf/<prefix>-<pid>`, removed
+/// on drop (every return path) and by a panic hook (release builds abort
+/// on panic, so no drop runs).
+pub struct BpffsRoot(pub std::path::PathBuf);
+
+impl BpffsRoot {
+    pub fn private(prefix: &str) -> BpffsRoot {
+        let root = BpffsRoot(std::path::PathBuf::from(format!("/sys/fs/bpf/{prefix}-{}", std::process::id())));
+        let path = root.0.clone();
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = std::fs::remove_dir_all(&path);
+            default_hook(info);
+        }));
+        root
+    }
+}
+
+impl Drop for BpffsRoot {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("could not remove {}: {e}", self.0.display());
+            }
+        }
+    }
 }
