@@ -4,7 +4,10 @@
 //! runs as a library call on a thread inside its node namespace; pods then
 //! talk TCP across nodes, and the entries follow node changes.
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+mod apiserver_fixture;
+
+use apiserver_fixture::node;
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -125,17 +128,6 @@ impl Lab {
             })
             .collect()
     }
-}
-
-fn node(name: &str, cidr: &str, ip: &str) -> Node {
-    let mut n = Node::default();
-    n.metadata.name = Some(name.into());
-    n.spec = Some(NodeSpec { pod_cidrs: Some(vec![cidr.into()]), ..Default::default() });
-    n.status = Some(NodeStatus {
-        addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: ip.into() }]),
-        ..Default::default()
-    });
-    n
 }
 
 /// A TCP exchange from pod `from` to pod `to`; returns the source address

@@ -14,7 +14,8 @@
 
 mod apiserver_fixture;
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+use apiserver_fixture::node;
+use k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -266,17 +267,6 @@ fn script(path: &Path, what: &str) {
     )
     .unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn node(name: &str, cidr: &str, ip: &str) -> Node {
-    let mut n = Node::default();
-    n.metadata.name = Some(name.into());
-    n.spec = Some(NodeSpec { pod_cidrs: Some(vec![cidr.into()]), ..Default::default() });
-    n.status = Some(NodeStatus {
-        addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: ip.into() }]),
-        ..Default::default()
-    });
-    n
 }
 
 /// The lines of `before` and `after` that differ, for a readable failure.

@@ -617,3 +617,16 @@ async fn respond(conn: &mut TcpStream, code: u16, body: &Value) -> std::io::Resu
     conn.write_all(&body).await?;
     conn.shutdown().await
 }
+
+/// A Node as the fixture serves it: one pod range and an InternalIP.
+pub fn node(name: &str, cidr: &str, ip: &str) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+    let mut n = Node::default();
+    n.metadata.name = Some(name.into());
+    n.spec = Some(NodeSpec { pod_cidrs: Some(vec![cidr.into()]), ..Default::default() });
+    n.status = Some(NodeStatus {
+        addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: ip.into() }]),
+        ..Default::default()
+    });
+    n
+}
