@@ -284,6 +284,16 @@ fn from_abi_ipcache(v: &abi::IpcacheValue) -> IpcacheEntry {
 /// endpoints keep in the maps comes on top, so fitting is necessary, not
 /// sufficient.
 pub fn check_room(desired: &Desired) -> Result<(), weir_bpf::Error> {
+    // Either side of a pair holds the pair's whole count when that fits:
+    // then nothing is split and counted (no walk over every policy key on
+    // each sync).
+    if desired.ipcache.len() <= abi::IPCACHE_MAX as usize
+        && desired.policy.len() <= abi::POLICY_MAX as usize
+        && desired.cidr.len() <= abi::CIDR_MAX as usize
+        && desired.endpoints.len() <= abi::ENDPOINTS_MAX as usize
+    {
+        return Ok(());
+    }
     let full_ips = desired.ipcache.keys().filter(|n| n.prefix_len() == n.max_prefix_len()).count();
     let exact_policy = desired.policy.keys().filter(|k| k.encode().prefix_len() == abi::POLICY_FULL_BITS).count();
     let needs = [
