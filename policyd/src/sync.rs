@@ -22,11 +22,16 @@
 //!
 //! The differences themselves are computed here too: [`diff_maps`] (a merge
 //! walk over two sorted maps) for what is written against what is wanted,
-//! and [`DesiredDiff`] between two compiles.
+//! and [`DesiredDiff`] between two compiles. Policy entries come per
+//! endpoint ([`ByEndpoint`]): an endpoint whose entries are the very ones
+//! last written (the engine hands an unchanged endpoint's entries on
+//! shared) is skipped without a walk.
 
-use crate::engine::{CidrKey, Desired, EndpointState, IpcacheEntry, PolicyMatch, PolicyValue};
+use crate::engine::by_endpoint::{EndpointKeyed, Shard};
+use crate::engine::{ByEndpoint, CidrKey, Desired, EndpointState, IpcacheEntry, PolicyMatch, PolicyValue};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use weir_bpf::{abi, Dataplane};
 
 /// Entries to write and keys to delete to turn one map into another.
@@ -48,7 +53,41 @@ impl<K, V> MapDiff<K, V> {
 /// Merge walk over two sorted maps.
 pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
     let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
-    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    diff_sorted(old.iter(), new.iter(), &mut d);
+    d
+}
+
+/// Per endpoint: endpoints holding the same shared entries on both sides
+/// are skipped unseen, the others merge-walked.
+pub fn diff_by_endpoint<K: EndpointKeyed, V: Eq + Clone>(
+    old: &ByEndpoint<K, V>,
+    new: &ByEndpoint<K, V>,
+) -> MapDiff<K, V> {
+    let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
+    let (mut a, mut b) = (old.shards().peekable(), new.shards().peekable());
+    let empty = Shard::<K, V>::default();
+    loop {
+        let (sa, sb) = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ea, _)), Some((eb, _))) if ea == eb => (a.next().unwrap().1, b.next().unwrap().1),
+            (Some((ea, _)), Some((eb, _))) if ea < eb => (a.next().unwrap().1, &empty),
+            (Some(_), None) => (a.next().unwrap().1, &empty),
+            _ => (&empty, b.next().unwrap().1),
+        };
+        if !Arc::ptr_eq(sa, sb) {
+            diff_sorted(sa.iter().map(|(k, v)| (k, v)), sb.iter().map(|(k, v)| (k, v)), &mut d);
+        }
+    }
+    d
+}
+
+/// Merge walk over two sorted sequences of entries, into `d`.
+fn diff_sorted<'a, K: Ord + Clone + 'a, V: Eq + Clone + 'a>(
+    old: impl Iterator<Item = (&'a K, &'a V)>,
+    new: impl Iterator<Item = (&'a K, &'a V)>,
+    d: &mut MapDiff<K, V>,
+) {
+    let (mut a, mut b) = (old.peekable(), new.peekable());
     loop {
         match (a.peek(), b.peek()) {
             (None, None) => break,
@@ -79,7 +118,6 @@ pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(old: &BTreeMap<K, V>, new: &BTre
             },
         }
     }
-    d
 }
 
 /// What changes between two compiles, map by map.
@@ -97,7 +135,7 @@ impl DesiredDiff {
         DesiredDiff {
             ipcache: diff_maps(&old.ipcache, &new.ipcache),
             endpoints: diff_maps(&old.endpoints, &new.endpoints),
-            policy: diff_maps(&old.policy, &new.policy),
+            policy: diff_by_endpoint(&old.policy, &new.policy),
             cidr: diff_maps(&old.cidr, &new.cidr),
         }
     }
@@ -114,7 +152,12 @@ impl DesiredDiff {
 #[derive(Debug, Default)]
 pub struct Sync {
     ipcache: BTreeMap<IpNet, IpcacheEntry>,
-    policy: BTreeMap<PolicyMatch, PolicyValue>,
+    /// Per endpoint, as written.
+    policy: BTreeMap<u32, BTreeMap<PolicyMatch, PolicyValue>>,
+    /// Endpoints whose written entries are exactly these (a compile's
+    /// shards, shared with the engine): the next compile handing on the
+    /// same shard changed nothing there.
+    applied: BTreeMap<u32, Shard<PolicyMatch, PolicyValue>>,
     cidr: BTreeMap<CidrKey, u32>,
     revision: u64,
     /// Something was written and no policy generation followed yet (a sync
@@ -142,7 +185,7 @@ impl Sync {
             s.ipcache.insert(net, from_abi_ipcache(&v));
         }
         for (m, v) in dp.policy_entries()? {
-            s.policy.insert(m, PolicyValue::from_abi(&v));
+            s.policy.entry(m.endpoint).or_default().insert(m, PolicyValue::from_abi(&v));
         }
         for (endpoint, direction, net, class) in dp.cidr_entries()? {
             s.cidr.insert(CidrKey { endpoint, direction, net }, class);
@@ -157,7 +200,8 @@ impl Sync {
 
     /// Entries currently believed written, per map (for metrics).
     pub fn sizes(&self) -> [(&'static str, usize); 3] {
-        [("ipcache", self.ipcache.len()), ("policy", self.policy.len()), ("cidr", self.cidr.len())]
+        let policy = self.policy.values().map(|m| m.len()).sum();
+        [("ipcache", self.ipcache.len()), ("policy", policy), ("cidr", self.cidr.len())]
     }
 
     /// Bring the maps to `desired`. On error the maps hold a mix that is
@@ -165,10 +209,42 @@ impl Sync {
     /// and the next call retries the rest.
     pub fn apply(&mut self, dp: &Dataplane, desired: &Desired) -> Result<SyncStats, weir_bpf::Error> {
         check_room(desired)?;
+        let result = self.apply_checked(dp, desired);
+        match &result {
+            // Every endpoint's entries are now the compile's own.
+            Ok(_) => self.applied = desired.policy.shards().map(|(e, s)| (e, s.clone())).collect(),
+            // What was written is recorded entry by entry; which shards
+            // match it is no longer known.
+            Err(_) => self.applied.clear(),
+        }
+        result
+    }
+
+    /// The policy entries to write and remove: per endpoint, skipping those
+    /// whose shard is the one last applied.
+    fn diff_policy(&self, desired: &Desired) -> MapDiff<PolicyMatch, PolicyValue> {
+        let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
+        let empty = BTreeMap::new();
+        for (ep, shard) in desired.policy.shards() {
+            if self.applied.get(&ep).is_some_and(|a| Arc::ptr_eq(a, shard)) {
+                continue;
+            }
+            let written = self.policy.get(&ep).unwrap_or(&empty);
+            diff_sorted(written.iter(), shard.iter().map(|(k, v)| (k, v)), &mut d);
+        }
+        for (ep, written) in &self.policy {
+            if desired.policy.shard(*ep).is_none() {
+                d.remove.extend(written.keys().copied());
+            }
+        }
+        d
+    }
+
+    fn apply_checked(&mut self, dp: &Dataplane, desired: &Desired) -> Result<SyncStats, weir_bpf::Error> {
         self.revision += 1;
         let mut stats = SyncStats { revision: self.revision, ..Default::default() };
         let ipcache = diff_maps(&self.ipcache, &desired.ipcache);
-        let mut policy = diff_maps(&self.policy, &desired.policy);
+        let mut policy = self.diff_policy(desired);
         let mut cidr = diff_maps(&self.cidr, &desired.cidr);
         // Not compiled in this slice: what they hold stays until they are.
         policy.remove.retain(|k| !desired.pending.contains(&k.endpoint));
@@ -186,7 +262,7 @@ impl Sync {
         }
         for (k, v) in &policy.upsert {
             dp.set_policy(k, &v.to_abi())?;
-            self.policy.insert(*k, *v);
+            self.policy.entry(k.endpoint).or_default().insert(*k, *v);
         }
         stats.upserts = ipcache.upsert.len() + cidr.upsert.len() + policy.upsert.len();
 
@@ -216,7 +292,12 @@ impl Sync {
         // 3. break
         for k in &policy.remove {
             dp.remove_policy(k)?;
-            self.policy.remove(k);
+            if let Some(written) = self.policy.get_mut(&k.endpoint) {
+                written.remove(k);
+                if written.is_empty() {
+                    self.policy.remove(&k.endpoint);
+                }
+            }
         }
         for k in &cidr.remove {
             dp.remove_cidr(k.endpoint, k.direction, k.net)?;

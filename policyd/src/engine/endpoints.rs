@@ -3,13 +3,20 @@
 //! block) entries; ipBlocks are split by [`cidr::partition`] into classes.
 //! Each endpoint's result is memoized by a [`Fingerprint`] of everything it
 //! read, and the endpoints whose inputs changed are compiled within the
-//! [`Slice`]'s budget, its `first` endpoints first.
+//! [`Slice`]'s budget, its `first` endpoints first. An endpoint whose only
+//! change is in its peer sets or its peers' named ports (identities
+//! appeared, vanished, or their namespace's labels or named ports changed)
+//! is patched: the entries of those identities alone are compiled again,
+//! the rest kept. Entries of one peer identity depend only on the rules
+//! whose peer sets hold it and on its own named ports, so the patch equals
+//! a full compile.
 //!
 //! Takes an [`EndpointInput`] (the local endpoints from the identity stage,
 //! the [`Policies`] and [`PeerSets`] from the rule stage, the
 //! [`Universe`]); hands on [`Endpoints`]: the endpoint, policy and cidr
 //! entries, and the endpoints left pending.
 
+use super::by_endpoint::{ByEndpoint, Shard};
 use super::policy::{CompiledPolicy, PeerSelector, PeerSpec, Peers, PortSpec};
 use super::rules::{PeerSets, Policies};
 use super::universe::Universe;
@@ -42,13 +49,16 @@ pub(super) struct EndpointInput<'a, 's> {
     pub(super) endpoints: &'a [LocalEp<'s>],
     pub(super) policies: &'a Policies<'s>,
     pub(super) universe: &'a Universe,
+    /// Identities whose peer set membership may have changed since the
+    /// previous compile (the identity stage's `changed`).
+    pub(super) changed: &'a BTreeSet<u32>,
     pub(super) slice: &'a Slice,
 }
 
 /// The endpoint stage's result.
 pub(super) struct Endpoints {
     pub(super) states: BTreeMap<u32, EndpointState>,
-    pub(super) policy: BTreeMap<PolicyMatch, PolicyValue>,
+    pub(super) policy: ByEndpoint<PolicyMatch, PolicyValue>,
     pub(super) cidr: BTreeMap<CidrKey, u32>,
     /// Endpoints whose inputs changed but the slice's budget left out.
     pub(super) pending: BTreeSet<u32>,
@@ -60,11 +70,23 @@ pub(super) struct EndpointStage {
     classes: HashMap<ClassKey, u32>,
     next_class: u32,
     memo: HashMap<u32, EndpointMemo>,
+    /// Compiles so far: a memo brought up to date by the previous one can
+    /// be patched with this one's changed identities.
+    epoch: u64,
+    /// Patch endpoints whose peer sets alone changed (off only in tests,
+    /// which compare the two ways).
+    pub(super) patching: bool,
 }
 
 impl Default for EndpointStage {
     fn default() -> Self {
-        EndpointStage { classes: HashMap::new(), next_class: CIDR_NO_CLASS + 1, memo: HashMap::new() }
+        EndpointStage {
+            classes: HashMap::new(),
+            next_class: CIDR_NO_CLASS + 1,
+            memo: HashMap::new(),
+            epoch: 0,
+            patching: true,
+        }
     }
 }
 
@@ -77,16 +99,37 @@ struct Fingerprint {
     named_ports: u64,
 }
 
+impl Fingerprint {
+    /// Whether `self` differs from `old` only in what the identities
+    /// read (peer sets and the peers' named ports), which a patch by the
+    /// changed identities follows.
+    fn patchable_from(&self, old: &Fingerprint) -> bool {
+        self.identity == old.identity
+            && self.own_ports == old.own_ports
+            && self.policies == old.policies
+            && self.peer_sets.len() == old.peer_sets.len()
+    }
+}
+
 #[derive(Debug)]
 struct EndpointOut {
     state: EndpointState,
-    policy: Vec<(PolicyMatch, PolicyValue)>,
+    policy: Shard<PolicyMatch, PolicyValue>,
     cidr: Vec<(CidrKey, u32)>,
 }
 
 struct EndpointMemo {
     fp: Fingerprint,
     out: Arc<EndpointOut>,
+    /// The compile that last brought it up to date.
+    epoch: u64,
+}
+
+/// How an endpoint whose inputs changed is brought up to date.
+enum Redo {
+    Compile,
+    /// Only the entries of the changed identities.
+    Patch(Arc<EndpointOut>),
 }
 
 /// What the maps hold for one local endpoint, as its last compile made it.
@@ -114,7 +157,10 @@ impl EndpointStage {
         peer_sets: &mut PeerSets,
         stats: &mut CompileStats,
     ) -> Endpoints {
-        let EndpointInput { endpoints: locals_ep, policies, universe, slice } = input;
+        let EndpointInput { endpoints: locals_ep, policies, universe, changed, slice } = input;
+        let previous_epoch = self.epoch;
+        self.epoch += 1;
+        let epoch = self.epoch;
         // Per endpoint (in locals_ep order): its output, None while pending.
         let mut outs: Vec<Option<Arc<EndpointOut>>> = Vec::with_capacity(locals_ep.len());
         let mut live_eps: HashSet<u32> = HashSet::new();
@@ -132,27 +178,52 @@ impl EndpointStage {
             let selecting: Vec<&Arc<CompiledPolicy>> =
                 pols.iter().chain(&policies.cluster).filter(|p| p.subject.selects(ns, ns_labels, labels)).collect();
             let fp = fingerprint(ep, &selecting, universe, peer_sets, stats);
-            if let Some(m) = self.memo.get(&ep.ifindex).filter(|m| m.fp == fp) {
+            if let Some(m) = self.memo.get_mut(&ep.ifindex).filter(|m| m.fp == fp) {
                 stats.endpoints_reused += 1;
                 outs.push(Some(m.out.clone()));
+                m.epoch = epoch;
                 continue;
             }
+            // Up to date as of the previous compile, and only what the
+            // identities read moved: `changed` is every identity it moved.
+            let redo = match self.memo.get(&ep.ifindex) {
+                Some(m) if self.patching && m.epoch == previous_epoch && fp.patchable_from(&m.fp) => {
+                    Redo::Patch(m.out.clone())
+                }
+                _ => Redo::Compile,
+            };
             outs.push(None);
-            stale.push((i, fp, selecting));
+            stale.push((i, fp, selecting, redo));
         }
-        stale.sort_by_key(|(i, _, _)| (!slice.first.contains(&locals_ep[*i].ifindex), locals_ep[*i].ifindex));
+        stale.sort_by_key(|(i, _, _, _)| (!slice.first.contains(&locals_ep[*i].ifindex), locals_ep[*i].ifindex));
         let mut spent = 0usize;
         let mut pending = BTreeSet::new();
-        for (n, (i, fp, selecting)) in stale.into_iter().enumerate() {
+        for (n, (i, fp, selecting, redo)) in stale.into_iter().enumerate() {
             let ep = &locals_ep[i];
             if n > 0 && slice.budget.is_some_and(|b| spent >= b) {
                 pending.insert(ep.ifindex);
                 continue;
             }
-            let out = Arc::new(self.compile_endpoint(ep, &selecting, universe, peer_sets, stats));
-            spent += out.policy.len() + out.cidr.len();
-            stats.endpoints_compiled += 1;
-            self.memo.insert(ep.ifindex, EndpointMemo { fp, out: out.clone() });
+            let out = match redo {
+                Redo::Compile => {
+                    let out = self.compile_endpoint(ep, &selecting, universe, None, peer_sets, stats);
+                    spent += out.policy.len() + out.cidr.len();
+                    stats.endpoints_compiled += 1;
+                    out
+                }
+                Redo::Patch(old) => {
+                    let new = self.compile_endpoint(ep, &selecting, universe, Some(changed), peer_sets, stats);
+                    spent += new.policy.len();
+                    stats.endpoints_patched += 1;
+                    EndpointOut {
+                        state: old.state,
+                        policy: Arc::new(splice(&old.policy, &new.policy, changed)),
+                        cidr: old.cidr.clone(),
+                    }
+                }
+            };
+            let out = Arc::new(out);
+            self.memo.insert(ep.ifindex, EndpointMemo { fp, out: out.clone(), epoch });
             outs[i] = Some(out);
         }
         self.memo.retain(|k, _| live_eps.contains(k));
@@ -165,8 +236,10 @@ impl EndpointStage {
             states.insert(ep.ifindex, out.state);
             used_classes.extend(out.cidr.iter().map(|(_, c)| *c));
         }
-        let policy: BTreeMap<PolicyMatch, PolicyValue> =
-            outs.iter().flat_map(|(_, o)| o.policy.iter().copied()).collect();
+        let mut policy = ByEndpoint::default();
+        for (ep, out) in &outs {
+            policy.set_shard(ep.ifindex, out.policy.clone());
+        }
         let cidr: BTreeMap<CidrKey, u32> = outs.iter().flat_map(|(_, o)| o.cidr.iter().copied()).collect();
         // Classes of pending endpoints' entries in the maps are never handed
         // out again (numbers only grow), so forgetting them here is safe.
@@ -176,11 +249,15 @@ impl EndpointStage {
         Endpoints { states, policy, cidr, pending }
     }
 
+    /// Compile one endpoint; with `only`, just the entries of those peer
+    /// identities (no wildcard or ipBlock entries; the state and cidr
+    /// entries are left empty): a patch for [`splice`].
     fn compile_endpoint(
         &mut self,
         ep: &LocalEp,
         selecting: &[&Arc<CompiledPolicy>],
         universe: &Universe,
+        only: Option<&BTreeSet<u32>>,
         peer_sets: &mut PeerSets,
         stats: &mut CompileStats,
     ) -> EndpointOut {
@@ -312,13 +389,19 @@ impl EndpointStage {
                 match &r.peers {
                     Peers::All { rule_id } => {
                         let has_named = dir == Direction::Egress && r.uses_named_ports();
-                        for pp in resolve(&r.ports, dir, None) {
-                            put(ID_ANY, dir, pp, *rule_id);
+                        if only.is_none() {
+                            for pp in resolve(&r.ports, dir, None) {
+                                put(ID_ANY, dir, pp, *rule_id);
+                            }
                         }
                         if has_named {
                             // Every pod whose container has the name: per identity.
                             let named_only: Vec<PortSpec> = r.ports.iter().filter(|p| p.is_named()).cloned().collect();
-                            for id in uni_named.keys() {
+                            let ids: Box<dyn Iterator<Item = &u32>> = match only {
+                                None => Box::new(uni_named.keys()),
+                                Some(only) => Box::new(only.iter().filter(|id| uni_named.contains_key(id))),
+                            };
+                            for id in ids {
                                 for pp in resolve(&named_only, dir, Some(*id)) {
                                     put(*id, dir, pp, *rule_id);
                                 }
@@ -332,7 +415,11 @@ impl EndpointStage {
                                     let set = &resolved_sets[&(sel as *const _)];
                                     let uniform = !(dir == Direction::Egress && r.uses_named_ports());
                                     let shared = if uniform { resolve(&r.ports, dir, None) } else { Vec::new() };
-                                    for id in set.iter() {
+                                    let ids: Box<dyn Iterator<Item = &u32>> = match only {
+                                        None => Box::new(set.iter()),
+                                        Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
+                                    };
+                                    for id in ids {
                                         if uniform {
                                             for pp in &shared {
                                                 put(*id, dir, *pp, pe.rule_id);
@@ -344,6 +431,7 @@ impl EndpointStage {
                                         }
                                     }
                                 }
+                                PeerSpec::Block(_) if only.is_some() => {}
                                 PeerSpec::Block(b) => {
                                     blocks[dir as usize].push((b.clone(), resolve(&r.ports, dir, None), pe.rule_id));
                                 }
@@ -387,8 +475,30 @@ impl EndpointStage {
             }
         }
         cidr_out.sort();
-        EndpointOut { state, policy: merge_entries(entries), cidr: cidr_out }
+        EndpointOut { state, policy: Arc::new(merge_entries(entries)), cidr: cidr_out }
     }
+}
+
+/// `old` with the entries of the `changed` identities replaced by `new`'s
+/// (which holds only theirs); both sorted, so is the result.
+fn splice(
+    old: &[(PolicyMatch, PolicyValue)],
+    new: &[(PolicyMatch, PolicyValue)],
+    changed: &BTreeSet<u32>,
+) -> Vec<(PolicyMatch, PolicyValue)> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let mut kept = old.iter().filter(|(k, _)| !changed.contains(&k.identity)).peekable();
+    let mut new = new.iter().peekable();
+    loop {
+        let take_kept = match (kept.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((a, _)), Some((b, _))) => a < b,
+        };
+        out.push(*if take_kept { kept.next() } else { new.next() }.expect("peeked"));
+    }
+    out
 }
 
 /// What one rule says about a key, with its order within its tier (rank,
@@ -444,6 +554,18 @@ impl Merged {
     }
 }
 
+/// [`PolicyMatch`]'s order as one integer: endpoint, identity, direction,
+/// protocol (none first), port block (none first).
+fn order_key(k: &PolicyMatch) -> u128 {
+    let protocol = k.protocol.map_or(0, |p| 1 + u128::from(p));
+    let port = k.port.map_or(0, |b| 1 + ((u128::from(b.start) << 8) | u128::from(b.bits)));
+    (u128::from(k.endpoint) << 96)
+        | (u128::from(k.identity) << 64)
+        | ((k.direction as u128) << 48)
+        | (protocol << 32)
+        | port
+}
+
 /// Whether `wide` matches every packet `narrow` matches (same endpoint,
 /// peer and direction assumed).
 fn covers(wide: &PolicyMatch, narrow: &PolicyMatch) -> bool {
@@ -462,7 +584,11 @@ fn covers(wide: &PolicyMatch, narrow: &PolicyMatch) -> bool {
 /// with the longest match alone; NetworkPolicy alone needs no such merge
 /// (any allow is the verdict), so its entries stay as they were.
 fn merge_entries(mut entries: Vec<(PolicyMatch, Says, u32)>) -> Vec<(PolicyMatch, PolicyValue)> {
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    // By key alone (each tier keeps its best rule whatever the order),
+    // as one integer: tens of thousands of raw entries per endpoint under
+    // cluster rules that name every pod. Stable, so equal keys keep the
+    // order the rules were read in.
+    entries.sort_by_key(|e| order_key(&e.0));
     let mut keys: Vec<(PolicyMatch, Merged)> = Vec::new();
     for (k, says, rule) in entries {
         if keys.last().is_none_or(|(last, _)| *last != k) {
@@ -525,4 +651,31 @@ fn fingerprint(
         }
     }
     fp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The integer sorts exactly as the key does, and is equal only for equal keys.
+    #[test]
+    fn order_key_is_the_keys_order() {
+        let mut keys = Vec::new();
+        for endpoint in [0, 7, u32::MAX] {
+            for identity in [0, 256, u32::MAX] {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    for protocol in [None, Some(0), Some(6), Some(255)] {
+                        for port in [None, Some(PortBlock { start: 0, bits: 0 }), Some(PortBlock::single(80)), Some(PortBlock { start: 65535, bits: 16 })] {
+                            keys.push(PolicyMatch { endpoint, identity, direction, protocol, port });
+                        }
+                    }
+                }
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.cmp(b), order_key(a).cmp(&order_key(b)), "{a:?} vs {b:?}");
+            }
+        }
+    }
 }

@@ -27,7 +27,10 @@
 //!    selecting it give its isolation and its (peer identity, protocol,
 //!    port block) entries, ipBlocks split by [`cidr::partition`] into
 //!    classes. The result is memoized by a fingerprint of everything it
-//!    read; a [`Slice`] bounds how many are compiled per call.
+//!    read, and patched by identity when only its peer sets moved; a
+//!    [`Slice`] bounds how many are compiled per call. The entries stay
+//!    per endpoint ([`ByEndpoint`]) on their way to `sync`, which skips
+//!    the endpoints a compile did not touch.
 //!
 //! Between compiles, [`Engine::explain`] (`explain.rs`) reads what the
 //! stages kept to say why a flow is allowed or blocked: by rule (every
@@ -68,6 +71,7 @@
 //! API leaves to the implementation) Deny wins, then the policy first by
 //! name.
 
+pub mod by_endpoint;
 pub mod cidr;
 pub mod cluster_policy;
 mod endpoints;
@@ -89,6 +93,7 @@ pub use ports::{port_blocks, PortBlock, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 pub use selector::{Labels, Selector};
 
 use crate::store::Store;
+pub use by_endpoint::ByEndpoint;
 use endpoints::{EndpointInput, EndpointStage};
 use ipcache::IpcacheStage;
 use ipnet::IpNet;
@@ -302,7 +307,9 @@ pub type IdentityTable = BTreeMap<u32, IdentityLabels>;
 pub struct Desired {
     pub ipcache: BTreeMap<IpNet, IpcacheEntry>,
     pub endpoints: BTreeMap<u32, EndpointState>,
-    pub policy: BTreeMap<PolicyMatch, PolicyValue>,
+    /// Per endpoint: an unchanged endpoint's entries are shared between
+    /// compiles, so syncing skips them without a walk.
+    pub policy: ByEndpoint<PolicyMatch, PolicyValue>,
     /// Value: the class identity (>= [`ID_FIRST_CIDR`]), [`CIDR_NO_CLASS`] for holes.
     pub cidr: BTreeMap<CidrKey, u32>,
     /// Sorted by id.
@@ -356,6 +363,9 @@ pub struct CompileStats {
     pub peer_sets_patched: usize,
     pub endpoints_compiled: usize,
     pub endpoints_reused: usize,
+    /// Endpoints whose peer sets alone changed: only the entries of the
+    /// changed identities were compiled.
+    pub endpoints_patched: usize,
 }
 
 /// A container port name with its protocol and number.
@@ -404,6 +414,15 @@ impl Engine {
         self.identities.ids.get(namespace, labels)
     }
 
+    /// An engine that recompiles every endpoint whose inputs changed,
+    /// never patching: what patched compiles are checked against.
+    #[cfg(test)]
+    pub(crate) fn without_patching() -> Self {
+        let mut e = Engine::new();
+        e.endpoints.patching = false;
+        e
+    }
+
     pub fn last_stats(&self) -> CompileStats {
         self.stats
     }
@@ -437,8 +456,13 @@ impl Engine {
 
         // 4. Endpoints: each local endpoint's isolation and entries, within
         //    the slice's budget.
-        let input =
-            EndpointInput { endpoints: &found.endpoints, policies: &policies, universe: &found.universe, slice };
+        let input = EndpointInput {
+            endpoints: &found.endpoints,
+            policies: &policies,
+            universe: &found.universe,
+            changed: &found.changed,
+            slice,
+        };
         let mut endpoints = self.endpoints.run(input, &mut self.peer_sets, stats);
         // Not policy: read fresh each compile, never memoized with it.
         for ep in &found.endpoints {

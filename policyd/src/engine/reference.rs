@@ -126,7 +126,7 @@ pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerd
     let keys_of = |id: u32| {
         let from = super::PolicyMatch { endpoint: ep, identity: id, direction: dir, protocol: None, port: None };
         d.policy
-            .range(from..)
+            .range_from(from)
             .take_while(move |(k, _)| k.endpoint == ep && k.identity == id && k.direction == dir)
             .map(|(k, v)| (*k, *v))
             .collect::<Vec<_>>()

@@ -231,7 +231,7 @@ fn next_to_an_enforced_policy_an_audit_policy_widens_nothing() {
     assert!(!ing(&d, XA, "10.0.0.2", 80), "the audit policy's allow-all is not an allow");
     assert!(!would_drop(&d, XA, Ingress, "10.0.0.2", 80), "a real drop is not an audit one");
     assert!(eg(&d, XA, "10.0.1.1", 80) && !would_drop(&d, XA, Egress, "10.0.1.1", 80), "allowed by the audit rule");
-    assert!(d.policy.keys().all(|k| k.direction == Egress), "no ingress entry: {:?}", d.policy.keys());
+    assert!(d.policy.keys().all(|k| k.direction == Egress), "no ingress entry: {:?}", d.policy.keys().collect::<Vec<_>>());
 }
 
 /// Removing the annotation enforces the policy on the next compile (the

@@ -42,8 +42,10 @@ pub(super) struct Universe {
 /// The identity stage's result.
 pub(super) struct Identities<'s> {
     pub(super) universe: Universe,
-    /// Identities that appeared, vanished, or whose namespace's labels
-    /// changed since the previous compile.
+    /// Identities that appeared, vanished, or whose namespace's labels or
+    /// named ports changed since the previous compile: everything an
+    /// unchanged policy's entries for an identity depend on, besides the
+    /// endpoint itself.
     pub(super) changed: BTreeSet<u32>,
     /// This node's pod interfaces matched to their pods, by ifindex.
     pub(super) endpoints: Vec<LocalEp<'s>>,
@@ -218,7 +220,9 @@ impl IdentityStage {
                 changed.extend(uni.by_ns.get(ns).into_iter().flatten().copied());
             }
         }
-        uni.named_ports_version = old_uni.named_ports_version + u64::from(uni.named_ports != old_uni.named_ports);
+        let ports_changed = differing_keys(&old_uni.named_ports, &uni.named_ports);
+        uni.named_ports_version = old_uni.named_ports_version + u64::from(!ports_changed.is_empty());
+        changed.extend(ports_changed);
         for info in uni.identities.values() {
             self.ids.touch(info, generation);
         }
@@ -243,6 +247,13 @@ impl IdentityStage {
     pub(super) fn last(&self) -> &Universe {
         &self.previous
     }
+}
+
+/// Keys present in one map only, or with different values.
+fn differing_keys<V: PartialEq>(a: &BTreeMap<u32, V>, b: &BTreeMap<u32, V>) -> Vec<u32> {
+    let mut out: Vec<u32> = a.iter().filter(|(k, v)| b.get(k) != Some(*v)).map(|(k, _)| *k).collect();
+    out.extend(b.keys().filter(|k| !a.contains_key(k)));
+    out
 }
 
 /// Every namespace's labels, with the name label the API server sets.

@@ -301,3 +301,30 @@ fn rule_ids_name_the_cluster_policy_with_its_tier_and_action() {
     );
     assert_eq!(v.admin.rank, weir_bpf::abi::tier_rank(4, 0, weir_bpf::abi::TIER_DENY));
 }
+
+/// A pod label change under cluster rules that name every pod: the
+/// endpoint is patched (only the moved identities' entries compiled), the
+/// maps equal a full recompile's, and they decide the relabelled pod anew.
+#[test]
+fn a_pod_label_change_patches_the_endpoint_by_identity() {
+    let mut f = base();
+    let from_b = json!([{"action": "Deny", "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}}}]}]);
+    f.cluster_policy("deny-b", admin(1, json!({"namespaces": {}}), from_b, json!([])));
+    let every_pod = json!([{"action": "Accept", "from": [{"namespaces": {}}], "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]);
+    f.cluster_policy("every-pod", baseline(1, json!({"namespaces": {}}), every_pod, json!([])));
+    let (mut patched, mut recompiled) = (Engine::new(), Engine::without_patching());
+    let d = patched.compile(&f.store, &f.locals);
+    assert_eq!(d, recompiled.compile(&f.store, &f.locals));
+    assert!(!reference::judge(&d, XA, Ingress, YB.parse().unwrap(), TCP, 80));
+
+    f.pod("y", "b", &[("app", "new")], YB);
+    let d = patched.compile(&f.store, &f.locals);
+    let stats = patched.last_stats();
+    assert_eq!((stats.endpoints_patched, stats.endpoints_compiled), (1, 0), "{stats:?}");
+    assert_eq!(d, recompiled.compile(&f.store, &f.locals));
+    assert_eq!(recompiled.last_stats().endpoints_compiled, 1);
+    let id = patched.identity_of("y", &labels(&[("app", "new")])).unwrap();
+    assert!(d.policy.keys().any(|k| k.endpoint == XA && k.identity == id));
+    assert!(reference::judge(&d, XA, Ingress, YB.parse().unwrap(), TCP, 80));
+    assert!(!reference::judge(&d, XA, Ingress, XB.parse().unwrap(), TCP, 80), "x/b is still app=b");
+}

@@ -375,6 +375,30 @@ fn arb_tiered_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)
     (prop::collection::vec(arb_dense_pod(), 1..8), prop::collection::vec(policy, 1..5))
 }
 
+/// A change of pods or namespace labels alone, policies untouched: what
+/// the endpoint stage patches rather than recompiles.
+#[derive(Debug, Clone)]
+enum PodChange {
+    Relabel(usize, &'static str),
+    /// Its phase becomes Failed: it leaves the identities and the ipcache.
+    Finish(usize),
+    Add(PodSpec),
+    FlipNamespaceTier(usize),
+    /// Its named port changes: its identity's named ports may too.
+    Port(usize, Option<(String, &'static str, i32)>),
+}
+
+fn arb_pod_change() -> impl Strategy<Value = PodChange> {
+    prop_oneof![
+        3 => (0usize..8, prop::sample::select(vec!["a", "b", "c", "d"])).prop_map(|(i, app)| PodChange::Relabel(i, app)),
+        1 => (0usize..8).prop_map(PodChange::Finish),
+        2 => arb_dense_pod().prop_map(PodChange::Add),
+        1 => (0usize..3).prop_map(PodChange::FlipNamespaceTier),
+        2 => (0usize..8, prop::option::of((prop::sample::select(vec!["http", "dns"]).prop_map(String::from), prop::sample::select(vec!["TCP", "UDP"]), 79i32..82)))
+            .prop_map(|(i, port)| PodChange::Port(i, port)),
+    ]
+}
+
 /// NetworkPolicies crowded into two namespaces (so that audit and enforced
 /// ones select the same pods), and some cluster policies.
 fn arb_audit_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)>)> {
@@ -434,6 +458,47 @@ proptest! {
         let mut e2 = Engine::new();
         e2.compile(&f1.store, &f1.locals);
         prop_assert_eq!(&d2, &e2.compile(&f2.store, &f2.locals));
+    }
+
+    #[test]
+    fn patched_endpoints_equal_recompiled_ones_after_any_pod_changes(
+        (pods, pols) in arb_tiered_world(),
+        changes in prop::collection::vec(arb_pod_change(), 1..8),
+    ) {
+        let world = |pods: &[PodSpec], tiers: &[&str; 3]| {
+            let mut f = build(pods, &pols);
+            for (i, t) in tiers.iter().enumerate() {
+                f.ns(&format!("ns{i}"), &[("tier", t)]);
+            }
+            f
+        };
+        let (mut pods, mut tiers) = (pods, ["a", "b", "b"]);
+        let (mut patched, mut recompiled) = (Engine::new(), Engine::without_patching());
+        let f = world(&pods, &tiers);
+        prop_assert_eq!(patched.compile(&f.store, &f.locals), recompiled.compile(&f.store, &f.locals));
+        for change in changes {
+            match change {
+                PodChange::Relabel(i, app) => {
+                    let n = pods.len();
+                    pods[i % n].labels = vec![("app".to_string(), app.to_string())];
+                }
+                PodChange::Finish(i) => {
+                    let n = pods.len();
+                    pods[i % n].phase = "Failed";
+                }
+                PodChange::Add(p) => pods.push(p),
+                PodChange::FlipNamespaceTier(i) => tiers[i] = if tiers[i] == "a" { "b" } else { "a" },
+                PodChange::Port(i, port) => {
+                    let n = pods.len();
+                    pods[i % n].port = port;
+                }
+            }
+            let f = world(&pods, &tiers);
+            let d = patched.compile(&f.store, &f.locals);
+            // Same history, same numbers: equal to the entry.
+            prop_assert_eq!(&d, &recompiled.compile(&f.store, &f.locals));
+            prop_assert_eq!(canonical(&d), canonical(&Engine::new().compile(&f.store, &f.locals)));
+        }
     }
 
     #[test]
