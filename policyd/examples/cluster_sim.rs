@@ -67,6 +67,8 @@ struct Shape {
     namespaces: usize,
     changes: usize,
     pod_events_per_s: f64,
+    /// ClusterNetworkPolicies beside the NetworkPolicies ([`common::cluster_policy`]'s mix).
+    cluster_policies: usize,
 }
 
 impl Shape {
@@ -115,8 +117,15 @@ impl Shape {
     }
 
     fn parse(args: &[String]) -> Result<Shape, String> {
-        let mut shape =
-            Shape { pods: 10_000, policies: 1_000, nodes: 100, namespaces: 100, changes: 300, pod_events_per_s: 100.0 };
+        let mut shape = Shape {
+            pods: 10_000,
+            policies: 1_000,
+            nodes: 100,
+            namespaces: 100,
+            changes: 300,
+            pod_events_per_s: 100.0,
+            cluster_policies: 0,
+        };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| format!("{flag}: needs a value"))?;
@@ -127,6 +136,7 @@ impl Shape {
                 "--nodes" => shape.nodes = count()?,
                 "--namespaces" => shape.namespaces = count()?,
                 "--changes" => shape.changes = count()?,
+                "--cluster-policies" => shape.cluster_policies = count()?,
                 "--pod-events-per-s" => {
                     shape.pod_events_per_s =
                         value.parse().map_err(|_| format!("{flag} {value:?}: expected a number"))?
@@ -134,7 +144,7 @@ impl Shape {
                 _ => {
                     return Err(format!(
                         "unknown option {flag}: use --pods, --policies, --nodes, --namespaces, --changes, \
-                         --pod-events-per-s"
+                         --pod-events-per-s, --cluster-policies"
                     ))
                 }
             }
@@ -196,6 +206,7 @@ impl Cluster {
             let place = Place { node: g % shape.nodes, slot: g / shape.nodes };
             c.add_pod(g % shape.namespaces, g / shape.namespaces, place);
         }
+        common::add_cluster_policies(&mut c.store, shape.cluster_policies);
         c
     }
 
@@ -462,7 +473,7 @@ fn run(root: &Path, shape: Shape) -> Result<serde_json::Value> {
     let peak = mib(status_kib("VmHWM:"));
     let change_p99 = pct_ms(&mut all, 0.99);
     Ok(json!({
-        "pods": shape.pods, "policies": shape.policies, "nodes": shape.nodes, "namespaces": shape.namespaces,
+        "pods": shape.pods, "policies": shape.policies, "cluster_policies": shape.cluster_policies, "nodes": shape.nodes, "namespaces": shape.namespaces,
         "services": cluster.store.services.len(), "local_endpoints": cluster.locals.len(),
         "changes": shape.changes,
         "generate_ms": round1(generated_ms),

@@ -170,6 +170,15 @@ fn main() {
         });
         cnp_times.push(w, cpu);
         cnp_diff += diff.len();
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            eprintln!(
+                "cluster policy change {c} {}: {:?}, {} updates, {:?}",
+                cnp_names[(c * 37) % cnp_names.len()],
+                w,
+                diff.len(),
+                e.last_stats()
+            );
+        }
         prev = d;
     }
     println!(

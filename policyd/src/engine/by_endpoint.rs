@@ -187,11 +187,17 @@ mod tests {
             inserted.insert(k, v);
         }
         for m in [&collected, &inserted] {
-            assert_eq!(m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(), reference.clone().into_iter().collect::<Vec<_>>());
+            assert_eq!(
+                m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+                reference.clone().into_iter().collect::<Vec<_>>()
+            );
             assert_eq!(m.len(), reference.len());
             assert_eq!(m.get(&key(3, 400)), Some(&4));
             assert_eq!(m.get(&key(3, 401)), None);
-            assert_eq!(m.range_from(key(3, 401)).map(|(k, _)| *k).collect::<Vec<_>>(), [key(7, 256), key(7, 300), key(9, 0)]);
+            assert_eq!(
+                m.range_from(key(3, 401)).map(|(k, _)| *k).collect::<Vec<_>>(),
+                [key(7, 256), key(7, 300), key(9, 0)]
+            );
             assert_eq!(m.range_from(key(7, 256)).count(), 3);
         }
         assert_eq!(collected, inserted);

@@ -3,13 +3,17 @@
 //! block) entries; ipBlocks are split by [`cidr::partition`] into classes.
 //! Each endpoint's result is memoized by a [`Fingerprint`] of everything it
 //! read, and the endpoints whose inputs changed are compiled within the
-//! [`Slice`]'s budget, its `first` endpoints first. An endpoint whose only
-//! change is in its peer sets or its peers' named ports (identities
-//! appeared, vanished, or their namespace's labels or named ports changed)
-//! is patched: the entries of those identities alone are compiled again,
-//! the rest kept. Entries of one peer identity depend only on the rules
-//! whose peer sets hold it and on its own named ports, so the patch equals
-//! a full compile.
+//! [`Slice`]'s budget, its `first` endpoints first.
+//!
+//! Entries of one peer identity depend only on the rules whose peer sets
+//! hold it and on its named ports. So an endpoint whose change is one of
+//! identities is patched: the entries of those identities alone are
+//! compiled again and spliced into the rest. That is when identities
+//! appeared, vanished, or their namespace's labels or named ports changed,
+//! and when a selecting policy changed whose peers are all pod selectors
+//! (its old and new peer sets' identities). Anything else (another set of
+//! selecting policies, a changed wildcard or ipBlock peer, isolation or
+//! audit moving) compiles the endpoint whole.
 //!
 //! Takes an [`EndpointInput`] (the local endpoints from the identity stage,
 //! the [`Policies`] and [`PeerSets`] from the rule stage, the
@@ -99,18 +103,6 @@ struct Fingerprint {
     named_ports: u64,
 }
 
-impl Fingerprint {
-    /// Whether `self` differs from `old` only in what the identities
-    /// read (peer sets and the peers' named ports), which a patch by the
-    /// changed identities follows.
-    fn patchable_from(&self, old: &Fingerprint) -> bool {
-        self.identity == old.identity
-            && self.own_ports == old.own_ports
-            && self.policies == old.policies
-            && self.peer_sets.len() == old.peer_sets.len()
-    }
-}
-
 #[derive(Debug)]
 struct EndpointOut {
     state: EndpointState,
@@ -123,13 +115,55 @@ struct EndpointMemo {
     out: Arc<EndpointOut>,
     /// The compile that last brought it up to date.
     epoch: u64,
+    /// The policies selecting it then, in order.
+    selecting: Vec<Arc<CompiledPolicy>>,
 }
 
 /// How an endpoint whose inputs changed is brought up to date.
 enum Redo {
     Compile,
-    /// Only the entries of the changed identities.
-    Patch(Arc<EndpointOut>),
+    /// Only the entries of these identities, in the entries it had.
+    Patch(Arc<EndpointOut>, BTreeSet<u32>),
+}
+
+/// The peer identities whose entries can differ between an endpoint
+/// compiled with the policies `old` and one compiled with `new`, the
+/// universe having moved only by `changed`; None when the difference is
+/// not one of identities (another list of policies, or a changed policy
+/// with wildcard or ipBlock peers, whose entries are not per identity).
+/// A changed policy's rules name only the identities of its peer sets, old
+/// and new; an old set is read in the current universe, where it differs
+/// from what it was only by identities in `changed`.
+fn moved_identities(
+    old: &[Arc<CompiledPolicy>],
+    new: &[&Arc<CompiledPolicy>],
+    changed: &BTreeSet<u32>,
+    universe: &Universe,
+    peer_sets: &mut PeerSets,
+    stats: &mut CompileStats,
+) -> Option<BTreeSet<u32>> {
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut moved = changed.clone();
+    for (o, n) in old.iter().zip(new) {
+        if Arc::ptr_eq(o, n) || o.version == n.version {
+            continue;
+        }
+        if (&o.namespace, &o.name) != (&n.namespace, &n.name) {
+            return None;
+        }
+        for p in [&**o, &***n] {
+            for r in &p.rules {
+                let Peers::List(list) = &r.peers else { return None };
+                for pe in list {
+                    let PeerSpec::Pods(sel) = &pe.spec else { return None };
+                    moved.extend(peer_sets.get(sel, universe, stats).0.iter());
+                }
+            }
+        }
+    }
+    Some(moved)
 }
 
 /// What the maps hold for one local endpoint, as its last compile made it.
@@ -184,11 +218,21 @@ impl EndpointStage {
                 m.epoch = epoch;
                 continue;
             }
-            // Up to date as of the previous compile, and only what the
-            // identities read moved: `changed` is every identity it moved.
+            // Up to date as of the previous compile, the same pod, and what
+            // moved is a set of peer identities: patch theirs.
             let redo = match self.memo.get(&ep.ifindex) {
-                Some(m) if self.patching && m.epoch == previous_epoch && fp.patchable_from(&m.fp) => {
-                    Redo::Patch(m.out.clone())
+                Some(m)
+                    if self.patching
+                        && m.epoch == previous_epoch
+                        && (m.fp.identity, &m.fp.own_ports) == (fp.identity, &fp.own_ports) =>
+                {
+                    match moved_identities(&m.selecting, &selecting, changed, universe, peer_sets, stats) {
+                        // Most identities moved: a whole compile is cheaper.
+                        Some(moved) if moved.len() <= universe.identities.len() / 2 => {
+                            Redo::Patch(m.out.clone(), moved)
+                        }
+                        _ => Redo::Compile,
+                    }
                 }
                 _ => Redo::Compile,
             };
@@ -204,26 +248,31 @@ impl EndpointStage {
                 pending.insert(ep.ifindex);
                 continue;
             }
-            let out = match redo {
-                Redo::Compile => {
-                    let out = self.compile_endpoint(ep, &selecting, universe, None, peer_sets, stats);
-                    spent += out.policy.len() + out.cidr.len();
-                    stats.endpoints_compiled += 1;
-                    out
+            let patched = match redo {
+                Redo::Patch(old, moved) => {
+                    let new = self.compile_endpoint(ep, &selecting, universe, Some(&moved), peer_sets, stats);
+                    // Isolation or audit moved: every identity's entries may.
+                    (new.state == old.state).then(|| {
+                        spent += new.policy.len();
+                        stats.endpoints_patched += 1;
+                        EndpointOut {
+                            state: old.state,
+                            policy: Arc::new(splice(&old.policy, &new.policy, &moved)),
+                            cidr: old.cidr.clone(),
+                        }
+                    })
                 }
-                Redo::Patch(old) => {
-                    let new = self.compile_endpoint(ep, &selecting, universe, Some(changed), peer_sets, stats);
-                    spent += new.policy.len();
-                    stats.endpoints_patched += 1;
-                    EndpointOut {
-                        state: old.state,
-                        policy: Arc::new(splice(&old.policy, &new.policy, changed)),
-                        cidr: old.cidr.clone(),
-                    }
-                }
+                Redo::Compile => None,
             };
+            let out = patched.unwrap_or_else(|| {
+                let out = self.compile_endpoint(ep, &selecting, universe, None, peer_sets, stats);
+                spent += out.policy.len() + out.cidr.len();
+                stats.endpoints_compiled += 1;
+                out
+            });
             let out = Arc::new(out);
-            self.memo.insert(ep.ifindex, EndpointMemo { fp, out: out.clone(), epoch });
+            let selecting = selecting.into_iter().cloned().collect();
+            self.memo.insert(ep.ifindex, EndpointMemo { fp, out: out.clone(), epoch, selecting });
             outs[i] = Some(out);
         }
         self.memo.retain(|k, _| live_eps.contains(k));
@@ -586,8 +635,8 @@ fn covers(wide: &PolicyMatch, narrow: &PolicyMatch) -> bool {
 fn merge_entries(mut entries: Vec<(PolicyMatch, Says, u32)>) -> Vec<(PolicyMatch, PolicyValue)> {
     // By key alone (each tier keeps its best rule whatever the order),
     // as one integer: tens of thousands of raw entries per endpoint under
-    // cluster rules that name every pod. Stable, so equal keys keep the
-    // order the rules were read in.
+    // cluster rules that name every pod. Stable: the entries come as one
+    // sorted run per rule, which a stable sort merges.
     entries.sort_by_key(|e| order_key(&e.0));
     let mut keys: Vec<(PolicyMatch, Merged)> = Vec::new();
     for (k, says, rule) in entries {
@@ -665,7 +714,12 @@ mod tests {
             for identity in [0, 256, u32::MAX] {
                 for direction in [Direction::Ingress, Direction::Egress] {
                     for protocol in [None, Some(0), Some(6), Some(255)] {
-                        for port in [None, Some(PortBlock { start: 0, bits: 0 }), Some(PortBlock::single(80)), Some(PortBlock { start: 65535, bits: 16 })] {
+                        for port in [
+                            None,
+                            Some(PortBlock { start: 0, bits: 0 }),
+                            Some(PortBlock::single(80)),
+                            Some(PortBlock { start: 65535, bits: 16 }),
+                        ] {
                             keys.push(PolicyMatch { endpoint, identity, direction, protocol, port });
                         }
                     }

@@ -231,7 +231,11 @@ fn next_to_an_enforced_policy_an_audit_policy_widens_nothing() {
     assert!(!ing(&d, XA, "10.0.0.2", 80), "the audit policy's allow-all is not an allow");
     assert!(!would_drop(&d, XA, Ingress, "10.0.0.2", 80), "a real drop is not an audit one");
     assert!(eg(&d, XA, "10.0.1.1", 80) && !would_drop(&d, XA, Egress, "10.0.1.1", 80), "allowed by the audit rule");
-    assert!(d.policy.keys().all(|k| k.direction == Egress), "no ingress entry: {:?}", d.policy.keys().collect::<Vec<_>>());
+    assert!(
+        d.policy.keys().all(|k| k.direction == Egress),
+        "no ingress entry: {:?}",
+        d.policy.keys().collect::<Vec<_>>()
+    );
 }
 
 /// Removing the annotation enforces the policy on the next compile (the
@@ -1106,8 +1110,15 @@ fn one_policy_change_recompiles_that_policy_and_its_endpoints_only() {
     f.policy("x", "p", json!({"ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 80}]}]}));
     let d = e.compile(&f.store, &f.locals);
     let s = e.last_stats();
-    assert_eq!((s.policies_compiled, s.endpoints_compiled, s.endpoints_reused), (1, 1, 1));
+    // Its peers are pod selectors: x/a's entries are patched for their identities.
+    assert_eq!((s.policies_compiled, s.endpoints_patched, s.endpoints_compiled, s.endpoints_reused), (1, 1, 0, 1));
     assert_eq!(d, f.compile(), "incremental result equals a fresh compile");
+    // An ipBlock peer's entries are not per identity: compiled whole.
+    f.policy("x", "p", json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]}]}));
+    let d = e.compile(&f.store, &f.locals);
+    let s = e.last_stats();
+    assert_eq!((s.endpoints_patched, s.endpoints_compiled), (0, 1));
+    assert_eq!(d, f.compile());
 }
 
 #[test]

@@ -375,10 +375,12 @@ fn arb_tiered_world() -> impl Strategy<Value = (Vec<PodSpec>, Vec<(usize, Value)
     (prop::collection::vec(arb_dense_pod(), 1..8), prop::collection::vec(policy, 1..5))
 }
 
-/// A change of pods or namespace labels alone, policies untouched: what
-/// the endpoint stage patches rather than recompiles.
+/// A change of pods, namespace labels or one policy's spec: what the
+/// endpoint stage patches by identity where it can.
 #[derive(Debug, Clone)]
 enum PodChange {
+    /// Policy `.0`'s spec becomes `.1` if it is a cluster policy, else `.2`.
+    EditPolicy(usize, Value, Value),
     Relabel(usize, &'static str),
     /// Its phase becomes Failed: it leaves the identities and the ipcache.
     Finish(usize),
@@ -394,6 +396,7 @@ fn arb_pod_change() -> impl Strategy<Value = PodChange> {
         1 => (0usize..8).prop_map(PodChange::Finish),
         2 => arb_dense_pod().prop_map(PodChange::Add),
         1 => (0usize..3).prop_map(PodChange::FlipNamespaceTier),
+        3 => (0usize..5, arb_dense_cnp(), arb_dense_np()).prop_map(|(i, c, n)| PodChange::EditPolicy(i, c, n)),
         2 => (0usize..8, prop::option::of((prop::sample::select(vec!["http", "dns"]).prop_map(String::from), prop::sample::select(vec!["TCP", "UDP"]), 79i32..82)))
             .prop_map(|(i, port)| PodChange::Port(i, port)),
     ]
@@ -461,20 +464,20 @@ proptest! {
     }
 
     #[test]
-    fn patched_endpoints_equal_recompiled_ones_after_any_pod_changes(
+    fn patched_endpoints_equal_recompiled_ones_after_any_changes(
         (pods, pols) in arb_tiered_world(),
         changes in prop::collection::vec(arb_pod_change(), 1..8),
     ) {
-        let world = |pods: &[PodSpec], tiers: &[&str; 3]| {
-            let mut f = build(pods, &pols);
+        let world = |pods: &[PodSpec], pols: &[(usize, Value)], tiers: &[&str; 3]| {
+            let mut f = build(pods, pols);
             for (i, t) in tiers.iter().enumerate() {
                 f.ns(&format!("ns{i}"), &[("tier", t)]);
             }
             f
         };
-        let (mut pods, mut tiers) = (pods, ["a", "b", "b"]);
+        let (mut pods, mut pols, mut tiers) = (pods, pols, ["a", "b", "b"]);
         let (mut patched, mut recompiled) = (Engine::new(), Engine::without_patching());
-        let f = world(&pods, &tiers);
+        let f = world(&pods, &pols, &tiers);
         prop_assert_eq!(patched.compile(&f.store, &f.locals), recompiled.compile(&f.store, &f.locals));
         for change in changes {
             match change {
@@ -492,8 +495,13 @@ proptest! {
                     let n = pods.len();
                     pods[i % n].port = port;
                 }
+                PodChange::EditPolicy(i, cnp, np) => {
+                    let n = pols.len();
+                    let p = &mut pols[i % n];
+                    p.1 = if p.0 == CLUSTER { cnp } else { np };
+                }
             }
-            let f = world(&pods, &tiers);
+            let f = world(&pods, &pols, &tiers);
             let d = patched.compile(&f.store, &f.locals);
             // Same history, same numbers: equal to the entry.
             prop_assert_eq!(&d, &recompiled.compile(&f.store, &f.locals));
