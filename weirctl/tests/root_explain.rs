@@ -206,10 +206,12 @@ spec:
         lab_policies.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&["y-guard", "Admin", "7"])),
         "{lab_policies}"
     );
+    // Listed once the node has it, compiled (RULES) after its next compile.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let policies = loop {
         let p = get("policies");
-        if p.contains("y-guard") || std::time::Instant::now() > until {
+        let compiled = table_rows(&p).iter().any(|r| r["POLICY"] == "y-guard" && r["RULES"] != "-");
+        if compiled || std::time::Instant::now() > until {
             break p;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -381,22 +381,29 @@ impl EndpointStage {
                 }
             }
         }
-        let mut entries: Vec<(PolicyMatch, Says, u32)> = Vec::new();
-        let mut last: Option<(u32, Says)> = None;
+        let says =
+            |rule: u32| says_of.get(&rule).copied().unwrap_or(Says::NetworkPolicy((0, u32::MAX, u32::MAX, u32::MAX)));
+        let mut entries: Vec<(PolicyMatch, Merged)> = Vec::new();
+        let mut last: Option<(u32, Merged)> = None;
         let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
             let k = PolicyMatch { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
             // Consecutive entries almost always come from the same rule.
-            let says = match last {
-                Some((r, says)) if r == rule => says,
+            let m = match last {
+                Some((r, m)) if r == rule => m,
                 _ => {
-                    let says =
-                        says_of.get(&rule).copied().unwrap_or(Says::NetworkPolicy((0, u32::MAX, u32::MAX, u32::MAX)));
-                    last = Some((rule, says));
-                    says
+                    let m = Merged::of(says(rule), rule);
+                    last = Some((rule, m));
+                    m
                 }
             };
-            entries.push((k, says, rule));
+            entries.push((k, m));
         };
+        // Rules naming one peer set with the same ports say the same of
+        // each of its identities: what they say is merged once per set,
+        // and the set's entries made once (cluster rules naming every pod
+        // would otherwise repeat every identity once per rule).
+        type SetPorts = (*const Vec<u32>, Direction, PortEntry);
+        let mut per_set: HashMap<SetPorts, (Arc<Vec<u32>>, Merged)> = HashMap::new();
         // ipBlocks per direction: (block, port entries, rule).
         let mut blocks: [Vec<(cidr::Block, Vec<PortEntry>, u32)>; 2] = [Vec::new(), Vec::new()];
         let uni_named = &universe.named_ports;
@@ -463,20 +470,23 @@ impl EndpointStage {
                                 PeerSpec::Pods(sel) => {
                                     let set = &resolved_sets[&(sel as *const _)];
                                     let uniform = !(dir == Direction::Egress && r.uses_named_ports());
-                                    let shared = if uniform { resolve(&r.ports, dir, None) } else { Vec::new() };
+                                    if uniform {
+                                        for pp in resolve(&r.ports, dir, None) {
+                                            per_set
+                                                .entry((Arc::as_ptr(set), dir, pp))
+                                                .or_insert_with(|| (set.clone(), Merged::default()))
+                                                .1
+                                                .add(says(pe.rule_id), pe.rule_id);
+                                        }
+                                        continue;
+                                    }
                                     let ids: Box<dyn Iterator<Item = &u32>> = match only {
                                         None => Box::new(set.iter()),
                                         Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
                                     };
                                     for id in ids {
-                                        if uniform {
-                                            for pp in &shared {
-                                                put(*id, dir, *pp, pe.rule_id);
-                                            }
-                                        } else {
-                                            for pp in resolve(&r.ports, dir, Some(*id)) {
-                                                put(*id, dir, pp, pe.rule_id);
-                                            }
+                                        for pp in resolve(&r.ports, dir, Some(*id)) {
+                                            put(*id, dir, pp, pe.rule_id);
                                         }
                                     }
                                 }
@@ -524,6 +534,17 @@ impl EndpointStage {
             }
         }
         cidr_out.sort();
+        for ((_, dir, pp), (set, m)) in per_set {
+            let ids: Box<dyn Iterator<Item = &u32>> = match only {
+                None => Box::new(set.iter()),
+                Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
+            };
+            entries.extend(
+                ids.map(|id| {
+                    (PolicyMatch { endpoint: e, identity: *id, direction: dir, protocol: pp.0, port: pp.1 }, m)
+                }),
+            );
+        }
         EndpointOut { state, policy: Arc::new(merge_entries(entries)), cidr: cidr_out }
     }
 }
@@ -568,6 +589,12 @@ struct Merged {
 }
 
 impl Merged {
+    fn of(says: Says, rule: u32) -> Merged {
+        let mut m = Merged::default();
+        m.add(says, rule);
+        m
+    }
+
     fn add(&mut self, says: Says, rule: u32) {
         let (slot, order) = match says {
             Says::NetworkPolicy(o) => (&mut self.np, o),
@@ -632,18 +659,18 @@ fn covers(wide: &PolicyMatch, narrow: &PolicyMatch) -> bool {
 /// wider keys (same endpoint, peer, direction) say, since the trie answers
 /// with the longest match alone; NetworkPolicy alone needs no such merge
 /// (any allow is the verdict), so its entries stay as they were.
-fn merge_entries(mut entries: Vec<(PolicyMatch, Says, u32)>) -> Vec<(PolicyMatch, PolicyValue)> {
+fn merge_entries(mut entries: Vec<(PolicyMatch, Merged)>) -> Vec<(PolicyMatch, PolicyValue)> {
     // By key alone (each tier keeps its best rule whatever the order),
     // as one integer: tens of thousands of raw entries per endpoint under
     // cluster rules that name every pod. Stable: the entries come as one
     // sorted run per rule, which a stable sort merges.
     entries.sort_by_key(|e| order_key(&e.0));
     let mut keys: Vec<(PolicyMatch, Merged)> = Vec::new();
-    for (k, says, rule) in entries {
-        if keys.last().is_none_or(|(last, _)| *last != k) {
-            keys.push((k, Merged::default()));
+    for (k, m) in entries {
+        match keys.last_mut() {
+            Some((last, merged)) if *last == k => merged.absorb(&m),
+            _ => keys.push((k, m)),
         }
-        keys.last_mut().expect("just pushed").1.add(says, rule);
     }
     let mut out = Vec::with_capacity(keys.len());
     let mut start = 0;
