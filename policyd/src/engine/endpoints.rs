@@ -153,12 +153,17 @@ fn moved_identities(
         if (&o.namespace, &o.name) != (&n.namespace, &n.name) {
             return None;
         }
-        for p in [&**o, &***n] {
+        for (p, old) in [(&**o, true), (&***n, false)] {
             for r in &p.rules {
                 let Peers::List(list) = &r.peers else { return None };
                 for pe in list {
                     let PeerSpec::Pods(sel) = &pe.spec else { return None };
-                    moved.extend(peer_sets.get(sel, universe, stats).0.iter());
+                    // An old selector no longer cached (the sets were
+                    // cleared) is not evaluated again just for this.
+                    match old {
+                        true => moved.extend(peer_sets.cached(sel)?.iter()),
+                        false => moved.extend(peer_sets.get(sel, universe, stats).0.iter()),
+                    }
                 }
             }
         }

@@ -282,6 +282,12 @@ impl PeerSets {
         }
     }
 
+    /// The identities `sel` selects, if its set is cached (brought up to
+    /// date by every [`PeerSets::patch`]).
+    pub(super) fn cached(&self, sel: &PeerSelector) -> Option<&Arc<Vec<u32>>> {
+        self.sets.get(sel).map(|s| &s.ids)
+    }
+
     /// The identities `sel` selects in `universe`, and the set's version;
     /// evaluated and cached on first use.
     pub(super) fn get(
