@@ -685,13 +685,18 @@ fn merge_entries(mut entries: Vec<(PolicyMatch, Merged)>) -> Vec<(PolicyMatch, P
         let end = start + keys[start..].iter().take_while(|(k, _)| group(k) == g).count();
         let slice = &keys[start..end];
         let tiered = slice.iter().any(|(_, m)| m.admin.is_some() || m.baseline.is_some());
+        // Only a key wider than one port covers another key: a group of
+        // many single ports (a rule per port) stays linear.
+        let wide: Vec<&(PolicyMatch, Merged)> = if tiered {
+            slice.iter().filter(|(k, _)| k.port.is_none_or(|b| b.bits < 16)).collect()
+        } else {
+            Vec::new()
+        };
         for (k, m) in slice {
             let mut m = *m;
-            if tiered {
-                for (wide, wm) in slice {
-                    if wide != k && covers(wide, k) {
-                        m.absorb(wm);
-                    }
+            for (w, wm) in &wide {
+                if w != k && covers(w, k) {
+                    m.absorb(wm);
                 }
             }
             out.push((*k, m.value()));

@@ -150,6 +150,20 @@ fn rules_apply_in_order_and_a_wider_rule_reaches_narrower_keys() {
     assert!(!judge(&f, Ingress, YA, TCP, 80));
     assert!(judge(&f, Ingress, XB, TCP, 80));
     assert!(!judge(&f, Ingress, XB, TCP, 81));
+    // Wider keys of every width reach a single port: a Deny on a block of
+    // two ports (80-81), of sixteen (80-95), or on every TCP port, ahead of
+    // an Accept on port 80 of the same peer.
+    for deny in [json!({"range": {"start": 80, "end": 81}}), json!({"range": {"start": 80, "end": 95}}), json!(null)] {
+        let mut f = base();
+        let tcp = if deny.is_null() { json!({}) } else { json!({"destinationPort": deny}) };
+        let rules = json!([
+            {"action": "Deny", "from": [{"namespaces": {}}], "protocols": [{"tcp": tcp}]},
+            {"action": "Accept", "from": [{"namespaces": {}}], "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]},
+        ]);
+        f.cluster_policy("block", admin(7, x_a(), rules, json!([])));
+        assert!(!judge(&f, Ingress, YA, TCP, 80), "{tcp}");
+        assert!(judge(&f, Ingress, YA, UDP, 80), "{tcp}");
+    }
 }
 
 #[test]
