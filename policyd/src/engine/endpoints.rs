@@ -485,11 +485,7 @@ impl EndpointStage {
                                         }
                                         continue;
                                     }
-                                    let ids: Box<dyn Iterator<Item = &u32>> = match only {
-                                        None => Box::new(set.iter()),
-                                        Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
-                                    };
-                                    for id in ids {
+                                    for id in in_patch(set, only) {
                                         for pp in resolve(&r.ports, dir, Some(*id)) {
                                             put(*id, dir, pp, pe.rule_id);
                                         }
@@ -540,17 +536,22 @@ impl EndpointStage {
         }
         cidr_out.sort();
         for ((_, dir, pp), (set, m)) in per_set {
-            let ids: Box<dyn Iterator<Item = &u32>> = match only {
-                None => Box::new(set.iter()),
-                Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
-            };
             entries.extend(
-                ids.map(|id| {
+                in_patch(&set, only).map(|id| {
                     (PolicyMatch { endpoint: e, identity: *id, direction: dir, protocol: pp.0, port: pp.1 }, m)
                 }),
             );
         }
         EndpointOut { state, policy: Arc::new(merge_entries(entries)), cidr: cidr_out }
+    }
+}
+
+/// The identities of a sorted peer set an endpoint compile makes entries
+/// for: all of them, or, for a patch, those also in `only`.
+fn in_patch<'a>(set: &'a [u32], only: Option<&'a BTreeSet<u32>>) -> Box<dyn Iterator<Item = &'a u32> + 'a> {
+    match only {
+        None => Box::new(set.iter()),
+        Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
     }
 }
 
