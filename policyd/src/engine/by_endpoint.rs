@@ -46,7 +46,7 @@ impl<K, V> Default for ByEndpoint<K, V> {
     }
 }
 
-impl<K: EndpointKeyed, V: Clone> ByEndpoint<K, V> {
+impl<K: EndpointKeyed, V> ByEndpoint<K, V> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -82,10 +82,6 @@ impl<K: EndpointKeyed, V: Clone> ByEndpoint<K, V> {
         s.binary_search_by(|(x, _)| x.cmp(k)).ok().map(|i| &s[i].1)
     }
 
-    pub fn contains_key(&self, k: &K) -> bool {
-        self.get(k).is_some()
-    }
-
     /// Each endpoint's entries, by endpoint.
     pub fn shards(&self) -> impl Iterator<Item = (u32, &Shard<K, V>)> + '_ {
         self.shards.iter().map(|(e, s)| (*e, s))
@@ -108,34 +104,9 @@ impl<K: EndpointKeyed, V: Clone> ByEndpoint<K, V> {
             self.shards.insert(endpoint, shard);
         }
     }
-
-    /// Insert one entry (copies the endpoint's shard if it is shared).
-    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        let s = Arc::make_mut(self.shards.entry(k.endpoint()).or_default());
-        match s.binary_search_by(|(x, _)| x.cmp(&k)) {
-            Ok(i) => Some(std::mem::replace(&mut s[i].1, v)),
-            Err(i) => {
-                s.insert(i, (k, v));
-                self.len += 1;
-                None
-            }
-        }
-    }
-
-    pub fn remove(&mut self, k: &K) -> Option<V> {
-        let ep = k.endpoint();
-        let shard = self.shards.get_mut(&ep)?;
-        let i = shard.binary_search_by(|(x, _)| x.cmp(k)).ok()?;
-        let (_, v) = Arc::make_mut(shard).remove(i);
-        self.len -= 1;
-        if shard.is_empty() {
-            self.shards.remove(&ep);
-        }
-        Some(v)
-    }
 }
 
-impl<'a, K: EndpointKeyed, V: Clone> IntoIterator for &'a ByEndpoint<K, V> {
+impl<'a, K: EndpointKeyed, V> IntoIterator for &'a ByEndpoint<K, V> {
     type Item = (&'a K, &'a V);
     type IntoIter = Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>;
     fn into_iter(self) -> Self::IntoIter {
@@ -143,7 +114,7 @@ impl<'a, K: EndpointKeyed, V: Clone> IntoIterator for &'a ByEndpoint<K, V> {
     }
 }
 
-impl<K: EndpointKeyed, V: Clone> FromIterator<(K, V)> for ByEndpoint<K, V> {
+impl<K: EndpointKeyed, V> FromIterator<(K, V)> for ByEndpoint<K, V> {
     /// As `BTreeMap` collects: of equal keys the last wins.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let sorted: BTreeMap<K, V> = iter.into_iter().collect();
@@ -182,11 +153,13 @@ mod tests {
         let pairs = [(key(7, 300), 1), (key(3, 400), 2), (key(7, 256), 3), (key(3, 400), 4), (key(9, 0), 5)];
         let reference: BTreeMap<PolicyMatch, u32> = pairs.iter().copied().collect();
         let collected: ByEndpoint<PolicyMatch, u32> = pairs.iter().copied().collect();
-        let mut inserted = ByEndpoint::default();
-        for (k, v) in pairs {
-            inserted.insert(k, v);
+        // Built a shard at a time, in any order.
+        let mut by_shard = ByEndpoint::default();
+        for ep in [9, 3, 7] {
+            let shard: Vec<_> = reference.iter().filter(|(k, _)| k.endpoint == ep).map(|(k, v)| (*k, *v)).collect();
+            by_shard.set_shard(ep, Arc::new(shard));
         }
-        for m in [&collected, &inserted] {
+        for m in [&collected, &by_shard] {
             assert_eq!(
                 m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
                 reference.clone().into_iter().collect::<Vec<_>>()
@@ -200,19 +173,17 @@ mod tests {
             );
             assert_eq!(m.range_from(key(7, 256)).count(), 3);
         }
-        assert_eq!(collected, inserted);
+        assert_eq!(collected, by_shard);
         assert_eq!(collected.shards().map(|(e, s)| (e, s.len())).collect::<Vec<_>>(), [(3, 1), (7, 2), (9, 1)]);
 
-        // Removing an endpoint's last entry removes its shard; equality stays by content.
+        // An empty shard removes the endpoint; equality stays by content.
         let mut m = collected.clone();
-        assert_eq!(m.remove(&key(9, 0)), Some(5));
-        assert_eq!(m.remove(&key(9, 0)), None);
-        assert!(m.shard(9).is_none());
-        assert_eq!(m.len(), 3);
         m.set_shard(7, Arc::new(Vec::new()));
+        m.set_shard(9, Arc::new(Vec::new()));
+        assert!(m.shard(9).is_none());
         assert_eq!(m.len(), 1);
         assert_eq!(m, [(key(3, 400), 4)].into_iter().collect());
-        // The original kept its entries: shards are copied on write.
+        // The original kept its entries: shards are shared, never changed in place.
         assert_eq!(collected.len(), 4);
     }
 }

@@ -53,8 +53,8 @@ pub(super) struct EndpointInput<'a, 's> {
     pub(super) endpoints: &'a [LocalEp<'s>],
     pub(super) policies: &'a Policies<'s>,
     pub(super) universe: &'a Universe,
-    /// Identities whose peer set membership may have changed since the
-    /// previous compile (the identity stage's `changed`).
+    /// Identities whose peer set membership or named ports may have
+    /// changed since the previous compile (the identity stage's `changed`).
     pub(super) changed: &'a BTreeSet<u32>,
     pub(super) slice: &'a Slice,
 }
@@ -77,8 +77,8 @@ pub(super) struct EndpointStage {
     /// Compiles so far: a memo brought up to date by the previous one can
     /// be patched with this one's changed identities.
     epoch: u64,
-    /// Patch endpoints whose peer sets alone changed (off only in tests,
-    /// which compare the two ways).
+    /// Patch endpoints whose change is one of peer identities (off only in
+    /// tests, which compare the two ways).
     pub(super) patching: bool,
 }
 

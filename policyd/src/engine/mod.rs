@@ -27,7 +27,8 @@
 //!    selecting it give its isolation and its (peer identity, protocol,
 //!    port block) entries, ipBlocks split by [`cidr::partition`] into
 //!    classes. The result is memoized by a fingerprint of everything it
-//!    read, and patched by identity when only its peer sets moved; a
+//!    read, and patched by identity when what moved is a set of peer
+//!    identities (pods, namespace labels, a policy's pod peers); a
 //!    [`Slice`] bounds how many are compiled per call. The entries stay
 //!    per endpoint ([`ByEndpoint`]) on their way to `sync`, which skips
 //!    the endpoints a compile did not touch.
@@ -363,8 +364,8 @@ pub struct CompileStats {
     pub peer_sets_patched: usize,
     pub endpoints_compiled: usize,
     pub endpoints_reused: usize,
-    /// Endpoints whose peer sets alone changed: only the entries of the
-    /// changed identities were compiled.
+    /// Endpoints whose change was one of peer identities: only those
+    /// identities' entries were compiled.
     pub endpoints_patched: usize,
 }
 
