@@ -30,8 +30,9 @@
  * 4: weir_endpoint carries the pod's MAC and addresses.
  * 5: weir_ct_value carries the policy generation it was judged under;
  *    weir_config carries the current one.
- * 6: policy values carry Admin and Baseline tier verdicts. */
-#define WEIR_ABI_VERSION 6
+ * 6: policy values carry Admin and Baseline tier verdicts.
+ * 7: a peer wildcard is WEIR_ID_ANY_POD for pods, WEIR_ID_ANY for others. */
+#define WEIR_ABI_VERSION 7
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
 /* Written by user space last, once maps and programs are pinned (0: a load
@@ -39,12 +40,18 @@
  * compares it before touching any other pin. */
 
 /* ---- identities ------------------------------------------------------- */
-/* A policy key with identity WEIR_ID_ANY matches every peer. Never assigned. */
+/* Peer wildcards of the policy map, never assigned: a policy key with
+ * identity WEIR_ID_ANY_POD matches every pod (every label identity), one
+ * with WEIR_ID_ANY every other peer. A rule for every peer is written
+ * under both; one for every pod (namespaceSelector {} with podSelector {})
+ * under WEIR_ID_ANY_POD alone, one entry where it would otherwise take one
+ * per identity. */
 #define WEIR_ID_ANY 0
 /* This node: its addresses and the bridge gateway. Always allowed. */
 #define WEIR_ID_HOST 1
 /* Anything the ipcache has no more specific entry for. */
 #define WEIR_ID_WORLD 2
+#define WEIR_ID_ANY_POD 3
 /* Label identities (namespace + pod labels) start here. */
 #define WEIR_ID_FIRST_LABEL 256
 /* Per-endpoint ipBlock classes (see weir_cidr_key) start here. */
@@ -136,11 +143,15 @@ struct weir_endpoint {
  *   prefixlen == FIXED + 8        this protocol, any port
  *   prefixlen == FIXED + 8 + k    this protocol, ports sharing the top k bits
  * so a port range compiles to at most 30 aligned blocks and a lookup costs
- * the same whatever the number of rules. A peer wildcard is identity
- * WEIR_ID_ANY, a second lookup. Packets without ports (ICMP, fragments after
- * the first, unknown protocols) look up port 0, which only a port wildcard
- * matches: NetworkPolicy ports are 1..65535.
+ * the same whatever the number of rules. A peer wildcard is a second
+ * lookup, under WEIR_PEER_WILDCARD of the peer's identity. Packets without
+ * ports (ICMP, fragments after the first, unknown protocols) look up port
+ * 0, which only a port wildcard matches: NetworkPolicy ports are 1..65535.
  */
+/* The wildcard identity whose entries a peer of this identity matches: a
+ * pod's (label identity) WEIR_ID_ANY_POD, anything else's WEIR_ID_ANY. */
+#define WEIR_PEER_WILDCARD(identity)                                                                   \
+	((identity) >= WEIR_ID_FIRST_LABEL && (identity) < WEIR_ID_FIRST_CIDR ? WEIR_ID_ANY_POD : WEIR_ID_ANY)
 #define WEIR_DIR_INGRESS 0
 #define WEIR_DIR_EGRESS 1
 #define WEIR_POLICY_FIXED_BITS 72
@@ -163,7 +174,7 @@ struct weir_policy_key {
  *   - Admin and Baseline (ClusterNetworkPolicy): the rule of highest
  *     precedence, as a rank (lower first) and its rule id.
  * The program takes the best rank of each tier over its three lookups
- * (peer identity, ANY, ipBlock class), so the verdict still costs three
+ * (peer identity, peer wildcard, ipBlock class), so the verdict still costs three
  * lookups whatever the number of policies in any tier.
  */
 #define WEIR_VERDICT_ALLOW 1

@@ -7,7 +7,8 @@
  * (weir_abi.h) give port ranges and "any port/protocol" for free, each
  * preceded by the exact-match hash that holds single-port rules:
  *   1. (X, P.identity, D, proto, port)
- *   2. (X, ANY, D, proto, port)
+ *   2. (X, WEIR_PEER_WILDCARD(P.identity), D, proto, port): every pod, or
+ *      every other peer
  *   3. cidr (X, D, P.address) -> class identity C, then (X, C, D, proto, port)
  * An endpoint that only NetworkPolicy selects stops at the first allow. One
  * that a ClusterNetworkPolicy selects (TIERED) folds all three, then reads
@@ -117,7 +118,7 @@ static __always_inline __u8 judge(__u32 ep, const struct weir_endpoint *e, __u8 
 	 * (an audited endpoint's allow is an audit rule's: not a decision). */
 	if (!(f & WEIR_EP_INGRESS_TIERED) && acc.np_rule)
 		goto np_decided;
-	key.policy.identity = WEIR_ID_ANY;
+	key.policy.identity = WEIR_PEER_WILDCARD(peer_identity);
 	fold(&acc, policy_lookup(&key.policy));
 	if (!(f & WEIR_EP_INGRESS_TIERED) && acc.np_rule)
 		goto np_decided;

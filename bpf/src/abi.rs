@@ -16,14 +16,29 @@ use std::net::IpAddr;
 /// 4: the endpoint carries the pod's MAC and addresses.
 /// 5: conntrack entries carry the policy generation they were judged under.
 /// 6: policy values carry the Admin and Baseline tiers' verdicts.
-pub const ABI_VERSION: u32 = 6;
+/// 7: a peer wildcard is [`ID_ANY_POD`] for pods, [`ID_ANY`] for others.
+pub const ABI_VERSION: u32 = 7;
 
 // ---- identities -----------------------------------------------------------
+/// Policy key wildcard: every peer that is not a pod.
 pub const ID_ANY: u32 = 0;
 pub const ID_HOST: u32 = 1;
 pub const ID_WORLD: u32 = 2;
+/// Policy key wildcard: every pod (every label identity).
+pub const ID_ANY_POD: u32 = 3;
 pub const ID_FIRST_LABEL: u32 = 256;
 pub const ID_FIRST_CIDR: u32 = 1 << 24;
+
+/// The wildcard identity whose policy entries a peer of `identity` matches
+/// (`WEIR_PEER_WILDCARD`): [`ID_ANY_POD`] for a pod, [`ID_ANY`] otherwise.
+/// A rule for every peer is written under both.
+pub const fn peer_wildcard(identity: u32) -> u32 {
+    if identity >= ID_FIRST_LABEL && identity < ID_FIRST_CIDR {
+        ID_ANY_POD
+    } else {
+        ID_ANY
+    }
+}
 
 // ---- ipcache ----------------------------------------------------------------
 pub const IPCACHE_SERVICE: u32 = 1 << 0;

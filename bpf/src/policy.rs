@@ -83,7 +83,7 @@ pub fn port_range_blocks(lo: u16, hi: u16) -> Vec<PortBlock> {
 pub struct PolicyMatch {
     /// Host veth ifindex of the endpoint judged.
     pub endpoint: u32,
-    /// Peer identity; `ID_ANY` for every peer.
+    /// Peer identity; `ID_ANY_POD` for every pod, `ID_ANY` for every other peer.
     pub identity: u32,
     pub direction: Direction,
     /// None: any protocol and port.

@@ -66,7 +66,7 @@ fn generate() -> String {
     }
     check_consts!(c,
         ABI_VERSION => "WEIR_ABI_VERSION",
-        ID_ANY => "WEIR_ID_ANY", ID_HOST => "WEIR_ID_HOST", ID_WORLD => "WEIR_ID_WORLD",
+        ID_ANY => "WEIR_ID_ANY", ID_HOST => "WEIR_ID_HOST", ID_WORLD => "WEIR_ID_WORLD", ID_ANY_POD => "WEIR_ID_ANY_POD",
         ID_FIRST_LABEL => "WEIR_ID_FIRST_LABEL", ID_FIRST_CIDR => "WEIR_ID_FIRST_CIDR",
         IPCACHE_SERVICE => "WEIR_IPCACHE_SERVICE",
         EP_READY => "WEIR_EP_READY", EP_INGRESS_ISOLATED => "WEIR_EP_INGRESS_ISOLATED",
@@ -137,6 +137,21 @@ fn generate() -> String {
         let (rank, action) = (tier_rank(p, i, a), a);
         writeln!(c, "_Static_assert(WEIR_TIER_RANK({p}u, {i}u, {a}u) == {rank}u, \"WEIR_TIER_RANK\");").unwrap();
         writeln!(c, "_Static_assert(WEIR_TIER_ACTION({rank}u) == {action}u, \"WEIR_TIER_ACTION\");").unwrap();
+    }
+    // The peer wildcard, at every boundary of the label range.
+    for id in [
+        ID_ANY,
+        ID_HOST,
+        ID_WORLD,
+        ID_ANY_POD,
+        ID_FIRST_LABEL - 1,
+        ID_FIRST_LABEL,
+        ID_FIRST_CIDR - 1,
+        ID_FIRST_CIDR,
+        u32::MAX,
+    ] {
+        let w = peer_wildcard(id);
+        writeln!(c, "_Static_assert(WEIR_PEER_WILDCARD({id}u) == {w}u, \"WEIR_PEER_WILDCARD({id})\");").unwrap();
     }
     c
 }

@@ -178,12 +178,16 @@ fn root_port_ranges_match_exactly() {
 fn root_wildcard_peer_port_and_protocol() {
     let Some(e) = Env::new("wild") else { return };
     e.ep(e.b, ID_B, EP_READY | EP_INGRESS_ISOLATED);
-    // any peer, TCP 443
-    e.allow(e.b, ID_ANY, DIR_INGRESS, Some(TCP), Some((443, 443)));
+    // every pod, TCP 443; every other peer, TCP 8443
+    e.allow(e.b, ID_ANY_POD, DIR_INGRESS, Some(TCP), Some((443, 443)));
+    e.allow(e.b, ID_ANY, DIR_INGRESS, Some(TCP), Some((8443, 8443)));
     // remote pods: TCP any port
     e.allow(e.b, ID_R, DIR_INGRESS, Some(TCP), None);
-    assert!(e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 443, SYN)));
-    assert!(e.to(e.b, &pkt::tcp(ip("192.0.2.1"), 1, ip(B4), 443, SYN)), "world on the ANY rule");
+    let world = ip("192.0.2.1");
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 443, SYN)), "a pod on the every-pod rule");
+    assert!(!e.to(e.b, &pkt::tcp(world, 1, ip(B4), 443, SYN)), "the world is no pod");
+    assert!(e.to(e.b, &pkt::tcp(world, 1, ip(B4), 8443, SYN)), "the world on the ANY rule");
+    assert!(!e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 8443, SYN)), "a pod looks up ANY_POD, not ANY");
     assert!(!e.to(e.b, &pkt::tcp(ip(A4), 1, ip(B4), 444, SYN)));
     assert!(e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 1, SYN)));
     assert!(e.to(e.b, &pkt::tcp(ip(R4), 1, ip(B4), 65535, SYN)));
@@ -1199,7 +1203,7 @@ fn root_cluster_tiers_decide_admin_then_network_policy_then_baseline() {
     e.ep(e.b, ID_B, EP_READY | EP_INGRESS_TIERED);
     // Admin: deny TCP from A (priority 5), accept anyone's TCP/443 (priority 1).
     set(ID_A, Some(TCP), None, tiered(0, Some((tier_rank(5, 0, TIER_DENY), 21)), None));
-    set(ID_ANY, Some(TCP), Some(443), tiered(0, Some((tier_rank(1, 0, TIER_ACCEPT), 22)), None));
+    set(ID_ANY_POD, Some(TCP), Some(443), tiered(0, Some((tier_rank(1, 0, TIER_ACCEPT), 22)), None));
     for (s, d) in [(A4, B4), (A6, B6)] {
         e.expect(
             Hook::ToPod,
@@ -1215,7 +1219,7 @@ fn root_cluster_tiers_decide_admin_then_network_policy_then_baseline() {
             &pkt::as_seen_at(Hook::ToPod, e.mac(e.b), &pkt::tcp(ip(s), 1, ip(d), 443, SYN)),
             true,
             R_ALLOW_CLUSTER_POLICY,
-            "the better-ranked Accept of the ANY lookup",
+            "the better-ranked Accept of the every-pod lookup",
         );
         e.expect(
             Hook::ToPod,

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use weir_bpf::abi::{
     Endpoint, IpcacheValue, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_READY, ID_ANY,
-    ID_FIRST_CIDR, ID_HOST, ID_WORLD, IPCACHE_SERVICE,
+    ID_ANY_POD, ID_FIRST_CIDR, ID_FIRST_LABEL, ID_HOST, ID_WORLD, IPCACHE_SERVICE,
 };
 use weir_bpf::{pkt, Dataplane, Direction, Hook, PolicyMatch, TC_DROP, TC_PASS};
 
@@ -188,6 +188,7 @@ fn rules() -> Vec<Rule> {
         // e's ingress
         r(0, DIR_INGRESS, id(301), tcp, Some((80, 80))),
         r(0, DIR_INGRESS, id(ID_ANY), udp, Some((53, 53))),
+        r(0, DIR_INGRESS, id(ID_ANY_POD), udp, Some((5353, 5353))),
         r(0, DIR_INGRESS, block("192.168.0.0/16", &["192.168.1.0/24"]), sctp, Some((1000, 2000))),
         r(0, DIR_INGRESS, block("2001:db8::/32", &["2001:db8:1::/48"]), tcp, None),
         r(0, DIR_INGRESS, id(ID_REMOTE), None, None),
@@ -318,7 +319,10 @@ impl Node {
             r.pod == pod
                 && r.dir == dir
                 && match &r.peer {
-                    Peer::Identity(id) => *id == ID_ANY || *id == identity,
+                    // The wildcards: every pod (label identity), every other peer.
+                    Peer::Identity(ID_ANY_POD) => (ID_FIRST_LABEL..ID_FIRST_CIDR).contains(&identity),
+                    Peer::Identity(ID_ANY) => !(ID_FIRST_LABEL..ID_FIRST_CIDR).contains(&identity),
+                    Peer::Identity(id) => *id == identity,
                     Peer::Block(c, holes) => c.contains(&addr) && !holes.iter().any(|h| h.contains(&addr)),
                 }
                 && r.proto.is_none_or(|p| p == proto)

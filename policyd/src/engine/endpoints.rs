@@ -6,14 +6,16 @@
 //! [`Slice`]'s budget, its `first` endpoints first.
 //!
 //! Entries of one peer identity depend only on the rules whose peer sets
-//! hold it and on its named ports. So an endpoint whose change is one of
-//! identities is patched: the entries of those identities alone are
-//! compiled again and spliced into the rest. That is when identities
-//! appeared, vanished, or their namespace's labels or named ports changed,
-//! and when a selecting policy changed whose peers are all pod selectors
-//! (its old and new peer sets' identities). Anything else (another set of
-//! selecting policies, a changed wildcard or ipBlock peer, isolation or
-//! audit moving) compiles the endpoint whole.
+//! hold it and on its named ports; entries of a peer wildcard
+//! ([`ID_ANY_POD`], [`ID_ANY`]) only on the rules of every pod or every
+//! peer. So an endpoint whose change is one of identities is patched: the
+//! entries of those identities alone are compiled again and spliced into
+//! the rest. That is when identities appeared, vanished, or their
+//! namespace's labels or named ports changed, and when a selecting policy
+//! changed whose peers are pod selectors or wildcards (its old and new peer
+//! sets' identities, and the wildcards). Anything else (another set of
+//! selecting policies, a changed ipBlock peer, isolation or audit moving)
+//! compiles the endpoint whole.
 //!
 //! Takes an [`EndpointInput`] (the local endpoints from the identity stage,
 //! the [`Policies`] and [`PeerSets`] from the rule stage, the
@@ -26,7 +28,7 @@ use super::rules::{PeerSets, Policies};
 use super::universe::Universe;
 use super::{
     cidr, CidrKey, CompileStats, Direction, EndpointState, Labels, NamedPort, PolicyMatch, PolicyValue, PortBlock,
-    Slice, Tier, TierVerdict, CIDR_NO_CLASS, ID_ANY,
+    Slice, Tier, TierVerdict, CIDR_NO_CLASS, ID_ANY, ID_ANY_POD,
 };
 use crate::store::Key;
 use k8s_openapi::api::core::v1::Pod;
@@ -123,29 +125,36 @@ struct EndpointMemo {
 enum Redo {
     Compile,
     /// Only the entries of these identities, in the entries it had.
-    Patch(Arc<EndpointOut>, BTreeSet<u32>),
+    Patch(Arc<EndpointOut>, Moved),
 }
+
+/// Peer identities whose entries are compiled again, sorted.
+type Moved = Arc<Vec<u32>>;
+
+/// What one edit of a policy can move, by (old, new) policy version; None
+/// when it is not patchable. Shared by the endpoints the policy selects,
+/// so worked out once per compile.
+type Edits = HashMap<(u64, u64), Option<Moved>>;
 
 /// The peer identities whose entries can differ between an endpoint
 /// compiled with the policies `old` and one compiled with `new`, the
-/// universe having moved only by `changed`; None when the difference is
-/// not one of identities (another list of policies, or a changed policy
-/// with wildcard or ipBlock peers, whose entries are not per identity).
-/// A changed policy's rules name only the identities of its peer sets, old
-/// and new; an old set is read in the current universe, where it differs
-/// from what it was only by identities in `changed`.
+/// universe having moved only by `changed` (sorted); None when the
+/// difference is not one of identities (another list of policies, or a
+/// changed policy with ipBlock peers, whose entries are per address
+/// class).
 fn moved_identities(
     old: &[Arc<CompiledPolicy>],
     new: &[&Arc<CompiledPolicy>],
-    changed: &BTreeSet<u32>,
+    changed: &Moved,
+    edits: &mut Edits,
     universe: &Universe,
     peer_sets: &mut PeerSets,
     stats: &mut CompileStats,
-) -> Option<BTreeSet<u32>> {
+) -> Option<Moved> {
     if old.len() != new.len() {
         return None;
     }
-    let mut moved = changed.clone();
+    let mut parts: Vec<Moved> = Vec::new();
     for (o, n) in old.iter().zip(new) {
         if Arc::ptr_eq(o, n) || o.version == n.version {
             continue;
@@ -153,21 +162,71 @@ fn moved_identities(
         if (&o.namespace, &o.name) != (&n.namespace, &n.name) {
             return None;
         }
-        for (p, old) in [(&**o, true), (&***n, false)] {
-            for r in &p.rules {
-                let Peers::List(list) = &r.peers else { return None };
-                for pe in list {
-                    let PeerSpec::Pods(sel) = &pe.spec else { return None };
-                    // An old selector no longer cached (the sets were
-                    // cleared) is not evaluated again just for this.
-                    match old {
-                        true => moved.extend(peer_sets.cached(sel)?.iter()),
-                        false => moved.extend(peer_sets.get(sel, universe, stats).0.iter()),
-                    }
+        let part = match edits.get(&(o.version, n.version)) {
+            Some(part) => part.clone(),
+            None => {
+                let part = edit_moves(o, n, universe, peer_sets, stats).map(Arc::new);
+                edits.insert((o.version, n.version), part.clone());
+                part
+            }
+        };
+        parts.push(part?);
+    }
+    if parts.is_empty() {
+        return Some(changed.clone());
+    }
+    if parts.len() == 1 && changed.is_empty() {
+        return parts.pop();
+    }
+    let mut moved: Vec<u32> = changed.iter().chain(parts.iter().flat_map(|p| p.iter())).copied().collect();
+    moved.sort_unstable();
+    moved.dedup();
+    Some(Arc::new(moved))
+}
+
+/// The peer identities an edit of a policy can move entries of: its rules
+/// name only the identities of its peer sets, old and new, and the peer
+/// wildcards ([`ID_ANY`], [`ID_ANY_POD`]) for rules of every peer or every
+/// pod. An old set is read in the current universe, where it differs from
+/// what it was only by identities the caller adds (`changed`). None when
+/// entries of the edit are not per identity (ipBlocks, named ports of
+/// every peer).
+fn edit_moves(
+    old: &CompiledPolicy,
+    new: &CompiledPolicy,
+    universe: &Universe,
+    peer_sets: &mut PeerSets,
+    stats: &mut CompileStats,
+) -> Option<Vec<u32>> {
+    let mut moved = Vec::new();
+    for (p, is_old) in [(old, true), (new, false)] {
+        for r in &p.rules {
+            let list = match &r.peers {
+                // Named ports of every pod: entries per identity.
+                Peers::All { .. } if r.ports_per_peer() => return None,
+                Peers::All { .. } => {
+                    moved.extend([ID_ANY, ID_ANY_POD]);
+                    continue;
+                }
+                Peers::List(list) => list,
+            };
+            for pe in list {
+                let PeerSpec::Pods(sel) = &pe.spec else { return None };
+                if r.peer_is_wildcard(sel) {
+                    moved.push(ID_ANY_POD);
+                    continue;
+                }
+                // An old selector no longer cached (the sets were
+                // cleared) is not evaluated again just for this.
+                match is_old {
+                    true => moved.extend(peer_sets.cached(sel)?.iter()),
+                    false => moved.extend(peer_sets.get(sel, universe, stats).0.iter()),
                 }
             }
         }
     }
+    moved.sort_unstable();
+    moved.dedup();
     Some(moved)
 }
 
@@ -198,6 +257,8 @@ impl EndpointStage {
     ) -> Endpoints {
         let EndpointInput { endpoints: locals_ep, policies, universe, changed, slice } = input;
         let previous_epoch = self.epoch;
+        let changed: Moved = Arc::new(changed.iter().copied().collect());
+        let mut edits = Edits::new();
         self.epoch += 1;
         let epoch = self.epoch;
         // Per endpoint (in locals_ep order): its output, None while pending.
@@ -231,7 +292,7 @@ impl EndpointStage {
                         && m.epoch == previous_epoch
                         && (m.fp.identity, &m.fp.own_ports) == (fp.identity, &fp.own_ports) =>
                 {
-                    match moved_identities(&m.selecting, &selecting, changed, universe, peer_sets, stats) {
+                    match moved_identities(&m.selecting, &selecting, &changed, &mut edits, universe, peer_sets, stats) {
                         // Most identities moved: a whole compile is cheaper.
                         Some(moved) if moved.len() <= universe.identities.len() / 2 => {
                             Redo::Patch(m.out.clone(), moved)
@@ -304,14 +365,14 @@ impl EndpointStage {
     }
 
     /// Compile one endpoint; with `only`, just the entries of those peer
-    /// identities (no wildcard or ipBlock entries; the state and cidr
-    /// entries are left empty): a patch for [`splice`].
+    /// identities, the wildcards among them (no ipBlock entries; the state
+    /// and cidr entries are left empty): a patch for [`splice`].
     fn compile_endpoint(
         &mut self,
         ep: &LocalEp,
         selecting: &[&Arc<CompiledPolicy>],
         universe: &Universe,
-        only: Option<&BTreeSet<u32>>,
+        only: Option<&[u32]>,
         peer_sets: &mut PeerSets,
         stats: &mut CompileStats,
     ) -> EndpointOut {
@@ -351,8 +412,10 @@ impl EndpointStage {
                 if let Peers::List(list) = &r.peers {
                     for pe in list {
                         if let PeerSpec::Pods(sel) = &pe.spec {
-                            let set = peer_sets.get(sel, universe, stats).0;
-                            resolved_sets.insert(sel as *const _, set);
+                            if !r.peer_is_wildcard(sel) {
+                                let set = peer_sets.get(sel, universe, stats).0;
+                                resolved_sets.insert(sel as *const _, set);
+                            }
                         }
                     }
                 }
@@ -388,20 +451,19 @@ impl EndpointStage {
         }
         let says =
             |rule: u32| says_of.get(&rule).copied().unwrap_or(Says::NetworkPolicy((0, u32::MAX, u32::MAX, u32::MAX)));
-        let mut entries: Vec<(PolicyMatch, Merged)> = Vec::new();
-        let mut last: Option<(u32, Merged)> = None;
+        let mut raw = RawEntries::default();
+        let mut last: Option<(u32, u32)> = None;
         let mut put = |identity: u32, dir: Direction, pp: (Option<u8>, Option<PortBlock>), rule: u32| {
-            let k = PolicyMatch { endpoint: e, identity, direction: dir, protocol: pp.0, port: pp.1 };
             // Consecutive entries almost always come from the same rule.
             let m = match last {
                 Some((r, m)) if r == rule => m,
                 _ => {
-                    let m = Merged::of(says(rule), rule);
+                    let m = raw.says(Merged::of(says(rule), rule));
                     last = Some((rule, m));
                     m
                 }
             };
-            entries.push((k, m));
+            raw.keys.push((pack(identity, dir, pp), m));
         };
         // Rules naming one peer set with the same ports say the same of
         // each of its identities: what they say is merged once per set,
@@ -412,6 +474,9 @@ impl EndpointStage {
         // ipBlocks per direction: (block, port entries, rule).
         let mut blocks: [Vec<(cidr::Block, Vec<PortEntry>, u32)>; 2] = [Vec::new(), Vec::new()];
         let uni_named = &universe.named_ports;
+        // Whether entries of a peer wildcard are made: always, or in a
+        // patch that names it.
+        let wanted = |wildcard: u32| only.is_none_or(|o| o.binary_search(&wildcard).is_ok());
         // Ports of a rule towards one peer identity (None: a non-pod peer).
         let resolve = |ports: &[PortSpec], dir: Direction, peer: Option<u32>| -> Vec<(Option<u8>, Option<PortBlock>)> {
             let mut out = Vec::new();
@@ -449,10 +514,10 @@ impl EndpointStage {
                 let dir = r.direction;
                 match &r.peers {
                     Peers::All { rule_id } => {
-                        let has_named = dir == Direction::Egress && r.uses_named_ports();
-                        if only.is_none() {
+                        let has_named = r.ports_per_peer();
+                        for wildcard in [ID_ANY, ID_ANY_POD].into_iter().filter(|w| wanted(*w)) {
                             for pp in resolve(&r.ports, dir, None) {
-                                put(ID_ANY, dir, pp, *rule_id);
+                                put(wildcard, dir, pp, *rule_id);
                             }
                         }
                         if has_named {
@@ -472,10 +537,16 @@ impl EndpointStage {
                     Peers::List(list) => {
                         for pe in list {
                             match &pe.spec {
+                                PeerSpec::Pods(sel) if r.peer_is_wildcard(sel) => {
+                                    if wanted(ID_ANY_POD) {
+                                        for pp in resolve(&r.ports, dir, None) {
+                                            put(ID_ANY_POD, dir, pp, pe.rule_id);
+                                        }
+                                    }
+                                }
                                 PeerSpec::Pods(sel) => {
                                     let set = &resolved_sets[&(sel as *const _)];
-                                    let uniform = !(dir == Direction::Egress && r.uses_named_ports());
-                                    if uniform {
+                                    if !r.ports_per_peer() {
                                         for pp in resolve(&r.ports, dir, None) {
                                             per_set
                                                 .entry((Arc::as_ptr(set), dir, pp))
@@ -536,22 +607,21 @@ impl EndpointStage {
         }
         cidr_out.sort();
         for ((_, dir, pp), (set, m)) in per_set {
-            entries.extend(
-                in_patch(&set, only).map(|id| {
-                    (PolicyMatch { endpoint: e, identity: *id, direction: dir, protocol: pp.0, port: pp.1 }, m)
-                }),
-            );
+            let m = raw.says(m);
+            raw.keys.extend(in_patch(&set, only).map(|id| (pack(*id, dir, pp), m)));
         }
-        EndpointOut { state, policy: Arc::new(merge_entries(entries)), cidr: cidr_out }
+        EndpointOut { state, policy: Arc::new(raw.merge(e)), cidr: cidr_out }
     }
 }
 
 /// The identities of a sorted peer set an endpoint compile makes entries
 /// for: all of them, or, for a patch, those also in `only`.
-fn in_patch<'a>(set: &'a [u32], only: Option<&'a BTreeSet<u32>>) -> Box<dyn Iterator<Item = &'a u32> + 'a> {
+fn in_patch<'a>(set: &'a [u32], only: Option<&'a [u32]>) -> Box<dyn Iterator<Item = &'a u32> + 'a> {
+    // The smaller side walked, the larger searched.
     match only {
         None => Box::new(set.iter()),
-        Some(only) => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
+        Some(only) if only.len() <= set.len() => Box::new(only.iter().filter(|id| set.binary_search(id).is_ok())),
+        Some(only) => Box::new(set.iter().filter(|id| only.binary_search(id).is_ok())),
     }
 }
 
@@ -560,10 +630,10 @@ fn in_patch<'a>(set: &'a [u32], only: Option<&'a BTreeSet<u32>>) -> Box<dyn Iter
 fn splice(
     old: &[(PolicyMatch, PolicyValue)],
     new: &[(PolicyMatch, PolicyValue)],
-    changed: &BTreeSet<u32>,
+    changed: &[u32],
 ) -> Vec<(PolicyMatch, PolicyValue)> {
     let mut out = Vec::with_capacity(old.len() + new.len());
-    let mut kept = old.iter().filter(|(k, _)| !changed.contains(&k.identity)).peekable();
+    let mut kept = old.iter().filter(|(k, _)| changed.binary_search(&k.identity).is_err()).peekable();
     let mut new = new.iter().peekable();
     loop {
         let take_kept = match (kept.peek(), new.peek()) {
@@ -636,16 +706,96 @@ impl Merged {
     }
 }
 
-/// [`PolicyMatch`]'s order as one integer: endpoint, identity, direction,
-/// protocol (none first), port block (none first).
-fn order_key(k: &PolicyMatch) -> u128 {
-    let protocol = k.protocol.map_or(0, |p| 1 + u128::from(p));
-    let port = k.port.map_or(0, |b| 1 + ((u128::from(b.start) << 8) | u128::from(b.bits)));
-    (u128::from(k.endpoint) << 96)
-        | (u128::from(k.identity) << 64)
-        | ((k.direction as u128) << 48)
-        | (protocol << 32)
-        | port
+/// One endpoint's [`PolicyMatch`] without the endpoint, as one integer
+/// that sorts as the match does: identity (32 bits), direction (1),
+/// protocol (9: none first), port block (22: none first, then start and
+/// bits). Raw entries are sorted by it, small and with no comparison
+/// function to call.
+fn pack(identity: u32, direction: Direction, (protocol, port): PortEntry) -> u64 {
+    let protocol = protocol.map_or(0, |p| 1 + u64::from(p));
+    let port = port.map_or(0, |b| 1 + ((u64::from(b.start) << 5) | u64::from(b.bits)));
+    (u64::from(identity) << 32) | ((direction as u64) << 31) | (protocol << 22) | port
+}
+
+/// The match [`pack`] made, for endpoint `endpoint`.
+fn unpack(endpoint: u32, k: u64) -> PolicyMatch {
+    let direction = if (k >> 31) & 1 == 0 { Direction::Ingress } else { Direction::Egress };
+    let protocol = ((k >> 22) & 0x1ff) as u16;
+    let port = (k & 0x3f_ffff) as u32;
+    PolicyMatch {
+        endpoint,
+        identity: (k >> 32) as u32,
+        direction,
+        protocol: protocol.checked_sub(1).map(|p| p as u8),
+        port: port.checked_sub(1).map(|b| PortBlock { start: (b >> 5) as u16, bits: (b & 0x1f) as u8 }),
+    }
+}
+
+/// One endpoint's entries as its rules make them, before they are merged
+/// into one value per key: packed keys, each with the index of what its
+/// rule (or a peer set's rules) say.
+#[derive(Default)]
+struct RawEntries {
+    keys: Vec<(u64, u32)>,
+    said: Vec<Merged>,
+}
+
+impl RawEntries {
+    /// Keep what some rules say; its index for [`RawEntries::keys`].
+    fn says(&mut self, m: Merged) -> u32 {
+        self.said.push(m);
+        (self.said.len() - 1) as u32
+    }
+
+    /// One value per key: the best rule of each tier among those naming
+    /// the key. Where a cluster tier is involved, each key also takes what
+    /// its wider keys (same endpoint, peer, direction) say, since the trie
+    /// answers with the longest match alone; NetworkPolicy alone needs no
+    /// such merge (any allow is the verdict), so its entries stay as they
+    /// were.
+    fn merge(mut self, endpoint: u32) -> Vec<(PolicyMatch, PolicyValue)> {
+        // Each tier keeps its best rule whatever the order, so any sort
+        // by key will do: tens of thousands of raw entries per endpoint
+        // when cluster rules name large peer sets.
+        self.keys.sort_unstable_by_key(|(k, _)| *k);
+        let mut keys: Vec<(PolicyMatch, Merged)> = Vec::new();
+        let mut last = None;
+        for (k, m) in self.keys {
+            let m = &self.said[m as usize];
+            match keys.last_mut() {
+                Some((_, merged)) if last == Some(k) => merged.absorb(m),
+                _ => keys.push((unpack(endpoint, k), *m)),
+            }
+            last = Some(k);
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut start = 0;
+        while start < keys.len() {
+            let group = |k: &PolicyMatch| (k.endpoint, k.identity, k.direction);
+            let g = group(&keys[start].0);
+            let end = start + keys[start..].iter().take_while(|(k, _)| group(k) == g).count();
+            let slice = &keys[start..end];
+            let tiered = slice.iter().any(|(_, m)| m.admin.is_some() || m.baseline.is_some());
+            // Only a key wider than one port covers another key: a group of
+            // many single ports (a rule per port) stays linear.
+            let wide: Vec<&(PolicyMatch, Merged)> = if tiered {
+                slice.iter().filter(|(k, _)| k.port.is_none_or(|b| b.bits < 16)).collect()
+            } else {
+                Vec::new()
+            };
+            for (k, m) in slice {
+                let mut m = *m;
+                for (w, wm) in &wide {
+                    if w != k && covers(w, k) {
+                        m.absorb(wm);
+                    }
+                }
+                out.push((*k, m.value()));
+            }
+            start = end;
+        }
+        out
+    }
 }
 
 /// Whether `wide` matches every packet `narrow` matches (same endpoint,
@@ -658,53 +808,6 @@ fn covers(wide: &PolicyMatch, narrow: &PolicyMatch) -> bool {
             narrow.protocol == Some(p) && narrow.port.is_some_and(|n| b.start <= n.start && n.end() <= b.end())
         }
     }
-}
-
-/// One value per key: the best rule of each tier among those naming the
-/// key. Where a cluster tier is involved, each key also takes what its
-/// wider keys (same endpoint, peer, direction) say, since the trie answers
-/// with the longest match alone; NetworkPolicy alone needs no such merge
-/// (any allow is the verdict), so its entries stay as they were.
-fn merge_entries(mut entries: Vec<(PolicyMatch, Merged)>) -> Vec<(PolicyMatch, PolicyValue)> {
-    // By key alone (each tier keeps its best rule whatever the order),
-    // as one integer: tens of thousands of raw entries per endpoint under
-    // cluster rules that name every pod. Stable: the entries come as one
-    // sorted run per rule, which a stable sort merges.
-    entries.sort_by_key(|e| order_key(&e.0));
-    let mut keys: Vec<(PolicyMatch, Merged)> = Vec::new();
-    for (k, m) in entries {
-        match keys.last_mut() {
-            Some((last, merged)) if *last == k => merged.absorb(&m),
-            _ => keys.push((k, m)),
-        }
-    }
-    let mut out = Vec::with_capacity(keys.len());
-    let mut start = 0;
-    while start < keys.len() {
-        let group = |k: &PolicyMatch| (k.endpoint, k.identity, k.direction);
-        let g = group(&keys[start].0);
-        let end = start + keys[start..].iter().take_while(|(k, _)| group(k) == g).count();
-        let slice = &keys[start..end];
-        let tiered = slice.iter().any(|(_, m)| m.admin.is_some() || m.baseline.is_some());
-        // Only a key wider than one port covers another key: a group of
-        // many single ports (a rule per port) stays linear.
-        let wide: Vec<&(PolicyMatch, Merged)> = if tiered {
-            slice.iter().filter(|(k, _)| k.port.is_none_or(|b| b.bits < 16)).collect()
-        } else {
-            Vec::new()
-        };
-        for (k, m) in slice {
-            let mut m = *m;
-            for (w, wm) in &wide {
-                if w != k && covers(w, k) {
-                    m.absorb(wm);
-                }
-            }
-            out.push((*k, m.value()));
-        }
-        start = end;
-    }
-    out
 }
 
 /// Everything an endpoint's entries depend on, as versions: equal means
@@ -730,8 +833,11 @@ fn fingerprint(
             }
             if let Peers::List(list) = &r.peers {
                 for pe in list {
-                    if let PeerSpec::Pods(sel) = &pe.spec {
-                        fp.peer_sets.push(peer_sets.get(sel, universe, stats).1);
+                    match &pe.spec {
+                        PeerSpec::Pods(sel) if !r.peer_is_wildcard(sel) => {
+                            fp.peer_sets.push(peer_sets.get(sel, universe, stats).1)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -744,29 +850,32 @@ fn fingerprint(
 mod tests {
     use super::*;
 
-    /// The integer sorts exactly as the key does, and is equal only for equal keys.
+    /// The packed integer sorts exactly as the key does, is equal only for
+    /// equal keys, and unpacks to the key.
     #[test]
-    fn order_key_is_the_keys_order() {
+    fn packed_keys_sort_as_the_keys_and_unpack_to_them() {
         let mut keys = Vec::new();
-        for endpoint in [0, 7, u32::MAX] {
-            for identity in [0, 256, u32::MAX] {
-                for direction in [Direction::Ingress, Direction::Egress] {
-                    for protocol in [None, Some(0), Some(6), Some(255)] {
-                        for port in [
-                            None,
-                            Some(PortBlock { start: 0, bits: 0 }),
-                            Some(PortBlock::single(80)),
-                            Some(PortBlock { start: 65535, bits: 16 }),
-                        ] {
-                            keys.push(PolicyMatch { endpoint, identity, direction, protocol, port });
-                        }
+        for identity in [0, 3, 256, u32::MAX] {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for protocol in [None, Some(0), Some(6), Some(255)] {
+                    for port in [
+                        None,
+                        Some(PortBlock { start: 0, bits: 0 }),
+                        Some(PortBlock { start: 0, bits: 16 }),
+                        Some(PortBlock::single(80)),
+                        Some(PortBlock { start: 32768, bits: 1 }),
+                        Some(PortBlock { start: 65535, bits: 16 }),
+                    ] {
+                        keys.push(PolicyMatch { endpoint: 7, identity, direction, protocol, port });
                     }
                 }
             }
         }
+        let packed = |k: &PolicyMatch| pack(k.identity, k.direction, (k.protocol, k.port));
         for a in &keys {
+            assert_eq!(unpack(7, packed(a)), *a);
             for b in &keys {
-                assert_eq!(a.cmp(b), order_key(a).cmp(&order_key(b)), "{a:?} vs {b:?}");
+                assert_eq!(a.cmp(b), packed(a).cmp(&packed(b)), "{a:?} vs {b:?}");
             }
         }
     }

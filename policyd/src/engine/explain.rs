@@ -22,8 +22,8 @@ use super::endpoints::CompiledEndpoint;
 use super::policy::{CompiledPolicy, CompiledRule, PeerSpec, Peers, PortSpec};
 use super::universe::pod_named_ports;
 use super::{
-    Action, CompileStats, Direction, Engine, IdentityLabels, IpcacheEntry, Labels, PolicyValue, Tier, TierVerdict,
-    CIDR_NO_CLASS, ID_ANY, ID_FIRST_CIDR, ID_HOST, ID_WORLD,
+    peer_wildcard, Action, CompileStats, Direction, Engine, IdentityLabels, IpcacheEntry, Labels, PolicyValue, Tier,
+    TierVerdict, CIDR_NO_CLASS, ID_FIRST_CIDR, ID_HOST, ID_WORLD,
 };
 use crate::store::{Key, Store};
 use ipnet::IpNet;
@@ -441,8 +441,12 @@ impl Engine {
                 .map(|(_, v)| *v)
         };
         let class = cover.map(|(_, c)| *c).filter(|c| *c != CIDR_NO_CLASS && *c >= ID_FIRST_CIDR);
-        let found = [("identity", Some(peer.identity)), ("any peer", Some(ID_ANY)), ("ipBlock class", class)]
-            .map(|(via, id)| (via, id.and_then(lookup)));
+        let found = [
+            ("identity", Some(peer.identity)),
+            ("any peer", Some(peer_wildcard(peer.identity))),
+            ("ipBlock class", class),
+        ]
+        .map(|(via, id)| (via, id.and_then(lookup)));
         // Fold as the program does: per tier the best rank, the first
         // NetworkPolicy allow.
         let best = |tier: fn(&PolicyValue) -> TierVerdict| {

@@ -104,11 +104,12 @@ use std::sync::Arc;
 use universe::IdentityStage;
 use weir_common::registry::EndpointRecord;
 
-/// Reserved identities, from the map ABI: [`ID_ANY`] (a policy entry
-/// matching every peer, never assigned), [`ID_HOST`] (this node),
-/// [`ID_WORLD`] (anything without a more specific ipcache entry), and where
-/// label and ipBlock-class identities start.
-pub use weir_bpf::abi::{ID_ANY, ID_FIRST_CIDR, ID_FIRST_LABEL, ID_HOST, ID_WORLD};
+/// Reserved identities, from the map ABI: the policy entry wildcards
+/// [`ID_ANY_POD`] (every pod) and [`ID_ANY`] (every other peer), never
+/// assigned, which [`peer_wildcard`] picks for a peer; [`ID_HOST`] (this
+/// node); [`ID_WORLD`] (anything without a more specific ipcache entry);
+/// and where label and ipBlock-class identities start.
+pub use weir_bpf::abi::{peer_wildcard, ID_ANY, ID_ANY_POD, ID_FIRST_CIDR, ID_FIRST_LABEL, ID_HOST, ID_WORLD};
 /// A policy map entry's match and the direction it judges: the dataplane
 /// crate owns their encoding.
 pub use weir_bpf::{Direction, PolicyMatch};

@@ -26,6 +26,14 @@ pub struct PeerSelector {
     pub pods: Selector,
 }
 
+impl PeerSelector {
+    /// Every pod of every namespace (`namespaceSelector: {}` with no or an
+    /// empty podSelector): one wildcard entry, whatever the pods.
+    pub fn is_every_pod(&self) -> bool {
+        matches!(&self.namespaces, NsScope::Matching(n) if n.is_everything()) && self.pods.is_everything()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerSpec {
     Pods(PeerSelector),
@@ -87,6 +95,18 @@ pub struct CompiledRule {
 impl CompiledRule {
     pub fn uses_named_ports(&self) -> bool {
         self.ports.iter().any(PortSpec::is_named)
+    }
+
+    /// Whether its ports depend on which peer pod it is: named ports on
+    /// egress are the peer's own.
+    pub fn ports_per_peer(&self) -> bool {
+        self.direction == Direction::Egress && self.uses_named_ports()
+    }
+
+    /// Whether its peer `sel` compiles to the every-pod wildcard entry
+    /// ([`super::ID_ANY_POD`]) rather than to an entry per identity.
+    pub fn peer_is_wildcard(&self, sel: &PeerSelector) -> bool {
+        sel.is_every_pod() && !self.ports_per_peer()
     }
 }
 

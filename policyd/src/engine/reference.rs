@@ -21,7 +21,7 @@
 
 use super::cidr::{self, parse_cidr};
 use super::ports::{protocol_number, valid_port_name};
-use super::{Desired, Direction, ID_ANY, ID_HOST, NAMESPACE_NAME_LABEL};
+use super::{peer_wildcard, Desired, Direction, ID_HOST, NAMESPACE_NAME_LABEL};
 use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicyProtocol, NamespacedPod, Port};
 use crate::store::{Key, Store};
 use ipnet::IpNet;
@@ -132,7 +132,8 @@ pub fn maps_allow(d: &Desired, ep: u32, dir: Direction, peer: IpAddr) -> MapVerd
             .collect::<Vec<_>>()
     };
     // An address the ipcache does not know is WORLD.
-    let mut lookups = vec![keys_of(identity.unwrap_or(super::ID_WORLD)), keys_of(ID_ANY)];
+    let identity = identity.unwrap_or(super::ID_WORLD);
+    let mut lookups = vec![keys_of(identity), keys_of(peer_wildcard(identity))];
     let class = cidr::lpm(
         d.cidr.iter().filter(|(k, _)| k.endpoint == ep && k.direction == dir).map(|(k, v)| (&k.net, *v)),
         peer,

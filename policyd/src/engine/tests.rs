@@ -1,6 +1,6 @@
 //! The engine against the NetworkPolicy spec, one rule per test, judged
-//! the way the dataplane judges (weir_abi.h: identity, then ANY, then the
-//! ipBlock class), so the tests check behaviour rather than map layout.
+//! the way the dataplane judges (weir_abi.h: identity, then the peer
+//! wildcard, then the ipBlock class), so the tests check behaviour rather than map layout.
 
 use super::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -358,9 +358,9 @@ fn egress_type_with_no_rules_denies_all_egress() {
 fn empty_rule_object_allows_everything() {
     let d = base().policy("x", "p", json!({"ingress": [{}]})).compile();
     assert!(ing(&d, XA, "10.0.1.2", 1) && judge(&d, XA, Ingress, "203.0.113.9", UDP, 9));
-    assert_eq!(d.policy.len(), 1);
-    let k = d.policy.keys().next().unwrap();
-    assert_eq!((k.identity, k.protocol, k.port), (ID_ANY, None, None));
+    // One entry per peer wildcard: every pod, every other peer.
+    let keys: Vec<_> = d.policy.keys().map(|k| (k.identity, k.protocol, k.port)).collect();
+    assert_eq!(keys, [(ID_ANY, None, None), (ID_ANY_POD, None, None)]);
 }
 
 #[test]
@@ -576,12 +576,34 @@ fn protocol_without_port_allows_every_port_of_it() {
     assert_eq!((k.protocol, k.port), (Some(UDP), None));
 }
 
+/// `namespaceSelector: {}` names every pod: one entry under the every-pod
+/// wildcard, which matches pods only (the world is not a pod), and which a
+/// new pod anywhere (its Namespace not seen yet) matches with no compile.
+#[test]
+fn a_peer_of_every_pod_is_one_wildcard_entry() {
+    let mut f = base();
+    f.policy("x", "p", json!({"ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 80}]}]}));
+    let mut e = Engine::new();
+    let d = e.compile(&f.store, &f.locals);
+    let keys: Vec<_> = d.policy.keys().map(|k| (k.endpoint, k.identity, k.port)).collect();
+    assert_eq!(keys, [(XA, ID_ANY_POD, Some(PortBlock::single(80)))]);
+    assert!(ing(&d, XA, "10.0.1.2", 80) && ing(&d, XA, "10.0.0.2", 80) && !ing(&d, XA, "10.0.1.2", 81));
+    assert!(!ing(&d, XA, "203.0.113.9", 80), "the world is no pod");
+    f.pod("z", "new", &[("app", "n")], "10.0.2.9");
+    let d = e.compile(&f.store, &f.locals);
+    let stats = e.last_stats();
+    assert_eq!((stats.endpoints_compiled, stats.endpoints_patched), (0, 0), "{stats:?}");
+    assert!(ing(&d, XA, "10.0.2.9", 80));
+    assert_eq!(d, f.compile());
+}
+
 #[test]
 fn end_port_allows_the_inclusive_range() {
     let d = base().policy("x", "p", json!({"ingress": [{"ports": [{"port": 1000, "endPort": 1999}]}]})).compile();
     assert!(ing(&d, XA, "10.0.0.2", 1000) && ing(&d, XA, "10.0.0.2", 1999) && ing(&d, XA, "10.0.0.2", 1500));
     assert!(!ing(&d, XA, "10.0.0.2", 999) && !ing(&d, XA, "10.0.0.2", 2000));
-    assert_eq!(d.policy.len(), port_blocks(1000, 1999).len());
+    // Under both peer wildcards.
+    assert_eq!(d.policy.len(), 2 * port_blocks(1000, 1999).len());
 }
 
 #[test]
@@ -1257,11 +1279,12 @@ fn diff_lists_upserts_and_removals() {
     f.policy("x", "p", json!({"ingress": [{"ports": [{"port": 80}]}]}));
     let d2 = e.compile(&f.store, &f.locals);
     let diff = DesiredDiff::between(&d1, &d2);
-    assert_eq!(diff.policy.upsert.len(), 1);
+    // The rule's entry under each peer wildcard.
+    assert_eq!(diff.policy.upsert.len(), 2);
     assert_eq!(diff.endpoints.upsert.len(), 1);
     assert!(diff.ipcache.is_empty() && diff.policy.remove.is_empty());
     let back = DesiredDiff::between(&d2, &d1);
-    assert_eq!(back.policy.remove.len(), 1);
+    assert_eq!(back.policy.remove.len(), 2);
     assert!(DesiredDiff::between(&d2, &d2).is_empty());
 }
 

@@ -337,8 +337,50 @@ fn a_pod_label_change_patches_the_endpoint_by_identity() {
     assert_eq!((stats.endpoints_patched, stats.endpoints_compiled), (1, 0), "{stats:?}");
     assert_eq!(d, recompiled.compile(&f.store, &f.locals));
     assert_eq!(recompiled.last_stats().endpoints_compiled, 1);
+    // The every-pod Accept is one wildcard entry: the new identity has none.
     let id = patched.identity_of("y", &labels(&[("app", "new")])).unwrap();
-    assert!(d.policy.keys().any(|k| k.endpoint == XA && k.identity == id));
+    assert!(!d.policy.keys().any(|k| k.endpoint == XA && k.identity == id));
+    assert!(d.policy.keys().any(|k| k.endpoint == XA && k.identity == ID_ANY_POD));
     assert!(reference::judge(&d, XA, Ingress, YB.parse().unwrap(), TCP, 80));
     assert!(!reference::judge(&d, XA, Ingress, XB.parse().unwrap(), TCP, 80), "x/b is still app=b");
+}
+
+/// A priority move of a cluster policy denying every pod patches the
+/// every-pod wildcard's entries (with its other peers' identities) rather
+/// than compiling the endpoint whole, and so does an edit of a rule of
+/// every peer (both wildcards); the maps equal a whole compile's and
+/// decide by the new order.
+#[test]
+fn an_edited_wildcard_rule_patches_the_wildcard_entries() {
+    let mut f = base();
+    let deny_all = json!([{"action": "Deny", "from": [{"namespaces": {}}, x_a()]}]);
+    f.cluster_policy("deny-all", admin(5, json!({"namespaces": {}}), deny_all, json!([])));
+    f.cluster_policy("accept-y", admin(3, json!({"namespaces": {}}), json!([from_ns("y", "Accept")]), json!([])));
+    f.policy("x", "open", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}));
+    let (mut patched, mut recompiled) = (Engine::new(), Engine::without_patching());
+    let d = patched.compile(&f.store, &f.locals);
+    assert!(reference::judge(&d, XA, Ingress, YB.parse().unwrap(), TCP, 80), "accept-y ranks first");
+
+    type Edit = (&'static str, fn(&mut Fixture));
+    let edits: [Edit; 2] = [
+        ("priority move", |f| {
+            let cnp = f.store.cluster_policies.get_mut("deny-all").unwrap();
+            cnp.spec.priority = 1;
+            cnp.metadata.resource_version = Some("2".into());
+        }),
+        ("every-peer rule", |f| {
+            f.policy("x", "open", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 81}]}]}));
+        }),
+    ];
+    let mut d = d;
+    for (what, edit) in edits {
+        edit(&mut f);
+        d = patched.compile(&f.store, &f.locals);
+        let stats = patched.last_stats();
+        assert_eq!((stats.endpoints_patched, stats.endpoints_compiled), (1, 0), "{what}: {stats:?}");
+        assert_eq!(d, recompiled.compile(&f.store, &f.locals), "{what}");
+    }
+    assert!(!reference::judge(&d, XA, Ingress, YB.parse().unwrap(), TCP, 80), "deny-all now ranks first");
+    let ports: Vec<_> = d.policy.keys().filter(|k| k.endpoint == XA && k.identity == ID_ANY).map(|k| k.port).collect();
+    assert_eq!(ports, [Some(PortBlock::single(81))], "the every-peer rule's new port, under ANY");
 }
