@@ -318,11 +318,11 @@ struct Agent {
     metrics: Arc<Metrics>,
     slice_budget: usize,
     identities_file: PathBuf,
-    last_identities: IdentityTable,
+    last_identities: std::sync::Arc<IdentityTable>,
     last_diagnostics: BTreeSet<Diagnostic>,
     unmatched: UnmatchedWatch,
     /// The last compile's rules, for the flow log's names.
-    last_rules: Vec<crate::engine::RuleInfo>,
+    last_rules: std::sync::Arc<Vec<crate::engine::RuleInfo>>,
     /// This node's endpoints (host veth ifindex) to their pods, as of the
     /// last compile: what the counters' per-namespace and per-policy views
     /// read.
@@ -389,7 +389,7 @@ impl Agent {
             last_identities: Default::default(),
             last_diagnostics: BTreeSet::new(),
             unmatched: UnmatchedWatch::default(),
-            last_rules: Vec::new(),
+            last_rules: Default::default(),
             last_endpoint_pods: HashMap::new(),
             realized: Default::default(),
             drop_counts: HashMap::new(),
@@ -529,7 +529,10 @@ impl Agent {
     }
 
     fn persist_identities(&mut self, desired: &Desired) {
-        if desired.identities == self.last_identities {
+        // The same table handed on (no identity came or went) is not compared.
+        if std::sync::Arc::ptr_eq(&desired.identities, &self.last_identities)
+            || desired.identities == self.last_identities
+        {
             return;
         }
         let rows: Vec<_> = desired.identities.iter().map(|(id, l)| (*id, &l.namespace, &l.labels)).collect();

@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// (namespace, name) of a namespaced object.
 pub type Key = (String, String);
@@ -16,11 +18,109 @@ pub type Key = (String, String);
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<Key, Pod>,
+    pub pods: Pods,
     pub services: BTreeMap<Key, Service>,
     pub policies: BTreeMap<Key, NetworkPolicy>,
     pub nodes: BTreeMap<String, Node>,
     pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
+}
+
+/// The pods by key: a map that stamps its writes, so that a reader can
+/// tell that nothing changed since it last looked without walking a
+/// cluster's pods. Reads go through `Deref`; every write goes through a
+/// method here, which is what makes the stamp trustworthy.
+#[derive(Debug, Default)]
+pub struct Pods {
+    map: BTreeMap<Key, Pod>,
+    stamp: Stamp,
+}
+
+/// Which pod map and how many writes it has had: two equal stamps, read
+/// at two moments, mean the same contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    map: u64,
+    writes: u64,
+}
+
+impl Default for Stamp {
+    /// A map never seen before: a fresh number, so a new or cloned map
+    /// never shares a stamp with another one.
+    fn default() -> Self {
+        static MAPS: AtomicU64 = AtomicU64::new(1);
+        Stamp { map: MAPS.fetch_add(1, Ordering::Relaxed), writes: 0 }
+    }
+}
+
+impl Clone for Pods {
+    /// The clone's writes are its own: it gets a stamp of its own.
+    fn clone(&self) -> Self {
+        Pods { map: self.map.clone(), stamp: Stamp::default() }
+    }
+}
+
+impl Deref for Pods {
+    type Target = BTreeMap<Key, Pod>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Pods {
+    /// What the map is now; a write after this makes a different one.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    fn wrote(&mut self) {
+        self.stamp.writes += 1;
+    }
+
+    pub fn insert(&mut self, key: Key, pod: Pod) -> Option<Pod> {
+        self.wrote();
+        self.map.insert(key, pod)
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<Pod> {
+        self.wrote();
+        self.map.remove(key)
+    }
+
+    /// A pod to change in place (counted as a write whether or not it is).
+    pub fn get_mut(&mut self, key: &Key) -> Option<&mut Pod> {
+        self.wrote();
+        self.map.get_mut(key)
+    }
+
+    /// Every pod, to change in place (counted as a write).
+    pub fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, Pod> {
+        self.wrote();
+        self.map.values_mut()
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&Key, &mut Pod) -> bool) {
+        self.wrote();
+        self.map.retain(keep)
+    }
+
+    pub fn clear(&mut self) {
+        self.wrote();
+        self.map.clear()
+    }
+}
+
+impl<'a> IntoIterator for &'a Pods {
+    type Item = (&'a Key, &'a Pod);
+    type IntoIter = std::collections::btree_map::Iter<'a, Key, Pod>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+impl FromIterator<(Key, Pod)> for Pods {
+    fn from_iter<I: IntoIterator<Item = (Key, Pod)>>(iter: I) -> Self {
+        Pods { map: iter.into_iter().collect(), stamp: Stamp::default() }
+    }
 }
 
 fn key(r: &ObjectRef) -> Key {

@@ -132,8 +132,12 @@ pub struct DesiredDiff {
 impl DesiredDiff {
     /// What changes from `old` to `new`.
     pub fn between(old: &Desired, new: &Desired) -> DesiredDiff {
+        let ipcache = match Arc::ptr_eq(&old.ipcache, &new.ipcache) {
+            true => MapDiff { upsert: Vec::new(), remove: Vec::new() },
+            false => diff_maps(&old.ipcache, &new.ipcache),
+        };
         DesiredDiff {
-            ipcache: diff_maps(&old.ipcache, &new.ipcache),
+            ipcache,
             endpoints: diff_maps(&old.endpoints, &new.endpoints),
             policy: diff_by_endpoint(&old.policy, &new.policy),
             cidr: diff_maps(&old.cidr, &new.cidr),
@@ -158,6 +162,9 @@ pub struct Sync {
     /// shards, shared with the engine): the next compile handing on the
     /// same shard changed nothing there.
     applied: BTreeMap<u32, Shard<PolicyMatch, PolicyValue>>,
+    /// The compile's ipcache the written one is exactly (shared with the
+    /// engine, which hands it on unchanged while nothing it reads moves).
+    applied_ipcache: Option<Arc<BTreeMap<IpNet, IpcacheEntry>>>,
     cidr: BTreeMap<CidrKey, u32>,
     revision: u64,
     /// Something was written and no policy generation followed yet (a sync
@@ -211,11 +218,18 @@ impl Sync {
         check_room(desired)?;
         let result = self.apply_checked(dp, desired);
         match &result {
-            // Every endpoint's entries are now the compile's own.
-            Ok(_) => self.applied = desired.policy.shards().map(|(e, s)| (e, s.clone())).collect(),
+            // Every endpoint's entries, and the ipcache, are now the
+            // compile's own.
+            Ok(_) => {
+                self.applied = desired.policy.shards().map(|(e, s)| (e, s.clone())).collect();
+                self.applied_ipcache = Some(desired.ipcache.clone());
+            }
             // What was written is recorded entry by entry; which shards
             // match it is no longer known.
-            Err(_) => self.applied.clear(),
+            Err(_) => {
+                self.applied.clear();
+                self.applied_ipcache = None;
+            }
         }
         result
     }
@@ -243,7 +257,10 @@ impl Sync {
     fn apply_checked(&mut self, dp: &Dataplane, desired: &Desired) -> Result<SyncStats, weir_bpf::Error> {
         self.revision += 1;
         let mut stats = SyncStats { revision: self.revision, ..Default::default() };
-        let ipcache = diff_maps(&self.ipcache, &desired.ipcache);
+        let ipcache = match self.applied_ipcache.as_ref().is_some_and(|a| Arc::ptr_eq(a, &desired.ipcache)) {
+            true => MapDiff { upsert: Vec::new(), remove: Vec::new() },
+            false => diff_maps(&self.ipcache, &desired.ipcache),
+        };
         let mut policy = self.diff_policy(desired);
         let mut cidr = diff_maps(&self.cidr, &desired.cidr);
         // Not compiled in this slice: what they hold stays until they are.
@@ -408,7 +425,7 @@ mod room_tests {
         let mut d = Desired::default();
         for i in 0..n as u32 {
             let net = IpNet::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 32).unwrap();
-            d.ipcache.insert(net, IpcacheEntry { identity: 256, endpoint: 0, service: false });
+            Arc::make_mut(&mut d.ipcache).insert(net, IpcacheEntry { identity: 256, endpoint: 0, service: false });
         }
         d
     }
@@ -424,7 +441,8 @@ mod room_tests {
         assert!(e.contains(&format!("dataplane's {max}")), "{e}");
         // prefixes live in the trie beside: they do not count against addresses
         let mut d = addresses(max);
-        d.ipcache.insert("10.128.0.0/9".parse().unwrap(), IpcacheEntry { identity: 2, endpoint: 0, service: false });
+        Arc::make_mut(&mut d.ipcache)
+            .insert("10.128.0.0/9".parse().unwrap(), IpcacheEntry { identity: 2, endpoint: 0, service: false });
         assert!(check_room(&d).is_ok());
     }
 }

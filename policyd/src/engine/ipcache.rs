@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use weir_common::registry::EndpointRecord;
 
 /// Rank of a pod's claim on an address two pods claim, greater wins: on
@@ -25,7 +26,9 @@ pub(super) type Claim<'s> = (IpAddr, Rank<'s>, u32);
 
 /// What the identity stage found about addresses.
 pub(super) struct Addresses<'s> {
-    pub(super) claims: Vec<Claim<'s>>,
+    /// Every pod's claims; None when the pods and this node's endpoint
+    /// records are the previous compile's, whose claims stand.
+    pub(super) claims: Option<Vec<Claim<'s>>>,
     /// Addresses of this node's pod interfaces, to their host ifindex.
     pub(super) local_ifindex: HashMap<IpAddr, u32>,
     /// Whether any pod was read afresh or removed since the previous compile.
@@ -34,7 +37,7 @@ pub(super) struct Addresses<'s> {
 
 /// The ipcache stage's result.
 pub(super) struct Ipcache {
-    pub(super) entries: BTreeMap<IpNet, IpcacheEntry>,
+    pub(super) entries: Arc<BTreeMap<IpNet, IpcacheEntry>>,
     /// Service cluster IPs that are not addresses.
     pub(super) diagnostics: Vec<Diagnostic>,
 }
@@ -49,13 +52,15 @@ pub(super) struct IpcacheStage {
 struct LastIpcache {
     locals: Vec<EndpointRecord>,
     vips: Vec<IpAddr>,
-    ipcache: BTreeMap<IpNet, IpcacheEntry>,
+    /// The best claim's identity per pod address, sorted.
+    pods: Vec<(IpAddr, u32)>,
+    ipcache: Arc<BTreeMap<IpNet, IpcacheEntry>>,
 }
 
 impl IpcacheStage {
     /// The last compile's ipcache (empty before the first).
     pub(super) fn last(&self) -> Option<&BTreeMap<IpNet, IpcacheEntry>> {
-        self.last.as_ref().map(|l| &l.ipcache)
+        self.last.as_ref().map(|l| &*l.ipcache)
     }
 
     pub(super) fn run(
@@ -64,26 +69,34 @@ impl IpcacheStage {
         services: &BTreeMap<Key, Service>,
         locals: &[EndpointRecord],
     ) -> Ipcache {
-        let Addresses { mut claims, local_ifindex, pods_changed } = addresses;
+        let Addresses { claims, local_ifindex, pods_changed } = addresses;
         let mut diagnostics = Vec::new();
         let vips = service_vips(services, &mut diagnostics);
-        // Nothing the ipcache reads changed: reuse it rather than re-sort
-        // ten thousand addresses.
+        // Nothing the ipcache reads changed: reuse it rather than sort a
+        // cluster's addresses again.
         let reuse = !pods_changed
             && self.last.as_ref().is_some_and(|last| last.locals.as_slice() == locals && last.vips == vips);
         if reuse {
             let entries = self.last.as_ref().map(|last| last.ipcache.clone()).unwrap_or_default();
             return Ipcache { entries, diagnostics };
         }
-        // Best claim first per address.
-        claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-        claims.dedup_by_key(|c| c.0);
+        let last = self.last.take();
+        let pods = match claims {
+            Some(mut claims) => {
+                // Best claim first per address.
+                claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+                claims.dedup_by_key(|c| c.0);
+                claims.into_iter().map(|(ip, _, id)| (ip, id)).collect()
+            }
+            // The previous compile's pods and records: its best claims.
+            None => last.map(|l| l.pods).unwrap_or_default(),
+        };
         // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
-        let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(claims.len() + vips.len() + 8);
+        let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(pods.len() + vips.len() + 8);
         let world = IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false };
         ipc.push(("0.0.0.0/0".parse().unwrap(), 0, world));
         ipc.push(("::/0".parse().unwrap(), 0, world));
-        for (ip, _, id) in &claims {
+        for (ip, id) in &pods {
             let endpoint = local_ifindex.get(ip).copied().unwrap_or(0);
             ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
         }
@@ -97,8 +110,8 @@ impl IpcacheStage {
         }
         ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
         ipc.dedup_by_key(|e| e.0);
-        let entries: BTreeMap<IpNet, IpcacheEntry> = ipc.into_iter().map(|(n, _, e)| (n, e)).collect();
-        self.last = Some(LastIpcache { locals: locals.to_vec(), vips, ipcache: entries.clone() });
+        let entries: Arc<BTreeMap<IpNet, IpcacheEntry>> = Arc::new(ipc.into_iter().map(|(n, _, e)| (n, e)).collect());
+        self.last = Some(LastIpcache { locals: locals.to_vec(), vips, pods, ipcache: entries.clone() });
         Ipcache { entries, diagnostics }
     }
 }

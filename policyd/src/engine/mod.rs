@@ -307,18 +307,21 @@ pub type IdentityTable = BTreeMap<u32, IdentityLabels>;
 /// gives equal output and a diff is a merge walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub ipcache: BTreeMap<IpNet, IpcacheEntry>,
+    /// Shared with the compile before when nothing it reads changed, so a
+    /// diff or a sync can tell without a walk.
+    pub ipcache: Arc<BTreeMap<IpNet, IpcacheEntry>>,
     pub endpoints: BTreeMap<u32, EndpointState>,
     /// Per endpoint: an unchanged endpoint's entries are shared between
     /// compiles, so syncing skips them without a walk.
     pub policy: ByEndpoint<PolicyMatch, PolicyValue>,
     /// Value: the class identity (>= [`ID_FIRST_CIDR`]), [`CIDR_NO_CLASS`] for holes.
     pub cidr: BTreeMap<CidrKey, u32>,
-    /// Sorted by id.
-    pub rules: Vec<RuleInfo>,
+    /// Sorted by id; shared with the compile before when no policy moved.
+    pub rules: Arc<Vec<RuleInfo>>,
     /// Label identities in use; persist them and pass them to
     /// [`Engine::seed_identities`] after a restart to keep the numbers.
-    pub identities: IdentityTable,
+    /// Shared with the compile before while no identity came or went.
+    pub identities: Arc<IdentityTable>,
     /// Sorted.
     pub diagnostics: Vec<Diagnostic>,
     /// This node's endpoint records no pod takes, sorted: their endpoints
@@ -484,7 +487,7 @@ impl Engine {
             policy: endpoints.policy,
             cidr: endpoints.cidr,
             rules: policies.rules,
-            identities: found.universe.identities.clone(),
+            identities: self.identities.table(&found.universe),
             diagnostics,
             unmatched: found.unmatched,
             pending: endpoints.pending,
@@ -509,4 +512,15 @@ pub fn pod_container_ports(pod: &k8s_openapi::api::core::v1::Pod) -> impl Iterat
 /// (uid, resourceVersion) of an object, when its source sets them.
 fn object_version(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(Option<String>, String)> {
     m.resource_version.as_ref().filter(|v| !v.is_empty()).map(|v| (m.uid.clone(), v.clone()))
+}
+
+/// Whether an object is still the version `kept` ([`object_version`]) was
+/// read from, without copying its own; None when either has no version.
+fn same_object_version(
+    kept: &Option<(Option<String>, String)>,
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<bool> {
+    let (uid, version) = kept.as_ref()?;
+    let now = m.resource_version.as_deref().filter(|v| !v.is_empty())?;
+    Some(now == version && m.uid == *uid)
 }

@@ -12,7 +12,9 @@
 use super::cluster_policy::compile_cluster_policy;
 use super::policy::{self, CompiledPolicy, PeerSelector, Peers};
 use super::universe::Universe;
-use super::{object_version, CompileStats, Diagnostic, Direction, IdentityLabels, Labels, RuleInfo, Tier};
+use super::{
+    object_version, same_object_version, CompileStats, Diagnostic, Direction, IdentityLabels, Labels, RuleInfo, Tier,
+};
 use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicySpec};
 use crate::store::Key;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
@@ -28,6 +30,9 @@ pub(super) struct PolicyStage {
     /// Last version handed to a compiled policy: a new number for every
     /// compile of a policy, so endpoints can tell a policy changed.
     version: u64,
+    /// The rule table and diagnostics of the last run, which stand while
+    /// no policy is compiled or removed.
+    table: Option<(Arc<Vec<RuleInfo>>, Vec<Diagnostic>)>,
 }
 
 /// The rule stage's result.
@@ -37,7 +42,7 @@ pub(super) struct Policies<'s> {
     /// Compiled ClusterNetworkPolicies, by name.
     pub(super) cluster: Vec<Arc<CompiledPolicy>>,
     /// What every rule id stands for, sorted by id.
-    pub(super) rules: Vec<RuleInfo>,
+    pub(super) rules: Arc<Vec<RuleInfo>>,
     pub(super) diagnostics: Vec<Diagnostic>,
 }
 
@@ -118,13 +123,14 @@ impl PolicyStage {
     ) -> Policies<'s> {
         let mut by_namespace: BTreeMap<&str, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
         let mut removed_any = false;
+        let compiled_before = stats.policies_compiled;
         for (key, np) in policies {
             let cached = self
                 .memo
                 .get(key)
-                .filter(|m| match (&m.version, object_version(&np.metadata)) {
-                    (Some(a), Some(b)) => *a == b,
-                    _ => m.spec == np.spec && m.mode.as_deref() == policy::mode_annotation(np),
+                .filter(|m| match same_object_version(&m.version, &np.metadata) {
+                    Some(same) => same,
+                    None => m.spec == np.spec && m.mode.as_deref() == policy::mode_annotation(np),
                 })
                 .map(|m| m.compiled.clone());
             let compiled = match cached {
@@ -165,9 +171,9 @@ impl PolicyStage {
             let cached = self
                 .cluster_memo
                 .get(name)
-                .filter(|m| match (&m.version, object_version(&cnp.metadata)) {
-                    (Some(a), Some(b)) => *a == b,
-                    _ => m.spec.as_ref() == Some(&cnp.spec),
+                .filter(|m| match same_object_version(&m.version, &cnp.metadata) {
+                    Some(same) => same,
+                    None => m.spec.as_ref() == Some(&cnp.spec),
                 })
                 .map(|m| m.compiled.clone());
             let compiled = match cached {
@@ -199,7 +205,14 @@ impl PolicyStage {
                 }
             });
         }
-        let (rules, diagnostics) = rule_table(by_namespace.values().flatten().chain(&cluster));
+        let (rules, diagnostics) = match self.table.take() {
+            Some(table) if !removed_any && stats.policies_compiled == compiled_before => table,
+            _ => {
+                let (rules, diagnostics) = rule_table(by_namespace.values().flatten().chain(&cluster));
+                (Arc::new(rules), diagnostics)
+            }
+        };
+        self.table = Some((rules.clone(), diagnostics.clone()));
         Policies { by_namespace, cluster, rules, diagnostics }
     }
 }

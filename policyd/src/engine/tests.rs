@@ -576,6 +576,39 @@ fn protocol_without_port_allows_every_port_of_it() {
     assert_eq!((k.protocol, k.port), (Some(UDP), None));
 }
 
+/// An endpoint record that arrives after its pod (CNI ADD after the Pod
+/// reached the store) is matched by the next compile, though no pod was
+/// written: the pods' walk is skipped, the records are not.
+#[test]
+fn an_endpoint_record_arriving_after_its_pod_is_matched() {
+    let mut f = base();
+    f.policy("x", "p", json!({"podSelector": {}, "ingress": []}));
+    let mut e = Engine::new();
+    let d = e.compile(&f.store, &f.locals);
+    assert!(!d.endpoints.contains_key(&30));
+    f.local("x", "b", 30);
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(e.last_stats().pods_read, 0, "no pod read again");
+    assert!(d.endpoints[&30].ingress_isolated);
+    assert_eq!(d.ipcache[&"10.0.0.2/32".parse().unwrap()].endpoint, 30);
+    assert_eq!(d, f.compile());
+    // An address two pods claim goes to the one with a record here.
+    f.pod("z", "dup", &[("app", "dup")], "10.0.1.1");
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(
+        d.ipcache[&"10.0.1.1/32".parse().unwrap()].identity,
+        e.identity_of("z", &labels(&[("app", "dup")])).unwrap()
+    );
+    f.local("y", "a", 40);
+    let d = e.compile(&f.store, &f.locals);
+    let y_a = e.identity_of("y", &labels(&[("app", "a")])).unwrap();
+    assert_eq!(
+        d.ipcache[&"10.0.1.1/32".parse().unwrap()],
+        IpcacheEntry { identity: y_a, endpoint: 40, service: false }
+    );
+    assert_eq!(d, f.compile());
+}
+
 /// `namespaceSelector: {}` names every pod: one entry under the every-pod
 /// wildcard, which matches pods only (the world is not a pod), and which a
 /// new pod anywhere (its Namespace not seen yet) matches with no compile.
@@ -1070,7 +1103,7 @@ fn identities_are_stable_across_compiles_and_unrelated_changes() {
     f.pod("x", "zz", &[("app", "new")], "10.0.0.200");
     f.store.pods.remove(&("y".to_string(), "a".to_string()));
     let d2 = e.compile(&f.store, &f.locals);
-    for (a, ent) in &d1.ipcache {
+    for (a, ent) in d1.ipcache.iter() {
         if let Some(e2) = d2.ipcache.get(a) {
             assert_eq!(ent.identity, e2.identity, "{a}");
         }
@@ -1090,7 +1123,7 @@ fn seeded_engine_keeps_the_previous_numbers() {
     assert_eq!(e2.seed_identities(&d1.identities), d1.identities.len());
     let d2 = e2.compile(&f.store, &f.locals);
     assert_ne!(d_fresh.ipcache, d2.ipcache, "the test must make seeding matter");
-    for (n, ent) in &d2.ipcache {
+    for (n, ent) in d2.ipcache.iter() {
         assert_eq!(d1.ipcache[n].identity, ent.identity);
     }
     // A new label set after seeding gets a number no seed holds.

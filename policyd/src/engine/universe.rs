@@ -8,7 +8,10 @@
 //! rule stage's peer sets), the local endpoints (for the endpoint stage)
 //! and the [`Addresses`] (for the ipcache stage). Unchanged pods reuse
 //! their [`PodDigest`]: a merge walk over sorted keys, no hashing of
-//! labels, no allocation.
+//! labels, no allocation. When no pod was written since the last walk
+//! (the store's [`Stamp`]) and this node's endpoint records are the same,
+//! there is no walk at all: a policy, namespace or Service change costs
+//! nothing here however many pods the cluster has.
 
 use super::endpoints::LocalEp;
 use super::identity::IdentityAllocator;
@@ -17,7 +20,7 @@ use super::{
     object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched,
     UnmatchedRecord, NAMESPACE_NAME_LABEL,
 };
-use crate::store::{Key, Store};
+use crate::store::{Key, Stamp, Store};
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -65,6 +68,14 @@ pub(super) struct IdentityStage {
     port_names: HashSet<Arc<str>>,
     /// The previous compile's universe, given back with [`IdentityStage::keep`].
     previous: Universe,
+    /// What the last walk over the pods read: the pods' stamp and this
+    /// node's endpoint records. While both are the same, no pod needs
+    /// reading again.
+    walked: Option<(Stamp, Vec<EndpointRecord>)>,
+    /// The pods' diagnostics, as the last walk found them.
+    pod_diags: Vec<Diagnostic>,
+    /// The universe's identities as handed on, while none came or went.
+    table: Option<Arc<IdentityTable>>,
 }
 
 impl Default for IdentityStage {
@@ -75,6 +86,9 @@ impl Default for IdentityStage {
             pods: Vec::new(),
             port_names: HashSet::new(),
             previous: Universe::default(),
+            walked: None,
+            pod_diags: Vec::new(),
+            table: None,
         }
     }
 }
@@ -86,6 +100,68 @@ impl IdentityStage {
         locals: &'s [EndpointRecord],
         stats: &mut CompileStats,
     ) -> Identities<'s> {
+        let stamp = store.pods.stamp();
+        if self.walked.as_ref().is_some_and(|(s, l)| *s == stamp && l.as_slice() == locals) {
+            return self.same_pods(store, locals);
+        }
+        let found = self.walk(store, locals, stats);
+        self.walked = Some((stamp, locals.to_vec()));
+        found
+    }
+
+    /// The pods and endpoint records are what the last walk read: its
+    /// identities, named ports and addresses stand. Only namespace labels
+    /// can have moved.
+    fn same_pods<'s>(&mut self, store: &'s Store, locals: &'s [EndpointRecord]) -> Identities<'s> {
+        let mut diags: Vec<Diagnostic> = Vec::new();
+        let (local_of_pod, ip_to_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
+        diags.extend(self.pod_diags.iter().cloned());
+        let mut uni = std::mem::take(&mut self.previous);
+        let mut ns_labels = namespace_labels(store);
+        for ns in uni.by_ns.keys() {
+            if !ns_labels.contains_key(ns) {
+                ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for (ns, l) in &ns_labels {
+            if uni.ns_labels.get(ns) != Some(l) {
+                changed.extend(uni.by_ns.get(ns).into_iter().flatten().copied());
+            }
+        }
+        uni.ns_labels = ns_labels;
+        let mut locals_ep = Vec::new();
+        for (key, records) in local_of_pod {
+            let Ok(at) = self.pods.binary_search_by(|(k, _)| k.cmp(key)) else { continue };
+            let dg = &self.pods[at].1;
+            if dg.identity == 0 {
+                continue;
+            }
+            let pod = &store.pods[key];
+            for r in records {
+                locals_ep.push(LocalEp {
+                    ifindex: r.host_ifindex,
+                    pod_key: key.clone(),
+                    pod,
+                    identity: dg.identity,
+                    own_ports: dg.ports.clone(),
+                });
+            }
+        }
+        locals_ep.sort_by_key(|e| e.ifindex);
+        Identities {
+            universe: uni,
+            changed,
+            endpoints: locals_ep,
+            addresses: Addresses { claims: None, local_ifindex: ip_to_ifindex, pods_changed: false },
+            diagnostics: diags,
+            unmatched,
+        }
+    }
+
+    /// Walk every pod: those whose digest is unchanged reuse it, the others
+    /// are read again.
+    fn walk<'s>(&mut self, store: &'s Store, locals: &'s [EndpointRecord], stats: &mut CompileStats) -> Identities<'s> {
         self.generation += 1;
         let generation = self.generation;
         let mut diags: Vec<Diagnostic> = Vec::new();
@@ -106,6 +182,7 @@ impl IdentityStage {
         let mut new_pods: Vec<(Key, Box<PodDigest>)> = Vec::with_capacity(store.pods.len());
         let mut pods_read = 0usize;
         let mut pods_removed = false;
+        let mut pod_diags: Vec<Diagnostic> = Vec::new();
         for (key, pod) in &store.pods {
             let empty = Labels::new();
             let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
@@ -149,7 +226,7 @@ impl IdentityStage {
             if dg.identity == 0 {
                 continue;
             }
-            diags.extend(dg.diags.iter().cloned());
+            pod_diags.extend(dg.diags.iter().cloned());
             let id = dg.identity;
             if let std::collections::btree_map::Entry::Vacant(v) = uni.identities.entry(id) {
                 let info = match old_uni.identities.remove(&id) {
@@ -213,6 +290,9 @@ impl IdentityStage {
 
         // What peer sets must re-evaluate: identities that vanished (left
         // in old_uni), appeared, or whose namespace's labels changed.
+        if !(old_uni.identities.is_empty() && added.is_empty()) {
+            self.table = None;
+        }
         let mut changed: BTreeSet<u32> = old_uni.identities.keys().copied().collect();
         changed.extend(added);
         for (ns, l) in &uni.ns_labels {
@@ -227,15 +307,27 @@ impl IdentityStage {
             self.ids.touch(info, generation);
         }
         self.ids.collect_garbage(uni.identities.len(), generation, 4096);
+        diags.extend(pod_diags.iter().cloned());
+        self.pod_diags = pod_diags;
 
         Identities {
             universe: uni,
             changed,
             endpoints: locals_ep,
-            addresses: Addresses { claims, local_ifindex: ip_to_ifindex, pods_changed: pods_read > 0 || pods_removed },
+            addresses: Addresses {
+                claims: Some(claims),
+                local_ifindex: ip_to_ifindex,
+                pods_changed: pods_read > 0 || pods_removed,
+            },
             diagnostics: diags,
             unmatched,
         }
+    }
+
+    /// The identities of `universe` (this compile's) to hand on: the
+    /// previous table itself while no identity came or went.
+    pub(super) fn table(&mut self, universe: &Universe) -> Arc<IdentityTable> {
+        self.table.get_or_insert_with(|| Arc::new(universe.identities.clone())).clone()
     }
 
     /// Keep this compile's universe: the next compile's previous one.
