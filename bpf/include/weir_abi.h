@@ -43,9 +43,10 @@
 /* Peer wildcards of the policy map, never assigned: a policy key with
  * identity WEIR_ID_ANY_POD matches every pod (every label identity), one
  * with WEIR_ID_ANY every other peer. A rule for every peer is written
- * under both; one for every pod (namespaceSelector {} with podSelector {})
- * under WEIR_ID_ANY_POD alone, one entry where it would otherwise take one
- * per identity. */
+ * under both; one for every pod (namespaceSelector {} and no or an empty
+ * podSelector) under WEIR_ID_ANY_POD alone, one entry per port block where
+ * it would otherwise take one per identity (egress rules with named ports
+ * stay per identity: the port is each peer's own). */
 #define WEIR_ID_ANY 0
 /* This node: its addresses and the bridge gateway. Always allowed. */
 #define WEIR_ID_HOST 1

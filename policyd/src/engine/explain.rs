@@ -11,9 +11,10 @@
 //!   This names *every* allowing rule, on any node, from the same compiled
 //!   policies and peer sets the endpoint stage turns into entries;
 //! - **by map** (endpoints of this node only): the dataplane's lookups
-//!   (peer identity, then any peer, then the ipBlock class of the peer's
-//!   address) over the endpoint's compiled entries, which name the one rule
-//!   the maps carry for the key.
+//!   (peer identity, then the peer wildcard, `ANY_POD` for a pod and `ANY`
+//!   for anything else, then the ipBlock class of the peer's address) over
+//!   the endpoint's compiled entries, which name the one rule the maps
+//!   carry for the key.
 //!
 //! Both must agree; a difference is an engine bug and is reported as such.
 
@@ -23,7 +24,7 @@ use super::policy::{CompiledPolicy, CompiledRule, PeerSpec, Peers, PortSpec};
 use super::universe::pod_named_ports;
 use super::{
     peer_wildcard, Action, CompileStats, Direction, Engine, IdentityLabels, IpcacheEntry, Labels, PolicyValue, Tier,
-    TierVerdict, CIDR_NO_CLASS, ID_FIRST_CIDR, ID_HOST, ID_WORLD,
+    TierVerdict, CIDR_NO_CLASS, ID_ANY_POD, ID_FIRST_CIDR, ID_HOST, ID_WORLD,
 };
 use crate::store::{Key, Store};
 use ipnet::IpNet;
@@ -165,9 +166,9 @@ pub struct MapLookup {
     pub endpoint: u32,
     pub isolated: bool,
     pub allowed: bool,
-    /// How the deciding entry was found: `identity`, `any peer`,
-    /// `ipBlock class`; None when no entry decided (not isolated, or
-    /// nothing allows).
+    /// How the deciding entry was found: `identity`, `any peer` (the peer
+    /// wildcard: every pod for a pod, every other peer otherwise), `ipBlock
+    /// class`; None when no entry decided (not isolated, or nothing allows).
     pub via: Option<&'static str>,
     /// The cluster tier whose entry decided (`Admin`, `Baseline`), if one did.
     pub tier: Option<&'static str>,
@@ -323,7 +324,7 @@ impl Engine {
         };
         let mut stats = CompileStats::default();
         // The first matching rule of each cluster tier: (order, match).
-        type Ordered = ((u32, u32, u32), ClusterRuleMatch);
+        type Ordered = ((u32, u8, u32, u32), ClusterRuleMatch);
         let mut first: [Option<Ordered>; 2] = [None, None];
         for (pi, p) in selecting.iter().enumerate() {
             for r in p.rules.iter().filter(|r| r.direction == dir) {
@@ -333,9 +334,14 @@ impl Engine {
                 }
                 let found = self.rule_peers_matching(r, peer, &mut stats);
                 if r.tier != Tier::NetworkPolicy {
-                    let Some((peer_index, _, _)) = found.into_iter().next() else { continue };
+                    // Of equal ranks, the rule the program's first lookup
+                    // finds: an identity's entry, then a wildcard's, then
+                    // an ipBlock class's; then by policy and peer.
+                    let Some((peer_index, _, _)) = found.into_iter().min_by_key(|(i, _, _)| lookup_of(r, *i)) else {
+                        continue;
+                    };
                     let slot = &mut first[(r.tier == Tier::Baseline) as usize];
-                    let order = (r.rank, pi as u32, peer_index.map_or(0, |i| i + 1));
+                    let order = (r.rank, lookup_of(r, peer_index), pi as u32, peer_index.map_or(0, |i| i + 1));
                     if slot.as_ref().is_none_or(|(best, _)| order < *best) {
                         *slot = Some((order, cluster_match(p, r, peer_index)));
                     }
@@ -492,8 +498,16 @@ impl Engine {
                 .iter()
                 .filter_map(|pe| match &pe.spec {
                     PeerSpec::Pods(sel) => {
-                        let ids = self.peer_sets.get(sel, self.identities.last(), stats).0;
-                        ids.binary_search(&peer.identity).is_ok().then(|| (Some(pe.index), "pods".to_string(), None))
+                        // Every pod: no set to evaluate (and none to keep
+                        // patching after this explanation).
+                        let matches = match sel.is_every_pod() {
+                            true => peer_wildcard(peer.identity) == ID_ANY_POD,
+                            false => {
+                                let ids = self.peer_sets.get(sel, self.identities.last(), stats).0;
+                                ids.binary_search(&peer.identity).is_ok()
+                            }
+                        };
+                        matches.then(|| (Some(pe.index), "pods".to_string(), None))
                     }
                     PeerSpec::Block(b) => b
                         .contains_addr(peer.addr)
@@ -520,6 +534,18 @@ impl Engine {
         // A cluster-scoped policy is named alone, as `kubectl get cnp` does.
         let policy = if ns == super::cluster_policy::CLUSTER_SCOPE { name } else { format!("{ns}/{name}") };
         Some(RuleMatch { policy, rule, peer: peer_index, matched, ip_block })
+    }
+}
+
+/// Which of the program's lookups finds the entry of rule `r`'s peer
+/// `peer_index` (None: the rule's every-peer `from`/`to`): 0 the peer's
+/// identity, 1 the peer wildcard, 2 the ipBlock class.
+fn lookup_of(r: &CompiledRule, peer_index: Option<u32>) -> u8 {
+    let Peers::List(list) = &r.peers else { return if r.ports_per_peer() { 0 } else { 1 } };
+    match list.iter().find(|pe| Some(pe.index) == peer_index).map(|pe| &pe.spec) {
+        Some(PeerSpec::Pods(sel)) if r.peer_is_wildcard(sel) => 1,
+        Some(PeerSpec::Block(_)) => 2,
+        _ => 0,
     }
 }
 

@@ -69,8 +69,11 @@
 //! keys of the same endpoint, peer and direction (the trie returns only the
 //! longest match), so the dataplane still decides in three lookups.
 //! Of equal ranks (equal priority and rule index in two policies, which the
-//! API leaves to the implementation) Deny wins, then the policy first by
-//! name.
+//! API leaves to the implementation) Deny wins, since the action is part of
+//! the rank. Which of the equal rules a verdict names follows the program's
+//! lookups: the first that finds one (the peer's identity, then the peer
+//! wildcard, then the ipBlock class), and within one entry the policy first
+//! by name.
 
 pub mod by_endpoint;
 pub mod cidr;

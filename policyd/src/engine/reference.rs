@@ -2,8 +2,9 @@
 //! itself; built for the crate's tests and with the `reference` feature):
 //!
 //! - [`judge`] / [`maps_allow`]: how the dataplane reads a [`Desired`]
-//!   (weir_abi.h: the peer's identity, then ANY, then the ipBlock class of
-//!   the peer's address), so tests check behaviour rather than map layout.
+//!   (weir_abi.h: the peer's identity, then the peer wildcard, then the
+//!   ipBlock class of the peer's address), so tests check behaviour rather
+//!   than map layout.
 //! - [`Spec`]: what the NetworkPolicy objects of a [`Store`] allow, read
 //!   straight from the API objects: no identities, caches, peer sets,
 //!   partitions or port blocks. Single fields are validated with the
@@ -53,8 +54,9 @@ pub struct MapVerdict {
     pub isolated: bool,
     /// Only audit-mode policies isolate it in this direction.
     pub audited: bool,
-    /// The entries each lookup can land on: the peer's identity, ANY, the
-    /// ipBlock class of the peer's address.
+    /// The entries each lookup can land on: the peer's identity, the peer
+    /// wildcard (`ANY_POD` for a pod, `ANY` otherwise), the ipBlock class of
+    /// the peer's address.
     pub lookups: Vec<Vec<(super::PolicyMatch, super::PolicyValue)>>,
 }
 

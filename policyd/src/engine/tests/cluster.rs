@@ -384,3 +384,29 @@ fn an_edited_wildcard_rule_patches_the_wildcard_entries() {
     let ports: Vec<_> = d.policy.keys().filter(|k| k.endpoint == XA && k.identity == ID_ANY).map(|k| k.port).collect();
     assert_eq!(ports, [Some(PortBlock::single(81))], "the every-peer rule's new port, under ANY");
 }
+
+/// Two Admin rules of equal rank, one naming every pod, one the peer's own
+/// pods: the verdict is the same whichever decides (the action is part of
+/// the rank), and explain names the rule the maps name, the one the
+/// program's first lookup (the peer's identity) finds, by rule and by map.
+#[test]
+fn equal_ranks_name_the_rule_the_first_lookup_finds() {
+    let mut f = base();
+    let every_pod = json!([{"action": "Deny", "from": [{"namespaces": {}}]}]);
+    f.cluster_policy("a-every-pod", admin(5, json!({"namespaces": {}}), every_pod, json!([])));
+    let pods_b = json!([{"action": "Deny", "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}}}]}]);
+    f.cluster_policy("b-pods-b", admin(5, json!({"namespaces": {}}), pods_b, json!([])));
+    assert!(!judge(&f, Ingress, YB, TCP, 80));
+    let mut e = Engine::new();
+    e.compile(&f.store, &f.locals);
+    let me = End { addr: "10.0.0.1".parse().unwrap(), pod: pod_key("10.0.0.1") };
+    let flow = Flow { src: End { addr: YB.parse().unwrap(), pod: pod_key(YB) }, dst: me, protocol: TCP, port: 80 };
+    let x = e.explain(&f.store, &flow);
+    assert_eq!(x.ingress.cluster.as_ref().map(|c| c.policy.as_str()), Some("b-pods-b"), "by rule");
+    let by_map = x.ingress.maps.as_ref().and_then(|m| m.rule.as_ref()).map(|r| r.policy.clone());
+    assert_eq!(by_map.as_deref(), Some("b-pods-b"), "by map");
+    // From y/a, which only the every-pod rule names, that rule decides.
+    let flow = Flow { src: End { addr: YA.parse().unwrap(), pod: pod_key(YA) }, ..flow };
+    let x = e.explain(&f.store, &flow);
+    assert_eq!(x.ingress.cluster.as_ref().map(|c| c.policy.as_str()), Some("a-every-pod"));
+}
