@@ -41,6 +41,13 @@ pub struct MapDiff<K, V> {
     pub remove: Vec<K>,
 }
 
+impl<K, V> Default for MapDiff<K, V> {
+    /// Nothing to write, nothing to delete.
+    fn default() -> Self {
+        MapDiff { upsert: Vec::new(), remove: Vec::new() }
+    }
+}
+
 impl<K, V> MapDiff<K, V> {
     pub fn is_empty(&self) -> bool {
         self.upsert.is_empty() && self.remove.is_empty()
@@ -52,7 +59,7 @@ impl<K, V> MapDiff<K, V> {
 
 /// Merge walk over two sorted maps.
 pub fn diff_maps<K: Ord + Clone, V: Eq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
-    let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
+    let mut d = MapDiff::default();
     diff_sorted(old.iter(), new.iter(), &mut d);
     d
 }
@@ -63,7 +70,7 @@ pub fn diff_by_endpoint<K: EndpointKeyed, V: Eq + Clone>(
     old: &ByEndpoint<K, V>,
     new: &ByEndpoint<K, V>,
 ) -> MapDiff<K, V> {
-    let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
+    let mut d = MapDiff::default();
     let (mut a, mut b) = (old.shards().peekable(), new.shards().peekable());
     let empty = Shard::<K, V>::default();
     loop {
@@ -133,7 +140,7 @@ impl DesiredDiff {
     /// What changes from `old` to `new`.
     pub fn between(old: &Desired, new: &Desired) -> DesiredDiff {
         let ipcache = match Arc::ptr_eq(&old.ipcache, &new.ipcache) {
-            true => MapDiff { upsert: Vec::new(), remove: Vec::new() },
+            true => MapDiff::default(),
             false => diff_maps(&old.ipcache, &new.ipcache),
         };
         DesiredDiff {
@@ -237,7 +244,7 @@ impl Sync {
     /// The policy entries to write and remove: per endpoint, skipping those
     /// whose shard is the one last applied.
     fn diff_policy(&self, desired: &Desired) -> MapDiff<PolicyMatch, PolicyValue> {
-        let mut d = MapDiff { upsert: Vec::new(), remove: Vec::new() };
+        let mut d = MapDiff::default();
         let empty = BTreeMap::new();
         for (ep, shard) in desired.policy.shards() {
             if self.applied.get(&ep).is_some_and(|a| Arc::ptr_eq(a, shard)) {
@@ -258,7 +265,7 @@ impl Sync {
         self.revision += 1;
         let mut stats = SyncStats { revision: self.revision, ..Default::default() };
         let ipcache = match self.applied_ipcache.as_ref().is_some_and(|a| Arc::ptr_eq(a, &desired.ipcache)) {
-            true => MapDiff { upsert: Vec::new(), remove: Vec::new() },
+            true => MapDiff::default(),
             false => diff_maps(&self.ipcache, &desired.ipcache),
         };
         let mut policy = self.diff_policy(desired);

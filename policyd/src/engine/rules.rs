@@ -123,7 +123,7 @@ impl PolicyStage {
     ) -> Policies<'s> {
         let mut by_namespace: BTreeMap<&str, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
         let mut removed_any = false;
-        let compiled_before = stats.policies_compiled;
+        let mut compiled_any = false;
         for (key, np) in policies {
             let cached = self
                 .memo
@@ -143,6 +143,7 @@ impl PolicyStage {
                     self.version += 1;
                     let c = Arc::new(policy::compile_policy(&np, &mut self.rule_ids, self.version));
                     stats.policies_compiled += 1;
+                    compiled_any = true;
                     self.memo.insert(
                         key.clone(),
                         PolicyMemo {
@@ -184,6 +185,7 @@ impl PolicyStage {
                     self.version += 1;
                     let c = Arc::new(compile_cluster_policy(&cnp, &mut self.rule_ids, self.version));
                     stats.policies_compiled += 1;
+                    compiled_any = true;
                     let version = object_version(&cnp.metadata);
                     let spec = if version.is_some() { None } else { Some(cnp.spec) };
                     self.cluster_memo.insert(name.clone(), ClusterMemo { version, spec, compiled: c.clone() });
@@ -206,7 +208,7 @@ impl PolicyStage {
             });
         }
         let (rules, diagnostics) = match self.table.take() {
-            Some(table) if !removed_any && stats.policies_compiled == compiled_before => table,
+            Some(table) if !removed_any && !compiled_any => table,
             _ => {
                 let (rules, diagnostics) = rule_table(by_namespace.values().flatten().chain(&cluster));
                 (Arc::new(rules), diagnostics)

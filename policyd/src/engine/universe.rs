@@ -117,19 +117,8 @@ impl IdentityStage {
         let (local_of_pod, ip_to_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
         diags.extend(self.pod_diags.iter().cloned());
         let mut uni = std::mem::take(&mut self.previous);
-        let mut ns_labels = namespace_labels(store);
-        for ns in uni.by_ns.keys() {
-            if !ns_labels.contains_key(ns) {
-                ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
-            }
-        }
-        let mut changed = BTreeSet::new();
-        for (ns, l) in &ns_labels {
-            if uni.ns_labels.get(ns) != Some(l) {
-                changed.extend(uni.by_ns.get(ns).into_iter().flatten().copied());
-            }
-        }
-        uni.ns_labels = ns_labels;
+        let before = std::mem::replace(&mut uni.ns_labels, namespace_labels(store, &uni.by_ns));
+        let changed = relabelled(&before, &uni).collect();
         let mut locals_ep = Vec::new();
         for (key, records) in local_of_pod {
             let Ok(at) = self.pods.binary_search_by(|(k, _)| k.cmp(key)) else { continue };
@@ -165,7 +154,6 @@ impl IdentityStage {
         self.generation += 1;
         let generation = self.generation;
         let mut diags: Vec<Diagnostic> = Vec::new();
-        let mut ns_labels = namespace_labels(store);
         let (local_of_pod, ip_to_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
 
         let mut old_uni = std::mem::take(&mut self.previous);
@@ -280,12 +268,7 @@ impl IdentityStage {
         if self.port_names.len() > 4096 {
             self.port_names.retain(|n| Arc::strong_count(n) > 1);
         }
-        for ns in uni.by_ns.keys() {
-            if !ns_labels.contains_key(ns) {
-                ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
-            }
-        }
-        uni.ns_labels = ns_labels;
+        uni.ns_labels = namespace_labels(store, &uni.by_ns);
         locals_ep.sort_by_key(|e| e.ifindex);
 
         // What peer sets must re-evaluate: identities that vanished (left
@@ -295,11 +278,7 @@ impl IdentityStage {
         }
         let mut changed: BTreeSet<u32> = old_uni.identities.keys().copied().collect();
         changed.extend(added);
-        for (ns, l) in &uni.ns_labels {
-            if old_uni.ns_labels.get(ns) != Some(l) {
-                changed.extend(uni.by_ns.get(ns).into_iter().flatten().copied());
-            }
-        }
+        changed.extend(relabelled(&old_uni.ns_labels, &uni));
         let ports_changed = differing_keys(&old_uni.named_ports, &uni.named_ports);
         uni.named_ports_version = old_uni.named_ports_version + u64::from(!ports_changed.is_empty());
         changed.extend(ports_changed);
@@ -348,15 +327,30 @@ fn differing_keys<V: PartialEq>(a: &BTreeMap<u32, V>, b: &BTreeMap<u32, V>) -> V
     out
 }
 
-/// Every namespace's labels, with the name label the API server sets.
-fn namespace_labels(store: &Store) -> BTreeMap<String, Labels> {
+/// Every namespace's labels, with the name label the API server sets; a
+/// namespace of pods (`by_ns`) whose Namespace is not seen yet has that
+/// label alone.
+fn namespace_labels(store: &Store, by_ns: &BTreeMap<String, Vec<u32>>) -> BTreeMap<String, Labels> {
     let mut ns_labels: BTreeMap<String, Labels> = BTreeMap::new();
     for (name, ns) in &store.namespaces {
         let mut l = ns.metadata.labels.clone().unwrap_or_default();
         l.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.clone());
         ns_labels.insert(name.clone(), l);
     }
+    for ns in by_ns.keys() {
+        if !ns_labels.contains_key(ns) {
+            ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
+        }
+    }
     ns_labels
+}
+
+/// The identities of `uni` in namespaces whose labels differ from `before`.
+fn relabelled<'a>(before: &'a BTreeMap<String, Labels>, uni: &'a Universe) -> impl Iterator<Item = u32> + 'a {
+    uni.ns_labels
+        .iter()
+        .filter(move |(ns, l)| before.get(*ns) != Some(*l))
+        .flat_map(move |(ns, _)| uni.by_ns.get(ns).into_iter().flatten().copied())
 }
 
 /// This node's endpoint records by the pod they belong to, the records'
