@@ -31,7 +31,10 @@
  * 5: weir_ct_value carries the policy generation it was judged under;
  *    weir_config carries the current one.
  * 6: policy values carry Admin and Baseline tier verdicts.
- * 7: a peer wildcard is WEIR_ID_ANY_POD for pods, WEIR_ID_ANY for others. */
+ * 7: a peer wildcard is WEIR_ID_ANY_POD for pods, WEIR_ID_ANY for others.
+ * A map added beside the others needs no bump: a loader creates the pins
+ * it does not find, and programs of an older build never read them (7 grew
+ * weir_service_opens and weir_service_backends). */
 #define WEIR_ABI_VERSION 7
 
 /* ---- abi: array of one __u32, WEIR_ABI_VERSION of the pins' writer ----- */
@@ -285,6 +288,55 @@ struct weir_ct_value {
 	__u32 pad;
 };
 
+/* ---- Service flows to a backend on another node ------------------------ */
+/*
+ * A pod's flow to a Service VIP leaves two entries on its node: the SERVICE
+ * entry (S -> VIP, no verdict) that the un-DNATed reply finds at to_pod(S),
+ * and, when the backend is on another node, leave_node's judged entry
+ * (S -> backend). Re-judging (rejudge.h) must judge the SERVICE entry
+ * against that backend, or a revoked flow's replies would still pass on it.
+ * Nothing in the reply names the backend, and nothing leave_node sees names
+ * the VIP, so the two are linked on the flow's first packet:
+ *
+ * weir_service_opens (LRU hash): from_pod, opening a SERVICE entry (or a
+ *   new TCP connection on a closed one), records the VIP under the source's
+ *   (address, port, protocol). leave_node, creating the judged entry for
+ *   the same packet after DNAT, takes that record if it is younger than
+ *   WEIR_SERVICE_OPEN_WINDOW_NS (the two hooks run back to back for one
+ *   packet) and links. A second VIP opened from the same source port within
+ *   the window marks the record AMBIGUOUS: neither flow is linked.
+ * weir_service_backends (LRU hash): a SERVICE entry's key -> the backend
+ *   leave_node saw. Written by leave_node, removed by from_pod when the
+ *   SERVICE entry starts a new flow, read only when a SERVICE entry is
+ *   judged again. An entry never linked (a backend on this node, judged at
+ *   its to_pod, or a link lost to ambiguity or eviction) is judged as
+ *   before: its flow is cut where the backend entry is seen.
+ */
+struct weir_service_open_key {
+	__u8 saddr[16];
+	__be16 sport;
+	__u8 protocol;
+	__u8 pad;
+};
+
+#define WEIR_SERVICE_OPEN_AMBIGUOUS (1u << 0)
+
+struct weir_service_open {
+	__u64 opened_ns; /* conntrack clock when from_pod recorded it */
+	__u8 vaddr[16];  /* the VIP and port the source opened */
+	__be16 vport;
+	__u8 flags;      /* WEIR_SERVICE_OPEN_* */
+	__u8 pad[5];
+};
+
+struct weir_service_backend {
+	__u8 baddr[16]; /* the backend kube-proxy chose, as leave_node saw it */
+	__be16 bport;
+	__u8 pad[2];
+};
+
+#define WEIR_SERVICE_OPEN_WINDOW_NS 20000000ull
+
 /* ---- verdicts, events and counters ------------------------------------ */
 enum weir_reason {
 	WEIR_R_ALLOW_UNISOLATED = 1, /* no policy selects the endpoint in this direction */
@@ -414,6 +466,8 @@ struct weir_event_budget {
 #define WEIR_EVENTS_BYTES (1u << 20)
 #define WEIR_COUNTERS_MAX 65536
 #define WEIR_RULE_COUNTERS_MAX 65536
+#define WEIR_SERVICE_OPENS_MAX 16384
+#define WEIR_SERVICE_BACKENDS_MAX 65536
 
 /* ---- pinned names (under the bpffs root, default /sys/fs/bpf/weir) ----- */
 #define WEIR_MAP_IPCACHE "weir_ipcache"
@@ -429,6 +483,8 @@ struct weir_event_budget {
 #define WEIR_MAP_EVENT_BUDGET "weir_event_budget"
 #define WEIR_MAP_CONFIG "weir_config"
 #define WEIR_MAP_ABI "weir_abi"
+#define WEIR_MAP_SERVICE_OPENS "weir_service_opens"
+#define WEIR_MAP_SERVICE_BACKENDS "weir_service_backends"
 
 /*
  * Other pins under the root:

@@ -148,20 +148,24 @@ static __always_inline __u64 ct_now(void)
 }
 
 /* A packet of the flow passed: advance the TCP state and the expiry.
- * cfg: weir_cfg(), which the caller has at hand. */
-static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *p, int reply,
-				     const struct weir_config *cfg, __u64 now)
+ * cfg: weir_cfg(), which the caller has at hand. Returns 1 when the packet
+ * starts a new TCP connection on the tuple of a closed one. */
+static __always_inline int ct_touch(struct weir_ct_value *v, const struct pkt *p, int reply,
+				    const struct weir_config *cfg, __u64 now)
 {
 	__u32 flags = v->flags;
 	__u32 nflags = flags;
+	int reused = 0;
 
 	if (reply)
 		nflags |= WEIR_CT_SEEN_REPLY;
 	if (p->proto == IPPROTO_TCP) {
 		if (!reply && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
-		    (flags & (WEIR_CT_RST | WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV)))
+		    (flags & (WEIR_CT_RST | WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV))) {
 			/* the tuple is reused by a new connection */
 			nflags = flags & (WEIR_CT_ORIG_SWAPPED | WEIR_CT_SERVICE);
+			reused = 1;
+		}
 		if (p->tcp_flags & TCP_RST)
 			nflags |= WEIR_CT_RST;
 		if (p->tcp_flags & TCP_FIN)
@@ -174,6 +178,7 @@ static __always_inline void ct_touch(struct weir_ct_value *v, const struct pkt *
 	} else if (exp > v->expires_ns + WEIR_CT_REFRESH_NS) {
 		v->expires_ns = exp;
 	}
+	return reused;
 }
 
 /* gen: the policy generation read before the flow was judged (policy_gen_at_start). */

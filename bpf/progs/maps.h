@@ -70,6 +70,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_ct SEC(".maps");
 
+/* Service flows to another node's backend (see weir_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct weir_service_open_key);
+	__type(value, struct weir_service_open);
+	__uint(max_entries, WEIR_SERVICE_OPENS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_service_opens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct weir_ct_key);
+	__type(value, struct weir_service_backend);
+	__uint(max_entries, WEIR_SERVICE_BACKENDS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_service_backends SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, WEIR_EVENTS_BYTES);

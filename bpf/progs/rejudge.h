@@ -28,6 +28,7 @@
 #include "events.h"
 #include "conntrack.h"
 #include "policy.h"
+#include "service.h"
 
 /* The generation a judgement is stamped with. Read before any verdict
  * lookup: a judgement that races a sync then carries the old generation
@@ -74,8 +75,10 @@ static __always_inline __u32 side_of(__u8 dir, __u8 proto, __be16 port)
  * Judge entry v (stored under key k) again. Returns 0 when every side it
  * was allowed by still allows it (the stamp and the rule are refreshed),
  * else the refusing side's drop reason, described in *vc. A SERVICE entry
- * (a pod -> VIP, kept for the un-DNATed reply) was never a judgement: the
- * flow's verdict lives in the backend tuple's entry, judged again there.
+ * (a pod -> VIP, kept for the un-DNATed reply) was never a judgement: its
+ * source's egress is judged against the backend leave_node linked it to
+ * (service.h). Unlinked (a backend on this node), the flow's verdict lives
+ * in the backend tuple's entry alone, judged again where that is seen.
  */
 static __always_inline __u8 ct_rejudge(const struct weir_ct_key *k, struct weir_ct_value *v,
 				       __u32 gen, struct verdict_ctx *vc)
@@ -89,7 +92,15 @@ static __always_inline __u8 ct_rejudge(const struct weir_ct_key *k, struct weir_
 
 	if (is_icmp(k->protocol))
 		dport = 0; /* policy sees no port for ICMP */
-	if (v->egress_ep && !(v->flags & WEIR_CT_SERVICE)) {
+	if (v->flags & WEIR_CT_SERVICE) {
+		const struct weir_service_backend *b = v->egress_ep ? service_backend(k) : 0;
+		if (b) {
+			reason = judge_side(v->egress_ep, side_of(WEIR_DIR_EGRESS, k->protocol, b->bport),
+					    b->baddr, &rule, vc);
+			if (WEIR_REASON_IS_DROP(reason))
+				return reason;
+		}
+	} else if (v->egress_ep) {
 		reason = judge_side(v->egress_ep, side_of(WEIR_DIR_EGRESS, k->protocol, dport), dst, &rule, vc);
 		if (WEIR_REASON_IS_DROP(reason))
 			return reason;

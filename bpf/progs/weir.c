@@ -30,6 +30,7 @@
 #include "policy.h"
 #include "addrs.h"
 #include "rejudge.h"
+#include "service.h"
 
 /* The port policy sees: ICMP has none (its identifier is only for conntrack). */
 static __always_inline __be16 policy_port(const struct pkt *p)
@@ -81,8 +82,11 @@ int from_pod(struct __sk_buff *skb)
 		if (ct && !reply && ct->egress_ep == ep) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			if (!ct->ingress_ep)
-				ct_touch(ct, &p, 0, cfg, now);
+			/* A new connection on a closed SERVICE tuple may get
+			 * another backend: link it afresh. */
+			if (!ct->ingress_ep && ct_touch(ct, &p, 0, cfg, now) &&
+			    (ct->flags & WEIR_CT_SERVICE))
+				service_open(&p, &k, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 		if (ct && reply && ct->ingress_ep == ep) {
@@ -108,10 +112,13 @@ int from_pod(struct __sk_buff *skb)
 		 * remember that ep talks to it: the reply comes back from the VIP
 		 * (kube-proxy un-DNATs it) and must find ep's entry. A live entry
 		 * of another endpoint is left alone: a spoofer gets no reply path,
-		 * the owner keeps its own. */
-		if (tracked && !dst->endpoint && !ct &&
-		    ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, gen, now))
-			return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+		 * the owner keeps its own. leave_node links the entry to the
+		 * backend when that is on another node (service.h). */
+		if (tracked && !dst->endpoint && !ct) {
+			if (ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, gen, now))
+				return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+			service_open(&p, &k, now);
+		}
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_DEFERRED, 0);
 	}
 
@@ -230,7 +237,9 @@ int to_pod(struct __sk_buff *skb)
  * the node's netfilter, so a Service packet carries the backend kube-proxy
  * chose. from_pod deferred Service traffic to the destination's to_pod,
  * which for a backend on another node is never reached: here the source
- * pod's egress is judged against that backend. Flows judged already (to a
+ * pod's egress is judged against that backend, and the flow's S->VIP
+ * entry linked to it, so that re-judging can cut the replies that come
+ * back from the VIP. Flows judged already (to a
  * remote pod directly, at from_pod) pass on their conntrack entry, the
  * S->VIP entries from_pod keeps for replies do not; packets
  * that are not a local pod's (the node's own, VXLAN's outer packets, other
@@ -285,8 +294,12 @@ int leave_node(struct __sk_buff *skb)
 	vc.rule = rule;
 	if (WEIR_REASON_IS_DROP(reason))
 		return weir_drop(skb, &p, &vc, reason);
-	if (tracked && ct_create(&p, sep, 0, rule, 0, gen, now))
-		return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+	if (tracked) {
+		if (ct_create(&p, sep, 0, rule, 0, gen, now))
+			return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
+		/* A Service flow's first packet: its SERVICE entry learns the backend. */
+		service_link(&p, sep, now);
+	}
 	return weir_allow(skb, &p, &vc, reason, 1);
 }
 

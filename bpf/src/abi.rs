@@ -276,6 +276,12 @@ impl CtKey {
         }
         CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, ..*self }
     }
+    pub fn src(&self) -> IpAddr {
+        addr::from_bytes(self.saddr)
+    }
+    pub fn dst(&self) -> IpAddr {
+        addr::from_bytes(self.daddr)
+    }
 }
 
 pub const CT_SEEN_REPLY: u32 = 1 << 0;
@@ -302,6 +308,53 @@ pub struct CtValue {
     /// `Config::policy_gen` when the flow was last judged.
     pub policy_gen: u32,
     pub pad: u32,
+}
+
+// ---- Service flows to a backend on another node --------------------------------
+/// `struct weir_service_open_key`: a pod's source (address, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceOpenKey {
+    pub saddr: [u8; 16],
+    /// Network order.
+    pub sport: u16,
+    pub protocol: u8,
+    pub pad: u8,
+}
+
+/// Neither VIP opened from the source port within the window is linked.
+pub const SERVICE_OPEN_AMBIGUOUS: u8 = 1 << 0;
+/// How long after from_pod records an open leave_node may take it.
+pub const SERVICE_OPEN_WINDOW_NS: u64 = 20_000_000;
+
+/// `struct weir_service_open`: the VIP a source port just opened.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceOpen {
+    pub opened_ns: u64,
+    pub vaddr: [u8; 16],
+    /// Network order.
+    pub vport: u16,
+    /// `SERVICE_OPEN_*`
+    pub flags: u8,
+    pub pad: [u8; 5],
+}
+
+/// `struct weir_service_backend`, the value of `weir_service_backends`
+/// (keyed by a SERVICE conntrack entry's key): the backend leave_node saw.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceBackend {
+    pub baddr: [u8; 16],
+    /// Network order.
+    pub bport: u16,
+    pub pad: [u8; 2],
+}
+
+impl ServiceBackend {
+    pub fn addr(&self) -> IpAddr {
+        addr::from_bytes(self.baddr)
+    }
 }
 
 // ---- verdicts, events, counters ------------------------------------------------
@@ -464,6 +517,8 @@ pub const CT_MAX: u32 = 262144;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const COUNTERS_MAX: u32 = 65536;
 pub const RULE_COUNTERS_MAX: u32 = 65536;
+pub const SERVICE_OPENS_MAX: u32 = 16384;
+pub const SERVICE_BACKENDS_MAX: u32 = 65536;
 
 // ---- pinned names ----------------------------------------------------------------
 pub const MAP_IPCACHE: &str = "weir_ipcache";
@@ -483,8 +538,12 @@ pub const MAP_EVENT_BUDGET: &str = "weir_event_budget";
 pub const MAP_RULE_COUNTERS: &str = "weir_rule_counters";
 pub const MAP_CONFIG: &str = "weir_config";
 pub const MAP_ABI: &str = "weir_abi";
+/// Source port -> the VIP it just opened (see `weir_abi.h`).
+pub const MAP_SERVICE_OPENS: &str = "weir_service_opens";
+/// SERVICE conntrack entry -> the backend on another node it stands for.
+pub const MAP_SERVICE_BACKENDS: &str = "weir_service_backends";
 /// Every map the object pins by name under the bpffs root.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 15] = [
     MAP_IPCACHE,
     MAP_IPCACHE_EXACT,
     MAP_ENDPOINTS,
@@ -498,6 +557,8 @@ pub const PINNED_MAPS: [&str; 13] = [
     MAP_RULE_COUNTERS,
     MAP_CONFIG,
     MAP_ABI,
+    MAP_SERVICE_OPENS,
+    MAP_SERVICE_BACKENDS,
 ];
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_TO_POD: &str = "to_pod";
@@ -525,7 +586,10 @@ pod!(
     CounterKey,
     CounterValue,
     Config,
-    EventBudget
+    EventBudget,
+    ServiceOpenKey,
+    ServiceOpen,
+    ServiceBackend
 );
 
 #[cfg(test)]

@@ -233,10 +233,10 @@ pub struct CtEntry {
 
 impl CtEntry {
     pub fn src(&self) -> std::net::IpAddr {
-        addr::from_bytes(self.key.saddr)
+        self.key.src()
     }
     pub fn dst(&self) -> std::net::IpAddr {
-        addr::from_bytes(self.key.daddr)
+        self.key.dst()
     }
 }
 
@@ -1047,6 +1047,31 @@ impl Dataplane {
             let (key, value) = r.map_err(map_err(&p, "iterate"))?;
             let key = key.as_opened(&value);
             out.push(CtEntry { key, value, expires_in_ns: value.expires_ns.saturating_sub(now) });
+        }
+        Ok(out)
+    }
+
+    /// The SERVICE conntrack entries linked to a backend on another node
+    /// (`weir_service_backends`), each key as its flow was opened. Empty
+    /// where the map is not pinned (pins an older build of this ABI made).
+    pub fn service_backends(&self) -> Result<Vec<(CtKey, ServiceBackend)>, Error> {
+        let p = self.root.join(MAP_SERVICE_BACKENDS);
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let links: HashMap<MapData, CtKey, ServiceBackend> =
+            HashMap::try_from(open_map(&self.root, MAP_SERVICE_BACKENDS)?)
+                .map_err(map_err(&p, "check key/value sizes"))?;
+        let ct = self.ct.lock().unwrap();
+        let mut out = Vec::new();
+        for r in links.iter() {
+            let (key, backend) = r.map_err(map_err(&p, "iterate"))?;
+            // the SERVICE entry says which end opened the flow
+            let key = match ct.get(&key, 0) {
+                Ok(v) => key.as_opened(&v),
+                Err(_) => key,
+            };
+            out.push((key, backend));
         }
         Ok(out)
     }

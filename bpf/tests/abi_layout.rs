@@ -53,6 +53,9 @@ fn generate() -> String {
     check_struct!(c, CidrValue => "weir_cidr_value", lpm = false, { identity });
     check_struct!(c, CtKey => "weir_ct_key", lpm = false, { saddr, daddr, sport, dport, protocol, pad });
     check_struct!(c, CtValue => "weir_ct_value", lpm = false, { expires_ns, egress_ep, ingress_ep, rule, flags, policy_gen, pad });
+    check_struct!(c, ServiceOpenKey => "weir_service_open_key", lpm = false, { saddr, sport, protocol, pad });
+    check_struct!(c, ServiceOpen => "weir_service_open", lpm = false, { opened_ns, vaddr, vport, flags, pad });
+    check_struct!(c, ServiceBackend => "weir_service_backend", lpm = false, { baddr, bport, pad });
     check_struct!(c, Event => "weir_event", lpm = false, {
         ts_ns, endpoint, peer_identity, rule, saddr, daddr, sport, dport, protocol, direction, reason, flags, pad
     });
@@ -109,6 +112,9 @@ fn generate() -> String {
         POLICY_MAX => "WEIR_POLICY_MAX", CIDR_MAX => "WEIR_CIDR_MAX", CT_MAX => "WEIR_CT_MAX",
         EVENTS_BYTES => "WEIR_EVENTS_BYTES", COUNTERS_MAX => "WEIR_COUNTERS_MAX",
         RULE_COUNTERS_MAX => "WEIR_RULE_COUNTERS_MAX",
+        SERVICE_OPENS_MAX => "WEIR_SERVICE_OPENS_MAX", SERVICE_BACKENDS_MAX => "WEIR_SERVICE_BACKENDS_MAX",
+        SERVICE_OPEN_AMBIGUOUS => "WEIR_SERVICE_OPEN_AMBIGUOUS",
+        SERVICE_OPEN_WINDOW_NS => "WEIR_SERVICE_OPEN_WINDOW_NS",
     );
     // the full-length prefix of a policy key is its data size in bits
     writeln!(c, "_Static_assert(sizeof(struct weir_policy_key) * 8 - 32 == {POLICY_FULL_BITS}, \"POLICY_FULL_BITS\");")
@@ -127,6 +133,8 @@ fn generate() -> String {
         (MAP_EVENT_BUDGET, "WEIR_MAP_EVENT_BUDGET"),
         (MAP_CONFIG, "WEIR_MAP_CONFIG"),
         (MAP_ABI, "WEIR_MAP_ABI"),
+        (MAP_SERVICE_OPENS, "WEIR_MAP_SERVICE_OPENS"),
+        (MAP_SERVICE_BACKENDS, "WEIR_MAP_SERVICE_BACKENDS"),
         (PROG_FROM_POD, "WEIR_PROG_FROM_POD"),
         (PROG_TO_POD, "WEIR_PROG_TO_POD"),
     ] {

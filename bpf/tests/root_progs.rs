@@ -1521,7 +1521,9 @@ fn root_rejudge_a_service_flow_to_a_local_backend() {
 
 /// Remote peers: A's egress to R judged at from_pod(A) (directly) and at
 /// leave_node (a Service backend on another node). Revoked, the direct
-/// flow's reply is cut at to_pod(A) and the Service flow at leave_node.
+/// flow's reply is cut at to_pod(A), and the Service flow at from_pod(A),
+/// on its VIP entry, which leave_node linked to R (and at leave_node, had
+/// the packet got there).
 #[test]
 fn root_rejudge_flows_to_remote_peers() {
     let Some(e) = Env::new("rjrem") else { return };
@@ -1544,9 +1546,129 @@ fn root_rejudge_flows_to_remote_peers() {
     e.revoke(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
     assert!(!e.to(e.a, &pkt::tcp(ip(R4), 80, ip(A4), 3000, ACK)), "the reply");
     assert!(!e.from(e.a, &pkt::tcp(ip(A4), 3000, ip(R4), 80, ACK)), "A's next packet");
-    assert!(e.from(e.a, &pkt::tcp(ip(A4), 3001, ip(VIP4), 80, ACK)), "to the VIP: deferred");
+    assert!(!e.from(e.a, &pkt::tcp(ip(A4), 3001, ip(VIP4), 80, ACK)), "to the VIP, judged against R");
     assert!(!leave(&pkt::tcp(ip(A4), 3001, ip(R4), 80, ACK)), "after DNAT, leaving the node");
-    assert_eq!(e.revoked(e.a, DIR_EGRESS), 4);
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 5);
+}
+
+impl Env {
+    /// The backends SERVICE entries are linked to: (source port, VIP,
+    /// backend, backend port).
+    fn links(&self) -> Vec<(u16, IpAddr, IpAddr, u16)> {
+        let mut v: Vec<_> = self
+            .dp
+            .service_backends()
+            .unwrap()
+            .into_iter()
+            .map(|(k, b)| (u16::from_be(k.sport), k.dst(), b.addr(), u16::from_be(b.bport)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A Service flow whose backend R is on another node: from_pod(A) keeps
+/// A -> VIP, leave_node judges A -> R after DNAT and links the VIP entry to
+/// R. R's replies come back from the VIP (kube-proxy un-DNATs them), so
+/// only that link lets a re-judgement see R. A change that still allows the
+/// flow passes every packet; once A's egress to R is revoked, the flow is
+/// cut on its next packet in either direction: R's reply at to_pod(A), A's
+/// packet at from_pod(A). TCP and UDP, both families.
+#[test]
+fn root_rejudge_a_service_flow_to_a_remote_backend_cuts_its_replies() {
+    let Some(e) = Env::new("rjrsv") else { return };
+    let uplink = dummy("wu");
+    let vips = IpcacheValue { identity: ID_WORLD, endpoint: 0, flags: IPCACHE_SERVICE, pad: 0 };
+    e.dp.set_ipcache("fd00:96::/112".parse().unwrap(), &vips).unwrap();
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(UDP), Some((5353, 5353)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    let flows = [(A4, VIP4, R4), (A6, "fd00:96::10", R6)];
+    for (a, vip, r) in flows {
+        assert!(e.from(e.a, &pkt::tcp(ip(a), 3000, ip(vip), 80, SYN)));
+        assert!(leave(&pkt::tcp(ip(a), 3000, ip(r), 8080, SYN)));
+        assert!(e.to(e.a, &pkt::tcp(ip(vip), 80, ip(a), 3000, SYN | ACK)), "{a}: R's reply, from the VIP");
+        assert!(e.from(e.a, &pkt::udp(ip(a), 3001, ip(vip), 53)));
+        assert!(leave(&pkt::udp(ip(a), 3001, ip(r), 5353)));
+        assert!(e.to(e.a, &pkt::udp(ip(vip), 53, ip(a), 3001)), "{a}: R's datagram");
+    }
+    let mut want = Vec::new();
+    for (_, vip, r) in flows {
+        want.push((3000, ip(vip), ip(r), 8080));
+        want.push((3001, ip(vip), ip(r), 5353));
+    }
+    want.sort();
+    assert_eq!(e.links(), want, "each VIP entry linked to the backend leave_node saw");
+
+    // still allowed: every packet passes, nothing is counted as revoked
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((9090, 9090)));
+    e.dp.bump_policy_gen().unwrap();
+    for (a, vip, _) in flows {
+        assert!(e.to(e.a, &pkt::udp(ip(vip), 53, ip(a), 3001)), "{a}: R's datagram, still allowed");
+        assert!(e.to(e.a, &pkt::tcp(ip(vip), 80, ip(a), 3000, ACK)), "{a}: R's segment, still allowed");
+        assert!(e.from(e.a, &pkt::tcp(ip(a), 3000, ip(vip), 80, ACK)), "{a}: A's segment, still allowed");
+    }
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 0);
+
+    e.revoke(e.a, ID_R, DIR_EGRESS, Some(UDP), Some((5353, 5353)));
+    e.revoke(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    for (a, vip, _) in flows {
+        // UDP: the backend's datagram first; TCP: A's segment first
+        assert!(!e.to(e.a, &pkt::udp(ip(vip), 53, ip(a), 3001)), "{a}: R's datagram after the revocation");
+        assert!(!e.from(e.a, &pkt::udp(ip(a), 3001, ip(vip), 53)), "{a}: A's datagram after it");
+        assert!(!e.from(e.a, &pkt::tcp(ip(a), 3000, ip(vip), 80, ACK)), "{a}: A's segment after the revocation");
+        assert!(!e.to(e.a, &pkt::tcp(ip(vip), 80, ip(a), 3000, ACK)), "{a}: R's reply after it");
+        let entry = e.dp.ct_entries().unwrap().into_iter().find(|c| c.src() == ip(a) && c.dst() == ip(vip));
+        assert!(entry.is_some_and(|c| c.value.flags & (CT_SERVICE | CT_REVOKED) == CT_SERVICE | CT_REVOKED));
+    }
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 8, "counted on A's egress, the side that refused");
+    assert_eq!(e.count(e.a, DIR_INGRESS, R_ALLOW_REPLY), 8, "the replies before the revocation only");
+
+    // allowed again: the flow carries on
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(UDP), Some((5353, 5353)));
+    e.dp.bump_policy_gen().unwrap();
+    assert!(e.to(e.a, &pkt::udp(ip(VIP4), 53, ip(A4), 3001)), "revived");
+}
+
+/// A link is made only where it cannot be wrong. A source port that opens
+/// two VIPs before either reaches leave_node links neither; a backend on
+/// this node (judged at its to_pod, never at leave_node) links nothing; a
+/// packet leaving the node with no open just recorded (a retransmission)
+/// moves no link; a new TCP connection on a closed VIP tuple drops the old
+/// backend's link and takes the new one's.
+#[test]
+fn root_service_links_only_what_it_can_tell_apart() {
+    let Some(e) = Env::new("svlink") else { return };
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY);
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    let vip2 = "10.96.0.11";
+    // one source port, two VIPs, both opened before leave_node saw either
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 4000, ip(VIP4), 53)));
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 4000, ip(vip2), 53)));
+    assert!(leave(&pkt::udp(ip(A4), 4000, ip(R4), 5353)));
+    assert!(leave(&pkt::udp(ip(A4), 4000, ip("10.1.0.6"), 5353)));
+    assert_eq!(e.links(), vec![], "ambiguous: neither is linked");
+    // a backend on this node
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4001, ip(VIP4), 80, SYN)));
+    assert!(e.to(e.b, &pkt::tcp(ip(A4), 4001, ip(B4), 8080, SYN)));
+    assert_eq!(e.links(), vec![], "a local backend is judged at its own hook");
+    // a connection, its retransmission after its entry went, a reuse
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)));
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip(R4), 8080, SYN)));
+    assert_eq!(e.links(), vec![(4002, ip(VIP4), ip(R4), 8080)]);
+    let removed = e.dp.ct_flush_where(|k, v| v.flags & CT_SERVICE == 0 && k.sport == 4002u16.to_be()).unwrap();
+    assert_eq!(removed, 1, "the backend's entry");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)), "retransmitted");
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip(R4), 8080, SYN)));
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip("10.1.0.6"), 8080, SYN)), "no open recorded for it");
+    assert_eq!(e.links(), vec![(4002, ip(VIP4), ip(R4), 8080)], "a packet with no open moves no link");
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, RST)));
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)), "a new connection on the tuple");
+    assert_eq!(e.links(), vec![], "the old backend's link is gone");
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip("10.1.0.7"), 8081, SYN)));
+    assert_eq!(e.links(), vec![(4002, ip(VIP4), ip("10.1.0.7"), 8081)], "the new backend's");
 }
 
 /// Every input of a verdict, changed under an established flow, is seen on

@@ -227,3 +227,53 @@ fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str,
         "the drop is an event in the new ring"
     );
 }
+
+/// Maps added beside the others need no ABI bump: pins of an older build of
+/// this ABI that lack them (here: removed, as that build never made them)
+/// get them when this build takes over, the other pins stay the same
+/// maps, and the new programs link a Service flow through them.
+#[test]
+fn root_upgrade_adds_the_maps_an_older_build_lacked() {
+    if !weir_testsupport::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    private_netns();
+    let root = TestRoot::new("addmaps");
+    let dp = root.load();
+    let ct_id = |p: &std::path::Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let ct_before = ct_id(&root.path.join(MAP_CT));
+    for m in [MAP_SERVICE_OPENS, MAP_SERVICE_BACKENDS] {
+        std::fs::remove_file(root.path.join(m)).unwrap();
+    }
+    drop(dp);
+    assert_eq!(Dataplane::open(&root.path).unwrap().service_backends().unwrap(), vec![], "absent: nothing linked");
+    let (dp, up) = Dataplane::load_or_upgrade_as(&root.path, "next-build").unwrap();
+    assert!(up.replaced);
+    for m in [MAP_SERVICE_OPENS, MAP_SERVICE_BACKENDS] {
+        assert!(root.path.join(m).exists(), "{m} pinned by the upgrade");
+    }
+    assert_eq!(ct_id(&root.path.join(MAP_CT)), ct_before, "conntrack is the same pin");
+    // the new programs use them: a Service flow's first packet links
+    let a = dummy("wa");
+    let uplink = dummy("wu");
+    let cache = |net: &str, identity, endpoint, flags| {
+        dp.set_ipcache(net.parse().unwrap(), &IpcacheValue { identity, endpoint, flags, pad: 0 }).unwrap();
+    };
+    cache("10.0.0.10/32", 300, a, 0);
+    cache("10.96.0.0/12", ID_WORLD, 0, IPCACHE_SERVICE);
+    let addrs = ["10.0.0.10/24".parse().unwrap()];
+    let ep = Endpoint::for_pod(pkt::test_mac(a), &addrs, 0).unwrap();
+    dp.set_endpoint(a, &Endpoint { identity: 300, flags: EP_READY, revision: 1, ..ep }).unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let to_vip = pkt::tcp(ip("10.0.0.10"), 3000, ip("10.96.0.10"), 80, pkt::SYN);
+    assert_eq!(
+        dp.run(Hook::FromPod, &pkt::as_seen_at(Hook::FromPod, pkt::test_mac(a), &to_vip), a).unwrap(),
+        weir_bpf::TC_PASS
+    );
+    let leaving = pkt::tcp(ip("10.0.0.10"), 3000, ip("10.1.0.5"), 8080, pkt::SYN);
+    assert_ne!(dp.run(Hook::LeaveNode, &leaving, uplink).unwrap(), weir_bpf::TC_DROP);
+    let links = dp.service_backends().unwrap();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!((links[0].0.dst(), links[0].1.addr()), (ip("10.96.0.10"), ip("10.1.0.5")));
+}
