@@ -399,6 +399,148 @@ impl Drop for Flow {
     }
 }
 
+/// A UDP stream a backend pushes: inside the backend pod's netns a socket
+/// on `port` waits for a client's hello, then sends it a numbered datagram
+/// every TICK, whatever comes back. The client end, in another pod, says
+/// hello (again every few ticks until the stream starts) and then only
+/// listens. So the backend's datagrams are the flow's only traffic: they
+/// reach the client on the client node's SERVICE entry alone when `dst` is
+/// a ClusterIP.
+pub struct PushStream {
+    /// The client's end.
+    pub local: SocketAddr,
+    /// Datagrams the backend sent.
+    pub sent: Arc<AtomicU64>,
+    /// Datagrams the client received, and when it last did (ms since start).
+    received: Arc<AtomicU64>,
+    last_ms: Arc<AtomicU64>,
+    start: std::time::Instant,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl PushStream {
+    /// The backend listening in `backend_netns` on UDP `port` (all
+    /// addresses), the client in `client_netns` sending its hello to `dst`.
+    pub fn start(backend_netns: &str, port: u16, client_netns: &str, dst: SocketAddr) -> Result<PushStream> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (received, last_ms) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let start = std::time::Instant::now();
+        let backend = netns::run_in(&netns::path(backend_netns), move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+            s.set_read_timeout(Some(TICK))?;
+            Ok(s)
+        })
+        .with_context(|| format!("binding UDP {port} in {backend_netns}"))?;
+        let client = netns::run_in(&netns::path(client_netns), move || -> std::io::Result<UdpSocket> {
+            let any: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("constant");
+            let s = UdpSocket::bind(any)?;
+            s.connect(dst)?;
+            s.set_read_timeout(Some(TICK))?;
+            Ok(s)
+        })
+        .with_context(|| format!("a UDP socket to {dst} in {client_netns}"))?;
+        let local = client.local_addr()?;
+        let mut stream = PushStream { local, sent, received, last_ms, start, stop, threads: Vec::new() };
+        let (st, n) = (stream.stop.clone(), stream.sent.clone());
+        stream.threads.push(std::thread::spawn(move || {
+            let mut to = None;
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = backend.recv_from(&mut buf) {
+                    to = Some(from);
+                }
+                if let Some(to) = to {
+                    let seq = n.load(Ordering::Relaxed) + 1;
+                    if backend.send_to(&seq.to_be_bytes(), to).is_ok() {
+                        n.store(seq, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+        let (st, got, last) = (stream.stop.clone(), stream.received.clone(), stream.last_ms.clone());
+        stream.threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut ticks = 0u64;
+            while !st.load(Ordering::Relaxed) {
+                if got.load(Ordering::Relaxed) == 0 && ticks.is_multiple_of(4) {
+                    let _ = client.send(b"hello");
+                }
+                ticks += 1;
+                if let Ok(8) = client.recv(&mut buf) {
+                    got.fetch_add(1, Ordering::Relaxed);
+                    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+        Ok(stream)
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the stream started, on the clock that stamps
+    /// the last arrival.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// When the last datagram arrived (`now_ms` clock).
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// Wait until at least `n` more datagrams arrived since `from`.
+    pub fn advance(&self, from: u64, n: u64, when: &str) -> Result<u64> {
+        for _ in 0..(n * 200) {
+            let now = self.received();
+            if now >= from + n {
+                return Ok(now);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!(
+            "{when}: the stream stalled at {} datagrams ({} sent)",
+            self.received(),
+            self.sent.load(Ordering::Relaxed)
+        )
+    }
+
+    /// Wait until no datagram has arrived for `quiet` while the backend
+    /// went on sending; returns how many arrived in all. The bound only ends
+    /// a wait that failed (a stream that never stops).
+    pub fn wait_cut(&self, quiet: Duration, when: &str) -> Result<u64> {
+        for _ in 0..3000 {
+            let silent = self.now_ms().saturating_sub(self.last_ms());
+            if silent >= quiet.as_millis() as u64 {
+                let sent = self.sent.load(Ordering::Relaxed);
+                std::thread::sleep(TICK * 4);
+                if self.sent.load(Ordering::Relaxed) > sent {
+                    return Ok(self.received());
+                }
+                bail!("{when}: the stream went quiet, but so did its backend ({sent} sent)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("{when}: the stream still arrives ({} datagrams)", self.received())
+    }
+
+    pub fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PushStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// The weir-policyd this test starts in place of the killed one; killed
 /// and reaped on drop (`lab down` also stops it: its command line points
 /// into the lab directory).

@@ -53,6 +53,13 @@ fn ipv4(ips: &[IpAddr], what: &str) -> Result<IpAddr> {
     ips.iter().copied().find(IpAddr::is_ipv4).with_context(|| format!("{what} has no IPv4 address"))
 }
 
+/// The ClusterIP (IPv4) of Service `key` (namespace/name) in the lab's state.
+fn service_ipv4(state: &serde_json::Value, key: &str) -> Result<IpAddr> {
+    let list: Vec<IpAddr> =
+        state["services"][key].as_array().into_iter().flatten().filter_map(|v| v.as_str()?.parse().ok()).collect();
+    ipv4(&list, &format!("service {key}"))
+}
+
 /// The lab up, a -> b (TCP 80, UDP 5353) and a -> c (TCP 80) allowed,
 /// everything else into x isolated, converged.
 /// Fields drop in order: the lab goes down before the scratch directory
@@ -80,15 +87,7 @@ impl Setup {
         let pod = |p: &str| -> Result<IpAddr> {
             ipv4(ips.get(&PodRef::new("x", p)).map(Vec::as_slice).unwrap_or(&[]), &format!("pod x/{p}"))
         };
-        let vip = |p: &str| -> Result<IpAddr> {
-            let list: Vec<IpAddr> = state["services"][format!("x/s-x-{p}")]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str()?.parse().ok())
-                .collect();
-            ipv4(&list, &format!("service x/s-x-{p}"))
-        };
+        let vip = |p: &str| service_ipv4(&state, &format!("x/s-x-{p}"));
         let (b, b_vip, c, c_vip) = (pod("b")?, vip("b")?, pod("c")?, vip("c")?);
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/weir-lab-{name}"));
         let dp = Dataplane::open(&bpffs).with_context(|| format!("opening the maps under {}", bpffs.display()))?;
@@ -257,5 +256,155 @@ fn off_keeps_flows() -> Result<()> {
         bail!("re-judging off, yet packets were counted as drop_policy_revoked");
     }
     s.lab.down()?;
+    Ok(())
+}
+
+/// Two nodes: x/a on node-1, its Service backends x/b and x/c on node-2,
+/// each pushing a UDP stream to a through its ClusterIP. a's egress allows
+/// both; then the allow for b goes. Node-1 sees b's datagrams only after
+/// kube-proxy un-DNATs them to the VIP, on the SERVICE entry of a's flow:
+/// re-judged against the backend leave_node linked it to, b's stream is
+/// cut there, on the client's node, and c's loses nothing.
+fn remote_backend_model(dir: &std::path::Path) -> Result<()> {
+    let mut files = vec![(
+        "00-namespace-x.yaml".to_string(),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {kubernetes.io/metadata.name: x}}\n".to_string(),
+    )];
+    for (pod, node) in [("a", "node-1"), ("b", "node-2"), ("c", "node-2")] {
+        files.push((
+            format!("10-pod-{pod}.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: x, labels: {{pod: {pod}}}}}\n\
+                 spec:\n  nodeName: {node}\n  containers:\n  - name: c\n"
+            ),
+        ));
+    }
+    for to in ["b", "c"] {
+        files.push((
+            format!("20-service-{to}.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: push-{to}, namespace: x}}\n\
+                 spec:\n  selector: {{pod: {to}}}\n  ports:\n  - {{protocol: UDP, port: {PUSH_PORT}, targetPort: {PUSH_PORT}}}\n"
+            ),
+        ));
+        files.push((format!("30-policy-{to}.yaml"), serde_yaml_ng::to_string(&allow_egress_udp(to))?));
+    }
+    std::fs::create_dir_all(dir)?;
+    for (f, text) in files {
+        std::fs::write(dir.join(f), text)?;
+    }
+    Ok(())
+}
+
+/// The backends' UDP port (no pod of the lab serves it: the test does).
+const PUSH_PORT: u16 = 7000;
+
+/// a-egress-<to>: x/a may send UDP PUSH_PORT to x/<to>.
+fn allow_egress_udp(to: &str) -> serde_yaml_ng::Value {
+    yaml(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a-egress-{to}, namespace: x}}\n\
+         spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  \
+         egress:\n  - to: [{{podSelector: {{matchLabels: {{pod: {to}}}}}}}]\n    ports: [{{protocol: UDP, port: {PUSH_PORT}}}]\n"
+    ))
+}
+
+#[test]
+fn root_rejudge_cuts_a_remote_backends_stream_at_the_clients_node() {
+    if !is_root() {
+        eprintln!("root_rejudge_cuts_a_remote_backends_stream_at_the_clients_node: skipped, needs root");
+        return;
+    }
+    if let Err(e) = cuts_remote_backend_stream() {
+        panic!("{e:#}");
+    }
+}
+
+fn cuts_remote_backend_stream() -> Result<()> {
+    let tag = "rjr";
+    let name = format!("{tag}{}", std::process::id());
+    let work =
+        weir_testsupport::RemoveOnDrop::fresh(std::env::temp_dir().join(format!("weir-{tag}-{}", std::process::id())));
+    let ctl = weir_e2e::lab::Weirctl::locate()?.snapshot(&work.path().join("bin"))?;
+    if !ctl.policyd_has_backends() {
+        eprintln!("SKIPPED: weir-policyd has no --backend flag, traffic cannot cross nodes");
+        return Ok(());
+    }
+    let model = work.path().join("model");
+    remote_backend_model(&model)?;
+    let topology = weir_e2e::lab::Topology::multi(2, "vxlan");
+    let mut lab = Lab::up_on(&ctl, &name, &topology, &model, &work.path().join("steps"))?;
+    let state = lab_state(&name)?;
+    let placement = lab.placement()?;
+    if placement.get("x/a").map(String::as_str) != Some("node-1")
+        || placement.get("x/b").map(String::as_str) != Some("node-2")
+    {
+        bail!("pods not where their nodeName says: {placement:?}");
+    }
+    let vip = |svc: &str| service_ipv4(&state, &format!("x/{svc}"));
+    let ips = lab.pod_ips()?;
+    let b = ipv4(ips.get(&PodRef::new("x", "b")).map(Vec::as_slice).unwrap_or(&[]), "pod x/b")?;
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/weir-lab-{name}/node-1"));
+    let dp = Dataplane::open(&bpffs).with_context(|| format!("opening node-1's maps under {}", bpffs.display()))?;
+    let cfg = dp.config()?;
+    dp.set_config(&abi::Config { ct_udp_timeout_s: LONG_TIMEOUT_S, ct_syn_timeout_s: LONG_TIMEOUT_S, ..cfg })?;
+
+    let a_netns = pod_netns(&state, "x/a")?;
+    let b_vip = SocketAddr::new(vip("push-b")?, PUSH_PORT);
+    let mut from_b = PushStream::start(&pod_netns(&state, "x/b")?, PUSH_PORT, &a_netns, b_vip)?;
+    let mut from_c =
+        PushStream::start(&pod_netns(&state, "x/c")?, PUSH_PORT, &a_netns, SocketAddr::new(vip("push-c")?, PUSH_PORT))?;
+    from_b.advance(0, 10, "b's stream, before the change")?;
+    from_c.advance(0, 10, "c's stream, before the change")?;
+
+    // node-1 linked the VIP entry of a's flow to b, where kube-proxy sent it
+    let links = dp.service_backends()?;
+    let linked = links.iter().find(|(k, _)| {
+        k.src() == from_b.local.ip() && u16::from_be(k.sport) == from_b.local.port() && k.dst() == b_vip.ip()
+    });
+    match linked {
+        Some((_, backend)) if backend.addr() == b && u16::from_be(backend.bport) == PUSH_PORT => {}
+        other => bail!("a's flow to {b_vip} is not linked to {b}:{PUSH_PORT} on node-1: {other:?} (all: {links:?})"),
+    }
+
+    let drops = |dp: &Dataplane| -> Result<u64> {
+        Ok(dp.counters()?.iter().filter(|(k, _)| k.reason == abi::R_DROP_POLICY_REVOKED).map(|(_, v)| v.packets).sum())
+    };
+    let drops_before = drops(&dp)?;
+    let gen = dp.config()?.policy_gen;
+    lab.delete(&DeleteRef { kind: "NetworkPolicy".into(), namespace: Some("x".into()), name: "a-egress-b".into() })?;
+    let mut synced = false;
+    for _ in 0..1000 {
+        if dp.config()?.policy_gen != gen {
+            synced = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !synced {
+        bail!("node-1's weir-policyd never synced the removal of a-egress-b:\n{}", lab.policyd_log_tail(30));
+    }
+    let synced_ms = from_b.now_ms();
+
+    let n = from_b.wait_cut(Duration::from_secs(1), "b's stream, after a's egress to b was revoked")?;
+    let after = from_b.last_ms() as i64 - synced_ms as i64;
+    eprintln!(
+        "b's stream: cut after {n} datagrams (the last {after} ms after node-1's sync), its backend still sending"
+    );
+    if drops(&dp)? <= drops_before {
+        bail!("b's stream stopped, but node-1 counted no drop_policy_revoked");
+    }
+    let entry = dp.ct_entries()?.into_iter().find(|c| {
+        c.src() == from_b.local.ip() && u16::from_be(c.key.sport) == from_b.local.port() && c.dst() == b_vip.ip()
+    });
+    match entry {
+        Some(c) if c.value.flags & (abi::CT_SERVICE | abi::CT_REVOKED) == abi::CT_SERVICE | abi::CT_REVOKED => {}
+        other => bail!("a's SERVICE entry for {b_vip} on node-1 is not marked revoked: {other:?}"),
+    }
+    let from = from_c.received();
+    let now = from_c.advance(from, 20, "c's stream, after the change")?;
+    eprintln!("c's stream: {now} datagrams, still arriving");
+    from_b.finish();
+    from_c.finish();
+    lab.down()?;
     Ok(())
 }
