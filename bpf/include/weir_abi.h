@@ -298,19 +298,23 @@ struct weir_ct_value {
  * Nothing in the reply names the backend, and nothing leave_node sees names
  * the VIP, so the two are linked on the flow's first packet:
  *
- * weir_service_opens (LRU hash): from_pod, opening a SERVICE entry (or a
- *   new TCP connection on a closed one), records the VIP under the source's
- *   (address, port, protocol). leave_node, creating the judged entry for
- *   the same packet after DNAT, takes that record if it is younger than
- *   WEIR_SERVICE_OPEN_WINDOW_NS (the two hooks run back to back for one
- *   packet) and links. A second VIP opened from the same source port within
- *   the window marks the record AMBIGUOUS: neither flow is linked.
+ * weir_service_opens (LRU hash): from_pod, when a SERVICE entry starts a
+ *   flow (a new entry, or a new TCP connection on a closed one), records the
+ *   VIP under the source's (address, port, protocol). leave_node, creating
+ *   the judged entry for a packet of that source port (or reopening a
+ *   closed one), takes the record if it is younger than
+ *   WEIR_SERVICE_OPEN_WINDOW_NS (the hooks run back to back for one packet,
+ *   or once the next hop's neighbour resolves) and links. A second VIP
+ *   opened from the same source port within the window marks the record
+ *   AMBIGUOUS: neither flow is linked.
  * weir_service_backends (LRU hash): a SERVICE entry's key -> the backend
- *   leave_node saw. Written by leave_node, removed by from_pod when the
- *   SERVICE entry starts a new flow, read only when a SERVICE entry is
- *   judged again. An entry never linked (a backend on this node, judged at
- *   its to_pod, or a link lost to ambiguity or eviction) is judged as
- *   before: its flow is cut where the backend entry is seen.
+ *   leave_node saw. Removed by from_pod when the entry starts a flow, and
+ *   emptied when a build replaces another's programs (an older build
+ *   neither writes nor removes links); read only when a SERVICE entry is
+ *   judged again, and then only while the backend's address is a pod's.
+ *   An entry not linked (a backend on this node, judged at its own to_pod;
+ *   an ambiguous open; a link evicted) is judged as before: its flow is cut
+ *   where the backend entry is seen, and a remote backend's replies pass.
  */
 struct weir_service_open_key {
 	__u8 saddr[16];
@@ -335,7 +339,7 @@ struct weir_service_backend {
 	__u8 pad[2];
 };
 
-#define WEIR_SERVICE_OPEN_WINDOW_NS 20000000ull
+#define WEIR_SERVICE_OPEN_WINDOW_NS 200000000ull
 
 /* ---- verdicts, events and counters ------------------------------------ */
 enum weir_reason {

@@ -147,6 +147,14 @@ static __always_inline __u64 ct_now(void)
 	return bpf_ktime_get_coarse_ns();
 }
 
+/* Whether p, sent the flow's way on entry flags, opens a new TCP
+ * connection on the tuple of a closed one. */
+static __always_inline int ct_tcp_reuse(__u32 flags, const struct pkt *p, int reply)
+{
+	return p->proto == IPPROTO_TCP && !reply && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	       (flags & (WEIR_CT_RST | WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV));
+}
+
 /* A packet of the flow passed: advance the TCP state and the expiry.
  * cfg: weir_cfg(), which the caller has at hand. Returns 1 when the packet
  * starts a new TCP connection on the tuple of a closed one. */
@@ -155,17 +163,14 @@ static __always_inline int ct_touch(struct weir_ct_value *v, const struct pkt *p
 {
 	__u32 flags = v->flags;
 	__u32 nflags = flags;
-	int reused = 0;
+	int reused = ct_tcp_reuse(flags, p, reply);
 
 	if (reply)
 		nflags |= WEIR_CT_SEEN_REPLY;
 	if (p->proto == IPPROTO_TCP) {
-		if (!reply && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
-		    (flags & (WEIR_CT_RST | WEIR_CT_FIN_FWD | WEIR_CT_FIN_REV))) {
+		if (reused)
 			/* the tuple is reused by a new connection */
 			nflags = flags & (WEIR_CT_ORIG_SWAPPED | WEIR_CT_SERVICE);
-			reused = 1;
-		}
 		if (p->tcp_flags & TCP_RST)
 			nflags |= WEIR_CT_RST;
 		if (p->tcp_flags & TCP_FIN)

@@ -38,6 +38,13 @@ static __always_inline __u32 policy_gen_at_start(const struct weir_config *cfg)
 	return cfg ? cfg->policy_gen : 0;
 }
 
+/* In judge_side's direction byte: judge only a peer that is a pod (a label
+ * identity); any other passes. A SERVICE entry's link names the backend
+ * a flow was DNATed to; once that address is no pod's (the backend pod is
+ * gone, and the flow, a UDP one, moved on to another), judging the flow
+ * against it would cut an allowed flow. */
+#define JUDGE_PEER_POD_ONLY 0x80
+
 /*
  * One side of a flow, judged as a new flow's would be (the node is always
  * allowed). *vc describes it for the verdict's counter and event.
@@ -51,7 +58,7 @@ static __always_inline __u32 policy_gen_at_start(const struct weir_config *cfg)
 static __noinline __u8 judge_side(__u32 ep, __u32 dir_proto_port, const __u8 *peer, __u32 *rule,
 				  struct verdict_ctx *vc)
 {
-	__u8 dir = dir_proto_port & 0xff;
+	__u8 dir = dir_proto_port & 0x7f;
 	__u8 proto = (dir_proto_port >> 8) & 0xff;
 	__be16 port = dir_proto_port >> 16;
 	const struct weir_ipcache_value *pv = ipcache_lookup(peer);
@@ -63,6 +70,8 @@ static __noinline __u8 judge_side(__u32 ep, __u32 dir_proto_port, const __u8 *pe
 	*rule = 0;
 	if (identity == WEIR_ID_HOST)
 		return WEIR_R_ALLOW_HOST;
+	if ((dir_proto_port & JUDGE_PEER_POD_ONLY) && WEIR_PEER_WILDCARD(identity) != WEIR_ID_ANY_POD)
+		return WEIR_R_ALLOW_DEFERRED;
 	return judge(ep, endpoint_lookup(ep), dir, peer, identity, proto, port, 0, rule);
 }
 
@@ -95,7 +104,8 @@ static __always_inline __u8 ct_rejudge(const struct weir_ct_key *k, struct weir_
 	if (v->flags & WEIR_CT_SERVICE) {
 		const struct weir_service_backend *b = v->egress_ep ? service_backend(k) : 0;
 		if (b) {
-			reason = judge_side(v->egress_ep, side_of(WEIR_DIR_EGRESS, k->protocol, b->bport),
+			reason = judge_side(v->egress_ep,
+					    side_of(WEIR_DIR_EGRESS | JUDGE_PEER_POD_ONLY, k->protocol, b->bport),
 					    b->baddr, &rule, vc);
 			if (WEIR_REASON_IS_DROP(reason))
 				return reason;

@@ -80,13 +80,15 @@ int from_pod(struct __sk_buff *skb)
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
 		if (ct && !reply && ct->egress_ep == ep) {
+			/* A new connection on a closed SERVICE tuple is a new
+			 * flow, maybe to another backend: not judged by the
+			 * old one's. */
+			if ((ct->flags & WEIR_CT_SERVICE) && ct_tcp_reuse(ct->flags, &p, 0))
+				service_open(&p, &k, ct, gen, now);
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			/* A new connection on a closed SERVICE tuple may get
-			 * another backend: link it afresh. */
-			if (!ct->ingress_ep && ct_touch(ct, &p, 0, cfg, now) &&
-			    (ct->flags & WEIR_CT_SERVICE))
-				service_open(&p, &k, now);
+			if (!ct->ingress_ep)
+				ct_touch(ct, &p, 0, cfg, now);
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 		if (ct && reply && ct->ingress_ep == ep) {
@@ -117,7 +119,7 @@ int from_pod(struct __sk_buff *skb)
 		if (tracked && !dst->endpoint && !ct) {
 			if (ct_create(&p, ep, 0, 0, WEIR_CT_SERVICE, gen, now))
 				return weir_drop(skb, &p, &vc, WEIR_R_DROP_CT_FULL);
-			service_open(&p, &k, now);
+			service_open(&p, &k, 0, gen, now);
 		}
 		return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_DEFERRED, 0);
 	}
@@ -276,7 +278,10 @@ int leave_node(struct __sk_buff *skb)
 		if (ct && !reply && ct->egress_ep == sep && !(ct->flags & WEIR_CT_SERVICE)) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			ct_touch(ct, &p, 0, cfg, now);
+			/* A new connection to the same backend: its VIP entry,
+			 * opened afresh, links here again. */
+			if (ct_touch(ct, &p, 0, cfg, now))
+				service_link(&p, sep, now);
 			return TC_ACT_UNSPEC;
 		}
 		if (ct && reply && ct->ingress_ep == sep)

@@ -325,7 +325,7 @@ pub struct ServiceOpenKey {
 /// Neither VIP opened from the source port within the window is linked.
 pub const SERVICE_OPEN_AMBIGUOUS: u8 = 1 << 0;
 /// How long after from_pod records an open leave_node may take it.
-pub const SERVICE_OPEN_WINDOW_NS: u64 = 20_000_000;
+pub const SERVICE_OPEN_WINDOW_NS: u64 = 200_000_000;
 
 /// `struct weir_service_open`: the VIP a source port just opened.
 #[repr(C)]

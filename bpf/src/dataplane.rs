@@ -240,6 +240,31 @@ impl CtEntry {
     }
 }
 
+/// Empty the maps that link SERVICE entries to remote backends, when a
+/// build replaces another's programs. An older build's programs neither
+/// write nor remove links, so a link kept across a downgrade and back
+/// could name an earlier flow's backend; without links, flows opened
+/// before the upgrade are cut where their backend entry is seen, as
+/// unlinked ones are (docs/architecture-dataplane.md).
+fn forget_service_links(root: &Path) -> Result<(), Error> {
+    fn clear<K: aya::Pod, V: aya::Pod>(root: &Path, name: &str) -> Result<(), Error> {
+        let path = root.join(name);
+        let mut m: HashMap<MapData, K, V> =
+            HashMap::try_from(open_map(root, name)?).map_err(map_err(&path, "check key/value sizes"))?;
+        let keys: Vec<K> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            match m.remove(&k) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(&path, "delete")(e)),
+            }
+        }
+        Ok(())
+    }
+    clear::<ServiceOpenKey, ServiceOpen>(root, MAP_SERVICE_OPENS)?;
+    clear::<CtKey, ServiceBackend>(root, MAP_SERVICE_BACKENDS)
+}
+
 /// A handle on the pinned dataplane under one bpffs root. Cheap to open;
 /// every method is a map or link operation on the pins, so any number of
 /// processes may hold one at the same time.
@@ -526,6 +551,7 @@ impl Dataplane {
                     std::fs::remove_file(&pin).map_err(|e| Error::io("cannot replace pin", &pin, e))?;
                 }
                 Self::load(root, opts)?;
+                forget_service_links(root)?;
                 let mut up = Self::relink(root)?;
                 up.events_resized = ring.map(|old| (old, opts.events_bytes));
                 set_build_marker(root, build)?;

@@ -1372,6 +1372,19 @@ impl Env {
     fn revoked(&self, ep: u32, dir: u8) -> u64 {
         self.count(ep, dir, R_DROP_POLICY_REVOKED)
     }
+    /// The backends SERVICE entries are linked to: (source port, VIP,
+    /// backend, backend port).
+    fn links(&self) -> Vec<(u16, IpAddr, IpAddr, u16)> {
+        let mut v: Vec<_> = self
+            .dp
+            .service_backends()
+            .unwrap()
+            .into_iter()
+            .map(|(k, b)| (u16::from_be(k.sport), k.dst(), b.addr(), u16::from_be(b.bport)))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// B accepts R on tcp/80 and udp/53; the policy then drops that. The next
@@ -1551,22 +1564,6 @@ fn root_rejudge_flows_to_remote_peers() {
     assert_eq!(e.revoked(e.a, DIR_EGRESS), 5);
 }
 
-impl Env {
-    /// The backends SERVICE entries are linked to: (source port, VIP,
-    /// backend, backend port).
-    fn links(&self) -> Vec<(u16, IpAddr, IpAddr, u16)> {
-        let mut v: Vec<_> = self
-            .dp
-            .service_backends()
-            .unwrap()
-            .into_iter()
-            .map(|(k, b)| (u16::from_be(k.sport), k.dst(), b.addr(), u16::from_be(b.bport)))
-            .collect();
-        v.sort();
-        v
-    }
-}
-
 /// A Service flow whose backend R is on another node: from_pod(A) keeps
 /// A -> VIP, leave_node judges A -> R after DNAT and links the VIP entry to
 /// R. R's replies come back from the VIP (kube-proxy un-DNATs them), so
@@ -1631,44 +1628,93 @@ fn root_rejudge_a_service_flow_to_a_remote_backend_cuts_its_replies() {
     assert!(e.to(e.a, &pkt::udp(ip(VIP4), 53, ip(A4), 3001)), "revived");
 }
 
-/// A link is made only where it cannot be wrong. A source port that opens
-/// two VIPs before either reaches leave_node links neither; a backend on
-/// this node (judged at its to_pod, never at leave_node) links nothing; a
-/// packet leaving the node with no open just recorded (a retransmission)
-/// moves no link; a new TCP connection on a closed VIP tuple drops the old
-/// backend's link and takes the new one's.
+/// A link is made only from a flow's first packet, and only when that
+/// packet is told apart. A source port that opens two VIPs before either
+/// reaches leave_node links neither (the same sequence on another port,
+/// just after, links: the window was open); a packet leaving the node with
+/// no open just recorded (a retransmission whose backend entry went) moves
+/// no link; a new TCP connection on a closed VIP tuple drops the old
+/// backend's link and takes the new one's, to another backend or the same.
 #[test]
 fn root_service_links_only_what_it_can_tell_apart() {
     let Some(e) = Env::new("svlink") else { return };
     let uplink = dummy("wu");
     e.ep(e.a, ID_A, EP_READY);
     let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
-    let vip2 = "10.96.0.11";
+    let (vip2, r2, r3) = ("10.96.0.11", "10.1.0.6", "10.1.0.7");
     // one source port, two VIPs, both opened before leave_node saw either
     assert!(e.from(e.a, &pkt::udp(ip(A4), 4000, ip(VIP4), 53)));
     assert!(e.from(e.a, &pkt::udp(ip(A4), 4000, ip(vip2), 53)));
     assert!(leave(&pkt::udp(ip(A4), 4000, ip(R4), 5353)));
-    assert!(leave(&pkt::udp(ip(A4), 4000, ip("10.1.0.6"), 5353)));
-    assert_eq!(e.links(), vec![], "ambiguous: neither is linked");
-    // a backend on this node
-    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4001, ip(VIP4), 80, SYN)));
-    assert!(e.to(e.b, &pkt::tcp(ip(A4), 4001, ip(B4), 8080, SYN)));
-    assert_eq!(e.links(), vec![], "a local backend is judged at its own hook");
-    // a connection, its retransmission after its entry went, a reuse
+    assert!(leave(&pkt::udp(ip(A4), 4000, ip(r2), 5353)));
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 4001, ip(VIP4), 53)));
+    assert!(leave(&pkt::udp(ip(A4), 4001, ip(R4), 5353)));
+    assert_eq!(e.links(), vec![(4001, ip(VIP4), ip(R4), 5353)], "ambiguous: port 4000 is linked to neither");
+    // a connection, then a retransmission after its backend entry went
     assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)));
     assert!(leave(&pkt::tcp(ip(A4), 4002, ip(R4), 8080, SYN)));
-    assert_eq!(e.links(), vec![(4002, ip(VIP4), ip(R4), 8080)]);
     let removed = e.dp.ct_flush_where(|k, v| v.flags & CT_SERVICE == 0 && k.sport == 4002u16.to_be()).unwrap();
     assert_eq!(removed, 1, "the backend's entry");
     assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)), "retransmitted");
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip(r2), 8080, SYN)), "no open recorded for it");
     assert!(leave(&pkt::tcp(ip(A4), 4002, ip(R4), 8080, SYN)));
-    assert!(leave(&pkt::tcp(ip(A4), 4002, ip("10.1.0.6"), 8080, SYN)), "no open recorded for it");
-    assert_eq!(e.links(), vec![(4002, ip(VIP4), ip(R4), 8080)], "a packet with no open moves no link");
+    let first = (4002, ip(VIP4), ip(R4), 8080);
+    assert_eq!(e.links(), vec![(4001, ip(VIP4), ip(R4), 5353), first], "a packet with no open moves no link");
+    // the connection closes; a new one on the tuple goes to another backend
     assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, RST)));
     assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)), "a new connection on the tuple");
-    assert_eq!(e.links(), vec![], "the old backend's link is gone");
-    assert!(leave(&pkt::tcp(ip(A4), 4002, ip("10.1.0.7"), 8081, SYN)));
-    assert_eq!(e.links(), vec![(4002, ip(VIP4), ip("10.1.0.7"), 8081)], "the new backend's");
+    assert!(!e.links().contains(&first), "the old backend's link is gone");
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip(r3), 8081, SYN)));
+    assert!(e.links().contains(&(4002, ip(VIP4), ip(r3), 8081)), "the new backend's");
+    // and closes again; the next one goes to that same backend, whose
+    // closed entry leave_node reopens
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, FIN | ACK)));
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip(r3), 8081, FIN | ACK)));
+    assert!(e.to(e.a, &pkt::tcp(ip(VIP4), 80, ip(A4), 4002, FIN | ACK)));
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 4002, ip(VIP4), 80, SYN)));
+    assert!(leave(&pkt::tcp(ip(A4), 4002, ip(r3), 8081, SYN)));
+    assert!(e.links().contains(&(4002, ip(VIP4), ip(r3), 8081)), "linked again to the same backend");
+}
+
+/// A link judges only while its backend is a pod. When the backend pod is
+/// gone (its address no pod's) and a UDP flow moved on to another backend
+/// that its egress allows, re-judging the VIP entry against the old
+/// address would cut an allowed flow: it passes. A new TCP connection on a
+/// closed VIP tuple whose old backend was revoked is a new flow, judged
+/// after DNAT, not dropped on the old verdict.
+#[test]
+fn root_service_link_judges_a_pod_backend_and_a_new_connection_afresh() {
+    let Some(e) = Env::new("svgone") else { return };
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(UDP), Some((5353, 5353)));
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    let gone = "10.2.0.9";
+    let pod = IpcacheValue { identity: ID_R, endpoint: 0, flags: 0, pad: 0 };
+    e.dp.set_ipcache(format!("{gone}/32").parse().unwrap(), &pod).unwrap();
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 5000, ip(VIP4), 53)));
+    assert!(leave(&pkt::udp(ip(A4), 5000, ip(gone), 5353)));
+    assert_eq!(e.links(), vec![(5000, ip(VIP4), ip(gone), 5353)]);
+    // the backend pod goes: its address is the world's
+    e.dp.remove_ipcache(format!("{gone}/32").parse().unwrap()).unwrap();
+    e.dp.bump_policy_gen().unwrap();
+    assert!(e.from(e.a, &pkt::udp(ip(A4), 5000, ip(VIP4), 53)), "A's datagram, now DNATed elsewhere");
+    assert!(leave(&pkt::udp(ip(A4), 5000, ip(R4), 5353)), "to a backend A may reach");
+    assert!(e.to(e.a, &pkt::udp(ip(VIP4), 53, ip(A4), 5000)), "its reply");
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 0);
+
+    // TCP: linked to R:8080, closed; then A may no longer reach R:8080
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 5001, ip(VIP4), 80, SYN)));
+    assert!(leave(&pkt::tcp(ip(A4), 5001, ip(R4), 8080, SYN)));
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 5001, ip(VIP4), 80, RST)), "closed");
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((9090, 9090)));
+    e.revoke(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((8080, 8080)));
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 5001, ip(VIP4), 80, SYN)), "a new connection: not the old one's verdict");
+    assert!(leave(&pkt::tcp(ip(A4), 5001, ip("10.1.0.8"), 9090, SYN)), "DNATed to a backend A may reach");
+    assert!(e.links().contains(&(5001, ip(VIP4), ip("10.1.0.8"), 9090)));
+    assert!(e.to(e.a, &pkt::tcp(ip(VIP4), 80, ip(A4), 5001, SYN | ACK)));
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 0);
 }
 
 /// Every input of a verdict, changed under an established flow, is seen on

@@ -231,7 +231,8 @@ fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str,
 /// Maps added beside the others need no ABI bump: pins of an older build of
 /// this ABI that lack them (here: removed, as that build never made them)
 /// get them when this build takes over, the other pins stay the same
-/// maps, and the new programs link a Service flow through them.
+/// maps, and the new programs link a Service flow through them. The links
+/// are forgotten whenever another build's programs take over.
 #[test]
 fn root_upgrade_adds_the_maps_an_older_build_lacked() {
     if !weir_testsupport::is_root() {
@@ -276,4 +277,8 @@ fn root_upgrade_adds_the_maps_an_older_build_lacked() {
     let links = dp.service_backends().unwrap();
     assert_eq!(links.len(), 1, "{links:?}");
     assert_eq!((links[0].0.dst(), links[0].1.addr()), (ip("10.96.0.10"), ip("10.1.0.5")));
+    // the next build's programs start without links: an older build's
+    // programs in between would have kept them without keeping them true
+    let (dp, _) = Dataplane::load_or_upgrade_as(&root.path, "third-build").unwrap();
+    assert_eq!(dp.service_backends().unwrap(), vec![], "links forgotten when programs are replaced");
 }
