@@ -127,7 +127,10 @@ const BUILD_MARKER_PREFIX: &str = "build-";
 /// there (a map pin, a directory of pins, a build marker): what an
 /// uninstall may remove, leaving anything else to its owner.
 pub fn is_weirs_root_entry(name: &str) -> bool {
-    PINNED_MAPS.contains(&name) || PIN_DIRS.contains(&name) || name.starts_with(BUILD_MARKER_PREFIX)
+    PINNED_MAPS.contains(&name)
+        || PIN_DIRS.contains(&name)
+        || name.starts_with(BUILD_MARKER_PREFIX)
+        || name.starts_with(crate::migrate::STAGING_PREFIX)
 }
 
 fn link_path(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
@@ -398,7 +401,7 @@ fn load_program(prog: &mut SchedClassifier) -> Result<(), aya::programs::Program
     }
 }
 
-fn read_abi(root: &Path) -> Result<Option<u32>, Error> {
+pub(crate) fn read_abi(root: &Path) -> Result<Option<u32>, Error> {
     let path = root.join(MAP_ABI);
     if !path.exists() {
         return Ok(None);
@@ -406,6 +409,14 @@ fn read_abi(root: &Path) -> Result<Option<u32>, Error> {
     let m = open_map(root, MAP_ABI)?;
     let a: Array<MapData, u32> = Array::try_from(m).map_err(map_err(&path, "open"))?;
     Ok(Some(a.get(&0, 0).map_err(map_err(&path, "read"))?))
+}
+
+/// Write `version` as the ABI of the pins under `dir`: last, once they are
+/// complete.
+pub(crate) fn write_abi(dir: &Path, version: u32) -> Result<(), Error> {
+    let path = dir.join(MAP_ABI);
+    let mut a: Array<MapData, u32> = Array::try_from(open_map(dir, MAP_ABI)?).map_err(map_err(&path, "open"))?;
+    a.set(0, version, 0).map_err(map_err(&path, "write ABI version"))
 }
 
 fn check_abi(root: &Path) -> Result<(), Error> {
@@ -427,6 +438,8 @@ pub struct Upgrade {
     pub links_defunct: usize,
     /// The event ring was recreated at this loader's size: (old, new) bytes.
     pub events_resized: Option<(u32, u32)>,
+    /// Pins of this older map ABI were carried into this build's.
+    pub migrated_from: Option<u32>,
 }
 
 /// What a loader asks of the maps it creates. Pinned maps keep what they
@@ -539,6 +552,7 @@ impl Dataplane {
         trust::ensure_dir(root)?;
         check_trusted(root)?;
         let _lock = RootLock::take(root)?;
+        crate::migrate::finish_interrupted(root)?;
         let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
         match read_abi(root)? {
             Some(v) if v == ABI_VERSION && progs_pinned => {
@@ -557,6 +571,12 @@ impl Dataplane {
                 set_build_marker(root, build)?;
                 Ok(up)
             }
+            // Carried over by weir-policyd (upgrade); a CNI binary waits for it.
+            Some(v) if v != 0 && v != ABI_VERSION && upgrade && crate::migrate::MIGRATES_FROM.contains(&v) => {
+                let up = crate::migrate::migrate(root, v, opts)?;
+                set_build_marker(root, build)?;
+                Ok(up)
+            }
             Some(v) if v != 0 && v != ABI_VERSION => {
                 Err(Error::AbiMismatch { root: root.to_path_buf(), found: v, expected: ABI_VERSION })
             }
@@ -571,16 +591,25 @@ impl Dataplane {
     }
 
     fn load(root: &Path, opts: LoadOptions) -> Result<(), Error> {
+        for dir in [&root.join("links"), &root.join("node-links")] {
+            trust::ensure_dir(dir)?;
+        }
+        Self::load_pins(root, opts)?;
+        write_abi(root, ABI_VERSION)
+    }
+
+    /// Load the object with its maps pinned under `dir` (pins there
+    /// reused) and its programs pinned under `dir/progs`. The ABI version
+    /// is left for the caller to write: it says the pins are complete.
+    pub(crate) fn load_pins(dir: &Path, opts: LoadOptions) -> Result<(), Error> {
         let mut ebpf = aya::EbpfLoader::new()
-            .default_map_pin_directory(root)
+            .default_map_pin_directory(dir)
             // Taken only where the ring is created; a pinned one is reused.
             .map_max_entries(MAP_EVENTS, opts.events_bytes)
             .load(crate::OBJECT)
-            .map_err(|source| Error::Load { root: root.to_path_buf(), source: Box::new(source) })?;
-        let progs = root.join("progs");
-        for dir in [&progs, &root.join("links"), &root.join("node-links")] {
-            trust::ensure_dir(dir)?;
-        }
+            .map_err(|source| Error::Load { root: dir.to_path_buf(), source: Box::new(source) })?;
+        let progs = dir.join("progs");
+        trust::ensure_dir(&progs)?;
         for hook in Hook::ALL {
             let name = hook.name();
             let prog: &mut SchedClassifier = ebpf
@@ -595,22 +624,21 @@ impl Dataplane {
             }
             prog.pin(&pin).map_err(|e| Error::io("cannot pin program", &pin, io::Error::other(e)))?;
         }
-        let path = root.join(MAP_ABI);
-        let mut abi_map: Array<&mut MapData, u32> = Array::try_from(
-            ebpf.map_mut(MAP_ABI)
-                .ok_or_else(|| Error::Invalid { field: "eBPF object", msg: format!("no map {MAP_ABI}") })?,
-        )
-        .map_err(map_err(&path, "open"))?;
-        abi_map.set(0, ABI_VERSION, 0).map_err(map_err(&path, "write ABI version"))?;
         Ok(())
     }
 
     /// Switch every pinned link under `root` to the program now pinned for
     /// its hook. A link whose device is gone (defunct) is left for GC.
     fn relink(root: &Path) -> Result<Upgrade, Error> {
+        Self::relink_to(root, &root.join("progs"))
+    }
+
+    /// Switch every pinned link under `root` to the program pinned for its
+    /// hook under `progs`.
+    pub(crate) fn relink_to(root: &Path, progs: &Path) -> Result<Upgrade, Error> {
         let mut up = Upgrade { replaced: true, ..Upgrade::default() };
         for hook in Hook::ALL {
-            let prog_pin = root.join("progs").join(hook.name());
+            let prog_pin = progs.join(hook.name());
             let prog = sys::obj_get(&prog_pin).map_err(|e| Error::io("cannot open pinned program", &prog_pin, e))?;
             let dir = root.join(hook.links_dir());
             let entries = match std::fs::read_dir(&dir) {
@@ -673,7 +701,7 @@ impl Dataplane {
 
     /// The pins of a root already checked (by [`Dataplane::open`], or by
     /// `prepare`, which also made sure the ABI is ours).
-    fn open_pins(root: &Path) -> Result<Dataplane, Error> {
+    pub(crate) fn open_pins(root: &Path) -> Result<Dataplane, Error> {
         for hook in Hook::POD {
             let p = root.join("progs").join(hook.name());
             if !p.exists() {

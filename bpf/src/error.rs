@@ -35,11 +35,17 @@ pub enum Error {
     Untrusted(#[from] weir_common::trust::TrustError),
 
     #[error(
-        "pins under {root} were written by ABI version {found}, this build uses {expected}: \
-         remove {root} (it detaches Weir from every pod until they are re-attached) or run the \
-         matching Weir version"
+        "pins under {root} were written by ABI version {found}, this build uses {expected}: {}",
+        abi_hint(*.found, .root)
     )]
     AbiMismatch { root: PathBuf, found: u32, expected: u32 },
+
+    #[error(
+        "carrying the pins under {root} from map ABI {from} to {to} failed: {msg}; the pods keep \
+         the programs and maps they had (what was staged is under {root}/{staging}, removed on the \
+         next start)"
+    )]
+    Migrate { root: PathBuf, from: u32, to: u32, staging: String, msg: String },
 
     #[error(
         "{path} is not pinned: the dataplane under {root} is not loaded yet \
@@ -85,6 +91,21 @@ pub enum Error {
 
     #[error("invalid {field}: {msg}")]
     Invalid { field: &'static str, msg: String },
+}
+
+/// What to do about pins of another ABI.
+fn abi_hint(found: u32, root: &std::path::Path) -> String {
+    if crate::migrate::MIGRATES_FROM.contains(&found) {
+        return "weir-policyd of this build carries them over when it starts (the CNI binary waits \
+                for that: retry once it runs)"
+            .into();
+    }
+    format!(
+        "this build carries over pins of ABI {:?} only: upgrade through a Weir version of one of \
+         those, or remove {} (it detaches Weir from every pod until they are re-attached)",
+        crate::migrate::MIGRATES_FROM,
+        root.display()
+    )
 }
 
 fn verifier_hint(e: &aya::programs::ProgramError) -> String {

@@ -23,6 +23,7 @@ mod error;
 mod events;
 mod lifecycle;
 mod lpm;
+mod migrate;
 
 pub use dataplane::{
     build_id, detach_all, is_weirs_root_entry, pinned_endpoint_ifindexes, AttachMode, CtEntry, Dataplane, Hook,

@@ -1,6 +1,8 @@
 //! The few raw bpf(2) calls aya 0.14 does not expose: reading a pinned
 //! object, the TCX fields of a link's info (which device, which program),
-//! and swapping the program behind a pinned link.
+//! swapping the program behind a pinned link, and copying a map's entries
+//! as bytes (a migration between map ABIs, whose types this build may not
+//! have).
 
 use std::ffi::CString;
 use std::io;
@@ -56,6 +58,86 @@ pub fn map_u32_keys(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A map's shape (struct bpf_map_info's first fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+pub fn map_shape(fd: BorrowedFd<'_>) -> io::Result<MapShape> {
+    let b = obj_info(fd)?;
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries
+    Ok(MapShape {
+        map_type: u32_at(&b, 0),
+        key_size: u32_at(&b, 8),
+        value_size: u32_at(&b, 12),
+        max_entries: u32_at(&b, 16),
+    })
+}
+
+/// BPF_NOEXIST: an update that leaves an existing entry alone.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// Copy every entry of map `from` into map `to` (both of `shape`), as
+/// bytes, with update `flags`; returns how many were written. Entries the
+/// programs add or remove meanwhile may be missed or copied twice; the
+/// walk is bounded, so a map that keeps changing cannot hold it forever.
+pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags: u64) -> io::Result<usize> {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let per_cpu = matches!(shape.map_type, BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY);
+    let value_len = if per_cpu {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        (shape.value_size as usize).div_ceil(8) * 8 * cpus
+    } else {
+        shape.value_size as usize
+    };
+    let (mut key, mut next) = (vec![0u8; shape.key_size as usize], vec![0u8; shape.key_size as usize]);
+    let mut value = vec![0u8; value_len];
+    let (mut first, mut copied) = (true, 0);
+    for _ in 0..(shape.max_entries as u64 * 2 + 1) {
+        let mut attr = [0u64; 16];
+        attr[0] = from.as_raw_fd() as u32 as u64; // map_fd
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 }; // key (NULL: the first)
+        attr[2] = next.as_mut_ptr() as u64; // next_key
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(copied),
+            Err(e) => return Err(e),
+        }
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+        let mut attr = [0u64; 16];
+        attr[0] = from.as_raw_fd() as u32 as u64;
+        attr[1] = key.as_ptr() as u64;
+        attr[2] = value.as_mut_ptr() as u64;
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // gone meanwhile
+            Err(e) => return Err(e),
+        }
+        let mut attr = [0u64; 16];
+        attr[0] = to.as_raw_fd() as u32 as u64;
+        attr[1] = key.as_ptr() as u64;
+        attr[2] = value.as_ptr() as u64;
+        attr[3] = flags;
+        match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+            Ok(_) => copied += 1,
+            Err(e) if flags == BPF_NOEXIST && e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(copied)
 }
 
 /// BPF_OBJ_GET_INFO_BY_FD into a zeroed 256-byte buffer (larger than any

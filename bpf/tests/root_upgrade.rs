@@ -282,3 +282,125 @@ fn root_upgrade_adds_the_maps_an_older_build_lacked() {
     let (dp, _) = Dataplane::load_or_upgrade_as(&root.path, "third-build").unwrap();
     assert_eq!(dp.service_backends().unwrap(), vec![], "links forgotten when programs are replaced");
 }
+
+/// A map ABI change, make-before-break. Pins an ABI 6 build left (this
+/// build's maps, stamped 6, with a rule for every peer written under
+/// `ID_ANY` alone, as 6 wrote it) carry two pods' long-lived TCP and UDP
+/// flows. The CNI binary of this build refuses them, saying who carries
+/// them over; weir-policyd's load does, under traffic: a new set of maps
+/// holding the old state, every link switched to the new programs, the new
+/// set under the old names, the rule for every peer also under
+/// `ID_ANY_POD`. No flow breaks, policy still holds, and pins of an ABI it
+/// cannot carry are refused untouched.
+#[test]
+fn root_upgrade_carries_pins_of_an_older_map_abi_under_traffic() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let c = CniPods::add_attached("upm", 2, "10.79.2.0/24", "tcx");
+    let node_ns = format!("/run/netns/{}", c.node);
+    let g = &c.guard;
+    let (r0, r1) = (c.record(0), c.record(1));
+    let ip1 = *r1.ips.iter().find(|a| a.is_ipv4()).unwrap();
+    let dp = Dataplane::open(&g.root).unwrap();
+    program_like_policyd(&dp, &r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    program_like_policyd(&dp, &r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
+        let rule = |endpoint, identity, direction| {
+            PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(port..=port))
+        };
+        dp.allow(&rule(r0.host_ifindex, 301, Direction::Egress), 1 + n as u32).unwrap();
+        dp.allow(&rule(r1.host_ifindex, 300, Direction::Ingress), 3 + n as u32).unwrap();
+    }
+    let every_peer = PolicyMatch::cover(r1.host_ifindex, ID_ANY, Direction::Ingress, Some(6), Some(7070..=7070));
+    dp.allow(&every_peer, 9).unwrap();
+    dp.allow(&PolicyMatch::cover(r0.host_ifindex, 301, Direction::Egress, Some(6), Some(7070..=7070)), 10).unwrap();
+    let (p0, p1) = (c.netns(0), c.netns(1));
+    serve_echo(&p1, ip1, 8080, 8081);
+    let tcp = Flow::start(&p0, SocketAddr::new(ip1, 8080), false);
+    let udp = Flow::start(&p0, SocketAddr::new(ip1, 8081), true);
+    tcp.advance(20, "TCP before the migration");
+    udp.advance(20, "UDP before the migration");
+
+    let set_abi = |v: u32| {
+        let path = g.root.join(MAP_ABI);
+        let m = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
+        let mut a: aya::maps::Array<aya::maps::MapData, u32> = aya::maps::Array::try_from(m).unwrap();
+        a.set(0, v, 0).unwrap();
+    };
+    // one exchange more, on a socket of its own: its entry sees no packet
+    // after this, so only a copy can carry it
+    let _ = udp_ok(&p0, SocketAddr::new(ip1, 8081));
+    let entries = |dp: &Dataplane| -> Vec<CtKey> {
+        dp.ct_entries().unwrap().into_iter().filter(|c| c.dst() == ip1).map(|c| c.key).collect()
+    };
+    let carried = entries(&dp);
+    assert_eq!(carried.len(), 3, "the two flows and the one exchange: {carried:?}");
+    set_abi(6);
+    drop(dp);
+    let ino = |name: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(g.root.join(name)).unwrap());
+    let ct_before = ino(MAP_CT);
+
+    let e = Dataplane::load_or_open(&g.root).err().expect("the CNI binary refuses ABI 6 pins").to_string();
+    assert!(e.contains("ABI version 6") && e.contains("weir-policyd of this build carries them over"), "{e}");
+
+    let up = {
+        let root = g.root.clone();
+        netns::run_in(&node_ns, move || Dataplane::load_or_upgrade(&root).map(|(_, u)| u).unwrap())
+    };
+    assert_eq!(up.migrated_from, Some(6), "{up:?}");
+    assert_eq!(up.links_updated, 4, "{up:?}");
+    let dp = Dataplane::open(&g.root).expect("the root is this ABI's now");
+    assert_ne!(ino(MAP_CT), ct_before, "conntrack is the new map, under the old name");
+    let leftovers: Vec<_> = std::fs::read_dir(&g.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("migrating-"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new(), "the staging directory is gone");
+    let now = entries(&dp);
+    assert!(carried.iter().all(|k| now.contains(k)), "conntrack carried: before {carried:?}, now {now:?}");
+    let ifindexes = [r0.host_ifindex, r1.host_ifindex];
+    let running: Vec<u32> = {
+        let root = g.root.clone();
+        netns::run_in(&node_ns, move || {
+            let dp = Dataplane::open(&root).unwrap();
+            ifindexes.iter().flat_map(|&i| Hook::POD.map(|h| dp.attached_program_id(i, h).unwrap().unwrap())).collect()
+        })
+    };
+    let pinned: Vec<u32> = ifindexes.iter().flat_map(|_| Hook::POD.map(|h| dp.program_id(h).unwrap())).collect();
+    assert_eq!(running, pinned, "every link runs the new programs");
+    let policy = dp.policy_entries().unwrap();
+    for identity in [ID_ANY, ID_ANY_POD] {
+        assert!(
+            policy
+                .iter()
+                .any(|(m, _)| m.identity == identity && m.endpoint == r1.host_ifindex && m.port == every_peer[0].port),
+            "the rule for every peer under identity {identity}"
+        );
+    }
+
+    tcp.advance(20, "TCP after the migration");
+    udp.advance(20, "UDP after the migration");
+    for (what, f) in [("TCP", tcp), ("UDP", udp)] {
+        let (echoed, failure) = f.finish();
+        assert_eq!(failure, None, "the {what} flow broke across the migration ({echoed} echoes before)");
+        eprintln!("{what}: {echoed} messages echoed across the migration, none lost");
+    }
+    serve_tcp(&p1, ip1, 7070);
+    assert!(tcp_ok(&p0, SocketAddr::new(ip1, 7070)), "the rule for every peer admits a pod under this ABI");
+    let ip0 = *r0.ips.iter().find(|a| a.is_ipv4()).unwrap();
+    serve_tcp(&p0, ip0, 9090);
+    assert!(!tcp_ok(&p1, SocketAddr::new(ip0, 9090)), "the new programs still enforce");
+
+    // an ABI this build cannot carry: refused, nothing touched
+    set_abi(5);
+    let ct = ino(MAP_CT);
+    let root = g.root.clone();
+    let e =
+        netns::run_in(&node_ns, move || Dataplane::load_or_upgrade(&root).err()).expect("ABI 5 refused").to_string();
+    assert!(e.contains("ABI version 5") && e.contains("carries over pins of ABI [6] only"), "{e}");
+    assert_eq!(ino(MAP_CT), ct);
+}

@@ -123,6 +123,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let load = weir_bpf::LoadOptions::with_events_bytes(opts.flow_log.ring_bytes).context("--flow-log-ring-bytes")?;
     let (dp, upgrade) = Dataplane::load_or_upgrade_with(&opts.bpffs_root, load)
         .with_context(|| format!("--bpffs-root {}", opts.bpffs_root.display()))?;
+    if let Some(from) = upgrade.migrated_from {
+        log::info!(
+            "pins of map ABI {from} carried over to ABI {}: endpoints, policy, conntrack and configuration kept",
+            weir_bpf::abi::ABI_VERSION
+        );
+    }
     if let Some((old, new)) = upgrade.events_resized {
         log::info!("event ring resized from {old} to {new} bytes (--flow-log-ring-bytes)");
     }
