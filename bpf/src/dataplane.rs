@@ -540,6 +540,14 @@ impl Dataplane {
     }
 
     /// [`Dataplane::load_or_upgrade`] as if this build's identity were
+    /// A migration from the ABI the pins under `root` say, stopped as a
+    /// crash would stop it: before its commit, or just after (`commit`).
+    #[doc(hidden)]
+    pub fn stage_migration_as_if_interrupted(root: &Path, commit: bool) -> Result<(), Error> {
+        let _lock = RootLock::take(root)?;
+        crate::migrate::stage_only(root, commit)
+    }
+
     /// `build`: lets a test play the next build with the same object.
     #[doc(hidden)]
     pub fn load_or_upgrade_as(root: &Path, build: &str) -> Result<(Dataplane, Upgrade), Error> {
@@ -552,7 +560,9 @@ impl Dataplane {
         trust::ensure_dir(root)?;
         check_trusted(root)?;
         let _lock = RootLock::take(root)?;
-        crate::migrate::finish_interrupted(root)?;
+        if upgrade {
+            crate::migrate::finish_interrupted(root)?;
+        }
         let progs_pinned = Hook::ALL.iter().all(|h| root.join("progs").join(h.name()).exists());
         match read_abi(root)? {
             Some(v) if v == ABI_VERSION && progs_pinned => {

@@ -40,12 +40,8 @@ pub enum Error {
     )]
     AbiMismatch { root: PathBuf, found: u32, expected: u32 },
 
-    #[error(
-        "carrying the pins under {root} from map ABI {from} to {to} failed: {msg}; the pods keep \
-         the programs and maps they had (what was staged is under {root}/{staging}, removed on the \
-         next start)"
-    )]
-    Migrate { root: PathBuf, from: u32, to: u32, staging: String, msg: String },
+    #[error("carrying the pins under {root} from map ABI {from} to {to} failed: {msg}; {state}")]
+    Migrate { root: PathBuf, from: u32, to: u32, msg: String, state: String },
 
     #[error(
         "{path} is not pinned: the dataplane under {root} is not loaded yet \
@@ -96,8 +92,8 @@ pub enum Error {
 /// What to do about pins of another ABI.
 fn abi_hint(found: u32, root: &std::path::Path) -> String {
     if crate::migrate::MIGRATES_FROM.contains(&found) {
-        return "weir-policyd of this build carries them over when it starts (the CNI binary waits \
-                for that: retry once it runs)"
+        return "weir-policyd of this build carries them over when it starts (a CNI call fails until \
+                then, and the runtime retries it)"
             .into();
     }
     format!(

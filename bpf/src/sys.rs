@@ -69,8 +69,13 @@ pub struct MapShape {
     pub max_entries: u32,
 }
 
-pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
-pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 pub fn map_shape(fd: BorrowedFd<'_>) -> io::Result<MapShape> {
@@ -89,13 +94,19 @@ pub const BPF_NOEXIST: u64 = 1;
 
 /// Copy every entry of map `from` into map `to` (both of `shape`), as
 /// bytes, with update `flags`; returns how many were written. Entries the
-/// programs add or remove meanwhile may be missed or copied twice; the
-/// walk is bounded, so a map that keeps changing cannot hold it forever.
+/// programs add or remove meanwhile may be missed or copied twice. The walk
+/// is bounded: a map that changes so fast that it keeps restarting (a
+/// deleted cursor restarts it from the first key) is an error, not a
+/// partial copy.
 pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags: u64) -> io::Result<usize> {
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    let per_cpu = matches!(shape.map_type, BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY);
+    let per_cpu = match shape.map_type {
+        BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY | BPF_MAP_TYPE_LRU_PERCPU_HASH => true,
+        BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_ARRAY | BPF_MAP_TYPE_LRU_HASH | BPF_MAP_TYPE_LPM_TRIE => false,
+        t => return Err(io::Error::other(format!("map type {t}: not one this copy knows the values of"))),
+    };
     let value_len = if per_cpu {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         (shape.value_size as usize).div_ceil(8) * 8 * cpus
@@ -105,7 +116,7 @@ pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags
     let (mut key, mut next) = (vec![0u8; shape.key_size as usize], vec![0u8; shape.key_size as usize]);
     let mut value = vec![0u8; value_len];
     let (mut first, mut copied) = (true, 0);
-    for _ in 0..(shape.max_entries as u64 * 2 + 1) {
+    for _ in 0..(shape.max_entries as u64 * 4 + 1) {
         let mut attr = [0u64; 16];
         attr[0] = from.as_raw_fd() as u32 as u64; // map_fd
         attr[1] = if first { 0 } else { key.as_ptr() as u64 }; // key (NULL: the first)
@@ -115,17 +126,18 @@ pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(copied),
             Err(e) => return Err(e),
         }
-        first = false;
-        std::mem::swap(&mut key, &mut next);
         let mut attr = [0u64; 16];
         attr[0] = from.as_raw_fd() as u32 as u64;
-        attr[1] = key.as_ptr() as u64;
+        attr[1] = next.as_ptr() as u64;
         attr[2] = value.as_mut_ptr() as u64;
         match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // gone meanwhile
+            // gone meanwhile: the walk goes on from the key before it
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(e),
         }
+        first = false;
+        std::mem::swap(&mut key, &mut next);
         let mut attr = [0u64; 16];
         attr[0] = to.as_raw_fd() as u32 as u64;
         attr[1] = key.as_ptr() as u64;
@@ -137,7 +149,10 @@ pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags
             Err(e) => return Err(e),
         }
     }
-    Ok(copied)
+    Err(io::Error::other(format!(
+        "the map kept changing under the copy: {copied} entries copied within a walk of {} steps",
+        shape.max_entries as u64 * 4 + 1
+    )))
 }
 
 /// BPF_OBJ_GET_INFO_BY_FD into a zeroed 256-byte buffer (larger than any
