@@ -309,8 +309,8 @@ struct weir_ct_value {
  *   AMBIGUOUS: neither flow is linked.
  * weir_service_backends (LRU hash): a SERVICE entry's key -> the backend
  *   leave_node saw. Removed by from_pod when the entry starts a flow, and
- *   emptied when a build replaces another's programs (an older build
- *   neither writes nor removes links); read only when a SERVICE entry is
+ *   emptied whenever programs are replaced (an older build's programs
+ *   neither write nor remove links); read only when a SERVICE entry is
  *   judged again, and then only while the backend's address is a pod's.
  *   An entry not linked (a backend on this node, judged at its own to_pod;
  *   an ambiguous open; a link evicted) is judged as before: its flow is cut
@@ -498,6 +498,8 @@ struct weir_event_budget {
  *   links/<ifindex>_to_pod         TCX links (tc egress of the host veth)
  *   node-links/<ifindex>_leave_node  TCX link (tc egress of the device to
  *                                  other nodes: VXLAN or the underlay)
+ *   migrating-abi-<N>/             while weir-policyd carries pins of an
+ *                                  older ABI over: the new set, staged
  * ifindexes are per network namespace: one root serves one node netns.
  */
 #define WEIR_PROG_FROM_POD "from_pod"

@@ -86,8 +86,9 @@ static __always_inline __u32 side_of(__u8 dir, __u8 proto, __be16 port)
  * else the refusing side's drop reason, described in *vc. A SERVICE entry
  * (a pod -> VIP, kept for the un-DNATed reply) was never a judgement: its
  * source's egress is judged against the backend leave_node linked it to
- * (service.h). Unlinked (a backend on this node), the flow's verdict lives
- * in the backend tuple's entry alone, judged again where that is seen.
+ * (service.h). Unlinked (a backend on this node, or a link that was never
+ * made, was evicted or forgotten), the flow's verdict lives in the backend
+ * tuple's entry alone, judged again where that is seen.
  */
 static __always_inline __u8 ct_rejudge(const struct weir_ct_key *k, struct weir_ct_value *v,
 				       __u32 gen, struct verdict_ctx *vc)

@@ -124,8 +124,9 @@ pub const PIN_DIRS: [&str; 3] = ["progs", "links", "node-links"];
 const BUILD_MARKER_PREFIX: &str = "build-";
 
 /// Whether `name`, an entry directly under a bpffs root, is one Weir puts
-/// there (a map pin, a directory of pins, a build marker): what an
-/// uninstall may remove, leaving anything else to its owner.
+/// there (a map pin, a directory of pins, a build marker, a migration's
+/// staged set): what an uninstall may remove, leaving anything else to its
+/// owner.
 pub fn is_weirs_root_entry(name: &str) -> bool {
     PINNED_MAPS.contains(&name)
         || PIN_DIRS.contains(&name)
@@ -539,7 +540,6 @@ impl Dataplane {
         Ok(Some(m.info().map_err(map_err(&path, "read map info"))?.max_entries()))
     }
 
-    /// [`Dataplane::load_or_upgrade`] as if this build's identity were
     /// A migration from the ABI the pins under `root` say, stopped as a
     /// crash would stop it: before its commit, or just after (`commit`).
     #[doc(hidden)]
@@ -548,6 +548,7 @@ impl Dataplane {
         crate::migrate::stage_only(root, commit)
     }
 
+    /// [`Dataplane::load_or_upgrade`] as if this build's identity were
     /// `build`: lets a test play the next build with the same object.
     #[doc(hidden)]
     pub fn load_or_upgrade_as(root: &Path, build: &str) -> Result<(Dataplane, Upgrade), Error> {
@@ -639,16 +640,10 @@ impl Dataplane {
 
     /// Switch every pinned link under `root` to the program now pinned for
     /// its hook. A link whose device is gone (defunct) is left for GC.
-    fn relink(root: &Path) -> Result<Upgrade, Error> {
-        Self::relink_to(root, &root.join("progs"))
-    }
-
-    /// Switch every pinned link under `root` to the program pinned for its
-    /// hook under `progs`.
-    pub(crate) fn relink_to(root: &Path, progs: &Path) -> Result<Upgrade, Error> {
+    pub(crate) fn relink(root: &Path) -> Result<Upgrade, Error> {
         let mut up = Upgrade { replaced: true, ..Upgrade::default() };
         for hook in Hook::ALL {
-            let prog_pin = progs.join(hook.name());
+            let prog_pin = root.join("progs").join(hook.name());
             let prog = sys::obj_get(&prog_pin).map_err(|e| Error::io("cannot open pinned program", &prog_pin, e))?;
             let dir = root.join(hook.links_dir());
             let entries = match std::fs::read_dir(&dir) {

@@ -91,6 +91,13 @@ pub enum Error {
 
 /// What to do about pins of another ABI.
 fn abi_hint(found: u32, root: &std::path::Path) -> String {
+    if found > crate::abi::ABI_VERSION {
+        return format!(
+            "they are a newer Weir's: run that version, or remove {} (it detaches Weir from every \
+             pod until they are re-attached)",
+            root.display()
+        );
+    }
     if crate::migrate::MIGRATES_FROM.contains(&found) {
         return "weir-policyd of this build carries them over when it starts (a CNI call fails until \
                 then, and the runtime retries it)"

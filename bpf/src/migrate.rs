@@ -19,9 +19,10 @@
 //!    ABI's, while the pods still run the old programs on the old maps,
 //!    which this process holds open;
 //! 4. switch every pinned link to the new programs;
-//! 5. copy conntrack and endpoints from the old maps once more, adding what
-//!    the old programs and old CNI binaries created meanwhile, and switch
-//!    the links again (a pod an old binary attached meanwhile).
+//! 5. copy conntrack and endpoints from the old maps once more, adding the
+//!    entries the old programs and old CNI binaries created meanwhile (not
+//!    their changes to entries copied before), and switch the links again
+//!    (a pod an old binary attached meanwhile).
 //!
 //! Before the commit nothing of the root changed: a failure or a crash
 //! leaves the pods on their programs and maps, and the staging directory is
@@ -77,14 +78,14 @@ pub(crate) fn migrate(root: &Path, from: u32, opts: LoadOptions) -> Result<Upgra
     };
     write_abi(&staging, ABI_VERSION).map_err(committed)?;
     take_names(root, &staging, from).map_err(committed)?;
-    let mut up = Dataplane::relink_to(root, &root.join("progs")).map_err(committed)?;
+    let mut up = Dataplane::relink(root).map_err(committed)?;
     for (name, old_fd, shape) in &old {
         let new = root.join(name);
         let new_fd = sys::obj_get(&new).map_err(|e| io_err(root, from, true, "cannot open pinned map", &new, e))?;
         sys::map_copy(old_fd.as_fd(), new_fd.as_fd(), *shape, sys::BPF_NOEXIST)
             .map_err(|e| io_err(root, from, true, "cannot copy again into", &new, e))?;
     }
-    let again = Dataplane::relink_to(root, &root.join("progs")).map_err(committed)?;
+    let again = Dataplane::relink(root).map_err(committed)?;
     up.links_updated = up.links_updated.max(again.links_updated);
     up.migrated_from = Some(from);
     Ok(up)
@@ -213,8 +214,8 @@ pub(crate) fn finish_interrupted(root: &Path) -> Result<(), Error> {
 }
 
 /// A migration stopped by a crash, for tests: steps 1 and 2 done, and the
-/// commit when `commit`; the caller holds no lock and nothing runs on the
-/// staged set.
+/// commit when `commit`; nothing runs on the staged set. The caller holds
+/// the root's lock.
 pub(crate) fn stage_only(root: &Path, commit: bool) -> Result<(), Error> {
     let from = read_abi(root)?.unwrap_or(0);
     let staging = root.join(staging_name());

@@ -93,12 +93,12 @@ pub fn map_shape(fd: BorrowedFd<'_>) -> io::Result<MapShape> {
 pub const BPF_NOEXIST: u64 = 1;
 
 /// Copy every entry of map `from` into map `to` (both of `shape`), as
-/// bytes, with update `flags`; returns how many were written. Entries the
+/// bytes, with update `flags`. Entries the
 /// programs add or remove meanwhile may be missed or copied twice. The walk
 /// is bounded: a map that changes so fast that it keeps restarting (a
 /// deleted cursor restarts it from the first key) is an error, not a
 /// partial copy.
-pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags: u64) -> io::Result<usize> {
+pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags: u64) -> io::Result<()> {
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -123,7 +123,7 @@ pub fn map_copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, shape: MapShape, flags
         attr[2] = next.as_mut_ptr() as u64; // next_key
         match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(copied),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         }
         let mut attr = [0u64; 16];

@@ -283,6 +283,15 @@ fn root_upgrade_adds_the_maps_an_older_build_lacked() {
     assert_eq!(dp.service_backends().unwrap(), vec![], "links forgotten when programs are replaced");
 }
 
+/// Stamp the pins under `root` as written by map ABI `v`, as an older
+/// build's loader would have left them.
+fn stamp_abi(root: &std::path::Path, v: u32) {
+    let path = root.join(MAP_ABI);
+    let m = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
+    let mut a: aya::maps::Array<aya::maps::MapData, u32> = aya::maps::Array::try_from(m).unwrap();
+    a.set(0, v, 0).unwrap();
+}
+
 /// A map ABI change, make-before-break. Pins an ABI 6 build left (this
 /// build's maps, stamped 6, with a rule for every peer written under
 /// `ID_ANY` alone, as 6 wrote it) carry two pods' long-lived TCP and UDP
@@ -323,12 +332,7 @@ fn root_upgrade_carries_pins_of_an_older_map_abi_under_traffic() {
     tcp.advance(20, "TCP before the migration");
     udp.advance(20, "UDP before the migration");
 
-    let set_abi = |v: u32| {
-        let path = g.root.join(MAP_ABI);
-        let m = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
-        let mut a: aya::maps::Array<aya::maps::MapData, u32> = aya::maps::Array::try_from(m).unwrap();
-        a.set(0, v, 0).unwrap();
-    };
+    let set_abi = |v: u32| stamp_abi(&g.root, v);
     // one exchange more, on a socket of its own: its entry sees no packet
     // after this, so only a copy can carry it
     let _ = udp_ok(&p0, SocketAddr::new(ip1, 8081));
@@ -419,8 +423,9 @@ fn root_upgrade_carries_pins_of_an_older_map_abi_under_traffic() {
 
 /// A migration a crash stopped. Before its commit, the root's pins were
 /// never touched: the next start discards the staged set and migrates
-/// again. Just after it, the next start takes the staged set's names and
-/// relinks as any upgrade does. Either way the state is carried.
+/// again. Just after it, the next start gives the staged set the root's
+/// names and then loads its programs as any upgrade does. Either way the
+/// state is carried.
 #[test]
 fn root_upgrade_finishes_or_redoes_an_interrupted_migration() {
     if !is_root() {
@@ -434,16 +439,14 @@ fn root_upgrade_finishes_or_redoes_an_interrupted_migration() {
     dp.set_ipcache(remote, &IpcacheValue { identity: 778, endpoint: 0, flags: 0, pad: 0 }).unwrap();
     drop(dp);
     let staging = root.path.join(format!("migrating-abi-{ABI_VERSION}"));
-    let set_abi = |v: u32| {
-        let path = root.path.join(MAP_ABI);
-        let m = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
-        let mut a: aya::maps::Array<aya::maps::MapData, u32> = aya::maps::Array::try_from(m).unwrap();
-        a.set(0, v, 0).unwrap();
-    };
+    let set_abi = |v: u32| stamp_abi(&root.path, v);
+    let ino = |name: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.path.join(name)).unwrap());
     for commit in [false, true] {
         set_abi(6);
+        let ct = ino(MAP_CT);
         Dataplane::stage_migration_as_if_interrupted(&root.path, commit).unwrap();
         assert!(staging.is_dir());
+        assert_eq!(ino(MAP_CT), ct, "commit {commit}: the root's own pins are untouched until the renames");
         let e = Dataplane::load_or_open(&root.path).err().expect("the CNI binary neither finishes nor migrates");
         assert!(e.to_string().contains("ABI version 6"), "{e}");
         let (dp, up) = Dataplane::load_or_upgrade_as(&root.path, &format!("build-after-{commit}")).unwrap();
@@ -451,6 +454,7 @@ fn root_upgrade_finishes_or_redoes_an_interrupted_migration() {
         // before the commit: migrated again; after it: finished, then relinked
         assert_eq!(up.migrated_from, if commit { None } else { Some(6) }, "commit {commit}: {up:?}");
         assert!(up.replaced, "commit {commit}: {up:?}");
+        assert_ne!(ino(MAP_CT), ct, "commit {commit}: the new set holds the names");
         let ipcache = dp.ipcache_entries().unwrap();
         assert!(ipcache.iter().any(|(n, v)| *n == remote && v.identity == 778), "commit {commit}: the prefix carried");
     }

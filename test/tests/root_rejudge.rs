@@ -259,12 +259,8 @@ fn off_keeps_flows() -> Result<()> {
     Ok(())
 }
 
-/// Two nodes: x/a on node-1, its Service backends x/b and x/c on node-2,
-/// each pushing a UDP stream to a through its ClusterIP. a's egress allows
-/// both; then the allow for b goes. Node-1 sees b's datagrams only after
-/// kube-proxy un-DNATs them to the VIP, on the SERVICE entry of a's flow:
-/// re-judged against the backend leave_node linked it to, b's stream is
-/// cut there, on the client's node, and c's loses nothing.
+/// The two-node model: x/a on node-1, x/b and x/c on node-2, a Service
+/// on UDP PUSH_PORT for each of b and c, and a's egress allowed to both.
 fn remote_backend_model(dir: &std::path::Path) -> Result<()> {
     let mut files = vec![(
         "00-namespace-x.yaml".to_string(),
@@ -308,6 +304,12 @@ fn allow_egress_udp(to: &str) -> serde_yaml_ng::Value {
     ))
 }
 
+/// Two nodes: x/a on node-1, its Service backends x/b and x/c on node-2,
+/// each pushing a UDP stream to a through its ClusterIP. a's egress allows
+/// both; then the allow for b goes. Node-1 sees b's datagrams only after
+/// kube-proxy un-DNATs them to the VIP, on the SERVICE entry of a's flow:
+/// re-judged against the backend leave_node linked it to, b's stream is
+/// cut there, on the client's node, while c's keeps arriving.
 #[test]
 fn root_rejudge_cuts_a_remote_backends_stream_at_the_clients_node() {
     if !is_root() {
