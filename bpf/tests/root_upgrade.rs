@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use weir_bpf::abi::*;
 use weir_bpf::{Dataplane, Direction, Hook, PolicyMatch};
+use weir_common::registry::EndpointRecord;
 
 /// Echo servers for TCP (every connection, every 4-byte message) and UDP.
 fn serve_echo(ns: &str, ip: IpAddr, tcp: u16, udp: u16) {
@@ -116,6 +117,20 @@ fn root_upgrade_switches_running_pods_to_the_new_programs_without_breaking_flows
     upgrade_switches_running_pods_without_breaking_flows("upt", "tc", "10.79.1.0/24");
 }
 
+/// Both pods isolated both ways, as weir-policyd programs them (identities
+/// 300 and 301); pod 0 may reach pod 1 on TCP 8080 and UDP 8081.
+fn isolate_both_allow_echo(dp: &Dataplane, r0: &EndpointRecord, r1: &EndpointRecord) {
+    program_like_policyd(dp, r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    program_like_policyd(dp, r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
+        let rule = |endpoint, identity, direction| {
+            PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(port..=port))
+        };
+        dp.allow(&rule(r0.host_ifindex, 301, Direction::Egress), 1 + n as u32).unwrap();
+        dp.allow(&rule(r1.host_ifindex, 300, Direction::Ingress), 3 + n as u32).unwrap();
+    }
+}
+
 fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str, subnet: &str) {
     if !is_root() {
         eprintln!("skipped: needs root");
@@ -135,16 +150,7 @@ fn upgrade_switches_running_pods_without_breaking_flows(tag: &str, attach: &str,
     let (r0, r1) = (c.record(0), c.record(1));
     let ip1 = *r1.ips.iter().find(|a| a.is_ipv4()).unwrap();
     let dp = Dataplane::open(&g.root).unwrap();
-    // Both isolated both ways; pod 0 may reach pod 1 on TCP 8080 and UDP 8081.
-    program_like_policyd(&dp, &r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
-    program_like_policyd(&dp, &r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
-    for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
-        let rule = |endpoint, identity, direction| {
-            PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(port..=port))
-        };
-        dp.allow(&rule(r0.host_ifindex, 301, Direction::Egress), 1 + n as u32).unwrap();
-        dp.allow(&rule(r1.host_ifindex, 300, Direction::Ingress), 3 + n as u32).unwrap();
-    }
+    isolate_both_allow_echo(&dp, &r0, &r1);
     let (p0, p1) = (c.netns(0), c.netns(1));
     serve_echo(&p1, ip1, 8080, 8081);
     let tcp = Flow::start(&p0, SocketAddr::new(ip1, 8080), false);
@@ -313,15 +319,7 @@ fn root_upgrade_carries_pins_of_an_older_map_abi_under_traffic() {
     let (r0, r1) = (c.record(0), c.record(1));
     let ip1 = *r1.ips.iter().find(|a| a.is_ipv4()).unwrap();
     let dp = Dataplane::open(&g.root).unwrap();
-    program_like_policyd(&dp, &r0, 300, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
-    program_like_policyd(&dp, &r1, 301, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
-    for (n, (proto, port)) in [(6u8, 8080u16), (17, 8081)].into_iter().enumerate() {
-        let rule = |endpoint, identity, direction| {
-            PolicyMatch::cover(endpoint, identity, direction, Some(proto), Some(port..=port))
-        };
-        dp.allow(&rule(r0.host_ifindex, 301, Direction::Egress), 1 + n as u32).unwrap();
-        dp.allow(&rule(r1.host_ifindex, 300, Direction::Ingress), 3 + n as u32).unwrap();
-    }
+    isolate_both_allow_echo(&dp, &r0, &r1);
     let every_peer = PolicyMatch::cover(r1.host_ifindex, ID_ANY, Direction::Ingress, Some(6), Some(7070..=7070));
     dp.allow(&every_peer, 9).unwrap();
     dp.allow(&PolicyMatch::cover(r0.host_ifindex, 301, Direction::Egress, Some(6), Some(7070..=7070)), 10).unwrap();
