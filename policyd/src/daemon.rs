@@ -525,7 +525,7 @@ impl Agent {
             Ok(rows) => {
                 let previous: IdentityTable = rows
                     .into_iter()
-                    .map(|(id, namespace, labels)| (id, IdentityLabels { namespace, labels }))
+                    .map(|(id, namespace, labels)| (id, IdentityLabels { namespace, labels: labels.into() }))
                     .collect();
                 let n = self.engine.seed_identities(&previous);
                 log::info!("kept {n} identity numbers from {}", self.identities_file.display());
@@ -541,7 +541,7 @@ impl Agent {
         {
             return;
         }
-        let rows: Vec<_> = desired.identities.iter().map(|(id, l)| (*id, &l.namespace, &l.labels)).collect();
+        let rows: Vec<_> = desired.identities.iter().map(|(id, l)| (*id, &l.namespace, &*l.labels)).collect();
         let written = serde_json::to_vec(&rows)
             .map_err(std::io::Error::other)
             .and_then(|b| weir_common::trust::write_private(&self.identities_file, &b));

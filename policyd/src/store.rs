@@ -33,7 +33,24 @@ pub struct Store {
 pub struct Pods {
     map: BTreeMap<Key, Pod>,
     stamp: Stamp,
+    journal: Journal,
 }
+
+/// The keys of the latest writes, one per write in order, so that a reader
+/// holding an older [`Stamp`] of this map can visit only the pods written
+/// since ([`Pods::written_since`]). Writes to every pod at once (clear,
+/// retain, `values_mut`) and the oldest half, once it is full, are
+/// forgotten: a reader that far behind reads every pod.
+#[derive(Debug, Default)]
+struct Journal {
+    /// The write count `keys[0]` was written at.
+    first: u64,
+    keys: std::collections::VecDeque<Key>,
+}
+
+/// Keys a journal holds at most: a reader that falls this far behind
+/// (thousands of pod events between two compiles) walks every pod anyway.
+const JOURNAL_MAX: usize = 8192;
 
 /// Which pod map and how many writes it has had: two equal stamps, read
 /// at two moments, mean the same contents.
@@ -55,7 +72,7 @@ impl Default for Stamp {
 impl Clone for Pods {
     /// The clone's writes are its own: it gets a stamp of its own.
     fn clone(&self) -> Self {
-        Pods { map: self.map.clone(), stamp: Stamp::default() }
+        Pods { map: self.map.clone(), stamp: Stamp::default(), journal: Journal::default() }
     }
 }
 
@@ -72,39 +89,60 @@ impl Pods {
         self.stamp
     }
 
-    fn wrote(&mut self) {
+    /// The keys written since `stamp` was read from this map, in write
+    /// order and possibly repeated; None when that is not known (another
+    /// map, or writes the journal no longer holds): read every pod then.
+    pub fn written_since(&self, stamp: Stamp) -> Option<impl Iterator<Item = &Key>> {
+        let skip = stamp.writes.checked_sub(self.journal.first)?;
+        (stamp.map == self.stamp.map && stamp.writes <= self.stamp.writes)
+            .then(|| self.journal.keys.iter().skip(skip as usize))
+    }
+
+    /// One pod written.
+    fn wrote(&mut self, key: &Key) {
+        if self.journal.keys.len() == JOURNAL_MAX {
+            self.journal.keys.drain(..JOURNAL_MAX / 2);
+            self.journal.first += (JOURNAL_MAX / 2) as u64;
+        }
+        self.journal.keys.push_back(key.clone());
         self.stamp.writes += 1;
     }
 
+    /// Every pod written: no reader can tell which from the journal.
+    fn wrote_all(&mut self) {
+        self.stamp.writes += 1;
+        self.journal = Journal { first: self.stamp.writes, keys: Default::default() };
+    }
+
     pub fn insert(&mut self, key: Key, pod: Pod) -> Option<Pod> {
-        self.wrote();
+        self.wrote(&key);
         self.map.insert(key, pod)
     }
 
     pub fn remove(&mut self, key: &Key) -> Option<Pod> {
-        self.wrote();
+        self.wrote(key);
         self.map.remove(key)
     }
 
     /// A pod to change in place (counted as a write whether or not it is).
     pub fn get_mut(&mut self, key: &Key) -> Option<&mut Pod> {
-        self.wrote();
+        self.wrote(key);
         self.map.get_mut(key)
     }
 
-    /// Every pod, to change in place (counted as a write).
+    /// Every pod, to change in place (counted as a write to each).
     pub fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, Pod> {
-        self.wrote();
+        self.wrote_all();
         self.map.values_mut()
     }
 
     pub fn retain(&mut self, keep: impl FnMut(&Key, &mut Pod) -> bool) {
-        self.wrote();
+        self.wrote_all();
         self.map.retain(keep)
     }
 
     pub fn clear(&mut self) {
-        self.wrote();
+        self.wrote_all();
         self.map.clear()
     }
 }
@@ -119,7 +157,7 @@ impl<'a> IntoIterator for &'a Pods {
 
 impl FromIterator<(Key, Pod)> for Pods {
     fn from_iter<I: IntoIterator<Item = (Key, Pod)>>(iter: I) -> Self {
-        Pods { map: iter.into_iter().collect(), stamp: Stamp::default() }
+        Pods { map: iter.into_iter().collect(), stamp: Stamp::default(), journal: Journal::default() }
     }
 }
 
@@ -444,6 +482,42 @@ pub enum SourceEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn k(name: &str) -> Key {
+        ("ns".to_string(), name.to_string())
+    }
+
+    /// A reader is told the keys written since its stamp, and that it
+    /// cannot be told once the journal lost them or the map is another.
+    #[test]
+    fn pods_journal_names_the_keys_written_since_a_stamp() {
+        let mut pods = Pods::default();
+        pods.insert(k("a"), Pod::default());
+        let s1 = pods.stamp();
+        assert_eq!(pods.written_since(s1).unwrap().count(), 0);
+        pods.insert(k("b"), Pod::default());
+        pods.get_mut(&k("a"));
+        pods.remove(&k("c"));
+        let since: Vec<&Key> = pods.written_since(s1).unwrap().collect();
+        assert_eq!(since, [&k("b"), &k("a"), &k("c")]);
+        let s2 = pods.stamp();
+        assert!(pods.clone().written_since(s2).is_none(), "a clone is another map");
+        let _ = pods.values_mut();
+        assert!(pods.written_since(s2).is_none(), "a write to every pod");
+        let s3 = pods.stamp();
+        for i in 0..JOURNAL_MAX {
+            pods.insert(k(&i.to_string()), Pod::default());
+        }
+        assert_eq!(pods.written_since(s3).unwrap().count(), JOURNAL_MAX);
+        pods.remove(&k("a"));
+        assert!(pods.written_since(s3).is_none(), "the oldest writes are forgotten");
+        let tail: Vec<&Key> = pods.written_since(pods.stamp()).unwrap().collect();
+        assert!(tail.is_empty());
+        let s4 = pods.stamp();
+        pods.clear();
+        assert!(pods.written_since(s4).is_none());
+        assert!(Pods::default().written_since(s4).is_none());
+    }
 
     /// Trimming keeps the annotations the engine reads (a Namespace's flow
     /// log choice, a NetworkPolicy's mode) on their kinds, and no other.

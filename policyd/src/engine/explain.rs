@@ -263,7 +263,7 @@ impl Engine {
             kind,
             labels: uni.identities.get(&e.identity).map(|IdentityLabels { namespace, labels }| IdentityView {
                 namespace: namespace.clone(),
-                labels: labels.clone(),
+                labels: (**labels).clone(),
             }),
             endpoint: (e.endpoint != 0).then_some(e.endpoint),
         }

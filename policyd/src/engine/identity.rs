@@ -87,12 +87,21 @@ impl IdentityAllocator {
         cand
     }
 
-    /// Forget identities unused since `keep_since` once they outnumber the
-    /// ones in use (and at least `floor`), oldest first.
-    pub fn collect_garbage(&mut self, in_use: usize, generation: u64, floor: usize) {
-        let unused = self.live.saturating_sub(in_use);
-        if unused <= floor.max(in_use) {
+    /// Forget the oldest half of the identities not `in_use` once they
+    /// outnumber those in use (and `floor`). The ones in use are marked
+    /// used in `generation` first, so only those of another generation go.
+    pub fn collect_garbage<'a>(
+        &mut self,
+        in_use: impl ExactSizeIterator<Item = &'a super::IdentityLabels>,
+        generation: u64,
+        floor: usize,
+    ) {
+        let unused = self.live.saturating_sub(in_use.len());
+        if unused <= floor.max(in_use.len()) {
             return;
+        }
+        for id in in_use {
+            self.touch(id, generation);
         }
         let mut ages: Vec<u64> = self
             .by_ns

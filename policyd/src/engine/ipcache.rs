@@ -11,28 +11,20 @@ use super::{Diagnostic, IpcacheEntry, ID_HOST, ID_WORLD};
 use crate::store::Key;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use weir_common::registry::EndpointRecord;
 
-/// Rank of a pod's claim on an address two pods claim, greater wins: on
-/// this node (its endpoint record is authoritative), then Running, then
-/// the newest creationTimestamp, then the greater namespace/name.
-pub(super) type Rank<'s> = (bool, bool, Option<i128>, &'s Key);
-
-/// One pod's claim on an address: (address, rank, identity).
-pub(super) type Claim<'s> = (IpAddr, Rank<'s>, u32);
-
 /// What the identity stage found about addresses.
-pub(super) struct Addresses<'s> {
-    /// Every pod's claims; None when the pods and this node's endpoint
-    /// records are the previous compile's, whose claims stand.
-    pub(super) claims: Option<Vec<Claim<'s>>>,
+pub(super) struct Addresses {
+    /// The identity of the best claim on each address whose claims may
+    /// have changed since the previous compile, None when no pod claims it
+    /// any more; every claimed address when `all`.
+    pub(super) claims: Vec<(IpAddr, Option<u32>)>,
+    pub(super) all: bool,
     /// Addresses of this node's pod interfaces, to their host ifindex.
     pub(super) local_ifindex: HashMap<IpAddr, u32>,
-    /// Whether any pod was read afresh or removed since the previous compile.
-    pub(super) pods_changed: bool,
 }
 
 /// The ipcache stage's result.
@@ -43,7 +35,7 @@ pub(super) struct Ipcache {
 }
 
 /// What the ipcache stage keeps between compiles: its last result and
-/// what it was built from besides pods.
+/// what it was built from.
 #[derive(Default)]
 pub(super) struct IpcacheStage {
     last: Option<LastIpcache>,
@@ -52,8 +44,8 @@ pub(super) struct IpcacheStage {
 struct LastIpcache {
     locals: Vec<EndpointRecord>,
     vips: Vec<IpAddr>,
-    /// The best claim's identity per pod address, sorted.
-    pods: Vec<(IpAddr, u32)>,
+    /// The best claim's identity per pod address.
+    pods: HashMap<IpAddr, u32>,
     ipcache: Arc<BTreeMap<IpNet, IpcacheEntry>>,
 }
 
@@ -65,55 +57,110 @@ impl IpcacheStage {
 
     pub(super) fn run(
         &mut self,
-        addresses: Addresses<'_>,
+        addresses: Addresses,
         services: &BTreeMap<Key, Service>,
         locals: &[EndpointRecord],
     ) -> Ipcache {
-        let Addresses { claims, local_ifindex, pods_changed } = addresses;
+        let Addresses { claims, all, local_ifindex } = addresses;
         let mut diagnostics = Vec::new();
         let vips = service_vips(services, &mut diagnostics);
-        // Nothing the ipcache reads changed: reuse it rather than sort a
-        // cluster's addresses again.
-        let reuse = !pods_changed
-            && self.last.as_ref().is_some_and(|last| last.locals.as_slice() == locals && last.vips == vips);
-        if reuse {
-            let entries = self.last.as_ref().map(|last| last.ipcache.clone()).unwrap_or_default();
-            return Ipcache { entries, diagnostics };
-        }
-        let last = self.last.take();
-        let pods = match claims {
-            Some(mut claims) => {
-                // Best claim first per address.
-                claims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-                claims.dedup_by_key(|c| c.0);
-                claims.into_iter().map(|(ip, _, id)| (ip, id)).collect()
+        let mut last = match self.last.take() {
+            Some(last) if !all && last.vips == vips => last,
+            // The first compile, every pod read again, or other VIPs: build
+            // it whole.
+            last => {
+                let mut pods = last.map(|l| l.pods).unwrap_or_default();
+                if all {
+                    pods.clear();
+                }
+                patch_pods(&mut pods, claims);
+                let ipcache = Arc::new(build(&pods, &vips, locals, &local_ifindex));
+                let entries = ipcache.clone();
+                self.last = Some(LastIpcache { locals: locals.to_vec(), vips, pods, ipcache });
+                return Ipcache { entries, diagnostics };
             }
-            // The previous compile's pods and records: its best claims.
-            None => last.map(|l| l.pods).unwrap_or_default(),
         };
-        // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
-        let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(pods.len() + vips.len() + 8);
-        let world = IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false };
-        ipc.push(("0.0.0.0/0".parse().unwrap(), 0, world));
-        ipc.push(("::/0".parse().unwrap(), 0, world));
-        for (ip, id) in &pods {
-            let endpoint = local_ifindex.get(ip).copied().unwrap_or(0);
-            ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
+        // Patch the entries of the addresses that moved: those with other
+        // claims, and those of this node's records when they changed.
+        let mut moved: Vec<IpAddr> = claims.iter().map(|(ip, _)| *ip).collect();
+        patch_pods(&mut last.pods, claims);
+        if last.locals.as_slice() != locals {
+            for r in last.locals.iter().chain(locals) {
+                moved.extend(r.ips.iter().chain(&r.gateways));
+            }
+            last.locals = locals.to_vec();
         }
-        for ip in &vips {
-            ipc.push((IpNet::from(*ip), 1, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true }));
-        }
-        for r in locals {
-            for gw in &r.gateways {
-                ipc.push((IpNet::from(*gw), 3, IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }));
+        moved.sort_unstable();
+        moved.dedup();
+        let gateways: HashSet<IpAddr> = locals.iter().flat_map(|r| r.gateways.iter().copied()).collect();
+        let vip_set: HashSet<&IpAddr> = if moved.is_empty() { HashSet::new() } else { vips.iter().collect() };
+        for ip in moved {
+            let entry = match (gateways.contains(&ip), last.pods.get(&ip)) {
+                (true, _) => Some(IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }),
+                (false, Some(id)) => Some(IpcacheEntry {
+                    identity: *id,
+                    endpoint: local_ifindex.get(&ip).copied().unwrap_or(0),
+                    service: false,
+                }),
+                (false, None) if vip_set.contains(&ip) => {
+                    Some(IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true })
+                }
+                (false, None) => None,
+            };
+            let net = IpNet::from(ip);
+            if last.ipcache.get(&net) != entry.as_ref() {
+                // Copied when the previous compile's result still holds it.
+                let entries = Arc::make_mut(&mut last.ipcache);
+                match entry {
+                    Some(e) => entries.insert(net, e),
+                    None => entries.remove(&net),
+                };
             }
         }
-        ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-        ipc.dedup_by_key(|e| e.0);
-        let entries: Arc<BTreeMap<IpNet, IpcacheEntry>> = Arc::new(ipc.into_iter().map(|(n, _, e)| (n, e)).collect());
-        self.last = Some(LastIpcache { locals: locals.to_vec(), vips, pods, ipcache: entries.clone() });
+        let entries = last.ipcache.clone();
+        self.last = Some(last);
         Ipcache { entries, diagnostics }
     }
+}
+
+/// Bring the best claims per address up to date.
+fn patch_pods(pods: &mut HashMap<IpAddr, u32>, claims: Vec<(IpAddr, Option<u32>)>) {
+    for (ip, best) in claims {
+        match best {
+            Some(id) => pods.insert(ip, id),
+            None => pods.remove(&ip),
+        };
+    }
+}
+
+/// The whole ipcache: the world, pods' addresses, Service VIPs and this
+/// node's pod gateways.
+fn build(
+    pods: &HashMap<IpAddr, u32>,
+    vips: &[IpAddr],
+    locals: &[EndpointRecord],
+    local_ifindex: &HashMap<IpAddr, u32>,
+) -> BTreeMap<IpNet, IpcacheEntry> {
+    // (prefix, precedence, entry): gateways over pods over Service VIPs over world.
+    let mut ipc: Vec<(IpNet, u8, IpcacheEntry)> = Vec::with_capacity(pods.len() + vips.len() + 8);
+    let world = IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: false };
+    ipc.push(("0.0.0.0/0".parse().unwrap(), 0, world));
+    ipc.push(("::/0".parse().unwrap(), 0, world));
+    for (ip, id) in pods {
+        let endpoint = local_ifindex.get(ip).copied().unwrap_or(0);
+        ipc.push((IpNet::from(*ip), 2, IpcacheEntry { identity: *id, endpoint, service: false }));
+    }
+    for ip in vips {
+        ipc.push((IpNet::from(*ip), 1, IpcacheEntry { identity: ID_WORLD, endpoint: 0, service: true }));
+    }
+    for r in locals {
+        for gw in &r.gateways {
+            ipc.push((IpNet::from(*gw), 3, IpcacheEntry { identity: ID_HOST, endpoint: 0, service: false }));
+        }
+    }
+    ipc.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+    ipc.dedup_by_key(|e| e.0);
+    ipc.into_iter().map(|(n, _, e)| (n, e)).collect()
 }
 
 /// The Services' cluster IPs, in store order; a value that is not an

@@ -296,10 +296,12 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// What an identity stands for. The labels are shared with every copy, so
+/// a table of a large cluster's identities is cheap to copy and drop.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentityLabels {
     pub namespace: String,
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
 }
 
 /// Label identities by number: what a compile uses ([`Desired::identities`])

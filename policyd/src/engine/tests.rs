@@ -931,7 +931,7 @@ fn pods_sharing_namespace_and_labels_share_an_identity() {
     assert!(id("10.0.0.1") >= ID_FIRST_LABEL && id("10.0.0.1") < ID_FIRST_CIDR);
     assert_eq!(
         d.identities[&id("10.0.0.1")],
-        IdentityLabels { namespace: "x".into(), labels: labels(&[("app", "a")]) }
+        IdentityLabels { namespace: "x".into(), labels: labels(&[("app", "a")]).into() }
     );
 }
 
@@ -985,6 +985,29 @@ fn local_record_addresses_override_pod_status() {
     assert_eq!((e.identity, e.endpoint), (d.endpoints[&XA].identity, XA));
     assert_eq!(ipcache_lookup(&d, ip("fd00::100")).endpoint, XA);
     assert_eq!(ipcache_lookup(&d, ip("10.0.0.1")).identity, ID_WORLD, "the stale status address is not the pod's");
+}
+
+/// In one engine, a pod whose endpoint record changes or goes away claims
+/// what it claims now: the record's new addresses, then its status again,
+/// without its rank as this node's pod.
+#[test]
+fn a_pods_claims_follow_its_endpoint_record_in_one_engine() {
+    let mut f = base();
+    f.pod("z", "dup", &[("app", "dup")], "10.0.0.1");
+    let mut e = Engine::new();
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(ipcache_lookup(&d, ip("10.0.0.1")).endpoint, XA, "the record's pod wins the address");
+    f.locals[0].ips = vec![ip("10.0.0.100")];
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(ipcache_lookup(&d, ip("10.0.0.100")).endpoint, XA);
+    let dup = e.identity_of("z", &labels(&[("app", "dup")])).unwrap();
+    assert_eq!(ipcache_lookup(&d, ip("10.0.0.1")).identity, dup);
+    assert_eq!(d, f.compile());
+    f.locals.remove(0);
+    let d = e.compile(&f.store, &f.locals);
+    assert_eq!(ipcache_lookup(&d, ip("10.0.0.100")).identity, ID_WORLD);
+    assert_eq!(e.last_stats().pods_read, 0, "no pod read again");
+    assert_eq!(d, f.compile());
 }
 
 #[test]

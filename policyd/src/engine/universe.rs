@@ -6,16 +6,21 @@
 //! the [`Universe`] selectors are evaluated in, the identities whose peer
 //! set membership may have changed since the previous compile (for the
 //! rule stage's peer sets), the local endpoints (for the endpoint stage)
-//! and the [`Addresses`] (for the ipcache stage). Unchanged pods reuse
-//! their [`PodDigest`]: a merge walk over sorted keys, no hashing of
-//! labels, no allocation. When no pod was written since the last walk
-//! (the store's [`Stamp`]) and this node's endpoint records are the same,
-//! there is no walk at all: a policy, namespace or Service change costs
-//! nothing here however many pods the cluster has.
+//! and the [`Addresses`] whose best claim may have moved (for the ipcache
+//! stage). The stage keeps what each pod read as ([`PodDigest`]) and what
+//! the pods add up to (members and named ports per identity, claimants per
+//! address), and reads only the pods the store's journal names since the
+//! last compile ([`Pods::written_since`]), patching the sums by them: a
+//! pod change costs the same in a cluster of 150,000 pods as in one of
+//! ten, and a policy, namespace or Service change reads no pod. When the
+//! journal cannot tell (the first compile, a relist), every pod is read,
+//! and those whose digest still holds are skipped.
+//!
+//! [`Pods::written_since`]: crate::store::Pods::written_since
 
 use super::endpoints::LocalEp;
 use super::identity::IdentityAllocator;
-use super::ipcache::{Addresses, Claim, Rank};
+use super::ipcache::Addresses;
 use super::{
     object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched,
     UnmatchedRecord, NAMESPACE_NAME_LABEL,
@@ -52,30 +57,45 @@ pub(super) struct Identities<'s> {
     pub(super) changed: BTreeSet<u32>,
     /// This node's pod interfaces matched to their pods, by ifindex.
     pub(super) endpoints: Vec<LocalEp<'s>>,
-    pub(super) addresses: Addresses<'s>,
+    pub(super) addresses: Addresses,
     pub(super) diagnostics: Vec<Diagnostic>,
     /// This node's endpoint records no pod takes (sorted).
     pub(super) unmatched: Vec<UnmatchedRecord>,
 }
 
-/// What the identity stage keeps between compiles.
+/// What the identity stage keeps between compiles: what every pod read as
+/// ([`PodDigest`]) and what the pods add up to (members and named ports per
+/// identity, claimants per address), so that a compile reads only the pods
+/// written since the last one and patches the sums by them.
 pub(super) struct IdentityStage {
     pub(super) ids: IdentityAllocator,
     /// Compiles so far: identities unused for a while are forgotten.
     generation: u64,
-    /// Sorted by key, like the store.
-    pods: Vec<(Key, Box<PodDigest>)>,
+    /// Every pod by key; the key is shared with the address claims.
+    pods: BTreeMap<Arc<Key>, Box<PodDigest>>,
     port_names: HashSet<Arc<str>>,
     /// The previous compile's universe, given back with [`IdentityStage::keep`].
     previous: Universe,
-    /// What the last walk over the pods read: the pods' stamp and this
-    /// node's endpoint records. While both are the same, no pod needs
-    /// reading again.
+    /// Pods and named ports per identity in use.
+    members: HashMap<u32, Members>,
+    /// The pods claiming each address.
+    claims: HashMap<IpAddr, Vec<Arc<Key>>>,
+    /// Pods with diagnostics, and theirs.
+    pod_diags: BTreeMap<Arc<Key>, Vec<Diagnostic>>,
+    /// What the digests and sums were brought up to: the pods' stamp and
+    /// this node's endpoint records, and the pods those records matched.
     walked: Option<(Stamp, Vec<EndpointRecord>)>,
-    /// The pods' diagnostics, as the last walk found them.
-    pod_diags: Vec<Diagnostic>,
+    local_pods: Vec<Key>,
     /// The universe's identities as handed on, while none came or went.
     table: Option<Arc<IdentityTable>>,
+}
+
+/// The pods of one identity.
+#[derive(Default)]
+struct Members {
+    pods: usize,
+    /// Named ports of its pods, with how many pods name each.
+    ports: BTreeMap<NamedPort, usize>,
 }
 
 impl Default for IdentityStage {
@@ -83,14 +103,25 @@ impl Default for IdentityStage {
         IdentityStage {
             ids: IdentityAllocator::new(),
             generation: 0,
-            pods: Vec::new(),
+            pods: BTreeMap::new(),
             port_names: HashSet::new(),
             previous: Universe::default(),
+            members: HashMap::new(),
+            claims: HashMap::new(),
+            pod_diags: BTreeMap::new(),
             walked: None,
-            pod_diags: Vec::new(),
+            local_pods: Vec::new(),
             table: None,
         }
     }
+}
+
+/// What one compile's pod updates moved: identities with their member
+/// count before, and addresses whose best claim may differ.
+#[derive(Default)]
+struct Moved {
+    identities: HashMap<u32, usize>,
+    addresses: HashSet<IpAddr>,
 }
 
 impl IdentityStage {
@@ -100,207 +131,240 @@ impl IdentityStage {
         locals: &'s [EndpointRecord],
         stats: &mut CompileStats,
     ) -> Identities<'s> {
-        let stamp = store.pods.stamp();
-        if self.walked.as_ref().is_some_and(|(s, l)| *s == stamp && l.as_slice() == locals) {
-            return self.same_pods(store, locals);
-        }
-        let found = self.walk(store, locals, stats);
-        self.walked = Some((stamp, locals.to_vec()));
-        found
-    }
-
-    /// The pods and endpoint records are what the last walk read: its
-    /// identities, named ports and addresses stand. Only namespace labels
-    /// can have moved.
-    fn same_pods<'s>(&mut self, store: &'s Store, locals: &'s [EndpointRecord]) -> Identities<'s> {
+        self.generation += 1;
         let mut diags: Vec<Diagnostic> = Vec::new();
-        let (local_of_pod, ip_to_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
-        diags.extend(self.pod_diags.iter().cloned());
+        let (local_of_pod, local_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
         let mut uni = std::mem::take(&mut self.previous);
-        let before = std::mem::replace(&mut uni.ns_labels, namespace_labels(store, &uni.by_ns));
-        let changed = relabelled(&before, &uni).collect();
-        let mut locals_ep = Vec::new();
-        for (key, records) in local_of_pod {
-            let Ok(at) = self.pods.binary_search_by(|(k, _)| k.cmp(key)) else { continue };
-            let dg = &self.pods[at].1;
-            if dg.identity == 0 {
-                continue;
+        let mut moved = Moved::default();
+
+        // The pods to read: those the store's journal names since the last
+        // compile, and this node's pods when its records changed; every pod
+        // when the journal cannot tell.
+        let stamp = store.pods.stamp();
+        let since = self.walked.as_ref().and_then(|(s, _)| store.pods.written_since(*s));
+        let records_same = self.walked.as_ref().is_some_and(|(_, l)| l.as_slice() == locals);
+        let all = since.is_none();
+        match since {
+            Some(written) => {
+                let mut keys: BTreeSet<&Key> = written.collect();
+                let old_locals = std::mem::take(&mut self.local_pods);
+                if !records_same {
+                    keys.extend(local_of_pod.keys().copied());
+                    keys.extend(old_locals.iter());
+                }
+                for key in keys {
+                    self.update(store, key, &local_of_pod, &mut uni, &mut moved, stats);
+                }
             }
-            let pod = &store.pods[key];
+            None => {
+                // Pods gone from the store first (a merge walk over the
+                // sorted keys), then every pod of the store.
+                let mut present = store.pods.keys().peekable();
+                let mut gone: Vec<Key> = Vec::new();
+                for k in self.pods.keys() {
+                    while present.next_if(|p| *p < &**k).is_some() {}
+                    if present.peek() != Some(&&**k) {
+                        gone.push((**k).clone());
+                    }
+                }
+                for key in &gone {
+                    self.update(store, key, &local_of_pod, &mut uni, &mut moved, stats);
+                }
+                for key in store.pods.keys() {
+                    self.update(store, key, &local_of_pod, &mut uni, &mut moved, stats);
+                }
+            }
+        }
+        self.walked = Some((stamp, locals.to_vec()));
+        self.local_pods = local_of_pod.keys().map(|k| (*k).clone()).collect();
+
+        // Identities that came and went.
+        let mut changed: BTreeSet<u32> = BTreeSet::new();
+        let (mut came_or_went, mut ports_changed) = (false, false);
+        for (id, before) in moved.identities {
+            let now = self.members.get(&id).map_or(0, |m| m.pods);
+            if now == 0 {
+                self.members.remove(&id);
+                if let Some(info) = uni.identities.remove(&id) {
+                    // Last used now: kept a while for a pod coming back.
+                    self.ids.touch(&info, self.generation);
+                    if let Some(ids) = uni.by_ns.get_mut(&info.namespace) {
+                        ids.retain(|i| *i != id);
+                        if ids.is_empty() {
+                            uni.by_ns.remove(&info.namespace);
+                        }
+                    }
+                }
+            } else if before == 0 {
+                let ns = &uni.identities[&id].namespace;
+                let ids = uni.by_ns.entry(ns.clone()).or_default();
+                if let Err(at) = ids.binary_search(&id) {
+                    ids.insert(at, id);
+                }
+            }
+            if (now == 0) != (before == 0) {
+                came_or_went = true;
+                changed.insert(id);
+            }
+            let ports: Vec<NamedPort> =
+                self.members.get(&id).map(|m| m.ports.keys().cloned().collect()).unwrap_or_default();
+            let old = match ports.is_empty() {
+                true => uni.named_ports.remove(&id),
+                false => uni.named_ports.insert(id, ports.clone()),
+            };
+            if old.unwrap_or_default() != ports {
+                ports_changed = true;
+                changed.insert(id);
+            }
+        }
+        if came_or_went {
+            self.table = None;
+        }
+        uni.named_ports_version += u64::from(ports_changed);
+        for ns in refresh_namespace_labels(&mut uni.ns_labels, store, &uni.by_ns) {
+            changed.extend(uni.by_ns.get(&ns).into_iter().flatten().copied());
+        }
+        self.ids.collect_garbage(uni.identities.values(), self.generation, 4096);
+        if self.port_names.len() > 4096 {
+            self.port_names.retain(|n| Arc::strong_count(n) > 1);
+        }
+
+        // This node's endpoints, and the best claim on each address moved.
+        let mut endpoints = Vec::new();
+        for (key, records) in &local_of_pod {
+            let Some(dg) = self.pods.get(*key).filter(|dg| dg.identity != 0) else { continue };
             for r in records {
-                locals_ep.push(LocalEp {
+                endpoints.push(LocalEp {
                     ifindex: r.host_ifindex,
-                    pod_key: key.clone(),
-                    pod,
+                    pod_key: (*key).clone(),
+                    pod: &store.pods[*key],
                     identity: dg.identity,
                     own_ports: dg.ports.clone(),
                 });
             }
         }
-        locals_ep.sort_by_key(|e| e.ifindex);
+        endpoints.sort_by_key(|e| e.ifindex);
+        let addresses: Vec<IpAddr> = match all {
+            true => self.claims.keys().copied().collect(),
+            false => moved.addresses.into_iter().collect(),
+        };
+        let claims = addresses.into_iter().map(|ip| (ip, self.best_claim(&ip))).collect();
+        diags.extend(self.pod_diags.values().flatten().cloned());
+
         Identities {
             universe: uni,
             changed,
-            endpoints: locals_ep,
-            addresses: Addresses { claims: None, local_ifindex: ip_to_ifindex, pods_changed: false },
+            endpoints,
+            addresses: Addresses { claims, all, local_ifindex },
             diagnostics: diags,
             unmatched,
         }
     }
 
-    /// Walk every pod: those whose digest is unchanged reuse it, the others
-    /// are read again.
-    fn walk<'s>(&mut self, store: &'s Store, locals: &'s [EndpointRecord], stats: &mut CompileStats) -> Identities<'s> {
-        self.generation += 1;
-        let generation = self.generation;
-        let mut diags: Vec<Diagnostic> = Vec::new();
-        let (local_of_pod, ip_to_ifindex, unmatched) = match_local_records(store, locals, &mut diags);
-
-        let mut old_uni = std::mem::take(&mut self.previous);
-        let mut uni = Universe::default();
-        let mut added: Vec<u32> = Vec::new();
-        let mut claims: Vec<Claim> = Vec::with_capacity(store.pods.len());
-        let mut locals_ep: Vec<LocalEp> = Vec::new();
-        // Merge walks over sorted keys (store, previous digests, local
-        // records): no hashing per pod.
-        let mut local_sorted: Vec<(&Key, Vec<&EndpointRecord>)> = local_of_pod.into_iter().collect();
-        local_sorted.sort_by(|a, b| a.0.cmp(b.0));
-        let mut local_iter = local_sorted.into_iter().peekable();
-        let mut old_pods = std::mem::take(&mut self.pods).into_iter().peekable();
-        let mut new_pods: Vec<(Key, Box<PodDigest>)> = Vec::with_capacity(store.pods.len());
-        let mut pods_read = 0usize;
-        let mut pods_removed = false;
-        let mut pod_diags: Vec<Diagnostic> = Vec::new();
-        for (key, pod) in &store.pods {
-            let empty = Labels::new();
-            let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-            let mut prev = None;
-            while let Some((k, _)) = old_pods.peek() {
-                match k.cmp(key) {
-                    std::cmp::Ordering::Less => {
-                        old_pods.next();
-                        pods_removed = true;
-                    }
-                    std::cmp::Ordering::Equal => {
-                        prev = old_pods.next();
-                        break;
-                    }
-                    std::cmp::Ordering::Greater => break,
-                }
+    /// Bring what the stage keeps up to date with the pod at `key` (gone,
+    /// new, changed, or its endpoint records changed).
+    fn update(
+        &mut self,
+        store: &Store,
+        key: &Key,
+        local_of_pod: &HashMap<&Key, Vec<&EndpointRecord>>,
+        uni: &mut Universe,
+        moved: &mut Moved,
+        stats: &mut CompileStats,
+    ) {
+        let Some(pod) = store.pods.get(key) else {
+            if let Some((k, dg)) = self.pods.remove_entry(key) {
+                self.retract(&k, &dg, moved);
             }
-            let entry = match prev {
-                Some((k, dg))
-                    if dg.unchanged(pod, labels, |id| {
-                        uni.identities.get(&id).or_else(|| old_uni.identities.get(&id))
-                    }) =>
-                {
-                    (k, dg)
-                }
-                _ => (key.clone(), {
-                    pods_read += 1;
-                    Box::new(PodDigest::new(key, pod, labels, &mut self.ids, &mut self.port_names, generation))
-                }),
-            };
-            new_pods.push(entry);
-            let dg = &new_pods[new_pods.len() - 1].1;
-            while local_iter.peek().is_some_and(|(k, _)| *k < key) {
-                local_iter.next();
+            return;
+        };
+        let empty = Labels::new();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let local_ips: Option<Vec<IpAddr>> = local_of_pod.get(key).map(|rs| {
+            let mut ips: Vec<IpAddr> = rs.iter().flat_map(|r| r.ips.iter().copied()).collect();
+            ips.sort();
+            ips.dedup();
+            ips
+        });
+        let same = self.pods.get(key).is_some_and(|dg| dg.unchanged(pod, labels, |id| uni.identities.get(&id)));
+        if same && self.pods[key].local_ips == local_ips {
+            return;
+        }
+        let (k, mut dg) = match self.pods.remove_entry(key) {
+            Some((k, dg)) if same => {
+                self.retract(&k, &dg, moved);
+                (k, dg)
             }
-            let records = if local_iter.peek().is_some_and(|(k, _)| *k == key) {
-                local_iter.next().map(|(_, v)| v)
-            } else {
-                None
-            };
-            if dg.identity == 0 {
-                continue;
-            }
-            pod_diags.extend(dg.diags.iter().cloned());
-            let id = dg.identity;
-            if let std::collections::btree_map::Entry::Vacant(v) = uni.identities.entry(id) {
-                let info = match old_uni.identities.remove(&id) {
-                    Some(info) => info,
-                    None => {
-                        added.push(id);
-                        IdentityLabels { namespace: key.0.clone(), labels: labels.clone() }
+            old => {
+                let k = match old {
+                    Some((k, dg)) => {
+                        self.retract(&k, &dg, moved);
+                        k
                     }
+                    None => Arc::new(key.clone()),
                 };
-                v.insert(info);
-                match uni.by_ns.get_mut(&key.0) {
-                    Some(ids) => ids.push(id),
-                    None => {
-                        uni.by_ns.insert(key.0.clone(), vec![id]);
+                stats.pods_read += 1;
+                let dg = PodDigest::new(key, pod, labels, &mut self.ids, &mut self.port_names, self.generation);
+                (k, Box::new(dg))
+            }
+        };
+        dg.local_ips = local_ips;
+        if dg.identity != 0 {
+            let id = dg.identity;
+            let m = self.members.entry(id).or_default();
+            moved.identities.entry(id).or_insert(m.pods);
+            m.pods += 1;
+            for p in &dg.ports {
+                *m.ports.entry(p.clone()).or_default() += 1;
+            }
+            uni.identities
+                .entry(id)
+                .or_insert_with(|| IdentityLabels { namespace: key.0.clone(), labels: Arc::new(labels.clone()) });
+            for ip in dg.claimed() {
+                self.claims.entry(*ip).or_default().push(k.clone());
+                moved.addresses.insert(*ip);
+            }
+            if !dg.diags.is_empty() {
+                self.pod_diags.insert(k.clone(), dg.diags.clone());
+            }
+        }
+        self.pods.insert(k, dg);
+    }
+
+    /// Take back what a pod's digest added to the sums.
+    fn retract(&mut self, key: &Arc<Key>, dg: &PodDigest, moved: &mut Moved) {
+        if dg.identity == 0 {
+            return;
+        }
+        if let Some(m) = self.members.get_mut(&dg.identity) {
+            moved.identities.entry(dg.identity).or_insert(m.pods);
+            m.pods -= 1;
+            for p in &dg.ports {
+                if let Some(n) = m.ports.get_mut(p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.ports.remove(p);
                     }
                 }
             }
-            if !dg.ports.is_empty() {
-                // Pods of one identity mostly share their ports: skip
-                // the copies, merge only when they differ.
-                let e = uni.named_ports.entry(id).or_default();
-                if e.is_empty() {
-                    e.extend(dg.ports.iter().cloned());
-                } else if *e != dg.ports {
-                    e.extend(dg.ports.iter().cloned());
-                    e.sort();
-                    e.dedup();
+        }
+        for ip in dg.claimed() {
+            if let Some(ks) = self.claims.get_mut(ip) {
+                ks.retain(|k| !Arc::ptr_eq(k, key));
+                if ks.is_empty() {
+                    self.claims.remove(ip);
                 }
             }
-            let rank: Rank = (records.is_some(), dg.running, dg.created, key);
-            match &records {
-                Some(rs) => {
-                    for r in rs {
-                        claims.extend(r.ips.iter().map(|ip| (*ip, rank, id)));
-                        locals_ep.push(LocalEp {
-                            ifindex: r.host_ifindex,
-                            pod_key: key.clone(),
-                            pod,
-                            identity: id,
-                            own_ports: dg.ports.clone(),
-                        });
-                    }
-                }
-                None => claims.extend(dg.status_ips.iter().map(|ip| (*ip, rank, id))),
-            }
+            moved.addresses.insert(*ip);
         }
-        pods_removed |= old_pods.next().is_some();
-        drop(old_pods);
-        self.pods = new_pods;
-        stats.pods_read += pods_read;
-        if self.port_names.len() > 4096 {
-            self.port_names.retain(|n| Arc::strong_count(n) > 1);
-        }
-        uni.ns_labels = namespace_labels(store, &uni.by_ns);
-        locals_ep.sort_by_key(|e| e.ifindex);
+        self.pod_diags.remove(key);
+    }
 
-        // What peer sets must re-evaluate: identities that vanished (left
-        // in old_uni), appeared, or whose namespace's labels changed.
-        if !(old_uni.identities.is_empty() && added.is_empty()) {
-            self.table = None;
-        }
-        let mut changed: BTreeSet<u32> = old_uni.identities.keys().copied().collect();
-        changed.extend(added);
-        changed.extend(relabelled(&old_uni.ns_labels, &uni));
-        let ports_changed = differing_keys(&old_uni.named_ports, &uni.named_ports);
-        uni.named_ports_version = old_uni.named_ports_version + u64::from(!ports_changed.is_empty());
-        changed.extend(ports_changed);
-        for info in uni.identities.values() {
-            self.ids.touch(info, generation);
-        }
-        self.ids.collect_garbage(uni.identities.len(), generation, 4096);
-        diags.extend(pod_diags.iter().cloned());
-        self.pod_diags = pod_diags;
-
-        Identities {
-            universe: uni,
-            changed,
-            endpoints: locals_ep,
-            addresses: Addresses {
-                claims: Some(claims),
-                local_ifindex: ip_to_ifindex,
-                pods_changed: pods_read > 0 || pods_removed,
-            },
-            diagnostics: diags,
-            unmatched,
-        }
+    /// The identity of the best claim on `ip`, if any pod claims it. Of
+    /// two pods claiming one address the greater [`Rank`] wins.
+    fn best_claim(&self, ip: &IpAddr) -> Option<u32> {
+        let claimants = self.claims.get(ip)?.iter();
+        claimants.filter_map(|k| self.pods.get(&**k).map(|dg| (dg.rank(k), dg.identity))).max().map(|(_, id)| id)
     }
 
     /// The identities of `universe` (this compile's) to hand on: the
@@ -320,37 +384,43 @@ impl IdentityStage {
     }
 }
 
-/// Keys present in one map only, or with different values.
-fn differing_keys<V: PartialEq>(a: &BTreeMap<u32, V>, b: &BTreeMap<u32, V>) -> Vec<u32> {
-    let mut out: Vec<u32> = a.iter().filter(|(k, v)| b.get(k) != Some(*v)).map(|(k, _)| *k).collect();
-    out.extend(b.keys().filter(|k| !a.contains_key(k)));
-    out
-}
+/// Rank of a pod's claim on an address two pods claim, greater wins: on
+/// this node (its endpoint record is authoritative), then Running, then
+/// the newest creationTimestamp, then the greater namespace/name.
+type Rank<'a> = (bool, bool, Option<i128>, &'a Key);
 
-/// Every namespace's labels, with the name label the API server sets; a
-/// namespace of pods (`by_ns`) whose Namespace is not seen yet has that
-/// label alone.
-fn namespace_labels(store: &Store, by_ns: &BTreeMap<String, Vec<u32>>) -> BTreeMap<String, Labels> {
-    let mut ns_labels: BTreeMap<String, Labels> = BTreeMap::new();
-    for (name, ns) in &store.namespaces {
-        let mut l = ns.metadata.labels.clone().unwrap_or_default();
-        l.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.clone());
-        ns_labels.insert(name.clone(), l);
-    }
-    for ns in by_ns.keys() {
-        if !ns_labels.contains_key(ns) {
-            ns_labels.insert(ns.clone(), Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
+/// Bring every namespace's labels up to date, with the name label the API
+/// server sets; a namespace of pods (`by_ns`) whose Namespace is not seen
+/// (yet, or any more) has that label alone. Returns the namespaces whose
+/// labels changed. Compares before it copies: most compiles change none.
+fn refresh_namespace_labels(
+    ns_labels: &mut BTreeMap<String, Labels>,
+    store: &Store,
+    by_ns: &BTreeMap<String, Vec<u32>>,
+) -> Vec<String> {
+    // A namespace forgotten here has no identities: nothing to report.
+    ns_labels.retain(|name, _| store.namespaces.contains_key(name) || by_ns.contains_key(name));
+    let mut changed = Vec::new();
+    let empty = Labels::new();
+    let seen = store.namespaces.iter().map(|(name, ns)| (name, ns.metadata.labels.as_ref().unwrap_or(&empty)));
+    let unseen = by_ns.keys().filter(|name| !store.namespaces.contains_key(*name)).map(|name| (name, &empty));
+    for (name, labels) in seen.chain(unseen) {
+        // Set by the API server; as the name when a manifest leaves it out.
+        let name_label = labels.get(NAMESPACE_NAME_LABEL).unwrap_or(name);
+        let extra = usize::from(!labels.contains_key(NAMESPACE_NAME_LABEL));
+        let same = ns_labels.get(name).is_some_and(|now| {
+            now.len() == labels.len() + extra
+                && now.get(NAMESPACE_NAME_LABEL) == Some(name_label)
+                && labels.iter().all(|(k, v)| now.get(k) == Some(v))
+        });
+        if !same {
+            let mut l = labels.clone();
+            l.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.clone());
+            ns_labels.insert(name.clone(), l);
+            changed.push(name.clone());
         }
     }
-    ns_labels
-}
-
-/// The identities of `uni` in namespaces whose labels differ from `before`.
-fn relabelled<'a>(before: &'a BTreeMap<String, Labels>, uni: &'a Universe) -> impl Iterator<Item = u32> + 'a {
-    uni.ns_labels
-        .iter()
-        .filter(move |(ns, l)| before.get(*ns) != Some(*l))
-        .flat_map(move |(ns, _)| uni.by_ns.get(ns).into_iter().flatten().copied())
+    changed
 }
 
 /// This node's endpoint records by the pod they belong to, the records'
@@ -426,6 +496,9 @@ struct PodDigest {
     identity: u32,
     running: bool,
     status_ips: Vec<IpAddr>,
+    /// The addresses of its endpoint records when it is this node's pod:
+    /// they, not its status, are what it claims then.
+    local_ips: Option<Vec<IpAddr>>,
     diags: Vec<Diagnostic>,
 }
 
@@ -472,8 +545,23 @@ impl PodDigest {
             identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
             running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
             status_ips: if eligible { pod_status_ips(pod, key, &mut diags) } else { Vec::new() },
+            local_ips: None,
             diags,
         }
+    }
+
+    /// The addresses the pod claims (none when it takes no part).
+    fn claimed(&self) -> &[IpAddr] {
+        match (self.identity, &self.local_ips) {
+            (0, _) => &[],
+            (_, Some(ips)) => ips,
+            (_, None) => &self.status_ips,
+        }
+    }
+
+    /// Its claims' rank; `key` is its own.
+    fn rank<'a>(&self, key: &'a Key) -> Rank<'a> {
+        (self.local_ips.is_some(), self.running, self.created, key)
     }
 
     /// Whether `pod` still reads as this digest. `labels_of` gives the
@@ -486,7 +574,7 @@ impl PodDigest {
         }
         // Labels matter only to pods that take part (identity != 0); a pod
         // that starts taking part changes phase or hostNetwork, caught below.
-        (self.identity == 0 || labels_of(self.identity).is_some_and(|l| l.labels == *labels))
+        (self.identity == 0 || labels_of(self.identity).is_some_and(|l| *l.labels == *labels))
             && self.uid == pod.metadata.uid
             && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
             && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
