@@ -7,6 +7,7 @@
 use crate::cluster_network_policy::ClusterNetworkPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
@@ -17,43 +18,46 @@ pub type Key = (String, String);
 
 #[derive(Debug, Clone, Default)]
 pub struct Store {
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub namespaces: Journaled<String, Namespace>,
     pub pods: Pods,
-    pub services: BTreeMap<Key, Service>,
-    pub policies: BTreeMap<Key, NetworkPolicy>,
+    pub services: Journaled<Key, Service>,
+    pub policies: Journaled<Key, NetworkPolicy>,
     pub nodes: BTreeMap<String, Node>,
-    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
+    pub cluster_policies: Journaled<String, ClusterNetworkPolicy>,
 }
 
-/// The pods by key: a map that stamps its writes, so that a reader can
-/// tell that nothing changed since it last looked without walking a
-/// cluster's pods. Reads go through `Deref`; every write goes through a
-/// method here, which is what makes the stamp trustworthy.
-#[derive(Debug, Default)]
-pub struct Pods {
-    map: BTreeMap<Key, Pod>,
+/// The pods by key.
+pub type Pods = Journaled<Key, Pod>;
+
+/// A map that stamps and journals its writes, so that a reader can tell
+/// that nothing changed since it last looked, or which keys did, without
+/// walking a cluster's objects. Reads go through `Deref`; every write goes
+/// through a method here, which is what makes the stamp trustworthy.
+#[derive(Debug)]
+pub struct Journaled<K, V> {
+    map: BTreeMap<K, V>,
     stamp: Stamp,
-    journal: Journal,
+    journal: Journal<K>,
 }
 
 /// The keys of the latest writes, one per write in order, so that a reader
-/// holding an older [`Stamp`] of this map can visit only the pods written
-/// since ([`Pods::written_since`]). Writes to every pod at once (clear,
+/// holding an older [`Stamp`] of the map can visit only the keys written
+/// since ([`Journaled::written_since`]). Writes to every key at once (clear,
 /// retain, `values_mut`) and the oldest half, once it is full, are
-/// forgotten: a reader that far behind reads every pod.
-#[derive(Debug, Default)]
-struct Journal {
+/// forgotten: a reader that far behind reads every object.
+#[derive(Debug)]
+struct Journal<K> {
     /// The write count `keys[0]` was written at.
     first: u64,
-    keys: std::collections::VecDeque<Key>,
+    keys: std::collections::VecDeque<K>,
 }
 
 /// Keys a journal holds at most: a reader that falls this far behind
-/// (thousands of pod events between two compiles) walks every pod anyway.
+/// (thousands of events between two compiles) walks every object anyway.
 const JOURNAL_MAX: usize = 8192;
 
-/// Which pod map and how many writes it has had: two equal stamps, read
-/// at two moments, mean the same contents.
+/// Which map and how many writes it has had: two equal stamps, read at
+/// two moments, mean the same contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     map: u64,
@@ -69,21 +73,33 @@ impl Default for Stamp {
     }
 }
 
-impl Clone for Pods {
-    /// The clone's writes are its own: it gets a stamp of its own.
-    fn clone(&self) -> Self {
-        Pods { map: self.map.clone(), stamp: Stamp::default(), journal: Journal::default() }
+impl<K> Default for Journal<K> {
+    fn default() -> Self {
+        Journal { first: 0, keys: Default::default() }
     }
 }
 
-impl Deref for Pods {
-    type Target = BTreeMap<Key, Pod>;
+impl<K, V> Default for Journaled<K, V> {
+    fn default() -> Self {
+        Journaled { map: BTreeMap::new(), stamp: Stamp::default(), journal: Journal::default() }
+    }
+}
+
+impl<K: Clone, V: Clone> Clone for Journaled<K, V> {
+    /// The clone's writes are its own: it gets a stamp of its own.
+    fn clone(&self) -> Self {
+        Journaled { map: self.map.clone(), ..Default::default() }
+    }
+}
+
+impl<K, V> Deref for Journaled<K, V> {
+    type Target = BTreeMap<K, V>;
     fn deref(&self) -> &Self::Target {
         &self.map
     }
 }
 
-impl Pods {
+impl<K: Ord + Clone, V> Journaled<K, V> {
     /// What the map is now; a write after this makes a different one.
     pub fn stamp(&self) -> Stamp {
         self.stamp
@@ -91,52 +107,58 @@ impl Pods {
 
     /// The keys written since `stamp` was read from this map, in write
     /// order and possibly repeated; None when that is not known (another
-    /// map, or writes the journal no longer holds): read every pod then.
-    pub fn written_since(&self, stamp: Stamp) -> Option<impl Iterator<Item = &Key>> {
+    /// map, or writes the journal no longer holds): read every object then.
+    pub fn written_since(&self, stamp: Stamp) -> Option<impl Iterator<Item = &K>> {
         let skip = stamp.writes.checked_sub(self.journal.first)?;
         (stamp.map == self.stamp.map && stamp.writes <= self.stamp.writes)
             .then(|| self.journal.keys.iter().skip(skip as usize))
     }
 
-    /// One pod written.
-    fn wrote(&mut self, key: &Key) {
+    /// One key written.
+    fn wrote(&mut self, key: K) {
         if self.journal.keys.len() == JOURNAL_MAX {
             self.journal.keys.drain(..JOURNAL_MAX / 2);
             self.journal.first += (JOURNAL_MAX / 2) as u64;
         }
-        self.journal.keys.push_back(key.clone());
+        self.journal.keys.push_back(key);
         self.stamp.writes += 1;
     }
 
-    /// Every pod written: no reader can tell which from the journal.
+    /// Every key written: no reader can tell which from the journal.
     fn wrote_all(&mut self) {
         self.stamp.writes += 1;
         self.journal = Journal { first: self.stamp.writes, keys: Default::default() };
     }
 
-    pub fn insert(&mut self, key: Key, pod: Pod) -> Option<Pod> {
-        self.wrote(&key);
-        self.map.insert(key, pod)
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.wrote(key.clone());
+        self.map.insert(key, value)
     }
 
-    pub fn remove(&mut self, key: &Key) -> Option<Pod> {
-        self.wrote(key);
+    pub fn remove<Q: Ord + ToOwned<Owned = K> + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        self.wrote(key.to_owned());
         self.map.remove(key)
     }
 
-    /// A pod to change in place (counted as a write whether or not it is).
-    pub fn get_mut(&mut self, key: &Key) -> Option<&mut Pod> {
-        self.wrote(key);
+    /// A value to change in place (counted as a write whether or not it is).
+    pub fn get_mut<Q: Ord + ToOwned<Owned = K> + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        self.wrote(key.to_owned());
         self.map.get_mut(key)
     }
 
-    /// Every pod, to change in place (counted as a write to each).
-    pub fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, Pod> {
+    /// Every value, to change in place (counted as a write to each).
+    pub fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, K, V> {
         self.wrote_all();
         self.map.values_mut()
     }
 
-    pub fn retain(&mut self, keep: impl FnMut(&Key, &mut Pod) -> bool) {
+    pub fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
         self.wrote_all();
         self.map.retain(keep)
     }
@@ -147,17 +169,17 @@ impl Pods {
     }
 }
 
-impl<'a> IntoIterator for &'a Pods {
-    type Item = (&'a Key, &'a Pod);
-    type IntoIter = std::collections::btree_map::Iter<'a, Key, Pod>;
+impl<'a, K, V> IntoIterator for &'a Journaled<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::collections::btree_map::Iter<'a, K, V>;
     fn into_iter(self) -> Self::IntoIter {
         self.map.iter()
     }
 }
 
-impl FromIterator<(Key, Pod)> for Pods {
-    fn from_iter<I: IntoIterator<Item = (Key, Pod)>>(iter: I) -> Self {
-        Pods { map: iter.into_iter().collect(), stamp: Stamp::default(), journal: Journal::default() }
+impl<K: Ord, V> FromIterator<(K, V)> for Journaled<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Journaled { map: iter.into_iter().collect(), ..Default::default() }
     }
 }
 
@@ -490,7 +512,7 @@ mod tests {
     /// A reader is told the keys written since its stamp, and that it
     /// cannot be told once the journal lost them or the map is another.
     #[test]
-    fn pods_journal_names_the_keys_written_since_a_stamp() {
+    fn journal_names_the_keys_written_since_a_stamp() {
         let mut pods = Pods::default();
         pods.insert(k("a"), Pod::default());
         let s1 = pods.stamp();

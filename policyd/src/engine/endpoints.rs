@@ -53,7 +53,7 @@ pub(super) struct LocalEp<'s> {
 pub(super) struct EndpointInput<'a, 's> {
     /// Sorted by ifindex.
     pub(super) endpoints: &'a [LocalEp<'s>],
-    pub(super) policies: &'a Policies<'s>,
+    pub(super) policies: &'a Policies,
     pub(super) universe: &'a Universe,
     /// Identities whose peer set membership or named ports may have
     /// changed since the previous compile (the identity stage's `changed`).
@@ -275,8 +275,11 @@ impl EndpointStage {
             let ns_labels = universe.ns_labels.get(ns);
             // NetworkPolicies of its namespace, then ClusterNetworkPolicies
             // by name: the order names the winner of equal ranks.
-            let selecting: Vec<&Arc<CompiledPolicy>> =
-                pols.iter().chain(&policies.cluster).filter(|p| p.subject.selects(ns, ns_labels, labels)).collect();
+            let selecting: Vec<&Arc<CompiledPolicy>> = pols
+                .iter()
+                .chain(policies.cluster.iter())
+                .filter(|p| p.subject.selects(ns, ns_labels, labels))
+                .collect();
             let fp = fingerprint(ep, &selecting, universe, peer_sets, stats);
             if let Some(m) = self.memo.get_mut(&ep.ifindex).filter(|m| m.fp == fp) {
                 stats.endpoints_reused += 1;

@@ -8,7 +8,7 @@
 //! when nothing it reads changed.
 
 use super::{Diagnostic, IpcacheEntry, ID_HOST, ID_WORLD};
-use crate::store::Key;
+use crate::store::{Journaled, Key, Stamp};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,11 +39,14 @@ pub(super) struct Ipcache {
 #[derive(Default)]
 pub(super) struct IpcacheStage {
     last: Option<LastIpcache>,
+    /// The Services' VIPs and diagnostics, and the stamp of the Services
+    /// they were read from: they stand while no Service is written.
+    vips: Option<(Stamp, Arc<Vec<IpAddr>>, Vec<Diagnostic>)>,
 }
 
 struct LastIpcache {
     locals: Vec<EndpointRecord>,
-    vips: Vec<IpAddr>,
+    vips: Arc<Vec<IpAddr>>,
     /// The best claim's identity per pod address.
     pods: HashMap<IpAddr, u32>,
     ipcache: Arc<BTreeMap<IpNet, IpcacheEntry>>,
@@ -58,14 +61,20 @@ impl IpcacheStage {
     pub(super) fn run(
         &mut self,
         addresses: Addresses,
-        services: &BTreeMap<Key, Service>,
+        services: &Journaled<Key, Service>,
         locals: &[EndpointRecord],
     ) -> Ipcache {
         let Addresses { claims, all, local_ifindex } = addresses;
-        let mut diagnostics = Vec::new();
-        let vips = service_vips(services, &mut diagnostics);
+        let (vips, diagnostics) = match self.vips.take().filter(|(s, _, _)| *s == services.stamp()) {
+            Some((_, vips, diagnostics)) => (vips, diagnostics),
+            None => {
+                let mut diagnostics = Vec::new();
+                (Arc::new(service_vips(services, &mut diagnostics)), diagnostics)
+            }
+        };
+        self.vips = Some((services.stamp(), vips.clone(), diagnostics.clone()));
         let mut last = match self.last.take() {
-            Some(last) if !all && last.vips == vips => last,
+            Some(last) if !all && (Arc::ptr_eq(&last.vips, &vips) || last.vips == vips) => last,
             // The first compile, every pod read again, or other VIPs: build
             // it whole.
             last => {
@@ -165,7 +174,7 @@ fn build(
 
 /// The Services' cluster IPs, in store order; a value that is not an
 /// address is a [`Diagnostic`].
-fn service_vips(services: &BTreeMap<Key, Service>, diagnostics: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
+fn service_vips(services: &Journaled<Key, Service>, diagnostics: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
     let mut vips: Vec<IpAddr> = Vec::new();
     for ((ns, name), svc) in services {
         let Some(spec) = &svc.spec else { continue };

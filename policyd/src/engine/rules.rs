@@ -16,7 +16,7 @@ use super::{
     object_version, same_object_version, CompileStats, Diagnostic, Direction, IdentityLabels, Labels, RuleInfo, Tier,
 };
 use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicySpec};
-use crate::store::Key;
+use crate::store::{Journaled, Key, Stamp};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -33,20 +33,24 @@ pub(super) struct PolicyStage {
     /// The rule table and diagnostics of the last run, which stand while
     /// no policy is compiled or removed.
     table: Option<(Arc<Vec<RuleInfo>>, Vec<Diagnostic>)>,
+    /// The last result and the stamps of the policies it was made from:
+    /// it stands while neither kind of policy is written.
+    last: Option<((Stamp, Stamp), Policies)>,
 }
 
 /// The rule stage's result.
-pub(super) struct Policies<'s> {
+#[derive(Clone)]
+pub(super) struct Policies {
     /// Compiled policies by namespace, in store order.
-    by_namespace: BTreeMap<&'s str, Vec<Arc<CompiledPolicy>>>,
+    by_namespace: Arc<BTreeMap<String, Vec<Arc<CompiledPolicy>>>>,
     /// Compiled ClusterNetworkPolicies, by name.
-    pub(super) cluster: Vec<Arc<CompiledPolicy>>,
+    pub(super) cluster: Arc<Vec<Arc<CompiledPolicy>>>,
     /// What every rule id stands for, sorted by id.
     pub(super) rules: Arc<Vec<RuleInfo>>,
     pub(super) diagnostics: Vec<Diagnostic>,
 }
 
-impl Policies<'_> {
+impl Policies {
     /// The compiled policies of a namespace.
     pub(super) fn in_namespace(&self, namespace: &str) -> &[Arc<CompiledPolicy>] {
         self.by_namespace.get(namespace).map(|v| v.as_slice()).unwrap_or(&[])
@@ -115,13 +119,17 @@ impl PolicyStage {
 
     /// Compile the policies that changed since the previous compile and
     /// forget the ones that are gone (and their rule ids).
-    pub(super) fn run<'s>(
+    pub(super) fn run(
         &mut self,
-        policies: &'s BTreeMap<Key, NetworkPolicy>,
-        cluster_policies: &'s BTreeMap<String, ClusterNetworkPolicy>,
+        policies: &Journaled<Key, NetworkPolicy>,
+        cluster_policies: &Journaled<String, ClusterNetworkPolicy>,
         stats: &mut CompileStats,
-    ) -> Policies<'s> {
-        let mut by_namespace: BTreeMap<&str, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
+    ) -> Policies {
+        let stamps = (policies.stamp(), cluster_policies.stamp());
+        if let Some((_, last)) = self.last.as_ref().filter(|(s, _)| *s == stamps) {
+            return last.clone();
+        }
+        let mut by_namespace: BTreeMap<String, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
         let mut removed_any = false;
         let mut compiled_any = false;
         for (key, np) in policies {
@@ -161,7 +169,12 @@ impl PolicyStage {
                     c
                 }
             };
-            by_namespace.entry(key.0.as_str()).or_default().push(compiled);
+            match by_namespace.get_mut(&key.0) {
+                Some(v) => v.push(compiled),
+                None => {
+                    by_namespace.insert(key.0.clone(), vec![compiled]);
+                }
+            }
         }
         if self.memo.len() != policies.len() {
             self.memo.retain(|k, _| policies.contains_key(k));
@@ -215,7 +228,9 @@ impl PolicyStage {
             }
         };
         self.table = Some((rules.clone(), diagnostics.clone()));
-        Policies { by_namespace, cluster, rules, diagnostics }
+        let result = Policies { by_namespace: Arc::new(by_namespace), cluster: Arc::new(cluster), rules, diagnostics };
+        self.last = Some((stamps, result.clone()));
+        result
     }
 }
 

@@ -472,6 +472,28 @@ fn namespaces_get_the_metadata_name_label_when_missing() {
     assert!(!ing(&d, XA, "10.0.1.1", 80));
 }
 
+/// In one engine: a namespace known only by its pods gets its name label
+/// when its first pod comes, and keeps it as its Namespace comes and goes.
+#[test]
+fn a_namespace_of_pods_alone_is_selected_by_name_in_one_engine() {
+    let mut f = base();
+    f.policy(
+        "x",
+        "p",
+        json!({"ingress": [{"from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "w"}}}]}]}),
+    );
+    let mut e = Engine::new();
+    assert!(!ing(&e.compile(&f.store, &f.locals), XA, "10.0.3.1", 80));
+    f.pod("w", "d", &[], "10.0.3.1");
+    assert!(ing(&e.compile(&f.store, &f.locals), XA, "10.0.3.1", 80));
+    f.ns("w", &[("team", "w")]);
+    assert!(ing(&e.compile(&f.store, &f.locals), XA, "10.0.3.1", 80));
+    f.store.namespaces.remove("w");
+    let d = e.compile(&f.store, &f.locals);
+    assert!(ing(&d, XA, "10.0.3.1", 80));
+    assert_eq!(props::canonical(&d), props::canonical(&f.compile()));
+}
+
 #[test]
 fn match_expressions_select_peers() {
     let d = base()

@@ -86,6 +86,8 @@ pub(super) struct IdentityStage {
     /// this node's endpoint records, and the pods those records matched.
     walked: Option<(Stamp, Vec<EndpointRecord>)>,
     local_pods: Vec<Key>,
+    /// The namespaces' stamp the universe's namespace labels were read at.
+    namespaces_read: Option<Stamp>,
     /// The universe's identities as handed on, while none came or went.
     table: Option<Arc<IdentityTable>>,
 }
@@ -111,6 +113,7 @@ impl Default for IdentityStage {
             pod_diags: BTreeMap::new(),
             walked: None,
             local_pods: Vec::new(),
+            namespaces_read: None,
             table: None,
         }
     }
@@ -221,8 +224,13 @@ impl IdentityStage {
             self.table = None;
         }
         uni.named_ports_version += u64::from(ports_changed);
-        for ns in refresh_namespace_labels(&mut uni.ns_labels, store, &uni.by_ns) {
-            changed.extend(uni.by_ns.get(&ns).into_iter().flatten().copied());
+        // Namespace labels move when a Namespace is written, or when the
+        // namespaces with pods (`by_ns`) do, as identities come and go.
+        if came_or_went || self.namespaces_read != Some(store.namespaces.stamp()) {
+            for ns in refresh_namespace_labels(&mut uni.ns_labels, store, &uni.by_ns) {
+                changed.extend(uni.by_ns.get(&ns).into_iter().flatten().copied());
+            }
+            self.namespaces_read = Some(store.namespaces.stamp());
         }
         self.ids.collect_garbage(uni.identities.values(), self.generation, 4096);
         if self.port_names.len() > 4096 {
