@@ -7,8 +7,8 @@
 use super::ApiError;
 use crate::engine::explain::{End, Flow};
 use crate::engine::ports::protocol_number;
-use crate::store::{Key, Store};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use crate::store::{Key, Store, StoredPod};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -184,7 +184,7 @@ fn name_end(
 }
 
 /// A pod's addresses: its endpoint records' on this node, else its status.
-pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr> {
+pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &StoredPod) -> Vec<IpAddr> {
     let local: Vec<IpAddr> = records
         .iter()
         .filter(|r| r.pod_namespace == key.0 && r.pod_name == key.1)
@@ -197,12 +197,10 @@ pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr
 }
 
 /// A pod's addresses as its status gives them (podIPs, else podIP).
-pub fn status_addrs(pod: &Pod) -> Vec<IpAddr> {
-    let st = pod.status.as_ref();
-    let mut ips: Vec<IpAddr> =
-        st.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+pub fn status_addrs(pod: &StoredPod) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = pod.pod_ips.iter().filter_map(|ip| ip.addr()).collect();
     if ips.is_empty() {
-        ips.extend(st.and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<IpAddr>().ok()));
+        ips.extend(pod.pod_ip.as_ref().and_then(|ip| ip.addr()));
     }
     ips
 }
@@ -306,11 +304,11 @@ pub fn selector_selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<S
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    selector_selects(selector, pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+fn selects(selector: &BTreeMap<String, String>, pod: &StoredPod) -> bool {
+    selector_selects(selector, &pod.labels)
 }
 
-fn named_port(pod: &Pod, name: &str, protocol: u8) -> Option<u16> {
+fn named_port(pod: &StoredPod, name: &str, protocol: u8) -> Option<u16> {
     crate::engine::pod_container_ports(pod).find(|(n, p, _)| *n == name && *p == protocol).map(|(_, _, num)| num)
 }
 
@@ -332,6 +330,7 @@ pub fn target_port(target: Option<&IntOrString>, port: u16, named: impl Fn(&str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
     fn store() -> Store {

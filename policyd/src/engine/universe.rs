@@ -17,11 +17,10 @@ use super::endpoints::LocalEp;
 use super::identity::IdentityAllocator;
 use super::ipcache::{Addresses, Claim, Rank};
 use super::{
-    object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched,
-    UnmatchedRecord, NAMESPACE_NAME_LABEL,
+    CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched, UnmatchedRecord,
+    NAMESPACE_NAME_LABEL,
 };
-use crate::store::{Key, Stamp, Store};
-use k8s_openapi::api::core::v1::Pod;
+use crate::store::{IpsField, Key, NamedContainerPort, Stamp, StatusIp, Store, StoredPod};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -172,8 +171,7 @@ impl IdentityStage {
         let mut pods_removed = false;
         let mut pod_diags: Vec<Diagnostic> = Vec::new();
         for (key, pod) in &store.pods {
-            let empty = Labels::new();
-            let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+            let labels = &*pod.labels;
             let mut prev = None;
             while let Some((k, _)) = old_pods.peek() {
                 match k.cmp(key) {
@@ -388,7 +386,7 @@ fn match_local_records<'s>(
         let reason = match store.pods.get_key_value(&key) {
             _ if r.pod_namespace.is_empty() || r.pod_name.is_empty() => Some(Unmatched::NoPodIdentity),
             None => Some(Unmatched::NoSuchPod),
-            Some((_, pod)) if !(r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid)) => {
+            Some((_, pod)) if !(r.pod_uid.is_empty() || pod.uid.as_deref().is_none_or(|u| u == r.pod_uid)) => {
                 Some(Unmatched::OtherIncarnation)
             }
             Some((_, pod)) if !pod_is_eligible(pod) => Some(Unmatched::NotTakingPart),
@@ -411,15 +409,16 @@ fn match_local_records<'s>(
 
 /// What the engine read from one pod, and what it made of it.
 struct PodDigest {
-    version: Option<(Option<String>, String)>,
-    uid: Option<String>,
-    host_network: Option<bool>,
-    phase: Option<String>,
+    version: Option<(Option<Box<str>>, Box<str>)>,
+    uid: Option<Box<str>>,
+    host_network: bool,
+    phase: Option<Arc<str>>,
     created: Option<i128>,
-    pod_ip: Option<String>,
-    pod_ips: Option<Vec<k8s_openapi::api::core::v1::PodIP>>,
-    /// Named ports in container order (for change detection)...
-    ports_seq: Vec<NamedPort>,
+    pod_ip: Option<StatusIp>,
+    pod_ips: Box<[StatusIp]>,
+    /// Named ports in container order (for change detection; the store's
+    /// list, shared)...
+    ports_seq: Option<Arc<[NamedContainerPort]>>,
     /// ...and sorted, deduplicated (for resolution).
     ports: Vec<NamedPort>,
     /// 0 when the pod takes no part in policy (host network, finished).
@@ -432,13 +431,12 @@ struct PodDigest {
 impl PodDigest {
     fn new(
         key: &Key,
-        pod: &Pod,
+        pod: &StoredPod,
         labels: &Labels,
         ids: &mut IdentityAllocator,
         names: &mut HashSet<Arc<str>>,
         generation: u64,
     ) -> PodDigest {
-        let st = pod.status.as_ref();
         // One Arc per distinct port name, so comparing port lists is
         // mostly pointer comparisons.
         let mut intern = |n: &str| -> Arc<str> {
@@ -449,28 +447,27 @@ impl PodDigest {
             names.insert(a.clone());
             a
         };
-        let ports_seq: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
-        let mut ports = ports_seq.clone();
+        let mut ports: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
         ports.sort();
         ports.dedup();
         let mut diags = Vec::new();
         let eligible = pod_is_eligible(pod);
-        let version = object_version(&pod.metadata);
+        let version = pod_version(pod);
         // With a resourceVersion, change detection needs nothing else:
         // keep the copies only for sources that set none.
         let keep = version.is_none();
         PodDigest {
             version,
-            uid: pod.metadata.uid.clone().filter(|_| keep),
-            host_network: pod.spec.as_ref().and_then(|s| s.host_network),
-            phase: st.and_then(|s| s.phase.clone()).filter(|_| keep),
-            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond()),
-            pod_ip: st.and_then(|s| s.pod_ip.clone()).filter(|_| keep),
-            pod_ips: st.and_then(|s| s.pod_ips.clone()).filter(|_| keep),
-            ports_seq: if keep { ports_seq } else { Vec::new() },
+            uid: pod.uid.clone().filter(|_| keep),
+            host_network: pod.host_network,
+            phase: pod.phase.clone().filter(|_| keep),
+            created: pod.created.as_ref().map(|t| t.0.as_nanosecond()),
+            pod_ip: pod.pod_ip.clone().filter(|_| keep),
+            pod_ips: if keep { pod.pod_ips.clone() } else { Box::default() },
+            ports_seq: keep.then(|| pod.named_ports.clone()),
             ports,
             identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
-            running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
+            running: pod.phase.as_deref() == Some("Running"),
             status_ips: if eligible { pod_status_ips(pod, key, &mut diags) } else { Vec::new() },
             diags,
         }
@@ -478,57 +475,55 @@ impl PodDigest {
 
     /// Whether `pod` still reads as this digest. `labels_of` gives the
     /// labels of an identity (identities map to one label set for life).
-    fn unchanged<'a>(&self, pod: &Pod, labels: &Labels, labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>) -> bool {
-        let st = pod.status.as_ref();
+    fn unchanged<'a>(
+        &self,
+        pod: &StoredPod,
+        labels: &Labels,
+        labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>,
+    ) -> bool {
         if let Some((u, sv)) = &self.version {
             // Fields were not kept for versioned pods: a new version is a change.
-            return pod.metadata.resource_version.as_ref() == Some(sv) && *u == pod.metadata.uid;
+            return pod.resource_version.as_ref() == Some(sv) && *u == pod.uid;
         }
         // Labels matter only to pods that take part (identity != 0); a pod
         // that starts taking part changes phase or hostNetwork, caught below.
         (self.identity == 0 || labels_of(self.identity).is_some_and(|l| l.labels == *labels))
-            && self.uid == pod.metadata.uid
-            && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
-            && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
-            && self.created == pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond())
-            && self.pod_ip.as_deref() == st.and_then(|s| s.pod_ip.as_deref())
-            && self.pod_ips.as_ref() == st.and_then(|s| s.pod_ips.as_ref())
-            && pod_named_ports(pod).eq(self.ports_seq.iter().map(|(n, p, x)| (&**n, *p, *x)))
+            && self.uid == pod.uid
+            && self.host_network == pod.host_network
+            && self.phase == pod.phase
+            && self.created == pod.created.as_ref().map(|t| t.0.as_nanosecond())
+            && self.pod_ip == pod.pod_ip
+            && self.pod_ips == pod.pod_ips
+            && self.ports_seq.as_ref() == Some(&pod.named_ports)
     }
+}
+
+/// (uid, resourceVersion) of a pod, when its source sets them.
+fn pod_version(pod: &StoredPod) -> Option<(Option<Box<str>>, Box<str>)> {
+    pod.resource_version.as_ref().filter(|v| !v.is_empty()).map(|v| (pod.uid.clone(), v.clone()))
 }
 
 /// Pods that take part in policy: not host-network (their address is the
 /// node's), not finished (their address may already belong to another pod).
-pub(super) fn pod_is_eligible(pod: &Pod) -> bool {
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !host_network && !matches!(phase, Some("Succeeded") | Some("Failed"))
+pub(super) fn pod_is_eligible(pod: &StoredPod) -> bool {
+    !pod.host_network && !matches!(pod.phase.as_deref(), Some("Succeeded") | Some("Failed"))
 }
 
-fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
-    let Some(st) = &pod.status else {
-        return Vec::new();
-    };
-    let mut raw: Vec<(String, &str)> = st
-        .pod_ips
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()))
-        .collect();
-    if raw.is_empty() {
-        raw.extend(st.pod_ip.as_deref().map(|ip| ("status.podIP".to_string(), ip)));
-    }
+/// A pod's addresses by its status ([`StoredPod::status_ips`]), sorted;
+/// text that is no address is a [`Diagnostic`] naming its field.
+fn pod_status_ips(pod: &StoredPod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
+    let (field, ips) = pod.status_ips();
     let mut out = Vec::new();
-    for (field, s) in raw {
-        if s.is_empty() {
-            continue;
-        }
-        match s.parse::<IpAddr>() {
-            Ok(ip) => out.push(ip),
-            Err(_) => diags.push(Diagnostic {
+    for (i, ip) in ips.iter().enumerate() {
+        match ip {
+            StatusIp::Addr(a) => out.push(*a),
+            StatusIp::Malformed(s) if s.is_empty() => {}
+            StatusIp::Malformed(s) => diags.push(Diagnostic {
                 object: format!("Pod {}/{}", key.0, key.1),
-                field,
+                field: match field {
+                    IpsField::PodIps => format!("status.podIPs[{i}].ip"),
+                    IpsField::PodIp => "status.podIP".to_string(),
+                },
                 message: format!("{s:?} is not an IP address; the pod is not reachable by identity at it"),
             }),
         }
@@ -539,18 +534,8 @@ fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAd
 }
 
 /// Named container ports of a pod (containers and restartable init
-/// containers, i.e. sidecars), in declaration order.
-pub(super) fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
-    let spec = pod.spec.as_ref();
-    let containers = spec.into_iter().flat_map(|s| s.containers.iter());
-    let sidecars = spec
-        .into_iter()
-        .flat_map(|s| s.init_containers.iter().flatten())
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    containers.chain(sidecars).flat_map(|c| c.ports.iter().flatten()).filter_map(|p| {
-        let name = p.name.as_deref()?;
-        let proto = ports::protocol_number(p.protocol.as_deref())?;
-        let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
-        Some((name, proto, num))
-    })
+/// containers, i.e. sidecars), in declaration order: the store keeps only
+/// those a policy can name ([`StoredPod::named_ports`]).
+pub(super) fn pod_named_ports(pod: &StoredPod) -> impl Iterator<Item = (&str, u8, u16)> {
+    pod.named_ports.iter().map(|p| (&*p.name, p.protocol, p.port))
 }
