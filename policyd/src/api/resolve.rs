@@ -196,13 +196,12 @@ pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &StoredPod) -> Vec<
     status_addrs(pod)
 }
 
-/// A pod's addresses as its status gives them (podIPs, else podIP).
+/// A pod's addresses as its status gives them, as the engine reads them
+/// ([`StoredPod::status_ips`]: podIPs, else podIP), in the status's order.
+/// A podIP beside a podIPs list with no address in it is none of the
+/// pod's: the engine gives it no identity there either.
 pub fn status_addrs(pod: &StoredPod) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = pod.pod_ips.iter().filter_map(|ip| ip.addr()).collect();
-    if ips.is_empty() {
-        ips.extend(pod.pod_ip.as_ref().and_then(|ip| ip.addr()));
-    }
-    ips
+    pod.status_ips().1.iter().filter_map(|ip| ip.addr()).collect()
 }
 
 /// The pod an address belongs to: this node's endpoint records first.
@@ -382,6 +381,25 @@ mod tests {
         let by_vip = resolve(&store(), &[], &q("x/b", "fd96::10", 80, 6)).unwrap();
         assert_eq!((by_vip.flow.dst.addr, by_vip.flow.port), ("fd00::1".parse().unwrap(), 8080));
         assert_eq!(by_vip.flow.src.addr, "fd00::2".parse::<IpAddr>().unwrap(), "the family of the address given");
+    }
+
+    /// The engine reads podIPs when the list is there, podIP only when it
+    /// is not: so does the resolver, whatever the list holds.
+    #[test]
+    fn a_pod_s_addresses_are_the_ones_the_engine_reads() {
+        let mut s = store();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "odd"},
+            "status": {"phase": "Running", "podIP": "10.0.0.7", "podIPs": [{"ip": "not-an-ip"}]}
+        }))
+        .unwrap();
+        s.pods.insert(("x".into(), "odd".into()), pod);
+        let e = resolve(&s, &[], &q("x/odd", "x/a", 8080, 6)).unwrap_err();
+        assert!(e.message.contains("no IP address yet"), "{}", e.message);
+        let r = resolve(&s, &[], &q("10.0.0.7", "x/a", 8080, 6)).unwrap();
+        assert_eq!(r.flow.src.pod, None);
+        let d = crate::engine::Engine::new().compile(&s, &[]);
+        assert!(d.diagnostics.iter().any(|g| g.field == "status.podIPs[0].ip"), "{:?}", d.diagnostics);
     }
 
     #[test]
