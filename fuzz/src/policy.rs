@@ -77,12 +77,7 @@ fn every_pod_local(store: &Store) -> Vec<EndpointRecord> {
             pod_uid: String::new(),
             host_ifname: format!("weir{i}"),
             host_ifindex: 100 + i as u32,
-            ips: pod
-                .status
-                .iter()
-                .flat_map(|s| s.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(s.pod_ip.as_deref()))
-                .filter_map(|ip| ip.parse().ok())
-                .collect(),
+            ips: pod.pod_ips.iter().chain(&pod.pod_ip).filter_map(|ip| ip.addr()).collect(),
             mac: String::new(),
             gateways: GATEWAYS.iter().map(|g| g.parse().unwrap()).collect(),
         })

@@ -306,8 +306,8 @@ impl Churn {
                 let key = some_pod(c, round.is_multiple_of(2));
                 let p = c.store.pods.get_mut(&key).unwrap();
                 let tier = ["web", "api", "db", "cache", "worker"][(n / 2) % 5];
-                p.metadata.labels.get_or_insert_with(Default::default).insert("tier".into(), tier.into());
-                p.metadata.resource_version = rv;
+                p.labels_mut().insert("tier".into(), tier.into());
+                p.resource_version = rv.map(Into::into);
             }
             Kind::Policy => {
                 // Added in a local pod's namespace, selecting its app; an
@@ -570,11 +570,10 @@ mod tests {
         assert_eq!(c.store.pods.len(), 1012);
         assert_eq!(c.store.policies.len(), 20);
         let mut seen = std::collections::BTreeSet::new();
-        for p in c.store.pods.values() {
-            let ip: std::net::Ipv4Addr = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
-            let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
-            let n: usize = node[5..].parse::<usize>().unwrap() - 1;
-            assert_eq!(ip.octets()[..3], [10, (n / 256) as u8, (n % 256) as u8], "{node} {ip}");
+        for (key, p) in &c.store.pods {
+            let Some(std::net::IpAddr::V4(ip)) = p.pod_ips[0].addr() else { panic!("{key:?}: {:?}", p.pod_ips) };
+            let n = c.places[key].node;
+            assert_eq!(ip.octets()[..3], [10, (n / 256) as u8, (n % 256) as u8], "node {n} {ip}");
             assert!((2..=254).contains(&ip.octets()[3]), "{ip}");
             assert!(seen.insert(ip), "{ip} twice");
         }

@@ -130,10 +130,10 @@ fn main() {
         } else {
             keys[(c * 7919) % keys.len()].clone()
         };
-        let labels = store.pods.get_mut(&key).unwrap().metadata.labels.get_or_insert_with(Default::default);
+        let pod = store.pods.get_mut(&key).unwrap();
         let tier = ["web", "api", "db", "cache", "worker"][c % 5];
-        labels.insert("tier".into(), tier.into());
-        store.pods.get_mut(&key).unwrap().metadata.resource_version = Some(format!("{}", 100000 + c));
+        pod.labels_mut().insert("tier".into(), tier.into());
+        pod.resource_version = Some(format!("{}", 100000 + c).into());
         let ((d, diff), w, cpu) = measure(|| {
             let d = e.compile(&store, &locals);
             let diff = DesiredDiff::between(&prev, &d);

@@ -164,6 +164,8 @@ fn log_tail(log: &Path) -> String {
 
 async fn run(opts: &Opts, bpffs_root: &Path, run_dir: &Path) -> Result<serde_json::Value> {
     let (store, mut locals) = common::build_with(opts.pods / common::NAMESPACES);
+    // The same pods as the API server serves them (the store keeps less).
+    let api_pods = common::pods(opts.pods / common::NAMESPACES);
     let pods = store.pods.len();
     let nodes = pods.div_ceil(common::LOCALS);
 
@@ -182,7 +184,7 @@ async fn run(opts: &Opts, bpffs_root: &Path, run_dir: &Path) -> Result<serde_jso
     for ns in store.namespaces.values() {
         api.put(ns);
     }
-    for (i, (key, pod)) in store.pods.iter().enumerate() {
+    for (i, (key, pod)) in api_pods.iter().enumerate() {
         let mut pod = pod.clone();
         let node = if local_keys.contains(key) { NODE.to_string() } else { format!("node-{}", 1 + i % (nodes - 1)) };
         pod.spec.as_mut().unwrap().node_name = Some(node);
@@ -215,7 +217,7 @@ async fn run(opts: &Opts, bpffs_root: &Path, run_dir: &Path) -> Result<serde_jso
         if r.host_ifindex == 0 {
             bail!("no interface {} after creating it", r.host_ifname);
         }
-        r.pod_uid = store.pods[&(r.pod_namespace.clone(), r.pod_name.clone())].metadata.uid.clone().unwrap();
+        r.pod_uid = store.pods[&(r.pod_namespace.clone(), r.pod_name.clone())].uid.as_deref().unwrap().to_string();
         let addrs: Vec<ipnet::IpNet> = r.ips.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
         dp.admit_pod(r.host_ifindex, weir_bpf::pkt::test_mac(r.host_ifindex), &addrs, false)?;
         registry.put(r)?;
@@ -307,14 +309,14 @@ async fn run(opts: &Opts, bpffs_root: &Path, run_dir: &Path) -> Result<serde_jso
     if opts.churn_seconds > 0 {
         // One pod label change a second, alternately a local pod and a remote one.
         let remotes: Vec<&Pod> =
-            store.pods.iter().filter(|(k, _)| !local_keys.contains(*k)).map(|(_, p)| p).step_by(97).collect();
+            api_pods.iter().filter(|(k, _)| !local_keys.contains(*k)).map(|(_, p)| p).step_by(97).collect();
         let churn_start = sample(pid)?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         for c in 0..opts.churn_seconds as usize {
             tick.tick().await;
             let mut pod = if c % 2 == 0 {
                 let r = &locals[(c / 2) % locals.len()];
-                store.pods[&(r.pod_namespace.clone(), r.pod_name.clone())].clone()
+                api_pods[&(r.pod_namespace.clone(), r.pod_name.clone())].clone()
             } else {
                 remotes[(c / 2) % remotes.len()].clone()
             };

@@ -65,7 +65,7 @@ fn ipblock_policy(namespace: &str, n: usize) -> NetworkPolicy {
 fn small_store() -> (Store, Vec<EndpointRecord>) {
     let mut s = Store::default();
     s.namespaces.insert("ipb".into(), serde_json::from_value(json!({"metadata": {"name": "ipb"}})).unwrap());
-    let pod = serde_json::from_value(json!({
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": {"name": "target", "namespace": "ipb", "labels": {"ipblocks": "yes"}},
         "spec": {"containers": [{"name": "c"}]},
         "status": {"phase": "Running", "podIPs": [{"ip": "10.200.0.1"}]}
@@ -162,8 +162,7 @@ fn main() {
         let (alone, _) = compile_cpu(&store, &locals, runs);
         // The policy selects one local pod of the cluster.
         let target = (locals[0].pod_namespace.clone(), locals[0].pod_name.clone());
-        let labels = store.pods.get_mut(&target).unwrap().metadata.labels.get_or_insert_with(Default::default);
-        labels.insert("ipblocks".into(), "yes".into());
+        store.pods.get_mut(&target).unwrap().labels_mut().insert("ipblocks".into(), "yes".into());
         store.policies.insert((target.0.clone(), "np-ipblocks".into()), ipblock_policy(&target.0, n));
         let (with, _) = compile_cpu(&store, &locals, runs);
         println!();

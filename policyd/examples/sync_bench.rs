@@ -114,8 +114,8 @@ fn change(store: &mut Store, locals: &[EndpointRecord], c: usize) -> Kind {
             };
             let pod = store.pods.get_mut(&key).unwrap();
             let tier = ["web", "api", "db", "cache", "worker"][round % 5];
-            pod.metadata.labels.get_or_insert_with(Default::default).insert("tier".into(), tier.into());
-            pod.metadata.resource_version = rv;
+            pod.labels_mut().insert("tier".into(), tier.into());
+            pod.resource_version = rv.map(Into::into);
         }
         Kind::NamespaceLabels => {
             // env moves a namespace in and out of the `env: prod` and

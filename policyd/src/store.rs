@@ -5,13 +5,18 @@
 //! folded into a [`Store`].
 
 use crate::cluster_network_policy::ClusterNetworkPolicy;
+use crate::engine::Labels;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// (namespace, name) of a namespaced object.
 pub type Key = (String, String);
@@ -26,8 +31,249 @@ pub struct Store {
     pub cluster_policies: Journaled<String, ClusterNetworkPolicy>,
 }
 
-/// The pods by key.
-pub type Pods = Journaled<Key, Pod>;
+/// A Pod as the store keeps it: what policy, flow names and explanations
+/// read of it, and nothing more. A typed k8s-openapi Pod is about 7 KB
+/// even trimmed (mostly empty optional fields, 2 KB per container); at
+/// 150,000 pods that was a gigabyte. This is a few hundred bytes, most of
+/// them the uid and resourceVersion: label sets, named port lists and
+/// phases are shared by the pods of one [`Pods`] holding equal ones.
+///
+/// Made from a k8s Pod by `From` (one conversion, used by
+/// [`Store::apply`] and [`Pods::insert`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPod {
+    /// metadata.uid: tells two incarnations of one name apart.
+    pub uid: Option<Box<str>>,
+    /// metadata.resourceVersion: while it and the uid stay, the pod did.
+    pub resource_version: Option<Box<str>>,
+    /// metadata.creationTimestamp: of pods claiming one address, the
+    /// older wins.
+    pub created: Option<Time>,
+    /// metadata.labels (none: empty). Change them in place with
+    /// [`StoredPod::labels_mut`]; the map shares them again at its next
+    /// write.
+    pub labels: Arc<Labels>,
+    /// spec.hostNetwork (absent: false).
+    pub host_network: bool,
+    /// status.phase.
+    pub phase: Option<Arc<str>>,
+    /// status.podIP.
+    pub pod_ip: Option<StatusIp>,
+    /// status.podIPs, in order.
+    pub pod_ips: Box<[StatusIp]>,
+    /// The named container ports, in declaration order: containers', then
+    /// sidecars' (init containers with restartPolicy Always), as named
+    /// ports in policies resolve against them. Only ports a policy can
+    /// name: with a name, a protocol policy knows (TCP when absent) and a
+    /// number of 1 to 65535.
+    pub named_ports: Arc<[NamedContainerPort]>,
+}
+
+/// One named container port, as [`StoredPod::named_ports`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedContainerPort {
+    pub name: Box<str>,
+    /// IP protocol number (6, 17 or 132).
+    pub protocol: u8,
+    pub port: u16,
+}
+
+/// One address of a pod's status, read once when the pod is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StatusIp {
+    Addr(IpAddr),
+    /// Text that is no address (or empty), as the status had it: the
+    /// engine names it in a diagnostic.
+    Malformed(Box<str>),
+}
+
+impl StatusIp {
+    fn read(s: String) -> StatusIp {
+        match s.parse() {
+            Ok(a) => StatusIp::Addr(a),
+            Err(_) => StatusIp::Malformed(s.into()),
+        }
+    }
+
+    pub fn addr(&self) -> Option<IpAddr> {
+        match self {
+            StatusIp::Addr(a) => Some(*a),
+            StatusIp::Malformed(_) => None,
+        }
+    }
+}
+
+/// Which status field a pod's addresses are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpsField {
+    /// status.podIPs (the list is not empty).
+    PodIps,
+    /// status.podIP, for a status with no podIPs.
+    PodIp,
+}
+
+impl StoredPod {
+    /// The addresses a pod's status gives, and the field they are read
+    /// from: podIPs, or podIP when that list is empty or absent (the API
+    /// server sets both; other sources may set either): the engine's rule.
+    pub fn status_ips(&self) -> (IpsField, &[StatusIp]) {
+        if self.pod_ips.is_empty() {
+            (IpsField::PodIp, self.pod_ip.as_slice())
+        } else {
+            (IpsField::PodIps, &self.pod_ips)
+        }
+    }
+
+    /// The labels to change in place: this pod's own copy from then on.
+    pub fn labels_mut(&mut self) -> &mut Labels {
+        Arc::make_mut(&mut self.labels)
+    }
+}
+
+impl From<Pod> for StoredPod {
+    fn from(pod: Pod) -> StoredPod {
+        let Pod { metadata, spec, status } = pod;
+        let (host_network, named_ports) = match spec {
+            Some(spec) => {
+                let sidecars = spec
+                    .init_containers
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+                let ports: Vec<NamedContainerPort> = spec
+                    .containers
+                    .into_iter()
+                    .chain(sidecars)
+                    .flat_map(|c| c.ports.into_iter().flatten())
+                    .filter_map(|p| {
+                        let protocol = crate::engine::ports::protocol_number(p.protocol.as_deref())?;
+                        let port = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
+                        Some(NamedContainerPort { name: p.name?.into(), protocol, port })
+                    })
+                    .collect();
+                (spec.host_network.unwrap_or(false), ports)
+            }
+            None => (false, Vec::new()),
+        };
+        let status = status.unwrap_or_default();
+        StoredPod {
+            uid: metadata.uid.map(Into::into),
+            resource_version: metadata.resource_version.map(Into::into),
+            created: metadata.creation_timestamp,
+            labels: Arc::new(metadata.labels.unwrap_or_default()),
+            host_network,
+            phase: status.phase.map(Into::into),
+            pod_ip: status.pod_ip.map(StatusIp::read),
+            pod_ips: status.pod_ips.into_iter().flatten().map(|p| StatusIp::read(p.ip)).collect(),
+            named_ports: named_ports.into(),
+        }
+    }
+}
+
+/// Values handed out as one allocation per distinct value. An entry no pod
+/// holds any more (the set's own reference is the only one) is dropped at
+/// the next pruning ([`Shared::wrote`]).
+#[derive(Debug)]
+struct Interned<T: ?Sized + Eq + Hash>(HashSet<Arc<T>>);
+
+impl<T: ?Sized + Eq + Hash> Default for Interned<T> {
+    fn default() -> Self {
+        Interned(HashSet::new())
+    }
+}
+
+impl<T: ?Sized + Eq + Hash + ToOwned> Interned<T>
+where
+    T::Owned: Into<Arc<T>>,
+{
+    /// Make `a` the shared allocation of its value. A value not seen
+    /// before is taken as it is when nothing else holds it, else copied:
+    /// an entry must not be kept alive by another map's pods or entries,
+    /// or it could never be pruned here.
+    fn share(&mut self, a: &mut Arc<T>) {
+        if let Some(s) = self.0.get(&**a) {
+            if !Arc::ptr_eq(s, a) {
+                *a = s.clone();
+            }
+            return;
+        }
+        if Arc::strong_count(a) > 1 {
+            *a = (**a).to_owned().into();
+        }
+        self.0.insert(a.clone());
+    }
+
+    fn prune(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// What the pods of one map share: equal label sets, named port lists and
+/// phases are one allocation each. Most pods are replicas: at 150,000 pods
+/// there are a few thousand distinct label sets and a handful of port lists.
+#[derive(Debug, Default)]
+struct Shared {
+    labels: Interned<Labels>,
+    ports: Interned<[NamedContainerPort]>,
+    phases: Interned<str>,
+    /// Writes since the last pruning, and the entries left by it. Pruning
+    /// once the writes outnumber those (plus a few) costs each write O(1)
+    /// on average, and keeps what no pod holds within a small multiple of
+    /// what was live: a churn of ever new label sets does not grow it.
+    writes: usize,
+    live: usize,
+}
+
+impl Shared {
+    fn share(&mut self, pod: &mut StoredPod) {
+        self.labels.share(&mut pod.labels);
+        self.ports.share(&mut pod.named_ports);
+        if let Some(p) = pod.phase.as_mut() {
+            self.phases.share(p);
+        }
+    }
+
+    /// Count a write; prune when enough came since the last pruning.
+    fn wrote(&mut self) {
+        self.writes += 1;
+        if self.writes > self.live + 64 {
+            self.prune();
+        }
+    }
+
+    fn prune(&mut self) {
+        self.labels.prune();
+        self.ports.prune();
+        self.phases.prune();
+        self.writes = 0;
+        self.live = self.labels.0.len() + self.ports.0.len() + self.phases.0.len();
+    }
+
+    fn clear(&mut self) {
+        *self = Shared::default();
+    }
+}
+
+/// The pods by key: a [`Journaled`] map that also keeps equal label sets
+/// (and port lists, phases) of its pods one allocation. Reads go through
+/// `Deref`; every write goes through a method here.
+#[derive(Debug, Default)]
+pub struct Pods {
+    map: Journaled<Key, StoredPod>,
+    shared: Shared,
+    /// Pods handed out to be changed in place ([`Pods::get_mut`] and
+    /// co.): their values are shared again at the next write.
+    loose: Loose,
+}
+
+/// Which pods may hold values of their own since the last write.
+#[derive(Debug, Default)]
+enum Loose {
+    #[default]
+    None,
+    One(Key),
+    All,
+}
 
 /// A map that stamps and journals its writes, so that a reader can tell
 /// that nothing changed since it last looked, or which keys did, without
@@ -183,6 +429,126 @@ impl<K: Ord, V> FromIterator<(K, V)> for Journaled<K, V> {
     }
 }
 
+impl Clone for Pods {
+    /// The clone's writes are its own: it gets a stamp of its own, and
+    /// allocations of its own for what its pods share (another map's
+    /// would never be pruned while either holds them).
+    fn clone(&self) -> Self {
+        let mut shared = Shared::default();
+        let map = self
+            .map
+            .iter()
+            .map(|(k, p)| {
+                let mut p = p.clone();
+                shared.share(&mut p);
+                (k.clone(), p)
+            })
+            .collect();
+        shared.prune();
+        Pods { map, shared, loose: Loose::None }
+    }
+}
+
+impl Deref for Pods {
+    type Target = BTreeMap<Key, StoredPod>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Pods {
+    /// What the map is now; a write after this makes a different one.
+    pub fn stamp(&self) -> Stamp {
+        self.map.stamp()
+    }
+
+    /// The pods written since `stamp` ([`Journaled::written_since`]).
+    pub fn written_since(&self, stamp: Stamp) -> Option<impl Iterator<Item = &Key>> {
+        self.map.written_since(stamp)
+    }
+
+    /// Before every write: pods changed in place since the last one share
+    /// their values again (the same values: not a write); now and then,
+    /// entries no pod holds any more are dropped.
+    fn writing(&mut self) {
+        match std::mem::take(&mut self.loose) {
+            Loose::None => {}
+            Loose::One(key) => {
+                if let Some(p) = self.map.map.get_mut(&key) {
+                    self.shared.share(p);
+                }
+            }
+            Loose::All => self.share_all(),
+        }
+        self.shared.wrote();
+    }
+
+    fn share_all(&mut self) {
+        for p in self.map.map.values_mut() {
+            self.shared.share(p);
+        }
+        self.shared.prune();
+    }
+
+    /// Insert or replace a pod (a k8s Pod is converted), sharing its label
+    /// set, port list and phase with the pods that have equal ones.
+    pub fn insert(&mut self, key: Key, pod: impl Into<StoredPod>) -> Option<StoredPod> {
+        self.writing();
+        let mut pod = pod.into();
+        self.shared.share(&mut pod);
+        self.map.insert(key, pod)
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<StoredPod> {
+        self.writing();
+        self.map.remove(key)
+    }
+
+    /// A pod to change in place (counted as a write whether or not it is).
+    pub fn get_mut(&mut self, key: &Key) -> Option<&mut StoredPod> {
+        self.writing();
+        self.loose = Loose::One(key.clone());
+        self.map.get_mut(key)
+    }
+
+    /// Every pod, to change in place (counted as a write to each).
+    pub fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, StoredPod> {
+        self.writing();
+        self.loose = Loose::All;
+        self.map.values_mut()
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&Key, &mut StoredPod) -> bool) {
+        self.writing();
+        self.map.retain(keep);
+        self.share_all();
+    }
+
+    pub fn clear(&mut self) {
+        self.writing();
+        self.map.clear();
+        self.shared.clear();
+    }
+}
+
+impl<'a> IntoIterator for &'a Pods {
+    type Item = (&'a Key, &'a StoredPod);
+    type IntoIter = std::collections::btree_map::Iter<'a, Key, StoredPod>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+impl<P: Into<StoredPod>> FromIterator<(Key, P)> for Pods {
+    fn from_iter<I: IntoIterator<Item = (Key, P)>>(iter: I) -> Self {
+        let mut pods = Pods::default();
+        for (k, p) in iter {
+            pods.insert(k, p);
+        }
+        pods
+    }
+}
+
 fn key(r: &ObjectRef) -> Key {
     (r.namespace.clone(), r.name.clone())
 }
@@ -227,17 +593,40 @@ impl Store {
 
     /// Make `objects` the complete set of `kind` (objects of another kind in
     /// the list are applied too, though sources never send them).
+    /// Only what differs is written: a relist that finds what the store
+    /// holds writes nothing, and the engine reads only what it changed.
     pub fn replace(&mut self, kind: ObjectKind, objects: Vec<Object>) {
-        match kind {
-            ObjectKind::Namespace => self.namespaces.clear(),
-            ObjectKind::Pod => self.pods.clear(),
-            ObjectKind::Service => self.services.clear(),
-            ObjectKind::NetworkPolicy => self.policies.clear(),
-            ObjectKind::Node => self.nodes.clear(),
-            ObjectKind::ClusterNetworkPolicy => self.cluster_policies.clear(),
+        let listed: std::collections::HashSet<ObjectRef> = objects.iter().map(Object::object_ref).collect();
+        let held: Vec<ObjectRef> = match kind {
+            ObjectKind::Namespace => self.namespaces.keys().map(|n| ObjectRef::cluster(kind, n)).collect(),
+            ObjectKind::Pod => self.pods.keys().map(|k| ObjectRef::namespaced(kind, k)).collect(),
+            ObjectKind::Service => self.services.keys().map(|k| ObjectRef::namespaced(kind, k)).collect(),
+            ObjectKind::NetworkPolicy => self.policies.keys().map(|k| ObjectRef::namespaced(kind, k)).collect(),
+            ObjectKind::Node => self.nodes.keys().map(|n| ObjectRef::cluster(kind, n)).collect(),
+            ObjectKind::ClusterNetworkPolicy => {
+                self.cluster_policies.keys().map(|n| ObjectRef::cluster(kind, n)).collect()
+            }
+        };
+        for r in held.iter().filter(|r| !listed.contains(*r)) {
+            self.delete(r);
         }
         for o in objects {
-            self.apply(o);
+            if !self.holds(&o) {
+                self.apply(o);
+            }
+        }
+    }
+
+    /// Whether the store holds `obj` as it is.
+    fn holds(&self, obj: &Object) -> bool {
+        let r = obj.object_ref();
+        match obj {
+            Object::Namespace(o) => self.namespaces.get(&r.name) == Some(o),
+            Object::Pod(o) => self.pods.get(&key(&r)).is_some_and(|p| *p == StoredPod::from(o.clone())),
+            Object::Service(o) => self.services.get(&key(&r)) == Some(o),
+            Object::NetworkPolicy(o) => self.policies.get(&key(&r)) == Some(o),
+            Object::Node(o) => self.nodes.get(&r.name) == Some(o),
+            Object::ClusterNetworkPolicy(o) => self.cluster_policies.get(&r.name) == Some(o),
         }
     }
 
@@ -332,6 +721,16 @@ pub struct ObjectRef {
     pub kind: ObjectKind,
     pub namespace: String,
     pub name: String,
+}
+
+impl ObjectRef {
+    fn cluster(kind: ObjectKind, name: &str) -> ObjectRef {
+        ObjectRef { kind, namespace: String::new(), name: name.to_string() }
+    }
+
+    fn namespaced(kind: ObjectKind, (namespace, name): &Key) -> ObjectRef {
+        ObjectRef { kind, namespace: namespace.clone(), name: name.clone() }
+    }
 }
 
 impl fmt::Display for ObjectRef {
@@ -541,6 +940,29 @@ mod tests {
         assert!(Pods::default().written_since(s4).is_none());
     }
 
+    /// A relist writes only what differs: the engine reads only that.
+    #[test]
+    fn replace_writes_only_what_differs() {
+        let pod = |name: &str, app: &str| -> Object {
+            Object::Pod(
+                serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "ns",
+                    "labels": {"app": app}}}))
+                .unwrap(),
+            )
+        };
+        let mut store = Store::default();
+        store.replace(ObjectKind::Pod, vec![pod("a", "x"), pod("b", "x"), pod("c", "x")]);
+        let before = store.pods.stamp();
+        store.replace(ObjectKind::Pod, vec![pod("a", "x"), pod("b", "x"), pod("c", "x")]);
+        assert_eq!(store.pods.stamp(), before, "the same list writes nothing");
+        store.replace(ObjectKind::Pod, vec![pod("a", "x"), pod("b", "y"), pod("d", "x")]);
+        let mut written: Vec<&Key> = store.pods.written_since(before).unwrap().collect();
+        written.sort();
+        assert_eq!(written, [&k("b"), &k("c"), &k("d")]);
+        assert_eq!(store.pods.keys().collect::<Vec<_>>(), [&k("a"), &k("b"), &k("d")]);
+        assert_eq!(store.pods[&k("b")].labels["app"], "y");
+    }
+
     /// Trimming keeps the annotations the engine reads (a Namespace's flow
     /// log choice, a NetworkPolicy's mode) on their kinds, and no other.
     #[test]
@@ -565,5 +987,186 @@ mod tests {
         assert_eq!(kept("ns"), [(crate::engine::FLOW_LOG_ANNOTATION.to_string(), "allow".to_string())]);
         assert_eq!(kept("np"), [(crate::engine::policy::MODE_ANNOTATION.to_string(), "audit".to_string())]);
         assert_eq!(kept("pod"), []);
+    }
+}
+
+#[cfg(test)]
+mod pod_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn k8s_pod(name: &str, v: serde_json::Value) -> Pod {
+        let mut p: Pod = serde_json::from_value(v).unwrap();
+        p.metadata.namespace = Some("x".into());
+        p.metadata.name = Some(name.into());
+        p
+    }
+
+    fn key(name: &str) -> Key {
+        ("x".into(), name.into())
+    }
+
+    /// A pod labelled `app: <app>`, Running.
+    fn app_pod(name: &str, app: &str) -> Pod {
+        k8s_pod(
+            name,
+            json!({"metadata": {"labels": {"app": app}},
+                   "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
+                   "status": {"phase": "Running"}}),
+        )
+    }
+
+    #[test]
+    fn a_stored_pod_keeps_what_readers_read() {
+        let p = StoredPod::from(k8s_pod(
+            "a",
+            json!({"metadata": {"uid": "u1", "resourceVersion": "7", "creationTimestamp": "2026-01-02T03:04:05Z",
+                                "labels": {"app": "a", "tier": "web"}},
+                   "spec": {"hostNetwork": true, "nodeName": "n1", "containers": [{"name": "c"}]},
+                   "status": {"phase": "Pending", "podIP": "10.0.0.1",
+                              "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}, {"ip": "nope"}, {"ip": ""}]}}),
+        ));
+        assert_eq!(p.uid.as_deref(), Some("u1"));
+        assert_eq!(p.resource_version.as_deref(), Some("7"));
+        assert_eq!(p.created.as_ref().map(|t| t.0.to_string()).as_deref(), Some("2026-01-02T03:04:05Z"));
+        assert_eq!(*p.labels, Labels::from([("app".into(), "a".into()), ("tier".into(), "web".into())]));
+        assert!(p.host_network);
+        assert_eq!(p.phase.as_deref(), Some("Pending"));
+        assert_eq!(p.pod_ip, Some(StatusIp::Addr("10.0.0.1".parse().unwrap())));
+        assert_eq!(
+            *p.pod_ips,
+            [
+                StatusIp::Addr("10.0.0.1".parse().unwrap()),
+                StatusIp::Addr("fd00::1".parse().unwrap()),
+                StatusIp::Malformed("nope".into()),
+                StatusIp::Malformed("".into()),
+            ]
+        );
+        assert_eq!(p.status_ips(), (IpsField::PodIps, &p.pod_ips[..]));
+
+        // Absent fields: the defaults readers assumed of the k8s Pod.
+        let bare = StoredPod::from(k8s_pod("b", json!({})));
+        assert_eq!((bare.uid, bare.resource_version, bare.created), (None, None, None));
+        assert!(bare.labels.is_empty() && !bare.host_network && bare.phase.is_none());
+        assert!(bare.pod_ip.is_none() && bare.pod_ips.is_empty() && bare.named_ports.is_empty());
+
+        // No podIPs: podIP is what the status gives.
+        let one = StoredPod::from(k8s_pod("c", json!({"status": {"podIP": "10.0.0.3"}})));
+        assert_eq!(one.status_ips(), (IpsField::PodIp, &[StatusIp::Addr("10.0.0.3".parse().unwrap())][..]));
+    }
+
+    /// Only ports a policy can name are kept, parsed, in declaration
+    /// order: containers, then sidecars (restartPolicy Always).
+    #[test]
+    fn named_ports_are_filtered_and_parsed_once() {
+        let p = StoredPod::from(k8s_pod(
+            "a",
+            json!({"spec": {
+                "initContainers": [
+                    {"name": "init", "ports": [{"name": "init-port", "containerPort": 1}]},
+                    {"name": "side", "restartPolicy": "Always", "ports": [{"name": "side", "containerPort": 9000, "protocol": "SCTP"}]},
+                    {"name": "never", "restartPolicy": "Never", "ports": [{"name": "never", "containerPort": 2}]}],
+                "containers": [
+                    {"name": "c1", "ports": [
+                        {"containerPort": 8080},
+                        {"name": "http", "containerPort": 80},
+                        {"name": "icmp", "containerPort": 7, "protocol": "ICMP"},
+                        {"name": "zero", "containerPort": 0},
+                        {"name": "big", "containerPort": 65536},
+                        {"name": "neg", "containerPort": -1},
+                        {"name": "max", "containerPort": 65535}]},
+                    {"name": "c2", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                             {"name": "http", "containerPort": 81, "protocol": "TCP"}]}]}}),
+        ));
+        let got: Vec<(&str, u8, u16)> = p.named_ports.iter().map(|n| (&*n.name, n.protocol, n.port)).collect();
+        assert_eq!(got, [("http", 6, 80), ("max", 6, 65535), ("dns", 17, 53), ("http", 6, 81), ("side", 132, 9000)]);
+        assert!(crate::engine::pod_container_ports(&p).eq(got.iter().copied()));
+    }
+
+    /// Pods with equal labels (port lists, phases) hold one allocation;
+    /// readers see the values they would without sharing.
+    #[test]
+    fn equal_values_are_one_allocation() {
+        let mut s = Store::default();
+        for (name, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
+            s.apply(Object::Pod(app_pod(name, app)));
+        }
+        let [a, b, c] = ["a", "b", "c"].map(|n| &s.pods[&key(n)]);
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        assert!(!Arc::ptr_eq(&a.labels, &c.labels));
+        assert_eq!(c.labels["app"], "db");
+        assert!(Arc::ptr_eq(&a.named_ports, &c.named_ports));
+        assert!(Arc::ptr_eq(a.phase.as_ref().unwrap(), c.phase.as_ref().unwrap()));
+        assert_eq!(*a, StoredPod::from(app_pod("a", "web")), "sharing changes no value");
+    }
+
+    /// A pod changed in place holds its own copy until the next write,
+    /// which shares it again.
+    #[test]
+    fn labels_changed_in_place_are_shared_again_at_the_next_write() {
+        let mut pods = Pods::default();
+        pods.insert(key("a"), app_pod("a", "web"));
+        pods.insert(key("b"), app_pod("b", "db"));
+        pods.get_mut(&key("b")).unwrap().labels_mut().insert("app".into(), "web".into());
+        assert_eq!(pods[&key("a")].labels, pods[&key("b")].labels);
+        pods.remove(&key("nothing"));
+        assert!(Arc::ptr_eq(&pods[&key("a")].labels, &pods[&key("b")].labels));
+
+        for p in pods.values_mut() {
+            p.labels_mut().insert("v".into(), "2".into());
+        }
+        pods.insert(key("c"), app_pod("c", "db"));
+        assert!(Arc::ptr_eq(&pods[&key("a")].labels, &pods[&key("b")].labels));
+        assert_eq!(pods[&key("a")].labels["v"], "2");
+    }
+
+    /// What no pod holds any more is released: a churn of label sets
+    /// never seen again leaves a bounded set behind.
+    #[test]
+    fn shared_values_no_pod_holds_are_released() {
+        let mut pods = Pods::default();
+        pods.insert(key("stays"), app_pod("stays", "web"));
+        let gone = {
+            pods.insert(key("a"), app_pod("a", "once"));
+            Arc::downgrade(&pods[&key("a")].labels)
+        };
+        for i in 0..10_000 {
+            let name = format!("p{i}");
+            pods.insert(key(&name), app_pod(&name, &format!("app{i}")));
+            pods.remove(&key(&name));
+        }
+        pods.remove(&key("a"));
+        for _ in 0..200 {
+            pods.remove(&key("nothing"));
+        }
+        assert!(gone.upgrade().is_none(), "a label set no pod holds is dropped");
+        assert!(pods.shared.labels.0.len() <= 2, "{} label sets kept", pods.shared.labels.0.len());
+        assert_eq!(pods[&key("stays")].labels["app"], "web");
+
+        pods.retain(|_, _| false);
+        assert!(pods.shared.labels.0.is_empty() && pods.shared.ports.0.is_empty());
+        pods.insert(key("a"), app_pod("a", "web"));
+        pods.clear();
+        assert!(pods.shared.labels.0.is_empty());
+    }
+
+    /// A clone shares values among its own pods, not with the original:
+    /// either can then release what its pods no longer hold.
+    #[test]
+    fn a_clone_has_allocations_of_its_own() {
+        let mut pods = Pods::default();
+        pods.insert(key("a"), app_pod("a", "web"));
+        pods.insert(key("b"), app_pod("b", "web"));
+        let copy = pods.clone();
+        assert_eq!(*copy, *pods);
+        assert_ne!(copy.stamp(), pods.stamp());
+        assert!(Arc::ptr_eq(&copy[&key("a")].labels, &copy[&key("b")].labels));
+        assert!(!Arc::ptr_eq(&copy[&key("a")].labels, &pods[&key("a")].labels));
+        // A pod of another map joins this one's shared values.
+        let mut other = Pods::default();
+        other.insert(key("c"), copy[&key("a")].clone());
+        other.insert(key("d"), app_pod("d", "web"));
+        assert!(Arc::ptr_eq(&other[&key("c")].labels, &other[&key("d")].labels));
+        assert!(!Arc::ptr_eq(&other[&key("c")].labels, &copy[&key("a")].labels));
     }
 }

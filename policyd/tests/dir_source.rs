@@ -10,7 +10,7 @@ use std::time::Duration;
 use weir_policyd::metrics::Metrics;
 use weir_policyd::source::dir::{spawn_dir, DirOptions};
 use weir_policyd::source::{ObjectKind, Source, SourceEvent};
-use weir_policyd::store::Store;
+use weir_policyd::store::{Object, Store};
 
 /// Failure guard only: every wait below ends as soon as its condition holds.
 const GUARD: Duration = Duration::from_secs(30);
@@ -113,10 +113,15 @@ async fn directory_source_follows_files() {
     // Initial view: one Replace per kind, then Synced.
     let mut store = Store::default();
     let mut replaced = Vec::new();
+    // The pod as the source sent it (the store keeps its own form).
+    let mut web = None;
     loop {
         let ev = tokio::time::timeout(GUARD, src.recv()).await.expect("initial events").expect("source alive");
         match &ev {
-            SourceEvent::Replace(k, _) => replaced.push(*k),
+            SourceEvent::Replace(k, objs) => {
+                replaced.push(*k);
+                web = web.or_else(|| objs.iter().find(|o| o.object_ref().name == "web").cloned());
+            }
             SourceEvent::Synced => break,
             other => panic!("before Synced only Replace is expected, got {other:?}"),
         }
@@ -131,11 +136,12 @@ async fn directory_source_follows_files() {
     assert_eq!(store.pods.keys().cloned().collect::<Vec<_>>(), [key("default", "web"), key("x", "db")]);
     assert!(store.services.contains_key(&key("x", "svc")));
     assert!(store.policies.contains_key(&key("x", "deny-all")));
-    let web = &store.pods[&key("default", "web")];
+    let Some(Object::Pod(web)) = web else { panic!("no pod web in the initial lists") };
     assert!(web.metadata.annotations.is_none(), "annotations are trimmed");
     let c = &web.spec.as_ref().unwrap().containers[0];
     assert!(c.env.is_none(), "container env is trimmed");
     assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"), "named ports are kept");
+    assert_eq!(&*store.pods[&key("default", "web")].named_ports[0].name, "http", "and stored");
     assert_eq!(metrics.source_synced.get(&["dir"]), 1.0);
 
     // A file added.
@@ -144,10 +150,7 @@ async fn directory_source_follows_files() {
 
     // A file changed: labels updated.
     put(dir, "10-base.yaml", &initial().replace("app: web", "app: web2"));
-    until(&mut src, &mut store, "web relabelled", |s| {
-        s.pods[&key("default", "web")].metadata.labels.as_ref().unwrap()["app"] == "web2"
-    })
-    .await;
+    until(&mut src, &mut store, "web relabelled", |s| s.pods[&key("default", "web")].labels["app"] == "web2").await;
 
     // A broken file: objects kept, error counted, gauge raised.
     let invalid_before = metrics.source_errors.get(&["dir", "manifest_invalid"]);
@@ -170,15 +173,12 @@ async fn directory_source_follows_files() {
 
     // Duplicates: the later file name wins, with a diagnostic.
     put(dir, "50-dup.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: other}}\n");
-    until(&mut src, &mut store, "50-dup.yaml wins", |s| {
-        s.pods[&key("x", "db")].metadata.labels.as_ref().unwrap()["app"] == "other"
-    })
-    .await;
+    until(&mut src, &mut store, "50-dup.yaml wins", |s| s.pods[&key("x", "db")].labels["app"] == "other").await;
     assert!(metrics.source_errors.get(&["dir", "duplicate_object"]) >= 1.0);
     // Removing the winner falls back to the earlier definition, not to nothing.
     std::fs::remove_file(dir.join("50-dup.yaml")).unwrap();
     until(&mut src, &mut store, "db back to 20-list.yml's labels", |s| {
-        s.pods.get(&key("x", "db")).is_some_and(|p| p.metadata.labels.as_ref().unwrap()["app"] == "db")
+        s.pods.get(&key("x", "db")).is_some_and(|p| p.labels["app"] == "db")
     })
     .await;
 

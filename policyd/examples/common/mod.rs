@@ -32,13 +32,12 @@ pub fn build() -> (Store, Vec<EndpointRecord>) {
 pub fn build_with(pods_per_ns: usize) -> (Store, Vec<EndpointRecord>) {
     assert!((2..=PODS_PER_NS).contains(&pods_per_ns), "pods per namespace: 2 to {PODS_PER_NS}");
     let mut s = Store::default();
+    for (key, p) in pods(pods_per_ns) {
+        s.pods.insert(key, p);
+    }
     for ns in 0..NAMESPACES {
         let name = namespace_name(ns);
         s.namespaces.insert(name.clone(), namespace(ns));
-        for i in 0..pods_per_ns {
-            let p = pod(ns, i, &pod_ip(ns, i), None);
-            s.pods.insert((name.clone(), p.metadata.name.clone().unwrap()), p);
-        }
         for app in 0..3 {
             let svc = service(ns, app, &format!("10.96.{}.{}", ns, app + 1));
             s.services.insert((name.clone(), format!("svc{app}")), svc);
@@ -54,10 +53,22 @@ pub fn build_with(pods_per_ns: usize) -> (Store, Vec<EndpointRecord>) {
     let step = all.len() / LOCALS;
     for (j, key) in all.iter().step_by(step).take(LOCALS).enumerate() {
         let p = &s.pods[key];
-        let ip = p.status.as_ref().unwrap().pod_ips.as_ref().unwrap()[0].ip.parse().unwrap();
+        let ip = p.pod_ips[0].addr().unwrap();
         locals.push(local_record(1000 + j as u32, key, ip, "10.200.0.254".parse().unwrap()));
     }
     (s, locals)
+}
+
+/// The pods of [`build_with`]'s cluster as the API server holds them, by key.
+pub fn pods(pods_per_ns: usize) -> std::collections::BTreeMap<(String, String), Pod> {
+    let mut out = std::collections::BTreeMap::new();
+    for ns in 0..NAMESPACES {
+        for i in 0..pods_per_ns {
+            let p = pod(ns, i, &pod_ip(ns, i), None);
+            out.insert((namespace_name(ns), p.metadata.name.clone().unwrap()), p);
+        }
+    }
+    out
 }
 
 pub fn namespace_name(ns: usize) -> String {

@@ -7,8 +7,8 @@
 use super::ApiError;
 use crate::engine::explain::{End, Flow};
 use crate::engine::ports::protocol_number;
-use crate::store::{Key, Store};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use crate::store::{Key, Store, StoredPod};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -184,7 +184,7 @@ fn name_end(
 }
 
 /// A pod's addresses: its endpoint records' on this node, else its status.
-pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr> {
+pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &StoredPod) -> Vec<IpAddr> {
     let local: Vec<IpAddr> = records
         .iter()
         .filter(|r| r.pod_namespace == key.0 && r.pod_name == key.1)
@@ -196,15 +196,12 @@ pub fn pod_addrs(records: &[EndpointRecord], key: &Key, pod: &Pod) -> Vec<IpAddr
     status_addrs(pod)
 }
 
-/// A pod's addresses as its status gives them (podIPs, else podIP).
-pub fn status_addrs(pod: &Pod) -> Vec<IpAddr> {
-    let st = pod.status.as_ref();
-    let mut ips: Vec<IpAddr> =
-        st.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
-    if ips.is_empty() {
-        ips.extend(st.and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<IpAddr>().ok()));
-    }
-    ips
+/// A pod's addresses as its status gives them, as the engine reads them
+/// ([`StoredPod::status_ips`]: podIPs, else podIP), in the status's order.
+/// A podIP beside a podIPs list with no address in it is none of the
+/// pod's: the engine gives it no identity there either.
+pub fn status_addrs(pod: &StoredPod) -> Vec<IpAddr> {
+    pod.status_ips().1.iter().filter_map(|ip| ip.addr()).collect()
 }
 
 /// The pod an address belongs to: this node's endpoint records first.
@@ -306,11 +303,11 @@ pub fn selector_selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<S
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    selector_selects(selector, pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+fn selects(selector: &BTreeMap<String, String>, pod: &StoredPod) -> bool {
+    selector_selects(selector, &pod.labels)
 }
 
-fn named_port(pod: &Pod, name: &str, protocol: u8) -> Option<u16> {
+fn named_port(pod: &StoredPod, name: &str, protocol: u8) -> Option<u16> {
     crate::engine::pod_container_ports(pod).find(|(n, p, _)| *n == name && *p == protocol).map(|(_, _, num)| num)
 }
 
@@ -332,6 +329,7 @@ pub fn target_port(target: Option<&IntOrString>, port: u16, named: impl Fn(&str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
     fn store() -> Store {
@@ -383,6 +381,25 @@ mod tests {
         let by_vip = resolve(&store(), &[], &q("x/b", "fd96::10", 80, 6)).unwrap();
         assert_eq!((by_vip.flow.dst.addr, by_vip.flow.port), ("fd00::1".parse().unwrap(), 8080));
         assert_eq!(by_vip.flow.src.addr, "fd00::2".parse::<IpAddr>().unwrap(), "the family of the address given");
+    }
+
+    /// The engine reads podIPs when the list is there, podIP only when it
+    /// is not: so does the resolver, whatever the list holds.
+    #[test]
+    fn a_pod_s_addresses_are_the_ones_the_engine_reads() {
+        let mut s = store();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "odd"},
+            "status": {"phase": "Running", "podIP": "10.0.0.7", "podIPs": [{"ip": "not-an-ip"}]}
+        }))
+        .unwrap();
+        s.pods.insert(("x".into(), "odd".into()), pod);
+        let e = resolve(&s, &[], &q("x/odd", "x/a", 8080, 6)).unwrap_err();
+        assert!(e.message.contains("no IP address yet"), "{}", e.message);
+        let r = resolve(&s, &[], &q("10.0.0.7", "x/a", 8080, 6)).unwrap();
+        assert_eq!(r.flow.src.pod, None);
+        let d = crate::engine::Engine::new().compile(&s, &[]);
+        assert!(d.diagnostics.iter().any(|g| g.field == "status.podIPs[0].ip"), "{:?}", d.diagnostics);
     }
 
     #[test]

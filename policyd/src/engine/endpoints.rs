@@ -27,11 +27,10 @@ use super::policy::{CompiledPolicy, PeerSelector, PeerSpec, Peers, PortSpec};
 use super::rules::{PeerSets, Policies};
 use super::universe::Universe;
 use super::{
-    cidr, CidrKey, CompileStats, Direction, EndpointState, Labels, NamedPort, PolicyMatch, PolicyValue, PortBlock,
-    Slice, Tier, TierVerdict, CIDR_NO_CLASS, ID_ANY, ID_ANY_POD,
+    cidr, CidrKey, CompileStats, Direction, EndpointState, NamedPort, PolicyMatch, PolicyValue, PortBlock, Slice, Tier,
+    TierVerdict, CIDR_NO_CLASS, ID_ANY, ID_ANY_POD,
 };
 use crate::store::Key;
-use k8s_openapi::api::core::v1::Pod;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -44,7 +43,7 @@ type ClassKey = Vec<(Option<u8>, Option<PortBlock>, u32)>;
 pub(super) struct LocalEp<'s> {
     pub(super) ifindex: u32,
     pub(super) pod_key: Key,
-    pub(super) pod: &'s Pod,
+    pub(super) pod: &'s crate::store::StoredPod,
     pub(super) identity: u32,
     pub(super) own_ports: Vec<NamedPort>,
 }
@@ -269,8 +268,7 @@ impl EndpointStage {
         for (i, ep) in locals_ep.iter().enumerate() {
             live_eps.insert(ep.ifindex);
             let pols = policies.in_namespace(&ep.pod_key.0);
-            let empty = Labels::new();
-            let labels = ep.pod.metadata.labels.as_ref().unwrap_or(&empty);
+            let labels = &*ep.pod.labels;
             let ns = ep.pod_key.0.as_str();
             let ns_labels = universe.ns_labels.get(ns);
             // NetworkPolicies of its namespace, then ClusterNetworkPolicies

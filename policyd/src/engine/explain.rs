@@ -199,9 +199,8 @@ impl Engine {
 
     /// Every policy (NetworkPolicy and ClusterNetworkPolicy) selecting
     /// pod `key`, as the last compile left them.
-    fn selecting(&self, store: &Store, key: &Key, pod: &k8s_openapi::api::core::v1::Pod) -> Vec<Arc<CompiledPolicy>> {
-        let empty = Labels::new();
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    fn selecting(&self, store: &Store, key: &Key, pod: &crate::store::StoredPod) -> Vec<Arc<CompiledPolicy>> {
+        let labels = &*pod.labels;
         let ns_labels = self.identities.last().ns_labels.get(&key.0).cloned();
         let mut selecting: Vec<Arc<CompiledPolicy>> = store
             .policies

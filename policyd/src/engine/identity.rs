@@ -4,10 +4,12 @@
 use super::selector::Labels;
 use super::{ID_FIRST_CIDR, ID_FIRST_LABEL};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Default, Clone)]
 pub struct IdentityAllocator {
-    by_ns: HashMap<String, HashMap<Labels, Slot>>,
+    /// The label sets are the store's own (shared), not copies.
+    by_ns: HashMap<String, HashMap<Arc<Labels>, Slot>>,
     next: u32,
     live: usize,
 }
@@ -31,8 +33,8 @@ impl IdentityAllocator {
     }
 
     /// The identity of (ns, labels), assigning the next free number if new.
-    pub fn assign(&mut self, ns: &str, labels: &Labels, generation: u64) -> u32 {
-        if let Some(slot) = self.by_ns.get_mut(ns).and_then(|m| m.get_mut(labels)) {
+    pub fn assign(&mut self, ns: &str, labels: &Arc<Labels>, generation: u64) -> u32 {
+        if let Some(slot) = self.by_ns.get_mut(ns).and_then(|m| m.get_mut(&**labels)) {
             slot.last_used = generation;
             return slot.id;
         }
@@ -44,14 +46,14 @@ impl IdentityAllocator {
 
     /// Mark an identity used in this generation.
     pub fn touch(&mut self, id: &super::IdentityLabels, generation: u64) {
-        if let Some(slot) = self.by_ns.get_mut(&id.namespace).and_then(|m| m.get_mut(&id.labels)) {
+        if let Some(slot) = self.by_ns.get_mut(&id.namespace).and_then(|m| m.get_mut(&*id.labels)) {
             slot.last_used = generation;
         }
     }
 
     /// Take a number from a previous run. Ignored when the labels already
     /// have a number or the number is taken or out of the label range.
-    pub fn seed(&mut self, ns: &str, labels: &Labels, id: u32) -> bool {
+    pub fn seed(&mut self, ns: &str, labels: &Arc<Labels>, id: u32) -> bool {
         if !(ID_FIRST_LABEL..ID_FIRST_CIDR).contains(&id) || self.get(ns, labels).is_some() || self.in_use(id) {
             return false;
         }

@@ -504,13 +504,13 @@ impl Engine {
 
 /// Whether a pod takes part in policy: not host-network (its address is
 /// the node's), not finished (its address may already be another pod's).
-pub fn pod_takes_part(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+pub fn pod_takes_part(pod: &crate::store::StoredPod) -> bool {
     universe::pod_is_eligible(pod)
 }
 
 /// A pod's named container ports (name, protocol, number): containers and
 /// sidecars, as named ports resolve in policies.
-pub fn pod_container_ports(pod: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<Item = (&str, u8, u16)> {
+pub fn pod_container_ports(pod: &crate::store::StoredPod) -> impl Iterator<Item = (&str, u8, u16)> {
     universe::pod_named_ports(pod)
 }
 

@@ -24,9 +24,8 @@ use super::cidr::{self, parse_cidr};
 use super::ports::{protocol_number, valid_port_name};
 use super::{peer_wildcard, Desired, Direction, ID_HOST, NAMESPACE_NAME_LABEL};
 use crate::cluster_network_policy::{ClusterNetworkPolicy, ClusterNetworkPolicyProtocol, NamespacedPod, Port};
-use crate::store::{Key, Store};
+use crate::store::{Key, StatusIp, Store, StoredPod};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -206,7 +205,7 @@ impl<'a> Spec<'a> {
             if !takes_part(pod) {
                 continue;
             }
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let labels = (*pod.labels).clone();
             let named_ports = named_ports(pod);
             identity_ports.entry((key.0.as_str(), labels.clone())).or_default().extend(named_ports.iter().cloned());
             pods.insert(key, PodView { key, labels, named_ports });
@@ -225,7 +224,7 @@ impl<'a> Spec<'a> {
             let Some((key, pod)) = store.pods.get_key_value(&(r.pod_namespace.clone(), r.pod_name.clone())) else {
                 continue;
             };
-            let uid_ok = r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid);
+            let uid_ok = r.pod_uid.is_empty() || pod.uid.as_deref().is_none_or(|u| u == r.pod_uid);
             if uid_ok && takes_part(pod) {
                 endpoints.insert(r.host_ifindex, key);
                 local_ips.entry(key).or_default().extend(r.ips.iter().copied());
@@ -760,38 +759,21 @@ fn selector_matches(s: &LabelSelector, labels: &Labels) -> Option<bool> {
 
 /// Not host-network (the node's address) and not finished (its address
 /// may already be another pod's).
-fn takes_part(pod: &Pod) -> bool {
-    let host = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !host && !matches!(phase, Some("Succeeded" | "Failed"))
+fn takes_part(pod: &StoredPod) -> bool {
+    !pod.host_network && !matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
-fn status_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(st) = &pod.status else {
-        return Vec::new();
-    };
-    let listed: Vec<&str> = st.pod_ips.iter().flatten().map(|p| p.ip.as_str()).collect();
-    let raw = if listed.is_empty() { st.pod_ip.as_deref().into_iter().collect() } else { listed };
-    raw.into_iter().filter_map(|s| s.parse().ok()).collect()
+/// podIPs, else podIP; what is no address is no claim.
+fn status_ips(pod: &StoredPod) -> Vec<IpAddr> {
+    let raw = if pod.pod_ips.is_empty() { pod.pod_ip.as_slice() } else { &pod.pod_ips };
+    raw.iter().filter_map(StatusIp::addr).collect()
 }
 
-/// Containers' and sidecars' (restartable init containers') named ports.
-fn named_ports(pod: &Pod) -> Vec<NamedPort> {
-    let Some(spec) = &pod.spec else {
-        return Vec::new();
-    };
-    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    spec.containers
-        .iter()
-        .chain(sidecars)
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let name = p.name.clone()?;
-            let proto = protocol_number(p.protocol.as_deref())?;
-            let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
-            Some((name, proto, num))
-        })
-        .collect()
+/// Containers' and sidecars' (restartable init containers') named ports:
+/// the store keeps only those with a name, a known protocol and a port
+/// number, in order (its conversion is tested on its own).
+fn named_ports(pod: &StoredPod) -> Vec<NamedPort> {
+    pod.named_ports.iter().map(|p| (p.name.to_string(), p.protocol, p.port)).collect()
 }
 
 // ---- both, compared ---------------------------------------------------------

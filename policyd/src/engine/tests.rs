@@ -56,14 +56,7 @@ impl Fixture {
     /// Make an existing pod local on ifindex, with its status IP.
     pub fn local(&mut self, ns: &str, name: &str, ifindex: u32) -> &mut Self {
         let p = &self.store.pods[&(ns.to_string(), name.to_string())];
-        let ips = p
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ips.clone())
-            .unwrap_or_default()
-            .iter()
-            .map(|i| i.ip.parse().unwrap())
-            .collect();
+        let ips = p.pod_ips.iter().map(|i| i.addr().unwrap()).collect();
         self.locals.push(record(ns, name, ifindex, ips));
         self
     }
@@ -1089,7 +1082,7 @@ fn endpoints_only_for_records_whose_pod_exists() {
 #[test]
 fn record_with_another_pods_uid_is_not_that_pod() {
     let mut f = base();
-    f.store.pods.get_mut(&("x".to_string(), "a".to_string())).unwrap().metadata.uid = Some("u-new".into());
+    f.store.pods.get_mut(&("x".to_string(), "a".to_string())).unwrap().uid = Some("u-new".into());
     f.locals[0].pod_uid = "u-old".into();
     let d = f.compile();
     assert!(!d.endpoints.contains_key(&XA));
@@ -1101,7 +1094,7 @@ fn record_with_another_pods_uid_is_not_that_pod() {
 fn records_no_pod_takes_are_listed_with_why() {
     let mut f = base();
     f.locals[0].pod_uid = "u-old".into();
-    f.store.pods.get_mut(&("x".to_string(), "a".to_string())).unwrap().metadata.uid = Some("u-new".into());
+    f.store.pods.get_mut(&("x".to_string(), "a".to_string())).unwrap().uid = Some("u-new".into());
     f.locals.push(record("x", "ghost", 99, vec![ip("10.0.0.99")]));
     f.locals.push(record("", "", 98, vec![ip("10.0.0.98")]));
     f.pod_json("x", "hostnet", json!({"spec": {"hostNetwork": true, "containers": [{"name": "c"}]}}));
@@ -1232,15 +1225,7 @@ fn one_label_change_patches_peer_sets_and_matches_a_fresh_compile() {
     let mut e = Engine::new();
     let d1 = e.compile(&f.store, &f.locals);
     assert!(!ing(&d1, XA, "10.0.1.1", 80));
-    f.store
-        .pods
-        .get_mut(&("y".to_string(), "a".to_string()))
-        .unwrap()
-        .metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("role".into(), "db".into());
+    f.store.pods.get_mut(&("y".to_string(), "a".to_string())).unwrap().labels_mut().insert("role".into(), "db".into());
     let d2 = e.compile(&f.store, &f.locals);
     assert!(ing(&d2, XA, "10.0.1.1", 80));
     let s = e.last_stats();
@@ -1258,8 +1243,7 @@ fn only_new_or_changed_pods_are_read_again() {
     e.compile(&f.store, &f.locals);
     assert_eq!(e.last_stats().pods_read, 0);
     f.pod("x", "new", &[("app", "a")], "10.0.0.9");
-    f.store.pods.get_mut(&("y".to_string(), "b".to_string())).unwrap().status.as_mut().unwrap().phase =
-        Some("Failed".into());
+    f.store.pods.get_mut(&("y".to_string(), "b".to_string())).unwrap().phase = Some("Failed".into());
     let d = e.compile(&f.store, &f.locals);
     assert_eq!(e.last_stats().pods_read, 2);
     assert_eq!(ipcache_lookup(&d, ip("10.0.1.2")).identity, ID_WORLD);
@@ -1304,7 +1288,7 @@ fn host_network_pods_with_a_version_are_not_read_again() {
 fn resource_version_changes_are_picked_up() {
     let mut f = base();
     for p in f.store.pods.values_mut() {
-        p.metadata.resource_version = Some("1".into());
+        p.resource_version = Some("1".into());
     }
     f.policy("x", "p", json!({"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "c"}}}]}]}));
     f.store.policies.values_mut().for_each(|p| p.metadata.resource_version = Some("1".into()));
@@ -1312,8 +1296,8 @@ fn resource_version_changes_are_picked_up() {
     assert!(!ing(&e.compile(&f.store, &f.locals), XA, "10.0.0.2", 80));
     // As the API server does: every write bumps resourceVersion.
     let b = f.store.pods.get_mut(&("x".to_string(), "b".to_string())).unwrap();
-    b.metadata.labels.as_mut().unwrap().insert("app".into(), "c".into());
-    b.metadata.resource_version = Some("2".into());
+    b.labels_mut().insert("app".into(), "c".into());
+    b.resource_version = Some("2".into());
     let d = e.compile(&f.store, &f.locals);
     assert_eq!(e.last_stats().pods_read, 1);
     assert!(ing(&d, XA, "10.0.0.2", 80));

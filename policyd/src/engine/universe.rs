@@ -22,11 +22,11 @@ use super::endpoints::LocalEp;
 use super::identity::IdentityAllocator;
 use super::ipcache::Addresses;
 use super::{
-    object_version, ports, CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched,
-    UnmatchedRecord, NAMESPACE_NAME_LABEL,
+    CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched, UnmatchedRecord,
+    NAMESPACE_NAME_LABEL,
 };
-use crate::store::{Key, Stamp, Store};
-use k8s_openapi::api::core::v1::Pod;
+use crate::store::{IpsField, Key, Stamp, StatusIp, Store, StoredPod};
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -72,14 +72,18 @@ pub(super) struct IdentityStage {
     /// Compiles so far: identities unused for a while are forgotten.
     generation: u64,
     /// Every pod by key; the key is shared with the address claims.
-    pods: BTreeMap<Arc<Key>, Box<PodDigest>>,
+    pods: BTreeMap<Arc<Key>, PodDigest>,
+    /// Port names and sorted port lists, one allocation per distinct one:
+    /// pods of one workload share theirs, and comparing them is mostly
+    /// comparing pointers.
     port_names: HashSet<Arc<str>>,
+    port_lists: HashSet<Arc<[NamedPort]>>,
     /// The previous compile's universe, given back with [`IdentityStage::keep`].
     previous: Universe,
     /// Pods and named ports per identity in use.
     members: HashMap<u32, Members>,
     /// The pods claiming each address.
-    claims: HashMap<IpAddr, Vec<Arc<Key>>>,
+    claims: HashMap<IpAddr, SmallVec<[Arc<Key>; 1]>>,
     /// Pods with diagnostics, and theirs.
     pod_diags: BTreeMap<Arc<Key>, Vec<Diagnostic>>,
     /// What the digests and sums were brought up to: the pods' stamp and
@@ -107,6 +111,7 @@ impl Default for IdentityStage {
             generation: 0,
             pods: BTreeMap::new(),
             port_names: HashSet::new(),
+            port_lists: HashSet::new(),
             previous: Universe::default(),
             members: HashMap::new(),
             claims: HashMap::new(),
@@ -120,11 +125,21 @@ impl Default for IdentityStage {
 }
 
 /// What one compile's pod updates moved: identities with their member
-/// count before, and addresses whose best claim may differ.
+/// count before, and addresses whose best claim may differ (not kept
+/// when every pod is read: then every address is handed on).
 #[derive(Default)]
 struct Moved {
     identities: HashMap<u32, usize>,
     addresses: HashSet<IpAddr>,
+    all: bool,
+}
+
+impl Moved {
+    fn address(&mut self, ip: IpAddr) {
+        if !self.all {
+            self.addresses.insert(ip);
+        }
+    }
 }
 
 impl IdentityStage {
@@ -147,16 +162,19 @@ impl IdentityStage {
         let since = self.walked.as_ref().and_then(|(s, _)| store.pods.written_since(*s));
         let records_same = self.walked.as_ref().is_some_and(|(_, l)| l.as_slice() == locals);
         let all = since.is_none();
+        moved.all = all;
         match since {
             Some(written) => {
-                let mut keys: BTreeSet<&Key> = written.collect();
+                // Each key once: written, or only this node's records moved.
+                let mut keys: BTreeMap<&Key, bool> = BTreeMap::new();
                 let old_locals = std::mem::take(&mut self.local_pods);
                 if !records_same {
-                    keys.extend(local_of_pod.keys().copied());
-                    keys.extend(old_locals.iter());
+                    keys.extend(local_of_pod.keys().map(|k| (*k, false)));
+                    keys.extend(old_locals.iter().map(|k| (k, false)));
                 }
-                for key in keys {
-                    self.update(store, key, &local_of_pod, &mut uni, &mut moved, stats);
+                keys.extend(written.map(|k| (k, true)));
+                for (key, written) in keys {
+                    self.update(store, key, written, &local_of_pod, &mut uni, &mut moved, stats);
                 }
             }
             None => {
@@ -170,11 +188,8 @@ impl IdentityStage {
                         gone.push((**k).clone());
                     }
                 }
-                for key in &gone {
-                    self.update(store, key, &local_of_pod, &mut uni, &mut moved, stats);
-                }
-                for key in store.pods.keys() {
-                    self.update(store, key, &local_of_pod, &mut uni, &mut moved, stats);
+                for key in gone.iter().chain(store.pods.keys()) {
+                    self.update(store, key, true, &local_of_pod, &mut uni, &mut moved, stats);
                 }
             }
         }
@@ -236,6 +251,9 @@ impl IdentityStage {
         if self.port_names.len() > 4096 {
             self.port_names.retain(|n| Arc::strong_count(n) > 1);
         }
+        if self.port_lists.len() > 4096 {
+            self.port_lists.retain(|n| Arc::strong_count(n) > 1);
+        }
 
         // This node's endpoints, and the best claim on each address moved.
         let mut endpoints = Vec::new();
@@ -247,16 +265,15 @@ impl IdentityStage {
                     pod_key: (*key).clone(),
                     pod: &store.pods[*key],
                     identity: dg.identity,
-                    own_ports: dg.ports.clone(),
+                    own_ports: dg.ports.to_vec(),
                 });
             }
         }
         endpoints.sort_by_key(|e| e.ifindex);
-        let addresses: Vec<IpAddr> = match all {
-            true => self.claims.keys().copied().collect(),
-            false => moved.addresses.into_iter().collect(),
+        let claims = match all {
+            true => self.claims.keys().map(|ip| (*ip, self.best_claim(ip))).collect(),
+            false => moved.addresses.into_iter().map(|ip| (ip, self.best_claim(&ip))).collect(),
         };
-        let claims = addresses.into_iter().map(|ip| (ip, self.best_claim(&ip))).collect();
         diags.extend(self.pod_diags.values().flatten().cloned());
 
         Identities {
@@ -269,37 +286,39 @@ impl IdentityStage {
         }
     }
 
-    /// Bring what the stage keeps up to date with the pod at `key` (gone,
-    /// new, changed, or its endpoint records changed).
+    /// Bring what the stage keeps up to date with the pod at `key`: gone,
+    /// new or `written` (read again), or only its endpoint records changed.
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         store: &Store,
         key: &Key,
+        written: bool,
         local_of_pod: &HashMap<&Key, Vec<&EndpointRecord>>,
         uni: &mut Universe,
         moved: &mut Moved,
         stats: &mut CompileStats,
     ) {
+        let old = self.pods.remove_entry(key);
         let Some(pod) = store.pods.get(key) else {
-            if let Some((k, dg)) = self.pods.remove_entry(key) {
+            if let Some((k, dg)) = old {
                 self.retract(&k, &dg, moved);
+                self.pod_diags.remove(key);
             }
             return;
         };
-        let empty = Labels::new();
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        let local_ips: Option<Vec<IpAddr>> = local_of_pod.get(key).map(|rs| {
+        let local_ips: Option<Box<[IpAddr]>> = local_of_pod.get(key).map(|rs| {
             let mut ips: Vec<IpAddr> = rs.iter().flat_map(|r| r.ips.iter().copied()).collect();
             ips.sort();
             ips.dedup();
-            ips
+            ips.into()
         });
-        let same = self.pods.get(key).is_some_and(|dg| dg.unchanged(pod, labels, |id| uni.identities.get(&id)));
-        if same && self.pods[key].local_ips == local_ips {
-            return;
-        }
-        let (k, mut dg) = match self.pods.remove_entry(key) {
-            Some((k, dg)) if same => {
+        let (k, mut dg) = match old {
+            Some((k, dg)) if !written => {
+                if dg.local_ips == local_ips {
+                    self.pods.insert(k, dg);
+                    return;
+                }
                 self.retract(&k, &dg, moved);
                 (k, dg)
             }
@@ -312,8 +331,13 @@ impl IdentityStage {
                     None => Arc::new(key.clone()),
                 };
                 stats.pods_read += 1;
-                let dg = PodDigest::new(key, pod, labels, &mut self.ids, &mut self.port_names, self.generation);
-                (k, Box::new(dg))
+                let mut diags = Vec::new();
+                let dg = PodDigest::new(key, pod, self, &mut diags);
+                self.pod_diags.remove(key);
+                if !diags.is_empty() {
+                    self.pod_diags.insert(k.clone(), diags);
+                }
+                (k, dg)
             }
         };
         dg.local_ips = local_ips;
@@ -322,18 +346,15 @@ impl IdentityStage {
             let m = self.members.entry(id).or_default();
             moved.identities.entry(id).or_insert(m.pods);
             m.pods += 1;
-            for p in &dg.ports {
+            for p in dg.ports.iter() {
                 *m.ports.entry(p.clone()).or_default() += 1;
             }
             uni.identities
                 .entry(id)
-                .or_insert_with(|| IdentityLabels { namespace: key.0.clone(), labels: Arc::new(labels.clone()) });
+                .or_insert_with(|| IdentityLabels { namespace: key.0.clone(), labels: pod.labels.clone() });
             for ip in dg.claimed() {
                 self.claims.entry(*ip).or_default().push(k.clone());
-                moved.addresses.insert(*ip);
-            }
-            if !dg.diags.is_empty() {
-                self.pod_diags.insert(k.clone(), dg.diags.clone());
+                moved.address(*ip);
             }
         }
         self.pods.insert(k, dg);
@@ -347,7 +368,7 @@ impl IdentityStage {
         if let Some(m) = self.members.get_mut(&dg.identity) {
             moved.identities.entry(dg.identity).or_insert(m.pods);
             m.pods -= 1;
-            for p in &dg.ports {
+            for p in dg.ports.iter() {
                 if let Some(n) = m.ports.get_mut(p) {
                     *n -= 1;
                     if *n == 0 {
@@ -363,9 +384,8 @@ impl IdentityStage {
                     self.claims.remove(ip);
                 }
             }
-            moved.addresses.insert(*ip);
+            moved.address(*ip);
         }
-        self.pod_diags.remove(key);
     }
 
     /// The identity of the best claim on `ip`, if any pod claims it. Of
@@ -395,7 +415,7 @@ impl IdentityStage {
 /// Rank of a pod's claim on an address two pods claim, greater wins: on
 /// this node (its endpoint record is authoritative), then Running, then
 /// the newest creationTimestamp, then the greater namespace/name.
-type Rank<'a> = (bool, bool, Option<i128>, &'a Key);
+type Rank<'a> = (bool, bool, Option<(i64, i32)>, &'a Key);
 
 /// Bring every namespace's labels up to date, with the name label the API
 /// server sets; a namespace of pods (`by_ns`) whose Namespace is not seen
@@ -466,7 +486,7 @@ fn match_local_records<'s>(
         let reason = match store.pods.get_key_value(&key) {
             _ if r.pod_namespace.is_empty() || r.pod_name.is_empty() => Some(Unmatched::NoPodIdentity),
             None => Some(Unmatched::NoSuchPod),
-            Some((_, pod)) if !(r.pod_uid.is_empty() || pod.metadata.uid.as_deref().is_none_or(|u| u == r.pod_uid)) => {
+            Some((_, pod)) if !(r.pod_uid.is_empty() || pod.uid.as_deref().is_none_or(|u| u == r.pod_uid)) => {
                 Some(Unmatched::OtherIncarnation)
             }
             Some((_, pod)) if !pod_is_eligible(pod) => Some(Unmatched::NotTakingPart),
@@ -487,41 +507,28 @@ fn match_local_records<'s>(
     (local_of_pod, ip_to_ifindex, unmatched)
 }
 
-/// What the engine read from one pod, and what it made of it.
+/// What the engine made of one pod. Nothing here tells whether the pod
+/// changed: the store's journal does.
 struct PodDigest {
-    version: Option<(Option<String>, String)>,
-    uid: Option<String>,
-    host_network: Option<bool>,
-    phase: Option<String>,
-    created: Option<i128>,
-    pod_ip: Option<String>,
-    pod_ips: Option<Vec<k8s_openapi::api::core::v1::PodIP>>,
-    /// Named ports in container order (for change detection)...
-    ports_seq: Vec<NamedPort>,
-    /// ...and sorted, deduplicated (for resolution).
-    ports: Vec<NamedPort>,
     /// 0 when the pod takes no part in policy (host network, finished).
     identity: u32,
     running: bool,
-    status_ips: Vec<IpAddr>,
+    /// creationTimestamp as (seconds, nanoseconds), ordered as the instant.
+    created: Option<(i64, i32)>,
+    /// Named ports, sorted and deduplicated (for resolution).
+    ports: Arc<[NamedPort]>,
+    status_ips: Box<[IpAddr]>,
     /// The addresses of its endpoint records when it is this node's pod:
     /// they, not its status, are what it claims then.
-    local_ips: Option<Vec<IpAddr>>,
-    diags: Vec<Diagnostic>,
+    local_ips: Option<Box<[IpAddr]>>,
 }
 
 impl PodDigest {
-    fn new(
-        key: &Key,
-        pod: &Pod,
-        labels: &Labels,
-        ids: &mut IdentityAllocator,
-        names: &mut HashSet<Arc<str>>,
-        generation: u64,
-    ) -> PodDigest {
-        let st = pod.status.as_ref();
-        // One Arc per distinct port name, so comparing port lists is
-        // mostly pointer comparisons.
+    /// Read `pod`: its identity (assigned in `stage`'s allocator), ports
+    /// (shared through `stage`'s sets) and addresses; what cannot be read
+    /// goes to `diags`.
+    fn new(key: &Key, pod: &StoredPod, stage: &mut IdentityStage, diags: &mut Vec<Diagnostic>) -> PodDigest {
+        let names = &mut stage.port_names;
         let mut intern = |n: &str| -> Arc<str> {
             if let Some(a) = names.get(n) {
                 return a.clone();
@@ -530,31 +537,25 @@ impl PodDigest {
             names.insert(a.clone());
             a
         };
-        let ports_seq: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
-        let mut ports = ports_seq.clone();
+        let mut ports: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
         ports.sort();
         ports.dedup();
-        let mut diags = Vec::new();
+        let ports: Arc<[NamedPort]> = match stage.port_lists.get(ports.as_slice()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let list: Arc<[NamedPort]> = ports.into();
+                stage.port_lists.insert(list.clone());
+                list
+            }
+        };
         let eligible = pod_is_eligible(pod);
-        let version = object_version(&pod.metadata);
-        // With a resourceVersion, change detection needs nothing else:
-        // keep the copies only for sources that set none.
-        let keep = version.is_none();
         PodDigest {
-            version,
-            uid: pod.metadata.uid.clone().filter(|_| keep),
-            host_network: pod.spec.as_ref().and_then(|s| s.host_network),
-            phase: st.and_then(|s| s.phase.clone()).filter(|_| keep),
-            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond()),
-            pod_ip: st.and_then(|s| s.pod_ip.clone()).filter(|_| keep),
-            pod_ips: st.and_then(|s| s.pod_ips.clone()).filter(|_| keep),
-            ports_seq: if keep { ports_seq } else { Vec::new() },
+            identity: if eligible { stage.ids.assign(&key.0, &pod.labels, stage.generation) } else { 0 },
+            running: pod.phase.as_deref() == Some("Running"),
+            created: pod.created.as_ref().map(|t| (t.0.as_second(), t.0.subsec_nanosecond())),
             ports,
-            identity: if eligible { ids.assign(&key.0, labels, generation) } else { 0 },
-            running: st.and_then(|s| s.phase.as_deref()) == Some("Running"),
-            status_ips: if eligible { pod_status_ips(pod, key, &mut diags) } else { Vec::new() },
+            status_ips: if eligible { pod_status_ips(pod, key, diags).into() } else { Box::default() },
             local_ips: None,
-            diags,
         }
     }
 
@@ -571,60 +572,29 @@ impl PodDigest {
     fn rank<'a>(&self, key: &'a Key) -> Rank<'a> {
         (self.local_ips.is_some(), self.running, self.created, key)
     }
-
-    /// Whether `pod` still reads as this digest. `labels_of` gives the
-    /// labels of an identity (identities map to one label set for life).
-    fn unchanged<'a>(&self, pod: &Pod, labels: &Labels, labels_of: impl Fn(u32) -> Option<&'a IdentityLabels>) -> bool {
-        let st = pod.status.as_ref();
-        if let Some((u, sv)) = &self.version {
-            // Fields were not kept for versioned pods: a new version is a change.
-            return pod.metadata.resource_version.as_ref() == Some(sv) && *u == pod.metadata.uid;
-        }
-        // Labels matter only to pods that take part (identity != 0); a pod
-        // that starts taking part changes phase or hostNetwork, caught below.
-        (self.identity == 0 || labels_of(self.identity).is_some_and(|l| *l.labels == *labels))
-            && self.uid == pod.metadata.uid
-            && self.host_network == pod.spec.as_ref().and_then(|s| s.host_network)
-            && self.phase.as_deref() == st.and_then(|s| s.phase.as_deref())
-            && self.created == pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond())
-            && self.pod_ip.as_deref() == st.and_then(|s| s.pod_ip.as_deref())
-            && self.pod_ips.as_ref() == st.and_then(|s| s.pod_ips.as_ref())
-            && pod_named_ports(pod).eq(self.ports_seq.iter().map(|(n, p, x)| (&**n, *p, *x)))
-    }
 }
 
 /// Pods that take part in policy: not host-network (their address is the
 /// node's), not finished (their address may already belong to another pod).
-pub(super) fn pod_is_eligible(pod: &Pod) -> bool {
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !host_network && !matches!(phase, Some("Succeeded") | Some("Failed"))
+pub(super) fn pod_is_eligible(pod: &StoredPod) -> bool {
+    !pod.host_network && !matches!(pod.phase.as_deref(), Some("Succeeded") | Some("Failed"))
 }
 
-fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
-    let Some(st) = &pod.status else {
-        return Vec::new();
-    };
-    let mut raw: Vec<(String, &str)> = st
-        .pod_ips
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()))
-        .collect();
-    if raw.is_empty() {
-        raw.extend(st.pod_ip.as_deref().map(|ip| ("status.podIP".to_string(), ip)));
-    }
+/// A pod's addresses by its status ([`StoredPod::status_ips`]), sorted;
+/// text that is no address is a [`Diagnostic`] naming its field.
+fn pod_status_ips(pod: &StoredPod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAddr> {
+    let (field, ips) = pod.status_ips();
     let mut out = Vec::new();
-    for (field, s) in raw {
-        if s.is_empty() {
-            continue;
-        }
-        match s.parse::<IpAddr>() {
-            Ok(ip) => out.push(ip),
-            Err(_) => diags.push(Diagnostic {
+    for (i, ip) in ips.iter().enumerate() {
+        match ip {
+            StatusIp::Addr(a) => out.push(*a),
+            StatusIp::Malformed(s) if s.is_empty() => {}
+            StatusIp::Malformed(s) => diags.push(Diagnostic {
                 object: format!("Pod {}/{}", key.0, key.1),
-                field,
+                field: match field {
+                    IpsField::PodIps => format!("status.podIPs[{i}].ip"),
+                    IpsField::PodIp => "status.podIP".to_string(),
+                },
                 message: format!("{s:?} is not an IP address; the pod is not reachable by identity at it"),
             }),
         }
@@ -635,18 +605,8 @@ fn pod_status_ips(pod: &Pod, key: &Key, diags: &mut Vec<Diagnostic>) -> Vec<IpAd
 }
 
 /// Named container ports of a pod (containers and restartable init
-/// containers, i.e. sidecars), in declaration order.
-pub(super) fn pod_named_ports(pod: &Pod) -> impl Iterator<Item = (&str, u8, u16)> {
-    let spec = pod.spec.as_ref();
-    let containers = spec.into_iter().flat_map(|s| s.containers.iter());
-    let sidecars = spec
-        .into_iter()
-        .flat_map(|s| s.init_containers.iter().flatten())
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    containers.chain(sidecars).flat_map(|c| c.ports.iter().flatten()).filter_map(|p| {
-        let name = p.name.as_deref()?;
-        let proto = ports::protocol_number(p.protocol.as_deref())?;
-        let num = u16::try_from(p.container_port).ok().filter(|n| *n != 0)?;
-        Some((name, proto, num))
-    })
+/// containers, i.e. sidecars), in declaration order: the store keeps only
+/// those a policy can name ([`StoredPod::named_ports`]).
+pub(super) fn pod_named_ports(pod: &StoredPod) -> impl Iterator<Item = (&str, u8, u16)> {
+    pod.named_ports.iter().map(|p| (&*p.name, p.protocol, p.port))
 }
