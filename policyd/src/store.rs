@@ -44,7 +44,7 @@ pub struct Store {
 pub struct StoredPod {
     /// metadata.uid: tells two incarnations of one name apart.
     pub uid: Option<Box<str>>,
-    /// metadata.resourceVersion: while it and the uid stay, the pod did.
+    /// metadata.resourceVersion.
     pub resource_version: Option<Box<str>>,
     /// metadata.creationTimestamp: of pods claiming one address, the
     /// older wins.
@@ -189,7 +189,9 @@ where
     /// Make `a` the shared allocation of its value. A value not seen
     /// before is taken as it is when nothing else holds it, else copied:
     /// an entry must not be kept alive by another map's pods or entries,
-    /// or it could never be pruned here.
+    /// or it could never be pruned here. (The engine's identities hold the
+    /// label sets of their pods, so a label set outlives its last pod as
+    /// long as its identity number is kept.)
     fn share(&mut self, a: &mut Arc<T>) {
         if let Some(s) = self.0.get(&**a) {
             if !Arc::ptr_eq(s, a) {

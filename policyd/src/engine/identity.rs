@@ -17,9 +17,10 @@ pub struct IdentityAllocator {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     id: u32,
-    /// Compile generation that last used the identity; unused ones are
-    /// kept for a while so a pod recreated with the same labels (rollout
-    /// of one replica, scale to zero and back) gets its number back.
+    /// Compile generation that assigned the identity, saw its last pod go,
+    /// or (in use) found it at a collection: unused ones are kept for a
+    /// while so a pod recreated with the same labels (rollout of one
+    /// replica, scale to zero and back) gets its number back.
     last_used: u64,
 }
 

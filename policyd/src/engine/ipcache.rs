@@ -1,11 +1,14 @@
 //! Stage 2 of a compile, the ipcache: every address the dataplane should
-//! know to its identity. Pods' addresses (the best claim per address, see
-//! [`Claim`]), Service VIPs (marked, judged after DNAT), this node's pod
-//! gateways (the host), and the world for everything else.
+//! know to its identity. Pods' addresses (the best claim per address, as
+//! the identity stage ranks them), Service VIPs (marked, judged after
+//! DNAT), this node's pod gateways (the host), and the world for
+//! everything else.
 //!
 //! Takes the [`Addresses`] the identity stage found and the Services and
-//! endpoint records; hands on an [`Ipcache`]. Reuses the previous result
-//! when nothing it reads changed.
+//! endpoint records; hands on an [`Ipcache`]. Patches the previous result
+//! at the addresses that moved (shared, unchanged, when none did); builds
+//! it whole only the first time, when every pod was read, or when the
+//! Services' addresses changed.
 
 use super::{Diagnostic, IpcacheEntry, ID_HOST, ID_WORLD};
 use crate::store::{Journaled, Key, Stamp};
@@ -78,6 +81,7 @@ impl IpcacheStage {
             // The first compile, every pod read again, or other VIPs: build
             // it whole.
             last => {
+                debug_assert!(all || last.is_some(), "the first compile hands on every claim");
                 let mut pods = last.map(|l| l.pods).unwrap_or_default();
                 if all {
                     pods.clear();

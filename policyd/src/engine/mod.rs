@@ -366,7 +366,8 @@ impl Desired {
 /// How much the last compile had to redo; for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompileStats {
-    /// Pods read afresh (new or changed since the previous compile).
+    /// Pods read afresh: written since the previous compile (every pod
+    /// when the store cannot tell which).
     pub pods_read: usize,
     pub policies_compiled: usize,
     pub peer_sets_evaluated: usize,

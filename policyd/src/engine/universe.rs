@@ -13,8 +13,8 @@
 //! last compile ([`Pods::written_since`]), patching the sums by them: a
 //! pod change costs the same in a cluster of 150,000 pods as in one of
 //! ten, and a policy, namespace or Service change reads no pod. When the
-//! journal cannot tell (the first compile, a relist), every pod is read,
-//! and those whose digest still holds are skipped.
+//! journal cannot tell (the first compile, thousands of writes between
+//! two compiles, another store), every pod is read.
 //!
 //! [`Pods::written_since`]: crate::store::Pods::written_since
 
@@ -87,7 +87,7 @@ pub(super) struct IdentityStage {
     /// Pods with diagnostics, and theirs.
     pod_diags: BTreeMap<Arc<Key>, Vec<Diagnostic>>,
     /// What the digests and sums were brought up to: the pods' stamp and
-    /// this node's endpoint records, and the pods those records matched.
+    /// this node's endpoint records; and the pods those records matched.
     walked: Option<(Stamp, Vec<EndpointRecord>)>,
     local_pods: Vec<Key>,
     /// The namespaces' stamp the universe's namespace labels were read at.

@@ -3,7 +3,7 @@
 //! are stable, and ipBlocks classify addresses exactly.
 
 use super::*;
-use crate::store::Key;
+use crate::store::{Journaled, Key};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 
@@ -129,6 +129,8 @@ struct PodSpec {
     ip_last: u8,
     local: bool,
     port: Option<(String, &'static str, i32)>,
+    /// Deleted (a name keeps its place, so deleting renames no other pod).
+    gone: bool,
 }
 
 fn arb_pod() -> impl Strategy<Value = PodSpec> {
@@ -153,12 +155,13 @@ fn arb_pod() -> impl Strategy<Value = PodSpec> {
             ip_last,
             local,
             port,
+            gone: false,
         })
 }
 
-/// Bring `f` to `to` as a watch would: only the pods that differ are
-/// written, so a change that moves no pod keeps the pods' stamp and the
-/// engine's walk over the pods is skipped.
+/// Bring `f` to `to` as a watch would: only the objects that differ are
+/// written, so the engine reads only those (the stores' journals) and
+/// reuses what depends on kinds nothing was written to (their stamps).
 fn update(f: &mut Fixture, to: Fixture) {
     let Fixture { store, locals } = to;
     let Store { namespaces, pods, services, policies, nodes, cluster_policies } = store;
@@ -171,9 +174,24 @@ fn update(f: &mut Fixture, to: Fixture) {
             f.store.pods.insert(k.clone(), p.clone());
         }
     }
-    (f.store.namespaces, f.store.services, f.store.policies) = (namespaces, services, policies);
-    (f.store.nodes, f.store.cluster_policies) = (nodes, cluster_policies);
+    write_differences(&mut f.store.namespaces, namespaces);
+    write_differences(&mut f.store.services, services);
+    write_differences(&mut f.store.policies, policies);
+    write_differences(&mut f.store.cluster_policies, cluster_policies);
+    f.store.nodes = nodes;
     f.locals = locals;
+}
+
+fn write_differences<K: Ord + Clone, V: PartialEq + Clone>(into: &mut Journaled<K, V>, from: Journaled<K, V>) {
+    let gone: Vec<K> = into.keys().filter(|k| !from.contains_key(*k)).cloned().collect();
+    for k in &gone {
+        into.remove(k);
+    }
+    for (k, v) in from.iter() {
+        if into.get(k) != Some(v) {
+            into.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
@@ -181,7 +199,7 @@ fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
     for i in 0..3 {
         f.ns(&format!("ns{i}"), &[("tier", if i == 0 { "a" } else { "b" })]);
     }
-    for (i, p) in pods.iter().enumerate() {
+    for (i, p) in pods.iter().enumerate().filter(|(_, p)| !p.gone) {
         let ns = format!("ns{}", p.ns);
         let name = format!("p{i}");
         let ports: Vec<Value> =
@@ -195,7 +213,10 @@ fn build(pods: &[PodSpec], policies: &[(usize, Value)]) -> Fixture {
                    "status": {"phase": p.phase, "podIPs": [{"ip": ip}]}}),
         );
         if p.local {
-            f.locals.push(record(&ns, &name, 100 + i as u32, vec![ip.parse().unwrap()]));
+            // Some records hold an address the status does not (yet): the
+            // record's is the pod's here.
+            let at = if i % 2 == 1 { format!("10.0.1.{}", p.ip_last) } else { ip };
+            f.locals.push(record(&ns, &name, 100 + i as u32, vec![at.parse().unwrap()]));
         }
     }
     for (i, (ns, spec)) in policies.iter().enumerate() {
@@ -387,6 +408,7 @@ fn arb_dense_pod() -> impl Strategy<Value = PodSpec> {
             ip_last,
             local,
             port: Some(("http".to_string(), "UDP", 80)),
+            gone: false,
         },
     )
 }
@@ -409,6 +431,13 @@ enum PodChange {
     FlipNamespaceTier(usize),
     /// Its named port changes: its identity's named ports may too.
     Port(usize, Option<(String, &'static str, i32)>),
+    /// Deleted, or created again under its name.
+    Remove(usize),
+    /// Its endpoint record comes or goes: nothing of the Pod is written.
+    Local(usize),
+    HostNetwork(usize),
+    /// It moves to another address (which another pod may claim).
+    Address(usize, u8),
 }
 
 fn arb_pod_change() -> impl Strategy<Value = PodChange> {
@@ -420,6 +449,10 @@ fn arb_pod_change() -> impl Strategy<Value = PodChange> {
         3 => (0usize..5, arb_dense_cnp(), arb_dense_np()).prop_map(|(i, c, n)| PodChange::EditPolicy(i, c, n)),
         2 => (0usize..8, prop::option::of((prop::sample::select(vec!["http", "dns"]).prop_map(String::from), prop::sample::select(vec!["TCP", "UDP"]), 79i32..82)))
             .prop_map(|(i, port)| PodChange::Port(i, port)),
+        1 => (0usize..8).prop_map(PodChange::Remove),
+        1 => (0usize..8).prop_map(PodChange::Local),
+        1 => (0usize..8).prop_map(PodChange::HostNetwork),
+        1 => (0usize..8, 0u8..12).prop_map(|(i, ip)| PodChange::Address(i, ip)),
     ]
 }
 
@@ -521,6 +554,22 @@ proptest! {
                 PodChange::Port(i, port) => {
                     let n = pods.len();
                     pods[i % n].port = port;
+                }
+                PodChange::Remove(i) => {
+                    let n = pods.len();
+                    pods[i % n].gone = !pods[i % n].gone;
+                }
+                PodChange::Local(i) => {
+                    let n = pods.len();
+                    pods[i % n].local = !pods[i % n].local;
+                }
+                PodChange::HostNetwork(i) => {
+                    let n = pods.len();
+                    pods[i % n].host_network = !pods[i % n].host_network;
+                }
+                PodChange::Address(i, ip) => {
+                    let n = pods.len();
+                    pods[i % n].ip_last = ip;
                 }
                 PodChange::EditPolicy(i, cnp, np) => {
                     let n = pols.len();
