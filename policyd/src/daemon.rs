@@ -333,6 +333,8 @@ struct Agent {
     /// last compile: what the counters' per-namespace and per-policy views
     /// read.
     last_endpoint_pods: HashMap<u32, crate::store::Key>,
+    /// What the flow log names addresses by, patched after each compile.
+    pod_names: crate::flows::record::PodNames,
     /// What the maps hold (the API's realization status).
     realized: crate::api::Realization,
     /// Drop counters at the last export, per (endpoint, direction, reason),
@@ -397,6 +399,7 @@ impl Agent {
             unmatched: UnmatchedWatch::default(),
             last_rules: Default::default(),
             last_endpoint_pods: HashMap::new(),
+            pod_names: Default::default(),
             realized: Default::default(),
             drop_counts: HashMap::new(),
             policy_drops: Default::default(),
@@ -484,9 +487,17 @@ impl Agent {
     }
 
     /// Give the flow log the names of the compile just synced.
-    fn publish_flow_names(&self, node: &str, store: &Store, names: &crate::flows::SharedNames) {
+    fn publish_flow_names(&mut self, node: &str, store: &Store, names: &crate::flows::SharedNames) {
         let (records, _) = self.registry.list();
-        let fresh = crate::flows::record::Names::build(node, store, &self.engine, &records, &self.last_rules);
+        self.pod_names.patch(self.engine.take_pod_names());
+        let fresh = crate::flows::record::Names::build(
+            node,
+            store,
+            &self.engine,
+            &records,
+            &self.last_rules,
+            self.pod_names.clone(),
+        );
         *names.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
     }
 

@@ -363,6 +363,17 @@ impl Desired {
     }
 }
 
+/// The pods addresses name, as the compiles since the last
+/// [`Engine::take_pod_names`] moved them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNameChanges {
+    /// `names` is every named address: start afresh from it.
+    pub all: bool,
+    /// An address and the pod it names now (its best claim, as in the
+    /// ipcache), None when it names none any more.
+    pub names: Vec<(std::net::IpAddr, Option<crate::store::Key>)>,
+}
+
 /// How much the last compile had to redo; for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompileStats {
@@ -436,6 +447,14 @@ impl Engine {
 
     pub fn last_stats(&self) -> CompileStats {
         self.stats
+    }
+
+    /// Which pod each address names, for the addresses whose pod may have
+    /// changed since the last call (every address on the first): what
+    /// the flow log names addresses by, patched rather than rebuilt from
+    /// every pod after each compile.
+    pub fn take_pod_names(&mut self) -> PodNameChanges {
+        self.identities.take_pod_names()
     }
 
     /// Compile everything: a complete [`Desired`].

@@ -22,8 +22,8 @@ use super::endpoints::LocalEp;
 use super::identity::IdentityAllocator;
 use super::ipcache::Addresses;
 use super::{
-    CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, Unmatched, UnmatchedRecord,
-    NAMESPACE_NAME_LABEL,
+    CompileStats, Diagnostic, IdentityLabels, IdentityTable, Labels, NamedPort, PodNameChanges, Unmatched,
+    UnmatchedRecord, NAMESPACE_NAME_LABEL,
 };
 use crate::store::{IpsField, Key, Stamp, StatusIp, Store, StoredPod};
 use smallvec::SmallVec;
@@ -94,7 +94,20 @@ pub(super) struct IdentityStage {
     namespaces_read: Option<Stamp>,
     /// The universe's identities as handed on, while none came or went.
     table: Option<Arc<IdentityTable>>,
+    /// Addresses whose best claim may have moved since the pod names were
+    /// last taken ([`IdentityStage::take_pod_names`]).
+    unnamed: Unnamed,
 }
+
+/// Addresses not named since they moved, or all of them.
+#[derive(Default)]
+struct Unnamed {
+    all: bool,
+    addresses: HashSet<IpAddr>,
+}
+
+/// Addresses beyond which nobody is taking the names: all, then.
+const UNNAMED_MAX: usize = 65_536;
 
 /// The pods of one identity.
 #[derive(Default)]
@@ -120,6 +133,7 @@ impl Default for IdentityStage {
             local_pods: Vec::new(),
             namespaces_read: None,
             table: None,
+            unnamed: Unnamed::default(),
         }
     }
 }
@@ -270,6 +284,11 @@ impl IdentityStage {
             }
         }
         endpoints.sort_by_key(|e| e.ifindex);
+        if all || self.unnamed.all || self.unnamed.addresses.len() + moved.addresses.len() > UNNAMED_MAX {
+            self.unnamed = Unnamed { all: true, addresses: HashSet::new() };
+        } else {
+            self.unnamed.addresses.extend(moved.addresses.iter().copied());
+        }
         let claims = match all {
             true => self.claims.keys().map(|ip| (*ip, self.best_claim(ip))).collect(),
             false => moved.addresses.into_iter().map(|ip| (ip, self.best_claim(&ip))).collect(),
@@ -388,11 +407,28 @@ impl IdentityStage {
         }
     }
 
-    /// The identity of the best claim on `ip`, if any pod claims it. Of
-    /// two pods claiming one address the greater [`Rank`] wins.
-    fn best_claim(&self, ip: &IpAddr) -> Option<u32> {
+    /// The best claim on `ip`, if any pod claims it: the pod and its
+    /// digest. Of two pods claiming one address the greater [`Rank`] wins.
+    fn best(&self, ip: &IpAddr) -> Option<(&Arc<Key>, &PodDigest)> {
         let claimants = self.claims.get(ip)?.iter();
-        claimants.filter_map(|k| self.pods.get(&**k).map(|dg| (dg.rank(k), dg.identity))).max().map(|(_, id)| id)
+        claimants.filter_map(|k| self.pods.get(&**k).map(|dg| (k, dg))).max_by(|a, b| a.1.rank(a.0).cmp(&b.1.rank(b.0)))
+    }
+
+    fn best_claim(&self, ip: &IpAddr) -> Option<u32> {
+        self.best(ip).map(|(_, dg)| dg.identity)
+    }
+
+    /// The pod each address names now (its best claim, as the ipcache
+    /// has it), for the addresses moved since the last call: every named
+    /// address when `all` (the first call, or after a full read).
+    pub(super) fn take_pod_names(&mut self) -> PodNameChanges {
+        let Unnamed { all, addresses } = std::mem::take(&mut self.unnamed);
+        let name = |ip: &IpAddr| self.best(ip).map(|(k, _)| (**k).clone());
+        let names = match all {
+            true => self.claims.keys().filter_map(|ip| Some((*ip, Some(name(ip)?)))).collect(),
+            false => addresses.iter().map(|ip| (*ip, name(ip))).collect(),
+        };
+        PodNameChanges { all, names }
     }
 
     /// The identities of `universe` (this compile's) to hand on: the

@@ -6,11 +6,12 @@
 //! engine. A record carries only names the pod's owner may see: namespaces,
 //! pods, addresses, policy and rule names; never an identity's labels.
 
-use crate::engine::{Action, Direction, Engine, RuleInfo, Tier};
+use crate::engine::{Action, Direction, Engine, PodNameChanges, RuleInfo, Tier};
 use crate::store::{Key, Store};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use weir_bpf::abi;
 use weir_common::registry::EndpointRecord;
 
@@ -24,7 +25,49 @@ pub struct Names {
     /// direction the policies isolating it.
     endpoints: HashMap<u32, EndpointNames>,
     /// Every known pod address -> its pod.
-    pods: HashMap<IpAddr, Key>,
+    pods: PodNames,
+}
+
+/// Addresses to the pods they name, as the engine's claims have them
+/// ([`Engine::take_pod_names`]), kept up to date by patching: a base
+/// shared between snapshots and the changes since, folded into a new base
+/// once they grow. A snapshot after a compile costs what the compile
+/// moved, not a walk over a cluster's pods.
+#[derive(Debug, Clone, Default)]
+pub struct PodNames {
+    base: Arc<HashMap<IpAddr, Key>>,
+    /// None: the address names no pod any more.
+    recent: HashMap<IpAddr, Option<Key>>,
+}
+
+impl PodNames {
+    pub fn get(&self, ip: &IpAddr) -> Option<&Key> {
+        match self.recent.get(ip) {
+            Some(name) => name.as_ref(),
+            None => self.base.get(ip),
+        }
+    }
+
+    /// Take in what compiles moved.
+    pub fn patch(&mut self, changes: PodNameChanges) {
+        if changes.all {
+            self.base = Arc::new(changes.names.into_iter().filter_map(|(ip, k)| Some((ip, k?))).collect());
+            self.recent.clear();
+            return;
+        }
+        self.recent.extend(changes.names);
+        // Each snapshot copies `recent`: keep it small against the base.
+        if self.recent.len() > 1024.max(self.base.len() / 64) {
+            let mut base = (*self.base).clone();
+            for (ip, name) in self.recent.drain() {
+                match name {
+                    Some(k) => base.insert(ip, k),
+                    None => base.remove(&ip),
+                };
+            }
+            self.base = Arc::new(base);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -45,29 +88,17 @@ impl Names {
     }
 
     /// From the loop's state after a compile: the store, the engine, this
-    /// node's endpoint records and the compile's rules
-    /// ([`crate::engine::Desired::rules`]).
-    pub fn build(node: &str, store: &Store, engine: &Engine, records: &[EndpointRecord], rules: &[RuleInfo]) -> Names {
-        // This node's endpoint records name their pods' addresses; every
-        // other pod is named by its status. One pass over each, not the
-        // records once per pod: this runs after every complete compile.
-        let record_key = |r: &EndpointRecord| (r.pod_namespace.clone(), r.pod_name.clone());
-        let takes_part = |key: &Key| store.pods.get(key).is_some_and(crate::engine::pod_takes_part);
-        let local: HashSet<Key> = records.iter().map(record_key).collect();
-        let mut pods = HashMap::new();
-        for (key, pod) in store.pods.iter().filter(|(k, p)| crate::engine::pod_takes_part(p) && !local.contains(*k)) {
-            for ip in crate::api::resolve::status_addrs(pod) {
-                pods.insert(ip, key.clone());
-            }
-        }
-        for r in records {
-            let key = record_key(r);
-            if takes_part(&key) {
-                for ip in &r.ips {
-                    pods.insert(*ip, key.clone());
-                }
-            }
-        }
+    /// node's endpoint records, the compile's rules
+    /// ([`crate::engine::Desired::rules`]) and the pod names brought up to
+    /// date with it ([`PodNames::patch`]).
+    pub fn build(
+        node: &str,
+        store: &Store,
+        engine: &Engine,
+        records: &[EndpointRecord],
+        rules: &[RuleInfo],
+        pods: PodNames,
+    ) -> Names {
         let endpoints = records
             .iter()
             .map(|r| {
@@ -333,11 +364,38 @@ mod tests {
                     auditing_egress: vec!["x/egress-trial".into()],
                 },
             )]),
-            pods: HashMap::from([
-                ("10.0.0.3".parse().unwrap(), a),
-                ("10.0.0.2".parse().unwrap(), ("y".to_string(), "b".to_string())),
-            ]),
+            pods: PodNames {
+                base: Arc::new(HashMap::from([
+                    ("10.0.0.3".parse().unwrap(), a),
+                    ("10.0.0.2".parse().unwrap(), ("y".to_string(), "b".to_string())),
+                ])),
+                recent: HashMap::new(),
+            },
         }
+    }
+
+    /// Patched names read as the changes say, across a fold of the
+    /// changes into a new base; a full set starts afresh.
+    #[test]
+    fn pod_names_follow_their_patches() {
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let key = |i: u32| ("x".to_string(), format!("p{i}"));
+        let mut names = PodNames::default();
+        names.patch(PodNameChanges { all: true, names: (0..10).map(|i| (ip(i), Some(key(i)))).collect() });
+        assert_eq!(names.get(&ip(3)), Some(&key(3)));
+        names.patch(PodNameChanges { all: false, names: vec![(ip(3), None), (ip(4), Some(key(40)))] });
+        let before = names.clone();
+        assert_eq!((names.get(&ip(3)), names.get(&ip(4))), (None, Some(&key(40))));
+        // Enough changes to fold them into the base.
+        names.patch(PodNameChanges { all: false, names: (100..1200).map(|i| (ip(i), Some(key(i)))).collect() });
+        assert!(names.recent.is_empty());
+        assert_eq!(
+            (names.get(&ip(3)), names.get(&ip(4)), names.get(&ip(1100))),
+            (None, Some(&key(40)), Some(&key(1100)))
+        );
+        assert_eq!(before.get(&ip(1100)), None, "an earlier snapshot keeps what it was");
+        names.patch(PodNameChanges { all: true, names: vec![(ip(7), Some(key(7)))] });
+        assert_eq!((names.get(&ip(4)), names.get(&ip(7))), (None, Some(&key(7))));
     }
 
     fn event(direction: u8, reason: u8, rule: u32, src: &str, dst: &str) -> abi::Event {

@@ -539,6 +539,9 @@ proptest! {
         // numbering follows the order endpoints were compiled in).
         let one_at_a_time = Slice { budget: Some(1), first: BTreeSet::new() };
         let mut sliced_before = false;
+        // The flow log's names, patched by what each compile moved.
+        let mut names = crate::flows::record::PodNames::default();
+        let mut named: BTreeSet<std::net::IpAddr> = BTreeSet::new();
         for (change, sliced) in changes {
             match change {
                 PodChange::Relabel(i, app) => {
@@ -591,6 +594,15 @@ proptest! {
                     prop_assert_eq!(&d, &whole);
                 }
                 prop_assert_eq!(canonical(&d), canonical(&Engine::new().compile(&f.store, &f.locals)));
+            }
+            let moved = patched.take_pod_names();
+            named.extend(moved.names.iter().map(|(ip, _)| *ip));
+            names.patch(moved);
+            let mut fresh = Engine::new();
+            fresh.compile(&f.store, &f.locals);
+            let all: BTreeMap<_, _> = fresh.take_pod_names().names.into_iter().collect();
+            for ip in named.iter().chain(all.keys()) {
+                prop_assert_eq!(names.get(ip), all.get(ip).and_then(|k| k.as_ref()), "address {}", ip);
             }
         }
         // Whatever was left pending, the slices finish equal to a fresh compile.
