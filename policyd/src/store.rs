@@ -613,20 +613,29 @@ impl Store {
             self.delete(r);
         }
         for o in objects {
-            if !self.holds(&o) {
-                self.apply(o);
+            let r = o.object_ref();
+            match o {
+                // Compared as stored: converted once, and only if it differs.
+                Object::Pod(p) => {
+                    let (k, p) = (key(&r), StoredPod::from(p));
+                    if self.pods.get(&k) != Some(&p) {
+                        self.pods.insert(k, p);
+                    }
+                }
+                o if !self.holds(&r, &o) => self.apply(o),
+                _ => {}
             }
         }
     }
 
-    /// Whether the store holds `obj` as it is.
-    fn holds(&self, obj: &Object) -> bool {
-        let r = obj.object_ref();
+    /// Whether the store holds `obj` (named `r`) as it is; pods are
+    /// compared as stored, in [`Store::replace`].
+    fn holds(&self, r: &ObjectRef, obj: &Object) -> bool {
         match obj {
             Object::Namespace(o) => self.namespaces.get(&r.name) == Some(o),
-            Object::Pod(o) => self.pods.get(&key(&r)).is_some_and(|p| *p == StoredPod::from(o.clone())),
-            Object::Service(o) => self.services.get(&key(&r)) == Some(o),
-            Object::NetworkPolicy(o) => self.policies.get(&key(&r)) == Some(o),
+            Object::Pod(_) => false,
+            Object::Service(o) => self.services.get(&key(r)) == Some(o),
+            Object::NetworkPolicy(o) => self.policies.get(&key(r)) == Some(o),
             Object::Node(o) => self.nodes.get(&r.name) == Some(o),
             Object::ClusterNetworkPolicy(o) => self.cluster_policies.get(&r.name) == Some(o),
         }

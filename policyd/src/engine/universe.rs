@@ -210,48 +210,7 @@ impl IdentityStage {
         self.walked = Some((stamp, locals.to_vec()));
         self.local_pods = local_of_pod.keys().map(|k| (*k).clone()).collect();
 
-        // Identities that came and went.
-        let mut changed: BTreeSet<u32> = BTreeSet::new();
-        let (mut came_or_went, mut ports_changed) = (false, false);
-        for (id, before) in moved.identities {
-            let now = self.members.get(&id).map_or(0, |m| m.pods);
-            if now == 0 {
-                self.members.remove(&id);
-                if let Some(info) = uni.identities.remove(&id) {
-                    // Last used now: kept a while for a pod coming back.
-                    self.ids.touch(&info, self.generation);
-                    if let Some(ids) = uni.by_ns.get_mut(&info.namespace) {
-                        ids.retain(|i| *i != id);
-                        if ids.is_empty() {
-                            uni.by_ns.remove(&info.namespace);
-                        }
-                    }
-                }
-            } else if before == 0 {
-                let ns = &uni.identities[&id].namespace;
-                let ids = uni.by_ns.entry(ns.clone()).or_default();
-                if let Err(at) = ids.binary_search(&id) {
-                    ids.insert(at, id);
-                }
-            }
-            if (now == 0) != (before == 0) {
-                came_or_went = true;
-                changed.insert(id);
-            }
-            let ports: Vec<NamedPort> =
-                self.members.get(&id).map(|m| m.ports.keys().cloned().collect()).unwrap_or_default();
-            let old = match ports.is_empty() {
-                true => uni.named_ports.remove(&id),
-                false => uni.named_ports.insert(id, ports.clone()),
-            };
-            if old.unwrap_or_default() != ports {
-                ports_changed = true;
-                changed.insert(id);
-            }
-        }
-        if came_or_went {
-            self.table = None;
-        }
+        let (mut changed, came_or_went, ports_changed) = self.settle(moved.identities, &mut uni);
         uni.named_ports_version += u64::from(ports_changed);
         // Namespace labels move when a Namespace is written, or when the
         // namespaces with pods (`by_ns`) do, as identities come and go.
@@ -303,6 +262,56 @@ impl IdentityStage {
             diagnostics: diags,
             unmatched,
         }
+    }
+
+    /// Bring the universe's identities up to date with the member counts
+    /// the pod updates moved (`moved`: each identity's count before them):
+    /// identities that came or went, and named ports. Returns the
+    /// identities changed, whether any came or went, and whether any
+    /// identity's named ports changed.
+    fn settle(&mut self, moved: HashMap<u32, usize>, uni: &mut Universe) -> (BTreeSet<u32>, bool, bool) {
+        let mut changed: BTreeSet<u32> = BTreeSet::new();
+        let (mut came_or_went, mut ports_changed) = (false, false);
+        for (id, before) in moved {
+            let now = self.members.get(&id).map_or(0, |m| m.pods);
+            if now == 0 {
+                self.members.remove(&id);
+                if let Some(info) = uni.identities.remove(&id) {
+                    // Last used now: kept a while for a pod coming back.
+                    self.ids.touch(&info, self.generation);
+                    if let Some(ids) = uni.by_ns.get_mut(&info.namespace) {
+                        ids.retain(|i| *i != id);
+                        if ids.is_empty() {
+                            uni.by_ns.remove(&info.namespace);
+                        }
+                    }
+                }
+            } else if before == 0 {
+                let ns = &uni.identities[&id].namespace;
+                let ids = uni.by_ns.entry(ns.clone()).or_default();
+                if let Err(at) = ids.binary_search(&id) {
+                    ids.insert(at, id);
+                }
+            }
+            if (now == 0) != (before == 0) {
+                came_or_went = true;
+                changed.insert(id);
+            }
+            let ports: Vec<NamedPort> =
+                self.members.get(&id).map(|m| m.ports.keys().cloned().collect()).unwrap_or_default();
+            let old = match ports.is_empty() {
+                true => uni.named_ports.remove(&id),
+                false => uni.named_ports.insert(id, ports.clone()),
+            };
+            if old.unwrap_or_default() != ports {
+                ports_changed = true;
+                changed.insert(id);
+            }
+        }
+        if came_or_went {
+            self.table = None;
+        }
+        (changed, came_or_went, ports_changed)
     }
 
     /// Bring what the stage keeps up to date with the pod at `key`: gone,
@@ -565,25 +574,10 @@ impl PodDigest {
     /// goes to `diags`.
     fn new(key: &Key, pod: &StoredPod, stage: &mut IdentityStage, diags: &mut Vec<Diagnostic>) -> PodDigest {
         let names = &mut stage.port_names;
-        let mut intern = |n: &str| -> Arc<str> {
-            if let Some(a) = names.get(n) {
-                return a.clone();
-            }
-            let a: Arc<str> = Arc::from(n);
-            names.insert(a.clone());
-            a
-        };
-        let mut ports: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (intern(n), p, x)).collect();
+        let mut ports: Vec<NamedPort> = pod_named_ports(pod).map(|(n, p, x)| (shared(names, n), p, x)).collect();
         ports.sort();
         ports.dedup();
-        let ports: Arc<[NamedPort]> = match stage.port_lists.get(ports.as_slice()) {
-            Some(shared) => shared.clone(),
-            None => {
-                let list: Arc<[NamedPort]> = ports.into();
-                stage.port_lists.insert(list.clone());
-                list
-            }
-        };
+        let ports = shared(&mut stage.port_lists, ports.as_slice());
         let eligible = pod_is_eligible(pod);
         PodDigest {
             identity: if eligible { stage.ids.assign(&key.0, &pod.labels, stage.generation) } else { 0 },
@@ -608,6 +602,19 @@ impl PodDigest {
     fn rank<'a>(&self, key: &'a Key) -> Rank<'a> {
         (self.local_ips.is_some(), self.running, self.created, key)
     }
+}
+
+/// The one allocation of `value` in `set`, made on first sight.
+fn shared<T: ?Sized + Eq + std::hash::Hash>(set: &mut HashSet<Arc<T>>, value: &T) -> Arc<T>
+where
+    for<'a> &'a T: Into<Arc<T>>,
+{
+    if let Some(a) = set.get(value) {
+        return a.clone();
+    }
+    let a: Arc<T> = value.into();
+    set.insert(a.clone());
+    a
 }
 
 /// Pods that take part in policy: not host-network (their address is the
