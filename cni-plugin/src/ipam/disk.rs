@@ -191,7 +191,7 @@ impl Store for DiskStore {
             return Err(CniError::io(format!("cannot write {}", path.display()), e));
         }
         let last = self.dir.join(format!("{LAST_PREFIX}{set}"));
-        if let Err(e) = write_mode(&last, ip.to_string().as_bytes()) {
+        if let Err(e) = overwrite(&last, ip.to_string().as_bytes()) {
             let _ = fs::remove_file(&path);
             return Err(CniError::io(format!("cannot write {}", last.display()), e));
         }
@@ -235,6 +235,24 @@ impl Store for DiskStore {
     }
 }
 
+/// Replace the contents of `path` (created if absent) with `body`, in
+/// place: the bytes are written over the old ones and only a longer
+/// remainder is cut. The file is rewritten by every ADD, and truncating it to
+/// zero first is what made it slow on disk: ext4 frees the old block and,
+/// for a file truncated to zero, writes the new one out when it is closed
+/// (`auto_da_alloc`). A crash between the write and the cut can leave one
+/// stray digit; the file is only a hint of where the next search starts,
+/// and an unparsable one starts it at the beginning of the range.
+fn overwrite(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    f.write_all_at(body, 0)?;
+    if f.metadata()?.len() > body.len() as u64 {
+        f.set_len(body.len() as u64)?;
+    }
+    Ok(())
+}
+
 fn write_mode(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(body)
@@ -268,6 +286,21 @@ mod tests {
         assert_eq!(s.release_by_id("ctr1", "eth0").unwrap(), vec![a]);
         assert!(!dir.join("fd00::2").exists());
         assert!(s.release_by_id("ctr1", "eth0").unwrap().is_empty());
+    }
+
+    /// The last reserved address is rewritten in place: a shorter one
+    /// leaves no digit of the longer one behind (the reference plugin
+    /// parses the file whole), and the file keeps its mode.
+    #[test]
+    fn the_last_reserved_address_is_rewritten_exactly() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("last_reserved_ip.0");
+        for (ip, want) in [("10.0.0.100", "10.0.0.100"), ("10.0.0.99", "10.0.0.99"), ("10.0.0.101", "10.0.0.101")] {
+            overwrite(&path, ip.as_bytes()).unwrap();
+            assert_eq!(fs::read_to_string(&path).unwrap(), want);
+        }
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
