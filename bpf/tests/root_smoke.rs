@@ -164,6 +164,27 @@ fn open_names_the_missing_pin_and_the_fix() {
     }
 }
 
+/// A handle opens each map when it is first used (a pod start touches two
+/// of them). A pin removed behind the dataplane's back is then named, with
+/// the fix, by the first use of that map, and the maps still pinned work.
+#[test]
+fn root_a_map_pin_removed_behind_our_back_is_named_when_used() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::new("lazymap");
+    drop(root.load());
+    std::fs::remove_file(root.path.join(abi::MAP_CIDR)).unwrap();
+    let dp = Dataplane::open(&root.path).unwrap();
+    dp.set_endpoint(7, &abi::Endpoint { identity: 300, ..Default::default() }).unwrap();
+    assert_eq!(dp.endpoint(7).unwrap().map(|e| e.identity), Some(300));
+    let err = dp.cidr_entries().expect_err("the removed map is not there").to_string();
+    assert!(err.contains(abi::MAP_CIDR) && err.contains("load_or_open"), "{err}");
+    // and asked again, it is still named (nothing half-opened was kept)
+    assert!(dp.cidr_entries().is_err());
+}
+
 /// Full-length entries live in the exact-match hashes, shorter prefixes in
 /// the tries: lookups, listings and removals must read as one LPM map.
 #[test]
