@@ -9,7 +9,7 @@ use crate::sys;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{self, TcAttachOptions};
+use aya::programs::tc::TcAttachOptions;
 
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use ipnet::IpNet;
@@ -849,16 +849,17 @@ impl Dataplane {
     }
 
     fn attach_hooks(&self, ifindex: u32, hooks: &[Hook], mode: AttachMode) -> Result<(), Error> {
-        let ifname = sys::if_name(ifindex).ok_or(Error::NoSuchInterface { ifindex })?;
         let _lock = RootLock::take(&self.root)?;
-        let tcx = mode.resolve() == AttachMode::Tcx;
-        for &hook in hooks {
-            if tcx {
+        if mode.resolve() == AttachMode::Tcx {
+            let ifname = sys::if_name(ifindex).ok_or(Error::NoSuchInterface { ifindex })?;
+            for &hook in hooks {
                 self.attach_tcx(ifindex, &ifname, hook)?;
                 // the hook's tc filter, if an earlier attach put one, goes once TCX is in
                 self.detach_tc(ifindex, hook)?;
-            } else {
-                self.attach_tc(ifindex, &ifname, hook)?;
+            }
+        } else {
+            for &hook in hooks {
+                self.attach_tc(ifindex, hook)?;
                 self.detach_tcx(ifindex, hook)?;
             }
         }
@@ -891,20 +892,23 @@ impl Dataplane {
     /// clsact + Weir's cls_bpf filter (see [`crate::tc`]): the filter lives
     /// with the device, so nothing pins it; an empty directory
     /// `<ifindex>_<prog>-tc` (bpffs refuses names with a dot) beside the TCX pins records it for listing and GC.
-    fn attach_tc(&self, ifindex: u32, ifname: &str, hook: Hook) -> Result<(), Error> {
+    /// A filter recorded before and running the pinned program is kept; a
+    /// pod's fresh veth has no record, so its attach asks the kernel nothing
+    /// before adding the filter.
+    fn attach_tc(&self, ifindex: u32, hook: Hook) -> Result<(), Error> {
         let marker = self.tc_marker_path(ifindex, hook);
-        let prog_id = self.prog_id(hook)?;
-        let current = self.tc_attached(ifindex, hook, Some(prog_id))?;
+        let p = self.prog_path(hook);
+        let prog = sys::obj_get(&p).map_err(|e| Error::io("cannot open pinned program", &p, e))?;
+        let current = fs_entry_exists(&marker) && {
+            let id = sys::obj_id(prog.as_fd()).map_err(|e| Error::io("cannot read program info", &p, e))?;
+            self.tc_program_id(ifindex, hook)? == Some(id)
+        };
         if !current {
-            if let Err(e) = tc::qdisc_add_clsact(ifname) {
-                // EEXIST: clsact is there already (from us or anyone)
-                if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST)) {
-                    return Err(Error::Program { name: hook.name().into(), source: Box::new(e.into()) });
-                }
-            }
-            let p = self.prog_path(hook);
-            let fd = sys::obj_get(&p).map_err(|e| Error::io("cannot open pinned program", &p, e))?;
-            crate::tc::set_filter(ifindex, hook.tc_side(), fd.as_fd(), hook.name(), true)
+            crate::tc::add_clsact(ifindex).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENODEV) => Error::NoSuchInterface { ifindex },
+                _ => Error::io("cannot add the clsact qdisc", &marker, e),
+            })?;
+            crate::tc::set_filter(ifindex, hook.tc_side(), prog.as_fd(), hook.name(), true)
                 .map_err(|e| Error::io("cannot add the cls_bpf filter", &marker, e))?;
         }
         match std::fs::create_dir(&marker) {

@@ -1,8 +1,9 @@
 //! clsact + cls_bpf filters through rtnetlink: the attachment for kernels
 //! without TCX (< 6.6), or when chosen ([`crate::AttachMode::Tc`]). aya
 //! 0.14 can add such a filter, but cannot tell which program one runs, and
-//! its handles detach when dropped; these few requests do exactly what the
-//! dataplane needs, in the calling thread's network namespace.
+//! its handles detach when dropped; these few requests (the qdisc, then the
+//! filters) do exactly what the dataplane needs, in the calling thread's
+//! network namespace, and by ifindex: a pod start resolves no names.
 //!
 //! Weir's filter on a hook is the one at [`PRIORITY`] with [`HANDLE`]:
 //! priority 1 so it runs before any other filter of the hook (one that
@@ -17,6 +18,7 @@ pub const PRIORITY: u16 = 1;
 /// "WEIR": any fixed non-zero handle; fixed so a second attach finds the first.
 pub const HANDLE: u32 = 0x5745_4952;
 
+const RTM_NEWQDISC: u16 = 36;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_DELTFILTER: u16 = 45;
 const RTM_GETTFILTER: u16 = 46;
@@ -25,6 +27,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 const TCA_KIND: u16 = 1;
@@ -35,6 +38,11 @@ const TCA_BPF_FLAGS: u16 = 8;
 const TCA_BPF_ID: u16 = 11;
 const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 const ETH_P_ALL: u16 = 3;
+
+/// clsact's parent: the qdisc sits beside the device's root, not in it.
+const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
+/// clsact's own handle (major ffff:).
+const CLSACT_HANDLE: u32 = 0xFFFF_0000;
 
 /// Which side of clsact: the parent handle of its filters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,8 +123,13 @@ fn align(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// A request: nlmsghdr, tcmsg, then attributes appended with [`attr`].
+/// A filter request: nlmsghdr, tcmsg, then attributes appended with [`attr`].
 fn message(ty: u16, flags: u16, ifindex: u32, side: Side, handle: u32, priority: u16) -> Vec<u8> {
+    let info = ((priority as u32) << 16) | ETH_P_ALL.to_be() as u32;
+    tc_message(ty, flags, ifindex, handle, side.parent(), info)
+}
+
+fn tc_message(ty: u16, flags: u16, ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(128);
     m.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish()
     m.extend_from_slice(&ty.to_ne_bytes());
@@ -126,8 +139,7 @@ fn message(ty: u16, flags: u16, ifindex: u32, side: Side, handle: u32, priority:
     m.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
     m.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     m.extend_from_slice(&handle.to_ne_bytes());
-    m.extend_from_slice(&side.parent().to_ne_bytes());
-    let info = ((priority as u32) << 16) | ETH_P_ALL.to_be() as u32;
+    m.extend_from_slice(&parent.to_ne_bytes());
     m.extend_from_slice(&info.to_ne_bytes());
     m
 }
@@ -212,6 +224,17 @@ pub fn filters(ifindex: u32, side: Side) -> io::Result<Vec<Filter>> {
 /// Weir's filter on that side, if there is one.
 pub fn weir_filter(ifindex: u32, side: Side) -> io::Result<Option<Filter>> {
     Ok(filters(ifindex, side)?.into_iter().find(|f| f.priority == PRIORITY && f.handle == HANDLE))
+}
+
+/// Give `ifindex` a clsact qdisc, the parent of the filters. One already
+/// there (Weir's or anyone's: a device has at most one) is kept.
+pub fn add_clsact(ifindex: u32) -> io::Result<()> {
+    let mut m = tc_message(RTM_NEWQDISC, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0);
+    attr(&mut m, TCA_KIND, b"clsact\0");
+    match Socket::open()?.request(&finish(m), 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// Put `prog` in Weir's filter: creates it, or (`create` false: only)
