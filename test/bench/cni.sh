@@ -28,12 +28,23 @@
 #                "auto" gives a pod whose egress is shaped). Plain variant only;
 #                ENFORCE_CFGS="weir-enforce" leaves it out.
 #
+# Filesystems, as on a node: the reference's host-local store and weir's
+# (ipam.dataDir, /var/lib/cni/networks on a node) share one directory on the
+# disk; weir's policy.runDir (its endpoint records and reservation index,
+# /run/weir on a node, where /run is tmpfs) is a tmpfs mounted for the run.
+# RUNDIR_FS=disk puts the runDir on the disk too, for machines whose /run is
+# no tmpfs: inode allocation on ext4 slows while recently deleted inodes
+# abound (every rep deletes hundreds), and weir creates two more files per
+# ADD than the reference.
+#
 # Usage: sudo bash test/bench/cni.sh     (env: PODS=100 REPS=3 VARIANTS="plain ipmasq"
 #                                          ENFORCE_CFGS="weir-enforce weir-tcx"
 #                                          WEIR_BIN=<path> (default: cargo build --release)
+#                                          RUNDIR_FS=tmpfs|disk
 #                                          CNI_BIN_DIR=/usr/lib/cni OUTDIR=...)
 # Creates netns wcb-node and wcb-<config>-<i>, bridges wcbref/wcbweir/wcbenf/wcbtcx inside
-# wcb-node, /run/wcb, and bpffs root /sys/fs/bpf/wcb-<pid>; removes all of it on exit.
+# wcb-node, /run/wcb (a tmpfs on /run/wcb/run), and bpffs root /sys/fs/bpf/wcb-<pid>;
+# removes all of it on exit.
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "cni.sh: run it, do not source it" >&2; return 1; fi
 
@@ -43,6 +54,7 @@ PODS=${PODS:-100}
 REPS=${REPS:-3}
 VARIANTS=${VARIANTS:-"plain ipmasq"}
 ENFORCE_CFGS=${ENFORCE_CFGS:-"weir-enforce weir-tcx"}
+RUNDIR_FS=${RUNDIR_FS:-tmpfs}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 OUTDIR=${OUTDIR:-$ROOT/target/bench/cni-$(date -u +%Y%m%dT%H%M%SZ)}
 BPFROOT=/sys/fs/bpf/wcb-$$
@@ -64,6 +76,7 @@ fi
 down() {
 	local n
 	for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^wcb-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done
+	if mountpoint -q "$RUN/run"; then umount "$RUN/run"; fi
 	rm -rf -- "$RUN"
 }
 cleanup() { set +e; down; rm -rf -- "$BPFROOT"; }
@@ -98,7 +111,12 @@ for rep in $(seq "$REPS"); do
 		[ "$variant" = ipmasq ] && { masq=true; cfgs="ref weir"; }
 		log "rep $rep/$REPS $variant: $PODS pods x ($cfgs)"
 		down
-		mkdir -p "$RUN"
+		mkdir -p "$RUN/run"
+		case $RUNDIR_FS in
+		tmpfs) mount -t tmpfs -o mode=0700,size=64m wcb-run "$RUN/run" ;;
+		disk) ;;
+		*) echo "cni.sh: RUNDIR_FS=$RUNDIR_FS: give tmpfs or disk" >&2; exit 1 ;;
+		esac
 		ip netns add wcb-node
 		ip -n wcb-node link set lo up
 		for c in $cfgs; do
@@ -177,9 +195,9 @@ for i in $(seq "$PODS"); do
 done
 down
 
-python3 - "$RAW" "$OUTDIR/summary.md" "$PODS" "$REPS" <<'PY'
+python3 - "$RAW" "$OUTDIR/summary.md" "$PODS" "$REPS" "$RUNDIR_FS" <<'PY'
 import sys, statistics as st
-raw, out, pods, reps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+raw, out, pods, reps, rundir_fs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 rows = [l.split() for l in open(raw) if l.strip()]
 def pct(xs, p):
     xs = sorted(xs); k = (len(xs) - 1) * p; lo = int(k); hi = min(lo + 1, len(xs) - 1)
@@ -204,7 +222,7 @@ for (var, cfg) in sorted({(v, c) for v, c, _ in data if c != 'ref'}):
     ok = 'met' if ra <= 0.5 and rd <= 0.5 else 'NOT met'
     lines.append('| %s | %s | %.3f | %.3f | %s |' % (var, cfg, ra, rd, ok))
 lines.append('')
-lines.append('%s pods x %s reps per config; percentiles over all reps.' % (pods, reps))
+lines.append('%s pods x %s reps per config; percentiles over all reps; weir runDir on %s.' % (pods, reps, rundir_fs))
 import os
 fl = os.path.join(os.path.dirname(out), 'floor.txt')
 if os.path.exists(fl):
