@@ -442,6 +442,7 @@ impl Engine {
     pub(crate) fn without_patching() -> Self {
         let mut e = Engine::new();
         e.endpoints.patching = false;
+        e.policies.patching = false;
         e
     }
 

@@ -1,6 +1,7 @@
 //! Stage 3 of a compile, the rules: every NetworkPolicy compiled
 //! ([`policy::compile_policy`]) into rules of peers and ports, memoized by
-//! object version (or spec), with stable rule ids; and the peer sets those
+//! object version (or spec), with stable rule ids (only the policies the
+//! store's journal names as written are read again); and the peer sets those
 //! rules' pod selectors resolve to in the [`Universe`], cached per selector
 //! and patched for the identities that changed.
 //!
@@ -22,8 +23,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// What the rule stage keeps between compiles.
-#[derive(Default)]
 pub(super) struct PolicyStage {
+    /// Read only the policies the journal names as written (false: walk
+    /// every policy each time, what patched runs are checked against).
+    pub(super) patching: bool,
     rule_ids: RuleIdTable,
     memo: HashMap<Key, PolicyMemo>,
     cluster_memo: HashMap<String, ClusterMemo>,
@@ -38,11 +41,27 @@ pub(super) struct PolicyStage {
     last: Option<((Stamp, Stamp), Policies)>,
 }
 
+impl Default for PolicyStage {
+    fn default() -> Self {
+        PolicyStage {
+            patching: true,
+            rule_ids: RuleIdTable::default(),
+            memo: HashMap::new(),
+            cluster_memo: HashMap::new(),
+            version: 0,
+            table: None,
+            last: None,
+        }
+    }
+}
+
+/// Compiled policies by namespace, in store order.
+type ByNamespace = Arc<BTreeMap<String, Vec<Arc<CompiledPolicy>>>>;
+
 /// The rule stage's result.
 #[derive(Clone)]
 pub(super) struct Policies {
-    /// Compiled policies by namespace, in store order.
-    by_namespace: Arc<BTreeMap<String, Vec<Arc<CompiledPolicy>>>>,
+    by_namespace: ByNamespace,
     /// Compiled ClusterNetworkPolicies, by name.
     pub(super) cluster: Arc<Vec<Arc<CompiledPolicy>>>,
     /// What every rule id stands for, sorted by id.
@@ -118,7 +137,10 @@ impl PolicyStage {
     }
 
     /// Compile the policies that changed since the previous compile and
-    /// forget the ones that are gone (and their rule ids).
+    /// forget the ones that are gone (and their rule ids). When the
+    /// policies' journal names what was written since the last result,
+    /// only those policies are read, and only their namespaces' lists
+    /// rebuilt; otherwise every policy is walked.
     pub(super) fn run(
         &mut self,
         policies: &Journaled<Key, NetworkPolicy>,
@@ -129,57 +151,12 @@ impl PolicyStage {
         if let Some((_, last)) = self.last.as_ref().filter(|(s, _)| *s == stamps) {
             return last.clone();
         }
-        let mut by_namespace: BTreeMap<String, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
-        let mut removed_any = false;
-        let mut compiled_any = false;
-        for (key, np) in policies {
-            let cached = self
-                .memo
-                .get(key)
-                .filter(|m| match same_object_version(&m.version, &np.metadata) {
-                    Some(same) => same,
-                    None => m.spec == np.spec && m.mode.as_deref() == policy::mode_annotation(np),
-                })
-                .map(|m| m.compiled.clone());
-            let compiled = match cached {
-                Some(c) => c,
-                None => {
-                    let mut np = np.clone();
-                    // The store key is authoritative for where the policy lives.
-                    np.metadata.namespace = Some(key.0.clone());
-                    np.metadata.name = Some(key.1.clone());
-                    self.version += 1;
-                    let c = Arc::new(policy::compile_policy(&np, &mut self.rule_ids, self.version));
-                    stats.policies_compiled += 1;
-                    compiled_any = true;
-                    self.memo.insert(
-                        key.clone(),
-                        PolicyMemo {
-                            version: object_version(&np.metadata),
-                            // With a resourceVersion the spec is never compared: do not keep it.
-                            spec: if np.metadata.resource_version.as_ref().is_some_and(|v| !v.is_empty()) {
-                                None
-                            } else {
-                                np.spec.clone()
-                            },
-                            mode: policy::mode_annotation(&np).map(str::to_string),
-                            compiled: c.clone(),
-                        },
-                    );
-                    c
-                }
-            };
-            match by_namespace.get_mut(&key.0) {
-                Some(v) => v.push(compiled),
-                None => {
-                    by_namespace.insert(key.0.clone(), vec![compiled]);
-                }
-            }
-        }
-        if self.memo.len() != policies.len() {
-            self.memo.retain(|k, _| policies.contains_key(k));
-            removed_any = true;
-        }
+        let mut changes = Changes::default();
+        let patchable = if self.patching { self.patchable(policies) } else { None };
+        let by_namespace = match patchable {
+            Some((last, written)) => self.patch_namespaces(policies, last, written, stats, &mut changes),
+            None => self.walk_namespaces(policies, stats, &mut changes),
+        };
         let mut cluster = Vec::with_capacity(cluster_policies.len());
         for (name, cnp) in cluster_policies {
             let cached = self
@@ -198,7 +175,7 @@ impl PolicyStage {
                     self.version += 1;
                     let c = Arc::new(compile_cluster_policy(&cnp, &mut self.rule_ids, self.version));
                     stats.policies_compiled += 1;
-                    compiled_any = true;
+                    changes.compiled = true;
                     let version = object_version(&cnp.metadata);
                     let spec = if version.is_some() { None } else { Some(cnp.spec) };
                     self.cluster_memo.insert(name.clone(), ClusterMemo { version, spec, compiled: c.clone() });
@@ -209,9 +186,9 @@ impl PolicyStage {
         }
         if self.cluster_memo.len() != cluster_policies.len() {
             self.cluster_memo.retain(|k, _| cluster_policies.contains_key(k));
-            removed_any = true;
+            changes.removed = true;
         }
-        if removed_any {
+        if changes.removed {
             self.rule_ids.ids.retain(|k, _| {
                 if k.0 == super::cluster_policy::CLUSTER_SCOPE {
                     cluster_policies.contains_key(&k.1)
@@ -221,17 +198,141 @@ impl PolicyStage {
             });
         }
         let (rules, diagnostics) = match self.table.take() {
-            Some(table) if !removed_any && !compiled_any => table,
+            Some(table) if !changes.removed && !changes.compiled => table,
             _ => {
                 let (rules, diagnostics) = rule_table(by_namespace.values().flatten().chain(&cluster));
                 (Arc::new(rules), diagnostics)
             }
         };
         self.table = Some((rules.clone(), diagnostics.clone()));
-        let result = Policies { by_namespace: Arc::new(by_namespace), cluster: Arc::new(cluster), rules, diagnostics };
+        let result = Policies { by_namespace, cluster: Arc::new(cluster), rules, diagnostics };
         self.last = Some((stamps, result.clone()));
         result
     }
+
+    /// The last result's lists and the NetworkPolicies written since it
+    /// was made, when the journal can tell.
+    fn patchable(&self, policies: &Journaled<Key, NetworkPolicy>) -> Option<(ByNamespace, BTreeSet<Key>)> {
+        let ((stamp, _), last) = self.last.as_ref()?;
+        let written = policies.written_since(*stamp)?.cloned().collect();
+        Some((last.by_namespace.clone(), written))
+    }
+
+    /// Every NetworkPolicy compiled (or taken from the memo), by namespace.
+    fn walk_namespaces(
+        &mut self,
+        policies: &Journaled<Key, NetworkPolicy>,
+        stats: &mut CompileStats,
+        changes: &mut Changes,
+    ) -> ByNamespace {
+        let mut by_namespace: BTreeMap<String, Vec<Arc<CompiledPolicy>>> = BTreeMap::new();
+        for (key, np) in policies {
+            let compiled = self.compiled_for(key, np, stats, changes);
+            match by_namespace.get_mut(&key.0) {
+                Some(v) => v.push(compiled),
+                None => {
+                    by_namespace.insert(key.0.clone(), vec![compiled]);
+                }
+            }
+        }
+        if self.memo.len() != policies.len() {
+            self.memo.retain(|k, _| policies.contains_key(k));
+            changes.removed = true;
+        }
+        Arc::new(by_namespace)
+    }
+
+    /// `last` with the namespaces of the `written` policies listed again,
+    /// in store order, those policies compiled or forgotten.
+    fn patch_namespaces(
+        &mut self,
+        policies: &Journaled<Key, NetworkPolicy>,
+        mut by_namespace: ByNamespace,
+        written: BTreeSet<Key>,
+        stats: &mut CompileStats,
+        changes: &mut Changes,
+    ) -> ByNamespace {
+        let mut namespaces = BTreeSet::new();
+        for key in written {
+            match policies.get(&key) {
+                Some(np) => {
+                    self.compiled_for(&key, np, stats, changes);
+                }
+                None => changes.removed |= self.memo.remove(&key).is_some(),
+            }
+            namespaces.insert(key.0);
+        }
+        if namespaces.is_empty() {
+            return by_namespace;
+        }
+        let lists = Arc::make_mut(&mut by_namespace);
+        for ns in namespaces {
+            let from = (ns.clone(), String::new());
+            let list: Vec<Arc<CompiledPolicy>> = policies
+                .range(from..)
+                .take_while(|(k, _)| k.0 == ns)
+                .map(|(k, _)| self.memo.get(k).expect("every stored policy is compiled").compiled.clone())
+                .collect();
+            if list.is_empty() {
+                lists.remove(&ns);
+            } else {
+                lists.insert(ns, list);
+            }
+        }
+        by_namespace
+    }
+
+    /// The compiled form of one NetworkPolicy: the memo's while its version
+    /// (or spec) is the one compiled, else compiled now.
+    fn compiled_for(
+        &mut self,
+        key: &Key,
+        np: &NetworkPolicy,
+        stats: &mut CompileStats,
+        changes: &mut Changes,
+    ) -> Arc<CompiledPolicy> {
+        let cached = self
+            .memo
+            .get(key)
+            .filter(|m| match same_object_version(&m.version, &np.metadata) {
+                Some(same) => same,
+                None => m.spec == np.spec && m.mode.as_deref() == policy::mode_annotation(np),
+            })
+            .map(|m| m.compiled.clone());
+        if let Some(c) = cached {
+            return c;
+        }
+        let mut np = np.clone();
+        // The store key is authoritative for where the policy lives.
+        np.metadata.namespace = Some(key.0.clone());
+        np.metadata.name = Some(key.1.clone());
+        self.version += 1;
+        let c = Arc::new(policy::compile_policy(&np, &mut self.rule_ids, self.version));
+        stats.policies_compiled += 1;
+        changes.compiled = true;
+        self.memo.insert(
+            key.clone(),
+            PolicyMemo {
+                version: object_version(&np.metadata),
+                // With a resourceVersion the spec is never compared: do not keep it.
+                spec: if np.metadata.resource_version.as_ref().is_some_and(|v| !v.is_empty()) {
+                    None
+                } else {
+                    np.spec.clone()
+                },
+                mode: policy::mode_annotation(&np).map(str::to_string),
+                compiled: c.clone(),
+            },
+        );
+        c
+    }
+}
+
+/// What a run of the rule stage did to the policies it had compiled.
+#[derive(Default)]
+struct Changes {
+    compiled: bool,
+    removed: bool,
 }
 
 /// What every rule id of the compiled policies stands for (sorted by id),
