@@ -28,7 +28,7 @@
 #   counters, and stops if the policy path did not run.
 #
 # Usage (root, from the repository):  bash test/bench/crossnode.sh
-#   env: REPS=3 DUR=5 LATDUR=5 UMTU=1500
+#   env: REPS=3 DUR=5 TPUT_SAMPLES=3 LATDUR=5 UMTU=1500
 #        CONFIGS="hostgw hostgw-weir-1 hostgw-weir-100k vxlan vxlan-weir-1 vxlan-weir-100k"
 #        OUTDIR=test/bench/results/crossnode-<utc time>
 set -euo pipefail
@@ -186,7 +186,7 @@ main() {
 	mkdir -p "$OUTDIR"
 	RAW=$OUTDIR/raw.csv
 	: >"$RAW"
-	{ uname -r; nproc; date -u; echo "REPS=$REPS DUR=$DUR LATDUR=$LATDUR UMTU=$UMTU CONFIGS=$CONFIGS"; cat /proc/loadavg; } >"$OUTDIR/env.txt"
+	{ uname -r; nproc; date -u; echo "REPS=$REPS DUR=$DUR TPUT_SAMPLES=$TPUT_SAMPLES LATDUR=$LATDUR UMTU=$UMTU CONFIGS=$CONFIGS"; cat /proc/loadavg; } >"$OUTDIR/env.txt"
 	local rep cfg
 	for rep in $(seq "$REPS"); do
 		for cfg in $CONFIGS; do

@@ -18,7 +18,7 @@
 #   close rate (test/bench/datapath/crr.c, both on CPU1).
 #
 # Usage (root, from the repository):  bash test/bench/datapath.sh
-#   env: REPS=3 DUR=5 LATDUR=5 CONFIGS="base null weir-1 weir-1k weir-100k ipt-1k ipt-10k ipset-10k nftset-10k"
+#   env: REPS=3 DUR=5 TPUT_SAMPLES=3 LATDUR=5 CONFIGS="base null weir-1 weir-1k weir-100k ipt-1k ipt-10k ipset-10k nftset-10k"
 #        OUTDIR=test/bench/results/<utc time>
 set -euo pipefail
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then echo "datapath.sh: run it, do not source it" >&2; return 1; fi
@@ -191,7 +191,7 @@ main() {
 	mkdir -p "$OUTDIR"
 	RAW=$OUTDIR/raw.csv
 	: >"$RAW"
-	{ uname -r; nproc; date -u; echo "REPS=$REPS DUR=$DUR LATDUR=$LATDUR CONFIGS=$CONFIGS"; } >"$OUTDIR/env.txt"
+	{ uname -r; nproc; date -u; echo "REPS=$REPS DUR=$DUR TPUT_SAMPLES=$TPUT_SAMPLES LATDUR=$LATDUR CONFIGS=$CONFIGS"; } >"$OUTDIR/env.txt"
 	local rep cfg
 	for rep in $(seq "$REPS"); do
 		for cfg in $CONFIGS; do
