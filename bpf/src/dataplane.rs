@@ -3,7 +3,6 @@ use crate::addr;
 use crate::error::Error;
 use crate::events::EventReader;
 use crate::lpm::LpmPair;
-use crate::pinned::Pinned;
 use crate::policy::{Direction, PolicyMatch};
 use crate::sys;
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -17,6 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use weir_common::trust;
 
 /// The programs and where they attach.
@@ -275,12 +275,12 @@ fn forget_service_links(root: &Path) -> Result<(), Error> {
 pub struct Dataplane {
     root: PathBuf,
     ipcache: LpmPair<IpcacheKey, IpcacheValue>,
-    endpoints: Pinned<HashMap<MapData, u32, Endpoint>>,
+    endpoints: Mutex<HashMap<MapData, u32, Endpoint>>,
     policy: LpmPair<PolicyKey, PolicyValue>,
-    cidr: Pinned<LpmTrie<MapData, CidrKey, CidrValue>>,
-    ct: Pinned<HashMap<MapData, CtKey, CtValue>>,
-    counters: Pinned<PerCpuHashMap<MapData, CounterKey, CounterValue>>,
-    config: Pinned<Array<MapData, Config>>,
+    cidr: Mutex<LpmTrie<MapData, CidrKey, CidrValue>>,
+    ct: Mutex<HashMap<MapData, CtKey, CtValue>>,
+    counters: Mutex<PerCpuHashMap<MapData, CounterKey, CounterValue>>,
+    config: Mutex<Array<MapData, Config>>,
 }
 
 /// flock on the root directory (bpffs holds no regular files, but a
@@ -331,6 +331,14 @@ pub(crate) fn open_map(root: &Path, name: &str) -> Result<Map, Error> {
     }
     let data = MapData::from_pin(&path).map_err(map_err(&path, "open pinned map"))?;
     Map::from_map_data(data).map_err(map_err(&path, "open pinned map"))
+}
+
+macro_rules! typed {
+    ($root:expr, $name:expr, $ty:ty) => {{
+        let m = open_map($root, $name)?;
+        let path = $root.join($name);
+        Mutex::new(<$ty>::try_from(m).map_err(map_err(&path, "check key/value sizes"))?)
+    }};
 }
 
 /// The nearest existing ancestor of `root` must be on bpffs. Mounting is
@@ -698,6 +706,14 @@ impl Dataplane {
 
     /// The pins of a root already checked (by [`Dataplane::open`], or by
     /// `prepare`, which also made sure the ABI is ours).
+    ///
+    /// Every map is opened here, none on first use, though a pod start
+    /// uses two of them: a handle must keep the maps of the ABI it checked.
+    /// An ABI migration renames a new set's pins over these while a CNI
+    /// binary of the old build may be in the middle of an ADD; that binary
+    /// must go on writing the old maps, which the migration copies again
+    /// after its commit (`migrate.rs`, step 5), never the new ones in the
+    /// old layout.
     pub(crate) fn open_pins(root: &Path) -> Result<Dataplane, Error> {
         for hook in Hook::POD {
             let p = root.join("progs").join(hook.name());
@@ -707,13 +723,13 @@ impl Dataplane {
         }
         Ok(Dataplane {
             root: root.to_path_buf(),
-            ipcache: LpmPair::at(root, MAP_IPCACHE, MAP_IPCACHE_EXACT, IPCACHE_FULL_BITS),
-            endpoints: Pinned::at(root, MAP_ENDPOINTS),
-            policy: LpmPair::at(root, MAP_POLICY, MAP_POLICY_EXACT, POLICY_FULL_BITS),
-            cidr: Pinned::at(root, MAP_CIDR),
-            ct: Pinned::at(root, MAP_CT),
-            counters: Pinned::at(root, MAP_COUNTERS),
-            config: Pinned::at(root, MAP_CONFIG),
+            ipcache: LpmPair::open(root, MAP_IPCACHE, MAP_IPCACHE_EXACT, IPCACHE_FULL_BITS)?,
+            endpoints: typed!(root, MAP_ENDPOINTS, HashMap<MapData, u32, Endpoint>),
+            policy: LpmPair::open(root, MAP_POLICY, MAP_POLICY_EXACT, POLICY_FULL_BITS)?,
+            cidr: typed!(root, MAP_CIDR, LpmTrie<MapData, CidrKey, CidrValue>),
+            ct: typed!(root, MAP_CT, HashMap<MapData, CtKey, CtValue>),
+            counters: typed!(root, MAP_COUNTERS, PerCpuHashMap<MapData, CounterKey, CounterValue>),
+            config: typed!(root, MAP_CONFIG, Array<MapData, Config>),
         })
     }
 
@@ -967,31 +983,31 @@ impl Dataplane {
     // ---- endpoints ------------------------------------------------------------
 
     pub fn set_endpoint(&self, ifindex: u32, ep: &Endpoint) -> Result<(), Error> {
-        let p = self.endpoints.path();
-        self.endpoints.get()?.insert(ifindex, ep, 0).map_err(map_err(p, "update"))
+        let p = self.root.join(MAP_ENDPOINTS);
+        self.endpoints.lock().unwrap().insert(ifindex, ep, 0).map_err(map_err(&p, "update"))
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<Endpoint>, Error> {
-        let p = self.endpoints.path();
-        match self.endpoints.get()?.get(&ifindex, 0) {
+        let p = self.root.join(MAP_ENDPOINTS);
+        match self.endpoints.lock().unwrap().get(&ifindex, 0) {
             Ok(v) => Ok(Some(v)),
             Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(p, "lookup")(e)),
+            Err(e) => Err(map_err(&p, "lookup")(e)),
         }
     }
 
     pub fn remove_endpoint(&self, ifindex: u32) -> Result<(), Error> {
-        let p = self.endpoints.path();
-        match self.endpoints.get()?.remove(&ifindex) {
-            Err(e) if !not_found(&e) => Err(map_err(p, "delete")(e)),
+        let p = self.root.join(MAP_ENDPOINTS);
+        match self.endpoints.lock().unwrap().remove(&ifindex) {
+            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
             _ => Ok(()),
         }
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>, Error> {
-        let p = self.endpoints.path();
-        let m = self.endpoints.get()?;
-        let mut v = m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(p, "iterate"))?;
+        let p = self.root.join(MAP_ENDPOINTS);
+        let m = self.endpoints.lock().unwrap();
+        let mut v = m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(&p, "iterate"))?;
         v.sort_by_key(|(k, _)| *k);
         Ok(v)
     }
@@ -1055,17 +1071,18 @@ impl Dataplane {
     // ---- ipBlock classes ---------------------------------------------------------
 
     pub fn set_cidr(&self, endpoint: u32, direction: Direction, net: IpNet, class: u32) -> Result<(), Error> {
-        let p = self.cidr.path();
+        let p = self.root.join(MAP_CIDR);
         self.cidr
-            .get()?
+            .lock()
+            .unwrap()
             .insert(&cidr_key(endpoint, direction, net), CidrValue { identity: class }, 0)
-            .map_err(map_err(p, "update"))
+            .map_err(map_err(&p, "update"))
     }
 
     pub fn remove_cidr(&self, endpoint: u32, direction: Direction, net: IpNet) -> Result<(), Error> {
-        let p = self.cidr.path();
-        match self.cidr.get()?.remove(&cidr_key(endpoint, direction, net)) {
-            Err(e) if !not_found(&e) => Err(map_err(p, "delete")(e)),
+        let p = self.root.join(MAP_CIDR);
+        match self.cidr.lock().unwrap().remove(&cidr_key(endpoint, direction, net)) {
+            Err(e) if !not_found(&e) => Err(map_err(&p, "delete")(e)),
             _ => Ok(()),
         }
     }
@@ -1073,11 +1090,11 @@ impl Dataplane {
     /// (endpoint, direction, prefix, class) of every ipBlock entry (one
     /// with a direction byte no direction has is left out).
     pub fn cidr_entries(&self) -> Result<Vec<(u32, Direction, IpNet, u32)>, Error> {
-        let p = self.cidr.path();
-        let m = self.cidr.get()?;
+        let p = self.root.join(MAP_CIDR);
+        let m = self.cidr.lock().unwrap();
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(map_err(p, "iterate"))?;
+            let (k, v) = r.map_err(map_err(&p, "iterate"))?;
             let d = k.data();
             let Some(direction) = Direction::from_u8(d.direction) else { continue };
             out.push((
@@ -1093,12 +1110,12 @@ impl Dataplane {
     // ---- conntrack -------------------------------------------------------------
 
     pub fn ct_entries(&self) -> Result<Vec<CtEntry>, Error> {
-        let p = self.ct.path();
+        let p = self.root.join(MAP_CT);
         let now = sys::monotonic_ns();
-        let m = self.ct.get()?;
+        let m = self.ct.lock().unwrap();
         let mut out = Vec::new();
         for r in m.iter() {
-            let (key, value) = r.map_err(map_err(p, "iterate"))?;
+            let (key, value) = r.map_err(map_err(&p, "iterate"))?;
             let key = key.as_opened(&value);
             out.push(CtEntry { key, value, expires_in_ns: value.expires_ns.saturating_sub(now) });
         }
@@ -1116,7 +1133,7 @@ impl Dataplane {
         let links: HashMap<MapData, CtKey, ServiceBackend> =
             HashMap::try_from(open_map(&self.root, MAP_SERVICE_BACKENDS)?)
                 .map_err(map_err(&p, "check key/value sizes"))?;
-        let ct = self.ct.get()?;
+        let ct = self.ct.lock().unwrap();
         let mut out = Vec::new();
         for r in links.iter() {
             let (key, backend) = r.map_err(map_err(&p, "iterate"))?;
@@ -1133,8 +1150,8 @@ impl Dataplane {
     /// Remove every entry `pred` selects (given the tuple as opened);
     /// returns how many.
     pub fn ct_flush_where(&self, pred: impl Fn(&CtKey, &CtValue) -> bool) -> Result<usize, Error> {
-        let p = self.ct.path();
-        let mut m = self.ct.get()?;
+        let p = self.root.join(MAP_CT);
+        let mut m = self.ct.lock().unwrap();
         let keys: Vec<CtKey> =
             m.iter().filter_map(|r| r.ok()).filter(|(k, v)| pred(&k.as_opened(v), v)).map(|(k, _)| k).collect();
         let mut n = 0;
@@ -1142,7 +1159,7 @@ impl Dataplane {
             match m.remove(&k) {
                 Ok(()) => n += 1,
                 Err(e) if not_found(&e) => {}
-                Err(e) => return Err(map_err(p, "delete")(e)),
+                Err(e) => return Err(map_err(&p, "delete")(e)),
             }
         }
         Ok(n)
@@ -1162,11 +1179,11 @@ impl Dataplane {
 
     /// Every counter, summed over CPUs, sorted by key.
     pub fn counters(&self) -> Result<Vec<(CounterKey, CounterValue)>, Error> {
-        let p = self.counters.path();
-        let m = self.counters.get()?;
+        let p = self.root.join(MAP_COUNTERS);
+        let m = self.counters.lock().unwrap();
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, per_cpu) = r.map_err(map_err(p, "iterate"))?;
+            let (k, per_cpu) = r.map_err(map_err(&p, "iterate"))?;
             let mut sum = CounterValue::default();
             for v in per_cpu.iter() {
                 sum.packets += v.packets;
@@ -1180,15 +1197,15 @@ impl Dataplane {
 
     /// One counter summed over CPUs (zero when never hit).
     pub fn counter(&self, endpoint: u32, direction: u8, reason: u8) -> Result<CounterValue, Error> {
-        let p = self.counters.path();
+        let p = self.root.join(MAP_COUNTERS);
         let key = CounterKey { endpoint, direction, reason, pad: 0 };
-        match self.counters.get()?.get(&key, 0) {
+        match self.counters.lock().unwrap().get(&key, 0) {
             Ok(per_cpu) => Ok(per_cpu.iter().fold(CounterValue::default(), |a, v| CounterValue {
                 packets: a.packets + v.packets,
                 bytes: a.bytes + v.bytes,
             })),
             Err(e) if not_found(&e) => Ok(CounterValue::default()),
-            Err(e) => Err(map_err(p, "lookup")(e)),
+            Err(e) => Err(map_err(&p, "lookup")(e)),
         }
     }
 
@@ -1250,12 +1267,12 @@ impl Dataplane {
 
     /// Drop an endpoint's counters (when it goes away).
     pub fn remove_counters(&self, endpoint: u32) -> Result<(), Error> {
-        let p = self.counters.path();
-        let mut m = self.counters.get()?;
+        let p = self.root.join(MAP_COUNTERS);
+        let mut m = self.counters.lock().unwrap();
         let keys: Vec<CounterKey> = m.keys().filter_map(|k| k.ok()).filter(|k| k.endpoint == endpoint).collect();
         for k in keys {
             match m.remove(&k) {
-                Err(e) if !not_found(&e) => return Err(map_err(p, "delete")(e)),
+                Err(e) if !not_found(&e) => return Err(map_err(&p, "delete")(e)),
                 _ => {}
             }
         }
@@ -1271,17 +1288,17 @@ impl Dataplane {
     }
 
     pub fn config(&self) -> Result<Config, Error> {
-        let p = self.config.path();
-        self.config.get()?.get(&0, 0).map_err(map_err(p, "read"))
+        let p = self.root.join(MAP_CONFIG);
+        self.config.lock().unwrap().get(&0, 0).map_err(map_err(&p, "read"))
     }
 
     /// Write the configuration fields of `cfg`. `policy_gen` is not
     /// configuration: the one in the map is kept ([`Dataplane::bump_policy_gen`]).
     pub fn set_config(&self, cfg: &Config) -> Result<(), Error> {
-        let p = self.config.path();
-        let mut map = self.config.get()?;
-        let policy_gen = map.get(&0, 0).map_err(map_err(p, "read"))?.policy_gen;
-        map.set(0, Config { policy_gen, ..*cfg }, 0).map_err(map_err(p, "write"))
+        let p = self.root.join(MAP_CONFIG);
+        let mut map = self.config.lock().unwrap();
+        let policy_gen = map.get(&0, 0).map_err(map_err(&p, "read"))?.policy_gen;
+        map.set(0, Config { policy_gen, ..*cfg }, 0).map_err(map_err(&p, "write"))
     }
 
     /// Start a new policy generation: every conntrack entry judged under an
@@ -1289,11 +1306,11 @@ impl Dataplane {
     /// `CFG_REJUDGE_OFF`). Call it once a change's removals are written,
     /// never before (see weir_abi.h). Returns the new generation.
     pub fn bump_policy_gen(&self) -> Result<u32, Error> {
-        let p = self.config.path();
-        let mut map = self.config.get()?;
-        let mut cfg = map.get(&0, 0).map_err(map_err(p, "read"))?;
+        let p = self.root.join(MAP_CONFIG);
+        let mut map = self.config.lock().unwrap();
+        let mut cfg = map.get(&0, 0).map_err(map_err(&p, "read"))?;
         cfg.policy_gen = cfg.policy_gen.wrapping_add(1);
-        map.set(0, cfg, 0).map_err(map_err(p, "write"))?;
+        map.set(0, cfg, 0).map_err(map_err(&p, "write"))?;
         Ok(cfg.policy_gen)
     }
 

@@ -24,7 +24,6 @@ mod events;
 mod lifecycle;
 mod lpm;
 mod migrate;
-mod pinned;
 
 pub use dataplane::{
     build_id, detach_all, is_weirs_root_entry, pinned_endpoint_ifindexes, AttachMode, CtEntry, Dataplane, Hook,

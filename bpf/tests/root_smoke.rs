@@ -164,25 +164,36 @@ fn open_names_the_missing_pin_and_the_fix() {
     }
 }
 
-/// A handle opens each map when it is first used (a pod start touches two
-/// of them). A pin removed behind the dataplane's back is then named, with
-/// the fix, by the first use of that map, and the maps still pinned work.
+/// A handle writes the maps it opened, whatever is pinned under their
+/// names later: an ABI migration renames a new set's pins over a root while
+/// a CNI binary of the old build may be in the middle of an ADD, and its
+/// entries must land in the old maps (which the migration copies again),
+/// never in the new ones in the old layout. Every map, including those a
+/// pod start does not touch until later (the ipcache here).
 #[test]
-fn root_a_map_pin_removed_behind_our_back_is_named_when_used() {
+fn root_a_handle_keeps_the_maps_it_opened_when_pins_are_replaced() {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
-    let root = TestRoot::new("lazymap");
-    drop(root.load());
-    std::fs::remove_file(root.path.join(abi::MAP_CIDR)).unwrap();
-    let dp = Dataplane::open(&root.path).unwrap();
-    dp.set_endpoint(7, &abi::Endpoint { identity: 300, ..Default::default() }).unwrap();
-    assert_eq!(dp.endpoint(7).unwrap().map(|e| e.identity), Some(300));
-    let err = dp.cidr_entries().expect_err("the removed map is not there").to_string();
-    assert!(err.contains(abi::MAP_CIDR) && err.contains("load_or_open"), "{err}");
-    // and asked again, it is still named (nothing half-opened was kept)
-    assert!(dp.cidr_entries().is_err());
+    let (old, new) = (TestRoot::new("keep-old"), TestRoot::new("keep-new"));
+    drop(old.load());
+    drop(new.load());
+    let dp = Dataplane::open(&old.path).unwrap();
+    for name in [abi::MAP_ENDPOINTS, abi::MAP_IPCACHE_EXACT] {
+        std::fs::rename(new.path.join(name), old.path.join(name)).unwrap();
+    }
+    let ep = abi::Endpoint { identity: 300, ..Default::default() };
+    dp.set_endpoint(7, &ep).unwrap();
+    let ip: std::net::IpAddr = "10.9.0.7".parse().unwrap();
+    let v = abi::IpcacheValue { identity: 300, endpoint: 7, flags: 0, pad: 0 };
+    dp.set_ipcache(ipnet::IpNet::from(ip), &v).unwrap();
+    assert_eq!(dp.endpoint(7).unwrap(), Some(ep), "the handle reads what it wrote");
+    assert_eq!(dp.ipcache_lookup(ip).unwrap().map(|v| v.endpoint), Some(7));
+    // The maps now pinned under those names are untouched.
+    let now = Dataplane::open(&old.path).unwrap();
+    assert_eq!(now.endpoint(7).unwrap(), None);
+    assert_eq!(now.ipcache_lookup(ip).unwrap(), None);
 }
 
 /// Full-length entries live in the exact-match hashes, shorter prefixes in
