@@ -615,11 +615,7 @@ proptest! {
                 prop_assert_eq!(canonical(&d), canonical(&fresh));
                 // Rule ids are engine-local: the table compared by what each rule is.
                 let table = |d: &Desired| {
-                    let mut v: Vec<String> = d
-                        .rules
-                        .iter()
-                        .map(|r| format!("{}/{} {:?} {} {:?}", r.namespace, r.name, r.direction, r.rule_index, r.peer_index))
-                        .collect();
+                    let mut v: Vec<String> = d.rules.iter().map(described).collect();
                     v.sort();
                     v
                 };
@@ -753,6 +749,11 @@ proptest! {
     }
 }
 
+/// What a rule is, without its engine-local id.
+fn described(r: &RuleInfo) -> String {
+    format!("{}/{} {:?} {} {:?}", r.namespace, r.name, r.direction, r.rule_index, r.peer_index)
+}
+
 /// A Desired with identity numbers replaced by their labels, to compare
 /// results of engines with different allocation histories.
 pub(super) fn canonical(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
@@ -778,11 +779,7 @@ pub(super) fn canonical(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>, 
         v.sort();
         v.join(",")
     };
-    let rule = |r: u32| {
-        d.rule(r)
-            .map(|r| format!("{}/{} {:?} {} {:?}", r.namespace, r.name, r.direction, r.rule_index, r.peer_index))
-            .unwrap_or_default()
-    };
+    let rule = |r: u32| d.rule(r).map(described).unwrap_or_default();
     let mut pol: Vec<String> = d
         .policy
         .iter()
