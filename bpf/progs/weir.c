@@ -31,6 +31,7 @@
 #include "addrs.h"
 #include "rejudge.h"
 #include "service.h"
+#include "handoff.h"
 
 /* The port policy sees: ICMP has none (its identifier is only for conntrack). */
 static __always_inline __be16 policy_port(const struct pkt *p)
@@ -87,15 +88,20 @@ int from_pod(struct __sk_buff *skb)
 				service_open(&p, &k, ct, gen, now);
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			if (!ct->ingress_ep)
+			if (!ct->ingress_ep) {
 				ct_touch(ct, &p, 0, cfg, now);
+				if (!(ct->flags & WEIR_CT_SERVICE))
+					handoff_record(&p, gen, now);
+			}
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_ESTABLISHED, 0);
 		}
 		if (ct && reply && ct->ingress_ep == ep) {
 			if (!ct_still_allowed(skb, &p, &k, ct, cfg, gen))
 				return TC_ACT_SHOT;
-			if (!ct->egress_ep)
+			if (!ct->egress_ep) {
 				ct_touch(ct, &p, 1, cfg, now);
+				handoff_record(&p, gen, now);
+			}
 			return weir_allow(skb, &p, &vc, WEIR_R_ALLOW_REPLY, 0);
 		}
 	}
@@ -242,8 +248,9 @@ int to_pod(struct __sk_buff *skb)
  * pod's egress is judged against that backend, and the flow's S->VIP
  * entry linked to it, so that re-judging can cut the replies that come
  * back from the VIP. Flows judged already (to a
- * remote pod directly, at from_pod) pass on their conntrack entry, the
- * S->VIP entries from_pod keeps for replies do not; packets
+ * remote pod directly, at from_pod) pass on their conntrack entry, or with
+ * no lookup at all when from_pod has just passed the very packet
+ * (handoff.h); the S->VIP entries from_pod keeps for replies do not; packets
  * that are not a local pod's (the node's own, VXLAN's outer packets, other
  * protocols) are not Weir's to judge and pass untouched.
  */
@@ -260,16 +267,19 @@ int leave_node(struct __sk_buff *skb)
 	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND ||
 	    (p.icmp == ICMP_K_MLD && link_scope_multicast(p.daddr)))
 		return TC_ACT_UNSPEC;
+	__u64 now = ct_now();
+	const struct weir_config *cfg = weir_cfg();
+	__u32 gen = policy_gen_at_start(cfg);
+	/* from_pod just passed it on its conntrack entry (handoff.h). */
+	if (handoff_holds(&p, gen, now))
+		return TC_ACT_UNSPEC;
 	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
 	if (!src || !src->endpoint)
 		return TC_ACT_UNSPEC;
 	__u32 sep = src->endpoint;
 	struct verdict_ctx vc = { .endpoint = sep, .direction = WEIR_DIR_EGRESS };
 
-	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
-	const struct weir_config *cfg = weir_cfg();
-	__u32 gen = policy_gen_at_start(cfg);
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
 		/* A SERVICE entry was never judged: from_pod recorded S->VIP only

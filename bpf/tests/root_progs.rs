@@ -883,6 +883,88 @@ fn root_leave_node_judges_a_pods_packet_to_a_vip_that_was_not_dnated() {
     assert!(e.to(e.a, &pkt::tcp(ip(VIP4), 81, ip(A4), 5000, SYN | ACK)));
 }
 
+/// Keep this test's thread on the CPU it runs on: from_pod hands a packet
+/// it passed to leave_node through a per-CPU slot, which two test runs see
+/// only on one CPU.
+fn stay_on_this_cpu() {
+    // SAFETY: plain syscalls on a cpu_set_t this function owns; pid 0 is the calling thread.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// A packet from_pod has just passed on its entry (to a remote pod, or a
+/// reply to one) reaches leave_node next, on the same CPU: leave_node
+/// passes it without looking the flow up again. Seen here by removing the
+/// entry in between: the packet passes and no entry is made for it.
+#[test]
+fn root_leave_node_takes_what_from_pod_just_passed_without_a_lookup() {
+    let Some(e) = Env::new("handoff") else { return };
+    stay_on_this_cpu();
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    e.allow(e.a, ID_R, DIR_INGRESS, Some(TCP), Some((22, 22)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    // (the flow's first packet, the next one of it from A): A opens one to
+    // R, and A replies on one R opened (its first packet judged at to_pod).
+    let opened = (pkt::tcp(ip(A4), 6000, ip(R4), 80, SYN), pkt::tcp(ip(A4), 6000, ip(R4), 80, ACK));
+    let answered = (pkt::tcp(ip(R4), 6001, ip(A4), 22, SYN), pkt::tcp(ip(A4), 22, ip(R4), 6001, SYN | ACK));
+    for (what, (first, next)) in [("opened by A", opened), ("opened by R", answered)] {
+        // A clock tick between the two runs sends the packet the full way:
+        // one of a few tries sees the handoff.
+        let handed = (0..20).any(|_| {
+            e.dp.ct_flush().unwrap();
+            let first_passed = if what == "opened by A" { e.from(e.a, &first) } else { e.to(e.a, &first) };
+            assert!(first_passed, "{what}: the first packet");
+            assert!(e.from(e.a, &next), "{what}: established at from_pod");
+            e.dp.ct_flush().unwrap();
+            // Looked up, the flow has no entry: A's egress would be judged
+            // afresh, and a new entry made (or the reply, to port 6001, dropped).
+            leave(&next) && e.dp.ct_entries().unwrap().is_empty()
+        });
+        assert!(handed, "{what}: leave_node looked the flow up every time");
+    }
+}
+
+/// The handoff holds only the packet exactly as from_pod passed it, under
+/// the policy it was passed by: a packet rewritten in between (DNAT), one
+/// after a policy change, and one to a VIP on its SERVICE entry are all
+/// judged at leave_node, right after from_pod passed theirs.
+#[test]
+fn root_leave_node_judges_what_changed_since_from_pod_passed_it() {
+    let Some(e) = Env::new("handoff2") else { return };
+    stay_on_this_cpu();
+    let uplink = dummy("wu");
+    e.ep(e.a, ID_A, EP_READY | EP_EGRESS_ISOLATED);
+    e.allow(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    let leave = |frame: &[u8]| verdict(e.run(Hook::LeaveNode, uplink, frame));
+    let next = pkt::tcp(ip(A4), 7000, ip(R4), 80, ACK);
+    assert!(e.from(e.a, &pkt::tcp(ip(A4), 7000, ip(R4), 80, SYN)));
+    for _ in 0..20 {
+        // Rewritten on the way, to a port or an address A may not reach.
+        assert!(e.from(e.a, &next));
+        assert!(!leave(&pkt::tcp(ip(A4), 7000, ip(R4), 81, ACK)), "another port");
+        assert!(e.from(e.a, &next));
+        assert!(!leave(&pkt::tcp(ip(A4), 7000, ip("10.2.0.9"), 80, ACK)), "another address");
+        // A VIP's SERVICE entry is no judgement: a packet that leaves still
+        // addressed to the VIP is judged, however recently from_pod passed it.
+        assert!(e.from(e.a, &pkt::tcp(ip(A4), 7002, ip(VIP4), 80, ACK)));
+        assert!(!leave(&pkt::tcp(ip(A4), 7002, ip(VIP4), 80, ACK)), "to the VIP");
+    }
+    // The policy changed between the two hooks: the flow is judged again
+    // at leave_node and cut.
+    assert!(e.from(e.a, &next));
+    e.revoke(e.a, ID_R, DIR_EGRESS, Some(TCP), Some((80, 80)));
+    assert!(!leave(&next), "revoked in between");
+    assert_eq!(e.revoked(e.a, DIR_EGRESS), 1);
+}
+
 fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }

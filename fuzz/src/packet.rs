@@ -7,14 +7,15 @@
 //! `to_pod` and `from_pod` of every endpoint and through `leave_node` on
 //! the uplink, then its reverse (addresses and ports swapped, an echo
 //! request turned into its reply) does the same, so replies and
-//! established flows are reached too. Conntrack is emptied before each
-//! input, so inputs are independent. The control byte (see [`Control`])
-//! says whether each pod hook sees the frame as the bridge would give it
-//! (from_pod: sent from the pod's MAC; to_pod: a unicast frame addressed
-//! to the pod's MAC), which most inputs do so that fuzzing goes past the
-//! MAC screen, or with the Ethernet addresses as they are, which fuzzes
-//! the screen itself; and whether leave_node runs before the pod hooks
-//! (it then judges flows no from_pod approved) or after them.
+//! established flows are reached too. Conntrack is emptied and a new
+//! policy generation begun before each input, so inputs are independent.
+//! The control byte (see [`Control`]) says whether each pod hook sees the
+//! frame as the bridge would give it (from_pod: sent from the pod's MAC;
+//! to_pod: a unicast frame addressed to the pod's MAC), which most inputs
+//! do so that fuzzing goes past the MAC screen, or with the Ethernet
+//! addresses as they are, which fuzzes the screen itself; and whether
+//! leave_node runs before the pod hooks (it then judges flows no from_pod
+//! approved) or after them.
 //!
 //! The oracle (docs/architecture-dataplane.md) judges a frame a program
 //! passed. At both pod hooks the screen of the pod's own addresses comes
@@ -1015,6 +1016,9 @@ pub fn run(data: &[u8]) {
     }
     NODE.with(|node| {
         node.dp.ct_flush().expect("flush conntrack");
+        // And a new policy generation: from_pod's handoff to leave_node
+        // (bpf/progs/handoff.h) of the last input stands for nothing either.
+        node.dp.bump_policy_gen().expect("bump the policy generation");
         let mut flows = Flows::default();
         let frames: Vec<Vec<u8>> = std::iter::once(frame.to_vec()).chain(reverse(frame)).collect();
         for f in &frames {
