@@ -26,9 +26,15 @@
 # Metrics: as datapath.sh (lib.sh measure_flows). For the weir configs it also
 #   records each node's in-kernel cost per packet (fill --cost) and verdict
 #   counters, and stops if the policy path did not run.
+#   INPATH_STATS=1 also records what each program costs in the path itself,
+#   while the throughput samples run: the kernel's BPF statistics
+#   (kernel.bpf_stats_enabled, run_time_ns / run_cnt of each pinned program),
+#   whose own cost (two clock reads a run, 65-90 ns here for a program that
+#   returns at once) is in the figure and slows the weir configs' throughput:
+#   read that run's ratios as biased low.
 #
 # Usage (root, from the repository):  bash test/bench/crossnode.sh
-#   env: REPS=3 DUR=5 TPUT_SAMPLES=3 LATDUR=5 UMTU=1500
+#   env: REPS=3 DUR=5 TPUT_SAMPLES=3 LATDUR=5 UMTU=1500 INPATH_STATS=0
 #        CONFIGS="hostgw hostgw-weir-1 hostgw-weir-100k vxlan vxlan-weir-1 vxlan-weir-100k"
 #        OUTDIR=test/bench/results/crossnode-<utc time>
 set -euo pipefail
@@ -39,6 +45,8 @@ REPS=${REPS:-3}
 DUR=${DUR:-5}
 LATDUR=${LATDUR:-5}
 UMTU=${UMTU:-1500}
+INPATH_STATS=${INPATH_STATS:-0}
+STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo 0)
 CONFIGS=${CONFIGS:-"hostgw hostgw-weir-1 hostgw-weir-100k vxlan vxlan-weir-1 vxlan-weir-100k"}
 OUTDIR=${OUTDIR:-$HERE/results/crossnode-$(date -u +%Y%m%dT%H%M%SZ)}
 ROOT=/sys/fs/bpf/weir-xbench-$$
@@ -56,6 +64,7 @@ topo_down() {
 }
 cleanup() {
 	set +e
+	[ "$INPATH_STATS" = 1 ] && sysctl -qw kernel.bpf_stats_enabled="$STATS_WAS"
 	topo_down
 	case $WORK in /tmp/weir-xbench.??????) rm -rf -- "$WORK" ;; esac
 }
@@ -137,6 +146,32 @@ counters() { # $1 cfg, $2 rep, $3 node index, $4 host veth
 		awk -v ep="ep=$idx" -v pfx="n${3}_" '$1 == ep { sub("dir=", "", $2); split($3, r, "="); print pfx $2 "_" r[1], r[2] }' |
 		while read -r m v; do emit "$1" "$2" "$m" "$v"; done
 }
+# run_cnt and run_time_ns of each node's programs: `node prog count ns` lines.
+prog_stats() {
+	local i prog
+	for i in 1 2; do
+		for prog in from_pod to_pod leave_node; do
+			bpftool prog show pinned "$ROOT-n$i/progs/$prog" --json |
+				python3 -c 'import json,sys; p=json.load(sys.stdin); print(sys.argv[1], sys.argv[2], p.get("run_cnt", 0), p.get("run_time_ns", 0))' "n$i" "$prog"
+		done
+	done
+}
+tput_begin() { # $1 cfg
+	[ "$INPATH_STATS" = 1 ] || return 0
+	case $1 in *-weir-*) ;; *) return 0 ;; esac
+	sysctl -qw kernel.bpf_stats_enabled=1
+	prog_stats >"$WORK/stats-before"
+}
+tput_end() { # $1 cfg, $2 rep
+	[ "$INPATH_STATS" = 1 ] || return 0
+	case $1 in *-weir-*) ;; *) return 0 ;; esac
+	prog_stats >"$WORK/stats-after"
+	sysctl -qw kernel.bpf_stats_enabled="$STATS_WAS"
+	local node prog c0 t0 c1 t1
+	while read -r node prog c0 t0 && read -r _ _ c1 t1 <&3; do
+		[ "$c1" -gt "$c0" ] && emit "$1" "$2" "${node}_${prog}_inpath_ns" "$(( (t1 - t0) / (c1 - c0) ))"
+	done <"$WORK/stats-before" 3<"$WORK/stats-after"
+}
 txp() { ip netns exec wx-n1 cat "/sys/class/net/$1/statistics/tx_packets" 2>/dev/null || echo 0; }
 
 measure() { # $1 cfg, $2 rep
@@ -182,11 +217,12 @@ PY
 main() {
 	[ "$(id -u)" = 0 ] || { log "run as root"; exit 1; }
 	need_tools ip bridge iperf3 sockperf nsenter taskset python3 cc cargo ping
+	[ "$INPATH_STATS" = 1 ] && need_tools bpftool sysctl
 	build_tools
 	mkdir -p "$OUTDIR"
 	RAW=$OUTDIR/raw.csv
 	: >"$RAW"
-	{ uname -r; nproc; date -u; echo "REPS=$REPS DUR=$DUR TPUT_SAMPLES=$TPUT_SAMPLES LATDUR=$LATDUR UMTU=$UMTU CONFIGS=$CONFIGS"; cat /proc/loadavg; } >"$OUTDIR/env.txt"
+	{ uname -r; nproc; date -u; echo "REPS=$REPS DUR=$DUR TPUT_SAMPLES=$TPUT_SAMPLES LATDUR=$LATDUR UMTU=$UMTU INPATH_STATS=$INPATH_STATS CONFIGS=$CONFIGS"; cat /proc/loadavg; } >"$OUTDIR/env.txt"
 	local rep cfg
 	for rep in $(seq "$REPS"); do
 		for cfg in $CONFIGS; do

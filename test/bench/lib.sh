@@ -65,12 +65,16 @@ measure_flows() { # $1 cfg, $2 round, $3 client netns, $4 server netns, $5 serve
 	# a fourth time"): the round's throughput is the median of TPUT_SAMPLES
 	# connections, so one slow connection does not decide it.
 	local samples=() k
+	# The sourcing script may watch the throughput samples (crossnode.sh
+	# INPATH_STATS): tput_begin and tput_end run around them.
+	if declare -F tput_begin >/dev/null; then tput_begin "$cfg" "$rep"; fi
 	for k in $(seq "$TPUT_SAMPLES"); do
 		out=$(ip netns exec "$cns" taskset -c $CPU_A iperf3 -c "$dst" -p $P_IPERF -t "$DUR" -J)
 		v=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out")
 		emit "$cfg" "$rep" "tput_gbps_sample$k" "$v"
 		samples+=("$v")
 	done
+	if declare -F tput_end >/dev/null; then tput_end "$cfg" "$rep"; fi
 	emit "$cfg" "$rep" tput_gbps "$(python3 -c 'import statistics,sys; print("%.3f" % statistics.median(map(float, sys.argv[1:])))' "${samples[@]}")"
 	spawn ip netns exec "$sns" taskset -c $CPU_B sockperf server --tcp -i "$dst" -p $P_SOCKPERF
 	wait_port "$sns" $P_SOCKPERF

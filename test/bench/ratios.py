@@ -62,15 +62,21 @@ def main(argv):
         cells = ['%s [%.4g]' % (cell(c, r, m), med(c, m)) for m, _ in METRICS]
         print(f'| {c} | {r} | ' + ' | '.join(cells) + ' |')
     print()
-    costs = sorted({m for (c, m) in vals if m.endswith('_ns')})
-    if costs:
+    for title, suffix, exclude in [
+        ('In-kernel program cost per packet, ns (BPF_PROG_TEST_RUN mean, median over rounds):', '_ns', '_inpath_ns'),
+        ('In the path, ns per run while the throughput samples ran (kernel BPF statistics, their own cost '
+         'included; median over rounds):', '_inpath_ns', None),
+    ]:
+        costs = sorted({m for (c, m) in vals if m.endswith(suffix) and not (exclude and m.endswith(exclude))})
+        if not costs:
+            continue
         cc = [c for c, _ in pairs if any((c, m) in vals for m in costs)]
-        print('In-kernel program cost per packet, ns (BPF_PROG_TEST_RUN mean, median over rounds):')
+        print(title)
         print()
         print('| path | ' + ' | '.join(cc) + ' |')
         print('|---|' + '---|' * len(cc))
         for m in costs:
-            print(f'| {m[:-3]} | ' + ' | '.join('%.0f' % med(c, m) for c in cc) + ' |')
+            print(f'| {m[:-len(suffix)]} | ' + ' | '.join('%.0f' % med(c, m) if (c, m) in vals else '-' for c in cc) + ' |')
         print()
     load = [v for (c, m), d in vals.items() if m == 'loadavg1' for v in d.values()]
     if load:
