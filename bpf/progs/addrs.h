@@ -121,7 +121,7 @@ static __always_inline __be32 arp_ip(const __u8 *b)
 /* ARP sent by the pod: WEIR_R_ALLOW_NOT_IP or the drop reason. */
 static __always_inline __u8 arp_from_pod(struct __sk_buff *skb, const struct weir_endpoint *e)
 {
-	struct weir_arp a;
+	struct weir_arp a WEIR_WORDS;
 
 	if (arp_load(skb, &a))
 		return WEIR_R_DROP_MALFORMED;
@@ -138,7 +138,7 @@ static __always_inline __u8 arp_from_pod(struct __sk_buff *skb, const struct wei
 static __always_inline __u8 arp_to_pod(struct __sk_buff *skb, const struct weir_ethhdr *eth,
 				       const struct weir_endpoint *e)
 {
-	struct weir_arp a;
+	struct weir_arp a WEIR_WORDS;
 
 	if (arp_load(skb, &a))
 		return WEIR_R_DROP_MALFORMED;
@@ -161,7 +161,7 @@ static __always_inline __u8 arp_to_pod(struct __sk_buff *skb, const struct weir_
 static __always_inline __u8 nd_options_from_pod(struct __sk_buff *skb, const struct pkt *p,
 						const struct weir_endpoint *e, __u32 off)
 {
-	__u8 o[8];
+	__u8 o[8] WEIR_WORDS;
 	int i;
 
 #pragma unroll
@@ -226,7 +226,7 @@ static __always_inline __u8 nd_from_pod(struct __sk_buff *skb, const struct pkt 
 	if (unspecified ? type == ND_NA : !ep_owns_on_link(e, p->saddr))
 		return WEIR_R_DROP_NEIGH_SPOOFED;
 	if (type != ND_RS) {
-		__u32 target[4];
+		__u32 target[4] WEIR_WORDS;
 		if (off + 16 > p->l3_end || weir_load(skb, off, target, 16))
 			return WEIR_R_DROP_MALFORMED;
 		off += 16;
@@ -293,7 +293,7 @@ static __always_inline int ip_for_pod(const struct pkt *p, const struct weir_end
 static __always_inline __u8 screen_from_pod(struct __sk_buff *skb, struct pkt *p,
 					    const struct weir_endpoint *e)
 {
-	struct weir_ethhdr eth;
+	struct weir_ethhdr eth WEIR_WORDS;
 	int parsed = parse_packet(skb, p, &eth);
 
 	if (parsed == PARSE_VLAN)
@@ -329,7 +329,7 @@ static __always_inline __u8 screen_from_pod(struct __sk_buff *skb, struct pkt *p
 static __always_inline __u8 screen_to_pod(struct __sk_buff *skb, struct pkt *p,
 					  const struct weir_endpoint *e)
 {
-	struct weir_ethhdr eth;
+	struct weir_ethhdr eth WEIR_WORDS;
 	int parsed = parse_packet(skb, p, &eth);
 
 	if (parsed == PARSE_VLAN)

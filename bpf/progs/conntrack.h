@@ -61,10 +61,15 @@ static __always_inline int addr_cmp(const __u8 *a, const __u8 *b)
  * key's second end to its first. ICMP echo needs no special case: parse.h
  * puts a request's identifier in sport and a reply's in dport, so request
  * and reply order to the same key, and the direction tells them apart.
+ * saddr and daddr are 8-byte aligned (struct pkt's, a map value's) and so
+ * is *k (WEIR_WORDS): the addresses are copied in words.
  */
-static __always_inline int ct_key(const __u8 *saddr, __be16 sport, const __u8 *daddr,
-				  __be16 dport, __u8 proto, struct weir_ct_key *k)
+static __always_inline int ct_key(const __u8 *saddr_, __be16 sport, const __u8 *daddr_,
+				  __be16 dport, __u8 proto, struct weir_ct_key *k_)
 {
+	const __u8 *saddr = __builtin_assume_aligned(saddr_, 8);
+	const __u8 *daddr = __builtin_assume_aligned(daddr_, 8);
+	struct weir_ct_key *k = __builtin_assume_aligned(k_, 8);
 	int c = addr_cmp(saddr, daddr);
 	int swap = c > 0 || (c == 0 && bpf_ntohs(sport) > bpf_ntohs(dport));
 
@@ -190,7 +195,7 @@ static __always_inline int ct_touch(struct weir_ct_value *v, const struct pkt *p
 static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32 ingress_ep,
 				     __u32 rule, __u32 flags, __u32 gen, __u64 now)
 {
-	struct weir_ct_key k;
+	struct weir_ct_key k WEIR_WORDS;
 	struct weir_ct_value v = {
 		.egress_ep = egress_ep,
 		.ingress_ep = ingress_ep,
@@ -216,8 +221,8 @@ static __always_inline int ct_create(const struct pkt *p, __u32 egress_ep, __u32
 static __always_inline int ct_related(struct __sk_buff *skb, const struct pkt *p, __u32 ep,
 				      int quoted_sent, __u64 now)
 {
-	struct pkt q = {};
-	struct weir_ct_key k;
+	struct pkt q WEIR_WORDS = {};
+	struct weir_ct_key k WEIR_WORDS;
 	struct weir_ct_value *v;
 
 	if (parse_icmp_quote(skb, p, &q))

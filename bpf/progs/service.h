@@ -77,7 +77,7 @@ static __noinline void service_link(const struct pkt *p, __u32 sep, __u64 now)
 {
 	struct weir_service_open_key ok;
 	struct weir_service_backend b = { .bport = p->dport };
-	struct weir_ct_key sk;
+	struct weir_ct_key sk WEIR_WORDS;
 	const struct weir_service_open *o;
 	const struct weir_ct_value *svc;
 

@@ -52,8 +52,8 @@ int from_pod(struct __sk_buff *skb)
 {
 	__u32 ep = skb->ifindex;
 	struct verdict_ctx vc = { .endpoint = ep, .direction = WEIR_DIR_EGRESS };
-	struct pkt p = {};
-	struct weir_ct_key k;
+	struct pkt p WEIR_WORDS = {};
+	struct weir_ct_key k WEIR_WORDS;
 	__u32 rule = 0;
 	__u8 reason;
 
@@ -149,8 +149,8 @@ int to_pod(struct __sk_buff *skb)
 {
 	__u32 ep = skb->ifindex;
 	struct verdict_ctx vc = { .endpoint = ep, .direction = WEIR_DIR_INGRESS };
-	struct pkt p = {};
-	struct weir_ct_key k;
+	struct pkt p WEIR_WORDS = {};
+	struct weir_ct_key k WEIR_WORDS;
 	struct weir_ct_value *ct = 0;
 	__u32 rule = 0, egress_ep = 0;
 	__u32 egress_rule = 0; /* the rule allowing a local source's egress */
@@ -257,9 +257,9 @@ int to_pod(struct __sk_buff *skb)
 SEC("classifier/leave_node")
 int leave_node(struct __sk_buff *skb)
 {
-	struct pkt p = {};
-	struct weir_ethhdr eth;
-	struct weir_ct_key k;
+	struct pkt p WEIR_WORDS = {};
+	struct weir_ethhdr eth WEIR_WORDS;
+	struct weir_ct_key k WEIR_WORDS;
 	struct weir_ct_value *ct = 0;
 	__u32 rule = 0;
 	__u8 reason;
