@@ -36,6 +36,9 @@
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 #include "addrs.h"
+#include "events.h"
+#include "conntrack.h"
+#include "rejudge.h"
 
 struct weir_handoff {
 	__u8 saddr[16];
@@ -77,12 +80,16 @@ static __always_inline void handoff_record(const struct pkt *p, __u32 gen, __u64
 	h->at_ns = now;
 }
 
-/* leave_node: p is the packet from_pod just passed, unchanged. */
-static __always_inline int handoff_holds(const struct pkt *p, __u32 gen, __u64 now)
+/* leave_node: p is the packet from_pod just passed, unchanged. The tuple
+ * first: what is no pod's flow (the node's own traffic on a host-gw
+ * uplink) costs no clock read. */
+static __always_inline int handoff_holds(const struct pkt *p)
 {
 	const struct weir_handoff *h = handoff_slot();
-	return h && h->at_ns == now && h->gen == gen && h->sport == p->sport && h->dport == p->dport &&
-	       h->proto == p->proto && addr_eq(h->saddr, p->saddr) && addr_eq(h->daddr, p->daddr);
+	if (!h || h->sport != p->sport || h->dport != p->dport || h->proto != p->proto ||
+	    !addr_eq(h->saddr, p->saddr) || !addr_eq(h->daddr, p->daddr))
+		return 0;
+	return h->gen == policy_gen_at_start(weir_cfg()) && h->at_ns == ct_now();
 }
 
 #endif

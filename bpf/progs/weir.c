@@ -267,11 +267,8 @@ int leave_node(struct __sk_buff *skb)
 	if (parse_packet(skb, &p, &eth) != PARSE_OK || p.icmp == ICMP_K_ND ||
 	    (p.icmp == ICMP_K_MLD && link_scope_multicast(p.daddr)))
 		return TC_ACT_UNSPEC;
-	__u64 now = ct_now();
-	const struct weir_config *cfg = weir_cfg();
-	__u32 gen = policy_gen_at_start(cfg);
 	/* from_pod just passed it on its conntrack entry (handoff.h). */
-	if (handoff_holds(&p, gen, now))
+	if (handoff_holds(&p))
 		return TC_ACT_UNSPEC;
 	const struct weir_ipcache_value *src = ipcache_lookup(p.saddr);
 	if (!src || !src->endpoint)
@@ -279,7 +276,10 @@ int leave_node(struct __sk_buff *skb)
 	__u32 sep = src->endpoint;
 	struct verdict_ctx vc = { .endpoint = sep, .direction = WEIR_DIR_EGRESS };
 
+	__u64 now = ct_now();
 	int tracked = ct_tracked(&p);
+	const struct weir_config *cfg = weir_cfg();
+	__u32 gen = policy_gen_at_start(cfg);
 	if (tracked) {
 		int reply = ct_is_reply_lookup(&p, &k, &ct, now);
 		/* A SERVICE entry was never judged: from_pod recorded S->VIP only
